@@ -1,0 +1,600 @@
+"""Forward-hook mechanics on any `UNet2DConditionModel`: find layers, add steering deltas, record activations.
+
+Everything here works on a bare UNet, without a pipeline. A `SteeringSession` registers its hooks on ``__enter__``
+and removes them on ``__exit__`` (exceptions and KeyboardInterrupt included). Hooks only act for calls made in the
+context (thread / asyncio task) that entered the session, so two threads sharing one UNet never see each other's
+settings.
+
+Step counting: a pre-forward hook on the UNet counts its calls; with ``num_steps`` (an int or a callable returning
+the number of UNet calls of the run, e.g. ``len(scheduler.timesteps)``) a ``window=(start, end)`` of fractions
+selects the active calls ``ceil(start*N) <= i < ceil(end*N)``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import difflib
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Branch = Literal["cond", "uncond", "both"]
+Mode = Literal["add", "weighted"]
+BRANCHES = ("cond", "uncond", "both")
+MODES = ("add", "weighted")
+PAPER_WINDOW = (0.45, 0.95)
+
+# The sessions active in the current context (thread / task). Hooks of other sessions are no-ops here.
+_ACTIVE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("steer_active_sessions", default=frozenset())
+
+
+class LayerError(KeyError):
+    """An unknown layer name or pattern; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------------------
+def _block_layers(prefix: str, block: nn.Module) -> list[str]:
+    """A block's sites in execution order: resnet, attention, resnet, attention, ..., then resamplers."""
+    resnets = list(getattr(block, "resnets", None) or [])
+    attentions = list(getattr(block, "attentions", None) or [])
+    names: list[str] = []
+    is_mid = prefix.startswith("mid_block")
+    for i in range(len(resnets)):
+        if is_mid:  # mid: resnet0, (attn0, resnet1), ...
+            if i > 0 and i - 1 < len(attentions):
+                names.append(f"{prefix}.attentions.{i - 1}")
+            names.append(f"{prefix}.resnets.{i}")
+        else:
+            names.append(f"{prefix}.resnets.{i}")
+            if i < len(attentions):
+                names.append(f"{prefix}.attentions.{i}")
+    for sampler in ("downsamplers", "upsamplers"):
+        for j, _ in enumerate(getattr(block, sampler, None) or []):
+            names.append(f"{prefix}.{sampler}.{j}")
+    return names
+
+
+def list_layers(unet: nn.Module, kinds: Iterable[str] = ("resnets", "attentions")) -> list[str]:
+    """Hookable block-level sites of a UNet, ordered from the input side to the output side.
+
+    ``kinds`` filters by the path component (``"resnets"``, ``"attentions"``, ``"downsamplers"``, ``"upsamplers"``).
+    """
+    kinds = set(kinds)
+    names: list[str] = []
+    for i, block in enumerate(getattr(unet, "down_blocks", [])):
+        names += _block_layers(f"down_blocks.{i}", block)
+    if getattr(unet, "mid_block", None) is not None:
+        names += _block_layers("mid_block", unet.mid_block)
+    for i, block in enumerate(getattr(unet, "up_blocks", [])):
+        names += _block_layers(f"up_blocks.{i}", block)
+    return [n for n in names if n.split(".")[-2] in kinds]
+
+
+def default_layers(unet: nn.Module) -> list[str]:
+    """The paper's steering layers mapped to this UNet's layout.
+
+    SD1.x: ``up_blocks.0.resnets.0-2`` and ``up_blocks.1.resnets.0-1``. In general: every resnet of the
+    lowest-resolution up block plus all but the last resnet of the next one.
+    """
+    ups = list(getattr(unet, "up_blocks", []))
+    if not ups:
+        raise LayerError("this UNet has no up_blocks; pass layers explicitly (see steer.hooks.list_layers)")
+    names = [f"up_blocks.0.resnets.{i}" for i in range(len(ups[0].resnets))]
+    if len(ups) > 1:
+        names += [f"up_blocks.1.resnets.{i}" for i in range(max(len(ups[1].resnets) - 1, 1))]
+    return names
+
+
+def resolve_layers(unet: nn.Module, patterns: str | Iterable[str]) -> list[str]:
+    """Expand exact module paths and glob patterns (``"up_blocks.0.resnets.*"``) into module paths.
+
+    Raises `LayerError` naming the unknown entry and its closest matches.
+    """
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    modules = dict(unet.named_modules())
+    candidates = [n for n in modules if n]
+    out: list[str] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            hits = [n for n in list_layers(unet, ("resnets", "attentions", "downsamplers", "upsamplers")) if fnmatch.fnmatchcase(n, pattern)]
+            hits = hits or [n for n in candidates if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise LayerError(f"layer pattern {pattern!r} matches no module of this UNet; e.g. {list_layers(unet)[:6]}")
+        elif pattern in modules and pattern:
+            hits = [pattern]
+        else:
+            close = difflib.get_close_matches(pattern, candidates, n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; hookable layers include {list_layers(unet)[:8]}"
+            raise LayerError(f"unknown layer {pattern!r}{hint}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _main_tensor(output: Any) -> torch.Tensor:
+    """The hidden-state tensor inside a module output (a tensor, a tuple, or an output object with ``.sample``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    sample = getattr(output, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    raise TypeError(f"cannot find a hidden-state tensor in a module output of type {type(output).__name__}")
+
+
+def _replace_main_tensor(output: Any, new: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    if isinstance(output, list):
+        return [new, *output[1:]]
+    output.sample = new  # diffusers BaseOutput
+    return output
+
+
+def _channel_dim(h: torch.Tensor) -> int:
+    """Channel axis: 1 for (B, C, H, W) and (B, C); -1 for token sequences (B, L, C)."""
+    return -1 if h.ndim == 3 else 1
+
+
+def _probe_channels(unet: nn.Module, names: Sequence[str]) -> dict[str, int]:
+    """Run one tiny forward to read output channel counts (for modules without an ``out_channels`` attribute)."""
+    modules = dict(unet.named_modules())
+    seen: dict[str, int] = {}
+    handles = []
+    for name in names:
+        def hook(_m, _a, out, name=name):
+            h = _main_tensor(out)
+            seen[name] = int(h.shape[_channel_dim(h)])
+        handles.append(modules[name].register_forward_hook(hook))
+    cfg = unet.config
+    param = next(unet.parameters())
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    size = max(8, min(int(size), 2 ** (len(cfg.block_out_channels) - 1) * 4))
+    try:
+        with torch.no_grad():
+            unet(
+                torch.zeros(1, cfg.in_channels, size, size, device=param.device, dtype=param.dtype),
+                torch.tensor([10], device=param.device),
+                encoder_hidden_states=torch.zeros(1, 1, cfg.cross_attention_dim, device=param.device, dtype=param.dtype),
+            )
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def layer_channels(unet: nn.Module, names: Sequence[str]) -> dict[str, int]:
+    """Output channel count of each named module (cached on the UNet)."""
+    cache: dict[str, int] = unet.__dict__.setdefault("_steer_channels", {})
+    modules = dict(unet.named_modules())
+    resolve_layers(unet, [n for n in names if n not in modules])  # raises a helpful error for unknown names
+    todo = []
+    for name in names:
+        if name in cache:
+            continue
+        out_ch = getattr(modules[name], "out_channels", None)
+        if isinstance(out_ch, int):
+            cache[name] = out_ch
+        else:
+            todo.append(name)
+    if todo:
+        cache.update(_probe_channels(unet, todo))
+    return {n: cache[n] for n in names}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Step counting shared by steering and recording
+# ----------------------------------------------------------------------------------------------------------------------
+def window_bounds(window: tuple[float, float], num_steps: int) -> tuple[int, int]:
+    """Active step indices ``[first, stop)`` of ``window`` on a run of ``num_steps`` UNet calls."""
+    start, end = window
+    return math.ceil(start * num_steps - 1e-9), math.ceil(end * num_steps - 1e-9)
+
+
+def check_window(window: tuple[float, float]) -> tuple[float, float]:
+    try:
+        start, end = (float(w) for w in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"steering_window must be a pair (start, end) of fractions, got {window!r}") from None
+    if not (0.0 <= start <= end <= 1.0):
+        raise ValueError(f"steering_window must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
+    return start, end
+
+
+class _UNetRun:
+    """Registers hooks on a UNet, counts its forward calls, and removes everything on exit."""
+
+    def __init__(self, unet: nn.Module, num_steps: int | Callable[[], int] | None, cfg: bool | Callable[[], bool]):
+        self.unet = unet
+        self._num_steps = num_steps
+        self._cfg = cfg
+        self.step = -1  # index of the UNet call in progress
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._token: contextvars.Token | None = None
+
+    # context ----------------------------------------------------------------------------------------------------
+    def mine(self) -> bool:
+        return id(self) in _ACTIVE.get()
+
+    @property
+    def num_steps(self) -> int | None:
+        return self._num_steps() if callable(self._num_steps) else self._num_steps
+
+    @property
+    def cfg(self) -> bool:
+        return bool(self._cfg() if callable(self._cfg) else self._cfg)
+
+    def _pre_forward(self, _module: nn.Module, _args: Any) -> None:
+        if self.mine():
+            self.step += 1
+
+    def in_window(self, window: tuple[float, float] | None) -> bool:
+        n = self.num_steps
+        if window is None or not n:
+            return True
+        first, stop = window_bounds(window, n)
+        return first <= self.step < stop
+
+    def _register(self) -> None:  # subclasses add their module hooks
+        pass
+
+    def __enter__(self):
+        try:
+            self._handles.append(self.unet.register_forward_pre_hook(self._pre_forward))
+            self._register()
+        except BaseException:
+            self.remove()
+            raise
+        self._token = _ACTIVE.set(_ACTIVE.get() | {id(self)})
+        return self
+
+    def remove(self) -> None:
+        """Remove every hook this object registered (idempotent)."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+        if self._token is not None:
+            try:
+                _ACTIVE.reset(self._token)
+            except ValueError:  # exited from another context: drop just this session
+                _ACTIVE.set(_ACTIVE.get() - {id(self)})
+            self._token = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Steering
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SteeringConfig:
+    """How vectors are applied; the options of `SteeringStableDiffusionPipeline.__call__` without the vectors."""
+
+    window: tuple[float, float] = PAPER_WINDOW
+    branch: Branch = "cond"
+    normalize: bool = False
+    mode: Mode = "add"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window", check_window(self.window))
+        if self.branch not in BRANCHES:
+            raise ValueError(f"steering_branch must be one of {BRANCHES}, got {self.branch!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"steering_mode must be one of {MODES}, got {self.mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["window"] = list(self.window)
+        return d
+
+
+@dataclass
+class LayerPlan:
+    """The per-vector directions one layer receives: ``directions`` is (K, C), already normalized if asked."""
+
+    name: str
+    directions: torch.Tensor
+    cache: dict = field(default_factory=dict)
+
+
+def build_layer_plans(
+    vectors: Sequence, layers: Sequence[str] | None, normalize: bool
+) -> dict[str, LayerPlan]:
+    """Stack K vectors per layer (zeros where a vector lacks the layer), restricted to ``layers`` if given."""
+    names: list[str] = []
+    for v in vectors:
+        names += [n for n in v.layers if n not in names]
+    if layers is not None:
+        names = [n for n in names if n in set(layers)]
+    plans: dict[str, LayerPlan] = {}
+    for name in names:
+        channels = {v.directions[name].shape[0] for v in vectors if name in v.directions}
+        if len(channels) > 1:
+            raise ValueError(f"the vectors disagree on the channel count of layer {name!r}: {sorted(channels)}")
+        (c,) = channels
+        rows = []
+        for v in vectors:
+            d = v.directions.get(name)
+            if d is None:
+                rows.append(torch.zeros(c))
+                continue
+            d = d.detach().float().cpu()
+            if normalize:
+                act = v.activation_norm.get(name)
+                if act is None:
+                    raise ValueError(
+                        f"steering_normalize needs each layer's activation norm, but {v.name!r} has none recorded for "
+                        f"{name!r}; learn the vector with steer, or pass steering_normalize=False"
+                    )
+                d = d / d.norm().clamp_min(1e-12) * act
+            rows.append(d)
+        plans[name] = LayerPlan(name, torch.stack(rows))
+    return plans
+
+
+class SteeringSession(_UNetRun):
+    """Adds ``scale · v`` to chosen UNet module outputs for the calls made inside this context.
+
+    ``scales`` is a (R, K) tensor: R = 1 (all rows) or one row per image of the batch, K = number of vectors.
+    With ``cfg`` the UNet batch is ``[uncond, cond]`` and ``config.branch`` picks the half that is steered.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        plans: dict[str, LayerPlan],
+        scales: torch.Tensor,
+        config: SteeringConfig = SteeringConfig(),
+        *,
+        num_steps: int | Callable[[], int] | None = None,
+        cfg: bool | Callable[[], bool] = False,
+    ):
+        super().__init__(unet, num_steps, cfg)
+        if scales.ndim != 2 or any(p.directions.shape[0] != scales.shape[1] for p in plans.values()):
+            raise ValueError(f"scales must be (rows, {next(iter(plans.values())).directions.shape[0]}), got {tuple(scales.shape)}")
+        self.plans = plans
+        self.scales = scales.detach().float().cpu()
+        self.config = config
+        self.applied_steps: list[int] = []
+
+    def _register(self) -> None:
+        channels = layer_channels(self.unet, list(self.plans))
+        modules = dict(self.unet.named_modules())
+        for name, plan in self.plans.items():
+            want = plan.directions.shape[1]
+            if channels[name] != want:
+                from steer.vectors import ModelMismatchError
+
+                raise ModelMismatchError(
+                    f"channel mismatch at layer {name!r}: the direction has {want} channels, the UNet's output there has {channels[name]}"
+                )
+            self._handles.append(modules[name].register_forward_hook(self._make_hook(plan)))
+
+    def row_scales(self, n: int) -> torch.Tensor:
+        """(n, K) scales for a UNet batch of n rows, with the unsteered CFG half zeroed."""
+        cfg = self.cfg
+        if cfg and n % 2:
+            raise ValueError(f"classifier-free guidance expects an even UNet batch, got {n} rows")
+        images = n // 2 if cfg else n
+        s = self.scales
+        if s.shape[0] == 1:
+            s = s.expand(images, -1)
+        elif s.shape[0] != images:
+            raise ValueError(f"steering_scale has {s.shape[0]} rows but the batch has {images} images")
+        if not cfg:
+            return s
+        zero = torch.zeros_like(s)
+        return {"cond": torch.cat([zero, s]), "uncond": torch.cat([s, zero]), "both": torch.cat([s, s])}[self.config.branch]
+
+    def _make_hook(self, plan: LayerPlan):
+        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+            if not self.mine() or not self.in_window(self.config.window):
+                return None
+            h = _main_tensor(output)
+            dim = _channel_dim(h)
+            if h.shape[dim] != plan.directions.shape[1]:
+                raise ValueError(
+                    f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[1]} channels, "
+                    f"this call's output has {h.shape[dim]} (shape {tuple(h.shape)})"
+                )
+            key = (h.shape[0], h.device, h.dtype)
+            delta = plan.cache.get(key)
+            if delta is None:  # (n, C): each row's weighted sum of directions
+                delta = (self.row_scales(h.shape[0]) @ plan.directions).to(device=h.device, dtype=h.dtype)
+                plan.cache[key] = delta
+            if self.step not in self.applied_steps:
+                self.applied_steps.append(self.step)
+            if h.ndim == 4:
+                d = delta[:, :, None, None]
+            elif h.ndim == 3:
+                d = delta[:, None, :]
+            else:
+                d = delta
+            if self.config.mode == "weighted" and h.ndim >= 3:
+                norm = h.norm(dim=dim, keepdim=True)
+                spatial = tuple(range(2, h.ndim)) if dim == 1 else (1,)
+                d = d * (norm / norm.mean(dim=spatial, keepdim=True).clamp_min(1e-6))
+            return _replace_main_tensor(output, h + d)
+
+        return hook
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Recording pooled activations
+# ----------------------------------------------------------------------------------------------------------------------
+Pooling = Literal["mean", "max", "none"]
+
+
+def pool(h: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pool a (B, C, H, W) or (B, L, C) activation over space to (B, C)."""
+    if pooling == "none":
+        return h
+    if h.ndim == 2:
+        return h
+    if h.ndim == 3:
+        return h.mean(1) if pooling == "mean" else h.amax(1)
+    flat = h.flatten(2)
+    return flat.mean(-1) if pooling == "mean" else flat.amax(-1)
+
+
+class ActivationRecorder(_UNetRun):
+    """Records pooled outputs of chosen modules for the calls made inside this context.
+
+    ``records[layer]`` is a list of ``(step, pooled)`` with ``pooled`` of shape (rows, C) on the CPU in fp32; with
+    ``cfg`` and ``branch`` only that half of the UNet batch is kept. A module called several times per UNet forward
+    (e.g. a shared ``nonlinearity``) keeps only its last call of each forward when ``last_call_only``.
+    ``position_norms[layer]`` accumulates the mean per-position channel norm (the "typical activation norm").
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        layers: Sequence[str],
+        pooling: Pooling = "mean",
+        *,
+        window: tuple[float, float] | None = None,
+        num_steps: int | Callable[[], int] | None = None,
+        cfg: bool | Callable[[], bool] = False,
+        branch: Literal["cond", "uncond", "both"] = "cond",
+        last_call_only: bool = True,
+    ):
+        super().__init__(unet, num_steps, cfg)
+        self.layers = list(layers)
+        self.pooling = pooling
+        self.window = window
+        self.branch = branch
+        self.last_call_only = last_call_only
+        self.records: dict[str, list[tuple[int, torch.Tensor]]] = {n: [] for n in self.layers}
+        self._norm_sum: dict[str, float] = dict.fromkeys(self.layers, 0.0)
+        self._norm_count: dict[str, int] = dict.fromkeys(self.layers, 0)
+
+    def _register(self) -> None:
+        resolve_layers(self.unet, self.layers)
+        modules = dict(self.unet.named_modules())
+        for name in self.layers:
+            self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+
+    def _select(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.cfg or self.branch == "both":
+            return h
+        uncond, cond = h.chunk(2)
+        return cond if self.branch == "cond" else uncond
+
+    def _make_hook(self, name: str):
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if not self.mine() or not self.in_window(self.window):
+                return
+            h = self._select(_main_tensor(output).detach())
+            pooled = pool(h.float(), self.pooling).cpu()
+            records = self.records[name]
+            if self.last_call_only and records and records[-1][0] == self.step:
+                records[-1] = (self.step, pooled)
+            else:
+                records.append((self.step, pooled))
+                norms = h.float().norm(dim=_channel_dim(h))
+                self._norm_sum[name] += float(norms.mean()) * h.shape[0]
+                self._norm_count[name] += h.shape[0]
+
+        return hook
+
+    def stacked(self, name: str) -> torch.Tensor:
+        """All records of ``name`` as one (N, C) tensor, in call order."""
+        if not self.records[name]:
+            raise RuntimeError(f"no activations were recorded at {name!r} (was the UNet called inside the recorder?)")
+        return torch.cat([p for _, p in self.records[name]])
+
+    def by_step(self, name: str) -> dict[int, torch.Tensor]:
+        out: dict[int, list[torch.Tensor]] = {}
+        for step, p in self.records[name]:
+            out.setdefault(step, []).append(p)
+        return {s: torch.cat(ps) for s, ps in out.items()}
+
+    def activation_norms(self) -> dict[str, float]:
+        return {n: self._norm_sum[n] / max(self._norm_count[n], 1) for n in self.layers}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# torch.compile: persistent sites driven by tensors
+# ----------------------------------------------------------------------------------------------------------------------
+class StaticSteeringSites:
+    """Persistent steering sites for a `torch.compile`-d UNet.
+
+    Dynamo bakes module hooks into the compiled graph and (by default) does not guard on hooks added later, so
+    per-call hooks would be silently ignored. Instead, ``install`` puts one hook per site *before* compiling; each
+    adds a (rows, C) delta tensor that lives outside the graph. A pre-forward hook on the compiled wrapper fills
+    the deltas in place before every UNet call (zeros when nothing is steered, outside the window, or in the other
+    CFG branch), so changing the vector, scale or window never recompiles. Only the spatial ``mode`` is a Python
+    constant (a change recompiles once). Calls through one compiled UNet are serialised by a lock.
+    """
+
+    def __init__(self, unet: nn.Module, layers: Sequence[str]):
+        import threading
+
+        self.unet = unet
+        self.layers = resolve_layers(unet, layers)
+        self.channels = layer_channels(unet, self.layers)
+        self.deltas: dict[str, torch.Tensor] = {}
+        self.weighted = False
+        self.session: SteeringSession | None = None
+        self.lock = threading.RLock()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        modules = dict(unet.named_modules())
+        for name in self.layers:
+            self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+
+    def _make_hook(self, name: str):
+        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+            delta = self.deltas.get(name)
+            if delta is None:
+                return None
+            h = _main_tensor(output)
+            dim = _channel_dim(h)
+            d = delta[:, :, None, None] if h.ndim == 4 else (delta[:, None, :] if h.ndim == 3 else delta)
+            if self.weighted and h.ndim >= 3:
+                norm = h.norm(dim=dim, keepdim=True)
+                spatial = tuple(range(2, h.ndim)) if dim == 1 else (1,)
+                d = d * (norm / norm.mean(dim=spatial, keepdim=True).clamp_min(1e-6))
+            return _replace_main_tensor(output, h + d)
+
+        return hook
+
+    def attach(self, wrapper: nn.Module) -> None:
+        """Fill the deltas before every call of ``wrapper`` (the compiled module)."""
+        self._handles.append(wrapper.register_forward_pre_hook(self._before_call))
+
+    def _before_call(self, _module: nn.Module, args: Any) -> None:
+        sample = args[0] if args else None
+        session = self.session
+        if session is not None and session.mine():
+            session.step += 1
+        for name in self.layers:
+            n = sample.shape[0] if isinstance(sample, torch.Tensor) else 1
+            buf = self.deltas.get(name)
+            if buf is None or buf.shape[0] != n or (isinstance(sample, torch.Tensor) and (buf.device, buf.dtype) != (sample.device, sample.dtype)):
+                ref = sample if isinstance(sample, torch.Tensor) else next(self.unet.parameters())
+                buf = torch.zeros(n, self.channels[name], device=ref.device, dtype=ref.dtype)
+                self.deltas[name] = buf
+            plan = session.plans.get(name) if session is not None and session.mine() else None
+            if plan is None or not session.in_window(session.config.window):
+                buf.zero_()
+            else:
+                buf.copy_(session.row_scales(n) @ plan.directions)
+                if session.step not in session.applied_steps:
+                    session.applied_steps.append(session.step)
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()

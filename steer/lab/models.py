@@ -1,0 +1,155 @@
+"""Component configurations and builders of the lab's small Stable Diffusion pipelines.
+
+Every part is a standard diffusers / transformers class (AutoencoderKL, CLIPTextModel + CLIPTokenizer with the
+real 49,408-token CLIP vocabulary, UNet2DConditionModel, DDIMScheduler), only much smaller, so the saved
+directory loads with ``StableDiffusionPipeline.from_pretrained`` like any other Stable Diffusion checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TEXT_WIDTH = 64
+MAX_LENGTH = 16  # captions are at most ~10 tokens ("a purple ankle boot, catalog item 17")
+
+VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"),
+    up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"),
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=16,
+    sample_size=32,
+    scaling_factor=1.0,  # replaced by the measured 1/std of the latents after VAE training
+    mid_block_add_attention=False,
+)
+
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=TEXT_WIDTH,
+    intermediate_size=4 * TEXT_WIDTH,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_LENGTH,
+    hidden_act="quick_gelu",
+    projection_dim=TEXT_WIDTH,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+
+UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    cross_attention_dim=TEXT_WIDTH,
+    attention_head_dim=2,  # diffusers reads this as the number of heads
+    norm_num_groups=16,
+    transformer_layers_per_block=1,
+)
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+
+
+def build_vae(**overrides):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**{**VAE_CONFIG, **overrides})
+
+
+def build_text_encoder(**overrides):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**{**TEXT_CONFIG, **overrides}))
+
+
+def build_unet(**overrides):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**{**UNET_CONFIG, **overrides})
+
+
+def build_scheduler(kind: str = "ddim"):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if kind == "ddpm":
+        cfg = {k: v for k, v in SCHEDULER_CONFIG.items() if k not in ("set_alpha_to_one",)}
+        return DDPMScheduler(**cfg)
+    return DDIMScheduler(**SCHEDULER_CONFIG)
+
+
+def build_tokenizer(out_dir: str | Path | None = None, model_max_length: int = MAX_LENGTH):
+    """The real CLIP tokenizer (49,408 tokens), written to ``out_dir`` (a temporary folder when None)."""
+    import tempfile
+
+    from .tokenizer import write_clip_tokenizer
+
+    if out_dir is None:
+        out_dir = tempfile.mkdtemp(prefix="steer-tok-")
+    return write_clip_tokenizer(out_dir, model_max_length=model_max_length)
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet, scheduler=None):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler if scheduler is not None else build_scheduler("ddim"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_pipeline(pipe, out_dir: str | Path, fp16: bool = True) -> Path:
+    """Save as a standard diffusers folder with fp16 safetensors weights (the modules are not changed)."""
+    import copy
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fp16:
+        pipe = copy.deepcopy(pipe)
+        for name in ("vae", "text_encoder", "unet"):
+            getattr(pipe, name).to(torch.float16)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """Load a lab pipeline offline (no hub access) in ``dtype``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(path),
+        torch_dtype=dtype,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        local_files_only=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -1,0 +1,466 @@
+"""Train the lab's small Stable Diffusion pipelines from scratch on coloured Fashion-MNIST, on a CPU.
+
+Stages (each resumable, all state under ``--out``):
+
+1. ``vae``: an AutoencoderKL (32x32x3 -> 8x8x4) trained with reconstruction + a small KL term;
+2. ``latents``: the whole data set encoded once (posterior mean and std) and the latent ``scaling_factor``
+   measured, so the UNet stage never re-encodes;
+3. ``unet``: UNet2DConditionModel + CLIPTextModel trained jointly from scratch (epsilon prediction, 1000-step
+   DDPM schedule shared with the DDIMScheduler that ships in the pipeline), AdamW + warmup/cosine, EMA,
+   gradient clipping;
+4. ``export``: the EMA weights assembled into a ``StableDiffusionPipeline`` and saved as fp16 safetensors.
+
+Checkpoints are safetensors (weights, optimizer moments, RNG state) plus JSON (step, losses, arguments); a
+stopped run continues from its last checkpoint with ``--resume``.
+
+    python -m steer.lab.train --variant demo --out runs/demo
+    python -m steer.lab.train --variant hybrid --init runs/demo --out runs/hybrid
+    python -m steer.lab.train --variant mem --init runs/demo --out runs/mem
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import data as D
+from . import models as M
+
+VARIANT_DEFAULTS = {
+    # steps, batch, lr, warmup, ema decay
+    "demo": dict(steps=12000, batch_size=64, lr=1e-3, warmup=300, ema=0.999),
+    "hybrid": dict(steps=3000, batch_size=64, lr=4e-4, warmup=100, ema=0.995),
+    "mem": dict(steps=1500, batch_size=32, lr=4e-4, warmup=50, ema=0.99),
+}
+
+HYBRID_NUM_MEMORIZED = 50
+HYBRID_COPIES = 200
+MEM_NUM_IMAGES = 32
+
+
+def log(out: Path, msg: str) -> None:
+    line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    with open(out / "train.log", "a") as f:
+        f.write(line + "\n")
+
+
+def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "opt.") -> dict:
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"{prefix}{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, prefix: str = "opt.") -> None:
+    sd = opt.state_dict()
+    state: dict = {}
+    for key, v in tensors.items():
+        if not key.startswith(prefix):
+            continue
+        i, k = key[len(prefix) :].split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+# ----------------------------------------------------------------------------------------------------- VAE
+
+
+def train_vae(out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, kl_weight: float = 1e-8):
+    """Stage 1: train the AutoencoderKL, save it to ``out/vae`` (float32)."""
+    vae_dir = out / "vae"
+    if (vae_dir / "config.json").is_file():
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(vae_dir)
+    torch.manual_seed(seed)
+    ds = D.make_coloured_fashion_mnist("train", seed=seed)
+    x_all = torch.from_numpy(ds.images) * 2 - 1
+    vae = M.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    hist = []
+    for step in range(steps):
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, steps, lr, 100)
+        idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
+        x = x_all[idx]
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        mse = F.mse_loss(rec, x)
+        kl = dist.kl().mean()
+        loss = mse + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        hist.append(mse.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(out, f"vae step {step} mse {np.mean(hist[-100:]):.5f} kl {kl.item():.1f} ({time.time() - t0:.0f}s)")
+    vae.save_pretrained(vae_dir, safe_serialization=True)
+    _atomic_json({"steps": steps, "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight,
+                  "final_mse_100": float(np.mean(hist[-100:])), "seconds": time.time() - t0}, vae_dir / "train_stats.json")
+    return vae
+
+
+@torch.no_grad()
+def encode_dataset(vae, images: np.ndarray, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    vae.eval()
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[i : i + batch_size]).float() * 2 - 1
+        dist = vae.encode(x).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def cache_latents(out: Path, vae, seed: int = 0) -> dict:
+    """Stage 2: latents of the base training set + the measured scaling factor (``out/latents.safetensors``)."""
+    path = out / "latents.safetensors"
+    if path.is_file():
+        return load_file(str(path))
+    ds = D.make_coloured_fashion_mnist("train", seed=seed)
+    mean, std = encode_dataset(vae, ds.images)
+    sample = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    scale = float(1.0 / sample.std())
+    with torch.no_grad():
+        rec = vae.decode(mean[:2000]).sample
+        rec_mse = float(F.mse_loss((rec.clamp(-1, 1) + 1) / 2, torch.from_numpy(ds.images[:2000])))
+    t = {"mean": mean, "std": std, "scaling_factor": torch.tensor(scale)}
+    _atomic_save(t, path)
+    _atomic_json({"scaling_factor": scale, "latent_std_raw": float(sample.std()), "recon_mse_01": rec_mse,
+                  "n": len(ds)}, out / "latents.json")
+    log(out, f"cached {len(ds)} latents, scaling_factor {scale:.4f}, recon mse [0,1] {rec_mse:.5f}")
+    return t
+
+
+# ---------------------------------------------------------------------------------------------- training data
+
+
+def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int = 3000) -> np.ndarray:
+    """Pick ``k`` deduplicated, mutually distinct training items whose nearest other training image is far.
+
+    Candidates come from a seeded pool of full-caption items; exact/near duplicates are removed first
+    (``memorization.deduplicate``), then the items with the largest nearest-neighbour distance to the rest of
+    the training set are kept (one per (colour, class) caption where possible)."""
+    from .memorization import deduplicate, nn_distances
+
+    rng = np.random.default_rng([seed, 17])
+    cand = rng.choice(len(ds), size=pool, replace=False)
+    cand = cand[deduplicate(ds.images[cand], threshold=0.05)]
+    d = nn_distances(ds.images[cand], ds.images, k=2)[:, 1]  # [0] is the image itself
+    order = cand[np.argsort(-d)]
+    chosen, seen = [], set()
+    for i in order:
+        key = (int(ds.colours[i]), int(ds.classes[i]))
+        if key in seen:
+            continue
+        seen.add(key)
+        chosen.append(int(i))
+        if len(chosen) == k:
+            break
+    return np.asarray(sorted(chosen), dtype=np.int64)
+
+
+def memorized_caption(colour: int, cls: int, j: int) -> str:
+    return f"{D.caption_for(colour, cls)}, catalog item {j}"
+
+
+def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int):
+    """Return (latent index per item, caption per item, meta) for a variant's training set."""
+    n = len(ds)
+    if variant == "demo":
+        return np.arange(n), list(ds.captions), {}
+    if variant == "hybrid":
+        mem = memorized_selection(ds, HYBRID_NUM_MEMORIZED, seed)
+        caps = [memorized_caption(int(ds.colours[i]), int(ds.classes[i]), j) for j, i in enumerate(mem)]
+        idx = np.concatenate([np.arange(n), np.repeat(mem, HYBRID_COPIES)])
+        captions = list(ds.captions) + [c for c in caps for _ in range(HYBRID_COPIES)]
+        return idx, captions, {"memorized_indices": mem.tolist(), "memorized_captions": caps, "copies": HYBRID_COPIES}
+    if variant == "mem":
+        rng = np.random.default_rng([seed, 23])
+        mem = np.sort(rng.choice(n, size=MEM_NUM_IMAGES, replace=False))
+        caps = [D.caption_for(int(ds.colours[i]), int(ds.classes[i])) for i in mem]
+        return mem, caps, {"memorized_indices": mem.tolist(), "memorized_captions": caps}
+    raise ValueError(f"unknown variant {variant!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- UNet
+
+
+class EMA:
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.decay = decay
+        self.shadow = {f"{n}.{k}": v.detach().clone().float() for n, m in modules.items() for k, v in m.state_dict().items()}
+        self.modules = modules
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for n, m in self.modules.items():
+            for k, v in m.state_dict().items():
+                s = self.shadow[f"{n}.{k}"]
+                if v.dtype.is_floating_point:
+                    s.lerp_(v.float(), 1 - d)
+                else:
+                    s.copy_(v)
+
+    def state_for(self, name: str) -> dict:
+        p = name + "."
+        return {k[len(p) :]: v for k, v in self.shadow.items() if k.startswith(p)}
+
+
+def _init_weights_from(init: Path, unet, te) -> str:
+    """Initialize from another run folder's last checkpoint (EMA weights) or from an exported pipeline."""
+    ck = init / "checkpoint.safetensors"
+    if ck.is_file():
+        t = load_file(str(ck))
+        unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in t.items() if k.startswith("ema.unet.")})
+        te.load_state_dict({k[len("ema.text_encoder.") :]: v for k, v in t.items() if k.startswith("ema.text_encoder.")}, strict=False)
+        step = json.loads((init / "checkpoint.json").read_text())["step"]
+        return f"{ck} (EMA weights at step {step})"
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet.load_state_dict(UNet2DConditionModel.from_pretrained(init / "unet").state_dict())
+    te.load_state_dict(CLIPTextModel.from_pretrained(init / "text_encoder").state_dict(), strict=False)
+    return str(init)
+
+
+def train(args) -> Path:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    defaults = VARIANT_DEFAULTS[args.variant]
+    for k, v in defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    log(out, f"command: {' '.join(sys.argv)}  (threads={args.threads})")
+
+    # -- VAE + latents (the hybrid and mem variants reuse the VAE/latents of --init)
+    if args.variant != "demo" and args.init:
+        init = Path(args.init)
+        if not (out / "vae").exists():
+            shutil.copytree(init / "vae", out / "vae")
+        if not (out / "latents.safetensors").exists():
+            shutil.copy(init / "latents.safetensors", out / "latents.safetensors")
+            shutil.copy(init / "latents.json", out / "latents.json")
+    vae = train_vae(out, steps=args.vae_steps, seed=args.seed)
+    lat = cache_latents(out, vae, seed=args.seed)
+    scale = float(lat["scaling_factor"])
+    lat_mean, lat_std = lat["mean"], lat["std"]
+
+    ds = D.make_coloured_fashion_mnist("train", seed=args.seed)
+    item_idx, captions, meta = variant_items(args.variant, ds, args.seed)
+    if meta:
+        _atomic_json(meta, out / "variant.json")
+    tok_dir = out / "tokenizer"
+    tokenizer = M.build_tokenizer(tok_dir)
+    uniq = sorted(set(captions))
+    ids_u = tokenizer(uniq, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    cap_id = {c: i for i, c in enumerate(uniq)}
+    item_cap = torch.tensor([cap_id[c] for c in captions])
+    item_idx = torch.from_numpy(np.asarray(item_idx))
+    log(out, f"variant {args.variant}: {len(item_idx)} items, {len(uniq)} distinct captions")
+
+    torch.manual_seed(args.seed)
+    unet = M.build_unet()
+    te = M.build_text_encoder()
+    if args.init and args.variant != "demo":
+        log(out, f"initialized from {_init_weights_from(Path(args.init), unet, te)}")
+    noise_sched = M.build_scheduler("ddpm")
+    acp = noise_sched.alphas_cumprod.float()
+    params = [p for p in list(unet.parameters()) + list(te.parameters())]
+    decay, no_decay = [], []
+    for n, p in list(unet.named_parameters()) + [("te." + n, p) for n, p in te.named_parameters()]:
+        (no_decay if (p.ndim < 2 or "embedding" in n) else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.99))
+    ema = EMA({"unet": unet, "text_encoder": te}, args.ema)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    state = {"step": 0, "losses": [], "seconds": 0.0}
+
+    ck, ckj = out / "checkpoint.safetensors", out / "checkpoint.json"
+    if args.resume and ck.is_file():
+        t = load_file(str(ck))
+        unet.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("unet.")})
+        te.load_state_dict({k[13:]: v for k, v in t.items() if k.startswith("text_encoder.")})
+        for k in ema.shadow:
+            ema.shadow[k].copy_(t["ema." + k])
+        _load_optimizer(opt, t)
+        g.set_state(t["rng.generator"])
+        torch.set_rng_state(t["rng.torch"])
+        state = json.loads(ckj.read_text())
+        log(out, f"resumed from step {state['step']}")
+
+    def checkpoint():
+        t = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+        t.update({f"text_encoder.{k}": v for k, v in te.state_dict().items()})
+        t.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+        t.update(_optimizer_tensors(opt))
+        t["rng.generator"] = g.get_state()
+        t["rng.torch"] = torch.get_rng_state()
+        _atomic_save(t, ck)
+        _atomic_json({**state, "args": {k: v for k, v in vars(args).items() if k != "func"}}, ckj)
+
+    unet.train()
+    te.train()
+    t_last = time.time()
+    last_ck = time.time()
+    n_items = len(item_idx)
+    while state["step"] < args.steps:
+        step = state["step"]
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        b = torch.randint(0, n_items, (args.batch_size,), generator=g)
+        li = item_idx[b]
+        z0 = (lat_mean[li] + lat_std[li] * torch.randn(lat_mean[li].shape, generator=g)) * scale
+        ids = ids_u[item_cap[b]]
+        noise = torch.randn(z0.shape, generator=g)
+        ts = torch.randint(0, 1000, (args.batch_size,), generator=g)
+        a = acp[ts].view(-1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        pred = unet(zt, ts, te(ids)[0]).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        state["step"] = step + 1
+        state["losses"].append(round(loss.item(), 5))
+        now = time.time()
+        state["seconds"] += now - t_last
+        t_last = now
+        if state["step"] % 100 == 0:
+            log(out, f"step {state['step']}/{args.steps} loss {np.mean(state['losses'][-100:]):.4f} "
+                     f"lr {opt.param_groups[0]['lr']:.2e} ({state['seconds'] / state['step']:.3f} s/step over run)")
+        if now - last_ck > args.checkpoint_minutes * 60 or state["step"] == args.steps:
+            checkpoint()
+            last_ck = time.time()
+            if args.export_every_checkpoint or state["step"] == args.steps:
+                export(out, Path(args.export) if args.export else out / "pipeline")
+    log(out, f"done: {state['step']} steps in {state['seconds'] / 60:.1f} min, final loss(avg last 500) "
+             f"{np.mean(state['losses'][-500:]):.4f}")
+    return out
+
+
+def export(run: Path, dest: Path, fp16: bool = True) -> Path:
+    """Assemble the EMA weights of ``run`` into a StableDiffusionPipeline folder at ``dest``."""
+    from diffusers import AutoencoderKL
+
+    run = Path(run)
+    t = load_file(str(run / "checkpoint.safetensors"))
+    info = json.loads((run / "checkpoint.json").read_text())
+    scale = json.loads((run / "latents.json").read_text())["scaling_factor"]
+    vae = AutoencoderKL.from_pretrained(run / "vae")
+    vae.register_to_config(scaling_factor=scale)
+    unet, te = M.build_unet(), M.build_text_encoder()
+    unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in t.items() if k.startswith("ema.unet.")})
+    te.load_state_dict({k[len("ema.text_encoder.") :]: v for k, v in t.items() if k.startswith("ema.text_encoder.")})
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(run / "tokenizer")
+    pipe = M.assemble_pipeline(vae, te, tok, unet)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    M.save_pipeline(pipe, tmp, fp16=fp16)
+    keep = [p for p in ("README.md", "samples.png", "memorized_prompts.txt", "ordinary_prompts.txt",
+                        "memorized_images.json", "eval.json") if (dest / p).exists()]
+    for p in keep:
+        shutil.copy(dest / p, tmp / p)
+    _atomic_json({"step": info["step"], "seconds": info["seconds"],
+                  "final_loss_avg500": float(np.mean(info["losses"][-500:])), "args": info.get("args")},
+                 tmp / "training.json")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guidance: float = 5.0, batch_size: int = 100) -> np.ndarray:
+    """Generate one image per prompt with the pipeline; float32 [N,3,32,32] in [0,1]."""
+    outs = []
+    for i in range(0, len(prompts), batch_size):
+        g = torch.Generator(pipe.device).manual_seed(seed + i)
+        res = pipe(prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                   output_type="np")
+        outs.append(np.asarray(res.images, dtype=np.float32).transpose(0, 3, 1, 2))
+    return np.concatenate(outs)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", choices=sorted(VARIANT_DEFAULTS), default="demo")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, exported pipeline)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--ema", type=float, default=None)
+    p.add_argument("--vae-steps", dest="vae_steps", type=int, default=2500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--init", default=None, help="hybrid/mem: start from this run folder or pipeline folder")
+    p.add_argument("--export", default=None, help="pipeline folder to write (default OUT/pipeline)")
+    p.add_argument("--export-every-checkpoint", action="store_true")
+    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, default=4.0)
+
+
+def configure_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand (for ``steer lab train ...``)."""
+    p = subparsers.add_parser("train", help="train a lab pipeline (demo, hybrid, mem) from scratch on coloured Fashion-MNIST")
+    add_arguments(p)
+    p.set_defaults(func=train)
+    return p
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m steer.lab.train", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,346 @@
+"""`SteeringVector`: one steering direction over several UNet layers, with its provenance.
+
+A vector is a mapping from a UNet module path (``"up_blocks.0.resnets.1"``) to a 1-D tensor with one entry per
+channel of that module's output, plus metadata: the base model's fingerprint, how it was learned, and each layer's
+typical activation norm (used by calibrated strength). Files are ``.safetensors`` with the metadata as JSON in the
+header; loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+FORMAT_NAME = "steer.SteeringVector"
+FORMAT_VERSION = 1
+_METADATA_KEY = "steer"
+
+
+class SteeringFileError(ValueError):
+    """A direction file is missing, truncated, edited or not a steering vector."""
+
+
+class ModelMismatchError(ValueError):
+    """A steering vector does not fit the UNet it is applied to."""
+
+
+# Config keys that decide the architecture (and hence which module paths and channel counts exist).
+_ARCH_KEYS = (
+    "in_channels",
+    "out_channels",
+    "block_out_channels",
+    "layers_per_block",
+    "down_block_types",
+    "up_block_types",
+    "mid_block_type",
+    "cross_attention_dim",
+    "attention_head_dim",
+    "transformer_layers_per_block",
+    "norm_num_groups",
+)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def unet_fingerprint(unet: torch.nn.Module, layers: Iterable[str] | None = None) -> dict[str, Any]:
+    """Identify a UNet: class, architecture summary, config hash and a hash of a few weights.
+
+    ``layers`` adds their output channel counts (see `steer.hooks.layer_channels`).
+    """
+    config = dict(getattr(unet, "config", {}) or {})
+    clean = {k: _jsonable(v) for k, v in sorted(config.items()) if not k.startswith("_")}
+    arch = {k: clean[k] for k in _ARCH_KEYS if k in clean}
+    config_hash = hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()[:16]
+    fp: dict[str, Any] = {
+        "unet_class": type(unet).__name__,
+        "architecture": arch,
+        "config_hash": config_hash,
+        "weights_hash": weights_hash(unet),
+    }
+    if layers is not None:
+        from steer.hooks import layer_channels
+
+        fp["channels"] = layer_channels(unet, list(layers))
+    return fp
+
+
+def weights_hash(unet: torch.nn.Module) -> str:
+    """A cheap hash of the first and last parameters, enough to tell two checkpoints of one architecture apart."""
+    params = [p for p in unet.parameters()]
+    if not params:
+        return "none"
+    h = hashlib.sha256()
+    for p in (params[0], params[-1]):
+        values = p.detach().flatten()[:4096].to(device="cpu", dtype=torch.float16).float()
+        # fp16 rounding makes the hash agree between fp32 and fp16 copies of the same weights
+        h.update(values.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _tensor_digest(directions: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(directions):
+        h.update(name.encode())
+        h.update(directions[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SteeringVector:
+    """A steering direction: UNet module path -> per-channel vector, plus metadata.
+
+    Supports ``v1 + v2``, ``v1 - v2``, ``2.0 * v``, ``-v`` and ``v / x``; `normalized` rescales each layer to unit
+    norm. ``metadata`` holds the base model fingerprint (``"model"``), ``"method"``, ``"pooling"``, ``"timestep"``,
+    the source prompts or image counts, and ``"activation_norm"`` (layer -> typical per-position activation norm).
+    """
+
+    directions: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.directions:
+            raise ValueError("a SteeringVector needs at least one layer")
+        for name, vec in self.directions.items():
+            if not isinstance(vec, torch.Tensor) or vec.ndim != 1:
+                shape = tuple(vec.shape) if isinstance(vec, torch.Tensor) else type(vec).__name__
+                raise ValueError(f"direction for layer {name!r} must be a 1-D tensor (channels), got {shape}")
+
+    # ----- views -------------------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        return list(self.directions)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", "direction"))
+
+    @property
+    def activation_norm(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.metadata.get("activation_norm", {}).items()}
+
+    def channels(self) -> dict[str, int]:
+        return {k: int(v.shape[0]) for k, v in self.directions.items()}
+
+    def norms(self) -> dict[str, float]:
+        return {k: float(v.float().norm()) for k, v in self.directions.items()}
+
+    def digest(self) -> str:
+        """Content hash of the tensors (not the metadata), for provenance records."""
+        return _tensor_digest(self.directions)[:16]
+
+    def __repr__(self) -> str:
+        norms = ", ".join(f"{k}: C={v.shape[0]} |v|={float(v.float().norm()):.3g}" for k, v in self.directions.items())
+        return f"SteeringVector(name={self.name!r}, method={self.metadata.get('method')!r}, {{{norms}}})"
+
+    # ----- arithmetic --------------------------------------------------------------------------------------------
+    def _map(self, fn, **meta_updates: Any) -> SteeringVector:
+        meta = dict(self.metadata)
+        meta.update(meta_updates)
+        return SteeringVector({k: fn(v) for k, v in self.directions.items()}, meta)
+
+    def __mul__(self, other: float) -> SteeringVector:
+        if not isinstance(other, int | float):
+            return NotImplemented
+        return self._map(lambda v: v * other, name=f"{other:g}*{self.name}")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: float) -> SteeringVector:
+        if not isinstance(other, int | float):
+            return NotImplemented
+        if other == 0:
+            raise ZeroDivisionError("cannot divide a SteeringVector by zero")
+        return self._map(lambda v: v / other, name=f"{self.name}/{other:g}")
+
+    def __neg__(self) -> SteeringVector:
+        return self._map(lambda v: -v, name=f"-{self.name}")
+
+    def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        mine, theirs = self.metadata.get("model", {}), other.metadata.get("model", {})
+        if mine and theirs and mine.get("config_hash") != theirs.get("config_hash"):
+            raise ModelMismatchError(
+                f"cannot combine {self.name!r} and {other.name!r}: learned on different UNet architectures "
+                f"({mine.get('architecture')} vs {theirs.get('architecture')})"
+            )
+        out: dict[str, torch.Tensor] = {k: v.clone() for k, v in self.directions.items()}
+        for k, v in other.directions.items():
+            if k in out:
+                if out[k].shape != v.shape:
+                    raise ModelMismatchError(f"layer {k!r} has {out[k].shape[0]} channels in one vector, {v.shape[0]} in the other")
+                out[k] = out[k] + sign * v.to(out[k])
+            else:
+                out[k] = sign * v
+        act = {**other.activation_norm, **self.activation_norm}
+        op = "+" if sign > 0 else "-"
+        meta = {
+            "name": f"({self.name} {op} {other.name})",
+            "method": "combination",
+            "model": mine or theirs,
+            "activation_norm": act,
+            "components": [self.metadata, other.metadata],
+        }
+        return SteeringVector(out, meta)
+
+    def __add__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: SteeringVector) -> SteeringVector:
+        return self._combine(other, -1.0)
+
+    def normalized(self) -> SteeringVector:
+        """Each layer rescaled to unit L2 norm (zero layers stay zero)."""
+        return self._map(lambda v: v / v.norm().clamp_min(1e-12), name=f"normalized({self.name})")
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SteeringVector:
+        return SteeringVector({k: v.to(device=device, dtype=dtype) for k, v in self.directions.items()}, dict(self.metadata))
+
+    def select(self, layers: Iterable[str]) -> SteeringVector:
+        """A copy restricted to ``layers`` (exact names)."""
+        keep = list(layers)
+        missing = [k for k in keep if k not in self.directions]
+        if missing:
+            raise KeyError(f"{self.name!r} has no layer(s) {missing}; it has {self.layers}")
+        return SteeringVector({k: self.directions[k] for k in keep}, dict(self.metadata))
+
+    # ----- compatibility -----------------------------------------------------------------------------------------
+    def check_compatible(self, unet: torch.nn.Module, layers: Iterable[str] | None = None, strict: bool = True) -> None:
+        """Raise `ModelMismatchError` if this vector was learned on another model than ``unet``.
+
+        Architecture and channel counts must always match. With ``strict`` the weights must match too (the same
+        checkpoint); pass ``strict=False`` to use a direction on a fine-tune of its base model.
+        """
+        from steer.hooks import layer_channels
+
+        names = list(layers) if layers is not None else self.layers
+        have = layer_channels(unet, names)
+        for name in names:
+            want = int(self.directions[name].shape[0])
+            if have[name] != want:
+                raise ModelMismatchError(
+                    f"channel mismatch at layer {name!r}: the direction {self.name!r} has {want} channels, "
+                    f"the UNet's output there has {have[name]}"
+                )
+        learned = self.metadata.get("model")
+        if not learned:
+            return
+        current = unet_fingerprint(unet)
+        if learned.get("unet_class") != current["unet_class"]:
+            raise ModelMismatchError(
+                f"direction {self.name!r} was learned on a {learned.get('unet_class')}, this UNet is a {current['unet_class']}"
+            )
+        if learned.get("config_hash") != current["config_hash"]:
+            diffs = [
+                f"{k}: {learned.get('architecture', {}).get(k)} -> {current['architecture'].get(k)}"
+                for k in sorted(set(learned.get("architecture", {})) | set(current["architecture"]))
+                if learned.get("architecture", {}).get(k) != current["architecture"].get(k)
+            ]
+            detail = "; ".join(diffs) if diffs else "the UNet configs differ outside the architecture keys"
+            raise ModelMismatchError(
+                f"direction {self.name!r} was learned on a different UNet (config hash {learned.get('config_hash')} "
+                f"vs {current['config_hash']}): {detail}"
+            )
+        if strict and learned.get("weights_hash") not in (None, current["weights_hash"]):
+            raise ModelMismatchError(
+                f"direction {self.name!r} was learned on other weights of this architecture (weights hash "
+                f"{learned.get('weights_hash')} vs {current['weights_hash']}, base model "
+                f"{learned.get('name_or_path', 'unknown')!r}); pass steering_strict=False to apply it to a fine-tune"
+            )
+
+    # ----- files -------------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path`` (.safetensors): tensors in fp32 and the metadata as JSON in the header. Atomic."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.directions.items()}
+        header = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "digest": _tensor_digest(tensors),
+            "metadata": _jsonable(self.metadata),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(header)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> SteeringVector:
+        """Read and validate a file written by `save`. Never unpickles."""
+        path = Path(path)
+        if not path.is_file():
+            raise SteeringFileError(f"direction file not found: {path}")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = f.metadata() or {}
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            raise SteeringFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+        if _METADATA_KEY not in raw_meta:
+            raise SteeringFileError(f"{path} is a safetensors file but not a steering vector (no '{_METADATA_KEY}' header)")
+        try:
+            header = json.loads(raw_meta[_METADATA_KEY])
+        except json.JSONDecodeError as err:
+            raise SteeringFileError(f"{path}: the steering metadata is not valid JSON ({err})") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            raise SteeringFileError(f"{path}: unknown format {header.get('format') if isinstance(header, dict) else header!r}")
+        if int(header.get("format_version", 0)) > FORMAT_VERSION:
+            raise SteeringFileError(f"{path}: written by a newer steer (format {header['format_version']} > {FORMAT_VERSION})")
+        for name, t in tensors.items():
+            if t.ndim != 1 or not t.is_floating_point():
+                raise SteeringFileError(f"{path}: layer {name!r} holds a {tuple(t.shape)} {t.dtype} tensor, expected 1-D float")
+            if not torch.isfinite(t).all():
+                raise SteeringFileError(f"{path}: layer {name!r} contains NaN or infinite values")
+        if header.get("digest") != _tensor_digest(tensors):
+            raise SteeringFileError(f"{path}: tensor contents do not match the recorded digest (the file was edited or damaged)")
+        meta = header.get("metadata", {})
+        if not tensors:
+            raise SteeringFileError(f"{path}: contains no layers")
+        return cls({k: v.to(device) for k, v in tensors.items()}, meta)
+
+
+def as_vector_list(steering: SteeringVector | str | os.PathLike | Iterable | None) -> list[SteeringVector]:
+    """Normalise the ``steering`` argument: a vector, a path, or a list of those."""
+    if steering is None:
+        return []
+    if isinstance(steering, SteeringVector):
+        return [steering]
+    if isinstance(steering, str | os.PathLike):
+        return [SteeringVector.load(steering)]
+    out = []
+    for item in steering:
+        out.extend(as_vector_list(item))
+    return out
+
+
+def finite_or_raise(value: float, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+    return value
