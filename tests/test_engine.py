@@ -1,0 +1,350 @@
+"""Behaviour of the steering engine on a tiny random-weight pipeline (CPU, fp32)."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from steer import ModelMismatchError, SteeringFileError, SteeringStableDiffusionPipeline, SteeringVector
+from steer.hooks import LayerError, SteeringConfig, SteeringSession, build_layer_plans, layer_channels, window_bounds
+
+STEPS = 6
+PROMPT = "a red sneaker"
+
+
+def random_vector(pipe, layers, seed=0, scale=1.0, **meta):
+    ch = layer_channels(pipe.unet, layers)
+    g = torch.Generator().manual_seed(seed)
+    return SteeringVector({n: scale * torch.randn(c, generator=g) for n, c in ch.items()}, {"name": f"rand{seed}", **meta})
+
+
+def call(pipe, gen, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    return pipe(PROMPT, generator=gen(0), output_type="np", **kw).images
+
+
+def no_hooks_left(unet):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
+
+
+# 1 ---------------------------------------------------------------------------------------------------------------
+def test_no_steering_and_zero_scale_are_bit_identical_to_parent(tiny_pipe, gen):
+    parent = StableDiffusionPipeline.__call__(tiny_pipe, PROMPT, num_inference_steps=STEPS, generator=gen(0), output_type="np").images
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.1", "up_blocks.1.attentions.0"], scale=5.0)
+    assert np.array_equal(call(tiny_pipe, gen), parent)
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=0.0), parent)
+    assert np.array_equal(call(tiny_pipe, gen, steering=[v, v], steering_scale=[0.0, 0.0]), parent)
+    assert not np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=1.0), parent)
+
+
+# 2 ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("branch", ["cond", "uncond", "both"])
+def test_hooked_output_moves_by_scale_times_v_only_in_window_and_branch(tiny_pipe, gen, branch):
+    layer = "up_blocks.0.resnets.1"
+    v = random_vector(tiny_pipe, [layer], seed=3)
+    scale, window = 0.7, (0.3, 0.7)
+    module = dict(tiny_pipe.unet.named_modules())[layer]
+    raw, steered = [], []
+    pre = module.register_forward_hook(lambda m, a, o: raw.append(o.detach().clone()))
+    post_handle = []
+
+    def register_post(pipe, i, t, kw):  # registered after the steering hook, so it sees the steered output
+        if not post_handle:
+            post_handle.append(module.register_forward_hook(lambda m, a, o: steered.append(o.detach().clone())))
+        return {}
+
+    try:
+        call(tiny_pipe, gen, steering=v, steering_scale=scale, steering_window=window, steering_branch=branch, callback_on_step_end=register_post)
+    finally:
+        pre.remove()
+        for h in post_handle:
+            h.remove()
+    raw = raw[1:]  # step 0 ran before the post hook existed
+    assert len(raw) == len(steered) == STEPS - 1
+    first, stop = window_bounds(window, STEPS)
+    half = raw[0].shape[0] // 2
+    delta = (scale * v.directions[layer])[None, :, None, None]
+    for step, (r, s) in enumerate(zip(raw, steered, strict=True), start=1):
+        moved = s - r
+        rows = {"cond": slice(half, None), "uncond": slice(0, half), "both": slice(0, None)}[branch]
+        still = {"cond": slice(0, half), "uncond": slice(half, None), "both": slice(0, 0)}[branch]
+        if first <= step < stop:
+            torch.testing.assert_close(moved[rows], delta.expand_as(moved[rows]), rtol=0, atol=1e-5)
+            assert torch.equal(s[still], r[still])
+        else:
+            assert torch.equal(s, r), f"step {step} is outside the window but moved"
+
+
+def test_window_matches_paper_steps():
+    assert window_bounds((0.45, 0.95), 40) == (18, 38)  # paper: 0-indexed steps 18..37 of 40
+    assert window_bounds((0.0, 1.0), 7) == (0, 7)
+
+
+def test_per_row_scales_in_one_batched_call_equal_separate_calls(tiny_pipe, gen):
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0", "up_blocks.1.resnets.0"], seed=1)
+    scales = [-2.0, 0.0, 2.0]
+    batched = tiny_pipe([PROMPT] * 3, num_inference_steps=STEPS, generator=[gen(i) for i in range(3)], output_type="np", steering=v, steering_scale=scales).images
+    for i, s in enumerate(scales):
+        alone = tiny_pipe(PROMPT, num_inference_steps=STEPS, generator=gen(i), output_type="np", steering=v, steering_scale=s).images
+        np.testing.assert_allclose(batched[i], alone[0], atol=2e-5)
+
+
+def test_session_on_bare_unet_without_cfg_steers_every_row():
+    from steer.testing import tiny_components
+
+    unet = tiny_components()["unet"]
+    layer = "up_blocks.1.attentions.1"  # a Transformer2DModel: tuple output
+    v = SteeringVector({layer: torch.randn(layer_channels(unet, [layer])[layer])})
+    plans = build_layer_plans([v], None, normalize=False)
+    x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), torch.randn(2, 3, 32)
+    module = dict(unet.named_modules())[layer]
+    outs = []
+    h = module.register_forward_hook(lambda m, a, o: outs.append(o[0].clone()), prepend=True)
+    with torch.no_grad():
+        unet(x, t, encoder_hidden_states=c)
+        with SteeringSession(unet, plans, torch.tensor([[2.0]]), SteeringConfig(window=(0, 1))) as s:
+            after = []
+            h2 = module.register_forward_hook(lambda m, a, o: after.append(o[0].clone()))
+            unet(x, t, encoder_hidden_states=c)
+            h2.remove()
+    h.remove()
+    torch.testing.assert_close(after[0] - outs[1], (2.0 * v.directions[layer])[None, :, None, None].expand_as(after[0]), atol=1e-5, rtol=0)
+    assert s.applied_steps == [0]
+    assert no_hooks_left(unet)
+
+
+# 3 ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+def test_hooks_removed_on_every_exit_path(tiny_pipe, gen, exc):
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"])
+    call(tiny_pipe, gen, steering=v, steering_scale=1.0)
+    assert no_hooks_left(tiny_pipe.unet)
+
+    def boom(pipe, i, t, kw):
+        raise exc("stop")
+
+    with pytest.raises(exc):
+        call(tiny_pipe, gen, steering=v, steering_scale=1.0, callback_on_step_end=boom)
+    assert no_hooks_left(tiny_pipe.unet)
+    with pytest.raises(exc), tiny_pipe.steering(v, 1.0):
+        call(tiny_pipe, gen, callback_on_step_end=boom)
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_context_manager_applies_to_calls_inside_only(tiny_pipe, gen):
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.2"], scale=3.0)
+    plain = call(tiny_pipe, gen)
+    explicit = call(tiny_pipe, gen, steering=v, steering_scale=0.5, steering_window=(0, 1))
+    with tiny_pipe.steering(v, scale=0.5, window=(0, 1)):
+        inside = call(tiny_pipe, gen)
+        overridden = call(tiny_pipe, gen, steering_scale=0.0)
+    after = call(tiny_pipe, gen)
+    assert np.array_equal(inside, explicit)
+    assert np.array_equal(overridden, plain)
+    assert np.array_equal(after, plain)
+
+
+# 4 ---------------------------------------------------------------------------------------------------------------
+def test_two_threads_at_once_get_their_own_results(tiny_pipe, gen):
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0", "up_blocks.0.resnets.1"], seed=2, scale=2.0)
+    settings = {"a": dict(steering_scale=1.5, guidance_scale=7.5), "b": dict(steering_scale=-1.5, guidance_scale=3.0, steering_branch="both")}
+    alone = {k: call(tiny_pipe, gen, steering=v, **kw) for k, kw in settings.items()}
+    barrier = threading.Barrier(2)
+    together, errors = {}, []
+
+    def sync(pipe, i, t, kw):  # force the two denoising loops to interleave step by step
+        try:
+            barrier.wait(timeout=20)
+        except threading.BrokenBarrierError:
+            pass
+        return {}
+
+    def worker(key):
+        try:
+            together[key] = call(tiny_pipe, gen, steering=v, callback_on_step_end=sync, **settings[key])
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in settings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in settings:
+        assert np.array_equal(together[k], alone[k]), k
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+# 5 ---------------------------------------------------------------------------------------------------------------
+def test_unknown_layer_lists_close_matches(tiny_pipe, gen):
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"])
+    with pytest.raises(LayerError, match=r"up_blocks\.0\.resnet\.0.*did you mean.*up_blocks\.0\.resnets\.0"):
+        tiny_pipe.learn_direction(["x"], layers=["up_blocks.0.resnet.0"], method="mean")
+    bad = SteeringVector({"up_blocks.0.resnet.0": torch.ones(64)})
+    with pytest.raises(LayerError, match="did you mean"):
+        call(tiny_pipe, gen, steering=bad)
+    with pytest.raises(ValueError, match="not in the direction"):
+        call(tiny_pipe, gen, steering=v, steering_layers=["up_blocks.1.resnets.0"])
+    with pytest.raises(LayerError, match="matches no module"):
+        call(tiny_pipe, gen, steering=v, steering_layers=["down_blocks.9.*"])
+
+
+def test_glob_layers_restrict_the_vector(tiny_pipe, gen):
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0", "up_blocks.1.resnets.0"], scale=3.0)
+    only_first = call(tiny_pipe, gen, steering=v, steering_layers="up_blocks.0.*", steering_window=(0, 1))
+    sub = call(tiny_pipe, gen, steering=v.select(["up_blocks.0.resnets.0"]), steering_window=(0, 1))
+    assert np.array_equal(only_first, sub)
+
+
+def test_channel_mismatch_names_layer_and_sizes(tiny_pipe, gen):
+    bad = SteeringVector({"up_blocks.0.resnets.0": torch.ones(7)})
+    with pytest.raises(ModelMismatchError, match=r"up_blocks\.0\.resnets\.0.*7 channels.*64"):
+        call(tiny_pipe, gen, steering=bad)
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_vector_from_another_model_names_the_difference(tiny_pipe, gen):
+    from steer.testing import tiny_pipeline
+    from steer.vectors import unet_fingerprint
+
+    layers = ["up_blocks.0.resnets.0"]
+    other_weights = tiny_pipeline(seed=1)
+    v = random_vector(other_weights, layers, model=unet_fingerprint(other_weights.unet, layers))
+    with pytest.raises(ModelMismatchError, match="weights hash"):
+        call(tiny_pipe, gen, steering=v)
+    call(tiny_pipe, gen, steering=v, steering_strict=False)  # a fine-tune of the same architecture is allowed
+    other_arch = tiny_pipeline(seed=0, text_width=48)
+    w = random_vector(other_arch, layers, model=unet_fingerprint(other_arch.unet, layers))
+    with pytest.raises(ModelMismatchError, match="cross_attention_dim: 48 -> 32"):
+        call(tiny_pipe, gen, steering=w, steering_strict=False)
+
+
+def test_save_load_roundtrip_and_damaged_files(tiny_pipe, tmp_path):
+    from steer.vectors import unet_fingerprint
+
+    layers = ["up_blocks.0.resnets.0", "up_blocks.1.attentions.0"]
+    v = random_vector(tiny_pipe, layers, model=unet_fingerprint(tiny_pipe.unet, layers), activation_norm={layers[0]: 3.0})
+    path = v.save(tmp_path / "dir.safetensors")
+    w = SteeringVector.load(path)
+    assert w.layers == v.layers and all(torch.equal(w.directions[n], v.directions[n]) for n in layers)
+    assert w.metadata["model"]["channels"] == {layers[0]: 64, layers[1]: 32}
+    data = path.read_bytes()
+    (tmp_path / "trunc.safetensors").write_bytes(data[: len(data) - 50])
+    with pytest.raises(SteeringFileError, match="truncated or corrupt"):
+        SteeringVector.load(tmp_path / "trunc.safetensors")
+    edited = bytearray(data)
+    edited[-3] ^= 0xFF  # flip bits inside the last tensor's data
+    (tmp_path / "edited.safetensors").write_bytes(bytes(edited))
+    with pytest.raises(SteeringFileError, match="edited or damaged"):
+        SteeringVector.load(tmp_path / "edited.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file at all")
+    with pytest.raises(SteeringFileError):
+        SteeringVector.load(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.ones(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(SteeringFileError, match="not a steering vector"):
+        SteeringVector.load(tmp_path / "other.safetensors")
+    with pytest.raises(SteeringFileError, match="not found"):
+        SteeringVector.load(tmp_path / "missing.safetensors")
+
+
+def test_arithmetic_and_normalization(tiny_pipe):
+    layers = ["up_blocks.0.resnets.0", "up_blocks.1.resnets.0"]
+    a, b = random_vector(tiny_pipe, layers, seed=1), random_vector(tiny_pipe, layers[:1], seed=2)
+    for n in layers:
+        torch.testing.assert_close((a + b).directions[n], a.directions[n] + (b.directions[n] if n in b.directions else 0))
+        torch.testing.assert_close((a - b).directions[n], a.directions[n] - (b.directions[n] if n in b.directions else 0))
+        torch.testing.assert_close((2.0 * a).directions[n], 2 * a.directions[n])
+        torch.testing.assert_close((a * 2.0).directions[n], 2 * a.directions[n])
+        torch.testing.assert_close((-a).directions[n], -a.directions[n])
+        torch.testing.assert_close((a / 4).directions[n], a.directions[n] / 4)
+        assert abs(float(a.normalized().directions[n].norm()) - 1.0) < 1e-5
+    assert a.to(dtype=torch.float16).directions[layers[0]].dtype == torch.float16
+
+
+def test_normalized_scale_is_in_units_of_activation_norm(tiny_pipe):
+    layer = "up_blocks.0.resnets.0"
+    v = random_vector(tiny_pipe, [layer], activation_norm={layer: 4.0})
+    plan = build_layer_plans([v], None, normalize=True)[layer]
+    assert abs(float(plan.directions[0].norm()) - 4.0) < 1e-4
+    no_norm = random_vector(tiny_pipe, [layer])
+    with pytest.raises(ValueError, match="activation norm"):
+        build_layer_plans([no_norm], None, normalize=True)
+
+
+def test_bad_scale_and_window_arguments(tiny_pipe, gen):
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"])
+    with pytest.raises(ValueError, match="one per image"):
+        call(tiny_pipe, gen, steering=v, steering_scale=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="start <= end"):
+        call(tiny_pipe, gen, steering=v, steering_window=(0.9, 0.1))
+    with pytest.raises(ValueError, match="steering_branch"):
+        call(tiny_pipe, gen, steering=v, steering_branch="neg")
+    with pytest.raises(ValueError, match="finite"):
+        call(tiny_pipe, gen, steering=v, steering_scale=float("nan"))
+
+
+def test_weighted_mode_concentrates_the_edit_where_activations_are_large(tiny_pipe, gen):
+    layer = "up_blocks.1.resnets.1"
+    v = random_vector(tiny_pipe, [layer], scale=0.5)
+    module = dict(tiny_pipe.unet.named_modules())[layer]
+    raw, steered, post = [], [], []
+
+    def register_post(pipe, i, t, kw):
+        if not post:
+            post.append(module.register_forward_hook(lambda m, a, o: steered.append(o.detach().clone())))
+        return {}
+
+    pre = module.register_forward_hook(lambda m, a, o: raw.append(o.detach().clone()))
+    try:
+        call(tiny_pipe, gen, steering=v, steering_window=(0, 1), steering_mode="weighted", callback_on_step_end=register_post)
+    finally:
+        pre.remove()
+        post[0].remove()
+    r, s = raw[-1], steered[-1]
+    moved = (s - r).norm(dim=1)  # (N, H, W)
+    act = r.norm(dim=1)
+    rows = slice(r.shape[0] // 2, None)
+    corr = torch.corrcoef(torch.stack([moved[rows].flatten(), act[rows].flatten()]))[0, 1]
+    assert corr > 0.99
+    # the mean spatial weight is one, so the average edit equals the uniform one
+    torch.testing.assert_close(moved[rows].mean(dim=(1, 2)), torch.full_like(moved[rows][:, 0, 0], float(v.directions[layer].norm())), rtol=1e-3, atol=0)
+
+
+# 7 ---------------------------------------------------------------------------------------------------------------
+def test_torch_compile_steers_without_recompiling(gen):
+    from torch._dynamo.utils import counters
+
+    from steer.testing import tiny_pipeline
+
+    torch._dynamo.reset()
+    pipe = tiny_pipeline(seed=0)
+    v = random_vector(pipe, ["up_blocks.0.resnets.1", "up_blocks.1.attentions.0"], scale=2.0)
+    eager = {s: call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4) for s in (0.0, 1.0, -1.0)}
+    plain_compile = tiny_pipeline(seed=0)
+    plain_compile.unet = torch.compile(plain_compile.unet, backend="eager")
+    with pytest.raises(RuntimeError, match="compile_unet"):
+        call(plain_compile, gen, steering=v, num_inference_steps=4)
+    pipe.compile_unet(backend="eager")
+    counters.clear()
+    for s in (0.0, 1.0, -1.0, 1.0):
+        out = call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4)
+        np.testing.assert_array_equal(out, eager[s])
+    call(pipe, gen, steering=v, steering_scale=0.5, steering_window=(0.0, 0.5), num_inference_steps=4)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
+def test_from_pipe_shares_weights_and_steers(gen):
+    from steer.testing import tiny_pipeline
+
+    base = tiny_pipeline(seed=0, cls=StableDiffusionPipeline)
+    pipe = SteeringStableDiffusionPipeline.from_pipe(base)
+    assert pipe.unet is base.unet and pipe.vae is base.vae
+    pipe.set_progress_bar_config(disable=True)
+    v = random_vector(pipe, ["up_blocks.0.resnets.0"], scale=3.0)
+    assert not np.array_equal(call(pipe, gen, steering=v), call(pipe, gen))
