@@ -39,7 +39,7 @@ from . import models as M
 
 VARIANT_DEFAULTS = {
     # steps, batch, lr, warmup, ema decay
-    "demo": dict(steps=12000, batch_size=64, lr=1e-3, warmup=300, ema=0.999),
+    "demo": dict(steps=9000, batch_size=64, lr=1e-3, warmup=300, ema=0.999),
     "hybrid": dict(steps=3000, batch_size=64, lr=4e-4, warmup=100, ema=0.995),
     "mem": dict(steps=1500, batch_size=32, lr=4e-4, warmup=50, ema=0.99),
 }
@@ -98,7 +98,8 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
 # ----------------------------------------------------------------------------------------------------- VAE
 
 
-def train_vae(out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 1e-3, seed: int = 0, kl_weight: float = 1e-8):
+def train_vae(out: Path, steps: int = 600, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, kl_weight: float = 1e-8,
+              limit: int | None = None):
     """Stage 1: train the AutoencoderKL, save it to ``out/vae`` (float32)."""
     vae_dir = out / "vae"
     if (vae_dir / "config.json").is_file():
@@ -106,7 +107,7 @@ def train_vae(out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 1e
 
         return AutoencoderKL.from_pretrained(vae_dir)
     torch.manual_seed(seed)
-    ds = D.make_coloured_fashion_mnist("train", seed=seed)
+    ds = D.make_coloured_fashion_mnist("train", seed=seed, limit=limit)
     x_all = torch.from_numpy(ds.images) * 2 - 1
     vae = M.build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -115,7 +116,7 @@ def train_vae(out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 1e
     hist = []
     for step in range(steps):
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, steps, lr, 100)
+            pg["lr"] = lr_at(step, steps, lr, 50)
         idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
         x = x_all[idx]
         dist = vae.encode(x).latent_dist
@@ -129,7 +130,7 @@ def train_vae(out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 1e
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         hist.append(mse.item())
-        if step % 100 == 0 or step == steps - 1:
+        if step % 50 == 0 or step == steps - 1:
             log(out, f"vae step {step} mse {np.mean(hist[-100:]):.5f} kl {kl.item():.1f} ({time.time() - t0:.0f}s)")
     vae.save_pretrained(vae_dir, safe_serialization=True)
     _atomic_json({"steps": steps, "batch_size": batch_size, "lr": lr, "kl_weight": kl_weight,
@@ -149,12 +150,12 @@ def encode_dataset(vae, images: np.ndarray, batch_size: int = 500) -> tuple[torc
     return torch.cat(means), torch.cat(stds)
 
 
-def cache_latents(out: Path, vae, seed: int = 0) -> dict:
+def cache_latents(out: Path, vae, seed: int = 0, limit: int | None = None) -> dict:
     """Stage 2: latents of the base training set + the measured scaling factor (``out/latents.safetensors``)."""
     path = out / "latents.safetensors"
     if path.is_file():
         return load_file(str(path))
-    ds = D.make_coloured_fashion_mnist("train", seed=seed)
+    ds = D.make_coloured_fashion_mnist("train", seed=seed, limit=limit)
     mean, std = encode_dataset(vae, ds.images)
     sample = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
     scale = float(1.0 / sample.std())
@@ -280,12 +281,12 @@ def train(args) -> Path:
         if not (out / "latents.safetensors").exists():
             shutil.copy(init / "latents.safetensors", out / "latents.safetensors")
             shutil.copy(init / "latents.json", out / "latents.json")
-    vae = train_vae(out, steps=args.vae_steps, seed=args.seed)
-    lat = cache_latents(out, vae, seed=args.seed)
+    vae = train_vae(out, steps=args.vae_steps, lr=args.vae_lr, seed=args.seed, limit=args.limit)
+    lat = cache_latents(out, vae, seed=args.seed, limit=args.limit)
     scale = float(lat["scaling_factor"])
     lat_mean, lat_std = lat["mean"], lat["std"]
 
-    ds = D.make_coloured_fashion_mnist("train", seed=args.seed)
+    ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
     item_idx, captions, meta = variant_items(args.variant, ds, args.seed)
     if meta:
         _atomic_json(meta, out / "variant.json")
@@ -437,8 +438,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--ema", type=float, default=None)
-    p.add_argument("--vae-steps", dest="vae_steps", type=int, default=2500)
+    p.add_argument("--vae-steps", dest="vae_steps", type=int, default=600)
+    p.add_argument("--vae-lr", dest="vae_lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training items (smoke tests)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--init", default=None, help="hybrid/mem: start from this run folder or pipeline folder")
