@@ -1,0 +1,302 @@
+"""The ``steer`` command line: learn, generate, and the subcommands of the other modules (detect, batch, lab)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+# Modules that add their own subcommands through ``configure_parser(subparsers)``.
+_TOP_LEVEL_PLUGINS = ("steer.detect", "steer.batch")
+_LAB_PLUGINS = ("steer.lab.train", "steer.lab.theory")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if n is not None and len(values) != n:
+        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    start, end = _floats(text, 2, "--window")
+    return start, end
+
+
+def parse_sweep(text: str) -> list[float]:
+    lo, hi, n = _floats(text, 3, "--sweep")
+    if n < 2 or n != int(n):
+        raise argparse.ArgumentTypeError(f"--sweep count must be an integer >= 2, got {n:g}")
+    n = int(n)
+    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from steer.loading import default_model
+
+    p.add_argument("--model", default=default_model(), help="pipeline directory or hub id (default: the embedded demo model)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+
+
+def _add_steering_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", nargs="+", default=None, help="restrict to these layers / glob patterns")
+    p.add_argument("--window", type=parse_window, default=None, help="start,end fractions of the run (default 0.45,0.95)")
+    p.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond")
+    p.add_argument("--normalize", action="store_true", help="scale in units of each layer's typical activation norm")
+    p.add_argument("--mode", choices=("add", "weighted"), default="add", help="uniform add (paper) or activation-weighted")
+    p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
+
+
+def _expand_items(values: list[str] | None) -> list[str]:
+    """Prompts stay as they are; a directory expands to the images inside it."""
+    from steer.learn import IMAGE_SUFFIXES
+
+    out: list[str] = []
+    for v in values or []:
+        p = Path(v)
+        if p.is_dir():
+            imgs = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not imgs:
+                raise CLIError(f"directory {v} holds no images")
+            out += imgs
+        else:
+            out.append(v)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def cmd_learn(args: argparse.Namespace) -> int:
+    from steer.loading import load_pipeline
+
+    pipe = load_pipeline(args.model, args.device, progress=False)
+    vector = pipe.learn_direction(
+        _expand_items(args.positive),
+        _expand_items(args.negative) or None,
+        layers=args.layers,
+        method=args.method,
+        mode=args.source_mode,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        timestep=args.timestep,
+        image_prompts=args.image_prompt,
+        seed=args.seed,
+        name=args.name,
+        progress=True,
+    )
+    vector.metadata["recommended"] = {"window": list(args.window or (0.45, 0.95))}
+    path = vector.save(args.out)
+    print(f"wrote {path}: {vector}")
+    return 0
+
+
+def _recipe(args: argparse.Namespace, vectors, scale: float | None, seed: int) -> dict[str, Any]:
+    from steer import __version__
+
+    return {
+        "steer_version": __version__,
+        "model": str(args.model),
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "seed": seed,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "height": args.height,
+        "width": args.width,
+        "directions": [{"name": v.name, "hash": v.digest(), "path": str(p)} for v, p in vectors],
+        "scale": scale,
+        "layers": args.layers,
+        "window": list(args.window) if args.window else [0.45, 0.95],
+        "branch": args.branch,
+        "normalize": args.normalize,
+        "mode": args.mode,
+    }
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers.utils import make_image_grid
+
+    from steer.loading import bundled_directions, load_pipeline
+    from steer.recipe import save_png
+    from steer.vectors import SteeringVector
+
+    paths = []
+    for d in args.direction or []:
+        bundled = bundled_directions()
+        paths.append(bundled[d] if d in bundled and not Path(d).exists() else Path(d))
+    vectors = [(SteeringVector.load(p), p) for p in paths]
+    if args.sweep is not None and not vectors:
+        raise CLIError("--sweep needs a --direction")
+    scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
+    pipe = load_pipeline(args.model, args.device, progress=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steering_kwargs: dict[str, Any] = {}
+    if vectors:
+        steering_kwargs = dict(
+            steering=[v for v, _ in vectors],
+            steering_scale=[[s] * len(vectors) for s in scales],
+            steering_layers=args.layers,
+            steering_branch=args.branch,
+            steering_normalize=args.normalize,
+            steering_mode=args.mode,
+            steering_strict=args.strict,
+        )
+        if args.window:
+            steering_kwargs["steering_window"] = args.window
+    device = pipe._execution_device
+    gen_device = "cpu" if device.type == "mps" else device
+    written = []
+    for seed in range(args.seed, args.seed + args.num_images):
+        generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
+        images = pipe(
+            [args.prompt] * len(scales),
+            negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=args.height,
+            width=args.width,
+            generator=generators,
+            **steering_kwargs,
+        ).images
+        for image, scale in zip(images, scales, strict=True):
+            tag = f"_scale{scale:+.3g}" if scale is not None else ""
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, scale, seed)))
+        if args.sweep is not None:
+            grid = make_image_grid(list(images), rows=1, cols=len(images))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, None, seed), "sweep": scales}))
+    for w in written:
+        print(w)
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from steer.hooks import default_layers, layer_channels, list_layers
+    from steer.loading import load_pipeline
+
+    pipe = load_pipeline(args.model, args.device)
+    names = list_layers(pipe.unet)
+    channels = layer_channels(pipe.unet, names)
+    defaults = set(default_layers(pipe.unet))
+    for n in names:
+        flag = "\tdefault" if n in defaults else ""
+        print(f"{n}\t{channels[n]}{flag}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from steer.vectors import SteeringVector
+
+    v = SteeringVector.load(args.path)
+    summary = {"name": v.name, "layers": v.channels(), "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "source", "pooling", "timestep", "positive", "negative", "recommended")}}
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def _load_plugin(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steer", description="Training-free representation steering for Stable Diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("learn", help="learn a steering direction from prompts or images")
+    _add_model_args(p)
+    p.add_argument("--positive", nargs="+", required=True, help="prompt(s), image files or a directory of images")
+    p.add_argument("--negative", nargs="+", default=None, help="prompt(s), image files or a directory of images")
+    p.add_argument("--method", choices=("mean", "mean_diff", "pca"), default="mean_diff")
+    p.add_argument("--source-mode", choices=("fast", "reference"), default="fast", help="prompts: record during sampling (fast) or generate + re-encode (reference, paper)")
+    p.add_argument("--layers", nargs="+", default=None)
+    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--timestep", type=int, default=10)
+    p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
+    p.add_argument("--window", type=parse_window, default=None, help="recommended steering window to record")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None)
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.set_defaults(func=cmd_learn)
+
+    p = sub.add_parser("generate", help="generate images, optionally steered; PNGs carry their recipe")
+    _add_model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--direction", nargs="+", default=None, help="direction file(s) or bundled direction name(s)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--scale", type=float, default=1.0)
+    group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
+    _add_steering_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=1, help="one per seed, starting at --seed")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("layers", help="list a model's hookable layers with channel counts")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("inspect", help="print a direction file's layers and metadata")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_inspect)
+
+    for name in _TOP_LEVEL_PLUGINS:
+        module = _load_plugin(name)
+        if module is not None and hasattr(module, "configure_parser"):
+            module.configure_parser(sub)
+
+    lab = sub.add_parser("lab", help="train the lab's small models and run the theory experiments")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    for name in _LAB_PLUGINS:
+        module = _load_plugin(name)
+        if module is not None and hasattr(module, "configure_parser"):
+            module.configure_parser(lab_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from steer.hooks import LayerError
+    from steer.vectors import ModelMismatchError, SteeringFileError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, LayerError, ModelMismatchError, SteeringFileError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"steer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"steer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
