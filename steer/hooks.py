@@ -199,9 +199,16 @@ def layer_channels(unet: nn.Module, names: Sequence[str]) -> dict[str, int]:
 # Step counting shared by steering and recording
 # ----------------------------------------------------------------------------------------------------------------------
 def window_bounds(window: tuple[float, float], num_steps: int) -> tuple[int, int]:
-    """Active step indices ``[first, stop)`` of ``window`` on a run of ``num_steps`` UNet calls."""
+    """Active step indices ``[first, stop)`` of ``window`` on a run of ``num_steps`` UNet calls.
+
+    A non-empty window always covers at least one step, so short runs still steer (or record).
+    """
     start, end = window
-    return math.ceil(start * num_steps - 1e-9), math.ceil(end * num_steps - 1e-9)
+    first, stop = math.ceil(start * num_steps - 1e-9), math.ceil(end * num_steps - 1e-9)
+    if first >= stop and end > start and num_steps > 0:  # a window narrower than one step still gets its step
+        first = min(math.floor(start * num_steps), num_steps - 1)
+        stop = first + 1
+    return first, stop
 
 
 def check_window(window: tuple[float, float]) -> tuple[float, float]:

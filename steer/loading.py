@@ -43,7 +43,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         raise FileNotFoundError(f"model {model!r} not found: give a pipeline directory or a hub id like 'org/name'")
     try:
         pipe = SteeringStableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            model, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

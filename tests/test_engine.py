@@ -80,6 +80,8 @@ def test_hooked_output_moves_by_scale_times_v_only_in_window_and_branch(tiny_pip
 def test_window_matches_paper_steps():
     assert window_bounds((0.45, 0.95), 40) == (18, 38)  # paper: 0-indexed steps 18..37 of 40
     assert window_bounds((0.0, 1.0), 7) == (0, 7)
+    assert window_bounds((0.8, 1.0), 3) == (2, 3)  # narrower than a step: still the step it falls in
+    assert window_bounds((0.5, 0.5), 10) == (5, 5)  # empty stays empty
 
 
 def test_per_row_scales_in_one_batched_call_equal_separate_calls(tiny_pipe, gen):
