@@ -271,10 +271,14 @@ class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
 
     # Extension points for inline measurements (memorization detection) ------------------------------------------
     def _extra_call_params(self) -> tuple[str, ...]:
-        return ()
+        from steer.detect import INLINE_CALL_PARAMS
+
+        return INLINE_CALL_PARAMS
 
     def _enter_extras(self, call_pipe, stack: contextlib.ExitStack, extras: dict[str, Any], num_images: int):
-        return None
+        from steer.detect import enter_inline_detection
+
+        return enter_inline_detection(call_pipe, stack, extras, num_images)
 
     # ------------------------------------------------------------------------------------------------------------
     def learn_direction(self, positive, negative=None, **kwargs: Any) -> SteeringVector:
@@ -282,3 +286,9 @@ class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
         from steer.learn import learn_direction
 
         return learn_direction(self, positive, negative, **kwargs)
+
+    def detect_memorization(self, prompt, **kwargs: Any):
+        """Generate, score (inline and re-encode) and judge memorization; see `steer.detect.detect_memorization`."""
+        from steer.detect import detect_memorization
+
+        return detect_memorization(self, prompt, **kwargs)

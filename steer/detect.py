@@ -1,0 +1,761 @@
+"""Memorization detection from the spikiness of UNet activations (Zhang et al. 2026).
+
+A memorized sample excites a few units of the denoiser very strongly; a generalized one excites many units
+moderately. Two ways to read this:
+
+- **Re-encode** (the paper): VAE-encode the generated image, noise it to a small DDPM timestep (t = 10), run one
+  UNet pass with the empty prompt, hook ``up_blocks.0.resnets.<last>.nonlinearity``, max-pool over space to a
+  per-channel vector and take its population standard deviation. Costs one UNet evaluation (plus a VAE encode)
+  after the generation. `MemorizationDetector.score`.
+- **Inline**: ``pipe(..., detect_memorization=True)`` records the same layer's max-pooled activations of the
+  conditional CFG branch *during* normal sampling, so the score costs zero extra UNet evaluations. The score of
+  the first ``early_steps`` steps is an early warning available before the image exists.
+
+The hooked module is the ``nonlinearity`` (SiLU) of a diffusers ``ResnetBlock2D``. That one module instance is
+called three times per forward (after ``norm1`` on the block input, on the time embedding, and after ``norm2``);
+the detector keeps the **last call** (after ``norm2``, ``out_channels`` wide), i.e. the input of the block's
+second convolution.
+
+Scores are "higher = more memorized". A detector calibrated on ordinary samples (`MemorizationDetector.calibrate`)
+holds thresholds at a chosen false-positive rate and is saved as safetensors + JSON metadata (never pickle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
+
+from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
+from steer.vectors import ModelMismatchError, SteeringFileError, unet_fingerprint
+
+Statistic = Literal["std", "l4_l2", "max_over_mean"]
+STATISTICS = ("std", "l4_l2", "max_over_mean")
+POOLINGS = ("max", "mean")
+PROMPT_MODES = ("empty", "own")
+SCORE_KINDS = ("reencode", "inline", "early")
+
+# Inline defaults, chosen on the hybrid lab model (docs/detection.md): the statistic averaged over the last 20 %
+# of the denoising steps is the final score; the mean over the first step(s) is the early warning.
+DEFAULT_INLINE_WINDOW = (0.8, 1.0)
+DEFAULT_EARLY_STEPS = 1
+
+# Extra ``__call__`` keywords of `SteeringStableDiffusionPipeline` handled here.
+INLINE_CALL_PARAMS = ("detect_memorization", "memorization_detector", "memorization_early_steps")
+
+FORMAT_NAME = "steer.MemorizationDetector"
+FORMAT_VERSION = 1
+_METADATA_KEY = "steer_detector"
+
+
+class DetectorFileError(SteeringFileError):
+    """A detector file is missing, truncated, edited or not a detector."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------------------------------
+def spikiness(vectors: torch.Tensor, statistic: Statistic = "std") -> torch.Tensor:
+    """Spikiness of each row of ``vectors`` (..., C) -> (...): high when a few channels dominate.
+
+    - ``"std"``: population standard deviation over channels (the paper).
+    - ``"l4_l2"``: ``||v||_4 / ||v||_2``; 1 for a one-hot vector, ``C**-0.25`` for a constant one.
+    - ``"max_over_mean"``: ``max(v) / mean(|v|)``.
+    """
+    v = vectors.double()
+    if statistic == "std":
+        out = v.std(dim=-1, correction=0)
+    elif statistic == "l4_l2":
+        l2 = v.pow(2).sum(-1).sqrt()
+        l4 = v.pow(4).sum(-1).pow(0.25)
+        out = l4 / l2.clamp_min(1e-12)
+    elif statistic == "max_over_mean":
+        out = v.amax(-1) / v.abs().mean(-1).clamp_min(1e-12)
+    else:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    return out.float()
+
+
+def layer_scores(pooled: dict[str, torch.Tensor], statistic: Statistic) -> torch.Tensor:
+    """Mean over layers of each layer's spikiness; ``pooled[layer]`` is (..., C)."""
+    return torch.stack([spikiness(p, statistic) for p in pooled.values()]).mean(0)
+
+
+def default_detection_layer(unet: torch.nn.Module) -> str:
+    """The paper's layer by role: the ``nonlinearity`` of the last resnet of ``up_blocks.0``.
+
+    SD1.x: ``up_blocks.0.resnets.2.nonlinearity`` (the paper's); the lab models (``layers_per_block=1``):
+    ``up_blocks.0.resnets.1.nonlinearity``.
+    """
+    unet = getattr(unet, "_orig_mod", unet)
+    ups = list(getattr(unet, "up_blocks", []))
+    if not ups or not getattr(ups[0], "resnets", None):
+        raise ValueError("this UNet has no up_blocks.0.resnets; pass layers=... explicitly (see `steer layers`)")
+    return f"up_blocks.0.resnets.{len(ups[0].resnets) - 1}.nonlinearity"
+
+
+def quantile_threshold(scores: torch.Tensor, fpr: float) -> float:
+    """The (1 - fpr) quantile of ordinary scores: about ``fpr`` of them lie above it."""
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+    s = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    if s.numel() == 0:
+        raise ValueError("cannot calibrate on zero ordinary samples")
+    return float(torch.quantile(s, 1.0 - fpr))
+
+
+def _is_prompt_list(items: Any) -> bool:
+    if isinstance(items, str):
+        return True
+    items = list(items) if not isinstance(items, torch.Tensor) else []
+    from steer.learn import _is_image_item
+
+    return bool(items) and all(isinstance(i, str) and not _is_image_item(i) for i in items)
+
+
+def _unet(pipe) -> torch.nn.Module:
+    return getattr(pipe.unet, "_orig_mod", pipe.unet)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class SteeringPipelineOutput(StableDiffusionPipelineOutput):
+    """`StableDiffusionPipelineOutput` plus inline memorization scores (one per image, higher = more memorized).
+
+    ``memorization_step_scores`` is (steps, images): the statistic at every denoising step. ``memorized`` is set
+    when a calibrated detector was given. With ``return_dict=False`` the call returns the tuple
+    ``(images, nsfw_content_detected, memorization_scores, memorization_early_scores, memorized)``.
+    """
+
+    memorization_scores: torch.Tensor | None = None
+    memorization_early_scores: torch.Tensor | None = None
+    memorization_step_scores: torch.Tensor | None = None
+    memorized: torch.Tensor | None = None
+
+
+@dataclass
+class MemorizationReport:
+    """What `detect_memorization` returns: images, prompts, seeds, every score and the verdict."""
+
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1]
+    prompts: list[str]
+    seeds: list[int]
+    scores: torch.Tensor | None  # re-encode score (paper), None when skipped
+    inline_scores: torch.Tensor
+    early_scores: torch.Tensor
+    memorized: torch.Tensor | None  # None for an uncalibrated detector
+    threshold: float | None
+    verdict_from: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per image."""
+        out = []
+        for i, prompt in enumerate(self.prompts):
+            out.append(
+                {
+                    "index": i,
+                    "prompt": prompt,
+                    "seed": self.seeds[i],
+                    "score": None if self.scores is None else float(self.scores[i]),
+                    "inline_score": float(self.inline_scores[i]),
+                    "early_score": float(self.early_scores[i]),
+                    "memorized": None if self.memorized is None else bool(self.memorized[i]),
+                }
+            )
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The detector
+# ----------------------------------------------------------------------------------------------------------------------
+class MemorizationDetector:
+    """The paper's memorization detector plus its inline, zero-extra-evaluation variant.
+
+    ``layers``: module paths or globs (default: `default_detection_layer`); several layers average their scores.
+    ``pooling``: spatial ``"max"`` (paper) or ``"mean"``. ``statistic``: see `spikiness`. ``timestep``: the DDPM
+    step the re-encoded latent is noised to. ``prompt``: condition the re-encode pass on the empty prompt
+    (``"empty"``, paper) or on each image's own prompt (``"own"``). ``seed`` fixes the re-encode noise (the same
+    noise for every image, so a score never depends on batching). ``inline_window`` and ``early_steps`` define
+    the inline scores. Thresholds (`threshold`, `inline_threshold`, `early_threshold`) are set by `calibrate`.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        layers: str | Sequence[str] | None = None,
+        pooling: Literal["max", "mean"] = "max",
+        statistic: Statistic = "std",
+        timestep: int = 10,
+        prompt: Literal["empty", "own"] = "empty",
+        *,
+        seed: int = 0,
+        inline_window: tuple[float, float] = DEFAULT_INLINE_WINDOW,
+        early_steps: int = DEFAULT_EARLY_STEPS,
+        batch_size: int = 32,
+    ):
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if statistic not in STATISTICS:
+            raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+        if prompt not in PROMPT_MODES:
+            raise ValueError(f"prompt must be one of {PROMPT_MODES}, got {prompt!r}")
+        start, end = (float(w) for w in inline_window)
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"inline_window must satisfy 0 <= start < end <= 1, got {inline_window!r}")
+        if int(early_steps) < 1:
+            raise ValueError(f"early_steps must be >= 1, got {early_steps}")
+        self.pipe = pipe
+        unet = _unet(pipe)
+        self.layers = resolve_layers(unet, layers) if layers is not None else [default_detection_layer(unet)]
+        self.pooling = pooling
+        self.statistic = statistic
+        self.timestep = int(timestep)
+        self.prompt = prompt
+        self.seed = int(seed)
+        self.inline_window = (start, end)
+        self.early_steps = int(early_steps)
+        self.batch_size = int(batch_size)
+        self.threshold: float | None = None
+        self.inline_threshold: float | None = None
+        self.early_threshold: float | None = None
+        self.fpr: float | None = None
+        self.calibration: dict[str, torch.Tensor] = {}
+        noiser = DDPMScheduler.from_config(pipe.scheduler.config)
+        if not 0 <= self.timestep < noiser.config.num_train_timesteps:
+            raise ValueError(f"timestep must be in [0, {noiser.config.num_train_timesteps}), got {timestep}")
+        self._noiser = noiser
+
+    def __repr__(self) -> str:
+        return (
+            f"MemorizationDetector(layers={self.layers}, pooling={self.pooling!r}, statistic={self.statistic!r}, "
+            f"timestep={self.timestep}, prompt={self.prompt!r}, threshold={self.threshold})"
+        )
+
+    @property
+    def calibrated(self) -> bool:
+        return self.threshold is not None or self.inline_threshold is not None
+
+    # ----- re-encode score (the paper) ---------------------------------------------------------------------------
+    def _noise(self, shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randn(tuple(shape), generator=gen).to(device=like.device, dtype=like.dtype)
+
+    @torch.no_grad()
+    def representations(self, images: Any, prompts: str | Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Pooled (N, C) activations per layer of the re-encode pass (VAE encode, noise to t, one UNet call)."""
+        from steer.learn import encode_images, encode_text
+
+        items = list(images) if not isinstance(images, torch.Tensor) or images.ndim == 4 else [images]
+        if not items:
+            raise ValueError("no images to score")
+        texts = self._condition_prompts(len(items), prompts)
+        unet = _unet(self.pipe)
+        recorder = ActivationRecorder(unet, self.layers, self.pooling, cfg=False, branch="both")
+        with recorder:
+            for i in range(0, len(items), self.batch_size):
+                z0 = encode_images(self.pipe, items[i : i + self.batch_size])
+                t = torch.full((len(z0),), self.timestep, device=z0.device, dtype=torch.long)
+                zt = self._noiser.add_noise(z0, self._noise(z0.shape[1:], z0).expand_as(z0), t)
+                cond = encode_text(self.pipe, texts[i : i + self.batch_size]).to(zt.dtype)
+                self.pipe.unet(zt, t, encoder_hidden_states=cond, return_dict=False)
+        return {n: recorder.stacked(n) for n in self.layers}
+
+    def _condition_prompts(self, n: int, prompts: str | Sequence[str] | None) -> list[str]:
+        if self.prompt == "empty":
+            return [""] * n
+        if prompts is None:
+            raise ValueError("this detector conditions on each image's own prompt (prompt='own'): pass prompts=...")
+        texts = [prompts] * n if isinstance(prompts, str) else list(prompts)
+        if len(texts) != n:
+            raise ValueError(f"got {len(texts)} prompts for {n} images")
+        return texts
+
+    def score(self, images: Any, prompts: str | Sequence[str] | None = None) -> torch.Tensor:
+        """Paper score of each image (PIL images, paths, or tensors in [0, 1]); (N,) float, higher = memorized."""
+        return layer_scores(self.representations(images, prompts), self.statistic)
+
+    def predict(self, images: Any, prompts: str | Sequence[str] | None = None) -> torch.Tensor:
+        """Booleans: the re-encode score is above the calibrated threshold."""
+        if self.threshold is None:
+            raise RuntimeError("the detector is not calibrated: call calibrate(ordinary_images_or_prompts) or load a calibrated file")
+        return self.score(images, prompts) > self.threshold
+
+    # ----- inline scores ------------------------------------------------------------------------------------------
+    def recorder(self, call_pipe) -> ActivationRecorder:
+        """An `ActivationRecorder` for an inline run of ``call_pipe`` (conditional branch, all steps)."""
+        return ActivationRecorder(
+            _unet(call_pipe),
+            self.layers,
+            self.pooling,
+            num_steps=lambda: len(call_pipe.scheduler.timesteps),
+            cfg=lambda: call_pipe.do_classifier_free_guidance,
+            branch="cond",
+        )
+
+    def step_scores(self, recorder: ActivationRecorder) -> torch.Tensor:
+        """(steps, images) statistic at every recorded step."""
+        per_layer = []
+        for name in self.layers:
+            steps = recorder.by_step(name)
+            if not steps:
+                raise RuntimeError(f"no activations were recorded at {name!r} during sampling")
+            per_layer.append(spikiness(torch.stack([steps[s] for s in sorted(steps)]), self.statistic))
+        return torch.stack(per_layer).mean(0)
+
+    def inline_from_steps(self, step_scores: torch.Tensor, early_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(final score, early score) per image from (steps, images) step scores."""
+        n = step_scores.shape[0]
+        first, stop = window_bounds(self.inline_window, n)
+        first, stop = min(first, n - 1), max(stop, min(first, n - 1) + 1)
+        k = min(int(early_steps or self.early_steps), n)
+        return step_scores[first:stop].mean(0), step_scores[:k].mean(0)
+
+    # ----- calibration --------------------------------------------------------------------------------------------
+    def calibrate(
+        self,
+        ordinary: Any,
+        fpr: float = 0.01,
+        *,
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+        **call_kwargs: Any,
+    ) -> MemorizationDetector:
+        """Set thresholds at the (1 - fpr) quantile of scores of ordinary (non-memorized) samples.
+
+        ``ordinary``: images (re-encode threshold only) or prompts (generated first, with inline scores recorded:
+        sets the re-encode, inline and early thresholds). ``call_kwargs`` go to the pipeline call.
+        """
+        if _is_prompt_list(ordinary):
+            prompts = [ordinary] if isinstance(ordinary, str) else list(ordinary)
+            report = detect_memorization(
+                self.pipe, prompts, detector=self, num_images_per_prompt=num_images_per_prompt, seed=seed, **call_kwargs
+            )
+            scores = {"reencode": report.scores, "inline": report.inline_scores, "early": report.early_scores}
+        else:
+            scores = {"reencode": self.score(ordinary)}
+        self.calibration = {k: v.detach().float().cpu() for k, v in scores.items()}
+        self.fpr = float(fpr)
+        self.threshold = quantile_threshold(scores["reencode"], fpr)
+        self.inline_threshold = quantile_threshold(scores["inline"], fpr) if "inline" in scores else None
+        self.early_threshold = quantile_threshold(scores["early"], fpr) if "early" in scores else None
+        return self
+
+    # ----- files --------------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "layers": list(self.layers),
+            "pooling": self.pooling,
+            "statistic": self.statistic,
+            "timestep": self.timestep,
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "inline_window": list(self.inline_window),
+            "early_steps": self.early_steps,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a ``.safetensors`` file: calibration scores as tensors, settings/thresholds/model as JSON. Atomic."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        tensors = {f"calibration.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.calibration.items()}
+        unet = _unet(self.pipe)
+        header = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "digest": _digest(tensors),
+            "config": self.config(),
+            "thresholds": {"reencode": self.threshold, "inline": self.inline_threshold, "early": self.early_threshold},
+            "fpr": self.fpr,
+            "model": {**unet_fingerprint(unet, self.layers), "name_or_path": str(getattr(self.pipe, "name_or_path", "") or "")},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(header)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, pipe, strict: bool = True) -> MemorizationDetector:
+        """Read a detector file for ``pipe``. Raises `DetectorFileError` for a damaged or foreign file and
+        `ModelMismatchError` when it was calibrated on another model (``strict=False`` allows other weights of the
+        same architecture)."""
+        header, tensors = _read_detector_file(Path(path))
+        cfg = header.get("config") or {}
+        missing = [k for k in ("layers", "pooling", "statistic", "timestep", "prompt") if k not in cfg]
+        if missing:
+            raise DetectorFileError(f"{path}: the detector settings lack {missing}")
+        try:
+            layers = resolve_layers(_unet(pipe), cfg["layers"])
+        except KeyError as err:
+            raise ModelMismatchError(f"{path}: the detector's layers do not exist in this UNet: {err}") from None
+        try:
+            det = cls(
+                pipe,
+                layers=layers,
+                pooling=cfg["pooling"],
+                statistic=cfg["statistic"],
+                timestep=cfg["timestep"],
+                prompt=cfg["prompt"],
+                seed=cfg.get("seed", 0),
+                inline_window=tuple(cfg.get("inline_window", DEFAULT_INLINE_WINDOW)),
+                early_steps=cfg.get("early_steps", DEFAULT_EARLY_STEPS),
+            )
+        except (TypeError, ValueError) as err:
+            raise DetectorFileError(f"{path}: invalid detector settings: {err}") from None
+        _check_model(header.get("model") or {}, _unet(pipe), det.layers, strict, path)
+        thresholds = header.get("thresholds") or {}
+        det.threshold = _opt_float(thresholds.get("reencode"))
+        det.inline_threshold = _opt_float(thresholds.get("inline"))
+        det.early_threshold = _opt_float(thresholds.get("early"))
+        det.fpr = _opt_float(header.get("fpr"))
+        det.calibration = {k.split(".", 1)[1]: v for k, v in tensors.items()}
+        return det
+
+
+def _opt_float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_detector_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DetectorFileError(f"detector file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise DetectorFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    if _METADATA_KEY not in raw:
+        raise DetectorFileError(f"{path} is a safetensors file but not a memorization detector (no '{_METADATA_KEY}' header)")
+    try:
+        header = json.loads(raw[_METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise DetectorFileError(f"{path}: the detector metadata is not valid JSON ({err})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise DetectorFileError(f"{path}: unknown format {header.get('format') if isinstance(header, dict) else header!r}")
+    if int(header.get("format_version", 0)) > FORMAT_VERSION:
+        raise DetectorFileError(f"{path}: written by a newer steer (format {header['format_version']} > {FORMAT_VERSION})")
+    if header.get("digest") != _digest(tensors):
+        raise DetectorFileError(f"{path}: calibration data do not match the recorded digest (the file was edited or damaged)")
+    for value in (header.get("thresholds") or {}).values():
+        if value is not None and not isinstance(value, int | float):
+            raise DetectorFileError(f"{path}: threshold {value!r} is not a number")
+    return header, tensors
+
+
+def _check_model(saved: dict[str, Any], unet: torch.nn.Module, layers: list[str], strict: bool, path: Path) -> None:
+    if not saved:
+        return
+    current = unet_fingerprint(unet, layers)
+    if saved.get("config_hash") != current["config_hash"] or saved.get("channels", current["channels"]) != current["channels"]:
+        raise ModelMismatchError(
+            f"{path} was calibrated on a different UNet architecture (config hash {saved.get('config_hash')} vs "
+            f"{current['config_hash']}, model {saved.get('name_or_path') or 'unknown'!r})"
+        )
+    if strict and saved.get("weights_hash") != current["weights_hash"]:
+        raise ModelMismatchError(
+            f"{path} was calibrated on other weights (weights hash {saved.get('weights_hash')} vs {current['weights_hash']}, "
+            f"model {saved.get('name_or_path') or 'unknown'!r}); thresholds do not transfer between checkpoints — "
+            "recalibrate, or load with strict=False"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Inline mode: the pipeline extension point
+# ----------------------------------------------------------------------------------------------------------------------
+def _as_detector(value: Any, pipe) -> MemorizationDetector | None:
+    if isinstance(value, MemorizationDetector):
+        return value
+    if isinstance(value, str | os.PathLike):
+        return MemorizationDetector.load(value, pipe)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return MemorizationDetector(pipe)
+    raise TypeError(f"detect_memorization takes True, a MemorizationDetector or a detector file path, got {type(value).__name__}")
+
+
+def enter_inline_detection(call_pipe, stack: contextlib.ExitStack, extras: dict[str, Any], num_images: int) -> Callable | None:
+    """`SteeringStableDiffusionPipeline._enter_extras` for memorization detection.
+
+    Enters an `ActivationRecorder` for this call and returns ``finish(output)``, which adds the scores to the
+    output. Returns None when detection was not asked for.
+    """
+    detector = _as_detector(extras.get("memorization_detector"), call_pipe) or _as_detector(
+        extras.get("detect_memorization"), call_pipe
+    )
+    if detector is None:
+        return None
+    if hasattr(call_pipe.unet, "_orig_mod"):
+        raise ValueError("inline memorization detection needs hooks, which a torch.compile-d UNet ignores; use the uncompiled UNet")
+    early = extras.get("memorization_early_steps")
+    recorder = stack.enter_context(detector.recorder(call_pipe))
+
+    def finish(output: Any) -> Any:
+        steps = detector.step_scores(recorder)
+        if steps.shape[1] != num_images:
+            raise RuntimeError(f"recorded {steps.shape[1]} rows for {num_images} images")
+        final, first = detector.inline_from_steps(steps, early)
+        memorized = final > detector.inline_threshold if detector.inline_threshold is not None else None
+        if isinstance(output, tuple):
+            return (*output, final, first, memorized)
+        return SteeringPipelineOutput(
+            images=output.images,
+            nsfw_content_detected=output.nsfw_content_detected,
+            memorization_scores=final,
+            memorization_early_scores=first,
+            memorization_step_scores=steps,
+            memorized=memorized,
+        )
+
+    return finish
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Generate + score + verdict
+# ----------------------------------------------------------------------------------------------------------------------
+def detect_memorization(
+    pipe,
+    prompt: str | Sequence[str],
+    *,
+    detector: MemorizationDetector | str | os.PathLike | None = None,
+    num_images_per_prompt: int = 1,
+    seed: int = 0,
+    reencode: bool = True,
+    verdict_from: Literal["reencode", "inline", "early"] | None = None,
+    batch_size: int = 8,
+    **call_kwargs: Any,
+) -> MemorizationReport:
+    """Generate images for ``prompt`` (seeds ``seed + i``), score them inline and (``reencode``) with the paper's
+    re-encode detector, and give a verdict when the detector is calibrated.
+
+    ``verdict_from`` picks the score the verdict uses (default: re-encode when computed, else inline).
+    """
+    det = _as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    items = [p for p in prompts for _ in range(num_images_per_prompt)]
+    seeds = [seed + i for i in range(len(items))]
+    gen_device = "cpu" if pipe._execution_device.type == "mps" else pipe._execution_device
+    images, inline, early = [], [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(items), batch_size):
+        gens = [torch.Generator(device=gen_device).manual_seed(s) for s in seeds[i : i + batch_size]]
+        out = pipe(items[i : i + batch_size], generator=gens, output_type="pt", memorization_detector=det, **call_kwargs)
+        images.append(out.images.float().cpu())
+        inline.append(out.memorization_scores)
+        early.append(out.memorization_early_scores)
+    t1 = time.perf_counter()
+    images_t = torch.cat(images)
+    scores = det.score(images_t, items) if reencode else None
+    t2 = time.perf_counter()
+    source = verdict_from or ("reencode" if reencode else "inline")
+    if source == "reencode" and not reencode:
+        raise ValueError("verdict_from='reencode' needs reencode=True")
+    values = {"reencode": scores, "inline": torch.cat(inline), "early": torch.cat(early)}[source]
+    threshold = {"reencode": det.threshold, "inline": det.inline_threshold, "early": det.early_threshold}[source]
+    return MemorizationReport(
+        images=images_t,
+        prompts=items,
+        seeds=seeds,
+        scores=scores,
+        inline_scores=torch.cat(inline),
+        early_scores=torch.cat(early),
+        memorized=None if threshold is None else values > threshold,
+        threshold=threshold,
+        verdict_from=source,
+        timings={"generate_s": t1 - t0, "reencode_s": t2 - t1},
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI: steer detect
+# ----------------------------------------------------------------------------------------------------------------------
+def configure_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``steer detect``."""
+    from steer.loading import default_model
+
+    p = subparsers.add_parser(
+        "detect",
+        help="score generated or given images for memorization (writes report.jsonl, a summary and a histogram)",
+        description="Memorization detection (Zhang et al. 2026): prompts are generated and scored inline and by "
+        "re-encoding; images are scored by re-encoding. With --calibrate, thresholds are set on ordinary prompts.",
+    )
+    p.add_argument("--model", default=default_model(), help="pipeline directory or hub id")
+    p.add_argument("--device", default=None)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    src.add_argument("--images", default=None, help="directory of images (re-encode score only)")
+    p.add_argument("--detector", default=None, help="a calibrated detector file (.safetensors)")
+    p.add_argument("--calibrate", default=None, metavar="FILE", help="ordinary prompts (one per line): calibrate first")
+    p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate of the calibrated threshold")
+    p.add_argument("--save-detector", default=None, help="write the (calibrated) detector here")
+    p.add_argument("--statistic", choices=STATISTICS, default="std")
+    p.add_argument("--layers", nargs="+", default=None)
+    p.add_argument("--num-images-per-prompt", type=int, default=1)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--verdict-from", choices=SCORE_KINDS, default=None, help="score that decides (default re-encode)")
+    p.add_argument("--save-images", default=None, metavar="DIR", help="also write the generated images")
+    p.add_argument("--out", default=None, help="report .jsonl (summary .summary.json and histogram .png next to it)")
+    p.set_defaults(func=cmd_detect)
+    return p
+
+
+def _read_prompts(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts
+
+
+def _list_images(directory: str) -> list[Path]:
+    from steer.learn import IMAGE_SUFFIXES
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"image directory not found: {directory}")
+    files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images in {directory}")
+    return files
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from steer.loading import load_pipeline
+
+    if not (args.prompts or args.images or args.calibrate):
+        raise ValueError("give --prompts FILE or --images DIR (and/or --calibrate FILE)")
+    if (args.prompts or args.images) and not args.out:
+        raise ValueError("--out report.jsonl is required with --prompts / --images")
+    pipe = load_pipeline(args.model, device=args.device)
+    call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    if args.detector:
+        det = MemorizationDetector.load(args.detector, pipe)
+    else:
+        det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic)
+    if args.calibrate:
+        det.calibrate(_read_prompts(args.calibrate), fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size, **call)
+        print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "
+              f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
+    if args.save_detector:
+        print(f"wrote {det.save(args.save_detector)}")
+    if not (args.prompts or args.images):
+        return 0
+    rows, kind = _score_for_cli(det, pipe, args, call)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    summary = _summary(rows, det, kind)
+    summary_path = out.with_suffix(".summary.json")
+    summary_path.write_text(json.dumps(summary, indent=2))
+    hist = _histogram(rows, det, kind, out.with_suffix(".png"))
+    print(f"{summary['count']} samples, {summary['flagged']} flagged as memorized"
+          + (f" (threshold {summary['threshold']:.4g}, from {kind} score)" if summary["threshold"] is not None else " (uncalibrated: no verdict; pass --detector or --calibrate)"))
+    print(f"wrote {out}, {summary_path}, {hist}")
+    return 0
+
+
+def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, call: dict) -> tuple[list[dict], str]:
+    if args.images:
+        files = _list_images(args.images)
+        scores = det.score(files)
+        flagged = scores > det.threshold if det.threshold is not None else None
+        rows = [
+            {"index": i, "image": str(f), "score": float(scores[i]), "memorized": None if flagged is None else bool(flagged[i])}
+            for i, f in enumerate(files)
+        ]
+        return rows, "reencode"
+    report = detect_memorization(
+        pipe, _read_prompts(args.prompts), detector=det, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed,
+        verdict_from=args.verdict_from, batch_size=args.batch_size, **call,
+    )
+    rows = report.rows()
+    if args.save_images:
+        from steer.recipe import save_png
+
+        folder = Path(args.save_images)
+        folder.mkdir(parents=True, exist_ok=True)
+        for row, image in zip(rows, report.images, strict=True):
+            path = folder / f"{row['index']:05d}.png"
+            save_png(image, path, {"prompt": row["prompt"], "seed": row["seed"], **call, "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}})
+            row["image"] = str(path)
+    return rows, report.verdict_from
+
+
+def _score_key(kind: str) -> str:
+    return {"reencode": "score", "inline": "inline_score", "early": "early_score"}[kind]
+
+
+def _summary(rows: list[dict], det: MemorizationDetector, kind: str) -> dict[str, Any]:
+    key = _score_key(kind)
+    values = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+    threshold = {"reencode": det.threshold, "inline": det.inline_threshold, "early": det.early_threshold}[kind]
+    return {
+        "count": len(rows),
+        "flagged": sum(1 for r in rows if r.get("memorized")),
+        "verdict_from": kind,
+        "threshold": threshold,
+        "fpr": det.fpr,
+        "detector": det.config(),
+        "score": {"min": float(values.min()), "median": float(values.median()), "max": float(values.max())},
+    }
+
+
+def _histogram(rows: list[dict], det: MemorizationDetector, kind: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = _score_key(kind)
+    values = [r[key] for r in rows]
+    threshold = {"reencode": det.threshold, "inline": det.inline_threshold, "early": det.early_threshold}[kind]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(values, bins=30, color="#4477aa")
+    if threshold is not None:
+        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.3g}")
+        ax.legend()
+    ax.set_xlabel(f"{kind} score ({det.statistic}; higher = more memorized)")
+    ax.set_ylabel("samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
