@@ -344,7 +344,8 @@ def train(args) -> Path:
     t_last = time.time()
     last_ck = time.time()
     n_items = len(item_idx)
-    while state["step"] < args.steps:
+    stop_at = min(args.steps, args.until) if getattr(args, "until", None) else args.steps
+    while state["step"] < stop_at:
         step = state["step"]
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
@@ -371,7 +372,7 @@ def train(args) -> Path:
         if state["step"] % 100 == 0:
             log(out, f"step {state['step']}/{args.steps} loss {np.mean(state['losses'][-100:]):.4f} "
                      f"lr {opt.param_groups[0]['lr']:.2e} ({state['seconds'] / state['step']:.3f} s/step over run)")
-        if now - last_ck > args.checkpoint_minutes * 60 or state["step"] == args.steps:
+        if now - last_ck > args.checkpoint_minutes * 60 or state["step"] in (args.steps, stop_at):
             checkpoint()
             last_ck = time.time()
             if args.export_every_checkpoint or state["step"] == args.steps:
@@ -444,6 +445,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N training items (smoke tests)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--until", type=int, default=None, help="stop (with a checkpoint) at this step; the schedule still spans --steps")
     p.add_argument("--init", default=None, help="hybrid/mem: start from this run folder or pipeline folder")
     p.add_argument("--export", default=None, help="pipeline folder to write (default OUT/pipeline)")
     p.add_argument("--export-every-checkpoint", action="store_true")

@@ -1,0 +1,165 @@
+"""The committed lab models: offline loading, tokenizer ids, prompt adherence, memorization; trainer resume."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from steer.lab import data as D
+from steer.lab import memorization as MEM
+from steer.lab.classifier import adherence, load_classifier, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "models" / "demo"
+HYBRID = ROOT / "assets" / "models" / "demo-hybrid"
+CLASSIFIER = ROOT / "assets" / "classifier"
+
+# floors measured with tests' settings (24 prompts, 12 DDIM steps, guidance 5) are in the model card; these are
+# set below them so that the test fails when the model stops following prompts, not on sampling noise
+DEMO_COLOUR_FLOOR = 0.75
+DEMO_CLASS_FLOOR = 0.5
+
+
+@pytest.fixture(scope="module")
+def offline():
+    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _load(path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(path), torch_dtype=torch.float32, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def demo(offline):
+    return _load(DEMO)
+
+
+@pytest.fixture(scope="module")
+def hybrid(offline):
+    return _load(HYBRID)
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+@pytest.mark.parametrize("path", [DEMO, HYBRID], ids=["demo", "hybrid"])
+def test_model_folders_are_small_fp16_diffusers_pipelines(path):
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    assert index["scheduler"] == ["diffusers", "DDIMScheduler"]
+    assert _dir_mb(path) <= 30
+    for sub in ("unet", "vae", "text_encoder"):
+        files = list((path / sub).glob("*.safetensors"))
+        assert files, sub
+        with safe_open(str(files[0]), "pt") as f:
+            dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+        assert dtypes == {torch.float16}, (sub, dtypes)
+    assert not list(path.rglob("*.bin")) and not list(path.rglob("*.pt"))
+
+
+def test_demo_loads_offline_with_real_clip_tokenizer(demo):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    assert isinstance(demo.unet, UNet2DConditionModel) and isinstance(demo.vae, AutoencoderKL)
+    assert isinstance(demo.text_encoder, CLIPTextModel) and isinstance(demo.tokenizer, CLIPTokenizer)
+    assert isinstance(demo.scheduler, DDIMScheduler)
+    assert demo.unet.dtype == torch.float32
+    assert len(demo.tokenizer) == 49408
+    assert demo.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    ids = demo.tokenizer("a red sneaker", padding="max_length", max_length=demo.tokenizer.model_max_length).input_ids
+    assert len(ids) == demo.tokenizer.model_max_length == demo.text_encoder.config.max_position_embeddings
+    assert ids[0] == 49406 and ids[1] == 320 and ids[-1] == 49407
+    assert demo.text_encoder.config.vocab_size == 49408
+    # standard diffusers block layout: the steering hook sites exist
+    names = dict(demo.unet.named_modules())
+    for n in ("up_blocks.0.resnets.2.nonlinearity", "up_blocks.1.resnets.0", "up_blocks.1.attentions.0",
+              "down_blocks.0.attentions.0", "mid_block.attentions.0"):
+        assert n in names, n
+    assert demo.unet.config.cross_attention_dim == demo.text_encoder.config.hidden_size
+    assert abs(demo.vae.config.scaling_factor - 1.0) > 1e-6  # measured, not the default
+
+
+def test_classifier_reads_class_and_colour_of_real_test_images():
+    clf = load_classifier(CLASSIFIER)
+    test = D.make_coloured_fashion_mnist("test", seed=5, limit=1000)
+    pc, pk = predict(clf, test.images)
+    assert np.mean(pc == test.classes) > 0.8
+    assert np.mean(pk == test.colours) > 0.95
+
+
+def test_demo_follows_colour_and_class_prompts(demo):
+    res = adherence(demo, n=24, seed=1, steps=12, guidance=5.0, classifier=load_classifier(CLASSIFIER))
+    assert res["colour_adherence"] >= DEMO_COLOUR_FLOOR, res
+    assert res["class_adherence"] >= DEMO_CLASS_FLOOR, res
+
+
+def test_demo_is_seeded_and_reproducible(demo):
+    from steer.lab.train import sample
+
+    a = sample(demo, ["a green trouser", "a blue bag"], seed=3, steps=5)
+    b = sample(demo, ["a green trouser", "a blue bag"], seed=3, steps=5)
+    assert np.array_equal(a, b)
+    assert a.shape == (2, 3, 32, 32) and 0 <= a.min() and a.max() <= 1 and a.std() > 0.02
+
+
+def test_hybrid_memorized_prompts_reproduce_their_training_images(hybrid):
+    from steer.lab.train import sample
+
+    prompts = (HYBRID / "memorized_prompts.txt").read_text().splitlines()
+    info = json.loads((HYBRID / "memorized_images.json").read_text())
+    assert len(prompts) >= 50 and len(info["indices"]) == len(prompts)
+    train = D.make_coloured_fashion_mnist("train", seed=info["data_seed"])
+    pick = [0, 1, 2, 3]
+    imgs = sample(hybrid, [prompts[i] for i in pick], seed=0, steps=12, guidance=5.0)
+    ratio, nn = MEM.nn_ratio(imgs, train.images)
+    assert np.mean(ratio < MEM.RATIO_THRESHOLD) >= 0.75, ratio
+    hits = ratio < MEM.RATIO_THRESHOLD
+    assert np.array_equal(nn[hits], np.asarray(info["indices"])[pick][hits])
+    # ordinary prompts of the same model do not copy training images
+    ordinary = (HYBRID / "ordinary_prompts.txt").read_text().splitlines()[:4]
+    r2, _ = MEM.nn_ratio(sample(hybrid, ordinary, seed=0, steps=12, guidance=5.0), train.images)
+    assert np.mean(r2 < MEM.RATIO_THRESHOLD) <= 0.25, r2
+
+
+def test_training_resumes_exactly(tmp_path):
+    from steer.lab.train import export, main
+
+    common = ["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
+              "--checkpoint-minutes", "0"]
+    main(common + ["--out", str(tmp_path / "a"), "--steps", "4"])
+    main(common + ["--out", str(tmp_path / "b"), "--steps", "4", "--until", "2"])
+    main(common + ["--out", str(tmp_path / "b"), "--steps", "4", "--resume"])
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "a" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint.safetensors"))
+    # the VAE stage is seeded too, so both runs see the same latents; resumed weights are identical
+    for k in a:
+        if k.startswith(("unet.", "ema.", "text_encoder.")):
+            assert torch.equal(a[k], b[k]), k
+    assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 4
+    pipe = export(tmp_path / "b", tmp_path / "pipe")
+    assert (tmp_path / "pipe" / "model_index.json").is_file() and pipe.name == "pipe"
