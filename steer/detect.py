@@ -715,9 +715,15 @@ def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, ca
         folder.mkdir(parents=True, exist_ok=True)
         for row, image in zip(rows, report.images, strict=True):
             path = folder / f"{row['index']:05d}.png"
-            save_png(image, path, {"prompt": row["prompt"], "seed": row["seed"], **call, "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}})
+            save_png(_to_pil(image), path, {"prompt": row["prompt"], "seed": row["seed"], **call, "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}})
             row["image"] = str(path)
     return rows, report.verdict_from
+
+
+def _to_pil(image: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
 
 
 def _score_key(kind: str) -> str:

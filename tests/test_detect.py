@@ -1,0 +1,249 @@
+"""Memorization detection: statistics, re-encode and inline scores, calibration files, Wen baseline, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from steer.baselines import NoiseDifferenceRecorder, wen_scores
+from steer.detect import (
+    DetectorFileError,
+    MemorizationDetector,
+    SteeringPipelineOutput,
+    default_detection_layer,
+    quantile_threshold,
+    spikiness,
+)
+from steer.vectors import ModelMismatchError
+
+STEPS = 3
+
+
+def _gens(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def images(tiny_pipe):
+    out = tiny_pipe(["a red item", "a blue item", "a shoe"], num_inference_steps=STEPS, generator=_gens([0, 1, 2]), output_type="pt")
+    return out.images
+
+
+# ---------------------------------------------------------------------------------------------------------- statistics
+def test_spikiness_on_known_vectors():
+    c = 16
+    one_hot = torch.zeros(c)
+    one_hot[3] = 4.0
+    flat = torch.full((c,), 1.0)
+    both = torch.stack([one_hot, flat])
+    std = spikiness(both, "std")
+    assert std[0] > std[1]
+    assert std[1] == 0
+    assert math.isclose(float(std[0]), float(one_hot.std(correction=0)), rel_tol=1e-6)  # population std
+    l4 = spikiness(both, "l4_l2")
+    assert math.isclose(float(l4[0]), 1.0, rel_tol=1e-6)
+    assert math.isclose(float(l4[1]), c**-0.25, rel_tol=1e-6)
+    assert math.isclose(float(spikiness(torch.tensor([3.0, 4.0]), "l4_l2")), (81 + 256) ** 0.25 / 5, rel_tol=1e-6)
+    assert math.isclose(float(spikiness(torch.tensor([1.0, 1.0, 1.0, 5.0]), "max_over_mean")), 2.5, rel_tol=1e-6)
+    assert spikiness(torch.randn(2, 5, 8), "std").shape == (2, 5)
+    with pytest.raises(ValueError, match="statistic"):
+        spikiness(flat, "kurtosis")
+
+
+def test_quantile_threshold():
+    scores = torch.arange(101, dtype=torch.float32)
+    assert quantile_threshold(scores, 0.01) == pytest.approx(99.0)
+    assert quantile_threshold(scores, 0.0) == pytest.approx(100.0)
+    with pytest.raises(ValueError):
+        quantile_threshold(scores, 1.5)
+
+
+def test_default_layer_by_role(tiny_pipe):
+    from steer.lab.models import build_unet
+
+    assert default_detection_layer(tiny_pipe.unet) == "up_blocks.0.resnets.2.nonlinearity"  # 3 resnets, as SD1.x
+    assert default_detection_layer(build_unet()) == "up_blocks.0.resnets.1.nonlinearity"  # lab layout: 2 resnets
+    det = MemorizationDetector(tiny_pipe, layers="up_blocks.0.resnets.*")
+    assert det.layers == ["up_blocks.0.resnets.0", "up_blocks.0.resnets.1", "up_blocks.0.resnets.2"]
+    with pytest.raises(ValueError, match="pooling"):
+        MemorizationDetector(tiny_pipe, pooling="median")
+
+
+# ------------------------------------------------------------------------------------------------------------- scores
+@torch.no_grad()
+def test_reencode_score_matches_hand_computation(tiny_pipe, images):
+    """Encode, noise to t=10 with the detector's fixed noise, one UNet pass with the empty prompt, SiLU after norm2
+    of the last up_blocks.0 resnet, spatial max, population std."""
+    from diffusers import DDPMScheduler
+
+    from steer.learn import encode_images, encode_text
+
+    det = MemorizationDetector(tiny_pipe)
+    scores = det.score(images)
+    assert scores.shape == (3,)
+
+    resnet = tiny_pipe.unet.up_blocks[0].resnets[2]
+    captured = {}
+    handle = resnet.norm2.register_forward_hook(lambda _m, _a, out: captured.__setitem__("h", out))
+    try:
+        z0 = encode_images(tiny_pipe, list(images))
+        noise = torch.randn(tuple(z0.shape[1:]), generator=torch.Generator().manual_seed(0))
+        t = torch.full((3,), 10, dtype=torch.long)
+        zt = DDPMScheduler.from_config(tiny_pipe.scheduler.config).add_noise(z0, noise.expand_as(z0), t)
+        tiny_pipe.unet(zt, t, encoder_hidden_states=encode_text(tiny_pipe, [""] * 3))
+    finally:
+        handle.remove()
+    act = torch.nn.functional.silu(captured["h"])
+    assert act.shape[1] == resnet.out_channels
+    expected = act.flatten(2).amax(-1).std(dim=1, correction=0)
+    torch.testing.assert_close(scores, expected, rtol=1e-4, atol=1e-5)
+    # batching does not change a score
+    det.batch_size = 1
+    torch.testing.assert_close(det.score(images), scores, rtol=1e-5, atol=1e-6)
+    # conditioning on the images' own prompts needs them
+    own = MemorizationDetector(tiny_pipe, prompt="own")
+    with pytest.raises(ValueError, match="prompts"):
+        own.score(images)
+    assert own.score(images, ["a red item", "a blue item", "a shoe"]).shape == (3,)
+
+
+def test_inline_adds_no_unet_evaluations_and_keeps_images(tiny_pipe):
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    kwargs = dict(num_inference_steps=STEPS, output_type="pt", num_images_per_prompt=2)
+    try:
+        plain = tiny_pipe(["a red item", "a shoe"], generator=_gens(range(4)), **kwargs)
+        n_plain = len(calls)
+        out = tiny_pipe(["a red item", "a shoe"], generator=_gens(range(4)), detect_memorization=True, memorization_early_steps=2, **kwargs)
+        n_inline = len(calls) - n_plain
+    finally:
+        handle.remove()
+    assert n_plain == STEPS and n_inline == n_plain  # zero extra UNet evaluations
+    assert isinstance(out, SteeringPipelineOutput)
+    assert torch.equal(out.images, plain.images)  # bit-identical
+    assert out.memorization_scores.shape == (4,) and out.memorization_early_scores.shape == (4,)
+    assert out.memorization_step_scores.shape == (STEPS, 4)
+    torch.testing.assert_close(out.memorization_early_scores, out.memorization_step_scores[:2].mean(0))
+    torch.testing.assert_close(out.memorization_scores, out.memorization_step_scores[-1:].mean(0))  # window (0.8, 1)
+    assert out.memorized is None  # uncalibrated
+
+    tup = tiny_pipe(["a red item", "a shoe"], generator=_gens(range(4)), detect_memorization=True, return_dict=False, **kwargs)
+    assert len(tup) == 5 and torch.equal(tup[0], plain.images)
+    torch.testing.assert_close(tup[2], out.memorization_scores)
+
+
+# --------------------------------------------------------------------------------------------- calibration and files
+def test_calibrate_predict_save_load_round_trip(tiny_pipe, images, tmp_path):
+    det = MemorizationDetector(tiny_pipe, statistic="l4_l2").calibrate(images, fpr=0.0)
+    scores = det.score(images)
+    assert det.threshold == pytest.approx(float(scores.max()))
+    assert not det.predict(images).any()  # at FPR 0 no calibration sample is flagged
+    det.threshold = float(scores.min()) - 1e-6
+    assert det.predict(images).all()
+    path = det.save(tmp_path / "det")
+    assert path.suffix == ".safetensors"
+    again = MemorizationDetector.load(path, tiny_pipe)
+    assert again.config() == det.config()
+    assert again.threshold == pytest.approx(det.threshold)
+    torch.testing.assert_close(again.calibration["reencode"], det.calibration["reencode"])
+    assert torch.equal(again.predict(images), det.predict(images))
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        MemorizationDetector(tiny_pipe).predict(images)
+
+
+def test_damaged_or_foreign_detector_files(tiny_pipe, images, tmp_path):
+    path = MemorizationDetector(tiny_pipe).calibrate(images).save(tmp_path / "det.safetensors")
+    raw = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(raw[: len(raw) - 7])
+    with pytest.raises(DetectorFileError, match="truncated or corrupt"):
+        MemorizationDetector.load(cut, tiny_pipe)
+    edited = tmp_path / "edited.safetensors"
+    edited.write_bytes(raw[:-4] + bytes(4))  # flip the last calibration score
+    with pytest.raises(DetectorFileError, match="digest"):
+        MemorizationDetector.load(edited, tiny_pipe)
+    from steer.vectors import SteeringVector
+
+    vec = SteeringVector({"up_blocks.0.resnets.0": torch.ones(64)}, {}).save(tmp_path / "vec.safetensors")
+    with pytest.raises(DetectorFileError, match="not a memorization detector"):
+        MemorizationDetector.load(vec, tiny_pipe)
+    with pytest.raises(DetectorFileError, match="not found"):
+        MemorizationDetector.load(tmp_path / "missing.safetensors", tiny_pipe)
+    from steer.testing import tiny_pipeline
+
+    other = tiny_pipeline(seed=1)
+    with pytest.raises(ModelMismatchError, match="other weights"):
+        MemorizationDetector.load(path, other)
+    assert MemorizationDetector.load(path, other, strict=False).threshold is not None
+
+
+# ---------------------------------------------------------------------------------------------------------- baseline
+@torch.no_grad()
+def test_wen_baseline_equals_hand_computation(tiny_pipe):
+    prompts = ["a red item", "a shoe"]
+    k1 = wen_scores(tiny_pipe, prompts, k=1, num_inference_steps=STEPS, guidance_scale=5.0, generator=_gens([3, 4]))
+    assert k1.shape == (2,)
+    # by hand: the pipeline's first latents and timestep, both branches
+    sched = type(tiny_pipe.scheduler).from_config(tiny_pipe.scheduler.config)
+    sched.set_timesteps(STEPS)
+    latents = torch.stack([torch.randn((4, 8, 8), generator=g) for g in _gens([3, 4])]) * sched.init_noise_sigma
+    cond, uncond = tiny_pipe.encode_prompt(prompts, torch.device("cpu"), 1, True)
+    t = sched.timesteps[0]
+    eps_c = tiny_pipe.unet(sched.scale_model_input(latents, t), t, encoder_hidden_states=cond).sample
+    eps_u = tiny_pipe.unet(sched.scale_model_input(latents, t), t, encoder_hidden_states=uncond).sample
+    torch.testing.assert_close(k1, (eps_c - eps_u).flatten(1).norm(dim=1), rtol=1e-4, atol=1e-5)
+    # k steps = 2k evaluations; the inline recorder reads the same numbers from a normal call
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        k2 = wen_scores(tiny_pipe, prompts, k=2, num_inference_steps=STEPS, guidance_scale=5.0, generator=_gens([3, 4]))
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # two batched [uncond, cond] calls = 4 evaluations
+    with NoiseDifferenceRecorder(tiny_pipe.unet) as rec:
+        tiny_pipe(prompts, num_inference_steps=STEPS, guidance_scale=5.0, generator=_gens([3, 4]), output_type="latent")
+    assert rec.step_scores().shape == (STEPS, 2)
+    torch.testing.assert_close(rec.scores(2), k2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="guidance"):
+        wen_scores(tiny_pipe, prompts, k=1, guidance_scale=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------- CLI
+def test_cli_writes_report_summary_and_histogram(tiny_pipe, tmp_path, capsys):
+    from steer.cli import main
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red item\na shoe\n")
+    ordinary = tmp_path / "ordinary.txt"
+    ordinary.write_text("a blue item\na bag\na coat\n")
+    out = tmp_path / "report.jsonl"
+    rc = main([
+        "detect", "--model", str(model), "--device", "cpu", "--prompts", str(prompts), "--calibrate", str(ordinary),
+        "--save-detector", str(tmp_path / "det.safetensors"), "--steps", str(STEPS), "--num-images-per-prompt", "2",
+        "--out", str(out), "--save-images", str(tmp_path / "imgs"),
+    ])
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and {r["prompt"] for r in rows} == {"a red item", "a shoe"}
+    assert all(isinstance(r["memorized"], bool) and r["score"] is not None for r in rows)
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["count"] == 4 and summary["threshold"] is not None
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "flagged as memorized" in capsys.readouterr().out
+    # images mode with the saved detector
+    out2 = tmp_path / "images.jsonl"
+    rc = main(["detect", "--model", str(model), "--device", "cpu", "--images", str(tmp_path / "imgs"),
+               "--detector", str(tmp_path / "det.safetensors"), "--out", str(out2)])
+    assert rc == 0
+    rows2 = [json.loads(line) for line in out2.read_text().splitlines()]
+    assert len(rows2) == 4 and all(isinstance(r["memorized"], bool) for r in rows2)
+    # a damaged detector file is a clean CLI error
+    (tmp_path / "bad.safetensors").write_bytes(b"nonsense")
+    rc = main(["detect", "--model", str(model), "--device", "cpu", "--images", str(tmp_path / "imgs"),
+               "--detector", str(tmp_path / "bad.safetensors"), "--out", str(out2)])
+    assert rc == 2 and "not a readable safetensors" in capsys.readouterr().err
