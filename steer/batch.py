@@ -125,8 +125,10 @@ def _read_yaml(text: str) -> list[RawJob]:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+        mark, context = getattr(err, "problem_mark", None), getattr(err, "context_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
+        if context is not None and getattr(err, "context", None):
+            where += f" ({err.context} from line {context.line + 1})"
         raise ValueError(f"YAML syntax error{where}: {getattr(err, 'problem', err)}") from None
     if data is None:
         return []

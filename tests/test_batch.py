@@ -1,0 +1,219 @@
+"""`steer batch`: jobs files, validation, batching, determinism, resume, safe names, accelerate (tiny pipeline, CPU)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from steer import batch
+from steer.hooks import layer_channels
+from steer.recipe import png_bytes_hash, read_recipe
+from steer.vectors import SteeringVector
+
+STEPS = 2
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ["up_blocks.0.resnets.0", "up_blocks.1.resnets.0"]
+
+
+@pytest.fixture(scope="module")
+def direction(tiny_pipe, tmp_path_factory):
+    ch = layer_channels(tiny_pipe.unet, LAYERS)
+    g = torch.Generator().manual_seed(0)
+    v = SteeringVector({n: 3.0 * torch.randn(c, generator=g) for n, c in ch.items()}, {"name": "red"})
+    return v.save(tmp_path_factory.mktemp("dirs") / "red.safetensors")
+
+
+def jobs_for(direction):
+    """Two call setups (plain, steered), 6 images: prompts, seeds and sweep scales as rows."""
+    return [
+        {"prompt": "a red sneaker", "seeds": [0, 1], "num_inference_steps": STEPS},
+        {"prompt": "a bag", "seed": 5, "num_inference_steps": STEPS, "directions": [{"path": str(direction), "sweep": [-2, 2, 3]}], "name": "sweep"},
+        {"prompt": "a coat", "seed": 2, "negative_prompt": "blue", "num_inference_steps": STEPS, "directions": [{"path": str(direction), "scale": 1.5}]},
+    ]
+
+
+def files_and_hashes(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): png_bytes_hash(p) for p in sorted(out.rglob("*.png"))}
+
+
+def write_jsonl(path: Path, jobs) -> Path:
+    path.write_text("".join((j if isinstance(j, str) else json.dumps(j)) + "\n" for j in jobs))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def test_example_files_parse_to_the_same_jobs_with_line_numbers():
+    parsed = {s: batch.read_jobs(ROOT / "examples" / f"jobs.{s}") for s in ("jsonl", "csv", "yaml")}
+    full = {s: [{**batch.DEFAULTS, **j} for _, j in js] for s, js in parsed.items()}
+    assert full["jsonl"] == full["csv"] == full["yaml"] and len(full["jsonl"]) == 4
+    assert [line for line, _ in parsed["jsonl"]] == [1, 2, 3, 4]
+    assert [line for line, _ in parsed["csv"]] == [2, 3, 4, 5]  # line 1 is the header
+    yaml_text = (ROOT / "examples" / "jobs.yaml").read_text().splitlines()
+    assert all("prompt:" in yaml_text[line - 1] for line, _ in parsed["yaml"])
+    assert full["csv"][1]["directions"] == [{"path": "red_to_blue", "sweep": [-2, 2, 5]}]
+
+
+def test_malformed_lines_keep_their_line_numbers(tmp_path):
+    jobs = batch.read_jobs(write_jsonl(tmp_path / "j.jsonl", ['{"prompt": "ok"}', "", "# comment", '{"prompt": "x",', "[1, 2]", '{"prompt": "y"}']))
+    assert [(line, isinstance(j, batch.JobError)) for line, j in jobs] == [(1, False), (4, True), (5, True), (6, False)]
+    csv_path = tmp_path / "j.csv"
+    csv_path.write_text("prompt,seed,steering_normalize\nok,1,true\nbad,1.5,\nworse,2,maybe\n")
+    parsed = batch.read_jobs(csv_path)
+    assert parsed[0] == (2, {"prompt": "ok", "seed": 1, "steering_normalize": True})
+    assert isinstance(parsed[1][1], batch.JobError) and "seed must be an integer" in parsed[1][1].reason
+    assert parsed[2][0] == 4 and "true or false" in parsed[2][1].reason
+    (tmp_path / "bad.yaml").write_text("- prompt: a\n- prompt: [unclosed\n")
+    with pytest.raises(ValueError, match="line 2"):
+        batch.read_jobs(tmp_path / "bad.yaml")
+
+
+def test_every_bad_value_is_reported_up_front_with_its_line(tiny_pipe, direction, tmp_path):
+    d = [{"path": str(direction)}]
+    bad = {
+        2: ({"prompt": "a", "num_inference_steps": 0}, "num_inference_steps"),
+        3: ({"prompt": "a", "num_inference_steps": 1001}, "num_inference_steps"),
+        4: ({"prompt": "a", "guidance_scale": -1}, "guidance_scale must be >= 0"),
+        5: ({"prompt": "a", "directions": d, "steering_window": [0.9, 0.1]}, "steering_window"),
+        6: ({"prompt": "a", "directions": d, "steering_branch": "neg"}, "steering_branch"),
+        7: ({"prompt": "a", "seed": 1.5}, "seed must be an integer"),
+        8: ({"prompt": "a", "directions": [{"path": str(direction), "sweep": [0, 1, 1]}]}, "sweep n"),
+        9: ({"prompt": "a", "height": 30}, "multiple of 8"),
+        10: ({"prompt": "a", "directions": d, "steering_layers": ["up_blocks.0.resnet.0"]}, "up_blocks.0.resnets.0"),
+        11: ({"prompt": "a", "directions": [{"path": "missing.safetensors"}]}, "direction file not found"),
+        12: ({"prompt": "a", "num_inference_step": 3}, "did you mean 'num_inference_steps'"),
+        13: ({"seed": 1}, "prompt is required"),
+        14: ({"prompt": "a", "seed": "3"}, "seed must be an integer"),
+        15: ({"prompt": "a", "seed": -1}, "seed must be in"),
+    }
+    raw = [(1, {"prompt": "fine"})] + [(line, job) for line, (job, _) in bad.items()]
+    plan = batch.plan_jobs(raw, tiny_pipe, tmp_path, model="tiny")
+    reasons = {f["line"]: f["reason"] for f in plan.failures}
+    assert set(reasons) == set(bad)
+    for line, (_, expected) in bad.items():
+        assert expected in reasons[line], (line, reasons[line])
+    assert [im.line for im in plan.images] == [1]
+
+
+def test_batched_rows_equal_one_at_a_time(tiny_pipe, direction, tmp_path):
+    raw = [(i + 1, j) for i, j in enumerate(jobs_for(direction))]
+    plan = batch.plan_jobs(raw, tiny_pipe, tmp_path, model="tiny", batch_size=8)
+    assert [len(b) for b in plan.batches] == [2, 4]  # the plain pair, then 3 sweep rows + the coat in one call
+    steered = plan.batches[1]
+    together = batch.generate_batch(tiny_pipe, steered, output_type="np")
+    for row, im in enumerate(steered):
+        alone = batch.generate_batch(tiny_pipe, [im], output_type="np")
+        np.testing.assert_allclose(together[row], alone[0], atol=1e-4, rtol=0)
+
+
+def test_killed_run_resumes_to_the_same_bytes_and_writes_nothing_twice(tiny_pipe, direction, tmp_path, monkeypatch):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", jobs_for(direction))
+    clean = batch.run(jobs, tiny_pipe, tmp_path / "clean", batch_size=2, model="tiny", progress=False)
+    assert (clean["written"], clean["skipped"], clean["failed"]) == (6, 0, 0)
+    assert clean["images_per_s"] > 0
+
+    def die_after_three(entry, seen=[]):  # noqa: B006 - a counter
+        seen.append(entry)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        batch.run(jobs, tiny_pipe, out, batch_size=2, model="tiny", progress=False, on_image=die_after_three)
+    manifest = out / batch.MANIFEST
+    lines = manifest.read_text().splitlines()
+    assert len(lines) == 3 and len(list(out.rglob("*.png"))) == 3 and not list(out.rglob(".*tmp*"))
+    # a kill between a PNG's rename and its manifest line, and a torn manifest line from a kill mid-write
+    manifest.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+    adopted = json.loads(lines[2])["path"]
+    before = {p: os.stat(out / p).st_mtime_ns for p in files_and_hashes(out)}
+
+    saves = []
+    real_save = batch.save_png
+    monkeypatch.setattr(batch, "save_png", lambda *a, **k: saves.append(a[1]) or real_save(*a, **k))
+    resumed = batch.run(jobs, tiny_pipe, out, batch_size=2, model="tiny", progress=False)
+    assert (resumed["written"], resumed["skipped"], resumed["failed"]) == (3, 3, 0)
+    assert len(saves) == 3 and all(Path(s).relative_to(out).as_posix() not in before for s in saves)
+    assert all(os.stat(out / p).st_mtime_ns == t for p, t in before.items())  # incl. the adopted one
+    assert adopted in files_and_hashes(out)
+    assert files_and_hashes(out) == files_and_hashes(tmp_path / "clean")  # deterministic: the same bytes
+    assert manifest.read_bytes() == (tmp_path / "clean" / batch.MANIFEST).read_bytes()
+
+    saves.clear()
+    again = batch.run(jobs, tiny_pipe, out, batch_size=2, model="tiny", progress=False)
+    assert (again["written"], again["skipped"], saves) == (0, 6, [])
+    entries = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert [(e["line"], e["image"]) for e in entries] == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0)]
+    for e in entries:
+        assert png_bytes_hash(out / e["path"]) == e["sha256"]
+        assert batch.image_key(read_recipe(out / e["path"])) == e["key"]
+    sweep = [e["recipe"] for e in entries if e["line"] == 2]
+    assert [r["scale"] for r in sweep] == [-2.0, 0.0, 2.0]
+    assert sweep[0]["directions"][0]["hash"] == SteeringVector.load(direction).digest()
+    assert sweep[0]["layers"] == LAYERS and sweep[0]["window"] == [0.45, 0.95]
+
+
+def test_names_stay_inside_out_and_never_overwrite_unrelated_files(tiny_pipe, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.png").write_bytes(b"not ours")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (out / "link").symlink_to(outside)
+    raw = [
+        (1, {"prompt": "a", "name": "../../escape"}),
+        (2, {"prompt": "a", "seed": 1, "name": "/etc/passwd"}),
+        (3, {"prompt": "a", "seed": 2, "name": "mine"}),
+        (4, {"prompt": "a", "seed": 3, "name": "we!rd name?.png"}),
+        (5, {"prompt": "a", "seed": 4, "name": "link/z"}),
+        (6, {"prompt": "a", "seed": 5, "name": "mine"}),
+    ]
+    plan = batch.plan_jobs(raw, tiny_pipe, out, model="tiny")
+    paths = {im.line: im.path for im in plan.images}
+    assert paths == {1: "escape.png", 2: "etc/passwd.png", 3: "mine-1.png", 4: "we_rd_name.png", 6: "mine-2.png"}
+    assert plan.failures == [{"line": 5, "reason": "output name 'link/z.png' leads outside the output directory (a symlink?)"}]
+    assert batch.sanitize_name("..") == "" and batch.sanitize_name("a/../b/./c") == "a/b/c"
+
+
+def test_cli_runs_good_jobs_reports_bad_lines_and_exits_nonzero(tiny_pipe, direction, tmp_path, capsys):
+    from steer.cli import main
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"prompt": "a", "num_inference_steps": STEPS, "name": "good"}, '{"prompt": ', {"prompt": "b", "guidance_scale": -2}])
+    code = main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--model", str(model), "--device", "cpu", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "line 2: malformed JSON" in captured.err and "line 3: guidance_scale must be >= 0" in captured.err
+    assert "1 written" in captured.out and "2 job(s) failed" in captured.out
+    assert (tmp_path / "out" / "good.png").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_accelerate_processes_equal_one(tiny_pipe, direction, tmp_path):
+    pytest.importorskip("accelerate")
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", jobs_for(direction))
+    args = [str(jobs), "--model", str(model), "--device", "cpu", "--batch-size", "2", "--no-progress"]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "steer.batch"]
+    multi = subprocess.run([*launch, *args, "--out", str(tmp_path / "multi")], env=env, capture_output=True, text=True, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "steer.batch", *args, "--out", str(tmp_path / "single")], env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "6 written" in multi.stdout and multi.stdout.count("steer batch:") == 1  # summary from the main process
+    assert files_and_hashes(tmp_path / "multi") == files_and_hashes(tmp_path / "single")
+    assert (tmp_path / "multi" / batch.MANIFEST).read_bytes() == (tmp_path / "single" / batch.MANIFEST).read_bytes()
+    assert not list((tmp_path / "multi").glob("manifest.rank*.jsonl"))
