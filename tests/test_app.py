@@ -1,0 +1,313 @@
+"""The Gradio demo: helper logic, and the HTTP API through gradio_client on a tiny random pipeline."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from steer import app_helpers as H
+from steer.recipe import read_recipe
+from steer.testing import tiny_pipeline
+from steer.vectors import SteeringVector, unet_fingerprint
+
+STEPS = 4
+SCALE = 3.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def constructed_direction(pipe, seed: int = 0, name: str = "constructed") -> SteeringVector:
+    """A random direction on every hookable layer of ``pipe``, with ``pipe``'s fingerprint."""
+    unet = H.plain_unet(pipe)
+    layers = H.layer_names(pipe)
+    from steer.hooks import layer_channels
+
+    g = torch.Generator().manual_seed(seed)
+    dirs = {n: torch.randn(c, generator=g) for n, c in layer_channels(unet, layers).items()}
+    return SteeringVector(dirs, {"name": name, "method": "constructed", "model": unet_fingerprint(unet, layers)})
+
+
+def pixels(path_or_image) -> np.ndarray:
+    image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def native(path) -> np.ndarray:
+    """Undo the app's integer nearest-neighbour display upscale (32 px images shown at 256 px)."""
+    big = pixels(path)
+    factor = big.shape[0] // 32
+    return big[::factor, ::factor]
+
+
+def generate_args(direction: str, scale: float = SCALE, **over) -> dict:
+    args = dict(
+        direction=direction,
+        prompt="a photo of a dog",
+        negative_prompt="",
+        seed=7,
+        steps=STEPS,
+        guidance=5.0,
+        size=32,
+        strength=scale,
+        layer=0,
+        layers=[],
+        window_start=0.0,
+        window_end=1.0,
+        branch="cond",
+        normalize=False,
+        mode="add",
+        strict=True,
+    )
+    args.update(over)
+    return args
+
+
+def expected_pair(pipe, vector, scale: float, seed: int = 7, **steer) -> list[np.ndarray]:
+    """What the Python API gives for the app's default test settings (one batched call, scales [0, s])."""
+    gens = [torch.Generator().manual_seed(seed) for _ in range(2)]
+    out = pipe(
+        ["a photo of a dog"] * 2,
+        num_inference_steps=STEPS,
+        guidance_scale=5.0,
+        height=32,
+        width=32,
+        generator=gens,
+        steering=vector,
+        steering_scale=[0.0, scale],
+        steering_window=(0.0, 1.0),
+        **steer,
+    )
+    return [pixels(im) for im in out.images]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fixtures: one in-process server for the module
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline(seed=0)
+
+
+@pytest.fixture(scope="module")
+def direction_file(pipe, tmp_path_factory) -> Path:
+    return constructed_direction(pipe).save(tmp_path_factory.mktemp("dirs") / "constructed.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(pipe, direction_file):
+    import app
+
+    catalog = H.DirectionCatalog({"constructed": direction_file})
+    demo = app.build_app(pipe, catalog=catalog)
+    port = free_port()
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    yield url
+    demo.close()
+
+
+@pytest.fixture()
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Helpers (no server)
+# ----------------------------------------------------------------------------------------------------------------------
+def test_settings_validation_caps(pipe):
+    ok = H.GenerateSettings(prompt="  a dog ", steps=10).validated(pipe)
+    assert ok.prompt == "a dog" and ok.height == ok.width == 32
+    bad = [
+        dict(prompt=""),
+        dict(prompt="x" * 301),
+        dict(prompt="a", steps=101),
+        dict(prompt="a", steps=2.5),
+        dict(prompt="a", height=36),
+        dict(prompt="a", width=2048),
+        dict(prompt="a", window_start=0.9, window_end=0.2),
+        dict(prompt="a", strength=float("nan")),
+        dict(prompt="a", branch="sideways"),
+        dict(prompt="a", seed=-1),
+    ]
+    for fields in bad:
+        with pytest.raises(H.UserError):
+            H.GenerateSettings(**fields).validated(pipe)
+
+
+def test_strip_scales_and_names():
+    assert H.strip_scales(2.0, 5) == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    assert H.strip_scales(-1.0, 3) == [-1.0, 0.0, 1.0]
+    with pytest.raises(H.UserError):
+        H.strip_scales(1.0, 10)
+    with pytest.raises(H.UserError):
+        H.strip_scales(0.0, 3)
+    assert H.unique_name("a", {"a", "a #2"}) == "a #3"
+    assert H.slug("red <- blue / x") == "red-blue-x"
+
+
+def test_layer_slider_selection(pipe):
+    names = H.layer_names(pipe)
+    vector = constructed_direction(pipe).select(names[-3:])
+    assert H.selected_layers(pipe, vector, 0, []) is None
+    assert H.selected_layers(pipe, vector, len(names), []) == [names[-1]]
+    assert H.selected_layers(pipe, vector, 1, [names[-2]]) == [names[-2]]  # the multi-select wins
+    with pytest.raises(H.UserError, match="has no vector for layer"):
+        H.selected_layers(pipe, vector, 1, [])
+    assert "not in direction" in H.describe_layer(pipe, vector, 1)
+    with pytest.raises(H.UserError):
+        H.layer_at(pipe, len(names) + 1)
+
+
+def test_upload_checks(pipe, tmp_path):
+    garbage = tmp_path / "bad.safetensors"
+    garbage.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(H.UserError, match="cannot use 'bad.safetensors'"):
+        H.load_direction_file(garbage, pipe)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(H.UserError, match="not a direction file"):
+        H.load_direction_file(text, pipe)
+    foreign = constructed_direction(tiny_pipeline(seed=1)).save(tmp_path / "foreign.safetensors")
+    with pytest.raises(H.UserError, match="does not fit this model.*strict"):
+        H.load_direction_file(foreign, pipe)
+    assert H.load_direction_file(foreign, pipe, strict=False).layers  # same architecture: fine-tune use allowed
+
+
+def test_learn_settings_validation(pipe, tmp_path):
+    with pytest.raises(H.UserError, match="needs a negative set"):
+        H.LearnSettings(positive="a dog").sets()
+    with pytest.raises(H.UserError, match="positive set is empty"):
+        H.LearnSettings(positive="  \n ", negative="a cat").sets()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG broken")
+    with pytest.raises(H.UserError, match="not a readable image"):
+        H.LearnSettings(positive_files=(str(broken),), method="mean").sets()
+    assert H.LearnSettings().layer_list(pipe) == H.layer_names(pipe)
+    with pytest.raises(H.UserError):
+        H.LearnSettings(scope="chosen layers").layer_list(pipe)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Through the HTTP API
+# ----------------------------------------------------------------------------------------------------------------------
+def test_api_generate_matches_python_api(client, pipe, direction_file):
+    original, steered, png, status = client.predict(**generate_args("constructed"), api_name="/generate")
+    assert "Steered with" in status
+    got_original, got_steered = native(original), native(steered)
+    assert np.abs(got_original - got_steered).mean() > 1.0, "steering changed nothing"
+    want_original, want_steered = expected_pair(pipe, SteeringVector.load(direction_file), SCALE)
+    assert np.abs(got_original - want_original).max() <= 1
+    assert np.abs(got_steered - want_steered).max() <= 1
+    recipe = read_recipe(png)
+    assert recipe["seed"] == 7 and recipe["steering"]["scale"] == SCALE and recipe["steering"]["name"] == "constructed"
+    assert np.array_equal(pixels(png), got_steered)  # the download is the native-size steered image
+
+
+def test_api_single_layer_and_missing_layer(client, pipe, direction_file):
+    names = H.layer_names(pipe)
+    index = names.index("up_blocks.0.resnets.1") + 1
+    _, steered, _, status = client.predict(**generate_args("constructed", layer=index), api_name="/generate")
+    assert "up_blocks.0.resnets.1" in status
+    vector = SteeringVector.load(direction_file)
+    _, want = expected_pair(pipe, vector, SCALE, steering_layers=["up_blocks.0.resnets.1"])
+    assert np.abs(native(steered) - want).max() <= 1
+    # a direction learned on fewer layers: the slider position outside it gives a readable message
+    partial = vector.select(names[-2:])
+    partial.metadata["name"] = "partial"
+    path = partial.save(Path(direction_file).parent / "partial.safetensors")
+    from gradio_client import handle_file
+
+    picked, status = client.predict(handle_file(str(path)), True, api_name="/upload_direction")
+    assert "Loaded" in status
+    result = client.predict(**generate_args(picked["value"], layer=1), api_name="/generate")
+    assert "has no vector for layer down_blocks.0.resnets.0" in result[-1] and "Traceback" not in result[-1]
+
+
+def test_api_invalid_and_foreign_uploads(client, tmp_path):
+    from gradio_client import handle_file
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    *_, status = client.predict(handle_file(str(garbage)), True, api_name="/upload_direction")
+    assert "Error" in status and "garbage.safetensors" in status and "Traceback" not in status
+    foreign = constructed_direction(tiny_pipeline(seed=3), name="foreign").save(tmp_path / "foreign.safetensors")
+    *_, status = client.predict(handle_file(str(foreign)), True, api_name="/upload_direction")
+    assert "does not fit this model" in status and "Traceback" not in status
+
+
+def test_api_limits_and_unknown_direction(client):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="greater than maximum value 100"):  # gradio's own slider bounds check
+        client.predict(**generate_args("constructed", steps=1000), api_name="/generate")
+    with pytest.raises(AppError, match="greater than maximum value 9"):
+        client.predict(**generate_args("constructed"), count=12, api_name="/strip")
+    *_, status = client.predict(**generate_args("constructed", prompt="x" * 400), api_name="/generate")
+    assert "at most 300" in status
+    *_, status = client.predict(**generate_args("nope"), api_name="/generate")
+    assert "unknown direction 'nope'" in status
+    *_, status = client.predict(**generate_args("constructed", window_start=0.8, window_end=0.2), api_name="/generate")
+    assert "timestep window is empty" in status
+
+
+def test_api_strip(client, pipe, direction_file):
+    gallery, status = client.predict(**generate_args("constructed", scale=2.0), count=3, api_name="/strip")
+    assert "-2, +0, +2" in status and len(gallery) == 3
+    images = [pixels(item["image"])[::4, ::4] for item in gallery]  # shown at 128 px
+    assert [item["caption"] for item in gallery] == ["-2", "+0", "+2"]
+    want_original, _ = expected_pair(pipe, SteeringVector.load(direction_file), 2.0)
+    assert np.abs(images[1] - want_original).max() <= 1
+    assert np.abs(images[0] - images[2]).mean() > 1.0
+
+
+def test_concurrent_clients_get_their_own_results(server, pipe, direction_file):
+    from gradio_client import Client
+
+    vector = SteeringVector.load(direction_file)
+    scales = {"a": 4.0, "b": -4.0}
+    results: dict[str, tuple] = {}
+
+    def run(key: str) -> None:
+        results[key] = Client(server, verbose=False).predict(**generate_args("constructed", scale=scales[key]), api_name="/generate")
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in scales]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for key, scale in scales.items():
+        _, want = expected_pair(pipe, vector, scale)
+        assert np.abs(native(results[key][1]) - want).max() <= 1, key
+        assert read_recipe(results[key][2])["steering"]["scale"] == scale
+    assert np.abs(native(results["a"][1]) - native(results["b"][1])).mean() > 1.0
+
+
+def test_learned_direction_is_per_session(server, client, pipe):
+    from gradio_client import Client
+
+    picked, file, status = client.predict(
+        "a dog", "a cat", None, None, "mean_diff", "fast", "all layers", [], 2, 3, 5.0, 0, "dog-cat", "", api_name="/learn"
+    )
+    assert "Learned **dog-cat**" in status and picked["value"] == "dog-cat (learned)"
+    assert SteeringVector.load(file).layers  # downloadable and valid
+    *_, status = client.predict(**generate_args("dog-cat (learned)", layer=len(H.layer_names(pipe))), api_name="/generate")
+    assert "Steered with **dog-cat**" in status
+    other = Client(server, verbose=False)
+    *_, status = other.predict(**generate_args("dog-cat (learned)"), api_name="/generate")
+    assert "unknown direction" in status
+
+
+def test_memorization_panel_is_readable(client):
+    plot, status = client.predict("steered", api_name="/memorization")
+    assert "generate an image first" in status
