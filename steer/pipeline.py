@@ -23,7 +23,7 @@ from steer.hooks import (
 from steer.vectors import SteeringVector, as_vector_list
 
 # Per-pipeline defaults set by `pipe.steering(...)`, scoped to the current thread / task.
-_CONTEXT_DEFAULTS: contextvars.ContextVar[dict[int, dict[str, Any]]] = contextvars.ContextVar("steer_defaults", default={})
+_CONTEXT_DEFAULTS: contextvars.ContextVar[dict[int, dict[str, Any]]] = contextvars.ContextVar("steer_defaults", default=None)
 
 _STEERING_DEFAULTS: dict[str, Any] = {
     "steering": None,
@@ -124,7 +124,7 @@ class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
             if full not in _STEERING_DEFAULTS:
                 raise TypeError(f"unknown steering option {key!r}; known: {[k[9:] for k in _STEERING_DEFAULTS][1:]}")
             settings[full] = value
-        current = dict(_CONTEXT_DEFAULTS.get())
+        current = dict(_CONTEXT_DEFAULTS.get() or {})
         current[id(self)] = {**current.get(id(self), {}), **settings}
         token = _CONTEXT_DEFAULTS.set(current)
         try:
@@ -135,7 +135,7 @@ class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
     # ------------------------------------------------------------------------------------------------------------
     def _resolve_steering(self, explicit: dict[str, Any]) -> dict[str, Any]:
         settings = dict(_STEERING_DEFAULTS)
-        settings.update(_CONTEXT_DEFAULTS.get().get(id(self), {}))
+        settings.update((_CONTEXT_DEFAULTS.get() or {}).get(id(self), {}))
         settings.update(explicit)
         return settings
 
@@ -171,14 +171,20 @@ class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
         config = SteeringConfig(window=tuple(window), branch=branch, normalize=bool(normalize), mode=mode)
         selected = None
         if layers is not None:
-            selected = resolve_layers(unet, layers)
+            patterns = [layers] if isinstance(layers, str) else list(layers)
             have = {n for v in vectors for n in v.layers}
-            missing = [n for n in selected if n not in have]
-            if missing:
-                raise ValueError(
-                    f"steering_layers {missing} are not in the direction(s) {[v.name for v in vectors]}; "
-                    f"they have {sorted(have)}"
-                )
+            selected = []
+            for pattern in patterns:
+                hits = resolve_layers(unet, [pattern])
+                is_glob = any(ch in pattern for ch in "*?[")
+                missing = [] if is_glob else [n for n in hits if n not in have]
+                hits = [n for n in hits if n in have]
+                if missing or not hits:
+                    raise ValueError(
+                        f"steering_layers {pattern!r} is not in the direction(s) {[v.name for v in vectors]}; "
+                        f"they have {sorted(have)}"
+                    )
+                selected += [n for n in hits if n not in selected]
         for v in vectors:
             names = [n for n in v.layers if selected is None or n in selected]
             resolve_layers(unet, names)
