@@ -14,6 +14,7 @@ import argparse
 import functools
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,18 @@ def progress_fn(progress: gr.Progress | None) -> H.ProgressFn | None:
 class SteerApp:
     """Handlers bound to one pipeline; per-user data (uploads, learned directions, last result) lives in gr.State."""
 
-    def __init__(self, pipe, catalog: H.DirectionCatalog | None = None, workdir: str | Path | None = None):
+    def __init__(
+        self,
+        pipe,
+        catalog: H.DirectionCatalog | None = None,
+        workdir: str | Path | None = None,
+        detector: str | Path | None = None,
+    ):
         self.pipe = pipe
+        self.detector_path = detector
+        self._detector: Any = None
+        self._detector_loaded = False
+        self._detector_lock = threading.Lock()
         self.catalog = catalog if catalog is not None else H.DirectionCatalog.from_assets()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="steer-app-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -310,26 +321,70 @@ class SteerApp:
         return session, self._dropdown(session, label), str(path), message
 
     # ----- memorization ----------------------------------------------------------------------------------------
+    def detector(self) -> Any:
+        """The model's calibrated detector (loaded once; None when there is none yet)."""
+        with self._detector_lock:
+            if not self._detector_loaded:
+                self._detector = H.load_detector(self.pipe, self.detector_path)
+                self._detector_loaded = True
+            return self._detector
+
+    def detector_status(self) -> str:
+        """Markdown: which detector the panel uses, or how to get one."""
+        try:
+            detector = self.detector()
+        except H.UserError as err:
+            return error_box(str(err))
+        if detector is None:
+            where = ", ".join(f"`{p}`" for p in H.detector_candidates(self.pipe))
+            return (
+                "No calibrated detector found for this model (looked for "
+                f"{where}). Calibrate one below on ordinary prompts, or start the app with `--detector FILE`."
+            )
+        n = len(detector.calibration.get("reencode", []))
+        return ok_box(f"Detector calibrated on {n} ordinary samples; threshold {detector.threshold:.4g}.")
+
     def memorization(self, last: dict | None, which: str):
         """Score the last generated image with the calibrated detector."""
         if not last:
             raise H.UserError("generate an image first (Generate tab); the score is for the current image")
+        detector = self.detector()
+        if detector is None:
+            raise H.UserError("no calibrated detector for this model yet: calibrate one in the box below")
         image = last["steered" if which == "steered" else "original"]
-        report = H.memorization_report(self.pipe, image, last["prompt"])
-        return report.plot, ok_box(report.markdown)
+        view = H.score_image(detector, image, last["prompt"])
+        return view.plot, ok_box(view.markdown)
+
+    def calibrate(
+        self, prompts: str, samples: Any, fpr: Any, steps: Any, guidance: Any, progress: gr.Progress = PROGRESS
+    ):
+        """Calibrate a detector on ordinary prompts; it becomes the app's detector (for every user)."""
+        lines = H.parse_prompt_lines(prompts, "calibration")
+        detector = H.calibrate_detector(self.pipe, lines, samples, fpr, steps, guidance, progress_fn(progress))
+        path = detector.save(Path(tempfile.mkdtemp(dir=self.workdir)) / "detector.safetensors")
+        with self._detector_lock:
+            self._detector, self._detector_loaded = detector, True
+        return str(path), self.detector_status()
 
 
 def build_app(
-    pipe_or_model: Any = None, device: str | None = None, catalog: H.DirectionCatalog | None = None
+    pipe_or_model: Any = None,
+    device: str | None = None,
+    catalog: H.DirectionCatalog | None = None,
+    detector: str | Path | None = None,
 ) -> gr.Blocks:
-    """The demo UI around a pipeline (or a model path / hub id, loaded with `steer.loading.load_pipeline`)."""
+    """The demo UI around a pipeline (or a model path / hub id, loaded with `steer.loading.load_pipeline`).
+
+    ``catalog``: the directions offered in the picker (default: the bundled ``assets/directions``); ``detector``:
+    a calibrated memorization detector file (default: looked up next to the model, see `H.detector_candidates`).
+    """
     if pipe_or_model is None or isinstance(pipe_or_model, str | Path):
         from steer.loading import load_pipeline
 
         pipe = load_pipeline(pipe_or_model, device=device)
     else:
         pipe = pipe_or_model
-    app = SteerApp(pipe, catalog)
+    app = SteerApp(pipe, catalog, detector=detector)
     with gr.Blocks(title="steer: representation steering") as demo:
         demo.steer_app = app  # for tests and notebooks
         session = gr.State({})
@@ -341,7 +396,7 @@ def build_app(
         with gr.Tab("Learn"):
             _learn_panel(app, session, direction)
         with gr.Tab("Memorization"):
-            _memorization_panel(app, last)
+            _memorization_panel(app, demo, last)
     demo.queue(default_concurrency_limit=2, max_size=32)
     return demo
 
@@ -520,17 +575,34 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
     go.click(guarded(4)(app.learn), inputs, [session, direction, file, status], api_name="learn")
 
 
-def _memorization_panel(app: SteerApp, last: gr.State) -> None:
-    """The Memorization tab: the calibrated detector's score of the current image."""
+def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
+    """The Memorization tab: the calibrated detector's verdict on the current image, and in-app calibration."""
     gr.Markdown(
-        "Scores the current image (last *Generate*) with the memorization detector calibrated on ordinary "
-        "samples of this model, and shows where it falls on their histogram."
+        "Scores the current image (last *Generate*) with the memorization detector (Zhang et al.: spikiness of "
+        "UNet activations) calibrated on ordinary samples of this model, and shows where it falls on their histogram."
     )
+    detector_info = gr.Markdown("", elem_id="detector-info")
     which = gr.Radio(["steered", "original"], value="steered", label="Image")
-    go = gr.Button("Score", variant="primary", elem_id="score")
-    plot = gr.Image(label="Score vs ordinary samples", type="pil", format="png", interactive=False, elem_id="mem-plot")
+    go = gr.Button("Score the current image", variant="primary", elem_id="score")
     status = gr.Markdown("", elem_id="mem-status")
+    plot = gr.Image(label="Score vs ordinary samples", type="pil", format="png", interactive=False, elem_id="mem-plot")
+    with gr.Accordion("Calibrate a detector on ordinary prompts", open=False):
+        prompts = gr.Textbox(label="Ordinary prompts (one per line)", lines=3, value=_default_prompt(app))
+        with gr.Row():
+            samples = gr.Slider(4, 256, value=32, step=1, label="Samples")
+            fpr = gr.Slider(0.01, 0.5, value=0.05, step=0.01, label="False-positive rate")
+            steps = gr.Slider(1, H.LIMITS.max_steps, value=20, step=1, label="Steps")
+            guidance = gr.Slider(0, H.LIMITS.max_guidance, value=5.0, step=0.5, label="Guidance")
+        calibrate = gr.Button("Calibrate", elem_id="calibrate")
+        detector_file = gr.File(label="Calibrated detector (.safetensors)", interactive=False)
     go.click(guarded(2)(app.memorization), [last, which], [plot, status], api_name="memorization")
+    calibrate.click(
+        guarded(2)(app.calibrate),
+        [prompts, samples, fpr, steps, guidance],
+        [detector_file, detector_info],
+        api_name="calibrate",
+    )
+    demo.load(app.detector_status, None, detector_info, api_name=False)
 
 
 def _default_prompt(app: SteerApp) -> str:
@@ -560,13 +632,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: the best available)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--detector", default=None, help="a calibrated memorization detector file (.safetensors)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    demo = build_app(args.model, device=args.device)
+    demo = build_app(args.model, device=args.device, detector=args.detector)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=CSS)
 
 

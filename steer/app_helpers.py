@@ -575,22 +575,126 @@ def direction_summary(vector: SteeringVector) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Memorization (steer.detect is optional: the panel explains what is missing)
+# Memorization (steer.detect): the calibrated detector of the model, its verdict and its histogram
 # ----------------------------------------------------------------------------------------------------------------------
+DETECTOR_FILES = ("detector.safetensors", "memorization_detector.safetensors", "detector/detector.safetensors")
+
+
+def detector_candidates(pipe) -> list[Path]:
+    """Where a calibrated detector for ``pipe``'s model is looked for: ``$STEER_DETECTOR``, next to the model,
+    then ``assets/detectors/<model name>.safetensors``."""
+    from steer.loading import ASSETS
+
+    out = [Path(os.environ["STEER_DETECTOR"])] if os.environ.get("STEER_DETECTOR") else []
+    name = model_name(pipe)
+    folder = Path(name)
+    if name and folder.is_dir():
+        out += [folder / f for f in DETECTOR_FILES]
+    out.append(ASSETS / "detectors" / f"{slug(folder.name or 'model')}.safetensors")
+    return out
+
+
+def load_detector(pipe, path: str | os.PathLike | None = None):
+    """The calibrated `MemorizationDetector` at ``path`` (or the first candidate that exists), or None.
+
+    Raises `UserError` when steer.detect is missing or the file is damaged / from another model.
+    """
+    try:
+        from steer.detect import MemorizationDetector
+    except ImportError:
+        raise UserError("memorization detection is not available: steer.detect is missing from this install") from None
+    paths = [Path(path)] if path else [p for p in detector_candidates(pipe) if p.is_file()]
+    if not paths:
+        return None
+    try:
+        detector = MemorizationDetector.load(paths[0], pipe)
+    except (SteeringFileError, ModelMismatchError, ValueError, OSError) as err:
+        raise UserError(f"cannot use the detector file {paths[0].name!r}: {err}") from None
+    return detector
+
+
+def calibrate_detector(
+    pipe,
+    prompts: Sequence[str],
+    samples: int,
+    fpr: float,
+    steps: int,
+    guidance: float,
+    progress: ProgressFn | None = None,
+):
+    """A fresh detector calibrated on ``samples`` ordinary images of ``prompts`` (thresholds at ``fpr``)."""
+    try:
+        from steer.detect import MemorizationDetector
+    except ImportError:
+        raise UserError("memorization detection is not available: steer.detect is missing from this install") from None
+    prompts = [check_prompt(p, "calibration prompt") for p in prompts if p.strip()]
+    if not prompts:
+        raise UserError("write at least one ordinary prompt to calibrate on")
+    samples = check_int(samples, "calibration samples", 4, 256)
+    fpr = check_float(fpr, "the false-positive rate", 0.001, 0.5)
+    items = [prompts[i % len(prompts)] for i in range(samples)]
+    if progress:
+        progress(0.0, "calibrating")
+    detector = MemorizationDetector(pipe)
+    detector.calibrate(
+        items,
+        fpr=fpr,
+        seed=1_000_000,
+        num_inference_steps=check_int(steps, "steps", 1, LIMITS.max_steps),
+        guidance_scale=guidance,
+    )
+    return detector
+
+
 @dataclass
-class MemorizationReport:
-    """What the Memorization panel shows."""
+class MemorizationView:
+    """What the Memorization panel shows: a verdict (markdown) and the histogram with the image's score."""
 
     markdown: str
     plot: Image.Image | None = None
 
 
-def memorization_report(pipe, image: Image.Image, prompt: str) -> MemorizationReport:
-    """Score ``image`` with the calibrated detector of ``pipe``'s model (placeholder until steer.detect lands)."""
+def score_image(detector, image: Image.Image, prompt: str) -> MemorizationView:
+    """Score ``image`` (the paper's re-encode score) and place it on the ordinary-sample histogram."""
+    score = float(detector.score([image], [prompt])[0])
+    ordinary = detector.calibration.get("reencode")
+    threshold = detector.threshold
+    if threshold is None or ordinary is None or len(ordinary) == 0:
+        return MemorizationView(
+            f"Score **{score:.4g}** (higher = more memorized). The detector is not calibrated: no verdict."
+        )
+    ordinary = ordinary.double()
+    percentile = float((ordinary < score).double().mean() * 100)
+    verdict = "⚠ **likely memorized**" if score > threshold else "✓ **ordinary** (not flagged)"
+    fpr = f" at a {detector.fpr:.0%} false-positive rate" if detector.fpr is not None else ""
+    text = (
+        f"{verdict} - score **{score:.4g}**, threshold {threshold:.4g}{fpr}. Higher than {percentile:.0f}% of "
+        f"{len(ordinary)} ordinary samples of this model."
+    )
+    return MemorizationView(text, histogram(ordinary.float().numpy(), score, threshold))
+
+
+def histogram(ordinary: np.ndarray, score: float, threshold: float) -> Image.Image | None:
+    """The ordinary-sample score histogram with the threshold and this image's score marked (None without matplotlib)."""
     try:
-        import steer.detect  # noqa: F401
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError(
-            "memorization detection is not available: steer.detect is not installed in this version"
-        ) from None
-    raise UserError("no calibrated memorization detector was found for this model")
+        return None
+    import io
+
+    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    ax.hist(ordinary, bins=min(30, max(5, len(ordinary) // 3)), color="#88aacc", label="ordinary samples")
+    ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.3g}")
+    ax.axvline(score, color="#222222", linewidth=2.5, label=f"this image {score:.3g}")
+    ax.set_xlabel("re-encode score (higher = more memorized)")
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")

@@ -308,6 +308,17 @@ def test_learned_direction_is_per_session(server, client, pipe):
     assert "unknown direction" in status
 
 
-def test_memorization_panel_is_readable(client):
+def test_memorization_panel(client):
     plot, status = client.predict("steered", api_name="/memorization")
     assert "generate an image first" in status
+    client.predict(**generate_args("constructed"), api_name="/generate")
+    plot, status = client.predict("steered", api_name="/memorization")
+    assert "no calibrated detector" in status
+    detector_file, info = client.predict("a photo of a dog\na photo of a cat", 8, 0.1, 3, 5.0, api_name="/calibrate")
+    assert "calibrated on 8 ordinary samples" in info
+    from steer.detect import MemorizationDetector
+
+    assert MemorizationDetector.load(detector_file, tiny_pipeline(seed=0)).threshold is not None
+    plot, status = client.predict("steered", api_name="/memorization")
+    assert ("ordinary" in status or "likely memorized" in status) and "threshold" in status
+    assert Image.open(plot).size[0] > 100  # the histogram
