@@ -847,7 +847,7 @@ def merge_manifest(out: str | os.PathLike, plan: Plan | None = None) -> list[dic
     """Merge ``manifest.jsonl`` and the rank shards into ``manifest.jsonl``: one entry per key whose PNG exists with
     its recorded hash, line numbers updated from ``plan``, sorted by (line, image, path). Writes only on change."""
     out = Path(out)
-    current = {im.key: (im.line, im.index) for im in plan.images} if plan is not None else {}
+    current = {im.key: (im.line, im.index) for im in plan.images if im.status != "duplicate"} if plan is not None else {}
     cache: dict[str, str | None] = {}
     by_key: dict[str, dict[str, Any]] = {}
     for e in read_manifest_entries(out):
@@ -1002,6 +1002,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     device = args.device
     if device is None and state.num_processes > 1:
         device = getattr(state, "device", None)
+    if not args.progress or not state.is_main_process:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
     pipe = load_pipeline(args.model, device, progress=False)
     summary = run(args.jobs, pipe, args.out, args.batch_size, model=str(args.model), progress=args.progress, report=_stderr, state=state)
     if state.is_main_process:
