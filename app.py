@@ -412,8 +412,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             )
             negative = gr.Textbox(label="Negative prompt", value="", max_length=L.max_prompt_chars)
             with gr.Row():
-                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=L.max_seed)
-                steps = gr.Slider(1, L.max_steps, value=20, step=1, label="Steps")
+                seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=L.max_seed, elem_id="seed")
+                steps = gr.Slider(1, L.max_steps, value=20, step=1, label="Steps", elem_id="steps")
                 guidance = gr.Slider(0, L.max_guidance, value=5.0, step=0.5, label="Guidance")
             with gr.Row():
                 direction = gr.Dropdown(
@@ -425,7 +425,11 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     scale=3,
                 )
                 upload = gr.File(
-                    label="Upload a direction (.safetensors)", file_types=[".safetensors"], scale=2, elem_id="upload"
+                    label="Upload a direction (.safetensors)",
+                    file_types=[".safetensors"],
+                    scale=2,
+                    height=100,
+                    elem_id="upload",
                 )
             direction_info = gr.Markdown("")
             strength = gr.Slider(
@@ -468,8 +472,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     label="Original (strength 0)", format="png", type="pil", interactive=False, elem_id="original"
                 )
                 steered = gr.Image(label="Steered", format="png", type="pil", interactive=False, elem_id="steered")
-            png = gr.File(label="Steered PNG with its recipe", interactive=False, elem_id="png")
             status = gr.Markdown("", elem_id="status")
+            png = gr.File(label="Steered PNG with its recipe", interactive=False, height=60, elem_id="png")
             gallery = gr.Gallery(
                 label="Strength strip (-|s| … +|s|)", format="png", columns=L.max_strip, height=200, elem_id="gallery"
             )

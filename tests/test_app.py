@@ -72,11 +72,13 @@ def generate_args(direction: str, scale: float = SCALE, **over) -> dict:
     return args
 
 
-def expected_pair(pipe, vector, scale: float, seed: int = 7, **steer) -> list[np.ndarray]:
-    """What the Python API gives for the app's default test settings (one batched call, scales [0, s])."""
+def expected_pair(
+    pipe, vector, scale: float, seed: int = 7, window=(0.0, 1.0), prompt: str = "a photo of a dog", **steer
+) -> list[np.ndarray]:
+    """What the Python API gives for the app's settings (one batched call, scales [0, s], the same seed per row)."""
     gens = [torch.Generator().manual_seed(seed) for _ in range(2)]
     out = pipe(
-        ["a photo of a dog"] * 2,
+        [prompt] * 2,
         num_inference_steps=STEPS,
         guidance_scale=5.0,
         height=32,
@@ -84,7 +86,7 @@ def expected_pair(pipe, vector, scale: float, seed: int = 7, **steer) -> list[np
         generator=gens,
         steering=vector,
         steering_scale=[0.0, scale],
-        steering_window=(0.0, 1.0),
+        steering_window=tuple(window),
         **steer,
     )
     return [pixels(im) for im in out.images]
@@ -110,7 +112,9 @@ def server(pipe, direction_file):
     catalog = H.DirectionCatalog({"constructed": direction_file})
     demo = app.build_app(pipe, catalog=catalog)
     port = free_port()
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True
+    )
     yield url
     demo.close()
 
@@ -279,7 +283,9 @@ def test_concurrent_clients_get_their_own_results(server, pipe, direction_file):
     results: dict[str, tuple] = {}
 
     def run(key: str) -> None:
-        results[key] = Client(server, verbose=False).predict(**generate_args("constructed", scale=scales[key]), api_name="/generate")
+        results[key] = Client(server, verbose=False).predict(
+            **generate_args("constructed", scale=scales[key]), api_name="/generate"
+        )
 
     threads = [threading.Thread(target=run, args=(k,)) for k in scales]
     for t in threads:
@@ -297,11 +303,27 @@ def test_learned_direction_is_per_session(server, client, pipe):
     from gradio_client import Client
 
     picked, file, status = client.predict(
-        "a dog", "a cat", None, None, "mean_diff", "fast", "all layers", [], 2, 3, 5.0, 0, "dog-cat", "", api_name="/learn"
+        "a dog",
+        "a cat",
+        None,
+        None,
+        "mean_diff",
+        "fast",
+        "all layers",
+        [],
+        2,
+        3,
+        5.0,
+        0,
+        "dog-cat",
+        "",
+        api_name="/learn",
     )
     assert "Learned **dog-cat**" in status and picked["value"] == "dog-cat (learned)"
     assert SteeringVector.load(file).layers  # downloadable and valid
-    *_, status = client.predict(**generate_args("dog-cat (learned)", layer=len(H.layer_names(pipe))), api_name="/generate")
+    *_, status = client.predict(
+        **generate_args("dog-cat (learned)", layer=len(H.layer_names(pipe))), api_name="/generate"
+    )
     assert "Steered with **dog-cat**" in status
     other = Client(server, verbose=False)
     *_, status = other.predict(**generate_args("dog-cat (learned)"), api_name="/generate")

@@ -1,0 +1,130 @@
+"""End to end in headless Chromium: open the demo, move the strength slider, generate, check both images.
+
+Needs the Debian ``chromium`` package (``apt-get install -y chromium``; ``/usr/bin/chromium`` or ``$CHROMIUM``).
+Runs on the embedded demo model with a bundled colour direction when both exist, else on a tiny random pipeline
+with a constructed direction (then "the direction's sense" is checked against the Python API's result).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from steer import app_helpers as H
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+STRENGTH = 2.5
+STEPS = 4
+
+
+def chromium_path() -> str:
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("headless Chromium is required for the browser tests: apt-get install -y chromium")
+    return path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(url, pipe, direction) of an in-process app on a free port."""
+    from test_app import constructed_direction, free_port
+
+    import app
+    from steer.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    vector = constructed_direction(pipe)
+    path = vector.save(tmp_path_factory.mktemp("dirs") / "constructed.safetensors")
+    demo = app.build_app(pipe, catalog=H.DirectionCatalog({"constructed": path}))
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield url, pipe, vector
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        instance = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        yield instance
+        instance.close()
+
+
+def set_slider(page, elem_id: str, value: float) -> None:
+    """Drag-free slider move: set the range input (fires input/change like a user's move)."""
+    page.locator(f"#{elem_id} input[type=range]").fill(str(value))
+
+
+def set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def image_pixels(page, elem_id: str, timeout: float = 90_000) -> np.ndarray:
+    """The pixels of the image shown in ``#elem_id`` (fetched from its src URL), at native size."""
+    img = page.locator(f"#{elem_id} img").first
+    img.wait_for(state="visible", timeout=timeout)
+    src = img.get_attribute("src")
+    data = page.request.get(src).body()
+    big = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+    factor = big.shape[0] // 32
+    return big[::factor, ::factor]
+
+
+def test_generate_in_browser(served, browser, tmp_path: Path):
+    from test_app import expected_pair
+
+    url, pipe, vector = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(url)
+    page.wait_for_selector("#generate", timeout=60_000)
+    set_number(page, "steps", STEPS)
+    set_slider(page, "strength", STRENGTH)
+    page.locator("#strength input[type=number]").wait_for()
+    assert float(page.locator("#strength input[type=number]").input_value()) == STRENGTH
+    page.click("#generate")
+    page.wait_for_selector("#status .steer-status-ok", timeout=90_000)
+    original, steered = image_pixels(page, "original"), image_pixels(page, "steered")
+    assert np.abs(original - steered).mean() > 1.0, "the steered image equals the original"
+    # the app's steered image is the Python API's result for the same settings (the app's default window)
+    want_original, want_steered = expected_pair(
+        pipe, vector, STRENGTH, seed=0, window=H.PAPER_WINDOW, prompt="a photo of a dog"
+    )
+    assert np.abs(original - want_original).max() <= 1
+    assert np.abs(steered - want_steered).max() <= 1
+    assert "Steered with" in page.inner_text("#status")
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+    assert (tmp_path / "app.png").stat().st_size > 10_000
+    page.close()
+
+
+def test_invalid_upload_shows_message(served, browser, tmp_path: Path):
+    url, *_ = served
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"this is not a direction")
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_selector("#generate", timeout=60_000)
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_selector("#status .steer-status-error", timeout=30_000)
+    text = page.inner_text("#status")
+    assert "broken.safetensors" in text and "Traceback" not in text
+    page.screenshot(path=str(tmp_path / "invalid-upload.png"))
+    page.close()
