@@ -343,24 +343,30 @@ def _tile(ax, vec: Tensor, title: str | None = None) -> None:
         ax.set_title(title, fontsize=7)
 
 
-def plot_weights(path: Path, train_small: Tensor, w_mem: Tensor, w_gen: Tensor, n_show: int = 20) -> None:
-    """Training images, the memorizing model's largest weight rows, and the generalizing model's."""
+def plot_weights(path: Path, train_small: Tensor, w_mem: Tensor, w_gen: Tensor, n_show: int = 16) -> None:
+    """Training images, the memorizing model's non-negligible weight rows, and the generalizing model's top rows.
+
+    Each memorizing row is titled with its best cosine similarity to a training image.
+    """
     plt = _plt()
+    norms = w_mem.detach().norm(dim=1)
+    mem_rows = _top_rows(w_mem, int((norms > 0.1 * norms.max()).sum()))[:n_show]
+    unit = train_small / train_small.norm(dim=1, keepdim=True)
+    cos = (mem_rows / mem_rows.norm(dim=1, keepdim=True)) @ unit.T
     rows = [
-        ("memorizing: training images", train_small),
-        ("memorizing: top weight rows", _top_rows(w_mem, n_show)),
-        ("generalizing: top weight rows", _top_rows(w_gen, n_show)),
+        ("memorizing: the 5 training images", train_small, None),
+        ("memorizing: non-negligible weight rows (best cos to a training image)", mem_rows, cos.max(1).values),
+        ("generalizing: largest weight rows", _top_rows(w_gen, n_show), None),
     ]
-    fig, axes = plt.subplots(3, n_show, figsize=(n_show * 0.8, 3 * 1.0))
-    for r, (label, vecs) in enumerate(rows):
+    fig, axes = plt.subplots(3, n_show, figsize=(n_show * 0.8, 3 * 1.15))
+    for r, (label, vecs, notes) in enumerate(rows):
         for c in range(n_show):
-            ax = axes[r, c]
             if c < len(vecs):
-                _tile(ax, vecs[c])
+                _tile(axes[r, c], vecs[c], f"{float(notes[c]):.2f}" if notes is not None else None)
             else:
-                ax.axis("off")
-        axes[r, 0].set_title(label, fontsize=8, loc="left")
-    fig.tight_layout()
+                axes[r, c].axis("off")
+        fig.text(0.01, 1 - (r + 0.02) / 3, label, fontsize=8, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=1.6)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -413,6 +419,7 @@ def _logger(out: Path) -> Callable[[str], None]:
     log_path = out / "log.txt"
 
     def log(msg: str) -> None:
+        msg = f"[{time.strftime('%H:%M:%S')}] {msg}"
         print(msg, flush=True)
         with open(log_path, "a") as fh:
             fh.write(msg + "\n")
@@ -438,6 +445,42 @@ def hybrid_set(n_total: int, n_dup: int, copies: int, seed: int) -> tuple[Tensor
     return data, mask
 
 
+def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Callable, log) -> tuple:
+    """Train the memorizing and generalizing DAEs, or load them from ``out/dae_models.pt`` when reusing."""
+    ckpt = out / "dae_models.pt"
+    if reuse and ckpt.exists():
+        log(f"reusing trained models from {ckpt}")
+        state = torch.load(ckpt)
+        models = []
+        for name in ("memorizing", "generalizing"):
+            model = ReLUDAE(*reversed(state[name]["weight"].shape))
+            model.load_state_dict(state[name])
+            models.append(model)
+        return models[0], models[1], state.get("timings", {}) | {"reused": True}, state.get("final_loss", {})
+    t, c = time.time(), time.process_time()
+    mem, mem_loss = train_mem()
+    timings = {"memorizing": round(time.time() - t, 1), "memorizing_cpu": round(time.process_time() - c, 1)}
+    t, c = time.time(), time.process_time()
+    gen, gen_loss = train_gen()
+    timings |= {"generalizing": round(time.time() - t, 1), "generalizing_cpu": round(time.process_time() - c, 1)}
+    final = {"memorizing": mem_loss[-1], "generalizing": gen_loss[-1]}
+    torch.save(
+        {"memorizing": mem.state_dict(), "generalizing": gen.state_dict(), "timings": timings, "final_loss": final},
+        ckpt,
+    )
+    return mem, gen, timings, final
+
+
+def dae_configs(quick: bool, iters: int | None) -> tuple[TrainConfig, TrainConfig, TrainConfig]:
+    """(memorizing, generalizing, hybrid) optimiser settings; ``--quick`` shortens them."""
+    mem = _with_iters(MEMORIZE, iters or (3000 if quick else None))
+    gen = _with_iters(GENERALIZE, iters or (1500 if quick else None))
+    if quick:  # a 33x shorter schedule needs a larger step to reach the same (balanced) regime
+        gen = TrainConfig("adam", 1e-3, gen.weight_decay, gen.batch, gen.iters)
+    hybrid = TrainConfig("rmsprop", 1e-3, 1e-2, 256, iters or (2000 if quick else 50_000))
+    return mem, gen, hybrid
+
+
 def run_relu_dae(args: argparse.Namespace) -> dict:
     """Memorizing vs generalizing ReLU-DAE, plus the hybrid (duplicated images) set."""
     torch.set_num_threads(args.threads)
@@ -447,53 +490,39 @@ def run_relu_dae(args: argparse.Namespace) -> dict:
     quick = args.quick
     width, noise = 100, 0.2
     n_gen = 2000 if quick else 10_000
-    mem_cfg = _with_iters(MEMORIZE, args.iters or (4000 if quick else None))
-    gen_cfg = _with_iters(GENERALIZE, args.iters or (3000 if quick else None))
-    if quick:  # a shorter schedule needs a larger step to reach the same regime
-        gen_cfg = TrainConfig("adam", 1e-3, gen_cfg.weight_decay, gen_cfg.batch, gen_cfg.iters)
+    mem_cfg, gen_cfg, hybrid_cfg = dae_configs(quick, args.iters)
     t0 = time.time()
     log(f"relu-dae quick={quick} seed={args.seed} mem={asdict(mem_cfg)} gen={asdict(gen_cfg)} n_gen={n_gen}")
 
     mem_data = training_vectors(5, args.seed)
     gen_data = training_vectors(n_gen, args.seed + 100)
-    log("training memorizing model (N=5)")
-    mem, mem_trace = train_dae(mem_data, mem_cfg, width, noise, args.seed, log)
-    t_mem = time.time() - t0
-    log(f"training generalizing model (N={n_gen})")
-    gen, gen_trace = train_dae(gen_data, gen_cfg, width, noise, args.seed, log)
-    t_gen = time.time() - t0 - t_mem
 
-    with torch.no_grad():
-        mem_x, _ = noisy_inputs(mem_data, 100, noise, args.seed + 7)
-        gen_x, _ = noisy_inputs(gen_data, 100, noise, args.seed + 7)
-        mem_acts, gen_acts = mem.hidden(mem_x), gen.hidden(gen_x)
-        # the same 100 noisy inputs drawn from the memorizing set, seen by the generalizing model
-        cross = gen.hidden(mem_x)
-    stats = {
-        "memorizing": activation_stats(mem_acts),
-        "generalizing": activation_stats(gen_acts),
-        "generalizing_on_memorizing_inputs": activation_stats(cross),
-    }
-    stats["ratios"] = _ratios(stats["memorizing"], stats["generalizing"])
-    stats["weight_match"] = {
-        "memorizing": weight_match(mem.weight, mem_data),
-        "generalizing": weight_match(gen.weight, gen_data),
-    }
-    stats["weight_match"]["memorizing"]["span_energy"] = span_energy(mem.weight, mem_data)
-    torch.save({"memorizing": mem.state_dict(), "generalizing": gen.state_dict()}, out / "dae_models.pt")
-    stats["final_loss"] = {"memorizing": mem_trace[-1], "generalizing": gen_trace[-1]}
+    def train_mem() -> tuple[ReLUDAE, list[float]]:
+        log("training memorizing model (N=5)")
+        return train_dae(mem_data, mem_cfg, width, noise, args.seed, log)
 
+    def train_gen() -> tuple[ReLUDAE, list[float]]:
+        log(f"training generalizing model (N={n_gen})")
+        return train_dae(gen_data, gen_cfg, width, noise, args.seed, log)
+
+    mem, gen, timings, final = _train_or_load(out, args.reuse, train_mem, train_gen, log)
+    stats = dae_statistics(mem, gen, mem_data, gen_data, noise, args.seed)
+    stats["final_loss"] = final
     plot_weights(out / "dae_weights.png", mem_data, mem.weight, gen.weight)
+    with torch.no_grad():
+        mem_x, _ = noisy_inputs(mem_data, 1, noise, args.seed + 7)
+        gen_x, _ = noisy_inputs(gen_data, 1, noise, args.seed + 7)
     plot_activation_bars(
         out / "dae_activations.png",
-        [("memorizing (N=5)", mem_x[0], mem_acts[0]), (f"generalizing (N={n_gen})", gen_x[0], gen_acts[0])],
+        [
+            ("memorizing (N=5)", mem_x[0], mem.hidden(mem_x)[0]),
+            (f"generalizing (N={n_gen})", gen_x[0], gen.hidden(gen_x)[0]),
+        ],
     )
-
     if not args.no_hybrid:
-        t_h = time.time()
-        stats["hybrid"] = run_hybrid(args, gen_cfg, n_gen, width, noise, out, log)
-        stats["hybrid"]["wall_s"] = round(time.time() - t_h, 1)
-
+        t, c = time.time(), time.process_time()
+        stats["hybrid"] = run_hybrid(args, hybrid_cfg, width, noise, out, log)
+        timings |= {"hybrid": round(time.time() - t, 1), "hybrid_cpu": round(time.process_time() - c, 1)}
     stats["config"] = {
         "quick": quick,
         "seed": args.seed,
@@ -503,28 +532,55 @@ def run_relu_dae(args: argparse.Namespace) -> dict:
         "n_generalizing": n_gen,
         "memorizing_train": asdict(mem_cfg),
         "generalizing_train": asdict(gen_cfg),
+        "hybrid_train": asdict(hybrid_cfg),
         "threads": args.threads,
+        "reused_models": bool(timings.get("reused", False)),
     }
-    stats["wall_s"] = {
-        "memorizing": round(t_mem, 1),
-        "generalizing": round(t_gen, 1),
-        "total": round(time.time() - t0, 1),
-        "total_cpu": round(time.process_time(), 1),
+    stats["wall_s"] = timings | {
+        "this_invocation": round(time.time() - t0, 1),
+        "this_invocation_cpu": round(time.process_time(), 1),
     }
     (out / "dae_stats.json").write_text(json.dumps(stats, indent=2))
     log(json.dumps({k: stats[k] for k in ("memorizing", "generalizing", "ratios", "weight_match")}, indent=2))
     return stats
 
 
+def dae_statistics(mem: ReLUDAE, gen: ReLUDAE, mem_data: Tensor, gen_data: Tensor, noise: float, seed: int) -> dict:
+    """Activation statistics over 100 noisy training inputs per model, ratios, and weight-row matches."""
+    with torch.no_grad():
+        mem_x, _ = noisy_inputs(mem_data, 100, noise, seed + 7)
+        gen_x, _ = noisy_inputs(gen_data, 100, noise, seed + 7)
+        mem_acts, gen_acts = mem.hidden(mem_x), gen.hidden(gen_x)
+        stats = {
+            "memorizing": activation_stats(mem_acts),
+            "generalizing": activation_stats(gen_acts),
+            # the memorizing model's 100 noisy inputs, seen by the generalizing model
+            "generalizing_on_memorizing_inputs": activation_stats(gen.hidden(mem_x)),
+            # tied weights: ‖ReLU(Wx)‖² = f(x)·x, so a good denoiser of either kind has ‖a‖ ≈ ‖x‖
+            "sq_norm_identity": {
+                "memorizing_a2": float(mem_acts.pow(2).sum(1).mean()),
+                "memorizing_x2": float(mem_x.pow(2).sum(1).mean()),
+                "generalizing_a2": float(gen_acts.pow(2).sum(1).mean()),
+                "generalizing_x2": float(gen_x.pow(2).sum(1).mean()),
+            },
+        }
+    stats["ratios"] = _ratios(stats["memorizing"], stats["generalizing"])
+    stats["weight_match"] = {
+        "memorizing": weight_match(mem.weight, mem_data) | {"span_energy": span_energy(mem.weight, mem_data)},
+        "generalizing": weight_match(gen.weight, gen_data),
+    }
+    return stats
+
+
 def _ratios(mem: dict, gen: dict) -> dict[str, float]:
-    return {k: mem[k] / max(gen[k], 1e-12) for k in ("std", "l4_l2", "cv", "top1_share")}
+    return {k: mem[k] / max(gen[k], 1e-12) for k in ("std", "cv", "l4_l2", "top1_share")}
 
 
-def run_hybrid(args, cfg: TrainConfig, n_total: int, width: int, noise: float, out: Path, log) -> dict:
-    """Generalizing recipe on a set with 5 heavily duplicated images: duplicated vs unique activations."""
-    n_dup, copies = 5, max(2, n_total // 50)
+def run_hybrid(args, cfg: TrainConfig, width: int, noise: float, out: Path, log) -> dict:
+    """One model on 500 unique images + 5 images x 100 copies: duplicated vs unique activations."""
+    n_total, n_dup, copies = 1000, 5, 100
     data, mask = hybrid_set(n_total, n_dup, copies, args.seed + 200)
-    log(f"training hybrid model (N={n_total}, {n_dup} images x {copies} copies)")
+    log(f"training hybrid model (N={n_total}, {n_dup} images x {copies} copies) {asdict(cfg)}")
     model, trace = train_dae(data, cfg, width, noise, args.seed, log)
     dup_imgs = data[:n_dup]
     unique = data[~mask]
@@ -542,6 +598,7 @@ def run_hybrid(args, cfg: TrainConfig, n_total: int, width: int, noise: float, o
     res = {
         "duplicated": activation_stats(dup_acts),
         "unique": activation_stats(uni_acts),
+        "n_total": n_total,
         "n_duplicated_images": n_dup,
         "copies": copies,
         "weight_match_duplicated": weight_match(model.weight, dup_imgs),
@@ -632,6 +689,7 @@ def configure_parser(subparsers) -> None:
     p = subparsers.add_parser("relu-dae", help="memorizing vs generalizing ReLU denoising autoencoder")
     _common(p, "runs/relu-dae")
     p.add_argument("--no-hybrid", action="store_true", help="skip the duplicated-images experiment")
+    p.add_argument("--reuse", action="store_true", help="load the two models from OUT/dae_models.pt if present")
     p.set_defaults(func=run_relu_dae)
     p = subparsers.add_parser("relu-diffusion", help="memorizing vs generalizing ReLU diffusion model")
     _common(p, "runs/relu-diffusion")
