@@ -1,0 +1,523 @@
+"""Memorization-detection benchmark on a hybrid lab model (docs/detection.md).
+
+Generates from the model's memorized and ordinary prompts (several seeds each), labels every generated sample with
+the nearest-neighbour criterion against the training set (memorized if d(x, NN1) / d(x, NN2) < 1/3), and scores
+each sample with:
+
+- the paper's detector (re-encode, t = 10, empty prompt, std of the max-pooled SiLU of the last up_blocks.0 resnet);
+- the inline variant (same layer, recorded during sampling; final-window score and first-step early warning);
+- Wen et al. 2024 (||eps(x_t, c) - eps(x_t, 0)||, first k = 1 and 10 steps);
+- a grid of variants (layers, statistics, windows), chosen on even seeds and reported on odd seeds.
+
+It reports AUROC, TPR at 1 % FPR (bootstrap 95 % interval), UNet evaluations per sample and wall time per sample,
+and measures the paper's steering claim: a colour direction moves generalized samples more than memorized ones.
+
+    python bench/detection.py --model assets/models/demo-hybrid --seeds 4 --out docs/detection
+
+Stages cache their arrays under ``--cache`` (default runs/detection/<model name>), so a rerun only redoes what
+changed (``--fresh`` ignores the cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from steer.baselines import NoiseDifferenceRecorder, wen_scores  # noqa: E402
+from steer.detect import DEFAULT_INLINE_WINDOW, MemorizationDetector, default_detection_layer, spikiness  # noqa: E402
+from steer.hooks import ActivationRecorder, window_bounds  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STATS = ("std", "l4_l2", "max_over_mean")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+def read_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_images(model_dir: Path) -> np.ndarray:
+    """The distinct training images of a lab model, rebuilt from its training arguments (float [N,3,32,32])."""
+    from steer.lab.data import make_coloured_fashion_mnist
+
+    args = {}
+    info = model_dir / "training.json"
+    if info.is_file():
+        args = json.loads(info.read_text()).get("args") or {}
+    return make_coloured_fashion_mnist("train", seed=int(args.get("seed", 0)), limit=args.get("limit")).images
+
+
+def candidate_layers(unet) -> list[str]:
+    """Detection layers to compare: every resnet of mid_block / up_blocks.0 / up_blocks.1, its SiLU and its output."""
+    names = []
+    for prefix, block in [("mid_block", unet.mid_block), ("up_blocks.0", unet.up_blocks[0]), ("up_blocks.1", unet.up_blocks[1])]:
+        for i, _ in enumerate(block.resnets):
+            names += [f"{prefix}.resnets.{i}.nonlinearity", f"{prefix}.resnets.{i}"]
+    return names
+
+
+def gens(seeds) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Stage 1: generate, recording everything inline
+# ----------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(pipe, items: list[tuple[str, str, int]], layers: list[str], args) -> dict[str, np.ndarray]:
+    """Images, API inline scores, per-step pooled activations (cond branch, max) and per-step Wen norms."""
+    det = MemorizationDetector(pipe)
+    out: dict[str, list] = {"images": [], "inline": [], "early": [], "wen": [], **{f"act:{n}": [] for n in layers}}
+    for i in range(0, len(items), args.batch_size):
+        chunk = items[i : i + args.batch_size]
+        rec = ActivationRecorder(pipe.unet, layers, "max", cfg=True, branch="cond")
+        wen = NoiseDifferenceRecorder(pipe.unet)
+        with rec, wen:
+            res = pipe(
+                [p for p, _, _ in chunk],
+                generator=gens([s for _, _, s in chunk]),
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                output_type="pt",
+                memorization_detector=det,
+            )
+        out["images"].append(res.images.float().cpu().numpy())
+        out["inline"].append(res.memorization_scores.numpy())
+        out["early"].append(res.memorization_early_scores.numpy())
+        out["wen"].append(wen.step_scores().numpy())
+        for n in layers:
+            steps = rec.by_step(n)
+            out[f"act:{n}"].append(torch.stack([steps[s] for s in sorted(steps)]).numpy())
+        log(f"generated {i + len(chunk)}/{len(items)}")
+    cat = {k: np.concatenate(v, axis=1 if (k == "wen" or k.startswith("act:")) else 0) for k, v in out.items()}
+    return cat
+
+
+@torch.no_grad()
+def reencode(pipe, images: np.ndarray, prompts: list[str], layers: list[str]) -> dict[str, np.ndarray]:
+    """Max-pooled activations of the paper's re-encode pass (t = 10), empty prompt and own prompt."""
+    x = torch.from_numpy(images)
+    out = {}
+    for mode in ("empty", "own"):
+        det = MemorizationDetector(pipe, layers=layers, prompt=mode, batch_size=100)
+        reps = det.representations(x, prompts if mode == "own" else None)
+        out.update({f"{mode}:{n}": v.numpy() for n, v in reps.items()})
+    return out
+
+
+def ground_truth(images: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from steer.lab.memorization import nn_ratio
+
+    ratio, nn1 = nn_ratio(images, train)
+    return ratio, nn1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Metrics
+# ----------------------------------------------------------------------------------------------------------------------
+def tpr_at_fpr(y: np.ndarray, s: np.ndarray, fpr: float = 0.01) -> float:
+    from sklearn.metrics import roc_curve
+
+    f, t, _ = roc_curve(y, s)
+    ok = f <= fpr + 1e-12
+    return float(t[ok].max()) if ok.any() else 0.0
+
+
+def metrics(y: np.ndarray, s: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """AUROC and TPR@1%FPR with stratified bootstrap 95 % intervals."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    auc, tpr = float(roc_auc_score(y, s)), tpr_at_fpr(y, s)
+    boots_auc, boots_tpr = [], []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        boots_auc.append(roc_auc_score(y[idx], s[idx]))
+        boots_tpr.append(tpr_at_fpr(y[idx], s[idx]))
+    q = lambda v: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]  # noqa: E731
+    return {"auroc": auc, "auroc_ci": q(boots_auc), "tpr1": tpr, "tpr1_ci": q(boots_tpr)}
+
+
+def window_mean(per_step: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Mean over the steps of a fractional window of a (steps, N) array."""
+    n = per_step.shape[0]
+    first, stop = window_bounds(window, n)
+    first = min(first, n - 1)
+    return per_step[first : max(stop, first + 1)].mean(0)
+
+
+def stat_np(v: np.ndarray, statistic: str) -> np.ndarray:
+    return spikiness(torch.from_numpy(v), statistic).numpy()
+
+
+def variant_scores(data: dict[str, np.ndarray], layers: list[str]) -> dict[str, np.ndarray]:
+    """Scores of every variant, keyed ``family|layer|statistic|window``."""
+    out: dict[str, np.ndarray] = {}
+    windows = {"last": (0.96, 1.0), "last10%": (0.9, 1.0), "last20%": (0.8, 1.0), "last50%": (0.5, 1.0), "all": (0.0, 1.0)}
+    steps = data[f"act:{layers[0]}"].shape[0]
+    for n in layers:
+        for st in STATS:
+            per_step = stat_np(data[f"act:{n}"], st)  # (steps, N)
+            for wname, w in windows.items():
+                out[f"inline|{n}|{st}|{wname}"] = window_mean(per_step, w)
+            for k in (1, 2, 3, 5, 10):
+                if k <= steps:
+                    out[f"early|{n}|{st}|first{k}"] = per_step[:k].mean(0)
+            for mode in ("empty", "own"):
+                out[f"reencode-{mode}|{n}|{st}|t10"] = stat_np(data[f"{mode}:{n}"], st)
+    wen = data["wen"]
+    for k in (1, 2, 3, 5, 10):
+        out[f"wen|-|-|first{k}"] = wen[:k].mean(0)
+    out["wen|-|-|all"] = wen.mean(0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------------
+class _Clock:
+    """Wall and process-CPU seconds of a block, appended to ``wall[key]`` / ``cpu[key]``."""
+
+    def __init__(self, wall: dict, cpu: dict, key: str):
+        self.wall, self.cpu, self.key = wall, cpu, key
+
+    def __enter__(self):
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc) -> None:
+        self.wall.setdefault(self.key, []).append(time.perf_counter() - self.t)
+        self.cpu.setdefault(self.key, []).append(time.process_time() - self.c)
+
+
+@torch.no_grad()
+def timing(pipe, prompts: list[str], args, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Seconds per sample of each method (wall and process CPU), median over ``repeats`` alternating rounds.
+
+    The machine is shared, so wall time is noisy; CPU time of this process is the steadier cost measure.
+    """
+    det = MemorizationDetector(pipe)
+    kw = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt")
+    seeds = list(range(len(prompts)))
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    pipe(prompts, generator=gens(seeds), **kw)  # warm-up, not timed
+    for _ in range(repeats):
+        with _Clock(wall, cpu, "plain"):
+            images = pipe(prompts, generator=gens(seeds), **kw).images
+        with _Clock(wall, cpu, "inline"):
+            pipe(prompts, generator=gens(seeds), detect_memorization=det, **kw)
+        with _Clock(wall, cpu, "reencode"):
+            det.score(images)
+        for k in (1, 10):
+            with _Clock(wall, cpu, f"wen{k}"):
+                wen_scores(pipe, prompts, k=min(k, args.steps), generator=gens(seeds), num_inference_steps=args.steps, guidance_scale=args.guidance)
+    n = len(prompts)
+    return {
+        "wall": {k: float(np.median(v)) / n for k, v in wall.items()},
+        "cpu": {k: float(np.median(v)) / n for k, v in cpu.items()},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Steering claim
+# ----------------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def steering_claim(pipe, data: dict, memorized: np.ndarray, args) -> dict:
+    """Share of samples whose colour turns blue under a learned red->blue direction: generalized vs memorized."""
+    from steer.lab.classifier import load_classifier, predict
+    from steer.lab.data import COLOUR_NAMES
+
+    clf = load_classifier()
+    blue = COLOUR_NAMES.index("blue")
+    _, colour0 = predict(clf, data["images"])
+    vec = pipe.learn_direction(
+        "a blue item", "a red item", method="mean_diff", num_samples=args.direction_samples,
+        num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False,
+    )
+    prompts, seeds = data["prompts"], data["seeds"]
+    rng = np.random.default_rng(0)
+    groups = {}
+    for name, mask in (("generalized", ~memorized), ("memorized", memorized)):
+        idx = np.flatnonzero(mask & (colour0 != blue))
+        groups[name] = np.sort(rng.choice(idx, min(len(idx), args.steer_samples), replace=False)) if len(idx) else idx
+    results: dict = {"scales": list(args.steer_scales), "direction": vec.name, "normalize": True, "groups": {}}
+    for name, idx in groups.items():
+        rows = {"n": int(len(idx)), "blue": [], "changed": []}
+        for scale in args.steer_scales:
+            imgs = []
+            for i in range(0, len(idx), args.batch_size):
+                b = idx[i : i + args.batch_size]
+                res = pipe([prompts[j] for j in b], generator=gens(seeds[b]), num_inference_steps=args.steps,
+                           guidance_scale=args.guidance, output_type="pt", steering=vec, steering_scale=scale,
+                           steering_normalize=True)
+                imgs.append(res.images.float().cpu().numpy())
+            if not imgs:
+                rows["blue"].append(float("nan"))
+                rows["changed"].append(float("nan"))
+                continue
+            _, col = predict(clf, np.concatenate(imgs))
+            rows["blue"].append(float(np.mean(col == blue)))
+            rows["changed"].append(float(np.mean(col != colour0[idx])))
+            log(f"steering {name} scale {scale}: blue {rows['blue'][-1]:.2f}")
+        results["groups"][name] = rows
+    g, m = results["groups"]["generalized"]["blue"], results["groups"]["memorized"]["blue"]
+    results["ratio_generalized_over_memorized"] = [gg / mm if mm > 0 else None for gg, mm in zip(g, m, strict=True)]
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------------------------------
+def plots(y: np.ndarray, named: dict[str, np.ndarray], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, axes = plt.subplots(1, len(named), figsize=(3.2 * len(named), 2.8))
+    for ax, (name, s) in zip(np.atleast_1d(axes), named.items(), strict=True):
+        bins = np.linspace(s.min(), s.max(), 40)
+        ax.hist(s[y == 0], bins=bins, alpha=0.6, label="not memorized", color="#4477aa")
+        ax.hist(s[y == 1], bins=bins, alpha=0.6, label="memorized", color="#cc3311")
+        ax.set_title(name, fontsize=9)
+        ax.set_yscale("log")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "histograms.png", dpi=110)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name, s in named.items():
+        f, t, _ = roc_curve(y, s)
+        a1.plot(f, t, label=name)
+        a2.plot(np.maximum(f, 1e-4), t, label=name)
+    a1.plot([0, 1], [0, 1], "k:", lw=0.8)
+    a1.set_xlabel("FPR")
+    a1.set_ylabel("TPR")
+    a2.set_xscale("log")
+    a2.axvline(0.01, color="k", ls=":", lw=0.8)
+    a2.set_xlabel("FPR (log)")
+    a1.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=110)
+    plt.close(fig)
+
+
+def steering_plot(res: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3))
+    for name, rows in res["groups"].items():
+        ax.plot(res["scales"], rows["blue"], "o-", label=f"{name} (n={rows['n']})")
+    ax.set_xlabel("steering scale (normalized)")
+    ax.set_ylabel("share classified blue")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "steering.png", dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+def method_cost(cost: dict[str, float], key: str) -> float | None:
+    """Seconds per sample of a scored variant: a stand-alone run of what it needs (generation included)."""
+    fam, _, _, window = key.split("|")
+    if fam in ("wen", "early"):
+        if window == "first1":
+            return cost["wen1"]  # the first step with CFG: the same UNet work for both
+        if window == "first10":
+            return cost["wen10"]
+        return None
+    return cost.get(fam)
+
+
+def cached(path: Path, fresh: bool, fn):
+    if path.is_file() and not fresh:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    value = fn()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **value)
+    return value
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=str(ROOT / "assets/models/demo-hybrid"))
+    p.add_argument("--seeds", type=int, default=4, help="seeds per prompt")
+    p.add_argument("--max-prompts", type=int, default=50, help="prompts per group")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--timing-samples", type=int, default=20)
+    p.add_argument("--timing-repeats", type=int, default=3)
+    p.add_argument("--steer-samples", type=int, default=60)
+    p.add_argument("--steer-scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    p.add_argument("--direction-samples", type=int, default=32)
+    p.add_argument("--skip-steering", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", default=None)
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "docs/detection"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from steer.loading import load_pipeline
+
+    model = Path(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache) if args.cache else ROOT / "runs/detection" / model.name
+    t_start = time.time()
+    pipe = load_pipeline(model, device="cpu")
+    unet = pipe.unet
+    layers = candidate_layers(unet)
+    default_layer = default_detection_layer(unet)
+
+    mem_prompts = read_lines(model / "memorized_prompts.txt")[: args.max_prompts]
+    ord_prompts = read_lines(model / "ordinary_prompts.txt")[: args.max_prompts]
+    items = [(pr, g, 1000 * s + j) for g, ps in (("memorized", mem_prompts), ("ordinary", ord_prompts))
+             for s in range(args.seeds) for j, pr in enumerate(ps)]
+    key = f"s{args.seeds}-p{args.max_prompts}-n{args.steps}-g{args.guidance}"
+    log(f"{model}: {len(mem_prompts)} memorized + {len(ord_prompts)} ordinary prompts x {args.seeds} seeds = {len(items)} samples")
+
+    t0 = time.time()
+    data = cached(cache / f"generate-{key}.npz", args.fresh, lambda: generate(pipe, items, layers, args))
+    t_gen = time.time() - t0
+    data["prompts"] = np.array([p for p, _, _ in items])
+    data["groups"] = np.array([g for _, g, _ in items])
+    data["seeds"] = np.array([s for _, _, s in items])
+    data.update(cached(cache / f"reencode-{key}.npz", args.fresh, lambda: reencode(pipe, data["images"], list(data["prompts"]), layers)))
+    train = training_images(model)
+    gt = cached(cache / f"gt-{key}.npz", args.fresh, lambda: dict(zip(("ratio", "nn1"), ground_truth(data["images"], train), strict=True)))
+    y = (gt["ratio"] < 1 / 3).astype(int)
+    from_mem_prompt = data["groups"] == "memorized"
+    log(f"ground truth: {y.sum()} memorized of {len(y)} (memorized prompts: {y[from_mem_prompt].mean():.2f}, ordinary: {y[~from_mem_prompt].mean():.2f})")
+
+    scores = variant_scores(data, layers)
+    # sanity: the API's inline scores equal the benchmark's recomputation
+    api_inline = scores[f"inline|{default_layer}|std|last20%"]
+    assert np.allclose(api_inline, data["inline"], rtol=1e-4, atol=1e-5), "API inline score differs from recomputation"
+    assert DEFAULT_INLINE_WINDOW == (0.8, 1.0)
+
+    split_a = (data["seeds"] // 1000) % 2 == 0
+    table = {}
+    for name, s in scores.items():
+        if len(np.unique(y[split_a])) < 2 or len(np.unique(y[~split_a])) < 2:
+            break
+        from sklearn.metrics import roc_auc_score
+
+        table[name] = {"auroc_a": float(roc_auc_score(y[split_a], s[split_a])), "tpr1_a": tpr_at_fpr(y[split_a], s[split_a]),
+                       "auroc_b": float(roc_auc_score(y[~split_a], s[~split_a])), "tpr1_b": tpr_at_fpr(y[~split_a], s[~split_a])}
+    best = {}
+    for family in ("reencode-empty", "reencode-own", "inline", "early", "wen"):
+        fam = {k: v for k, v in table.items() if k.startswith(family + "|")}
+        if fam:
+            best[family] = max(fam, key=lambda k: (fam[k]["tpr1_a"], fam[k]["auroc_a"]))
+
+    steps = args.steps
+    headline = {
+        "paper detector (re-encode, std, t=10, empty prompt)": (f"reencode-empty|{default_layer}|std|t10", f"{2 * steps} + 1", "1"),
+        "inline (std, last 20 % of steps)": (f"inline|{default_layer}|std|last20%", f"{2 * steps}", "0"),
+        "inline early warning (std, first step)": (f"early|{default_layer}|std|first1", "2", "0"),
+        "Wen et al. k=1": ("wen|-|-|first1", "2", "0 inline / 2 standalone"),
+        "Wen et al. k=10": ("wen|-|-|first10", "20", "0 inline / 20 standalone"),
+    }
+    for family, k in best.items():
+        evals = {"reencode-empty": (f"{2 * steps} + 1", "1"), "reencode-own": (f"{2 * steps} + 1", "1"), "inline": (f"{2 * steps}", "0"),
+                 "early": (f"2·k ({k.split('|')[-1]})", "0"), "wen": (f"2·k ({k.split('|')[-1]})", "0")}[family]
+        headline[f"best {family} on even seeds: {k}"] = (k, *evals)
+
+    log("timing")
+    tim = timing(pipe, ord_prompts[: args.timing_samples], args, repeats=args.timing_repeats)
+    cost = {}
+    for clock, t in tim.items():
+        cost[clock] = {"reencode-empty": t["plain"] + t["reencode"], "reencode-own": t["plain"] + t["reencode"],
+                       "inline": t["inline"], "wen1": t["wen1"], "wen10": t["wen10"]}
+
+    rows = []
+    for label, (k, evals, extra) in headline.items():
+        m = metrics(y, scores[k])
+        rows.append({"method": label, "key": k, **m, "held_out_b": table.get(k, {}), "unet_evals": evals, "extra_evals": extra,
+                     "wall_s_per_sample": method_cost(cost["wall"], k), "cpu_s_per_sample": method_cost(cost["cpu"], k)})
+    named = {r["method"].split(" (")[0].split(" on even")[0]: scores[r["key"]] for r in rows[:5]}
+    plots(y, named, out)
+
+    steer_res = None
+    if not args.skip_steering:
+        steer_res = steering_claim(pipe, data, y.astype(bool), args)
+        steering_plot(steer_res, out)
+
+    result = {
+        "model": str(model),
+        "training": json.loads((model / "training.json").read_text()) if (model / "training.json").is_file() else None,
+        "settings": {k: v for k, v in vars(args).items()},
+        "samples": int(len(y)),
+        "memorized_samples": int(y.sum()),
+        "memorized_rate": {"memorized_prompts": float(y[from_mem_prompt].mean()), "ordinary_prompts": float(y[~from_mem_prompt].mean())},
+        "timing_s_per_sample": tim,
+        "headline": rows,
+        "variants": table,
+        "best": best,
+        "steering": steer_res,
+        "generation_s": t_gen,
+        "total_s": time.time() - t_start,
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "results.md").write_text(render(result))
+    print(render(result))
+    return 0
+
+
+def render(r: dict) -> str:
+    lines = [
+        f"Model `{r['model']}`: {r['samples']} samples, {r['memorized_samples']} memorized by the NN-ratio criterion "
+        f"(memorized prompts {r['memorized_rate']['memorized_prompts']:.0%}, ordinary prompts {r['memorized_rate']['ordinary_prompts']:.0%}).",
+        "",
+        "| method | AUROC [95 % CI] | TPR@1%FPR [95 % CI] | held-out odd seeds AUROC / TPR | UNet evals / sample (extra over generation) | CPU s / sample | wall s / sample |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in r["headline"]:
+        b = row["held_out_b"]
+        held = f"{b['auroc_b']:.3f} / {b['tpr1_b']:.2f}" if b else "–"
+        wall = f"{row['wall_s_per_sample']:.4f}" if row["wall_s_per_sample"] is not None else "–"
+        cpu = f"{row['cpu_s_per_sample']:.4f}" if row["cpu_s_per_sample"] is not None else "–"
+        lines.append(
+            f"| {row['method']} | {row['auroc']:.3f} [{row['auroc_ci'][0]:.3f}, {row['auroc_ci'][1]:.3f}] | "
+            f"{row['tpr1']:.2f} [{row['tpr1_ci'][0]:.2f}, {row['tpr1_ci'][1]:.2f}] | {held} | {row['unet_evals']} ({row['extra_evals']}) | {cpu} | {wall} |"
+        )
+    t = r["timing_s_per_sample"]
+    for clock in ("cpu", "wall"):
+        lines += ["", f"{clock} seconds per sample (median of {r['settings']['timing_repeats']} rounds, batch of {r['settings']['timing_samples']}): "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in t[clock].items())]
+    s = r.get("steering")
+    if s:
+        lines += ["", "| steering scale | " + " | ".join(f"{x:g}" for x in s["scales"]) + " |", "|---" * (len(s["scales"]) + 1) + "|"]
+        for name, rows in s["groups"].items():
+            lines.append(f"| {name} (n={rows['n']}) blue share | " + " | ".join(f"{v:.2f}" for v in rows["blue"]) + " |")
+        lines.append("| ratio generalized / memorized | " + " | ".join("–" if v is None else f"{v:.2f}" for v in s["ratio_generalized_over_memorized"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
