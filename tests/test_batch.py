@@ -109,6 +109,18 @@ def test_every_bad_value_is_reported_up_front_with_its_line(tiny_pipe, direction
     assert [im.line for im in plan.images] == [1]
 
 
+def test_directions_resolve_next_to_the_jobs_file_then_bundled(tiny_pipe, direction, tmp_path, monkeypatch):
+    import steer.loading
+
+    monkeypatch.setattr(steer.loading, "bundled_directions", lambda: {"red_bundled": direction})
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "local.safetensors").write_bytes(direction.read_bytes())
+    jobs = write_jsonl(tmp_path / "jobs" / "j.jsonl", [{"prompt": "a", "directions": [{"path": p}]} for p in ("local.safetensors", "red_bundled")])
+    plan = batch.plan_jobs(batch.read_jobs(jobs), tiny_pipe, tmp_path / "out", model="tiny", base_dir=jobs.parent)
+    assert plan.failures == []
+    assert [im.recipe["directions"][0]["path"] for im in plan.images] == [str(tmp_path / "jobs" / "local.safetensors"), str(direction)]
+
+
 def test_batched_rows_equal_one_at_a_time(tiny_pipe, direction, tmp_path):
     raw = [(i + 1, j) for i, j in enumerate(jobs_for(direction))]
     plan = batch.plan_jobs(raw, tiny_pipe, tmp_path, model="tiny", batch_size=8)
@@ -229,6 +241,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_accelerate_processes_equal_one(tiny_pipe, direction, tmp_path):
     pytest.importorskip("accelerate")
     model = tmp_path / "model"
