@@ -932,6 +932,8 @@ def run(
     raw, base_dir = _coerce_jobs(jobs)
     model = str(model if model is not None else getattr(pipe, "name_or_path", None) or getattr(pipe.config, "_name_or_path", None) or "unknown")
     plan = plan_jobs(raw, pipe, out, model=model, base_dir=base_dir, batch_size=batch_size)
+    if state.is_main_process:
+        _remove_stale_temp_files(out)
     if report is not None and state.is_main_process:
         for f in sorted(plan.failures, key=lambda f: f["line"]):
             report(f"line {f['line']}: {f['reason']}")
@@ -950,6 +952,16 @@ def run(
         merge_manifest(out, plan)
     state.wait_for_everyone()
     return _summary(plan, tallies, out, time.perf_counter() - t0)
+
+
+_TEMP_FILE = re.compile(r"^\.(.+\.png|manifest\.jsonl)\.tmp\d+$")
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Temp files of a killed run (``save_png`` / manifest merge write ``.NAME.tmpPID`` then rename)."""
+    for p in out.rglob(".*.tmp*"):
+        if p.is_file() and _TEMP_FILE.match(p.name):
+            p.unlink(missing_ok=True)
 
 
 def _summary(plan: Plan, tallies: list[dict[str, Any]], out: Path, seconds: float) -> dict[str, Any]:

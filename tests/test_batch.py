@@ -152,6 +152,7 @@ def test_killed_run_resumes_to_the_same_bytes_and_writes_nothing_twice(tiny_pipe
     # a kill between a PNG's rename and its manifest line, and a torn manifest line from a kill mid-write
     manifest.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
     adopted = json.loads(lines[2])["path"]
+    (out / ".sweep_seed5_s+2.png.tmp999").write_bytes(b"half a png")  # a kill inside save_png
     before = {p: os.stat(out / p).st_mtime_ns for p in files_and_hashes(out)}
 
     saves = []
@@ -161,7 +162,7 @@ def test_killed_run_resumes_to_the_same_bytes_and_writes_nothing_twice(tiny_pipe
     assert (resumed["written"], resumed["skipped"], resumed["failed"]) == (3, 3, 0)
     assert len(saves) == 3 and all(Path(s).relative_to(out).as_posix() not in before for s in saves)
     assert all(os.stat(out / p).st_mtime_ns == t for p, t in before.items())  # incl. the adopted one
-    assert adopted in files_and_hashes(out)
+    assert adopted in files_and_hashes(out) and not list(out.glob(".*tmp*"))
     assert files_and_hashes(out) == files_and_hashes(tmp_path / "clean")  # deterministic: the same bytes
     assert manifest.read_bytes() == (tmp_path / "clean" / batch.MANIFEST).read_bytes()
 
