@@ -83,10 +83,11 @@ def gens(seeds) -> list[torch.Generator]:
 def generate(pipe, items: list[tuple[str, str, int]], layers: list[str], args) -> dict[str, np.ndarray]:
     """Images, API inline scores, per-step pooled activations (cond branch, max) and per-step Wen norms."""
     det = MemorizationDetector(pipe)
-    out: dict[str, list] = {"images": [], "inline": [], "early": [], "wen": [], **{f"act:{n}": [] for n in layers}}
+    out: dict[str, list] = {"images": [], "inline": [], "early": [], "wen": [], **{f"act:{n}": [] for n in layers},
+                            **{f"actu:{n}": [] for n in layers}}
     for i in range(0, len(items), args.batch_size):
         chunk = items[i : i + args.batch_size]
-        rec = ActivationRecorder(pipe.unet, layers, "max", cfg=True, branch="cond")
+        rec = ActivationRecorder(pipe.unet, layers, "max", cfg=True, branch="both")
         wen = NoiseDifferenceRecorder(pipe.unet)
         with rec, wen:
             res = pipe(
@@ -103,9 +104,11 @@ def generate(pipe, items: list[tuple[str, str, int]], layers: list[str], args) -
         out["wen"].append(wen.step_scores().numpy())
         for n in layers:
             steps = rec.by_step(n)
-            out[f"act:{n}"].append(torch.stack([steps[s] for s in sorted(steps)]).numpy())
+            both = torch.stack([steps[s] for s in sorted(steps)]).numpy()  # (steps, 2B, C): [uncond, cond]
+            out[f"actu:{n}"].append(both[:, : len(chunk)])
+            out[f"act:{n}"].append(both[:, len(chunk) :])
         log(f"generated {i + len(chunk)}/{len(items)}")
-    cat = {k: np.concatenate(v, axis=1 if (k == "wen" or k.startswith("act:")) else 0) for k, v in out.items()}
+    cat = {k: np.concatenate(v, axis=1 if (k == "wen" or k.startswith(("act:", "actu:"))) else 0) for k, v in out.items()}
     return cat
 
 
@@ -180,6 +183,9 @@ def variant_scores(data: dict[str, np.ndarray], layers: list[str]) -> dict[str, 
             for k in (1, 2, 3, 5, 10):
                 if k <= steps:
                     out[f"early|{n}|{st}|first{k}"] = per_step[:k].mean(0)
+            per_step_u = stat_np(data[f"actu:{n}"], st)
+            for wname, w in windows.items():
+                out[f"inline-uncond|{n}|{st}|{wname}"] = window_mean(per_step_u, w)
             for mode in ("empty", "own"):
                 out[f"reencode-{mode}|{n}|{st}|t10"] = stat_np(data[f"{mode}:{n}"], st)
     wen = data["wen"]
@@ -429,7 +435,7 @@ def main(argv=None) -> int:
         table[name] = {"auroc_a": float(roc_auc_score(y[split_a], s[split_a])), "tpr1_a": tpr_at_fpr(y[split_a], s[split_a]),
                        "auroc_b": float(roc_auc_score(y[~split_a], s[~split_a])), "tpr1_b": tpr_at_fpr(y[~split_a], s[~split_a])}
     best = {}
-    for family in ("reencode-empty", "reencode-own", "inline", "early", "wen"):
+    for family in ("reencode-empty", "reencode-own", "inline", "inline-uncond", "early", "wen"):
         fam = {k: v for k, v in table.items() if k.startswith(family + "|")}
         if fam:
             best[family] = max(fam, key=lambda k: (fam[k]["tpr1_a"], fam[k]["auroc_a"]))
@@ -444,7 +450,7 @@ def main(argv=None) -> int:
     }
     for family, k in best.items():
         evals = {"reencode-empty": (f"{2 * steps} + 1", "1"), "reencode-own": (f"{2 * steps} + 1", "1"), "inline": (f"{2 * steps}", "0"),
-                 "early": (f"2·k ({k.split('|')[-1]})", "0"), "wen": (f"2·k ({k.split('|')[-1]})", "0")}[family]
+                 "inline-uncond": (f"{2 * steps}", "0"), "early": (f"2·k ({k.split('|')[-1]})", "0"), "wen": (f"2·k ({k.split('|')[-1]})", "0")}[family]
         headline[f"best {family} on even seeds: {k}"] = (k, *evals)
 
     log("timing")
@@ -452,7 +458,7 @@ def main(argv=None) -> int:
     cost = {}
     for clock, t in tim.items():
         cost[clock] = {"reencode-empty": t["plain"] + t["reencode"], "reencode-own": t["plain"] + t["reencode"],
-                       "inline": t["inline"], "wen1": t["wen1"], "wen10": t["wen10"]}
+                       "inline": t["inline"], "inline-uncond": t["inline"], "wen1": t["wen1"], "wen10": t["wen10"]}
 
     rows = []
     for label, (k, evals, extra) in headline.items():
