@@ -27,10 +27,8 @@ from steer.hooks import BRANCHES, MODES, PAPER_WINDOW
 log = logging.getLogger("steer.app")
 PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
 
-CSS = """
-.steer-status-error {border-left: 4px solid #d33; padding-left: .6em;}
-.steer-status-ok {border-left: 4px solid #2a2; padding-left: .6em;}
-"""
+OK_STYLE = "border-left: 4px solid #2a2; padding-left: .6em"
+ERROR_STYLE = "border-left: 4px solid #d33; padding-left: .6em; color: #a11"
 
 INTRO = """# steer - representation steering for Stable Diffusion
 Pick a direction, set the **strength** (negative subtracts) and the **layer**, and compare the original and the
@@ -42,11 +40,13 @@ no training, only forward passes."""
 # Status boxes and error handling
 # ----------------------------------------------------------------------------------------------------------------------
 def ok_box(text: str) -> str:
-    return f'<div class="steer-status-ok">{text}</div>'
+    """A success message (Markdown inside a div the tests and the CSS can find)."""
+    return f'<div class="steer-status-ok" style="{OK_STYLE}">\n\n{text}\n\n</div>'
 
 
 def error_box(text: str) -> str:
-    return f'<div class="steer-status-error"><b>Error:</b> {text}</div>'
+    """An error message: what went wrong and how to fix it, never a traceback."""
+    return f'<div class="steer-status-error" style="{ERROR_STYLE}">\n\n**Error:** {text}\n\n</div>'
 
 
 def guarded(num_outputs: int) -> Callable:
@@ -424,12 +424,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     elem_id="direction",
                     scale=3,
                 )
-                upload = gr.File(
-                    label="Upload a direction (.safetensors)",
-                    file_types=[".safetensors"],
-                    scale=2,
-                    height=100,
-                    elem_id="upload",
+                upload = gr.UploadButton(
+                    "Upload a direction (.safetensors)", file_types=[".safetensors"], scale=2, elem_id="upload"
                 )
             direction_info = gr.Markdown("")
             strength = gr.Slider(
@@ -644,7 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     demo = build_app(args.model, device=args.device, detector=args.detector)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True, css=CSS)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
 
 if __name__ == "__main__":

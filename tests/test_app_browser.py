@@ -112,6 +112,8 @@ def test_generate_in_browser(served, browser, tmp_path: Path):
     assert "Steered with" in page.inner_text("#status")
     page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
     assert (tmp_path / "app.png").stat().st_size > 10_000
+    if os.environ.get("STEER_APP_SCREENSHOT"):  # regenerate the README screenshot
+        shutil.copy(tmp_path / "app.png", os.environ["STEER_APP_SCREENSHOT"])
     page.close()
 
 
@@ -122,7 +124,9 @@ def test_invalid_upload_shows_message(served, browser, tmp_path: Path):
     page = browser.new_page()
     page.goto(url)
     page.wait_for_selector("#generate", timeout=60_000)
-    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    with page.expect_file_chooser() as chooser:
+        page.click("#upload")
+    chooser.value.set_files(str(bad))
     page.wait_for_selector("#status .steer-status-error", timeout=30_000)
     text = page.inner_text("#status")
     assert "broken.safetensors" in text and "Traceback" not in text
