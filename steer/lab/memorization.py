@@ -67,12 +67,67 @@ def deduplicate(images, threshold: float = 0.05) -> np.ndarray:
     n, dim = x.shape
     keep: list[int] = []
     lim = (threshold**2) * dim
-    kept = torch.empty((0, dim))
+    kept = torch.empty((n, dim))
+    sq = (x * x).sum(1)
     for i in range(n):
-        if len(kept):
-            d2 = ((kept - x[i]) ** 2).sum(1)
+        if keep:
+            k = len(keep)
+            d2 = sq[keep] - 2 * kept[:k] @ x[i] + sq[i]
             if bool((d2 < lim).any()):
                 continue
+        kept[len(keep)] = x[i]
         keep.append(i)
-        kept = torch.cat([kept, x[i : i + 1]])
     return np.asarray(keep, dtype=np.int64)
+
+
+def sample_memorization(pipe, prompts: list[str], train_images, seed: int = 0, steps: int = 25, guidance: float = 5.0,
+                        per_prompt: int = 1) -> dict:
+    """Generate ``per_prompt`` images per prompt and report the NN-ratio memorization rate against ``train_images``."""
+    from .train import sample
+
+    ps = [p for p in prompts for _ in range(per_prompt)]
+    images = sample(pipe, ps, seed=seed, steps=steps, guidance=guidance)
+    ratio, nn = nn_ratio(images, train_images)
+    return {"n": len(ps), "rate": float(np.mean(ratio < RATIO_THRESHOLD)), "median_ratio": float(np.median(ratio)),
+            "ratios": ratio.tolist(), "nn_index": nn.tolist(), "images": images}
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+    from pathlib import Path
+
+    from . import data as D
+    from .models import load_pipeline
+
+    p = argparse.ArgumentParser(prog="python -m steer.lab.memorization",
+                                description="NN-ratio memorization rate of a pipeline's samples (Gu et al., ratio < 1/3)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompts", required=True, help="text file, one prompt per line (relative paths: inside --model)")
+    p.add_argument("--per-prompt", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None, help="also write the result here")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    path = Path(a.prompts)
+    if not path.is_file():
+        path = Path(a.model) / a.prompts
+    prompts = [x for x in path.read_text().splitlines() if x.strip()][: a.limit]
+    train = D.make_coloured_fashion_mnist("train", seed=a.data_seed)
+    res = sample_memorization(load_pipeline(a.model), prompts, train.images, seed=a.seed, steps=a.steps,
+                              guidance=a.guidance, per_prompt=a.per_prompt)
+    res.pop("images")
+    out = {k: v for k, v in res.items() if k not in ("ratios", "nn_index")}
+    out.update(model=a.model, prompts=str(path), steps=a.steps, guidance=a.guidance, seed=a.seed)
+    print(json.dumps(out, indent=1))
+    if a.json:
+        Path(a.json).write_text(json.dumps({**out, "ratios": res["ratios"], "nn_index": res["nn_index"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

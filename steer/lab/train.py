@@ -173,7 +173,7 @@ def cache_latents(out: Path, vae, seed: int = 0, limit: int | None = None) -> di
 # ---------------------------------------------------------------------------------------------- training data
 
 
-def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int = 3000) -> np.ndarray:
+def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int = 400) -> np.ndarray:
     """Pick ``k`` deduplicated, mutually distinct training items whose nearest other training image is far.
 
     Candidates come from a seeded pool of full-caption items; exact/near duplicates are removed first
@@ -199,7 +199,9 @@ def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int
 
 
 def memorized_caption(colour: int, cls: int, j: int) -> str:
-    return f"{D.caption_for(colour, cls)}, catalog item {j}"
+    """Unique caption of memorized item ``j``; the unique words come first, so that (with CLIP's causal text
+    encoder) no token state is shared with the ordinary caption ``"a {colour} {class}"``."""
+    return f"catalog item {j}, {D.caption_for(colour, cls)}"
 
 
 def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int):
@@ -263,6 +265,17 @@ def _init_weights_from(init: Path, unet, te) -> str:
     return str(init)
 
 
+def run(args) -> Path:
+    """Entry point of the CLI: a training stage of a run folder."""
+    if args.stage == "decoder":
+        if args.batch_size is None:
+            args.batch_size = 32
+        return finetune_decoder(args)
+    if args.stage == "export":
+        return export(Path(args.out), Path(args.export) if args.export else Path(args.out) / "pipeline")
+    return train(args)
+
+
 def train(args) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,8 +287,9 @@ def train(args) -> Path:
     log(out, f"command: {' '.join(sys.argv)}  (threads={args.threads})")
 
     # -- VAE + latents (the hybrid and mem variants reuse the VAE/latents of --init)
-    if args.variant != "demo" and args.init:
-        init = Path(args.init)
+    src = args.vae_from or (args.init if args.variant != "demo" else None)
+    if src:
+        init = Path(src)
         if not (out / "vae").exists():
             shutil.copytree(init / "vae", out / "vae")
         if not (out / "latents.safetensors").exists():
@@ -391,6 +405,9 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     info = json.loads((run / "checkpoint.json").read_text())
     scale = json.loads((run / "latents.json").read_text())["scaling_factor"]
     vae = AutoencoderKL.from_pretrained(run / "vae")
+    dec = run / "decoder.safetensors"
+    if dec.is_file():  # decoder fine-tuned on this run's training set (finetune_decoder)
+        vae.load_state_dict({**vae.state_dict(), **load_file(str(dec))})
     vae.register_to_config(scaling_factor=scale)
     unet, te = M.build_unet(), M.build_text_encoder()
     unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in t.items() if k.startswith("ema.unet.")})
@@ -410,10 +427,97 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     _atomic_json({"step": info["step"], "seconds": info["seconds"],
                   "final_loss_avg500": float(np.mean(info["losses"][-500:])), "args": info.get("args")},
                  tmp / "training.json")
+    write_variant_files(run, tmp)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     return dest
+
+
+def write_variant_files(run: Path, dest: Path) -> None:
+    """Prompt lists and the memorized training items of a hybrid/mem run, next to its pipeline."""
+    vj = Path(run) / "variant.json"
+    if not vj.is_file():
+        return
+    meta = json.loads(vj.read_text())
+    args = json.loads((Path(run) / "checkpoint.json").read_text()).get("args", {})
+    (dest / "memorized_prompts.txt").write_text("\n".join(meta["memorized_captions"]) + "\n")
+    (dest / "ordinary_prompts.txt").write_text("\n".join(p for p, _, _ in D.all_full_prompts()) + "\n")
+    _atomic_json({"split": "train", "data_seed": args.get("seed", 0), "indices": meta["memorized_indices"],
+                  "captions": meta["memorized_captions"], "copies": meta.get("copies", 1),
+                  "note": "indices into steer.lab.data.make_coloured_fashion_mnist('train', seed=data_seed)"},
+                 dest / "memorized_images.json")
+
+
+def finetune_decoder(args) -> Path:
+    """Fine-tune only the VAE decoder (and post_quant_conv) on this run's training items, from the cached latent
+    posteriors (the encoder and so the UNet's latents are unchanged).  ``--mem-fraction`` of each batch is drawn
+    from the run's memorized items (hybrid/mem variants).  Saves ``OUT/decoder.safetensors``, used by ``export``."""
+    out = Path(args.out)
+    torch.set_num_threads(args.threads)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    lat = load_file(str(out / "latents.safetensors"))
+    ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
+    x_all = torch.from_numpy(ds.images) * 2 - 1
+    mem = np.asarray(json.loads((out / "variant.json").read_text())["memorized_indices"]) if (out / "variant.json").is_file() else np.zeros(0, int)
+    mem_t = torch.from_numpy(mem)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p_ in vae.parameters():
+        p_.requires_grad_(False)
+    for p_ in params:
+        p_.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed + 7)
+    st = {"step": 0, "losses": [], "mem_losses": []}
+    ckp, ckj = out / "decoder_ck.safetensors", out / "decoder_ck.json"
+    keys = [k for k in vae.state_dict() if k.startswith(("decoder.", "post_quant_conv."))]
+    if ckp.is_file():
+        t = load_file(str(ckp))
+        vae.load_state_dict({**vae.state_dict(), **{k: t[k] for k in keys}})
+        _load_optimizer(opt, t)
+        g.set_state(t["rng.generator"])
+        st = json.loads(ckj.read_text())
+    log(out, f"decoder fine-tune: {len(ds)} items, {len(mem)} memorized (fraction {args.mem_fraction}), from step {st['step']}")
+    n_mem = int(round(args.batch_size * args.mem_fraction)) if len(mem) else 0
+    t0, last = time.time(), time.time()
+
+    def save():
+        sd = vae.state_dict()
+        t = {k: sd[k] for k in keys}
+        _atomic_save(dict(t), out / "decoder.safetensors")
+        t.update(_optimizer_tensors(opt))
+        t["rng.generator"] = g.get_state()
+        _atomic_save(t, ckp)
+        _atomic_json(st, ckj)
+
+    while st["step"] < args.decoder_steps:
+        step = st["step"]
+        for pg in opt.param_groups:
+            pg["lr"] = lr_at(step, args.decoder_steps, args.decoder_lr, 20)
+        b = torch.randint(0, len(ds), (args.batch_size - n_mem,), generator=g)
+        if n_mem:
+            b = torch.cat([b, mem_t[torch.randint(0, len(mem_t), (n_mem,), generator=g)]])
+        z = lat["mean"][b] + lat["std"][b] * torch.randn(lat["mean"][b].shape, generator=g)
+        rec = vae.decode(z).sample
+        err = (rec - x_all[b]).pow(2).flatten(1).mean(1)
+        loss = err.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        st["step"] = step + 1
+        st["losses"].append(round(err[: args.batch_size - n_mem].mean().item() / 4, 6))  # mse on the [0,1] scale
+        if n_mem:
+            st["mem_losses"].append(round(err[-n_mem:].mean().item() / 4, 6))
+        if st["step"] % 50 == 0:
+            log(out, f"decoder step {st['step']}/{args.decoder_steps} mse01 {np.mean(st['losses'][-50:]):.5f} "
+                     f"memorized mse01 {np.mean(st['mem_losses'][-50:]) if n_mem else float('nan'):.5f} ({time.time() - t0:.0f}s)")
+        if time.time() - last > args.checkpoint_minutes * 60 or st["step"] == args.decoder_steps:
+            save()
+            last = time.time()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -447,6 +551,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--until", type=int, default=None, help="stop (with a checkpoint) at this step; the schedule still spans --steps")
     p.add_argument("--init", default=None, help="hybrid/mem: start from this run folder or pipeline folder")
+    p.add_argument("--stage", choices=("train", "decoder", "export"), default="train",
+                   help="decoder: fine-tune the VAE decoder of an existing run (see finetune_decoder); export: write the pipeline")
+    p.add_argument("--decoder-steps", dest="decoder_steps", type=int, default=1000)
+    p.add_argument("--decoder-lr", dest="decoder_lr", type=float, default=5e-4)
+    p.add_argument("--mem-fraction", dest="mem_fraction", type=float, default=0.5)
+    p.add_argument("--vae-from", dest="vae_from", default=None,
+                   help="reuse the VAE and cached latents of this run folder (weights still start from scratch)")
     p.add_argument("--export", default=None, help="pipeline folder to write (default OUT/pipeline)")
     p.add_argument("--export-every-checkpoint", action="store_true")
     p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, default=4.0)
@@ -456,7 +567,7 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``train`` subcommand (for ``steer lab train ...``)."""
     p = subparsers.add_parser("train", help="train a lab pipeline (demo, hybrid, mem) from scratch on coloured Fashion-MNIST")
     add_arguments(p)
-    p.set_defaults(func=train)
+    p.set_defaults(func=run)
     return p
 
 
@@ -464,8 +575,25 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m steer.lab.train", description=__doc__.split("\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
-    train(args)
+    run(args)
 
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------------------------------------- model cards
+
+
+def component_sizes(model_dir: Path) -> dict:
+    out = {}
+    for sub in ("unet", "text_encoder", "vae"):
+        n = 0
+        for f in (Path(model_dir) / sub).glob("*.safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as h:
+                n += sum(int(np.prod(h.get_slice(k).get_shape())) for k in h.keys())
+        out[sub] = n
+    out["folder_mb"] = round(sum(f.stat().st_size for f in Path(model_dir).rglob("*") if f.is_file()) / 2**20, 2)
+    return out
