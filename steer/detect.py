@@ -562,6 +562,8 @@ def detect_memorization(
 
     ``verdict_from`` picks the score the verdict uses (default: re-encode when computed, else inline).
     """
+    if "memorization_detector" not in getattr(pipe, "_extra_call_params", tuple)():
+        raise TypeError("detect_memorization needs a steer.SteeringStableDiffusionPipeline (see steer.loading.load_pipeline)")
     det = _as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     items = [p for p in prompts for _ in range(num_images_per_prompt)]
