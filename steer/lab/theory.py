@@ -477,7 +477,7 @@ def dae_configs(quick: bool, iters: int | None) -> tuple[TrainConfig, TrainConfi
     gen = _with_iters(GENERALIZE, iters or (1500 if quick else None))
     if quick:  # a 33x shorter schedule needs a larger step to reach the same (balanced) regime
         gen = TrainConfig("adam", 1e-3, gen.weight_decay, gen.batch, gen.iters)
-    hybrid = TrainConfig("rmsprop", 1e-3, 1e-2, 256, iters or (2000 if quick else 50_000))
+    hybrid = TrainConfig("rmsprop", 1e-3, 1e-2, 256, iters or (2000 if quick else 10_000))
     return mem, gen, hybrid
 
 
@@ -491,6 +491,8 @@ def run_relu_dae(args: argparse.Namespace) -> dict:
     width, noise = 100, 0.2
     n_gen = 2000 if quick else 10_000
     mem_cfg, gen_cfg, hybrid_cfg = dae_configs(quick, args.iters)
+    if args.hybrid_iters:
+        hybrid_cfg = _with_iters(hybrid_cfg, args.hybrid_iters)
     t0 = time.time()
     log(f"relu-dae quick={quick} seed={args.seed} mem={asdict(mem_cfg)} gen={asdict(gen_cfg)} n_gen={n_gen}")
 
@@ -616,11 +618,11 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
     log = _logger(out)
     quick = args.quick
     width, sigma_range, steps, n_samples = 256, (0.02, 2.0), 60, 64
-    n_gen = 5000 if quick else 60_000
+    n_gen = 2000 if quick else 60_000
     mem_cfg = _with_iters(MEMORIZE, args.iters or (4000 if quick else None))
-    gen_cfg = _with_iters(GENERALIZE, args.iters or (3000 if quick else None))
-    if quick:
-        gen_cfg = TrainConfig("adam", 1e-3, gen_cfg.weight_decay, gen_cfg.batch, gen_cfg.iters)
+    # the generalizing diffusion model uses Adam lr 1e-3 and 5k iterations (50k at lr 1e-4 is ~30 CPU-minutes)
+    gen_iters = args.gen_iters or args.iters or (1000 if quick else 5000)
+    gen_cfg = TrainConfig("adam", 1e-3, GENERALIZE.weight_decay, GENERALIZE.batch, gen_iters)
     t0 = time.time()
     log(f"relu-diffusion quick={quick} seed={args.seed} mem={asdict(mem_cfg)} gen={asdict(gen_cfg)} n_gen={n_gen}")
     mem_data = training_vectors(5, args.seed)
@@ -631,8 +633,18 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
     timings = {}
     for name, data, cfg in (("memorizing", mem_data, mem_cfg), ("generalizing", gen_data, gen_cfg)):
         t, c = time.time(), time.process_time()
-        log(f"training {name} diffusion model (N={len(data)})")
-        model, trace = train_diffusion(data, cfg, width, sigma_range, args.seed, log)
+        ckpt = out / f"diffusion_{name}.pt"
+        if args.reuse and ckpt.exists():
+            log(f"reusing {ckpt}")
+            state = torch.load(ckpt)
+            model = ReLUDiffusion(len(data[0]), width)
+            model.load_state_dict(state["model"])
+            trace, timings[f"{name}_train"] = state["trace"], state["timings"]
+        else:
+            log(f"training {name} diffusion model (N={len(data)})")
+            model, trace = train_diffusion(data, cfg, width, sigma_range, args.seed, log)
+            timings[f"{name}_train"] = {"wall": round(time.time() - t, 1), "cpu": round(time.process_time() - c, 1)}
+            torch.save({"model": model.state_dict(), "trace": trace, "timings": timings[f"{name}_train"]}, ckpt)
         samples = sample_euler(model, n_samples, gaussian_prior(data), sigma_range, steps, args.seed + 11)
         ratios, nn_idx = nn_ratio(samples, data)
         with torch.no_grad():
@@ -690,9 +702,12 @@ def configure_parser(subparsers) -> None:
     _common(p, "runs/relu-dae")
     p.add_argument("--no-hybrid", action="store_true", help="skip the duplicated-images experiment")
     p.add_argument("--reuse", action="store_true", help="load the two models from OUT/dae_models.pt if present")
+    p.add_argument("--hybrid-iters", type=int, default=None, help="iterations of the hybrid model only")
     p.set_defaults(func=run_relu_dae)
     p = subparsers.add_parser("relu-diffusion", help="memorizing vs generalizing ReLU diffusion model")
     _common(p, "runs/relu-diffusion")
+    p.add_argument("--gen-iters", type=int, default=None, help="iterations of the generalizing model only")
+    p.add_argument("--reuse", action="store_true", help="load trained models from OUT/diffusion_*.pt if present")
     p.set_defaults(func=run_relu_diffusion)
 
 
