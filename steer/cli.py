@@ -54,9 +54,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", nargs="+", default=None, help="restrict to these layers / glob patterns")
     p.add_argument("--window", type=parse_window, default=None, help="start,end fractions of the run (default 0.45,0.95)")
-    p.add_argument("--branch", choices=("cond", "uncond", "both"), default="cond")
-    p.add_argument("--normalize", action="store_true", help="scale in units of each layer's typical activation norm")
-    p.add_argument("--mode", choices=("add", "weighted"), default="add", help="uniform add (paper) or activation-weighted")
+    p.add_argument("--branch", choices=("cond", "uncond", "both"), default=None, help="CFG half to steer (default cond)")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="scale in units of each layer's typical activation norm")
+    p.add_argument("--mode", choices=("add", "weighted"), default=None, help="uniform add (paper, default) or activation-weighted")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
 
 
@@ -98,7 +98,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         name=args.name,
         progress=True,
     )
-    vector.metadata["recommended"] = {"window": list(args.window or (0.45, 0.95))}
+    if args.window:
+        vector.metadata["recommended"] = {"window": list(args.window)}
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
     return 0
@@ -127,6 +128,18 @@ def _recipe(args: argparse.Namespace, vectors, scale: float | None, seed: int) -
     }
 
 
+_BUILTIN = {"window": None, "branch": "cond", "normalize": False, "mode": "add", "layers": None}
+
+
+def apply_recommended(args: argparse.Namespace, vectors: list) -> None:
+    """Fill unset steering options from a single direction's ``metadata["recommended"]``, else the built-in defaults."""
+    rec = vectors[0].metadata.get("recommended") or {} if len(vectors) == 1 else {}
+    for key, builtin in _BUILTIN.items():
+        if getattr(args, key, None) is None:
+            value = rec.get(key, builtin)
+            setattr(args, key, tuple(value) if key == "window" and value is not None else value)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from diffusers.utils import make_image_grid
@@ -142,6 +155,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     vectors = [(SteeringVector.load(p), p) for p in paths]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
+    apply_recommended(args, [v for v, _ in vectors])
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
     pipe = load_pipeline(args.model, args.device, progress=True)
     out = Path(args.out)
@@ -235,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--timestep", type=int, default=10)
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
-    p.add_argument("--window", type=parse_window, default=None, help="recommended steering window to record")
+    p.add_argument("--window", type=parse_window, default=None, help="record this window as the direction's recommended one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default=None)
     p.add_argument("--out", required=True, help="output .safetensors path")

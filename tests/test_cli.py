@@ -74,3 +74,16 @@ def test_layers_and_inspect(model_dir, direction, capsys):
     assert main(["inspect", str(direction)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["method"] == "mean_diff" and info["layers"]["up_blocks.0.resnets.0"] == 64
+
+
+def test_generate_uses_the_directions_recommended_settings_unless_overridden(model_dir, direction, tmp_path):
+    v = SteeringVector.load(direction)
+    v.metadata["recommended"] = {"window": [0.0, 1.0], "mode": "weighted", "normalize": True}
+    rec_path = v.save(tmp_path / "rec.safetensors")
+    base = ["generate", "--model", model_dir, "--prompt", "a bag", "--direction", str(rec_path), "--steps", "2"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    recipe = read_recipe(tmp_path / "a" / "seed0_scale+1.png")
+    assert (recipe["window"], recipe["mode"], recipe["normalize"], recipe["branch"]) == ([0.0, 1.0], "weighted", True, "cond")
+    assert main([*base, "--mode", "add", "--no-normalize", "--window", "0.2,0.8", "--out", str(tmp_path / "b")]) == 0
+    recipe = read_recipe(tmp_path / "b" / "seed0_scale+1.png")
+    assert (recipe["window"], recipe["mode"], recipe["normalize"]) == ([0.2, 0.8], "add", False)
