@@ -178,6 +178,7 @@ def main(argv=None) -> None:
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--threads", type=int, default=1)
     a.add_argument("--grid", default=None, help="write the first 80 samples as a PNG grid here")
+    a.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
     if args.cmd == "train":
         _, m = train_classifier(args.out, steps=args.steps, threads=args.threads)
@@ -195,7 +196,10 @@ def main(argv=None) -> None:
             grid = Image.fromarray(D.to_uint8_grid(res.pop("images")[:80], nrow=10))
             grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(args.grid)
             res.pop("prompts")
+        res.update(model=args.model, classifier=args.classifier)
         print(json.dumps(res, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

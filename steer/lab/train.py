@@ -400,7 +400,7 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     """Assemble the EMA weights of ``run`` into a StableDiffusionPipeline folder at ``dest``."""
     from diffusers import AutoencoderKL
 
-    run = Path(run)
+    run, dest = Path(run), Path(dest)
     t = load_file(str(run / "checkpoint.safetensors"))
     info = json.loads((run / "checkpoint.json").read_text())
     scale = json.loads((run / "latents.json").read_text())["scaling_factor"]
