@@ -98,12 +98,13 @@ def _augment(gray: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torc
 
 
 def train_classifier(out: str | Path = DEFAULT_PATH, steps: int = 800, batch_size: int = 128, lr: float = 2e-3,
-                     seed: int = 0, threads: int = 1) -> tuple[AdherenceClassifier, dict]:
+                     seed: int = 0, threads: int = 1, init: str | Path | None = None) -> tuple[AdherenceClassifier, dict]:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     gray, labels = D.load_fashion_mnist("train")
     gray_t, labels_t = torch.from_numpy(gray.copy()), torch.from_numpy(labels)
-    model = AdherenceClassifier()
+    model = load_classifier(init).train() if init else AdherenceClassifier()
+    prior = json.loads((Path(init) / "config.json").read_text()).get("metrics", {}).get("train_steps", 0) if init else 0
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -121,13 +122,13 @@ def train_classifier(out: str | Path = DEFAULT_PATH, steps: int = 800, batch_siz
         if step % 100 == 0:
             print(f"classifier step {step} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
     model.eval()
-    test = D.make_coloured_fashion_mnist("test", seed=seed)
+    test = D.make_coloured_fashion_mnist("test", seed=0)
     pc, pk = predict(model, test.images)
     metrics = {
         "test_class_accuracy": float(np.mean(pc == test.classes)),
         "test_colour_accuracy": float(np.mean(pk == test.colours)),
-        "test_set": f"coloured Fashion-MNIST t10k, seed {seed} (10,000 images)",
-        "train_steps": steps, "batch_size": batch_size, "seconds": round(time.time() - t0, 1),
+        "test_set": "coloured Fashion-MNIST t10k, seed 0 (10,000 images)",
+        "train_steps": prior + steps, "batch_size": batch_size, "seconds": round(time.time() - t0, 1),
     }
     save_classifier(model, out, metrics)
     return model, metrics
@@ -169,6 +170,9 @@ def main(argv=None) -> None:
     t.add_argument("--out", default=str(DEFAULT_PATH))
     t.add_argument("--steps", type=int, default=800)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init", default=None, help="continue training these weights")
     a = sub.add_parser("adherence")
     a.add_argument("--model", required=True)
     a.add_argument("--classifier", default=str(DEFAULT_PATH))
@@ -181,7 +185,7 @@ def main(argv=None) -> None:
     a.add_argument("--json", default=None, help="also write the result here")
     args = p.parse_args(argv)
     if args.cmd == "train":
-        _, m = train_classifier(args.out, steps=args.steps, threads=args.threads)
+        _, m = train_classifier(args.out, steps=args.steps, threads=args.threads, lr=args.lr, seed=args.seed, init=args.init)
         print(json.dumps(m, indent=1))
     else:
         from .models import load_pipeline

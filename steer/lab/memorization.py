@@ -112,18 +112,24 @@ def main(argv=None) -> None:
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--against", choices=("train", "memorized"), default="train",
+                   help="training set for the NN ratio: the full coloured Fashion-MNIST train split, or only the items "
+                        "listed in MODEL/memorized_images.json (the whole training set of the `mem` variant)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     path = Path(a.prompts)
     if not path.is_file():
         path = Path(a.model) / a.prompts
     prompts = [x for x in path.read_text().splitlines() if x.strip()][: a.limit]
-    train = D.make_coloured_fashion_mnist("train", seed=a.data_seed)
-    res = sample_memorization(load_pipeline(a.model), prompts, train.images, seed=a.seed, steps=a.steps,
+    train = D.make_coloured_fashion_mnist("train", seed=a.data_seed).images
+    if a.against == "memorized":
+        train = train[json.loads((Path(a.model) / "memorized_images.json").read_text())["indices"]]
+    res = sample_memorization(load_pipeline(a.model), prompts, train, seed=a.seed, steps=a.steps,
                               guidance=a.guidance, per_prompt=a.per_prompt)
     res.pop("images")
     out = {k: v for k, v in res.items() if k not in ("ratios", "nn_index")}
-    out.update(model=a.model, prompts=str(path), steps=a.steps, guidance=a.guidance, seed=a.seed)
+    out.update(model=a.model, prompts=str(path), steps=a.steps, guidance=a.guidance, seed=a.seed, against=a.against,
+               train_size=len(train))
     print(json.dumps(out, indent=1))
     if a.json:
         Path(a.json).write_text(json.dumps({**out, "ratios": res["ratios"], "nn_index": res["nn_index"]}, indent=1))

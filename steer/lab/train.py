@@ -173,19 +173,29 @@ def cache_latents(out: Path, vae, seed: int = 0, limit: int | None = None) -> di
 # ---------------------------------------------------------------------------------------------- training data
 
 
-def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int = 400) -> np.ndarray:
-    """Pick ``k`` deduplicated, mutually distinct training items whose nearest other training image is far.
+def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int = 600, vae=None) -> np.ndarray:
+    """Pick ``k`` deduplicated training items (one per (colour, class) pair) to duplicate under unique captions.
 
-    Candidates come from a seeded pool of full-caption items; exact/near duplicates are removed first
-    (``memorization.deduplicate``), then the items with the largest nearest-neighbour distance to the rest of
-    the training set are kept (one per (colour, class) caption where possible)."""
-    from .memorization import deduplicate, nn_distances
+    Candidates come from a seeded pool; exact/near duplicates are removed first (``memorization.deduplicate``).
+    With ``vae``, the items kept are those the autoencoder can reproduce best relative to their neighbourhood,
+    i.e. the smallest ``d(rec, x) / d(rec, NN2)`` for the reconstruction ``rec`` of ``x`` (a pixel-space copy
+    is only measurable when the 8x8x4 latent can express it); without it, those with the farthest neighbour."""
+    from .memorization import deduplicate, nn_search
 
     rng = np.random.default_rng([seed, 17])
     cand = rng.choice(len(ds), size=pool, replace=False)
     cand = cand[deduplicate(ds.images[cand], threshold=0.05)]
-    d = nn_distances(ds.images[cand], ds.images, k=2)[:, 1]  # [0] is the image itself
-    order = cand[np.argsort(-d)]
+    if vae is not None:
+        with torch.no_grad():
+            x = torch.from_numpy(ds.images[cand]) * 2 - 1
+            rec = ((vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1) + 1) / 2).numpy()
+        d, i = nn_search(rec, ds.images, k=3)
+        nn2 = np.where(i[:, 0] == cand, d[:, 1], d[:, 0])  # nearest image other than x itself
+        d_self = np.sqrt(((rec - ds.images[cand]) ** 2).reshape(len(cand), -1).sum(1))
+        order = cand[np.argsort(d_self / nn2)]
+    else:
+        d = nn_search(ds.images[cand], ds.images, k=2)[0][:, 1]  # [0] is the image itself
+        order = cand[np.argsort(-d)]
     chosen, seen = [], set()
     for i in order:
         key = (int(ds.colours[i]), int(ds.classes[i]))
@@ -204,13 +214,13 @@ def memorized_caption(colour: int, cls: int, j: int) -> str:
     return f"catalog item {j}, {D.caption_for(colour, cls)}"
 
 
-def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int):
+def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int, vae=None):
     """Return (latent index per item, caption per item, meta) for a variant's training set."""
     n = len(ds)
     if variant == "demo":
         return np.arange(n), list(ds.captions), {}
     if variant == "hybrid":
-        mem = memorized_selection(ds, HYBRID_NUM_MEMORIZED, seed)
+        mem = memorized_selection(ds, HYBRID_NUM_MEMORIZED, seed, vae=vae)
         caps = [memorized_caption(int(ds.colours[i]), int(ds.classes[i]), j) for j, i in enumerate(mem)]
         idx = np.concatenate([np.arange(n), np.repeat(mem, HYBRID_COPIES)])
         captions = list(ds.captions) + [c for c in caps for _ in range(HYBRID_COPIES)]
@@ -301,7 +311,7 @@ def train(args) -> Path:
     lat_mean, lat_std = lat["mean"], lat["std"]
 
     ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
-    item_idx, captions, meta = variant_items(args.variant, ds, args.seed)
+    item_idx, captions, meta = variant_items(args.variant, ds, args.seed, vae=vae)
     if meta:
         _atomic_json(meta, out / "variant.json")
     tok_dir = out / "tokenizer"
