@@ -294,16 +294,14 @@ def weight_match(weight: Tensor, data: Tensor, norm_frac: float = 0.1) -> dict[s
     }
 
 
-def span_energy(weight: Tensor, data: Tensor, norm_frac: float = 0.1) -> float:
-    """Mean fraction of a non-negligible row's squared norm lying in span(training images).
+def span_energy(weight: Tensor, data: Tensor) -> float:
+    """Fraction of the total squared weight norm Σ‖w_k‖² lying in span(training images).
 
     Meaningful only when the set is small (N ≪ dim): ~1 means the rows are built from training images.
     """
     w = weight.detach().double()
-    norms = w.norm(dim=1)
-    w = w[norms > norm_frac * norms.max()]
     q, _ = torch.linalg.qr(data.double().T)
-    return float(((w @ q).pow(2).sum(1) / w.pow(2).sum(1)).mean())
+    return float((w @ q).pow(2).sum() / w.pow(2).sum())
 
 
 def nn_ratio(samples: Tensor, data: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
@@ -569,7 +567,8 @@ def dae_statistics(mem: ReLUDAE, gen: ReLUDAE, mem_data: Tensor, gen_data: Tenso
     stats["ratios"] = _ratios(stats["memorizing"], stats["generalizing"])
     stats["weight_match"] = {
         "memorizing": weight_match(mem.weight, mem_data) | {"span_energy": span_energy(mem.weight, mem_data)},
-        "generalizing": weight_match(gen.weight, gen_data),
+        "generalizing": weight_match(gen.weight, gen_data)
+        | {"span_energy_of_memorizing_set": span_energy(gen.weight, mem_data)},
     }
     return stats
 
@@ -619,7 +618,7 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
     quick = args.quick
     width, sigma_range, steps, n_samples = 256, (0.02, 2.0), 60, 64
     n_gen = 2000 if quick else 60_000
-    mem_cfg = _with_iters(MEMORIZE, args.iters or (4000 if quick else None))
+    mem_cfg = _with_iters(MEMORIZE, args.mem_iters or args.iters or (4000 if quick else None))
     # the generalizing diffusion model uses Adam lr 1e-3 and 5k iterations (50k at lr 1e-4 is ~30 CPU-minutes)
     gen_iters = args.gen_iters or args.iters or (1000 if quick else 5000)
     gen_cfg = TrainConfig("adam", 1e-3, GENERALIZE.weight_decay, GENERALIZE.batch, gen_iters)
@@ -632,6 +631,8 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
     groups = []
     timings = {}
     for name, data, cfg in (("memorizing", mem_data, mem_cfg), ("generalizing", gen_data, gen_cfg)):
+        if args.only and args.only != name:
+            continue
         t, c = time.time(), time.process_time()
         ckpt = out / f"diffusion_{name}.pt"
         if args.reuse and ckpt.exists():
@@ -664,6 +665,8 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
         timings[name] = round(time.time() - t, 1)
         timings[f"{name}_cpu"] = round(time.process_time() - c, 1)
         log(f"{name}: {json.dumps(results[name])}")
+    if args.only:  # training one model only (e.g. two processes in parallel, then --reuse)
+        return results
     results["ratios"] = _ratios(
         results["memorizing"]["activations_sigma_0.2"], results["generalizing"]["activations_sigma_0.2"]
     )
@@ -707,7 +710,9 @@ def configure_parser(subparsers) -> None:
     p = subparsers.add_parser("relu-diffusion", help="memorizing vs generalizing ReLU diffusion model")
     _common(p, "runs/relu-diffusion")
     p.add_argument("--gen-iters", type=int, default=None, help="iterations of the generalizing model only")
+    p.add_argument("--mem-iters", type=int, default=None, help="iterations of the memorizing model only")
     p.add_argument("--reuse", action="store_true", help="load trained models from OUT/diffusion_*.pt if present")
+    p.add_argument("--only", choices=["memorizing", "generalizing"], help="train and evaluate one model only")
     p.set_defaults(func=run_relu_diffusion)
 
 
