@@ -214,7 +214,7 @@ def memorized_caption(colour: int, cls: int, j: int) -> str:
     return f"catalog item {j}, {D.caption_for(colour, cls)}"
 
 
-def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int, vae=None):
+def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int, vae=None, copies: int = HYBRID_COPIES):
     """Return (latent index per item, caption per item, meta) for a variant's training set."""
     n = len(ds)
     if variant == "demo":
@@ -222,9 +222,9 @@ def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int, vae=None)
     if variant == "hybrid":
         mem = memorized_selection(ds, HYBRID_NUM_MEMORIZED, seed, vae=vae)
         caps = [memorized_caption(int(ds.colours[i]), int(ds.classes[i]), j) for j, i in enumerate(mem)]
-        idx = np.concatenate([np.arange(n), np.repeat(mem, HYBRID_COPIES)])
-        captions = list(ds.captions) + [c for c in caps for _ in range(HYBRID_COPIES)]
-        return idx, captions, {"memorized_indices": mem.tolist(), "memorized_captions": caps, "copies": HYBRID_COPIES}
+        idx = np.concatenate([np.arange(n), np.repeat(mem, copies)])
+        captions = list(ds.captions) + [c for c in caps for _ in range(copies)]
+        return idx, captions, {"memorized_indices": mem.tolist(), "memorized_captions": caps, "copies": copies}
     if variant == "mem":
         rng = np.random.default_rng([seed, 23])
         mem = np.sort(rng.choice(n, size=MEM_NUM_IMAGES, replace=False))
@@ -311,7 +311,7 @@ def train(args) -> Path:
     lat_mean, lat_std = lat["mean"], lat["std"]
 
     ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
-    item_idx, captions, meta = variant_items(args.variant, ds, args.seed, vae=vae)
+    item_idx, captions, meta = variant_items(args.variant, ds, args.seed, vae=vae, copies=args.copies)
     if meta:
         _atomic_json(meta, out / "variant.json")
     tok_dir = out / "tokenizer"
@@ -565,6 +565,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decoder: fine-tune the VAE decoder of an existing run (see finetune_decoder); export: write the pipeline")
     p.add_argument("--decoder-steps", dest="decoder_steps", type=int, default=1000)
     p.add_argument("--decoder-lr", dest="decoder_lr", type=float, default=5e-4)
+    p.add_argument("--copies", type=int, default=HYBRID_COPIES, help="hybrid: copies of each memorized item in the data")
     p.add_argument("--mem-fraction", dest="mem_fraction", type=float, default=0.5)
     p.add_argument("--vae-from", dest="vae_from", default=None,
                    help="reuse the VAE and cached latents of this run folder (weights still start from scratch)")
