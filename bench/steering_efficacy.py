@@ -3,9 +3,9 @@
     python bench/steering_efficacy.py                  # full run, writes docs/efficacy/ (results.json, plots)
     python bench/steering_efficacy.py --quick          # a small smoke version
 
-Stage 1 (sites): a colour direction (red -> blue, ``mean_diff``, fast mode) is applied at several sites (the paper's
-resnet layers, attention outputs, both), windows and spatial modes over a scale grid, with ``steering_normalize`` so
-scales are comparable. The best configuration = highest success whose class preservation stays >= 0.8.
+Stage 1 (sites): a colour direction (red -> blue, ``mean_diff``, reference mode) is applied at several sites (the
+paper's resnet layers, the up-block attention outputs), windows and spatial modes over a scale grid, with
+``steering_normalize`` so scales are comparable. The best configuration = highest success whose class preservation stays >= 0.8.
 Stage 2 (methods): at that configuration, a colour and a class direction learned with ``mean`` (paper),
 ``mean_diff`` and ``pca`` from prompts (fast and reference mode) and from images, over the scale grid.
 Stage 3 (baselines): SEGA (`SemanticStableDiffusionPipeline` on the same components) and regenerating with the
@@ -153,6 +153,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seeds", type=int, default=2)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -162,14 +163,14 @@ def main() -> None:
 
     pipe = load_pipeline(args.model, "cpu")
     classifier = load_classifier()
-    n_items, seeds, n_learn = (4, 1, 8) if args.quick else (8, 3, 32)
-    scales = [1.0, 2.0, 4.0] if args.quick else [0.5, 1.0, 2.0, 4.0, 8.0]
+    n_items, seeds, n_learn = (4, 1, 8) if args.quick else (8, args.seeds, 24)
+    scales = [0.05, 0.2] if args.quick else [0.05, 0.1, 0.2, 0.4]
     bench = Bench(pipe, classifier, args.steps, args.guidance, seeds)
     tasks = make_tasks(n_items)
     data = D.make_coloured_fashion_mnist(split="train", seed=0, limit=4000)
     unet = pipe.unet
     resnets = default_layers(unet)
-    attentions = [n for n in list_layers(unet, ("attentions",)) if n.startswith(("up_blocks", "mid_block"))]
+    attentions = [n for n in list_layers(unet, ("attentions",)) if n.startswith("up_blocks")]
     all_sites = resnets + attentions
     results: dict = {"meta": {
         "model": str(args.model or "assets/models/demo"), "steps": args.steps, "guidance": args.guidance, "seeds": seeds,
@@ -194,9 +195,9 @@ def main() -> None:
 
     # ---- stage 1: sites / window / mode, colour task, mean_diff fast ------------------------------------------------
     colour_task, class_task = tasks
-    v_colour, secs, _ = learn(pipe, colour_task, "mean_diff", "fast", all_sites, n_learn, args.steps, args.guidance)
+    v_colour, secs, _ = learn(pipe, colour_task, "mean_diff", "reference", all_sites, n_learn, args.steps, args.guidance)
     stage1 = []
-    site_sets = {"resnets (paper)": resnets, "attentions": attentions, "resnets+attentions": all_sites}
+    site_sets = {"resnets (paper)": resnets, "up attentions": attentions}
     windows = {"paper (0.45,0.95)": (0.45, 0.95), "full (0,1)": (0.0, 1.0)}
     for site_name, sites in site_sets.items():
         for win_name, win in windows.items():
@@ -215,9 +216,10 @@ def main() -> None:
         by_config.setdefault(r["config"], []).append(r)
     ranking = sorted(by_config, key=lambda c: -np.mean([best_of([r for r in by_config[c] if r["condition"] == cond])["success"] for cond in ("open", "contra")]))
     best_label = ranking[0]
+    best_scale = best_of([r for r in by_config[best_label] if r["condition"] == "open"])["scale"]
     site_name, win_name, mode = [s.strip() for s in best_label.split("|")]
     best_kw = dict(steering_layers=site_sets[site_name], steering_window=windows[win_name], steering_mode=mode)
-    results["best_config"] = {"label": best_label, "sites": site_sets[site_name], "window": windows[win_name], "mode": mode}
+    results["best_config"] = {"label": best_label, "scale": best_scale, "sites": site_sets[site_name], "window": windows[win_name], "mode": mode}
     print("best configuration:", best_label, flush=True)
 
     # ---- stage 2: methods and sources --------------------------------------------------------------------------------
@@ -230,11 +232,11 @@ def main() -> None:
                 label = f"{method} / {source}"
                 learn_costs.append({"task": task.name, "method": method, "source": source, "seconds": round(secs, 1), "unet_evals": evals})
                 stage2 += evaluate(task, v, label, **best_kw)
-                if task is colour_task and method == "mean_diff" and source == "fast":
-                    v.metadata["recommended"] = {"window": list(best_kw["steering_window"]), "layers": best_kw["steering_layers"], "mode": mode, "normalize": True, "scales": scales}
+                if task is colour_task and method == "mean_diff" and source == "reference":
+                    v.metadata["recommended"] = {"window": list(best_kw["steering_window"]), "layers": best_kw["steering_layers"], "mode": mode, "normalize": True, "scale": best_scale, "scales": scales}
                     v.save(out / "red_to_blue.safetensors")
-                if task is class_task and method == "mean_diff" and source == "fast":
-                    v.metadata["recommended"] = {"window": list(best_kw["steering_window"]), "layers": best_kw["steering_layers"], "mode": mode, "normalize": True, "scales": scales}
+                if task is class_task and method == "mean_diff" and source == "reference":
+                    v.metadata["recommended"] = {"window": list(best_kw["steering_window"]), "layers": best_kw["steering_layers"], "mode": mode, "normalize": True, "scale": best_scale, "scales": scales}
                     v.save(out / "sneaker_to_ankle_boot.safetensors")
                 print(label, task.name, [(r["condition"], r["scale"], round(r["success"], 2), round(r["other_kept"], 2)) for r in stage2[-2 * len(scales):]], flush=True)
     results["stage2"] = stage2

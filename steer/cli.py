@@ -128,7 +128,7 @@ def _recipe(args: argparse.Namespace, vectors, scale: float | None, seed: int) -
     }
 
 
-_BUILTIN = {"window": None, "branch": "cond", "normalize": False, "mode": "add", "layers": None}
+_BUILTIN = {"window": None, "branch": "cond", "normalize": False, "mode": "add", "layers": None, "scale": 1.0}
 
 
 def apply_recommended(args: argparse.Namespace, vectors: list) -> None:
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--direction", nargs="+", default=None, help="direction file(s) or bundled direction name(s)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--scale", type=float, default=1.0)
+    group.add_argument("--scale", type=float, default=None, help="strength (default: the direction's recommended scale, else 1)")
     group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
     _add_steering_args(p)
     p.add_argument("--seed", type=int, default=0)
