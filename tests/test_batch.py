@@ -244,7 +244,6 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_accelerate_processes_equal_one(tiny_pipe, direction, tmp_path):
-    pytest.importorskip("accelerate")
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", jobs_for(direction))
