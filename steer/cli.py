@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positive", nargs="+", required=True, help="prompt(s), image files or a directory of images")
     p.add_argument("--negative", nargs="+", default=None, help="prompt(s), image files or a directory of images")
     p.add_argument("--method", choices=("mean", "mean_diff", "pca"), default="mean_diff")
-    p.add_argument("--source-mode", choices=("fast", "reference"), default="fast", help="prompts: record during sampling (fast) or generate + re-encode (reference, paper)")
+    p.add_argument("--source-mode", choices=("fast", "reference"), default="reference", help="prompts: generate + re-encode (reference, paper; default) or record during sampling (fast)")
     p.add_argument("--layers", nargs="+", default=None)
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=8)

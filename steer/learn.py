@@ -297,7 +297,7 @@ def learn_direction(
     *,
     layers: str | Sequence[str] | None = None,
     method: Method = "mean_diff",
-    mode: Literal["fast", "reference"] = "fast",
+    mode: Literal["fast", "reference"] = "reference",
     num_samples: int = 16,
     batch_size: int = 8,
     num_inference_steps: int = 25,
@@ -313,8 +313,10 @@ def learn_direction(
     """Learn a `SteeringVector` from two prompt sets or two image sets, with forward passes only.
 
     ``positive`` / ``negative``: a prompt, a list of prompts, or a list of images (PIL, tensors in [0, 1], or paths).
-    Prompts: ``mode="reference"`` generates ``num_samples`` images per set and extracts from them (the paper);
-    ``mode="fast"`` records during sampling. Images: encoded, noised to ``timestep``, one UNet pass conditioned on
+    Prompts: ``mode="reference"`` (default) generates ``num_samples`` images per set and extracts from them (the
+    paper); ``mode="fast"`` records during sampling, skipping decode and re-encode. On the demo model the fast-mode
+    colour direction, although its cosine with the reference one is > 0.9, moved colour the *wrong* way at every
+    site tested (docs/benchmarks.md), so it is not the default. Images: encoded, noised to ``timestep``, one UNet pass conditioned on
     ``image_prompts`` (``""`` = empty prompt; or one prompt per image / one for all).
     """
     unet = _unet(pipe)

@@ -7,7 +7,7 @@ from steer.hooks import default_layers
 from steer.learn import aggregate, extract_during_sampling, generate_samples
 
 POS, NEG = ["a blue sneaker", "a blue bag"], ["a red sneaker", "a red bag"]
-KW = dict(num_samples=4, num_inference_steps=4, progress=False, batch_size=4)
+KW = dict(num_samples=4, num_inference_steps=4, progress=False, batch_size=4, mode="fast")
 
 
 def cos(a, b):
@@ -47,8 +47,8 @@ def test_pca_is_unit_direction_signed_toward_positive():
 
 def test_fast_and_image_modes_agree_in_sign_with_reference(tiny_pipe):
     layers = default_layers(tiny_pipe.unet)
-    ref = tiny_pipe.learn_direction(POS, NEG, mode="reference", **KW)
-    fast = tiny_pipe.learn_direction(POS, NEG, mode="fast", **KW)
+    ref = tiny_pipe.learn_direction(POS, NEG, **{**KW, "mode": "reference"})
+    fast = tiny_pipe.learn_direction(POS, NEG, **KW)
     pos_imgs, pos_used = generate_samples(tiny_pipe, POS, 4, seed=77, batch_size=4, num_inference_steps=4)
     neg_imgs, neg_used = generate_samples(tiny_pipe, NEG, 4, seed=99, batch_size=4, num_inference_steps=4)
     imgs = tiny_pipe.learn_direction(list(pos_imgs), list(neg_imgs), image_prompts=pos_used + neg_used, progress=False, batch_size=4)
