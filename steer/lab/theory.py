@@ -577,6 +577,12 @@ def _ratios(mem: dict, gen: dict) -> dict[str, float]:
     return {k: mem[k] / max(gen[k], 1e-12) for k in ("std", "cv", "l4_l2", "top1_share")}
 
 
+def _median_cv_index(acts: Tensor) -> int:
+    """Index of the input whose std/mean is the median of its group (a typical example to plot)."""
+    cv = acts.std(1, unbiased=False) / acts.mean(1).clamp_min(1e-12)
+    return int(cv.argsort()[len(cv) // 2])
+
+
 def run_hybrid(args, cfg: TrainConfig, width: int, noise: float, out: Path, log) -> dict:
     """One model on 500 unique images + 5 images x 100 copies: duplicated vs unique activations."""
     n_total, n_dup, copies = 1000, 5, 100
@@ -589,13 +595,15 @@ def run_hybrid(args, cfg: TrainConfig, width: int, noise: float, out: Path, log)
         dup_x, _ = noisy_inputs(dup_imgs, 100, noise, args.seed + 9)
         uni_x, _ = noisy_inputs(unique, 100, noise, args.seed + 9)
         dup_acts, uni_acts = model.hidden(dup_x), model.hidden(uni_x)
+    i, j = _median_cv_index(dup_acts), _median_cv_index(uni_acts)
     plot_activation_bars(
         out / "hybrid_activations.png",
         [
-            (f"hybrid: duplicated image ({copies} copies)", dup_x[0], dup_acts[0]),
-            ("hybrid: unique image", uni_x[0], uni_acts[0]),
+            (f"hybrid: duplicated image ({copies} copies)", dup_x[i], dup_acts[i]),
+            ("hybrid: unique image", uni_x[j], uni_acts[j]),
         ],
     )
+    torch.save({"model": model.state_dict(), "trace": trace}, out / "hybrid_model.pt")
     res = {
         "duplicated": activation_stats(dup_acts),
         "unique": activation_stats(uni_acts),
