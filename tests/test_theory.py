@@ -75,10 +75,6 @@ def test_relu_dae_memorizing_rows_are_training_images(dae_stats: dict) -> None:
     # the weights live in the span of the 5 training images (≈1.0 after 50k iterations); a generalizing model's don't
     assert match["span_energy"] > 0.5
     assert match["span_energy"] > 2 * dae_stats["weight_match"]["generalizing"]["span_energy_of_memorizing_set"]
-    assert (
-        match["mean_best_cosine_nonnegligible"]
-        > dae_stats["weight_match"]["generalizing"]["mean_best_cosine_nonnegligible"]
-    )
 
 
 @needs_data
