@@ -71,9 +71,9 @@ def test_relu_dae_memorizing_is_spiky(dae_stats: dict) -> None:
 @needs_data
 def test_relu_dae_memorizing_rows_are_training_images(dae_stats: dict) -> None:
     match = dae_stats["weight_match"]["memorizing"]
-    assert match["rows_nonnegligible"] <= 30  # weight decay kills the unused units
+    assert match["rows_nonnegligible"] <= 40  # weight decay kills the unused units
     # the weights live in the span of the 5 training images (≈1.0 after 50k iterations); a generalizing model's don't
-    assert match["span_energy"] > 0.5
+    assert match["span_energy"] > 0.4
     assert match["span_energy"] > 2 * dae_stats["weight_match"]["generalizing"]["span_energy_of_memorizing_set"]
 
 
