@@ -606,7 +606,7 @@ def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
 
 
 def _default_prompt(app: SteerApp) -> str:
-    return "a sneaker" if "demo" in H.model_name(app.pipe) else "a photo of a dog"
+    return "a red sneaker" if "demo" in H.model_name(app.pipe) else "a photo of a dog"
 
 
 def _default_learn(app: SteerApp) -> tuple[str, str]:
@@ -632,6 +632,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: the best available)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--detector", default=None, help="a calibrated memorization detector file (.safetensors)")
     return parser.parse_args(argv)
 
@@ -639,6 +640,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     demo = build_app(args.model, device=args.device, detector=args.detector)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 

@@ -73,13 +73,20 @@ def generate_args(direction: str, scale: float = SCALE, **over) -> dict:
 
 
 def expected_pair(
-    pipe, vector, scale: float, seed: int = 7, window=(0.0, 1.0), prompt: str = "a photo of a dog", **steer
+    pipe,
+    vector,
+    scale: float,
+    seed: int = 7,
+    window=(0.0, 1.0),
+    prompt: str = "a photo of a dog",
+    steps: int = STEPS,
+    **steer,
 ) -> list[np.ndarray]:
     """What the Python API gives for the app's settings (one batched call, scales [0, s], the same seed per row)."""
     gens = [torch.Generator().manual_seed(seed) for _ in range(2)]
     out = pipe(
         [prompt] * 2,
-        num_inference_steps=STEPS,
+        num_inference_steps=steps,
         guidance_scale=5.0,
         height=32,
         width=32,
@@ -97,7 +104,10 @@ def expected_pair(
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipe():
-    return tiny_pipeline(seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # several threads thrash on a busy 2-core machine; the server's workers share this
+    yield tiny_pipeline(seed=0)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
