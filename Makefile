@@ -27,7 +27,7 @@ system-deps:
 	fi
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/steer generate --prompt "a sneaker" --direction red_to_blue --sweep=-2,2,5 --seed 0 --out out/demo
+	HF_HUB_OFFLINE=1 $(VENV)/bin/steer generate --prompt "a sneaker" --direction red_to_blue --sweep=0,0.6,4 --seed 0 --out out/demo
 	@echo "wrote out/demo (a strength sweep from red to blue); open out/demo/seed0_sweep.png"
 
 test: setup system-deps
