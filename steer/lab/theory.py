@@ -3,7 +3,8 @@
 Two experiments on Fashion-MNIST vectors in [-1, 1]:
 
 * ``relu-dae``: a tied-weight ReLU denoising autoencoder f(x) = Wᵀ ReLU(W x). Trained on 5 images it
-  memorizes (weight rows become the training images, hidden activations are spiky); trained on 10,000
+  memorizes (the surviving weight rows are built from the training images, hidden activations are
+  spiky); trained on 10,000
   images it generalizes (many moderate activations). A hybrid set with a few heavily duplicated images
   shows both regimes inside one model.
 * ``relu-diffusion``: the same layer as an x0-prediction diffusion model with multiplicative time
@@ -489,8 +490,8 @@ def run_relu_dae(args: argparse.Namespace) -> dict:
     width, noise = 100, 0.2
     n_gen = 2000 if quick else 10_000
     mem_cfg, gen_cfg, hybrid_cfg = dae_configs(quick, args.iters)
-    if args.hybrid_iters:
-        hybrid_cfg = _with_iters(hybrid_cfg, args.hybrid_iters)
+    if getattr(args, "hybrid_iters", None):
+        hybrid_cfg = _with_iters(hybrid_cfg, getattr(args, "hybrid_iters", None))
     t0 = time.time()
     log(f"relu-dae quick={quick} seed={args.seed} mem={asdict(mem_cfg)} gen={asdict(gen_cfg)} n_gen={n_gen}")
 
@@ -505,7 +506,7 @@ def run_relu_dae(args: argparse.Namespace) -> dict:
         log(f"training generalizing model (N={n_gen})")
         return train_dae(gen_data, gen_cfg, width, noise, args.seed, log)
 
-    mem, gen, timings, final = _train_or_load(out, args.reuse, train_mem, train_gen, log)
+    mem, gen, timings, final = _train_or_load(out, getattr(args, "reuse", None), train_mem, train_gen, log)
     stats = dae_statistics(mem, gen, mem_data, gen_data, noise, args.seed)
     stats["final_loss"] = final
     plot_weights(out / "dae_weights.png", mem_data, mem.weight, gen.weight)
@@ -519,7 +520,7 @@ def run_relu_dae(args: argparse.Namespace) -> dict:
             (f"generalizing (N={n_gen})", gen_x[0], gen.hidden(gen_x)[0]),
         ],
     )
-    if not args.no_hybrid:
+    if not getattr(args, "no_hybrid", None):
         t, c = time.time(), time.process_time()
         stats["hybrid"] = run_hybrid(args, hybrid_cfg, width, noise, out, log)
         timings |= {"hybrid": round(time.time() - t, 1), "hybrid_cpu": round(time.process_time() - c, 1)}
@@ -626,9 +627,9 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
     quick = args.quick
     width, sigma_range, steps, n_samples = 256, (0.02, 2.0), 60, 64
     n_gen = 2000 if quick else 60_000
-    mem_cfg = _with_iters(MEMORIZE, args.mem_iters or args.iters or (4000 if quick else None))
+    mem_cfg = _with_iters(MEMORIZE, getattr(args, "mem_iters", None) or args.iters or (4000 if quick else None))
     # the generalizing diffusion model uses Adam lr 1e-3 and 5k iterations (50k at lr 1e-4 is ~30 CPU-minutes)
-    gen_iters = args.gen_iters or args.iters or (1000 if quick else 5000)
+    gen_iters = getattr(args, "gen_iters", None) or args.iters or (1000 if quick else 5000)
     gen_cfg = TrainConfig("adam", 1e-3, GENERALIZE.weight_decay, GENERALIZE.batch, gen_iters)
     t0 = time.time()
     log(f"relu-diffusion quick={quick} seed={args.seed} mem={asdict(mem_cfg)} gen={asdict(gen_cfg)} n_gen={n_gen}")
@@ -639,11 +640,11 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
     groups = []
     timings = {}
     for name, data, cfg in (("memorizing", mem_data, mem_cfg), ("generalizing", gen_data, gen_cfg)):
-        if args.only and args.only != name:
+        if getattr(args, "only", None) and getattr(args, "only", None) != name:
             continue
         t, c = time.time(), time.process_time()
         ckpt = out / f"diffusion_{name}.pt"
-        if args.reuse and ckpt.exists():
+        if getattr(args, "reuse", None) and ckpt.exists():
             log(f"reusing {ckpt}")
             state = torch.load(ckpt)
             model = ReLUDiffusion(len(data[0]), width)
@@ -673,7 +674,7 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
         timings[name] = round(time.time() - t, 1)
         timings[f"{name}_cpu"] = round(time.process_time() - c, 1)
         log(f"{name}: {json.dumps(results[name])}")
-    if args.only:  # training one model only (e.g. two processes in parallel, then --reuse)
+    if getattr(args, "only", None):  # training one model only (e.g. two processes in parallel, then --reuse)
         return results
     results["ratios"] = _ratios(
         results["memorizing"]["activations_sigma_0.2"], results["generalizing"]["activations_sigma_0.2"]
