@@ -95,7 +95,7 @@ def test_demo_loads_offline_with_real_clip_tokenizer(demo):
     assert demo.text_encoder.config.vocab_size == 49408
     # standard diffusers block layout: the steering hook sites exist
     names = dict(demo.unet.named_modules())
-    for n in ("up_blocks.0.resnets.2.nonlinearity", "up_blocks.1.resnets.0", "up_blocks.1.attentions.0",
+    for n in ("up_blocks.0.resnets.1.nonlinearity", "up_blocks.1.resnets.0", "up_blocks.2.resnets.1", "up_blocks.1.attentions.0",
               "down_blocks.0.attentions.0", "mid_block.attentions.0"):
         assert n in names, n
     assert demo.unet.config.cross_attention_dim == demo.text_encoder.config.hidden_size

@@ -518,11 +518,12 @@ def finetune_decoder(args) -> Path:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         st["step"] = step + 1
-        st["losses"].append(round(err[: args.batch_size - n_mem].mean().item() / 4, 6))  # mse on the [0,1] scale
+        if n_mem < args.batch_size:
+            st["losses"].append(round(err[: args.batch_size - n_mem].mean().item() / 4, 6))  # mse on the [0,1] scale
         if n_mem:
             st["mem_losses"].append(round(err[-n_mem:].mean().item() / 4, 6))
         if st["step"] % 50 == 0:
-            log(out, f"decoder step {st['step']}/{args.decoder_steps} mse01 {np.mean(st['losses'][-50:]):.5f} "
+            log(out, f"decoder step {st['step']}/{args.decoder_steps} mse01 {np.mean(st['losses'][-50:]) if st['losses'] else float('nan'):.5f} "
                      f"memorized mse01 {np.mean(st['mem_losses'][-50:]) if n_mem else float('nan'):.5f} ({time.time() - t0:.0f}s)")
         if time.time() - last > args.checkpoint_minutes * 60 or st["step"] == args.decoder_steps:
             save()
