@@ -41,7 +41,7 @@ def parse_sweep(text: str) -> list[float]:
     if n < 2 or n != int(n):
         raise argparse.ArgumentTypeError(f"--sweep count must be an integer >= 2, got {n:g}")
     n = int(n)
-    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+    return [round(lo + (hi - lo) * i / (n - 1), 6) for i in range(n)]
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
