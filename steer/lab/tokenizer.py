@@ -41,8 +41,19 @@ def find_open_clip_vocab() -> Path:
 
 
 def write_clip_tokenizer(out_dir: str | Path, bpe_path: str | Path | None = None, model_max_length: int = 77) -> CLIPTokenizer:
-    """Write ``vocab.json`` + ``merges.txt`` (+ tokenizer config) for the real 49,408-token CLIP vocabulary."""
-    bpe_path = Path(bpe_path) if bpe_path else find_open_clip_vocab()
+    """Write ``vocab.json`` + ``merges.txt`` (+ tokenizer config) for the real 49,408-token CLIP vocabulary.
+
+    Built from open-clip-torch's BPE file when it is installed, else copied from the committed conversion.
+    """
+    if bpe_path is None:
+        try:
+            bpe_path = find_open_clip_vocab()
+        except FileNotFoundError:  # the same vocabulary, converted once and committed under assets/clip-tokenizer
+            committed = Path(__file__).resolve().parents[2] / "assets" / "clip-tokenizer"
+            tok = CLIPTokenizer.from_pretrained(str(committed), model_max_length=model_max_length)
+            tok.save_pretrained(out_dir)
+            return tok
+    bpe_path = Path(bpe_path)
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : NUM_MERGES + 1]]
     vocab = list(_bytes_to_unicode().values())
