@@ -473,10 +473,10 @@ def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Calla
 def dae_configs(quick: bool, iters: int | None) -> tuple[TrainConfig, TrainConfig, TrainConfig]:
     """(memorizing, generalizing, hybrid) optimiser settings; ``--quick`` shortens them."""
     mem = _with_iters(MEMORIZE, iters or (3000 if quick else None))
-    gen = _with_iters(GENERALIZE, iters or (1500 if quick else None))
-    if quick:  # a 33x shorter schedule needs a larger step to reach the same (balanced) regime
+    gen = _with_iters(GENERALIZE, iters or (1000 if quick else None))
+    if quick:  # a much shorter schedule needs a larger step to reach the same (balanced) regime
         gen = TrainConfig("adam", 1e-3, gen.weight_decay, gen.batch, gen.iters)
-    hybrid = TrainConfig("rmsprop", 1e-3, 1e-2, 256, iters or (2000 if quick else 10_000))
+    hybrid = TrainConfig("rmsprop", 1e-3, 1e-2, 256, iters or (1200 if quick else 10_000))
     return mem, gen, hybrid
 
 
