@@ -120,10 +120,17 @@ class SteerApp:
         return session, self._dropdown(session, name), ok_box(f"Loaded {H.direction_summary(vector)}")
 
     def describe_direction(self, name: str, session: dict | None, index: Any):
-        """Summary of the picked direction and of the layer slider position."""
+        """Summary of the picked direction, the layer slider position, and the direction's recommended settings
+        (strength, window start, window end, mode, normalize; left as they are when it recommends none)."""
         vector = self.catalog.get(name, session)
         summary = H.direction_summary(vector) if vector is not None else "No direction: both images are the original."
-        return summary, H.describe_layer(self.pipe, vector, index)
+        rec = (vector.metadata.get("recommended") or {}) if vector is not None else {}
+        window = rec.get("window") or (None, None)
+        values = (rec.get("scale"), window[0], window[1], rec.get("mode"), rec.get("normalize"))
+        updates = [gr.update(value=v) if v is not None else gr.skip() for v in values]
+        if any(v is not None for v in values):
+            summary += " · recommended settings applied"
+        return (H.describe_layer(self.pipe, vector, index), *updates, summary)
 
     def describe_layer(self, name: str, session: dict | None, index: Any) -> str:
         try:
@@ -427,7 +434,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 upload = gr.UploadButton(
                     "Upload a direction (.safetensors)", file_types=[".safetensors"], scale=2, elem_id="upload"
                 )
-            direction_info = gr.Markdown("")
+            direction_info = gr.Markdown("", elem_id="direction-info")
             strength = gr.Slider(
                 -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts)", elem_id="strength"
             )
@@ -504,10 +511,11 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         [session, direction, status],
         api_name="upload_direction",
     )
-    guarded_describe = guarded(2)(app.describe_direction)
-    direction.change(guarded_describe, [direction, session, layer], [direction_info, layer_info], api_name=False)
+    guarded_describe = guarded(7)(app.describe_direction)
+    described = [layer_info, strength, w_start, w_end, mode, normalize, direction_info]
+    direction.change(guarded_describe, [direction, session, layer], described, api_name=False)
     layer.change(app.describe_layer, [direction, session, layer], layer_info, api_name=False, queue=False)
-    demo.load(guarded_describe, [direction, session, layer], [direction_info, layer_info], api_name=False)
+    demo.load(guarded_describe, [direction, session, layer], described, api_name=False)
     return direction
 
 

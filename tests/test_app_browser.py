@@ -119,6 +119,7 @@ def test_generate_in_browser(served, browser, tmp_path: Path):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url)
     page.wait_for_selector("#generate", timeout=60_000)
+    page.wait_for_function("document.querySelector('#direction-info').innerText.length > 0", timeout=60_000)
     set_number(page, "steps", STEPS)
     if kind == "demo":
         page.locator("#prompt textarea, #prompt input").first.fill("a red sneaker")
