@@ -291,7 +291,7 @@ def steering_claim(pipe, data: dict, memorized: np.ndarray, args) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 # Plots
 # ----------------------------------------------------------------------------------------------------------------------
-def plots(y: np.ndarray, named: dict[str, np.ndarray], out: Path) -> None:
+def plots(y: np.ndarray, named: dict[str, np.ndarray], out: Path, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,7 +307,7 @@ def plots(y: np.ndarray, named: dict[str, np.ndarray], out: Path) -> None:
         ax.set_yscale("log")
     np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "histograms.png", dpi=110)
+    fig.savefig(out / f"histograms{suffix}.png", dpi=110)
     plt.close(fig)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -323,7 +323,7 @@ def plots(y: np.ndarray, named: dict[str, np.ndarray], out: Path) -> None:
     a2.set_xlabel("FPR (log)")
     a1.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "roc.png", dpi=110)
+    fig.savefig(out / f"roc{suffix}.png", dpi=110)
     plt.close(fig)
 
 
@@ -345,6 +345,50 @@ def steering_plot(res: dict, out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+def split_table(y: np.ndarray, scores: dict[str, np.ndarray], split_a: np.ndarray) -> dict[str, dict[str, float]]:
+    """AUROC and TPR@1%FPR of every variant on split A (selection) and split B (held out)."""
+    from sklearn.metrics import roc_auc_score
+
+    table = {}
+    if len(np.unique(y[split_a])) < 2 or len(np.unique(y[~split_a])) < 2:
+        return table
+    for name, s in scores.items():
+        table[name] = {"auroc_a": float(roc_auc_score(y[split_a], s[split_a])), "tpr1_a": tpr_at_fpr(y[split_a], s[split_a]),
+                       "auroc_b": float(roc_auc_score(y[~split_a], s[~split_a])), "tpr1_b": tpr_at_fpr(y[~split_a], s[~split_a])}
+    return table
+
+
+FAMILIES = ("reencode-empty", "reencode-own", "inline", "inline-uncond", "early", "wen")
+
+
+def best_variants(table: dict[str, dict[str, float]]) -> dict[str, str]:
+    """Per family, the variant with the best (TPR@1%FPR, AUROC) on split A."""
+    best = {}
+    for family in FAMILIES:
+        fam = {k: v for k, v in table.items() if k.startswith(family + "|")}
+        if fam:
+            best[family] = max(fam, key=lambda k: (fam[k]["tpr1_a"], fam[k]["auroc_a"]))
+    return best
+
+
+def headline_methods(default_layer: str, steps: int, best: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """Label -> (variant key, UNet evaluations per sample, extra evaluations over a normal generation)."""
+    methods = {
+        "paper detector (re-encode, std, t=10, empty prompt)": (f"reencode-empty|{default_layer}|std|t10", f"{2 * steps} + 1", "1"),
+        "inline (std, last 20 % of steps)": (f"inline|{default_layer}|std|last20%", f"{2 * steps}", "0"),
+        "inline early warning (std, first step)": (f"early|{default_layer}|std|first1", "2", "0"),
+        "Wen et al. k=1": ("wen|-|-|first1", "2", "0 inline / 2 standalone"),
+        "Wen et al. k=10": ("wen|-|-|first10", "20", "0 inline / 20 standalone"),
+    }
+    for family, k in best.items():
+        window = k.split("|")[-1]
+        evals = {"reencode-empty": (f"{2 * steps} + 1", "1"), "reencode-own": (f"{2 * steps} + 1", "1"),
+                 "inline": (f"{2 * steps}", "0"), "inline-uncond": (f"{2 * steps}", "0"),
+                 "early": (f"2k ({window})", "0"), "wen": (f"2k ({window})", "0")}[family]
+        methods[f"best {family} on even seeds: {k}"] = (k, *evals)
+    return methods
+
+
 def method_cost(cost: dict[str, float], key: str) -> float | None:
     """Seconds per sample of a scored variant: a stand-alone run of what it needs (generation included)."""
     fam, _, _, window = key.split("|")
@@ -381,6 +425,8 @@ def main(argv=None) -> int:
     p.add_argument("--steer-scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     p.add_argument("--direction-samples", type=int, default=16)
     p.add_argument("--skip-steering", action="store_true")
+    p.add_argument("--analyze", type=float, nargs="+", default=None, metavar="RATIO",
+                   help="only re-analyse the cached samples with NN-ratio thresholds RATIO (e.g. 0.3333 0.5); writes analysis.md")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", default=None)
     p.add_argument("--fresh", action="store_true")
@@ -426,32 +472,13 @@ def main(argv=None) -> int:
     assert DEFAULT_INLINE_WINDOW == (0.8, 1.0)
 
     split_a = (data["seeds"] // 1000) % 2 == 0
-    table = {}
-    for name, s in scores.items():
-        if len(np.unique(y[split_a])) < 2 or len(np.unique(y[~split_a])) < 2:
-            break
-        from sklearn.metrics import roc_auc_score
+    labels = {"nn": y, "prompt": from_mem_prompt.astype(int)}
+    usable = {name: lab for name, lab in labels.items() if min(lab.sum(), len(lab) - lab.sum()) >= 2}
+    primary = "nn" if "nn" in usable and y.sum() >= 10 else "prompt"
+    log(f"primary labels: {primary} (nn-criterion positives: {int(y.sum())})")
 
-        table[name] = {"auroc_a": float(roc_auc_score(y[split_a], s[split_a])), "tpr1_a": tpr_at_fpr(y[split_a], s[split_a]),
-                       "auroc_b": float(roc_auc_score(y[~split_a], s[~split_a])), "tpr1_b": tpr_at_fpr(y[~split_a], s[~split_a])}
-    best = {}
-    for family in ("reencode-empty", "reencode-own", "inline", "inline-uncond", "early", "wen"):
-        fam = {k: v for k, v in table.items() if k.startswith(family + "|")}
-        if fam:
-            best[family] = max(fam, key=lambda k: (fam[k]["tpr1_a"], fam[k]["auroc_a"]))
-
-    steps = args.steps
-    headline = {
-        "paper detector (re-encode, std, t=10, empty prompt)": (f"reencode-empty|{default_layer}|std|t10", f"{2 * steps} + 1", "1"),
-        "inline (std, last 20 % of steps)": (f"inline|{default_layer}|std|last20%", f"{2 * steps}", "0"),
-        "inline early warning (std, first step)": (f"early|{default_layer}|std|first1", "2", "0"),
-        "Wen et al. k=1": ("wen|-|-|first1", "2", "0 inline / 2 standalone"),
-        "Wen et al. k=10": ("wen|-|-|first10", "20", "0 inline / 20 standalone"),
-    }
-    for family, k in best.items():
-        evals = {"reencode-empty": (f"{2 * steps} + 1", "1"), "reencode-own": (f"{2 * steps} + 1", "1"), "inline": (f"{2 * steps}", "0"),
-                 "inline-uncond": (f"{2 * steps}", "0"), "early": (f"2·k ({k.split('|')[-1]})", "0"), "wen": (f"2·k ({k.split('|')[-1]})", "0")}[family]
-        headline[f"best {family} on even seeds: {k}"] = (k, *evals)
+    if args.analyze:
+        return analyze(args, out, gt["ratio"], from_mem_prompt, scores, split_a, default_layer)
 
     log("timing")
     tim = timing(pipe, ord_prompts[: args.timing_samples], args, repeats=args.timing_repeats)
@@ -460,17 +487,24 @@ def main(argv=None) -> int:
         cost[clock] = {"reencode-empty": t["plain"] + t["reencode"], "reencode-own": t["plain"] + t["reencode"],
                        "inline": t["inline"], "inline-uncond": t["inline"], "wen1": t["wen1"], "wen10": t["wen10"]}
 
-    rows = []
-    for label, (k, evals, extra) in headline.items():
-        m = metrics(y, scores[k])
-        rows.append({"method": label, "key": k, **m, "held_out_b": table.get(k, {}), "unet_evals": evals, "extra_evals": extra,
-                     "wall_s_per_sample": method_cost(cost["wall"], k), "cpu_s_per_sample": method_cost(cost["cpu"], k)})
-    named = {r["method"].split(" (")[0].split(" on even")[0]: scores[r["key"]] for r in rows[:5]}
-    plots(y, named, out)
+    evaluations = {}
+    for name, lab in usable.items():
+        table = split_table(lab, scores, split_a)
+        best = best_variants(table)
+        rows = []
+        for label, (k, evals, extra) in headline_methods(default_layer, args.steps, best).items():
+            rows.append({"method": label, "key": k, **metrics(lab, scores[k]), "held_out_b": table.get(k, {}),
+                         "unet_evals": evals, "extra_evals": extra,
+                         "wall_s_per_sample": method_cost(cost["wall"], k), "cpu_s_per_sample": method_cost(cost["cpu"], k)})
+        evaluations[name] = {"positives": int(lab.sum()), "negatives": int(len(lab) - lab.sum()), "headline": rows,
+                             "variants": table, "best": best}
+        named = {r["method"].split(" (")[0].split(" on even")[0]: scores[r["key"]] for r in rows[:5]}
+        plots(lab, named, out, suffix="" if name == primary else f"-{name}")
 
     steer_res = None
     if not args.skip_steering:
-        steer_res = steering_claim(pipe, data, y.astype(bool), args)
+        steer_res = steering_claim(pipe, data, y.astype(bool) if primary == "nn" else from_mem_prompt, args)
+        steer_res["groups_by"] = "nn-criterion" if primary == "nn" else "prompt list"
         steering_plot(steer_res, out)
 
     result = {
@@ -481,9 +515,8 @@ def main(argv=None) -> int:
         "memorized_samples": int(y.sum()),
         "memorized_rate": {"memorized_prompts": float(y[from_mem_prompt].mean()), "ordinary_prompts": float(y[~from_mem_prompt].mean())},
         "timing_s_per_sample": tim,
-        "headline": rows,
-        "variants": table,
-        "best": best,
+        "primary_labels": primary,
+        "evaluations": evaluations,
         "steering": steer_res,
         "generation_s": t_gen,
         "total_s": time.time() - t_start,
@@ -495,30 +528,63 @@ def main(argv=None) -> int:
     return 0
 
 
+def analyze(args, out: Path, ratio: np.ndarray, from_mem_prompt: np.ndarray, scores: dict, split_a: np.ndarray,
+            default_layer: str) -> int:
+    """Metrics of the cached samples under several NN-ratio thresholds (no timing, no steering)."""
+    lines, result = [], {}
+    for thr in args.analyze:
+        lab = (ratio < thr).astype(int)
+        if min(lab.sum(), len(lab) - lab.sum()) < 2:
+            lines.append(f"NN ratio < {thr:.3g}: {int(lab.sum())} positives — too few to evaluate")
+            continue
+        best = best_variants(split_table(lab, scores, split_a))
+        rows = {label: {"key": k, **metrics(lab, scores[k])} for label, (k, _, _) in headline_methods(default_layer, args.steps, best).items()}
+        result[f"{thr:.4g}"] = {"positives": int(lab.sum()), "from_memorized_prompts": int(lab[from_mem_prompt].sum()), "rows": rows}
+        lines += ["", f"**NN ratio < {thr:.3g}**: {int(lab.sum())} positives ({int(lab[from_mem_prompt].sum())} from memorized prompts), "
+                  f"{int(len(lab) - lab.sum())} negatives", "", "| method | AUROC [95 % CI] | TPR@1%FPR [95 % CI] |", "|---|---|---|"]
+        for label, m in rows.items():
+            lines.append(f"| {label} | {m['auroc']:.3f} [{m['auroc_ci'][0]:.3f}, {m['auroc_ci'][1]:.3f}] | "
+                         f"{m['tpr1']:.2f} [{m['tpr1_ci'][0]:.2f}, {m['tpr1_ci'][1]:.2f}] |")
+    q = lambda a: ", ".join(f"{v:.2f}" for v in np.percentile(a, [5, 25, 50, 75, 95]))  # noqa: E731
+    lines += ["", f"NN-ratio percentiles (5/25/50/75/95): memorized prompts {q(ratio[from_mem_prompt])}; ordinary prompts {q(ratio[~from_mem_prompt])}"]
+    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    (out / "analysis.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def render(r: dict) -> str:
     lines = [
         f"Model `{r['model']}`: {r['samples']} samples, {r['memorized_samples']} memorized by the NN-ratio criterion "
         f"(memorized prompts {r['memorized_rate']['memorized_prompts']:.0%}, ordinary prompts {r['memorized_rate']['ordinary_prompts']:.0%}).",
-        "",
-        "| method | AUROC [95 % CI] | TPR@1%FPR [95 % CI] | held-out odd seeds AUROC / TPR | UNet evals / sample (extra over generation) | CPU s / sample | wall s / sample |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in r["headline"]:
-        b = row["held_out_b"]
-        held = f"{b['auroc_b']:.3f} / {b['tpr1_b']:.2f}" if b else "–"
-        wall = f"{row['wall_s_per_sample']:.4f}" if row["wall_s_per_sample"] is not None else "–"
-        cpu = f"{row['cpu_s_per_sample']:.4f}" if row["cpu_s_per_sample"] is not None else "–"
-        lines.append(
-            f"| {row['method']} | {row['auroc']:.3f} [{row['auroc_ci'][0]:.3f}, {row['auroc_ci'][1]:.3f}] | "
-            f"{row['tpr1']:.2f} [{row['tpr1_ci'][0]:.2f}, {row['tpr1_ci'][1]:.2f}] | {held} | {row['unet_evals']} ({row['extra_evals']}) | {cpu} | {wall} |"
-        )
+    for name, ev in r["evaluations"].items():
+        what = "NN-ratio ground truth (d(x,NN1)/d(x,NN2) < 1/3)" if name == "nn" else "prompt-list labels (memorized prompt vs ordinary prompt)"
+        lines += [
+            "",
+            f"**Labels: {what}** — {ev['positives']} positives, {ev['negatives']} negatives"
+            + (" (primary)" if name == r["primary_labels"] else ""),
+            "",
+            "| method | AUROC [95 % CI] | TPR@1%FPR [95 % CI] | held-out odd seeds AUROC / TPR | UNet evals / sample (extra over generation) | CPU s / sample | wall s / sample |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in ev["headline"]:
+            b = row["held_out_b"]
+            held = f"{b['auroc_b']:.3f} / {b['tpr1_b']:.2f}" if b else "–"
+            wall = f"{row['wall_s_per_sample']:.4f}" if row["wall_s_per_sample"] is not None else "–"
+            cpu = f"{row['cpu_s_per_sample']:.4f}" if row["cpu_s_per_sample"] is not None else "–"
+            lines.append(
+                f"| {row['method']} | {row['auroc']:.3f} [{row['auroc_ci'][0]:.3f}, {row['auroc_ci'][1]:.3f}] | "
+                f"{row['tpr1']:.2f} [{row['tpr1_ci'][0]:.2f}, {row['tpr1_ci'][1]:.2f}] | {held} | {row['unet_evals']} ({row['extra_evals']}) | {cpu} | {wall} |"
+            )
     t = r["timing_s_per_sample"]
     for clock in ("cpu", "wall"):
         lines += ["", f"{clock} seconds per sample (median of {r['settings']['timing_repeats']} rounds, batch of {r['settings']['timing_samples']}): "
                   + ", ".join(f"{k} {v:.4f}" for k, v in t[clock].items())]
     s = r.get("steering")
     if s:
-        lines += ["", "| steering scale | " + " | ".join(f"{x:g}" for x in s["scales"]) + " |", "|---" * (len(s["scales"]) + 1) + "|"]
+        lines += ["", f"Steering (groups by {s.get('groups_by')}):", "",
+                  "| steering scale | " + " | ".join(f"{x:g}" for x in s["scales"]) + " |", "|---" * (len(s["scales"]) + 1) + "|"]
         for name, rows in s["groups"].items():
             lines.append(f"| {name} (n={rows['n']}) blue share | " + " | ".join(f"{v:.2f}" for v in rows["blue"]) + " |")
         lines.append("| ratio generalized / memorized | " + " | ".join("–" if v is None else f"{v:.2f}" for v in s["ratio_generalized_over_memorized"]) + " |")
