@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -37,6 +36,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 
+from steer.files import read_checked, tensor_digest
 from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
 from steer.vectors import ModelMismatchError, SteeringFileError, unet_fingerprint
 
@@ -379,7 +379,7 @@ class MemorizationDetector:
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
-            "digest": _digest(tensors),
+            "digest": tensor_digest(tensors),
             "config": self.config(),
             "thresholds": {"reencode": self.threshold, "inline": self.inline_threshold, "early": self.early_threshold},
             "fpr": self.fpr,
@@ -436,38 +436,10 @@ def _opt_float(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _read_detector_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise DetectorFileError(f"detector file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise DetectorFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
-    if _METADATA_KEY not in raw:
-        raise DetectorFileError(f"{path} is a safetensors file but not a memorization detector (no '{_METADATA_KEY}' header)")
-    try:
-        header = json.loads(raw[_METADATA_KEY])
-    except json.JSONDecodeError as err:
-        raise DetectorFileError(f"{path}: the detector metadata is not valid JSON ({err})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-        raise DetectorFileError(f"{path}: unknown format {header.get('format') if isinstance(header, dict) else header!r}")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise DetectorFileError(f"{path}: written by a newer steer (format {header['format_version']} > {FORMAT_VERSION})")
-    if header.get("digest") != _digest(tensors):
-        raise DetectorFileError(f"{path}: calibration data do not match the recorded digest (the file was edited or damaged)")
+    header, tensors = read_checked(
+        path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, DetectorFileError, "memorization detector", contents="calibration data"
+    )
     for value in (header.get("thresholds") or {}).values():
         if value is not None and not isinstance(value, int | float):
             raise DetectorFileError(f"{path}: threshold {value!r} is not a number")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+
+from steer.files import read_checked, tensor_digest, write_checked
 
 FORMAT_NAME = "steer.SteeringVector"
 FORMAT_VERSION = 1
@@ -95,14 +95,6 @@ def weights_hash(unet: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _tensor_digest(directions: Mapping[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(directions):
-        h.update(name.encode())
-        h.update(directions[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class SteeringVector:
     """A steering direction: UNet module path -> per-channel vector, plus metadata.
@@ -144,7 +136,7 @@ class SteeringVector:
 
     def digest(self) -> str:
         """Content hash of the tensors (not the metadata), for provenance records."""
-        return _tensor_digest(self.directions)[:16]
+        return tensor_digest(self.directions)[:16]
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{k}: C={v.shape[0]} |v|={float(v.float().norm()):.3g}" for k, v in self.directions.items())
@@ -273,52 +265,20 @@ class SteeringVector:
         if path.suffix != ".safetensors":
             path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.directions.items()}
-        header = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "digest": _tensor_digest(tensors),
-            "metadata": _jsonable(self.metadata),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": _jsonable(self.metadata)}
+        write_checked(path, tensors, _METADATA_KEY, header)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> SteeringVector:
         """Read and validate a file written by `save`. Never unpickles."""
         path = Path(path)
-        if not path.is_file():
-            raise SteeringFileError(f"direction file not found: {path}")
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as f:
-                raw_meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise SteeringFileError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
-        if _METADATA_KEY not in raw_meta:
-            raise SteeringFileError(f"{path} is a safetensors file but not a steering vector (no '{_METADATA_KEY}' header)")
-        try:
-            header = json.loads(raw_meta[_METADATA_KEY])
-        except json.JSONDecodeError as err:
-            raise SteeringFileError(f"{path}: the steering metadata is not valid JSON ({err})") from None
-        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-            raise SteeringFileError(f"{path}: unknown format {header.get('format') if isinstance(header, dict) else header!r}")
-        if int(header.get("format_version", 0)) > FORMAT_VERSION:
-            raise SteeringFileError(f"{path}: written by a newer steer (format {header['format_version']} > {FORMAT_VERSION})")
+        header, tensors = read_checked(path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, SteeringFileError, "steering vector")
         for name, t in tensors.items():
             if t.ndim != 1 or not t.is_floating_point():
                 raise SteeringFileError(f"{path}: layer {name!r} holds a {tuple(t.shape)} {t.dtype} tensor, expected 1-D float")
             if not torch.isfinite(t).all():
                 raise SteeringFileError(f"{path}: layer {name!r} contains NaN or infinite values")
-        if header.get("digest") != _tensor_digest(tensors):
-            raise SteeringFileError(f"{path}: tensor contents do not match the recorded digest (the file was edited or damaged)")
         meta = header.get("metadata", {})
         if not tensors:
             raise SteeringFileError(f"{path}: contains no layers")

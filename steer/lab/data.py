@@ -157,7 +157,7 @@ def make_coloured_fashion_mnist(
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     colours = rng.integers(0, len(COLOUR_NAMES), size=n)
     kinds = rng.choice(4, size=n, p=np.asarray(kind_probs) / np.sum(kind_probs))
-    captions = [caption_for(int(c), int(k), int(t)) for c, k, t in zip(colours, classes, kinds)]
+    captions = [caption_for(int(c), int(k), int(t)) for c, k, t in zip(colours, classes, kinds, strict=True)]
     return ColouredFashionMNIST(
         images=colourize(gray, colours),
         captions=captions,

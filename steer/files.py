@@ -1,0 +1,67 @@
+"""Checked safetensors files: tensors plus a JSON header with format name, version and a content digest.
+
+Directions and detectors share this format; reading never unpickles and every failure names the file and the
+problem (missing, truncated, foreign, newer format, edited contents).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names and fp32 bytes of ``tensors``, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_checked(path: Path, tensors: dict[str, torch.Tensor], key: str, header: dict[str, Any]) -> Path:
+    """Write ``tensors`` with ``header`` (+ digest) as JSON under metadata ``key``; temp file then rename."""
+    header = {**header, "digest": tensor_digest(tensors)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={key: json.dumps(header)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checked(
+    path: Path, key: str, format_name: str, format_version: int, error: type[Exception], what: str, contents: str = "tensor contents"
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a file written by `write_checked`; raise ``error`` naming the file and the problem."""
+    if not path.is_file():
+        raise error(f"{what} file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise error(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
+    if key not in raw:
+        raise error(f"{path} is a safetensors file but not a {what} (no '{key}' header)")
+    try:
+        header = json.loads(raw[key])
+    except json.JSONDecodeError as err:
+        raise error(f"{path}: the {what} metadata is not valid JSON ({err})") from None
+    if not isinstance(header, dict) or header.get("format") != format_name:
+        raise error(f"{path}: unknown format {header.get('format') if isinstance(header, dict) else header!r}")
+    if int(header.get("format_version", 0)) > format_version:
+        raise error(f"{path}: written by a newer steer (format {header['format_version']} > {format_version})")
+    if header.get("digest") != tensor_digest(tensors):
+        raise error(f"{path}: {contents} do not match the recorded digest (the file was edited or damaged)")
+    return header, tensors
