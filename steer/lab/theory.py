@@ -449,7 +449,7 @@ def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Calla
     ckpt = out / "dae_models.pt"
     if reuse and ckpt.exists():
         log(f"reusing trained models from {ckpt}")
-        state = torch.load(ckpt)
+        state = torch.load(ckpt, weights_only=True)
         models = []
         for name in ("memorizing", "generalizing"):
             model = ReLUDAE(*reversed(state[name]["weight"].shape))
@@ -646,7 +646,7 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
         ckpt = out / f"diffusion_{name}.pt"
         if getattr(args, "reuse", None) and ckpt.exists():
             log(f"reusing {ckpt}")
-            state = torch.load(ckpt)
+            state = torch.load(ckpt, weights_only=True)
             model = ReLUDiffusion(len(data[0]), width)
             model.load_state_dict(state["model"])
             trace, timings[f"{name}_train"] = state["trace"], state["timings"]
