@@ -645,15 +645,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def patient_url_ok(url: str, attempts: int = 20, timeout: float = 10.0) -> bool:
+    """Gradio's start-up reachability check, with longer timeouts: on a busy machine its 3 s HEAD times out and
+    launch() fails with "localhost is not accessible" although the server is up."""
+    import time
+
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if httpx.head(url, timeout=timeout, verify=False).status_code < 400 or url.startswith("https"):
+                return True
+        except (httpx.ConnectError, httpx.TimeoutException):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def launch(demo: gr.Blocks, **kwargs: Any):
+    """``demo.launch(**kwargs)`` with the patient reachability check."""
+    from gradio import networking
+
+    networking.url_ok = patient_url_ok
+    return demo.launch(**kwargs)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     demo = build_app(args.model, device=args.device, detector=args.detector)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    launch(demo, server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
 
 if __name__ == "__main__":

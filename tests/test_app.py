@@ -122,8 +122,8 @@ def server(pipe, direction_file):
     catalog = H.DirectionCatalog({"constructed": direction_file})
     demo = app.build_app(pipe, catalog=catalog)
     port = free_port()
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True
+    _, url, _ = app.launch(
+        demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True
     )
     yield url
     demo.close()

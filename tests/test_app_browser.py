@@ -70,7 +70,7 @@ def served(tmp_path_factory):
         vector = constructed_direction(pipe)
     path = vector.save(folder / "direction.safetensors")
     demo = app.build_app(pipe, catalog=H.DirectionCatalog({vector.name: path}))
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     yield url, pipe, vector, kind
     demo.close()
     torch.set_num_threads(threads)
