@@ -130,18 +130,18 @@ def test_hybrid_memorized_prompts_reproduce_their_training_images(hybrid):
 
     prompts = (HYBRID / "memorized_prompts.txt").read_text().splitlines()
     info = json.loads((HYBRID / "memorized_images.json").read_text())
-    assert len(prompts) >= 50 and len(info["indices"]) == len(prompts)
+    assert len(prompts) == 50 and len(info["indices"]) == len(prompts) and info["captions"] == prompts
     train = D.make_coloured_fashion_mnist("train", seed=info["data_seed"])
-    pick = [0, 1, 2, 3]
-    imgs = sample(hybrid, [prompts[i] for i in pick], seed=0, steps=12, guidance=5.0)
-    ratio, nn = MEM.nn_ratio(imgs, train.images)
-    assert np.mean(ratio < MEM.RATIO_THRESHOLD) >= 0.75, ratio
-    hits = ratio < MEM.RATIO_THRESHOLD
-    assert np.array_equal(nn[hits], np.asarray(info["indices"])[pick][hits])
+    pick = list(range(6))
+    ratio, nn = MEM.nn_ratio(sample(hybrid, [prompts[i] for i in pick], seed=0, steps=25, guidance=5.0), train.images)
+    # the nearest of the 60,000 training images is the duplicated one, and much nearer than the runner-up
+    assert np.sum(nn == np.asarray(info["indices"])[pick]) >= 4, (nn, ratio)
+    assert np.median(ratio) < 0.7, ratio
     # ordinary prompts of the same model do not copy training images
-    ordinary = (HYBRID / "ordinary_prompts.txt").read_text().splitlines()[:4]
-    r2, _ = MEM.nn_ratio(sample(hybrid, ordinary, seed=0, steps=12, guidance=5.0), train.images)
-    assert np.mean(r2 < MEM.RATIO_THRESHOLD) <= 0.25, r2
+    ordinary = (HYBRID / "ordinary_prompts.txt").read_text().splitlines()[:6]
+    r2, _ = MEM.nn_ratio(sample(hybrid, ordinary, seed=0, steps=25, guidance=5.0), train.images)
+    assert np.all(r2 > MEM.RATIO_THRESHOLD) and np.median(r2) > 0.8, r2
+    assert np.median(r2) - np.median(ratio) > 0.2
 
 
 def test_training_resumes_exactly(tmp_path):
