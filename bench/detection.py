@@ -425,6 +425,7 @@ def main(argv=None) -> int:
     p.add_argument("--steer-scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     p.add_argument("--direction-samples", type=int, default=16)
     p.add_argument("--skip-steering", action="store_true")
+    p.add_argument("--skip-timing", action="store_true", help="no timing stage (cost columns stay empty)")
     p.add_argument("--analyze", type=float, nargs="+", default=None, metavar="RATIO",
                    help="only re-analyse the cached samples with NN-ratio thresholds RATIO (e.g. 0.3333 0.5); writes analysis.md")
     p.add_argument("--threads", type=int, default=2)
@@ -481,7 +482,11 @@ def main(argv=None) -> int:
         return analyze(args, out, gt["ratio"], from_mem_prompt, scores, split_a, default_layer)
 
     log("timing")
-    tim = timing(pipe, ord_prompts[: args.timing_samples], args, repeats=args.timing_repeats)
+    if args.skip_timing:
+        tim = {"wall": dict.fromkeys(("plain", "inline", "reencode", "wen1", "wen10"), float("nan")),
+               "cpu": dict.fromkeys(("plain", "inline", "reencode", "wen1", "wen10"), float("nan"))}
+    else:
+        tim = timing(pipe, ord_prompts[: args.timing_samples], args, repeats=args.timing_repeats)
     cost = {}
     for clock, t in tim.items():
         cost[clock] = {"reencode-empty": t["plain"] + t["reencode"], "reencode-own": t["plain"] + t["reencode"],
