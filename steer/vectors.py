@@ -273,6 +273,8 @@ class SteeringVector:
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> SteeringVector:
         """Read and validate a file written by `save`. Never unpickles."""
         path = Path(path)
+        if not path.is_file():
+            raise SteeringFileError(f"direction file not found: {path}")
         header, tensors = read_checked(path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, SteeringFileError, "steering vector")
         for name, t in tensors.items():
             if t.ndim != 1 or not t.is_floating_point():
