@@ -36,7 +36,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 
-from steer.files import read_checked, tensor_digest
+from steer.files import read_checked, write_checked
 from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
 from steer.vectors import ModelMismatchError, SteeringFileError, unet_fingerprint
 
@@ -369,7 +369,6 @@ class MemorizationDetector:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a ``.safetensors`` file: calibration scores as tensors, settings/thresholds/model as JSON. Atomic."""
-        from safetensors.torch import save_file
 
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -379,20 +378,12 @@ class MemorizationDetector:
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
-            "digest": tensor_digest(tensors),
             "config": self.config(),
             "thresholds": {"reencode": self.threshold, "inline": self.inline_threshold, "early": self.early_threshold},
             "fpr": self.fpr,
             "model": {**unet_fingerprint(unet, self.layers), "name_or_path": str(getattr(self.pipe, "name_or_path", "") or "")},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            save_file(tensors, str(tmp), metadata={_METADATA_KEY: json.dumps(header)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_checked(path, tensors, _METADATA_KEY, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike, pipe, strict: bool = True) -> MemorizationDetector:
