@@ -43,7 +43,7 @@ def sd15_random_pipeline(device: str, dtype: torch.dtype):
     )
     text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
     sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = SteeringStableDiffusionPipeline(unet, vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = SteeringStableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return pipe.to(device=device, dtype=dtype)
 
 

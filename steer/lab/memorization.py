@@ -111,6 +111,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--against", choices=("train", "memorized"), default="train",
                    help="training set for the NN ratio: the full coloured Fashion-MNIST train split, or only the items "
@@ -124,7 +125,7 @@ def main(argv=None) -> None:
     train = D.make_coloured_fashion_mnist("train", seed=a.data_seed).images
     if a.against == "memorized":
         train = train[json.loads((Path(a.model) / "memorized_images.json").read_text())["indices"]]
-    res = sample_memorization(load_pipeline(a.model), prompts, train, seed=a.seed, steps=a.steps,
+    res = sample_memorization(load_pipeline(a.model, device=a.device), prompts, train, seed=a.seed, steps=a.steps,
                               guidance=a.guidance, per_prompt=a.per_prompt)
     res.pop("images")
     out = {k: v for k, v in res.items() if k not in ("ratios", "nn_index")}

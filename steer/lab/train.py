@@ -139,26 +139,33 @@ def train_vae(out: Path, steps: int = 600, batch_size: int = 64, lr: float = 2e-
 
 
 @torch.no_grad()
-def encode_dataset(vae, images: np.ndarray, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_dataset(vae, images: np.ndarray, batch_size: int = 500, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image (float32, on the CPU)."""
     means, stds = [], []
     vae.eval()
+    vae.to(device)
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).float() * 2 - 1
+        x = torch.from_numpy(images[i : i + batch_size]).float().to(device) * 2 - 1
         dist = vae.encode(x).latent_dist
-        means.append(dist.mean)
-        stds.append(dist.std)
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    vae.to("cpu")
     return torch.cat(means), torch.cat(stds)
 
 
-def cache_latents(out: Path, vae, seed: int = 0, limit: int | None = None) -> dict:
-    """Stage 2: latents of the base training set + the measured scaling factor (``out/latents.safetensors``)."""
+def cache_latents(out: Path, vae, seed: int = 0, limit: int | None = None, device: str | torch.device = "cpu",
+                  scaling_factor: float | None = None) -> dict:
+    """Stage 2: latents of the base training set + the scaling factor (``out/latents.safetensors``).
+
+    The factor is measured (1 / std of posterior samples) unless ``scaling_factor`` is given, e.g. the one a
+    pipeline's VAE was exported with, whose UNet was trained on latents scaled by it."""
     path = out / "latents.safetensors"
     if path.is_file():
         return load_file(str(path))
     ds = D.make_coloured_fashion_mnist("train", seed=seed, limit=limit)
-    mean, std = encode_dataset(vae, ds.images)
+    mean, std = encode_dataset(vae, ds.images, device=device)
     sample = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
-    scale = float(1.0 / sample.std())
+    scale = float(1.0 / sample.std()) if scaling_factor is None else float(scaling_factor)
     with torch.no_grad():
         rec = vae.decode(mean[:2000]).sample
         rec_mse = float(F.mse_loss((rec.clamp(-1, 1) + 1) / 2, torch.from_numpy(ds.images[:2000])))
@@ -237,6 +244,8 @@ def variant_items(variant: str, ds: D.ColouredFashionMNIST, seed: int, vae=None,
 
 
 class EMA:
+    """Exponential moving average of the modules' floating-point state (same device as the modules)."""
+
     def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
         self.decay = decay
         self.shadow = {f"{n}.{k}": v.detach().clone().float() for n, m in modules.items() for k, v in m.state_dict().items()}
@@ -245,13 +254,16 @@ class EMA:
     @torch.no_grad()
     def update(self, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
+        live, ema = [], []
         for n, m in self.modules.items():
             for k, v in m.state_dict().items():
                 s = self.shadow[f"{n}.{k}"]
                 if v.dtype.is_floating_point:
-                    s.lerp_(v.float(), 1 - d)
+                    live.append(v.float())
+                    ema.append(s)
                 else:
                     s.copy_(v)
+        torch._foreach_lerp_(ema, live, 1 - d)
 
     def state_for(self, name: str) -> dict:
         p = name + "."
@@ -286,29 +298,73 @@ def run(args) -> Path:
     return train(args)
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``"auto"`` (or None) -> CUDA when available, else the CPU."""
+    if name in (None, "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+class TimeBudget:
+    """Fit a step count to a wall-clock budget: after ``probe`` steps, ``steps_for`` returns the total step count
+    that ends about ``minutes`` after the budget started (never more than the requested total); once the time
+    is up it returns the next step, whatever the estimate said."""
+
+    def __init__(self, minutes: float | None, probe: int = 60):
+        self.minutes, self.probe = minutes, probe
+        self.start = time.time()
+        self.t_probe: float | None = None
+        self.first: int | None = None
+
+    def steps_for(self, done: int, total: int) -> int | None:
+        if self.minutes is None:
+            return None
+        if self.first is None:
+            self.first = done
+        if time.time() - self.start > self.minutes * 60:  # out of time before (or despite) the estimate: stop now
+            return done + 1
+        if done - self.first == 10:  # skip the first steps (allocations, cuDNN autotuning)
+            self.t_probe = time.time()
+        if self.t_probe is None or done - self.first != 10 + self.probe:
+            return None
+        per_step = (time.time() - self.t_probe) / self.probe
+        left = self.minutes * 60 - (time.time() - self.start)
+        return min(total, done + max(0, int(0.97 * left / per_step)))
+
+
 def train(args) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
+    device = resolve_device(getattr(args, "device", None))
     defaults = VARIANT_DEFAULTS[args.variant]
     for k, v in defaults.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
-    log(out, f"command: {' '.join(sys.argv)}  (threads={args.threads})")
+    log(out, f"command: {' '.join(sys.argv)}  (threads={args.threads}, device={device})")
 
-    # -- VAE + latents (the hybrid and mem variants reuse the VAE/latents of --init)
+    # -- VAE + latents (the hybrid and mem variants reuse the VAE/latents of --init or --vae-from, which may be a
+    #    run folder or an exported pipeline; a pipeline's latents are re-encoded with the scale it was exported with)
     src = args.vae_from or (args.init if args.variant != "demo" else None)
+    fixed_scale = None
     if src:
         init = Path(src)
         if not (out / "vae").exists():
             shutil.copytree(init / "vae", out / "vae")
-        if not (out / "latents.safetensors").exists():
+        if (init / "latents.safetensors").is_file() and not (out / "latents.safetensors").exists():
             shutil.copy(init / "latents.safetensors", out / "latents.safetensors")
             shutil.copy(init / "latents.json", out / "latents.json")
+        if (init / "model_index.json").is_file():
+            fixed_scale = json.loads((init / "vae" / "config.json").read_text())["scaling_factor"]
     vae = train_vae(out, steps=args.vae_steps, lr=args.vae_lr, seed=args.seed, limit=args.limit)
-    lat = cache_latents(out, vae, seed=args.seed, limit=args.limit)
+    vae = vae.float()
+    lat = cache_latents(out, vae, seed=args.seed, limit=args.limit, device=device, scaling_factor=fixed_scale)
     scale = float(lat["scaling_factor"])
-    lat_mean, lat_std = lat["mean"], lat["std"]
+    lat_mean, lat_std = lat["mean"].to(device), lat["std"].to(device)
 
     ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
     item_idx, captions, meta = variant_items(args.variant, ds, args.seed, vae=vae, copies=args.copies)
@@ -321,6 +377,7 @@ def train(args) -> Path:
     cap_id = {c: i for i, c in enumerate(uniq)}
     item_cap = torch.tensor([cap_id[c] for c in captions])
     item_idx = torch.from_numpy(np.asarray(item_idx))
+    ids_u = ids_u.to(device)
     log(out, f"variant {args.variant}: {len(item_idx)} items, {len(uniq)} distinct captions")
 
     torch.manual_seed(args.seed)
@@ -328,8 +385,10 @@ def train(args) -> Path:
     te = M.build_text_encoder()
     if args.init and args.variant != "demo":
         log(out, f"initialized from {_init_weights_from(Path(args.init), unet, te)}")
+    unet.to(device)
+    te.to(device)
     noise_sched = M.build_scheduler("ddpm")
-    acp = noise_sched.alphas_cumprod.float()
+    acp = noise_sched.alphas_cumprod.float().to(device)
     params = [p for p in list(unet.parameters()) + list(te.parameters())]
     decay, no_decay = [], []
     for n, p in list(unet.named_parameters()) + [("te." + n, p) for n, p in te.named_parameters()]:
@@ -346,18 +405,27 @@ def train(args) -> Path:
         unet.load_state_dict({k[5:]: v for k, v in t.items() if k.startswith("unet.")})
         te.load_state_dict({k[13:]: v for k, v in t.items() if k.startswith("text_encoder.")})
         for k in ema.shadow:
-            ema.shadow[k].copy_(t["ema." + k])
+            ema.shadow[k].copy_(t["ema." + k].to(device))
         _load_optimizer(opt, t)
         g.set_state(t["rng.generator"])
         torch.set_rng_state(t["rng.torch"])
         state = json.loads(ckj.read_text())
         log(out, f"resumed from step {state['step']}")
 
+    pending: list[torch.Tensor] = []  # per-step losses still on the device (read in groups: no sync per step)
+
+    def flush_losses():
+        if pending:
+            state["losses"].extend(round(x, 5) for x in torch.stack(pending).tolist())
+            pending.clear()
+
     def checkpoint():
+        flush_losses()
         t = {f"unet.{k}": v for k, v in unet.state_dict().items()}
         t.update({f"text_encoder.{k}": v for k, v in te.state_dict().items()})
         t.update({f"ema.{k}": v for k, v in ema.shadow.items()})
         t.update(_optimizer_tensors(opt))
+        t = {k: v.detach().cpu() for k, v in t.items()}
         t["rng.generator"] = g.get_state()
         t["rng.torch"] = torch.get_rng_state()
         _atomic_save(t, ck)
@@ -369,16 +437,23 @@ def train(args) -> Path:
     last_ck = time.time()
     n_items = len(item_idx)
     stop_at = min(args.steps, args.until) if getattr(args, "until", None) else args.steps
+    budget = TimeBudget(getattr(args, "max_minutes", None))
+    lat_shape = (args.batch_size, *lat_mean.shape[1:])
     while state["step"] < stop_at:
         step = state["step"]
+        fitted = budget.steps_for(step, args.steps)
+        if fitted is not None:  # the schedule now spans what the time budget allows
+            log(out, f"time budget {budget.minutes} min: {fitted} steps in all (was {args.steps})")
+            args.steps = stop_at = max(fitted, step + 1)
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         b = torch.randint(0, n_items, (args.batch_size,), generator=g)
-        li = item_idx[b]
-        z0 = (lat_mean[li] + lat_std[li] * torch.randn(lat_mean[li].shape, generator=g)) * scale
-        ids = ids_u[item_cap[b]]
-        noise = torch.randn(z0.shape, generator=g)
-        ts = torch.randint(0, 1000, (args.batch_size,), generator=g)
+        li = item_idx[b].to(device)
+        eps_lat = torch.randn(lat_shape, generator=g).to(device)
+        z0 = (lat_mean[li] + lat_std[li] * eps_lat) * scale
+        ids = ids_u[item_cap[b].to(device)]
+        noise = torch.randn(z0.shape, generator=g).to(device)
+        ts = torch.randint(0, 1000, (args.batch_size,), generator=g).to(device)
         a = acp[ts].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         pred = unet(zt, ts, te(ids)[0]).sample
@@ -389,11 +464,12 @@ def train(args) -> Path:
         opt.step()
         ema.update(step)
         state["step"] = step + 1
-        state["losses"].append(round(loss.item(), 5))
+        pending.append(loss.detach())
         now = time.time()
         state["seconds"] += now - t_last
         t_last = now
         if state["step"] % 100 == 0:
+            flush_losses()
             log(out, f"step {state['step']}/{args.steps} loss {np.mean(state['losses'][-100:]):.4f} "
                      f"lr {opt.param_groups[0]['lr']:.2e} ({state['seconds'] / state['step']:.3f} s/step over run)")
         if now - last_ck > args.checkpoint_minutes * 60 or state["step"] in (args.steps, stop_at):
@@ -401,6 +477,7 @@ def train(args) -> Path:
             last_ck = time.time()
             if args.export_every_checkpoint or state["step"] == args.steps:
                 export(out, Path(args.export) if args.export else out / "pipeline")
+    flush_losses()
     log(out, f"done: {state['step']} steps in {state['seconds'] / 60:.1f} min, final loss(avg last 500) "
              f"{np.mean(state['losses'][-500:]):.4f}")
     return out
@@ -465,12 +542,13 @@ def finetune_decoder(args) -> Path:
     from the run's memorized items (hybrid/mem variants).  Saves ``OUT/decoder.safetensors``, used by ``export``."""
     out = Path(args.out)
     torch.set_num_threads(args.threads)
+    device = resolve_device(getattr(args, "device", None))
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(out / "vae")
-    lat = load_file(str(out / "latents.safetensors"))
+    vae = AutoencoderKL.from_pretrained(out / "vae").float()
+    lat = {k: v.to(device) for k, v in load_file(str(out / "latents.safetensors")).items()}
     ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
-    x_all = torch.from_numpy(ds.images) * 2 - 1
+    x_all = torch.from_numpy(ds.images).to(device) * 2 - 1
     mem = np.asarray(json.loads((out / "variant.json").read_text())["memorized_indices"]) if (out / "variant.json").is_file() else np.zeros(0, int)
     mem_t = torch.from_numpy(mem)
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
@@ -483,10 +561,11 @@ def finetune_decoder(args) -> Path:
     st = {"step": 0, "losses": [], "mem_losses": []}
     ckp, ckj = out / "decoder_ck.safetensors", out / "decoder_ck.json"
     keys = [k for k in vae.state_dict() if k.startswith(("decoder.", "post_quant_conv."))]
+    vae.to(device)
     if ckp.is_file():
         t = load_file(str(ckp))
         vae.load_state_dict({**vae.state_dict(), **{k: t[k] for k in keys}})
-        _load_optimizer(opt, t)
+        _load_optimizer(opt, {k: v.to(device) for k, v in t.items()})
         g.set_state(t["rng.generator"])
         st = json.loads(ckj.read_text())
     log(out, f"decoder fine-tune: {len(ds)} items, {len(mem)} memorized (fraction {args.mem_fraction}), from step {st['step']}")
@@ -495,21 +574,28 @@ def finetune_decoder(args) -> Path:
 
     def save():
         sd = vae.state_dict()
-        t = {k: sd[k] for k in keys}
+        t = {k: sd[k].cpu() for k in keys}
         _atomic_save(dict(t), out / "decoder.safetensors")
-        t.update(_optimizer_tensors(opt))
+        t.update({k: v.cpu() for k, v in _optimizer_tensors(opt).items()})
         t["rng.generator"] = g.get_state()
         _atomic_save(t, ckp)
         _atomic_json(st, ckj)
 
+    budget = TimeBudget(getattr(args, "max_minutes", None))
     while st["step"] < args.decoder_steps:
         step = st["step"]
+        fitted = budget.steps_for(step, args.decoder_steps)
+        if fitted is not None:
+            log(out, f"time budget {budget.minutes} min: {fitted} decoder steps in all (was {args.decoder_steps})")
+            args.decoder_steps = max(fitted, step + 1)
         for pg in opt.param_groups:
             pg["lr"] = lr_at(step, args.decoder_steps, args.decoder_lr, 20)
         b = torch.randint(0, len(ds), (args.batch_size - n_mem,), generator=g)
         if n_mem:
             b = torch.cat([b, mem_t[torch.randint(0, len(mem_t), (n_mem,), generator=g)]])
-        z = lat["mean"][b] + lat["std"][b] * torch.randn(lat["mean"][b].shape, generator=g)
+        eps = torch.randn((len(b), *lat["mean"].shape[1:]), generator=g).to(device)
+        b = b.to(device)
+        z = lat["mean"][b] + lat["std"][b] * eps
         rec = vae.decode(z).sample
         err = (rec - x_all[b]).pow(2).flatten(1).mean(1)
         loss = err.mean()
@@ -559,6 +645,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N training items (smoke tests)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="auto", help="cuda, cpu, or auto (CUDA when available)")
+    p.add_argument("--max-minutes", dest="max_minutes", type=float, default=None,
+                   help="fit the step count (and so the learning-rate schedule) to this wall-clock budget; the steps "
+                        "actually run are recorded in checkpoint.json")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--until", type=int, default=None, help="stop (with a checkpoint) at this step; the schedule still spans --steps")
     p.add_argument("--init", default=None, help="hybrid/mem: start from this run folder or pipeline folder")
