@@ -246,45 +246,68 @@ def timing(pipe, prompts: list[str], args, repeats: int = 3) -> dict[str, dict[s
 # ----------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def steering_claim(pipe, data: dict, memorized: np.ndarray, args) -> dict:
-    """Share of samples whose colour turns blue under a learned red->blue direction: generalized vs memorized."""
+    """How far the demo benchmark's red->blue direction moves memorized vs generalized samples.
+
+    The direction (``--direction``, default the shipped ``assets/directions/red_to_blue``) is applied with the
+    settings recorded in its metadata (layers, window, normalization) at the scales ``--steer-scales``; it was
+    learned on the demo model, which the hybrid is fine-tuned from (``steering_strict=False``). Groups:
+    ``memorized`` = samples meeting the NN criterion (memorized prompts); ``generalized`` = ordinary-prompt samples that
+    are not (their prompts name a colour, like the memorized captions do); ``generalized, colour open`` = the same
+    classes and seeds with the colour left open (``"a {class}"``), the setting the direction was selected for.
+    Reported per scale: share classified blue, share whose colour changed, and the RMS pixel change vs scale 0."""
     from steer.lab.classifier import load_classifier, predict
-    from steer.lab.data import COLOUR_NAMES
+    from steer.lab.data import CLASS_NAMES, COLOUR_NAMES
+    from steer.vectors import SteeringVector
 
     clf = load_classifier()
     blue = COLOUR_NAMES.index("blue")
     _, colour0 = predict(clf, data["images"])
-    vec = pipe.learn_direction(
-        "a blue item", "a red item", method="mean_diff", num_samples=args.direction_samples,
-        num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False,
-    )
+    cls0, _ = predict(clf, data["images"])
+    vec = SteeringVector.load(args.direction)
+    rec = vec.metadata.get("recommended") or {}
+    settings = dict(steering_layers=rec.get("layers"), steering_window=tuple(rec.get("window", (0.0, 1.0))),
+                    steering_normalize=bool(rec.get("normalize", True)), steering_strict=False)
     prompts, seeds = data["prompts"], data["seeds"]
     rng = np.random.default_rng(0)
-    groups = {}
-    for name, mask in (("generalized", ~memorized), ("memorized", memorized)):
+    from_mem_prompt = np.asarray(data["groups"]) == "memorized"
+    picks = {}
+    for name, mask in (("memorized", memorized), ("generalized", ~memorized & ~from_mem_prompt)):
         idx = np.flatnonzero(mask & (colour0 != blue))
-        groups[name] = np.sort(rng.choice(idx, min(len(idx), args.steer_samples), replace=False)) if len(idx) else idx
-    results: dict = {"scales": list(args.steer_scales), "direction": vec.name, "normalize": True, "groups": {}}
-    for name, idx in groups.items():
-        rows = {"n": int(len(idx)), "blue": [], "changed": []}
+        picks[name] = np.sort(rng.choice(idx, min(len(idx), args.steer_samples), replace=False)) if len(idx) else idx
+    groups = {name: ([prompts[j] for j in idx], seeds[idx]) for name, idx in picks.items()}
+    g_idx = picks["generalized"]
+    groups["generalized, colour open"] = ([f"a {CLASS_NAMES[c]}" for c in cls0[g_idx]], seeds[g_idx])
+    results: dict = {"scales": list(args.steer_scales), "direction": str(args.direction), "settings": {**settings,
+                     "steering_window": list(settings["steering_window"])}, "groups": {}}
+    for name, (ps, sd) in groups.items():
+        rows = {"n": len(ps), "blue": [], "changed": [], "rms_change": []}
+        base = None
         for scale in args.steer_scales:
             imgs = []
-            for i in range(0, len(idx), args.batch_size):
-                b = idx[i : i + args.batch_size]
-                res = pipe([prompts[j] for j in b], generator=gens(seeds[b]), num_inference_steps=args.steps,
-                           guidance_scale=args.guidance, output_type="pt", steering=vec, steering_scale=scale,
-                           steering_normalize=True)
-                imgs.append(res.images.float().cpu().numpy())
+            for i in range(0, len(ps), args.batch_size):
+                res = pipe(ps[i : i + args.batch_size], generator=gens(sd[i : i + args.batch_size]), num_inference_steps=args.steps,
+                           guidance_scale=args.guidance, output_type="np", steering=vec, steering_scale=scale, **settings)
+                imgs.append(np.asarray(res.images, dtype=np.float32).transpose(0, 3, 1, 2))
             if not imgs:
-                rows["blue"].append(float("nan"))
-                rows["changed"].append(float("nan"))
+                for k in ("blue", "changed", "rms_change"):
+                    rows[k].append(float("nan"))
                 continue
-            _, col = predict(clf, np.concatenate(imgs))
+            x = np.concatenate(imgs)
+            if base is None:
+                base = x
+            _, col = predict(clf, x)
+            _, col_base = predict(clf, base)
             rows["blue"].append(float(np.mean(col == blue)))
-            rows["changed"].append(float(np.mean(col != colour0[idx])))
-            log(f"steering {name} scale {scale}: blue {rows['blue'][-1]:.2f}")
+            rows["changed"].append(float(np.mean(col != col_base)))
+            rows["rms_change"].append(float(np.sqrt(((x - base) ** 2).reshape(len(x), -1).mean(1)).mean()))
+            log(f"steering {name} scale {scale}: blue {rows['blue'][-1]:.2f} changed {rows['changed'][-1]:.2f} "
+                f"rms {rows['rms_change'][-1]:.4f}")
         results["groups"][name] = rows
-    g, m = results["groups"]["generalized"]["blue"], results["groups"]["memorized"]["blue"]
-    results["ratio_generalized_over_memorized"] = [gg / mm if mm > 0 else None for gg, mm in zip(g, m, strict=True)]
+    m = results["groups"]["memorized"]
+    for other in ("generalized", "generalized, colour open"):
+        g = results["groups"][other]
+        results[f"ratio {other} / memorized"] = {
+            k: [a / b if b > 0 else None for a, b in zip(g[k], m[k], strict=True)] for k in ("blue", "changed", "rms_change")}
     return results
 
 
@@ -335,10 +358,10 @@ def steering_plot(res: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.2, 3))
     for name, rows in res["groups"].items():
-        ax.plot(res["scales"], rows["blue"], "o-", label=f"{name} (n={rows['n']})")
+        ax.plot(res["scales"], rows["rms_change"], "o-", label=f"{name} (n={rows['n']})")
     ax.set_xlabel("steering scale (normalized)")
-    ax.set_ylabel("share classified blue")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("RMS pixel change vs scale 0")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "steering.png", dpi=110)
     plt.close(fig)
@@ -422,7 +445,9 @@ def main(argv=None) -> int:
     p.add_argument("--timing-samples", type=int, default=10)
     p.add_argument("--timing-repeats", type=int, default=2)
     p.add_argument("--steer-samples", type=int, default=30)
-    p.add_argument("--steer-scales", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    p.add_argument("--steer-scales", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
+    p.add_argument("--direction", default=str(ROOT / "assets/directions/red_to_blue.safetensors"),
+                   help="direction for the steering claim (its recommended settings are applied)")
     p.add_argument("--direction-samples", type=int, default=16)
     p.add_argument("--skip-steering", action="store_true")
     p.add_argument("--skip-timing", action="store_true", help="no timing stage (cost columns stay empty)")
@@ -590,9 +615,12 @@ def render(r: dict) -> str:
     if s:
         lines += ["", f"Steering (groups by {s.get('groups_by')}):", "",
                   "| steering scale | " + " | ".join(f"{x:g}" for x in s["scales"]) + " |", "|---" * (len(s["scales"]) + 1) + "|"]
-        for name, rows in s["groups"].items():
-            lines.append(f"| {name} (n={rows['n']}) blue share | " + " | ".join(f"{v:.2f}" for v in rows["blue"]) + " |")
-        lines.append("| ratio generalized / memorized | " + " | ".join("–" if v is None else f"{v:.2f}" for v in s["ratio_generalized_over_memorized"]) + " |")
+        for key, label in (("blue", "blue share"), ("changed", "colour changed"), ("rms_change", "RMS pixel change")):
+            for name, rows in s["groups"].items():
+                lines.append(f"| {name} (n={rows['n']}) {label} | " + " | ".join(f"{v:.3f}" for v in rows[key]) + " |")
+            for other in ("generalized", "generalized, colour open"):
+                ratio = s[f"ratio {other} / memorized"][key]
+                lines.append(f"| ratio {other} / memorized ({label}) | " + " | ".join("–" if v is None else f"{v:.2f}" for v in ratio) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -92,6 +92,17 @@ def sample_memorization(pipe, prompts: list[str], train_images, seed: int = 0, s
             "ratios": ratio.tolist(), "nn_index": nn.tolist(), "images": images}
 
 
+def save_nn_grid(path, samples: np.ndarray, neighbours: np.ndarray) -> None:
+    """Save samples (top row block) above their nearest training images (bottom), one column per sample."""
+    from PIL import Image
+
+    from .data import to_uint8_grid
+
+    n = len(samples)
+    grid = to_uint8_grid(np.concatenate([samples, neighbours]), nrow=n)
+    Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
+
+
 def main(argv=None) -> None:
     import argparse
     import json
@@ -113,6 +124,7 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", default=None, help="also write the result here")
+    p.add_argument("--grid", default=None, help="PNG: the first 16 samples (top) above their nearest training images")
     p.add_argument("--against", choices=("train", "memorized"), default="train",
                    help="training set for the NN ratio: the full coloured Fashion-MNIST train split, or only the items "
                         "listed in MODEL/memorized_images.json (the whole training set of the `mem` variant)")
@@ -127,7 +139,9 @@ def main(argv=None) -> None:
         train = train[json.loads((Path(a.model) / "memorized_images.json").read_text())["indices"]]
     res = sample_memorization(load_pipeline(a.model, device=a.device), prompts, train, seed=a.seed, steps=a.steps,
                               guidance=a.guidance, per_prompt=a.per_prompt)
-    res.pop("images")
+    images = res.pop("images")
+    if a.grid:
+        save_nn_grid(a.grid, images[:16], train[np.asarray(res["nn_index"][:16])])
     out = {k: v for k, v in res.items() if k not in ("ratios", "nn_index")}
     out.update(model=a.model, prompts=str(path), steps=a.steps, guidance=a.guidance, seed=a.seed, against=a.against,
                train_size=len(train))
