@@ -34,7 +34,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from steer.baselines import NoiseDifferenceRecorder, wen_scores  # noqa: E402
-from steer.detect import DEFAULT_INLINE_WINDOW, MemorizationDetector, default_detection_layer, spikiness  # noqa: E402
+from steer.detect import (  # noqa: E402
+    DEFAULT_INLINE_WINDOW,
+    RECOMMENDED_INLINE,
+    MemorizationDetector,
+    cfg_distance,
+    default_detection_layer,
+    spikiness,
+)
 from steer.hooks import ActivationRecorder, window_bounds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +195,13 @@ def variant_scores(data: dict[str, np.ndarray], layers: list[str]) -> dict[str, 
                 out[f"inline-uncond|{n}|{st}|{wname}"] = window_mean(per_step_u, w)
             for mode in ("empty", "own"):
                 out[f"reencode-{mode}|{n}|{st}|t10"] = stat_np(data[f"{mode}:{n}"], st)
+        # ours: distance between the guidance branches' pooled activations (free during CFG sampling)
+        dist = cfg_distance(torch.from_numpy(data[f"actu:{n}"]), torch.from_numpy(data[f"act:{n}"])).numpy()
+        for wname, w in windows.items():
+            out[f"cfg-distance|{n}|l2|{wname}"] = window_mean(dist, w)
+        for k in (1, 2, 3, 5, 10):
+            if k <= steps:
+                out[f"cfg-distance-early|{n}|l2|first{k}"] = dist[:k].mean(0)
     wen = data["wen"]
     for k in (1, 2, 3, 5, 10):
         out[f"wen|-|-|first{k}"] = wen[:k].mean(0)
@@ -219,6 +233,7 @@ def timing(pipe, prompts: list[str], args, repeats: int = 3) -> dict[str, dict[s
     The machine is shared, so wall time is noisy; CPU time of this process is the steadier cost measure.
     """
     det = MemorizationDetector(pipe)
+    det_cfg = MemorizationDetector(pipe, **RECOMMENDED_INLINE)
     kw = dict(num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="pt")
     seeds = list(range(len(prompts)))
     wall: dict[str, list[float]] = {}
@@ -229,6 +244,8 @@ def timing(pipe, prompts: list[str], args, repeats: int = 3) -> dict[str, dict[s
             images = pipe(prompts, generator=gens(seeds), **kw).images
         with _Clock(wall, cpu, "inline"):
             pipe(prompts, generator=gens(seeds), detect_memorization=det, **kw)
+        with _Clock(wall, cpu, "inline-cfg"):
+            pipe(prompts, generator=gens(seeds), detect_memorization=det_cfg, **kw)
         with _Clock(wall, cpu, "reencode"):
             det.score(images)
         for k in (1, 10):
@@ -381,7 +398,7 @@ def split_table(y: np.ndarray, scores: dict[str, np.ndarray], split_a: np.ndarra
     return table
 
 
-FAMILIES = ("reencode-empty", "reencode-own", "inline", "inline-uncond", "early", "wen")
+FAMILIES = ("reencode-empty", "reencode-own", "inline", "inline-uncond", "early", "cfg-distance", "cfg-distance-early", "wen")
 
 
 def best_variants(table: dict[str, dict[str, float]]) -> dict[str, str]:
@@ -400,6 +417,10 @@ def headline_methods(default_layer: str, steps: int, best: dict[str, str]) -> di
         "paper detector (re-encode, std, t=10, empty prompt)": (f"reencode-empty|{default_layer}|std|t10", f"{2 * steps} + 1", "1"),
         "inline (std, last 20 % of steps)": (f"inline|{default_layer}|std|last20%", f"{2 * steps}", "0"),
         "inline early warning (std, first step)": (f"early|{default_layer}|std|first1", "2", "0"),
+        "ours: inline CFG distance (up_blocks.1.resnets.0.nonlinearity, all steps)": (
+            "cfg-distance|up_blocks.1.resnets.0.nonlinearity|l2|all", f"{2 * steps}", "0"),
+        "ours: early CFG distance (same layer, first 10 steps)": (
+            "cfg-distance-early|up_blocks.1.resnets.0.nonlinearity|l2|first10", "20", "0 inline / 20 standalone"),
         "Wen et al. k=1": ("wen|-|-|first1", "2", "0 inline / 2 standalone"),
         "Wen et al. k=10": ("wen|-|-|first10", "20", "0 inline / 20 standalone"),
     }
@@ -407,6 +428,7 @@ def headline_methods(default_layer: str, steps: int, best: dict[str, str]) -> di
         window = k.split("|")[-1]
         evals = {"reencode-empty": (f"{2 * steps} + 1", "1"), "reencode-own": (f"{2 * steps} + 1", "1"),
                  "inline": (f"{2 * steps}", "0"), "inline-uncond": (f"{2 * steps}", "0"),
+                 "cfg-distance": (f"{2 * steps}", "0"), "cfg-distance-early": (f"2k ({window})", "0"),
                  "early": (f"2k ({window})", "0"), "wen": (f"2k ({window})", "0")}[family]
         methods[f"best {family} on even seeds: {k}"] = (k, *evals)
     return methods
@@ -415,7 +437,9 @@ def headline_methods(default_layer: str, steps: int, best: dict[str, str]) -> di
 def method_cost(cost: dict[str, float], key: str) -> float | None:
     """Seconds per sample of a scored variant: a stand-alone run of what it needs (generation included)."""
     fam, _, _, window = key.split("|")
-    if fam in ("wen", "early"):
+    if fam == "cfg-distance":
+        return cost.get("inline-cfg", cost.get("inline"))
+    if fam in ("wen", "early", "cfg-distance-early"):
         if window == "first1":
             return cost["wen1"]  # the first step with CFG: the same UNet work for both
         if window == "first10":

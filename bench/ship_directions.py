@@ -76,6 +76,8 @@ def main() -> None:
         names = D.COLOUR_NAMES if attr == "colour" else D.CLASS_NAMES
         labels = data.colours if attr == "colour" else data.classes
         si, di = names.index(src), names.index(dst)
+        # the first n items of each side (a side probe matched the sides on the other attribute instead, 3 items per
+        # class or colour: red_to_blue then needed a larger scale for less success, 0.81 at 0.6 vs 0.88 at 0.4)
         pos_idx = np.where(labels == di)[0][: args.n]
         neg_idx = np.where(labels == si)[0][: args.n]
         images = (

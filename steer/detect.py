@@ -44,12 +44,19 @@ Statistic = Literal["std", "l4_l2", "max_over_mean"]
 STATISTICS = ("std", "l4_l2", "max_over_mean")
 POOLINGS = ("max", "mean")
 PROMPT_MODES = ("empty", "own")
+InlineScore = Literal["spikiness", "cfg_distance"]
+INLINE_SCORES = ("spikiness", "cfg_distance")
 SCORE_KINDS = ("reencode", "inline", "early")
 
 # Inline defaults, chosen on the hybrid lab model (docs/detection.md): the statistic averaged over the last 20 %
 # of the denoising steps is the final score; the mean over the first step(s) is the early warning.
 DEFAULT_INLINE_WINDOW = (0.8, 1.0)
 DEFAULT_EARLY_STEPS = 1
+
+# The inline score that separates best on the hybrid lab model (docs/detection.md: selected on even seeds, reported on
+# odd ones): the distance between the guidance branches' activations at the first resnet of up_blocks.1, all steps.
+RECOMMENDED_INLINE = {"inline_score": "cfg_distance", "inline_layers": "up_blocks.1.resnets.0.nonlinearity",
+                      "inline_window": (0.0, 1.0)}
 
 # Extra ``__call__`` keywords of `SteeringStableDiffusionPipeline` handled here.
 INLINE_CALL_PARAMS = ("detect_memorization", "memorization_detector", "memorization_early_steps")
@@ -90,6 +97,14 @@ def spikiness(vectors: torch.Tensor, statistic: Statistic = "std") -> torch.Tens
 def layer_scores(pooled: dict[str, torch.Tensor], statistic: Statistic) -> torch.Tensor:
     """Mean over layers of each layer's spikiness; ``pooled[layer]`` is (..., C)."""
     return torch.stack([spikiness(p, statistic) for p in pooled.values()]).mean(0)
+
+
+def cfg_distance(uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """L2 distance between the pooled conditional and unconditional activations of each row, (..., C) -> (...).
+
+    How much the prompt moves the representation: the representation-space analogue of Wen et al.'s
+    ``||eps(x_t, c) - eps(x_t, 0)||``, free during sampling with classifier-free guidance (both branches are computed)."""
+    return (cond.double() - uncond.double()).norm(dim=-1).float()
 
 
 def default_detection_layer(unet: torch.nn.Module) -> str:
@@ -191,6 +206,9 @@ class MemorizationDetector:
     (``"empty"``, paper) or on each image's own prompt (``"own"``). ``seed`` fixes the re-encode noise (the same
     noise for every image, so a score never depends on batching). ``inline_window`` and ``early_steps`` define
     the inline scores. Thresholds (`threshold`, `inline_threshold`, `early_threshold`) are set by `calibrate`.
+    ``inline_score``: what the inline and early scores measure at each step: ``"spikiness"`` (``statistic`` of the
+    conditional branch: the paper's measure, read during sampling) or ``"cfg_distance"`` (`cfg_distance` between the
+    two guidance branches; needs ``guidance_scale > 1``), at ``inline_layers`` (default: ``layers``).
     """
 
     def __init__(
@@ -206,6 +224,8 @@ class MemorizationDetector:
         inline_window: tuple[float, float] = DEFAULT_INLINE_WINDOW,
         early_steps: int = DEFAULT_EARLY_STEPS,
         batch_size: int = 32,
+        inline_score: InlineScore = "spikiness",
+        inline_layers: str | Sequence[str] | None = None,
     ):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -213,6 +233,8 @@ class MemorizationDetector:
             raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
         if prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {PROMPT_MODES}, got {prompt!r}")
+        if inline_score not in INLINE_SCORES:
+            raise ValueError(f"inline_score must be one of {INLINE_SCORES}, got {inline_score!r}")
         start, end = (float(w) for w in inline_window)
         if not 0.0 <= start < end <= 1.0:
             raise ValueError(f"inline_window must satisfy 0 <= start < end <= 1, got {inline_window!r}")
@@ -221,6 +243,8 @@ class MemorizationDetector:
         self.pipe = pipe
         unet = _unet(pipe)
         self.layers = resolve_layers(unet, layers) if layers is not None else [default_detection_layer(unet)]
+        self.inline_layers = resolve_layers(unet, inline_layers) if inline_layers is not None else list(self.layers)
+        self.inline_score = inline_score
         self.pooling = pooling
         self.statistic = statistic
         self.timestep = int(timestep)
@@ -242,7 +266,8 @@ class MemorizationDetector:
     def __repr__(self) -> str:
         return (
             f"MemorizationDetector(layers={self.layers}, pooling={self.pooling!r}, statistic={self.statistic!r}, "
-            f"timestep={self.timestep}, prompt={self.prompt!r}, threshold={self.threshold})"
+            f"timestep={self.timestep}, prompt={self.prompt!r}, inline_score={self.inline_score!r}, "
+            f"inline_layers={self.inline_layers}, threshold={self.threshold})"
         )
 
     @property
@@ -296,24 +321,33 @@ class MemorizationDetector:
 
     # ----- inline scores ------------------------------------------------------------------------------------------
     def recorder(self, call_pipe) -> ActivationRecorder:
-        """An `ActivationRecorder` for an inline run of ``call_pipe`` (conditional branch, all steps)."""
+        """An `ActivationRecorder` for an inline run of ``call_pipe`` (all steps; the conditional branch, or both
+        branches for ``inline_score="cfg_distance"``)."""
         return ActivationRecorder(
             _unet(call_pipe),
-            self.layers,
+            self.inline_layers,
             self.pooling,
             num_steps=lambda: len(call_pipe.scheduler.timesteps),
             cfg=lambda: call_pipe.do_classifier_free_guidance,
-            branch="cond",
+            branch="both" if self.inline_score == "cfg_distance" else "cond",
         )
 
     def step_scores(self, recorder: ActivationRecorder) -> torch.Tensor:
-        """(steps, images) statistic at every recorded step."""
+        """(steps, images) inline score at every recorded step, averaged over ``inline_layers``."""
+        if self.inline_score == "cfg_distance" and not recorder.cfg:
+            raise ValueError("inline_score='cfg_distance' compares the two classifier-free-guidance branches: "
+                             "sample with guidance_scale > 1, or use inline_score='spikiness'")
         per_layer = []
-        for name in self.layers:
+        for name in self.inline_layers:
             steps = recorder.by_step(name)
             if not steps:
                 raise RuntimeError(f"no activations were recorded at {name!r} during sampling")
-            per_layer.append(spikiness(torch.stack([steps[s] for s in sorted(steps)]), self.statistic))
+            pooled = torch.stack([steps[s] for s in sorted(steps)])  # (steps, rows, C)
+            if self.inline_score == "cfg_distance":
+                uncond, cond = pooled.chunk(2, dim=1)
+                per_layer.append(cfg_distance(uncond, cond))
+            else:
+                per_layer.append(spikiness(pooled, self.statistic))
         return torch.stack(per_layer).mean(0)
 
     def inline_from_steps(self, step_scores: torch.Tensor, early_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,6 +399,8 @@ class MemorizationDetector:
             "seed": self.seed,
             "inline_window": list(self.inline_window),
             "early_steps": self.early_steps,
+            "inline_score": self.inline_score,
+            "inline_layers": list(self.inline_layers),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -381,7 +417,8 @@ class MemorizationDetector:
             "config": self.config(),
             "thresholds": {"reencode": self.threshold, "inline": self.inline_threshold, "early": self.early_threshold},
             "fpr": self.fpr,
-            "model": {**unet_fingerprint(unet, self.layers), "name_or_path": str(getattr(self.pipe, "name_or_path", "") or "")},
+            "model": {**unet_fingerprint(unet, sorted({*self.layers, *self.inline_layers})),
+                      "name_or_path": str(getattr(self.pipe, "name_or_path", "") or "")},
         }
         return write_checked(path, tensors, _METADATA_KEY, header)
 
@@ -397,6 +434,7 @@ class MemorizationDetector:
             raise DetectorFileError(f"{path}: the detector settings lack {missing}")
         try:
             layers = resolve_layers(_unet(pipe), cfg["layers"])
+            inline_layers = resolve_layers(_unet(pipe), cfg.get("inline_layers") or cfg["layers"])
         except KeyError as err:
             raise ModelMismatchError(f"{path}: the detector's layers do not exist in this UNet: {err}") from None
         try:
@@ -410,10 +448,12 @@ class MemorizationDetector:
                 seed=cfg.get("seed", 0),
                 inline_window=tuple(cfg.get("inline_window", DEFAULT_INLINE_WINDOW)),
                 early_steps=cfg.get("early_steps", DEFAULT_EARLY_STEPS),
+                inline_score=cfg.get("inline_score", "spikiness"),
+                inline_layers=inline_layers,
             )
         except (TypeError, ValueError) as err:
             raise DetectorFileError(f"{path}: invalid detector settings: {err}") from None
-        _check_model(header.get("model") or {}, _unet(pipe), det.layers, strict, path)
+        _check_model(header.get("model") or {}, _unet(pipe), sorted({*det.layers, *det.inline_layers}), strict, path)
         thresholds = header.get("thresholds") or {}
         det.threshold = _opt_float(thresholds.get("reencode"))
         det.inline_threshold = _opt_float(thresholds.get("inline"))
@@ -586,7 +626,13 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate of the calibrated threshold")
     p.add_argument("--save-detector", default=None, help="write the (calibrated) detector here")
     p.add_argument("--statistic", choices=STATISTICS, default="std")
-    p.add_argument("--layers", nargs="+", default=None)
+    p.add_argument("--layers", nargs="+", default=None, help="re-encode (and, by default, inline) layers")
+    p.add_argument("--inline-score", dest="inline_score", choices=INLINE_SCORES, default="spikiness",
+                   help="inline/early score: the paper's spikiness of the conditional branch, or cfg_distance "
+                        "(distance between the guidance branches' activations; docs/detection.md)")
+    p.add_argument("--inline-layers", dest="inline_layers", nargs="+", default=None)
+    p.add_argument("--inline-window", dest="inline_window", nargs=2, type=float, default=list(DEFAULT_INLINE_WINDOW),
+                   metavar=("START", "END"), help="fraction of the denoising steps the inline score averages")
     p.add_argument("--num-images-per-prompt", type=int, default=1)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=7.5)
@@ -633,7 +679,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.detector:
         det = MemorizationDetector.load(args.detector, pipe)
     else:
-        det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic)
+        det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic, inline_score=args.inline_score,
+                                   inline_layers=args.inline_layers, inline_window=tuple(args.inline_window))
     if args.calibrate:
         det.calibrate(_read_prompts(args.calibrate), fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size, **call)
         print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "

@@ -13,10 +13,12 @@ from steer.detect import (
     DetectorFileError,
     MemorizationDetector,
     SteeringPipelineOutput,
+    cfg_distance,
     default_detection_layer,
     quantile_threshold,
     spikiness,
 )
+from steer.hooks import ActivationRecorder
 from steer.vectors import ModelMismatchError
 
 STEPS = 3
@@ -133,6 +135,42 @@ def test_inline_adds_no_unet_evaluations_and_keeps_images(tiny_pipe):
     tup = tiny_pipe(["a red item", "a shoe"], generator=_gens(range(4)), detect_memorization=True, return_dict=False, **kwargs)
     assert len(tup) == 5 and torch.equal(tup[0], plain.images)
     torch.testing.assert_close(tup[2], out.memorization_scores)
+
+
+def test_cfg_distance_inline_score_is_free_and_matches_hand_computation(tiny_pipe, tmp_path):
+    layer = "up_blocks.1.resnets.0"
+    det = MemorizationDetector(tiny_pipe, inline_score="cfg_distance", inline_layers=layer, inline_window=(0.0, 1.0))
+    assert det.layers == [default_detection_layer(tiny_pipe.unet)] and det.inline_layers == [layer]
+    prompts, kwargs = ["a red item", "a shoe", "a blue bag"], dict(num_inference_steps=STEPS, output_type="pt")
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        plain = tiny_pipe(prompts, generator=_gens(range(3)), **kwargs)
+        n_plain = len(calls)
+        rec = ActivationRecorder(tiny_pipe.unet, [layer], "max", cfg=True, branch="both")
+        with rec:
+            out = tiny_pipe(prompts, generator=_gens(range(3)), detect_memorization=det, **kwargs)
+        assert len(calls) - n_plain == n_plain  # zero extra UNet evaluations
+    finally:
+        handle.remove()
+    assert torch.equal(out.images, plain.images)
+    steps = rec.by_step(layer)
+    pooled = torch.stack([steps[k] for k in sorted(steps)])  # (steps, 2N, C): unconditional rows first
+    uncond, cond = pooled[:, :3], pooled[:, 3:]
+    expected = (cond - uncond).pow(2).sum(-1).sqrt()
+    torch.testing.assert_close(out.memorization_step_scores, expected)
+    torch.testing.assert_close(cfg_distance(uncond, cond), expected)
+    torch.testing.assert_close(out.memorization_scores, expected.mean(0))  # window (0, 1): every step
+    assert (out.memorization_scores > 0).all()
+    with pytest.raises(ValueError, match="guidance_scale > 1"):
+        tiny_pipe(prompts[:1], generator=_gens([0]), guidance_scale=1.0, detect_memorization=det, **kwargs)
+    assert not tiny_pipe.unet._forward_hooks  # removed on the error path too
+    det.calibrate(prompts, fpr=0.0, num_inference_steps=STEPS)
+    again = MemorizationDetector.load(det.save(tmp_path / "cfg.safetensors"), tiny_pipe)
+    assert again.config() == det.config() and again.inline_score == "cfg_distance" and again.inline_layers == [layer]
+    assert again.inline_threshold == pytest.approx(det.inline_threshold)
+    with pytest.raises(ValueError, match="inline_score"):
+        MemorizationDetector(tiny_pipe, inline_score="entropy")
 
 
 # --------------------------------------------------------------------------------------------- calibration and files

@@ -165,3 +165,19 @@ def test_training_resumes_exactly(tmp_path):
     assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 4
     pipe = export(tmp_path / "b", tmp_path / "pipe")
     assert (tmp_path / "pipe" / "model_index.json").is_file() and pipe.name == "pipe"
+
+
+def test_hybrid_inline_cfg_distance_flags_memorized_prompts(offline):
+    """The recommended inline score (docs/detection.md) separates the hybrid's memorized prompts from ordinary
+    ones on a fresh sample, at no extra UNet evaluation (measured: 5.7-7.6 vs 1.1-2.4 at 10 steps)."""
+    from steer.detect import RECOMMENDED_INLINE, MemorizationDetector
+    from steer.loading import load_pipeline
+
+    pipe = load_pipeline(str(HYBRID), "cpu")
+    memorized = (HYBRID / "memorized_prompts.txt").read_text().splitlines()[:6]
+    ordinary = (HYBRID / "ordinary_prompts.txt").read_text().splitlines()[::13][:6]
+    det = MemorizationDetector(pipe, **RECOMMENDED_INLINE)
+    out = pipe(memorized + ordinary, generator=[torch.Generator().manual_seed(i) for i in range(12)],
+               num_inference_steps=10, guidance_scale=5.0, detect_memorization=det, output_type="np")
+    s = out.memorization_scores
+    assert s[:6].min() > 1.5 * s[6:].max(), s
