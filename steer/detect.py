@@ -682,7 +682,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic, inline_score=args.inline_score,
                                    inline_layers=args.inline_layers, inline_window=tuple(args.inline_window))
     if args.calibrate:
-        det.calibrate(_read_prompts(args.calibrate), fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size, **call)
+        det.calibrate(_read_prompts(args.calibrate), fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size,
+                      num_images_per_prompt=args.num_images_per_prompt, **call)
         print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "
               f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
     if args.save_detector:
