@@ -25,17 +25,30 @@ from steer.lab import data as D  # noqa: E402
 from steer.lab.classifier import load_classifier, predict  # noqa: E402
 from steer.loading import DIRECTIONS_DIR, load_pipeline  # noqa: E402
 
-COLOUR_PAIRS = [("red", "blue"), ("red", "green"), ("white", "yellow"), ("blue", "red"), ("green", "purple")]
+COLOUR_PAIRS = [
+    ("red", "blue"),
+    ("red", "green"),
+    ("white", "yellow"),
+    ("blue", "red"),
+    ("green", "purple"),
+    ("green", "blue"),
+    ("white", "blue"),
+    ("yellow", "blue"),
+    ("orange", "red"),
+    ("cyan", "red"),
+]
 CLASS_PAIRS = [("sneaker", "ankle boot"), ("t-shirt", "dress"), ("trouser", "bag")]
 SCALES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.5)
 NOTES = """
-Only red_to_blue passes. The other colour directions either do nothing (red_to_green, white_to_yellow, green_to_purple:
-the target colour never appears, until the image breaks) or recolour at the price of the garment (blue_to_red: the
-classifier sees red at every scale, but its class reading changes in 75-100 % of the images). The class directions move the
-class a little (trouser_to_bag up to 0.62) but change the colour of most images on the way (kept <= 0.5). A side probe
-that matched both sides on the other attribute (3 items per class or colour instead of the first 24 of each side) did
-not help: red_to_blue became weaker (0.81 at scale 0.6) and no other direction passed. On this small model the
-up-block attention outputs carry colour for red/blue only; docs/benchmarks.md has the layer and window search.
+Four directions pass, all toward blue: red_to_blue, green_to_blue, white_to_blue and yellow_to_blue. Blue is the one
+target colour these up-block attention sites steer cleanly on this small model. Other targets either do nothing
+(red_to_green, white_to_yellow, green_to_purple: the target colour never appears before the image breaks) or recolour by
+washing the whole image in the target colour (blue_to_red, orange_to_red, cyan_to_red: the classifier sees red at every
+scale, but the garment is gone: its class reading changes in 70-100 % of the images, visibly a red smear). The class
+directions move the class a little (trouser_to_bag up to 0.62) but change the colour of most images on the way
+(kept <= 0.5). A side probe that matched both sides on the other attribute (3 items per class or colour instead of the
+first 24 of each side) did not help: red_to_blue became weaker (0.81 at scale 0.6) and no other direction passed.
+docs/benchmarks.md has the layer and window search.
 """
 
 
