@@ -217,10 +217,13 @@ class SteerApp:
             strict,
         )
         vector = self.catalog.get(direction, session)
-        original, steered = H.run_pair(self.pipe, vector, settings, progress_fn(progress))
+        detector = self._detector_or_none()
+        original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector=detector)
         recipe = settings.recipe(self.pipe, vector, settings.strength)
         png = H.save_with_recipe(steered, recipe, self.workdir, "steered")
         last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
+        if scores is not None:  # inline memorization scores, read during this very sampling
+            last["inline"] = {"original": scores[0], "steered": scores[1], "detector": id(detector)}
         where = (
             f" at layer `{recipe['steering']['layers'][0]}`"
             if vector is not None and len(recipe["steering"]["layers"]) == 1
@@ -336,6 +339,13 @@ class SteerApp:
                 self._detector_loaded = True
             return self._detector
 
+    def _detector_or_none(self) -> Any:
+        """The detector for inline scores during generation; a missing or unusable file never blocks generating."""
+        try:
+            return self.detector()
+        except H.UserError:
+            return None
+
     def detector_status(self) -> str:
         """Markdown: which detector the panel uses, or how to get one."""
         try:
@@ -358,8 +368,12 @@ class SteerApp:
         detector = self.detector()
         if detector is None:
             raise H.UserError("no calibrated detector for this model yet: calibrate one in the box below")
-        image = last["steered" if which == "steered" else "original"]
-        view = H.score_image(detector, image, last["prompt"])
+        key = "steered" if which == "steered" else "original"
+        inline = last.get("inline") or {}
+        if inline.get("detector") == id(detector):  # scored during generation by this same detector
+            view = H.inline_view(detector, inline[key])
+        else:
+            view = H.score_image(detector, last[key], last["prompt"])
         return view.plot, ok_box(view.markdown)
 
     def calibrate(
@@ -586,8 +600,11 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
 def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
     """The Memorization tab: the calibrated detector's verdict on the current image, and in-app calibration."""
     gr.Markdown(
-        "Scores the current image (last *Generate*) with the memorization detector (Zhang et al.: spikiness of "
-        "UNet activations) calibrated on ordinary samples of this model, and shows where it falls on their histogram."
+        "Scores the current image (last *Generate*) with the memorization detector calibrated on ordinary samples of "
+        "this model, and shows where it falls on their histogram. Images generated while a calibrated detector was "
+        "loaded get the inline score read during their own sampling (for the bundled detectors: the distance between "
+        "the guidance branches' activations, docs/detection.md); others get the paper's re-encode score (Zhang et al.: "
+        "spikiness of UNet activations)."
     )
     detector_info = gr.Markdown("", elem_id="detector-info")
     which = gr.Radio(["steered", "original"], value="steered", label="Image")

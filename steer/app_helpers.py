@@ -399,28 +399,55 @@ def run_rows(
     progress: ProgressFn | None = None,
 ) -> list[Image.Image]:
     """One batched call: row ``i`` is steered at ``scales[i]``; every row starts from the same seed."""
+    return run_rows_scored(pipe, vector, settings, scales, progress)[0]
+
+
+def inline_detector_for(detector, settings: GenerateSettings):
+    """``detector`` when its inline score can be read during this generation (calibrated inline threshold; CFG on
+    for the CFG distance), else None."""
+    if detector is None or detector.inline_threshold is None or "inline" not in detector.calibration:
+        return None
+    if getattr(detector, "inline_score", "spikiness") == "cfg_distance" and settings.guidance <= 1.0:
+        return None
+    return detector
+
+
+def run_rows_scored(
+    pipe,
+    vector: SteeringVector | None,
+    settings: GenerateSettings,
+    scales: Sequence[float],
+    progress: ProgressFn | None = None,
+    detector=None,
+) -> tuple[list[Image.Image], list[float] | None]:
+    """`run_rows`, plus each row's inline memorization score when ``detector`` can read one (hooks during the same
+    sampling: no extra UNet evaluation, identical images)."""
     rows = len(scales)
     kwargs = settings.call_kwargs(rows)
     steering = settings.steering_kwargs(pipe, vector) if vector is not None else {}
     if vector is not None:
         check_fits(vector, pipe, settings.strict)
         steering["steering_scale"] = [float(s) for s in scales] if rows > 1 else float(scales[0])
+    detector = inline_detector_for(detector, settings)
+    extra = {"memorization_detector": detector} if detector is not None else {}
     out = pipe(
         **kwargs,
         **steering,
+        **extra,
         generator=make_generators(pipe, settings.seed, rows),
         output_type="pil",
         callback_on_step_end=step_callback(progress, settings.steps),
     )
-    return list(out.images)
+    scores = [float(v) for v in out.memorization_scores] if detector is not None else None
+    return list(out.images), scores
 
 
 def run_pair(
-    pipe, vector: SteeringVector | None, settings: GenerateSettings, progress: ProgressFn | None = None
-) -> tuple[Image.Image, Image.Image]:
-    """(original, steered) from the same seed in one batched call with per-row scales [0, s]."""
-    original, steered = run_rows(pipe, vector, settings, [0.0, settings.strength], progress)
-    return original, steered
+    pipe, vector: SteeringVector | None, settings: GenerateSettings, progress: ProgressFn | None = None, detector=None
+) -> tuple[Image.Image, Image.Image, list[float] | None]:
+    """(original, steered, inline scores or None) from the same seed in one batched call with per-row scales [0, s]."""
+    (original, steered), scores = run_rows_scored(pipe, vector, settings, [0.0, settings.strength], progress, detector)
+    return original, steered, scores
 
 
 def strip_scales(strength: float, count: int) -> list[float]:
@@ -635,7 +662,12 @@ def calibrate_detector(
     items = [prompts[i % len(prompts)] for i in range(samples)]
     if progress:
         progress(0.0, "calibrating")
-    detector = MemorizationDetector(pipe)
+    from steer.detect import RECOMMENDED_INLINE
+
+    try:  # the inline score that worked best (docs/detection.md); it needs the layer and classifier-free guidance
+        detector = MemorizationDetector(pipe, **RECOMMENDED_INLINE) if guidance > 1.0 else MemorizationDetector(pipe)
+    except KeyError:
+        detector = MemorizationDetector(pipe)
     detector.calibrate(
         items,
         fpr=fpr,
@@ -652,6 +684,21 @@ class MemorizationView:
 
     markdown: str
     plot: Image.Image | None = None
+
+
+def inline_view(detector, score: float) -> MemorizationView:
+    """The verdict of an inline score read while the image was generated, on the ordinary-sample histogram."""
+    ordinary = detector.calibration["inline"].double()
+    threshold = float(detector.inline_threshold)
+    what = "CFG distance" if getattr(detector, "inline_score", "spikiness") == "cfg_distance" else "spikiness"
+    percentile = float((ordinary < score).double().mean() * 100)
+    verdict = "⚠ **likely memorized**" if score > threshold else "✓ **ordinary** (not flagged)"
+    fpr = f" at a {detector.fpr:.0%} false-positive rate" if detector.fpr is not None else ""
+    text = (
+        f"{verdict} - inline {what} **{score:.4g}**, read while this image was generated (no extra UNet evaluation); "
+        f"threshold {threshold:.4g}{fpr}. Higher than {percentile:.0f}% of {len(ordinary)} ordinary samples of this model."
+    )
+    return MemorizationView(text, histogram(ordinary.float().numpy(), score, threshold, f"inline {what} (higher = more memorized)"))
 
 
 def score_image(detector, image: Image.Image, prompt: str) -> MemorizationView:
@@ -674,7 +721,9 @@ def score_image(detector, image: Image.Image, prompt: str) -> MemorizationView:
     return MemorizationView(text, histogram(ordinary.float().numpy(), score, threshold))
 
 
-def histogram(ordinary: np.ndarray, score: float, threshold: float) -> Image.Image | None:
+def histogram(
+    ordinary: np.ndarray, score: float, threshold: float, xlabel: str = "re-encode score (higher = more memorized)"
+) -> Image.Image | None:
     """The ordinary-sample score histogram with the threshold and this image's score marked (None without matplotlib)."""
     try:
         import matplotlib
@@ -689,7 +738,7 @@ def histogram(ordinary: np.ndarray, score: float, threshold: float) -> Image.Ima
     ax.hist(ordinary, bins=min(30, max(5, len(ordinary) // 3)), color="#88aacc", label="ordinary samples")
     ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.3g}")
     ax.axvline(score, color="#222222", linewidth=2.5, label=f"this image {score:.3g}")
-    ax.set_xlabel("re-encode score (higher = more memorized)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)
     fig.tight_layout()
