@@ -184,3 +184,17 @@ def test_hybrid_inline_cfg_distance_flags_memorized_prompts(offline):
     s = out.memorization_scores
     assert s[:6].min() > 1.5 * s[6:].max(), s
     assert out.memorized[:6].all() and out.memorized[6:].sum() <= 1, (s, det.inline_threshold)
+
+
+def test_time_budget_stops_training_with_a_checkpoint(tmp_path):
+    """``--max-minutes`` fits the run to a wall-clock budget: out of time, it stops at the next step, records the
+    steps it ran as the schedule's length, and still checkpoints and exports."""
+    from steer.lab.train import TimeBudget, main
+
+    main(["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
+          "--out", str(tmp_path / "run"), "--steps", "500", "--max-minutes", "0.00001", "--device", "cpu"])
+    info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    assert info["step"] <= 2 and info["args"]["steps"] == info["step"] and info["args"]["max_minutes"] == 0.00001
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+    budget = TimeBudget(None)
+    assert budget.steps_for(0, 100) is None  # no budget: the requested schedule stands
