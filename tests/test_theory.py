@@ -46,6 +46,17 @@ def test_nn_ratio_and_weight_match() -> None:
     assert match["frac_all_rows"] == pytest.approx(0.4)
 
 
+def test_model_files_are_safetensors_and_round_trip(tmp_path) -> None:
+    dae = theory.ReLUDAE(12, 4)
+    path = theory.save_models(tmp_path / "m.safetensors", {"memorizing": dae.state_dict()}, {"trace": [1.5, 0.25]})
+    assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
+    state, meta = theory.load_models(path)
+    again = theory.ReLUDAE(12, 4)
+    again.load_state_dict(state["memorizing"])
+    assert torch.equal(again.hidden(torch.ones(1, 12)), dae.hidden(torch.ones(1, 12)))
+    assert meta == {"trace": [1.5, 0.25]}
+
+
 def test_missing_dataset_message(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         theory.load_images("train", root=tmp_path)
@@ -57,6 +68,7 @@ def dae_stats(tmp_path_factory) -> dict:
     theory.main(["relu-dae", "--quick", "--out", str(out)])
     for name in ("dae_weights.png", "dae_activations.png", "hybrid_activations.png"):
         assert (out / name).stat().st_size > 1000
+    assert (out / "dae_models.safetensors").is_file() and not list(out.glob("*.pt"))  # no pickles
     return json.loads((out / "dae_stats.json").read_text())
 
 

@@ -444,18 +444,42 @@ def hybrid_set(n_total: int, n_dup: int, copies: int, seed: int) -> tuple[Tensor
     return data, mask
 
 
+def save_models(path: Path, models: dict[str, dict[str, Tensor]], meta: dict) -> Path:
+    """Weights of several models in one safetensors file (``{model}.{param}``), ``meta`` as JSON in its header."""
+    from safetensors.torch import save_file
+
+    tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, sd in models.items() for k, v in sd.items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata={"steer_theory": json.dumps(meta)})
+    tmp.replace(path)
+    return path
+
+
+def load_models(path: Path) -> tuple[dict[str, dict[str, Tensor]], dict]:
+    """Inverse of `save_models` (no pickle)."""
+    from safetensors import safe_open
+
+    models: dict[str, dict[str, Tensor]] = {}
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("steer_theory", "{}"))
+        for key in f.keys():
+            name, param = key.split(".", 1)
+            models.setdefault(name, {})[param] = f.get_tensor(key)
+    return models, meta
+
+
 def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Callable, log) -> tuple:
-    """Train the memorizing and generalizing DAEs, or load them from ``out/dae_models.pt`` when reusing."""
-    ckpt = out / "dae_models.pt"
+    """Train the memorizing and generalizing DAEs, or load them from ``out/dae_models.safetensors`` when reusing."""
+    ckpt = out / "dae_models.safetensors"
     if reuse and ckpt.exists():
         log(f"reusing trained models from {ckpt}")
-        state = torch.load(ckpt, weights_only=True)
+        state, meta = load_models(ckpt)
         models = []
         for name in ("memorizing", "generalizing"):
             model = ReLUDAE(*reversed(state[name]["weight"].shape))
             model.load_state_dict(state[name])
             models.append(model)
-        return models[0], models[1], state.get("timings", {}) | {"reused": True}, state.get("final_loss", {})
+        return models[0], models[1], meta.get("timings", {}) | {"reused": True}, meta.get("final_loss", {})
     t, c = time.time(), time.process_time()
     mem, mem_loss = train_mem()
     timings = {"memorizing": round(time.time() - t, 1), "memorizing_cpu": round(time.process_time() - c, 1)}
@@ -463,10 +487,8 @@ def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Calla
     gen, gen_loss = train_gen()
     timings |= {"generalizing": round(time.time() - t, 1), "generalizing_cpu": round(time.process_time() - c, 1)}
     final = {"memorizing": mem_loss[-1], "generalizing": gen_loss[-1]}
-    torch.save(
-        {"memorizing": mem.state_dict(), "generalizing": gen.state_dict(), "timings": timings, "final_loss": final},
-        ckpt,
-    )
+    save_models(ckpt, {"memorizing": mem.state_dict(), "generalizing": gen.state_dict()},
+                {"timings": timings, "final_loss": final})
     return mem, gen, timings, final
 
 
@@ -604,7 +626,7 @@ def run_hybrid(args, cfg: TrainConfig, width: int, noise: float, out: Path, log)
             ("hybrid: unique image", uni_x[j], uni_acts[j]),
         ],
     )
-    torch.save({"model": model.state_dict(), "trace": trace}, out / "hybrid_model.pt")
+    save_models(out / "hybrid_model.safetensors", {"model": model.state_dict()}, {"trace": trace})
     res = {
         "duplicated": activation_stats(dup_acts),
         "unique": activation_stats(uni_acts),
@@ -643,18 +665,18 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
         if getattr(args, "only", None) and getattr(args, "only", None) != name:
             continue
         t, c = time.time(), time.process_time()
-        ckpt = out / f"diffusion_{name}.pt"
+        ckpt = out / f"diffusion_{name}.safetensors"
         if getattr(args, "reuse", None) and ckpt.exists():
             log(f"reusing {ckpt}")
-            state = torch.load(ckpt, weights_only=True)
+            state, meta = load_models(ckpt)
             model = ReLUDiffusion(len(data[0]), width)
             model.load_state_dict(state["model"])
-            trace, timings[f"{name}_train"] = state["trace"], state["timings"]
+            trace, timings[f"{name}_train"] = meta["trace"], meta["timings"]
         else:
             log(f"training {name} diffusion model (N={len(data)})")
             model, trace = train_diffusion(data, cfg, width, sigma_range, args.seed, log)
             timings[f"{name}_train"] = {"wall": round(time.time() - t, 1), "cpu": round(time.process_time() - c, 1)}
-            torch.save({"model": model.state_dict(), "trace": trace, "timings": timings[f"{name}_train"]}, ckpt)
+            save_models(ckpt, {"model": model.state_dict()}, {"trace": trace, "timings": timings[f"{name}_train"]})
         samples = sample_euler(model, n_samples, gaussian_prior(data), sigma_range, steps, args.seed + 11)
         ratios, nn_idx = nn_ratio(samples, data)
         with torch.no_grad():
@@ -713,14 +735,14 @@ def configure_parser(subparsers) -> None:
     p = subparsers.add_parser("relu-dae", help="memorizing vs generalizing ReLU denoising autoencoder")
     _common(p, "runs/relu-dae")
     p.add_argument("--no-hybrid", action="store_true", help="skip the duplicated-images experiment")
-    p.add_argument("--reuse", action="store_true", help="load the two models from OUT/dae_models.pt if present")
+    p.add_argument("--reuse", action="store_true", help="load the two models from OUT/dae_models.safetensors if present")
     p.add_argument("--hybrid-iters", type=int, default=None, help="iterations of the hybrid model only")
     p.set_defaults(func=run_relu_dae)
     p = subparsers.add_parser("relu-diffusion", help="memorizing vs generalizing ReLU diffusion model")
     _common(p, "runs/relu-diffusion")
     p.add_argument("--gen-iters", type=int, default=None, help="iterations of the generalizing model only")
     p.add_argument("--mem-iters", type=int, default=None, help="iterations of the memorizing model only")
-    p.add_argument("--reuse", action="store_true", help="load trained models from OUT/diffusion_*.pt if present")
+    p.add_argument("--reuse", action="store_true", help="load trained models from OUT/diffusion_*.safetensors if present")
     p.add_argument("--only", choices=["memorizing", "generalizing"], help="train and evaluate one model only")
     p.set_defaults(func=run_relu_diffusion)
 
