@@ -563,7 +563,9 @@ def detect_memorization(
     """Generate images for ``prompt`` (seeds ``seed + i``), score them inline and (``reencode``) with the paper's
     re-encode detector, and give a verdict when the detector is calibrated.
 
-    ``verdict_from`` picks the score the verdict uses (default: re-encode when computed, else inline).
+    ``verdict_from`` picks the score the verdict uses. Default: the inline score for a calibrated
+    ``inline_score="cfg_distance"`` detector (the recommended one, docs/detection.md), else the re-encode score when
+    computed, else the inline one.
     """
     if "memorization_detector" not in getattr(pipe, "_extra_call_params", tuple)():
         raise TypeError("detect_memorization needs a steer.SteeringStableDiffusionPipeline (see steer.loading.load_pipeline)")
@@ -584,7 +586,8 @@ def detect_memorization(
     images_t = torch.cat(images)
     scores = det.score(images_t, items) if reencode else None
     t2 = time.perf_counter()
-    source = verdict_from or ("reencode" if reencode else "inline")
+    prefer_inline = det.inline_score == "cfg_distance" and det.inline_threshold is not None
+    source = verdict_from or ("inline" if prefer_inline or not reencode else "reencode")
     if source == "reencode" and not reencode:
         raise ValueError("verdict_from='reencode' needs reencode=True")
     values = {"reencode": scores, "inline": torch.cat(inline), "early": torch.cat(early)}[source]
@@ -638,7 +641,9 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--verdict-from", choices=SCORE_KINDS, default=None, help="score that decides (default re-encode)")
+    p.add_argument("--verdict-from", choices=SCORE_KINDS, default=None,
+                   help="score that decides (default: inline for a CFG-distance detector such as the bundled ones, "
+                        "else re-encode)")
     p.add_argument("--save-images", default=None, metavar="DIR", help="also write the generated images")
     p.add_argument("--out", default=None, help="report .jsonl (summary .summary.json and histogram .png next to it)")
     p.set_defaults(func=cmd_detect)

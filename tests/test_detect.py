@@ -169,6 +169,9 @@ def test_cfg_distance_inline_score_is_free_and_matches_hand_computation(tiny_pip
     again = MemorizationDetector.load(det.save(tmp_path / "cfg.safetensors"), tiny_pipe)
     assert again.config() == det.config() and again.inline_score == "cfg_distance" and again.inline_layers == [layer]
     assert again.inline_threshold == pytest.approx(det.inline_threshold)
+    report = tiny_pipe.detect_memorization(prompts[:2], detector=again, num_inference_steps=STEPS)
+    assert report.verdict_from == "inline" and report.threshold == pytest.approx(det.inline_threshold)
+    torch.testing.assert_close(report.memorized, report.inline_scores > det.inline_threshold)
     with pytest.raises(ValueError, match="inline_score"):
         MemorizationDetector(tiny_pipe, inline_score="entropy")
 
