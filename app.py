@@ -99,6 +99,7 @@ class SteerApp:
         self._detector: Any = None
         self._detector_loaded = False
         self._detector_lock = threading.Lock()
+        self._detector_version = 0  # bumped when the detector is replaced: inline scores name the one that made them
         self.catalog = catalog if catalog is not None else H.DirectionCatalog.from_assets()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="steer-app-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -217,13 +218,13 @@ class SteerApp:
             strict,
         )
         vector = self.catalog.get(direction, session)
-        detector = self._detector_or_none()
+        detector, version = self._detector_or_none()
         original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector=detector)
         recipe = settings.recipe(self.pipe, vector, settings.strength)
         png = H.save_with_recipe(steered, recipe, self.workdir, "steered")
         last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
         if scores is not None:  # inline memorization scores, read during this very sampling
-            last["inline"] = {"original": scores[0], "steered": scores[1], "detector": id(detector)}
+            last["inline"] = {"original": scores[0], "steered": scores[1], "detector": version}
         where = (
             f" at layer `{recipe['steering']['layers'][0]}`"
             if vector is not None and len(recipe["steering"]["layers"]) == 1
@@ -339,12 +340,15 @@ class SteerApp:
                 self._detector_loaded = True
             return self._detector
 
-    def _detector_or_none(self) -> Any:
-        """The detector for inline scores during generation; a missing or unusable file never blocks generating."""
+    def _detector_or_none(self) -> tuple[Any, int]:
+        """(detector or None, its version) for inline scores during generation; a missing or unusable file never
+        blocks generating."""
         try:
-            return self.detector()
+            self.detector()  # loads the file once
         except H.UserError:
-            return None
+            return None, -1
+        with self._detector_lock:  # both read together: a calibration in between cannot mislabel the scores
+            return self._detector, self._detector_version
 
     def detector_status(self) -> str:
         """Markdown: which detector the panel uses, or how to get one."""
@@ -370,7 +374,7 @@ class SteerApp:
             raise H.UserError("no calibrated detector for this model yet: calibrate one in the box below")
         key = "steered" if which == "steered" else "original"
         inline = last.get("inline") or {}
-        if inline.get("detector") == id(detector):  # scored during generation by this same detector
+        if inline.get("detector") == self._detector_version:  # scored during generation by the current detector
             view = H.inline_view(detector, inline[key])
         else:
             view = H.score_image(detector, last[key], last["prompt"])
@@ -385,6 +389,7 @@ class SteerApp:
         path = detector.save(Path(tempfile.mkdtemp(dir=self.workdir)) / "detector.safetensors")
         with self._detector_lock:
             self._detector, self._detector_loaded = detector, True
+            self._detector_version += 1
         return str(path), self.detector_status()
 
 
