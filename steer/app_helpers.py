@@ -686,19 +686,26 @@ class MemorizationView:
     plot: Image.Image | None = None
 
 
-def inline_view(detector, score: float) -> MemorizationView:
-    """The verdict of an inline score read while the image was generated, on the ordinary-sample histogram."""
-    ordinary = detector.calibration["inline"].double()
-    threshold = float(detector.inline_threshold)
-    what = "CFG distance" if getattr(detector, "inline_score", "spikiness") == "cfg_distance" else "spikiness"
+def _verdict_view(score: float, ordinary, threshold: float, fpr: float | None, described: str, xlabel: str) -> MemorizationView:
+    """Verdict text and histogram of ``score`` against the ``ordinary`` calibration scores; ``described`` names the
+    score after the verdict (e.g. ``"score **1.2**"``)."""
+    ordinary = ordinary.double()
     percentile = float((ordinary < score).double().mean() * 100)
     verdict = "⚠ **likely memorized**" if score > threshold else "✓ **ordinary** (not flagged)"
-    fpr = f" at a {detector.fpr:.0%} false-positive rate" if detector.fpr is not None else ""
+    rate = f" at a {fpr:.0%} false-positive rate" if fpr is not None else ""
     text = (
-        f"{verdict} - inline {what} **{score:.4g}**, read while this image was generated (no extra UNet evaluation); "
-        f"threshold {threshold:.4g}{fpr}. Higher than {percentile:.0f}% of {len(ordinary)} ordinary samples of this model."
+        f"{verdict} - {described}, threshold {threshold:.4g}{rate}. Higher than {percentile:.0f}% of "
+        f"{len(ordinary)} ordinary samples of this model."
     )
-    return MemorizationView(text, histogram(ordinary.float().numpy(), score, threshold, f"inline {what} (higher = more memorized)"))
+    return MemorizationView(text, histogram(ordinary.float().numpy(), score, threshold, xlabel))
+
+
+def inline_view(detector, score: float) -> MemorizationView:
+    """The verdict of an inline score read while the image was generated, on the ordinary-sample histogram."""
+    what = "CFG distance" if getattr(detector, "inline_score", "spikiness") == "cfg_distance" else "spikiness"
+    described = f"inline {what} **{score:.4g}**, read while this image was generated (no extra UNet evaluation)"
+    return _verdict_view(score, detector.calibration["inline"], float(detector.inline_threshold), detector.fpr,
+                         described, f"inline {what} (higher = more memorized)")
 
 
 def score_image(detector, image: Image.Image, prompt: str) -> MemorizationView:
@@ -710,15 +717,8 @@ def score_image(detector, image: Image.Image, prompt: str) -> MemorizationView:
         return MemorizationView(
             f"Score **{score:.4g}** (higher = more memorized). The detector is not calibrated: no verdict."
         )
-    ordinary = ordinary.double()
-    percentile = float((ordinary < score).double().mean() * 100)
-    verdict = "⚠ **likely memorized**" if score > threshold else "✓ **ordinary** (not flagged)"
-    fpr = f" at a {detector.fpr:.0%} false-positive rate" if detector.fpr is not None else ""
-    text = (
-        f"{verdict} - score **{score:.4g}**, threshold {threshold:.4g}{fpr}. Higher than {percentile:.0f}% of "
-        f"{len(ordinary)} ordinary samples of this model."
-    )
-    return MemorizationView(text, histogram(ordinary.float().numpy(), score, threshold))
+    return _verdict_view(score, ordinary, threshold, detector.fpr, f"score **{score:.4g}**",
+                         "re-encode score (higher = more memorized)")
 
 
 def histogram(
