@@ -8,30 +8,10 @@
 # The latents and the memorized selection come from the demo VAE, exactly as in the first run (the selection ranks
 # candidates with the decoder, so it must see the same one); the fine-tuned decoder of the hybrid is swapped in
 # before the decoder stage continues it.
-set -u
-OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT"
 UNET_MIN=${UNET_MIN:-2.75}
 DEC_MIN=${DEC_MIN:-0.5}
-DEVICE=${DEVICE:-cuda}
-LIMIT_ARGS=${LIMIT:+--limit $LIMIT}
 WORK=${WORK:-/tmp/steer-gpu2}
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/main.log") 2>&1
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-
-if [ "$DEVICE" = cuda ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site wheels/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-mkdir -p "$WORK/fm"
-xz -dc wheels/data/train-images-idx3-ubyte.xz | gzip -1 > "$WORK/fm/train-images-idx3-ubyte.gz"
-cp wheels/data/train-labels-idx1-ubyte.gz "$WORK/fm/"
-export STEER_FASHION_MNIST=$WORK/fm
+source "$(dirname "$0")/gpu_env.sh"
 
 # the hybrid pipeline to continue from = the demo's folders + the carried unet/vae + the text-encoder delta
 INIT=$WORK/init

@@ -7,33 +7,10 @@
 #
 # Environment knobs: UNET_MIN (UNet minutes per model, default 4), DEC_MIN (decoder minutes, default 0.6),
 # DEVICE (default cuda), SKIP_BENCH=1, LIMIT (smoke test on the first N training items).
-set -u
-OUT=${OUT:-/tmp/gpu-out}
-mkdir -p "$OUT"
 UNET_MIN=${UNET_MIN:-4}
 DEC_MIN=${DEC_MIN:-0.6}
-DEVICE=${DEVICE:-cuda}
-LIMIT_ARGS=${LIMIT:+--limit $LIMIT}
 WORK=${WORK:-/tmp/steer-gpu}
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/main.log") 2>&1
-t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-
-if [ "$DEVICE" = cuda ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site wheels/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-else
-  export PYTHONPATH=$PWD
-fi
-if [ -f wheels/data/train-images-idx3-ubyte.xz ]; then
-  mkdir -p "$WORK/fm"
-  xz -dc wheels/data/train-images-idx3-ubyte.xz | gzip -1 > "$WORK/fm/train-images-idx3-ubyte.gz"
-  cp wheels/data/train-labels-idx1-ubyte.gz "$WORK/fm/"
-  export STEER_FASHION_MNIST=$WORK/fm
-fi
+source "$(dirname "$0")/gpu_env.sh"
 stamp "ready"
 
 train_model() {  # name, extra args...
