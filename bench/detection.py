@@ -138,6 +138,30 @@ def ground_truth(images: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.
     return ratio, nn1
 
 
+def near_copy_diagnostic(model: Path, images: np.ndarray, prompts: np.ndarray, ratio: np.ndarray, train: np.ndarray) -> dict | None:
+    """Why a memorized-prompt sample misses the 1/3 criterion: its distance to the duplicated image (d1) against the
+    distance from that image to its nearest *other* training image (d_item), for copies and near copies alike."""
+    from steer.lab.memorization import nn_search
+
+    info = model / "memorized_images.json"
+    if not info.is_file():
+        return None
+    meta = json.loads(info.read_text())
+    item_of = {c: i for i, c in enumerate(meta["captions"])}
+    rows = np.array([k for k, pr in enumerate(prompts) if pr in item_of])
+    if not len(rows):
+        return None
+    dup = train[np.asarray(meta["indices"])]
+    d_item = nn_search(dup, train, k=2)[0][:, 1]  # [:, 0] is the image itself
+    item = np.array([item_of[prompts[k]] for k in rows])
+    d1 = np.sqrt(((images[rows] - dup[item]) ** 2).reshape(len(rows), -1).sum(1))
+    near = ratio[rows] >= 1 / 3
+    pct = lambda a: [round(float(v), 3) for v in np.percentile(a, [5, 50, 95])] if len(a) else []  # noqa: E731
+    return {"samples": int(len(rows)), "near_copies": int(near.sum()), "near_copy_items": sorted({int(i) for i in item[near]}),
+            "d1_copies_p5_50_95": pct(d1[~near]), "d1_near_copies_p5_50_95": pct(d1[near]),
+            "d_item_copies_p5_50_95": pct(d_item[item[~near]]), "d_item_near_copies_p5_50_95": pct(d_item[item[near]])}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------------------------------
@@ -515,6 +539,9 @@ def main(argv=None) -> int:
     from_mem_prompt = data["groups"] == "memorized"
     log(f"ground truth: {y.sum()} memorized of {len(y)} (memorized prompts: {y[from_mem_prompt].mean():.2f}, ordinary: {y[~from_mem_prompt].mean():.2f})")
 
+    near = near_copy_diagnostic(model, data["images"], data["prompts"], gt["ratio"], train)
+    if near:
+        log(f"memorized-prompt samples missing 1/3: {near['near_copies']} of {near['samples']} (items {near['near_copy_items']})")
     scores = variant_scores(data, layers)
     # sanity: the API's inline scores equal the benchmark's recomputation
     api_inline = scores[f"inline|{default_layer}|std|last20%"]
@@ -568,6 +595,7 @@ def main(argv=None) -> int:
         "samples": int(len(y)),
         "memorized_samples": int(y.sum()),
         "memorized_rate": {"memorized_prompts": float(y[from_mem_prompt].mean()), "ordinary_prompts": float(y[~from_mem_prompt].mean())},
+        "near_copies": near,
         "timing_s_per_sample": tim,
         "primary_labels": primary,
         "evaluations": evaluations,
@@ -612,6 +640,12 @@ def render(r: dict) -> str:
         f"Model `{r['model']}`: {r['samples']} samples, {r['memorized_samples']} memorized by the NN-ratio criterion "
         f"(memorized prompts {r['memorized_rate']['memorized_prompts']:.0%}, ordinary prompts {r['memorized_rate']['ordinary_prompts']:.0%}).",
     ]
+    near = r.get("near_copies")
+    if near:
+        lines += ["", f"Memorized-prompt samples that miss the 1/3 criterion: {near['near_copies']} of {near['samples']} "
+                  f"(items {near['near_copy_items']}). Distance to the duplicated image, copies vs near copies (5/50/95 %): "
+                  f"{near['d1_copies_p5_50_95']} vs {near['d1_near_copies_p5_50_95']}; that image's distance to its nearest other "
+                  f"training image: {near['d_item_copies_p5_50_95']} vs {near['d_item_near_copies_p5_50_95']}."]
     for name, ev in r["evaluations"].items():
         what = "NN-ratio ground truth (d(x,NN1)/d(x,NN2) < 1/3)" if name == "nn" else "prompt-list labels (memorized prompt vs ordinary prompt)"
         lines += [

@@ -167,6 +167,39 @@ def test_training_resumes_exactly(tmp_path):
     assert (tmp_path / "pipe" / "model_index.json").is_file() and pipe.name == "pipe"
 
 
+def test_decoder_stage_continues_a_pipeline_and_replaces_only_its_decoder(tmp_path):
+    """``--stage decoder --init PIPELINE`` fine-tunes the decoder of an exported pipeline (with latent-noise
+    augmentation, half of each batch from its memorized items); ``--stage export`` writes that pipeline with only the
+    decoder changed and records the stage in training.json."""
+    from safetensors.torch import load_file
+
+    from steer.lab.train import main
+
+    main(["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
+          "--out", str(tmp_path / "run"), "--steps", "2", "--device", "cpu"])
+    src = tmp_path / "run" / "pipeline"
+    (src / "memorized_images.json").write_text(json.dumps({"data_seed": 0, "indices": [3, 5], "captions": ["a", "b"]}))
+    dec = ["--stage", "decoder", "--out", str(tmp_path / "dec"), "--init", str(src), "--limit", "96", "--batch-size", "4",
+           "--decoder-steps", "3", "--decoder-latent-noise", "2", "--threads", "1", "--device", "cpu"]
+    main(dec)
+    assert json.loads((tmp_path / "dec" / "variant.json").read_text())["memorized_indices"] == [3, 5]
+    main(["--stage", "export", "--out", str(tmp_path / "dec"), "--export", str(tmp_path / "new")])
+    new = tmp_path / "new"
+    for f in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "memorized_images.json"):
+        assert (new / f).read_bytes() == (src / f).read_bytes(), f
+    a = load_file(str(src / "vae" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(new / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("encoder.", "quant_conv.")))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    stage = json.loads((new / "training.json").read_text())["decoder_finetunes"][-1]
+    assert stage["steps"] == 3 and stage["args"]["decoder_latent_noise"] == 2.0
+    # memorized indices of another data seed would point at other images: refused, naming both seeds
+    (src / "memorized_images.json").write_text(json.dumps({"data_seed": 1, "indices": [3], "captions": ["a"]}))
+    with pytest.raises(SystemExit, match="data seed 1.*--seed 0"):
+        main([*dec[:3], str(tmp_path / "dec2"), *dec[4:]])
+
+
 def test_hybrid_inline_cfg_distance_flags_memorized_prompts(offline):
     """The bundled detector's inline score (CFG distance, docs/detection.md) separates the hybrid's memorized prompts
     from ordinary ones on fresh samples, at no extra UNet evaluation (measured: 5.5-7.5 vs 1.1-2.5 at 25 steps;

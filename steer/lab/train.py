@@ -488,6 +488,8 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     from diffusers import AutoencoderKL
 
     run, dest = Path(run), Path(dest)
+    if not (run / "checkpoint.safetensors").is_file() and (run / "decoder_init.json").is_file():
+        return export_decoder(run, dest)
     t = load_file(str(run / "checkpoint.safetensors"))
     info = json.loads((run / "checkpoint.json").read_text())
     scale = json.loads((run / "latents.json").read_text())["scaling_factor"]
@@ -521,6 +523,36 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     return dest
 
 
+def export_decoder(run: Path, dest: Path) -> Path:
+    """Write the pipeline a decoder-only run started from (``decoder_init.json``) with its fine-tuned decoder; the
+    UNet, text encoder and encoder are copied unchanged.  The stage is recorded under ``decoder_finetunes`` in
+    ``training.json``."""
+    from diffusers import AutoencoderKL
+
+    src = Path(json.loads((run / "decoder_init.json").read_text())["pipeline"])
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    stored = load_file(str(next((src / "vae").glob("*.safetensors"))))
+    dtype = stored[next(iter(stored))].dtype  # keep the pipeline's storage precision (fp16 for the lab models)
+    vae = AutoencoderKL.from_pretrained(src / "vae")
+    vae.load_state_dict({**vae.state_dict(), **load_file(str(run / "decoder.safetensors"))})
+    vae.to(dtype)
+    shutil.rmtree(tmp / "vae")
+    vae.save_pretrained(tmp / "vae", safe_serialization=True)
+    info = json.loads((tmp / "training.json").read_text()) if (tmp / "training.json").is_file() else {}
+    ck = json.loads((run / "decoder_ck.json").read_text())
+    info.setdefault("decoder_finetunes", []).append(
+        {"steps": ck["step"], "args": ck.get("args"), "final_mse01_avg50": float(np.mean(ck["losses"][-50:])) if ck["losses"] else None,
+         "final_memorized_mse01_avg50": float(np.mean(ck["mem_losses"][-50:])) if ck["mem_losses"] else None})
+    _atomic_json(info, tmp / "training.json")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
 def write_variant_files(run: Path, dest: Path) -> None:
     """Prompt lists and the memorized training items of a hybrid/mem run, next to its pipeline."""
     vj = Path(run) / "variant.json"
@@ -536,15 +568,45 @@ def write_variant_files(run: Path, dest: Path) -> None:
                  dest / "memorized_images.json")
 
 
+def _decoder_run_from_pipeline(out: Path, pipeline: Path, seed: int, limit: int | None, device) -> None:
+    """Set up ``out`` for the decoder stage from an exported pipeline folder: its VAE, the training latents encoded
+    with the scale it was exported with, and its memorized items (``memorized_images.json``)."""
+    from diffusers import AutoencoderKL
+
+    if not (pipeline / "model_index.json").is_file():
+        raise SystemExit(f"--init {pipeline}: not a pipeline folder (no model_index.json) and {out} has no vae/")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(pipeline / "vae", out / "vae")
+    vae = AutoencoderKL.from_pretrained(out / "vae").float()
+    cache_latents(out, vae, seed=seed, limit=limit, device=device, scaling_factor=vae.config.scaling_factor)
+    info = pipeline / "memorized_images.json"
+    if info.is_file():
+        meta = json.loads(info.read_text())
+        if int(meta.get("data_seed", seed)) != seed:
+            raise SystemExit(f"{info}: memorized indices refer to data seed {meta['data_seed']}, this run uses --seed {seed}")
+        _atomic_json({"memorized_indices": meta["indices"], "memorized_captions": meta["captions"],
+                      "copies": meta.get("copies", 1)}, out / "variant.json")
+    _atomic_json({"pipeline": str(pipeline)}, out / "decoder_init.json")
+    log(out, f"decoder stage set up from pipeline {pipeline}")
+
+
 def finetune_decoder(args) -> Path:
     """Fine-tune only the VAE decoder (and post_quant_conv) on this run's training items, from the cached latent
     posteriors (the encoder and so the UNet's latents are unchanged).  ``--mem-fraction`` of each batch is drawn
-    from the run's memorized items (hybrid/mem variants).  Saves ``OUT/decoder.safetensors``, used by ``export``."""
+    from the run's memorized items (hybrid/mem variants).  Saves ``OUT/decoder.safetensors``, used by ``export``.
+
+    ``--init PIPELINE`` (with an ``OUT`` that has no ``vae/`` yet) continues the decoder of an exported pipeline;
+    ``export`` then writes that pipeline with only its decoder replaced.  ``--decoder-latent-noise K`` trains on
+    posterior samples whose std is inflated by a factor drawn uniformly from [1, 1 + K] per image: the UNet's
+    sampled latents miss the encoder's by a few posterior stds, which plain posterior samples never show the
+    decoder."""
     out = Path(args.out)
     torch.set_num_threads(args.threads)
     device = resolve_device(getattr(args, "device", None))
     from diffusers import AutoencoderKL
 
+    if not (out / "vae").exists() and getattr(args, "init", None):
+        _decoder_run_from_pipeline(out, Path(args.init), args.seed, args.limit, device)
     vae = AutoencoderKL.from_pretrained(out / "vae").float()
     lat = {k: v.to(device) for k, v in load_file(str(out / "latents.safetensors")).items()}
     ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
@@ -568,7 +630,11 @@ def finetune_decoder(args) -> Path:
         _load_optimizer(opt, {k: v.to(device) for k, v in t.items()})
         g.set_state(t["rng.generator"])
         st = json.loads(ckj.read_text())
-    log(out, f"decoder fine-tune: {len(ds)} items, {len(mem)} memorized (fraction {args.mem_fraction}), from step {st['step']}")
+    noise_k = float(getattr(args, "decoder_latent_noise", 0.0) or 0.0)
+    st["args"] = {k: getattr(args, k, None) for k in ("decoder_steps", "decoder_lr", "batch_size", "mem_fraction",
+                                                       "decoder_latent_noise", "max_minutes", "seed", "limit", "init")}
+    log(out, f"decoder fine-tune: {len(ds)} items, {len(mem)} memorized (fraction {args.mem_fraction}), latent noise "
+             f"{noise_k}, from step {st['step']}")
     n_mem = int(round(args.batch_size * args.mem_fraction)) if len(mem) else 0
     t0, last = time.time(), time.time()
 
@@ -593,8 +659,10 @@ def finetune_decoder(args) -> Path:
         b = torch.randint(0, len(ds), (args.batch_size - n_mem,), generator=g)
         if n_mem:
             b = torch.cat([b, mem_t[torch.randint(0, len(mem_t), (n_mem,), generator=g)]])
-        eps = torch.randn((len(b), *lat["mean"].shape[1:]), generator=g).to(device)
-        b = b.to(device)
+        eps = torch.randn((len(b), *lat["mean"].shape[1:]), generator=g)
+        if noise_k:
+            eps = eps * (1 + noise_k * torch.rand((len(b), 1, 1, 1), generator=g))
+        eps, b = eps.to(device), b.to(device)
         z = lat["mean"][b] + lat["std"][b] * eps
         rec = vae.decode(z).sample
         err = (rec - x_all[b]).pow(2).flatten(1).mean(1)
@@ -656,6 +724,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decoder: fine-tune the VAE decoder of an existing run (see finetune_decoder); export: write the pipeline")
     p.add_argument("--decoder-steps", dest="decoder_steps", type=int, default=1000)
     p.add_argument("--decoder-lr", dest="decoder_lr", type=float, default=5e-4)
+    p.add_argument("--decoder-latent-noise", dest="decoder_latent_noise", type=float, default=0.0,
+                   help="decoder: inflate the posterior std of each training latent by a factor from U[1, 1+K]")
     p.add_argument("--copies", type=int, default=HYBRID_COPIES, help="hybrid: copies of each memorized item in the data")
     p.add_argument("--mem-fraction", dest="mem_fraction", type=float, default=0.5)
     p.add_argument("--vae-from", dest="vae_from", default=None,
