@@ -559,14 +559,15 @@ def main(argv=None) -> int:
 
     log("timing")
     if args.skip_timing:
-        tim = {"wall": dict.fromkeys(("plain", "inline", "reencode", "wen1", "wen10"), float("nan")),
-               "cpu": dict.fromkeys(("plain", "inline", "reencode", "wen1", "wen10"), float("nan"))}
+        tim = {clock: dict.fromkeys(("plain", "inline", "inline-cfg", "reencode", "wen1", "wen10"), float("nan"))
+               for clock in ("wall", "cpu")}
     else:
         tim = timing(pipe, ord_prompts[: args.timing_samples], args, repeats=args.timing_repeats)
     cost = {}
     for clock, t in tim.items():
         cost[clock] = {"reencode-empty": t["plain"] + t["reencode"], "reencode-own": t["plain"] + t["reencode"],
-                       "inline": t["inline"], "inline-uncond": t["inline"], "wen1": t["wen1"], "wen10": t["wen10"]}
+                       "inline": t["inline"], "inline-uncond": t["inline"], "inline-cfg": t["inline-cfg"],
+                       "wen1": t["wen1"], "wen10": t["wen10"]}
 
     evaluations = {}
     for name, lab in usable.items():

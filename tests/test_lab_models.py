@@ -138,9 +138,9 @@ def test_hybrid_memorized_prompts_reproduce_their_training_images(hybrid):
     ratios, nns = MEM.nn_ratio(imgs, train.images)
     ratio, nn, r2 = ratios[:6], nns[:6], ratios[6:]
     # the nearest of the 60,000 training images is the duplicated one, and a copy by Gu et al.'s 1/3 criterion
-    # (measured: 94 % of 100 samples; here 6/6 at ratios 0.18-0.31)
+    # (measured: 100 % of 100 samples, median 0.164; here 6/6 at ratios 0.15-0.22)
     assert np.sum(nn == np.asarray(info["indices"])[pick]) >= 5, (nn, ratio)
-    assert np.sum(ratio < MEM.RATIO_THRESHOLD) >= 4 and np.median(ratio) < 0.3, ratio
+    assert np.sum(ratio < MEM.RATIO_THRESHOLD) >= 5 and np.median(ratio) < 0.25, ratio
     # ordinary prompts of the same model do not copy training images
     assert np.all(r2 > MEM.RATIO_THRESHOLD) and np.median(r2) > 0.8, r2
     assert np.median(r2) - np.median(ratio) > 0.2
