@@ -198,6 +198,8 @@ def test_decoder_stage_continues_a_pipeline_and_replaces_only_its_decoder(tmp_pa
     (src / "memorized_images.json").write_text(json.dumps({"data_seed": 1, "indices": [3], "captions": ["a"]}))
     with pytest.raises(SystemExit, match="data seed 1.*--seed 0"):
         main([*dec[:3], str(tmp_path / "dec2"), *dec[4:]])
+    with pytest.raises(SystemExit, match="no vae/.*--init PIPELINE"):  # nothing to continue from
+        main(["--stage", "decoder", "--out", str(tmp_path / "empty"), "--threads", "1"])
 
 
 def test_hybrid_inline_cfg_distance_flags_memorized_prompts(offline):

@@ -576,7 +576,8 @@ def _decoder_run_from_pipeline(out: Path, pipeline: Path, seed: int, limit: int 
     if not (pipeline / "model_index.json").is_file():
         raise SystemExit(f"--init {pipeline}: not a pipeline folder (no model_index.json) and {out} has no vae/")
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(pipeline / "vae", out / "vae")
+    if not (out / "vae").is_dir():
+        shutil.copytree(pipeline / "vae", out / "vae")
     vae = AutoencoderKL.from_pretrained(out / "vae").float()
     cache_latents(out, vae, seed=seed, limit=limit, device=device, scaling_factor=vae.config.scaling_factor)
     info = pipeline / "memorized_images.json"
@@ -586,7 +587,7 @@ def _decoder_run_from_pipeline(out: Path, pipeline: Path, seed: int, limit: int 
             raise SystemExit(f"{info}: memorized indices refer to data seed {meta['data_seed']}, this run uses --seed {seed}")
         _atomic_json({"memorized_indices": meta["indices"], "memorized_captions": meta["captions"],
                       "copies": meta.get("copies", 1)}, out / "variant.json")
-    _atomic_json({"pipeline": str(pipeline)}, out / "decoder_init.json")
+    _atomic_json({"pipeline": str(pipeline)}, out / "decoder_init.json")  # written last: the set-up is complete
     log(out, f"decoder stage set up from pipeline {pipeline}")
 
 
@@ -605,8 +606,12 @@ def finetune_decoder(args) -> Path:
     device = resolve_device(getattr(args, "device", None))
     from diffusers import AutoencoderKL
 
-    if not (out / "vae").exists() and getattr(args, "init", None):
-        _decoder_run_from_pipeline(out, Path(args.init), args.seed, args.limit, device)
+    init = getattr(args, "init", None)
+    if init and not (out / "checkpoint.safetensors").is_file() and not (out / "decoder_init.json").is_file():
+        _decoder_run_from_pipeline(out, Path(init), args.seed, args.limit, device)
+    if not (out / "vae").is_dir() or not (out / "latents.safetensors").is_file():
+        raise SystemExit(f"{out}: no vae/ and latents.safetensors to fine-tune; give the run folder of a train stage, "
+                         "or --init PIPELINE to continue an exported pipeline's decoder")
     vae = AutoencoderKL.from_pretrained(out / "vae").float()
     lat = {k: v.to(device) for k, v in load_file(str(out / "latents.safetensors")).items()}
     ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
