@@ -336,6 +336,20 @@ class TimeBudget:
         return min(total, done + max(0, int(0.97 * left / per_step)))
 
 
+def adopt_vae(out: Path, src: Path) -> float | None:
+    """Reuse the VAE of ``src`` (a run folder or an exported pipeline) in ``out``, with a run folder's cached
+    latents; returns the scaling factor a pipeline was exported with (its latents must be re-encoded with it), or
+    None for a run folder."""
+    if not (out / "vae").exists():
+        shutil.copytree(src / "vae", out / "vae")
+    if (src / "latents.safetensors").is_file() and not (out / "latents.safetensors").exists():
+        shutil.copy(src / "latents.safetensors", out / "latents.safetensors")
+        shutil.copy(src / "latents.json", out / "latents.json")
+    if (src / "model_index.json").is_file():
+        return json.loads((src / "vae" / "config.json").read_text())["scaling_factor"]
+    return None
+
+
 def train(args) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,16 +364,7 @@ def train(args) -> Path:
     # -- VAE + latents (the hybrid and mem variants reuse the VAE/latents of --init or --vae-from, which may be a
     #    run folder or an exported pipeline; a pipeline's latents are re-encoded with the scale it was exported with)
     src = args.vae_from or (args.init if args.variant != "demo" else None)
-    fixed_scale = None
-    if src:
-        init = Path(src)
-        if not (out / "vae").exists():
-            shutil.copytree(init / "vae", out / "vae")
-        if (init / "latents.safetensors").is_file() and not (out / "latents.safetensors").exists():
-            shutil.copy(init / "latents.safetensors", out / "latents.safetensors")
-            shutil.copy(init / "latents.json", out / "latents.json")
-        if (init / "model_index.json").is_file():
-            fixed_scale = json.loads((init / "vae" / "config.json").read_text())["scaling_factor"]
+    fixed_scale = adopt_vae(out, Path(src)) if src else None
     vae = train_vae(out, steps=args.vae_steps, lr=args.vae_lr, seed=args.seed, limit=args.limit)
     vae = vae.float()
     lat = cache_latents(out, vae, seed=args.seed, limit=args.limit, device=device, scaling_factor=fixed_scale)
@@ -576,10 +581,9 @@ def _decoder_run_from_pipeline(out: Path, pipeline: Path, seed: int, limit: int 
     if not (pipeline / "model_index.json").is_file():
         raise SystemExit(f"--init {pipeline}: not a pipeline folder (no model_index.json) and {out} has no vae/")
     out.mkdir(parents=True, exist_ok=True)
-    if not (out / "vae").is_dir():
-        shutil.copytree(pipeline / "vae", out / "vae")
+    scale = adopt_vae(out, pipeline)
     vae = AutoencoderKL.from_pretrained(out / "vae").float()
-    cache_latents(out, vae, seed=seed, limit=limit, device=device, scaling_factor=vae.config.scaling_factor)
+    cache_latents(out, vae, seed=seed, limit=limit, device=device, scaling_factor=scale)
     info = pipeline / "memorized_images.json"
     if info.is_file():
         meta = json.loads(info.read_text())
