@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from steer.validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_SIZE, MAX_STEPS, MAX_SWEEP, clip, short
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -21,27 +24,79 @@ class CLIError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``steer generate: error: ...``), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {clip(message, 500)} (see {self.prog} --help)\n")
+
+
 def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]:
     try:
         values = [float(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {short(text)}") from None
     if n is not None and len(values) != n:
-        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {short(text)}")
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be finite numbers, got {short(text)}")
     return values
+
+
+def bounded_int(low: int, high: int, multiple: int = 1):
+    """An argparse type: an integer in ``[low, high]`` (and a multiple of ``multiple``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {short(text)}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        if value % multiple:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple}, got {value}")
+        return value
+
+    return parse
+
+
+def bounded_float(low: float, high: float):
+    """An argparse type: a finite number in ``[low, high]``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {short(text)}") from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a finite number between {low:g} and {high:g}, got {short(text)}")
+        return value
+
+    return parse
 
 
 def parse_window(text: str) -> tuple[float, float]:
     start, end = _floats(text, 2, "--window")
+    if not 0.0 <= start < end <= 1.0:
+        raise argparse.ArgumentTypeError(f"--window needs 0 <= start < end <= 1, got {short(text)}")
     return start, end
 
 
 def parse_sweep(text: str) -> list[float]:
     lo, hi, n = _floats(text, 3, "--sweep")
-    if n < 2 or n != int(n):
-        raise argparse.ArgumentTypeError(f"--sweep count must be an integer >= 2, got {n:g}")
+    if n != int(n) or not 2 <= n <= MAX_SWEEP:
+        raise argparse.ArgumentTypeError(f"--sweep count must be an integer from 2 to {MAX_SWEEP}, got {n:g}")
+    if max(abs(lo), abs(hi)) > MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"--sweep scales must be within +-{MAX_SCALE:g}, got {short(text)}")
     n = int(n)
     return [round(lo + (hi - lo) * i / (n - 1), 6) for i in range(n)]
+
+
+STEPS = bounded_int(1, MAX_STEPS)
+SEED = bounded_int(0, MAX_SEED)
+SIZE = bounded_int(8, MAX_SIZE, multiple=8)
+GUIDANCE = bounded_float(0.0, MAX_GUIDANCE)
+SCALE = bounded_float(-MAX_SCALE, MAX_SCALE)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -155,6 +210,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     vectors = [(SteeringVector.load(p), p) for p in paths]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
+    if args.seed + args.num_images - 1 > MAX_SEED:
+        raise CLIError(f"--seed {args.seed} + --num-images {args.num_images} runs past the largest seed {MAX_SEED}")
     apply_recommended(args, [v for v, _ in vectors])
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
     pipe = load_pipeline(args.model, args.device, progress=True)
@@ -233,7 +290,7 @@ def _load_plugin(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steer", description="Training-free representation steering for Stable Diffusion.")
+    parser = Parser(prog="steer", description="Training-free representation steering for Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("learn", help="learn a steering direction from prompts or images")
@@ -243,14 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("mean", "mean_diff", "pca"), default="mean_diff")
     p.add_argument("--source-mode", choices=("fast", "reference"), default="reference", help="prompts: generate + re-encode (reference, paper; default) or record during sampling (fast)")
     p.add_argument("--layers", nargs="+", default=None)
-    p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--timestep", type=int, default=10)
+    p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=16)
+    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8)
+    p.add_argument("--steps", type=STEPS, default=25)
+    p.add_argument("--guidance", type=GUIDANCE, default=7.5)
+    p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_window, default=None, help="record this window as the direction's recommended one")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--name", default=None)
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_learn)
@@ -261,15 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--direction", nargs="+", default=None, help="direction file(s) or bundled direction name(s)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--scale", type=float, default=None, help="strength (default: the direction's recommended scale, else 1)")
+    group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
     group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
     _add_steering_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-images", type=int, default=1, help="one per seed, starting at --seed")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
+    p.add_argument("--steps", type=STEPS, default=30)
+    p.add_argument("--guidance", type=GUIDANCE, default=7.5)
+    p.add_argument("--height", type=SIZE, default=None)
+    p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_generate)
 
@@ -303,13 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     from steer.vectors import ModelMismatchError, SteeringFileError
 
     try:
-        return int(args.func(args) or 0)
+        result = args.func(args)
     except (CLIError, LayerError, ModelMismatchError, SteeringFileError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"steer {args.command}: error: {err}", file=sys.stderr)
+        print(f"steer {args.command}: error: {clip(str(err), 1000) or type(err).__name__}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        print(f"steer {args.command}: error: an input is nested too deeply", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"steer {args.command}: interrupted", file=sys.stderr)
         return 130
+    # a command returns its exit status, or None / a result (the lab's statistics dict) for success
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 if __name__ == "__main__":

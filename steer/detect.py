@@ -38,6 +38,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusion
 
 from steer.files import read_checked, write_checked
 from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
+from steer.validation import SchemaError, check_detector_header, check_detector_tensors
 from steer.vectors import ModelMismatchError, SteeringFileError, unet_fingerprint
 
 Statistic = Literal["std", "l4_l2", "max_over_mean"]
@@ -468,12 +469,16 @@ def _opt_float(x: Any) -> float | None:
 
 
 def _read_detector_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a detector file and check its whole header schema and calibration tensors (`steer.validation`)."""
     header, tensors = read_checked(
         path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, DetectorFileError, "memorization detector", contents="calibration data"
     )
-    for value in (header.get("thresholds") or {}).values():
-        if value is not None and not isinstance(value, int | float):
-            raise DetectorFileError(f"{path}: threshold {value!r} is not a number")
+    choices = {"pooling": POOLINGS, "statistic": STATISTICS, "prompt": PROMPT_MODES, "inline_score": INLINE_SCORES}
+    try:
+        check_detector_header(header, SCORE_KINDS, choices)
+        check_detector_tensors(tensors, SCORE_KINDS)
+    except SchemaError as err:
+        raise DetectorFileError(f"{path}: {err}") from None
     return header, tensors
 
 

@@ -17,6 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from steer.validation import MAX_HEADER_CHARS, MAX_METADATA_DEPTH, SchemaError, check_header_common, clip, short
+
 
 def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the names and fp32 bytes of ``tensors``, in name order."""
@@ -54,14 +56,22 @@ def read_checked(
         raise error(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
     if key not in raw:
         raise error(f"{path} is a safetensors file but not a {what} (no '{key}' header)")
+    text = raw[key]
+    if len(text) > MAX_HEADER_CHARS:
+        raise error(f"{path}: the {what} metadata is {len(text)} characters long (limit {MAX_HEADER_CHARS})")
     try:
-        header = json.loads(raw[key])
-    except json.JSONDecodeError as err:
-        raise error(f"{path}: the {what} metadata is not valid JSON ({err})") from None
+        header = json.loads(text)
+    except ValueError as err:  # JSONDecodeError, or an integer beyond Python's digit limit
+        raise error(f"{path}: the {what} metadata is not valid JSON ({clip(str(err))})") from None
+    except RecursionError:
+        raise error(f"{path}: the {what} metadata is nested too deeply (limit {MAX_METADATA_DEPTH} levels)") from None
     if not isinstance(header, dict) or header.get("format") != format_name:
-        raise error(f"{path}: unknown format {header.get('format') if isinstance(header, dict) else header!r}")
-    if int(header.get("format_version", 0)) > format_version:
-        raise error(f"{path}: written by a newer steer (format {header['format_version']} > {format_version})")
+        found = header.get("format") if isinstance(header, dict) else header
+        raise error(f"{path}: unknown format {short(found)} (expected {format_name!r})")
+    try:
+        check_header_common(header, format_version)
+    except SchemaError as err:
+        raise error(f"{path}: {err}") from None
     if header.get("digest") != tensor_digest(tensors):
         raise error(f"{path}: {contents} do not match the recorded digest (the file was edited or damaged)")
     return header, tensors

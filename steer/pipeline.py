@@ -20,6 +20,8 @@ from steer.hooks import (
     build_layer_plans,
     resolve_layers,
 )
+from steer.loading import AutoDtypeMixin
+from steer.validation import FiniteOutputMixin, check_steering_request
 from steer.vectors import SteeringVector, as_vector_list
 
 # Per-pipeline defaults set by `pipe.steering(...)`, scoped to the current thread / task.
@@ -88,7 +90,7 @@ class _ContextOnly:
         _ACTIVE.reset(self._token)
 
 
-class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
+class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableDiffusionPipeline):
     """Stable Diffusion with training-free representation steering.
 
     A drop-in `StableDiffusionPipeline`: load it with `from_pretrained` or `from_pipe`. Extra `__call__` arguments
@@ -105,7 +107,8 @@ class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
       activation norm, so the edit lands where the content is).
     - ``steering_strict``: require the vector's base-model weights hash to match (False allows fine-tunes).
 
-    With no vector, or every scale zero, the call is exactly `StableDiffusionPipeline.__call__`.
+    With no vector, or every scale zero, the call is exactly `StableDiffusionPipeline.__call__`. Out-of-range inputs and
+    NaN images raise (`steer.validation`); loading without a dtype: `steer.loading.AutoDtypeMixin`.
     """
 
     _steering_params = tuple(_STEERING_DEFAULTS)
@@ -231,6 +234,7 @@ class SteeringStableDiffusionPipeline(StableDiffusionPipeline):
         bound = inspect.signature(StableDiffusionPipeline.__call__).bind(self, *args, **kwargs)
         num_images = self._num_images(bound)
         scales = parse_scales(settings["steering_scale"], max(len(vectors), 1), num_images) if vectors else None
+        check_steering_request(vectors, scales, settings, unwrap_unet(self.unet).dtype)  # ranges, empty layers
         active = bool(vectors) and bool(scales.abs().sum() > 0)
 
         sites = self.__dict__.get("_static_sites") if hasattr(self.unet, "_orig_mod") else None

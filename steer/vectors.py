@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from steer.files import read_checked, tensor_digest, write_checked
+from steer.validation import SchemaError, check_depth, check_direction_metadata, check_direction_tensors
 
 FORMAT_NAME = "steer.SteeringVector"
 FORMAT_VERSION = 1
@@ -57,6 +58,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, str | int | float | bool) or value is None:
         return value
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # 0-d tensors and numpy scalars
+        return value.item()
     return str(value)
 
 
@@ -189,7 +192,7 @@ class SteeringVector:
             "method": "combination",
             "model": mine or theirs,
             "activation_norm": act,
-            "components": [self.metadata, other.metadata],
+            "components": [*_components(self.metadata), *_components(other.metadata)],
         }
         return SteeringVector(out, meta)
 
@@ -265,26 +268,41 @@ class SteeringVector:
         if path.suffix != ".safetensors":
             path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.directions.items()}
-        header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": _jsonable(self.metadata)}
+        try:  # refuse to write a file that `load` would refuse
+            check_depth(self.metadata, "metadata")
+            header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": _jsonable(self.metadata)}
+            check_direction_tensors(tensors)
+            check_direction_metadata(header["metadata"])
+        except SchemaError as err:
+            raise ValueError(f"cannot save {self.name!r} to {path}: {err}") from None
         write_checked(path, tensors, _METADATA_KEY, header)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> SteeringVector:
-        """Read and validate a file written by `save`. Never unpickles."""
+        """Read and validate a file written by `save`. Never unpickles.
+
+        Raises `SteeringFileError` (one line naming the file and the problem) for a missing, damaged or edited
+        file, a header field of the wrong type (`steer.validation.check_direction_metadata`), a layer name that is
+        not a module path, or entries that are not finite or exceed `steer.validation.MAX_VECTOR_ENTRY`.
+        """
         path = Path(path)
         if not path.is_file():
             raise SteeringFileError(f"direction file not found: {path}")
         header, tensors = read_checked(path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, SteeringFileError, "steering vector")
-        for name, t in tensors.items():
-            if t.ndim != 1 or not t.is_floating_point():
-                raise SteeringFileError(f"{path}: layer {name!r} holds a {tuple(t.shape)} {t.dtype} tensor, expected 1-D float")
-            if not torch.isfinite(t).all():
-                raise SteeringFileError(f"{path}: layer {name!r} contains NaN or infinite values")
-        meta = header.get("metadata", {})
-        if not tensors:
-            raise SteeringFileError(f"{path}: contains no layers")
+        try:
+            check_direction_tensors(tensors)
+            meta = check_direction_metadata(header.get("metadata"))
+        except SchemaError as err:
+            raise SteeringFileError(f"{path}: {err}") from None
         return cls({k: v.to(device) for k, v in tensors.items()}, meta)
+
+
+def _components(meta: dict[str, Any]) -> list[Any]:
+    """A combination's parts, flattened so that chains of ``+`` / ``-`` do not nest metadata ever deeper."""
+    if meta.get("method") == "combination" and isinstance(meta.get("components"), list):
+        return list(meta["components"])
+    return [meta]
 
 
 def as_vector_list(steering: SteeringVector | str | os.PathLike | Iterable | None) -> list[SteeringVector]:

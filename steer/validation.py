@@ -1,0 +1,355 @@
+"""Limits and checks shared by the files, the command line and the pipeline.
+
+- Schemas of the JSON headers of direction and detector files: every field that code reads is type-checked on load, so
+  a hand-edited or hostile file fails with one line naming the field, never an `AttributeError` deep inside.
+- Numeric limits: steering scales, direction entries and the delta a call adds must stay finite in the UNet's dtype.
+- `FiniteOutputMixin`: the pipeline refuses to return an image with NaN or infinite pixels (which would otherwise be
+  written as an all-black PNG).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Limits (documented in docs/reliability.md)
+# ----------------------------------------------------------------------------------------------------------------------
+MAX_SCALE = 1e4  # |steering_scale|; the app allows 50, useful scales are < 10 (normalized) or < 100 (raw)
+MAX_VECTOR_ENTRY = 1e6  # |entry| of a direction; learned directions are differences of activations (< 1e3)
+MAX_METADATA_DEPTH = 32  # nesting of the JSON header (combinations flatten their components)
+MAX_HEADER_CHARS = 16 * 2**20  # JSON header of a direction or detector file
+MAX_LAYER_NAME = 256
+MAX_STEPS = 1000  # num_inference_steps (the schedulers' training steps)
+MAX_SWEEP = 64  # scales of one --sweep (the app's strip is 9)
+MAX_IMAGES = 10_000  # --num-images of one command
+MAX_SIZE = 8192  # height / width in pixels
+MAX_GUIDANCE = 1000.0
+MAX_SEED = 2**63 - 1
+
+_LAYER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+_LAYER_PATTERN = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+")
+BRANCHES = ("cond", "uncond", "both")
+MODES = ("add", "weighted")
+
+
+class SchemaError(ValueError):
+    """A header field has the wrong type or value; callers prefix the file name and re-raise their own error."""
+
+
+class NonFiniteOutputError(ValueError):
+    """A generation produced NaN or infinite values; the image is refused rather than written black."""
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (error messages never echo a whole hostile value)."""
+    text = repr(value) if not isinstance(value, Mapping | list | tuple) else _short_container(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short_container(value: Any) -> str:
+    kind = "object" if isinstance(value, Mapping) else "list"
+    return f"a {kind} of {len(value)} item(s)"
+
+
+def kind_of(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------------------
+def nesting_depth(value: Any, limit: int = MAX_METADATA_DEPTH) -> int:
+    """Depth of nested lists / dicts, computed without recursion; stops counting past ``limit`` + 1."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping | list | tuple):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > limit:
+                return depth
+            stack.extend((v, depth) for v in (item.values() if isinstance(item, Mapping) else item))
+    return deepest
+
+
+def check_depth(value: Any, where: str, limit: int = MAX_METADATA_DEPTH) -> None:
+    if nesting_depth(value, limit) > limit:
+        raise SchemaError(f"{where} is nested more than {limit} levels deep")
+
+
+def check_dict(value: Any, where: str, optional: bool = True) -> dict[str, Any]:
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        raise SchemaError(f"{where} must be an object, got {kind_of(value)}")
+    return value
+
+
+def check_str(value: Any, where: str, optional: bool = True, choices: Sequence[str] | None = None) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise SchemaError(f"{where} must be a string, got {kind_of(value)}")
+    if choices is not None and value not in choices:
+        raise SchemaError(f"{where} must be one of {list(choices)}, got {short(value)}")
+    return value
+
+
+def check_number(value: Any, where: str, low: float = -math.inf, high: float = math.inf, optional: bool = True) -> float | None:
+    """A finite int/float (not a boolean) within ``[low, high]``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{where} must be a number, got {kind_of(value)}")
+    number = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
+    if not math.isfinite(number):
+        raise SchemaError(f"{where} must be a finite number, got {short(value)}")
+    if not low <= number <= high:
+        raise SchemaError(f"{where} must be between {low:g} and {high:g}, got {number:g}")
+    return number
+
+
+def check_int(value: Any, where: str, low: int, high: int, optional: bool = True) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SchemaError(f"{where} must be an integer, got {kind_of(value)}")
+    if not low <= value <= high:
+        raise SchemaError(f"{where} must be between {low} and {high}, got {short(value)}")
+    return value
+
+
+def check_bool(value: Any, where: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise SchemaError(f"{where} must be true or false, got {kind_of(value)}")
+    return value
+
+
+def check_layer_name(name: Any, where: str) -> str:
+    """An exact UNet module path (``up_blocks.0.resnets.1``): no glob characters, spaces or control characters."""
+    if not isinstance(name, str):
+        raise SchemaError(f"{where} must be a layer name (string), got {kind_of(name)}")
+    if len(name) > MAX_LAYER_NAME or not _LAYER_NAME.fullmatch(name):
+        raise SchemaError(f"{where} {short(name)} is not a module path like 'up_blocks.0.resnets.1' (globs are not allowed here)")
+    return name
+
+
+def check_layer_names(value: Any, where: str, patterns: bool = False) -> list[str]:
+    """A non-empty list of layer names (or, with ``patterns``, names / glob patterns)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise SchemaError(f"{where} must be a non-empty list of layer names, got {kind_of(value)}")
+    out = []
+    for i, name in enumerate(value):
+        if patterns:
+            if not isinstance(name, str) or len(name) > MAX_LAYER_NAME or not _LAYER_PATTERN.fullmatch(name):
+                raise SchemaError(f"{where}[{i}] {short(name)} is not a layer name or glob pattern")
+            out.append(name)
+        else:
+            out.append(check_layer_name(name, f"{where}[{i}]"))
+    return out
+
+
+def check_window(value: Any, where: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise SchemaError(f"{where} must be [start, end], got {kind_of(value)}")
+    start = check_number(value[0], f"{where} start", 0.0, 1.0, optional=False)
+    end = check_number(value[1], f"{where} end", 0.0, 1.0, optional=False)
+    if not start < end:
+        raise SchemaError(f"{where} must satisfy start < end, got [{start:g}, {end:g}]")
+    return start, end
+
+
+def check_fingerprint(value: Any, where: str) -> dict[str, Any]:
+    """The base-model fingerprint written by `steer.vectors.unet_fingerprint` (every field optional)."""
+    fp = check_dict(value, where)
+    for key in ("unet_class", "config_hash", "weights_hash", "name_or_path"):
+        check_str(fp.get(key), f"{where}.{key}")
+    check_dict(fp.get("architecture"), f"{where}.architecture")
+    for name, channels in check_dict(fp.get("channels"), f"{where}.channels").items():
+        check_layer_name(name, f"{where}.channels key")
+        check_int(channels, f"{where}.channels[{name!r}]", 1, 2**31, optional=False)
+    return fp
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# File headers
+# ----------------------------------------------------------------------------------------------------------------------
+def check_header_common(header: Any, format_version: int) -> dict[str, Any]:
+    """The fields every checked file has: an object with an integer ``format_version`` and a string ``digest``."""
+    if not isinstance(header, dict):
+        raise SchemaError(f"the header must be an object, got {kind_of(header)}")
+    check_depth(header, "the header", MAX_METADATA_DEPTH + 1)
+    version = check_int(header.get("format_version", 1), "format_version", 0, 2**31)
+    if version is not None and version > format_version:
+        raise SchemaError(f"written by a newer steer (format {version} > {format_version})")
+    check_str(header.get("digest"), "digest")
+    return header
+
+
+def check_direction_metadata(value: Any) -> dict[str, Any]:
+    """The ``metadata`` object of a direction file (see `steer.vectors.SteeringVector`)."""
+    meta = check_dict(value, "metadata")
+    check_depth(meta, "metadata")
+    for key in ("name", "method", "source", "pooling"):
+        check_str(meta.get(key), f"metadata.{key}")
+    check_int(meta.get("timestep"), "metadata.timestep", 0, 100_000)
+    for name, norm in check_dict(meta.get("activation_norm"), "metadata.activation_norm").items():
+        check_number(norm, f"metadata.activation_norm[{short(name)}]", 0.0, MAX_VECTOR_ENTRY, optional=False)
+    check_fingerprint(meta.get("model"), "metadata.model")
+    check_recommended(meta.get("recommended"), "metadata.recommended")
+    components = meta.get("components")
+    if components is not None and not isinstance(components, list):
+        raise SchemaError(f"metadata.components must be a list, got {kind_of(components)}")
+    return meta
+
+
+def check_recommended(value: Any, where: str) -> dict[str, Any]:
+    """A direction's recommended settings, as `steer generate` and the app apply them."""
+    rec = check_dict(value, where)
+    check_window(rec.get("window"), f"{where}.window")
+    check_str(rec.get("branch"), f"{where}.branch", choices=BRANCHES)
+    check_str(rec.get("mode"), f"{where}.mode", choices=MODES)
+    check_bool(rec.get("normalize"), f"{where}.normalize")
+    if rec.get("layers") is not None:
+        check_layer_names(rec["layers"], f"{where}.layers", patterns=True)
+    check_number(rec.get("scale"), f"{where}.scale", -MAX_SCALE, MAX_SCALE)
+    scales = rec.get("scales")
+    if scales is not None:
+        if not isinstance(scales, list):
+            raise SchemaError(f"{where}.scales must be a list, got {kind_of(scales)}")
+        for i, s in enumerate(scales):
+            check_number(s, f"{where}.scales[{i}]", -MAX_SCALE, MAX_SCALE, optional=False)
+    return rec
+
+
+def check_direction_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Layer names are module paths; each tensor is 1-D, floating point, finite and within `MAX_VECTOR_ENTRY`."""
+    if not tensors:
+        raise SchemaError("contains no layers")
+    for name, t in tensors.items():
+        check_layer_name(name, "tensor name")
+        if t.ndim != 1 or not t.is_floating_point() or t.numel() == 0:
+            raise SchemaError(f"layer {name!r} holds a {tuple(t.shape)} {t.dtype} tensor, expected 1-D float")
+        check_vector_values(t, f"layer {name!r}")
+
+
+def check_vector_values(t: torch.Tensor, where: str) -> None:
+    values = t.detach().float()
+    if not torch.isfinite(values).all():
+        raise SchemaError(f"{where} contains NaN or infinite values")
+    peak = float(values.abs().max()) if values.numel() else 0.0
+    if peak > MAX_VECTOR_ENTRY:
+        raise SchemaError(f"{where} has an entry of magnitude {peak:.3g}, above the limit {MAX_VECTOR_ENTRY:g}")
+
+
+def check_detector_header(header: dict[str, Any], score_kinds: Iterable[str], choices: Mapping[str, Sequence[str]]) -> None:
+    """A detector file's ``config``, ``thresholds``, ``fpr`` and ``model`` (see `steer.detect.MemorizationDetector`)."""
+    cfg = check_dict(header.get("config"), "config", optional=False)
+    missing = [k for k in ("layers", "pooling", "statistic", "timestep", "prompt") if k not in cfg]
+    if missing:
+        raise SchemaError(f"the detector settings lack {missing}")
+    check_layer_names(cfg["layers"], "config.layers")
+    if cfg.get("inline_layers") is not None:
+        check_layer_names(cfg["inline_layers"], "config.inline_layers")
+    for key, allowed in choices.items():  # pooling, statistic and prompt are required, inline_score optional
+        check_str(cfg.get(key), f"config.{key}", optional=key not in ("pooling", "statistic", "prompt"), choices=allowed)
+    check_int(cfg["timestep"], "config.timestep", 0, 100_000, optional=False)
+    check_int(cfg.get("seed"), "config.seed", 0, MAX_SEED)
+    check_int(cfg.get("early_steps"), "config.early_steps", 1, MAX_STEPS)
+    check_window(cfg.get("inline_window"), "config.inline_window")
+    kinds = tuple(score_kinds)
+    for key, value in check_dict(header.get("thresholds"), "thresholds").items():
+        if key not in kinds:
+            raise SchemaError(f"thresholds has an unknown key {short(key)} (known: {list(kinds)})")
+        check_number(value, f"thresholds.{key}")
+    check_number(header.get("fpr"), "fpr", 0.0, 1.0)
+    check_fingerprint(header.get("model"), "model")
+
+
+def check_detector_tensors(tensors: Mapping[str, torch.Tensor], score_kinds: Iterable[str]) -> None:
+    kinds = tuple(score_kinds)
+    for name, t in tensors.items():
+        prefix, _, kind = name.partition(".")
+        if prefix != "calibration" or kind not in kinds:
+            raise SchemaError(f"unexpected tensor {short(name)} (expected calibration.<{'|'.join(kinds)}>)")
+        if t.ndim != 1 or not t.is_floating_point() or t.numel() == 0:
+            raise SchemaError(f"calibration scores {name!r} are a {tuple(t.shape)} {t.dtype} tensor, expected 1-D float")
+        if not torch.isfinite(t).all():
+            raise SchemaError(f"calibration scores {name!r} contain NaN or infinite values")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Steering calls
+# ----------------------------------------------------------------------------------------------------------------------
+def check_steering_request(vectors: Sequence[Any], scales: torch.Tensor | None, settings: Mapping[str, Any], dtype: torch.dtype) -> None:
+    """Refuse a steering call whose inputs are out of range, before any compute.
+
+    ``steering_layers`` must not be empty; ``|scale| <= MAX_SCALE``; every direction entry finite and within
+    `MAX_VECTOR_ENTRY`; and the largest delta the call can add to one activation must be finite in ``dtype``.
+    """
+    layers = settings.get("steering_layers")
+    if layers is not None and (not layers.strip() if isinstance(layers, str) else len(list(layers)) == 0):
+        raise ValueError("steering_layers is empty: pass None to steer every layer of the direction(s), or name at least one layer")
+    if not vectors or scales is None:
+        return
+    peak_scale = float(scales.abs().max())
+    if peak_scale > MAX_SCALE:
+        raise ValueError(f"steering_scale {peak_scale:g} is out of range: |scale| must be at most {MAX_SCALE:g}")
+    per_vector = scales.abs().amax(0).tolist()
+    limit = torch.finfo(dtype).max / 2 if dtype.is_floating_point else math.inf
+    deltas: dict[str, float] = {}
+    for vector, scale in zip(vectors, per_vector, strict=False):
+        norms = vector.activation_norm if settings.get("steering_normalize") else {}
+        for name, v in vector.directions.items():
+            try:
+                check_vector_values(v, f"direction {vector.name!r} layer {name!r}")
+            except SchemaError as err:
+                raise ValueError(str(err)) from None
+            peak = float(v.detach().float().abs().max())
+            if settings.get("steering_normalize"):
+                peak = peak / max(float(v.detach().float().norm()), 1e-12) * float(norms.get(name, 0.0))
+            deltas[name] = deltas.get(name, 0.0) + scale * peak
+    worst = max(deltas, key=deltas.get, default=None)
+    if worst is not None and not deltas[worst] <= limit:
+        raise ValueError(
+            f"steering would add up to {deltas[worst]:.3g} to layer {worst!r}, beyond what {str(dtype).replace('torch.', '')} "
+            f"holds ({limit:.3g}): lower steering_scale"
+        )
+
+
+def refuse_non_finite(image: torch.Tensor, what: str = "the generated image") -> None:
+    """Raise `NonFiniteOutputError` if ``image`` holds NaN or infinite values."""
+    if not isinstance(image, torch.Tensor) or not image.is_floating_point():
+        return
+    bad = ~torch.isfinite(image)
+    if bool(bad.any()):
+        raise NonFiniteOutputError(
+            f"{what} contains NaN or infinite values ({int(bad.sum())} of {bad.numel()}) in {str(image.dtype).replace('torch.', '')}; "
+            "refusing it instead of writing a black image: lower the steering scale or the guidance scale"
+        )
+
+
+class FiniteOutputMixin:
+    """Pipeline mixin: check the decoded image (before it becomes uint8 pixels, where NaN turns black)."""
+
+    def run_safety_checker(self, image, device, dtype):  # noqa: D401 - diffusers' hook between decode and postprocess
+        refuse_non_finite(image)
+        return super().run_safety_checker(image, device, dtype)
