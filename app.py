@@ -4,393 +4,53 @@
     python app.py --model path/or/hub-id --device cuda --port 7861
     python app.py --share               # opt-in public link
 
-`build_app(pipe_or_model)` returns the `gr.Blocks`, so tests and notebooks can launch it in-process. The logic
-lives in `steer.app_helpers`; this file only wires components to it.
+`build_app(pipe_or_model)` returns the `gr.Blocks`, so tests and notebooks can launch it in-process. The handlers
+live in `steer.app_handlers` and the logic in `steer.app_helpers`; this file only wires components to them.
+Uploads are capped (``--max-upload-mb``, default 20 MiB; larger ones are refused while they stream in) and the
+files gradio keeps are swept after 6 hours.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-import tempfile
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from steer import app_helpers as H
+from steer.app_handlers import (  # noqa: F401 - re-exported for tests and notebooks
+    ERROR_STYLE,
+    OK_STYLE,
+    PROGRESS,
+    SteerApp,
+    error_box,
+    guarded,
+    ok_box,
+    progress_fn,
+)
 from steer.hooks import BRANCHES, MODES, PAPER_WINDOW
-
-log = logging.getLogger("steer.app")
-PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
-
-OK_STYLE = "border-left: 4px solid #2a2; padding-left: .6em"
-ERROR_STYLE = "border-left: 4px solid #d33; padding-left: .6em; color: #a11"
 
 INTRO = """# steer - representation steering for Stable Diffusion
 Pick a direction, set the **strength** (negative subtracts) and the **layer**, and compare the original and the
 steered image from the same seed. Learn new directions from two prompt sets (or two image sets) in the *Learn* tab -
 no training, only forward passes."""
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Status boxes and error handling
-# ----------------------------------------------------------------------------------------------------------------------
-def ok_box(text: str) -> str:
-    """A success message (Markdown inside a div the tests and the CSS can find)."""
-    return f'<div class="steer-status-ok" style="{OK_STYLE}">\n\n{text}\n\n</div>'
+# Uploaded and generated files gradio keeps are swept: every 30 minutes, those older than 6 hours are deleted.
+CACHE_SWEEP = (30 * 60, 6 * 3600)
 
 
-def error_box(text: str) -> str:
-    """An error message: what went wrong and how to fix it, never a traceback."""
-    return f'<div class="steer-status-error" style="{ERROR_STYLE}">\n\n**Error:** {text}\n\n</div>'
+class SteerBlocks(gr.Blocks):
+    """`gr.Blocks` whose `launch` caps the size of every uploaded file (gradio's ``max_file_size``) by default, so
+    ``demo.launch()`` from a notebook is as safe as ``python app.py``: a larger upload is refused while it streams in
+    (HTTP 413) and nothing of it is kept."""
 
+    max_upload_bytes: int = H.LIMITS.max_upload_bytes
 
-def guarded(num_outputs: int) -> Callable:
-    """Turn any exception of a handler into a readable message: a warning toast and an error box in the last
-    output (the other outputs are left as they were). Never shows a traceback in the UI."""
-
-    def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as err:  # noqa: BLE001 - every failure becomes a message
-                message = H.readable(err)
-                if isinstance(err, H.READABLE_ERRORS):
-                    log.info("%s: %s", fn.__name__, message)
-                else:
-                    log.exception("%s failed", fn.__name__)
-                gr.Warning(message)
-                outputs = [gr.skip()] * num_outputs
-                outputs[-1] = error_box(message)
-                return tuple(outputs) if num_outputs > 1 else outputs[0]
-
-        return wrapper
-
-    return decorate
-
-
-def progress_fn(progress: gr.Progress | None) -> H.ProgressFn | None:
-    """Adapt `gr.Progress` to the ``(fraction, desc)`` callables of steer."""
-    if progress is None:
-        return None
-    return lambda fraction, desc: progress(fraction, desc=desc)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The app
-# ----------------------------------------------------------------------------------------------------------------------
-class SteerApp:
-    """Handlers bound to one pipeline; per-user data (uploads, learned directions, last result) lives in gr.State."""
-
-    def __init__(
-        self,
-        pipe,
-        catalog: H.DirectionCatalog | None = None,
-        workdir: str | Path | None = None,
-        detector: str | Path | None = None,
-    ):
-        self.pipe = pipe
-        self.detector_path = detector
-        self._detector: Any = None
-        self._detector_loaded = False
-        self._detector_lock = threading.Lock()
-        self._detector_version = 0  # bumped when the detector is replaced: inline scores name the one that made them
-        self.catalog = catalog if catalog is not None else H.DirectionCatalog.from_assets()
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="steer-app-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.layers = H.layer_names(pipe)
-        self.size = H.native_size(pipe)
-
-    # ----- directions ------------------------------------------------------------------------------------------
-    def _dropdown(self, session: dict, value: str) -> dict:
-        return gr.update(choices=self.catalog.choices(session), value=value)
-
-    def upload_direction(self, file: Any, session: dict | None, strict: bool):
-        """Load an uploaded ``.safetensors`` direction into this user's list and select it."""
-        if not file:
-            raise H.UserError("no file uploaded")
-        vector = H.load_direction_file(getattr(file, "name", file), self.pipe, strict=bool(strict))
-        session = dict(session or {})
-        name = H.unique_name(f"{vector.name} (uploaded)", set(self.catalog.choices(session)))
-        session[name] = vector
-        return session, self._dropdown(session, name), ok_box(f"Loaded {H.direction_summary(vector)}")
-
-    def describe_direction(self, name: str, session: dict | None, index: Any):
-        """Summary of the picked direction, the layer slider position, and the direction's recommended settings
-        (strength, window start, window end, mode, normalize; left as they are when it recommends none)."""
-        vector = self.catalog.get(name, session)
-        summary = H.direction_summary(vector) if vector is not None else "No direction: both images are the original."
-        rec = (vector.metadata.get("recommended") or {}) if vector is not None else {}
-        window = rec.get("window") or (None, None)
-        values = (rec.get("scale"), window[0], window[1], rec.get("mode"), rec.get("normalize"))
-        updates = [gr.update(value=v) if v is not None else gr.skip() for v in values]
-        if any(v is not None for v in values):
-            summary += " · recommended settings applied"
-        return (H.describe_layer(self.pipe, vector, index), *updates, summary)
-
-    def describe_layer(self, name: str, session: dict | None, index: Any) -> str:
-        try:
-            vector = self.catalog.get(name, session)
-        except Exception as err:  # noqa: BLE001 - a label, never an error
-            return f"⚠ {H.readable(err)}"
-        return H.describe_layer(self.pipe, vector, index)
-
-    # ----- generation ------------------------------------------------------------------------------------------
-    def _settings(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        seed: Any,
-        steps: Any,
-        guidance: Any,
-        size: Any,
-        strength: Any,
-        layer: Any,
-        layers: Any,
-        window_start: Any,
-        window_end: Any,
-        branch: str,
-        normalize: bool,
-        mode: str,
-        strict: bool,
-    ) -> H.GenerateSettings:
-        return H.GenerateSettings(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            strength=strength,
-            layer_index=layer,
-            layers=tuple(layers or ()),
-            window_start=window_start,
-            window_end=window_end,
-            branch=branch,
-            normalize=normalize,
-            mode=mode,
-            strict=strict,
-            height=size,
-            width=size,
-        ).validated(self.pipe)
-
-    def generate(
-        self,
-        direction: str,
-        session: dict | None,
-        prompt: str,
-        negative_prompt: str,
-        seed: Any,
-        steps: Any,
-        guidance: Any,
-        size: Any,
-        strength: Any,
-        layer: Any,
-        layers: Any,
-        window_start: Any,
-        window_end: Any,
-        branch: str,
-        normalize: bool,
-        mode: str,
-        strict: bool,
-        progress: gr.Progress = PROGRESS,
-    ):
-        """Original and steered image from the same seed (one batched call, per-row scales [0, s])."""
-        settings = self._settings(
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance,
-            size,
-            strength,
-            layer,
-            layers,
-            window_start,
-            window_end,
-            branch,
-            normalize,
-            mode,
-            strict,
-        )
-        vector = self.catalog.get(direction, session)
-        detector, version = self._detector_or_none()
-        original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector=detector)
-        recipe = settings.recipe(self.pipe, vector, settings.strength)
-        png = H.save_with_recipe(steered, recipe, self.workdir, "steered")
-        last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
-        if scores is not None:  # inline memorization scores, read during this very sampling
-            last["inline"] = {"original": scores[0], "steered": scores[1], "detector": version}
-        where = (
-            f" at layer `{recipe['steering']['layers'][0]}`"
-            if vector is not None and len(recipe["steering"]["layers"]) == 1
-            else ""
-        )
-        note = (
-            f"Steered with **{vector.name}** × {settings.strength:g}{where}."
-            if vector is not None
-            else "No direction picked: both images are the original."
-        )
-        return H.upscale_for_display(original), H.upscale_for_display(steered), str(png), last, ok_box(note)
-
-    def strip(
-        self,
-        direction: str,
-        session: dict | None,
-        count: Any,
-        prompt: str,
-        negative_prompt: str,
-        seed: Any,
-        steps: Any,
-        guidance: Any,
-        size: Any,
-        strength: Any,
-        layer: Any,
-        layers: Any,
-        window_start: Any,
-        window_end: Any,
-        branch: str,
-        normalize: bool,
-        mode: str,
-        strict: bool,
-        progress: gr.Progress = PROGRESS,
-    ):
-        """A strength strip: ``count`` scales from -|s| to +|s| in one batched call."""
-        settings = self._settings(
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance,
-            size,
-            strength,
-            layer,
-            layers,
-            window_start,
-            window_end,
-            branch,
-            normalize,
-            mode,
-            strict,
-        )
-        vector = self.catalog.get(direction, session)
-        if vector is None:
-            raise H.UserError("pick a direction first: the strip sweeps its strength")
-        scales = H.strip_scales(settings.strength, count)
-        images = H.run_rows(self.pipe, vector, settings, scales, progress_fn(progress))
-        gallery = [(H.upscale_for_display(im, 128), f"{s:+.3g}") for im, s in zip(images, scales, strict=True)]
-        return gallery, ok_box(f"Strength strip of **{vector.name}**: {', '.join(f'{s:+.3g}' for s in scales)}.")
-
-    # ----- learning --------------------------------------------------------------------------------------------
-    def learn(
-        self,
-        session: dict | None,
-        positive: str,
-        negative: str,
-        pos_files: Any,
-        neg_files: Any,
-        method: str,
-        mode: str,
-        scope: str,
-        layers: Any,
-        num_samples: Any,
-        steps: Any,
-        guidance: Any,
-        seed: Any,
-        name: str,
-        image_prompt: str,
-        progress: gr.Progress = PROGRESS,
-    ):
-        """Learn a direction and add it to this user's picker; offer it as a download."""
-        settings = H.LearnSettings(
-            positive=positive,
-            negative=negative,
-            positive_files=tuple(pos_files or ()),
-            negative_files=tuple(neg_files or ()),
-            method=method,
-            mode=mode,
-            scope=scope,
-            layers=tuple(layers or ()),
-            num_samples=num_samples,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            name=name,
-            image_prompt=image_prompt,
-        )
-        progress(0.0, desc="starting")
-        vector = H.learn(self.pipe, settings, progress_fn(progress))
-        session = dict(session or {})
-        label = H.unique_name(f"{vector.name} (learned)", set(self.catalog.choices(session)))
-        session[label] = vector
-        path = H.save_direction(vector, tempfile.mkdtemp(dir=self.workdir))
-        message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.")
-        return session, self._dropdown(session, label), str(path), message
-
-    # ----- memorization ----------------------------------------------------------------------------------------
-    def detector(self) -> Any:
-        """The model's calibrated detector (loaded once; None when there is none yet)."""
-        with self._detector_lock:
-            if not self._detector_loaded:
-                self._detector = H.load_detector(self.pipe, self.detector_path)
-                self._detector_loaded = True
-            return self._detector
-
-    def _detector_or_none(self) -> tuple[Any, int]:
-        """(detector or None, its version) for inline scores during generation; a missing or unusable file never
-        blocks generating."""
-        try:
-            self.detector()  # loads the file once
-        except H.UserError:
-            return None, -1
-        with self._detector_lock:  # both read together: a calibration in between cannot mislabel the scores
-            return self._detector, self._detector_version
-
-    def detector_status(self) -> str:
-        """Markdown: which detector the panel uses, or how to get one."""
-        try:
-            detector = self.detector()
-        except H.UserError as err:
-            return error_box(str(err))
-        if detector is None:
-            where = ", ".join(f"`{p}`" for p in H.detector_candidates(self.pipe))
-            return (
-                "No calibrated detector found for this model (looked for "
-                f"{where}). Calibrate one below on ordinary prompts, or start the app with `--detector FILE`."
-            )
-        n = len(detector.calibration.get("reencode", []))
-        return ok_box(f"Detector calibrated on {n} ordinary samples; threshold {detector.threshold:.4g}.")
-
-    def memorization(self, last: dict | None, which: str):
-        """Score the last generated image with the calibrated detector."""
-        if not last:
-            raise H.UserError("generate an image first (Generate tab); the score is for the current image")
-        detector = self.detector()
-        if detector is None:
-            raise H.UserError("no calibrated detector for this model yet: calibrate one in the box below")
-        key = "steered" if which == "steered" else "original"
-        inline = last.get("inline") or {}
-        if inline.get("detector") == self._detector_version:  # scored during generation by the current detector
-            view = H.inline_view(detector, inline[key])
-        else:
-            view = H.score_image(detector, last[key], last["prompt"])
-        return view.plot, ok_box(view.markdown)
-
-    def calibrate(
-        self, prompts: str, samples: Any, fpr: Any, steps: Any, guidance: Any, progress: gr.Progress = PROGRESS
-    ):
-        """Calibrate a detector on ordinary prompts; it becomes the app's detector (for every user)."""
-        lines = H.parse_prompt_lines(prompts, "calibration")
-        detector = H.calibrate_detector(self.pipe, lines, samples, fpr, steps, guidance, progress_fn(progress))
-        path = detector.save(Path(tempfile.mkdtemp(dir=self.workdir)) / "detector.safetensors")
-        with self._detector_lock:
-            self._detector, self._detector_loaded = detector, True
-            self._detector_version += 1
-        return str(path), self.detector_status()
+    def launch(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("max_file_size", self.max_upload_bytes)
+        return super().launch(*args, **kwargs)
 
 
 def build_app(
@@ -398,12 +58,17 @@ def build_app(
     device: str | None = None,
     catalog: H.DirectionCatalog | None = None,
     detector: str | Path | None = None,
+    max_upload_bytes: int | None = None,
 ) -> gr.Blocks:
     """The demo UI around a pipeline (or a model path / hub id, loaded with `steer.loading.load_pipeline`).
 
     ``catalog``: the directions offered in the picker (default: the bundled ``assets/directions``); ``detector``:
-    a calibrated memorization detector file (default: looked up next to the model, see `H.detector_candidates`).
+    a calibrated memorization detector file (default: looked up next to the model, see `H.detector_candidates`);
+    ``max_upload_bytes``: the largest file a user may upload (default `H.Limits.max_upload_bytes`, 20 MiB).
     """
+    cap = H.LIMITS.max_upload_bytes if max_upload_bytes is None else int(max_upload_bytes)
+    if cap < 1:
+        raise ValueError(f"max_upload_bytes must be at least 1, got {max_upload_bytes}")
     if pipe_or_model is None or isinstance(pipe_or_model, str | Path):
         from steer.loading import load_pipeline
 
@@ -411,7 +76,8 @@ def build_app(
     else:
         pipe = pipe_or_model
     app = SteerApp(pipe, catalog, detector=detector)
-    with gr.Blocks(title="steer: representation steering") as demo:
+    with SteerBlocks(title="steer: representation steering", delete_cache=CACHE_SWEEP) as demo:
+        demo.max_upload_bytes = cap
         demo.steer_app = app  # for tests and notebooks
         session = gr.State({})
         last = gr.State(None)
@@ -632,7 +298,7 @@ def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
         [detector_file, detector_info],
         api_name="calibrate",
     )
-    demo.load(app.detector_status, None, detector_info, api_name=False)
+    demo.load(guarded(1)(app.detector_status), None, detector_info, api_name=False)
 
 
 def _default_prompt(app: SteerApp) -> str:
@@ -664,7 +330,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--detector", default=None, help="a calibrated memorization detector file (.safetensors)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=H.LIMITS.max_upload_bytes / 2**20,
+        help="largest file a user may upload, in MiB (default %(default)g); larger uploads are refused",
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.max_upload_mb <= 1024:  # NaN fails too
+        parser.error(f"--max-upload-mb must be in (0, 1024], got {args.max_upload_mb:g}")
+    return args
 
 
 def patient_url_ok(url: str, attempts: int = 20, timeout: float = 10.0) -> bool:
@@ -685,10 +360,11 @@ def patient_url_ok(url: str, attempts: int = 20, timeout: float = 10.0) -> bool:
 
 
 def launch(demo: gr.Blocks, **kwargs: Any):
-    """``demo.launch(**kwargs)`` with the patient reachability check."""
+    """``demo.launch(**kwargs)`` with the patient reachability check and the upload size cap of `build_app`."""
     from gradio import networking
 
     networking.url_ok = patient_url_ok
+    kwargs.setdefault("max_file_size", getattr(demo, "max_upload_bytes", H.LIMITS.max_upload_bytes))
     return demo.launch(**kwargs)
 
 
@@ -700,7 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    demo = build_app(args.model, device=args.device, detector=args.detector)
+    demo = build_app(
+        args.model, device=args.device, detector=args.detector, max_upload_bytes=int(args.max_upload_mb * 2**20)
+    )
     launch(demo, server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
 
