@@ -84,6 +84,7 @@ _ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[
 _INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff]")
 # Markdown punctuation that could start emphasis, code, a link or an image inside a status line.
 _MARKDOWN = re.compile(r"([\\`*\[\]~|])")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Text that can go inside a code span unchanged.
 _CODE_SAFE = re.compile(r"[A-Za-z0-9_.:/+\-, ()=#@?]*")
 
@@ -134,6 +135,8 @@ def readable(err: BaseException) -> str:
 def check_prompt(text: str | None, what: str = "prompt", required: bool = True) -> str:
     """Strip ``text``; enforce the length cap and (if ``required``) non-emptiness."""
     text = (text or "").strip()
+    if _SURROGATE.search(text):  # JSON can carry them; the tokenizer (and a PNG's text chunk) cannot
+        raise UserError(f"the {what} contains invalid characters (unpaired UTF-16 surrogates)")
     if required and not text:
         raise UserError(f"the {what} is empty")
     if len(text) > LIMITS.max_prompt_chars:

@@ -256,6 +256,21 @@ def test_error_box_and_warning_escape(monkeypatch):
     assert_clean(app.guarded(1)(lambda: 1 / 0)().replace("internal error", "internal-error"))
 
 
+@pytest.mark.parametrize("prompt", ["a dog \ud800", "\udfff"])
+def test_lone_surrogate_prompt_is_refused(prompt, pipe, tmp_path):
+    import app
+
+    steer_app = app.SteerApp(pipe, H.DirectionCatalog({}), workdir=tmp_path)
+    values = generate_args("(none)", steps=1, prompt=prompt)
+    values.pop("direction")
+    *_, status = app.guarded(5)(steer_app.generate)("(none)", {}, *values.values())
+    assert "steer-status-error" in status and "unpaired UTF-16 surrogates" in status
+    learned = app.guarded(4)(steer_app.learn)(
+        {}, "a dog", "a cat", None, None, "mean_diff", "fast", "all layers", [], 1, 1, 5.0, 0, prompt, ""
+    )
+    assert "unpaired UTF-16 surrogates" in learned[-1]
+
+
 def test_recommended_outside_the_slider_is_not_applied(pipe, good_file, folder):
     path = craft(good_file, folder / "big-rec.safetensors", edit_header=set_meta("recommended", {"scale": 30.0, "mode": "add"}))
     vector = H.load_direction_file(path, pipe)
