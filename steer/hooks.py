@@ -23,10 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-Branch = Literal["cond", "uncond", "both"]
-Mode = Literal["add", "weighted"]
-BRANCHES = ("cond", "uncond", "both")
-MODES = ("add", "weighted")
+Branch = Literal["cond", "uncond", "both", "split"]
+Mode = Literal["add", "weighted", "token"]
+BRANCHES = ("cond", "uncond", "both", "split")
+MODES = ("add", "weighted", "token")
 PAPER_WINDOW = (0.45, 0.95)
 
 # The sessions active in the current context (thread / task). Hooks of other sessions are no-ops here.
@@ -77,7 +77,23 @@ def list_layers(unet: nn.Module, kinds: Iterable[str] = ("resnets", "attentions"
         names += _block_layers("mid_block", unet.mid_block)
     for i, block in enumerate(getattr(unet, "up_blocks", [])):
         names += _block_layers(f"up_blocks.{i}", block)
-    return [n for n in names if n.split(".")[-2] in kinds]
+    out = [n for n in names if n.split(".")[-2] in kinds]
+    if "attn2" in kinds:  # the cross-attention outputs inside each attention block, in the same order
+        modules = dict(unet.named_modules())
+        for block in [n for n in names if n.split(".")[-2] == "attentions"]:
+            inner = [m for m in modules if m.startswith(block + ".") and m.endswith(".attn2")]
+            at = out.index(block) + 1 if block in out else len(out)
+            out[at:at] = inner
+    return out
+
+
+def cross_attention_sites(unet: nn.Module) -> list[str]:
+    """Every cross-attention (``attn2``) module of a UNet, from the input side to the output side.
+
+    These are where the text enters the denoiser; their outputs are token sequences (B, H*W, C) added to the
+    residual stream of each transformer block.
+    """
+    return list_layers(unet, ("attn2",))
 
 
 def default_layers(unet: nn.Module) -> list[str]:
@@ -288,12 +304,26 @@ class _UNetRun:
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SteeringConfig:
-    """How vectors are applied; the options of `SteeringStableDiffusionPipeline.__call__` without the vectors."""
+    """How vectors are applied; the options of `SteeringStableDiffusionPipeline.__call__` without the vectors.
+
+    Args:
+        window: ``(start, end)`` fractions of the denoising run in which the hooks act.
+        branch: which half of the CFG batch is steered: ``"cond"`` (paper), ``"uncond"``, ``"both"``, or ``"split"``
+            (``+scale`` on the conditional half and ``-scale`` on the unconditional one, so classifier-free
+            guidance amplifies the push instead of cancelling it).
+        normalize: unit-norm each layer's vector and measure the scale in units of its recorded activation norm.
+        mode: ``"add"`` (the same delta at every position, paper), ``"weighted"`` (each position weighted by its
+            norm relative to the mean) or ``"token"`` (each position moves by ``scale * v * |x_p|``: the vector is
+            in units of each position's own norm).
+        preserve_norm: rescale each steered position back to its pre-steering norm, so large strengths rotate
+            activations instead of inflating them.
+    """
 
     window: tuple[float, float] = PAPER_WINDOW
     branch: Branch = "cond"
     normalize: bool = False
     mode: Mode = "add"
+    preserve_norm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window", check_window(self.window))
@@ -301,6 +331,7 @@ class SteeringConfig:
             raise ValueError(f"steering_branch must be one of {BRANCHES}, got {self.branch!r}")
         if self.mode not in MODES:
             raise ValueError(f"steering_mode must be one of {MODES}, got {self.mode!r}")
+        object.__setattr__(self, "preserve_norm", bool(self.preserve_norm))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -310,17 +341,41 @@ class SteeringConfig:
 
 @dataclass
 class LayerPlan:
-    """The per-vector directions one layer receives: ``directions`` is (K, C), already normalized if asked."""
+    """The per-vector directions one layer receives: ``directions`` is (K, S, C) for K vectors and S step buckets
+    (S = 1 for one vector for the whole run), already normalized if asked."""
 
     name: str
     directions: torch.Tensor
     cache: dict = field(default_factory=dict)
 
+    @property
+    def buckets(self) -> int:
+        return int(self.directions.shape[1])
+
+    def bucket(self, step: int, num_steps: int | None) -> int:
+        """The step bucket of UNet call ``step`` on a run of ``num_steps`` calls (buckets split the run evenly)."""
+        if self.buckets == 1 or not num_steps:
+            return 0
+        return min(self.buckets - 1, max(step, 0) * self.buckets // num_steps)
+
+    def at(self, step: int, num_steps: int | None) -> torch.Tensor:
+        """(K, C): each vector's direction at this step."""
+        return self.directions[:, self.bucket(step, num_steps)]
+
+
+def _as_steps(d: torch.Tensor) -> torch.Tensor:
+    """A stored direction as (S, C): 1-D vectors are one bucket."""
+    return d[None] if d.ndim == 1 else d
+
 
 def build_layer_plans(
     vectors: Sequence, layers: Sequence[str] | None, normalize: bool
 ) -> dict[str, LayerPlan]:
-    """Stack K vectors per layer (zeros where a vector lacks the layer), restricted to ``layers`` if given."""
+    """Stack K vectors per layer (zeros where a vector lacks the layer), restricted to ``layers`` if given.
+
+    Vectors with per-step directions (S, C) are brought to a common bucket count (the least common multiple) by
+    repeating each bucket, so vectors with different step resolutions combine.
+    """
     names: list[str] = []
     for v in vectors:
         names += [n for n in v.layers if n not in names]
@@ -328,17 +383,18 @@ def build_layer_plans(
         names = [n for n in names if n in set(layers)]
     plans: dict[str, LayerPlan] = {}
     for name in names:
-        channels = {v.directions[name].shape[0] for v in vectors if name in v.directions}
+        channels = {v.directions[name].shape[-1] for v in vectors if name in v.directions}
         if len(channels) > 1:
             raise ValueError(f"the vectors disagree on the channel count of layer {name!r}: {sorted(channels)}")
         (c,) = channels
+        buckets = math.lcm(*(_as_steps(v.directions[name]).shape[0] for v in vectors if name in v.directions))
         rows = []
         for v in vectors:
             d = v.directions.get(name)
             if d is None:
-                rows.append(torch.zeros(c))
+                rows.append(torch.zeros(buckets, c))
                 continue
-            d = d.detach().float().cpu()
+            d = _as_steps(d.detach().float().cpu())
             if normalize:
                 act = v.activation_norm.get(name)
                 if act is None:
@@ -346,10 +402,38 @@ def build_layer_plans(
                         f"steering_normalize needs each layer's activation norm, but {v.name!r} has none recorded for "
                         f"{name!r}; learn the vector with steer, or pass steering_normalize=False"
                     )
-                d = d / d.norm().clamp_min(1e-12) * act
-            rows.append(d)
+                d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act
+            rows.append(d.repeat_interleave(buckets // d.shape[0], dim=0))
         plans[name] = LayerPlan(name, torch.stack(rows))
     return plans
+
+
+def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: bool) -> torch.Tensor:
+    """Add a per-row delta (n, C) to an activation ``h`` ((n, C, H, W), (n, L, C) or (n, C)).
+
+    ``mode`` and ``preserve_norm`` as in `SteeringConfig`. Rows whose delta is zero are returned unchanged
+    (bit-identical), whatever the mode.
+    """
+    dim = _channel_dim(h)
+    if h.ndim == 4:
+        d = delta[:, :, None, None]
+    elif h.ndim == 3:
+        d = delta[:, None, :]
+    else:
+        d = delta
+    norm = h.norm(dim=dim, keepdim=True) if (mode != "add" or preserve_norm) else None
+    if mode == "weighted" and h.ndim >= 3:
+        spatial = tuple(range(2, h.ndim)) if dim == 1 else (1,)
+        d = d * (norm / norm.mean(dim=spatial, keepdim=True).clamp_min(1e-6))
+    elif mode == "token":
+        d = d * norm
+    new = h + d
+    if preserve_norm:
+        new = new * (norm / new.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+    if preserve_norm:  # keep unsteered rows bit-identical (the rescale is not exact in floating point)
+        steered = (delta != 0).any(dim=-1).reshape(-1, *([1] * (h.ndim - 1)))
+        new = torch.where(steered, new, h)
+    return new
 
 
 class SteeringSession(_UNetRun):
@@ -381,7 +465,7 @@ class SteeringSession(_UNetRun):
         channels = layer_channels(self.unet, list(self.plans))
         modules = dict(self.unet.named_modules())
         for name, plan in self.plans.items():
-            want = plan.directions.shape[1]
+            want = plan.directions.shape[-1]
             if channels[name] != want:
                 from steer.vectors import ModelMismatchError
 
@@ -404,7 +488,16 @@ class SteeringSession(_UNetRun):
         if not cfg:
             return s
         zero = torch.zeros_like(s)
-        return {"cond": torch.cat([zero, s]), "uncond": torch.cat([s, zero]), "both": torch.cat([s, s])}[self.config.branch]
+        return {
+            "cond": torch.cat([zero, s]),
+            "uncond": torch.cat([s, zero]),
+            "both": torch.cat([s, s]),
+            "split": torch.cat([-s, s]),
+        }[self.config.branch]
+
+    def step_delta(self, plan: LayerPlan, rows: int) -> torch.Tensor:
+        """(rows, C) delta of ``plan`` at the current step: each row's weighted sum of the vectors' directions."""
+        return self.row_scales(rows) @ plan.at(self.step, self.num_steps)
 
     def _make_hook(self, plan: LayerPlan):
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
@@ -412,29 +505,19 @@ class SteeringSession(_UNetRun):
                 return None
             h = _main_tensor(output)
             dim = _channel_dim(h)
-            if h.shape[dim] != plan.directions.shape[1]:
+            if h.shape[dim] != plan.directions.shape[-1]:
                 raise ValueError(
-                    f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[1]} channels, "
+                    f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[-1]} channels, "
                     f"this call's output has {h.shape[dim]} (shape {tuple(h.shape)})"
                 )
-            key = (h.shape[0], h.device, h.dtype)
+            key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype)
             delta = plan.cache.get(key)
             if delta is None:  # (n, C): each row's weighted sum of directions
-                delta = (self.row_scales(h.shape[0]) @ plan.directions).to(device=h.device, dtype=h.dtype)
+                delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
                 plan.cache[key] = delta
             if self.step not in self.applied_steps:
                 self.applied_steps.append(self.step)
-            if h.ndim == 4:
-                d = delta[:, :, None, None]
-            elif h.ndim == 3:
-                d = delta[:, None, :]
-            else:
-                d = delta
-            if self.config.mode == "weighted" and h.ndim >= 3:
-                norm = h.norm(dim=dim, keepdim=True)
-                spatial = tuple(range(2, h.ndim)) if dim == 1 else (1,)
-                d = d * (norm / norm.mean(dim=spatial, keepdim=True).clamp_min(1e-6))
-            return _replace_main_tensor(output, h + d)
+            return _replace_main_tensor(output, apply_delta(h, delta, self.config.mode, self.config.preserve_norm))
 
         return hook
 
@@ -543,8 +626,8 @@ class StaticSteeringSites:
     per-call hooks would be silently ignored. Instead, ``install`` puts one hook per site *before* compiling; each
     adds a (rows, C) delta tensor that lives outside the graph. A pre-forward hook on the compiled wrapper fills
     the deltas in place before every UNet call (zeros when nothing is steered, outside the window, or in the other
-    CFG branch), so changing the vector, scale or window never recompiles. Only the spatial ``mode`` is a Python
-    constant (a change recompiles once). Calls through one compiled UNet are serialised by a lock.
+    CFG branch), so changing the vector, scale or window never recompiles. Only ``mode`` and ``preserve_norm`` are
+    Python constants (a change recompiles once). Calls through one compiled UNet are serialised by a lock.
     """
 
     def __init__(self, unet: nn.Module, layers: Sequence[str]):
@@ -554,7 +637,8 @@ class StaticSteeringSites:
         self.layers = resolve_layers(unet, layers)
         self.channels = layer_channels(unet, self.layers)
         self.deltas: dict[str, torch.Tensor] = {}
-        self.weighted = False
+        self.mode = "add"  # Python constants of the graph: a change recompiles once
+        self.preserve_norm = False
         self.session: SteeringSession | None = None
         self.lock = threading.RLock()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -568,13 +652,7 @@ class StaticSteeringSites:
             if delta is None:
                 return None
             h = _main_tensor(output)
-            dim = _channel_dim(h)
-            d = delta[:, :, None, None] if h.ndim == 4 else (delta[:, None, :] if h.ndim == 3 else delta)
-            if self.weighted and h.ndim >= 3:
-                norm = h.norm(dim=dim, keepdim=True)
-                spatial = tuple(range(2, h.ndim)) if dim == 1 else (1,)
-                d = d * (norm / norm.mean(dim=spatial, keepdim=True).clamp_min(1e-6))
-            return _replace_main_tensor(output, h + d)
+            return _replace_main_tensor(output, apply_delta(h, delta, self.mode, self.preserve_norm))
 
         return hook
 
@@ -598,7 +676,7 @@ class StaticSteeringSites:
             if plan is None or not session.in_window(session.config.window):
                 buf.zero_()
             else:
-                buf.copy_(session.row_scales(n) @ plan.directions)
+                buf.copy_(session.step_delta(plan, n))
                 if session.step not in session.applied_steps:
                     session.applied_steps.append(session.step)
 

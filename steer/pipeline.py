@@ -35,8 +35,26 @@ _STEERING_DEFAULTS: dict[str, Any] = {
     "steering_branch": "cond",
     "steering_normalize": False,
     "steering_mode": "add",
+    "steering_preserve_norm": False,
     "steering_strict": True,
 }
+# Options a direction may carry in ``metadata["recommended"]`` (its learned / calibrated settings); a call that does
+# not set one of them (neither as an argument nor through `pipe.steering(...)`) uses the direction's value.
+RECOMMENDABLE = ("layers", "window", "branch", "normalize", "mode", "preserve_norm")
+
+
+def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
+    """The ``steering_*`` settings the vectors recommend: those all of them record with one value."""
+    if not vectors:
+        return {}
+    recs = [v.metadata.get("recommended") or {} for v in vectors]
+    out: dict[str, Any] = {}
+    for key in RECOMMENDABLE:
+        values = [r.get(key) for r in recs]
+        if values[0] is None or any(val != values[0] for val in values[1:]):
+            continue
+        out[f"steering_{key}"] = tuple(values[0]) if key == "window" else values[0]
+    return out
 
 
 def unwrap_unet(unet: torch.nn.Module) -> torch.nn.Module:
@@ -100,14 +118,18 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
     - ``steering_scale``: float, one per vector, one per batch row, or (rows, vectors); negative subtracts.
     - ``steering_layers``: None (the vectors' layers) or names / glob patterns restricting them.
     - ``steering_window``: ``(start, end)`` fractions of the denoising run (default the paper's (0.45, 0.95)).
-    - ``steering_branch``: ``"cond"`` (paper), ``"uncond"`` or ``"both"``; irrelevant without CFG.
+    - ``steering_branch``: ``"cond"`` (paper), ``"uncond"``, ``"both"`` or ``"split"`` (+scale on the conditional
+      half, -scale on the unconditional one: guidance amplifies the push); irrelevant without CFG.
     - ``steering_normalize``: unit-norm each layer's vector and measure the scale in units of that layer's typical
       activation norm, so equal scales mean comparable strength across directions and layers.
-    - ``steering_mode``: ``"add"`` (uniform over space, paper) or ``"weighted"`` (each position weighted by its
-      activation norm, so the edit lands where the content is).
+    - ``steering_mode``: ``"add"`` (uniform over space, paper), ``"weighted"`` (each position weighted by its
+      activation norm, so the edit lands where the content is) or ``"token"`` (the vector is in units of each
+      position's own norm).
+    - ``steering_preserve_norm``: rescale every steered position to its pre-steering norm.
     - ``steering_strict``: require the vector's base-model weights hash to match (False allows fine-tunes).
 
-    With no vector, or every scale zero, the call is exactly `StableDiffusionPipeline.__call__`. Out-of-range inputs and
+    Options a call leaves unset come from the direction's ``metadata["recommended"]`` (what `learn_direction`
+    calibrated), else the defaults above. With no vector, or every scale zero, the call is exactly `StableDiffusionPipeline.__call__`. Out-of-range inputs and
     NaN images raise (`steer.validation`); loading without a dtype: `steer.loading.AutoDtypeMixin`.
     """
 
@@ -136,11 +158,12 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
             _CONTEXT_DEFAULTS.reset(token)
 
     # ------------------------------------------------------------------------------------------------------------
-    def _resolve_steering(self, explicit: dict[str, Any]) -> dict[str, Any]:
-        settings = dict(_STEERING_DEFAULTS)
-        settings.update((_CONTEXT_DEFAULTS.get() or {}).get(id(self), {}))
-        settings.update(explicit)
-        return settings
+    def _resolve_steering(self, explicit: dict[str, Any]) -> tuple[dict[str, Any], list[SteeringVector]]:
+        """Settings of this call: built-in defaults < the vectors' recommended ones < `steering(...)` < arguments."""
+        given = {**(_CONTEXT_DEFAULTS.get() or {}).get(id(self), {}), **explicit}
+        vectors = as_vector_list(given.get("steering"))
+        settings = {**_STEERING_DEFAULTS, **recommended_settings(vectors), **given}
+        return settings, vectors
 
     def _num_images(self, bound: inspect.BoundArguments) -> int:
         args = bound.arguments
@@ -165,13 +188,14 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
         branch: str = "cond",
         normalize: bool = False,
         mode: str = "add",
+        preserve_norm: bool = False,
         strict: bool = True,
         scheduler: Any = None,
         cfg: Any = None,
     ) -> SteeringSession:
         """Validate vectors against this UNet and build the (not yet entered) hook session."""
         unet = unwrap_unet(self.unet)
-        config = SteeringConfig(window=tuple(window), branch=branch, normalize=bool(normalize), mode=mode)
+        config = SteeringConfig(window=tuple(window), branch=branch, normalize=bool(normalize), mode=mode, preserve_norm=preserve_norm)
         selected = None
         if layers is not None:
             patterns = [layers] if isinstance(layers, str) else list(layers)
@@ -229,8 +253,7 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
     def __call__(self, *args: Any, **kwargs: Any):
         explicit = {k: kwargs.pop(k) for k in list(kwargs) if k in _STEERING_DEFAULTS}
         extras = {k: kwargs.pop(k) for k in list(kwargs) if k in self._extra_call_params()}
-        settings = self._resolve_steering(explicit)
-        vectors = as_vector_list(settings["steering"])
+        settings, vectors = self._resolve_steering(explicit)
         bound = inspect.signature(StableDiffusionPipeline.__call__).bind(self, *args, **kwargs)
         num_images = self._num_images(bound)
         scales = parse_scales(settings["steering_scale"], max(len(vectors), 1), num_images) if vectors else None
@@ -261,6 +284,7 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
                     branch=settings["steering_branch"],
                     normalize=settings["steering_normalize"],
                     mode=settings["steering_mode"],
+                    preserve_norm=settings["steering_preserve_norm"],
                     strict=settings["steering_strict"],
                     scheduler=call_pipe.scheduler,
                     cfg=lambda: call_pipe.do_classifier_free_guidance,
@@ -269,7 +293,7 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
                     outside = [n for n in session.plans if n not in sites.channels]
                     if outside:
                         raise ValueError(f"layers {outside} have no steering site in the compiled UNet; compile_unet(layers=...) with them")
-                    sites.weighted = session.config.mode == "weighted"
+                    sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
                     sites.session = session
                     stack.callback(setattr, sites, "session", None)
                     stack.enter_context(_ContextOnly(session))

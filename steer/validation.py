@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from steer.hooks import BRANCHES, MODES  # noqa: F401  (one definition of the choices, re-exported)
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Limits (documented in docs/reliability.md)
 # ----------------------------------------------------------------------------------------------------------------------
@@ -33,8 +35,6 @@ MAX_SEED = 2**63 - 1
 
 _LAYER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _LAYER_PATTERN = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+")
-BRANCHES = ("cond", "uncond", "both")
-MODES = ("add", "weighted")
 
 
 class SchemaError(ValueError):
@@ -228,6 +228,7 @@ def check_recommended(value: Any, where: str) -> dict[str, Any]:
     check_str(rec.get("branch"), f"{where}.branch", choices=BRANCHES)
     check_str(rec.get("mode"), f"{where}.mode", choices=MODES)
     check_bool(rec.get("normalize"), f"{where}.normalize")
+    check_bool(rec.get("preserve_norm"), f"{where}.preserve_norm")
     if rec.get("layers") is not None:
         check_layer_names(rec["layers"], f"{where}.layers", patterns=True)
     check_number(rec.get("scale"), f"{where}.scale", -MAX_SCALE, MAX_SCALE)
@@ -241,13 +242,14 @@ def check_recommended(value: Any, where: str) -> dict[str, Any]:
 
 
 def check_direction_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
-    """Layer names are module paths; each tensor is 1-D, floating point, finite and within `MAX_VECTOR_ENTRY`."""
+    """Layer names are module paths; each tensor is (channels,) or (step buckets, channels), floating point, finite
+    and within `MAX_VECTOR_ENTRY`."""
     if not tensors:
         raise SchemaError("contains no layers")
     for name, t in tensors.items():
         check_layer_name(name, "tensor name")
-        if t.ndim != 1 or not t.is_floating_point() or t.numel() == 0:
-            raise SchemaError(f"layer {name!r} holds a {tuple(t.shape)} {t.dtype} tensor, expected 1-D float")
+        if t.ndim not in (1, 2) or not t.is_floating_point() or t.numel() == 0 or t.shape[0] > MAX_STEPS:
+            raise SchemaError(f"layer {name!r} holds a {tuple(t.shape)} {t.dtype} tensor, expected (channels,) or (steps, channels) float")
         check_vector_values(t, f"layer {name!r}")
 
 

@@ -114,9 +114,11 @@ class SteeringVector:
         if not self.directions:
             raise ValueError("a SteeringVector needs at least one layer")
         for name, vec in self.directions.items():
-            if not isinstance(vec, torch.Tensor) or vec.ndim != 1:
+            if not isinstance(vec, torch.Tensor) or vec.ndim not in (1, 2):
                 shape = tuple(vec.shape) if isinstance(vec, torch.Tensor) else type(vec).__name__
-                raise ValueError(f"direction for layer {name!r} must be a 1-D tensor (channels), got {shape}")
+                raise ValueError(
+                    f"direction for layer {name!r} must be a (channels,) or (step buckets, channels) tensor, got {shape}"
+                )
 
     # ----- views -------------------------------------------------------------------------------------------------
     @property
@@ -132,7 +134,12 @@ class SteeringVector:
         return {k: float(v) for k, v in self.metadata.get("activation_norm", {}).items()}
 
     def channels(self) -> dict[str, int]:
-        return {k: int(v.shape[0]) for k, v in self.directions.items()}
+        return {k: int(v.shape[-1]) for k, v in self.directions.items()}
+
+    @property
+    def step_buckets(self) -> int:
+        """How many step buckets the directions have (1: one vector for the whole run; S: the run split in S)."""
+        return max((int(v.shape[0]) if v.ndim == 2 else 1) for v in self.directions.values())
 
     def norms(self) -> dict[str, float]:
         return {k: float(v.float().norm()) for k, v in self.directions.items()}
@@ -142,7 +149,7 @@ class SteeringVector:
         return tensor_digest(self.directions)[:16]
 
     def __repr__(self) -> str:
-        norms = ", ".join(f"{k}: C={v.shape[0]} |v|={float(v.float().norm()):.3g}" for k, v in self.directions.items())
+        norms = ", ".join(f"{k}: C={v.shape[-1]} |v|={float(v.float().norm()):.3g}" for k, v in self.directions.items())
         return f"SteeringVector(name={self.name!r}, method={self.metadata.get('method')!r}, {{{norms}}})"
 
     # ----- arithmetic --------------------------------------------------------------------------------------------
@@ -181,7 +188,7 @@ class SteeringVector:
         for k, v in other.directions.items():
             if k in out:
                 if out[k].shape != v.shape:
-                    raise ModelMismatchError(f"layer {k!r} has {out[k].shape[0]} channels in one vector, {v.shape[0]} in the other")
+                    raise ModelMismatchError(f"layer {k!r} has shape {tuple(out[k].shape)} in one vector, {tuple(v.shape)} in the other")
                 out[k] = out[k] + sign * v.to(out[k])
             else:
                 out[k] = sign * v
@@ -229,7 +236,7 @@ class SteeringVector:
         names = list(layers) if layers is not None else self.layers
         have = layer_channels(unet, names)
         for name in names:
-            want = int(self.directions[name].shape[0])
+            want = int(self.directions[name].shape[-1])
             if have[name] != want:
                 raise ModelMismatchError(
                     f"channel mismatch at layer {name!r}: the direction {self.name!r} has {want} channels, "
