@@ -82,7 +82,7 @@ def build_app(
         session = gr.State({})
         last = gr.State(None)
         gr.Markdown(INTRO)
-        gr.Markdown(f"Model: `{H.model_name(pipe)}` · {len(app.layers)} hookable layers · native size {app.size}px")
+        gr.Markdown(f"Model: {H.md_code(H.model_name(pipe), 200)} · {len(app.layers)} hookable layers · native size {app.size}px")
         with gr.Tab("Generate"):
             direction = _generate_panel(app, demo, session, last)
         with gr.Tab("Learn"):

@@ -361,7 +361,7 @@ class SteerApp:
         except H.UserError as err:
             return error_box(str(err))
         if detector is None:
-            where = ", ".join(f"`{p}`" for p in H.detector_candidates(self.pipe))
+            where = ", ".join(H.md_code(p, 200) for p in H.detector_candidates(self.pipe))
             return (
                 "No calibrated detector found for this model (looked for "
                 f"{where}). Calibrate one below on ordinary prompts, or start the app with `--detector FILE`."
