@@ -152,7 +152,11 @@ def test_killed_run_resumes_to_the_same_bytes_and_writes_nothing_twice(tiny_pipe
     # a kill between a PNG's rename and its manifest line, and a torn manifest line from a kill mid-write
     manifest.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
     adopted = json.loads(lines[2])["path"]
-    (out / ".sweep_seed5_s+2.png.tmp999").write_bytes(b"half a png")  # a kill inside save_png
+    killed_run = (out / batch.LOCK_FILE).read_text().strip()  # the interrupted run recorded its id with its lock
+    (out / f".sweep_seed5_s+2.png.steer-tmp-{killed_run}").write_bytes(b"half a png")  # a kill inside save_png
+    users = [out / ".photo.png.tmp123", out / ".manifest.jsonl.tmp9", out / f".x.png.steer-tmp-{'0' * 12}"]
+    for u in users:  # the user's files that look like temp files (the last one: of a run that never held this lock)
+        u.write_bytes(b"mine")
     before = {p: os.stat(out / p).st_mtime_ns for p in files_and_hashes(out)}
 
     saves = []
@@ -162,7 +166,8 @@ def test_killed_run_resumes_to_the_same_bytes_and_writes_nothing_twice(tiny_pipe
     assert (resumed["written"], resumed["skipped"], resumed["failed"]) == (3, 3, 0)
     assert len(saves) == 3 and all(Path(s).relative_to(out).as_posix() not in before for s in saves)
     assert all(os.stat(out / p).st_mtime_ns == t for p, t in before.items())  # incl. the adopted one
-    assert adopted in files_and_hashes(out) and not list(out.glob(".*tmp*"))
+    assert adopted in files_and_hashes(out) and sorted(out.glob(".*tmp*")) == sorted(users)
+    assert all(u.read_bytes() == b"mine" for u in users)
     assert files_and_hashes(out) == files_and_hashes(tmp_path / "clean")  # deterministic: the same bytes
     assert manifest.read_bytes() == (tmp_path / "clean" / batch.MANIFEST).read_bytes()
 

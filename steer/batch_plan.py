@@ -1,0 +1,530 @@
+"""Planning ``steer batch`` jobs: validation (finite, bounded values), image expansion, resume state, names, batches.
+
+Every job is checked up front against the pipeline (no compute): a bad value fails its own job with ``line N:
+reason``, and nothing a job may hold can overflow a later step (scales, guidance, prompt lengths, image counts are
+bounded; a prompt must be encodable UTF-8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import io
+import itertools
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steer.batch_files import manifest_lines, read_under, safe_parts
+from steer.batch_read import JOB_FIELDS, JobError, RawJob, clip, show
+from steer.recipe import read_recipe, recipe_hash
+
+DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1
+MAX_IMAGES_PER_JOB = 10_000
+MAX_IMAGES = 100_000  # images planned in one run
+MAX_SIZE = 8192
+MAX_SCALE = 1000.0  # |steering scale| (and sweep ends): larger overflows fp16/fp32 activations
+MAX_GUIDANCE = 100.0
+MAX_PROMPT_CHARS = 10_000  # prompt and negative_prompt (CLIP reads 77 tokens)
+MAX_NAME_CHARS = 1000
+MAX_DIRECTIONS = 16
+MAX_LAYER_PATTERNS = 256
+MAX_PATH_CHARS = 4096
+_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
+
+
+# ======================================================================================================================
+# Validation
+# ======================================================================================================================
+@dataclass(frozen=True)
+class CallSetup:
+    """What the images of one batched pipeline call must share."""
+
+    model: str
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    vectors: tuple = ()
+    digests: tuple[str, ...] = ()
+    layer_patterns: tuple[str, ...] | None = None
+    window: tuple[float, float] | None = None
+    branch: str | None = None
+    normalize: bool | None = None
+    mode: str | None = None
+    strict: bool | None = None
+
+    def key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "vectors")
+
+
+@dataclass
+class ImageJob:
+    """One output image: its job line, index within the job, row inputs, recipe, key and output path."""
+
+    line: int
+    index: int
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    scales: tuple[float, ...]
+    setup: CallSetup
+    recipe: dict[str, Any]
+    key: str
+    stem: str
+    path: str | None = None  # relative to the output directory, '/'-separated
+    status: str = "new"  # new | done | adopt | duplicate
+    sha256: str | None = None
+
+
+@dataclass
+class Plan:
+    """The validated images, their batches, and the jobs that failed validation."""
+
+    images: list[ImageJob] = field(default_factory=list)
+    batches: list[list[ImageJob]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Validator:
+    """Checks jobs against one pipeline; caches loaded vectors and verified call setups."""
+
+    def __init__(self, pipe: Any, model: str, base_dir: Path | None):
+        from steer import __version__
+        from steer.vectors import weights_hash
+
+        self.pipe = pipe
+        self.model = model
+        self.base_dir = base_dir
+        self.version = __version__
+        self.unet_weights = weights_hash(pipe.unet)
+        self.default_size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        self._vectors: dict[Path, Any] = {}
+        self._setups: dict[tuple, list[str] | Exception] = {}
+
+    # ----- fields ---------------------------------------------------------------------------------------------------
+    def images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
+        """Validate one job and expand it into its images; raises `JobError`."""
+        try:
+            return self._images(line, raw)
+        except JobError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any problem with one job is that job's failure
+            raise JobError(line, _reason(err)) from None
+
+    def _images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
+        unknown = [k for k in raw if k not in JOB_FIELDS]
+        if unknown:
+            raise JobError(line, f"unknown field(s) {_unknown_fields(unknown)}")
+        job = {**DEFAULTS, **raw}
+        if job.get("model") not in (None, self.model):
+            raise JobError(line, f"model {show(job['model'])} differs from this run's model {show(self.model)}; run it as its own batch")
+        prompt = _check_text(line, "prompt", job.get("prompt"), required=True)
+        negative = _check_text(line, "negative_prompt", job.get("negative_prompt"))
+        seeds = self._seeds(line, job)
+        steps = _check_int(line, "num_inference_steps", job["num_inference_steps"], 1, MAX_STEPS)
+        guidance = _check_float(line, "guidance_scale", job["guidance_scale"], 0.0, MAX_GUIDANCE)
+        height = self._size(line, "height", job.get("height"))
+        width = self._size(line, "width", job.get("width"))
+        directions = job.get("directions") or []
+        if not isinstance(directions, list):
+            raise JobError(line, f"directions must be a list of {{'path': ..., 'scale' | 'sweep': ...}}, got {show(directions)}")
+        if len(directions) > MAX_DIRECTIONS:
+            raise JobError(line, f"at most {MAX_DIRECTIONS} directions per job, got {len(directions)}")
+        loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
+        setup = CallSetup(self.model, steps, guidance, height, width)
+        if loaded:
+            setup = self._steering_setup(line, job, setup, [v for v, _, _ in loaded])
+        resolved_layers = self._check_setup(line, setup)
+        name = job.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
+            raise JobError(line, f"name must be a string of at most {MAX_NAME_CHARS} characters, got {show(name)}")
+        stem = sanitize_name(name) if name else ""
+        stem = stem or f"job{line:04d}"
+        scale_lists = [scales for _, _, scales in loaded]
+        count = len(seeds) * math.prod(len(s) for s in scale_lists)
+        if count > MAX_IMAGES_PER_JOB:
+            raise JobError(line, f"the job expands to {count} images (more than {MAX_IMAGES_PER_JOB})")
+        combos = list(itertools.product(*scale_lists)) if loaded else [()]
+        single = count == 1 and bool(name)
+        images = []
+        for index, (seed, scales) in enumerate(itertools.product(seeds, combos)):
+            recipe = self._recipe(prompt, negative, seed, setup, loaded, scales, resolved_layers)
+            file_stem = stem if single else f"{stem}_seed{seed}{_scale_tag(scales)}"
+            images.append(ImageJob(line, index, prompt, negative, seed, tuple(scales), setup, recipe, image_key(recipe), file_stem))
+        return images
+
+    def _seeds(self, line: int, job: dict[str, Any]) -> list[int]:
+        if "seed" in job and "seeds" in job:
+            raise JobError(line, "give seed or seeds, not both")
+        if "seeds" in job:
+            seeds = job["seeds"]
+            if not isinstance(seeds, list) or not seeds or len(seeds) > MAX_IMAGES_PER_JOB:
+                raise JobError(line, f"seeds must be a non-empty list of at most {MAX_IMAGES_PER_JOB} integers, got {show(seeds)}")
+            return [_check_int(line, "seed", s, 0, MAX_SEED) for s in seeds]
+        return [_check_int(line, "seed", job.get("seed", 0), 0, MAX_SEED)]
+
+    def _size(self, line: int, what: str, value: Any) -> int:
+        if value is None:
+            return self.default_size
+        value = _check_int(line, what, value, 8, MAX_SIZE)
+        if value % 8:
+            raise JobError(line, f"{what} must be a multiple of 8, got {value}")
+        return value
+
+    def _direction(self, line: int, i: int, spec: Any) -> tuple[Any, str, list[float]]:
+        from steer.vectors import SteeringVector
+
+        if isinstance(spec, str):
+            spec = {"path": spec}
+        if not isinstance(spec, dict) or not isinstance(spec.get("path"), str) or not 0 < len(spec["path"]) <= MAX_PATH_CHARS:
+            raise JobError(line, f"directions[{i}] must be {{'path': ..., 'scale' or 'sweep': ...}}, got {show(spec)}")
+        extra = sorted(str(k) for k in set(spec) - {"path", "scale", "sweep"})
+        if extra:
+            raise JobError(line, f"directions[{i}] has unknown key(s) {show(extra)}; use path, scale, sweep")
+        if "scale" in spec and "sweep" in spec:
+            raise JobError(line, f"directions[{i}]: give scale or sweep, not both")
+        if "sweep" in spec:
+            sweep = spec["sweep"]
+            if not isinstance(sweep, list) or len(sweep) != 3:
+                raise JobError(line, f"directions[{i}].sweep must be [lo, hi, n], got {show(sweep)}")
+            lo = _check_float(line, "sweep lo", sweep[0], -MAX_SCALE, MAX_SCALE)
+            hi = _check_float(line, "sweep hi", sweep[1], -MAX_SCALE, MAX_SCALE)
+            n = _check_int(line, "sweep n", sweep[2], 2, 1000)
+            scales = [lo + (hi - lo) * k / (n - 1) for k in range(n)]
+        else:
+            scales = [_check_float(line, f"directions[{i}].scale", spec.get("scale", 1.0), -MAX_SCALE, MAX_SCALE)]
+        path = self._find_direction(line, spec["path"])
+        if path not in self._vectors:
+            self._vectors[path] = SteeringVector.load(path)
+        return self._vectors[path], str(path), scales
+
+    def _find_direction(self, line: int, name: str) -> Path:
+        from steer.loading import bundled_directions
+
+        if "\0" in name:
+            raise JobError(line, f"direction path {show(name)} holds a NUL character")
+        given = Path(name).expanduser()
+        candidates = [given]
+        if not given.is_absolute() and self.base_dir is not None:
+            candidates.insert(0, self.base_dir / given)
+        for c in candidates:
+            if c.is_file():
+                return c.resolve()
+        bundled = bundled_directions()
+        if name in bundled:
+            return Path(bundled[name]).resolve()
+        where = " or ".join(clip(str(c)) for c in candidates)
+        known = f"; bundled directions: {sorted(bundled)}" if bundled else ""
+        raise JobError(line, f"direction file not found: {show(name)} (looked for {where}){known}")
+
+    def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
+        from steer.hooks import BRANCHES, MODES, PAPER_WINDOW, check_window
+
+        layers = job.get("steering_layers")
+        if isinstance(layers, str):
+            layers = [layers]
+        if layers is not None and (
+            not isinstance(layers, list) or not 0 < len(layers) <= MAX_LAYER_PATTERNS or not all(isinstance(x, str) and len(x) <= 200 for x in layers)
+        ):
+            raise JobError(line, f"steering_layers must be a layer name or a non-empty list of at most {MAX_LAYER_PATTERNS} names / globs, got {show(layers)}")
+        window = job.get("steering_window", PAPER_WINDOW)
+        if not isinstance(window, list | tuple) or len(window) != 2:
+            raise JobError(line, f"steering_window must be a pair [start, end] of fractions, got {show(window)}")
+        window = tuple(_check_float(line, "steering_window", w, 0.0, 1.0) for w in window)
+        try:
+            window = check_window(window)
+        except ValueError as err:
+            raise JobError(line, str(err)) from None
+        branch = job.get("steering_branch", "cond")
+        if branch not in BRANCHES:
+            raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, got {show(branch)}")
+        mode = job.get("steering_mode", "add")
+        if mode not in MODES:
+            raise JobError(line, f"steering_mode must be one of {list(MODES)}, got {show(mode)}")
+        normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", False))
+        strict = _check_bool(line, "steering_strict", job.get("steering_strict", True))
+        return dataclasses.replace(
+            setup,
+            vectors=tuple(vectors),
+            digests=tuple(v.digest() for v in vectors),
+            layer_patterns=tuple(layers) if layers is not None else None,
+            window=(float(window[0]), float(window[1])),
+            branch=branch,
+            normalize=normalize,
+            mode=mode,
+            strict=strict,
+        )
+    def _check_setup(self, line: int, setup: CallSetup) -> list[str] | None:
+        """Build (not enter) the steering session once per setup: layers, channels, model match, normalization."""
+        if not setup.vectors:
+            return None
+        key = setup.key()
+        if key not in self._setups:
+            import torch
+
+            try:
+                session = self.pipe.build_steering_session(
+                    [v.to(self.pipe.device) for v in setup.vectors],
+                    torch.ones(1, len(setup.vectors)),
+                    layers=list(setup.layer_patterns) if setup.layer_patterns is not None else None,
+                    window=setup.window,
+                    branch=setup.branch,
+                    normalize=setup.normalize,
+                    mode=setup.mode,
+                    strict=setup.strict,
+                )
+                self._setups[key] = list(session.plans)
+            except Exception as err:  # noqa: BLE001
+                self._setups[key] = err
+        result = self._setups[key]
+        if isinstance(result, Exception):
+            raise JobError(line, _reason(result))
+        return result
+
+    def _recipe(self, prompt, negative, seed, setup: CallSetup, loaded, scales, layers) -> dict[str, Any]:
+        steered = bool(loaded)
+        return {
+            "steer_version": self.version,
+            "model": self.model,
+            "unet_weights": self.unet_weights,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "prompt": prompt,
+            "negative_prompt": negative,
+            "seed": seed,
+            "num_inference_steps": setup.num_inference_steps,
+            "guidance_scale": setup.guidance_scale,
+            "height": setup.height,
+            "width": setup.width,
+            "directions": [
+                {"name": v.name, "hash": v.digest(), "path": path, "scale": float(s)}
+                for (v, path, _), s in zip(loaded, scales, strict=True)
+            ],
+            "scale": (float(scales[0]) if len(scales) == 1 else [float(s) for s in scales]) if steered else None,
+            "layers": layers,
+            "layer_patterns": list(setup.layer_patterns) if setup.layer_patterns is not None else None,
+            "window": list(setup.window) if steered else None,
+            "branch": setup.branch,
+            "normalize": setup.normalize,
+            "mode": setup.mode,
+            "strict": setup.strict,
+        }
+
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str):
+        text = err.args[0]  # KeyError's str() adds quotes
+    elif isinstance(err, RecursionError):
+        text = "nested too deeply"
+    else:
+        try:
+            text = str(err)
+        except Exception:  # noqa: BLE001
+            text = ""
+    return clip(text) or type(err).__name__
+
+
+def _unknown_fields(unknown: list[Any]) -> str:
+    hints = []
+    for k in unknown[:5]:
+        close = difflib.get_close_matches(k, JOB_FIELDS, n=1) if isinstance(k, str) and len(k) < 100 else []
+        hints.append(f"{show(k)} (did you mean {close[0]!r}?)" if close else show(k))
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return ", ".join(hints) + more
+
+
+def _check_text(line: int, what: str, value: Any, required: bool = False) -> str | None:
+    """A prompt: a string of at most `MAX_PROMPT_CHARS` characters that encodes as UTF-8 (no lone surrogate)."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise JobError(line, f"{what} is required and must be a string" if value is None else f"{what} must be a string, got {show(value)}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise JobError(line, f"{what} is {len(value)} characters long, over the {MAX_PROMPT_CHARS} limit")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise JobError(line, f"{what} is not valid Unicode text (a lone surrogate {value[err.start]!r} at character {err.start + 1})") from None
+    return value
+
+
+def _check_int(line: int, what: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(line, f"{what} must be an integer, got {show(value)}")
+    if not lo <= value <= hi:
+        raise JobError(line, f"{what} must be in [{lo}, {hi}], got {show(value)}")
+    return value
+
+
+def _check_float(line: int, what: str, value: Any, lo: float, hi: float) -> float:
+    """A finite number in ``[lo, hi]`` (an int too large for a float is out of range, not an overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
+        raise JobError(line, f"{what} must be a finite number, got {show(value)}")
+    if not lo <= value <= hi:
+        if lo == 0 and value < 0:
+            raise JobError(line, f"{what} must be >= 0, got {show(value)}")
+        raise JobError(line, f"{what} must be in [{lo:g}, {hi:g}], got {show(value)}")
+    return float(value)
+
+
+def _check_bool(line: int, what: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise JobError(line, f"{what} must be true or false, got {show(value)}")
+    return value
+
+
+def _scale_tag(scales: Sequence[float]) -> str:
+    return "".join(f"_s{s:+.4g}" for s in scales)
+
+
+def sanitize_name(name: str) -> str:
+    """A safe relative output name: ``/``-separated parts of ``[A-Za-z0-9._+=-]``, no ``..``, no leading dots.
+
+    ``"../../etc/x"`` becomes ``"etc/x"``, ``"/abs/p"`` becomes ``"abs/p"``, odd characters become ``_``; an empty
+    result means "use the default name". A trailing ``.png`` is dropped (it is added back).
+    """
+    name = re.sub(r"\.png$", "", name.strip(), flags=re.IGNORECASE)
+    parts = []
+    for part in name.replace("\\", "/").split("/"):
+        part = _SAFE_CHARS.sub("_", part).lstrip(".").strip("_")
+        if part:
+            parts.append(part[:100])
+    return "/".join(parts[:8])
+
+
+def image_key(recipe: dict[str, Any]) -> str:
+    """The resume key of an image: the recipe hash without provenance-only fields (version, direction paths)."""
+    core = {k: v for k, v in recipe.items() if k != "steer_version"}
+    core["directions"] = [{k: v for k, v in d.items() if k != "path"} for d in recipe.get("directions") or []]
+    return recipe_hash(core)
+
+
+# ======================================================================================================================
+# Planning: validation, resume state, output names, batches
+# ======================================================================================================================
+def plan_jobs(raw_jobs: Sequence[RawJob], pipe: Any, out_dir: str | os.PathLike, *, model: str, base_dir: Path | None = None, batch_size: int = 4) -> Plan:
+    """Validate every job, mark finished images, pick output names and form the batches (no writes, no compute)."""
+    out = Path(out_dir)
+    validator = _Validator(pipe, model, base_dir)
+    plan = Plan()
+    for line, raw in raw_jobs:
+        try:
+            if isinstance(raw, JobError):
+                raise raw
+            images = validator.images(line, raw)
+            if len(plan.images) + len(images) > MAX_IMAGES:
+                raise JobError(line, f"the jobs expand to more than {MAX_IMAGES} images in one run; split the file")
+            plan.images += images
+        except JobError as err:
+            plan.failures.append({"line": err.line, "reason": err.reason})
+    _mark_duplicates(plan)
+    _assign_paths(plan, out)
+    live = [im for im in plan.images if im.status != "duplicate"]
+    plan.batches = form_batches(live, batch_size)
+    return plan
+
+
+def _mark_duplicates(plan: Plan) -> None:
+    first: dict[str, ImageJob] = {}
+    for im in plan.images:
+        if im.key in first:
+            im.status = "duplicate"
+            im.path = None
+        else:
+            first[im.key] = im
+
+
+def read_manifest_entries(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """Entries of ``manifest.jsonl`` and any ``manifest.rank*.jsonl`` shards with a safe relative path; unreadable
+    (torn) lines, symlinked manifests and paths leaving the folder are ignored."""
+    entries = []
+    for e in manifest_lines(out):
+        try:
+            safe_parts(e["path"])
+        except ValueError:
+            continue
+        entries.append(e)
+    return entries
+def _assign_paths(plan: Plan, out: Path) -> None:
+    """Finished images keep their recorded paths; the others get their preferred name or a ``-N`` suffix."""
+    manifest = {e["key"]: e for e in read_manifest_entries(out)}
+    by_path = {e["path"]: e["key"] for e in manifest.values()}
+    claimed: dict[str, str] = {}
+    sha_cache: dict[str, str | None] = {}
+    for im in plan.images:
+        entry = manifest.get(im.key)
+        if im.status == "new" and entry is not None and _sha_of(out, entry["path"], sha_cache) == entry.get("sha256"):
+            im.status, im.path, im.sha256 = "done", entry["path"], entry["sha256"]
+            claimed[im.path] = im.key
+    failed_lines: dict[int, str] = {}
+    for im in plan.images:
+        if im.status != "new" or im.line in failed_lines:
+            continue
+        try:
+            im.path, im.status = _free_path(out, im, claimed, by_path)
+            claimed[im.path] = im.key
+        except JobError as err:
+            failed_lines[im.line] = err.reason
+    if failed_lines:
+        plan.failures += [{"line": line, "reason": reason} for line, reason in failed_lines.items()]
+        plan.images = [im for im in plan.images if im.line not in failed_lines]
+
+
+def _free_path(out: Path, im: ImageJob, claimed: dict[str, str], by_path: dict[str, str]) -> tuple[str, str]:
+    """The first candidate name not taken by another image or an unrelated file; 'adopt' if it already holds ours."""
+    root = out.resolve()
+    for n in range(100):
+        rel = f"{im.stem}.png" if n == 0 else f"{im.stem}-{n}.png"
+        if claimed.get(rel, im.key) != im.key or by_path.get(rel, im.key) != im.key:
+            continue
+        target = out / rel
+        if not target.resolve().is_relative_to(root):
+            raise JobError(im.line, f"output name {rel!r} leads outside the output directory (a symlink?)")
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            if out.joinpath(*parts[:i]).is_symlink():
+                raise JobError(im.line, f"output name {rel!r} goes through the symlink {'/'.join(parts[:i])!r}; not followed")
+        if target.exists() or target.is_symlink():
+            if target.is_file() and not target.is_symlink() and _holds_recipe(read_under(out, rel), im.key):
+                return rel, "adopt"  # written by an earlier run that died before its manifest line
+            continue
+        return rel, "new"
+    raise JobError(im.line, f"output name {im.stem!r} collides with 100 existing files; give the job another name")
+
+
+def _holds_recipe(data: bytes | None, key: str) -> bool:
+    """Whether ``data`` is a PNG carrying a recipe with this resume key."""
+    if data is None:
+        return False
+    try:
+        return image_key(read_recipe(io.BytesIO(data))) == key
+    except Exception:  # noqa: BLE001 - not a PNG, no recipe, unreadable: not ours
+        return False
+
+
+def _sha_of(out: Path, rel: str, cache: dict[str, str | None]) -> str | None:
+    """sha256 of the regular file ``out/rel`` (never through a symlink); None if there is none."""
+    if rel not in cache:
+        data = read_under(out, rel)
+        cache[rel] = hashlib.sha256(data).hexdigest() if data is not None else None
+    return cache[rel]
+
+
+def form_batches(images: Sequence[ImageJob], batch_size: int) -> list[list[ImageJob]]:
+    """Group images by call setup (first-appearance order) and cut each group into batches of ``batch_size`` rows."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    groups: dict[tuple, list[ImageJob]] = {}
+    for im in images:
+        groups.setdefault(im.setup.key(), []).append(im)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
