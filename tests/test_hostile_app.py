@@ -523,3 +523,41 @@ def test_command_line_upload_cap(capsys):
     assert "--max-upload-mb must be in" in capsys.readouterr().err
     with pytest.raises(ValueError):
         app.build_app(object(), max_upload_bytes=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# In headless Chromium: what the page really renders (needs the Debian chromium package, like test_app_browser.py)
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.browser
+def test_browser_hostile_name_renders_as_text_and_big_upload_is_refused(served, good_file, tmp_path):
+    from playwright.sync_api import sync_playwright
+    from test_app_browser import CHROMIUM_ARGS, chromium_path
+
+    url, uploads = served
+    hostile = craft(good_file, tmp_path / "hostile-browser.safetensors", edit_header=set_meta("name", HOSTILE_NAME))
+    big = tmp_path / f"big-{uuid.uuid4().hex}.safetensors"
+    big.write_bytes(os.urandom(SMALL_CAP + 1))
+    dialogs: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        with page.expect_file_chooser() as chooser:
+            page.click("#upload")
+        chooser.value.set_files(str(hostile))
+        page.wait_for_selector("#status .steer-status-ok", timeout=30_000)
+        status = page.locator("#status")
+        assert "<script>alert(1)</script>" in status.inner_text()  # shown as text
+        assert status.locator("script, img, a").count() == 0
+        assert "\x1b" not in status.inner_text()
+        with page.expect_file_chooser() as chooser:
+            page.click("#upload")
+        chooser.value.set_files(str(big))
+        toast = page.wait_for_selector("[data-testid=toast-body]:has-text('exceed the maximum allowed size')", timeout=30_000)
+        assert big.name in toast.inner_text()  # the page refuses it before sending a byte
+        browser.close()
+    assert not dialogs
+    assert not files_named(uploads, big.name)
+    assert not files_named(uploads, hostile.name)
