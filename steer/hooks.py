@@ -13,15 +13,26 @@ selects the active calls ``ceil(start*N) <= i < ceil(end*N)``.
 from __future__ import annotations
 
 import contextvars
-import difflib
-import fnmatch
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from steer.layers import (  # noqa: F401  (re-exported: steer.hooks is the engine's public face)
+    CONTEXT_SITE,
+    LayerError,
+    _channel_dim,
+    _main_tensor,
+    cross_attention_sites,
+    default_layers,
+    layer_channels,
+    list_layers,
+    register_site_hook,
+    resolve_layers,
+)
 
 Branch = Literal["cond", "uncond", "both", "split"]
 Mode = Literal["add", "weighted", "token"]
@@ -31,184 +42,6 @@ PAPER_WINDOW = (0.45, 0.95)
 
 # The sessions active in the current context (thread / task). Hooks of other sessions are no-ops here.
 _ACTIVE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("steer_active_sessions", default=frozenset())
-
-
-class LayerError(KeyError):
-    """An unknown layer name or pattern; the message lists close matches."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else ""
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Layers
-# ----------------------------------------------------------------------------------------------------------------------
-def _block_layers(prefix: str, block: nn.Module) -> list[str]:
-    """A block's sites in execution order: resnet, attention, resnet, attention, ..., then resamplers."""
-    resnets = list(getattr(block, "resnets", None) or [])
-    attentions = list(getattr(block, "attentions", None) or [])
-    names: list[str] = []
-    is_mid = prefix.startswith("mid_block")
-    for i in range(len(resnets)):
-        if is_mid:  # mid: resnet0, (attn0, resnet1), ...
-            if i > 0 and i - 1 < len(attentions):
-                names.append(f"{prefix}.attentions.{i - 1}")
-            names.append(f"{prefix}.resnets.{i}")
-        else:
-            names.append(f"{prefix}.resnets.{i}")
-            if i < len(attentions):
-                names.append(f"{prefix}.attentions.{i}")
-    for sampler in ("downsamplers", "upsamplers"):
-        for j, _ in enumerate(getattr(block, sampler, None) or []):
-            names.append(f"{prefix}.{sampler}.{j}")
-    return names
-
-
-def list_layers(unet: nn.Module, kinds: Iterable[str] = ("resnets", "attentions")) -> list[str]:
-    """Hookable block-level sites of a UNet, ordered from the input side to the output side.
-
-    ``kinds`` filters by the path component (``"resnets"``, ``"attentions"``, ``"downsamplers"``, ``"upsamplers"``).
-    """
-    kinds = set(kinds)
-    names: list[str] = []
-    for i, block in enumerate(getattr(unet, "down_blocks", [])):
-        names += _block_layers(f"down_blocks.{i}", block)
-    if getattr(unet, "mid_block", None) is not None:
-        names += _block_layers("mid_block", unet.mid_block)
-    for i, block in enumerate(getattr(unet, "up_blocks", [])):
-        names += _block_layers(f"up_blocks.{i}", block)
-    out = [n for n in names if n.split(".")[-2] in kinds]
-    if "attn2" in kinds:  # the cross-attention outputs inside each attention block, in the same order
-        modules = dict(unet.named_modules())
-        for block in [n for n in names if n.split(".")[-2] == "attentions"]:
-            inner = [m for m in modules if m.startswith(block + ".") and m.endswith(".attn2")]
-            at = out.index(block) + 1 if block in out else len(out)
-            out[at:at] = inner
-    return out
-
-
-def cross_attention_sites(unet: nn.Module) -> list[str]:
-    """Every cross-attention (``attn2``) module of a UNet, from the input side to the output side.
-
-    These are where the text enters the denoiser; their outputs are token sequences (B, H*W, C) added to the
-    residual stream of each transformer block.
-    """
-    return list_layers(unet, ("attn2",))
-
-
-def default_layers(unet: nn.Module) -> list[str]:
-    """The paper's steering layers mapped to this UNet's layout.
-
-    SD1.x: ``up_blocks.0.resnets.0-2`` and ``up_blocks.1.resnets.0-1``. In general: every resnet of the
-    lowest-resolution up block plus all but the last resnet of the next one.
-    """
-    ups = list(getattr(unet, "up_blocks", []))
-    if not ups:
-        raise LayerError("this UNet has no up_blocks; pass layers explicitly (see steer.hooks.list_layers)")
-    names = [f"up_blocks.0.resnets.{i}" for i in range(len(ups[0].resnets))]
-    if len(ups) > 1:
-        names += [f"up_blocks.1.resnets.{i}" for i in range(max(len(ups[1].resnets) - 1, 1))]
-    return names
-
-
-def resolve_layers(unet: nn.Module, patterns: str | Iterable[str]) -> list[str]:
-    """Expand exact module paths and glob patterns (``"up_blocks.0.resnets.*"``) into module paths.
-
-    Raises `LayerError` naming the unknown entry and its closest matches.
-    """
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    modules = dict(unet.named_modules())
-    candidates = [n for n in modules if n]
-    out: list[str] = []
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            hits = [n for n in list_layers(unet, ("resnets", "attentions", "downsamplers", "upsamplers")) if fnmatch.fnmatchcase(n, pattern)]
-            hits = hits or [n for n in candidates if fnmatch.fnmatchcase(n, pattern)]
-            if not hits:
-                raise LayerError(f"layer pattern {pattern!r} matches no module of this UNet; e.g. {list_layers(unet)[:6]}")
-        elif pattern in modules and pattern:
-            hits = [pattern]
-        else:
-            close = difflib.get_close_matches(pattern, candidates, n=5, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; hookable layers include {list_layers(unet)[:8]}"
-            raise LayerError(f"unknown layer {pattern!r}{hint}")
-        out += [h for h in hits if h not in out]
-    return out
-
-
-def _main_tensor(output: Any) -> torch.Tensor:
-    """The hidden-state tensor inside a module output (a tensor, a tuple, or an output object with ``.sample``)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    sample = getattr(output, "sample", None)
-    if isinstance(sample, torch.Tensor):
-        return sample
-    raise TypeError(f"cannot find a hidden-state tensor in a module output of type {type(output).__name__}")
-
-
-def _replace_main_tensor(output: Any, new: torch.Tensor) -> Any:
-    if isinstance(output, torch.Tensor):
-        return new
-    if isinstance(output, tuple):
-        return (new, *output[1:])
-    if isinstance(output, list):
-        return [new, *output[1:]]
-    output.sample = new  # diffusers BaseOutput
-    return output
-
-
-def _channel_dim(h: torch.Tensor) -> int:
-    """Channel axis: 1 for (B, C, H, W) and (B, C); -1 for token sequences (B, L, C)."""
-    return -1 if h.ndim == 3 else 1
-
-
-def _probe_channels(unet: nn.Module, names: Sequence[str]) -> dict[str, int]:
-    """Run one tiny forward to read output channel counts (for modules without an ``out_channels`` attribute)."""
-    modules = dict(unet.named_modules())
-    seen: dict[str, int] = {}
-    handles = []
-    for name in names:
-        def hook(_m, _a, out, name=name):
-            h = _main_tensor(out)
-            seen[name] = int(h.shape[_channel_dim(h)])
-        handles.append(modules[name].register_forward_hook(hook))
-    cfg = unet.config
-    param = next(unet.parameters())
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    size = max(8, min(int(size), 2 ** (len(cfg.block_out_channels) - 1) * 4))
-    try:
-        with torch.no_grad():
-            unet(
-                torch.zeros(1, cfg.in_channels, size, size, device=param.device, dtype=param.dtype),
-                torch.tensor([10], device=param.device),
-                encoder_hidden_states=torch.zeros(1, 1, cfg.cross_attention_dim, device=param.device, dtype=param.dtype),
-            )
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
-
-
-def layer_channels(unet: nn.Module, names: Sequence[str]) -> dict[str, int]:
-    """Output channel count of each named module (cached on the UNet)."""
-    cache: dict[str, int] = unet.__dict__.setdefault("_steer_channels", {})
-    modules = dict(unet.named_modules())
-    resolve_layers(unet, [n for n in names if n not in modules])  # raises a helpful error for unknown names
-    todo = []
-    for name in names:
-        if name in cache:
-            continue
-        out_ch = getattr(modules[name], "out_channels", None)
-        if isinstance(out_ch, int):
-            cache[name] = out_ch
-        else:
-            todo.append(name)
-    if todo:
-        cache.update(_probe_channels(unet, todo))
-    return {n: cache[n] for n in names}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -463,7 +296,6 @@ class SteeringSession(_UNetRun):
 
     def _register(self) -> None:
         channels = layer_channels(self.unet, list(self.plans))
-        modules = dict(self.unet.named_modules())
         for name, plan in self.plans.items():
             want = plan.directions.shape[-1]
             if channels[name] != want:
@@ -472,7 +304,7 @@ class SteeringSession(_UNetRun):
                 raise ModelMismatchError(
                     f"channel mismatch at layer {name!r}: the direction has {want} channels, the UNet's output there has {channels[name]}"
                 )
-            self._handles.append(modules[name].register_forward_hook(self._make_hook(plan)))
+            self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan)))
 
     def row_scales(self, n: int) -> torch.Tensor:
         """(n, K) scales for a UNet batch of n rows, with the unsteered CFG half zeroed."""
@@ -499,11 +331,10 @@ class SteeringSession(_UNetRun):
         """(rows, C) delta of ``plan`` at the current step: each row's weighted sum of the vectors' directions."""
         return self.row_scales(rows) @ plan.at(self.step, self.num_steps)
 
-    def _make_hook(self, plan: LayerPlan):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+    def _make_hook(self, plan: LayerPlan) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def hook(h: torch.Tensor) -> torch.Tensor | None:
             if not self.mine() or not self.in_window(self.config.window):
                 return None
-            h = _main_tensor(output)
             dim = _channel_dim(h)
             if h.shape[dim] != plan.directions.shape[-1]:
                 raise ValueError(
@@ -517,7 +348,7 @@ class SteeringSession(_UNetRun):
                 plan.cache[key] = delta
             if self.step not in self.applied_steps:
                 self.applied_steps.append(self.step)
-            return _replace_main_tensor(output, apply_delta(h, delta, self.config.mode, self.config.preserve_norm))
+            return apply_delta(h, delta, self.config.mode, self.config.preserve_norm)
 
         return hook
 
@@ -573,9 +404,8 @@ class ActivationRecorder(_UNetRun):
 
     def _register(self) -> None:
         resolve_layers(self.unet, self.layers)
-        modules = dict(self.unet.named_modules())
         for name in self.layers:
-            self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+            self._handles.append(register_site_hook(self.unet, name, self._make_hook(name)))
 
     def _select(self, h: torch.Tensor) -> torch.Tensor:
         if not self.cfg or self.branch == "both":
@@ -583,11 +413,11 @@ class ActivationRecorder(_UNetRun):
         uncond, cond = h.chunk(2)
         return cond if self.branch == "cond" else uncond
 
-    def _make_hook(self, name: str):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+    def _make_hook(self, name: str) -> Callable[[torch.Tensor], None]:
+        def hook(output: torch.Tensor) -> None:
             if not self.mine() or not self.in_window(self.window):
                 return
-            h = self._select(_main_tensor(output).detach())
+            h = self._select(output.detach())
             pooled = pool(h.float(), self.pooling).cpu()
             records = self.records[name]
             if self.last_call_only and records and records[-1][0] == self.step:
@@ -642,17 +472,15 @@ class StaticSteeringSites:
         self.session: SteeringSession | None = None
         self.lock = threading.RLock()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        modules = dict(unet.named_modules())
         for name in self.layers:
-            self._handles.append(modules[name].register_forward_hook(self._make_hook(name)))
+            self._handles.append(register_site_hook(unet, name, self._make_hook(name)))
 
-    def _make_hook(self, name: str):
-        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
+    def _make_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def hook(h: torch.Tensor) -> torch.Tensor | None:
             delta = self.deltas.get(name)
             if delta is None:
                 return None
-            h = _main_tensor(output)
-            return _replace_main_tensor(output, apply_delta(h, delta, self.mode, self.preserve_norm))
+            return apply_delta(h, delta, self.mode, self.preserve_norm)
 
         return hook
 
