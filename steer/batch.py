@@ -235,11 +235,14 @@ def _execute(pipe: Any, out: OutDir, batches: Sequence[list[ImageJob]], writer: 
                 rows = list(zip(batch, generate_batch(pipe, batch, output_type="np"), strict=True))
             except Exception as err:  # noqa: BLE001 - retried one image at a time: only the bad job fails
                 rows = []
-                for im in todo:
+                if len(batch) == 1:
+                    _fail(tally, todo, _reason(err))
+                    bar.update(len(todo))
+                for im in todo if len(batch) > 1 else []:
                     try:
                         rows.append((im, generate_batch(pipe, [im], output_type="np")[0]))
                     except Exception as one:  # noqa: BLE001
-                        _fail(tally, [im], _reason(one) if len(todo) > 1 else _reason(err))
+                        _fail(tally, [im], _reason(one))
                         bar.update(1)
             tally.generate_seconds += time.perf_counter() - start
             for im, row in rows:
@@ -426,8 +429,7 @@ def _claim(out: OutDir, state: Any) -> None:
         try:
             if not out.locked:
                 out.lock()
-            for name in [MANIFEST, *sorted(p.name for p in out.path.glob("manifest.rank*.jsonl"))]:
-                out.check_file(name)
+            _check_manifests(out)
             if out.previous_run:
                 out.remove_temp_files([out.previous_run])
         except (OutputBusyError, UnsafePathError) as err:
@@ -436,6 +438,11 @@ def _claim(out: OutDir, state: Any) -> None:
     if problems:
         kind, text = problems[0]
         raise (OutputBusyError if kind == "OutputBusyError" else UnsafePathError)(text)
+
+
+def _check_manifests(out: OutDir) -> None:
+    for name in [MANIFEST, *sorted(p.name for p in out.path.glob("manifest.rank*.jsonl"))]:
+        out.check_file(name)
 
 
 def _failure_lines(failures: list[dict[str, Any]], prefix: str) -> list[str]:
@@ -498,13 +505,16 @@ def cmd_batch(args: argparse.Namespace) -> int:
         device = getattr(state, "device", None)
     if not args.progress or not state.is_main_process:
         from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
         diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     # One process: lock --out before loading the model, so a second run stops at once.
     out = OutDir(args.out, new_run_id()) if state.num_processes == 1 else None
     try:
         if out is not None:
             out.lock()
+            _check_manifests(out)
         pipe = load_pipeline(args.model, device, progress=False)
         summary = run(raw, pipe, out if out is not None else args.out, args.batch_size, model=str(args.model),
                       progress=args.progress, report=_stderr, state=state, base_dir=Path(args.jobs).resolve().parent)

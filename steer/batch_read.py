@@ -101,6 +101,8 @@ def read_jobs(path: str | os.PathLike) -> list[RawJob]:
         raise ValueError(f"{path} is larger than {limit // 2**20} MiB, the limit for a {suffix} jobs file; split it{hint}")
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
+    if suffix in (".jsonl", ".csv"):
+        _check_entry_count(data, MAX_JOBS + (suffix == ".csv"))
     try:
         if suffix == ".jsonl":
             return _read_jsonl(data)
@@ -124,6 +126,17 @@ def _decode_line(line_no: int, raw: bytes) -> str | JobError:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
         return JobError(line_no, f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})")
+
+
+_ENTRY = re.compile(rb"^[ \t\r]*[^\s#]", re.MULTILINE)  # a line that is neither blank nor a comment
+
+
+def _check_entry_count(data: bytes, limit: int) -> None:
+    """Refuse a file of more than ``limit`` entries before parsing any (a scan at C speed)."""
+    for n, m in enumerate(_ENTRY.finditer(data), start=1):
+        if n > limit:
+            line = data.count(b"\n", 0, m.start()) + 1
+            raise ValueError(f"more than {MAX_JOBS} jobs (line {line}); split the file")
 
 
 class _TooMany:
