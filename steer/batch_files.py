@@ -35,6 +35,7 @@ _RUN_ID = re.compile(r"[0-9a-f]{12}")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR = getattr(os, "O_DIRECTORY", 0)
+_READ = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)  # a FIFO planted there cannot block a read
 
 
 class UnsafePathError(OSError):
@@ -137,7 +138,7 @@ class OutDir:
         except (OSError, ValueError):
             return None
         try:
-            f = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+            f = os.open(name, _READ, dir_fd=fd)
         except OSError:
             return None
         finally:
@@ -338,7 +339,7 @@ def manifest_lines(out: str | os.PathLike) -> Iterator[dict[str, Any]]:
     names = [MANIFEST, *sorted(p.name for p in out.glob("manifest.rank*.jsonl"))] if out.is_dir() else []
     for name in names:
         try:
-            fd = os.open(out / name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            fd = os.open(out / name, _READ)
         except OSError:
             continue
         with os.fdopen(fd, "rb") as f:

@@ -351,3 +351,24 @@ def test_reader_limits_are_what_the_readme_documents():
     for text in ("16 MiB", "2 MiB", "128 KiB", "200,000 nodes", "100,000 jobs", "nesting up to 16 levels", "20,000", "10,000 characters", "|scale| <= 1000",
                  "guidance_scale <= 100", "100 errors"):
         assert text in readme, text
+
+
+def test_symlinks_planted_during_the_run_are_not_written_through(tiny_pipe, tmp_path):
+    """Planning saw plain names; then a subfolder and an output name become symlinks to a folder outside --out."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target.png").write_bytes(b"theirs")
+
+    def plant(entry, done=[]):  # noqa: B006 - runs once, after the first image
+        if not done:
+            (out / "sub").symlink_to(outside)
+            (out / "late.png").symlink_to(outside / "target.png")
+            done.append(1)
+
+    jobs = [{**OK, "name": "first"}, {**OK, "seed": 1, "name": "sub/x"}, {**OK, "seed": 2, "name": "late"}]
+    summary = batch.run(jobs, tiny_pipe, out, batch_size=1, model="tiny", progress=False, on_image=plant)
+    reasons = {f["line"]: f["reason"] for f in summary["failures"]}
+    assert summary["written"] == 1 and set(reasons) == {2, 3}
+    assert reasons[2].startswith("cannot write sub/x.png: ") and "sub is a symlink or not a folder" in reasons[2]
+    assert "late.png is a symlink" in reasons[3]
+    assert sorted(p.name for p in outside.iterdir()) == ["target.png"] and (outside / "target.png").read_bytes() == b"theirs"
