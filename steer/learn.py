@@ -24,7 +24,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from steer.hooks import ActivationRecorder, default_layers, resolve_layers
+from steer.hooks import PAPER_WINDOW, ActivationRecorder, default_layers, resolve_layers
+from steer.layers import CONTEXT_SITE, cross_attention_sites
 from steer.vectors import SteeringVector, unet_fingerprint
 
 Method = Literal["mean", "mean_diff", "pca"]
@@ -290,45 +291,136 @@ def _describe(items: list) -> dict[str, Any]:
     return {"images": len(items)}
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's recipe (Zhang et al. 2026): mean of the positive set's reference samples at the up-block resnets,
+    # added on the conditional branch over (0.45, 0.95) of the run, no calibration.
+    "paper": {"method": "mean", "mode": "reference", "layers": None, "calibrate": False},
+    # CASteer's recipe: per-step pos - neg differences of the cross-attention outputs along paired trajectories.
+    "casteer": {"method": "mean_diff", "mode": "trajectory", "layers": "attn2", "calibrate": True},
+    # The default: the text tokens the cross-attentions read, steered per CFG half, calibrated.
+    "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True},
+}
+MODES = ("text", "trajectory", "reference", "fast")
+# How a calibrated direction is applied (recorded as its recommended settings).
+CALIBRATED_SETTINGS = {"window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
+
+
+@torch.no_grad()
+def extract_text(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, float]:
+    """Text mode: each prompt's conditioning as the cross-attentions read it, averaged over its token positions.
+
+    Returns (N, C) and the mean per-token norm. No UNet evaluation.
+    """
+    embeds = encode_text(pipe, prompts).float().cpu()
+    return embeds.mean(1), float(embeds.norm(dim=-1).mean())
+
+
+@torch.no_grad()
+def extract_trajectories(
+    pipe, prompts: Sequence[str], seeds: Sequence[int], layers: Sequence[str], buckets: int, batch_size: int = 8, **call_kwargs: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Trajectory mode: conditional-branch activations (mean over positions) at every step of each prompt's own run.
+
+    Returns per layer a (buckets, N, C) tensor (the steps of each bucket averaged) and each layer's activation norm.
+    """
+    unet = _unet(pipe)
+    per_layer: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    norms: dict[str, list[float]] = {n: [] for n in layers}
+    for i in range(0, len(prompts), batch_size):
+        call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe
+        recorder = ActivationRecorder(
+            unet, layers, "mean", num_steps=lambda cp=call_pipe: len(cp.scheduler.timesteps),
+            cfg=lambda cp=call_pipe: cp.do_classifier_free_guidance, branch="cond",
+        )
+        with recorder:
+            _plain_call(call_pipe, list(prompts[i : i + batch_size]), generator=_generators(pipe, seeds[i : i + batch_size]), output_type="latent", **call_kwargs)
+        for n in layers:
+            steps = recorder.by_step(n)
+            stacked = torch.stack([steps[k] for k in sorted(steps)])  # (steps, B, C)
+            per_layer[n].append(torch.stack([c.mean(0) for c in stacked.chunk(buckets)]))
+        for n, v in recorder.activation_norms().items():
+            norms[n].append(v)
+    return {n: torch.cat(v, 1) for n, v in per_layer.items()}, {n: sum(v) / len(v) for n, v in norms.items()}
+
+
 def learn_direction(
     pipe,
     positive: Any,
     negative: Any = None,
     *,
+    preset: str | None = None,
     layers: str | Sequence[str] | None = None,
-    method: Method = "mean_diff",
-    mode: Literal["fast", "reference"] = "reference",
+    method: Method | None = None,
+    mode: str | None = None,
+    calibrate: bool | None = None,
     num_samples: int = 16,
     batch_size: int = 8,
-    num_inference_steps: int = 25,
+    num_inference_steps: int = 20,
     guidance_scale: float = 7.5,
     timestep: int = 10,
     image_prompts: str | Sequence[str] | None = "",
     capture_window: tuple[float, float] = FAST_WINDOW,
+    step_buckets: int = 4,
+    calibration_samples: int = 6,
     seed: int = 0,
     name: str | None = None,
-    progress: Progress = True,
+    progress: bool | Callable[[float, str], None] = True,
     **call_kwargs: Any,
 ) -> SteeringVector:
     """Learn a `SteeringVector` from two prompt sets or two image sets, with forward passes only.
 
-    ``positive`` / ``negative``: a prompt, a list of prompts, or a list of images (PIL, tensors in [0, 1], or paths).
-    Prompts: ``mode="reference"`` (default) generates ``num_samples`` images per set and extracts from them (the
-    paper); ``mode="fast"`` records during sampling, skipping decode and re-encode. On the demo model the fast-mode
-    colour direction, although its cosine with the reference one is > 0.9, moved colour the *wrong* way at every
-    site tested (docs/benchmarks.md), so it is not the default. Images: encoded, noised to ``timestep``, one UNet pass conditioned on
-    ``image_prompts`` (``""`` = empty prompt; or one prompt per image / one for all).
+    The default (``preset="text"`` for prompts) learns where the text enters the denoiser: the difference of the
+    positive and negative prompts' conditioning tokens, applied per CFG half (``+`` on the conditional branch, ``-``
+    on the unconditional one) in units of each token's norm with norms preserved, and *calibrates* its strength from
+    the model's own samples (`steer.calibrate`), so ``steering_scale=1.0`` is the full edit and 0 -> 1 is monotone.
+    The chosen settings are recorded in ``metadata["recommended"]`` and every call uses them unless told otherwise.
+
+    Args:
+        pipe: a `SteeringStableDiffusionPipeline` (or any SD pipeline with the same components).
+        positive: a prompt, a list of prompts, or a list of images (PIL, tensors in [0, 1], or paths).
+        negative: the same kind as ``positive``: what the attribute is *not* (e.g. the other colours). Required except
+            for ``method="mean"``.
+        preset: ``"text"`` (default for prompts), ``"casteer"`` (per-step cross-attention output differences along
+            paired same-seed trajectories, calibrated) or ``"paper"`` (Zhang et al.: mean of the positive set's
+            reference samples at the up-block resnets, uncalibrated). Explicit arguments override the preset.
+        layers: sites (module paths, globs, ``"attn2"`` for every cross-attention output, or
+            ``"encoder_hidden_states"`` for the text tokens).
+        method: ``"mean"``, ``"mean_diff"`` or ``"pca"`` (how the two sets' representations combine).
+        mode: ``"text"``, ``"trajectory"``, ``"reference"`` (generate, re-encode, one pass at ``timestep``) or
+            ``"fast"`` (record while sampling); images always use the paper's extraction.
+        calibrate: choose the strength from model-internal signals (default: on for the text and casteer presets).
+        num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
+        step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
+        calibration_samples: seeds per set used by the calibration.
+        seed, name, progress, batch_size, num_inference_steps, guidance_scale, timestep, image_prompts,
+            capture_window: as their names say; ``call_kwargs`` go to the sampling calls.
     """
     unet = _unet(pipe)
-    layer_names = resolve_layers(unet, layers) if layers is not None else default_layers(unet)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items:
         raise ValueError("the positive set is empty")
+    image_input = _is_image_item(pos_items[0])
+    if preset is None:
+        preset = "paper" if image_input else "text"
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
+    chosen = dict(PRESETS[preset])
+    method = method or chosen["method"]
+    mode = mode or chosen["mode"]
+    calibrate = chosen["calibrate"] if calibrate is None else bool(calibrate)
+    layers = layers if layers is not None else chosen["layers"]
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if method != "mean" and not neg_items:
         raise ValueError(f"method={method!r} needs a negative set; pass negative=... or use method='mean' (the paper)")
-    image_input = _is_image_item(pos_items[0])
+    if layers == "attn2":
+        layer_names = cross_attention_sites(unet)
+    elif layers is not None:
+        layer_names = resolve_layers(unet, layers)
+    else:
+        layer_names = default_layers(unet)
     for label, items in (("positive", pos_items), ("negative", neg_items)):
         kinds = {_is_image_item(i) for i in items}
         if len(kinds) > 1:
@@ -338,6 +430,12 @@ def learn_direction(
         for item in items:
             if isinstance(item, str | os.PathLike) and not _is_image_item(item) and Path(item).suffix.lower() in IMAGE_SUFFIXES:
                 raise FileNotFoundError(f"image file not found: {item}")
+    if image_input and mode in ("text", "trajectory"):
+        mode = "reference"  # images carry no prompt trajectory: the paper's extraction
+    if mode == "text" and layer_names != [CONTEXT_SITE]:
+        raise ValueError(f"mode='text' learns at {CONTEXT_SITE!r} only; got layers {layer_names}")
+    if calibrate and (image_input or not neg_items):
+        raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
 
     sample_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
     sets: list[dict[str, torch.Tensor]] = []
@@ -353,36 +451,64 @@ def learn_direction(
                 prompts = list(image_prompts)
                 prompts = prompts[: len(items)] if index == 0 else prompts[len(pos_items) :]
             pooled, act = extract_from_images(pipe, items, layer_names, prompts=prompts, timestep=timestep, seed=set_seed, batch_size=batch_size, progress=progress)
+        elif mode == "text":
+            mean, norm = extract_text(pipe, items)
+            pooled, act = {CONTEXT_SITE: mean}, {CONTEXT_SITE: norm}
+        elif mode == "trajectory":  # paired: sample i of both sets uses seed + i
+            cycled = [items[i % len(items)] for i in range(num_samples)]
+            pooled, act = extract_trajectories(pipe, cycled, [seed + i for i in range(num_samples)], layer_names, step_buckets, batch_size, **sample_kwargs)
         elif mode == "reference":
             images, used = generate_samples(pipe, items, num_samples, seed=set_seed, batch_size=batch_size, progress=progress, **sample_kwargs)
             pooled, act = extract_from_images(pipe, list(images), layer_names, prompts=used, timestep=timestep, seed=set_seed, batch_size=batch_size, progress=progress)
-        elif mode == "fast":
-            pooled, act = extract_during_sampling(pipe, items, num_samples, layer_names, window=capture_window, seed=set_seed, batch_size=batch_size, progress=progress, **sample_kwargs)
         else:
-            raise ValueError(f"mode must be 'fast' or 'reference', got {mode!r}")
+            pooled, act = extract_during_sampling(pipe, items, num_samples, layer_names, window=capture_window, seed=set_seed, batch_size=batch_size, progress=progress, **sample_kwargs)
         sets.append(pooled)
         norms.append(act)
 
-    directions = {n: aggregate(sets[0][n], sets[1][n] if len(sets) > 1 else None, method) for n in layer_names}
+    if mode == "trajectory" and not image_input:  # (buckets, N, C): one direction per bucket
+        directions = {
+            n: torch.stack([aggregate(sets[0][n][b], sets[1][n][b] if len(sets) > 1 else None, method) for b in range(sets[0][n].shape[0])])
+            for n in layer_names
+        }
+    else:
+        directions = {n: aggregate(sets[0][n], sets[1][n] if len(sets) > 1 else None, method) for n in layer_names}
     act_norm = {n: sum(a[n] for a in norms) / len(norms) for n in layer_names}
     source = "images" if image_input else f"prompts-{mode}"
     meta: dict[str, Any] = {
         "name": name or _default_name(pos_items, neg_items, image_input),
         "method": method,
+        "preset": preset,
         "source": source,
         "pooling": "mean",
-        "timestep": timestep if source != "prompts-fast" else None,
+        "timestep": timestep if source in ("images", "prompts-reference") else None,
         "capture_window": list(capture_window) if source == "prompts-fast" else None,
+        "step_buckets": step_buckets if source == "prompts-trajectory" else None,
         "positive": _describe(pos_items),
         "negative": _describe(neg_items) if neg_items else None,
-        "num_samples": num_samples if not image_input else None,
+        "num_samples": num_samples if source in ("prompts-reference", "prompts-fast", "prompts-trajectory") else None,
         "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale} if not image_input else None,
         "image_prompts": image_prompts if image_input and isinstance(image_prompts, str) else None,
         "seed": seed,
         "activation_norm": act_norm,
         "model": {**unet_fingerprint(unet, layer_names), "name_or_path": str(getattr(pipe, "name_or_path", "") or "")},
     }
-    return SteeringVector(directions, meta)
+    vector = SteeringVector(directions, meta)
+    if not calibrate:
+        if preset == "paper":
+            vector.metadata["recommended"] = {"layers": layer_names, "window": list(PAPER_WINDOW), "branch": "cond", "mode": "add", "normalize": False, "preserve_norm": False}
+        return vector
+    from steer.calibrate import calibrate as run_calibration
+
+    unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, meta)
+    settings = {**CALIBRATED_SETTINGS, "layers": layer_names}
+    unit.metadata["recommended"] = settings
+    result = run_calibration(
+        pipe, unit, [str(p) for p in pos_items], [str(p) for p in neg_items], num_samples=calibration_samples, seed=seed,
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs,
+    )
+    calibrated = result.strength * unit
+    calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
+    return calibrated
 
 
 def _default_name(pos: list, neg: list, images: bool) -> str:

@@ -1,0 +1,135 @@
+"""Self-calibration of a learned direction from model-internal signals only (no attribute classifier).
+
+After a direction is learned its strength is chosen so that ``steering_scale=1.0`` means "the full edit":
+
+1. Sample the positive prompts unsteered: final latents ``z_pos``. ``z_pos[i]`` is what the model itself draws for
+   the edited prompt from seed ``i``: the target of the edit.
+2. Sample *open* prompts (`open_prompts`: the positive prompts without the words that make the attribute, so the
+   model chooses it) from the same seeds, unsteered and with the direction at a grid of strengths (one batched call,
+   a per-row strength sweep), and measure how far each set is from its same-seed targets, relative to the unsteered
+   start: ``d(s) = mean |z(s) - z_pos| / mean |z(0) - z_pos|``.
+3. The calibrated strength is the minimum of ``d`` (refined by a parabola through the best grid point and its
+   neighbours): the strength that best reproduces the model's own prompt edit; past it samples overshoot. The vector
+   is rescaled by it, so ``steering_scale`` 0 -> 1 sweeps from the unsteered sample to the edit. Prompts that
+   contradict the attribute need more (see docs/steering.md).
+
+Also recorded: the read-out along the model's latent axis of the attribute ``w = mean(z_pos) - mean(z_neg)``
+(``z_neg``: the negative prompts' samples; 0 = unsteered open samples, 1 = the positives' level).
+
+Cost: ``(3 + len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2 UNet batch rows per step each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+DEFAULT_GRID = (0.03, 0.06, 0.1, 0.15, 0.22, 0.32, 0.45)
+
+
+@dataclass
+class Calibration:
+    """The outcome of `calibrate`: the chosen strength and the read-out curve it was chosen from."""
+
+    strength: float
+    distance: float  # the relative distance to the target at that strength (1 = no closer than unsteered)
+    grid: list[float]
+    distances: list[float]
+    readout: list[float]
+    unet_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(v: Any) -> Any:
+            return [round(x, 4) for x in v] if isinstance(v, list) else (round(v, 4) if isinstance(v, float) else v)
+
+        return {k: r(v) for k, v in asdict(self).items()}
+
+
+def _latents(pipe, prompts: Sequence[str], seeds: Sequence[int], **call_kwargs: Any) -> torch.Tensor:
+    from steer.learn import _generators
+
+    out = pipe(list(prompts), generator=_generators(pipe, seeds), output_type="latent", **call_kwargs).images
+    return out.float().flatten(1).cpu()
+
+
+@torch.no_grad()
+def calibrate(
+    pipe,
+    vector,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    *,
+    num_samples: int = 6,
+    grid: Sequence[float] = DEFAULT_GRID,
+    seed: int = 0,
+    num_inference_steps: int = 12,
+    guidance_scale: float = 7.5,
+    **steering: Any,
+) -> Calibration:
+    """Choose the strength at which ``vector`` (unit strength per step bucket) carries open samples to the positives.
+
+    Args:
+        pipe: a `SteeringStableDiffusionPipeline`.
+        vector: the direction, at the settings in ``steering`` (``steering_branch=...``, ``steering_mode=...``).
+        positive / negative: the prompt sets the direction was learned from (cycled to ``num_samples``).
+        num_samples: seeds per set.
+        grid: the strengths tried (in the vector's own units), ascending.
+        seed: the first seed; sample ``i`` uses ``seed + i`` for both sets.
+        num_inference_steps / guidance_scale: sampling settings of the calibration runs.
+        **steering: ``steering_*`` options passed to every steered call.
+    """
+    grid = sorted(float(g) for g in grid)
+    if not grid or grid[0] <= 0:
+        raise ValueError("the calibration grid must hold positive strengths")
+    seeds = [seed + i for i in range(num_samples)]
+    pos = [positive[i % len(positive)] for i in range(num_samples)]
+    neg = [negative[i % len(negative)] for i in range(num_samples)]
+    kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    z_pos = _latents(pipe, pos, seeds, **kw)
+    z_neg = _latents(pipe, neg, seeds, **kw)
+    w = z_pos.mean(0) - z_neg.mean(0)
+    if float(w @ w) <= 0:
+        raise ValueError("the positive and negative prompts give identical samples: nothing to calibrate against")
+    # open samples (the attribute left to the model), steered at 0 and along the grid in one batched call
+    opened = open_prompts(pos, neg)
+    strengths = [0.0, *grid]
+    rows = [(p, s, g) for g in strengths for p, s in zip(opened, seeds, strict=True)]
+    z = _latents(pipe, [p for p, _, _ in rows], [s for _, s, _ in rows], steering=vector, steering_scale=[g for _, _, g in rows], **kw, **steering)
+    z = z.reshape(len(strengths), num_samples, -1)
+    start = float((z[0] - z_pos).norm(dim=1).mean().clamp_min(1e-6))
+    distances = [float((zg - z_pos).norm(dim=1).mean()) / start for zg in z]
+    origin, full = z[0].mean(0), float((z_pos.mean(0) - z[0].mean(0)) @ w)
+    readout = [float((zg.mean(0) - origin) @ w) / (full if abs(full) > 1e-6 else 1.0) for zg in z]
+    strength, distance = _minimum(strengths, distances)
+    unet_rows = (2 + len(strengths)) * num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
+    return Calibration(strength, distance, grid, distances[1:], readout[1:], unet_rows)
+
+
+def open_prompts(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
+    """The positive prompts with the attribute left open: the words every positive prompt shares and not every
+    negative one has are dropped ("a blue sneaker" among "a blue ..." vs "a red ..." -> "a sneaker")."""
+    def words(p: str) -> list[str]:
+        return p.split()
+
+    shared = set.intersection(*(set(words(p)) for p in positive))
+    in_all_negatives = set.intersection(*(set(words(p)) for p in negative)) if negative else set()
+    attribute = shared - in_all_negatives
+    return [" ".join(w for w in words(p) if w not in attribute) for p in positive]
+
+
+def _minimum(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """The minimum of a sampled curve, refined by the parabola through the best point and its two neighbours."""
+    i = min(range(len(ys)), key=ys.__getitem__)
+    if 0 < i < len(xs) - 1:
+        (x0, x1, x2), (y0, y1, y2) = xs[i - 1 : i + 2], ys[i - 1 : i + 2]
+        denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+        a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+        b = (x2 * x2 * (y0 - y1) + x1 * x1 * (y2 - y0) + x0 * x0 * (y1 - y2)) / denom
+        if a > 0:
+            x = min(max(-b / (2 * a), x0), x2)
+            c = y1 - a * x1 * x1 - b * x1
+            return x, a * x * x + b * x + c
+    return xs[i], ys[i]
