@@ -1,0 +1,205 @@
+"""The steering methods of issue "steering that edits": step buckets, the text-token site, token-norm units, norm
+preservation, the split CFG branch, recommended settings, presets and calibration (tiny random-weight pipeline)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from steer import SteeringVector
+from steer.calibrate import open_prompts
+from steer.hooks import (
+    CONTEXT_SITE,
+    LayerPlan,
+    SteeringConfig,
+    apply_delta,
+    build_layer_plans,
+    layer_channels,
+    list_layers,
+)
+
+STEPS = 6
+PROMPT = "a red sneaker"
+
+
+def vec(pipe, layers, seed=0, buckets=1, **meta):
+    ch = layer_channels(pipe.unet, layers)
+    g = torch.Generator().manual_seed(seed)
+    shape = (lambda c: (buckets, c)) if buckets > 1 else (lambda c: (c,))
+    return SteeringVector({n: torch.randn(*shape(c), generator=g) for n, c in ch.items()}, {"name": f"v{seed}", **meta})
+
+
+def call(pipe, gen, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    return pipe(PROMPT, generator=gen(0), output_type="np", **kw).images
+
+
+def capture(pipe, gen, layer, **kw):
+    """The UNet's text input (CONTEXT_SITE) or a module output at every UNet call, as the next hook sees it."""
+    seen = []
+    if layer == CONTEXT_SITE:
+        def spy(_m, args, kwargs):
+            seen.append(kwargs["encoder_hidden_states"].detach().clone())
+        handle = [None]
+
+        def late(p, i, t, k):  # a pre-hook registered after the steering one sees the steered input
+            if handle[0] is None:
+                handle[0] = pipe.unet.register_forward_pre_hook(spy, with_kwargs=True)
+            return {}
+    else:
+        module = dict(pipe.unet.named_modules())[layer]
+        handle = [None]
+
+        def late(p, i, t, k):
+            if handle[0] is None:
+                handle[0] = module.register_forward_hook(lambda m, a, o: seen.append((o[0] if isinstance(o, tuple) else o).detach().clone()))
+            return {}
+    try:
+        call(pipe, gen, callback_on_step_end=late, **kw)
+    finally:
+        if handle[0] is not None:
+            handle[0].remove()
+    return seen  # calls 1.. (the hook is added after step 0)
+
+
+def test_context_site_is_listed_and_steers_the_text_tokens_exactly(tiny_pipe, gen):
+    assert CONTEXT_SITE in list_layers(tiny_pipe.unet, ("context", "resnets"))
+    assert layer_channels(tiny_pipe.unet, [CONTEXT_SITE])[CONTEXT_SITE] == tiny_pipe.unet.config.cross_attention_dim
+    v = vec(tiny_pipe, [CONTEXT_SITE], seed=1)
+    plain = capture(tiny_pipe, gen, CONTEXT_SITE)
+    steered = capture(tiny_pipe, gen, CONTEXT_SITE, steering=v, steering_scale=0.5, steering_window=(0, 1), steering_branch="both")
+    assert len(plain) == len(steered) == STEPS - 1
+    for a, b in zip(plain, steered, strict=True):
+        torch.testing.assert_close(b - a, (0.5 * v.directions[CONTEXT_SITE]).expand_as(a), atol=1e-5, rtol=0)
+    parent = StableDiffusionPipeline.__call__(tiny_pipe, PROMPT, num_inference_steps=STEPS, generator=gen(0), output_type="np").images
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=0.0), parent)
+    assert not np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=0.5, steering_window=(0, 1)), parent)
+
+
+def test_split_branch_pushes_the_two_cfg_halves_opposite_ways(tiny_pipe, gen):
+    v = vec(tiny_pipe, [CONTEXT_SITE], seed=2)
+    plain = capture(tiny_pipe, gen, CONTEXT_SITE)
+    steered = capture(tiny_pipe, gen, CONTEXT_SITE, steering=v, steering_scale=0.3, steering_window=(0, 1), steering_branch="split")
+    d = 0.3 * v.directions[CONTEXT_SITE]
+    for a, b in zip(plain, steered, strict=True):
+        uncond, cond = (b - a).chunk(2)
+        torch.testing.assert_close(cond, d.expand_as(cond), atol=1e-5, rtol=0)
+        torch.testing.assert_close(uncond, (-d).expand_as(uncond), atol=1e-5, rtol=0)
+
+
+def test_token_mode_with_norm_preservation_rotates_each_token_and_keeps_its_norm():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(4, 7, 16, generator=g)
+    v = torch.randn(16, generator=g)
+    delta = torch.stack([v * 0.4, v * 0.4, torch.zeros(16), v * 2.0])
+    moved = apply_delta(h, delta, "token", preserve_norm=False)
+    torch.testing.assert_close(moved[0] - h[0], 0.4 * h[0].norm(dim=-1, keepdim=True) * v, atol=1e-5, rtol=0)
+    kept = apply_delta(h, delta, "token", preserve_norm=True)
+    torch.testing.assert_close(kept.norm(dim=-1), h.norm(dim=-1), atol=1e-4, rtol=0)
+    assert torch.equal(kept[2], h[2])  # a zero delta leaves the row bit-identical
+    cos = lambda x: torch.nn.functional.cosine_similarity(x, v.expand_as(x), dim=-1).mean()  # noqa: E731
+    assert cos(h[0]) < cos(kept[0]) < cos(kept[3])  # larger strength turns tokens further toward v, monotonically
+    fmap = torch.randn(2, 16, 3, 3, generator=g)  # (B, C, H, W): the channel axis is 1
+    out = apply_delta(fmap, torch.stack([v, v]), "token", preserve_norm=True)
+    torch.testing.assert_close(out.norm(dim=1), fmap.norm(dim=1), atol=1e-4, rtol=0)
+
+
+def test_step_buckets_apply_each_bucket_on_its_share_of_the_run(tiny_pipe, gen):
+    layer = "up_blocks.0.resnets.1"
+    v = vec(tiny_pipe, [layer], seed=4, buckets=3)
+    assert v.step_buckets == 3 and v.channels()[layer] == v.directions[layer].shape[1]
+    module = dict(tiny_pipe.unet.named_modules())[layer]
+    raw = []  # registered before the call: runs before the steering hook, sees the unsteered output of the same run
+    pre = module.register_forward_hook(lambda m, a, o: raw.append(o.detach().clone()))
+    try:
+        steered = capture(tiny_pipe, gen, layer, steering=v, steering_scale=1.0, steering_window=(0, 1), steering_branch="both")
+    finally:
+        pre.remove()
+    plan = LayerPlan(layer, v.directions[layer][None])
+    for call_index, b in enumerate(steered, start=1):
+        bucket = plan.bucket(call_index, STEPS)
+        assert bucket == min(2, call_index * 3 // STEPS)
+        a = raw[call_index]
+        torch.testing.assert_close(b - a, v.directions[layer][bucket][None, :, None, None].expand_as(a), atol=1e-4, rtol=0)
+    assert {plan.bucket(i, STEPS) for i in range(STEPS)} == {0, 1, 2}
+
+
+def test_vectors_with_different_bucket_counts_combine_by_repeating_buckets(tiny_pipe):
+    layer = "up_blocks.0.resnets.1"
+    one, two = vec(tiny_pipe, [layer], seed=5), vec(tiny_pipe, [layer], seed=6, buckets=2)
+    plan = build_layer_plans([one, two], None, normalize=False)[layer]
+    assert tuple(plan.directions.shape) == (2, 2, one.channels()[layer])
+    assert torch.equal(plan.directions[0, 0], plan.directions[0, 1])
+    assert torch.equal(plan.directions[1], two.directions[layer])
+
+
+def test_bucketed_vector_round_trips_and_old_one_dimensional_files_still_load(tiny_pipe, tmp_path):
+    layer = "up_blocks.0.resnets.1"
+    v = vec(tiny_pipe, [layer], seed=7, buckets=4, recommended={"branch": "split", "mode": "token", "preserve_norm": True, "window": [0.0, 1.0]})
+    w = SteeringVector.load(v.save(tmp_path / "b.safetensors"))
+    assert torch.equal(w.directions[layer], v.directions[layer]) and w.step_buckets == 4
+    flat = SteeringVector.load(vec(tiny_pipe, [layer], seed=8).save(tmp_path / "f.safetensors"))
+    assert flat.step_buckets == 1
+
+
+def test_calls_use_the_direction_recommended_settings_unless_told_otherwise(tiny_pipe, gen):
+    layer = "up_blocks.0.resnets.1"
+    rec = {"window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True}
+    v = vec(tiny_pipe, [layer], seed=9, recommended=rec)
+    bare = SteeringVector(dict(v.directions), {"name": "bare"})
+    by_metadata = call(tiny_pipe, gen, steering=v, steering_scale=0.2)
+    explicit = call(tiny_pipe, gen, steering=bare, steering_scale=0.2, steering_window=(0, 1), steering_branch="split", steering_mode="token", steering_preserve_norm=True)
+    assert np.array_equal(by_metadata, explicit)
+    overridden = call(tiny_pipe, gen, steering=v, steering_scale=0.2, steering_branch="cond")
+    assert not np.array_equal(overridden, by_metadata)
+    with tiny_pipe.steering(v, scale=0.2, branch="cond"):
+        assert np.array_equal(call(tiny_pipe, gen), overridden)
+
+
+def test_config_rejects_unknown_branch_and_mode():
+    with pytest.raises(ValueError, match="steering_branch"):
+        SteeringConfig(branch="sideways")
+    with pytest.raises(ValueError, match="steering_mode"):
+        SteeringConfig(mode="multiply")
+
+
+def test_open_prompts_drop_the_attribute_words():
+    pos = ["a blue t-shirt", "a blue sneaker"]
+    neg = ["a red t-shirt", "a green bag"]
+    assert open_prompts(pos, neg) == ["a t-shirt", "a sneaker"]
+    assert open_prompts(["a red ankle boot", "a green ankle boot"], ["a red bag", "a green coat"]) == ["a red", "a green"]
+
+
+def test_default_learning_is_the_calibrated_text_direction_and_scale_one_is_its_strength(tiny_pipe, gen):
+    rows = [0]
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda m, a: rows.__setitem__(0, rows[0] + a[0].shape[0]))
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # random weights: calibration may not converge
+            warnings.simplefilter("always")
+            v = tiny_pipe.learn_direction(["a blue sneaker", "a blue bag"], ["a red sneaker", "a red bag"], num_inference_steps=4, progress=False)
+    finally:
+        handle.remove()
+    assert v.layers == [CONTEXT_SITE] and v.metadata["preset"] == "text"
+    cal = v.metadata["calibration"]
+    assert rows[0] == cal["unet_rows"] <= 2000
+    assert cal["strength"] > 0 and abs(float(v.directions[CONTEXT_SITE].norm()) - cal["strength"]) < 1e-3
+    assert cal["strength"] == pytest.approx(1.75 * cal["closest"], rel=1e-3)
+    assert cal["converged"] or any("calibration" in str(w.message) for w in caught)
+    rec = v.metadata["recommended"]
+    assert (rec["branch"], rec["mode"], rec["preserve_norm"], rec["window"]) == ("split", "token", True, [0.0, 1.0])
+    sweep = tiny_pipe(["a sneaker"] * 3, generator=[gen(0) for _ in range(3)], steering=v, steering_scale=[0.0, 0.5, 1.0], num_inference_steps=STEPS, output_type="np").images
+    parent = StableDiffusionPipeline.__call__(tiny_pipe, ["a sneaker"] * 3, num_inference_steps=STEPS, generator=[gen(0) for _ in range(3)], output_type="np").images[0]
+    np.testing.assert_array_equal(sweep[0], parent)
+    assert 0 < np.abs(sweep[1] - parent).mean() < np.abs(sweep[2] - parent).mean()
+
+
+def test_paper_and_casteer_presets(tiny_pipe):
+    paper = tiny_pipe.learn_direction("a blue sneaker", preset="paper", num_samples=2, num_inference_steps=3, progress=False)
+    assert paper.metadata["method"] == "mean" and paper.metadata["recommended"]["branch"] == "cond"
+    assert all(n.startswith("up_blocks") and ".resnets." in n for n in paper.layers)
+    cas = tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", preset="casteer", calibrate=False, num_samples=2, num_inference_steps=4, step_buckets=2, progress=False)
+    assert all(n.endswith("attn2") for n in cas.layers) and cas.step_buckets == 2
+    with pytest.raises(ValueError, match="preset"):
+        tiny_pipe.learn_direction("a", "b", preset="magic")
