@@ -11,9 +11,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from steer.validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SCALE, MAX_SEED, MAX_SIZE, MAX_STEPS, MAX_SWEEP, clip, short
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+from steer.validation import (  # noqa: E402
+    BRANCHES,
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_SCALE,
+    MAX_SEED,
+    MAX_SIZE,
+    MAX_STEPS,
+    MAX_SWEEP,
+    MODES,
+    bounded_float,
+    bounded_int,
+    clip,
+    short,
+)
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
 _TOP_LEVEL_PLUGINS = ("steer.detect", "steer.batch")
@@ -41,38 +55,6 @@ def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]
     if not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(f"{what} must be finite numbers, got {short(text)}")
     return values
-
-
-def bounded_int(low: int, high: int, multiple: int = 1):
-    """An argparse type: an integer in ``[low, high]`` (and a multiple of ``multiple``)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {short(text)}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
-        if value % multiple:
-            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple}, got {value}")
-        return value
-
-    return parse
-
-
-def bounded_float(low: float, high: float):
-    """An argparse type: a finite number in ``[low, high]``."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {short(text)}") from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be a finite number between {low:g} and {high:g}, got {short(text)}")
-        return value
-
-    return parse
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -109,9 +91,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", nargs="+", default=None, help="restrict to these layers / glob patterns")
     p.add_argument("--window", type=parse_window, default=None, help="start,end fractions of the run (default 0.45,0.95)")
-    p.add_argument("--branch", choices=("cond", "uncond", "both"), default=None, help="CFG half to steer (default cond)")
+    p.add_argument("--branch", choices=BRANCHES, default=None, help="CFG half to steer (default cond)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="scale in units of each layer's typical activation norm")
-    p.add_argument("--mode", choices=("add", "weighted"), default=None, help="uniform add (paper, default) or activation-weighted")
+    p.add_argument("--mode", choices=MODES, default=None, help="uniform add (paper, default), activation-weighted or token-norm units")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
 
 
@@ -359,16 +341,22 @@ def main(argv: list[str] | None = None) -> int:
     from steer.hooks import LayerError
     from steer.vectors import ModelMismatchError, SteeringFileError
 
+    command = " ".join(filter(None, ["steer", args.command, getattr(args, "lab_command", None)]))
     try:
         result = args.func(args)
     except (CLIError, LayerError, ModelMismatchError, SteeringFileError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"steer {args.command}: error: {clip(str(err), 1000) or type(err).__name__}", file=sys.stderr)
+        print(f"{command}: error: {clip(str(err), 1000) or type(err).__name__}", file=sys.stderr)
         return 2
     except RecursionError:
-        print(f"steer {args.command}: error: an input is nested too deeply", file=sys.stderr)
+        print(f"{command}: error: an input is nested too deeply", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # sys.exit("message") from a command (the lab's checks): a user error, one line
+        if isinstance(exc.code, str):
+            print(f"{command}: error: {clip(exc.code, 1000)}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
-        print(f"steer {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return 130
     # a command returns its exit status, or None / a result (the lab's statistics dict) for success
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,37 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a `torch.device`; ValueError (one line) for an unknown name or one this machine lacks."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {str(device)[:60]!r}: {str(err).splitlines()[0][:200]}") from None
+    available = {"cpu": True, "meta": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available.get(parsed.type, True):
+        raise ValueError(f"device {str(device)!r} is not available on this machine")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
+
+
+@contextlib.contextmanager
+def _loading_bars(enabled: bool) -> Iterator[None]:
+    """diffusers' and transformers' loading progress bars on or off for the duration (then as they were)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in before:
+        (module.enable_progress_bar if enabled else module.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        for module, was in before:
+            (module.enable_progress_bar if was else module.disable_progress_bar)()
+
+
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, progress: bool = False):
     """Load a `SteeringStableDiffusionPipeline` from a local directory or a hub id (safety checker off).
 
@@ -91,7 +124,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     from steer.pipeline import SteeringStableDiffusionPipeline
 
     model = str(model or default_model())
-    device = torch.device(device) if device is not None else default_device()
+    device = parse_device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     local = Path(model)
     if local.exists() and not (local / "model_index.json").is_file():
@@ -99,9 +132,10 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise FileNotFoundError(f"model {model!r} not found: give a pipeline directory or a hub id like 'org/name'")
     try:
-        pipe = SteeringStableDiffusionPipeline.from_pretrained(
-            model, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-        )
+        with _loading_bars(progress):
+            pipe = SteeringStableDiffusionPipeline.from_pretrained(
+                model, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: only cached or local models load)" if offline else ""

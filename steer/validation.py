@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -299,6 +300,43 @@ def check_detector_tensors(tensors: Mapping[str, torch.Tensor], score_kinds: Ite
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Command-line argument types (argparse turns their ArgumentTypeError into a one-line usage error, exit status 2)
+# ----------------------------------------------------------------------------------------------------------------------
+def bounded_int(low: int, high: int, multiple: int = 1) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``[low, high]`` (and a multiple of ``multiple``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {short(text)}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        if value % multiple:
+            raise argparse.ArgumentTypeError(f"must be a multiple of {multiple}, got {value}")
+        return value
+
+    return parse
+
+
+def bounded_float(low: float, high: float, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {short(text)}") from None
+        above = value > low if low_open else value >= low
+        if not math.isfinite(value) or not above or value > high:
+            side = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"must be a finite number in {side}{low:g}, {high:g}], got {short(text)}")
+        return value
+
+    return parse
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Steering calls
 # ----------------------------------------------------------------------------------------------------------------------
 def check_steering_request(vectors: Sequence[Any], scales: torch.Tensor | None, settings: Mapping[str, Any], dtype: torch.dtype) -> None:
@@ -325,9 +363,11 @@ def check_steering_request(vectors: Sequence[Any], scales: torch.Tensor | None, 
                 check_vector_values(v, f"direction {vector.name!r} layer {name!r}")
             except SchemaError as err:
                 raise ValueError(str(err)) from None
-            peak = float(v.detach().float().abs().max())
-            if settings.get("steering_normalize"):
-                peak = peak / max(float(v.detach().float().norm()), 1e-12) * float(norms.get(name, 0.0))
+            rows = v.detach().float().reshape(-1, v.shape[-1])  # (step buckets, channels)
+            peak = float(rows.abs().max())
+            if settings.get("steering_normalize"):  # each bucket is unit-normed, then scaled by the activation norm
+                ratio = rows.abs().amax(-1) / rows.norm(dim=-1).clamp_min(1e-12)
+                peak = float(ratio.max()) * float(norms.get(name, 0.0))
             deltas[name] = deltas.get(name, 0.0) + scale * peak
     worst = max(deltas, key=deltas.get, default=None)
     if worst is not None and not deltas[worst] <= limit:

@@ -1,6 +1,15 @@
-"""The `steer` command line on a tiny pipeline saved to disk."""
+"""The `steer` command line on a tiny pipeline saved to disk, and every subcommand end to end.
+
+Every subcommand: exit status 0 on success; 2 with exactly one line on stderr (no traceback) on bad input. The console
+script itself (``.venv/bin/steer``) runs in a subprocess for a few commands, including ``steer lab relu-dae`` which
+used to write its results and then exit with a TypeError (its command returned the statistics dict).
+"""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -42,7 +51,8 @@ def test_generate_sweep_writes_pngs_with_recipe_and_a_grid(model_dir, direction,
     v = SteeringVector.load(direction)
     assert recipe["scale"] == 1.0 and recipe["seed"] == 5 and recipe["prompt"] == "a sneaker"
     assert recipe["directions"][0]["hash"] == v.digest()
-    assert recipe["window"] == [0.45, 0.95] and recipe["branch"] == "cond"
+    rec = v.metadata.get("recommended") or {}  # a call uses the direction's recommended settings, else the paper's
+    assert recipe["window"] == list(rec.get("window", [0.45, 0.95])) and recipe["branch"] == rec.get("branch", "cond")
     with Image.open(out / "seed5_sweep.png") as grid, Image.open(out / "seed5_scale+0.png") as single:
         assert grid.size == (3 * single.size[0], single.size[1])
 
@@ -73,7 +83,7 @@ def test_layers_and_inspect(model_dir, direction, capsys):
     assert any(line.startswith("up_blocks.0.resnets.0\t64\tdefault") for line in lines)
     assert main(["inspect", str(direction)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["method"] == "mean_diff" and info["layers"]["up_blocks.0.resnets.0"] == 64
+    assert info["method"] == "mean_diff" and info["layers"] == SteeringVector.load(direction).channels()
 
 
 def test_generate_uses_the_directions_recommended_settings_unless_overridden(model_dir, direction, tmp_path):
@@ -87,3 +97,132 @@ def test_generate_uses_the_directions_recommended_settings_unless_overridden(mod
     assert main([*base, "--mode", "add", "--no-normalize", "--window", "0.2,0.8", "--out", str(tmp_path / "b")]) == 0
     recipe = read_recipe(tmp_path / "b" / "seed0_scale+1.png")
     assert (recipe["window"], recipe["mode"], recipe["normalize"]) == ([0.2, 0.8], "add", False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Every subcommand, in process: success -> 0, bad input -> 2 and one line on stderr
+# ----------------------------------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_main(argv: list[str], capsys) -> tuple[object, str, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: object, err: str, prefix: str) -> str:
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), f"expected one '{prefix}...' line on stderr, got:\n{err}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_every_subcommand_is_registered():
+    from steer.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public listing
+    assert {"learn", "generate", "layers", "inspect", "detect", "batch", "lab"} <= set(commands)
+    lab = commands["lab"]._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert {"train", "relu-dae", "relu-diffusion"} <= set(lab)
+
+
+BAD_INPUTS = [
+    (["learn", "--positive", "a", "--num-samples", "0", "--out", "x.safetensors"], "steer learn: error:"),
+    (["learn", "--positive", "/no/such/dir/", "--model", "/no/such/model", "--out", "x.safetensors"], "steer learn: error:"),
+    (["generate", "--prompt", "x", "--steps", "0", "--out", "o"], "steer generate: error:"),
+    (["generate", "--prompt", "x", "--direction", "no-such-direction", "--out", "o"], "steer generate: error:"),
+    (["layers", "--model", "/no/such/model"], "steer layers: error:"),
+    (["layers", "--model", ".", "--device", "banana"], "steer layers: error:"),
+    (["inspect", "/no/such/file.safetensors"], "steer inspect: error:"),
+    (["inspect"], "steer inspect: error:"),
+    (["detect", "--model", "/no/such/model", "--prompts", "p.txt", "--out", "r.jsonl"], "steer detect: error:"),
+    (["detect", "--out", "r.jsonl"], "steer detect: error:"),
+    (["batch", "/no/such/jobs.jsonl", "--out", "o"], "steer batch: error:"),
+    (["batch", "--out", "o"], "steer batch: error:"),
+    (["lab", "train", "--variant", "nope", "--out", "t"], "steer lab train: error:"),
+    (["lab", "train", "--steps", "-1", "--out", "t"], "steer lab train: error:"),
+    (["lab", "train", "--stage", "export", "--out", "no-such-run"], "steer lab train: error:"),
+    (["lab", "train", "--stage", "decoder", "--out", "empty-run", "--threads", "1"], "steer lab train: error: empty-run: no vae/"),
+    (["lab", "relu-dae", "--iters", "0", "--out", "d"], "steer lab relu-dae: error:"),
+    (["lab", "relu-diffusion", "--only", "neither", "--out", "d"], "steer lab relu-diffusion: error:"),
+    (["lab"], "steer lab: error:"),
+    (["nonsense"], "steer: error:"),
+    ([], "steer: error:"),
+]
+
+
+@pytest.mark.parametrize(("argv", "prefix"), BAD_INPUTS, ids=[" ".join(a[:3]) or "no-command" for a, _ in BAD_INPUTS])
+def test_bad_input_is_exit_2_with_one_line(argv, prefix, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_main(argv, capsys)
+    assert_one_line_error(rc, err, prefix)
+
+
+def test_detect_and_batch_succeed_on_the_tiny_model(model_dir, tmp_path, capsys):
+    from PIL import Image as PILImage
+
+    images = tmp_path / "imgs"
+    images.mkdir()
+    PILImage.new("RGB", (32, 32), (200, 30, 30)).save(images / "a.png")
+    rc, out, _ = run_main(["detect", "--model", model_dir, "--device", "cpu", "--images", str(images), "--out", str(tmp_path / "r.jsonl")], capsys)
+    assert rc == 0 and "1 samples" in out
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a bag", "seed": 1, "num_inference_steps": 2, "name": "bag"}) + "\n")
+    rc, _, err = run_main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--model", model_dir, "--device", "cpu", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert len(list((tmp_path / "batch").rglob("*.png"))) == 1
+
+
+def test_lab_relu_diffusion_returns_its_stats_and_exits_0(tmp_path, capsys):
+    """The theory commands return their statistics dict: the exit status is 0, not a TypeError."""
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Fashion-MNIST missing: apt-get install dataset-fashion-mnist (make system-deps)")
+    rc, _, err = run_main(["lab", "relu-diffusion", "--quick", "--iters", "2", "--out", str(tmp_path / "dif")], capsys)
+    assert rc == 0, err
+    stats = json.loads((tmp_path / "dif" / "diffusion_stats.json").read_text())
+    assert stats["config"]["quick"] and stats["memorizing"]["n_train"] == 5
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The console script itself
+# ----------------------------------------------------------------------------------------------------------------------
+def steer_script() -> list[str]:
+    script = Path(sys.executable).with_name("steer")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "steer.cli"]
+
+
+def run_script(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([*steer_script(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_console_script_generate_succeeds_and_bad_input_is_one_line(tmp_path):
+    from PIL import Image as PILImage
+
+    out = tmp_path / "out"
+    proc = run_script(["generate", "--prompt", "a sneaker", "--direction", "red_to_blue", "--steps", "2", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 1 and read_recipe(pngs[0])["directions"][0]["name"] == "red_to_blue"
+    with PILImage.open(pngs[0]) as image:
+        assert max(image.convert("L").getextrema()) > 0, "not a black image"
+    proc = run_script(["generate", "--prompt", "a sneaker", "--steps", "0", "--out", str(tmp_path / "bad")], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["steer generate: error: argument --steps: must be between 1 and 1000, got 0 (see steer generate --help)"]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_console_script_lab_relu_dae_exits_0_after_writing_its_results(tmp_path):
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Fashion-MNIST missing: apt-get install dataset-fashion-mnist (make system-deps)")
+    proc = run_script(["lab", "relu-dae", "--quick", "--iters", "2", "--no-hybrid", "--out", str(tmp_path / "dae")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    stats = json.loads((tmp_path / "dae" / "dae_stats.json").read_text())
+    assert stats["config"]["quick"] and "ratios" in stats

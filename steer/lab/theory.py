@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from steer.validation import bounded_int
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEMORIZED_NN_RATIO = 1.0 / 3.0
 COSINE_MATCH = 0.9
@@ -722,12 +724,15 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------------------------- CLI
 
 
+ITERS = bounded_int(1, 10**9)  # a bad number is a one-line usage error, not a traceback after the data loads
+
+
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--quick", action="store_true", help="small, fast run (about a minute on 2 CPU cores)")
     p.add_argument("--out", default=default_out, help="output folder for figures and JSON")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iters", type=int, default=None, help="override the iteration count of every model")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
+    p.add_argument("--iters", type=ITERS, default=None, help="override the iteration count of every model")
+    p.add_argument("--threads", type=bounded_int(1, 1024), default=1, help="torch CPU threads")
 
 
 def configure_parser(subparsers) -> None:
@@ -736,12 +741,12 @@ def configure_parser(subparsers) -> None:
     _common(p, "runs/relu-dae")
     p.add_argument("--no-hybrid", action="store_true", help="skip the duplicated-images experiment")
     p.add_argument("--reuse", action="store_true", help="load the two models from OUT/dae_models.safetensors if present")
-    p.add_argument("--hybrid-iters", type=int, default=None, help="iterations of the hybrid model only")
+    p.add_argument("--hybrid-iters", type=ITERS, default=None, help="iterations of the hybrid model only")
     p.set_defaults(func=run_relu_dae)
     p = subparsers.add_parser("relu-diffusion", help="memorizing vs generalizing ReLU diffusion model")
     _common(p, "runs/relu-diffusion")
-    p.add_argument("--gen-iters", type=int, default=None, help="iterations of the generalizing model only")
-    p.add_argument("--mem-iters", type=int, default=None, help="iterations of the memorizing model only")
+    p.add_argument("--gen-iters", type=ITERS, default=None, help="iterations of the generalizing model only")
+    p.add_argument("--mem-iters", type=ITERS, default=None, help="iterations of the memorizing model only")
     p.add_argument("--reuse", action="store_true", help="load trained models from OUT/diffusion_*.safetensors if present")
     p.add_argument("--only", choices=["memorizing", "generalizing"], help="train and evaluate one model only")
     p.set_defaults(func=run_relu_diffusion)

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from steer.validation import bounded_float, bounded_int
+
 from . import data as D
 from . import models as M
 
@@ -709,39 +711,45 @@ def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guidance: f
     return np.concatenate(outs)
 
 
+# Argument types: a bad number is a one-line usage error (exit status 2) instead of a traceback mid-run.
+COUNT, COUNT0 = bounded_int(1, 10**9), bounded_int(0, 10**9)
+RATE = bounded_float(0.0, 10.0, low_open=True)
+MINUTES = bounded_float(0.0, 10**6, low_open=True)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", choices=sorted(VARIANT_DEFAULTS), default="demo")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, exported pipeline)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--ema", type=float, default=None)
-    p.add_argument("--vae-steps", dest="vae_steps", type=int, default=600)
-    p.add_argument("--vae-lr", dest="vae_lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training items (smoke tests)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--steps", type=COUNT, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=bounded_int(1, 65536), default=None)
+    p.add_argument("--lr", type=RATE, default=None)
+    p.add_argument("--warmup", type=COUNT0, default=None)
+    p.add_argument("--ema", type=bounded_float(0.0, 1.0), default=None)
+    p.add_argument("--vae-steps", dest="vae_steps", type=COUNT0, default=600)
+    p.add_argument("--vae-lr", dest="vae_lr", type=RATE, default=2e-3)
+    p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=0)
+    p.add_argument("--limit", type=COUNT, default=None, help="use only the first N training items (smoke tests)")
+    p.add_argument("--threads", type=bounded_int(1, 1024), default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="auto", help="cuda, cpu, or auto (CUDA when available)")
-    p.add_argument("--max-minutes", dest="max_minutes", type=float, default=None,
+    p.add_argument("--max-minutes", dest="max_minutes", type=MINUTES, default=None,
                    help="fit the step count (and so the learning-rate schedule) to this wall-clock budget; the steps "
                         "actually run are recorded in checkpoint.json")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
-    p.add_argument("--until", type=int, default=None, help="stop (with a checkpoint) at this step; the schedule still spans --steps")
+    p.add_argument("--until", type=COUNT, default=None, help="stop (with a checkpoint) at this step; the schedule still spans --steps")
     p.add_argument("--init", default=None, help="hybrid/mem: start from this run folder or pipeline folder")
     p.add_argument("--stage", choices=("train", "decoder", "export"), default="train",
                    help="decoder: fine-tune the VAE decoder of an existing run (see finetune_decoder); export: write the pipeline")
-    p.add_argument("--decoder-steps", dest="decoder_steps", type=int, default=1000)
-    p.add_argument("--decoder-lr", dest="decoder_lr", type=float, default=5e-4)
-    p.add_argument("--decoder-latent-noise", dest="decoder_latent_noise", type=float, default=0.0,
+    p.add_argument("--decoder-steps", dest="decoder_steps", type=COUNT, default=1000)
+    p.add_argument("--decoder-lr", dest="decoder_lr", type=RATE, default=5e-4)
+    p.add_argument("--decoder-latent-noise", dest="decoder_latent_noise", type=bounded_float(0.0, 1e3), default=0.0,
                    help="decoder: inflate the posterior std of each training latent by a factor from U[1, 1+K]")
-    p.add_argument("--copies", type=int, default=HYBRID_COPIES, help="hybrid: copies of each memorized item in the data")
-    p.add_argument("--mem-fraction", dest="mem_fraction", type=float, default=0.5)
+    p.add_argument("--copies", type=COUNT, default=HYBRID_COPIES, help="hybrid: copies of each memorized item in the data")
+    p.add_argument("--mem-fraction", dest="mem_fraction", type=bounded_float(0.0, 1.0), default=0.5)
     p.add_argument("--vae-from", dest="vae_from", default=None,
                    help="reuse the VAE and cached latents of this run folder (weights still start from scratch)")
     p.add_argument("--export", default=None, help="pipeline folder to write (default OUT/pipeline)")
     p.add_argument("--export-every-checkpoint", action="store_true")
-    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=float, default=4.0)
+    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=MINUTES, default=4.0)
 
 
 def configure_parser(subparsers) -> argparse.ArgumentParser:
