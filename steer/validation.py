@@ -346,8 +346,12 @@ def check_steering_request(vectors: Sequence[Any], scales: torch.Tensor | None, 
     `MAX_VECTOR_ENTRY`; and the largest delta the call can add to one activation must be finite in ``dtype``.
     """
     layers = settings.get("steering_layers")
-    if layers is not None and (not layers.strip() if isinstance(layers, str) else len(list(layers)) == 0):
-        raise ValueError("steering_layers is empty: pass None to steer every layer of the direction(s), or name at least one layer")
+    if layers is not None:
+        items = [layers] if isinstance(layers, str) else list(layers) if isinstance(layers, Iterable) else [layers]
+        if not all(isinstance(x, str) for x in items):
+            raise ValueError(f"steering_layers must be None, a layer name / glob pattern or a list of them, got {short(layers)}")
+        if not any(x.strip() for x in items):
+            raise ValueError("steering_layers is empty: pass None to steer every layer of the direction(s), or name at least one layer")
     if not vectors or scales is None:
         return
     peak_scale = float(scales.abs().max())

@@ -48,6 +48,8 @@ API_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("layers-empty-tuple", {"steering": _vector(), "steering_layers": ()}, "steering_layers is empty"),
     ("layers-empty-string", {"steering": _vector(), "steering_layers": ""}, "steering_layers is empty"),
     ("layers-blank-string", {"steering": _vector(), "steering_layers": "  "}, "steering_layers is empty"),
+    ("layers-an-int", {"steering": _vector(), "steering_layers": 5}, "steering_layers must be None, a layer name"),
+    ("layers-list-of-ints", {"steering": _vector(), "steering_layers": [3]}, "steering_layers must be None, a layer name"),
 ]
 
 

@@ -52,3 +52,31 @@ def test_readme_python_blocks_run_as_written(tmp_path):
     )
     assert proc.returncode == 0, f"README code failed:\n{proc.stderr[-4000:]}"
     assert "README OK" in proc.stdout
+
+
+def test_from_pretrained_without_a_dtype_is_float32_on_cpu_and_stored_half_elsewhere():
+    """The demo model is stored in float16. With no dtype: float32 on the CPU (where its first call used to fail with
+    'mat1 and mat2 must have the same dtype'), the stored float16 once moved to an accelerator (``meta`` stands in
+    here: any non-CPU device). An explicit dtype is always obeyed."""
+    import torch
+
+    from steer import SteeringStableDiffusionPipeline
+
+    demo = ROOT / "assets" / "models" / "demo"
+
+    def dtypes(pipe) -> set:
+        return {m.dtype for m in pipe.components.values() if isinstance(m, torch.nn.Module)}
+
+    pipe = SteeringStableDiffusionPipeline.from_pretrained(demo)
+    pipe.set_progress_bar_config(disable=True)
+    assert dtypes(pipe) == {torch.float32}
+    image = pipe("a sneaker", num_inference_steps=2, output_type="np").images
+    assert image.shape[0] == 1 and image.dtype.kind == "f"
+    assert dtypes(pipe.to("cpu")) == {torch.float32}
+    assert dtypes(pipe.to("meta")) == {torch.float16}
+
+    half = SteeringStableDiffusionPipeline.from_pretrained(demo, dtype=torch.float16)
+    assert dtypes(half) == {torch.float16} and dtypes(half.to("cpu")) == {torch.float16}
+    chosen = SteeringStableDiffusionPipeline.from_pretrained(demo)
+    chosen.to(torch.bfloat16)  # an explicit dtype ends the automatic choice
+    assert dtypes(chosen.to("cpu")) == {torch.bfloat16}
