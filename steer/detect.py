@@ -38,7 +38,17 @@ from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusion
 
 from steer.files import read_checked, write_checked
 from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
-from steer.validation import SchemaError, check_detector_header, check_detector_tensors
+from steer.validation import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_STEPS,
+    SchemaError,
+    bounded_float,
+    bounded_int,
+    check_detector_header,
+    check_detector_tensors,
+)
 from steer.vectors import ModelMismatchError, SteeringFileError, unet_fingerprint
 
 Statistic = Literal["std", "l4_l2", "max_over_mean"]
@@ -631,7 +641,7 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--images", default=None, help="directory of images (re-encode score only)")
     p.add_argument("--detector", default=None, help="a calibrated detector file (.safetensors)")
     p.add_argument("--calibrate", default=None, metavar="FILE", help="ordinary prompts (one per line): calibrate first")
-    p.add_argument("--fpr", type=float, default=0.01, help="false-positive rate of the calibrated threshold")
+    p.add_argument("--fpr", type=bounded_float(0.0, 0.999), default=0.01, help="false-positive rate of the calibrated threshold")
     p.add_argument("--save-detector", default=None, help="write the (calibrated) detector here")
     p.add_argument("--statistic", choices=STATISTICS, default="std")
     p.add_argument("--layers", nargs="+", default=None, help="re-encode (and, by default, inline) layers")
@@ -641,11 +651,11 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--inline-layers", dest="inline_layers", nargs="+", default=None)
     p.add_argument("--inline-window", dest="inline_window", nargs=2, type=float, default=list(DEFAULT_INLINE_WINDOW),
                    metavar=("START", "END"), help="fraction of the denoising steps the inline score averages")
-    p.add_argument("--num-images-per-prompt", type=int, default=1)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-images-per-prompt", type=bounded_int(1, MAX_IMAGES), default=1)
+    p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=25)
+    p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=7.5)
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED - 10**7), default=0)  # calibration seeds start at seed + 1e6
+    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8)
     p.add_argument("--verdict-from", choices=SCORE_KINDS, default=None,
                    help="score that decides (default: inline for a CFG-distance detector such as the bundled ones, "
                         "else re-encode)")
