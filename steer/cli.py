@@ -122,6 +122,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     vector = pipe.learn_direction(
         _expand_items(args.positive),
         _expand_items(args.negative) or None,
+        preset=args.preset,
         layers=args.layers,
         method=args.method,
         mode=args.source_mode,
@@ -136,7 +137,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         progress=True,
     )
     if args.window:
-        vector.metadata["recommended"] = {"window": list(args.window)}
+        vector.metadata["recommended"] = {**(vector.metadata.get("recommended") or {}), "window": list(args.window)}
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
     return 0
@@ -279,13 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--positive", nargs="+", required=True, help="prompt(s), image files or a directory of images")
     p.add_argument("--negative", nargs="+", default=None, help="prompt(s), image files or a directory of images")
-    p.add_argument("--method", choices=("mean", "mean_diff", "pca"), default="mean_diff")
-    p.add_argument("--source-mode", choices=("fast", "reference"), default="reference", help="prompts: generate + re-encode (reference, paper; default) or record during sampling (fast)")
+    p.add_argument("--preset", choices=("text", "casteer", "paper"), default=None,
+                   help="text (default for prompts: text-token site, calibrated), casteer (per-step attn2 outputs) or paper (default for images)")
+    p.add_argument("--method", choices=("mean", "mean_diff", "pca"), default=None, help="default: the preset's")
+    p.add_argument("--source-mode", choices=("text", "trajectory", "fast", "reference"), default=None,
+                   help="default: the preset's (text; trajectory for casteer; reference = generate + re-encode, the paper's)")
     p.add_argument("--layers", nargs="+", default=None)
     p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=16)
     p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8)
-    p.add_argument("--steps", type=STEPS, default=25)
-    p.add_argument("--guidance", type=GUIDANCE, default=7.5)
+    p.add_argument("--steps", type=STEPS, default=20)
+    p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
     p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_window, default=None, help="record this window as the direction's recommended one")
