@@ -4,7 +4,8 @@
     python bench/steering_matrix.py --quick              # 1 seed, 2 targets of each kind, our method only
 
 For each target the direction is learned "toward X" from prompts (positive: X with every value of the other
-attribute; negative: the other values of X's attribute), then applied to prompts that leave the attribute open
+attribute, "a blue t-shirt"; negative: the same prompts with X left open, "a t-shirt"; a probe on the tuning colours
+found this contrast edits better than "X vs the other values of its attribute"), then applied to prompts that leave the attribute open
 ("a sneaker" -> blue; "a red item" -> ankle boot) and prompts that contradict it ("a red sneaker" -> blue), 8 prompts
 x seeds per cell, at scales 0, 0.25, 0.5, 0.75, 1.0 (and 1.5, 2.0 to see past the full edit).
 
@@ -62,7 +63,7 @@ def prompts_for(kind: str, target: str) -> dict[str, list[str]]:
         others = [c for c in C if c != target]
         return {
             "positive": [f"a {target} {k}" for k in K],
-            "negative": [f"a {others[i % 7]} {K[i % 10]}" for i in range(14)],
+            "negative": [f"a {k}" for k in K],
             "open": [f"a {K[(i + t) % 10]}" for i in range(8)],
             "contra": [f"a {others[(i + t) % 7]} {K[(i + 2 * t) % 10]}" for i in range(8)],
         }

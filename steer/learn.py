@@ -400,14 +400,19 @@ def learn_direction(
     if not pos_items:
         raise ValueError("the positive set is empty")
     image_input = _is_image_item(pos_items[0])
-    if preset is None:
-        preset = "paper" if image_input else "text"
+    explicit_preset = preset is not None
+    if preset is None:  # follow an explicit mode, else the default for the input kind
+        by_mode = {"text": "text", "trajectory": "casteer", "reference": "paper", "fast": "paper"}
+        preset = by_mode.get(mode or "", "paper" if image_input else "text")
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
     chosen = dict(PRESETS[preset])
-    method = method or chosen["method"]
+    if method is None:  # the preset's method when asked for by name, else pos - neg whenever there is a negative set
+        method = chosen["method"] if explicit_preset else ("mean_diff" if neg_items else "mean")
     mode = mode or chosen["mode"]
-    calibrate = chosen["calibrate"] if calibrate is None else bool(calibrate)
+    if calibrate is None:  # the preset's choice, where it can apply (calibration compares two prompt sets)
+        calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
+    calibrate = bool(calibrate)
     layers = layers if layers is not None else chosen["layers"]
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
