@@ -110,7 +110,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             with gr.Row():
                 direction = gr.Dropdown(
                     choices,
-                    value=choices[1] if len(choices) > 1 else choices[0],
+                    value=_default_direction(choices),
                     label="Direction",
                     allow_custom_value=True,
                     elem_id="direction",
@@ -196,8 +196,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         [session, direction, status],
         api_name="upload_direction",
     )
-    guarded_describe = guarded(7)(app.describe_direction)
-    described = [layer_info, strength, w_start, w_end, mode, normalize, direction_info]
+    guarded_describe = guarded(8)(app.describe_direction)
+    described = [layer_info, strength, w_start, w_end, branch, mode, normalize, direction_info]
     direction.change(guarded_describe, [direction, session, layer], described, api_name=False)
     layer.change(app.describe_layer, [direction, session, layer], layer_info, api_name=False, queue=False)
     demo.load(guarded_describe, [direction, session, layer], described, api_name=False)
@@ -231,9 +231,10 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         method = gr.Radio(list(H.LEARN_METHODS), value="mean_diff", label="Method")
         mode = gr.Radio(
             list(H.LEARN_MODES),
-            value="fast",
+            value="text",
             label="Mode (prompts)",
-            info="fast: record while sampling; reference: generate, then re-encode (the paper)",
+            info="text: the text tokens, strength calibrated (default); trajectory: per-step cross-attention outputs "
+            "(CASteer); fast: record while sampling; reference: generate, then re-encode (the paper)",
         )
         scope = gr.Radio(list(H.LAYER_SCOPES), value="all layers", label="Layers")
     layers = gr.Dropdown(app.layers, value=[], multiselect=True, label="Chosen layers (with 'chosen layers')")
@@ -302,14 +303,23 @@ def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
 
 
 def _default_prompt(app: SteerApp) -> str:
-    return "a red sneaker" if "demo" in H.model_name(app.pipe) else "a photo of a dog"
+    """An attribute-open prompt: the model picks the colour, the direction sets it."""
+    return "a sneaker" if "demo" in H.model_name(app.pipe) else "a photo of a dog"
+
+
+def _default_direction(choices: list[str]) -> str:
+    """The calibrated bundled direction toward blue where it ships, else the first bundled one."""
+    for name in ("to_blue", *choices[1:2]):
+        if name in choices:
+            return name
+    return choices[0]
 
 
 def _default_learn(app: SteerApp) -> tuple[str, str]:
-    if "demo" in H.model_name(app.pipe):
+    if "demo" in H.model_name(app.pipe):  # X vs X left open: the contrast the calibrated default learns best
         return (
             "a blue sneaker\na blue dress\na blue bag\na blue coat",
-            "a red sneaker\na red dress\na red bag\na red coat",
+            "a sneaker\na dress\na bag\na coat",
         )
     return "a photo of a dog in the snow", "a photo of a dog on the grass"
 

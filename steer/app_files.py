@@ -26,7 +26,7 @@ from steer.app_base import (
     shown,
     slug,
 )
-from steer.hooks import MODES, LayerError
+from steer.hooks import BRANCHES, MODES, LayerError
 from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
 
 NONE_CHOICE = "(none)"
@@ -88,7 +88,7 @@ def recommended_problem(rec: Any) -> str | None:
     """Why ``metadata["recommended"]`` cannot be applied to the app's controls (None when it can)."""
     if not isinstance(rec, Mapping):
         return f"its recommended settings are {_kind(rec)}, not an object"
-    scale, window, mode, normalize = (rec.get(k) for k in ("scale", "window", "mode", "normalize"))
+    scale, window, mode, normalize, branch = (rec.get(k) for k in ("scale", "window", "mode", "normalize", "branch"))
     if scale is not None and not _finite(scale):
         return f"its recommended scale is {shown(scale, 40)}, not a finite number"
     if window is not None and not (
@@ -100,6 +100,8 @@ def recommended_problem(rec: Any) -> str | None:
         return f"its recommended mode is {shown(mode, 40)}, not one of {list(MODES)}"
     if normalize is not None and not isinstance(normalize, bool):
         return f"its recommended 'normalize' is {_kind(normalize)}, not true/false"
+    if branch is not None and branch not in BRANCHES:
+        return f"its recommended branch is {shown(branch, 40)}, not one of {list(BRANCHES)}"
     return None
 
 
@@ -211,17 +213,17 @@ def direction_summary(vector: SteeringVector) -> str:
     )
 
 
-def recommended_settings(vector: SteeringVector | None) -> tuple[Any, Any, Any, Any, Any]:
-    """(strength, window start, window end, mode, normalize) the direction recommends, None for each it does not
-    (or whose value the controls cannot take: a strength outside the slider)."""
+def recommended_settings(vector: SteeringVector | None) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """(strength, window start, window end, CFG branch, mode, normalize) the direction recommends, None for each it does
+    not (or whose value the controls cannot take: a strength outside the slider)."""
     rec = (vector.metadata.get("recommended") or {}) if vector is not None else {}
     if recommended_problem(rec):
-        return (None,) * 5
+        return (None,) * 6
     scale = rec.get("scale")
     if scale is not None and abs(scale) > LIMITS.slider_strength:
         scale = None
     window = rec.get("window") or (None, None)
-    return scale, window[0], window[1], rec.get("mode"), rec.get("normalize")
+    return scale, window[0], window[1], rec.get("branch"), rec.get("mode"), rec.get("normalize")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ class SteerApp:
 
     def describe_direction(self, name: str, session: dict | None, index: Any):
         """Summary of the picked direction, the layer slider position, and the direction's recommended settings
-        (strength, window start, window end, mode, normalize; left as they are when it recommends none)."""
+        (strength, window start, window end, CFG branch, mode, normalize; left as they are when it recommends none)."""
         vector = self.catalog.get(name, session)
         summary = H.direction_summary(vector) if vector is not None else "No direction: both images are the original."
         values = H.recommended_settings(vector)

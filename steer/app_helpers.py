@@ -74,7 +74,7 @@ from steer.vectors import SteeringVector
 
 LAYER_SCOPES = ("all layers", "paper default", "chosen layers")
 LEARN_METHODS = ("mean_diff", "mean", "pca")
-LEARN_MODES = ("fast", "reference")
+LEARN_MODES = ("text", "trajectory", "fast", "reference")
 
 
 def make_generators(pipe, seed: int, count: int) -> list[torch.Generator]:
@@ -427,10 +427,17 @@ class LearnSettings:
 
     def kwargs(self, pipe) -> dict[str, Any]:
         """Keyword arguments for `learn_direction` (after validation)."""
+        mode = check_choice(self.mode, "the mode", LEARN_MODES)
+        if mode == "text":  # the text-token site, calibrated (learn_direction's default)
+            layers: Any = None
+        elif mode == "trajectory" and self.scope != "chosen layers":
+            layers = "attn2"  # CASteer's sites: every cross-attention output
+        else:
+            layers = self.layer_list(pipe)
         return {
-            "layers": self.layer_list(pipe),
+            "layers": layers,
             "method": check_choice(self.method, "the method", LEARN_METHODS),
-            "mode": check_choice(self.mode, "the mode", LEARN_MODES),
+            "mode": mode,
             "num_samples": check_int(self.num_samples, "samples per set", 1, LIMITS.max_learn_samples),
             "num_inference_steps": check_int(self.steps, "learning steps", 1, LIMITS.max_learn_steps),
             "guidance_scale": check_float(self.guidance, "learning guidance", 0.0, LIMITS.max_guidance),

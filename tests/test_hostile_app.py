@@ -218,7 +218,7 @@ def test_hostile_name_escaped_in_every_status(pipe, good_file, folder, tmp_path)
     assert_clean_label(label)
     assert label.startswith("red <script>")  # the dropdown shows the name as text, cleaned and cut
     assert "&lt;script&gt;" in status  # shown as text, not dropped silently
-    described = app.guarded(7)(steer_app.describe_direction)(label, session, 0)
+    described = app.guarded(8)(steer_app.describe_direction)(label, session, 0)
     assert_clean(described[-1]) and assert_clean(described[0])
     assert_clean(steer_app.describe_layer(label, session, 1))
     values = generate_args(label, steps=1)
@@ -274,7 +274,7 @@ def test_lone_surrogate_prompt_is_refused(prompt, pipe, tmp_path):
 def test_recommended_outside_the_slider_is_not_applied(pipe, good_file, folder):
     path = craft(good_file, folder / "big-rec.safetensors", edit_header=set_meta("recommended", {"scale": 30.0, "mode": "add"}))
     vector = H.load_direction_file(path, pipe)
-    assert H.recommended_settings(vector) == (None, None, None, "add", None)
+    assert H.recommended_settings(vector) == (None, None, None, None, "add", None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

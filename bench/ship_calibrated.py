@@ -1,0 +1,90 @@
+"""Ship the calibrated directions that pass the steering matrix (docs/steering/results.json) into assets/directions.
+
+    python bench/ship_calibrated.py [--results docs/steering/results.json] [--out assets/directions]
+
+Each target whose ``ours`` direction passes on attribute-open prompts at scale 1.0 in the matrix is learned again with
+exactly the matrix's prompts and settings (learning is deterministic: the same seeds give the same vector, checked
+against the recorded calibrated strength) and saved as ``to_<target>.safetensors`` with its matrix numbers in the
+metadata. `steer generate --direction to_blue` then uses its recommended (learned, calibrated) settings by default.
+The directions' README is regenerated with the table of every target, shipped or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from steering_matrix import prompts_for  # noqa: E402
+
+from steer.loading import DIRECTIONS_DIR, load_pipeline  # noqa: E402
+
+LEGACY = """
+The four `*_to_blue` files are the earlier, paper-era directions (resnet/attention-block outputs, uncalibrated); they
+are kept because the memorization benchmark's steering claim (docs/detection.md) was measured with `red_to_blue`.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", default=str(ROOT / "docs" / "steering" / "results.json"))
+    ap.add_argument("--out", default=str(DIRECTIONS_DIR))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    results = json.loads(Path(args.results).read_text())
+    meta, summary = results["meta"], results["summary"]
+    steps, guidance = meta["steps"], meta["guidance"]
+    calibrations = {x["target"]: x["calibration"] for x in results["learn"] if x.get("method") is None}
+    rows = []
+    pipe = load_pipeline(None, "cpu")
+    for key, per in summary.items():
+        method, cond, kind, split = key.split("|")
+        if method != "ours" or cond != "open":
+            continue
+        contra = summary.get(f"ours|contra|{kind}|{split}", {})
+        for target, m in per.items():
+            shipped = bool(m["pass_at_1"])
+            rows.append((kind, target, split, m, contra.get(target), shipped))
+            if not shipped:
+                continue
+            P = prompts_for(kind, target)
+            v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=steps, guidance_scale=guidance, progress=False, name=f"toward {target}")
+            want = calibrations[target]["strength"]
+            got = v.metadata["calibration"]["strength"]
+            if abs(got - want) > 1e-3 * max(1.0, abs(want)):
+                raise SystemExit(f"{target}: re-learned strength {got} differs from the matrix's {want}; rerun the matrix")
+            v.metadata["benchmark"] = {"matrix": "docs/steering.md", "split": split, "open_at_1": {k: m[k] for k in ("success_at_1", "kept_at_1", "break_at_1", "rho_success")}, "passing_scales": m["passing_scales"]}
+            path = v.save(Path(args.out) / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
+            print("wrote", path, flush=True)
+    write_readme(Path(args.out), rows, meta)
+
+
+def write_readme(out: Path, rows: list, meta: dict) -> None:
+    lines = [
+        "# Bundled directions (demo model)",
+        "",
+        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site, split CFG branch, token-norm units "
+        "with norm preservation, classifier-free calibration; `steering_scale=1.0` is the full edit) from the prompts of "
+        "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "
+        f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %; DDIM {meta['steps']}, guidance {meta['guidance']}, "
+        f"{meta['seeds']} seeds x 8 prompts). Regenerate: `python bench/ship_calibrated.py`. Full results: docs/steering.md.",
+        "",
+        "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, target, split, m, contra, shipped in rows:
+        c = f"{contra['success_at_1']:.2f} / {contra['kept_at_1']:.2f}" if contra else "-"
+        lines.append(f"| {target} | {kind} | {split} | {'yes' if shipped else 'no'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
+                     f"{m['break_at_1']:.2f} | {', '.join(map(str, m['passing_scales'])) or '-'} | {m['rho_success']:.2f} | {c} |")
+    (out / "README.md").write_text("\n".join(lines) + "\n" + LEGACY)
+
+
+if __name__ == "__main__":
+    main()
