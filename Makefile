@@ -27,8 +27,8 @@ system-deps:
 	fi
 
 demo: setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/steer generate --prompt "a sneaker" --direction red_to_blue --sweep=0,0.6,4 --seed 0 --out out/demo
-	@echo "wrote out/demo (a strength sweep from red to blue); open out/demo/seed0_sweep.png"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/steer generate --prompt "a sneaker" --direction to_blue --sweep=0,1,5 --seed 0 --out out/demo
+	@echo "wrote out/demo (a strength sweep toward blue: 0 = unsteered, 1 = the calibrated full edit); open out/demo/seed0_sweep.png"
 
 test: setup system-deps
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q

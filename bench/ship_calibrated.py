@@ -2,7 +2,8 @@
 
     python bench/ship_calibrated.py [--results docs/steering/results.json] [--out assets/directions]
 
-Each target whose ``ours`` direction passes on attribute-open prompts at scale 1.0 in the matrix is learned again with
+Each target whose ``ours`` direction passes on attribute-open prompts at scale 1.0 in the matrix, with success rising
+over scales 0 -> 1 (Spearman >= 0.5: not a pass the unsteered prompt already had), is learned again with
 exactly the matrix's prompts and settings (learning is deterministic: the same seeds give the same vector, checked
 against the recorded calibrated strength) and saved as ``to_<target>.safetensors`` with its matrix numbers in the
 metadata. `steer generate --direction to_blue` then uses its recommended (learned, calibrated) settings by default.
@@ -50,7 +51,7 @@ def main() -> None:
             continue
         contra = summary.get(f"ours|contra|{kind}|{split}", {})
         for target, m in per.items():
-            shipped = bool(m["pass_at_1"])
+            shipped = bool(m["pass_at_1"]) and m["rho_success"] >= 0.5  # a pass must be the edit's, not the prompt's
             rows.append((kind, target, split, m, contra.get(target), shipped))
             if not shipped:
                 continue
@@ -73,7 +74,7 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
         "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site, split CFG branch, token-norm units "
         "with norm preservation, classifier-free calibration; `steering_scale=1.0` is the full edit) from the prompts of "
         "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "
-        f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %; DDIM {meta['steps']}, guidance {meta['guidance']}, "
+        f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success rising with the scale: Spearman >= 0.5; DDIM {meta['steps']}, guidance {meta['guidance']}, "
         f"{meta['seeds']} seeds x 8 prompts). Regenerate: `python bench/ship_calibrated.py`. Full results: docs/steering.md.",
         "",
         "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
