@@ -240,15 +240,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from steer.hooks import default_layers, layer_channels, list_layers
+    from steer.hooks import CONTEXT_SITE, default_layers, layer_channels, list_layers
     from steer.loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.device)
-    names = list_layers(pipe.unet)
+    names = list_layers(pipe.unet, ("context", "resnets", "attentions", "attn2"))
     channels = layer_channels(pipe.unet, names)
     defaults = set(default_layers(pipe.unet))
-    for n in names:
-        flag = "\tdefault" if n in defaults else ""
+    for n in names:  # the text-token site is learn_direction's default; the resnets marked are the paper's
+        flag = "\tdefault (learn_direction)" if n == CONTEXT_SITE else ("\tpaper" if n in defaults else "")
         print(f"{n}\t{channels[n]}{flag}")
     return 0
 
@@ -257,7 +257,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from steer.vectors import SteeringVector
 
     v = SteeringVector.load(args.path)
-    summary = {"name": v.name, "layers": v.channels(), "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "source", "pooling", "timestep", "positive", "negative", "recommended")}}
+    summary = {"name": v.name, "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration")}}
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

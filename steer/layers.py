@@ -66,7 +66,7 @@ def list_layers(unet: nn.Module, kinds: Iterable[str] = ("resnets", "attentions"
     out = [n for n in names if n == CONTEXT_SITE or n.split(".")[-2] in kinds]
     if "attn2" in kinds:  # the cross-attention outputs inside each attention block, in the same order
         modules = dict(unet.named_modules())
-        for block in [n for n in names if n.split(".")[-2] == "attentions"]:
+        for block in [n for n in names if n != CONTEXT_SITE and n.split(".")[-2] == "attentions"]:
             inner = [m for m in modules if m.startswith(block + ".") and m.endswith(".attn2")]
             at = out.index(block) + 1 if block in out else len(out)
             out[at:at] = inner

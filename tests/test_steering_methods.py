@@ -66,6 +66,10 @@ def capture(pipe, gen, layer, **kw):
 
 def test_context_site_is_listed_and_steers_the_text_tokens_exactly(tiny_pipe, gen):
     assert CONTEXT_SITE in list_layers(tiny_pipe.unet, ("context", "resnets"))
+    every = list_layers(tiny_pipe.unet, ("context", "resnets", "attentions", "attn2"))  # what `steer layers` lists
+    assert every[0] == CONTEXT_SITE and any(n.endswith(".attn2") for n in every)
+    attn2 = [n for n in every if n.endswith(".attn2")]
+    assert all(every.index(n) > every.index(n.split(".transformer_blocks")[0]) for n in attn2)  # after its block
     assert layer_channels(tiny_pipe.unet, [CONTEXT_SITE])[CONTEXT_SITE] == tiny_pipe.unet.config.cross_attention_dim
     v = vec(tiny_pipe, [CONTEXT_SITE], seed=1)
     plain = capture(tiny_pipe, gen, CONTEXT_SITE)
