@@ -1,5 +1,5 @@
-"""Regenerate the README screenshot: the app on the demo model, the bundled red_to_blue direction with its recommended
-settings, prompt "a sneaker", 25 steps (headless Chromium, as in tests/test_app_browser.py).
+"""Regenerate the README screenshot: the app's first screen on the demo model as it opens (the calibrated bundled
+to_blue direction with its recommended settings, prompt "a sneaker"), 25 steps (headless Chromium, as in tests/test_app_browser.py).
 
     python scripts/app_screenshot.py [OUT.png]      # default assets/app-screenshot.png
 """
@@ -32,13 +32,7 @@ def main(out: str) -> None:
             page.goto(url)
             page.wait_for_selector("#generate", timeout=60_000)
             page.wait_for_function("document.querySelector('#direction-info').innerText.length > 0", timeout=60_000)
-            picker = page.locator("#direction input").first
-            picker.click()
-            picker.fill("red_to_blue")
-            page.wait_for_timeout(500)
-            picker.press("Enter")  # picking a bundled direction applies its recommended settings
-            page.wait_for_timeout(1500)
-            page.locator("#prompt textarea, #prompt input").first.fill("a sneaker")
+            page.wait_for_timeout(1500)  # the first screen: to_blue picked, its recommended settings applied on load
             set_number(page, "steps", 25)
             page.click("#generate")
             page.wait_for_selector("#status .steer-status-ok", timeout=120_000)

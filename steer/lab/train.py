@@ -749,7 +749,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reuse the VAE and cached latents of this run folder (weights still start from scratch)")
     p.add_argument("--export", default=None, help="pipeline folder to write (default OUT/pipeline)")
     p.add_argument("--export-every-checkpoint", action="store_true")
-    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=MINUTES, default=4.0)
+    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=bounded_float(0.0, 10**6), default=4.0)
 
 
 def configure_parser(subparsers) -> argparse.ArgumentParser:
