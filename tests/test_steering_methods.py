@@ -207,3 +207,22 @@ def test_paper_and_casteer_presets(tiny_pipe):
     assert all(n.endswith("attn2") for n in cas.layers) and cas.step_buckets == 2
     with pytest.raises(ValueError, match="preset"):
         tiny_pipe.learn_direction("a", "b", preset="magic")
+
+
+def test_compiled_unet_steers_the_text_site_with_the_calibrated_settings_without_recompiling(gen):
+    from torch._dynamo.utils import counters
+
+    from steer.testing import tiny_pipeline
+
+    torch._dynamo.reset()
+    pipe = tiny_pipeline(seed=0)
+    rec = {"window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True}
+    v = vec(pipe, [CONTEXT_SITE], seed=11, recommended=rec)
+    eager = {s: call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4) for s in (0.0, 0.3, -0.3)}
+    pipe.compile_unet(layers=[CONTEXT_SITE, "up_blocks.0.resnets.1"], backend="eager")
+    call(pipe, gen, steering=v, steering_scale=0.3, num_inference_steps=4)  # mode/preserve are graph constants
+    counters.clear()
+    for s in (0.0, 0.3, -0.3, 0.3):
+        np.testing.assert_allclose(call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4), eager[s], atol=1e-6, rtol=0)
+    assert counters["stats"]["unique_graphs"] == 0  # no recompile after the warm-up call
+    torch._dynamo.reset()
