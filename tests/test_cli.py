@@ -79,8 +79,10 @@ def test_clear_errors_not_tracebacks(model_dir, direction, tmp_path, capsys):
 def test_layers_and_inspect(model_dir, direction, capsys):
     assert main(["layers", "--model", model_dir]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("down_blocks.0.resnets.0\t32")
-    assert any(line.startswith("up_blocks.0.resnets.0\t64\tdefault") for line in lines)
+    assert lines[0].startswith("encoder_hidden_states\t32\tdefault (learn_direction)")  # the text-token site
+    assert lines[1].startswith("down_blocks.0.resnets.0\t32")
+    assert any(line.startswith("up_blocks.0.resnets.0\t64\tpaper") for line in lines)
+    assert any(line.endswith(".attn2\t32") for line in lines)
     assert main(["inspect", str(direction)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["method"] == "mean_diff" and info["layers"] == SteeringVector.load(direction).channels()
