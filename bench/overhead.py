@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from steer.hooks import default_layers, layer_channels  # noqa: E402
+from steer.hooks import CONTEXT_SITE, default_layers, layer_channels  # noqa: E402
 from steer.vectors import SteeringVector  # noqa: E402
 
 
@@ -59,6 +59,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=7, help="alternating plain/steered pairs (after one warm-up pair)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--append", default=None, help="append the result row to this markdown file")
+    ap.add_argument("--site", choices=("paper", "text"), default="paper",
+                    help="paper: 5 up-block resnets, uniform add on cond; text: the text-token site with the calibrated "
+                    "default settings (split branch, token-norm units, norm preserved)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,9 +78,12 @@ def main() -> None:
 
         pipe, label = tiny_pipeline().to(args.device, dtype), "tiny random (1.1M UNet)"
     pipe.set_progress_bar_config(disable=True)
-    layers = default_layers(pipe.unet)
+    layers = [CONTEXT_SITE] if args.site == "text" else default_layers(pipe.unet)
     channels = layer_channels(pipe.unet, layers)
-    vec = SteeringVector({n: torch.randn(c) for n, c in channels.items()}, {"name": "random"})
+    meta: dict = {"name": "random"}
+    if args.site == "text":
+        meta["recommended"] = {"layers": layers, "window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True}
+    vec = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, meta)
 
     prompts = ["a red sneaker"] * args.batch
     kwargs = dict(num_inference_steps=args.steps, output_type="latent", height=args.height, width=args.height)
@@ -105,7 +111,7 @@ def main() -> None:
     med = statistics.median(ratios)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     row = (
-        f"| {label} | {device_name} | {args.dtype} | {args.batch} | {args.steps} | {len(layers)} | "
+        f"| {label} | {device_name} | {args.dtype} | {args.batch} | {args.steps} | {args.site}: {len(layers)} | "
         f"{statistics.median(plain_times):.3f} s | {statistics.median(steer_times):.3f} s | {100 * (med - 1):+.2f} % |"
     )
     print("| model | device | dtype | batch | steps | layers | plain (median) | steered (median) | overhead (median of paired ratios) |")
