@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from steer.errors import OutputBusyError, UnsafePathError  # noqa: F401  (re-exported)
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no locking
@@ -36,14 +38,6 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR = getattr(os, "O_DIRECTORY", 0)
 _READ = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)  # a FIFO planted there cannot block a read
-
-
-class UnsafePathError(OSError):
-    """A path under the output folder is a symlink (or not what it should be): nothing is written through it."""
-
-
-class OutputBusyError(OSError):
-    """Another ``steer batch`` holds the output folder's lock."""
 
 
 def new_run_id() -> str:

@@ -36,6 +36,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 
+from steer.errors import DetectorFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, write_checked
 from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
 from steer.validation import (
@@ -49,7 +50,7 @@ from steer.validation import (
     check_detector_header,
     check_detector_tensors,
 )
-from steer.vectors import ModelMismatchError, SteeringFileError, unet_fingerprint
+from steer.vectors import ModelMismatchError, unet_fingerprint
 
 Statistic = Literal["std", "l4_l2", "max_over_mean"]
 STATISTICS = ("std", "l4_l2", "max_over_mean")
@@ -75,10 +76,6 @@ INLINE_CALL_PARAMS = ("detect_memorization", "memorization_detector", "memorizat
 FORMAT_NAME = "steer.MemorizationDetector"
 FORMAT_VERSION = 1
 _METADATA_KEY = "steer_detector"
-
-
-class DetectorFileError(SteeringFileError):
-    """A detector file is missing, truncated, edited or not a detector."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from steer.errors import ModelMismatchError
 from steer.layers import (  # noqa: F401  (re-exported: steer.hooks is the engine's public face)
     CONTEXT_SITE,
     LayerError,
@@ -299,8 +300,6 @@ class SteeringSession(_UNetRun):
         for name, plan in self.plans.items():
             want = plan.directions.shape[-1]
             if channels[name] != want:
-                from steer.vectors import ModelMismatchError
-
                 raise ModelMismatchError(
                     f"channel mismatch at layer {name!r}: the direction has {want} channels, the UNet's output there has {channels[name]}"
                 )

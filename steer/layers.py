@@ -14,16 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from steer.errors import LayerError  # noqa: F401  (re-exported)
+
 # The text tokens as every cross-attention of the denoiser reads them (the UNet's ``encoder_hidden_states`` input):
 # a site of its own, steered by a pre-forward hook, with one channel per text-embedding dimension.
 CONTEXT_SITE = "encoder_hidden_states"
-
-
-class LayerError(KeyError):
-    """An unknown layer name or pattern; the message lists close matches."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else ""
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from steer.errors import NonFiniteOutputError, SchemaError  # noqa: F401  (re-exported)
 from steer.hooks import BRANCHES, MODES  # noqa: F401  (one definition of the choices, re-exported)
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -36,14 +37,6 @@ MAX_SEED = 2**63 - 1
 
 _LAYER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _LAYER_PATTERN = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+")
-
-
-class SchemaError(ValueError):
-    """A header field has the wrong type or value; callers prefix the file name and re-raise their own error."""
-
-
-class NonFiniteOutputError(ValueError):
-    """A generation produced NaN or infinite values; the image is refused rather than written black."""
 
 
 def short(value: Any, limit: int = 60) -> str:

@@ -19,20 +19,14 @@ from typing import Any
 
 import torch
 
+from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
+from steer.layers import layer_channels
 from steer.validation import SchemaError, check_depth, check_direction_metadata, check_direction_tensors
 
 FORMAT_NAME = "steer.SteeringVector"
 FORMAT_VERSION = 1
 _METADATA_KEY = "steer"
-
-
-class SteeringFileError(ValueError):
-    """A direction file is missing, truncated, edited or not a steering vector."""
-
-
-class ModelMismatchError(ValueError):
-    """A steering vector does not fit the UNet it is applied to."""
 
 
 # Config keys that decide the architecture (and hence which module paths and channel counts exist).
@@ -79,8 +73,6 @@ def unet_fingerprint(unet: torch.nn.Module, layers: Iterable[str] | None = None)
         "weights_hash": weights_hash(unet),
     }
     if layers is not None:
-        from steer.hooks import layer_channels
-
         fp["channels"] = layer_channels(unet, list(layers))
     return fp
 
@@ -231,8 +223,6 @@ class SteeringVector:
         Architecture and channel counts must always match. With ``strict`` the weights must match too (the same
         checkpoint); pass ``strict=False`` to use a direction on a fine-tune of its base model.
         """
-        from steer.hooks import layer_channels
-
         names = list(layers) if layers is not None else self.layers
         have = layer_channels(unet, names)
         for name in names:
