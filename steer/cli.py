@@ -30,7 +30,7 @@ from steer.validation import (  # noqa: E402
 )
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
-_TOP_LEVEL_PLUGINS = ("steer.detect", "steer.batch")
+_TOP_LEVEL_PLUGINS = ("steer.detect_cli", "steer.batch")
 _LAB_PLUGINS = ("steer.lab.train", "steer.lab.theory")
 
 

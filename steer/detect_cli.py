@@ -1,0 +1,202 @@
+"""The ``steer detect`` command: score generated or given images for memorization, write a report, a summary and a
+histogram. The detector itself lives in `steer.detect`; this module is the command line around it (and the only
+part of detection that loads a pipeline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from steer.detect import (
+    DEFAULT_INLINE_WINDOW,
+    INLINE_SCORES,
+    SCORE_KINDS,
+    STATISTICS,
+    MemorizationDetector,
+    detect_memorization,
+)
+from steer.validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CLI: steer detect
+# ----------------------------------------------------------------------------------------------------------------------
+def configure_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``steer detect``."""
+    from steer.loading import default_model
+
+    p = subparsers.add_parser(
+        "detect",
+        help="score generated or given images for memorization (writes report.jsonl, a summary and a histogram)",
+        description="Memorization detection (Zhang et al. 2026): prompts are generated and scored inline and by "
+        "re-encoding; images are scored by re-encoding. With --calibrate, thresholds are set on ordinary prompts.",
+    )
+    p.add_argument("--model", default=default_model(), help="pipeline directory or hub id")
+    p.add_argument("--device", default=None)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    src.add_argument("--images", default=None, help="directory of images (re-encode score only)")
+    p.add_argument("--detector", default=None, help="a calibrated detector file (.safetensors)")
+    p.add_argument("--calibrate", default=None, metavar="FILE", help="ordinary prompts (one per line): calibrate first")
+    p.add_argument("--fpr", type=bounded_float(0.0, 0.999), default=0.01, help="false-positive rate of the calibrated threshold")
+    p.add_argument("--save-detector", default=None, help="write the (calibrated) detector here")
+    p.add_argument("--statistic", choices=STATISTICS, default="std")
+    p.add_argument("--layers", nargs="+", default=None, help="re-encode (and, by default, inline) layers")
+    p.add_argument("--inline-score", dest="inline_score", choices=INLINE_SCORES, default="spikiness",
+                   help="inline/early score: the paper's spikiness of the conditional branch, or cfg_distance "
+                        "(distance between the guidance branches' activations; docs/detection.md)")
+    p.add_argument("--inline-layers", dest="inline_layers", nargs="+", default=None)
+    p.add_argument("--inline-window", dest="inline_window", nargs=2, type=float, default=list(DEFAULT_INLINE_WINDOW),
+                   metavar=("START", "END"), help="fraction of the denoising steps the inline score averages")
+    p.add_argument("--num-images-per-prompt", type=bounded_int(1, MAX_IMAGES), default=1)
+    p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=25)
+    p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=7.5)
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED - 10**7), default=0)  # calibration seeds start at seed + 1e6
+    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8)
+    p.add_argument("--verdict-from", choices=SCORE_KINDS, default=None,
+                   help="score that decides (default: inline for a CFG-distance detector such as the bundled ones, "
+                        "else re-encode)")
+    p.add_argument("--save-images", default=None, metavar="DIR", help="also write the generated images")
+    p.add_argument("--out", default=None, help="report .jsonl (summary .summary.json and histogram .png next to it)")
+    p.set_defaults(func=cmd_detect)
+    return p
+
+
+def _read_prompts(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompt file not found: {path}")
+    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts
+
+
+def _list_images(directory: str) -> list[Path]:
+    from steer.learn import IMAGE_SUFFIXES
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"image directory not found: {directory}")
+    files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no images in {directory}")
+    return files
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from steer.loading import load_pipeline
+
+    if not (args.prompts or args.images or args.calibrate):
+        raise ValueError("give --prompts FILE or --images DIR (and/or --calibrate FILE)")
+    if (args.prompts or args.images) and not args.out:
+        raise ValueError("--out report.jsonl is required with --prompts / --images")
+    pipe = load_pipeline(args.model, device=args.device)
+    call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    if args.detector:
+        det = MemorizationDetector.load(args.detector, pipe)
+    else:
+        det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic, inline_score=args.inline_score,
+                                   inline_layers=args.inline_layers, inline_window=tuple(args.inline_window))
+    if args.calibrate:
+        det.calibrate(_read_prompts(args.calibrate), fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size,
+                      num_images_per_prompt=args.num_images_per_prompt, **call)
+        print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "
+              f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
+    if args.save_detector:
+        print(f"wrote {det.save(args.save_detector)}")
+    if not (args.prompts or args.images):
+        return 0
+    rows, kind = _score_for_cli(det, pipe, args, call)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    summary = _summary(rows, det, kind)
+    summary_path = out.with_suffix(".summary.json")
+    summary_path.write_text(json.dumps(summary, indent=2))
+    hist = _histogram(rows, det, kind, out.with_suffix(".png"))
+    print(f"{summary['count']} samples, {summary['flagged']} flagged as memorized"
+          + (f" (threshold {summary['threshold']:.4g}, from {kind} score)" if summary["threshold"] is not None else " (uncalibrated: no verdict; pass --detector or --calibrate)"))
+    print(f"wrote {out}, {summary_path}, {hist}")
+    return 0
+
+
+def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, call: dict) -> tuple[list[dict], str]:
+    if args.images:
+        files = _list_images(args.images)
+        scores = det.score(files)
+        flagged = scores > det.threshold if det.threshold is not None else None
+        rows = [
+            {"index": i, "image": str(f), "score": float(scores[i]), "memorized": None if flagged is None else bool(flagged[i])}
+            for i, f in enumerate(files)
+        ]
+        return rows, "reencode"
+    report = detect_memorization(
+        pipe, _read_prompts(args.prompts), detector=det, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed,
+        verdict_from=args.verdict_from, batch_size=args.batch_size, **call,
+    )
+    rows = report.rows()
+    if args.save_images:
+        from steer.recipe import save_png
+
+        folder = Path(args.save_images)
+        folder.mkdir(parents=True, exist_ok=True)
+        for row, image in zip(rows, report.images, strict=True):
+            path = folder / f"{row['index']:05d}.png"
+            save_png(_to_pil(image), path, {"prompt": row["prompt"], "seed": row["seed"], **call, "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}})
+            row["image"] = str(path)
+    return rows, report.verdict_from
+
+
+def _to_pil(image: torch.Tensor):
+    from PIL import Image
+
+    return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+
+def _score_key(kind: str) -> str:
+    return {"reencode": "score", "inline": "inline_score", "early": "early_score"}[kind]
+
+
+def _summary(rows: list[dict], det: MemorizationDetector, kind: str) -> dict[str, Any]:
+    key = _score_key(kind)
+    values = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+    threshold = {"reencode": det.threshold, "inline": det.inline_threshold, "early": det.early_threshold}[kind]
+    return {
+        "count": len(rows),
+        "flagged": sum(1 for r in rows if r.get("memorized")),
+        "verdict_from": kind,
+        "threshold": threshold,
+        "fpr": det.fpr,
+        "detector": det.config(),
+        "score": {"min": float(values.min()), "median": float(values.median()), "max": float(values.max())},
+    }
+
+
+def _histogram(rows: list[dict], det: MemorizationDetector, kind: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = _score_key(kind)
+    values = [r[key] for r in rows]
+    threshold = {"reencode": det.threshold, "inline": det.inline_threshold, "early": det.early_threshold}[kind]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.hist(values, bins=30, color="#4477aa")
+    if threshold is not None:
+        ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.3g}")
+        ax.legend()
+    ax.set_xlabel(f"{kind} score ({det.statistic}; higher = more memorized)")
+    ax.set_ylabel("samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
