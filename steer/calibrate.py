@@ -51,10 +51,15 @@ class Calibration:
         return {k: r(v) for k, v in asdict(self).items()}
 
 
-def _latents(pipe, prompts: Sequence[str], seeds: Sequence[int], **call_kwargs: Any) -> torch.Tensor:
-    from steer.learn import _generators
+def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
+    """One generator per seed on the pipeline's device (CPU generators for MPS, which has none of its own)."""
+    dev = pipe._execution_device
+    gen_device = "cpu" if dev.type == "mps" else dev
+    return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
 
-    out = pipe(list(prompts), generator=_generators(pipe, seeds), output_type="latent", **call_kwargs).images
+
+def _latents(pipe, prompts: Sequence[str], seeds: Sequence[int], **call_kwargs: Any) -> torch.Tensor:
+    out = pipe(list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs).images
     return out.float().flatten(1).cpu()
 
 

@@ -37,6 +37,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusion
 from steer.errors import DetectorFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, write_checked
 from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
+from steer.learn import _is_image_item, encode_images, encode_text
 from steer.validation import (
     SchemaError,
     check_detector_header,
@@ -134,8 +135,6 @@ def _is_prompt_list(items: Any) -> bool:
     if isinstance(items, str):
         return True
     items = list(items) if not isinstance(items, torch.Tensor) else []
-    from steer.learn import _is_image_item
-
     return bool(items) and all(isinstance(i, str) and not _is_image_item(i) for i in items)
 
 
@@ -282,8 +281,6 @@ class MemorizationDetector:
     @torch.no_grad()
     def representations(self, images: Any, prompts: str | Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Pooled (N, C) activations per layer of the re-encode pass (VAE encode, noise to t, one UNet call)."""
-        from steer.learn import encode_images, encode_text
-
         items = list(images) if not isinstance(images, torch.Tensor) or images.ndim == 4 else [images]
         if not items:
             raise ValueError("no images to score")

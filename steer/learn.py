@@ -24,6 +24,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
+from steer.calibrate import calibrate as run_calibration
+from steer.calibrate import seeded_generators
 from steer.hooks import PAPER_WINDOW, ActivationRecorder, default_layers, resolve_layers
 from steer.layers import CONTEXT_SITE, cross_attention_sites
 from steer.vectors import SteeringVector, unet_fingerprint
@@ -178,19 +180,13 @@ def _prompt_batches(prompts: Sequence[str], num_samples: int, batch_size: int, s
         yield [p for p, _ in chunk], [s for _, s in chunk]
 
 
-def _generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
-    dev = pipe._execution_device
-    gen_device = "cpu" if dev.type == "mps" else dev
-    return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
-
-
 def generate_samples(pipe, prompts: Sequence[str], num_samples: int, *, seed: int = 0, batch_size: int = 8, progress: Progress = False, **call_kwargs: Any) -> tuple[torch.Tensor, list[str]]:
     """Generate ``num_samples`` images (tensors in [0, 1]) cycling through ``prompts``, with seeds ``seed + i``."""
     out, used = [], []
     bar = _Progress(progress, num_samples, "generate")
     try:
         for batch_prompts, seeds in _prompt_batches(prompts, num_samples, batch_size, seed):
-            images = pipe(list(batch_prompts), generator=_generators(pipe, seeds), output_type="pt", **call_kwargs).images
+            images = pipe(list(batch_prompts), generator=seeded_generators(pipe, seeds), output_type="pt", **call_kwargs).images
             out.append(images.float().cpu())
             used += batch_prompts
             bar.update(len(batch_prompts))
@@ -234,7 +230,7 @@ def extract_during_sampling(
                 branch="cond",
             )
             with recorder:
-                _plain_call(call_pipe, list(batch_prompts), generator=_generators(pipe, seeds), output_type="latent", **call_kwargs)
+                _plain_call(call_pipe, list(batch_prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs)
             for n in layers:
                 steps = recorder.by_step(n)
                 if not steps:
@@ -333,7 +329,7 @@ def extract_trajectories(
             cfg=lambda cp=call_pipe: cp.do_classifier_free_guidance, branch="cond",
         )
         with recorder:
-            _plain_call(call_pipe, list(prompts[i : i + batch_size]), generator=_generators(pipe, seeds[i : i + batch_size]), output_type="latent", **call_kwargs)
+            _plain_call(call_pipe, list(prompts[i : i + batch_size]), generator=seeded_generators(pipe, seeds[i : i + batch_size]), output_type="latent", **call_kwargs)
         for n in layers:
             steps = recorder.by_step(n)
             stacked = torch.stack([steps[k] for k in sorted(steps)])  # (steps, B, C)
@@ -502,8 +498,6 @@ def learn_direction(
         if preset == "paper":
             vector.metadata["recommended"] = {"layers": layer_names, "window": list(PAPER_WINDOW), "branch": "cond", "mode": "add", "normalize": False, "preserve_norm": False}
         return vector
-    from steer.calibrate import calibrate as run_calibration
-
     unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, meta)
     settings = {**CALIBRATED_SETTINGS, "layers": layer_names}
     unit.metadata["recommended"] = settings

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline
 
+from steer.detect import INLINE_CALL_PARAMS, detect_memorization, enter_inline_detection
 from steer.hooks import (
     PAPER_WINDOW,
     LayerPlan,
@@ -20,6 +21,7 @@ from steer.hooks import (
     build_layer_plans,
     resolve_layers,
 )
+from steer.learn import learn_direction
 from steer.loading import AutoDtypeMixin
 from steer.validation import FiniteOutputMixin, check_steering_request
 from steer.vectors import SteeringVector, as_vector_list
@@ -305,24 +307,16 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
 
     # Extension points for inline measurements (memorization detection) ------------------------------------------
     def _extra_call_params(self) -> tuple[str, ...]:
-        from steer.detect import INLINE_CALL_PARAMS
-
         return INLINE_CALL_PARAMS
 
     def _enter_extras(self, call_pipe, stack: contextlib.ExitStack, extras: dict[str, Any], num_images: int):
-        from steer.detect import enter_inline_detection
-
         return enter_inline_detection(call_pipe, stack, extras, num_images)
 
     # ------------------------------------------------------------------------------------------------------------
     def learn_direction(self, positive, negative=None, **kwargs: Any) -> SteeringVector:
         """Learn a `SteeringVector` training-free; see `steer.learn.learn_direction`."""
-        from steer.learn import learn_direction
-
         return learn_direction(self, positive, negative, **kwargs)
 
     def detect_memorization(self, prompt, **kwargs: Any):
         """Generate, score (inline and re-encode) and judge memorization; see `steer.detect.detect_memorization`."""
-        from steer.detect import detect_memorization
-
         return detect_memorization(self, prompt, **kwargs)
