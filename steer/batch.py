@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.batch_files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id
+from steer.batch_jobs import read_jobs
 from steer.batch_plan import (
     DEFAULTS,
     MAX_GUIDANCE,
@@ -69,7 +70,6 @@ from steer.batch_read import (
     MAX_YAML_BYTES,
     JobError,
     RawJob,
-    read_jobs,
 )
 from steer.recipe import RECIPE_KEY, png_bytes_hash, read_recipe
 

@@ -9,15 +9,12 @@ error, a CSV without a header, a bad YAML ``defaults``. Nothing an error message
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import json
-import os
 import re
 import reprlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 # ----- limits (documented in the README's batch section) --------------------------------------------------------------
@@ -83,36 +80,6 @@ RawJob = tuple[int, "dict[str, Any] | JobError"]
 
 
 # ======================================================================================================================
-def read_jobs(path: str | os.PathLike) -> list[RawJob]:
-    """Parse a ``.jsonl``, ``.csv`` or ``.yaml``/``.yml`` jobs file into ``(line, fields | JobError)`` pairs.
-
-    A malformed entry becomes a `JobError` carrying its line number; the other entries are unaffected. A file that
-    cannot be read at all raises ValueError / OSError with one line.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".csv", ".yaml", ".yml"):
-        raise ValueError(f"{path}: unknown jobs file type {show(suffix)}; use .jsonl, .csv or .yaml")
-    limit = MAX_YAML_BYTES if suffix in (".yaml", ".yml") else MAX_FILE_BYTES
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        hint = "; a .jsonl file may hold up to 16 MiB" if limit == MAX_YAML_BYTES else ""
-        raise ValueError(f"{path} is larger than {limit // 2**20} MiB, the limit for a {suffix} jobs file; split it{hint}")
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    if suffix in (".jsonl", ".csv"):
-        _check_entry_count(data, MAX_JOBS + (suffix == ".csv"))
-    try:
-        if suffix == ".jsonl":
-            return _read_jsonl(data)
-        if suffix == ".csv":
-            return _read_csv(data)
-        return _read_yaml(data)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-
-
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
     """Physical lines (split at ``\\n`` only), numbered from 1, without their line ending; one at a time."""
     for line_no, raw in enumerate(io.BytesIO(data), start=1):
@@ -318,10 +285,3 @@ def _float_text(what: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise ValueError(f"{what} must be a number, got {show(text)}") from None
-
-
-# ----- YAML -----------------------------------------------------------------------------------------------------------
-def _read_yaml(data: bytes) -> list[RawJob]:
-    from steer.batch_yaml import read_yaml
-
-    return read_yaml(data)

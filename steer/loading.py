@@ -6,69 +6,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from steer.pipeline import SteeringStableDiffusionPipeline
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = ASSETS / "models" / "demo"
 DIRECTIONS_DIR = ASSETS / "directions"
-
-
-class AutoDtypeMixin:
-    """Pipeline mixin: ``from_pretrained(path)`` with no dtype works on every device.
-
-    With no ``torch_dtype`` / ``dtype``, diffusers loads the UNet and VAE in float32 and transformers the text encoder
-    in its stored dtype: a float16 checkpoint (like the embedded demo model) then fails at the first call. Here, with no dtype given, float16 /
-    bfloat16 weights are upcast to float32 on load (the pipeline starts on the CPU), and a later ``.to(device)``
-    without a dtype puts them back in the stored half precision on an accelerator (``cuda``, ``mps``, ...) and in
-    float32 on the CPU. An explicit ``torch_dtype=`` / ``dtype=`` (to either call) is always obeyed as is.
-    """
-
-    @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        auto = all(kwargs.get(k) is None for k in ("torch_dtype", "dtype", "device_map", "quantization_config"))
-        pipe = super().from_pretrained(*args, **kwargs)  # type: ignore[misc]
-        if auto and not any(getattr(m, "is_quantized", False) for m in _modules(pipe)):
-            # diffusers loads the UNet / VAE in float32 but transformers keeps the text encoder's stored float16
-            dtypes = [m.dtype for m in _modules(pipe)]
-            stored = next((d for d in dtypes if d in (torch.float16, torch.bfloat16)), None)
-            if stored is not None:
-                pipe.__dict__["_steer_stored_dtype"] = stored
-                _cast(pipe, torch.float32)
-        return pipe
-
-    def to(self, *args: Any, **kwargs: Any):
-        if kwargs.get("dtype") is not None or any(isinstance(a, torch.dtype) for a in args):
-            self.__dict__.pop("_steer_stored_dtype", None)  # an explicit dtype ends the automatic choice
-        pipe = super().to(*args, **kwargs)  # type: ignore[misc]
-        stored = self.__dict__.get("_steer_stored_dtype")
-        device = kwargs.get("device", args[0] if args else None)
-        if stored is not None and device is not None:
-            try:
-                kind = torch.device(device).type
-            except (TypeError, RuntimeError):
-                return pipe
-            _cast(pipe, torch.float32 if kind == "cpu" else stored)
-        return pipe
-
-
-def _modules(pipe: Any) -> list[torch.nn.Module]:
-    return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
-
-
-def _cast(pipe: Any, dtype: torch.dtype) -> None:
-    """Every module of ``pipe`` to ``dtype`` in place, keeping a model's ``_keep_in_fp32_modules`` in float32.
-
-    Uses `torch.nn.Module.to` directly: diffusers' own ``to(dtype)`` warns on every call, even with nothing to keep.
-    """
-    for module in _modules(pipe):
-        torch.nn.Module.to(module, dtype=dtype)
-        keep = getattr(module, "_keep_in_fp32_modules", None) or []
-        if dtype != torch.float32 and keep:
-            for name, sub in module.named_modules():
-                if any(k in name.split(".") for k in keep):
-                    torch.nn.Module.to(sub, dtype=torch.float32)
 
 
 def default_model() -> str:
@@ -121,8 +66,6 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     fp16 on CUDA, fp32 elsewhere unless ``dtype`` is given. Raises FileNotFoundError / OSError with a readable
     message when the model cannot be found (e.g. a hub id while offline).
     """
-    from steer.pipeline import SteeringStableDiffusionPipeline
-
     model = str(model or default_model())
     device = parse_device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)

@@ -13,6 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from steer.detect import INLINE_CALL_PARAMS, detect_memorization, enter_inline_detection
+from steer.dtypes import AutoDtypeMixin
 from steer.hooks import (
     PAPER_WINDOW,
     LayerPlan,
@@ -22,7 +23,6 @@ from steer.hooks import (
     resolve_layers,
 )
 from steer.learn import learn_direction
-from steer.loading import AutoDtypeMixin
 from steer.validation import FiniteOutputMixin, check_steering_request
 from steer.vectors import SteeringVector, as_vector_list
 
@@ -132,7 +132,7 @@ class SteeringStableDiffusionPipeline(AutoDtypeMixin, FiniteOutputMixin, StableD
 
     Options a call leaves unset come from the direction's ``metadata["recommended"]`` (what `learn_direction`
     calibrated), else the defaults above. With no vector, or every scale zero, the call is exactly `StableDiffusionPipeline.__call__`. Out-of-range inputs and
-    NaN images raise (`steer.validation`); loading without a dtype: `steer.loading.AutoDtypeMixin`.
+    NaN images raise (`steer.validation`); loading without a dtype: `steer.dtypes.AutoDtypeMixin`.
     """
 
     _steering_params = tuple(_STEERING_DEFAULTS)
