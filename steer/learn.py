@@ -493,14 +493,18 @@ def learn_direction(
         "activation_norm": act_norm,
         "model": {**unet_fingerprint(unet, layer_names), "name_or_path": str(getattr(pipe, "name_or_path", "") or "")},
     }
-    vector = SteeringVector(directions, meta)
-    if not calibrate:
-        if preset == "paper":
+    if preset == "paper" or mode not in ("text", "trajectory"):
+        vector = SteeringVector(directions, meta)
+        if preset == "paper" and not calibrate:
             vector.metadata["recommended"] = {"layers": layer_names, "window": list(PAPER_WINDOW), "branch": "cond", "mode": "add", "normalize": False, "preserve_norm": False}
-        return vector
-    unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, meta)
-    settings = {**CALIBRATED_SETTINGS, "layers": layer_names}
-    unit.metadata["recommended"] = settings
+        if not calibrate:
+            return vector
+    # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
+    # uncalibrated one's scale is a fraction of each token's norm
+    settings = {**CALIBRATED_SETTINGS, "window": list(CALIBRATED_SETTINGS["window"]), "layers": list(layer_names)}
+    unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})
+    if not calibrate:
+        return unit
     result = run_calibration(
         pipe, unit, [str(p) for p in pos_items], [str(p) for p in neg_items], num_samples=calibration_samples, seed=seed,
         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs,

@@ -205,6 +205,9 @@ def test_paper_and_casteer_presets(tiny_pipe):
     assert all(n.startswith("up_blocks") and ".resnets." in n for n in paper.layers)
     cas = tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", preset="casteer", calibrate=False, num_samples=2, num_inference_steps=4, step_buckets=2, progress=False)
     assert all(n.endswith("attn2") for n in cas.layers) and cas.step_buckets == 2
+    assert cas.metadata["recommended"]["branch"] == "split" and "calibration" not in cas.metadata  # uncalibrated:
+    for d in cas.directions.values():  # unit norm per bucket, so its scale is a fraction of each token's norm
+        torch.testing.assert_close(d.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="preset"):
         tiny_pipe.learn_direction("a", "b", preset="magic")
 
