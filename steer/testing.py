@@ -77,3 +77,15 @@ def tiny_pipeline(seed: int = 0, cls=None, **kwargs):
     pipe = cls(**tiny_components(seed, **kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def assert_one_line_error(rc: object, err: str, *needles: str, prefix: str = "") -> str:
+    """A command line's refusal as the project promises it: exit status 2, exactly one stderr line (starting with
+    ``prefix`` and containing every needle), no traceback. Returns the line."""
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), f"expected one '{prefix}...' line on stderr, got:\n{err}"
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

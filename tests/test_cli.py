@@ -16,6 +16,7 @@ from PIL import Image
 
 from steer.cli import main
 from steer.recipe import read_recipe
+from steer.testing import assert_one_line_error
 from steer.vectors import SteeringVector
 
 
@@ -116,14 +117,6 @@ def run_main(argv: list[str], capsys) -> tuple[object, str, str]:
     return rc, out, err
 
 
-def assert_one_line_error(rc: object, err: str, prefix: str) -> str:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(prefix), f"expected one '{prefix}...' line on stderr, got:\n{err}"
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def test_every_subcommand_is_registered():
     from steer.cli import build_parser
 
@@ -162,7 +155,7 @@ BAD_INPUTS = [
 def test_bad_input_is_exit_2_with_one_line(argv, prefix, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     rc, _, err = run_main(argv, capsys)
-    assert_one_line_error(rc, err, prefix)
+    assert_one_line_error(rc, err, prefix=prefix)
 
 
 def test_detect_and_batch_succeed_on_the_tiny_model(model_dir, tmp_path, capsys):

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from steer import DetectorFileError, MemorizationDetector, SteeringFileError, SteeringVector
 from steer.cli import main
 from steer.files import tensor_digest, write_checked
+from steer.testing import assert_one_line_error
 from steer.vectors import unet_fingerprint
 
 LAYERS = ("up_blocks.0.resnets.0", "up_blocks.0.resnets.1")
@@ -49,13 +50,6 @@ def _raw_file(path: Path, tensors: dict[str, torch.Tensor], key: str, text: str)
     return path
 
 
-def _one_line_error(rc: Any, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -141,10 +135,10 @@ def _direction_refused_everywhere(path: Path, tmp_path: Path, capsys, *needles: 
     assert "\n" not in message and str(path) in message
     for needle in needles:
         assert needle in message, message
-    _one_line_error(main(["inspect", str(path)]), capsys.readouterr().err, "steer inspect: error:", *needles)
+    assert_one_line_error(main(["inspect", str(path)]), capsys.readouterr().err, "steer inspect: error:", *needles)
     out = tmp_path / "gen-out"
     rc = main(["generate", "--prompt", "x", "--direction", str(path), "--steps", "2", "--out", str(out)])
-    _one_line_error(rc, capsys.readouterr().err, "steer generate: error:", *needles)
+    assert_one_line_error(rc, capsys.readouterr().err, "steer generate: error:", *needles)
     assert not out.exists() or not any(out.iterdir()), "a refused direction must write nothing"
 
 
@@ -337,7 +331,7 @@ def test_good_detector_loads_and_hostile_ones_fail_in_the_pipeline_and_the_cli(t
     bad_layers = _forge_detector(good_detector, tmp_path, _set("config", "layers", value=[3]))
     rc = main(["detect", "--model", str(model), "--device", "cpu", "--images", str(images), "--detector", str(bad_layers),
                "--out", str(report)])
-    _one_line_error(rc, capsys.readouterr().err, "steer detect: error:", "config.layers[0]")
+    assert_one_line_error(rc, capsys.readouterr().err, "steer detect: error:", "config.layers[0]")
     assert not report.exists()
 
 

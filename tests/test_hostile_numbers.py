@@ -18,6 +18,7 @@ import torch
 
 from steer import NonFiniteOutputError, SteeringVector
 from steer.cli import main
+from steer.testing import assert_one_line_error
 from steer.validation import MAX_SCALE, MAX_SWEEP, MAX_VECTOR_ENTRY, check_steering_request
 
 LAYER = "up_blocks.0.resnets.0"
@@ -138,13 +139,6 @@ def _run(argv: list[str], capsys) -> tuple[Any, str]:
     return rc, capsys.readouterr().err
 
 
-def _one_line(rc: Any, err: str, *needles: str) -> None:
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 GENERATE_CASES: list[tuple[str, list[str], str]] = [
@@ -187,7 +181,7 @@ def test_generate_refuses_bad_numbers_with_one_line(tmp_path, capsys, case, args
     out = tmp_path / "out"
     start, rss = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rc, err = _run(["generate", "--prompt", "a sneaker", *args, "--out", str(out)], capsys)
-    _one_line(rc, err, "steer generate: error:", needle)
+    assert_one_line_error(rc, err, "steer generate: error:", needle)
     assert not out.exists(), "nothing is written for a refused command"
     assert time.perf_counter() - start < 5
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 200 * 1024  # KiB: no 6 GB sweep
@@ -204,7 +198,7 @@ RUNTIME_CASES: list[tuple[str, list[str], str]] = [
 def test_generate_refuses_inconsistent_values_with_one_line(tmp_path, capsys, case, args, needle):
     out = tmp_path / "out"
     rc, err = _run(["generate", "--prompt", "a sneaker", *args, "--out", str(out)], capsys)
-    _one_line(rc, err, "steer generate: error:", needle)
+    assert_one_line_error(rc, err, "steer generate: error:", needle)
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -234,7 +228,7 @@ OTHER_CASES: list[tuple[str, list[str], str]] = [
 def test_learn_and_lab_refuse_bad_numbers_with_one_line(tmp_path, capsys, monkeypatch, case, argv, needle):
     monkeypatch.chdir(tmp_path)
     rc, err = _run(argv, capsys)
-    _one_line(rc, err, needle)
+    assert_one_line_error(rc, err, needle)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -249,7 +243,7 @@ def test_cli_never_writes_a_nan_png(tiny_pipe, tmp_path, capsys, monkeypatch):
         rc, err = _run(["generate", "--prompt", "a sneaker", "--steps", "2", "--out", str(out)], capsys)
     finally:
         handle.remove()
-    _one_line(rc, err, "steer generate: error:", "NaN or infinite")
+    assert_one_line_error(rc, err, "steer generate: error:", "NaN or infinite")
     assert not list(out.glob("*.png"))
 
 
