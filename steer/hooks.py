@@ -173,6 +173,14 @@ class SteeringConfig:
         return d
 
 
+def step_bucket(step: int, buckets: int, num_steps: int | None) -> int:
+    """Which of ``buckets`` equal shares of a run of ``num_steps`` UNet calls call ``step`` falls in. Learning
+    (per-step directions) and steering use this one mapping."""
+    if buckets == 1 or not num_steps:
+        return 0
+    return min(buckets - 1, max(step, 0) * buckets // num_steps)
+
+
 @dataclass
 class LayerPlan:
     """The per-vector directions one layer receives: ``directions`` is (K, S, C) for K vectors and S step buckets
@@ -187,10 +195,8 @@ class LayerPlan:
         return int(self.directions.shape[1])
 
     def bucket(self, step: int, num_steps: int | None) -> int:
-        """The step bucket of UNet call ``step`` on a run of ``num_steps`` calls (buckets split the run evenly)."""
-        if self.buckets == 1 or not num_steps:
-            return 0
-        return min(self.buckets - 1, max(step, 0) * self.buckets // num_steps)
+        """The step bucket of UNet call ``step`` on a run of ``num_steps`` calls (see `step_bucket`)."""
+        return step_bucket(step, self.buckets, num_steps)
 
     def at(self, step: int, num_steps: int | None) -> torch.Tensor:
         """(K, C): each vector's direction at this step."""

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from steer.calibrate import calibrate as run_calibration
 from steer.calibrate import seeded_generators
-from steer.hooks import PAPER_WINDOW, ActivationRecorder, default_layers, resolve_layers
+from steer.hooks import PAPER_WINDOW, ActivationRecorder, default_layers, resolve_layers, step_bucket
 from steer.layers import CONTEXT_SITE, cross_attention_sites
 from steer.vectors import SteeringVector, unet_fingerprint
 
@@ -213,35 +213,38 @@ def extract_during_sampling(
 
     Each sample's representation is the mean over the steps in ``window`` of its pooled activation.
     """
-    unet = _unet(pipe)
     per_layer: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     norms: dict[str, list[float]] = {n: [] for n in layers}
     bar = _Progress(progress, num_samples, "sample+record")
     try:
         for batch_prompts, seeds in _prompt_batches(prompts, num_samples, batch_size, seed):
-            call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe
-            recorder = ActivationRecorder(
-                unet,
-                layers,
-                pooling,
-                window=window,
-                num_steps=lambda cp=call_pipe: len(cp.scheduler.timesteps),
-                cfg=lambda cp=call_pipe: cp.do_classifier_free_guidance,
-                branch="cond",
-            )
-            with recorder:
-                _plain_call(call_pipe, list(batch_prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs)
+            steps, batch_norms = record_steps(pipe, batch_prompts, seeds, layers, pooling, window, **call_kwargs)
             for n in layers:
-                steps = recorder.by_step(n)
-                if not steps:
+                if not steps[n]:
                     raise RuntimeError(f"no steps fell inside the capture window {window}; widen it")
-                per_layer[n].append(torch.stack(list(steps.values())).mean(0))
-            for n, v in recorder.activation_norms().items():
-                norms[n].append(v)
+                per_layer[n].append(torch.stack(list(steps[n].values())).mean(0))
+                norms[n].append(batch_norms[n])
             bar.update(len(batch_prompts))
     finally:
         bar.close()
     return {n: torch.cat(v) for n, v in per_layer.items()}, {n: sum(v) / len(v) for n, v in norms.items()}
+
+
+@torch.no_grad()
+def record_steps(
+    pipe, prompts: Sequence[str], seeds: Sequence[int], layers: Sequence[str], pooling: Literal["mean", "max"] = "mean",
+    window: tuple[float, float] | None = None, **call_kwargs: Any,
+) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, float]]:
+    """Sample ``prompts`` (one seed each, unsteered) and record the pooled conditional-branch activations of ``layers``
+    at every step in ``window``: per layer ``{step: (B, C)}``, and each layer's activation norm."""
+    call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe
+    recorder = ActivationRecorder(
+        _unet(pipe), layers, pooling, window=window, num_steps=lambda: len(call_pipe.scheduler.timesteps),
+        cfg=lambda: call_pipe.do_classifier_free_guidance, branch="cond",
+    )
+    with recorder:
+        _plain_call(call_pipe, list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs)
+    return {n: recorder.by_step(n) for n in layers}, recorder.activation_norms()
 
 
 def _plain_call(pipe, *args: Any, **kwargs: Any):
@@ -319,23 +322,19 @@ def extract_trajectories(
 
     Returns per layer a (buckets, N, C) tensor (the steps of each bucket averaged) and each layer's activation norm.
     """
-    unet = _unet(pipe)
     per_layer: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     norms: dict[str, list[float]] = {n: [] for n in layers}
     for i in range(0, len(prompts), batch_size):
-        call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe
-        recorder = ActivationRecorder(
-            unet, layers, "mean", num_steps=lambda cp=call_pipe: len(cp.scheduler.timesteps),
-            cfg=lambda cp=call_pipe: cp.do_classifier_free_guidance, branch="cond",
-        )
-        with recorder:
-            _plain_call(call_pipe, list(prompts[i : i + batch_size]), generator=seeded_generators(pipe, seeds[i : i + batch_size]), output_type="latent", **call_kwargs)
+        steps, batch_norms = record_steps(pipe, prompts[i : i + batch_size], seeds[i : i + batch_size], layers, **call_kwargs)
         for n in layers:
-            steps = recorder.by_step(n)
-            stacked = torch.stack([steps[k] for k in sorted(steps)])  # (steps, B, C)
-            per_layer[n].append(torch.stack([c.mean(0) for c in stacked.chunk(buckets)]))
-        for n, v in recorder.activation_norms().items():
-            norms[n].append(v)
+            total = len(steps[n])
+            groups: list[list[torch.Tensor]] = [[] for _ in range(buckets)]
+            for k in sorted(steps[n]):  # the same step -> bucket mapping the steering hooks use
+                groups[step_bucket(k, buckets, total)].append(steps[n][k])
+            if any(not g for g in groups):
+                raise ValueError(f"step_buckets={buckets} is more than the {total} sampling steps can fill")
+            per_layer[n].append(torch.stack([torch.stack(g).mean(0) for g in groups]))
+            norms[n].append(batch_norms[n])
     return {n: torch.cat(v, 1) for n, v in per_layer.items()}, {n: sum(v) / len(v) for n, v in norms.items()}
 
 

@@ -208,6 +208,11 @@ def test_paper_and_casteer_presets(tiny_pipe):
     assert cas.metadata["recommended"]["branch"] == "split" and "calibration" not in cas.metadata  # uncalibrated:
     for d in cas.directions.values():  # unit norm per bucket, so its scale is a fraction of each token's norm
         torch.testing.assert_close(d.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
+    # 4 steps in 3 buckets: the steering hooks' mapping (steps 0-1 | 2 | 3), no bucket left empty
+    uneven = tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", preset="casteer", calibrate=False, num_samples=2, num_inference_steps=4, step_buckets=3, progress=False)
+    assert uneven.step_buckets == 3 and [LayerPlan("x", torch.zeros(1, 3, 1)).bucket(k, 4) for k in range(4)] == [0, 0, 1, 2]
+    with pytest.raises(ValueError, match="step_buckets"):
+        tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", preset="casteer", calibrate=False, num_samples=2, num_inference_steps=2, step_buckets=3, progress=False)
     with pytest.raises(ValueError, match="preset"):
         tiny_pipe.learn_direction("a", "b", preset="magic")
 
