@@ -22,6 +22,7 @@ from typing import Any
 
 from steer.batch_files import manifest_lines, read_under, safe_parts
 from steer.batch_read import JOB_FIELDS, JobError, RawJob, clip, show
+from steer.pipeline import recommended_settings
 from steer.recipe import read_recipe, recipe_hash
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
@@ -235,7 +236,8 @@ class _Validator:
             not isinstance(layers, list) or not 0 < len(layers) <= MAX_LAYER_PATTERNS or not all(isinstance(x, str) and len(x) <= 200 for x in layers)
         ):
             raise JobError(line, f"steering_layers must be a layer name or a non-empty list of at most {MAX_LAYER_PATTERNS} names / globs, got {show(layers)}")
-        window = job.get("steering_window", PAPER_WINDOW)
+        rec = recommended_settings(vectors)  # what a job leaves unset comes from its directions, as in every call
+        window = job.get("steering_window", rec.get("steering_window", PAPER_WINDOW))
         if not isinstance(window, list | tuple) or len(window) != 2:
             raise JobError(line, f"steering_window must be a pair [start, end] of fractions, got {show(window)}")
         window = tuple(_check_float(line, "steering_window", w, 0.0, 1.0) for w in window)
@@ -243,13 +245,13 @@ class _Validator:
             window = check_window(window)
         except ValueError as err:
             raise JobError(line, str(err)) from None
-        branch = job.get("steering_branch", "cond")
+        branch = job.get("steering_branch", rec.get("steering_branch", "cond"))
         if branch not in BRANCHES:
             raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, got {show(branch)}")
-        mode = job.get("steering_mode", "add")
+        mode = job.get("steering_mode", rec.get("steering_mode", "add"))
         if mode not in MODES:
             raise JobError(line, f"steering_mode must be one of {list(MODES)}, got {show(mode)}")
-        normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", False))
+        normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", rec.get("steering_normalize", False)))
         strict = _check_bool(line, "steering_strict", job.get("steering_strict", True))
         return dataclasses.replace(
             setup,

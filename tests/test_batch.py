@@ -264,3 +264,22 @@ def test_two_accelerate_processes_equal_one(tiny_pipe, direction, tmp_path):
     assert files_and_hashes(tmp_path / "multi") == files_and_hashes(tmp_path / "single")
     assert (tmp_path / "multi" / batch.MANIFEST).read_bytes() == (tmp_path / "single" / batch.MANIFEST).read_bytes()
     assert not list((tmp_path / "multi").glob("manifest.rank*.jsonl"))
+
+
+def test_a_job_takes_unset_steering_options_from_its_directions_recommended_settings(tiny_pipe, tmp_path):
+    ch = layer_channels(tiny_pipe.unet, LAYERS)
+    g = torch.Generator().manual_seed(3)
+    rec = {"window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True}
+    path = SteeringVector({n: torch.randn(c, generator=g) / c**0.5 for n, c in ch.items()}, {"name": "calibrated", "recommended": rec}).save(tmp_path / "cal.safetensors")
+    jobs = [
+        {"prompt": "a bag", "seed": 5, "num_inference_steps": STEPS, "directions": [{"path": str(path), "scale": 0.3}], "name": "rec"},
+        {"prompt": "a bag", "seed": 5, "num_inference_steps": STEPS, "directions": [{"path": str(path), "scale": 0.3}], "name": "cond", "steering_branch": "cond"},
+    ]
+    batch.run(jobs, tiny_pipe, tmp_path / "out", batch_size=1, model="tiny", progress=False)
+    recipe = read_recipe(tmp_path / "out" / "rec.png")
+    assert (recipe["window"], recipe["branch"], recipe["mode"]) == ([0.0, 1.0], "split", "token")
+    assert read_recipe(tmp_path / "out" / "cond.png")["branch"] == "cond"  # an explicit option wins
+    direct = tiny_pipe("a bag", generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, steering=SteeringVector.load(path), steering_scale=0.3, output_type="np").images[0]
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "rec.png").convert("RGB")), np.round(direct * 255).astype(np.uint8))
