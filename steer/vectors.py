@@ -294,6 +294,51 @@ class SteeringVector:
             raise SteeringFileError(f"{path}: {err}") from None
         return cls({k: v.to(device) for k, v in tensors.items()}, meta)
 
+    # ----- the Hugging Face Hub (steer/hub.py) --------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_dir: str | os.PathLike,
+        filename: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool | None = None,
+        device: torch.device | str = "cpu",
+    ) -> SteeringVector:
+        """Load a direction from a local file, a folder, or a Hub repo ``"owner/name[@revision][:file]"``.
+
+        A folder or repo gives ``filename``, else ``steering_vector.safetensors``, else its only ``.safetensors``
+        file; Hub files come through the Hugging Face cache (``HF_HUB_OFFLINE`` honoured). The file is read by
+        `load`, with all its validation. See `steer.hub.resolve_direction`.
+        """
+        from steer.hub import resolve_direction
+
+        path = resolve_direction(
+            repo_id_or_dir, filename=filename, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+        )
+        return cls.load(path, device=device)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, filename: str = "steering_vector.safetensors", repo_id: str | None = None) -> Path:
+        """Write the folder `push_to_hub` uploads: the direction file and a generated README.md model card."""
+        from steer.hub import save_pretrained
+
+        return save_pretrained(self, save_directory, filename=filename, repo_id=repo_id)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        filename: str = "steering_vector.safetensors",
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+    ) -> Any:
+        """Upload this direction and its model card to the Hub model repo ``repo_id`` (see `steer.hub.push_to_hub`)."""
+        from steer.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, filename=filename, private=private, token=token, commit_message=commit_message, create_pr=create_pr)
+
 
 def _components(meta: dict[str, Any]) -> list[Any]:
     """A combination's parts, flattened so that chains of ``+`` / ``-`` do not nest metadata ever deeper."""
