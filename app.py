@@ -5,7 +5,7 @@
     python app.py --share               # opt-in public link
 
 `build_app(pipe_or_model)` returns the `gr.Blocks`, so tests and notebooks can launch it in-process. The handlers
-live in `steer.app_handlers` and the logic in `steer.app_helpers`; this file only wires components to them.
+live in `steer.app.handlers` and the logic in `steer.app.helpers`; this file only wires components to them.
 Uploads are capped (``--max-upload-mb``, default 20 MiB; larger ones are refused while they stream in) and the
 files gradio keeps are swept after 6 hours.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 import gradio as gr
 
-from steer import app_helpers as H
-from steer.app_handlers import (  # noqa: F401 - re-exported for tests and notebooks
+from steer.app import helpers as H
+from steer.app.handlers import (  # noqa: F401 - re-exported for tests and notebooks
     ERROR_STYLE,
     OK_STYLE,
     PROGRESS,
@@ -30,7 +30,7 @@ from steer.app_handlers import (  # noqa: F401 - re-exported for tests and noteb
     ok_box,
     progress_fn,
 )
-from steer.hooks import BRANCHES, MODES, PAPER_WINDOW
+from steer.config import BRANCHES, MODES, PAPER_WINDOW
 
 INTRO = """# steer - representation steering for Stable Diffusion
 Pick a direction, set the **strength** (negative subtracts) and the **layer**, and compare the original and the
@@ -60,7 +60,7 @@ def build_app(
     detector: str | Path | None = None,
     max_upload_bytes: int | None = None,
 ) -> gr.Blocks:
-    """The demo UI around a pipeline (or a model path / hub id, loaded with `steer.loading.load_pipeline`).
+    """The demo UI around a pipeline (or a model path / hub id, loaded with `steer.cli.loading.load_pipeline`).
 
     ``catalog``: the directions offered in the picker (default: the bundled ``assets/directions``); ``detector``:
     a calibrated memorization detector file (default: looked up next to the model, see `H.detector_candidates`);
@@ -70,7 +70,7 @@ def build_app(
     if cap < 1:
         raise ValueError(f"max_upload_bytes must be at least 1, got {max_upload_bytes}")
     if pipe_or_model is None or isinstance(pipe_or_model, str | Path):
-        from steer.loading import load_pipeline
+        from steer.cli.loading import load_pipeline
 
         pipe = load_pipeline(pipe_or_model, device=device)
     else:
@@ -328,7 +328,7 @@ def _default_learn(app: SteerApp) -> tuple[str, str]:
 # Command line
 # ----------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from steer.loading import default_model
+    from steer.assets import default_model
 
     parser = argparse.ArgumentParser(description="Serve the steer demo (Gradio).")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import TUNING, C, K, cell_metrics, judge, prompts_for  # noqa: E402
 
+from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
-from steer.loading import load_pipeline  # noqa: E402
 
 SCALES = (0.5, 1.0, 1.5, 2.0)
 

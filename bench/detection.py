@@ -33,16 +33,16 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from steer.baselines import NoiseDifferenceRecorder, wen_scores  # noqa: E402
-from steer.detect import (  # noqa: E402
+from steer.detect.baselines import NoiseDifferenceRecorder, wen_scores  # noqa: E402
+from steer.detect.detector import MemorizationDetector
+from steer.detect.scores import (
     DEFAULT_INLINE_WINDOW,
     RECOMMENDED_INLINE,
-    MemorizationDetector,
     cfg_distance,
     default_detection_layer,
     spikiness,
 )
-from steer.hooks import ActivationRecorder, window_bounds  # noqa: E402
+from steer.engine import ActivationRecorder, window_bounds
 
 ROOT = Path(__file__).resolve().parent.parent
 STATS = ("std", "l4_l2", "max_over_mean")
@@ -507,7 +507,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs/detection"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from steer.loading import load_pipeline
+    from steer.cli.loading import load_pipeline
 
     model = Path(args.model)
     out = Path(args.out)

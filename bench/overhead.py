@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from steer.hooks import CONTEXT_SITE, default_layers, layer_channels  # noqa: E402
+from steer.denoisers import CONTEXT_SITE, default_layers, layer_channels
 from steer.vectors import SteeringVector  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def sd15_random_pipeline(device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from steer.pipeline import SteeringStableDiffusionPipeline
+    from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
     from steer.testing import clip_tokenizer
 
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
@@ -70,7 +70,7 @@ def main() -> None:
     if args.sd15_random:
         pipe, label = sd15_random_pipeline(args.device, dtype), "SD1.5-sized random"
     elif args.model:
-        from steer.loading import load_pipeline
+        from steer.cli.loading import load_pipeline
 
         pipe, label = load_pipeline(args.model, args.device, dtype), Path(args.model).name
     else:

@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import C, K, cell_metrics, judge, prompts_for  # noqa: E402
 
+from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
-from steer.loading import load_pipeline  # noqa: E402
 
 
 def edited(kind: str, target: str, prompt: str) -> str:

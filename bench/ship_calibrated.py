@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import prompts_for  # noqa: E402
 
-from steer.loading import DIRECTIONS_DIR, load_pipeline  # noqa: E402
+from steer.assets import DIRECTIONS_DIR  # noqa: E402
+from steer.cli.loading import load_pipeline  # noqa: E402
 
 LEGACY = """
 The four `*_to_blue` files are the earlier, paper-era directions (resnet/attention-block outputs, uncalibrated); they

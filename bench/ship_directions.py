@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from steer.hooks import list_layers  # noqa: E402
+from steer.assets import DIRECTIONS_DIR  # noqa: E402
+from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.denoisers import list_layers
 from steer.lab import data as D  # noqa: E402
 from steer.lab.classifier import load_classifier, predict  # noqa: E402
-from steer.loading import DIRECTIONS_DIR, load_pipeline  # noqa: E402
 
 COLOUR_PAIRS = [
     ("red", "blue"),

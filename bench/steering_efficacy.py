@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from steer.hooks import default_layers, list_layers  # noqa: E402
+from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.denoisers import default_layers, list_layers
 from steer.lab import data as D  # noqa: E402
 from steer.lab.classifier import load_classifier, predict  # noqa: E402
-from steer.loading import load_pipeline  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "efficacy"
 

@@ -44,9 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab import data as D  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
-from steer.loading import load_pipeline  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "steering"
 C, K = D.COLOUR_NAMES, D.CLASS_NAMES

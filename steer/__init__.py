@@ -1,6 +1,6 @@
 """steer: training-free representation steering and memorization detection for Stable Diffusion (diffusers).
 
-The names below load on first use (PEP 562), so ``import steer.cli`` or ``steer.validation`` does not import diffusers
+The names below load on first use (PEP 562), so ``import steer.cli.main`` or ``steer.validation`` does not import diffusers
 and transformers before the command line has configured them.
 """
 
@@ -12,19 +12,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ActivationRecorder": "steer.hooks",
-    "DetectorFileError": "steer.detect",
-    "MemorizationDetector": "steer.detect",
-    "ModelMismatchError": "steer.vectors",
+    "ActivationRecorder": "steer.engine",
+    "DetectorFileError": "steer.errors",
+    "MemorizationDetector": "steer.detect.detector",
+    "ModelMismatchError": "steer.errors",
     "NonFiniteOutputError": "steer.validation",
-    "SteeringConfig": "steer.hooks",
-    "SteeringFileError": "steer.vectors",
-    "SteeringSession": "steer.hooks",
-    "SteeringStableDiffusionPipeline": "steer.pipeline",
+    "SteeringConfig": "steer.config",
+    "SteeringFileError": "steer.errors",
+    "SteeringSession": "steer.engine",
+    "SteeringStableDiffusionPipeline": "steer.pipelines.stable_diffusion",
     "SteeringVector": "steer.vectors",
-    "default_layers": "steer.hooks",
-    "list_layers": "steer.hooks",
-    "resolve_layers": "steer.hooks",
+    "default_layers": "steer.denoisers",
+    "list_layers": "steer.denoisers",
+    "resolve_layers": "steer.denoisers",
 }
 
 __all__ = [
@@ -44,16 +44,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from steer.detect import DetectorFileError, MemorizationDetector
-    from steer.hooks import (
-        ActivationRecorder,
-        SteeringConfig,
-        SteeringSession,
-        default_layers,
-        list_layers,
-        resolve_layers,
-    )
-    from steer.pipeline import SteeringStableDiffusionPipeline
+    from steer.config import SteeringConfig
+    from steer.denoisers import default_layers, list_layers, resolve_layers
+    from steer.detect.detector import MemorizationDetector
+    from steer.engine import ActivationRecorder, SteeringSession
+    from steer.errors import DetectorFileError
+    from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
     from steer.validation import NonFiniteOutputError
     from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
 

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from steer.calibrate import calibrate as run_calibration
 from steer.calibrate import seeded_generators
-from steer.hooks import PAPER_WINDOW, ActivationRecorder, default_layers, resolve_layers, step_bucket
-from steer.layers import CONTEXT_SITE, cross_attention_sites
+from steer.config import PAPER_WINDOW
+from steer.denoisers import CONTEXT_SITE, cross_attention_sites, default_layers, denoiser_of, resolve_layers
+from steer.engine import ActivationRecorder, step_bucket
 from steer.vectors import SteeringVector, unet_fingerprint
 
 Method = Literal["mean", "mean_diff", "pca"]
@@ -38,8 +39,6 @@ FAST_WINDOW = (0.8, 1.0)
 Progress = bool | Callable[[float, str], None]
 
 
-def _unet(pipe):
-    return getattr(pipe.unet, "_orig_mod", pipe.unet)
 
 
 def _is_image_item(item: Any) -> bool:
@@ -110,7 +109,10 @@ def encode_images(pipe, images: Sequence[Any], height: int | None = None, width:
 
 @torch.no_grad()
 def encode_text(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """Conditional text embeddings, one row per prompt."""
+    """Conditional text tokens as the denoiser reads them (its ``encoder_hidden_states``), one row per prompt."""
+    family_encoder = getattr(pipe, "steering_text_embeddings", None)
+    if family_encoder is not None:
+        return family_encoder(list(prompts))
     embeds, _ = pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)
     return embeds
 
@@ -129,7 +131,7 @@ def extract_from_latents(
     progress: Progress = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Noise clean latents to ``timestep`` and run one UNet pass; return pooled (N, C) per layer and act norms."""
-    unet = _unet(pipe)
+    unet = denoiser_of(pipe)
     noiser = DDPMScheduler.from_config(pipe.scheduler.config)
     if not 0 <= timestep < noiser.config.num_train_timesteps:
         raise ValueError(f"timestep must be in [0, {noiser.config.num_train_timesteps}), got {timestep}")
@@ -239,8 +241,9 @@ def record_steps(
     at every step in ``window``: per layer ``{step: (B, C)}``, and each layer's activation norm."""
     call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe
     recorder = ActivationRecorder(
-        _unet(pipe), layers, pooling, window=window, num_steps=lambda: len(call_pipe.scheduler.timesteps),
-        cfg=lambda: call_pipe.do_classifier_free_guidance, branch="cond",
+        denoiser_of(pipe), layers, pooling, window=window,
+        num_steps=getattr(call_pipe, "steering_num_steps", lambda: len(call_pipe.scheduler.timesteps)),
+        cfg=getattr(call_pipe, "steering_cfg", lambda: call_pipe.do_classifier_free_guidance), branch="cond",
     )
     with recorder:
         _plain_call(call_pipe, list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs)
@@ -248,10 +251,9 @@ def record_steps(
 
 
 def _plain_call(pipe, *args: Any, **kwargs: Any):
-    """Call the parent `StableDiffusionPipeline.__call__` (no steering from an enclosing `pipe.steering` block)."""
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline.__call__(pipe, *args, **kwargs)
+    """Call the diffusers pipeline's own ``__call__`` (no steering from an enclosing `pipe.steering` block)."""
+    parent = getattr(type(pipe), "_steering_parent", type(pipe))
+    return parent.__call__(pipe, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -390,7 +392,7 @@ def learn_direction(
         seed, name, progress, batch_size, num_inference_steps, guidance_scale, timestep, image_prompts,
             capture_window: as their names say; ``call_kwargs`` go to the sampling calls.
     """
-    unet = _unet(pipe)
+    unet = denoiser_of(pipe)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items:
         raise ValueError("the positive set is empty")

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from steer.config import BRANCHES, MODES
 from steer.errors import NonFiniteOutputError, SchemaError  # noqa: F401  (re-exported)
-from steer.hooks import BRANCHES, MODES  # noqa: F401  (one definition of the choices, re-exported)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Limits (documented in docs/reliability.md)
@@ -257,7 +257,7 @@ def check_vector_values(t: torch.Tensor, where: str) -> None:
 
 
 def check_detector_header(header: dict[str, Any], score_kinds: Iterable[str], choices: Mapping[str, Sequence[str]]) -> None:
-    """A detector file's ``config``, ``thresholds``, ``fpr`` and ``model`` (see `steer.detect.MemorizationDetector`)."""
+    """A detector file's ``config``, ``thresholds``, ``fpr`` and ``model`` (see `steer.detect.detector.MemorizationDetector`)."""
     cfg = check_dict(header.get("config"), "config", optional=False)
     missing = [k for k in ("layers", "pooling", "statistic", "timestep", "prompt") if k not in cfg]
     if missing:

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
-from steer.layers import layer_channels
 from steer.validation import SchemaError, check_depth, check_direction_metadata, check_direction_tensors
 
 FORMAT_NAME = "steer.SteeringVector"
@@ -60,7 +60,7 @@ def _jsonable(value: Any) -> Any:
 def unet_fingerprint(unet: torch.nn.Module, layers: Iterable[str] | None = None) -> dict[str, Any]:
     """Identify a UNet: class, architecture summary, config hash and a hash of a few weights.
 
-    ``layers`` adds their output channel counts (see `steer.hooks.layer_channels`).
+    ``layers`` adds their output channel counts (see `steer.denoisers.layer_channels`).
     """
     config = dict(getattr(unet, "config", {}) or {})
     clean = {k: _jsonable(v) for k, v in sorted(config.items()) if not k.startswith("_")}

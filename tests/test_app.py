@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from steer import app_helpers as H
+from steer.app import helpers as H
+from steer.denoisers import denoiser_of
 from steer.recipe import read_recipe
 from steer.testing import tiny_pipeline
 from steer.vectors import SteeringVector, unet_fingerprint
@@ -28,9 +29,9 @@ def free_port() -> int:
 
 def constructed_direction(pipe, seed: int = 0, name: str = "constructed") -> SteeringVector:
     """A random direction on every hookable layer of ``pipe``, with ``pipe``'s fingerprint."""
-    unet = H.plain_unet(pipe)
+    unet = denoiser_of(pipe)
     layers = H.layer_names(pipe)
-    from steer.hooks import layer_channels
+    from steer.denoisers import layer_channels
 
     g = torch.Generator().manual_seed(seed)
     dirs = {n: torch.randn(c, generator=g) for n, c in layer_channels(unet, layers).items()}
@@ -348,7 +349,7 @@ def test_memorization_panel(client):
     assert "no calibrated detector" in status
     detector_file, info = client.predict("a photo of a dog\na photo of a cat", 8, 0.1, 3, 5.0, api_name="/calibrate")
     assert "calibrated on 8 ordinary samples" in info
-    from steer.detect import MemorizationDetector
+    from steer.detect.detector import MemorizationDetector
 
     assert MemorizationDetector.load(detector_file, tiny_pipeline(seed=0)).threshold is not None
     plot, status = client.predict("steered", api_name="/memorization")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steer import app_helpers as H
+from steer.app import helpers as H
 
 pytestmark = pytest.mark.browser
 
@@ -47,7 +47,8 @@ def served(tmp_path_factory):
     from test_app import constructed_direction, free_port
 
     import app
-    from steer.loading import DEFAULT_MODEL, load_pipeline
+    from steer.assets import DEFAULT_MODEL
+    from steer.cli.loading import load_pipeline
     from steer.testing import tiny_pipeline
 
     threads = torch.get_num_threads()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from steer import batch
-from steer.hooks import layer_channels
+from steer.denoisers import layer_channels
+from steer.jobs import run as batch
 from steer.recipe import png_bytes_hash, read_recipe
 from steer.vectors import SteeringVector
 
@@ -110,9 +110,9 @@ def test_every_bad_value_is_reported_up_front_with_its_line(tiny_pipe, direction
 
 
 def test_directions_resolve_next_to_the_jobs_file_then_bundled(tiny_pipe, direction, tmp_path, monkeypatch):
-    import steer.loading
+    import steer.assets
 
-    monkeypatch.setattr(steer.loading, "bundled_directions", lambda: {"red_bundled": direction})
+    monkeypatch.setattr(steer.assets, "bundled_directions", lambda: {"red_bundled": direction})
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "local.safetensors").write_bytes(direction.read_bytes())
     jobs = write_jsonl(tmp_path / "jobs" / "j.jsonl", [{"prompt": "a", "directions": [{"path": p}]} for p in ("local.safetensors", "red_bundled")])
@@ -228,7 +228,7 @@ def test_names_stay_inside_out_and_never_overwrite_unrelated_files(tiny_pipe, tm
 
 
 def test_cli_runs_good_jobs_reports_bad_lines_and_exits_nonzero(tiny_pipe, direction, tmp_path, capsys):
-    from steer.cli import main
+    from steer.cli.main import main
 
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
@@ -255,7 +255,7 @@ def test_two_accelerate_processes_equal_one(tiny_pipe, direction, tmp_path):
     args = [str(jobs), "--model", str(model), "--device", "cpu", "--batch-size", "2", "--no-progress"]
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "steer.batch"]
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "steer.cli", "batch"]
     multi = subprocess.run([*launch, *args, "--out", str(tmp_path / "multi")], env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
     assert "6 written" in multi.stdout and multi.stdout.count("steer batch:") == 1  # the main process's summary

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from steer.cli import main
+from steer.cli.main import main
 from steer.recipe import read_recipe
 from steer.testing import assert_one_line_error
 from steer.vectors import SteeringVector
@@ -118,7 +118,7 @@ def run_main(argv: list[str], capsys) -> tuple[object, str, str]:
 
 
 def test_every_subcommand_is_registered():
-    from steer.cli import build_parser
+    from steer.cli.main import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public listing
     assert {"learn", "generate", "layers", "inspect", "detect", "batch", "lab"} <= set(commands)
@@ -189,7 +189,7 @@ def test_lab_relu_diffusion_returns_its_stats_and_exits_0(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------------------
 def steer_script() -> list[str]:
     script = Path(sys.executable).with_name("steer")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "steer.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "steer.cli.main"]
 
 
 def run_script(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

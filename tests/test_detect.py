@@ -8,17 +8,11 @@ import math
 import pytest
 import torch
 
-from steer.baselines import NoiseDifferenceRecorder, wen_scores
-from steer.detect import (
-    DetectorFileError,
-    MemorizationDetector,
-    SteeringPipelineOutput,
-    cfg_distance,
-    default_detection_layer,
-    quantile_threshold,
-    spikiness,
-)
-from steer.hooks import ActivationRecorder
+from steer.detect.baselines import NoiseDifferenceRecorder, wen_scores
+from steer.detect.detector import MemorizationDetector, SteeringPipelineOutput
+from steer.detect.scores import cfg_distance, default_detection_layer, quantile_threshold, spikiness
+from steer.engine import ActivationRecorder
+from steer.errors import DetectorFileError
 from steer.vectors import ModelMismatchError
 
 STEPS = 3
@@ -254,7 +248,7 @@ def test_wen_baseline_equals_hand_computation(tiny_pipe):
 
 # ---------------------------------------------------------------------------------------------------------------- CLI
 def test_cli_writes_report_summary_and_histogram(tiny_pipe, tmp_path, capsys):
-    from steer.cli import main
+    from steer.cli.main import main
 
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)

@@ -8,7 +8,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from steer import ModelMismatchError, SteeringFileError, SteeringStableDiffusionPipeline, SteeringVector
-from steer.hooks import LayerError, SteeringConfig, SteeringSession, build_layer_plans, layer_channels, window_bounds
+from steer.config import SteeringConfig
+from steer.denoisers import LayerError, layer_channels
+from steer.engine import SteeringSession, build_layer_plans, window_bounds
 
 STEPS = 6
 PROMPT = "a red sneaker"

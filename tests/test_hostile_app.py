@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_app import constructed_direction, free_port, generate_args
 
-from steer import app_helpers as H
+from steer.app import helpers as H
 from steer.files import tensor_digest
 from steer.testing import tiny_pipeline
 from steer.vectors import SteeringVector
@@ -347,7 +347,7 @@ def test_learn_images_caps(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def detector_file(pipe, folder) -> Path:
-    from steer.detect import MemorizationDetector
+    from steer.detect.detector import MemorizationDetector
 
     detector = MemorizationDetector(pipe)
     detector.calibration = {"reencode": torch.linspace(0.1, 1.0, 16)}

@@ -3,7 +3,7 @@ memory, nothing outside ``--out`` changes, and the valid jobs of the same file s
 
 The hostile files run through the real CLI in ONE subprocess under a memory cap (RLIMIT_AS) and a timeout (the
 interpreter starts and the tiny model loads once); its results are then checked case by case. The lock is checked with
-two real processes: the worker holds ``--out``'s lock while a second ``python -m steer.batch`` tries the same folder.
+two real processes: the worker holds ``--out``'s lock while a second ``python -m steer.cli batch`` tries the same folder.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from steer import batch
-from steer.hooks import layer_channels
+from steer.denoisers import layer_channels
+from steer.jobs import run as batch
 from steer.vectors import SteeringVector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,12 +34,12 @@ OK = {"prompt": "fine", "num_inference_steps": 2}
 _WORKER = r"""
 import contextlib, io, json, os, resource, sys, time
 spec = json.load(open(sys.argv[1]))
-import steer.loading
-from steer.batch_files import OutDir, new_run_id
-from steer.cli import main
-_load, _loaded = steer.loading.load_pipeline, {}
-steer.loading.load_pipeline = lambda model, device, **kw: _loaded.get(model) or _loaded.setdefault(model, _load(model, device, **kw))
-steer.loading.load_pipeline(spec["model"], "cpu", progress=False)  # once, before the clocks start
+import steer.cli.loading
+from steer.jobs.files import OutDir, new_run_id
+from steer.cli.main import main
+_load, _loaded = steer.cli.loading.load_pipeline, {}
+steer.cli.loading.load_pipeline = lambda model, device, **kw: _loaded.get(model) or _loaded.setdefault(model, _load(model, device, **kw))
+steer.cli.loading.load_pipeline(spec["model"], "cpu", progress=False)  # once, before the clocks start
 holder = OutDir(spec["lock_out"], new_run_id())
 holder.lock()  # the first of the two processes on one --out
 open(spec["locked"], "w").close()
@@ -243,7 +243,7 @@ def hostile(tiny_pipe, tmp_path_factory):
             assert worker.poll() is None, worker.communicate()[1][-3000:]
             assert time.perf_counter() - t0 < 120, "the worker did not start"
             time.sleep(0.2)
-        second = subprocess.run([sys.executable, "-m", "steer.batch", str(lock_jobs), "--out", str(lock_out), "--model", str(model),
+        second = subprocess.run([sys.executable, "-m", "steer.cli", "batch", str(lock_jobs), "--out", str(lock_out), "--model", str(model),
                                  "--device", "cpu", "--no-progress"], env=_env(tmp), preexec_fn=_cap_memory,
                                 capture_output=True, text=True, timeout=180)
         lock_files = sorted(p.name for p in lock_out.iterdir())

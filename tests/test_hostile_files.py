@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from steer import DetectorFileError, MemorizationDetector, SteeringFileError, SteeringVector
-from steer.cli import main
+from steer.cli.main import main
 from steer.files import tensor_digest, write_checked
 from steer.testing import assert_one_line_error
 from steer.vectors import unet_fingerprint
@@ -197,7 +197,7 @@ def test_oversized_header_is_refused_before_parsing(good_direction, tmp_path, ca
 
 
 def test_the_good_direction_and_the_bundled_ones_still_load(good_direction, capsys):
-    from steer.loading import bundled_directions
+    from steer.assets import bundled_directions
 
     assert SteeringVector.load(good_direction).name == "good"
     bundled = bundled_directions()
@@ -336,8 +336,8 @@ def test_good_detector_loads_and_hostile_ones_fail_in_the_pipeline_and_the_cli(t
 
 
 def test_bundled_detectors_still_load():
-    from steer.detect import _read_detector_file
-    from steer.loading import ASSETS
+    from steer.assets import ASSETS
+    from steer.detect.detector import _read_detector_file
 
     files = sorted((ASSETS / "detectors").glob("*.safetensors"))
     assert files

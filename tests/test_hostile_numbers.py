@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from steer import NonFiniteOutputError, SteeringVector
-from steer.cli import main
+from steer.cli.main import main
 from steer.testing import assert_one_line_error
 from steer.validation import MAX_SCALE, MAX_SWEEP, MAX_VECTOR_ENTRY, check_steering_request
 
@@ -234,9 +234,9 @@ def test_learn_and_lab_refuse_bad_numbers_with_one_line(tmp_path, capsys, monkey
 
 def test_cli_never_writes_a_nan_png(tiny_pipe, tmp_path, capsys, monkeypatch):
     """A generation that ends in NaN (here: a faulty UNet) is exit status 2 with one line, and no PNG."""
-    import steer.loading
+    import steer.cli.loading
 
-    monkeypatch.setattr(steer.loading, "load_pipeline", lambda *a, **k: tiny_pipe)
+    monkeypatch.setattr(steer.cli.loading, "load_pipeline", lambda *a, **k: tiny_pipe)
     out = tmp_path / "out"
     handle = _nan_unet(tiny_pipe)
     try:
@@ -248,9 +248,9 @@ def test_cli_never_writes_a_nan_png(tiny_pipe, tmp_path, capsys, monkeypatch):
 
 
 def test_generate_still_works_at_ordinary_values(tiny_pipe, tmp_path, capsys, monkeypatch):
-    import steer.loading
+    import steer.cli.loading
 
-    monkeypatch.setattr(steer.loading, "load_pipeline", lambda *a, **k: tiny_pipe)
+    monkeypatch.setattr(steer.cli.loading, "load_pipeline", lambda *a, **k: tiny_pipe)
     out = tmp_path / "out"
     rc, _ = _run(["generate", "--prompt", "a sneaker", "--steps", "1", "--num-images", "2", "--seed", "3", "--out", str(out)], capsys)
     assert rc == 0

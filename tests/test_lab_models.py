@@ -117,7 +117,7 @@ def test_demo_follows_colour_and_class_prompts(demo):
 
 
 def test_demo_is_seeded_and_reproducible(demo):
-    from steer.lab.train import sample
+    from steer.lab.models import sample
 
     a = sample(demo, ["a green trouser", "a blue bag"], seed=3, steps=5)
     b = sample(demo, ["a green trouser", "a blue bag"], seed=3, steps=5)
@@ -126,7 +126,7 @@ def test_demo_is_seeded_and_reproducible(demo):
 
 
 def test_hybrid_memorized_prompts_reproduce_their_training_images(hybrid):
-    from steer.lab.train import sample
+    from steer.lab.models import sample
 
     prompts = (HYBRID / "memorized_prompts.txt").read_text().splitlines()
     info = json.loads((HYBRID / "memorized_images.json").read_text())
@@ -147,7 +147,8 @@ def test_hybrid_memorized_prompts_reproduce_their_training_images(hybrid):
 
 
 def test_training_resumes_exactly(tmp_path):
-    from steer.lab.train import export, main
+    from steer.lab.export import export
+    from steer.lab.train import main
 
     common = ["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
               "--checkpoint-minutes", "0"]
@@ -206,8 +207,9 @@ def test_hybrid_inline_cfg_distance_flags_memorized_prompts(offline):
     """The bundled detector's inline score (CFG distance, docs/detection.md) separates the hybrid's memorized prompts
     from ordinary ones on fresh samples, at no extra UNet evaluation (measured: 5.5-7.5 vs 1.1-2.5 at 25 steps;
     the 1 % FPR threshold 2.44 came from other seeds and flags one of these six ordinary samples, at 2.50)."""
-    from steer.detect import MemorizationDetector
-    from steer.loading import ASSETS, load_pipeline
+    from steer.assets import ASSETS
+    from steer.cli.loading import load_pipeline
+    from steer.detect.detector import MemorizationDetector
 
     pipe = load_pipeline(str(HYBRID), "cpu")
     det = MemorizationDetector.load(ASSETS / "detectors" / "demo-hybrid.safetensors", pipe)  # fingerprint-checked
@@ -224,7 +226,8 @@ def test_hybrid_inline_cfg_distance_flags_memorized_prompts(offline):
 def test_time_budget_stops_training_with_a_checkpoint(tmp_path):
     """``--max-minutes`` fits the run to a wall-clock budget: out of time, it stops at the next step, records the
     steps it ran as the schedule's length, and still checkpoints and exports."""
-    from steer.lab.train import TimeBudget, main
+    from steer.lab.schedule import TimeBudget
+    from steer.lab.train import main
 
     main(["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
           "--out", str(tmp_path / "run"), "--steps", "500", "--max-minutes", "0.00001", "--device", "cpu"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from steer.hooks import default_layers
+from steer.denoisers import default_layers
 from steer.learn import aggregate, extract_during_sampling, generate_samples
 
 POS, NEG = ["a blue sneaker", "a blue bag"], ["a red sneaker", "a red bag"]

@@ -10,15 +10,9 @@ from diffusers import StableDiffusionPipeline
 
 from steer import SteeringVector
 from steer.calibrate import open_prompts
-from steer.hooks import (
-    CONTEXT_SITE,
-    LayerPlan,
-    SteeringConfig,
-    apply_delta,
-    build_layer_plans,
-    layer_channels,
-    list_layers,
-)
+from steer.config import SteeringConfig
+from steer.denoisers import CONTEXT_SITE, layer_channels, list_layers
+from steer.engine import LayerPlan, apply_delta, build_layer_plans
 
 STEPS = 6
 PROMPT = "a red sneaker"

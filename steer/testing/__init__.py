@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from steer.assets import ASSETS  # noqa: E402
 TOKENIZER_DIR = ASSETS / "clip-tokenizer"
 
 
@@ -73,7 +73,7 @@ def tiny_components(seed: int = 0, sample_size: int = 8, text_width: int = 32) -
 def tiny_pipeline(seed: int = 0, cls=None, **kwargs):
     """A `SteeringStableDiffusionPipeline` (or ``cls``) on `tiny_components`; fp32 on the CPU."""
     if cls is None:
-        from steer.pipeline import SteeringStableDiffusionPipeline as cls
+        from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline as cls
     pipe = cls(**tiny_components(seed, **kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.app_base import (
+from steer.app.base import (
     LIMITS,
     MALFORMED_FILE_ERRORS,
     UserError,
@@ -22,11 +22,11 @@ from steer.app_base import (
     md_code,
     md_text,
     model_name,
-    plain_unet,
     shown,
     slug,
 )
-from steer.hooks import BRANCHES, MODES, LayerError
+from steer.config import BRANCHES, MODES
+from steer.denoisers import LayerError, denoiser_of
 from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
 
 NONE_CHOICE = "(none)"
@@ -54,7 +54,7 @@ class DirectionCatalog:
 
     @classmethod
     def from_assets(cls) -> DirectionCatalog:
-        from steer.loading import bundled_directions
+        from steer.assets import bundled_directions
 
         return cls({name: Path(path) for name, path in bundled_directions().items()})
 
@@ -186,7 +186,7 @@ def check_fits(vector: SteeringVector, pipe, strict: bool = True) -> None:
     fingerprint cannot be read)."""
     name = shown(vector.name)
     try:
-        vector.check_compatible(plain_unet(pipe), strict=strict)
+        vector.check_compatible(denoiser_of(pipe), strict=strict)
     except LayerError as err:
         raise UserError(f"direction {name} is from another model: {err}") from None
     except ModelMismatchError as err:
@@ -262,7 +262,7 @@ DETECTOR_FILES = ("detector.safetensors", "memorization_detector.safetensors", "
 def detector_candidates(pipe) -> list[Path]:
     """Where a calibrated detector for ``pipe``'s model is looked for: ``$STEER_DETECTOR``, next to the model,
     then ``assets/detectors/<model name>.safetensors``."""
-    from steer.loading import ASSETS
+    from steer.assets import ASSETS
 
     out = [Path(os.environ["STEER_DETECTOR"])] if os.environ.get("STEER_DETECTOR") else []
     name = model_name(pipe)
@@ -304,7 +304,7 @@ def load_detector(pipe, path: str | os.PathLike | None = None):
     Raises `UserError` when steer.detect is missing or the file is damaged, malformed or from another model.
     """
     try:
-        from steer.detect import MemorizationDetector
+        from steer.detect.detector import MemorizationDetector
     except ImportError:
         raise UserError("memorization detection is not available: steer.detect is missing from this install") from None
     paths = [Path(path)] if path else [p for p in detector_candidates(pipe) if p.is_file()]

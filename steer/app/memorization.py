@@ -1,5 +1,5 @@
 """The Memorization tab's logic: calibrate a detector in the app, and show a verdict with the ordinary-sample
-histogram. Never imports gradio (see `steer.app_helpers`)."""
+histogram. Never imports gradio (see `steer.app.helpers`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from steer.app_base import LIMITS, ProgressFn, UserError, check_float, check_int, check_prompt
+from steer.app.base import LIMITS, ProgressFn, UserError, check_float, check_int, check_prompt
 
 
 def calibrate_detector(
@@ -23,7 +23,7 @@ def calibrate_detector(
 ):
     """A fresh detector calibrated on ``samples`` ordinary images of ``prompts`` (thresholds at ``fpr``)."""
     try:
-        from steer.detect import MemorizationDetector
+        from steer.detect.detector import MemorizationDetector
     except ImportError:
         raise UserError("memorization detection is not available: steer.detect is missing from this install") from None
     prompts = [check_prompt(p, "calibration prompt") for p in prompts if p.strip()]
@@ -34,7 +34,7 @@ def calibrate_detector(
     items = [prompts[i % len(prompts)] for i in range(samples)]
     if progress:
         progress(0.0, "calibrating")
-    from steer.detect import RECOMMENDED_INLINE
+    from steer.detect.scores import RECOMMENDED_INLINE
 
     try:  # the inline score that worked best (docs/detection.md); it needs the layer and classifier-free guidance
         detector = MemorizationDetector(pipe, **RECOMMENDED_INLINE) if guidance > 1.0 else MemorizationDetector(pipe)

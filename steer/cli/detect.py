@@ -12,14 +12,8 @@ from typing import Any
 
 import torch
 
-from steer.detect import (
-    DEFAULT_INLINE_WINDOW,
-    INLINE_SCORES,
-    SCORE_KINDS,
-    STATISTICS,
-    MemorizationDetector,
-    detect_memorization,
-)
+from steer.detect.detector import MemorizationDetector, detect_memorization
+from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
 from steer.validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int
 
 
@@ -28,7 +22,7 @@ from steer.validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, boun
 # ----------------------------------------------------------------------------------------------------------------------
 def configure_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``steer detect``."""
-    from steer.loading import default_model
+    from steer.assets import default_model
 
     p = subparsers.add_parser(
         "detect",
@@ -90,7 +84,7 @@ def _list_images(directory: str) -> list[Path]:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from steer.loading import load_pipeline
+    from steer.cli.loading import load_pipeline
 
     if not (args.prompts or args.images or args.calibrate):
         raise ValueError("give --prompts FILE or --images DIR (and/or --calibrate FILE)")

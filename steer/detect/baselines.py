@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from steer.hooks import _main_tensor, _UNetRun
+from steer.denoisers import main_tensor, unwrap
+from steer.engine import DenoiserRun
 
 
-class NoiseDifferenceRecorder(_UNetRun):
+class NoiseDifferenceRecorder(DenoiserRun):
     """Records ``||eps_cond - eps_uncond||_2`` per image at every UNet call of a CFG run (this context only).
 
     ``records`` is a list of (images,) tensors, one per step. Calls without CFG (odd or un-guided batches) are
@@ -26,7 +27,7 @@ class NoiseDifferenceRecorder(_UNetRun):
     """
 
     def __init__(self, unet: torch.nn.Module, cfg: bool | Any = True):
-        super().__init__(getattr(unet, "_orig_mod", unet), None, cfg)
+        super().__init__(unwrap(unet), None, cfg)
         self.records: list[torch.Tensor] = []
 
     def _register(self) -> None:
@@ -35,7 +36,7 @@ class NoiseDifferenceRecorder(_UNetRun):
     def _hook(self, _module: torch.nn.Module, _args: Any, output: Any) -> None:
         if not self.mine() or not self.cfg:
             return
-        eps = _main_tensor(output).detach().float()
+        eps = main_tensor(output).detach().float()
         if eps.shape[0] % 2:
             return
         uncond, cond = eps.chunk(2)

@@ -1,7 +1,7 @@
 """Shared ground of the Gradio demo's helpers: request limits, `UserError`, validators, pipeline facts, and the
 text cleaning every user- or file-supplied string goes through before it is shown.
 
-Never imports gradio (see `steer.app_helpers`, which re-exports everything here).
+Never imports gradio (see `steer.app.helpers`, which re-exports everything here).
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from steer.hooks import LayerError, list_layers
+from steer.denoisers import LayerError, denoiser_of, list_layers
 from steer.vectors import ModelMismatchError, SteeringFileError
 
 ProgressFn = Callable[[float, str], None]
@@ -190,18 +188,16 @@ def slug(text: str, limit: int = 60) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 # Pipeline facts
 # ----------------------------------------------------------------------------------------------------------------------
-def plain_unet(pipe) -> torch.nn.Module:
-    return getattr(pipe.unet, "_orig_mod", pipe.unet)
 
 
 def layer_names(pipe) -> list[str]:
     """The hookable layers, input side to output side (the layer slider walks these)."""
-    return list_layers(plain_unet(pipe))
+    return list_layers(denoiser_of(pipe))
 
 
 def native_size(pipe) -> int:
     """The image side the UNet was trained for."""
-    sample = plain_unet(pipe).config.sample_size
+    sample = denoiser_of(pipe).config.sample_size
     sample = sample if isinstance(sample, int) else sample[0]
     return int(sample * pipe.vae_scale_factor)
 

@@ -1,5 +1,5 @@
-"""Reading a jobs file of any supported kind: the one entry point over the JSONL/CSV reader (`steer.batch_read`)
-and the bounded YAML reader (`steer.batch_yaml`)."""
+"""Reading a jobs file of any supported kind: the one entry point over the JSONL/CSV reader (`steer.jobs.read`)
+and the bounded YAML reader (`steer.jobs.yaml_reader`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import codecs
 import os
 from pathlib import Path
 
-from steer.batch_read import (
+from steer.jobs.read import (
     MAX_FILE_BYTES,
     MAX_JOBS,
     MAX_YAML_BYTES,
@@ -17,7 +17,7 @@ from steer.batch_read import (
     _read_jsonl,
     show,
 )
-from steer.batch_yaml import read_yaml
+from steer.jobs.yaml_reader import read_yaml
 
 
 def read_jobs(path: str | os.PathLike) -> list[RawJob]:

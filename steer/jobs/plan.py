@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.batch_files import manifest_lines, read_under, safe_parts
-from steer.batch_read import JOB_FIELDS, JobError, RawJob, clip, show
-from steer.pipeline import recommended_settings
+from steer.config import recommended_settings
+from steer.jobs.files import manifest_lines, read_under, safe_parts
+from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.recipe import read_recipe, recipe_hash
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
@@ -208,7 +208,7 @@ class _Validator:
         return self._vectors[path], str(path), scales
 
     def _find_direction(self, line: int, name: str) -> Path:
-        from steer.loading import bundled_directions
+        from steer.assets import bundled_directions
 
         if "\0" in name:
             raise JobError(line, f"direction path {show(name)} holds a NUL character")
@@ -227,7 +227,7 @@ class _Validator:
         raise JobError(line, f"direction file not found: {show(name)} (looked for {where}){known}")
 
     def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
-        from steer.hooks import BRANCHES, MODES, PAPER_WINDOW, check_window
+        from steer.config import BRANCHES, MODES, PAPER_WINDOW, check_window
 
         layers = job.get("steering_layers")
         if isinstance(layers, str):

@@ -1,7 +1,7 @@
 """The Gradio demo's event handlers (`SteerApp`) and status boxes; `app.py` builds the UI around them.
 
 Every handler the UI wires is wrapped in `guarded`: any exception becomes a one-line message (a toast and an
-error box), never a traceback or gradio's bare "Error". The logic without gradio lives in `steer.app_helpers`.
+error box), never a traceback or gradio's bare "Error". The logic without gradio lives in `steer.app.helpers`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from steer import app_helpers as H
+from steer.app import helpers as H
 
 log = logging.getLogger("steer.app")
 PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker

@@ -9,16 +9,8 @@ from pathlib import Path
 
 import torch
 
-from steer.pipeline import SteeringStableDiffusionPipeline
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_MODEL = ASSETS / "models" / "demo"
-DIRECTIONS_DIR = ASSETS / "directions"
-
-
-def default_model() -> str:
-    """``$STEER_MODEL`` if set, else the embedded demo model."""
-    return os.environ.get("STEER_MODEL", str(DEFAULT_MODEL))
+from steer.assets import default_model
+from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
 
 
 def default_device() -> torch.device:
@@ -86,10 +78,3 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress)
     return pipe
-
-
-def bundled_directions() -> dict[str, Path]:
-    """Name -> path of the directions shipped under ``assets/directions``."""
-    if not DIRECTIONS_DIR.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(DIRECTIONS_DIR.glob("*.safetensors"))}

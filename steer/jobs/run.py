@@ -16,8 +16,8 @@ non-finite (NaN) fails its job instead of being written black. Rerunning the sam
 the recipe hash; the PNG must exist with its recorded sha256). Under 🤗 accelerate, batches are dealt round-robin to the
 processes; each appends to its own ``manifest.rank{N}.jsonl`` and the main process merges them into ``manifest.jsonl``.
 
-Hostile input is bounded: see `steer.batch_read` (jobs files: sizes, lines, nesting, YAML aliases), `steer.batch_plan`
-(values: scales, prompts, image counts) and `steer.batch_files` (``--out``: lock, no symlinks followed, temp files
+Hostile input is bounded: see `steer.jobs.read` (jobs files: sizes, lines, nesting, YAML aliases), `steer.jobs.plan`
+(values: scales, prompts, image counts) and `steer.jobs.files` (``--out``: lock, no symlinks followed, temp files
 named by run). The limits are listed in the README's batch section.
 
 Python API: `run` (returns the summary), `read_jobs`, `plan_jobs`, `generate_batch`.
@@ -25,20 +25,18 @@ Python API: `run` (returns the summary), `read_jobs`, `plan_jobs`, `generate_bat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.batch_files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id
-from steer.batch_jobs import read_jobs
-from steer.batch_plan import (
+from steer.jobs.files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id
+from steer.jobs.formats import read_jobs
+from steer.jobs.plan import (
     DEFAULTS,
     MAX_GUIDANCE,
     MAX_IMAGES,
@@ -60,7 +58,7 @@ from steer.batch_plan import (
     read_manifest_entries,
     sanitize_name,
 )
-from steer.batch_read import (
+from steer.jobs.read import (
     ECHO_CHARS,
     JOB_FIELDS,
     MAX_DEPTH,
@@ -468,85 +466,3 @@ def _summary(plan: Plan, tallies: list[dict[str, Any]], out: Path, seconds: floa
         "images_per_s": round(written / gen_seconds, 3) if gen_seconds > 0 else 0.0,
         "manifest": str(out / MANIFEST),
     }
-
-
-# ======================================================================================================================
-# Command line
-# ======================================================================================================================
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``steer batch`` arguments."""
-    from steer.loading import default_model
-
-    p.add_argument("jobs", help="jobs file: .jsonl, .csv or .yaml (see examples/jobs.*)")
-    p.add_argument("--out", required=True, help="output directory (PNGs + manifest.jsonl); rerun to resume; one run at a time")
-    p.add_argument("--model", default=default_model(), help="pipeline directory or hub id (default: the embedded demo model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available; per process under accelerate)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def configure_parser(subparsers: Any) -> None:
-    """Add the ``batch`` subcommand to the ``steer`` CLI."""
-    p = subparsers.add_parser("batch", help="run a jobs file (.jsonl/.csv/.yaml) of generations: batched, resumable, multi-process")
-    add_arguments(p)
-    p.set_defaults(func=cmd_batch)
-
-
-def cmd_batch(args: argparse.Namespace) -> int:
-    """``steer batch``: exit status 0 when every job ran, 1 when some failed, 2 for a bad file or a busy ``--out``."""
-    from steer.loading import load_pipeline
-
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    raw = read_jobs(args.jobs)  # fail fast on an unreadable file, before loading the model
-    state = process_state(cpu=args.device == "cpu" if args.device else None)
-    device = args.device
-    if device is None and state.num_processes > 1:
-        device = getattr(state, "device", None)
-    if not args.progress or not state.is_main_process:
-        from diffusers.utils import logging as diffusers_logging
-        from transformers.utils import logging as transformers_logging
-
-        diffusers_logging.disable_progress_bar()
-        transformers_logging.disable_progress_bar()
-    # One process: lock --out before loading the model, so a second run stops at once.
-    out = OutDir(args.out, new_run_id()) if state.num_processes == 1 else None
-    try:
-        if out is not None:
-            out.lock()
-            _check_manifests(out)
-        pipe = load_pipeline(args.model, device, progress=False)
-        summary = run(raw, pipe, out if out is not None else args.out, args.batch_size, model=str(args.model),
-                      progress=args.progress, report=_stderr, state=state, base_dir=Path(args.jobs).resolve().parent)
-    finally:
-        if out is not None:
-            out.close()
-    if state.is_main_process:
-        _print_summary(summary)
-    return 1 if summary["failed"] else 0
-
-
-def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _print_summary(summary: dict[str, Any]) -> None:
-    print(
-        f"steer batch: {summary['written']} written, {summary['skipped']} skipped, {summary['failed']} job(s) failed, "
-        f"{summary['images']} planned in {summary['seconds']:.1f}s ({summary['images_per_s']:.2f} images/s); "
-        f"manifest {summary['manifest']}",
-        flush=True,
-    )
-    for text in _failure_lines(summary["failures"], "  failed line"):
-        _stderr(text)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m steer.batch JOBS --out DIR ...`` (the form to use with ``accelerate launch -m``)."""
-    from steer.cli import main as cli_main
-
-    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

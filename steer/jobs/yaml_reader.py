@@ -23,7 +23,7 @@ from yaml.resolver import Resolver
 from yaml.scanner import Scanner
 from yaml.tokens import ScalarToken, TagToken
 
-from steer.batch_read import (
+from steer.jobs.read import (
     MAX_DEPTH,
     MAX_JOB_NODES,
     MAX_JOBS,

@@ -30,7 +30,7 @@ from steer.validation import (  # noqa: E402
 )
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
-_TOP_LEVEL_PLUGINS = ("steer.detect_cli", "steer.batch")
+_TOP_LEVEL_PLUGINS = ("steer.cli.detect", "steer.cli.batch")
 _LAB_PLUGINS = ("steer.lab.train", "steer.lab.theory")
 
 
@@ -82,7 +82,7 @@ SCALE = bounded_float(-MAX_SCALE, MAX_SCALE)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from steer.loading import default_model
+    from steer.assets import default_model
 
     p.add_argument("--model", default=default_model(), help="pipeline directory or hub id (default: the embedded demo model)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
@@ -116,7 +116,7 @@ def _expand_items(values: list[str] | None) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------------------
 def cmd_learn(args: argparse.Namespace) -> int:
-    from steer.loading import load_pipeline
+    from steer.cli.loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.device, progress=False)
     vector = pipe.learn_direction(
@@ -182,7 +182,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from diffusers.utils import make_image_grid
 
-    from steer.loading import bundled_directions, load_pipeline
+    from steer.assets import bundled_directions
+    from steer.cli.loading import load_pipeline
     from steer.recipe import save_png
     from steer.vectors import SteeringVector
 
@@ -240,8 +241,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from steer.hooks import CONTEXT_SITE, default_layers, layer_channels, list_layers
-    from steer.loading import load_pipeline
+    from steer.cli.loading import load_pipeline
+    from steer.denoisers import CONTEXT_SITE, default_layers, layer_channels, list_layers
 
     pipe = load_pipeline(args.model, args.device)
     names = list_layers(pipe.unet, ("context", "resnets", "attentions", "attn2"))
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from steer.hooks import LayerError
+    from steer.denoisers import LayerError
     from steer.vectors import ModelMismatchError, SteeringFileError
 
     command = " ".join(filter(None, ["steer", args.command, getattr(args, "lab_command", None)]))

@@ -1,31 +1,12 @@
-"""Memorization detection from the spikiness of UNet activations (Zhang et al. 2026).
-
-A memorized sample excites a few units of the denoiser very strongly; a generalized one excites many units
-moderately. Two ways to read this:
-
-- **Re-encode** (the paper): VAE-encode the generated image, noise it to a small DDPM timestep (t = 10), run one
-  UNet pass with the empty prompt, hook ``up_blocks.0.resnets.<last>.nonlinearity``, max-pool over space to a
-  per-channel vector and take its population standard deviation. Costs one UNet evaluation (plus a VAE encode)
-  after the generation. `MemorizationDetector.score`.
-- **Inline**: ``pipe(..., detect_memorization=True)`` records the same layer's max-pooled activations of the
-  conditional CFG branch *during* normal sampling, so the score costs zero extra UNet evaluations. The score of
-  the first ``early_steps`` steps is an early warning available before the image exists.
-
-The hooked module is the ``nonlinearity`` (SiLU) of a diffusers ``ResnetBlock2D``. That one module instance is
-called three times per forward (after ``norm1`` on the block input, on the time embedding, and after ``norm2``);
-the detector keeps the **last call** (after ``norm2``, ``out_channels`` wide), i.e. the input of the block's
-second convolution.
-
-Scores are "higher = more memorized". A detector calibrated on ordinary samples (`MemorizationDetector.calibrate`)
-holds thresholds at a chosen false-positive rate and is saved as safetensors + JSON metadata (never pickle).
-"""
+"""`MemorizationDetector`: scores a pipeline's samples (re-encode or inline), holds calibrated thresholds, and its
+safetensors file format; `MemorizationReport`, the pipeline output that carries inline scores, and
+`detect_memorization` (generate, score and judge in one call)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -34,112 +15,37 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 
-from steer.errors import DetectorFileError  # noqa: F401  (re-exported)
+from steer.denoisers import denoiser_of, resolve_layers
+from steer.detect.scores import (
+    _METADATA_KEY,
+    DEFAULT_EARLY_STEPS,
+    DEFAULT_INLINE_WINDOW,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INLINE_SCORES,
+    POOLINGS,
+    PROMPT_MODES,
+    SCORE_KINDS,
+    STATISTICS,
+    InlineScore,
+    Statistic,
+    _is_prompt_list,
+    cfg_distance,
+    default_detection_layer,
+    layer_scores,
+    quantile_threshold,
+    spikiness,
+)
+from steer.engine import ActivationRecorder, window_bounds
+from steer.errors import DetectorFileError
 from steer.files import read_checked, write_checked
-from steer.hooks import ActivationRecorder, resolve_layers, window_bounds
-from steer.learn import _is_image_item, encode_images, encode_text
+from steer.learn import encode_images, encode_text
 from steer.validation import (
     SchemaError,
     check_detector_header,
     check_detector_tensors,
 )
 from steer.vectors import ModelMismatchError, unet_fingerprint
-
-Statistic = Literal["std", "l4_l2", "max_over_mean"]
-STATISTICS = ("std", "l4_l2", "max_over_mean")
-POOLINGS = ("max", "mean")
-PROMPT_MODES = ("empty", "own")
-InlineScore = Literal["spikiness", "cfg_distance"]
-INLINE_SCORES = ("spikiness", "cfg_distance")
-SCORE_KINDS = ("reencode", "inline", "early")
-
-# Inline defaults, chosen on the hybrid lab model (docs/detection.md): the statistic averaged over the last 20 %
-# of the denoising steps is the final score; the mean over the first step(s) is the early warning.
-DEFAULT_INLINE_WINDOW = (0.8, 1.0)
-DEFAULT_EARLY_STEPS = 1
-
-# The inline score that separates best on the hybrid lab model (docs/detection.md: selected on even seeds, reported on
-# odd ones): the distance between the guidance branches' activations at the first resnet of up_blocks.1, all steps.
-RECOMMENDED_INLINE = {"inline_score": "cfg_distance", "inline_layers": "up_blocks.1.resnets.0.nonlinearity",
-                      "inline_window": (0.0, 1.0)}
-
-# Extra ``__call__`` keywords of `SteeringStableDiffusionPipeline` handled here.
-INLINE_CALL_PARAMS = ("detect_memorization", "memorization_detector", "memorization_early_steps")
-
-FORMAT_NAME = "steer.MemorizationDetector"
-FORMAT_VERSION = 1
-_METADATA_KEY = "steer_detector"
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Statistics
-# ----------------------------------------------------------------------------------------------------------------------
-def spikiness(vectors: torch.Tensor, statistic: Statistic = "std") -> torch.Tensor:
-    """Spikiness of each row of ``vectors`` (..., C) -> (...): high when a few channels dominate.
-
-    - ``"std"``: population standard deviation over channels (the paper).
-    - ``"l4_l2"``: ``||v||_4 / ||v||_2``; 1 for a one-hot vector, ``C**-0.25`` for a constant one.
-    - ``"max_over_mean"``: ``max(v) / mean(|v|)``.
-    """
-    v = vectors.double()
-    if statistic == "std":
-        out = v.std(dim=-1, correction=0)
-    elif statistic == "l4_l2":
-        l2 = v.pow(2).sum(-1).sqrt()
-        l4 = v.pow(4).sum(-1).pow(0.25)
-        out = l4 / l2.clamp_min(1e-12)
-    elif statistic == "max_over_mean":
-        out = v.amax(-1) / v.abs().mean(-1).clamp_min(1e-12)
-    else:
-        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
-    return out.float()
-
-
-def layer_scores(pooled: dict[str, torch.Tensor], statistic: Statistic) -> torch.Tensor:
-    """Mean over layers of each layer's spikiness; ``pooled[layer]`` is (..., C)."""
-    return torch.stack([spikiness(p, statistic) for p in pooled.values()]).mean(0)
-
-
-def cfg_distance(uncond: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """L2 distance between the pooled conditional and unconditional activations of each row, (..., C) -> (...).
-
-    How much the prompt moves the representation: the representation-space analogue of Wen et al.'s
-    ``||eps(x_t, c) - eps(x_t, 0)||``, free during sampling with classifier-free guidance (both branches are computed)."""
-    return (cond.double() - uncond.double()).norm(dim=-1).float()
-
-
-def default_detection_layer(unet: torch.nn.Module) -> str:
-    """The paper's layer by role: the ``nonlinearity`` of the last resnet of ``up_blocks.0``.
-
-    SD1.x: ``up_blocks.0.resnets.2.nonlinearity`` (the paper's); the lab models (``layers_per_block=1``):
-    ``up_blocks.0.resnets.1.nonlinearity``.
-    """
-    unet = getattr(unet, "_orig_mod", unet)
-    ups = list(getattr(unet, "up_blocks", []))
-    if not ups or not getattr(ups[0], "resnets", None):
-        raise ValueError("this UNet has no up_blocks.0.resnets; pass layers=... explicitly (see `steer layers`)")
-    return f"up_blocks.0.resnets.{len(ups[0].resnets) - 1}.nonlinearity"
-
-
-def quantile_threshold(scores: torch.Tensor, fpr: float) -> float:
-    """The (1 - fpr) quantile of ordinary scores: about ``fpr`` of them lie above it."""
-    if not 0.0 <= fpr < 1.0:
-        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
-    s = torch.as_tensor(scores, dtype=torch.float64).flatten()
-    if s.numel() == 0:
-        raise ValueError("cannot calibrate on zero ordinary samples")
-    return float(torch.quantile(s, 1.0 - fpr))
-
-
-def _is_prompt_list(items: Any) -> bool:
-    if isinstance(items, str):
-        return True
-    items = list(items) if not isinstance(items, torch.Tensor) else []
-    return bool(items) and all(isinstance(i, str) and not _is_image_item(i) for i in items)
-
-
-def _unet(pipe) -> torch.nn.Module:
-    return getattr(pipe.unet, "_orig_mod", pipe.unet)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -240,7 +146,7 @@ class MemorizationDetector:
         if int(early_steps) < 1:
             raise ValueError(f"early_steps must be >= 1, got {early_steps}")
         self.pipe = pipe
-        unet = _unet(pipe)
+        unet = denoiser_of(pipe)
         self.layers = resolve_layers(unet, layers) if layers is not None else [default_detection_layer(unet)]
         self.inline_layers = resolve_layers(unet, inline_layers) if inline_layers is not None else list(self.layers)
         self.inline_score = inline_score
@@ -285,7 +191,7 @@ class MemorizationDetector:
         if not items:
             raise ValueError("no images to score")
         texts = self._condition_prompts(len(items), prompts)
-        unet = _unet(self.pipe)
+        unet = denoiser_of(self.pipe)
         recorder = ActivationRecorder(unet, self.layers, self.pooling, cfg=False, branch="both")
         with recorder:
             for i in range(0, len(items), self.batch_size):
@@ -321,7 +227,7 @@ class MemorizationDetector:
         """An `ActivationRecorder` for an inline run of ``call_pipe`` (all steps; the conditional branch, or both
         branches for ``inline_score="cfg_distance"``)."""
         return ActivationRecorder(
-            _unet(call_pipe),
+            denoiser_of(call_pipe),
             self.inline_layers,
             self.pooling,
             num_steps=lambda: len(call_pipe.scheduler.timesteps),
@@ -407,7 +313,7 @@ class MemorizationDetector:
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         tensors = {f"calibration.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.calibration.items()}
-        unet = _unet(self.pipe)
+        unet = denoiser_of(self.pipe)
         header = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -430,8 +336,8 @@ class MemorizationDetector:
         if missing:
             raise DetectorFileError(f"{path}: the detector settings lack {missing}")
         try:
-            layers = resolve_layers(_unet(pipe), cfg["layers"])
-            inline_layers = resolve_layers(_unet(pipe), cfg.get("inline_layers") or cfg["layers"])
+            layers = resolve_layers(denoiser_of(pipe), cfg["layers"])
+            inline_layers = resolve_layers(denoiser_of(pipe), cfg.get("inline_layers") or cfg["layers"])
         except KeyError as err:
             raise ModelMismatchError(f"{path}: the detector's layers do not exist in this UNet: {err}") from None
         try:
@@ -450,7 +356,7 @@ class MemorizationDetector:
             )
         except (TypeError, ValueError) as err:
             raise DetectorFileError(f"{path}: invalid detector settings: {err}") from None
-        _check_model(header.get("model") or {}, _unet(pipe), sorted({*det.layers, *det.inline_layers}), strict, path)
+        _check_model(header.get("model") or {}, denoiser_of(pipe), sorted({*det.layers, *det.inline_layers}), strict, path)
         thresholds = header.get("thresholds") or {}
         det.threshold = _opt_float(thresholds.get("reencode"))
         det.inline_threshold = _opt_float(thresholds.get("inline"))
@@ -495,10 +401,7 @@ def _check_model(saved: dict[str, Any], unet: torch.nn.Module, layers: list[str]
         )
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Inline mode: the pipeline extension point
-# ----------------------------------------------------------------------------------------------------------------------
-def _as_detector(value: Any, pipe) -> MemorizationDetector | None:
+def as_detector(value: Any, pipe) -> MemorizationDetector | None:
     if isinstance(value, MemorizationDetector):
         return value
     if isinstance(value, str | os.PathLike):
@@ -508,42 +411,6 @@ def _as_detector(value: Any, pipe) -> MemorizationDetector | None:
     if value is True:
         return MemorizationDetector(pipe)
     raise TypeError(f"detect_memorization takes True, a MemorizationDetector or a detector file path, got {type(value).__name__}")
-
-
-def enter_inline_detection(call_pipe, stack: contextlib.ExitStack, extras: dict[str, Any], num_images: int) -> Callable | None:
-    """`SteeringStableDiffusionPipeline._enter_extras` for memorization detection.
-
-    Enters an `ActivationRecorder` for this call and returns ``finish(output)``, which adds the scores to the
-    output. Returns None when detection was not asked for.
-    """
-    detector = _as_detector(extras.get("memorization_detector"), call_pipe) or _as_detector(
-        extras.get("detect_memorization"), call_pipe
-    )
-    if detector is None:
-        return None
-    if hasattr(call_pipe.unet, "_orig_mod"):
-        raise ValueError("inline memorization detection needs hooks, which a torch.compile-d UNet ignores; use the uncompiled UNet")
-    early = extras.get("memorization_early_steps")
-    recorder = stack.enter_context(detector.recorder(call_pipe))
-
-    def finish(output: Any) -> Any:
-        steps = detector.step_scores(recorder)
-        if steps.shape[1] != num_images:
-            raise RuntimeError(f"recorded {steps.shape[1]} rows for {num_images} images")
-        final, first = detector.inline_from_steps(steps, early)
-        memorized = final > detector.inline_threshold if detector.inline_threshold is not None else None
-        if isinstance(output, tuple):
-            return (*output, final, first, memorized)
-        return SteeringPipelineOutput(
-            images=output.images,
-            nsfw_content_detected=output.nsfw_content_detected,
-            memorization_scores=final,
-            memorization_early_scores=first,
-            memorization_step_scores=steps,
-            memorized=memorized,
-        )
-
-    return finish
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -569,8 +436,8 @@ def detect_memorization(
     computed, else the inline one.
     """
     if "memorization_detector" not in getattr(pipe, "_extra_call_params", tuple)():
-        raise TypeError("detect_memorization needs a steer.SteeringStableDiffusionPipeline (see steer.loading.load_pipeline)")
-    det = _as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
+        raise TypeError("detect_memorization needs a steer.SteeringStableDiffusionPipeline (see steer.cli.loading.load_pipeline)")
+    det = as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     items = [p for p in prompts for _ in range(num_images_per_prompt)]
     seeds = [seed + i for i in range(len(items))]

@@ -2,8 +2,8 @@
 
 Everything here takes plain Python values and a `SteeringStableDiffusionPipeline`, raises `UserError` with a
 readable message for anything the user can fix, and never imports gradio, so it is testable without a server.
-The limits, validators and text cleaning live in `steer.app_base`, the files the app reads (directions, the
-detector, uploads) in `steer.app_files`, the Memorization tab in `steer.app_memorization`; all are re-exported here.
+The limits, validators and text cleaning live in `steer.app.base`, the files the app reads (directions, the
+detector, uploads) in `steer.app.files`, the Memorization tab in `steer.app.memorization`; all are re-exported here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from steer.app_base import (  # noqa: F401 - re-exported: app.py and the tests use them as H.<name>
+from steer.app.base import (  # noqa: F401 - re-exported: app.py and the tests use them as H.<name>
     LIMITS,
     MALFORMED_FILE_ERRORS,
     READABLE_ERRORS,
@@ -39,12 +39,11 @@ from steer.app_base import (  # noqa: F401 - re-exported: app.py and the tests u
     md_text,
     model_name,
     native_size,
-    plain_unet,
     readable,
     shown,
     slug,
 )
-from steer.app_files import (  # noqa: F401 - re-exported
+from steer.app.files import (  # noqa: F401 - re-exported
     DETECTOR_FILES,
     NONE_CHOICE,
     DirectionCatalog,
@@ -62,14 +61,15 @@ from steer.app_files import (  # noqa: F401 - re-exported
     save_direction,
     unique_name,
 )
-from steer.app_memorization import (  # noqa: F401 - re-exported
+from steer.app.memorization import (  # noqa: F401 - re-exported
     MemorizationView,
     calibrate_detector,
     histogram,
     inline_view,
     score_image,
 )
-from steer.hooks import BRANCHES, MODES, PAPER_WINDOW, default_layers
+from steer.config import BRANCHES, MODES, PAPER_WINDOW
+from steer.denoisers import default_layers, denoiser_of
 from steer.vectors import SteeringVector
 
 LAYER_SCOPES = ("all layers", "paper default", "chosen layers")
@@ -416,7 +416,7 @@ class LearnSettings:
         if scope == "all layers":
             return layer_names(pipe)
         if scope == "paper default":
-            return default_layers(plain_unet(pipe))
+            return default_layers(denoiser_of(pipe))
         chosen = [n for n in self.layers if n]
         if not chosen:
             raise UserError("pick at least one layer, or choose 'all layers'")

@@ -1,0 +1,150 @@
+"""`SteeringConfig`: how steering vectors are applied, and the ``steering_*`` call options with their defaults.
+
+One carrier for the settings of a steered call: built once from the call's keyword arguments (and the directions'
+recommended settings), handed down to the hooks, written into the recipe of every image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from steer.vectors import SteeringVector
+
+Branch = Literal["cond", "uncond", "both", "split"]
+Mode = Literal["add", "weighted", "token"]
+BRANCHES = ("cond", "uncond", "both", "split")
+MODES = ("add", "weighted", "token")
+PAPER_WINDOW = (0.45, 0.95)
+
+
+def check_window(window: tuple[float, float]) -> tuple[float, float]:
+    try:
+        start, end = (float(w) for w in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"steering_window must be a pair (start, end) of fractions, got {window!r}") from None
+    if not (0.0 <= start <= end <= 1.0):
+        raise ValueError(f"steering_window must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
+    return start, end
+
+
+@dataclass(frozen=True)
+class SteeringConfig:
+    """How vectors are applied; the ``steering_*`` options of a steered call without the vectors and scales.
+
+    Args:
+        window: ``(start, end)`` fractions of the denoising run in which the hooks act.
+        branch: which half of the CFG batch is steered: ``"cond"`` (paper), ``"uncond"``, ``"both"``, or ``"split"``
+            (``+scale`` on the conditional half and ``-scale`` on the unconditional one, so classifier-free
+            guidance amplifies the push instead of cancelling it).
+        normalize: unit-norm each layer's vector and measure the scale in units of its recorded activation norm.
+        mode: ``"add"`` (the same delta at every position, paper), ``"weighted"`` (each position weighted by its
+            norm relative to the mean) or ``"token"`` (each position moves by ``scale * v * |x_p|``: the vector is
+            in units of each position's own norm).
+        preserve_norm: rescale each steered position back to its pre-steering norm, so large strengths rotate
+            activations instead of inflating them.
+        layers: None (every layer of the vectors) or layer names / glob patterns restricting them.
+        strict: require each vector's base-model weights hash to match the denoiser (False allows fine-tunes).
+    """
+
+    window: tuple[float, float] = PAPER_WINDOW
+    branch: Branch = "cond"
+    normalize: bool = False
+    mode: Mode = "add"
+    preserve_norm: bool = False
+    layers: tuple[str, ...] | None = None
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window", check_window(self.window))
+        if self.branch not in BRANCHES:
+            raise ValueError(f"steering_branch must be one of {BRANCHES}, got {self.branch!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"steering_mode must be one of {MODES}, got {self.mode!r}")
+        object.__setattr__(self, "preserve_norm", bool(self.preserve_norm))
+        object.__setattr__(self, "normalize", bool(self.normalize))
+        object.__setattr__(self, "strict", bool(self.strict))
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            if not all(isinstance(n, str) for n in layers):
+                raise ValueError(f"steering_layers must be layer names or glob patterns, got {self.layers!r}")
+            object.__setattr__(self, "layers", layers)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> SteeringConfig:
+        """The config of a call's resolved ``steering_*`` settings (extra keys such as ``steering`` are ignored)."""
+        return cls(**{f.name: settings[f"steering_{f.name}"] for f in fields(cls) if f"steering_{f.name}" in settings})
+
+    def to_settings(self) -> dict[str, Any]:
+        """The ``steering_*`` keyword arguments of a pipeline call that this config stands for."""
+        return {f"steering_{f.name}": getattr(self, f.name) for f in fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["window"] = list(self.window)
+        if self.layers is not None:
+            d["layers"] = list(self.layers)
+        return d
+
+
+# The ``steering_*`` options of a steered pipeline call and their built-in defaults.
+STEERING_DEFAULTS: dict[str, Any] = {
+    "steering": None,
+    "steering_scale": 1.0,
+    "steering_layers": None,
+    "steering_window": PAPER_WINDOW,
+    "steering_branch": "cond",
+    "steering_normalize": False,
+    "steering_mode": "add",
+    "steering_preserve_norm": False,
+    "steering_strict": True,
+}
+# Options a direction may carry in ``metadata["recommended"]`` (its learned / calibrated settings); a call that does
+# not set one of them (neither as an argument nor through `pipe.steering(...)`) uses the direction's value.
+RECOMMENDABLE = ("layers", "window", "branch", "normalize", "mode", "preserve_norm")
+
+
+def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
+    """The ``steering_*`` settings the vectors recommend: those all of them record with one value."""
+    if not vectors:
+        return {}
+    recs = [v.metadata.get("recommended") or {} for v in vectors]
+    out: dict[str, Any] = {}
+    for key in RECOMMENDABLE:
+        values = [r.get(key) for r in recs]
+        if values[0] is None or any(val != values[0] for val in values[1:]):
+            continue
+        out[f"steering_{key}"] = tuple(values[0]) if key == "window" else values[0]
+    return out
+
+
+def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:
+    """Turn ``steering_scale`` into a (rows, vectors) tensor; rows is 1 or ``num_images``.
+
+    A float applies everywhere; a list of ``num_vectors`` floats is one per vector; a list of ``num_images`` floats
+    is one per batch row (a sweep); a nested list / 2-D tensor is (rows, vectors). When both lengths are equal the
+    per-vector reading wins: pass a 2-D value to be explicit.
+    """
+    s = torch.as_tensor(scale, dtype=torch.float32) if not isinstance(scale, torch.Tensor) else scale.float().cpu()
+    if not torch.isfinite(s).all():
+        raise ValueError(f"steering_scale must be finite, got {scale!r}")
+    if s.ndim == 0:
+        return s.reshape(1, 1).expand(1, num_vectors).clone()
+    if s.ndim == 1:
+        n = s.shape[0]
+        if n == 1:
+            return s.reshape(1, 1).expand(1, num_vectors).clone()
+        if n == num_vectors:
+            return s.reshape(1, n)
+        if n == num_images:
+            return s.reshape(n, 1).expand(n, num_vectors).clone()
+        raise ValueError(
+            f"steering_scale has {n} values: expected 1, one per vector ({num_vectors}) or one per image ({num_images})"
+        )
+    if s.ndim == 2 and s.shape[1] == num_vectors and s.shape[0] in (1, num_images):
+        return s
+    raise ValueError(f"steering_scale of shape {tuple(s.shape)} does not fit {num_images} images x {num_vectors} vectors")

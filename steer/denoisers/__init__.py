@@ -1,0 +1,103 @@
+"""Denoiser adapters: one per denoiser family behind one protocol (`steer.denoisers.base.DenoiserAdapter`).
+
+`adapter_for(model)` picks the family's adapter; the module-level functions below are the engine's way in and take
+the denoiser itself (a compiled wrapper is unwrapped), so callers never branch on the family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from steer.denoisers.base import (
+    CONTEXT_SITE,
+    GLOB_CHARS,
+    DenoiserAdapter,
+    channel_dim,
+    main_tensor,
+    replace_main_tensor,
+)
+from steer.denoisers.unet import UNetAdapter
+from steer.errors import LayerError
+
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter]
+
+__all__ = [
+    "ADAPTERS",
+    "CONTEXT_SITE",
+    "DenoiserAdapter",
+    "GLOB_CHARS",
+    "LayerError",
+    "adapter_for",
+    "channel_dim",
+    "cross_attention_sites",
+    "default_layers",
+    "denoiser_of",
+    "layer_channels",
+    "list_layers",
+    "main_tensor",
+    "register_site_hook",
+    "replace_main_tensor",
+    "resolve_layers",
+    "unwrap",
+]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind a `torch.compile` wrapper (diffusers' `unwrap_module`)."""
+    from diffusers.utils.torch_utils import unwrap_module
+
+    return unwrap_module(model)
+
+
+def denoiser_of(pipe: object) -> nn.Module:
+    """A pipeline's denoiser (its ``denoiser_name`` component, else ``unet`` / ``transformer``), uncompiled."""
+    name = getattr(pipe, "denoiser_name", None) or ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
+    return unwrap(getattr(pipe, name))
+
+
+def adapter_for(model: nn.Module) -> DenoiserAdapter:
+    """The adapter of ``model``'s family (cached on the model). Raises `LayerError` for an unknown denoiser."""
+    model = unwrap(model)
+    cached = model.__dict__.get("_steer_adapter")
+    if cached is not None:
+        return cached
+    for cls in ADAPTERS:
+        if cls.handles(model):
+            adapter = cls(model)
+            model.__dict__["_steer_adapter"] = adapter
+            return adapter
+    known = sorted(c for a in ADAPTERS for c in a.model_classes)
+    raise LayerError(f"steer does not know the denoiser {type(model).__name__}; supported: {', '.join(known)}")
+
+
+def list_layers(model: nn.Module, kinds: Iterable[str] | None = None) -> list[str]:
+    """Hookable sites of ``model``, from the input side to the output side (``kinds`` as the family defines)."""
+    return adapter_for(model).list_layers(kinds)
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The family's default steering layers (the paper's, mapped to this layout)."""
+    return adapter_for(model).default_layers()
+
+
+def cross_attention_sites(model: nn.Module) -> list[str]:
+    """Every cross-attention module: where the text enters."""
+    return adapter_for(model).cross_attention_sites()
+
+
+def resolve_layers(model: nn.Module, patterns: str | Iterable[str]) -> list[str]:
+    """Expand module paths and glob patterns into site names; `LayerError` names unknown ones."""
+    return adapter_for(model).resolve_layers(patterns)
+
+
+def layer_channels(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
+    """Output channel count of each named site."""
+    return adapter_for(model).layer_channels(names)
+
+
+def register_site_hook(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Hook ``fn(h) -> new h | None`` on site ``name``; returns the removable handle."""
+    return adapter_for(model).register_site_hook(name, fn)

@@ -1,0 +1,195 @@
+"""The denoiser adapter protocol: what the steering engine needs to know about one denoiser family.
+
+A *site* is a module path whose output (a (B, C, H, W) feature map, a (B, L, C) token sequence, or an output object
+or tuple holding one) is read or changed, or `CONTEXT_SITE`: the text tokens the denoiser's cross-attentions read.
+An adapter lists a family's sites, picks its default steering layers, finds the hidden state inside a module's
+output, counts channels and hooks one site. Everything else (the engine, learning, the pipelines) goes through it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from steer.errors import LayerError
+
+# The text tokens as every cross-attention of the denoiser reads them (its ``encoder_hidden_states`` input): a site of
+# its own, steered by a pre-forward hook, with one channel per text-embedding dimension.
+CONTEXT_SITE = "encoder_hidden_states"
+GLOB_CHARS = "*?["
+
+
+def channel_dim(h: torch.Tensor) -> int:
+    """Channel axis: 1 for (B, C, H, W) and (B, C); -1 for token sequences (B, L, C)."""
+    return -1 if h.ndim == 3 else 1
+
+
+def main_tensor(output: Any, index: int = 0) -> torch.Tensor:
+    """The hidden-state tensor inside a module output: a tensor, element ``index`` of a tuple, or ``.sample``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list) and len(output) > index and isinstance(output[index], torch.Tensor):
+        return output[index]
+    sample = getattr(output, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    raise TypeError(f"cannot find a hidden-state tensor in a module output of type {type(output).__name__}")
+
+
+def replace_main_tensor(output: Any, new: torch.Tensor, index: int = 0) -> Any:
+    """``output`` with its hidden state (as `main_tensor` finds it) replaced by ``new``."""
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, tuple | list):
+        items = list(output)
+        items[index] = new
+        return tuple(items) if isinstance(output, tuple) else items
+    output.sample = new  # diffusers BaseOutput
+    return output
+
+
+class DenoiserAdapter:
+    """One denoiser family's sites. Subclasses set `family`, `model_classes` and implement `list_layers`,
+    `default_layers` and `probe_inputs`; the rest is shared.
+
+    Args:
+        model: the denoiser (`UNet2DConditionModel`, a diffusers transformer, ...), not a compiled wrapper.
+    """
+
+    family: ClassVar[str] = ""
+    model_classes: ClassVar[tuple[str, ...]] = ()
+    # Keyword under which the denoiser receives the text tokens, and its positional index when passed positionally.
+    context_kwarg: ClassVar[str] = "encoder_hidden_states"
+    context_position: ClassVar[int | None] = None
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        return type(model).__name__ in cls.model_classes
+
+    # -- what a family defines ----------------------------------------------------------------------------------
+    def list_layers(self, kinds: Iterable[str] | None = None) -> list[str]:
+        raise NotImplementedError
+
+    def default_layers(self) -> list[str]:
+        raise NotImplementedError
+
+    def probe_inputs(self) -> tuple[tuple, dict[str, Any]]:
+        """Arguments of one tiny forward pass (to read channel counts of modules that do not declare them)."""
+        raise NotImplementedError
+
+    def context_dim(self) -> int | None:
+        """Channels of the text tokens the denoiser reads (`CONTEXT_SITE`), or None when it has no such input."""
+        return None
+
+    def output_index(self, name: str) -> int:
+        """Which element of the module's tuple output is the hidden state to steer (image tokens)."""
+        return 0
+
+    def cross_attention_sites(self) -> list[str]:
+        """Every cross-attention (``attn2``) module, input side first: where the text enters."""
+        return self.list_layers(("attn2",))
+
+    # -- shared -------------------------------------------------------------------------------------------------
+    def glob_candidates(self) -> list[str]:
+        """The sites a glob pattern is matched against before falling back to every module path."""
+        return self.list_layers()
+
+    def resolve_layers(self, patterns: str | Iterable[str]) -> list[str]:
+        """Expand exact module paths and glob patterns (``"up_blocks.0.resnets.*"``) into module paths.
+
+        Raises `LayerError` naming the unknown entry and its closest matches.
+        """
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        modules = dict(self.model.named_modules())
+        candidates = [n for n in modules if n]
+        out: list[str] = []
+        for pattern in patterns:
+            if any(ch in pattern for ch in GLOB_CHARS):
+                hits = [n for n in self.glob_candidates() if fnmatch.fnmatchcase(n, pattern)]
+                hits = hits or [n for n in candidates if fnmatch.fnmatchcase(n, pattern)]
+                if not hits:
+                    raise LayerError(
+                        f"layer pattern {pattern!r} matches no module of this {self.family}; e.g. {self.list_layers()[:6]}"
+                    )
+            elif (pattern in modules and pattern) or (pattern == CONTEXT_SITE and self.context_dim()):
+                hits = [pattern]
+            else:
+                close = difflib.get_close_matches(pattern, candidates, n=5, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; hookable layers include {self.list_layers()[:8]}"
+                raise LayerError(f"unknown layer {pattern!r}{hint}")
+            out += [h for h in hits if h not in out]
+        return out
+
+    def register_site_hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+        """Hook ``fn(h) -> new h | None`` on site ``name``: a module's output, or (`CONTEXT_SITE`) the denoiser's
+        text input. Returns the removable handle."""
+        if name == CONTEXT_SITE:
+            key, position = self.context_kwarg, self.context_position
+
+            def pre(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
+                if key in kwargs:
+                    h = kwargs[key]
+                    new = fn(h) if isinstance(h, torch.Tensor) else None
+                    return None if new is None else (args, {**kwargs, key: new})
+                if position is not None and len(args) > position and isinstance(args[position], torch.Tensor):
+                    new = fn(args[position])
+                    return None if new is None else ((*args[:position], new, *args[position + 1:]), kwargs)
+                return None
+
+            return self.model.register_forward_pre_hook(pre, with_kwargs=True)
+
+        index = self.output_index(name)
+
+        def post(_module: nn.Module, _args: Any, output: Any) -> Any:
+            new = fn(main_tensor(output, index))
+            return None if new is None else replace_main_tensor(output, new, index)
+
+        return dict(self.model.named_modules())[name].register_forward_hook(post)
+
+    def layer_channels(self, names: Sequence[str]) -> dict[str, int]:
+        """Output channel count of each named site (cached on the model)."""
+        cache: dict[str, int] = self.model.__dict__.setdefault("_steer_channels", {})
+        modules = dict(self.model.named_modules())
+        self.resolve_layers([n for n in names if n not in modules])  # raises a helpful error for unknown names
+        todo = []
+        for name in names:
+            if name in cache:
+                continue
+            if name == CONTEXT_SITE:
+                cache[name] = self.context_dim()
+                continue
+            out_ch = getattr(modules[name], "out_channels", None)
+            if isinstance(out_ch, int):
+                cache[name] = out_ch
+            else:
+                todo.append(name)
+        if todo:
+            cache.update(self._probe_channels(todo))
+        return {n: cache[n] for n in names}
+
+    def _probe_channels(self, names: Sequence[str]) -> dict[str, int]:
+        modules = dict(self.model.named_modules())
+        seen: dict[str, int] = {}
+        handles = []
+        for name in names:
+            def hook(_m, _a, out, name=name):
+                h = main_tensor(out, self.output_index(name))
+                seen[name] = int(h.shape[channel_dim(h)])
+            handles.append(modules[name].register_forward_hook(hook))
+        args, kwargs = self.probe_inputs()
+        try:
+            with torch.no_grad():
+                self.model(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        return seen

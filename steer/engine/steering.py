@@ -1,0 +1,204 @@
+"""Steering: add ``scale * v`` to chosen denoiser sites for the calls of one run (`SteeringSession`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from steer.config import SteeringConfig
+from steer.denoisers import (
+    channel_dim,
+    layer_channels,
+    register_site_hook,
+)
+from steer.engine.run import DenoiserRun
+from steer.errors import ModelMismatchError
+
+
+def step_bucket(step: int, buckets: int, num_steps: int | None) -> int:
+    """Which of ``buckets`` equal shares of a run of ``num_steps`` UNet calls call ``step`` falls in. Learning
+    (per-step directions) and steering use this one mapping."""
+    if buckets == 1 or not num_steps:
+        return 0
+    return min(buckets - 1, max(step, 0) * buckets // num_steps)
+
+
+@dataclass
+class LayerPlan:
+    """The per-vector directions one layer receives: ``directions`` is (K, S, C) for K vectors and S step buckets
+    (S = 1 for one vector for the whole run), already normalized if asked."""
+
+    name: str
+    directions: torch.Tensor
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def buckets(self) -> int:
+        return int(self.directions.shape[1])
+
+    def bucket(self, step: int, num_steps: int | None) -> int:
+        """The step bucket of UNet call ``step`` on a run of ``num_steps`` calls (see `step_bucket`)."""
+        return step_bucket(step, self.buckets, num_steps)
+
+    def at(self, step: int, num_steps: int | None) -> torch.Tensor:
+        """(K, C): each vector's direction at this step."""
+        return self.directions[:, self.bucket(step, num_steps)]
+
+
+def _as_steps(d: torch.Tensor) -> torch.Tensor:
+    """A stored direction as (S, C): 1-D vectors are one bucket."""
+    return d[None] if d.ndim == 1 else d
+
+
+def build_layer_plans(
+    vectors: Sequence, layers: Sequence[str] | None, normalize: bool
+) -> dict[str, LayerPlan]:
+    """Stack K vectors per layer (zeros where a vector lacks the layer), restricted to ``layers`` if given.
+
+    Vectors with per-step directions (S, C) are brought to a common bucket count (the least common multiple) by
+    repeating each bucket, so vectors with different step resolutions combine.
+    """
+    names: list[str] = []
+    for v in vectors:
+        names += [n for n in v.layers if n not in names]
+    if layers is not None:
+        names = [n for n in names if n in set(layers)]
+    plans: dict[str, LayerPlan] = {}
+    for name in names:
+        channels = {v.directions[name].shape[-1] for v in vectors if name in v.directions}
+        if len(channels) > 1:
+            raise ValueError(f"the vectors disagree on the channel count of layer {name!r}: {sorted(channels)}")
+        (c,) = channels
+        buckets = math.lcm(*(_as_steps(v.directions[name]).shape[0] for v in vectors if name in v.directions))
+        rows = []
+        for v in vectors:
+            d = v.directions.get(name)
+            if d is None:
+                rows.append(torch.zeros(buckets, c))
+                continue
+            d = _as_steps(d.detach().float().cpu())
+            if normalize:
+                act = v.activation_norm.get(name)
+                if act is None:
+                    raise ValueError(
+                        f"steering_normalize needs each layer's activation norm, but {v.name!r} has none recorded for "
+                        f"{name!r}; learn the vector with steer, or pass steering_normalize=False"
+                    )
+                d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act
+            rows.append(d.repeat_interleave(buckets // d.shape[0], dim=0))
+        plans[name] = LayerPlan(name, torch.stack(rows))
+    return plans
+
+
+def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: bool) -> torch.Tensor:
+    """Add a per-row delta (n, C) to an activation ``h`` ((n, C, H, W), (n, L, C) or (n, C)).
+
+    ``mode`` and ``preserve_norm`` as in `SteeringConfig`. Rows whose delta is zero are returned unchanged
+    (bit-identical), whatever the mode.
+    """
+    dim = channel_dim(h)
+    if h.ndim == 4:
+        d = delta[:, :, None, None]
+    elif h.ndim == 3:
+        d = delta[:, None, :]
+    else:
+        d = delta
+    norm = h.norm(dim=dim, keepdim=True) if (mode != "add" or preserve_norm) else None
+    if mode == "weighted" and h.ndim >= 3:
+        spatial = tuple(range(2, h.ndim)) if dim == 1 else (1,)
+        d = d * (norm / norm.mean(dim=spatial, keepdim=True).clamp_min(1e-6))
+    elif mode == "token":
+        d = d * norm
+    new = h + d
+    if preserve_norm:
+        new = new * (norm / new.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+    if preserve_norm:  # keep unsteered rows bit-identical (the rescale is not exact in floating point)
+        steered = (delta != 0).any(dim=-1).reshape(-1, *([1] * (h.ndim - 1)))
+        new = torch.where(steered, new, h)
+    return new
+
+
+class SteeringSession(DenoiserRun):
+    """Adds ``scale · v`` to chosen UNet module outputs for the calls made inside this context.
+
+    ``scales`` is a (R, K) tensor: R = 1 (all rows) or one row per image of the batch, K = number of vectors.
+    With ``cfg`` the UNet batch is ``[uncond, cond]`` and ``config.branch`` picks the half that is steered.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        plans: dict[str, LayerPlan],
+        scales: torch.Tensor,
+        config: SteeringConfig | None = None,
+        *,
+        num_steps: int | Callable[[], int] | None = None,
+        cfg: bool | Callable[[], bool] = False,
+    ):
+        super().__init__(unet, num_steps, cfg)
+        if scales.ndim != 2 or any(p.directions.shape[0] != scales.shape[1] for p in plans.values()):
+            raise ValueError(f"scales must be (rows, {next(iter(plans.values())).directions.shape[0]}), got {tuple(scales.shape)}")
+        self.plans = plans
+        self.scales = scales.detach().float().cpu()
+        self.config = config if config is not None else SteeringConfig()
+        self.applied_steps: list[int] = []
+
+    def _register(self) -> None:
+        channels = layer_channels(self.unet, list(self.plans))
+        for name, plan in self.plans.items():
+            want = plan.directions.shape[-1]
+            if channels[name] != want:
+                raise ModelMismatchError(
+                    f"channel mismatch at layer {name!r}: the direction has {want} channels, the UNet's output there has {channels[name]}"
+                )
+            self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan)))
+
+    def row_scales(self, n: int) -> torch.Tensor:
+        """(n, K) scales for a UNet batch of n rows, with the unsteered CFG half zeroed."""
+        cfg = self.cfg
+        if cfg and n % 2:
+            raise ValueError(f"classifier-free guidance expects an even UNet batch, got {n} rows")
+        images = n // 2 if cfg else n
+        s = self.scales
+        if s.shape[0] == 1:
+            s = s.expand(images, -1)
+        elif s.shape[0] != images:
+            raise ValueError(f"steering_scale has {s.shape[0]} rows but the batch has {images} images")
+        if not cfg:
+            return s
+        zero = torch.zeros_like(s)
+        return {
+            "cond": torch.cat([zero, s]),
+            "uncond": torch.cat([s, zero]),
+            "both": torch.cat([s, s]),
+            "split": torch.cat([-s, s]),
+        }[self.config.branch]
+
+    def step_delta(self, plan: LayerPlan, rows: int) -> torch.Tensor:
+        """(rows, C) delta of ``plan`` at the current step: each row's weighted sum of the vectors' directions."""
+        return self.row_scales(rows) @ plan.at(self.step, self.num_steps)
+
+    def _make_hook(self, plan: LayerPlan) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def hook(h: torch.Tensor) -> torch.Tensor | None:
+            if not self.mine() or not self.in_window(self.config.window):
+                return None
+            dim = channel_dim(h)
+            if h.shape[dim] != plan.directions.shape[-1]:
+                raise ValueError(
+                    f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[-1]} channels, "
+                    f"this call's output has {h.shape[dim]} (shape {tuple(h.shape)})"
+                )
+            key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype)
+            delta = plan.cache.get(key)
+            if delta is None:  # (n, C): each row's weighted sum of directions
+                delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
+                plan.cache[key] = delta
+            if self.step not in self.applied_steps:
+                self.applied_steps.append(self.step)
+            return apply_delta(h, delta, self.config.mode, self.config.preserve_norm)
+
+        return hook

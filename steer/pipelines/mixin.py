@@ -1,0 +1,313 @@
+"""`SteeringMixin`: training-free representation steering for any diffusers pipeline class whose denoiser steer
+knows (`steer.denoisers`). A steered pipeline is ``class X(SteeringMixin, DiffusersPipeline)`` plus two class
+attributes; `__init_subclass__` gives it a ``__call__`` whose signature is the parent's plus the steering options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import copy
+import inspect
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from diffusers import DiffusionPipeline
+
+from steer.config import STEERING_DEFAULTS, SteeringConfig, parse_scales, recommended_settings
+from steer.denoisers import GLOB_CHARS, list_layers, resolve_layers, unwrap
+from steer.detect.detector import detect_memorization
+from steer.detect.inline import enter_inline_detection
+from steer.detect.scores import INLINE_CALL_PARAMS
+from steer.engine import LayerPlan, StaticSteeringSites, SteeringSession, activated, build_layer_plans
+from steer.learn import learn_direction
+from steer.validation import check_steering_request
+from steer.vectors import SteeringVector, as_vector_list
+
+# Per-pipeline defaults set by `pipe.steering(...)`, scoped to the current thread / task.
+_CONTEXT_DEFAULTS: contextvars.ContextVar[dict[int, dict[str, Any]] | None] = contextvars.ContextVar("steer_defaults", default=None)
+
+# Pipeline attributes a call sets that are loop state of that call, not results (kept off the shared pipeline).
+_CALL_LOCAL = frozenset({"scheduler"})
+
+STEERING_DOC = """
+    Steering arguments (keyword-only), on top of the parent pipeline's:
+
+    - ``steering``: a `SteeringVector`, a path to one, a list of them, or None.
+    - ``steering_scale``: float, one per vector, one per batch row, or (rows, vectors); negative subtracts.
+    - ``steering_layers``: None (the vectors' layers) or names / glob patterns restricting them.
+    - ``steering_window``: ``(start, end)`` fractions of the denoising run (default the paper's (0.45, 0.95)).
+    - ``steering_branch``: ``"cond"`` (paper), ``"uncond"``, ``"both"`` or ``"split"`` (+scale on the conditional
+      half, -scale on the unconditional one: guidance amplifies the push); irrelevant without CFG.
+    - ``steering_normalize``: unit-norm each layer's vector and measure the scale in units of that layer's typical
+      activation norm, so equal scales mean comparable strength across directions and layers.
+    - ``steering_mode``: ``"add"`` (uniform over space, paper), ``"weighted"`` (each position weighted by its
+      activation norm) or ``"token"`` (the vector is in units of each position's own norm).
+    - ``steering_preserve_norm``: rescale every steered position to its pre-steering norm.
+    - ``steering_strict``: require the vector's base-model weights hash to match (False allows fine-tunes).
+
+    Options a call leaves unset come from the direction's ``metadata["recommended"]`` (what `learn_direction`
+    calibrated), else the defaults above. With no vector, or every scale zero, the call is exactly the parent's.
+"""
+
+
+def _diffusers_parent(cls: type) -> type:
+    for base in cls.__mro__[1:]:
+        if issubclass(base, DiffusionPipeline) and not issubclass(base, SteeringMixin) and "__call__" in base.__dict__:
+            return base
+    raise TypeError(f"{cls.__name__} must derive from a diffusers pipeline class")
+
+
+def _call_signature(parent: type) -> inspect.Signature:
+    """The parent's ``__call__`` signature plus the steering and inline-detection options (keyword-only)."""
+    sig = inspect.signature(parent.__call__)
+    params = list(sig.parameters.values())
+    var_kw = [p for p in params if p.kind is inspect.Parameter.VAR_KEYWORD]
+    params = [p for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+             for name, default in [*STEERING_DEFAULTS.items(), *((n, None) for n in INLINE_CALL_PARAMS)]
+             if name not in sig.parameters]
+    return sig.replace(parameters=[*params, *extra, *var_kw])
+
+
+class SteeringMixin:
+    """Steering for a diffusers pipeline. Subclasses list the mixin first, then the diffusers class, and set:
+
+    - ``denoiser_name``: the pipeline component that is steered (``"unet"`` or ``"transformer"``);
+    - optionally override `steering_cfg` when the pipeline's CFG layout is not one batched ``[uncond, cond]`` call.
+    """
+
+    denoiser_name: ClassVar[str] = "unet"
+    _steering_parent: ClassVar[type]  # the diffusers pipeline class whose ``__call__`` runs (set per subclass)
+    _steering_params: ClassVar[tuple[str, ...]] = tuple(STEERING_DEFAULTS)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__ or not issubclass(cls, DiffusionPipeline):
+            return
+        parent = _diffusers_parent(cls)
+        cls._steering_parent = parent
+
+        def __call__(self, *args: Any, **kwargs: Any):  # noqa: N807
+            return self._steered_call(parent, *args, **kwargs)
+
+        __call__.__signature__ = _call_signature(parent)  # type: ignore[attr-defined]
+        __call__.__doc__ = (parent.__call__.__doc__ or "") + STEERING_DOC
+        __call__.__qualname__ = f"{cls.__name__}.__call__"
+        cls.__call__ = __call__  # type: ignore[method-assign]
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The steered component (the UNet or transformer), unwrapped from `torch.compile`."""
+        return unwrap(getattr(self, self.denoiser_name))
+
+    def steering_cfg(self) -> bool:
+        """Whether the denoiser's batch is ``[uncond, cond]`` in the current call."""
+        return bool(getattr(self, "do_classifier_free_guidance", False))
+
+    @torch.no_grad()
+    def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """The conditional text tokens of ``prompts`` as the denoiser reads them (`steer.denoisers.CONTEXT_SITE`),
+        one row per prompt. Families whose ``encode_prompt`` differs override this."""
+        embeds, _ = self.encode_prompt(list(prompts), self._execution_device, 1, False)
+        return embeds
+
+    @contextlib.contextmanager
+    def steering(self, vector: SteeringVector | Sequence[SteeringVector] | str, scale: Any = 1.0, **options: Any) -> Iterator[None]:
+        """Apply ``vector`` at ``scale`` to every call inside the block (this thread only).
+
+        Args:
+            vector: a `SteeringVector`, a path to one, or a list of them.
+            scale: as ``steering_scale`` of a call.
+            options: the call's ``steering_*`` options, with or without the prefix (``window=``, ``branch=``...).
+                Arguments passed to a call inside the block override these.
+        """
+        settings = {"steering": vector, "steering_scale": scale}
+        for key, value in options.items():
+            full = key if key.startswith("steering_") else f"steering_{key}"
+            if full not in STEERING_DEFAULTS:
+                raise TypeError(f"unknown steering option {key!r}; known: {[k[9:] for k in STEERING_DEFAULTS][1:]}")
+            settings[full] = value
+        current = dict(_CONTEXT_DEFAULTS.get() or {})
+        current[id(self)] = {**current.get(id(self), {}), **settings}
+        token = _CONTEXT_DEFAULTS.set(current)
+        try:
+            yield
+        finally:
+            _CONTEXT_DEFAULTS.reset(token)
+
+    def _resolve_steering(self, explicit: dict[str, Any]) -> tuple[dict[str, Any], list[SteeringVector]]:
+        """Settings of this call: built-in defaults < the vectors' recommended ones < `steering(...)` < arguments."""
+        given = {**(_CONTEXT_DEFAULTS.get() or {}).get(id(self), {}), **explicit}
+        vectors = as_vector_list(given.get("steering"))
+        settings = {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}
+        return settings, vectors
+
+    @staticmethod
+    def _num_images(bound: inspect.BoundArguments) -> int:
+        args = bound.arguments
+        prompt, embeds = args.get("prompt"), args.get("prompt_embeds")
+        if isinstance(prompt, str):
+            batch = 1
+        elif isinstance(prompt, list):
+            batch = len(prompt)
+        elif embeds is not None:
+            batch = embeds.shape[0]
+        else:
+            batch = 1
+        return batch * (args.get("num_images_per_prompt") or 1)
+
+    def build_steering_session(
+        self,
+        vectors: list[SteeringVector],
+        scales: torch.Tensor,
+        config: SteeringConfig | None = None,
+        *,
+        scheduler: Any = None,
+        cfg: Any = None,
+        **options: Any,
+    ) -> SteeringSession:
+        """Validate vectors against this pipeline's denoiser and build the (not yet entered) hook session.
+
+        Args:
+            vectors: the directions, on the denoiser's device.
+            scales: (rows, vectors) strengths (see `steer.config.parse_scales`).
+            config: the call's `SteeringConfig`; or give its fields as keyword ``options`` (``window=``, ...).
+            scheduler: a scheduler whose timesteps count the run (default: `steering_num_steps` of this pipeline).
+            cfg: a bool or callable telling whether the batch holds ``[uncond, cond]`` (default `steering_cfg`).
+        """
+        config = config if config is not None else SteeringConfig(**options)
+        denoiser = self.denoiser
+        selected = None
+        if config.layers is not None:
+            have = {n for v in vectors for n in v.layers}
+            selected = []
+            for pattern in config.layers:
+                hits = resolve_layers(denoiser, [pattern])
+                is_glob = any(ch in pattern for ch in GLOB_CHARS)
+                missing = [] if is_glob else [n for n in hits if n not in have]
+                hits = [n for n in hits if n in have]
+                if missing or not hits:
+                    raise ValueError(
+                        f"steering_layers {pattern!r} is not in the direction(s) {[v.name for v in vectors]}; "
+                        f"they have {sorted(have)}"
+                    )
+                selected += [n for n in hits if n not in selected]
+        for v in vectors:
+            names = [n for n in v.layers if selected is None or n in selected]
+            resolve_layers(denoiser, names)
+            v.check_compatible(denoiser, names, strict=config.strict)
+        plans: dict[str, LayerPlan] = build_layer_plans(vectors, selected, config.normalize)
+        counter = (lambda: len(scheduler.timesteps)) if scheduler is not None else self.steering_num_steps
+        return SteeringSession(
+            denoiser,
+            plans,
+            scales,
+            config,
+            num_steps=counter,
+            cfg=cfg if cfg is not None else self.steering_cfg,
+        )
+
+    def compile_unet(self, layers: str | Iterable[str] | None = None, **compile_kwargs: Any) -> None:
+        """``torch.compile`` the denoiser with persistent steering sites at ``layers`` (default: every site
+        `steer.denoisers.list_layers` lists). Later steering calls on those layers never recompile when vector,
+        scale or window change.
+
+        Args:
+            layers: site names or glob patterns to keep steerable.
+            compile_kwargs: passed to `torch.compile` (``backend=``, ``mode=``...).
+        """
+        denoiser = self.denoiser
+        existing = getattr(self, "_static_sites", None)
+        if existing is not None:
+            existing.remove()
+        sites = StaticSteeringSites(denoiser, list(layers) if layers is not None else list_layers(denoiser))
+        compiled = torch.compile(denoiser, **compile_kwargs)
+        sites.attach(compiled)
+        self.__dict__["_static_sites"] = sites
+        setattr(self, self.denoiser_name, compiled)
+
+    def _call_copy(self):
+        """A shallow per-call copy with its own scheduler, so concurrent calls never share loop state."""
+        clone = copy.copy(self)
+        clone.__dict__["scheduler"] = copy.deepcopy(self.scheduler)
+        clone.__dict__.pop("_num_timesteps", None)  # set afresh by the call (stale values would shift the window)
+        return clone
+
+    def steering_num_steps(self) -> int:
+        """Denoiser steps of the run in progress: what the call set (image-to-image runs fewer than the scheduler's
+        timesteps), else the scheduler's count."""
+        return int(self.__dict__.get("_num_timesteps") or len(self.scheduler.timesteps))
+
+    def _adopt_call_state(self, call_pipe: Any) -> None:
+        """After a call on a per-call copy: the attributes it set (``_guidance_scale``, ``_num_timesteps``,
+        ``_interrupt``...) as the parent pipeline would have left them on ``self``."""
+        for key, value in call_pipe.__dict__.items():
+            if key not in _CALL_LOCAL and self.__dict__.get(key, _CALL_LOCAL) is not value:
+                self.__dict__[key] = value
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _steered_call(self, parent: type, *args: Any, **kwargs: Any):
+        explicit = {k: kwargs.pop(k) for k in list(kwargs) if k in STEERING_DEFAULTS}
+        extras = {k: kwargs.pop(k) for k in list(kwargs) if k in self._extra_call_params()}
+        settings, vectors = self._resolve_steering(explicit)
+        bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
+        num_images = self._num_images(bound)
+        scales = parse_scales(settings["steering_scale"], max(len(vectors), 1), num_images) if vectors else None
+        check_steering_request(vectors, scales, settings, self.denoiser.dtype)  # ranges, empty layers
+        active = bool(vectors) and bool(scales.abs().sum() > 0)
+
+        compiled = hasattr(getattr(self, self.denoiser_name), "_orig_mod")
+        sites = self.__dict__.get("_static_sites") if compiled else None
+        if not active and not any(extras.values()) and sites is None:
+            return parent.__call__(self, *args, **kwargs)
+
+        call_pipe = self._call_copy()
+        with contextlib.ExitStack() as stack:
+            if sites is None and compiled and active:
+                raise RuntimeError(
+                    f"pipe.{self.denoiser_name} is torch.compile-d without steering sites: compiled graphs ignore hooks "
+                    "added later. Use pipe.compile_unet(layers=...) instead of torch.compile."
+                )
+            if sites is not None:
+                stack.enter_context(sites.lock)
+            if active:
+                device = self._execution_device
+                vectors = [v.to(device) for v in vectors]
+                session = call_pipe.build_steering_session(
+                    vectors, scales, SteeringConfig.from_settings(settings), cfg=call_pipe.steering_cfg,
+                )
+                if sites is not None:
+                    outside = [n for n in session.plans if n not in sites.channels]
+                    if outside:
+                        raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
+                    sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
+                    sites.session = session
+                    stack.callback(setattr, sites, "session", None)
+                    stack.enter_context(activated(session))
+                else:
+                    stack.enter_context(session)
+            finish = self._enter_extras(call_pipe, stack, extras, num_images)
+            try:
+                output = parent.__call__(call_pipe, *args, **kwargs)
+            finally:
+                self._adopt_call_state(call_pipe)
+            return finish(output) if finish is not None else output
+
+    # Extension points for inline measurements (memorization detection) ------------------------------------------
+    def _extra_call_params(self) -> tuple[str, ...]:
+        return INLINE_CALL_PARAMS
+
+    def _enter_extras(self, call_pipe, stack: contextlib.ExitStack, extras: dict[str, Any], num_images: int):
+        return enter_inline_detection(call_pipe, stack, extras, num_images)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def learn_direction(self, positive, negative=None, **kwargs: Any) -> SteeringVector:
+        """Learn a `SteeringVector` training-free; see `steer.learn.learn_direction`."""
+        return learn_direction(self, positive, negative, **kwargs)
+
+    def detect_memorization(self, prompt, **kwargs: Any):
+        """Generate, score (inline and re-encode) and judge memorization; see `steer.detect.detector.detect_memorization`."""
+        return detect_memorization(self, prompt, **kwargs)
