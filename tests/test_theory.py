@@ -1,4 +1,5 @@
-"""Tests for the theory lab (steer.lab.theory): statistics helpers and the --quick experiments."""
+"""Tests for the theory lab (steer.lab.theory and its theory_* modules): statistics helpers and the --quick
+experiments."""
 
 from __future__ import annotations
 
@@ -8,10 +9,15 @@ import json
 import pytest
 import torch
 
+from steer.lab import data as D
 from steer.lab import theory
+from steer.lab.memorization import nn_ratio
+from steer.lab.theory_data import training_vectors
+from steer.lab.theory_models import ReLUDAE, load_models, save_models
+from steer.lab.theory_stats import activation_stats, weight_match
 
 needs_data = pytest.mark.skipif(
-    not (theory.FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
+    not (D.data_root() / "train-images-idx3-ubyte.gz").exists(),
     reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist",
 )
 
@@ -29,7 +35,7 @@ def test_activation_stats_spiky_vs_balanced() -> None:
     spiky = torch.zeros(3, 100)
     spiky[:, 0] = 10.0
     balanced = torch.full((3, 100), 1.0) + 0.1 * torch.rand(3, 100)
-    s, b = theory.activation_stats(spiky), theory.activation_stats(balanced)
+    s, b = activation_stats(spiky), activation_stats(balanced)
     assert s["l4_l2"] == pytest.approx(1.0)
     assert b["l4_l2"] == pytest.approx(100**-0.25, rel=0.05)
     assert s["cv"] > 5 * b["cv"] and s["active"] == 1 and b["active"] == 100
@@ -38,28 +44,29 @@ def test_activation_stats_spiky_vs_balanced() -> None:
 def test_nn_ratio_and_weight_match() -> None:
     data = torch.eye(4) * 10
     samples = torch.stack([data[0] + 0.1, (data[1] + data[2]) / 2])
-    ratios, idx = theory.nn_ratio(samples, data)
+    ratios, idx = nn_ratio(samples, data)
     assert ratios[0] < 1 / 3 and ratios[1] == pytest.approx(1.0) and idx[0] == 0
     weight = torch.cat([data[:2] / 10, 1e-4 * torch.ones(3, 4)])
-    match = theory.weight_match(weight, data)
+    match = weight_match(weight, data)
     assert match["rows_nonnegligible"] == 2 and match["frac_nonnegligible_rows"] == 1.0
     assert match["frac_all_rows"] == pytest.approx(0.4)
 
 
 def test_model_files_are_safetensors_and_round_trip(tmp_path) -> None:
-    dae = theory.ReLUDAE(12, 4)
-    path = theory.save_models(tmp_path / "m.safetensors", {"memorizing": dae.state_dict()}, {"trace": [1.5, 0.25]})
+    dae = ReLUDAE(12, 4)
+    path = save_models(tmp_path / "m.safetensors", {"memorizing": dae.state_dict()}, {"trace": [1.5, 0.25]})
     assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
-    state, meta = theory.load_models(path)
-    again = theory.ReLUDAE(12, 4)
+    state, meta = load_models(path)
+    again = ReLUDAE(12, 4)
     again.load_state_dict(state["memorizing"])
     assert torch.equal(again.hidden(torch.ones(1, 12)), dae.hidden(torch.ones(1, 12)))
     assert meta == {"trace": [1.5, 0.25]}
 
 
-def test_missing_dataset_message(tmp_path) -> None:
+def test_missing_dataset_message(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv(D.ROOT_ENV, str(tmp_path))  # the theory lab reads the lab's one Fashion-MNIST reader
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        theory.load_images("train", root=tmp_path)
+        training_vectors(5, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import data as D
+from .models import load_pipeline, sample
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "classifier"
 
@@ -145,8 +146,6 @@ def adherence_prompts(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.
 def adherence(pipe, n: int = 240, seed: int = 0, steps: int = 25, guidance: float = 5.0,
               classifier: AdherenceClassifier | None = None, return_images: bool = False) -> dict:
     """Share of ``n`` generated images whose predicted class / colour match their prompt."""
-    from .train import sample
-
     classifier = classifier if classifier is not None else load_classifier()
     prompts, colours, classes = adherence_prompts(n, seed)
     images = sample(pipe, prompts, seed=seed, steps=steps, guidance=guidance)
@@ -188,8 +187,6 @@ def main(argv=None) -> None:
         _, m = train_classifier(args.out, steps=args.steps, threads=args.threads, lr=args.lr, seed=args.seed, init=args.init)
         print(json.dumps(m, indent=1))
     else:
-        from .models import load_pipeline
-
         torch.set_num_threads(args.threads)
         pipe = load_pipeline(args.model)
         res = adherence(pipe, n=args.n, seed=args.seed, steps=args.steps, guidance=args.guidance,

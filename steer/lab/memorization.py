@@ -6,8 +6,15 @@ is at least three times closer than the second nearest (distances are L2 over al
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from . import data as D
+from .models import load_pipeline, sample
 
 RATIO_THRESHOLD = 1.0 / 3.0
 
@@ -83,8 +90,6 @@ def deduplicate(images, threshold: float = 0.05) -> np.ndarray:
 def sample_memorization(pipe, prompts: list[str], train_images, seed: int = 0, steps: int = 25, guidance: float = 5.0,
                         per_prompt: int = 1) -> dict:
     """Generate ``per_prompt`` images per prompt and report the NN-ratio memorization rate against ``train_images``."""
-    from .train import sample
-
     ps = [p for p in prompts for _ in range(per_prompt)]
     images = sample(pipe, ps, seed=seed, steps=steps, guidance=guidance)
     ratio, nn = nn_ratio(images, train_images)
@@ -96,21 +101,12 @@ def save_nn_grid(path, samples: np.ndarray, neighbours: np.ndarray) -> None:
     """Save samples (top row block) above their nearest training images (bottom), one column per sample."""
     from PIL import Image
 
-    from .data import to_uint8_grid
-
     n = len(samples)
-    grid = to_uint8_grid(np.concatenate([samples, neighbours]), nrow=n)
+    grid = D.to_uint8_grid(np.concatenate([samples, neighbours]), nrow=n)
     Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)
 
 
 def main(argv=None) -> None:
-    import argparse
-    import json
-    from pathlib import Path
-
-    from . import data as D
-    from .models import load_pipeline
-
     p = argparse.ArgumentParser(prog="python -m steer.lab.memorization",
                                 description="NN-ratio memorization rate of a pipeline's samples (Gu et al., ratio < 1/3)")
     p.add_argument("--model", required=True)

@@ -3,12 +3,14 @@
 Every part is a standard diffusers / transformers class (AutoencoderKL, CLIPTextModel + CLIPTokenizer with the
 real 49,408-token CLIP vocabulary, UNet2DConditionModel, DDIMScheduler), only much smaller, so the saved
 directory loads with ``StableDiffusionPipeline.from_pretrained`` like any other Stable Diffusion checkpoint.
+Also here: the device a lab command runs on, and sampling a pipeline into an image array.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 TEXT_WIDTH = 64
@@ -153,3 +155,27 @@ def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32, device: 
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``"auto"`` (or None) -> CUDA when available, else the CPU."""
+    if name in (None, "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dev
+
+
+@torch.no_grad()
+def sample(pipe, prompts: list[str], seed: int = 0, steps: int = 25, guidance: float = 5.0, batch_size: int = 100) -> np.ndarray:
+    """Generate one image per prompt with the pipeline; float32 [N,3,32,32] in [0,1]."""
+    outs = []
+    for i in range(0, len(prompts), batch_size):
+        g = torch.Generator(pipe.device).manual_seed(seed + i)
+        res = pipe(prompts[i : i + batch_size], num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                   output_type="np")
+        outs.append(np.asarray(res.images, dtype=np.float32).transpose(0, 3, 1, 2))
+    return np.concatenate(outs)
+

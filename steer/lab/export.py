@@ -1,0 +1,115 @@
+"""Stage 4 of ``steer.lab.train``: a run's EMA weights (or a fine-tuned decoder) written as a standard
+``StableDiffusionPipeline`` folder, with the variant's prompt lists and memorized items next to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from . import data as D
+from . import models as M
+from .checkpoints import atomic_json
+
+
+def export(run: Path, dest: Path, fp16: bool = True) -> Path:
+    """Assemble the EMA weights of ``run`` into a StableDiffusionPipeline folder at ``dest``."""
+    from diffusers import AutoencoderKL
+
+    run, dest = Path(run), Path(dest)
+    if not (run / "checkpoint.safetensors").is_file() and (run / "decoder_init.json").is_file():
+        return export_decoder(run, dest)
+    t = load_file(str(run / "checkpoint.safetensors"))
+    info = json.loads((run / "checkpoint.json").read_text())
+    scale = json.loads((run / "latents.json").read_text())["scaling_factor"]
+    vae = AutoencoderKL.from_pretrained(run / "vae")
+    dec = run / "decoder.safetensors"
+    if dec.is_file():  # decoder fine-tuned on this run's training set (finetune_decoder)
+        vae.load_state_dict({**vae.state_dict(), **load_file(str(dec))})
+    vae.register_to_config(scaling_factor=scale)
+    unet, te = M.build_unet(), M.build_text_encoder()
+    unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in t.items() if k.startswith("ema.unet.")})
+    te.load_state_dict({k[len("ema.text_encoder.") :]: v for k, v in t.items() if k.startswith("ema.text_encoder.")})
+    from transformers import CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(run / "tokenizer")
+    pipe = M.assemble_pipeline(vae, te, tok, unet)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    M.save_pipeline(pipe, tmp, fp16=fp16)
+    keep = [p for p in ("README.md", "samples.png", "memorized_prompts.txt", "ordinary_prompts.txt",
+                        "memorized_images.json", "eval.json") if (dest / p).exists()]
+    for p in keep:
+        shutil.copy(dest / p, tmp / p)
+    atomic_json({"step": info["step"], "seconds": info["seconds"],
+                  "final_loss_avg500": float(np.mean(info["losses"][-500:])), "args": info.get("args")},
+                 tmp / "training.json")
+    write_variant_files(run, tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def export_decoder(run: Path, dest: Path) -> Path:
+    """Write the pipeline a decoder-only run started from (``decoder_init.json``) with its fine-tuned decoder; the
+    UNet, text encoder and encoder are copied unchanged.  The stage is recorded under ``decoder_finetunes`` in
+    ``training.json``."""
+    from diffusers import AutoencoderKL
+
+    src = Path(json.loads((run / "decoder_init.json").read_text())["pipeline"])
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    stored = load_file(str(next((src / "vae").glob("*.safetensors"))))
+    dtype = stored[next(iter(stored))].dtype  # keep the pipeline's storage precision (fp16 for the lab models)
+    vae = AutoencoderKL.from_pretrained(src / "vae")
+    vae.load_state_dict({**vae.state_dict(), **load_file(str(run / "decoder.safetensors"))})
+    vae.to(dtype)
+    shutil.rmtree(tmp / "vae")
+    vae.save_pretrained(tmp / "vae", safe_serialization=True)
+    info = json.loads((tmp / "training.json").read_text()) if (tmp / "training.json").is_file() else {}
+    ck = json.loads((run / "decoder_ck.json").read_text())
+    info.setdefault("decoder_finetunes", []).append(
+        {"steps": ck["step"], "args": ck.get("args"), "final_mse01_avg50": float(np.mean(ck["losses"][-50:])) if ck["losses"] else None,
+         "final_memorized_mse01_avg50": float(np.mean(ck["mem_losses"][-50:])) if ck["mem_losses"] else None})
+    atomic_json(info, tmp / "training.json")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def write_variant_files(run: Path, dest: Path) -> None:
+    """Prompt lists and the memorized training items of a hybrid/mem run, next to its pipeline."""
+    vj = Path(run) / "variant.json"
+    if not vj.is_file():
+        return
+    meta = json.loads(vj.read_text())
+    args = json.loads((Path(run) / "checkpoint.json").read_text()).get("args", {})
+    (dest / "memorized_prompts.txt").write_text("\n".join(meta["memorized_captions"]) + "\n")
+    (dest / "ordinary_prompts.txt").write_text("\n".join(p for p, _, _ in D.all_full_prompts()) + "\n")
+    atomic_json({"split": "train", "data_seed": args.get("seed", 0), "indices": meta["memorized_indices"],
+                  "captions": meta["memorized_captions"], "copies": meta.get("copies", 1),
+                  "note": "indices into steer.lab.data.make_coloured_fashion_mnist('train', seed=data_seed)"},
+                 dest / "memorized_images.json")
+
+
+def component_sizes(model_dir: Path) -> dict:
+    """Parameter count of each component of a pipeline folder and the folder's size in MiB (for model cards)."""
+    out = {}
+    for sub in ("unet", "text_encoder", "vae"):
+        n = 0
+        for f in (Path(model_dir) / sub).glob("*.safetensors"):
+            with safe_open(str(f), "pt") as h:
+                n += sum(int(np.prod(h.get_slice(k).get_shape())) for k in h.keys())
+        out[sub] = n
+    out["folder_mb"] = round(sum(f.stat().st_size for f in Path(model_dir).rglob("*") if f.is_file()) / 2**20, 2)
+    return out
