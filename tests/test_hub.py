@@ -4,6 +4,7 @@ the real Hugging Face cache layout, offline (the Hub is unreachable here; nothin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 from pathlib import Path
@@ -316,3 +317,46 @@ def test_unreachable_hub_falls_back_to_the_cache(tmp_path, cache, fingerprint, m
         resolve_direction("user/nothing")
     assert "is not in the Hugging Face cache and the Hub cannot be reached (" in one_line(err)
     assert waits  # the real client tried the Hub (and retried) before falling back
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The command line and batch jobs take a repo id (through the same cache, offline)
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def hub_model_dir(tmp_path_factory, tiny_pipe):
+    path = tmp_path_factory.mktemp("tiny-model-hub")
+    tiny_pipe.save_pretrained(path)
+    return path
+
+
+def test_generate_and_batch_take_a_hub_repo_id(cache, tmp_path, fingerprint, hub_model_dir, capsys):
+    from steer.cli.main import main
+    from steer.recipe import read_recipe
+
+    vector = make_vector(fingerprint, seed=3, name="hub blue")
+    vector.save_pretrained(tmp_path / "upload")
+    lay_snapshot(cache, "alice/to-blue", {"steering_vector.safetensors": tmp_path / "upload" / "steering_vector.safetensors"})
+
+    out = tmp_path / "gen"
+    code = main(["generate", "--model", str(hub_model_dir), "--prompt", "a sneaker", "--direction", "alice/to-blue",
+                 "--scale", "2", "--steps", "2", "--seed", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    recipe = read_recipe(out / "seed1_scale+2.png")
+    assert recipe["directions"][0]["hash"] == vector.digest()
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a bag", "seeds": [0], "num_inference_steps": 2,
+                                "directions": [{"path": "alice/to-blue", "scale": 1.5}]}) + "\n"
+                    + json.dumps({"prompt": "a bag", "seeds": [0], "num_inference_steps": 2,
+                                  "directions": [{"path": "alice/not-cached", "scale": 1.0}]}) + "\n")
+    code = main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--model", str(hub_model_dir), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1  # the second job fails alone, with the cache's one-line reason
+    assert "alice/not-cached" in err and "offline" in err.lower()
+    manifest = [json.loads(line) for line in (tmp_path / "batch" / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 1 and manifest[0]["line"] == 1 and manifest[0]["recipe"]["directions"][0]["hash"] == vector.digest()
+
+    code = main(["generate", "--model", str(hub_model_dir), "--prompt", "a sneaker", "--direction", "alice/not-cached",
+                 "--steps", "2", "--out", str(tmp_path / "gen2")])
+    line = capsys.readouterr().err.strip()
+    assert code == 2 and len(line.splitlines()) == 1 and "alice/not-cached" in line and "offline" in line.lower()

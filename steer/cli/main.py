@@ -184,13 +184,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from steer.assets import bundled_directions
     from steer.cli.loading import load_pipeline
+    from steer.hub import resolve_direction
     from steer.recipe import save_png
     from steer.vectors import SteeringVector
 
     paths = []
-    for d in args.direction or []:
+    for d in args.direction or []:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
         bundled = bundled_directions()
-        paths.append(bundled[d] if d in bundled and not Path(d).exists() else Path(d))
+        paths.append(bundled[d] if d in bundled and not Path(d).exists() else resolve_direction(d))
     vectors = [(SteeringVector.load(p), p) for p in paths]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--direction", nargs="+", default=None, help="direction file(s) or bundled direction name(s)")
+    p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) or Hub repo(s) owner/name[@revision][:file.safetensors]")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
     group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")

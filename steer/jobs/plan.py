@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from steer.config import recommended_settings
+from steer.errors import SteeringFileError
+from steer.hub import is_hub_spec, resolve_direction
 from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.recipe import read_recipe, recipe_hash
@@ -222,6 +224,11 @@ class _Validator:
         bundled = bundled_directions()
         if name in bundled:
             return Path(bundled[name]).resolve()
+        if is_hub_spec(name):  # owner/name[@revision][:file]: through the Hugging Face cache (offline-aware)
+            try:
+                return resolve_direction(name)
+            except SteeringFileError as err:
+                raise JobError(line, str(err)) from None
         where = " or ".join(clip(str(c)) for c in candidates)
         known = f"; bundled directions: {sorted(bundled)}" if bundled else ""
         raise JobError(line, f"direction file not found: {show(name)} (looked for {where}){known}")

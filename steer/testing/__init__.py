@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from steer.assets import ASSETS  # noqa: E402
+
 TOKENIZER_DIR = ASSETS / "clip-tokenizer"
 
 
