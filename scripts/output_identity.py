@@ -34,10 +34,10 @@ def png_entry(path: Path, *places: Path) -> dict[str, str]:
     """Pixel hash and recipe hash of a PNG; the recipe with the package root and the temporary folder written as
     placeholders (they differ between the two checkouts, not between versions)."""
     with Image.open(path) as im:
-        recipe = str(im.info.get("steer:recipe", ""))
+        recipe, digest = str(im.info.get("steer:recipe", "")), pixels(im)
     for i, place in enumerate(places):
         recipe = recipe.replace(str(place), f"<place{i}>")
-    return {"pixels": pixels(im), "recipe": hashlib.sha256(recipe.encode()).hexdigest()}
+    return {"pixels": digest, "recipe": hashlib.sha256(recipe.encode()).hexdigest()}
 
 
 def cli_main():
