@@ -87,7 +87,8 @@ def calibrate(
         grid: the strengths tried (in the vector's own units), ascending.
         seed: the first seed; sample ``i`` uses ``seed + i`` for both sets.
         num_inference_steps / guidance_scale: sampling settings of the calibration runs.
-        **steering: ``steering_*`` options passed to every steered call.
+        **steering: ``steering_*`` options passed to every steered call; other pipeline call options (``height=``,
+            ``use_resolution_binning=``...) go to every call.
     """
     grid = sorted(float(g) for g in grid)
     if not grid or grid[0] <= 0:
@@ -95,7 +96,9 @@ def calibrate(
     seeds = [seed + i for i in range(num_samples)]
     pos = [positive[i % len(positive)] for i in range(num_samples)]
     neg = [negative[i % len(negative)] for i in range(num_samples)]
-    kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    # the pipeline's own call options (height, use_resolution_binning, ...) go to every call, steering_* to steered ones
+    kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
+    steering = {k: v for k, v in steering.items() if k.startswith("steering")}
     z_pos = _latents(pipe, pos, seeds, **kw)
     # open samples (the attribute left to the model), steered at 0 and along the grid in one batched call
     opened = open_prompts(pos, neg)

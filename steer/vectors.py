@@ -224,6 +224,11 @@ class SteeringVector:
         checkpoint); pass ``strict=False`` to use a direction on a fine-tune of its base model.
         """
         names = list(layers) if layers is not None else self.layers
+        learned_class = (self.metadata.get("model") or {}).get("unet_class")
+        if learned_class not in (None, type(unet).__name__):  # another family: say so before its layer names fail
+            raise ModelMismatchError(
+                f"direction {self.name!r} was learned on a {learned_class}, this denoiser is a {type(unet).__name__}"
+            )
         have = layer_channels(unet, names)
         for name in names:
             want = int(self.directions[name].shape[-1])

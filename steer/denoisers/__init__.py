@@ -19,10 +19,11 @@ from steer.denoisers.base import (
     main_tensor,
     replace_main_tensor,
 )
+from steer.denoisers.pixart import PixArtAdapter
 from steer.denoisers.unet import UNetAdapter
 from steer.errors import LayerError
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, PixArtAdapter]
 
 __all__ = [
     "ADAPTERS",

@@ -38,6 +38,8 @@ class TransformerAdapter(DenoiserAdapter):
     """
 
     block_lists: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
+    # Kind -> names of the attention modules of that kind inside a block (PixArt's self-attention is ``attn1``).
+    attention_modules: ClassVar[dict[str, tuple[str, ...]]] = {"attn": ("attn",), "attn2": ("attn2",)}
 
     def blocks(self) -> list[str]:
         names: list[str] = []
@@ -53,9 +55,9 @@ class TransformerAdapter(DenoiserAdapter):
         for block in self.blocks():
             if "blocks" in kinds:
                 out.append(block)
-            for kind in ("attn", "attn2"):
-                if kind in kinds and f"{block}.{kind}" in modules:
-                    out.append(f"{block}.{kind}")
+            for kind, attrs in self.attention_modules.items():
+                if kind in kinds:
+                    out += [f"{block}.{a}" for a in attrs if f"{block}.{a}" in modules]
         return out
 
     def glob_candidates(self) -> list[str]:

@@ -197,8 +197,7 @@ class SteeringMixin:
                 selected += [n for n in hits if n not in selected]
         for v in vectors:
             names = [n for n in v.layers if selected is None or n in selected]
-            resolve_layers(denoiser, names)
-            v.check_compatible(denoiser, names, strict=config.strict)
+            v.check_compatible(denoiser, names, strict=config.strict)  # model class first, then layer names
         plans: dict[str, LayerPlan] = build_layer_plans(vectors, selected, config.normalize)
         counter = (lambda: len(scheduler.timesteps)) if scheduler is not None else self.steering_num_steps
         return SteeringSession(

@@ -1,0 +1,98 @@
+"""`SteeringPixArtSigmaPipeline`: `PixArtSigmaPipeline` plus steering vectors applied by forward hooks.
+
+What differs from Stable Diffusion:
+
+- CFG: the parent has no ``do_classifier_free_guidance`` property; its ``__call__`` decides ``guidance_scale > 1``
+  locally and hands the decision to ``encode_prompt``. `encode_prompt` here notes it for the run in progress (in a
+  context variable keyed by the pipeline object, so threads and per-call copies never share it, and nothing is left
+  on the pipeline), and `steering_cfg` reads it.
+- Text tokens: T5 tokens padded to ``max_sequence_length`` (300) and masked in the transformer's cross-attentions.
+  `steering_text_embeddings` returns them with the masked (padding) positions filled by the mean of the prompt's real
+  tokens, so a mean over positions (learn's ``text`` preset) is the mean over the tokens the transformer reads.
+- No safety checker: the image processor's ``postprocess`` (between VAE decode and pixels) refuses NaN / infinite
+  images (`steer.validation.refuse_non_finite`), as `steer.validation.FiniteOutputMixin` does for SD.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+import torch
+from diffusers import PixArtSigmaPipeline
+from diffusers.image_processor import PixArtImageProcessor
+from diffusers.utils import is_bs4_available, is_ftfy_available
+
+from steer.dtypes import AutoDtypeMixin
+from steer.pipelines.mixin import SteeringMixin
+from steer.validation import refuse_non_finite
+
+# (id of the pipeline object whose encode_prompt ran last in this context, its do_classifier_free_guidance)
+_LAST_CFG: contextvars.ContextVar[tuple[int, bool] | None] = contextvars.ContextVar("steer_pixart_cfg", default=None)
+
+
+class FinitePixArtImageProcessor(PixArtImageProcessor):
+    """`PixArtImageProcessor` whose ``postprocess`` raises `NonFiniteOutputError` on a NaN / infinite image."""
+
+    def postprocess(self, image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        refuse_non_finite(image)
+        return super().postprocess(image, *args, **kwargs)
+
+
+class SteeringPixArtSigmaPipeline(SteeringMixin, AutoDtypeMixin, PixArtSigmaPipeline):
+    """PixArt-Sigma with training-free representation steering.
+
+    A drop-in `PixArtSigmaPipeline`: load it with `from_pretrained` or `from_pipe`; ``__call__`` takes every parent
+    argument plus the ``steering_*`` options (see `steer.pipelines.mixin.STEERING_DOC`). Sites: `steer.denoisers.
+    pixart.PixArtAdapter`. NaN images raise `NonFiniteOutputError`; loading without a dtype: `steer.dtypes.
+    AutoDtypeMixin`.
+
+    Args:
+        tokenizer, text_encoder, vae, transformer, scheduler: as `PixArtSigmaPipeline`.
+    """
+
+    denoiser_name = "transformer"
+
+    # The parent's __init__ assigns ``self.image_processor = PixArtImageProcessor(...)``: keep it, checking finiteness
+    # (no __init__ override: diffusers reads the parent's annotated signature for from_pretrained / from_pipe).
+    @property
+    def image_processor(self) -> PixArtImageProcessor:
+        try:
+            return self.__dict__["image_processor"]
+        except KeyError:
+            raise AttributeError("image_processor") from None
+
+    @image_processor.setter
+    def image_processor(self, value: PixArtImageProcessor) -> None:
+        if type(value) is PixArtImageProcessor:
+            value = FinitePixArtImageProcessor.from_config(value.config)
+        self.__dict__["image_processor"] = value
+
+    def encode_prompt(self, prompt: Any, do_classifier_free_guidance: bool = True, *args: Any, **kwargs: Any):
+        """The parent's ``encode_prompt``; also notes ``do_classifier_free_guidance`` for `steering_cfg` (the parent's
+        ``__call__`` decides it, ``guidance_scale > 1``, and keeps it in a local variable)."""
+        _LAST_CFG.set((id(self), bool(do_classifier_free_guidance)))
+        return super().encode_prompt(prompt, do_classifier_free_guidance, *args, **kwargs)
+
+    def steering_cfg(self) -> bool:
+        """Whether the transformer's batch is ``[uncond, cond]`` in this pipeline's call in progress."""
+        last = _LAST_CFG.get()
+        return last is not None and last[0] == id(self) and last[1]
+
+    @torch.no_grad()
+    def steering_text_embeddings(self, prompts: list[str], max_sequence_length: int = 300) -> torch.Tensor:
+        """The conditional T5 tokens of ``prompts`` as the transformer receives them (``encoder_hidden_states``,
+        before its caption projection), padding positions filled with the mean of each prompt's real tokens.
+
+        Args:
+            prompts: the prompts, one row each.
+            max_sequence_length: as the call's (PixArt-Sigma's default 300).
+        """
+        embeds, mask, _, _ = PixArtSigmaPipeline.encode_prompt(
+            self, list(prompts), do_classifier_free_guidance=False, device=self._execution_device,
+            clean_caption=is_bs4_available() and is_ftfy_available(),  # the call's default (True) where it can apply
+            max_sequence_length=max_sequence_length,
+        )
+        keep = mask.to(embeds.dtype).unsqueeze(-1)
+        mean = (embeds * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
+        return torch.where(keep.bool(), embeds, mean)
