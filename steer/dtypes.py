@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import torch
+
+# Set while `AutoDtypeMixin.from_pipe` builds a pipeline without a dtype: its closing ``to(dtype=float32)`` is skipped.
+_KEEP_DTYPES: contextvars.ContextVar[bool] = contextvars.ContextVar("steer_keep_dtypes", default=False)
 
 
 class AutoDtypeMixin:
@@ -30,7 +34,27 @@ class AutoDtypeMixin:
                 _cast(pipe, torch.float32)
         return pipe
 
+    @classmethod
+    def from_pipe(cls, pipeline: Any, **kwargs: Any):
+        """diffusers' ``from_pipe``, except that with no ``dtype`` / ``torch_dtype`` every shared component keeps its
+        dtype: diffusers casts them all to float32 in place, which also changes the source pipeline (a float16 UNet
+        doubles in size; a float32 VAE under a float16 UNet is kept either way). The source's automatic dtype choice
+        carries over."""
+        if any(kwargs.get(k) is not None for k in ("torch_dtype", "dtype")):
+            return super().from_pipe(pipeline, **kwargs)  # type: ignore[misc]
+        token = _KEEP_DTYPES.set(True)
+        try:
+            pipe = super().from_pipe(pipeline, **kwargs)  # type: ignore[misc]
+        finally:
+            _KEEP_DTYPES.reset(token)
+        stored = getattr(pipeline, "__dict__", {}).get("_steer_stored_dtype")
+        if stored is not None:
+            pipe.__dict__["_steer_stored_dtype"] = stored
+        return pipe
+
     def to(self, *args: Any, **kwargs: Any):
+        if _KEEP_DTYPES.get() and not args and set(kwargs) == {"dtype"}:
+            return self  # the dtype cast closing `from_pipe` without a dtype
         if kwargs.get("dtype") is not None or any(isinstance(a, torch.dtype) for a in args):
             self.__dict__.pop("_steer_stored_dtype", None)  # an explicit dtype ends the automatic choice
         pipe = super().to(*args, **kwargs)  # type: ignore[misc]

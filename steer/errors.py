@@ -39,3 +39,7 @@ class UnsafePathError(OSError):
 
 class OutputBusyError(OSError):
     """Another ``steer batch`` holds the output folder's lock."""
+
+
+class UnsupportedPipelineError(ValueError):
+    """steer has no steered version of this diffusers pipeline class."""

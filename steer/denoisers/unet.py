@@ -95,4 +95,18 @@ class UNetAdapter(DenoiserAdapter):
         size = max(8, min(int(size), 2 ** (len(cfg.block_out_channels) - 1) * 4))
         sample = torch.zeros(1, cfg.in_channels, size, size, device=param.device, dtype=param.dtype)
         context = torch.zeros(1, 1, cfg.cross_attention_dim, device=param.device, dtype=param.dtype)
-        return (sample, torch.tensor([10], device=param.device)), {"encoder_hidden_states": context}
+        kwargs: dict[str, Any] = {"encoder_hidden_states": context}
+        if getattr(cfg, "addition_embed_type", None) == "text_time":  # SDXL: pooled text + size/crop ids
+            kwargs["added_cond_kwargs"] = _text_time_inputs(cfg, param)
+        return (sample, torch.tensor([10], device=param.device)), kwargs
+
+
+def _text_time_inputs(cfg: Any, param: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero ``text_embeds`` and ``time_ids`` whose embedded concatenation has the width the UNet's ``add_embedding``
+    expects: 6 ids (SDXL base; the refiner has 5, any split of the width works) and the rest pooled text."""
+    width, per_id = int(cfg.projection_class_embeddings_input_dim), int(cfg.addition_time_embed_dim)
+    ids = min(6, width // per_id)
+    return {
+        "text_embeds": torch.zeros(1, width - ids * per_id, device=param.device, dtype=param.dtype),
+        "time_ids": torch.zeros(1, ids, device=param.device, dtype=param.dtype),
+    }

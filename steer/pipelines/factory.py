@@ -1,0 +1,60 @@
+"""`steering_pipeline(pipe)`: the steered version of any supported diffusers pipeline instance, sharing its
+components (diffusers' ``from_pipe``: no weights are copied or reloaded).
+
+`STEERED_PIPELINES` maps a diffusers pipeline class name to the ``"module:Class"`` of its steered version; modules
+are imported on first use, so supporting another pipeline is one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from steer.errors import UnsupportedPipelineError
+
+STEERED_PIPELINES: dict[str, str] = {
+    "StableDiffusionPipeline": "steer.pipelines.stable_diffusion:SteeringStableDiffusionPipeline",
+    "PixArtSigmaPipeline": "steer.pipelines.pixart:SteeringPixArtSigmaPipeline",
+    "StableDiffusionImg2ImgPipeline": "steer.pipelines.img2img:SteeringStableDiffusionImg2ImgPipeline",
+    "StableDiffusionXLPipeline": "steer.pipelines.stable_diffusion_xl:SteeringStableDiffusionXLPipeline",
+    "StableDiffusionXLImg2ImgPipeline": "steer.pipelines.img2img:SteeringStableDiffusionXLImg2ImgPipeline",
+    "StableDiffusion3Pipeline": "steer.pipelines.stable_diffusion_3:SteeringStableDiffusion3Pipeline",
+}
+
+
+def _diffusers_name(pipe_or_class: Any) -> str:
+    cls = pipe_or_class if isinstance(pipe_or_class, type) else type(pipe_or_class)
+    parent = cls.__dict__.get("_steering_parent") or getattr(cls, "_steering_parent", None)
+    return (parent or cls).__name__
+
+
+def steering_class(pipe_or_class: Any) -> type:
+    """The steered class for a diffusers pipeline (instance or class, matched by exact class name; an already
+    steered pipeline maps to its own steered class). Raises `UnsupportedPipelineError` in one line otherwise."""
+    name = _diffusers_name(pipe_or_class)
+    target = STEERED_PIPELINES.get(name)
+    if target is None:
+        raise UnsupportedPipelineError(
+            f"steer cannot steer a {name}; supported pipelines: {', '.join(sorted(STEERED_PIPELINES))}"
+        )
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def steering_pipeline(pipe: Any, **kwargs: Any) -> Any:
+    """The steered version of ``pipe``, sharing its components (``SteeringX.from_pipe(pipe, **kwargs)``).
+
+    Args:
+        pipe: a diffusers pipeline instance whose class is in `STEERED_PIPELINES` (e.g. a `StableDiffusionXLPipeline`
+            from ``from_pretrained`` or ``AutoPipelineForText2Image``), or an already steered one.
+        kwargs: passed to ``from_pipe`` (components to replace, config options, ``dtype``). With no dtype the
+            shared components keep theirs (`steer.dtypes.AutoDtypeMixin.from_pipe`).
+
+    Returns:
+        A new steered pipeline; ``pipe`` keeps working as before.
+    """
+    from diffusers import DiffusionPipeline
+
+    if not isinstance(pipe, DiffusionPipeline):
+        raise UnsupportedPipelineError(f"steering_pipeline expects a diffusers pipeline instance, got {type(pipe).__name__}")
+    return steering_class(pipe).from_pipe(pipe, **kwargs)

@@ -1,0 +1,289 @@
+"""Stable Diffusion XL and image-to-image (SD, SDXL) steering on tiny random-weight components (CPU, fp32)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+
+import steer
+from steer import ModelMismatchError, NonFiniteOutputError, SteeringVector
+from steer.denoisers import CONTEXT_SITE, adapter_for, layer_channels
+from steer.engine import window_bounds
+from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
+from steer.testing import tiny_components
+from steer.testing.sdxl import tiny_sdxl_components, tiny_sdxl_pipeline
+from steer.vectors import unet_fingerprint
+
+STEPS = 4
+PROMPT = "a red bag"
+
+
+@pytest.fixture(scope="module")
+def xl():
+    return tiny_sdxl_pipeline(seed=0)
+
+
+def rand_vector(pipe, layers, seed=0, scale=1.0, fingerprint=False):
+    ch = layer_channels(pipe.unet, layers)
+    g = torch.Generator().manual_seed(seed)
+    meta = {"name": f"rand{seed}"}
+    if fingerprint:
+        meta["model"] = unet_fingerprint(pipe.unet, layers)
+    return SteeringVector({n: scale * torch.randn(c, generator=g) for n, c in ch.items()}, meta)
+
+
+def run(pipe, gen, prompt=PROMPT, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    return pipe(prompt, generator=gen(0), output_type="np", **kw).images
+
+
+def no_hooks_left(unet):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
+
+
+# bit-identity -------------------------------------------------------------------------------------------------------
+def test_unsteered_and_zero_scale_are_bit_identical_to_the_diffusers_parent(xl, gen):
+    parent = StableDiffusionXLPipeline.__call__(xl, PROMPT, num_inference_steps=STEPS, generator=gen(0), output_type="np").images
+    v = rand_vector(xl, ["up_blocks.0.resnets.1", CONTEXT_SITE], scale=3.0)
+    assert np.array_equal(run(xl, gen), parent)
+    assert np.array_equal(run(xl, gen, steering=v, steering_scale=0.0), parent)
+    assert not np.array_equal(run(xl, gen, steering=v, steering_scale=1.0), parent)
+    assert no_hooks_left(xl.unet)
+
+
+# exact deltas -------------------------------------------------------------------------------------------------------
+def capture(pipe, gen, layer, **kw):
+    """(raw, steered) at ``layer`` for each UNet call from the second on: what the site produced / received before the
+    steering hook and what the denoiser then used."""
+    unet, raw, seen, late_handle = pipe.unet, [], [], []
+    if layer == CONTEXT_SITE:
+        def grab(store):
+            return lambda _m, _a, kwargs: store.append(kwargs["encoder_hidden_states"].detach().clone())
+        early = unet.register_forward_pre_hook(grab(raw), with_kwargs=True, prepend=True)
+        add_late = lambda: unet.register_forward_pre_hook(grab(seen), with_kwargs=True)  # noqa: E731
+    else:
+        module = dict(unet.named_modules())[layer]
+
+        def grab(store):
+            return lambda _m, _a, out: store.append((out[0] if isinstance(out, tuple) else out).detach().clone())
+        early = module.register_forward_hook(grab(raw), prepend=True)
+        add_late = lambda: module.register_forward_hook(grab(seen))  # noqa: E731
+
+    def late(_pipe, i, t, k):  # registered after the steering hook: sees what the denoiser uses
+        if not late_handle:
+            late_handle.append(add_late())
+        return {}
+
+    try:
+        run(pipe, gen, callback_on_step_end=late, **kw)
+    finally:
+        early.remove()
+        for h in late_handle:
+            h.remove()
+    return raw[1:], seen
+
+
+@pytest.mark.parametrize(("layer", "branch"), [("up_blocks.0.attentions.1", "cond"), (CONTEXT_SITE, "split")])
+def test_site_moves_by_exactly_scale_times_v_on_the_steered_half_inside_the_window(xl, gen, layer, branch):
+    v = rand_vector(xl, [layer], seed=3)
+    scale, window = 0.7, (0.25, 0.75)
+    raw, seen = capture(xl, gen, layer, steering=v, steering_scale=scale, steering_window=window, steering_branch=branch)
+    assert len(raw) == len(seen) == STEPS - 1
+    first, stop = window_bounds(window, STEPS)
+    assert (first, stop) == (1, 3)
+    d = scale * v.directions[layer]
+    half = raw[0].shape[0] // 2
+    for step, (r, s) in enumerate(zip(raw, seen, strict=True), start=1):
+        moved = s - r
+        shape = (1, -1, 1, 1) if r.ndim == 4 else (1, 1, -1)
+        if not first <= step < stop:
+            assert torch.equal(s, r), f"step {step} is outside the window but moved"
+            continue
+        torch.testing.assert_close(moved[half:], d.reshape(shape).expand_as(moved[half:]), rtol=0, atol=1e-5)
+        if branch == "split":
+            torch.testing.assert_close(moved[:half], (-d).reshape(shape).expand_as(moved[:half]), rtol=0, atol=1e-5)
+        else:
+            assert torch.equal(s[:half], r[:half])
+
+
+# hooks and threads --------------------------------------------------------------------------------------------------
+def test_hooks_are_removed_after_an_exception_mid_call(xl, gen):
+    v = rand_vector(xl, ["up_blocks.1.resnets.0", CONTEXT_SITE])
+
+    def boom(_pipe, i, t, k):
+        if i == 1:
+            raise RuntimeError("stop here")
+        return {}
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        run(xl, gen, steering=v, steering_window=(0, 1), callback_on_step_end=boom)
+    assert no_hooks_left(xl.unet)
+    with pytest.raises(ModelMismatchError):  # a failure while entering (wrong channels) leaves nothing either
+        run(xl, gen, steering=SteeringVector({"up_blocks.1.resnets.0": torch.ones(7)}))
+    assert no_hooks_left(xl.unet)
+
+
+def test_a_steered_thread_does_not_touch_an_unsteered_one(xl, gen):
+    plain = run(xl, gen)
+    v = rand_vector(xl, [CONTEXT_SITE, "up_blocks.0.resnets.0"], scale=2.0)
+    barrier = threading.Barrier(2, timeout=60)
+    out: dict[str, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def lockstep(_pipe, i, t, k):  # both runs alternate UNet calls
+        barrier.wait()
+        return {}
+
+    def worker(name, **kw):
+        try:
+            out[name] = run(xl, gen, callback_on_step_end=lockstep, **kw)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=("steered",), kwargs={"steering": v, "steering_window": (0, 1)}),
+               threading.Thread(target=worker, args=("plain",))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert not errors, errors
+    assert np.array_equal(out["plain"], plain)
+    assert not np.array_equal(out["steered"], plain)
+    assert no_hooks_left(xl.unet)
+
+
+# learning -----------------------------------------------------------------------------------------------------------
+def test_learn_then_steer_changes_the_output_with_the_default_text_preset(xl, gen):
+    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, calibrate=False, num_samples=2, num_inference_steps=2, progress=False)
+    assert v.layers == [CONTEXT_SITE] and v.metadata["preset"] == "text"
+    assert v.directions[CONTEXT_SITE].shape == (64,)  # both text encoders' widths
+    # the direction is the difference of the two prompt sets' SDXL text tokens (prompt_embeds, not the pooled ones)
+    pos, neg = xl.steering_text_embeddings([PROMPT]), xl.steering_text_embeddings(["a blue bag"])
+    diff = (pos.mean(1) - neg.mean(1))[0]
+    torch.testing.assert_close(v.directions[CONTEXT_SITE], diff / diff.norm())
+    base = run(xl, gen, "a bag", num_inference_steps=2)
+    steered = run(xl, gen, "a bag", num_inference_steps=2, steering=v)
+    assert np.abs(steered - base).max() > 1e-3
+    assert np.array_equal(run(xl, gen, "a bag", num_inference_steps=2, steering=v, steering_scale=0.0), base)
+
+
+def test_learn_with_calibration(xl, gen):
+    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, num_samples=2, num_inference_steps=2, calibration_samples=2, progress=False)
+    cal = v.metadata["calibration"]
+    assert cal["strength"] > 0 and cal["unet_rows"] == (2 + 6) * 2 * 2 * 2
+    assert not np.array_equal(run(xl, gen, "a bag", num_inference_steps=2, steering=v), run(xl, gen, "a bag", num_inference_steps=2))
+
+
+def test_a_direction_from_another_unet_family_is_refused_by_name(xl, tiny_pipe, tmp_path):
+    sd_path = rand_vector(tiny_pipe, ["up_blocks.0.resnets.0"], fingerprint=True).save(tmp_path / "sd.safetensors")
+    loaded = SteeringVector.load(sd_path)
+    assert layer_channels(xl.unet, ["up_blocks.0.resnets.0"]) == layer_channels(tiny_pipe.unet, ["up_blocks.0.resnets.0"])
+    with pytest.raises(ModelMismatchError, match="different UNet"):  # same channels there: the architecture tells
+        xl("a bag", num_inference_steps=1, output_type="latent", steering=loaded)
+    xl_path = rand_vector(xl, [CONTEXT_SITE], fingerprint=True).save(tmp_path / "xl.safetensors")
+    with pytest.raises(ModelMismatchError, match="channel mismatch"):  # 64 text channels vs SD's 32
+        tiny_pipe("a bag", num_inference_steps=1, output_type="latent", steering=SteeringVector.load(xl_path))
+    assert no_hooks_left(xl.unet) and no_hooks_left(tiny_pipe.unet)
+
+
+# sites --------------------------------------------------------------------------------------------------------------
+def test_sites_of_the_tiny_sdxl_unet(xl):
+    layers = steer.list_layers(xl.unet)
+    assert "down_blocks.0.resnets.0" in layers and "up_blocks.2.resnets.2" in layers
+    assert not any(n.startswith(("down_blocks.0.attentions", "up_blocks.2.attentions")) for n in layers)
+    attn2 = steer.list_layers(xl.unet, ["attn2"])
+    assert "up_blocks.0.attentions.0.transformer_blocks.1.attn2" in attn2  # two transformer layers per block
+    assert steer.list_layers(xl.unet, ["context"]) == [CONTEXT_SITE]
+    # attn2 has no out_channels: counted by one probe forward, which needs SDXL's added_cond_kwargs
+    assert layer_channels(xl.unet, [attn2[-1], CONTEXT_SITE]) == {attn2[-1]: 64, CONTEXT_SITE: 64}
+
+
+SDXL_BASE_UNET = dict(
+    addition_embed_type="text_time", addition_time_embed_dim=256, attention_head_dim=[5, 10, 20],
+    block_out_channels=[320, 640, 1280], cross_attention_dim=2048, layers_per_block=2,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    projection_class_embeddings_input_dim=2816, sample_size=128, transformer_layers_per_block=[1, 2, 10],
+    use_linear_projection=True,
+)
+
+
+def test_default_layers_on_the_real_sdxl_layout_are_the_papers_up_block_resnets():
+    with torch.device("meta"):  # SDXL base's UNet config, no weights
+        unet = UNet2DConditionModel(**SDXL_BASE_UNET)
+    defaults = steer.default_layers(unet)
+    # the lowest-resolution up block (1280 channels, 32x32 latents at 1024 px) and all but the last resnet of the next,
+    # as on SD 1.x
+    assert defaults == [f"up_blocks.0.resnets.{i}" for i in range(3)] + ["up_blocks.1.resnets.0", "up_blocks.1.resnets.1"]
+    assert layer_channels(unet, defaults) == {**{f"up_blocks.0.resnets.{i}": 1280 for i in range(3)},
+                                              "up_blocks.1.resnets.0": 640, "up_blocks.1.resnets.1": 640}
+    assert adapter_for(unet).context_dim() == 2048
+    attn2 = steer.list_layers(unet, ["attn2"])
+    assert len(attn2) == 2 * 2 + 2 * 10 + 10 + 3 * 10 + 3 * 2  # down 1 + 2, mid, up 0 + 1
+    _, kwargs = adapter_for(unet).probe_inputs()
+    added = kwargs["added_cond_kwargs"]
+    assert added["text_embeds"].shape == (1, 1280) and added["time_ids"].shape == (1, 6)
+
+
+# NaN ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("output_type", ["np", "pil"])
+def test_a_nan_image_raises_instead_of_turning_black(xl, gen, output_type):
+    def poison(_pipe, i, t, k):
+        return {"latents": torch.full_like(k["latents"], float("nan"))}
+
+    for kw in ({}, {"steering": rand_vector(xl, [CONTEXT_SITE])}):
+        with pytest.raises(NonFiniteOutputError):
+            xl(PROMPT, num_inference_steps=2, generator=gen(0), output_type=output_type, callback_on_step_end=poison, **kw)
+    assert no_hooks_left(xl.unet)
+    assert type(StableDiffusionXLPipeline(**tiny_sdxl_components()).image_processor).__name__ == "VaeImageProcessor"
+
+
+# image-to-image -----------------------------------------------------------------------------------------------------
+def _img2img(kind: str):
+    if kind == "sd":
+        pipe = SteeringStableDiffusionImg2ImgPipeline(**tiny_components(0))
+    else:
+        pipe = SteeringStableDiffusionXLImg2ImgPipeline(**tiny_sdxl_components(0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_img2img_window_is_measured_over_the_steps_the_run_performs(kind, gen, monkeypatch):
+    pipe = _img2img(kind)
+    image = torch.rand(1, 3, 32, 32, generator=gen(1))
+    v = rand_vector(pipe, ["up_blocks.1.resnets.0"])
+    calls, applied = [0], []
+    import steer.engine.steering as steering_module
+
+    real = steering_module.apply_delta
+
+    def counting(h, *a, **k):
+        applied.append(calls[0] - 1)
+        return real(h, *a, **k)
+
+    monkeypatch.setattr(steering_module, "apply_delta", counting)
+    counter = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        kw = dict(image=image, strength=0.5, num_inference_steps=10, output_type="np")
+        steered = pipe(PROMPT, generator=gen(0), steering=v, steering_window=(0.5, 1.0), **kw).images
+    finally:
+        counter.remove()
+    assert calls[0] == 5 and pipe.num_timesteps == 5  # strength 0.5 of 10 steps
+    assert applied == [3, 4]  # the last half of the 5 run steps (window_bounds((0.5, 1), 5)), not of 10
+    parent = type(pipe)._steering_parent
+    assert parent in (StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline)
+    plain = parent.__call__(pipe, PROMPT, generator=gen(0), **kw).images
+    assert np.array_equal(pipe(PROMPT, generator=gen(0), **kw).images, plain)
+    assert not np.array_equal(steered, plain)
+    assert no_hooks_left(pipe.unet)
