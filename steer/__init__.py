@@ -22,6 +22,11 @@ _EXPORTS = {
     "SteeringPixArtSigmaPipeline": "steer.pipelines.pixart",
     "SteeringSession": "steer.engine",
     "SteeringStableDiffusionPipeline": "steer.pipelines.stable_diffusion",
+    "SteeringStableDiffusionImg2ImgPipeline": "steer.pipelines.img2img",
+    "SteeringStableDiffusionXLPipeline": "steer.pipelines.stable_diffusion_xl",
+    "SteeringStableDiffusionXLImg2ImgPipeline": "steer.pipelines.img2img",
+    "UnsupportedPipelineError": "steer.errors",
+    "steering_pipeline": "steer.pipelines.factory",
     "SteeringVector": "steer.vectors",
     "default_layers": "steer.denoisers",
     "list_layers": "steer.denoisers",
@@ -39,6 +44,11 @@ __all__ = [
     "SteeringPixArtSigmaPipeline",
     "SteeringSession",
     "SteeringStableDiffusionPipeline",
+    "SteeringStableDiffusionImg2ImgPipeline",
+    "SteeringStableDiffusionXLPipeline",
+    "SteeringStableDiffusionXLImg2ImgPipeline",
+    "UnsupportedPipelineError",
+    "steering_pipeline",
     "SteeringVector",
     "default_layers",
     "list_layers",
@@ -50,8 +60,11 @@ if TYPE_CHECKING:
     from steer.denoisers import default_layers, list_layers, resolve_layers
     from steer.detect.detector import MemorizationDetector
     from steer.engine import ActivationRecorder, SteeringSession
-    from steer.errors import DetectorFileError
+    from steer.errors import DetectorFileError, UnsupportedPipelineError
+    from steer.pipelines.factory import steering_pipeline
+    from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
     from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
+    from steer.pipelines.stable_diffusion_xl import SteeringStableDiffusionXLPipeline
     from steer.validation import NonFiniteOutputError
     from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
 
