@@ -21,6 +21,7 @@ _EXPORTS = {
     "SteeringFileError": "steer.errors",
     "SteeringPixArtSigmaPipeline": "steer.pipelines.pixart",
     "SteeringSession": "steer.engine",
+    "SteeringStableDiffusion3Pipeline": "steer.pipelines.stable_diffusion_3",
     "SteeringStableDiffusionPipeline": "steer.pipelines.stable_diffusion",
     "SteeringStableDiffusionImg2ImgPipeline": "steer.pipelines.img2img",
     "SteeringStableDiffusionXLPipeline": "steer.pipelines.stable_diffusion_xl",
@@ -43,6 +44,7 @@ __all__ = [
     "SteeringFileError",
     "SteeringPixArtSigmaPipeline",
     "SteeringSession",
+    "SteeringStableDiffusion3Pipeline",
     "SteeringStableDiffusionPipeline",
     "SteeringStableDiffusionImg2ImgPipeline",
     "SteeringStableDiffusionXLPipeline",
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from steer.pipelines.factory import steering_pipeline
     from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
     from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
+    from steer.pipelines.stable_diffusion_3 import SteeringStableDiffusion3Pipeline
     from steer.pipelines.stable_diffusion_xl import SteeringStableDiffusionXLPipeline
     from steer.validation import NonFiniteOutputError
     from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector

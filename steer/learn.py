@@ -434,6 +434,11 @@ def learn_direction(
                 raise FileNotFoundError(f"image file not found: {item}")
     if image_input and mode in ("text", "trajectory"):
         mode = "reference"  # images carry no prompt trajectory: the paper's extraction
+    if mode == "reference" and getattr(pipe, "unet", None) is None:  # encode + one noised UNet pass: UNet pipelines only
+        raise ValueError(
+            f"learning from {'images' if image_input else 'reference samples'} (the paper's extraction) needs a UNet "
+            f"pipeline; for a {type(unet).__name__} learn from prompts with preset='text', preset='casteer' or mode='fast'"
+        )
     if mode == "text" and layer_names != [CONTEXT_SITE]:
         raise ValueError(f"mode='text' learns at {CONTEXT_SITE!r} only; got layers {layer_names}")
     if calibrate and (image_input or not neg_items):

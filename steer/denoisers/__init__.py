@@ -20,10 +20,11 @@ from steer.denoisers.base import (
     replace_main_tensor,
 )
 from steer.denoisers.pixart import PixArtAdapter
+from steer.denoisers.sd3 import SD3Adapter
 from steer.denoisers.unet import UNetAdapter
 from steer.errors import LayerError
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, PixArtAdapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, PixArtAdapter, SD3Adapter]
 
 __all__ = [
     "ADAPTERS",

@@ -1,0 +1,67 @@
+"""`SteeringStableDiffusion3Pipeline`: `StableDiffusion3Pipeline` (SD3 / SD3.5) plus steering vectors applied by
+forward hooks on its `SD3Transformer2DModel` (sites: `steer.denoisers.sd3`)."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any
+
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+from steer.config import STEERING_DEFAULTS, parse_scales
+from steer.dtypes import AutoDtypeMixin
+from steer.pipelines.finite import FiniteImageMixin
+from steer.pipelines.mixin import SteeringMixin
+
+# Transformers' fast tokenizers set padding / truncation on their shared Rust backend at every call, so two threads
+# encoding prompts at once on one tokenizer get each other's padding (77 tokens where 5 were asked, and shape errors).
+# Text encoding of SD3 pipelines is serialized; it is a small part of a call.
+_TEXT_LOCK = threading.RLock()
+
+
+class SteeringStableDiffusion3Pipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusion3Pipeline):
+    """Stable Diffusion 3 / 3.5 with training-free representation steering.
+
+    A drop-in `StableDiffusion3Pipeline`: load it with `from_pretrained` or `from_pipe`; ``__call__`` takes every
+    parent argument plus the ``steering_*`` options (see `steer.pipelines.mixin.STEERING_DOC`). The default learned
+    direction (``preset="text"``) steers the transformer's ``encoder_hidden_states`` (CLIP + T5 tokens before
+    ``context_embedder``); block sites are ``transformer_blocks.{i}`` (image stream). CFG is one batched
+    ``[uncond, cond]`` call. Decoded images holding NaN / inf raise `NonFiniteOutputError` (SD3 has no safety checker:
+    `steer.pipelines.finite.FiniteImageMixin` checks before ``image_processor.postprocess``). Steering together with
+    skip-layer guidance (``skip_guidance_layers``) is refused: its extra conditional-only transformer call per step
+    would shift the step count and the CFG halves the hooks rely on.
+    """
+
+    denoiser_name = "transformer"
+
+    def encode_prompt(self, *args: Any, **kwargs: Any):
+        """`StableDiffusion3Pipeline.encode_prompt`, one thread at a time (the tokenizers are not thread-safe)."""
+        with _TEXT_LOCK:
+            return super().encode_prompt(*args, **kwargs)
+
+    @torch.no_grad()
+    def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """The conditional ``prompt_embeds`` of ``prompts`` (CLIP-L/G tokens zero-padded to the T5 width, then the T5
+        tokens: ``(N, 77 + 256, joint_attention_dim)``), as the transformer's ``encoder_hidden_states`` reads them."""
+        embeds, _, _, _ = self.encode_prompt(
+            list(prompts), None, None, device=self._execution_device, num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+        )
+        return embeds
+
+    def _steered_call(self, parent: type, *args: Any, **kwargs: Any):
+        plain = {k: v for k, v in kwargs.items() if k not in STEERING_DEFAULTS and k not in self._extra_call_params()}
+        try:
+            bound = inspect.signature(parent.__call__).bind(self, *args, **plain)
+        except TypeError:
+            bound = None  # the parent call raises its own error
+        if bound is not None and bound.arguments.get("skip_guidance_layers") is not None:
+            settings, vectors = self._resolve_steering({k: v for k, v in kwargs.items() if k in STEERING_DEFAULTS})
+            if vectors and bool(parse_scales(settings["steering_scale"], len(vectors), self._num_images(bound)).abs().sum() > 0):
+                raise ValueError(
+                    "steering with skip_guidance_layers is not supported (skip-layer guidance adds a conditional-only "
+                    "transformer call per step); pass skip_guidance_layers=None or steering=None"
+                )
+        return super()._steered_call(parent, *args, **kwargs)

@@ -1,0 +1,90 @@
+"""Tiny random-weight Stable Diffusion 3 components from configs (no downloads), for tests and demos."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from steer.testing import clip_tokenizer
+from steer.testing.t5 import t5_tokenizer
+
+CLIP_WIDTH = 32  # each CLIP encoder's hidden size and projection size (pooled = 2 x 32 = 64)
+T5_WIDTH = 64  # = joint_attention_dim: the two CLIP widths side by side fill it exactly (nothing is cropped)
+
+
+def _clip(seed: int) -> CLIPTextModelWithProjection:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, projection_dim=CLIP_WIDTH,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def tiny_sd3_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]:
+    """`SD3Transformer2DModel` (2 joint blocks, 4 heads of 8, patch 2: ``(sample_size / 2)^2`` image tokens), a x2
+    VAE with 4 latent channels and SD3's shift/scaling factors, two CLIP-with-projection text encoders (width 32), a
+    T5 encoder (width 64, 2 layers) and `FlowMatchEulerDiscreteScheduler`, randomly initialised."""
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=T5_WIDTH,
+        pooled_projection_dim=2 * CLIP_WIDTH,
+        out_channels=4,
+        pos_embed_max_size=sample_size,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=sample_size * 2,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    torch.manual_seed(seed + 1)
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=1000, d_model=T5_WIDTH, d_kv=8, d_ff=2 * T5_WIDTH, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+        )
+    ).eval()
+    return {
+        "transformer": transformer.eval(),
+        "vae": vae.eval(),
+        "text_encoder": _clip(seed + 2),
+        "tokenizer": clip_tokenizer(),
+        "text_encoder_2": _clip(seed + 3),
+        "tokenizer_2": clip_tokenizer(),
+        "text_encoder_3": t5,
+        "tokenizer_3": t5_tokenizer(),
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        "image_encoder": None,
+        "feature_extractor": None,
+    }
+
+
+def tiny_sd3_pipeline(seed: int = 0, cls: type | None = None, **kwargs: Any):
+    """A `SteeringStableDiffusion3Pipeline` (or ``cls``, e.g. diffusers' own class) on `tiny_sd3_components`; fp32,
+    CPU. Its default image is ``2 * sample_size`` pixels square."""
+    if cls is None:
+        from steer.pipelines.stable_diffusion_3 import SteeringStableDiffusion3Pipeline as cls
+    pipe = cls(**tiny_sd3_components(seed, **kwargs))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
