@@ -145,7 +145,8 @@ def extract_from_latents(
                 t = torch.full((len(z0),), timestep, device=z0.device, dtype=torch.long)
                 zt = noiser.add_noise(z0, noise, t)
                 cond = encode_text(pipe, prompts[i : i + batch_size]).to(zt.dtype)
-                pipe.unet(zt, t, encoder_hidden_states=cond, return_dict=False)
+                extra = pipe.steering_denoiser_kwargs(prompts[i : i + batch_size], zt) if hasattr(pipe, "steering_denoiser_kwargs") else {}
+                pipe.unet(zt, t, encoder_hidden_states=cond, return_dict=False, **extra)  # extra: e.g. SDXL's added_cond_kwargs
                 bar.update(len(z0))
     finally:
         bar.close()

@@ -184,6 +184,22 @@ def test_learn_with_calibration(xl, gen):
     assert not np.array_equal(run(xl, gen, "a bag", num_inference_steps=2, steering=v), run(xl, gen, "a bag", num_inference_steps=2))
 
 
+def test_learn_from_images_with_the_papers_extraction(xl, gen, monkeypatch):
+    images = [torch.rand(3, 32, 32, generator=gen(i)) for i in range(2)]
+    passes, real = [], type(xl).steering_denoiser_kwargs
+
+    def spy(self, prompts, latents):
+        passes.append(real(self, prompts, latents))
+        return passes[-1]
+
+    monkeypatch.setattr(type(xl), "steering_denoiser_kwargs", spy)
+    v = xl.learn_direction(images, method="mean", progress=False)  # VAE-encode, noise, one UNet pass, pool
+    assert v.layers == steer.default_layers(xl.unet) and v.metadata["source"] == "images"
+    added = passes[0]["added_cond_kwargs"]  # SDXL's pooled text and size / crop ids for a 32 px image
+    assert added["text_embeds"].shape == (2, 32) and added["time_ids"].tolist() == [[32, 32, 0, 0, 32, 32]] * 2
+    assert not np.array_equal(run(xl, gen, "a bag", steering=v), run(xl, gen, "a bag"))
+
+
 def test_a_direction_from_another_unet_family_is_refused_by_name(xl, tiny_pipe, tmp_path):
     sd_path = rand_vector(tiny_pipe, ["up_blocks.0.resnets.0"], fingerprint=True).save(tmp_path / "sd.safetensors")
     loaded = SteeringVector.load(sd_path)

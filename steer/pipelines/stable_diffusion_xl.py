@@ -8,6 +8,8 @@ are refused where the pipeline post-processes them (`steer.pipelines.finite.Fini
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import StableDiffusionXLPipeline
 
@@ -32,6 +34,25 @@ class SDXLTextMixin:
             list(prompts), device=self._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=False  # type: ignore[attr-defined]
         )
         return embeds
+
+    @torch.no_grad()
+    def steering_denoiser_kwargs(self, prompts: list[str], latents: torch.Tensor) -> dict[str, Any]:
+        """What one conditional UNet pass outside a pipeline call needs besides the text tokens (learning from
+        images, `steer.learn.extract_from_latents`): SDXL's pooled text and its size / crop ids, as a call at the
+        latents' resolution with no crop sets them (five ids with an aesthetic score of 6 for a refiner).
+
+        Args:
+            prompts: one prompt per latent.
+            latents: the (N, 4, h, w) latents of the pass.
+        """
+        _, _, pooled, _ = self.encode_prompt(  # type: ignore[attr-defined]
+            list(prompts), device=self._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=False  # type: ignore[attr-defined]
+        )
+        h, w = (int(n) * self.vae_scale_factor for n in latents.shape[-2:])  # type: ignore[attr-defined]
+        aesthetic = bool(getattr(self.config, "requires_aesthetics_score", False))  # type: ignore[attr-defined]
+        ids = [h, w, 0, 0, 6.0] if aesthetic else [h, w, 0, 0, h, w]
+        time_ids = torch.tensor([ids] * len(prompts), device=latents.device, dtype=latents.dtype)
+        return {"added_cond_kwargs": {"text_embeds": pooled.to(latents), "time_ids": time_ids}}
 
 
 class SteeringStableDiffusionXLPipeline(SDXLTextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusionXLPipeline):
