@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +12,9 @@ from pathlib import Path
 import torch
 
 from steer.assets import default_model
-from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
+from steer.pipelines.factory import steering_class
+
+MAX_INDEX_BYTES = 1 << 20  # a model_index.json is a few hundred bytes
 
 
 def default_device() -> torch.device:
@@ -52,8 +56,31 @@ def _loading_bars(enabled: bool) -> Iterator[None]:
             (module.enable_progress_bar if was else module.disable_progress_bar)()
 
 
+def steering_class_for_model(model: str) -> type:
+    """The steered pipeline class for a pipeline directory or hub id, from its ``model_index.json``'s
+    ``_class_name`` (read from the folder, or through the Hugging Face cache / Hub for a hub id).
+
+    Raises `UnsupportedPipelineError` (one line) for a pipeline steer does not support.
+    """
+    local = Path(model)
+    if local.is_dir():
+        index = local / "model_index.json"
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise OSError(f"{index} is larger than {MAX_INDEX_BYTES} bytes: not a pipeline index")
+        config = json.loads(index.read_text())
+    else:
+        from diffusers import DiffusionPipeline
+
+        config = DiffusionPipeline.load_config(model)
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    if not isinstance(name, str):
+        raise OSError(f"{model}: model_index.json has no _class_name")
+    return steering_class(name)
+
+
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, progress: bool = False):
-    """Load a `SteeringStableDiffusionPipeline` from a local directory or a hub id (safety checker off).
+    """Load the steered pipeline of a local directory or a hub id: the class its ``model_index.json`` names (SD,
+    SDXL, SD3, PixArt-Sigma, Flux, image-to-image; `steer.pipelines.factory.STEERED_PIPELINES`), safety checker off.
 
     fp16 on CUDA, fp32 elsewhere unless ``dtype`` is given. Raises FileNotFoundError / OSError with a readable
     message when the model cannot be found (e.g. a hub id while offline).
@@ -67,10 +94,12 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
         raise FileNotFoundError(f"model {model!r} not found: give a pipeline directory or a hub id like 'org/name'")
     try:
+        cls = steering_class_for_model(model)
+        extra = {}
+        if "safety_checker" in inspect.signature(cls.__init__).parameters:  # SD 1.x/2.x: no safety checker
+            extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         with _loading_bars(progress):
-            pipe = SteeringStableDiffusionPipeline.from_pretrained(
-                model, dtype=dtype, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-            )
+            pipe = cls.from_pretrained(model, dtype=dtype, **extra)
     except OSError as err:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1 is set: only cached or local models load)" if offline else ""

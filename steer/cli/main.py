@@ -243,13 +243,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_layers(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
-    from steer.denoisers import CONTEXT_SITE, default_layers, layer_channels, list_layers
+    from steer.denoisers import CONTEXT_SITE, adapter_for, default_layers, denoiser_of, layer_channels, list_layers
 
     pipe = load_pipeline(args.model, args.device)
-    names = list_layers(pipe.unet, ("context", "resnets", "attentions", "attn2"))
-    channels = layer_channels(pipe.unet, names)
-    defaults = set(default_layers(pipe.unet))
-    for n in names:  # the text-token site is learn_direction's default; the resnets marked are the paper's
+    denoiser = denoiser_of(pipe)  # the UNet or the transformer, whichever family the pipeline is
+    names = list_layers(denoiser, adapter_for(denoiser).listing_kinds)
+    channels = layer_channels(denoiser, names)
+    defaults = set(default_layers(denoiser))
+    for n in names:  # the text-token site is learn_direction's default; the others marked are the paper's layers
         flag = "\tdefault (learn_direction)" if n == CONTEXT_SITE else ("\tpaper" if n in defaults else "")
         print(f"{n}\t{channels[n]}{flag}")
     return 0

@@ -66,6 +66,9 @@ class DenoiserAdapter:
     # Keyword under which the denoiser receives the text tokens, and its positional index when passed positionally.
     context_kwarg: ClassVar[str] = "encoder_hidden_states"
     context_position: ClassVar[int | None] = None
+    # Every kind of site, for listings (`steer layers`, the app's layer slider); `list_layers()` alone gives the
+    # family's usual steering sites.
+    listing_kinds: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -38,6 +38,7 @@ class TransformerAdapter(DenoiserAdapter):
     """
 
     block_lists: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
+    listing_kinds = ("context", "blocks", "attn", "attn2")
     # Kind -> names of the attention modules of that kind inside a block (PixArt's self-attention is ``attn1``).
     attention_modules: ClassVar[dict[str, tuple[str, ...]]] = {"attn": ("attn",), "attn2": ("attn2",)}
 

@@ -42,6 +42,7 @@ class UNetAdapter(DenoiserAdapter):
     family = "unet"
     model_classes = ("UNet2DConditionModel",)
     context_position = 2
+    listing_kinds = ("context", "resnets", "attentions", "attn2")
 
     def list_layers(self, kinds: Iterable[str] | None = None) -> list[str]:
         """Block-level sites; ``kinds`` filters by path component (``"resnets"``, ``"attentions"``,

@@ -23,16 +23,20 @@ STEERED_PIPELINES: dict[str, str] = {
 
 
 def _diffusers_name(pipe_or_class: Any) -> str:
+    if isinstance(pipe_or_class, str):  # a class name, e.g. a model_index.json's ``_class_name``
+        return pipe_or_class
     cls = pipe_or_class if isinstance(pipe_or_class, type) else type(pipe_or_class)
     parent = cls.__dict__.get("_steering_parent") or getattr(cls, "_steering_parent", None)
     return (parent or cls).__name__
 
 
 def steering_class(pipe_or_class: Any) -> type:
-    """The steered class for a diffusers pipeline (instance or class, matched by exact class name; an already
+    """The steered class for a diffusers pipeline (instance, class or class name, matched exactly; an already
     steered pipeline maps to its own steered class). Raises `UnsupportedPipelineError` in one line otherwise."""
     name = _diffusers_name(pipe_or_class)
     target = STEERED_PIPELINES.get(name)
+    if target is None:  # a steered class's own name (a saved steered pipeline's model_index.json names it)
+        target = next((v for v in STEERED_PIPELINES.values() if v.endswith(f":{name}")), None)
     if target is None:
         raise UnsupportedPipelineError(
             f"steer cannot steer a {name}; supported pipelines: {', '.join(sorted(STEERED_PIPELINES))}"
