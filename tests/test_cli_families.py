@@ -66,3 +66,15 @@ def test_learn_and_generate_then_refuse_another_familys_direction(family, tmp_pa
     err = capsys.readouterr().err  # generate shows loading / sampling progress on stderr, then the refusal
     assert code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("steer generate: error:"), err
+
+
+def test_memorization_detection_says_where_it_does_not_apply():
+    from steer.detect.detector import MemorizationDetector
+    from steer.testing.sd3 import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(seed=0)
+    with pytest.raises(ValueError, match="SD3Transformer2DModel has none") as err:
+        MemorizationDetector(pipe)
+    assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(ValueError, match="UNet"):
+        pipe("a bag", num_inference_steps=2, detect_memorization=True, output_type="latent")

@@ -147,7 +147,8 @@ class MemorizationDetector:
             raise ValueError(f"early_steps must be >= 1, got {early_steps}")
         self.pipe = pipe
         unet = denoiser_of(pipe)
-        self.layers = resolve_layers(unet, layers) if layers is not None else [default_detection_layer(unet)]
+        default = default_detection_layer(unet)  # also refuses denoisers the signal does not apply to
+        self.layers = resolve_layers(unet, layers) if layers is not None else [default]
         self.inline_layers = resolve_layers(unet, inline_layers) if inline_layers is not None else list(self.layers)
         self.inline_score = inline_score
         self.pooling = pooling

@@ -82,6 +82,11 @@ def default_detection_layer(unet: torch.nn.Module) -> str:
     ``up_blocks.0.resnets.1.nonlinearity``.
     """
     unet = unwrap(unet)
+    if type(unet).__name__ != "UNet2DConditionModel":
+        raise ValueError(
+            f"memorization detection reads the spikiness of a UNet's up-block resnets (SD 1.x/2.x, SDXL); a "
+            f"{type(unet).__name__} has none, and the signal is not established for diffusion transformers"
+        )
     ups = list(getattr(unet, "up_blocks", []))
     if not ups or not getattr(ups[0], "resnets", None):
         raise ValueError("this UNet has no up_blocks.0.resnets; pass layers=... explicitly (see `steer layers`)")
