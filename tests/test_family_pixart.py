@@ -11,7 +11,7 @@ import pytest
 import torch
 from diffusers import PixArtSigmaPipeline
 
-from steer import ModelMismatchError, NonFiniteOutputError, SteeringVector
+from steer import ModelMismatchError, NonFiniteOutputError, SteeringVector, steering_pipeline
 from steer.config import STEERING_DEFAULTS
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -314,6 +314,7 @@ def test_non_finite_images_raise_and_from_pipe_keeps_the_check(pipe):
     with pytest.raises(NonFiniteOutputError):
         pipe(PROMPT, num_inference_steps=2, latents=nan, output_type="np", steering=v, **TINY_CALL)
     plain = PixArtSigmaPipeline(**pipe.components)
-    again = SteeringPixArtSigmaPipeline.from_pipe(plain)
-    assert isinstance(again.image_processor, FinitePixArtImageProcessor)
+    for again in (SteeringPixArtSigmaPipeline.from_pipe(plain), steering_pipeline(plain)):
+        assert type(again) is SteeringPixArtSigmaPipeline and again.transformer is plain.transformer
+        assert isinstance(again.image_processor, FinitePixArtImageProcessor)
     assert type(plain.image_processor) is not FinitePixArtImageProcessor  # the parent's object is untouched
