@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -160,6 +161,46 @@ def test_a_steered_thread_does_not_touch_an_unsteered_one(xl, gen):
     assert np.array_equal(out["plain"], plain)
     assert not np.array_equal(out["steered"], plain)
     assert no_hooks_left(xl.unet)
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_prompt_encoding_is_serialized_across_threads_and_pipelines_sharing_a_tokenizer(kind, xl, tiny_pipe, monkeypatch):
+    # transformers 5's CLIP tokenizer keeps padding settings on one shared backend: unserialized, two threads get
+    # each other's padding (shape errors, or other text tokens)
+    base = xl if kind == "sdxl" else tiny_pipe
+    other = (SteeringStableDiffusionXLImg2ImgPipeline if kind == "sdxl" else SteeringStableDiffusionImg2ImgPipeline).from_pipe(base)
+    assert other.tokenizer is base.tokenizer
+    prompts = ["a red bag on a wooden table in the morning light, photographed from above", "x"]
+    encode = dict(device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True)
+    expected = [base.encode_prompt(p, **encode)[0] for p in prompts]
+    inside, overlaps, errors = [0], [0], []
+    tokenize = type(base.tokenizer).__call__
+
+    def watched(self, *args, **kwargs):  # a widened race window: two threads in here at once is the bug
+        inside[0] += 1
+        overlaps[0] += inside[0] > 1
+        time.sleep(0.002)
+        try:
+            return tokenize(self, *args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(type(base.tokenizer), "__call__", watched)
+
+    def work(pipe, index):
+        for _ in range(15):
+            try:
+                if not torch.equal(pipe.encode_prompt(prompts[index], **encode)[0], expected[index]):
+                    errors.append("other tokens")
+            except Exception as err:  # noqa: BLE001 - collected
+                errors.append(repr(err)[:80])
+
+    threads = [threading.Thread(target=work, args=(base, 0)), threading.Thread(target=work, args=(other, 1))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert errors == [] and overlaps[0] == 0
 
 
 # learning -----------------------------------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
 from steer.pipelines.stable_diffusion_xl import SDXLTextMixin
+from steer.pipelines.text import SerializedPromptMixin
 from steer.validation import FiniteOutputMixin
 
 
-class SteeringStableDiffusionImg2ImgPipeline(SteeringMixin, AutoDtypeMixin, FiniteOutputMixin, StableDiffusionImg2ImgPipeline):
+class SteeringStableDiffusionImg2ImgPipeline(
+    SteeringMixin, AutoDtypeMixin, FiniteOutputMixin, SerializedPromptMixin, StableDiffusionImg2ImgPipeline
+):
     """Stable Diffusion (1.x / 2.x) image-to-image with training-free representation steering.
 
     A drop-in `StableDiffusionImg2ImgPipeline` (``from_pretrained``, ``from_pipe``): every parent argument plus the
@@ -29,7 +32,9 @@ class SteeringStableDiffusionImg2ImgPipeline(SteeringMixin, AutoDtypeMixin, Fini
     denoiser_name = "unet"
 
 
-class SteeringStableDiffusionXLImg2ImgPipeline(SDXLTextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusionXLImg2ImgPipeline):
+class SteeringStableDiffusionXLImg2ImgPipeline(
+    SDXLTextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, SerializedPromptMixin, StableDiffusionXLImg2ImgPipeline
+):
     """Stable Diffusion XL image-to-image (and refiner) with training-free representation steering.
 
     A drop-in `StableDiffusionXLImg2ImgPipeline` (``from_pretrained``, ``from_pipe``): every parent argument plus the

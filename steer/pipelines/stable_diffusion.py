@@ -6,10 +6,13 @@ from diffusers import StableDiffusionPipeline
 
 from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.mixin import SteeringMixin
+from steer.pipelines.text import SerializedPromptMixin
 from steer.validation import FiniteOutputMixin
 
 
-class SteeringStableDiffusionPipeline(SteeringMixin, AutoDtypeMixin, FiniteOutputMixin, StableDiffusionPipeline):
+class SteeringStableDiffusionPipeline(
+    SteeringMixin, AutoDtypeMixin, FiniteOutputMixin, SerializedPromptMixin, StableDiffusionPipeline
+):
     """Stable Diffusion (1.x / 2.x) with training-free representation steering.
 
     A drop-in `StableDiffusionPipeline`: load it with `from_pretrained` or `from_pipe`; ``__call__`` takes every

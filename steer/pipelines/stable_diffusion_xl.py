@@ -3,7 +3,8 @@
 SDXL's UNet is the same `UNet2DConditionModel` as SD 1.x (`steer.denoisers.unet.UNetAdapter`); its text tokens are
 the two CLIP encoders' penultimate hidden states concatenated (2048 channels on SDXL base), and the pooled text and
 size / crop ids enter through ``added_cond_kwargs`` (never steered). SDXL has no safety-checker step, so NaN images
-are refused where the pipeline post-processes them (`steer.pipelines.finite.FiniteImageMixin`).
+are refused where the pipeline post-processes them (`steer.pipelines.finite.FiniteImageMixin`). Prompt encoding is
+serialized across threads (`steer.pipelines.text`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from diffusers import StableDiffusionXLPipeline
 from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
+from steer.pipelines.text import SerializedPromptMixin
 
 
 class SDXLTextMixin:
@@ -55,7 +57,9 @@ class SDXLTextMixin:
         return {"added_cond_kwargs": {"text_embeds": pooled.to(latents), "time_ids": time_ids}}
 
 
-class SteeringStableDiffusionXLPipeline(SDXLTextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusionXLPipeline):
+class SteeringStableDiffusionXLPipeline(
+    SDXLTextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, SerializedPromptMixin, StableDiffusionXLPipeline
+):
     """Stable Diffusion XL with training-free representation steering.
 
     A drop-in `StableDiffusionXLPipeline`: load it with `from_pretrained` or `from_pipe`; ``__call__`` takes every
