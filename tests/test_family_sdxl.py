@@ -292,6 +292,15 @@ def test_default_layers_on_the_real_sdxl_layout_are_the_papers_up_block_resnets(
     assert added["text_embeds"].shape == (1, 1280) and added["time_ids"].shape == (1, 6)
 
 
+def test_inline_memorization_detection_on_sdxl_scores_every_image_and_changes_nothing(xl, gen):
+    prompts = [PROMPT, "a green hat"]
+    out = xl(prompts, num_inference_steps=3, generator=gen(0), output_type="np", detect_memorization=True)
+    assert out.memorization_scores.shape == (2,) and torch.isfinite(out.memorization_scores).all()
+    assert out.memorization_step_scores.shape == (3, 2) and out.nsfw_content_detected is None  # SDXL has no checker
+    np.testing.assert_array_equal(out.images, run(xl, gen, prompts, num_inference_steps=3))
+    assert no_hooks_left(xl.unet)
+
+
 # NaN ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("output_type", ["np", "pil"])
 def test_a_nan_image_raises_instead_of_turning_black(xl, gen, output_type):

@@ -38,7 +38,7 @@ def enter_inline_detection(call_pipe, stack: contextlib.ExitStack, extras: dict[
             return (*output, final, first, memorized)
         return SteeringPipelineOutput(
             images=output.images,
-            nsfw_content_detected=output.nsfw_content_detected,
+            nsfw_content_detected=getattr(output, "nsfw_content_detected", None),  # pipelines without a safety checker: None
             memorization_scores=final,
             memorization_early_scores=first,
             memorization_step_scores=steps,
