@@ -1,8 +1,11 @@
-"""Steering overhead: the plain pipeline vs the same call steered on 5 layers, alternating runs, median ratio.
+"""Steering overhead: the plain pipeline vs the same call steered at the family's default layers, alternating runs,
+median ratio.
 
-    python bench/overhead.py                        # tiny random pipeline on the CPU
+    python bench/overhead.py                        # tiny random SD pipeline on the CPU
+    python bench/overhead.py --family sdxl          # tiny random pipeline of another family (sd sdxl sd3 pixart flux)
     python bench/overhead.py --model assets/models/demo
-    python bench/overhead.py --sd15-random --device cuda --dtype fp16 --batch 8   # SD1.5-sized, random weights
+    python bench/overhead.py --family sdxl --random-weights --device cuda --dtype fp16 --batch 4   # real size
+    python bench/overhead.py --sd15-random --device cuda --dtype fp16 --batch 8   # = --family sd --random-weights
 
 Writes one markdown row per run to stdout (and appends it to ``--append`` if given).
 """
@@ -20,37 +23,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from steer.denoisers import CONTEXT_SITE, default_layers, layer_channels
+from family_pipelines import FAMILIES, real_call_kwargs, real_size, tiny, tiny_call_kwargs  # noqa: E402
+
+from steer.denoisers import CONTEXT_SITE, default_layers, denoiser_of, layer_channels  # noqa: E402
 from steer.vectors import SteeringVector  # noqa: E402
-
-
-def sd15_random_pipeline(device: str, dtype: torch.dtype):
-    """SD1.5-sized UNet / VAE / CLIP-L text encoder from configs with random weights (same FLOPs, no download)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
-    from steer.testing import clip_tokenizer
-
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = SteeringStableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    return pipe.to(device=device, dtype=dtype)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="pipeline directory (default: tiny random pipeline)")
-    ap.add_argument("--sd15-random", action="store_true")
+    ap.add_argument("--family", choices=FAMILIES, default="sd", help="denoiser family (default sd)")
+    ap.add_argument("--random-weights", action="store_true", help="the family's denoiser at real size, random weights")
+    ap.add_argument("--sd15-random", action="store_true", help="same as --family sd --random-weights")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     ap.add_argument("--batch", type=int, default=8)
@@ -68,25 +52,32 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
 
     if args.sd15_random:
-        pipe, label = sd15_random_pipeline(args.device, dtype), "SD1.5-sized random"
+        args.family, args.random_weights = "sd", True
+    call: dict = {}
+    if args.random_weights:
+        pipe = real_size(args.family, args.device, dtype)
+        label = f"{args.family} real-size random"
+        call = real_call_kwargs(args.family, args.batch, args.device, dtype)
     elif args.model:
         from steer.cli.loading import load_pipeline
 
         pipe, label = load_pipeline(args.model, args.device, dtype), Path(args.model).name
     else:
-        from steer.testing import tiny_pipeline
-
-        pipe, label = tiny_pipeline().to(args.device, dtype), "tiny random (1.1M UNet)"
+        pipe = tiny(args.family).to(args.device, dtype)
+        label, call = f"{args.family} tiny random", tiny_call_kwargs(args.family)
     pipe.set_progress_bar_config(disable=True)
-    layers = [CONTEXT_SITE] if args.site == "text" else default_layers(pipe.unet)
-    channels = layer_channels(pipe.unet, layers)
+    denoiser = denoiser_of(pipe)
+    layers = [CONTEXT_SITE] if args.site == "text" else default_layers(denoiser)
+    channels = layer_channels(denoiser, layers)
     meta: dict = {"name": "random"}
     if args.site == "text":
         meta["recommended"] = {"layers": layers, "window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True}
     vec = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, meta)
 
-    prompts = ["a red sneaker"] * args.batch
-    kwargs = dict(num_inference_steps=args.steps, output_type="latent", height=args.height, width=args.height)
+    prompts = None if "prompt_embeds" in call else ["a red sneaker"] * args.batch
+    kwargs = dict(num_inference_steps=args.steps, output_type="latent", **call)
+    if args.height:
+        kwargs.update(height=args.height, width=args.height)
 
     def run(steered: bool) -> float:
         gen = [torch.Generator("cpu").manual_seed(i) for i in range(args.batch)]
