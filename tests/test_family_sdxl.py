@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import threading
 import time
 
@@ -312,6 +313,7 @@ def test_a_nan_image_raises_instead_of_turning_black(xl, gen, output_type):
             xl(PROMPT, num_inference_steps=2, generator=gen(0), output_type=output_type, callback_on_step_end=poison, **kw)
     assert no_hooks_left(xl.unet)
     assert type(StableDiffusionXLPipeline(**tiny_sdxl_components()).image_processor).__name__ == "VaeImageProcessor"
+    assert type(pickle.loads(pickle.dumps(xl.image_processor))) is type(xl.image_processor)  # the checked copy pickles
 
 
 # image-to-image -----------------------------------------------------------------------------------------------------

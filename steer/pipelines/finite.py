@@ -28,8 +28,12 @@ def _checked_class(cls: type) -> type:
                 refuse_non_finite(image)
             return cls.postprocess(self, image, output_type, *args, **kwargs)
 
-        sub = type(f"Finite{cls.__name__}", (cls,), {"postprocess": postprocess, "__module__": __name__, "_steer_finite": True})
+        name = f"Finite{cls.__name__}"
+        if name in globals():  # same-named processor classes from different modules
+            name = f"{name}_{len(_CHECKED)}"
+        sub = type(name, (cls,), {"postprocess": postprocess, "__module__": __name__, "_steer_finite": True})
         _CHECKED[cls] = sub
+        globals()[name] = sub  # picklable by reference, like any module-level class
     return sub
 
 
