@@ -166,30 +166,33 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 label="Strength strip (-|s| … +|s|)", format="png", columns=L.max_strip, height=200, elem_id="gallery"
             )
 
-    values = [
-        prompt,
-        negative,
-        seed,
-        steps,
-        guidance,
-        size,
-        strength,
-        layer,
-        layers,
-        w_start,
-        w_end,
-        branch,
-        normalize,
-        mode,
-        strict,
-    ]
+    inputs = {  # the settings of generate and strip, by the names `H.GenerateSettings.from_inputs` takes
+        "prompt": prompt,
+        "negative_prompt": negative,
+        "seed": seed,
+        "steps": steps,
+        "guidance": guidance,
+        "size": size,
+        "strength": strength,
+        "layer": layer,
+        "layers": layers,
+        "window_start": w_start,
+        "window_end": w_end,
+        "branch": branch,
+        "normalize": normalize,
+        "mode": mode,
+        "strict": strict,
+    }
     go.click(
         guarded(5)(app.generate),
-        [direction, session, *values],
+        [direction, session],
         [original, steered, png, last, status],
+        inputs_kwargs=inputs,
         api_name="generate",
     )
-    go_strip.click(guarded(2)(app.strip), [direction, session, count, *values], [gallery, status], api_name="strip")
+    go_strip.click(
+        guarded(2)(app.strip), [direction, session, count], [gallery, status], inputs_kwargs=inputs, api_name="strip"
+    )
     upload.upload(
         guarded(3)(app.upload_direction),
         [upload, session, strict],

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from steer.app import helpers as H
+from steer.config import SteeringConfig
 from steer.denoisers import denoiser_of
 from steer.recipe import read_recipe
 from steer.testing import tiny_pipeline
@@ -150,14 +151,19 @@ def test_settings_validation_caps(pipe):
         dict(prompt="a", steps=2.5),
         dict(prompt="a", height=36),
         dict(prompt="a", width=2048),
-        dict(prompt="a", window_start=0.9, window_end=0.2),
         dict(prompt="a", strength=float("nan")),
-        dict(prompt="a", branch="sideways"),
         dict(prompt="a", seed=-1),
     ]
     for fields in bad:
         with pytest.raises(H.UserError):
             H.GenerateSettings(**fields).validated(pipe)
+    widgets = generate_args("constructed")  # the Generate tab's values, as its buttons send them
+    widgets.pop("direction")
+    ok = H.GenerateSettings.from_inputs(pipe, **widgets)
+    assert ok.config == SteeringConfig(window=(0.0, 1.0)) and ok.height == ok.width == 32
+    for fields in [dict(window_start=0.9, window_end=0.2), dict(branch="sideways"), dict(mode="up"), dict(size=36), dict(steps=0)]:
+        with pytest.raises(H.UserError):
+            H.GenerateSettings.from_inputs(pipe, **{**widgets, **fields})
 
 
 def test_strip_scales_and_names():

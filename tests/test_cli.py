@@ -102,6 +102,20 @@ def test_generate_uses_the_directions_recommended_settings_unless_overridden(mod
     assert (recipe["window"], recipe["mode"], recipe["normalize"]) == ([0.2, 0.8], "add", False)
 
 
+def test_generate_recipe_records_the_window_several_directions_agree_on(model_dir, direction, tmp_path):
+    paths = []
+    for name in ("one", "two"):  # both recommend the whole run: the call steers over it, and the recipe says so
+        v = SteeringVector.load(direction)
+        v.metadata["recommended"] = {"window": [0.0, 1.0]}
+        paths.append(str(v.save(tmp_path / f"{name}.safetensors")))
+    args = ["generate", "--model", model_dir, "--prompt", "a bag", "--direction", *paths, "--steps", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    recipe = read_recipe(tmp_path / "a" / "seed0_scale+1.png")
+    assert (recipe["window"], recipe["branch"], recipe["layers"]) == ([0.0, 1.0], "cond", None)
+    assert main([*args, "--window", "0.2,0.8", "--out", str(tmp_path / "b")]) == 0
+    assert read_recipe(tmp_path / "b" / "seed0_scale+1.png")["window"] == [0.2, 0.8]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Every subcommand, in process: success -> 0, bad input -> 2 and one line on stderr
 # ----------------------------------------------------------------------------------------------------------------------

@@ -223,10 +223,10 @@ def test_hostile_name_escaped_in_every_status(pipe, good_file, folder, tmp_path)
     assert_clean(steer_app.describe_layer(label, session, 1))
     values = generate_args(label, steps=1)
     values.pop("direction")
-    result = app.guarded(5)(steer_app.generate)(label, session, *values.values())
+    result = app.guarded(5)(steer_app.generate)(label, session, **values)
     assert "steer-status-ok" in result[-1], result[-1]
     assert_clean(result[-1])
-    gallery, strip_status = app.guarded(2)(steer_app.strip)(label, session, 2, *values.values())
+    gallery, strip_status = app.guarded(2)(steer_app.strip)(label, session, 2, **values)
     assert_clean(strip_status) and "steer-status-ok" in strip_status
     # the same name typed in the Learn tab
     learned = app.guarded(4)(steer_app.learn)(
@@ -235,7 +235,7 @@ def test_hostile_name_escaped_in_every_status(pipe, good_file, folder, tmp_path)
     assert_clean(learned[-1]) and "steer-status-ok" in learned[-1]
     # an error message that quotes the name: the direction on its last two layers, the slider on the first layer
     session = {label: session[label].select(H.layer_names(pipe)[-2:])}
-    error = app.guarded(5)(steer_app.generate)(label, session, *{**values, "layer": 1}.values())
+    error = app.guarded(5)(steer_app.generate)(label, session, **{**values, "layer": 1})
     assert "steer-status-error" in error[-1] and "has no vector for layer" in error[-1]
     assert "&lt;script&gt;" in error[-1]
     assert_clean(error[-1])
@@ -263,7 +263,7 @@ def test_lone_surrogate_prompt_is_refused(prompt, pipe, tmp_path):
     steer_app = app.SteerApp(pipe, H.DirectionCatalog({}), workdir=tmp_path)
     values = generate_args("(none)", steps=1, prompt=prompt)
     values.pop("direction")
-    *_, status = app.guarded(5)(steer_app.generate)("(none)", {}, *values.values())
+    *_, status = app.guarded(5)(steer_app.generate)("(none)", {}, **values)
     assert "steer-status-error" in status and "unpaired UTF-16 surrogates" in status
     learned = app.guarded(4)(steer_app.learn)(
         {}, "a dog", "a cat", None, None, "mean_diff", "fast", "all layers", [], 1, 1, 5.0, 0, prompt, ""

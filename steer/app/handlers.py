@@ -144,82 +144,10 @@ class SteerApp:
         return H.describe_layer(self.pipe, vector, index)
 
     # ----- generation ------------------------------------------------------------------------------------------
-    def _settings(
-        self,
-        prompt: str,
-        negative_prompt: str,
-        seed: Any,
-        steps: Any,
-        guidance: Any,
-        size: Any,
-        strength: Any,
-        layer: Any,
-        layers: Any,
-        window_start: Any,
-        window_end: Any,
-        branch: str,
-        normalize: bool,
-        mode: str,
-        strict: bool,
-    ) -> H.GenerateSettings:
-        return H.GenerateSettings(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            strength=strength,
-            layer_index=layer,
-            layers=tuple(layers or ()),
-            window_start=window_start,
-            window_end=window_end,
-            branch=branch,
-            normalize=normalize,
-            mode=mode,
-            strict=strict,
-            height=size,
-            width=size,
-        ).validated(self.pipe)
-
-    def generate(
-        self,
-        direction: str,
-        session: dict | None,
-        prompt: str,
-        negative_prompt: str,
-        seed: Any,
-        steps: Any,
-        guidance: Any,
-        size: Any,
-        strength: Any,
-        layer: Any,
-        layers: Any,
-        window_start: Any,
-        window_end: Any,
-        branch: str,
-        normalize: bool,
-        mode: str,
-        strict: bool,
-        progress: gr.Progress = PROGRESS,
-    ):
+    # ``inputs``: the Generate tab's settings by widget name (`H.GenerateSettings.from_inputs`; app.py wires them)
+    def generate(self, direction: str, session: dict | None, progress: gr.Progress = PROGRESS, **inputs: Any):
         """Original and steered image from the same seed (one batched call, per-row scales [0, s])."""
-        settings = self._settings(
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance,
-            size,
-            strength,
-            layer,
-            layers,
-            window_start,
-            window_end,
-            branch,
-            normalize,
-            mode,
-            strict,
-        )
+        settings = H.GenerateSettings.from_inputs(self.pipe, **inputs)
         vector = self.catalog.get(direction, session)
         detector, version = self._detector_or_none()
         original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector=detector)
@@ -240,46 +168,9 @@ class SteerApp:
         )
         return H.upscale_for_display(original), H.upscale_for_display(steered), str(png), last, ok_box(note)
 
-    def strip(
-        self,
-        direction: str,
-        session: dict | None,
-        count: Any,
-        prompt: str,
-        negative_prompt: str,
-        seed: Any,
-        steps: Any,
-        guidance: Any,
-        size: Any,
-        strength: Any,
-        layer: Any,
-        layers: Any,
-        window_start: Any,
-        window_end: Any,
-        branch: str,
-        normalize: bool,
-        mode: str,
-        strict: bool,
-        progress: gr.Progress = PROGRESS,
-    ):
+    def strip(self, direction: str, session: dict | None, count: Any, progress: gr.Progress = PROGRESS, **inputs: Any):
         """A strength strip: ``count`` scales from -|s| to +|s| in one batched call."""
-        settings = self._settings(
-            prompt,
-            negative_prompt,
-            seed,
-            steps,
-            guidance,
-            size,
-            strength,
-            layer,
-            layers,
-            window_start,
-            window_end,
-            branch,
-            normalize,
-            mode,
-            strict,
-        )
+        settings = H.GenerateSettings.from_inputs(self.pipe, **inputs)
         vector = self.catalog.get(direction, session)
         if vector is None:
             raise H.UserError("pick a direction first: the strip sweeps its strength")

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,8 @@ from steer.app.memorization import (  # noqa: F401 - re-exported
     inline_view,
     score_image,
 )
-from steer.config import BRANCHES, MODES, PAPER_WINDOW
+from steer.config import BRANCHES, MODES, SteeringConfig
+from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of
 from steer.vectors import SteeringVector
 
@@ -82,8 +83,6 @@ def make_generators(pipe, seed: int, count: int) -> list[torch.Generator]:
     device = pipe._execution_device
     device = torch.device("cpu") if device.type == "mps" else device
     return [torch.Generator(device=device).manual_seed(seed) for _ in range(count)]
-
-
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -143,7 +142,11 @@ def describe_layer(pipe, vector: SteeringVector | None, index: Any) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GenerateSettings:
-    """One generate request, validated by `validated`."""
+    """One generate request, validated by `validated`; `from_inputs` builds one from the Generate tab's widgets.
+
+    ``config`` is how the direction is applied (window, CFG branch, normalize, mode, strict); its layers are picked
+    when the direction is known, from the layer slider (``layer_index``) or the multi-select (``layers``).
+    """
 
     prompt: str
     negative_prompt: str = ""
@@ -153,22 +156,42 @@ class GenerateSettings:
     strength: float = 1.0
     layer_index: int = 0
     layers: tuple[str, ...] = ()
-    window_start: float = PAPER_WINDOW[0]
-    window_end: float = PAPER_WINDOW[1]
-    branch: str = "cond"
-    normalize: bool = False
-    mode: str = "add"
-    strict: bool = True
     height: int | None = None
     width: int | None = None
+    config: SteeringConfig = field(default_factory=SteeringConfig)
+
+    @classmethod
+    def from_inputs(
+        cls,
+        pipe,
+        *,
+        size: Any,
+        layer: Any,
+        layers: Any,
+        window_start: Any,
+        window_end: Any,
+        branch: Any,
+        normalize: Any,
+        mode: Any,
+        strict: Any,
+        **request: Any,
+    ) -> GenerateSettings:
+        """The validated request of the Generate tab's widget values, by the names `app.py` wires them with;
+        ``request``: prompt, negative_prompt, seed, steps, guidance and strength (the fields of those names)."""
+        config = SteeringConfig(
+            window=check_window_values(window_start, window_end),
+            branch=check_choice(branch, "the CFG branch", BRANCHES),
+            normalize=normalize,
+            mode=check_choice(mode, "the mode", MODES),
+            strict=strict,
+        )
+        settings = cls(**request, layer_index=layer, layers=tuple(layers or ()), height=size, width=size, config=config)
+        return settings.validated(pipe)
 
     def validated(self, pipe) -> GenerateSettings:
         """A copy with checked and normalised fields; raises `UserError`."""
         size = native_size(pipe)
-        start = check_float(self.window_start, "the window start", 0.0, 1.0)
-        end = check_float(self.window_end, "the window end", 0.0, 1.0)
-        if start >= end:
-            raise UserError(f"the timestep window is empty: start {start:g} must be below end {end:g}")
+        check_window_values(*self.config.window)
         return replace(
             self,
             prompt=check_prompt(self.prompt),
@@ -178,12 +201,6 @@ class GenerateSettings:
             guidance=check_float(self.guidance, "guidance", 0.0, LIMITS.max_guidance),
             strength=check_float(self.strength, "the strength", -LIMITS.max_strength, LIMITS.max_strength),
             layers=tuple(self.layers or ()),
-            window_start=start,
-            window_end=end,
-            branch=check_choice(self.branch, "the CFG branch", BRANCHES),
-            mode=check_choice(self.mode, "the mode", MODES),
-            normalize=bool(self.normalize),
-            strict=bool(self.strict),
             height=check_size(self.height or size, "the height"),
             width=check_size(self.width or size, "the width"),
         )
@@ -199,20 +216,35 @@ class GenerateSettings:
             "width": self.width,
         }
 
+    def steering_config(self, pipe, vector: SteeringVector | None) -> SteeringConfig:
+        """``config`` on the layers the sliders pick for ``vector`` (None: all of its layers). No widget sets
+        preserve_norm: the direction's recommended value applies, as in a pipeline call that leaves it unset."""
+        recommended = recommended_by([vector]) if vector is not None else {}
+        return replace(
+            self.config,
+            layers=selected_layers(pipe, vector, self.layer_index, self.layers),
+            preserve_norm=recommended.get("steering_preserve_norm", self.config.preserve_norm),
+        )
+
     def steering_kwargs(self, pipe, vector: SteeringVector | None) -> dict[str, Any]:
         """The ``steering_*`` arguments (without the scale)."""
-        return {
-            "steering": vector,
-            "steering_layers": selected_layers(pipe, vector, self.layer_index, self.layers),
-            "steering_window": (self.window_start, self.window_end),
-            "steering_branch": self.branch,
-            "steering_normalize": self.normalize,
-            "steering_mode": self.mode,
-            "steering_strict": self.strict,
-        }
+        return {"steering": vector, **self.steering_config(pipe, vector).to_settings()}
 
     def recipe(self, pipe, vector: SteeringVector | None, scale: float) -> dict[str, Any]:
         """Everything needed to reproduce one image."""
+        steering = None
+        if vector is not None:
+            config = self.steering_config(pipe, vector)
+            steering = {
+                "name": vector.name,
+                "digest": vector.digest(),
+                "scale": scale,
+                "layers": list(config.layers) if config.layers is not None else vector.layers,
+                "window": list(config.window),
+                "branch": config.branch,
+                "normalize": config.normalize,
+                "mode": config.mode,
+            }
         return {
             "model": model_name(pipe),
             "prompt": self.prompt,
@@ -223,19 +255,17 @@ class GenerateSettings:
             "height": self.height,
             "width": self.width,
             "scheduler": type(pipe.scheduler).__name__,
-            "steering": None
-            if vector is None
-            else {
-                "name": vector.name,
-                "digest": vector.digest(),
-                "scale": scale,
-                "layers": selected_layers(pipe, vector, self.layer_index, self.layers) or vector.layers,
-                "window": [self.window_start, self.window_end],
-                "branch": self.branch,
-                "normalize": self.normalize,
-                "mode": self.mode,
-            },
+            "steering": steering,
         }
+
+
+def check_window_values(start: Any, end: Any) -> tuple[float, float]:
+    """The window sliders' (start, end) as fractions with start below end; raises `UserError`."""
+    start = check_float(start, "the window start", 0.0, 1.0)
+    end = check_float(end, "the window end", 0.0, 1.0)
+    if start >= end:
+        raise UserError(f"the timestep window is empty: start {start:g} must be below end {end:g}")
+    return start, end
 
 
 def step_callback(progress: ProgressFn | None, steps: int, desc: str = "denoising"):
@@ -285,7 +315,7 @@ def run_rows_scored(
     kwargs = settings.call_kwargs(rows)
     steering = settings.steering_kwargs(pipe, vector) if vector is not None else {}
     if vector is not None:
-        check_fits(vector, pipe, settings.strict)
+        check_fits(vector, pipe, settings.config.strict)
         steering["steering_scale"] = [float(s) for s in scales] if rows > 1 else float(scales[0])
     detector = inline_detector_for(detector, settings)
     extra = {"memorization_detector": detector} if detector is not None else {}

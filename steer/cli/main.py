@@ -13,6 +13,7 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
+from steer.config import STEERING_DEFAULTS, SteeringConfig, recommended_settings  # noqa: E402
 from steer.validation import (  # noqa: E402
     BRANCHES,
     MAX_GUIDANCE,
@@ -143,7 +144,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe(args: argparse.Namespace, vectors, scale: float | None, seed: int) -> dict[str, Any]:
+def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int) -> dict[str, Any]:
     from steer import __version__
 
     return {
@@ -158,24 +159,29 @@ def _recipe(args: argparse.Namespace, vectors, scale: float | None, seed: int) -
         "width": args.width,
         "directions": [{"name": v.name, "hash": v.digest(), "path": str(p)} for v, p in vectors],
         "scale": scale,
-        "layers": args.layers,
-        "window": list(args.window) if args.window else [0.45, 0.95],
-        "branch": args.branch,
-        "normalize": args.normalize,
-        "mode": args.mode,
+        "layers": list(config.layers) if config.layers is not None else None,
+        "window": list(config.window),
+        "branch": config.branch,
+        "normalize": config.normalize,
+        "mode": config.mode,
     }
 
 
-_BUILTIN = {"window": None, "branch": "cond", "normalize": False, "mode": "add", "layers": None, "scale": 1.0}
+_BUILTIN = {"branch": "cond", "normalize": False, "mode": "add", "layers": None, "scale": 1.0}
 
 
-def apply_recommended(args: argparse.Namespace, vectors: list) -> None:
-    """Fill unset steering options from a single direction's ``metadata["recommended"]``, else the built-in defaults."""
+def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig:
+    """Fill unset steering options from a single direction's ``metadata["recommended"]``, else the built-in defaults,
+    and return the call's `SteeringConfig`: these options over what a pipeline call resolves for the others (the
+    window when unset, and preserve_norm, which has no option: the directions' agreed recommendation, else the default)."""
     rec = vectors[0].metadata.get("recommended") or {} if len(vectors) == 1 else {}
     for key, builtin in _BUILTIN.items():
         if getattr(args, key, None) is None:
-            value = rec.get(key, builtin)
-            setattr(args, key, tuple(value) if key == "window" and value is not None else value)
+            setattr(args, key, rec.get(key, builtin))
+    given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict")}
+    if args.window is not None:
+        given["steering_window"] = args.window
+    return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -197,7 +203,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError("--sweep needs a --direction")
     if args.seed + args.num_images - 1 > MAX_SEED:
         raise CLIError(f"--seed {args.seed} + --num-images {args.num_images} runs past the largest seed {MAX_SEED}")
-    apply_recommended(args, [v for v, _ in vectors])
+    config = apply_recommended(args, [v for v, _ in vectors])
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
     pipe = load_pipeline(args.model, args.device, progress=True)
     out = Path(args.out)
@@ -207,14 +213,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         steering_kwargs = dict(
             steering=[v for v, _ in vectors],
             steering_scale=[[s] * len(vectors) for s in scales],
-            steering_layers=args.layers,
-            steering_branch=args.branch,
-            steering_normalize=args.normalize,
-            steering_mode=args.mode,
-            steering_strict=args.strict,
+            **config.to_settings(),
         )
-        if args.window:
-            steering_kwargs["steering_window"] = args.window
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
     written = []
@@ -232,10 +232,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ).images
         for image, scale in zip(images, scales, strict=True):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, scale, seed)))
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, config, scale, seed)))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, None, seed), "sweep": scales}))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed), "sweep": scales}))
     for w in written:
         print(w)
     return 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.config import recommended_settings
+from steer.config import SteeringConfig, recommended_settings
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, resolve_direction
 from steer.jobs.files import manifest_lines, read_under, safe_parts
@@ -40,6 +40,7 @@ MAX_NAME_CHARS = 1000
 MAX_DIRECTIONS = 16
 MAX_LAYER_PATTERNS = 256
 MAX_PATH_CHARS = 4096
+_UNSTEERED = ("layers", "window", "branch", "normalize", "mode", "strict")  # the config entries of a recipe: None
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 
 
@@ -57,12 +58,7 @@ class CallSetup:
     width: int
     vectors: tuple = ()
     digests: tuple[str, ...] = ()
-    layer_patterns: tuple[str, ...] | None = None
-    window: tuple[float, float] | None = None
-    branch: str | None = None
-    normalize: bool | None = None
-    mode: str | None = None
-    strict: bool | None = None
+    config: SteeringConfig | None = None  # how the vectors are applied; None for an unsteered call
 
     def key(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "vectors")
@@ -234,7 +230,7 @@ class _Validator:
         raise JobError(line, f"direction file not found: {show(name)} (looked for {where}){known}")
 
     def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
-        from steer.config import BRANCHES, MODES, PAPER_WINDOW, check_window
+        from steer.config import BRANCHES, MODES, check_window
 
         layers = job.get("steering_layers")
         if isinstance(layers, str):
@@ -243,8 +239,10 @@ class _Validator:
             not isinstance(layers, list) or not 0 < len(layers) <= MAX_LAYER_PATTERNS or not all(isinstance(x, str) and len(x) <= 200 for x in layers)
         ):
             raise JobError(line, f"steering_layers must be a layer name or a non-empty list of at most {MAX_LAYER_PATTERNS} names / globs, got {show(layers)}")
-        rec = recommended_settings(vectors)  # what a job leaves unset comes from its directions, as in every call
-        window = job.get("steering_window", rec.get("steering_window", PAPER_WINDOW))
+        # what a job leaves unset comes from its directions' recommended settings, as in every call (preserve_norm,
+        # which a job cannot set, too); but the layers: a job without steering_layers steers all of its directions'
+        recommended = SteeringConfig.from_settings(recommended_settings(vectors))
+        window = job.get("steering_window", recommended.window)
         if not isinstance(window, list | tuple) or len(window) != 2:
             raise JobError(line, f"steering_window must be a pair [start, end] of fractions, got {show(window)}")
         window = tuple(_check_float(line, "steering_window", w, 0.0, 1.0) for w in window)
@@ -252,25 +250,19 @@ class _Validator:
             window = check_window(window)
         except ValueError as err:
             raise JobError(line, str(err)) from None
-        branch = job.get("steering_branch", rec.get("steering_branch", "cond"))
+        branch = job.get("steering_branch", recommended.branch)
         if branch not in BRANCHES:
             raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, got {show(branch)}")
-        mode = job.get("steering_mode", rec.get("steering_mode", "add"))
+        mode = job.get("steering_mode", recommended.mode)
         if mode not in MODES:
             raise JobError(line, f"steering_mode must be one of {list(MODES)}, got {show(mode)}")
-        normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", rec.get("steering_normalize", False)))
-        strict = _check_bool(line, "steering_strict", job.get("steering_strict", True))
-        return dataclasses.replace(
-            setup,
-            vectors=tuple(vectors),
-            digests=tuple(v.digest() for v in vectors),
-            layer_patterns=tuple(layers) if layers is not None else None,
-            window=(float(window[0]), float(window[1])),
-            branch=branch,
-            normalize=normalize,
-            mode=mode,
-            strict=strict,
+        normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
+        strict = _check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
+        config = dataclasses.replace(
+            recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict
         )
+        return dataclasses.replace(setup, vectors=tuple(vectors), digests=tuple(v.digest() for v in vectors), config=config)
+
     def _check_setup(self, line: int, setup: CallSetup) -> list[str] | None:
         """Build (not enter) the steering session once per setup: layers, channels, model match, normalization."""
         if not setup.vectors:
@@ -281,14 +273,7 @@ class _Validator:
 
             try:
                 session = self.pipe.build_steering_session(
-                    [v.to(self.pipe.device) for v in setup.vectors],
-                    torch.ones(1, len(setup.vectors)),
-                    layers=list(setup.layer_patterns) if setup.layer_patterns is not None else None,
-                    window=setup.window,
-                    branch=setup.branch,
-                    normalize=setup.normalize,
-                    mode=setup.mode,
-                    strict=setup.strict,
+                    [v.to(self.pipe.device) for v in setup.vectors], torch.ones(1, len(setup.vectors)), setup.config
                 )
                 self._setups[key] = list(session.plans)
             except Exception as err:  # noqa: BLE001
@@ -300,6 +285,7 @@ class _Validator:
 
     def _recipe(self, prompt, negative, seed, setup: CallSetup, loaded, scales, layers) -> dict[str, Any]:
         steered = bool(loaded)
+        config = setup.config.to_dict() if setup.config is not None else dict.fromkeys(_UNSTEERED)
         return {
             "steer_version": self.version,
             "model": self.model,
@@ -318,12 +304,12 @@ class _Validator:
             ],
             "scale": (float(scales[0]) if len(scales) == 1 else [float(s) for s in scales]) if steered else None,
             "layers": layers,
-            "layer_patterns": list(setup.layer_patterns) if setup.layer_patterns is not None else None,
-            "window": list(setup.window) if steered else None,
-            "branch": setup.branch,
-            "normalize": setup.normalize,
-            "mode": setup.mode,
-            "strict": setup.strict,
+            "layer_patterns": config["layers"],
+            "window": config["window"],
+            "branch": config["branch"],
+            "normalize": config["normalize"],
+            "mode": config["mode"],
+            "strict": config["strict"],
         }
 
 

@@ -153,16 +153,11 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
     negatives = [im.negative_prompt or "" for im in images]
     if any(negatives):
         kwargs["negative_prompt"] = negatives
-    if setup.vectors:
+    if setup.config is not None:
         kwargs.update(
             steering=list(setup.vectors),
             steering_scale=[list(im.scales) for im in images],
-            steering_layers=list(setup.layer_patterns) if setup.layer_patterns is not None else None,
-            steering_window=setup.window,
-            steering_branch=setup.branch,
-            steering_normalize=setup.normalize,
-            steering_mode=setup.mode,
-            steering_strict=setup.strict,
+            **setup.config.to_settings(),
         )
     return pipe([im.prompt for im in images], **kwargs).images
 
