@@ -182,6 +182,37 @@ def test_two_threads_at_once_get_their_own_results(tiny_pipe, gen):
     assert no_hooks_left(tiny_pipe.unet)
 
 
+def test_two_unsteered_calls_at_once_do_not_share_the_scheduler(tiny_pipe, gen):
+    """diffusers' own pipelines share one scheduler between concurrent calls (a call's set_timesteps changes the
+    other's loop); every call of a steered pipeline, steered or not, runs on its own copy."""
+    settings = {"a": dict(num_inference_steps=4), "b": dict(num_inference_steps=7, guidance_scale=3.0)}
+    alone = {k: call(tiny_pipe, gen, **kw) for k, kw in settings.items()}
+    barrier = threading.Barrier(2)
+    together, errors = {}, []
+
+    def sync(pipe, i, t, kw):
+        try:
+            barrier.wait(timeout=2)
+        except threading.BrokenBarrierError:  # the shorter run has finished
+            pass
+        return {}
+
+    def worker(key):
+        try:
+            together[key] = call(tiny_pipe, gen, callback_on_step_end=sync, **settings[key])
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in settings]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for k in settings:
+        assert np.array_equal(together[k], alone[k]), k
+
+
 # 5 ---------------------------------------------------------------------------------------------------------------
 def test_unknown_layer_lists_close_matches(tiny_pipe, gen):
     v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"])

@@ -260,10 +260,15 @@ class SteeringMixin:
 
         compiled = hasattr(getattr(self, self.denoiser_name), "_orig_mod")
         sites = self.__dict__.get("_static_sites") if compiled else None
-        if not active and not any(extras.values()) and sites is None:
-            return parent.__call__(self, *args, **kwargs)
-
+        # Every call, steered or not, runs on a per-call copy with its own scheduler: two calls at once on one
+        # pipeline never share loop state (diffusers' own pipelines do), and the copy's state is adopted afterwards.
         call_pipe = self._call_copy()
+        if not active and not any(extras.values()) and sites is None:
+            try:
+                return parent.__call__(call_pipe, *args, **kwargs)
+            finally:
+                self._adopt_call_state(call_pipe)
+
         with contextlib.ExitStack() as stack:
             if sites is None and compiled and active:
                 raise RuntimeError(
