@@ -19,12 +19,13 @@ from steer.denoisers.base import (
     main_tensor,
     replace_main_tensor,
 )
+from steer.denoisers.flux import FluxAdapter
 from steer.denoisers.pixart import PixArtAdapter
 from steer.denoisers.sd3 import SD3Adapter
 from steer.denoisers.unet import UNetAdapter
 from steer.errors import LayerError
 
-ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, PixArtAdapter, SD3Adapter]
+ADAPTERS: list[type[DenoiserAdapter]] = [UNetAdapter, PixArtAdapter, SD3Adapter, FluxAdapter]
 
 __all__ = [
     "ADAPTERS",

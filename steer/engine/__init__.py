@@ -13,7 +13,7 @@ with diffusers' own registry hooks (offload, caches) on the same modules, and ar
 
 from steer.engine.compiled import StaticSteeringSites
 from steer.engine.recording import ActivationRecorder, Pooling, pool
-from steer.engine.run import DenoiserRun, activated, window_bounds
+from steer.engine.run import DenoiserRun, SequentialCFG, activated, window_bounds
 from steer.engine.steering import LayerPlan, SteeringSession, apply_delta, build_layer_plans, step_bucket
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "DenoiserRun",
     "LayerPlan",
     "Pooling",
+    "SequentialCFG",
     "StaticSteeringSites",
     "SteeringSession",
     "activated",

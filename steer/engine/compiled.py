@@ -67,7 +67,7 @@ class StaticSteeringSites:
                 buf = torch.zeros(n, self.channels[name], device=ref.device, dtype=ref.dtype)
                 self.deltas[name] = buf
             plan = session.plans.get(name) if session is not None and session.mine() else None
-            if plan is None or not session.in_window(session.config.window):
+            if plan is None or not session.in_window(session.config.window) or not session.branch_sign():
                 buf.zero_()
             else:
                 buf.copy_(session.step_delta(plan, n))

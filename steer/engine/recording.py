@@ -34,8 +34,9 @@ class ActivationRecorder(DenoiserRun):
     """Records pooled outputs of chosen modules for the calls made inside this context.
 
     ``records[layer]`` is a list of ``(step, pooled)`` with ``pooled`` of shape (rows, C) on the CPU in fp32; with
-    ``cfg`` and ``branch`` only that half of the UNet batch is kept. A module called several times per UNet forward
-    (e.g. a shared ``nonlinearity``) keeps only its last call of each forward when ``last_call_only``.
+    ``cfg`` and ``branch`` only that half of the UNet batch is kept (with a `SequentialCFG` layout, only the calls of
+    that branch). A module called several times per UNet forward (e.g. a shared ``nonlinearity``) keeps only its
+    last call of each forward when ``last_call_only``.
     ``position_norms[layer]`` accumulates the mean per-position channel norm (the "typical activation norm").
     """
 
@@ -60,13 +61,17 @@ class ActivationRecorder(DenoiserRun):
         self.records: dict[str, list[tuple[int, torch.Tensor]]] = {n: [] for n in self.layers}
         self._norm_sum: dict[str, float] = dict.fromkeys(self.layers, 0.0)
         self._norm_count: dict[str, int] = dict.fromkeys(self.layers, 0)
+        self._last_call: dict[str, tuple[int, int]] = {}
 
     def _register(self) -> None:
         resolve_layers(self.unet, self.layers)
         for name in self.layers:
             self._handles.append(register_site_hook(self.unet, name, self._make_hook(name)))
 
-    def _select(self, h: torch.Tensor) -> torch.Tensor:
+    def _select(self, h: torch.Tensor) -> torch.Tensor | None:
+        """The rows of ``branch`` in this call's output (None: a sequential-CFG call of another branch)."""
+        if self.call_branch is not None:
+            return h if self.branch in ("both", self.call_branch) else None
         if not self.cfg or self.branch == "both":
             return h
         uncond, cond = h.chunk(2)
@@ -77,11 +82,15 @@ class ActivationRecorder(DenoiserRun):
             if not self.mine() or not self.in_window(self.window):
                 return
             h = self._select(output.detach())
+            if h is None:
+                return
             pooled = pool(h.float(), self.pooling).cpu()
             records = self.records[name]
-            if self.last_call_only and records and records[-1][0] == self.step:
+            call = (self.step, self._calls)  # one denoiser call (a sequential-CFG step has several)
+            if self.last_call_only and records and self._last_call.get(name) == call:
                 records[-1] = (self.step, pooled)
             else:
+                self._last_call[name] = call
                 records.append((self.step, pooled))
                 norms = h.float().norm(dim=channel_dim(h))
                 self._norm_sum[name] += float(norms.mean()) * h.shape[0]

@@ -3,8 +3,14 @@ counted, and the context (thread / asyncio task) that owns them.
 
 Hooks only act for calls made in the context that entered their run, so two threads sharing one denoiser never see
 each other's settings. Step counting: a pre-forward hook on the denoiser counts its calls; with ``num_steps`` (an int
-or a callable returning the number of denoiser calls of the run, e.g. ``len(scheduler.timesteps)``) a
-``window=(start, end)`` of fractions selects the active calls ``ceil(start*N) <= i < ceil(end*N)``.
+or a callable returning the number of denoising steps of the run, e.g. ``len(scheduler.timesteps)``) a
+``window=(start, end)`` of fractions selects the active steps ``ceil(start*N) <= i < ceil(end*N)``.
+
+Classifier-free guidance comes in two layouts, told by ``cfg`` (a value or a callable read at every call):
+``True`` / ``False`` — one denoiser call per step whose batch is ``[uncond, cond]`` (or has no CFG halves); or a
+`SequentialCFG` — the branches are separate denoiser calls of one step (Flux's true CFG: a "cond" call, then an
+"uncond" one). Then a step is counted per step, not per call, and `DenoiserRun.call_branch` names the branch of the
+call in progress.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +26,24 @@ from torch import nn
 
 # The sessions active in the current context (thread / task). Hooks of other sessions are no-ops here.
 _ACTIVE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("steer_active_sessions", default=frozenset())
+
+
+@dataclass(frozen=True, eq=False)
+class SequentialCFG:
+    """CFG layout where each branch is its own denoiser call within a step.
+
+    Args:
+        branches: the branch of each call of a step, in call order (``("cond", "uncond")`` for Flux).
+        step_token: an object that is the same for every call of one step and another one at the next step (e.g. the
+            pipeline's current-timestep tensor), compared by identity: a new token starts a new step at the first
+            branch. ``None`` counts ``len(branches)`` calls per step instead.
+    """
+
+    branches: tuple[str, ...] = ("cond", "uncond")
+    step_token: Any = None
+
+
+_NO_TOKEN = object()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -40,11 +65,20 @@ def window_bounds(window: tuple[float, float], num_steps: int) -> tuple[int, int
 class DenoiserRun:
     """Registers hooks on a UNet, counts its forward calls, and removes everything on exit."""
 
-    def __init__(self, unet: nn.Module, num_steps: int | Callable[[], int] | None, cfg: bool | Callable[[], bool]):
+    def __init__(
+        self,
+        unet: nn.Module,
+        num_steps: int | Callable[[], int] | None,
+        cfg: bool | SequentialCFG | Callable[[], bool | SequentialCFG],
+    ):
         self.unet = unet
         self._num_steps = num_steps
         self._cfg = cfg
-        self.step = -1  # index of the UNet call in progress
+        self.step = -1  # index of the denoising step in progress (of the UNet call, without sequential CFG)
+        self.call_branch: str | None = None  # with `SequentialCFG`: the branch of the call in progress
+        self._calls = -1  # sequential CFG: calls counted, and the position / token of the current step
+        self._position = -1
+        self._step_token: Any = _NO_TOKEN
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._token: contextvars.Token | None = None
 
@@ -56,14 +90,38 @@ class DenoiserRun:
     def num_steps(self) -> int | None:
         return self._num_steps() if callable(self._num_steps) else self._num_steps
 
+    def layout(self) -> bool | SequentialCFG:
+        """The CFG layout now: ``True`` (batch ``[uncond, cond]``), ``False`` (one branch) or a `SequentialCFG`."""
+        return self._cfg() if callable(self._cfg) else self._cfg
+
     @property
     def cfg(self) -> bool:
-        return bool(self._cfg() if callable(self._cfg) else self._cfg)
+        """Whether the batch of the call in progress is ``[uncond, cond]`` (False with sequential CFG: every call is
+        one branch, see `call_branch`)."""
+        layout = self.layout()
+        return False if isinstance(layout, SequentialCFG) else bool(layout)
 
     def advance(self) -> None:
         """Count one denoiser call of this run (the pre-forward hook, or a compiled denoiser's persistent sites)."""
-        if self.mine():
+        if not self.mine():
+            return
+        layout = self.layout()
+        if not isinstance(layout, SequentialCFG):
             self.step += 1
+            self.call_branch = None
+            return
+        self._calls += 1
+        n = len(layout.branches)
+        token = layout.step_token
+        if token is None:
+            new_step = self._calls % n == 0
+        else:
+            new_step = token is not self._step_token
+            self._step_token = token
+        self._position = 0 if new_step else self._position + 1
+        if new_step:
+            self.step += 1
+        self.call_branch = layout.branches[self._position % n]
 
     def _pre_forward(self, _module: nn.Module, _args: Any) -> None:
         self.advance()
@@ -95,6 +153,7 @@ class DenoiserRun:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+        self._step_token = _NO_TOKEN  # no reference kept to the last step's token
         if self._token is not None:
             try:
                 _ACTIVE.reset(self._token)

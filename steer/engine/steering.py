@@ -126,7 +126,8 @@ class SteeringSession(DenoiserRun):
     """Adds ``scale · v`` to chosen UNet module outputs for the calls made inside this context.
 
     ``scales`` is a (R, K) tensor: R = 1 (all rows) or one row per image of the batch, K = number of vectors.
-    With ``cfg`` the UNet batch is ``[uncond, cond]`` and ``config.branch`` picks the half that is steered.
+    With ``cfg`` the UNet batch is ``[uncond, cond]`` and ``config.branch`` picks the half that is steered; with a
+    `SequentialCFG` layout it picks the calls (see `branch_sign`).
     """
 
     def __init__(
@@ -157,8 +158,23 @@ class SteeringSession(DenoiserRun):
                 )
             self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan)))
 
+    def branch_sign(self) -> int:
+        """With sequential CFG: +1, -1 or 0, how ``config.branch`` treats the branch of the call in progress
+        (``"split"``: + on the conditional call, - on the unconditional one). 1 otherwise."""
+        branch, call = self.config.branch, self.call_branch
+        if call is None or branch == "both":
+            return 1
+        if branch == "split":
+            return {"cond": 1, "uncond": -1}.get(call, 0)
+        return int(branch == call)
+
     def row_scales(self, n: int) -> torch.Tensor:
         """(n, K) scales for a UNet batch of n rows, with the unsteered CFG half zeroed."""
+        if self.call_branch is not None:  # sequential CFG: the whole call is one branch
+            s = self.scales.expand(n, -1) if self.scales.shape[0] == 1 else self.scales
+            if s.shape[0] != n:
+                raise ValueError(f"steering_scale has {s.shape[0]} rows but the batch has {n} images")
+            return s * self.branch_sign()
         cfg = self.cfg
         if cfg and n % 2:
             raise ValueError(f"classifier-free guidance expects an even UNet batch, got {n} rows")
@@ -184,7 +200,7 @@ class SteeringSession(DenoiserRun):
 
     def _make_hook(self, plan: LayerPlan) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(h: torch.Tensor) -> torch.Tensor | None:
-            if not self.mine() or not self.in_window(self.config.window):
+            if not self.mine() or not self.in_window(self.config.window) or not self.branch_sign():
                 return None
             dim = channel_dim(h)
             if h.shape[dim] != plan.directions.shape[-1]:
@@ -192,7 +208,11 @@ class SteeringSession(DenoiserRun):
                     f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[-1]} channels, "
                     f"this call's output has {h.shape[dim]} (shape {tuple(h.shape)})"
                 )
-            key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype)
+            if self.call_branch is not None and h.shape[0] == 1 < self.scales.shape[0]:
+                # a one-row input the denoiser broadcasts over the images (Flux's negative prompt given as one
+                # string for several prompts): one row per image, so each row gets its own scale
+                h = h.expand(self.scales.shape[0], *h.shape[1:])
+            key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch)
             delta = plan.cache.get(key)
             if delta is None:  # (n, C): each row's weighted sum of directions
                 delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)

@@ -19,6 +19,7 @@ STEERED_PIPELINES: dict[str, str] = {
     "StableDiffusionXLPipeline": "steer.pipelines.stable_diffusion_xl:SteeringStableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline": "steer.pipelines.img2img:SteeringStableDiffusionXLImg2ImgPipeline",
     "StableDiffusion3Pipeline": "steer.pipelines.stable_diffusion_3:SteeringStableDiffusion3Pipeline",
+    "FluxPipeline": "steer.pipelines.flux:SteeringFluxPipeline",
 }
 
 
