@@ -196,8 +196,9 @@ def layer_names(pipe) -> list[str]:
 
 
 def native_size(pipe) -> int:
-    """The image side the UNet was trained for."""
-    sample = denoiser_of(pipe).config.sample_size
+    """The image side the denoiser was trained for (the pipeline's default size; Flux's transformer has no
+    ``sample_size`` of its own)."""
+    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.sample_size
     sample = sample if isinstance(sample, int) else sample[0]
     return int(sample * pipe.vae_scale_factor)
 
