@@ -31,3 +31,22 @@ def test_learn_then_generate_in_the_app(family, tmp_path):
     original, steered, png, last, note = steer_app.generate(choice, session, **values)
     assert "Steered with **red**" in note, note
     assert not np.array_equal(np.asarray(original), np.asarray(steered))  # the family's image moved
+
+
+def test_batch_runs_jobs_on_another_family(tmp_path):
+    """`steer batch`'s runner on a tiny SDXL pipeline: a sweep of a direction learned on it, one PNG per scale."""
+    import json
+
+    from steer.jobs import run as batch
+    from steer.testing.sdxl import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline(seed=0)
+    direction = pipe.learn_direction(["a red bag"] * 2, ["a blue bag"] * 2, calibrate=False, num_samples=2, num_inference_steps=2)
+    direction.save(tmp_path / "red.safetensors")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a bag", "seeds": [0], "num_inference_steps": 2, "height": 32, "width": 32,
+                                "directions": [{"path": "red.safetensors", "sweep": [0, 4, 2]}], "name": "bag"}) + "\n")
+    summary = batch.run(jobs, pipe, tmp_path / "out", batch_size=2, progress=False)
+    assert summary["written"] == 2 and summary["failed"] == 0, summary
+    pngs = sorted((tmp_path / "out").glob("*.png"))
+    assert len(pngs) == 2 and pngs[0].read_bytes() != pngs[1].read_bytes()

@@ -336,3 +336,19 @@ def test_casteer_preset_learns_per_step_joint_attention_directions(pipe):
     assert v.layers == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
     assert tuple(v.directions["transformer_blocks.0.attn"].shape) == (2, 32)
     assert not np.array_equal(call(pipe, steering=v, steering_scale=2.0), call(pipe))
+
+
+def test_compiled_transformer_takes_per_row_scales():
+    """`compile_unet` on Flux: the persistent sites read the batch from the ``hidden_states`` keyword (transformers are
+    called with keywords only), so per-row scales give each row what a separate uncompiled call gives."""
+    plain = tiny_flux_pipeline(seed=0)
+    compiled = tiny_flux_pipeline(seed=0)
+    layer = "single_transformer_blocks.0"
+    v = random_vector(plain, [layer], seed=4, scale=3.0)
+    compiled.compile_unet(layers=[layer], backend="eager")
+    rows = compiled([PROMPT, PROMPT], generator=[gen(0), gen(0)], num_inference_steps=STEPS, output_type="np",
+                    steering=v, steering_scale=[0.0, 2.0], steering_window=(0.0, 1.0), **SIZE).images
+    for i, scale in enumerate((0.0, 2.0)):
+        alone = call(plain, steering=v, steering_scale=scale, steering_window=(0.0, 1.0))
+        assert np.allclose(rows[i], alone[0], atol=1e-5), i
+    assert not np.allclose(rows[0], rows[1], atol=1e-3)

@@ -52,10 +52,12 @@ class StaticSteeringSites:
 
     def attach(self, wrapper: nn.Module) -> None:
         """Fill the deltas before every call of ``wrapper`` (the compiled module)."""
-        self._handles.append(wrapper.register_forward_pre_hook(self._before_call))
+        self._handles.append(wrapper.register_forward_pre_hook(self._before_call, with_kwargs=True))
 
-    def _before_call(self, _module: nn.Module, args: Any) -> None:
-        sample = args[0] if args else None
+    def _before_call(self, _module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        # The latents: the first positional argument (UNet) or the ``hidden_states`` / ``sample`` keyword
+        # (diffusion transformers are called with keywords only).
+        sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         session = self.session
         if session is not None:
             session.advance()
