@@ -5,10 +5,14 @@
 - `steer.engine.recording`: `ActivationRecorder` (pooled activations per step);
 - `steer.engine.compiled`: `StaticSteeringSites` for a `torch.compile`-d denoiser.
 
-Hooks are plain PyTorch forward hooks rather than diffusers' `HookRegistry`: a registry hook replaces the module's
-``forward`` (one chain per module), which dynamo then traces as part of the graph, so a hook registered after
-``torch.compile`` is ignored the same way; plain hooks keep `StaticSteeringSites` and per-call sessions simple, coexist
-with diffusers' own registry hooks (offload, caches) on the same modules, and are removed by handle.
+Hooks are plain PyTorch forward hooks, not diffusers' `HookRegistry` / `ModelHook`. Tried
+(`scripts/hook_registry_check.py`, tiny UNet, torch 2.13, diffusers 0.42.1): a registry hook registered after
+``torch.compile`` does act, because the registry replaces the module's ``forward`` and dynamo recompiles, but every
+new hook instance costs one more compile (3 per-call sessions: 3 recompiles), while a plain forward hook registered
+after compiling is silently ignored. Per-call sessions therefore use plain hooks on an uncompiled denoiser (one
+handle each, removed on every exit path, coexisting with diffusers' own registry hooks such as offloading or caches,
+which wrap ``forward`` underneath them), and a compiled denoiser gets `StaticSteeringSites`: hooks installed once
+before compiling whose deltas are tensors filled per call, so slider moves never recompile.
 """
 
 from steer.engine.compiled import StaticSteeringSites
