@@ -1,7 +1,5 @@
 """Behaviour of the steering engine on a tiny random-weight pipeline (CPU, fp32)."""
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -11,24 +9,15 @@ from steer import ModelMismatchError, SteeringFileError, SteeringStableDiffusion
 from steer.config import SteeringConfig
 from steer.denoisers import LayerError, layer_channels
 from steer.engine import SteeringSession, build_layer_plans, window_bounds
+from steer.testing import capture_site, no_hooks_left, random_vector, run_in_threads, step_barrier
 
 STEPS = 6
 PROMPT = "a red sneaker"
 
 
-def random_vector(pipe, layers, seed=0, scale=1.0, **meta):
-    ch = layer_channels(pipe.unet, layers)
-    g = torch.Generator().manual_seed(seed)
-    return SteeringVector({n: scale * torch.randn(c, generator=g) for n, c in ch.items()}, {"name": f"rand{seed}", **meta})
-
-
 def call(pipe, gen, **kw):
     kw.setdefault("num_inference_steps", STEPS)
     return pipe(PROMPT, generator=gen(0), output_type="np", **kw).images
-
-
-def no_hooks_left(unet):
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
 
 
 # 1 ---------------------------------------------------------------------------------------------------------------
@@ -47,23 +36,8 @@ def test_hooked_output_moves_by_scale_times_v_only_in_window_and_branch(tiny_pip
     layer = "up_blocks.0.resnets.1"
     v = random_vector(tiny_pipe, [layer], seed=3)
     scale, window = 0.7, (0.3, 0.7)
-    module = dict(tiny_pipe.unet.named_modules())[layer]
-    raw, steered = [], []
-    pre = module.register_forward_hook(lambda m, a, o: raw.append(o.detach().clone()))
-    post_handle = []
-
-    def register_post(pipe, i, t, kw):  # registered after the steering hook, so it sees the steered output
-        if not post_handle:
-            post_handle.append(module.register_forward_hook(lambda m, a, o: steered.append(o.detach().clone())))
-        return {}
-
-    try:
-        call(tiny_pipe, gen, steering=v, steering_scale=scale, steering_window=window, steering_branch=branch, callback_on_step_end=register_post)
-    finally:
-        pre.remove()
-        for h in post_handle:
-            h.remove()
-    raw = raw[1:]  # step 0 ran before the post hook existed
+    steer_kw = dict(steering=v, steering_scale=scale, steering_window=window, steering_branch=branch)
+    raw, steered = capture_site(tiny_pipe, layer, lambda arm: call(tiny_pipe, gen, callback_on_step_end=arm, **steer_kw))
     assert len(raw) == len(steered) == STEPS - 1
     first, stop = window_bounds(window, STEPS)
     half = raw[0].shape[0] // 2
@@ -155,28 +129,8 @@ def test_two_threads_at_once_get_their_own_results(tiny_pipe, gen):
     v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0", "up_blocks.0.resnets.1"], seed=2, scale=2.0)
     settings = {"a": dict(steering_scale=1.5, guidance_scale=7.5), "b": dict(steering_scale=-1.5, guidance_scale=3.0, steering_branch="both")}
     alone = {k: call(tiny_pipe, gen, steering=v, **kw) for k, kw in settings.items()}
-    barrier = threading.Barrier(2)
-    together, errors = {}, []
-
-    def sync(pipe, i, t, kw):  # force the two denoising loops to interleave step by step
-        try:
-            barrier.wait(timeout=20)
-        except threading.BrokenBarrierError:
-            pass
-        return {}
-
-    def worker(key):
-        try:
-            together[key] = call(tiny_pipe, gen, steering=v, callback_on_step_end=sync, **settings[key])
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in settings]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    sync = step_barrier(2)  # force the two denoising loops to interleave step by step
+    together = run_in_threads(lambda k: call(tiny_pipe, gen, steering=v, callback_on_step_end=sync, **settings[k]), settings)
     for k in settings:
         assert np.array_equal(together[k], alone[k]), k
     assert no_hooks_left(tiny_pipe.unet)
@@ -187,28 +141,8 @@ def test_two_unsteered_calls_at_once_do_not_share_the_scheduler(tiny_pipe, gen):
     other's loop); every call of a steered pipeline, steered or not, runs on its own copy."""
     settings = {"a": dict(num_inference_steps=4), "b": dict(num_inference_steps=7, guidance_scale=3.0)}
     alone = {k: call(tiny_pipe, gen, **kw) for k, kw in settings.items()}
-    barrier = threading.Barrier(2)
-    together, errors = {}, []
-
-    def sync(pipe, i, t, kw):
-        try:
-            barrier.wait(timeout=2)
-        except threading.BrokenBarrierError:  # the shorter run has finished
-            pass
-        return {}
-
-    def worker(key):
-        try:
-            together[key] = call(tiny_pipe, gen, callback_on_step_end=sync, **settings[key])
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in settings]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors
+    sync = step_barrier(2, timeout=2)  # the shorter run ends first: the other's wait times out, then it runs alone
+    together = run_in_threads(lambda k: call(tiny_pipe, gen, callback_on_step_end=sync, **settings[k]), settings)
     for k in settings:
         assert np.array_equal(together[k], alone[k]), k
 
@@ -326,20 +260,8 @@ def test_bad_scale_and_window_arguments(tiny_pipe, gen):
 def test_weighted_mode_concentrates_the_edit_where_activations_are_large(tiny_pipe, gen):
     layer = "up_blocks.1.resnets.1"
     v = random_vector(tiny_pipe, [layer], scale=0.5)
-    module = dict(tiny_pipe.unet.named_modules())[layer]
-    raw, steered, post = [], [], []
-
-    def register_post(pipe, i, t, kw):
-        if not post:
-            post.append(module.register_forward_hook(lambda m, a, o: steered.append(o.detach().clone())))
-        return {}
-
-    pre = module.register_forward_hook(lambda m, a, o: raw.append(o.detach().clone()))
-    try:
-        call(tiny_pipe, gen, steering=v, steering_window=(0, 1), steering_mode="weighted", callback_on_step_end=register_post)
-    finally:
-        pre.remove()
-        post[0].remove()
+    steer_kw = dict(steering=v, steering_window=(0, 1), steering_mode="weighted")
+    raw, steered = capture_site(tiny_pipe, layer, lambda arm: call(tiny_pipe, gen, callback_on_step_end=arm, **steer_kw))
     r, s = raw[-1], steered[-1]
     moved = (s - r).norm(dim=1)  # (N, H, W)
     act = r.norm(dim=1)

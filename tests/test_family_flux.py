@@ -4,7 +4,6 @@ true CFG, where the conditional and unconditional passes are separate transforme
 from __future__ import annotations
 
 import inspect
-import threading
 import warnings
 
 import numpy as np
@@ -18,6 +17,7 @@ from steer.denoisers import CONTEXT_SITE, LayerError, layer_channels
 from steer.engine import ActivationRecorder, window_bounds
 from steer.learn import record_steps
 from steer.pipelines.flux import SteeringFluxPipeline
+from steer.testing import no_hooks_left, random_vector, run_in_threads, step_barrier
 from steer.testing.flux import tiny_flux_pipeline
 from steer.vectors import unet_fingerprint
 
@@ -42,16 +42,6 @@ def call(pipe, seed=0, **kw):
     kw.setdefault("num_inference_steps", STEPS)
     kw.setdefault("output_type", "np")
     return pipe(PROMPT, generator=gen(seed), **SIZE, **kw).images
-
-
-def random_vector(pipe, layers, seed=0, scale=1.0):
-    ch = layer_channels(pipe.transformer, layers)
-    g = torch.Generator().manual_seed(seed)
-    return SteeringVector({n: scale * torch.randn(c, generator=g) for n, c in ch.items()}, {"name": f"rand{seed}"})
-
-
-def no_hooks_left(module):
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
 
 
 class CallObserver:
@@ -258,28 +248,8 @@ def test_two_threads_one_steered_one_plain(pipe):
     settings = {"steered": dict(steering=v, steering_scale=1.5, steering_window=(0, 1), **TRUE_CFG), "plain": dict(**TRUE_CFG)}
     alone = {k: call(pipe, **kw) for k, kw in settings.items()}
     assert not np.array_equal(alone["steered"], alone["plain"])
-    barrier = threading.Barrier(2)
-    together, errors = {}, []
-
-    def sync(p, i, t, kw):  # the two denoising loops interleave step by step
-        try:
-            barrier.wait(timeout=20)
-        except threading.BrokenBarrierError:
-            pass
-        return {}
-
-    def worker(key):
-        try:
-            together[key] = call(pipe, callback_on_step_end=sync, **settings[key])
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in settings]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    sync = step_barrier(2)  # the two denoising loops interleave step by step
+    together = run_in_threads(lambda k: call(pipe, callback_on_step_end=sync, **settings[k]), settings)
     for k in settings:
         assert np.array_equal(together[k], alone[k]), k
     assert no_hooks_left(pipe.transformer)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import threading
 import warnings
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 import torch
 from diffusers import PixArtSigmaPipeline
 
-from steer import ModelMismatchError, NonFiniteOutputError, SteeringVector, steering_pipeline
+from steer import ModelMismatchError, NonFiniteOutputError, SteeringVector, steering_pipeline, testing
 from steer.config import STEERING_DEFAULTS
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -25,6 +24,7 @@ from steer.denoisers import (
 from steer.denoisers.pixart import PixArtAdapter
 from steer.engine import window_bounds
 from steer.pipelines.pixart import FinitePixArtImageProcessor, SteeringPixArtSigmaPipeline
+from steer.testing import no_hooks_left, run_in_threads, step_barrier
 from steer.testing.pixart import TINY_CALL, tiny_pixart_components, tiny_pixart_pipeline
 from steer.vectors import unet_fingerprint
 
@@ -53,14 +53,8 @@ def parent_call(pipe, seed: int = 0, **kw):
 
 
 def random_vector(pipe, layers, seed: int = 0, scale: float = 1.0) -> SteeringVector:
-    ch = layer_channels(pipe.transformer, layers)
-    g = torch.Generator().manual_seed(seed)
-    meta = {"name": f"rand{seed}", "model": unet_fingerprint(pipe.transformer, layers)}
-    return SteeringVector({n: scale * torch.randn(c, generator=g) for n, c in ch.items()}, meta)
-
-
-def no_hooks_left(model) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    """`steer.testing.random_vector` carrying the transformer's fingerprint, as a learned direction does."""
+    return testing.random_vector(pipe, layers, seed, scale, fingerprint=True)
 
 
 # sites ----------------------------------------------------------------------------------------------------------------
@@ -221,27 +215,8 @@ def test_threads_get_their_own_cfg_and_steering(pipe):
         "plain": dict(guidance_scale=4.5),
     }
     alone = {k: call(pipe, **kw) for k, kw in settings.items()}
-    barrier = threading.Barrier(len(settings))
-    together, errors = {}, []
-
-    def sync(step, t, latents):  # interleave the denoising loops step by step
-        try:
-            barrier.wait(timeout=20)
-        except threading.BrokenBarrierError:
-            pass
-
-    def worker(key):
-        try:
-            together[key] = call(pipe, callback=sync, **settings[key])
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in settings]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    sync = step_barrier(len(settings))  # interleave the denoising loops step by step
+    together = run_in_threads(lambda k: call(pipe, callback=sync, **settings[k]), settings)
     # MKL's sgemm rounds by buffer alignment (conditional numerical reproducibility: exact under MKL_CBWR=COMPATIBLE),
     # so concurrent runs may differ from sequential ones by an ulp (measured <= 4e-7); a leaked or lost steering hook
     # moves pixels by far more than the tolerance

@@ -2,7 +2,6 @@
 components, CPU, fp32)."""
 
 import inspect
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from steer.config import STEERING_DEFAULTS
 from steer.denoisers import CONTEXT_SITE, adapter_for, cross_attention_sites, default_layers, layer_channels
 from steer.engine import window_bounds
 from steer.pipelines.stable_diffusion_3 import SteeringStableDiffusion3Pipeline
+from steer.testing import capture_site, no_hooks_left, random_vector, run_in_threads, step_barrier
 from steer.testing.sd3 import tiny_sd3_components, tiny_sd3_pipeline
 
 STEPS = 4
@@ -39,15 +39,6 @@ def call(pipe, seed=0, **kw):
     kw.setdefault("num_inference_steps", STEPS)
     kw.setdefault("output_type", "np")
     return pipe(PROMPT, generator=torch.Generator().manual_seed(seed), **kw).images
-
-
-def random_vector(pipe, layers, seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return SteeringVector({n: scale * torch.randn(c, generator=g) for n, c in layer_channels(pipe.transformer, layers).items()}, {"name": f"rand{seed}"})
-
-
-def no_hooks_left(model):
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 # sites ---------------------------------------------------------------------------------------------------------------
@@ -117,34 +108,8 @@ def test_site_moves_by_scale_times_v_only_in_window_and_branch(pipe, layer, bran
     tr = pipe.transformer
     v = random_vector(pipe, [layer], seed=3)
     scale, window = 0.7, (0.25, 0.75)
-    raw, steered = [], []
-    module = tr if layer == CONTEXT_SITE else dict(tr.named_modules())[layer]
-    index = adapter_for(tr).output_index(layer)
-
-    def grab(store):
-        if layer == CONTEXT_SITE:
-            return lambda m, a, kw: store.append(kw["encoder_hidden_states"].clone())
-        return lambda m, a, o: store.append(o[index].clone())
-
-    def register(h_list, store):
-        fn = grab(store)
-        return module.register_forward_pre_hook(fn, with_kwargs=True) if layer == CONTEXT_SITE else module.register_forward_hook(fn)
-
-    first_hook = register([], raw)  # before the steering hook: the unsteered value
-    late = []
-
-    def register_late(p, i, t, kw):  # after the steering hook: the steered value
-        if not late:
-            late.append(register(late, steered))
-        return {}
-
-    try:
-        call(pipe, steering=v, steering_scale=scale, steering_window=window, steering_branch=branch, callback_on_step_end=register_late)
-    finally:
-        first_hook.remove()
-        for h in late:
-            h.remove()
-    raw = raw[1:]  # step 0 ran before the late hook existed
+    steer_kw = dict(steering=v, steering_scale=scale, steering_window=window, steering_branch=branch)
+    raw, steered = capture_site(pipe, layer, lambda arm: call(pipe, callback_on_step_end=arm, **steer_kw))
     assert len(raw) == len(steered) == STEPS - 1
     first, stop = window_bounds(window, STEPS)
     delta = scale * v.directions[layer]
@@ -180,28 +145,9 @@ def test_hooks_removed_on_every_exit_path(pipe, exc):
 def test_two_threads_steered_and_plain_get_their_own_results(pipe, plain):
     v = random_vector(pipe, ["transformer_blocks.0"], seed=2, scale=2.0)
     steered_alone = call(pipe, steering=v, steering_window=(0, 1))
-    barrier = threading.Barrier(2)
-    out, errors = {}, []
-
-    def sync(p, i, t, kw):  # interleave the two denoising loops step by step
-        try:
-            barrier.wait(timeout=20)
-        except threading.BrokenBarrierError:
-            pass
-        return {}
-
-    def worker(key, kw):
-        try:
-            out[key] = call(pipe, callback_on_step_end=sync, **kw)
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
-
-    threads = [threading.Thread(target=worker, args=a) for a in (("steered", {"steering": v, "steering_window": (0, 1)}), ("plain", {}))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    settings = {"steered": {"steering": v, "steering_window": (0, 1)}, "plain": {}}
+    sync = step_barrier(2)  # interleave the two denoising loops step by step
+    out = run_in_threads(lambda k: call(pipe, callback_on_step_end=sync, **settings[k]), settings)
     assert np.array_equal(out["plain"], plain)
     assert np.array_equal(out["steered"], steered_alone)
     assert no_hooks_left(pipe.transformer)

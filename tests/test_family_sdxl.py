@@ -21,9 +21,8 @@ from steer import ModelMismatchError, NonFiniteOutputError, SteeringVector
 from steer.denoisers import CONTEXT_SITE, adapter_for, layer_channels
 from steer.engine import window_bounds
 from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
-from steer.testing import tiny_components
+from steer.testing import capture_site, no_hooks_left, random_vector, run_in_threads, step_barrier, tiny_components
 from steer.testing.sdxl import tiny_sdxl_components, tiny_sdxl_pipeline
-from steer.vectors import unet_fingerprint
 
 STEPS = 4
 PROMPT = "a red bag"
@@ -34,28 +33,15 @@ def xl():
     return tiny_sdxl_pipeline(seed=0)
 
 
-def rand_vector(pipe, layers, seed=0, scale=1.0, fingerprint=False):
-    ch = layer_channels(pipe.unet, layers)
-    g = torch.Generator().manual_seed(seed)
-    meta = {"name": f"rand{seed}"}
-    if fingerprint:
-        meta["model"] = unet_fingerprint(pipe.unet, layers)
-    return SteeringVector({n: scale * torch.randn(c, generator=g) for n, c in ch.items()}, meta)
-
-
 def run(pipe, gen, prompt=PROMPT, **kw):
     kw.setdefault("num_inference_steps", STEPS)
     return pipe(prompt, generator=gen(0), output_type="np", **kw).images
 
 
-def no_hooks_left(unet):
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in unet.modules())
-
-
 # bit-identity -------------------------------------------------------------------------------------------------------
 def test_unsteered_and_zero_scale_are_bit_identical_to_the_diffusers_parent(xl, gen):
     parent = StableDiffusionXLPipeline.__call__(xl, PROMPT, num_inference_steps=STEPS, generator=gen(0), output_type="np").images
-    v = rand_vector(xl, ["up_blocks.0.resnets.1", CONTEXT_SITE], scale=3.0)
+    v = random_vector(xl, ["up_blocks.0.resnets.1", CONTEXT_SITE], scale=3.0)
     assert np.array_equal(run(xl, gen), parent)
     assert np.array_equal(run(xl, gen, steering=v, steering_scale=0.0), parent)
     assert not np.array_equal(run(xl, gen, steering=v, steering_scale=1.0), parent)
@@ -63,42 +49,12 @@ def test_unsteered_and_zero_scale_are_bit_identical_to_the_diffusers_parent(xl, 
 
 
 # exact deltas -------------------------------------------------------------------------------------------------------
-def capture(pipe, gen, layer, **kw):
-    """(raw, steered) at ``layer`` for each UNet call from the second on: what the site produced / received before the
-    steering hook and what the denoiser then used."""
-    unet, raw, seen, late_handle = pipe.unet, [], [], []
-    if layer == CONTEXT_SITE:
-        def grab(store):
-            return lambda _m, _a, kwargs: store.append(kwargs["encoder_hidden_states"].detach().clone())
-        early = unet.register_forward_pre_hook(grab(raw), with_kwargs=True, prepend=True)
-        add_late = lambda: unet.register_forward_pre_hook(grab(seen), with_kwargs=True)  # noqa: E731
-    else:
-        module = dict(unet.named_modules())[layer]
-
-        def grab(store):
-            return lambda _m, _a, out: store.append((out[0] if isinstance(out, tuple) else out).detach().clone())
-        early = module.register_forward_hook(grab(raw), prepend=True)
-        add_late = lambda: module.register_forward_hook(grab(seen))  # noqa: E731
-
-    def late(_pipe, i, t, k):  # registered after the steering hook: sees what the denoiser uses
-        if not late_handle:
-            late_handle.append(add_late())
-        return {}
-
-    try:
-        run(pipe, gen, callback_on_step_end=late, **kw)
-    finally:
-        early.remove()
-        for h in late_handle:
-            h.remove()
-    return raw[1:], seen
-
-
 @pytest.mark.parametrize(("layer", "branch"), [("up_blocks.0.attentions.1", "cond"), (CONTEXT_SITE, "split")])
 def test_site_moves_by_exactly_scale_times_v_on_the_steered_half_inside_the_window(xl, gen, layer, branch):
-    v = rand_vector(xl, [layer], seed=3)
+    v = random_vector(xl, [layer], seed=3)
     scale, window = 0.7, (0.25, 0.75)
-    raw, seen = capture(xl, gen, layer, steering=v, steering_scale=scale, steering_window=window, steering_branch=branch)
+    steer_kw = dict(steering=v, steering_scale=scale, steering_window=window, steering_branch=branch)
+    raw, seen = capture_site(xl, layer, lambda arm: run(xl, gen, callback_on_step_end=arm, **steer_kw))
     assert len(raw) == len(seen) == STEPS - 1
     first, stop = window_bounds(window, STEPS)
     assert (first, stop) == (1, 3)
@@ -119,7 +75,7 @@ def test_site_moves_by_exactly_scale_times_v_on_the_steered_half_inside_the_wind
 
 # hooks and threads --------------------------------------------------------------------------------------------------
 def test_hooks_are_removed_after_an_exception_mid_call(xl, gen):
-    v = rand_vector(xl, ["up_blocks.1.resnets.0", CONTEXT_SITE])
+    v = random_vector(xl, ["up_blocks.1.resnets.0", CONTEXT_SITE])
 
     def boom(_pipe, i, t, k):
         if i == 1:
@@ -136,29 +92,10 @@ def test_hooks_are_removed_after_an_exception_mid_call(xl, gen):
 
 def test_a_steered_thread_does_not_touch_an_unsteered_one(xl, gen):
     plain = run(xl, gen)
-    v = rand_vector(xl, [CONTEXT_SITE, "up_blocks.0.resnets.0"], scale=2.0)
-    barrier = threading.Barrier(2, timeout=60)
-    out: dict[str, np.ndarray] = {}
-    errors: list[BaseException] = []
-
-    def lockstep(_pipe, i, t, k):  # both runs alternate UNet calls
-        barrier.wait()
-        return {}
-
-    def worker(name, **kw):
-        try:
-            out[name] = run(xl, gen, callback_on_step_end=lockstep, **kw)
-        except BaseException as err:  # noqa: BLE001 - reported below
-            errors.append(err)
-            barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=("steered",), kwargs={"steering": v, "steering_window": (0, 1)}),
-               threading.Thread(target=worker, args=("plain",))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(120)
-    assert not errors, errors
+    v = random_vector(xl, [CONTEXT_SITE, "up_blocks.0.resnets.0"], scale=2.0)
+    settings = {"steered": {"steering": v, "steering_window": (0, 1)}, "plain": {}}
+    lockstep = step_barrier(2, timeout=60)  # both runs alternate UNet calls
+    out = run_in_threads(lambda k: run(xl, gen, callback_on_step_end=lockstep, **settings[k]), settings)
     assert np.array_equal(out["plain"], plain)
     assert not np.array_equal(out["steered"], plain)
     assert no_hooks_left(xl.unet)
@@ -243,12 +180,12 @@ def test_learn_from_images_with_the_papers_extraction(xl, gen, monkeypatch):
 
 
 def test_a_direction_from_another_unet_family_is_refused_by_name(xl, tiny_pipe, tmp_path):
-    sd_path = rand_vector(tiny_pipe, ["up_blocks.0.resnets.0"], fingerprint=True).save(tmp_path / "sd.safetensors")
+    sd_path = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"], fingerprint=True).save(tmp_path / "sd.safetensors")
     loaded = SteeringVector.load(sd_path)
     assert layer_channels(xl.unet, ["up_blocks.0.resnets.0"]) == layer_channels(tiny_pipe.unet, ["up_blocks.0.resnets.0"])
     with pytest.raises(ModelMismatchError, match="different UNet"):  # same channels there: the architecture tells
         xl("a bag", num_inference_steps=1, output_type="latent", steering=loaded)
-    xl_path = rand_vector(xl, [CONTEXT_SITE], fingerprint=True).save(tmp_path / "xl.safetensors")
+    xl_path = random_vector(xl, [CONTEXT_SITE], fingerprint=True).save(tmp_path / "xl.safetensors")
     with pytest.raises(ModelMismatchError, match="channel mismatch"):  # 64 text channels vs SD's 32
         tiny_pipe("a bag", num_inference_steps=1, output_type="latent", steering=SteeringVector.load(xl_path))
     assert no_hooks_left(xl.unet) and no_hooks_left(tiny_pipe.unet)
@@ -308,7 +245,7 @@ def test_a_nan_image_raises_instead_of_turning_black(xl, gen, output_type):
     def poison(_pipe, i, t, k):
         return {"latents": torch.full_like(k["latents"], float("nan"))}
 
-    for kw in ({}, {"steering": rand_vector(xl, [CONTEXT_SITE])}):
+    for kw in ({}, {"steering": random_vector(xl, [CONTEXT_SITE])}):
         with pytest.raises(NonFiniteOutputError):
             xl(PROMPT, num_inference_steps=2, generator=gen(0), output_type=output_type, callback_on_step_end=poison, **kw)
     assert no_hooks_left(xl.unet)
@@ -330,7 +267,7 @@ def _img2img(kind: str):
 def test_img2img_window_is_measured_over_the_steps_the_run_performs(kind, gen, monkeypatch):
     pipe = _img2img(kind)
     image = torch.rand(1, 3, 32, 32, generator=gen(1))
-    v = rand_vector(pipe, ["up_blocks.1.resnets.0"])
+    v = random_vector(pipe, ["up_blocks.1.resnets.0"])
     calls, applied = [0], []
     import steer.engine.steering as steering_module
 

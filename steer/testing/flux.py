@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from transformers import CLIPTextModel
 
 from steer.testing import clip_tokenizer
+from steer.testing.parts import FLOW_VAE, tiny_clip_config, tiny_t5_encoder, tiny_vae
 from steer.testing.t5 import t5_tokenizer
 
 WIDTH = 32  # CLIP hidden size (= pooled_projection_dim) and T5 width (= joint_attention_dim)
@@ -35,38 +36,14 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict[st
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(4, 4, 8),
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
-        latent_channels=LATENT_CHANNELS,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_vae((16, 32), 32, latent_channels=LATENT_CHANNELS, **FLOW_VAE)
     torch.manual_seed(seed + 1)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408, hidden_size=WIDTH, intermediate_size=2 * WIDTH, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        )
-    ).eval()
+    clip = CLIPTextModel(tiny_clip_config(WIDTH)).eval()
     torch.manual_seed(seed + 2)
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=1000, d_model=WIDTH, d_kv=8, d_ff=2 * WIDTH, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-        )
-    ).eval()
+    t5 = tiny_t5_encoder(WIDTH)
     return {
         "transformer": transformer.eval(),
-        "vae": vae.eval(),
+        "vae": vae,
         "text_encoder": clip,
         "tokenizer": clip_tokenizer(),
         "text_encoder_2": t5,

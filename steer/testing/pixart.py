@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
-from transformers import T5Config, T5EncoderModel
+from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
 
+from steer.testing.parts import tiny_t5_encoder, tiny_vae
 from steer.testing.t5 import t5_tokenizer
 
 # Arguments every call of the tiny pipeline takes: its sample size has no resolution bin; captions are not cleaned
@@ -40,37 +40,18 @@ def tiny_pixart_components(seed: int = 0, sample_size: int = 8, text_width: int 
         norm_elementwise_affine=False,
         norm_eps=1e-6,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=sample_size * 2,
-    )
+    vae = tiny_vae((16, 32), sample_size * 2)
     tokenizer = t5_tokenizer()
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=text_width,
-            d_kv=8,
-            d_ff=2 * text_width,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
+    # unlike the SD3 / Flux encoders: T5Config's default dropout (0.1, inactive in eval mode) and a decoder start id
+    text_encoder = tiny_t5_encoder(
+        text_width, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, dropout_rate=0.1,
     )
     scheduler = DPMSolverMultistepScheduler(beta_start=0.0001, beta_end=0.02, beta_schedule="linear")
     return {
         "transformer": transformer.eval(),
-        "vae": vae.eval(),
-        "text_encoder": text_encoder.eval(),
+        "vae": vae,
+        "text_encoder": text_encoder,
         "tokenizer": tokenizer,
         "scheduler": scheduler,
     }

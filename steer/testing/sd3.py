@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from transformers import CLIPTextModelWithProjection
 
 from steer.testing import clip_tokenizer
+from steer.testing.parts import FLOW_VAE, tiny_clip_config, tiny_t5_encoder, tiny_vae
 from steer.testing.t5 import t5_tokenizer
 
 CLIP_WIDTH = 32  # each CLIP encoder's hidden size and projection size (pooled = 2 x 32 = 64)
@@ -17,12 +18,7 @@ T5_WIDTH = 64  # = joint_attention_dim: the two CLIP widths side by side fill it
 
 def _clip(seed: int) -> CLIPTextModelWithProjection:
     torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, projection_dim=CLIP_WIDTH,
-        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )
-    return CLIPTextModelWithProjection(config).eval()
+    return CLIPTextModelWithProjection(tiny_clip_config(CLIP_WIDTH, projection=True)).eval()
 
 
 def tiny_sd3_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]:
@@ -43,31 +39,12 @@ def tiny_sd3_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]:
         out_channels=4,
         pos_embed_max_size=sample_size,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=sample_size * 2,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = tiny_vae((16, 32), sample_size * 2, **FLOW_VAE)
     torch.manual_seed(seed + 1)
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=1000, d_model=T5_WIDTH, d_kv=8, d_ff=2 * T5_WIDTH, num_layers=2, num_heads=4,
-            relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-        )
-    ).eval()
+    t5 = tiny_t5_encoder(T5_WIDTH)
     return {
         "transformer": transformer.eval(),
-        "vae": vae.eval(),
+        "vae": vae,
         "text_encoder": _clip(seed + 2),
         "tokenizer": clip_tokenizer(),
         "text_encoder_2": _clip(seed + 3),

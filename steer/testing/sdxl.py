@@ -11,28 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from steer.testing import clip_tokenizer
+from steer.testing.parts import tiny_clip_config, tiny_vae
 
 TEXT_WIDTH = 32  # each text encoder's width; the UNet reads both concatenated (64)
 TIME_EMBED = 8  # addition_time_embed_dim: each of the 6 size / crop ids is embedded to this width
-
-
-def _clip_config(width: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=width,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
 
 
 def tiny_sdxl_unet(sample_size: int = 8) -> UNet2DConditionModel:
@@ -60,19 +46,9 @@ def tiny_sdxl_components(seed: int = 0, sample_size: int = 8) -> dict[str, Any]:
     """Components of `diffusers.StableDiffusionXLPipeline` (and its img2img sibling), randomly initialised."""
     torch.manual_seed(seed)
     unet = tiny_sdxl_unet(sample_size)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 32),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=sample_size * 4,
-    ).eval()
-    text_encoder = CLIPTextModel(_clip_config(TEXT_WIDTH)).eval()
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(TEXT_WIDTH)).eval()
+    vae = tiny_vae((16, 32, 32), sample_size * 4)
+    text_encoder = CLIPTextModel(tiny_clip_config(TEXT_WIDTH, projection=True)).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(tiny_clip_config(TEXT_WIDTH, projection=True)).eval()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
     )
