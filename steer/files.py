@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,31 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from steer.errors import UnsafePathError
 from steer.validation import MAX_HEADER_CHARS, MAX_METADATA_DEPTH, SchemaError, check_header_common, clip, short
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` whole or not at all: ``write(tmp)`` fills a fresh temporary file next to it (created
+    exclusively under an unpredictable name, so nothing planted in the folder is followed), which then replaces
+    ``path``. A ``path`` that is a symlink is refused (`UnsafePathError`) rather than written through or replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink():
+        raise UnsafePathError(f"refusing to write {path}: it is a symbolic link")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name[:64]}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        os.close(fd)
+        write(tmp)
+        if tmp.is_symlink():  # swapped under us: never replace the target with a link
+            raise UnsafePathError(f"refusing to write {path}: its temporary file was replaced by a link")
+        os.chmod(tmp, 0o644)  # what a plain open() gives under the usual umask (mkstemp makes 0600; writers recreate)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -30,16 +55,9 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def write_checked(path: Path, tensors: dict[str, torch.Tensor], key: str, header: dict[str, Any]) -> Path:
-    """Write ``tensors`` with ``header`` (+ digest) as JSON under metadata ``key``; temp file then rename."""
+    """Write ``tensors`` with ``header`` (+ digest) as JSON under metadata ``key`` (`atomic_write`)."""
     header = {**header, "digest": tensor_digest(tensors)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={key: json.dumps(header)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={key: json.dumps(header)}))
 
 
 def read_checked(

@@ -10,6 +10,8 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from steer.files import atomic_write
+
 RECIPE_KEY = "steer:recipe"
 
 
@@ -23,18 +25,11 @@ def png_bytes_hash(path: str | os.PathLike) -> str:
 
 
 def save_png(image: Image.Image, path: str | os.PathLike, recipe: dict[str, Any]) -> Path:
-    """Write ``image`` to ``path`` with ``recipe`` as a PNG text chunk; temp file then rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``image`` to ``path`` with ``recipe`` as a PNG text chunk (`steer.files.atomic_write`: never half
+    written, never through a symlink)."""
     info = PngImagePlugin.PngInfo()
     info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True, default=str))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        image.save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def read_recipe(path: str | os.PathLike) -> dict[str, Any]:

@@ -4,12 +4,13 @@ state as flat tensors (so a checkpoint is safetensors + JSON, never a pickle).""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+
+from steer.files import atomic_write
 
 
 def log(out: Path, msg: str) -> None:
@@ -20,15 +21,11 @@ def log(out: Path, msg: str) -> None:
 
 
 def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata))
 
 
 def atomic_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1)))
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "opt.") -> dict:
