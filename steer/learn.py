@@ -41,7 +41,7 @@ Progress = bool | Callable[[float, str], None]
 
 
 
-def _is_image_item(item: Any) -> bool:
+def is_image_item(item: Any) -> bool:
     if isinstance(item, Image.Image | torch.Tensor):
         return True
     if isinstance(item, str | os.PathLike):
@@ -288,7 +288,7 @@ def aggregate(positive: torch.Tensor, negative: torch.Tensor | None, method: Met
 # Entry point
 # ----------------------------------------------------------------------------------------------------------------------
 def _describe(items: list) -> dict[str, Any]:
-    if items and isinstance(items[0], str) and not _is_image_item(items[0]):
+    if items and isinstance(items[0], str) and not is_image_item(items[0]):
         return {"prompts": list(dict.fromkeys(items))}
     return {"images": len(items)}
 
@@ -397,7 +397,7 @@ def learn_direction(
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items:
         raise ValueError("the positive set is empty")
-    image_input = _is_image_item(pos_items[0])
+    image_input = is_image_item(pos_items[0])
     explicit_preset = preset is not None
     if preset is None:  # follow an explicit mode, else the default for the input kind
         by_mode = {"text": "text", "trajectory": "casteer", "reference": "paper", "fast": "paper"}
@@ -425,13 +425,13 @@ def learn_direction(
     else:
         layer_names = default_layers(unet)
     for label, items in (("positive", pos_items), ("negative", neg_items)):
-        kinds = {_is_image_item(i) for i in items}
+        kinds = {is_image_item(i) for i in items}
         if len(kinds) > 1:
             raise ValueError(f"the {label} set mixes prompts and images")
         if items and kinds != {image_input}:
             raise ValueError("positive and negative must both be prompts or both be images")
         for item in items:
-            if isinstance(item, str | os.PathLike) and not _is_image_item(item) and Path(item).suffix.lower() in IMAGE_SUFFIXES:
+            if isinstance(item, str | os.PathLike) and not is_image_item(item) and Path(item).suffix.lower() in IMAGE_SUFFIXES:
                 raise FileNotFoundError(f"image file not found: {item}")
     if image_input and mode in ("text", "trajectory"):
         mode = "reference"  # images carry no prompt trajectory: the paper's extraction

@@ -14,7 +14,7 @@ from steer.assets import default_model
 from steer.cli.loading import load_pipeline
 from steer.jobs.files import OutDir, new_run_id
 from steer.jobs.formats import read_jobs
-from steer.jobs.run import _check_manifests, _failure_lines, process_state, run
+from steer.jobs.run import check_manifests, failure_lines, process_state, run
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     try:
         if out is not None:
             out.lock()
-            _check_manifests(out)
+            check_manifests(out)
         pipe = load_pipeline(args.model, device, progress=False)
         summary = run(raw, pipe, out if out is not None else args.out, args.batch_size, model=str(args.model),
                       progress=args.progress, report=_stderr, state=state, base_dir=Path(args.jobs).resolve().parent)
@@ -77,5 +77,5 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"manifest {summary['manifest']}",
         flush=True,
     )
-    for text in _failure_lines(summary["failures"], "  failed line"):
+    for text in failure_lines(summary["failures"], "  failed line"):
         _stderr(text)

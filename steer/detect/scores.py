@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 
 from steer.denoisers import unwrap
-from steer.learn import _is_image_item
+from steer.learn import is_image_item
 
 Statistic = Literal["std", "l4_l2", "max_over_mean"]
 STATISTICS = ("std", "l4_l2", "max_over_mean")
@@ -107,4 +107,4 @@ def _is_prompt_list(items: Any) -> bool:
     if isinstance(items, str):
         return True
     items = list(items) if not isinstance(items, torch.Tensor) else []
-    return bool(items) and all(isinstance(i, str) and not _is_image_item(i) for i in items)
+    return bool(items) and all(isinstance(i, str) and not is_image_item(i) for i in items)

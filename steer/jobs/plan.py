@@ -119,7 +119,7 @@ class _Validator:
         except JobError:
             raise
         except Exception as err:  # noqa: BLE001 - any problem with one job is that job's failure
-            raise JobError(line, _reason(err)) from None
+            raise JobError(line, error_reason(err)) from None
 
     def _images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
         unknown = [k for k in raw if k not in JOB_FIELDS]
@@ -283,7 +283,7 @@ class _Validator:
                 self._setups[key] = err
         result = self._setups[key]
         if isinstance(result, Exception):
-            raise JobError(line, _reason(result))
+            raise JobError(line, error_reason(result))
         return result
 
     def _recipe(self, prompt, negative, seed, setup: CallSetup, loaded, scales, layers) -> dict[str, Any]:
@@ -317,7 +317,7 @@ class _Validator:
 
 
 
-def _reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
     if isinstance(err, KeyError) and err.args and isinstance(err.args[0], str):
         text = err.args[0]  # KeyError's str() adds quotes
     elif isinstance(err, RecursionError):
@@ -459,7 +459,7 @@ def _assign_paths(plan: Plan, out: Path) -> None:
     sha_cache: dict[str, str | None] = {}
     for im in plan.images:
         entry = manifest.get(im.key)
-        if im.status == "new" and entry is not None and _sha_of(out, entry["path"], sha_cache) == entry.get("sha256"):
+        if im.status == "new" and entry is not None and sha_of(out, entry["path"], sha_cache) == entry.get("sha256"):
             im.status, im.path, im.sha256 = "done", entry["path"], entry["sha256"]
             claimed[im.path] = im.key
     failed_lines: dict[int, str] = {}
@@ -491,14 +491,14 @@ def _free_path(out: Path, im: ImageJob, claimed: dict[str, str], by_path: dict[s
             if out.joinpath(*parts[:i]).is_symlink():
                 raise JobError(im.line, f"output name {rel!r} goes through the symlink {'/'.join(parts[:i])!r}; not followed")
         if target.exists() or target.is_symlink():
-            if target.is_file() and not target.is_symlink() and _holds_recipe(read_under(out, rel), im.key):
+            if target.is_file() and not target.is_symlink() and holds_recipe(read_under(out, rel), im.key):
                 return rel, "adopt"  # written by an earlier run that died before its manifest line
             continue
         return rel, "new"
     raise JobError(im.line, f"output name {im.stem!r} collides with 100 existing files; give the job another name")
 
 
-def _holds_recipe(data: bytes | None, key: str) -> bool:
+def holds_recipe(data: bytes | None, key: str) -> bool:
     """Whether ``data`` is a PNG carrying a recipe with this resume key."""
     if data is None:
         return False
@@ -508,7 +508,7 @@ def _holds_recipe(data: bytes | None, key: str) -> bool:
         return False
 
 
-def _sha_of(out: Path, rel: str, cache: dict[str, str | None]) -> str | None:
+def sha_of(out: Path, rel: str, cache: dict[str, str | None]) -> str | None:
     """sha256 of the regular file ``out/rel`` (never through a symlink); None if there is none."""
     if rel not in cache:
         data = read_under(out, rel)

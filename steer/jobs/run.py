@@ -49,14 +49,14 @@ from steer.jobs.plan import (
     CallSetup,
     ImageJob,
     Plan,
-    _holds_recipe,
-    _reason,
-    _sha_of,
+    error_reason,
     form_batches,
+    holds_recipe,
     image_key,
     plan_jobs,
     read_manifest_entries,
     sanitize_name,
+    sha_of,
 )
 from steer.jobs.read import (
     ECHO_CHARS,
@@ -217,7 +217,7 @@ def _execute(pipe: Any, out: OutDir, batches: Sequence[list[ImageJob]], writer: 
                 if im.status == "done":
                     tally.skipped += 1
                 elif im.status == "adopt":
-                    writer.append(manifest_entry(im, _sha_of(out.path, im.path, {}) or ""))
+                    writer.append(manifest_entry(im, sha_of(out.path, im.path, {}) or ""))
                     im.status = "done"
                     tally.skipped += 1
             todo = [im for im in batch if im.status == "new"]
@@ -229,13 +229,13 @@ def _execute(pipe: Any, out: OutDir, batches: Sequence[list[ImageJob]], writer: 
             except Exception as err:  # noqa: BLE001 - retried one image at a time: only the bad job fails
                 rows = []
                 if len(batch) == 1:
-                    _fail(tally, todo, _reason(err))
+                    _fail(tally, todo, error_reason(err))
                     bar.update(len(todo))
                 for im in todo if len(batch) > 1 else []:
                     try:
                         rows.append((im, generate_batch(pipe, [im], output_type="np")[0]))
                     except Exception as one:  # noqa: BLE001
-                        _fail(tally, [im], _reason(one))
+                        _fail(tally, [im], error_reason(one))
                         bar.update(1)
             tally.generate_seconds += time.perf_counter() - start
             for im, row in rows:
@@ -262,16 +262,16 @@ def _write_image(out: OutDir, im: ImageJob, image: Any, writer: Any, tally: _Tal
     try:
         save_png(image, target, im.recipe, out=out)
     except FileExistsError:  # appeared since planning: never overwrite what is not ours
-        if _holds_recipe(out.read_bytes(im.path), im.key):
-            writer.append(manifest_entry(im, _sha_of(out.path, im.path, {}) or ""))
+        if holds_recipe(out.read_bytes(im.path), im.key):
+            writer.append(manifest_entry(im, sha_of(out.path, im.path, {}) or ""))
             tally.skipped += 1
         else:
             _fail(tally, [im], f"output {im.path} appeared during the run and is not this job's; not overwritten")
         return
     except (OSError, ValueError) as err:
-        _fail(tally, [im], f"cannot write {im.path}: {_reason(err)}")
+        _fail(tally, [im], f"cannot write {im.path}: {error_reason(err)}")
         return
-    entry = manifest_entry(im, _sha_of(out.path, im.path, {}) or "")
+    entry = manifest_entry(im, sha_of(out.path, im.path, {}) or "")
     writer.append(entry)
     im.status, im.sha256 = "done", entry["sha256"]
     tally.written += 1
@@ -296,7 +296,7 @@ def merge_manifest(out: str | os.PathLike | OutDir, plan: Plan | None = None) ->
         cache: dict[str, str | None] = {}
         by_key: dict[str, dict[str, Any]] = {}
         for e in read_manifest_entries(folder.path):
-            if _sha_of(folder.path, e["path"], cache) != e["sha256"]:
+            if sha_of(folder.path, e["path"], cache) != e["sha256"]:
                 continue
             if e["key"] in current:
                 e["line"], e["image"] = current[e["key"]]
@@ -392,7 +392,7 @@ def run(
         _claim(out, state)
         plan = plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size)
         if report is not None and state.is_main_process:
-            for text in _failure_lines(plan.failures, "line"):
+            for text in failure_lines(plan.failures, "line"):
                 report(text)
         state.wait_for_everyone()  # every process planned against the same files before anyone writes
         mine = [b for i, b in enumerate(plan.batches) if i % state.num_processes == state.process_index]
@@ -422,7 +422,7 @@ def _claim(out: OutDir, state: Any) -> None:
         try:
             if not out.locked:
                 out.lock()
-            _check_manifests(out)
+            check_manifests(out)
             if out.previous_run:
                 out.remove_temp_files([out.previous_run])
         except (OutputBusyError, UnsafePathError) as err:
@@ -433,12 +433,12 @@ def _claim(out: OutDir, state: Any) -> None:
         raise (OutputBusyError if kind == "OutputBusyError" else UnsafePathError)(text)
 
 
-def _check_manifests(out: OutDir) -> None:
+def check_manifests(out: OutDir) -> None:
     for name in [MANIFEST, *sorted(p.name for p in out.path.glob("manifest.rank*.jsonl"))]:
         out.check_file(name)
 
 
-def _failure_lines(failures: list[dict[str, Any]], prefix: str) -> list[str]:
+def failure_lines(failures: list[dict[str, Any]], prefix: str) -> list[str]:
     ordered = sorted(failures, key=lambda f: f["line"])
     lines = [f"{prefix} {f['line']}: {f['reason']}" for f in ordered[:MAX_REPORTED]]
     if len(ordered) > MAX_REPORTED:
