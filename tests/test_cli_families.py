@@ -21,10 +21,11 @@ FAMILIES = {
     "flux": ("steer.testing.flux:tiny_flux_pipeline", "single_transformer_blocks.0"),
 }
 # PixArt's resolution binning knows only the real sample sizes (32/64/128/256 latents), so the tiny PixArt model
-# (8 latents) cannot sample through the command line, which keeps the pipeline's defaults; the tiny Flux pipeline's
-# default image (256 px, 512 T5 tokens) makes `steer learn`'s calibration too slow for a unit test. Their sampling is
-# covered in tests/test_family_pixart.py and tests/test_family_flux.py at test sizes.
-SAMPLING = sorted(set(FAMILIES) - {"pixart", "flux", "sd"})  # SD's command line is tests/test_cli.py
+# (8 latents) cannot sample through the command line, which keeps the pipeline's defaults; its sampling is covered in
+# tests/test_family_pixart.py with use_resolution_binning=False. Flux samples at --height/--width 16 (its tiny
+# pipeline's default image is 256 px).
+SAMPLING = sorted(set(FAMILIES) - {"pixart", "sd"})  # SD's command line is tests/test_cli.py
+SIZE = {"flux": ["--height", "16", "--width", "16"]}
 
 
 def save(family: str, path) -> str:
@@ -33,9 +34,9 @@ def save(family: str, path) -> str:
     return str(path)
 
 
-def learn(model: str, out) -> None:
+def learn(model: str, out, size: list[str] = ()) -> None:
     code = main(["learn", "--model", model, "--device", "cpu", "--positive", "a red bag", "--negative", "a blue bag",
-                 "--num-samples", "2", "--steps", "2", "--out", str(out)])
+                 "--num-samples", "2", "--steps", "2", *size, "--out", str(out)])
     assert code == 0
 
 
@@ -50,10 +51,11 @@ def test_layers_lists_the_familys_sites(family, tmp_path, capsys):
 def test_learn_and_generate_then_refuse_another_familys_direction(family, tmp_path, capsys):
     model = save(family, tmp_path / family)
     direction = tmp_path / "d.safetensors"
-    learn(model, direction)
+    size = SIZE.get(family, [])
+    learn(model, direction, size)
     out = tmp_path / "gen"
     code = main(["generate", "--model", model, "--device", "cpu", "--prompt", "a bag", "--direction", str(direction),
-                 "--sweep=0,4,2", "--steps", "2", "--seed", "0", "--out", str(out)])
+                 "--sweep=0,4,2", "--steps", "2", "--seed", "0", *size, "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     plain, steered = out / "seed0_scale+0.png", out / "seed0_scale+4.png"
     with Image.open(plain) as a, Image.open(steered) as b:
@@ -64,7 +66,7 @@ def test_learn_and_generate_then_refuse_another_familys_direction(family, tmp_pa
     learn(save("sd", tmp_path / "sd"), other)
     capsys.readouterr()
     code = main(["generate", "--model", model, "--device", "cpu", "--prompt", "a bag", "--direction", str(other),
-                 "--steps", "2", "--out", str(tmp_path / "gen2")])
+                 "--steps", "2", *size, "--out", str(tmp_path / "gen2")])
     err = capsys.readouterr().err  # generate shows loading / sampling progress on stderr, then the refusal
     assert code == 2 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("steer generate: error:"), err

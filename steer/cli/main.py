@@ -136,6 +136,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         seed=args.seed,
         name=args.name,
         progress=True,
+        **{k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None},
     )
     if args.window:
         vector.metadata["recommended"] = {**(vector.metadata.get("recommended") or {}), "window": list(args.window)}
@@ -296,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_window, default=None, help="record this window as the direction's recommended one")
+    p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
+    p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--name", default=None)
     p.add_argument("--out", required=True, help="output .safetensors path")
