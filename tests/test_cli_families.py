@@ -82,3 +82,16 @@ def test_memorization_detection_says_where_it_does_not_apply():
     assert len(str(err.value).splitlines()) == 1
     with pytest.raises(ValueError, match="UNet"):
         pipe("a bag", num_inference_steps=2, detect_memorization=True, output_type="latent")
+
+
+def test_a_broken_or_unsupported_pipeline_index_is_one_line(tmp_path, capsys):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{not json")
+    assert main(["layers", "--model", str(folder), "--device", "cpu"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "model_index.json is not a readable pipeline index" in line, line
+    (folder / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
+    assert main(["layers", "--model", str(folder), "--device", "cpu"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert len(line.splitlines()) == 1 and "cannot steer a KandinskyPipeline" in line, line

@@ -67,7 +67,10 @@ def steering_class_for_model(model: str) -> type:
         index = local / "model_index.json"
         if index.stat().st_size > MAX_INDEX_BYTES:
             raise OSError(f"{index} is larger than {MAX_INDEX_BYTES} bytes: not a pipeline index")
-        config = json.loads(index.read_text())
+        try:
+            config = json.loads(index.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise OSError(f"{index} is not a readable pipeline index: {str(err).splitlines()[0][:120]}") from None
     else:
         from diffusers import DiffusionPipeline
 
