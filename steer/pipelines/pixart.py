@@ -9,8 +9,8 @@ What differs from Stable Diffusion:
 - Text tokens: T5 tokens padded to ``max_sequence_length`` (300) and masked in the transformer's cross-attentions.
   `steering_text_embeddings` returns them with the masked (padding) positions filled by the mean of the prompt's real
   tokens, so a mean over positions (learn's ``text`` preset) is the mean over the tokens the transformer reads.
-- No safety checker: the image processor's ``postprocess`` (between VAE decode and pixels) refuses NaN / infinite
-  images (`steer.validation.refuse_non_finite`), as `steer.validation.FiniteOutputMixin` does for SD.
+- No safety checker: `steer.pipelines.finite.FiniteImageMixin` gives the pipeline an image processor whose
+  ``postprocess`` (between VAE decode and pixels) refuses NaN / infinite images, as SDXL, SD3 and Flux do.
 """
 
 from __future__ import annotations
@@ -20,26 +20,17 @@ from typing import Any
 
 import torch
 from diffusers import PixArtSigmaPipeline
-from diffusers.image_processor import PixArtImageProcessor
 from diffusers.utils import is_bs4_available, is_ftfy_available
 
 from steer.dtypes import AutoDtypeMixin
+from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
-from steer.validation import refuse_non_finite
 
 # (id of the pipeline object whose encode_prompt ran last in this context, its do_classifier_free_guidance)
 _LAST_CFG: contextvars.ContextVar[tuple[int, bool] | None] = contextvars.ContextVar("steer_pixart_cfg", default=None)
 
 
-class FinitePixArtImageProcessor(PixArtImageProcessor):
-    """`PixArtImageProcessor` whose ``postprocess`` raises `NonFiniteOutputError` on a NaN / infinite image."""
-
-    def postprocess(self, image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        refuse_non_finite(image)
-        return super().postprocess(image, *args, **kwargs)
-
-
-class SteeringPixArtSigmaPipeline(SteeringMixin, AutoDtypeMixin, PixArtSigmaPipeline):
+class SteeringPixArtSigmaPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixin, PixArtSigmaPipeline):
     """PixArt-Sigma with training-free representation steering.
 
     A drop-in `PixArtSigmaPipeline`: load it with `from_pretrained` or `from_pipe`; ``__call__`` takes every parent
@@ -52,21 +43,6 @@ class SteeringPixArtSigmaPipeline(SteeringMixin, AutoDtypeMixin, PixArtSigmaPipe
     """
 
     denoiser_name = "transformer"
-
-    # The parent's __init__ assigns ``self.image_processor = PixArtImageProcessor(...)``: keep it, checking finiteness
-    # (no __init__ override: diffusers reads the parent's annotated signature for from_pretrained / from_pipe).
-    @property
-    def image_processor(self) -> PixArtImageProcessor:
-        try:
-            return self.__dict__["image_processor"]
-        except KeyError:
-            raise AttributeError("image_processor") from None
-
-    @image_processor.setter
-    def image_processor(self, value: PixArtImageProcessor) -> None:
-        if type(value) is PixArtImageProcessor:
-            value = FinitePixArtImageProcessor.from_config(value.config)
-        self.__dict__["image_processor"] = value
 
     def encode_prompt(self, prompt: Any, do_classifier_free_guidance: bool = True, *args: Any, **kwargs: Any):
         """The parent's ``encode_prompt``; also notes ``do_classifier_free_guidance`` for `steering_cfg` (the parent's
