@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from steer.calibrate import calibrate as run_calibration
 from steer.calibrate import seeded_generators
 from steer.config import PAPER_WINDOW
-from steer.denoisers import CONTEXT_SITE, cross_attention_sites, default_layers, denoiser_of, resolve_layers
+from steer.denoisers import (
+    CONTEXT_SITE,
+    cross_attention_sites,
+    default_layers,
+    denoiser_of,
+    native_size,
+    resolve_layers,
+)
 from steer.engine import ActivationRecorder, step_bucket
 from steer.vectors import SteeringVector, unet_fingerprint
 
@@ -93,7 +100,7 @@ class _Progress:
 def encode_images(pipe, images: Sequence[Any], height: int | None = None, width: int | None = None) -> torch.Tensor:
     """VAE-encode images (PIL, paths, or tensors in [0, 1]) to scaled latents (posterior mean, deterministic)."""
     vae = pipe.vae
-    size = (pipe.unet.config.sample_size if isinstance(pipe.unet.config.sample_size, int) else pipe.unet.config.sample_size[0]) * pipe.vae_scale_factor
+    size = native_size(pipe)
     loaded = []
     for item in images:
         im = _load_image(item)

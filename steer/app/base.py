@@ -195,13 +195,5 @@ def layer_names(pipe) -> list[str]:
     return list_layers(denoiser_of(pipe))
 
 
-def native_size(pipe) -> int:
-    """The image side the denoiser was trained for (the pipeline's default size; Flux's transformer has no
-    ``sample_size`` of its own)."""
-    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.sample_size
-    sample = sample if isinstance(sample, int) else sample[0]
-    return int(sample * pipe.vae_scale_factor)
-
-
 def model_name(pipe) -> str:
     return str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "in-memory pipeline")

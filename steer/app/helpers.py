@@ -38,7 +38,6 @@ from steer.app.base import (  # noqa: F401 - re-exported: app.py and the tests u
     md_code,
     md_text,
     model_name,
-    native_size,
     readable,
     shown,
     slug,
@@ -70,7 +69,7 @@ from steer.app.memorization import (  # noqa: F401 - re-exported
 )
 from steer.config import BRANCHES, MODES, SteeringConfig
 from steer.config import recommended_settings as recommended_by
-from steer.denoisers import default_layers, denoiser_of
+from steer.denoisers import default_layers, denoiser_of, native_size
 from steer.vectors import SteeringVector
 
 LAYER_SCOPES = ("all layers", "paper default", "chosen layers")

@@ -41,6 +41,7 @@ __all__ = [
     "layer_channels",
     "list_layers",
     "main_tensor",
+    "native_size",
     "register_site_hook",
     "replace_main_tensor",
     "resolve_layers",
@@ -59,6 +60,14 @@ def denoiser_of(pipe: object) -> nn.Module:
     """A pipeline's denoiser (its ``denoiser_name`` component, else ``unet`` / ``transformer``), uncompiled."""
     name = getattr(pipe, "denoiser_name", None) or ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
     return unwrap(getattr(pipe, name))
+
+
+def native_size(pipe: object) -> int:
+    """The image side, in pixels, a pipeline's denoiser was trained for: the pipeline's ``default_sample_size``
+    (Flux's transformer has no ``sample_size`` of its own), else the denoiser's, times the VAE scale factor."""
+    sample = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.sample_size
+    sample = sample if isinstance(sample, int) else sample[0]
+    return int(sample) * int(pipe.vae_scale_factor)
 
 
 def adapter_for(model: nn.Module) -> DenoiserAdapter:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from steer.denoisers import unwrap
+from steer.denoisers import adapter_for, unwrap
 from steer.learn import is_image_item
 
 Statistic = Literal["std", "l4_l2", "max_over_mean"]
@@ -82,7 +82,7 @@ def default_detection_layer(unet: torch.nn.Module) -> str:
     ``up_blocks.0.resnets.1.nonlinearity``.
     """
     unet = unwrap(unet)
-    if type(unet).__name__ != "UNet2DConditionModel":
+    if adapter_for(unet).family != "unet":
         raise ValueError(
             f"memorization detection reads the spikiness of a UNet's up-block resnets (SD 1.x/2.x, SDXL); a "
             f"{type(unet).__name__} has none, and the signal is not established for diffusion transformers"

@@ -97,17 +97,15 @@ class _Validator:
 
     def __init__(self, pipe: Any, model: str, base_dir: Path | None):
         from steer import __version__
-        from steer.denoisers import denoiser_of
+        from steer.denoisers import denoiser_of, native_size
         from steer.vectors import weights_hash
 
         self.pipe = pipe
         self.model = model
         self.base_dir = base_dir
         self.version = __version__
-        denoiser = denoiser_of(pipe)  # the UNet or the transformer, whichever family the pipeline is
-        self.unet_weights = weights_hash(denoiser)
-        sample = getattr(pipe, "default_sample_size", None) or denoiser.config.sample_size
-        self.default_size = int(sample if isinstance(sample, int) else sample[0]) * int(pipe.vae_scale_factor)
+        self.unet_weights = weights_hash(denoiser_of(pipe))  # the UNet or the transformer, whichever the family
+        self.default_size = native_size(pipe)
         self._vectors: dict[Path, Any] = {}
         self._setups: dict[tuple, list[str] | Exception] = {}
 
