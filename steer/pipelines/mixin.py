@@ -262,13 +262,8 @@ class SteeringMixin:
         sites = self.__dict__.get("_static_sites") if compiled else None
         # Every call, steered or not, runs on a per-call copy with its own scheduler: two calls at once on one
         # pipeline never share loop state (diffusers' own pipelines do), and the copy's state is adopted afterwards.
+        # Unsteered (no vector or all scales zero, no detection, no compiled sites), nothing is entered below.
         call_pipe = self._call_copy()
-        if not active and not any(extras.values()) and sites is None:
-            try:
-                return parent.__call__(call_pipe, *args, **kwargs)
-            finally:
-                self._adopt_call_state(call_pipe)
-
         with contextlib.ExitStack() as stack:
             if sites is None and compiled and active:
                 raise RuntimeError(
