@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-DEFAULT_GRID = (0.04, 0.08, 0.13, 0.2, 0.3, 0.45)
+DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
 # The distance minimum hedges (a partial edit is closer in L2 to the target than an overshooting one); the full edit
-# is this multiple of it. Chosen on the tuning directions of bench/steering_matrix.py (blue, ankle boot needed ~2x).
-MARGIN = 1.75
+# is this multiple of it. Chosen on the tuning directions of bench/steering_matrix.py at the text preset's window
+# (0, 0.5): in units of the minimum they pass at 1.25-1.5 (green) ... 0.75-1.5 (red); classes 0.75/1.0-2.5.
+MARGIN = 1.4
 
 
 @dataclass

@@ -303,15 +303,16 @@ def _describe(items: list) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's recipe (Zhang et al. 2026): mean of the positive set's reference samples at the up-block resnets,
     # added on the conditional branch over (0.45, 0.95) of the run, no calibration.
-    "paper": {"method": "mean", "mode": "reference", "layers": None, "calibrate": False},
+    "paper": {"method": "mean", "mode": "reference", "layers": None, "calibrate": False, "window": PAPER_WINDOW},
     # CASteer's recipe: per-step pos - neg differences of the cross-attention outputs along paired trajectories.
-    "casteer": {"method": "mean_diff", "mode": "trajectory", "layers": "attn2", "calibrate": True},
-    # The default: the text tokens the cross-attentions read, steered per CFG half, calibrated.
-    "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True},
+    "casteer": {"method": "mean_diff", "mode": "trajectory", "layers": "attn2", "calibrate": True, "window": (0.0, 1.0)},
+    # The default: the text tokens the cross-attentions read, steered per CFG half over the first half of the run
+    # (where layout and colour are decided; steering the late steps too only oversaturated class edits), calibrated.
+    "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5)},
 }
 MODES = ("text", "trajectory", "reference", "fast")
 # How a calibrated direction is applied (recorded as its recommended settings).
-CALIBRATED_SETTINGS = {"window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
+CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
 
 
 @torch.no_grad()
@@ -358,6 +359,7 @@ def learn_direction(
     method: Method | None = None,
     mode: str | None = None,
     calibrate: bool | None = None,
+    window: tuple[float, float] | None = None,
     num_samples: int = 16,
     batch_size: int = 8,
     num_inference_steps: int = 20,
@@ -394,6 +396,8 @@ def learn_direction(
         mode: ``"text"``, ``"trajectory"``, ``"reference"`` (generate, re-encode, one pass at ``timestep``) or
             ``"fast"`` (record while sampling); images always use the paper's extraction.
         calibrate: choose the strength from model-internal signals (default: on for the text and casteer presets).
+        window: the share of the denoising run the direction acts over, recorded as its recommended window and used
+            by the calibration (default: the preset's; ``(0, 0.5)`` for ``"text"``).
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
@@ -419,6 +423,7 @@ def learn_direction(
         calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
     calibrate = bool(calibrate)
     layers = layers if layers is not None else chosen["layers"]
+    window = _as_window(window if window is not None else chosen["window"])
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if mode not in MODES:
@@ -510,12 +515,12 @@ def learn_direction(
     if preset == "paper" or mode not in ("text", "trajectory"):
         vector = SteeringVector(directions, meta)
         if preset == "paper" and not calibrate:
-            vector.metadata["recommended"] = {"layers": layer_names, "window": list(PAPER_WINDOW), "branch": "cond", "mode": "add", "normalize": False, "preserve_norm": False}
+            vector.metadata["recommended"] = {"layers": layer_names, "window": list(window), "branch": "cond", "mode": "add", "normalize": False, "preserve_norm": False}
         if not calibrate:
             return vector
     # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
     # uncalibrated one's scale is a fraction of each token's norm
-    settings = {**CALIBRATED_SETTINGS, "window": list(CALIBRATED_SETTINGS["window"]), "layers": list(layer_names)}
+    settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}
     unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})
     if not calibrate:
         return unit
@@ -526,6 +531,17 @@ def learn_direction(
     calibrated = result.strength * unit
     calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
     return calibrated
+
+
+def _as_window(window: Any) -> tuple[float, float]:
+    """``(start, end)`` shares of the run, 0 <= start < end <= 1, or a one-line ValueError."""
+    try:
+        start, end = (float(w) for w in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be (start, end) with 0 <= start < end <= 1, got {window!r}") from None
+    if not 0.0 <= start < end <= 1.0:
+        raise ValueError(f"window must be (start, end) with 0 <= start < end <= 1, got {window!r}")
+    return start, end
 
 
 def _default_name(pos: list, neg: list, images: bool) -> str:

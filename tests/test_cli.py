@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,16 @@ def test_learn_writes_a_loadable_direction_with_provenance(direction):
     assert v.metadata["method"] == "mean_diff" and v.metadata["source"].startswith("prompts-")  # the preset decides how
     assert v.metadata["positive"] == {"prompts": ["a blue sneaker"]}
     assert set(v.layers) == set(v.metadata["model"]["channels"])
+
+
+def test_learn_window_is_calibrated_for_and_recorded(model_dir, tmp_path):
+    out = tmp_path / "w.safetensors"
+    args = ["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a red sneaker", "--steps", "2", "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights may render no attribute
+        assert main([*args, "--window", "0,1"]) == 0
+    v = SteeringVector.load(out)
+    assert v.metadata["recommended"]["window"] == [0.0, 1.0] and "calibration" in v.metadata
 
 
 def test_generate_sweep_writes_pngs_with_recipe_and_a_grid(model_dir, direction, tmp_path):

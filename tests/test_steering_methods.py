@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from steer import SteeringVector
-from steer.calibrate import open_prompts
+from steer.calibrate import MARGIN, open_prompts
 from steer.config import SteeringConfig
 from steer.denoisers import CONTEXT_SITE, layer_channels, list_layers
 from steer.engine import LayerPlan, apply_delta, build_layer_plans
@@ -183,14 +183,37 @@ def test_default_learning_is_the_calibrated_text_direction_and_scale_one_is_its_
     cal = v.metadata["calibration"]
     assert rows[0] == cal["unet_rows"] <= 2000
     assert cal["strength"] > 0 and abs(float(v.directions[CONTEXT_SITE].norm()) - cal["strength"]) < 1e-3
-    assert cal["strength"] == pytest.approx(1.75 * cal["closest"], rel=1e-3)
+    assert cal["strength"] == pytest.approx(MARGIN * cal["closest"], rel=1e-3)
     assert cal["converged"] or any("calibration" in str(w.message) for w in caught)
     rec = v.metadata["recommended"]
-    assert (rec["branch"], rec["mode"], rec["preserve_norm"], rec["window"]) == ("split", "token", True, [0.0, 1.0])
+    assert (rec["branch"], rec["mode"], rec["preserve_norm"], rec["window"]) == ("split", "token", True, [0.0, 0.5])
     sweep = tiny_pipe(["a sneaker"] * 3, generator=[gen(0) for _ in range(3)], steering=v, steering_scale=[0.0, 0.5, 1.0], num_inference_steps=STEPS, output_type="np").images
     parent = StableDiffusionPipeline.__call__(tiny_pipe, ["a sneaker"] * 3, num_inference_steps=STEPS, generator=[gen(0) for _ in range(3)], output_type="np").images[0]
     np.testing.assert_array_equal(sweep[0], parent)
     assert 0 < np.abs(sweep[1] - parent).mean() < np.abs(sweep[2] - parent).mean()
+
+
+def test_learning_window_is_recorded_and_used_by_the_calibration(tiny_pipe, gen):
+    """``window=`` at learn time: the calibration steers only inside it and the vector recommends it."""
+    windows = []
+    original = tiny_pipe.__class__.__call__
+
+    def spy(self, *args, **kwargs):
+        if kwargs.get("steering") is not None:
+            windows.append(tuple(kwargs["steering"].metadata["recommended"]["window"]))
+        return original(self, *args, **kwargs)
+
+    tiny_pipe.__class__.__call__ = spy
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: calibration may not converge
+            v = tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", window=(0.0, 1.0), num_inference_steps=2, calibration_samples=2, progress=False)
+    finally:
+        tiny_pipe.__class__.__call__ = original
+    assert v.metadata["recommended"]["window"] == [0.0, 1.0] and windows == [(0.0, 1.0)]
+    for bad in ((0.5, 0.5), (-0.1, 0.5), (0.2, 1.5), (0.1,)):
+        with pytest.raises(ValueError, match="window must be"):
+            tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", window=bad, calibrate=False)
 
 
 def test_paper_and_casteer_presets(tiny_pipe):

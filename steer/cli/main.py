@@ -135,11 +135,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
         image_prompts=args.image_prompt,
         seed=args.seed,
         name=args.name,
+        window=args.window,
         progress=True,
         **{k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None},
     )
-    if args.window:
-        vector.metadata["recommended"] = {**(vector.metadata.get("recommended") or {}), "window": list(args.window)}
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
     return 0
@@ -296,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
     p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
-    p.add_argument("--window", type=parse_window, default=None, help="record this window as the direction's recommended one")
+    p.add_argument("--window", type=parse_window, default=None, help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; 0,0.5 for text)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)
