@@ -49,6 +49,9 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--negative", choices=("subtract", "remove"), default="subtract",
+                    help="steering_negative: subtract the source's direction (-beta * s), or remove the prompt's excess "
+                         "along it (amount min(beta * s, 1), conditional half only)")
     ap.add_argument("--window", type=float, nargs=2, default=(0.0, 1.0),
                     help="steering window of the contradicting runs (default the whole run: the prompt's own attribute "
                          "comes back in unsteered late steps)")
@@ -77,8 +80,8 @@ def main() -> None:
             scale = torch.zeros(len(prompts), len(steering))
             scale[:, 0] = s
             for r, src in enumerate(sources):
-                scale[r, 1 + names.index(src)] = -args.beta * s
-            imgs = pipe(prompts, generator=generators(seeds), steering=steering, steering_scale=scale, steering_window=tuple(args.window), num_inference_steps=args.steps,
+                scale[r, 1 + names.index(src)] = -(min(args.beta * s, 1.0) if args.negative == "remove" else args.beta * s)
+            imgs = pipe(prompts, generator=generators(seeds), steering=steering, steering_scale=scale, steering_window=tuple(args.window), steering_negative=args.negative, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, output_type="np").images.transpose(0, 3, 1, 2)
             m = cell_metrics(judge(classifier, imgs), ref_j, kind, idx)
             m["passes"] = bool(m["success"] >= 0.5 and m["kept"] >= 0.8 and m["break"] <= 0.05 and (kind != "colour" or m["pixel_success"] >= 0.5))
@@ -92,7 +95,7 @@ def main() -> None:
             anyp = [t for t in targets if any(r["passes"] for r in rows if r["target"] == t and r["kind"] == kind)]
             summary[f"{kind}|{split}"] = {"targets": len(targets), "pass_at_1": sum(r["passes"] for r in at1), "pass_at_any": len(anyp),
                                           "mean_success_at_1": float(np.mean([r["success"] for r in at1])), "mean_kept_at_1": float(np.mean([r["kept"] for r in at1]))}
-    meta = {"command": " ".join(["python", *sys.argv]), "window": list(args.window), "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance, "wall_seconds": round(time.time() - t0, 1)}
+    meta = {"command": " ".join(["python", *sys.argv]), "window": list(args.window), "negative": args.negative, "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance, "wall_seconds": round(time.time() - t0, 1)}
     Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "cells": rows}, indent=1))
     print(json.dumps(summary, indent=1))
 

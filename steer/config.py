@@ -17,8 +17,10 @@ if TYPE_CHECKING:
 
 Branch = Literal["cond", "uncond", "both", "split"]
 Mode = Literal["add", "weighted", "token"]
+Negative = Literal["subtract", "remove"]
 BRANCHES = ("cond", "uncond", "both", "split")
 MODES = ("add", "weighted", "token")
+NEGATIVES = ("subtract", "remove")
 PAPER_WINDOW = (0.45, 0.95)
 
 
@@ -49,6 +51,10 @@ class SteeringConfig:
             activations instead of inflating them.
         layers: None (every layer of the vectors) or layer names / glob patterns restricting them.
         strict: require each vector's base-model weights hash to match the denoiser (False allows fine-tunes).
+        negative: what a negative scale does: ``"subtract"`` (``-s * v``, pushing past the vector's absence) or
+            ``"remove"`` (on the conditional half only, take away ``s`` times each position's excess along the vector
+            over the level the vector's negative prompts had, never pushing below it: "a red t-shirt" loses its red,
+            "a t-shirt" is left alone). ``"remove"`` needs vectors that record their reference level (text preset).
     """
 
     window: tuple[float, float] = PAPER_WINDOW
@@ -58,6 +64,7 @@ class SteeringConfig:
     preserve_norm: bool = False
     layers: tuple[str, ...] | None = None
     strict: bool = True
+    negative: Negative = "subtract"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window", check_window(self.window))
@@ -65,6 +72,8 @@ class SteeringConfig:
             raise ValueError(f"steering_branch must be one of {BRANCHES}, got {self.branch!r}")
         if self.mode not in MODES:
             raise ValueError(f"steering_mode must be one of {MODES}, got {self.mode!r}")
+        if self.negative not in NEGATIVES:
+            raise ValueError(f"steering_negative must be one of {NEGATIVES}, got {self.negative!r}")
         object.__setattr__(self, "preserve_norm", bool(self.preserve_norm))
         object.__setattr__(self, "normalize", bool(self.normalize))
         object.__setattr__(self, "strict", bool(self.strict))
@@ -102,6 +111,7 @@ STEERING_DEFAULTS: dict[str, Any] = {
     "steering_mode": "add",
     "steering_preserve_norm": False,
     "steering_strict": True,
+    "steering_negative": "subtract",
 }
 # Options a direction may carry in ``metadata["recommended"]`` (its learned / calibrated settings); a call that does
 # not set one of them (neither as an argument nor through `pipe.steering(...)`) uses the direction's value.

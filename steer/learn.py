@@ -315,14 +315,13 @@ MODES = ("text", "trajectory", "reference", "fast")
 CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
 
 
-@torch.no_grad()
-def extract_text(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, float]:
-    """Text mode: each prompt's conditioning as the cross-attentions read it, averaged over its token positions.
-
-    Returns (N, C) and the mean per-token norm. No UNet evaluation.
-    """
-    embeds = encode_text(pipe, prompts).float().cpu()
-    return embeds.mean(1), float(embeds.norm(dim=-1).mean())
+def reference_level(tokens: torch.Tensor, direction: torch.Tensor) -> list[float]:
+    """Per token position, the mean projection of the (unit-normalised) tokens of a prompt set onto the unit
+    ``direction``: (N, L, C) tokens -> L floats. Recorded from the negative prompts, it is the level
+    ``steering_negative="remove"`` brings a token back to (position 0, the start token, is the same for every prompt)."""
+    unit_tokens = tokens / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    u = direction.float() / direction.float().norm().clamp_min(1e-12)
+    return [round(float(x), 6) for x in (unit_tokens @ u).mean(0)]
 
 
 @torch.no_grad()
@@ -460,6 +459,7 @@ def learn_direction(
     sample_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
     sets: list[dict[str, torch.Tensor]] = []
     norms: list[dict[str, float]] = []
+    text_tokens: list[torch.Tensor] = []  # text mode: (N, L, C) conditioning tokens of each set
     for index, items in enumerate((pos_items, neg_items)):
         if not items:
             continue
@@ -472,8 +472,9 @@ def learn_direction(
                 prompts = prompts[: len(items)] if index == 0 else prompts[len(pos_items) :]
             pooled, act = extract_from_images(pipe, items, layer_names, prompts=prompts, timestep=timestep, seed=set_seed, batch_size=batch_size, progress=progress)
         elif mode == "text":
-            mean, norm = extract_text(pipe, items)
-            pooled, act = {CONTEXT_SITE: mean}, {CONTEXT_SITE: norm}
+            tokens = encode_text(pipe, items).float().cpu()
+            pooled, act = {CONTEXT_SITE: tokens.mean(1)}, {CONTEXT_SITE: float(tokens.norm(dim=-1).mean())}
+            text_tokens.append(tokens)
         elif mode == "trajectory":  # paired: sample i of both sets uses seed + i
             cycled = [items[i % len(items)] for i in range(num_samples)]
             pooled, act = extract_trajectories(pipe, cycled, [seed + i for i in range(num_samples)], layer_names, step_buckets, batch_size, **sample_kwargs)
@@ -522,6 +523,9 @@ def learn_direction(
     # uncalibrated one's scale is a fraction of each token's norm
     settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}
     unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})
+    if mode == "text" and len(text_tokens) > 1:  # what steering_negative="remove" takes a prompt back to
+        meta["reference_level"] = {CONTEXT_SITE: reference_level(text_tokens[1], unit.directions[CONTEXT_SITE])}
+        unit.metadata["reference_level"] = meta["reference_level"]
     if not calibrate:
         return unit
     result = run_calibration(

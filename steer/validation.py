@@ -29,6 +29,7 @@ MAX_METADATA_DEPTH = 32  # nesting of the JSON header (combinations flatten thei
 MAX_HEADER_CHARS = 16 * 2**20  # JSON header of a direction or detector file
 MAX_LAYER_NAME = 256
 MAX_STEPS = 1000  # num_inference_steps (the schedulers' training steps)
+MAX_TOKENS = 4096  # text tokens of a reference level (CLIP 77, T5 up to 512)
 MAX_SWEEP = 64  # scales of one --sweep (the app's strip is 9)
 MAX_IMAGES = 10_000  # --num-images of one command
 MAX_SIZE = 8192  # height / width in pixels
@@ -209,6 +210,13 @@ def check_direction_metadata(value: Any) -> dict[str, Any]:
         check_number(norm, f"metadata.activation_norm[{short(name)}]", 0.0, MAX_VECTOR_ENTRY, optional=False)
     check_fingerprint(meta.get("model"), "metadata.model")
     check_recommended(meta.get("recommended"), "metadata.recommended")
+    for name, level in check_dict(meta.get("reference_level"), "metadata.reference_level").items():
+        check_layer_name(name, "metadata.reference_level key")
+        where = f"metadata.reference_level[{short(name)}]"
+        if not isinstance(level, list) or not 0 < len(level) <= MAX_TOKENS:
+            raise SchemaError(f"{where} must be a non-empty list of at most {MAX_TOKENS} numbers, got {kind_of(level)}")
+        for i, x in enumerate(level):
+            check_number(x, f"{where}[{i}]", -1.0, 1.0, optional=False)
     components = meta.get("components")
     if components is not None and not isinstance(components, list):
         raise SchemaError(f"metadata.components must be a list, got {kind_of(components)}")

@@ -279,6 +279,7 @@ def test_a_job_takes_unset_steering_options_from_its_directions_recommended_sett
     recipe = read_recipe(tmp_path / "out" / "rec.png")
     assert (recipe["window"], recipe["branch"], recipe["mode"]) == ([0.0, 1.0], "split", "token")
     assert read_recipe(tmp_path / "out" / "cond.png")["branch"] == "cond"  # an explicit option wins
+    assert read_recipe(tmp_path / "out" / "rec.png")["negative"] == "subtract"
     direct = tiny_pipe("a bag", generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, steering=SteeringVector.load(path), steering_scale=0.3, output_type="np").images[0]
     from PIL import Image
 

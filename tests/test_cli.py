@@ -113,6 +113,16 @@ def test_generate_uses_the_directions_recommended_settings_unless_overridden(mod
     assert (recipe["window"], recipe["mode"], recipe["normalize"]) == ([0.2, 0.8], "add", False)
 
 
+def test_generate_negative_remove_is_recorded_and_differs_from_subtract(model_dir, direction, tmp_path):
+    base = ["generate", "--model", model_dir, "--prompt", "a blue bag", "--direction", str(direction), "--steps", "2", "--scale=-1", "--window", "0,1"]
+    assert main([*base, "--out", str(tmp_path / "sub")]) == 0
+    assert main([*base, "--negative", "remove", "--out", str(tmp_path / "rem")]) == 0
+    sub, rem = tmp_path / "sub" / "seed0_scale-1.png", tmp_path / "rem" / "seed0_scale-1.png"
+    assert (read_recipe(sub)["negative"], read_recipe(rem)["negative"]) == ("subtract", "remove")
+    with Image.open(sub) as a, Image.open(rem) as b:
+        assert a.tobytes() != b.tobytes()
+
+
 def test_generate_recipe_records_the_window_several_directions_agree_on(model_dir, direction, tmp_path):
     paths = []
     for name in ("one", "two"):  # both recommend the whole run: the call steers over it, and the recipe says so

@@ -117,6 +117,11 @@ DIRECTION_HEADER_CASES: list[tuple[str, Callable[[dict], None], str]] = [
     ("recommended-layers-control-chars", _set("metadata", "recommended", "layers", value=["up\x1b[31m"]), "not a layer name"),
     ("recommended-scales-nan", _set("metadata", "recommended", "scales", value=[0.4, NAN]), "finite"),
     ("components-is-a-string", _set("metadata", "components", value="a+b"), "metadata.components must be a list"),
+    ("reference-level-is-a-list", _set("metadata", "reference_level", value=[0.1]), "metadata.reference_level must be an object"),
+    ("reference-level-strings", _set("metadata", "reference_level", value={LAYERS[0]: ["0.1"]}), "must be a number"),
+    ("reference-level-nan", _set("metadata", "reference_level", value={LAYERS[0]: [0.1, NAN]}), "finite"),
+    ("reference-level-out-of-range", _set("metadata", "reference_level", value={LAYERS[0]: [3.0]}), "between"),
+    ("reference-level-huge", _set("metadata", "reference_level", value={LAYERS[0]: [0.0] * 5000}), "at most 4096"),
 ]
 
 

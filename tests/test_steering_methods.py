@@ -251,3 +251,46 @@ def test_compiled_unet_steers_the_text_site_with_the_calibrated_settings_without
         np.testing.assert_allclose(call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4), eager[s], atol=1e-6, rtol=0)
     assert counters["stats"]["unique_graphs"] == 0  # no recompile after the warm-up call
     torch._dynamo.reset()
+
+
+def test_remove_excess_takes_tokens_back_to_the_level_and_leaves_the_rest():
+    from steer.engine.steering import remove_excess
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(1, 8, generator=g), dim=-1)
+    h = torch.randn(3, 4, 8, generator=g)
+    unit = h / h.norm(dim=-1, keepdim=True)
+    level = (unit[0] @ u[0]) - torch.tensor([0.3, -0.2, 0.1, -0.4])  # row 0: positions 0 and 2 above the level
+    out = remove_excess(h, u, level[None], torch.tensor([[1.0], [0.0], [0.5]]))
+    torch.testing.assert_close(out.norm(dim=-1), h.norm(dim=-1))  # norms kept
+    assert torch.equal(out[1], h[1])  # amount 0: bit-identical
+    proj = (out[0] / out[0].norm(dim=-1, keepdim=True)) @ u[0]
+    torch.testing.assert_close(proj[[1, 3]], (unit[0] @ u[0])[[1, 3]])  # at or below the level: untouched
+    torch.testing.assert_close(proj[[0, 2]], level[[0, 2]])  # above it: amount 1 lands exactly on the level
+    half_level = (unit[2] @ u[0]) - 1.0  # row 2 entirely above this level: amount 0.5 removes half the excess
+    out2 = remove_excess(h, u, half_level.expand(1, 4), torch.tensor([[0.0], [0.0], [0.5]]))
+    torch.testing.assert_close((out2[2] / out2[2].norm(dim=-1, keepdim=True)) @ u[0], (unit[2] @ u[0]) - 0.5)
+
+
+def test_learned_text_directions_record_their_level_and_negative_remove_acts_only_on_what_the_prompt_carries(tiny_pipe, gen):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        red = tiny_pipe.learn_direction(["a red sneaker", "a red bag"], ["a sneaker", "a bag"], num_inference_steps=2, calibration_samples=2, progress=False)
+    level = red.metadata["reference_level"][CONTEXT_SITE]
+    assert len(level) == tiny_pipe.tokenizer.model_max_length and all(np.isfinite(level))
+    plain = call(tiny_pipe, gen, steering=red, steering_scale=0.0)
+    removed = call(tiny_pipe, gen, steering=red, steering_scale=-1.0, steering_negative="remove", steering_window=(0, 1))
+    subtracted = call(tiny_pipe, gen, steering=red, steering_scale=-1.0, steering_window=(0, 1))
+    assert not np.array_equal(removed, plain) and not np.array_equal(removed, subtracted)
+    # the cond half's red tokens come back to the level; the unconditional half is not touched
+    seen = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, steering_negative="remove", steering_window=(0, 1))
+    base = capture(tiny_pipe, gen, CONTEXT_SITE)
+    assert torch.equal(seen[0][:1], base[0][:1]) and not torch.equal(seen[0][1:], base[0][1:])
+    u = red.directions[CONTEXT_SITE] / red.directions[CONTEXT_SITE].norm()
+    proj = torch.nn.functional.normalize(seen[0][1], dim=-1) @ u
+    assert bool((proj <= torch.tensor(level) + 1e-5).all()) and bool((proj < (torch.nn.functional.normalize(base[0][1], dim=-1) @ u) - 1e-3).any())
+    # a vector without a recorded level cannot be removed: one-line error naming the option
+    with pytest.raises(ValueError, match="reference level"):
+        call(tiny_pipe, gen, steering=vec(tiny_pipe, [CONTEXT_SITE]), steering_scale=-1.0, steering_negative="remove")
+    with pytest.raises(ValueError, match="steering_negative must be one of"):
+        call(tiny_pipe, gen, steering=red, steering_negative="erase")

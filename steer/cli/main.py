@@ -13,7 +13,7 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
-from steer.config import STEERING_DEFAULTS, SteeringConfig, recommended_settings  # noqa: E402
+from steer.config import NEGATIVES, STEERING_DEFAULTS, SteeringConfig, recommended_settings  # noqa: E402
 from steer.validation import (  # noqa: E402
     BRANCHES,
     MAX_GUIDANCE,
@@ -95,6 +95,8 @@ def _add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--branch", choices=BRANCHES, default=None, help="CFG half to steer (default cond)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="scale in units of each layer's typical activation norm")
     p.add_argument("--mode", choices=MODES, default=None, help="uniform add (paper, default), activation-weighted or token-norm units")
+    p.add_argument("--negative", choices=NEGATIVES, default="subtract",
+                   help="what a negative scale does: subtract the direction (default) or remove what the prompt carries along it")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
 
 
@@ -164,6 +166,7 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "branch": config.branch,
         "normalize": config.normalize,
         "mode": config.mode,
+        "negative": config.negative,
     }
 
 
@@ -178,7 +181,7 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
     for key, builtin in _BUILTIN.items():
         if getattr(args, key, None) is None:
             setattr(args, key, rec.get(key, builtin))
-    given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict")}
+    given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
     if args.window is not None:
         given["steering_window"] = args.window
     return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})

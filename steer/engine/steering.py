@@ -34,6 +34,7 @@ class LayerPlan:
 
     name: str
     directions: torch.Tensor
+    levels: torch.Tensor | None = None  # (K, L): each vector's recorded reference level per position (NaN: none)
     cache: dict = field(default_factory=dict)
 
     @property
@@ -90,8 +91,43 @@ def build_layer_plans(
                     )
                 d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act
             rows.append(d.repeat_interleave(buckets // d.shape[0], dim=0))
-        plans[name] = LayerPlan(name, torch.stack(rows))
+        plans[name] = LayerPlan(name, torch.stack(rows), _levels(vectors, name))
     return plans
+
+
+def _levels(vectors: Sequence, name: str) -> torch.Tensor | None:
+    """(K, L) reference levels of the vectors at ``name`` (metadata ``reference_level``), NaN rows where a vector has
+    none; None when none has one."""
+    found = [(v.metadata.get("reference_level") or {}).get(name) for v in vectors]
+    lengths = {len(f) for f in found if f is not None}
+    if not lengths:
+        return None
+    if len(lengths) > 1:
+        raise ValueError(f"the vectors' reference levels at {name!r} disagree on the token count: {sorted(lengths)}")
+    (length,) = lengths
+    return torch.stack([torch.tensor(f, dtype=torch.float32) if f is not None else torch.full((length,), float("nan")) for f in found])
+
+
+def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
+    """Take ``amounts`` (n, K) times each position's excess along each unit direction ``units`` (K, C) over its level
+    ``levels`` (K, L) out of ``h`` (n, L, C). Measured on the unit-normalised position ``x/|x|``, whose projection
+    ``p`` onto the direction becomes ``p - a * max(0, p - level)`` by a rotation in the plane of the direction and the
+    position (its norm and its part orthogonal to the plane are kept): at or below the level nothing changes, above it
+    amount 1 brings it back exactly to the level. Rows with zero amounts are returned unchanged (bit-identical)."""
+    norm = h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    x = h / norm
+    for k in range(units.shape[0]):
+        a = amounts[:, k]
+        if not bool((a > 0).any()):
+            continue
+        u = units[k]
+        p = x @ u  # (n, L)
+        target = p - a[:, None] * (p - levels[k]).clamp_min(0)
+        rest = x - p[..., None] * u  # the part orthogonal to u
+        rest_norm = rest.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        x = target[..., None] * u + rest / rest_norm * (1 - target.clamp(-1, 1) ** 2).clamp_min(0).sqrt()[..., None]
+    touched = (amounts > 0).any(dim=-1).reshape(-1, 1, 1)
+    return torch.where(touched, x * norm, h)
 
 
 def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: bool) -> torch.Tensor:
@@ -144,9 +180,35 @@ class SteeringSession(DenoiserRun):
         if scales.ndim != 2 or any(p.directions.shape[0] != scales.shape[1] for p in plans.values()):
             raise ValueError(f"scales must be (rows, {next(iter(plans.values())).directions.shape[0]}), got {tuple(scales.shape)}")
         self.plans = plans
-        self.scales = scales.detach().float().cpu()
         self.config = config if config is not None else SteeringConfig()
+        scales = scales.detach().float().cpu()
+        self.removing = self.config.negative == "remove" and bool((scales < 0).any())
+        # with steering_negative="remove", negative scales are removal amounts, applied apart from the additive part
+        self.scales = scales.clamp_min(0) if self.removing else scales
+        self.removal = (-scales).clamp_min(0) if self.removing else None
+        if self.removing:
+            self._check_levels()
         self.applied_steps: list[int] = []
+
+    def _check_levels(self) -> None:
+        used = (self.removal > 0).any(dim=0)
+        for plan in self.plans.values():
+            missing = [k for k in range(len(used)) if used[k] and (plan.levels is None or bool(plan.levels[k].isnan().any()))]
+            if missing:
+                raise ValueError(
+                    f"steering_negative='remove' needs each removed vector's reference level at {plan.name!r}; vector(s) "
+                    f"{missing} have none (learn them with preset='text', or use steering_negative='subtract')"
+                )
+
+    def removal_rows(self, n: int) -> torch.Tensor:
+        """(n, K) removal amounts for a UNet batch of n rows: the conditional half (or call) only."""
+        r = self.removal
+        if self.call_branch is not None:
+            r = r.expand(n, -1) if r.shape[0] == 1 else r
+            return r if self.call_branch == "cond" else torch.zeros_like(r)
+        images = n // 2 if self.cfg else n
+        r = r.expand(images, -1) if r.shape[0] == 1 else r
+        return torch.cat([torch.zeros_like(r), r]) if self.cfg else r
 
     def _register(self) -> None:
         channels = layer_channels(self.unet, list(self.plans))
@@ -219,6 +281,21 @@ class SteeringSession(DenoiserRun):
                 plan.cache[key] = delta
             if self.step not in self.applied_steps:
                 self.applied_steps.append(self.step)
-            return apply_delta(h, delta, self.config.mode, self.config.preserve_norm)
+            out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm)
+            if self.removing:
+                out = self._remove(plan, out)
+            return out
 
         return hook
+
+    def _remove(self, plan: LayerPlan, h: torch.Tensor) -> torch.Tensor:
+        if h.ndim != 3 or h.shape[1] != plan.levels.shape[1]:
+            raise ValueError(
+                f"steering_negative='remove' at {plan.name!r} expects (batch, {plan.levels.shape[1]} tokens, channels) "
+                f"as its vectors were learned, got shape {tuple(h.shape)}"
+            )
+        d = plan.at(self.step, self.num_steps)
+        units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        amounts = self.removal_rows(h.shape[0]).to(h.device)
+        levels = torch.nan_to_num(plan.levels).to(device=h.device, dtype=torch.float32)
+        return remove_excess(h.float(), units.to(h.device).float(), levels, amounts).to(h.dtype)

@@ -40,7 +40,7 @@ MAX_NAME_CHARS = 1000
 MAX_DIRECTIONS = 16
 MAX_LAYER_PATTERNS = 256
 MAX_PATH_CHARS = 4096
-_UNSTEERED = ("layers", "window", "branch", "normalize", "mode", "strict")  # the config entries of a recipe: None
+_UNSTEERED = ("layers", "window", "branch", "normalize", "mode", "strict", "negative")  # the config entries of a recipe: None
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 
 
@@ -231,7 +231,7 @@ class _Validator:
         raise JobError(line, f"direction file not found: {show(name)} (looked for {where}){known}")
 
     def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
-        from steer.config import BRANCHES, MODES, check_window
+        from steer.config import BRANCHES, MODES, NEGATIVES, check_window
 
         layers = job.get("steering_layers")
         if isinstance(layers, str):
@@ -257,10 +257,13 @@ class _Validator:
         mode = job.get("steering_mode", recommended.mode)
         if mode not in MODES:
             raise JobError(line, f"steering_mode must be one of {list(MODES)}, got {show(mode)}")
+        negative = job.get("steering_negative", recommended.negative)
+        if negative not in NEGATIVES:
+            raise JobError(line, f"steering_negative must be one of {list(NEGATIVES)}, got {show(negative)}")
         normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
         strict = _check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
         config = dataclasses.replace(
-            recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict
+            recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict, negative=negative
         )
         return dataclasses.replace(setup, vectors=tuple(vectors), digests=tuple(v.digest() for v in vectors), config=config)
 
@@ -311,6 +314,7 @@ class _Validator:
             "normalize": config["normalize"],
             "mode": config["mode"],
             "strict": config["strict"],
+            "negative": config["negative"],
         }
 
 

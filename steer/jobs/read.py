@@ -44,6 +44,7 @@ JOB_FIELDS = (
     "steering_normalize",
     "steering_mode",
     "steering_strict",
+    "steering_negative",
     "name",
     "model",
 )

@@ -46,6 +46,9 @@ STEERING_DOC = """
       activation norm) or ``"token"`` (the vector is in units of each position's own norm).
     - ``steering_preserve_norm``: rescale every steered position to its pre-steering norm.
     - ``steering_strict``: require the vector's base-model weights hash to match (False allows fine-tunes).
+    - ``steering_negative``: ``"subtract"`` (a negative scale adds ``-s * v``) or ``"remove"`` (it takes away what
+      the prompt carries along ``v`` beyond the vector's reference level, on the conditional half only: "a red
+      t-shirt" with ``[to_blue, to_red]`` at ``[1, -1]`` loses its red and gains blue).
 
     Options a call leaves unset come from the direction's ``metadata["recommended"]`` (what `learn_direction`
     calibrated), else the defaults above. With no vector, or every scale zero, the call is exactly the parent's.
@@ -282,6 +285,8 @@ class SteeringMixin:
                     outside = [n for n in session.plans if n not in sites.channels]
                     if outside:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
+                    if session.config.negative == "remove":
+                        raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
                     sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
                     sites.session = session
                     stack.callback(setattr, sites, "session", None)
