@@ -76,7 +76,9 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
         "with norm preservation, classifier-free calibration; `steering_scale=1.0` is the full edit) from the prompts of "
         "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "
         f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success rising with the scale: Spearman >= 0.5; DDIM {meta['steps']}, guidance {meta['guidance']}, "
-        f"{meta['seeds']} seeds x 8 prompts). Regenerate: `python bench/ship_calibrated.py`. Full results: docs/steering.md.",
+        f"{meta['seeds']} seeds x 8 prompts). Each records its reference level, so `steering_negative=\"remove\"` with a "
+        "negative scale takes its attribute out of a prompt that states it (\"a red bag\" with `[to_blue, to_red]` at "
+        "`[1, -1]`, whole-run window for colours). Regenerate: `python bench/ship_calibrated.py`. Full results: docs/steering.md.",
         "",
         "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
         "|---|---|---|---|---|---|---|---|",
