@@ -72,7 +72,7 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
     lines = [
         "# Bundled directions (demo model)",
         "",
-        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site, split CFG branch, token-norm units "
+        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run, split CFG branch, token-norm units "
         "with norm preservation, classifier-free calibration; `steering_scale=1.0` is the full edit) from the prompts of "
         "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "
         f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success rising with the scale: Spearman >= 0.5; DDIM {meta['steps']}, guidance {meta['guidance']}, "
