@@ -30,10 +30,10 @@ from steer.app.handlers import (  # noqa: F401 - re-exported for tests and noteb
     ok_box,
     progress_fn,
 )
-from steer.config import BRANCHES, MODES, PAPER_WINDOW
+from steer.config import BRANCHES, MODES, NEGATIVES, PAPER_WINDOW
 
 INTRO = """# steer - representation steering for Stable Diffusion
-Pick a direction, set the **strength** (negative subtracts) and the **layer**, and compare the original and the
+Pick a direction, set the **strength** (negative subtracts, or removes: Advanced) and the **layer**, and compare the original and the
 steered image from the same seed. Learn new directions from two prompt sets (or two image sets) in the *Learn* tab -
 no training, only forward passes."""
 
@@ -121,7 +121,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 )
             direction_info = gr.Markdown("", elem_id="direction-info")
             strength = gr.Slider(
-                -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts)", elem_id="strength"
+                -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts or removes)", elem_id="strength"
             )
             layer = gr.Slider(
                 0,
@@ -147,6 +147,10 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 with gr.Row():
                     normalize = gr.Checkbox(False, label="Normalize (strength in units of typical activation norm)")
                     strict = gr.Checkbox(True, label="Strict model check")
+                negative_mode = gr.Radio(
+                    list(NEGATIVES), value="subtract",
+                    label="Negative strength: subtract the direction, or remove what the prompt carries along it",
+                )
                 size = gr.Slider(
                     L.min_size, min(L.max_size, max(app.size * 2, 512)), value=app.size, step=8, label="Image size"
                 )
@@ -182,6 +186,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         "normalize": normalize,
         "mode": mode,
         "strict": strict,
+        "negative": negative_mode,
     }
     go.click(
         guarded(5)(app.generate),

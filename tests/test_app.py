@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,7 @@ def generate_args(direction: str, scale: float = SCALE, **over) -> dict:
         normalize=False,
         mode="add",
         strict=True,
+        negative="subtract",
     )
     args.update(over)
     return args
@@ -161,7 +163,9 @@ def test_settings_validation_caps(pipe):
     widgets.pop("direction")
     ok = H.GenerateSettings.from_inputs(pipe, **widgets)
     assert ok.config == SteeringConfig(window=(0.0, 1.0)) and ok.height == ok.width == 32
-    for fields in [dict(window_start=0.9, window_end=0.2), dict(branch="sideways"), dict(mode="up"), dict(size=36), dict(steps=0)]:
+    removing = H.GenerateSettings.from_inputs(pipe, **{**widgets, "negative": "remove"})
+    assert removing.config.negative == "remove" and removing.steering_kwargs(pipe, None)["steering_negative"] == "remove"
+    for fields in [dict(window_start=0.9, window_end=0.2), dict(branch="sideways"), dict(mode="up"), dict(size=36), dict(steps=0), dict(negative="erase")]:
         with pytest.raises(H.UserError):
             H.GenerateSettings.from_inputs(pipe, **{**widgets, **fields})
 
@@ -233,6 +237,28 @@ def test_api_generate_matches_python_api(client, pipe, direction_file):
     recipe = read_recipe(png)
     assert recipe["seed"] == 7 and recipe["steering"]["scale"] == SCALE and recipe["steering"]["name"] == "constructed"
     assert np.array_equal(pixels(png), got_steered)  # the download is the native-size steered image
+
+
+def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(client, pipe, direction_file, tmp_path):
+    # a direction without a recorded reference level: a readable one-line status, no traceback
+    *_, status = client.predict(**generate_args("constructed", scale=-SCALE, negative="remove"), api_name="/generate")
+    assert "reference level" in status and "Traceback" not in status
+    # a learned text direction records one: the app's remove is the Python API's steering_negative="remove"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        dog = pipe.learn_direction(["a photo of a dog"], ["a photo"], num_inference_steps=2, calibration_samples=2, progress=False)
+    dog.metadata["name"] = "dog"
+    from gradio_client import handle_file
+
+    picked, status = client.predict(handle_file(str(dog.save(tmp_path / "dog.safetensors"))), True, api_name="/upload_direction")
+    assert "Loaded" in status
+    values = generate_args(picked["value"], scale=-1.0, negative="remove", window_end=1.0)
+    _, steered, png, status = client.predict(**values, api_name="/generate")
+    assert "Steered with" in status and read_recipe(png)["steering"]["negative"] == "remove"
+    rec = dog.metadata["recommended"]
+    _, want = expected_pair(pipe, dog, -1.0, steering_negative="remove", steering_branch="cond", steering_mode="add",
+                            steering_preserve_norm=rec["preserve_norm"], steering_normalize=False)
+    assert np.abs(native(steered) - want).max() <= 1
 
 
 def test_api_single_layer_and_missing_layer(client, pipe, direction_file):

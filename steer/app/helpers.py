@@ -67,7 +67,7 @@ from steer.app.memorization import (  # noqa: F401 - re-exported
     inline_view,
     score_image,
 )
-from steer.config import BRANCHES, MODES, SteeringConfig
+from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
 from steer.vectors import SteeringVector
@@ -173,6 +173,7 @@ class GenerateSettings:
         normalize: Any,
         mode: Any,
         strict: Any,
+        negative: Any = "subtract",
         **request: Any,
     ) -> GenerateSettings:
         """The validated request of the Generate tab's widget values, by the names `app.py` wires them with;
@@ -183,6 +184,7 @@ class GenerateSettings:
             normalize=normalize,
             mode=check_choice(mode, "the mode", MODES),
             strict=strict,
+            negative=check_choice(negative, "what a negative strength does", NEGATIVES),
         )
         settings = cls(**request, layer_index=layer, layers=tuple(layers or ()), height=size, width=size, config=config)
         return settings.validated(pipe)
@@ -243,6 +245,7 @@ class GenerateSettings:
                 "branch": config.branch,
                 "normalize": config.normalize,
                 "mode": config.mode,
+                "negative": config.negative,
             }
         return {
             "model": model_name(pipe),
