@@ -284,3 +284,27 @@ def test_a_job_takes_unset_steering_options_from_its_directions_recommended_sett
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "rec.png").convert("RGB")), np.round(direct * 255).astype(np.uint8))
+
+
+def test_a_job_adds_one_direction_and_removes_another_like_the_python_call(tiny_pipe, tmp_path):
+    """The contradicting-prompt recipe as a job: [toward blue, toward red] at [1, -1] with steering_negative="remove"."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        blue, red = (tiny_pipe.learn_direction([f"a {c} bag", f"a {c} coat"], ["a bag", "a coat"], num_inference_steps=2,
+                                               calibration_samples=2, progress=False) for c in ("blue", "red"))
+    paths = [blue.save(tmp_path / "blue.safetensors"), red.save(tmp_path / "red.safetensors")]
+    job = {"prompt": "a red bag", "seed": 5, "num_inference_steps": STEPS, "name": "flip", "steering_negative": "remove",
+           "steering_window": [0.0, 1.0], "directions": [{"path": str(paths[0]), "scale": 1.0}, {"path": str(paths[1]), "scale": -1.0}]}
+    batch.run([job], tiny_pipe, tmp_path / "out", batch_size=1, model="tiny", progress=False)
+    recipe = read_recipe(tmp_path / "out" / "flip.png")
+    assert recipe["negative"] == "remove" and [d["scale"] for d in recipe["directions"]] == [1.0, -1.0]
+    direct = tiny_pipe("a red bag", generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, steering=[blue, red],
+                       steering_scale=[1.0, -1.0], steering_negative="remove", steering_window=(0.0, 1.0), output_type="np").images[0]
+    subtracted = tiny_pipe("a red bag", generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, steering=[blue, red],
+                           steering_scale=[1.0, -1.0], steering_window=(0.0, 1.0), output_type="np").images[0]
+    assert not np.array_equal(direct, subtracted)
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "flip.png").convert("RGB")), np.round(direct * 255).astype(np.uint8))
