@@ -24,13 +24,14 @@ NEGATIVES = ("subtract", "remove")
 PAPER_WINDOW = (0.45, 0.95)
 
 
-def check_window(window: tuple[float, float]) -> tuple[float, float]:
+def check_window(window: tuple[float, float], name: str = "steering_window") -> tuple[float, float]:
+    """``(start, end)`` as floats with 0 <= start <= end <= 1, or a one-line ValueError naming ``name``."""
     try:
         start, end = (float(w) for w in window)
     except (TypeError, ValueError):
-        raise ValueError(f"steering_window must be a pair (start, end) of fractions, got {window!r}") from None
+        raise ValueError(f"{name} must be a pair (start, end) of fractions, got {window!r}") from None
     if not (0.0 <= start <= end <= 1.0):
-        raise ValueError(f"steering_window must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
+        raise ValueError(f"{name} must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
     return start, end
 
 

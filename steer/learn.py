@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from steer.calibrate import calibrate as run_calibration
 from steer.calibrate import seeded_generators
-from steer.config import PAPER_WINDOW
+from steer.config import PAPER_WINDOW, check_window
 from steer.denoisers import (
     CONTEXT_SITE,
     cross_attention_sites,
@@ -422,7 +422,9 @@ def learn_direction(
         calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
     calibrate = bool(calibrate)
     layers = layers if layers is not None else chosen["layers"]
-    window = _as_window(window if window is not None else chosen["window"])
+    window = check_window(window if window is not None else chosen["window"], "window")
+    if window[0] == window[1]:
+        raise ValueError(f"window must be a non-empty share of the run, got {window}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if mode not in MODES:
@@ -535,17 +537,6 @@ def learn_direction(
     calibrated = result.strength * unit
     calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
     return calibrated
-
-
-def _as_window(window: Any) -> tuple[float, float]:
-    """``(start, end)`` shares of the run, 0 <= start < end <= 1, or a one-line ValueError."""
-    try:
-        start, end = (float(w) for w in window)
-    except (TypeError, ValueError):
-        raise ValueError(f"window must be (start, end) with 0 <= start < end <= 1, got {window!r}") from None
-    if not 0.0 <= start < end <= 1.0:
-        raise ValueError(f"window must be (start, end) with 0 <= start < end <= 1, got {window!r}")
-    return start, end
 
 
 def _default_name(pos: list, neg: list, images: bool) -> str:
