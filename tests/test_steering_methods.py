@@ -250,6 +250,9 @@ def test_compiled_unet_steers_the_text_site_with_the_calibrated_settings_without
     for s in (0.0, 0.3, -0.3, 0.3):
         np.testing.assert_allclose(call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4), eager[s], atol=1e-6, rtol=0)
     assert counters["stats"]["unique_graphs"] == 0  # no recompile after the warm-up call
+    leveled = vec(pipe, [CONTEXT_SITE], seed=11, recommended=rec, reference_level={CONTEXT_SITE: [0.0] * pipe.tokenizer.model_max_length})
+    with pytest.raises(ValueError, match="not available on a compiled denoiser"):
+        call(pipe, gen, steering=leveled, steering_scale=-0.3, steering_negative="remove", num_inference_steps=4)
     torch._dynamo.reset()
 
 

@@ -285,7 +285,7 @@ class SteeringMixin:
                     outside = [n for n in session.plans if n not in sites.channels]
                     if outside:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
-                    if session.config.negative == "remove":
+                    if session.removing:
                         raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
                     sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
                     sites.session = session
