@@ -205,6 +205,26 @@ def test_true_cfg_context_site_split_and_per_row_scales(pipe):
         np.testing.assert_allclose(rows[i], alone[0], atol=2e-5)
 
 
+def test_true_cfg_removal_acts_on_the_conditional_call_whatever_the_additive_branch(pipe):
+    """steering_negative="remove" takes from the conditional call's tokens only, also when the additive part is
+    steered on the unconditional call (sequential CFG: the branch of a call decides, not a batch half)."""
+    v = random_vector(pipe, [CONTEXT_SITE], seed=6)
+    seen = []
+    handle = pipe.transformer.context_embedder.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    try:
+        FluxPipeline.__call__(pipe, PROMPT, generator=gen(0), num_inference_steps=2, output_type="latent", **SIZE, **TRUE_CFG)
+        raw, seen[:] = list(seen), []
+        v.metadata["reference_level"] = {CONTEXT_SITE: [-1.0] * raw[0].shape[1]}  # every token is above it
+        pipe(PROMPT, generator=gen(0), num_inference_steps=2, output_type="latent", **SIZE, **TRUE_CFG, steering=v,
+             steering_scale=-0.5, steering_window=(0, 1), steering_branch="uncond", steering_negative="remove")
+    finally:
+        handle.remove()
+    assert len(seen) == len(raw) == 4
+    for i, (r, s) in enumerate(zip(raw, seen, strict=True)):
+        moved = not torch.equal(r, s)
+        assert moved == (i % 2 == 0), f"call {i}: the conditional calls (even) move, the unconditional ones do not"
+
+
 def test_recording_keeps_only_the_conditional_calls_of_true_cfg(pipe):
     layer = "transformer_blocks.1"
     with CallObserver(pipe, layer, index=1) as obs:

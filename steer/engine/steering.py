@@ -200,16 +200,6 @@ class SteeringSession(DenoiserRun):
                     f"{missing} have none (learn them with preset='text', or use steering_negative='subtract')"
                 )
 
-    def removal_rows(self, n: int) -> torch.Tensor:
-        """(n, K) removal amounts for a UNet batch of n rows: the conditional half (or call) only."""
-        r = self.removal
-        if self.call_branch is not None:
-            r = r.expand(n, -1) if r.shape[0] == 1 else r
-            return r if self.call_branch == "cond" else torch.zeros_like(r)
-        images = n // 2 if self.cfg else n
-        r = r.expand(images, -1) if r.shape[0] == 1 else r
-        return torch.cat([torch.zeros_like(r), r]) if self.cfg else r
-
     def _register(self) -> None:
         channels = layer_channels(self.unet, list(self.plans))
         for name, plan in self.plans.items():
@@ -220,28 +210,35 @@ class SteeringSession(DenoiserRun):
                 )
             self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan)))
 
-    def branch_sign(self) -> int:
-        """With sequential CFG: +1, -1 or 0, how ``config.branch`` treats the branch of the call in progress
-        (``"split"``: + on the conditional call, - on the unconditional one). 1 otherwise."""
-        branch, call = self.config.branch, self.call_branch
+    def branch_sign(self, branch: str | None = None) -> int:
+        """With sequential CFG: +1, -1 or 0, how ``branch`` (default ``config.branch``) treats the branch of the call
+        in progress (``"split"``: + on the conditional call, - on the unconditional one). 1 otherwise."""
+        branch, call = branch or self.config.branch, self.call_branch
         if call is None or branch == "both":
             return 1
         if branch == "split":
             return {"cond": 1, "uncond": -1}.get(call, 0)
         return int(branch == call)
 
-    def row_scales(self, n: int) -> torch.Tensor:
-        """(n, K) scales for a UNet batch of n rows, with the unsteered CFG half zeroed."""
+    def acts_on_call(self) -> bool:
+        """Whether the call in progress is steered at all: its branch gets the additive part or the removal."""
+        return bool(self.branch_sign()) or (self.removing and bool(self.branch_sign("cond")))
+
+    def row_scales(self, n: int, scales: torch.Tensor | None = None, branch: str | None = None) -> torch.Tensor:
+        """(n, K) ``scales`` (default the additive ones) for a UNet batch of n rows, laid out for ``branch`` (default
+        ``config.branch``): the unsteered CFG half zeroed, ``"split"`` negated on the unconditional half."""
+        scales = self.scales if scales is None else scales
+        branch = branch or self.config.branch
         if self.call_branch is not None:  # sequential CFG: the whole call is one branch
-            s = self.scales.expand(n, -1) if self.scales.shape[0] == 1 else self.scales
+            s = scales.expand(n, -1) if scales.shape[0] == 1 else scales
             if s.shape[0] != n:
                 raise ValueError(f"steering_scale has {s.shape[0]} rows but the batch has {n} images")
-            return s * self.branch_sign()
+            return s * self.branch_sign(branch)
         cfg = self.cfg
         if cfg and n % 2:
             raise ValueError(f"classifier-free guidance expects an even UNet batch, got {n} rows")
         images = n // 2 if cfg else n
-        s = self.scales
+        s = scales
         if s.shape[0] == 1:
             s = s.expand(images, -1)
         elif s.shape[0] != images:
@@ -254,7 +251,7 @@ class SteeringSession(DenoiserRun):
             "uncond": torch.cat([s, zero]),
             "both": torch.cat([s, s]),
             "split": torch.cat([-s, s]),
-        }[self.config.branch]
+        }[branch]
 
     def step_delta(self, plan: LayerPlan, rows: int) -> torch.Tensor:
         """(rows, C) delta of ``plan`` at the current step: each row's weighted sum of the vectors' directions."""
@@ -262,7 +259,7 @@ class SteeringSession(DenoiserRun):
 
     def _make_hook(self, plan: LayerPlan) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(h: torch.Tensor) -> torch.Tensor | None:
-            if not self.mine() or not self.in_window(self.config.window) or not self.branch_sign():
+            if not self.mine() or not self.in_window(self.config.window) or not self.acts_on_call():
                 return None
             dim = channel_dim(h)
             if h.shape[dim] != plan.directions.shape[-1]:
@@ -296,6 +293,6 @@ class SteeringSession(DenoiserRun):
             )
         d = plan.at(self.step, self.num_steps)
         units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        amounts = self.removal_rows(h.shape[0]).to(h.device)
+        amounts = self.row_scales(h.shape[0], self.removal, "cond").to(h.device)  # the conditional half only
         levels = torch.nan_to_num(plan.levels).to(device=h.device, dtype=torch.float32)
         return remove_excess(h.float(), units.to(h.device).float(), levels, amounts).to(h.dtype)
