@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from contra_removal import generators, source_of  # noqa: E402
+from contra_removal import add_and_remove_scales, generators, source_of  # noqa: E402
 from steering_matrix import C, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
@@ -42,10 +42,7 @@ def main() -> None:
         steering = [vectors[target]] + [vectors[n] for n in names]
         strip = []
         for s, negative in COLUMNS:
-            scale = torch.zeros(len(prompts), len(steering))
-            scale[:, 0] = s
-            for r, src in enumerate(sources):
-                scale[r, 1 + names.index(src)] = -min(s, 1.0) if negative == "remove" else -s
+            scale = add_and_remove_scales(sources, names, s, negative)
             images = pipe(prompts, generator=generators([1000] * len(prompts)), steering=steering, steering_scale=scale,
                           steering_window=(0, 1), steering_negative=negative, num_inference_steps=20, guidance_scale=5.0,
                           output_type="np").images

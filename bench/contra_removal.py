@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from steering_matrix import TUNING, C, K, cell_metrics, judge, prompts_for  # noqa: E402
+from steering_matrix import TUNING, C, K, cell_metrics, judge, passes, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
@@ -37,6 +37,16 @@ def source_of(kind: str, prompt: str) -> str:
     if kind == "colour":
         return prompt.split()[1]
     return next(v for v in K if prompt.endswith(f" {v}"))
+
+
+def add_and_remove_scales(sources: list[str], names: list[str], s: float, negative: str, beta: float = 1.0) -> torch.Tensor:
+    """(rows, 1 + len(names)) scales of ``[toward target, toward each source]``: the target at ``s`` on every row,
+    each row's own source at ``-beta * s`` (``"subtract"``) or ``-min(beta * s, 1)`` (``"remove"``: amount 1 is all)."""
+    scale = torch.zeros(len(sources), 1 + len(names))
+    scale[:, 0] = s
+    for r, src in enumerate(sources):
+        scale[r, 1 + names.index(src)] = -(min(beta * s, 1.0) if negative == "remove" else beta * s)
+    return scale
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:
@@ -77,14 +87,11 @@ def main() -> None:
         ref_j = judge(classifier, ref)
         idx = (C if kind == "colour" else K).index(target)
         for s in SCALES:
-            scale = torch.zeros(len(prompts), len(steering))
-            scale[:, 0] = s
-            for r, src in enumerate(sources):
-                scale[r, 1 + names.index(src)] = -(min(args.beta * s, 1.0) if args.negative == "remove" else args.beta * s)
+            scale = add_and_remove_scales(sources, names, s, args.negative, args.beta)
             imgs = pipe(prompts, generator=generators(seeds), steering=steering, steering_scale=scale, steering_window=tuple(args.window), steering_negative=args.negative, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, output_type="np").images.transpose(0, 3, 1, 2)
             m = cell_metrics(judge(classifier, imgs), ref_j, kind, idx)
-            m["passes"] = bool(m["success"] >= 0.5 and m["kept"] >= 0.8 and m["break"] <= 0.05 and (kind != "colour" or m["pixel_success"] >= 0.5))
+            m["passes"] = passes(m, "contra", kind)
             rows.append({"kind": kind, "target": target, "split": "tuning" if target in TUNING[kind] else "held-out", "scale": s, "beta": args.beta, **m})
         print(kind, target, [(r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in rows[-len(SCALES):]], f"{time.time() - t0:.0f}s", flush=True)
     summary = {}

@@ -235,6 +235,14 @@ def main() -> None:
     print(render(summary, meta, learn_log))
 
 
+def passes(r: dict, cond: str, kind: str, kept: str = "kept") -> bool:
+    """The pass rule of one cell: success >= 0.8 on open prompts, >= 0.5 on contradicting ones (colour: by the
+    classifier and the pixel measure), the other attribute ``kept`` >= 0.8 and break <= 5 %."""
+    need = 0.8 if cond == "open" else 0.5
+    ok = r["success"] >= need and r[kept] >= 0.8 and r["break"] <= 0.05
+    return ok and (kind != "colour" or r["pixel_success"] >= need)
+
+
 def summarise(results: list[dict], methods: list[str]) -> dict:
     """Per method x split x kind x condition: targets passing at 1.0 (and at the method's best scale), monotonicity."""
     out: dict = {}
@@ -247,16 +255,10 @@ def summarise(results: list[dict], methods: list[str]) -> dict:
                     per = {}
                     for n in names:
                         rs = {r["scale"]: r for r in rows if r["target"] == n}
-
-                        def passes(r: dict, cond: str = cond, kind: str = kind, kept: str = "kept") -> bool:
-                            need = 0.8 if cond == "open" else 0.5
-                            ok = r["success"] >= need and r[kept] >= 0.8 and r["break"] <= 0.05
-                            return ok and (kind != "colour" or r["pixel_success"] >= need)
-
-                        passing = [s for s in SCALES if s > 0 and s in rs and passes(rs[s])]
+                        passing = [s for s in SCALES if s > 0 and s in rs and passes(rs[s], cond, kind)]
                         per[n] = {
-                            "pass_at_1": passes(rs[1.0]),
-                            "pass_at_1_pixel_kept": passes(rs[1.0], kept="pixel_kept"),
+                            "pass_at_1": passes(rs[1.0], cond, kind),
+                            "pass_at_1_pixel_kept": passes(rs[1.0], cond, kind, kept="pixel_kept"),
                             "passing_scales": passing,
                             "success_at_1": rs[1.0]["success"], "kept_at_1": rs[1.0]["kept"], "pixel_kept_at_1": rs[1.0]["pixel_kept"], "break_at_1": rs[1.0]["break"],
                             "pixel_at_1": rs[1.0]["pixel_success"],

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from steering_matrix import TUNING, C, K, Runner, cell_metrics, judge, prompts_for  # noqa: E402
+from steering_matrix import TUNING, C, K, Runner, cell_metrics, judge, passes, prompts_for  # noqa: E402
 
 import steer.calibrate as calibration  # noqa: E402
 import steer.learn as learning  # noqa: E402
@@ -60,8 +60,7 @@ def main() -> None:
             cells = []
             for scale in args.scales:
                 m = cell_metrics(judge(classifier, run.sample(P["open"], [scale], steering=v, **options)), ref, kind, target)
-                ok = m["success"] >= 0.8 and m["kept"] >= 0.8 and m["break"] <= 0.05 and (kind != "colour" or m["pixel_success"] >= 0.8)
-                cells.append(f"{scale:g}: {m['success']:.2f}/{m['kept']:.2f}{'*' if ok else ''}")
+                cells.append(f"{scale:g}: {m['success']:.2f}/{m['kept']:.2f}{'*' if passes(m, 'open', kind) else ''}")
             print(f"{name:10s} strength {v.metadata['calibration']['strength']:.3f} {label:10s}", "  ".join(cells), f"{time.time() - t0:.0f}s", flush=True)
 
 

@@ -524,10 +524,9 @@ def learn_direction(
     # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
     # uncalibrated one's scale is a fraction of each token's norm
     settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}
-    unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})
     if mode == "text" and len(text_tokens) > 1:  # what steering_negative="remove" takes a prompt back to
-        meta["reference_level"] = {CONTEXT_SITE: reference_level(text_tokens[1], unit.directions[CONTEXT_SITE])}
-        unit.metadata["reference_level"] = meta["reference_level"]
+        meta["reference_level"] = {CONTEXT_SITE: reference_level(text_tokens[1], directions[CONTEXT_SITE])}
+    unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})
     if not calibrate:
         return unit
     result = run_calibration(
