@@ -4,8 +4,9 @@
     python bench/steering_matrix.py --quick              # 1 seed, 2 targets of each kind, our method only
 
 For each target the direction is learned "toward X" from prompts (positive: X with every value of the other
-attribute, "a blue t-shirt"; negative: the same prompts with X left open, "a t-shirt"; a probe on the tuning colours
-found this contrast edits better than "X vs the other values of its attribute"), then applied to prompts that leave the attribute open
+attribute, "a blue t-shirt", "a red dress"; negative: the same prompts with X left open, "a t-shirt", "a red item"; a
+probe on the tuning colours found this contrast edits better than "X vs the other values of its attribute", and on the
+tuning classes it edits as well as "X vs the other classes", docs/steering.md), then applied to prompts that leave the attribute open
 ("a sneaker" -> blue; "a red item" -> ankle boot) and prompts that contradict it ("a red sneaker" -> blue), 8 prompts
 x seeds per cell, at scales 0, 0.25, 0.5, 0.75, 1.0 (and 1.5, 2.0 to see past the full edit).
 
@@ -71,7 +72,7 @@ def prompts_for(kind: str, target: str) -> dict[str, list[str]]:
     others = [k for k in K if k != target]
     return {
         "positive": [f"a {c} {target}" for c in C],
-        "negative": [f"a {C[i % 8]} {others[i % 9]}" for i in range(18)],
+        "negative": [f"a {c} item" for c in C],
         "open": [f"a {C[(i + t) % 8]} item" for i in range(8)],
         "contra": [f"a {C[(i + t) % 8]} {others[(i + t) % 9]}" for i in range(8)],
     }
