@@ -20,7 +20,7 @@ Cost: ``(2 + len(grid)) * num_samples`` images at ``num_inference_steps`` with C
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +31,10 @@ DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
 # is this multiple of it. Chosen on the tuning directions of bench/steering_matrix.py at the text preset's window
 # (0, 0.5): in units of the minimum they pass at 1.25-1.5 (green) ... 0.75-1.5 (red); classes 0.75/1.0-2.5.
 MARGIN = 1.4
+# A direction whose best strength leaves the open samples this far from the positives' own (relative distance) does
+# not reproduce the prompt edit: on the demo model the 18 benchmark directions reach 0.09-0.45, the README's earlier
+# "blue vs other colours" recipe 0.76 ("a blue item" vs "a red item": 0.87) and barely edits (docs/steering.md).
+POOR_DISTANCE = 0.6
 
 
 @dataclass
@@ -120,7 +124,27 @@ def calibrate(
             stacklevel=3,
         )
     unet_rows = (1 + len(strengths)) * num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
-    return Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], unet_rows)
+    result = Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], unet_rows)
+    advice = fit_advice(result.to_dict())
+    if converged and advice:
+        warnings.warn(advice, stacklevel=3)
+    return result
+
+
+def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:
+    """One line for the user when a calibration (`Calibration.to_dict`, as recorded in a vector's metadata) says the
+    direction does not reproduce the prompt edit it was learned from; None when it does (or there is none)."""
+    if not isinstance(calibration, Mapping) or not calibration.get("converged"):
+        return None
+    distance = calibration.get("distance")
+    if not isinstance(distance, int | float) or not distance > POOR_DISTANCE:
+        return None
+    return (
+        f"calibration: at its best strength this direction brings open samples only to {distance:.2f} of their "
+        f"unsteered distance from the positive prompts' own samples (directions that edit stay below {POOR_DISTANCE}), so "
+        "it will barely change images. Contrast the positives with the same prompts with the attribute left open "
+        "(\"a blue sneaker\" vs \"a sneaker\") rather than with other values of it"
+    )
 
 
 def open_prompts(positive: Sequence[str], negative: Sequence[str]) -> list[str]:

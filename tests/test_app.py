@@ -209,6 +209,14 @@ def test_upload_checks(pipe, tmp_path):
     assert H.load_direction_file(foreign, pipe, strict=False).layers  # same architecture: fine-tune use allowed
 
 
+def test_a_direction_whose_calibration_says_it_barely_edits_gets_a_note():
+    weak = SteeringVector({"x": torch.ones(4)}, {"name": "<b>weak</b>", "calibration": {"converged": True, "distance": 0.8}})
+    fine = SteeringVector({"x": torch.ones(4)}, {"name": "fine", "calibration": {"converged": True, "distance": 0.2}})
+    note = H.direction_advice(weak)
+    assert note.startswith("\n\n**Note:** calibration:") and "left open" in note and "\n" not in note.strip()
+    assert H.direction_advice(fine) == "" and H.direction_advice(SteeringVector({"x": torch.ones(4)}, {})) == ""
+
+
 def test_learn_settings_validation(pipe, tmp_path):
     with pytest.raises(H.UserError, match="needs a negative set"):
         H.LearnSettings(positive="a dog").sets()

@@ -25,6 +25,7 @@ from steer.app.base import (
     shown,
     slug,
 )
+from steer.calibrate import fit_advice
 from steer.config import BRANCHES, MODES
 from steer.denoisers import LayerError, denoiser_of
 from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
@@ -211,6 +212,12 @@ def direction_summary(vector: SteeringVector) -> str:
         f"source {md_code(meta.get('source', '?'), 40)}, {len(layers)} layer(s): {shown_layers}; "
         f"digest `{vector.digest()[:12]}`"
     )
+
+
+def direction_advice(vector: SteeringVector) -> str:
+    """A Markdown note when the direction's own calibration says it will barely edit (a weak recipe), else ""."""
+    advice = fit_advice(vector.metadata.get("calibration"))
+    return f"\n\n**Note:** {md_text(advice, LIMITS.max_message_chars)}" if advice else ""
 
 
 def recommended_settings(vector: SteeringVector | None) -> tuple[Any, Any, Any, Any, Any, Any]:

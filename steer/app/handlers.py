@@ -123,7 +123,7 @@ class SteerApp:
         session = dict(session or {})
         name = H.unique_name(f"{vector.name} (uploaded)", set(self.catalog.choices(session)))
         session[name] = vector
-        return session, self._dropdown(session, name), ok_box(f"Loaded {H.direction_summary(vector)}")
+        return session, self._dropdown(session, name), ok_box(f"Loaded {H.direction_summary(vector)}{H.direction_advice(vector)}")
 
     def describe_direction(self, name: str, session: dict | None, index: Any):
         """Summary of the picked direction, the layer slider position, and the direction's recommended settings
@@ -222,7 +222,7 @@ class SteerApp:
         label = H.unique_name(f"{H.clean_text(vector.name)} (learned)", set(self.catalog.choices(session)))
         session[label] = vector
         path = H.save_direction(vector, tempfile.mkdtemp(dir=self.workdir))
-        message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.")
+        message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.{H.direction_advice(vector)}")
         return session, self._dropdown(session, label), str(path), message
 
     # ----- memorization ----------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from steer.app.files import (  # noqa: F401 - re-exported
     check_fits,
     detector_candidates,
     detector_problem,
+    direction_advice,
     direction_summary,
     discard_upload,
     load_detector,

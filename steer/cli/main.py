@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,18 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
 
     pipe = load_pipeline(args.model, args.device, progress=False)
-    vector = pipe.learn_direction(
+    with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
+        warnings.simplefilter("always")
+        vector = _learn(pipe, args)
+    path = vector.save(args.out)
+    print(f"wrote {path}: {vector}")
+    for w in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+        print(f"warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _learn(pipe, args: argparse.Namespace):
+    return pipe.learn_direction(
         _expand_items(args.positive),
         _expand_items(args.negative) or None,
         preset=args.preset,
@@ -141,9 +153,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
         progress=True,
         **{k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None},
     )
-    path = vector.save(args.out)
-    print(f"wrote {path}: {vector}")
-    return 0
 
 
 def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int) -> dict[str, Any]:
