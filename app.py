@@ -329,7 +329,7 @@ def _default_learn(app: SteerApp) -> tuple[str, str]:
             "a blue sneaker\na blue dress\na blue bag\na blue coat",
             "a sneaker\na dress\na bag\na coat",
         )
-    return "a photo of a dog in the snow", "a photo of a dog on the grass"
+    return "a photo of a dog in the snow", "a photo of a dog"
 
 
 # ----------------------------------------------------------------------------------------------------------------------

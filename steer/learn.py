@@ -384,8 +384,9 @@ def learn_direction(
     Args:
         pipe: a `SteeringStableDiffusionPipeline` (or any SD pipeline with the same components).
         positive: a prompt, a list of prompts, or a list of images (PIL, tensors in [0, 1], or paths).
-        negative: the same kind as ``positive``: what the attribute is *not* (e.g. the other colours). Required except
-            for ``method="mean"``.
+        negative: the same kind as ``positive``. For prompts, best the same prompts with the attribute left open
+            ("a sneaker" for "a blue sneaker"): contrasting with other values of it ("a red sneaker") edits far less
+            with the text preset, and its calibration warns (docs/steering.md). Required except for ``method="mean"``.
         preset: ``"text"`` (default for prompts), ``"casteer"`` (per-step cross-attention output differences along
             paired same-seed trajectories, calibrated) or ``"paper"`` (Zhang et al.: mean of the positive set's
             reference samples at the up-block resnets, uncalibrated). Explicit arguments override the preset.
