@@ -324,6 +324,18 @@ def reference_level(tokens: torch.Tensor, direction: torch.Tensor) -> list[float
     return [round(float(x), 6) for x in (unit_tokens @ u).mean(0)]
 
 
+def shared_lead(token_sets: Sequence[torch.Tensor], rtol: float = 1e-5) -> int:
+    """How many leading token positions the text encoder gives every prompt alike, from (N, L, C) token sets that
+    include the empty prompt: 1 for CLIP (its start token's causal attention sees nothing else), 0 for T5. Steering
+    leaves them alone: the denoiser never saw them vary (0 when no position varies at all)."""
+    length = min(t.shape[1] for t in token_sets)
+    tokens = torch.cat([t[:, :length].float() for t in token_sets])
+    scale = tokens[0].abs().amax(dim=-1).clamp_min(1e-12)  # (L,)
+    spread = (tokens - tokens[:1]).abs().amax(dim=(0, 2)) / scale
+    varying = (spread > rtol).nonzero()
+    return int(varying[0]) if len(varying) else 0
+
+
 @torch.no_grad()
 def extract_trajectories(
     pipe, prompts: Sequence[str], seeds: Sequence[int], layers: Sequence[str], buckets: int, batch_size: int = 8, **call_kwargs: Any
@@ -525,6 +537,8 @@ def learn_direction(
     # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
     # uncalibrated one's scale is a fraction of each token's norm
     settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}
+    if mode == "text":  # the start token(s) every prompt shares are not steered
+        meta["fixed_tokens"] = {CONTEXT_SITE: shared_lead([*text_tokens, encode_text(pipe, [""]).float().cpu()])}
     if mode == "text" and len(text_tokens) > 1:  # what steering_negative="remove" takes a prompt back to
         meta["reference_level"] = {CONTEXT_SITE: reference_level(text_tokens[1], directions[CONTEXT_SITE])}
     unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})

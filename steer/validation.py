@@ -217,6 +217,9 @@ def check_direction_metadata(value: Any) -> dict[str, Any]:
             raise SchemaError(f"{where} must be a non-empty list of at most {MAX_TOKENS} numbers, got {kind_of(level)}")
         for i, x in enumerate(level):
             check_number(x, f"{where}[{i}]", -1.0, 1.0, optional=False)
+    for name, count in check_dict(meta.get("fixed_tokens"), "metadata.fixed_tokens").items():
+        check_layer_name(name, "metadata.fixed_tokens key")
+        check_int(count, f"metadata.fixed_tokens[{short(name)}]", 0, MAX_TOKENS, optional=False)
     components = meta.get("components")
     if components is not None and not isinstance(components, list):
         raise SchemaError(f"metadata.components must be a list, got {kind_of(components)}")

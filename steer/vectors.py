@@ -193,6 +193,11 @@ class SteeringVector:
             "activation_norm": act,
             "components": [*_components(self.metadata), *_components(other.metadata)],
         }
+        fixed = {  # a token position the sum leaves alone is one both parts leave alone
+            k: min((v.metadata.get("fixed_tokens") or {}).get(k, 0) for v in (self, other) if k in v.directions) for k in out
+        }
+        if any(fixed.values()):
+            meta["fixed_tokens"] = {k: n for k, n in fixed.items() if n}
         return SteeringVector(out, meta)
 
     def __add__(self, other: SteeringVector) -> SteeringVector:

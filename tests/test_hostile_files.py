@@ -122,6 +122,10 @@ DIRECTION_HEADER_CASES: list[tuple[str, Callable[[dict], None], str]] = [
     ("reference-level-nan", _set("metadata", "reference_level", value={LAYERS[0]: [0.1, NAN]}), "finite"),
     ("reference-level-out-of-range", _set("metadata", "reference_level", value={LAYERS[0]: [3.0]}), "between"),
     ("reference-level-huge", _set("metadata", "reference_level", value={LAYERS[0]: [0.0] * 5000}), "at most 4096"),
+    ("fixed-tokens-negative", _set("metadata", "fixed_tokens", value={LAYERS[0]: -1}), "between 0 and 4096"),
+    ("fixed-tokens-string", _set("metadata", "fixed_tokens", value={LAYERS[0]: "1"}), "must be an integer"),
+    ("fixed-tokens-bool", _set("metadata", "fixed_tokens", value={LAYERS[0]: True}), "must be an integer"),
+    ("fixed-tokens-list", _set("metadata", "fixed_tokens", value=[1]), "metadata.fixed_tokens must be an object"),
 ]
 
 

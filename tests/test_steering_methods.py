@@ -297,3 +297,31 @@ def test_learned_text_directions_record_their_level_and_negative_remove_acts_onl
         call(tiny_pipe, gen, steering=vec(tiny_pipe, [CONTEXT_SITE]), steering_scale=-1.0, steering_negative="remove")
     with pytest.raises(ValueError, match="steering_negative must be one of"):
         call(tiny_pipe, gen, steering=red, steering_negative="erase")
+
+
+def test_shared_lead_counts_the_leading_positions_every_prompt_shares():
+    from steer.learn import shared_lead
+
+    a = torch.randn(3, 5, 4)
+    a[:, :2] = a[0, :2]
+    assert shared_lead([a[:2], a[2:]]) == 2
+    assert shared_lead([torch.randn(2, 5, 4)]) == 0
+    assert shared_lead([a[:1], a[:1]]) == 0  # nothing varies at all: nothing to tell apart, nothing skipped
+
+
+def test_learned_text_directions_leave_the_shared_start_token_alone(tiny_pipe, gen, tmp_path):
+    """CLIP's start token is the same for every prompt (the denoiser never saw it vary): learned text directions
+    record it and steering leaves it bit-identical; a file without the record (older ones) steers every position."""
+    red = tiny_pipe.learn_direction(["a red sneaker", "a red bag"], ["a sneaker", "a bag"], calibrate=False, progress=False)
+    assert red.metadata["fixed_tokens"] == {CONTEXT_SITE: 1}
+    old = SteeringVector(red.directions, {k: v for k, v in red.metadata.items() if k != "fixed_tokens"})
+    base = capture(tiny_pipe, gen, CONTEXT_SITE)[0]
+    kw = dict(steering_scale=1.0, steering_window=(0, 1))
+    new = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, **kw)[0]
+    assert torch.equal(new[:, 0], base[:, 0]) and not torch.equal(new[:, 1:], base[:, 1:])
+    assert not torch.equal(capture(tiny_pipe, gen, CONTEXT_SITE, steering=old, **kw)[0][:, 0], base[:, 0])
+    # combined, a position is left alone only when every vector there leaves it alone
+    assert torch.equal(capture(tiny_pipe, gen, CONTEXT_SITE, steering=[red, red], steering_scale=[1.0, 0.5])[0][:, 0], base[:, 0])
+    assert not torch.equal(capture(tiny_pipe, gen, CONTEXT_SITE, steering=[red, old], steering_scale=[1.0, 0.5])[0][:, 0], base[:, 0])
+    assert (red + 2 * red).metadata["fixed_tokens"] == {CONTEXT_SITE: 1} and "fixed_tokens" not in (red - old).metadata
+    assert SteeringVector.load(red.save(tmp_path / "red.safetensors")).metadata["fixed_tokens"] == {CONTEXT_SITE: 1}

@@ -33,6 +33,7 @@ class StaticSteeringSites:
         self.layers = resolve_layers(unet, layers)
         self.channels = layer_channels(unet, self.layers)
         self.deltas: dict[str, torch.Tensor] = {}
+        self.fixed_tokens: dict[str, int] = {}  # per site, from the session's plans (a change recompiles once)
         self.mode = "add"  # Python constants of the graph: a change recompiles once
         self.preserve_norm = False
         self.session: SteeringSession | None = None
@@ -46,7 +47,7 @@ class StaticSteeringSites:
             delta = self.deltas.get(name)
             if delta is None:
                 return None
-            return apply_delta(h, delta, self.mode, self.preserve_norm)
+            return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(name, 0))
 
         return hook
 
@@ -69,6 +70,7 @@ class StaticSteeringSites:
                 buf = torch.zeros(n, self.channels[name], device=ref.device, dtype=ref.dtype)
                 self.deltas[name] = buf
             plan = session.plans.get(name) if session is not None and session.mine() else None
+            self.fixed_tokens[name] = plan.fixed_tokens if plan is not None else 0
             if plan is None or not session.in_window(session.config.window) or not session.branch_sign():
                 buf.zero_()
             else:

@@ -35,6 +35,7 @@ class LayerPlan:
     name: str
     directions: torch.Tensor
     levels: torch.Tensor | None = None  # (K, L): each vector's recorded reference level per position (NaN: none)
+    fixed_tokens: int = 0  # leading token positions left alone (the text encoder's start token every prompt shares)
     cache: dict = field(default_factory=dict)
 
     @property
@@ -91,8 +92,14 @@ def build_layer_plans(
                     )
                 d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act
             rows.append(d.repeat_interleave(buckets // d.shape[0], dim=0))
-        plans[name] = LayerPlan(name, torch.stack(rows), _levels(vectors, name))
+        plans[name] = LayerPlan(name, torch.stack(rows), _levels(vectors, name), fixed_tokens=_fixed_tokens(vectors, name))
     return plans
+
+
+def _fixed_tokens(vectors: Sequence, name: str) -> int:
+    """Leading token positions at ``name`` that every vector acting there leaves alone (metadata ``fixed_tokens``;
+    0 for a vector without it, as files from before it steered every position)."""
+    return min(((v.metadata.get("fixed_tokens") or {}).get(name, 0) for v in vectors if name in v.directions), default=0)
 
 
 def _levels(vectors: Sequence, name: str) -> torch.Tensor | None:
@@ -130,11 +137,11 @@ def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, am
     return torch.where(touched, x * norm, h)
 
 
-def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: bool) -> torch.Tensor:
+def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: bool, fixed_tokens: int = 0) -> torch.Tensor:
     """Add a per-row delta (n, C) to an activation ``h`` ((n, C, H, W), (n, L, C) or (n, C)).
 
     ``mode`` and ``preserve_norm`` as in `SteeringConfig`. Rows whose delta is zero are returned unchanged
-    (bit-identical), whatever the mode.
+    (bit-identical), whatever the mode; so are the first ``fixed_tokens`` positions of an (n, L, C) ``h``.
     """
     dim = channel_dim(h)
     if h.ndim == 4:
@@ -155,6 +162,8 @@ def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: 
     if preserve_norm:  # keep unsteered rows bit-identical (the rescale is not exact in floating point)
         steered = (delta != 0).any(dim=-1).reshape(-1, *([1] * (h.ndim - 1)))
         new = torch.where(steered, new, h)
+    if fixed_tokens and h.ndim == 3:
+        new = torch.cat([h[:, :fixed_tokens], new[:, fixed_tokens:]], dim=1)
     return new
 
 
@@ -278,7 +287,7 @@ class SteeringSession(DenoiserRun):
                 plan.cache[key] = delta
             if self.step not in self.applied_steps:
                 self.applied_steps.append(self.step)
-            out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm)
+            out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
             if self.removing:
                 out = self._remove(plan, out)
             return out
