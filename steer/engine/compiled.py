@@ -70,7 +70,8 @@ class StaticSteeringSites:
                 buf = torch.zeros(n, self.channels[name], device=ref.device, dtype=ref.dtype)
                 self.deltas[name] = buf
             plan = session.plans.get(name) if session is not None and session.mine() else None
-            self.fixed_tokens[name] = plan.fixed_tokens if plan is not None else 0
+            if plan is not None:  # kept otherwise: a zero delta leaves every token alone anyway, and no recompile
+                self.fixed_tokens[name] = plan.fixed_tokens
             if plan is None or not session.in_window(session.config.window) or not session.branch_sign():
                 buf.zero_()
             else:
