@@ -272,7 +272,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from steer.vectors import SteeringVector
 
     v = SteeringVector.load(args.path)
-    summary = {"name": v.name, "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration")}}
+    summary = {"name": v.name, "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "fixed_tokens")}}
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
