@@ -137,8 +137,14 @@ class SteeringVector:
         return {k: float(v.float().norm()) for k, v in self.directions.items()}
 
     def digest(self) -> str:
-        """Content hash of the tensors (not the metadata), for provenance records."""
-        return tensor_digest(self.directions)[:16]
+        """Content hash of what steers, for provenance records: the tensors and, where recorded, the token positions
+        left alone (``fixed_tokens``: the same tensors without them steer differently); not the rest of the metadata.
+        Files without ``fixed_tokens`` keep the tensors-only hash they always had."""
+        tensors = tensor_digest(self.directions)
+        fixed = self.metadata.get("fixed_tokens")
+        if not fixed:
+            return tensors[:16]
+        return hashlib.sha256(f"{tensors} fixed_tokens={json.dumps(fixed, sort_keys=True)}".encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{k}: C={v.shape[-1]} |v|={float(v.float().norm()):.3g}" for k, v in self.directions.items())

@@ -330,3 +330,9 @@ def test_learned_text_directions_leave_the_shared_start_token_alone(tiny_pipe, g
     assert not torch.equal(capture(tiny_pipe, gen, CONTEXT_SITE, steering=[red, old], steering_scale=[1.0, 0.5])[0][:, 0], base[:, 0])
     assert (red + 2 * red).metadata["fixed_tokens"] == {CONTEXT_SITE: 1} and "fixed_tokens" not in (red - old).metadata
     assert SteeringVector.load(red.save(tmp_path / "red.safetensors")).metadata["fixed_tokens"] == {CONTEXT_SITE: 1}
+    # provenance tells them apart (the same tensors steer differently); a file claiming every position is an error
+    assert red.digest() != old.digest() and old.digest() == SteeringVector(red.directions, {}).digest()
+    length = tiny_pipe.tokenizer.model_max_length
+    greedy = SteeringVector(red.directions, {**red.metadata, "fixed_tokens": {CONTEXT_SITE: length}})
+    with pytest.raises(ValueError, match=f"first {length} token positions alone, but this call has only {length} tokens"):
+        call(tiny_pipe, gen, steering=greedy, steering_scale=1.0)

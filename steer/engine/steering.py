@@ -163,6 +163,8 @@ def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: 
         steered = (delta != 0).any(dim=-1).reshape(-1, *([1] * (h.ndim - 1)))
         new = torch.where(steered, new, h)
     if fixed_tokens and h.ndim == 3:
+        if fixed_tokens >= h.shape[1]:  # a file claiming every position: it would silently steer nothing
+            raise ValueError(f"the direction leaves its first {fixed_tokens} token positions alone, but this call has only {h.shape[1]} tokens")
         new = torch.cat([h[:, :fixed_tokens], new[:, fixed_tokens:]], dim=1)
     return new
 
