@@ -33,7 +33,8 @@ class StaticSteeringSites:
         self.layers = resolve_layers(unet, layers)
         self.channels = layer_channels(unet, self.layers)
         self.deltas: dict[str, torch.Tensor] = {}
-        self.fixed_tokens: dict[str, int] = {}  # per site, from the session's plans (a change recompiles once)
+        # per site, from the session's plans; every key present from the start (adding one later would recompile)
+        self.fixed_tokens: dict[str, int] = dict.fromkeys(self.layers, 0)
         self.mode = "add"  # Python constants of the graph: a change recompiles once
         self.preserve_norm = False
         self.session: SteeringSession | None = None
