@@ -294,6 +294,7 @@ def test_learned_text_directions_record_their_level_and_negative_remove_acts_onl
     seen = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, steering_negative="remove", steering_window=(0, 1))
     base = capture(tiny_pipe, gen, CONTEXT_SITE)
     assert torch.equal(seen[0][:1], base[0][:1]) and not torch.equal(seen[0][1:], base[0][1:])
+    assert torch.equal(seen[0][:, 0], base[0][:, 0])  # the shared start token is left alone by removal too
     u = red.directions[CONTEXT_SITE] / red.directions[CONTEXT_SITE].norm()
     proj = torch.nn.functional.normalize(seen[0][1], dim=-1) @ u
     assert bool((proj <= torch.tensor(level) + 1e-5).all()) and bool((proj < (torch.nn.functional.normalize(base[0][1], dim=-1) @ u) - 1e-3).any())

@@ -306,4 +306,6 @@ class SteeringSession(DenoiserRun):
         units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         amounts = self.row_scales(h.shape[0], self.removal, "cond").to(h.device)  # the conditional half only
         levels = torch.nan_to_num(plan.levels).to(device=h.device, dtype=torch.float32)
-        return remove_excess(h.float(), units.to(h.device).float(), levels, amounts).to(h.dtype)
+        k = plan.fixed_tokens  # left alone here too (their projection equals the level up to its rounding)
+        removed = remove_excess(h[:, k:].float(), units.to(h.device).float(), levels[:, k:], amounts).to(h.dtype)
+        return torch.cat([h[:, :k], removed], dim=1) if k else removed
