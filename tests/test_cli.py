@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -74,6 +75,25 @@ def test_generate_reproduces_from_recipe(model_dir, direction, tmp_path):
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "a" / "seed2_scale+0.5.png").read_bytes() == (tmp_path / "b" / "seed2_scale+0.5.png").read_bytes()
+
+
+def test_generate_weights_combine_directions_per_row_and_are_recorded(model_dir, direction, tmp_path, capsys):
+    """``--weights`` multiplies each direction's scale: a direction added and taken away again cancels exactly (the
+    image equals the scale-0 one, bit for bit), and each recipe records its weights."""
+    args = ["generate", "--model", model_dir, "--prompt", "a bag", "--steps", "3", "--seed", "2", "--window", "0,1"]
+    assert main([*args, "--direction", str(direction), str(direction), "--weights", "1", "-1", "--scale", "0.7", "--out", str(tmp_path / "w")]) == 0
+    assert main([*args, "--direction", str(direction), "--scale", "0", "--out", str(tmp_path / "zero")]) == 0
+    assert main([*args, "--direction", str(direction), "--scale", "0.7", "--out", str(tmp_path / "one")]) == 0
+    cancelled = Image.open(tmp_path / "w" / "seed2_scale+0.7.png")
+    assert np.array_equal(np.asarray(cancelled), np.asarray(Image.open(tmp_path / "zero" / "seed2_scale+0.png")))
+    assert not np.array_equal(np.asarray(cancelled), np.asarray(Image.open(tmp_path / "one" / "seed2_scale+0.7.png")))
+    recipe = read_recipe(tmp_path / "w" / "seed2_scale+0.7.png")
+    assert [d["weight"] for d in recipe["directions"]] == [1.0, -1.0]
+    rec = SteeringVector.load(direction).metadata["recommended"]  # several directions that agree: their settings apply
+    assert (recipe["branch"], recipe["mode"]) == (rec["branch"], rec["mode"]) == ("split", "token")
+    capsys.readouterr()
+    rc = main([*args, "--direction", str(direction), str(direction), "--weights", "1", "--out", str(tmp_path / "bad")])
+    assert_one_line_error(rc, capsys.readouterr().err, "--weights takes one number per --direction", prefix="steer generate: error:")
 
 
 def test_clear_errors_not_tracebacks(model_dir, direction, tmp_path, capsys):

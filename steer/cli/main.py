@@ -155,7 +155,7 @@ def _learn(pipe, args: argparse.Namespace):
     )
 
 
-def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int) -> dict[str, Any]:
+def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float]) -> dict[str, Any]:
     from steer import __version__
 
     return {
@@ -168,7 +168,7 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "guidance_scale": args.guidance,
         "height": args.height,
         "width": args.width,
-        "directions": [{"name": v.name, "hash": v.digest(), "path": str(p)} for v, p in vectors],
+        "directions": [{"name": v.name, "hash": v.digest(), "path": str(p), "weight": w} for (v, p), w in zip(vectors, weights, strict=True)],
         "scale": scale,
         "layers": list(config.layers) if config.layers is not None else None,
         "window": list(config.window),
@@ -183,13 +183,15 @@ _BUILTIN = {"branch": "cond", "normalize": False, "mode": "add", "layers": None,
 
 
 def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig:
-    """Fill unset steering options from a single direction's ``metadata["recommended"]``, else the built-in defaults,
-    and return the call's `SteeringConfig`: these options over what a pipeline call resolves for the others (the
-    window when unset, and preserve_norm, which has no option: the directions' agreed recommendation, else the default)."""
-    rec = vectors[0].metadata.get("recommended") or {} if len(vectors) == 1 else {}
+    """Fill unset steering options from what the directions' ``metadata["recommended"]`` agree on (all of them record
+    one value), else the built-in defaults, and return the call's `SteeringConfig`: these options over what a pipeline
+    call resolves for the others (the window when unset, and preserve_norm, which has no option)."""
+    recs = [v.metadata.get("recommended") or {} for v in vectors]
     for key, builtin in _BUILTIN.items():
         if getattr(args, key, None) is None:
-            setattr(args, key, rec.get(key, builtin))
+            values = [r.get(key) for r in recs]
+            agreed = values[0] if values and values[0] is not None and all(x == values[0] for x in values) else None
+            setattr(args, key, agreed if agreed is not None else builtin)
     given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
     if args.window is not None:
         given["steering_window"] = args.window
@@ -213,6 +215,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     vectors = [(SteeringVector.load(p), p) for p in paths]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
+    weights = args.weights if args.weights is not None else [1.0] * len(vectors)
+    if len(weights) != len(vectors):
+        raise CLIError(f"--weights takes one number per --direction: got {len(weights)} for {len(vectors)} direction(s)")
     if args.seed + args.num_images - 1 > MAX_SEED:
         raise CLIError(f"--seed {args.seed} + --num-images {args.num_images} runs past the largest seed {MAX_SEED}")
     config = apply_recommended(args, [v for v, _ in vectors])
@@ -224,7 +229,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if vectors:
         steering_kwargs = dict(
             steering=[v for v, _ in vectors],
-            steering_scale=[[s] * len(vectors) for s in scales],
+            steering_scale=[[s * w for w in weights] for s in scales],
             **config.to_settings(),
         )
     device = pipe._execution_device
@@ -244,10 +249,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ).images
         for image, scale in zip(images, scales, strict=True):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, config, scale, seed)))
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, config, scale, seed, weights)))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed), "sweep": scales}))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed, weights), "sweep": scales}))
     for w in written:
         print(w)
     return 0
@@ -323,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
     group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
+    p.add_argument("--weights", type=SCALE, nargs="+", default=None,
+                   help="one weight per --direction, multiplying the scale (default 1 each): --direction to_blue to_red --weights 1 -1 --negative remove")
     _add_steering_args(p)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
