@@ -119,17 +119,21 @@ STEERING_DEFAULTS: dict[str, Any] = {
 RECOMMENDABLE = ("layers", "window", "branch", "normalize", "mode", "preserve_norm")
 
 
+def agreed_recommendation(vectors: Sequence[SteeringVector], key: str) -> Any:
+    """The value every vector's ``metadata["recommended"]`` records for ``key``, or None (none, or they differ)."""
+    values = [(v.metadata.get("recommended") or {}).get(key) for v in vectors]
+    if not values or values[0] is None or any(val != values[0] for val in values[1:]):
+        return None
+    return values[0]
+
+
 def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
     """The ``steering_*`` settings the vectors recommend: those all of them record with one value."""
-    if not vectors:
-        return {}
-    recs = [v.metadata.get("recommended") or {} for v in vectors]
     out: dict[str, Any] = {}
     for key in RECOMMENDABLE:
-        values = [r.get(key) for r in recs]
-        if values[0] is None or any(val != values[0] for val in values[1:]):
-            continue
-        out[f"steering_{key}"] = tuple(values[0]) if key == "window" else values[0]
+        value = agreed_recommendation(vectors, key)
+        if value is not None:
+            out[f"steering_{key}"] = tuple(value) if key == "window" else value
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
-from steer.config import NEGATIVES, STEERING_DEFAULTS, SteeringConfig, recommended_settings  # noqa: E402
+from steer.config import NEGATIVES, STEERING_DEFAULTS, SteeringConfig, agreed_recommendation, recommended_settings  # noqa: E402
 from steer.validation import (  # noqa: E402
     BRANCHES,
     MAX_GUIDANCE,
@@ -186,11 +186,9 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
     """Fill unset steering options from what the directions' ``metadata["recommended"]`` agree on (all of them record
     one value), else the built-in defaults, and return the call's `SteeringConfig`: these options over what a pipeline
     call resolves for the others (the window when unset, and preserve_norm, which has no option)."""
-    recs = [v.metadata.get("recommended") or {} for v in vectors]
     for key, builtin in _BUILTIN.items():
         if getattr(args, key, None) is None:
-            values = [r.get(key) for r in recs]
-            agreed = values[0] if values and values[0] is not None and all(x == values[0] for x in values) else None
+            agreed = agreed_recommendation(vectors, key)
             setattr(args, key, agreed if agreed is not None else builtin)
     given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
     if args.window is not None:
