@@ -125,8 +125,8 @@ def calibrate(
         )
     unet_rows = (1 + len(strengths)) * num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
     result = Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], unet_rows)
-    advice = fit_advice(result.to_dict())
-    if converged and advice:
+    advice = fit_advice(result.to_dict())  # None unless converged to a poor fit (non-convergence warned above)
+    if advice:
         warnings.warn(advice, stacklevel=3)
     return result
 

@@ -199,9 +199,7 @@ class SteeringVector:
             "activation_norm": act,
             "components": [*_components(self.metadata), *_components(other.metadata)],
         }
-        fixed = {  # a token position the sum leaves alone is one both parts leave alone
-            k: min((v.metadata.get("fixed_tokens") or {}).get(k, 0) for v in (self, other) if k in v.directions) for k in out
-        }
+        fixed = {k: shared_fixed_tokens((self, other), k) for k in out}  # positions both parts leave alone
         if any(fixed.values()):
             meta["fixed_tokens"] = {k: n for k, n in fixed.items() if n}
         return SteeringVector(out, meta)
@@ -354,6 +352,12 @@ class SteeringVector:
         from steer.hub import push_to_hub
 
         return push_to_hub(self, repo_id, filename=filename, private=private, token=token, commit_message=commit_message, create_pr=create_pr)
+
+
+def shared_fixed_tokens(vectors: Iterable[SteeringVector], site: str) -> int:
+    """Leading token positions at ``site`` that every vector acting there leaves alone (metadata ``fixed_tokens``; 0
+    for a vector without it, as files from before it steered every position)."""
+    return min(((v.metadata.get("fixed_tokens") or {}).get(site, 0) for v in vectors if site in v.directions), default=0)
 
 
 def _components(meta: dict[str, Any]) -> list[Any]:

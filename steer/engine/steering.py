@@ -17,6 +17,7 @@ from steer.denoisers import (
 )
 from steer.engine.run import DenoiserRun
 from steer.errors import ModelMismatchError
+from steer.vectors import shared_fixed_tokens
 
 
 def step_bucket(step: int, buckets: int, num_steps: int | None) -> int:
@@ -92,14 +93,8 @@ def build_layer_plans(
                     )
                 d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act
             rows.append(d.repeat_interleave(buckets // d.shape[0], dim=0))
-        plans[name] = LayerPlan(name, torch.stack(rows), _levels(vectors, name), fixed_tokens=_fixed_tokens(vectors, name))
+        plans[name] = LayerPlan(name, torch.stack(rows), _levels(vectors, name), fixed_tokens=shared_fixed_tokens(vectors, name))
     return plans
-
-
-def _fixed_tokens(vectors: Sequence, name: str) -> int:
-    """Leading token positions at ``name`` that every vector acting there leaves alone (metadata ``fixed_tokens``;
-    0 for a vector without it, as files from before it steered every position)."""
-    return min(((v.metadata.get("fixed_tokens") or {}).get(name, 0) for v in vectors if name in v.directions), default=0)
 
 
 def _levels(vectors: Sequence, name: str) -> torch.Tensor | None:
