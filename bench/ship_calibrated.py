@@ -78,7 +78,8 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
         f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success rising with the scale: Spearman >= 0.5; DDIM {meta['steps']}, guidance {meta['guidance']}, "
         f"{meta['seeds']} seeds x 8 prompts). Each records its reference level, so `steering_negative=\"remove\"` with a "
         "negative scale takes its attribute out of a prompt that states it (\"a red bag\" with `[to_blue, to_red]` at "
-        "`[1, -1]`, whole-run window for colours). Regenerate: `python bench/ship_calibrated.py`. Full results: docs/steering.md.",
+        "`[1, -1]`, whole-run window for colours; the app's take-away), from the window's start to the end of the run "
+        "(its recommended removal window). Regenerate: `python bench/ship_calibrated.py`. Full results: docs/steering.md.",
         "",
         "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
         "|---|---|---|---|---|---|---|---|",

@@ -56,6 +56,9 @@ class SteeringConfig:
             ``"remove"`` (on the conditional half only, take away ``s`` times each position's excess along the vector
             over the level the vector's negative prompts had, never pushing below it: "a red t-shirt" loses its red,
             "a t-shirt" is left alone). ``"remove"`` needs vectors that record their reference level (text preset).
+        removal_window: ``(start, end)`` fractions of the run in which ``"remove"`` acts; None: ``window``. Text
+            directions recommend removing until the end of the run: the prompt's own "red" or "coat" would otherwise
+            come back in the unsteered steps after the window.
     """
 
     window: tuple[float, float] = PAPER_WINDOW
@@ -66,9 +69,12 @@ class SteeringConfig:
     layers: tuple[str, ...] | None = None
     strict: bool = True
     negative: Negative = "subtract"
+    removal_window: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window", check_window(self.window))
+        if self.removal_window is not None:
+            object.__setattr__(self, "removal_window", check_window(self.removal_window, "steering_removal_window"))
         if self.branch not in BRANCHES:
             raise ValueError(f"steering_branch must be one of {BRANCHES}, got {self.branch!r}")
         if self.mode not in MODES:
@@ -96,6 +102,10 @@ class SteeringConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["window"] = list(self.window)
+        if self.removal_window is None:  # recipes of calls without one read as before it existed
+            del d["removal_window"]
+        else:
+            d["removal_window"] = list(self.removal_window)
         if self.layers is not None:
             d["layers"] = list(self.layers)
         return d
@@ -113,10 +123,12 @@ STEERING_DEFAULTS: dict[str, Any] = {
     "steering_preserve_norm": False,
     "steering_strict": True,
     "steering_negative": "subtract",
+    "steering_removal_window": None,
 }
 # Options a direction may carry in ``metadata["recommended"]`` (its learned / calibrated settings); a call that does
 # not set one of them (neither as an argument nor through `pipe.steering(...)`) uses the direction's value.
-RECOMMENDABLE = ("layers", "window", "branch", "normalize", "mode", "preserve_norm")
+RECOMMENDABLE = ("layers", "window", "branch", "normalize", "mode", "preserve_norm", "removal_window")
+WINDOW_KEYS = ("window", "removal_window")
 
 
 def agreed_recommendation(vectors: Sequence[SteeringVector], key: str) -> Any:
@@ -133,7 +145,7 @@ def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
     for key in RECOMMENDABLE:
         value = agreed_recommendation(vectors, key)
         if value is not None:
-            out[f"steering_{key}"] = tuple(value) if key == "window" else value
+            out[f"steering_{key}"] = tuple(value) if key in WINDOW_KEYS else value
     return out
 
 

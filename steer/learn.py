@@ -541,6 +541,9 @@ def learn_direction(
         meta["fixed_tokens"] = {CONTEXT_SITE: shared_lead([*text_tokens, encode_text(pipe, [""]).float().cpu()])}
     if mode == "text" and len(text_tokens) > 1:  # what steering_negative="remove" takes a prompt back to
         meta["reference_level"] = {CONTEXT_SITE: reference_level(text_tokens[1], directions[CONTEXT_SITE])}
+        # removal goes on to the end of the run: after the window the prompt's own value would come back (measured:
+        # contradicting class edits pass 8 of 10 at 1.0 this way, 6 of 10 removing over the window only)
+        settings["removal_window"] = [window[0], 1.0]
     unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})
     if not calibrate:
         return unit

@@ -230,6 +230,7 @@ def check_recommended(value: Any, where: str) -> dict[str, Any]:
     """A direction's recommended settings, as `steer generate` and the app apply them."""
     rec = check_dict(value, where)
     check_window(rec.get("window"), f"{where}.window")
+    check_window(rec.get("removal_window"), f"{where}.removal_window")
     check_str(rec.get("branch"), f"{where}.branch", choices=BRANCHES)
     check_str(rec.get("mode"), f"{where}.mode", choices=MODES)
     check_bool(rec.get("normalize"), f"{where}.normalize")

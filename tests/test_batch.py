@@ -99,6 +99,7 @@ def test_every_bad_value_is_reported_up_front_with_its_line(tiny_pipe, direction
         13: ({"seed": 1}, "prompt is required"),
         14: ({"prompt": "a", "seed": "3"}, "seed must be an integer"),
         15: ({"prompt": "a", "seed": -1}, "seed must be in"),
+        16: ({"prompt": "a", "directions": d, "steering_removal_window": [0.5]}, "steering_removal_window must be a pair"),
     }
     raw = [(1, {"prompt": "fine"})] + [(line, job) for line, (job, _) in bad.items()]
     plan = batch.plan_jobs(raw, tiny_pipe, tmp_path, model="tiny")
@@ -308,3 +309,15 @@ def test_a_job_adds_one_direction_and_removes_another_like_the_python_call(tiny_
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "flip.png").convert("RGB")), np.round(direct * 255).astype(np.uint8))
+    # over the directions' own window the removal goes on to the end of the run, as they recommend; a job can say otherwise
+    early = {**job, "steering_window": [0.0, 0.5], "name": "early"}
+    stopped = {**early, "steering_removal_window": [0.0, 0.5], "name": "stopped"}
+    batch.run([early, stopped], tiny_pipe, tmp_path / "out", batch_size=1, model="tiny", progress=False)
+    assert read_recipe(tmp_path / "out" / "early.png")["removal_window"] == [0.0, 1.0]
+    assert read_recipe(tmp_path / "out" / "stopped.png")["removal_window"] == [0.0, 0.5]
+    for name, removal_window in (("early", None), ("stopped", (0.0, 0.5))):
+        extra = {"steering_removal_window": removal_window} if removal_window else {}
+        want = tiny_pipe("a red bag", generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, steering=[blue, red],
+                         steering_scale=[1.0, -1.0], steering_negative="remove", steering_window=(0.0, 0.5), output_type="np", **extra).images[0]
+        got = np.asarray(Image.open(tmp_path / "out" / f"{name}.png").convert("RGB"))
+        assert np.array_equal(got, np.round(want * 255).astype(np.uint8)), name

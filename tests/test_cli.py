@@ -141,6 +141,13 @@ def test_generate_negative_remove_is_recorded_and_differs_from_subtract(model_di
     assert (read_recipe(sub)["negative"], read_recipe(rem)["negative"]) == ("subtract", "remove")
     with Image.open(sub) as a, Image.open(rem) as b:
         assert a.tobytes() != b.tobytes()
+    # the removal window: the direction's recommended one (its window's start to the end of the run) unless given;
+    # removing over the first of the two steps only differs from removing over both
+    assert main([*base, "--negative", "remove", "--removal-window", "0,0.5", "--out", str(tmp_path / "half")]) == 0
+    half = tmp_path / "half" / "seed0_scale-1.png"
+    assert read_recipe(half)["removal_window"] == [0.0, 0.5] and read_recipe(rem)["removal_window"] == [0.0, 1.0]
+    with Image.open(half) as a, Image.open(rem) as b:
+        assert a.tobytes() != b.tobytes()
 
 
 def test_generate_recipe_records_the_window_several_directions_agree_on(model_dir, direction, tmp_path):

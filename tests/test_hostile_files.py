@@ -108,6 +108,7 @@ DIRECTION_HEADER_CASES: list[tuple[str, Callable[[dict], None], str]] = [
     ("recommended-window-reversed", _set("metadata", "recommended", "window", value=[0.9, 0.1]), "start < end"),
     ("recommended-window-nan", _set("metadata", "recommended", "window", value=[NAN, 1.0]), "finite"),
     ("recommended-window-three", _set("metadata", "recommended", "window", value=[0, 0.5, 1]), "[start, end]"),
+    ("recommended-removal-window-reversed", _set("metadata", "recommended", "removal_window", value=[1.0, 0.0]), "removal_window must satisfy start < end"),
     ("recommended-scale-huge", _set("metadata", "recommended", "scale", value=1e30), "recommended.scale must be between"),
     ("recommended-scale-string", _set("metadata", "recommended", "scale", value="1"), "recommended.scale must be a number"),
     ("recommended-mode-unknown", _set("metadata", "recommended", "mode", value="sideways"), "recommended.mode must be one of"),

@@ -305,6 +305,31 @@ def test_learned_text_directions_record_their_level_and_negative_remove_acts_onl
         call(tiny_pipe, gen, steering=red, steering_negative="erase")
 
 
+def test_removal_goes_on_to_the_end_of_the_run_while_the_addition_keeps_its_window(tiny_pipe, gen):
+    """Text directions recommend removing until the end of the run (the prompt's own value would come back in the
+    unsteered steps after the window); the additive part keeps the window; a call can say otherwise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        red = tiny_pipe.learn_direction(["a red sneaker", "a red bag"], ["a sneaker", "a bag"], num_inference_steps=2, calibration_samples=2, progress=False)
+        blue = tiny_pipe.learn_direction(["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"], num_inference_steps=2, calibration_samples=2, progress=False)
+    assert red.metadata["recommended"]["window"] == [0.0, 0.5] and red.metadata["recommended"]["removal_window"] == [0.0, 1.0]
+    remove = dict(steering_negative="remove", steering_window=(0, 0.5))
+    base = capture(tiny_pipe, gen, CONTEXT_SITE)
+    both = capture(tiny_pipe, gen, CONTEXT_SITE, steering=[blue, red], steering_scale=[1.0, -1.0], **remove)
+    removed = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, **remove)
+    added = capture(tiny_pipe, gen, CONTEXT_SITE, steering=blue, steering_scale=1.0, **remove)
+    stopped = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, steering_removal_window=(0, 0.5), **remove)
+    # calls 1, 2 are inside the window (steps 0-2 of 6), calls 3-5 after it
+    for i in (0, 1):
+        assert not torch.equal(both[i], removed[i]) and not torch.equal(added[i], base[i])
+    for i in (2, 3, 4):
+        assert torch.equal(both[i], removed[i])  # the addition has stopped, the removal goes on
+        assert not torch.equal(removed[i][1:], base[i][1:]) and torch.equal(removed[i][:1], base[i][:1])
+        assert torch.equal(added[i], base[i]) and torch.equal(stopped[i], base[i])
+    with pytest.raises(ValueError, match="steering_removal_window must satisfy"):
+        call(tiny_pipe, gen, steering=red, steering_scale=-1.0, steering_removal_window=(0.8, 0.2), **remove)
+
+
 def test_shared_lead_counts_the_leading_positions_every_prompt_shares():
     from steer.learn import shared_lead
 

@@ -98,6 +98,9 @@ def _add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=MODES, default=None, help="uniform add (paper, default), activation-weighted or token-norm units")
     p.add_argument("--negative", choices=NEGATIVES, default="subtract",
                    help="what a negative scale does: subtract the direction (default) or remove what the prompt carries along it")
+    p.add_argument("--removal-window", type=parse_window, default=None,
+                   help="start,end fractions of the run in which --negative remove acts (default: what the directions "
+                        "recommend, from the window's start to the end of the run for text directions; else --window)")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
 
 
@@ -176,6 +179,7 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "normalize": config.normalize,
         "mode": config.mode,
         "negative": config.negative,
+        **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
     }
 
 
@@ -191,8 +195,9 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
             agreed = agreed_recommendation(vectors, key)
             setattr(args, key, agreed if agreed is not None else builtin)
     given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
-    if args.window is not None:
-        given["steering_window"] = args.window
+    for key in ("window", "removal_window"):
+        if getattr(args, key, None) is not None:
+            given[f"steering_{key}"] = getattr(args, key)
     return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})
 
 

@@ -226,9 +226,15 @@ class SteeringSession(DenoiserRun):
             return {"cond": 1, "uncond": -1}.get(call, 0)
         return int(branch == call)
 
-    def acts_on_call(self) -> bool:
-        """Whether the call in progress is steered at all: its branch gets the additive part or the removal."""
-        return bool(self.branch_sign()) or (self.removing and bool(self.branch_sign("cond")))
+    def adds_now(self) -> bool:
+        """Whether the additive part acts on the call in progress: inside the window, on a steered branch."""
+        return self.in_window(self.config.window) and bool(self.branch_sign())
+
+    def removes_now(self) -> bool:
+        """Whether the removal acts on the call in progress: inside the removal window (default the window), on
+        the conditional branch."""
+        window = self.config.removal_window or self.config.window
+        return self.removing and self.in_window(window) and bool(self.branch_sign("cond"))
 
     def row_scales(self, n: int, scales: torch.Tensor | None = None, branch: str | None = None) -> torch.Tensor:
         """(n, K) ``scales`` (default the additive ones) for a UNet batch of n rows, laid out for ``branch`` (default
@@ -265,7 +271,10 @@ class SteeringSession(DenoiserRun):
 
     def _make_hook(self, plan: LayerPlan) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(h: torch.Tensor) -> torch.Tensor | None:
-            if not self.mine() or not self.in_window(self.config.window) or not self.acts_on_call():
+            if not self.mine():
+                return None
+            adding, removing = self.adds_now(), self.removes_now()
+            if not (adding or removing):
                 return None
             dim = channel_dim(h)
             if h.shape[dim] != plan.directions.shape[-1]:
@@ -277,15 +286,17 @@ class SteeringSession(DenoiserRun):
                 # a one-row input the denoiser broadcasts over the images (Flux's negative prompt given as one
                 # string for several prompts): one row per image, so each row gets its own scale
                 h = h.expand(self.scales.shape[0], *h.shape[1:])
-            key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch)
-            delta = plan.cache.get(key)
-            if delta is None:  # (n, C): each row's weighted sum of directions
-                delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
-                plan.cache[key] = delta
             if self.step not in self.applied_steps:
                 self.applied_steps.append(self.step)
-            out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
-            if self.removing:
+            out = h
+            if adding:
+                key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch)
+                delta = plan.cache.get(key)
+                if delta is None:  # (n, C): each row's weighted sum of directions
+                    delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
+                    plan.cache[key] = delta
+                out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
+            if removing:
                 out = self._remove(plan, out)
             return out
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.config import SteeringConfig, recommended_settings
+from steer.config import SteeringConfig, check_window, recommended_settings
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, resolve_direction
 from steer.jobs.files import manifest_lines, read_under, safe_parts
@@ -231,7 +231,7 @@ class _Validator:
         raise JobError(line, f"direction file not found: {show(name)} (looked for {where}){known}")
 
     def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
-        from steer.config import BRANCHES, MODES, NEGATIVES, check_window
+        from steer.config import BRANCHES, MODES, NEGATIVES
 
         layers = job.get("steering_layers")
         if isinstance(layers, str):
@@ -243,14 +243,10 @@ class _Validator:
         # what a job leaves unset comes from its directions' recommended settings, as in every call (preserve_norm,
         # which a job cannot set, too); but the layers: a job without steering_layers steers all of its directions'
         recommended = SteeringConfig.from_settings(recommended_settings(vectors))
-        window = job.get("steering_window", recommended.window)
-        if not isinstance(window, list | tuple) or len(window) != 2:
-            raise JobError(line, f"steering_window must be a pair [start, end] of fractions, got {show(window)}")
-        window = tuple(_check_float(line, "steering_window", w, 0.0, 1.0) for w in window)
-        try:
-            window = check_window(window)
-        except ValueError as err:
-            raise JobError(line, str(err)) from None
+        window = _check_window(line, "steering_window", job.get("steering_window", recommended.window))
+        removal_window = job.get("steering_removal_window", recommended.removal_window)
+        if removal_window is not None:
+            removal_window = _check_window(line, "steering_removal_window", removal_window)
         branch = job.get("steering_branch", recommended.branch)
         if branch not in BRANCHES:
             raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, got {show(branch)}")
@@ -263,7 +259,8 @@ class _Validator:
         normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
         strict = _check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
         config = dataclasses.replace(
-            recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict, negative=negative
+            recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict,
+            negative=negative, removal_window=removal_window,
         )
         return dataclasses.replace(setup, vectors=tuple(vectors), digests=tuple(v.digest() for v in vectors), config=config)
 
@@ -315,6 +312,7 @@ class _Validator:
             "mode": config["mode"],
             "strict": config["strict"],
             "negative": config["negative"],
+            **({"removal_window": config["removal_window"]} if config.get("removal_window") is not None else {}),
         }
 
 
@@ -373,6 +371,17 @@ def _check_float(line: int, what: str, value: Any, lo: float, hi: float) -> floa
             raise JobError(line, f"{what} must be >= 0, got {show(value)}")
         raise JobError(line, f"{what} must be in [{lo:g}, {hi:g}], got {show(value)}")
     return float(value)
+
+
+def _check_window(line: int, key: str, window: Any) -> tuple[float, float]:
+    """A job's ``[start, end]`` window of fractions; raises `JobError` naming ``key``."""
+    if not isinstance(window, list | tuple) or len(window) != 2:
+        raise JobError(line, f"{key} must be a pair [start, end] of fractions, got {show(window)}")
+    window = tuple(_check_float(line, key, w, 0.0, 1.0) for w in window)
+    try:
+        return check_window(window, key)
+    except ValueError as err:
+        raise JobError(line, str(err)) from None
 
 
 def _check_bool(line: int, what: str, value: Any) -> bool:

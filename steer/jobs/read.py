@@ -45,6 +45,7 @@ JOB_FIELDS = (
     "steering_mode",
     "steering_strict",
     "steering_negative",
+    "steering_removal_window",
     "name",
     "model",
 )
@@ -179,7 +180,7 @@ def _read_jsonl(data: bytes) -> list[RawJob]:
 _CSV_INT = {"seed", "num_inference_steps", "height", "width"}
 _CSV_FLOAT = {"guidance_scale"}
 _CSV_BOOL = {"steering_normalize", "steering_strict"}
-_CSV_LISTS = {"seeds": int, "steering_layers": str, "steering_window": float}
+_CSV_LISTS = {"seeds": int, "steering_layers": str, "steering_window": float, "steering_removal_window": float}
 
 
 def _csv_row(line_no: int, text: str) -> list[str] | JobError:

@@ -49,6 +49,8 @@ STEERING_DOC = """
     - ``steering_negative``: ``"subtract"`` (a negative scale adds ``-s * v``) or ``"remove"`` (it takes away what
       the prompt carries along ``v`` beyond the vector's reference level, on the conditional half only: "a red
       t-shirt" with ``[to_blue, to_red]`` at ``[1, -1]`` loses its red and gains blue).
+    - ``steering_removal_window``: ``(start, end)`` in which ``"remove"`` acts (None: ``steering_window``; text
+      directions recommend the window's start to the end of the run).
 
     Options a call leaves unset come from the direction's ``metadata["recommended"]`` (what `learn_direction`
     calibrated), else the defaults above. With no vector, or every scale zero, the call is exactly the parent's.
