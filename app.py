@@ -119,6 +119,15 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 upload = gr.UploadButton(
                     "Upload a direction (.safetensors)", file_types=[".safetensors"], scale=2, elem_id="upload"
                 )
+            take_away = gr.Dropdown(
+                choices,
+                value=H.NONE_CHOICE,
+                label="Take away (optional): the direction of what the prompt says against the edit, removed as the "
+                "direction is added ('a red sneaker' -> blue: add to_blue, take away to_red; colour edits need window "
+                "end 1 in Advanced)",
+                allow_custom_value=True,  # the session's own directions (checked by the handler, like the picker's)
+                elem_id="take-away",
+            )
             direction_info = gr.Markdown("", elem_id="direction-info")
             strength = gr.Slider(
                 -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts or removes)", elem_id="strength"
@@ -188,15 +197,20 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         "strict": strict,
         "negative": negative_mode,
     }
+    with_take_away = {**inputs, "take_away": take_away}
     go.click(
         guarded(5)(app.generate),
         [direction, session],
         [original, steered, png, last, status],
-        inputs_kwargs=inputs,
+        inputs_kwargs=with_take_away,
         api_name="generate",
     )
     go_strip.click(
-        guarded(2)(app.strip), [direction, session, count], [gallery, status], inputs_kwargs=inputs, api_name="strip"
+        guarded(2)(app.strip),
+        [direction, session, count],
+        [gallery, status],
+        inputs_kwargs=with_take_away,
+        api_name="strip",
     )
     upload.upload(
         guarded(3)(app.upload_direction),
@@ -207,6 +221,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
     guarded_describe = guarded(8)(app.describe_direction)
     described = [layer_info, strength, w_start, w_end, branch, mode, normalize, direction_info]
     direction.change(guarded_describe, [direction, session, layer], described, api_name=False)
+    # directions learned or uploaded join the picker: offer them as take-aways too
+    direction.change(app.take_away_choices, [session, take_away], take_away, api_name=False, queue=False)
     layer.change(app.describe_layer, [direction, session, layer], layer_info, api_name=False, queue=False)
     demo.load(guarded_describe, [direction, session, layer], described, api_name=False)
     return direction

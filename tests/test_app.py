@@ -269,6 +269,64 @@ def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(clie
     assert np.abs(native(steered) - want).max() <= 1
 
 
+def learned_text_direction(pipe, positive: str, negative: str, name: str) -> SteeringVector:
+    """A text direction on the tiny pipeline: it records the reference level that removal needs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        vector = pipe.learn_direction([positive], [negative], num_inference_steps=2, calibration_samples=2, progress=False)
+    vector.metadata["name"] = name
+    return vector
+
+
+def test_take_away_scales_and_checks(pipe):
+    assert H.take_away_scales([0.0, 0.5, 2.0]) == [[0.0, -0.0], [0.5, -0.5], [2.0, -1.0]]
+    with pytest.raises(H.UserError, match="positive strength"):
+        H.take_away_scales([0.0, -1.0])
+    assert H.strip_scales(2.0, 3, signed=False) == [0.0, 1.0, 2.0]
+    dog = learned_text_direction(pipe, "a photo of a dog", "a photo", "dog")
+    H.check_take_away(dog, None)
+    with pytest.raises(H.UserError, match="pick a direction to add"):
+        H.check_take_away(None, dog)
+    with pytest.raises(H.UserError, match="the take-away is the direction itself"):
+        H.check_take_away(dog, SteeringVector(dict(dog.directions), dict(dog.metadata)))
+
+
+def test_api_take_away_matches_python_api(client, pipe, tmp_path):
+    """Add one direction and take away another: the Python API's [add, remove] recipe, recorded in the PNG."""
+    from gradio_client import handle_file
+
+    cat = learned_text_direction(pipe, "a photo of a cat", "a photo", "cat")
+    dog = learned_text_direction(pipe, "a photo of a dog", "a photo", "dog")
+    names = {}
+    for vector in (cat, dog):
+        picked, status = client.predict(handle_file(str(vector.save(tmp_path / f"{vector.name}.safetensors"))), True, api_name="/upload_direction")
+        assert "Loaded" in status
+        names[vector.name] = picked["value"]
+    values = generate_args(names["cat"], scale=2.0, window_end=1.0, take_away=names["dog"])
+    original, steered, png, status = client.predict(**values, api_name="/generate")
+    assert "Steered with **cat** × 2" in status and "taking away **dog** (amount 1)" in status
+    rec = cat.metadata["recommended"]
+    steer = dict(steering_branch="cond", steering_mode="add", steering_normalize=False, steering_preserve_norm=rec["preserve_norm"],
+                 steering_negative="remove")
+    gens = [torch.Generator().manual_seed(7) for _ in range(2)]
+    want = pipe(["a photo of a dog"] * 2, num_inference_steps=STEPS, guidance_scale=5.0, height=32, width=32, generator=gens,
+                steering=[cat, dog], steering_scale=[[0.0, 0.0], [2.0, -1.0]], steering_window=(0.0, 1.0), **steer).images
+    assert np.abs(native(original) - pixels(want[0])).max() <= 1 and np.abs(native(steered) - pixels(want[1])).max() <= 1
+    _, alone = expected_pair(pipe, cat, 2.0, **steer)
+    assert np.abs(native(steered) - alone).mean() > 0.5, "the take-away changed nothing"
+    taken = read_recipe(png)["steering"]
+    assert taken["negative"] == "remove" and taken["take_away"] == {"name": "dog", "digest": dog.digest(), "amount": 1.0}
+    gallery, status = client.predict(**values, count=3, api_name="/strip")
+    assert [item["caption"] for item in gallery] == ["+0", "+1", "+2"] and "taking away **dog**" in status
+    # mistakes are one-line messages
+    *_, status = client.predict(**generate_args(names["dog"], take_away=names["dog"]), api_name="/generate")
+    assert "the take-away is the direction itself" in status
+    *_, status = client.predict(**generate_args(H.NONE_CHOICE, take_away=names["dog"]), api_name="/generate")
+    assert "pick a direction to add" in status
+    *_, status = client.predict(**generate_args(names["dog"], take_away="constructed"), api_name="/generate")
+    assert "reference level" in status and "Traceback" not in status
+
+
 def test_api_single_layer_and_missing_layer(client, pipe, direction_file):
     names = H.layer_names(pipe)
     index = names.index("up_blocks.0.resnets.1") + 1

@@ -60,3 +60,25 @@ def test_removing_the_prompts_colour_lets_the_target_through(demo):
     assert (flipped == C.index("red")).mean() >= (alone == C.index("red")).mean() + 0.3
     assert (flipped == C.index("red")).mean() >= 0.5  # measured: alone 0/6 red, with removal 6/6
     assert np.isfinite(flipped).all()
+
+
+def test_the_apps_take_away_turns_a_stated_class_into_another_and_keeps_the_colour(demo):
+    """"a red dress" -> bag at the directions' own settings: to_bag alone leaves dresses; adding to_bag while taking
+    away to_dress (removed until the end of the run, as the direction recommends) turns them into bags."""
+    from steer.app import helpers as H
+    from steer.config import STEERING_DEFAULTS, SteeringConfig, recommended_settings
+
+    pipe, clf = demo
+    bag, dress = (SteeringVector.load(bundled_directions()[n]) for n in ("to_bag", "to_dress"))
+    assert dress.metadata["recommended"]["removal_window"] == [0.0, 1.0]
+    config = SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings([bag])})
+    colours = ("red", "green", "blue", "yellow", "white", "purple")
+    pairs = [H.run_pair(pipe, bag, H.GenerateSettings(prompt=f"a {c} dress", seed=0, steps=20, guidance=5.0, config=config).validated(pipe),
+                        away=away)[:2] for away in (None, dress) for c in colours]
+    images = np.stack([np.asarray(im, dtype=np.float32).transpose(2, 0, 1) / 255 for pair in pairs for im in pair])
+    cls, col = predict(clf, images)
+    cls, col = cls.reshape(2, len(colours), 2), col.reshape(2, len(colours), 2)  # (alone / with take-away, prompt, [original, steered])
+    assert (cls[:, :, 0] == K.index("dress")).mean() >= 0.8  # the prompts draw dresses
+    assert (cls[0, :, 1] == K.index("bag")).mean() <= 0.34  # to_bag alone does not overcome the prompt (measured 0/6)
+    assert (cls[1, :, 1] == K.index("bag")).mean() >= 0.66  # measured 6/6
+    assert (col[1, :, 1] == col[1, :, 0]).mean() >= 0.66  # the colour stays (measured 6/6 by pixel colour)

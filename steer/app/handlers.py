@@ -136,6 +136,11 @@ class SteerApp:
             summary += " · recommended settings applied"
         return (H.describe_layer(self.pipe, vector, index), *updates, summary)
 
+    def take_away_choices(self, session: dict | None, current: str | None) -> dict:
+        """The take-away picker offers the same directions as the direction picker (kept as it is when still there)."""
+        choices = self.catalog.choices(session)
+        return gr.update(choices=choices, value=current if current in choices else H.NONE_CHOICE)
+
     def describe_layer(self, name: str, session: dict | None, index: Any) -> str:
         try:
             vector = self.catalog.get(name, session)
@@ -144,14 +149,23 @@ class SteerApp:
         return H.describe_layer(self.pipe, vector, index)
 
     # ----- generation ------------------------------------------------------------------------------------------
-    # ``inputs``: the Generate tab's settings by widget name (`H.GenerateSettings.from_inputs`; app.py wires them)
-    def generate(self, direction: str, session: dict | None, progress: gr.Progress = PROGRESS, **inputs: Any):
+    # ``inputs``: the Generate tab's settings by widget name (`H.GenerateSettings.from_inputs`; app.py wires them);
+    # ``take_away``: the name of a direction whose excess in the prompt is removed while ``direction`` is added
+    def generate(
+        self,
+        direction: str,
+        session: dict | None,
+        progress: gr.Progress = PROGRESS,
+        take_away: str | None = None,
+        **inputs: Any,
+    ):
         """Original and steered image from the same seed (one batched call, per-row scales [0, s])."""
         settings = H.GenerateSettings.from_inputs(self.pipe, **inputs)
         vector = self.catalog.get(direction, session)
+        away = self.catalog.get(take_away, session)
         detector, version = self._detector_or_none()
-        original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector=detector)
-        recipe = settings.recipe(self.pipe, vector, settings.strength)
+        original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector, away)
+        recipe = settings.recipe(self.pipe, vector, settings.strength, away)
         png = H.save_with_recipe(steered, recipe, self.workdir, "steered")
         last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
         if scores is not None:  # inline memorization scores, read during this very sampling
@@ -161,23 +175,38 @@ class SteerApp:
             if vector is not None and len(recipe["steering"]["layers"]) == 1
             else ""
         )
+        removed = (
+            f", taking away **{H.md_text(away.name)}** (amount {H.take_away_amount(settings.strength):g})"
+            if away is not None
+            else ""
+        )
         note = (
-            f"Steered with **{H.md_text(vector.name)}** × {settings.strength:g}{where}."
+            f"Steered with **{H.md_text(vector.name)}** × {settings.strength:g}{where}{removed}."
             if vector is not None
             else "No direction picked: both images are the original."
         )
         return H.upscale_for_display(original), H.upscale_for_display(steered), str(png), last, ok_box(note)
 
-    def strip(self, direction: str, session: dict | None, count: Any, progress: gr.Progress = PROGRESS, **inputs: Any):
-        """A strength strip: ``count`` scales from -|s| to +|s| in one batched call."""
+    def strip(
+        self,
+        direction: str,
+        session: dict | None,
+        count: Any,
+        progress: gr.Progress = PROGRESS,
+        take_away: str | None = None,
+        **inputs: Any,
+    ):
+        """A strength strip: ``count`` scales from -|s| to +|s| (from 0 with a take-away) in one batched call."""
         settings = H.GenerateSettings.from_inputs(self.pipe, **inputs)
         vector = self.catalog.get(direction, session)
+        away = self.catalog.get(take_away, session)
         if vector is None:
             raise H.UserError("pick a direction first: the strip sweeps its strength")
-        scales = H.strip_scales(settings.strength, count)
-        images = H.run_rows(self.pipe, vector, settings, scales, progress_fn(progress))
+        scales = H.strip_scales(settings.strength, count, signed=away is None)
+        images = H.run_rows(self.pipe, vector, settings, scales, progress_fn(progress), away)
         gallery = [(H.upscale_for_display(im, 128), f"{s:+.3g}") for im, s in zip(images, scales, strict=True)]
-        return gallery, ok_box(f"Strength strip of **{H.md_text(vector.name)}**: {', '.join(f'{s:+.3g}' for s in scales)}.")
+        removed = f", taking away **{H.md_text(away.name)}**" if away is not None else ""
+        return gallery, ok_box(f"Strength strip of **{H.md_text(vector.name)}**{removed}: {', '.join(f'{s:+.3g}' for s in scales)}.")
 
     # ----- learning --------------------------------------------------------------------------------------------
     def learn(

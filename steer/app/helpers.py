@@ -218,25 +218,35 @@ class GenerateSettings:
             "width": self.width,
         }
 
-    def steering_config(self, pipe, vector: SteeringVector | None) -> SteeringConfig:
+    def steering_config(self, pipe, vector: SteeringVector | None, away: SteeringVector | None = None) -> SteeringConfig:
         """``config`` on the layers the sliders pick for ``vector`` (None: all of its layers). No widget sets
-        preserve_norm: the direction's recommended value applies, as in a pipeline call that leaves it unset."""
-        recommended = recommended_by([vector]) if vector is not None else {}
+        preserve_norm or the removal window: the values the directions recommend apply, as in a pipeline call that
+        leaves them unset. With a take-away direction (``away``) negative scales remove (`take_away_scales`)."""
+        vectors = [v for v in (vector, away) if v is not None]
+        recommended = recommended_by(vectors) if vectors else {}
+        layers = selected_layers(pipe, vector, self.layer_index, self.layers)
+        if away is not None:
+            selected_layers(pipe, away, self.layer_index, self.layers)  # the take-away must have the chosen layers too
         return replace(
             self.config,
-            layers=selected_layers(pipe, vector, self.layer_index, self.layers),
+            layers=layers,
             preserve_norm=recommended.get("steering_preserve_norm", self.config.preserve_norm),
+            removal_window=recommended.get("steering_removal_window", self.config.removal_window),
+            negative="remove" if away is not None else self.config.negative,
         )
 
-    def steering_kwargs(self, pipe, vector: SteeringVector | None) -> dict[str, Any]:
+    def steering_kwargs(self, pipe, vector: SteeringVector | None, away: SteeringVector | None = None) -> dict[str, Any]:
         """The ``steering_*`` arguments (without the scale)."""
-        return {"steering": vector, **self.steering_config(pipe, vector).to_settings()}
+        steering = vector if away is None else [vector, away]
+        return {"steering": steering, **self.steering_config(pipe, vector, away).to_settings()}
 
-    def recipe(self, pipe, vector: SteeringVector | None, scale: float) -> dict[str, Any]:
+    def recipe(
+        self, pipe, vector: SteeringVector | None, scale: float, away: SteeringVector | None = None
+    ) -> dict[str, Any]:
         """Everything needed to reproduce one image."""
         steering = None
         if vector is not None:
-            config = self.steering_config(pipe, vector)
+            config = self.steering_config(pipe, vector, away)
             steering = {
                 "name": vector.name,
                 "digest": vector.digest(),
@@ -247,7 +257,10 @@ class GenerateSettings:
                 "normalize": config.normalize,
                 "mode": config.mode,
                 "negative": config.negative,
+                **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
             }
+            if away is not None:
+                steering["take_away"] = {"name": away.name, "digest": away.digest(), "amount": take_away_amount(scale)}
         return {
             "model": model_name(pipe),
             "prompt": self.prompt,
@@ -289,9 +302,36 @@ def run_rows(
     settings: GenerateSettings,
     scales: Sequence[float],
     progress: ProgressFn | None = None,
+    away: SteeringVector | None = None,
 ) -> list[Image.Image]:
-    """One batched call: row ``i`` is steered at ``scales[i]``; every row starts from the same seed."""
-    return run_rows_scored(pipe, vector, settings, scales, progress)[0]
+    """One batched call: row ``i`` is steered at ``scales[i]`` (taking ``away`` away, `take_away_scales`); every row
+    starts from the same seed."""
+    return run_rows_scored(pipe, vector, settings, scales, progress, away=away)[0]
+
+
+def take_away_amount(scale: float) -> float:
+    """How much of the prompt's excess along the take-away direction a row at ``scale`` removes: ``scale`` up to 1
+    (all of it), so the original (scale 0) is untouched and the strip moves both edits together."""
+    return min(float(scale), 1.0)
+
+
+def take_away_scales(scales: Sequence[float]) -> list[list[float]]:
+    """(rows, 2) scales of ``[direction, take-away]``: the direction at each row's scale, the take-away removed by
+    `take_away_amount` (a negative scale under ``steering_negative="remove"``); raises `UserError` for a negative
+    scale (it would remove the direction too)."""
+    if any(float(s) < 0 for s in scales):
+        raise UserError("a take-away goes with a positive strength: it replaces what the prompt says by the direction")
+    return [[float(s), -take_away_amount(s)] for s in scales]
+
+
+def check_take_away(vector: SteeringVector | None, away: SteeringVector | None) -> None:
+    """A take-away goes with a different direction to add; raises `UserError`."""
+    if away is None:
+        return
+    if vector is None:
+        raise UserError("pick a direction to add: the take-away removes what the prompt says against it")
+    if away is vector or away.digest() == vector.digest():
+        raise UserError("the take-away is the direction itself: pick the one the prompt names (for 'a red sneaker' -> blue, add to_blue and take away to_red)")
 
 
 def inline_detector_for(detector, settings: GenerateSettings):
@@ -311,15 +351,21 @@ def run_rows_scored(
     scales: Sequence[float],
     progress: ProgressFn | None = None,
     detector=None,
+    away: SteeringVector | None = None,
 ) -> tuple[list[Image.Image], list[float] | None]:
     """`run_rows`, plus each row's inline memorization score when ``detector`` can read one (hooks during the same
     sampling: no extra UNet evaluation, identical images)."""
+    check_take_away(vector, away)
     rows = len(scales)
     kwargs = settings.call_kwargs(rows)
-    steering = settings.steering_kwargs(pipe, vector) if vector is not None else {}
+    steering = settings.steering_kwargs(pipe, vector, away) if vector is not None else {}
     if vector is not None:
-        check_fits(vector, pipe, settings.config.strict)
-        steering["steering_scale"] = [float(s) for s in scales] if rows > 1 else float(scales[0])
+        for v in (vector, away) if away is not None else (vector,):
+            check_fits(v, pipe, settings.config.strict)
+        if away is not None:
+            steering["steering_scale"] = take_away_scales(scales)
+        else:
+            steering["steering_scale"] = [float(s) for s in scales] if rows > 1 else float(scales[0])
     detector = inline_detector_for(detector, settings)
     extra = {"memorization_detector": detector} if detector is not None else {}
     out = pipe(
@@ -335,20 +381,25 @@ def run_rows_scored(
 
 
 def run_pair(
-    pipe, vector: SteeringVector | None, settings: GenerateSettings, progress: ProgressFn | None = None, detector=None
+    pipe,
+    vector: SteeringVector | None,
+    settings: GenerateSettings,
+    progress: ProgressFn | None = None,
+    detector=None,
+    away: SteeringVector | None = None,
 ) -> tuple[Image.Image, Image.Image, list[float] | None]:
     """(original, steered, inline scores or None) from the same seed in one batched call with per-row scales [0, s]."""
-    (original, steered), scores = run_rows_scored(pipe, vector, settings, [0.0, settings.strength], progress, detector)
+    (original, steered), scores = run_rows_scored(pipe, vector, settings, [0.0, settings.strength], progress, detector, away)
     return original, steered, scores
 
 
-def strip_scales(strength: float, count: int) -> list[float]:
-    """``count`` evenly spaced scales from ``-|strength|`` to ``+|strength|``."""
+def strip_scales(strength: float, count: int, signed: bool = True) -> list[float]:
+    """``count`` evenly spaced scales from ``-|strength|`` (``signed``; else from 0) to ``+|strength|``."""
     count = check_int(count, "the strip length", 2, LIMITS.max_strip)
     top = abs(float(strength))
     if top == 0:
         raise UserError("set a non-zero strength: the strip spans -|strength| .. +|strength|")
-    return [round(float(v), 6) for v in np.linspace(-top, top, count)]
+    return [round(float(v), 6) for v in np.linspace(-top if signed else 0.0, top, count)]
 
 
 def upscale_for_display(image: Image.Image, min_side: int = 256) -> Image.Image:
