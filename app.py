@@ -122,9 +122,9 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             take_away = gr.Dropdown(
                 choices,
                 value=H.NONE_CHOICE,
-                label="Take away (optional): the direction of what the prompt says against the edit, removed as the "
-                "direction is added ('a red sneaker' -> blue: add to_blue, take away to_red; colour edits need window "
-                "end 1 in Advanced)",
+                label="Take away (optional)",
+                info="the direction of what the prompt says against the edit, removed as the direction is added ('a "
+                "red dress' -> bag: add to_bag, take away to_dress; colour edits also need window end 1 in Advanced)",
                 allow_custom_value=True,  # the session's own directions (checked by the handler, like the picker's)
                 elem_id="take-away",
             )

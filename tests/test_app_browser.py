@@ -159,3 +159,28 @@ def test_invalid_upload_shows_message(served, browser, tmp_path: Path):
     assert "broken.safetensors" in text and "Traceback" not in text
     page.screenshot(path=str(tmp_path / "invalid-upload.png"))
     page.close()
+
+
+def test_take_away_offers_uploaded_directions_and_reports_mistakes(served, browser, tmp_path: Path):
+    """A direction uploaded in the page joins the take-away picker too; taking away the direction being added is a
+    one-line message, not a traceback."""
+    url, _, vector, _ = served
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.wait_for_selector("#generate", timeout=60_000)
+    page.wait_for_function("document.querySelector('#direction-info').innerText.length > 0", timeout=60_000)
+    set_number(page, "steps", 2)
+    with page.expect_file_chooser() as chooser:
+        page.click("#upload")
+    chooser.value.set_files(str(vector.save(tmp_path / "again.safetensors")))
+    page.wait_for_selector("#status .steer-status-ok", timeout=30_000)
+    uploaded = f"{vector.name} (uploaded)"
+    page.locator("#take-away input").first.click()
+    option = page.get_by_role("option", name=uploaded, exact=True)
+    option.wait_for(timeout=30_000)  # the picker was refreshed when the upload became the selected direction
+    option.click()
+    page.click("#generate")
+    page.wait_for_selector("#status .steer-status-error", timeout=60_000)
+    text = page.inner_text("#status")
+    assert "the take-away is the direction itself" in text and "Traceback" not in text
+    page.close()
