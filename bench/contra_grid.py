@@ -1,13 +1,17 @@
-"""Grid of contradicting prompts steered toward a colour (docs/steering/contra_grid.png).
+"""Grids of contradicting prompts steered toward another value (docs/steering/contra_grid.png, contra_grid_class.png).
 
-    python bench/contra_grid.py
+    python bench/contra_grid.py [--kind colour|class]
 
-Rows: targets blue, red, green, white (the matrix's 8 contradicting prompts each, seed 1000); columns: unsteered, the
+Colour: rows blue, red, green, white (the matrix's 8 contradicting prompts each, seed 1000); columns: unsteered, the
 source subtracted at 1.0, the source removed (``steering_negative="remove"``) at 1.0 and at 1.5; whole-run window.
+Class: rows bag, trouser, sneaker, dress; columns: unsteered, the target alone at 1.0, the source removed at 1.0 with
+the removal stopping with the window, and going on to the end of the run (the directions' recommended removal
+window); the directions' own window (0, 0.5).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -20,36 +24,55 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from contra_removal import add_and_remove_scales, generators, source_of  # noqa: E402
-from steering_matrix import C, prompts_for  # noqa: E402
+from steering_matrix import C, K, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 
-COLUMNS = ((0.0, "subtract"), (1.0, "subtract"), (1.0, "remove"), (1.5, "remove"))
+# per kind: rows, and columns as (scale, negative, remove the source?, extra steering options)
+GRIDS = {
+    "colour": (("blue", "red", "green", "white"), "contra_grid.png", (
+        (0.0, "subtract", True, {"steering_window": (0, 1)}),
+        (1.0, "subtract", True, {"steering_window": (0, 1)}),
+        (1.0, "remove", True, {"steering_window": (0, 1)}),
+        (1.5, "remove", True, {"steering_window": (0, 1)}),
+    )),
+    "class": (("bag", "trouser", "sneaker", "dress"), "contra_grid_class.png", (
+        (0.0, "subtract", False, {}),
+        (1.0, "subtract", False, {}),
+        (1.0, "remove", True, {"steering_removal_window": (0, 0.5)}),
+        (1.0, "remove", True, {}),
+    )),
+}
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kind", choices=tuple(GRIDS), default="colour")
+    args = ap.parse_args()
     torch.set_num_threads(1)
     pipe = load_pipeline(None, "cpu")
+    targets, out, columns = GRIDS[args.kind]
     vectors = {}
-    for c in C:
-        P = prompts_for("colour", c)
-        vectors[c] = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=20, guidance_scale=5.0, progress=False)
+    for value in C if args.kind == "colour" else K:
+        P = prompts_for(args.kind, value)
+        vectors[value] = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=20, guidance_scale=5.0, progress=False)
     rows = []
-    for target in ("blue", "red", "green", "white"):
-        prompts = prompts_for("colour", target)["contra"]
-        sources = [source_of("colour", p) for p in prompts]
+    for target in targets:
+        prompts = prompts_for(args.kind, target)["contra"]
+        sources = [source_of(args.kind, p) for p in prompts]
         names = sorted(set(sources))
-        steering = [vectors[target]] + [vectors[n] for n in names]
         strip = []
-        for s, negative in COLUMNS:
-            scale = add_and_remove_scales(sources, names, s, negative)
+        for s, negative, remove_source, options in columns:
+            if remove_source:
+                steering, scale = [vectors[target]] + [vectors[n] for n in names], add_and_remove_scales(sources, names, s, negative)
+            else:
+                steering, scale = vectors[target], s
             images = pipe(prompts, generator=generators([1000] * len(prompts)), steering=steering, steering_scale=scale,
-                          steering_window=(0, 1), steering_negative=negative, num_inference_steps=20, guidance_scale=5.0,
-                          output_type="np").images
+                          steering_negative=negative, num_inference_steps=20, guidance_scale=5.0, output_type="np", **options).images
             strip += [np.concatenate(list(images), 1), np.ones((32, 4, 3))]
         rows += [np.concatenate(strip[:-1], 1), np.ones((3, sum(x.shape[1] for x in strip[:-1]), 3))]
     grid = np.concatenate(rows[:-1], 0)
-    Image.fromarray((grid.clip(0, 1) * 255).astype("uint8")).save(ROOT / "docs" / "steering" / "contra_grid.png")
+    Image.fromarray((grid.clip(0, 1) * 255).astype("uint8")).save(ROOT / "docs" / "steering" / out)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def main() -> None:
     results = json.loads(Path(args.results).read_text())
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
-    calibrations = {x["target"]: x["calibration"] for x in results["learn"] if x.get("method") is None}
+    calibrations = {x["target"]: x["calibration"] for x in results["learn"] if x.get("method", "ours") == "ours"}
     rows = []
     pipe = load_pipeline(None, "cpu")
     for key, per in summary.items():

@@ -11,11 +11,13 @@ tuning classes it edits as well as "X vs the other classes", docs/steering.md), 
 x seeds per cell, at scales 0, 0.25, 0.5, 0.75, 1.0 (and 1.5, 2.0 to see past the full edit).
 
 Methods in the same run:
-Scales 1.5 and 2.0 are run for ``ours`` only. Run the methods as separate processes to use several cores
-(``--methods ours`` and ``--methods paper,sega --out docs/steering/peers``).
+Scales 1.5 and 2.0 are run for the calibrated methods only. Run the methods as separate processes to use several cores
+(``--methods ours``, ``--methods paper,sega --out docs/steering/peers``, ``--methods casteer --out docs/steering/casteer``).
 
 - ``ours``: `learn_direction` with its defaults (the text-token site, split CFG branch, token-norm units with norm
   preservation, classifier-free calibration): scale 1.0 = the self-calibrated full edit.
+- ``casteer``: ``preset="casteer"`` (CASteer's recipe: per-step cross-attention output differences of paired same-seed
+  trajectories at every ``attn2``, one vector per step bucket, over the whole run), calibrated like ours.
 - ``paper``: ``preset="paper"`` (mean of the positive set's reference samples at the up-block resnets, added on the
   conditional branch over (0.45, 0.95)); scale s means the paper's alpha = 0.5 s (its largest alpha is 0.5).
 - ``sega``: diffusers' `SemanticStableDiffusionPipeline` on the same components, editing prompt = the target word,
@@ -54,6 +56,7 @@ C, K = D.COLOUR_NAMES, D.CLASS_NAMES
 TUNING = {"colour": ("blue", "red", "green"), "class": ("ankle boot", "trouser", "bag")}
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 MONO = (0.0, 0.25, 0.5, 0.75, 1.0)
+CALIBRATED = {"ours": "text", "casteer": "casteer"}  # method -> learn_direction preset (calibrated: 1.0 = full edit)
 TINTS = np.asarray([D.COLOURS[c] for c in C], dtype=np.float32)
 
 
@@ -202,16 +205,16 @@ def main() -> None:
         ref_j = {cond: judge(classifier, refs[cond]) for cond in refs}
         for method in methods:
             rows0, t_learn = run.rows, time.time()
-            if method == "ours":
-                v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}")
-                learn_log.append({"target": name, "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1), "calibration": v.metadata["calibration"]})
+            if method in CALIBRATED:  # ours (the text preset, the default) or CASteer's per-step attn2 recipe
+                v = pipe.learn_direction(P["positive"], P["negative"], preset=CALIBRATED[method], num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}")
+                learn_log.append({"target": name, "method": method, "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1), "calibration": v.metadata["calibration"]})
                 steer_kw = {"steering": v}
             elif method == "paper":
                 v = pipe.learn_direction(P["positive"], preset="paper", num_samples=8, num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False)
                 learn_log.append({"target": name, "method": "paper", "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1)})
                 steer_kw = {"steering": 0.5 * v}
             for cond in ("open", "contra"):
-                for sc in (SCALES if method == "ours" else MONO):
+                for sc in (SCALES if method in CALIBRATED else MONO):
                     rows_before = run.rows
                     if sc == 0.0:
                         imgs = refs[cond]
@@ -286,11 +289,12 @@ def render(summary: dict, meta: dict, learn_log: list[dict]) -> str:
         med = {k: np.median([v[k] for v in vals]) for k in ("rho_success", "rho_p")}
         lines.append(f"| {method} | {cond} | {kind} | {split} | {at1}/{len(vals)} | {at1_pixel}/{len(vals)} | {anyp}/{len(vals)} | "
                      f"{mean['success_at_1']:.2f} / {mean['kept_at_1']:.2f} / {mean['break_at_1']:.2f} | {med['rho_success']:.2f}, {med['rho_p']:.2f} |")
-    ours = [x for x in learn_log if x.get("method") is None]
-    if ours:
-        lines += ["", f"Learning (ours): {np.mean([x['unet_rows'] for x in ours]):.0f} UNet batch rows and "
-                  f"{np.mean([x['seconds'] for x in ours]):.1f} s per direction on average; calibrated strengths "
-                  f"{min(x['calibration']['strength'] for x in ours):.3f}-{max(x['calibration']['strength'] for x in ours):.3f}."]
+    for method in CALIBRATED:
+        logs = [x for x in learn_log if x.get("method", "ours") == method]
+        if logs:
+            lines += ["", f"Learning ({method}): {np.mean([x['unet_rows'] for x in logs]):.0f} UNet batch rows and "
+                      f"{np.mean([x['seconds'] for x in logs]):.1f} s per direction on average; calibrated strengths "
+                      f"{min(x['calibration']['strength'] for x in logs):.3f}-{max(x['calibration']['strength'] for x in logs):.3f}."]
     return "\n".join(lines) + "\n"
 
 
