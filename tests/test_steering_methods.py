@@ -319,6 +319,9 @@ def test_removal_goes_on_to_the_end_of_the_run_while_the_addition_keeps_its_wind
     removed = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, **remove)
     added = capture(tiny_pipe, gen, CONTEXT_SITE, steering=blue, steering_scale=1.0, **remove)
     stopped = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, steering_removal_window=(0, 0.5), **remove)
+    older = SteeringVector(dict(red.directions), {**red.metadata, "recommended": {k: v for k, v in red.metadata["recommended"].items() if k != "removal_window"}})
+    old_file = capture(tiny_pipe, gen, CONTEXT_SITE, steering=older, steering_scale=-1.0, **remove)  # files from before: the window
+    assert torch.equal(old_file[0], removed[0]) and torch.equal(old_file[3], base[3])
     # calls 1, 2 are inside the window (steps 0-2 of 6), calls 3-5 after it
     for i in (0, 1):
         assert not torch.equal(both[i], removed[i]) and not torch.equal(added[i], base[i])
