@@ -2,6 +2,9 @@
 
     python bench/steering_probe.py --variants '{"w05": {"steering_window": [0, 0.5]}, "w1": {"steering_window": [0, 1]}}'
     python bench/steering_probe.py --calibrate-window 0 0.5 --margin 1 --scales 0.75 1 1.25 1.5 1.75 2 2.5
+    python bench/steering_probe.py --scales 1 --variants '{"tail05": {"tail": 0.5, "steering_window": [0, 1]}}'
+
+A variant's ``"tail": tau`` steers with the direction over the first half and tau times it over the second half.
 
 Each target's direction is learned with `learn_direction`'s defaults (or calibrated at ``--calibrate-window`` /
 ``--margin`` / ``--branch``), then applied to the matrix's 8 open prompts x 2 seeds at each scale under each variant's
@@ -29,6 +32,7 @@ import steer.calibrate as calibration  # noqa: E402
 import steer.learn as learning  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
+from steer.vectors import SteeringVector  # noqa: E402
 
 
 def main() -> None:
@@ -57,11 +61,19 @@ def main() -> None:
         window = {"window": tuple(args.calibrate_window)} if args.calibrate_window else {}
         v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=20, guidance_scale=5.0, progress=False, **window)
         for label, options in variants.items():
+            options = dict(options)
+            vector = with_tail(v, options.pop("tail")) if "tail" in options else v
             cells = []
             for scale in args.scales:
-                m = cell_metrics(judge(classifier, run.sample(P["open"], [scale], steering=v, **options)), ref, kind, target)
+                m = cell_metrics(judge(classifier, run.sample(P["open"], [scale], steering=vector, **options)), ref, kind, target)
                 cells.append(f"{scale:g}: {m['success']:.2f}/{m['kept']:.2f}{'*' if passes(m, 'open', kind) else ''}")
             print(f"{name:10s} strength {v.metadata['calibration']['strength']:.3f} {label:10s}", "  ".join(cells), f"{time.time() - t0:.0f}s", flush=True)
+
+
+def with_tail(v: SteeringVector, tau: float) -> SteeringVector:
+    """``v`` at full strength over the first half of the run and ``tau`` times it over the second (two step buckets;
+    use with ``"steering_window": [0, 1]``)."""
+    return SteeringVector({n: torch.stack([d, tau * d]) for n, d in v.directions.items()}, dict(v.metadata))
 
 
 if __name__ == "__main__":
