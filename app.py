@@ -124,7 +124,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 value=H.NONE_CHOICE,
                 label="Take away (optional)",
                 info="the direction of what the prompt says against the edit, removed as the direction is added ('a "
-                "red dress' -> bag: add to_bag, take away to_dress; colour edits also need window end 1 in Advanced)",
+                "red dress' -> bag: add to_bag, take away to_dress). Colour edits also need window end 1 in Advanced; "
+                "if the garment goes dark, raise the strength (1.25-1.5)",
                 allow_custom_value=True,  # the session's own directions (checked by the handler, like the picker's)
                 elem_id="take-away",
             )

@@ -39,13 +39,14 @@ def source_of(kind: str, prompt: str) -> str:
     return next(v for v in K if prompt.endswith(f" {v}"))
 
 
-def add_and_remove_scales(sources: list[str], names: list[str], s: float, negative: str, beta: float = 1.0) -> torch.Tensor:
+def add_and_remove_scales(sources: list[str], names: list[str], s: float, negative: str, beta: float = 1.0, most: float = 1.0) -> torch.Tensor:
     """(rows, 1 + len(names)) scales of ``[toward target, toward each source]``: the target at ``s`` on every row,
-    each row's own source at ``-beta * s`` (``"subtract"``) or ``-min(beta * s, 1)`` (``"remove"``: amount 1 is all)."""
+    each row's own source at ``-beta * s`` (``"subtract"``) or ``-min(beta * s, most)`` (``"remove"``: amount 1 takes
+    the excess back to the level, more goes below it)."""
     scale = torch.zeros(len(sources), 1 + len(names))
     scale[:, 0] = s
     for r, src in enumerate(sources):
-        scale[r, 1 + names.index(src)] = -(min(beta * s, 1.0) if negative == "remove" else beta * s)
+        scale[r, 1 + names.index(src)] = -(min(beta * s, most) if negative == "remove" else beta * s)
     return scale
 
 
@@ -57,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--beta", type=float, default=1.0)
+    ap.add_argument("--most", type=float, default=1.0, help="the largest removal amount with --negative remove (1: back to the level)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--negative", choices=("subtract", "remove"), default="subtract",
@@ -87,7 +89,7 @@ def main() -> None:
         ref_j = judge(classifier, ref)
         idx = (C if kind == "colour" else K).index(target)
         for s in SCALES:
-            scale = add_and_remove_scales(sources, names, s, args.negative, args.beta)
+            scale = add_and_remove_scales(sources, names, s, args.negative, args.beta, args.most)
             imgs = pipe(prompts, generator=generators(seeds), steering=steering, steering_scale=scale, steering_window=tuple(args.window), steering_negative=args.negative, num_inference_steps=args.steps,
                         guidance_scale=args.guidance, output_type="np").images.transpose(0, 3, 1, 2)
             m = cell_metrics(judge(classifier, imgs), ref_j, kind, idx)
@@ -102,7 +104,7 @@ def main() -> None:
             anyp = [t for t in targets if any(r["passes"] for r in rows if r["target"] == t and r["kind"] == kind)]
             summary[f"{kind}|{split}"] = {"targets": len(targets), "pass_at_1": sum(r["passes"] for r in at1), "pass_at_any": len(anyp),
                                           "mean_success_at_1": float(np.mean([r["success"] for r in at1])), "mean_kept_at_1": float(np.mean([r["kept"] for r in at1]))}
-    meta = {"command": " ".join(["python", *sys.argv]), "window": list(args.window), "negative": args.negative, "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance, "wall_seconds": round(time.time() - t0, 1)}
+    meta = {"command": " ".join(["python", *sys.argv]), "window": list(args.window), "negative": args.negative, "beta": args.beta, "most": args.most, "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance, "wall_seconds": round(time.time() - t0, 1)}
     Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "cells": rows}, indent=1))
     print(json.dumps(summary, indent=1))
 
