@@ -181,6 +181,15 @@ def test_strip_scales_and_names():
     assert H.slug("red <- blue / x") == "red-blue-x"
 
 
+def test_a_steered_image_much_darker_than_the_original_gets_a_note():
+    lit = Image.new("RGB", (32, 32), (200, 40, 30))
+    assert H.darkening_note(lit, Image.new("RGB", (32, 32), (30, 60, 200))) == ""  # recoloured, as bright
+    note = H.darkening_note(lit, Image.new("RGB", (32, 32), (4, 4, 8)))
+    assert "much darker than the original" in note and "Raise the strength" in note
+    black = Image.new("RGB", (32, 32))
+    assert H.darkening_note(black, black) == ""  # nothing to compare against: no note
+
+
 def test_layer_slider_selection(pipe):
     names = H.layer_names(pipe)
     vector = constructed_direction(pipe).select(names[-3:])

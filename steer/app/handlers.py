@@ -185,6 +185,7 @@ class SteerApp:
             if vector is not None
             else "No direction picked: both images are the original."
         )
+        note += H.darkening_note(original, steered)
         return H.upscale_for_display(original), H.upscale_for_display(steered), str(png), last, ok_box(note)
 
     def strip(

@@ -402,6 +402,22 @@ def strip_scales(strength: float, count: int, signed: bool = True) -> list[float
     return [round(float(v), 6) for v in np.linspace(-top if signed else 0.0, top, count)]
 
 
+DARKENED = 0.3  # steered mean brightness below this share of the original's: the edit and the prompt cancel
+
+
+def darkening_note(original: Image.Image, steered: Image.Image) -> str:
+    """A Markdown note when the steered image came out much darker than the original from the same seed (a direction
+    fighting what the prompt states goes through a near-black band before it wins: docs/steering.md), else ""."""
+    before, after = (float(np.asarray(im.convert("L"), dtype=np.float32).mean()) for im in (original, steered))
+    if before < 8.0 or after >= DARKENED * before:
+        return ""
+    return (
+        f"\n\n**Note:** the steered image is much darker than the original (mean brightness {after:.0f} vs "
+        f"{before:.0f} of 255): the edit and what the prompt states cancel. Raise the strength, or take away what "
+        "the prompt says against the edit (Take away)."
+    )
+
+
 def upscale_for_display(image: Image.Image, min_side: int = 256) -> Image.Image:
     """Nearest-neighbour upscale by an integer factor so small images are visible (pixel values unchanged)."""
     factor = max(1, math.ceil(min_side / max(1, min(image.size))))
