@@ -83,3 +83,22 @@ def test_from_pretrained_without_a_dtype_is_float32_on_cpu_and_stored_half_elsew
     chosen = SteeringStableDiffusionPipeline.from_pretrained(demo)
     chosen.to(torch.bfloat16)  # an explicit dtype ends the automatic choice
     assert dtypes(chosen.to("cpu")) == {torch.bfloat16}
+
+
+def test_readme_command_lines_parse():
+    """Every ``steer ...`` line of the README's bash blocks is a valid command line (parsed, not run): a renamed
+    option or a wrong --sweep would otherwise only show when a user pastes it."""
+    import shlex
+
+    from steer.cli.main import build_parser
+
+    bash = re.compile(r"^```bash[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+    lines = [line for block in bash.findall(README.read_text()) for line in block.replace("\\\n", " ").splitlines()]
+    commands = [shlex.split(line, comments=True) for line in lines if line.startswith("steer ")]
+    assert len(commands) >= 8, "README.md lost its command-line examples"
+    parser = build_parser()
+    for argv in commands:
+        try:
+            parser.parse_args(argv[1:])
+        except SystemExit as exc:
+            raise AssertionError(f"README command does not parse: {shlex.join(argv)}") from exc
