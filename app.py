@@ -124,11 +124,12 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 value=H.NONE_CHOICE,
                 label="Take away (optional)",
                 info="the direction of what the prompt says against the edit, removed as the direction is added ('a "
-                "red dress' -> bag: add to_bag, take away to_dress). Colour edits also need window end 1 in Advanced; "
-                "if the garment goes dark, raise the strength (1.25-1.5)",
+                "red dress' -> bag: add to_bag, take away to_dress). 'Fit' picks the strength and window from the "
+                "model (a few seconds); if the garment goes dark, raise the strength",
                 allow_custom_value=True,  # the session's own directions (checked by the handler, like the picker's)
                 elem_id="take-away",
             )
+            fit = gr.Button("Fit strength and window to this take-away", size="sm", elem_id="fit-take-away")
             direction_info = gr.Markdown("", elem_id="direction-info")
             strength = gr.Slider(
                 -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts or removes)", elem_id="strength"
@@ -212,6 +213,12 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         [gallery, status],
         inputs_kwargs=with_take_away,
         api_name="strip",
+    )
+    fit.click(
+        guarded(4)(app.fit_take_away),
+        [direction, session, take_away, guidance, strict],
+        [strength, w_start, w_end, status],
+        api_name="fit_take_away",
     )
     upload.upload(
         guarded(3)(app.upload_direction),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from difflib import SequenceMatcher
 from typing import Any
 
 import torch
@@ -147,16 +148,40 @@ def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:
     )
 
 
-def open_prompts(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
-    """The positive prompts with the attribute left open: the words every positive prompt shares and not every
-    negative one has are dropped ("a blue sneaker" among "a blue ..." vs "a red ..." -> "a sneaker")."""
-    def words(p: str) -> list[str]:
-        return p.split()
-
-    shared = set.intersection(*(set(words(p)) for p in positive))
-    in_all_negatives = set.intersection(*(set(words(p)) for p in negative)) if negative else set()
+def attribute_words(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
+    """The words that make the positives' attribute: every positive prompt has them and not every negative one
+    does ("a blue sneaker", "a blue bag" vs "a sneaker", "a bag" -> ["blue"]), in the first positive's order."""
+    shared = set.intersection(*(set(p.split()) for p in positive))
+    in_all_negatives = set.intersection(*(set(p.split()) for p in negative)) if negative else set()
     attribute = shared - in_all_negatives
-    return [" ".join(w for w in words(p) if w not in attribute) for p in positive]
+    return [w for w in dict.fromkeys(positive[0].split()) if w in attribute]
+
+
+def open_prompts(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
+    """The positive prompts with the attribute left open: the `attribute_words` are dropped ("a blue sneaker" among
+    "a blue ..." vs "a red ..." -> "a sneaker")."""
+    attribute = set(attribute_words(positive, negative))
+    return [" ".join(w for w in p.split() if w not in attribute) for p in positive]
+
+
+def attribute_span(prompt: str, negative: Sequence[str]) -> tuple[int, int]:
+    """The words ``[start, end)`` of ``prompt`` that make its attribute: where it differs from the most similar of
+    the ``negative`` prompts ("a red dress" vs "a red item" -> (2, 3); "a photo of a dog" vs "a photo" -> (2, 5))."""
+    words = prompt.split()
+    closest = max(negative, key=lambda n: SequenceMatcher(a=words, b=n.split(), autojunk=False).ratio())
+    changed = [op for op in SequenceMatcher(a=words, b=closest.split(), autojunk=False).get_opcodes() if op[0] != "equal"]
+    if not changed or changed[0][1] == changed[-1][2]:
+        raise ValueError(f"{prompt!r} has no words its negative prompts lack")
+    return changed[0][1], changed[-1][2]
+
+
+def rewrite_attribute(prompt: str, negative: Sequence[str], like: str, like_negative: Sequence[str]) -> str:
+    """``prompt`` with its attribute words (`attribute_span` against ``negative``) replaced by those of ``like``
+    (against ``like_negative``): "a red dress" -> "a red ankle boot" for ``like`` = "a blue ankle boot"."""
+    start, end = attribute_span(prompt, negative)
+    other_start, other_end = attribute_span(like, like_negative)
+    words = prompt.split()
+    return " ".join([*words[:start], *like.split()[other_start:other_end], *words[end:]])
 
 
 def _minimum(xs: list[float], ys: list[float]) -> tuple[float, float]:

@@ -327,6 +327,15 @@ def test_api_take_away_matches_python_api(client, pipe, tmp_path):
     assert taken["negative"] == "remove" and taken["take_away"] == {"name": "dog", "digest": dog.digest(), "amount": 1.0}
     gallery, status = client.predict(**values, count=3, api_name="/strip")
     assert [item["caption"] for item in gallery] == ["+0", "+1", "+2"] and "taking away **dog**" in status
+    # the fit sets the strength and window sliders to what the Python API's fit finds
+    strength, start, end, status = client.predict(names["cat"], names["dog"], 5.0, True, api_name="/fit_take_away")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: the fit may not converge
+        fit = pipe.fit_take_away(cat, dog, guidance_scale=5.0)
+    assert "Fitted: **cat**" in status and (start, end) == fit.window
+    assert strength == pytest.approx(round(fit.strength / 0.05) * 0.05)
+    *_, status = client.predict(names["cat"], H.NONE_CHOICE, 5.0, True, api_name="/fit_take_away")
+    assert "pick a take-away first" in status
     # mistakes are one-line messages
     *_, status = client.predict(**generate_args(names["dog"], take_away=names["dog"]), api_name="/generate")
     assert "the take-away is the direction itself" in status

@@ -209,6 +209,22 @@ class SteerApp:
         removed = f", taking away **{H.md_text(away.name)}**" if away is not None else ""
         return gallery, ok_box(f"Strength strip of **{H.md_text(vector.name)}**{removed}: {', '.join(f'{s:+.3g}' for s in scales)}.")
 
+    def fit_take_away(
+        self, direction: str, session: dict | None, take_away: str, guidance: Any, strict: bool, progress: gr.Progress = PROGRESS
+    ):
+        """Set the strength and window sliders to what `steer.take_away.fit_take_away` finds for this pair."""
+        vector, away = self.catalog.get(direction, session), self.catalog.get(take_away, session)
+        fit = H.fit_take_away(self.pipe, vector, away, guidance, bool(strict), progress_fn(progress))
+        strength = round(fit.strength / 0.05) * 0.05  # the slider's step
+        note = (
+            f"Fitted: **{H.md_text(vector.name)}** × {strength:g} taking away **{H.md_text(away.name)}**, window "
+            f"{fit.window[0]:g}-{fit.window[1]:g} (from the model alone: {H.md_text(fit.prompts[0][0])!s} -> "
+            f"{H.md_text(fit.prompts[0][1])!s}, relative distance {fit.distance:.2f}). Strength and window are set."
+        )
+        if not fit.converged:
+            note += " **Note:** no strength brought the samples closer; this is a guess."
+        return strength, fit.window[0], fit.window[1], ok_box(note)
+
     # ----- learning --------------------------------------------------------------------------------------------
     def learn(
         self,

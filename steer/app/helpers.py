@@ -68,6 +68,14 @@ from steer.app.memorization import (  # noqa: F401 - re-exported
     inline_view,
     score_image,
 )
+from steer.app.take_away import (  # noqa: F401 - re-exported
+    DARKENED,
+    check_take_away,
+    darkening_note,
+    fit_take_away,
+    take_away_amount,
+    take_away_scales,
+)
 from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
@@ -309,31 +317,6 @@ def run_rows(
     return run_rows_scored(pipe, vector, settings, scales, progress, away=away)[0]
 
 
-def take_away_amount(scale: float) -> float:
-    """How much of the prompt's excess along the take-away direction a row at ``scale`` removes: ``scale`` up to 1
-    (all of it), so the original (scale 0) is untouched and the strip moves both edits together."""
-    return min(float(scale), 1.0)
-
-
-def take_away_scales(scales: Sequence[float]) -> list[list[float]]:
-    """(rows, 2) scales of ``[direction, take-away]``: the direction at each row's scale, the take-away removed by
-    `take_away_amount` (a negative scale under ``steering_negative="remove"``); raises `UserError` for a negative
-    scale (it would remove the direction too)."""
-    if any(float(s) < 0 for s in scales):
-        raise UserError("a take-away goes with a positive strength: it replaces what the prompt says by the direction")
-    return [[float(s), -take_away_amount(s)] for s in scales]
-
-
-def check_take_away(vector: SteeringVector | None, away: SteeringVector | None) -> None:
-    """A take-away goes with a different direction to add; raises `UserError`."""
-    if away is None:
-        return
-    if vector is None:
-        raise UserError("pick a direction to add: the take-away removes what the prompt says against it")
-    if away is vector or away.digest() == vector.digest():
-        raise UserError("the take-away is the direction itself: pick the one the prompt names (for 'a red sneaker' -> blue, add to_blue and take away to_red)")
-
-
 def inline_detector_for(detector, settings: GenerateSettings):
     """``detector`` when its inline score can be read during this generation (calibrated inline threshold; CFG on
     for the CFG distance), else None."""
@@ -400,22 +383,6 @@ def strip_scales(strength: float, count: int, signed: bool = True) -> list[float
     if top == 0:
         raise UserError("set a non-zero strength: the strip spans -|strength| .. +|strength|")
     return [round(float(v), 6) for v in np.linspace(-top if signed else 0.0, top, count)]
-
-
-DARKENED = 0.3  # steered mean brightness below this share of the original's: the edit and the prompt cancel
-
-
-def darkening_note(original: Image.Image, steered: Image.Image) -> str:
-    """A Markdown note when the steered image came out much darker than the original from the same seed (a direction
-    fighting what the prompt states goes through a near-black band before it wins: docs/steering.md), else ""."""
-    before, after = (float(np.asarray(im.convert("L"), dtype=np.float32).mean()) for im in (original, steered))
-    if before < 8.0 or after >= DARKENED * before:
-        return ""
-    return (
-        f"\n\n**Note:** the steered image is much darker than the original (mean brightness {after:.0f} vs "
-        f"{before:.0f} of 255): the edit and what the prompt states cancel. Raise the strength, or take away what "
-        "the prompt says against the edit (Take away)."
-    )
 
 
 def upscale_for_display(image: Image.Image, min_side: int = 256) -> Image.Image:

@@ -314,6 +314,13 @@ class SteeringMixin:
         """Learn a `SteeringVector` training-free; see `steer.learn.learn_direction`."""
         return learn_direction(self, positive, negative, **kwargs)
 
+    def fit_take_away(self, vector, away, **kwargs: Any):
+        """Fit the strength and window at which ``vector`` replaces what prompts state along ``away``; see
+        `steer.take_away.fit_take_away`."""
+        from steer.take_away import fit_take_away
+
+        return fit_take_away(self, vector, away, **kwargs)
+
     def detect_memorization(self, prompt, **kwargs: Any):
         """Generate, score (inline and re-encode) and judge memorization; see `steer.detect.detector.detect_memorization`."""
         return detect_memorization(self, prompt, **kwargs)

@@ -1,0 +1,124 @@
+"""Fitting a take-away: the strength and window at which one direction replaces what a prompt states along another.
+
+"a red dress" -> bag is steered with ``[to_bag, to_dress]`` at ``[s, -1]`` under ``steering_negative="remove"``. The
+open prompts' full edit (`steer.calibrate`) is not the strength this needs: the prompt fights the edit, and in
+between the two values cancel (a colour goes dark before it turns). `fit_take_away` asks the model itself, as the
+calibration does: the take-away's own positive prompts ("a red dress", ...) are rewritten with the direction's
+attribute ("a red bag", ...) and sampled, unsteered, as the target; the originals are sampled from the same seeds
+with the replacement at a grid of strengths, over each candidate window, in one batched call per window. The
+strength and window whose samples come closest (latent L2, relative to the unsteered ones) are the fit.
+Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from steer.calibrate import _latents, _minimum, rewrite_attribute
+
+GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+WINDOWS = ((0.0, 0.5), (0.0, 1.0))
+
+
+@dataclass
+class TakeAwayFit:
+    """The outcome of `fit_take_away`: call with ``steering=[vector, away]``, ``steering_scale=[strength, -1]``,
+    ``steering_negative="remove"``, ``steering_window=window``."""
+
+    strength: float
+    window: tuple[float, float]
+    distance: float  # relative to the unsteered sources (1 = no closer to the rewritten prompts' samples)
+    converged: bool
+    grid: list[float]
+    distances: dict[str, list[float]]  # per window ("start,end"), along the grid
+    prompts: list[tuple[str, str]]  # (source, rewritten target) pairs that were sampled
+    unet_rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "strength": round(self.strength, 4), "window": list(self.window), "distance": round(self.distance, 4),
+            "converged": self.converged, "grid": self.grid,
+            "distances": {k: [round(x, 4) for x in v] for k, v in self.distances.items()},
+            "prompts": [list(p) for p in self.prompts], "unet_rows": self.unet_rows,
+        }
+
+
+def recorded_prompts(vector, which: str) -> list[str]:
+    """The ``which`` ("positive" / "negative") prompts a direction was learned from, as its metadata records them."""
+    found = vector.metadata.get(which)
+    prompts = found.get("prompts") if isinstance(found, dict) else None
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(
+            f"direction {vector.name!r} records no {which} prompts: fitting a take-away needs directions learned from "
+            "prompts (pick the strength and window yourself)"
+        )
+    return list(prompts)
+
+
+@torch.no_grad()
+def fit_take_away(
+    pipe,
+    vector,
+    away,
+    *,
+    num_samples: int = 6,
+    grid: Sequence[float] = GRID,
+    windows: Sequence[tuple[float, float]] = WINDOWS,
+    seed: int = 0,
+    num_inference_steps: int = 12,
+    guidance_scale: float = 7.5,
+    **call_kwargs: Any,
+) -> TakeAwayFit:
+    """Fit the strength and window at which ``vector`` replaces what prompts state along ``away``.
+
+    Args:
+        pipe: a `SteeringStableDiffusionPipeline` (or another steering pipeline).
+        vector: the direction to add ("toward bag"); away: the direction to take away ("toward dress"). Both learned
+            from prompts that differ in the attribute's words ("a red bag" vs "a red item").
+        num_samples: source prompts (``away``'s positives, cycled) and seeds; grid: the strengths tried, ascending;
+            windows: the candidate steering windows.
+        seed, num_inference_steps, guidance_scale: sampling settings (use the guidance you generate with: the
+            strength depends on it); ``call_kwargs`` go to every call (``height=``, ``steering_branch=``...).
+    """
+    grid = sorted(float(g) for g in grid)
+    if not grid or grid[0] <= 0:
+        raise ValueError("the take-away grid must hold positive strengths")
+    if not windows:
+        raise ValueError("give at least one candidate window")
+    positives, negatives = recorded_prompts(away, "positive"), recorded_prompts(away, "negative")
+    like, like_negatives = recorded_prompts(vector, "positive")[0], recorded_prompts(vector, "negative")
+    sources = [positives[i % len(positives)] for i in range(num_samples)]
+    pairs = [(p, rewrite_attribute(p, negatives, like, like_negatives)) for p in sources]
+    seeds = [seed + i for i in range(num_samples)]
+    kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
+    z_target = _latents(pipe, [t for _, t in pairs], seeds, **kw)
+    start = float((_latents(pipe, sources, seeds, **kw) - z_target).norm(dim=1).mean().clamp_min(1e-6))
+    distances: dict[str, list[float]] = {}
+    best = (float("inf"), 0.0, tuple(windows[0]))
+    for window in windows:
+        rows = [(g, p, s) for g in grid for p, s in zip(sources, seeds, strict=True)]
+        z = _latents(
+            pipe, [p for _, p, _ in rows], [s for _, _, s in rows], steering=[vector, away],
+            steering_scale=[[g, -min(g, 1.0)] for g, _, _ in rows], steering_negative="remove",
+            steering_window=tuple(window), **kw,
+        ).reshape(len(grid), num_samples, -1)
+        curve = [float((zg - z_target).norm(dim=1).mean()) / start for zg in z]
+        distances[f"{window[0]:g},{window[1]:g}"] = curve
+        strength, distance = _minimum([0.0, *grid], [1.0, *curve])
+        if distance < best[0]:
+            best = (distance, strength, (float(window[0]), float(window[1])))
+    distance, strength, window = best
+    converged = strength > 0
+    if not converged:
+        strength = grid[len(grid) // 2]
+        warnings.warn(
+            f"take-away fit: no strength in {grid} brought {vector.name!r} with {away.name!r} taken away closer to the "
+            f"rewritten prompts' samples; using {strength}", stacklevel=2,
+        )
+    unet_rows = (2 + len(windows) * len(grid)) * num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
+    return TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows)

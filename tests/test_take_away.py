@@ -1,0 +1,58 @@
+"""Fitting a take-away (`steer.take_away`): the prompt rewriting, the fit's bookkeeping on a tiny pipeline, and its
+errors."""
+
+import warnings
+
+import pytest
+import torch
+
+from steer import SteeringVector
+from steer.calibrate import attribute_span, attribute_words, open_prompts, rewrite_attribute
+from steer.denoisers import CONTEXT_SITE, layer_channels
+
+
+def test_attribute_words_and_their_replacement():
+    assert attribute_words(["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"]) == ["blue"]
+    assert open_prompts(["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"]) == ["a sneaker", "a bag"]
+    items = ["a red item", "a blue item"]
+    assert attribute_span("a red dress", items) == (2, 3) and attribute_span("a photo of a dog", ["a photo"]) == (2, 5)
+    assert rewrite_attribute("a red dress", items, "a blue ankle boot", items) == "a red ankle boot"
+    assert rewrite_attribute("a red ankle boot", items, "a red bag", items) == "a red bag"
+    assert rewrite_attribute("a red t-shirt", ["a t-shirt"], "a blue sneaker", ["a sneaker"]) == "a blue t-shirt"
+    assert rewrite_attribute("a photo of a dog", ["a photo"], "a photo of a cat", ["a photo"]) == "a photo of a cat"
+    with pytest.raises(ValueError, match="no words its negative prompts lack"):
+        attribute_span("a t-shirt", ["a red t-shirt"])
+
+
+def learned(pipe, colour: str) -> SteeringVector:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        return pipe.learn_direction([f"a {colour} sneaker", f"a {colour} bag"], ["a sneaker", "a bag"], num_inference_steps=2,
+                                    calibration_samples=2, progress=False)
+
+
+def test_fit_samples_the_rewritten_prompts_and_counts_its_cost(tiny_pipe):
+    blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+    rows = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda _m, a: rows.append(a[0].shape[0]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: the fit may not converge
+            fit = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2)
+    finally:
+        handle.remove()
+    assert fit.prompts == [("a red sneaker", "a blue sneaker"), ("a red bag", "a blue bag")]
+    assert fit.window in {(0.0, 0.5), (0.0, 1.0)} and set(fit.distances) == {"0,0.5", "0,1"}
+    assert all(len(curve) == 2 for curve in fit.distances.values()) and 0.5 <= fit.strength <= 1.0
+    assert sum(rows) == fit.unet_rows == (2 + 2 * 2) * 2 * 2 * 2
+    assert fit.to_dict()["window"] == list(fit.window)
+
+
+def test_fit_needs_directions_learned_from_prompts(tiny_pipe):
+    blue = learned(tiny_pipe, "blue")
+    g = torch.Generator().manual_seed(0)
+    bare = SteeringVector({n: torch.randn(c, generator=g) for n, c in layer_channels(tiny_pipe.unet, [CONTEXT_SITE]).items()}, {"name": "bare"})
+    with pytest.raises(ValueError, match="direction 'bare' records no positive prompts"):
+        tiny_pipe.fit_take_away(blue, bare)
+    with pytest.raises(ValueError, match="positive strengths"):
+        tiny_pipe.fit_take_away(blue, learned(tiny_pipe, "red"), grid=(0.0, 1.0))
