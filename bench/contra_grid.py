@@ -6,7 +6,8 @@ Colour: rows blue, red, green, white (the matrix's 8 contradicting prompts each,
 source subtracted at 1.0, the source removed (``steering_negative="remove"``) at 1.0 and at 1.5; whole-run window.
 Class: rows bag, trouser, sneaker, dress; columns: unsteered, the target alone at 1.0, the source removed at 1.0 with
 the removal stopping with the window, and going on to the end of the run (the directions' recommended removal
-window); the directions' own window (0, 0.5).
+window); the directions' own window (0, 0.5). Both end with a column at each (target, source) pair's fitted strength
+and window (`steer.take_away.fit_take_away`).
 """
 
 from __future__ import annotations
@@ -35,14 +36,23 @@ GRIDS = {
         (1.0, "subtract", True, {"steering_window": (0, 1)}),
         (1.0, "remove", True, {"steering_window": (0, 1)}),
         (1.5, "remove", True, {"steering_window": (0, 1)}),
+        (None, "remove", True, {}),
     )),
     "class": (("bag", "trouser", "sneaker", "dress"), "contra_grid_class.png", (
         (0.0, "subtract", False, {}),
         (1.0, "subtract", False, {}),
         (1.0, "remove", True, {"steering_removal_window": (0, 0.5)}),
         (1.0, "remove", True, {}),
+        (None, "remove", True, {}),
     )),
 }
+
+
+def fitted(pipe, vector, away, prompt: str) -> np.ndarray:
+    """``prompt`` (seed 1000) with ``away`` replaced by ``vector`` at the pair's fitted strength and window."""
+    fit = pipe.fit_take_away(vector, away, guidance_scale=5.0)
+    return pipe(prompt, generator=generators([1000]), steering=[vector, away], steering_scale=fit.scales, steering_negative="remove",
+                steering_window=fit.window, num_inference_steps=20, guidance_scale=5.0, output_type="np").images[0]
 
 
 def main() -> None:
@@ -63,12 +73,15 @@ def main() -> None:
         names = sorted(set(sources))
         strip = []
         for s, negative, remove_source, options in columns:
-            if remove_source:
-                steering, scale = [vectors[target]] + [vectors[n] for n in names], add_and_remove_scales(sources, names, s, negative)
+            if s is None:  # each row at its (target, source) pair's fitted strength and window
+                images = np.stack([fitted(pipe, vectors[target], vectors[src], p) for p, src in zip(prompts, sources, strict=True)])
             else:
-                steering, scale = vectors[target], s
-            images = pipe(prompts, generator=generators([1000] * len(prompts)), steering=steering, steering_scale=scale,
-                          steering_negative=negative, num_inference_steps=20, guidance_scale=5.0, output_type="np", **options).images
+                if remove_source:
+                    steering, scale = [vectors[target]] + [vectors[n] for n in names], add_and_remove_scales(sources, names, s, negative)
+                else:
+                    steering, scale = vectors[target], s
+                images = pipe(prompts, generator=generators([1000] * len(prompts)), steering=steering, steering_scale=scale,
+                              steering_negative=negative, num_inference_steps=20, guidance_scale=5.0, output_type="np", **options).images
             strip += [np.concatenate(list(images), 1), np.ones((32, 4, 3))]
         rows += [np.concatenate(strip[:-1], 1), np.ones((3, sum(x.shape[1] for x in strip[:-1]), 3))]
     grid = np.concatenate(rows[:-1], 0)

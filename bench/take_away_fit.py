@@ -4,7 +4,7 @@
 
 Every direction of the matrix is learned (`bench/steering_matrix.py`'s prompts, defaults). For each target, each of
 its contradicting prompts ("a red sneaker" -> blue) is steered with ``[toward target, toward source]`` at
-``[s, -1]`` under ``steering_negative="remove"``, where ``s`` and the window are what `fit_take_away` found for that
+``fit.scales`` = ``[s, -min(s, 1)]`` under ``steering_negative="remove"``, where ``s`` and the window are what `fit_take_away` found for that
 (target, source) pair from the model alone (the source's own prompts rewritten with the target's words; no
 classifier). Pass: success >= 0.5, kept >= 0.8, break <= 5 % (colour: the pixel measure too), as in the matrix.
 """
@@ -64,8 +64,9 @@ def main() -> None:
             names = sorted({sources[i] for i in idx})
             scale = torch.zeros(len(idx), 1 + len(names))
             for r, i in enumerate(idx):
-                scale[r, 0] = fits[(target, sources[i])].strength
-                scale[r, 1 + names.index(sources[i])] = -1.0
+                add, remove = fits[(target, sources[i])].scales
+                scale[r, 0] = add
+                scale[r, 1 + names.index(sources[i])] = remove
             out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[vectors[target]] + [vectors[n] for n in names],
                               steering_scale=scale, steering_negative="remove", steering_window=window, num_inference_steps=args.steps,
                               guidance_scale=args.guidance, output_type="np").images

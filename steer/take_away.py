@@ -27,8 +27,8 @@ WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 
 @dataclass
 class TakeAwayFit:
-    """The outcome of `fit_take_away`: call with ``steering=[vector, away]``, ``steering_scale=[strength, -1]``,
-    ``steering_negative="remove"``, ``steering_window=window``."""
+    """The outcome of `fit_take_away`: call with ``steering=[vector, away]``, ``steering_scale=fit.scales``,
+    ``steering_negative="remove"``, ``steering_window=fit.window``."""
 
     strength: float
     window: tuple[float, float]
@@ -39,6 +39,12 @@ class TakeAwayFit:
     prompts: list[tuple[str, str]]  # (source, rewritten target) pairs that were sampled
     unet_rows: int
 
+    @property
+    def scales(self) -> list[float]:
+        """``[strength, -amount]`` as the fit sampled them: the prompt's excess along ``away`` is all removed (amount
+        1) from strength 1 on, in proportion below it."""
+        return take_away_scales(self.strength)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "strength": round(self.strength, 4), "window": list(self.window), "distance": round(self.distance, 4),
@@ -46,6 +52,12 @@ class TakeAwayFit:
             "distances": {k: [round(x, 4) for x in v] for k, v in self.distances.items()},
             "prompts": [list(p) for p in self.prompts], "unet_rows": self.unet_rows,
         }
+
+
+def take_away_scales(strength: float) -> list[float]:
+    """``[strength, -min(strength, 1)]``: the direction at ``strength``, the take-away's excess removed with it (all of
+    it from 1 on; under ``steering_negative="remove"``)."""
+    return [float(strength), -min(float(strength), 1.0)]
 
 
 def recorded_prompts(vector, which: str) -> list[str]:
@@ -104,7 +116,7 @@ def fit_take_away(
         rows = [(g, p, s) for g in grid for p, s in zip(sources, seeds, strict=True)]
         z = _latents(
             pipe, [p for _, p, _ in rows], [s for _, _, s in rows], steering=[vector, away],
-            steering_scale=[[g, -min(g, 1.0)] for g, _, _ in rows], steering_negative="remove",
+            steering_scale=[take_away_scales(g) for g, _, _ in rows], steering_negative="remove",
             steering_window=tuple(window), **kw,
         ).reshape(len(grid), num_samples, -1)
         curve = [float((zg - z_target).norm(dim=1).mean()) / start for zg in z]

@@ -82,3 +82,22 @@ def test_the_apps_take_away_turns_a_stated_class_into_another_and_keeps_the_colo
     assert (cls[0, :, 1] == K.index("bag")).mean() <= 0.34  # to_bag alone does not overcome the prompt (measured 0/6)
     assert (cls[1, :, 1] == K.index("bag")).mean() >= 0.66  # measured 6/6
     assert (col[1, :, 1] == col[1, :, 0]).mean() >= 0.66  # the colour stays (measured 6/6 by pixel colour)
+
+
+def test_a_fitted_take_away_turns_a_stated_colour_where_the_open_prompts_full_edit_goes_dark(demo):
+    """The README's recipe: "toward blue" and "toward red" learned from four prompts each (guidance 7.5). Against
+    "a red X", blue at its open-prompt full edit with red taken away cancels to a near-black garment; the fit (from
+    the model alone) asks for more over the whole run, and the garments turn blue."""
+    pipe, clf = demo
+    things = ["t-shirt", "sneaker", "bag", "coat"]
+    blue, red = (pipe.learn_direction([f"a {c} {t}" for t in things], [f"a {t}" for t in things], progress=False) for c in ("blue", "red"))
+    fit = pipe.fit_take_away(blue, red, guidance_scale=5.0)  # the guidance `sample` generates with
+    assert fit.window == (0.0, 1.0) and fit.strength >= 1.2
+    prompts = ["a red t-shirt", "a red dress", "a red bag", "a red pullover"]
+    kw = dict(steering=[blue, red], steering_negative="remove", steering_window=fit.window)
+    at_one = sample(pipe, prompts, steering_scale=[1.0, -1.0], **kw)
+    fitted = sample(pipe, prompts, steering_scale=fit.scales, **kw)
+    lit = lambda images: (images.max(1) > 0.25).mean((1, 2))  # noqa: E731 - the matrix's lit share of the frame
+    assert (lit(at_one) < 0.1).mean() >= 0.75  # dark (measured lit share 0.01-0.07)
+    _, col = predict(clf, fitted)
+    assert (lit(fitted) > 0.1).all() and (col == C.index("blue")).mean() >= 0.75

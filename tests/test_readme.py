@@ -43,6 +43,7 @@ def test_readme_python_blocks_run_as_written(tmp_path):
             "assert blue.metadata['calibration']['strength'] > 0 and paper.metadata['preset'] == 'paper'",
             "assert Path('blue.safetensors').is_file() and Path('detector.safetensors').is_file()",
             "assert all(math.isfinite(float(s)) for s in out.memorization_scores)",
+            "assert fit.window == (0.0, 1.0) and 1.3 < fit.strength < 1.8, f'the README states the fit: {fit}'",
             "print('README OK')",
         ]
     )

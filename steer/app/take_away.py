@@ -12,22 +12,22 @@ from PIL import Image
 
 from steer.app.base import LIMITS, ProgressFn, UserError, check_float
 from steer.app.files import check_fits
+from steer.take_away import take_away_scales as pair_scales
 from steer.vectors import SteeringVector
 
 
 def take_away_amount(scale: float) -> float:
     """How much of the prompt's excess along the take-away direction a row at ``scale`` removes: ``scale`` up to 1
     (all of it), so the original (scale 0) is untouched and the strip moves both edits together."""
-    return min(float(scale), 1.0)
+    return -pair_scales(scale)[1]
 
 
 def take_away_scales(scales: Sequence[float]) -> list[list[float]]:
-    """(rows, 2) scales of ``[direction, take-away]``: the direction at each row's scale, the take-away removed by
-    `take_away_amount` (a negative scale under ``steering_negative="remove"``); raises `UserError` for a negative
-    scale (it would remove the direction too)."""
+    """(rows, 2) scales of ``[direction, take-away]`` (`steer.take_away.take_away_scales`, as the fit samples them);
+    raises `UserError` for a negative scale (it would remove the direction too)."""
     if any(float(s) < 0 for s in scales):
         raise UserError("a take-away goes with a positive strength: it replaces what the prompt says by the direction")
-    return [[float(s), -take_away_amount(s)] for s in scales]
+    return [pair_scales(s) for s in scales]
 
 
 def check_take_away(vector: SteeringVector | None, away: SteeringVector | None) -> None:
