@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from steer.cli.main import main
@@ -94,6 +95,36 @@ def test_generate_weights_combine_directions_per_row_and_are_recorded(model_dir,
     capsys.readouterr()
     rc = main([*args, "--direction", str(direction), str(direction), "--weights", "1", "--out", str(tmp_path / "bad")])
     assert_one_line_error(rc, capsys.readouterr().err, "--weights takes one number per --direction", prefix="steer generate: error:")
+
+
+def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, direction, tiny_pipe, tmp_path, capsys):
+    """`--take-away` removes what the prompt says along a second direction as --direction is added ([s, -min(s, 1)],
+    steering_negative="remove"); `--fit` fits the strength and window first, as `pipe.fit_take_away` does."""
+    red = tmp_path / "red.safetensors"
+    assert main(["learn", "--model", model_dir, "--positive", "a red sneaker", "--negative", "a sneaker", "--steps", "2",
+                 "--num-samples", "2", "--out", str(red)]) == 0
+    base = ["generate", "--model", model_dir, "--prompt", "a red sneaker", "--direction", str(direction), "--take-away", str(red),
+            "--steps", "2", "--guidance", "5"]
+    capsys.readouterr()
+    assert main([*base, "--fit", "--out", str(tmp_path / "fit")]) == 0
+    assert "fit: strength" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: the fit may not converge
+        fit = tiny_pipe.fit_take_away(SteeringVector.load(direction), SteeringVector.load(red), guidance_scale=5.0)
+    (png,) = (tmp_path / "fit").glob("seed0_scale*.png")
+    recipe = read_recipe(png)
+    assert recipe["scale"] == round(fit.strength, 3) and recipe["window"] == list(fit.window) and recipe["negative"] == "remove"
+    assert recipe["take_away"]["hash"] == SteeringVector.load(red).digest() and recipe["take_away"]["amount"] == min(recipe["scale"], 1.0)
+    blue_v, red_v = SteeringVector.load(direction), SteeringVector.load(red)
+    want = tiny_pipe("a red sneaker", generator=torch.Generator().manual_seed(0), num_inference_steps=2, guidance_scale=5.0,
+                     steering=[blue_v, red_v], steering_scale=[[recipe["scale"], -min(recipe["scale"], 1.0)]], steering_negative="remove",
+                     steering_window=fit.window, output_type="np").images[0]
+    with Image.open(png) as im:
+        assert np.abs(np.asarray(im.convert("RGB"), dtype=np.int16) - np.round(want * 255).astype(np.int16)).max() <= 1
+    rc = main([*base, "--direction", str(direction), str(direction), "--out", str(tmp_path / "x")])
+    assert_one_line_error(rc, capsys.readouterr().err, "--take-away goes with one --direction", prefix="steer generate: error:")
+    rc = main([*base[:7], *base[9:], "--fit", "--out", str(tmp_path / "y")])
+    assert_one_line_error(rc, capsys.readouterr().err, "--fit fits a take-away", prefix="steer generate: error:")
 
 
 def test_clear_errors_not_tracebacks(model_dir, direction, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -158,9 +159,14 @@ def _learn(pipe, args: argparse.Namespace):
     )
 
 
-def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float]) -> dict[str, Any]:
+def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None) -> dict[str, Any]:
     from steer import __version__
+    from steer.take_away import take_away_scales
 
+    taken = {}
+    if away is not None:
+        taken = {"take_away": {"name": away[0].name, "hash": away[0].digest(), "path": str(away[1]),
+                               "amount": -take_away_scales(scale)[1] if scale is not None else None}}
     return {
         "steer_version": __version__,
         "model": str(args.model),
@@ -180,6 +186,7 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "mode": config.mode,
         "negative": config.negative,
         **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
+        **taken,
     }
 
 
@@ -209,13 +216,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
     from steer.hub import resolve_direction
     from steer.recipe import save_png
+    from steer.take_away import take_away_scales
     from steer.vectors import SteeringVector
 
-    paths = []
-    for d in args.direction or []:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
+    def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
         bundled = bundled_directions()
-        paths.append(bundled[d] if d in bundled and not Path(d).exists() else resolve_direction(d))
-    vectors = [(SteeringVector.load(p), p) for p in paths]
+        return bundled[d] if d in bundled and not Path(d).exists() else resolve_direction(d)
+
+    vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
     weights = args.weights if args.weights is not None else [1.0] * len(vectors)
@@ -223,16 +231,38 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError(f"--weights takes one number per --direction: got {len(weights)} for {len(vectors)} direction(s)")
     if args.seed + args.num_images - 1 > MAX_SEED:
         raise CLIError(f"--seed {args.seed} + --num-images {args.num_images} runs past the largest seed {MAX_SEED}")
-    config = apply_recommended(args, [v for v, _ in vectors])
-    scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
+    away = None
+    if args.take_away is not None:
+        if len(vectors) != 1:
+            raise CLIError("--take-away goes with one --direction (the one that replaces it)")
+        away_path = located(args.take_away)
+        away = (SteeringVector.load(away_path), away_path)
+        args.negative = "remove"
+    elif args.fit:
+        raise CLIError("--fit fits a take-away: give --take-away too")
+    given = {"scale": args.scale is not None or args.sweep is not None, "window": args.window is not None}  # before the recommended fill in
+    config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
     pipe = load_pipeline(args.model, args.device, progress=True)
+    if args.fit:
+        fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
+        print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
+        if not given["scale"]:
+            args.scale = round(fit.strength, 3)
+        if not given["window"]:
+            config = dataclasses.replace(config, window=fit.window)
+    scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steering_kwargs: dict[str, Any] = {}
     if vectors:
+        rows = [[s * w for w in weights] for s in scales]
+        if away is not None:
+            if any(s < 0 for s in scales):
+                raise CLIError("--take-away goes with a positive --scale / --sweep: it replaces what the prompt says")
+            rows = [[*r, take_away_scales(s)[1]] for r, s in zip(rows, scales, strict=True)]
         steering_kwargs = dict(
-            steering=[v for v, _ in vectors],
-            steering_scale=[[s * w for w in weights] for s in scales],
+            steering=[v for v, _ in vectors] + ([away[0]] if away else []),
+            steering_scale=rows,
             **config.to_settings(),
         )
     device = pipe._execution_device
@@ -252,10 +282,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ).images
         for image, scale in zip(images, scales, strict=True):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, config, scale, seed, weights)))
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, config, scale, seed, weights, away)))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed, weights), "sweep": scales}))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed, weights, away), "sweep": scales}))
     for w in written:
         print(w)
     return 0
@@ -333,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
     p.add_argument("--weights", type=SCALE, nargs="+", default=None,
                    help="one weight per --direction, multiplying the scale (default 1 each): --direction to_blue to_red --weights 1 -1 --negative remove")
+    p.add_argument("--take-away", default=None, metavar="DIRECTION",
+                   help="a direction whose excess in the prompt is removed as --direction is added (\"a red t-shirt\" -> blue: "
+                        "--direction to_blue --take-away to_red); amount min(scale, 1), --negative remove")
+    p.add_argument("--fit", action="store_true",
+                   help="with --take-away: fit the strength and window from the model first (pipe.fit_take_away; a few "
+                        "seconds), used unless --scale / --sweep / --window say otherwise")
     _add_steering_args(p)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
