@@ -218,8 +218,8 @@ class SteerApp:
         strength = round(fit.strength / 0.05) * 0.05  # the slider's step
         note = (
             f"Fitted: **{H.md_text(vector.name)}** × {strength:g} taking away **{H.md_text(away.name)}**, window "
-            f"{fit.window[0]:g}-{fit.window[1]:g} (from the model alone: {H.md_text(fit.prompts[0][0])!s} -> "
-            f"{H.md_text(fit.prompts[0][1])!s}, relative distance {fit.distance:.2f}). Strength and window are set."
+            f"{fit.window[0]:g}-{fit.window[1]:g} (from the model alone: {H.md_text(fit.prompts[0][0])} -> "
+            f"{H.md_text(fit.prompts[0][1])}, relative distance {fit.distance:.2f}). Strength and window are set."
         )
         if not fit.converged:
             note += " **Note:** no strength brought the samples closer; this is a guess."
