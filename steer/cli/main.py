@@ -240,15 +240,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.negative = "remove"
     elif args.fit:
         raise CLIError("--fit fits a take-away: give --take-away too")
-    given = {"scale": args.scale is not None or args.sweep is not None, "window": args.window is not None}  # before the recommended fill in
+    user_set = {"scale": args.scale is not None or args.sweep is not None, "window": args.window is not None}  # before the recommended fill in
     config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
     pipe = load_pipeline(args.model, args.device, progress=True)
     if args.fit:
         fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
         print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
-        if not given["scale"]:
+        if not user_set["scale"]:
             args.scale = round(fit.strength, 3)
-        if not given["window"]:
+        if not user_set["window"]:
             config = dataclasses.replace(config, window=fit.window)
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
     out = Path(args.out)
