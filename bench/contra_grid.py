@@ -51,8 +51,8 @@ GRIDS = {
 def fitted(pipe, vector, away, prompt: str) -> np.ndarray:
     """``prompt`` (seed 1000) with ``away`` replaced by ``vector`` at the pair's fitted strength and window."""
     fit = pipe.fit_take_away(vector, away, guidance_scale=5.0)
-    return pipe(prompt, generator=generators([1000]), steering=[vector, away], steering_scale=fit.scales, steering_negative="remove",
-                steering_window=fit.window, num_inference_steps=20, guidance_scale=5.0, output_type="np").images[0]
+    return pipe(prompt, generator=generators([1000]), steering=[vector, away], num_inference_steps=20, guidance_scale=5.0, output_type="np",
+                **fit.options()).images[0]
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 
 @dataclass
 class TakeAwayFit:
-    """The outcome of `fit_take_away`: call with ``steering=[vector, away]``, ``steering_scale=fit.scales``,
-    ``steering_negative="remove"``, ``steering_window=fit.window``."""
+    """The outcome of `fit_take_away`: call with ``steering=[vector, away], **fit.options()`` (``steering_scale=
+    fit.scales``, ``steering_negative="remove"``, ``steering_window=fit.window``)."""
 
     strength: float
     window: tuple[float, float]
@@ -44,6 +44,10 @@ class TakeAwayFit:
         """``[strength, -amount]`` as the fit sampled them: the prompt's excess along ``away`` is all removed (amount
         1) from strength 1 on, in proportion below it."""
         return take_away_scales(self.strength)
+
+    def options(self) -> dict[str, Any]:
+        """The ``steering_*`` options of a call with ``steering=[vector, away]`` at this fit."""
+        return {"steering_scale": self.scales, "steering_negative": "remove", "steering_window": self.window}
 
     def to_dict(self) -> dict[str, Any]:
         return {

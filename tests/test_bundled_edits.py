@@ -94,9 +94,8 @@ def test_a_fitted_take_away_turns_a_stated_colour_where_the_open_prompts_full_ed
     fit = pipe.fit_take_away(blue, red, guidance_scale=5.0)  # the guidance `sample` generates with
     assert fit.window == (0.0, 1.0) and fit.strength >= 1.2
     prompts = ["a red t-shirt", "a red dress", "a red bag", "a red pullover"]
-    kw = dict(steering=[blue, red], steering_negative="remove", steering_window=fit.window)
-    at_one = sample(pipe, prompts, steering_scale=[1.0, -1.0], **kw)
-    fitted = sample(pipe, prompts, steering_scale=fit.scales, **kw)
+    at_one = sample(pipe, prompts, steering=[blue, red], steering_scale=[1.0, -1.0], steering_negative="remove", steering_window=fit.window)
+    fitted = sample(pipe, prompts, steering=[blue, red], **fit.options())
     lit = lambda images: (images.max(1) > 0.25).mean((1, 2))  # noqa: E731 - the matrix's lit share of the frame
     assert (lit(at_one) < 0.1).mean() >= 0.75  # dark (measured lit share 0.01-0.07)
     _, col = predict(clf, fitted)

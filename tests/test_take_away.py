@@ -46,6 +46,7 @@ def test_fit_samples_the_rewritten_prompts_and_counts_its_cost(tiny_pipe):
     assert all(len(curve) == 2 for curve in fit.distances.values()) and 0.5 <= fit.strength <= 1.0
     assert sum(rows) == fit.unet_rows == (2 + 2 * 2) * 2 * 2 * 2
     assert fit.to_dict()["window"] == list(fit.window)
+    assert fit.options() == {"steering_scale": [fit.strength, -min(fit.strength, 1.0)], "steering_negative": "remove", "steering_window": fit.window}
 
 
 def test_fit_needs_directions_learned_from_prompts(tiny_pipe):
