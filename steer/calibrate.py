@@ -64,7 +64,7 @@ def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
 
 
-def _latents(pipe, prompts: Sequence[str], seeds: Sequence[int], **call_kwargs: Any) -> torch.Tensor:
+def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], **call_kwargs: Any) -> torch.Tensor:
     out = pipe(list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs).images
     return out.float().flatten(1).cpu()
 
@@ -105,16 +105,16 @@ def calibrate(
     # the pipeline's own call options (height, use_resolution_binning, ...) go to every call, steering_* to steered ones
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
     steering = {k: v for k, v in steering.items() if k.startswith("steering")}
-    z_pos = _latents(pipe, pos, seeds, **kw)
+    z_pos = sample_latents(pipe, pos, seeds, **kw)
     # open samples (the attribute left to the model), steered at 0 and along the grid in one batched call
     opened = open_prompts(pos, neg)
     strengths = [0.0, *grid]
     rows = [(p, s, g) for g in strengths for p, s in zip(opened, seeds, strict=True)]
-    z = _latents(pipe, [p for p, _, _ in rows], [s for _, s, _ in rows], steering=vector, steering_scale=[g for _, _, g in rows], **kw, **steering)
+    z = sample_latents(pipe, [p for p, _, _ in rows], [s for _, s, _ in rows], steering=vector, steering_scale=[g for _, _, g in rows], **kw, **steering)
     z = z.reshape(len(strengths), num_samples, -1)
     start = float((z[0] - z_pos).norm(dim=1).mean().clamp_min(1e-6))
     distances = [float((zg - z_pos).norm(dim=1).mean()) / start for zg in z]
-    best, distance = _minimum(strengths, distances)
+    best, distance = curve_minimum(strengths, distances)
     converged = best > 0
     if not converged:  # no strength brings the open samples closer to the positives' own samples
         best = grid[len(grid) // 2]
@@ -184,7 +184,7 @@ def rewrite_attribute(prompt: str, negative: Sequence[str], like: str, like_nega
     return " ".join([*words[:start], *like.split()[other_start:other_end], *words[end:]])
 
 
-def _minimum(xs: list[float], ys: list[float]) -> tuple[float, float]:
+def curve_minimum(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """The minimum of a sampled curve, refined by the parabola through the best point and its two neighbours."""
     i = min(range(len(ys)), key=ys.__getitem__)
     if 0 < i < len(xs) - 1:

@@ -1,6 +1,6 @@
 """Fitting a take-away: the strength and window at which one direction replaces what a prompt states along another.
 
-"a red dress" -> bag is steered with ``[to_bag, to_dress]`` at ``[s, -1]`` under ``steering_negative="remove"``. The
+"a red dress" -> bag is steered with ``[to_bag, to_dress]`` at ``[s, -min(s, 1)]`` under ``steering_negative="remove"``. The
 open prompts' full edit (`steer.calibrate`) is not the strength this needs: the prompt fights the edit, and in
 between the two values cancel (a colour goes dark before it turns). `fit_take_away` asks the model itself, as the
 calibration does: the take-away's own positive prompts ("a red dress", ...) are rewritten with the direction's
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from steer.calibrate import _latents, _minimum, rewrite_attribute
+from steer.calibrate import curve_minimum, rewrite_attribute, sample_latents
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
@@ -43,7 +43,7 @@ class TakeAwayFit:
     def scales(self) -> list[float]:
         """``[strength, -amount]`` as the fit sampled them: the prompt's excess along ``away`` is all removed (amount
         1) from strength 1 on, in proportion below it."""
-        return take_away_scales(self.strength)
+        return pair_scales(self.strength)
 
     def options(self) -> dict[str, Any]:
         """The ``steering_*`` options of a call with ``steering=[vector, away]`` at this fit."""
@@ -58,7 +58,7 @@ class TakeAwayFit:
         }
 
 
-def take_away_scales(strength: float) -> list[float]:
+def pair_scales(strength: float) -> list[float]:
     """``[strength, -min(strength, 1)]``: the direction at ``strength``, the take-away's excess removed with it (all of
     it from 1 on; under ``steering_negative="remove"``)."""
     return [float(strength), -min(float(strength), 1.0)]
@@ -112,20 +112,20 @@ def fit_take_away(
     pairs = [(p, rewrite_attribute(p, negatives, like, like_negatives)) for p in sources]
     seeds = [seed + i for i in range(num_samples)]
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
-    z_target = _latents(pipe, [t for _, t in pairs], seeds, **kw)
-    start = float((_latents(pipe, sources, seeds, **kw) - z_target).norm(dim=1).mean().clamp_min(1e-6))
+    z_target = sample_latents(pipe, [t for _, t in pairs], seeds, **kw)
+    start = float((sample_latents(pipe, sources, seeds, **kw) - z_target).norm(dim=1).mean().clamp_min(1e-6))
     distances: dict[str, list[float]] = {}
     best = (float("inf"), 0.0, tuple(windows[0]))
     for window in windows:
         rows = [(g, p, s) for g in grid for p, s in zip(sources, seeds, strict=True)]
-        z = _latents(
+        z = sample_latents(
             pipe, [p for _, p, _ in rows], [s for _, _, s in rows], steering=[vector, away],
-            steering_scale=[take_away_scales(g) for g, _, _ in rows], steering_negative="remove",
+            steering_scale=[pair_scales(g) for g, _, _ in rows], steering_negative="remove",
             steering_window=tuple(window), **kw,
         ).reshape(len(grid), num_samples, -1)
         curve = [float((zg - z_target).norm(dim=1).mean()) / start for zg in z]
         distances[f"{window[0]:g},{window[1]:g}"] = curve
-        strength, distance = _minimum([0.0, *grid], [1.0, *curve])
+        strength, distance = curve_minimum([0.0, *grid], [1.0, *curve])
         if distance < best[0]:
             best = (distance, strength, (float(window[0]), float(window[1])))
     distance, strength, window = best

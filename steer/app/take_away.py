@@ -12,7 +12,7 @@ from PIL import Image
 
 from steer.app.base import LIMITS, ProgressFn, UserError, check_float
 from steer.app.files import check_fits
-from steer.take_away import take_away_scales as pair_scales
+from steer.take_away import pair_scales
 from steer.vectors import SteeringVector
 
 
@@ -23,7 +23,7 @@ def take_away_amount(scale: float) -> float:
 
 
 def take_away_scales(scales: Sequence[float]) -> list[list[float]]:
-    """(rows, 2) scales of ``[direction, take-away]`` (`steer.take_away.take_away_scales`, as the fit samples them);
+    """(rows, 2) scales of ``[direction, take-away]`` (`steer.take_away.pair_scales`, as the fit samples them);
     raises `UserError` for a negative scale (it would remove the direction too)."""
     if any(float(s) < 0 for s in scales):
         raise UserError("a take-away goes with a positive strength: it replaces what the prompt says by the direction")

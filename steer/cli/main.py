@@ -161,12 +161,12 @@ def _learn(pipe, args: argparse.Namespace):
 
 def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None) -> dict[str, Any]:
     from steer import __version__
-    from steer.take_away import take_away_scales
+    from steer.take_away import pair_scales
 
     taken = {}
     if away is not None:
         taken = {"take_away": {"name": away[0].name, "hash": away[0].digest(), "path": str(away[1]),
-                               "amount": -take_away_scales(scale)[1] if scale is not None else None}}
+                               "amount": -pair_scales(scale)[1] if scale is not None else None}}
     return {
         "steer_version": __version__,
         "model": str(args.model),
@@ -216,7 +216,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
     from steer.hub import resolve_direction
     from steer.recipe import save_png
-    from steer.take_away import take_away_scales
+    from steer.take_away import pair_scales
     from steer.vectors import SteeringVector
 
     def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
@@ -259,7 +259,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if away is not None:
             if any(s < 0 for s in scales):
                 raise CLIError("--take-away goes with a positive --scale / --sweep: it replaces what the prompt says")
-            rows = [[*r, take_away_scales(s)[1]] for r, s in zip(rows, scales, strict=True)]
+            rows = [[*r, pair_scales(s)[1]] for r, s in zip(rows, scales, strict=True)]
         steering_kwargs = dict(
             steering=[v for v, _ in vectors] + ([away[0]] if away else []),
             steering_scale=rows,
