@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from steer.calibrate import curve_minimum, rewrite_attribute, sample_latents
+from steer.calibrate import POOR_DISTANCE, curve_minimum, rewrite_attribute, sample_latents
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
@@ -48,6 +48,29 @@ class TakeAwayFit:
     def options(self) -> dict[str, Any]:
         """The ``steering_*`` options of a call with ``steering=[vector, away]`` at this fit."""
         return {"steering_scale": self.scales, "steering_negative": "remove", "steering_window": self.window}
+
+    def advice(self) -> str | None:
+        """One line for the user when the fit itself says the pair may not flip at it; None when it does not.
+
+        A converged fit whose samples stay far from the rewritten prompts' own (relative distance above
+        `steer.calibrate.POOR_DISTANCE`: the two directions do not reach what the model draws for the rewritten prompt,
+        e.g. red -> orange on the demo model, 0.98), or whose closest strength is the top of the grid (more may be
+        closer)."""
+        if not self.converged:
+            return None  # fit_take_away warned already: the strength is a guess
+        source, target = self.prompts[0] if self.prompts else ("the prompts", "the rewritten ones")
+        if self.distance > POOR_DISTANCE:
+            return (
+                f"take-away fit: at its best setting the samples come only to {self.distance:.2f} of their unsteered "
+                f"distance from the rewritten prompts' own ({source!r} -> {target!r}; fits that flip stay below "
+                f"{POOR_DISTANCE}), so this pair may not flip: check a strength strip"
+            )
+        if self.strength >= self.grid[-1] - 1e-6:
+            return (
+                f"take-away fit: the closest strength is the largest tried ({self.grid[-1]:g}); a stronger one may be "
+                "closer still: check a strength strip above it"
+            )
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,4 +160,8 @@ def fit_take_away(
             f"rewritten prompts' samples; using {strength}", stacklevel=2,
         )
     unet_rows = (2 + len(windows) * len(grid)) * num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
-    return TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows)
+    fit = TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows)
+    advice = fit.advice()
+    if advice:
+        warnings.warn(advice, stacklevel=2)
+    return fit

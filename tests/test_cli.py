@@ -107,10 +107,17 @@ def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, directio
             "--steps", "2", "--guidance", "5"]
     capsys.readouterr()
     assert main([*base, "--fit", "--out", str(tmp_path / "fit")]) == 0
-    assert "fit: strength" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fit: strength" in err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: the fit may not converge
         fit = tiny_pipe.fit_take_away(SteeringVector.load(direction), SteeringVector.load(red), guidance_scale=5.0)
+    # the fit's advice (a pair that may not flip) as one warning line, as learning's
+    said = [line for line in err.splitlines() if line.startswith("warning: take-away fit")]
+    if fit.advice():
+        assert said == [f"warning: {fit.advice()}"]
+    else:  # random weights: usually no strength brings the samples closer, which is said too
+        assert len(said) == (0 if fit.converged else 1) and all("no strength in" in line for line in said)
     (png,) = (tmp_path / "fit").glob("seed0_scale*.png")
     recipe = read_recipe(png)
     assert recipe["scale"] == round(fit.strength, 3) and recipe["window"] == list(fit.window) and recipe["negative"] == "remove"

@@ -57,3 +57,44 @@ def test_fit_needs_directions_learned_from_prompts(tiny_pipe):
         tiny_pipe.fit_take_away(blue, bare)
     with pytest.raises(ValueError, match="positive strengths"):
         tiny_pipe.fit_take_away(blue, learned(tiny_pipe, "red"), grid=(0.0, 1.0))
+
+
+def prompt_vector(colour: str) -> SteeringVector:
+    """A direction that records the prompts it was learned from (all `fit_take_away` reads of it)."""
+    meta = {"name": f"to_{colour}", "positive": {"prompts": [f"a {colour} sneaker", f"a {colour} bag"]}, "negative": {"prompts": ["a sneaker", "a bag"]}}
+    return SteeringVector({CONTEXT_SITE: torch.ones(4)}, meta)
+
+
+@pytest.mark.parametrize(
+    ("reach", "strength", "window", "advice"),
+    [
+        ({"0,0.5": 0.3, "0,1": 1.0}, 1.0, (0.0, 1.0), None),  # the whole run reaches the rewritten prompts at 1
+        ({"0,0.5": 1.0, "0,1": 0.25}, 1.0, (0.0, 0.5), None),
+        ({"0,0.5": 0.2, "0,1": 0.4}, 2.0, (0.0, 1.0), "the closest strength is the largest tried (2)"),
+        ({"0,0.5": 0.05, "0,1": 0.1}, 2.0, (0.0, 1.0), "come only to 0.80 of their unsteered distance"),
+    ],
+)
+def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_not_flip(monkeypatch, reach, strength, window, advice):
+    """Latents stand in for the model: the rewritten prompts sample at 1, the sources at 0, and a steered source at
+    ``reach[window] * s``; so the relative distance along the grid is ``|1 - reach * s|``."""
+
+    def fake_latents(pipe, prompts, seeds, **kw):
+        if "steering_scale" not in kw:
+            return torch.tensor([[1.0 if "blue" in p else 0.0] for p in prompts])
+        w = kw["steering_window"]
+        assert kw["steering_negative"] == "remove" and all(row[1] == -min(row[0], 1.0) for row in kw["steering_scale"])
+        return torch.tensor([[reach[f"{w[0]:g},{w[1]:g}"] * row[0]] for row in kw["steering_scale"]])
+
+    monkeypatch.setattr("steer.take_away.sample_latents", fake_latents)
+    from steer.take_away import fit_take_away
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = fit_take_away(None, prompt_vector("blue"), prompt_vector("red"), num_samples=2)
+    assert fit.converged and fit.strength == pytest.approx(strength) and fit.window == window
+    assert fit.prompts == [("a red sneaker", "a blue sneaker"), ("a red bag", "a blue bag")]
+    said = [str(w.message) for w in caught]
+    if advice is None:
+        assert fit.advice() is None and said == []
+    else:
+        assert advice in fit.advice() and said == [fit.advice()]

@@ -223,6 +223,8 @@ class SteerApp:
         )
         if not fit.converged:
             note += " **Note:** no strength brought the samples closer; this is a guess."
+        elif fit.advice():
+            note += f" **Note:** {H.md_text(fit.advice().removeprefix('take-away fit: '))}."
         return strength, fit.window[0], fit.window[1], ok_box(note)
 
     # ----- learning --------------------------------------------------------------------------------------------

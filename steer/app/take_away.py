@@ -4,6 +4,7 @@ came out dark. Gradio-free; re-exported by `steer.app.helpers`."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,7 +51,10 @@ def fit_take_away(pipe, vector: SteeringVector | None, away: SteeringVector | No
         check_fits(v, pipe, strict)
     if progress is not None:
         progress(0.0, "fitting the take-away (a few small samplings)")
-    return pipe.fit_take_away(vector, away, guidance_scale=check_float(guidance, "guidance", 0.0, LIMITS.max_guidance))
+    guidance = check_float(guidance, "guidance", 0.0, LIMITS.max_guidance)
+    with warnings.catch_warnings():  # the fit's advice goes into the page's note (fit.advice()), not the server log
+        warnings.simplefilter("ignore", UserWarning)
+        return pipe.fit_take_away(vector, away, guidance_scale=guidance)
 
 
 DARKENED = 0.3  # steered mean brightness below this share of the original's: the edit and the prompt cancel

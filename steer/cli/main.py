@@ -132,9 +132,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
         vector = _learn(pipe, args)
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
+    _print_warnings(caught)
+    return 0
+
+
+def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """The advice the library gave (`UserWarning`s) as one ``warning:`` line each on stderr, duplicates dropped."""
     for w in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
         print(f"warning: {w}", file=sys.stderr)
-    return 0
 
 
 def _learn(pipe, args: argparse.Namespace):
@@ -244,8 +249,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
     pipe = load_pipeline(args.model, args.device, progress=True)
     if args.fit:
-        fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
+        with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)
+            warnings.simplefilter("always")
+            fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
         print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
+        _print_warnings(caught)
         if not user_set["scale"]:
             args.scale = round(fit.strength, 3)
         if not user_set["window"]:
