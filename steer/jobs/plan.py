@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.config import SteeringConfig, check_window, recommended_settings
+from steer.config import SteeringConfig, recommended_settings
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, resolve_direction
+from steer.jobs.checks import check_bool, check_float, check_int, check_text, check_window_field
 from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.recipe import read_recipe, recipe_hash
@@ -35,7 +36,6 @@ MAX_IMAGES = 100_000  # images planned in one run
 MAX_SIZE = 8192
 MAX_SCALE = 1000.0  # |steering scale| (and sweep ends): larger overflows fp16/fp32 activations
 MAX_GUIDANCE = 100.0
-MAX_PROMPT_CHARS = 10_000  # prompt and negative_prompt (CLIP reads 77 tokens)
 MAX_NAME_CHARS = 1000
 MAX_DIRECTIONS = 16
 MAX_LAYER_PATTERNS = 256
@@ -126,11 +126,11 @@ class _Validator:
         job = {**DEFAULTS, **raw}
         if job.get("model") not in (None, self.model):
             raise JobError(line, f"model {show(job['model'])} differs from this run's model {show(self.model)}; run it as its own batch")
-        prompt = _check_text(line, "prompt", job.get("prompt"), required=True)
-        negative = _check_text(line, "negative_prompt", job.get("negative_prompt"))
+        prompt = check_text(line, "prompt", job.get("prompt"), required=True)
+        negative = check_text(line, "negative_prompt", job.get("negative_prompt"))
         seeds = self._seeds(line, job)
-        steps = _check_int(line, "num_inference_steps", job["num_inference_steps"], 1, MAX_STEPS)
-        guidance = _check_float(line, "guidance_scale", job["guidance_scale"], 0.0, MAX_GUIDANCE)
+        steps = check_int(line, "num_inference_steps", job["num_inference_steps"], 1, MAX_STEPS)
+        guidance = check_float(line, "guidance_scale", job["guidance_scale"], 0.0, MAX_GUIDANCE)
         height = self._size(line, "height", job.get("height"))
         width = self._size(line, "width", job.get("width"))
         directions = job.get("directions") or []
@@ -168,13 +168,13 @@ class _Validator:
             seeds = job["seeds"]
             if not isinstance(seeds, list) or not seeds or len(seeds) > MAX_IMAGES_PER_JOB:
                 raise JobError(line, f"seeds must be a non-empty list of at most {MAX_IMAGES_PER_JOB} integers, got {show(seeds)}")
-            return [_check_int(line, "seed", s, 0, MAX_SEED) for s in seeds]
-        return [_check_int(line, "seed", job.get("seed", 0), 0, MAX_SEED)]
+            return [check_int(line, "seed", s, 0, MAX_SEED) for s in seeds]
+        return [check_int(line, "seed", job.get("seed", 0), 0, MAX_SEED)]
 
     def _size(self, line: int, what: str, value: Any) -> int:
         if value is None:
             return self.default_size
-        value = _check_int(line, what, value, 8, MAX_SIZE)
+        value = check_int(line, what, value, 8, MAX_SIZE)
         if value % 8:
             raise JobError(line, f"{what} must be a multiple of 8, got {value}")
         return value
@@ -195,12 +195,12 @@ class _Validator:
             sweep = spec["sweep"]
             if not isinstance(sweep, list) or len(sweep) != 3:
                 raise JobError(line, f"directions[{i}].sweep must be [lo, hi, n], got {show(sweep)}")
-            lo = _check_float(line, "sweep lo", sweep[0], -MAX_SCALE, MAX_SCALE)
-            hi = _check_float(line, "sweep hi", sweep[1], -MAX_SCALE, MAX_SCALE)
-            n = _check_int(line, "sweep n", sweep[2], 2, 1000)
+            lo = check_float(line, "sweep lo", sweep[0], -MAX_SCALE, MAX_SCALE)
+            hi = check_float(line, "sweep hi", sweep[1], -MAX_SCALE, MAX_SCALE)
+            n = check_int(line, "sweep n", sweep[2], 2, 1000)
             scales = [lo + (hi - lo) * k / (n - 1) for k in range(n)]
         else:
-            scales = [_check_float(line, f"directions[{i}].scale", spec.get("scale", 1.0), -MAX_SCALE, MAX_SCALE)]
+            scales = [check_float(line, f"directions[{i}].scale", spec.get("scale", 1.0), -MAX_SCALE, MAX_SCALE)]
         path = self._find_direction(line, spec["path"])
         if path not in self._vectors:
             self._vectors[path] = SteeringVector.load(path)
@@ -243,10 +243,10 @@ class _Validator:
         # what a job leaves unset comes from its directions' recommended settings, as in every call (preserve_norm,
         # which a job cannot set, too); but the layers: a job without steering_layers steers all of its directions'
         recommended = SteeringConfig.from_settings(recommended_settings(vectors))
-        window = _check_window(line, "steering_window", job.get("steering_window", recommended.window))
+        window = check_window_field(line, "steering_window", job.get("steering_window", recommended.window))
         removal_window = job.get("steering_removal_window", recommended.removal_window)
         if removal_window is not None:
-            removal_window = _check_window(line, "steering_removal_window", removal_window)
+            removal_window = check_window_field(line, "steering_removal_window", removal_window)
         branch = job.get("steering_branch", recommended.branch)
         if branch not in BRANCHES:
             raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, got {show(branch)}")
@@ -256,8 +256,8 @@ class _Validator:
         negative = job.get("steering_negative", recommended.negative)
         if negative not in NEGATIVES:
             raise JobError(line, f"steering_negative must be one of {list(NEGATIVES)}, got {show(negative)}")
-        normalize = _check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
-        strict = _check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
+        normalize = check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
+        strict = check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
         config = dataclasses.replace(
             recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict,
             negative=negative, removal_window=removal_window,
@@ -337,57 +337,6 @@ def _unknown_fields(unknown: list[Any]) -> str:
         hints.append(f"{show(k)} (did you mean {close[0]!r}?)" if close else show(k))
     more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
     return ", ".join(hints) + more
-
-
-def _check_text(line: int, what: str, value: Any, required: bool = False) -> str | None:
-    """A prompt: a string of at most `MAX_PROMPT_CHARS` characters that encodes as UTF-8 (no lone surrogate)."""
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise JobError(line, f"{what} is required and must be a string" if value is None else f"{what} must be a string, got {show(value)}")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise JobError(line, f"{what} is {len(value)} characters long, over the {MAX_PROMPT_CHARS} limit")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise JobError(line, f"{what} is not valid Unicode text (a lone surrogate {value[err.start]!r} at character {err.start + 1})") from None
-    return value
-
-
-def _check_int(line: int, what: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(line, f"{what} must be an integer, got {show(value)}")
-    if not lo <= value <= hi:
-        raise JobError(line, f"{what} must be in [{lo}, {hi}], got {show(value)}")
-    return value
-
-
-def _check_float(line: int, what: str, value: Any, lo: float, hi: float) -> float:
-    """A finite number in ``[lo, hi]`` (an int too large for a float is out of range, not an overflow)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
-        raise JobError(line, f"{what} must be a finite number, got {show(value)}")
-    if not lo <= value <= hi:
-        if lo == 0 and value < 0:
-            raise JobError(line, f"{what} must be >= 0, got {show(value)}")
-        raise JobError(line, f"{what} must be in [{lo:g}, {hi:g}], got {show(value)}")
-    return float(value)
-
-
-def _check_window(line: int, key: str, window: Any) -> tuple[float, float]:
-    """A job's ``[start, end]`` window of fractions; raises `JobError` naming ``key``."""
-    if not isinstance(window, list | tuple) or len(window) != 2:
-        raise JobError(line, f"{key} must be a pair [start, end] of fractions, got {show(window)}")
-    window = tuple(_check_float(line, key, w, 0.0, 1.0) for w in window)
-    try:
-        return check_window(window, key)
-    except ValueError as err:
-        raise JobError(line, str(err)) from None
-
-
-def _check_bool(line: int, what: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise JobError(line, f"{what} must be true or false, got {show(value)}")
-    return value
 
 
 def _scale_tag(scales: Sequence[float]) -> str:

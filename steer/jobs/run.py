@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from steer.jobs.checks import MAX_PROMPT_CHARS
 from steer.jobs.files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id
 from steer.jobs.formats import read_jobs
 from steer.jobs.plan import (
@@ -41,7 +42,6 @@ from steer.jobs.plan import (
     MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_IMAGES_PER_JOB,
-    MAX_PROMPT_CHARS,
     MAX_SCALE,
     MAX_SEED,
     MAX_SIZE,
