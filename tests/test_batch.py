@@ -321,3 +321,84 @@ def test_a_job_adds_one_direction_and_removes_another_like_the_python_call(tiny_
                          steering_scale=[1.0, -1.0], steering_negative="remove", steering_window=(0.0, 0.5), output_type="np", **extra).images[0]
         got = np.asarray(Image.open(tmp_path / "out" / f"{name}.png").convert("RGB"))
         assert np.array_equal(got, np.round(want * 255).astype(np.uint8)), name
+
+
+def test_a_job_takes_away_at_a_fitted_strength_and_window_and_resumes_without_rerendering(tiny_pipe, tmp_path):
+    """``take_away`` as `steer generate --take-away`: each scale s steers [s, -min(s, 1)] under "remove";
+    ``take_away_fit`` fits the scale and window first (`pipe.fit_take_away`), once per pair, unless the job sets them."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration and the fit may not converge
+        blue, red = (tiny_pipe.learn_direction([f"a {c} bag", f"a {c} coat"], ["a bag", "a coat"], num_inference_steps=2,
+                                               calibration_samples=2, progress=False) for c in ("blue", "red"))
+        fit = tiny_pipe.fit_take_away(blue, red, guidance_scale=7.5)
+    paths = [str(blue.save(tmp_path / "blue.safetensors")), str(red.save(tmp_path / "red.safetensors"))]
+    base = {"prompt": "a red bag", "seed": 5, "num_inference_steps": STEPS, "directions": [paths[0]], "take_away": paths[1]}
+    jobs = [
+        {**base, "name": "sweep", "directions": [{"path": paths[0], "sweep": [0.5, 1.5, 2]}]},
+        {**base, "name": "fitted", "take_away_fit": True},
+        {**base, "name": "fitted_own_window", "take_away_fit": True, "steering_window": [0.0, 0.25]},
+        {**base, "name": "fitted_own_scale", "take_away_fit": True, "directions": [{"path": paths[0], "scale": 0.7}]},
+    ]
+    said = []
+    summary = batch.run(jobs, tiny_pipe, tmp_path / "out", batch_size=2, model="tiny", progress=False, report=said.append)
+    assert summary["written"] == 5 and not summary["failures"]
+    assert sum(line.startswith("take-away fit") for line in said) == 1  # one pair, one fit, three jobs
+
+    def want(scale: float, window) -> np.ndarray:
+        image = tiny_pipe("a red bag", generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, steering=[blue, red],
+                          steering_scale=[scale, -min(scale, 1.0)], steering_negative="remove", steering_window=window,
+                          output_type="np").images[0]
+        return np.round(image * 255).astype(np.uint8)
+
+    def got(name: str) -> tuple[np.ndarray, dict]:
+        path = tmp_path / "out" / f"{name}.png"
+        return np.asarray(Image.open(path).convert("RGB")), read_recipe(path)
+
+    image, recipe = got("sweep_seed5_s+1.5")
+    assert recipe["negative"] == "remove" and recipe["scale"] == 1.5 and recipe["window"] == blue.metadata["recommended"]["window"]
+    assert recipe["take_away"] == {"name": red.name, "hash": red.digest(), "path": paths[1], "amount": 1.0}
+    assert np.abs(image.astype(int) - want(1.5, tuple(recipe["window"]))).max() <= 1  # batched rows: float rounding only
+    assert got("sweep_seed5_s+0.5")[1]["take_away"]["amount"] == 0.5
+    strength = round(fit.strength, 3)
+    for name, scale, window in (("fitted", strength, fit.window), ("fitted_own_window", strength, (0.0, 0.25)), ("fitted_own_scale", 0.7, fit.window)):
+        image, recipe = got(name)
+        assert recipe["scale"] == scale and tuple(recipe["window"]) == tuple(window), name
+        assert recipe["take_away"]["fit"]["strength"] == round(fit.strength, 4), name
+        assert np.abs(image.astype(int) - want(scale, tuple(window))).max() <= 1, name
+    again = batch.run(jobs, tiny_pipe, tmp_path / "out", batch_size=2, model="tiny", progress=False)
+    assert (again["written"], again["skipped"]) == (0, 5)  # the fit is deterministic: a rerun plans the same images
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"take_away": None, "take_away_fit": True}, "take_away_fit fits a take-away: give take_away too"),
+        ({"take_away_fit": "yes"}, "take_away_fit must be true or false"),
+        ({"take_away": 3}, "take_away must be a direction file or name"),
+        ({"directions": ["DIR", "DIR"]}, "take_away goes with exactly one direction"),
+        ({"steering_negative": "subtract"}, "leave steering_negative out"),
+        ({"directions": [{"path": "DIR", "scale": -1}]}, "positive direction scales"),
+        ({"take_away": "DIR"}, "the take-away is the direction itself"),
+        ({"take_away": "no_such_direction"}, "direction file not found"),
+    ],
+)
+def test_a_bad_take_away_fails_its_job_with_one_line(tiny_pipe, direction, tmp_path, change, reason):
+    other = SteeringVector.load(direction)
+    away = SteeringVector({k: -v for k, v in other.directions.items()}, {"name": "other"}).save(tmp_path / "other.safetensors")
+
+    def fill(value):  # "DIR" stands for the direction's path
+        if isinstance(value, list):
+            return [fill(v) for v in value]
+        if isinstance(value, dict):
+            return {k: fill(v) for k, v in value.items()}
+        return str(direction) if value == "DIR" else value
+
+    job = {"prompt": "a red bag", "num_inference_steps": STEPS, "directions": [str(direction)], "take_away": str(away), **fill(change)}
+    job = {k: v for k, v in job.items() if v is not None}
+    plan = batch.plan_jobs([(7, job)], tiny_pipe, tmp_path / "out", model="tiny")
+    assert not plan.images and len(plan.failures) == 1
+    assert plan.failures[0]["line"] == 7 and reason in plan.failures[0]["reason"] and "\n" not in plan.failures[0]["reason"]

@@ -100,3 +100,31 @@ def test_a_fitted_take_away_turns_a_stated_colour_where_the_open_prompts_full_ed
     assert (lit(at_one) < 0.1).mean() >= 0.75  # dark (measured lit share 0.01-0.07)
     _, col = predict(clf, fitted)
     assert (lit(fitted) > 0.1).all() and (col == C.index("blue")).mean() >= 0.75
+
+
+def test_the_readmes_batch_jobs_run_and_the_fitted_take_away_turns_red_dresses_into_red_bags(demo, tmp_path):
+    """README's JSON jobs through `steer.jobs.run` on the demo model: no job fails, the take-away job fits once (and
+    says so), and its images are bags that keep the prompt's warm colour (measured: 3 of 3 bags, read red, orange,
+    orange by the classifier's colour head; looked at: red-orange bags)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from PIL import Image
+
+    from steer.jobs import run as batch
+    from steer.recipe import read_recipe
+
+    pipe, clf = demo
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = re.findall(r"^```json[ \t]*\n(.*?)^```", readme, re.DOTALL | re.MULTILINE)
+    jobs = [json.loads(line) for line in block.splitlines() if line.strip()]
+    said: list[str] = []
+    summary = batch.run(jobs, pipe, tmp_path / "out", batch_size=4, model="demo", progress=False, report=said.append)
+    assert not summary["failures"] and summary["written"] == 5 + 3
+    assert sum(line.startswith("take-away fit 'toward bag' replacing 'toward dress'") for line in said) == 1
+    paths = sorted(p for p in (tmp_path / "out").glob("*.png") if read_recipe(p).get("take_away"))
+    assert len(paths) == 3 and all(read_recipe(p)["take_away"]["name"] == "toward dress" for p in paths)
+    images = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255 for p in paths])
+    cls, col = predict(clf, images)
+    assert (cls == K.index("bag")).mean() >= 0.66 and np.isin(col, [C.index("red"), C.index("orange")]).mean() >= 0.66

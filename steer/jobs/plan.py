@@ -15,7 +15,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from steer.hub import is_hub_spec, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_text, check_window_field
 from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
+from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.recipe import read_recipe, recipe_hash
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
@@ -95,7 +96,7 @@ class Plan:
 class _Validator:
     """Checks jobs against one pipeline; caches loaded vectors and verified call setups."""
 
-    def __init__(self, pipe: Any, model: str, base_dir: Path | None):
+    def __init__(self, pipe: Any, model: str, base_dir: Path | None, report: Callable[[str], None] | None = None):
         from steer import __version__
         from steer.denoisers import denoiser_of, native_size
         from steer.vectors import weights_hash
@@ -108,6 +109,8 @@ class _Validator:
         self.default_size = native_size(pipe)
         self._vectors: dict[Path, Any] = {}
         self._setups: dict[tuple, list[str] | Exception] = {}
+        self._fits = FitCache(pipe)
+        self.report = report
 
     # ----- fields ---------------------------------------------------------------------------------------------------
     def images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
@@ -139,9 +142,10 @@ class _Validator:
         if len(directions) > MAX_DIRECTIONS:
             raise JobError(line, f"at most {MAX_DIRECTIONS} directions per job, got {len(directions)}")
         loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
+        away, job = self._take_away(line, job, directions, loaded, guidance, height, width)
         setup = CallSetup(self.model, steps, guidance, height, width)
         if loaded:
-            setup = self._steering_setup(line, job, setup, [v for v, _, _ in loaded])
+            setup = self._steering_setup(line, job, setup, [v for v, _, _ in loaded] + ([away.vector] if away else []))
         resolved_layers = self._check_setup(line, setup)
         name = job.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
@@ -156,10 +160,39 @@ class _Validator:
         single = count == 1 and bool(name)
         images = []
         for index, (seed, scales) in enumerate(itertools.product(seeds, combos)):
-            recipe = self._recipe(prompt, negative, seed, setup, loaded, scales, resolved_layers)
+            recipe = self._recipe(prompt, negative, seed, setup, loaded, scales, resolved_layers, away)
             file_stem = stem if single else f"{stem}_seed{seed}{_scale_tag(scales)}"
-            images.append(ImageJob(line, index, prompt, negative, seed, tuple(scales), setup, recipe, image_key(recipe), file_stem))
+            rows = row_scales(scales[0]) if away else tuple(scales)  # with a take-away: [s, -min(s, 1)]
+            images.append(ImageJob(line, index, prompt, negative, seed, rows, setup, recipe, image_key(recipe), file_stem))
         return images
+
+    def _take_away(self, line: int, job: dict[str, Any], directions: list[Any], loaded: list, guidance: float, height: int, width: int):
+        """The job's take-away (`steer.jobs.take_away`), None without one, and the job with what it implies filled in:
+        ``steering_negative="remove"``, and with ``take_away_fit`` the fitted window (unless the job sets one) and
+        scale (unless its direction does, in ``loaded``)."""
+        spec, fit_it = check_fields(line, job)
+        if spec is None:
+            return None, job
+        vector, path, scales = loaded[0]
+        away_path = self._find_direction(line, spec)
+        if away_path not in self._vectors:
+            from steer.vectors import SteeringVector
+
+            self._vectors[away_path] = SteeringVector.load(away_path)
+        away = self._vectors[away_path]
+        if away.digest() == vector.digest():
+            raise JobError(line, "the take-away is the direction itself: take away the one the prompt names (for 'a red sneaker' -> blue, add to_blue and take away to_red)")
+        fit = self._fits.get(vector, away, guidance, height, width, self.report) if fit_it else None
+        job = {**job, "steering_negative": "remove"}
+        if fit is not None:
+            if "steering_window" not in job:
+                job["steering_window"] = list(fit.window)
+            if not sets_scale(directions[0]):
+                scales = [round(fit.strength, 3)]
+        if any(s < 0 for s in scales):
+            raise JobError(line, "a take-away goes with positive direction scales: it replaces what the prompt says")
+        loaded[0] = (vector, path, scales)
+        return JobTakeAway(away, str(away_path), fit), job
 
     def _seeds(self, line: int, job: dict[str, Any]) -> list[int]:
         if "seed" in job and "seeds" in job:
@@ -284,7 +317,7 @@ class _Validator:
             raise JobError(line, error_reason(result))
         return result
 
-    def _recipe(self, prompt, negative, seed, setup: CallSetup, loaded, scales, layers) -> dict[str, Any]:
+    def _recipe(self, prompt, negative, seed, setup: CallSetup, loaded, scales, layers, away: JobTakeAway | None = None) -> dict[str, Any]:
         steered = bool(loaded)
         config = setup.config.to_dict() if setup.config is not None else dict.fromkeys(_UNSTEERED)
         return {
@@ -313,6 +346,7 @@ class _Validator:
             "strict": config["strict"],
             "negative": config["negative"],
             **({"removal_window": config["removal_window"]} if config.get("removal_window") is not None else {}),
+            **({"take_away": away.recipe(scales[0])} if away is not None else {}),
         }
 
 
@@ -359,19 +393,26 @@ def sanitize_name(name: str) -> str:
 
 
 def image_key(recipe: dict[str, Any]) -> str:
-    """The resume key of an image: the recipe hash without provenance-only fields (version, direction paths)."""
+    """The resume key of an image: the recipe hash without provenance-only fields (version, direction paths, a
+    take-away's path and the fit its scale and window came from: they are in the recipe themselves)."""
     core = {k: v for k, v in recipe.items() if k != "steer_version"}
     core["directions"] = [{k: v for k, v in d.items() if k != "path"} for d in recipe.get("directions") or []]
+    if isinstance(recipe.get("take_away"), dict):
+        core["take_away"] = {k: v for k, v in recipe["take_away"].items() if k not in ("path", "fit")}
     return recipe_hash(core)
 
 
 # ======================================================================================================================
 # Planning: validation, resume state, output names, batches
 # ======================================================================================================================
-def plan_jobs(raw_jobs: Sequence[RawJob], pipe: Any, out_dir: str | os.PathLike, *, model: str, base_dir: Path | None = None, batch_size: int = 4) -> Plan:
-    """Validate every job, mark finished images, pick output names and form the batches (no writes, no compute)."""
+def plan_jobs(
+    raw_jobs: Sequence[RawJob], pipe: Any, out_dir: str | os.PathLike, *, model: str, base_dir: Path | None = None, batch_size: int = 4,
+    report: Callable[[str], None] | None = None,
+) -> Plan:
+    """Validate every job, mark finished images, pick output names and form the batches (no writes; no compute but
+    the take-away fits that jobs with ``take_away_fit`` ask for, reported through ``report``)."""
     out = Path(out_dir)
-    validator = _Validator(pipe, model, base_dir)
+    validator = _Validator(pipe, model, base_dir, report)
     plan = Plan()
     for line, raw in raw_jobs:
         try:

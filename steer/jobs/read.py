@@ -46,6 +46,8 @@ JOB_FIELDS = (
     "steering_strict",
     "steering_negative",
     "steering_removal_window",
+    "take_away",
+    "take_away_fit",
     "name",
     "model",
 )
@@ -179,7 +181,7 @@ def _read_jsonl(data: bytes) -> list[RawJob]:
 # ----- CSV ------------------------------------------------------------------------------------------------------------
 _CSV_INT = {"seed", "num_inference_steps", "height", "width"}
 _CSV_FLOAT = {"guidance_scale"}
-_CSV_BOOL = {"steering_normalize", "steering_strict"}
+_CSV_BOOL = {"steering_normalize", "steering_strict", "take_away_fit"}
 _CSV_LISTS = {"seeds": int, "steering_layers": str, "steering_window": float, "steering_removal_window": float}
 
 

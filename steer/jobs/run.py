@@ -390,7 +390,7 @@ def run(
         out = given
     try:
         _claim(out, state)
-        plan = plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size)
+        plan = plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size, report=report if state.is_main_process else None)
         if report is not None and state.is_main_process:
             for text in failure_lines(plan.failures, "line"):
                 report(text)

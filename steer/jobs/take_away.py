@@ -1,0 +1,92 @@
+"""A batch job's take-away, as ``steer generate --take-away [--fit]``: add the job's one direction while removing what
+the prompt states along another ("a red dress" -> bag: ``directions: [to_bag]``, ``take_away: to_dress``).
+
+Each of the direction's scales ``s`` becomes the row ``[s, -min(s, 1)]`` under ``steering_negative="remove"``
+(`steer.take_away.pair_scales`). ``take_away_fit: true`` fits the strength and window for the pair first
+(`steer.take_away.fit_take_away`, at the job's guidance and size): the fit sets the scale unless the direction gives a
+``scale`` or ``sweep``, and the window unless the job gives ``steering_window``. Fits run while the jobs are planned,
+once per pair and call setting, and are deterministic (seeded), so a resumed run plans the same images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from steer.jobs.checks import check_bool
+from steer.jobs.read import JobError
+
+FIELDS = ("take_away", "take_away_fit")
+
+
+@dataclass(frozen=True)
+class JobTakeAway:
+    """The direction a job takes away, where it was found, and the fit (None without ``take_away_fit``)."""
+
+    vector: Any
+    path: str
+    fit: Any = None  # steer.take_away.TakeAwayFit
+
+    def recipe(self, scale: float) -> dict[str, Any]:
+        """The recipe's ``take_away`` entry for the image at ``scale`` (as `steer generate` records it)."""
+        from steer.take_away import pair_scales
+
+        entry = {"name": self.vector.name, "hash": self.vector.digest(), "path": self.path, "amount": -pair_scales(scale)[1]}
+        if self.fit is not None:
+            entry["fit"] = {"strength": round(self.fit.strength, 4), "window": list(self.fit.window), "distance": round(self.fit.distance, 4)}
+        return entry
+
+
+def check_fields(line: int, job: dict[str, Any]) -> tuple[Any, bool]:
+    """The job's ``take_away`` spec (a path or direction name, or None) and whether to fit it; raises `JobError`."""
+    spec = job.get("take_away")
+    fit = check_bool(line, "take_away_fit", job.get("take_away_fit", False))
+    if spec is None:
+        if fit:
+            raise JobError(line, "take_away_fit fits a take-away: give take_away too")
+        return None, False
+    if not isinstance(spec, str):
+        raise JobError(line, f"take_away must be a direction file or name (a string), got {type(spec).__name__}")
+    directions = job.get("directions") or []
+    if not isinstance(directions, list) or len(directions) != 1:
+        raise JobError(line, "take_away goes with exactly one direction in directions (the one that replaces it)")
+    if job.get("steering_negative", "remove") != "remove":
+        raise JobError(line, "take_away removes what the prompt says (steering_negative 'remove'); leave steering_negative out")
+    return spec, fit
+
+
+def sets_scale(direction: Any) -> bool:
+    """Whether a job's direction entry gives its own scale (``scale`` or ``sweep``; a bare path does not)."""
+    return isinstance(direction, dict) and ("scale" in direction or "sweep" in direction)
+
+
+class FitCache:
+    """Take-away fits of one run, one per (direction, take-away, guidance, size): computed on first use."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self._fits: dict[tuple, Any] = {}
+
+    def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None) -> Any:
+        key = (vector.digest(), away.digest(), float(guidance), int(height), int(width))
+        if key not in self._fits:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit = self.pipe.fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width)
+            if report is not None:
+                report(f"take-away fit {vector.name!r} replacing {away.name!r}: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g}")
+                for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+                    report(f"warning: {message}")
+            self._fits[key] = fit
+        return self._fits[key]
+
+
+def row_scales(scale: float) -> tuple[float, float]:
+    """The (direction, take-away) scales of the image at the direction's ``scale``."""
+    from steer.take_away import pair_scales
+
+    if scale < 0:
+        raise ValueError("a take-away goes with positive direction scales: it replaces what the prompt says")
+    return tuple(pair_scales(scale))
