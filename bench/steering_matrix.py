@@ -107,8 +107,9 @@ def spearman(xs, ys) -> float:
 
 
 class Runner:
-    def __init__(self, pipe, classifier, steps: int, guidance: float, seeds: int):
+    def __init__(self, pipe, classifier, steps: int, guidance: float, seeds: int, seed_base: int = 1000):
         self.pipe, self.classifier, self.steps, self.guidance, self.seeds = pipe, classifier, steps, guidance, seeds
+        self.seed_base = seed_base  # sample seeds are seed_base, seed_base + 1, ...
         self.rows = 0
         pipe.unet.register_forward_pre_hook(lambda _m, a: setattr(self, "rows", self.rows + a[0].shape[0]))
         self._sega = None
@@ -124,7 +125,7 @@ class Runner:
             if chunk[0][2] is not None:
                 extra["steering_scale"] = [sc for _, _, sc in chunk]
             images = self.pipe(
-                [p for p, _, _ in chunk], generator=[torch.Generator().manual_seed(1000 + s) for _, s, _ in chunk],
+                [p for p, _, _ in chunk], generator=[torch.Generator().manual_seed(self.seed_base + s) for _, s, _ in chunk],
                 num_inference_steps=self.steps, guidance_scale=self.guidance, output_type="np", **extra,
             ).images
             out.append(images.transpose(0, 3, 1, 2))
@@ -143,7 +144,7 @@ class Runner:
         out = []
         for s in range(self.seeds):  # SEGA takes one generator per call
             images = self._sega(
-                prompts, generator=torch.Generator().manual_seed(1000 + s), num_inference_steps=self.steps,
+                prompts, generator=torch.Generator().manual_seed(self.seed_base + s), num_inference_steps=self.steps,
                 guidance_scale=self.guidance, editing_prompt=[edit], edit_guidance_scale=[scale],
                 edit_warmup_steps=[max(1, self.steps // 10)], edit_threshold=[0.9], output_type="np",
             ).images
@@ -177,6 +178,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seed-base", type=int, default=1000, help="first sample seed (a replication on fresh seeds: e.g. 2000)")
     ap.add_argument("--methods", default="ours,paper,sega")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--threads", type=int, default=1)
@@ -188,7 +190,7 @@ def main() -> None:
     pipe = load_pipeline(None, "cpu")
     classifier = load_classifier()
     seeds = 1 if args.quick else args.seeds
-    run = Runner(pipe, classifier, args.steps, args.guidance, seeds)
+    run = Runner(pipe, classifier, args.steps, args.guidance, seeds, args.seed_base)
     methods = args.methods.split(",")
     targets = [("colour", c) for c in C] + [("class", k) for k in K]
     if args.quick:
@@ -231,7 +233,7 @@ def main() -> None:
             shown = [r for r in results if r["target"] == name and r["method"] == method]
             print(f"{kind} {name} {method}", [(r["condition"], r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in shown], f"{time.time() - t0:.0f}s", flush=True)
     meta = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
-            "guidance": args.guidance, "seeds": seeds, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
+            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
     summary = summarise(results, methods)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn_log, "cells": results}, indent=1))
     (out / "summary.md").write_text(render(summary, meta, learn_log))
