@@ -65,7 +65,8 @@ def test_example_files_parse_to_the_same_jobs_with_line_numbers():
     assert [line for line, _ in parsed["csv"]] == [2, 3, 4, 5]  # line 1 is the header
     yaml_text = (ROOT / "examples" / "jobs.yaml").read_text().splitlines()
     assert all("prompt:" in yaml_text[line - 1] for line, _ in parsed["yaml"])
-    assert full["csv"][1]["directions"] == [{"path": "red_to_blue", "sweep": [-2, 2, 5]}]
+    assert full["csv"][1]["directions"] == [{"path": "to_blue", "sweep": [0, 1, 5]}]
+    assert full["csv"][2]["take_away"] == "to_dress" and full["csv"][2]["take_away_fit"] is True
 
 
 def test_malformed_lines_keep_their_line_numbers(tmp_path):
