@@ -234,7 +234,7 @@ def main() -> None:
             print(f"{kind} {name} {method}", [(r["condition"], r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in shown], f"{time.time() - t0:.0f}s", flush=True)
     meta = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
             "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
-    summary = summarise(results, methods)
+    summary = summarise(results, methods, images=8 * seeds)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn_log, "cells": results}, indent=1))
     (out / "summary.md").write_text(render(summary, meta, learn_log))
     save_grids(grids, out, methods)
@@ -249,8 +249,16 @@ def passes(r: dict, cond: str, kind: str, kept: str = "kept") -> bool:
     return ok and (kind != "colour" or r["pixel_success"] >= need)
 
 
-def summarise(results: list[dict], methods: list[str]) -> dict:
-    """Per method x split x kind x condition: targets passing at 1.0 (and at the method's best scale), monotonicity."""
+def non_decreasing(values: list[float], images: int) -> bool:
+    """Whether a success curve never falls by more than one image's worth (``1 / images``) from one scale to the next:
+    monotone in the sense the slider needs, where Spearman also counts ties at a saturated 1.0 against it
+    ([0, 0.5, 1, 1, 1] has rho 0.89)."""
+    return all(b >= a - 1.0 / images - 1e-9 for a, b in zip(values, values[1:], strict=False))
+
+
+def summarise(results: list[dict], methods: list[str], images: int = 16) -> dict:
+    """Per method x split x kind x condition: targets passing at 1.0 (and at the method's best scale), monotonicity
+    (``images``: per cell, for `non_decreasing`)."""
     out: dict = {}
     for method in methods:
         for cond in ("open", "contra"):
@@ -270,6 +278,7 @@ def summarise(results: list[dict], methods: list[str]) -> dict:
                             "pixel_at_1": rs[1.0]["pixel_success"],
                             "rho_success": spearman(MONO, [rs[s]["success"] for s in MONO]),
                             "rho_p": spearman(MONO, [rs[s]["p_target"] for s in MONO]),
+                            "non_decreasing": non_decreasing([rs[s]["success"] for s in MONO], images),
                         }
                     if per:
                         out[f"{method}|{cond}|{kind}|{split}"] = per
@@ -279,8 +288,8 @@ def summarise(results: list[dict], methods: list[str]) -> dict:
 def render(summary: dict, meta: dict, learn_log: list[dict]) -> str:
     lines = [f"Command: `{meta['command']}` ({meta['machine']}, DDIM {meta['steps']}, guidance {meta['guidance']}, "
              f"{meta['seeds']} seeds x {meta['prompts_per_cell']} prompts per cell, {meta['wall_seconds']} s)", "",
-             "| method | prompts | kind | split | pass at 1.0 | pass at 1.0, kept by pixel colour | pass at any scale | mean success / kept / break at 1.0 | median rho (success, p) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | prompts | kind | split | pass at 1.0 | pass at 1.0, kept by pixel colour | pass at any scale | mean success / kept / break at 1.0 | median rho (success, p) | success non-decreasing 0 -> 1 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for key, per in summary.items():
         method, cond, kind, split = key.split("|")
         vals = list(per.values())
@@ -290,7 +299,8 @@ def render(summary: dict, meta: dict, learn_log: list[dict]) -> str:
         mean = {k: np.mean([v[k] for v in vals]) for k in ("success_at_1", "kept_at_1", "break_at_1")}
         med = {k: np.median([v[k] for v in vals]) for k in ("rho_success", "rho_p")}
         lines.append(f"| {method} | {cond} | {kind} | {split} | {at1}/{len(vals)} | {at1_pixel}/{len(vals)} | {anyp}/{len(vals)} | "
-                     f"{mean['success_at_1']:.2f} / {mean['kept_at_1']:.2f} / {mean['break_at_1']:.2f} | {med['rho_success']:.2f}, {med['rho_p']:.2f} |")
+                     f"{mean['success_at_1']:.2f} / {mean['kept_at_1']:.2f} / {mean['break_at_1']:.2f} | {med['rho_success']:.2f}, {med['rho_p']:.2f} | "
+                     f"{sum(v.get('non_decreasing', False) for v in vals)}/{len(vals)} |")
     for method in CALIBRATED:
         logs = [x for x in learn_log if x.get("method", "ours") == method]
         if logs:
