@@ -385,6 +385,7 @@ def test_a_job_takes_away_at_a_fitted_strength_and_window_and_resumes_without_re
         ({"directions": [{"path": "DIR", "scale": -1}]}, "positive direction scales"),
         ({"take_away": "DIR"}, "the take-away is the direction itself"),
         ({"take_away": "no_such_direction"}, "direction file not found"),
+        ({}, "needs each removed vector's reference level"),  # found while planning, not when its call runs
     ],
 )
 def test_a_bad_take_away_fails_its_job_with_one_line(tiny_pipe, direction, tmp_path, change, reason):

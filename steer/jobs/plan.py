@@ -146,7 +146,9 @@ class _Validator:
         setup = CallSetup(self.model, steps, guidance, height, width)
         if loaded:
             setup = self._steering_setup(line, job, setup, [v for v, _, _ in loaded] + ([away.vector] if away else []))
-        resolved_layers = self._check_setup(line, setup)
+        # each direction checked with the sign it is used with (a removed one needs its reference level)
+        signs = tuple(-1.0 if any(x < 0 for x in scales) else 1.0 for _, _, scales in loaded) + ((-1.0,) if away else ())
+        resolved_layers = self._check_setup(line, setup, signs)
         name = job.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
             raise JobError(line, f"name must be a string of at most {MAX_NAME_CHARS} characters, got {show(name)}")
@@ -297,17 +299,18 @@ class _Validator:
         )
         return dataclasses.replace(setup, vectors=tuple(vectors), digests=tuple(v.digest() for v in vectors), config=config)
 
-    def _check_setup(self, line: int, setup: CallSetup) -> list[str] | None:
-        """Build (not enter) the steering session once per setup: layers, channels, model match, normalization."""
+    def _check_setup(self, line: int, setup: CallSetup, signs: tuple[float, ...]) -> list[str] | None:
+        """Build (not enter) the steering session once per setup and sign pattern: layers, channels, model match,
+        normalization, and the reference levels a removal (a negative scale under ``steering_negative="remove"``) needs."""
         if not setup.vectors:
             return None
-        key = setup.key()
+        key = (setup.key(), signs)
         if key not in self._setups:
             import torch
 
             try:
                 session = self.pipe.build_steering_session(
-                    [v.to(self.pipe.device) for v in setup.vectors], torch.ones(1, len(setup.vectors)), setup.config
+                    [v.to(self.pipe.device) for v in setup.vectors], torch.tensor([signs]), setup.config
                 )
                 self._setups[key] = list(session.plans)
             except Exception as err:  # noqa: BLE001
