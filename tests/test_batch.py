@@ -404,3 +404,16 @@ def test_a_bad_take_away_fails_its_job_with_one_line(tiny_pipe, direction, tmp_p
     plan = batch.plan_jobs([(7, job)], tiny_pipe, tmp_path / "out", model="tiny")
     assert not plan.images and len(plan.failures) == 1
     assert plan.failures[0]["line"] == 7 and reason in plan.failures[0]["reason"] and "\n" not in plan.failures[0]["reason"]
+
+
+def test_a_take_away_fit_runs_only_for_a_job_that_is_otherwise_valid(tiny_pipe, direction, tmp_path, monkeypatch):
+    """The fit is the one compute in planning: a job with another mistake fails before it, with that mistake."""
+    other = SteeringVector.load(direction)
+    away = SteeringVector({k: -v for k, v in other.directions.items()}, {"name": "other"}).save(tmp_path / "other.safetensors")
+    fits = []
+    monkeypatch.setattr(tiny_pipe, "fit_take_away", lambda *a, **k: fits.append(a) or pytest.fail("fitted a bad job"), raising=False)
+    job = {"prompt": "a red bag", "num_inference_steps": STEPS, "directions": [str(direction)], "take_away": str(away), "take_away_fit": True}
+    for bad, reason in (({"steering_window": [0.5, 0.2]}, "steering_window"), ({"steering_layers": ["nope"]}, "nope"), ({}, "reference level")):
+        plan = batch.plan_jobs([(3, {**job, **bad})], tiny_pipe, tmp_path / "out", model="tiny")
+        assert not plan.images and reason in plan.failures[0]["reason"]
+    assert fits == []

@@ -142,13 +142,12 @@ class _Validator:
         if len(directions) > MAX_DIRECTIONS:
             raise JobError(line, f"at most {MAX_DIRECTIONS} directions per job, got {len(directions)}")
         loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
-        away, job = self._take_away(line, job, directions, loaded, guidance, height, width)
-        setup = CallSetup(self.model, steps, guidance, height, width)
-        if loaded:
-            setup = self._steering_setup(line, job, setup, [v for v, _, _ in loaded] + ([away.vector] if away else []))
-        # each direction checked with the sign it is used with (a removed one needs its reference level)
-        signs = tuple(-1.0 if any(x < 0 for x in scales) else 1.0 for _, _, scales in loaded) + ((-1.0,) if away else ())
-        resolved_layers = self._check_setup(line, setup, signs)
+        away, job = self._take_away(line, job, loaded)
+        base = CallSetup(self.model, steps, guidance, height, width)
+        setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)
+        if away is not None and away.fit_wanted:  # everything else checked: now the compute
+            away, job = self._fit_take_away(line, job, directions, loaded, away, base)
+            setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)
         name = job.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
             raise JobError(line, f"name must be a string of at most {MAX_NAME_CHARS} characters, got {show(name)}")
@@ -168,14 +167,22 @@ class _Validator:
             images.append(ImageJob(line, index, prompt, negative, seed, rows, setup, recipe, image_key(recipe), file_stem))
         return images
 
-    def _take_away(self, line: int, job: dict[str, Any], directions: list[Any], loaded: list, guidance: float, height: int, width: int):
-        """The job's take-away (`steer.jobs.take_away`), None without one, and the job with what it implies filled in:
-        ``steering_negative="remove"``, and with ``take_away_fit`` the fitted window (unless the job sets one) and
-        scale (unless its direction does, in ``loaded``)."""
+    def _checked_setup(self, line: int, job: dict[str, Any], base: CallSetup, loaded: list, away: JobTakeAway | None):
+        """The job's call setup and its resolved layers, checked against the pipeline."""
+        if not loaded:
+            return base, self._check_setup(line, base, ())
+        setup = self._steering_setup(line, job, base, [v for v, _, _ in loaded] + ([away.vector] if away else []))
+        # each direction checked with the sign it is used with (a removed one needs its reference level)
+        signs = tuple(-1.0 if any(x < 0 for x in scales) else 1.0 for _, _, scales in loaded) + ((-1.0,) if away else ())
+        return setup, self._check_setup(line, setup, signs)
+
+    def _take_away(self, line: int, job: dict[str, Any], loaded: list) -> tuple[JobTakeAway | None, dict[str, Any]]:
+        """The job's take-away (`steer.jobs.take_away`; not fitted yet), None without one, and the job with
+        ``steering_negative="remove"`` filled in."""
         spec, fit_it = check_fields(line, job)
         if spec is None:
             return None, job
-        vector, path, scales = loaded[0]
+        vector, _, scales = loaded[0]
         away_path = self._find_direction(line, spec)
         if away_path not in self._vectors:
             from steer.vectors import SteeringVector
@@ -184,17 +191,20 @@ class _Validator:
         away = self._vectors[away_path]
         if away.digest() == vector.digest():
             raise JobError(line, "the take-away is the direction itself: take away the one the prompt names (for 'a red sneaker' -> blue, add to_blue and take away to_red)")
-        fit = self._fits.get(vector, away, guidance, height, width, self.report) if fit_it else None
-        job = {**job, "steering_negative": "remove"}
-        if fit is not None:
-            if "steering_window" not in job:
-                job["steering_window"] = list(fit.window)
-            if not sets_scale(directions[0]):
-                scales = [round(fit.strength, 3)]
         if any(s < 0 for s in scales):
             raise JobError(line, "a take-away goes with positive direction scales: it replaces what the prompt says")
-        loaded[0] = (vector, path, scales)
-        return JobTakeAway(away, str(away_path), fit), job
+        return JobTakeAway(away, str(away_path), fit_wanted=fit_it), {**job, "steering_negative": "remove"}
+
+    def _fit_take_away(self, line: int, job: dict[str, Any], directions: list[Any], loaded: list, away: JobTakeAway, base: CallSetup):
+        """Fit the take-away (once per pair and call setting) and fill in its window (unless the job sets one) and
+        scale (unless its direction does, in ``loaded``)."""
+        vector, path, scales = loaded[0]
+        fit = self._fits.get(vector, away.vector, base.guidance_scale, base.height, base.width, self.report)
+        if "steering_window" not in job:
+            job = {**job, "steering_window": list(fit.window)}
+        if not sets_scale(directions[0]):
+            loaded[0] = (vector, path, [round(fit.strength, 3)])
+        return dataclasses.replace(away, fit=fit), job
 
     def _seeds(self, line: int, job: dict[str, Any]) -> list[int]:
         if "seed" in job and "seeds" in job:

@@ -23,10 +23,11 @@ FIELDS = ("take_away", "take_away_fit")
 
 @dataclass(frozen=True)
 class JobTakeAway:
-    """The direction a job takes away, where it was found, and the fit (None without ``take_away_fit``)."""
+    """The direction a job takes away, where it was found, whether the job asks for a fit, and the fit once made."""
 
     vector: Any
     path: str
+    fit_wanted: bool = False
     fit: Any = None  # steer.take_away.TakeAwayFit
 
     def recipe(self, scale: float) -> dict[str, Any]:
