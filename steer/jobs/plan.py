@@ -1,8 +1,9 @@
 """Planning ``steer batch`` jobs: validation (finite, bounded values), image expansion, resume state, names, batches.
 
-Every job is checked up front against the pipeline (no compute): a bad value fails its own job with ``line N:
-reason``, and nothing a job may hold can overflow a later step (scales, guidance, prompt lengths, image counts are
-bounded; a prompt must be encodable UTF-8).
+Every job is checked up front against the pipeline (no compute, except the take-away fits that valid jobs ask for
+with ``take_away_fit``, `steer.jobs.take_away`): a bad value fails its own job with ``line N: reason``, and nothing a
+job may hold can overflow a later step (scales, guidance, prompt lengths, image counts are bounded; a prompt must be
+encodable UTF-8).
 """
 
 from __future__ import annotations
