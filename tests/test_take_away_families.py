@@ -1,0 +1,50 @@
+"""Fitting and applying a take-away (`pipe.fit_take_away`, ``steering_negative="remove"``) on every denoiser family,
+on tiny random-weight components (CPU, fp32): the fit runs, counts its cost, and its settings steer a prompt that
+states the taken-away value; unsteered rows stay bit-identical."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from steer.testing import tiny_pipeline
+from steer.testing.flux import tiny_flux_pipeline
+from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
+from steer.testing.sd3 import tiny_sd3_pipeline
+from steer.testing.sdxl import tiny_sdxl_pipeline
+
+FAMILIES = {"sd": tiny_pipeline, "sdxl": tiny_sdxl_pipeline, "sd3": tiny_sd3_pipeline, "pixart": tiny_pixart_pipeline, "flux": tiny_flux_pipeline}
+CALL = {"pixart": TINY_CALL}  # the tiny PixArt's size is off its resolution bins: every call (and the fit) passes it
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_fitted_take_away_runs_and_steers_on_every_family(family):
+    pipe, call = FAMILIES[family](seed=0), CALL.get(family, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration and the fit may not converge
+        blue, red = (pipe.learn_direction([f"a {c} sneaker", f"a {c} bag"], ["a sneaker", "a bag"], num_inference_steps=2,
+                                          calibration_samples=2, progress=False, **call) for c in ("blue", "red"))
+        fit = pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, **call)
+    assert red.metadata["reference_level"], "text directions record the level a removal needs"
+    assert fit.prompts == [("a red sneaker", "a blue sneaker"), ("a red bag", "a blue bag")]
+    assert fit.window in {(0.0, 0.5), (0.0, 1.0)} and 0.0 < fit.strength <= 1.0 and np.isfinite(fit.distance)
+
+    def generate(**steer):
+        return pipe(["a red sneaker", "a red sneaker"], generator=[torch.Generator().manual_seed(0) for _ in range(2)],
+                    num_inference_steps=2, output_type="np", **call, **steer).images
+
+    plain = generate()
+    rows = generate(steering=[blue, red], steering_scale=[[0.0, 0.0], fit.scales], steering_negative="remove", steering_window=fit.window)
+    assert np.array_equal(rows[0], plain[0]), "a row at scale 0 is the unsteered image"
+    assert np.isfinite(rows[1]).all() and np.abs(rows[1] - plain[1]).max() > 1e-3, "the fitted take-away changes the image"
