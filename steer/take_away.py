@@ -62,8 +62,8 @@ class TakeAwayFit:
         if self.distance > POOR_DISTANCE:
             return (
                 f"take-away fit: at its best setting the samples come only to {self.distance:.2f} of their unsteered "
-                f"distance from the rewritten prompts' own ({source!r} -> {target!r}; fits that flip stay below "
-                f"{POOR_DISTANCE}), so this pair may not flip: check a strength strip"
+                f"distance from the rewritten prompts' own ({source!r} -> {target!r}; above {POOR_DISTANCE}, the line "
+                "past which learned directions barely edit), so this pair may not flip: check a strength strip"
             )
         if self.strength >= self.grid[-1] - 1e-6:
             return (

@@ -18,8 +18,6 @@ from typing import Any
 from steer.jobs.checks import check_bool
 from steer.jobs.read import JobError
 
-FIELDS = ("take_away", "take_away_fit")
-
 
 @dataclass(frozen=True)
 class JobTakeAway:
@@ -85,9 +83,7 @@ class FitCache:
 
 
 def row_scales(scale: float) -> tuple[float, float]:
-    """The (direction, take-away) scales of the image at the direction's ``scale``."""
+    """The (direction, take-away) scales of the image at the direction's ``scale`` (>= 0, checked while planning)."""
     from steer.take_away import pair_scales
 
-    if scale < 0:
-        raise ValueError("a take-away goes with positive direction scales: it replaces what the prompt says")
     return tuple(pair_scales(scale))
