@@ -75,9 +75,19 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None, str | None] | None:
     return repo, revision, filename
 
 
+def _local(spec: str | os.PathLike) -> tuple[bool, bool]:
+    """(is a folder, exists) for ``spec`` as a local path; (False, False) where the system refuses the name (too long,
+    a NUL byte) instead of raising from deep inside ``os.stat``."""
+    try:
+        path = Path(spec).expanduser()
+        return path.is_dir(), path.exists()
+    except (OSError, ValueError):
+        return False, False
+
+
 def is_hub_spec(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` would be fetched from the Hub: not an existing local path, and shaped like a repo spec."""
-    return isinstance(spec, str) and not Path(spec).expanduser().exists() and parse_hub_spec(spec) is not None
+    return isinstance(spec, str) and not _local(spec)[1] and parse_hub_spec(spec) is not None
 
 
 def resolve_direction(
@@ -101,9 +111,10 @@ def resolve_direction(
     `SteeringFileError` with one line naming the spec and the problem.
     """
     local = Path(spec).expanduser()
-    if local.is_dir():
+    is_dir, exists = _local(spec)
+    if is_dir:
         return pick_direction_file(local, filename)
-    if local.exists():
+    if exists:
         if filename is not None:
             raise SteeringFileError(f"filename={filename!r} is for a folder or a Hub repo, but {str(spec)!r} is a file")
         return local

@@ -417,3 +417,16 @@ def test_a_take_away_fit_runs_only_for_a_job_that_is_otherwise_valid(tiny_pipe, 
         plan = batch.plan_jobs([(3, {**job, **bad})], tiny_pipe, tmp_path / "out", model="tiny")
         assert not plan.images and reason in plan.failures[0]["reason"]
     assert fits == []
+
+
+def test_a_take_away_that_is_not_a_direction_file_fails_its_job_in_one_line(tiny_pipe, direction, tmp_path):
+    (tmp_path / "folder.safetensors").mkdir()
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    (tmp_path / "big.safetensors").write_bytes(b"\xff" * 8 + b"{")  # a header length far past the file
+    jobs = [(i + 1, {"prompt": "a red bag", "num_inference_steps": STEPS, "directions": [str(direction)], "take_away": name})
+            for i, name in enumerate(["folder.safetensors", "junk.safetensors", "big.safetensors", "x\0y", "a" * 5000, "b" * 300])]
+    plan = batch.plan_jobs(jobs, tiny_pipe, tmp_path / "out", model="tiny", base_dir=tmp_path)
+    assert not plan.images and [f["line"] for f in plan.failures] == [1, 2, 3, 4, 5, 6]
+    assert all("direction file not found" in f["reason"] for f in plan.failures[4:])  # a name too long for the system
+    for failure in plan.failures:
+        assert "\n" not in failure["reason"] and "Traceback" not in failure["reason"] and len(failure["reason"]) <= 400, failure

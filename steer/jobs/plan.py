@@ -262,7 +262,7 @@ class _Validator:
         if not given.is_absolute() and self.base_dir is not None:
             candidates.insert(0, self.base_dir / given)
         for c in candidates:
-            if c.is_file():
+            if _is_file(c):
                 return c.resolve()
         bundled = bundled_directions()
         if name in bundled:
@@ -385,6 +385,14 @@ def _unknown_fields(unknown: list[Any]) -> str:
         hints.append(f"{show(k)} (did you mean {close[0]!r}?)" if close else show(k))
     more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
     return ", ".join(hints) + more
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the system refuses the name (too long, ...) instead of raising."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _scale_tag(scales: Sequence[float]) -> str:
