@@ -408,15 +408,25 @@ def test_a_bad_take_away_fails_its_job_with_one_line(tiny_pipe, direction, tmp_p
 
 def test_a_take_away_fit_runs_only_for_a_job_that_is_otherwise_valid(tiny_pipe, direction, tmp_path, monkeypatch):
     """The fit is the one compute in planning: a job with another mistake fails before it, with that mistake."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        blue, red = (tiny_pipe.learn_direction([f"a {c} bag"], ["a bag"], num_inference_steps=2, calibration_samples=2, progress=False)
+                     for c in ("blue", "red"))
+    paths = [str(blue.save(tmp_path / "blue.safetensors")), str(red.save(tmp_path / "red.safetensors"))]
     other = SteeringVector.load(direction)
-    away = SteeringVector({k: -v for k, v in other.directions.items()}, {"name": "other"}).save(tmp_path / "other.safetensors")
-    fits = []
-    monkeypatch.setattr(tiny_pipe, "fit_take_away", lambda *a, **k: fits.append(a) or pytest.fail("fitted a bad job"), raising=False)
-    job = {"prompt": "a red bag", "num_inference_steps": STEPS, "directions": [str(direction)], "take_away": str(away), "take_away_fit": True}
-    for bad, reason in (({"steering_window": [0.5, 0.2]}, "steering_window"), ({"steering_layers": ["nope"]}, "nope"), ({}, "reference level")):
+    no_level = SteeringVector({k: -v for k, v in other.directions.items()}, {"name": "other"}).save(tmp_path / "other.safetensors")
+    monkeypatch.setattr(tiny_pipe, "fit_take_away", lambda *a, **k: pytest.fail("fitted a bad job"), raising=False)
+    job = {"prompt": "a red bag", "num_inference_steps": STEPS, "directions": [paths[0]], "take_away": paths[1], "take_away_fit": True}
+    bad_jobs = (
+        ({"steering_window": [0.5, 0.2]}, "steering_window"), ({"steering_layers": ["nope"]}, "nope"), ({"name": 5}, "name must be a string"),
+        ({"seeds": list(range(10_001))}, "seeds must be a non-empty list"),
+        ({"directions": [str(direction)], "take_away": str(no_level)}, "reference level"),
+    )
+    for bad, reason in bad_jobs:
         plan = batch.plan_jobs([(3, {**job, **bad})], tiny_pipe, tmp_path / "out", model="tiny")
-        assert not plan.images and reason in plan.failures[0]["reason"]
-    assert fits == []
+        assert not plan.images and reason in plan.failures[0]["reason"], bad
 
 
 def test_a_take_away_that_is_not_a_direction_file_fails_its_job_in_one_line(tiny_pipe, direction, tmp_path):

@@ -146,9 +146,6 @@ class _Validator:
         away, job = self._take_away(line, job, loaded)
         base = CallSetup(self.model, steps, guidance, height, width)
         setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)
-        if away is not None and away.fit_wanted:  # everything else checked: now the compute
-            away, job = self._fit_take_away(line, job, directions, loaded, away, base)
-            setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)
         name = job.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
             raise JobError(line, f"name must be a string of at most {MAX_NAME_CHARS} characters, got {show(name)}")
@@ -158,7 +155,10 @@ class _Validator:
         count = len(seeds) * math.prod(len(s) for s in scale_lists)
         if count > MAX_IMAGES_PER_JOB:
             raise JobError(line, f"the job expands to {count} images (more than {MAX_IMAGES_PER_JOB})")
-        combos = list(itertools.product(*scale_lists)) if loaded else [()]
+        if away is not None and away.fit_wanted:  # everything else checked: now the compute (same image count)
+            away, job = self._fit_take_away(job, directions, loaded, away, base)
+            setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)
+        combos = list(itertools.product(*(scales for _, _, scales in loaded))) if loaded else [()]
         single = count == 1 and bool(name)
         images = []
         for index, (seed, scales) in enumerate(itertools.product(seeds, combos)):
@@ -196,10 +196,10 @@ class _Validator:
             raise JobError(line, "a take-away goes with positive direction scales: it replaces what the prompt says")
         return JobTakeAway(away, str(away_path), fit_wanted=fit_it), {**job, "steering_negative": "remove"}
 
-    def _fit_take_away(self, line: int, job: dict[str, Any], directions: list[Any], loaded: list, away: JobTakeAway, base: CallSetup):
+    def _fit_take_away(self, job: dict[str, Any], directions: list[Any], loaded: list, away: JobTakeAway, base: CallSetup):
         """Fit the take-away (once per pair and call setting) and fill in its window (unless the job sets one) and
         scale (unless its direction does, in ``loaded``)."""
-        vector, path, scales = loaded[0]
+        vector, path, _ = loaded[0]
         fit = self._fits.get(vector, away.vector, base.guidance_scale, base.height, base.width, self.report)
         if "steering_window" not in job:
             job = {**job, "steering_window": list(fit.window)}
