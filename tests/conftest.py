@@ -17,5 +17,14 @@ def tiny_pipe():
 
 
 @pytest.fixture()
+def one_thread():
+    """One torch thread for the test: on a shared, busy CPU two threads make tiny calls 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
 def gen():
     return lambda seed=0: torch.Generator().manual_seed(seed)

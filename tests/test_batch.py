@@ -21,13 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["up_blocks.0.resnets.0", "up_blocks.1.resnets.0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared, busy CPU two threads make these tiny calls 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

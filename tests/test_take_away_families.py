@@ -20,12 +20,7 @@ FAMILIES = {"sd": tiny_pipeline, "sdxl": tiny_sdxl_pipeline, "sd3": tiny_sd3_pip
 CALL = {"pixart": TINY_CALL}  # the tiny PixArt's size is off its resolution bins: every call (and the fit) passes it
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
