@@ -87,6 +87,13 @@ def pair_scales(strength: float) -> list[float]:
     return [float(strength), -min(float(strength), 1.0)]
 
 
+def take_away_record(away, path: Any, scale: float | None) -> dict[str, Any]:
+    """A take-away's entry in an image's recipe, as `steer generate` and `steer batch` write it: its name, hash and
+    file, and the amount removed at the direction's ``scale`` (None without a scale)."""
+    amount = -pair_scales(scale)[1] if scale is not None else None
+    return {"name": away.name, "hash": away.digest(), "path": str(path), "amount": amount}
+
+
 def recorded_prompts(vector, which: str) -> list[str]:
     """The ``which`` ("positive" / "negative") prompts a direction was learned from, as its metadata records them."""
     found = vector.metadata.get(which)

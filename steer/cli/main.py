@@ -166,12 +166,9 @@ def _learn(pipe, args: argparse.Namespace):
 
 def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None) -> dict[str, Any]:
     from steer import __version__
-    from steer.take_away import pair_scales
+    from steer.take_away import take_away_record
 
-    taken = {}
-    if away is not None:
-        taken = {"take_away": {"name": away[0].name, "hash": away[0].digest(), "path": str(away[1]),
-                               "amount": -pair_scales(scale)[1] if scale is not None else None}}
+    taken = {"take_away": take_away_record(away[0], away[1], scale)} if away is not None else {}
     return {
         "steer_version": __version__,
         "model": str(args.model),

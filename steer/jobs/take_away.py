@@ -30,9 +30,9 @@ class JobTakeAway:
 
     def recipe(self, scale: float) -> dict[str, Any]:
         """The recipe's ``take_away`` entry for the image at ``scale`` (as `steer generate` records it)."""
-        from steer.take_away import pair_scales
+        from steer.take_away import take_away_record
 
-        entry = {"name": self.vector.name, "hash": self.vector.digest(), "path": self.path, "amount": -pair_scales(scale)[1]}
+        entry = take_away_record(self.vector, self.path, scale)
         if self.fit is not None:
             entry["fit"] = {"strength": round(self.fit.strength, 4), "window": list(self.fit.window), "distance": round(self.fit.distance, 4)}
         return entry
