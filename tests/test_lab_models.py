@@ -236,3 +236,21 @@ def test_time_budget_stops_training_with_a_checkpoint(tmp_path):
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
     budget = TimeBudget(None)
     assert budget.steps_for(0, 100) is None  # no budget: the requested schedule stands
+
+
+def test_unet_channels_train_and_export_a_wider_unet(tmp_path, capsys):
+    """``--unet-channels`` (the larger demo variant) trains and exports a UNet of those widths; a bad value is a
+    one-line usage error before any work."""
+    from diffusers import UNet2DConditionModel
+
+    from steer.lab.train import main
+
+    main(["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
+          "--out", str(tmp_path / "run"), "--steps", "2", "--unet-channels", "48,96,96"])
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "run" / "pipeline" / "unet")
+    assert tuple(unet.config.block_out_channels) == (48, 96, 96)
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["args"]["unet_channels"] == [48, 96, 96]
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "bad"), "--unet-channels", "64,12,128"])
+    assert e.value.code == 2 and "multiples of 16" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -8,6 +8,7 @@ Also here: the device a lab command runs on, and sampling a pipeline into an ima
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,22 @@ def build_unet(**overrides):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(**{**UNET_CONFIG, **overrides})
+
+
+def parse_unet_channels(text: str) -> tuple[int, int, int]:
+    """``"64,128,128"`` -> the UNet's three block widths (argparse type: a bad value is a one-line usage error)."""
+    try:
+        widths = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) != 3 or any(w < 16 or w > 4096 or w % UNET_CONFIG["norm_num_groups"] for w in widths):
+        raise argparse.ArgumentTypeError(f"expected three block widths, multiples of 16 from 16 to 4096, like 64,128,128; got {text!r}")
+    return widths
+
+
+def unet_overrides(channels) -> dict:
+    """``build_unet`` keyword arguments for a run's ``--unet-channels`` (None: the demo model's widths)."""
+    return {} if channels is None else {"block_out_channels": tuple(int(c) for c in channels)}
 
 
 def build_scheduler(kind: str = "ddim"):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from steer.validation import bounded_float, bounded_int
 
+from . import models as M
 from .decoder_stage import finetune_decoder
 from .export import export
 from .unet_stage import train
@@ -81,6 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem-fraction", dest="mem_fraction", type=bounded_float(0.0, 1.0), default=0.5)
     p.add_argument("--vae-from", dest="vae_from", default=None,
                    help="reuse the VAE and cached latents of this run folder (weights still start from scratch)")
+    p.add_argument("--unet-channels", dest="unet_channels", type=M.parse_unet_channels, default=None,
+                   help="the UNet's three block widths, multiples of 16 (default 32,64,64; 64,128,128 is ~4x the parameters)")
     p.add_argument("--export", default=None, help="pipeline folder to write (default OUT/pipeline)")
     p.add_argument("--export-every-checkpoint", action="store_true")
     p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=bounded_float(0.0, 10**6), default=4.0)

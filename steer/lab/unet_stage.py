@@ -76,7 +76,7 @@ def train(args) -> Path:
     log(out, f"variant {args.variant}: {len(item_idx)} items, {len(uniq)} distinct captions")
 
     torch.manual_seed(args.seed)
-    unet = M.build_unet()
+    unet = M.build_unet(**M.unet_overrides(getattr(args, "unet_channels", None)))
     te = M.build_text_encoder()
     if args.init and args.variant != "demo":
         log(out, f"initialized from {_init_weights_from(Path(args.init), unet, te)}")
