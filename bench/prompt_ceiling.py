@@ -37,9 +37,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--out", default=str(ROOT / "docs" / "steering" / "prompt_ceiling.json"))
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pipe, classifier = load_pipeline(None, "cpu"), load_classifier()
+    pipe, classifier = load_pipeline(args.model, "cpu"), load_classifier()
     rows = []
     for kind, values in (("colour", C), ("class", K)):
         for target in values:
@@ -53,7 +54,7 @@ def main() -> None:
             m = cell_metrics(judge(classifier, out), judge(classifier, ref), kind, (C if kind == "colour" else K).index(target))
             rows.append({"kind": kind, "target": target, **m})
             print(kind, target, {k: round(v, 2) for k, v in m.items()}, flush=True)
-    Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "seeds": args.seeds, "rows": rows}, indent=1))
+    Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "seeds": args.seeds, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -182,17 +182,20 @@ def main() -> None:
     ap.add_argument("--methods", default="ours,paper,sega")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
+    ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pipe = load_pipeline(None, "cpu")
+    pipe = load_pipeline(args.model, "cpu")
     classifier = load_classifier()
     seeds = 1 if args.quick else args.seeds
     run = Runner(pipe, classifier, args.steps, args.guidance, seeds, args.seed_base)
     methods = args.methods.split(",")
-    targets = [("colour", c) for c in C] + [("class", k) for k in K]
+    kinds = args.kinds.split(",")
+    targets = [("colour", c) for c in C if "colour" in kinds] + [("class", k) for k in K if "class" in kinds]
     if args.quick:
         targets = [("colour", "blue"), ("colour", "orange"), ("class", "ankle boot"), ("class", "sneaker")]
         methods = ["ours"]
@@ -232,7 +235,7 @@ def main() -> None:
                         grids.setdefault(f"{kind}:{name}", {})[f"{method}@{sc}"] = imgs[: len(P[cond])]
             shown = [r for r in results if r["target"] == name and r["method"] == method]
             print(f"{kind} {name} {method}", [(r["condition"], r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in shown], f"{time.time() - t0:.0f}s", flush=True)
-    meta = {"command": " ".join(["python", *sys.argv]), "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
+    meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
             "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
     summary = summarise(results, methods, images=8 * seeds)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn_log, "cells": results}, indent=1))
