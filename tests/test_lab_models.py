@@ -16,6 +16,7 @@ from steer.lab.classifier import adherence, load_classifier, predict
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "models" / "demo"
 HYBRID = ROOT / "assets" / "models" / "demo-hybrid"
+DEMO_4X = ROOT / "assets" / "models" / "demo-4x"  # ~4x the demo UNet, same data (issue 12's "model or method?")
 CLASSIFIER = ROOT / "assets" / "classifier"
 
 # floors measured with tests' settings (24 prompts, 12 DDIM steps, guidance 5) are in the model card; these are
@@ -61,7 +62,7 @@ def _dir_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-@pytest.mark.parametrize("path", [DEMO, HYBRID], ids=["demo", "hybrid"])
+@pytest.mark.parametrize("path", [DEMO, HYBRID, DEMO_4X], ids=["demo", "hybrid", "demo-4x"])
 def test_model_folders_are_small_fp16_diffusers_pipelines(path):
     index = json.loads((path / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
@@ -112,6 +113,21 @@ def test_classifier_reads_class_and_colour_of_real_test_images():
 
 def test_demo_follows_colour_and_class_prompts(demo):
     res = adherence(demo, n=24, seed=1, steps=12, guidance=5.0, classifier=load_classifier(CLASSIFIER))
+    assert res["colour_adherence"] >= DEMO_COLOUR_FLOOR, res
+    assert res["class_adherence"] >= DEMO_CLASS_FLOOR, res
+
+
+def test_demo_4x_is_the_wider_unet_on_the_same_vae_and_follows_prompts(demo, offline):
+    """The larger variant: the same VAE and scheduler as the demo model, a UNet of ~4x the parameters, prompt
+    adherence at least at the demo model's floors."""
+    from steer.lab.models import count_params
+
+    big = _load(DEMO_4X)
+    assert tuple(big.unet.config.block_out_channels) == (64, 128, 128)
+    assert 3.5 < count_params(big.unet) / count_params(demo.unet) < 4.5
+    assert all(torch.equal(a, b) for a, b in zip(big.vae.state_dict().values(), demo.vae.state_dict().values(), strict=True))
+    assert big.vae.config.scaling_factor == demo.vae.config.scaling_factor
+    res = adherence(big, n=24, seed=1, steps=12, guidance=5.0, classifier=load_classifier(CLASSIFIER))
     assert res["colour_adherence"] >= DEMO_COLOUR_FLOOR, res
     assert res["class_adherence"] >= DEMO_CLASS_FLOOR, res
 
