@@ -38,11 +38,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     args = ap.parse_args()
     out = Path(args.out or ROOT / "docs" / "steering" / f"take_away_fit_{args.kind}.json")
     torch.set_num_threads(1)
     t0 = time.time()
-    pipe, classifier = load_pipeline(None, "cpu"), load_classifier()
+    pipe, classifier = load_pipeline(args.model, "cpu"), load_classifier()
     values = C if args.kind == "colour" else K
     vectors = {}
     for v in values:
@@ -84,7 +85,7 @@ def main() -> None:
         summary[split] = {"targets": len(sel), "pass": sum(r["passes"] for r in sel), "mean_success": float(np.mean([r["success"] for r in sel])),
                           "mean_kept": float(np.mean([r["kept"] for r in sel]))}
     every = list(fits.values())
-    meta = {"command": " ".join(["python", *sys.argv]), "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance,
+    meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance,
             "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window == (0.0, 1.0) for f in every])) if every else 0.0,
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,
