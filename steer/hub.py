@@ -75,19 +75,23 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None, str | None] | None:
     return repo, revision, filename
 
 
-def _local(spec: str | os.PathLike) -> tuple[bool, bool]:
-    """(is a folder, exists) for ``spec`` as a local path; (False, False) where the system refuses the name (too long,
-    a NUL byte) instead of raising from deep inside ``os.stat``."""
+def local_kind(path: str | os.PathLike) -> str | None:
+    """``"dir"``, ``"file"`` or ``"other"`` for an existing local ``path``; None where nothing is there or the system
+    refuses the name (too long, a NUL byte) instead of raising from deep inside ``os.stat``."""
     try:
-        path = Path(spec).expanduser()
-        return path.is_dir(), path.exists()
+        path = Path(path)
+        if path.is_dir():
+            return "dir"
+        if path.is_file():
+            return "file"
+        return "other" if path.exists() else None
     except (OSError, ValueError):
-        return False, False
+        return None
 
 
 def is_hub_spec(spec: str | os.PathLike) -> bool:
     """Whether ``spec`` would be fetched from the Hub: not an existing local path, and shaped like a repo spec."""
-    return isinstance(spec, str) and not _local(spec)[1] and parse_hub_spec(spec) is not None
+    return isinstance(spec, str) and local_kind(Path(spec).expanduser()) is None and parse_hub_spec(spec) is not None
 
 
 def resolve_direction(
@@ -111,10 +115,10 @@ def resolve_direction(
     `SteeringFileError` with one line naming the spec and the problem.
     """
     local = Path(spec).expanduser()
-    is_dir, exists = _local(spec)
-    if is_dir:
+    kind = local_kind(local)
+    if kind == "dir":
         return pick_direction_file(local, filename)
-    if exists:
+    if kind is not None:
         if filename is not None:
             raise SteeringFileError(f"filename={filename!r} is for a folder or a Hub repo, but {str(spec)!r} is a file")
         return local

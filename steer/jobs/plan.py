@@ -23,7 +23,7 @@ from typing import Any
 
 from steer.config import SteeringConfig, recommended_settings
 from steer.errors import SteeringFileError
-from steer.hub import is_hub_spec, resolve_direction
+from steer.hub import is_hub_spec, local_kind, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_text, check_window_field
 from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
@@ -262,7 +262,7 @@ class _Validator:
         if not given.is_absolute() and self.base_dir is not None:
             candidates.insert(0, self.base_dir / given)
         for c in candidates:
-            if _is_file(c):
+            if local_kind(c) == "file":
                 return c.resolve()
         bundled = bundled_directions()
         if name in bundled:
@@ -385,14 +385,6 @@ def _unknown_fields(unknown: list[Any]) -> str:
         hints.append(f"{show(k)} (did you mean {close[0]!r}?)" if close else show(k))
     more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
     return ", ".join(hints) + more
-
-
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, False where the system refuses the name (too long, ...) instead of raising."""
-    try:
-        return path.is_file()
-    except OSError:
-        return False
 
 
 def _scale_tag(scales: Sequence[float]) -> str:
