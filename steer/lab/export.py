@@ -32,7 +32,7 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     if dec.is_file():  # decoder fine-tuned on this run's training set (finetune_decoder)
         vae.load_state_dict({**vae.state_dict(), **load_file(str(dec))})
     vae.register_to_config(scaling_factor=scale)
-    unet = M.build_unet(**M.unet_overrides((info.get("args") or {}).get("unet_channels")))
+    unet = M.build_unet(**M.unet_overrides(M.recorded_unet_widths(run)))
     te = M.build_text_encoder()
     unet.load_state_dict({k[len("ema.unet.") :]: v for k, v in t.items() if k.startswith("ema.unet.")})
     te.load_state_dict({k[len("ema.text_encoder.") :]: v for k, v in t.items() if k.startswith("ema.text_encoder.")})

@@ -9,6 +9,7 @@ Also here: the device a lab command runs on, and sampling a pipeline into an ima
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,18 @@ def parse_unet_channels(text: str) -> tuple[int, int, int]:
 def unet_overrides(channels) -> dict:
     """``build_unet`` keyword arguments for a run's ``--unet-channels`` (None: the demo model's widths)."""
     return {} if channels is None else {"block_out_channels": tuple(int(c) for c in channels)}
+
+
+def recorded_unet_widths(folder: str | Path) -> list[int] | None:
+    """The UNet widths a run folder (its ``checkpoint.json``) or an exported pipeline (``unet/config.json``) was built
+    with; None for the demo model's."""
+    folder = Path(folder)
+    if (folder / "checkpoint.json").is_file():
+        return (json.loads((folder / "checkpoint.json").read_text()).get("args") or {}).get("unet_channels")
+    if (folder / "unet" / "config.json").is_file():
+        widths = json.loads((folder / "unet" / "config.json").read_text()).get("block_out_channels")
+        return None if widths is None or list(widths) == list(UNET_CONFIG["block_out_channels"]) else list(widths)
+    return None
 
 
 def build_scheduler(kind: str = "ddim"):

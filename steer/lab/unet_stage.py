@@ -40,32 +40,21 @@ def _init_weights_from(init: Path, unet, te) -> str:
     return str(init)
 
 
-def _init_widths(init: Path) -> list[int] | None:
-    """The UNet widths of an ``--init`` run folder or pipeline (None: the demo model's)."""
-    if (init / "checkpoint.json").is_file():
-        return (json.loads((init / "checkpoint.json").read_text()).get("args") or {}).get("unet_channels")
-    if (init / "unet" / "config.json").is_file():
-        widths = json.loads((init / "unet" / "config.json").read_text()).get("block_out_channels")
-        return None if widths is None or list(widths) == list(M.UNET_CONFIG["block_out_channels"]) else list(widths)
-    return None
-
-
 def _run_widths(args, out: Path):
-    """The UNet widths of this run: ``--unet-channels``, or on ``--resume`` the ones the checkpoint was trained with
-    (a resumed run continues the same model; asking for other widths is a one-line error, not a size mismatch)."""
+    """The UNet widths of this run: ``--unet-channels``; on ``--resume`` the ones the checkpoint was trained with (a
+    resumed run continues the same model; asking for other widths is a one-line error, not a size mismatch); for a
+    hybrid/mem variant started from ``--init``, the init's."""
     asked = getattr(args, "unet_channels", None)
-    ckj = out / "checkpoint.json"
-    if not (getattr(args, "resume", False) and ckj.is_file()):
-        if asked is None and getattr(args, "init", None) and args.variant != "demo":  # hybrid/mem: the init's widths
-            args.unet_channels = asked = _init_widths(Path(args.init))
-        return asked
-    recorded = (json.loads(ckj.read_text()).get("args") or {}).get("unet_channels")
-    default = list(M.UNET_CONFIG["block_out_channels"])
-    if asked is not None and list(asked) != list(recorded or default):
-        raise SystemExit(f"--unet-channels {','.join(map(str, asked))} does not match the run being resumed "
-                         f"({','.join(map(str, recorded or default))}); leave it out to continue that run")
-    args.unet_channels = recorded
-    return recorded
+    if getattr(args, "resume", False) and (out / "checkpoint.json").is_file():
+        recorded = M.recorded_unet_widths(out)
+        if asked is not None and list(asked) != list(recorded or M.UNET_CONFIG["block_out_channels"]):
+            shown = ",".join(map(str, recorded or M.UNET_CONFIG["block_out_channels"]))
+            raise SystemExit(f"--unet-channels {','.join(map(str, asked))} does not match the run being resumed "
+                             f"({shown}); leave it out to continue that run")
+        args.unet_channels = recorded
+    elif asked is None and getattr(args, "init", None) and args.variant != "demo":
+        args.unet_channels = M.recorded_unet_widths(Path(args.init))
+    return args.unet_channels
 
 
 def train(args) -> Path:
