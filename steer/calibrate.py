@@ -49,12 +49,13 @@ class Calibration:
     grid: list[float]
     distances: list[float]
     unet_rows: int
+    window: list[float] | None = None  # the window calibrated for (None: the vector's own recommended one)
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: Any) -> Any:
             return [round(x, 4) for x in v] if isinstance(v, list) else (round(v, 4) if isinstance(v, float) else v)
 
-        return {k: r(v) for k, v in asdict(self).items()}
+        return {k: r(v) for k, v in asdict(self).items() if not (k == "window" and v is None)}
 
 
 def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
@@ -96,6 +97,55 @@ def calibrate(
         **steering: ``steering_*`` options passed to every steered call; other pipeline call options (``height=``,
             ``use_resolution_binning=``...) go to every call.
     """
+    results = _sweeps(pipe, vector, positive, negative, [None], num_samples, grid, seed, num_inference_steps, guidance_scale, steering)
+    _warn(results[0])
+    return results[0]
+
+
+@torch.no_grad()
+def calibrate_windows(
+    pipe,
+    vector,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    windows: Sequence[tuple[float, float]],
+    *,
+    num_samples: int = 6,
+    grid: Sequence[float] = DEFAULT_GRID,
+    seed: int = 0,
+    num_inference_steps: int = 12,
+    guidance_scale: float = 7.5,
+    **steering: Any,
+) -> tuple[int, list[Calibration]]:
+    """`calibrate` over each of several windows, and the one where the direction comes closest to the positives.
+
+    The positives' and the unsteered open samples are drawn once and shared; each window costs its grid's steered
+    samples. The chosen window is the one whose best relative distance is smallest among those that converged (the
+    first window when none did): where the direction best reproduces the model's own prompt edit.
+
+    Args:
+        windows: the candidate ``(start, end)`` shares of the run, in order of preference on a tie.
+        Others: as for `calibrate`.
+
+    Returns:
+        The index of the chosen window and every window's `Calibration` (each with its ``window``; the chosen one's
+        ``unet_rows`` count the whole choice).
+    """
+    if not windows:
+        raise ValueError("calibrate_windows needs at least one candidate window")
+    results = _sweeps(pipe, vector, positive, negative, [tuple(w) for w in windows], num_samples, grid, seed, num_inference_steps, guidance_scale, steering)
+    converged = [i for i, r in enumerate(results) if r.converged] or [0]
+    chosen = min(converged, key=lambda i: results[i].distance)
+    results[chosen].unet_rows = sum(r.unet_rows for r in results)
+    _warn(results[chosen])
+    return chosen, results
+
+
+def _sweeps(
+    pipe, vector, positive: Sequence[str], negative: Sequence[str], windows: list[tuple[float, float] | None],
+    num_samples: int, grid: Sequence[float], seed: int, num_inference_steps: int, guidance_scale: float, steering: dict[str, Any],
+) -> list[Calibration]:
+    """One calibration per window (None: the vector's own), sharing the positives' and the unsteered open samples."""
     grid = sorted(float(g) for g in grid)
     if not grid or grid[0] <= 0:
         raise ValueError("the calibration grid must hold positive strengths")
@@ -105,31 +155,45 @@ def calibrate(
     # the pipeline's own call options (height, use_resolution_binning, ...) go to every call, steering_* to steered ones
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
     steering = {k: v for k, v in steering.items() if k.startswith("steering")}
+    rows_per_set = num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
     z_pos = sample_latents(pipe, pos, seeds, **kw)
-    # open samples (the attribute left to the model), steered at 0 and along the grid in one batched call
+    # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
+    # batched call per window
     opened = open_prompts(pos, neg)
-    strengths = [0.0, *grid]
-    rows = [(p, s, g) for g in strengths for p, s in zip(opened, seeds, strict=True)]
-    z = sample_latents(pipe, [p for p, _, _ in rows], [s for _, s, _ in rows], steering=vector, steering_scale=[g for _, _, g in rows], **kw, **steering)
-    z = z.reshape(len(strengths), num_samples, -1)
-    start = float((z[0] - z_pos).norm(dim=1).mean().clamp_min(1e-6))
-    distances = [float((zg - z_pos).norm(dim=1).mean()) / start for zg in z]
-    best, distance = curve_minimum(strengths, distances)
-    converged = best > 0
-    if not converged:  # no strength brings the open samples closer to the positives' own samples
-        best = grid[len(grid) // 2]
+    start, results = None, []
+    for window in windows:
+        strengths = [*([0.0] if start is None else []), *grid]
+        rows = [(p, s, g) for g in strengths for p, s in zip(opened, seeds, strict=True)]
+        in_window = {} if window is None else {"steering_window": window}
+        z = sample_latents(pipe, [p for p, _, _ in rows], [s for _, s, _ in rows], steering=vector,
+                           steering_scale=[g for _, _, g in rows], **kw, **steering, **in_window)
+        z = z.reshape(len(strengths), num_samples, -1)
+        if start is None:
+            start = float((z[0] - z_pos).norm(dim=1).mean().clamp_min(1e-6))
+            z = z[1:]
+        distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in z)]
+        best, distance = curve_minimum([0.0, *grid], distances)
+        converged = best > 0
+        if not converged:  # no strength brings the open samples closer to the positives' own samples
+            best = grid[len(grid) // 2]
+        sets = len(strengths) + (1 if not results else 0)  # the positives' samples count once (the first window's grid has 0)
+        results.append(Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], sets * rows_per_set,
+                                   None if window is None else [float(w) for w in window]))
+    return results
+
+
+def _warn(result: Calibration) -> None:
+    """The calibration's advice as a warning: it did not converge, or converged to a poor fit."""
+    if not result.converged:
         warnings.warn(
-            f"calibration: no strength in {grid} moved open samples toward the positive prompts' samples (relative "
-            f"distances {[round(d, 3) for d in distances[1:]]}); using {best} x {MARGIN}. Check that the prompts differ "
+            f"calibration: no strength in {result.grid} moved open samples toward the positive prompts' samples (relative "
+            f"distances {[round(d, 3) for d in result.distances]}); using {result.closest} x {MARGIN}. Check that the prompts differ "
             "in an attribute the model renders, or pass calibrate=False and choose the scale yourself",
-            stacklevel=3,
+            stacklevel=4,
         )
-    unet_rows = (1 + len(strengths)) * num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
-    result = Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], unet_rows)
-    advice = fit_advice(result.to_dict())  # None unless converged to a poor fit (non-convergence warned above)
+    advice = fit_advice(result.to_dict())  # None unless converged to a poor fit
     if advice:
-        warnings.warn(advice, stacklevel=3)
-    return result
+        warnings.warn(advice, stacklevel=4)
 
 
 def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:

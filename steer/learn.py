@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from steer.calibrate import calibrate as run_calibration
-from steer.calibrate import seeded_generators
+from steer.calibrate import calibrate_windows, seeded_generators
 from steer.config import PAPER_WINDOW, check_window
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -311,6 +311,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5)},
 }
 MODES = ("text", "trajectory", "reference", "fast")
+# window="auto": the calibration tries each and keeps the one where the direction best reproduces the prompt edit
+# (early for most edits; the whole run where the late steps carry the attribute too: bench/window_choice_screen.py)
+AUTO_WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 # How a calibrated direction is applied (recorded as its recommended settings).
 CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
 
@@ -370,7 +373,7 @@ def learn_direction(
     method: Method | None = None,
     mode: str | None = None,
     calibrate: bool | None = None,
-    window: tuple[float, float] | None = None,
+    window: tuple[float, float] | str | None = None,
     num_samples: int = 16,
     batch_size: int = 8,
     num_inference_steps: int = 20,
@@ -409,7 +412,9 @@ def learn_direction(
             ``"fast"`` (record while sampling); images always use the paper's extraction.
         calibrate: choose the strength from model-internal signals (default: on for the text and casteer presets).
         window: the share of the denoising run the direction acts over, recorded as its recommended window and used
-            by the calibration (default: the preset's; ``(0, 0.5)`` for ``"text"``).
+            by the calibration (default: the preset's; ``(0, 0.5)`` for ``"text"``). ``"auto"`` calibrates over each
+            of `AUTO_WINDOWS` and keeps the one whose samples come closest to the positives' own (recorded in
+            ``metadata["window_choice"]``; each extra window costs 6 of the calibration's 8 sample sets).
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
@@ -435,7 +440,12 @@ def learn_direction(
         calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
     calibrate = bool(calibrate)
     layers = layers if layers is not None else chosen["layers"]
-    window = check_window(window if window is not None else chosen["window"], "window")
+    auto_window = window == "auto"
+    if isinstance(window, str) and not auto_window:
+        raise ValueError(f"window must be a pair (start, end) of fractions or 'auto', got {window!r}")
+    if auto_window and not calibrate:
+        raise ValueError("window='auto' chooses the window by calibration: it needs positive and negative prompts and calibrate=True")
+    window = check_window(AUTO_WINDOWS[0] if auto_window else window if window is not None else chosen["window"], "window")
     if window[0] == window[1]:
         raise ValueError(f"window must be a non-empty share of the run, got {window}")
     if method not in METHODS:
@@ -547,10 +557,19 @@ def learn_direction(
     unit = SteeringVector({n: d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) for n, d in directions.items()}, {**meta, "recommended": settings})
     if not calibrate:
         return unit
-    result = run_calibration(
-        pipe, unit, [str(p) for p in pos_items], [str(p) for p in neg_items], num_samples=calibration_samples, seed=seed,
-        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs,
-    )
+    calibration_args = (pipe, unit, [str(p) for p in pos_items], [str(p) for p in neg_items])
+    calibration_kwargs = dict(num_samples=calibration_samples, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
+    if auto_window:
+        index, tried = calibrate_windows(*calibration_args, AUTO_WINDOWS, **calibration_kwargs)
+        result = tried[index]
+        window = tuple(AUTO_WINDOWS[index])
+        settings["window"] = list(window)
+        if "removal_window" in settings:
+            settings["removal_window"] = [window[0], 1.0]
+        meta["window_choice"] = {"windows": [list(w) for w in AUTO_WINDOWS], "distances": [round(r.distance, 4) for r in tried],
+                                 "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(window)}
+    else:
+        result = run_calibration(*calibration_args, **calibration_kwargs)
     calibrated = result.strength * unit
     calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
     return calibrated

@@ -55,6 +55,21 @@ def test_learn_window_is_calibrated_for_and_recorded(model_dir, tmp_path):
     assert v.metadata["recommended"]["window"] == [0.0, 1.0] and "calibration" in v.metadata
 
 
+def test_learn_window_auto_records_the_choice_and_says_it(model_dir, tmp_path, capsys):
+    out = tmp_path / "auto.safetensors"
+    args = ["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a sneaker", "--steps", "2", "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights may render no attribute
+        assert main([*args, "--window", "auto"]) == 0
+    v = SteeringVector.load(out)
+    choice = v.metadata["window_choice"]
+    assert v.metadata["recommended"]["window"] == choice["chosen"] and choice["windows"] == [[0.0, 0.5], [0.0, 1.0]]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("window: "))
+    assert line.startswith(f"window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (") and "0,0.5: " in line and "0,1: " in line
+    rc, _, err = run_main([*args, "--window", "late"], capsys)
+    assert_one_line_error(rc, err, "--window needs start,end (0 <= start < end <= 1) or auto, got 'late'")
+
+
 def test_generate_sweep_writes_pngs_with_recipe_and_a_grid(model_dir, direction, tmp_path):
     out = tmp_path / "gen"
     code = main(["generate", "--model", model_dir, "--prompt", "a sneaker", "--direction", str(direction), "--sweep=-1,1,3", "--steps", "3", "--seed", "5", "--out", str(out)])

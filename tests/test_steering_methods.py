@@ -216,6 +216,49 @@ def test_learning_window_is_recorded_and_used_by_the_calibration(tiny_pipe, gen)
             tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", window=bad, calibrate=False)
 
 
+def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_closest(tiny_pipe, gen):
+    """``window="auto"``: one calibration per candidate window, the positives' and unsteered samples drawn once, the
+    window whose samples come closest to the positives' recorded and recommended (removal still to the run's end)."""
+    from steer.learn import AUTO_WINDOWS
+
+    rows, windows = [0], []
+    original = tiny_pipe.__class__.__call__
+
+    def spy(self, *args, **kwargs):
+        if kwargs.get("steering") is not None:
+            windows.append(tuple(kwargs.get("steering_window") or kwargs["steering"].metadata["recommended"]["window"]))
+        return original(self, *args, **kwargs)
+
+    pos, neg = ["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"]
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda m, a: rows.__setitem__(0, rows[0] + a[0].shape[0]))
+    tiny_pipe.__class__.__call__ = spy
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: calibration may not converge
+            fixed = tiny_pipe.learn_direction(pos, neg, num_inference_steps=2, calibration_samples=2, progress=False)
+            rows[0], windows[:] = 0, []
+            auto = tiny_pipe.learn_direction(pos, neg, window="auto", num_inference_steps=2, calibration_samples=2, progress=False)
+    finally:
+        tiny_pipe.__class__.__call__ = original
+        handle.remove()
+    choice, cal, rec = auto.metadata["window_choice"], auto.metadata["calibration"], auto.metadata["recommended"]
+    assert windows == [tuple(w) for w in AUTO_WINDOWS] == [tuple(w) for w in choice["windows"]]
+    # 2 samples x 2 steps x 2 CFG rows per set: positives once, unsteered once, 6 grid strengths per window
+    assert rows[0] == cal["unet_rows"] == (2 + 6 * len(AUTO_WINDOWS)) * 2 * 2 * 2
+    # the first candidate is the default window, calibrated on the same samples as a plain call
+    assert choice["distances"][0] == pytest.approx(fixed.metadata["calibration"]["distance"], abs=1e-4)
+    assert choice["strengths"][0] == pytest.approx(fixed.metadata["calibration"]["strength"], abs=1e-4)
+    candidates = [i for i, ok in enumerate(choice["converged"]) if ok] or [0]
+    best = min(candidates, key=lambda i: choice["distances"][i])
+    assert choice["chosen"] == rec["window"] == cal["window"] == list(AUTO_WINDOWS[best])
+    assert rec["removal_window"] == [rec["window"][0], 1.0]
+    assert abs(float(auto.directions[CONTEXT_SITE].norm()) - choice["strengths"][best]) < 1e-3
+    with pytest.raises(ValueError, match="^window='auto' chooses the window by calibration"):
+        tiny_pipe.learn_direction(pos, neg, window="auto", calibrate=False)
+    with pytest.raises(ValueError, match="^window must be a pair .* or 'auto', got 'late'"):
+        tiny_pipe.learn_direction(pos, neg, window="late", calibrate=False)
+
+
 def test_paper_and_casteer_presets(tiny_pipe):
     paper = tiny_pipe.learn_direction("a blue sneaker", preset="paper", num_samples=2, num_inference_steps=3, progress=False)
     assert paper.metadata["method"] == "mean" and paper.metadata["recommended"]["branch"] == "cond"

@@ -67,6 +67,16 @@ def parse_window(text: str) -> tuple[float, float]:
     return start, end
 
 
+def parse_learn_window(text: str) -> tuple[float, float] | str:
+    """``steer learn --window``: start,end, or ``auto`` (the calibration chooses among `steer.learn.AUTO_WINDOWS`)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return parse_window(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--window needs start,end (0 <= start < end <= 1) or auto, got {short(text)}") from None
+
+
 def parse_sweep(text: str) -> list[float]:
     lo, hi, n = _floats(text, 3, "--sweep")
     if n != int(n) or not 2 <= n <= MAX_SWEEP:
@@ -132,6 +142,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
         vector = _learn(pipe, args)
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
+    choice = vector.metadata.get("window_choice")
+    if choice:  # --window auto: what the calibration compared
+        tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
+        print(f"window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (relative distance to the positives' samples {tried})")
     _print_warnings(caught)
     return 0
 
@@ -350,7 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
     p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
-    p.add_argument("--window", type=parse_window, default=None, help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; 0,0.5 for text)")
+    p.add_argument("--window", type=parse_learn_window, default=None,
+                   help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; "
+                        "0,0.5 for text); 'auto': calibrate over 0,0.5 and 0,1 and keep the closer (twice the calibration's cost)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)
