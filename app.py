@@ -269,6 +269,13 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
             "(CASteer); fast: record while sampling; reference: generate, then re-encode (the paper)",
         )
         scope = gr.Radio(list(H.LAYER_SCOPES), value="all layers", label="Layers")
+        window = gr.Radio(
+            list(H.LEARN_WINDOWS),
+            value="mode default",
+            label="Window",
+            info="mode default: the first half of the run for text; auto: calibrate over the first half and the whole "
+            "run and keep the closer (text and trajectory, prompts only; twice the calibration)",
+        )
     layers = gr.Dropdown(app.layers, value=[], multiselect=True, label="Chosen layers (with 'chosen layers')")
     with gr.Row():
         num_samples = gr.Slider(1, L.max_learn_samples, value=8, step=1, label="Samples per set")
@@ -297,6 +304,7 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         seed,
         name,
         image_prompt,
+        window,
     ]
     go.click(guarded(4)(app.learn), inputs, [session, direction, file, status], api_name="learn")
 

@@ -43,35 +43,59 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2, help="sample seeds per prompt")
     ap.add_argument("--seed-base", type=int, default=1000, help="first sample seed (a replication on fresh seeds: 2000)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--grid", default=None, help="PNG: per target, the 8 open prompts (first seed) unsteered, early at 1.0, whole run at 1.0")
     args = ap.parse_args()
     torch.set_num_threads(1)
     pipe, classifier = load_pipeline(args.model, "cpu"), load_classifier()
     run = Runner(pipe, classifier, 20, 5.0, args.seeds, args.seed_base)
-    rows, t0 = [], time.time()
+    rows, strips, t0 = [], [], time.time()
     for name in args.targets.split(","):
         kind = "colour" if name in C else "class"
         P = prompts_for(kind, name)
         target = (C if kind == "colour" else K).index(name)
-        ref = judge(classifier, run.sample(P["open"]))
+        unsteered = run.sample(P["open"])
+        ref = judge(classifier, unsteered)
+        strip = [unsteered[: len(P["open"])]]
         row = {"target": name, "kind": kind, "split": "tuning" if name in TUNING[kind] else "held-out"}
         for label, window in WINDOWS.items():
             v = pipe.learn_direction(P["positive"], P["negative"], window=window, num_inference_steps=20, guidance_scale=5.0, progress=False)
             cells = {}
             for scale in SCALES:
-                m = cell_metrics(judge(classifier, run.sample(P["open"], [scale], steering=v)), ref, kind, target)
+                images = run.sample(P["open"], [scale], steering=v)
+                if scale == 1.0:
+                    strip.append(images[: len(P["open"])])
+                m = cell_metrics(judge(classifier, images), ref, kind, target)
                 cells[str(scale)] = {k: round(x, 3) for k, x in m.items()} | {"pass": passes(m, "open", kind)}
             row[label] = {"calibration": v.metadata["calibration"], "cells": cells}
         distance = {label: row[label]["calibration"]["distance"] for label in WINDOWS}
         row["chosen"] = min(WINDOWS, key=distance.__getitem__)
         rows.append(row)
+        strips.append(strip)
         shown = {label: (round(distance[label], 3), *(f"{s}:{c['success']:.2f}/{c['kept']:.2f}{'*' if c['pass'] else ''}" for s, c in row[label]["cells"].items())) for label in WINDOWS}
         print(name, "->", row["chosen"], shown, f"{time.time() - t0:.0f}s", flush=True)
     summary = summarise(rows)
     print(json.dumps(summary, indent=1))
+    if args.grid:
+        save_grid(strips, Path(args.grid))
+        Path(args.grid).with_suffix(".txt").write_text("rows: " + ", ".join(r["target"] for r in rows) + "\ncolumns: unsteered, early (0, 0.5) at 1.0, whole run (0, 1) at 1.0 (8 open prompts each, first seed)\n")
     if args.out:
         meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "machine": f"{platform.machine()} CPU, 1 thread",
                 "seconds": round(time.time() - t0, 1), "seeds": args.seeds, "seed_base": args.seed_base, "windows": WINDOWS, "scales": SCALES, "rule": "argmin calibration distance"}
         Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+
+
+def save_grid(strips: list[list], path: Path) -> None:
+    """One row per target: its cells (8 images each, side by side) separated by white bars."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for cells in strips:
+        parts = [np.concatenate(list(c.transpose(0, 2, 3, 1)), axis=1) for c in cells]
+        bar = np.ones((parts[0].shape[0], 4, 3), dtype=np.float32)
+        rows.append(np.concatenate([x for p in parts for x in (p, bar)][:-1], axis=1))
+    grid = np.concatenate([np.concatenate([r, np.ones((2, r.shape[1], 3), dtype=np.float32)]) for r in rows])
+    Image.fromarray((grid.clip(0, 1) * 255).astype(np.uint8)).save(path)
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -238,6 +238,22 @@ def test_learn_settings_validation(pipe, tmp_path):
     assert H.LearnSettings().layer_list(pipe) == H.layer_names(pipe)
     with pytest.raises(H.UserError):
         H.LearnSettings(scope="chosen layers").layer_list(pipe)
+    # the auto window is chosen by calibration: prompts for both sets and a calibrated mode, else one readable line
+    auto = H.LearnSettings(positive="a blue sneaker", negative="a sneaker", mode="text", window="auto")
+    assert auto.kwargs(pipe)["window"] == "auto" and "window" not in H.LearnSettings(mode="text").kwargs(pipe)
+    for bad in (dict(mode="fast"), dict(mode="reference"), dict(negative=""), dict(positive_files=(str(broken),))):
+        with pytest.raises(H.UserError, match="^the auto window is chosen by calibration"):
+            H.LearnSettings(**{**auto.__dict__, **bad}).kwargs(pipe)
+    with pytest.raises(H.UserError, match="window"):
+        H.LearnSettings(mode="text", window="late").kwargs(pipe)
+
+
+def test_window_choice_note_reads_the_recorded_choice_and_ignores_junk():
+    choice = {"windows": [[0.0, 0.5], [0.0, 1.0]], "distances": [0.378, 0.353], "chosen": [0.0, 1.0]}
+    note = H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": choice}))
+    assert note == " Window chosen by calibration: **0-1** (relative distance to the positives' own samples 0-0.5: 0.38, 0-1: 0.35)."
+    for junk in (None, "auto", {"windows": [[0, 1]]}, {**choice, "distances": ["x", 1]}, {**choice, "chosen": 3}):
+        assert H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": junk})) == ""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -444,9 +460,11 @@ def test_learned_direction_is_per_session(server, client, pipe):
         0,
         "dog-cat",
         "",
+        "mode default",
         api_name="/learn",
     )
     assert "Learned **dog-cat**" in status and picked["value"] == "dog-cat (learned)"
+    assert "Window chosen" not in status
     assert SteeringVector.load(file).layers  # downloadable and valid
     *_, status = client.predict(
         **generate_args("dog-cat (learned)", layer=len(H.layer_names(pipe))), api_name="/generate"
@@ -455,6 +473,18 @@ def test_learned_direction_is_per_session(server, client, pipe):
     other = Client(server, verbose=False)
     *_, status = other.predict(**generate_args("dog-cat (learned)"), api_name="/generate")
     assert "unknown direction" in status
+
+
+def test_api_learn_with_the_auto_window_says_which_window_it_chose(client):
+    picked, file, status = client.predict(
+        "a blue sneaker\na blue bag", "a sneaker\na bag", None, None, "mean_diff", "text", "all layers", [], 2, 2, 5.0, 0,
+        "auto-blue", "", "auto", api_name="/learn",
+    )
+    choice = SteeringVector.load(file).metadata["window_choice"]
+    chosen = f"{choice['chosen'][0]:g}-{choice['chosen'][1]:g}"
+    assert "Learned **auto-blue**" in status and f"Window chosen by calibration: **{chosen}**" in status
+    *_, status = client.predict("a blue sneaker", "", None, None, "mean_diff", "fast", "all layers", [], 2, 2, 5.0, 0, "", "", "auto", api_name="/learn")
+    assert "the auto window is chosen by calibration" in status and "Traceback" not in status
 
 
 def test_memorization_panel(client):

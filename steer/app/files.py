@@ -220,6 +220,18 @@ def direction_advice(vector: SteeringVector) -> str:
     return f"\n\n**Note:** {md_text(advice, LIMITS.max_message_chars)}" if advice else ""
 
 
+def window_choice_note(vector: SteeringVector) -> str:
+    """A Markdown sentence on the window ``window="auto"`` chose (and the distances it compared), else ""."""
+    choice = vector.metadata.get("window_choice")
+    try:
+        tried = [(float(w[0]), float(w[1]), float(d)) for w, d in zip(choice["windows"], choice["distances"], strict=True)]
+        start, end = (float(x) for x in choice["chosen"])
+    except (TypeError, KeyError, ValueError, IndexError):
+        return ""
+    compared = ", ".join(f"{a:g}-{b:g}: {d:.2f}" for a, b, d in tried[:4])
+    return f" Window chosen by calibration: **{start:g}-{end:g}** (relative distance to the positives' own samples {compared})."
+
+
 def recommended_settings(vector: SteeringVector | None) -> tuple[Any, Any, Any, Any, Any, Any]:
     """(strength, window start, window end, CFG branch, mode, normalize) the direction recommends, None for each it does
     not (or whose value the controls cannot take: a strength outside the slider)."""

@@ -245,6 +245,7 @@ class SteerApp:
         seed: Any,
         name: str,
         image_prompt: str,
+        window: str = "mode default",
         progress: gr.Progress = PROGRESS,
     ):
         """Learn a direction and add it to this user's picker; offer it as a download."""
@@ -263,6 +264,7 @@ class SteerApp:
             seed=seed,
             name=name,
             image_prompt=image_prompt,
+            window=window,
         )
         progress(0.0, desc="starting")
         vector = H.learn(self.pipe, settings, progress_fn(progress))
@@ -270,7 +272,7 @@ class SteerApp:
         label = H.unique_name(f"{H.clean_text(vector.name)} (learned)", set(self.catalog.choices(session)))
         session[label] = vector
         path = H.save_direction(vector, tempfile.mkdtemp(dir=self.workdir))
-        message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.{H.direction_advice(vector)}")
+        message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.{H.window_choice_note(vector)}{H.direction_advice(vector)}")
         return session, self._dropdown(session, label), str(path), message
 
     # ----- memorization ----------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from steer.app.files import (  # noqa: F401 - re-exported
     recommended_settings,
     save_direction,
     unique_name,
+    window_choice_note,
 )
 from steer.app.memorization import (  # noqa: F401 - re-exported
     MemorizationView,
@@ -84,6 +85,8 @@ from steer.vectors import SteeringVector
 LAYER_SCOPES = ("all layers", "paper default", "chosen layers")
 LEARN_METHODS = ("mean_diff", "mean", "pca")
 LEARN_MODES = ("text", "trajectory", "fast", "reference")
+# "auto": the calibration compares the early half with the whole run (learn_direction(window="auto"))
+LEARN_WINDOWS = ("mode default", "auto")
 
 
 def make_generators(pipe, seed: int, count: int) -> list[torch.Generator]:
@@ -461,6 +464,7 @@ class LearnSettings:
     seed: int = 0
     name: str = ""
     image_prompt: str = ""
+    window: str = "mode default"
 
     def sets(self) -> tuple[list, list]:
         """(positive, negative) items: images if any were uploaded for the positive set, else prompt lines."""
@@ -495,6 +499,9 @@ class LearnSettings:
     def kwargs(self, pipe) -> dict[str, Any]:
         """Keyword arguments for `learn_direction` (after validation)."""
         mode = check_choice(self.mode, "the mode", LEARN_MODES)
+        auto_window = check_choice(self.window, "the window", LEARN_WINDOWS) == "auto"
+        if auto_window and (mode not in ("text", "trajectory") or not self.negative.strip() or self.positive_files):
+            raise UserError("the auto window is chosen by calibration: it needs prompts for both sets and the text or trajectory mode")
         if mode == "text":  # the text-token site, calibrated (learn_direction's default)
             layers: Any = None
         elif mode == "trajectory" and self.scope != "chosen layers":
@@ -511,6 +518,7 @@ class LearnSettings:
             "seed": check_int(self.seed, "the learning seed", 0, LIMITS.max_seed),
             "name": check_prompt(self.name, "name", required=False) or None,
             "image_prompts": check_prompt(self.image_prompt, "image prompt", required=False),
+            **({"window": "auto"} if auto_window else {}),
         }
 
 
