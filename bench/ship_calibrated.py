@@ -1,12 +1,15 @@
 """Ship the calibrated directions that pass the steering matrix (docs/steering/results.json) into assets/directions.
 
     python bench/ship_calibrated.py [--results docs/steering/results.json] [--out assets/directions]
+        [--auto-results docs/steering/auto_window/results.json]
 
 Each target whose ``ours`` direction passes on attribute-open prompts at scale 1.0 in the matrix, with success rising
 over scales 0 -> 1 (Spearman >= 0.5: not a pass the unsteered prompt already had), is learned again with
 exactly the matrix's prompts and settings (learning is deterministic: the same seeds give the same vector, checked
 against the recorded calibrated strength) and saved as ``to_<target>.safetensors`` with its matrix numbers in the
 metadata. `steer generate --direction to_blue` then uses its recommended (learned, calibrated) settings by default.
+With ``--auto-results`` (the matrix run with ``--window auto``), a target that does not pass with the defaults but
+passes there is shipped learned with ``window="auto"`` (the calibration's own choice of window, recorded).
 The directions' README is regenerated with the table of every target, shipped or not.
 """
 
@@ -38,12 +41,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default=str(ROOT / "docs" / "steering" / "results.json"))
     ap.add_argument("--out", default=str(DIRECTIONS_DIR))
+    ap.add_argument("--auto-results", default=None, help="results.json of the matrix run with --window auto: ship what passes only there")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results = json.loads(Path(args.results).read_text())
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
-    calibrations = {x["target"]: x["calibration"] for x in results["learn"] if x.get("method", "ours") == "ours"}
+    auto = json.loads(Path(args.auto_results).read_text()) if args.auto_results else None
     rows = []
     pipe = load_pipeline(None, "cpu")
     for key, per in summary.items():
@@ -52,20 +56,30 @@ def main() -> None:
             continue
         contra = summary.get(f"ours|contra|{kind}|{split}", {})
         for target, m in per.items():
-            shipped = bool(m["pass_at_1"]) and m["rho_success"] >= 0.5  # a pass must be the edit's, not the prompt's
-            rows.append((kind, target, split, m, contra.get(target), shipped))
-            if not shipped:
+            how, on_contra = ("default" if ships(m) else None), contra.get(target)
+            if how is None and auto is not None and ships(auto["summary"][key][target]):
+                how, m, on_contra = "auto window", auto["summary"][key][target], auto["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
+            rows.append((kind, target, split, m, on_contra, how))
+            if how is None:
                 continue
+            source = results if how == "default" else auto
             P = prompts_for(kind, target)
-            v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=steps, guidance_scale=guidance, progress=False, name=f"toward {target}")
-            want = calibrations[target]["strength"]
+            window = {"window": "auto"} if how == "auto window" else {}
+            v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=steps, guidance_scale=guidance, progress=False, name=f"toward {target}", **window)
+            want = next(x["calibration"]["strength"] for x in source["learn"] if x["target"] == target and x.get("method", "ours") == "ours")
             got = v.metadata["calibration"]["strength"]
             if abs(got - want) > 1e-3 * max(1.0, abs(want)):
                 raise SystemExit(f"{target}: re-learned strength {got} differs from the matrix's {want}; rerun the matrix")
-            v.metadata["benchmark"] = {"matrix": "docs/steering.md", "split": split, "open_at_1": {k: m[k] for k in ("success_at_1", "kept_at_1", "break_at_1", "rho_success")}, "passing_scales": m["passing_scales"]}
+            v.metadata["benchmark"] = {"matrix": "docs/steering.md" + (" (--window auto)" if window else ""), "split": split,
+                                       "open_at_1": {k: m[k] for k in ("success_at_1", "kept_at_1", "break_at_1", "rho_success")}, "passing_scales": m["passing_scales"]}
             path = v.save(Path(args.out) / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
             print("wrote", path, flush=True)
     write_readme(Path(args.out), rows, meta)
+
+
+def ships(m: dict) -> bool:
+    """A pass at 1.0 on open prompts that is the edit's, not the prompt's (success rising with the scale)."""
+    return bool(m["pass_at_1"]) and m["rho_success"] >= 0.5
 
 
 def write_readme(out: Path, rows: list, meta: dict) -> None:
@@ -79,14 +93,18 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
         f"{meta['seeds']} seeds x 8 prompts). Each records its reference level, so `steering_negative=\"remove\"` with a "
         "negative scale takes its attribute out of a prompt that states it (\"a red bag\" with `[to_blue, to_red]` at "
         "`[1, -1]`, whole-run window for colours; the app's take-away), from the window's start to the end of the run "
-        "(its recommended removal window). Regenerate: `python bench/ship_calibrated.py`. Full results: docs/steering.md.",
+        "(its recommended removal window). A target marked *auto window* does not pass with the defaults and passes "
+        "learned with `window=\"auto\"` (the calibration compares the first half of the run with the whole run and "
+        "keeps the window whose samples come closer to the positives' own; the row shows that matrix run's numbers). "
+        "Regenerate: `python bench/ship_calibrated.py --auto-results docs/steering/auto_window/results.json`. "
+        "Full results: docs/steering.md.",
         "",
         "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for kind, target, split, m, contra, shipped in rows:
+    for kind, target, split, m, contra, how in rows:
         c = f"{contra['success_at_1']:.2f} / {contra['kept_at_1']:.2f}" if contra else "-"
-        lines.append(f"| {target} | {kind} | {split} | {'yes' if shipped else 'no'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
+        lines.append(f"| {target} | {kind} | {split} | {'no' if how is None else 'yes' if how == 'default' else 'yes (auto window)'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
                      f"{m['break_at_1']:.2f} | {', '.join(map(str, m['passing_scales'])) or '-'} | {m['rho_success']:.2f} | {c} |")
     (out / "README.md").write_text("\n".join(lines) + "\n" + LEGACY)
 

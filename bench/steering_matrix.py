@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
+    ap.add_argument("--window", default=None, help="learn the calibrated methods with this window: 'auto' or start,end (default: the preset's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -195,6 +196,7 @@ def main() -> None:
     run = Runner(pipe, classifier, args.steps, args.guidance, seeds, args.seed_base)
     methods = args.methods.split(",")
     kinds = args.kinds.split(",")
+    window = {} if args.window is None else {"window": "auto" if args.window == "auto" else tuple(float(x) for x in args.window.split(","))}
     targets = [("colour", c) for c in C if "colour" in kinds] + [("class", k) for k in K if "class" in kinds]
     if args.quick:
         targets = [("colour", "blue"), ("colour", "orange"), ("class", "ankle boot"), ("class", "sneaker")]
@@ -211,8 +213,9 @@ def main() -> None:
         for method in methods:
             rows0, t_learn = run.rows, time.time()
             if method in CALIBRATED:  # ours (the text preset, the default) or CASteer's per-step attn2 recipe
-                v = pipe.learn_direction(P["positive"], P["negative"], preset=CALIBRATED[method], num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}")
-                learn_log.append({"target": name, "method": method, "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1), "calibration": v.metadata["calibration"]})
+                v = pipe.learn_direction(P["positive"], P["negative"], preset=CALIBRATED[method], num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}", **window)
+                learn_log.append({"target": name, "method": method, "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1), "calibration": v.metadata["calibration"],
+                                  **({"window_choice": v.metadata["window_choice"]} if "window_choice" in v.metadata else {})})
                 steer_kw = {"steering": v}
             elif method == "paper":
                 v = pipe.learn_direction(P["positive"], preset="paper", num_samples=8, num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False)
@@ -236,7 +239,7 @@ def main() -> None:
             shown = [r for r in results if r["target"] == name and r["method"] == method]
             print(f"{kind} {name} {method}", [(r["condition"], r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in shown], f"{time.time() - t0:.0f}s", flush=True)
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
-            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
+            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "window": args.window, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
     summary = summarise(results, methods, images=8 * seeds)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn_log, "cells": results}, indent=1))
     (out / "summary.md").write_text(render(summary, meta, learn_log))

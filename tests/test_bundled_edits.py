@@ -39,6 +39,23 @@ def test_to_blue_recolours_open_prompts_and_keeps_the_garment(demo):
     assert (col == C.index("blue")).mean() >= 0.66 and (cls == ref_cls).mean() >= 0.8  # measured 5/6 and 6/6
 
 
+def test_to_purple_learned_with_the_auto_window_recolours_over_the_whole_run(demo):
+    """The one bundled direction shipped with ``window="auto"``: its calibration chose the whole run (over the
+    default first half it drifts to blue-violet), and the slider moves open prompts to purple, garment kept."""
+    pipe, clf = demo
+    purple = SteeringVector.load(bundled_directions()["to_purple"])
+    choice = purple.metadata["window_choice"]
+    assert purple.metadata["recommended"]["window"] == choice["chosen"] == [0.0, 1.0]
+    assert choice["distances"][1] < choice["distances"][0]
+    prompts = ["a t-shirt", "a sneaker", "a bag", "a coat", "a trouser", "a dress"]
+    ref_cls, ref_col = predict(clf, sample(pipe, prompts))
+    half = predict(clf, sample(pipe, prompts, steering=purple, steering_scale=0.5))[1]
+    cls, col = predict(clf, sample(pipe, prompts, steering=purple, steering_scale=1.0))
+    rate = [(c == C.index("purple")).mean() for c in (ref_col, half, col)]
+    assert rate[0] <= 0.34 and rate[0] <= rate[1] <= rate[2]  # measured 1/6, 3/6, 5/6
+    assert rate[2] >= 0.66 and (cls == ref_cls).mean() >= 0.8  # measured 5/6 and 6/6
+
+
 def test_to_bag_changes_the_shape_and_keeps_the_colour(demo):
     pipe, clf = demo
     prompts = [f"a {c} item" for c in ("red", "orange", "green", "cyan", "blue", "purple")]
