@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import SCALES, C, prompts_for  # noqa: E402
 
-import steer.calibrate as cal  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 
 CANDIDATE = (0.13, 0.2, 0.3, 0.45, 0.7, 1.0)  # the same number of strengths (same cost): 0.08 out, 1.0 in
@@ -39,7 +38,6 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cal.calibrate.__wrapped__.__kwdefaults__["grid"] = CANDIDATE  # (under torch.no_grad)
     pipe = load_pipeline(args.model, "cpu")
     rows, t0 = [], time.time()
     for path in args.matrix:
@@ -52,7 +50,8 @@ def main() -> None:
             per = next(res["summary"][k][name] for k in key if name in res["summary"][k])
             P = prompts_for(kind, name)
             v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=meta["steps"],
-                                     guidance_scale=meta["guidance"], progress=False)
+                                     guidance_scale=meta["guidance"], progress=False,
+                                     calibration_grid=CANDIDATE)
             new, old = v.metadata["calibration"]["strength"], log["calibration"]["strength"]
             at = min((s for s in SCALES if s > 0), key=lambda s: abs(s - new / old))
             rows.append({"target": name, "kind": kind, "old_strength": old, "new_strength": round(new, 4),

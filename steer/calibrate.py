@@ -19,6 +19,7 @@ Cost: ``(2 + len(grid)) * num_samples`` images at ``num_inference_steps`` with C
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -146,9 +147,7 @@ def _sweeps(
     num_samples: int, grid: Sequence[float], seed: int, num_inference_steps: int, guidance_scale: float, steering: dict[str, Any],
 ) -> list[Calibration]:
     """One calibration per window (None: the vector's own), sharing the positives' and the unsteered open samples."""
-    grid = sorted(float(g) for g in grid)
-    if not grid or grid[0] <= 0:
-        raise ValueError("the calibration grid must hold positive strengths")
+    grid = check_grid(grid)
     seeds = [seed + i for i in range(num_samples)]
     pos = [positive[i % len(positive)] for i in range(num_samples)]
     neg = [negative[i % len(negative)] for i in range(num_samples)]
@@ -180,6 +179,17 @@ def _sweeps(
         results.append(Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], sets * rows_per_set,
                                    None if window is None else [float(w) for w in window]))
     return results
+
+
+def check_grid(grid: Any) -> list[float]:
+    """The calibration grid as ascending floats, or a one-line ValueError: it must hold positive, finite strengths."""
+    try:
+        values = sorted(float(g) for g in grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"the calibration grid must be a list of positive strengths, got {str(grid)[:80]}") from None
+    if not values or not all(0 < g < math.inf for g in values):
+        raise ValueError(f"the calibration grid must hold positive, finite strengths, got {values[:8]}")
+    return values
 
 
 def _warn(result: Calibration) -> None:

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from steer.calibrate import calibrate as run_calibration
-from steer.calibrate import calibrate_windows, seeded_generators
+from steer.calibrate import calibrate_windows, check_grid, seeded_generators
 from steer.config import PAPER_WINDOW, check_window
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -383,6 +383,7 @@ def learn_direction(
     capture_window: tuple[float, float] = FAST_WINDOW,
     step_buckets: int = 4,
     calibration_samples: int = 6,
+    calibration_grid: Sequence[float] | None = None,
     seed: int = 0,
     name: str | None = None,
     progress: bool | Callable[[float, str], None] = True,
@@ -418,6 +419,7 @@ def learn_direction(
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
+        calibration_grid: the strengths the calibration tries, ascending (default `steer.calibrate.DEFAULT_GRID`).
         seed, name, progress, batch_size, num_inference_steps, guidance_scale, timestep, image_prompts,
             capture_window: as their names say; ``call_kwargs`` go to the sampling calls.
     """
@@ -480,6 +482,8 @@ def learn_direction(
         raise ValueError(f"mode='text' learns at {CONTEXT_SITE!r} only; got layers {layer_names}")
     if calibrate and (image_input or not neg_items):
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
+    if calibrate and calibration_grid is not None:
+        calibration_grid = check_grid(calibration_grid)  # before any sampling
 
     sample_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
     sets: list[dict[str, torch.Tensor]] = []
@@ -558,7 +562,8 @@ def learn_direction(
     if not calibrate:
         return unit
     calibration_args = (pipe, unit, [str(p) for p in pos_items], [str(p) for p in neg_items])
-    calibration_kwargs = dict(num_samples=calibration_samples, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
+    calibration_kwargs = dict(num_samples=calibration_samples, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                              **({"grid": calibration_grid} if calibration_grid is not None else {}), **call_kwargs)
     if auto_window:
         index, tried = calibrate_windows(*calibration_args, AUTO_WINDOWS, **calibration_kwargs)
         result = tried[index]

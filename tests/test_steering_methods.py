@@ -259,6 +259,17 @@ def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_c
         tiny_pipe.learn_direction(pos, neg, window="late", calibrate=False)
 
 
+def test_calibration_grid_is_an_argument_and_bad_grids_are_one_line_errors(tiny_pipe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        v = tiny_pipe.learn_direction("a blue sneaker", "a sneaker", num_inference_steps=2, calibration_samples=2, calibration_grid=(0.4, 0.1, 0.2), progress=False)
+    cal = v.metadata["calibration"]
+    assert cal["grid"] == [0.1, 0.2, 0.4] and len(cal["distances"]) == 3 and cal["unet_rows"] == (1 + 1 + 3) * 2 * 2 * 2
+    for bad in ((), (0.0, 0.2), (0.1, float("nan")), (0.1, float("inf")), ("x",), 5):
+        with pytest.raises(ValueError, match="^the calibration grid must"):
+            tiny_pipe.learn_direction("a blue sneaker", "a sneaker", num_inference_steps=2, calibration_samples=2, calibration_grid=bad, progress=False)
+
+
 def test_paper_and_casteer_presets(tiny_pipe):
     paper = tiny_pipe.learn_direction("a blue sneaker", preset="paper", num_samples=2, num_inference_steps=3, progress=False)
     assert paper.metadata["method"] == "mean" and paper.metadata["recommended"]["branch"] == "cond"
