@@ -274,7 +274,7 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
             value="mode default",
             label="Window",
             info="mode default: the first half of the run for text; auto: calibrate over the first half and the whole "
-            "run and keep the closer (text and trajectory, prompts only; twice the calibration)",
+            "run and keep the closer (text and trajectory, prompts only; 1.75x the calibration)",
         )
     layers = gr.Dropdown(app.layers, value=[], multiselect=True, label="Chosen layers (with 'chosen layers')")
     with gr.Row():

@@ -66,6 +66,8 @@ def test_learn_window_auto_records_the_choice_and_says_it(model_dir, tmp_path, c
     assert v.metadata["recommended"]["window"] == choice["chosen"] and choice["windows"] == [[0.0, 0.5], [0.0, 1.0]]
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("window: "))
     assert line.startswith(f"window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (") and "0,0.5: " in line and "0,1: " in line
+    assert main(["inspect", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["window_choice"] == choice
     rc, _, err = run_main([*args, "--window", "late"], capsys)
     assert_one_line_error(rc, err, "--window needs start,end (0 <= start < end <= 1) or auto, got 'late'")
 

@@ -329,7 +329,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from steer.vectors import SteeringVector
 
     v = SteeringVector.load(args.path)
-    summary = {"name": v.name, "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "fixed_tokens")}}
+    summary = {"name": v.name, "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice", "fixed_tokens")}}
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_learn_window, default=None,
                    help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; "
-                        "0,0.5 for text); 'auto': calibrate over 0,0.5 and 0,1 and keep the closer (twice the calibration's cost)")
+                        "0,0.5 for text); 'auto': calibrate over 0,0.5 and 0,1 and keep the closer (1.75x the calibration's cost)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)
