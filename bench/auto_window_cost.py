@@ -1,6 +1,6 @@
 """Could ``window="auto"`` fit the 2,000-row learning budget? The same choice from fewer calibration samples.
 
-    python bench/auto_window_cost.py [--model assets/models/demo-4x] [--samples 3] [--out docs/steering/auto_window_cost.json]
+    python bench/auto_window_cost.py [--model assets/models/demo-4x] [--samples 3] [--out docs/steering/auto_window/cost.json]
 
 `learn_direction(window="auto")` costs 3,360 UNet rows with the default 6 calibration samples ((2 + 2 x 6) sets x 6
 samples x 20 steps x 2); with 3 samples it costs 1,680. Each matrix target is learned both ways (same prompts,

@@ -1,6 +1,6 @@
 """Grids of contradicting prompts steered toward another value (docs/steering/contra_grid.png, contra_grid_class.png).
 
-    python bench/contra_grid.py [--kind colour|class]
+    python bench/contra_grid.py [--kind colour|class] [--model assets/models/demo-4x --out docs/steering/demo4x/contra_grid_class.png]
 
 Colour: rows blue, red, green, white (the matrix's 8 contradicting prompts each, seed 1000); columns: unsteered, the
 source subtracted at 1.0, the source removed (``steering_negative="remove"``) at 1.0 and at 1.5; whole-run window.
@@ -58,9 +58,11 @@ def fitted(pipe, vector, away, prompt: str) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kind", choices=tuple(GRIDS), default="colour")
+    ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
+    ap.add_argument("--out", default=None, help="PNG path (default: docs/steering/ and the kind's file name)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pipe = load_pipeline(None, "cpu")
+    pipe = load_pipeline(args.model, "cpu")
     targets, out, columns = GRIDS[args.kind]
     vectors = {}
     for value in C if args.kind == "colour" else K:
@@ -85,7 +87,7 @@ def main() -> None:
             strip += [np.concatenate(list(images), 1), np.ones((32, 4, 3))]
         rows += [np.concatenate(strip[:-1], 1), np.ones((3, sum(x.shape[1] for x in strip[:-1]), 3))]
     grid = np.concatenate(rows[:-1], 0)
-    Image.fromarray((grid.clip(0, 1) * 255).astype("uint8")).save(ROOT / "docs" / "steering" / out)
+    Image.fromarray((grid.clip(0, 1) * 255).astype("uint8")).save(args.out or ROOT / "docs" / "steering" / out)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ After a direction is learned its strength is chosen so that ``steering_scale=1.0
    is rescaled by it, so ``steering_scale`` 0 -> 1 sweeps from the unsteered sample to the edit. Prompts that
    contradict the attribute need more.
 
+`calibrate_windows` does this for several candidate windows on the same positive and unsteered samples and keeps the
+window whose samples come closest (``learn_direction(window="auto")``).
+
 Cost: ``(2 + len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2 UNet batch rows per step each).
 """
 

@@ -442,7 +442,7 @@ def learn_direction(
         calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
     calibrate = bool(calibrate)
     layers = layers if layers is not None else chosen["layers"]
-    auto_window = window == "auto"
+    auto_window = isinstance(window, str) and window == "auto"
     if isinstance(window, str) and not auto_window:
         raise ValueError(f"window must be a pair (start, end) of fractions or 'auto', got {window!r}")
     if auto_window and not calibrate:
