@@ -45,25 +45,18 @@ def test_learn_writes_a_loadable_direction_with_provenance(direction):
     assert set(v.layers) == set(v.metadata["model"]["channels"])
 
 
-def test_learn_window_is_calibrated_for_and_recorded(model_dir, tmp_path):
+def test_learn_window_is_calibrated_for_and_recorded_or_chosen_by_the_calibration(model_dir, tmp_path, capsys):
     out = tmp_path / "w.safetensors"
-    args = ["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a red sneaker", "--steps", "2", "--out", str(out)]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="calibration:")  # random weights may render no attribute
-        assert main([*args, "--window", "0,1"]) == 0
-    v = SteeringVector.load(out)
-    assert v.metadata["recommended"]["window"] == [0.0, 1.0] and "calibration" in v.metadata
-
-
-def test_learn_window_auto_records_the_choice_and_says_it(model_dir, tmp_path, capsys):
-    out = tmp_path / "auto.safetensors"
     args = ["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a sneaker", "--steps", "2", "--out", str(out)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="calibration:")  # random weights may render no attribute
-        assert main([*args, "--window", "auto"]) == 0
-    v = SteeringVector.load(out)
-    choice = v.metadata["window_choice"]
-    assert v.metadata["recommended"]["window"] == choice["chosen"] and choice["windows"] == [[0.0, 0.5], [0.0, 1.0]]
+        assert main([*args, "--window", "0,1"]) == 0
+        v = SteeringVector.load(out)
+        assert v.metadata["recommended"]["window"] == [0.0, 1.0] and "calibration" in v.metadata and "window_choice" not in v.metadata
+        capsys.readouterr()
+        assert main([*args, "--window", "auto"]) == 0  # the calibration compares 0,0.5 with 0,1 and says which it kept
+    choice = SteeringVector.load(out).metadata["window_choice"]
+    assert SteeringVector.load(out).metadata["recommended"]["window"] == choice["chosen"] and choice["windows"] == [[0.0, 0.5], [0.0, 1.0]]
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("window: "))
     assert line.startswith(f"window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (") and "0,0.5: " in line and "0,1: " in line
     assert main(["inspect", str(out)]) == 0
