@@ -446,7 +446,7 @@ def learn_direction(
     if isinstance(window, str) and not auto_window:
         raise ValueError(f"window must be a pair (start, end) of fractions or 'auto', got {window!r}")
     if auto_window and not calibrate:
-        raise ValueError("window='auto' chooses the window by calibration: it needs positive and negative prompts and calibrate=True")
+        raise ValueError("window='auto' chooses the window by calibration: it needs positive and negative prompts with calibration on (the text and casteer presets)")
     window = check_window(AUTO_WINDOWS[0] if auto_window else window if window is not None else chosen["window"], "window")
     if window[0] == window[1]:
         raise ValueError(f"window must be a non-empty share of the run, got {window}")
