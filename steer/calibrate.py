@@ -62,6 +62,15 @@ class Calibration:
         return {k: r(v) for k, v in asdict(self).items() if not (k == "window" and v is None)}
 
 
+def rows_per_sample(pipe, **call_kwargs: Any) -> int:
+    """Denoiser batch rows per sample and step of ``pipe(**call_kwargs)``: the pipeline's own count where it has one
+    (Flux: 1 without true CFG), else 2 with classifier-free guidance (``guidance_scale > 1``) and 1 without."""
+    own = getattr(pipe, "denoiser_rows_per_sample", None)
+    if callable(own):
+        return int(own(**call_kwargs))
+    return 2 if float(call_kwargs.get("guidance_scale", 1.0)) > 1 else 1
+
+
 def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
     """One generator per seed on the pipeline's device (CPU generators for MPS, which has none of its own)."""
     dev = pipe._execution_device
@@ -157,7 +166,7 @@ def _sweeps(
     # the pipeline's own call options (height, use_resolution_binning, ...) go to every call, steering_* to steered ones
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
     steering = {k: v for k, v in steering.items() if k.startswith("steering")}
-    rows_per_set = num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
+    rows_per_set = num_samples * num_inference_steps * rows_per_sample(pipe, **kw)
     z_pos = sample_latents(pipe, pos, seeds, **kw)
     # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
     # batched call per window

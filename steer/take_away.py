@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from steer.calibrate import POOR_DISTANCE, curve_minimum, rewrite_attribute, sample_latents
+from steer.calibrate import POOR_DISTANCE, curve_minimum, rewrite_attribute, rows_per_sample, sample_latents
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
@@ -166,7 +166,7 @@ def fit_take_away(
             f"take-away fit: no strength in {grid} brought {vector.name!r} with {away.name!r} taken away closer to the "
             f"rewritten prompts' samples; using {strength}", stacklevel=2,
         )
-    unet_rows = (2 + len(windows) * len(grid)) * num_samples * num_inference_steps * (2 if guidance_scale > 1 else 1)
+    unet_rows = (2 + len(windows) * len(grid)) * num_samples * num_inference_steps * rows_per_sample(pipe, **kw)
     fit = TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows)
     advice = fit.advice()
     if advice:

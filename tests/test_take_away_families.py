@@ -43,3 +43,24 @@ def test_a_fitted_take_away_runs_and_steers_on_every_family(family):
     rows = generate(steering=[blue, red], steering_scale=[[0.0, 0.0], fit.scales], steering_negative="remove", steering_window=fit.window)
     assert np.array_equal(rows[0], plain[0]), "a row at scale 0 is the unsteered image"
     assert np.isfinite(rows[1]).all() and np.abs(rows[1] - plain[1]).max() > 1e-3, "the fitted take-away changes the image"
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "sd"])  # SD: tests/test_steering_methods.py
+def test_the_auto_window_is_chosen_on_every_family(family):
+    """``window="auto"`` on each denoiser family: both candidate windows calibrated on shared samples, the choice
+    recorded and recommended (random weights: which window wins does not matter here)."""
+    pipe, call = FAMILIES[family](seed=0), CALL.get(family, {})
+    rows = [0]
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    handle = denoiser.register_forward_pre_hook(lambda m, a, k: rows.__setitem__(0, rows[0] + len(k.get("hidden_states", a[0] if a else None))), with_kwargs=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: calibration may not converge
+            v = pipe.learn_direction(["a blue sneaker"], ["a sneaker"], window="auto", num_inference_steps=2, calibration_samples=2, progress=False, **call)
+    finally:
+        handle.remove()
+    choice = v.metadata["window_choice"]
+    assert choice["windows"] == [[0.0, 0.5], [0.0, 1.0]] and choice["chosen"] in choice["windows"]
+    assert v.metadata["recommended"]["window"] == choice["chosen"] == v.metadata["calibration"]["window"]
+    branches = 1 if family == "flux" else 2  # Flux's guidance is distilled: one transformer row per sample and step
+    assert rows[0] == v.metadata["calibration"]["unet_rows"] == (2 + 6 * 2) * 2 * 2 * branches

@@ -68,6 +68,11 @@ class SteeringFluxPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixin, Seri
             return False
         return SequentialCFG(FLUX_BRANCHES, step_token=self.__dict__.get("_current_timestep"))
 
+    def denoiser_rows_per_sample(self, **call_kwargs: Any) -> int:
+        """1 per step (``guidance_scale`` is Flux's distilled guidance, not CFG), 2 with true CFG (``true_cfg_scale > 1``
+        and a negative prompt: a second transformer call per step)."""
+        return 2 if runs_true_cfg(call_kwargs) else 1
+
     @torch.no_grad()
     def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """The T5 tokens of ``prompts`` as the transformer reads them (``encoder_hidden_states``, before its

@@ -112,6 +112,12 @@ class SteeringMixin:
         """Whether the denoiser's batch is ``[uncond, cond]`` in the current call."""
         return bool(getattr(self, "do_classifier_free_guidance", False))
 
+    def denoiser_rows_per_sample(self, **call_kwargs: Any) -> int:
+        """Denoiser batch rows per sample and step of a call with these options: 2 with classifier-free guidance
+        (``guidance_scale > 1``, as the SD-family pipelines decide it), else 1. Families that decide otherwise
+        override it."""
+        return 2 if float(call_kwargs.get("guidance_scale", 1.0)) > 1 else 1
+
     @torch.no_grad()
     def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """The conditional text tokens of ``prompts`` as the denoiser reads them (`steer.denoisers.CONTEXT_SITE`),
