@@ -99,6 +99,12 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
         "Regenerate: `python bench/ship_calibrated.py --auto-results docs/steering/auto_window/results.json`. "
         "Full results: docs/steering.md.",
         "",
+        "![every calibrated bundled direction at strength 1: colours on open garments, classes on coloured items](gallery.png)",
+        "",
+        "*Every `to_<target>` at `steering_scale=1.0` with its recommended settings, seed 1000, DDIM 20, guidance 5 "
+        "(`python scripts/bundled_gallery.py`; looked at: every colour row recolours the garments and keeps their shape, "
+        "every class row draws the class in the item's colour).*",
+        "",
         "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
         "|---|---|---|---|---|---|---|---|",
     ]
