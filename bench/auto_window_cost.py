@@ -1,10 +1,12 @@
 """Could ``window="auto"`` fit the 2,000-row learning budget? The same choice from fewer calibration samples.
 
-    python bench/auto_window_cost.py [--model assets/models/demo-4x] [--samples 3] [--out docs/steering/auto_window/cost.json]
+    python bench/auto_window_cost.py [--model assets/models/demo-4x] [--samples 3] [--steps 20] [--out docs/steering/auto_window/cost.json]
 
 `learn_direction(window="auto")` costs 3,360 UNet rows with the default 6 calibration samples ((2 + 2 x 6) sets x 6
 samples x 20 steps x 2); with 3 samples it costs 1,680. Each matrix target is learned both ways (same prompts,
-seeds and settings as the matrix) and the chosen windows and calibrated strengths are compared. No images are
+seeds and settings as the matrix) and the chosen windows and calibrated strengths are compared. ``--steps`` makes
+the cheaper variant calibrate at fewer sampling steps instead (or as well): the text preset samples only to
+calibrate, so ``num_inference_steps`` is the calibration's step count. No images are
 judged: a choice or strength that matches the 6-sample one inherits its measured result.
 """
 
@@ -31,6 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--samples", type=int, default=3, help="calibration samples of the cheaper variant")
+    ap.add_argument("--steps", type=int, default=20, help="calibration sampling steps of the cheaper variant")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -39,12 +42,12 @@ def main() -> None:
     for name in C + K:
         P = prompts_for("colour" if name in C else "class", name)
         learned = {}
-        for samples in (6, args.samples):
+        for key, samples, steps in (("full", 6, 20), ("cheap", args.samples, args.steps)):
             v = pipe.learn_direction(P["positive"], P["negative"], window="auto", calibration_samples=samples,
-                                     num_inference_steps=20, guidance_scale=5.0, progress=False)
-            learned[samples] = {"window_choice": v.metadata["window_choice"], "strength": v.metadata["calibration"]["strength"],
+                                     num_inference_steps=steps, guidance_scale=5.0, progress=False)
+            learned[key] = {"window_choice": v.metadata["window_choice"], "strength": v.metadata["calibration"]["strength"],
                                 "unet_rows": v.metadata["calibration"]["unet_rows"]}
-        full, cheap = learned[6], learned[args.samples]
+        full, cheap = learned["full"], learned["cheap"]
         rows.append({"target": name, "full": full, "cheap": cheap, "same_window": full["window_choice"]["chosen"] == cheap["window_choice"]["chosen"],
                      "strength_ratio": round(cheap["strength"] / full["strength"], 3)})
         print(name, rows[-1]["same_window"], rows[-1]["strength_ratio"], full["window_choice"]["chosen"], cheap["window_choice"]["chosen"], f"{time.time() - t0:.0f}s", flush=True)

@@ -184,6 +184,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
+    ap.add_argument("--learn-steps", type=int, default=None, help="sampling steps of the calibrated methods' learning (default: --steps)")
     ap.add_argument("--window", default=None, help="learn the calibrated methods with this window: 'auto' or start,end (default: the preset's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -213,7 +214,7 @@ def main() -> None:
         for method in methods:
             rows0, t_learn = run.rows, time.time()
             if method in CALIBRATED:  # ours (the text preset, the default) or CASteer's per-step attn2 recipe
-                v = pipe.learn_direction(P["positive"], P["negative"], preset=CALIBRATED[method], num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}", **window)
+                v = pipe.learn_direction(P["positive"], P["negative"], preset=CALIBRATED[method], num_inference_steps=args.learn_steps or args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}", **window)
                 learn_log.append({"target": name, "method": method, "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1), "calibration": v.metadata["calibration"],
                                   **({"window_choice": v.metadata["window_choice"]} if "window_choice" in v.metadata else {})})
                 steer_kw = {"steering": v}
