@@ -62,7 +62,8 @@ def build_app(
 ) -> gr.Blocks:
     """The demo UI around a pipeline (or a model path / hub id, loaded with `steer.cli.loading.load_pipeline`).
 
-    ``catalog``: the directions offered in the picker (default: the bundled ``assets/directions``); ``detector``:
+    ``catalog``: the directions offered in the picker (default: those shipped for the model: its folder's own
+    ``directions/``, else ``assets/directions``); ``detector``:
     a calibrated memorization detector file (default: looked up next to the model, see `H.detector_candidates`);
     ``max_upload_bytes``: the largest file a user may upload (default `H.Limits.max_upload_bytes`, 20 MiB).
     """

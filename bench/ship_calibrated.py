@@ -2,6 +2,8 @@
 
     python bench/ship_calibrated.py [--results docs/steering/results.json] [--out assets/directions]
         [--auto-results docs/steering/auto_window/results.json]
+    python bench/ship_calibrated.py --model assets/models/demo-4x \
+        --results docs/steering/demo4x/ours-colour/results.json docs/steering/demo4x/ours-class/results.json
 
 Each target whose ``ours`` direction passes on attribute-open prompts at scale 1.0 in the matrix, with success rising
 over scales 0 -> 1 (Spearman >= 0.5: not a pass the unsteered prompt already had), is learned again with
@@ -10,7 +12,9 @@ against the recorded calibrated strength) and saved as ``to_<target>.safetensors
 metadata. `steer generate --direction to_blue` then uses its recommended (learned, calibrated) settings by default.
 With ``--auto-results`` (the matrix run with ``--window auto``), a target that does not pass with the defaults but
 passes there is shipped learned with ``window="auto"`` (the calibration's own choice of window, recorded).
-The directions' README is regenerated with the table of every target, shipped or not.
+The directions' README is regenerated with the table of every target, shipped or not. With ``--model`` (another
+model folder) the directions go to its own ``directions/`` (where `steer.assets.bundled_directions` finds them for
+that model); ``--results`` takes several files (one matrix run per kind).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import prompts_for  # noqa: E402
 
-from steer.assets import DIRECTIONS_DIR  # noqa: E402
+from steer.assets import DIRECTIONS_DIR, MODEL_DIRECTIONS  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 
 LEGACY = """
@@ -37,19 +41,26 @@ are kept because the memorization benchmark's steering claim (docs/detection.md)
 """
 
 
+GALLERY_NOTE = "every colour row recolours the garments and keeps their shape, every class row draws the class in the item's colour"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default=str(ROOT / "docs" / "steering" / "results.json"))
-    ap.add_argument("--out", default=str(DIRECTIONS_DIR))
+    ap.add_argument("--results", nargs="+", default=[str(ROOT / "docs" / "steering" / "results.json")], help="matrix results.json file(s) of one model")
+    ap.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
+    ap.add_argument("--out", default=None, help="default: assets/directions, or the --model folder's own directions/")
     ap.add_argument("--auto-results", default=None, help="results.json of the matrix run with --window auto: ship what passes only there")
+    ap.add_argument("--gallery-note", default=GALLERY_NOTE, help="what the gallery shows (written after looking at it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    results = json.loads(Path(args.results).read_text())
+    results = merged([json.loads(Path(p).read_text()) for p in args.results])
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
     auto = json.loads(Path(args.auto_results).read_text()) if args.auto_results else None
+    out = Path(args.out) if args.out else DIRECTIONS_DIR if args.model is None else Path(args.model) / MODEL_DIRECTIONS
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    pipe = load_pipeline(None, "cpu")
+    pipe = load_pipeline(args.model, "cpu")
     for key, per in summary.items():
         method, cond, kind, split = key.split("|")
         if method != "ours" or cond != "open":
@@ -72,9 +83,23 @@ def main() -> None:
                 raise SystemExit(f"{target}: re-learned strength {got} differs from the matrix's {want}; rerun the matrix")
             v.metadata["benchmark"] = {"matrix": "docs/steering.md" + (" (--window auto)" if window else ""), "split": split,
                                        "open_at_1": {k: m[k] for k in ("success_at_1", "kept_at_1", "break_at_1", "rho_success")}, "passing_scales": m["passing_scales"]}
-            path = v.save(Path(args.out) / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
+            path = v.save(out / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
             print("wrote", path, flush=True)
-    write_readme(Path(args.out), rows, meta)
+    write_readme(out, rows, meta, args)
+
+
+def merged(runs: list[dict]) -> dict:
+    """One model's matrix runs (e.g. ``--kinds colour`` and ``--kinds class``) as one: their summaries and learning
+    logs joined; the sampling settings must agree."""
+    keys = ("steps", "guidance", "seeds")
+    for run in runs[1:]:
+        if any(run["meta"].get(k) != runs[0]["meta"].get(k) for k in keys):
+            raise SystemExit(f"the matrix runs differ in their settings {keys}: {[{k: r['meta'].get(k) for k in keys} for r in runs]}")
+    summary: dict = {}
+    for run in runs:
+        for key, per in run["summary"].items():
+            summary.setdefault(key, {}).update(per)
+    return {"meta": runs[0]["meta"], "summary": summary, "learn": [x for run in runs for x in run["learn"]]}
 
 
 def ships(m: dict) -> bool:
@@ -82,9 +107,14 @@ def ships(m: dict) -> bool:
     return bool(m["pass_at_1"]) and m["rho_success"] >= 0.5
 
 
-def write_readme(out: Path, rows: list, meta: dict) -> None:
+def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) -> None:
+    model = args.model or "assets/models/demo"
+    command = " ".join(["python bench/ship_calibrated.py", *(["--model", args.model] if args.model else []),
+                        *(["--results", *args.results] if args.model else []), *(["--auto-results", args.auto_results] if args.auto_results else []),
+                        *(["--gallery-note", repr(args.gallery_note)] if args.gallery_note != GALLERY_NOTE else [])])
+    gallery = "python scripts/bundled_gallery.py" + (f" --model {args.model}" if args.model else "")
     lines = [
-        "# Bundled directions (demo model)",
+        f"# Bundled directions ({'demo model' if args.model is None else model})",
         "",
         "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run, split CFG branch, token-norm units "
         "with norm preservation, classifier-free calibration; `steering_scale=1.0` is the full edit) from the prompts of "
@@ -96,14 +126,13 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
         "(its recommended removal window). A target marked *auto window* does not pass with the defaults and passes "
         "learned with `window=\"auto\"` (the calibration compares the first half of the run with the whole run and "
         "keeps the window whose samples come closer to the positives' own; the row shows that matrix run's numbers). "
-        "Regenerate: `python bench/ship_calibrated.py --auto-results docs/steering/auto_window/results.json`. "
+        f"Regenerate: `{command}`. "
         "Full results: docs/steering.md.",
         "",
         "![every calibrated bundled direction at strength 1: colours on open garments, classes on coloured items](gallery.png)",
         "",
         "*Every `to_<target>` at `steering_scale=1.0` with its recommended settings, seed 1000, DDIM 20, guidance 5 "
-        "(`python scripts/bundled_gallery.py`; looked at: every colour row recolours the garments and keeps their shape, "
-        "every class row draws the class in the item's colour).*",
+        f"(`{gallery}`; looked at: {args.gallery_note}).*",
         "",
         "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
         "|---|---|---|---|---|---|---|---|",
@@ -112,7 +141,7 @@ def write_readme(out: Path, rows: list, meta: dict) -> None:
         c = f"{contra['success_at_1']:.2f} / {contra['kept_at_1']:.2f}" if contra else "-"
         lines.append(f"| {target} | {kind} | {split} | {'no' if how is None else 'yes' if how == 'default' else 'yes (auto window)'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
                      f"{m['break_at_1']:.2f} | {', '.join(map(str, m['passing_scales'])) or '-'} | {m['rho_success']:.2f} | {c} |")
-    (out / "README.md").write_text("\n".join(lines) + "\n" + LEGACY)
+    (out / "README.md").write_text("\n".join(lines) + "\n" + (LEGACY if args.model is None else ""))
 
 
 if __name__ == "__main__":

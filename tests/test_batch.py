@@ -108,7 +108,7 @@ def test_every_bad_value_is_reported_up_front_with_its_line(tiny_pipe, direction
 def test_directions_resolve_next_to_the_jobs_file_then_bundled(tiny_pipe, direction, tmp_path, monkeypatch):
     import steer.assets
 
-    monkeypatch.setattr(steer.assets, "bundled_directions", lambda: {"red_bundled": direction})
+    monkeypatch.setattr(steer.assets, "bundled_directions", lambda model=None: {"red_bundled": direction})
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "local.safetensors").write_bytes(direction.read_bytes())
     jobs = write_jsonl(tmp_path / "jobs" / "j.jsonl", [{"prompt": "a", "directions": [{"path": p}]} for p in ("local.safetensors", "red_bundled")])

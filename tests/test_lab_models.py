@@ -182,6 +182,10 @@ def test_training_resumes_exactly(tmp_path):
     assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 4
     pipe = export(tmp_path / "b", tmp_path / "pipe")
     assert (tmp_path / "pipe" / "model_index.json").is_file() and pipe.name == "pipe"
+    (pipe / "directions").mkdir()  # directions shipped for the model survive a re-export
+    (pipe / "directions" / "to_x.safetensors").write_bytes(b"kept")
+    export(tmp_path / "b", tmp_path / "pipe")
+    assert (pipe / "directions" / "to_x.safetensors").read_bytes() == b"kept"
 
 
 def test_decoder_stage_continues_a_pipeline_and_replaces_only_its_decoder(tmp_path):

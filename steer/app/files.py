@@ -54,10 +54,11 @@ class DirectionCatalog:
     _cache: dict[str, SteeringVector] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_assets(cls) -> DirectionCatalog:
+    def from_assets(cls, model: str | os.PathLike | None = None) -> DirectionCatalog:
+        """The directions shipped for ``model`` (a model folder's own ``directions/``, else the demo model's)."""
         from steer.assets import bundled_directions
 
-        return cls({name: Path(path) for name, path in bundled_directions().items()})
+        return cls({name: Path(path) for name, path in bundled_directions(model).items()})
 
     def choices(self, session: dict[str, SteeringVector] | None) -> list[str]:
         """Dropdown choices: none, the bundled directions, then the session's uploads and learned ones."""

@@ -236,7 +236,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.vectors import SteeringVector
 
     def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
-        bundled = bundled_directions()
+        bundled = bundled_directions(args.model)
         return bundled[d] if d in bundled and not Path(d).exists() else resolve_direction(d)
 
     vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) or Hub repo(s) owner/name[@revision][:file.safetensors]")
+    p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) (those shipped for --model: its folder's directions/, else assets/directions) or Hub repo(s) owner/name[@revision][:file.safetensors]")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
     group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")

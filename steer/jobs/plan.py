@@ -264,7 +264,7 @@ class _Validator:
         for c in candidates:
             if local_kind(c) == "file":
                 return c.resolve()
-        bundled = bundled_directions()
+        bundled = bundled_directions(self.model)
         if name in bundled:
             return Path(bundled[name]).resolve()
         if is_hub_spec(name):  # owner/name[@revision][:file]: through the Hugging Face cache (offline-aware)

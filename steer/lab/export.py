@@ -12,6 +12,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from steer.assets import MODEL_DIRECTIONS
+
 from . import data as D
 from . import models as M
 from .checkpoints import atomic_json
@@ -48,6 +50,9 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
                         "memorized_images.json", "eval.json") if (dest / p).exists()]
     for p in keep:
         shutil.copy(dest / p, tmp / p)
+    if (dest / MODEL_DIRECTIONS).is_dir() and not (dest / MODEL_DIRECTIONS).is_symlink():
+        # directions shipped for the model are kept (learned on the earlier weights: the strict check says so)
+        shutil.copytree(dest / MODEL_DIRECTIONS, tmp / MODEL_DIRECTIONS, symlinks=True)
     atomic_json({"step": info["step"], "seconds": info["seconds"],
                   "final_loss_avg500": float(np.mean(info["losses"][-500:])), "args": info.get("args")},
                  tmp / "training.json")
