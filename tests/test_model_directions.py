@@ -68,6 +68,9 @@ def test_the_cli_and_batch_jobs_find_the_4x_models_directions(tmp_path, capsys):
     from steer.recipe import read_recipe
 
     out = tmp_path / "cli"
+    assert main(["generate", "--model", str(DEMO_4X), "--prompt", "a bag", "--direction", "red_to_blue", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()  # the demo model's legacy direction is not shipped for the 4x model
+    assert len(err.splitlines()) == 1 and "direction file not found: 'red_to_blue'" in err and "to_cyan" in err
     assert main(["generate", "--model", str(DEMO_4X), "--prompt", "a bag", "--direction", "to_cyan", "--steps", "4", "--out", str(out)]) == 0
     (png,) = out.glob("*.png")
     assert Path(read_recipe(png)["directions"][0]["path"]) == DEMO_4X / "directions" / "to_cyan.safetensors"

@@ -230,14 +230,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from steer.assets import bundled_directions
     from steer.cli.loading import load_pipeline
-    from steer.hub import resolve_direction
+    from steer.hub import is_hub_spec, resolve_direction
     from steer.recipe import save_png
     from steer.take_away import pair_scales
     from steer.vectors import SteeringVector
 
     def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
         bundled = bundled_directions(args.model)
-        return bundled[d] if d in bundled and not Path(d).exists() else resolve_direction(d)
+        if d in bundled and not Path(d).exists():
+            return bundled[d]
+        if not is_hub_spec(d) and not Path(d).expanduser().exists() and bundled:  # say what the model ships
+            raise CLIError(f"direction file not found: {d!r} (no local path, no Hub repo spec owner/name[@revision][:file], and "
+                           f"none of the directions shipped for this model: {', '.join(sorted(bundled))})")
+        return resolve_direction(d)
 
     vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
     if args.sweep is not None and not vectors:
