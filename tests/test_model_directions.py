@@ -87,3 +87,15 @@ def test_the_app_offers_the_loaded_models_directions(pipe4x, tmp_path):
     steer_app = app.SteerApp(pipe4x, workdir=tmp_path / "work", upload_root=tmp_path / "uploads")
     assert steer_app.catalog.bundled == bundled_directions(DEMO_4X)
     assert "to_cyan" in steer_app.catalog.choices(None)
+
+
+def test_the_app_offers_no_bundled_direction_that_does_not_fit_the_model(tiny_pipe, tmp_path):
+    """A model that ships no directions of its own falls back to the demo model's, which do not fit it: the app's
+    picker leaves them out instead of offering files that fail when picked (the CLI says so when one is named)."""
+    import app
+
+    assert bundled_directions("tiny-model-without-directions")  # the fallback is there ...
+    steer_app = app.SteerApp(tiny_pipe, workdir=tmp_path / "work", upload_root=tmp_path / "uploads")
+    assert steer_app.catalog.bundled == {}  # ... and none of it fits a tiny UNet
+    demo_app = app.SteerApp(load_pipeline(None, "cpu"), workdir=tmp_path / "demo", upload_root=tmp_path / "uploads")
+    assert demo_app.catalog.bundled == bundled_directions()  # the demo model keeps all of its own

@@ -54,11 +54,21 @@ class DirectionCatalog:
     _cache: dict[str, SteeringVector] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_assets(cls, model: str | os.PathLike | None = None) -> DirectionCatalog:
-        """The directions shipped for ``model`` (a model folder's own ``directions/``, else the demo model's)."""
+    def from_assets(cls, model: str | os.PathLike | None = None, pipe: Any = None) -> DirectionCatalog:
+        """The directions shipped for ``model`` (a model folder's own ``directions/``, else the demo model's); with
+        ``pipe``, only those whose model fits it (architecture and layers; fine-tunes of the same UNet kept), so a
+        model that ships none offers none instead of files that fail when picked."""
         from steer.assets import bundled_directions
 
-        return cls({name: Path(path) for name, path in bundled_directions(model).items()})
+        catalog = cls({name: Path(path) for name, path in bundled_directions(model).items()})
+        if pipe is not None:
+            for name in list(catalog.bundled):
+                try:
+                    check_fits(catalog.get(name, None), pipe, strict=False)
+                except UserError:
+                    del catalog.bundled[name]
+                    catalog._cache.pop(name, None)
+        return catalog
 
     def choices(self, session: dict[str, SteeringVector] | None) -> list[str]:
         """Dropdown choices: none, the bundled directions, then the session's uploads and learned ones."""

@@ -94,7 +94,7 @@ class SteerApp:
         self._detector_loaded = False
         self._detector_lock = threading.Lock()
         self._detector_version = 0  # bumped when the detector is replaced: inline scores name the one that made them
-        self.catalog = catalog if catalog is not None else H.DirectionCatalog.from_assets(H.model_name(pipe))
+        self.catalog = catalog if catalog is not None else H.DirectionCatalog.from_assets(H.model_name(pipe), pipe)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="steer-app-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.layers = H.layer_names(pipe)
