@@ -99,3 +99,17 @@ def test_the_app_offers_no_bundled_direction_that_does_not_fit_the_model(tiny_pi
     assert steer_app.catalog.bundled == {}  # ... and none of it fits a tiny UNet
     demo_app = app.SteerApp(load_pipeline(None, "cpu"), workdir=tmp_path / "demo", upload_root=tmp_path / "uploads")
     assert demo_app.catalog.bundled == bundled_directions()  # the demo model keeps all of its own
+
+
+def test_a_broken_file_among_a_models_own_directions_is_left_out_with_a_warning(pipe4x, tmp_path, caplog):
+    import shutil
+
+    import app
+
+    model = tmp_path / "model"
+    shutil.copytree(DEMO_4X, model, ignore=shutil.ignore_patterns("*.png"))
+    (model / "directions" / "to_broken.safetensors").write_bytes(b"not a safetensors file")
+    with caplog.at_level("WARNING", logger="steer.app"):
+        catalog = app.H.DirectionCatalog.from_assets(model, pipe4x)
+    assert "to_broken" not in catalog.bundled and "to_cyan" in catalog.bundled
+    assert any("to_broken" in r.getMessage() for r in caplog.records)

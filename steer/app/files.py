@@ -7,6 +7,7 @@ an "internal error". Never imports gradio.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -58,14 +59,16 @@ class DirectionCatalog:
         """The directions shipped for ``model`` (a model folder's own ``directions/``, else the demo model's); with
         ``pipe``, only those whose model fits it (architecture and layers; fine-tunes of the same UNet kept), so a
         model that ships none offers none instead of files that fail when picked."""
-        from steer.assets import bundled_directions
+        from steer.assets import DIRECTIONS_DIR, bundled_directions, directions_dir
 
         catalog = cls({name: Path(path) for name, path in bundled_directions(model).items()})
         if pipe is not None:
             for name in list(catalog.bundled):
                 try:
                     check_fits(catalog.get(name, None), pipe, strict=False)
-                except UserError:
+                except UserError as err:
+                    if model is not None and directions_dir(model) != DIRECTIONS_DIR:  # the model's own: say why
+                        logging.getLogger("steer.app").warning("left out the bundled direction %s: %s", name, err)
                     del catalog.bundled[name]
                     catalog._cache.pop(name, None)
         return catalog
