@@ -81,6 +81,27 @@ def test_the_cli_and_batch_jobs_find_the_4x_models_directions(tmp_path, capsys):
     assert Path(read_recipe(png)["directions"][0]["path"]) == DEMO_4X / "directions" / "to_coat.safetensors"
 
 
+def test_steer_directions_lists_what_ships_for_a_model_and_inspect_takes_a_name(capsys):
+    import json
+
+    from steer.cli.main import main
+
+    assert main(["directions", "--model", str(DEMO_4X), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(bundled_directions(DEMO_4X))
+    cyan = rows["to_cyan"]  # its calibration and the matrix numbers it shipped with
+    assert cyan["learned"] == "toward cyan" and cyan["window"] == [0.0, 0.5] and cyan["strength"] > 0
+    assert cyan["open_at_1"]["success_at_1"] >= 0.8 and 1.0 in cyan["passing_scales"]
+    assert main(["directions", "--model", str(DEMO_4X)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{len(rows)} direction(s) for") and any(line.split()[0] == "to_cyan" for line in out[1:])
+    assert main(["directions", "--model", "someone/sd-model"]) == 0  # a model without its own is told whose they are
+    assert "the embedded demo model's, which fit only that model" in capsys.readouterr().out.splitlines()[0]
+    assert main(["inspect", "to_cyan", "--model", str(DEMO_4X)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["name"] == "toward cyan" and Path(shown["path"]) == DEMO_4X / "directions" / "to_cyan.safetensors"
+
+
 def test_the_app_offers_the_loaded_models_directions(pipe4x, tmp_path):
     import app
 

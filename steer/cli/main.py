@@ -331,11 +331,49 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from steer.assets import bundled_directions
     from steer.vectors import SteeringVector
 
-    v = SteeringVector.load(args.path)
-    summary = {"name": v.name, "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice", "fixed_tokens")}}
+    bundled = bundled_directions(args.model)
+    path = bundled[args.path] if args.path in bundled and not Path(args.path).exists() else args.path
+    v = SteeringVector.load(path)
+    summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice", "fixed_tokens")}}
     print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_directions(args: argparse.Namespace) -> int:
+    """The directions shipped for a model: name, what it learned, its recommended window and calibrated strength,
+    and the benchmark numbers it shipped with (open prompts at 1.0)."""
+    from steer.assets import DEFAULT_MODEL, DIRECTIONS_DIR, bundled_directions, directions_dir
+    from steer.vectors import SteeringVector
+
+    rows = []
+    for name, path in bundled_directions(args.model).items():
+        try:
+            meta = SteeringVector.load(path).metadata
+        except Exception as err:  # noqa: BLE001 - listed as unreadable, the rest still listed
+            rows.append({"name": name, "path": str(path), "error": clip(f"{type(err).__name__}: {err}", 200)})
+            continue
+        rec, cal, bench = meta.get("recommended") or {}, meta.get("calibration") or {}, meta.get("benchmark") or {}
+        rows.append({"name": name, "learned": meta.get("name"), "window": rec.get("window"), "strength": cal.get("strength"),
+                     "open_at_1": bench.get("open_at_1"), "passing_scales": bench.get("passing_scales"), "path": str(path)})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    folder = directions_dir(args.model)
+    whose = "" if folder != DIRECTIONS_DIR or Path(args.model).expanduser().resolve() == DEFAULT_MODEL.resolve() else \
+        " (no directions of its own: the embedded demo model's, which fit only that model)"
+    print(f"{len(rows)} direction(s) for {args.model} in {folder}{whose}")
+    for r in rows:
+        if "error" in r:
+            print(f"  {r['name']:<16} unreadable: {r['error']}")
+            continue
+        at1 = r["open_at_1"] or {}
+        bench = f"open prompts at 1.0: success {at1['success_at_1']:.2f}, kept {at1['kept_at_1']:.2f}" if "success_at_1" in at1 else "no benchmark recorded"
+        window = ",".join(f"{w:g}" for w in r["window"]) if r["window"] else "-"
+        strength = f"{r['strength']:.3f}" if isinstance(r["strength"], float) else "-"
+        print(f"  {r['name']:<16} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}")
     return 0
 
 
@@ -350,6 +388,8 @@ def _load_plugin(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from steer.assets import default_model
+
     parser = Parser(prog="steer", description="Training-free representation steering for Stable Diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -410,8 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("inspect", help="print a direction file's layers and metadata")
-    p.add_argument("path")
+    p.add_argument("path", help="a direction file, or the name of one shipped for --model")
+    p.add_argument("--model", default=default_model(), help="whose bundled directions a name refers to (default: the embedded demo model)")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("directions", help="list the directions shipped for a model (bundled names for --direction)")
+    p.add_argument("--model", default=default_model(), help="model folder (default: the embedded demo model)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_directions)
 
     for name in _TOP_LEVEL_PLUGINS:
         module = _load_plugin(name)
