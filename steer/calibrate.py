@@ -62,13 +62,19 @@ class Calibration:
         return {k: r(v) for k, v in asdict(self).items() if not (k == "window" and v is None)}
 
 
+def cfg_rows_per_sample(**call_kwargs: Any) -> int:
+    """The SD-family rule: 2 denoiser rows per sample and step with classifier-free guidance (``guidance_scale > 1``),
+    else 1."""
+    return 2 if float(call_kwargs.get("guidance_scale", 1.0)) > 1 else 1
+
+
 def rows_per_sample(pipe, **call_kwargs: Any) -> int:
     """Denoiser batch rows per sample and step of ``pipe(**call_kwargs)``: the pipeline's own count where it has one
-    (Flux: 1 without true CFG), else 2 with classifier-free guidance (``guidance_scale > 1``) and 1 without."""
+    (Flux: 1 without true CFG), else `cfg_rows_per_sample`."""
     own = getattr(pipe, "denoiser_rows_per_sample", None)
     if callable(own):
         return int(own(**call_kwargs))
-    return 2 if float(call_kwargs.get("guidance_scale", 1.0)) > 1 else 1
+    return cfg_rows_per_sample(**call_kwargs)
 
 
 def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
+from steer.calibrate import cfg_rows_per_sample
 from steer.config import STEERING_DEFAULTS, SteeringConfig, parse_scales, recommended_settings
 from steer.denoisers import GLOB_CHARS, list_layers, resolve_layers, unwrap
 from steer.detect.detector import detect_memorization
@@ -113,10 +114,9 @@ class SteeringMixin:
         return bool(getattr(self, "do_classifier_free_guidance", False))
 
     def denoiser_rows_per_sample(self, **call_kwargs: Any) -> int:
-        """Denoiser batch rows per sample and step of a call with these options: 2 with classifier-free guidance
-        (``guidance_scale > 1``, as the SD-family pipelines decide it), else 1. Families that decide otherwise
-        override it."""
-        return 2 if float(call_kwargs.get("guidance_scale", 1.0)) > 1 else 1
+        """Denoiser batch rows per sample and step of a call with these options: the SD-family rule
+        (`steer.calibrate.cfg_rows_per_sample`). Families that decide otherwise override it."""
+        return cfg_rows_per_sample(**call_kwargs)
 
     @torch.no_grad()
     def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
