@@ -18,6 +18,9 @@ Scales 1.5 and 2.0 are run for the calibrated methods only. Run the methods as s
   preservation, classifier-free calibration): scale 1.0 = the self-calibrated full edit.
 - ``casteer``: ``preset="casteer"`` (CASteer's recipe: per-step cross-attention output differences of paired same-seed
   trajectories at every ``attn2``, one vector per step bucket, over the whole run), calibrated like ours.
+- ``attn2``, ``attn2-1``, ``blocks``, ``resnets``: the site ablation (`CALIBRATED`): CASteer's extraction at every
+  cross-attention output (4 step buckets; ``attn2-1``: one), every transformer block output, every resnet output,
+  applied and calibrated as ours over its window (0, 0.5).
 - ``paper``: ``preset="paper"`` (mean of the positive set's reference samples at the up-block resnets, added on the
   conditional branch over (0.45, 0.95)); scale s means the paper's alpha = 0.5 s (its largest alpha is 0.5).
 - ``sega``: diffusers' `SemanticStableDiffusionPipeline` on the same components, editing prompt = the target word,
@@ -56,7 +59,22 @@ C, K = D.COLOUR_NAMES, D.CLASS_NAMES
 TUNING = {"colour": ("blue", "red", "green"), "class": ("ankle boot", "trouser", "bag")}
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 MONO = (0.0, 0.25, 0.5, 0.75, 1.0)
-CALIBRATED = {"ours": "text", "casteer": "casteer"}  # method -> learn_direction preset (calibrated: 1.0 = full edit)
+FEATURE_GRID = (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)
+# calibrated methods (1.0 = full edit) -> their `learn_direction` arguments
+CALIBRATED: dict[str, dict] = {
+    "ours": {"preset": "text"},
+    "casteer": {"preset": "casteer"},
+    # the site ablation: CASteer's extraction (paired same-seed trajectories, pos - neg per step bucket) at each kind of
+    # denoiser site, with everything else as ours (window (0, 0.5), split branch, token-norm units, norm preserved,
+    # calibrated), so the site is the only difference from `ours` (which reads the text tokens themselves)
+    "attn2": {"preset": "casteer", "window": (0.0, 0.5)},  # every cross-attention output, 4 step buckets
+    "attn2-1": {"preset": "casteer", "window": (0.0, 0.5), "step_buckets": 1},  # the same, one vector for every step
+    # transformer block outputs and every resnet output; their grid starts 32x lower (the default grid's smallest
+    # strength, 0.08 of each position's norm, already moves the samples 4.8x farther from the positives' own than the
+    # unsteered ones at these sites)
+    "blocks": {"preset": "casteer", "window": (0.0, 0.5), "layers": "*attentions.[0-9]", "calibration_grid": FEATURE_GRID},
+    "resnets": {"preset": "casteer", "window": (0.0, 0.5), "layers": "*resnets.[0-9]", "calibration_grid": FEATURE_GRID},
+}
 TINTS = np.asarray([D.COLOURS[c] for c in C], dtype=np.float32)
 
 
@@ -213,8 +231,8 @@ def main() -> None:
         ref_j = {cond: judge(classifier, refs[cond]) for cond in refs}
         for method in methods:
             rows0, t_learn = run.rows, time.time()
-            if method in CALIBRATED:  # ours (the text preset, the default) or CASteer's per-step attn2 recipe
-                v = pipe.learn_direction(P["positive"], P["negative"], preset=CALIBRATED[method], num_inference_steps=args.learn_steps or args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}", **window)
+            if method in CALIBRATED:  # ours (the text preset, the default), CASteer's recipe or a site of the ablation
+                v = pipe.learn_direction(P["positive"], P["negative"], **{**CALIBRATED[method], **window}, num_inference_steps=args.learn_steps or args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}")
                 learn_log.append({"target": name, "method": method, "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1), "calibration": v.metadata["calibration"],
                                   **({"window_choice": v.metadata["window_choice"]} if "window_choice" in v.metadata else {})})
                 steer_kw = {"steering": v}
