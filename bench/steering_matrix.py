@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
     ap.add_argument("--learn-steps", type=int, default=None, help="sampling steps of the calibrated methods' learning (default: --steps)")
     ap.add_argument("--window", default=None, help="learn the calibrated methods with this window: 'auto' or start,end (default: the preset's)")
+    ap.add_argument("--readers", default=None, help="learn text directions read only by these cross-attentions ('layout', 'detail'; default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -216,6 +217,8 @@ def main() -> None:
     methods = args.methods.split(",")
     kinds = args.kinds.split(",")
     window = {} if args.window is None else {"window": "auto" if args.window == "auto" else tuple(float(x) for x in args.window.split(","))}
+    if args.readers is not None:
+        window["readers"] = args.readers
     targets = [("colour", c) for c in C if "colour" in kinds] + [("class", k) for k in K if "class" in kinds]
     if args.quick:
         targets = [("colour", "blue"), ("colour", "orange"), ("class", "ankle boot"), ("class", "sneaker")]
@@ -258,7 +261,7 @@ def main() -> None:
             shown = [r for r in results if r["target"] == name and r["method"] == method]
             print(f"{kind} {name} {method}", [(r["condition"], r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in shown], f"{time.time() - t0:.0f}s", flush=True)
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
-            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "window": args.window, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
+            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "window": args.window, "readers": args.readers, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
     summary = summarise(results, methods, images=8 * seeds)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn_log, "cells": results}, indent=1))
     (out / "summary.md").write_text(render(summary, meta, learn_log))

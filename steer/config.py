@@ -59,6 +59,11 @@ class SteeringConfig:
         removal_window: ``(start, end)`` fractions of the run in which ``"remove"`` acts; None: ``window``. Text
             directions recommend removing until the end of the run: the prompt's own "red" or "coat" would otherwise
             come back in the unsteered steps after the window.
+        readers: which cross-attentions read the steered text tokens (the ``encoder_hidden_states`` site; other
+            sites are unaffected): None (all of them: the denoiser's text input), ``"layout"`` (those of the down
+            blocks and the mid block, where the layout is decided; the up blocks read the prompt as written, so an
+            object edit keeps the prompt's colour), ``"detail"`` (those of the up blocks), or cross-attention module
+            paths / glob patterns. UNet denoisers (SD 1.x/2.x, SDXL) only.
     """
 
     window: tuple[float, float] = PAPER_WINDOW
@@ -70,6 +75,7 @@ class SteeringConfig:
     strict: bool = True
     negative: Negative = "subtract"
     removal_window: tuple[float, float] | None = None
+    readers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window", check_window(self.window))
@@ -89,6 +95,11 @@ class SteeringConfig:
             if not all(isinstance(n, str) for n in layers):
                 raise ValueError(f"steering_layers must be layer names or glob patterns, got {self.layers!r}")
             object.__setattr__(self, "layers", layers)
+        if self.readers is not None:
+            readers = (self.readers,) if isinstance(self.readers, str) else tuple(self.readers)
+            if not readers or not all(isinstance(n, str) and n for n in readers):
+                raise ValueError(f"steering_readers must be 'layout', 'detail' or cross-attention names / glob patterns, got {self.readers!r}")
+            object.__setattr__(self, "readers", readers)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> SteeringConfig:
@@ -108,6 +119,10 @@ class SteeringConfig:
             d["removal_window"] = list(self.removal_window)
         if self.layers is not None:
             d["layers"] = list(self.layers)
+        if self.readers is None:  # likewise: recipes of calls that read the text everywhere stay as they were
+            del d["readers"]
+        else:
+            d["readers"] = list(self.readers)
         return d
 
 
@@ -124,10 +139,11 @@ STEERING_DEFAULTS: dict[str, Any] = {
     "steering_strict": True,
     "steering_negative": "subtract",
     "steering_removal_window": None,
+    "steering_readers": None,
 }
 # Options a direction may carry in ``metadata["recommended"]`` (its learned / calibrated settings); a call that does
 # not set one of them (neither as an argument nor through `pipe.steering(...)`) uses the direction's value.
-RECOMMENDABLE = ("layers", "window", "branch", "normalize", "mode", "preserve_norm", "removal_window")
+RECOMMENDABLE = ("layers", "window", "branch", "normalize", "mode", "preserve_norm", "removal_window", "readers")
 WINDOW_KEYS = ("window", "removal_window")
 
 
@@ -145,7 +161,7 @@ def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
     for key in RECOMMENDABLE:
         value = agreed_recommendation(vectors, key)
         if value is not None:
-            out[f"steering_{key}"] = tuple(value) if key in WINDOW_KEYS else value
+            out[f"steering_{key}"] = tuple(value) if key in WINDOW_KEYS or key == "readers" else value
     return out
 
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from steer.calibrate import calibrate as run_calibration
 from steer.calibrate import calibrate_windows, check_grid, seeded_generators
-from steer.config import PAPER_WINDOW, check_window
+from steer.config import PAPER_WINDOW, SteeringConfig, check_window
 from steer.denoisers import (
     CONTEXT_SITE,
     cross_attention_sites,
@@ -34,6 +34,7 @@ from steer.denoisers import (
     denoiser_of,
     native_size,
     resolve_layers,
+    text_readers,
 )
 from steer.engine import ActivationRecorder, step_bucket
 from steer.vectors import SteeringVector, unet_fingerprint
@@ -374,6 +375,7 @@ def learn_direction(
     mode: str | None = None,
     calibrate: bool | None = None,
     window: tuple[float, float] | str | None = None,
+    readers: str | Sequence[str] | None = None,
     num_samples: int = 16,
     batch_size: int = 8,
     num_inference_steps: int = 20,
@@ -416,6 +418,9 @@ def learn_direction(
             by the calibration (default: the preset's; ``(0, 0.5)`` for ``"text"``). ``"auto"`` calibrates over each
             of `AUTO_WINDOWS` and keeps the one whose samples come closest to the positives' own (recorded in
             ``metadata["window_choice"]``; each extra window costs 6 of the calibration's 8 sample sets).
+        readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`: None
+            for all, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
+            edits); recorded as recommended, and the calibration runs through it.
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
@@ -480,6 +485,11 @@ def learn_direction(
         )
     if mode == "text" and layer_names != [CONTEXT_SITE]:
         raise ValueError(f"mode='text' learns at {CONTEXT_SITE!r} only; got layers {layer_names}")
+    if readers is not None:
+        if mode != "text" or image_input:
+            raise ValueError("readers= routes text-token directions: learn from prompts with the text preset")
+        readers = SteeringConfig(readers=readers).readers
+        text_readers(unet, readers)  # a one-line error before any sampling
     if calibrate and (image_input or not neg_items):
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibrate and calibration_grid is not None:
@@ -551,6 +561,8 @@ def learn_direction(
     # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
     # uncalibrated one's scale is a fraction of each token's norm
     settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}
+    if readers is not None:
+        settings["readers"] = list(readers)
     if mode == "text":  # the start token(s) every prompt shares are not steered
         meta["fixed_tokens"] = {CONTEXT_SITE: shared_lead([*text_tokens, encode_text(pipe, [""]).float().cpu()])}
     if mode == "text" and len(text_tokens) > 1:  # what steering_negative="remove" takes a prompt back to

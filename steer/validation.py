@@ -237,6 +237,8 @@ def check_recommended(value: Any, where: str) -> dict[str, Any]:
     check_bool(rec.get("preserve_norm"), f"{where}.preserve_norm")
     if rec.get("layers") is not None:
         check_layer_names(rec["layers"], f"{where}.layers", patterns=True)
+    if rec.get("readers") is not None:
+        check_layer_names(rec["readers"], f"{where}.readers", patterns=True)
     check_number(rec.get("scale"), f"{where}.scale", -MAX_SCALE, MAX_SCALE)
     scales = rec.get("scales")
     if scales is not None:

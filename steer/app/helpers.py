@@ -231,8 +231,9 @@ class GenerateSettings:
 
     def steering_config(self, pipe, vector: SteeringVector | None, away: SteeringVector | None = None) -> SteeringConfig:
         """``config`` on the layers the sliders pick for ``vector`` (None: all of its layers). No widget sets
-        preserve_norm or the removal window: the values the directions recommend apply, as in a pipeline call that
-        leaves them unset. With a take-away direction (``away``) negative scales remove (`take_away_scales`)."""
+        preserve_norm, the removal window or the cross-attentions that read a text direction: the values the
+        directions recommend apply, as in a pipeline call that leaves them unset. With a take-away direction
+        (``away``) negative scales remove (`take_away_scales`)."""
         vectors = [v for v in (vector, away) if v is not None]
         recommended = recommended_by(vectors) if vectors else {}
         layers = selected_layers(pipe, vector, self.layer_index, self.layers)
@@ -243,6 +244,7 @@ class GenerateSettings:
             layers=layers,
             preserve_norm=recommended.get("steering_preserve_norm", self.config.preserve_norm),
             removal_window=recommended.get("steering_removal_window", self.config.removal_window),
+            readers=recommended.get("steering_readers", self.config.readers),
             negative="remove" if away is not None else self.config.negative,
         )
 
@@ -269,6 +271,7 @@ class GenerateSettings:
                 "mode": config.mode,
                 "negative": config.negative,
                 **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
+                **({"readers": list(config.readers)} if config.readers is not None else {}),
             }
             if away is not None:
                 steering["take_away"] = {"name": away.name, "digest": away.digest(), "amount": take_away_amount(scale)}

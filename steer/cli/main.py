@@ -112,6 +112,9 @@ def _add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--removal-window", type=parse_window, default=None,
                    help="start,end fractions of the run in which --negative remove acts (default: what the directions "
                         "recommend, from the window's start to the end of the run for text directions; else --window)")
+    p.add_argument("--readers", nargs="+", default=None,
+                   help="which cross-attentions read a text direction: 'layout', 'detail' or attn2 patterns (default: what "
+                        "the direction recommends, else all)")
     p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
 
 
@@ -173,6 +176,7 @@ def _learn(pipe, args: argparse.Namespace):
         seed=args.seed,
         name=args.name,
         window=args.window,
+        readers=args.readers,
         progress=True,
         **{k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None},
     )
@@ -202,6 +206,7 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "mode": config.mode,
         "negative": config.negative,
         **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
+        **({"readers": list(config.readers)} if config.readers is not None else {}),
         **taken,
     }
 
@@ -218,7 +223,7 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
             agreed = agreed_recommendation(vectors, key)
             setattr(args, key, agreed if agreed is not None else builtin)
     given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
-    for key in ("window", "removal_window"):
+    for key in ("window", "removal_window", "readers"):
         if getattr(args, key, None) is not None:
             given[f"steering_{key}"] = getattr(args, key)
     return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})
@@ -412,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=parse_learn_window, default=None,
                    help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; "
                         "0,0.5 for text); 'auto': calibrate over 0,0.5 and 0,1 and keep the closer (1.75x the calibration's cost)")
+    p.add_argument("--readers", nargs="+", default=None,
+                   help="which cross-attentions read a text direction, recorded as recommended: 'layout' (the down and mid "
+                        "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks') or attn2 patterns (default: all)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)

@@ -45,6 +45,7 @@ __all__ = [
     "register_site_hook",
     "replace_main_tensor",
     "resolve_layers",
+    "text_readers",
     "unwrap",
 ]
 
@@ -110,6 +111,12 @@ def layer_channels(model: nn.Module, names: Sequence[str]) -> dict[str, int]:
     return adapter_for(model).layer_channels(names)
 
 
-def register_site_hook(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
-    """Hook ``fn(h) -> new h | None`` on site ``name``; returns the removable handle."""
-    return adapter_for(model).register_site_hook(name, fn)
+def register_site_hook(model: nn.Module, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None], readers: Sequence[str] | None = None):
+    """Hook ``fn(h) -> new h | None`` on site ``name`` (the text site: only where ``readers`` read it, if given);
+    returns the removable handle."""
+    return adapter_for(model).register_site_hook(name, fn, readers)
+
+
+def text_readers(model: nn.Module, readers: Sequence[str]) -> list[str]:
+    """The cross-attentions ``readers`` (`steering_readers`) names; `LayerError` for none or an unsupported family."""
+    return adapter_for(model).text_readers(readers)

@@ -53,6 +53,17 @@ def replace_main_tensor(output: Any, new: torch.Tensor, index: int = 0) -> Any:
     return output
 
 
+class RemovableHandles:
+    """Several hook handles removed as one (the shape of torch's ``RemovableHandle``)."""
+
+    def __init__(self, handles: Sequence[Any]):
+        self.handles = list(handles)
+
+    def remove(self) -> None:
+        while self.handles:
+            self.handles.pop().remove()
+
+
 class DenoiserAdapter:
     """One denoiser family's sites. Subclasses set `family`, `model_classes` and implement `list_layers`,
     `default_layers` and `probe_inputs`; the rest is shared.
@@ -69,6 +80,9 @@ class DenoiserAdapter:
     # Every kind of site, for listings (`steer layers`, the app's layer slider); `list_layers()` alone gives the
     # family's usual steering sites.
     listing_kinds: ClassVar[tuple[str, ...]] = ()
+    # Named groups of cross-attentions that `steering_readers` accepts (glob patterns over `cross_attention_sites`);
+    # empty where the text is not read by cross-attentions alone (the text site cannot be routed there).
+    reader_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -132,9 +146,31 @@ class DenoiserAdapter:
             out += [h for h in hits if h not in out]
         return out
 
-    def register_site_hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    def text_readers(self, readers: Sequence[str]) -> list[str]:
+        """The cross-attention modules ``readers`` names: `reader_groups` names, module paths or glob patterns over
+        `cross_attention_sites`. Raises `LayerError` (one line) for a family without routing or a name that matches
+        none."""
+        if not self.reader_groups:
+            raise LayerError(f"steering_readers needs a UNet denoiser (SD 1.x/2.x, SDXL); this {self.family} reads the text elsewhere too")
+        sites = self.cross_attention_sites()
+        out: list[str] = []
+        for reader in readers:
+            patterns = self.reader_groups.get(reader, (reader,))
+            hits = [n for n in sites if any(fnmatch.fnmatchcase(n, p) or n == p for p in patterns)]
+            if not hits:
+                raise LayerError(
+                    f"steering_readers {reader!r} names no cross-attention of this {self.family}; use "
+                    f"{' or '.join(repr(g) for g in self.reader_groups)}, or patterns over {sites[:4]}"
+                )
+            out += [h for h in hits if h not in out]
+        return out
+
+    def register_site_hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None], readers: Sequence[str] | None = None):
         """Hook ``fn(h) -> new h | None`` on site ``name``: a module's output, or (`CONTEXT_SITE`) the denoiser's
-        text input. Returns the removable handle."""
+        text input, or with ``readers`` (see `text_readers`) the text input of those cross-attentions only. Returns
+        the removable handle."""
+        if name == CONTEXT_SITE and readers is not None:
+            return self._register_reader_hooks(self.text_readers(readers), fn)
         if name == CONTEXT_SITE:
             key, position = self.context_kwarg, self.context_position
 
@@ -157,6 +193,22 @@ class DenoiserAdapter:
             return None if new is None else replace_main_tensor(output, new, index)
 
         return dict(self.model.named_modules())[name].register_forward_hook(post)
+
+    def _register_reader_hooks(self, readers: Sequence[str], fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandles:
+        """``fn`` on the ``encoder_hidden_states`` each of the ``readers`` modules (cross-attentions) receives."""
+        modules = dict(self.model.named_modules())
+
+        def pre(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            h = kwargs.get("encoder_hidden_states")
+            if isinstance(h, torch.Tensor):
+                new = fn(h)
+                return None if new is None else (args, {**kwargs, "encoder_hidden_states": new})
+            if len(args) > 1 and isinstance(args[1], torch.Tensor):  # Attention.forward(hidden_states, encoder_hidden_states)
+                new = fn(args[1])
+                return None if new is None else ((args[0], new, *args[2:]), kwargs)
+            return None
+
+        return RemovableHandles([modules[n].register_forward_pre_hook(pre, with_kwargs=True) for n in readers])
 
     def layer_channels(self, names: Sequence[str]) -> dict[str, int]:
         """Output channel count of each named site (cached on the model)."""

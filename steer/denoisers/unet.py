@@ -43,6 +43,9 @@ class UNetAdapter(DenoiserAdapter):
     model_classes = ("UNet2DConditionModel",)
     context_position = 2
     listing_kinds = ("context", "resnets", "attentions", "attn2")
+    # `steering_readers` groups: where the layout is decided (the contracting path and the middle) and where the image
+    # is drawn back up (docs/steering.md, "Which cross-attentions read the edit")
+    reader_groups = {"all": ("*",), "layout": ("down_blocks.*", "mid_block.*"), "detail": ("up_blocks.*",)}
 
     def list_layers(self, kinds: Iterable[str] | None = None) -> list[str]:
         """Block-level sites; ``kinds`` filters by path component (``"resnets"``, ``"attentions"``,

@@ -11,6 +11,7 @@ from torch import nn
 
 from steer.config import SteeringConfig
 from steer.denoisers import (
+    CONTEXT_SITE,
     channel_dim,
     layer_channels,
     register_site_hook,
@@ -214,7 +215,8 @@ class SteeringSession(DenoiserRun):
                 raise ModelMismatchError(
                     f"channel mismatch at layer {name!r}: the direction has {want} channels, the UNet's output there has {channels[name]}"
                 )
-            self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan)))
+            readers = self.config.readers if name == CONTEXT_SITE else None
+            self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan), readers))
 
     def branch_sign(self, branch: str | None = None) -> int:
         """With sequential CFG: +1, -1 or 0, how ``branch`` (default ``config.branch``) treats the branch of the call

@@ -304,9 +304,16 @@ class _Validator:
             raise JobError(line, f"steering_negative must be one of {list(NEGATIVES)}, got {show(negative)}")
         normalize = check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
         strict = check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
+        readers = job.get("steering_readers", recommended.readers)
+        if isinstance(readers, str):
+            readers = [readers]
+        if readers is not None and (
+            not isinstance(readers, list | tuple) or not 0 < len(readers) <= MAX_LAYER_PATTERNS or not all(isinstance(x, str) and 0 < len(x) <= 200 for x in readers)
+        ):
+            raise JobError(line, f"steering_readers must be 'layout', 'detail' or a non-empty list of at most {MAX_LAYER_PATTERNS} cross-attention names / globs, got {show(readers)}")
         config = dataclasses.replace(
             recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict,
-            negative=negative, removal_window=removal_window,
+            negative=negative, removal_window=removal_window, readers=tuple(readers) if readers is not None else None,
         )
         return dataclasses.replace(setup, vectors=tuple(vectors), digests=tuple(v.digest() for v in vectors), config=config)
 
@@ -360,6 +367,7 @@ class _Validator:
             "strict": config["strict"],
             "negative": config["negative"],
             **({"removal_window": config["removal_window"]} if config.get("removal_window") is not None else {}),
+            **({"readers": config["readers"]} if config.get("readers") is not None else {}),
             **({"take_away": away.recipe(scales[0])} if away is not None else {}),
         }
 

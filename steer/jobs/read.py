@@ -46,6 +46,7 @@ JOB_FIELDS = (
     "steering_strict",
     "steering_negative",
     "steering_removal_window",
+    "steering_readers",
     "take_away",
     "take_away_fit",
     "name",
@@ -182,7 +183,7 @@ def _read_jsonl(data: bytes) -> list[RawJob]:
 _CSV_INT = {"seed", "num_inference_steps", "height", "width"}
 _CSV_FLOAT = {"guidance_scale"}
 _CSV_BOOL = {"steering_normalize", "steering_strict", "take_away_fit"}
-_CSV_LISTS = {"seeds": int, "steering_layers": str, "steering_window": float, "steering_removal_window": float}
+_CSV_LISTS = {"seeds": int, "steering_layers": str, "steering_window": float, "steering_removal_window": float, "steering_readers": str}
 
 
 def _csv_row(line_no: int, text: str) -> list[str] | JobError:

@@ -17,7 +17,7 @@ from diffusers import DiffusionPipeline
 
 from steer.calibrate import cfg_rows_per_sample
 from steer.config import STEERING_DEFAULTS, SteeringConfig, parse_scales, recommended_settings
-from steer.denoisers import GLOB_CHARS, list_layers, resolve_layers, unwrap
+from steer.denoisers import CONTEXT_SITE, GLOB_CHARS, list_layers, resolve_layers, text_readers, unwrap
 from steer.detect.detector import detect_memorization
 from steer.detect.inline import enter_inline_detection
 from steer.detect.scores import INLINE_CALL_PARAMS
@@ -52,6 +52,8 @@ STEERING_DOC = """
       t-shirt" with ``[to_blue, to_red]`` at ``[1, -1]`` loses its red and gains blue).
     - ``steering_removal_window``: ``(start, end)`` in which ``"remove"`` acts (None: ``steering_window``; text
       directions recommend the window's start to the end of the run).
+    - ``steering_readers``: which cross-attentions read a text-token direction: None (all), ``"layout"`` (the down
+      and mid blocks': object edits keep the prompt's colour), ``"detail"`` (the up blocks') or attn2 patterns.
 
     Options a call leaves unset come from the direction's ``metadata["recommended"]`` (what `learn_direction`
     calibrated), else the defaults above. With no vector, or every scale zero, the call is exactly the parent's.
@@ -210,6 +212,10 @@ class SteeringMixin:
             names = [n for n in v.layers if selected is None or n in selected]
             v.check_compatible(denoiser, names, strict=config.strict)  # model class first, then layer names
         plans: dict[str, LayerPlan] = build_layer_plans(vectors, selected, config.normalize)
+        if config.readers is not None:  # a one-line error before any sampling, not from inside the first hook call
+            if CONTEXT_SITE not in plans:
+                raise ValueError(f"steering_readers routes text-token directions ({CONTEXT_SITE!r}); these steer {sorted(plans)}")
+            text_readers(denoiser, config.readers)
         counter = (lambda: len(scheduler.timesteps)) if scheduler is not None else self.steering_num_steps
         return SteeringSession(
             denoiser,
@@ -295,6 +301,8 @@ class SteeringMixin:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
                     if session.removing:
                         raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
+                    if session.config.readers is not None:
+                        raise ValueError("steering_readers is not available on a compiled denoiser; steer the eager one")
                     sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
                     sites.session = session
                     stack.callback(setattr, sites, "session", None)

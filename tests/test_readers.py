@@ -1,0 +1,161 @@
+"""`steering_readers`: a text-token direction read only by chosen cross-attentions (the rest read the prompt as written).
+
+On the tiny random SD pipeline: which cross-attentions receive steered tokens, equality with the default when every
+one reads them, recorded and applied recommendations, one-line errors, hook cleanup, batch jobs and recipes.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from steer.config import SteeringConfig
+from steer.denoisers import CONTEXT_SITE, LayerError, cross_attention_sites, text_readers
+from steer.errors import SchemaError
+from steer.jobs import run as batch
+from steer.recipe import read_recipe
+from steer.testing import no_hooks_left, random_vector
+from steer.validation import check_recommended
+from steer.vectors import SteeringVector
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+STEPS = 4
+
+
+def call(pipe, prompt="a red sneaker", seed=0, **kw):
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), num_inference_steps=STEPS, output_type="np", **kw).images
+
+
+@pytest.fixture(scope="module")
+def text_vector(tiny_pipe):
+    return random_vector(tiny_pipe, [CONTEXT_SITE], seed=1, fingerprint=True, recommended={"branch": "split", "mode": "token", "preserve_norm": True, "window": [0.0, 1.0]})
+
+
+def tokens_read(pipe, **kw) -> dict[str, list[torch.Tensor]]:
+    """The ``encoder_hidden_states`` each cross-attention received, per call, in one steered generation."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    modules = dict(pipe.unet.named_modules())
+    handles = []
+    for name in cross_attention_sites(pipe.unet):
+        def grab(_m, _args, kwargs, name=name):
+            seen.setdefault(name, []).append(kwargs["encoder_hidden_states"].detach().clone())
+
+        # appended after the call's own reader hooks (registered later, at call time) would miss them: tap from the
+        # first step's end, as steer.testing.capture_site does
+        handles.append((modules[name], grab))
+    late = []
+
+    def arm(*_a):
+        if not late:
+            late.extend(m.register_forward_pre_hook(g, with_kwargs=True) for m, g in handles)
+        return {}
+
+    try:
+        call(pipe, callback_on_step_end=arm, **kw)
+    finally:
+        for h in late:
+            h.remove()
+    return seen
+
+
+def test_groups_name_the_down_mid_and_up_cross_attentions(tiny_pipe):
+    sites = cross_attention_sites(tiny_pipe.unet)
+    layout, detail = text_readers(tiny_pipe.unet, ["layout"]), text_readers(tiny_pipe.unet, ["detail"])
+    assert layout and detail and sorted(layout + detail) == sorted(sites)
+    assert all(n.startswith(("down_blocks.", "mid_block.")) for n in layout)
+    assert all(n.startswith("up_blocks.") for n in detail)
+    assert text_readers(tiny_pipe.unet, ["all"]) == sites
+    assert text_readers(tiny_pipe.unet, ["mid_block.*"]) == [n for n in sites if n.startswith("mid_block.")]
+
+
+def test_only_the_chosen_cross_attentions_read_the_steered_tokens(tiny_pipe, text_vector):
+    plain = tokens_read(tiny_pipe)
+    layout = tokens_read(tiny_pipe, steering=text_vector, steering_scale=0.5, steering_readers="layout")
+    routed = set(text_readers(tiny_pipe.unet, ["layout"]))
+    for name, calls in layout.items():
+        same = all(torch.equal(a, b) for a, b in zip(calls, plain[name], strict=True))
+        assert same == (name not in routed), name  # the up blocks read the prompt's own tokens, bit for bit
+
+
+def test_every_reader_equals_the_default_and_layout_differs(tiny_pipe, text_vector):
+    default = call(tiny_pipe, steering=text_vector, steering_scale=0.5)
+    assert np.array_equal(call(tiny_pipe, steering=text_vector, steering_scale=0.5, steering_readers="all"), default)
+    layout = call(tiny_pipe, steering=text_vector, steering_scale=0.5, steering_readers="layout")
+    assert not np.array_equal(layout, default) and not np.array_equal(layout, call(tiny_pipe))
+    assert np.array_equal(call(tiny_pipe, steering=text_vector, steering_scale=0.0, steering_readers="layout"), call(tiny_pipe))
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_a_recorded_route_applies_unless_the_call_says_otherwise(tiny_pipe, text_vector, tmp_path):
+    routed = SteeringVector(text_vector.directions, {**text_vector.metadata, "recommended": {**text_vector.metadata["recommended"], "readers": ["layout"]}})
+    loaded = SteeringVector.load(routed.save(tmp_path / "routed.safetensors"))
+    assert loaded.metadata["recommended"]["readers"] == ["layout"]
+    explicit = call(tiny_pipe, steering=text_vector, steering_scale=0.5, steering_readers="layout")
+    assert np.array_equal(call(tiny_pipe, steering=loaded, steering_scale=0.5), explicit)
+    everyone = call(tiny_pipe, steering=loaded, steering_scale=0.5, steering_readers="all")
+    assert np.array_equal(everyone, call(tiny_pipe, steering=text_vector, steering_scale=0.5))
+
+
+def test_learn_direction_records_the_route_and_calibrates_through_it(tiny_pipe):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights render no attribute
+        v = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], readers="layout", num_inference_steps=3, calibration_samples=2, progress=False)
+        w = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], num_inference_steps=3, calibration_samples=2, progress=False)
+    assert v.metadata["recommended"]["readers"] == ["layout"] and "readers" not in w.metadata["recommended"]
+    unit = lambda x: x.directions[CONTEXT_SITE] / x.directions[CONTEXT_SITE].norm()  # noqa: E731
+    assert torch.allclose(unit(v), unit(w))  # the same direction; the route changes where it is read (and its strength)
+    with pytest.raises(ValueError, match="readers= routes text-token directions"):
+        tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], preset="paper", readers="layout", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("readers", "needle"),
+    [("nowhere", "steering_readers 'nowhere' names no cross-attention"), (["up_blocks.7.*"], "'up_blocks.7.*'"), ([], "steering_readers must be"), ([3], "steering_readers must be")],
+)
+def test_bad_readers_are_one_line_errors_before_sampling(tiny_pipe, text_vector, readers, needle):
+    with pytest.raises((ValueError, LayerError)) as err:
+        call(tiny_pipe, steering=text_vector, steering_readers=readers)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_readers_refuse_directions_that_are_not_text_tokens(tiny_pipe):
+    v = random_vector(tiny_pipe, ["up_blocks.1.resnets.0"], seed=2)
+    with pytest.raises(ValueError, match="steering_readers routes text-token directions"):
+        call(tiny_pipe, steering=v, steering_readers="layout")
+
+
+def test_hooks_are_removed_when_a_routed_call_fails(tiny_pipe, text_vector):
+    def boom(*_a):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        call(tiny_pipe, steering=text_vector, steering_readers="layout", callback_on_step_end=boom)
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_transformer_families_refuse_readers_in_one_line():
+    from steer.testing.pixart import tiny_pixart_pipeline
+
+    pipe = tiny_pixart_pipeline(seed=0)
+    with pytest.raises(LayerError, match="steering_readers needs a UNet denoiser"):
+        text_readers(pipe.transformer, ["layout"])
+
+
+def test_recorded_readers_are_validated_and_kept_in_recipes(tiny_pipe, text_vector, tmp_path):
+    check_recommended({"readers": ["layout"]}, "recommended")
+    with pytest.raises(SchemaError, match="readers"):
+        check_recommended({"readers": [7]}, "recommended")
+    assert "readers" not in SteeringConfig().to_dict()  # recipes of calls without a route read as before
+    assert SteeringConfig(readers="layout").to_dict()["readers"] == ["layout"]
+    path = text_vector.save(tmp_path / "text.safetensors")
+    jobs = [
+        {"prompt": "a bag", "seed": 5, "num_inference_steps": STEPS, "directions": [{"path": str(path), "scale": 0.5}], "steering_readers": "layout", "name": "routed"},
+        {"prompt": "a bag", "seed": 5, "num_inference_steps": STEPS, "directions": [{"path": str(path), "scale": 0.5}], "steering_readers": "nowhere", "name": "bad"},
+    ]
+    result = batch.run(jobs, tiny_pipe, tmp_path / "out", batch_size=1, model="tiny", progress=False)
+    recipe = read_recipe(tmp_path / "out" / "routed.png")
+    assert recipe["readers"] == ["layout"]
+    assert [f["line"] for f in result["failures"]] == [2] and "'nowhere'" in result["failures"][0]["reason"]
+    assert not (tmp_path / "out" / "bad.png").exists()
