@@ -6,10 +6,11 @@
 The default steers the text tokens every cross-attention reads (a pre-forward hook on the denoiser). Block-role
 findings on SDXL (layout/composition in the low-resolution down blocks, colour/style in the first up blocks) suggest
 steering only some of the readers: a colour edit only where appearance is drawn could keep the class, a class edit
-only where the layout is decided could keep the colour. Each route hooks the ``encoder_hidden_states`` argument of
-the cross-attentions of its blocks instead (the same token-wise transformation, step window, CFG split and fixed
-tokens); learning and calibration run through the same route, so each route gets its own calibrated strength. The
-"all" route is the default and is checked bit-identical to it before the screen (``--check``).
+only where the layout is decided could keep the colour. Each route is a `steering_readers` value: the hooks sit on the
+``encoder_hidden_states`` argument of those cross-attentions instead (the same token-wise transformation, step
+window, CFG split and fixed tokens); learning and calibration run through the route (``learn_direction(readers=)``),
+so each route gets its own calibrated strength. Routing to every cross-attention is checked bit-identical to the
+default hook before the screen.
 
 Each matrix target is learned per route with `learn_direction`'s defaults and applied to the matrix's 8 open prompts
 x 2 seeds (seeds 1000-1001, DDIM 20, guidance 5, its judges and pass rule) at 0.75, 1.0 and 1.25.
@@ -18,12 +19,10 @@ x 2 seeds (seeds 1000-1001, DDIM 20, guidance 5, its judges and pass rule) at 0.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,57 +33,18 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import TUNING, C, K, Runner, cell_metrics, judge, passes, prompts_for  # noqa: E402
 
-import steer.engine.steering as steering_engine  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
-from steer.denoisers import CONTEXT_SITE, cross_attention_sites  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
 
-# route -> the blocks whose cross-attentions read the steered tokens (None: the default hook on the denoiser)
+# route -> `steering_readers` (None: the default hook on the denoiser)
 ROUTES: dict[str, tuple[str, ...] | None] = {
     "all": None,
-    "down+mid": ("down_blocks.", "mid_block."),  # where the layout is decided (8-16 px and the 32 px input block)
-    "up": ("up_blocks.",),  # where the image is drawn back up (16 and 32 px)
-    "low-down+mid": ("down_blocks.1.", "mid_block."),  # SDXL's composition block analogue: low resolution, going down
-    "low-up": ("up_blocks.1.",),  # SDXL's colour/style block analogue: the first up block with attention
+    "down+mid": ("layout",),  # down_blocks.*, mid_block.*: where the layout is decided (8-16 px and the 32 px input block)
+    "up": ("detail",),  # up_blocks.*: where the image is drawn back up (16 and 32 px)
+    "low-down+mid": ("down_blocks.1.*", "mid_block.*"),  # SDXL's composition block analogue: low resolution, going down
+    "low-up": ("up_blocks.1.*",),  # SDXL's colour/style block analogue: the first up block with attention
 }
 SCALES = (0.75, 1.0, 1.25)
-
-
-class _Handles:
-    def __init__(self, handles: list):
-        self.handles = handles
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def routed(prefixes: tuple[str, ...] | None) -> Iterator[None]:
-    """While active, the text-site hook is installed on the matching cross-attentions' ``encoder_hidden_states``."""
-    if prefixes is None:
-        yield
-        return
-    original = steering_engine.register_site_hook
-
-    def register(model, name, fn):
-        if name != CONTEXT_SITE:
-            return original(model, name, fn)
-        modules = dict(model.named_modules())
-        readers = [n for n in cross_attention_sites(model) if n.startswith(prefixes)]
-
-        def pre(_module, args, kwargs):
-            h = kwargs.get("encoder_hidden_states")
-            new = fn(h) if isinstance(h, torch.Tensor) else None
-            return None if new is None else (args, {**kwargs, "encoder_hidden_states": new})
-
-        return _Handles([modules[n].register_forward_pre_hook(pre, with_kwargs=True) for n in readers])
-
-    steering_engine.register_site_hook = register
-    try:
-        yield
-    finally:
-        steering_engine.register_site_hook = original
 
 
 def check_all_route(pipe, run: Runner) -> None:
@@ -92,8 +52,7 @@ def check_all_route(pipe, run: Runner) -> None:
     P = prompts_for("colour", "blue")
     v = pipe.learn_direction(P["positive"], P["negative"], calibrate=False, progress=False)
     plain = run.sample(P["open"][:2], [0.5], steering=v)
-    with routed(("down_blocks.", "mid_block.", "up_blocks.")):
-        every = run.sample(P["open"][:2], [0.5], steering=v)
+    every = run.sample(P["open"][:2], [0.5], steering=v, steering_readers=("layout", "detail"))
     if not (plain == every).all():
         raise SystemExit(f"routing to every cross-attention differs from the default hook (max {abs(plain - every).max():.3g})")
     print("check: routing to every cross-attention equals the default hook bit for bit", flush=True)
@@ -126,12 +85,11 @@ def main() -> None:
         ref = judge(classifier, run.sample(P["open"]))
         row = {"target": name, "kind": kind, "split": "tuning" if name in TUNING[kind] else "held-out"}
         for route in routes:
-            with routed(ROUTES[route]):
-                v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=20, guidance_scale=5.0, progress=False, **window)
-                cells = {}
-                for scale in SCALES:
-                    m = cell_metrics(judge(classifier, run.sample(P["open"], [scale], steering=v)), ref, kind, target)
-                    cells[str(scale)] = {k: round(x, 3) for k, x in m.items()} | {"pass": passes(m, "open", kind)}
+            v = pipe.learn_direction(P["positive"], P["negative"], readers=ROUTES[route], num_inference_steps=20, guidance_scale=5.0, progress=False, **window)
+            cells = {}
+            for scale in SCALES:  # the vector's recorded readers apply
+                m = cell_metrics(judge(classifier, run.sample(P["open"], [scale], steering=v)), ref, kind, target)
+                cells[str(scale)] = {k: round(x, 3) for k, x in m.items()} | {"pass": passes(m, "open", kind)}
             row[route] = {"calibration": v.metadata["calibration"], "cells": cells}
         rows.append(row)
         shown = {r: (round(row[r]["calibration"]["distance"], 3), *(f"{s}:{c['success']:.2f}/{c['kept']:.2f}{'*' if c['pass'] else ''}" for s, c in row[r]["cells"].items())) for r in routes}
