@@ -277,6 +277,13 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
             info="mode default: the first half of the run for text; auto: calibrate over the first half and the whole "
             "run and keep the closer (text and trajectory, prompts only; 1.75x the calibration)",
         )
+        readers = gr.Radio(
+            list(H.LEARN_READERS),
+            value="all",
+            label="Read by",
+            info="text mode: which cross-attentions read the direction. layout: the down and mid blocks only, so an "
+            "object/class edit keeps the prompt's colour; detail: the up blocks only",
+        )
     layers = gr.Dropdown(app.layers, value=[], multiselect=True, label="Chosen layers (with 'chosen layers')")
     with gr.Row():
         num_samples = gr.Slider(1, L.max_learn_samples, value=8, step=1, label="Samples per set")
@@ -306,6 +313,7 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         name,
         image_prompt,
         window,
+        readers,
     ]
     go.click(guarded(4)(app.learn), inputs, [session, direction, file, status], api_name="learn")
 

@@ -246,6 +246,14 @@ def test_learn_settings_validation(pipe, tmp_path):
             H.LearnSettings(**{**auto.__dict__, **bad}).kwargs(pipe)
     with pytest.raises(H.UserError, match="window"):
         H.LearnSettings(mode="text", window="late").kwargs(pipe)
+    # the cross-attentions that read a text direction: "all" is the default hook, the others route it
+    routed = H.LearnSettings(positive="a red bag", negative="a red item", mode="text", readers="layout")
+    assert routed.kwargs(pipe)["readers"] == "layout" and "readers" not in H.LearnSettings(mode="text").kwargs(pipe)
+    for bad in (dict(mode="fast"), dict(positive_files=(str(broken),))):
+        with pytest.raises(H.UserError, match="^reading by 'layout' routes text-token directions"):
+            H.LearnSettings(**{**routed.__dict__, **bad}).kwargs(pipe)
+    with pytest.raises(H.UserError, match="readers"):
+        H.LearnSettings(mode="text", readers="everywhere").kwargs(pipe)
 
 
 def test_window_choice_note_reads_the_recorded_choice_and_ignores_junk():

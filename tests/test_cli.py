@@ -331,3 +331,21 @@ def test_console_script_lab_relu_dae_exits_0_after_writing_its_results(tmp_path)
     assert "Traceback" not in proc.stderr
     stats = json.loads((tmp_path / "dae" / "dae_stats.json").read_text())
     assert stats["config"]["quick"] and "ratios" in stats
+
+
+def test_learn_readers_are_recorded_applied_by_generate_and_checked(model_dir, tmp_path, capsys):
+    out = tmp_path / "layout.safetensors"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights may render no attribute
+        assert main(["learn", "--model", model_dir, "--positive", "a red bag", "--negative", "a red item", "--steps", "2",
+                     "--readers", "layout", "--out", str(out)]) == 0
+    assert SteeringVector.load(out).metadata["recommended"]["readers"] == ["layout"]
+    gen = ["generate", "--model", model_dir, "--prompt", "a red item", "--direction", str(out), "--steps", "2"]
+    assert main([*gen, "--out", str(tmp_path / "rec")]) == 0
+    assert main([*gen, "--readers", "all", "--out", str(tmp_path / "all")]) == 0
+    routed, everyone = (read_recipe(next((tmp_path / d).glob("*.png"))) for d in ("rec", "all"))
+    assert routed["readers"] == ["layout"] and everyone["readers"] == ["all"]
+    capsys.readouterr()
+    rc, _, err = run_main([*gen, "--readers", "nowhere", "--out", str(tmp_path / "bad")], capsys)
+    last = err.strip().splitlines()[-1]  # after the model's loading bars: one line, no traceback
+    assert rc == 2 and "Traceback" not in err and last.startswith("steer generate: error: steering_readers 'nowhere' names no cross-attention")

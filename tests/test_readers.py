@@ -159,3 +159,14 @@ def test_recorded_readers_are_validated_and_kept_in_recipes(tiny_pipe, text_vect
     assert recipe["readers"] == ["layout"]
     assert [f["line"] for f in result["failures"]] == [2] and "'nowhere'" in result["failures"][0]["reason"]
     assert not (tmp_path / "out" / "bad.png").exists()
+
+
+def test_the_app_applies_and_records_a_directions_readers(tiny_pipe, text_vector):
+    from steer.app import helpers as H
+
+    routed = SteeringVector(text_vector.directions, {**text_vector.metadata, "recommended": {**text_vector.metadata["recommended"], "readers": ["layout"]}})
+    settings = H.GenerateSettings(prompt="a bag", steps=STEPS).validated(tiny_pipe)
+    assert settings.steering_config(tiny_pipe, routed).readers == ("layout",)
+    assert settings.steering_config(tiny_pipe, text_vector).readers is None
+    assert settings.recipe(tiny_pipe, routed, 0.5)["steering"]["readers"] == ["layout"]
+    assert "readers" not in settings.recipe(tiny_pipe, text_vector, 0.5)["steering"]

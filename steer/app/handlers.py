@@ -246,6 +246,7 @@ class SteerApp:
         name: str,
         image_prompt: str,
         window: str = "mode default",
+        readers: str = "all",
         progress: gr.Progress = PROGRESS,
     ):
         """Learn a direction and add it to this user's picker; offer it as a download."""
@@ -265,6 +266,7 @@ class SteerApp:
             name=name,
             image_prompt=image_prompt,
             window=window,
+            readers=readers,
         )
         progress(0.0, desc="starting")
         vector = H.learn(self.pipe, settings, progress_fn(progress))

@@ -87,6 +87,8 @@ LEARN_METHODS = ("mean_diff", "mean", "pca")
 LEARN_MODES = ("text", "trajectory", "fast", "reference")
 # "auto": the calibration compares the early half with the whole run (learn_direction(window="auto"))
 LEARN_WINDOWS = ("mode default", "auto")
+# which cross-attentions read a text direction (learn_direction(readers=...)); "all" is the default hook
+LEARN_READERS = ("all", "layout", "detail")
 
 
 def make_generators(pipe, seed: int, count: int) -> list[torch.Generator]:
@@ -468,6 +470,7 @@ class LearnSettings:
     name: str = ""
     image_prompt: str = ""
     window: str = "mode default"
+    readers: str = "all"
 
     def sets(self) -> tuple[list, list]:
         """(positive, negative) items: images if any were uploaded for the positive set, else prompt lines."""
@@ -505,6 +508,9 @@ class LearnSettings:
         auto_window = check_choice(self.window, "the window", LEARN_WINDOWS) == "auto"
         if auto_window and (mode not in ("text", "trajectory") or not self.negative.strip() or self.positive_files):
             raise UserError("the auto window is chosen by calibration: it needs prompts for both sets and the text or trajectory mode")
+        readers = check_choice(self.readers, "the readers", LEARN_READERS)
+        if readers != "all" and (mode != "text" or self.positive_files):
+            raise UserError(f"reading by {readers!r} routes text-token directions: it needs prompts and the text mode")
         if mode == "text":  # the text-token site, calibrated (learn_direction's default)
             layers: Any = None
         elif mode == "trajectory" and self.scope != "chosen layers":
@@ -522,6 +528,7 @@ class LearnSettings:
             "name": check_prompt(self.name, "name", required=False) or None,
             "image_prompts": check_prompt(self.image_prompt, "image prompt", required=False),
             **({"window": "auto"} if auto_window else {}),
+            **({"readers": readers} if readers != "all" else {}),
         }
 
 
