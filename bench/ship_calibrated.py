@@ -11,7 +11,9 @@ exactly the matrix's prompts and settings (learning is deterministic: the same s
 against the recorded calibrated strength) and saved as ``to_<target>.safetensors`` with its matrix numbers in the
 metadata. `steer generate --direction to_blue` then uses its recommended (learned, calibrated) settings by default.
 With ``--auto-results`` (the matrix run with ``--window auto``), a target that does not pass with the defaults but
-passes there is shipped learned with ``window="auto"`` (the calibration's own choice of window, recorded).
+passes there is shipped learned with ``window="auto"`` (the calibration's own choice of window, recorded); with
+``--layout-results`` (the matrix run with ``--readers layout``, one file per seed set), one that passes in all of them
+is shipped learned with ``readers="layout"``.
 The directions' README is regenerated with the table of every target, shipped or not. With ``--model`` (another
 model folder) the directions go to its own ``directions/`` (where `steer.assets.bundled_directions` finds them for
 that model); ``--results`` takes several files (one matrix run per kind).
@@ -50,6 +52,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
     ap.add_argument("--out", default=None, help="default: assets/directions, or the --model folder's own directions/")
     ap.add_argument("--auto-results", default=None, help="results.json of the matrix run with --window auto: ship what passes only there")
+    ap.add_argument("--layout-results", nargs="+", default=None,
+                    help="results.json of the matrix run with --readers layout (one per seed set): ship a class that passes only there, in every one of them")
     ap.add_argument("--gallery-note", default=GALLERY_NOTE, help="what the gallery shows (written after looking at it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -57,6 +61,7 @@ def main() -> None:
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
     auto = json.loads(Path(args.auto_results).read_text()) if args.auto_results else None
+    layout = [json.loads(Path(f).read_text()) for f in args.layout_results or ()]
     out = Path(args.out) if args.out else DIRECTIONS_DIR if args.model is None else Path(args.model) / MODEL_DIRECTIONS
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -70,18 +75,20 @@ def main() -> None:
             how, on_contra = ("default" if ships(m) else None), contra.get(target)
             if how is None and auto is not None and ships(auto["summary"][key][target]):
                 how, m, on_contra = "auto window", auto["summary"][key][target], auto["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
+            if how is None and layout and all(key in run["summary"] and ships(run["summary"][key][target]) for run in layout):
+                how, m, on_contra = "layout readers", layout[0]["summary"][key][target], layout[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
             rows.append((kind, target, split, m, on_contra, how))
             if how is None:
                 continue
-            source = results if how == "default" else auto
+            source = {"default": results, "auto window": auto}.get(how) or layout[0]
             P = prompts_for(kind, target)
-            window = {"window": "auto"} if how == "auto window" else {}
+            window = {"window": "auto"} if how == "auto window" else {"readers": "layout"} if how == "layout readers" else {}
             v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=steps, guidance_scale=guidance, progress=False, name=f"toward {target}", **window)
             want = next(x["calibration"]["strength"] for x in source["learn"] if x["target"] == target and x.get("method", "ours") == "ours")
             got = v.metadata["calibration"]["strength"]
             if abs(got - want) > 1e-3 * max(1.0, abs(want)):
                 raise SystemExit(f"{target}: re-learned strength {got} differs from the matrix's {want}; rerun the matrix")
-            v.metadata["benchmark"] = {"matrix": "docs/steering.md" + (" (--window auto)" if window else ""), "split": split,
+            v.metadata["benchmark"] = {"matrix": "docs/steering.md" + {"auto window": " (--window auto)", "layout readers": " (--readers layout)"}.get(how, ""), "split": split,
                                        "open_at_1": {k: m[k] for k in ("success_at_1", "kept_at_1", "break_at_1", "rho_success")}, "passing_scales": m["passing_scales"]}
             path = v.save(out / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
             print("wrote", path, flush=True)
@@ -111,6 +118,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     model = args.model or "assets/models/demo"
     command = " ".join(["python bench/ship_calibrated.py", *(["--model", args.model] if args.model else []),
                         *(["--results", *args.results] if args.model else []), *(["--auto-results", args.auto_results] if args.auto_results else []),
+                        *(["--layout-results", *args.layout_results] if args.layout_results else []),
                         *(["--gallery-note", repr(args.gallery_note)] if args.gallery_note != GALLERY_NOTE else [])])
     gallery = "python scripts/bundled_gallery.py" + (f" --model {args.model}" if args.model else "")
     lines = [
@@ -126,6 +134,9 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         "(its recommended removal window). A target marked *auto window* does not pass with the defaults and passes "
         "learned with `window=\"auto\"` (the calibration compares the first half of the run with the whole run and "
         "keeps the window whose samples come closer to the positives' own; the row shows that matrix run's numbers). "
+        "A target marked *layout readers* does not pass with the defaults and passes, on every seed set run, learned with "
+        "`readers=\"layout\"` (only the down and mid blocks read it, so the item keeps the prompt's colour; the row shows "
+        "the first of those runs). "
         f"Regenerate: `{command}`. "
         "Full results: docs/steering.md.",
         "",
@@ -139,7 +150,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     ]
     for kind, target, split, m, contra, how in rows:
         c = f"{contra['success_at_1']:.2f} / {contra['kept_at_1']:.2f}" if contra else "-"
-        lines.append(f"| {target} | {kind} | {split} | {'no' if how is None else 'yes' if how == 'default' else 'yes (auto window)'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
+        lines.append(f"| {target} | {kind} | {split} | {'no' if how is None else 'yes' if how == 'default' else f'yes ({how})'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
                      f"{m['break_at_1']:.2f} | {', '.join(map(str, m['passing_scales'])) or '-'} | {m['rho_success']:.2f} | {c} |")
     (out / "README.md").write_text("\n".join(lines) + "\n" + (LEGACY if args.model is None else ""))
 

@@ -66,6 +66,21 @@ def test_to_bag_changes_the_shape_and_keeps_the_colour(demo):
     assert (cls == K.index("bag")).mean() >= 0.8 and (col == ref_col).mean() >= 0.8  # measured 6/6 and 6/6
 
 
+def test_to_sneaker_read_by_the_layout_blocks_draws_sneakers_in_the_items_colour(demo):
+    """The bundled direction shipped with ``readers="layout"``: only the down and mid blocks read it, so the up blocks
+    keep drawing the prompt's colour; read by every cross-attention at the same strength more of the colour goes."""
+    pipe, clf = demo
+    sneaker = SteeringVector.load(bundled_directions()["to_sneaker"])
+    assert sneaker.metadata["recommended"]["readers"] == ["layout"]
+    prompts = [f"a {c} item" for c in ("red", "orange", "green", "cyan", "blue", "purple")]
+    ref_cls, ref_col = predict(clf, sample(pipe, prompts))
+    cls, col = predict(clf, sample(pipe, prompts, steering=sneaker, steering_scale=1.0))
+    _, col_all = predict(clf, sample(pipe, prompts, steering=sneaker, steering_scale=1.0, steering_readers="all"))
+    assert (ref_cls == K.index("sneaker")).mean() <= 0.34  # measured 0/6 (shirts and pullovers)
+    assert (cls == K.index("sneaker")).mean() >= 0.8 and (col == ref_col).mean() >= 0.8  # measured 6/6 and 5/6
+    assert (col == ref_col).sum() > (col_all == ref_col).sum()  # measured 5 vs 4 of 6
+
+
 def test_removing_the_prompts_colour_lets_the_target_through(demo):
     """A contradicting prompt: toward red alone leaves "a blue X" blue; with blue removed it turns red."""
     pipe, clf = demo
