@@ -12,8 +12,8 @@ against the recorded calibrated strength) and saved as ``to_<target>.safetensors
 metadata. `steer generate --direction to_blue` then uses its recommended (learned, calibrated) settings by default.
 With ``--auto-results`` (the matrix run with ``--window auto``), a target that does not pass with the defaults but
 passes there is shipped learned with ``window="auto"`` (the calibration's own choice of window, recorded); with
-``--layout-results`` (the matrix run with ``--readers layout``, one file per seed set), one that passes in all of them
-is shipped learned with ``readers="layout"``.
+``--readers-results R FILE...`` (the matrix runs with ``--readers R``, one file per seed set; repeatable), one that
+passes in all of them is shipped learned with ``readers=R``.
 The directions' README is regenerated with the table of every target, shipped or not. With ``--model`` (another
 model folder) the directions go to its own ``directions/`` (where `steer.assets.bundled_directions` finds them for
 that model); ``--results`` takes several files (one matrix run per kind).
@@ -52,8 +52,9 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
     ap.add_argument("--out", default=None, help="default: assets/directions, or the --model folder's own directions/")
     ap.add_argument("--auto-results", default=None, help="results.json of the matrix run with --window auto: ship what passes only there")
-    ap.add_argument("--layout-results", nargs="+", default=None,
-                    help="results.json of the matrix run with --readers layout (one per seed set): ship a class that passes only there, in every one of them")
+    ap.add_argument("--readers-results", nargs="+", action="append", default=None, metavar="READERS_OR_FILE",
+                    help="a steering_readers value then the results.json of the matrix runs with --readers it (one per seed set): "
+                         "ship a target that passes only there, in every one of them (repeatable)")
     ap.add_argument("--gallery-note", default=GALLERY_NOTE, help="what the gallery shows (written after looking at it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -61,7 +62,10 @@ def main() -> None:
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
     auto = json.loads(Path(args.auto_results).read_text()) if args.auto_results else None
-    layout = [json.loads(Path(f).read_text()) for f in args.layout_results or ()]
+    routed = [(group[0], [json.loads(Path(f).read_text()) for f in group[1:]]) for group in args.readers_results or ()]
+    if any(not runs for _, runs in routed):
+        raise SystemExit("--readers-results needs a readers value and at least one results.json")
+    by_how: dict[str, dict] = {}
     out = Path(args.out) if args.out else DIRECTIONS_DIR if args.model is None else Path(args.model) / MODEL_DIRECTIONS
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -75,20 +79,23 @@ def main() -> None:
             how, on_contra = ("default" if ships(m) else None), contra.get(target)
             if how is None and auto is not None and ships(auto["summary"][key][target]):
                 how, m, on_contra = "auto window", auto["summary"][key][target], auto["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
-            if how is None and layout and all(key in run["summary"] and ships(run["summary"][key][target]) for run in layout):
-                how, m, on_contra = "layout readers", layout[0]["summary"][key][target], layout[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
+            for readers, runs in routed:
+                if how is None and all(key in run["summary"] and ships(run["summary"][key][target]) for run in runs):
+                    how, m, on_contra = f"{readers} readers", runs[0]["summary"][key][target], runs[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
+                    by_how[how] = runs[0]
             rows.append((kind, target, split, m, on_contra, how))
             if how is None:
                 continue
-            source = {"default": results, "auto window": auto}.get(how) or layout[0]
+            source = {"default": results, "auto window": auto}.get(how) or by_how[how]
             P = prompts_for(kind, target)
-            window = {"window": "auto"} if how == "auto window" else {"readers": "layout"} if how == "layout readers" else {}
+            window = {"window": "auto"} if how == "auto window" else {"readers": how.removesuffix(" readers")} if how.endswith(" readers") else {}
             v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=steps, guidance_scale=guidance, progress=False, name=f"toward {target}", **window)
             want = next(x["calibration"]["strength"] for x in source["learn"] if x["target"] == target and x.get("method", "ours") == "ours")
             got = v.metadata["calibration"]["strength"]
             if abs(got - want) > 1e-3 * max(1.0, abs(want)):
                 raise SystemExit(f"{target}: re-learned strength {got} differs from the matrix's {want}; rerun the matrix")
-            v.metadata["benchmark"] = {"matrix": "docs/steering.md" + {"auto window": " (--window auto)", "layout readers": " (--readers layout)"}.get(how, ""), "split": split,
+            flag = " (--window auto)" if how == "auto window" else f" (--readers {how.removesuffix(' readers')})" if how.endswith(" readers") else ""
+            v.metadata["benchmark"] = {"matrix": "docs/steering.md" + flag, "split": split,
                                        "open_at_1": {k: m[k] for k in ("success_at_1", "kept_at_1", "break_at_1", "rho_success")}, "passing_scales": m["passing_scales"]}
             path = v.save(out / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
             print("wrote", path, flush=True)
@@ -118,7 +125,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     model = args.model or "assets/models/demo"
     command = " ".join(["python bench/ship_calibrated.py", *(["--model", args.model] if args.model else []),
                         *(["--results", *args.results] if args.model else []), *(["--auto-results", args.auto_results] if args.auto_results else []),
-                        *(["--layout-results", *args.layout_results] if args.layout_results else []),
+                        *[x for group in args.readers_results or () for x in ("--readers-results", *group)],
                         *(["--gallery-note", repr(args.gallery_note)] if args.gallery_note != GALLERY_NOTE else [])])
     gallery = "python scripts/bundled_gallery.py" + (f" --model {args.model}" if args.model else "")
     lines = [
@@ -134,9 +141,10 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         "(its recommended removal window). A target marked *auto window* does not pass with the defaults and passes "
         "learned with `window=\"auto\"` (the calibration compares the first half of the run with the whole run and "
         "keeps the window whose samples come closer to the positives' own; the row shows that matrix run's numbers). "
-        "A target marked *layout readers* does not pass with the defaults and passes, on every seed set run, learned with "
-        "`readers=\"layout\"` (only the down and mid blocks read it, so the item keeps the prompt's colour; the row shows "
-        "the first of those runs). "
+        "A target marked *layout readers* (*detail readers*) does not pass with the defaults and passes, on every seed "
+        "set run, learned with `readers=\"layout\"` (only the down and mid blocks read it, so the item keeps the prompt's "
+        "colour) (`readers=\"detail\"`: only the up blocks read it, so the garment keeps its class); the row shows the "
+        "first of those runs. "
         f"Regenerate: `{command}`. "
         "Full results: docs/steering.md.",
         "",

@@ -81,6 +81,21 @@ def test_to_sneaker_read_by_the_layout_blocks_draws_sneakers_in_the_items_colour
     assert (col == ref_col).sum() > (col_all == ref_col).sum()  # measured 5 vs 4 of 6
 
 
+def test_to_cyan_read_by_the_up_blocks_recolours_and_keeps_the_garment(demo):
+    """Shipped with ``readers="detail"``: only the up blocks read it, so the layout blocks keep the prompt's garment;
+    read by every cross-attention at the same strength the garments turn into bags."""
+    pipe, clf = demo
+    cyan = SteeringVector.load(bundled_directions()["to_cyan"])
+    assert cyan.metadata["recommended"]["readers"] == ["detail"]
+    prompts = ["a t-shirt", "a sneaker", "a bag", "a coat", "a trouser", "a dress"]
+    ref_cls, ref_col = predict(clf, sample(pipe, prompts))
+    cls, col = predict(clf, sample(pipe, prompts, steering=cyan, steering_scale=1.0))
+    cls_all, _ = predict(clf, sample(pipe, prompts, steering=cyan, steering_scale=1.0, steering_readers="all"))
+    assert (ref_col == C.index("cyan")).mean() <= 0.34  # measured 0/6
+    assert (col == C.index("cyan")).mean() >= 0.8 and (cls == ref_cls).mean() >= 0.8  # measured 6/6 and 6/6
+    assert (cls_all == ref_cls).mean() <= 0.5  # measured 2/6 (four bags)
+
+
 def test_removing_the_prompts_colour_lets_the_target_through(demo):
     """A contradicting prompt: toward red alone leaves "a blue X" blue; with blue removed it turns red."""
     pipe, clf = demo

@@ -29,7 +29,10 @@ def test_a_model_folders_own_directions_come_first_else_the_demo_models(tmp_path
     # the demo model, no model, a folder without directions and a Hub id all get assets/directions
     for model in (None, DEFAULT_MODEL, str(tmp_path), "someone/some-model"):
         assert directions_dir(model) == DIRECTIONS_DIR and bundled_directions(model) == bundled_directions()
-    assert "to_cyan" not in bundled_directions()  # cyan does not pass on the demo model, so it ships only for the 4x one
+    # each model's own to_cyan: the demo model's passes only read by its up blocks (readers="detail"), the 4x one's
+    # with every reader
+    demo_cyan, big_cyan = (SteeringVector.load(d["to_cyan"]).metadata["recommended"] for d in (bundled_directions(), own))
+    assert demo_cyan["readers"] == ["detail"] and "readers" not in big_cyan
     (tmp_path / "directions").mkdir()
     assert bundled_directions(tmp_path) == {}  # a model that ships none offers none
 
@@ -96,7 +99,10 @@ def test_steer_directions_lists_what_ships_for_a_model_and_inspect_takes_a_name(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{len(rows)} direction(s) for") and any(line.split()[0] == "to_cyan" for line in out[1:])
     assert main(["directions", "--model", "someone/sd-model"]) == 0  # a model without its own is told whose they are
-    assert "the embedded demo model's, which fit only that model" in capsys.readouterr().out.splitlines()[0]
+    listed = capsys.readouterr().out.splitlines()
+    assert "the embedded demo model's, which fit only that model" in listed[0]
+    sneaker = next(line for line in listed if line.split()[0] == "to_sneaker")  # the one read by the layout blocks only
+    assert sneaker.endswith("read by layout") and not any(line.endswith("read by layout") for line in listed if "to_sneaker" not in line)
     assert main(["inspect", "to_cyan", "--model", str(DEMO_4X)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["name"] == "toward cyan" and Path(shown["path"]) == DEMO_4X / "directions" / "to_cyan.safetensors"

@@ -349,7 +349,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_directions(args: argparse.Namespace) -> int:
     """The directions shipped for a model: name, what it learned, its recommended window and calibrated strength,
-    and the benchmark numbers it shipped with (open prompts at 1.0)."""
+    the benchmark numbers it shipped with (open prompts at 1.0), and which cross-attentions read it when not all."""
     from steer.assets import DEFAULT_MODEL, DIRECTIONS_DIR, bundled_directions, directions_dir
     from steer.vectors import SteeringVector
 
@@ -361,7 +361,7 @@ def cmd_directions(args: argparse.Namespace) -> int:
             rows.append({"name": name, "path": str(path), "error": clip(f"{type(err).__name__}: {err}", 200)})
             continue
         rec, cal, bench = meta.get("recommended") or {}, meta.get("calibration") or {}, meta.get("benchmark") or {}
-        rows.append({"name": name, "learned": meta.get("name"), "window": rec.get("window"), "strength": cal.get("strength"),
+        rows.append({"name": name, "learned": meta.get("name"), "window": rec.get("window"), "readers": rec.get("readers"), "strength": cal.get("strength"),
                      "open_at_1": bench.get("open_at_1"), "passing_scales": bench.get("passing_scales"), "path": str(path)})
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
@@ -378,7 +378,8 @@ def cmd_directions(args: argparse.Namespace) -> int:
         bench = f"open prompts at 1.0: success {at1['success_at_1']:.2f}, kept {at1['kept_at_1']:.2f}" if "success_at_1" in at1 else "no benchmark recorded"
         window = ",".join(f"{w:g}" for w in r["window"]) if r["window"] else "-"
         strength = f"{r['strength']:.3f}" if isinstance(r["strength"], float) else "-"
-        print(f"  {r['name']:<16} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}")
+        readers = f" read by {','.join(map(str, r['readers']))}" if isinstance(r["readers"], list) else ""
+        print(f"  {r['name']:<16} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}{clip(readers, 60)}")
     return 0
 
 

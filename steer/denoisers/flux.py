@@ -18,26 +18,16 @@ Sites:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from steer.denoisers.base import RemovableHandles
 from steer.denoisers.transformer import TransformerAdapter
 
 SINGLE_BLOCKS = "single_transformer_blocks"
-
-
-class _Handles:
-    """Several hook handles removed as one."""
-
-    def __init__(self, *handles: Any):
-        self.handles = list(handles)
-
-    def remove(self) -> None:
-        while self.handles:
-            self.handles.pop().remove()
 
 
 class FluxAdapter(TransformerAdapter):
@@ -91,10 +81,10 @@ class FluxAdapter(TransformerAdapter):
         parts = name.split(".")
         return len(parts) == 3 and parts[0] == SINGLE_BLOCKS and parts[2] == "attn"
 
-    def register_site_hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    def register_site_hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None], readers: Sequence[str] | None = None):
         """As `DenoiserAdapter.register_site_hook`; a single-stream attention's hook gets its image tokens only."""
         if not self._is_single_attention(name):
-            return super().register_site_hook(name, fn)
+            return super().register_site_hook(name, fn, readers)
         modules = dict(self.model.named_modules())
         block, attn = modules[name.rsplit(".", 1)[0]], modules[name]
         text_len: list[int] = []
@@ -116,4 +106,4 @@ class FluxAdapter(TransformerAdapter):
         except BaseException:
             first.remove()
             raise
-        return _Handles(first, second)
+        return RemovableHandles([first, second])
