@@ -170,3 +170,11 @@ def test_the_app_applies_and_records_a_directions_readers(tiny_pipe, text_vector
     assert settings.steering_config(tiny_pipe, text_vector).readers is None
     assert settings.recipe(tiny_pipe, routed, 0.5)["steering"]["readers"] == ["layout"]
     assert "readers" not in settings.recipe(tiny_pipe, text_vector, 0.5)["steering"]
+
+
+def test_the_apps_direction_summary_says_who_reads_it(text_vector):
+    from steer.app import helpers as H
+
+    routed = SteeringVector(text_vector.directions, {**text_vector.metadata, "recommended": {**text_vector.metadata["recommended"], "readers": ["detail"]}})
+    assert "read by `detail` only" in H.direction_summary(routed)
+    assert "read by" not in H.direction_summary(text_vector)
