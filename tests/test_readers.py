@@ -178,3 +178,13 @@ def test_the_apps_direction_summary_says_who_reads_it(text_vector):
     routed = SteeringVector(text_vector.directions, {**text_vector.metadata, "recommended": {**text_vector.metadata["recommended"], "readers": ["detail"]}})
     assert "read by `detail` only" in H.direction_summary(routed)
     assert "read by" not in H.direction_summary(text_vector)
+
+
+def test_a_compiled_denoiser_refuses_readers_in_one_line(text_vector):
+    from steer.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    pipe.compile_unet(layers=[CONTEXT_SITE], backend="eager")
+    with pytest.raises(ValueError, match="steering_readers is not available on a compiled denoiser"):
+        call(pipe, steering=text_vector, steering_readers="layout")
+    assert np.isfinite(call(pipe, steering=text_vector, steering_scale=0.5)).all()  # the compiled sites still steer
