@@ -33,6 +33,7 @@ def test_a_model_folders_own_directions_come_first_else_the_demo_models(tmp_path
     # with every reader
     demo_cyan, big_cyan = (SteeringVector.load(d["to_cyan"]).metadata["recommended"] for d in (bundled_directions(), own))
     assert demo_cyan["readers"] == ["detail"] and "readers" not in big_cyan
+    assert all(SteeringVector.load(d["to_sneaker"]).metadata["recommended"]["readers"] == ["layout"] for d in (bundled_directions(), own))
     (tmp_path / "directions").mkdir()
     assert bundled_directions(tmp_path) == {}  # a model that ships none offers none
 
