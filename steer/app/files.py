@@ -221,7 +221,8 @@ def direction_summary(vector: SteeringVector) -> str:
     meta = vector.metadata
     layers = vector.layers
     shown_layers = ", ".join(md_code(n) for n in layers[:4]) + (f" … (+{len(layers) - 4})" if len(layers) > 4 else "")
-    readers = (meta.get("recommended") or {}).get("readers") if isinstance(meta.get("recommended"), dict) else None
+    recommended = meta.get("recommended")
+    readers = recommended.get("readers") if isinstance(recommended, dict) else None
     routed = f", read by {', '.join(md_code(str(r), 40) for r in readers[:4])} only" if isinstance(readers, list) and readers else ""
     return (
         f"**{md_text(vector.name)}** - method {md_code(meta.get('method', '?'), 40)}, "

@@ -156,7 +156,7 @@ class DenoiserAdapter:
         out: list[str] = []
         for reader in readers:
             patterns = self.reader_groups.get(reader, (reader,))
-            hits = [n for n in sites if any(fnmatch.fnmatchcase(n, p) or n == p for p in patterns)]
+            hits = [n for n in sites if any(fnmatch.fnmatchcase(n, p) for p in patterns)]  # a plain path matches itself
             if not hits:
                 raise LayerError(
                     f"steering_readers {reader!r} names no cross-attention of this {self.family}; use "

@@ -60,3 +60,14 @@ def check_bool(line: int, what: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise JobError(line, f"{what} must be true or false, got {show(value)}")
     return value
+
+
+def check_name_list(line: int, value: Any, limit: int, message: str, min_chars: int = 0) -> list[str] | None:
+    """None, or a name / glob given as a string or a non-empty list (or tuple) of at most ``limit`` strings of
+    ``min_chars`` to 200 characters, as a list; else `JobError` with ``message`` (the value shown after it)."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not 0 < len(names) <= limit or not all(isinstance(x, str) and min_chars <= len(x) <= 200 for x in names):
+        raise JobError(line, f"{message}, got {show(names)}")
+    return list(names)

@@ -24,7 +24,7 @@ from typing import Any
 from steer.config import SteeringConfig, recommended_settings
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, local_kind, resolve_direction
-from steer.jobs.checks import check_bool, check_float, check_int, check_text, check_window_field
+from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
 from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
@@ -279,13 +279,8 @@ class _Validator:
     def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
         from steer.config import BRANCHES, MODES, NEGATIVES
 
-        layers = job.get("steering_layers")
-        if isinstance(layers, str):
-            layers = [layers]
-        if layers is not None and (
-            not isinstance(layers, list) or not 0 < len(layers) <= MAX_LAYER_PATTERNS or not all(isinstance(x, str) and len(x) <= 200 for x in layers)
-        ):
-            raise JobError(line, f"steering_layers must be a layer name or a non-empty list of at most {MAX_LAYER_PATTERNS} names / globs, got {show(layers)}")
+        layers = check_name_list(line, job.get("steering_layers"), MAX_LAYER_PATTERNS,
+                                 f"steering_layers must be a layer name or a non-empty list of at most {MAX_LAYER_PATTERNS} names / globs")
         # what a job leaves unset comes from its directions' recommended settings, as in every call (preserve_norm,
         # which a job cannot set, too); but the layers: a job without steering_layers steers all of its directions'
         recommended = SteeringConfig.from_settings(recommended_settings(vectors))
@@ -304,13 +299,8 @@ class _Validator:
             raise JobError(line, f"steering_negative must be one of {list(NEGATIVES)}, got {show(negative)}")
         normalize = check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
         strict = check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
-        readers = job.get("steering_readers", recommended.readers)
-        if isinstance(readers, str):
-            readers = [readers]
-        if readers is not None and (
-            not isinstance(readers, list | tuple) or not 0 < len(readers) <= MAX_LAYER_PATTERNS or not all(isinstance(x, str) and 0 < len(x) <= 200 for x in readers)
-        ):
-            raise JobError(line, f"steering_readers must be 'layout', 'detail' or a non-empty list of at most {MAX_LAYER_PATTERNS} cross-attention names / globs, got {show(readers)}")
+        readers = check_name_list(line, job.get("steering_readers", recommended.readers), MAX_LAYER_PATTERNS,
+                                  f"steering_readers must be 'layout', 'detail' or a non-empty list of at most {MAX_LAYER_PATTERNS} cross-attention names / globs", min_chars=1)
         config = dataclasses.replace(
             recommended, layers=layers, window=window, branch=branch, normalize=normalize, mode=mode, strict=strict,
             negative=negative, removal_window=removal_window, readers=tuple(readers) if readers is not None else None,
