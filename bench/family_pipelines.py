@@ -73,7 +73,8 @@ def real_size(family: str, device: str, dtype: torch.dtype) -> Any:
 
     from steer.pipelines.factory import STEERED_PIPELINES, steering_class
 
-    denoiser = real_denoiser(family)
+    with torch.device(device):  # built where it runs: a 12 B transformer is built in seconds on a GPU, minutes on a CPU
+        denoiser = real_denoiser(family)
     latent = {"sd3": 16, "flux": 16}.get(family, 4)
     vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
                         up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, latent_channels=latent, norm_num_groups=8)

@@ -6,6 +6,7 @@ median ratio.
     python bench/overhead.py --model assets/models/demo
     python bench/overhead.py --family sdxl --random-weights --device cuda --dtype fp16 --batch 4   # real size
     python bench/overhead.py --sd15-random --device cuda --dtype fp16 --batch 8   # = --family sd --random-weights
+    python bench/overhead.py --sd15-random --site text --readers layout ...       # text read by the layout blocks only
 
 Writes one markdown row per run to stdout (and appends it to ``--append`` if given).
 """
@@ -46,7 +47,11 @@ def main() -> None:
     ap.add_argument("--site", choices=("paper", "text"), default="paper",
                     help="paper: 5 up-block resnets, uniform add on cond; text: the text-token site with the calibrated "
                     "default settings (split branch, token-norm units, norm preserved)")
+    ap.add_argument("--readers", default=None, help="with --site text: which cross-attentions read the steered tokens "
+                    "(layout, detail, all; UNet families)")
     args = ap.parse_args()
+    if args.readers and args.site != "text":
+        ap.error("--readers needs --site text")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -72,6 +77,8 @@ def main() -> None:
     meta: dict = {"name": "random"}
     if args.site == "text":
         meta["recommended"] = {"layers": layers, "window": [0.0, 1.0], "branch": "split", "mode": "token", "preserve_norm": True}
+        if args.readers:
+            meta["recommended"]["readers"] = [args.readers]
     vec = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, meta)
 
     prompts = None if "prompt_embeds" in call else ["a red sneaker"] * args.batch
@@ -101,8 +108,9 @@ def main() -> None:
         ratios.append(t[True] / t[False])
     med = statistics.median(ratios)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    site = f"{args.site} (read by {args.readers})" if args.readers else f"{args.site}: {len(layers)}"
     row = (
-        f"| {label} | {device_name} | {args.dtype} | {args.batch} | {args.steps} | {args.site}: {len(layers)} | "
+        f"| {label} | {device_name} | {args.dtype} | {args.batch} | {args.steps} | {site} | "
         f"{statistics.median(plain_times):.3f} s | {statistics.median(steer_times):.3f} s | {100 * (med - 1):+.2f} % |"
     )
     print("| model | device | dtype | batch | steps | layers | plain (median) | steered (median) | overhead (median of paired ratios) |")
