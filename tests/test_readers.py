@@ -188,3 +188,42 @@ def test_a_compiled_denoiser_refuses_readers_in_one_line(text_vector):
     with pytest.raises(ValueError, match="steering_readers is not available on a compiled denoiser"):
         call(pipe, steering=text_vector, steering_readers="layout")
     assert np.isfinite(call(pipe, steering=text_vector, steering_scale=0.5)).all()  # the compiled sites still steer
+
+
+def test_the_routed_tokens_are_computed_once_per_denoiser_call(tiny_pipe):
+    """Every reader receives the same text tensor within one UNet call, so the steering runs once per call and its
+    answer is shared; the next call (a new step or CFG branch) computes it again."""
+    from steer.denoisers import register_site_hook
+
+    unet = tiny_pipe.unet
+    readers = text_readers(unet, ("layout",))
+    assert len(readers) > 1
+    computed: list[torch.Tensor] = []
+
+    def fn(h):
+        computed.append(h)
+        return h + len(computed)  # a different answer on each computation
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    modules = dict(unet.named_modules())
+    handle = register_site_hook(unet, CONTEXT_SITE, fn, ("layout",))
+    taps = [modules[n].register_forward_pre_hook(lambda _m, _a, kw, n=n: seen.setdefault(n, []).append(kw["encoder_hidden_states"]), with_kwargs=True)
+            for n in cross_attention_sites(unet)]
+    try:
+        cfg = unet.config
+        text = torch.randn(2, 77, cfg.cross_attention_dim)
+        sample = torch.randn(2, cfg.in_channels, cfg.sample_size, cfg.sample_size)
+        with torch.no_grad():
+            for t in (900, 500):
+                unet(sample, t, encoder_hidden_states=text)
+    finally:
+        handle.remove()
+        for tap in taps:
+            tap.remove()
+    assert len(computed) == 2 and all(h is text for h in computed)
+    for name, received in seen.items():
+        assert len(received) == 2
+        for call_index, got in enumerate(received, start=1):
+            expected = text + call_index if name in readers else text
+            assert torch.equal(got, expected), (name, call_index)
+    assert no_hooks_left(unet)

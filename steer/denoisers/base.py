@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -195,20 +196,37 @@ class DenoiserAdapter:
         return dict(self.model.named_modules())[name].register_forward_hook(post)
 
     def _register_reader_hooks(self, readers: Sequence[str], fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandles:
-        """``fn`` on the ``encoder_hidden_states`` each of the ``readers`` modules (cross-attentions) receives."""
+        """``fn`` on the ``encoder_hidden_states`` each of the ``readers`` modules (cross-attentions) receives.
+
+        Within one denoiser call every cross-attention receives the same text tensor, so ``fn`` runs once per call and
+        its answer is reused by the other readers (the memo is per thread and is cleared at the call's start and end:
+        a new call is a new step or CFG branch, where ``fn`` may answer differently)."""
         modules = dict(self.model.named_modules())
+        memo = threading.local()
+
+        def forget(*_: Any, **__: Any) -> None:
+            memo.pair = None
+
+        def steered(h: torch.Tensor) -> torch.Tensor | None:
+            pair = getattr(memo, "pair", None)
+            if pair is not None and pair[0] is h:
+                return pair[1]
+            new = fn(h)
+            memo.pair = (h, new)
+            return new
 
         def pre(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
             h = kwargs.get("encoder_hidden_states")
             if isinstance(h, torch.Tensor):
-                new = fn(h)
+                new = steered(h)
                 return None if new is None else (args, {**kwargs, "encoder_hidden_states": new})
             if len(args) > 1 and isinstance(args[1], torch.Tensor):  # Attention.forward(hidden_states, encoder_hidden_states)
-                new = fn(args[1])
+                new = steered(args[1])
                 return None if new is None else ((args[0], new, *args[2:]), kwargs)
             return None
 
-        return RemovableHandles([modules[n].register_forward_pre_hook(pre, with_kwargs=True) for n in readers])
+        handles = [self.model.register_forward_pre_hook(forget), self.model.register_forward_hook(forget, always_call=True)]
+        return RemovableHandles(handles + [modules[n].register_forward_pre_hook(pre, with_kwargs=True) for n in readers])
 
     def layer_channels(self, names: Sequence[str]) -> dict[str, int]:
         """Output channel count of each named site (cached on the model)."""
