@@ -15,7 +15,7 @@ from steer.denoisers import CONTEXT_SITE, LayerError, cross_attention_sites, tex
 from steer.errors import SchemaError
 from steer.jobs import run as batch
 from steer.recipe import read_recipe
-from steer.testing import no_hooks_left, random_vector
+from steer.testing import no_hooks_left, random_vector, run_in_threads, step_barrier
 from steer.validation import check_recommended
 from steer.vectors import SteeringVector
 
@@ -227,3 +227,17 @@ def test_the_routed_tokens_are_computed_once_per_denoiser_call(tiny_pipe):
             expected = text + call_index if name in readers else text
             assert torch.equal(got, expected), (name, call_index)
     assert no_hooks_left(unet)
+
+
+def test_two_routed_calls_at_once_get_their_own_results(tiny_pipe, text_vector):
+    """Two threads steering the same pipeline through different readers, step by step interleaved: each gets what it
+    gets alone (the readers' shared answer is per thread and per denoiser call)."""
+    settings = {"layout": dict(steering_scale=1.0, steering_readers="layout"),
+                "detail": dict(steering_scale=-1.5, steering_readers="detail", guidance_scale=3.0)}
+    alone = {k: call(tiny_pipe, steering=text_vector, **kw) for k, kw in settings.items()}
+    assert not np.array_equal(alone["layout"], alone["detail"])
+    sync = step_barrier(2)  # force the two denoising loops to interleave step by step
+    together = run_in_threads(lambda k: call(tiny_pipe, steering=text_vector, callback_on_step_end=sync, **settings[k]), settings)
+    for k in settings:
+        assert np.array_equal(together[k], alone[k]), k
+    assert no_hooks_left(tiny_pipe.unet)
