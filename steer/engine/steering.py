@@ -269,7 +269,10 @@ class SteeringSession(DenoiserRun):
 
     def step_delta(self, plan: LayerPlan, rows: int) -> torch.Tensor:
         """(rows, C) delta of ``plan`` at the current step: each row's weighted sum of the vectors' directions."""
-        return self.row_scales(rows) @ plan.at(self.step, self.num_steps)
+        scales, directions = self.row_scales(rows), plan.at(self.step, self.num_steps)
+        # products first, then the sum (not a matmul, whose kernels may fuse them): a direction added and taken away
+        # again (scales s and -s) then cancels exactly, whatever the CPU's instructions
+        return (scales[:, :, None] * directions[None]).sum(dim=1)
 
     def _make_hook(self, plan: LayerPlan) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(h: torch.Tensor) -> torch.Tensor | None:
