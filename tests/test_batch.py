@@ -247,16 +247,25 @@ def _free_port() -> int:
 def test_two_accelerate_processes_equal_one(tiny_pipe, direction, tmp_path):
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
-    jobs = write_jsonl(tmp_path / "jobs.jsonl", jobs_for(direction))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        blue, red = (str(tiny_pipe.learn_direction([f"a {c} bag"], ["a bag"], num_inference_steps=2, calibration_samples=2, progress=False)
+                         .save(tmp_path / f"{c}.safetensors")) for c in ("blue", "red"))
+    fits = [{"prompt": f"a {c} bag", "seed": 3, "num_inference_steps": STEPS, "directions": [to], "take_away": away, "take_away_fit": True}
+            for c, to, away in (("red", blue, red), ("blue", red, blue))]  # two pairs: one fitted by each process
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", jobs_for(direction) + fits)
     args = [str(jobs), "--model", str(model), "--device", "cpu", "--batch-size", "2", "--no-progress"]
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "steer.cli", "batch"]
     multi = subprocess.run([*launch, *args, "--out", str(tmp_path / "multi")], env=env, capture_output=True, text=True, timeout=300)
     assert multi.returncode == 0, multi.stderr[-3000:]
-    assert "6 written" in multi.stdout and multi.stdout.count("steer batch:") == 1  # the main process's summary
+    assert "8 written" in multi.stdout and multi.stdout.count("steer batch:") == 1  # the main process's summary
+    assert (multi.stdout + multi.stderr).count("take-away fit") == 2  # each pair reported once, by the main process
     single = batch.run(jobs, tiny_pipe, tmp_path / "single", batch_size=2, model=str(model), progress=False)
-    assert single["written"] == 6
+    assert single["written"] == 8
     assert files_and_hashes(tmp_path / "multi") == files_and_hashes(tmp_path / "single")
     assert (tmp_path / "multi" / batch.MANIFEST).read_bytes() == (tmp_path / "single" / batch.MANIFEST).read_bytes()
     assert not list((tmp_path / "multi").glob("manifest.rank*.jsonl"))
@@ -398,6 +407,59 @@ def test_a_bad_take_away_fails_its_job_with_one_line(tiny_pipe, direction, tmp_p
     plan = batch.plan_jobs([(7, job)], tiny_pipe, tmp_path / "out", model="tiny")
     assert not plan.images and len(plan.failures) == 1
     assert plan.failures[0]["line"] == 7 and reason in plan.failures[0]["reason"] and "\n" not in plan.failures[0]["reason"]
+
+
+def test_launched_processes_fit_each_take_away_pair_once_between_them(tiny_pipe, tmp_path, monkeypatch):
+    """Under accelerate each take-away pair is fitted by one process and shared (`FitCache.share`), not fitted in
+    every process: two processes (threads here, exchanging through a barrier as accelerate's gather does) fit the two
+    pairs of three jobs, one each, and plan what one process plans alone; a fit that fails fails its job with the same
+    one-line reason everywhere."""
+    import threading
+    import warnings
+
+    from steer.jobs.plan import error_reason
+    from steer.jobs.take_away import FitCache
+    from steer.testing import run_in_threads
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        learned = {c: tiny_pipe.learn_direction([f"a {c} bag"], ["a bag"], num_inference_steps=2, calibration_samples=2, progress=False)
+                   for c in ("blue", "red", "green")}
+    paths = {c: str(v.save(tmp_path / f"{c}.safetensors")) for c, v in learned.items()}
+    base = {"prompt": "a red bag", "seed": 5, "num_inference_steps": STEPS, "take_away": paths["red"], "take_away_fit": True}
+    jobs = [(1, {**base, "directions": [paths["blue"]]}), (2, {**base, "directions": [paths["green"]]}),
+            (3, {**base, "directions": [paths["blue"]], "seed": 6})]  # the same pair as line 1
+    fitted: list[str] = []
+    real = tiny_pipe.fit_take_away
+
+    def counting(vector, away, **kw):
+        fitted.append(vector.name)
+        if vector.digest() == learned["green"].digest():
+            raise ValueError("the fit diverged")
+        return real(vector, away, **kw)
+
+    monkeypatch.setattr(tiny_pipe, "fit_take_away", counting, raising=False)
+    alone = batch.plan_jobs(jobs, tiny_pipe, tmp_path / "out", model="tiny")
+    assert len(fitted) == 2 and alone.failures == [{"line": 2, "reason": "the fit diverged"}] and len(alone.images) == 2
+    fitted.clear()
+    parts: list = [None, None]
+    barrier = threading.Barrier(2, timeout=300)
+
+    def process(rank: int):
+        def gather(mine: dict) -> list:
+            parts[rank] = mine
+            barrier.wait()
+            return list(parts)
+
+        cache = FitCache(tiny_pipe)
+        own = cache.share(rank, 2, lambda c: batch.plan_jobs(jobs, tiny_pipe, tmp_path / "out", model="tiny", fits=c), gather, error_reason)
+        return own, batch.plan_jobs(jobs, tiny_pipe, tmp_path / "out", model="tiny", fits=cache)
+
+    results = run_in_threads(process, [0, 1])
+    assert [results[r][0] for r in (0, 1)] == [1, 1] and sorted(fitted) == sorted([learned["blue"].name, learned["green"].name])
+    for _, plan in results.values():
+        assert [(im.line, im.recipe) for im in plan.images] == [(im.line, im.recipe) for im in alone.images]
+        assert plan.failures == alone.failures
 
 
 def test_a_take_away_fit_runs_only_for_a_job_that_is_otherwise_valid(tiny_pipe, direction, tmp_path, monkeypatch):

@@ -97,7 +97,7 @@ class Plan:
 class _Validator:
     """Checks jobs against one pipeline; caches loaded vectors and verified call setups."""
 
-    def __init__(self, pipe: Any, model: str, base_dir: Path | None, report: Callable[[str], None] | None = None):
+    def __init__(self, pipe: Any, model: str, base_dir: Path | None, report: Callable[[str], None] | None = None, fits: FitCache | None = None):
         from steer import __version__
         from steer.denoisers import denoiser_of, native_size
         from steer.vectors import weights_hash
@@ -110,7 +110,7 @@ class _Validator:
         self.default_size = native_size(pipe)
         self._vectors: dict[Path, Any] = {}
         self._setups: dict[tuple, list[str] | Exception] = {}
-        self._fits = FitCache(pipe)
+        self._fits = fits if fits is not None else FitCache(pipe)
         self.report = report
 
     # ----- fields ---------------------------------------------------------------------------------------------------
@@ -419,12 +419,13 @@ def image_key(recipe: dict[str, Any]) -> str:
 # ======================================================================================================================
 def plan_jobs(
     raw_jobs: Sequence[RawJob], pipe: Any, out_dir: str | os.PathLike, *, model: str, base_dir: Path | None = None, batch_size: int = 4,
-    report: Callable[[str], None] | None = None,
+    report: Callable[[str], None] | None = None, fits: FitCache | None = None,
 ) -> Plan:
     """Validate every job, mark finished images, pick output names and form the batches (no writes; no compute but
-    the take-away fits that jobs with ``take_away_fit`` ask for, reported through ``report``)."""
+    the take-away fits that jobs with ``take_away_fit`` ask for, reported through ``report``; ``fits``: a cache that
+    may hold them already)."""
     out = Path(out_dir)
-    validator = _Validator(pipe, model, base_dir, report)
+    validator = _Validator(pipe, model, base_dir, report, fits)
     plan = Plan()
     for line, raw in raw_jobs:
         try:

@@ -69,6 +69,7 @@ from steer.jobs.read import (
     JobError,
     RawJob,
 )
+from steer.jobs.take_away import FitCache
 from steer.recipe import RECIPE_KEY, png_bytes_hash, read_recipe
 
 __all__ = [
@@ -390,7 +391,13 @@ def run(
         out = given
     try:
         _claim(out, state)
-        plan = plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size, report=report if state.is_main_process else None)
+        fits = FitCache(pipe)
+        if state.num_processes > 1:  # each take-away pair fitted by one process, not by all of them
+            fits.share(state.process_index, state.num_processes,
+                       lambda cache: plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size, fits=cache),
+                       lambda mine: _gather(state, mine), error_reason)
+        plan = plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size,
+                         report=report if state.is_main_process else None, fits=fits)
         if report is not None and state.is_main_process:
             for text in failure_lines(plan.failures, "line"):
                 report(text)

@@ -5,7 +5,8 @@ Each of the direction's scales ``s`` becomes the row ``[s, -min(s, 1)]`` under `
 (`steer.take_away.pair_scales`). ``take_away_fit: true`` fits the strength and window for the pair first
 (`steer.take_away.fit_take_away`, at the job's guidance and size): the fit sets the scale unless the direction gives a
 ``scale`` or ``sweep``, and the window unless the job gives ``steering_window``. Fits run while the jobs are planned,
-once per pair and call setting, and are deterministic (seeded), so a resumed run plans the same images.
+once per pair and call setting, and are deterministic (seeded), so a resumed run plans the same images; under an
+accelerate launch the pairs are dealt out between the processes and the fits shared (`FitCache.share`).
 """
 
 from __future__ import annotations
@@ -62,24 +63,71 @@ def sets_scale(direction: Any) -> bool:
 
 
 class FitCache:
-    """Take-away fits of one run, one per (direction, take-away, guidance, size): computed on first use."""
+    """Take-away fits of one run, one per (direction, take-away, guidance, size): computed on first use, or shared
+    out between the processes of an accelerate launch beforehand (`share`)."""
 
     def __init__(self, pipe: Any):
         self.pipe = pipe
-        self._fits: dict[tuple, Any] = {}
+        self._fits: dict[tuple, tuple[Any, list[str], str | None]] = {}  # key -> (fit, warnings, error)
+        self._reported: set[tuple] = set()
+
+    @staticmethod
+    def key(vector: Any, away: Any, guidance: float, height: int, width: int) -> tuple:
+        return (vector.digest(), away.digest(), float(guidance), int(height), int(width))
+
+    def _compute(self, vector: Any, away: Any, guidance: float, height: int, width: int) -> tuple[Any, list[str], str | None]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = self.pipe.fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width)
+        return fit, list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))), None
 
     def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None) -> Any:
-        key = (vector.digest(), away.digest(), float(guidance), int(height), int(width))
+        key = self.key(vector, away, guidance, height, width)
         if key not in self._fits:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                fit = self.pipe.fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width)
-            if report is not None:
-                report(f"take-away fit {vector.name!r} replacing {away.name!r}: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g}")
-                for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
-                    report(f"warning: {message}")
-            self._fits[key] = fit
-        return self._fits[key]
+            self._fits[key] = self._compute(vector, away, guidance, height, width)
+        fit, messages, error = self._fits[key]
+        if error is not None:  # failed in another process: the same one-line reason here
+            raise RuntimeError(error)
+        if report is not None and key not in self._reported:
+            self._reported.add(key)
+            report(f"take-away fit {vector.name!r} replacing {away.name!r}: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g}")
+            for message in messages:
+                report(f"warning: {message}")
+        return fit
+
+    def share(self, process_index: int, num_processes: int, plan: Callable[[FitCache], Any],
+              gather: Callable[[dict], list[dict]], reason: Callable[[BaseException], str] = str) -> int:
+        """Fit every pair the run needs once across the processes of a launch, instead of every pair in each.
+
+        ``plan(cache)`` plans the run against a cache that records the fits it is asked for and fits nothing; the
+        requests (the same, in the same order, in every process: planning is deterministic) are dealt round-robin,
+        each process fits its own, and ``gather`` (accelerate's ``gather_object`` of a one-item list) gives every
+        process all of them. A fit that fails is shared as its one-line ``reason``. Returns how many this process fitted.
+        """
+        wanted = _FitRequests(self.pipe)
+        plan(wanted)
+        mine: dict[tuple, tuple[Any, list[str], str | None]] = {}
+        for i, (key, args) in enumerate(wanted.requests.items()):
+            if i % num_processes == process_index and key not in self._fits:
+                try:
+                    mine[key] = self._compute(*args)
+                except Exception as err:  # noqa: BLE001 - the job fails with this reason, in every process alike
+                    mine[key] = (None, [], reason(err))
+        for part in gather(mine):
+            self._fits.update(part)
+        return len(mine)
+
+
+class _FitRequests(FitCache):
+    """A planning pass's cache that only records which fits the jobs ask for (each such job fails in that pass)."""
+
+    def __init__(self, pipe: Any):
+        super().__init__(pipe)
+        self.requests: dict[tuple, tuple] = {}
+
+    def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None) -> Any:
+        self.requests.setdefault(self.key(vector, away, guidance, height, width), (vector, away, guidance, height, width))
+        raise LookupError("take-away fit requested")
 
 
 def row_scales(scale: float) -> tuple[float, float]:
