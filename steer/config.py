@@ -155,6 +155,14 @@ def agreed_recommendation(vectors: Sequence[SteeringVector], key: str) -> Any:
     return values[0]
 
 
+def recorded_routes(vectors: Sequence[SteeringVector]) -> list[tuple[str, ...] | None] | None:
+    """Each vector's recorded ``readers`` (None: every reader) when they differ (a call that sets no
+    ``steering_readers`` then reads each vector where it was calibrated), else None (one route for the call: the
+    agreed recommendation, or every reader)."""
+    routes = [tuple(r) if (r := (v.metadata.get("recommended") or {}).get("readers")) else None for v in vectors]
+    return routes if len(set(routes)) > 1 else None
+
+
 def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
     """The ``steering_*`` settings the vectors recommend: those all of them record with one value."""
     out: dict[str, Any] = {}

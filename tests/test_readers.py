@@ -32,7 +32,7 @@ def text_vector(tiny_pipe):
     return random_vector(tiny_pipe, [CONTEXT_SITE], seed=1, fingerprint=True, recommended={"branch": "split", "mode": "token", "preserve_norm": True, "window": [0.0, 1.0]})
 
 
-def tokens_read(pipe, **kw) -> dict[str, list[torch.Tensor]]:
+def tokens_read(pipe, prompt="a red sneaker", **kw) -> dict[str, list[torch.Tensor]]:
     """The ``encoder_hidden_states`` each cross-attention received, per call, in one steered generation."""
     seen: dict[str, list[torch.Tensor]] = {}
     modules = dict(pipe.unet.named_modules())
@@ -52,7 +52,7 @@ def tokens_read(pipe, **kw) -> dict[str, list[torch.Tensor]]:
         return {}
 
     try:
-        call(pipe, callback_on_step_end=arm, **kw)
+        call(pipe, prompt, callback_on_step_end=arm, **kw)
     finally:
         for h in late:
             h.remove()
@@ -240,4 +240,59 @@ def test_two_routed_calls_at_once_get_their_own_results(tiny_pipe, text_vector):
     together = run_in_threads(lambda k: call(tiny_pipe, steering=text_vector, callback_on_step_end=sync, **settings[k]), settings)
     for k in settings:
         assert np.array_equal(together[k], alone[k]), k
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def routed(vector: SteeringVector, readers: str | None, seed: int | None = None) -> SteeringVector:
+    """``vector`` (or a fresh random text vector of ``seed``) recording ``readers`` as its route (None: none)."""
+    rec = {k: v for k, v in vector.metadata["recommended"].items() if k != "readers"}
+    directions = vector.directions if seed is None else {CONTEXT_SITE: torch.randn(vector.directions[CONTEXT_SITE].shape, generator=torch.Generator().manual_seed(seed))}
+    return SteeringVector(directions, {**vector.metadata, "name": f"{vector.name}-{readers}-{seed}", "recommended": {**rec, **({"readers": [readers]} if readers else {})}})
+
+
+def test_directions_with_different_routes_are_each_read_where_they_were_calibrated(tiny_pipe, text_vector):
+    """Two directions recording different routes, in one call that sets none: the layout blocks read the first one
+    only, the up blocks the second only (each exactly as when it steers alone); an unrouted one is read everywhere,
+    with a routed one added on top where it is read; ``steering_readers`` in the call still routes them all."""
+    layout_one, detail_one, plain_one = routed(text_vector, "layout"), routed(text_vector, "detail", seed=7), routed(text_vector, None, seed=8)
+    layout_readers = set(text_readers(tiny_pipe.unet, ["layout"]))
+    both = tokens_read(tiny_pipe, steering=[layout_one, detail_one], steering_scale=[0.5, 0.7])
+    alone = {"layout": tokens_read(tiny_pipe, steering=layout_one, steering_scale=0.5), "detail": tokens_read(tiny_pipe, steering=detail_one, steering_scale=0.7)}
+    for name, calls in both.items():
+        want = alone["layout" if name in layout_readers else "detail"][name]
+        assert all(torch.equal(a, b) for a, b in zip(calls, want, strict=True)), name
+
+    mixed = tokens_read(tiny_pipe, steering=[plain_one, layout_one], steering_scale=[0.6, 0.5])
+    unrouted = tokens_read(tiny_pipe, steering=plain_one, steering_scale=0.6)
+    for name, calls in mixed.items():
+        same = all(torch.equal(a, b) for a, b in zip(calls, unrouted[name], strict=True))
+        assert same == (name not in layout_readers), name  # the up blocks read the unrouted one alone
+
+    everywhere = call(tiny_pipe, steering=[layout_one, detail_one], steering_scale=[0.5, 0.7], steering_readers="all")
+    unrouted_pair = [routed(layout_one, None), routed(detail_one, None)]
+    assert np.array_equal(everywhere, call(tiny_pipe, steering=unrouted_pair, steering_scale=[0.5, 0.7]))
+    assert not np.array_equal(everywhere, call(tiny_pipe, steering=[layout_one, detail_one], steering_scale=[0.5, 0.7]))
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_a_routed_direction_with_an_unrouted_take_away_removes_once(tiny_pipe):
+    """The add-and-remove recipe with a routed target and an unrouted source: the source's excess is removed once, for
+    every reader (at the denoiser's input); the target is added where it was calibrated. At target scale 0 every
+    cross-attention reads the same partly removed tokens (the target's group removes nothing again)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights render no attribute
+        blue = tiny_pipe.learn_direction(["a blue sneaker"], ["a sneaker"], readers="detail", num_inference_steps=3, calibration_samples=2, progress=False)
+        red = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], num_inference_steps=3, calibration_samples=2, progress=False)
+    window = dict(steering_negative="remove", steering_window=(0.0, 1.0), steering_removal_window=(0.0, 1.0))
+    removed_only = tokens_read(tiny_pipe, "a red sneaker", steering=[blue, red], steering_scale=[0.0, -0.5], **window)
+    removed_alone = tokens_read(tiny_pipe, "a red sneaker", steering=red, steering_scale=-0.5, **window)
+    plain = tokens_read(tiny_pipe, "a red sneaker")
+    for name, calls in removed_only.items():
+        assert all(torch.equal(a, b) for a, b in zip(calls, removed_alone[name], strict=True)), name
+        assert not all(torch.equal(a, b) for a, b in zip(calls, plain[name], strict=True)), name
+    both = tokens_read(tiny_pipe, "a red sneaker", steering=[blue, red], steering_scale=[1.0, -0.5], **window)
+    detail_readers = set(text_readers(tiny_pipe.unet, ["detail"]))
+    for name, calls in both.items():
+        same = all(torch.equal(a, b) for a, b in zip(calls, removed_alone[name], strict=True))
+        assert same == (name not in detail_readers), name
     assert no_hooks_left(tiny_pipe.unet)

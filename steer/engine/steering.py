@@ -38,6 +38,7 @@ class LayerPlan:
     directions: torch.Tensor
     levels: torch.Tensor | None = None  # (K, L): each vector's recorded reference level per position (NaN: none)
     fixed_tokens: int = 0  # leading token positions left alone (the text encoder's start token every prompt shares)
+    members: torch.Tensor | None = None  # (K,) 1 for the vectors this plan's hook applies, 0 for the others (None: all)
     cache: dict = field(default_factory=dict)
 
     @property
@@ -182,8 +183,12 @@ class SteeringSession(DenoiserRun):
         *,
         num_steps: int | Callable[[], int] | None = None,
         cfg: bool | Callable[[], bool] = False,
+        text_routes: Sequence[tuple[str, ...] | None] | None = None,
     ):
         super().__init__(unet, num_steps, cfg)
+        # per vector, the cross-attentions that read it at the text site (None: every one), when the call sets no
+        # `steering_readers` and the vectors record different ones: each is read where it was calibrated
+        self.text_routes = list(text_routes) if text_routes is not None else None
         if scales.ndim != 2 or any(p.directions.shape[0] != scales.shape[1] for p in plans.values()):
             raise ValueError(f"scales must be (rows, {next(iter(plans.values())).directions.shape[0]}), got {tuple(scales.shape)}")
         self.plans = plans
@@ -215,8 +220,22 @@ class SteeringSession(DenoiserRun):
                 raise ModelMismatchError(
                     f"channel mismatch at layer {name!r}: the direction has {want} channels, the UNet's output there has {channels[name]}"
                 )
+            if name == CONTEXT_SITE and self.text_routes is not None:
+                for readers, members in self._route_groups():
+                    if not bool(plan.directions[members.bool()].any()):  # vectors that do not steer the text
+                        continue
+                    routed = LayerPlan(plan.name, plan.directions, plan.levels, plan.fixed_tokens, members)
+                    self._handles.append(register_site_hook(self.unet, name, self._make_hook(routed), readers))
+                continue
             readers = self.config.readers if name == CONTEXT_SITE else None
             self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan), readers))
+
+    def _route_groups(self) -> list[tuple[tuple[str, ...] | None, torch.Tensor]]:
+        """The vectors grouped by their route: (readers, (K,) membership mask), the every-reader group first (its hook
+        sits on the denoiser's input, so the routed groups add to what it already steered)."""
+        routes = list(dict.fromkeys(self.text_routes))
+        routes.sort(key=lambda r: r is not None)
+        return [(r, torch.tensor([float(x == r) for x in self.text_routes])) for r in routes]
 
     def branch_sign(self, branch: str | None = None) -> int:
         """With sequential CFG: +1, -1 or 0, how ``branch`` (default ``config.branch``) treats the branch of the call
@@ -270,6 +289,8 @@ class SteeringSession(DenoiserRun):
     def step_delta(self, plan: LayerPlan, rows: int) -> torch.Tensor:
         """(rows, C) delta of ``plan`` at the current step: each row's weighted sum of the vectors' directions."""
         scales, directions = self.row_scales(rows), plan.at(self.step, self.num_steps)
+        if plan.members is not None:
+            scales = scales * plan.members
         # products first, then the sum (not a matmul, whose kernels may fuse them): a direction added and taken away
         # again (scales s and -s) then cancels exactly, whatever the CPU's instructions
         return (scales[:, :, None] * directions[None]).sum(dim=1)
@@ -315,7 +336,10 @@ class SteeringSession(DenoiserRun):
             )
         d = plan.at(self.step, self.num_steps)
         units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        amounts = self.row_scales(h.shape[0], self.removal, "cond").to(h.device)  # the conditional half only
+        amounts = self.row_scales(h.shape[0], self.removal, "cond")  # the conditional half only
+        if plan.members is not None:
+            amounts = amounts * plan.members
+        amounts = amounts.to(h.device)
         levels = torch.nan_to_num(plan.levels).to(device=h.device, dtype=torch.float32)
         k = plan.fixed_tokens  # left alone here too (their projection equals the level up to its rounding)
         removed = remove_excess(h[:, k:].float(), units.to(h.device).float(), levels[:, k:], amounts).to(h.dtype)

@@ -16,7 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from steer.calibrate import cfg_rows_per_sample
-from steer.config import STEERING_DEFAULTS, SteeringConfig, parse_scales, recommended_settings
+from steer.config import STEERING_DEFAULTS, SteeringConfig, parse_scales, recommended_settings, recorded_routes
 from steer.denoisers import CONTEXT_SITE, GLOB_CHARS, list_layers, resolve_layers, text_readers, unwrap
 from steer.detect.detector import detect_memorization
 from steer.detect.inline import enter_inline_detection
@@ -54,6 +54,8 @@ STEERING_DOC = """
       directions recommend the window's start to the end of the run).
     - ``steering_readers``: which cross-attentions read a text-token direction: None (all), ``"layout"`` (the down
       and mid blocks': object edits keep the prompt's colour), ``"detail"`` (the up blocks') or attn2 patterns.
+      Unset, directions that record different routes are each read where they were calibrated (an unrouted one
+      everywhere, a routed one added on top where it is read).
 
     Options a call leaves unset come from the direction's ``metadata["recommended"]`` (what `learn_direction`
     calibrated), else the defaults above. With no vector, or every scale zero, the call is exactly the parent's.
@@ -216,6 +218,9 @@ class SteeringMixin:
             if CONTEXT_SITE not in plans:
                 raise ValueError(f"steering_readers routes text-token directions ({CONTEXT_SITE!r}); these steer {sorted(plans)}")
             text_readers(denoiser, config.readers)
+        routes = recorded_routes(vectors) if config.readers is None and CONTEXT_SITE in plans else None
+        for route in set(routes or ()) - {None}:
+            text_readers(denoiser, route)
         counter = (lambda: len(scheduler.timesteps)) if scheduler is not None else self.steering_num_steps
         return SteeringSession(
             denoiser,
@@ -224,6 +229,7 @@ class SteeringMixin:
             config,
             num_steps=counter,
             cfg=cfg if cfg is not None else self.steering_cfg,
+            text_routes=routes,
         )
 
     def compile_unet(self, layers: str | Iterable[str] | None = None, **compile_kwargs: Any) -> None:
@@ -301,7 +307,7 @@ class SteeringMixin:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
                     if session.removing:
                         raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
-                    if session.config.readers is not None:
+                    if session.config.readers is not None or session.text_routes is not None:
                         raise ValueError("steering_readers is not available on a compiled denoiser; steer the eager one")
                     sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
                     sites.session = session
