@@ -163,6 +163,13 @@ def recorded_routes(vectors: Sequence[SteeringVector]) -> list[tuple[str, ...] |
     return routes if len(set(routes)) > 1 else None
 
 
+def routes_record(vectors: Sequence[SteeringVector], readers: Sequence[str] | None) -> dict[str, Any]:
+    """A recipe's ``routes`` entry: each direction's route in call order (None: every reader) when the call set no
+    readers and the directions record different ones (`recorded_routes`); else nothing (old recipes read the same)."""
+    routes = recorded_routes(vectors) if readers is None else None
+    return {"routes": [list(r) if r else None for r in routes]} if routes else {}
+
+
 def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
     """The ``steering_*`` settings the vectors recommend: those all of them record with one value."""
     out: dict[str, Any] = {}

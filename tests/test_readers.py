@@ -296,3 +296,29 @@ def test_a_routed_direction_with_an_unrouted_take_away_removes_once(tiny_pipe):
         same = all(torch.equal(a, b) for a, b in zip(calls, removed_alone[name], strict=True))
         assert same == (name not in detail_readers), name
     assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_recipes_say_where_each_direction_was_read(tiny_pipe, text_vector, tmp_path):
+    """Batch, CLI and app recipes record ``routes`` (each direction's route, in call order) when the directions were
+    read on different routes, and nothing new otherwise."""
+    from steer.app import helpers as H
+    from steer.cli.main import main
+
+    layout_one, plain_one = routed(text_vector, "layout"), routed(text_vector, None, seed=8)
+    paths = [str(layout_one.save(tmp_path / "layout.safetensors")), str(plain_one.save(tmp_path / "plain.safetensors"))]
+    job = {"prompt": "a bag", "seed": 5, "num_inference_steps": STEPS, "directions": [{"path": p, "scale": 0.5} for p in paths]}
+    batch.run([{**job, "name": "mixed"}, {**job, "name": "everyone", "steering_readers": "all"}, {**job, "directions": job["directions"][1:], "name": "one"}],
+              tiny_pipe, tmp_path / "out", batch_size=1, model="tiny", progress=False)
+    recipes = {n: read_recipe(tmp_path / "out" / f"{n}.png") for n in ("mixed", "everyone", "one")}
+    assert recipes["mixed"]["routes"] == [["layout"], None] and "readers" not in recipes["mixed"]
+    assert "routes" not in recipes["everyone"] and recipes["everyone"]["readers"] == ["all"]
+    assert "routes" not in recipes["one"] and "readers" not in recipes["one"]
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    assert main(["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths, "--out", str(tmp_path / "cli")]) == 0
+    assert read_recipe(next((tmp_path / "cli").glob("*.png")))["routes"] == [["layout"], None]
+
+    settings = H.GenerateSettings(prompt="a red bag", steps=STEPS).validated(tiny_pipe)
+    assert settings.recipe(tiny_pipe, layout_one, 1.0, away=plain_one)["steering"]["routes"] == [["layout"], None]
+    assert "routes" not in settings.recipe(tiny_pipe, layout_one, 1.0)["steering"]

@@ -77,7 +77,7 @@ from steer.app.take_away import (  # noqa: F401 - re-exported
     take_away_amount,
     take_away_scales,
 )
-from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig
+from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
 from steer.vectors import SteeringVector
@@ -274,6 +274,7 @@ class GenerateSettings:
                 "negative": config.negative,
                 **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
                 **({"readers": list(config.readers)} if config.readers is not None else {}),
+                **routes_record([vector] + ([away] if away is not None else []), config.readers),
             }
             if away is not None:
                 steering["take_away"] = {"name": away.name, "digest": away.digest(), "amount": take_away_amount(scale)}

@@ -15,7 +15,14 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
-from steer.config import NEGATIVES, STEERING_DEFAULTS, SteeringConfig, agreed_recommendation, recommended_settings  # noqa: E402
+from steer.config import (  # noqa: E402
+    NEGATIVES,
+    STEERING_DEFAULTS,
+    SteeringConfig,
+    agreed_recommendation,
+    recommended_settings,
+    routes_record,
+)
 from steer.validation import (  # noqa: E402
     BRANCHES,
     MAX_GUIDANCE,
@@ -207,6 +214,7 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "negative": config.negative,
         **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
         **({"readers": list(config.readers)} if config.readers is not None else {}),
+        **routes_record([v for v, _ in vectors] + ([away[0]] if away is not None else []), config.readers),
         **taken,
     }
 

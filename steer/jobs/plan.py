@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.config import SteeringConfig, recommended_settings
+from steer.config import SteeringConfig, recommended_settings, routes_record
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, local_kind, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
@@ -358,6 +358,7 @@ class _Validator:
             "negative": config["negative"],
             **({"removal_window": config["removal_window"]} if config.get("removal_window") is not None else {}),
             **({"readers": config["readers"]} if config.get("readers") is not None else {}),
+            **(routes_record([v for v, _, _ in loaded] + ([away.vector] if away is not None else []), config.get("readers")) if steered else {}),
             **({"take_away": away.recipe(scales[0])} if away is not None else {}),
         }
 

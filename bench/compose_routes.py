@@ -1,0 +1,114 @@
+"""Two bundled directions in one call, a class edit and a colour edit that record different routes: each read where
+it was calibrated (the default since this bench was written) vs both read by every cross-attention (the earlier
+fallback when the routes disagreed, still `steering_readers="all"`).
+
+    python bench/compose_routes.py --prompts empty --seeds 16 [--out docs/steering/compose_routes]
+    python bench/compose_routes.py --prompts class-stated --out docs/steering/compose_routes_class_stated
+
+Pairs (fixed before the first run): to_sneaker (layout) with to_cyan (detail), to_blue, to_red (unrouted); to_bag and
+to_dress (unrouted) with to_cyan (detail). Each at [1, 1], DDIM 20, guidance 5, the demo model, on (``--prompts``)
+``empty``: the prompt that leaves both attributes open (the model's captions drop both in 10 % of its training data),
+16 seeds from 1000; or ``class-stated``: "a <class>" for 8 other classes x 2 seeds (the first run: its class edits
+contradict the prompt, which the class directions alone do not flip); the class edit alone and the colour edit alone
+(each on its own route) for reference. Judges as in `bench/steering_matrix.py`: the lab classifier (class, colour),
+the pixel colour measure and the break measure. Joint success = the class target and the colour target by the
+classifier and the colour by the pixel measure, on an unbroken image. Decision rule, fixed before the run: the
+per-direction routes stay the default if their mean joint success over the 5 pairs is at least the every-reader one.
+Writes results.json, summary.md and grid.png (rows: pair x condition, 16 images each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from steering_matrix import judge  # noqa: E402
+
+from steer.assets import bundled_directions  # noqa: E402
+from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.lab import data as D  # noqa: E402
+from steer.lab.classifier import load_classifier  # noqa: E402
+from steer.vectors import SteeringVector  # noqa: E402
+
+PAIRS = (("to_sneaker", "to_cyan"), ("to_sneaker", "to_blue"), ("to_sneaker", "to_red"), ("to_bag", "to_cyan"), ("to_dress", "to_cyan"))
+CLASS_OF = {"to_sneaker": "sneaker", "to_bag": "bag", "to_dress": "dress"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "assets" / "models" / "demo"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "steering" / "compose_routes"))
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seed-base", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--prompts", choices=("empty", "class-stated"), default="empty")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    pipe = load_pipeline(args.model, "cpu")
+    pipe.set_progress_bar_config(disable=True)
+    classifier = load_classifier()
+    files = bundled_directions(args.model)
+    vec = {name: SteeringVector.load(files[name]) for name in {n for pair in PAIRS for n in pair}}
+
+    def sample(prompts: list[str], **kw) -> np.ndarray:
+        items = [(p, s) for s in range(args.seeds) for p in prompts]
+        images = pipe([p for p, _ in items], generator=[torch.Generator().manual_seed(args.seed_base + s) for _, s in items],
+                      num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np", **kw).images
+        return images.transpose(0, 3, 1, 2).astype(np.float32)
+
+    rows, strips = [], []
+    for cls_name, col_name in PAIRS:
+        target_class, target_colour = D.CLASS_NAMES.index(CLASS_OF[cls_name]), D.COLOUR_NAMES.index(col_name[3:])
+        prompts = [""] if args.prompts == "empty" else [f"a {k}" for k in D.CLASS_NAMES if k != CLASS_OF[cls_name]][:8]
+        pair = [vec[cls_name], vec[col_name]]
+        conditions = {
+            "routes": dict(steering=pair, steering_scale=[1.0, 1.0]),
+            "all": dict(steering=pair, steering_scale=[1.0, 1.0], steering_readers="all"),
+            "class alone": dict(steering=vec[cls_name], steering_scale=1.0),
+            "colour alone": dict(steering=vec[col_name], steering_scale=1.0),
+        }
+        for condition, kw in conditions.items():
+            images = sample(prompts, **kw)
+            j = judge(classifier, images)
+            unbroken = (j["lit_share"] <= 0.85) & (j["lit_share"] >= 0.02)
+            cls_ok, col_ok, pix_ok = j["class"] == target_class, j["colour"] == target_colour, j["pixel_colour"] == target_colour
+            rows.append({"pair": f"{cls_name} + {col_name}", "routes": [vec[cls_name].metadata["recommended"].get("readers"), vec[col_name].metadata["recommended"].get("readers")],
+                         "condition": condition, "class": float(cls_ok.mean()), "colour": float(col_ok.mean()), "pixel_colour": float(pix_ok.mean()),
+                         "joint": float((cls_ok & col_ok & pix_ok & unbroken).mean()), "break": float((~unbroken).mean())})
+            strips.append(np.concatenate(list(images.transpose(0, 2, 3, 1)), axis=1))
+            print(json.dumps(rows[-1]), flush=True)
+    meta = {"command": "python bench/compose_routes.py " + " ".join(sys.argv[1:]), "machine": f"{platform.machine()} CPU, 1 thread",
+            "seconds": round(time.time() - t0, 1), "prompts": args.prompts, "seeds": args.seeds, "seed_base": args.seed_base, "steps": args.steps, "guidance": args.guidance}
+    mean = {c: float(np.mean([r["joint"] for r in rows if r["condition"] == c])) for c in ("routes", "all")}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "mean_joint": mean, "rows": rows}, indent=1) + "\n")
+    lines = [f"Command: `{meta['command']}` ({meta['machine']}, DDIM {args.steps}, guidance {args.guidance}, {args.seeds} seeds x {'1 empty prompt' if args.prompts == 'empty' else '8 prompts'}, {meta['seconds']} s)", "",
+             "| pair | condition | class | colour (classifier / pixel) | joint | break |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['pair']} | {r['condition']} | {r['class']:.2f} | {r['colour']:.2f} / {r['pixel_colour']:.2f} | {r['joint']:.2f} | {r['break']:.2f} |" for r in rows]
+    lines += ["", f"Mean joint success over the {len(PAIRS)} pairs: each on its own route {mean['routes']:.2f}, every reader {mean['all']:.2f}."]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    sep = np.ones((2, strips[0].shape[1], 3), dtype=np.float32)
+    grid = np.concatenate([x for s in strips for x in (s, sep)][:-1])
+    from PIL import Image
+
+    Image.fromarray((grid.clip(0, 1) * 255).astype(np.uint8)).save(out / "grid.png")
+    (out / "grid.txt").write_text("rows: " + ", ".join(f"{r['pair']} / {r['condition']}" for r in rows) + "\ncolumns: prompts x seeds (seed-major)\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
