@@ -1,6 +1,10 @@
 """Contradicting prompts at the fitted take-away settings (`steer.take_away.fit_take_away`), judged like the matrix.
 
     python bench/take_away_fit.py [--kind colour|class] [--out docs/steering/take_away_fit_colour.json]
+    python bench/take_away_fit.py --kind class --readers layout --out docs/steering/take_away_fit_class_layout.json
+
+``--readers R``: the targets are learned read by R only (`learn_direction(readers=R)`), the sources (take-aways)
+as before, so each call reads the target on its route and removes the source for every reader.
 
 Every direction of the matrix is learned (`bench/steering_matrix.py`'s prompts, defaults). For each target, each of
 its contradicting prompts ("a red sneaker" -> blue) is steered with ``[toward target, toward source]`` at
@@ -39,6 +43,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
+    ap.add_argument("--readers", default=None, help="learn the targets read only by these cross-attentions (layout, detail)")
     args = ap.parse_args()
     out = Path(args.out or ROOT / "docs" / "steering" / f"take_away_fit_{args.kind}.json")
     torch.set_num_threads(1)
@@ -49,6 +54,12 @@ def main() -> None:
     for v in values:
         P = prompts_for(args.kind, v)
         vectors[v] = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False)
+    targets = dict(vectors)
+    if args.readers:
+        for v in values:
+            P = prompts_for(args.kind, v)
+            targets[v] = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                              readers=args.readers, progress=False)
     fits, rows = {}, []
     for target in values:
         P = prompts_for(args.kind, target)
@@ -57,7 +68,7 @@ def main() -> None:
         sources = [source_of(args.kind, p) for p in prompts]
         for src in sorted(set(sources)):
             if (target, src) not in fits:
-                fits[(target, src)] = pipe.fit_take_away(vectors[target], vectors[src], guidance_scale=args.guidance)
+                fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], guidance_scale=args.guidance)
         ref_j = judge(classifier, pipe(prompts, generator=generators(seeds), num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np").images.transpose(0, 3, 1, 2))
         images = np.zeros((len(prompts), 3, 32, 32), dtype=np.float32)
         for window in sorted({fits[(target, s)].window for s in sources}):
@@ -68,7 +79,7 @@ def main() -> None:
                 add, remove = fits[(target, sources[i])].scales
                 scale[r, 0] = add
                 scale[r, 1 + names.index(sources[i])] = remove
-            out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[vectors[target]] + [vectors[n] for n in names],
+            out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[targets[target]] + [vectors[n] for n in names],
                               steering_scale=scale, steering_negative="remove", steering_window=window, num_inference_steps=args.steps,
                               guidance_scale=args.guidance, output_type="np").images
             images[idx] = out_images.transpose(0, 3, 1, 2)
@@ -85,7 +96,7 @@ def main() -> None:
         summary[split] = {"targets": len(sel), "pass": sum(r["passes"] for r in sel), "mean_success": float(np.mean([r["success"] for r in sel])),
                           "mean_kept": float(np.mean([r["kept"] for r in sel]))}
     every = list(fits.values())
-    meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance,
+    meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance,
             "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window == (0.0, 1.0) for f in every])) if every else 0.0,
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,

@@ -96,6 +96,24 @@ def test_to_cyan_read_by_the_up_blocks_recolours_and_keeps_the_garment(demo):
     assert (cls_all == ref_cls).mean() <= 0.5  # measured 2/6 (four bags)
 
 
+def test_a_class_edit_and_a_colour_edit_on_different_routes_combine(demo):
+    """to_bag (every reader) with to_cyan (read by the up blocks) on the empty prompt: each read where it was
+    calibrated, cyan bags; both read by every cross-attention (the earlier fallback), a frame-filling cyan wash."""
+    pipe, clf = demo
+    bag, cyan = (SteeringVector.load(bundled_directions()[n]) for n in ("to_bag", "to_cyan"))
+
+    def empty_prompt(**steer):
+        gens = [torch.Generator().manual_seed(1000 + i) for i in range(6)]
+        return pipe([""] * 6, generator=gens, num_inference_steps=20, guidance_scale=5.0, output_type="np", steering=[bag, cyan],
+                    steering_scale=[1.0, 1.0], **steer).images.transpose(0, 3, 1, 2)
+
+    routed, everywhere = empty_prompt(), empty_prompt(steering_readers="all")
+    cls, col = predict(clf, routed)
+    assert (cls == K.index("bag")).mean() >= 0.8 and (col == C.index("cyan")).mean() >= 0.8  # measured 6/6, 6/6
+    lit = lambda x: (x.max(1) > 0.25).mean((1, 2))  # noqa: E731 - the lit share of each frame
+    assert lit(routed).max() <= 0.85 < lit(everywhere).min()  # measured: every frame of the fallback washed out
+
+
 def test_removing_the_prompts_colour_lets_the_target_through(demo):
     """A contradicting prompt: toward red alone leaves "a blue X" blue; with blue removed it turns red."""
     pipe, clf = demo
