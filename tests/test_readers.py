@@ -187,6 +187,9 @@ def test_a_compiled_denoiser_refuses_readers_in_one_line(text_vector):
     pipe.compile_unet(layers=[CONTEXT_SITE], backend="eager")
     with pytest.raises(ValueError, match="steering_readers is not available on a compiled denoiser"):
         call(pipe, steering=text_vector, steering_readers="layout")
+    with pytest.raises(ValueError, match="record different steering_readers") as err:
+        call(pipe, steering=[routed(text_vector, "layout"), routed(text_vector, "detail", seed=7)])
+    assert "\n" not in str(err.value)
     assert np.isfinite(call(pipe, steering=text_vector, steering_scale=0.5)).all()  # the compiled sites still steer
 
 

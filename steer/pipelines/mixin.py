@@ -307,8 +307,11 @@ class SteeringMixin:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
                     if session.removing:
                         raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
-                    if session.config.readers is not None or session.text_routes is not None:
+                    if session.config.readers is not None:
                         raise ValueError("steering_readers is not available on a compiled denoiser; steer the eager one")
+                    if session.text_routes is not None:
+                        raise ValueError("these directions record different steering_readers (routes), which a compiled denoiser "
+                                         "cannot apply; steer the eager one")
                     sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
                     sites.session = session
                     stack.callback(setattr, sites, "session", None)
