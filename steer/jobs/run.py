@@ -392,7 +392,8 @@ def run(
     try:
         _claim(out, state)
         fits = FitCache(pipe)
-        if state.num_processes > 1:  # each take-away pair fitted by one process, not by all of them
+        wants_fits = any(isinstance(job, dict) and job.get("take_away_fit") for _, job in raw)
+        if state.num_processes > 1 and wants_fits:  # each take-away pair fitted by one process, not by all of them
             fits.share(state.process_index, state.num_processes,
                        lambda cache: plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size, fits=cache),
                        lambda mine: _gather(state, mine), error_reason)
