@@ -15,6 +15,16 @@ the pixel colour measure and the break measure. Joint success = the class target
 classifier and the colour by the pixel measure, on an unbroken image. Decision rule, fixed before the run: the
 per-direction routes stay the default if their mean joint success over the 5 pairs is at least the every-reader one.
 Writes results.json, summary.md and grid.png (rows: pair x condition, 16 images each).
+
+``--study windows``: directions that record different *windows* (to_purple: the whole run, chosen by its calibration;
+the class directions: (0, 0.5)), each applied in its own (the default since this study was added) vs the built-in
+window (0.45, 0.95), the earlier fallback when the windows disagreed, and both at (0, 0.5) or over the whole run (what
+a user might set instead). Pairs, fixed before the first run: to_bag, to_dress, to_trouser, to_tshirt and
+to_ankle_boot (every reader, (0, 0.5)) with to_purple; the same judges and joint success. Decision rule, fixed before
+the run: each direction in its own window stays the default if its mean joint success over the 5 pairs is at least
+the built-in window's.
+
+    python bench/compose_routes.py --study windows --prompts empty --seeds 16 --out docs/steering/compose_windows
 """
 
 from __future__ import annotations
@@ -37,12 +47,29 @@ from steering_matrix import judge  # noqa: E402
 
 from steer.assets import bundled_directions  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.config import PAPER_WINDOW  # noqa: E402
 from steer.lab import data as D  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
 from steer.vectors import SteeringVector  # noqa: E402
 
-PAIRS = (("to_sneaker", "to_cyan"), ("to_sneaker", "to_blue"), ("to_sneaker", "to_red"), ("to_bag", "to_cyan"), ("to_dress", "to_cyan"))
-CLASS_OF = {"to_sneaker": "sneaker", "to_bag": "bag", "to_dress": "dress"}
+PAIRS = {
+    "routes": (("to_sneaker", "to_cyan"), ("to_sneaker", "to_blue"), ("to_sneaker", "to_red"), ("to_bag", "to_cyan"), ("to_dress", "to_cyan")),
+    "windows": (("to_bag", "to_purple"), ("to_dress", "to_purple"), ("to_trouser", "to_purple"), ("to_tshirt", "to_purple"), ("to_ankle_boot", "to_purple")),
+}
+CLASS_OF = {"to_sneaker": "sneaker", "to_bag": "bag", "to_dress": "dress", "to_trouser": "trouser", "to_tshirt": "t-shirt", "to_ankle_boot": "ankle boot"}
+# the condition kept by default, and the one it is judged against (the decision rules above)
+DECIDE = {"routes": ("routes", "all"), "windows": ("own windows", "built-in window")}
+
+
+def conditions(study: str, cls: SteeringVector, col: SteeringVector) -> dict[str, dict]:
+    """The calls compared for one pair (the pair at [1, 1] in each study's conditions, and each direction alone)."""
+    pair = dict(steering=[cls, col], steering_scale=[1.0, 1.0])
+    compared = {
+        "routes": {"routes": pair, "all": {**pair, "steering_readers": "all"}},
+        "windows": {"own windows": pair, "built-in window": {**pair, "steering_window": PAPER_WINDOW},
+                    "both (0, 0.5)": {**pair, "steering_window": (0.0, 0.5)}, "both whole run": {**pair, "steering_window": (0.0, 1.0)}},
+    }[study]
+    return {**compared, "class alone": dict(steering=cls, steering_scale=1.0), "colour alone": dict(steering=col, steering_scale=1.0)}
 
 
 def main() -> None:
@@ -54,6 +81,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--prompts", choices=("empty", "class-stated"), default="empty")
+    ap.add_argument("--study", choices=tuple(PAIRS), default="routes")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -63,7 +91,8 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     classifier = load_classifier()
     files = bundled_directions(args.model)
-    vec = {name: SteeringVector.load(files[name]) for name in {n for pair in PAIRS for n in pair}}
+    pairs = PAIRS[args.study]
+    vec = {name: SteeringVector.load(files[name]) for name in {n for pair in pairs for n in pair}}
 
     def sample(prompts: list[str], **kw) -> np.ndarray:
         items = [(p, s) for s in range(args.seeds) for p in prompts]
@@ -72,34 +101,31 @@ def main() -> None:
         return images.transpose(0, 3, 1, 2).astype(np.float32)
 
     rows, strips = [], []
-    for cls_name, col_name in PAIRS:
+    for cls_name, col_name in pairs:
         target_class, target_colour = D.CLASS_NAMES.index(CLASS_OF[cls_name]), D.COLOUR_NAMES.index(col_name[3:])
         prompts = [""] if args.prompts == "empty" else [f"a {k}" for k in D.CLASS_NAMES if k != CLASS_OF[cls_name]][:8]
-        pair = [vec[cls_name], vec[col_name]]
-        conditions = {
-            "routes": dict(steering=pair, steering_scale=[1.0, 1.0]),
-            "all": dict(steering=pair, steering_scale=[1.0, 1.0], steering_readers="all"),
-            "class alone": dict(steering=vec[cls_name], steering_scale=1.0),
-            "colour alone": dict(steering=vec[col_name], steering_scale=1.0),
-        }
-        for condition, kw in conditions.items():
+        for condition, kw in conditions(args.study, vec[cls_name], vec[col_name]).items():
             images = sample(prompts, **kw)
             j = judge(classifier, images)
             unbroken = (j["lit_share"] <= 0.85) & (j["lit_share"] >= 0.02)
             cls_ok, col_ok, pix_ok = j["class"] == target_class, j["colour"] == target_colour, j["pixel_colour"] == target_colour
-            rows.append({"pair": f"{cls_name} + {col_name}", "routes": [vec[cls_name].metadata["recommended"].get("readers"), vec[col_name].metadata["recommended"].get("readers")],
+            recorded = [vec[n].metadata["recommended"] for n in (cls_name, col_name)]
+            rows.append({"pair": f"{cls_name} + {col_name}", "routes": [r.get("readers") for r in recorded], "windows": [r.get("window") for r in recorded],
                          "condition": condition, "class": float(cls_ok.mean()), "colour": float(col_ok.mean()), "pixel_colour": float(pix_ok.mean()),
                          "joint": float((cls_ok & col_ok & pix_ok & unbroken).mean()), "break": float((~unbroken).mean())})
             strips.append(np.concatenate(list(images.transpose(0, 2, 3, 1)), axis=1))
             print(json.dumps(rows[-1]), flush=True)
     meta = {"command": "python bench/compose_routes.py " + " ".join(sys.argv[1:]), "machine": f"{platform.machine()} CPU, 1 thread",
-            "seconds": round(time.time() - t0, 1), "prompts": args.prompts, "seeds": args.seeds, "seed_base": args.seed_base, "steps": args.steps, "guidance": args.guidance}
-    mean = {c: float(np.mean([r["joint"] for r in rows if r["condition"] == c])) for c in ("routes", "all")}
+            "seconds": round(time.time() - t0, 1), "study": args.study, "prompts": args.prompts, "seeds": args.seeds, "seed_base": args.seed_base, "steps": args.steps, "guidance": args.guidance}
+    compared = [c for c in dict.fromkeys(r["condition"] for r in rows) if not c.endswith("alone")]
+    mean = {c: float(np.mean([r["joint"] for r in rows if r["condition"] == c])) for c in compared}
     (out / "results.json").write_text(json.dumps({"meta": meta, "mean_joint": mean, "rows": rows}, indent=1) + "\n")
     lines = [f"Command: `{meta['command']}` ({meta['machine']}, DDIM {args.steps}, guidance {args.guidance}, {args.seeds} seeds x {'1 empty prompt' if args.prompts == 'empty' else '8 prompts'}, {meta['seconds']} s)", "",
              "| pair | condition | class | colour (classifier / pixel) | joint | break |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['pair']} | {r['condition']} | {r['class']:.2f} | {r['colour']:.2f} / {r['pixel_colour']:.2f} | {r['joint']:.2f} | {r['break']:.2f} |" for r in rows]
-    lines += ["", f"Mean joint success over the {len(PAIRS)} pairs: each on its own route {mean['routes']:.2f}, every reader {mean['all']:.2f}."]
+    kept, against = DECIDE[args.study]
+    lines += ["", f"Mean joint success over the {len(pairs)} pairs: " + ", ".join(f"{c} {m:.2f}" for c, m in mean.items())
+              + f". Decision rule: {kept!r} stays the default if at least {against!r}: {'kept' if mean[kept] >= mean[against] else 'NOT kept'}."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     sep = np.ones((2, strips[0].shape[1], 3), dtype=np.float32)
     grid = np.concatenate([x for s in strips for x in (s, sep)][:-1])

@@ -6,7 +6,7 @@ recommended settings), handed down to the hooks, written into the recipe of ever
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,6 +22,7 @@ BRANCHES = ("cond", "uncond", "both", "split")
 MODES = ("add", "weighted", "token")
 NEGATIVES = ("subtract", "remove")
 PAPER_WINDOW = (0.45, 0.95)
+Window = tuple[float, float]
 
 
 def check_window(window: tuple[float, float], name: str = "steering_window") -> tuple[float, float]:
@@ -35,12 +36,47 @@ def check_window(window: tuple[float, float], name: str = "steering_window") -> 
     return start, end
 
 
+def is_per_vector(window: Any) -> bool:
+    """Whether ``window`` is one window per vector (a sequence of pairs) rather than one ``(start, end)`` pair."""
+    return isinstance(window, Sequence) and not isinstance(window, str) and bool(window) and all(
+        w is None or (isinstance(w, Sequence) and not isinstance(w, str)) for w in window)
+
+
+def check_windows(window: Any, name: str = "steering_window", allow_none: bool = False) -> Window | tuple[Window | None, ...]:
+    """One window ``(start, end)``, or one per vector (a list of them), checked as `check_window`; a one-line
+    ValueError naming ``name`` otherwise. ``allow_none``: a vector's entry may be None (a removal window that follows
+    that vector's window)."""
+    if not is_per_vector(window):
+        return check_window(window, name)
+    return tuple(None if (w is None and allow_none) else check_window(w, name) for w in window)
+
+
+def vector_windows(window: Any, count: int, name: str = "steering_window") -> list[Any] | None:
+    """A per-vector ``window`` as a list of ``count`` entries (None for one window shared by every vector), or a
+    one-line ValueError when it holds another number of windows."""
+    if window is None or not is_per_vector(window):
+        return None
+    if len(window) != count:
+        raise ValueError(f"{name} holds {len(window)} windows for {count} direction(s): give one (start, end) for all, or one per direction")
+    return list(window)
+
+
+def window_record(window: Any) -> list[Any] | None:
+    """A window as a recipe records it: ``[start, end]``, or one such list (or None) per vector."""
+    if window is None:
+        return None
+    if is_per_vector(window):
+        return [None if w is None else [float(x) for x in w] for w in window]
+    return [float(x) for x in window]
+
+
 @dataclass(frozen=True)
 class SteeringConfig:
     """How vectors are applied; the ``steering_*`` options of a steered call without the vectors and scales.
 
     Args:
-        window: ``(start, end)`` fractions of the denoising run in which the hooks act.
+        window: ``(start, end)`` fractions of the denoising run in which the hooks act, or one such window per
+            vector (a call that sets none, whose vectors record different windows, applies each in its own).
         branch: which half of the CFG batch is steered: ``"cond"`` (paper), ``"uncond"``, ``"both"``, or ``"split"``
             (``+scale`` on the conditional half and ``-scale`` on the unconditional one, so classifier-free
             guidance amplifies the push instead of cancelling it).
@@ -56,9 +92,10 @@ class SteeringConfig:
             ``"remove"`` (on the conditional half only, take away ``s`` times each position's excess along the vector
             over the level the vector's negative prompts had, never pushing below it: "a red t-shirt" loses its red,
             "a t-shirt" is left alone). ``"remove"`` needs vectors that record their reference level (text preset).
-        removal_window: ``(start, end)`` fractions of the run in which ``"remove"`` acts; None: ``window``. Text
-            directions recommend removing until the end of the run: the prompt's own "red" or "coat" would otherwise
-            come back in the unsteered steps after the window.
+        removal_window: ``(start, end)`` fractions of the run in which ``"remove"`` acts, or one per vector (None
+            entries: that vector's window); None: ``window``. Text directions recommend removing until the end of
+            the run: the prompt's own "red" or "coat" would otherwise come back in the unsteered steps after the
+            window.
         readers: which cross-attentions read the steered text tokens (the ``encoder_hidden_states`` site; other
             sites are unaffected): None (all of them: the denoiser's text input), ``"layout"`` (those of the down
             blocks and the mid block, where the layout is decided; the up blocks read the prompt as written, so an
@@ -66,7 +103,7 @@ class SteeringConfig:
             paths / glob patterns. UNet denoisers (SD 1.x/2.x, SDXL) only.
     """
 
-    window: tuple[float, float] = PAPER_WINDOW
+    window: Window | tuple[Window, ...] = PAPER_WINDOW
     branch: Branch = "cond"
     normalize: bool = False
     mode: Mode = "add"
@@ -74,13 +111,13 @@ class SteeringConfig:
     layers: tuple[str, ...] | None = None
     strict: bool = True
     negative: Negative = "subtract"
-    removal_window: tuple[float, float] | None = None
+    removal_window: Window | tuple[Window | None, ...] | None = None
     readers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "window", check_window(self.window))
+        object.__setattr__(self, "window", check_windows(self.window))
         if self.removal_window is not None:
-            object.__setattr__(self, "removal_window", check_window(self.removal_window, "steering_removal_window"))
+            object.__setattr__(self, "removal_window", check_windows(self.removal_window, "steering_removal_window", allow_none=True))
         if self.branch not in BRANCHES:
             raise ValueError(f"steering_branch must be one of {BRANCHES}, got {self.branch!r}")
         if self.mode not in MODES:
@@ -112,11 +149,11 @@ class SteeringConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["window"] = list(self.window)
+        d["window"] = window_record(self.window)
         if self.removal_window is None:  # recipes of calls without one read as before it existed
             del d["removal_window"]
         else:
-            d["removal_window"] = list(self.removal_window)
+            d["removal_window"] = window_record(self.removal_window)
         if self.layers is not None:
             d["layers"] = list(self.layers)
         if self.readers is None:  # likewise: recipes of calls that read the text everywhere stay as they were
@@ -170,13 +207,46 @@ def routes_record(vectors: Sequence[SteeringVector], readers: Sequence[str] | No
     return {"routes": [list(r) if r else None for r in routes]} if routes else {}
 
 
+def recorded_windows(vectors: Sequence[SteeringVector], key: str = "window") -> tuple[Window | None, ...] | None:
+    """Each vector's recorded ``key`` window (``"window"``: the built-in `PAPER_WINDOW` for a vector recording none;
+    ``"removal_window"``: None, i.e. that vector's window) when they differ, else None (one window for the call)."""
+    values = [(v.metadata.get("recommended") or {}).get(key) for v in vectors]
+    values = [tuple(float(x) for x in w) if w is not None else (PAPER_WINDOW if key == "window" else None) for w in values]
+    return tuple(values) if len(set(values)) > 1 else None
+
+
+# How a vector is applied; one value for every vector of a call (unlike the windows and routes, which may differ).
+APPLICATION_KEYS = ("branch", "normalize", "mode", "preserve_norm")
+
+
+def disagreement_note(vectors: Sequence[SteeringVector], given: Collection[str] = ()) -> str | None:
+    """One line saying which application settings (`APPLICATION_KEYS`) the vectors record differently and the call
+    leaves unset (``given``: the ``steering_*`` options it sets), so that the built-in default applies to all of them;
+    None when there are none."""
+    parts = []
+    for key in APPLICATION_KEYS:
+        if f"steering_{key}" in given:
+            continue
+        values = [(v.metadata.get("recommended") or {}).get(key) for v in vectors]
+        if len({repr(x) for x in values}) > 1:
+            listed = ", ".join(f"{v.name}: {'none' if x is None else x}" for v, x in zip(vectors, values, strict=True))
+            parts.append(f"steering_{key} ({listed}) -> {STEERING_DEFAULTS[f'steering_{key}']}")
+    if not parts:
+        return None
+    return ("these directions recommend different " + "; ".join(parts)
+            + ": the built-in value applies to all of them, so some are not applied as they were learned; set it in the call to choose")
+
+
 def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
-    """The ``steering_*`` settings the vectors recommend: those all of them record with one value."""
+    """The ``steering_*`` settings the vectors recommend: those all of them record with one value; and the windows
+    when they record different ones (one per vector: each applied where it was calibrated)."""
     out: dict[str, Any] = {}
     for key in RECOMMENDABLE:
         value = agreed_recommendation(vectors, key)
         if value is not None:
             out[f"steering_{key}"] = tuple(value) if key in WINDOW_KEYS or key == "readers" else value
+        elif key in WINDOW_KEYS and (per_vector := recorded_windows(vectors, key)) is not None:
+            out[f"steering_{key}"] = per_vector
     return out
 
 

@@ -282,6 +282,9 @@ def test_torch_compile_steers_without_recompiling(gen):
     pipe = tiny_pipeline(seed=0)
     v = random_vector(pipe, ["up_blocks.0.resnets.1", "up_blocks.1.attentions.0"], scale=2.0)
     eager = {s: call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4) for s in (0.0, 1.0, -1.0)}
+    w = random_vector(pipe, ["up_blocks.0.resnets.1"], seed=5, scale=2.0)
+    per_vector = dict(steering=[v, w], steering_scale=[1.0, -1.0], steering_window=[(0.0, 0.5), (0.25, 1.0)], num_inference_steps=4)
+    eager["windows"] = call(pipe, gen, **per_vector)  # one window per vector
     plain_compile = tiny_pipeline(seed=0)
     plain_compile.unet = torch.compile(plain_compile.unet, backend="eager")
     with pytest.raises(RuntimeError, match="compile_unet"):
@@ -292,6 +295,7 @@ def test_torch_compile_steers_without_recompiling(gen):
         out = call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4)
         np.testing.assert_array_equal(out, eager[s])
     call(pipe, gen, steering=v, steering_scale=0.5, steering_window=(0.0, 0.5), num_inference_steps=4)
+    np.testing.assert_array_equal(call(pipe, gen, **per_vector), eager["windows"])
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
 

@@ -77,7 +77,7 @@ from steer.app.take_away import (  # noqa: F401 - re-exported
     take_away_amount,
     take_away_scales,
 )
-from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record
+from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record, window_record
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
 from steer.vectors import SteeringVector
@@ -267,12 +267,12 @@ class GenerateSettings:
                 "digest": vector.digest(),
                 "scale": scale,
                 "layers": list(config.layers) if config.layers is not None else vector.layers,
-                "window": list(config.window),
+                "window": window_record(config.window),
                 "branch": config.branch,
                 "normalize": config.normalize,
                 "mode": config.mode,
                 "negative": config.negative,
-                **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
+                **({"removal_window": window_record(config.removal_window)} if config.removal_window is not None else {}),
                 **({"readers": list(config.readers)} if config.readers is not None else {}),
                 **routes_record([vector] + ([away] if away is not None else []), config.readers),
             }

@@ -20,8 +20,10 @@ from steer.config import (  # noqa: E402
     STEERING_DEFAULTS,
     SteeringConfig,
     agreed_recommendation,
+    disagreement_note,
     recommended_settings,
     routes_record,
+    window_record,
 )
 from steer.validation import (  # noqa: E402
     BRANCHES,
@@ -207,12 +209,12 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "directions": [{"name": v.name, "hash": v.digest(), "path": str(p), "weight": w} for (v, p), w in zip(vectors, weights, strict=True)],
         "scale": scale,
         "layers": list(config.layers) if config.layers is not None else None,
-        "window": list(config.window),
+        "window": window_record(config.window),
         "branch": config.branch,
         "normalize": config.normalize,
         "mode": config.mode,
         "negative": config.negative,
-        **({"removal_window": list(config.removal_window)} if config.removal_window is not None else {}),
+        **({"removal_window": window_record(config.removal_window)} if config.removal_window is not None else {}),
         **({"readers": list(config.readers)} if config.readers is not None else {}),
         **routes_record([v for v, _ in vectors] + ([away[0]] if away is not None else []), config.readers),
         **taken,
@@ -225,7 +227,11 @@ _BUILTIN = {"branch": "cond", "normalize": False, "mode": "add", "layers": None,
 def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig:
     """Fill unset steering options from what the directions' ``metadata["recommended"]`` agree on (all of them record
     one value), else the built-in defaults, and return the call's `SteeringConfig`: these options over what a pipeline
-    call resolves for the others (the window when unset, and preserve_norm, which has no option)."""
+    call resolves for the others (the window when unset, and preserve_norm, which has no option). Directions that
+    record different application settings the command leaves unset get a ``warning:`` line (`disagreement_note`)."""
+    user_set = {f"steering_{key}" for key in ("branch", "normalize", "mode") if getattr(args, key, None) is not None}
+    if len(vectors) > 1 and (note := disagreement_note(vectors, user_set)) is not None:
+        print(f"warning: {note}", file=sys.stderr)
     for key, builtin in _BUILTIN.items():
         if getattr(args, key, None) is None:
             agreed = agreed_recommendation(vectors, key)

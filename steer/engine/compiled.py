@@ -73,7 +73,7 @@ class StaticSteeringSites:
             plan = session.plans.get(name) if session is not None and session.mine() else None
             if plan is not None:  # kept otherwise: a zero delta leaves every token alone anyway, and no recompile
                 self.fixed_tokens[name] = plan.fixed_tokens
-            if plan is None or not session.in_window(session.config.window) or not session.branch_sign():
+            if plan is None or not session.adds_now():
                 buf.zero_()
             else:
                 buf.copy_(session.step_delta(plan, n))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from steer.config import SteeringConfig
+from steer.config import SteeringConfig, vector_windows
 from steer.denoisers import (
     CONTEXT_SITE,
     channel_dim,
@@ -200,6 +200,17 @@ class SteeringSession(DenoiserRun):
         self.removal = (-scales).clamp_min(0) if self.removing else None
         if self.removing:
             self._check_levels()
+        # one window per vector (the call set none and its vectors record different ones, or it gave one per vector):
+        # each vector acts only inside its own; None: the call's one window
+        count = scales.shape[1]
+        self.windows = vector_windows(self.config.window, count)
+        removal = vector_windows(self.config.removal_window, count, "steering_removal_window")
+        if removal is None and self.windows is not None:  # one removal window (or none: each vector's window)
+            removal = [self.config.removal_window] * count
+        if removal is not None:
+            windows = self.windows or [self.config.window] * count
+            removal = [r if r is not None else w for r, w in zip(removal, windows, strict=True)]
+        self.removal_windows = removal
         self.applied_steps: list[int] = []
 
     def _check_levels(self) -> None:
@@ -248,14 +259,30 @@ class SteeringSession(DenoiserRun):
         return int(branch == call)
 
     def adds_now(self) -> bool:
-        """Whether the additive part acts on the call in progress: inside the window, on a steered branch."""
-        return self.in_window(self.config.window) and bool(self.branch_sign())
+        """Whether the additive part acts on the call in progress: inside the window (some vector's own, with one
+        per vector), on a steered branch."""
+        if not self.branch_sign():
+            return False
+        if self.windows is None:
+            return self.in_window(self.config.window)
+        return any(self.in_window(w) for w in self.windows)
 
     def removes_now(self) -> bool:
-        """Whether the removal acts on the call in progress: inside the removal window (default the window), on
-        the conditional branch."""
-        window = self.config.removal_window or self.config.window
-        return self.removing and self.in_window(window) and bool(self.branch_sign("cond"))
+        """Whether the removal acts on the call in progress: inside the removal window (default the window; with
+        one per vector, that of a vector being removed), on the conditional branch."""
+        if not self.removing or not self.branch_sign("cond"):
+            return False
+        if self.removal_windows is None:
+            return self.in_window(self.config.removal_window or self.config.window)
+        used = (self.removal > 0).any(dim=0).tolist()
+        return any(u and self.in_window(w) for u, w in zip(used, self.removal_windows, strict=True))
+
+    def window_mask(self, windows: list[tuple[float, float]] | None) -> torch.Tensor | None:
+        """(K,) 1 for the vectors whose own window holds the current step, 0 for the others; None without
+        per-vector windows."""
+        if windows is None:
+            return None
+        return torch.tensor([float(self.in_window(w)) for w in windows])
 
     def row_scales(self, n: int, scales: torch.Tensor | None = None, branch: str | None = None) -> torch.Tensor:
         """(n, K) ``scales`` (default the additive ones) for a UNet batch of n rows, laid out for ``branch`` (default
@@ -291,6 +318,8 @@ class SteeringSession(DenoiserRun):
         scales, directions = self.row_scales(rows), plan.at(self.step, self.num_steps)
         if plan.members is not None:
             scales = scales * plan.members
+        if (mask := self.window_mask(self.windows)) is not None:
+            scales = scales * mask
         # products first, then the sum (not a matmul, whose kernels may fuse them): a direction added and taken away
         # again (scales s and -s) then cancels exactly, whatever the CPU's instructions
         return (scales[:, :, None] * directions[None]).sum(dim=1)
@@ -316,7 +345,9 @@ class SteeringSession(DenoiserRun):
                 self.applied_steps.append(self.step)
             out = h
             if adding:
-                key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch)
+                mask = self.window_mask(self.windows)
+                key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch,
+                       None if mask is None else tuple(mask.tolist()))
                 delta = plan.cache.get(key)
                 if delta is None:  # (n, C): each row's weighted sum of directions
                     delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
@@ -339,6 +370,8 @@ class SteeringSession(DenoiserRun):
         amounts = self.row_scales(h.shape[0], self.removal, "cond")  # the conditional half only
         if plan.members is not None:
             amounts = amounts * plan.members
+        if (mask := self.window_mask(self.removal_windows)) is not None:
+            amounts = amounts * mask
         amounts = amounts.to(h.device)
         levels = torch.nan_to_num(plan.levels).to(device=h.device, dtype=torch.float32)
         k = plan.fixed_tokens  # left alone here too (their projection equals the level up to its rounding)

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from steer.config import check_window as check_config_window
+from steer.config import is_per_vector
 from steer.jobs.read import JobError, show
 
 MAX_PROMPT_CHARS = 10_000  # prompt and negative_prompt (CLIP reads 77 tokens)
@@ -45,8 +46,13 @@ def check_float(line: int, what: str, value: Any, lo: float, hi: float) -> float
     return float(value)
 
 
-def check_window_field(line: int, key: str, window: Any) -> tuple[float, float]:
-    """A job's ``[start, end]`` window of fractions; raises `JobError` naming ``key``."""
+def check_window_field(line: int, key: str, window: Any, count: int | None = None, allow_none: bool = False) -> Any:
+    """A job's ``[start, end]`` window of fractions, or (with ``count`` directions) one such window per direction
+    (``allow_none``: an entry may be null, that direction's own window); raises `JobError` naming ``key``."""
+    if count is not None and is_per_vector(window):
+        if len(window) != count:
+            raise JobError(line, f"{key} holds {len(window)} windows for {count} direction(s): give one [start, end] for all, or one per direction")
+        return tuple(None if (w is None and allow_none) else check_window_field(line, key, w) for w in window)
     if not isinstance(window, list | tuple) or len(window) != 2:
         raise JobError(line, f"{key} must be a pair [start, end] of fractions, got {show(window)}")
     window = tuple(check_float(line, key, w, 0.0, 1.0) for w in window)

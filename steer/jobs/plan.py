@@ -284,10 +284,11 @@ class _Validator:
         # what a job leaves unset comes from its directions' recommended settings, as in every call (preserve_norm,
         # which a job cannot set, too); but the layers: a job without steering_layers steers all of its directions'
         recommended = SteeringConfig.from_settings(recommended_settings(vectors))
-        window = check_window_field(line, "steering_window", job.get("steering_window", recommended.window))
+        # windows: one for all directions, or one per direction (those they record, when they differ)
+        window = check_window_field(line, "steering_window", job.get("steering_window", recommended.window), len(vectors))
         removal_window = job.get("steering_removal_window", recommended.removal_window)
         if removal_window is not None:
-            removal_window = check_window_field(line, "steering_removal_window", removal_window)
+            removal_window = check_window_field(line, "steering_removal_window", removal_window, len(vectors), allow_none=True)
         branch = job.get("steering_branch", recommended.branch)
         if branch not in BRANCHES:
             raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, got {show(branch)}")

@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import copy
 import inspect
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -16,7 +17,14 @@ import torch
 from diffusers import DiffusionPipeline
 
 from steer.calibrate import cfg_rows_per_sample
-from steer.config import STEERING_DEFAULTS, SteeringConfig, parse_scales, recommended_settings, recorded_routes
+from steer.config import (
+    STEERING_DEFAULTS,
+    SteeringConfig,
+    disagreement_note,
+    parse_scales,
+    recommended_settings,
+    recorded_routes,
+)
 from steer.denoisers import CONTEXT_SITE, GLOB_CHARS, list_layers, resolve_layers, text_readers, unwrap
 from steer.detect.detector import detect_memorization
 from steer.detect.inline import enter_inline_detection
@@ -38,7 +46,8 @@ STEERING_DOC = """
     - ``steering``: a `SteeringVector`, a path to one, a list of them, or None.
     - ``steering_scale``: float, one per vector, one per batch row, or (rows, vectors); negative subtracts.
     - ``steering_layers``: None (the vectors' layers) or names / glob patterns restricting them.
-    - ``steering_window``: ``(start, end)`` fractions of the denoising run (default the paper's (0.45, 0.95)).
+    - ``steering_window``: ``(start, end)`` fractions of the denoising run (default the paper's (0.45, 0.95)), or
+      one per vector. Unset, directions that record different windows each act in their own.
     - ``steering_branch``: ``"cond"`` (paper), ``"uncond"``, ``"both"`` or ``"split"`` (+scale on the conditional
       half, -scale on the unconditional one: guidance amplifies the push); irrelevant without CFG.
     - ``steering_normalize``: unit-norm each layer's vector and measure the scale in units of that layer's typical
@@ -50,8 +59,8 @@ STEERING_DOC = """
     - ``steering_negative``: ``"subtract"`` (a negative scale adds ``-s * v``) or ``"remove"`` (it takes away what
       the prompt carries along ``v`` beyond the vector's reference level, on the conditional half only: "a red
       t-shirt" with ``[to_blue, to_red]`` at ``[1, -1]`` loses its red and gains blue).
-    - ``steering_removal_window``: ``(start, end)`` in which ``"remove"`` acts (None: ``steering_window``; text
-      directions recommend the window's start to the end of the run).
+    - ``steering_removal_window``: ``(start, end)`` in which ``"remove"`` acts, or one per vector (None:
+      ``steering_window``; text directions recommend the window's start to the end of the run).
     - ``steering_readers``: which cross-attentions read a text-token direction: None (all), ``"layout"`` (the down
       and mid blocks': object edits keep the prompt's colour), ``"detail"`` (the up blocks') or attn2 patterns.
       Unset, directions that record different routes are each read where they were calibrated (an unrouted one
@@ -158,6 +167,8 @@ class SteeringMixin:
         given = {**(_CONTEXT_DEFAULTS.get() or {}).get(id(self), {}), **explicit}
         vectors = as_vector_list(given.get("steering"))
         settings = {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}
+        if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
+            warnings.warn(note, UserWarning, stacklevel=4)
         return settings, vectors
 
     @staticmethod

@@ -1,0 +1,175 @@
+"""One window per direction: directions that record different windows each act only inside their own.
+
+On the tiny random SD pipeline: exact deltas step by step, the recorded windows applied when a call sets none (and
+overridden when it sets one), per-direction removal windows, one-line errors, batch jobs, CLI and app recipes.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from steer.config import PAPER_WINDOW, SteeringConfig, recommended_settings, window_record
+from steer.denoisers import CONTEXT_SITE
+from steer.engine import window_bounds
+from steer.jobs import run as batch
+from steer.recipe import read_recipe
+from steer.testing import capture_site, no_hooks_left, random_vector
+from steer.vectors import SteeringVector
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+STEPS = 6
+EARLY, LATE = (0.0, 0.5), (0.5, 1.0)
+
+
+def call(pipe, prompt="a red sneaker", seed=0, **kw):
+    kw.setdefault("num_inference_steps", STEPS)
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **kw).images
+
+
+def windowed(vector: SteeringVector, window, removal=None) -> SteeringVector:
+    """``vector`` recording ``window`` (None: no window) and ``removal`` as its recommended (removal) window."""
+    rec = {k: v for k, v in (vector.metadata.get("recommended") or {}).items() if k not in ("window", "removal_window")}
+    rec = {**rec, **({"window": list(window)} if window else {}), **({"removal_window": list(removal)} if removal else {})}
+    return SteeringVector(vector.directions, {**vector.metadata, "name": f"{vector.name}-{window}-{removal}", "recommended": rec})
+
+
+@pytest.fixture(scope="module")
+def text_pair(tiny_pipe):
+    """Two text-site directions, recommending the text preset's application, early and late windows."""
+    rec = {"branch": "split", "mode": "token", "preserve_norm": True}
+    first = random_vector(tiny_pipe, [CONTEXT_SITE], seed=1, fingerprint=True, recommended=rec)
+    second = random_vector(tiny_pipe, [CONTEXT_SITE], seed=2, fingerprint=True, recommended=rec)
+    return windowed(first, EARLY), windowed(second, LATE)
+
+
+def test_each_direction_moves_the_site_only_inside_its_own_window(tiny_pipe):
+    """Given one window per direction, a steered site moves by exactly the sum of the directions whose window holds
+    the step, and not at all where none does."""
+    layer = "up_blocks.0.resnets.1"
+    a, b = random_vector(tiny_pipe, [layer], seed=3), random_vector(tiny_pipe, [layer], seed=4)
+    windows, scales = [(0.0, 0.5), (0.3, 0.7)], [0.7, -0.4]
+    raw, steered = capture_site(tiny_pipe, layer, lambda arm: call(
+        tiny_pipe, steering=[a, b], steering_scale=scales, steering_window=windows, steering_branch="both", callback_on_step_end=arm))
+    bounds = [window_bounds(w, STEPS) for w in windows]
+    seen = set()
+    for step, (r, s) in enumerate(zip(raw, steered, strict=True), start=1):
+        inside = [first <= step < stop for first, stop in bounds]
+        seen.add(tuple(inside))
+        want = sum((sc * v.directions[layer] for sc, v, i in zip(scales, (a, b), inside, strict=True) if i), torch.zeros(r.shape[1]))
+        if any(inside):
+            torch.testing.assert_close(s - r, want[None, :, None, None].expand_as(r), rtol=0, atol=1e-5)
+        else:
+            assert torch.equal(s, r), f"step {step} is outside both windows but moved"
+    assert seen == {(True, False), (True, True), (False, True), (False, False)}  # every case was exercised
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_directions_recording_different_windows_act_each_in_its_own(tiny_pipe, text_pair):
+    """A call that sets no window applies each direction in the window it records (not the built-in one, the earlier
+    fallback when they differed): with the other at scale 0 each gives exactly what it gives alone; a window set in
+    the call, or in ``pipe.steering(...)``, applies to all."""
+    early, late = text_pair
+    assert recommended_settings([early, late])["steering_window"] == (EARLY, LATE)
+    assert recommended_settings([early, windowed(late, EARLY)])["steering_window"] == EARLY  # agreeing: one window
+    assert recommended_settings([early, windowed(late, None)])["steering_window"] == (EARLY, PAPER_WINDOW)
+    pair = dict(steering=[early, late])
+    assert np.array_equal(call(tiny_pipe, **pair, steering_scale=[0.8, 0.0]), call(tiny_pipe, steering=early, steering_scale=0.8))
+    assert np.array_equal(call(tiny_pipe, **pair, steering_scale=[0.0, 0.8]), call(tiny_pipe, steering=late, steering_scale=0.8))
+    both = call(tiny_pipe, **pair, steering_scale=[0.8, 0.8])
+    assert np.array_equal(both, call(tiny_pipe, **pair, steering_scale=[0.8, 0.8], steering_window=[EARLY, LATE]))
+    assert not np.array_equal(both, call(tiny_pipe, **pair, steering_scale=[0.8, 0.8], steering_window=PAPER_WINDOW))
+    whole = call(tiny_pipe, **pair, steering_scale=[0.8, 0.8], steering_window=(0.0, 1.0))
+    with tiny_pipe.steering([early, late], scale=[0.8, 0.8], window=(0.0, 1.0)):
+        assert np.array_equal(call(tiny_pipe), whole)
+    assert not np.array_equal(whole, both)
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_per_direction_windows_refuse_a_wrong_count_in_one_line(tiny_pipe, text_pair):
+    with pytest.raises(ValueError, match=r"steering_window holds 3 windows for 2 direction\(s\)"):
+        call(tiny_pipe, steering=list(text_pair), steering_window=[EARLY, LATE, EARLY])
+    with pytest.raises(ValueError, match="steering_window must satisfy 0 <= start <= end <= 1"):
+        call(tiny_pipe, steering=list(text_pair), steering_window=[EARLY, (0.7, 0.2)])
+    with pytest.raises(ValueError, match="steering_window must be a pair"):
+        SteeringConfig(window=[EARLY, None])
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_removal_windows_per_direction(tiny_pipe):
+    """Directions recording different removal windows: each is removed only inside its own (with the other at 0,
+    exactly as alone), the removal window of one that records none follows its window, and a removal window set in
+    the call applies to all."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights render no attribute
+        red = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], num_inference_steps=3, calibration_samples=2, progress=False)
+        bag = tiny_pipe.learn_direction(["a red bag"], ["a red item"], num_inference_steps=3, calibration_samples=2, progress=False)
+    early_red, late_bag = windowed(red, EARLY, removal=EARLY), windowed(bag, EARLY, removal=LATE)
+    assert recommended_settings([early_red, late_bag])["steering_removal_window"] == (EARLY, LATE)
+    assert recommended_settings([early_red, windowed(bag, LATE)])["steering_removal_window"] == (EARLY, None)
+    remove = dict(steering_negative="remove")
+    for scales, alone in (([-0.6, 0.0], early_red), ([0.0, -0.6], late_bag)):
+        got = call(tiny_pipe, "a red bag", steering=[early_red, late_bag], steering_scale=scales, **remove)
+        assert np.array_equal(got, call(tiny_pipe, "a red bag", steering=alone, steering_scale=-0.6, **remove))
+    session = tiny_pipe.build_steering_session([early_red, windowed(bag, LATE)], torch.tensor([[-1.0, -1.0]]),
+                                               SteeringConfig(**{k[9:]: v for k, v in recommended_settings([early_red, windowed(bag, LATE)]).items()}))
+    assert session.removal_windows == [EARLY, LATE]  # the one recording none: its own window
+    both = call(tiny_pipe, "a red bag", steering=[early_red, late_bag], steering_scale=[-0.6, -0.6], **remove)
+    everywhere = call(tiny_pipe, "a red bag", steering=[early_red, late_bag], steering_scale=[-0.6, -0.6], steering_removal_window=(0.0, 1.0), **remove)
+    assert not np.array_equal(both, everywhere)
+    assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_recipes_record_each_directions_window(tiny_pipe, text_pair, tmp_path):
+    """Batch, CLI and app recipes record the window per direction when the directions were applied in different
+    ones, and one ``[start, end]`` otherwise (recipes, and batch resume keys, of such calls are unchanged); a batch
+    job may give one window per direction, and a wrong count is refused naming the line."""
+    from steer.app import helpers as H
+    from steer.cli.main import main
+
+    early, late = text_pair
+    paths = [str(early.save(tmp_path / "early.safetensors")), str(late.save(tmp_path / "late.safetensors"))]
+    job = {"prompt": "a bag", "seed": 5, "num_inference_steps": STEPS, "directions": [{"path": p, "scale": 0.5} for p in paths]}
+    batch.run([{**job, "name": "mixed"}, {**job, "name": "given", "steering_window": [[0.0, 1.0], [0.2, 0.6]]},
+               {**job, "name": "one", "steering_window": [0.0, 1.0]}], tiny_pipe, tmp_path / "out", batch_size=1, model="tiny", progress=False)
+    recipes = {n: read_recipe(tmp_path / "out" / f"{n}.png") for n in ("mixed", "given", "one")}
+    assert recipes["mixed"]["window"] == [list(EARLY), list(LATE)]
+    assert recipes["given"]["window"] == [[0.0, 1.0], [0.2, 0.6]]
+    assert recipes["one"]["window"] == [0.0, 1.0]
+    bad = batch.run([{**job, "steering_window": [[0.0, 1.0]] * 3}, {**job, "steering_window": [[0.0, 1.0], [0.6, 0.2]]}],
+                    tiny_pipe, tmp_path / "bad", batch_size=1, model="tiny", progress=False)
+    assert [f["line"] for f in bad["failures"]] == [1, 2] and bad["written"] == 0
+    assert bad["failures"][0]["reason"] == "steering_window holds 3 windows for 2 direction(s): give one [start, end] for all, or one per direction"
+    assert "steering_window must satisfy 0 <= start <= end <= 1" in bad["failures"][1]["reason"]
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    assert main(["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths, "--out", str(tmp_path / "cli")]) == 0
+    (png,) = (tmp_path / "cli").glob("*.png")
+    assert read_recipe(png)["window"] == [list(EARLY), list(LATE)]
+
+    settings = H.GenerateSettings(prompt="a red bag", steps=STEPS).validated(tiny_pipe)
+    assert settings.recipe(tiny_pipe, early, 1.0)["steering"]["window"] == window_record(settings.config.window)
+
+
+def test_directions_recording_different_application_settings_are_told(tiny_pipe, text_pair, tmp_path, capsys):
+    """Branch, mode, normalization and norm preservation apply to every direction of a call alike: when the
+    directions record different ones and the call leaves them unset, the built-in value applies to all, and the call
+    (and `steer generate`) says so in one line naming the settings and the directions; set in the call, no word."""
+    from steer.cli.main import main
+
+    early, _ = text_pair
+    paper = random_vector(tiny_pipe, ["up_blocks.0.resnets.1"], seed=6, fingerprint=True, name="paper-like", recommended={"mode": "add", "window": [0.0, 1.0]})
+    with pytest.warns(UserWarning, match=r"recommend different steering_branch \(rand1-.*: split, paper-like: none\) -> cond; steering_mode"):
+        call(tiny_pipe, steering=[early, paper], steering_scale=[0.5, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every one set: nothing to say
+        call(tiny_pipe, steering=[early, paper], steering_scale=[0.5, 0.5], steering_branch="split", steering_mode="token", steering_preserve_norm=True)
+        call(tiny_pipe, steering=list(text_pair), steering_scale=[0.5, 0.5])  # text directions agree on all of them
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    paths = [str(early.save(tmp_path / "early.safetensors")), str(paper.save(tmp_path / "paper.safetensors"))]
+    assert main(["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths, "--out", str(tmp_path / "cli")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: these directions recommend different steering_branch") == 1 and "steering_preserve_norm" in err
