@@ -180,7 +180,7 @@ def test_the_apps_direction_summary_says_who_reads_it(text_vector):
     assert "read by" not in H.direction_summary(text_vector)
 
 
-def test_a_compiled_denoiser_refuses_readers_in_one_line(text_vector):
+def test_a_compiled_denoiser_refuses_routed_readers_in_one_line(text_vector):
     from steer.testing import tiny_pipeline
 
     pipe = tiny_pipeline(seed=0)
@@ -190,7 +190,11 @@ def test_a_compiled_denoiser_refuses_readers_in_one_line(text_vector):
     with pytest.raises(ValueError, match="record different steering_readers") as err:
         call(pipe, steering=[routed(text_vector, "layout"), routed(text_vector, "detail", seed=7)])
     assert "\n" not in str(err.value)
-    assert np.isfinite(call(pipe, steering=text_vector, steering_scale=0.5)).all()  # the compiled sites still steer
+    steered = call(pipe, steering=text_vector, steering_scale=0.5)
+    assert np.isfinite(steered).all()  # the compiled sites still steer
+    # every cross-attention reading the direction is the denoiser's text input steered: allowed, and the same
+    assert np.array_equal(call(pipe, steering=text_vector, steering_scale=0.5, steering_readers="all"), steered)
+    assert np.array_equal(call(pipe, steering=[routed(text_vector, "all"), routed(text_vector, None, seed=7)], steering_scale=[0.5, 0.0]), steered)
 
 
 def test_the_routed_tokens_are_computed_once_per_denoiser_call(tiny_pipe):

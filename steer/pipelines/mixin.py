@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import copy
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,7 +26,15 @@ from steer.config import (
     recommended_settings,
     recorded_routes,
 )
-from steer.denoisers import CONTEXT_SITE, GLOB_CHARS, list_layers, resolve_layers, text_readers, unwrap
+from steer.denoisers import (
+    CONTEXT_SITE,
+    GLOB_CHARS,
+    cross_attention_sites,
+    list_layers,
+    resolve_layers,
+    text_readers,
+    unwrap,
+)
 from steer.detect.detector import detect_memorization
 from steer.detect.inline import enter_inline_detection
 from steer.detect.scores import INLINE_CALL_PARAMS
@@ -225,13 +234,16 @@ class SteeringMixin:
             names = [n for n in v.layers if selected is None or n in selected]
             v.check_compatible(denoiser, names, strict=config.strict)  # model class first, then layer names
         plans: dict[str, LayerPlan] = build_layer_plans(vectors, selected, config.normalize)
+        # a call that sets readers routes every direction there; one that sets none reads each where it was calibrated
+        routes = recorded_routes(vectors) if config.readers is None and CONTEXT_SITE in plans else None
         if config.readers is not None:  # a one-line error before any sampling, not from inside the first hook call
             if CONTEXT_SITE not in plans:
                 raise ValueError(f"steering_readers routes text-token directions ({CONTEXT_SITE!r}); these steer {sorted(plans)}")
-            text_readers(denoiser, config.readers)
-        routes = recorded_routes(vectors) if config.readers is None and CONTEXT_SITE in plans else None
-        for route in set(routes or ()) - {None}:
-            text_readers(denoiser, route)
+            if self._reads_everywhere(config.readers):  # the same as steering the denoiser's text input, at its cost
+                config = dataclasses.replace(config, readers=None)
+        if routes is not None:
+            routes = [None if r is not None and self._reads_everywhere(r) else r for r in routes]
+            routes = routes if len(set(routes)) > 1 else None
         counter = (lambda: len(scheduler.timesteps)) if scheduler is not None else self.steering_num_steps
         return SteeringSession(
             denoiser,
@@ -242,6 +254,11 @@ class SteeringMixin:
             cfg=cfg if cfg is not None else self.steering_cfg,
             text_routes=routes,
         )
+
+    def _reads_everywhere(self, readers: Sequence[str]) -> bool:
+        """Whether ``readers`` names every cross-attention of the denoiser (`LayerError` in one line for a name that
+        matches none, or a family without routing)."""
+        return set(text_readers(self.denoiser, readers)) == set(cross_attention_sites(self.denoiser))
 
     def compile_unet(self, layers: str | Iterable[str] | None = None, **compile_kwargs: Any) -> None:
         """``torch.compile`` the denoiser with persistent steering sites at ``layers`` (default: every site
