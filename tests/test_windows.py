@@ -173,3 +173,31 @@ def test_directions_recording_different_application_settings_are_told(tiny_pipe,
     assert main(["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths, "--out", str(tmp_path / "cli")]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: these directions recommend different steering_branch") == 1 and "steering_preserve_norm" in err
+
+
+def test_the_sum_of_directions_keeps_what_they_record(tiny_pipe, text_pair):
+    """``a + b`` records the settings both directions record (it used to record none, so a sum of text directions was
+    applied the paper's way); with different windows it becomes a per-step direction over their hull, each part zero
+    outside its own window, so at scale 1 it gives exactly the two in one call; settings they record differently are
+    left to the built-in ones with a warning, and windows that do not divide the run evenly are refused in one line."""
+    early, late = text_pair
+    total = early + late
+    assert total.metadata["recommended"] == {"branch": "split", "mode": "token", "preserve_norm": True, "window": [0.0, 1.0]}
+    assert tuple(total.directions[CONTEXT_SITE].shape) == (2, early.directions[CONTEXT_SITE].shape[-1])
+    assert np.array_equal(call(tiny_pipe, steering=total), call(tiny_pipe, steering=[early, late], steering_scale=[1.0, 1.0]))
+    same = early + windowed(late, EARLY)
+    assert same.directions[CONTEXT_SITE].ndim == 1 and same.metadata["recommended"]["window"] == list(EARLY)
+    assert np.array_equal(call(tiny_pipe, steering=same), call(tiny_pipe, steering=[early, windowed(late, EARLY)], steering_scale=[1.0, 1.0]))
+    assert (2.0 * total).metadata["recommended"] == total.metadata["recommended"]
+    difference = early - windowed(late, (0.25, 0.75))  # quarters: four buckets, the second part negated in its own
+    rows = difference.directions[CONTEXT_SITE]
+    e, lt = early.directions[CONTEXT_SITE], late.directions[CONTEXT_SITE]
+    assert torch.equal(rows[0], e) and torch.equal(rows[1], e - lt) and torch.equal(rows[2], -lt) and not rows[3].any()
+    assert difference.metadata["recommended"]["window"] == [0.0, 0.75]
+
+    paper = random_vector(tiny_pipe, [CONTEXT_SITE], seed=6, fingerprint=True, name="paper-like", recommended={"mode": "add", "window": [0.0, 0.5]})
+    with pytest.warns(UserWarning, match="recommend different branch, mode, preserve_norm: their sum records only what they share"):
+        mixed = early + paper
+    assert mixed.metadata["recommended"] == {"window": [0.0, 0.5]}
+    with pytest.raises(ValueError, match=r"cannot add .* into one vector: the windows do not divide the run into at most 1000 equal shares"):
+        early + windowed(late, (0.0, 0.4567))
