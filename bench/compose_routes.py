@@ -25,6 +25,10 @@ the run: each direction in its own window stays the default if its mean joint su
 the built-in window's.
 
     python bench/compose_routes.py --study windows --prompts empty --seeds 16 --out docs/steering/compose_windows
+
+``--sega``: the peer in the same run, diffusers' `SemanticStableDiffusionPipeline` on the same components with both
+edits as editing prompts (the class name and the colour word, as in `bench/steering_matrix.py`), edit guidance 2, 4
+and 8 for both (4 UNet batch rows per step: two edit concepts, against our 2); reported at its best scale per pair.
 """
 
 from __future__ import annotations
@@ -72,6 +76,27 @@ def conditions(study: str, cls: SteeringVector, col: SteeringVector) -> dict[str
     return {**compared, "class alone": dict(steering=cls, steering_scale=1.0), "colour alone": dict(steering=col, steering_scale=1.0)}
 
 
+SEGA_SCALES = (2.0, 4.0, 8.0)
+
+
+def sega_sampler(pipe, steps: int, guidance: float, seed_base: int, seeds: int):
+    """``sample(prompts, edits, scale)``: SEGA images (seed-major, NCHW) with every edit at edit guidance ``scale``."""
+    from diffusers import SemanticStableDiffusionPipeline
+
+    sega = SemanticStableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+                                           scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sega.set_progress_bar_config(disable=True)
+
+    def sample(prompts: list[str], edits: list[str], scale: float) -> np.ndarray:
+        n = len(edits)
+        out = [sega(prompts, generator=torch.Generator().manual_seed(seed_base + s), num_inference_steps=steps, guidance_scale=guidance,
+                    editing_prompt=list(edits), edit_guidance_scale=[scale] * n, edit_warmup_steps=[max(1, steps // 10)] * n,
+                    edit_threshold=[0.9] * n, reverse_editing_direction=[False] * n, output_type="np").images for s in range(seeds)]
+        return np.concatenate(out).transpose(0, 3, 1, 2).astype(np.float32)  # one generator per call: seed-major
+
+    return sample
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "assets" / "models" / "demo"))
@@ -82,6 +107,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--prompts", choices=("empty", "class-stated"), default="empty")
     ap.add_argument("--study", choices=tuple(PAIRS), default="routes")
+    ap.add_argument("--sega", action="store_true", help="add the SEGA peer (both edits as editing prompts) at edit guidance 2, 4, 8")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -100,12 +126,16 @@ def main() -> None:
                       num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np", **kw).images
         return images.transpose(0, 3, 1, 2).astype(np.float32)
 
+    sega_sample = sega_sampler(pipe, args.steps, args.guidance, args.seed_base, args.seeds) if args.sega else None
     rows, strips = [], []
     for cls_name, col_name in pairs:
         target_class, target_colour = D.CLASS_NAMES.index(CLASS_OF[cls_name]), D.COLOUR_NAMES.index(col_name[3:])
         prompts = [""] if args.prompts == "empty" else [f"a {k}" for k in D.CLASS_NAMES if k != CLASS_OF[cls_name]][:8]
-        for condition, kw in conditions(args.study, vec[cls_name], vec[col_name]).items():
-            images = sample(prompts, **kw)
+        calls = conditions(args.study, vec[cls_name], vec[col_name])
+        if args.sega:
+            calls.update({f"SEGA {e:g}": {"sega": ([CLASS_OF[cls_name], col_name[3:]], e)} for e in SEGA_SCALES})
+        for condition, kw in calls.items():
+            images = sega_sample(prompts, *kw["sega"]) if "sega" in kw else sample(prompts, **kw)
             j = judge(classifier, images)
             unbroken = (j["lit_share"] <= 0.85) & (j["lit_share"] >= 0.02)
             cls_ok, col_ok, pix_ok = j["class"] == target_class, j["colour"] == target_colour, j["pixel_colour"] == target_colour
@@ -119,6 +149,9 @@ def main() -> None:
             "seconds": round(time.time() - t0, 1), "study": args.study, "prompts": args.prompts, "seeds": args.seeds, "seed_base": args.seed_base, "steps": args.steps, "guidance": args.guidance}
     compared = [c for c in dict.fromkeys(r["condition"] for r in rows) if not c.endswith("alone")]
     mean = {c: float(np.mean([r["joint"] for r in rows if r["condition"] == c])) for c in compared}
+    if args.sega:  # the peer at its best edit guidance, chosen per pair (in its favour)
+        best = [max(r["joint"] for r in rows if r["pair"] == f"{a} + {b}" and r["condition"].startswith("SEGA")) for a, b in pairs]
+        mean["SEGA at its best scale per pair"] = float(np.mean(best))
     (out / "results.json").write_text(json.dumps({"meta": meta, "mean_joint": mean, "rows": rows}, indent=1) + "\n")
     lines = [f"Command: `{meta['command']}` ({meta['machine']}, DDIM {args.steps}, guidance {args.guidance}, {args.seeds} seeds x {'1 empty prompt' if args.prompts == 'empty' else '8 prompts'}, {meta['seconds']} s)", "",
              "| pair | condition | class | colour (classifier / pixel) | joint | break |", "|---|---|---|---|---|---|"]
