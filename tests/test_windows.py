@@ -121,7 +121,7 @@ def test_removal_windows_per_direction(tiny_pipe):
     assert no_hooks_left(tiny_pipe.unet)
 
 
-def test_recipes_record_each_directions_window(tiny_pipe, text_pair, tmp_path):
+def test_recipes_record_each_directions_window(tiny_pipe, text_pair, tmp_path, capsys):
     """Batch, CLI and app recipes record the window per direction when the directions were applied in different
     ones, and one ``[start, end]`` otherwise (recipes, and batch resume keys, of such calls are unchanged); a batch
     job may give one window per direction, and a wrong count is refused naming the line."""
@@ -148,6 +148,15 @@ def test_recipes_record_each_directions_window(tiny_pipe, text_pair, tmp_path):
     assert main(["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths, "--out", str(tmp_path / "cli")]) == 0
     (png,) = (tmp_path / "cli").glob("*.png")
     assert read_recipe(png)["window"] == [list(EARLY), list(LATE)]
+    cli = ["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths]
+    assert main([*cli, "--window", "0,1", "0.2,0.6", "--out", str(tmp_path / "cli2")]) == 0  # one per direction
+    assert read_recipe(next((tmp_path / "cli2").glob("*.png")))["window"] == [[0.0, 1.0], [0.2, 0.6]]
+    assert main([*cli, "--window", "0,1", "--out", str(tmp_path / "cli3")]) == 0  # one for both
+    assert read_recipe(next((tmp_path / "cli3").glob("*.png")))["window"] == [0.0, 1.0]
+    capsys.readouterr()
+    assert main([*cli, "--window", "0,1", "0,1", "0,1", "--out", str(tmp_path / "cli4")]) == 2
+    assert "--window takes one start,end for all directions or one per direction (2), got 3" in capsys.readouterr().err
+    assert not (tmp_path / "cli4").exists()
 
     settings = H.GenerateSettings(prompt="a red bag", steps=STEPS).validated(tiny_pipe)
     assert settings.recipe(tiny_pipe, early, 1.0)["steering"]["window"] == window_record(settings.config.window)

@@ -112,15 +112,18 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", nargs="+", default=None, help="restrict to these layers / glob patterns")
-    p.add_argument("--window", type=parse_window, default=None, help="start,end fractions of the run (default 0.45,0.95)")
+    p.add_argument("--window", type=parse_window, nargs="+", default=None,
+                   help="start,end fractions of the run, one for all directions or one per --direction in order (default: "
+                        "what the directions record, each its own when they differ; else 0.45,0.95)")
     p.add_argument("--branch", choices=BRANCHES, default=None, help="CFG half to steer (default cond)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="scale in units of each layer's typical activation norm")
     p.add_argument("--mode", choices=MODES, default=None, help="uniform add (paper, default), activation-weighted or token-norm units")
     p.add_argument("--negative", choices=NEGATIVES, default="subtract",
                    help="what a negative scale does: subtract the direction (default) or remove what the prompt carries along it")
-    p.add_argument("--removal-window", type=parse_window, default=None,
-                   help="start,end fractions of the run in which --negative remove acts (default: what the directions "
-                        "recommend, from the window's start to the end of the run for text directions; else --window)")
+    p.add_argument("--removal-window", type=parse_window, nargs="+", default=None,
+                   help="start,end fractions of the run in which --negative remove acts, one for all or one per direction "
+                        "(default: what the directions recommend, from the window's start to the end of the run for "
+                        "text directions; else --window)")
     p.add_argument("--readers", nargs="+", default=None,
                    help="which cross-attentions read a text direction: 'layout', 'detail' or attn2 patterns (default: what "
                         "the direction recommends, else all)")
@@ -237,9 +240,15 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
             agreed = agreed_recommendation(vectors, key)
             setattr(args, key, agreed if agreed is not None else builtin)
     given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
-    for key in ("window", "removal_window", "readers"):
-        if getattr(args, key, None) is not None:
-            given[f"steering_{key}"] = getattr(args, key)
+    for key in ("window", "removal_window"):  # one for all directions, or one per direction (and take-away)
+        windows = getattr(args, key, None)
+        if windows is not None:
+            if len(windows) not in (1, len(vectors)):
+                flag = "--" + key.replace("_", "-")
+                raise CLIError(f"{flag} takes one start,end for all directions or one per direction ({len(vectors)}), got {len(windows)}")
+            given[f"steering_{key}"] = windows[0] if len(windows) == 1 else tuple(windows)
+    if args.readers is not None:
+        given["steering_readers"] = args.readers
     return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})
 
 
