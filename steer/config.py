@@ -57,7 +57,7 @@ def vector_windows(window: Any, count: int, name: str = "steering_window") -> li
     if window is None or not is_per_vector(window):
         return None
     if len(window) != count:
-        raise ValueError(f"{name} holds {len(window)} windows for {count} direction(s): give one (start, end) for all, or one per direction")
+        raise ValueError(f"{name} holds {len(window)} window(s) for {count} direction(s): give one (start, end) for all, or one per direction")
     return list(window)
 
 

@@ -88,7 +88,7 @@ def test_directions_recording_different_windows_act_each_in_its_own(tiny_pipe, t
 
 
 def test_per_direction_windows_refuse_a_wrong_count_in_one_line(tiny_pipe, text_pair):
-    with pytest.raises(ValueError, match=r"steering_window holds 3 windows for 2 direction\(s\)"):
+    with pytest.raises(ValueError, match=r"steering_window holds 3 window\(s\) for 2 direction\(s\)"):
         call(tiny_pipe, steering=list(text_pair), steering_window=[EARLY, LATE, EARLY])
     with pytest.raises(ValueError, match="steering_window must satisfy 0 <= start <= end <= 1"):
         call(tiny_pipe, steering=list(text_pair), steering_window=[EARLY, (0.7, 0.2)])
@@ -140,7 +140,7 @@ def test_recipes_record_each_directions_window(tiny_pipe, text_pair, tmp_path, c
     bad = batch.run([{**job, "steering_window": [[0.0, 1.0]] * 3}, {**job, "steering_window": [[0.0, 1.0], [0.6, 0.2]]}],
                     tiny_pipe, tmp_path / "bad", batch_size=1, model="tiny", progress=False)
     assert [f["line"] for f in bad["failures"]] == [1, 2] and bad["written"] == 0
-    assert bad["failures"][0]["reason"] == "steering_window holds 3 windows for 2 direction(s): give one [start, end] for all, or one per direction"
+    assert bad["failures"][0]["reason"] == "steering_window holds 3 window(s) for 2 direction(s): give one [start, end] for all, or one per direction"
     assert "steering_window must satisfy 0 <= start <= end <= 1" in bad["failures"][1]["reason"]
 
     model = tmp_path / "model"

@@ -51,7 +51,7 @@ def check_window_field(line: int, key: str, window: Any, count: int | None = Non
     (``allow_none``: an entry may be null, that direction's own window); raises `JobError` naming ``key``."""
     if count is not None and is_per_vector(window):
         if len(window) != count:
-            raise JobError(line, f"{key} holds {len(window)} windows for {count} direction(s): give one [start, end] for all, or one per direction")
+            raise JobError(line, f"{key} holds {len(window)} window(s) for {count} direction(s): give one [start, end] for all, or one per direction")
         return tuple(None if (w is None and allow_none) else check_window_field(line, key, w) for w in window)
     if not isinstance(window, list | tuple) or len(window) != 2:
         raise JobError(line, f"{key} must be a pair [start, end] of fractions, got {show(window)}")
