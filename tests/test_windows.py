@@ -182,6 +182,13 @@ def test_directions_recording_different_application_settings_are_told(tiny_pipe,
     assert main(["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths, "--out", str(tmp_path / "cli")]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: these directions recommend different steering_branch") == 1 and "steering_preserve_norm" in err
+    told: list[str] = []
+    job = {"prompt": "a bag", "num_inference_steps": STEPS, "directions": paths}
+    batch.run([job, {**job, "seed": 1}, {**job, "steering_branch": "split", "steering_mode": "token"}], tiny_pipe, tmp_path / "batch",
+              batch_size=1, model="tiny", progress=False, report=told.append)
+    notes = [t for t in told if "recommend different" in t]
+    assert len(notes) == 2 and notes[0].startswith("warning: line 1: these directions recommend different steering_branch")
+    assert notes[1].startswith("warning: line 3: these directions recommend different steering_preserve_norm")  # the rest set
 
 
 def test_the_sum_of_directions_keeps_what_they_record(tiny_pipe, text_pair):

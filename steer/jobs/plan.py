@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.config import SteeringConfig, recommended_settings, routes_record
+from steer.config import SteeringConfig, disagreement_note, recommended_settings, routes_record
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, local_kind, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
@@ -112,6 +112,7 @@ class _Validator:
         self._setups: dict[tuple, list[str] | Exception] = {}
         self._fits = fits if fits is not None else FitCache(pipe)
         self.report = report
+        self._noted: set[str] = set()  # the disagreement notes already reported (once per run each)
 
     # ----- fields ---------------------------------------------------------------------------------------------------
     def images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
@@ -284,6 +285,10 @@ class _Validator:
         # what a job leaves unset comes from its directions' recommended settings, as in every call (preserve_norm,
         # which a job cannot set, too); but the layers: a job without steering_layers steers all of its directions'
         recommended = SteeringConfig.from_settings(recommended_settings(vectors))
+        note = disagreement_note(vectors, set(job)) if len(vectors) > 1 else None
+        if note is not None and self.report is not None and note not in self._noted:
+            self._noted.add(note)
+            self.report(f"warning: line {line}: {note}")
         # windows: one for all directions, or one per direction (those they record, when they differ)
         window = check_window_field(line, "steering_window", job.get("steering_window", recommended.window), len(vectors))
         removal_window = job.get("steering_removal_window", recommended.removal_window)

@@ -371,7 +371,8 @@ def run(
     Returns the summary: ``written``, ``skipped`` (already done), ``failed`` (jobs), ``failures`` (``[{line,
     reason}]``), ``images`` (planned), ``seconds``, ``images_per_s`` (written per second of generation), ``manifest``.
     ``on_image(entry)`` is called after each image and its manifest line are on disk. ``report(text)`` receives
-    validation failures before any compute (the first `MAX_REPORTED`, then a count). Under accelerate (``state`` or
+    validation failures before any compute (the first `MAX_REPORTED`, then a count) and ``warning:`` lines (take-away
+    fits; directions recording different application settings, once per run each). Under accelerate (``state`` or
     the launch environment) the batches are dealt round-robin to the processes and every process returns the same,
     combined summary. ``base_dir``: where relative direction paths are looked up (default: next to the jobs file).
 
