@@ -211,6 +211,7 @@ class SteeringSession(DenoiserRun):
             windows = self.windows or [self.config.window] * count
             removal = [r if r is not None else w for r, w in zip(removal, windows, strict=True)]
         self.removal_windows = removal
+        self._masks: dict[tuple, torch.Tensor] = {}
         self.applied_steps: list[int] = []
 
     def _check_levels(self) -> None:
@@ -279,10 +280,14 @@ class SteeringSession(DenoiserRun):
 
     def window_mask(self, windows: list[tuple[float, float]] | None) -> torch.Tensor | None:
         """(K,) 1 for the vectors whose own window holds the current step, 0 for the others; None without
-        per-vector windows."""
+        per-vector windows. Computed once per step (every hook of the step asks)."""
         if windows is None:
             return None
-        return torch.tensor([float(self.in_window(w)) for w in windows])
+        key = (id(windows), self.step, self.num_steps)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = self._masks[key] = torch.tensor([float(self.in_window(w)) for w in windows])
+        return mask
 
     def row_scales(self, n: int, scales: torch.Tensor | None = None, branch: str | None = None) -> torch.Tensor:
         """(n, K) ``scales`` (default the additive ones) for a UNet batch of n rows, laid out for ``branch`` (default
@@ -347,7 +352,7 @@ class SteeringSession(DenoiserRun):
             if adding:
                 mask = self.window_mask(self.windows)
                 key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch,
-                       None if mask is None else tuple(mask.tolist()))
+                       None if mask is None else mask.numpy().tobytes())
                 delta = plan.cache.get(key)
                 if delta is None:  # (n, C): each row's weighted sum of directions
                     delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
