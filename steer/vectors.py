@@ -393,8 +393,8 @@ def _joint_recommendation(a: SteeringVector, b: SteeringVector) -> tuple[dict[st
     differ = sorted(k for k in (set(ra) | set(rb)) - {"window", "removal_window", "layers"} if ra.get(k) != rb.get(k))
     if differ:
         warnings.warn(f"{a.name!r} and {b.name!r} recommend different {', '.join(differ)}: their sum records only what they "
-                      "share (the built-in defaults apply to the rest); pass both to one call (steering=[a, b]) to apply each "
-                      "as learned", UserWarning, stacklevel=4)
+                      "share (the built-in defaults apply to the rest); passed to one call (steering=[a, b]) each keeps its own "
+                      "window and route", UserWarning, stacklevel=4)
     wa, wb = (tuple(float(x) for x in (r.get("window") or PAPER_WINDOW)) for r in (ra, rb))
     if wa == wb:
         return {**agreed, "window": list(wa)}, (None, None), buckets
