@@ -188,8 +188,8 @@ class SteeringVector:
         recommended, windows, buckets = _joint_recommendation(self, other)
         mine_dirs, theirs_dirs = self.directions, other.directions
         if buckets > 1:  # one row per 1/buckets of the run; with different windows each part is zero outside its own
-            mine_dirs = {k: _in_buckets(v, windows[0], buckets) for k, v in mine_dirs.items()}
-            theirs_dirs = {k: _in_buckets(v, windows[1], buckets) for k, v in theirs_dirs.items()}
+            mine_dirs = {k: in_step_buckets(v, windows[0], buckets) for k, v in mine_dirs.items()}
+            theirs_dirs = {k: in_step_buckets(v, windows[1], buckets) for k, v in theirs_dirs.items()}
         out: dict[str, torch.Tensor] = {k: v.clone() for k, v in mine_dirs.items()}
         for k, v in theirs_dirs.items():
             if k in out:
@@ -385,7 +385,7 @@ def _joint_recommendation(a: SteeringVector, b: SteeringVector) -> tuple[dict[st
     other than the window, are left to the built-in defaults, with a warning; the removal window and reference level
     are not carried (a sum cannot be taken away)."""
     ra, rb = a.metadata.get("recommended") or {}, b.metadata.get("recommended") or {}
-    steps = {(_steps_of(v)) for v in (*a.directions.values(), *b.directions.values())}
+    steps = {as_step_rows(v).shape[0] for v in (*a.directions.values(), *b.directions.values())}
     buckets = math.lcm(*steps)
     if not ra and not rb:
         return None, (None, None), buckets
@@ -406,15 +406,15 @@ def _joint_recommendation(a: SteeringVector, b: SteeringVector) -> tuple[dict[st
     return {**agreed, "window": [min(wa[0], wb[0]), max(wa[1], wb[1])]}, (wa, wb), buckets
 
 
-def _steps_of(direction: torch.Tensor) -> int:
-    """The step buckets of a stored direction: 1 for a (C,) vector, S for (S, C)."""
-    return 1 if direction.ndim == 1 else int(direction.shape[0])
+def as_step_rows(direction: torch.Tensor) -> torch.Tensor:
+    """A stored direction as (S, C): a (C,) vector is one step bucket."""
+    return direction[None] if direction.ndim == 1 else direction
 
 
-def _in_buckets(direction: torch.Tensor, window: tuple[float, float] | None, buckets: int) -> torch.Tensor:
-    """``direction`` as (buckets, C), each of its own buckets repeated; with ``window``, zero in the buckets outside
-    it (its ends are whole multiples of 1 / buckets)."""
-    d = direction[None] if direction.ndim == 1 else direction
+def in_step_buckets(direction: torch.Tensor, window: tuple[float, float] | None, buckets: int) -> torch.Tensor:
+    """``direction`` as (buckets, C), each of its own buckets repeated (``buckets`` a multiple of its count); with
+    ``window``, zero in the buckets outside it (its ends are whole multiples of 1 / buckets)."""
+    d = as_step_rows(direction)
     d = d.repeat_interleave(buckets // d.shape[0], dim=0)
     if window is not None:
         first, stop = (round(w * buckets) for w in window)

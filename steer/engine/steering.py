@@ -18,7 +18,7 @@ from steer.denoisers import (
 )
 from steer.engine.run import DenoiserRun
 from steer.errors import ModelMismatchError
-from steer.vectors import shared_fixed_tokens
+from steer.vectors import as_step_rows, in_step_buckets, shared_fixed_tokens
 
 
 def step_bucket(step: int, buckets: int, num_steps: int | None) -> int:
@@ -54,11 +54,6 @@ class LayerPlan:
         return self.directions[:, self.bucket(step, num_steps)]
 
 
-def _as_steps(d: torch.Tensor) -> torch.Tensor:
-    """A stored direction as (S, C): 1-D vectors are one bucket."""
-    return d[None] if d.ndim == 1 else d
-
-
 def build_layer_plans(
     vectors: Sequence, layers: Sequence[str] | None, normalize: bool
 ) -> dict[str, LayerPlan]:
@@ -78,14 +73,14 @@ def build_layer_plans(
         if len(channels) > 1:
             raise ValueError(f"the vectors disagree on the channel count of layer {name!r}: {sorted(channels)}")
         (c,) = channels
-        buckets = math.lcm(*(_as_steps(v.directions[name]).shape[0] for v in vectors if name in v.directions))
+        buckets = math.lcm(*(as_step_rows(v.directions[name]).shape[0] for v in vectors if name in v.directions))
         rows = []
         for v in vectors:
             d = v.directions.get(name)
             if d is None:
                 rows.append(torch.zeros(buckets, c))
                 continue
-            d = _as_steps(d.detach().float().cpu())
+            d = as_step_rows(d.detach().float().cpu())
             if normalize:
                 act = v.activation_norm.get(name)
                 if act is None:
@@ -94,7 +89,7 @@ def build_layer_plans(
                         f"{name!r}; learn the vector with steer, or pass steering_normalize=False"
                     )
                 d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act
-            rows.append(d.repeat_interleave(buckets // d.shape[0], dim=0))
+            rows.append(in_step_buckets(d, None, buckets))
         plans[name] = LayerPlan(name, torch.stack(rows), _levels(vectors, name), fixed_tokens=shared_fixed_tokens(vectors, name))
     return plans
 
