@@ -282,7 +282,8 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
             value="all",
             label="Read by",
             info="text mode: which cross-attentions read the direction. layout: the down and mid blocks only, so an "
-            "object/class edit keeps the prompt's colour; detail: the up blocks only",
+            "object/class edit keeps the prompt's colour; detail: the up blocks only; auto: layout where the model's own "
+            "prompt edit moves the layout, else all (text mode, prompts only)",
         )
     layers = gr.Dropdown(app.layers, value=[], multiselect=True, label="Chosen layers (with 'chosen layers')")
     with gr.Row():

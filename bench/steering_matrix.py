@@ -237,7 +237,7 @@ def main() -> None:
             if method in CALIBRATED:  # ours (the text preset, the default), CASteer's recipe or a site of the ablation
                 v = pipe.learn_direction(P["positive"], P["negative"], **{**CALIBRATED[method], **window}, num_inference_steps=args.learn_steps or args.steps, guidance_scale=args.guidance, progress=False, name=f"toward {name}")
                 learn_log.append({"target": name, "method": method, "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1), "calibration": v.metadata["calibration"],
-                                  **({"window_choice": v.metadata["window_choice"]} if "window_choice" in v.metadata else {})})
+                                  **{k: v.metadata[k] for k in ("window_choice", "route_choice") if k in v.metadata}})
                 steer_kw = {"steering": v}
             elif method == "paper":
                 v = pipe.learn_direction(P["positive"], preset="paper", num_samples=8, num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False)

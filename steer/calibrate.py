@@ -17,6 +17,13 @@ After a direction is learned its strength is chosen so that ``steering_scale=1.0
 `calibrate_windows` does this for several candidate windows on the same positive and unsteered samples and keeps the
 window whose samples come closest (``learn_direction(window="auto")``).
 
+With ``choose_route=True`` (``learn_direction(readers="auto")``, UNet denoisers) the unsteered open samples are drawn
+before the sweep and compared with the positives' own: where the model's own prompt edit keeps less than
+`LAYOUT_EDIT_BELOW` of the image's grayscale structure (`structure_kept`), it is a layout edit (an object or class),
+and the direction is read by the cross-attentions of the down and mid blocks only (``steering_readers="layout"``,
+where the layout is decided; the up blocks keep drawing the prompt's colour); else by every cross-attention. The sweep
+then runs through the chosen route. Same cost.
+
 Cost: ``(2 + len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2 UNet batch rows per step each).
 """
 
@@ -40,6 +47,12 @@ MARGIN = 1.4
 # not reproduce the prompt edit: on the demo model the 18 benchmark directions reach 0.09-0.45, the README's earlier
 # "blue vs other colours" recipe 0.76 ("a blue item" vs "a red item": 0.87) and barely edits (docs/steering.md).
 POOR_DISTANCE = 0.6
+# A prompt edit whose positives' samples keep less than this share of the open samples' grayscale structure (mean
+# same-seed correlation of the decoded images) is a layout edit. On both demo models the benchmark's colour edits keep
+# 0.90-0.97 and its class edits 0.31-0.64; the threshold is the rounded midpoint of the tuning targets' nearest values
+# (green 0.90, trouser 0.56), docs/steering.md "The route per direction".
+LAYOUT_EDIT_BELOW = 0.75
+LAYOUT_READERS = ("layout",)
 
 
 @dataclass
@@ -54,12 +67,16 @@ class Calibration:
     distances: list[float]
     unet_rows: int
     window: list[float] | None = None  # the window calibrated for (None: the vector's own recommended one)
+    # choose_route: {"structure": the share of grayscale structure the prompt edit keeps, "readers": the route or None}
+    route: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: Any) -> Any:
-            return [round(x, 4) for x in v] if isinstance(v, list) else (round(v, 4) if isinstance(v, float) else v)
+            if isinstance(v, dict | list):
+                return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else [r(x) for x in v]
+            return round(v, 4) if isinstance(v, float) else v
 
-        return {k: r(v) for k, v in asdict(self).items() if not (k == "window" and v is None)}
+        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route") and v is None)}
 
 
 def cfg_rows_per_sample(**call_kwargs: Any) -> int:
@@ -84,9 +101,31 @@ def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
 
 
-def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], **call_kwargs: Any) -> torch.Tensor:
+def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], flat: bool = True, **call_kwargs: Any) -> torch.Tensor:
+    """Final latents of ``pipe(prompts)``, one seed per prompt, as float32 on the CPU (``flat``: one row each)."""
     out = pipe(list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs).images
-    return out.float().flatten(1).cpu()
+    out = out.float().cpu()
+    return out.flatten(1) if flat else out
+
+
+@torch.no_grad()
+def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor) -> float:
+    """How much of its grayscale structure an image keeps across a prompt edit: the mean over pairs of the Pearson
+    correlation of the decoded images' grayscale (``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of
+    SD-family UNet pipelines, same seed). 1: the same layout, only the appearance changed; near 0: a new layout."""
+    vae = pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    param = next(vae.parameters())
+    correlations = []
+    for a, b in zip(latents_a, latents_b, strict=True):
+        z = torch.stack([a, b]).to(param.device, param.dtype) / vae.config.scaling_factor + shift
+        gray = vae.decode(z).sample.float().clamp(-1, 1).mean(1).flatten(1)  # (2, H*W)
+        gray = gray - gray.mean(1, keepdim=True)
+        norms = gray.norm(dim=1)
+        if not bool(torch.isfinite(gray).all()) or float(norms.min()) == 0.0:
+            continue  # a non-finite decode (an fp16 VAE overflowing) or a flat image says nothing about structure
+        correlations.append(float((gray[0] * gray[1]).sum() / (norms[0] * norms[1])))
+    return sum(correlations) / len(correlations) if correlations else 1.0
 
 
 @torch.no_grad()
@@ -101,6 +140,7 @@ def calibrate(
     seed: int = 0,
     num_inference_steps: int = 12,
     guidance_scale: float = 7.5,
+    choose_route: bool = False,
     **steering: Any,
 ) -> Calibration:
     """Choose the strength at which ``vector`` (unit strength per step bucket) carries open samples to the positives.
@@ -113,10 +153,12 @@ def calibrate(
         grid: the strengths tried (in the vector's own units), ascending.
         seed: the first seed; sample ``i`` uses ``seed + i`` for both sets.
         num_inference_steps / guidance_scale: sampling settings of the calibration runs.
+        choose_route: choose ``steering_readers`` from the model's own prompt edit before the sweep (UNet denoisers;
+            module docstring); the result's ``route`` records it.
         **steering: ``steering_*`` options passed to every steered call; other pipeline call options (``height=``,
             ``use_resolution_binning=``...) go to every call.
     """
-    results = _sweeps(pipe, vector, positive, negative, [None], num_samples, grid, seed, num_inference_steps, guidance_scale, steering)
+    results = _sweeps(pipe, vector, positive, negative, [None], num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route)
     _warn(results[0])
     return results[0]
 
@@ -134,6 +176,7 @@ def calibrate_windows(
     seed: int = 0,
     num_inference_steps: int = 12,
     guidance_scale: float = 7.5,
+    choose_route: bool = False,
     **steering: Any,
 ) -> tuple[int, list[Calibration]]:
     """`calibrate` over each of several windows, and the one where the direction comes closest to the positives.
@@ -152,7 +195,7 @@ def calibrate_windows(
     """
     if not windows:
         raise ValueError("calibrate_windows needs at least one candidate window")
-    results = _sweeps(pipe, vector, positive, negative, [tuple(w) for w in windows], num_samples, grid, seed, num_inference_steps, guidance_scale, steering)
+    results = _sweeps(pipe, vector, positive, negative, [tuple(w) for w in windows], num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route)
     converged = [i for i, r in enumerate(results) if r.converged] or [0]
     chosen = min(converged, key=lambda i: results[i].distance)
     results[chosen].unet_rows = sum(r.unet_rows for r in results)
@@ -163,6 +206,7 @@ def calibrate_windows(
 def _sweeps(
     pipe, vector, positive: Sequence[str], negative: Sequence[str], windows: list[tuple[float, float] | None],
     num_samples: int, grid: Sequence[float], seed: int, num_inference_steps: int, guidance_scale: float, steering: dict[str, Any],
+    choose_route: bool = False,
 ) -> list[Calibration]:
     """One calibration per window (None: the vector's own), sharing the positives' and the unsteered open samples."""
     grid = check_grid(grid)
@@ -173,11 +217,19 @@ def _sweeps(
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
     steering = {k: v for k, v in steering.items() if k.startswith("steering")}
     rows_per_set = num_samples * num_inference_steps * rows_per_sample(pipe, **kw)
-    z_pos = sample_latents(pipe, pos, seeds, **kw)
+    z_pos = sample_latents(pipe, pos, seeds, flat=False, **kw)
     # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
     # batched call per window
     opened = open_prompts(pos, neg)
-    start, results = None, []
+    start, results, route = None, [], None
+    if choose_route:  # the unsteered open samples first: the route is chosen from the model's own prompt edit
+        z_open = sample_latents(pipe, opened, seeds, flat=False, **kw)
+        structure = structure_kept(pipe, z_pos, z_open)
+        readers = list(LAYOUT_READERS) if structure < LAYOUT_EDIT_BELOW else None
+        route = {"structure": structure, "readers": readers}
+        steering = {**steering, "steering_readers": readers}
+        start = float((z_open.flatten(1) - z_pos.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
+    z_pos = z_pos.flatten(1)
     for window in windows:
         strengths = [*([0.0] if start is None else []), *grid]
         rows = [(p, s, g) for g in strengths for p, s in zip(opened, seeds, strict=True)]
@@ -193,9 +245,10 @@ def _sweeps(
         converged = best > 0
         if not converged:  # no strength brings the open samples closer to the positives' own samples
             best = grid[len(grid) // 2]
-        sets = len(strengths) + (1 if not results else 0)  # the positives' samples count once (the first window's grid has 0)
+        # the positives' and the unsteered open samples count once (with the first window)
+        sets = len(strengths) + (0 if results else 1 + (1 if choose_route else 0))
         results.append(Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], sets * rows_per_set,
-                                   None if window is None else [float(w) for w in window]))
+                                   None if window is None else [float(w) for w in window], route))
     return results
 
 

@@ -24,11 +24,12 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
+from steer.calibrate import LAYOUT_EDIT_BELOW, calibrate_windows, check_grid, seeded_generators
 from steer.calibrate import calibrate as run_calibration
-from steer.calibrate import calibrate_windows, check_grid, seeded_generators
 from steer.config import PAPER_WINDOW, SteeringConfig, check_window
 from steer.denoisers import (
     CONTEXT_SITE,
+    adapter_for,
     cross_attention_sites,
     default_layers,
     denoiser_of,
@@ -37,6 +38,7 @@ from steer.denoisers import (
     text_readers,
 )
 from steer.engine import ActivationRecorder, step_bucket
+from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.vectors import SteeringVector, unet_fingerprint
 
 Method = Literal["mean", "mean_diff", "pca"]
@@ -45,8 +47,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 FAST_WINDOW = (0.8, 1.0)
 
 Progress = bool | Callable[[float, str], None]
-
-
 
 
 def is_image_item(item: Any) -> bool:
@@ -113,16 +113,6 @@ def encode_images(pipe, images: Sequence[Any], height: int | None = None, width:
     if x.shape[1] != vae.config.in_channels:
         raise ValueError(f"images have {x.shape[1]} channels; the VAE expects {vae.config.in_channels}")
     return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
-
-
-@torch.no_grad()
-def encode_text(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """Conditional text tokens as the denoiser reads them (its ``encoder_hidden_states``), one row per prompt."""
-    family_encoder = getattr(pipe, "steering_text_embeddings", None)
-    if family_encoder is not None:
-        return family_encoder(list(prompts))
-    embeds, _ = pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)
-    return embeds
 
 
 @torch.no_grad()
@@ -319,27 +309,6 @@ AUTO_WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
 
 
-def reference_level(tokens: torch.Tensor, direction: torch.Tensor) -> list[float]:
-    """Per token position, the mean projection of the (unit-normalised) tokens of a prompt set onto the unit
-    ``direction``: (N, L, C) tokens -> L floats. Recorded from the negative prompts, it is the level
-    ``steering_negative="remove"`` brings a token back to (position 0, the start token, is the same for every prompt)."""
-    unit_tokens = tokens / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    u = direction.float() / direction.float().norm().clamp_min(1e-12)
-    return [round(float(x), 6) for x in (unit_tokens @ u).mean(0)]
-
-
-def shared_lead(token_sets: Sequence[torch.Tensor], rtol: float = 1e-5) -> int:
-    """How many leading token positions the text encoder gives every prompt alike, from (N, L, C) token sets that
-    include the empty prompt: 1 for CLIP (its start token's causal attention sees nothing else), 0 for T5. Steering
-    leaves them alone: the denoiser never saw them vary (0 when no position varies at all)."""
-    length = min(t.shape[1] for t in token_sets)
-    tokens = torch.cat([t[:, :length].float() for t in token_sets])
-    scale = tokens[0].abs().amax(dim=-1).clamp_min(1e-12)  # (L,)
-    spread = (tokens - tokens[:1]).abs().amax(dim=(0, 2)) / scale
-    varying = (spread > rtol).nonzero()
-    return int(varying[0]) if len(varying) else 0
-
-
 @torch.no_grad()
 def extract_trajectories(
     pipe, prompts: Sequence[str], seeds: Sequence[int], layers: Sequence[str], buckets: int, batch_size: int = 8, **call_kwargs: Any
@@ -420,7 +389,9 @@ def learn_direction(
             ``metadata["window_choice"]``; each extra window costs 6 of the calibration's 8 sample sets).
         readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`: None
             for all, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
-            edits); recorded as recommended, and the calibration runs through it.
+            edits); recorded as recommended, and the calibration runs through it. ``"auto"`` (calibrated UNet text
+            directions): ``"layout"`` where the model's own prompt edit moves the layout, else all (at no extra cost;
+            `steer.calibrate.structure_kept`, recorded in ``metadata["route_choice"]``).
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
@@ -485,11 +456,20 @@ def learn_direction(
         )
     if mode == "text" and layer_names != [CONTEXT_SITE]:
         raise ValueError(f"mode='text' learns at {CONTEXT_SITE!r} only; got layers {layer_names}")
+    if readers is not None and not isinstance(readers, str) and "auto" in list(readers):
+        if len(list(readers)) > 1:
+            raise ValueError(f"readers='auto' chooses the route itself: pass it alone, got {list(readers)}")
+        readers = "auto"  # the command line's --readers auto
+    auto_readers = readers == "auto"
     if readers is not None:
         if mode != "text" or image_input:
             raise ValueError("readers= routes text-token directions: learn from prompts with the text preset")
-        readers = SteeringConfig(readers=readers).readers
-        text_readers(unet, readers)  # a one-line error before any sampling
+        if auto_readers and not calibrate:
+            raise ValueError("readers='auto' chooses the route in the calibration: it needs positive and negative prompts with calibration on")
+        readers = None if auto_readers else SteeringConfig(readers=readers).readers
+        auto_readers = auto_readers and bool(adapter_for(unet).reader_groups)  # a denoiser without routes: every reader
+        if readers is not None:
+            text_readers(unet, readers)  # a one-line error before any sampling
     if calibrate and (image_input or not neg_items):
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibrate and calibration_grid is not None:
@@ -575,7 +555,7 @@ def learn_direction(
         return unit
     calibration_args = (pipe, unit, [str(p) for p in pos_items], [str(p) for p in neg_items])
     calibration_kwargs = dict(num_samples=calibration_samples, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              **({"grid": calibration_grid} if calibration_grid is not None else {}), **call_kwargs)
+                              choose_route=auto_readers, **({"grid": calibration_grid} if calibration_grid is not None else {}), **call_kwargs)
     if auto_window:
         index, tried = calibrate_windows(*calibration_args, AUTO_WINDOWS, **calibration_kwargs)
         result = tried[index]
@@ -587,6 +567,10 @@ def learn_direction(
                                  "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(window)}
     else:
         result = run_calibration(*calibration_args, **calibration_kwargs)
+    if result.route is not None:  # readers="auto": the route the calibration chose and ran through
+        meta["route_choice"] = {"structure": round(result.route["structure"], 4), "below": LAYOUT_EDIT_BELOW, "readers": result.route["readers"]}
+        if result.route["readers"] is not None:
+            settings["readers"] = list(result.route["readers"])
     calibrated = result.strength * unit
     calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
     return calibrated

@@ -249,6 +249,18 @@ def window_choice_note(vector: SteeringVector) -> str:
     return f" Window chosen by calibration: **{start:g}-{end:g}** (relative distance to the positives' own samples {compared})."
 
 
+def route_choice_note(vector: SteeringVector) -> str:
+    """A Markdown sentence on the route ``readers="auto"`` chose (and the structure share it decided on), else ""."""
+    choice = vector.metadata.get("route_choice")
+    try:
+        structure, below, readers = float(choice["structure"]), float(choice["below"]), choice["readers"]
+    except (TypeError, KeyError, ValueError):
+        return ""
+    route = "the layout blocks only (a layout edit)" if readers else "every cross-attention (an appearance edit)"
+    return (f" Read by {route}: the positive prompts' own samples keep {structure:.2f} of the open prompts' grayscale "
+            f"structure (below {below:g}: the edit moves the layout).")
+
+
 def recommended_settings(vector: SteeringVector | None) -> tuple[Any, Any, Any, Any, Any, Any]:
     """(strength, window start, window end, CFG branch, mode, normalize) the direction recommends, None for each it does
     not (or whose value the controls cannot take: a strength outside the slider)."""

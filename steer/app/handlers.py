@@ -274,7 +274,7 @@ class SteerApp:
         label = H.unique_name(f"{H.clean_text(vector.name)} (learned)", set(self.catalog.choices(session)))
         session[label] = vector
         path = H.save_direction(vector, tempfile.mkdtemp(dir=self.workdir))
-        message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.{H.window_choice_note(vector)}{H.direction_advice(vector)}")
+        message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.{H.window_choice_note(vector)}{H.route_choice_note(vector)}{H.direction_advice(vector)}")
         return session, self._dropdown(session, label), str(path), message
 
     # ----- memorization ----------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from steer.app.files import (  # noqa: F401 - re-exported
     read_direction,
     recommended_problem,
     recommended_settings,
+    route_choice_note,
     save_direction,
     unique_name,
     window_choice_note,
@@ -88,7 +89,7 @@ LEARN_MODES = ("text", "trajectory", "fast", "reference")
 # "auto": the calibration compares the early half with the whole run (learn_direction(window="auto"))
 LEARN_WINDOWS = ("mode default", "auto")
 # which cross-attentions read a text direction (learn_direction(readers=...)); "all" is the default hook
-LEARN_READERS = ("all", "layout", "detail")
+LEARN_READERS = ("all", "layout", "detail", "auto")  # auto: layout where the model's own prompt edit moves the layout
 
 
 def make_generators(pipe, seed: int, count: int) -> list[torch.Generator]:

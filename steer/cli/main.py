@@ -161,6 +161,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if choice:  # --window auto: what the calibration compared
         tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
         print(f"window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (relative distance to the positives' samples {tried})")
+    route = vector.metadata.get("route_choice")
+    if route:  # --readers auto: what the calibration decided on
+        read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
+        print(f"readers: {read_by}: the positives' samples keep {route['structure']:.2f} of the open samples' grayscale structure (layout below {route['below']:g})")
     _print_warnings(caught)
     return 0
 
@@ -365,7 +369,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     bundled = bundled_directions(args.model)
     path = bundled[args.path] if args.path in bundled and not Path(args.path).exists() else args.path
     v = SteeringVector.load(path)
-    summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice", "fixed_tokens")}}
+    summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice", "route_choice", "fixed_tokens")}}
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -443,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "0,0.5 for text); 'auto': calibrate over 0,0.5 and 0,1 and keep the closer (1.75x the calibration's cost)")
     p.add_argument("--readers", nargs="+", default=None,
                    help="which cross-attentions read a text direction, recorded as recommended: 'layout' (the down and mid "
-                        "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks') or attn2 patterns (default: all)")
+                        "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks'), attn2 patterns, or 'auto' "
+                        "(layout where the model's own prompt edit moves the layout, else all; default: all)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)

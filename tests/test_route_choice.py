@@ -1,0 +1,99 @@
+"""``learn_direction(readers="auto")``: the calibration chooses where a text direction is read from the model's own
+prompt edit (a layout edit -> the down and mid blocks' cross-attentions; an appearance edit -> every one), at no
+extra cost, and records it. Real decisions on the embedded demo model; the family fallback on a tiny PixArt."""
+
+import warnings
+
+import pytest
+import torch
+
+from steer.calibrate import LAYOUT_EDIT_BELOW, structure_kept
+from steer.cli.loading import load_pipeline
+from steer.cli.main import main
+from steer.lab import data as D
+from steer.testing import assert_one_line_error
+from steer.vectors import SteeringVector
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+C = D.COLOUR_NAMES
+QUICK = {"num_inference_steps": 10, "guidance_scale": 5.0, "calibration_samples": 3, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_pipeline(None, "cpu")
+
+
+def unet_rows(pipe, fn):
+    """(fn's result, the denoiser batch rows it ran)."""
+    rows = [0]
+    handle = pipe.unet.register_forward_pre_hook(lambda _m, a: rows.__setitem__(0, rows[0] + a[0].shape[0]))
+    try:
+        return fn(), rows[0]
+    finally:
+        handle.remove()
+
+
+def test_a_class_edit_is_read_by_the_layout_blocks_and_a_colour_edit_by_every_cross_attention(demo):
+    bag = ([f"a {c} bag" for c in C], [f"a {c} item" for c in C])
+    blue = (["a blue t-shirt", "a blue sneaker", "a blue bag", "a blue coat"], ["a t-shirt", "a sneaker", "a bag", "a coat"])
+    to_bag, auto_rows = unet_rows(demo, lambda: demo.learn_direction(*bag, readers="auto", **QUICK))
+    _, plain_rows = unet_rows(demo, lambda: demo.learn_direction(*bag, **QUICK))
+    assert auto_rows == plain_rows  # the route costs no UNet rows: the unsteered open samples are drawn either way
+    choice = to_bag.metadata["route_choice"]
+    assert choice["readers"] == ["layout"] and choice["structure"] < LAYOUT_EDIT_BELOW == choice["below"]
+    assert to_bag.metadata["recommended"]["readers"] == ["layout"] and to_bag.metadata["calibration"]["route"]["readers"] == ["layout"]
+    # calibrated through the route: the same strength as a direction learned for the layout route by name
+    routed = demo.learn_direction(*bag, readers="layout", **QUICK)
+    assert to_bag.metadata["calibration"]["strength"] == pytest.approx(routed.metadata["calibration"]["strength"], rel=1e-3)
+
+    to_blue = demo.learn_direction(*blue, readers="auto", **QUICK)
+    assert to_blue.metadata["route_choice"]["readers"] is None and to_blue.metadata["route_choice"]["structure"] > LAYOUT_EDIT_BELOW
+    assert "readers" not in to_blue.metadata["recommended"]
+    plain = demo.learn_direction(*blue, **QUICK)  # an appearance edit: the default's direction and strength
+    assert to_blue.metadata["calibration"]["strength"] == pytest.approx(plain.metadata["calibration"]["strength"], rel=1e-3)
+    assert torch.allclose(to_blue.directions["encoder_hidden_states"], plain.directions["encoder_hidden_states"], rtol=1e-3)
+
+
+def test_structure_kept_is_one_for_the_same_image_and_low_for_a_new_layout(demo):
+    z = torch.randn(2, demo.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert structure_kept(demo, z, z.clone()) == pytest.approx(1.0, abs=1e-5)
+    assert structure_kept(demo, z, z.flip(-1).flip(-2)) < 0.5
+
+
+def test_auto_route_needs_a_calibrated_text_direction_and_stands_alone(demo):
+    pos, neg = ["a blue bag"], ["a bag"]
+    for kwargs, needle in (
+        ({"calibrate": False}, "readers='auto' chooses the route in the calibration"),
+        ({"preset": "paper"}, "readers= routes text-token directions"),
+        ({"readers": ["auto", "layout"]}, "readers='auto' chooses the route itself: pass it alone"),
+    ):
+        with pytest.raises(ValueError) as err:
+            demo.learn_direction(pos, neg, **{"readers": "auto", **kwargs})
+        assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_family_without_routes_reads_every_cross_attention():
+    from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
+
+    pipe = tiny_pixart_pipeline(seed=0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights render no attribute
+        v = pipe.learn_direction(["a blue bag"], ["a bag"], readers="auto", num_inference_steps=2, calibration_samples=2,
+                               progress=False, **TINY_CALL)
+    assert "route_choice" not in v.metadata and "readers" not in v.metadata["recommended"]
+
+
+def test_the_command_line_learns_with_the_auto_route_and_says_which(tmp_path, capsys):
+    out = tmp_path / "bag.safetensors"
+    args = ["learn", "--positive", *[f"a {c} bag" for c in C[:4]], "--negative", *[f"a {c} item" for c in C[:4]],
+            "--steps", "10", "--guidance", "5", "--readers", "auto", "--out", str(out)]
+    assert main(args) == 0
+    v = SteeringVector.load(out)
+    assert v.metadata["recommended"]["readers"] == ["layout"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("readers: "))
+    assert line.startswith("readers: layout (a layout edit): the positives' samples keep 0.") and "below 0.75" in line
+    assert main(["inspect", str(out)]) == 0
+    assert '"route_choice"' in capsys.readouterr().out
+    rc = main([*args[:-2], "--readers", "auto", "layout", "--out", str(out)])
+    assert_one_line_error(rc, capsys.readouterr().err, "readers='auto' chooses the route itself")
