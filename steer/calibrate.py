@@ -19,7 +19,7 @@ window whose samples come closest (``learn_direction(window="auto")``).
 
 With ``choose_route=True`` (``learn_direction(readers="auto")``, UNet denoisers) the unsteered open samples are drawn
 before the sweep and compared with the positives' own: where the model's own prompt edit keeps less than
-`LAYOUT_EDIT_BELOW` of the image's grayscale structure (`structure_kept`), it is a layout edit (an object or class),
+`LAYOUT_EDIT_BELOW` of the image's layout (`structure_kept`: where light and dark lie), it is a layout edit (an object or class),
 and the direction is read by the cross-attentions of the down and mid blocks only (``steering_readers="layout"``,
 where the layout is decided; the up blocks keep drawing the prompt's colour); else by every cross-attention. The sweep
 then runs through the chosen route. Same cost.
@@ -47,11 +47,12 @@ MARGIN = 1.4
 # not reproduce the prompt edit: on the demo model the 18 benchmark directions reach 0.09-0.45, the README's earlier
 # "blue vs other colours" recipe 0.76 ("a blue item" vs "a red item": 0.87) and barely edits (docs/steering.md).
 POOR_DISTANCE = 0.6
-# A prompt edit whose positives' samples keep less than this share of the open samples' grayscale structure (mean
-# same-seed correlation of the decoded images) is a layout edit. On both demo models the benchmark's colour edits keep
-# 0.90-0.97 and its class edits 0.31-0.64; the threshold is the rounded midpoint of the tuning targets' nearest values
-# (green 0.90, trouser 0.56), docs/steering.md "The route per direction".
+# A prompt edit whose positives' samples keep less than this share of the open samples' layout (`structure_kept`:
+# same-seed correlation of the decoded grayscale over an 8 x 8 grid of the frame) is a layout edit. On both demo models
+# the benchmark's colour edits keep 0.92-0.98 and its class edits 0.34-0.70; the threshold is the rounded midpoint of
+# the tuning targets' nearest values (green 0.92, trouser 0.61), docs/steering.md "The route per direction".
 LAYOUT_EDIT_BELOW = 0.75
+LAYOUT_GRID = 8
 LAYOUT_READERS = ("layout",)
 
 
@@ -67,7 +68,7 @@ class Calibration:
     distances: list[float]
     unet_rows: int
     window: list[float] | None = None  # the window calibrated for (None: the vector's own recommended one)
-    # choose_route: {"structure": the share of grayscale structure the prompt edit keeps, "readers": the route or None}
+    # choose_route: {"structure": the share of the layout the prompt edit keeps, "readers": the route or None}
     route: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,16 +111,18 @@ def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], flat: boo
 
 @torch.no_grad()
 def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor) -> float:
-    """How much of its grayscale structure an image keeps across a prompt edit: the mean over pairs of the Pearson
-    correlation of the decoded images' grayscale (``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of
-    SD-family UNet pipelines, same seed). 1: the same layout, only the appearance changed; near 0: a new layout."""
+    """How much of its layout an image keeps across a prompt edit: the mean over pairs of the Pearson correlation of
+    the decoded images' grayscale, averaged over a `LAYOUT_GRID` x `LAYOUT_GRID` grid of the frame (where light and
+    dark lie, not the detail; ``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of SD-family UNet
+    pipelines, same seed). 1: the same layout, only the appearance changed; near 0: a new layout."""
     vae = pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     param = next(vae.parameters())
     correlations = []
     for a, b in zip(latents_a, latents_b, strict=True):
         z = torch.stack([a, b]).to(param.device, param.dtype) / vae.config.scaling_factor + shift
-        gray = vae.decode(z).sample.float().clamp(-1, 1).mean(1).flatten(1)  # (2, H*W)
+        gray = vae.decode(z).sample.float().clamp(-1, 1).mean(1, keepdim=True)  # (2, 1, H, W)
+        gray = torch.nn.functional.adaptive_avg_pool2d(gray, LAYOUT_GRID).flatten(1)
         gray = gray - gray.mean(1, keepdim=True)
         norms = gray.norm(dim=1)
         if not bool(torch.isfinite(gray).all()) or float(norms.min()) == 0.0:

@@ -257,8 +257,8 @@ def route_choice_note(vector: SteeringVector) -> str:
     except (TypeError, KeyError, ValueError):
         return ""
     route = "the layout blocks only (a layout edit)" if readers else "every cross-attention (an appearance edit)"
-    return (f" Read by {route}: the positive prompts' own samples keep {structure:.2f} of the open prompts' grayscale "
-            f"structure (below {below:g}: the edit moves the layout).")
+    return (f" Read by {route}: the positive prompts' own samples keep {structure:.2f} of the open prompts' layout "
+            f"(below {below:g}: the edit moves the layout).")
 
 
 def recommended_settings(vector: SteeringVector | None) -> tuple[Any, Any, Any, Any, Any, Any]:

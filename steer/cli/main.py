@@ -164,7 +164,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     route = vector.metadata.get("route_choice")
     if route:  # --readers auto: what the calibration decided on
         read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
-        print(f"readers: {read_by}: the positives' samples keep {route['structure']:.2f} of the open samples' grayscale structure (layout below {route['below']:g})")
+        print(f"readers: {read_by}: the positives' samples keep {route['structure']:.2f} of the open samples' layout (a layout edit below {route['below']:g})")
     _print_warnings(caught)
     return 0
 
