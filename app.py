@@ -279,11 +279,11 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         )
         readers = gr.Radio(
             list(H.LEARN_READERS),
-            value="all",
+            value="auto",
             label="Read by",
-            info="text mode: which cross-attentions read the direction. layout: the down and mid blocks only, so an "
-            "object/class edit keeps the prompt's colour; detail: the up blocks only; auto: layout where the model's own "
-            "prompt edit moves the layout, else all (text mode, prompts only)",
+            info="text mode: which cross-attentions read the direction. auto: the layout blocks where the model's own "
+            "prompt edit moves the layout, else all; layout: the down and mid blocks only, so an object/class edit keeps "
+            "the prompt's colour; detail: the up blocks only",
         )
     layers = gr.Dropdown(app.layers, value=[], multiselect=True, label="Chosen layers (with 'chosen layers')")
     with gr.Row():

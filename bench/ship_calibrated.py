@@ -1,6 +1,8 @@
-"""Ship the calibrated directions that pass the steering matrix (docs/steering/results.json) into assets/directions.
+"""Ship the calibrated directions that pass the steering matrix (docs/steering/route_choice/results.json, the defaults)
+into assets/directions. Run from the repository root.
 
-    python bench/ship_calibrated.py [--results docs/steering/results.json] [--out assets/directions]
+    python bench/ship_calibrated.py [--results docs/steering/route_choice/results.json] [--out assets/directions]
+        [--replication-results docs/steering/route_choice/replication/results.json]
         [--auto-results docs/steering/auto_window/results.json]
     python bench/ship_calibrated.py --model assets/models/demo-4x \
         --results docs/steering/demo4x/ours-colour/results.json docs/steering/demo4x/ours-class/results.json
@@ -43,14 +45,17 @@ are kept because the memorization benchmark's steering claim (docs/detection.md)
 """
 
 
+DEFAULT_RESULTS = ["docs/steering/route_choice/results.json"]
 GALLERY_NOTE = "every colour row recolours the garments and keeps their shape, every class row draws the class in the item's colour"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", nargs="+", default=[str(ROOT / "docs" / "steering" / "results.json")], help="matrix results.json file(s) of one model")
+    ap.add_argument("--results", nargs="+", default=DEFAULT_RESULTS, help="matrix results.json file(s) of one model")
     ap.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
     ap.add_argument("--out", default=None, help="default: assets/directions, or the --model folder's own directions/")
+    ap.add_argument("--replication-results", nargs="+", default=None,
+                    help="results.json of the same matrix on other seeds (one per kind): a target ships with the defaults only if it passes there too")
     ap.add_argument("--auto-results", default=None, help="results.json of the matrix run with --window auto: ship what passes only there")
     ap.add_argument("--readers-results", nargs="+", action="append", default=None, metavar="READERS_OR_FILE",
                     help="a steering_readers value then the results.json of the matrix runs with --readers it (one per seed set): "
@@ -61,6 +66,7 @@ def main() -> None:
     results = merged([json.loads(Path(p).read_text()) for p in args.results])
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
+    replication = merged([json.loads(Path(p).read_text()) for p in args.replication_results])["summary"] if args.replication_results else None
     auto = json.loads(Path(args.auto_results).read_text()) if args.auto_results else None
     routed = [(group[0], [json.loads(Path(f).read_text()) for f in group[1:]]) for group in args.readers_results or ()]
     if any(not runs for _, runs in routed):
@@ -76,15 +82,18 @@ def main() -> None:
             continue
         contra = summary.get(f"ours|contra|{kind}|{split}", {})
         for target, m in per.items():
-            how, on_contra = ("default" if ships(m) else None), contra.get(target)
+            replicated = replication is None or ships(replication.get(key, {}).get(target, {"pass_at_1": False, "rho_success": 0}))
+            how, on_contra = ("default" if ships(m) and replicated else None), contra.get(target)
             if how is None and auto is not None and ships(auto["summary"][key][target]):
                 how, m, on_contra = "auto window", auto["summary"][key][target], auto["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
             for readers, runs in routed:
                 if how is None and all(key in run["summary"] and ships(run["summary"][key][target]) for run in runs):
                     how, m, on_contra = f"{readers} readers", runs[0]["summary"][key][target], runs[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
                     by_how[how] = runs[0]
+            if how is None and ships(m) and not replicated:
+                how = "not on the replication's seeds"  # the row says so; nothing is shipped
             rows.append((kind, target, split, m, on_contra, how))
-            if how is None:
+            if how is None or how.startswith("not "):
                 continue
             source = {"default": results, "auto window": auto}.get(how) or by_how[how]
             P = prompts_for(kind, target)
@@ -124,7 +133,9 @@ def ships(m: dict) -> bool:
 def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) -> None:
     model = args.model or "assets/models/demo"
     command = " ".join(["python bench/ship_calibrated.py", *(["--model", args.model] if args.model else []),
-                        *(["--results", *args.results] if args.model else []), *(["--auto-results", args.auto_results] if args.auto_results else []),
+                        *(["--results", *args.results] if args.model or args.results != DEFAULT_RESULTS else []),
+                        *(["--replication-results", *args.replication_results] if args.replication_results else []),
+                        *(["--auto-results", args.auto_results] if args.auto_results else []),
                         *[x for group in args.readers_results or () for x in ("--readers-results", *group)],
                         *(["--gallery-note", repr(args.gallery_note)] if args.gallery_note != GALLERY_NOTE else [])])
     gallery = "python scripts/bundled_gallery.py" + (f" --model {args.model}" if args.model else "")
@@ -132,8 +143,10 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         f"# Bundled directions ({'demo model' if args.model is None else model})",
         "",
         "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run, split CFG branch, token-norm units "
-        "with norm preservation, classifier-free calibration; `steering_scale=1.0` is the full edit) from the prompts of "
+        "with norm preservation, read by the layout blocks where the model's own prompt edit moves the layout, classifier-free calibration; "
+        "`steering_scale=1.0` is the full edit) from the prompts of "
         "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "
+        "(on both seed sets where a replication run is given) "
         f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success rising with the scale: Spearman >= 0.5; DDIM {meta['steps']}, guidance {meta['guidance']}, "
         f"{meta['seeds']} seeds x 8 prompts). Each records its reference level, so `steering_negative=\"remove\"` with a "
         "negative scale takes its attribute out of a prompt that states it (\"a red bag\" with `[to_blue, to_red]` at "
@@ -158,7 +171,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     ]
     for kind, target, split, m, contra, how in rows:
         c = f"{contra['success_at_1']:.2f} / {contra['kept_at_1']:.2f}" if contra else "-"
-        lines.append(f"| {target} | {kind} | {split} | {'no' if how is None else 'yes' if how == 'default' else f'yes ({how})'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
+        lines.append(f"| {target} | {kind} | {split} | {'no' if how is None else f'no ({how})' if how.startswith('not ') else 'yes' if how == 'default' else f'yes ({how})'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
                      f"{m['break_at_1']:.2f} | {', '.join(map(str, m['passing_scales'])) or '-'} | {m['rho_success']:.2f} | {c} |")
     (out / "README.md").write_text("\n".join(lines) + "\n" + (LEGACY if args.model is None else ""))
 

@@ -49,9 +49,11 @@ MARGIN = 1.4
 POOR_DISTANCE = 0.6
 # A prompt edit whose positives' samples keep less than this share of the open samples' layout (`structure_kept`:
 # same-seed correlation of the decoded grayscale over an 8 x 8 grid of the frame) is a layout edit. On both demo models
-# the benchmark's colour edits keep 0.92-0.98 and its class edits 0.34-0.70; the threshold is the rounded midpoint of
-# the tuning targets' nearest values (green 0.92, trouser 0.61), docs/steering.md "The route per direction".
-LAYOUT_EDIT_BELOW = 0.75
+# at guidance 5 and 7.5 the benchmark's colour edits keep 0.92-0.99 and its class edits 0.34-0.75; the tuning targets
+# leave the gap 0.75 (ankle boot) - 0.92 (green), and reading a colour edit by the layout blocks loses it (0 of 8 pass)
+# where reading a class edit by every block only loses some of its colour, so the threshold sits low in the gap
+# (bench/route_choice_screen.py, docs/steering.md "The route per direction").
+LAYOUT_EDIT_BELOW = 0.8
 LAYOUT_GRID = 8
 LAYOUT_READERS = ("layout",)
 

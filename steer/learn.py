@@ -298,8 +298,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CASteer's recipe: per-step pos - neg differences of the cross-attention outputs along paired trajectories.
     "casteer": {"method": "mean_diff", "mode": "trajectory", "layers": "attn2", "calibrate": True, "window": (0.0, 1.0)},
     # The default: the text tokens the cross-attentions read, steered per CFG half over the first half of the run
-    # (where layout and colour are decided; steering the late steps too only oversaturated class edits), calibrated.
-    "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5)},
+    # (where layout and colour are decided; steering the late steps too only oversaturated class edits), calibrated,
+    # read by the layout blocks only where the model's own prompt edit moves the layout (readers="auto").
+    "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5), "readers": "auto"},
 }
 MODES = ("text", "trajectory", "reference", "fast")
 # window="auto": the calibration tries each and keeps the one where the direction best reproduces the prompt edit
@@ -387,11 +388,12 @@ def learn_direction(
             by the calibration (default: the preset's; ``(0, 0.5)`` for ``"text"``). ``"auto"`` calibrates over each
             of `AUTO_WINDOWS` and keeps the one whose samples come closest to the positives' own (recorded in
             ``metadata["window_choice"]``; each extra window costs 6 of the calibration's 8 sample sets).
-        readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`: None
-            for all, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
-            edits); recorded as recommended, and the calibration runs through it. ``"auto"`` (calibrated UNet text
-            directions): ``"layout"`` where the model's own prompt edit moves the layout, else all (at no extra cost;
-            `steer.calibrate.structure_kept`, recorded in ``metadata["route_choice"]``).
+        readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`:
+            ``"all"``, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
+            edits, ``"detail"``, or attn2 paths / globs); recorded as recommended, and the calibration runs through
+            it. ``"auto"`` (the text preset's default; UNet denoisers, else all): ``"layout"`` where the model's own
+            prompt edit moves the layout, else all, at no extra cost (`steer.calibrate.structure_kept`, recorded in
+            ``metadata["route_choice"]``). None: the preset's.
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
@@ -460,6 +462,10 @@ def learn_direction(
         if len(list(readers)) > 1:
             raise ValueError(f"readers='auto' chooses the route itself: pass it alone, got {list(readers)}")
         readers = "auto"  # the command line's --readers auto
+    if readers is None and chosen.get("readers") == "auto":  # the preset's choice, where it can apply
+        readers = "auto" if calibrate and mode == "text" and not image_input and neg_items else None
+    if readers == "all" or (not isinstance(readers, str) and readers is not None and list(readers) == ["all"]):
+        readers = None  # every cross-attention: the denoiser's text input, nothing to record
     auto_readers = readers == "auto"
     if readers is not None:
         if mode != "text" or image_input:

@@ -101,7 +101,7 @@ def test_learn_direction_records_the_route_and_calibrates_through_it(tiny_pipe):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="calibration:")  # random weights render no attribute
         v = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], readers="layout", num_inference_steps=3, calibration_samples=2, progress=False)
-        w = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], num_inference_steps=3, calibration_samples=2, progress=False)
+        w = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], readers="all", num_inference_steps=3, calibration_samples=2, progress=False)
     assert v.metadata["recommended"]["readers"] == ["layout"] and "readers" not in w.metadata["recommended"]
     unit = lambda x: x.directions[CONTEXT_SITE] / x.directions[CONTEXT_SITE].norm()  # noqa: E731
     assert torch.allclose(unit(v), unit(w))  # the same direction; the route changes where it is read (and its strength)

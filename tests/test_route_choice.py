@@ -1,4 +1,4 @@
-"""``learn_direction(readers="auto")``: the calibration chooses where a text direction is read from the model's own
+"""``learn_direction(readers="auto")``, the text preset's default: the calibration chooses where a text direction is read from the model's own
 prompt edit (a layout edit -> the down and mid blocks' cross-attentions; an appearance edit -> every one), at no
 extra cost, and records it. Real decisions on the embedded demo model; the family fallback on a tiny PixArt."""
 
@@ -37,8 +37,8 @@ def unet_rows(pipe, fn):
 def test_a_class_edit_is_read_by_the_layout_blocks_and_a_colour_edit_by_every_cross_attention(demo):
     bag = ([f"a {c} bag" for c in C], [f"a {c} item" for c in C])
     blue = (["a blue t-shirt", "a blue sneaker", "a blue bag", "a blue coat"], ["a t-shirt", "a sneaker", "a bag", "a coat"])
-    to_bag, auto_rows = unet_rows(demo, lambda: demo.learn_direction(*bag, readers="auto", **QUICK))
-    _, plain_rows = unet_rows(demo, lambda: demo.learn_direction(*bag, **QUICK))
+    to_bag, auto_rows = unet_rows(demo, lambda: demo.learn_direction(*bag, **QUICK))  # the default for text directions
+    _, plain_rows = unet_rows(demo, lambda: demo.learn_direction(*bag, readers="all", **QUICK))
     assert auto_rows == plain_rows  # the route costs no UNet rows: the unsteered open samples are drawn either way
     choice = to_bag.metadata["route_choice"]
     assert choice["readers"] == ["layout"] and choice["structure"] < LAYOUT_EDIT_BELOW == choice["below"]
@@ -50,7 +50,8 @@ def test_a_class_edit_is_read_by_the_layout_blocks_and_a_colour_edit_by_every_cr
     to_blue = demo.learn_direction(*blue, readers="auto", **QUICK)
     assert to_blue.metadata["route_choice"]["readers"] is None and to_blue.metadata["route_choice"]["structure"] > LAYOUT_EDIT_BELOW
     assert "readers" not in to_blue.metadata["recommended"]
-    plain = demo.learn_direction(*blue, **QUICK)  # an appearance edit: the default's direction and strength
+    plain = demo.learn_direction(*blue, readers="all", **QUICK)  # an appearance edit: every reader's direction and strength
+    assert "route_choice" not in plain.metadata and "readers" not in plain.metadata["recommended"]
     assert to_blue.metadata["calibration"]["strength"] == pytest.approx(plain.metadata["calibration"]["strength"], rel=1e-3)
     assert torch.allclose(to_blue.directions["encoder_hidden_states"], plain.directions["encoder_hidden_states"], rtol=1e-3)
 
@@ -73,6 +74,13 @@ def test_auto_route_needs_a_calibrated_text_direction_and_stands_alone(demo):
         assert needle in str(err.value) and "\n" not in str(err.value)
 
 
+def test_the_default_route_steps_aside_where_it_cannot_apply(demo):
+    uncalibrated = demo.learn_direction(["a blue bag"], ["a bag"], calibrate=False, progress=False)
+    assert "route_choice" not in uncalibrated.metadata and "readers" not in uncalibrated.metadata["recommended"]
+    paper = demo.learn_direction(["a blue bag"], preset="paper", num_samples=2, num_inference_steps=2, progress=False)
+    assert "route_choice" not in paper.metadata and "readers" not in paper.metadata["recommended"]
+
+
 def test_a_family_without_routes_reads_every_cross_attention():
     from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
 
@@ -92,7 +100,7 @@ def test_the_command_line_learns_with_the_auto_route_and_says_which(tmp_path, ca
     v = SteeringVector.load(out)
     assert v.metadata["recommended"]["readers"] == ["layout"]
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("readers: "))
-    assert line.startswith("readers: layout (a layout edit): the positives' samples keep 0.") and "below 0.75" in line
+    assert line.startswith("readers: layout (a layout edit): the positives' samples keep 0.") and "below 0.8" in line
     assert main(["inspect", str(out)]) == 0
     assert '"route_choice"' in capsys.readouterr().out
     rc = main([*args[:-2], "--readers", "auto", "layout", "--out", str(out)])

@@ -246,7 +246,7 @@ class SteerApp:
         name: str,
         image_prompt: str,
         window: str = "mode default",
-        readers: str = "all",
+        readers: str = "auto",
         progress: gr.Progress = PROGRESS,
     ):
         """Learn a direction and add it to this user's picker; offer it as a download."""

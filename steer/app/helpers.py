@@ -89,7 +89,8 @@ LEARN_MODES = ("text", "trajectory", "fast", "reference")
 # "auto": the calibration compares the early half with the whole run (learn_direction(window="auto"))
 LEARN_WINDOWS = ("mode default", "auto")
 # which cross-attentions read a text direction (learn_direction(readers=...)); "all" is the default hook
-LEARN_READERS = ("all", "layout", "detail", "auto")  # auto: layout where the model's own prompt edit moves the layout
+# auto (learn_direction's default for text directions): layout where the model's own prompt edit moves the layout
+LEARN_READERS = ("auto", "all", "layout", "detail")
 
 
 def make_generators(pipe, seed: int, count: int) -> list[torch.Generator]:
@@ -472,7 +473,7 @@ class LearnSettings:
     name: str = ""
     image_prompt: str = ""
     window: str = "mode default"
-    readers: str = "all"
+    readers: str = "auto"
 
     def sets(self) -> tuple[list, list]:
         """(positive, negative) items: images if any were uploaded for the positive set, else prompt lines."""
@@ -511,7 +512,7 @@ class LearnSettings:
         if auto_window and (mode not in ("text", "trajectory") or not self.negative.strip() or self.positive_files):
             raise UserError("the auto window is chosen by calibration: it needs prompts for both sets and the text or trajectory mode")
         readers = check_choice(self.readers, "the readers", LEARN_READERS)
-        if readers != "all" and (mode != "text" or self.positive_files):
+        if readers not in ("auto", "all") and (mode != "text" or self.positive_files):
             raise UserError(f"reading by {readers!r} routes text-token directions: it needs prompts and the text mode")
         if mode == "text":  # the text-token site, calibrated (learn_direction's default)
             layers: Any = None
@@ -530,7 +531,7 @@ class LearnSettings:
             "name": check_prompt(self.name, "name", required=False) or None,
             "image_prompts": check_prompt(self.image_prompt, "image prompt", required=False),
             **({"window": "auto"} if auto_window else {}),
-            **({"readers": readers} if readers != "all" else {}),
+            **({"readers": readers} if readers != "auto" and mode == "text" and not self.positive_files else {}),
         }
 
 

@@ -447,8 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "0,0.5 for text); 'auto': calibrate over 0,0.5 and 0,1 and keep the closer (1.75x the calibration's cost)")
     p.add_argument("--readers", nargs="+", default=None,
                    help="which cross-attentions read a text direction, recorded as recommended: 'layout' (the down and mid "
-                        "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks'), attn2 patterns, or 'auto' "
-                        "(layout where the model's own prompt edit moves the layout, else all; default: all)")
+                        "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks'), 'all', attn2 patterns, or "
+                        "'auto' (the default for text directions: layout where the model's own prompt edit moves the layout, else all)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)

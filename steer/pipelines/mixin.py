@@ -336,7 +336,9 @@ class SteeringMixin:
                     if session.removing:
                         raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
                     if session.config.readers is not None:
-                        raise ValueError("steering_readers is not available on a compiled denoiser; steer the eager one")
+                        raise ValueError(f"steering_readers is not available on a compiled denoiser (this call reads by "
+                                         f"{', '.join(map(str, session.config.readers))[:80]}, given or recorded); steer the eager "
+                                         "one, or pass steering_readers='all'")
                     if session.text_routes is not None:
                         raise ValueError("these directions record different steering_readers (routes), which a compiled denoiser "
                                          "cannot apply; steer the eager one")
