@@ -97,8 +97,8 @@ def test_to_cyan_read_by_the_up_blocks_recolours_and_keeps_the_garment(demo):
 
 
 def test_a_class_edit_and_a_colour_edit_on_different_routes_combine(demo):
-    """to_bag (every reader) with to_cyan (read by the up blocks) on the empty prompt: each read where it was
-    calibrated, cyan bags; both read by every cross-attention (the earlier fallback), a frame-filling cyan wash."""
+    """to_bag (read by the down and mid blocks) with to_cyan (read by the up blocks) on the empty prompt: each read
+    where it was calibrated, cyan bags; both read by every cross-attention (the earlier fallback), a cyan wash."""
     pipe, clf = demo
     bag, cyan = (SteeringVector.load(bundled_directions()[n]) for n in ("to_bag", "to_cyan"))
 
@@ -111,7 +111,8 @@ def test_a_class_edit_and_a_colour_edit_on_different_routes_combine(demo):
     cls, col = predict(clf, routed)
     assert (cls == K.index("bag")).mean() >= 0.8 and (col == C.index("cyan")).mean() >= 0.8  # measured 6/6, 6/6
     lit = lambda x: (x.max(1) > 0.25).mean((1, 2))  # noqa: E731 - the lit share of each frame
-    assert lit(routed).max() <= 0.85 < lit(everywhere).min()  # measured: every frame of the fallback washed out
+    assert lit(routed).max() <= 0.85  # measured 0.35-0.51: a bag on black
+    assert (lit(everywhere) > 0.85).sum() >= 4  # measured: 5 of 6 frames of the fallback washed out (0.84-0.99 lit)
 
 
 def test_removing_the_prompts_colour_lets_the_target_through(demo):
@@ -128,8 +129,10 @@ def test_removing_the_prompts_colour_lets_the_target_through(demo):
 
 
 def test_the_apps_take_away_turns_a_stated_class_into_another_and_keeps_the_colour(demo):
-    """"a red dress" -> bag at the directions' own settings: to_bag alone leaves dresses; adding to_bag while taking
-    away to_dress (removed until the end of the run, as the direction recommends) turns them into bags."""
+    """"a red dress" -> bag at the directions' own settings: adding to_bag while taking away to_dress (removed until
+    the end of the run, as the direction recommends) turns them into bags of the dress's colour. (to_bag is read by
+    the layout blocks, which also turn most of these dresses into bags alone: measured 5/6; read by every
+    cross-attention, as it was learned before 2026-12-01, alone it turned none.)"""
     from steer.app import helpers as H
     from steer.config import STEERING_DEFAULTS, SteeringConfig, recommended_settings
 
@@ -144,8 +147,7 @@ def test_the_apps_take_away_turns_a_stated_class_into_another_and_keeps_the_colo
     cls, col = predict(clf, images)
     cls, col = cls.reshape(2, len(colours), 2), col.reshape(2, len(colours), 2)  # (alone / with take-away, prompt, [original, steered])
     assert (cls[:, :, 0] == K.index("dress")).mean() >= 0.8  # the prompts draw dresses
-    assert (cls[0, :, 1] == K.index("bag")).mean() <= 0.34  # to_bag alone does not overcome the prompt (measured 0/6)
-    assert (cls[1, :, 1] == K.index("bag")).mean() >= 0.66  # measured 6/6
+    assert (cls[1, :, 1] == K.index("bag")).mean() >= max(0.66, (cls[0, :, 1] == K.index("bag")).mean())  # no fewer than alone
     assert (col[1, :, 1] == col[1, :, 0]).mean() >= 0.66  # the colour stays (measured 6/6 by pixel colour)
 
 

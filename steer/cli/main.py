@@ -405,8 +405,8 @@ def cmd_directions(args: argparse.Namespace) -> int:
         bench = f"open prompts at 1.0: success {at1['success_at_1']:.2f}, kept {at1['kept_at_1']:.2f}" if "success_at_1" in at1 else "no benchmark recorded"
         window = ",".join(f"{w:g}" for w in r["window"]) if r["window"] else "-"
         strength = f"{r['strength']:.3f}" if isinstance(r["strength"], float) else "-"
-        readers = f" read by {','.join(map(str, r['readers']))}" if isinstance(r["readers"], list) else ""
-        print(f"  {r['name']:<16} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}{clip(readers, 60)}")
+        readers = f"; read by {clip(','.join(map(str, r['readers'])), 60)}" if isinstance(r["readers"], list) else ""
+        print(f"  {r['name']:<16} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}{readers}")
     return 0
 
 
