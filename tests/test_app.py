@@ -254,6 +254,20 @@ def test_learn_settings_validation(pipe, tmp_path):
             H.LearnSettings(**{**routed.__dict__, **bad}).kwargs(pipe)
     with pytest.raises(H.UserError, match="readers"):
         H.LearnSettings(mode="text", readers="everywhere").kwargs(pipe)
+    # "auto" (the default) leaves the route to learn_direction's calibration; "all" asks for every reader by name
+    assert H.LearnSettings().readers == "auto" and "readers" not in H.LearnSettings(mode="fast").kwargs(pipe)
+    assert H.LearnSettings(mode="text", readers="all").kwargs(pipe)["readers"] == "all"
+    assert "readers" not in H.LearnSettings(mode="fast", readers="all").kwargs(pipe)  # not a text direction: nothing to route
+
+
+def test_route_choice_note_reads_the_recorded_choice_and_ignores_junk():
+    choice = {"structure": 0.4512, "below": 0.8, "readers": ["layout"]}
+    note = H.route_choice_note(SteeringVector({"x": torch.ones(4)}, {"route_choice": choice}))
+    assert note == (" Read by the layout blocks only (a layout edit): the positive prompts' own samples keep 0.45 of the open "
+                    "prompts' layout (below 0.8: the edit moves the layout).")
+    assert "every cross-attention (an appearance edit)" in H.route_choice_note(SteeringVector({"x": torch.ones(4)}, {"route_choice": {**choice, "readers": None}}))
+    for junk in (None, "auto", {"structure": "x", "below": 0.8, "readers": None}, {"below": 0.8}):
+        assert H.route_choice_note(SteeringVector({"x": torch.ones(4)}, {"route_choice": junk})) == ""
 
 
 def test_window_choice_note_reads_the_recorded_choice_and_ignores_junk():
@@ -491,6 +505,8 @@ def test_api_learn_with_the_auto_window_says_which_window_it_chose(client):
     choice = SteeringVector.load(file).metadata["window_choice"]
     chosen = f"{choice['chosen'][0]:g}-{choice['chosen'][1]:g}"
     assert "Learned **auto-blue**" in status and f"Window chosen by calibration: **{chosen}**" in status
+    route = SteeringVector.load(file).metadata["route_choice"]  # the route too, by default (the Read by radio's "auto")
+    assert ("Read by the layout blocks only" if route["readers"] else "Read by every cross-attention") in status
     *_, status = client.predict("a blue sneaker", "", None, None, "mean_diff", "fast", "all layers", [], 2, 2, 5.0, 0, "", "", "auto", api_name="/learn")
     assert "the auto window is chosen by calibration" in status and "Traceback" not in status
 
