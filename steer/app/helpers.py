@@ -88,8 +88,8 @@ LEARN_METHODS = ("mean_diff", "mean", "pca")
 LEARN_MODES = ("text", "trajectory", "fast", "reference")
 # "auto": the calibration compares the early half with the whole run (learn_direction(window="auto"))
 LEARN_WINDOWS = ("mode default", "auto")
-# which cross-attentions read a text direction (learn_direction(readers=...)); "all" is the default hook
-# auto (learn_direction's default for text directions): layout where the model's own prompt edit moves the layout
+# which cross-attentions read a text direction (learn_direction(readers=...)): auto, learn_direction's default for text
+# directions, reads by the layout blocks where the model's own prompt edit moves the layout; "all" is the denoiser's input
 LEARN_READERS = ("auto", "all", "layout", "detail")
 
 
