@@ -54,6 +54,7 @@ POOR_DISTANCE = 0.6
 # where reading a class edit by every block only loses some of its colour, so the threshold sits low in the gap
 # (bench/route_choice_screen.py, docs/steering.md "The route per direction").
 LAYOUT_EDIT_BELOW = 0.8
+LAYOUT_CLOSE = 0.05  # a structure share this near the threshold is a close call: the user is told which way it went
 LAYOUT_GRID = 8
 LAYOUT_READERS = ("layout",)
 
@@ -277,9 +278,22 @@ def _warn(result: Calibration) -> None:
             "in an attribute the model renders, or pass calibrate=False and choose the scale yourself",
             stacklevel=4,
         )
-    advice = fit_advice(result.to_dict())  # None unless converged to a poor fit
-    if advice:
-        warnings.warn(advice, stacklevel=4)
+    for advice in (fit_advice(result.to_dict()), route_advice(result.route)):  # None unless there is something to say
+        if advice:
+            warnings.warn(advice, stacklevel=4)
+
+
+def route_advice(route: Mapping[str, Any] | None) -> str | None:
+    """One line when the route choice (`Calibration.route`) was a close call, else None."""
+    if not isinstance(route, Mapping) or not isinstance(route.get("structure"), int | float):
+        return None
+    structure = float(route["structure"])
+    if abs(structure - LAYOUT_EDIT_BELOW) >= LAYOUT_CLOSE:
+        return None
+    chosen = "read by the layout blocks only (a layout edit)" if route.get("readers") else "read by every cross-attention (an appearance edit)"
+    return (f"calibration: the positive prompts' own samples keep {structure:.2f} of the open prompts' layout, close to the "
+            f"{LAYOUT_EDIT_BELOW:g} line, so the direction is {chosen} by a narrow margin; pass readers='all' or "
+            "readers='layout' to choose")
 
 
 def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, structure_kept
+from steer.calibrate import LAYOUT_EDIT_BELOW, route_advice, structure_kept
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
@@ -105,3 +105,12 @@ def test_the_command_line_learns_with_the_auto_route_and_says_which(tmp_path, ca
     assert '"route_choice"' in capsys.readouterr().out
     rc = main([*args[:-2], "--readers", "auto", "layout", "--out", str(out)])
     assert_one_line_error(rc, capsys.readouterr().err, "readers='auto' chooses the route itself")
+
+
+def test_a_close_route_call_is_said_in_one_line():
+    close = route_advice({"structure": LAYOUT_EDIT_BELOW - 0.02, "readers": ["layout"]})
+    assert close.startswith("calibration: the positive prompts' own samples keep 0.78 of the open prompts' layout")
+    assert "read by the layout blocks only (a layout edit) by a narrow margin" in close and "\n" not in close
+    assert "every cross-attention" in route_advice({"structure": LAYOUT_EDIT_BELOW + 0.03, "readers": None})
+    for clear in ({"structure": 0.5, "readers": ["layout"]}, {"structure": 0.97, "readers": None}, None, {"structure": "x"}):
+        assert route_advice(clear) is None
