@@ -6,8 +6,8 @@
 For each of the matrix's 18 targets (`steering_matrix.prompts_for`), the calibration's own samples are drawn: the
 positive prompts and the open prompts (the attribute left to the model) from the same seeds 0-5, unsteered, 20 DDIM
 steps, at each guidance scale. `steer.calibrate.structure_kept` (the decoded grayscale over an 8 x 8 grid of the
-frame, same-seed Pearson correlation) is what the route is chosen by; the full-resolution correlation is printed
-beside it. A target below `steer.calibrate.LAYOUT_EDIT_BELOW` is read by the layout blocks. 480 UNet rows per target
+frame, same-seed Pearson correlation) is what the route is chosen by; the same at every pixel (``grid=None``) is
+printed beside it. A target below `steer.calibrate.LAYOUT_EDIT_BELOW` is read by the layout blocks. 480 UNet rows per target
 and guidance, no images judged.
 """
 
@@ -34,18 +34,6 @@ from steer.cli.loading import load_pipeline  # noqa: E402
 SAMPLES = 6
 
 
-@torch.no_grad()
-def full_resolution(pipe, za: torch.Tensor, zb: torch.Tensor) -> float:
-    """The same correlation at every pixel (detail included), for comparison."""
-    vae = pipe.vae
-    out = []
-    for a, b in zip(za, zb, strict=True):
-        gray = vae.decode(torch.stack([a, b]) / vae.config.scaling_factor).sample.float().clamp(-1, 1).mean(1).flatten(1)
-        gray = gray - gray.mean(1, keepdim=True)
-        out.append(float((gray[0] * gray[1]).sum() / (gray[0].norm() * gray[1].norm()).clamp_min(1e-12)))
-    return sum(out) / len(out)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model folder (default: the embedded demo model)")
@@ -69,7 +57,7 @@ def main() -> None:
                 kw = {"num_inference_steps": args.steps, "guidance_scale": g}
                 z_pos = sample_latents(pipe, pos, seeds, flat=False, **kw)
                 z_open = sample_latents(pipe, open_prompts(pos, neg), seeds, flat=False, **kw)
-                row[f"g{g:g}"] = {"layout": round(structure_kept(pipe, z_pos, z_open), 4), "full": round(full_resolution(pipe, z_pos, z_open), 4)}
+                row[f"g{g:g}"] = {"layout": round(structure_kept(pipe, z_pos, z_open), 4), "full": round(structure_kept(pipe, z_pos, z_open, grid=None), 4)}
             row["route"] = {k: ("layout" if v["layout"] < LAYOUT_EDIT_BELOW else "all") for k, v in row.items() if k.startswith("g")}
             print(json.dumps(row), flush=True)
             rows.append(row)

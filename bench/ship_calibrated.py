@@ -90,10 +90,9 @@ def main() -> None:
                 if how is None and all(key in run["summary"] and ships(run["summary"][key][target]) for run in runs):
                     how, m, on_contra = f"{readers} readers", runs[0]["summary"][key][target], runs[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
                     by_how[how] = runs[0]
-            if how is None and ships(m) and not replicated:
-                how = "not on the replication's seeds"  # the row says so; nothing is shipped
-            rows.append((kind, target, split, m, on_contra, how))
-            if how is None or how.startswith("not "):
+            unreplicated = how is None and ships(m) and not replicated  # the row says so; nothing is shipped
+            rows.append((kind, target, split, m, on_contra, how, unreplicated))
+            if how is None:
                 continue
             source = {"default": results, "auto window": auto}.get(how) or by_how[how]
             P = prompts_for(kind, target)
@@ -169,9 +168,10 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         "| target | kind | split | shipped | open @1.0 success / kept / break | open passing scales | Spearman (success) | contradicting @1.0 success / kept |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for kind, target, split, m, contra, how in rows:
+    for kind, target, split, m, contra, how, unreplicated in rows:
         c = f"{contra['success_at_1']:.2f} / {contra['kept_at_1']:.2f}" if contra else "-"
-        lines.append(f"| {target} | {kind} | {split} | {'no' if how is None else f'no ({how})' if how.startswith('not ') else 'yes' if how == 'default' else f'yes ({how})'} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
+        shipped = ("no (not on the replication's seeds)" if unreplicated else "no") if how is None else "yes" if how == "default" else f"yes ({how})"
+        lines.append(f"| {target} | {kind} | {split} | {shipped} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
                      f"{m['break_at_1']:.2f} | {', '.join(map(str, m['passing_scales'])) or '-'} | {m['rho_success']:.2f} | {c} |")
     (out / "README.md").write_text("\n".join(lines) + "\n" + (LEGACY if args.model is None else ""))
 

@@ -113,11 +113,11 @@ def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], flat: boo
 
 
 @torch.no_grad()
-def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor) -> float:
+def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor, grid: int | None = LAYOUT_GRID) -> float:
     """How much of its layout an image keeps across a prompt edit: the mean over pairs of the Pearson correlation of
-    the decoded images' grayscale, averaged over a `LAYOUT_GRID` x `LAYOUT_GRID` grid of the frame (where light and
-    dark lie, not the detail; ``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of SD-family UNet
-    pipelines, same seed). 1: the same layout, only the appearance changed; near 0: a new layout."""
+    the decoded images' grayscale, averaged over a ``grid`` x ``grid`` grid of the frame (where light and dark lie,
+    not the detail; None: every pixel; ``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of SD-family
+    UNet pipelines, same seed). 1: the same layout, only the appearance changed; near 0: a new layout."""
     vae = pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     param = next(vae.parameters())
@@ -125,7 +125,7 @@ def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor) -> fl
     for a, b in zip(latents_a, latents_b, strict=True):
         z = torch.stack([a, b]).to(param.device, param.dtype) / vae.config.scaling_factor + shift
         gray = vae.decode(z).sample.float().clamp(-1, 1).mean(1, keepdim=True)  # (2, 1, H, W)
-        gray = torch.nn.functional.adaptive_avg_pool2d(gray, LAYOUT_GRID).flatten(1)
+        gray = (gray if grid is None else torch.nn.functional.adaptive_avg_pool2d(gray, grid)).flatten(1)
         gray = gray - gray.mean(1, keepdim=True)
         norms = gray.norm(dim=1)
         if not bool(torch.isfinite(gray).all()) or float(norms.min()) == 0.0:
