@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
     ap.add_argument("--learn-steps", type=int, default=None, help="sampling steps of the calibrated methods' learning (default: --steps)")
     ap.add_argument("--window", default=None, help="learn the calibrated methods with this window: 'auto' or start,end (default: the preset's)")
-    ap.add_argument("--readers", default=None, help="learn text directions read only by these cross-attentions ('layout', 'detail'; default: all)")
+    ap.add_argument("--readers", default=None, help="learn text directions read only by these cross-attentions ('auto', 'all', 'layout', 'detail'; default: the preset's, 'auto')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)

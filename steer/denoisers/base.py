@@ -201,7 +201,6 @@ class DenoiserAdapter:
         Within one denoiser call every cross-attention receives the same text tensor, so ``fn`` runs once per call and
         its answer is reused by the other readers (the memo is per thread and is cleared at the call's start and end:
         a new call is a new step or CFG branch, where ``fn`` may answer differently)."""
-        modules = dict(self.model.named_modules())
         memo = threading.local()
 
         def forget(*_: Any, **__: Any) -> None:
@@ -215,18 +214,24 @@ class DenoiserAdapter:
             memo.pair = (h, new)
             return new
 
+        handles = [self.model.register_forward_pre_hook(forget), self.model.register_forward_hook(forget, always_call=True)]
+        return RemovableHandles(handles + [self.register_reader_hook(n, steered) for n in readers])
+
+    def register_reader_hook(self, reader: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+        """``fn(h) -> new h | None`` on the text tokens one cross-attention module (a `text_readers` name) receives,
+        every time it runs; returns the removable handle."""
+
         def pre(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
             h = kwargs.get("encoder_hidden_states")
             if isinstance(h, torch.Tensor):
-                new = steered(h)
+                new = fn(h)
                 return None if new is None else (args, {**kwargs, "encoder_hidden_states": new})
             if len(args) > 1 and isinstance(args[1], torch.Tensor):  # Attention.forward(hidden_states, encoder_hidden_states)
-                new = steered(args[1])
+                new = fn(args[1])
                 return None if new is None else ((args[0], new, *args[2:]), kwargs)
             return None
 
-        handles = [self.model.register_forward_pre_hook(forget), self.model.register_forward_hook(forget, always_call=True)]
-        return RemovableHandles(handles + [modules[n].register_forward_pre_hook(pre, with_kwargs=True) for n in readers])
+        return self.model.get_submodule(reader).register_forward_pre_hook(pre, with_kwargs=True)
 
     def layer_channels(self, names: Sequence[str]) -> dict[str, int]:
         """Output channel count of each named site (cached on the model)."""

@@ -10,11 +10,16 @@ import torch
 from torch import nn
 
 from steer.denoisers import (
+    CONTEXT_SITE,
+    adapter_for,
+    cross_attention_sites,
     layer_channels,
     register_site_hook,
     resolve_layers,
+    text_readers,
 )
-from steer.engine.steering import SteeringSession, apply_delta
+from steer.engine.steering import LayerPlan, SteeringSession, apply_delta
+from steer.errors import LayerError
 
 
 class StaticSteeringSites:
@@ -26,6 +31,11 @@ class StaticSteeringSites:
     the deltas in place before every UNet call (zeros when nothing is steered, outside the window, or in the other
     CFG branch), so changing the vector, scale or window never recompiles. Only ``mode`` and ``preserve_norm`` are
     Python constants (a change recompiles once). Calls through one compiled UNet are serialised by a lock.
+
+    With the text site on a UNet, every cross-attention also gets a site of its own on the tokens it reads (its
+    *reader* delta), so directions read by some cross-attentions only (`steering_readers`, given or recorded) steer
+    the compiled denoiser too: each reader adds the deltas of the routes that include it, on top of the denoiser's
+    input, as the eager hooks do. Routes that share a cross-attention cannot be applied this way (one line at the call).
     """
 
     def __init__(self, unet: nn.Module, layers: Sequence[str]):
@@ -33,6 +43,7 @@ class StaticSteeringSites:
         self.layers = resolve_layers(unet, layers)
         self.channels = layer_channels(unet, self.layers)
         self.deltas: dict[str, torch.Tensor] = {}
+        self.reader_deltas: dict[str, torch.Tensor] = {}  # per cross-attention: routed text directions it reads
         # per site, from the session's plans; every key present from the start (adding one later would recompile)
         self.fixed_tokens: dict[str, int] = dict.fromkeys(self.layers, 0)
         self.mode = "add"  # Python constants of the graph: a change recompiles once
@@ -42,6 +53,13 @@ class StaticSteeringSites:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for name in self.layers:
             self._handles.append(register_site_hook(unet, name, self._make_hook(name)))
+        # one site per cross-attention for routed text directions (UNets: the families whose readers can be chosen)
+        self.readers: list[str] = []
+        if CONTEXT_SITE in self.layers and adapter_for(unet).reader_groups:
+            self.readers = cross_attention_sites(unet)
+            for reader in self.readers:
+                self._handles.append(adapter_for(unet).register_reader_hook(reader, self._make_reader_hook(reader)))
+        self._named: dict[tuple[str, ...], list[str]] = {}  # readers as named by a call -> cross-attention modules
 
     def _make_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(h: torch.Tensor) -> torch.Tensor | None:
@@ -51,6 +69,45 @@ class StaticSteeringSites:
             return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(name, 0))
 
         return hook
+
+    def _make_reader_hook(self, reader: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def hook(h: torch.Tensor) -> torch.Tensor | None:
+            delta = self.reader_deltas.get(reader)
+            if delta is None:
+                return None
+            return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(CONTEXT_SITE, 0))
+
+        return hook
+
+    def reader_deltas_of(self, session: SteeringSession) -> list[tuple[list[str] | None, LayerPlan]]:
+        """The text site's groups of ``session`` with the cross-attentions each is read by (None: the denoiser's
+        input). ValueError in one line when this compiled denoiser cannot apply them: a route with no reader sites
+        (the text site was not compiled with the readers) or two routes sharing a cross-attention."""
+        plan = session.plans.get(CONTEXT_SITE)
+        if plan is None:
+            return []
+        groups, seen = [], set()
+        for readers, routed in session.text_groups(plan):
+            if readers is None:
+                groups.append((None, routed))
+                continue
+            if not self.readers:
+                raise ValueError("this compiled denoiser has no reader sites (compile_unet with the text site on a UNet); "
+                                 "steer the eager one, or pass steering_readers='all'")
+            key = tuple(readers)
+            if key not in self._named:
+                try:
+                    self._named[key] = text_readers(self.unet, readers)
+                except LayerError as err:
+                    raise ValueError(str(err)) from None
+            modules = self._named[key]
+            shared = seen.intersection(modules)
+            if shared:
+                raise ValueError(f"these directions' routes share cross-attentions ({sorted(shared)[0]}, ...), which a "
+                                 "compiled denoiser cannot apply; steer the eager one")
+            seen.update(modules)
+            groups.append((modules, routed))
+        return groups
 
     def attach(self, wrapper: nn.Module) -> None:
         """Fill the deltas before every call of ``wrapper`` (the compiled module)."""
@@ -63,22 +120,33 @@ class StaticSteeringSites:
         session = self.session
         if session is not None:
             session.advance()
-        for name in self.layers:
-            n = sample.shape[0] if isinstance(sample, torch.Tensor) else 1
-            buf = self.deltas.get(name)
-            if buf is None or buf.shape[0] != n or (isinstance(sample, torch.Tensor) and (buf.device, buf.dtype) != (sample.device, sample.dtype)):
-                ref = sample if isinstance(sample, torch.Tensor) else next(self.unet.parameters())
-                buf = torch.zeros(n, self.channels[name], device=ref.device, dtype=ref.dtype)
-                self.deltas[name] = buf
-            plan = session.plans.get(name) if session is not None and session.mine() else None
-            if plan is not None:  # kept otherwise: a zero delta leaves every token alone anyway, and no recompile
-                self.fixed_tokens[name] = plan.fixed_tokens
-            if plan is None or not session.adds_now():
+        n = sample.shape[0] if isinstance(sample, torch.Tensor) else 1
+        ref = sample if isinstance(sample, torch.Tensor) else next(self.unet.parameters())
+        adding = session is not None and session.mine() and session.adds_now()
+        for deltas, names in ((self.deltas, self.layers), (self.reader_deltas, self.readers)):
+            for name in names:
+                buf = deltas.get(name)
+                if buf is None or buf.shape[0] != n or (buf.device, buf.dtype) != (ref.device, ref.dtype):
+                    channels = self.channels[name if deltas is self.deltas else CONTEXT_SITE]
+                    buf = deltas[name] = torch.zeros(n, channels, device=ref.device, dtype=ref.dtype)
                 buf.zero_()
+        if session is None or not session.mine():
+            return
+        for name, plan in session.plans.items():
+            if name in self.layers:  # kept otherwise: a zero delta leaves every token alone anyway, and no recompile
+                self.fixed_tokens[name] = plan.fixed_tokens
+        if not adding:
+            return
+        for name, plan in session.plans.items():
+            if name == CONTEXT_SITE:
+                for modules, routed in self.reader_deltas_of(session):
+                    delta = session.step_delta(routed, n)
+                    for buf in [self.reader_deltas[m] for m in modules] if modules is not None else [self.deltas[name]]:
+                        buf.copy_(delta)
             else:
-                buf.copy_(session.step_delta(plan, n))
-                if session.step not in session.applied_steps:
-                    session.applied_steps.append(session.step)
+                self.deltas[name].copy_(session.step_delta(plan, n))
+        if session.step not in session.applied_steps:
+            session.applied_steps.append(session.step)
 
     def remove(self) -> None:
         while self._handles:

@@ -227,22 +227,27 @@ class SteeringSession(DenoiserRun):
                 raise ModelMismatchError(
                     f"channel mismatch at layer {name!r}: the direction has {want} channels, the UNet's output there has {channels[name]}"
                 )
-            if name == CONTEXT_SITE and self.text_routes is not None:
-                for readers, members in self._route_groups():
-                    if not bool(plan.directions[members.bool()].any()):  # vectors that do not steer the text
-                        continue
-                    routed = LayerPlan(plan.name, plan.directions, plan.levels, plan.fixed_tokens, members)
+            if name == CONTEXT_SITE:
+                for readers, routed in self.text_groups(plan):
                     self._handles.append(register_site_hook(self.unet, name, self._make_hook(routed), readers))
                 continue
-            readers = self.config.readers if name == CONTEXT_SITE else None
-            self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan), readers))
+            self._handles.append(register_site_hook(self.unet, name, self._make_hook(plan)))
 
-    def _route_groups(self) -> list[tuple[tuple[str, ...] | None, torch.Tensor]]:
-        """The vectors grouped by their route: (readers, (K,) membership mask), the every-reader group first (its hook
-        sits on the denoiser's input, so the routed groups add to what it already steered)."""
+    def text_groups(self, plan: LayerPlan) -> list[tuple[tuple[str, ...] | None, LayerPlan]]:
+        """The text site's plan split by who reads it: (readers, plan of those vectors), ``readers`` None for the
+        denoiser's input (every cross-attention). One group (the call's ``readers``) unless the vectors record
+        different routes; then the every-reader group comes first (its hook sits on the denoiser's input, so the
+        routed groups add to what it already steered), and groups of vectors that do not steer the text are left out."""
+        if self.text_routes is None:
+            return [(self.config.readers, plan)]
         routes = list(dict.fromkeys(self.text_routes))
         routes.sort(key=lambda r: r is not None)
-        return [(r, torch.tensor([float(x == r) for x in self.text_routes])) for r in routes]
+        groups = []
+        for readers in routes:
+            members = torch.tensor([float(x == readers) for x in self.text_routes])
+            if bool(plan.directions[members.bool()].any()):
+                groups.append((readers, LayerPlan(plan.name, plan.directions, plan.levels, plan.fixed_tokens, members)))
+        return groups
 
     def branch_sign(self, branch: str | None = None) -> int:
         """With sequential CFG: +1, -1 or 0, how ``branch`` (default ``config.branch``) treats the branch of the call

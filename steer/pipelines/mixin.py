@@ -335,13 +335,7 @@ class SteeringMixin:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
                     if session.removing:
                         raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
-                    if session.config.readers is not None:
-                        raise ValueError(f"steering_readers is not available on a compiled denoiser (this call reads by "
-                                         f"{', '.join(map(str, session.config.readers))[:80]}, given or recorded); steer the eager "
-                                         "one, or pass steering_readers='all'")
-                    if session.text_routes is not None:
-                        raise ValueError("these directions record different steering_readers (routes), which a compiled denoiser "
-                                         "cannot apply; steer the eager one")
+                    sites.reader_deltas_of(session)  # routes it cannot apply: one line before any sampling
                     sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
                     sites.session = session
                     stack.callback(setattr, sites, "session", None)
