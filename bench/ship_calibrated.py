@@ -3,7 +3,7 @@ into assets/directions. Run from the repository root.
 
     python bench/ship_calibrated.py [--results docs/steering/route_choice/results.json] [--out assets/directions]
         [--replication-results docs/steering/route_choice/replication/results.json]
-        [--auto-results docs/steering/auto_window/results.json]
+        [--auto-results docs/steering/auto_both/results.json docs/steering/auto_both/replication/results.json]
     python bench/ship_calibrated.py --model assets/models/demo-4x \
         --results docs/steering/demo4x/ours-colour/results.json docs/steering/demo4x/ours-class/results.json
 
@@ -12,8 +12,8 @@ over scales 0 -> 1 (Spearman >= 0.5: not a pass the unsteered prompt already had
 exactly the matrix's prompts and settings (learning is deterministic: the same seeds give the same vector, checked
 against the recorded calibrated strength) and saved as ``to_<target>.safetensors`` with its matrix numbers in the
 metadata. `steer generate --direction to_blue` then uses its recommended (learned, calibrated) settings by default.
-With ``--auto-results`` (the matrix run with ``--window auto``), a target that does not pass with the defaults but
-passes there is shipped learned with ``window="auto"`` (the calibration's own choice of window, recorded); with
+With ``--auto-results`` (the matrix runs with ``--window auto``, one file per seed set), a target that does not pass
+with the defaults but passes in all of them is shipped learned with ``window="auto"`` (the calibration's own choice of window, recorded); with
 ``--readers-results R FILE...`` (the matrix runs with ``--readers R``, one file per seed set; repeatable), one that
 passes in all of them is shipped learned with ``readers=R``.
 The directions' README is regenerated with the table of every target, shipped or not. With ``--model`` (another
@@ -46,7 +46,9 @@ are kept because the memorization benchmark's steering claim (docs/detection.md)
 
 
 DEFAULT_RESULTS = ["docs/steering/route_choice/results.json"]
-GALLERY_NOTE = "every colour row recolours the garments and keeps their shape, every class row draws the class in the item's colour"
+GALLERY_NOTE = ("every colour row recolours the garments and keeps their shape, every class row draws the class in the item's colour; "
+                "the coat row is long-sleeved tops like the pullover row (the two differ by a faint front line at 28 x 28, "
+                "which the judge reads)")
 
 
 def main() -> None:
@@ -56,7 +58,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="default: assets/directions, or the --model folder's own directions/")
     ap.add_argument("--replication-results", nargs="+", default=None,
                     help="results.json of the same matrix on other seeds (one per kind): a target ships with the defaults only if it passes there too")
-    ap.add_argument("--auto-results", default=None, help="results.json of the matrix run with --window auto: ship what passes only there")
+    ap.add_argument("--auto-results", nargs="+", default=None,
+                    help="results.json of the matrix runs with --window auto (one per seed set): ship what passes only there, in every one")
     ap.add_argument("--readers-results", nargs="+", action="append", default=None, metavar="READERS_OR_FILE",
                     help="a steering_readers value then the results.json of the matrix runs with --readers it (one per seed set): "
                          "ship a target that passes only there, in every one of them (repeatable)")
@@ -67,7 +70,8 @@ def main() -> None:
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
     replication = merged([json.loads(Path(p).read_text()) for p in args.replication_results])["summary"] if args.replication_results else None
-    auto = json.loads(Path(args.auto_results).read_text()) if args.auto_results else None
+    autos = [json.loads(Path(p).read_text()) for p in args.auto_results or ()]
+    auto = autos[0] if autos else None
     routed = [(group[0], [json.loads(Path(f).read_text()) for f in group[1:]]) for group in args.readers_results or ()]
     if any(not runs for _, runs in routed):
         raise SystemExit("--readers-results needs a readers value and at least one results.json")
@@ -84,7 +88,7 @@ def main() -> None:
         for target, m in per.items():
             replicated = replication is None or ships(replication.get(key, {}).get(target, {"pass_at_1": False, "rho_success": 0}))
             how, on_contra = ("default" if ships(m) and replicated else None), contra.get(target)
-            if how is None and auto is not None and ships(auto["summary"][key][target]):
+            if how is None and autos and all(ships(run["summary"][key][target]) for run in autos):
                 how, m, on_contra = "auto window", auto["summary"][key][target], auto["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
             for readers, runs in routed:
                 if how is None and all(key in run["summary"] and ships(run["summary"][key][target]) for run in runs):
@@ -134,7 +138,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     command = " ".join(["python bench/ship_calibrated.py", *(["--model", args.model] if args.model else []),
                         *(["--results", *args.results] if args.model or args.results != DEFAULT_RESULTS else []),
                         *(["--replication-results", *args.replication_results] if args.replication_results else []),
-                        *(["--auto-results", args.auto_results] if args.auto_results else []),
+                        *(["--auto-results", *args.auto_results] if args.auto_results else []),
                         *[x for group in args.readers_results or () for x in ("--readers-results", *group)],
                         *(["--gallery-note", repr(args.gallery_note)] if args.gallery_note != GALLERY_NOTE else [])])
     gallery = "python scripts/bundled_gallery.py" + (f" --model {args.model}" if args.model else "")
@@ -150,9 +154,9 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         f"{meta['seeds']} seeds x 8 prompts). Each records its reference level, so `steering_negative=\"remove\"` with a "
         "negative scale takes its attribute out of a prompt that states it (\"a red bag\" with `[to_blue, to_red]` at "
         "`[1, -1]`, whole-run window for colours; the app's take-away), from the window's start to the end of the run "
-        "(its recommended removal window). A target marked *auto window* does not pass with the defaults and passes "
-        "learned with `window=\"auto\"` (the calibration compares the first half of the run with the whole run and "
-        "keeps the window whose samples come closer to the positives' own; the row shows that matrix run's numbers). "
+        "(its recommended removal window). A target marked *auto window* does not pass with the defaults and passes, "
+        "on every seed set run, learned with `window=\"auto\"` (the calibration compares the first half of the run with the whole run and "
+        "keeps the window whose samples come closer to the positives' own; the row shows the first of those runs). "
         "A target marked *layout readers* (*detail readers*) does not pass with the defaults and passes, on every seed "
         "set run, learned with `readers=\"layout\"` (only the down and mid blocks read it, so the item keeps the prompt's "
         "colour) (`readers=\"detail\"`: only the up blocks read it, so the garment keeps its class); the row shows the "

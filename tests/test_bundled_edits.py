@@ -40,8 +40,8 @@ def test_to_blue_recolours_open_prompts_and_keeps_the_garment(demo):
 
 
 def test_to_purple_learned_with_the_auto_window_recolours_over_the_whole_run(demo):
-    """The one bundled direction shipped with ``window="auto"``: its calibration chose the whole run (over the
-    default first half it drifts to blue-violet), and the slider moves open prompts to purple, garment kept."""
+    """A bundled direction shipped with ``window="auto"``: its calibration chose the whole run (over the default
+    first half it drifts to blue-violet), and the slider moves open prompts to purple, garment kept."""
     pipe, clf = demo
     purple = SteeringVector.load(bundled_directions()["to_purple"])
     choice = purple.metadata["window_choice"]
@@ -79,6 +79,21 @@ def test_to_sneaker_read_by_the_layout_blocks_draws_sneakers_in_the_items_colour
     assert (ref_cls == K.index("sneaker")).mean() <= 0.34  # measured 0/6 (shirts and pullovers)
     assert (cls == K.index("sneaker")).mean() >= 0.8 and (col == ref_col).mean() >= 0.8  # measured 6/6 and 5/6
     assert (col == ref_col).sum() > (col_all == ref_col).sum()  # measured 5 vs 4 of 6
+
+
+def test_to_coat_learned_with_the_auto_window_and_read_by_the_layout_blocks_draws_coats_in_the_items_colour(demo):
+    """The class edit shipped with ``window="auto"``: the route rule sends it to the layout blocks, the window choice
+    keeps steering over the whole run (the late steps draw the coat's front line), and open items become coats in
+    their own colour (over the default first half coat passed at no scale in the matrix)."""
+    pipe, clf = demo
+    coat = SteeringVector.load(bundled_directions()["to_coat"])
+    rec = coat.metadata["recommended"]
+    assert rec["readers"] == ["layout"] and rec["window"] == coat.metadata["window_choice"]["chosen"] == [0.0, 1.0]
+    prompts = [f"a {c} item" for c in ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "white")]
+    ref_cls, ref_col = predict(clf, sample(pipe, prompts))
+    cls, col = predict(clf, sample(pipe, prompts, steering=coat, steering_scale=1.0))
+    assert (ref_cls == K.index("coat")).mean() <= 0.25  # measured 1/8 (pullovers and shirts)
+    assert (cls == K.index("coat")).mean() >= 0.75 and (col == ref_col).mean() >= 0.75  # measured 7/8 and 7/8
 
 
 def test_to_cyan_read_by_the_up_blocks_recolours_and_keeps_the_garment(demo):
