@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
     ap.add_argument("--learn-steps", type=int, default=None, help="sampling steps of the calibrated methods' learning (default: --steps)")
     ap.add_argument("--window", default=None, help="learn the calibrated methods with this window: 'auto' or start,end (default: the preset's)")
-    ap.add_argument("--readers", default=None, help="learn text directions read only by these cross-attentions ('auto', 'all', 'layout', 'detail'; default: the preset's, 'auto')")
+    ap.add_argument("--readers", default=None, help="learn text directions read only by these cross-attentions ('auto', 'all', 'layout', 'detail' or comma-separated attn2 globs; default: the preset's, 'auto')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -218,7 +218,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     window = {} if args.window is None else {"window": "auto" if args.window == "auto" else tuple(float(x) for x in args.window.split(","))}
     if args.readers is not None:
-        window["readers"] = args.readers
+        window["readers"] = args.readers.split(",") if "," in args.readers else args.readers
     targets = [("colour", c) for c in C if "colour" in kinds] + [("class", k) for k in K if "class" in kinds]
     if args.quick:
         targets = [("colour", "blue"), ("colour", "orange"), ("class", "ankle boot"), ("class", "sneaker")]

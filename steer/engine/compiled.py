@@ -58,24 +58,20 @@ class StaticSteeringSites:
         if CONTEXT_SITE in self.layers and adapter_for(unet).reader_groups:
             self.readers = cross_attention_sites(unet)
             for reader in self.readers:
-                self._handles.append(adapter_for(unet).register_reader_hook(reader, self._make_reader_hook(reader)))
+                self._handles.append(adapter_for(unet).register_reader_hook(reader, self._make_hook(reader, self.reader_deltas, CONTEXT_SITE)))
         self._named: dict[tuple[str, ...], list[str]] = {}  # readers as named by a call -> cross-attention modules
 
-    def _make_hook(self, name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+    def _make_hook(self, name: str, deltas: dict[str, torch.Tensor] | None = None, site: str | None = None) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        """The hook adding ``deltas[name]`` (default `deltas`; a reader's: `reader_deltas`) with the fixed positions of
+        ``site`` (default ``name``; a reader's: the text site's)."""
+        deltas = self.deltas if deltas is None else deltas
+        site = site or name
+
         def hook(h: torch.Tensor) -> torch.Tensor | None:
-            delta = self.deltas.get(name)
+            delta = deltas.get(name)
             if delta is None:
                 return None
-            return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(name, 0))
-
-        return hook
-
-    def _make_reader_hook(self, reader: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
-        def hook(h: torch.Tensor) -> torch.Tensor | None:
-            delta = self.reader_deltas.get(reader)
-            if delta is None:
-                return None
-            return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(CONTEXT_SITE, 0))
+            return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(site, 0))
 
         return hook
 
