@@ -201,7 +201,7 @@ def test_a_compiled_denoiser_reads_routed_directions_as_the_eager_one_without_re
     assert not np.array_equal(eager["call route"], eager["unrouted"])  # the route changes the image
     torch._dynamo.reset()
     pipe = tiny_pipeline(seed=0)
-    pipe.compile_unet(layers=[CONTEXT_SITE], backend="eager")
+    pipe.compile_unet(backend="eager")  # the default sites include the text tokens and their readers
     counters.clear()
     graphs = None
     for name in [*cases, "call route", "two routes"]:  # back and forth

@@ -29,6 +29,7 @@ from steer.config import (
 from steer.denoisers import (
     CONTEXT_SITE,
     GLOB_CHARS,
+    adapter_for,
     cross_attention_sites,
     list_layers,
     resolve_layers,
@@ -262,8 +263,8 @@ class SteeringMixin:
 
     def compile_unet(self, layers: str | Iterable[str] | None = None, **compile_kwargs: Any) -> None:
         """``torch.compile`` the denoiser with persistent steering sites at ``layers`` (default: every site
-        `steer.denoisers.list_layers` lists). Later steering calls on those layers never recompile when vector,
-        scale or window change.
+        `steer.denoisers.list_layers` lists and the text tokens, `CONTEXT_SITE`, where the default preset's directions
+        act). Later steering calls on those layers never recompile when vector, scale, window or route change.
 
         Args:
             layers: site names or glob patterns to keep steerable.
@@ -273,7 +274,9 @@ class SteeringMixin:
         existing = getattr(self, "_static_sites", None)
         if existing is not None:
             existing.remove()
-        sites = StaticSteeringSites(denoiser, list(layers) if layers is not None else list_layers(denoiser))
+        if layers is None:
+            layers = [*list_layers(denoiser), *([CONTEXT_SITE] if adapter_for(denoiser).context_dim() else [])]
+        sites = StaticSteeringSites(denoiser, list(layers))
         compiled = torch.compile(denoiser, **compile_kwargs)
         sites.attach(compiled)
         self.__dict__["_static_sites"] = sites
