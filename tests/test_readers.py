@@ -208,6 +208,8 @@ def test_a_compiled_denoiser_reads_routed_directions_as_the_eager_one_without_re
         np.testing.assert_array_equal(call(pipe, **cases[name]), eager[name], err_msg=name)
         graphs = graphs or counters["stats"]["unique_graphs"]  # what the first call compiled
     np.testing.assert_array_equal(eager["off"], call(pipe))  # scale 0 through the reader sites: the unsteered image
+    # every cross-attention named as the route is the denoiser's text input, as in the eager pipeline
+    np.testing.assert_array_equal(call(pipe, steering=text_vector, steering_scale=0.5, steering_readers="all"), eager["unrouted"])
     assert counters["stats"]["unique_graphs"] == graphs  # nothing recompiled
     with pytest.raises(ValueError, match="share cross-attentions") as err:
         call(pipe, steering=[layout, routed(text_vector, "down_blocks.*", seed=3)])
