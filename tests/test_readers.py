@@ -180,7 +180,7 @@ def test_the_apps_direction_summary_says_who_reads_it(text_vector):
     assert "read by" not in H.direction_summary(text_vector)
 
 
-def test_a_compiled_denoiser_reads_routed_directions_as_the_eager_one_without_recompiling(tiny_pipe, text_vector):
+def test_a_compiled_denoiser_reads_routed_directions_as_the_eager_one_without_recompiling(tiny_pipe, text_vector, monkeypatch):
     """`compile_unet` with the text site gives every cross-attention a site of its own: a route given in the call, a
     recorded one, and two directions on different routes steer the compiled denoiser exactly as the eager hooks do,
     and moving between them (or the slider) never recompiles. Routes sharing a cross-attention are refused in one line."""
@@ -215,6 +215,14 @@ def test_a_compiled_denoiser_reads_routed_directions_as_the_eager_one_without_re
         call(pipe, steering=[layout, routed(text_vector, "down_blocks.*", seed=3)])
     assert "\n" not in str(err.value)
     np.testing.assert_array_equal(call(pipe, **cases["two routes"]), eager["two routes"])  # nothing left behind
+    # the routes are resolved once per call, not at every denoiser step, and let go of after it
+    from steer.engine.steering import SteeringSession
+
+    built, text_groups = [], SteeringSession.text_groups
+    monkeypatch.setattr(SteeringSession, "text_groups", lambda self, plan: built.append(1) or text_groups(self, plan))
+    call(pipe, **cases["two routes"])
+    assert len(built) == 1
+    assert pipe._static_sites.session is None and pipe._static_sites.text_groups == []
     torch._dynamo.reset()
 
 

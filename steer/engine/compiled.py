@@ -49,6 +49,8 @@ class StaticSteeringSites:
         self.mode = "add"  # Python constants of the graph: a change recompiles once
         self.preserve_norm = False
         self.session: SteeringSession | None = None
+        # the session's text groups with the cross-attentions each is read by, fixed for the session (`activate`)
+        self.text_groups: list[tuple[list[str] | None, LayerPlan]] = []
         self.lock = threading.RLock()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for name in self.layers:
@@ -105,6 +107,17 @@ class StaticSteeringSites:
             groups.append((modules, routed))
         return groups
 
+    def activate(self, session: SteeringSession) -> None:
+        """Drive the sites from ``session`` for the calls that follow (until `deactivate`). ValueError in one line,
+        before any sampling, when this compiled denoiser cannot apply it (`reader_deltas_of`)."""
+        groups = self.reader_deltas_of(session)
+        self.mode, self.preserve_norm = session.config.mode, session.config.preserve_norm
+        self.text_groups, self.session = groups, session
+
+    def deactivate(self) -> None:
+        """Back to zero deltas: no session drives the sites."""
+        self.session, self.text_groups = None, []
+
     def attach(self, wrapper: nn.Module) -> None:
         """Fill the deltas before every call of ``wrapper`` (the compiled module)."""
         self._handles.append(wrapper.register_forward_pre_hook(self._before_call, with_kwargs=True))
@@ -135,7 +148,7 @@ class StaticSteeringSites:
             return
         for name, plan in session.plans.items():
             if name == CONTEXT_SITE:
-                for modules, routed in self.reader_deltas_of(session):
+                for modules, routed in self.text_groups:
                     delta = session.step_delta(routed, n)
                     for buf in [self.reader_deltas[m] for m in modules] if modules is not None else [self.deltas[name]]:
                         buf.copy_(delta)

@@ -338,10 +338,8 @@ class SteeringMixin:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
                     if session.removing:
                         raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
-                    sites.reader_deltas_of(session)  # routes it cannot apply: one line before any sampling
-                    sites.mode, sites.preserve_norm = session.config.mode, session.config.preserve_norm
-                    sites.session = session
-                    stack.callback(setattr, sites, "session", None)
+                    sites.activate(session)  # routes it cannot apply: one line before any sampling
+                    stack.callback(sites.deactivate)
                     stack.enter_context(activated(session))
                 else:
                     stack.enter_context(session)
