@@ -344,6 +344,45 @@ def test_a_routed_direction_with_an_unrouted_take_away_removes_once(tiny_pipe):
     assert no_hooks_left(tiny_pipe.unet)
 
 
+def test_a_compiled_denoiser_takes_away_as_the_eager_one(tiny_pipe):
+    """``steering_negative="remove"`` on a compiled denoiser: the text tokens are steered before the graph (the
+    removal depends on each token), so removing alone, adding and removing on different routes, a removal window of
+    its own and a routed removal give the eager images exactly; the first removing call compiles once more, and after
+    that moving between additive and removing calls compiles nothing."""
+    from torch._dynamo.utils import counters
+
+    from steer.testing import tiny_pipeline
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="calibration:")  # random weights render no attribute
+        blue = tiny_pipe.learn_direction(["a blue sneaker"], ["a sneaker"], readers="detail", num_inference_steps=3, calibration_samples=2, progress=False)
+        red = tiny_pipe.learn_direction(["a red sneaker"], ["a sneaker"], num_inference_steps=3, calibration_samples=2, progress=False)
+    whole = dict(steering_negative="remove", steering_window=(0.0, 1.0), steering_removal_window=(0.0, 1.0))
+    cases = {
+        "remove only": dict(steering=[blue, red], steering_scale=[0.0, -1.0], **whole),
+        "add and remove": dict(steering=[blue, red], steering_scale=[1.0, -0.5], **whole),
+        "own removal window": dict(steering=[blue, red], steering_scale=[1.0, -1.0], steering_negative="remove",
+                                   steering_window=(0.0, 0.5), steering_removal_window=(0.5, 1.0)),
+        "routed removal": dict(steering=[blue, routed(red, "layout")], steering_scale=[0.5, -1.0], **whole),
+        "per image": dict(prompt=["a red sneaker", "a red bag"], steering=[blue, red], steering_scale=[[1.0, -1.0], [0.5, 0.0]], **whole),
+        "add": dict(steering=[blue, red], steering_scale=[1.0, 0.5]),
+    }
+    eager = {k: call(tiny_pipe, **kw) for k, kw in cases.items()}
+    assert not np.array_equal(eager["remove only"], call(tiny_pipe))  # the removal changes the image
+    torch._dynamo.reset()
+    pipe = tiny_pipeline(seed=0)
+    pipe.compile_unet(backend="eager")
+    call(pipe, **cases["add"])
+    call(pipe, **cases["remove only"])  # the warm-up calls: additive, and removing (the readers take whole tokens),
+    call(pipe, **cases["per image"])  # and a batch of two images
+    counters.clear()
+    for name in [*cases, "remove only", "add", "routed removal"]:  # back and forth
+        np.testing.assert_array_equal(call(pipe, **cases[name]), eager[name], err_msg=name)
+    assert counters["stats"]["unique_graphs"] == 0  # nothing recompiled
+    np.testing.assert_array_equal(call(pipe), call(tiny_pipe))  # nothing left behind
+    torch._dynamo.reset()
+
+
 def test_recipes_say_where_each_direction_was_read(tiny_pipe, text_vector, tmp_path):
     """Batch, CLI and app recipes record ``routes`` (each direction's route, in call order) when the directions were
     read on different routes, and nothing new otherwise."""

@@ -300,6 +300,9 @@ def test_compiled_unet_steers_the_text_site_with_the_calibrated_settings_without
     every_token = vec(pipe, [CONTEXT_SITE], seed=11, recommended=rec)  # as files from before fixed_tokens
     eager = {s: call(pipe, gen, steering=v, steering_scale=s, num_inference_steps=4) for s in (0.0, 0.3, -0.3)}
     eager_every_token = call(pipe, gen, steering=every_token, steering_scale=0.3, num_inference_steps=4)
+    leveled = vec(pipe, [CONTEXT_SITE], seed=11, recommended=rec, reference_level={CONTEXT_SITE: [0.0] * pipe.tokenizer.model_max_length})
+    eager_removed = call(pipe, gen, steering=leveled, steering_scale=-0.3, steering_negative="remove", num_inference_steps=4)
+    assert not np.array_equal(eager_removed, eager[0.0])
     assert not np.array_equal(eager_every_token, eager[0.3])
     pipe.compile_unet(layers=[CONTEXT_SITE, "up_blocks.0.resnets.1"], backend="eager")
     call(pipe, gen, steering=v, steering_scale=0.3, num_inference_steps=4)  # mode/preserve are graph constants
@@ -309,9 +312,8 @@ def test_compiled_unet_steers_the_text_site_with_the_calibrated_settings_without
     assert counters["stats"]["unique_graphs"] == 0  # no recompile after the warm-up call
     compiled_every_token = call(pipe, gen, steering=every_token, steering_scale=0.3, num_inference_steps=4)
     np.testing.assert_allclose(compiled_every_token, eager_every_token, atol=1e-6, rtol=0)
-    leveled = vec(pipe, [CONTEXT_SITE], seed=11, recommended=rec, reference_level={CONTEXT_SITE: [0.0] * pipe.tokenizer.model_max_length})
-    with pytest.raises(ValueError, match="not available on a compiled denoiser"):
-        call(pipe, gen, steering=leveled, steering_scale=-0.3, steering_negative="remove", num_inference_steps=4)
+    # the take-away too (steered before the graph; tests/test_readers.py has the routed cases)
+    np.testing.assert_array_equal(call(pipe, gen, steering=leveled, steering_scale=-0.3, steering_negative="remove", num_inference_steps=4), eager_removed)
     torch._dynamo.reset()
 
 

@@ -35,14 +35,21 @@ def test_a_fitted_take_away_runs_and_steers_on_every_family(family):
     assert fit.prompts == [("a red sneaker", "a blue sneaker"), ("a red bag", "a blue bag")]
     assert fit.window in {(0.0, 0.5), (0.0, 1.0)} and 0.0 < fit.strength <= 1.0 and np.isfinite(fit.distance)
 
-    def generate(**steer):
-        return pipe(["a red sneaker", "a red sneaker"], generator=[torch.Generator().manual_seed(0) for _ in range(2)],
-                    num_inference_steps=2, output_type="np", **call, **steer).images
+    def generate(on=pipe, **steer):
+        return on(["a red sneaker", "a red sneaker"], generator=[torch.Generator().manual_seed(0) for _ in range(2)],
+                  num_inference_steps=2, output_type="np", **call, **steer).images
 
     plain = generate()
-    rows = generate(steering=[blue, red], steering_scale=[[0.0, 0.0], fit.scales], steering_negative="remove", steering_window=fit.window)
+    take_away = dict(steering=[blue, red], steering_scale=[[0.0, 0.0], fit.scales], steering_negative="remove", steering_window=fit.window)
+    rows = generate(**take_away)
     assert np.array_equal(rows[0], plain[0]), "a row at scale 0 is the unsteered image"
     assert np.isfinite(rows[1]).all() and np.abs(rows[1] - plain[1]).max() > 1e-3, "the fitted take-away changes the image"
+    compiled = FAMILIES[family](seed=0)  # the same weights, compiled: the take-away steers it as the eager one
+    compiled.compile_unet(backend="eager")
+    try:
+        np.testing.assert_allclose(generate(compiled, **take_away), rows, rtol=0, atol=1e-6)
+    finally:
+        torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "sd"])  # SD: tests/test_steering_methods.py

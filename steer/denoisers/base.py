@@ -173,17 +173,11 @@ class DenoiserAdapter:
         if name == CONTEXT_SITE and readers is not None:
             return self._register_reader_hooks(self.text_readers(readers), fn)
         if name == CONTEXT_SITE:
-            key, position = self.context_kwarg, self.context_position
 
             def pre(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
-                if key in kwargs:
-                    h = kwargs[key]
-                    new = fn(h) if isinstance(h, torch.Tensor) else None
-                    return None if new is None else (args, {**kwargs, key: new})
-                if position is not None and len(args) > position and isinstance(args[position], torch.Tensor):
-                    new = fn(args[position])
-                    return None if new is None else ((*args[:position], new, *args[position + 1:]), kwargs)
-                return None
+                h = self.context_input(args, kwargs)
+                new = fn(h) if h is not None else None
+                return None if new is None else self.with_context_input(args, kwargs, new)
 
             return self.model.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -194,6 +188,23 @@ class DenoiserAdapter:
             return None if new is None else replace_main_tensor(output, new, index)
 
         return dict(self.model.named_modules())[name].register_forward_hook(post)
+
+    def context_input(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The text tokens (`CONTEXT_SITE`) in a denoiser call's arguments, or None (an unconditional call)."""
+        h = kwargs.get(self.context_kwarg)
+        if isinstance(h, torch.Tensor):
+            return h
+        position = self.context_position
+        if self.context_kwarg not in kwargs and position is not None and len(args) > position and isinstance(args[position], torch.Tensor):
+            return args[position]
+        return None
+
+    def with_context_input(self, args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
+        """A denoiser call's ``(args, kwargs)`` with ``new`` in place of the text tokens `context_input` found."""
+        if isinstance(kwargs.get(self.context_kwarg), torch.Tensor):
+            return args, {**kwargs, self.context_kwarg: new}
+        position = self.context_position
+        return (*args[:position], new, *args[position + 1:]), kwargs
 
     def _register_reader_hooks(self, readers: Sequence[str], fn: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandles:
         """``fn`` on the ``encoder_hidden_states`` each of the ``readers`` modules (cross-attentions) receives.

@@ -36,6 +36,11 @@ class StaticSteeringSites:
     *reader* delta), so directions read by some cross-attentions only (`steering_readers`, given or recorded) steer
     the compiled denoiser too: each reader adds the deltas of the routes that include it, on top of the denoiser's
     input, as the eager hooks do. Routes that share a cross-attention cannot be applied this way (one line at the call).
+
+    ``steering_negative="remove"`` (the take-away) is not a delta: it depends on each token. The text tokens are an
+    input of the denoiser, so for such a call they are steered before the compiled graph runs, by the eager hooks'
+    own functions: the denoiser's text input is replaced, and each cross-attention reads a (rows, tokens, channels)
+    buffer holding the tokens of its route (``replacing``, a Python constant: the first such call compiles once more).
     """
 
     def __init__(self, unet: nn.Module, layers: Sequence[str]):
@@ -48,6 +53,8 @@ class StaticSteeringSites:
         self.fixed_tokens: dict[str, int] = dict.fromkeys(self.layers, 0)
         self.mode = "add"  # Python constants of the graph: a change recompiles once
         self.preserve_norm = False
+        self.replacing = False  # the readers take whole token tensors (`reader_tokens`) instead of adding deltas
+        self.reader_tokens: dict[str, torch.Tensor] = {}
         self.session: SteeringSession | None = None
         # the session's text groups with the cross-attentions each is read by, fixed for the session (`activate`)
         self.text_groups: list[tuple[list[str] | None, LayerPlan]] = []
@@ -60,7 +67,7 @@ class StaticSteeringSites:
         if CONTEXT_SITE in self.layers and adapter_for(unet).reader_groups:
             self.readers = cross_attention_sites(unet)
             for reader in self.readers:
-                self._handles.append(adapter_for(unet).register_reader_hook(reader, self._make_hook(reader, self.reader_deltas, CONTEXT_SITE)))
+                self._handles.append(adapter_for(unet).register_reader_hook(reader, self._make_reader_hook(reader)))
         self._named: dict[tuple[str, ...], list[str]] = {}  # readers as named by a call -> cross-attention modules
 
     def _make_hook(self, name: str, deltas: dict[str, torch.Tensor] | None = None, site: str | None = None) -> Callable[[torch.Tensor], torch.Tensor | None]:
@@ -74,6 +81,15 @@ class StaticSteeringSites:
             if delta is None:
                 return None
             return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(site, 0))
+
+        return hook
+
+    def _make_reader_hook(self, reader: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        """A cross-attention's hook: its route's tokens while `replacing`, else its reader delta added."""
+        add = self._make_hook(reader, self.reader_deltas, CONTEXT_SITE)
+
+        def hook(h: torch.Tensor) -> torch.Tensor | None:
+            return self.reader_tokens[reader] if self.replacing else add(h)
 
         return hook
 
@@ -111,18 +127,22 @@ class StaticSteeringSites:
         """Drive the sites from ``session`` for the calls that follow (until `deactivate`). ValueError in one line,
         before any sampling, when this compiled denoiser cannot apply it (`reader_deltas_of`)."""
         groups = self.reader_deltas_of(session)
+        if session.removing and self.readers and getattr(getattr(self.unet, "config", None), "encoder_hid_dim_type", None):
+            raise ValueError("steering_negative='remove' on a compiled UNet that projects its text input (encoder_hid_proj) "
+                             "is not supported; steer the eager one")
         self.mode, self.preserve_norm = session.config.mode, session.config.preserve_norm
+        self.replacing = session.removing
         self.text_groups, self.session = groups, session
 
     def deactivate(self) -> None:
         """Back to zero deltas: no session drives the sites."""
-        self.session, self.text_groups = None, []
+        self.session, self.text_groups, self.replacing = None, [], False
 
     def attach(self, wrapper: nn.Module) -> None:
         """Fill the deltas before every call of ``wrapper`` (the compiled module)."""
         self._handles.append(wrapper.register_forward_pre_hook(self._before_call, with_kwargs=True))
 
-    def _before_call(self, _module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+    def _before_call(self, _module: nn.Module, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
         # The latents: the first positional argument (UNet) or the ``hidden_states`` / ``sample`` keyword
         # (diffusion transformers are called with keywords only).
         sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
@@ -139,15 +159,18 @@ class StaticSteeringSites:
                     channels = self.channels[name if deltas is self.deltas else CONTEXT_SITE]
                     buf = deltas[name] = torch.zeros(n, channels, device=ref.device, dtype=ref.dtype)
                 buf.zero_()
+        replaced = self._replace_text(session, args, kwargs) if self.replacing else None
         if session is None or not session.mine():
-            return
+            return replaced
         for name, plan in session.plans.items():
             if name in self.layers:  # kept otherwise: a zero delta leaves every token alone anyway, and no recompile
                 self.fixed_tokens[name] = plan.fixed_tokens
         if not adding:
-            return
+            return replaced
         for name, plan in session.plans.items():
             if name == CONTEXT_SITE:
+                if self.replacing:  # steered before the graph (`_replace_text`)
+                    continue
                 for modules, routed in self.text_groups:
                     delta = session.step_delta(routed, n)
                     for buf in [self.reader_deltas[m] for m in modules] if modules is not None else [self.deltas[name]]:
@@ -156,6 +179,33 @@ class StaticSteeringSites:
                 self.deltas[name].copy_(session.step_delta(plan, n))
         if session.step not in session.applied_steps:
             session.applied_steps.append(session.step)
+        return replaced
+
+    def _replace_text(self, session: SteeringSession | None, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+        """While `replacing`: the call's text tokens steered by the session's every-reader group (returned as the
+        call's new arguments), and each cross-attention's `reader_tokens` filled with what it reads: its route's
+        steering on top of those, as the eager hooks apply them."""
+        adapter = adapter_for(self.unet)
+        h = adapter.context_input(args, kwargs)
+        if h is None:
+            raise ValueError("steering_negative='remove' on a compiled denoiser needs the text tokens in the call")
+        mine = session is not None and session.mine()
+        steered, routed = h, {}
+        for modules, plan in self.text_groups if mine else []:
+            if modules is None:
+                steered = session.steered(plan, h)
+                steered = h if steered is None else steered
+        for modules, plan in self.text_groups if mine else []:
+            if modules is not None:
+                tokens = session.steered(plan, steered)
+                routed.update(dict.fromkeys(modules, steered if tokens is None else tokens))
+        for reader in self.readers:
+            tokens = routed.get(reader, steered)
+            buf = self.reader_tokens.get(reader)
+            if buf is None or buf.shape != tokens.shape or (buf.device, buf.dtype) != (tokens.device, tokens.dtype):
+                buf = self.reader_tokens[reader] = torch.empty_like(tokens)
+            buf.copy_(tokens)
+        return None if steered is h else adapter.with_context_input(args, kwargs, steered)
 
     def remove(self) -> None:
         while self._handles:

@@ -331,38 +331,41 @@ class SteeringSession(DenoiserRun):
 
     def _make_hook(self, plan: LayerPlan) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(h: torch.Tensor) -> torch.Tensor | None:
-            if not self.mine():
-                return None
-            adding, removing = self.adds_now(), self.removes_now()
-            if not (adding or removing):
-                return None
-            dim = channel_dim(h)
-            if h.shape[dim] != plan.directions.shape[-1]:
-                raise ValueError(
-                    f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[-1]} channels, "
-                    f"this call's output has {h.shape[dim]} (shape {tuple(h.shape)})"
-                )
-            if self.call_branch is not None and h.shape[0] == 1 < self.scales.shape[0]:
-                # a one-row input the denoiser broadcasts over the images (Flux's negative prompt given as one
-                # string for several prompts): one row per image, so each row gets its own scale
-                h = h.expand(self.scales.shape[0], *h.shape[1:])
-            if self.step not in self.applied_steps:
-                self.applied_steps.append(self.step)
-            out = h
-            if adding:
-                mask = self.window_mask(self.windows)
-                key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch,
-                       None if mask is None else mask.numpy().tobytes())
-                delta = plan.cache.get(key)
-                if delta is None:  # (n, C): each row's weighted sum of directions
-                    delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
-                    plan.cache[key] = delta
-                out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
-            if removing:
-                out = self._remove(plan, out)
-            return out
+            return self.steered(plan, h) if self.mine() else None
 
         return hook
+
+    def steered(self, plan: LayerPlan, h: torch.Tensor) -> torch.Tensor | None:
+        """``h`` (the output of ``plan``'s site, or the text tokens) as ``plan`` steers it at the denoiser call in
+        progress: the additive part, then the removal; None where neither acts now."""
+        adding, removing = self.adds_now(), self.removes_now()
+        if not (adding or removing):
+            return None
+        dim = channel_dim(h)
+        if h.shape[dim] != plan.directions.shape[-1]:
+            raise ValueError(
+                f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[-1]} channels, "
+                f"this call's output has {h.shape[dim]} (shape {tuple(h.shape)})"
+            )
+        if self.call_branch is not None and h.shape[0] == 1 < self.scales.shape[0]:
+            # a one-row input the denoiser broadcasts over the images (Flux's negative prompt given as one
+            # string for several prompts): one row per image, so each row gets its own scale
+            h = h.expand(self.scales.shape[0], *h.shape[1:])
+        if self.step not in self.applied_steps:
+            self.applied_steps.append(self.step)
+        out = h
+        if adding:
+            mask = self.window_mask(self.windows)
+            key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch,
+                   None if mask is None else mask.numpy().tobytes())
+            delta = plan.cache.get(key)
+            if delta is None:  # (n, C): each row's weighted sum of directions
+                delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
+                plan.cache[key] = delta
+            out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
+        if removing:
+            out = self._remove(plan, out)
+        return out
 
     def _remove(self, plan: LayerPlan, h: torch.Tensor) -> torch.Tensor:
         if h.ndim != 3 or h.shape[1] != plan.levels.shape[1]:

@@ -336,8 +336,6 @@ class SteeringMixin:
                     outside = [n for n in session.plans if n not in sites.channels]
                     if outside:
                         raise ValueError(f"layers {outside} have no steering site in the compiled denoiser; compile_unet(layers=...) with them")
-                    if session.removing:
-                        raise ValueError("steering_negative='remove' is not available on a compiled denoiser; steer the eager one")
                     sites.activate(session)  # routes it cannot apply: one line before any sampling
                     stack.callback(sites.deactivate)
                     stack.enter_context(activated(session))
