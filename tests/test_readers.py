@@ -379,6 +379,7 @@ def test_a_compiled_denoiser_takes_away_as_the_eager_one(tiny_pipe):
     for name in [*cases, "remove only", "add", "routed removal"]:  # back and forth
         np.testing.assert_array_equal(call(pipe, **cases[name]), eager[name], err_msg=name)
     assert counters["stats"]["unique_graphs"] == 0  # nothing recompiled
+    assert pipe._static_sites.reader_tokens == {}  # the token buffers are let go of after the call
     np.testing.assert_array_equal(call(pipe), call(tiny_pipe))  # nothing left behind
     torch._dynamo.reset()
 

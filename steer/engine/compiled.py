@@ -135,8 +135,10 @@ class StaticSteeringSites:
         self.text_groups, self.session = groups, session
 
     def deactivate(self) -> None:
-        """Back to zero deltas: no session drives the sites."""
+        """Back to zero deltas: no session drives the sites. The readers' token buffers (a removing call's: one
+        (rows, tokens, channels) tensor per cross-attention) are let go of."""
         self.session, self.text_groups, self.replacing = None, [], False
+        self.reader_tokens.clear()
 
     def attach(self, wrapper: nn.Module) -> None:
         """Fill the deltas before every call of ``wrapper`` (the compiled module)."""
