@@ -38,6 +38,25 @@ def test_a_model_folders_own_directions_come_first_else_the_demo_models(tmp_path
     assert bundled_directions(tmp_path) == {}  # a model that ships none offers none
 
 
+def test_the_python_api_takes_a_bundled_name_as_the_command_line_does(pipe4x):
+    """``steering="to_cyan"`` is the loaded model's own bundled file (the 4x model's here, not the demo model's); a
+    misspelt name is one line naming the closest one, before any UNet evaluation."""
+    def run(**steer):
+        return pipe4x("a sneaker", generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np", **steer).images
+
+    own = SteeringVector.load(bundled_directions(DEMO_4X)["to_cyan"])
+    assert (run(steering="to_cyan") == run(steering=own)).all()
+    assert (run(steering=["to_cyan", "to_bag"], steering_scale=[1.0, 0.5]) == run(steering=[own, bundled_directions(DEMO_4X)["to_bag"]], steering_scale=[1.0, 0.5])).all()
+    calls = []
+    handle = pipe4x.unet.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="did you mean 'to_cyan'") as err:
+            run(steering="to_cyna")
+    finally:
+        handle.remove()
+    assert "\n" not in str(err.value) and calls == []
+
+
 def test_each_models_directions_fit_only_that_model(pipe4x):
     """The 4x model has its own text encoder and UNet: its directions pass the strict model check there, the demo
     model's do not (so looking them up by model is what makes a bundled name usable on it)."""

@@ -9,7 +9,9 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
+import difflib
 import inspect
+import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, ClassVar
@@ -17,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
+from steer.assets import bundled_directions
 from steer.calibrate import cfg_rows_per_sample
 from steer.config import (
     STEERING_DEFAULTS,
@@ -175,11 +178,26 @@ class SteeringMixin:
     def _resolve_steering(self, explicit: dict[str, Any]) -> tuple[dict[str, Any], list[SteeringVector]]:
         """Settings of this call: built-in defaults < the vectors' recommended ones < `steering(...)` < arguments."""
         given = {**(_CONTEXT_DEFAULTS.get() or {}).get(id(self), {}), **explicit}
-        vectors = as_vector_list(given.get("steering"))
+        vectors = as_vector_list(self._bundled_files(given.get("steering")))
         settings = {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}
         if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
             warnings.warn(note, UserWarning, stacklevel=4)
         return settings, vectors
+
+    def _bundled_files(self, steering: Any) -> Any:
+        """``steering`` with the names of bundled directions (``"to_blue"``, as the command line takes them) replaced
+        by their files: the model folder's own ``directions/``, else the embedded demo model's
+        (`steer.assets.bundled_directions`). A name that is neither a file nor a bundled direction: one line."""
+        if isinstance(steering, list | tuple):
+            return [self._bundled_files(s) for s in steering]
+        if not isinstance(steering, str) or os.path.exists(steering) or any(c in steering for c in "/\\") or "." in steering:
+            return steering
+        bundled = bundled_directions(getattr(self, "name_or_path", None) or None)
+        if steering in bundled:
+            return str(bundled[steering])
+        close = difflib.get_close_matches(steering, list(bundled), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"no direction file or bundled direction named {steering!r}{hint} (bundled: {', '.join(bundled) or 'none'})")
 
     @staticmethod
     def _num_images(bound: inspect.BoundArguments) -> int:
