@@ -15,6 +15,7 @@ Aggregation: ``"mean"`` (the paper: mean of the positive set), ``"mean_diff"`` (
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -419,6 +420,10 @@ def learn_direction(
     if calibrate is None:  # the preset's choice, where it can apply (calibration compares two prompt sets)
         calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
     calibrate = bool(calibrate)
+    if not neg_items and not image_input and mode in ("text", "trajectory"):
+        warnings.warn("learn: no negative prompts, so the direction is the positives' own mean, not a difference, and is "
+                      "not calibrated: steering_scale=1.0 adds a whole token norm and can wash the image out; pass the same "
+                      "prompts without the attribute as negative (\"a bag\" for \"a blue bag\") for a calibrated edit", UserWarning, stacklevel=3)
     layers = layers if layers is not None else chosen["layers"]
     auto_window = isinstance(window, str) and window == "auto"
     if isinstance(window, str) and not auto_window:

@@ -66,3 +66,18 @@ def test_learning_errors_are_readable(tiny_pipe, tmp_path):
         tiny_pipe.learn_direction([str(tmp_path / "missing.png")], method="mean", **KW)
     with pytest.raises(ValueError, match="method must be one of"):
         tiny_pipe.learn_direction(POS, NEG, method="median", **KW)
+
+
+def test_prompts_without_negatives_learn_with_a_warning_that_says_why_and_what_to_pass(tiny_pipe):
+    """No negative prompts: the text preset can only take the positives' mean and cannot calibrate it, so 1.0 is not a
+    full edit; the user is told so and what to pass. With negatives no such warning."""
+    import warnings
+
+    with pytest.warns(UserWarning, match="no negative prompts") as caught:
+        v = tiny_pipe.learn_direction(["a blue bag", "a blue sneaker"], progress=False)
+    assert "calibration" not in v.metadata or v.metadata["calibration"] is None
+    assert any('"a bag" for "a blue bag"' in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_pipe.learn_direction(["a blue bag"], ["a bag"], calibrate=False, progress=False)
+    assert not [w for w in caught if "no negative prompts" in str(w.message)]
