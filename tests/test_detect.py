@@ -282,3 +282,16 @@ def test_cli_writes_report_summary_and_histogram(tiny_pipe, tmp_path, capsys):
     rc = main(["detect", "--model", str(model), "--device", "cpu", "--images", str(tmp_path / "imgs"),
                "--detector", str(tmp_path / "bad.safetensors"), "--out", str(out2)])
     assert rc == 2 and "not a readable safetensors" in capsys.readouterr().err
+
+
+def test_calibrating_on_too_few_samples_for_the_rate_says_so(tiny_pipe, images):
+    """The (1 - fpr) quantile of fewer than 1 / fpr ordinary samples is about their maximum: the user is told how many
+    it needs and how often ordinary images will then score above it; enough samples for the rate: no warning."""
+    import warnings
+
+    n = len(images)
+    with pytest.warns(UserWarning, match=rf"{n} ordinary sample\(s\) cannot resolve a false-positive rate of 0.01 \(that needs at least 100\).*1 in {n + 1}"):
+        MemorizationDetector(tiny_pipe).calibrate(images, fpr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MemorizationDetector(tiny_pipe).calibrate(images, fpr=1.0 / n)

@@ -4,8 +4,10 @@ safetensors file format; `MemorizationReport`, the pipeline output that carries 
 
 from __future__ import annotations
 
+import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,6 +289,11 @@ class MemorizationDetector:
             scores = {"reencode": self.score(ordinary)}
         self.calibration = {k: v.detach().float().cpu() for k, v in scores.items()}
         self.fpr = float(fpr)
+        n = int(scores["reencode"].numel())
+        if 0 < fpr and n * fpr < 1:  # the (1 - fpr) quantile of n samples is about their maximum
+            warnings.warn(f"detector: {n} ordinary sample(s) cannot resolve a false-positive rate of {fpr:g} (that needs at "
+                          f"least {math.ceil(1 / fpr)}): the threshold sits at about their maximum, so about 1 in {n + 1} "
+                          "ordinary images will score above it; calibrate on more prompts or num_images_per_prompt", UserWarning, stacklevel=2)
         self.threshold = quantile_threshold(scores["reencode"], fpr)
         self.inline_threshold = quantile_threshold(scores["inline"], fpr) if "inline" in scores else None
         self.early_threshold = quantile_threshold(scores["early"], fpr) if "early" in scores else None
