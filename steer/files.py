@@ -60,6 +60,17 @@ def write_checked(path: Path, tensors: dict[str, torch.Tensor], key: str, header
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={key: json.dumps(header)}))
 
 
+def is_pickle(path: Path) -> bool:
+    """Whether ``path`` starts like a file `torch.save` writes (a zip holding ``data.pkl``, or a bare pickle of
+    protocol 2-5): the first bytes only, never unpickled."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return (head.startswith(b"PK\x03\x04") and b".pkl" in head) or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def read_checked(
     path: Path, key: str, format_name: str, format_version: int, error: type[Exception], what: str, contents: str = "tensor contents"
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -71,6 +82,9 @@ def read_checked(
             raw = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        if is_pickle(path):  # what the file is and what to do, not the safetensors parser's complaint
+            raise error(f"{path} is not a readable safetensors file: it is a PyTorch pickle (.pt, torch.save), which steer "
+                        f"never unpickles; save the {what} as .safetensors") from None
         raise error(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from None
     if key not in raw:
         raise error(f"{path} is a safetensors file but not a {what} (no '{key}' header)")

@@ -95,6 +95,7 @@ def test_every_bad_value_is_reported_up_front_with_its_line(tiny_pipe, direction
         14: ({"prompt": "a", "seed": "3"}, "seed must be an integer"),
         15: ({"prompt": "a", "seed": -1}, "seed must be in"),
         16: ({"prompt": "a", "directions": d, "steering_removal_window": [0.5]}, "steering_removal_window must be a pair"),
+        17: ({"prompt": "a", "directions": [{"path": "to_bleu"}]}, "direction file not found: 'to_bleu'; did you mean 'to_blue'?"),
     }
     raw = [(1, {"prompt": "fine"})] + [(line, job) for line, (job, _) in bad.items()]
     plan = batch.plan_jobs(raw, tiny_pipe, tmp_path, model="tiny")
@@ -235,6 +236,34 @@ def test_cli_runs_good_jobs_reports_bad_lines_and_exits_nonzero(tiny_pipe, direc
     assert "line 2: malformed JSON" in captured.err and "line 3: guidance_scale must be >= 0" in captured.err
     assert "1 written" in captured.out and "2 job(s) failed" in captured.out
     assert (tmp_path / "out" / "good.png").is_file()
+
+
+def test_a_csv_direction_with_a_bad_number_names_it_and_is_reported_while_planning(tiny_pipe, tmp_path, capsys):
+    from steer.cli.main import main
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"prompt,directions,num_inference_steps\na coat,to_red@abc,{STEPS}\na bag,to_red@0:x:3,{STEPS}\n"
+                    f"a bag,to_red@0:1:many,{STEPS}\na bag,,{STEPS}\n")
+    parsed = dict(batch.read_jobs(jobs))
+    assert parsed[2].reason == "directions: the scale of direction 'to_red' must be a number, got 'abc'"
+    assert parsed[3].reason == "directions: the sweep hi of direction 'to_red' must be a number, got 'x'"
+    assert parsed[4].reason == "directions: the sweep count of direction 'to_red' must be an integer, got 'many'"
+    code = main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--model", str(model), "--device", "cpu", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "1 written" in out and "3 job(s) failed" in out
+    lines = err.splitlines()
+    for line in (2, 3, 4):  # a line that fails while reading is printed while planning, as a bad value is, and in the summary
+        reason = f"line {line}: {parsed[line].reason}"
+        assert lines.index(reason) < lines.index(f"  failed {reason}"), err
+
+
+def test_a_missing_jobs_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"^jobs file not found: .*nope\.jsonl$"):
+        batch.read_jobs(tmp_path / "nope.jsonl")
+    with pytest.raises(ValueError, match="is a folder, not a jobs file"):
+        batch.read_jobs(tmp_path)
 
 
 def _free_port() -> int:

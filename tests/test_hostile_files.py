@@ -347,12 +347,12 @@ def test_good_detector_loads_and_hostile_ones_fail_in_the_pipeline_and_the_cli(t
 
 def test_bundled_detectors_still_load():
     from steer.assets import ASSETS
-    from steer.detect.detector import _read_detector_file
+    from steer.detect.detector import read_detector_file
 
     files = sorted((ASSETS / "detectors").glob("*.safetensors"))
     assert files
     for path in files:
-        header, tensors = _read_detector_file(path)
+        header, tensors = read_detector_file(path)
         assert header["config"]["layers"] and tensors
 
 

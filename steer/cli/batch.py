@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.assets import default_model
+from steer.cli.inputs import CLIError, check_out_dir
 from steer.cli.loading import load_pipeline
 from steer.jobs.files import OutDir, new_run_id
 from steer.jobs.formats import read_jobs
@@ -38,7 +39,10 @@ def cmd_batch(args: argparse.Namespace) -> int:
     """``steer batch``: exit status 0 when every job ran, 1 when some failed, 2 for a bad file or a busy ``--out``."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_out_dir(args.out)
     raw = read_jobs(args.jobs)  # fail fast on an unreadable file, before loading the model
+    if not raw:
+        raise CLIError(f"no jobs in {args.jobs}")
     state = process_state(cpu=args.device == "cpu" if args.device else None)
     device = args.device
     if device is None and state.num_processes > 1:

@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
-from steer.detect.detector import MemorizationDetector, detect_memorization
+from steer.cli.inputs import check_out_dir, check_out_file, check_window, list_images, read_prompts
+from steer.detect.detector import MemorizationDetector, detect_memorization, read_detector_file
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
-from steer.validation import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int
+from steer.jobs.plan import MAX_GUIDANCE  # the command line's limits are steer batch's
+from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -61,28 +63,6 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _read_prompts(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    prompts = [line.strip() for line in p.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{path} holds no prompts")
-    return prompts
-
-
-def _list_images(directory: str) -> list[Path]:
-    from steer.learn import IMAGE_SUFFIXES
-
-    d = Path(directory)
-    if not d.is_dir():
-        raise FileNotFoundError(f"image directory not found: {directory}")
-    files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images in {directory}")
-    return files
-
-
 def cmd_detect(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
 
@@ -90,15 +70,25 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise ValueError("give --prompts FILE or --images DIR (and/or --calibrate FILE)")
     if (args.prompts or args.images) and not args.out:
         raise ValueError("--out report.jsonl is required with --prompts / --images")
+    # the inputs first, each a few file-system calls: a bad one fails before the model loads
+    inline_window = check_window(args.inline_window, "--inline-window")
+    if args.detector:
+        read_detector_file(Path(args.detector))  # missing, damaged or not a detector: one line now (loaded below)
+    calibration = read_prompts(args.calibrate) if args.calibrate else None
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    images = list_images(args.images) if args.images else None
+    for flag in ("out", "save_detector"):
+        check_out_file(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_out_dir(args.save_images, "--save-images")
     pipe = load_pipeline(args.model, device=args.device)
     call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     if args.detector:
         det = MemorizationDetector.load(args.detector, pipe)
     else:
         det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic, inline_score=args.inline_score,
-                                   inline_layers=args.inline_layers, inline_window=tuple(args.inline_window))
-    if args.calibrate:
-        det.calibrate(_read_prompts(args.calibrate), fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size,
+                                   inline_layers=args.inline_layers, inline_window=inline_window)
+    if calibration is not None:
+        det.calibrate(calibration, fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size,
                       num_images_per_prompt=args.num_images_per_prompt, **call)
         print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "
               f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
@@ -106,7 +96,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"wrote {det.save(args.save_detector)}")
     if not (args.prompts or args.images):
         return 0
-    rows, kind = _score_for_cli(det, pipe, args, call)
+    rows, kind = _score_for_cli(det, pipe, args, call, prompts, images)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w") as f:
@@ -122,9 +112,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, call: dict) -> tuple[list[dict], str]:
-    if args.images:
-        files = _list_images(args.images)
+def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, call: dict, prompts: list[str] | None,
+                   files: list[Path] | None) -> tuple[list[dict], str]:
+    if files is not None:
         scores = det.score(files)
         flagged = scores > det.threshold if det.threshold is not None else None
         rows = [
@@ -133,7 +123,7 @@ def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, ca
         ]
         return rows, "reencode"
     report = detect_memorization(
-        pipe, _read_prompts(args.prompts), detector=det, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed,
+        pipe, prompts, detector=det, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed,
         verdict_from=args.verdict_from, batch_size=args.batch_size, **call,
     )
     rows = report.rows()

@@ -15,6 +15,7 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
+from steer.cli.inputs import CLIError, check_out_dir, check_out_file, expand_items, unknown_direction  # noqa: E402
 from steer.config import (  # noqa: E402
     NEGATIVES,
     STEERING_DEFAULTS,
@@ -25,11 +26,10 @@ from steer.config import (  # noqa: E402
     routes_record,
     window_record,
 )
+from steer.jobs.plan import MAX_GUIDANCE, MAX_SCALE  # noqa: E402  (the command line's limits are steer batch's)
 from steer.validation import (  # noqa: E402
     BRANCHES,
-    MAX_GUIDANCE,
     MAX_IMAGES,
-    MAX_SCALE,
     MAX_SEED,
     MAX_SIZE,
     MAX_STEPS,
@@ -44,10 +44,6 @@ from steer.validation import (  # noqa: E402
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
 _TOP_LEVEL_PLUGINS = ("steer.cli.detect", "steer.cli.batch")
 _LAB_PLUGINS = ("steer.lab.train", "steer.lab.theory")
-
-
-class CLIError(Exception):
-    """A user-facing error: printed without a traceback, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,14 +106,27 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
 
 
+# The default of an unset steering option (`apply_recommended`): the value all the directions record as recommended.
+_RECORDED = ("the value all the --direction(s) record as recommended: {} for the shipped ones and those steer learn makes "
+             "with its text (default) or casteer preset, {} for its paper preset; when they record none, or differ (with a warning), {}")
+
+
 def _add_steering_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", nargs="+", default=None, help="restrict to these layers / glob patterns")
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="restrict to these layers / glob patterns (default: the layers all the directions record as "
+                        "recommended, else every layer of the direction)")
     p.add_argument("--window", type=parse_window, nargs="+", default=None,
                    help="start,end fractions of the run, one for all directions or one per --direction in order (default: "
                         "what the directions record, each its own when they differ; else 0.45,0.95)")
-    p.add_argument("--branch", choices=BRANCHES, default=None, help="CFG half to steer (default cond)")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None, help="scale in units of each layer's typical activation norm")
-    p.add_argument("--mode", choices=MODES, default=None, help="uniform add (paper, default), activation-weighted or token-norm units")
+    p.add_argument("--branch", choices=BRANCHES, default=None,
+                   help="CFG half to steer: cond (the paper's), uncond, both, or split (+scale on cond, -scale on uncond) "
+                        f"(default: {_RECORDED.format('split', 'cond', 'cond')})")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="scale in units of each layer's typical activation norm (default: what all the --direction(s) record as "
+                        "recommended, off for the shipped and learned ones; else off)")
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="add (uniform, the paper's), weighted (by activation norm) or token (in units of each position's norm) "
+                        f"(default: {_RECORDED.format('token', 'add', 'add')})")
     p.add_argument("--negative", choices=NEGATIVES, default="subtract",
                    help="what a negative scale does: subtract the direction (default) or remove what the prompt carries along it")
     p.add_argument("--removal-window", type=parse_window, nargs="+", default=None,
@@ -130,31 +139,16 @@ def _add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
 
 
-def _expand_items(values: list[str] | None) -> list[str]:
-    """Prompts stay as they are; a directory expands to the images inside it."""
-    from steer.learn import IMAGE_SUFFIXES
-
-    out: list[str] = []
-    for v in values or []:
-        p = Path(v)
-        if p.is_dir():
-            imgs = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if not imgs:
-                raise CLIError(f"directory {v} holds no images")
-            out += imgs
-        else:
-            out.append(v)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 def cmd_learn(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
 
+    check_out_file(args.out)  # the inputs first: a bad one fails before the model loads
+    positive, negative = expand_items(args.positive), expand_items(args.negative)
     pipe = load_pipeline(args.model, args.device, progress=False)
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
-        vector = _learn(pipe, args)
+        vector = _learn(pipe, args, positive, negative)
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
     choice = vector.metadata.get("window_choice")
@@ -175,10 +169,10 @@ def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
-def _learn(pipe, args: argparse.Namespace):
+def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
     return pipe.learn_direction(
-        _expand_items(args.positive),
-        _expand_items(args.negative) or None,
+        positive,
+        negative or None,
         preset=args.preset,
         layers=args.layers,
         method=args.method,
@@ -272,10 +266,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if d in bundled and not Path(d).exists():
             return bundled[d]
         if not is_hub_spec(d) and not Path(d).expanduser().exists() and bundled:  # say what the model ships
-            raise CLIError(f"direction file not found: {d!r} (no local path, no Hub repo spec owner/name[@revision][:file], and "
-                           f"none of the directions shipped for this model: {', '.join(sorted(bundled))})")
+            raise unknown_direction(d, bundled)
         return resolve_direction(d)
 
+    check_out_dir(args.out)
     vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
@@ -368,6 +362,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     bundled = bundled_directions(args.model)
     path = bundled[args.path] if args.path in bundled and not Path(args.path).exists() else args.path
+    if not Path(path).expanduser().exists() and bundled:  # neither a file nor a shipped name: say what the model ships
+        raise unknown_direction(args.path, bundled, hub=False)
     v = SteeringVector.load(path)
     summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice", "route_choice", "fixed_tokens")}}
     print(json.dumps(summary, indent=2, default=str))
@@ -428,8 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("learn", help="learn a steering direction from prompts or images")
     _add_model_args(p)
-    p.add_argument("--positive", nargs="+", required=True, help="prompt(s), image files or a directory of images")
-    p.add_argument("--negative", nargs="+", default=None, help="prompt(s), image files or a directory of images")
+    p.add_argument("--positive", nargs="+", required=True,
+                   help="prompt(s), .txt file(s) of prompts (one per line), image files or a directory of images")
+    p.add_argument("--negative", nargs="+", default=None,
+                   help="prompt(s), .txt file(s) of prompts (one per line), image files or a directory of images")
     p.add_argument("--preset", choices=("text", "casteer", "paper"), default=None,
                    help="text (default for prompts: text-token site, calibrated), casteer (per-step attn2 outputs) or paper (default for images)")
     p.add_argument("--method", choices=("mean", "mean_diff", "pca"), default=None, help="default: the preset's")

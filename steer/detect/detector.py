@@ -338,7 +338,7 @@ class MemorizationDetector:
         """Read a detector file for ``pipe``. Raises `DetectorFileError` for a damaged or foreign file and
         `ModelMismatchError` when it was calibrated on another model (``strict=False`` allows other weights of the
         same architecture)."""
-        header, tensors = _read_detector_file(Path(path))
+        header, tensors = read_detector_file(Path(path))
         cfg = header.get("config") or {}
         missing = [k for k in ("layers", "pooling", "statistic", "timestep", "prompt") if k not in cfg]
         if missing:
@@ -378,7 +378,7 @@ def _opt_float(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
-def _read_detector_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_detector_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read a detector file and check its whole header schema and calibration tensors (`steer.validation`)."""
     header, tensors = read_checked(
         path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, DetectorFileError, "memorization detector", contents="calibration data"

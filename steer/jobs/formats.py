@@ -28,6 +28,10 @@ def read_jobs(path: str | os.PathLike) -> list[RawJob]:
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    if not path.exists():
+        raise FileNotFoundError(f"jobs file not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'}, not a jobs file")
     if suffix not in (".jsonl", ".csv", ".yaml", ".yml"):
         raise ValueError(f"{path}: unknown jobs file type {show(suffix)}; use .jsonl, .csv or .yaml")
     limit = MAX_YAML_BYTES if suffix in (".yaml", ".yml") else MAX_FILE_BYTES

@@ -29,13 +29,13 @@ from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.recipe import read_recipe, recipe_hash
+from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
-MAX_STEPS = 1000
-MAX_SEED = 2**63 - 1
 MAX_IMAGES_PER_JOB = 10_000
 MAX_IMAGES = 100_000  # images planned in one run
-MAX_SIZE = 8192
+# The limits of a job, and of the command line's options (steer.cli imports these two: one source for both); the
+# Python API allows up to steer.validation.MAX_SCALE / MAX_GUIDANCE.
 MAX_SCALE = 1000.0  # |steering scale| (and sweep ends): larger overflows fp16/fp32 activations
 MAX_GUIDANCE = 100.0
 MAX_NAME_CHARS = 1000
@@ -274,8 +274,10 @@ class _Validator:
             except SteeringFileError as err:
                 raise JobError(line, str(err)) from None
         where = " or ".join(clip(str(c)) for c in candidates)
+        close = difflib.get_close_matches(name, list(bundled), n=1) if len(name) < 200 else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
         known = f"; bundled directions: {sorted(bundled)}" if bundled else ""
-        raise JobError(line, f"direction file not found: {show(name)} (looked for {where}){known}")
+        raise JobError(line, f"direction file not found: {show(name)}{hint} (looked for {where}){known}")
 
     def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
         from steer.config import BRANCHES, MODES, NEGATIVES

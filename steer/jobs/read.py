@@ -269,10 +269,12 @@ def _compact_direction(text: str) -> dict[str, Any]:
     if not spec:
         return {"path": path}
     parts = spec.split(":")
+    of = f" of direction {show(path)}"  # what a bad number is: "directions: the scale of direction 'to_red' must be ..."
     if len(parts) == 1:
-        return {"path": path, "scale": _float_text("directions", parts[0])}
+        return {"path": path, "scale": _float_text(f"directions: the scale{of}", parts[0])}
     if len(parts) == 3:
-        return {"path": path, "sweep": [_float_text("directions", parts[0]), _float_text("directions", parts[1]), _int_text("sweep n", parts[2])]}
+        lo, hi = (_float_text(f"directions: the sweep {end}{of}", t) for end, t in zip(("lo", "hi"), parts[:2], strict=True))
+        return {"path": path, "sweep": [lo, hi, _int_text(f"directions: the sweep count{of}", parts[2])]}
     raise ValueError(f"directions: {show(text)} is not path, path@scale or path@lo:hi:n")
 
 

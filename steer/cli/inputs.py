@@ -1,0 +1,122 @@
+"""Reading and checking command-line inputs before a command loads its model: prompt files, image folders, output
+paths, direction names. Each problem is one line (`CLIError`, or the ValueError / OSError the ``steer`` entry point
+prints as one line), found in a few file-system calls rather than after the model has loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from steer.validation import short
+
+MAX_PROMPT_FILE_BYTES = 16 * 2**20  # a prompt file (one prompt a line), the size limit of a .jsonl jobs file
+HUB_SPEC = "owner/name[@revision][:file]"
+
+
+class CLIError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+def read_prompts(path: str | os.PathLike) -> list[str]:
+    """The prompts of a text file, one per non-blank line (stripped); one line naming the file when it is missing,
+    a folder, too large, not UTF-8 or holds no prompt."""
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{path} is a folder, not a prompt file (one prompt a line)")
+    if not p.is_file():
+        raise CLIError(f"prompt file not found: {path}")
+    with open(p, "rb") as f:
+        data = f.read(MAX_PROMPT_FILE_BYTES + 1)
+    if len(data) > MAX_PROMPT_FILE_BYTES:
+        raise CLIError(f"{path} is larger than {MAX_PROMPT_FILE_BYTES // 2**20} MiB, the limit for a prompt file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CLIError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError(f"{path} holds no prompts")
+    return prompts
+
+
+def list_images(directory: str | os.PathLike) -> list[Path]:
+    """The image files directly inside ``directory``, sorted; one line when it is missing or holds none."""
+    from steer.learn import IMAGE_SUFFIXES
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise CLIError(f"image directory not found: {directory}")
+    files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CLIError(f"directory {directory} holds no images")
+    return files
+
+
+def expand_items(values: Sequence[str] | None) -> list[str]:
+    """``steer learn --positive / --negative``: a folder expands to the images inside it, a ``.txt`` file to its
+    prompts (one per non-blank line); image files and prompts stay as they are."""
+    out: list[str] = []
+    for v in values or []:
+        p = Path(v)
+        if p.is_dir():
+            out += [str(f) for f in list_images(v)]
+        elif p.suffix.lower() == ".txt":  # a missing one is refused, as a missing image file is
+            out += read_prompts(v)
+        else:
+            out.append(v)
+    return out
+
+
+def _not_a_folder(paths: Sequence[Path]) -> tuple[Path, str] | None:
+    """The first of ``paths`` (a path and its parents, nearest first) that exists but is no folder, and what it is;
+    None when the nearest existing one is a folder."""
+    for part in paths:
+        if part.is_dir():
+            return None
+        if part.exists() or part.is_symlink():
+            return part, "a file" if part.exists() else "a broken symbolic link"
+    return None
+
+
+def check_out_dir(path: str | os.PathLike | None, flag: str = "--out") -> None:
+    """An output folder (created later, parents included) must not be, or lie under, an existing file."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if (found := _not_a_folder([p, *p.parents])) is not None:
+        part, what = found
+        raise CLIError(f"{flag} {path} is {what}, not a folder" if part == p else f"{flag} {path}: {part} is {what}, not a folder")
+
+
+def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
+    """An output file (its folder created later) must not be an existing folder, nor lie under an existing file."""
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise CLIError(f"{flag} {path} is a folder, not a file")
+    if (found := _not_a_folder(list(p.parents))) is not None:
+        raise CLIError(f"{flag} {path}: {found[0]} is {found[1]}, not a folder")
+
+
+def check_window(values: Sequence[float], flag: str) -> tuple[float, float]:
+    """Two fractions of the run with ``0 <= start < end <= 1``."""
+    start, end = (float(v) for v in values)
+    if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end <= 1.0):
+        raise CLIError(f"{flag} needs 0 <= START < END <= 1, got {start:g} {end:g}")
+    return start, end
+
+
+def unknown_direction(name: str, bundled: Mapping[str, object], hub: bool = True) -> CLIError:
+    """The error for a direction that is no local path (nor a Hub spec): the closest bundled name (difflib, as for
+    layer names and batch fields) and the list of the model's bundled directions."""
+    close = difflib.get_close_matches(name, list(bundled), n=1) if len(name) < 200 else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    spec = f", no Hub repo spec {HUB_SPEC}," if hub else ""
+    shipped = ", ".join(sorted(bundled)) or "none"
+    return CLIError(f"direction file not found: {short(name)}{hint} (no local path{spec} and none of the directions "
+                    f"shipped for this model: {shipped})")

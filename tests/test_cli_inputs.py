@@ -1,0 +1,192 @@
+"""The command line's inputs: prompt files for ``steer learn``, pickled direction files, empty or missing jobs
+files, ``--out`` paths that are files, misspelt direction names, the shared limits, the documented defaults, and the
+mistakes that are refused before the model loads (one line, exit status 2)."""
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import steer.cli.batch
+import steer.cli.loading
+import steer.jobs.plan
+from steer.assets import bundled_directions
+from steer.cli.main import build_parser, main
+from steer.testing import assert_one_line_error
+from steer.vectors import SteeringFileError, SteeringVector
+
+
+@pytest.fixture()
+def no_model(monkeypatch):
+    """The model must not load: a command that gets as far as loading it fails the test (not a one-line error)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(steer.cli.loading, "load_pipeline", refuse)
+    monkeypatch.setattr(steer.cli.batch, "load_pipeline", refuse)
+
+
+def refusal(argv: list[str], capsys, *needles: str) -> str:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code
+    return assert_one_line_error(rc, capsys.readouterr().err, *needles, prefix=f"steer {argv[0]}: error:")
+
+
+# ----- 1. steer learn --positive / --negative take .txt files of prompts -------------------------------------------
+def test_learn_reads_the_prompts_of_a_txt_file(tiny_pipe, tmp_path, capsys):
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    (tmp_path / "pos.txt").write_text("a blue sneaker\n\n  a blue bag  \n")
+    out = tmp_path / "d.safetensors"
+    argv = ["learn", "--model", str(model), "--positive", str(tmp_path / "pos.txt"), "--negative", "a red sneaker",
+            "--num-samples", "2", "--steps", "2", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    v = SteeringVector.load(out)
+    assert v.metadata["positive"] == {"prompts": ["a blue sneaker", "a blue bag"]}  # not the path itself
+    assert v.metadata["negative"] == {"prompts": ["a red sneaker"]} and "pos.txt" not in v.name
+
+
+@pytest.mark.parametrize(("content", "needle"), [("", "holds no prompts"), ("\n  \n", "holds no prompts"),
+                                                 (b"\xff\xfe bad", "is not UTF-8 text")])
+def test_learn_refuses_an_empty_or_unreadable_prompt_file_before_loading(no_model, tmp_path, capsys, content, needle):
+    path = tmp_path / "neg.txt"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    refusal(["learn", "--positive", "a blue bag", "--negative", str(path), "--out", str(tmp_path / "d.safetensors")], capsys,
+            str(path), needle)
+
+
+def test_learn_refuses_a_missing_prompt_file_and_a_folder_as_out_before_loading(no_model, tmp_path, capsys):
+    refusal(["learn", "--positive", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "d.safetensors")], capsys,
+            f"prompt file not found: {tmp_path / 'nope.txt'}")
+    refusal(["learn", "--positive", "a blue bag", "--out", str(tmp_path)], capsys, f"--out {tmp_path} is a folder, not a file")
+    (tmp_path / "empty").mkdir()
+    refusal(["learn", "--positive", str(tmp_path / "empty"), "--out", str(tmp_path / "d.safetensors")], capsys, "holds no images")
+
+
+# ----- 2. a pickled direction file is named as such and never unpickled ---------------------------------------------
+class _Tripwire:
+    """Unpickling it creates ``marker``: the file must stay absent."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "plain"])
+def test_a_pickled_direction_is_refused_in_one_line_and_never_unpickled(no_model, tmp_path, capsys, kind):
+    marker, path = tmp_path / "unpickled", tmp_path / "real.pt"
+    obj = {"up_blocks.0": torch.zeros(4), "trap": _Tripwire(marker)}
+    if kind == "plain":
+        path.write_bytes(pickle.dumps(obj, protocol=4))
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=kind == "zip")
+    with pytest.raises(SteeringFileError, match=r"PyTorch pickle .*never unpickles.*\.safetensors") as err:
+        SteeringVector.load(path)
+    assert "header too large" not in str(err.value) and "\n" not in str(err.value)
+    refusal(["inspect", str(path)], capsys, "PyTorch pickle", "save the steering vector as .safetensors")
+    refusal(["generate", "--prompt", "x", "--direction", str(path), "--out", str(tmp_path / "o")], capsys, "PyTorch pickle")
+    # every file steer reads goes through the same check: a pickled detector too
+    from steer.detect.detector import MemorizationDetector
+    from steer.errors import DetectorFileError
+
+    with pytest.raises(DetectorFileError, match=r"PyTorch pickle .*never unpickles.*\.safetensors"):
+        MemorizationDetector.load(path, None)
+    assert not marker.exists()
+
+
+def test_a_corrupt_file_that_is_no_pickle_keeps_its_message(tmp_path):
+    path = tmp_path / "fake.pt"
+    path.write_bytes(b"hello\n")
+    with pytest.raises(SteeringFileError, match="not a readable safetensors file"):
+        SteeringVector.load(path)
+
+
+# ----- 3. empty and missing jobs files -----------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "text"), [("empty.jsonl", ""), ("comments.jsonl", "# nothing yet\n\n"), ("empty.csv", "\n"),
+                                            ("header.csv", "prompt,seed\n"), ("empty.yaml", ""), ("nojobs.yaml", "jobs: []\n")])
+def test_batch_refuses_a_file_without_jobs_before_loading(no_model, tmp_path, capsys, name, text):
+    jobs = tmp_path / name
+    jobs.write_text(text)
+    refusal(["batch", str(jobs), "--out", str(tmp_path / "out")], capsys, f"no jobs in {jobs}")
+
+
+def test_batch_names_a_missing_jobs_file_before_loading(no_model, tmp_path, capsys):
+    line = refusal(["batch", str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "out")], capsys,
+                   f"jobs file not found: {tmp_path / 'jobs.jsonl'}")
+    assert "Errno" not in line
+    refusal(["batch", str(tmp_path), "--out", str(tmp_path / "out")], capsys, "is a folder, not a jobs file")
+
+
+# ----- 4. --out naming a file --------------------------------------------------------------------------------------
+def test_out_that_is_a_file_is_refused_before_loading(no_model, tmp_path, capsys):
+    taken = tmp_path / "one.txt"
+    taken.write_text("x")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a bag"}) + "\n")
+    for argv in (["generate", "--prompt", "x", "--out", str(taken)], ["batch", str(jobs), "--out", str(taken)]):
+        line = refusal(argv, capsys, f"--out {taken} is a file, not a folder")
+        assert "Errno" not in line
+    refusal(["generate", "--prompt", "x", "--out", str(taken / "sub")], capsys, f"{taken} is a file, not a folder")
+    assert taken.read_text() == "x"
+
+
+# ----- 5. a misspelt bundled direction name ------------------------------------------------------------------------
+def test_a_misspelt_direction_name_gets_the_closest_and_the_list(no_model, tmp_path, capsys):
+    assert "to_blue" in bundled_directions(None) and "to_red" in bundled_directions(None)
+    line = refusal(["generate", "--prompt", "x", "--direction", "to_bleu", "--out", str(tmp_path / "o")], capsys,
+                   "direction file not found: 'to_bleu'", "did you mean 'to_blue'?")
+    assert "to_red" in line  # the list of what the model ships, too
+    line = refusal(["inspect", "to_bleu"], capsys, "direction file not found: 'to_bleu'", "did you mean 'to_blue'?")
+    assert "to_red" in line
+    line = refusal(["inspect", "zzzzzz"], capsys, "direction file not found: 'zzzzzz'")
+    assert "did you mean" not in line and "to_red" in line
+
+
+# ----- 7. one set of limits for the command line and batch ---------------------------------------------------------
+def test_the_command_line_uses_the_batch_limits(no_model, tmp_path, capsys):
+    scale, guidance = steer.jobs.plan.MAX_SCALE, steer.jobs.plan.MAX_GUIDANCE
+    assert (scale, guidance) == (1000.0, 100.0)  # as the README's batch section says
+    gen = ["generate", "--prompt", "x", "--out", str(tmp_path / "o")]
+    refusal([*gen, "--scale", f"{scale * 5:g}"], capsys, "--scale", f"{scale:g}")
+    refusal([*gen, "--guidance", f"{guidance * 5:g}"], capsys, "--guidance", f"{guidance:g}")
+    refusal([*gen, "--sweep", f"0,{scale * 2:g},3"], capsys, "--sweep", f"{scale:g}")
+    refusal([*gen, "--direction", "to_blue", "--weights", f"{scale * 2:g}"], capsys, "--weights")
+    refusal(["learn", "--positive", "a", "--guidance", f"{guidance + 1:g}", "--out", "d.safetensors"], capsys, "--guidance")
+    refusal(["detect", "--prompts", "p.txt", "--guidance", f"{guidance + 1:g}", "--out", "r.jsonl"], capsys, "--guidance")
+
+
+# ----- 8. the help states the defaults the command applies ---------------------------------------------------------
+def test_generate_help_states_the_recorded_defaults_the_command_applies():
+    generate = build_parser()._subparsers._group_actions[0].choices["generate"]  # noqa: SLF001 - no public listing
+    helps = {a.dest: a.help for a in generate._actions}  # noqa: SLF001
+    recommended = SteeringVector.load(bundled_directions(None)["to_blue"]).metadata["recommended"]
+    for key in ("branch", "mode"):  # what a shipped direction applies unless told otherwise
+        assert "record as recommended" in helps[key]
+        assert f"{recommended[key]} for the shipped ones" in helps[key], helps[key]
+    assert "default cond)" not in helps["branch"] and "paper, default" not in helps["mode"]
+
+
+# ----- 9. cheap checks before the model loads ----------------------------------------------------------------------
+def test_detect_refuses_bad_inputs_before_loading(no_model, tmp_path, capsys):
+    prompts, empty = tmp_path / "p.txt", tmp_path / "empty.txt"
+    prompts.write_text("a bag\n")
+    empty.write_text("\n")
+    (tmp_path / "not-a-detector.safetensors").write_bytes(b"junk")
+    (tmp_path / "noimages").mkdir()
+    run = ["detect", "--prompts", str(prompts), "--out", str(tmp_path / "r.jsonl")]
+    refusal([*run, "--inline-window", "0.8", "0.2"], capsys, "--inline-window needs 0 <= START < END <= 1")
+    refusal([*run, "--inline-window", "nan", "1"], capsys, "--inline-window")
+    refusal([*run, "--calibrate", str(empty)], capsys, f"{empty} holds no prompts")
+    refusal([*run, "--calibrate", str(tmp_path / "nope.txt")], capsys, "prompt file not found")
+    refusal(["detect", "--prompts", str(empty), "--out", str(tmp_path / "r.jsonl")], capsys, "holds no prompts")
+    refusal([*run, "--detector", str(tmp_path / "nope.safetensors")], capsys, "not found")
+    refusal([*run, "--detector", str(tmp_path / "not-a-detector.safetensors")], capsys, "not a readable safetensors file")
+    refusal(["detect", "--images", str(tmp_path / "noimages"), "--out", str(tmp_path / "r.jsonl")], capsys, "holds no images")
+    refusal([*run, "--save-images", str(prompts)], capsys, f"--save-images {prompts} is a file, not a folder")
