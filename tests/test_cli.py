@@ -79,6 +79,8 @@ def test_generate_sweep_writes_pngs_with_recipe_and_a_grid(model_dir, direction,
     assert recipe["window"] == list(rec.get("window", [0.45, 0.95])) and recipe["branch"] == rec.get("branch", "cond")
     with Image.open(out / "seed5_sweep.png") as grid, Image.open(out / "seed5_scale+0.png") as single:
         assert grid.size == (3 * single.size[0], single.size[1])
+        # the size left to the model is recorded as generated, so the recipe reproduces it anywhere
+        assert (recipe["width"], recipe["height"]) == single.size and read_recipe(out / "seed5_sweep.png")["width"] == single.size[0]
 
 
 def test_generate_reproduces_from_recipe(model_dir, direction, tmp_path):
@@ -277,6 +279,13 @@ def test_detect_and_batch_succeed_on_the_tiny_model(model_dir, tmp_path, capsys)
     rc, out, _ = run_main(["detect", "--model", model_dir, "--device", "cpu", "--images", str(images), "--out", str(tmp_path / "r.jsonl")], capsys)
     assert rc == 0 and "1 samples" in out
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+    # calibrating on too few prompts for the rate is said in one line, and the detector is still written
+    (tmp_path / "ordinary.txt").write_text("a bag\na shoe\n")
+    rc, out, err = run_main(["detect", "--model", model_dir, "--device", "cpu", "--calibrate", str(tmp_path / "ordinary.txt"), "--steps", "2",
+                             "--fpr", "0.01", "--save-detector", str(tmp_path / "det.safetensors")], capsys)
+    assert rc == 0 and (tmp_path / "det.safetensors").is_file(), err
+    warned = [line for line in err.splitlines() if line.startswith("warning: detector:")]
+    assert len(warned) == 1 and "2 ordinary sample(s) cannot resolve a false-positive rate of 0.01" in warned[0]
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"prompt": "a bag", "seed": 1, "num_inference_steps": 2, "name": "bag"}) + "\n")
     rc, _, err = run_main(["batch", str(jobs), "--out", str(tmp_path / "batch"), "--model", model_dir, "--device", "cpu", "--no-progress"], capsys)

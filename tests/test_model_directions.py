@@ -121,6 +121,7 @@ def test_steer_directions_lists_what_ships_for_a_model_and_inspect_takes_a_name(
     assert main(["directions", "--model", "someone/sd-model"]) == 0  # a model without its own is told whose they are
     listed = capsys.readouterr().out.splitlines()
     assert "the embedded demo model's, which fit only that model" in listed[0]
+    assert listed[-1].startswith("strength: the calibrated full edit") and "steering_scale=1.0" in listed[-1]  # the columns said
     by_name = {line.split()[0]: line for line in listed[1:]}
     # classes were learned with the layout route chosen by the calibration, cyan read by the up blocks, the rest everywhere
     assert all(by_name[n].endswith("kept 0.88; read by layout") for n in ("to_bag", "to_dress"))

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from steer.cli.inputs import check_out_dir, check_out_file, check_window, list_images, read_prompts
+from steer.cli.inputs import check_out_dir, check_out_file, check_window, list_images, print_warnings, read_prompts
 from steer.detect.detector import MemorizationDetector, detect_memorization, read_detector_file
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
 from steer.jobs.plan import MAX_GUIDANCE  # the command line's limits are steer batch's
@@ -88,8 +89,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic, inline_score=args.inline_score,
                                    inline_layers=args.inline_layers, inline_window=inline_window)
     if calibration is not None:
-        det.calibrate(calibration, fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size,
-                      num_images_per_prompt=args.num_images_per_prompt, **call)
+        with warnings.catch_warnings(record=True) as caught:  # too few samples for the rate...: one line each
+            warnings.simplefilter("always")
+            det.calibrate(calibration, fpr=args.fpr, seed=args.seed + 1_000_000, batch_size=args.batch_size,
+                          num_images_per_prompt=args.num_images_per_prompt, **call)
+        print_warnings(caught)
         print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "
               f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
     if args.save_detector:

@@ -1,6 +1,7 @@
 """Reading and checking command-line inputs before a command loads its model: prompt files, image folders, output
 paths, direction names. Each problem is one line (`CLIError`, or the ValueError / OSError the ``steer`` entry point
-prints as one line), found in a few file-system calls rather than after the model has loaded.
+prints as one line), found in a few file-system calls rather than after the model has loaded. And the library's
+advice (warnings) as one line each.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -120,3 +123,9 @@ def unknown_direction(name: str, bundled: Mapping[str, object], hub: bool = True
     shipped = ", ".join(sorted(bundled)) or "none"
     return CLIError(f"direction file not found: {short(name)}{hint} (no local path{spec} and none of the directions "
                     f"shipped for this model: {shipped})")
+
+
+def print_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """The advice the library gave (`UserWarning`s) as one ``warning:`` line each on stderr, duplicates dropped."""
+    for w in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+        print(f"warning: {w}", file=sys.stderr)

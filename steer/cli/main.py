@@ -15,7 +15,7 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
-from steer.cli.inputs import CLIError, check_out_dir, check_out_file, expand_items, unknown_direction  # noqa: E402
+from steer.cli.inputs import CLIError, check_out_dir, check_out_file, expand_items, print_warnings, unknown_direction  # noqa: E402
 from steer.config import (  # noqa: E402
     NEGATIVES,
     STEERING_DEFAULTS,
@@ -159,14 +159,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if route:  # --readers auto: what the calibration decided on
         read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
         print(f"readers: {read_by}: the positives' samples keep {route['structure']:.2f} of the open samples' layout (a layout edit below {route['below']:g})")
-    _print_warnings(caught)
+    print_warnings(caught)
     return 0
-
-
-def _print_warnings(caught: list[warnings.WarningMessage]) -> None:
-    """The advice the library gave (`UserWarning`s) as one ``warning:`` line each on stderr, duplicates dropped."""
-    for w in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
-        print(f"warning: {w}", file=sys.stderr)
 
 
 def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
@@ -295,7 +289,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             warnings.simplefilter("always")
             fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
         print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
-        _print_warnings(caught)
+        print_warnings(caught)
         if not user_set["scale"]:
             args.scale = round(fit.strength, 3)
         if not user_set["window"]:
@@ -330,12 +324,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             generator=generators,
             **steering_kwargs,
         ).images
+        size = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
         for image, scale in zip(images, scales, strict=True):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", _recipe(args, vectors, config, scale, seed, weights, away)))
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, vectors, config, scale, seed, weights, away), **size}))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed, weights, away), "sweep": scales}))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed, weights, away), **size, "sweep": scales}))
     for w in written:
         print(w)
     return 0
@@ -403,6 +398,8 @@ def cmd_directions(args: argparse.Namespace) -> int:
         strength = f"{r['strength']:.3f}" if isinstance(r["strength"], float) else "-"
         readers = f"; read by {clip(','.join(map(str, r['readers'])), 60)}" if isinstance(r["readers"], list) else ""
         print(f"  {r['name']:<16} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}{readers}")
+    print("strength: the calibrated full edit the file holds (in units of each text token's norm), what steering_scale=1.0 "
+          "applies; window: the share of the run it acts over")
     return 0
 
 
