@@ -358,3 +358,42 @@ def test_learn_readers_are_recorded_applied_by_generate_and_checked(model_dir, t
     rc, _, err = run_main([*gen, "--readers", "nowhere", "--out", str(tmp_path / "bad")], capsys)
     last = err.strip().splitlines()[-1]  # after the model's loading bars: one line, no traceback
     assert rc == 2 and "Traceback" not in err and last.startswith("steer generate: error: steering_readers 'nowhere' names no cross-attention")
+
+
+def test_compile_runs_generate_and_batch_on_one_compiled_denoiser_with_the_eager_images(model_dir, direction, tmp_path, capsys, monkeypatch):
+    """``--compile BACKEND`` (generate, batch): the denoiser is compiled once with persistent steering sites and every
+    image equals the uncompiled command's; an unknown backend is one line before the model loads."""
+    import numpy as np
+
+    def pixels(folder):
+        return {p.relative_to(folder).as_posix(): np.asarray(Image.open(p)) for p in sorted(folder.rglob("*.png"))}
+
+    gen = ["generate", "--model", model_dir, "--device", "cpu", "--prompt", "a sneaker", "--direction", str(direction), "--sweep=0,1,3", "--steps", "2"]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(json.dumps(j) + "\n" for j in [
+        {"prompt": "a bag", "seed": 1, "num_inference_steps": 2, "name": "plain"},
+        {"prompt": "a bag", "seed": 1, "num_inference_steps": 2, "name": "steered", "directions": [{"path": str(direction), "scale": 1.0}]},
+        {"prompt": "a shoe", "seed": 2, "num_inference_steps": 2, "name": "half", "directions": [{"path": str(direction), "scale": 0.5}], "steering_window": [0.0, 0.5]},
+    ]))
+    batch = ["batch", str(jobs), "--model", model_dir, "--device", "cpu", "--no-progress"]
+    from steer.pipelines.mixin import SteeringMixin
+
+    compiles, compile_unet = [], SteeringMixin.compile_unet
+    monkeypatch.setattr(SteeringMixin, "compile_unet", lambda self, **kw: compiles.append(kw) or compile_unet(self, **kw))
+    try:
+        for compiled in (False, True):
+            extra = ["--compile", "eager"] if compiled else []
+            assert run_main([*gen, *extra, "--out", str(tmp_path / f"g{compiled}")], capsys)[0] == 0
+            rc, _, err = run_main([*batch, *extra, "--out", str(tmp_path / f"b{compiled}")], capsys)
+            assert rc == 0, err
+        assert compiles == [{"backend": "eager"}] * 2  # once per command, and only when asked
+        for kind in ("g", "b"):
+            eager, compiled = pixels(tmp_path / f"{kind}False"), pixels(tmp_path / f"{kind}True")
+            assert set(eager) == set(compiled) and len(eager) >= 3
+            for name in eager:
+                np.testing.assert_array_equal(compiled[name], eager[name], err_msg=name)
+    finally:
+        torch._dynamo.reset()
+    rc, _, err = run_main([*gen, "--compile", "inductr", "--out", str(tmp_path / "x")], capsys)
+    assert rc == 2 and "unknown torch.compile backend 'inductr'; did you mean 'inductor'?" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.assets import default_model
-from steer.cli.inputs import CLIError, check_out_dir
+from steer.cli.inputs import CLIError, add_compile_argument, check_compile_backend, check_out_dir
 from steer.cli.loading import load_pipeline
 from steer.jobs.files import OutDir, new_run_id
 from steer.jobs.formats import read_jobs
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available; per process under accelerate)")
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_compile_argument(p)
 
 
 def configure_parser(subparsers: Any) -> None:
@@ -40,6 +41,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_out_dir(args.out)
+    check_compile_backend(args.compile)
     raw = read_jobs(args.jobs)  # fail fast on an unreadable file, before loading the model
     if not raw:
         raise CLIError(f"no jobs in {args.jobs}")
@@ -60,6 +62,8 @@ def cmd_batch(args: argparse.Namespace) -> int:
             out.lock()
             check_manifests(out)
         pipe = load_pipeline(args.model, device, progress=False)
+        if args.compile:
+            pipe.compile_unet(backend=args.compile)
         summary = run(raw, pipe, out if out is not None else args.out, args.batch_size, model=str(args.model),
                       progress=args.progress, report=_stderr, state=state, base_dir=Path(args.jobs).resolve().parent)
     finally:

@@ -129,3 +129,25 @@ def print_warnings(caught: list[warnings.WarningMessage]) -> None:
     """The advice the library gave (`UserWarning`s) as one ``warning:`` line each on stderr, duplicates dropped."""
     for w in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
         print(f"warning: {w}", file=sys.stderr)
+
+
+def add_compile_argument(p) -> None:
+    """``--compile [BACKEND]`` (generate, batch): `pipe.compile_unet` once, before the first image."""
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the denoiser once, with persistent steering sites (pipe.compile_unet): every later "
+                        "image, whatever its directions, scales, windows, routes or take-away, runs on the same graphs "
+                        "(a new batch size compiles again). Pays off over many images on a GPU; compiling takes minutes on "
+                        "a CPU. BACKEND: a torch.compile backend (default inductor)")
+
+
+def check_compile_backend(backend: str | None) -> None:
+    """A ``--compile`` backend torch knows, before the model loads."""
+    if backend is None:
+        return
+    import torch
+
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        close = difflib.get_close_matches(backend, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise CLIError(f"--compile: unknown torch.compile backend {short(backend)}{hint} (known: {', '.join(sorted(known))})")

@@ -15,7 +15,16 @@ from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
-from steer.cli.inputs import CLIError, check_out_dir, check_out_file, expand_items, print_warnings, unknown_direction  # noqa: E402
+from steer.cli.inputs import (  # noqa: E402
+    CLIError,
+    add_compile_argument,
+    check_compile_backend,
+    check_out_dir,
+    check_out_file,
+    expand_items,
+    print_warnings,
+    unknown_direction,
+)
 from steer.config import (  # noqa: E402
     NEGATIVES,
     STEERING_DEFAULTS,
@@ -283,7 +292,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CLIError("--fit fits a take-away: give --take-away too")
     user_set = {"scale": args.scale is not None or args.sweep is not None, "window": args.window is not None}  # before the recommended fill in
     config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
+    check_compile_backend(args.compile)
     pipe = load_pipeline(args.model, args.device, progress=True)
+    if args.compile:
+        pipe.compile_unet(backend=args.compile)
     if args.fit:
         with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)
             warnings.simplefilter("always")
@@ -453,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate images, optionally steered; PNGs carry their recipe")
     _add_model_args(p)
+    add_compile_argument(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) (those shipped for --model: its folder's directions/, else assets/directions) or Hub repo(s) owner/name[@revision][:file.safetensors]")
