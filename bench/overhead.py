@@ -7,6 +7,7 @@ median ratio.
     python bench/overhead.py --family sdxl --random-weights --device cuda --dtype fp16 --batch 4   # real size
     python bench/overhead.py --sd15-random --device cuda --dtype fp16 --batch 8   # = --family sd --random-weights
     python bench/overhead.py --sd15-random --site text --readers layout ...       # text read by the layout blocks only
+    python bench/overhead.py --sd15-random --site text --take-away [--compile] ...  # add one direction, remove another
 
 Writes one markdown row per run to stdout (and appends it to ``--append`` if given).
 """
@@ -49,9 +50,13 @@ def main() -> None:
                     "default settings (split branch, token-norm units, norm preserved)")
     ap.add_argument("--readers", default=None, help="with --site text: which cross-attentions read the steered tokens "
                     "(layout, detail, all; UNet families)")
+    ap.add_argument("--take-away", action="store_true", help="with --site text: steer [v, w] at [0.5, -1] with "
+                    "steering_negative='remove' (the contradicting-prompt recipe: add one direction, remove another)")
+    ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="pipe.compile_unet(backend=...) first (plain and steered runs both compiled)")
     args = ap.parse_args()
-    if args.readers and args.site != "text":
-        ap.error("--readers needs --site text")
+    if (args.readers or args.take_away) and args.site != "text":
+        ap.error("--readers and --take-away need --site text")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -80,6 +85,13 @@ def main() -> None:
         if args.readers:
             meta["recommended"]["readers"] = [args.readers]
     vec = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, meta)
+    steering: dict = dict(steering=vec, steering_scale=0.5, steering_window=(0.0, 1.0))
+    if args.take_away:  # removal measured against a level per text position (every position above 0 is taken back)
+        tokens = pipe.steering_text_embeddings(["a red sneaker"]).shape[1]
+        away = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, {**meta, "reference_level": {CONTEXT_SITE: [0.0] * tokens}})
+        steering = dict(steering=[vec, away], steering_scale=[0.5, -1.0], steering_window=(0.0, 1.0), steering_negative="remove")
+    if args.compile:
+        pipe.compile_unet(backend=args.compile)
 
     prompts = None if "prompt_embeds" in call else ["a red sneaker"] * args.batch
     kwargs = dict(num_inference_steps=args.steps, output_type="latent", **call)
@@ -88,7 +100,7 @@ def main() -> None:
 
     def run(steered: bool) -> float:
         gen = [torch.Generator("cpu").manual_seed(i) for i in range(args.batch)]
-        extra = dict(steering=vec, steering_scale=0.5, steering_window=(0.0, 1.0)) if steered else {}
+        extra = steering if steered else {}
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -109,6 +121,8 @@ def main() -> None:
     med = statistics.median(ratios)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     site = f"{args.site} (read by {args.readers})" if args.readers else f"{args.site}: {len(layers)}"
+    site += " + take-away" if args.take_away else ""
+    site += f", compiled ({args.compile})" if args.compile else ""
     row = (
         f"| {label} | {device_name} | {args.dtype} | {args.batch} | {args.steps} | {site} | "
         f"{statistics.median(plain_times):.3f} s | {statistics.median(steer_times):.3f} s | {100 * (med - 1):+.2f} % |"
