@@ -224,6 +224,10 @@ def test_a_direction_whose_calibration_says_it_barely_edits_gets_a_note():
     note = H.direction_advice(weak)
     assert note.startswith("\n\n**Note:** calibration:") and "left open" in note and "\n" not in note.strip()
     assert H.direction_advice(fine) == "" and H.direction_advice(SteeringVector({"x": torch.ones(4)}, {})) == ""
+    # a text direction learned without negatives (the Learn tab allows it) says it is not calibrated and what to do
+    lone = SteeringVector({"x": torch.ones(4)}, {"name": "a blue bag", "source": "prompts-text", "negative": None, "calibration": None})
+    assert "not calibrated" in H.direction_advice(lone) and "as negative" in H.direction_advice(lone)
+    assert H.direction_advice(SteeringVector({"x": torch.ones(4)}, {"source": "prompts-reference", "negative": None})) == ""  # the paper's
 
 
 def test_learn_settings_validation(pipe, tmp_path):

@@ -232,8 +232,14 @@ def direction_summary(vector: SteeringVector) -> str:
 
 
 def direction_advice(vector: SteeringVector) -> str:
-    """A Markdown note when the direction's own calibration says it will barely edit (a weak recipe), else ""."""
-    advice = fit_advice(vector.metadata.get("calibration"))
+    """A Markdown note when the direction's own calibration says it will barely edit (a weak recipe), or when a
+    text / trajectory direction had no negative prompts to calibrate against, else ""."""
+    meta = vector.metadata
+    advice = fit_advice(meta.get("calibration"))
+    if not advice and meta.get("source") in ("prompts-text", "prompts-trajectory") and not meta.get("negative"):
+        advice = ("no negative prompts, so this direction is the positives' own mean and is not calibrated: strength "
+                  "1.0 is not a full edit and can wash the image out; learn it again with the same prompts without the "
+                  "attribute as negative (\"a bag\" for \"a blue bag\")")
     return f"\n\n**Note:** {md_text(advice, LIMITS.max_message_chars)}" if advice else ""
 
 
