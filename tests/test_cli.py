@@ -397,3 +397,12 @@ def test_compile_runs_generate_and_batch_on_one_compiled_denoiser_with_the_eager
     rc, _, err = run_main([*gen, "--compile", "inductr", "--out", str(tmp_path / "x")], capsys)
     assert rc == 2 and "unknown torch.compile backend 'inductr'; did you mean 'inductor'?" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_generate_that_fails_before_its_first_image_leaves_no_out_folder(model_dir, direction, tmp_path, capsys):
+    out = tmp_path / "deeper" / "out"
+    rc, _, err = run_main(["generate", "--model", model_dir, "--device", "cpu", "--prompt", "a bag", "--direction", str(direction),
+                           "--layers", "up_blocks.9.nope", "--steps", "2", "--out", str(out)], capsys)
+    errors = [line for line in err.splitlines() if "error:" in line]  # (stderr also carries the loading progress bars)
+    assert rc == 2 and len(errors) == 1 and "up_blocks.9.nope" in errors[0]
+    assert not (tmp_path / "deeper").exists()

@@ -307,8 +307,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not user_set["window"]:
             config = dataclasses.replace(config, window=fit.window)
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)  # created with the first images: a command that fails before them leaves no folder behind
     steering_kwargs: dict[str, Any] = {}
     if vectors:
         rows = [[s * w for w in weights] for s in scales]
@@ -336,6 +335,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             generator=generators,
             **steering_kwargs,
         ).images
+        out.mkdir(parents=True, exist_ok=True)
         size = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
         for image, scale in zip(images, scales, strict=True):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
