@@ -35,12 +35,13 @@ class StaticSteeringSites:
     With the text site on a UNet, every cross-attention also gets a site of its own on the tokens it reads (its
     *reader* delta), so directions read by some cross-attentions only (`steering_readers`, given or recorded) steer
     the compiled denoiser too: each reader adds the deltas of the routes that include it, on top of the denoiser's
-    input, as the eager hooks do. Routes that share a cross-attention cannot be applied this way (one line at the call).
+    input, as the eager hooks do.
 
-    ``steering_negative="remove"`` (the take-away) is not a delta: it depends on each token. The text tokens are an
-    input of the denoiser, so for such a call they are steered before the compiled graph runs, by the eager hooks'
-    own functions: the denoiser's text input is replaced, and each cross-attention reads a (rows, tokens, channels)
-    buffer holding the tokens of its route (``replacing``, a Python constant: the first such call compiles once more).
+    ``steering_negative="remove"`` (the take-away) is not a delta: it depends on each token; nor are two routes on one
+    cross-attention (each preserves norms in turn). The text tokens are an input of the denoiser, so for such a call
+    they are steered before the compiled graph runs, by the eager hooks' own functions: the denoiser's text input is
+    replaced, and each cross-attention reads a (rows, tokens, channels) buffer holding the tokens of its routes
+    (``replacing``, a Python constant: the first such call compiles once more).
     """
 
     def __init__(self, unet: nn.Module, layers: Sequence[str]):
@@ -96,11 +97,11 @@ class StaticSteeringSites:
     def reader_deltas_of(self, session: SteeringSession) -> list[tuple[list[str] | None, LayerPlan]]:
         """The text site's groups of ``session`` with the cross-attentions each is read by (None: the denoiser's
         input). ValueError in one line when this compiled denoiser cannot apply them: a route with no reader sites
-        (the text site was not compiled with the readers) or two routes sharing a cross-attention."""
+        (the text site was not compiled with the readers)."""
         plan = session.plans.get(CONTEXT_SITE)
         if plan is None:
             return []
-        groups, seen = [], set()
+        groups = []
         for readers, routed in session.text_groups(plan):
             if readers is None:
                 groups.append((None, routed))
@@ -114,24 +115,22 @@ class StaticSteeringSites:
                     self._named[key] = text_readers(self.unet, readers)
                 except LayerError as err:
                     raise ValueError(str(err)) from None
-            modules = self._named[key]
-            shared = seen.intersection(modules)
-            if shared:
-                raise ValueError(f"these directions' routes share cross-attentions ({sorted(shared)[0]}, ...), which a "
-                                 "compiled denoiser cannot apply; steer the eager one")
-            seen.update(modules)
-            groups.append((modules, routed))
+            groups.append((self._named[key], routed))
         return groups
 
     def activate(self, session: SteeringSession) -> None:
         """Drive the sites from ``session`` for the calls that follow (until `deactivate`). ValueError in one line,
         before any sampling, when this compiled denoiser cannot apply it (`reader_deltas_of`)."""
         groups = self.reader_deltas_of(session)
-        if session.removing and self.readers and getattr(getattr(self.unet, "config", None), "encoder_hid_dim_type", None):
-            raise ValueError("steering_negative='remove' on a compiled UNet that projects its text input (encoder_hid_proj) "
-                             "is not supported; steer the eager one")
+        routed = [m for modules, _ in groups if modules is not None for m in modules]
+        # a delta per reader cannot compose two routes on one cross-attention (norms are preserved at each): those
+        # calls, like removing ones, steer the tokens before the graph
+        replacing = session.removing or len(routed) != len(set(routed))
+        if replacing and self.readers and getattr(getattr(self.unet, "config", None), "encoder_hid_dim_type", None):
+            raise ValueError("a take-away (steering_negative='remove') or routes sharing a cross-attention on a compiled UNet "
+                             "that projects its text input (encoder_hid_proj) are not supported; steer the eager one")
         self.mode, self.preserve_norm = session.config.mode, session.config.preserve_norm
-        self.replacing = session.removing
+        self.replacing = replacing
         self.text_groups, self.session = groups, session
 
     def deactivate(self) -> None:
@@ -185,24 +184,31 @@ class StaticSteeringSites:
 
     def _replace_text(self, session: SteeringSession | None, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
         """While `replacing`: the call's text tokens steered by the session's every-reader group (returned as the
-        call's new arguments), and each cross-attention's `reader_tokens` filled with what it reads: its route's
+        call's new arguments), and each cross-attention's `reader_tokens` filled with what it reads: its routes'
         steering on top of those, as the eager hooks apply them."""
         adapter = adapter_for(self.unet)
         h = adapter.context_input(args, kwargs)
         if h is None:
-            raise ValueError("steering_negative='remove' on a compiled denoiser needs the text tokens in the call")
-        mine = session is not None and session.mine()
-        steered, routed = h, {}
-        for modules, plan in self.text_groups if mine else []:
+            raise ValueError("this call steers the text tokens before the compiled denoiser, which needs them in the call")
+        groups = self.text_groups if session is not None and session.mine() else []
+        steered = h
+        for modules, plan in groups:
             if modules is None:
                 steered = session.steered(plan, h)
                 steered = h if steered is None else steered
-        for modules, plan in self.text_groups if mine else []:
-            if modules is not None:
-                tokens = session.steered(plan, steered)
-                routed.update(dict.fromkeys(modules, steered if tokens is None else tokens))
+        # each cross-attention: the routed groups that include it, in order, on top of the input (as the eager
+        # hooks chain on it); computed once per distinct set of groups
+        routed = [(set(modules), plan) for modules, plan in groups if modules is not None]
+        by_groups: dict[tuple[int, ...], torch.Tensor] = {}
         for reader in self.readers:
-            tokens = routed.get(reader, steered)
+            key = tuple(i for i, (modules, _) in enumerate(routed) if reader in modules)
+            if key not in by_groups:
+                tokens = steered
+                for i in key:
+                    new = session.steered(routed[i][1], tokens)
+                    tokens = tokens if new is None else new
+                by_groups[key] = tokens
+            tokens = by_groups[key]
             buf = self.reader_tokens.get(reader)
             if buf is None or buf.shape != tokens.shape or (buf.device, buf.dtype) != (tokens.device, tokens.dtype):
                 buf = self.reader_tokens[reader] = torch.empty_like(tokens)
