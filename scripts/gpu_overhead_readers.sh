@@ -3,10 +3,7 @@
 # (was once per cross-attention), beside the unrouted text site and SDXL with more pairs; as scripts/gpu_overhead.sh.
 WORK=${WORK:-/tmp/steer-gpu}
 source "$(dirname "$0")/gpu_env.sh"
-ROWS="$OUT/overhead.md"
-bench() { local limit=$1; shift
-  timeout "$limit" $PY bench/overhead.py --random-weights --device "$DEVICE" --append "$ROWS" "$@" > "$WORK.last" 2>&1 \
-    && stamp "ok: $*" || { stamp "FAILED: $*"; tail -n 6 "$WORK.last"; }; }
+source "$(dirname "$0")/gpu_bench.sh"
 bench 80 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 5 --site text --readers layout
 bench 80 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 5 --site text
 bench 100 --family sdxl --dtype fp16 --batch 4 --steps 20 --pairs 6 --site text

@@ -4,10 +4,7 @@
 # Not yet run on a GPU (prepared 2026-12-01; on the CPU it runs with DEVICE=cpu on the tiny pipelines only).
 WORK=${WORK:-/tmp/steer-gpu}
 source "$(dirname "$0")/gpu_env.sh"
-ROWS="$OUT/overhead.md"
-bench() { local limit=$1; shift
-  timeout "$limit" $PY bench/overhead.py --random-weights --device "$DEVICE" --append "$ROWS" "$@" > "$WORK.last" 2>&1 \
-    && stamp "ok: $*" || { stamp "FAILED: $*"; tail -n 6 "$WORK.last"; }; }
+source "$(dirname "$0")/gpu_bench.sh"
 bench 80 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 5 --site text
 bench 80 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 5 --site text --take-away
 bench 80 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 5 --site text --take-away --readers layout
