@@ -46,6 +46,10 @@ Method = Literal["mean", "mean_diff", "pca"]
 METHODS = ("mean", "mean_diff", "pca")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 FAST_WINDOW = (0.8, 1.0)
+# said when prompts come without negatives (text / trajectory modes): nothing to take a difference from or calibrate on
+UNCALIBRATED_ADVICE = ("no negative prompts, so the direction is the positives' own mean, not a difference, and is not "
+                       "calibrated: steering_scale=1.0 adds a whole token norm and can wash the image out; pass the same "
+                       "prompts without the attribute as negative (\"a bag\" for \"a blue bag\") for a calibrated edit")
 
 Progress = bool | Callable[[float, str], None]
 
@@ -421,9 +425,7 @@ def learn_direction(
         calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
     calibrate = bool(calibrate)
     if not neg_items and not image_input and mode in ("text", "trajectory"):
-        warnings.warn("learn: no negative prompts, so the direction is the positives' own mean, not a difference, and is "
-                      "not calibrated: steering_scale=1.0 adds a whole token norm and can wash the image out; pass the same "
-                      "prompts without the attribute as negative (\"a bag\" for \"a blue bag\") for a calibrated edit", UserWarning, stacklevel=3)
+        warnings.warn(f"learn: {UNCALIBRATED_ADVICE}", UserWarning, stacklevel=3)
     layers = layers if layers is not None else chosen["layers"]
     auto_window = isinstance(window, str) and window == "auto"
     if isinstance(window, str) and not auto_window:

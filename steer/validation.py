@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,6 +39,13 @@ MAX_SEED = 2**63 - 1
 
 _LAYER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _LAYER_PATTERN = re.compile(r"[A-Za-z0-9_.*?\[\]!-]+")
+
+
+def did_you_mean(name: Any, choices: Iterable[str], max_len: int = 200) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to ``name`` (difflib), else ``""``; names longer than
+    ``max_len`` are not compared (bounded time)."""
+    close = difflib.get_close_matches(name, list(choices), n=1) if isinstance(name, str) and len(name) < max_len else []
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def short(value: Any, limit: int = 60) -> str:

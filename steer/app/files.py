@@ -29,6 +29,7 @@ from steer.app.base import (
 from steer.calibrate import fit_advice
 from steer.config import BRANCHES, MODES
 from steer.denoisers import LayerError, denoiser_of
+from steer.learn import UNCALIBRATED_ADVICE
 from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
 
 NONE_CHOICE = "(none)"
@@ -237,9 +238,7 @@ def direction_advice(vector: SteeringVector) -> str:
     meta = vector.metadata
     advice = fit_advice(meta.get("calibration"))
     if not advice and meta.get("source") in ("prompts-text", "prompts-trajectory") and not meta.get("negative"):
-        advice = ("no negative prompts, so this direction is the positives' own mean and is not calibrated: strength "
-                  "1.0 is not a full edit and can wash the image out; learn it again with the same prompts without the "
-                  "attribute as negative (\"a bag\" for \"a blue bag\")")
+        advice = UNCALIBRATED_ADVICE
     return f"\n\n**Note:** {md_text(advice, LIMITS.max_message_chars)}" if advice else ""
 
 

@@ -6,7 +6,6 @@ advice (warnings) as one line each.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import sys
@@ -14,7 +13,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from steer.validation import short
+from steer.validation import did_you_mean, short
 
 MAX_PROMPT_FILE_BYTES = 16 * 2**20  # a prompt file (one prompt a line), the size limit of a .jsonl jobs file
 HUB_SPEC = "owner/name[@revision][:file]"
@@ -117,11 +116,9 @@ def check_window(values: Sequence[float], flag: str) -> tuple[float, float]:
 def unknown_direction(name: str, bundled: Mapping[str, object], hub: bool = True) -> CLIError:
     """The error for a direction that is no local path (nor a Hub spec): the closest bundled name (difflib, as for
     layer names and batch fields) and the list of the model's bundled directions."""
-    close = difflib.get_close_matches(name, list(bundled), n=1) if len(name) < 200 else []
-    hint = f"; did you mean {close[0]!r}?" if close else ""
     spec = f", no Hub repo spec {HUB_SPEC}," if hub else ""
     shipped = ", ".join(sorted(bundled)) or "none"
-    return CLIError(f"direction file not found: {short(name)}{hint} (no local path{spec} and none of the directions "
+    return CLIError(f"direction file not found: {short(name)}{did_you_mean(name, bundled)} (no local path{spec} and none of the directions "
                     f"shipped for this model: {shipped})")
 
 
@@ -148,6 +145,4 @@ def check_compile_backend(backend: str | None) -> None:
 
     known = torch.compiler.list_backends(exclude_tags=())
     if backend not in known:
-        close = difflib.get_close_matches(backend, known, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise CLIError(f"--compile: unknown torch.compile backend {short(backend)}{hint} (known: {', '.join(sorted(known))})")
+        raise CLIError(f"--compile: unknown torch.compile backend {short(backend)}{did_you_mean(backend, known)} (known: {', '.join(sorted(known))})")

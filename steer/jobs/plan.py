@@ -29,7 +29,7 @@ from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.recipe import read_recipe, recipe_hash
-from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS
+from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
 MAX_IMAGES_PER_JOB = 10_000
@@ -274,10 +274,8 @@ class _Validator:
             except SteeringFileError as err:
                 raise JobError(line, str(err)) from None
         where = " or ".join(clip(str(c)) for c in candidates)
-        close = difflib.get_close_matches(name, list(bundled), n=1) if len(name) < 200 else []
-        hint = f"; did you mean {close[0]!r}?" if close else ""
         known = f"; bundled directions: {sorted(bundled)}" if bundled else ""
-        raise JobError(line, f"direction file not found: {show(name)}{hint} (looked for {where}){known}")
+        raise JobError(line, f"direction file not found: {show(name)}{did_you_mean(name, bundled)} (looked for {where}){known}")
 
     def _steering_setup(self, line: int, job: dict[str, Any], setup: CallSetup, vectors: list[Any]) -> CallSetup:
         from steer.config import BRANCHES, MODES, NEGATIVES

@@ -9,7 +9,6 @@ import contextlib
 import contextvars
 import copy
 import dataclasses
-import difflib
 import inspect
 import os
 import warnings
@@ -44,7 +43,7 @@ from steer.detect.inline import enter_inline_detection
 from steer.detect.scores import INLINE_CALL_PARAMS
 from steer.engine import LayerPlan, StaticSteeringSites, SteeringSession, activated, build_layer_plans
 from steer.learn import learn_direction
-from steer.validation import check_steering_request
+from steer.validation import check_steering_request, did_you_mean
 from steer.vectors import SteeringVector, as_vector_list
 
 # Per-pipeline defaults set by `pipe.steering(...)`, scoped to the current thread / task.
@@ -195,9 +194,8 @@ class SteeringMixin:
         bundled = bundled_directions(getattr(self, "name_or_path", None) or None)
         if steering in bundled:
             return str(bundled[steering])
-        close = difflib.get_close_matches(steering, list(bundled), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"no direction file or bundled direction named {steering!r}{hint} (bundled: {', '.join(bundled) or 'none'})")
+        raise ValueError(f"no direction file or bundled direction named {steering!r}{did_you_mean(steering, bundled)} "
+                         f"(bundled: {', '.join(bundled) or 'none'})")
 
     @staticmethod
     def _num_images(bound: inspect.BoundArguments) -> int:
