@@ -38,7 +38,14 @@ from typing import Any
 
 import torch
 
+from steer.engine.run import window_bounds
+from steer.partial_run import partial_pipeline, resumable
+
 DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
+# `calibrate_windows` (``window="auto"``): the top four of the default grid for each candidate window. Chosen on the
+# benchmark's six tuning directions alone from their recorded six-point curves: with these four both windows' distance
+# minima, hence the window choice and the strengths (within 1 %), come out as from all six (docs/steering.md).
+WINDOW_CHOICE_GRID = (0.2, 0.3, 0.45, 0.7)
 # The distance minimum hedges (a partial edit is closer in L2 to the target than an overshooting one); the full edit
 # is this multiple of it. Chosen on the tuning directions of bench/steering_matrix.py at the text preset's window
 # (0, 0.5): in units of the minimum they pass at 1.25-1.5 (green) ... 0.75-1.5 (red); classes 0.75/1.0-2.5.
@@ -73,6 +80,7 @@ class Calibration:
     window: list[float] | None = None  # the window calibrated for (None: the vector's own recommended one)
     # choose_route: {"structure": the share of the layout the prompt edit keeps, "readers": the route or None}
     route: dict[str, Any] | None = None
+    branched_at: int | None = None  # calibrate_windows: the step the candidate windows' runs were split at
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: Any) -> Any:
@@ -80,7 +88,7 @@ class Calibration:
                 return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else [r(x) for x in v]
             return round(v, 4) if isinstance(v, float) else v
 
-        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route") and v is None)}
+        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at") and v is None)}
 
 
 def cfg_rows_per_sample(**call_kwargs: Any) -> int:
@@ -105,9 +113,12 @@ def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
 
 
-def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], flat: bool = True, **call_kwargs: Any) -> torch.Tensor:
-    """Final latents of ``pipe(prompts)``, one seed per prompt, as float32 on the CPU (``flat``: one row each)."""
+def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], flat: bool = True, raw: bool = False, **call_kwargs: Any) -> torch.Tensor:
+    """Final latents of ``pipe(prompts)``, one seed per prompt, as float32 on the CPU (``flat``: one row each; ``raw``:
+    as the pipeline returned them, to start another call from)."""
     out = pipe(list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs).images
+    if raw:
+        return out
     out = out.float().cpu()
     return out.flatten(1) if flat else out
 
@@ -178,7 +189,7 @@ def calibrate_windows(
     windows: Sequence[tuple[float, float]],
     *,
     num_samples: int = 6,
-    grid: Sequence[float] = DEFAULT_GRID,
+    grid: Sequence[float] = WINDOW_CHOICE_GRID,
     seed: int = 0,
     num_inference_steps: int = 12,
     guidance_scale: float = 7.5,
@@ -187,26 +198,73 @@ def calibrate_windows(
 ) -> tuple[int, list[Calibration]]:
     """`calibrate` over each of several windows, and the one where the direction comes closest to the positives.
 
-    The positives' and the unsteered open samples are drawn once and shared; each window costs its grid's steered
-    samples. The chosen window is the one whose best relative distance is smallest among those that converged (the
-    first window when none did): where the direction best reproduces the model's own prompt edit.
+    The positives' and the unsteered open samples are drawn once and shared. Two windows that start together, the
+    second running to the end of the run, share more: at each strength both runs are the same until the first window
+    ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact for DDIM and
+    flow-matching Euler, other schedulers sample each window whole). The chosen window is the one whose best relative
+    distance is smallest among those that converged (the first window when none did): where the direction best
+    reproduces the model's own prompt edit.
 
     Args:
         windows: the candidate ``(start, end)`` shares of the run, in order of preference on a tie.
+        grid: the strengths tried for every window (default `WINDOW_CHOICE_GRID`).
         Others: as for `calibrate`.
 
     Returns:
         The index of the chosen window and every window's `Calibration` (each with its ``window``; the chosen one's
-        ``unet_rows`` count the whole choice).
+        ``unet_rows`` count the whole choice, and ``branched_at`` the step the windows' runs were split at, if they were).
     """
     if not windows:
         raise ValueError("calibrate_windows needs at least one candidate window")
-    results = _sweeps(pipe, vector, positive, negative, [tuple(w) for w in windows], num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route)
+    windows = [tuple(float(x) for x in w) for w in windows]
+    args = (pipe, vector, positive, negative, windows, num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route)
+    branch = branch_step(pipe, windows, num_inference_steps, **steering)
+    results = _branched_sweeps(*args, branch) if branch is not None else _sweeps(*args)
     converged = [i for i, r in enumerate(results) if r.converged] or [0]
     chosen = min(converged, key=lambda i: results[i].distance)
     results[chosen].unet_rows = sum(r.unet_rows for r in results)
     _warn(results[chosen])
     return chosen, results
+
+
+def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_steps: int, **call_kwargs: Any) -> int | None:
+    """The step where the runs of two candidate windows can be split (`calibrate_windows`), or None: two windows
+    from the start of the run, the second to its end, the first ending inside it, on a resumable scheduler."""
+    if len(windows) != 2 or not resumable(pipe.scheduler, **call_kwargs):
+        return None
+    (start_a, end_a), (start_b, end_b) = windows
+    if start_a != 0 or start_b != 0 or end_b != 1:
+        return None
+    stop = window_bounds((start_a, end_a), num_inference_steps)[1]
+    return stop if 0 < stop < num_inference_steps else None
+
+
+def _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering):
+    """Seeds, the cycled prompt sets, the call options every sampling call takes and the steering options."""
+    seeds = [seed + i for i in range(num_samples)]
+    pos = [positive[i % len(positive)] for i in range(num_samples)]
+    neg = [negative[i % len(negative)] for i in range(num_samples)]
+    # the pipeline's own call options (height, use_resolution_binning, ...) go to every call, steering_* to steered ones
+    kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
+    steering = {k: v for k, v in steering.items() if k.startswith("steering")}
+    return seeds, pos, neg, kw, steering
+
+
+def _choose_route(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``readers="auto"``: the route from the model's own prompt edit, and the steering options with it."""
+    structure = structure_kept(pipe, z_pos, z_open)
+    readers = list(LAYOUT_READERS) if structure < LAYOUT_EDIT_BELOW else None
+    return {"structure": structure, "readers": readers}, {**steering, "steering_readers": readers}
+
+
+def _calibration(grid: list[float], distances: list[float], rows: int, window, route) -> Calibration:
+    """A window's result from its relative distances (unsteered first, 1.0)."""
+    best, distance = curve_minimum([0.0, *grid], distances)
+    converged = best > 0
+    if not converged:  # no strength brings the open samples closer to the positives' own samples
+        best = grid[len(grid) // 2]
+    return Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], rows,
+                       None if window is None else [float(w) for w in window], route)
 
 
 def _sweeps(
@@ -216,12 +274,7 @@ def _sweeps(
 ) -> list[Calibration]:
     """One calibration per window (None: the vector's own), sharing the positives' and the unsteered open samples."""
     grid = check_grid(grid)
-    seeds = [seed + i for i in range(num_samples)]
-    pos = [positive[i % len(positive)] for i in range(num_samples)]
-    neg = [negative[i % len(negative)] for i in range(num_samples)]
-    # the pipeline's own call options (height, use_resolution_binning, ...) go to every call, steering_* to steered ones
-    kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
-    steering = {k: v for k, v in steering.items() if k.startswith("steering")}
+    seeds, pos, neg, kw, steering = _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering)
     rows_per_set = num_samples * num_inference_steps * rows_per_sample(pipe, **kw)
     z_pos = sample_latents(pipe, pos, seeds, flat=False, **kw)
     # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
@@ -230,10 +283,7 @@ def _sweeps(
     start, results, route = None, [], None
     if choose_route:  # the unsteered open samples first: the route is chosen from the model's own prompt edit
         z_open = sample_latents(pipe, opened, seeds, flat=False, **kw)
-        structure = structure_kept(pipe, z_pos, z_open)
-        readers = list(LAYOUT_READERS) if structure < LAYOUT_EDIT_BELOW else None
-        route = {"structure": structure, "readers": readers}
-        steering = {**steering, "steering_readers": readers}
+        route, steering = _choose_route(pipe, z_pos, z_open, steering)
         start = float((z_open.flatten(1) - z_pos.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
     z_pos = z_pos.flatten(1)
     for window in windows:
@@ -247,14 +297,47 @@ def _sweeps(
             start = float((z[0] - z_pos).norm(dim=1).mean().clamp_min(1e-6))
             z = z[1:]
         distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in z)]
-        best, distance = curve_minimum([0.0, *grid], distances)
-        converged = best > 0
-        if not converged:  # no strength brings the open samples closer to the positives' own samples
-            best = grid[len(grid) // 2]
         # the positives' and the unsteered open samples count once (with the first window)
         sets = len(strengths) + (0 if results else 1 + (1 if choose_route else 0))
-        results.append(Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], sets * rows_per_set,
-                                   None if window is None else [float(w) for w in window], route))
+        results.append(_calibration(grid, distances, sets * rows_per_set, window, route))
+    return results
+
+
+def _branched_sweeps(
+    pipe, vector, positive: Sequence[str], negative: Sequence[str], windows: list[tuple[float, float]],
+    num_samples: int, grid: Sequence[float], seed: int, num_inference_steps: int, guidance_scale: float, steering: dict[str, Any],
+    choose_route: bool, branch: int,
+) -> list[Calibration]:
+    """`_sweeps` for an early window ``(0, e)`` and the whole run, split at ``branch`` (the early window's end): the
+    grid is sampled steered over steps ``[0, branch)`` once, then continued twice from those latents in one call,
+    unsteered (the early window's samples) and steered (the whole run's)."""
+    grid = check_grid(grid)
+    seeds, pos, neg, kw, steering = _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering)
+    row_steps = num_samples * rows_per_sample(pipe, **kw)  # denoiser rows per sample set and step
+    z_pos = sample_latents(pipe, pos, seeds, flat=False, **kw)
+    opened = open_prompts(pos, neg)
+    z_open = sample_latents(pipe, opened, seeds, flat=False, **kw)
+    route = None
+    if choose_route:
+        route, steering = _choose_route(pipe, z_pos, z_open, steering)
+    z_pos, z_open = z_pos.flatten(1), z_open.flatten(1)
+    start = float((z_open - z_pos).norm(dim=1).mean().clamp_min(1e-6))
+    prompts = [p for _ in grid for p in opened]
+    row_seeds = [s for _ in grid for s in seeds]
+    scales = [g for g in grid for _ in seeds]
+    head = sample_latents(partial_pipeline(pipe, 0, branch), prompts, row_seeds, flat=False, raw=True, steering=vector,
+                          steering_scale=scales, steering_window=(0.0, 1.0), **kw, **steering)
+    tail = sample_latents(partial_pipeline(pipe, branch, num_inference_steps), prompts * 2, row_seeds * 2, latents=torch.cat([head, head]),
+                          steering=vector, steering_scale=[0.0] * len(scales) + scales, steering_window=(0.0, 1.0), **kw, **steering)
+    tail = tail.reshape(2, len(grid), num_samples, -1)
+    head_rows, tail_rows = len(grid) * branch * row_steps, len(grid) * (num_inference_steps - branch) * row_steps
+    results = []
+    for i, window in enumerate(windows):
+        distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in tail[i])]
+        # the positives', the unsteered open and the shared first-part samples count with the first window
+        rows = tail_rows + (2 * num_inference_steps * row_steps + head_rows if i == 0 else 0)
+        results.append(_calibration(grid, distances, rows, window, route))
+        results[-1].branched_at = branch
     return results
 
 

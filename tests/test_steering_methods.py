@@ -219,6 +219,7 @@ def test_learning_window_is_recorded_and_used_by_the_calibration(tiny_pipe, gen)
 def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_closest(tiny_pipe, gen):
     """``window="auto"``: one calibration per candidate window, the positives' and unsteered samples drawn once, the
     window whose samples come closest to the positives' recorded and recommended (removal still to the run's end)."""
+    from steer.calibrate import DEFAULT_GRID, WINDOW_CHOICE_GRID
     from steer.learn import AUTO_WINDOWS
 
     rows, windows = [0], []
@@ -235,17 +236,23 @@ def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_c
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random weights: calibration may not converge
-            fixed = tiny_pipe.learn_direction(pos, neg, num_inference_steps=2, calibration_samples=2, progress=False)
+            fixed = tiny_pipe.learn_direction(pos, neg, num_inference_steps=2, calibration_samples=2, progress=False,
+                                              calibration_grid=WINDOW_CHOICE_GRID)
             rows[0], windows[:] = 0, []
             auto = tiny_pipe.learn_direction(pos, neg, window="auto", num_inference_steps=2, calibration_samples=2, progress=False)
     finally:
         tiny_pipe.__class__.__call__ = original
         handle.remove()
     choice, cal, rec = auto.metadata["window_choice"], auto.metadata["calibration"], auto.metadata["recommended"]
-    assert windows == [tuple(w) for w in AUTO_WINDOWS] == [tuple(w) for w in choice["windows"]]
-    # 2 samples x 2 steps x 2 CFG rows per set: positives once, unsteered once, 6 grid strengths per window
-    assert rows[0] == cal["unet_rows"] == (2 + 6 * len(AUTO_WINDOWS)) * 2 * 2 * 2
-    # the first candidate is the default window, calibrated on the same samples as a plain call
+    assert [tuple(w) for w in AUTO_WINDOWS] == [tuple(w) for w in choice["windows"]]
+    assert windows == [(0.0, 1.0), (0.0, 1.0)], "steered: the shared first part, then both continuations in one call"
+    # 2 samples x 2 CFG rows: positives and unsteered open samples over both steps, the 4 grid strengths over the
+    # first step once (both windows steer it), then over the second twice (unsteered: the first window; steered: the
+    # second): 8 sets, as many rows as a plain call
+    assert cal["branched_at"] == 1
+    assert rows[0] == cal["unet_rows"] == (2 * 2 + len(WINDOW_CHOICE_GRID) * 1 + 2 * len(WINDOW_CHOICE_GRID) * 1) * 2 * 2
+    assert cal["unet_rows"] == (2 + len(DEFAULT_GRID)) * 2 * 2 * 2  # a plain call's on the default grid
+    # the first candidate is the default window, calibrated on the same samples as a plain call on the same grid
     assert choice["distances"][0] == pytest.approx(fixed.metadata["calibration"]["distance"], abs=1e-4)
     assert choice["strengths"][0] == pytest.approx(fixed.metadata["calibration"]["strength"], abs=1e-4)
     candidates = [i for i, ok in enumerate(choice["converged"]) if ok] or [0]

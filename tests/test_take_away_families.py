@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from steer.calibrate import WINDOW_CHOICE_GRID
 from steer.testing import tiny_pipeline
 from steer.testing.flux import tiny_flux_pipeline
 from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
@@ -70,4 +71,10 @@ def test_the_auto_window_is_chosen_on_every_family(family):
     assert choice["windows"] == [[0.0, 0.5], [0.0, 1.0]] and choice["chosen"] in choice["windows"]
     assert v.metadata["recommended"]["window"] == choice["chosen"] == v.metadata["calibration"]["window"]
     branches = 1 if family == "flux" else 2  # Flux's guidance is distilled: one transformer row per sample and step
-    assert rows[0] == v.metadata["calibration"]["unet_rows"] == (2 + 6 * 2) * 2 * 2 * branches
+    grid = len(WINDOW_CHOICE_GRID)
+    if family == "sd3" or family == "flux":  # flow-matching Euler resumes exactly: both windows share the first step
+        sets = 2 * 2 + grid * 1 + 2 * grid * 1
+    else:  # Euler discrete, DPM-Solver: each window sampled whole
+        sets = (2 + 2 * grid) * 2
+    assert v.metadata["calibration"].get("branched_at") == (1 if family in ("sd3", "flux") else None)
+    assert rows[0] == v.metadata["calibration"]["unet_rows"] == sets * 2 * branches

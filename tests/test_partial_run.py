@@ -1,0 +1,103 @@
+"""Cutting a run between steps and resuming it (`steer.partial_run`), and the window choice built on it: the two
+candidate windows of ``window="auto"`` share the first half of their runs (`steer.calibrate.calibrate_windows`)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+
+import steer.calibrate as calibrate_module
+from steer.calibrate import WINDOW_CHOICE_GRID, calibrate_windows
+from steer.denoisers import CONTEXT_SITE
+from steer.partial_run import partial_pipeline, resumable
+from steer.testing import random_vector, tiny_pipeline
+from steer.testing.flux import tiny_flux_pipeline
+from steer.testing.sd3 import tiny_sd3_pipeline
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+PROMPTS = ["a blue sneaker", "a red bag"]
+
+
+def _latents(pipe, steps: int, **call):
+    gens = [torch.Generator().manual_seed(s) for s in range(len(PROMPTS))]
+    return pipe(PROMPTS, generator=gens, num_inference_steps=steps, guidance_scale=5.0, output_type="latent", **call).images
+
+
+@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])  # DDIM; flow-matching Euler (Flux: packed latents)
+def test_a_run_cut_after_its_window_and_resumed_equals_the_whole_run(family):
+    pipe = {"sd": tiny_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}[family](seed=0)
+    v = random_vector(pipe, [CONTEXT_SITE], seed=1, scale=0.5)
+    schedule = pipe.scheduler.timesteps.clone()
+    steer = dict(steering=v, steering_scale=[0.0, 1.0])
+    whole_early = _latents(pipe, 4, steering_window=(0.0, 0.5), **steer)
+    whole_run = _latents(pipe, 4, steering_window=(0.0, 1.0), **steer)
+    head = _latents(partial_pipeline(pipe, 0, 2), 4, steering_window=(0.0, 1.0), **steer)  # the window's 2 steps
+    early = _latents(partial_pipeline(pipe, 2, 4), 4, latents=head)  # the rest unsteered
+    late = _latents(partial_pipeline(pipe, 2, 4), 4, latents=head, steering_window=(0.0, 1.0), **steer)
+    torch.testing.assert_close(early, whole_early, rtol=0, atol=1e-5)
+    torch.testing.assert_close(late, whole_run, rtol=0, atol=1e-5)
+    assert (whole_early[1] - whole_run[1]).abs().max() > 1e-3, "the two windows differ: the comparison means something"
+    assert type(pipe.scheduler) in (DDIMScheduler, FlowMatchEulerDiscreteScheduler), "the pipeline's own scheduler is untouched"
+    assert torch.equal(pipe.scheduler.timesteps, schedule), "the partial calls left the pipeline's schedule as it was"
+
+
+def test_only_exactly_resumable_schedulers_are_cut():
+    ddim = DDIMScheduler()
+    assert resumable(ddim) and resumable(ddim, eta=0.0) and not resumable(ddim, eta=0.5)  # eta > 0 draws noise each step
+    assert resumable(FlowMatchEulerDiscreteScheduler())
+    assert not resumable(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
+    assert not resumable(EulerDiscreteScheduler()) and not resumable(DPMSolverMultistepScheduler())  # sigma scaling, history
+    pipe = tiny_pipeline(seed=0)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="^EulerDiscreteScheduler runs cannot be cut and resumed exactly$"):
+        partial_pipeline(pipe, 0, 2)
+
+
+def _choose(pipe, branched: bool, steps: int = 4):
+    v = random_vector(pipe, [CONTEXT_SITE], seed=1, scale=1.0)
+    v.metadata["recommended"] = {"branch": "split", "mode": "token", "preserve_norm": True, "window": [0.0, 0.5]}
+    rows = [0]
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a: rows.__setitem__(0, rows[0] + a[0].shape[0]))
+    original = calibrate_module.branch_step
+    if not branched:
+        calibrate_module.branch_step = lambda *a, **k: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: the calibration may not converge
+            chosen, results = calibrate_windows(pipe, v, ["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"], [(0.0, 0.5), (0.0, 1.0)],
+                                                num_samples=2, num_inference_steps=steps, guidance_scale=5.0, choose_route=True)
+    finally:
+        calibrate_module.branch_step = original
+        handle.remove()
+    return chosen, results, rows[0]
+
+
+def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(tiny_pipe):
+    chosen, shared, rows = _choose(tiny_pipe, branched=True)
+    chosen_apart, apart, rows_apart = _choose(tiny_pipe, branched=False)
+    assert chosen == chosen_apart and [r.grid for r in shared] == [list(WINDOW_CHOICE_GRID)] * 2
+    for a, b in zip(shared, apart, strict=True):
+        assert a.distances == pytest.approx(b.distances, abs=1e-5) and a.strength == pytest.approx(b.strength, abs=1e-5)
+        assert a.route == b.route and a.branched_at == 2 and b.branched_at is None
+    grid, samples, cfg, steps = len(WINDOW_CHOICE_GRID), 2, 2, 4
+    # positives and unsteered open samples whole; the grid over the first half once, then continued twice
+    assert rows == shared[chosen].unet_rows == (2 * steps + grid * 2 + 2 * grid * 2) * samples * cfg  # 8 sets: as one window
+    assert rows_apart == apart[chosen_apart].unet_rows == (2 + 2 * grid) * steps * samples * cfg
+    assert "branched_at" in shared[chosen].to_dict() and "branched_at" not in apart[chosen_apart].to_dict()
+
+
+def test_schedulers_that_cannot_resume_sample_each_window_whole():
+    pipe = tiny_pipeline(seed=0)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    chosen, results, rows = _choose(pipe, branched=True)
+    assert all(r.branched_at is None for r in results)
+    assert rows == results[chosen].unet_rows == (2 + 2 * len(WINDOW_CHOICE_GRID)) * 4 * 2 * 2
