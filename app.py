@@ -274,9 +274,10 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
             list(H.LEARN_WINDOWS),
             value="mode default",
             label="Window",
-            info="mode default: the first half of the run for text; auto: calibrate over the first half and the whole "
-            "run and keep the closer (text and trajectory, prompts only; 1.75x the calibration; on the demo model it "
-            "passes 15 and 14 of 18 benchmark edits where the default passes 13 and 12)",
+            info="mode default: for text with negatives, the calibration chooses between the first half and the whole "
+            "run (the one whose samples come closer to the positives' own; on the demo model 15 and 14 of 18 benchmark "
+            "edits pass, 13 and 12 with the first half alone); the whole run for trajectory; auto: that choice for "
+            "trajectory too",
         )
         readers = gr.Radio(
             list(H.LEARN_READERS),

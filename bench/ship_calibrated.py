@@ -100,9 +100,10 @@ def main() -> None:
                 continue
             source = {"default": results, "auto window": auto}.get(how) or by_how[how]
             P = prompts_for(kind, target)
-            window = {"window": "auto"} if how == "auto window" else {"readers": how.removesuffix(" readers")} if how.endswith(" readers") else {}
-            v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=steps, guidance_scale=guidance, progress=False, name=f"toward {target}", **window)
-            want = next(x["calibration"]["strength"] for x in source["learn"] if x["target"] == target and x.get("method", "ours") == "ours")
+            logged = next(x for x in source["learn"] if x["target"] == target and x.get("method", "ours") == "ours")
+            settings = {"window": learned_window(logged), **({"readers": how.removesuffix(" readers")} if how.endswith(" readers") else {})}
+            v = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=steps, guidance_scale=guidance, progress=False, name=f"toward {target}", **settings)
+            want = logged["calibration"]["strength"]
             got = v.metadata["calibration"]["strength"]
             if abs(got - want) > 1e-3 * max(1.0, abs(want)):
                 raise SystemExit(f"{target}: re-learned strength {got} differs from the matrix's {want}; rerun the matrix")
@@ -126,6 +127,15 @@ def merged(runs: list[dict]) -> dict:
         for key, per in run["summary"].items():
             summary.setdefault(key, {}).update(per)
     return {"meta": runs[0]["meta"], "summary": summary, "learn": [x for run in runs for x in run["learn"]]}
+
+
+def learned_window(logged: dict) -> str | tuple[float, float]:
+    """The window a matrix run learned a direction with, from its learning log: ``"auto"`` where the calibration chose
+    it (the default since 2026-12-01, session 16), else the window calibrated for; runs from before windows were
+    logged calibrated for the then-default (0, 0.5)."""
+    if "window_choice" in logged:
+        return "auto"
+    return tuple(logged["calibration"].get("window") or (0.0, 0.5))
 
 
 def ships(m: dict) -> bool:

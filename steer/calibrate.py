@@ -15,7 +15,9 @@ After a direction is learned its strength is chosen so that ``steering_scale=1.0
    contradict the attribute need more.
 
 `calibrate_windows` does this for several candidate windows on the same positive and unsteered samples and keeps the
-window whose samples come closest (``learn_direction(window="auto")``).
+window whose samples come closest (``learn_direction(window="auto")``, the text preset's default). For the first half
+and the whole run, on schedulers that resume exactly, the runs share their first half (`steer.partial_run`), so the
+choice on `WINDOW_CHOICE_GRID` costs as much as one window on `DEFAULT_GRID`.
 
 With ``choose_route=True`` (``learn_direction(readers="auto")``, UNet denoisers) the unsteered open samples are drawn
 before the sweep and compared with the positives' own: where the model's own prompt edit keeps less than
@@ -24,7 +26,8 @@ and the direction is read by the cross-attentions of the down and mid blocks onl
 where the layout is decided; the up blocks keep drawing the prompt's colour); else by every cross-attention. The sweep
 then runs through the chosen route. Same cost.
 
-Cost: ``(2 + len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2 UNet batch rows per step each).
+Cost: ``(2 + len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2 UNet batch rows per step each);
+the shared window choice ``(2 + 3 * len(grid) / 2) * num_samples``.
 """
 
 from __future__ import annotations
@@ -390,7 +393,7 @@ def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:
     return (
         f"calibration: at its best strength this direction brings open samples only to {distance:.2f} of their "
         f"unsteered distance from the positive prompts' own samples (directions that edit stay below {POOR_DISTANCE}), so "
-        "it will barely change images. Contrast the positives with the same prompts with the attribute left open "
+        "it will not reliably make the edit. Contrast the positives with the same prompts with the attribute left open "
         "(\"a blue sneaker\" vs \"a sneaker\") rather than with other values of it"
     )
 

@@ -302,10 +302,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"method": "mean", "mode": "reference", "layers": None, "calibrate": False, "window": PAPER_WINDOW},
     # CASteer's recipe: per-step pos - neg differences of the cross-attention outputs along paired trajectories.
     "casteer": {"method": "mean_diff", "mode": "trajectory", "layers": "attn2", "calibrate": True, "window": (0.0, 1.0)},
-    # The default: the text tokens the cross-attentions read, steered per CFG half over the first half of the run
-    # (where layout and colour are decided; steering the late steps too only oversaturated class edits), calibrated,
-    # read by the layout blocks only where the model's own prompt edit moves the layout (readers="auto").
-    "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5), "readers": "auto"},
+    # The default: the text tokens the cross-attentions read, steered per CFG half, calibrated, over the window the
+    # calibration chooses ("choose_window": the first half of the run, where layout and colour are decided, or the
+    # whole run where the late steps carry the attribute too; (0, 0.5) where nothing is calibrated), read by the
+    # layout blocks only where the model's own prompt edit moves the layout (readers="auto").
+    "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5), "readers": "auto",
+             "choose_window": True},
 }
 MODES = ("text", "trajectory", "reference", "fast")
 # window="auto": the calibration tries each and keeps the one where the direction best reproduces the prompt edit
@@ -370,8 +372,8 @@ def learn_direction(
 
     The default (``preset="text"`` for prompts) learns where the text enters the denoiser: the difference of the
     positive and negative prompts' conditioning tokens, applied per CFG half (``+`` on the conditional branch, ``-``
-    on the unconditional one) in units of each token's norm with norms preserved, and *calibrates* its strength from
-    the model's own samples (`steer.calibrate`), so ``steering_scale=1.0`` is the full edit and 0 -> 1 is monotone.
+    on the unconditional one) in units of each token's norm with norms preserved, and *calibrates* its strength and window
+    from the model's own samples (`steer.calibrate`), so ``steering_scale=1.0`` is the full edit and 0 -> 1 is monotone.
     The chosen settings are recorded in ``metadata["recommended"]`` and every call uses them unless told otherwise.
 
     Args:
@@ -390,9 +392,11 @@ def learn_direction(
             ``"fast"`` (record while sampling); images always use the paper's extraction.
         calibrate: choose the strength from model-internal signals (default: on for the text and casteer presets).
         window: the share of the denoising run the direction acts over, recorded as its recommended window and used
-            by the calibration (default: the preset's; ``(0, 0.5)`` for ``"text"``). ``"auto"`` calibrates over each
-            of `AUTO_WINDOWS` and keeps the one whose samples come closest to the positives' own (recorded in
-            ``metadata["window_choice"]``; each extra window costs 6 of the calibration's 8 sample sets).
+            by the calibration (default: the preset's). ``"auto"`` (the text preset's default when it calibrates;
+            ``(0, 0.5)`` when it does not) calibrates over each of `AUTO_WINDOWS` and keeps the one whose samples
+            come closest to the positives' own (recorded in ``metadata["window_choice"]``). The two runs share their
+            first half on DDIM and flow-matching Euler schedulers, so the choice costs a plain calibration's 8
+            sample sets (10 on other schedulers; `steer.calibrate.calibrate_windows`).
         readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`:
             ``"all"``, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
             edits, ``"detail"``, or attn2 paths / globs); recorded as recommended, and the calibration runs through
@@ -427,6 +431,8 @@ def learn_direction(
     if not neg_items and not image_input and mode in ("text", "trajectory"):
         warnings.warn(f"learn: {UNCALIBRATED_ADVICE}", UserWarning, stacklevel=3)
     layers = layers if layers is not None else chosen["layers"]
+    if window is None and chosen.get("choose_window") and calibrate and mode == "text" and not image_input:
+        window = "auto"  # the text preset's calibration chooses the window too, at a plain calibration's cost
     auto_window = isinstance(window, str) and window == "auto"
     if isinstance(window, str) and not auto_window:
         raise ValueError(f"window must be a pair (start, end) of fractions or 'auto', got {window!r}")

@@ -1,8 +1,9 @@
 """The calibration tells a prompt recipe that edits from one that barely does, on the demo model, and says how to fix it.
 
 "a blue X" against the same prompts with the colour left open ("a X") edits; against other colours ("a red X") the
-direction barely moves images (docs/steering.md: 0.94 vs 0.12 blue at 1.0 on 16 open prompts), and its calibration
-distance (0.76 vs 0.17) is what tells them apart without a classifier.
+direction edits far less reliably (docs/steering.md: 0.94 vs 0.12 blue at 1.0 on 16 open prompts over the first half
+of the run; with the window the calibration chooses, here the whole run, half of these six), and its calibration
+distance (0.86 vs 0.17) is what tells them apart without a classifier.
 """
 
 import warnings
@@ -51,8 +52,9 @@ def test_the_left_open_recipe_edits_silently_and_the_other_colours_one_is_flagge
     assert weak.metadata["calibration"]["distance"] > POOR_DISTANCE
     assert len(weak_warnings) == 1 and "left open" in weak_warnings[0] and "\n" not in weak_warnings[0]
     assert fit_advice(weak.metadata["calibration"]) == weak_warnings[0]
-    # the flag is about the edit: the flagged direction barely turns anything blue, the other does
-    assert blue_share(pipe, clf, good) >= 0.66 and blue_share(pipe, clf, weak) <= 0.34
+    # the flag is about the edit: the flagged direction turns at most half of the items blue, the other nearly all
+    good_share, weak_share = blue_share(pipe, clf, good), blue_share(pipe, clf, weak)
+    assert good_share >= 0.8 and weak_share <= 0.5
 
 
 def test_cli_learn_prints_the_advice_as_one_warning_line(tmp_path, capsys):

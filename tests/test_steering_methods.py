@@ -271,7 +271,9 @@ def test_calibration_grid_is_an_argument_and_bad_grids_are_one_line_errors(tiny_
         warnings.simplefilter("ignore")  # random weights: calibration may not converge
         v = tiny_pipe.learn_direction("a blue sneaker", "a sneaker", num_inference_steps=2, calibration_samples=2, calibration_grid=(0.4, 0.1, 0.2), progress=False)
     cal = v.metadata["calibration"]
-    assert cal["grid"] == [0.1, 0.2, 0.4] and len(cal["distances"]) == 3 and cal["unet_rows"] == (1 + 1 + 3) * 2 * 2 * 2
+    # the window choice (the default): positives and open samples over both steps, the grid over the first step once
+    # and over the second twice (2 samples x 2 CFG rows)
+    assert cal["grid"] == [0.1, 0.2, 0.4] and len(cal["distances"]) == 3 and cal["unet_rows"] == (2 * 2 + 3 * 1 + 2 * 3 * 1) * 2 * 2
     for bad in ((), (0.0, 0.2), (0.1, float("nan")), (0.1, float("inf")), ("x",), 5):
         with pytest.raises(ValueError, match="^the calibration grid must"):
             tiny_pipe.learn_direction("a blue sneaker", "a sneaker", num_inference_steps=2, calibration_samples=2, calibration_grid=bad, progress=False)

@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_learn_window, default=None,
                    help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; "
-                        "0,0.5 for text); 'auto': calibrate over 0,0.5 and 0,1 and keep the closer (1.75x the calibration's cost)")
+                        "for text with negatives 'auto': calibrate over 0,0.5 and 0,1 and keep the closer, at a plain calibration's cost)")
     p.add_argument("--readers", nargs="+", default=None,
                    help="which cross-attentions read a text direction, recorded as recommended: 'layout' (the down and mid "
                         "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks'), 'all', attn2 patterns, or "
