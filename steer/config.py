@@ -26,13 +26,14 @@ Window = tuple[float, float]
 
 
 def check_window(window: tuple[float, float], name: str = "steering_window") -> tuple[float, float]:
-    """``(start, end)`` as floats with 0 <= start <= end <= 1, or a one-line ValueError naming ``name``."""
+    """``(start, end)`` as floats with 0 <= start < end <= 1, or a one-line ValueError naming ``name`` (an empty window
+    would steer nothing, silently)."""
     try:
         start, end = (float(w) for w in window)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a pair (start, end) of fractions, got {window!r}") from None
-    if not (0.0 <= start <= end <= 1.0):
-        raise ValueError(f"{name} must satisfy 0 <= start <= end <= 1, got ({start}, {end})")
+    if not (0.0 <= start < end <= 1.0):
+        raise ValueError(f"{name} must satisfy 0 <= start < end <= 1, got ({start}, {end})")
     return start, end
 
 

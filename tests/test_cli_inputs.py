@@ -173,6 +173,13 @@ def test_generate_help_states_the_recorded_defaults_the_command_applies():
     assert "default cond)" not in helps["branch"] and "paper, default" not in helps["mode"]
 
 
+def test_detect_inline_window_takes_the_window_form_of_the_other_commands():
+    from steer.cli.inputs import check_window
+
+    for given in (["0,0.5"], ["0", "0.5"], ["0,", "0.5"], [0.0, 0.5]):  # START,END as --window; START END; the default
+        assert check_window(given, "--inline-window") == (0.0, 0.5)
+
+
 # ----- 9. cheap checks before the model loads ----------------------------------------------------------------------
 def test_detect_refuses_bad_inputs_before_loading(no_model, tmp_path, capsys):
     prompts, empty = tmp_path / "p.txt", tmp_path / "empty.txt"
@@ -183,6 +190,9 @@ def test_detect_refuses_bad_inputs_before_loading(no_model, tmp_path, capsys):
     run = ["detect", "--prompts", str(prompts), "--out", str(tmp_path / "r.jsonl")]
     refusal([*run, "--inline-window", "0.8", "0.2"], capsys, "--inline-window needs 0 <= START < END <= 1")
     refusal([*run, "--inline-window", "nan", "1"], capsys, "--inline-window")
+    refusal([*run, "--inline-window", "0.8,0.2"], capsys, "--inline-window needs 0 <= START < END <= 1")
+    refusal([*run, "--inline-window", "0,0.5,1"], capsys, "--inline-window needs START,END (or START END)")
+    refusal([*run, "--inline-window", "early"], capsys, "--inline-window needs START,END (or START END)")
     refusal([*run, "--calibrate", str(empty)], capsys, f"{empty} holds no prompts")
     refusal([*run, "--calibrate", str(tmp_path / "nope.txt")], capsys, "prompt file not found")
     refusal(["detect", "--prompts", str(empty), "--out", str(tmp_path / "r.jsonl")], capsys, "holds no prompts")

@@ -249,8 +249,10 @@ def test_bad_scale_and_window_arguments(tiny_pipe, gen):
     v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"])
     with pytest.raises(ValueError, match="one per image"):
         call(tiny_pipe, gen, steering=v, steering_scale=[1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="start <= end"):
+    with pytest.raises(ValueError, match="start < end"):
         call(tiny_pipe, gen, steering=v, steering_window=(0.9, 0.1))
+    with pytest.raises(ValueError, match=r"^steering_window must satisfy 0 <= start < end <= 1, got \(0.5, 0.5\)$"):
+        call(tiny_pipe, gen, steering=v, steering_window=(0.5, 0.5))  # an empty window would steer nothing, silently
     with pytest.raises(ValueError, match="steering_branch"):
         call(tiny_pipe, gen, steering=v, steering_branch="neg")
     with pytest.raises(ValueError, match="finite"):

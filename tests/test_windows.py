@@ -90,7 +90,7 @@ def test_directions_recording_different_windows_act_each_in_its_own(tiny_pipe, t
 def test_per_direction_windows_refuse_a_wrong_count_in_one_line(tiny_pipe, text_pair):
     with pytest.raises(ValueError, match=r"steering_window holds 3 window\(s\) for 2 direction\(s\)"):
         call(tiny_pipe, steering=list(text_pair), steering_window=[EARLY, LATE, EARLY])
-    with pytest.raises(ValueError, match="steering_window must satisfy 0 <= start <= end <= 1"):
+    with pytest.raises(ValueError, match="steering_window must satisfy 0 <= start < end <= 1"):
         call(tiny_pipe, steering=list(text_pair), steering_window=[EARLY, (0.7, 0.2)])
     with pytest.raises(ValueError, match="steering_window must be a pair"):
         SteeringConfig(window=[EARLY, None])
@@ -137,11 +137,13 @@ def test_recipes_record_each_directions_window(tiny_pipe, text_pair, tmp_path, c
     assert recipes["mixed"]["window"] == [list(EARLY), list(LATE)]
     assert recipes["given"]["window"] == [[0.0, 1.0], [0.2, 0.6]]
     assert recipes["one"]["window"] == [0.0, 1.0]
-    bad = batch.run([{**job, "steering_window": [[0.0, 1.0]] * 3}, {**job, "steering_window": [[0.0, 1.0], [0.6, 0.2]]}],
+    bad = batch.run([{**job, "steering_window": [[0.0, 1.0]] * 3}, {**job, "steering_window": [[0.0, 1.0], [0.6, 0.2]]},
+                     {**job, "steering_window": [0.5, 0.5]}],  # empty: would steer nothing
                     tiny_pipe, tmp_path / "bad", batch_size=1, model="tiny", progress=False)
-    assert [f["line"] for f in bad["failures"]] == [1, 2] and bad["written"] == 0
+    assert [f["line"] for f in bad["failures"]] == [1, 2, 3] and bad["written"] == 0
     assert bad["failures"][0]["reason"] == "steering_window holds 3 window(s) for 2 direction(s): give one [start, end] for all, or one per direction"
-    assert "steering_window must satisfy 0 <= start <= end <= 1" in bad["failures"][1]["reason"]
+    assert "steering_window must satisfy 0 <= start < end <= 1" in bad["failures"][1]["reason"]
+    assert bad["failures"][2]["reason"].endswith("steering_window must satisfy 0 <= start < end <= 1, got (0.5, 0.5)")
 
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)

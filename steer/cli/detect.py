@@ -48,8 +48,8 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
                    help="inline/early score: the paper's spikiness of the conditional branch, or cfg_distance "
                         "(distance between the guidance branches' activations; docs/detection.md)")
     p.add_argument("--inline-layers", dest="inline_layers", nargs="+", default=None)
-    p.add_argument("--inline-window", dest="inline_window", nargs=2, type=float, default=list(DEFAULT_INLINE_WINDOW),
-                   metavar=("START", "END"), help="fraction of the denoising steps the inline score averages")
+    p.add_argument("--inline-window", dest="inline_window", nargs="+", default=list(DEFAULT_INLINE_WINDOW), metavar="START,END",
+                   help="fraction of the denoising steps the inline score averages (START,END as --window elsewhere, or START END)")
     p.add_argument("--num-images-per-prompt", type=bounded_int(1, MAX_IMAGES), default=1)
     p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=25)
     p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=7.5)

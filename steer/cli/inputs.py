@@ -105,9 +105,14 @@ def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
         raise CLIError(f"{flag} {path}: {found[0]} is {found[1]}, not a folder")
 
 
-def check_window(values: Sequence[float], flag: str) -> tuple[float, float]:
-    """Two fractions of the run with ``0 <= start < end <= 1``."""
-    start, end = (float(v) for v in values)
+def check_window(values: Sequence[float | str], flag: str) -> tuple[float, float]:
+    """Two fractions of the run with ``0 <= start < end <= 1``, given as two values or as one ``start,end`` (the form
+    the other commands' ``--window`` take)."""
+    parts = [x for v in values for x in (v.split(",") if isinstance(v, str) else [v]) if not (isinstance(x, str) and not x.strip())]
+    try:
+        start, end = (float(v) for v in parts)
+    except (TypeError, ValueError):
+        raise CLIError(f"{flag} needs START,END (or START END): two fractions of the run, got {' '.join(map(str, values))}") from None
     if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end <= 1.0):
         raise CLIError(f"{flag} needs 0 <= START < END <= 1, got {start:g} {end:g}")
     return start, end

@@ -94,7 +94,7 @@ class StaticSteeringSites:
 
         return hook
 
-    def reader_deltas_of(self, session: SteeringSession) -> list[tuple[list[str] | None, LayerPlan]]:
+    def reader_groups_of(self, session: SteeringSession) -> list[tuple[list[str] | None, LayerPlan]]:
         """The text site's groups of ``session`` with the cross-attentions each is read by (None: the denoiser's
         input). ValueError in one line when this compiled denoiser cannot apply them: a route with no reader sites
         (the text site was not compiled with the readers)."""
@@ -120,8 +120,8 @@ class StaticSteeringSites:
 
     def activate(self, session: SteeringSession) -> None:
         """Drive the sites from ``session`` for the calls that follow (until `deactivate`). ValueError in one line,
-        before any sampling, when this compiled denoiser cannot apply it (`reader_deltas_of`)."""
-        groups = self.reader_deltas_of(session)
+        before any sampling, when this compiled denoiser cannot apply it (`reader_groups_of`)."""
+        groups = self.reader_groups_of(session)
         routed = [m for modules, _ in groups if modules is not None for m in modules]
         # a delta per reader cannot compose two routes on one cross-attention (norms are preserved at each): those
         # calls, like removing ones, steer the tokens before the graph
