@@ -303,8 +303,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CASteer's recipe: per-step pos - neg differences of the cross-attention outputs along paired trajectories.
     "casteer": {"method": "mean_diff", "mode": "trajectory", "layers": "attn2", "calibrate": True, "window": (0.0, 1.0)},
     # The default: the text tokens the cross-attentions read, steered per CFG half, calibrated, over the window the
-    # calibration chooses ("choose_window": the first half of the run, where layout and colour are decided, or the
-    # whole run where the late steps carry the attribute too; (0, 0.5) where nothing is calibrated), read by the
+    # calibration chooses ("choose_window": the first half or the whole run; (0, 0.5) uncalibrated), read by the
     # layout blocks only where the model's own prompt edit moves the layout (readers="auto").
     "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5), "readers": "auto",
              "choose_window": True},
@@ -439,8 +438,6 @@ def learn_direction(
     if auto_window and not calibrate:
         raise ValueError("window='auto' chooses the window by calibration: it needs positive and negative prompts with calibration on (the text and casteer presets)")
     window = check_window(AUTO_WINDOWS[0] if auto_window else window if window is not None else chosen["window"], "window")
-    if window[0] == window[1]:
-        raise ValueError(f"window must be a non-empty share of the run, got {window}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if mode not in MODES:
