@@ -260,8 +260,10 @@ def _choose_route(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dic
     return {"structure": structure, "readers": readers}, {**steering, "steering_readers": readers}
 
 
-def _calibration(grid: list[float], distances: list[float], rows: int, window, route) -> Calibration:
-    """A window's result from its relative distances (unsteered first, 1.0)."""
+def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start: float, rows: int, window, route) -> Calibration:
+    """A window's result from its steered samples ``z`` (grid, samples, features) against the positives' own ``z_pos``,
+    relative to the unsteered distance ``start``."""
+    distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in z)]
     best, distance = curve_minimum([0.0, *grid], distances)
     converged = best > 0
     if not converged:  # no strength brings the open samples closer to the positives' own samples
@@ -299,10 +301,9 @@ def _sweeps(
         if start is None:
             start = float((z[0] - z_pos).norm(dim=1).mean().clamp_min(1e-6))
             z = z[1:]
-        distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in z)]
         # the positives' and the unsteered open samples count once (with the first window)
         sets = len(strengths) + (0 if results else 1 + (1 if choose_route else 0))
-        results.append(_calibration(grid, distances, sets * rows_per_set, window, route))
+        results.append(_calibration(grid, z, z_pos, start, sets * rows_per_set, window, route))
     return results
 
 
@@ -336,10 +337,9 @@ def _branched_sweeps(
     head_rows, tail_rows = len(grid) * branch * row_steps, len(grid) * (num_inference_steps - branch) * row_steps
     results = []
     for i, window in enumerate(windows):
-        distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in tail[i])]
         # the positives', the unsteered open and the shared first-part samples count with the first window
         rows = tail_rows + (2 * num_inference_steps * row_steps + head_rows if i == 0 else 0)
-        results.append(_calibration(grid, distances, rows, window, route))
+        results.append(_calibration(grid, tail[i], z_pos, start, rows, window, route))
         results[-1].branched_at = branch
     return results
 
