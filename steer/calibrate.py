@@ -203,10 +203,10 @@ def calibrate_windows(
 
     The positives' and the unsteered open samples are drawn once and shared. Two windows that start together, the
     second running to the end of the run, share more: at each strength both runs are the same until the first window
-    ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact for DDIM and
-    flow-matching Euler, other schedulers sample each window whole). The chosen window is the one whose best relative
-    distance is smallest among those that converged (the first window when none did): where the direction best
-    reproduces the model's own prompt edit.
+    ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact for DDIM, Euler
+    discrete and flow-matching Euler; multistep solvers sample each window whole). The chosen window is the one whose
+    best relative distance is smallest among those that converged (the first window when none did): where the
+    direction best reproduces the model's own prompt edit.
 
     Args:
         windows: the candidate ``(start, end)`` shares of the run, in order of preference on a tie.

@@ -5,10 +5,12 @@ over the whole run. At the same strength both runs are identical up to the step 
 that first part is sampled once (`partial_pipeline` with ``(0, k)``) and both continuations start from its latents
 (``(k, n)``): one unsteered, one still steered (`steer.calibrate.calibrate_windows`).
 
-That is exact only for samplers whose step depends on nothing but the latents and the current timestep, with no
-noise drawn and no history of earlier steps: DDIM with ``eta=0`` and the flow-matching Euler scheduler without
-stochastic sampling (`resumable`). Other schedulers (Euler discrete scales the starting latents by its first sigma,
-multistep solvers keep earlier model outputs) are not split; their callers run every candidate whole.
+That is exact only for samplers whose step depends on nothing but the latents and the current step of the schedule,
+with no noise drawn and no history of earlier steps (`resumable`): DDIM with ``eta=0``, the flow-matching Euler
+scheduler without stochastic sampling (SD3, Flux) and Euler discrete (SDXL's default; its pipelines draw no churn
+noise). A resumed Euler discrete run starts from latents already at their step's noise level, so they are not scaled
+by the schedule's first sigma again. Multistep solvers (DPM-Solver, UniPC) keep earlier model outputs and order
+their last steps by the schedule's length; they are not split, and their callers run every candidate whole.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import copy
 import functools
 from typing import Any
 
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
 
 def resumable(scheduler: Any, **call_kwargs: Any) -> bool:
@@ -26,22 +28,33 @@ def resumable(scheduler: Any, **call_kwargs: Any) -> bool:
         return float(call_kwargs.get("eta", 0.0) or 0.0) == 0.0
     if type(scheduler) is FlowMatchEulerDiscreteScheduler:
         return not scheduler.config.get("stochastic_sampling", False)
-    return False
+    # Euler discrete draws noise only with churn (``s_churn`` of its ``step``, which the pipelines leave at 0)
+    return type(scheduler) is EulerDiscreteScheduler
 
 
 def _span_class(cls: type) -> type:
     """``cls`` whose ``set_timesteps`` keeps only steps ``[first, stop)`` of the schedule (``self.span``); the step
-    sizes still come from the whole schedule. Its signature is the original's (pipelines inspect it for ``sigmas=``)."""
+    sizes still come from the whole schedule. Its signature is the original's (pipelines inspect it for ``sigmas=``).
+    Euler discrete: a run that starts after step 0 takes its latents as they are (``init_noise_sigma`` 1)."""
 
     @functools.wraps(cls.set_timesteps)
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         cls.set_timesteps(self, *args, **kwargs)
         first, stop = self.span
         self.timesteps = self.timesteps[first:stop]
-        if isinstance(self, FlowMatchEulerDiscreteScheduler):  # sigma i and i + 1 make step i
+        if isinstance(self, FlowMatchEulerDiscreteScheduler | EulerDiscreteScheduler):  # sigma i and i + 1 make step i
             self.sigmas = self.sigmas[first : stop + 1]
 
-    return type(f"Span{cls.__name__}", (cls,), {"set_timesteps": set_timesteps})
+    members: dict[str, Any] = {"set_timesteps": set_timesteps}
+    if issubclass(cls, EulerDiscreteScheduler):
+        base_sigma = cls.init_noise_sigma
+
+        def init_noise_sigma(self) -> Any:
+            # the pipelines scale given latents by it: the first step's noise level, already in resumed latents
+            return base_sigma.fget(self) if self.span[0] == 0 else 1.0
+
+        members["init_noise_sigma"] = property(init_noise_sigma)
+    return type(f"Span{cls.__name__}", (cls,), members)
 
 
 def partial_pipeline(pipe: Any, first: int, stop: int) -> Any:

@@ -159,9 +159,10 @@ def test_learn_then_steer_changes_the_output_with_the_default_text_preset(xl, ge
 def test_learn_with_calibration(xl, gen):
     v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, num_samples=2, num_inference_steps=2, calibration_samples=2, progress=False)
     cal = v.metadata["calibration"]
-    # the window choice (the default) on Euler discrete, which cannot resume mid-run: both windows sampled whole
-    assert v.metadata["window_choice"]["chosen"] == v.metadata["recommended"]["window"] and "branched_at" not in cal
-    assert cal["strength"] > 0 and cal["unet_rows"] == (2 + 2 * len(cal["grid"])) * 2 * 2 * 2  # samples x steps x CFG rows
+    # the window choice (the default) on Euler discrete, which resumes mid-run: the windows share the first step
+    assert v.metadata["window_choice"]["chosen"] == v.metadata["recommended"]["window"] and cal["branched_at"] == 1
+    grid = len(cal["grid"])  # positives and open samples, 2 steps; the grid's first step once, its second twice
+    assert cal["strength"] > 0 and cal["unet_rows"] == (2 * 2 + grid + 2 * grid) * 2 * 2  # x samples x CFG rows
     assert not np.array_equal(run(xl, gen, "a bag", num_inference_steps=2, steering=v), run(xl, gen, "a bag", num_inference_steps=2))
 
 

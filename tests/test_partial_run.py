@@ -10,6 +10,7 @@ import torch
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
 )
@@ -21,6 +22,7 @@ from steer.partial_run import partial_pipeline, resumable
 from steer.testing import random_vector, tiny_pipeline
 from steer.testing.flux import tiny_flux_pipeline
 from steer.testing.sd3 import tiny_sd3_pipeline
+from steer.testing.sdxl import tiny_sdxl_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -32,9 +34,20 @@ def _latents(pipe, steps: int, **call):
     return pipe(PROMPTS, generator=gens, num_inference_steps=steps, guidance_scale=5.0, output_type="latent", **call).images
 
 
-@pytest.mark.parametrize("family", ["sd", "sd3", "flux"])  # DDIM; flow-matching Euler (Flux: packed latents)
+def _sdxl_karras(seed: int):
+    pipe = tiny_sdxl_pipeline(seed=seed)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=True, timestep_spacing="trailing")
+    return pipe
+
+
+FAMILIES = {"sd": tiny_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline, "sdxl": tiny_sdxl_pipeline, "sdxl-karras": _sdxl_karras}
+
+
+# DDIM; flow-matching Euler (Flux: packed latents); Euler discrete, "leading" spacing (the resumed latents must not be
+# scaled by the first sigma again) and Karras sigmas with "trailing" spacing
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_run_cut_after_its_window_and_resumed_equals_the_whole_run(family):
-    pipe = {"sd": tiny_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}[family](seed=0)
+    pipe = FAMILIES[family](seed=0)
     v = random_vector(pipe, [CONTEXT_SITE], seed=1, scale=0.5)
     schedule = pipe.scheduler.timesteps.clone()
     steer = dict(steering=v, steering_scale=[0.0, 1.0])
@@ -46,7 +59,7 @@ def test_a_run_cut_after_its_window_and_resumed_equals_the_whole_run(family):
     torch.testing.assert_close(early, whole_early, rtol=0, atol=1e-5)
     torch.testing.assert_close(late, whole_run, rtol=0, atol=1e-5)
     assert (whole_early[1] - whole_run[1]).abs().max() > 1e-3, "the two windows differ: the comparison means something"
-    assert type(pipe.scheduler) in (DDIMScheduler, FlowMatchEulerDiscreteScheduler), "the pipeline's own scheduler is untouched"
+    assert type(pipe.scheduler) in (DDIMScheduler, FlowMatchEulerDiscreteScheduler, EulerDiscreteScheduler), "the pipeline's own scheduler is untouched"
     assert torch.equal(pipe.scheduler.timesteps, schedule), "the partial calls left the pipeline's schedule as it was"
 
 
@@ -55,10 +68,11 @@ def test_only_exactly_resumable_schedulers_are_cut():
     assert resumable(ddim) and resumable(ddim, eta=0.0) and not resumable(ddim, eta=0.5)  # eta > 0 draws noise each step
     assert resumable(FlowMatchEulerDiscreteScheduler())
     assert not resumable(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
-    assert not resumable(EulerDiscreteScheduler()) and not resumable(DPMSolverMultistepScheduler())  # sigma scaling, history
+    assert resumable(EulerDiscreteScheduler())  # no churn noise in the pipelines' calls
+    assert not resumable(EulerAncestralDiscreteScheduler()) and not resumable(DPMSolverMultistepScheduler())  # noise, history
     pipe = tiny_pipeline(seed=0)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(ValueError, match="^EulerDiscreteScheduler runs cannot be cut and resumed exactly$"):
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="^DPMSolverMultistepScheduler runs cannot be cut and resumed exactly$"):
         partial_pipeline(pipe, 0, 2)
 
 
@@ -81,9 +95,11 @@ def _choose(pipe, branched: bool, steps: int = 4):
     return chosen, results, rows[0]
 
 
-def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(tiny_pipe):
-    chosen, shared, rows = _choose(tiny_pipe, branched=True)
-    chosen_apart, apart, rows_apart = _choose(tiny_pipe, branched=False)
+@pytest.mark.parametrize("family", ["sd", "sdxl"])  # DDIM, Euler discrete
+def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(family):
+    pipe = FAMILIES[family](seed=0)
+    chosen, shared, rows = _choose(pipe, branched=True)
+    chosen_apart, apart, rows_apart = _choose(pipe, branched=False)
     assert chosen == chosen_apart and [r.grid for r in shared] == [list(WINDOW_CHOICE_GRID)] * 2
     for a, b in zip(shared, apart, strict=True):
         assert a.distances == pytest.approx(b.distances, abs=1e-5) and a.strength == pytest.approx(b.strength, abs=1e-5)
