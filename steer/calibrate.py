@@ -116,10 +116,33 @@ def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
 
 
-def sample_latents(pipe, prompts: Sequence[str], seeds: Sequence[int], flat: bool = True, raw: bool = False, **call_kwargs: Any) -> torch.Tensor:
+def sample_latents(
+    pipe, prompts: Sequence[str], seeds: Sequence[int], flat: bool = True, raw: bool = False, batch_size: int | None = None, **call_kwargs: Any
+) -> torch.Tensor:
     """Final latents of ``pipe(prompts)``, one seed per prompt, as float32 on the CPU (``flat``: one row each; ``raw``:
-    as the pipeline returned them, to start another call from)."""
-    out = pipe(list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs).images
+    as the pipeline returned them, to start another call from).
+
+    ``batch_size``: at most this many images per pipeline call (None: one call), which bounds the memory a calibration
+    needs. Each image has its own seeded generator, so the split draws the same noise. A ``steering_scale`` sequence and
+    a ``latents`` tensor then hold one entry per image and are split with the prompts."""
+    n = len(prompts)
+    if len(seeds) != n:
+        raise ValueError(f"sample_latents: {len(seeds)} seeds for {n} prompts")
+    size = n if not batch_size else max(1, int(batch_size))
+    per_row = {}
+    if size < n:
+        for key in ("steering_scale", "latents"):
+            value = call_kwargs.get(key)
+            if value is None or isinstance(value, int | float):
+                continue
+            if len(value) != n:
+                raise ValueError(f"sample_latents: {key} must hold one entry per image ({n}) to be split into batches, got {len(value)}")
+            per_row[key] = value
+    parts = []
+    for i in range(0, n, size):
+        chunk = {**call_kwargs, **{k: v[i : i + size] for k, v in per_row.items()}}
+        parts.append(pipe(list(prompts[i : i + size]), generator=seeded_generators(pipe, seeds[i : i + size]), output_type="latent", **chunk).images)
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
     if raw:
         return out
     out = out.float().cpu()
@@ -161,6 +184,7 @@ def calibrate(
     num_inference_steps: int = 12,
     guidance_scale: float = 7.5,
     choose_route: bool = False,
+    batch_size: int | None = 8,
     **steering: Any,
 ) -> Calibration:
     """Choose the strength at which ``vector`` (unit strength per step bucket) carries open samples to the positives.
@@ -175,10 +199,13 @@ def calibrate(
         num_inference_steps / guidance_scale: sampling settings of the calibration runs.
         choose_route: choose ``steering_readers`` from the model's own prompt edit before the sweep (UNet denoisers;
             module docstring); the result's ``route`` records it.
+        batch_size: at most this many images per sampling call (None: each sample set in one call); the result is
+            the same (each image has its own seed), only the memory and the speed change.
         **steering: ``steering_*`` options passed to every steered call; other pipeline call options (``height=``,
             ``use_resolution_binning=``...) go to every call.
     """
-    results = _sweeps(pipe, vector, positive, negative, [None], num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route)
+    results = _sweeps(pipe, vector, positive, negative, [None], num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route,
+                      batch_size=batch_size)
     _warn(results[0])
     return results[0]
 
@@ -197,6 +224,7 @@ def calibrate_windows(
     num_inference_steps: int = 12,
     guidance_scale: float = 7.5,
     choose_route: bool = False,
+    batch_size: int | None = 8,
     **steering: Any,
 ) -> tuple[int, list[Calibration]]:
     """`calibrate` over each of several windows, and the one where the direction comes closest to the positives.
@@ -222,7 +250,7 @@ def calibrate_windows(
     windows = [tuple(float(x) for x in w) for w in windows]
     args = (pipe, vector, positive, negative, windows, num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route)
     branch = branch_step(pipe, windows, num_inference_steps, **steering)
-    results = _branched_sweeps(*args, branch) if branch is not None else _sweeps(*args)
+    results = _branched_sweeps(*args, branch, batch_size=batch_size) if branch is not None else _sweeps(*args, batch_size=batch_size)
     converged = [i for i, r in enumerate(results) if r.converged] or [0]
     chosen = min(converged, key=lambda i: results[i].distance)
     results[chosen].unet_rows = sum(r.unet_rows for r in results)
@@ -275,19 +303,19 @@ def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start:
 def _sweeps(
     pipe, vector, positive: Sequence[str], negative: Sequence[str], windows: list[tuple[float, float] | None],
     num_samples: int, grid: Sequence[float], seed: int, num_inference_steps: int, guidance_scale: float, steering: dict[str, Any],
-    choose_route: bool = False,
+    choose_route: bool = False, batch_size: int | None = None,
 ) -> list[Calibration]:
     """One calibration per window (None: the vector's own), sharing the positives' and the unsteered open samples."""
     grid = check_grid(grid)
     seeds, pos, neg, kw, steering = _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering)
     rows_per_set = num_samples * num_inference_steps * rows_per_sample(pipe, **kw)
-    z_pos = sample_latents(pipe, pos, seeds, flat=False, **kw)
+    z_pos = sample_latents(pipe, pos, seeds, flat=False, batch_size=batch_size, **kw)
     # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
     # batched call per window
     opened = open_prompts(pos, neg)
     start, results, route = None, [], None
     if choose_route:  # the unsteered open samples first: the route is chosen from the model's own prompt edit
-        z_open = sample_latents(pipe, opened, seeds, flat=False, **kw)
+        z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
         route, steering = _choose_route(pipe, z_pos, z_open, steering)
         start = float((z_open.flatten(1) - z_pos.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
     z_pos = z_pos.flatten(1)
@@ -295,7 +323,7 @@ def _sweeps(
         strengths = [*([0.0] if start is None else []), *grid]
         rows = [(p, s, g) for g in strengths for p, s in zip(opened, seeds, strict=True)]
         in_window = {} if window is None else {"steering_window": window}
-        z = sample_latents(pipe, [p for p, _, _ in rows], [s for _, s, _ in rows], steering=vector,
+        z = sample_latents(pipe, [p for p, _, _ in rows], [s for _, s, _ in rows], batch_size=batch_size, steering=vector,
                            steering_scale=[g for _, _, g in rows], **kw, **steering, **in_window)
         z = z.reshape(len(strengths), num_samples, -1)
         if start is None:
@@ -310,7 +338,7 @@ def _sweeps(
 def _branched_sweeps(
     pipe, vector, positive: Sequence[str], negative: Sequence[str], windows: list[tuple[float, float]],
     num_samples: int, grid: Sequence[float], seed: int, num_inference_steps: int, guidance_scale: float, steering: dict[str, Any],
-    choose_route: bool, branch: int,
+    choose_route: bool, branch: int, batch_size: int | None = None,
 ) -> list[Calibration]:
     """`_sweeps` for an early window ``(0, e)`` and the whole run, split at ``branch`` (the early window's end): the
     grid is sampled steered over steps ``[0, branch)`` once, then continued twice from those latents in one call,
@@ -318,9 +346,9 @@ def _branched_sweeps(
     grid = check_grid(grid)
     seeds, pos, neg, kw, steering = _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering)
     row_steps = num_samples * rows_per_sample(pipe, **kw)  # denoiser rows per sample set and step
-    z_pos = sample_latents(pipe, pos, seeds, flat=False, **kw)
+    z_pos = sample_latents(pipe, pos, seeds, flat=False, batch_size=batch_size, **kw)
     opened = open_prompts(pos, neg)
-    z_open = sample_latents(pipe, opened, seeds, flat=False, **kw)
+    z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
     route = None
     if choose_route:
         route, steering = _choose_route(pipe, z_pos, z_open, steering)
@@ -329,9 +357,9 @@ def _branched_sweeps(
     prompts = [p for _ in grid for p in opened]
     row_seeds = [s for _ in grid for s in seeds]
     scales = [g for g in grid for _ in seeds]
-    head = sample_latents(partial_pipeline(pipe, 0, branch), prompts, row_seeds, flat=False, raw=True, steering=vector,
+    head = sample_latents(partial_pipeline(pipe, 0, branch), prompts, row_seeds, flat=False, raw=True, batch_size=batch_size, steering=vector,
                           steering_scale=scales, steering_window=(0.0, 1.0), **kw, **steering)
-    tail = sample_latents(partial_pipeline(pipe, branch, num_inference_steps), prompts * 2, row_seeds * 2, latents=torch.cat([head, head]),
+    tail = sample_latents(partial_pipeline(pipe, branch, num_inference_steps), prompts * 2, row_seeds * 2, batch_size=batch_size, latents=torch.cat([head, head]),
                           steering=vector, steering_scale=[0.0] * len(scales) + scales, steering_window=(0.0, 1.0), **kw, **steering)
     tail = tail.reshape(2, len(grid), num_samples, -1)
     head_rows, tail_rows = len(grid) * branch * row_steps, len(grid) * (num_inference_steps - branch) * row_steps

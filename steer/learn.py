@@ -40,6 +40,7 @@ from steer.denoisers import (
 )
 from steer.engine import ActivationRecorder, step_bucket
 from steer.text_tokens import encode_text, reference_level, shared_lead
+from steer.validation import check_int
 from steer.vectors import SteeringVector, unet_fingerprint
 
 Method = Literal["mean", "mean_diff", "pca"]
@@ -406,8 +407,10 @@ def learn_direction(
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
         calibration_grid: the strengths the calibration tries, ascending (default `steer.calibrate.DEFAULT_GRID`).
-        seed, name, progress, batch_size, num_inference_steps, guidance_scale, timestep, image_prompts,
-            capture_window: as their names say; ``call_kwargs`` go to the sampling calls.
+        batch_size: at most this many images per sampling or encoding call, in learning and calibration alike (it
+            bounds the memory: lower it when a large model runs out of it); every image has its own seed.
+        seed, name, progress, num_inference_steps, guidance_scale, timestep, image_prompts, capture_window: as their
+            names say; ``call_kwargs`` go to the sampling calls.
     """
     unet = denoiser_of(pipe)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
@@ -490,6 +493,15 @@ def learn_direction(
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
+    for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096),
+                               ("calibration_samples", calibration_samples, 4096), ("num_inference_steps", num_inference_steps, 10_000)):
+        check_int(value, label, 1, high, optional=False)
+    steered = sorted(k for k in call_kwargs if k.startswith("steering"))
+    if steered:  # the learning and calibration calls set their own steering; one passed here would clash with it
+        raise ValueError(
+            f"learn_direction does not take {', '.join(steered)}: it steers its own calibration runs (choose where a "
+            "direction acts with window=, readers= and layers=)"
+        )
 
     sample_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
     sets: list[dict[str, torch.Tensor]] = []
@@ -571,7 +583,7 @@ def learn_direction(
         return unit
     calibration_args = (pipe, unit, [str(p) for p in pos_items], [str(p) for p in neg_items])
     calibration_kwargs = dict(num_samples=calibration_samples, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                              choose_route=auto_readers, **({"grid": calibration_grid} if calibration_grid is not None else {}), **call_kwargs)
+                              choose_route=auto_readers, batch_size=batch_size, **({"grid": calibration_grid} if calibration_grid is not None else {}), **call_kwargs)
     if auto_window:
         index, tried = calibrate_windows(*calibration_args, AUTO_WINDOWS, **calibration_kwargs)
         result = tried[index]

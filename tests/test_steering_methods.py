@@ -210,7 +210,8 @@ def test_learning_window_is_recorded_and_used_by_the_calibration(tiny_pipe, gen)
             v = tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", window=(0.0, 1.0), num_inference_steps=2, calibration_samples=2, progress=False)
     finally:
         tiny_pipe.__class__.__call__ = original
-    assert v.metadata["recommended"]["window"] == [0.0, 1.0] and windows == [(0.0, 1.0)]
+    # the sweep's 14 images (unsteered + 6 strengths, 2 seeds) in calls of batch_size (8) images, all over the window
+    assert v.metadata["recommended"]["window"] == [0.0, 1.0] and windows == [(0.0, 1.0)] * 2
     for bad in ((0.5, 0.5), (-0.1, 0.5), (0.2, 1.5), (0.1,)):
         with pytest.raises(ValueError, match="^window must"):
             tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", window=bad, calibrate=False)
@@ -245,7 +246,8 @@ def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_c
         handle.remove()
     choice, cal, rec = auto.metadata["window_choice"], auto.metadata["calibration"], auto.metadata["recommended"]
     assert [tuple(w) for w in AUTO_WINDOWS] == [tuple(w) for w in choice["windows"]]
-    assert windows == [(0.0, 1.0), (0.0, 1.0)], "steered: the shared first part, then both continuations in one call"
+    # steered: the shared first part (4 strengths x 2 seeds), then both continuations (16 images, in calls of 8)
+    assert windows == [(0.0, 1.0)] * 3
     # 2 samples x 2 CFG rows: positives and unsteered open samples over both steps, the 4 grid strengths over the
     # first step once (both windows steer it), then over the second twice (unsteered: the first window; steered: the
     # second): 8 sets, as many rows as a plain call
@@ -430,3 +432,45 @@ def test_learned_text_directions_leave_the_shared_start_token_alone(tiny_pipe, g
     greedy = SteeringVector(red.directions, {**red.metadata, "fixed_tokens": {CONTEXT_SITE: length}})
     with pytest.raises(ValueError, match=f"first {length} token positions alone, but this call has only {length} tokens"):
         call(tiny_pipe, gen, steering=greedy, steering_scale=1.0)
+
+
+def test_batch_size_bounds_every_learning_and_calibration_call_and_leaves_the_result(tiny_pipe):
+    """``batch_size`` caps the images per call in the calibration too (its sweeps batch up to 16 images at these
+    settings), so a large model that runs out of memory can learn with a smaller one; each image keeps its seed."""
+    widest, learned = {}, {}
+    for size in (None, 2):
+        rows: list[int] = []
+        handle = tiny_pipe.unet.register_forward_pre_hook(lambda m, a, rows=rows: rows.append(a[0].shape[0]))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # random weights: calibration may not converge
+                learned[size] = tiny_pipe.learn_direction(["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"], num_inference_steps=2,
+                                                          calibration_samples=2, batch_size=size or 64, progress=False)
+        finally:
+            handle.remove()
+        widest[size] = max(rows)
+    assert widest == {None: 16 * 2, 2: 2 * 2}, "2 images per call: 4 UNet rows with CFG"
+    a, b = learned[None].metadata["calibration"], learned[2].metadata["calibration"]
+    assert b["distances"] == pytest.approx(a["distances"], rel=1e-5) and b["strength"] == pytest.approx(a["strength"], rel=1e-5)
+    assert b["unet_rows"] == a["unet_rows"]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"batch_size": 0}, "^batch_size must be between 1 and 4096, got 0$"),
+        ({"calibration_samples": 1.5}, "^calibration_samples must be an integer, got a number$"),
+        ({"num_inference_steps": -2}, "^num_inference_steps must be between 1 and 10000, got -2$"),
+        ({"steering_window": (0.0, 1.0)}, r"^learn_direction does not take steering_window: it steers its own calibration runs"),
+        ({"steering": None, "steering_scale": 2.0}, r"^learn_direction does not take steering, steering_scale: "),
+    ],
+)
+def test_learning_options_are_checked_before_any_sampling(tiny_pipe, option, message):
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=message):
+            tiny_pipe.learn_direction("a blue sneaker", "a sneaker", progress=False, **option)
+    finally:
+        handle.remove()
+    assert calls == []

@@ -31,20 +31,30 @@ def learned(pipe, colour: str) -> SteeringVector:
                                     calibration_samples=2, progress=False)
 
 
-def test_fit_samples_the_rewritten_prompts_and_counts_its_cost(tiny_pipe):
-    blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+def fit_counting_rows(pipe, blue, red, shared: bool = True, steps: int = 2, **kw):
+    """`fit_take_away` and the UNet batch rows it ran (``shared=False``: each window sampled whole)."""
     rows = []
-    handle = tiny_pipe.unet.register_forward_pre_hook(lambda _m, a: rows.append(a[0].shape[0]))
+    handle = pipe.unet.register_forward_pre_hook(lambda _m, a: rows.append(a[0].shape[0]))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # random weights: the fit may not converge
-            fit = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2)
+            if not shared:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr("steer.take_away.branch_step", lambda *a, **k: None)
+                    return pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=steps, **kw), sum(rows)
+            return pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=steps, **kw), sum(rows)
     finally:
         handle.remove()
+
+
+def test_fit_samples_the_rewritten_prompts_and_counts_its_cost(tiny_pipe):
+    blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+    fit, rows = fit_counting_rows(tiny_pipe, blue, red)
     assert fit.prompts == [("a red sneaker", "a blue sneaker"), ("a red bag", "a blue bag")]
     assert fit.window in {(0.0, 0.5), (0.0, 1.0)} and set(fit.distances) == {"0,0.5", "0,1"}
     assert all(len(curve) == 2 for curve in fit.distances.values()) and 0.5 <= fit.strength <= 1.0
-    assert sum(rows) == fit.unet_rows == (2 + 2 * 2) * 2 * 2 * 2
+    # DDIM: the sources and targets whole; the grid's first step once, continued twice (each window whole: 2 x 2 sets)
+    assert rows == fit.unet_rows == (2 * 2 + 2 * 1 + 2 * 2 * 1) * 2 * 2
     assert fit.to_dict()["window"] == list(fit.window)
     assert fit.options() == {"steering_scale": [fit.strength, -min(fit.strength, 1.0)], "steering_negative": "remove", "steering_window": fit.window}
 
@@ -86,6 +96,7 @@ def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_no
         return torch.tensor([[reach[f"{w[0]:g},{w[1]:g}"] * row[0]] for row in kw["steering_scale"]])
 
     monkeypatch.setattr("steer.take_away.sample_latents", fake_latents)
+    monkeypatch.setattr("steer.take_away.branch_step", lambda *a, **k: None)  # no pipeline here: each window whole
     from steer.take_away import fit_take_away
 
     with warnings.catch_warnings(record=True) as caught:
@@ -98,3 +109,43 @@ def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_no
         assert fit.advice() is None and said == []
     else:
         assert advice in fit.advice() and said == [fit.advice()]
+
+
+@pytest.mark.parametrize("removal", ["recorded", "window"])  # the learned directions' (to the end), the call's window
+def test_the_windows_share_their_first_half_and_fit_as_when_sampled_whole(tiny_pipe, removal):
+    blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+    assert red.metadata["recommended"]["removal_window"][1] == 1.0, "learned take-aways remove to the end of the run"
+    if removal == "window":  # directions that record no removal window: the removal follows each candidate window
+        for v in (blue, red):
+            v.metadata["recommended"].pop("removal_window")
+    shared, rows = fit_counting_rows(tiny_pipe, blue, red, steps=4)
+    whole, rows_whole = fit_counting_rows(tiny_pipe, blue, red, shared=False, steps=4)
+    for key in ("0,0.5", "0,1"):
+        assert shared.distances[key] == pytest.approx(whole.distances[key], abs=1e-5)
+    assert shared.strength == pytest.approx(whole.strength, abs=1e-5) and shared.window == whole.window
+    assert abs(shared.distances["0,0.5"][1] - shared.distances["0,1"][1]) > 1e-4, "the two windows differ: the check means something"
+    assert (rows, rows_whole) == (shared.unet_rows, whole.unet_rows) == ((2 * 4 + 2 * 2 + 2 * 2 * 2) * 4, (2 + 2 * 2) * 4 * 4)
+
+
+def test_fit_splits_its_calls_by_batch_size_with_the_same_result(tiny_pipe):
+    blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda _m, a: calls.append(a[0].shape[0]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            one = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, batch_size=None)
+            widest = max(calls)
+            calls.clear()
+            split = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, batch_size=1)
+    finally:
+        handle.remove()
+    assert widest == 2 * 2 * 2 * 2 and max(calls) == 2, "one image (2 CFG rows) per call"  # the tail: 2 x grid x samples
+    for key in one.distances:
+        assert split.distances[key] == pytest.approx(one.distances[key], rel=1e-5)  # batch-size-dependent kernels: ~1e-6
+
+
+def test_fit_refuses_the_options_it_sets_itself(tiny_pipe):
+    blue, red = prompt_vector("blue"), prompt_vector("red")
+    with pytest.raises(ValueError, match=r"^fit_take_away sets steering_window itself \(the candidate windows are windows=\)$"):
+        tiny_pipe.fit_take_away(blue, red, steering_window=(0.0, 1.0))

@@ -444,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the preset's (text; trajectory for casteer; reference = generate + re-encode, the paper's)")
     p.add_argument("--layers", nargs="+", default=None)
     p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=16)
-    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8)
+    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8,
+                   help="images per sampling call, calibration included (lower it if the model runs out of memory)")
     p.add_argument("--steps", type=STEPS, default=20)
     p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
     p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
