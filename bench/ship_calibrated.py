@@ -155,7 +155,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     lines = [
         f"# Bundled directions ({'demo model' if args.model is None else model})",
         "",
-        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run, split CFG branch, token-norm units "
+        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run or the whole run, whichever the calibration finds closer to the positive prompts' own samples, split CFG branch, token-norm units "
         "with norm preservation, read by the layout blocks where the model's own prompt edit moves the layout, classifier-free calibration; "
         "`steering_scale=1.0` is the full edit) from the prompts of "
         "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "

@@ -25,7 +25,9 @@ def pipe4x():
 def test_a_model_folders_own_directions_come_first_else_the_demo_models(tmp_path):
     own = bundled_directions(DEMO_4X)
     assert directions_dir(DEMO_4X) == DEMO_4X / "directions"
-    assert set(own) >= {"to_cyan", "to_coat", "to_purple"} and all(p.parent == DEMO_4X / "directions" for p in own.values())
+    assert set(own) >= {"to_cyan", "to_purple", "to_orange"} and all(p.parent == DEMO_4X / "directions" for p in own.values())
+    # only what passed on both of its seed sets ships for it: its coat passes on one, the demo model's on both
+    assert "to_coat" not in own and "to_coat" in bundled_directions()
     # the demo model, no model, a folder without directions and a Hub id all get assets/directions
     for model in (None, DEFAULT_MODEL, str(tmp_path), "someone/some-model"):
         assert directions_dir(model) == DIRECTIONS_DIR and bundled_directions(model) == bundled_directions()
@@ -80,7 +82,9 @@ def test_the_4x_models_to_cyan_recolours_open_prompts(pipe4x):
 
     (ref_cls, ref_col), (_, half), (cls, col) = sample(0.0), sample(0.5), sample(1.0)
     rate = [(c == C.index("cyan")).mean() for c in (ref_col, half, col)]
-    assert rate[0] <= 0.34 and rate[0] <= rate[1] <= rate[2] and rate[2] >= 0.66  # measured 0/6, 5/6, 5/6
+    # measured 0/6, 6/6, 5/6 (whole-run window since session 17; 0/6, 5/6, 5/6 over the first half): rising, within
+    # one image at saturation (the matrix's non-decreasing rule)
+    assert rate[0] <= 0.34 and rate[0] < rate[1] and rate[2] >= rate[1] - 1 / 6 - 1e-9 and rate[2] >= 0.66
     assert (cls == ref_cls).mean() >= 0.8  # measured 6/6
 
 
@@ -98,10 +102,10 @@ def test_the_cli_and_batch_jobs_find_the_4x_models_directions(tmp_path, capsys):
     (png,) = out.glob("*.png")
     assert Path(read_recipe(png)["directions"][0]["path"]) == DEMO_4X / "directions" / "to_cyan.safetensors"
     jobs = tmp_path / "jobs.jsonl"
-    jobs.write_text(json.dumps({"prompt": "a bag", "num_inference_steps": 4, "directions": [{"path": "to_coat"}]}) + "\n")
+    jobs.write_text(json.dumps({"prompt": "a bag", "num_inference_steps": 4, "directions": [{"path": "to_purple"}]}) + "\n")
     assert main(["batch", "--model", str(DEMO_4X), str(jobs), "--out", str(tmp_path / "batch")]) == 0
     (png,) = (tmp_path / "batch").glob("*.png")
-    assert Path(read_recipe(png)["directions"][0]["path"]) == DEMO_4X / "directions" / "to_coat.safetensors"
+    assert Path(read_recipe(png)["directions"][0]["path"]) == DEMO_4X / "directions" / "to_purple.safetensors"
 
 
 def test_steer_directions_lists_what_ships_for_a_model_and_inspect_takes_a_name(capsys):
@@ -113,7 +117,7 @@ def test_steer_directions_lists_what_ships_for_a_model_and_inspect_takes_a_name(
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(rows) == set(bundled_directions(DEMO_4X))
     cyan = rows["to_cyan"]  # its calibration and the matrix numbers it shipped with
-    assert cyan["learned"] == "toward cyan" and cyan["window"] == [0.0, 0.5] and cyan["strength"] > 0
+    assert cyan["learned"] == "toward cyan" and cyan["window"] == [0.0, 1.0] and cyan["strength"] > 0  # the window chosen
     assert cyan["open_at_1"]["success_at_1"] >= 0.8 and 1.0 in cyan["passing_scales"]
     assert main(["directions", "--model", str(DEMO_4X)]) == 0
     out = capsys.readouterr().out.splitlines()
