@@ -7,7 +7,7 @@ For each matrix target, the direction is learned with the defaults (its calibrat
 own samples are drawn again at the matrix's settings: the positive prompts, and the open prompts (`steer.calibrate.
 open_prompts`) steered at scales 0-2 (6 seeds, the calibration's). Each final latent is read by the denoiser itself:
 noised to t = 10 and passed once with the empty prompt, spatial means at the up-block resnets (the paper's reference
-extraction, `steer.learn.extract_from_latents`). The read-out at scale s is the open samples' mean feature moved
+extraction, `steer.extract.extract_from_latents`). The read-out at scale s is the open samples' mean feature moved
 along ``u = mean(positives) - mean(open at 0)``, in units of ``|u|^2`` (0 unsteered, 1 = the positives' level).
 
 Rules, fixed before the run:

@@ -8,7 +8,7 @@ shirt on the 4x UNet and pullover on the demo model's fresh seeds (both pass onl
 written *after* those misses were seen, so it is a lead, not a measurement of a rule. For each matrix target and each
 window, the direction is learned (calibrated for that window), the calibration's open prompts are sampled at its
 full edit (scale 1.0, the calibration's seeds), and the final latents are read by the denoiser itself (noised to
-t = 10, one pass with the empty prompt, spatial means at the up-block resnets: `steer.learn.extract_from_latents`).
+t = 10, one pass with the empty prompt, spatial means at the up-block resnets: `steer.extract.extract_from_latents`).
 Feature distance = mean over seeds of |f(steered) - f(positive)| / |f(unsteered open) - f(positive)|; the rule F keeps
 the window with the smaller one. Its choices are scored against the window-choice screens' measured passes at 1.0.
 """

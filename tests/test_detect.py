@@ -75,7 +75,8 @@ def test_reencode_score_matches_hand_computation(tiny_pipe, images):
     of the last up_blocks.0 resnet, spatial max, population std."""
     from diffusers import DDPMScheduler
 
-    from steer.learn import encode_images, encode_text
+    from steer.extract import encode_images
+    from steer.text_tokens import encode_text
 
     det = MemorizationDetector(tiny_pipe)
     scores = det.score(images)

@@ -15,7 +15,7 @@ import steer
 from steer import ModelMismatchError, NonFiniteOutputError, SteeringVector
 from steer.denoisers import CONTEXT_SITE, LayerError, layer_channels
 from steer.engine import ActivationRecorder, window_bounds
-from steer.learn import record_steps
+from steer.extract import record_steps
 from steer.pipelines.flux import SteeringFluxPipeline
 from steer.testing import no_hooks_left, random_vector, run_in_threads, step_barrier
 from steer.testing.flux import tiny_flux_pipeline

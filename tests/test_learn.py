@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from steer.denoisers import default_layers
-from steer.learn import aggregate, extract_during_sampling, generate_samples
+from steer.extract import extract_during_sampling, generate_samples
+from steer.learn import aggregate
 
 POS, NEG = ["a blue sneaker", "a blue bag"], ["a red sneaker", "a red bag"]
 KW = dict(num_samples=4, num_inference_steps=4, progress=False, batch_size=4, mode="fast")

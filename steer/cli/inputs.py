@@ -47,7 +47,7 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 def list_images(directory: str | os.PathLike) -> list[Path]:
     """The image files directly inside ``directory``, sorted; one line when it is missing or holds none."""
-    from steer.learn import IMAGE_SUFFIXES
+    from steer.extract import IMAGE_SUFFIXES
 
     d = Path(directory)
     if not d.is_dir():

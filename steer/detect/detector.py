@@ -40,8 +40,9 @@ from steer.detect.scores import (
 )
 from steer.engine import ActivationRecorder, window_bounds
 from steer.errors import DetectorFileError
+from steer.extract import encode_images
 from steer.files import read_checked, write_checked
-from steer.learn import encode_images, encode_text
+from steer.text_tokens import encode_text
 from steer.validation import (
     SchemaError,
     check_detector_header,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 
 from steer.denoisers import adapter_for, unwrap
-from steer.learn import is_image_item
+from steer.extract import is_image_item
 
 Statistic = Literal["std", "l4_l2", "max_over_mean"]
 STATISTICS = ("std", "l4_l2", "max_over_mean")

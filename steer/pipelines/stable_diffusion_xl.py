@@ -40,7 +40,7 @@ class SDXLTextMixin:
     @torch.no_grad()
     def steering_denoiser_kwargs(self, prompts: list[str], latents: torch.Tensor) -> dict[str, Any]:
         """What one conditional UNet pass outside a pipeline call needs besides the text tokens (learning from
-        images, `steer.learn.extract_from_latents`): SDXL's pooled text and its size / crop ids, as a call at the
+        images, `steer.extract.extract_from_latents`): SDXL's pooled text and its size / crop ids, as a call at the
         latents' resolution with no crop sets them (five ids with an aesthetic score of 6 for a refiner).
 
         Args:
