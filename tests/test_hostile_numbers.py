@@ -172,7 +172,7 @@ GENERATE_CASES: list[tuple[str, list[str], str]] = [
     ("width-huge", ["--width", "100000"], "--width: must be between 8"),
     ("seed-negative", ["--seed", "-1"], "--seed: must be between 0"),
     ("seed-2-63", ["--seed", str(2**63)], "--seed: must be between 0"),
-    ("window-reversed", ["--direction", "red_to_blue", "--window", "0.9,0.1"], "--window needs 0 <= start < end <= 1"),
+    ("window-reversed", ["--direction", "red_to_blue", "--window", "0.9,0.1"], "--window needs 0 <= START < END <= 1"),
     ("window-above-one", ["--direction", "red_to_blue", "--window", "0,2"], "--window needs"),
     ("window-nan", ["--direction", "red_to_blue", "--window", "nan,1"], "finite"),
     ("mode-unknown", ["--direction", "red_to_blue", "--mode", "sideways"], "--mode: invalid choice"),

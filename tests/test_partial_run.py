@@ -117,3 +117,22 @@ def test_schedulers_that_cannot_resume_sample_each_window_whole():
     chosen, results, rows = _choose(pipe, branched=True)
     assert all(r.branched_at is None for r in results)
     assert rows == results[chosen].unet_rows == (2 + 2 * len(WINDOW_CHOICE_GRID)) * 4 * 2 * 2
+
+
+def test_sample_latents_splits_per_image_options_with_the_prompts_and_refuses_misfits(tiny_pipe):
+    """``batch_size`` splits the prompts, seeds, per-image scales and starting latents alike: the same latents as one
+    call (each image has its own seed); options that do not hold one entry per image are a one-line error."""
+    from steer.calibrate import sample_latents
+
+    v = random_vector(tiny_pipe, [CONTEXT_SITE], seed=1, scale=0.5)
+    prompts, seeds = ["a blue sneaker", "a red bag", "a bag"], [0, 1, 2]
+    kw = dict(num_inference_steps=2, guidance_scale=5.0, steering=v, steering_scale=[0.0, 0.5, 1.0])
+    one = sample_latents(tiny_pipe, prompts, seeds, flat=False, raw=True, **kw)
+    split = sample_latents(tiny_pipe, prompts, seeds, flat=False, raw=True, batch_size=2, **kw)
+    torch.testing.assert_close(split, one, rtol=1e-5, atol=1e-5)
+    resumed = [sample_latents(tiny_pipe, prompts, seeds, batch_size=size, latents=one, **kw) for size in (None, 1)]
+    torch.testing.assert_close(resumed[1], resumed[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^sample_latents: 2 seeds for 3 prompts$"):
+        sample_latents(tiny_pipe, prompts, seeds[:2], **kw)
+    with pytest.raises(ValueError, match=r"^sample_latents: steering_scale must hold one entry per image \(3\) to be split into batches, got 2$"):
+        sample_latents(tiny_pipe, prompts, seeds, batch_size=2, **{**kw, "steering_scale": [0.5, 1.0]})

@@ -105,17 +105,27 @@ def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
         raise CLIError(f"{flag} {path}: {found[0]} is {found[1]}, not a folder")
 
 
-def check_window(values: Sequence[float | str], flag: str) -> tuple[float, float]:
-    """Two fractions of the run with ``0 <= start < end <= 1``, given as two values or as one ``start,end`` (the form
-    the other commands' ``--window`` take)."""
+def window_fractions(values: Sequence[float | str], flag: str) -> tuple[float, float]:
+    """Two fractions of the run with ``0 <= start < end <= 1``, given as one ``start,end`` or as two values; a
+    one-line ValueError naming ``flag`` otherwise. Every command's window option is read by it."""
     parts = [x for v in values for x in (v.split(",") if isinstance(v, str) else [v]) if not (isinstance(x, str) and not x.strip())]
     try:
         start, end = (float(v) for v in parts)
     except (TypeError, ValueError):
-        raise CLIError(f"{flag} needs START,END (or START END): two fractions of the run, got {' '.join(map(str, values))}") from None
-    if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start < end <= 1.0):
-        raise CLIError(f"{flag} needs 0 <= START < END <= 1, got {start:g} {end:g}")
+        raise ValueError(f"{flag} needs START,END: two fractions of the run, got {short(' '.join(map(str, values)))}") from None
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise ValueError(f"{flag} needs finite fractions of the run, got {start:g},{end:g}")
+    if not 0.0 <= start < end <= 1.0:
+        raise ValueError(f"{flag} needs 0 <= START < END <= 1, got {start:g},{end:g}")
     return start, end
+
+
+def check_window(values: Sequence[float | str], flag: str) -> tuple[float, float]:
+    """`window_fractions` for an option read with ``nargs`` (``START,END`` or ``START END``), as a `CLIError`."""
+    try:
+        return window_fractions(values, flag)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def unknown_direction(name: str, bundled: Mapping[str, object], hub: bool = True) -> CLIError:

@@ -24,6 +24,7 @@ from steer.cli.inputs import (  # noqa: E402
     expand_items,
     print_warnings,
     unknown_direction,
+    window_fractions,
 )
 from steer.config import (  # noqa: E402
     NEGATIVES,
@@ -75,10 +76,10 @@ def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]
 
 
 def parse_window(text: str) -> tuple[float, float]:
-    start, end = _floats(text, 2, "--window")
-    if not 0.0 <= start < end <= 1.0:
-        raise argparse.ArgumentTypeError(f"--window needs 0 <= start < end <= 1, got {short(text)}")
-    return start, end
+    try:
+        return window_fractions([text], "--window")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_learn_window(text: str) -> tuple[float, float] | str:
