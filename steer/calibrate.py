@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from steer.engine.run import window_bounds
-from steer.partial_run import partial_pipeline, resumable
+from steer.partial_run import SolverCarry, partial_pipeline, resumable
 
 DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
 # `calibrate_windows` (``window="auto"``): the top four of the default grid for each candidate window. Chosen on the
@@ -232,7 +232,7 @@ def calibrate_windows(
     The positives' and the unsteered open samples are drawn once and shared. Two windows that start together, the
     second running to the end of the run, share more: at each strength both runs are the same until the first window
     ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact for DDIM, Euler
-    discrete and flow-matching Euler; multistep solvers sample each window whole). The chosen window is the one whose
+    discrete, flow-matching Euler and DPM-Solver; other schedulers sample each window whole). The chosen window is the one whose
     best relative distance is smallest among those that converged (the first window when none did): where the
     direction best reproduces the model's own prompt edit.
 
@@ -357,9 +357,12 @@ def _branched_sweeps(
     prompts = [p for _ in grid for p in opened]
     row_seeds = [s for _ in grid for s in seeds]
     scales = [g for g in grid for _ in seeds]
-    head = sample_latents(partial_pipeline(pipe, 0, branch), prompts, row_seeds, flat=False, raw=True, batch_size=batch_size, steering=vector,
+    carry = SolverCarry()  # a multistep solver's history, from the first part's calls to the continuing ones
+    head = sample_latents(partial_pipeline(pipe, 0, branch, carry), prompts, row_seeds, flat=False, raw=True, batch_size=batch_size, steering=vector,
                           steering_scale=scales, steering_window=(0.0, 1.0), **kw, **steering)
-    tail = sample_latents(partial_pipeline(pipe, branch, num_inference_steps), prompts * 2, row_seeds * 2, batch_size=batch_size, latents=torch.cat([head, head]),
+    carry.repeat(2, batch_size)
+    tail = sample_latents(partial_pipeline(pipe, branch, num_inference_steps, carry), prompts * 2, row_seeds * 2, batch_size=batch_size,
+                          latents=torch.cat([head, head]),
                           steering=vector, steering_scale=[0.0] * len(scales) + scales, steering_window=(0.0, 1.0), **kw, **steering)
     tail = tail.reshape(2, len(grid), num_samples, -1)
     head_rows, tail_rows = len(grid) * branch * row_steps, len(grid) * (num_inference_steps - branch) * row_steps

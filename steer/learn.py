@@ -166,8 +166,8 @@ def learn_direction(
             by the calibration (default: the preset's). ``"auto"`` (the text preset's default when it calibrates;
             ``(0, 0.5)`` when it does not) calibrates over each of `AUTO_WINDOWS` and keeps the one whose samples
             come closest to the positives' own (recorded in ``metadata["window_choice"]``). The two runs share their
-            first half on DDIM, Euler discrete and flow-matching Euler schedulers, so the choice costs a plain
-            calibration's 8 sample sets (10 on multistep solvers; `steer.calibrate.calibrate_windows`).
+            first half on DDIM, Euler discrete, flow-matching Euler and DPM-Solver, so the choice costs a plain
+            calibration's 8 sample sets (10 on other schedulers; `steer.calibrate.calibrate_windows`).
         readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`:
             ``"all"``, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
             edits, ``"detail"``, or attn2 paths / globs); recorded as recommended, and the calibration runs through

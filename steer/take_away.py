@@ -8,7 +8,7 @@ attribute ("a red bag", ...) and sampled, unsteered, as the target; the original
 with the replacement at a grid of strengths, over each candidate window, in one batched call per window. The
 strength and window whose samples come closest (latent L2, relative to the unsteered ones) are the fit.
 Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG; with the default
-windows on a scheduler that resumes exactly (DDIM, Euler discrete, flow-matching Euler) the two windows' runs share
+windows on a scheduler that resumes exactly (DDIM, Euler discrete, flow-matching Euler, DPM-Solver) the two windows' runs share
 their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 * len(grid)) * num_samples`` images
 (1,584 UNet rows at the defaults, against 2,016 with each window sampled whole).
 """
@@ -31,7 +31,7 @@ from steer.calibrate import (
     sample_latents,
 )
 from steer.config import recommended_settings
-from steer.partial_run import partial_pipeline
+from steer.partial_run import SolverCarry, partial_pipeline
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
@@ -221,10 +221,12 @@ def _steered_samples(pipe, vector, away, sources: list[str], seeds: list[int], g
         return runs, len(windows) * len(grid) * steps
     # both parts steer over all of their steps: the windows are shares of the part, not of the whole run
     every = dict(steering_window=(0.0, 1.0), steering_removal_window=(0.0, 1.0), **steer, **{k: v for k, v in kw.items() if k != "steering_removal_window"})
-    head = sample_latents(partial_pipeline(pipe, 0, branch), prompts, row_seeds, flat=False, raw=True, batch_size=batch_size,
+    carry = SolverCarry()  # a multistep solver's history, from the first part's calls to the continuing ones
+    head = sample_latents(partial_pipeline(pipe, 0, branch, carry), prompts, row_seeds, flat=False, raw=True, batch_size=batch_size,
                           steering_scale=scales, **every)
+    carry.repeat(2, batch_size)
     kept = 0.0 if removal is None else 1.0  # after the early window: its removal goes on only where it runs to the end
     early = [[0.0, amount * kept] for _, amount in scales]
-    tail = sample_latents(partial_pipeline(pipe, branch, steps), prompts * 2, row_seeds * 2, batch_size=batch_size,
+    tail = sample_latents(partial_pipeline(pipe, branch, steps, carry), prompts * 2, row_seeds * 2, batch_size=batch_size,
                           latents=torch.cat([head, head]), steering_scale=early + scales, **every)
     return list(tail.reshape(2, len(prompts), -1)), len(grid) * branch + 2 * len(grid) * (steps - branch)

@@ -5,10 +5,12 @@ import warnings
 
 import pytest
 import torch
+from diffusers import DPMSolverMultistepScheduler
 
 from steer import SteeringVector
 from steer.calibrate import attribute_span, attribute_words, open_prompts, rewrite_attribute
 from steer.denoisers import CONTEXT_SITE, layer_channels
+from steer.testing import tiny_pipeline
 
 
 def test_attribute_words_and_their_replacement():
@@ -111,15 +113,22 @@ def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_no
         assert advice in fit.advice() and said == [fit.advice()]
 
 
-@pytest.mark.parametrize("removal", ["recorded", "window"])  # the learned directions' (to the end), the call's window
-def test_the_windows_share_their_first_half_and_fit_as_when_sampled_whole(tiny_pipe, removal):
-    blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+# the learned directions' removal window (to the end) and the call's window; on DDIM and DPM-Solver (its history handed
+# from the first half's calls to the continuing ones, 3 images per call: uneven splits)
+@pytest.mark.parametrize(("removal", "scheduler"), [("recorded", "ddim"), ("window", "ddim"), ("recorded", "dpm")])
+def test_the_windows_share_their_first_half_and_fit_as_when_sampled_whole(tiny_pipe, removal, scheduler):
+    pipe = tiny_pipe
+    if scheduler == "dpm":  # a pipeline of its own: the session's tiny_pipe keeps DDIM
+        pipe = tiny_pipeline(seed=0)
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    blue, red = learned(pipe, "blue"), learned(pipe, "red")
     assert red.metadata["recommended"]["removal_window"][1] == 1.0, "learned take-aways remove to the end of the run"
     if removal == "window":  # directions that record no removal window: the removal follows each candidate window
         for v in (blue, red):
             v.metadata["recommended"].pop("removal_window")
-    shared, rows = fit_counting_rows(tiny_pipe, blue, red, steps=4)
-    whole, rows_whole = fit_counting_rows(tiny_pipe, blue, red, shared=False, steps=4)
+    split = {"batch_size": 3} if scheduler == "dpm" else {}
+    shared, rows = fit_counting_rows(pipe, blue, red, steps=4, **split)
+    whole, rows_whole = fit_counting_rows(pipe, blue, red, shared=False, steps=4, **split)
     for key in ("0,0.5", "0,1"):
         assert shared.distances[key] == pytest.approx(whole.distances[key], abs=1e-5)
     assert shared.strength == pytest.approx(whole.strength, abs=1e-5) and shared.window == whole.window

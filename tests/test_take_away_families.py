@@ -72,10 +72,8 @@ def test_the_auto_window_is_chosen_on_every_family(family):
     assert v.metadata["recommended"]["window"] == choice["chosen"] == v.metadata["calibration"]["window"]
     branches = 1 if family == "flux" else 2  # Flux's guidance is distilled: one transformer row per sample and step
     grid = len(WINDOW_CHOICE_GRID)
-    resumes = family in ("sd3", "flux", "sdxl")  # flow-matching Euler, Euler discrete: both windows share the first step
-    if resumes:
-        sets = 2 * 2 + grid * 1 + 2 * grid * 1
-    else:  # DPM-Solver (PixArt): each window sampled whole
-        sets = (2 + 2 * grid) * 2
-    assert v.metadata["calibration"].get("branched_at") == (1 if resumes else None)
+    # every family's scheduler resumes exactly (flow-matching Euler, Euler discrete, DPM-Solver with its history handed
+    # on): both windows share the first step
+    sets = 2 * 2 + grid * 1 + 2 * grid * 1
+    assert v.metadata["calibration"].get("branched_at") == 1
     assert rows[0] == v.metadata["calibration"]["unet_rows"] == sets * 2 * branches
