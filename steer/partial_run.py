@@ -96,7 +96,9 @@ class SolverCarry:
 def _span_class(cls: type) -> type:
     """``cls`` whose ``set_timesteps`` keeps only steps ``[first, stop)`` of the schedule (``self.span``); the step
     sizes still come from the whole schedule. Its signature is the original's (pipelines inspect it for ``sigmas=``).
-    Euler discrete: a run that starts after step 0 takes its latents as they are (``init_noise_sigma`` 1)."""
+    Euler discrete: a run that starts after step 0 takes its latents as they are (``init_noise_sigma`` 1). DPM-Solver:
+    ``step`` reads the whole schedule (its step index and last-step order rules), a part that starts after step 0
+    takes its solver history from ``self.carry`` and a part that ends before the last step records it there."""
 
     @functools.wraps(cls.set_timesteps)
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
