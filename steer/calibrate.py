@@ -357,14 +357,8 @@ def _branched_sweeps(
     prompts = [p for _ in grid for p in opened]
     row_seeds = [s for _ in grid for s in seeds]
     scales = [g for g in grid for _ in seeds]
-    carry = SolverCarry()  # a multistep solver's history, from the first part's calls to the continuing ones
-    head = sample_latents(partial_pipeline(pipe, 0, branch, carry), prompts, row_seeds, flat=False, raw=True, batch_size=batch_size, steering=vector,
-                          steering_scale=scales, steering_window=(0.0, 1.0), **kw, **steering)
-    carry.repeat(2, batch_size)
-    tail = sample_latents(partial_pipeline(pipe, branch, num_inference_steps, carry), prompts * 2, row_seeds * 2, batch_size=batch_size,
-                          latents=torch.cat([head, head]),
-                          steering=vector, steering_scale=[0.0] * len(scales) + scales, steering_window=(0.0, 1.0), **kw, **steering)
-    tail = tail.reshape(2, len(grid), num_samples, -1)
+    tail = sample_branched(pipe, prompts, row_seeds, branch, scales, [[0.0] * len(scales), scales], batch_size,
+                           steering=vector, **kw, **steering).reshape(2, len(grid), num_samples, -1)
     head_rows, tail_rows = len(grid) * branch * row_steps, len(grid) * (num_inference_steps - branch) * row_steps
     results = []
     for i, window in enumerate(windows):
@@ -373,6 +367,27 @@ def _branched_sweeps(
         results.append(_calibration(grid, tail[i], z_pos, start, rows, window, route))
         results[-1].branched_at = branch
     return results
+
+
+def sample_branched(
+    pipe, prompts: Sequence[str], seeds: Sequence[int], branch: int, scales: Sequence[Any], continuations: Sequence[Sequence[Any]],
+    batch_size: int | None = None, **call_kwargs: Any,
+) -> torch.Tensor:
+    """Final latents of runs that share their first ``branch`` steps: ``prompts`` (one seed each) sampled over steps
+    ``[0, branch)`` steered at ``scales`` (one entry per image), then every image continued from those latents once
+    per entry of ``continuations`` (per-image scales for the rest of the run), in batches of ``batch_size`` images.
+    Both parts steer over all of their steps (a window is a share of the part, not of the run); a multistep solver's
+    history is handed from the first part's calls to the continuing ones (`steer.partial_run.SolverCarry`).
+    ``call_kwargs`` (with ``num_inference_steps``) go to every call. Returns (len(continuations), images, features)."""
+    steps, copies = int(call_kwargs["num_inference_steps"]), len(continuations)
+    carry = SolverCarry()
+    head = sample_latents(partial_pipeline(pipe, 0, branch, carry), prompts, seeds, flat=False, raw=True, batch_size=batch_size,
+                          steering_scale=list(scales), steering_window=(0.0, 1.0), **call_kwargs)
+    carry.repeat(copies, batch_size)
+    tail = sample_latents(partial_pipeline(pipe, branch, steps, carry), list(prompts) * copies, list(seeds) * copies, batch_size=batch_size,
+                          latents=torch.cat([head] * copies), steering_scale=[s for scales_ in continuations for s in scales_],
+                          steering_window=(0.0, 1.0), **call_kwargs)
+    return tail.reshape(copies, len(prompts), -1)
 
 
 def check_grid(grid: Any) -> list[float]:

@@ -28,10 +28,10 @@ from steer.calibrate import (
     curve_minimum,
     rewrite_attribute,
     rows_per_sample,
+    sample_branched,
     sample_latents,
 )
 from steer.config import recommended_settings
-from steer.partial_run import SolverCarry, partial_pipeline
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
@@ -219,14 +219,10 @@ def _steered_samples(pipe, vector, away, sources: list[str], seeds: list[int], g
         runs = [sample_latents(pipe, prompts, row_seeds, batch_size=batch_size, steering_scale=scales, steering_window=w, **steer, **kw)
                 for w in windows]
         return runs, len(windows) * len(grid) * steps
-    # both parts steer over all of their steps: the windows are shares of the part, not of the whole run
-    every = dict(steering_window=(0.0, 1.0), steering_removal_window=(0.0, 1.0), **steer, **{k: v for k, v in kw.items() if k != "steering_removal_window"})
-    carry = SolverCarry()  # a multistep solver's history, from the first part's calls to the continuing ones
-    head = sample_latents(partial_pipeline(pipe, 0, branch, carry), prompts, row_seeds, flat=False, raw=True, batch_size=batch_size,
-                          steering_scale=scales, **every)
-    carry.repeat(2, batch_size)
     kept = 0.0 if removal is None else 1.0  # after the early window: its removal goes on only where it runs to the end
     early = [[0.0, amount * kept] for _, amount in scales]
-    tail = sample_latents(partial_pipeline(pipe, branch, steps, carry), prompts * 2, row_seeds * 2, batch_size=batch_size,
-                          latents=torch.cat([head, head]), steering_scale=early + scales, **every)
-    return list(tail.reshape(2, len(prompts), -1)), len(grid) * branch + 2 * len(grid) * (steps - branch)
+    # both parts remove over all of their steps, as they add (the windows are shares of the part, not of the run)
+    rest = {k: v for k, v in kw.items() if k != "steering_removal_window"}
+    tail = sample_branched(pipe, prompts, row_seeds, branch, scales, [early, scales], batch_size,
+                           steering_removal_window=(0.0, 1.0), **steer, **rest)
+    return list(tail), len(grid) * branch + 2 * len(grid) * (steps - branch)
