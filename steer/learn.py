@@ -31,19 +31,15 @@ from steer.denoisers import (
     resolve_layers,
     text_readers,
 )
-from steer.extract import (  # noqa: F401 - the extraction helpers lived here; `steer.learn.<name>` still finds them
+from steer.extract import (
     FAST_WINDOW,
     IMAGE_SUFFIXES,
-    Progress,
     _as_items,
-    encode_images,
     extract_during_sampling,
     extract_from_images,
-    extract_from_latents,
     extract_trajectories,
     generate_samples,
     is_image_item,
-    record_steps,
 )
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import check_int
