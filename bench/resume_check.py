@@ -2,7 +2,9 @@
 
     python bench/resume_check.py [--out docs/steering/resume_check.json]
 
-The demo model's DDIM scheduler swapped for DPM-Solver++ (2M, diffusers' default settings) and for Euler discrete; for
+The demo model's DDIM scheduler swapped for DPM-Solver++ (2M, diffusers' default settings), Euler discrete, UniPC
+(order 2, its corrector on), Euler ancestral (noise drawn at every step: each image's generator handed on) and PNDM
+with ``skip_prk_steps`` (SD 1.x's default: 21 denoiser calls for 20 steps); for
 purple (a colour the window choice sends to the whole run) and coat (a class), `learn_direction` with its defaults
 (DDIM 20 steps, guidance 5) twice: with the two candidate windows sharing their first half (`steer.partial_run`, the
 default) and with each sampled whole. Printed and saved: seconds, UNet rows, both windows' distances and strengths and
@@ -20,7 +22,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,8 +49,11 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     branch = calibrate_module.branch_step
     rows = []
-    for name, scheduler in (("DPMSolverMultistepScheduler", DPMSolverMultistepScheduler), ("EulerDiscreteScheduler", EulerDiscreteScheduler)):
-        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    schedulers = (DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler)
+    own = pipe.scheduler.config
+    for scheduler in schedulers:
+        name = scheduler.__name__
+        pipe.scheduler = scheduler.from_config(own, **({"skip_prk_steps": True} if scheduler is PNDMScheduler else {}))
         for kind, target in (("colour", "purple"), ("class", "coat")):
             P = prompts_for(kind, target)
             for shared in (True, False):

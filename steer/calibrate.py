@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from steer.engine.run import window_bounds
-from steer.partial_run import SolverCarry, partial_pipeline, resumable
+from steer.partial_run import SolverCarry, partial_pipeline, resumable, run_length
 
 DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
 # `calibrate_windows` (``window="auto"``): the top four of the default grid for each candidate window. Chosen on the
@@ -232,7 +232,7 @@ def calibrate_windows(
     The positives' and the unsteered open samples are drawn once and shared. Two windows that start together, the
     second running to the end of the run, share more: at each strength both runs are the same until the first window
     ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact for DDIM, Euler
-    discrete, flow-matching Euler and DPM-Solver; other schedulers sample each window whole). The chosen window is the one whose
+    discrete and ancestral, flow-matching Euler, DPM-Solver, UniPC, DEIS and PNDM; others sample each window whole). The chosen window is the one whose
     best relative distance is smallest among those that converged (the first window when none did): where the
     direction best reproduces the model's own prompt edit.
 
@@ -266,8 +266,9 @@ def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_step
     (start_a, end_a), (start_b, end_b) = windows
     if start_a != 0 or start_b != 0 or end_b != 1:
         return None
-    stop = window_bounds((start_a, end_a), num_inference_steps)[1]
-    return stop if 0 < stop < num_inference_steps else None
+    length = run_length(pipe, num_inference_steps)  # the denoiser calls the window is a share of
+    stop = window_bounds((start_a, end_a), length)[1]
+    return stop if 0 < stop < length else None
 
 
 def _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering):
@@ -308,7 +309,7 @@ def _sweeps(
     """One calibration per window (None: the vector's own), sharing the positives' and the unsteered open samples."""
     grid = check_grid(grid)
     seeds, pos, neg, kw, steering = _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering)
-    rows_per_set = num_samples * num_inference_steps * rows_per_sample(pipe, **kw)
+    rows_per_set = num_samples * run_length(pipe, num_inference_steps) * rows_per_sample(pipe, **kw)
     z_pos = sample_latents(pipe, pos, seeds, flat=False, batch_size=batch_size, **kw)
     # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
     # batched call per window
@@ -359,11 +360,12 @@ def _branched_sweeps(
     scales = [g for g in grid for _ in seeds]
     tail = sample_branched(pipe, prompts, row_seeds, branch, scales, [[0.0] * len(scales), scales], batch_size,
                            steering=vector, **kw, **steering).reshape(2, len(grid), num_samples, -1)
-    head_rows, tail_rows = len(grid) * branch * row_steps, len(grid) * (num_inference_steps - branch) * row_steps
+    length = run_length(pipe, num_inference_steps)
+    head_rows, tail_rows = len(grid) * branch * row_steps, len(grid) * (length - branch) * row_steps
     results = []
     for i, window in enumerate(windows):
         # the positives', the unsteered open and the shared first-part samples count with the first window
-        rows = tail_rows + (2 * num_inference_steps * row_steps + head_rows if i == 0 else 0)
+        rows = tail_rows + (2 * length * row_steps + head_rows if i == 0 else 0)
         results.append(_calibration(grid, tail[i], z_pos, start, rows, window, route))
         results[-1].branched_at = branch
     return results
@@ -379,12 +381,12 @@ def sample_branched(
     Both parts steer over all of their steps (a window is a share of the part, not of the run); a multistep solver's
     history is handed from the first part's calls to the continuing ones (`steer.partial_run.SolverCarry`).
     ``call_kwargs`` (with ``num_inference_steps``) go to every call. Returns (len(continuations), images, features)."""
-    steps, copies = int(call_kwargs["num_inference_steps"]), len(continuations)
+    copies = len(continuations)
     carry = SolverCarry()
     head = sample_latents(partial_pipeline(pipe, 0, branch, carry), prompts, seeds, flat=False, raw=True, batch_size=batch_size,
                           steering_scale=list(scales), steering_window=(0.0, 1.0), **call_kwargs)
     carry.repeat(copies, batch_size)
-    tail = sample_latents(partial_pipeline(pipe, branch, steps, carry), list(prompts) * copies, list(seeds) * copies, batch_size=batch_size,
+    tail = sample_latents(partial_pipeline(pipe, branch, None, carry), list(prompts) * copies, list(seeds) * copies, batch_size=batch_size,
                           latents=torch.cat([head] * copies), steering_scale=[s for scales_ in continuations for s in scales_],
                           steering_window=(0.0, 1.0), **call_kwargs)
     return tail.reshape(copies, len(prompts), -1)

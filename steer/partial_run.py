@@ -5,129 +5,234 @@ over the whole run. At the same strength both runs are identical up to the step 
 that first part is sampled once (`partial_pipeline` with ``(0, k)``) and both continuations start from its latents
 (``(k, n)``): one unsteered, one still steered (`steer.calibrate.calibrate_windows`).
 
-That is exact only for samplers whose step depends on nothing but the latents and the current step of the schedule,
-with no noise drawn and no history of earlier steps (`resumable`): DDIM with ``eta=0``, the flow-matching Euler
-scheduler without stochastic sampling (SD3, Flux) and Euler discrete (SDXL's default; its pipelines draw no churn
-noise). A resumed Euler discrete run starts from latents already at their step's noise level, so they are not scaled
-by the schedule's first sigma again.
+A resumed part must step exactly as the whole run would have from there:
 
-DPM-Solver (multistep, deterministic: ``dpmsolver++`` / ``dpmsolver``; PixArt's default, SD's "DPM++ 2M") keeps the
-model outputs of earlier steps and lowers the order of its last steps by the schedule's length. A part of its run
-keeps the whole schedule for each step (only the loop sees the part), and the first part's solver history is handed
-to the calls that continue it (`SolverCarry`: per image, in call order, so those calls must split their images as the
-caller says). Other schedulers (UniPC, ancestral and SDE samplers) are not split: their callers run every candidate
-whole.
+- Its step sizes come from the whole schedule. Euler-type schedulers (Euler discrete, SDXL's default; Euler
+  ancestral; flow-matching Euler, SD3's and Flux's) slice their sigmas with the timesteps, and since the pipelines
+  scale given latents by the schedule's first noise level, a part that starts after step 0 reports 1 there.
+- Multistep solvers (DPM-Solver, PixArt's default and SD's "DPM++ 2M"; DEIS; UniPC with its corrector) keep the
+  model outputs of earlier steps and lower the order of their last steps by the schedule's length: each step sees the
+  whole schedule (only the pipeline's loop sees the part), and the solver history at the end of the first part is
+  handed to the calls that continue it (`SolverCarry`: per image, in call order, so those calls must split their
+  images as the caller says).
+- Samplers that draw noise at every step (DDIM with ``eta > 0``, Euler ancestral, the SDE variants of DPM-Solver)
+  are exact when every image has its own generator (as `steer.calibrate.sample_latents` gives them): the carry
+  hands each image's generator state on too, so the continuation draws the noise the whole run would have.
+
+PNDM (SD 1.x's default) keeps its last model outputs and a step counter the same way; its run is one denoiser call
+longer than its ``num_inference_steps`` (`run_length`), and windows are shares of that run.
+
+Not split (`resumable` False; their callers run every candidate whole): LMS, Heun and other second-order or
+Brownian-tree samplers, UniPC with a separate ``solver_p``, and flow-matching Euler with stochastic sampling (its
+pipelines pass it no generator).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from diffusers import (
     DDIMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
 )
+
+# a multistep solver's history: the fields that hold one row per image (tensors, or lists of them) and those the
+# whole batch shares (step counts, orders, timesteps)
+_HISTORY: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    DPMSolverMultistepScheduler: (("model_outputs",), ("lower_order_nums",)),
+    DEISMultistepScheduler: (("model_outputs",), ("lower_order_nums",)),
+    UniPCMultistepScheduler: (("model_outputs", "last_sample"), ("lower_order_nums", "this_order", "timestep_list")),
+    PNDMScheduler: (("ets", "cur_sample", "cur_model_output"), ("counter",)),
+}
+_SLICED_SIGMAS = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def _history_fields(scheduler: Any) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    return next((fields for cls, fields in _HISTORY.items() if isinstance(scheduler, cls)), None)
 
 
 def resumable(scheduler: Any, **call_kwargs: Any) -> bool:
     """Whether a run with ``scheduler`` (and these call options) can be cut between steps and resumed exactly."""
-    if type(scheduler) is DDIMScheduler:
-        return float(call_kwargs.get("eta", 0.0) or 0.0) == 0.0
-    if type(scheduler) is FlowMatchEulerDiscreteScheduler:
+    kind = type(scheduler)
+    if kind is FlowMatchEulerDiscreteScheduler:
         return not scheduler.config.get("stochastic_sampling", False)
-    if type(scheduler) is DPMSolverMultistepScheduler:  # the SDE variants draw noise at every step
-        return scheduler.config.get("algorithm_type") in ("dpmsolver++", "dpmsolver")
+    if kind is UniPCMultistepScheduler:
+        return not scheduler.config.get("solver_p")
     # Euler discrete draws noise only with churn (``s_churn`` of its ``step``, which the pipelines leave at 0)
-    return type(scheduler) is EulerDiscreteScheduler
+    return kind in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, DEISMultistepScheduler,
+                    PNDMScheduler)
+
+
+def run_length(pipe: Any, num_inference_steps: int) -> int:
+    """Denoiser calls in a ``num_inference_steps`` run of ``pipe`` (the steps its windows are shares of): as many,
+    but with PNDM one more (its second step evaluates the first's noise level again) or, without ``skip_prk_steps``,
+    its Runge-Kutta warm-up's more."""
+    scheduler = pipe.scheduler
+    if isinstance(scheduler, PNDMScheduler):
+        probe = copy.deepcopy(scheduler)
+        probe.set_timesteps(int(num_inference_steps))
+        return len(probe.timesteps)
+    return int(num_inference_steps)
 
 
 def keeps_history(scheduler: Any) -> bool:
     """Whether a resumed part of a run needs the solver history of the part before it (`SolverCarry`)."""
-    return isinstance(scheduler, DPMSolverMultistepScheduler)
+    return _history_fields(scheduler) is not None
+
+
+def draws_noise(scheduler: Any, **step_kwargs: Any) -> bool:
+    """Whether ``scheduler``'s step (with these options: a DDIM step's ``eta``) draws noise from its generator."""
+    if isinstance(scheduler, DDIMScheduler):
+        return float(step_kwargs.get("eta", 0.0) or 0.0) > 0.0
+    if isinstance(scheduler, DPMSolverMultistepScheduler):
+        return scheduler.config.get("algorithm_type") in ("sde-dpmsolver", "sde-dpmsolver++")
+    return isinstance(scheduler, EulerAncestralDiscreteScheduler)
+
+
+def _rows(values: Sequence[Any]) -> Any:
+    """One per-image field of several calls' records, their images in order (None where the calls had none)."""
+    first = values[0]
+    if isinstance(first, list):
+        return [_rows([v[j] for v in values]) for j in range(len(first))]
+    return torch.cat(values) if isinstance(first, torch.Tensor) else first  # None, or a scalar not yet accumulated
+
+
+def _take(value: Any, rows: slice) -> Any:
+    if isinstance(value, list):
+        return [_take(v, rows) for v in value]
+    return value[rows] if isinstance(value, torch.Tensor) else value
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a.cpu(), b.cpu())
+    return a == b
 
 
 class SolverCarry:
-    """A multistep solver's history handed from the calls that run the first part of a run to those that continue it.
+    """What the calls that run the first part of a run hand to those that continue it: a multistep solver's history
+    and, for samplers that draw noise, each image's generator state.
 
-    Every call on the first part (`partial_pipeline` with this carry) records its images' history when it reaches the
-    end of its part; `repeat` lays the recorded histories out for the continuing images (``copies`` times the first
-    part's, split ``batch_size`` images per call, as `steer.calibrate.sample_latents` splits them); every continuing
-    call takes the next. Shared, not copied, by the per-call copies of the scheduler. Stateless schedulers ignore it.
+    Every call on the first part (`partial_pipeline` with this carry) records its images' state when it reaches the
+    end of its part; `repeat` lays the records out for the continuing images (``copies`` times the first part's,
+    split ``batch_size`` images per call, as `steer.calibrate.sample_latents` splits them); every continuing call
+    takes the next. Shared, not copied, by the per-call copies of the scheduler. Deterministic stateless schedulers
+    record nothing.
     """
 
     def __init__(self) -> None:
-        self.saved: list[tuple[list[torch.Tensor | None], int]] = []
-        self.queue: list[tuple[list[torch.Tensor | None], int]] = []
+        self.saved: list[dict[str, Any]] = []
+        self.queue: list[dict[str, Any]] = []
 
     def __deepcopy__(self, memo: dict) -> SolverCarry:
         return self
 
-    def save(self, scheduler: Any) -> None:
-        self.saved.append(([None if t is None else t.clone() for t in scheduler.model_outputs], int(scheduler.lower_order_nums)))
+    def save(self, scheduler: Any, images: int, generators: Any = None) -> None:
+        """Record the state ``scheduler`` reached for the ``images`` of one call (and their ``generators``' states)."""
+        fields = _history_fields(scheduler)
+        per_image, shared = fields if fields is not None else ((), ())
+        states = None
+        if generators is not None:
+            if not isinstance(generators, list | tuple) or len(generators) != images:
+                raise RuntimeError("a run that draws noise at every step resumes exactly only with one generator per image")
+            states = [g.get_state() for g in generators]
+        self.saved.append({"images": images, "rows": {k: _copy(getattr(scheduler, k)) for k in per_image},
+                           "shared": {k: _copy(getattr(scheduler, k)) for k in shared}, "generators": states})
 
     def repeat(self, copies: int, batch_size: int | None) -> None:
-        """Lay out the recorded histories for ``copies`` x the recorded images, ``batch_size`` per call (None: one)."""
+        """Lay out the recorded states for ``copies`` x the recorded images, ``batch_size`` per call (None: one)."""
+        self.queue = []
         if not self.saved:
-            self.queue = []
             return
-        orders = {n for _, n in self.saved}
-        if len(orders) != 1:
-            raise RuntimeError(f"the first part's calls reached different solver orders {sorted(orders)}")
-        order = orders.pop()
-        slots = [[h[j] for h, _ in self.saved] for j in range(len(self.saved[0][0]))]
-        rows = [None if parts[0] is None else torch.cat(parts * copies) for parts in slots]
-        total = next((len(r) for r in rows if r is not None), 0)
-        size = batch_size or total or 1
-        self.queue = [([None if r is None else r[i : i + size] for r in rows], order) for i in range(0, max(total, 1), size)]
+        shared = self.saved[0]["shared"]
+        if not all(_same(r["shared"], shared) for r in self.saved[1:]):
+            raise RuntimeError("the first part's calls reached different solver states (orders, step counts)")
+        rows = {k: _rows([r["rows"][k] for r in self.saved] * copies) for k in self.saved[0]["rows"]}
+        states = None if self.saved[0]["generators"] is None else [s for r in self.saved for s in r["generators"]] * copies
+        total = sum(r["images"] for r in self.saved) * copies
+        size = batch_size or total
+        for i in range(0, total, size):
+            part = slice(i, i + size)
+            self.queue.append({"rows": {k: _take(v, part) for k, v in rows.items()}, "shared": shared,
+                               "generators": None if states is None else states[part]})
 
-    def restore(self, scheduler: Any) -> None:
+    def take(self) -> dict[str, Any]:
+        """The next continuing call's record."""
         if not self.queue:
-            raise RuntimeError("a resumed multistep run has no solver history: run the first part with the same carry and call repeat()")
-        outputs, order = self.queue.pop(0)
-        scheduler.model_outputs = [None if t is None else t.clone() for t in outputs]
-        scheduler.lower_order_nums = order
+            raise RuntimeError("a resumed run has no state from the part before it: run the first part with the same "
+                               "SolverCarry and call repeat()")
+        return self.queue.pop(0)
 
 
 def _span_class(cls: type) -> type:
     """``cls`` whose ``set_timesteps`` keeps only steps ``[first, stop)`` of the schedule (``self.span``); the step
-    sizes still come from the whole schedule. Its signature is the original's (pipelines inspect it for ``sigmas=``).
-    Euler discrete: a run that starts after step 0 takes its latents as they are (``init_noise_sigma`` 1). DPM-Solver:
-    ``step`` reads the whole schedule (its step index and last-step order rules), a part that starts after step 0
-    takes its solver history from ``self.carry`` and a part that ends before the last step records it there."""
+    sizes still come from the whole schedule. Its signatures are the original's (pipelines inspect them for
+    ``sigmas=`` and ``generator=``). Euler-type: sigmas sliced with the timesteps, and a run that starts after step 0
+    takes its latents as they are (``init_noise_sigma`` 1). Multistep solvers: ``step`` reads the whole schedule (its
+    step index and last-step order rules). A part that starts after step 0 takes its history and its images'
+    generator states from ``self.carry``, a part that ends before the last step records them there."""
 
     @functools.wraps(cls.set_timesteps)
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         cls.set_timesteps(self, *args, **kwargs)
         first, stop = self.span
+        self.bounds = (first, len(self.timesteps) if stop is None else stop)  # None: to the end of the run
+        stop = self.bounds[1]
         self.whole_timesteps = self.timesteps
         self.timesteps = self.timesteps[first:stop]
-        if isinstance(self, FlowMatchEulerDiscreteScheduler | EulerDiscreteScheduler):  # sigma i and i + 1 make step i
+        if isinstance(self, _SLICED_SIGMAS):  # sigma i and i + 1 make step i
             self.sigmas = self.sigmas[first : stop + 1]
+        self._part_step, self._carried = 0, None
         if keeps_history(self) and first > 0:  # continue where the first part's calls left off
-            self.carry.restore(self)
+            self._carried = self.carry.take()
+            for name, value in {**self._carried["rows"], **self._carried["shared"]}.items():
+                setattr(self, name, _copy(value))
             self._step_index = first
 
-    members: dict[str, Any] = {"set_timesteps": set_timesteps}
-    if issubclass(cls, DPMSolverMultistepScheduler):
+    @functools.wraps(cls.step)
+    def step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        first, stop = self.bounds
+        noisy = draws_noise(self, **kwargs)
+        if noisy and first > 0 and self._part_step == 0:  # draw the noise the whole run would draw from here
+            self._carried = self._carried or self.carry.take()
+            generators, states = kwargs.get("generator"), self._carried["generators"]
+            if not isinstance(generators, list | tuple) or states is None or len(generators) != len(states):
+                raise RuntimeError("a run that draws noise at every step resumes exactly only with one generator per image, "
+                                   "as in the part before it")
+            for generator, state in zip(generators, states, strict=True):
+                generator.set_state(state)
+        part = self.timesteps
+        if keeps_history(self):  # its order rules read the whole schedule
+            self.timesteps = self.whole_timesteps
+        try:
+            out = cls.step(self, model_output, timestep, sample, *args, **kwargs)
+        finally:
+            self.timesteps = part
+        self._part_step += 1
+        if self._part_step == stop - first and stop < len(self.whole_timesteps) and (noisy or keeps_history(self)):
+            self.carry.save(self, int(sample.shape[0]), kwargs.get("generator") if noisy else None)  # the first part's end
+        return out
 
-        @functools.wraps(cls.step)
-        def step(self, *args: Any, **kwargs: Any) -> Any:
-            part, self.timesteps = self.timesteps, self.whole_timesteps  # its order rules read the whole schedule
-            try:
-                out = cls.step(self, *args, **kwargs)
-            finally:
-                self.timesteps = part
-            if self._step_index == self.span[1] < len(self.whole_timesteps):  # the first part's end: hand on
-                self.carry.save(self)
-            return out
-
-        members["step"] = step
-    if issubclass(cls, EulerDiscreteScheduler):
+    members: dict[str, Any] = {"set_timesteps": set_timesteps, "step": step}
+    if issubclass(cls, EulerDiscreteScheduler | EulerAncestralDiscreteScheduler):
         base_sigma = cls.init_noise_sigma
 
         def init_noise_sigma(self) -> Any:
@@ -138,21 +243,24 @@ def _span_class(cls: type) -> type:
     return type(f"Span{cls.__name__}", (cls,), members)
 
 
-def partial_pipeline(pipe: Any, first: int, stop: int, carry: SolverCarry | None = None) -> Any:
-    """A shallow copy of ``pipe`` (same modules) whose calls run only steps ``[first, stop)`` of their schedule.
+def partial_pipeline(pipe: Any, first: int, stop: int | None, carry: SolverCarry | None = None) -> Any:
+    """A shallow copy of ``pipe`` (same modules) whose calls run only steps ``[first, stop)`` of their schedule
+    (``stop`` None: to its end; steps count denoiser calls, `run_length` of them in all).
 
     Call it with ``latents=`` the latents after step ``first`` (from a call on ``partial_pipeline(pipe, 0, first)``
     with the same ``num_inference_steps``) and ``output_type="latent"``; a steering window is then a share of these
     ``stop - first`` steps. ``pipe`` itself is not changed (concurrent calls on it are unaffected). Multistep solvers
-    (`keeps_history`) need one ``carry`` for both parts, with ``carry.repeat(...)`` called between them.
+    (`keeps_history`) and samplers that draw noise (`draws_noise`; one generator per image) need one ``carry`` for both
+    parts, with ``carry.repeat(...)`` called between them.
     """
     if not resumable(pipe.scheduler):
         raise ValueError(f"{type(pipe.scheduler).__name__} runs cannot be cut and resumed exactly")
-    if carry is None and keeps_history(pipe.scheduler):
-        raise ValueError(f"{type(pipe.scheduler).__name__} keeps a solver history: pass the same SolverCarry to both parts of the run")
+    if carry is None and (keeps_history(pipe.scheduler) or draws_noise(pipe.scheduler)):
+        what = "keeps a solver history" if keeps_history(pipe.scheduler) else "draws noise at every step"
+        raise ValueError(f"{type(pipe.scheduler).__name__} {what}: pass the same SolverCarry to both parts of the run")
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.__class__ = _span_class(type(scheduler))
-    scheduler.span = (int(first), int(stop))
+    scheduler.span = (int(first), None if stop is None else int(stop))
     scheduler.carry = carry if carry is not None else SolverCarry()
     part = copy.copy(pipe)
     part.__dict__["scheduler"] = scheduler

@@ -32,6 +32,7 @@ from steer.calibrate import (
     sample_latents,
 )
 from steer.config import recommended_settings
+from steer.partial_run import run_length
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
@@ -193,7 +194,7 @@ def fit_take_away(
             f"take-away fit: no strength in {grid} brought {vector.name!r} with {away.name!r} taken away closer to the "
             f"rewritten prompts' samples; using {strength}", stacklevel=2,
         )
-    unet_rows = (2 * num_inference_steps + set_steps) * num_samples * rows_per_sample(pipe, **kw)
+    unet_rows = (2 * run_length(pipe, num_inference_steps) + set_steps) * num_samples * rows_per_sample(pipe, **kw)
     fit = TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows)
     advice = fit.advice()
     if advice:
@@ -207,14 +208,14 @@ def _steered_samples(pipe, vector, away, sources: list[str], seeds: list[int], g
     cost). An early window ``(0, e)`` and the whole run, with the removal over the call's window or the whole run,
     share the first part of their runs where the scheduler resumes exactly (`steer.partial_run`): it is sampled once
     and continued twice, without the addition (and without the removal where it follows the window) and with both."""
-    steps = int(kw["num_inference_steps"])
+    steps = run_length(pipe, int(kw["num_inference_steps"]))  # denoiser calls per run
     prompts = [p for _ in grid for p in sources]
     row_seeds = [s for _ in grid for s in seeds]
     scales = [pair_scales(g) for g in grid for _ in seeds]
     steer = dict(steering=[vector, away], steering_negative="remove")
     removal = removal_window_of(vector, away, kw)
     options = {k: v for k, v in kw.items() if k != "num_inference_steps"}
-    branch = branch_step(pipe, windows, steps, **options) if removal in (None, (0.0, 1.0)) else None
+    branch = branch_step(pipe, windows, int(kw["num_inference_steps"]), **options) if removal in (None, (0.0, 1.0)) else None
     if branch is None:
         runs = [sample_latents(pipe, prompts, row_seeds, batch_size=batch_size, steering_scale=scales, steering_window=w, **steer, **kw)
                 for w in windows]

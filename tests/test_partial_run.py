@@ -3,23 +3,29 @@ candidate windows of ``window="auto"`` share the first half of their runs (`stee
 
 from __future__ import annotations
 
+import copy
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
     UniPCMultistepScheduler,
 )
 
 import steer.calibrate as calibrate_module
 from steer.calibrate import WINDOW_CHOICE_GRID, calibrate_windows
 from steer.denoisers import CONTEXT_SITE
-from steer.partial_run import SolverCarry, partial_pipeline, resumable
+from steer.engine.run import window_bounds
+from steer.partial_run import SolverCarry, partial_pipeline, resumable, run_length
 from steer.testing import random_vector, tiny_pipeline
 from steer.testing.flux import tiny_flux_pipeline
 from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
@@ -43,59 +49,99 @@ def _sdxl_karras(seed: int):
     return pipe
 
 
+def _swapped(make, scheduler: type, **config):
+    """``make``'s tiny pipeline with its scheduler swapped for ``scheduler`` (``config`` on top of its own)."""
+
+    def build(seed: int):
+        pipe = make(seed=seed)
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config, **config)
+        return pipe
+
+    return build
+
+
 def _sd_dpm(seed: int, order: int = 2):
-    pipe = tiny_pipeline(seed=seed)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, solver_order=order)
-    return pipe
+    return _swapped(tiny_pipeline, DPMSolverMultistepScheduler, solver_order=order)(seed)
 
 
 FAMILIES = {"sd": tiny_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline, "sdxl": tiny_sdxl_pipeline, "sdxl-karras": _sdxl_karras,
-            "sd-dpm2": _sd_dpm, "sd-dpm3": lambda seed: _sd_dpm(seed, 3), "pixart": tiny_pixart_pipeline}
+            "sd-dpm2": _sd_dpm, "sd-dpm3": lambda seed: _sd_dpm(seed, 3), "pixart": tiny_pixart_pipeline,
+            "sd-unipc2": _swapped(tiny_pipeline, UniPCMultistepScheduler), "sd-unipc3": _swapped(tiny_pipeline, UniPCMultistepScheduler, solver_order=3),
+            "sd-deis": _swapped(tiny_pipeline, DEISMultistepScheduler),
+            "sd-euler-a": _swapped(tiny_pipeline, EulerAncestralDiscreteScheduler), "sdxl-euler-a": _swapped(tiny_sdxl_pipeline, EulerAncestralDiscreteScheduler),
+            "sd-ddim-eta": tiny_pipeline, "sd-dpm-sde": _swapped(tiny_pipeline, DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++"),
+            "sd-pndm": _swapped(tiny_pipeline, PNDMScheduler, skip_prk_steps=True), "sd-pndm-prk": _swapped(tiny_pipeline, PNDMScheduler)}
+MULTISTEP = ("dpm", "unipc", "deis", "pixart", "pndm")
+FAMILY_CALL = {"sd-ddim-eta": {"eta": 0.7}}  # DDIM drawing noise at every step
 
 
 # DDIM; flow-matching Euler (Flux: packed latents); Euler discrete, "leading" spacing (the resumed latents must not be
 # scaled by the first sigma again) and Karras sigmas with "trailing" spacing; DPM-Solver of order 2 and 3 (its history
-# handed on, its last steps' order read from the whole schedule), on SD and on PixArt (whose default it is)
+# handed on, its last steps' order read from the whole schedule), on SD and on PixArt (whose default it is); UniPC of
+# order 2 and 3 (its corrector's last sample and order handed on too) and DEIS; samplers that draw noise at every
+# step, their generators' states handed on: Euler ancestral (SD, SDXL), DDIM with eta > 0, DPM-Solver++ SDE; PNDM
+# (SD 1.x's default: 7 denoiser calls for 6 steps, cut after 4; with its Runge-Kutta warm-up, 15 calls, cut after 8)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_run_cut_after_its_window_and_resumed_equals_the_whole_run(family):
     pipe = FAMILIES[family](seed=0)
-    steps, cut = (6, 3) if "dpm" in family or family == "pixart" else (4, 2)  # order 3 needs 3 steps of history
+    steps = 6 if any(m in family for m in MULTISTEP) else 4  # order 3 needs 3 steps of history
+    cut = window_bounds((0.0, 0.5), run_length(pipe, steps))[1]
     v = random_vector(pipe, [CONTEXT_SITE], seed=1, scale=0.5)
-    schedule = pipe.scheduler.timesteps.clone()
     original = type(pipe.scheduler)
-    steer = dict(steering=v, steering_scale=[0.0, 1.0])
+    steer = dict(steering=v, steering_scale=[0.0, 1.0], **FAMILY_CALL.get(family, {}))
     whole_early = _latents(pipe, steps, steering_window=(0.0, 0.5), **steer)
     whole_run = _latents(pipe, steps, steering_window=(0.0, 1.0), **steer)
+    schedule = copy.deepcopy(pipe.scheduler.timesteps)  # as the pipeline's own calls left it (PNDM's: None until set)
     carry = SolverCarry()
     head = _latents(partial_pipeline(pipe, 0, cut, carry), steps, steering_window=(0.0, 1.0), **steer)  # the window's steps
     carry.repeat(1, None)
-    early = _latents(partial_pipeline(pipe, cut, steps, carry), steps, latents=head)  # the rest unsteered
+    early = _latents(partial_pipeline(pipe, cut, None, carry), steps, latents=head, **FAMILY_CALL.get(family, {}))  # the rest unsteered
     carry.repeat(1, None)
-    late = _latents(partial_pipeline(pipe, cut, steps, carry), steps, latents=head, steering_window=(0.0, 1.0), **steer)
+    late = _latents(partial_pipeline(pipe, cut, None, carry), steps, latents=head, steering_window=(0.0, 1.0), **steer)
     torch.testing.assert_close(early, whole_early, rtol=0, atol=1e-5)
     torch.testing.assert_close(late, whole_run, rtol=0, atol=1e-5)
     assert (whole_early[1] - whole_run[1]).abs().max() > 1e-3, "the two windows differ: the comparison means something"
     assert type(pipe.scheduler) is original, "the pipeline's own scheduler is untouched"
-    assert torch.equal(pipe.scheduler.timesteps, schedule), "the partial calls left the pipeline's schedule as it was"
+    assert (schedule is None and pipe.scheduler.timesteps is None) or torch.equal(pipe.scheduler.timesteps, schedule), \
+        "the partial calls left the pipeline's schedule as it was"
 
 
 def test_only_exactly_resumable_schedulers_are_cut():
-    ddim = DDIMScheduler()
-    assert resumable(ddim) and resumable(ddim, eta=0.0) and not resumable(ddim, eta=0.5)  # eta > 0 draws noise each step
+    assert resumable(DDIMScheduler()) and resumable(DDIMScheduler(), eta=0.5)  # eta > 0: its generators' states handed on
     assert resumable(FlowMatchEulerDiscreteScheduler())
-    assert not resumable(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))
-    assert resumable(EulerDiscreteScheduler())  # no churn noise in the pipelines' calls
-    assert resumable(DPMSolverMultistepScheduler()) and not resumable(DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"))
-    assert not resumable(EulerAncestralDiscreteScheduler()) and not resumable(UniPCMultistepScheduler())  # noise; a corrector's history
+    assert not resumable(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))  # its pipelines pass it no generator
+    assert resumable(EulerDiscreteScheduler()) and resumable(EulerAncestralDiscreteScheduler())
+    assert resumable(DPMSolverMultistepScheduler()) and resumable(DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"))
+    assert resumable(UniPCMultistepScheduler()) and not resumable(UniPCMultistepScheduler(solver_p=DDIMScheduler()))
+    assert resumable(PNDMScheduler()) and not resumable(LMSDiscreteScheduler())  # LMS: a sigma window of its own
+    lengths = {kind: run_length(SimpleNamespace(scheduler=kind), 6) for kind in (PNDMScheduler(skip_prk_steps=True), PNDMScheduler(), DDIMScheduler())}
+    assert list(lengths.values()) == [7, 15, 6]  # denoiser calls in a 6-step run: PNDM's repeat, its Runge-Kutta warm-up
     pipe = tiny_pipeline(seed=0)
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(ValueError, match="^UniPCMultistepScheduler runs cannot be cut and resumed exactly$"):
+    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="^LMSDiscreteScheduler runs cannot be cut and resumed exactly$"):
         partial_pipeline(pipe, 0, 2)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(ValueError, match="^DPMSolverMultistepScheduler keeps a solver history: pass the same SolverCarry to both parts"):
         partial_pipeline(pipe, 0, 2)
-    with pytest.raises(RuntimeError, match="^a resumed multistep run has no solver history"):
+    with pytest.raises(RuntimeError, match="^a resumed run has no state from the part before it"):
         _latents(partial_pipeline(pipe, 2, 4, SolverCarry()), 4, latents=torch.zeros(2, 4, 8, 8))
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="^EulerAncestralDiscreteScheduler draws noise at every step: pass the same SolverCarry"):
+        partial_pipeline(pipe, 2, 4)
+
+
+def test_a_noisy_run_resumes_only_with_one_generator_per_image():
+    """The noise a resumed ancestral run draws is each image's own generator's: one generator for the whole batch
+    cannot be handed on per image, and is refused rather than resumed inexactly."""
+    pipe = FAMILIES["sd-euler-a"](seed=0)
+    carry = SolverCarry()
+    call = dict(num_inference_steps=4, guidance_scale=5.0, output_type="latent")
+    with pytest.raises(RuntimeError, match="^a run that draws noise at every step resumes exactly only with one generator per image"):
+        partial_pipeline(pipe, 0, 2, carry)(PROMPTS, generator=torch.Generator().manual_seed(0), **call)
+    head = partial_pipeline(pipe, 0, 2, carry)(PROMPTS, generator=[torch.Generator().manual_seed(s) for s in range(2)], **call).images
+    carry.repeat(1, None)
+    with pytest.raises(RuntimeError, match="^a run that draws noise at every step resumes exactly only with one generator per image"):
+        partial_pipeline(pipe, 2, 4, carry)(PROMPTS, generator=torch.Generator().manual_seed(0), latents=head, **call)
 
 
 def _choose(pipe, branched: bool, steps: int = 4, batch_size: int | None = 8):
@@ -118,9 +164,10 @@ def _choose(pipe, branched: bool, steps: int = 4, batch_size: int | None = 8):
     return chosen, results, rows[0]
 
 
-# DDIM, Euler discrete; DPM-Solver with its history handed on in uneven calls (the 8 first-part images 3 + 3 + 2 per
-# call, the 16 continuing ones 3 + 3 + 3 + 3 + 3 + 1)
-@pytest.mark.parametrize(("family", "batch_size"), [("sd", 8), ("sdxl", 8), ("sd-dpm2", 3)])
+# DDIM, Euler discrete; DPM-Solver, UniPC, Euler ancestral and PNDM with their history and generator states handed on
+# in uneven calls (the 8 first-part images 3 + 3 + 2 per call, the 16 continuing ones 3 + 3 + 3 + 3 + 3 + 1); PNDM's 4
+# steps are 5 denoiser calls, split after 3
+@pytest.mark.parametrize(("family", "batch_size"), [("sd", 8), ("sdxl", 8), ("sd-dpm2", 3), ("sd-unipc2", 3), ("sd-euler-a", 3), ("sd-pndm", 3)])
 def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(family, batch_size):
     pipe = FAMILIES[family](seed=0)
     chosen, shared, rows = _choose(pipe, branched=True, batch_size=batch_size)
@@ -128,17 +175,18 @@ def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(fam
     assert chosen == chosen_apart and [r.grid for r in shared] == [list(WINDOW_CHOICE_GRID)] * 2
     for a, b in zip(shared, apart, strict=True):
         assert a.distances == pytest.approx(b.distances, abs=1e-5) and a.strength == pytest.approx(b.strength, abs=1e-5)
-        assert a.route == b.route and a.branched_at == 2 and b.branched_at is None
-    grid, samples, cfg, steps = len(WINDOW_CHOICE_GRID), 2, 2, 4
+    grid, samples, cfg, calls = len(WINDOW_CHOICE_GRID), 2, 2, (5 if family == "sd-pndm" else 4)
+    cut = calls // 2 + calls % 2
+    assert all(a.route == b.route and a.branched_at == cut and b.branched_at is None for a, b in zip(shared, apart, strict=True))
     # positives and unsteered open samples whole; the grid over the first half once, then continued twice
-    assert rows == shared[chosen].unet_rows == (2 * steps + grid * 2 + 2 * grid * 2) * samples * cfg  # 8 sets: as one window
-    assert rows_apart == apart[chosen_apart].unet_rows == (2 + 2 * grid) * steps * samples * cfg
+    assert rows == shared[chosen].unet_rows == (2 * calls + grid * cut + 2 * grid * (calls - cut)) * samples * cfg  # DDIM: 8 sets, as one window
+    assert rows_apart == apart[chosen_apart].unet_rows == (2 + 2 * grid) * calls * samples * cfg
     assert "branched_at" in shared[chosen].to_dict() and "branched_at" not in apart[chosen_apart].to_dict()
 
 
 def test_schedulers_that_cannot_resume_sample_each_window_whole():
     pipe = tiny_pipeline(seed=0)
-    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
     chosen, results, rows = _choose(pipe, branched=True)
     assert all(r.branched_at is None for r in results)
     assert rows == results[chosen].unet_rows == (2 + 2 * len(WINDOW_CHOICE_GRID)) * 4 * 2 * 2

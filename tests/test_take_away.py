@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
 from steer import SteeringVector
 from steer.calibrate import attribute_span, attribute_words, open_prompts, rewrite_attribute
@@ -99,6 +99,7 @@ def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_no
 
     monkeypatch.setattr("steer.take_away.sample_latents", fake_latents)
     monkeypatch.setattr("steer.take_away.branch_step", lambda *a, **k: None)  # no pipeline here: each window whole
+    monkeypatch.setattr("steer.take_away.run_length", lambda _pipe, steps: steps)
     from steer.take_away import fit_take_away
 
     with warnings.catch_warnings(record=True) as caught:
@@ -113,20 +114,22 @@ def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_no
         assert advice in fit.advice() and said == [fit.advice()]
 
 
-# the learned directions' removal window (to the end) and the call's window; on DDIM and DPM-Solver (its history handed
-# from the first half's calls to the continuing ones, 3 images per call: uneven splits)
-@pytest.mark.parametrize(("removal", "scheduler"), [("recorded", "ddim"), ("window", "ddim"), ("recorded", "dpm")])
+# the learned directions' removal window (to the end) and the call's window; on DDIM, DPM-Solver (its history handed
+# from the first half's calls to the continuing ones) and Euler ancestral (each image's generator state handed on), 3
+# images per call: uneven splits
+@pytest.mark.parametrize(("removal", "scheduler"), [("recorded", "ddim"), ("window", "ddim"), ("recorded", "dpm"), ("recorded", "euler-a")])
 def test_the_windows_share_their_first_half_and_fit_as_when_sampled_whole(tiny_pipe, removal, scheduler):
     pipe = tiny_pipe
-    if scheduler == "dpm":  # a pipeline of its own: the session's tiny_pipe keeps DDIM
+    if scheduler != "ddim":  # a pipeline of its own: the session's tiny_pipe keeps DDIM
         pipe = tiny_pipeline(seed=0)
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+        kind = DPMSolverMultistepScheduler if scheduler == "dpm" else EulerAncestralDiscreteScheduler
+        pipe.scheduler = kind.from_config(pipe.scheduler.config)
     blue, red = learned(pipe, "blue"), learned(pipe, "red")
     assert red.metadata["recommended"]["removal_window"][1] == 1.0, "learned take-aways remove to the end of the run"
     if removal == "window":  # directions that record no removal window: the removal follows each candidate window
         for v in (blue, red):
             v.metadata["recommended"].pop("removal_window")
-    split = {"batch_size": 3} if scheduler == "dpm" else {}
+    split = {"batch_size": 3} if scheduler != "ddim" else {}
     shared, rows = fit_counting_rows(pipe, blue, red, steps=4, **split)
     whole, rows_whole = fit_counting_rows(pipe, blue, red, shared=False, steps=4, **split)
     for key in ("0,0.5", "0,1"):
