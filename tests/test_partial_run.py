@@ -144,7 +144,7 @@ def test_a_noisy_run_resumes_only_with_one_generator_per_image():
         partial_pipeline(pipe, 2, 4, carry)(PROMPTS, generator=torch.Generator().manual_seed(0), latents=head, **call)
 
 
-def _choose(pipe, branched: bool, steps: int = 4, batch_size: int | None = 8):
+def _choose(pipe, branched: bool, steps: int = 4, batch_size: int | None = 8, **call):
     v = random_vector(pipe, [CONTEXT_SITE], seed=1, scale=1.0)
     v.metadata["recommended"] = {"branch": "split", "mode": "token", "preserve_norm": True, "window": [0.0, 0.5]}
     rows = [0]
@@ -157,7 +157,7 @@ def _choose(pipe, branched: bool, steps: int = 4, batch_size: int | None = 8):
             warnings.simplefilter("ignore")  # random weights: the calibration may not converge
             chosen, results = calibrate_windows(pipe, v, ["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"], [(0.0, 0.5), (0.0, 1.0)],
                                                 num_samples=2, num_inference_steps=steps, guidance_scale=5.0, choose_route=True,
-                                                batch_size=batch_size)
+                                                batch_size=batch_size, **call)
     finally:
         calibrate_module.branch_step = original
         handle.remove()
@@ -165,13 +165,14 @@ def _choose(pipe, branched: bool, steps: int = 4, batch_size: int | None = 8):
 
 
 # DDIM, Euler discrete; DPM-Solver, UniPC, Euler ancestral and PNDM with their history and generator states handed on
-# in uneven calls (the 8 first-part images 3 + 3 + 2 per call, the 16 continuing ones 3 + 3 + 3 + 3 + 3 + 1); PNDM's 4
-# steps are 5 denoiser calls, split after 3
-@pytest.mark.parametrize(("family", "batch_size"), [("sd", 8), ("sdxl", 8), ("sd-dpm2", 3), ("sd-unipc2", 3), ("sd-euler-a", 3), ("sd-pndm", 3)])
+# in uneven calls (the 8 first-part images 3 + 3 + 2 per call, the 16 continuing ones 3 + 3 + 3 + 3 + 3 + 1); DDIM
+# with eta > 0 (an option of the learning call); PNDM's 4 steps are 5 denoiser calls, split after 3
+@pytest.mark.parametrize(("family", "batch_size"), [("sd", 8), ("sdxl", 8), ("sd-dpm2", 3), ("sd-unipc2", 3), ("sd-euler-a", 3),
+                                                    ("sd-ddim-eta", 3), ("sd-pndm", 3)])
 def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(family, batch_size):
     pipe = FAMILIES[family](seed=0)
-    chosen, shared, rows = _choose(pipe, branched=True, batch_size=batch_size)
-    chosen_apart, apart, rows_apart = _choose(pipe, branched=False)
+    chosen, shared, rows = _choose(pipe, branched=True, batch_size=batch_size, **FAMILY_CALL.get(family, {}))
+    chosen_apart, apart, rows_apart = _choose(pipe, branched=False, **FAMILY_CALL.get(family, {}))
     assert chosen == chosen_apart and [r.grid for r in shared] == [list(WINDOW_CHOICE_GRID)] * 2
     for a, b in zip(shared, apart, strict=True):
         assert a.distances == pytest.approx(b.distances, abs=1e-5) and a.strength == pytest.approx(b.strength, abs=1e-5)
