@@ -162,8 +162,8 @@ def learn_direction(
             by the calibration (default: the preset's). ``"auto"`` (the text preset's default when it calibrates;
             ``(0, 0.5)`` when it does not) calibrates over each of `AUTO_WINDOWS` and keeps the one whose samples
             come closest to the positives' own (recorded in ``metadata["window_choice"]``). The two runs share their
-            first half on DDIM, Euler discrete, flow-matching Euler and DPM-Solver, so the choice costs a plain
-            calibration's 8 sample sets (10 on other schedulers; `steer.calibrate.calibrate_windows`).
+            first half on DDIM, Euler discrete and ancestral, flow-matching Euler, DPM-Solver, UniPC, DEIS and PNDM, so
+            the choice costs a plain calibration's 8 sample sets (10 on other schedulers; `steer.calibrate.calibrate_windows`).
         readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`:
             ``"all"``, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
             edits, ``"detail"``, or attn2 paths / globs); recorded as recommended, and the calibration runs through
@@ -321,7 +321,9 @@ def learn_direction(
         "positive": _describe(pos_items),
         "negative": _describe(neg_items) if neg_items else None,
         "num_samples": num_samples if source in ("prompts-reference", "prompts-fast", "prompts-trajectory") else None,
-        "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale} if not image_input else None,
+        # the sampler the samples (and the calibration's strengths) came from: a strength is calibrated for it
+        "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+                     "scheduler": type(pipe.scheduler).__name__} if not image_input else None,
         "image_prompts": image_prompts if image_input and isinstance(image_prompts, str) else None,
         "seed": seed,
         "activation_norm": act_norm,
