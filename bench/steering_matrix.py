@@ -204,6 +204,8 @@ def main() -> None:
     ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
     ap.add_argument("--learn-steps", type=int, default=None, help="sampling steps of the calibrated methods' learning (default: --steps)")
     ap.add_argument("--window", default=None, help="learn the calibrated methods with this window: 'auto' or start,end (default: the preset's)")
+    ap.add_argument("--scheduler", default=None, help="a diffusers scheduler class to learn and sample with, from the model's own config "
+                    "(e.g. DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler; default: the model's)")
     ap.add_argument("--readers", default=None, help="learn text directions read only by these cross-attentions ('auto', 'all', 'layout', 'detail' or comma-separated attn2 globs; default: the preset's, 'auto')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -211,6 +213,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     pipe = load_pipeline(args.model, "cpu")
+    if args.scheduler:  # every method learns and samples with it (SEGA too: it shares the pipeline's scheduler)
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
     classifier = load_classifier()
     seeds = 1 if args.quick else args.seeds
     run = Runner(pipe, classifier, args.steps, args.guidance, seeds, args.seed_base)
@@ -261,7 +267,7 @@ def main() -> None:
             shown = [r for r in results if r["target"] == name and r["method"] == method]
             print(f"{kind} {name} {method}", [(r["condition"], r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in shown], f"{time.time() - t0:.0f}s", flush=True)
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
-            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "window": args.window, "readers": args.readers, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
+            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "window": args.window, "readers": args.readers, "scheduler": type(pipe.scheduler).__name__, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
     summary = summarise(results, methods, images=8 * seeds)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn_log, "cells": results}, indent=1))
     (out / "summary.md").write_text(render(summary, meta, learn_log))
