@@ -379,7 +379,8 @@ def sample_branched(
     ``[0, branch)`` steered at ``scales`` (one entry per image), then every image continued from those latents once
     per entry of ``continuations`` (per-image scales for the rest of the run), in batches of ``batch_size`` images.
     Both parts steer over all of their steps (a window is a share of the part, not of the run); a multistep solver's
-    history is handed from the first part's calls to the continuing ones (`steer.partial_run.SolverCarry`).
+    history, and each image's generator state where the sampler draws noise, is handed from the first part's calls to
+    the continuing ones (`steer.partial_run.SolverCarry`).
     ``call_kwargs`` (with ``num_inference_steps``) go to every call. Returns (len(continuations), images, features)."""
     copies = len(continuations)
     carry = SolverCarry()
