@@ -320,7 +320,8 @@ def summarise(results: list[dict], methods: list[str], images: int = 16) -> dict
 
 
 def render(summary: dict, meta: dict, learn_log: list[dict]) -> str:
-    lines = [f"Command: `{meta['command']}` ({meta['machine']}, DDIM {meta['steps']}, guidance {meta['guidance']}, "
+    sampler = meta.get("scheduler", "DDIMScheduler").removesuffix("Scheduler")  # runs before --scheduler: the model's DDIM
+    lines = [f"Command: `{meta['command']}` ({meta['machine']}, {sampler} {meta['steps']}, guidance {meta['guidance']}, "
              f"{meta['seeds']} seeds x {meta['prompts_per_cell']} prompts per cell, {meta['wall_seconds']} s)", "",
              "| method | prompts | kind | split | pass at 1.0 | pass at 1.0, kept by pixel colour | pass at any scale | mean success / kept / break at 1.0 | median rho (success, p) | success non-decreasing 0 -> 1 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
