@@ -120,6 +120,9 @@ def _copy(value: Any) -> Any:
 
 
 def _same(a: Any, b: Any) -> bool:
+    """Whether two recorded values are equal (tensors compared whole, not by ``==``'s elementwise result)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):

@@ -210,3 +210,32 @@ def test_sample_latents_splits_per_image_options_with_the_prompts_and_refuses_mi
         sample_latents(tiny_pipe, prompts, seeds[:2], **kw)
     with pytest.raises(ValueError, match=r"^sample_latents: steering_scale must hold one entry per image \(3\) to be split into batches, got 2$"):
         sample_latents(tiny_pipe, prompts, seeds, batch_size=2, **{**kw, "steering_scale": [0.5, 1.0]})
+
+
+def test_the_carry_lays_out_per_image_state_and_refuses_first_part_calls_that_disagree():
+    """Per-image rows (model outputs, the corrector's last sample) and generator states are laid out image by image
+    for the continuing calls; values the batch shares (orders, the timestep list) must agree between the first part's
+    calls."""
+    unipc = UniPCMultistepScheduler()
+
+    def record(carry, images: int, first: int, order: int = 2):
+        rows = torch.arange(first, first + images, dtype=torch.float32)[:, None]
+        unipc.model_outputs, unipc.last_sample = [None, rows], rows + 100
+        unipc.lower_order_nums, unipc.this_order, unipc.timestep_list = order, order, [None, torch.tensor([7, 5])]
+        carry.save(unipc, images, [torch.Generator().manual_seed(first + i) for i in range(images)])
+
+    carry = SolverCarry()
+    record(carry, 2, 0)
+    record(carry, 1, 2)  # 3 images in two calls, continued twice, 4 per call: 4 + 2
+    carry.repeat(2, 4)
+    calls = [carry.take(), carry.take()]
+    assert [c["rows"]["model_outputs"][1].flatten().tolist() for c in calls] == [[0, 1, 2, 0], [1, 2]]
+    assert calls[1]["rows"]["last_sample"].flatten().tolist() == [101, 102] and calls[1]["rows"]["model_outputs"][0] is None
+    assert torch.equal(calls[1]["generators"][1], torch.Generator().manual_seed(2).get_state())
+    with pytest.raises(RuntimeError, match="^a resumed run has no state from the part before it"):
+        carry.take()
+    disagree = SolverCarry()
+    record(disagree, 1, 0, order=1)
+    record(disagree, 1, 1, order=2)
+    with pytest.raises(RuntimeError, match="^the first part's calls reached different solver states"):
+        disagree.repeat(1, None)
