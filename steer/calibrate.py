@@ -231,8 +231,8 @@ def calibrate_windows(
 
     The positives' and the unsteered open samples are drawn once and shared. Two windows that start together, the
     second running to the end of the run, share more: at each strength both runs are the same until the first window
-    ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact for DDIM, Euler
-    discrete and ancestral, flow-matching Euler, DPM-Solver, UniPC, DEIS and PNDM; others sample each window whole). The chosen window is the one whose
+    ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact on
+    the schedulers `steer.partial_run.resumable` names; others sample each window whole). The chosen window is the one whose
     best relative distance is smallest among those that converged (the first window when none did): where the
     direction best reproduces the model's own prompt edit.
 
@@ -249,7 +249,7 @@ def calibrate_windows(
         raise ValueError("calibrate_windows needs at least one candidate window")
     windows = [tuple(float(x) for x in w) for w in windows]
     args = (pipe, vector, positive, negative, windows, num_samples, grid, seed, num_inference_steps, guidance_scale, steering, choose_route)
-    branch = branch_step(pipe, windows, num_inference_steps, **steering)
+    branch = branch_step(pipe, windows, num_inference_steps)
     results = _branched_sweeps(*args, branch, batch_size=batch_size) if branch is not None else _sweeps(*args, batch_size=batch_size)
     converged = [i for i, r in enumerate(results) if r.converged] or [0]
     chosen = min(converged, key=lambda i: results[i].distance)
@@ -258,10 +258,10 @@ def calibrate_windows(
     return chosen, results
 
 
-def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_steps: int, **call_kwargs: Any) -> int | None:
+def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_steps: int) -> int | None:
     """The step where the runs of two candidate windows can be split (`calibrate_windows`), or None: two windows
     from the start of the run, the second to its end, the first ending inside it, on a resumable scheduler."""
-    if len(windows) != 2 or not resumable(pipe.scheduler, **call_kwargs):
+    if len(windows) != 2 or not resumable(pipe.scheduler):
         return None
     (start_a, end_a), (start_b, end_b) = windows
     if start_a != 0 or start_b != 0 or end_b != 1:

@@ -61,8 +61,9 @@ def _history_fields(scheduler: Any) -> tuple[tuple[str, ...], tuple[str, ...]] |
     return next((fields for cls, fields in _HISTORY.items() if isinstance(scheduler, cls)), None)
 
 
-def resumable(scheduler: Any, **call_kwargs: Any) -> bool:
-    """Whether a run with ``scheduler`` (and these call options) can be cut between steps and resumed exactly."""
+def resumable(scheduler: Any) -> bool:
+    """Whether a run with ``scheduler`` can be cut between steps and resumed exactly (with any call options; a sampler
+    that draws noise needs one generator per image, `draws_noise`)."""
     kind = type(scheduler)
     if kind is FlowMatchEulerDiscreteScheduler:
         return not scheduler.config.get("stochastic_sampling", False)

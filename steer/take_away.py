@@ -8,7 +8,7 @@ attribute ("a red bag", ...) and sampled, unsteered, as the target; the original
 with the replacement at a grid of strengths, over each candidate window, in one batched call per window. The
 strength and window whose samples come closest (latent L2, relative to the unsteered ones) are the fit.
 Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG; with the default
-windows on a scheduler that resumes exactly (DDIM, Euler discrete, flow-matching Euler, DPM-Solver) the two windows' runs share
+windows on a scheduler that resumes exactly (`steer.partial_run.resumable`) the two windows' runs share
 their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 * len(grid)) * num_samples`` images
 (1,584 UNet rows at the defaults, against 2,016 with each window sampled whole).
 """
@@ -208,14 +208,14 @@ def _steered_samples(pipe, vector, away, sources: list[str], seeds: list[int], g
     cost). An early window ``(0, e)`` and the whole run, with the removal over the call's window or the whole run,
     share the first part of their runs where the scheduler resumes exactly (`steer.partial_run`): it is sampled once
     and continued twice, without the addition (and without the removal where it follows the window) and with both."""
-    steps = run_length(pipe, int(kw["num_inference_steps"]))  # denoiser calls per run
+    num_inference_steps = int(kw["num_inference_steps"])
+    steps = run_length(pipe, num_inference_steps)  # denoiser calls per run
     prompts = [p for _ in grid for p in sources]
     row_seeds = [s for _ in grid for s in seeds]
     scales = [pair_scales(g) for g in grid for _ in seeds]
     steer = dict(steering=[vector, away], steering_negative="remove")
     removal = removal_window_of(vector, away, kw)
-    options = {k: v for k, v in kw.items() if k != "num_inference_steps"}
-    branch = branch_step(pipe, windows, int(kw["num_inference_steps"]), **options) if removal in (None, (0.0, 1.0)) else None
+    branch = branch_step(pipe, windows, num_inference_steps) if removal in (None, (0.0, 1.0)) else None
     if branch is None:
         runs = [sample_latents(pipe, prompts, row_seeds, batch_size=batch_size, steering_scale=scales, steering_window=w, **steer, **kw)
                 for w in windows]

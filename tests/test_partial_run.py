@@ -25,7 +25,7 @@ import steer.calibrate as calibrate_module
 from steer.calibrate import WINDOW_CHOICE_GRID, calibrate_windows
 from steer.denoisers import CONTEXT_SITE
 from steer.engine.run import window_bounds
-from steer.partial_run import SolverCarry, partial_pipeline, resumable, run_length
+from steer.partial_run import SolverCarry, draws_noise, partial_pipeline, resumable, run_length
 from steer.testing import random_vector, tiny_pipeline
 from steer.testing.flux import tiny_flux_pipeline
 from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
@@ -107,7 +107,7 @@ def test_a_run_cut_after_its_window_and_resumed_equals_the_whole_run(family):
 
 
 def test_only_exactly_resumable_schedulers_are_cut():
-    assert resumable(DDIMScheduler()) and resumable(DDIMScheduler(), eta=0.5)  # eta > 0: its generators' states handed on
+    assert resumable(DDIMScheduler()) and draws_noise(DDIMScheduler(), eta=0.5)  # eta > 0: its generators' states handed on
     assert resumable(FlowMatchEulerDiscreteScheduler())
     assert not resumable(FlowMatchEulerDiscreteScheduler(stochastic_sampling=True))  # its pipelines pass it no generator
     assert resumable(EulerDiscreteScheduler()) and resumable(EulerAncestralDiscreteScheduler())
