@@ -167,6 +167,12 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     L.min_size, min(L.max_size, max(app.size * 2, 512)), value=app.size, step=8, label="Image size"
                 )
                 count = gr.Slider(2, L.max_strip, value=7, step=1, label="Strip length")
+                sampler = gr.Dropdown(
+                    H.sampler_choices(app.pipe), value="", label="Sampler",
+                    info="the scheduler that samples (and fits a take-away); a direction's calibrated strength "
+                    "carries over between samplers within a few percent",
+                    elem_id="sampler",
+                )
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 go_strip = gr.Button("Strength strip", elem_id="strip")
@@ -199,6 +205,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         "mode": mode,
         "strict": strict,
         "negative": negative_mode,
+        "sampler": sampler,
     }
     with_take_away = {**inputs, "take_away": take_away}
     go.click(
@@ -217,7 +224,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
     )
     fit.click(
         guarded(4)(app.fit_take_away),
-        [direction, session, take_away, guidance, strict],
+        [direction, session, take_away, guidance, strict, sampler],
         [strength, w_start, w_end, status],
         api_name="fit_take_away",
     )

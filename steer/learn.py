@@ -41,6 +41,7 @@ from steer.extract import (
     generate_samples,
     is_image_item,
 )
+from steer.samplers import sampler_name
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import check_int
 from steer.vectors import SteeringVector, unet_fingerprint
@@ -323,7 +324,8 @@ def learn_direction(
         "num_samples": num_samples if source in ("prompts-reference", "prompts-fast", "prompts-trajectory") else None,
         # the sampler the samples (and the calibration's strengths) came from: a strength is calibrated for it
         "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                     "scheduler": type(pipe.scheduler).__name__} if not image_input else None,
+                     "scheduler": type(pipe.scheduler).__name__, "sampler": sampler_name(pipe.scheduler)}
+        if not image_input else None,
         "image_prompts": image_prompts if image_input and isinstance(image_prompts, str) else None,
         "seed": seed,
         "activation_norm": act_norm,

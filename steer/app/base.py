@@ -195,5 +195,34 @@ def layer_names(pipe) -> list[str]:
     return list_layers(denoiser_of(pipe))
 
 
+def sampler_choices(pipe) -> list[tuple[str, str]]:
+    """The sampler picker's (label, value) choices: the model's own scheduler (value ``""``), then every named sampler
+    that fits it (`steer.samplers.sampler_names`)."""
+    from steer.samplers import sampler_names
+
+    own = f"the model's own ({type(pipe.scheduler).__name__})"
+    return [(own, ""), *((name, name) for name in sampler_names(pipe.scheduler))]
+
+
+def check_sampler_choice(pipe, value: Any) -> str:
+    """The picked sampler's canonical name, or ``""`` for the model's own; raises `UserError` for one that does not
+    fit the model (a hand-made API call)."""
+    if value is None or value == "":
+        return ""
+    from steer.samplers import check_sampler
+
+    try:
+        return check_sampler(pipe.scheduler, value)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def sampling_pipe(pipe, sampler: str):
+    """``pipe`` sampling with ``sampler`` (`steer.samplers.with_sampler`; ``""``: ``pipe`` itself)."""
+    from steer.samplers import with_sampler
+
+    return with_sampler(pipe, sampler or None)
+
+
 def model_name(pipe) -> str:
     return str(getattr(pipe, "name_or_path", "") or getattr(pipe.config, "_name_or_path", "") or "in-memory pipeline")

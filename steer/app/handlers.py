@@ -210,11 +210,14 @@ class SteerApp:
         return gallery, ok_box(f"Strength strip of **{H.md_text(vector.name)}**{removed}: {', '.join(f'{s:+.3g}' for s in scales)}.")
 
     def fit_take_away(
-        self, direction: str, session: dict | None, take_away: str, guidance: Any, strict: bool, progress: gr.Progress = PROGRESS
+        self, direction: str, session: dict | None, take_away: str, guidance: Any, strict: bool, sampler: str = "",
+        progress: gr.Progress = PROGRESS,
     ):
-        """Set the strength and window sliders to what `steer.take_away.fit_take_away` finds for this pair."""
+        """Set the strength and window sliders to what `steer.take_away.fit_take_away` finds for this pair (with the
+        sampler picked for generation)."""
         vector, away = self.catalog.get(direction, session), self.catalog.get(take_away, session)
-        fit = H.fit_take_away(self.pipe, vector, away, guidance, bool(strict), progress_fn(progress))
+        pipe = H.sampling_pipe(self.pipe, H.check_sampler_choice(self.pipe, sampler))
+        fit = H.fit_take_away(pipe, vector, away, guidance, bool(strict), progress_fn(progress))
         strength = round(fit.strength / 0.05) * 0.05  # the slider's step
         note = (
             f"Fitted: **{H.md_text(vector.name)}** × {strength:g} taking away **{H.md_text(away.name)}**, window "

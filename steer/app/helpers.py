@@ -31,6 +31,7 @@ from steer.app.base import (  # noqa: F401 - re-exported: app.py and the tests u
     check_float,
     check_int,
     check_prompt,
+    check_sampler_choice,
     check_size,
     clean_text,
     html_text,
@@ -39,6 +40,8 @@ from steer.app.base import (  # noqa: F401 - re-exported: app.py and the tests u
     md_text,
     model_name,
     readable,
+    sampler_choices,
+    sampling_pipe,
     shown,
     slug,
 )
@@ -174,6 +177,7 @@ class GenerateSettings:
     height: int | None = None
     width: int | None = None
     config: SteeringConfig = field(default_factory=SteeringConfig)
+    sampler: str = ""  # a `steer.samplers` name; "": the model's own scheduler
 
     @classmethod
     def from_inputs(
@@ -190,6 +194,7 @@ class GenerateSettings:
         mode: Any,
         strict: Any,
         negative: Any = "subtract",
+        sampler: Any = "",
         **request: Any,
     ) -> GenerateSettings:
         """The validated request of the Generate tab's widget values, by the names `app.py` wires them with;
@@ -202,7 +207,8 @@ class GenerateSettings:
             strict=strict,
             negative=check_choice(negative, "what a negative strength does", NEGATIVES),
         )
-        settings = cls(**request, layer_index=layer, layers=tuple(layers or ()), height=size, width=size, config=config)
+        settings = cls(**request, layer_index=layer, layers=tuple(layers or ()), height=size, width=size, config=config,
+                       sampler=sampler)
         return settings.validated(pipe)
 
     def validated(self, pipe) -> GenerateSettings:
@@ -220,6 +226,7 @@ class GenerateSettings:
             layers=tuple(self.layers or ()),
             height=check_size(self.height or size, "the height"),
             width=check_size(self.width or size, "the width"),
+            sampler=check_sampler_choice(pipe, self.sampler),
         )
 
     def call_kwargs(self, rows: int) -> dict[str, Any]:
@@ -289,7 +296,8 @@ class GenerateSettings:
             "guidance_scale": self.guidance,
             "height": self.height,
             "width": self.width,
-            "scheduler": type(pipe.scheduler).__name__,
+            "scheduler": type(sampling_pipe(pipe, self.sampler).scheduler).__name__,
+            **({"sampler": self.sampler} if self.sampler else {}),
             "steering": steering,
         }
 
@@ -362,7 +370,7 @@ def run_rows_scored(
             steering["steering_scale"] = [float(s) for s in scales] if rows > 1 else float(scales[0])
     detector = inline_detector_for(detector, settings)
     extra = {"memorization_detector": detector} if detector is not None else {}
-    out = pipe(
+    out = sampling_pipe(pipe, settings.sampler)(
         **kwargs,
         **steering,
         **extra,

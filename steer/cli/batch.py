@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.assets import default_model
-from steer.cli.inputs import CLIError, add_compile_argument, check_compile_backend, check_out_dir
+from steer.cli.inputs import CLIError, add_compile_argument, add_sampler_argument, check_compile_backend, check_out_dir
 from steer.cli.loading import load_pipeline
 from steer.jobs.files import OutDir, new_run_id
 from steer.jobs.formats import read_jobs
@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_compile_argument(p)
+    add_sampler_argument(p, "sample the jobs that name no 'sampler'")
 
 
 def configure_parser(subparsers: Any) -> None:
@@ -62,10 +63,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
             out.lock()
             check_manifests(out)
         pipe = load_pipeline(args.model, device, progress=False)
+        if args.sampler is not None:  # one that does not fit the model: one line now, not a failure per job
+            from steer.samplers import check_sampler
+
+            args.sampler = check_sampler(pipe.scheduler, args.sampler)
         if args.compile:
             pipe.compile_unet(backend=args.compile)
         summary = run(raw, pipe, out if out is not None else args.out, args.batch_size, model=str(args.model),
-                      progress=args.progress, report=_stderr, state=state, base_dir=Path(args.jobs).resolve().parent)
+                      progress=args.progress, report=_stderr, state=state, base_dir=Path(args.jobs).resolve().parent,
+                      sampler=args.sampler)
     finally:
         if out is not None:
             out.close()

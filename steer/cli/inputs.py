@@ -161,3 +161,25 @@ def check_compile_backend(backend: str | None) -> None:
     known = torch.compiler.list_backends(exclude_tags=())
     if backend not in known:
         raise CLIError(f"--compile: unknown torch.compile backend {short(backend)}{did_you_mean(backend, known)} (known: {', '.join(sorted(known))})")
+
+
+def add_sampler_argument(p, what: str = "sample") -> None:
+    """``--sampler NAME`` (learn, generate, detect, batch): `steer.samplers.with_sampler` on the loaded pipeline."""
+    from steer.samplers import SAMPLERS
+
+    p.add_argument("--sampler", type=sampler_name_arg, default=None, metavar="NAME",
+                   help=f"{what} with this sampler instead of the model's own scheduler: {', '.join(SAMPLERS)} (those "
+                        "that fit the model's family: SD-family models all but flow-euler, flow-matching models "
+                        "flow-euler), or a compatible diffusers scheduler class name")
+
+
+def sampler_name_arg(text: str) -> str:
+    """An argparse type: a sampler name or scheduler class name (whether it fits the model is checked once it loads)."""
+    import argparse
+
+    from steer.samplers import known_sampler
+
+    try:
+        return known_sampler(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

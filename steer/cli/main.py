@@ -18,6 +18,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything impo
 from steer.cli.inputs import (  # noqa: E402
     CLIError,
     add_compile_argument,
+    add_sampler_argument,
     check_compile_backend,
     check_out_dir,
     check_out_file,
@@ -155,7 +156,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     check_out_file(args.out)  # the inputs first: a bad one fails before the model loads
     positive, negative = expand_items(args.positive), expand_items(args.negative)
-    pipe = load_pipeline(args.model, args.device, progress=False)
+    pipe = load_pipeline(args.model, args.device, progress=False).with_sampler(args.sampler)
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
         vector = _learn(pipe, args, positive, negative)
@@ -196,8 +197,9 @@ def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[s
     )
 
 
-def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None) -> dict[str, Any]:
+def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None) -> dict[str, Any]:
     from steer import __version__
+    from steer.samplers import sampler_name
     from steer.take_away import take_away_record
 
     taken = {"take_away": take_away_record(away[0], away[1], scale)} if away is not None else {}
@@ -209,6 +211,7 @@ def _recipe(args: argparse.Namespace, vectors, config: SteeringConfig, scale: fl
         "seed": seed,
         "num_inference_steps": args.steps,
         "guidance_scale": args.guidance,
+        "sampler": sampler_name(pipe.scheduler),
         "height": args.height,
         "width": args.width,
         "directions": [{"name": v.name, "hash": v.digest(), "path": str(p), "weight": w} for (v, p), w in zip(vectors, weights, strict=True)],
@@ -297,6 +300,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device, progress=True)
     if args.compile:
         pipe.compile_unet(backend=args.compile)
+    pipe = pipe.with_sampler(args.sampler)
     if args.fit:
         with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)
             warnings.simplefilter("always")
@@ -340,10 +344,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         size = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
         for image, scale in zip(images, scales, strict=True):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, vectors, config, scale, seed, weights, away), **size}))
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away), **size}))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, vectors, config, None, seed, weights, away), **size, "sweep": scales}))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away), **size, "sweep": scales}))
     for w in written:
         print(w)
     return 0
@@ -461,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)
+    add_sampler_argument(p, "learn and calibrate")
     p.add_argument("--name", default=None)
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_learn)
@@ -487,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
     p.add_argument("--steps", type=STEPS, default=30)
     p.add_argument("--guidance", type=GUIDANCE, default=7.5)
+    add_sampler_argument(p)
     p.add_argument("--height", type=SIZE, default=None)
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--out", required=True, help="output directory")

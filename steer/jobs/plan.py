@@ -61,6 +61,7 @@ class CallSetup:
     vectors: tuple = ()
     digests: tuple[str, ...] = ()
     config: SteeringConfig | None = None  # how the vectors are applied; None for an unsteered call
+    sampler: str | None = None  # a `steer.samplers` name the call samples with; None: the pipeline's scheduler
 
     def key(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "vectors")
@@ -97,7 +98,8 @@ class Plan:
 class _Validator:
     """Checks jobs against one pipeline; caches loaded vectors and verified call setups."""
 
-    def __init__(self, pipe: Any, model: str, base_dir: Path | None, report: Callable[[str], None] | None = None, fits: FitCache | None = None):
+    def __init__(self, pipe: Any, model: str, base_dir: Path | None, report: Callable[[str], None] | None = None, fits: FitCache | None = None,
+                 sampler: str | None = None):
         from steer import __version__
         from steer.denoisers import denoiser_of, native_size
         from steer.vectors import weights_hash
@@ -113,6 +115,9 @@ class _Validator:
         self._fits = fits if fits is not None else FitCache(pipe)
         self.report = report
         self._noted: set[str] = set()  # the disagreement notes already reported (once per run each)
+        self.default_sampler = sampler  # for jobs that name none (steer batch --sampler)
+        self._samplers: dict[str, str | Exception] = {}  # as given -> its canonical name, or why it does not fit
+        self._scheduler_classes: dict[str, str] = {}  # canonical sampler name -> its scheduler class (recipes)
 
     # ----- fields ---------------------------------------------------------------------------------------------------
     def images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
@@ -145,7 +150,8 @@ class _Validator:
             raise JobError(line, f"at most {MAX_DIRECTIONS} directions per job, got {len(directions)}")
         loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
         away, job = self._take_away(line, job, loaded)
-        base = CallSetup(self.model, steps, guidance, height, width)
+        sampler = self._sampler(line, job.get("sampler", self.default_sampler))
+        base = CallSetup(self.model, steps, guidance, height, width, sampler=sampler)
         setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)
         name = job.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
@@ -201,7 +207,7 @@ class _Validator:
         """Fit the take-away (once per pair and call setting) and fill in its window (unless the job sets one) and
         scale (unless its direction does, in ``loaded``)."""
         vector, path, _ = loaded[0]
-        fit = self._fits.get(vector, away.vector, base.guidance_scale, base.height, base.width, self.report)
+        fit = self._fits.get(vector, away.vector, base.guidance_scale, base.height, base.width, self.report, sampler=base.sampler)
         if "steering_window" not in job:
             job = {**job, "steering_window": list(fit.window)}
         if not sets_scale(directions[0]):
@@ -217,6 +223,24 @@ class _Validator:
                 raise JobError(line, f"seeds must be a non-empty list of at most {MAX_IMAGES_PER_JOB} integers, got {show(seeds)}")
             return [check_int(line, "seed", s, 0, MAX_SEED) for s in seeds]
         return [check_int(line, "seed", job.get("seed", 0), 0, MAX_SEED)]
+
+    def _sampler(self, line: int, value: Any) -> str | None:
+        """The job's sampler by its canonical name (`steer.samplers.check_sampler`), or None for the pipeline's own."""
+        if value is None:
+            return None
+        from steer.samplers import build_sampler, check_sampler
+
+        key = value if isinstance(value, str) else repr(value)[:200]
+        if key not in self._samplers:
+            try:
+                name = self._samplers[key] = check_sampler(self.pipe.scheduler, value)
+                self._scheduler_classes[name] = type(build_sampler(self.pipe.scheduler, name)).__name__
+            except ValueError as err:
+                self._samplers[key] = err
+        result = self._samplers[key]
+        if isinstance(result, Exception):
+            raise JobError(line, f"sampler: {result}")
+        return result
 
     def _size(self, line: int, what: str, value: Any) -> int:
         if value is None:
@@ -341,7 +365,8 @@ class _Validator:
             "steer_version": self.version,
             "model": self.model,
             "unet_weights": self.unet_weights,
-            "scheduler": type(self.pipe.scheduler).__name__,
+            "scheduler": self._scheduler_classes[setup.sampler] if setup.sampler else type(self.pipe.scheduler).__name__,
+            **({"sampler": setup.sampler} if setup.sampler else {}),  # only when set: earlier runs' resume keys hold
             "prompt": prompt,
             "negative_prompt": negative,
             "seed": seed,
@@ -426,13 +451,13 @@ def image_key(recipe: dict[str, Any]) -> str:
 # ======================================================================================================================
 def plan_jobs(
     raw_jobs: Sequence[RawJob], pipe: Any, out_dir: str | os.PathLike, *, model: str, base_dir: Path | None = None, batch_size: int = 4,
-    report: Callable[[str], None] | None = None, fits: FitCache | None = None,
+    report: Callable[[str], None] | None = None, fits: FitCache | None = None, sampler: str | None = None,
 ) -> Plan:
     """Validate every job, mark finished images, pick output names and form the batches (no writes; no compute but
     the take-away fits that jobs with ``take_away_fit`` ask for, reported through ``report``; ``fits``: a cache that
-    may hold them already)."""
+    may hold them already; ``sampler``: the one for jobs that name none)."""
     out = Path(out_dir)
-    validator = _Validator(pipe, model, base_dir, report, fits)
+    validator = _Validator(pipe, model, base_dir, report, fits, sampler)
     plan = Plan()
     for line, raw in raw_jobs:
         try:

@@ -49,6 +49,7 @@ JOB_FIELDS = (
     "steering_readers",
     "take_away",
     "take_away_fit",
+    "sampler",
     "name",
     "model",
 )

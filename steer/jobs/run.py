@@ -138,6 +138,8 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
     """Run ``images`` (one shared `CallSetup`) as rows of one pipeline call: per-row prompt, generator and scales."""
     import torch
 
+    from steer.samplers import with_sampler
+
     setup = images[0].setup
     if any(im.setup.key() != setup.key() for im in images):
         raise ValueError("generate_batch needs images that share one call setup")
@@ -160,7 +162,7 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
             steering_scale=[list(im.scales) for im in images],
             **setup.config.to_settings(),
         )
-    return pipe([im.prompt for im in images], **kwargs).images
+    return with_sampler(pipe, setup.sampler)([im.prompt for im in images], **kwargs).images
 
 
 
@@ -365,6 +367,7 @@ def run(
     report: Callable[[str], None] | None = None,
     state: Any = None,
     base_dir: str | os.PathLike | None = None,
+    sampler: str | None = None,
 ) -> dict[str, Any]:
     """Run a jobs file (or a list of job dicts) on ``pipe``, writing PNGs and ``manifest.jsonl`` under ``out_dir``.
 
@@ -375,6 +378,7 @@ def run(
     fits; directions recording different application settings, once per run each). Under accelerate (``state`` or
     the launch environment) the batches are dealt round-robin to the processes and every process returns the same,
     combined summary. ``base_dir``: where relative direction paths are looked up (default: next to the jobs file).
+    ``sampler``: the sampler of jobs that name none (`steer.samplers`; default the pipeline's scheduler).
 
     The output folder is locked for the run: `OutputBusyError` when another run holds it (``out_dir`` may also be an
     `OutDir` the caller has locked already); `UnsafePathError` when its manifest is a symlink.
@@ -396,10 +400,11 @@ def run(
         wants_fits = any(isinstance(job, dict) and job.get("take_away_fit") for _, job in raw)
         if state.num_processes > 1 and wants_fits:  # each take-away pair fitted by one process, not by all of them
             fits.share(state.process_index, state.num_processes,
-                       lambda cache: plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size, fits=cache),
+                       lambda cache: plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size, fits=cache,
+                                               sampler=sampler),
                        lambda mine: _gather(state, mine), error_reason)
         plan = plan_jobs(raw, pipe, out.path, model=model, base_dir=base, batch_size=batch_size,
-                         report=report if state.is_main_process else None, fits=fits)
+                         report=report if state.is_main_process else None, fits=fits, sampler=sampler)
         if report is not None and state.is_main_process:
             for text in failure_lines(plan.failures, "line"):
                 report(text)

@@ -43,6 +43,7 @@ from steer.detect.inline import enter_inline_detection
 from steer.detect.scores import INLINE_CALL_PARAMS
 from steer.engine import LayerPlan, StaticSteeringSites, SteeringSession, activated, build_layer_plans
 from steer.learn import learn_direction
+from steer.samplers import with_sampler
 from steer.validation import check_steering_request, did_you_mean
 from steer.vectors import SteeringVector, as_vector_list
 
@@ -167,16 +168,29 @@ class SteeringMixin:
                 raise TypeError(f"unknown steering option {key!r}; known: {[k[9:] for k in STEERING_DEFAULTS][1:]}")
             settings[full] = value
         current = dict(_CONTEXT_DEFAULTS.get() or {})
-        current[id(self)] = {**current.get(id(self), {}), **settings}
+        key = self.steering_key()
+        current[key] = {**current.get(key, {}), **settings}
         token = _CONTEXT_DEFAULTS.set(current)
         try:
             yield
         finally:
             _CONTEXT_DEFAULTS.reset(token)
 
+    def steering_key(self) -> int:
+        """Which pipeline a `steering` block applies to: this one, or the one a `with_sampler` copy was made from."""
+        return self.__dict__.get("_steering_key", id(self))
+
+    def with_sampler(self, name: str | None):
+        """This pipeline sampling with sampler ``name`` (``"dpm++2m-karras"``, ``"euler-a"``...): a shallow copy that
+        shares the modules and the `steering` blocks in force; see `steer.samplers.with_sampler`."""
+        clone = with_sampler(self, name)
+        if clone is not self:
+            clone.__dict__["_steering_key"] = self.steering_key()
+        return clone
+
     def _resolve_steering(self, explicit: dict[str, Any]) -> tuple[dict[str, Any], list[SteeringVector]]:
         """Settings of this call: built-in defaults < the vectors' recommended ones < `steering(...)` < arguments."""
-        given = {**(_CONTEXT_DEFAULTS.get() or {}).get(id(self), {}), **explicit}
+        given = {**(_CONTEXT_DEFAULTS.get() or {}).get(self.steering_key(), {}), **explicit}
         vectors = as_vector_list(self._bundled_files(given.get("steering")))
         settings = {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}
         if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
