@@ -298,6 +298,23 @@ def test_api_generate_matches_python_api(client, pipe, direction_file):
     assert np.array_equal(pixels(png), got_steered)  # the download is the native-size steered image
 
 
+def test_api_generate_with_a_picked_sampler_matches_python_api(client, pipe, direction_file):
+    """The Advanced panel's sampler: the pair is what `pipe.with_sampler(name)` gives, the recipe records it, and one
+    that does not fit the model (a hand-made API call) is a readable message."""
+    original, steered, png, status = client.predict(**generate_args("constructed", sampler="euler-a"), api_name="/generate")
+    assert "Steered with" in status
+    want = expected_pair(pipe.with_sampler("euler-a"), SteeringVector.load(direction_file), SCALE)
+    assert np.abs(native(original) - want[0]).max() <= 1 and np.abs(native(steered) - want[1]).max() <= 1
+    default = expected_pair(pipe, SteeringVector.load(direction_file), SCALE)
+    assert np.abs(native(steered) - default[1]).mean() > 1.0  # another sampler, another image
+    recipe = read_recipe(png)
+    assert (recipe["sampler"], recipe["scheduler"]) == ("euler-a", "EulerAncestralDiscreteScheduler")
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="flow-euler is not in the list of choices"):  # gradio refuses it first
+        client.predict(**generate_args("constructed", sampler="flow-euler"), api_name="/generate")
+
+
 def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(client, pipe, direction_file, tmp_path):
     # a direction without a recorded reference level: a readable one-line status, no traceback
     *_, status = client.predict(**generate_args("constructed", scale=-SCALE, negative="remove"), api_name="/generate")

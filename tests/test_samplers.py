@@ -3,6 +3,7 @@ a pipeline given that scheduler the diffusers way, steering windows on every sam
 samplers, and the sampler option of the command line, batch jobs and the app (tiny random SD pipeline, CPU)."""
 
 import json
+import re
 import threading
 
 import diffusers
@@ -253,3 +254,42 @@ def test_the_app_samples_with_the_picked_sampler_and_records_it(tiny_pipe):
     assert "sampler" not in H.GenerateSettings(prompt="a bag").validated(tiny_pipe).recipe(tiny_pipe, v, 1.0)
     with pytest.raises(H.UserError, match="does not fit"):
         H.GenerateSettings(prompt="a bag", sampler="flow-euler").validated(tiny_pipe)
+
+
+# ----- every family ---------------------------------------------------------------------------------------------------
+FAMILIES = {  # family: (tiny pipeline, call size, another sampler or None (flow matching: its own only), one that does not fit)
+    "sdxl": ("steer.testing.sdxl:tiny_sdxl_pipeline", {}, "dpm++2m-karras", "flow-euler"),
+    "pixart": ("steer.testing.pixart:tiny_pixart_pipeline", "TINY_CALL", "euler-a", "flow-euler"),
+    "sd3": ("steer.testing.sd3:tiny_sd3_pipeline", {}, None, "euler"),
+    "flux": ("steer.testing.flux:tiny_flux_pipeline", {"height": 16, "width": 16}, None, "dpm++2m"),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_samples_with_the_samplers_that_fit_it(family):
+    """SDXL and PixArt take the SD samplers (another one gives other images, steering at scale 0 changes nothing);
+    SD3 and Flux take flow-euler only, which is their own scheduler (the same images bit for bit, dynamic shifting
+    and all); a sampler of the other kind is one line."""
+    import importlib
+
+    from steer.denoisers import CONTEXT_SITE
+
+    spec, size, other, misfit = FAMILIES[family]
+    module, fn = spec.split(":")
+    pipe = getattr(importlib.import_module(module), fn)(seed=0)
+    size = getattr(importlib.import_module(module), size) if isinstance(size, str) else size
+    base = call(pipe, **size)
+    if other is None:
+        assert sampler_names(pipe.scheduler) == ["flow-euler"]
+        np.testing.assert_array_equal(call(pipe.with_sampler("flow-euler"), **size), base)
+        other = "flow-euler"
+    else:
+        assert np.abs(call(pipe.with_sampler(other), **size) - base).max() > 1e-4
+    sampled = pipe.with_sampler(other)
+    v = random_vector(pipe, [CONTEXT_SITE], seed=1)
+    plain = call(sampled, **size)
+    assert np.isfinite(plain).all()
+    np.testing.assert_array_equal(call(sampled, steering=v, steering_scale=0.0, **size), plain)
+    assert np.abs(call(sampled, steering=v, steering_scale=2.0, **size) - plain).max() > 0  # (the tiny PixArt barely reads text)
+    with pytest.raises(ValueError, match=re.escape(f"sampler '{misfit}' (") + ".* does not fit this pipeline"):
+        pipe.with_sampler(misfit)
