@@ -1,6 +1,6 @@
 """The shared first half on the demo model's own weights, with the schedulers users pick: the same choice, fewer rows.
 
-    python bench/resume_check.py [--out docs/steering/resume_check.json]
+    python bench/resume_check.py [--samplers dpm++2m euler ...] [--out docs/steering/resume_check.json]
 
 The demo model's DDIM scheduler swapped for DPM-Solver++ (2M, diffusers' default settings), Euler discrete, UniPC
 (order 2, its corrector on), Euler ancestral (noise drawn at every step: each image's generator handed on) and PNDM
@@ -8,7 +8,8 @@ with ``skip_prk_steps`` (SD 1.x's default: 21 denoiser calls for 20 steps); for
 purple (a colour the window choice sends to the whole run) and coat (a class), `learn_direction` with its defaults
 (DDIM 20 steps, guidance 5) twice: with the two candidate windows sharing their first half (`steer.partial_run`, the
 default) and with each sampled whole. Printed and saved: seconds, UNet rows, both windows' distances and strengths and
-the chosen window. 1 torch thread.
+the chosen window. 1 torch thread. ``--samplers``: others by name (`steer.samplers`), e.g. the second-order and
+linear-multistep ones that resume since session 19 (``heun dpm2-a-karras lms-karras dpm++2s ddpm``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from steer.cli.loading import load_pipeline  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samplers", nargs="+", default=None, help="sampler names (default: the five above)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "steering" / "resume_check.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -50,10 +52,13 @@ def main() -> None:
     branch = calibrate_module.branch_step
     rows = []
     schedulers = (DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler, EulerAncestralDiscreteScheduler, PNDMScheduler)
-    own = pipe.scheduler.config
-    for scheduler in schedulers:
-        name = scheduler.__name__
-        pipe.scheduler = scheduler.from_config(own, **({"skip_prk_steps": True} if scheduler is PNDMScheduler else {}))
+    own, base = pipe.scheduler.config, pipe
+    for scheduler in args.samplers or schedulers:
+        if isinstance(scheduler, str):
+            name, pipe = scheduler, base.with_sampler(scheduler)
+        else:
+            name = scheduler.__name__
+            pipe.scheduler = scheduler.from_config(own, **({"skip_prk_steps": True} if scheduler is PNDMScheduler else {}))
         for kind, target in (("colour", "purple"), ("class", "coat")):
             P = prompts_for(kind, target)
             for shared in (True, False):

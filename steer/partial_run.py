@@ -10,21 +10,25 @@ A resumed part must step exactly as the whole run would have from there:
 - Its step sizes come from the whole schedule. Euler-type schedulers (Euler discrete, SDXL's default; Euler
   ancestral; flow-matching Euler, SD3's and Flux's) slice their sigmas with the timesteps, and since the pipelines
   scale given latents by the schedule's first noise level, a part that starts after step 0 reports 1 there.
-- Multistep solvers (DPM-Solver, PixArt's default and SD's "DPM++ 2M"; DEIS; UniPC with its corrector) keep the
-  model outputs of earlier steps and lower the order of their last steps by the schedule's length: each step sees the
-  whole schedule (only the pipeline's loop sees the part), and the solver history at the end of the first part is
-  handed to the calls that continue it (`SolverCarry`: per image, in call order, so those calls must split their
-  images as the caller says).
-- Samplers that draw noise at every step (DDIM with ``eta > 0``, Euler ancestral, the SDE variants of DPM-Solver)
-  are exact when every image has its own generator (as `steer.calibrate.sample_latents` gives them): the carry
-  hands each image's generator state on too, so the continuation draws the noise the whole run would have.
+- Multistep solvers (DPM-Solver, PixArt's default and SD's "DPM++ 2M", and its single-step variant; DEIS; UniPC with
+  its corrector; LMS) keep the model outputs of earlier steps and lower the order of their last steps by the
+  schedule's length: each step sees the whole schedule (only the pipeline's loop sees the part), and the solver
+  history at the end of the first part is handed to the calls that continue it (`SolverCarry`: per image, in call
+  order, so those calls must split their images as the caller says).
+- Second-order samplers (Heun, KDPM2 and its ancestral variant) call the denoiser twice a step; a cut between the two
+  calls hands the half-step (its sample, derivative and step size) on the same way.
+- Samplers that draw noise at every step (DDIM with ``eta > 0``, DDPM, Euler ancestral, KDPM2 ancestral, the SDE
+  variants of DPM-Solver) are exact when every image has its own generator (as `steer.calibrate.sample_latents` gives
+  them): the carry hands each image's generator state on too, so the continuation draws the noise the whole run would
+  have.
 
 PNDM (SD 1.x's default) keeps its last model outputs and a step counter the same way; its run is one denoiser call
-longer than its ``num_inference_steps`` (`run_length`), and windows are shares of that run.
+longer than its ``num_inference_steps``, Heun's and KDPM2's ``2 n - 1`` calls (`run_length`), and windows are shares
+of that run.
 
-Not split (`resumable` False; their callers run every candidate whole): LMS, Heun and other second-order or
-Brownian-tree samplers, UniPC with a separate ``solver_p``, and flow-matching Euler with stochastic sampling (its
-pipelines pass it no generator).
+Not split (`resumable` False; their callers run every candidate whole): Brownian-tree samplers
+(`DPMSolverSDEScheduler`), UniPC with a separate ``solver_p``, flow-matching Euler with stochastic sampling (its
+pipelines pass it no generator), and schedulers outside the SD family's interchangeable set (LCM, TCD, EDM...).
 """
 
 from __future__ import annotations
@@ -37,11 +41,17 @@ from typing import Any
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
@@ -53,7 +63,15 @@ _HISTORY: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {
     DEISMultistepScheduler: (("model_outputs",), ("lower_order_nums",)),
     UniPCMultistepScheduler: (("model_outputs", "last_sample"), ("lower_order_nums", "this_order", "timestep_list")),
     PNDMScheduler: (("ets", "cur_sample", "cur_model_output"), ("counter",)),
+    DPMSolverSinglestepScheduler: (("model_outputs", "sample"), ()),
+    LMSDiscreteScheduler: (("derivatives",), ()),
+    # second-order samplers: two denoiser calls a step, a cut between them hands the half-step on
+    HeunDiscreteScheduler: (("prev_derivative", "sample"), ("dt",)),
+    KDPM2DiscreteScheduler: (("sample",), ()),
+    KDPM2AncestralDiscreteScheduler: (("sample",), ("dt",)),
 }
+# schedulers whose run is not one denoiser call per step (`run_length`)
+_LONGER_RUNS = (PNDMScheduler, HeunDiscreteScheduler, KDPM2DiscreteScheduler, KDPM2AncestralDiscreteScheduler)
 _SLICED_SIGMAS = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
 
 
@@ -69,17 +87,18 @@ def resumable(scheduler: Any) -> bool:
         return not scheduler.config.get("stochastic_sampling", False)
     if kind is UniPCMultistepScheduler:
         return not scheduler.config.get("solver_p")
-    # Euler discrete draws noise only with churn (``s_churn`` of its ``step``, which the pipelines leave at 0)
-    return kind in (DDIMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, DEISMultistepScheduler,
-                    PNDMScheduler)
+    # Euler discrete draws noise only with churn (``s_churn`` of its ``step``, which the pipelines leave at 0); Heun
+    # and KDPM2 only with theirs (none)
+    return kind in (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler,
+                    DEISMultistepScheduler, PNDMScheduler, *_HISTORY)
 
 
 def run_length(pipe: Any, num_inference_steps: int) -> int:
     """Denoiser calls in a ``num_inference_steps`` run of ``pipe`` (the steps its windows are shares of): as many,
     but with PNDM one more (its second step evaluates the first's noise level again) or, without ``skip_prk_steps``,
-    its Runge-Kutta warm-up's more."""
+    its Runge-Kutta warm-up's more; with Heun and KDPM2 two a step but the last (``2 n - 1``)."""
     scheduler = pipe.scheduler
-    if isinstance(scheduler, PNDMScheduler):
+    if isinstance(scheduler, _LONGER_RUNS):
         probe = copy.deepcopy(scheduler)
         probe.set_timesteps(int(num_inference_steps))
         return len(probe.timesteps)
@@ -95,9 +114,9 @@ def draws_noise(scheduler: Any, **step_kwargs: Any) -> bool:
     """Whether ``scheduler``'s step (with these options: a DDIM step's ``eta``) draws noise from its generator."""
     if isinstance(scheduler, DDIMScheduler):
         return float(step_kwargs.get("eta", 0.0) or 0.0) > 0.0
-    if isinstance(scheduler, DPMSolverMultistepScheduler):
+    if isinstance(scheduler, DPMSolverMultistepScheduler | DPMSolverSinglestepScheduler):
         return scheduler.config.get("algorithm_type") in ("sde-dpmsolver", "sde-dpmsolver++")
-    return isinstance(scheduler, EulerAncestralDiscreteScheduler)
+    return isinstance(scheduler, EulerAncestralDiscreteScheduler | KDPM2AncestralDiscreteScheduler | DDPMScheduler)
 
 
 def _rows(values: Sequence[Any]) -> Any:
@@ -224,7 +243,7 @@ def _span_class(cls: type) -> type:
             for generator, state in zip(generators, states, strict=True):
                 generator.set_state(state)
         part = self.timesteps
-        if keeps_history(self):  # its order rules read the whole schedule
+        if keeps_history(self) or isinstance(self, DDPMScheduler):  # order rules, DDPM's previous timestep: the whole schedule
             self.timesteps = self.whole_timesteps
         try:
             out = cls.step(self, model_output, timestep, sample, *args, **kwargs)
@@ -236,7 +255,7 @@ def _span_class(cls: type) -> type:
         return out
 
     members: dict[str, Any] = {"set_timesteps": set_timesteps, "step": step}
-    if issubclass(cls, EulerDiscreteScheduler | EulerAncestralDiscreteScheduler):
+    if isinstance(getattr(cls, "init_noise_sigma", None), property):  # the sigma samplers: Euler, LMS, Heun, KDPM2...
         base_sigma = cls.init_noise_sigma
 
         def init_noise_sigma(self) -> Any:

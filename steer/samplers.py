@@ -45,7 +45,7 @@ def _table() -> dict[str, Sampler]:
     base = [
         ("ddim", "DDIMScheduler", {}, "deterministic (eta 0); SD 2.x's default"),
         ("ddpm", "DDPMScheduler", {}, "ancestral, meant for many steps"),
-        ("pndm", "PNDMScheduler", {}, "SD 1.x's default"),
+        ("pndm", "PNDMScheduler", {"skip_prk_steps": True}, "SD 1.x's default (PLMS: no Runge-Kutta warm-up)"),
         ("lms", "LMSDiscreteScheduler", {}, ""),
         ("euler", "EulerDiscreteScheduler", {}, "SDXL's default"),
         ("euler-a", "EulerAncestralDiscreteScheduler", {}, "ancestral: draws noise every step"),

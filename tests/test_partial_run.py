@@ -11,11 +11,16 @@ import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
@@ -70,9 +75,17 @@ FAMILIES = {"sd": tiny_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pip
             "sd-deis": _swapped(tiny_pipeline, DEISMultistepScheduler),
             "sd-euler-a": _swapped(tiny_pipeline, EulerAncestralDiscreteScheduler), "sdxl-euler-a": _swapped(tiny_sdxl_pipeline, EulerAncestralDiscreteScheduler),
             "sd-ddim-eta": tiny_pipeline, "sd-dpm-sde": _swapped(tiny_pipeline, DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++"),
-            "sd-pndm": _swapped(tiny_pipeline, PNDMScheduler, skip_prk_steps=True), "sd-pndm-prk": _swapped(tiny_pipeline, PNDMScheduler)}
-MULTISTEP = ("dpm", "unipc", "deis", "pixart", "pndm")
+            "sd-pndm": _swapped(tiny_pipeline, PNDMScheduler, skip_prk_steps=True), "sd-pndm-prk": _swapped(tiny_pipeline, PNDMScheduler),
+            "sd-lms": _swapped(tiny_pipeline, LMSDiscreteScheduler), "sd-lms-karras": _swapped(tiny_pipeline, LMSDiscreteScheduler, use_karras_sigmas=True),
+            "sd-heun": _swapped(tiny_pipeline, HeunDiscreteScheduler), "sd-heun-odd": _swapped(tiny_pipeline, HeunDiscreteScheduler),
+            "sd-kdpm2": _swapped(tiny_pipeline, KDPM2DiscreteScheduler), "sd-kdpm2-a": _swapped(tiny_pipeline, KDPM2AncestralDiscreteScheduler),
+            "sd-dpm-single": _swapped(tiny_pipeline, DPMSolverSinglestepScheduler),
+            "sd-dpm-single3": _swapped(tiny_pipeline, DPMSolverSinglestepScheduler, solver_order=3),
+            "sd-ddpm": _swapped(tiny_pipeline, DDPMScheduler)}
+MULTISTEP = ("dpm", "unipc", "deis", "pixart", "pndm", "lms")
 FAMILY_CALL = {"sd-ddim-eta": {"eta": 0.7}}  # DDIM drawing noise at every step
+# odd step counts: Heun's and KDPM2's 2 n - 1 denoiser calls are then cut between the two calls of one step
+FAMILY_STEPS = {"sd-heun-odd": 5, "sd-kdpm2-a": 5, "sd-dpm-single3": 7}
 
 
 # DDIM; flow-matching Euler (Flux: packed latents); Euler discrete, "leading" spacing (the resumed latents must not be
@@ -80,11 +93,14 @@ FAMILY_CALL = {"sd-ddim-eta": {"eta": 0.7}}  # DDIM drawing noise at every step
 # handed on, its last steps' order read from the whole schedule), on SD and on PixArt (whose default it is); UniPC of
 # order 2 and 3 (its corrector's last sample and order handed on too) and DEIS; samplers that draw noise at every
 # step, their generators' states handed on: Euler ancestral (SD, SDXL), DDIM with eta > 0, DPM-Solver++ SDE; PNDM
-# (SD 1.x's default: 7 denoiser calls for 6 steps, cut after 4; with its Runge-Kutta warm-up, 15 calls, cut after 8)
+# (SD 1.x's default: 7 denoiser calls for 6 steps, cut after 4; with its Runge-Kutta warm-up, 15 calls, cut after 8);
+# LMS (its derivatives), DPM-Solver single-step of order 2 and 3, DDPM (its previous timestep read from the whole
+# schedule); Heun and KDPM2 (7 calls for 4 steps, cut between steps; Heun's and KDPM2 ancestral's 9 for 5, cut inside
+# a step: the half-step handed on, KDPM2 ancestral drawing noise)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_a_run_cut_after_its_window_and_resumed_equals_the_whole_run(family):
     pipe = FAMILIES[family](seed=0)
-    steps = 6 if any(m in family for m in MULTISTEP) else 4  # order 3 needs 3 steps of history
+    steps = FAMILY_STEPS.get(family, 6 if any(m in family for m in MULTISTEP) else 4)  # order 3 needs 3 steps of history
     cut = window_bounds((0.0, 0.5), run_length(pipe, steps))[1]
     v = random_vector(pipe, [CONTEXT_SITE], seed=1, scale=0.5)
     original = type(pipe.scheduler)
@@ -113,12 +129,15 @@ def test_only_exactly_resumable_schedulers_are_cut():
     assert resumable(EulerDiscreteScheduler()) and resumable(EulerAncestralDiscreteScheduler())
     assert resumable(DPMSolverMultistepScheduler()) and resumable(DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++"))
     assert resumable(UniPCMultistepScheduler()) and not resumable(UniPCMultistepScheduler(solver_p=DDIMScheduler()))
-    assert resumable(PNDMScheduler()) and not resumable(LMSDiscreteScheduler())  # LMS: a sigma window of its own
-    lengths = {kind: run_length(SimpleNamespace(scheduler=kind), 6) for kind in (PNDMScheduler(skip_prk_steps=True), PNDMScheduler(), DDIMScheduler())}
-    assert list(lengths.values()) == [7, 15, 6]  # denoiser calls in a 6-step run: PNDM's repeat, its Runge-Kutta warm-up
+    assert resumable(PNDMScheduler()) and resumable(LMSDiscreteScheduler()) and resumable(HeunDiscreteScheduler())
+    assert resumable(KDPM2AncestralDiscreteScheduler()) and draws_noise(KDPM2AncestralDiscreteScheduler())
+    assert resumable(DDPMScheduler()) and draws_noise(DDPMScheduler()) and resumable(DPMSolverSinglestepScheduler())
+    kinds = (PNDMScheduler(skip_prk_steps=True), PNDMScheduler(), DDIMScheduler(), HeunDiscreteScheduler(), KDPM2DiscreteScheduler())
+    lengths = [run_length(SimpleNamespace(scheduler=kind), 6) for kind in kinds]
+    assert lengths == [7, 15, 6, 11, 11]  # denoiser calls in a 6-step run: PNDM's repeat, its Runge-Kutta warm-up; 2 n - 1
     pipe = tiny_pipeline(seed=0)
-    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(ValueError, match="^LMSDiscreteScheduler runs cannot be cut and resumed exactly$"):
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_p=DDIMScheduler.from_config(pipe.scheduler.config))
+    with pytest.raises(ValueError, match="^UniPCMultistepScheduler runs cannot be cut and resumed exactly$"):
         partial_pipeline(pipe, 0, 2)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(ValueError, match="^DPMSolverMultistepScheduler keeps a solver history: pass the same SolverCarry to both parts"):
@@ -166,9 +185,11 @@ def _choose(pipe, branched: bool, steps: int = 4, batch_size: int | None = 8, **
 
 # DDIM, Euler discrete; DPM-Solver, UniPC, Euler ancestral and PNDM with their history and generator states handed on
 # in uneven calls (the 8 first-part images 3 + 3 + 2 per call, the 16 continuing ones 3 + 3 + 3 + 3 + 3 + 1); DDIM
-# with eta > 0 (an option of the learning call); PNDM's 4 steps are 5 denoiser calls, split after 3
+# with eta > 0 (an option of the learning call); PNDM's 4 steps are 5 denoiser calls, split after 3; Heun's and KDPM2
+# ancestral's 7, split after 4 (KDPM2 ancestral drawing noise); LMS's derivatives handed on
 @pytest.mark.parametrize(("family", "batch_size"), [("sd", 8), ("sdxl", 8), ("sd-dpm2", 3), ("sd-unipc2", 3), ("sd-euler-a", 3),
-                                                    ("sd-ddim-eta", 3), ("sd-pndm", 3)])
+                                                    ("sd-ddim-eta", 3), ("sd-pndm", 3), ("sd-heun", 3), ("sd-kdpm2-a", 3),
+                                                    ("sd-lms", 3)])
 def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(family, batch_size):
     pipe = FAMILIES[family](seed=0)
     chosen, shared, rows = _choose(pipe, branched=True, batch_size=batch_size, **FAMILY_CALL.get(family, {}))
@@ -176,7 +197,7 @@ def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(fam
     assert chosen == chosen_apart and [r.grid for r in shared] == [list(WINDOW_CHOICE_GRID)] * 2
     for a, b in zip(shared, apart, strict=True):
         assert a.distances == pytest.approx(b.distances, abs=1e-5) and a.strength == pytest.approx(b.strength, abs=1e-5)
-    grid, samples, cfg, calls = len(WINDOW_CHOICE_GRID), 2, 2, (5 if family == "sd-pndm" else 4)
+    grid, samples, cfg, calls = len(WINDOW_CHOICE_GRID), 2, 2, {"sd-pndm": 5, "sd-heun": 7, "sd-kdpm2-a": 7}.get(family, 4)
     cut = calls // 2 + calls % 2
     assert all(a.route == b.route and a.branched_at == cut and b.branched_at is None for a, b in zip(shared, apart, strict=True))
     # positives and unsteered open samples whole; the grid over the first half once, then continued twice
@@ -186,8 +207,8 @@ def test_the_window_choice_shares_the_first_half_and_matches_separate_sweeps(fam
 
 
 def test_schedulers_that_cannot_resume_sample_each_window_whole():
-    pipe = tiny_pipeline(seed=0)
-    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe = tiny_pipeline(seed=0)  # UniPC with a separate predictor: its solver_p's own state is not carried
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_p=DDIMScheduler.from_config(pipe.scheduler.config))
     chosen, results, rows = _choose(pipe, branched=True)
     assert all(r.branched_at is None for r in results)
     assert rows == results[chosen].unet_rows == (2 + 2 * len(WINDOW_CHOICE_GRID)) * 4 * 2 * 2

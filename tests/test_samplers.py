@@ -215,10 +215,12 @@ def test_batch_jobs_name_their_sampler_and_a_run_default_fills_the_rest(tiny_pip
         {"prompt": "a bag", "seed": 1, "num_inference_steps": STEPS, "sampler": "euler-a", "name": "a"},
         {"prompt": "a bag", "seed": 1, "num_inference_steps": STEPS, "name": "b"},
         {"prompt": "a bag", "seed": 1, "num_inference_steps": STEPS, "sampler": "flow-euler", "name": "c"},
+        {"prompt": "a bag", "seed": 1, "num_inference_steps": STEPS, "sampler": [["euler"] * 50] * 50, "name": "d"},
     ]
     summary = batch.run(jobs, tiny_pipe, tmp_path / "out", progress=False)
-    assert summary["written"] == 2 and [f["line"] for f in summary["failures"]] == [3]
+    assert summary["written"] == 2 and [f["line"] for f in summary["failures"]] == [3, 4]
     assert "does not fit" in summary["failures"][0]["reason"]
+    assert "a sampler is a name" in summary["failures"][1]["reason"] and len(summary["failures"][1]["reason"]) < 500
     a, b = read_recipe(tmp_path / "out" / "a.png"), read_recipe(tmp_path / "out" / "b.png")
     assert (a["sampler"], a["scheduler"]) == ("euler-a", "EulerAncestralDiscreteScheduler")
     assert "sampler" not in b and b["scheduler"] == "DDIMScheduler"  # the resume keys of runs before samplers hold
