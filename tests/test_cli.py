@@ -233,7 +233,7 @@ def test_every_subcommand_is_registered():
     from steer.cli.main import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse has no public listing
-    assert {"learn", "generate", "layers", "inspect", "directions", "detect", "batch", "lab"} <= set(commands)
+    assert {"learn", "generate", "layers", "inspect", "directions", "detect", "batch", "reproduce", "lab"} <= set(commands)
     lab = commands["lab"]._subparsers._group_actions[0].choices  # noqa: SLF001
     assert {"train", "relu-dae", "relu-diffusion"} <= set(lab)
 

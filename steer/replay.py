@@ -1,0 +1,223 @@
+"""Make an image again from the recipe its PNG carries (`steer.recipe`): what `steer reproduce` runs.
+
+Three writers record recipes, each its own way: `steer generate` (directions with a weight, one scale), `steer batch`
+(directions with their own scales, the denoiser's weights hash) and the app (one direction under ``"steering"``, found
+by name and digest). `read_replay` reads any of them into one `Replay`; `find_direction` finds a recorded direction
+by its digest (the recorded path, then folders to search); `replay_call` makes the image with the recorded prompt,
+seed, steps, guidance, size, sampler, directions, scales and steering options, the options a recipe leaves out
+(norm preservation, routes) coming from the directions themselves, as they did when it was made.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steer.config import STEERING_DEFAULTS, SteeringConfig, recommended_settings
+from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, short
+
+MAX_SEARCHED_FILES = 2000  # direction files read while looking for a digest
+
+
+@dataclass(frozen=True)
+class RecordedDirection:
+    """A direction as a recipe names it, and the strength its image used (negative: a take-away's removal)."""
+
+    name: str
+    digest: str
+    path: str | None
+    scale: float
+
+
+@dataclass
+class Replay:
+    """Everything a recipe says about how its image was made."""
+
+    writer: str  # "generate", "batch" or "app"
+    model: str | None
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    guidance: float
+    height: int | None
+    width: int | None
+    sampler: str | None
+    directions: list[RecordedDirection] = field(default_factory=list)  # the take-away last, if any
+    settings: dict[str, Any] = field(default_factory=dict)  # the recorded ``steering_*`` options
+    unet_weights: str | None = None
+    pair: bool = False  # made as the second row of an [original, steered] call from one seed (the app's Generate)
+
+
+def _need(recipe: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "") -> Any:
+    """``recipe[key]`` when it is a ``kind`` (a bool is not a number here); one-line `ValueError` otherwise."""
+    value = recipe.get(key)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ValueError(f"the recipe's {what or key!r} is {short(value)}, not what steer writes there")
+    return value
+
+
+def _number(value: Any, what: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"the recipe's {what!r} is {short(value)}, not a number in [{low:g}, {high:g}]")
+    return float(value)
+
+
+def _window(value: Any, what: str, per_direction: bool = True) -> Any:
+    """A recorded window: None, ``[start, end]``, or one such (or None) per direction."""
+    if value is None:
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        return (_number(value[0], what, 0, 1), _number(value[1], what, 0, 1))
+    if per_direction and isinstance(value, list) and value and all(w is None or isinstance(w, list) for w in value):
+        return tuple(_window(w, what, per_direction=False) for w in value)
+    raise ValueError(f"the recipe's {what!r} is {short(value)}, not a window")
+
+
+def _settings(block: dict[str, Any]) -> dict[str, Any]:
+    """The ``steering_*`` options a recipe block records (those it leaves out come from the directions)."""
+    out: dict[str, Any] = {}
+    layers = block.get("layers")
+    if layers is not None:
+        if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+            raise ValueError(f"the recipe's 'layers' is {short(layers)}, not a list of layer names")
+        out["steering_layers"] = list(layers)
+    for key in ("window", "removal_window"):
+        if block.get(key) is not None:
+            out[f"steering_{key}"] = _window(block[key], key)
+    for key, kind in (("branch", str), ("normalize", bool), ("mode", str), ("negative", str), ("strict", bool)):
+        if block.get(key) is not None:
+            out[f"steering_{key}"] = _need(block, key, kind)
+    if block.get("readers") is not None:
+        out["steering_readers"] = list(_need(block, "readers", list))
+    return out
+
+
+def _direction(entry: Any, scale: float, where: str) -> RecordedDirection:
+    if not isinstance(entry, dict):
+        raise ValueError(f"the recipe's {where} is {short(entry)}, not a direction entry")
+    digest = entry.get("hash", entry.get("digest"))
+    if not isinstance(digest, str) or not isinstance(entry.get("name"), str):
+        raise ValueError(f"the recipe's {where} has no name and digest")
+    path = entry.get("path")
+    return RecordedDirection(entry["name"], digest, path if isinstance(path, str) else None, scale)
+
+
+def read_replay(recipe: dict[str, Any]) -> Replay:
+    """The `Replay` of a recipe written by `steer generate`, `steer batch` or the app; one-line `ValueError` for
+    one that cannot be made again (a sweep grid, a hand-edited or foreign recipe)."""
+    if not isinstance(recipe, dict):
+        raise ValueError("the recipe is not a JSON object")
+    if "sweep" in recipe:
+        raise ValueError("this is a sweep's grid; reproduce one of its images (seed<N>_scale<S>.png)")
+    steering = recipe.get("steering")
+    writer = "app" if "steering" in recipe else "batch" if "unet_weights" in recipe else "generate"
+    base = {
+        "model": recipe.get("model") if isinstance(recipe.get("model"), str) else None,
+        "prompt": _need(recipe, "prompt", str),
+        "negative_prompt": recipe.get("negative_prompt") or None,
+        "seed": int(_number(recipe.get("seed"), "seed", 0, MAX_SEED)),
+        "steps": int(_number(recipe.get("num_inference_steps"), "num_inference_steps", 1, MAX_STEPS)),
+        "guidance": _number(recipe.get("guidance_scale"), "guidance_scale", 0, 1e4),
+        "height": int(_number(recipe["height"], "height", 8, MAX_SIZE)) if recipe.get("height") is not None else None,
+        "width": int(_number(recipe["width"], "width", 8, MAX_SIZE)) if recipe.get("width") is not None else None,
+        "sampler": recipe.get("sampler") if isinstance(recipe.get("sampler"), str) else None,
+        "unet_weights": recipe.get("unet_weights") if isinstance(recipe.get("unet_weights"), str) else None,
+    }
+    if not isinstance(base["negative_prompt"], str | None):
+        raise ValueError(f"the recipe's 'negative_prompt' is {short(base['negative_prompt'])}, not text")
+    if writer == "app":
+        if steering is None:
+            return Replay(writer, **base, pair=True)
+        if not isinstance(steering, dict):
+            raise ValueError(f"the recipe's 'steering' is {short(steering)}, not what the app writes there")
+        scale = _number(steering.get("scale"), "steering.scale", -1e4, 1e4)
+        directions = [_direction(steering, scale, "'steering'")]
+        away = steering.get("take_away")
+        if away is not None:
+            directions.append(_direction(away, -_number(_need(away, "amount", (int, float), "take_away.amount"), "take_away.amount", 0, 1), "'take_away'"))
+        return Replay(writer, **base, directions=directions, settings=_settings(steering), pair=True)
+    entries = _need(recipe, "directions", list)
+    if not entries:
+        return Replay(writer, **base)
+    if writer == "generate":
+        scale = _number(recipe.get("scale"), "scale", -1e4, 1e4)
+        directions = [_direction(e, scale * _number(e.get("weight") if isinstance(e, dict) else None, "weight", -1e4, 1e4), "direction")
+                      for e in entries]
+    else:
+        directions = [_direction(e, _number(e.get("scale") if isinstance(e, dict) else None, "scale", -1e4, 1e4), "direction")
+                      for e in entries]
+    away = recipe.get("take_away")
+    if away is not None:
+        amount = _number(away.get("amount") if isinstance(away, dict) else None, "take_away.amount", 0, 1)
+        directions.append(_direction(away, -amount, "'take_away'"))
+    return Replay(writer, **base, directions=directions, settings=_settings(recipe))
+
+
+def _candidates(folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """The ``.safetensors`` files in ``folders`` (files given as such; folders searched recursively), at most
+    `MAX_SEARCHED_FILES` in all: the walk stops there, however large the tree."""
+    found: dict[Path, None] = {}
+    for folder in folders:
+        folder = Path(folder).expanduser()
+        walk = [folder] if folder.is_file() else folder.rglob("*.safetensors") if folder.is_dir() else []
+        for path in walk:
+            if len(found) >= MAX_SEARCHED_FILES:
+                return list(found)
+            if path.is_file():
+                found[path] = None
+    return list(found)
+
+
+def find_direction(recorded: RecordedDirection, folders: Sequence[str | os.PathLike] = ()):
+    """The `SteeringVector` a recipe names, by its digest: the recorded file when it still holds it, else the first
+    ``.safetensors`` under ``folders`` that does. One-line `FileNotFoundError` when none does."""
+    from steer.vectors import SteeringVector
+
+    tried = []
+    if recorded.path is not None:
+        tried.append(Path(recorded.path).expanduser())
+    for path in [*tried, *_candidates(folders)]:
+        try:
+            vector = SteeringVector.load(path)
+        except Exception:  # noqa: BLE001 - not a direction, or damaged: look further
+            continue
+        if vector.digest() == recorded.digest:
+            return vector
+    where = f"{recorded.path} holds another one or is gone; " if recorded.path else ""
+    raise FileNotFoundError(f"direction {recorded.name!r} (digest {recorded.digest}) not found: {where}searched "
+                            f"{len(_candidates(folders))} file(s); pass the folder that holds it with --directions")
+
+
+def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any]):
+    """The image ``replay`` describes, made on ``pipe`` (already sampling with the recorded sampler) with ``vectors``
+    (`find_direction` of each recorded direction, in order), in a call laid out as the one that made it (the app's
+    pair: two rows from one seed, the original first); a PIL image."""
+    import torch
+
+    if len(vectors) != len(replay.directions):
+        raise ValueError(f"{len(replay.directions)} direction(s) recorded, {len(vectors)} given")
+    rows = 2 if replay.pair else 1
+    steering: dict[str, Any] = {}
+    if vectors:
+        config = SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(list(vectors)), **replay.settings})
+        scales = [[d.scale for d in replay.directions]]
+        scales = [[0.0] * len(vectors)] * (rows - 1) + scales
+        steering = {"steering": list(vectors), "steering_scale": scales, **config.to_settings()}
+    device = pipe._execution_device
+    generators = [torch.Generator("cpu" if device.type == "mps" else device).manual_seed(replay.seed) for _ in range(rows)]
+    return pipe(
+        [replay.prompt] * rows,
+        negative_prompt=[replay.negative_prompt] * rows if replay.negative_prompt else None,
+        num_inference_steps=replay.steps,
+        guidance_scale=replay.guidance,
+        height=replay.height,
+        width=replay.width,
+        generator=generators,
+        **steering,
+    ).images[-1]
