@@ -5,7 +5,10 @@ The names follow diffusers' table of A1111 samplers (docs: "Schedulers", *Stable
 ``-karras`` variants set ``use_karras_sigmas`` on the schedulers that have it, and every name sets the toggles it is
 about explicitly (the plain ``"dpm++2m"`` turns Karras sigmas off even when the model's config turns them on), so a
 name means the same sampler on every model. Any scheduler class the pipeline's scheduler lists as compatible is also
-accepted by its class name (``"DPMSolverSinglestepScheduler"``), built from the config as is.
+accepted by its class name (``"DPMSolverSinglestepScheduler"``), built from the config as is. As with diffusers'
+``X.from_config(pipe.scheduler.config)``, entries the model's config took as defaults (a scheduler built in code
+rather than loaded from a folder lists them in ``_use_default_values``) are the new class's own defaults, not carried
+over: the same name on the same folder always builds the same sampler.
 
 `with_sampler(pipe, name)` returns a shallow copy of the pipeline with that scheduler (the modules are shared, nothing
 is loaded or moved), so one loaded pipeline serves calls with different samplers at once (the app), and everything
