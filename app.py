@@ -300,6 +300,8 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         steps = gr.Slider(1, L.max_learn_steps, value=20, step=1, label="Sampling steps")
         guidance = gr.Slider(0, L.max_guidance, value=5.0, step=0.5, label="Guidance")
         seed = gr.Number(label="Seed", value=0, precision=0, minimum=0)
+        sampler = gr.Dropdown(H.sampler_choices(app.pipe), value="", label="Sampler", elem_id="learn-sampler",
+                              info="the scheduler the samples are drawn with (recorded in the direction)")
     with gr.Row():
         name = gr.Textbox(label="Name (optional)", max_length=L.max_prompt_chars)
         image_prompt = gr.Textbox(label="Prompt for image sets (optional)", max_length=L.max_prompt_chars)
@@ -324,6 +326,7 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         image_prompt,
         window,
         readers,
+        sampler,
     ]
     go.click(guarded(4)(app.learn), inputs, [session, direction, file, status], api_name="learn")
 

@@ -256,6 +256,12 @@ def test_the_app_samples_with_the_picked_sampler_and_records_it(tiny_pipe):
     assert "sampler" not in H.GenerateSettings(prompt="a bag").validated(tiny_pipe).recipe(tiny_pipe, v, 1.0)
     with pytest.raises(H.UserError, match="does not fit"):
         H.GenerateSettings(prompt="a bag", sampler="flow-euler").validated(tiny_pipe)
+    # the Learn tab draws its samples with the picked sampler too, and the direction records it
+    learned = H.learn(tiny_pipe, H.LearnSettings(positive="a blue bag", negative="a bag", mode="text", num_samples=1, steps=2,
+                                                 sampler="dpm++2m"))
+    assert learned.metadata["sampling"]["sampler"] == "dpm++2m"
+    with pytest.raises(H.UserError, match="does not fit"):
+        H.learn(tiny_pipe, H.LearnSettings(positive="a blue bag", negative="a bag", mode="text", sampler="flow-euler"))
 
 
 # ----- every family ---------------------------------------------------------------------------------------------------

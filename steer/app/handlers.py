@@ -250,6 +250,7 @@ class SteerApp:
         image_prompt: str,
         window: str = "mode default",
         readers: str = "auto",
+        sampler: str = "",
         progress: gr.Progress = PROGRESS,
     ):
         """Learn a direction and add it to this user's picker; offer it as a download."""
@@ -270,6 +271,7 @@ class SteerApp:
             image_prompt=image_prompt,
             window=window,
             readers=readers,
+            sampler=sampler,
         )
         progress(0.0, desc="starting")
         vector = H.learn(self.pipe, settings, progress_fn(progress))

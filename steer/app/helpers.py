@@ -482,6 +482,7 @@ class LearnSettings:
     image_prompt: str = ""
     window: str = "mode default"
     readers: str = "auto"
+    sampler: str = ""  # a `steer.samplers` name the samples are drawn with; "": the model's own scheduler
 
     def sets(self) -> tuple[list, list]:
         """(positive, negative) items: images if any were uploaded for the positive set, else prompt lines."""
@@ -559,6 +560,7 @@ class StagedProgress:
 def learn(pipe, settings: LearnSettings, progress: ProgressFn | None = None) -> SteeringVector:
     """Validate ``settings`` and learn a direction (forward passes only)."""
     kwargs = settings.kwargs(pipe)
+    pipe = sampling_pipe(pipe, check_sampler_choice(pipe, settings.sampler))
     pos, neg = settings.sets()
     images = isinstance(pos[0], Image.Image)
     stages = (1 if images or kwargs["mode"] == "fast" else 2) * (2 if neg else 1)
