@@ -16,6 +16,14 @@ def tiny_pipe():
     return tiny_pipeline(seed=0)
 
 
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_pipe):
+    """`tiny_pipe` saved as a model folder, for the command line (read only: tests write elsewhere)."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    tiny_pipe.save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture()
 def one_thread():
     """One torch thread for the test: on a shared, busy CPU two threads make tiny calls 10x slower."""

@@ -24,13 +24,6 @@ from steer.vectors import SteeringVector
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_pipe):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_pipe.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def direction(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dir") / "red_blue.safetensors"
     code = main(["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a red sneaker", "--num-samples", "2", "--steps", "3", "--out", str(out)])

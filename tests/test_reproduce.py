@@ -23,13 +23,6 @@ STEPS = "3"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_pipe):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_pipe.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def directions(tiny_pipe, tmp_path_factory):
     """Two text directions learned on the tiny pipeline (they record the reference level a take-away needs), in
     different windows, saved."""

@@ -176,13 +176,6 @@ def test_learning_with_a_sampler_records_it(tiny_pipe):
 
 
 # ----- command line, batch, app ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_pipe):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tiny_pipe.save_pretrained(path)
-    return str(path)
-
-
 def test_generate_with_a_sampler_records_it_and_matches_python(model_dir, tiny_pipe, tmp_path):
     args = ["generate", "--model", model_dir, "--prompt", "a bag", "--steps", str(STEPS), "--seed", "3", "--guidance", "5"]
     assert main([*args, "--sampler", "UniPC", "--out", str(tmp_path / "u")]) == 0  # names are case-insensitive
