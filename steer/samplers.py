@@ -45,33 +45,33 @@ class Sampler:
 
 def _table() -> dict[str, Sampler]:
     """The named samplers: each base name, and its ``-karras`` variant where the class has Karras sigmas."""
-    base = [
-        ("ddim", "DDIMScheduler", {}, "deterministic (eta 0); SD 2.x's default"),
-        ("ddpm", "DDPMScheduler", {}, "ancestral, meant for many steps"),
-        ("pndm", "PNDMScheduler", {"skip_prk_steps": True}, "SD 1.x's default (PLMS: no Runge-Kutta warm-up)"),
-        ("lms", "LMSDiscreteScheduler", {}, ""),
-        ("euler", "EulerDiscreteScheduler", {}, "SDXL's default"),
-        ("euler-a", "EulerAncestralDiscreteScheduler", {}, "ancestral: draws noise every step"),
-        ("heun", "HeunDiscreteScheduler", {}, "second order: two denoiser calls per step"),
-        ("dpm2", "KDPM2DiscreteScheduler", {}, "second order: two denoiser calls per step"),
-        ("dpm2-a", "KDPM2AncestralDiscreteScheduler", {}, "second order, ancestral"),
-        ("dpm++2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ""),
+    base = [  # name, class, the settings the name fixes, how it samples, whose default it is
+        ("ddim", "DDIMScheduler", {}, "deterministic (eta 0)", ""),
+        ("ddpm", "DDPMScheduler", {}, "ancestral, meant for many steps", ""),
+        ("pndm", "PNDMScheduler", {"skip_prk_steps": True}, "PLMS: no Runge-Kutta warm-up", "SD 1.x's default"),
+        ("lms", "LMSDiscreteScheduler", {}, "", ""),
+        ("euler", "EulerDiscreteScheduler", {}, "", "SDXL's default"),
+        ("euler-a", "EulerAncestralDiscreteScheduler", {}, "ancestral: draws noise every step", ""),
+        ("heun", "HeunDiscreteScheduler", {}, "second order: two denoiser calls per step", ""),
+        ("dpm2", "KDPM2DiscreteScheduler", {}, "second order: two denoiser calls per step", ""),
+        ("dpm2-a", "KDPM2AncestralDiscreteScheduler", {}, "second order, ancestral", ""),
+        ("dpm++2m", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "", "PixArt-Sigma's default"),
         ("dpm++2m-sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-         "draws noise every step"),
+         "draws noise every step", ""),
         ("dpm++2s", "DPMSolverSinglestepScheduler",
          {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True},
-         "A1111's 'DPM++ SDE' in diffusers' table"),
-        ("unipc", "UniPCMultistepScheduler", {}, ""),
-        ("deis", "DEISMultistepScheduler", {}, ""),
-        ("flow-euler", "FlowMatchEulerDiscreteScheduler", {}, "flow matching (SD3, Flux)"),
+         "single-step; A1111's 'DPM++ SDE' in diffusers' table", ""),
+        ("unipc", "UniPCMultistepScheduler", {}, "", ""),
+        ("deis", "DEISMultistepScheduler", {}, "", ""),
+        ("flow-euler", "FlowMatchEulerDiscreteScheduler", {}, "flow matching", "SD3's and Flux's default"),
     ]
     table: dict[str, Sampler] = {}
-    for name, cls_name, settings, note in base:
+    for name, cls_name, settings, how, whose in base:
         toggles = _sigma_toggles(cls_name)
-        table[name] = Sampler(name, cls_name, {**settings, **dict.fromkeys(toggles, False)}, note)
+        table[name] = Sampler(name, cls_name, {**settings, **dict.fromkeys(toggles, False)}, "; ".join(filter(None, (how, whose))))
         if "use_karras_sigmas" in toggles and not name.startswith("flow"):
             karras = {**settings, **dict.fromkeys(toggles, False), "use_karras_sigmas": True}
-            table[f"{name}-karras"] = Sampler(f"{name}-karras", cls_name, karras, (note + "; " if note else "") + "Karras sigmas")
+            table[f"{name}-karras"] = Sampler(f"{name}-karras", cls_name, karras, "; ".join(filter(None, (how, "Karras sigmas"))))
     return table
 
 

@@ -190,6 +190,22 @@ def test_generate_with_a_sampler_records_it_and_matches_python(model_dir, tiny_p
     np.testing.assert_array_equal(np.asarray(want), np.asarray(Image.open(png).convert("RGB")))
 
 
+def test_steer_samplers_lists_what_fits_the_model(model_dir, capsys):
+    assert main(["samplers", "--model", model_dir, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == sampler_names(DDIMScheduler())
+    by_name = {r["name"]: r for r in rows}
+    assert [n for n, r in by_name.items() if r["model_default"]] == ["ddim"]
+    assert by_name["heun"]["calls_in_20_steps"] == 39 and by_name["pndm"]["calls_in_20_steps"] == 21
+    assert all(r["learning_shares_first_half"] for r in rows)
+    assert main(["samplers", "--model", model_dir]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"24 sampler(s) fit {model_dir} (its own scheduler: ddim)") and " * ddim " in out
+    assert main(["samplers", "--model", "/no/such/model"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("steer samplers: error: model '/no/such/model' not found")
+
+
 def test_a_sampler_that_does_not_fit_or_is_unknown_is_one_line(model_dir, tmp_path, capsys):
     base = ["generate", "--model", model_dir, "--prompt", "a bag", "--steps", "2", "--out", str(tmp_path / "o")]
     assert main([*base, "--sampler", "flow-euler"]) == 2

@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,40 @@ def steering_class_for_model(model: str) -> type:
     return steering_class(name)
 
 
+def _checked_model(model: str | os.PathLike | None) -> str:
+    """``model`` (default: `default_model`) when it can name a pipeline: a diffusers pipeline folder or a hub id."""
+    model = str(model or default_model())
+    local = Path(model)
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise FileNotFoundError(f"{model} is a path but not a diffusers pipeline directory (no model_index.json)")
+    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
+        raise FileNotFoundError(f"model {model!r} not found: give a pipeline directory or a hub id like 'org/name'")
+    return model
+
+
+def _unloadable(model: str, err: OSError) -> OSError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = " (HF_HUB_OFFLINE=1 is set: only cached or local models load)" if offline else ""
+    return OSError(f"cannot load model {model!r}{hint}: {err}")
+
+
+def load_scheduler(model: str | os.PathLike | None = None):
+    """The scheduler of a pipeline folder or hub id, without loading its weights (what `steer samplers` reads)."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    model = _checked_model(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # huggingface_hub's deprecation notes about arguments diffusers passes
+            entry = DiffusionPipeline.load_config(model).get("scheduler")
+        if not (isinstance(entry, list | tuple) and len(entry) == 2 and isinstance(getattr(diffusers, str(entry[1]), None), type)):
+            raise OSError(f"its model_index.json names no diffusers scheduler ({entry!r})")
+        return getattr(diffusers, entry[1]).from_pretrained(model, subfolder="scheduler")
+    except OSError as err:
+        raise _unloadable(model, err) from None
+
+
 def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, progress: bool = False):
     """Load the steered pipeline of a local directory or a hub id: the class its ``model_index.json`` names (SD,
     SDXL, SD3, PixArt-Sigma, Flux, image-to-image; `steer.pipelines.factory.STEERED_PIPELINES`), safety checker off.
@@ -88,14 +123,9 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     fp16 on CUDA, fp32 elsewhere unless ``dtype`` is given. Raises FileNotFoundError / OSError with a readable
     message when the model cannot be found (e.g. a hub id while offline).
     """
-    model = str(model or default_model())
+    model = _checked_model(model)
     device = parse_device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-    local = Path(model)
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise FileNotFoundError(f"{model} is a path but not a diffusers pipeline directory (no model_index.json)")
-    if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-        raise FileNotFoundError(f"model {model!r} not found: give a pipeline directory or a hub id like 'org/name'")
     try:
         cls = steering_class_for_model(model)
         extra = {}
@@ -104,9 +134,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         with _loading_bars(progress):
             pipe = cls.from_pretrained(model, dtype=dtype, **extra)
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = " (HF_HUB_OFFLINE=1 is set: only cached or local models load)" if offline else ""
-        raise OSError(f"cannot load model {model!r}{hint}: {err}") from None
+        raise _unloadable(model, err) from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress)
     return pipe

@@ -53,7 +53,7 @@ from steer.validation import (  # noqa: E402
 )
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
-_TOP_LEVEL_PLUGINS = ("steer.cli.detect", "steer.cli.batch", "steer.cli.reproduce")
+_TOP_LEVEL_PLUGINS = ("steer.cli.detect", "steer.cli.batch", "steer.cli.reproduce", "steer.cli.samplers")
 _LAB_PLUGINS = ("steer.lab.train", "steer.lab.theory")
 
 
