@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, PngImagePlugin
 
 from steer.cli.main import main
@@ -101,7 +100,8 @@ def test_app_images_are_found_by_digest_and_come_back_identical(model_dir, direc
     png = H.save_with_recipe(steered, settings.recipe(tiny_pipe, a, 1.2, b), tmp_path / "app", "pair")
     code, printed, err = reproduce(capsys, png, "--model", model_dir)  # the app names an in-memory pipeline
     assert code == 2
-    assert_one_line_error(code, err, "not found", "pass the folder that holds it with --directions", prefix="steer reproduce: error: direction 'a'")
+    assert_one_line_error(code, err, f"{png}: direction 'a'", "not found", "pass the folder that holds it with --directions",
+                          prefix="steer reproduce: error:")
     code, printed, _ = reproduce(capsys, png, "--model", model_dir, "--directions", directions[0].parent)
     assert code == 0 and "identical (app recipe, euler, 2 direction(s))" in printed, printed
 
@@ -154,7 +154,16 @@ def test_a_recipe_that_cannot_be_replayed_is_one_line_before_any_model_loads(rec
     assert_one_line_error(code, err, needle, prefix="steer reproduce: error:")
 
 
-def test_reproduce_is_a_registered_command_that_refuses_a_missing_file(tmp_path, capsys):
+def test_a_missing_file_or_a_model_that_is_gone_is_one_line_naming_the_image(model_dir, directions, tmp_path, capsys):
     code, _, err = reproduce(capsys, tmp_path / "nope.png")
     assert_one_line_error(code, err, "no such file", prefix="steer reproduce: error:")
-    assert torch.get_num_threads() >= 1
+    moved = tmp_path / "model"
+    shutil.copytree(model_dir, moved)
+    assert main(["generate", "--model", str(moved), "--prompt", "a bag", "--steps", STEPS, "--out", str(tmp_path / "g")]) == 0
+    shutil.rmtree(moved)
+    capsys.readouterr()
+    png = tmp_path / "g" / "seed0.png"
+    code, _, err = reproduce(capsys, png)
+    assert_one_line_error(code, err, f"{png}: model", "give another with --model", prefix="steer reproduce: error:")
+    code, printed, _ = reproduce(capsys, png, "--model", model_dir)
+    assert code == 0 and "identical" in printed

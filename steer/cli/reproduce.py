@@ -74,14 +74,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     differ = 0
     for path, recipe, replay in jobs:
         model = args.model or replay.model or default_model()
-        if model not in pipes:
-            pipes[model] = load_pipeline(model, args.device, progress=False)
-        pipe = pipes[model]
-        if replay.unet_weights is not None and weights_hash(denoiser_of(pipe)) != replay.unet_weights:
-            print(f"warning: {path}: {model}'s weights are not the ones the recipe records", file=sys.stderr)
-        pipe = pipe.with_sampler(_scheduler_sampler(recipe, replay))
-        folders = [*args.directions, *sorted(path.parent.glob("*.safetensors")), directions_dir(model)]
-        vectors = [find_direction(d, folders) for d in replay.directions]
+        try:  # a problem with one image's model, sampler or directions: one line naming the image
+            if model not in pipes:
+                try:
+                    pipes[model] = load_pipeline(model, args.device, progress=False)
+                except (OSError, ValueError) as err:
+                    hint = "" if args.model else " (the model the recipe names; give another with --model)"
+                    raise type(err)(f"{err}{hint}") from None
+            pipe = pipes[model]
+            if replay.unet_weights is not None and weights_hash(denoiser_of(pipe)) != replay.unet_weights:
+                print(f"warning: {path}: {model}'s weights are not the ones the recipe records", file=sys.stderr)
+            pipe = pipe.with_sampler(_scheduler_sampler(recipe, replay))
+            folders = [*args.directions, *sorted(path.parent.glob("*.safetensors")), directions_dir(model)]
+            vectors = [find_direction(d, folders) for d in replay.directions]
+        except (OSError, ValueError) as err:
+            raise type(err)(f"{path}: {err}") from None
         image = replay_call(pipe, replay, vectors)
         with Image.open(path) as im:
             before = np.asarray(im.convert("RGB"), dtype=np.int16)
