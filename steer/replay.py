@@ -50,7 +50,10 @@ class Replay:
     directions: list[RecordedDirection] = field(default_factory=list)  # the take-away last, if any
     settings: dict[str, Any] = field(default_factory=dict)  # the recorded ``steering_*`` options
     unet_weights: str | None = None
-    pair: bool = False  # made as the second row of an [original, steered] call from one seed (the app's Generate)
+    # the call that made it, when it had several rows from one seed: each row's scales (None: no directions) and this
+    # image's row (the app's [original, steered] pair; a `steer generate --sweep`)
+    call_scales: list[list[float] | None] | None = None
+    row: int = 0
 
 
 def _need(recipe: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "") -> Any:
@@ -133,7 +136,7 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
         raise ValueError(f"the recipe's 'negative_prompt' is {short(base['negative_prompt'])}, not text")
     if writer == "app":
         if steering is None:
-            return Replay(writer, **base, pair=True)
+            return Replay(writer, **base, call_scales=[None, None], row=1)
         if not isinstance(steering, dict):
             raise ValueError(f"the recipe's 'steering' is {short(steering)}, not what the app writes there")
         scale = _number(steering.get("scale"), "steering.scale", -1e4, 1e4)
@@ -141,22 +144,33 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
         away = steering.get("take_away")
         if away is not None:
             directions.append(_direction(away, -_number(_need(away, "amount", (int, float), "take_away.amount"), "take_away.amount", 0, 1), "'take_away'"))
-        return Replay(writer, **base, directions=directions, settings=_settings(steering), pair=True)
+        pair = [[0.0] * len(directions), [d.scale for d in directions]]
+        return Replay(writer, **base, directions=directions, settings=_settings(steering), call_scales=pair, row=1)
     entries = _need(recipe, "directions", list)
     if not entries:
         return Replay(writer, **base)
+    away = recipe.get("take_away")
     if writer == "generate":
+        weights = [_number(e.get("weight") if isinstance(e, dict) else None, "weight", -1e4, 1e4) for e in entries]
         scale = _number(recipe.get("scale"), "scale", -1e4, 1e4)
-        directions = [_direction(e, scale * _number(e.get("weight") if isinstance(e, dict) else None, "weight", -1e4, 1e4), "direction")
-                      for e in entries]
+        directions = [_direction(e, scale * w, "direction") for e, w in zip(entries, weights, strict=True)]
     else:
         directions = [_direction(e, _number(e.get("scale") if isinstance(e, dict) else None, "scale", -1e4, 1e4), "direction")
                       for e in entries]
-    away = recipe.get("take_away")
     if away is not None:
         amount = _number(away.get("amount") if isinstance(away, dict) else None, "take_away.amount", 0, 1)
         directions.append(_direction(away, -amount, "'take_away'"))
-    return Replay(writer, **base, directions=directions, settings=_settings(recipe))
+    replay = Replay(writer, **base, directions=directions, settings=_settings(recipe))
+    call = recipe.get("call")
+    if writer == "generate" and call is not None:  # a sweep's row: the whole sweep made again, this row kept
+        scales = _need(call, "scales", list, "call.scales") if isinstance(call, dict) else None
+        row = call.get("row") if isinstance(call, dict) else None
+        if not scales or len(scales) > 64 or not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < len(scales):
+            raise ValueError(f"the recipe's 'call' is {short(call)}, not a sweep's scales and this image's row")
+        sweep = [_number(s, "call.scales", -1e4, 1e4) for s in scales]
+        replay.call_scales = [[s * w for w in weights] + ([-min(s, 1.0)] if away is not None else []) for s in sweep]
+        replay.row = row
+    return replay
 
 
 def _candidates(folders: Iterable[str | os.PathLike]) -> list[Path]:
@@ -197,17 +211,17 @@ def find_direction(recorded: RecordedDirection, folders: Sequence[str | os.PathL
 def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any]):
     """The image ``replay`` describes, made on ``pipe`` (already sampling with the recorded sampler) with ``vectors``
     (`find_direction` of each recorded direction, in order), in a call laid out as the one that made it (the app's
-    pair: two rows from one seed, the original first); a PIL image."""
+    pair, a sweep: every row from one seed, this image's kept); a PIL image."""
     import torch
 
     if len(vectors) != len(replay.directions):
         raise ValueError(f"{len(replay.directions)} direction(s) recorded, {len(vectors)} given")
-    rows = 2 if replay.pair else 1
+    layout = replay.call_scales or [[d.scale for d in replay.directions]]
+    rows = len(layout)
     steering: dict[str, Any] = {}
     if vectors:
         config = SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(list(vectors)), **replay.settings})
-        scales = [[d.scale for d in replay.directions]]
-        scales = [[0.0] * len(vectors)] * (rows - 1) + scales
+        scales = [r if r is not None else [0.0] * len(vectors) for r in layout]
         steering = {"steering": list(vectors), "steering_scale": scales, **config.to_settings()}
     device = pipe._execution_device
     generators = [torch.Generator("cpu" if device.type == "mps" else device).manual_seed(replay.seed) for _ in range(rows)]
@@ -220,4 +234,4 @@ def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any]):
         width=replay.width,
         generator=generators,
         **steering,
-    ).images[-1]
+    ).images[replay.row]

@@ -61,6 +61,22 @@ def test_generate_images_come_back_identical_and_the_original_is_never_overwritt
     assert replay.settings["steering_window"] == ((0.0, 0.5), (0.0, 1.0))  # each direction in its own window
 
 
+def test_a_sweeps_images_are_made_again_as_rows_of_the_whole_sweep(model_dir, directions, tmp_path, capsys):
+    """One row of a batched sweep can round differently from the same image made alone; its recipe records the
+    sweep, so it is made again as that row, bit for bit, with a take-away too."""
+    a, b = directions
+    out = tmp_path / "sweep"
+    assert main(["generate", "--model", model_dir, "--prompt", "a red dress", "--direction", str(a), "--take-away", str(b),
+                 "--sweep=0,1.5,4", "--steps", STEPS, "--seed", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = sorted(out.glob("seed2_scale*.png"))
+    assert len(rows) == 4 and read_recipe(rows[0])["call"]["scales"] == [0.0, 0.5, 1.0, 1.5]
+    code, printed, _ = reproduce(capsys, *rows)
+    assert code == 0 and printed.count("identical (generate recipe, ddim, 2 direction(s))") == 4
+    replay = read_replay(read_recipe(out / "seed2_scale+1.5.png"))
+    assert replay.call_scales == [[0.0, -0.0], [0.5, -0.5], [1.0, -1.0], [1.5, -1.0]] and replay.row == 3
+
+
 def test_batch_images_with_a_take_away_a_sampler_or_nothing_come_back_identical(model_dir, directions, tmp_path, capsys):
     from steer.cli.loading import load_pipeline
 

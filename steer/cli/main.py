@@ -342,9 +342,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ).images
         out.mkdir(parents=True, exist_ok=True)
         size = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
-        for image, scale in zip(images, scales, strict=True):
+        for row, (image, scale) in enumerate(zip(images, scales, strict=True)):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away), **size}))
+            call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away), **size, **call}))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
             written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away), **size, "sweep": scales}))
