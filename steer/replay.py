@@ -143,7 +143,8 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
         directions = [_direction(steering, scale, "'steering'")]
         away = steering.get("take_away")
         if away is not None:
-            directions.append(_direction(away, -_number(_need(away, "amount", (int, float), "take_away.amount"), "take_away.amount", 0, 1), "'take_away'"))
+            amount = _number(away.get("amount") if isinstance(away, dict) else None, "take_away.amount", 0, 1)
+            directions.append(_direction(away, -amount, "'take_away'"))
         pair = [[0.0] * len(directions), [d.scale for d in directions]]
         return Replay(writer, **base, directions=directions, settings=_settings(steering), call_scales=pair, row=1)
     entries = _need(recipe, "directions", list)
@@ -196,7 +197,8 @@ def find_direction(recorded: RecordedDirection, folders: Sequence[str | os.PathL
     tried = []
     if recorded.path is not None:
         tried.append(Path(recorded.path).expanduser())
-    for path in [*tried, *_candidates(folders)]:
+    searched = _candidates(folders)
+    for path in [*tried, *searched]:
         try:
             vector = SteeringVector.load(path)
         except Exception:  # noqa: BLE001 - not a direction, or damaged: look further
@@ -205,7 +207,7 @@ def find_direction(recorded: RecordedDirection, folders: Sequence[str | os.PathL
             return vector
     where = f"{recorded.path} holds another one or is gone; " if recorded.path else ""
     raise FileNotFoundError(f"direction {recorded.name!r} (digest {recorded.digest}) not found: {where}searched "
-                            f"{len(_candidates(folders))} file(s); pass the folder that holds it with --directions")
+                            f"{len(searched)} file(s); pass the folder that holds it with --directions")
 
 
 def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any]):

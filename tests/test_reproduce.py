@@ -159,6 +159,10 @@ def test_a_moved_direction_is_found_by_its_digest_and_a_changed_one_is_not_taken
     ({"prompt": "x", "seed": 0, "num_inference_steps": 3, "guidance_scale": 5, "steering": {"name": "a", "digest": "d", "scale": 1,
       "window": [[[0, 1]]]}}, "not a window"),
     ([1, 2], "not a JSON object"),
+    ({"prompt": "x", "seed": 0, "num_inference_steps": 3, "guidance_scale": 5, "steering": {"name": "a", "digest": "d", "scale": 1,
+      "take_away": ["a"]}}, "'take_away.amount' is None"),
+    ({"prompt": "x", "seed": 0, "num_inference_steps": 3, "guidance_scale": 5, "directions": [{"name": "a", "hash": "h", "weight": 1}],
+      "scale": 1, "call": {"scales": [0, 1], "row": 5}}, "not a sweep's scales and this image's row"),
 ])
 def test_a_recipe_that_cannot_be_replayed_is_one_line_before_any_model_loads(recipe, needle, tmp_path, capsys):
     png = tmp_path / "x.png"
