@@ -181,7 +181,8 @@ def test_default_learning_is_the_calibrated_text_direction_and_scale_one_is_its_
         handle.remove()
     assert v.layers == [CONTEXT_SITE] and v.metadata["preset"] == "text"
     # the sampler the strength was calibrated with is recorded with the sampling settings
-    assert v.metadata["sampling"] == {"num_inference_steps": 4, "guidance_scale": 7.5, "scheduler": type(tiny_pipe.scheduler).__name__}
+    assert v.metadata["sampling"] == {"num_inference_steps": 4, "guidance_scale": 7.5, "scheduler": type(tiny_pipe.scheduler).__name__,
+                                      "sampler": "ddim"}
     cal = v.metadata["calibration"]
     assert rows[0] == cal["unet_rows"] <= 2000
     assert cal["strength"] > 0 and abs(float(v.directions[CONTEXT_SITE].norm()) - cal["strength"]) < 1e-3
