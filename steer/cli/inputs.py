@@ -164,7 +164,7 @@ def check_compile_backend(backend: str | None) -> None:
 
 
 def add_sampler_argument(p, what: str = "sample") -> None:
-    """``--sampler NAME`` (learn, generate, detect, batch): `steer.samplers.with_sampler` on the loaded pipeline."""
+    """``--sampler NAME`` (learn, generate, batch): `steer.samplers.with_sampler` on the loaded pipeline."""
     from steer.samplers import SAMPLERS
 
     p.add_argument("--sampler", type=sampler_name_arg, default=None, metavar="NAME",
