@@ -89,8 +89,7 @@ def resumable(scheduler: Any) -> bool:
         return not scheduler.config.get("solver_p")
     # Euler discrete draws noise only with churn (``s_churn`` of its ``step``, which the pipelines leave at 0); Heun
     # and KDPM2 only with theirs (none)
-    return kind in (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler,
-                    DEISMultistepScheduler, PNDMScheduler, *_HISTORY)
+    return kind in (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, *_HISTORY)
 
 
 def run_length(pipe: Any, num_inference_steps: int) -> int:
