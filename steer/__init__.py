@@ -25,8 +25,12 @@ _EXPORTS = {
     "SteeringStableDiffusion3Pipeline": "steer.pipelines.stable_diffusion_3",
     "SteeringStableDiffusionPipeline": "steer.pipelines.stable_diffusion",
     "SteeringStableDiffusionImg2ImgPipeline": "steer.pipelines.img2img",
+    "SteeringStableDiffusionInpaintPipeline": "steer.pipelines.inpaint",
+    "SteeringStableDiffusionControlNetPipeline": "steer.pipelines.controlnet",
     "SteeringStableDiffusionXLPipeline": "steer.pipelines.stable_diffusion_xl",
     "SteeringStableDiffusionXLImg2ImgPipeline": "steer.pipelines.img2img",
+    "SteeringStableDiffusionXLInpaintPipeline": "steer.pipelines.inpaint",
+    "SteeringStableDiffusionXLControlNetPipeline": "steer.pipelines.controlnet",
     "UnsupportedPipelineError": "steer.errors",
     "steering_pipeline": "steer.pipelines.factory",
     "SteeringVector": "steer.vectors",
@@ -49,8 +53,12 @@ __all__ = [
     "SteeringStableDiffusion3Pipeline",
     "SteeringStableDiffusionPipeline",
     "SteeringStableDiffusionImg2ImgPipeline",
+    "SteeringStableDiffusionInpaintPipeline",
+    "SteeringStableDiffusionControlNetPipeline",
     "SteeringStableDiffusionXLPipeline",
     "SteeringStableDiffusionXLImg2ImgPipeline",
+    "SteeringStableDiffusionXLInpaintPipeline",
+    "SteeringStableDiffusionXLControlNetPipeline",
     "UnsupportedPipelineError",
     "steering_pipeline",
     "SteeringVector",
@@ -65,8 +73,13 @@ if TYPE_CHECKING:
     from steer.detect.detector import MemorizationDetector
     from steer.engine import ActivationRecorder, SteeringSession
     from steer.errors import DetectorFileError, UnsupportedPipelineError
+    from steer.pipelines.controlnet import (
+        SteeringStableDiffusionControlNetPipeline,
+        SteeringStableDiffusionXLControlNetPipeline,
+    )
     from steer.pipelines.factory import steering_pipeline
     from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
+    from steer.pipelines.inpaint import SteeringStableDiffusionInpaintPipeline, SteeringStableDiffusionXLInpaintPipeline
     from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
     from steer.pipelines.stable_diffusion_3 import SteeringStableDiffusion3Pipeline
     from steer.pipelines.stable_diffusion_xl import SteeringStableDiffusionXLPipeline

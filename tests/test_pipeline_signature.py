@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLControlNetPipeline,
     StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
     StableDiffusionXLPipeline,
 )
 
@@ -21,6 +25,7 @@ from steer import SteeringVector
 from steer.config import STEERING_DEFAULTS
 from steer.denoisers import CONTEXT_SITE, layer_channels
 from steer.detect.scores import INLINE_CALL_PARAMS
+from steer.pipelines.factory import steering_class
 from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
 from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
 from steer.pipelines.stable_diffusion_xl import SteeringStableDiffusionXLPipeline
@@ -30,6 +35,8 @@ PAIRS = [
     (SteeringStableDiffusionImg2ImgPipeline, StableDiffusionImg2ImgPipeline),
     (SteeringStableDiffusionXLPipeline, StableDiffusionXLPipeline),
     (SteeringStableDiffusionXLImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline),
+    *((steering_class(p), p) for p in (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline,
+                                              StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline)),
 ]
 STEERING_PARAMS = {*STEERING_DEFAULTS, *INLINE_CALL_PARAMS}
 # What a call leaves on the pipeline (diffusers' properties), where the class has them.

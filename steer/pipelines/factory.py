@@ -18,6 +18,10 @@ STEERED_PIPELINES: dict[str, str] = {
     "StableDiffusionImg2ImgPipeline": "steer.pipelines.img2img:SteeringStableDiffusionImg2ImgPipeline",
     "StableDiffusionXLPipeline": "steer.pipelines.stable_diffusion_xl:SteeringStableDiffusionXLPipeline",
     "StableDiffusionXLImg2ImgPipeline": "steer.pipelines.img2img:SteeringStableDiffusionXLImg2ImgPipeline",
+    "StableDiffusionInpaintPipeline": "steer.pipelines.inpaint:SteeringStableDiffusionInpaintPipeline",
+    "StableDiffusionXLInpaintPipeline": "steer.pipelines.inpaint:SteeringStableDiffusionXLInpaintPipeline",
+    "StableDiffusionControlNetPipeline": "steer.pipelines.controlnet:SteeringStableDiffusionControlNetPipeline",
+    "StableDiffusionXLControlNetPipeline": "steer.pipelines.controlnet:SteeringStableDiffusionXLControlNetPipeline",
     "StableDiffusion3Pipeline": "steer.pipelines.stable_diffusion_3:SteeringStableDiffusion3Pipeline",
     "FluxPipeline": "steer.pipelines.flux:SteeringFluxPipeline",
 }

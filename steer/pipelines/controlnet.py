@@ -1,0 +1,43 @@
+"""ControlNet with steering: `SteeringStableDiffusionControlNetPipeline` and
+`SteeringStableDiffusionXLControlNetPipeline`.
+
+Only the UNet is steered. The ControlNet is a separate module (a copy of the UNet's encoder reading the control image)
+whose residuals the UNet adds to its own down and mid blocks: it reads the prompt through cross-attentions of its own,
+which steer leaves alone, so the control image keeps fixing the layout while a direction edits what the UNet draws
+into it. Each step calls the ControlNet and the UNet once each; the steering window counts the UNet's calls.
+"""
+
+from __future__ import annotations
+
+from diffusers import StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline
+
+from steer.dtypes import AutoDtypeMixin
+from steer.pipelines.finite import FiniteImageMixin
+from steer.pipelines.mixin import SteeringMixin
+from steer.pipelines.stable_diffusion_xl import SDXLTextMixin
+from steer.pipelines.text import SerializedPromptMixin
+from steer.validation import FiniteOutputMixin
+
+
+class SteeringStableDiffusionControlNetPipeline(
+    SteeringMixin, AutoDtypeMixin, FiniteOutputMixin, SerializedPromptMixin, StableDiffusionControlNetPipeline
+):
+    """Stable Diffusion (1.x / 2.x) with a ControlNet and training-free representation steering.
+
+    A drop-in `StableDiffusionControlNetPipeline` (``from_pretrained``, ``from_pipe(pipe, controlnet=...)``): every
+    parent argument (``image`` is the control image) plus the ``steering_*`` options.
+    """
+
+    denoiser_name = "unet"
+
+
+class SteeringStableDiffusionXLControlNetPipeline(
+    SDXLTextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, SerializedPromptMixin, StableDiffusionXLControlNetPipeline
+):
+    """Stable Diffusion XL with a ControlNet and training-free representation steering.
+
+    A drop-in `StableDiffusionXLControlNetPipeline`: every parent argument plus the ``steering_*`` options. NaN images
+    raise (`steer.pipelines.finite`).
+    """
+
+    denoiser_name = "unet"

@@ -1,0 +1,129 @@
+"""Editing pipelines with steering: inpainting (SD, SDXL) and ControlNet (SD, SDXL) on tiny random-weight components
+(CPU, fp32): exactly the parent unsteered, the edit inside the mask only, the window over the steps performed, the
+ControlNet never steered, hooks gone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ControlNetModel
+
+import steer
+from steer.denoisers import CONTEXT_SITE
+from steer.pipelines.controlnet import (
+    SteeringStableDiffusionControlNetPipeline,
+    SteeringStableDiffusionXLControlNetPipeline,
+)
+from steer.pipelines.inpaint import SteeringStableDiffusionInpaintPipeline, SteeringStableDiffusionXLInpaintPipeline
+from steer.testing import no_hooks_left, random_vector, tiny_components
+from steer.testing.sdxl import tiny_sdxl_components
+
+PROMPT = "a red bag"
+SIDE = 32  # the tiny VAE's image side (8 latents x 4)
+
+
+def _pipe(cls, kind: str, **extra):
+    parts = tiny_components(0) if kind == "sd" else tiny_sdxl_components(0)
+    if "ControlNet" in cls.__name__:
+        torch.manual_seed(1)
+        extra["controlnet"] = ControlNetModel.from_unet(parts["unet"], conditioning_embedding_out_channels=(8, 16, 16)).eval()
+    parts = {k: v for k, v in parts.items() if k in cls.__init__.__code__.co_varnames}
+    pipe = cls(**parts, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _image(seed: int = 1) -> torch.Tensor:
+    return torch.rand(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(seed))
+
+
+def _left_half_mask() -> torch.Tensor:
+    mask = torch.zeros(1, 1, SIDE, SIDE)
+    mask[..., : SIDE // 2] = 1.0  # white (1) is repainted, black (0) kept
+    return mask
+
+
+INPAINT = [("sd", SteeringStableDiffusionInpaintPipeline), ("sdxl", SteeringStableDiffusionXLInpaintPipeline)]
+CONTROL = [("sd", SteeringStableDiffusionControlNetPipeline), ("sdxl", SteeringStableDiffusionXLControlNetPipeline)]
+
+
+@pytest.mark.parametrize(("kind", "cls"), INPAINT, ids=[k for k, _ in INPAINT])
+def test_inpainting_is_the_parent_unsteered_and_edits_inside_the_mask_only(kind, cls, gen):
+    pipe = _pipe(cls, kind)
+    v = random_vector(pipe, [CONTEXT_SITE], scale=4.0)
+    kw = dict(image=_image(), mask_image=_left_half_mask(), num_inference_steps=4, strength=1.0, output_type="latent")
+    plain = cls._steering_parent.__call__(pipe, PROMPT, generator=gen(0), **kw).images
+    assert torch.equal(pipe(PROMPT, generator=gen(0), **kw).images, plain)
+    assert torch.equal(pipe(PROMPT, generator=gen(0), steering=v, steering_scale=0.0, **kw).images, plain)
+    steered = pipe(PROMPT, generator=gen(0), steering=v, steering_window=(0, 1), **kw).images
+    assert no_hooks_left(pipe.unet)
+    left, right = slice(0, plain.shape[-1] // 2), slice(plain.shape[-1] // 2, None)
+    # a 4-channel UNet: the kept half is blended back from the image at every step, so it ends exactly as unsteered
+    assert torch.equal(steered[..., right], plain[..., right])
+    assert (steered[..., left] - plain[..., left]).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize(("kind", "cls"), INPAINT, ids=[k for k, _ in INPAINT])
+def test_inpainting_window_is_measured_over_the_steps_the_run_performs(kind, cls, gen, monkeypatch):
+    import steer.engine.steering as steering_module
+
+    pipe = _pipe(cls, kind)
+    v = random_vector(pipe, ["up_blocks.1.resnets.0"])
+    calls, applied = [0], []
+    real = steering_module.apply_delta
+
+    def counting(h, *a, **k):
+        applied.append(calls[0] - 1)
+        return real(h, *a, **k)
+
+    monkeypatch.setattr(steering_module, "apply_delta", counting)
+    counter = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        pipe(PROMPT, image=_image(), mask_image=_left_half_mask(), strength=0.5, num_inference_steps=10, generator=gen(0),
+             steering=v, steering_window=(0.5, 1.0), output_type="np")
+    finally:
+        counter.remove()
+    assert calls[0] == 5 and pipe.num_timesteps == 5
+    assert applied == [3, 4]
+
+
+@pytest.mark.parametrize(("kind", "cls"), CONTROL, ids=[k for k, _ in CONTROL])
+def test_controlnet_is_the_parent_unsteered_and_only_the_unet_is_steered(kind, cls, gen):
+    pipe = _pipe(cls, kind)
+    v = random_vector(pipe, ["down_blocks.0.attentions.0.transformer_blocks.0.attn2" if kind == "sd" else CONTEXT_SITE], scale=4.0)
+    kw = dict(image=_image(2), num_inference_steps=3, output_type="np")
+    plain = cls._steering_parent.__call__(pipe, PROMPT, generator=gen(0), **kw).images
+    assert np.array_equal(pipe(PROMPT, generator=gen(0), steering=v, steering_scale=0.0, **kw).images, plain)
+
+    residuals: list[list[torch.Tensor]] = []
+
+    def record(_m, _args, out):
+        residuals.append([t.detach().clone() for t in (*out[0], out[1])])
+
+    runs = []
+    for scale in (0.0, 1.0):
+        handle = pipe.controlnet.register_forward_hook(record)
+        try:
+            runs.append(pipe(PROMPT, generator=gen(0), steering=v, steering_scale=scale, steering_window=(0, 1), **kw).images)
+        finally:
+            handle.remove()
+    assert not np.array_equal(runs[1], runs[0])
+    first_plain, first_steered = residuals[0], residuals[len(residuals) // 2]
+    # the first step's ControlNet reads the same latents and text in both runs: its residuals are untouched
+    assert all(torch.equal(a, b) for a, b in zip(first_plain, first_steered, strict=True))
+    assert no_hooks_left(pipe.unet) and no_hooks_left(pipe.controlnet)
+
+
+def test_steering_pipeline_maps_the_editing_pipelines_and_from_pipe_shares_the_modules(gen):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    plain = StableDiffusionInpaintPipeline(**{k: v for k, v in tiny_components(0).items() if k != "image_encoder"})
+    plain.set_progress_bar_config(disable=True)
+    pipe = steer.steering_pipeline(plain)
+    assert isinstance(pipe, SteeringStableDiffusionInpaintPipeline) and pipe.unet is plain.unet
+    text = steer.SteeringStableDiffusionPipeline.from_pipe(pipe)
+    again = steer.SteeringStableDiffusionInpaintPipeline.from_pipe(text)
+    assert again.unet is plain.unet and again.vae is plain.vae
+    kw = dict(image=_image(), mask_image=_left_half_mask(), num_inference_steps=2, output_type="np")
+    np.testing.assert_array_equal(again(PROMPT, generator=gen(0), **kw).images, plain(PROMPT, generator=gen(0), **kw).images)
