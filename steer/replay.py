@@ -54,6 +54,16 @@ class Replay:
     # image's row (the app's [original, steered] pair; a `steer generate --sweep`)
     call_scales: list[list[float] | None] | None = None
     row: int = 0
+    edit: RecordedEdit | None = None  # an image edit (`steer generate --image`): its input files and strength
+
+
+@dataclass(frozen=True)
+class RecordedEdit:
+    """The inputs of an image edit as its recipe records them: each file's path and sha256, and the strength."""
+
+    image: tuple[str, str]
+    mask: tuple[str, str] | None
+    strength: float
 
 
 def _need(recipe: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "") -> Any:
@@ -111,6 +121,40 @@ def _direction(entry: Any, scale: float, where: str) -> RecordedDirection:
     return RecordedDirection(entry["name"], digest, path if isinstance(path, str) else None, scale)
 
 
+def _edit(value: Any) -> RecordedEdit | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"the recipe's 'edit' is {short(value)}, not what steer writes there")
+
+    def file(key: str) -> tuple[str, str]:
+        entry = value.get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or not isinstance(entry.get("sha256"), str):
+            raise ValueError(f"the recipe's 'edit.{key}' is {short(entry)}, not a file's path and sha256")
+        return entry["path"], entry["sha256"]
+
+    mask = file("mask") if value.get("mask") is not None else None
+    return RecordedEdit(file("image"), mask, _number(value.get("strength"), "edit.strength", 1e-6, 1))
+
+
+def find_edit_inputs(edit: RecordedEdit, folders: Sequence[str | os.PathLike] = ()):
+    """The `steer.images.EditInputs` an edit started from: each recorded file when it still holds the recorded bytes,
+    else a file of the same name in ``folders`` that does. One-line `FileNotFoundError` naming the one not found."""
+    from steer.images import EditInputs, file_sha256
+
+    def locate(what: str, recorded: tuple[str, str]) -> Path:
+        path, digest = Path(recorded[0]), recorded[1]
+        for candidate in [path, *(Path(f) / path.name for f in folders)]:
+            if candidate.is_file() and file_sha256(candidate) == digest:
+                return candidate
+        raise FileNotFoundError(f"the {what} the edit started from ({path.name}, sha256 {digest[:12]}...) is gone or "
+                                f"changed at {short(str(path), 120)}; put it next to the image")
+
+    image = locate("image", edit.image)
+    mask = locate("mask", edit.mask) if edit.mask is not None else None
+    return EditInputs.read(image, mask, edit.strength)
+
+
 def read_replay(recipe: dict[str, Any]) -> Replay:
     """The `Replay` of a recipe written by `steer generate`, `steer batch` or the app; one-line `ValueError` for
     one that cannot be made again (a sweep grid, a hand-edited or foreign recipe)."""
@@ -148,8 +192,9 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
         pair = [[0.0] * len(directions), [d.scale for d in directions]]
         return Replay(writer, **base, directions=directions, settings=_settings(steering), call_scales=pair, row=1)
     entries = _need(recipe, "directions", list)
+    edit = _edit(recipe.get("edit")) if writer == "generate" else None
     if not entries:
-        return Replay(writer, **base)
+        return Replay(writer, **base, edit=edit)
     away = recipe.get("take_away")
     if writer == "generate":
         weights = [_number(e.get("weight") if isinstance(e, dict) else None, "weight", -1e4, 1e4) for e in entries]
@@ -161,7 +206,7 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
     if away is not None:
         amount = _number(away.get("amount") if isinstance(away, dict) else None, "take_away.amount", 0, 1)
         directions.append(_direction(away, -amount, "'take_away'"))
-    replay = Replay(writer, **base, directions=directions, settings=_settings(recipe))
+    replay = Replay(writer, **base, directions=directions, settings=_settings(recipe), edit=edit)
     call = recipe.get("call")
     if writer == "generate" and call is not None:  # a sweep's row: the whole sweep made again, this row kept
         scales = _need(call, "scales", list, "call.scales") if isinstance(call, dict) else None
@@ -210,10 +255,11 @@ def find_direction(recorded: RecordedDirection, folders: Sequence[str | os.PathL
                             f"{len(searched)} file(s); pass the folder that holds it with --directions")
 
 
-def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any]):
+def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any], edit: Any = None):
     """The image ``replay`` describes, made on ``pipe`` (already sampling with the recorded sampler) with ``vectors``
     (`find_direction` of each recorded direction, in order), in a call laid out as the one that made it (the app's
-    pair, a sweep: every row from one seed, this image's kept); a PIL image."""
+    pair, a sweep: every row from one seed, this image's kept); a PIL image. An edit's ``pipe`` is the editing
+    pipeline (`steer.pipelines.factory.editing_pipeline`) and ``edit`` its `find_edit_inputs`."""
     import torch
 
     if len(vectors) != len(replay.directions):
@@ -225,6 +271,13 @@ def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any]):
         config = SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(list(vectors)), **replay.settings})
         scales = [r if r is not None else [0.0] * len(vectors) for r in layout]
         steering = {"steering": list(vectors), "steering_scale": scales, **config.to_settings()}
+    if (edit is None) != (replay.edit is None):
+        raise ValueError("an edit's recipe is made again with its inputs, and only it")
+    size: dict[str, Any] = {"height": replay.height, "width": replay.width}
+    if edit is not None:
+        if replay.height is None or replay.width is None:
+            raise ValueError("the recipe of an edit records no size")
+        size = edit_call_inputs(pipe, edit, replay.height, replay.width, rows)
     device = pipe._execution_device
     generators = [torch.Generator("cpu" if device.type == "mps" else device).manual_seed(replay.seed) for _ in range(rows)]
     return pipe(
@@ -232,8 +285,20 @@ def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any]):
         negative_prompt=[replay.negative_prompt] * rows if replay.negative_prompt else None,
         num_inference_steps=replay.steps,
         guidance_scale=replay.guidance,
-        height=replay.height,
-        width=replay.width,
         generator=generators,
+        **size,
         **steering,
     ).images[replay.row]
+
+
+def edit_call_inputs(pipe: Any, edit: Any, height: int, width: int, rows: int) -> dict[str, Any]:
+    """An editing pipeline's inputs for a call of ``rows`` rows: the image (and mask) prepared at ``height`` x
+    ``width`` (`steer.images.EditInputs.prepared`), one per row, the strength, and the size where the pipeline takes
+    one (inpainting does; image-to-image runs at its image's size)."""
+    import inspect
+
+    inputs = edit.prepared(height, width)
+    call = {k: [v] * rows if k in ("image", "mask_image") else v for k, v in inputs.items()}
+    if "height" in inspect.signature(pipe.__call__).parameters:
+        call.update(height=height, width=width)
+    return call

@@ -183,3 +183,39 @@ def sampler_name_arg(text: str) -> str:
         return known_sampler(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_edit_arguments(p) -> None:
+    """``--image``, ``--mask``, ``--strength``: edit a given image (image-to-image; inpainting with a mask)."""
+    from steer.validation import bounded_float
+
+    p.add_argument("--image", default=None, metavar="PATH",
+                   help="edit this image instead of starting from noise (the model's image-to-image pipeline; size: the "
+                        "image's, rounded down to a multiple of 8, unless --height / --width say otherwise)")
+    p.add_argument("--mask", default=None, metavar="PATH",
+                   help="with --image: repaint only the mask's white pixels (the model's inpainting pipeline); the same "
+                        "size as the image")
+    p.add_argument("--strength", type=bounded_float(0.0, 1.0, low_open=True), default=None,
+                   help="with --image: how much of the run re-draws it, in (0, 1] (default: the pipeline's, 0.8 for "
+                        "image-to-image, 1.0 for inpainting); the steering window is measured over the steps it runs")
+
+
+def read_edit_arguments(args):
+    """The `steer.images.EditInputs` of ``--image`` / ``--mask`` / ``--strength`` (None without ``--image``), read
+    before any model loads; `CLIError` for a mask or strength without an image."""
+    from steer.images import EditInputs
+
+    if args.image is None:
+        for flag, value in (("--mask", args.mask), ("--strength", args.strength)):
+            if value is not None:
+                raise CLIError(f"{flag} goes with --image (the image to edit)")
+        return None
+    check_edit_steps(args.strength, args.steps)
+    return EditInputs.read(args.image, args.mask, args.strength)
+
+
+def check_edit_steps(strength: float | None, steps: int) -> None:
+    """`CLIError` when an edit at ``strength`` runs no denoising step of ``steps`` (diffusers runs
+    ``int(steps * strength)``)."""
+    if strength is not None and int(steps * strength) < 1:
+        raise CLIError(f"--strength {strength:g} of --steps {steps} runs no step: raise either")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import math
 import os
@@ -18,12 +19,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything impo
 from steer.cli.inputs import (  # noqa: E402
     CLIError,
     add_compile_argument,
+    add_edit_arguments,
     add_sampler_argument,
     check_compile_backend,
+    check_edit_steps,
     check_out_dir,
     check_out_file,
     expand_items,
     print_warnings,
+    read_edit_arguments,
     unknown_direction,
     window_fractions,
 )
@@ -197,7 +201,7 @@ def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[s
     )
 
 
-def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None) -> dict[str, Any]:
+def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None, edit=None) -> dict[str, Any]:
     from steer import __version__
     from steer.samplers import sampler_name
     from steer.take_away import take_away_record
@@ -226,6 +230,7 @@ def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, sca
         **({"readers": list(config.readers)} if config.readers is not None else {}),
         **routes_record([v for v, _ in vectors] + ([away[0]] if away is not None else []), config.readers),
         **taken,
+        **({"edit": edit} if edit is not None else {}),
     }
 
 
@@ -264,7 +269,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.assets import bundled_directions
     from steer.cli.loading import load_pipeline
     from steer.hub import is_hub_spec, resolve_direction
+    from steer.images import edit_size
+    from steer.pipelines.factory import editing_pipeline
     from steer.recipe import save_png
+    from steer.replay import edit_call_inputs
     from steer.take_away import pair_scales
     from steer.vectors import SteeringVector
 
@@ -277,6 +285,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return resolve_direction(d)
 
     check_out_dir(args.out)
+    edit = read_edit_arguments(args)  # the image to edit (and its mask), read before the model loads
+    if edit is not None:
+        args.height, args.width = edit_size(edit.image.size, args.height, args.width)
     vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
@@ -312,6 +323,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not user_set["window"]:
             config = dataclasses.replace(config, window=fit.window)
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
+    size: dict[str, Any] = {"height": args.height, "width": args.width}
+    edit_record = None
+    if edit is not None:  # the model's image-to-image or inpainting pipeline, sharing the loaded modules
+        pipe = editing_pipeline(pipe, edit.task)
+        strength = edit.strength if edit.strength is not None else inspect.signature(pipe.__call__).parameters["strength"].default
+        check_edit_steps(strength, args.steps)  # the pipeline's default strength
+        size = edit_call_inputs(pipe, edit, args.height, args.width, len(scales))
+        edit_record = edit.record(strength)
     out = Path(args.out)  # created with the first images: a command that fails before them leaves no folder behind
     steering_kwargs: dict[str, Any] = {}
     if vectors:
@@ -335,20 +354,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
             negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
             num_inference_steps=args.steps,
             guidance_scale=args.guidance,
-            height=args.height,
-            width=args.width,
             generator=generators,
+            **size,
             **steering_kwargs,
         ).images
         out.mkdir(parents=True, exist_ok=True)
-        size = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
+        shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
         for row, (image, scale) in enumerate(zip(images, scales, strict=True)):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
             call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away), **size, **call}))
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record), **shape, **call}))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away), **size, "sweep": scales}))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
     for w in written:
         print(w)
     return 0
@@ -496,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampler_argument(p)
     p.add_argument("--height", type=SIZE, default=None)
     p.add_argument("--width", type=SIZE, default=None)
+    add_edit_arguments(p)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_generate)
 

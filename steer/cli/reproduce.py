@@ -23,7 +23,8 @@ def configure_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="make images again from the recipes their PNGs carry and check the pixels match",
         description="Reads the recipe steer generate, steer batch or the app wrote into each PNG, makes the image "
         "again (same model, prompt, seed, steps, guidance, size, sampler, directions found by their digest, scales and "
-        "steering options) and compares the pixels. Exit status 0: all identical; 1: some differ.",
+        "steering options; an edit's input image and mask by their sha256, where recorded or next to the image) and "
+        "compares the pixels. Exit status 0: all identical; 1: some differ.",
     )
     p.add_argument("images", nargs="+", help="PNG files written by steer (generate, batch or the app)")
     p.add_argument("--model", default=None, help="the model to use instead of the one the recipe names (a moved folder)")
@@ -54,8 +55,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from steer.assets import default_model, directions_dir
     from steer.cli.loading import load_pipeline
     from steer.denoisers import denoiser_of
+    from steer.pipelines.factory import editing_pipeline
     from steer.recipe import read_recipe, save_png
-    from steer.replay import find_direction, read_replay, replay_call
+    from steer.replay import find_direction, find_edit_inputs, read_replay, replay_call
     from steer.samplers import sampler_name
     from steer.vectors import weights_hash
 
@@ -87,9 +89,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             pipe = pipe.with_sampler(_scheduler_sampler(recipe, replay))
             folders = [*args.directions, *sorted(path.parent.glob("*.safetensors")), directions_dir(model)]
             vectors = [find_direction(d, folders) for d in replay.directions]
+            edit = find_edit_inputs(replay.edit, [path.parent]) if replay.edit is not None else None
+            if edit is not None:  # an image edit: the model's image-to-image or inpainting pipeline
+                pipe = editing_pipeline(pipe, edit.task)
         except (OSError, ValueError) as err:
             raise type(err)(f"{path}: {err}") from None
-        image = replay_call(pipe, replay, vectors)
+        image = replay_call(pipe, replay, vectors, edit)
         with Image.open(path) as im:
             before = np.asarray(im.convert("RGB"), dtype=np.int16)
         after = np.asarray(image.convert("RGB"), dtype=np.int16)

@@ -67,3 +67,42 @@ def steering_pipeline(pipe: Any, **kwargs: Any) -> Any:
     if not isinstance(pipe, DiffusionPipeline):
         raise UnsupportedPipelineError(f"steering_pipeline expects a diffusers pipeline instance, got {type(pipe).__name__}")
     return steering_class(pipe).from_pipe(pipe, **kwargs)
+
+
+EDIT_TASKS = ("img2img", "inpaint")
+
+
+def editing_pipeline(pipe: Any, task: str) -> Any:
+    """The steered image-to-image (``task="img2img"``) or inpainting (``"inpaint"``) pipeline of ``pipe``'s model,
+    sharing its components (diffusers' AutoPipeline tables say which class that is: a `StableDiffusionPipeline`'s
+    inpainting pipeline is `StableDiffusionInpaintPipeline`). ``pipe`` itself when it already is one.
+
+    Args:
+        pipe: a steered or diffusers pipeline of any task (text-to-image, image-to-image, inpainting).
+        task: ``"img2img"`` or ``"inpaint"``.
+
+    Raises:
+        UnsupportedPipelineError: in one line, when diffusers has no such pipeline for the model, or steer does not
+            steer it.
+    """
+    from diffusers.pipelines.auto_pipeline import (
+        AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+        AUTO_INPAINT_PIPELINES_MAPPING,
+        AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
+    )
+
+    if task not in EDIT_TASKS:
+        raise ValueError(f"task must be one of {EDIT_TASKS}, got {task!r}")
+    name = _diffusers_name(pipe)
+    wanted = AUTO_IMAGE2IMAGE_PIPELINES_MAPPING if task == "img2img" else AUTO_INPAINT_PIPELINES_MAPPING
+    family = next((key for table in (AUTO_TEXT2IMAGE_PIPELINES_MAPPING, AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, AUTO_INPAINT_PIPELINES_MAPPING)
+                   for key, cls in table.items() if cls.__name__ == name), None)
+    if family is None or family not in wanted:
+        raise UnsupportedPipelineError(f"diffusers has no {task} pipeline for a {name}")
+    target = steering_class(wanted[family].__name__)
+    if type(pipe) is target:
+        return pipe
+    edit = target.from_pipe(pipe)
+    if hasattr(pipe, "_progress_bar_config"):  # a pipeline loaded quiet stays quiet
+        edit.set_progress_bar_config(**pipe._progress_bar_config)
+    return edit

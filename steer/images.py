@@ -1,0 +1,148 @@
+"""Input images, read safely, and the inputs of an image edit (image-to-image, inpainting) prepared the same way
+wherever an edit is made or made again (`steer generate --image`, `steer reproduce`).
+
+`open_image` bounds what a user file can cost before decoding it (bytes on disk, decoded pixels, PIL's decompression
+bomb check) and names the file in a one-line `ValueError`. `EditInputs.read` opens an edit's image and optional mask
+and checks they fit together; `EditInputs.prepared` resizes both to the size the edit runs at (`edit_size`: the
+image's own, rounded down to a multiple of 8, or what the user asked for), so an edit and its reproduction feed the
+pipeline the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from steer.validation import MAX_SIZE, short
+
+MAX_IMAGE_BYTES = 64 * 2**20  # an input image file (a 48 MP PNG is ~40 MiB)
+MAX_IMAGE_PIXELS = 50_000_000  # decoded
+SIZE_MULTIPLE = 8  # the latent grid of every SD-family VAE
+
+
+def open_image(
+    path: str | os.PathLike,
+    what: str = "image",
+    *,
+    mode: str = "RGB",
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_side: int | None = None,
+) -> Image.Image:
+    """The image at ``path`` decoded in ``mode``; one-line `ValueError` naming it when it is missing, too large on
+    disk or decoded, or not an image. ``max_side``: shrink larger images on load (JPEG decodes at a reduced scale).
+
+    Args:
+        path: the file.
+        what: how the message names it ("the mask", "positive image").
+        mode: PIL mode of the result ("RGB", "L").
+        max_bytes, max_pixels: limits on the file and on the decoded image.
+        max_side: None keeps the size; else the longer side is at most this.
+    """
+    path = Path(path).expanduser()
+    label = f"{what} {short(str(path), 120)}"
+    if not path.is_file():
+        raise ValueError(f"{label} is not a file")
+    if path.stat().st_size > max_bytes:
+        raise ValueError(f"{label} is over {max_bytes // 2**20} MiB")
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise ValueError(f"{label} is {im.width}x{im.height} pixels; at most {max_pixels / 1e6:.0f} megapixels are allowed")
+            if max_side is not None:
+                im.draft(mode, (max_side, max_side))
+            im.load()
+            out = im.convert(mode)
+    except ValueError as err:
+        if str(err).startswith(label):
+            raise
+        raise ValueError(f"{label} is not a readable image") from None
+    except (OSError, Image.DecompressionBombError, SyntaxError):
+        raise ValueError(f"{label} is not a readable image") from None
+    if max_side is not None:
+        out.thumbnail((max_side, max_side))
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def edit_size(image_size: tuple[int, int], height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` an edit of an image of ``image_size`` (width, height) runs at: both given, as given; one
+    given, the other from the image's aspect ratio; none, the image's own size; rounded down to a multiple of
+    `SIZE_MULTIPLE` (at least one). One-line `ValueError` beyond `steer.validation.MAX_SIZE`."""
+    w0, h0 = image_size
+    if height is None and width is None:
+        height, width = h0, w0
+    elif height is None:
+        height = round(width * h0 / w0)
+    elif width is None:
+        width = round(height * w0 / h0)
+
+    def snap(n: int) -> int:
+        return max(SIZE_MULTIPLE, int(n) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+    height, width = snap(height), snap(width)
+    if max(height, width) > MAX_SIZE:
+        raise ValueError(f"the image is {w0}x{h0}: an edit at {width}x{height} is over {MAX_SIZE} pixels a side; "
+                         "give --height / --width")
+    return height, width
+
+
+@dataclass(frozen=True)
+class EditInputs:
+    """What an edit starts from: the image, the mask (inpainting; white is repainted) and the strength (None: the
+    pipeline's default), with the files they came from."""
+
+    image: Image.Image
+    image_path: Path
+    mask: Image.Image | None = None
+    mask_path: Path | None = None
+    strength: float | None = None
+
+    @classmethod
+    def read(cls, image: str | os.PathLike, mask: str | os.PathLike | None = None, strength: float | None = None) -> EditInputs:
+        """Open ``image`` (RGB) and ``mask`` (greyscale); one-line `ValueError` for an unreadable one, or a mask whose
+        size is not the image's."""
+        picture = open_image(image, "the image")
+        drawn = open_image(mask, "the mask", mode="L") if mask is not None else None
+        if drawn is not None and drawn.size != picture.size:
+            raise ValueError(f"the mask is {drawn.width}x{drawn.height} and the image {picture.width}x{picture.height}: "
+                             "they must be the same size")
+        if strength is not None and not 0 < strength <= 1:
+            raise ValueError(f"the strength must be in (0, 1], got {short(strength)}")
+        return cls(picture, Path(image).expanduser(), drawn, Path(mask).expanduser() if mask is not None else None, strength)
+
+    @property
+    def task(self) -> str:
+        """``"inpaint"`` with a mask, else ``"img2img"``."""
+        return "inpaint" if self.mask is not None else "img2img"
+
+    def prepared(self, height: int, width: int) -> dict[str, Any]:
+        """The pipeline arguments: ``image`` (and ``mask_image``) resized to ``width`` x ``height`` (Lanczos for the
+        image, nearest for the mask, whose edge stays sharp), and ``strength`` when one was given."""
+        size = (width, height)
+        kwargs: dict[str, Any] = {"image": self.image if self.image.size == size else self.image.resize(size, Image.LANCZOS)}
+        if self.mask is not None:
+            kwargs["mask_image"] = self.mask if self.mask.size == size else self.mask.resize(size, Image.NEAREST)
+        if self.strength is not None:
+            kwargs["strength"] = self.strength
+        return kwargs
+
+    def record(self, strength: float) -> dict[str, Any]:
+        """The recipe's ``edit`` block: each file's absolute path and sha256, and the strength the edit ran at."""
+        files = {"image": self.image_path, **({"mask": self.mask_path} if self.mask_path is not None else {})}
+        return {
+            **{k: {"path": str(p.resolve()), "sha256": file_sha256(p)} for k, p in files.items()},
+            "strength": strength,
+        }

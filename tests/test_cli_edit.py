@@ -1,0 +1,170 @@
+"""`steer generate --image [--mask] [--strength]`: a given image edited by the model's image-to-image or inpainting
+pipeline, steered; the same pixels as the Python API, a recipe `steer reproduce` makes again (finding the inputs by
+their sha256), one-line refusals before the model loads (tiny random SD pipeline saved to disk, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from steer.cli.main import main
+from steer.denoisers import CONTEXT_SITE
+from steer.images import EditInputs, edit_size, file_sha256, open_image
+from steer.pipelines.factory import editing_pipeline
+from steer.recipe import read_recipe
+from steer.testing import assert_one_line_error, random_vector
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+STEPS = "4"
+
+
+@pytest.fixture(scope="module")
+def files(tiny_pipe, tmp_path_factory):
+    """A source image (40 x 48, not the model's size), a mask of its left half, and a direction."""
+    folder = tmp_path_factory.mktemp("edit-inputs")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(folder / "src.png")
+    mask = np.zeros((48, 40), dtype=np.uint8)
+    mask[:, :20] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    vector = random_vector(tiny_pipe, [CONTEXT_SITE], scale=3.0)
+    vector.save(folder / "dir.safetensors")
+    return folder
+
+
+def generate(capsys, *argv):
+    try:
+        code = main(["generate", *map(str, argv)])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def api_images(model_dir, files, task: str, scales, strength: float | None, seed: int = 0):
+    """What the Python API gives for the same edit (the flow the README shows)."""
+    from steer.cli.loading import load_pipeline
+    from steer.vectors import SteeringVector
+
+    pipe = editing_pipeline(load_pipeline(model_dir, "cpu", progress=False), task)
+    edit = EditInputs.read(files / "src.png", files / "mask.png" if task == "inpaint" else None, strength)
+    height, width = edit_size(edit.image.size)
+    inputs = {k: [v] * len(scales) if k in ("image", "mask_image") else v for k, v in edit.prepared(height, width).items()}
+    if task == "inpaint":
+        inputs.update(height=height, width=width)
+    return pipe(["a bag"] * len(scales), num_inference_steps=int(STEPS), guidance_scale=7.5,
+                generator=[torch.Generator().manual_seed(seed) for _ in scales], steering=SteeringVector.load(files / "dir.safetensors"),
+                steering_scale=[[s] for s in scales], **inputs).images
+
+
+@pytest.mark.parametrize("task", ["img2img", "inpaint"])
+def test_an_edit_is_the_api_call_records_its_inputs_and_reproduces(task, model_dir, files, tmp_path, capsys):
+    out = tmp_path / "out"
+    mask = ["--mask", files / "mask.png"] if task == "inpaint" else []
+    code, printed, err = generate(capsys, "--model", model_dir, "--prompt", "a bag", "--image", files / "src.png", *mask,
+                                  "--direction", files / "dir.safetensors", "--sweep", "0,1,2", "--steps", STEPS, "--out", out)
+    assert code == 0, err
+    zero, one = out / "seed0_scale+0.png", out / "seed0_scale+1.png"
+    expected = api_images(model_dir, files, task, [0.0, 1.0], None)
+    for png, image in zip((zero, one), expected, strict=True):
+        assert Image.open(png).size == (40, 48)  # the image's own size (a multiple of 8)
+        assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), np.asarray(image))
+    assert not np.array_equal(np.asarray(Image.open(zero)), np.asarray(Image.open(one)))
+    edit = read_recipe(one)["edit"]
+    assert edit["strength"] == (1.0 if task == "inpaint" else 0.8)  # the pipeline's default, recorded
+    assert edit["image"] == {"path": str((files / "src.png").resolve()), "sha256": file_sha256(files / "src.png")}
+    assert ("mask" in edit) == (task == "inpaint")
+    code = main(["reproduce", str(zero), str(one)])
+    printed = capsys.readouterr().out
+    assert code == 0 and printed.count("identical (generate recipe") == 2, printed
+
+
+def test_strength_and_size_are_honoured(model_dir, files, tmp_path, capsys, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    calls = []
+    real = UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    out = tmp_path / "out"
+    for strength in ("0.25", "1.0"):
+        calls.clear()
+        code, _, err = generate(capsys, "--model", model_dir, "--prompt", "a bag", "--image", files / "src.png", "--strength", strength,
+                                "--height", "32", "--steps", STEPS, "--seed", "3", "--out", out / strength)
+        assert code == 0, err
+        assert len(calls) == int(int(STEPS) * float(strength))  # the last quarter of the run, or all of it
+        assert read_recipe(out / strength / "seed3.png")["edit"]["strength"] == float(strength)
+    low, high = (np.asarray(Image.open(out / s / "seed3.png"), dtype=float) for s in ("0.25", "1.0"))
+    assert low.shape == high.shape == (32, 24, 3)  # width 26.7 from the aspect, down to a multiple of 8
+    assert not np.array_equal(low, high)
+
+
+def test_reproduce_finds_moved_inputs_by_their_sha256_and_refuses_changed_ones(model_dir, files, tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "photo.png").write_bytes((files / "src.png").read_bytes())
+    out = tmp_path / "out"
+    code, _, err = generate(capsys, "--model", model_dir, "--prompt", "a bag", "--image", work / "photo.png",
+                            "--direction", files / "dir.safetensors", "--steps", STEPS, "--out", out)
+    assert code == 0, err
+    png = out / "seed0_scale+1.png" if (out / "seed0_scale+1.png").exists() else next(out.glob("seed0*.png"))
+    (out / "photo.png").write_bytes((work / "photo.png").read_bytes())
+    (work / "photo.png").unlink()  # moved: found next to the image
+    assert main(["reproduce", str(png)]) == 0
+    assert "identical" in capsys.readouterr().out
+    (out / "photo.png").write_bytes((files / "mask.png").read_bytes())  # another picture under the same name
+    code = main(["reproduce", str(png)])
+    assert_one_line_error(code, capsys.readouterr().err, "photo.png", "gone or changed")
+
+
+@pytest.mark.parametrize(
+    ("extra", "needles"),
+    [
+        (["--mask", "{mask}"], ("--mask goes with --image",)),
+        (["--strength", "0.5"], ("--strength goes with --image",)),
+        (["--image", "{missing}"], ("the image", "is not a file")),
+        (["--image", "{text}"], ("the image", "not a readable image")),
+        (["--image", "{src}", "--mask", "{small}"], ("the mask is 8x8 and the image 40x48", "same size")),
+        (["--image", "{wide}"], ("over 8192 pixels a side", "--height / --width")),
+        (["--image", "{src}", "--strength", "0"], ("--strength", "(0, 1]")),
+        (["--image", "{src}", "--strength", "0.2", "--steps", "4"], ("runs no step",)),
+    ],
+    ids=["mask-alone", "strength-alone", "missing", "not-an-image", "mask-size", "too-wide", "strength-0", "no-step"],
+)
+def test_bad_edit_inputs_are_one_line_before_any_image_is_written(extra, needles, model_dir, files, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not a picture")
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    Image.new("RGB", (8200, 8)).save(tmp_path / "wide.png")
+    paths = {"mask": files / "mask.png", "missing": tmp_path / "nope.png", "text": tmp_path / "notes.png", "src": files / "src.png",
+             "small": tmp_path / "small.png", "wide": tmp_path / "wide.png"}
+    argv = [a.format(**paths) for a in extra]
+    out = tmp_path / "out"
+    code, _, err = generate(capsys, "--model", model_dir, "--prompt", "a bag", "--out", out, *(["--steps", STEPS] if "--steps" not in argv else []), *argv)
+    assert_one_line_error(code, err, *needles)
+    assert not out.exists()
+
+
+def test_open_image_bounds_what_a_file_costs(tmp_path):
+    Image.new("RGB", (4000, 3000)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="at most 10 megapixels"):
+        open_image(tmp_path / "big.png", max_pixels=10_000_000)
+    with pytest.raises(ValueError, match="over 0 MiB"):
+        open_image(tmp_path / "big.png", max_bytes=10)
+    assert open_image(tmp_path / "big.png", max_side=400).size == (400, 300)
+    assert edit_size((1000, 750), width=512) == (384, 512)
+    assert edit_size((30, 30)) == (24, 24)
+
+
+def test_a_recipe_with_a_damaged_edit_block_is_refused_in_one_line(model_dir, files, tmp_path, capsys):
+    from steer.recipe import save_png
+
+    recipe = {"model": model_dir, "prompt": "a bag", "seed": 0, "num_inference_steps": 2, "guidance_scale": 5.0, "directions": [],
+              "height": 32, "width": 32, "edit": {"image": {"path": "x.png"}, "strength": 0.5}}
+    png = save_png(Image.new("RGB", (32, 32)), tmp_path / "a.png", recipe)
+    assert_one_line_error(main(["reproduce", str(png)]), capsys.readouterr().err, "edit.image", "path and sha256")
+    recipe["edit"] = json.loads(json.dumps({"image": {"path": "x.png", "sha256": "0" * 64}, "strength": 2}))
+    png = save_png(Image.new("RGB", (32, 32)), tmp_path / "b.png", recipe)
+    assert_one_line_error(main(["reproduce", str(png)]), capsys.readouterr().err, "edit.strength")
