@@ -15,6 +15,7 @@ from steer.pipelines.controlnet import (
     SteeringStableDiffusionControlNetPipeline,
     SteeringStableDiffusionXLControlNetPipeline,
 )
+from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
 from steer.pipelines.inpaint import SteeringStableDiffusionInpaintPipeline, SteeringStableDiffusionXLInpaintPipeline
 from steer.testing import no_hooks_left, random_vector, tiny_components
 from steer.testing.sdxl import tiny_sdxl_components
@@ -64,8 +65,11 @@ def test_inpainting_is_the_parent_unsteered_and_edits_inside_the_mask_only(kind,
     assert (steered[..., left] - plain[..., left]).abs().mean() > 1e-3
 
 
-@pytest.mark.parametrize(("kind", "cls"), INPAINT, ids=[k for k, _ in INPAINT])
-def test_inpainting_window_is_measured_over_the_steps_the_run_performs(kind, cls, gen, monkeypatch):
+EDITS = [("sd", SteeringStableDiffusionImg2ImgPipeline), ("sdxl", SteeringStableDiffusionXLImg2ImgPipeline), *INPAINT]
+
+
+@pytest.mark.parametrize(("kind", "cls"), EDITS, ids=[f"{k}-{c.__name__[8:]}" for k, c in EDITS])
+def test_an_edits_window_is_measured_over_the_steps_the_run_performs(kind, cls, gen, monkeypatch):
     import steer.engine.steering as steering_module
 
     pipe = _pipe(cls, kind)
@@ -79,13 +83,18 @@ def test_inpainting_window_is_measured_over_the_steps_the_run_performs(kind, cls
 
     monkeypatch.setattr(steering_module, "apply_delta", counting)
     counter = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    kw = dict(image=_image(), strength=0.5, num_inference_steps=10, output_type="np",
+              **({"mask_image": _left_half_mask()} if "Inpaint" in cls.__name__ else {}))
     try:
-        pipe(PROMPT, image=_image(), mask_image=_left_half_mask(), strength=0.5, num_inference_steps=10, generator=gen(0),
-             steering=v, steering_window=(0.5, 1.0), output_type="np")
+        steered = pipe(PROMPT, generator=gen(0), steering=v, steering_window=(0.5, 1.0), **kw).images
     finally:
         counter.remove()
-    assert calls[0] == 5 and pipe.num_timesteps == 5
-    assert applied == [3, 4]
+    assert calls[0] == 5 and pipe.num_timesteps == 5  # strength 0.5 of 10 steps
+    assert applied == [3, 4]  # the last half of the 5 run steps (window_bounds((0.5, 1), 5)), not of 10
+    plain = cls._steering_parent.__call__(pipe, PROMPT, generator=gen(0), **kw).images
+    assert np.array_equal(pipe(PROMPT, generator=gen(0), **kw).images, plain)
+    assert not np.array_equal(steered, plain)
+    assert no_hooks_left(pipe.unet)
 
 
 @pytest.mark.parametrize(("kind", "cls"), CONTROL, ids=[k for k, _ in CONTROL])
