@@ -8,10 +8,13 @@ guidance 5). Each source is edited by the model's image-to-image pipeline with t
 attribute open ("a sneaker", "a red item") steered by the bundled direction at scales 0, 0.25, 0.5, 0.75, 1.0 (the
 direction's own window and route, measured over the steps the edit runs), at strengths 0.6 and 0.8, same seeds. The
 peer in the same run is the prompt rewrite: the open prompt with the target written in ("a blue sneaker", "a red
-bag"), unsteered, at the same strength and seed (diffusers' SEGA pipeline has no image-to-image version). Judges are
+bag"), unsteered, at the same strength and seed (diffusers' SEGA pipeline has no image-to-image version). With
+``--fit`` each direction is also applied at the scale `pipe.fit_edit` finds for the strength from the direction's own
+prompts alone (`steer.edit_fit`; 8 images, seed 0, the run's steps and guidance; nothing here is tuned on the judges
+or these sources: the grid and sample count were fixed before its first run). Judges are
 the matrix's (`bench/steering_matrix.py`): success, kept (the other attribute of the scale-0 edit), the pixel colour,
 break; Spearman of success over the scales. Results: ``results.json``, ``summary.md`` and one grid per strength (rows:
-two targets of each kind; columns: source, scales 0 -> 1, rewrite).
+two targets of each kind; columns: source, scales 0 -> 1, rewrite, and with --fit the fitted scale).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--targets", nargs="+", default=None, help="a subset (default: all 18)")
+    ap.add_argument("--fit", action="store_true", help="also edit at the scale pipe.fit_edit finds (steer.edit_fit)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "steering" / "edit"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -98,6 +102,12 @@ def main() -> None:
                     outs[scale] = edit(opened, image=sources, strength=strength, generator=gens(), steering=vector,
                                        steering_scale=scale, **kw).images
                 peer = edit([rewrite(kind, target, p) for p in sources_p], image=sources, strength=strength, generator=gens(), **kw).images
+                fitted = None
+                if args.fit:
+                    fit = text.fit_edit(vector, strength=strength, num_inference_steps=args.steps, guidance_scale=args.guidance)
+                    fitted = {"scale": fit.scale, "distance": fit.distance, "unet_rows": fit.unet_rows,
+                              "images": edit(opened, image=sources, strength=strength, generator=gens(), steering=vector,
+                                             steering_scale=fit.scale, **kw).images}
                 index = (C if kind == "colour" else K).index(target)
                 ref = judge(classifier, to_np(outs[0.0]))
                 cells = {s: cell_metrics(judge(classifier, to_np(outs[s])), ref, kind, index) for s in MONO}
@@ -105,13 +115,19 @@ def main() -> None:
                 rho = spearman(list(MONO), [cells[s]["success"] for s in MONO])
                 row = {"kind": kind, "target": target, "split": "tuning" if target in TUNING[kind] else "held-out",
                        "strength": strength, "scales": {str(s): cells[s] for s in MONO}, "rewrite": rewritten, "spearman": rho}
+                if fitted is not None:
+                    row["fit"] = {**{k: v for k, v in fitted.items() if k != "images"},
+                                  **cell_metrics(judge(classifier, to_np(fitted["images"])), ref, kind, index)}
                 rows.append(row)
                 one, rw = cells[1.0], rewritten
                 print(f"{kind:6} {target:11} strength {strength}: at 1.0 success {one['success']:.2f} (pixel {one['pixel_success']:.2f}) "
-                      f"kept {one['kept']:.2f} break {one['break']:.2f} | rewrite {rw['success']:.2f} / {rw['kept']:.2f} | rho {rho:.2f}", flush=True)
+                      f"kept {one['kept']:.2f} break {one['break']:.2f} | rewrite {rw['success']:.2f} / {rw['kept']:.2f} | rho {rho:.2f}"
+                      + (f" | fit {row['fit']['scale']:.2f}: {row['fit']['success']:.2f} (pixel {row['fit']['pixel_success']:.2f}) / "
+                         f"{row['fit']['kept']:.2f}" if fitted is not None else ""), flush=True)
                 if target in GRID_TARGETS:
                     for i in (0, len(contra)):  # one source of each seed
-                        grids[strength].append([sources[i], *(outs[s][i] for s in MONO), peer[i]])
+                        grids[strength].append([sources[i], *(outs[s][i] for s in MONO), peer[i],
+                                                *([fitted["images"][i]] if fitted is not None else [])])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for strength, grid_rows in grids.items():
@@ -123,8 +139,9 @@ def main() -> None:
             for c, im in enumerate(images):
                 canvas.paste(im, (c * w, r * w))
         canvas.resize((canvas.width * 3, canvas.height * 3), Image.NEAREST).save(out / f"img2img_strength{strength:g}.png")
-    summary = ["| kind | split | strength | pass at 1.0 (ours) | pass (rewrite) | mean success / kept at 1.0 | rewrite success / kept | Spearman median |",
-               "|---|---|---|---|---|---|---|---|"]
+    summary = ["| kind | split | strength | pass at 1.0 (ours) | pass (rewrite) | pass at the fitted scale | mean success / kept at 1.0 | "
+               "rewrite success / kept | fitted: success / kept (scales) | Spearman median |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
 
     def passes(m: dict, kind: str) -> bool:
         colour_ok = m["pixel_success"] >= 0.8 if kind == "colour" else True
@@ -138,14 +155,19 @@ def main() -> None:
                     continue
                 ours = [r["target"] for r in sel if passes(r["scales"]["1.0"], kind)]
                 peer = [r["target"] for r in sel if passes(r["rewrite"], kind)]
+                fits = [r["fit"] for r in sel if "fit" in r]
+                fitted_pass = [r["target"] for r in sel if "fit" in r and passes(r["fit"], kind)]
+                fit_cell = (f"{len(fitted_pass)}/{len(sel)} ({', '.join(fitted_pass) or '-'})" if fits else "-")
+                fit_mean = (f"{np.mean([f['success'] for f in fits]):.2f} / {np.mean([f['kept'] for f in fits]):.2f} "
+                            f"({min(f['scale'] for f in fits):.2f}-{max(f['scale'] for f in fits):.2f})" if fits else "-")
 
                 def mean(key: str, src: str, sel=sel) -> float:
                     return float(np.mean([(r["scales"]["1.0"] if src == "ours" else r["rewrite"])[key] for r in sel]))
 
                 summary.append(
                     f"| {kind} | {split} | {strength:g} | {len(ours)}/{len(sel)} ({', '.join(ours) or '-'}) | {len(peer)}/{len(sel)} "
-                    f"({', '.join(peer) or '-'}) | {mean('success', 'ours'):.2f} / {mean('kept', 'ours'):.2f} | "
-                    f"{mean('success', 'rewrite'):.2f} / {mean('kept', 'rewrite'):.2f} | {np.median([r['spearman'] for r in sel]):.2f} |")
+                    f"({', '.join(peer) or '-'}) | {fit_cell} | {mean('success', 'ours'):.2f} / {mean('kept', 'ours'):.2f} | "
+                    f"{mean('success', 'rewrite'):.2f} / {mean('kept', 'rewrite'):.2f} | {fit_mean} | {np.median([r['spearman'] for r in sel]):.2f} |")
     (out / "summary.md").write_text("\n".join(summary) + "\n")
     (out / "results.json").write_text(json.dumps({
         "command": " ".join(["python", *sys.argv]), "machine": f"{platform.processor() or platform.machine()}, 1 torch thread",

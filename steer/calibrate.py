@@ -123,15 +123,15 @@ def sample_latents(
     as the pipeline returned them, to start another call from).
 
     ``batch_size``: at most this many images per pipeline call (None: one call), which bounds the memory a calibration
-    needs. Each image has its own seeded generator, so the split draws the same noise. A ``steering_scale`` sequence and
-    a ``latents`` tensor then hold one entry per image and are split with the prompts."""
+    needs. Each image has its own seeded generator, so the split draws the same noise. A ``steering_scale`` sequence, a
+    ``latents`` tensor and an ``image`` batch (an edit's) then hold one entry per image and are split with the prompts."""
     n = len(prompts)
     if len(seeds) != n:
         raise ValueError(f"sample_latents: {len(seeds)} seeds for {n} prompts")
     size = n if not batch_size else max(1, int(batch_size))
     per_row = {}
     if size < n:
-        for key in ("steering_scale", "latents"):
+        for key in ("steering_scale", "latents", "image"):
             value = call_kwargs.get(key)
             if value is None or isinstance(value, int | float):
                 continue

@@ -107,14 +107,15 @@ def take_away_record(away, path: Any, scale: float | None) -> dict[str, Any]:
     return {"name": away.name, "hash": away.digest(), "path": str(path), "amount": amount}
 
 
-def recorded_prompts(vector, which: str) -> list[str]:
-    """The ``which`` ("positive" / "negative") prompts a direction was learned from, as its metadata records them."""
+def recorded_prompts(vector, which: str, fitting: str = "a take-away") -> list[str]:
+    """The ``which`` ("positive" / "negative") prompts a direction was learned from, as its metadata records them;
+    one-line `ValueError` naming what is being fitted (``fitting``) when it records none."""
     found = vector.metadata.get(which)
     prompts = found.get("prompts") if isinstance(found, dict) else None
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(
-            f"direction {vector.name!r} records no {which} prompts: fitting a take-away needs directions learned from "
-            "prompts (pick the strength and window yourself)"
+            f"direction {vector.name!r} records no {which} prompts: fitting {fitting} needs directions learned from "
+            "prompts (pick the strength yourself)"
         )
     return list(prompts)
 

@@ -1,60 +1,28 @@
-"""The ``steer`` command line: learn, generate, and the subcommands of the other modules (detect, batch, lab)."""
+"""The ``steer`` command line: learn, layers, inspect, directions, and the subcommands of the other modules (generate, detect, batch, reproduce, samplers, lab)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
-import inspect
 import json
-import math
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # before anything imports transformers
 
+from steer.cli.arguments import GUIDANCE, SEED, SIZE, STEPS, add_model_args, parse_learn_window  # noqa: E402
+from steer.cli.generate import add_generate_parser  # noqa: E402
 from steer.cli.inputs import (  # noqa: E402
     CLIError,
-    add_compile_argument,
-    add_edit_arguments,
     add_sampler_argument,
-    check_compile_backend,
-    check_edit_steps,
-    check_out_dir,
     check_out_file,
     expand_items,
     print_warnings,
-    read_edit_arguments,
     unknown_direction,
-    window_fractions,
 )
-from steer.config import (  # noqa: E402
-    NEGATIVES,
-    STEERING_DEFAULTS,
-    SteeringConfig,
-    agreed_recommendation,
-    disagreement_note,
-    recommended_settings,
-    routes_record,
-    window_record,
-)
-from steer.jobs.plan import MAX_GUIDANCE, MAX_SCALE  # noqa: E402  (the command line's limits are steer batch's)
-from steer.validation import (  # noqa: E402
-    BRANCHES,
-    MAX_IMAGES,
-    MAX_SEED,
-    MAX_SIZE,
-    MAX_STEPS,
-    MAX_SWEEP,
-    MODES,
-    bounded_float,
-    bounded_int,
-    clip,
-    short,
-)
+from steer.validation import MAX_IMAGES, bounded_int, clip  # noqa: E402
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
 _TOP_LEVEL_PLUGINS = ("steer.cli.detect", "steer.cli.batch", "steer.cli.reproduce", "steer.cli.samplers")
@@ -66,92 +34,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {clip(message, 500)} (see {self.prog} --help)\n")
-
-
-def _floats(text: str, n: int | None = None, what: str = "value") -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {short(text)}") from None
-    if n is not None and len(values) != n:
-        raise argparse.ArgumentTypeError(f"{what} needs {n} comma-separated numbers, got {short(text)}")
-    if not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"{what} must be finite numbers, got {short(text)}")
-    return values
-
-
-def parse_window(text: str) -> tuple[float, float]:
-    try:
-        return window_fractions([text], "--window")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def parse_learn_window(text: str) -> tuple[float, float] | str:
-    """``steer learn --window``: start,end, or ``auto`` (the calibration chooses among `steer.learn.AUTO_WINDOWS`)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        return parse_window(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"--window needs start,end (0 <= start < end <= 1) or auto, got {short(text)}") from None
-
-
-def parse_sweep(text: str) -> list[float]:
-    lo, hi, n = _floats(text, 3, "--sweep")
-    if n != int(n) or not 2 <= n <= MAX_SWEEP:
-        raise argparse.ArgumentTypeError(f"--sweep count must be an integer from 2 to {MAX_SWEEP}, got {n:g}")
-    if max(abs(lo), abs(hi)) > MAX_SCALE:
-        raise argparse.ArgumentTypeError(f"--sweep scales must be within +-{MAX_SCALE:g}, got {short(text)}")
-    n = int(n)
-    return [round(lo + (hi - lo) * i / (n - 1), 6) for i in range(n)]
-
-
-STEPS = bounded_int(1, MAX_STEPS)
-SEED = bounded_int(0, MAX_SEED)
-SIZE = bounded_int(8, MAX_SIZE, multiple=8)
-GUIDANCE = bounded_float(0.0, MAX_GUIDANCE)
-SCALE = bounded_float(-MAX_SCALE, MAX_SCALE)
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from steer.assets import default_model
-
-    p.add_argument("--model", default=default_model(), help="pipeline directory or hub id (default: the embedded demo model)")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-
-
-# The default of an unset steering option (`apply_recommended`): the value all the directions record as recommended.
-_RECORDED = ("the value all the --direction(s) record as recommended: {} for the shipped ones and those steer learn makes "
-             "with its text (default) or casteer preset, {} for its paper preset; when they record none, or differ (with a warning), {}")
-
-
-def _add_steering_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", nargs="+", default=None,
-                   help="restrict to these layers / glob patterns (default: the layers all the directions record as "
-                        "recommended, else every layer of the direction)")
-    p.add_argument("--window", type=parse_window, nargs="+", default=None,
-                   help="start,end fractions of the run, one for all directions or one per --direction in order (default: "
-                        "what the directions record, each its own when they differ; else 0.45,0.95)")
-    p.add_argument("--branch", choices=BRANCHES, default=None,
-                   help="CFG half to steer: cond (the paper's), uncond, both, or split (+scale on cond, -scale on uncond) "
-                        f"(default: {_RECORDED.format('split', 'cond', 'cond')})")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="scale in units of each layer's typical activation norm (default: what all the --direction(s) record as "
-                        "recommended, off for the shipped and learned ones; else off)")
-    p.add_argument("--mode", choices=MODES, default=None,
-                   help="add (uniform, the paper's), weighted (by activation norm) or token (in units of each position's norm) "
-                        f"(default: {_RECORDED.format('token', 'add', 'add')})")
-    p.add_argument("--negative", choices=NEGATIVES, default="subtract",
-                   help="what a negative scale does: subtract the direction (default) or remove what the prompt carries along it")
-    p.add_argument("--removal-window", type=parse_window, nargs="+", default=None,
-                   help="start,end fractions of the run in which --negative remove acts, one for all or one per direction "
-                        "(default: what the directions recommend, from the window's start to the end of the run for "
-                        "text directions; else --window)")
-    p.add_argument("--readers", nargs="+", default=None,
-                   help="which cross-attentions read a text direction: 'layout', 'detail' or attn2 patterns (default: what "
-                        "the direction recommends, else all)")
-    p.add_argument("--no-strict", dest="strict", action="store_false", help="allow a direction learned on other weights")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -199,177 +81,6 @@ def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[s
         progress=True,
         **{k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None},
     )
-
-
-def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None, edit=None) -> dict[str, Any]:
-    from steer import __version__
-    from steer.samplers import sampler_name
-    from steer.take_away import take_away_record
-
-    taken = {"take_away": take_away_record(away[0], away[1], scale)} if away is not None else {}
-    return {
-        "steer_version": __version__,
-        "model": str(args.model),
-        "prompt": args.prompt,
-        "negative_prompt": args.negative_prompt,
-        "seed": seed,
-        "num_inference_steps": args.steps,
-        "guidance_scale": args.guidance,
-        "sampler": sampler_name(pipe.scheduler),
-        "height": args.height,
-        "width": args.width,
-        "directions": [{"name": v.name, "hash": v.digest(), "path": str(p), "weight": w} for (v, p), w in zip(vectors, weights, strict=True)],
-        "scale": scale,
-        "layers": list(config.layers) if config.layers is not None else None,
-        "window": window_record(config.window),
-        "branch": config.branch,
-        "normalize": config.normalize,
-        "mode": config.mode,
-        "negative": config.negative,
-        **({"removal_window": window_record(config.removal_window)} if config.removal_window is not None else {}),
-        **({"readers": list(config.readers)} if config.readers is not None else {}),
-        **routes_record([v for v, _ in vectors] + ([away[0]] if away is not None else []), config.readers),
-        **taken,
-        **({"edit": edit} if edit is not None else {}),
-    }
-
-
-_BUILTIN = {"branch": "cond", "normalize": False, "mode": "add", "layers": None, "scale": 1.0}
-
-
-def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig:
-    """Fill unset steering options from what the directions' ``metadata["recommended"]`` agree on (all of them record
-    one value), else the built-in defaults, and return the call's `SteeringConfig`: these options over what a pipeline
-    call resolves for the others (the window when unset, and preserve_norm, which has no option). Directions that
-    record different application settings the command leaves unset get a ``warning:`` line (`disagreement_note`)."""
-    user_set = {f"steering_{key}" for key in ("branch", "normalize", "mode") if getattr(args, key, None) is not None}
-    if len(vectors) > 1 and (note := disagreement_note(vectors, user_set)) is not None:
-        print(f"warning: {note}", file=sys.stderr)
-    for key, builtin in _BUILTIN.items():
-        if getattr(args, key, None) is None:
-            agreed = agreed_recommendation(vectors, key)
-            setattr(args, key, agreed if agreed is not None else builtin)
-    given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
-    for key in ("window", "removal_window"):  # one for all directions, or one per direction (and take-away)
-        windows = getattr(args, key, None)
-        if windows is not None:
-            if len(windows) not in (1, len(vectors)):
-                flag = "--" + key.replace("_", "-")
-                raise CLIError(f"{flag} takes one start,end for all directions or one per direction ({len(vectors)}), got {len(windows)}")
-            given[f"steering_{key}"] = windows[0] if len(windows) == 1 else tuple(windows)
-    if args.readers is not None:
-        given["steering_readers"] = args.readers
-    return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})
-
-
-def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-    from diffusers.utils import make_image_grid
-
-    from steer.assets import bundled_directions
-    from steer.cli.loading import load_pipeline
-    from steer.hub import is_hub_spec, resolve_direction
-    from steer.images import edit_size
-    from steer.pipelines.factory import editing_pipeline
-    from steer.recipe import save_png
-    from steer.replay import edit_call_inputs
-    from steer.take_away import pair_scales
-    from steer.vectors import SteeringVector
-
-    def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
-        bundled = bundled_directions(args.model)
-        if d in bundled and not Path(d).exists():
-            return bundled[d]
-        if not is_hub_spec(d) and not Path(d).expanduser().exists() and bundled:  # say what the model ships
-            raise unknown_direction(d, bundled)
-        return resolve_direction(d)
-
-    check_out_dir(args.out)
-    edit = read_edit_arguments(args)  # the image to edit (and its mask), read before the model loads
-    if edit is not None:
-        args.height, args.width = edit_size(edit.image.size, args.height, args.width)
-    vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
-    if args.sweep is not None and not vectors:
-        raise CLIError("--sweep needs a --direction")
-    weights = args.weights if args.weights is not None else [1.0] * len(vectors)
-    if len(weights) != len(vectors):
-        raise CLIError(f"--weights takes one number per --direction: got {len(weights)} for {len(vectors)} direction(s)")
-    if args.seed + args.num_images - 1 > MAX_SEED:
-        raise CLIError(f"--seed {args.seed} + --num-images {args.num_images} runs past the largest seed {MAX_SEED}")
-    away = None
-    if args.take_away is not None:
-        if len(vectors) != 1:
-            raise CLIError("--take-away goes with one --direction (the one that replaces it)")
-        away_path = located(args.take_away)
-        away = (SteeringVector.load(away_path), away_path)
-        args.negative = "remove"
-    elif args.fit:
-        raise CLIError("--fit fits a take-away: give --take-away too")
-    user_set = {"scale": args.scale is not None or args.sweep is not None, "window": args.window is not None}  # before the recommended fill in
-    config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
-    check_compile_backend(args.compile)
-    pipe = load_pipeline(args.model, args.device, progress=True)
-    if args.compile:
-        pipe.compile_unet(backend=args.compile)
-    pipe = pipe.with_sampler(args.sampler)
-    if args.fit:
-        with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)
-            warnings.simplefilter("always")
-            fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
-        print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
-        print_warnings(caught)
-        if not user_set["scale"]:
-            args.scale = round(fit.strength, 3)
-        if not user_set["window"]:
-            config = dataclasses.replace(config, window=fit.window)
-    scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
-    size: dict[str, Any] = {"height": args.height, "width": args.width}
-    edit_record = None
-    if edit is not None:  # the model's image-to-image or inpainting pipeline, sharing the loaded modules
-        pipe = editing_pipeline(pipe, edit.task)
-        strength = edit.strength if edit.strength is not None else inspect.signature(pipe.__call__).parameters["strength"].default
-        check_edit_steps(strength, args.steps)  # the pipeline's default strength
-        size = edit_call_inputs(pipe, edit, args.height, args.width, len(scales))
-        edit_record = edit.record(strength)
-    out = Path(args.out)  # created with the first images: a command that fails before them leaves no folder behind
-    steering_kwargs: dict[str, Any] = {}
-    if vectors:
-        rows = [[s * w for w in weights] for s in scales]
-        if away is not None:
-            if any(s < 0 for s in scales):
-                raise CLIError("--take-away goes with a positive --scale / --sweep: it replaces what the prompt says")
-            rows = [[*r, pair_scales(s)[1]] for r, s in zip(rows, scales, strict=True)]
-        steering_kwargs = dict(
-            steering=[v for v, _ in vectors] + ([away[0]] if away else []),
-            steering_scale=rows,
-            **config.to_settings(),
-        )
-    device = pipe._execution_device
-    gen_device = "cpu" if device.type == "mps" else device
-    written = []
-    for seed in range(args.seed, args.seed + args.num_images):
-        generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
-        images = pipe(
-            [args.prompt] * len(scales),
-            negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=generators,
-            **size,
-            **steering_kwargs,
-        ).images
-        out.mkdir(parents=True, exist_ok=True)
-        shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
-        for row, (image, scale) in enumerate(zip(images, scales, strict=True)):
-            tag = f"_scale{scale:+.3g}" if scale is not None else ""
-            call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record), **shape, **call}))
-        if args.sweep is not None:
-            grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
-    for w in written:
-        print(w)
-    return 0
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
@@ -456,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("learn", help="learn a steering direction from prompts or images")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--positive", nargs="+", required=True,
                    help="prompt(s), .txt file(s) of prompts (one per line), image files or a directory of images")
     p.add_argument("--negative", nargs="+", default=None,
@@ -489,37 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_learn)
 
-    p = sub.add_parser("generate", help="generate images, optionally steered; PNGs carry their recipe")
-    _add_model_args(p)
-    add_compile_argument(p)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) (those shipped for --model: its folder's directions/, else assets/directions) or Hub repo(s) owner/name[@revision][:file.safetensors]")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
-    group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
-    p.add_argument("--weights", type=SCALE, nargs="+", default=None,
-                   help="one weight per --direction, multiplying the scale (default 1 each): --direction to_blue to_red --weights 1 -1 --negative remove")
-    p.add_argument("--take-away", default=None, metavar="DIRECTION",
-                   help="a direction whose excess in the prompt is removed as --direction is added (\"a red t-shirt\" -> blue: "
-                        "--direction to_blue --take-away to_red); amount min(scale, 1), --negative remove")
-    p.add_argument("--fit", action="store_true",
-                   help="with --take-away: fit the strength and window from the model first (pipe.fit_take_away; a few "
-                        "seconds), used unless --scale / --sweep / --window say otherwise")
-    _add_steering_args(p)
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
-    p.add_argument("--steps", type=STEPS, default=30)
-    p.add_argument("--guidance", type=GUIDANCE, default=7.5)
-    add_sampler_argument(p)
-    p.add_argument("--height", type=SIZE, default=None)
-    p.add_argument("--width", type=SIZE, default=None)
-    add_edit_arguments(p)
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(func=cmd_generate)
+    add_generate_parser(sub)
 
     p = sub.add_parser("layers", help="list a model's hookable layers with channel counts")
-    _add_model_args(p)
+    add_model_args(p)
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("inspect", help="print a direction file's layers and metadata")

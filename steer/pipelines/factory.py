@@ -85,24 +85,34 @@ def editing_pipeline(pipe: Any, task: str) -> Any:
         UnsupportedPipelineError: in one line, when diffusers has no such pipeline for the model, or steer does not
             steer it.
     """
+    if task not in EDIT_TASKS:
+        raise ValueError(f"task must be one of {EDIT_TASKS}, got {task!r}")
+    return _task_pipeline(pipe, task)
+
+
+def text_pipeline(pipe: Any) -> Any:
+    """The steered text-to-image pipeline of ``pipe``'s model (an image-to-image or inpainting one's), sharing its
+    components; ``pipe`` itself when it is one. `UnsupportedPipelineError` in one line otherwise."""
+    return _task_pipeline(pipe, "text2img")
+
+
+def _task_pipeline(pipe: Any, task: str) -> Any:
     from diffusers.pipelines.auto_pipeline import (
         AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
         AUTO_INPAINT_PIPELINES_MAPPING,
         AUTO_TEXT2IMAGE_PIPELINES_MAPPING,
     )
 
-    if task not in EDIT_TASKS:
-        raise ValueError(f"task must be one of {EDIT_TASKS}, got {task!r}")
+    tables = {"text2img": AUTO_TEXT2IMAGE_PIPELINES_MAPPING, "img2img": AUTO_IMAGE2IMAGE_PIPELINES_MAPPING,
+              "inpaint": AUTO_INPAINT_PIPELINES_MAPPING}
     name = _diffusers_name(pipe)
-    wanted = AUTO_IMAGE2IMAGE_PIPELINES_MAPPING if task == "img2img" else AUTO_INPAINT_PIPELINES_MAPPING
-    family = next((key for table in (AUTO_TEXT2IMAGE_PIPELINES_MAPPING, AUTO_IMAGE2IMAGE_PIPELINES_MAPPING, AUTO_INPAINT_PIPELINES_MAPPING)
-                   for key, cls in table.items() if cls.__name__ == name), None)
-    if family is None or family not in wanted:
+    family = next((key for table in tables.values() for key, cls in table.items() if cls.__name__ == name), None)
+    if family is None or family not in tables[task]:
         raise UnsupportedPipelineError(f"diffusers has no {task} pipeline for a {name}")
-    target = steering_class(wanted[family].__name__)
+    target = steering_class(tables[task][family].__name__)
     if type(pipe) is target:
         return pipe
-    edit = target.from_pipe(pipe)
+    made = target.from_pipe(pipe)
     if hasattr(pipe, "_progress_bar_config"):  # a pipeline loaded quiet stays quiet
-        edit.set_progress_bar_config(**pipe._progress_bar_config)
-    return edit
+        made.set_progress_bar_config(**pipe._progress_bar_config)
+    return made

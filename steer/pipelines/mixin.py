@@ -397,6 +397,21 @@ class SteeringMixin:
 
         return fit_take_away(self, vector, away, **kwargs)
 
+    def fit_edit(self, vector, strength: float | None = None, **kwargs: Any):
+        """Fit the scale at which ``vector`` edits a given image at ``strength`` as far as its own positive prompts do
+        (the image-to-image pipeline's default strength when None); see `steer.edit_fit.fit_edit`. Works from a
+        text-to-image, image-to-image or inpainting pipeline: the fit draws and edits images with the model's
+        text-to-image and image-to-image pipelines, sharing these modules."""
+        import inspect
+
+        from steer.edit_fit import fit_edit
+        from steer.pipelines.factory import editing_pipeline, text_pipeline
+
+        edit = editing_pipeline(self, "img2img")
+        if strength is None:
+            strength = float(inspect.signature(edit.__call__).parameters["strength"].default)
+        return fit_edit(text_pipeline(self), edit, vector, strength=strength, **kwargs)
+
     def detect_memorization(self, prompt, **kwargs: Any):
         """Generate, score (inline and re-encode) and judge memorization; see `steer.detect.detector.detect_memorization`."""
         return detect_memorization(self, prompt, **kwargs)

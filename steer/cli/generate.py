@@ -1,0 +1,251 @@
+"""``steer generate``: images from a prompt, optionally steered (a strength, a sweep, several directions, a take-away),
+from noise or editing a given image (``--image``, ``--mask``); every PNG carries its recipe (`steer.recipe`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from steer.cli.arguments import GUIDANCE, SCALE, SEED, SIZE, STEPS, add_model_args, add_steering_args, parse_sweep
+from steer.cli.inputs import (
+    CLIError,
+    add_compile_argument,
+    add_edit_arguments,
+    add_sampler_argument,
+    check_compile_backend,
+    check_edit_steps,
+    check_out_dir,
+    print_warnings,
+    read_edit_arguments,
+    unknown_direction,
+)
+from steer.config import (
+    STEERING_DEFAULTS,
+    SteeringConfig,
+    agreed_recommendation,
+    disagreement_note,
+    recommended_settings,
+    routes_record,
+    window_record,
+)
+from steer.validation import MAX_IMAGES, MAX_SEED, bounded_int
+
+
+def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``steer generate`` to the subcommands."""
+    p = sub.add_parser("generate", help="generate images, optionally steered; PNGs carry their recipe")
+    add_model_args(p)
+    add_compile_argument(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) (those shipped for --model: its folder's directions/, else assets/directions) or Hub repo(s) owner/name[@revision][:file.safetensors]")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
+    group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
+    p.add_argument("--weights", type=SCALE, nargs="+", default=None,
+                   help="one weight per --direction, multiplying the scale (default 1 each): --direction to_blue to_red --weights 1 -1 --negative remove")
+    p.add_argument("--take-away", default=None, metavar="DIRECTION",
+                   help="a direction whose excess in the prompt is removed as --direction is added (\"a red t-shirt\" -> blue: "
+                        "--direction to_blue --take-away to_red); amount min(scale, 1), --negative remove")
+    p.add_argument("--fit", action="store_true",
+                   help="with --take-away: fit the strength and window from the model first (pipe.fit_take_away; a few "
+                        "seconds), used unless --scale / --sweep / --window say otherwise; with --image: fit the scale at "
+                        "which the direction edits images at --strength as far as its own prompts do (pipe.fit_edit)")
+    add_steering_args(p)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
+    p.add_argument("--steps", type=STEPS, default=30)
+    p.add_argument("--guidance", type=GUIDANCE, default=7.5)
+    add_sampler_argument(p)
+    p.add_argument("--height", type=SIZE, default=None)
+    p.add_argument("--width", type=SIZE, default=None)
+    add_edit_arguments(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_generate)
+    return p
+
+
+def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None, edit=None) -> dict[str, Any]:
+    from steer import __version__
+    from steer.samplers import sampler_name
+    from steer.take_away import take_away_record
+
+    taken = {"take_away": take_away_record(away[0], away[1], scale)} if away is not None else {}
+    return {
+        "steer_version": __version__,
+        "model": str(args.model),
+        "prompt": args.prompt,
+        "negative_prompt": args.negative_prompt,
+        "seed": seed,
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "sampler": sampler_name(pipe.scheduler),
+        "height": args.height,
+        "width": args.width,
+        "directions": [{"name": v.name, "hash": v.digest(), "path": str(p), "weight": w} for (v, p), w in zip(vectors, weights, strict=True)],
+        "scale": scale,
+        "layers": list(config.layers) if config.layers is not None else None,
+        "window": window_record(config.window),
+        "branch": config.branch,
+        "normalize": config.normalize,
+        "mode": config.mode,
+        "negative": config.negative,
+        **({"removal_window": window_record(config.removal_window)} if config.removal_window is not None else {}),
+        **({"readers": list(config.readers)} if config.readers is not None else {}),
+        **routes_record([v for v, _ in vectors] + ([away[0]] if away is not None else []), config.readers),
+        **taken,
+        **({"edit": edit} if edit is not None else {}),
+    }
+
+
+_BUILTIN = {"branch": "cond", "normalize": False, "mode": "add", "layers": None, "scale": 1.0}
+
+
+def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig:
+    """Fill unset steering options from what the directions' ``metadata["recommended"]`` agree on (all of them record
+    one value), else the built-in defaults, and return the call's `SteeringConfig`: these options over what a pipeline
+    call resolves for the others (the window when unset, and preserve_norm, which has no option). Directions that
+    record different application settings the command leaves unset get a ``warning:`` line (`disagreement_note`)."""
+    user_set = {f"steering_{key}" for key in ("branch", "normalize", "mode") if getattr(args, key, None) is not None}
+    if len(vectors) > 1 and (note := disagreement_note(vectors, user_set)) is not None:
+        print(f"warning: {note}", file=sys.stderr)
+    for key, builtin in _BUILTIN.items():
+        if getattr(args, key, None) is None:
+            agreed = agreed_recommendation(vectors, key)
+            setattr(args, key, agreed if agreed is not None else builtin)
+    given = {f"steering_{key}": getattr(args, key) for key in ("layers", "branch", "normalize", "mode", "strict", "negative")}
+    for key in ("window", "removal_window"):  # one for all directions, or one per direction (and take-away)
+        windows = getattr(args, key, None)
+        if windows is not None:
+            if len(windows) not in (1, len(vectors)):
+                flag = "--" + key.replace("_", "-")
+                raise CLIError(f"{flag} takes one start,end for all directions or one per direction ({len(vectors)}), got {len(windows)}")
+            given[f"steering_{key}"] = windows[0] if len(windows) == 1 else tuple(windows)
+    if args.readers is not None:
+        given["steering_readers"] = args.readers
+    return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from diffusers.utils import make_image_grid
+
+    from steer.assets import bundled_directions
+    from steer.cli.loading import load_pipeline
+    from steer.hub import is_hub_spec, resolve_direction
+    from steer.images import edit_size
+    from steer.pipelines.factory import editing_pipeline
+    from steer.recipe import save_png
+    from steer.replay import edit_call_inputs
+    from steer.take_away import pair_scales
+    from steer.vectors import SteeringVector
+
+    def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
+        bundled = bundled_directions(args.model)
+        if d in bundled and not Path(d).exists():
+            return bundled[d]
+        if not is_hub_spec(d) and not Path(d).expanduser().exists() and bundled:  # say what the model ships
+            raise unknown_direction(d, bundled)
+        return resolve_direction(d)
+
+    check_out_dir(args.out)
+    edit = read_edit_arguments(args)  # the image to edit (and its mask), read before the model loads
+    if edit is not None:
+        args.height, args.width = edit_size(edit.image.size, args.height, args.width)
+    vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
+    if args.sweep is not None and not vectors:
+        raise CLIError("--sweep needs a --direction")
+    weights = args.weights if args.weights is not None else [1.0] * len(vectors)
+    if len(weights) != len(vectors):
+        raise CLIError(f"--weights takes one number per --direction: got {len(weights)} for {len(vectors)} direction(s)")
+    if args.seed + args.num_images - 1 > MAX_SEED:
+        raise CLIError(f"--seed {args.seed} + --num-images {args.num_images} runs past the largest seed {MAX_SEED}")
+    away = None
+    if args.take_away is not None:
+        if len(vectors) != 1:
+            raise CLIError("--take-away goes with one --direction (the one that replaces it)")
+        away_path = located(args.take_away)
+        away = (SteeringVector.load(away_path), away_path)
+        args.negative = "remove"
+    if args.fit and (away is None) == (edit is None):
+        raise CLIError("--fit fits a take-away (--take-away) or an image edit (--image): give one of them")
+    if args.fit and edit is not None and len(vectors) != 1:
+        raise CLIError("--fit with --image fits the scale of one --direction")
+    user_set = {"scale": args.scale is not None or args.sweep is not None, "window": args.window is not None}  # before the recommended fill in
+    config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
+    check_compile_backend(args.compile)
+    pipe = load_pipeline(args.model, args.device, progress=True)
+    if args.compile:
+        pipe.compile_unet(backend=args.compile)
+    pipe = pipe.with_sampler(args.sampler)
+    if edit is not None:  # the model's image-to-image or inpainting pipeline, sharing the loaded modules
+        text_pipe, pipe = pipe, editing_pipeline(pipe, edit.task)
+        strength = edit.strength if edit.strength is not None else inspect.signature(pipe.__call__).parameters["strength"].default
+        check_edit_steps(strength, args.steps)  # the pipeline's default strength
+    if args.fit:
+        with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)
+            warnings.simplefilter("always")
+            if away is not None:
+                fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
+            else:
+                edit_fit = text_pipe.fit_edit(vectors[0][0], strength=strength, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                              height=args.height, width=args.width, **config.to_settings())
+        if away is not None:
+            print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
+        else:
+            print(f"fit: scale {edit_fit.scale:.3g} at strength {strength:g} (relative distance {edit_fit.distance:.2f})", file=sys.stderr)
+        print_warnings(caught)
+        if not user_set["scale"]:
+            args.scale = round(fit.strength if away is not None else edit_fit.scale, 3)
+        if away is not None and not user_set["window"]:
+            config = dataclasses.replace(config, window=fit.window)
+    scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
+    size: dict[str, Any] = {"height": args.height, "width": args.width}
+    edit_record = None
+    if edit is not None:
+        size = edit_call_inputs(pipe, edit, args.height, args.width, len(scales))
+        edit_record = edit.record(strength)
+    out = Path(args.out)  # created with the first images: a command that fails before them leaves no folder behind
+    steering_kwargs: dict[str, Any] = {}
+    if vectors:
+        rows = [[s * w for w in weights] for s in scales]
+        if away is not None:
+            if any(s < 0 for s in scales):
+                raise CLIError("--take-away goes with a positive --scale / --sweep: it replaces what the prompt says")
+            rows = [[*r, pair_scales(s)[1]] for r, s in zip(rows, scales, strict=True)]
+        steering_kwargs = dict(
+            steering=[v for v, _ in vectors] + ([away[0]] if away else []),
+            steering_scale=rows,
+            **config.to_settings(),
+        )
+    device = pipe._execution_device
+    gen_device = "cpu" if device.type == "mps" else device
+    written = []
+    for seed in range(args.seed, args.seed + args.num_images):
+        generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
+        images = pipe(
+            [args.prompt] * len(scales),
+            negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=generators,
+            **size,
+            **steering_kwargs,
+        ).images
+        out.mkdir(parents=True, exist_ok=True)
+        shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
+        for row, (image, scale) in enumerate(zip(images, scales, strict=True)):
+            tag = f"_scale{scale:+.3g}" if scale is not None else ""
+            call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
+            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record), **shape, **call}))
+        if args.sweep is not None:
+            grid = make_image_grid(list(images), rows=1, cols=len(images))
+            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
+    for w in written:
+        print(w)
+    return 0
