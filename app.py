@@ -104,6 +104,15 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 label="Prompt", value=_default_prompt(app), max_length=L.max_prompt_chars, elem_id="prompt"
             )
             negative = gr.Textbox(label="Negative prompt", value="", max_length=L.max_prompt_chars)
+            with gr.Accordion("Edit an image (optional)", open=False):
+                edit_image = gr.Image(
+                    label="Image to edit (the prompt leaves open what the direction changes: 'a t-shirt' -> blue)",
+                    type="filepath", sources=["upload", "clipboard"], height=160, elem_id="edit-image",
+                )
+                edit_strength = gr.Slider(
+                    0.05, 1.0, value=0.8, step=0.05, elem_id="edit-strength",
+                    label="Edit strength (how much of the run re-draws the image; the window counts the steps it runs)",
+                )
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=L.max_seed, elem_id="seed")
                 steps = gr.Slider(1, L.max_steps, value=20, step=1, label="Steps", elem_id="steps")
@@ -206,6 +215,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         "strict": strict,
         "negative": negative_mode,
         "sampler": sampler,
+        "edit_image": edit_image,
+        "edit_strength": edit_strength,
     }
     with_take_away = {**inputs, "take_away": take_away}
     go.click(

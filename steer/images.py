@@ -29,6 +29,7 @@ def open_image(
     path: str | os.PathLike,
     what: str = "image",
     *,
+    label: str | None = None,
     mode: str = "RGB",
     max_bytes: int = MAX_IMAGE_BYTES,
     max_pixels: int = MAX_IMAGE_PIXELS,
@@ -39,13 +40,14 @@ def open_image(
 
     Args:
         path: the file.
-        what: how the message names it ("the mask", "positive image").
+        what: how the message names it ("the mask", "positive image"), before the path; label: the whole name
+            instead (the app names an upload by its file name).
         mode: PIL mode of the result ("RGB", "L").
         max_bytes, max_pixels: limits on the file and on the decoded image.
         max_side: None keeps the size; else the longer side is at most this.
     """
     path = Path(path).expanduser()
-    label = f"{what} {short(str(path), 120)}"
+    label = label or f"{what} {short(str(path), 120)}"
     if not path.is_file():
         raise ValueError(f"{label} is not a file")
     if path.stat().st_size > max_bytes:
@@ -79,20 +81,24 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def edit_size(image_size: tuple[int, int], height: int | None = None, width: int | None = None) -> tuple[int, int]:
     """``(height, width)`` an edit of an image of ``image_size`` (width, height) runs at: both given, as given; one
-    given, the other from the image's aspect ratio; none, the image's own size; rounded down to a multiple of
-    `SIZE_MULTIPLE` (at least one). One-line `ValueError` beyond `steer.validation.MAX_SIZE`."""
+    given, the other from the image's aspect ratio (to the nearest multiple of `SIZE_MULTIPLE`); none, the image's
+    own size; given and own sides rounded down to a multiple of `SIZE_MULTIPLE` (at least one). One-line `ValueError` beyond `steer.validation.MAX_SIZE`."""
     w0, h0 = image_size
-    if height is None and width is None:
-        height, width = h0, w0
-    elif height is None:
-        height = round(width * h0 / w0)
-    elif width is None:
-        width = round(height * w0 / h0)
 
-    def snap(n: int) -> int:
+    def down(n: float) -> int:
         return max(SIZE_MULTIPLE, int(n) // SIZE_MULTIPLE * SIZE_MULTIPLE)
 
-    height, width = snap(height), snap(width)
+    def nearest(n: float) -> int:  # a side derived from the aspect ratio: the closest multiple keeps it best
+        return max(SIZE_MULTIPLE, round(n / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+    if height is None and width is None:
+        height, width = down(h0), down(w0)
+    elif height is None:
+        height, width = nearest(width * h0 / w0), down(width)
+    elif width is None:
+        height, width = down(height), nearest(height * w0 / h0)
+    else:
+        height, width = down(height), down(width)
     if max(height, width) > MAX_SIZE:
         raise ValueError(f"the image is {w0}x{h0}: an edit at {width}x{height} is over {MAX_SIZE} pixels a side; "
                          "give --height / --width")

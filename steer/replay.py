@@ -178,9 +178,10 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
     }
     if not isinstance(base["negative_prompt"], str | None):
         raise ValueError(f"the recipe's 'negative_prompt' is {short(base['negative_prompt'])}, not text")
+    edit = _edit(recipe.get("edit")) if writer in ("generate", "app") else None
     if writer == "app":
         if steering is None:
-            return Replay(writer, **base, call_scales=[None, None], row=1)
+            return Replay(writer, **base, call_scales=[None, None], row=1, edit=edit)
         if not isinstance(steering, dict):
             raise ValueError(f"the recipe's 'steering' is {short(steering)}, not what the app writes there")
         scale = _number(steering.get("scale"), "steering.scale", -1e4, 1e4)
@@ -190,9 +191,8 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
             amount = _number(away.get("amount") if isinstance(away, dict) else None, "take_away.amount", 0, 1)
             directions.append(_direction(away, -amount, "'take_away'"))
         pair = [[0.0] * len(directions), [d.scale for d in directions]]
-        return Replay(writer, **base, directions=directions, settings=_settings(steering), call_scales=pair, row=1)
+        return Replay(writer, **base, directions=directions, settings=_settings(steering), call_scales=pair, row=1, edit=edit)
     entries = _need(recipe, "directions", list)
-    edit = _edit(recipe.get("edit")) if writer == "generate" else None
     if not entries:
         return Replay(writer, **base, edit=edit)
     away = recipe.get("take_away")

@@ -315,6 +315,44 @@ def test_api_generate_with_a_picked_sampler_matches_python_api(client, pipe, dir
         client.predict(**generate_args("constructed", sampler="flow-euler"), api_name="/generate")
 
 
+def test_api_generate_edits_an_uploaded_image_as_the_python_api_and_its_recipe_replays(client, pipe, direction_file, tmp_path):
+    """The Generate tab's 'Edit an image': the pair is the image-to-image pipeline's [0, s] call on the uploaded image
+    (48 x 32: the edit keeps its aspect, its longer side the size picked); the recipe keeps the input and replays it."""
+    from gradio_client import handle_file
+
+    from steer.images import EditInputs
+    from steer.pipelines.factory import editing_pipeline
+    from steer.replay import find_edit_inputs, read_replay, replay_call
+
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    original, steered, png, status = client.predict(
+        **generate_args("constructed", edit_image=handle_file(str(tmp_path / "photo.png")), edit_strength=0.5, size=48),
+        api_name="/generate")
+    assert "Steered with" in status
+    edit = editing_pipeline(pipe, "img2img")
+    inputs = EditInputs.read(tmp_path / "photo.png", strength=0.5).prepared(32, 48)
+    want = edit(["a photo of a dog"] * 2, image=[inputs["image"]] * 2, strength=0.5, num_inference_steps=STEPS, guidance_scale=5.0,
+                generator=[torch.Generator().manual_seed(7) for _ in range(2)], steering=SteeringVector.load(direction_file),
+                steering_scale=[0.0, SCALE], steering_window=(0.0, 1.0)).images
+    got = [pixels(Image.open(p).resize((48, 32), Image.NEAREST)) for p in (original, steered)]
+    assert all(np.abs(g - pixels(w)).max() <= 1 for g, w in zip(got, want, strict=True))
+    recipe = read_recipe(png)
+    assert (recipe["height"], recipe["width"], recipe["edit"]["strength"]) == (32, 48, 0.5)
+    replay = read_replay(recipe)
+    again = replay_call(edit, replay, [SteeringVector.load(direction_file)], find_edit_inputs(replay.edit))
+    assert np.array_equal(pixels(again), pixels(png))
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="cannot identify image file"):  # not a picture: gradio refuses it first
+        client.predict(**generate_args("constructed", edit_image=handle_file(str(direction_file)), edit_strength=0.5), api_name="/generate")
+    with pytest.raises(H.UserError, match="edit strength of 0.05 of 4 steps runs no step"):
+        H.GenerateSettings(prompt="a dog", steps=4, edit_image=str(tmp_path / "photo.png"), edit_strength=0.05).validated(pipe)
+    with pytest.raises(H.UserError, match=r"photo.txt'? \(the image to edit\) is not a readable image"):
+        (tmp_path / "photo.txt").write_text("words")
+        H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.txt")).validated(pipe)
+
+
 def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(client, pipe, direction_file, tmp_path):
     # a direction without a recorded reference level: a readable one-line status, no traceback
     *_, status = client.predict(**generate_args("constructed", scale=-SCALE, negative="remove"), api_name="/generate")

@@ -98,7 +98,7 @@ def test_strength_and_size_are_honoured(model_dir, files, tmp_path, capsys, monk
         assert len(calls) == int(int(STEPS) * float(strength))  # the last quarter of the run, or all of it
         assert read_recipe(out / strength / "seed3.png")["edit"]["strength"] == float(strength)
     low, high = (np.asarray(Image.open(out / s / "seed3.png"), dtype=float) for s in ("0.25", "1.0"))
-    assert low.shape == high.shape == (32, 24, 3)  # width 26.7 from the aspect, down to a multiple of 8
+    assert low.shape == high.shape == (32, 24, 3)  # width 26.7 from the aspect, to the nearest multiple of 8
     assert not np.array_equal(low, high)
 
 
@@ -155,7 +155,8 @@ def test_open_image_bounds_what_a_file_costs(tmp_path):
         open_image(tmp_path / "big.png", max_bytes=10)
     assert open_image(tmp_path / "big.png", max_side=400).size == (400, 300)
     assert edit_size((1000, 750), width=512) == (384, 512)
-    assert edit_size((30, 30)) == (24, 24)
+    assert edit_size((30, 30)) == (24, 24)  # its own size: rounded down, as diffusers does
+    assert edit_size((48, 32), width=32) == (24, 32)  # 21.3 from the aspect: the nearest multiple of 8
 
 
 def test_a_recipe_with_a_damaged_edit_block_is_refused_in_one_line(model_dir, files, tmp_path, capsys):

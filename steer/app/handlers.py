@@ -157,15 +157,18 @@ class SteerApp:
         session: dict | None,
         progress: gr.Progress = PROGRESS,
         take_away: str | None = None,
+        edit_image: str | None = None,
+        edit_strength: float = 0.8,
         **inputs: Any,
     ):
-        """Original and steered image from the same seed (one batched call, per-row scales [0, s])."""
-        settings = H.GenerateSettings.from_inputs(self.pipe, **inputs)
+        """Original and steered image from the same seed (one batched call, per-row scales [0, s]); with
+        ``edit_image``, both edit it (the model's image-to-image pipeline at ``edit_strength``)."""
+        settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, **inputs)
         vector = self.catalog.get(direction, session)
         away = self.catalog.get(take_away, session)
         detector, version = self._detector_or_none()
         original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector, away)
-        recipe = settings.recipe(self.pipe, vector, settings.strength, away)
+        recipe = settings.recipe(self.pipe, vector, settings.strength, away, folder=self.workdir)
         png = H.save_with_recipe(steered, recipe, self.workdir, "steered")
         last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
         if scores is not None:  # inline memorization scores, read during this very sampling
@@ -195,10 +198,13 @@ class SteerApp:
         count: Any,
         progress: gr.Progress = PROGRESS,
         take_away: str | None = None,
+        edit_image: str | None = None,
+        edit_strength: float = 0.8,
         **inputs: Any,
     ):
-        """A strength strip: ``count`` scales from -|s| to +|s| (from 0 with a take-away) in one batched call."""
-        settings = H.GenerateSettings.from_inputs(self.pipe, **inputs)
+        """A strength strip: ``count`` scales from -|s| to +|s| (from 0 with a take-away) in one batched call (editing
+        ``edit_image`` when given)."""
+        settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, **inputs)
         vector = self.catalog.get(direction, session)
         away = self.catalog.get(take_away, session)
         if vector is None:

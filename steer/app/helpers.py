@@ -84,6 +84,10 @@ from steer.app.take_away import (  # noqa: F401 - re-exported
 from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record, window_record
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
+from steer.images import EditInputs, edit_size, open_image
+from steer.pipelines.factory import editing_pipeline
+from steer.recipe import save_png
+from steer.replay import edit_call_inputs
 from steer.vectors import SteeringVector
 
 LAYER_SCOPES = ("all layers", "paper default", "chosen layers")
@@ -178,6 +182,8 @@ class GenerateSettings:
     width: int | None = None
     config: SteeringConfig = field(default_factory=SteeringConfig)
     sampler: str = ""  # a `steer.samplers` name; "": the model's own scheduler
+    edit_image: str | None = None  # a file to edit with the model's image-to-image pipeline (None: from noise)
+    edit_strength: float = 0.8  # how much of the run re-draws it
 
     @classmethod
     def from_inputs(
@@ -215,6 +221,16 @@ class GenerateSettings:
         """A copy with checked and normalised fields; raises `UserError`."""
         size = native_size(pipe)
         check_window_values(*self.config.window)
+        height, width = check_size(self.height or size, "the height"), check_size(self.width or size, "the width")
+        edit_image, edit_strength = None, float(self.edit_strength)
+        if self.edit_image:  # the edit runs at the image's aspect ratio, its longer side the size picked
+            picture = open_edit_image(self.edit_image)
+            long_side = max(height, width)
+            height, width = edit_size(picture.size, *((long_side, None) if picture.height >= picture.width else (None, long_side)))
+            edit_image = str(self.edit_image)
+            edit_strength = check_float(self.edit_strength, "the edit strength", 0.0, 1.0)
+            if int(edit_strength * int(self.steps)) < 1:
+                raise UserError(f"an edit strength of {edit_strength:g} of {self.steps} steps runs no step: raise either")
         return replace(
             self,
             prompt=check_prompt(self.prompt),
@@ -224,10 +240,16 @@ class GenerateSettings:
             guidance=check_float(self.guidance, "guidance", 0.0, LIMITS.max_guidance),
             strength=check_float(self.strength, "the strength", -LIMITS.max_strength, LIMITS.max_strength),
             layers=tuple(self.layers or ()),
-            height=check_size(self.height or size, "the height"),
-            width=check_size(self.width or size, "the width"),
+            height=height,
+            width=width,
             sampler=check_sampler_choice(pipe, self.sampler),
+            edit_image=edit_image,
+            edit_strength=edit_strength,
         )
+
+    def edit_inputs(self) -> EditInputs | None:
+        """The image to edit, read again (an upload the user may have replaced), or None."""
+        return EditInputs(open_edit_image(self.edit_image), Path(self.edit_image), strength=self.edit_strength) if self.edit_image else None
 
     def call_kwargs(self, rows: int) -> dict[str, Any]:
         """Keyword arguments of the pipeline call for ``rows`` images of this prompt."""
@@ -236,8 +258,7 @@ class GenerateSettings:
             "negative_prompt": [self.negative_prompt] * rows if self.negative_prompt else None,
             "num_inference_steps": self.steps,
             "guidance_scale": self.guidance,
-            "height": self.height,
-            "width": self.width,
+            **({"height": self.height, "width": self.width} if not self.edit_image else {}),
         }
 
     def steering_config(self, pipe, vector: SteeringVector | None, away: SteeringVector | None = None) -> SteeringConfig:
@@ -265,9 +286,11 @@ class GenerateSettings:
         return {"steering": steering, **self.steering_config(pipe, vector, away).to_settings()}
 
     def recipe(
-        self, pipe, vector: SteeringVector | None, scale: float, away: SteeringVector | None = None
+        self, pipe, vector: SteeringVector | None, scale: float, away: SteeringVector | None = None,
+        folder: str | os.PathLike | None = None,
     ) -> dict[str, Any]:
-        """Everything needed to reproduce one image."""
+        """Everything needed to reproduce one image; an edit's input image is kept in ``folder`` (the PNG's) and
+        recorded by its sha256."""
         steering = None
         if vector is not None:
             config = self.steering_config(pipe, vector, away)
@@ -299,6 +322,7 @@ class GenerateSettings:
             "scheduler": type(sampling_pipe(pipe, self.sampler).scheduler).__name__,
             **({"sampler": self.sampler} if self.sampler else {}),
             "steering": steering,
+            **({"edit": kept_edit_input(self.edit_image, folder).record(self.edit_strength)} if self.edit_image and folder else {}),
         }
 
 
@@ -368,15 +392,20 @@ def run_rows_scored(
             steering["steering_scale"] = take_away_scales(scales)
         else:
             steering["steering_scale"] = [float(s) for s in scales] if rows > 1 else float(scales[0])
-    detector = inline_detector_for(detector, settings)
+    edit = settings.edit_inputs()
+    detector = inline_detector_for(detector, settings) if edit is None else None  # scores are calibrated on runs from noise
     extra = {"memorization_detector": detector} if detector is not None else {}
-    out = sampling_pipe(pipe, settings.sampler)(
+    sampler = sampling_pipe(pipe, settings.sampler)
+    if edit is not None:
+        sampler = editing_pipeline(sampler, "img2img")
+        extra = edit_call_inputs(sampler, edit, settings.height, settings.width, rows)
+    out = sampler(
         **kwargs,
         **steering,
         **extra,
         generator=make_generators(pipe, settings.seed, rows),
         output_type="pil",
-        callback_on_step_end=step_callback(progress, settings.steps),
+        callback_on_step_end=step_callback(progress, int(settings.steps * settings.edit_strength) if edit is not None else settings.steps),
     )
     scores = [float(v) for v in out.memorization_scores] if detector is not None else None
     return list(out.images), scores
@@ -437,29 +466,33 @@ def load_images(files: Sequence[Any] | None, what: str) -> list[Image.Image]:
     files = [f for f in (files or []) if f]
     if len(files) > LIMITS.max_learn_images:
         raise UserError(f"{len(files)} {what} images uploaded; at most {LIMITS.max_learn_images} are allowed")
-    images = []
-    for item in files:
-        path = Path(getattr(item, "name", None) or item)
-        label = shown(path.name)
-        try:
-            if path.stat().st_size > LIMITS.max_upload_bytes:
-                raise UserError(f"{label} ({what}) is over {LIMITS.max_upload_bytes // 2**20} MiB")
-            with Image.open(path) as im:
-                if im.width * im.height > LIMITS.max_image_pixels:
-                    raise UserError(
-                        f"{label} ({what}) is {im.width}x{im.height} pixels; at most "
-                        f"{LIMITS.max_image_pixels / 1e6:.0f} megapixels are allowed"
-                    )
-                im.draft("RGB", (LIMITS.max_image_side, LIMITS.max_image_side))  # JPEG: decode at a reduced scale
-                im.load()
-                rgb = im.convert("RGB")
-            rgb.thumbnail((LIMITS.max_image_side, LIMITS.max_image_side))
-            images.append(rgb)
-        except UserError:
-            raise
-        except (OSError, ValueError, Image.DecompressionBombError):
-            raise UserError(f"{label} ({what}) is not a readable image") from None
-    return images
+    return [open_upload(Path(getattr(item, "name", None) or item), f"({what})") for item in files]
+
+
+def open_upload(path: Path, what: str) -> Image.Image:
+    """An uploaded image as RGB within the app's limits (`steer.images.open_image`), or `UserError` naming it."""
+    try:
+        return open_image(path, label=f"{shown(path.name)} {what}", max_bytes=LIMITS.max_upload_bytes,
+                          max_pixels=LIMITS.max_image_pixels, max_side=LIMITS.max_image_side)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def open_edit_image(path: str | os.PathLike) -> Image.Image:
+    return open_upload(Path(path), "(the image to edit)")
+
+
+def kept_edit_input(path: str | os.PathLike, folder: str | os.PathLike) -> EditInputs:
+    """The image to edit as the app used it (`open_edit_image`, as PNG), kept in ``folder`` under its content's
+    name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
+    import hashlib
+
+    picture = open_edit_image(path)
+    digest = hashlib.sha256(picture.tobytes()).hexdigest()[:16]
+    kept = Path(folder) / f"edit-input-{digest}.png"
+    if not kept.exists():
+        save_png(picture, kept, {})
+    return EditInputs(picture, kept)
 
 
 @dataclass(frozen=True)
