@@ -184,3 +184,37 @@ def test_take_away_offers_uploaded_directions_and_reports_mistakes(served, brows
     text = page.inner_text("#status")
     assert "the take-away is the direction itself" in text and "Traceback" not in text
     page.close()
+
+
+def test_edit_an_uploaded_image_in_browser(served, browser, tmp_path: Path):
+    """'Edit an image': upload a picture, generate; both images are edits of it (its aspect kept) and the direction
+    moves the steered one (on the demo model: a red sneaker edited bluer)."""
+    import torch
+
+    url, pipe, vector, kind = served
+    photo = pipe("a red sneaker", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(1)).images[0]
+    photo.resize((photo.width * 2, photo.height)).save(tmp_path / "photo.png")  # 2:1, so the edit's aspect shows
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.wait_for_selector("#generate", timeout=60_000)
+    page.wait_for_function("document.querySelector('#direction-info').innerText.length > 0", timeout=60_000)
+    set_number(page, "steps", STEPS)
+    page.get_by_text("Edit an image (optional)").click()
+    page.locator("#edit-image input[type=file]").set_input_files(str(tmp_path / "photo.png"))
+    page.locator("#edit-image img").first.wait_for(state="visible", timeout=30_000)
+    set_slider(page, "edit-strength", 0.75)
+    if kind == "demo":
+        page.locator("#prompt textarea, #prompt input").first.fill("a sneaker")
+    set_slider(page, "strength", STRENGTH)
+    page.click("#generate")
+    page.wait_for_selector("#status .steer-status-ok", timeout=120_000)
+    shown = page.locator("#steered img").first
+    src = shown.get_attribute("src")
+    steered_full = Image.open(io.BytesIO(page.request.get(src).body()))
+    assert steered_full.width == 2 * steered_full.height  # the edit kept the upload's 2:1 aspect
+    original, steered = image_pixels(page, "original"), image_pixels(page, "steered")
+    assert np.abs(original - steered).mean() > 1.0, "the steered edit equals the unsteered one"
+    if kind == "demo":
+        assert blue_minus_red(steered) > blue_minus_red(original) + 3.0
+    page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)
+    page.close()
