@@ -106,12 +106,12 @@ def main() -> None:
                 fitted = None
                 if args.fit:
                     fit = text.fit_edit(vector, strength=strength, num_inference_steps=args.steps, guidance_scale=args.guidance)
-                    fitted = {"scale": fit.scale, "distance": fit.distance, "unet_rows": fit.unet_rows,
+                    # the closest scale as it is, and floored at the calibrated full edit (fit_edit's default since
+                    # the replication on seeds 2000+; the floor was added after the first run on seeds 1000+)
+                    fitted = {"scale": fit.closest, "distance": fit.distance, "unet_rows": fit.unet_rows,
                               "images": edit(opened, image=sources, strength=strength, generator=gens(), steering=vector,
-                                             steering_scale=fit.scale, **kw).images}
-                    # the fit floored at the calibrated full edit: a given image argues against the edit, so at
-                    # least the push that edits samples from noise (a variant added after the first run at seeds 1000+)
-                    floored = fitted["images"] if fit.scale >= 1.0 else outs[1.0]
+                                             steering_scale=fit.closest, **kw).images}
+                    floored = fitted["images"] if fit.closest >= 1.0 else outs[1.0]
                 index = (C if kind == "colour" else K).index(target)
                 ref = judge(classifier, to_np(outs[0.0]))
                 cells = {s: cell_metrics(judge(classifier, to_np(outs[s])), ref, kind, index) for s in MONO}

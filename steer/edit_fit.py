@@ -9,7 +9,11 @@ toward orange against "an orange sneaker", both editing a yellow sneaker; `bench
 `fit_edit` asks the model, as the calibration does, using only the direction's own prompts: images of its negative
 prompts ("a t-shirt", "a red item") are drawn, then edited at ``strength`` twice over: with the paired positive prompt
 ("a blue t-shirt", "a red bag"), unsteered, as the target, and with the negative prompt steered at each strength of a
-grid. The scale whose edits come closest to the target's (latent L2, relative to the unsteered edits') is the fit.
+grid. The scale whose edits come closest to the target's (latent L2, relative to the unsteered edits') is the fit,
+floored at the direction's calibrated full edit (1.0 by default): a given image argues against the edit, so it takes
+at least the push that edits samples drawn from noise. The floor was adopted on a rule fixed before a replication run
+(`bench/image_edit.py` on fresh seeds: the floored fit passed more targets than both 1.0 and the plain fit, at
+strengths 0.6 and 0.8; docs/steering.md, "Editing a given image"); ``floor=None`` gives the closest scale as it is.
 Cost: ``num_samples`` images from noise plus ``(1 + len(grid)) * num_samples`` edits of ``int(strength * steps)``
 steps, with CFG (about 2,100 UNet rows at the defaults and strength 0.8).
 """
@@ -33,14 +37,15 @@ GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 class EditFit:
     """The outcome of `fit_edit`: edit with ``steering_scale=fit.scale`` at ``strength=fit.strength``."""
 
-    scale: float
+    scale: float  # what to edit with: the closest scale, at least the floor
     strength: float
-    distance: float  # relative to the unsteered edits (1 = no closer to the positive prompts' edits)
+    distance: float  # at the closest scale, relative to the unsteered edits (1 = no closer to the positive prompts' edits)
     converged: bool
     grid: list[float]
     distances: list[float]  # along the grid
     prompts: list[tuple[str, str]]  # (source, target) prompt pairs that were edited
     unet_rows: int
+    closest: float = 0.0  # the scale whose edits came closest, before the floor
 
     def advice(self) -> str | None:
         """One line when the fit itself says the edit may fall short: its edits stay far from the target's (relative
@@ -51,7 +56,7 @@ class EditFit:
             return (f"edit fit: at scale {self.scale:.2f} the edits come only to {self.distance:.2f} of their unsteered distance "
                     f"from the positive prompts' edits (above {POOR_DISTANCE}): this direction may barely edit images at "
                     f"strength {self.strength:g}")
-        if self.scale >= self.grid[-1]:
+        if self.closest >= self.grid[-1]:
             return (f"edit fit: the closest scale is the grid's largest ({self.grid[-1]:g}); a stronger push may come closer "
                     "(pass a longer grid=)")
         return None
@@ -84,6 +89,7 @@ def fit_edit(
     num_inference_steps: int = 20,
     guidance_scale: float = 7.5,
     batch_size: int | None = 8,
+    floor: float | None = 1.0,
     **call_kwargs: Any,
 ) -> EditFit:
     """Fit the scale at which ``vector`` edits images at ``strength`` as far as its own positive prompts do.
@@ -97,6 +103,7 @@ def fit_edit(
         num_inference_steps, guidance_scale: sampling settings (use those you edit with); ``call_kwargs`` go to every
             call (``height=``, ``steering_window=``...).
         batch_size: at most this many images per call (None: one call per set); the fit is the same.
+        floor: the smallest scale the fit returns (the calibrated full edit, 1.0); None: the closest scale as it is.
     """
     grid = sorted(float(g) for g in grid)
     if not grid or grid[0] <= 0:
@@ -121,15 +128,15 @@ def fit_edit(
     start = float((edits([n for n, _ in pairs]) - target).norm(dim=1).mean().clamp_min(1e-6))
     steered = edits([n for n, _ in pairs], len(grid), steering=vector, steering_scale=[g for g in grid for _ in seeds])
     curve = [float((z - target).norm(dim=1).mean()) / start for z in steered.reshape(len(grid), num_samples, -1)]
-    scale, distance = curve_minimum([0.0, *grid], [1.0, *curve])
-    converged = scale > 0
+    closest, distance = curve_minimum([0.0, *grid], [1.0, *curve])
+    converged = closest > 0
     if not converged:
-        scale = 1.0
         warnings.warn(f"edit fit: no scale in {grid} brought {vector.name!r}'s edits closer to its positive prompts' edits; using 1.0",
                       stacklevel=2)
+    scale = max(closest, floor) if floor is not None and converged else closest if converged else 1.0
     steps = int(num_inference_steps * strength)
     rows = (num_inference_steps + (2 + len(grid)) * steps) * num_samples * rows_per_sample(edit_pipe, guidance_scale=guidance_scale)
-    fit = EditFit(scale, strength, distance, converged, grid, curve, pairs, rows)
+    fit = EditFit(scale, strength, distance, converged, grid, curve, pairs, rows, closest)
     advice = fit.advice()
     if advice:
         warnings.warn(advice, stacklevel=2)

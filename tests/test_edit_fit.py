@@ -24,29 +24,43 @@ def direction(tiny_pipe):
     return random_vector(tiny_pipe, [CONTEXT_SITE], scale=2.0, **PROMPTS)
 
 
+@pytest.fixture(scope="module")
+def learned(tiny_pipe):
+    """A text direction learned on the tiny pipeline: its random weights make its calibrated push large, so the
+    grid that brackets the closest edit is small."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tiny_pipe.learn_direction(PROMPTS["positive"]["prompts"], PROMPTS["negative"]["prompts"], num_inference_steps=2,
+                                         calibration_samples=2, readers="all", progress=False)
+
+
+GRID = (0.01, 0.03, 0.1, 0.3)
+
+
 def test_prompts_pair_up_by_their_words_whatever_their_order(direction):
     assert paired_prompts(direction, 4) == [("a coat", "a blue coat"), ("a bag", "a blue bag"), ("a dress", "a blue dress"),
                                             ("a coat", "a blue coat")]
 
 
-def test_the_fit_costs_what_it_says_and_does_not_depend_on_the_batch_size(tiny_pipe, direction):
+def test_the_fit_costs_what_it_says_is_floored_and_does_not_depend_on_the_batch_size(tiny_pipe, learned):
     rows = [0]
     handle = tiny_pipe.unet.register_forward_pre_hook(lambda _m, a: rows.__setitem__(0, rows[0] + a[0].shape[0]))
+    kw = dict(strength=0.5, num_samples=3, grid=GRID, num_inference_steps=4)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # random weights: the advice may fire
-            whole = tiny_pipe.fit_edit(direction, strength=0.5, num_samples=3, grid=(0.5, 1.0, 2.0), num_inference_steps=4, batch_size=None)
-            counted = rows[0]
-            split = tiny_pipe.fit_edit(direction, strength=0.5, num_samples=3, grid=(0.5, 1.0, 2.0), num_inference_steps=4, batch_size=2)
+        whole = tiny_pipe.fit_edit(learned, batch_size=None, **kw)
+        counted = rows[0]
+        split = tiny_pipe.fit_edit(learned, batch_size=2, **kw)
+        raw = tiny_pipe.fit_edit(learned, floor=None, **kw)
     finally:
         handle.remove()
-    # 3 images from noise (4 steps) + target, unsteered and 3 grid edits of int(0.5 * 4) = 2 steps, CFG: 2 rows each
-    assert whole.unet_rows == counted == (4 + 5 * 2) * 3 * 2
-    assert whole.strength == 0.5 and len(whole.distances) == 3 and whole.prompts[0] == ("a coat", "a blue coat")
+    # 3 images from noise (4 steps) + target, unsteered and 4 grid edits of int(0.5 * 4) = 2 steps, CFG: 2 rows each
+    assert whole.unet_rows == counted == (4 + 6 * 2) * 3 * 2
+    assert whole.strength == 0.5 and len(whole.distances) == 4 and whole.prompts[0] == ("a coat", "a blue coat")
+    # the edits come closest inside the grid (the tiny model's calibrated push overshoots), and the fit says 1.0
+    assert whole.converged and GRID[0] < whole.closest < GRID[-1] and whole.distance < 1.0
+    assert whole.scale == 1.0 and raw.scale == raw.closest == pytest.approx(whole.closest, rel=1e-5)
     np.testing.assert_allclose(split.distances, whole.distances, rtol=1e-5)
-    assert split.scale == pytest.approx(whole.scale, rel=1e-5)
-    if whole.converged:
-        assert 0 < whole.scale <= 2.0
+    assert split.closest == pytest.approx(whole.closest, rel=1e-5)
 
 
 def test_refusals_are_one_line(tiny_pipe, direction):

@@ -198,7 +198,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if away is not None:
             print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
         else:
-            print(f"fit: scale {edit_fit.scale:.3g} at strength {strength:g} (relative distance {edit_fit.distance:.2f})", file=sys.stderr)
+            print(f"fit: scale {edit_fit.scale:.3g} at strength {strength:g} (closest {edit_fit.closest:.3g}, relative distance "
+                  f"{edit_fit.distance:.2f}; at least the calibrated full edit, 1)", file=sys.stderr)
         print_warnings(caught)
         if not user_set["scale"]:
             args.scale = round(fit.strength if away is not None else edit_fit.scale, 3)
