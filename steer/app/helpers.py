@@ -229,8 +229,9 @@ class GenerateSettings:
             height, width = edit_size(picture.size, *((long_side, None) if picture.height >= picture.width else (None, long_side)))
             edit_image = str(self.edit_image)
             edit_strength = check_float(self.edit_strength, "the edit strength", 0.0, 1.0)
-            if int(edit_strength * int(self.steps)) < 1:
-                raise UserError(f"an edit strength of {edit_strength:g} of {self.steps} steps runs no step: raise either")
+            steps = check_int(self.steps, "steps", 1, LIMITS.max_steps)
+            if int(edit_strength * steps) < 1:
+                raise UserError(f"an edit strength of {edit_strength:g} of {steps} steps runs no step: raise either")
         return replace(
             self,
             prompt=check_prompt(self.prompt),
@@ -488,7 +489,7 @@ def kept_edit_input(path: str | os.PathLike, folder: str | os.PathLike) -> EditI
     import hashlib
 
     picture = open_edit_image(path)
-    digest = hashlib.sha256(picture.tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{picture.mode} {picture.size}".encode() + picture.tobytes()).hexdigest()[:16]
     kept = Path(folder) / f"edit-input-{digest}.png"
     if not kept.exists():
         save_png(picture, kept, {})

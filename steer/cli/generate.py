@@ -55,7 +55,8 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--fit", action="store_true",
                    help="with --take-away: fit the strength and window from the model first (pipe.fit_take_away; a few "
                         "seconds), used unless --scale / --sweep / --window say otherwise; with --image: fit the scale at "
-                        "which the direction edits images at --strength as far as its own prompts do (pipe.fit_edit)")
+                        "which the direction edits images at --strength as far as its own prompts do (pipe.fit_edit; with --mask, "
+                        "fitted on whole images)")
     add_steering_args(p)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
