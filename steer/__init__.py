@@ -23,6 +23,8 @@ _EXPORTS = {
     "SteeringPixArtSigmaPipeline": "steer.pipelines.pixart",
     "SteeringSession": "steer.engine",
     "SteeringStableDiffusion3Pipeline": "steer.pipelines.stable_diffusion_3",
+    "SteeringStableDiffusion3Img2ImgPipeline": "steer.pipelines.img2img",
+    "SteeringStableDiffusion3InpaintPipeline": "steer.pipelines.inpaint",
     "SteeringStableDiffusionPipeline": "steer.pipelines.stable_diffusion",
     "SteeringStableDiffusionImg2ImgPipeline": "steer.pipelines.img2img",
     "SteeringStableDiffusionInpaintPipeline": "steer.pipelines.inpaint",
@@ -51,6 +53,8 @@ __all__ = [
     "SteeringPixArtSigmaPipeline",
     "SteeringSession",
     "SteeringStableDiffusion3Pipeline",
+    "SteeringStableDiffusion3Img2ImgPipeline",
+    "SteeringStableDiffusion3InpaintPipeline",
     "SteeringStableDiffusionPipeline",
     "SteeringStableDiffusionImg2ImgPipeline",
     "SteeringStableDiffusionInpaintPipeline",
@@ -78,8 +82,16 @@ if TYPE_CHECKING:
         SteeringStableDiffusionXLControlNetPipeline,
     )
     from steer.pipelines.factory import steering_pipeline
-    from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
-    from steer.pipelines.inpaint import SteeringStableDiffusionInpaintPipeline, SteeringStableDiffusionXLInpaintPipeline
+    from steer.pipelines.img2img import (
+        SteeringStableDiffusion3Img2ImgPipeline,
+        SteeringStableDiffusionImg2ImgPipeline,
+        SteeringStableDiffusionXLImg2ImgPipeline,
+    )
+    from steer.pipelines.inpaint import (
+        SteeringStableDiffusion3InpaintPipeline,
+        SteeringStableDiffusionInpaintPipeline,
+        SteeringStableDiffusionXLInpaintPipeline,
+    )
     from steer.pipelines.stable_diffusion import SteeringStableDiffusionPipeline
     from steer.pipelines.stable_diffusion_3 import SteeringStableDiffusion3Pipeline
     from steer.pipelines.stable_diffusion_xl import SteeringStableDiffusionXLPipeline

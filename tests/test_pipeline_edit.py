@@ -1,6 +1,6 @@
-"""Editing pipelines with steering: inpainting (SD, SDXL) and ControlNet (SD, SDXL) on tiny random-weight components
-(CPU, fp32): exactly the parent unsteered, the edit inside the mask only, the window over the steps performed, the
-ControlNet never steered, hooks gone."""
+"""Editing pipelines with steering: image-to-image and inpainting (SD, SDXL, SD3) and ControlNet (SD, SDXL) on tiny
+random-weight components (CPU, fp32): exactly the parent unsteered, the edit inside the mask only, the window over the
+steps performed, the ControlNet never steered, hooks gone."""
 
 from __future__ import annotations
 
@@ -15,9 +15,18 @@ from steer.pipelines.controlnet import (
     SteeringStableDiffusionControlNetPipeline,
     SteeringStableDiffusionXLControlNetPipeline,
 )
-from steer.pipelines.img2img import SteeringStableDiffusionImg2ImgPipeline, SteeringStableDiffusionXLImg2ImgPipeline
-from steer.pipelines.inpaint import SteeringStableDiffusionInpaintPipeline, SteeringStableDiffusionXLInpaintPipeline
+from steer.pipelines.img2img import (
+    SteeringStableDiffusion3Img2ImgPipeline,
+    SteeringStableDiffusionImg2ImgPipeline,
+    SteeringStableDiffusionXLImg2ImgPipeline,
+)
+from steer.pipelines.inpaint import (
+    SteeringStableDiffusion3InpaintPipeline,
+    SteeringStableDiffusionInpaintPipeline,
+    SteeringStableDiffusionXLInpaintPipeline,
+)
 from steer.testing import no_hooks_left, random_vector, tiny_components
+from steer.testing.sd3 import tiny_sd3_components
 from steer.testing.sdxl import tiny_sdxl_components
 
 PROMPT = "a red bag"
@@ -25,7 +34,7 @@ SIDE = 32  # the tiny VAE's image side (8 latents x 4)
 
 
 def _pipe(cls, kind: str, **extra):
-    parts = tiny_components(0) if kind == "sd" else tiny_sdxl_components(0)
+    parts = {"sd": tiny_components, "sdxl": tiny_sdxl_components}[kind](0) if kind != "sd3" else tiny_sd3_components(0, latent_channels=16)
     if "ControlNet" in cls.__name__:
         torch.manual_seed(1)
         extra["controlnet"] = ControlNetModel.from_unet(parts["unet"], conditioning_embedding_out_channels=(8, 16, 16)).eval()
@@ -45,7 +54,8 @@ def _left_half_mask() -> torch.Tensor:
     return mask
 
 
-INPAINT = [("sd", SteeringStableDiffusionInpaintPipeline), ("sdxl", SteeringStableDiffusionXLInpaintPipeline)]
+INPAINT = [("sd", SteeringStableDiffusionInpaintPipeline), ("sdxl", SteeringStableDiffusionXLInpaintPipeline),
+           ("sd3", SteeringStableDiffusion3InpaintPipeline)]
 CONTROL = [("sd", SteeringStableDiffusionControlNetPipeline), ("sdxl", SteeringStableDiffusionXLControlNetPipeline)]
 
 
@@ -58,14 +68,16 @@ def test_inpainting_is_the_parent_unsteered_and_edits_inside_the_mask_only(kind,
     assert torch.equal(pipe(PROMPT, generator=gen(0), **kw).images, plain)
     assert torch.equal(pipe(PROMPT, generator=gen(0), steering=v, steering_scale=0.0, **kw).images, plain)
     steered = pipe(PROMPT, generator=gen(0), steering=v, steering_window=(0, 1), **kw).images
-    assert no_hooks_left(pipe.unet)
+    assert no_hooks_left(pipe.denoiser)
     left, right = slice(0, plain.shape[-1] // 2), slice(plain.shape[-1] // 2, None)
-    # a 4-channel UNet: the kept half is blended back from the image at every step, so it ends exactly as unsteered
+    # a plain denoiser (4 latent channels; SD3's 16): the kept half is blended back from the image at every step, so
+    # it ends exactly as unsteered
     assert torch.equal(steered[..., right], plain[..., right])
     assert (steered[..., left] - plain[..., left]).abs().mean() > 1e-3
 
 
-EDITS = [("sd", SteeringStableDiffusionImg2ImgPipeline), ("sdxl", SteeringStableDiffusionXLImg2ImgPipeline), *INPAINT]
+EDITS = [("sd", SteeringStableDiffusionImg2ImgPipeline), ("sdxl", SteeringStableDiffusionXLImg2ImgPipeline),
+         ("sd3", SteeringStableDiffusion3Img2ImgPipeline), *INPAINT]
 
 
 @pytest.mark.parametrize(("kind", "cls"), EDITS, ids=[f"{k}-{c.__name__[8:]}" for k, c in EDITS])
@@ -73,7 +85,7 @@ def test_an_edits_window_is_measured_over_the_steps_the_run_performs(kind, cls, 
     import steer.engine.steering as steering_module
 
     pipe = _pipe(cls, kind)
-    v = random_vector(pipe, ["up_blocks.1.resnets.0"])
+    v = random_vector(pipe, ["transformer_blocks.0" if kind == "sd3" else "up_blocks.1.resnets.0"])
     calls, applied = [0], []
     real = steering_module.apply_delta
 
@@ -82,7 +94,7 @@ def test_an_edits_window_is_measured_over_the_steps_the_run_performs(kind, cls, 
         return real(h, *a, **k)
 
     monkeypatch.setattr(steering_module, "apply_delta", counting)
-    counter = pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    counter = pipe.denoiser.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     kw = dict(image=_image(), strength=0.5, num_inference_steps=10, output_type="np",
               **({"mask_image": _left_half_mask()} if "Inpaint" in cls.__name__ else {}))
     try:
@@ -94,7 +106,7 @@ def test_an_edits_window_is_measured_over_the_steps_the_run_performs(kind, cls, 
     plain = cls._steering_parent.__call__(pipe, PROMPT, generator=gen(0), **kw).images
     assert np.array_equal(pipe(PROMPT, generator=gen(0), **kw).images, plain)
     assert not np.array_equal(steered, plain)
-    assert no_hooks_left(pipe.unet)
+    assert no_hooks_left(pipe.denoiser)
 
 
 @pytest.mark.parametrize(("kind", "cls"), CONTROL, ids=[k for k, _ in CONTROL])

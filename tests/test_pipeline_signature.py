@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3InpaintPipeline,
     StableDiffusionControlNetPipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
@@ -36,7 +38,8 @@ PAIRS = [
     (SteeringStableDiffusionXLPipeline, StableDiffusionXLPipeline),
     (SteeringStableDiffusionXLImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline),
     *((steering_class(p), p) for p in (StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline,
-                                              StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline)),
+                                              StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline,
+                                              StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline)),
 ]
 STEERING_PARAMS = {*STEERING_DEFAULTS, *INLINE_CALL_PARAMS}
 # What a call leaves on the pipeline (diffusers' properties), where the class has them.

@@ -23,6 +23,8 @@ STEERED_PIPELINES: dict[str, str] = {
     "StableDiffusionControlNetPipeline": "steer.pipelines.controlnet:SteeringStableDiffusionControlNetPipeline",
     "StableDiffusionXLControlNetPipeline": "steer.pipelines.controlnet:SteeringStableDiffusionXLControlNetPipeline",
     "StableDiffusion3Pipeline": "steer.pipelines.stable_diffusion_3:SteeringStableDiffusion3Pipeline",
+    "StableDiffusion3Img2ImgPipeline": "steer.pipelines.img2img:SteeringStableDiffusion3Img2ImgPipeline",
+    "StableDiffusion3InpaintPipeline": "steer.pipelines.inpaint:SteeringStableDiffusion3InpaintPipeline",
     "FluxPipeline": "steer.pipelines.flux:SteeringFluxPipeline",
 }
 

@@ -1,5 +1,5 @@
-"""Image-to-image with steering: `SteeringStableDiffusionImg2ImgPipeline` and
-`SteeringStableDiffusionXLImg2ImgPipeline`.
+"""Image-to-image with steering: `SteeringStableDiffusionImg2ImgPipeline`, `SteeringStableDiffusionXLImg2ImgPipeline`
+and `SteeringStableDiffusion3Img2ImgPipeline`.
 
 An image-to-image run with ``strength < 1`` performs only the last part of the scheduler's timesteps. The steering
 window is measured over the steps the run actually performs (`SteeringMixin.steering_num_steps` reads the call's
@@ -10,11 +10,12 @@ over the scheduler's 10 timesteps it would steer none.
 
 from __future__ import annotations
 
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
 from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
+from steer.pipelines.stable_diffusion_3 import SD3TextMixin
 from steer.pipelines.stable_diffusion_xl import SDXLTextMixin
 from steer.pipelines.text import SerializedPromptMixin
 from steer.validation import FiniteOutputMixin
@@ -43,3 +44,12 @@ class SteeringStableDiffusionXLImg2ImgPipeline(
     """
 
     denoiser_name = "unet"
+
+
+class SteeringStableDiffusion3Img2ImgPipeline(
+    SD3TextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusion3Img2ImgPipeline
+):
+    """Stable Diffusion 3 / 3.5 image-to-image with training-free representation steering (its transformer's sites,
+    `steer.denoisers.sd3`); the window is a fraction of the steps the run performs at its ``strength``."""
+
+    denoiser_name = "transformer"

@@ -1,4 +1,5 @@
-"""Inpainting with steering: `SteeringStableDiffusionInpaintPipeline` and `SteeringStableDiffusionXLInpaintPipeline`.
+"""Inpainting with steering: `SteeringStableDiffusionInpaintPipeline`, `SteeringStableDiffusionXLInpaintPipeline` and
+`SteeringStableDiffusion3InpaintPipeline`.
 
 The mask's white pixels are repainted, the black ones kept (diffusers' convention). With a regular 4-channel UNet the
 pipeline blends the kept region back from the input image at every step, so a steered edit acts inside the mask only;
@@ -9,11 +10,12 @@ steps the run performs at its ``strength``.
 
 from __future__ import annotations
 
-from diffusers import StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
+from diffusers import StableDiffusion3InpaintPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 
 from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
+from steer.pipelines.stable_diffusion_3 import SD3TextMixin
 from steer.pipelines.stable_diffusion_xl import SDXLTextMixin
 from steer.pipelines.text import SerializedPromptMixin
 from steer.validation import FiniteOutputMixin
@@ -43,3 +45,12 @@ class SteeringStableDiffusionXLInpaintPipeline(
     """
 
     denoiser_name = "unet"
+
+
+class SteeringStableDiffusion3InpaintPipeline(
+    SD3TextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusion3InpaintPipeline
+):
+    """Stable Diffusion 3 / 3.5 inpainting with training-free representation steering (its transformer's sites); a
+    16-channel transformer keeps the unmasked latents from the image at every step, as SD's 4-channel UNet does."""
+
+    denoiser_name = "transformer"

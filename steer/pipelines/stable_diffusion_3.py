@@ -21,7 +21,26 @@ from steer.pipelines.mixin import SteeringMixin
 _TEXT_LOCK = threading.RLock()
 
 
-class SteeringStableDiffusion3Pipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusion3Pipeline):
+class SD3TextMixin:
+    """SD3's prompt encoding, one thread at a time, and its text tokens for learning (every SD3 pipeline task)."""
+
+    def encode_prompt(self, *args: Any, **kwargs: Any):
+        """`StableDiffusion3Pipeline.encode_prompt`, one thread at a time (the tokenizers are not thread-safe)."""
+        with _TEXT_LOCK:
+            return super().encode_prompt(*args, **kwargs)  # type: ignore[misc]
+
+    @torch.no_grad()
+    def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """The conditional ``prompt_embeds`` of ``prompts`` (CLIP-L/G tokens zero-padded to the T5 width, then the T5
+        tokens: ``(N, 77 + 256, joint_attention_dim)``), as the transformer's ``encoder_hidden_states`` reads them."""
+        embeds, _, _, _ = self.encode_prompt(  # type: ignore[attr-defined]
+            list(prompts), None, None, device=self._execution_device, num_images_per_prompt=1,  # type: ignore[attr-defined]
+            do_classifier_free_guidance=False,
+        )
+        return embeds
+
+
+class SteeringStableDiffusion3Pipeline(SD3TextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusion3Pipeline):
     """Stable Diffusion 3 / 3.5 with training-free representation steering.
 
     A drop-in `StableDiffusion3Pipeline`: load it with `from_pretrained` or `from_pipe`; ``__call__`` takes every
@@ -35,21 +54,6 @@ class SteeringStableDiffusion3Pipeline(SteeringMixin, AutoDtypeMixin, FiniteImag
     """
 
     denoiser_name = "transformer"
-
-    def encode_prompt(self, *args: Any, **kwargs: Any):
-        """`StableDiffusion3Pipeline.encode_prompt`, one thread at a time (the tokenizers are not thread-safe)."""
-        with _TEXT_LOCK:
-            return super().encode_prompt(*args, **kwargs)
-
-    @torch.no_grad()
-    def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
-        """The conditional ``prompt_embeds`` of ``prompts`` (CLIP-L/G tokens zero-padded to the T5 width, then the T5
-        tokens: ``(N, 77 + 256, joint_attention_dim)``), as the transformer's ``encoder_hidden_states`` reads them."""
-        embeds, _, _, _ = self.encode_prompt(
-            list(prompts), None, None, device=self._execution_device, num_images_per_prompt=1,
-            do_classifier_free_guidance=False,
-        )
-        return embeds
 
     def _steered_call(self, parent: type, *args: Any, **kwargs: Any):
         plain = {k: v for k, v in kwargs.items() if k not in STEERING_DEFAULTS and k not in self._extra_call_params()}

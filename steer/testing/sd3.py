@@ -21,25 +21,26 @@ def _clip(seed: int) -> CLIPTextModelWithProjection:
     return CLIPTextModelWithProjection(tiny_clip_config(CLIP_WIDTH, projection=True)).eval()
 
 
-def tiny_sd3_components(seed: int = 0, sample_size: int = 16) -> dict[str, Any]:
+def tiny_sd3_components(seed: int = 0, sample_size: int = 16, latent_channels: int = 4) -> dict[str, Any]:
     """`SD3Transformer2DModel` (2 joint blocks, 4 heads of 8, patch 2: ``(sample_size / 2)^2`` image tokens), a x2
-    VAE with 4 latent channels and SD3's shift/scaling factors, two CLIP-with-projection text encoders (width 32), a
-    T5 encoder (width 64, 2 layers) and `FlowMatchEulerDiscreteScheduler`, randomly initialised."""
+    VAE with ``latent_channels`` latent channels (SD3's own 16, which its inpainting pipeline requires, or 4) and
+    SD3's shift/scaling factors, two CLIP-with-projection text encoders (width 32), a T5 encoder (width 64, 2 layers)
+    and `FlowMatchEulerDiscreteScheduler`, randomly initialised."""
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=sample_size,
         patch_size=2,
-        in_channels=4,
+        in_channels=latent_channels,
         num_layers=2,
         attention_head_dim=8,
         num_attention_heads=4,
         caption_projection_dim=32,
         joint_attention_dim=T5_WIDTH,
         pooled_projection_dim=2 * CLIP_WIDTH,
-        out_channels=4,
+        out_channels=latent_channels,
         pos_embed_max_size=sample_size,
     )
-    vae = tiny_vae((16, 32), sample_size * 2, **FLOW_VAE)
+    vae = tiny_vae((16, 32), sample_size * 2, latent_channels=latent_channels, **FLOW_VAE)
     torch.manual_seed(seed + 1)
     t5 = tiny_t5_encoder(T5_WIDTH)
     return {
