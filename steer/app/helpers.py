@@ -81,12 +81,12 @@ from steer.app.take_away import (  # noqa: F401 - re-exported
     take_away_amount,
     take_away_scales,
 )
+from steer.app.uploads import kept_edit_input, load_images, open_edit_image, open_upload  # noqa: F401 - re-exported
 from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record, window_record
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
-from steer.images import EditInputs, edit_size, open_image
+from steer.images import EditInputs, edit_size
 from steer.pipelines.factory import editing_pipeline
-from steer.recipe import save_png
 from steer.replay import edit_call_inputs
 from steer.vectors import SteeringVector
 
@@ -459,41 +459,6 @@ def parse_prompt_lines(text: str | None, what: str) -> list[str]:
     if len(lines) > LIMITS.max_learn_prompts:
         raise UserError(f"the {what} prompts have {len(lines)} lines; at most {LIMITS.max_learn_prompts} are allowed")
     return [check_prompt(line, f"{what} prompt") for line in lines]
-
-
-def load_images(files: Sequence[Any] | None, what: str) -> list[Image.Image]:
-    """Open uploaded image files as RGB; raise `UserError` naming an unreadable or oversized one. Images larger
-    than `Limits.max_image_side` are shrunk on load (they are resized to the model's size anyway)."""
-    files = [f for f in (files or []) if f]
-    if len(files) > LIMITS.max_learn_images:
-        raise UserError(f"{len(files)} {what} images uploaded; at most {LIMITS.max_learn_images} are allowed")
-    return [open_upload(Path(getattr(item, "name", None) or item), f"({what})") for item in files]
-
-
-def open_upload(path: Path, what: str) -> Image.Image:
-    """An uploaded image as RGB within the app's limits (`steer.images.open_image`), or `UserError` naming it."""
-    try:
-        return open_image(path, label=f"{shown(path.name)} {what}", max_bytes=LIMITS.max_upload_bytes,
-                          max_pixels=LIMITS.max_image_pixels, max_side=LIMITS.max_image_side)
-    except ValueError as err:
-        raise UserError(str(err)) from None
-
-
-def open_edit_image(path: str | os.PathLike) -> Image.Image:
-    return open_upload(Path(path), "(the image to edit)")
-
-
-def kept_edit_input(path: str | os.PathLike, folder: str | os.PathLike) -> EditInputs:
-    """The image to edit as the app used it (`open_edit_image`, as PNG), kept in ``folder`` under its content's
-    name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
-    import hashlib
-
-    picture = open_edit_image(path)
-    digest = hashlib.sha256(f"{picture.mode} {picture.size}".encode() + picture.tobytes()).hexdigest()[:16]
-    kept = Path(folder) / f"edit-input-{digest}.png"
-    if not kept.exists():
-        save_png(picture, kept, {})
-    return EditInputs(picture, kept)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+"""Uploaded images in the app: read within its limits (`steer.images.open_image`), and an edit's input kept beside the
+outputs so a recipe can find it after the upload is gone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from steer.app.base import LIMITS, UserError, shown
+from steer.images import EditInputs, open_image
+from steer.recipe import save_png
+
+
+def load_images(files: Sequence[Any] | None, what: str) -> list[Image.Image]:
+    """Open uploaded image files as RGB; raise `UserError` naming an unreadable or oversized one. Images larger
+    than `Limits.max_image_side` are shrunk on load (they are resized to the model's size anyway)."""
+    files = [f for f in (files or []) if f]
+    if len(files) > LIMITS.max_learn_images:
+        raise UserError(f"{len(files)} {what} images uploaded; at most {LIMITS.max_learn_images} are allowed")
+    return [open_upload(Path(getattr(item, "name", None) or item), f"({what})") for item in files]
+
+
+def open_upload(path: Path, what: str) -> Image.Image:
+    """An uploaded image as RGB within the app's limits (`steer.images.open_image`), or `UserError` naming it."""
+    try:
+        return open_image(path, label=f"{shown(path.name)} {what}", max_bytes=LIMITS.max_upload_bytes,
+                          max_pixels=LIMITS.max_image_pixels, max_side=LIMITS.max_image_side)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def open_edit_image(path: str | os.PathLike) -> Image.Image:
+    """The Generate tab's image to edit (`open_upload`)."""
+    return open_upload(Path(path), "(the image to edit)")
+
+
+def kept_edit_input(path: str | os.PathLike, folder: str | os.PathLike) -> EditInputs:
+    """The image to edit as the app used it (`open_edit_image`, as PNG), kept in ``folder`` under its content's
+    name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
+    picture = open_edit_image(path)
+    digest = hashlib.sha256(f"{picture.mode} {picture.size}".encode() + picture.tobytes()).hexdigest()[:16]
+    kept = Path(folder) / f"edit-input-{digest}.png"
+    if not kept.exists():
+        save_png(picture, kept, {})
+    return EditInputs(picture, kept)
