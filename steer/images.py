@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from steer.validation import MAX_SIZE, short
 
@@ -36,7 +36,8 @@ def open_image(
     max_side: int | None = None,
 ) -> Image.Image:
     """The image at ``path`` decoded in ``mode``; one-line `ValueError` naming it when it is missing, too large on
-    disk or decoded, or not an image. ``max_side``: shrink larger images on load (JPEG decodes at a reduced scale).
+    disk or decoded, or not an image; turned upright by its EXIF orientation. ``max_side``: shrink larger images on
+    load (JPEG decodes at a reduced scale).
 
     Args:
         path: the file.
@@ -59,7 +60,7 @@ def open_image(
             if max_side is not None:
                 im.draft(mode, (max_side, max_side))
             im.load()
-            out = im.convert(mode)
+            out = (ImageOps.exif_transpose(im) or im).convert(mode)  # a phone photo the way it is shown
     except ValueError as err:
         if str(err).startswith(label):
             raise

@@ -154,6 +154,10 @@ def test_open_image_bounds_what_a_file_costs(tmp_path):
     with pytest.raises(ValueError, match="over 0 MiB"):
         open_image(tmp_path / "big.png", max_bytes=10)
     assert open_image(tmp_path / "big.png", max_side=400).size == (400, 300)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
+    Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "phone.jpg", exif=exif)
+    assert open_image(tmp_path / "phone.jpg").size == (20, 40)  # upright, as a viewer shows it
     assert edit_size((1000, 750), width=512) == (384, 512)
     assert edit_size((30, 30)) == (24, 24)  # its own size: rounded down, as diffusers does
     assert edit_size((48, 32), width=32) == (24, 32)  # 21.3 from the aspect: the nearest multiple of 8
