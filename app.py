@@ -34,8 +34,8 @@ from steer.config import BRANCHES, MODES, NEGATIVES, PAPER_WINDOW
 
 INTRO = """# steer - representation steering for Stable Diffusion
 Pick a direction, set the **strength** (negative subtracts, or removes: Advanced) and the **layer**, and compare the original and the
-steered image from the same seed. Learn new directions from two prompt sets (or two image sets) in the *Learn* tab -
-no training, only forward passes."""
+steered image from the same seed (or two edits of your own picture: *Edit an image*). Learn new directions from two
+prompt sets (or two image sets) in the *Learn* tab - no training, only forward passes."""
 
 # Uploaded and generated files gradio keeps are swept: every 30 minutes, those older than 6 hours are deleted.
 CACHE_SWEEP = (30 * 60, 6 * 3600)
