@@ -3,7 +3,7 @@
 A direction's calibrated full edit (`steer.calibrate`, ``steering_scale=1.0``) is measured on samples drawn from
 noise, where nothing in the image argues against the attribute. Editing a given image (image-to-image at a
 ``strength`` below 1) starts from the image's own latents, whose colour or shape fights the edit: on the demo model the
-bundled colour directions reach at 1.0 about two thirds of what the prompt rewrite reaches ("a sneaker" steered
+bundled colour directions reach at 1.0 about 70 % of the success the prompt rewrite reaches ("a sneaker" steered
 toward orange against "an orange sneaker", both editing a yellow sneaker; `bench/image_edit.py`).
 
 `fit_edit` asks the model, as the calibration does, using only the direction's own prompts: images of its negative
@@ -14,8 +14,8 @@ floored at the direction's calibrated full edit (1.0 by default): a given image 
 at least the push that edits samples drawn from noise. The floor was adopted on a rule fixed before a replication run
 (`bench/image_edit.py` on fresh seeds: the floored fit passed more targets than both 1.0 and the plain fit, at
 strengths 0.6 and 0.8; docs/steering.md, "Editing a given image"); ``floor=None`` gives the closest scale as it is.
-Cost: ``num_samples`` images from noise plus ``(1 + len(grid)) * num_samples`` edits of ``int(strength * steps)``
-steps, with CFG (about 2,100 UNet rows at the defaults and strength 0.8).
+Cost: ``num_samples`` images from noise plus ``(2 + len(grid)) * num_samples`` edits (target, unsteered, grid) of
+``int(strength * steps)`` steps, with CFG: 2,624 UNet rows at the defaults and strength 0.8.
 """
 
 from __future__ import annotations
