@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from steer.calibrate import POOR_DISTANCE, curve_minimum, rows_per_sample, sample_latents
+from steer.images import edit_steps
 from steer.take_away import recorded_prompts
 
 GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
@@ -108,7 +109,7 @@ def fit_edit(
     grid = sorted(float(g) for g in grid)
     if not grid or grid[0] <= 0:
         raise ValueError("the edit grid must hold positive scales")
-    if not 0 < strength <= 1 or int(num_inference_steps * strength) < 1:
+    if not 0 < strength <= 1 or edit_steps(strength, num_inference_steps) < 1:
         raise ValueError(f"strength {strength:g} of {num_inference_steps} steps runs no step")
     fixed = sorted(k for k in ("steering", "steering_scale", "image", "strength") if k in call_kwargs)
     if fixed:
@@ -134,8 +135,7 @@ def fit_edit(
         warnings.warn(f"edit fit: no scale in {grid} brought {vector.name!r}'s edits closer to its positive prompts' edits; using 1.0",
                       stacklevel=2)
     scale = max(closest, floor) if floor is not None and converged else closest if converged else 1.0
-    steps = int(num_inference_steps * strength)
-    rows = (num_inference_steps + (2 + len(grid)) * steps) * num_samples * rows_per_sample(edit_pipe, guidance_scale=guidance_scale)
+    rows = (num_inference_steps + (2 + len(grid)) * edit_steps(strength, num_inference_steps)) * num_samples * rows_per_sample(edit_pipe, guidance_scale=guidance_scale)
     fit = EditFit(scale, strength, distance, converged, grid, curve, pairs, rows, closest)
     advice = fit.advice()
     if advice:

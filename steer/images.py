@@ -72,6 +72,12 @@ def open_image(
     return out
 
 
+def edit_steps(strength: float, steps: int) -> int:
+    """The denoising steps an edit at ``strength`` of ``steps`` runs, as diffusers counts them (``int(steps *
+    strength)``); 0 means it runs none."""
+    return min(int(steps * strength), int(steps))
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

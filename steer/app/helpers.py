@@ -85,7 +85,7 @@ from steer.app.uploads import kept_edit_input, load_images, open_edit_image, ope
 from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record, window_record
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
-from steer.images import EditInputs, edit_size
+from steer.images import EditInputs, edit_size, edit_steps
 from steer.pipelines.factory import editing_pipeline
 from steer.replay import edit_call_inputs
 from steer.vectors import SteeringVector
@@ -183,6 +183,7 @@ class GenerateSettings:
     config: SteeringConfig = field(default_factory=SteeringConfig)
     sampler: str = ""  # a `steer.samplers` name; "": the model's own scheduler
     edit_image: str | None = None  # a file to edit with the model's image-to-image pipeline (None: from noise)
+    edit_picture: Image.Image | None = field(default=None, compare=False, repr=False)  # it, decoded by `validated`
     edit_strength: float = 0.8  # how much of the run re-draws it
 
     @classmethod
@@ -222,7 +223,7 @@ class GenerateSettings:
         size = native_size(pipe)
         check_window_values(*self.config.window)
         height, width = check_size(self.height or size, "the height"), check_size(self.width or size, "the width")
-        edit_image, edit_strength = None, float(self.edit_strength)
+        edit_image, edit_strength, picture = None, float(self.edit_strength), None
         if self.edit_image:  # the edit runs at the image's aspect ratio, its longer side the size picked
             picture = open_edit_image(self.edit_image)
             long_side = max(height, width)
@@ -230,7 +231,7 @@ class GenerateSettings:
             edit_image = str(self.edit_image)
             edit_strength = check_float(self.edit_strength, "the edit strength", 0.0, 1.0)
             steps = check_int(self.steps, "steps", 1, LIMITS.max_steps)
-            if int(edit_strength * steps) < 1:
+            if edit_steps(edit_strength, steps) < 1:
                 raise UserError(f"an edit strength of {edit_strength:g} of {steps} steps runs no step: raise either")
         return replace(
             self,
@@ -245,12 +246,16 @@ class GenerateSettings:
             width=width,
             sampler=check_sampler_choice(pipe, self.sampler),
             edit_image=edit_image,
+            edit_picture=picture,
             edit_strength=edit_strength,
         )
 
     def edit_inputs(self) -> EditInputs | None:
-        """The image to edit, read again (an upload the user may have replaced), or None."""
-        return EditInputs(open_edit_image(self.edit_image), Path(self.edit_image), strength=self.edit_strength) if self.edit_image else None
+        """The image to edit (as `validated` decoded it), or None."""
+        if not self.edit_image:
+            return None
+        picture = self.edit_picture if self.edit_picture is not None else open_edit_image(self.edit_image)
+        return EditInputs(picture, Path(self.edit_image), strength=self.edit_strength)
 
     def call_kwargs(self, rows: int) -> dict[str, Any]:
         """Keyword arguments of the pipeline call for ``rows`` images of this prompt."""
@@ -323,7 +328,7 @@ class GenerateSettings:
             "scheduler": type(sampling_pipe(pipe, self.sampler).scheduler).__name__,
             **({"sampler": self.sampler} if self.sampler else {}),
             "steering": steering,
-            **({"edit": kept_edit_input(self.edit_image, folder).record(self.edit_strength)} if self.edit_image and folder else {}),
+            **({"edit": kept_edit_input(self.edit_inputs().image, folder).record(self.edit_strength)} if self.edit_image and folder else {}),
         }
 
 
@@ -406,7 +411,7 @@ def run_rows_scored(
         **extra,
         generator=make_generators(pipe, settings.seed, rows),
         output_type="pil",
-        callback_on_step_end=step_callback(progress, int(settings.steps * settings.edit_strength) if edit is not None else settings.steps),
+        callback_on_step_end=step_callback(progress, edit_steps(settings.edit_strength, settings.steps) if edit is not None else settings.steps),
     )
     scores = [float(v) for v in out.memorization_scores] if detector is not None else None
     return list(out.images), scores

@@ -39,10 +39,9 @@ def open_edit_image(path: str | os.PathLike) -> Image.Image:
     return open_upload(Path(path), "(the image to edit)")
 
 
-def kept_edit_input(path: str | os.PathLike, folder: str | os.PathLike) -> EditInputs:
-    """The image to edit as the app used it (`open_edit_image`, as PNG), kept in ``folder`` under its content's
-    name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
-    picture = open_edit_image(path)
+def kept_edit_input(picture: Image.Image, folder: str | os.PathLike) -> EditInputs:
+    """The image to edit as the app used it (``picture``, decoded by `open_edit_image`), kept in ``folder`` as PNG
+    under its content's name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
     digest = hashlib.sha256(f"{picture.mode} {picture.size}".encode() + picture.tobytes()).hexdigest()[:16]
     kept = Path(folder) / f"edit-input-{digest}.png"
     if not kept.exists():

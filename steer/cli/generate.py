@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import sys
 import warnings
 from pathlib import Path
@@ -140,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
     from steer.hub import is_hub_spec, resolve_direction
     from steer.images import edit_size
-    from steer.pipelines.factory import editing_pipeline
+    from steer.pipelines.factory import default_strength, editing_pipeline
     from steer.recipe import save_png
     from steer.replay import edit_call_inputs
     from steer.take_away import pair_scales
@@ -186,7 +185,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     pipe = pipe.with_sampler(args.sampler)
     if edit is not None:  # the model's image-to-image or inpainting pipeline, sharing the loaded modules
         text_pipe, pipe = pipe, editing_pipeline(pipe, edit.task)
-        strength = edit.strength if edit.strength is not None else inspect.signature(pipe.__call__).parameters["strength"].default
+        strength = edit.strength if edit.strength is not None else default_strength(pipe)
         check_edit_steps(strength, args.steps)  # the pipeline's default strength
     if args.fit:
         with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)

@@ -216,6 +216,8 @@ def read_edit_arguments(args):
 
 def check_edit_steps(strength: float | None, steps: int) -> None:
     """`CLIError` when an edit at ``strength`` runs no denoising step of ``steps`` (diffusers runs
-    ``int(steps * strength)``)."""
-    if strength is not None and int(steps * strength) < 1:
+    ``int(steps * strength)``: `steer.images.edit_steps`)."""
+    from steer.images import edit_steps
+
+    if strength is not None and edit_steps(strength, steps) < 1:
         raise CLIError(f"--strength {strength:g} of --steps {steps} runs no step: raise either")

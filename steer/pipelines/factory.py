@@ -92,6 +92,14 @@ def editing_pipeline(pipe: Any, task: str) -> Any:
     return _task_pipeline(pipe, task)
 
 
+def default_strength(pipe: Any) -> float:
+    """The ``strength`` an editing pipeline's call uses when given none (SD image-to-image 0.8, inpainting 1.0; SDXL
+    image-to-image 0.3)."""
+    import inspect
+
+    return float(inspect.signature(pipe.__call__).parameters["strength"].default)
+
+
 def text_pipeline(pipe: Any) -> Any:
     """The steered text-to-image pipeline of ``pipe``'s model (an image-to-image or inpainting one's), sharing its
     components; ``pipe`` itself when it is one. `UnsupportedPipelineError` in one line otherwise."""

@@ -402,14 +402,12 @@ class SteeringMixin:
         (the image-to-image pipeline's default strength when None); see `steer.edit_fit.fit_edit`. Works from a
         text-to-image, image-to-image or inpainting pipeline: the fit draws and edits images with the model's
         text-to-image and image-to-image pipelines, sharing these modules."""
-        import inspect
-
         from steer.edit_fit import fit_edit
-        from steer.pipelines.factory import editing_pipeline, text_pipeline
+        from steer.pipelines.factory import default_strength, editing_pipeline, text_pipeline
 
         edit = editing_pipeline(self, "img2img")
         if strength is None:
-            strength = float(inspect.signature(edit.__call__).parameters["strength"].default)
+            strength = default_strength(edit)
         return fit_edit(text_pipeline(self), edit, vector, strength=strength, **kwargs)
 
     def detect_memorization(self, prompt, **kwargs: Any):
