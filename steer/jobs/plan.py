@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
-import io
 import itertools
 import math
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +22,9 @@ from steer.config import SteeringConfig, disagreement_note, recommended_settings
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, local_kind, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
-from steer.jobs.files import manifest_lines, read_under, safe_parts
+from steer.jobs.outputs import assign_paths, image_key, mark_duplicates, sanitize_name
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
-from steer.recipe import read_recipe, recipe_hash
 from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
@@ -43,7 +39,6 @@ MAX_DIRECTIONS = 16
 MAX_LAYER_PATTERNS = 256
 MAX_PATH_CHARS = 4096
 _UNSTEERED = ("layers", "window", "branch", "normalize", "mode", "strict", "negative")  # the config entries of a recipe: None
-_SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=-]+")
 
 
 # ======================================================================================================================
@@ -421,31 +416,6 @@ def _scale_tag(scales: Sequence[float]) -> str:
     return "".join(f"_s{s:+.4g}" for s in scales)
 
 
-def sanitize_name(name: str) -> str:
-    """A safe relative output name: ``/``-separated parts of ``[A-Za-z0-9._+=-]``, no ``..``, no leading dots.
-
-    ``"../../etc/x"`` becomes ``"etc/x"``, ``"/abs/p"`` becomes ``"abs/p"``, odd characters become ``_``; an empty
-    result means "use the default name". A trailing ``.png`` is dropped (it is added back).
-    """
-    name = re.sub(r"\.png$", "", name.strip(), flags=re.IGNORECASE)
-    parts = []
-    for part in name.replace("\\", "/").split("/"):
-        part = _SAFE_CHARS.sub("_", part).lstrip(".").strip("_")
-        if part:
-            parts.append(part[:100])
-    return "/".join(parts[:8])
-
-
-def image_key(recipe: dict[str, Any]) -> str:
-    """The resume key of an image: the recipe hash without provenance-only fields (version, direction paths, a
-    take-away's path and the fit its scale and window came from: they are in the recipe themselves)."""
-    core = {k: v for k, v in recipe.items() if k != "steer_version"}
-    core["directions"] = [{k: v for k, v in d.items() if k != "path"} for d in recipe.get("directions") or []]
-    if isinstance(recipe.get("take_away"), dict):
-        core["take_away"] = {k: v for k, v in recipe["take_away"].items() if k not in ("path", "fit")}
-    return recipe_hash(core)
-
-
 # ======================================================================================================================
 # Planning: validation, resume state, output names, batches
 # ======================================================================================================================
@@ -469,97 +439,11 @@ def plan_jobs(
             plan.images += images
         except JobError as err:
             plan.failures.append({"line": err.line, "reason": err.reason})
-    _mark_duplicates(plan)
-    _assign_paths(plan, out)
+    mark_duplicates(plan)
+    assign_paths(plan, out)
     live = [im for im in plan.images if im.status != "duplicate"]
     plan.batches = form_batches(live, batch_size)
     return plan
-
-
-def _mark_duplicates(plan: Plan) -> None:
-    first: dict[str, ImageJob] = {}
-    for im in plan.images:
-        if im.key in first:
-            im.status = "duplicate"
-            im.path = None
-        else:
-            first[im.key] = im
-
-
-def read_manifest_entries(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """Entries of ``manifest.jsonl`` and any ``manifest.rank*.jsonl`` shards with a safe relative path; unreadable
-    (torn) lines, symlinked manifests and paths leaving the folder are ignored."""
-    entries = []
-    for e in manifest_lines(out):
-        try:
-            safe_parts(e["path"])
-        except ValueError:
-            continue
-        entries.append(e)
-    return entries
-def _assign_paths(plan: Plan, out: Path) -> None:
-    """Finished images keep their recorded paths; the others get their preferred name or a ``-N`` suffix."""
-    manifest = {e["key"]: e for e in read_manifest_entries(out)}
-    by_path = {e["path"]: e["key"] for e in manifest.values()}
-    claimed: dict[str, str] = {}
-    sha_cache: dict[str, str | None] = {}
-    for im in plan.images:
-        entry = manifest.get(im.key)
-        if im.status == "new" and entry is not None and sha_of(out, entry["path"], sha_cache) == entry.get("sha256"):
-            im.status, im.path, im.sha256 = "done", entry["path"], entry["sha256"]
-            claimed[im.path] = im.key
-    failed_lines: dict[int, str] = {}
-    for im in plan.images:
-        if im.status != "new" or im.line in failed_lines:
-            continue
-        try:
-            im.path, im.status = _free_path(out, im, claimed, by_path)
-            claimed[im.path] = im.key
-        except JobError as err:
-            failed_lines[im.line] = err.reason
-    if failed_lines:
-        plan.failures += [{"line": line, "reason": reason} for line, reason in failed_lines.items()]
-        plan.images = [im for im in plan.images if im.line not in failed_lines]
-
-
-def _free_path(out: Path, im: ImageJob, claimed: dict[str, str], by_path: dict[str, str]) -> tuple[str, str]:
-    """The first candidate name not taken by another image or an unrelated file; 'adopt' if it already holds ours."""
-    root = out.resolve()
-    for n in range(100):
-        rel = f"{im.stem}.png" if n == 0 else f"{im.stem}-{n}.png"
-        if claimed.get(rel, im.key) != im.key or by_path.get(rel, im.key) != im.key:
-            continue
-        target = out / rel
-        if not target.resolve().is_relative_to(root):
-            raise JobError(im.line, f"output name {rel!r} leads outside the output directory (a symlink?)")
-        parts = rel.split("/")
-        for i in range(1, len(parts)):
-            if out.joinpath(*parts[:i]).is_symlink():
-                raise JobError(im.line, f"output name {rel!r} goes through the symlink {'/'.join(parts[:i])!r}; not followed")
-        if target.exists() or target.is_symlink():
-            if target.is_file() and not target.is_symlink() and holds_recipe(read_under(out, rel), im.key):
-                return rel, "adopt"  # written by an earlier run that died before its manifest line
-            continue
-        return rel, "new"
-    raise JobError(im.line, f"output name {im.stem!r} collides with 100 existing files; give the job another name")
-
-
-def holds_recipe(data: bytes | None, key: str) -> bool:
-    """Whether ``data`` is a PNG carrying a recipe with this resume key."""
-    if data is None:
-        return False
-    try:
-        return image_key(read_recipe(io.BytesIO(data))) == key
-    except Exception:  # noqa: BLE001 - not a PNG, no recipe, unreadable: not ours
-        return False
-
-
-def sha_of(out: Path, rel: str, cache: dict[str, str | None]) -> str | None:
-    """sha256 of the regular file ``out/rel`` (never through a symlink); None if there is none."""
-    if rel not in cache:
-        data = read_under(out, rel)
-        cache[rel] = hashlib.sha256(data).hexdigest() if data is not None else None
-    return cache[rel]
 
 
 def form_batches(images: Sequence[ImageJob], batch_size: int) -> list[list[ImageJob]]:

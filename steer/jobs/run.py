@@ -37,6 +37,7 @@ from typing import Any
 from steer.jobs.checks import MAX_PROMPT_CHARS
 from steer.jobs.files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id
 from steer.jobs.formats import read_jobs
+from steer.jobs.outputs import holds_recipe, image_key, read_manifest_entries, sanitize_name, sha_of
 from steer.jobs.plan import (
     DEFAULTS,
     MAX_GUIDANCE,
@@ -51,12 +52,7 @@ from steer.jobs.plan import (
     Plan,
     error_reason,
     form_batches,
-    holds_recipe,
-    image_key,
     plan_jobs,
-    read_manifest_entries,
-    sanitize_name,
-    sha_of,
 )
 from steer.jobs.read import (
     ECHO_CHARS,
