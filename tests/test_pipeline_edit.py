@@ -148,3 +148,21 @@ def test_steering_pipeline_maps_the_editing_pipelines_and_from_pipe_shares_the_m
     assert again.unet is plain.unet and again.vae is plain.vae
     kw = dict(image=_image(), mask_image=_left_half_mask(), num_inference_steps=2, output_type="np")
     np.testing.assert_array_equal(again(PROMPT, generator=gen(0), **kw).images, plain(PROMPT, generator=gen(0), **kw).images)
+
+
+def test_an_editing_pipeline_of_a_compiled_pipeline_steers_through_its_compiled_sites(gen):
+    """`compile_unet` then `editing_pipeline` (``steer generate --compile --image``, a batch of edits): the editing
+    pipeline shares the compiled denoiser and its persistent steering sites, so a steered edit runs (a compiled
+    denoiser without sites refuses hooks) and equals the uncompiled edit."""
+    from steer.pipelines.factory import editing_pipeline
+
+    eager = _pipe(steer.SteeringStableDiffusionPipeline, "sd")
+    compiled = _pipe(steer.SteeringStableDiffusionPipeline, "sd")
+    compiled.compile_unet(backend="eager")
+    v = random_vector(eager, [CONTEXT_SITE], scale=4.0)
+    kw = dict(image=_image(), num_inference_steps=4, strength=0.75, output_type="np", steering=v, steering_window=(0, 1))
+    edits = [editing_pipeline(p, "img2img") for p in (eager, compiled)]
+    assert edits[1].unet is compiled.unet
+    rows = [e(PROMPT, generator=gen(0), **kw).images for e in edits]
+    np.testing.assert_allclose(rows[1], rows[0], atol=1e-6)
+    assert np.abs(rows[0] - edits[0](PROMPT, generator=gen(0), **{**kw, "steering_scale": 0.0}).images).mean() > 1e-3
