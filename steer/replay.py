@@ -178,7 +178,7 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
     }
     if not isinstance(base["negative_prompt"], str | None):
         raise ValueError(f"the recipe's 'negative_prompt' is {short(base['negative_prompt'])}, not text")
-    edit = _edit(recipe.get("edit")) if writer in ("generate", "app") else None
+    edit = _edit(recipe.get("edit"))
     if writer == "app":
         if steering is None:
             return Replay(writer, **base, call_scales=[None, None], row=1, edit=edit)

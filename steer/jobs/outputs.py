@@ -42,11 +42,14 @@ def sanitize_name(name: str) -> str:
 
 def image_key(recipe: dict[str, Any]) -> str:
     """The resume key of an image: the recipe hash without provenance-only fields (version, direction paths, a
-    take-away's path and the fit its scale and window came from: they are in the recipe themselves)."""
+    take-away's path and the fit its scale and window came from: they are in the recipe themselves; an edit's file
+    paths: its files count by their sha256)."""
     core = {k: v for k, v in recipe.items() if k != "steer_version"}
     core["directions"] = [{k: v for k, v in d.items() if k != "path"} for d in recipe.get("directions") or []]
     if isinstance(recipe.get("take_away"), dict):
         core["take_away"] = {k: v for k, v in recipe["take_away"].items() if k not in ("path", "fit")}
+    if isinstance(recipe.get("edit"), dict):  # an edited image's files by their bytes: moved inputs are the same image
+        core["edit"] = {k: ({"sha256": v.get("sha256")} if isinstance(v, dict) else v) for k, v in recipe["edit"].items()}
     return recipe_hash(core)
 
 

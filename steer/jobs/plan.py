@@ -22,6 +22,7 @@ from steer.config import SteeringConfig, disagreement_note, recommended_settings
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, local_kind, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
+from steer.jobs.edits import EditChecker, JobEdit
 from steer.jobs.outputs import assign_paths, image_key, mark_duplicates, sanitize_name
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
@@ -57,6 +58,8 @@ class CallSetup:
     digests: tuple[str, ...] = ()
     config: SteeringConfig | None = None  # how the vectors are applied; None for an unsteered call
     sampler: str | None = None  # a `steer.samplers` name the call samples with; None: the pipeline's scheduler
+    task: str | None = None  # "img2img" or "inpaint" for an edit of given images (`steer.jobs.edits`); None: from noise
+    strength: float | None = None  # an edit's strength
 
     def key(self) -> tuple:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "vectors")
@@ -79,6 +82,7 @@ class ImageJob:
     path: str | None = None  # relative to the output directory, '/'-separated
     status: str = "new"  # new | done | adopt | duplicate
     sha256: str | None = None
+    edit: JobEdit | None = None  # the image (and mask) it edits
 
 
 @dataclass
@@ -113,6 +117,7 @@ class _Validator:
         self.default_sampler = sampler  # for jobs that name none (steer batch --sampler)
         self._samplers: dict[str, str | Exception] = {}  # as given -> its canonical name, or why it does not fit
         self._scheduler_classes: dict[str, str] = {}  # canonical sampler name -> its scheduler class (recipes)
+        self.edits = EditChecker(pipe, base_dir)
 
     # ----- fields ---------------------------------------------------------------------------------------------------
     def images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
@@ -136,8 +141,8 @@ class _Validator:
         seeds = self._seeds(line, job)
         steps = check_int(line, "num_inference_steps", job["num_inference_steps"], 1, MAX_STEPS)
         guidance = check_float(line, "guidance_scale", job["guidance_scale"], 0.0, MAX_GUIDANCE)
-        height = self._size(line, "height", job.get("height"))
-        width = self._size(line, "width", job.get("width"))
+        edit = self.edits.check(line, job, steps)
+        height, width = self._sizes(line, job, edit)
         directions = job.get("directions") or []
         if not isinstance(directions, list):
             raise JobError(line, f"directions must be a list of {{'path': ..., 'scale' | 'sweep': ...}}, got {show(directions)}")
@@ -146,7 +151,8 @@ class _Validator:
         loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
         away, job = self._take_away(line, job, loaded)
         sampler = self._sampler(line, job.get("sampler", self.default_sampler))
-        base = CallSetup(self.model, steps, guidance, height, width, sampler=sampler)
+        base = CallSetup(self.model, steps, guidance, height, width, sampler=sampler,
+                         task=edit.task if edit else None, strength=edit.strength if edit else None)
         setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)
         name = job.get("name")
         if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_CHARS):
@@ -165,9 +171,11 @@ class _Validator:
         images = []
         for index, (seed, scales) in enumerate(itertools.product(seeds, combos)):
             recipe = self._recipe(prompt, negative, seed, setup, loaded, scales, resolved_layers, away)
+            if edit is not None:
+                recipe["edit"] = edit.record()
             file_stem = stem if single else f"{stem}_seed{seed}{_scale_tag(scales)}"
             rows = row_scales(scales[0]) if away else tuple(scales)  # with a take-away: [s, -min(s, 1)]
-            images.append(ImageJob(line, index, prompt, negative, seed, rows, setup, recipe, image_key(recipe), file_stem))
+            images.append(ImageJob(line, index, prompt, negative, seed, rows, setup, recipe, image_key(recipe), file_stem, edit=edit))
         return images
 
     def _checked_setup(self, line: int, job: dict[str, Any], base: CallSetup, loaded: list, away: JobTakeAway | None):
@@ -236,6 +244,19 @@ class _Validator:
         if isinstance(result, Exception):
             raise JobError(line, f"sampler: {result}")
         return result
+
+    def _sizes(self, line: int, job: dict[str, Any], edit: JobEdit | None) -> tuple[int, int]:
+        """``(height, width)``: as given, else the model's size; an edit's from its image as `steer generate --image`
+        sizes it (`steer.images.edit_size`: the image's own, or one side given and the other by its aspect ratio)."""
+        if edit is None:
+            return self._size(line, "height", job.get("height")), self._size(line, "width", job.get("width"))
+        from steer.images import edit_size
+
+        given = {k: self._size(line, k, job[k]) for k in ("height", "width") if job.get(k) is not None}
+        try:
+            return edit_size(edit.size, **given)
+        except ValueError as err:
+            raise JobError(line, str(err).replace("--height / --width", "height / width")) from None
 
     def _size(self, line: int, what: str, value: Any) -> int:
         if value is None:

@@ -50,6 +50,9 @@ JOB_FIELDS = (
     "take_away",
     "take_away_fit",
     "sampler",
+    "image",
+    "mask",
+    "strength",
     "name",
     "model",
 )
@@ -182,7 +185,7 @@ def _read_jsonl(data: bytes) -> list[RawJob]:
 
 # ----- CSV ------------------------------------------------------------------------------------------------------------
 _CSV_INT = {"seed", "num_inference_steps", "height", "width"}
-_CSV_FLOAT = {"guidance_scale"}
+_CSV_FLOAT = {"guidance_scale", "strength"}
 _CSV_BOOL = {"steering_normalize", "steering_strict", "take_away_fit"}
 _CSV_LISTS = {"seeds": int, "steering_layers": str, "steering_window": float, "steering_removal_window": float, "steering_readers": str}
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.jobs.checks import MAX_PROMPT_CHARS
+from steer.jobs.edits import editing_pipeline_of
 from steer.jobs.files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id
 from steer.jobs.formats import read_jobs
 from steer.jobs.outputs import holds_recipe, image_key, read_manifest_entries, sanitize_name, sha_of
@@ -131,7 +132,9 @@ def _coerce_jobs(jobs: str | os.PathLike | Iterable[Any]) -> tuple[list[RawJob],
 # Generation
 # ======================================================================================================================
 def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pil") -> Any:
-    """Run ``images`` (one shared `CallSetup`) as rows of one pipeline call: per-row prompt, generator and scales."""
+    """Run ``images`` (one shared `CallSetup`) as rows of one pipeline call: per-row prompt, generator and scales;
+    edits (``setup.task``) on the model's editing pipeline (`steer.jobs.edits.editing_pipeline_of`), with each row's
+    image (and mask)."""
     import torch
 
     from steer.samplers import with_sampler
@@ -144,11 +147,14 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
     kwargs: dict[str, Any] = {
         "num_inference_steps": setup.num_inference_steps,
         "guidance_scale": setup.guidance_scale,
-        "height": setup.height,
-        "width": setup.width,
         "generator": [torch.Generator(gen_device).manual_seed(im.seed) for im in images],
         "output_type": output_type,
     }
+    if setup.task is None:
+        kwargs.update(height=setup.height, width=setup.width)
+    else:
+        pipe = editing_pipeline_of(pipe, setup.task)
+        kwargs.update(_edit_rows(pipe, images))
     negatives = [im.negative_prompt or "" for im in images]
     if any(negatives):
         kwargs["negative_prompt"] = negatives
@@ -160,6 +166,21 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
         )
     return with_sampler(pipe, setup.sampler)([im.prompt for im in images], **kwargs).images
 
+
+
+def _edit_rows(pipe: Any, images: Sequence[ImageJob]) -> dict[str, Any]:
+    """An editing call's inputs: each row's image (and mask) at the setup's size, read and checked now
+    (`steer.jobs.edits.JobEdit.inputs`), the strength, and the size where the pipeline takes one (inpainting)."""
+    import inspect
+
+    setup = images[0].setup
+    rows = [im.edit.inputs(setup.height, setup.width) for im in images]
+    call: dict[str, Any] = {"image": [r["image"] for r in rows], "strength": setup.strength}
+    if setup.task == "inpaint":
+        call["mask_image"] = [r["mask_image"] for r in rows]
+    if "height" in inspect.signature(pipe.__call__).parameters:
+        call.update(height=setup.height, width=setup.width)
+    return call
 
 
 def png_bytes(image: Any, recipe: dict[str, Any]) -> bytes:
