@@ -105,10 +105,18 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             )
             negative = gr.Textbox(label="Negative prompt", value="", max_length=L.max_prompt_chars)
             with gr.Accordion("Edit an image (optional)", open=False):
-                edit_image = gr.Image(
-                    label="Image to edit (the prompt leaves open what the direction changes: 'a t-shirt' -> blue)",
-                    type="filepath", sources=["upload", "clipboard"], height=160, elem_id="edit-image",
+                gr.Markdown(
+                    "The prompt leaves open what the direction changes ('a t-shirt' -> blue). With a mask (white is "
+                    "repainted, black kept) the model's inpainting pipeline edits inside it only."
                 )
+                with gr.Row():
+                    edit_image = gr.Image(
+                        label="Image to edit", type="filepath", sources=["upload", "clipboard"], height=160, elem_id="edit-image",
+                    )
+                    edit_mask = gr.Image(
+                        label="Mask (optional)", type="filepath", image_mode="L", sources=["upload", "clipboard"], height=160,
+                        elem_id="edit-mask",
+                    )
                 edit_strength = gr.Slider(
                     0.05, 1.0, value=0.8, step=0.05, elem_id="edit-strength",
                     label="Edit strength (how much of the run re-draws the image; the window counts the steps it runs)",
@@ -217,6 +225,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         "sampler": sampler,
         "edit_image": edit_image,
         "edit_strength": edit_strength,
+        "edit_mask": edit_mask,
     }
     with_take_away = {**inputs, "take_away": take_away}
     go.click(

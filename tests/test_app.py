@@ -353,6 +353,48 @@ def test_api_generate_edits_an_uploaded_image_as_the_python_api_and_its_recipe_r
         H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.txt")).validated(pipe)
 
 
+def test_api_generate_inpaints_inside_an_uploaded_mask_as_the_python_api_and_its_recipe_replays(client, pipe, direction_file, tmp_path):
+    """'Edit an image' with a mask: the pair is the inpainting pipeline's [0, s] call (white repainted); the recipe
+    keeps image and mask and replays; a mask without an image, or of another size, is one readable line."""
+    from gradio_client import handle_file
+
+    from steer.images import EditInputs
+    from steer.pipelines.factory import editing_pipeline
+    from steer.replay import find_edit_inputs, read_replay, replay_call
+
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    mask = np.zeros((32, 48), dtype=np.uint8)
+    mask[:, :24] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    original, steered, png, status = client.predict(
+        **generate_args("constructed", edit_image=handle_file(str(tmp_path / "photo.png")),
+                        edit_mask=handle_file(str(tmp_path / "mask.png")), edit_strength=0.75, size=48),
+        api_name="/generate")
+    assert "Steered with" in status
+    inpaint = editing_pipeline(pipe, "inpaint")
+    inputs = EditInputs.read(tmp_path / "photo.png", tmp_path / "mask.png", 0.75).prepared(32, 48)
+    want = inpaint(["a photo of a dog"] * 2, image=[inputs["image"]] * 2, mask_image=[inputs["mask_image"]] * 2, strength=0.75,
+                   height=32, width=48, num_inference_steps=STEPS, guidance_scale=5.0,
+                   generator=[torch.Generator().manual_seed(7) for _ in range(2)], steering=SteeringVector.load(direction_file),
+                   steering_scale=[0.0, SCALE], steering_window=(0.0, 1.0)).images
+    got = [pixels(Image.open(p).resize((48, 32), Image.NEAREST)) for p in (original, steered)]
+    assert all(np.abs(g - pixels(w)).max() <= 1 for g, w in zip(got, want, strict=True))
+    plain = editing_pipeline(pipe, "img2img")(["a photo of a dog"], image=[inputs["image"]], strength=0.75, num_inference_steps=STEPS,
+                                             guidance_scale=5.0, generator=[torch.Generator().manual_seed(7)]).images[0]
+    assert np.abs(got[0] - pixels(plain)).mean() > 1.0  # the mask was used: not the image-to-image edit
+    recipe = read_recipe(png)
+    assert recipe["edit"]["strength"] == 0.75 and Path(recipe["edit"]["mask"]["path"]).name.startswith("edit-mask-")
+    replay = read_replay(recipe)
+    again = replay_call(inpaint, replay, [SteeringVector.load(direction_file)], find_edit_inputs(replay.edit))
+    assert np.array_equal(pixels(again), pixels(png))
+    with pytest.raises(H.UserError, match="the mask goes with an image to edit"):
+        H.GenerateSettings(prompt="a dog", edit_mask=str(tmp_path / "mask.png")).validated(pipe)
+    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    with pytest.raises(H.UserError, match="the mask is 8x8 and the image to edit 48x32"):
+        H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "small.png")).validated(pipe)
+
+
 def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(client, pipe, direction_file, tmp_path):
     # a direction without a recorded reference level: a readable one-line status, no traceback
     *_, status = client.predict(**generate_args("constructed", scale=-SCALE, negative="remove"), api_name="/generate")

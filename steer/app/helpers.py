@@ -81,7 +81,7 @@ from steer.app.take_away import (  # noqa: F401 - re-exported
     take_away_amount,
     take_away_scales,
 )
-from steer.app.uploads import kept_edit_input, load_images, open_edit_image, open_upload  # noqa: F401 - re-exported
+from steer.app.uploads import kept_edit_input, load_images, open_edit_image, open_edit_mask, open_upload  # noqa: F401 - re-exported
 from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record, window_record
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
@@ -184,6 +184,8 @@ class GenerateSettings:
     sampler: str = ""  # a `steer.samplers` name; "": the model's own scheduler
     edit_image: str | None = None  # a file to edit with the model's image-to-image pipeline (None: from noise)
     edit_picture: Image.Image | None = field(default=None, compare=False, repr=False)  # it, decoded by `validated`
+    edit_mask: str | None = None  # a greyscale file of its size: inpaint where it is white (None: the whole image)
+    edit_mask_picture: Image.Image | None = field(default=None, compare=False, repr=False)  # it, decoded by `validated`
     edit_strength: float = 0.8  # how much of the run re-draws it
 
     @classmethod
@@ -223,9 +225,12 @@ class GenerateSettings:
         size = native_size(pipe)
         check_window_values(*self.config.window)
         height, width = check_size(self.height or size, "the height"), check_size(self.width or size, "the width")
-        edit_image, edit_strength, picture = None, float(self.edit_strength), None
+        edit_image, edit_strength, picture, mask = None, float(self.edit_strength), None, None
+        if self.edit_mask and not self.edit_image:
+            raise UserError("the mask goes with an image to edit: upload the image too")
         if self.edit_image:  # the edit runs at the image's aspect ratio, its longer side the size picked
             picture = open_edit_image(self.edit_image)
+            mask = open_edit_mask(self.edit_mask, picture) if self.edit_mask else None
             long_side = max(height, width)
             height, width = edit_size(picture.size, *((long_side, None) if picture.height >= picture.width else (None, long_side)))
             edit_image = str(self.edit_image)
@@ -247,15 +252,25 @@ class GenerateSettings:
             sampler=check_sampler_choice(pipe, self.sampler),
             edit_image=edit_image,
             edit_picture=picture,
+            edit_mask=str(self.edit_mask) if mask is not None else None,
+            edit_mask_picture=mask,
             edit_strength=edit_strength,
         )
 
     def edit_inputs(self) -> EditInputs | None:
-        """The image to edit (as `validated` decoded it), or None."""
+        """The image to edit and its mask (as `validated` decoded them), or None."""
         if not self.edit_image:
             return None
         picture = self.edit_picture if self.edit_picture is not None else open_edit_image(self.edit_image)
-        return EditInputs(picture, Path(self.edit_image), strength=self.edit_strength)
+        mask = None
+        if self.edit_mask:
+            mask = self.edit_mask_picture if self.edit_mask_picture is not None else open_edit_mask(self.edit_mask, picture)
+        return EditInputs(picture, Path(self.edit_image), mask, Path(self.edit_mask) if mask is not None else None, self.edit_strength)
+
+    def kept_edit(self, folder: str | os.PathLike) -> EditInputs:
+        """The edit's inputs kept in ``folder`` (`kept_edit_input`) for the recipe."""
+        edit = self.edit_inputs()
+        return kept_edit_input(edit.image, folder, edit.mask)
 
     def call_kwargs(self, rows: int) -> dict[str, Any]:
         """Keyword arguments of the pipeline call for ``rows`` images of this prompt."""
@@ -328,7 +343,7 @@ class GenerateSettings:
             "scheduler": type(sampling_pipe(pipe, self.sampler).scheduler).__name__,
             **({"sampler": self.sampler} if self.sampler else {}),
             "steering": steering,
-            **({"edit": kept_edit_input(self.edit_inputs().image, folder).record(self.edit_strength)} if self.edit_image and folder else {}),
+            **({"edit": self.kept_edit(folder).record(self.edit_strength)} if self.edit_image and folder else {}),
         }
 
 
@@ -403,7 +418,7 @@ def run_rows_scored(
     extra = {"memorization_detector": detector} if detector is not None else {}
     sampler = sampling_pipe(pipe, settings.sampler)
     if edit is not None:
-        sampler = editing_pipeline(sampler, "img2img")
+        sampler = editing_pipeline(sampler, edit.task)
         extra = edit_call_inputs(sampler, edit, settings.height, settings.width, rows)
     out = sampler(
         **kwargs,

@@ -1,5 +1,5 @@
-"""Uploaded images in the app: read within its limits (`steer.images.open_image`), and an edit's input kept beside the
-outputs so a recipe can find it after the upload is gone."""
+"""Uploaded images in the app: read within its limits (`steer.images.open_image`), and an edit's input (and mask) kept
+beside the outputs so a recipe can find them after the upload is gone."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ def load_images(files: Sequence[Any] | None, what: str) -> list[Image.Image]:
     return [open_upload(Path(getattr(item, "name", None) or item), f"({what})") for item in files]
 
 
-def open_upload(path: Path, what: str) -> Image.Image:
-    """An uploaded image as RGB within the app's limits (`steer.images.open_image`), or `UserError` naming it."""
+def open_upload(path: Path, what: str, mode: str = "RGB") -> Image.Image:
+    """An uploaded image in ``mode`` within the app's limits (`steer.images.open_image`), or `UserError` naming it."""
     try:
-        return open_image(path, label=f"{shown(path.name)} {what}", max_bytes=LIMITS.max_upload_bytes,
+        return open_image(path, label=f"{shown(path.name)} {what}", mode=mode, max_bytes=LIMITS.max_upload_bytes,
                           max_pixels=LIMITS.max_image_pixels, max_side=LIMITS.max_image_side)
     except ValueError as err:
         raise UserError(str(err)) from None
@@ -39,11 +39,25 @@ def open_edit_image(path: str | os.PathLike) -> Image.Image:
     return open_upload(Path(path), "(the image to edit)")
 
 
-def kept_edit_input(picture: Image.Image, folder: str | os.PathLike) -> EditInputs:
-    """The image to edit as the app used it (``picture``, decoded by `open_edit_image`), kept in ``folder`` as PNG
-    under its content's name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
-    digest = hashlib.sha256(f"{picture.mode} {picture.size}".encode() + picture.tobytes()).hexdigest()[:16]
-    kept = Path(folder) / f"edit-input-{digest}.png"
-    if not kept.exists():
-        save_png(picture, kept, {})
-    return EditInputs(picture, kept)
+def open_edit_mask(path: str | os.PathLike, picture: Image.Image) -> Image.Image:
+    """The Generate tab's inpainting mask (greyscale, white repainted) for ``picture`` (`open_edit_image`'s), or
+    `UserError` when it is unreadable or of another size."""
+    mask = open_upload(Path(path), "(the mask)", mode="L")
+    if mask.size != picture.size:
+        raise UserError(f"the mask is {mask.width}x{mask.height} and the image to edit {picture.width}x{picture.height}: "
+                        "they must be the same size")
+    return mask
+
+
+def kept_edit_input(picture: Image.Image, folder: str | os.PathLike, mask: Image.Image | None = None) -> EditInputs:
+    """The image to edit as the app used it (``picture``, decoded by `open_edit_image`, and its ``mask``), kept in
+    ``folder`` as PNG under its content's name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
+
+    def keep(image: Image.Image, kind: str) -> Path:
+        digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:16]
+        kept = Path(folder) / f"edit-{kind}-{digest}.png"
+        if not kept.exists():
+            save_png(image, kept, {})
+        return kept
+
+    return EditInputs(picture, keep(picture, "input"), mask, keep(mask, "mask") if mask is not None else None)
