@@ -177,3 +177,29 @@ def test_a_csv_jobs_file_takes_image_mask_and_strength_columns(tiny_pipe, files,
     summary = batch.run(work / "jobs.csv", tiny_pipe, tmp_path / "out", model="tiny", progress=False)
     assert summary["written"] == 1, summary["failures"]
     assert read_recipe(tmp_path / "out" / "x.png")["edit"]["strength"] == 0.5
+
+
+def test_edit_jobs_run_on_sdxl_and_fail_in_one_line_where_the_family_has_no_steered_edit(files, tmp_path):
+    """SDXL's image-to-image pipeline takes the edits at its own default strength (0.3); PixArt has none in
+    diffusers: each of its edit jobs fails in one line while planning."""
+    from steer.testing.pixart import tiny_pixart_pipeline
+    from steer.testing.sdxl import tiny_sdxl_pipeline
+
+    for name, make in (("sdxl", tiny_sdxl_pipeline), ("pixart", tiny_pixart_pipeline)):
+        pipe = make(0)
+        pipe.set_progress_bar_config(disable=True)
+        work = tmp_path / name
+        work.mkdir()
+        shutil.copy(files / "a.png", work / "a.png")
+        random_vector(pipe, [CONTEXT_SITE], scale=2.0).save(work / "dir.safetensors")
+        jobs = [{"prompt": "a bag", "image": "a.png", "num_inference_steps": STEPS, "directions": ["dir.safetensors"], "name": "edit"},
+                {"prompt": "a bag", "image": "a.png", "num_inference_steps": STEPS, "name": "plain"}]
+        summary = batch.run(write_jobs(work, jobs), pipe, work / "out", model=name, progress=False)
+        if name == "sdxl":
+            assert (summary["written"], summary["failed"]) == (2, 0), summary["failures"]
+            recipe = read_recipe(work / "out" / "edit.png")
+            assert recipe["edit"]["strength"] == 0.3 and (recipe["height"], recipe["width"]) == (48, 40)
+            assert Image.open(work / "out" / "edit.png").size == (40, 48)
+        else:
+            assert summary["written"] == 0 and summary["failures"] == [
+                {"line": n, "reason": "diffusers has no img2img pipeline for a PixArtSigmaPipeline"} for n in (1, 2)]
