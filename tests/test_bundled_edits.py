@@ -210,3 +210,31 @@ def test_the_readmes_batch_jobs_run_and_the_fitted_take_away_turns_red_dresses_i
     images = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255 for p in paths])
     cls, col = predict(clf, images)
     assert (cls == K.index("bag")).mean() >= 0.66 and np.isin(col, [C.index("red"), C.index("orange")]).mean() >= 0.66
+
+
+def test_the_example_edit_jobs_recolour_and_reshape_the_example_sneaker(demo, tmp_path):
+    """`steer batch examples/edit_jobs.jsonl` (the README's edit example) on the demo model: its red sneaker edited
+    toward blue (open prompt), into a bag (the sneaker taken away, colour kept) and toward green, each strip moving
+    from the image's own attribute at 0 to the target at 1."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from steer.jobs.run import run
+
+    pipe, clf = demo
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    summary = run(examples / "edit_jobs.jsonl", pipe, tmp_path, model="demo", progress=False)
+    assert (summary["written"], summary["failed"]) == (14, 0), summary["failures"]
+
+    def judged(names):
+        images = np.stack([np.asarray(Image.open(tmp_path / f"{n}.png").convert("RGB"), dtype=np.float32) / 255 for n in names])
+        return predict(clf, images.transpose(0, 3, 1, 2))
+
+    for seed in (0, 1):
+        _, colours = judged([f"sneaker-blue_seed{seed}_s+{s}" for s in ("0", "0.5", "1")])
+        assert colours[0] != C.index("blue") and colours[2] == C.index("blue"), [C[c] for c in colours]
+        classes, colours = judged([f"sneaker-bag_seed{seed}_s+{s}" for s in ("0", "1")])
+        assert [K[c] for c in classes] == ["sneaker", "bag"] and all(C[c] == "red" for c in colours), ([K[c] for c in classes], [C[c] for c in colours])
+        classes, colours = judged([f"sneaker-green_seed{seed}_s+1.5"])
+        assert (K[classes[0]], C[colours[0]]) == ("sneaker", "green")
