@@ -81,16 +81,54 @@ def unet_fingerprint(unet: torch.nn.Module, layers: Iterable[str] | None = None)
 
 
 def weights_hash(unet: torch.nn.Module) -> str:
-    """A cheap hash of the first and last parameters, enough to tell two checkpoints of one architecture apart."""
+    """A cheap hash of the first and last parameters, enough to tell two checkpoints of one architecture apart; with
+    LoRA adapters loaded (PEFT, `pipe.load_lora_weights`), also of which are active, their scales, whether they are
+    fused, and a few of their weights (`adapter_state`), so a LoRA'd denoiser never passes for its base model. A LoRA
+    fused and then unloaded leaves only changed middle weights, which this hash does not read."""
     params = [p for p in unet.parameters()]
     if not params:
         return "none"
     h = hashlib.sha256()
     for p in (params[0], params[-1]):
-        values = p.detach().flatten()[:4096].to(device="cpu", dtype=torch.float16).float()
-        # fp16 rounding makes the hash agree between fp32 and fp16 copies of the same weights
-        h.update(values.numpy().tobytes())
+        h.update(_sample(p))
+    adapters = adapter_state(unet)
+    if adapters:  # a plain denoiser's hash is unchanged (the directions and detectors already written record it)
+        h.update(json.dumps(adapters, sort_keys=True).encode())
+        for module in _tuner_layers(unet):
+            for kind in ("lora_A", "lora_B"):
+                for name in sorted(module.active_adapters):
+                    if name in getattr(module, kind, {}):
+                        h.update(_sample(getattr(module, kind)[name].weight, 64))
     return h.hexdigest()[:16]
+
+
+def _sample(p: torch.Tensor, count: int = 4096) -> bytes:
+    # fp16 rounding makes the hash agree between fp32 and fp16 copies of the same weights
+    return p.detach().flatten()[:count].to(device="cpu", dtype=torch.float16).float().numpy().tobytes()
+
+
+def _tuner_layers(unet: torch.nn.Module) -> list[torch.nn.Module]:
+    """The PEFT LoRA layers in ``unet`` (duck-typed: steer does not need peft installed)."""
+    return [m for m in unet.modules() if hasattr(m, "lora_A") and hasattr(m, "active_adapters") and hasattr(m, "scaling")]
+
+
+def adapter_state(unet: torch.nn.Module) -> dict[str, Any]:
+    """The LoRA adapters of ``unet`` as they act now: ``{adapter: {"scales": sorted distinct scales, "layers":
+    count}}`` of the active ones, ``"merged"`` (fused) and ``"disabled"``; ``{}`` without adapters."""
+    state: dict[str, Any] = {}
+    merged: set[str] = set()
+    disabled = False
+    for module in _tuner_layers(unet):
+        disabled = disabled or bool(getattr(module, "disable_adapters", False))
+        merged.update(getattr(module, "merged_adapters", []) or [])
+        for name in module.active_adapters:
+            entry = state.setdefault(name, {"scales": set(), "layers": 0})
+            entry["scales"].add(round(float(module.scaling.get(name, 0.0)), 6))
+            entry["layers"] += 1
+    if not state and not merged:
+        return {}
+    out: dict[str, Any] = {name: {"scales": sorted(e["scales"]), "layers": e["layers"]} for name, e in sorted(state.items())}
+    return {"adapters": out, "merged": sorted(merged), "disabled": disabled}
 
 
 @dataclass
@@ -276,10 +314,12 @@ class SteeringVector:
                 f"vs {current['config_hash']}): {detail}"
             )
         if strict and learned.get("weights_hash") not in (None, current["weights_hash"]):
+            adapters = adapter_state(unet).get("adapters")
+            lora = f"; this denoiser carries LoRA adapters {sorted(adapters)}" if adapters else ""
             raise ModelMismatchError(
                 f"direction {self.name!r} was learned on other weights of this architecture (weights hash "
                 f"{learned.get('weights_hash')} vs {current['weights_hash']}, base model "
-                f"{learned.get('name_or_path', 'unknown')!r}); pass steering_strict=False to apply it to a fine-tune"
+                f"{learned.get('name_or_path', 'unknown')!r}){lora}; pass steering_strict=False to apply it to a fine-tune"
             )
 
     # ----- files -------------------------------------------------------------------------------------------------
