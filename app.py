@@ -411,6 +411,7 @@ def _default_learn(app: SteerApp) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from steer.assets import default_model
+    from steer.cli.arguments import add_lora_argument
 
     parser = argparse.ArgumentParser(description="Serve the steer demo (Gradio).")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; 0.0.0.0 for all)")
@@ -422,6 +423,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--detector", default=None, help="a calibrated memorization detector file (.safetensors)")
+    add_lora_argument(parser)
     parser.add_argument(
         "--max-upload-mb",
         type=float,
@@ -468,9 +470,10 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    demo = build_app(
-        args.model, device=args.device, detector=args.detector, max_upload_bytes=int(args.max_upload_mb * 2**20)
-    )
+    from steer.cli.loading import load_pipeline
+
+    pipe = load_pipeline(args.model, device=args.device, loras=args.lora)  # a LoRA file: recorded in every recipe
+    demo = build_app(pipe, device=args.device, detector=args.detector, max_upload_bytes=int(args.max_upload_mb * 2**20))
     launch(demo, server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 
 

@@ -55,6 +55,7 @@ class Replay:
     call_scales: list[list[float] | None] | None = None
     row: int = 0
     edit: RecordedEdit | None = None  # an image edit (`steer generate --image`): its input files and strength
+    loras: list[dict[str, Any]] = field(default_factory=list)  # LoRA files loaded first (`steer.lora`): path, sha256, scale
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,15 @@ def find_edit_inputs(edit: RecordedEdit, folders: Sequence[str | os.PathLike] = 
     return EditInputs.read(image, mask, edit.strength)
 
 
+def _loras(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > 8 or not all(
+            isinstance(e, dict) and isinstance(e.get("sha256"), str) and isinstance(e.get("path"), str) for e in value):
+        raise ValueError(f"the recipe's 'loras' is {short(value)}, not a list of LoRA files' paths and sha256")
+    return [{"path": e["path"], "sha256": e["sha256"], "scale": _number(e.get("scale"), "loras.scale", -10, 10)} for e in value]
+
+
 def read_replay(recipe: dict[str, Any]) -> Replay:
     """The `Replay` of a recipe written by `steer generate`, `steer batch` or the app; one-line `ValueError` for
     one that cannot be made again (a sweep grid, a hand-edited or foreign recipe)."""
@@ -175,6 +185,7 @@ def read_replay(recipe: dict[str, Any]) -> Replay:
         "width": int(_number(recipe["width"], "width", 8, MAX_SIZE)) if recipe.get("width") is not None else None,
         "sampler": recipe.get("sampler") if isinstance(recipe.get("sampler"), str) else None,
         "unet_weights": recipe.get("unet_weights") if isinstance(recipe.get("unet_weights"), str) else None,
+        "loras": _loras(recipe.get("loras")),
     }
     if not isinstance(base["negative_prompt"], str | None):
         raise ValueError(f"the recipe's 'negative_prompt' is {short(base['negative_prompt'])}, not text")

@@ -86,6 +86,7 @@ from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_reco
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import default_layers, denoiser_of, native_size
 from steer.images import EditInputs, edit_size, edit_steps
+from steer.lora import loaded_loras
 from steer.pipelines.factory import editing_pipeline
 from steer.replay import edit_call_inputs
 from steer.vectors import SteeringVector
@@ -325,6 +326,7 @@ class GenerateSettings:
                 "normalize": config.normalize,
                 "mode": config.mode,
                 "negative": config.negative,
+                **({"strict": False} if not config.strict else {}),
                 **({"removal_window": window_record(config.removal_window)} if config.removal_window is not None else {}),
                 **({"readers": list(config.readers)} if config.readers is not None else {}),
                 **routes_record([vector] + ([away] if away is not None else []), config.readers),
@@ -344,6 +346,7 @@ class GenerateSettings:
             **({"sampler": self.sampler} if self.sampler else {}),
             "steering": steering,
             **({"edit": self.kept_edit(folder).record(self.edit_strength)} if self.edit_image and folder else {}),
+            **({"loras": loaded_loras(pipe)} if loaded_loras(pipe) else {}),
         }
 
 

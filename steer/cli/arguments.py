@@ -73,6 +73,23 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=default_model(), help="pipeline directory or hub id (default: the embedded demo model)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    add_lora_argument(p)
+
+
+def parse_lora(text: str):
+    """``--lora FILE[:SCALE]``: a `steer.lora.LoraFile`, its file checked now (before the model loads)."""
+    from steer.lora import LoraFile
+
+    try:
+        return LoraFile.parse(text).check()
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_lora_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", type=parse_lora, action="append", default=[], metavar="FILE[:SCALE]",
+                   help="load a LoRA (.safetensors) into the model first, weighted by SCALE (default 1); repeat for more. "
+                        "Recipes record each file's sha256, and steer reproduce loads them again")
 
 
 # The default of an unset steering option (`apply_recommended`): the value all the directions record as recommended.

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.assets import default_model
+from steer.cli.arguments import add_lora_argument
 from steer.cli.inputs import CLIError, add_compile_argument, add_sampler_argument, check_compile_backend, check_out_dir
 from steer.cli.loading import load_pipeline
 from steer.jobs.files import OutDir, new_run_id
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available; per process under accelerate)")
     p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_lora_argument(p)
     add_compile_argument(p)
     add_sampler_argument(p, "sample the jobs that name no 'sampler'")
 
@@ -62,7 +64,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         if out is not None:
             out.lock()
             check_manifests(out)
-        pipe = load_pipeline(args.model, device, progress=False)
+        pipe = load_pipeline(args.model, device, progress=False, loras=args.lora)
         if args.sampler is not None:  # one that does not fit the model: one line now, not a failure per job
             from steer.samplers import check_sampler
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from steer.cli.arguments import add_lora_argument
 from steer.cli.inputs import check_out_dir, check_out_file, check_window, list_images, print_warnings, read_prompts
 from steer.detect.detector import MemorizationDetector, detect_memorization, read_detector_file
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
@@ -35,6 +36,7 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", default=default_model(), help="pipeline directory or hub id")
     p.add_argument("--device", default=None)
+    add_lora_argument(p)  # a LoRA'd model: calibrate on it (a detector calibrated on the base weights is refused)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompts", default=None, help="text file, one prompt per line")
     src.add_argument("--images", default=None, help="directory of images (re-encode score only)")
@@ -81,7 +83,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for flag in ("out", "save_detector"):
         check_out_file(getattr(args, flag), "--" + flag.replace("_", "-"))
     check_out_dir(args.save_images, "--save-images")
-    pipe = load_pipeline(args.model, device=args.device)
+    pipe = load_pipeline(args.model, device=args.device, loras=args.lora)
     call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     if args.detector:
         det = MemorizationDetector.load(args.detector, pipe)

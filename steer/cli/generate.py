@@ -72,6 +72,7 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
 
 def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None, edit=None) -> dict[str, Any]:
     from steer import __version__
+    from steer.lora import loaded_loras
     from steer.samplers import sampler_name
     from steer.take_away import take_away_record
 
@@ -95,11 +96,13 @@ def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, sca
         "normalize": config.normalize,
         "mode": config.mode,
         "negative": config.negative,
+        **({"strict": False} if not config.strict else {}),  # --no-strict: steer reproduce applies it so too
         **({"removal_window": window_record(config.removal_window)} if config.removal_window is not None else {}),
         **({"readers": list(config.readers)} if config.readers is not None else {}),
         **routes_record([v for v, _ in vectors] + ([away[0]] if away is not None else []), config.readers),
         **taken,
         **({"edit": edit} if edit is not None else {}),
+        **({"loras": loaded_loras(pipe)} if loaded_loras(pipe) else {}),
     }
 
 
@@ -179,7 +182,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     user_set = {"scale": args.scale is not None or args.sweep is not None, "window": args.window is not None}  # before the recommended fill in
     config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
     check_compile_backend(args.compile)
-    pipe = load_pipeline(args.model, args.device, progress=True)
+    pipe = load_pipeline(args.model, args.device, progress=True, loras=args.lora)
     if args.compile:
         pipe.compile_unet(backend=args.compile)
     pipe = pipe.with_sampler(args.sampler)

@@ -116,9 +116,11 @@ def load_scheduler(model: str | os.PathLike | None = None):
         raise _unloadable(model, err) from None
 
 
-def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, progress: bool = False):
+def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.device | None = None, dtype: torch.dtype | None = None, progress: bool = False,
+                  loras: list | None = None):
     """Load the steered pipeline of a local directory or a hub id: the class its ``model_index.json`` names (SD,
-    SDXL, SD3, PixArt-Sigma, Flux, image-to-image; `steer.pipelines.factory.STEERED_PIPELINES`), safety checker off.
+    SDXL, SD3, PixArt-Sigma, Flux, image-to-image; `steer.pipelines.factory.STEERED_PIPELINES`), safety checker off;
+    then ``loras`` (`steer.lora.LoraFile`s) into it (`steer.lora.load_loras`).
 
     fp16 on CUDA, fp32 elsewhere unless ``dtype`` is given. Raises FileNotFoundError / OSError with a readable
     message when the model cannot be found (e.g. a hub id while offline).
@@ -137,4 +139,8 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         raise _unloadable(model, err) from None
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=not progress)
+    if loras:
+        from steer.lora import load_loras
+
+        load_loras(pipe, loras)
     return pipe

@@ -42,7 +42,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     check_out_file(args.out)  # the inputs first: a bad one fails before the model loads
     positive, negative = expand_items(args.positive), expand_items(args.negative)
-    pipe = load_pipeline(args.model, args.device, progress=False).with_sampler(args.sampler)
+    pipe = load_pipeline(args.model, args.device, progress=False, loras=args.lora).with_sampler(args.sampler)
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
         vector = _learn(pipe, args, positive, negative)
@@ -87,7 +87,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
     from steer.denoisers import CONTEXT_SITE, adapter_for, default_layers, denoiser_of, layer_channels, list_layers
 
-    pipe = load_pipeline(args.model, args.device)
+    pipe = load_pipeline(args.model, args.device, loras=args.lora)
     denoiser = denoiser_of(pipe)  # the UNet or the transformer, whichever family the pipeline is
     names = list_layers(denoiser, adapter_for(denoiser).listing_kinds)
     channels = layer_channels(denoiser, names)
@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except (CLIError, LayerError, ModelMismatchError, SteeringFileError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"{command}: error: {clip(str(err), 1000) or type(err).__name__}", file=sys.stderr)
+        text = str(err).replace("pass steering_strict=False", "pass --no-strict") if isinstance(err, ModelMismatchError) else str(err)
+        print(f"{command}: error: {clip(text, 1000) or type(err).__name__}", file=sys.stderr)
         return 2
     except RecursionError:
         print(f"{command}: error: an input is nested too deeply", file=sys.stderr)

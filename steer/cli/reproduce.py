@@ -32,6 +32,9 @@ def configure_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--directions", nargs="+", default=[], metavar="DIR",
                    help="folders (or files) to look in for the recipe's directions, by digest, when their recorded file "
                         "is gone or changed (the image's folder and the model's bundled directions are searched too)")
+    p.add_argument("--lora", nargs="+", default=[], metavar="PATH",
+                   help="LoRA files (or folders of them) to look in, by sha256, when a recorded LoRA file is gone or changed "
+                        "(the image's folder is searched too)")
     p.add_argument("--tolerance", type=bounded_int(0, 255), default=0, metavar="LEVELS",
                    help="largest pixel difference (of 255) still counted as reproduced (default 0: bit for bit; images "
                         "made in a batch of other rows can differ by a level where the arithmetic rounds otherwise)")
@@ -55,6 +58,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from steer.assets import default_model, directions_dir
     from steer.cli.loading import load_pipeline
     from steer.denoisers import denoiser_of
+    from steer.lora import find_lora
     from steer.pipelines.factory import editing_pipeline
     from steer.recipe import read_recipe, save_png
     from steer.replay import find_direction, find_edit_inputs, read_replay, replay_call
@@ -72,18 +76,20 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             jobs.append((path, recipe, read_replay(recipe)))
         except ValueError as err:
             raise ValueError(f"{image}: {err}") from None
-    pipes: dict[str, Any] = {}
+    pipes: dict[tuple, Any] = {}
     differ = 0
     for path, recipe, replay in jobs:
         model = args.model or replay.model or default_model()
         try:  # a problem with one image's model, sampler or directions: one line naming the image
-            if model not in pipes:
+            loras = [find_lora(record, [*args.lora, path.parent]) for record in replay.loras]
+            key = (model, *((str(lora.path), lora.scale) for lora in loras))
+            if key not in pipes:
                 try:
-                    pipes[model] = load_pipeline(model, args.device, progress=False)
+                    pipes[key] = load_pipeline(model, args.device, progress=False, loras=loras)
                 except (OSError, ValueError) as err:
                     hint = "" if args.model else " (the model the recipe names; give another with --model)"
                     raise type(err)(f"{err}{hint}") from None
-            pipe = pipes[model]
+            pipe = pipes[key]
             if replay.unet_weights is not None and weights_hash(denoiser_of(pipe)) != replay.unet_weights:
                 print(f"warning: {path}: {model}'s weights are not the ones the recipe records", file=sys.stderr)
             pipe = pipe.with_sampler(_scheduler_sampler(recipe, replay))

@@ -48,6 +48,8 @@ def image_key(recipe: dict[str, Any]) -> str:
     core["directions"] = [{k: v for k, v in d.items() if k != "path"} for d in recipe.get("directions") or []]
     if isinstance(recipe.get("take_away"), dict):
         core["take_away"] = {k: v for k, v in recipe["take_away"].items() if k not in ("path", "fit")}
+    if isinstance(recipe.get("loras"), list):
+        core["loras"] = [{k: v for k, v in e.items() if k != "path"} if isinstance(e, dict) else e for e in recipe["loras"]]
     if isinstance(recipe.get("edit"), dict):  # an edited image's files by their bytes: moved inputs are the same image
         core["edit"] = {k: ({"sha256": v.get("sha256")} if isinstance(v, dict) else v) for k, v in recipe["edit"].items()}
     return recipe_hash(core)

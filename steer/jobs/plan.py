@@ -26,6 +26,7 @@ from steer.jobs.edits import EditChecker, JobEdit
 from steer.jobs.outputs import assign_paths, image_key, mark_duplicates, sanitize_name
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
+from steer.lora import loaded_loras
 from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
@@ -118,6 +119,7 @@ class _Validator:
         self._samplers: dict[str, str | Exception] = {}  # as given -> its canonical name, or why it does not fit
         self._scheduler_classes: dict[str, str] = {}  # canonical sampler name -> its scheduler class (recipes)
         self.edits = EditChecker(pipe, base_dir)
+        self.loras = loaded_loras(pipe)
 
     # ----- fields ---------------------------------------------------------------------------------------------------
     def images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
@@ -407,6 +409,7 @@ class _Validator:
             **({"readers": config["readers"]} if config.get("readers") is not None else {}),
             **(routes_record([v for v, _, _ in loaded] + ([away.vector] if away is not None else []), config.get("readers")) if steered else {}),
             **({"take_away": away.recipe(scales[0])} if away is not None else {}),
+            **({"loras": self.loras} if self.loras else {}),  # files loaded with steer.lora (the weights hash has them too)
         }
 
 

@@ -125,6 +125,7 @@ def _task_pipeline(pipe: Any, task: str) -> Any:
     made = target.from_pipe(pipe)
     if hasattr(pipe, "_progress_bar_config"):  # a pipeline loaded quiet stays quiet
         made.set_progress_bar_config(**pipe._progress_bar_config)
-    if "_static_sites" in pipe.__dict__:  # a denoiser compiled with `compile_unet` keeps its steering sites
-        made.__dict__["_static_sites"] = pipe.__dict__["_static_sites"]
+    for carried in ("_static_sites", "_steer_loras"):  # a denoiser compiled with `compile_unet` keeps its steering
+        if carried in pipe.__dict__:  # sites; the LoRA files loaded into the shared modules stay listed (steer.lora)
+            made.__dict__[carried] = pipe.__dict__[carried]
     return made
