@@ -71,9 +71,11 @@ class LoraFile:
 
 
 def load_loras(pipe: Any, loras: list[LoraFile]) -> list[dict[str, Any]]:
-    """Load each of ``loras`` into ``pipe`` as adapter ``lora<i>`` weighted by its scale; returns (and records on the
-    pipeline, `loaded_loras`) ``[{"path", "sha256", "scale"}]``. One-line `ValueError` for a bad file, a pipeline
-    that takes no LoRA, or a file that is not a LoRA for this model.
+    """Load each of ``loras`` into ``pipe`` as adapter ``lora<i>`` weighted by its scale, after those an earlier call
+    loaded (the active adapters are then all of them: ``set_adapters``); returns (and records on the pipeline,
+    `loaded_loras`) ``[{"path", "sha256", "scale"}]`` of every file loaded so far. One-line `ValueError` for a bad
+    file, a pipeline that takes no LoRA, or a file that is not a LoRA for this model (what that file put in is taken
+    out again).
 
     Args:
         pipe: a diffusers pipeline with ``load_lora_weights`` (SD, SDXL, SD3, PixArt, Flux).
@@ -81,18 +83,18 @@ def load_loras(pipe: Any, loras: list[LoraFile]) -> list[dict[str, Any]]:
     """
     if not loras:
         return []
-    if len(loras) > MAX_LORAS:
-        raise ValueError(f"at most {MAX_LORAS} LoRA files, got {len(loras)}")
+    before = loaded_loras(pipe)
+    if len(before) + len(loras) > MAX_LORAS:
+        raise ValueError(f"at most {MAX_LORAS} LoRA files, got {len(before) + len(loras)}")
     if not hasattr(pipe, "load_lora_weights"):
         raise ValueError(f"a {type(pipe).__name__} takes no LoRA")
     records = [{"path": str(lora.check().path.resolve()), "sha256": file_sha256(lora.path), "scale": lora.scale} for lora in loras]
-    names: list[str] = []
     quiet = _NoTextEncoderKeysFilter()
     loggers = [logging.getLogger(n) for n in ("diffusers.loaders.lora_base", "diffusers.loaders.lora_pipeline", "diffusers.loaders.peft")]
     for logger in loggers:  # "No LoRA keys associated to CLIPTextModel found": every UNet-only LoRA says it
         logger.addFilter(quiet)
     try:
-        return _load(pipe, loras, records, names)
+        return _load(pipe, loras, before, records)
     finally:
         for logger in loggers:
             logger.removeFilter(quiet)
@@ -103,10 +105,11 @@ class _NoTextEncoderKeysFilter(logging.Filter):
         return not str(record.msg).startswith("No LoRA keys associated to")
 
 
-def _load(pipe: Any, loras: list[LoraFile], records: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+def _load(pipe: Any, loras: list[LoraFile], before: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from safetensors.torch import load_file
 
-    for i, lora in enumerate(loras):
+    names: list[str] = []
+    for i, lora in enumerate(loras, start=len(before)):
         name = f"lora{i}"
         try:
             pipe.load_lora_weights(load_file(str(lora.path)), adapter_name=name)
@@ -117,9 +120,10 @@ def _load(pipe: Any, loras: list[LoraFile], records: list[dict[str, Any]], names
             first = (str(err).strip().strip("'\"").splitlines() or [type(err).__name__])[0]
             raise ValueError(f"the LoRA {lora.path.name} does not fit this model: {short(first, 200)}") from None
         names.append(name)
-    pipe.set_adapters(names, [lora.scale for lora in loras])
-    pipe.__dict__[_LOADED] = records
-    return records
+    everything = before + records
+    pipe.set_adapters([f"lora{i}" for i in range(len(everything))], [r["scale"] for r in everything])
+    pipe.__dict__[_LOADED] = everything
+    return everything
 
 
 def _forget(pipe: Any, names: list[str]) -> None:

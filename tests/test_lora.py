@@ -219,3 +219,25 @@ def test_the_app_takes_a_lora_and_records_it_in_its_recipes(model_dir, lora_dir,
     assert [(e["path"], e["scale"]) for e in recipe["loras"]] == [(str(lora.resolve()), 0.5)]
     with pytest.raises(SystemExit):
         app.parse_args(["--lora", str(tmp_path / "none.safetensors")])
+
+
+def test_load_loras_twice_keeps_both_and_a_failed_file_takes_out_only_itself(lora_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from steer.lora import LoraFile, load_loras, loaded_loras
+
+    lora = lora_dir / "pytorch_lora_weights.safetensors"
+    pipe = tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    load_loras(pipe, [LoraFile(lora, 0.5)])
+    one = pipe("a bag", generator=gen(), **KW).images
+    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 999),
+               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(999, 4)},
+              tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="the LoRA other.safetensors does not fit this model"):
+        load_loras(pipe, [LoraFile(tmp_path / "other.safetensors")])
+    assert [r["scale"] for r in loaded_loras(pipe)] == [0.5]
+    assert np.array_equal(pipe("a bag", generator=gen(), **KW).images, one)  # the first LoRA still acts, alone
+    both = load_loras(pipe, [LoraFile(lora, 0.5)])  # the same file again: adapters lora0 and lora1, 0.5 each
+    assert [r["scale"] for r in both] == [0.5, 0.5] and sorted(adapter_state(pipe.unet)["adapters"]) == ["lora0", "lora1"]
+    assert np.abs(pipe("a bag", generator=gen(), **KW).images - one).mean() > 1e-5
