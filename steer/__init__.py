@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ActivationRecorder": "steer.engine",
     "DetectorFileError": "steer.errors",
+    "ImageInversion": "steer.inversion",
     "MemorizationDetector": "steer.detect.detector",
     "ModelMismatchError": "steer.errors",
     "NonFiniteOutputError": "steer.validation",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "steering_pipeline": "steer.pipelines.factory",
     "SteeringVector": "steer.vectors",
     "default_layers": "steer.denoisers",
+    "invert_image": "steer.inversion",
     "list_layers": "steer.denoisers",
     "resolve_layers": "steer.denoisers",
 }
@@ -44,6 +46,7 @@ _EXPORTS = {
 __all__ = [
     "ActivationRecorder",
     "DetectorFileError",
+    "ImageInversion",
     "MemorizationDetector",
     "ModelMismatchError",
     "NonFiniteOutputError",
@@ -67,6 +70,7 @@ __all__ = [
     "steering_pipeline",
     "SteeringVector",
     "default_layers",
+    "invert_image",
     "list_layers",
     "resolve_layers",
 ]
@@ -77,6 +81,7 @@ if TYPE_CHECKING:
     from steer.detect.detector import MemorizationDetector
     from steer.engine import ActivationRecorder, SteeringSession
     from steer.errors import DetectorFileError, UnsupportedPipelineError
+    from steer.inversion import ImageInversion, invert_image
     from steer.pipelines.controlnet import (
         SteeringStableDiffusionControlNetPipeline,
         SteeringStableDiffusionXLControlNetPipeline,

@@ -178,7 +178,12 @@ def with_sampler(pipe: Any, name: str | None) -> Any:
     """
     if name is None:
         return pipe
-    scheduler = build_sampler(pipe.scheduler, name)
+    return with_scheduler(pipe, build_sampler(pipe.scheduler, name))
+
+
+def with_scheduler(pipe: Any, scheduler: Any) -> Any:
+    """A shallow copy of ``pipe`` stepping ``scheduler`` (modules, hooks and compiled graphs shared; its config names
+    the scheduler's class): what `with_sampler` returns for a scheduler made elsewhere."""
     clone = copy.copy(pipe)
     clone.__dict__["scheduler"] = scheduler
     library = pipe.config.get("scheduler", ("diffusers", None))[0] or "diffusers"

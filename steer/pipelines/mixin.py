@@ -410,6 +410,15 @@ class SteeringMixin:
             strength = default_strength(edit)
         return fit_edit(text_pipeline(self), edit, vector, strength=strength, **kwargs)
 
+    def invert_image(self, image, prompt: str, **kwargs: Any):
+        """Invert ``image`` for ``prompt`` so that `ImageInversion.edit` steers the picture itself (its unsteered rows
+        give it back); see `steer.inversion.invert_image`. From a text-to-image pipeline of a DDIM-compatible family
+        (SD, SDXL); an image-to-image or inpainting one inverts through its model's text-to-image pipeline."""
+        from steer.inversion import invert_image
+        from steer.pipelines.factory import text_pipeline
+
+        return invert_image(text_pipeline(self), image, prompt, **kwargs)
+
     def detect_memorization(self, prompt, **kwargs: Any):
         """Generate, score (inline and re-encode) and judge memorization; see `steer.detect.detector.detect_memorization`."""
         return detect_memorization(self, prompt, **kwargs)

@@ -1,0 +1,88 @@
+"""Editing a given image from its inversion (`steer.inversion`): unsteered, the replay lands on the picture's own
+latents; steered, it moves; rows of a sweep, two threads at once and SDXL replay the same inversion; flow-matching
+families are refused in one line (tiny random pipelines, CPU)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from steer.denoisers import CONTEXT_SITE
+from steer.inversion import invert_image
+from steer.testing import no_hooks_left, random_vector
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+STEPS = 5
+
+
+def picture(side: int = 32, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (side, side + 8, 3), dtype=np.uint8))
+
+
+def latents_of(pipe, image) -> torch.Tensor:
+    with torch.no_grad():
+        pixels = pipe.image_processor.preprocess(image, height=image.height, width=image.width)
+        return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+
+def test_the_unsteered_replay_is_the_picture_and_steering_moves_it(tiny_pipe):
+    tiny_pipe.set_progress_bar_config(disable=True)
+    image = picture()
+    inversion = invert_image(tiny_pipe, image, "a bag", num_inference_steps=STEPS, guidance_scale=5.0, generator=torch.Generator().manual_seed(0))
+    assert (inversion.height, inversion.width) == (32, 40)  # the picture's own size
+    target = latents_of(tiny_pipe, image)
+    plain = inversion.edit(tiny_pipe, output_type="latent").images
+    torch.testing.assert_close(plain, target, atol=1e-4, rtol=0)  # the picture's latents, to float rounding
+    # a plain DDIM run from the same start is not (the recorded residuals are what brings it back)
+    free = tiny_pipe(**inversion.call_kwargs(1), output_type="latent").images
+    assert (free - target).abs().mean() > 10 * (plain - target).abs().mean()
+    vector = random_vector(tiny_pipe, [CONTEXT_SITE], scale=4.0)
+    sweep = inversion.edit(tiny_pipe, rows=3, steering=vector, steering_scale=[0.0, 1.0, 2.0], steering_window=(0, 1), output_type="latent").images
+    torch.testing.assert_close(sweep[:1], plain, atol=1e-4, rtol=0)  # the sweep's scale-0 row is the picture too
+    moved = [(sweep[i] - plain[0]).abs().mean().item() for i in (1, 2)]
+    assert 1e-3 < moved[0] < moved[1], moved
+    assert no_hooks_left(tiny_pipe.unet)
+    assert type(tiny_pipe.scheduler).__name__ != "_ReplayingScheduler"  # the pipeline itself is untouched
+
+
+def test_two_threads_replay_one_inversion_as_each_would_alone(tiny_pipe):
+    tiny_pipe.set_progress_bar_config(disable=True)
+    inversion = invert_image(tiny_pipe, picture(seed=1), "a coat", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(1))
+    vector = random_vector(tiny_pipe, [CONTEXT_SITE], scale=4.0)
+    alone = {s: inversion.edit(tiny_pipe, steering=vector, steering_scale=s, output_type="latent").images for s in (0.0, 1.5)}
+    got, errors = {}, []
+
+    def worker(scale):
+        try:
+            for _ in range(2):
+                got[scale] = inversion.edit(tiny_pipe, steering=vector, steering_scale=scale, output_type="latent").images
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in (0.0, 1.5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for s in (0.0, 1.5):
+        torch.testing.assert_close(got[s], alone[s], atol=1e-5, rtol=0)
+
+
+def test_sdxl_inverts_and_flow_matching_families_are_refused_in_one_line():
+    from steer.testing.sd3 import tiny_sd3_pipeline
+    from steer.testing.sdxl import tiny_sdxl_pipeline
+
+    sdxl = tiny_sdxl_pipeline(0)
+    sdxl.set_progress_bar_config(disable=True)
+    image = picture(side=64)
+    inversion = invert_image(sdxl, image, "a bag", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(inversion.edit(sdxl, output_type="latent").images, latents_of(sdxl, image), atol=1e-4, rtol=0)
+    sd3 = tiny_sd3_pipeline(0)
+    with pytest.raises(ValueError, match="inverting needs a pipeline that can step a DDIM scheduler .*FlowMatchEulerDiscreteScheduler") as err:
+        invert_image(sd3, image, "a bag")
+    assert "\n" not in str(err.value)
