@@ -120,6 +120,22 @@ class ImageInversion:
         return self.pipeline(pipe)(**self.call_kwargs(rows), **kwargs)
 
 
+def replay_inverted(pipe: Any, replay: Any, vectors: list[Any], edit: Any) -> Any:
+    """The image a recipe of an inverted edit describes (`steer reproduce`): ``edit`` (`steer.replay.find_edit_inputs`)
+    inverted again as recorded (prompt, steps, guidance, size, the seed's noise) and replayed in the recorded call's
+    layout with ``vectors``; a PIL image."""
+    from steer.replay import replay_steering
+
+    if replay.height is None or replay.width is None:
+        raise ValueError("the recipe of an edit records no size")
+    rows, steering = replay_steering(replay, vectors)
+    device = pipe._execution_device
+    inversion = invert_image(pipe, edit.prepared(replay.height, replay.width)["image"], replay.prompt,
+                             negative_prompt=replay.negative_prompt, num_inference_steps=replay.steps, guidance_scale=replay.guidance,
+                             generator=torch.Generator("cpu" if device.type == "mps" else device).manual_seed(replay.seed))
+    return inversion.edit(pipe, rows=rows, **steering).images[replay.row]
+
+
 @torch.no_grad()
 def invert_image(
     pipe: Any,

@@ -65,6 +65,7 @@ class RecordedEdit:
     image: tuple[str, str]
     mask: tuple[str, str] | None
     strength: float
+    invert: bool = False  # edited from the image's inversion (`steer.inversion`), not image-to-image
 
 
 def _need(recipe: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "") -> Any:
@@ -135,7 +136,10 @@ def _edit(value: Any) -> RecordedEdit | None:
         return entry["path"], entry["sha256"]
 
     mask = file("mask") if value.get("mask") is not None else None
-    return RecordedEdit(file("image"), mask, _number(value.get("strength"), "edit.strength", 1e-6, 1))
+    invert = value.get("invert", False)
+    if not isinstance(invert, bool) or (invert and mask is not None):
+        raise ValueError(f"the recipe's 'edit.invert' is {short(invert)}, not what steer writes there")
+    return RecordedEdit(file("image"), mask, _number(value.get("strength"), "edit.strength", 1e-6, 1), invert)
 
 
 def find_edit_inputs(edit: RecordedEdit, folders: Sequence[str | os.PathLike] = ()):
@@ -273,15 +277,7 @@ def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any], edit: Any = N
     pipeline (`steer.pipelines.factory.editing_pipeline`) and ``edit`` its `find_edit_inputs`."""
     import torch
 
-    if len(vectors) != len(replay.directions):
-        raise ValueError(f"{len(replay.directions)} direction(s) recorded, {len(vectors)} given")
-    layout = replay.call_scales or [[d.scale for d in replay.directions]]
-    rows = len(layout)
-    steering: dict[str, Any] = {}
-    if vectors:
-        config = SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(list(vectors)), **replay.settings})
-        scales = [r if r is not None else [0.0] * len(vectors) for r in layout]
-        steering = {"steering": list(vectors), "steering_scale": scales, **config.to_settings()}
+    rows, steering = replay_steering(replay, vectors)
     if (edit is None) != (replay.edit is None):
         raise ValueError("an edit's recipe is made again with its inputs, and only it")
     size: dict[str, Any] = {"height": replay.height, "width": replay.width}
@@ -300,6 +296,20 @@ def replay_call(pipe: Any, replay: Replay, vectors: Sequence[Any], edit: Any = N
         **size,
         **steering,
     ).images[replay.row]
+
+
+def replay_steering(replay: Replay, vectors: Sequence[Any]) -> tuple[int, dict[str, Any]]:
+    """The rows of the call that made ``replay``'s image and its ``steering*`` arguments with ``vectors`` (each
+    recorded direction's `find_direction`, in order)."""
+    if len(vectors) != len(replay.directions):
+        raise ValueError(f"{len(replay.directions)} direction(s) recorded, {len(vectors)} given")
+    layout = replay.call_scales or [[d.scale for d in replay.directions]]
+    steering: dict[str, Any] = {}
+    if vectors:
+        config = SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(list(vectors)), **replay.settings})
+        scales = [r if r is not None else [0.0] * len(vectors) for r in layout]
+        steering = {"steering": list(vectors), "steering_scale": scales, **config.to_settings()}
+    return len(layout), steering
 
 
 def edit_call_inputs(pipe: Any, edit: Any, height: int, width: int, rows: int) -> dict[str, Any]:

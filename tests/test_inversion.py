@@ -86,3 +86,34 @@ def test_sdxl_inverts_and_flow_matching_families_are_refused_in_one_line():
     with pytest.raises(ValueError, match="inverting needs a pipeline that can step a DDIM scheduler .*FlowMatchEulerDiscreteScheduler") as err:
         invert_image(sd3, image, "a bag")
     assert "\n" not in str(err.value)
+
+
+def test_generate_invert_gives_the_image_back_at_zero_records_it_and_reproduces(model_dir, tmp_path, capsys):
+    from steer.cli.loading import load_pipeline
+    from steer.cli.main import main
+    from steer.recipe import read_recipe
+
+    image = picture(seed=2)
+    image.save(tmp_path / "photo.png")
+    pipe = load_pipeline(model_dir, "cpu")
+    random_vector(pipe, [CONTEXT_SITE], scale=4.0).save(tmp_path / "dir.safetensors")
+    out = tmp_path / "out"
+    code = main(["generate", "--model", model_dir, "--prompt", "a bag", "--image", str(tmp_path / "photo.png"), "--invert",
+                 "--direction", str(tmp_path / "dir.safetensors"), "--sweep", "0,1,2", "--steps", str(STEPS), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    zero, one = (np.asarray(Image.open(out / f"seed0_scale+{s}.png").convert("RGB"), dtype=np.int16) for s in (0, 1))
+    with torch.no_grad():
+        vae = pipe.image_processor.postprocess(pipe.vae.decode(latents_of(pipe, image) / pipe.vae.config.scaling_factor).sample, output_type="np")[0]
+    assert np.abs(zero - np.round(vae * 255)).max() <= 1  # the image back (its VAE reconstruction)
+    assert np.abs(one - zero).mean() > 0.5
+    recipe = read_recipe(out / "seed0_scale+1.png")
+    assert recipe["edit"]["invert"] is True and recipe["edit"]["strength"] == 1.0
+    capsys.readouterr()
+    assert main(["reproduce", str(out / "seed0_scale+0.png"), str(out / "seed0_scale+1.png")]) == 0
+    assert capsys.readouterr().out.count("identical") == 2
+    for extra, needle in ((["--strength", "0.5"], "--invert replays the image's DDPM inversion over the whole run: it takes no --strength"),
+                          (["--sampler", "euler"], "it takes no --sampler")):
+        code = main(["generate", "--model", model_dir, "--prompt", "a bag", "--image", str(tmp_path / "photo.png"), "--invert",
+                     *extra, "--out", str(tmp_path / "x")])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err

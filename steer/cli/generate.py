@@ -142,6 +142,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
     from steer.hub import is_hub_spec, resolve_direction
     from steer.images import edit_size
+    from steer.inversion import invert_image
     from steer.pipelines.factory import default_strength, editing_pipeline
     from steer.recipe import save_png
     from steer.replay import edit_call_inputs
@@ -186,7 +187,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.compile:
         pipe.compile_unet(backend=args.compile)
     pipe = pipe.with_sampler(args.sampler)
-    if edit is not None:  # the model's image-to-image or inpainting pipeline, sharing the loaded modules
+    if edit is not None and args.invert:
+        strength = 1.0  # the inversion replays the whole run
+    elif edit is not None:  # the model's image-to-image or inpainting pipeline, sharing the loaded modules
         text_pipe, pipe = pipe, editing_pipeline(pipe, edit.task)
         strength = edit.strength if edit.strength is not None else default_strength(pipe)
         check_edit_steps(strength, args.steps)  # the pipeline's default strength
@@ -211,7 +214,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
     size: dict[str, Any] = {"height": args.height, "width": args.width}
     edit_record = None
-    if edit is not None:
+    if edit is not None and args.invert:
+        edit_record = {**edit.record(strength), "invert": True}
+    elif edit is not None:
         size = edit_call_inputs(pipe, edit, args.height, args.width, len(scales))
         edit_record = edit.record(strength)
     out = Path(args.out)  # created with the first images: a command that fails before them leaves no folder behind
@@ -232,15 +237,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     written = []
     for seed in range(args.seed, args.seed + args.num_images):
         generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
-        images = pipe(
-            [args.prompt] * len(scales),
-            negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            generator=generators,
-            **size,
-            **steering_kwargs,
-        ).images
+        if edit is not None and args.invert:  # the seed draws the inversion's noise; the replay draws none
+            inversion = invert_image(pipe, edit.prepared(args.height, args.width)["image"], args.prompt, negative_prompt=args.negative_prompt,
+                                     num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generators[0])
+            images = inversion.edit(pipe, rows=len(scales), **steering_kwargs).images
+        else:
+            images = pipe(
+                [args.prompt] * len(scales),
+                negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                generator=generators,
+                **size,
+                **steering_kwargs,
+            ).images
         out.mkdir(parents=True, exist_ok=True)
         shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
         for row, (image, scale) in enumerate(zip(images, scales, strict=True)):

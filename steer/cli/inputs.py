@@ -198,6 +198,10 @@ def add_edit_arguments(p) -> None:
     p.add_argument("--strength", type=bounded_float(0.0, 1.0, low_open=True), default=None,
                    help="with --image: how much of the run re-draws it, in (0, 1] (default: the pipeline's, 0.8 for "
                         "image-to-image, 1.0 for inpainting); the steering window is measured over the steps it runs")
+    p.add_argument("--invert", action="store_true",
+                   help="with --image: edit from the image's inversion for --prompt (SD, SDXL; steer.inversion) instead of "
+                        "re-drawing it: scale 0 gives the image back, so the direction changes only what it edits; each "
+                        "seed draws its own inversion noise")
 
 
 def read_edit_arguments(args):
@@ -205,11 +209,17 @@ def read_edit_arguments(args):
     before any model loads; `CLIError` for a mask or strength without an image."""
     from steer.images import EditInputs
 
+    invert = getattr(args, "invert", False)
     if args.image is None:
-        for flag, value in (("--mask", args.mask), ("--strength", args.strength)):
+        for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--invert", invert or None)):
             if value is not None:
                 raise CLIError(f"{flag} goes with --image (the image to edit)")
         return None
+    if invert:
+        for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--fit", getattr(args, "fit", False) or None),
+                            ("--sampler", getattr(args, "sampler", None))):
+            if value is not None:
+                raise CLIError(f"--invert replays the image's DDPM inversion over the whole run: it takes no {flag}")
     check_edit_steps(args.strength, args.steps)
     return EditInputs.read(args.image, args.mask, args.strength)
 

@@ -58,6 +58,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from steer.assets import default_model, directions_dir
     from steer.cli.loading import load_pipeline
     from steer.denoisers import denoiser_of
+    from steer.inversion import replay_inverted
     from steer.lora import find_lora
     from steer.pipelines.factory import editing_pipeline
     from steer.recipe import read_recipe, save_png
@@ -96,11 +97,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             folders = [*args.directions, *sorted(path.parent.glob("*.safetensors")), directions_dir(model)]
             vectors = [find_direction(d, folders) for d in replay.directions]
             edit = find_edit_inputs(replay.edit, [path.parent]) if replay.edit is not None else None
-            if edit is not None:  # an image edit: the model's image-to-image or inpainting pipeline
+            inverted = replay.edit is not None and replay.edit.invert
+            if edit is not None and not inverted:  # an image edit: the model's image-to-image or inpainting pipeline
                 pipe = editing_pipeline(pipe, edit.task)
         except (OSError, ValueError) as err:
             raise type(err)(f"{path}: {err}") from None
-        image = replay_call(pipe, replay, vectors, edit)
+        image = replay_inverted(pipe, replay, vectors, edit) if inverted else replay_call(pipe, replay, vectors, edit)
         with Image.open(path) as im:
             before = np.asarray(im.convert("RGB"), dtype=np.int16)
         after = np.asarray(image.convert("RGB"), dtype=np.int16)
