@@ -121,6 +121,11 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     0.05, 1.0, value=0.8, step=0.05, elem_id="edit-strength",
                     label="Edit strength (how much of the run re-draws the image; the window counts the steps it runs)",
                 )
+                edit_invert = gr.Checkbox(
+                    False, elem_id="edit-invert",
+                    label="From its inversion instead (SD, SDXL): the original is the picture itself and the direction "
+                          "changes only what it edits; no mask, the strength is the whole run",
+                )
             with gr.Row():
                 seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=L.max_seed, elem_id="seed")
                 steps = gr.Slider(1, L.max_steps, value=20, step=1, label="Steps", elem_id="steps")
@@ -226,6 +231,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         "edit_image": edit_image,
         "edit_strength": edit_strength,
         "edit_mask": edit_mask,
+        "edit_invert": edit_invert,
     }
     with_take_away = {**inputs, "take_away": take_away}
     go.click(

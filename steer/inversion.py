@@ -136,6 +136,17 @@ def replay_inverted(pipe: Any, replay: Any, vectors: list[Any], edit: Any) -> An
     return inversion.edit(pipe, rows=rows, **steering).images[replay.row]
 
 
+def check_invertible(pipe: Any) -> None:
+    """One-line `ValueError` unless ``pipe`` can invert an image: a VAE image processor and a scheduler DDIM can stand
+    in for (SD, SDXL; not the flow-matching families)."""
+    if not hasattr(pipe, "vae") or not hasattr(pipe, "image_processor"):
+        raise ValueError(f"a {type(pipe).__name__} has no VAE image processor to invert an image with")
+    scheduler = pipe.scheduler
+    if not isinstance(scheduler, DDIMScheduler) and DDIMScheduler not in getattr(scheduler, "compatibles", []):
+        raise ValueError(f"inverting needs a pipeline that can step a DDIM scheduler (SD, SDXL); a {type(pipe).__name__} "
+                         f"samples with {type(scheduler).__name__}")
+
+
 @torch.no_grad()
 def invert_image(
     pipe: Any,
@@ -162,12 +173,7 @@ def invert_image(
     """
     from steer.images import edit_size
 
-    if not hasattr(pipe, "vae") or not hasattr(pipe, "image_processor"):
-        raise ValueError(f"a {type(pipe).__name__} has no VAE image processor to invert an image with")
-    scheduler = pipe.scheduler
-    if not isinstance(scheduler, DDIMScheduler) and DDIMScheduler not in getattr(scheduler, "compatibles", []):
-        raise ValueError(f"inverting needs a pipeline that can step a DDIM scheduler (SD, SDXL); a {type(pipe).__name__} "
-                         f"samples with {type(scheduler).__name__}")
+    check_invertible(pipe)
     size = getattr(image, "size", None)
     if height is None or width is None:
         if size is None:

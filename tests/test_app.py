@@ -395,6 +395,45 @@ def test_api_generate_inpaints_inside_an_uploaded_mask_as_the_python_api_and_its
         H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "small.png")).validated(pipe)
 
 
+def test_api_generate_edits_from_the_inversion_its_original_is_the_picture_and_its_recipe_replays(client, pipe, direction_file, tmp_path):
+    """'From its inversion': the pair replays the picture's inversion ([0, s]); the original is the picture (its VAE
+    reconstruction), the recipe says so and replays; the option without an image, or with a mask, is one line."""
+    from gradio_client import handle_file
+
+    from steer.images import EditInputs
+    from steer.inversion import invert_image, replay_inverted
+    from steer.replay import find_edit_inputs, read_replay
+
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    original, steered, png, status = client.predict(
+        **generate_args("constructed", edit_image=handle_file(str(tmp_path / "photo.png")), edit_invert=True, size=48),
+        api_name="/generate")
+    assert "Steered with" in status
+    photo = EditInputs.read(tmp_path / "photo.png").prepared(32, 48)["image"]
+    inversion = invert_image(pipe, photo, "a photo of a dog", num_inference_steps=STEPS, guidance_scale=5.0,
+                             generator=torch.Generator().manual_seed(7))
+    want = inversion.edit(pipe, rows=2, steering=SteeringVector.load(direction_file), steering_scale=[0.0, SCALE],
+                          steering_window=(0.0, 1.0)).images
+    got = [pixels(Image.open(p).resize((48, 32), Image.NEAREST)) for p in (original, steered)]
+    assert all(np.abs(g - pixels(w)).max() <= 1 for g, w in zip(got, want, strict=True))
+    with torch.no_grad():
+        latents = pipe.vae.encode(pipe.image_processor.preprocess(photo)).latent_dist.mode()
+        vae = pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
+    assert np.abs(got[0] - pixels(vae)).max() <= 2  # the original is the picture (as the VAE gives it back)
+    recipe = read_recipe(png)
+    assert recipe["edit"]["invert"] is True
+    replay = read_replay(recipe)
+    again = replay_inverted(pipe, replay, [SteeringVector.load(direction_file)], find_edit_inputs(replay.edit))
+    assert np.array_equal(pixels(again), pixels(png))
+    with pytest.raises(H.UserError, match="'from its inversion' edits the whole of an uploaded image"):
+        H.GenerateSettings(prompt="a dog", edit_invert=True).validated(pipe)
+    Image.new("L", (48, 32)).save(tmp_path / "mask.png")
+    with pytest.raises(H.UserError, match="without a mask"):
+        H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "mask.png"),
+                           edit_invert=True).validated(pipe)
+
+
 def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(client, pipe, direction_file, tmp_path):
     # a direction without a recorded reference level: a readable one-line status, no traceback
     *_, status = client.predict(**generate_args("constructed", scale=-SCALE, negative="remove"), api_name="/generate")

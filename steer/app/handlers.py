@@ -160,13 +160,15 @@ class SteerApp:
         edit_image: str | None = None,
         edit_strength: float = 0.8,
         edit_mask: str | None = None,
+        edit_invert: bool = False,
         **inputs: Any,
     ):
         """Original and steered image from the same seed (one batched call, per-row scales [0, s]); with
         ``edit_image``, both edit it (the model's image-to-image pipeline at ``edit_strength``; with ``edit_mask``, its
-        inpainting pipeline repaints where the mask is white)."""
+        inpainting pipeline repaints where the mask is white; with ``edit_invert``, replayed from its inversion, so the
+        original is the picture itself)."""
         settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, edit_mask=edit_mask,
-                                                **inputs)
+                                                edit_invert=bool(edit_invert), **inputs)
         vector = self.catalog.get(direction, session)
         away = self.catalog.get(take_away, session)
         detector, version = self._detector_or_none()
@@ -204,12 +206,13 @@ class SteerApp:
         edit_image: str | None = None,
         edit_strength: float = 0.8,
         edit_mask: str | None = None,
+        edit_invert: bool = False,
         **inputs: Any,
     ):
         """A strength strip: ``count`` scales from -|s| to +|s| (from 0 with a take-away) in one batched call (editing
         ``edit_image``, inside ``edit_mask``, when given)."""
         settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, edit_mask=edit_mask,
-                                                **inputs)
+                                                edit_invert=bool(edit_invert), **inputs)
         vector = self.catalog.get(direction, session)
         away = self.catalog.get(take_away, session)
         if vector is None:

@@ -97,6 +97,7 @@ from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_reco
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import native_size
 from steer.images import EditInputs, edit_size, edit_steps
+from steer.inversion import check_invertible, invert_image
 from steer.lora import loaded_loras
 from steer.pipelines.factory import editing_pipeline
 from steer.replay import edit_call_inputs
@@ -190,6 +191,7 @@ class GenerateSettings:
     edit_mask: str | None = None  # a greyscale file of its size: inpaint where it is white (None: the whole image)
     edit_mask_picture: Image.Image | None = field(default=None, compare=False, repr=False)  # it, decoded by `validated`
     edit_strength: float = 0.8  # how much of the run re-draws it
+    edit_invert: bool = False  # edit from the picture's inversion (`steer.inversion`): its unsteered row is the picture
 
     @classmethod
     def from_inputs(
@@ -231,13 +233,20 @@ class GenerateSettings:
         edit_image, edit_strength, picture, mask = None, float(self.edit_strength), None, None
         if self.edit_mask and not self.edit_image:
             raise UserError("the mask goes with an image to edit: upload the image too")
+        if self.edit_invert:
+            if not self.edit_image or self.edit_mask:
+                raise UserError("'from its inversion' edits the whole of an uploaded image: upload one (without a mask), or untick it")
+            try:
+                check_invertible(pipe)
+            except ValueError as err:
+                raise UserError(str(err)) from None
         if self.edit_image:  # the edit runs at the image's aspect ratio, its longer side the size picked
             picture = open_edit_image(self.edit_image)
             mask = open_edit_mask(self.edit_mask, picture) if self.edit_mask else None
             long_side = max(height, width)
             height, width = edit_size(picture.size, *((long_side, None) if picture.height >= picture.width else (None, long_side)))
             edit_image = str(self.edit_image)
-            edit_strength = check_float(self.edit_strength, "the edit strength", 0.0, 1.0)
+            edit_strength = 1.0 if self.edit_invert else check_float(self.edit_strength, "the edit strength", 0.0, 1.0)
             steps = check_int(self.steps, "steps", 1, LIMITS.max_steps)
             if edit_steps(edit_strength, steps) < 1:
                 raise UserError(f"an edit strength of {edit_strength:g} of {steps} steps runs no step: raise either")
@@ -347,7 +356,8 @@ class GenerateSettings:
             "scheduler": type(sampling_pipe(pipe, self.sampler).scheduler).__name__,
             **({"sampler": self.sampler} if self.sampler else {}),
             "steering": steering,
-            **({"edit": self.kept_edit(folder).record(self.edit_strength)} if self.edit_image and folder else {}),
+            **({"edit": {**self.kept_edit(folder).record(self.edit_strength), **({"invert": True} if self.edit_invert else {})}}
+               if self.edit_image and folder else {}),
             **({"loras": loaded_loras(pipe)} if loaded_loras(pipe) else {}),
         }
 
@@ -422,7 +432,12 @@ def run_rows_scored(
     detector = inline_detector_for(detector, settings) if edit is None else None  # scores are calibrated on runs from noise
     extra = {"memorization_detector": detector} if detector is not None else {}
     sampler = sampling_pipe(pipe, settings.sampler)
-    if edit is not None:
+    if edit is not None and settings.edit_invert:  # replayed from the picture's inversion: row 0 is the picture
+        inversion = invert_image(sampler, edit.prepared(settings.height, settings.width)["image"], settings.prompt,
+                                 negative_prompt=settings.negative_prompt, num_inference_steps=settings.steps,
+                                 guidance_scale=settings.guidance, generator=make_generators(pipe, settings.seed, 1)[0])
+        sampler, kwargs, extra = inversion.pipeline(sampler), inversion.call_kwargs(rows), {}
+    elif edit is not None:
         sampler = editing_pipeline(sampler, edit.task)
         extra = edit_call_inputs(sampler, edit, settings.height, settings.width, rows)
     out = sampler(
