@@ -188,7 +188,8 @@ def test_take_away_offers_uploaded_directions_and_reports_mistakes(served, brows
 
 def test_edit_an_uploaded_image_in_browser(served, browser, tmp_path: Path):
     """'Edit an image': upload a picture, generate; both images are edits of it (its aspect kept) and the direction
-    moves the steered one (on the demo model: a red sneaker edited bluer)."""
+    moves the steered one (on the demo model: a red sneaker edited bluer); from its inversion the original is the
+    picture itself; with a mask the change stays on the mask's side."""
     import torch
 
     url, pipe, vector, kind = served
@@ -218,6 +219,27 @@ def test_edit_an_uploaded_image_in_browser(served, browser, tmp_path: Path):
         assert blue_minus_red(steered) > blue_minus_red(original) + 3.0
     page.screenshot(path=str(tmp_path / "edit.png"), full_page=True)
     unmasked = np.abs(original - steered).mean(axis=(0, 2))
+    # from its inversion: the original is the uploaded picture itself (the VAE's reconstruction of it)
+    page.locator("#edit-invert input[type=checkbox]").check()
+    before = page.locator("#steered img").first.get_attribute("src")
+    page.click("#generate")
+    page.wait_for_function(f"document.querySelector('#steered img') && document.querySelector('#steered img').src !== {before!r}",
+                           timeout=120_000)
+    page.wait_for_selector("#status .steer-status-ok", timeout=120_000)
+    from steer.denoisers import native_size
+    from steer.images import EditInputs
+
+    side = native_size(pipe)  # the size slider's default: the 2:1 upload runs at side/2 x side
+    step = image_pixels(page, "original").shape[0] // (side // 2)  # image_pixels samples 32 rows of the display
+    inverted_original = image_pixels(page, "original")[::step, ::step]
+    original = original[::step, ::step]
+    upload = EditInputs.read(tmp_path / "photo.png").prepared(side // 2, side)["image"]
+    with torch.no_grad():
+        latents = pipe.vae.encode(pipe.image_processor.preprocess(upload)).latent_dist.mode()
+        vae = np.asarray(pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0], dtype=np.int16)
+    assert np.abs(inverted_original - vae).mean() < 1.0, "the inverted original is not the picture (its VAE reconstruction)"
+    assert np.abs(original - vae).mean() > 3.0  # image-to-image's original was a re-drawing
+    page.locator("#edit-invert input[type=checkbox]").uncheck()
     # a mask of the left half: the inpainting pipeline repaints there, the right half is kept by both images
     mask = np.zeros((photo.height, 2 * photo.width), dtype=np.uint8)
     mask[:, : photo.width] = 255
