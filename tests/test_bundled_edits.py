@@ -202,8 +202,9 @@ def test_the_readmes_batch_jobs_run_and_the_fitted_take_away_turns_red_dresses_i
     (block,) = re.findall(r"^```json[ \t]*\n(.*?)^```", readme, re.DOTALL | re.MULTILINE)
     jobs = [json.loads(line) for line in block.splitlines() if line.strip()]
     said: list[str] = []
-    summary = batch.run(jobs, pipe, tmp_path / "out", batch_size=4, model="demo", progress=False, report=said.append)
-    assert not summary["failures"] and summary["written"] == 5 + 3
+    examples = Path(__file__).resolve().parent.parent / "examples"  # where the edit job's red-sneaker.png is
+    summary = batch.run(jobs, pipe, tmp_path / "out", batch_size=4, model="demo", progress=False, report=said.append, base_dir=examples)
+    assert not summary["failures"] and summary["written"] == 5 + 3 + 3
     assert sum(line.startswith("take-away fit 'toward bag' replacing 'toward dress'") for line in said) == 1
     paths = sorted(p for p in (tmp_path / "out").glob("*.png") if read_recipe(p).get("take_away"))
     assert len(paths) == 3 and all(read_recipe(p)["take_away"]["name"] == "toward dress" for p in paths)
