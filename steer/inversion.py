@@ -120,6 +120,22 @@ class ImageInversion:
         return self.pipeline(pipe)(**self.call_kwargs(rows), **kwargs)
 
 
+def replay_rows(pipe: Any, inversions: list[ImageInversion], **kwargs: Any) -> Any:
+    """One call of ``pipe`` replaying several inversions, one row each (the same steps, guidance and size; each its
+    own prompt): ``steer batch`` edits rows of different pictures this way. ``kwargs`` as in `ImageInversion.edit`."""
+    first = inversions[0]
+    shape = (first.num_inference_steps, first.guidance_scale, first.height, first.width)
+    if any((i.num_inference_steps, i.guidance_scale, i.height, i.width) != shape for i in inversions):
+        raise ValueError("inversions replayed in one call need the same steps, guidance and size")
+    shared = _Shared()
+    shared.residuals = [torch.cat([i._shared.residuals[k] for i in inversions]) for k in range(len(first._shared.residuals))]
+    negatives = [i.negative_prompt or "" for i in inversions]
+    call = {"prompt": [i.prompt for i in inversions], "negative_prompt": negatives if any(negatives) else None,
+            "num_inference_steps": shape[0], "guidance_scale": shape[1], "height": shape[2], "width": shape[3],
+            "latents": torch.cat([i.start for i in inversions])}
+    return with_scheduler(pipe, _scheduler(pipe, _ReplayingScheduler, shared))(**call, **kwargs)
+
+
 def replay_inverted(pipe: Any, replay: Any, vectors: list[Any], edit: Any) -> Any:
     """The image a recipe of an inverted edit describes (`steer reproduce`): ``edit`` (`steer.replay.find_edit_inputs`)
     inverted again as recorded (prompt, steps, guidance, size, the seed's noise) and replayed in the recorded call's

@@ -203,3 +203,38 @@ def test_edit_jobs_run_on_sdxl_and_fail_in_one_line_where_the_family_has_no_stee
         else:
             assert summary["written"] == 0 and summary["failures"] == [
                 {"line": n, "reason": "diffusers has no img2img pipeline for a PixArtSigmaPipeline"} for n in (1, 2)]
+
+
+def test_invert_jobs_replay_each_pictures_inversion_in_one_call_and_reproduce(tiny_pipe, files, tmp_path, capsys):
+    """``invert: true``: each row replays its own picture's inversion (the seed draws its noise), rows of two pictures
+    share one call and equal the Python API's replay; scale 0 is the picture; recipes say so and reproduce."""
+    from steer.inversion import invert_image
+    from steer.vectors import SteeringVector
+
+    work = tmp_path / "work"
+    shutil.copytree(files, work)
+    jobs = [{"prompt": "a bag", "image": name, "invert": True, "seed": 3, "num_inference_steps": STEPS,
+             "directions": [{"path": "dir.safetensors", "sweep": [0, 1, 2]}], "name": name[0]} for name in ("a.png", "b.png")]
+    plan = batch.plan_jobs([(i + 1, j) for i, j in enumerate(jobs)], tiny_pipe, tmp_path / "plan", model="tiny", base_dir=work, batch_size=8)
+    assert [len(b) for b in plan.batches] == [4] and not plan.failures
+    out = tmp_path / "out"
+    summary = batch.run(write_jobs(work, jobs), tiny_pipe, out, batch_size=8, model="tiny", progress=False)
+    assert (summary["written"], summary["failed"]) == (4, 0), summary["failures"]
+    vector = SteeringVector.load(work / "dir.safetensors")
+    for name in ("a", "b"):
+        picture = EditInputs.read(work / f"{name}.png").prepared(48, 40)["image"]
+        inversion = invert_image(tiny_pipe, picture, "a bag", num_inference_steps=STEPS, guidance_scale=7.5, generator=torch.Generator().manual_seed(3))
+        want = inversion.edit(tiny_pipe, rows=2, steering=vector, steering_scale=[0.0, 1.0]).images
+        for scale, image in zip(("0", "1"), want, strict=True):
+            assert np.abs(pixels(out / f"{name}_seed3_s+{scale}.png") - np.asarray(image, dtype=np.int16)).max() <= 1, (name, scale)
+        assert read_recipe(out / f"{name}_seed3_s+1.png")["edit"]["invert"] is True
+    from steer.cli.main import main
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    capsys.readouterr()
+    assert main(["reproduce", str(out / "a_seed3_s+1.png"), "--model", str(model), "--directions", str(work), "--tolerance", "1"]) == 0
+    for extra, needle in (({"mask": "mask.png"}, "it takes no mask"), ({"strength": 0.5}, "it takes no strength"),
+                          ({"sampler": "euler"}, "it takes no sampler"), ({"invert": "yes"}, "invert must be true or false")):
+        bad = batch.run(write_jobs(work, [{**jobs[0], **extra}]), tiny_pipe, tmp_path / "bad", model="tiny", progress=False)
+        assert bad["failed"] == 1 and needle in bad["failures"][0]["reason"], bad["failures"]

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steer.jobs.checks import check_float
+from steer.jobs.checks import check_bool, check_float
 from steer.jobs.read import JobError, show
 
 MAX_PATH_CHARS = 4096
-EDIT_FIELDS = ("image", "mask", "strength")
+EDIT_FIELDS = ("image", "mask", "strength", "invert")
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,17 @@ class JobEdit:
     mask_sha256: str | None
     strength: float
     size: tuple[int, int]
+    invert: bool = False  # edited from its inversion (`steer.inversion`), not re-drawn
 
     @property
     def task(self) -> str:
-        return "inpaint" if self.mask is not None else "img2img"
+        return "invert" if self.invert else "inpaint" if self.mask is not None else "img2img"
 
     def record(self) -> dict[str, Any]:
-        """The recipe's ``edit`` block (the shape `steer.images.EditInputs.record` writes)."""
+        """The recipe's ``edit`` block (the shape `steer generate --image` writes)."""
         files = {"image": (self.image, self.image_sha256), **({"mask": (self.mask, self.mask_sha256)} if self.mask else {})}
-        return {**{k: {"path": str(p), "sha256": h} for k, (p, h) in files.items()}, "strength": self.strength}
+        return {**{k: {"path": str(p), "sha256": h} for k, (p, h) in files.items()}, "strength": self.strength,
+                **({"invert": True} if self.invert else {})}
 
     def inputs(self, height: int, width: int) -> dict[str, Any]:
         """The pipeline's ``image`` (and ``mask_image``) at ``width`` x ``height``, read again and checked against the
@@ -87,12 +89,23 @@ class EditChecker:
         from steer.images import edit_steps
 
         if job.get("image") is None:
-            given = [k for k in ("mask", "strength") if job.get(k) is not None]
+            given = [k for k in ("mask", "strength", "invert") if job.get(k) not in (None, False)]
             if given:
                 raise JobError(line, f"{' and '.join(given)} {'go' if len(given) > 1 else 'goes'} with an image to edit: give image too")
             return None
         if job.get("take_away_fit"):
             raise JobError(line, "take_away_fit fits text-to-image generation; an edit takes the take-away at its direction's scale")
+        invert = check_bool(line, "invert", job.get("invert", False))
+        if invert:
+            given = [k for k in ("mask", "strength", "sampler") if job.get(k) is not None]
+            if given:
+                raise JobError(line, f"invert replays the image's DDPM inversion over the whole run: it takes no {' or '.join(given)}")
+            from steer.inversion import check_invertible
+
+            try:
+                check_invertible(self.pipe)
+            except ValueError as err:
+                raise JobError(line, str(err)) from None
         image = self._path(line, "image", job["image"])
         mask = self._path(line, "mask", job["mask"]) if job.get("mask") is not None else None
         size, image_sha = self._read(line, image, "RGB")
@@ -101,6 +114,8 @@ class EditChecker:
             mask_size, mask_sha = self._read(line, mask, "L")
             if mask_size != size:
                 raise JobError(line, f"the mask is {mask_size[0]}x{mask_size[1]} and the image {size[0]}x{size[1]}: they must be the same size")
+        if invert:
+            return JobEdit(image, image_sha, None, None, 1.0, size, invert=True)
         edit_pipe = self.pipeline(line, "inpaint" if mask is not None else "img2img")
         if job.get("strength") is None:
             from steer.pipelines.factory import default_strength

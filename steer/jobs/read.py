@@ -53,6 +53,7 @@ JOB_FIELDS = (
     "image",
     "mask",
     "strength",
+    "invert",
     "name",
     "model",
 )
@@ -186,7 +187,7 @@ def _read_jsonl(data: bytes) -> list[RawJob]:
 # ----- CSV ------------------------------------------------------------------------------------------------------------
 _CSV_INT = {"seed", "num_inference_steps", "height", "width"}
 _CSV_FLOAT = {"guidance_scale", "strength"}
-_CSV_BOOL = {"steering_normalize", "steering_strict", "take_away_fit"}
+_CSV_BOOL = {"steering_normalize", "steering_strict", "take_away_fit", "invert"}
 _CSV_LISTS = {"seeds": int, "steering_layers": str, "steering_window": float, "steering_removal_window": float, "steering_readers": str}
 
 

@@ -150,6 +150,15 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
         "generator": [torch.Generator(gen_device).manual_seed(im.seed) for im in images],
         "output_type": output_type,
     }
+    if setup.task == "invert":  # each row replays its own picture's inversion (its seed draws the inversion's noise)
+        from steer.inversion import invert_image, replay_rows
+
+        inversions = [invert_image(pipe, im.edit.inputs(setup.height, setup.width)["image"], im.prompt, negative_prompt=im.negative_prompt,
+                                   num_inference_steps=setup.num_inference_steps, guidance_scale=setup.guidance_scale, generator=gen)
+                      for im, gen in zip(images, kwargs.pop("generator"), strict=True)]
+        steering = {"steering": list(setup.vectors), "steering_scale": [list(im.scales) for im in images],
+                    **setup.config.to_settings()} if setup.config is not None else {}
+        return replay_rows(pipe, inversions, output_type=output_type, **steering).images
     if setup.task is None:
         kwargs.update(height=setup.height, width=setup.width)
     else:
