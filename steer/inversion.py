@@ -72,6 +72,12 @@ class _InvertingScheduler(_RecordedScheduler):
 
 
 class _ReplayingScheduler(_RecordedScheduler):
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        super().set_timesteps(*args, **kwargs)
+        if len(self.timesteps) != len(self._shared.residuals):  # a call that overrides the recorded step count
+            raise ValueError(f"this inversion was recorded over {len(self._shared.residuals)} steps; replay it with "
+                             f"num_inference_steps={len(self._shared.residuals)} (ImageInversion.call_kwargs)")
+
     def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, generator=None,
              variance_noise=None, return_dict=True):
         residual = self._shared.residuals[self._index].to(sample.device, sample.dtype)

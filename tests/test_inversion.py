@@ -47,6 +47,8 @@ def test_the_unsteered_replay_is_the_picture_and_steering_moves_it(tiny_pipe):
     assert 1e-3 < moved[0] < moved[1], moved
     assert no_hooks_left(tiny_pipe.unet)
     assert type(tiny_pipe.scheduler).__name__ != "_ReplayingScheduler"  # the pipeline itself is untouched
+    with pytest.raises(ValueError, match=f"recorded over {STEPS} steps; replay it with num_inference_steps={STEPS}"):
+        inversion.pipeline(tiny_pipe)(**{**inversion.call_kwargs(1), "num_inference_steps": STEPS + 2})
 
 
 def test_two_threads_replay_one_inversion_as_each_would_alone(tiny_pipe):
