@@ -23,6 +23,7 @@ itself), so two calls at once replay the same inversion; each copy keeps its own
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,9 +202,11 @@ def invert_image(
         if size is None:
             raise ValueError("give height and width for an image that is not a PIL image")
         height, width = edit_size(size, height, width)
-    device, dtype = pipe._execution_device, pipe.vae.dtype
-    pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(device, dtype)
-    latents = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+    device, vae = pipe._execution_device, pipe.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16: encode
+        vae = copy.deepcopy(vae).float()  # with a float32 copy (casting the shared one would race other calls)
+    pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(device, vae.dtype)
+    latents = (vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor).to(pipe.vae.dtype)
     probe = _scheduler(pipe, _InvertingScheduler, _Shared())
     probe.set_timesteps(num_inference_steps, device=device)
     timesteps = list(probe.timesteps)
