@@ -1,6 +1,7 @@
-"""A batch job that edits a given image, as ``steer generate --image [--mask] [--strength]``: ``image`` (and ``mask``,
-inpainting: white is repainted) name files next to the jobs file (or absolute paths), ``strength`` how much of the
-run the edit performs (default: the pipeline's own, SD image-to-image 0.8).
+"""A batch job that edits a given image, as ``steer generate --image [--mask] [--strength] [--invert]``: ``image`` (and
+``mask``, inpainting: white is repainted) name files next to the jobs file (or absolute paths), ``strength`` how much
+of the run the edit performs (default: the pipeline's own, SD image-to-image 0.8); ``invert: true`` edits from the
+image's inversion instead (`steer.inversion`; each row inverts its own picture with its seed).
 
 While planning, each file is read once (bounded, `steer.images.open_image`) for its size and sha256; the images are
 decoded again only when their batch runs, so a run of many edits never holds more than a batch of pictures. A file
