@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from steer.app import helpers as H
+from steer.config import PAPER_WINDOW
 
 pytestmark = pytest.mark.browser
 
@@ -134,7 +135,7 @@ def test_generate_in_browser(served, browser, tmp_path: Path):
     if kind == "demo":  # "blue minus red" makes the image bluer / less red
         assert blue_minus_red(steered) > blue_minus_red(original) + 3.0
     else:  # the app's images are the Python API's result for the same settings (the app's default window)
-        want_original, want_steered = expected_pair(pipe, vector, STRENGTH, seed=0, window=H.PAPER_WINDOW, steps=STEPS)
+        want_original, want_steered = expected_pair(pipe, vector, STRENGTH, seed=0, window=PAPER_WINDOW, steps=STEPS)
         assert np.abs(original - want_original).max() <= 1
         assert np.abs(steered - want_steered).max() <= 1
     page.screenshot(path=str(tmp_path / "app.png"), full_page=True)

@@ -10,6 +10,7 @@ import pytest
 
 import app
 from steer.app import helpers as H
+from steer.denoisers import denoiser_of
 
 FAMILIES = {"sdxl": "steer.testing.sdxl:tiny_sdxl_pipeline", "sd3": "steer.testing.sd3:tiny_sd3_pipeline"}
 
@@ -19,7 +20,7 @@ def test_learn_then_generate_in_the_app(family, tmp_path):
     module, _, fn = FAMILIES[family].partition(":")
     pipe = getattr(importlib.import_module(module), fn)(seed=0)
     steer_app = app.SteerApp(pipe, H.DirectionCatalog({}), workdir=tmp_path / "work", upload_root=tmp_path / "uploads")
-    assert steer_app.layers and all(name in dict(H.denoiser_of(pipe).named_modules()) for name in steer_app.layers)
+    assert steer_app.layers and all(name in dict(denoiser_of(pipe).named_modules()) for name in steer_app.layers)
 
     session, _, _, status = steer_app.learn({}, "a red bag", "a blue bag", None, None, "mean_diff", "fast",
                                             "all layers", [], 2, 2, 5.0, 0, "red", "")
