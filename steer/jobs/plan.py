@@ -59,7 +59,7 @@ class CallSetup:
     digests: tuple[str, ...] = ()
     config: SteeringConfig | None = None  # how the vectors are applied; None for an unsteered call
     sampler: str | None = None  # a `steer.samplers` name the call samples with; None: the pipeline's scheduler
-    task: str | None = None  # "img2img" or "inpaint" for an edit of given images (`steer.jobs.edits`); None: from noise
+    task: str | None = None  # "img2img", "inpaint" or "invert" for an edit of given images (`steer.jobs.edits`); None: from noise
     strength: float | None = None  # an edit's strength
 
     def key(self) -> tuple:
