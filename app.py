@@ -478,7 +478,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     from steer.cli.loading import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device, loras=args.lora)  # a LoRA file: recorded in every recipe
+    try:
+        pipe = load_pipeline(args.model, device=args.device, loras=args.lora)  # a LoRA file: recorded in every recipe
+    except (OSError, ValueError) as err:  # a model that cannot load, a LoRA of another model: one line, no traceback
+        raise SystemExit(f"app.py: error: {err}") from None
     demo = build_app(pipe, device=args.device, detector=args.detector, max_upload_bytes=int(args.max_upload_mb * 2**20))
     launch(demo, server_name=args.host, server_port=args.port, share=args.share, show_error=True)
 

@@ -219,6 +219,14 @@ def test_the_app_takes_a_lora_and_records_it_in_its_recipes(model_dir, lora_dir,
     assert [(e["path"], e["scale"]) for e in recipe["loras"]] == [(str(lora.resolve()), 0.5)]
     with pytest.raises(SystemExit):
         app.parse_args(["--lora", str(tmp_path / "none.safetensors")])
+    from safetensors.torch import save_file
+
+    save_file({"unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 999),
+               "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(999, 4)},
+              tmp_path / "other.safetensors")
+    with pytest.raises(SystemExit, match=r"^app.py: error: the LoRA other.safetensors does not fit this model: ") as exit_:
+        app.main(["--model", model_dir, "--lora", str(tmp_path / "other.safetensors")])
+    assert "\n" not in str(exit_.value.code)
 
 
 def test_load_loras_twice_keeps_both_and_a_failed_file_takes_out_only_itself(lora_dir, tmp_path):
