@@ -313,13 +313,20 @@ def replay_steering(replay: Replay, vectors: Sequence[Any]) -> tuple[int, dict[s
 
 
 def edit_call_inputs(pipe: Any, edit: Any, height: int, width: int, rows: int) -> dict[str, Any]:
-    """An editing pipeline's inputs for a call of ``rows`` rows: the image (and mask) prepared at ``height`` x
-    ``width`` (`steer.images.EditInputs.prepared`), one per row, the strength, and the size where the pipeline takes
-    one (inpainting does; image-to-image runs at its image's size)."""
+    """An editing pipeline's inputs for a call of ``rows`` rows of one edit: its image (and mask) prepared at
+    ``height`` x ``width`` (`steer.images.EditInputs.prepared`) on every row (`edit_rows_inputs`)."""
+    return edit_rows_inputs(pipe, [edit.prepared(height, width)] * rows, height, width)
+
+
+def edit_rows_inputs(pipe: Any, rows: Sequence[dict[str, Any]], height: int, width: int) -> dict[str, Any]:
+    """An editing pipeline's inputs from each row's prepared inputs (`steer.images.EditInputs.prepared`): the images
+    (and masks) as lists, the strength when the rows carry one, and the size where the pipeline takes one (inpainting
+    does; image-to-image runs at its image's size)."""
     import inspect
 
-    inputs = edit.prepared(height, width)
-    call = {k: [v] * rows if k in ("image", "mask_image") else v for k, v in inputs.items()}
+    call: dict[str, Any] = {k: [r[k] for r in rows] for k in ("image", "mask_image") if k in rows[0]}
+    if "strength" in rows[0]:
+        call["strength"] = rows[0]["strength"]
     if "height" in inspect.signature(pipe.__call__).parameters:
         call.update(height=height, width=width)
     return call

@@ -144,21 +144,19 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
         raise ValueError("generate_batch needs images that share one call setup")
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
-    kwargs: dict[str, Any] = {
-        "num_inference_steps": setup.num_inference_steps,
-        "guidance_scale": setup.guidance_scale,
-        "generator": [torch.Generator(gen_device).manual_seed(im.seed) for im in images],
-        "output_type": output_type,
-    }
+    generators = [torch.Generator(gen_device).manual_seed(im.seed) for im in images]
+    steering: dict[str, Any] = {}
+    if setup.config is not None:
+        steering = {"steering": list(setup.vectors), "steering_scale": [list(im.scales) for im in images], **setup.config.to_settings()}
     if setup.task == "invert":  # each row replays its own picture's inversion (its seed draws the inversion's noise)
         from steer.inversion import invert_image, replay_rows
 
         inversions = [invert_image(pipe, im.edit.inputs(setup.height, setup.width)["image"], im.prompt, negative_prompt=im.negative_prompt,
                                    num_inference_steps=setup.num_inference_steps, guidance_scale=setup.guidance_scale, generator=gen)
-                      for im, gen in zip(images, kwargs.pop("generator"), strict=True)]
-        steering = {"steering": list(setup.vectors), "steering_scale": [list(im.scales) for im in images],
-                    **setup.config.to_settings()} if setup.config is not None else {}
+                      for im, gen in zip(images, generators, strict=True)]
         return replay_rows(pipe, inversions, output_type=output_type, **steering).images
+    kwargs: dict[str, Any] = {"num_inference_steps": setup.num_inference_steps, "guidance_scale": setup.guidance_scale,
+                              "generator": generators, "output_type": output_type, **steering}
     if setup.task is None:
         kwargs.update(height=setup.height, width=setup.width)
     else:
@@ -167,29 +165,18 @@ def generate_batch(pipe: Any, images: Sequence[ImageJob], output_type: str = "pi
     negatives = [im.negative_prompt or "" for im in images]
     if any(negatives):
         kwargs["negative_prompt"] = negatives
-    if setup.config is not None:
-        kwargs.update(
-            steering=list(setup.vectors),
-            steering_scale=[list(im.scales) for im in images],
-            **setup.config.to_settings(),
-        )
     return with_sampler(pipe, setup.sampler)([im.prompt for im in images], **kwargs).images
 
 
 
 def _edit_rows(pipe: Any, images: Sequence[ImageJob]) -> dict[str, Any]:
-    """An editing call's inputs: each row's image (and mask) at the setup's size, read and checked now
-    (`steer.jobs.edits.JobEdit.inputs`), the strength, and the size where the pipeline takes one (inpainting)."""
-    import inspect
+    """An editing call's inputs (`steer.replay.edit_rows_inputs`): each row's image (and mask) at the setup's size,
+    read and checked now (`steer.jobs.edits.JobEdit.inputs`), and the setup's strength."""
+    from steer.replay import edit_rows_inputs
 
     setup = images[0].setup
     rows = [im.edit.inputs(setup.height, setup.width) for im in images]
-    call: dict[str, Any] = {"image": [r["image"] for r in rows], "strength": setup.strength}
-    if setup.task == "inpaint":
-        call["mask_image"] = [r["mask_image"] for r in rows]
-    if "height" in inspect.signature(pipe.__call__).parameters:
-        call.update(height=setup.height, width=setup.width)
-    return call
+    return {**edit_rows_inputs(pipe, rows, setup.height, setup.width), "strength": setup.strength}
 
 
 def png_bytes(image: Any, recipe: dict[str, Any]) -> bytes:
