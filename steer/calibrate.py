@@ -5,7 +5,8 @@ After a direction is learned its strength is chosen so that ``steering_scale=1.0
 1. Sample the positive prompts unsteered: final latents ``z_pos``. ``z_pos[i]`` is what the model itself draws for
    the edited prompt from seed ``i``: the target of the edit.
 2. Sample *open* prompts (`open_prompts`: the positive prompts without the words that make the attribute, so the
-   model chooses it) from the same seeds, unsteered and with the direction at a grid of strengths (one batched call,
+   model chooses it; pair by pair where each positive has its own negative, "an old man" / "a man" -> "man") from
+   the same seeds, unsteered and with the direction at a grid of strengths (one batched call,
    a per-row strength sweep), and measure how far each set is from its same-seed targets, relative to the unsteered
    start: ``d(s) = mean |z(s) - z_pos| / mean |z(0) - z_pos|``.
 3. The minimum of ``d`` (refined by a parabola through the best grid point and its neighbours) is the strength that
@@ -310,10 +311,10 @@ def _sweeps(
     grid = check_grid(grid)
     seeds, pos, neg, kw, steering = _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering)
     rows_per_set = num_samples * run_length(pipe, num_inference_steps) * rows_per_sample(pipe, **kw)
+    opened = open_prompts(pos, neg)
     z_pos = sample_latents(pipe, pos, seeds, flat=False, batch_size=batch_size, **kw)
     # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
     # batched call per window
-    opened = open_prompts(pos, neg)
     start, results, route = None, [], None
     if choose_route:  # the unsteered open samples first: the route is chosen from the model's own prompt edit
         z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
@@ -347,8 +348,8 @@ def _branched_sweeps(
     grid = check_grid(grid)
     seeds, pos, neg, kw, steering = _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering)
     row_steps = num_samples * rows_per_sample(pipe, **kw)  # denoiser rows per sample set and step
-    z_pos = sample_latents(pipe, pos, seeds, flat=False, batch_size=batch_size, **kw)
     opened = open_prompts(pos, neg)
+    z_pos = sample_latents(pipe, pos, seeds, flat=False, batch_size=batch_size, **kw)
     z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
     route = None
     if choose_route:
@@ -457,17 +458,49 @@ def attribute_words(positive: Sequence[str], negative: Sequence[str]) -> list[st
 
 
 def open_prompts(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
-    """The positive prompts with the attribute left open: the `attribute_words` are dropped ("a blue sneaker" among
-    "a blue ..." vs "a red ..." -> "a sneaker")."""
+    """The positive prompts with the attribute left open, so the model chooses it.
+
+    Where the negatives pair up with the positives (as many, each positive's closest negative a different one: "a blue
+    sneaker" / "a sneaker", "an elderly man" / "a young man"), each positive drops the words where it differs from its
+    own negative ("a sneaker", "man"). Otherwise the `attribute_words` are dropped from every positive ("a blue
+    sneaker" among "a blue ..." vs "a red coat" -> "a sneaker"); where no word is shared by every positive and missing
+    from some negative, each positive drops its differences from its closest negative. A positive with nothing to
+    drop (it is one of the negatives) is a ValueError naming it."""
+    positive, negative = list(positive), list(negative)
+    unique_positive, unique_negative = list(dict.fromkeys(positive)), list(dict.fromkeys(negative))
+    closest = {p: negative[_closest(p, negative)] for p in unique_positive} if negative else {}
     attribute = set(attribute_words(positive, negative))
-    return [" ".join(w for w in p.split() if w not in attribute) for p in positive]
+    paired = len(unique_positive) == len(unique_negative) and len(set(closest.values())) == len(unique_positive)
+    if negative and (paired or not attribute):
+        opened = [" ".join(_common_words(p, closest[p])) for p in positive]
+    else:
+        opened = [" ".join(w for w in p.split() if w not in attribute) for p in positive]
+    for p, o in zip(positive, opened, strict=True):
+        if o.split() == p.split():
+            raise ValueError(f"the positive prompt {p!r} has no words its negative prompts lack, so there is nothing to "
+                             "leave open for the calibration: contrast it with the same prompt without the attribute")
+    return opened
+
+
+def _closest(prompt: str, negative: Sequence[str]) -> int:
+    """The index of the negative prompt sharing the most words, in order, with ``prompt`` (the first on a tie)."""
+    words = prompt.split()
+    ratios = [SequenceMatcher(a=words, b=n.split(), autojunk=False).ratio() for n in negative]
+    return max(range(len(negative)), key=ratios.__getitem__)
+
+
+def _common_words(prompt: str, other: str) -> list[str]:
+    """The words of ``prompt`` that match ``other`` in order (`SequenceMatcher`'s equal blocks)."""
+    words = prompt.split()
+    blocks = SequenceMatcher(a=words, b=other.split(), autojunk=False).get_matching_blocks()
+    return [w for b in blocks for w in words[b.a : b.a + b.size]]
 
 
 def attribute_span(prompt: str, negative: Sequence[str]) -> tuple[int, int]:
     """The words ``[start, end)`` of ``prompt`` that make its attribute: where it differs from the most similar of
     the ``negative`` prompts ("a red dress" vs "a red item" -> (2, 3); "a photo of a dog" vs "a photo" -> (2, 5))."""
     words = prompt.split()
-    closest = max(negative, key=lambda n: SequenceMatcher(a=words, b=n.split(), autojunk=False).ratio())
+    closest = negative[_closest(prompt, negative)]
     changed = [op for op in SequenceMatcher(a=words, b=closest.split(), autojunk=False).get_opcodes() if op[0] != "equal"]
     if not changed or changed[0][1] == changed[-1][2]:
         raise ValueError(f"{prompt!r} has no words its negative prompts lack")

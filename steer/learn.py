@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, calibrate_windows, check_grid
+from steer.calibrate import LAYOUT_EDIT_BELOW, calibrate_windows, check_grid, open_prompts
 from steer.calibrate import calibrate as run_calibration
 from steer.config import PAPER_WINDOW, SteeringConfig, check_window
 from steer.denoisers import (
@@ -259,6 +259,8 @@ def learn_direction(
             text_readers(unet, readers)  # a one-line error before any sampling
     if calibrate and (image_input or not neg_items):
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
+    if calibrate:
+        open_prompts([str(p) for p in pos_items], [str(p) for p in neg_items])  # a one-line error before any sampling
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
     for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096),
