@@ -83,6 +83,22 @@ def aggregate(positive: torch.Tensor, negative: torch.Tensor | None, method: Met
 # ----------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------------------
+# Below this share of a layer's typical norm the two sets' difference is the same representation (float noise).
+SAME_SETS = 1e-5
+
+
+def _check_sets_differ(directions: dict[str, torch.Tensor], act_norm: dict[str, float], image_input: bool) -> None:
+    """A one-line ValueError when the two sets gave the same representation at every layer: there is no direction
+    (prompts that differ only past what the text encoder reads)."""
+    relative = {n: float(d.norm()) / max(act_norm[n], 1e-12) for n, d in directions.items()}
+    if max(relative.values()) > SAME_SETS:
+        return
+    where = next(iter(relative)) if len(relative) == 1 else f"every one of the {len(relative)} layers"
+    check = "the images differ" if image_input else "the prompts differ within what the text encoder reads (77 tokens on CLIP)"
+    raise ValueError(f"the positive and negative sets give the same representation at {where} (difference "
+                     f"{max(relative.values()):.1e} of its typical norm): there is no direction to learn; check that {check}")
+
+
 def _describe(items: list) -> dict[str, Any]:
     if items and isinstance(items[0], str) and not is_image_item(items[0]):
         return {"prompts": list(dict.fromkeys(items))}
@@ -259,8 +275,7 @@ def learn_direction(
             text_readers(unet, readers)  # a one-line error before any sampling
     if calibrate and (image_input or not neg_items):
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
-    if calibrate:
-        open_prompts([str(p) for p in pos_items], [str(p) for p in neg_items])  # a one-line error before any sampling
+    opened = open_prompts([str(p) for p in pos_items], [str(p) for p in neg_items]) if calibrate else []  # an error before any sampling
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
     for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096),
@@ -273,6 +288,10 @@ def learn_direction(
             "direction acts with window=, readers= and layers=)"
         )
 
+    if not image_input and neg_items and method != "mean" and mode != "text":  # before any sampling
+        tokens = [encode_text(pipe, items).float().cpu() for items in (pos_items, neg_items)]
+        _check_sets_differ({CONTEXT_SITE: tokens[0].mean((0, 1)) - tokens[1].mean((0, 1))},
+                           {CONTEXT_SITE: float(tokens[0].norm(dim=-1).mean())}, False)
     sample_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
     sets: list[dict[str, torch.Tensor]] = []
     norms: list[dict[str, float]] = []
@@ -311,6 +330,8 @@ def learn_direction(
     else:
         directions = {n: aggregate(sets[0][n], sets[1][n] if len(sets) > 1 else None, method) for n in layer_names}
     act_norm = {n: sum(a[n] for a in norms) / len(norms) for n in layer_names}
+    if len(sets) > 1 and method != "mean":
+        _check_sets_differ(directions, act_norm, image_input)
     source = "images" if image_input else f"prompts-{mode}"
     meta: dict[str, Any] = {
         "name": name or _default_name(pos_items, neg_items, image_input),
@@ -373,7 +394,8 @@ def learn_direction(
         if result.route["readers"] is not None:
             settings["readers"] = list(result.route["readers"])
     calibrated = result.strength * unit
-    calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
+    # the prompts the calibration steered: the positives with the attribute left open
+    calibrated.metadata = {**meta, "recommended": settings, "calibration": {**result.to_dict(), "open_prompts": list(dict.fromkeys(opened))}}
     return calibrated
 
 

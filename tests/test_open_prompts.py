@@ -1,15 +1,16 @@
 """The open prompts the calibration steers (`steer.calibrate.open_prompts`): the positives with their attribute left
 open, when the attribute is worded alike in every positive and when it is not ("a red t-shirt", "an orange bag")."""
 
-import warnings
-
+import numpy as np
 import pytest
 import torch
 
 from steer.calibrate import POOR_DISTANCE, open_prompts
 from steer.cli.loading import load_pipeline
+from steer.cli.main import main
 from steer.lab import data as D
 from steer.lab.classifier import load_classifier, predict
+from steer.vectors import SteeringVector
 
 C, K = D.COLOUR_NAMES, D.CLASS_NAMES
 
@@ -54,19 +55,25 @@ def test_a_positive_with_nothing_to_leave_open_is_one_line_before_any_sampling(t
     assert v.metadata.get("calibration") is None
 
 
-def test_a_warm_direction_worded_two_ways_calibrates_and_edits_the_demo_model():
-    """"Toward warm colours" from "a red ..." and "an orange ..." prompts: the calibration converges (before, it
-    steered the positives toward their own samples, warned of absurd distances and fell back to an uncalibrated
-    strength 2.2x the calibrated one) and scale 1.0 turns open prompts red/orange, garment kept (measured 6/6, 6/6)."""
+def test_a_warm_direction_worded_two_ways_calibrates_and_edits_the_demo_model(tmp_path, capsys):
+    """"Toward warm colours" from "a red ..." and "an orange ..." prompts, learned on the command line: the calibration
+    converges (before, it steered the positives toward their own samples, warned of absurd distances and fell back to
+    an uncalibrated strength 2.2x the calibrated one), says what it steered, and scale 1.0 turns open prompts
+    red/orange, garment kept (measured 6/6, 6/6)."""
     torch.set_num_threads(1)
-    pipe, clf = load_pipeline(None, "cpu"), load_classifier()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no calibration warning
-        warm = pipe.learn_direction(["a red t-shirt", "an orange bag", "a red sneaker", "an orange coat"],
-                                    ["a t-shirt", "a bag", "a sneaker", "a coat"], num_inference_steps=20, guidance_scale=5.0, progress=False)
+    out = tmp_path / "warm.safetensors"
+    args = ["learn", "--positive", "a red t-shirt", "an orange bag", "a red sneaker", "an orange coat",
+            "--negative", "a t-shirt", "a bag", "a sneaker", "a coat", "--steps", "20", "--guidance", "5", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "warning" not in printed.err + printed.out  # no calibration advice
+    assert "calibrated on: 'a t-shirt', 'bag', 'a sneaker', 'coat' (the positives with the attribute left open)" in printed.out
+    warm = SteeringVector.load(out)
     calibration = warm.metadata["calibration"]
+    assert calibration["open_prompts"] == ["a t-shirt", "bag", "a sneaker", "coat"]
     assert calibration["converged"] and calibration["distance"] < POOR_DISTANCE  # measured 0.32
 
+    pipe, clf = load_pipeline(None, "cpu"), load_classifier()
     prompts = ["a t-shirt", "a sneaker", "a bag", "a coat", "a trouser", "a dress"]
 
     def judged(**steering):
@@ -77,6 +84,5 @@ def test_a_warm_direction_worded_two_ways_calibrates_and_edits_the_demo_model():
     warm_colours = [C.index("red"), C.index("orange")]
     ref_cls, ref_col = judged()
     cls, col = judged(steering=warm, steering_scale=1.0)
-    assert torch.isin(torch.as_tensor(ref_col), torch.as_tensor(warm_colours)).float().mean() <= 0.34
-    assert torch.isin(torch.as_tensor(col), torch.as_tensor(warm_colours)).float().mean() >= 0.66
-    assert (cls == ref_cls).mean() >= 0.8
+    assert np.isin(ref_col, warm_colours).mean() <= 0.34
+    assert np.isin(col, warm_colours).mean() >= 0.66 and (cls == ref_cls).mean() >= 0.8

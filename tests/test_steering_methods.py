@@ -477,3 +477,23 @@ def test_learning_options_are_checked_before_any_sampling(tiny_pipe, option, mes
     finally:
         handle.remove()
     assert calls == []
+
+
+@pytest.mark.parametrize("options", [{}, {"preset": "casteer", "num_samples": 2, "num_inference_steps": 4},
+                                     {"preset": "paper", "method": "mean_diff", "source_mode": "fast", "num_samples": 2}])
+def test_prompts_that_differ_only_past_what_the_text_encoder_reads_are_one_line_before_any_sampling(tiny_pipe, options):
+    """CLIP reads 77 tokens: "<long prompt> blue" and "<long prompt>" are the same prompt to the model, so there is no
+    direction (before: a zero vector with a calibration warning; with different seeds per set, pure sampling noise)."""
+    long = " ".join(["a photo of a sneaker on a table"] * 15)
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=r"^the positive and negative sets give the same representation at encoder_hidden_states "
+                                             r"\(difference 0.0e\+00 of its typical norm\): there is no direction to learn"):
+            tiny_pipe.learn_direction([long + " blue"], [long], progress=False, **options)
+    finally:
+        handle.remove()
+    assert calls == []
+    # a word inside what the encoder reads still learns
+    v = tiny_pipe.learn_direction(["blue " + long], [long], calibrate=False, progress=False)
+    assert float(v.directions[CONTEXT_SITE].norm()) > 0

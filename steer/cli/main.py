@@ -48,6 +48,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
         vector = _learn(pipe, args, positive, negative)
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
+    opened = (vector.metadata.get("calibration") or {}).get("open_prompts")
+    if opened:  # what the calibration steered toward the positives' own samples
+        print(f"calibrated on: {clip(', '.join(map(repr, opened)), 200)} (the positives with the attribute left open)")
     choice = vector.metadata.get("window_choice")
     if choice:  # --window auto: what the calibration compared
         tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
