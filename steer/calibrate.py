@@ -117,6 +117,15 @@ def seeded_generators(pipe, seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device=gen_device).manual_seed(s) for s in seeds]
 
 
+# Negative prompts a sampling call may take as one string for every row (diffusers wants one per prompt of a list).
+NEGATIVE_PROMPTS = ("negative_prompt", "negative_prompt_2", "negative_prompt_3")
+
+
+def rows_of(call_kwargs: Mapping[str, Any], n: int) -> dict[str, Any]:
+    """``call_kwargs`` for a call on ``n`` prompts: a negative prompt given as one string is repeated for every row."""
+    return {k: [v] * n if k in NEGATIVE_PROMPTS and isinstance(v, str) else v for k, v in call_kwargs.items()}
+
+
 def sample_latents(
     pipe, prompts: Sequence[str], seeds: Sequence[int], flat: bool = True, raw: bool = False, batch_size: int | None = None, **call_kwargs: Any
 ) -> torch.Tensor:
@@ -141,7 +150,7 @@ def sample_latents(
             per_row[key] = value
     parts = []
     for i in range(0, n, size):
-        chunk = {**call_kwargs, **{k: v[i : i + size] for k, v in per_row.items()}}
+        chunk = rows_of({**call_kwargs, **{k: v[i : i + size] for k, v in per_row.items()}}, len(prompts[i : i + size]))
         parts.append(pipe(list(prompts[i : i + size]), generator=seeded_generators(pipe, seeds[i : i + size]), output_type="latent", **chunk).images)
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     if raw:

@@ -23,7 +23,7 @@ from diffusers import DDPMScheduler
 from PIL import Image
 from tqdm.auto import tqdm
 
-from steer.calibrate import seeded_generators
+from steer.calibrate import rows_of, seeded_generators
 from steer.denoisers import denoiser_of, native_size
 from steer.engine import ActivationRecorder, step_bucket
 from steer.text_tokens import encode_text
@@ -172,7 +172,7 @@ def generate_samples(pipe, prompts: Sequence[str], num_samples: int, *, seed: in
     bar = _Progress(progress, num_samples, "generate")
     try:
         for batch_prompts, seeds in _prompt_batches(prompts, num_samples, batch_size, seed):
-            images = pipe(list(batch_prompts), generator=seeded_generators(pipe, seeds), output_type="pt", **call_kwargs).images
+            images = pipe(list(batch_prompts), generator=seeded_generators(pipe, seeds), output_type="pt", **rows_of(call_kwargs, len(batch_prompts))).images
             out.append(images.float().cpu())
             used += batch_prompts
             bar.update(len(batch_prompts))
@@ -230,7 +230,7 @@ def record_steps(
         cfg=getattr(call_pipe, "steering_cfg", lambda: call_pipe.do_classifier_free_guidance), branch="cond",
     )
     with recorder:
-        _plain_call(call_pipe, list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **call_kwargs)
+        _plain_call(call_pipe, list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **rows_of(call_kwargs, len(prompts)))
     return {n: recorder.by_step(n) for n in layers}, recorder.activation_norms()
 
 

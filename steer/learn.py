@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, calibrate_windows, check_grid, open_prompts
+from steer.calibrate import LAYOUT_EDIT_BELOW, NEGATIVE_PROMPTS, calibrate_windows, check_grid, open_prompts
 from steer.calibrate import calibrate as run_calibration
 from steer.config import PAPER_WINDOW, SteeringConfig, check_window
 from steer.denoisers import (
@@ -194,7 +194,9 @@ def learn_direction(
         batch_size: at most this many images per sampling or encoding call, in learning and calibration alike (it
             bounds the memory: lower it when a large model runs out of it); every image has its own seed.
         seed, name, progress, num_inference_steps, guidance_scale, timestep, image_prompts, capture_window: as their
-            names say; ``call_kwargs`` go to the sampling calls.
+            names say; ``call_kwargs`` go to the sampling calls. ``negative_prompt="..."`` (one string) samples every
+            learning and calibration image with it, so the strength is calibrated for generating with it (recorded in
+            ``metadata["sampling"]``); docs/steering.md, "Negative prompts", measures what that changes.
     """
     unet = denoiser_of(pipe)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
@@ -281,6 +283,9 @@ def learn_direction(
     for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096),
                                ("calibration_samples", calibration_samples, 4096), ("num_inference_steps", num_inference_steps, 10_000)):
         check_int(value, label, 1, high, optional=False)
+    for key in NEGATIVE_PROMPTS:
+        if key in call_kwargs and not isinstance(call_kwargs[key], str | None):
+            raise ValueError(f"{key} must be one string (used for every learning and calibration sample), got {type(call_kwargs[key]).__name__}")
     steered = sorted(k for k in call_kwargs if k.startswith("steering"))
     if steered:  # the learning and calibration calls set their own steering; one passed here would clash with it
         raise ValueError(
@@ -347,7 +352,8 @@ def learn_direction(
         "num_samples": num_samples if source in ("prompts-reference", "prompts-fast", "prompts-trajectory") else None,
         # the sampler the samples (and the calibration's strengths) came from: a strength is calibrated for it
         "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                     "scheduler": type(pipe.scheduler).__name__, "sampler": sampler_name(pipe.scheduler)}
+                     "scheduler": type(pipe.scheduler).__name__, "sampler": sampler_name(pipe.scheduler),
+                     **{k: v for k, v in call_kwargs.items() if k in NEGATIVE_PROMPTS}}
         if not image_input else None,
         "image_prompts": image_prompts if image_input and isinstance(image_prompts, str) else None,
         "seed": seed,

@@ -43,9 +43,10 @@ def test_learn_window_is_calibrated_for_and_recorded_or_chosen_by_the_calibratio
     args = ["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a sneaker", "--steps", "2", "--out", str(out)]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="calibration:")  # random weights may render no attribute
-        assert main([*args, "--window", "0,1"]) == 0
+        assert main([*args, "--window", "0,1", "--negative-prompt", "a bag"]) == 0
         v = SteeringVector.load(out)
         assert v.metadata["recommended"]["window"] == [0.0, 1.0] and "calibration" in v.metadata and "window_choice" not in v.metadata
+        assert v.metadata["sampling"]["negative_prompt"] == "a bag"  # calibrated for generating with it
         capsys.readouterr()
         assert main([*args, "--window", "auto"]) == 0  # the calibration compares 0,0.5 with 0,1 and says which it kept
     choice = SteeringVector.load(out).metadata["window_choice"]

@@ -1,5 +1,7 @@
 """Training-free learning on the tiny pipeline: arithmetic of the methods and agreement of the three sources."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -82,3 +84,30 @@ def test_prompts_without_negatives_learn_with_a_warning_that_says_why_and_what_t
         warnings.simplefilter("always")
         tiny_pipe.learn_direction(["a blue bag"], ["a bag"], calibrate=False, progress=False)
     assert not [w for w in caught if "no negative prompts" in str(w.message)]
+
+
+@pytest.mark.parametrize("options", [{}, {"preset": "casteer", "num_samples": 2}, {"preset": "paper", "method": "mean_diff", "mode": "fast", "num_samples": 2}])
+def test_a_negative_prompt_reaches_every_learning_and_calibration_sample_and_is_recorded(tiny_pipe, options):
+    """``negative_prompt="..."`` (one string): every sampling call's unconditional half reads it (before: diffusers'
+    TypeError for a list of prompts with one string), so the strength is calibrated for generating with it."""
+    from steer.text_tokens import encode_text
+
+    wanted = encode_text(tiny_pipe, ["a bag"])[0]
+    uncond_rows = []
+
+    def record(_module, args, kwargs):
+        states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        uncond_rows.extend(states[: states.shape[0] // 2])  # CFG: the unconditional half first
+
+    handle = tiny_pipe.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: the calibration may not converge
+            v = tiny_pipe.learn_direction(POS, ["a sneaker", "a bag"], negative_prompt="a bag", num_inference_steps=4, progress=False, **options)
+    finally:
+        handle.remove()
+    assert uncond_rows and all(torch.equal(r, wanted) for r in uncond_rows)
+    assert v.metadata["sampling"]["negative_prompt"] == "a bag"
+    with pytest.raises(ValueError, match=r"^negative_prompt must be one string \(used for every learning and calibration sample\), got list$"):
+        tiny_pipe.learn_direction(POS, NEG, negative_prompt=["a bag", "a coat"], progress=False)
+

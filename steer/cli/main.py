@@ -82,7 +82,7 @@ def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[s
         window=args.window,
         readers=args.readers,
         progress=True,
-        **{k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None},
+        **{k: v for k, v in (("height", args.height), ("width", args.width), ("negative_prompt", args.negative_prompt)) if v is not None},
     )
 
 
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per sampling call, calibration included (lower it if the model runs out of memory)")
     p.add_argument("--steps", type=STEPS, default=20)
     p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="sample the calibration (and every learning sample) with this negative prompt: calibrate with the one you generate with")
     p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_learn_window, default=None,
