@@ -331,6 +331,10 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
     with gr.Row():
         name = gr.Textbox(label="Name (optional)", max_length=L.max_prompt_chars)
         image_prompt = gr.Textbox(label="Prompt for image sets (optional)", max_length=L.max_prompt_chars)
+        calibrate_negative = gr.Textbox(
+            label="Negative prompt to calibrate for (optional)", value="", max_length=L.max_prompt_chars, elem_id="learn-negative-prompt",
+            info="the one you generate with: a direction calibrated without it under-edits under it (docs/steering.md)",
+        )
     go = gr.Button("Learn direction", variant="primary", elem_id="learn")
     file = gr.File(label="Learned direction (.safetensors)", interactive=False, elem_id="learned-file")
     status = gr.Markdown("", elem_id="learn-status")
@@ -353,6 +357,7 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         window,
         readers,
         sampler,
+        calibrate_negative,
     ]
     go.click(guarded(4)(app.learn), inputs, [session, direction, file, status], api_name="learn")
 

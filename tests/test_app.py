@@ -262,6 +262,11 @@ def test_learn_settings_validation(pipe, tmp_path):
     assert H.LearnSettings().readers == "auto" and "readers" not in H.LearnSettings(mode="fast").kwargs(pipe)
     assert H.LearnSettings(mode="text", readers="all").kwargs(pipe)["readers"] == "all"
     assert "readers" not in H.LearnSettings(mode="fast", readers="all").kwargs(pipe)  # not a text direction: nothing to route
+    # the negative prompt to calibrate for goes to learn_direction; with image sets it is one readable line
+    assert H.LearnSettings(mode="text", negative_prompt=" a bag ").kwargs(pipe)["negative_prompt"] == "a bag"
+    assert "negative_prompt" not in H.LearnSettings(mode="text").kwargs(pipe)
+    with pytest.raises(H.UserError, match="^the negative prompt to calibrate for applies to prompt sets"):
+        H.LearnSettings(positive_files=(str(broken),), method="mean", negative_prompt="a bag").kwargs(pipe)
 
 
 def test_route_choice_note_reads_the_recorded_choice_and_ignores_junk():
@@ -640,8 +645,9 @@ def test_learned_direction_is_per_session(server, client, pipe):
 def test_api_learn_with_the_auto_window_says_which_window_it_chose(client):
     picked, file, status = client.predict(
         "a blue sneaker\na blue bag", "a sneaker\na bag", None, None, "mean_diff", "text", "all layers", [], 2, 2, 5.0, 0,
-        "auto-blue", "", "auto", api_name="/learn",
+        "auto-blue", "", "auto", "auto", "", "a coat", api_name="/learn",
     )
+    assert SteeringVector.load(file).metadata["sampling"]["negative_prompt"] == "a coat"  # calibrated for generating with it
     choice = SteeringVector.load(file).metadata["window_choice"]
     chosen = f"{choice['chosen'][0]:g}-{choice['chosen'][1]:g}"
     assert "Learned **auto-blue**" in status and f"Window chosen by calibration: **{chosen}**" in status

@@ -265,6 +265,7 @@ class SteerApp:
         window: str = "mode default",
         readers: str = "auto",
         sampler: str = "",
+        negative_prompt: str = "",
         progress: gr.Progress = PROGRESS,
     ):
         """Learn a direction and add it to this user's picker; offer it as a download."""
@@ -286,6 +287,7 @@ class SteerApp:
             window=window,
             readers=readers,
             sampler=sampler,
+            negative_prompt=negative_prompt,
         )
         progress(0.0, desc="starting")
         vector = H.learn(self.pipe, settings, progress_fn(progress))

@@ -64,6 +64,7 @@ class LearnSettings:
     window: str = "mode default"
     readers: str = "auto"
     sampler: str = ""  # a `steer.samplers` name the samples are drawn with; "": the model's own scheduler
+    negative_prompt: str = ""  # every learning and calibration sample is drawn with it (prompt sets only)
 
     def sets(self) -> tuple[list, list]:
         """(positive, negative) items: images if any were uploaded for the positive set, else prompt lines."""
@@ -104,6 +105,9 @@ class LearnSettings:
         readers = check_choice(self.readers, "the readers", LEARN_READERS)
         if readers not in ("auto", "all") and (mode != "text" or self.positive_files):
             raise UserError(f"reading by {readers!r} routes text-token directions: it needs prompts and the text mode")
+        negative_prompt = check_prompt(self.negative_prompt, "negative prompt to calibrate for", required=False)
+        if negative_prompt and self.positive_files:
+            raise UserError("the negative prompt to calibrate for applies to prompt sets: image sets are not sampled")
         if mode == "text":  # the text-token site, calibrated (learn_direction's default)
             layers: Any = None
         elif mode == "trajectory" and self.scope != "chosen layers":
@@ -121,6 +125,7 @@ class LearnSettings:
             "name": check_prompt(self.name, "name", required=False) or None,
             "image_prompts": check_prompt(self.image_prompt, "image prompt", required=False),
             **({"window": "auto"} if auto_window else {}),
+            **({"negative_prompt": negative_prompt} if negative_prompt else {}),
             **({"readers": readers} if readers != "auto" and mode == "text" and not self.positive_files else {}),
         }
 
