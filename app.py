@@ -103,7 +103,11 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             prompt = gr.Textbox(
                 label="Prompt", value=_default_prompt(app), max_length=L.max_prompt_chars, elem_id="prompt"
             )
-            negative = gr.Textbox(label="Negative prompt", value="", max_length=L.max_prompt_chars)
+            negative = gr.Textbox(
+                label="Negative prompt", value="", max_length=L.max_prompt_chars,
+                info="a direction's full edit is calibrated for the negative prompt it was learned with (none, for the bundled "
+                "ones); under another it edits less: learn it with yours in the Learn tab",
+            )
             with gr.Accordion("Edit an image (optional)", open=False):
                 gr.Markdown(
                     "The prompt leaves open what the direction changes ('a t-shirt' -> blue). With a mask (white is "

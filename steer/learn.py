@@ -196,7 +196,7 @@ def learn_direction(
         seed, name, progress, num_inference_steps, guidance_scale, timestep, image_prompts, capture_window: as their
             names say; ``call_kwargs`` go to the sampling calls. ``negative_prompt="..."`` (one string) samples every
             learning and calibration image with it, so the strength is calibrated for generating with it (recorded in
-            ``metadata["sampling"]``); docs/steering.md, "Negative prompts", measures what that changes.
+            ``metadata["sampling"]``); docs/steering.md, "Calibrating for how the user generates", measures what that changes.
     """
     unet = denoiser_of(pipe)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
@@ -353,7 +353,7 @@ def learn_direction(
         # the sampler the samples (and the calibration's strengths) came from: a strength is calibrated for it
         "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                      "scheduler": type(pipe.scheduler).__name__, "sampler": sampler_name(pipe.scheduler),
-                     **{k: v for k, v in call_kwargs.items() if k in NEGATIVE_PROMPTS}}
+                     **{k: v for k, v in call_kwargs.items() if k in NEGATIVE_PROMPTS and v is not None}}
         if not image_input else None,
         "image_prompts": image_prompts if image_input and isinstance(image_prompts, str) else None,
         "seed": seed,

@@ -43,7 +43,7 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None,
                    help="a direction's full edit (scale 1) is calibrated for the negative prompt it was learned with (none, for the "
-                        "bundled ones): for another, learn it with steer learn --negative-prompt (docs/steering.md, 'Negative prompts')")
+                        "bundled ones): for another, learn it with steer learn --negative-prompt (docs/steering.md, 'Calibrating for how the user generates')")
     p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) (those shipped for --model: its folder's directions/, else assets/directions) or Hub repo(s) owner/name[@revision][:file.safetensors]")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
