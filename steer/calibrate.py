@@ -441,6 +441,24 @@ def route_advice(route: Mapping[str, Any] | None) -> str | None:
             "readers='layout' to choose")
 
 
+def calibrated_for(metadata: Mapping[str, Any]) -> str | None:
+    """What a calibrated direction's scale 1.0 was calibrated for, in words ("guidance 5, 20 steps, sampler ddim, no
+    negative prompt"), from its ``metadata["sampling"]``; None for a direction without a calibration or a record of it."""
+    sampling, calibration = metadata.get("sampling"), metadata.get("calibration")
+    if not isinstance(sampling, Mapping) or not isinstance(calibration, Mapping):
+        return None
+    parts = []
+    if isinstance(sampling.get("guidance_scale"), int | float):
+        parts.append(f"guidance {sampling['guidance_scale']:g}")
+    if isinstance(sampling.get("num_inference_steps"), int):
+        parts.append(f"{sampling['num_inference_steps']} steps")
+    if isinstance(sampling.get("sampler"), str):
+        parts.append(f"sampler {sampling['sampler']}")
+    negative = sampling.get("negative_prompt")
+    parts.append(f"negative prompt {negative[:80]!r}" if isinstance(negative, str) and negative else "no negative prompt")
+    return ", ".join(parts)
+
+
 def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:
     """One line for the user when a calibration (`Calibration.to_dict`, as recorded in a vector's metadata) says the
     direction does not reproduce the prompt edit it was learned from; None when it does (or there is none)."""

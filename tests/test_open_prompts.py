@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from steer.calibrate import POOR_DISTANCE, open_prompts
+from steer.calibrate import POOR_DISTANCE, calibrated_for, open_prompts
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
@@ -67,7 +67,8 @@ def test_a_warm_direction_worded_two_ways_calibrates_and_edits_the_demo_model(tm
     assert main(args) == 0
     printed = capsys.readouterr()
     assert "warning" not in printed.err + printed.out  # no calibration advice
-    assert "calibrated on: 'a t-shirt', 'bag', 'a sneaker', 'coat' (the positives with the attribute left open)" in printed.out
+    assert ("calibrated on: 'a t-shirt', 'bag', 'a sneaker', 'coat' (the positives with the attribute left open), for guidance 5, "
+            "20 steps, sampler ddim, no negative prompt") in printed.out
     warm = SteeringVector.load(out)
     calibration = warm.metadata["calibration"]
     assert calibration["open_prompts"] == ["a t-shirt", "bag", "a sneaker", "coat"]
@@ -86,3 +87,20 @@ def test_a_warm_direction_worded_two_ways_calibrates_and_edits_the_demo_model(tm
     cls, col = judged(steering=warm, steering_scale=1.0)
     assert np.isin(ref_col, warm_colours).mean() <= 0.34
     assert np.isin(col, warm_colours).mean() >= 0.66 and (cls == ref_cls).mean() >= 0.8
+
+
+def test_what_a_direction_was_calibrated_for_is_said_in_words():
+    """Scale 1.0 is the full edit for how the calibration sampled: `steer learn` prints it, the app's summary shows it."""
+    from steer.app import helpers as H
+    from steer.vectors import SteeringVector
+
+    sampling = {"num_inference_steps": 20, "guidance_scale": 7.5, "scheduler": "DDIMScheduler", "sampler": "ddim"}
+    meta = {"sampling": sampling, "calibration": {"strength": 0.3}}
+    assert calibrated_for(meta) == "guidance 7.5, 20 steps, sampler ddim, no negative prompt"
+    with_negative = {**meta, "sampling": {**sampling, "negative_prompt": "lowres, *blurry*"}}
+    assert calibrated_for(with_negative) == "guidance 7.5, 20 steps, sampler ddim, negative prompt 'lowres, *blurry*'"
+    for uncalibrated in ({"sampling": sampling}, {"calibration": {"strength": 0.3}}, {"sampling": "junk", "calibration": {}}):
+        assert calibrated_for(uncalibrated) is None
+    summary = H.direction_summary(SteeringVector({"x": torch.ones(4)}, with_negative))
+    assert "strength 1 is the full edit calibrated for guidance 7.5, 20 steps, sampler ddim, negative prompt 'lowres, \\*blurry\\*'" in summary
+    assert "calibrated for" not in H.direction_summary(SteeringVector({"x": torch.ones(4)}, {"sampling": sampling}))

@@ -26,7 +26,7 @@ from steer.app.base import (
     shown,
     slug,
 )
-from steer.calibrate import fit_advice
+from steer.calibrate import calibrated_for, fit_advice
 from steer.config import BRANCHES, MODES
 from steer.denoisers import LayerError, denoiser_of
 from steer.learn import UNCALIBRATED_ADVICE
@@ -225,9 +225,11 @@ def direction_summary(vector: SteeringVector) -> str:
     recommended = meta.get("recommended")
     readers = recommended.get("readers") if isinstance(recommended, dict) else None
     routed = f", read by {', '.join(md_code(str(r), 40) for r in readers[:4])} only" if isinstance(readers, list) and readers else ""
+    sampling = calibrated_for(meta)
+    calibrated = f"; strength 1 is the full edit calibrated for {md_text(sampling, 200)}" if sampling else ""
     return (
         f"**{md_text(vector.name)}** - method {md_code(meta.get('method', '?'), 40)}, "
-        f"source {md_code(meta.get('source', '?'), 40)}, {len(layers)} layer(s): {shown_layers}{routed}; "
+        f"source {md_code(meta.get('source', '?'), 40)}, {len(layers)} layer(s): {shown_layers}{routed}{calibrated}; "
         f"digest `{vector.digest()[:12]}`"
     )
 

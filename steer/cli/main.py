@@ -38,6 +38,7 @@ class Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------------------------------------------------
 def cmd_learn(args: argparse.Namespace) -> int:
+    from steer.calibrate import calibrated_for
     from steer.cli.loading import load_pipeline
 
     check_out_file(args.out)  # the inputs first: a bad one fails before the model loads
@@ -49,8 +50,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
     opened = (vector.metadata.get("calibration") or {}).get("open_prompts")
-    if opened:  # what the calibration steered toward the positives' own samples
-        print(f"calibrated on: {clip(', '.join(map(repr, opened)), 200)} (the positives with the attribute left open)")
+    if opened:  # what the calibration steered toward the positives' own samples, and how it sampled them
+        print(f"calibrated on: {clip(', '.join(map(repr, opened)), 200)} (the positives with the attribute left open), "
+              f"for {calibrated_for(vector.metadata)}")
     choice = vector.metadata.get("window_choice")
     if choice:  # --window auto: what the calibration compared
         tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
