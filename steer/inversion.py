@@ -6,14 +6,15 @@ cannot be told apart. An *edit-friendly* inversion (Huberman-Spiegelglas et al.,
 builds on) records, for one prompt and guidance, the noise each DDPM step needs so that sampling again lands exactly on
 the picture's latents; steering the sampling that replays those noises moves only what the direction changes.
 
-How it runs, with the pipeline's own loop (any family whose pipeline steps a DDIM scheduler: SD, SDXL):
+How it runs, with the pipeline's own loop (SD and SDXL stepping DDIM; SD3 stepping flow-matching Euler):
 
-- `invert_image`: the picture's latents ``x0`` are noised independently to every timestep of the run; one pipeline call
-  starts from the noisiest, and a scheduler that knows those noised latents (`_InvertingScheduler`) returns the next
-  one at each step instead of sampling, recording ``x_{t-1} - mean(x_t, eps)`` (the residual the step's noise must
-  supply; DDPM means, eta 1). Cost: one sampling run (``num_inference_steps`` UNet calls, CFG rows included).
+- `invert_image`: the picture's latents ``x0`` are noised independently to every timestep of the run (DDPM:
+  ``sqrt(a) x0 + sqrt(1 - a) eps``; flow matching: ``(1 - sigma) x0 + sigma eps``); one pipeline call starts from the
+  noisiest, and a scheduler that knows those noised latents (`_Inverting`) returns the next one at each step instead of
+  sampling, recording ``x_{t-1} - mean(x_t, eps)`` (the residual the step's noise must supply; DDPM means with eta 1,
+  or the Euler step of the flow). Cost: one sampling run (``num_inference_steps`` denoiser calls, CFG rows included).
 - `ImageInversion.edit` (or ``pipe(**inversion.call_kwargs(rows))``): a call from the same start whose scheduler
-  (`_ReplayingScheduler`) adds the recorded residuals to its means. Unsteered, every step sees the inputs the inversion
+  (`_Replaying`) adds the recorded residuals to its means. Unsteered, every step sees the inputs the inversion
   saw, so the result is the picture's latents (decoded: the VAE's reconstruction); steered, the means move and the
   residuals keep the rest.
 
@@ -28,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from steer.samplers import with_scheduler
 
@@ -36,16 +38,18 @@ from steer.samplers import with_scheduler
 class _Shared:
     """Tensors every per-call copy of a scheduler must see as one object (deep copies return it)."""
 
-    def __init__(self, targets: list[torch.Tensor] | None = None):
-        self.targets = targets or []  # inversion: the noised latents each step returns
+    def __init__(self, targets: list[torch.Tensor] | None = None, x0: torch.Tensor | None = None, noise: list[torch.Tensor] | None = None):
+        self.targets = targets or []  # DDPM inversion: the noised latents each step returns
+        self.x0, self.noise = x0, noise or []  # flow inversion: each step's target from the scheduler's own sigmas
         self.residuals: list[torch.Tensor] = []
 
     def __deepcopy__(self, memo: dict) -> _Shared:
         return self
 
 
-class _RecordedScheduler(DDIMScheduler):
-    """A DDIM scheduler stepping with DDPM means (eta 1, no noise drawn) whose ``step`` the subclasses complete."""
+class _Recorded:
+    """A scheduler whose ``step`` the inverting and replaying kinds complete: ``_mean`` (the step without noise) and
+    ``_target`` (the noised picture latents after step ``_index``) come from the scheduler family below."""
 
     _shared: _Shared
     _index: int = 0
@@ -54,39 +58,75 @@ class _RecordedScheduler(DDIMScheduler):
         super().set_timesteps(*args, **kwargs)
         self._index = 0
 
-    def _mean(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
-        return super().step(model_output, timestep, sample, eta=1.0, variance_noise=torch.zeros_like(sample)).prev_sample
-
     def _output(self, prev: torch.Tensor, return_dict: bool):
-        from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-
         self._index += 1
-        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=None) if return_dict else (prev,)
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
 
-class _InvertingScheduler(_RecordedScheduler):
-    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, generator=None,
-             variance_noise=None, return_dict=True):
-        target = self._shared.targets[self._index].to(sample.device, sample.dtype)
+class _DDIM(_Recorded, DDIMScheduler):
+    """DDPM means (a DDIM step with eta 1 and no noise drawn)."""
+
+    def _mean(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
+        return DDIMScheduler.step(self, model_output, timestep, sample, eta=1.0, variance_noise=torch.zeros_like(sample)).prev_sample
+
+    def _target(self, sample: torch.Tensor) -> torch.Tensor:
+        return self._shared.targets[self._index]
+
+
+class _Flow(_Recorded, FlowMatchEulerDiscreteScheduler):
+    """The flow's Euler step; the target at the next sigma (0 after the last step: the picture)."""
+
+    def _mean(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
+        return FlowMatchEulerDiscreteScheduler.step(self, model_output, timestep, sample, return_dict=False)[0]
+
+    def _target(self, sample: torch.Tensor) -> torch.Tensor:
+        sigma = float(self.sigmas[self._index + 1])
+        noise = self._shared.noise[self._index] if self._index < len(self._shared.noise) else torch.zeros_like(self._shared.x0)
+        return (1 - sigma) * self._shared.x0 + sigma * noise
+
+
+class _Inverting:
+    def step(self, model_output, timestep, sample, *args: Any, return_dict: bool = True, **kwargs: Any):
+        target = self._target(sample).to(sample.device, sample.dtype)
         self._shared.residuals.append((target - self._mean(model_output, timestep, sample)).detach())
         return self._output(target.expand_as(sample), return_dict)
 
 
-class _ReplayingScheduler(_RecordedScheduler):
+class _Replaying:
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
         super().set_timesteps(*args, **kwargs)
         if len(self.timesteps) != len(self._shared.residuals):  # a call that overrides the recorded step count
             raise ValueError(f"this inversion was recorded over {len(self._shared.residuals)} steps; replay it with "
                              f"num_inference_steps={len(self._shared.residuals)} (ImageInversion.call_kwargs)")
 
-    def step(self, model_output, timestep, sample, eta=0.0, use_clipped_model_output=False, generator=None,
-             variance_noise=None, return_dict=True):
+    def step(self, model_output, timestep, sample, *args: Any, return_dict: bool = True, **kwargs: Any):
         residual = self._shared.residuals[self._index].to(sample.device, sample.dtype)
         return self._output(self._mean(model_output, timestep, sample) + residual, return_dict)
 
 
-def _scheduler(pipe: Any, kind: type, shared: _Shared) -> DDIMScheduler:
-    made = kind.from_config(pipe.scheduler.config)
+class _DDIMInverting(_Inverting, _DDIM):
+    pass
+
+
+class _DDIMReplaying(_Replaying, _DDIM):
+    pass
+
+
+class _FlowInverting(_Inverting, _Flow):
+    pass
+
+
+class _FlowReplaying(_Replaying, _Flow):
+    pass
+
+
+def _is_flow(pipe: Any) -> bool:
+    return isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+
+
+def _scheduler(pipe: Any, inverting: bool, shared: _Shared) -> Any:
+    kind = {(False, True): _DDIMInverting, (False, False): _DDIMReplaying, (True, True): _FlowInverting, (True, False): _FlowReplaying}
+    made = kind[_is_flow(pipe), inverting].from_config(pipe.scheduler.config)
     made._shared = shared
     return made
 
@@ -119,7 +159,7 @@ class ImageInversion:
 
     def pipeline(self, pipe: Any) -> Any:
         """``pipe`` replaying this inversion: a copy whose scheduler adds the recorded residuals (modules shared)."""
-        return with_scheduler(pipe, _scheduler(pipe, _ReplayingScheduler, self._shared))
+        return with_scheduler(pipe, _scheduler(pipe, False, self._shared))
 
     def edit(self, pipe: Any, rows: int = 1, **kwargs: Any) -> Any:
         """``pipe``'s output for ``rows`` rows replayed from the inversion, with ``kwargs`` (``steering=``,
@@ -140,7 +180,7 @@ def replay_rows(pipe: Any, inversions: list[ImageInversion], **kwargs: Any) -> A
     call = {"prompt": [i.prompt for i in inversions], "negative_prompt": negatives if any(negatives) else None,
             "num_inference_steps": shape[0], "guidance_scale": shape[1], "height": shape[2], "width": shape[3],
             "latents": torch.cat([i.start for i in inversions])}
-    return with_scheduler(pipe, _scheduler(pipe, _ReplayingScheduler, shared))(**call, **kwargs)
+    return with_scheduler(pipe, _scheduler(pipe, False, shared))(**call, **kwargs)
 
 
 def replay_inverted(pipe: Any, replay: Any, vectors: list[Any], edit: Any) -> Any:
@@ -160,14 +200,20 @@ def replay_inverted(pipe: Any, replay: Any, vectors: list[Any], edit: Any) -> An
 
 
 def check_invertible(pipe: Any) -> None:
-    """One-line `ValueError` unless ``pipe`` can invert an image: a VAE image processor and a scheduler DDIM can stand
-    in for (SD, SDXL; not the flow-matching families)."""
+    """One-line `ValueError` unless ``pipe`` can invert an image: a VAE image processor, unpacked latents and a
+    scheduler DDIM can stand in for (SD, SDXL) or flow-matching Euler's (SD3; not Flux, whose latents are packed)."""
     if not hasattr(pipe, "vae") or not hasattr(pipe, "image_processor"):
         raise ValueError(f"a {type(pipe).__name__} has no VAE image processor to invert an image with")
+    if hasattr(pipe, "_pack_latents"):
+        raise ValueError(f"inverting supports SD, SDXL and SD3; a {type(pipe).__name__} packs its latents")
     scheduler = pipe.scheduler
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        if getattr(scheduler.config, "stochastic_sampling", False):
+            raise ValueError("inverting needs the flow's deterministic Euler step; this scheduler samples stochastically")
+        return
     if not isinstance(scheduler, DDIMScheduler) and DDIMScheduler not in getattr(scheduler, "compatibles", []):
-        raise ValueError(f"inverting needs a pipeline that can step a DDIM scheduler (SD, SDXL); a {type(pipe).__name__} "
-                         f"samples with {type(scheduler).__name__}")
+        raise ValueError(f"inverting needs a pipeline that can step a DDIM scheduler (SD, SDXL) or flow-matching Euler (SD3); "
+                         f"a {type(pipe).__name__} samples with {type(scheduler).__name__}")
 
 
 @torch.no_grad()
@@ -187,7 +233,8 @@ def invert_image(
     unsteered rows giving the picture back.
 
     Args:
-        pipe: a steered text-to-image pipeline stepping a DDIM-compatible scheduler (SD, SDXL); it is not changed.
+        pipe: a steered text-to-image pipeline stepping a DDIM-compatible scheduler (SD, SDXL) or flow-matching Euler
+            (SD3); it is not changed.
         image: a PIL image (or what the pipeline's image processor takes), resized to ``height`` x ``width``
             (default: its own size, rounded down to a multiple of 8).
         prompt: what the picture shows, leaving open what the edits change ("a sneaker").
@@ -206,20 +253,23 @@ def invert_image(
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16: encode
         vae = copy.deepcopy(vae).float()  # with a float32 copy (casting the shared one would race other calls)
     pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(device, vae.dtype)
-    latents = (vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor).to(pipe.vae.dtype)
-    probe = _scheduler(pipe, _InvertingScheduler, _Shared())
-    probe.set_timesteps(num_inference_steps, device=device)
-    timesteps = list(probe.timesteps)
-    alphas = probe.alphas_cumprod.to(device)
+    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0  # SD3's latents are shifted, then scaled
+    latents = ((vae.encode(pixels).latent_dist.mode() - shift) * pipe.vae.config.scaling_factor).to(pipe.vae.dtype)
     noise = [torch.randn(latents.shape, generator=generator, device=generator.device if generator else "cpu").to(device, latents.dtype)
-             for _ in timesteps]
-    noised = [alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * n for t, n in zip(timesteps, noise, strict=True)]
-    shared = _Shared(targets=[*noised[1:], latents])  # what each step returns: the next timestep's, then the picture's
-    inverting = with_scheduler(pipe, _scheduler(pipe, _InvertingScheduler, shared))
+             for _ in range(num_inference_steps)]
+    if _is_flow(pipe):  # the run starts at sigma 1 (pure noise); each step's target comes from the scheduler's sigmas
+        shared, start = _Shared(x0=latents, noise=noise[1:]), noise[0]
+    else:
+        probe = _scheduler(pipe, True, _Shared())
+        probe.set_timesteps(num_inference_steps, device=device)
+        alphas = probe.alphas_cumprod.to(device)
+        noised = [alphas[t].sqrt() * latents + (1 - alphas[t]).sqrt() * n for t, n in zip(probe.timesteps, noise, strict=True)]
+        shared, start = _Shared(targets=[*noised[1:], latents]), noised[0]  # each step returns the next, then the picture
+    inverting = with_scheduler(pipe, _scheduler(pipe, True, shared))
     inverting(prompt, negative_prompt=negative_prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-              height=height, width=width, latents=noised[0].clone(), output_type="latent")
-    if len(shared.residuals) != len(timesteps):
-        raise RuntimeError(f"the inversion recorded {len(shared.residuals)} steps of {len(timesteps)}: the pipeline "
+              height=height, width=width, latents=start.clone(), output_type="latent")
+    if len(shared.residuals) != num_inference_steps:
+        raise RuntimeError(f"the inversion recorded {len(shared.residuals)} steps of {num_inference_steps}: the pipeline "
                            "does not step its scheduler once per timestep")
-    shared.targets = []  # not needed to replay
-    return ImageInversion(prompt, negative_prompt, num_inference_steps, float(guidance_scale), height, width, noised[0], shared)
+    shared.targets, shared.x0, shared.noise = [], None, []  # not needed to replay
+    return ImageInversion(prompt, negative_prompt, num_inference_steps, float(guidance_scale), height, width, start, shared)
