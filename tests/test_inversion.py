@@ -122,7 +122,7 @@ def test_generate_invert_gives_the_image_back_at_zero_records_it_and_reproduces(
     capsys.readouterr()
     assert main(["reproduce", str(out / "seed0_scale+0.png"), str(out / "seed0_scale+1.png")]) == 0
     assert capsys.readouterr().out.count("identical") == 2
-    for extra, needle in ((["--strength", "0.5"], "--invert replays the image's DDPM inversion over the whole run: it takes no --strength"),
+    for extra, needle in ((["--strength", "0.5"], "--invert replays the image's inversion over the whole run: it takes no --strength"),
                           (["--sampler", "euler"], "it takes no --sampler")):
         code = main(["generate", "--model", model_dir, "--prompt", "a bag", "--image", str(tmp_path / "photo.png"), "--invert",
                      *extra, "--out", str(tmp_path / "x")])

@@ -199,7 +199,7 @@ def add_edit_arguments(p) -> None:
                    help="with --image: how much of the run re-draws it, in (0, 1] (default: the pipeline's, 0.8 for "
                         "image-to-image, 1.0 for inpainting); the steering window is measured over the steps it runs")
     p.add_argument("--invert", action="store_true",
-                   help="with --image: edit from the image's inversion for --prompt (SD, SDXL; steer.inversion) instead of "
+                   help="with --image: edit from the image's inversion for --prompt (SD, SDXL, SD3; steer.inversion) instead of "
                         "re-drawing it: scale 0 gives the image back, so the direction changes only what it edits; each "
                         "seed draws its own inversion noise")
 
@@ -219,7 +219,7 @@ def read_edit_arguments(args):
         for flag, value in (("--mask", args.mask), ("--strength", args.strength), ("--fit", getattr(args, "fit", False) or None),
                             ("--sampler", getattr(args, "sampler", None))):
             if value is not None:
-                raise CLIError(f"--invert replays the image's DDPM inversion over the whole run: it takes no {flag}")
+                raise CLIError(f"--invert replays the image's inversion over the whole run: it takes no {flag}")
     check_edit_steps(args.strength, args.steps)
     return EditInputs.read(args.image, args.mask, args.strength)
 

@@ -100,7 +100,7 @@ class EditChecker:
         if invert:
             given = [k for k in ("mask", "strength", "sampler") if job.get(k) is not None]
             if given:
-                raise JobError(line, f"invert replays the image's DDPM inversion over the whole run: it takes no {' or '.join(given)}")
+                raise JobError(line, f"invert replays the image's inversion over the whole run: it takes no {' or '.join(given)}")
             from steer.inversion import check_invertible
 
             try:
