@@ -127,7 +127,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 )
                 edit_invert = gr.Checkbox(
                     False, elem_id="edit-invert",
-                    label="From its inversion instead (SD, SDXL, SD3): the original is the picture itself and the direction "
+                    label="From its inversion instead (SD, SDXL, SD3, Flux): the original is the picture itself and the direction "
                           "changes only what it edits; no mask, the strength is the whole run",
                 )
             with gr.Row():

@@ -25,6 +25,7 @@ itself), so two calls at once replay the same inversion; each copy keeps its own
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,8 +55,7 @@ class _Recorded:
     _shared: _Shared
     _index: int = 0
 
-    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
-        super().set_timesteps(*args, **kwargs)
+    def _after_set_timesteps(self) -> None:
         self._index = 0
 
     def _output(self, prev: torch.Tensor, return_dict: bool):
@@ -63,8 +63,22 @@ class _Recorded:
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
 
 
+def _resetting(base: type) -> Any:
+    """``base.set_timesteps`` followed by ``_after_set_timesteps``, with ``base``'s signature (the pipelines look in it
+    for ``sigmas`` and ``timesteps``)."""
+
+    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+        base.set_timesteps(self, *args, **kwargs)
+        self._after_set_timesteps()
+
+    set_timesteps.__signature__ = inspect.signature(base.set_timesteps)
+    return set_timesteps
+
+
 class _DDIM(_Recorded, DDIMScheduler):
     """DDPM means (a DDIM step with eta 1 and no noise drawn)."""
+
+    set_timesteps = _resetting(DDIMScheduler)
 
     def _mean(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
         return DDIMScheduler.step(self, model_output, timestep, sample, eta=1.0, variance_noise=torch.zeros_like(sample)).prev_sample
@@ -75,6 +89,8 @@ class _DDIM(_Recorded, DDIMScheduler):
 
 class _Flow(_Recorded, FlowMatchEulerDiscreteScheduler):
     """The flow's Euler step; the target at the next sigma (0 after the last step: the picture)."""
+
+    set_timesteps = _resetting(FlowMatchEulerDiscreteScheduler)
 
     def _mean(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor) -> torch.Tensor:
         return FlowMatchEulerDiscreteScheduler.step(self, model_output, timestep, sample, return_dict=False)[0]
@@ -93,8 +109,8 @@ class _Inverting:
 
 
 class _Replaying:
-    def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
-        super().set_timesteps(*args, **kwargs)
+    def _after_set_timesteps(self) -> None:
+        super()._after_set_timesteps()
         if len(self.timesteps) != len(self._shared.residuals):  # a call that overrides the recorded step count
             raise ValueError(f"this inversion was recorded over {len(self._shared.residuals)} steps; replay it with "
                              f"num_inference_steps={len(self._shared.residuals)} (ImageInversion.call_kwargs)")
@@ -200,19 +216,17 @@ def replay_inverted(pipe: Any, replay: Any, vectors: list[Any], edit: Any) -> An
 
 
 def check_invertible(pipe: Any) -> None:
-    """One-line `ValueError` unless ``pipe`` can invert an image: a VAE image processor, unpacked latents and a
-    scheduler DDIM can stand in for (SD, SDXL) or flow-matching Euler's (SD3; not Flux, whose latents are packed)."""
+    """One-line `ValueError` unless ``pipe`` can invert an image: a VAE image processor and a scheduler DDIM can stand
+    in for (SD, SDXL) or flow-matching Euler's, deterministic (SD3, Flux)."""
     if not hasattr(pipe, "vae") or not hasattr(pipe, "image_processor"):
         raise ValueError(f"a {type(pipe).__name__} has no VAE image processor to invert an image with")
-    if hasattr(pipe, "_pack_latents"):
-        raise ValueError(f"inverting supports SD, SDXL and SD3; a {type(pipe).__name__} packs its latents")
     scheduler = pipe.scheduler
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         if getattr(scheduler.config, "stochastic_sampling", False):
             raise ValueError("inverting needs the flow's deterministic Euler step; this scheduler samples stochastically")
         return
     if not isinstance(scheduler, DDIMScheduler) and DDIMScheduler not in getattr(scheduler, "compatibles", []):
-        raise ValueError(f"inverting needs a pipeline that can step a DDIM scheduler (SD, SDXL) or flow-matching Euler (SD3); "
+        raise ValueError(f"inverting needs a pipeline that can step a DDIM scheduler (SD, SDXL) or flow-matching Euler (SD3, Flux); "
                          f"a {type(pipe).__name__} samples with {type(scheduler).__name__}")
 
 
@@ -234,9 +248,9 @@ def invert_image(
 
     Args:
         pipe: a steered text-to-image pipeline stepping a DDIM-compatible scheduler (SD, SDXL) or flow-matching Euler
-            (SD3); it is not changed.
+            (SD3, Flux); it is not changed.
         image: a PIL image (or what the pipeline's image processor takes), resized to ``height`` x ``width``
-            (default: its own size, rounded down to a multiple of 8).
+            (default: its own size, rounded down to a multiple of 8; of 16 on Flux).
         prompt: what the picture shows, leaving open what the edits change ("a sneaker").
         negative_prompt, num_inference_steps, guidance_scale: as in the pipeline call; the edits replay them.
         generator: draws the independent noise of each timestep (the inversion is deterministic given it).
@@ -252,11 +266,19 @@ def invert_image(
     device, vae = pipe._execution_device, pipe.vae
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16: encode
         vae = copy.deepcopy(vae).float()  # with a float32 copy (casting the shared one would race other calls)
+    packed = hasattr(pipe, "_pack_latents")  # Flux: 2 x 2 latent patches as tokens, so a multiple of 16 pixels
+    if packed:
+        multiple = 2 * getattr(pipe, "vae_scale_factor", 8)
+        height, width = height - height % multiple, width - width % multiple
+        if not height or not width:
+            raise ValueError(f"{type(pipe).__name__} edits images of at least {multiple} x {multiple} pixels")
     pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(device, vae.dtype)
-    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0  # SD3's latents are shifted, then scaled
+    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0  # SD3's and Flux's latents are shifted, then scaled
     latents = ((vae.encode(pixels).latent_dist.mode() - shift) * pipe.vae.config.scaling_factor).to(pipe.vae.dtype)
     noise = [torch.randn(latents.shape, generator=generator, device=generator.device if generator else "cpu").to(device, latents.dtype)
              for _ in range(num_inference_steps)]
+    if packed:  # the pipeline's own latent layout
+        latents, *noise = (pipe._pack_latents(x, 1, *x.shape[1:]) for x in (latents, *noise))
     if _is_flow(pipe):  # the run starts at sigma 1 (pure noise); each step's target comes from the scheduler's sigmas
         shared, start = _Shared(x0=latents, noise=noise[1:]), noise[0]
     else:

@@ -1,6 +1,6 @@
 """Editing a given image from its inversion (`steer.inversion`): unsteered, the replay lands on the picture's own
-latents; steered, it moves; rows of a sweep, two threads at once, SDXL and SD3 (flow matching) replay the same
-inversion; Flux is refused in one line (tiny random pipelines, CPU)."""
+latents; steered, it moves; rows of a sweep, two threads at once, SDXL, SD3 and Flux (flow matching) replay the
+same inversion (tiny random pipelines, CPU)."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def picture(side: int = 32, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (side, side + 8, 3), dtype=np.uint8))
 
 
-def latents_of(pipe, image) -> torch.Tensor:
+def latents_of(pipe, image, height: int | None = None, width: int | None = None) -> torch.Tensor:
     with torch.no_grad():
-        pixels = pipe.image_processor.preprocess(image, height=image.height, width=image.width)
+        pixels = pipe.image_processor.preprocess(image, height=height or image.height, width=width or image.width)
         shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0
         return (pipe.vae.encode(pixels).latent_dist.mode() - shift) * pipe.vae.config.scaling_factor
 
@@ -76,27 +76,34 @@ def test_two_threads_replay_one_inversion_as_each_would_alone(tiny_pipe):
         torch.testing.assert_close(got[s], alone[s], atol=1e-5, rtol=0)
 
 
-def test_sdxl_and_sd3_invert_and_flux_is_refused_in_one_line():
-    """SDXL (DDPM inversion) and SD3 (flow matching: targets ``(1 - sigma) x0 + sigma eps`` at the scheduler's own
-    sigmas, the Euler step as the mean): the unsteered replay is the picture's latents, a steered one moves. Flux packs
-    its latents: one line."""
+def test_sdxl_sd3_and_flux_invert():
+    """SDXL (DDPM inversion), SD3 and Flux (flow matching: targets ``(1 - sigma) x0 + sigma eps`` at the scheduler's
+    own sigmas, the Euler step as the mean; Flux in its packed latents): the unsteered replay is the picture's latents,
+    a steered one moves; a flow scheduler that samples stochastically is refused in one line."""
     from steer.testing.flux import tiny_flux_pipeline
     from steer.testing.sd3 import tiny_sd3_pipeline
     from steer.testing.sdxl import tiny_sdxl_pipeline
 
-    for pipe, image in ((tiny_sdxl_pipeline(0), picture(side=64)), (tiny_sd3_pipeline(0), picture(side=56))):  # SD3: 16 patches wide
+    flux = tiny_flux_pipeline(0)
+    for pipe, image in ((tiny_sdxl_pipeline(0), picture(side=64)), (tiny_sd3_pipeline(0), picture(side=56)), (flux, picture(side=22))):
         pipe.set_progress_bar_config(disable=True)
         inversion = invert_image(pipe, image, "a bag", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
         plain = inversion.edit(pipe, output_type="latent").images
-        torch.testing.assert_close(plain, latents_of(pipe, image), atol=1e-4, rtol=0)
+        target = latents_of(pipe, image)
+        if pipe is flux:  # 22 x 30 pixels: a multiple of 8, then of whole 2 x 2 latent patches (4 pixels on the tiny VAE)
+            assert (inversion.height, inversion.width) == (16, 24)
+            target = latents_of(pipe, image, 16, 24)
+            target = pipe._pack_latents(target, 1, *target.shape[1:])
+        torch.testing.assert_close(plain, target, atol=1e-4, rtol=0)
         free = pipe(**inversion.call_kwargs(1), output_type="latent").images  # no residuals: not the picture
         assert (free - plain).abs().mean() > 100 * 1e-4
         vector = random_vector(pipe, [CONTEXT_SITE], scale=4.0)
         sweep = inversion.edit(pipe, rows=2, steering=vector, steering_scale=[0.0, 2.0], steering_window=(0, 1), output_type="latent").images
         torch.testing.assert_close(sweep[:1], plain, atol=1e-4, rtol=0)
         assert (sweep[1] - plain[0]).abs().mean() > 1e-3
-    with pytest.raises(ValueError, match="^inverting supports SD, SDXL and SD3; a .*Flux.* packs its latents$"):
-        invert_image(tiny_flux_pipeline(0), picture(), "a bag")
+    flux.scheduler = type(flux.scheduler).from_config(flux.scheduler.config, stochastic_sampling=True)
+    with pytest.raises(ValueError, match="^inverting needs the flow's deterministic Euler step"):
+        invert_image(flux, picture(side=22), "a bag")
 
 
 def test_generate_invert_gives_the_image_back_at_zero_records_it_and_reproduces(model_dir, tmp_path, capsys):
@@ -130,16 +137,18 @@ def test_generate_invert_gives_the_image_back_at_zero_records_it_and_reproduces(
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_sd3_generate_invert_gives_the_image_back_at_zero_and_reproduces(tmp_path, capsys):
-    """The command line on SD3 (flow matching): `steer generate --image --invert` edits from the inversion, its scale-0
-    row is the picture's VAE reconstruction, and `steer reproduce` makes both rows again."""
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_flow_matching_generate_invert_gives_the_image_back_at_zero_and_reproduces(family, tmp_path, capsys):
+    """The command line on SD3 and Flux (flow matching): `steer generate --image --invert` edits from the inversion,
+    its scale-0 row is the picture's VAE reconstruction, and `steer reproduce` makes both rows again."""
     from steer.cli.loading import load_pipeline
     from steer.cli.main import main
+    from steer.testing.flux import tiny_flux_pipeline
     from steer.testing.sd3 import tiny_sd3_pipeline
 
-    model = str(tmp_path / "sd3")
-    tiny_sd3_pipeline(0).save_pretrained(model)
-    image = picture(side=56, seed=3)
+    model = str(tmp_path / family)
+    (tiny_sd3_pipeline if family == "sd3" else tiny_flux_pipeline)(0).save_pretrained(model)
+    image = picture(side=56 if family == "sd3" else 16, seed=3)
     image.save(tmp_path / "photo.png")
     pipe = load_pipeline(model, "cpu")
     random_vector(pipe, [CONTEXT_SITE], scale=4.0).save(tmp_path / "dir.safetensors")
@@ -149,7 +158,7 @@ def test_sd3_generate_invert_gives_the_image_back_at_zero_and_reproduces(tmp_pat
     assert code == 0, capsys.readouterr().err
     zero, one = (np.asarray(Image.open(out / f"seed0_scale+{s}.png").convert("RGB"), dtype=np.int16) for s in (0, 1))
     config = pipe.vae.config
-    with torch.no_grad():
+    with torch.no_grad():  # the latents as the VAE takes them: unshifted, unscaled (and, for Flux, unpacked)
         decoded = pipe.vae.decode(latents_of(pipe, image) / config.scaling_factor + config.shift_factor).sample
     vae = pipe.image_processor.postprocess(decoded, output_type="np")[0]
     assert np.abs(zero - np.round(vae * 255)).max() <= 1  # the image back (its VAE reconstruction)

@@ -199,7 +199,7 @@ def add_edit_arguments(p) -> None:
                    help="with --image: how much of the run re-draws it, in (0, 1] (default: the pipeline's, 0.8 for "
                         "image-to-image, 1.0 for inpainting); the steering window is measured over the steps it runs")
     p.add_argument("--invert", action="store_true",
-                   help="with --image: edit from the image's inversion for --prompt (SD, SDXL, SD3; steer.inversion) instead of "
+                   help="with --image: edit from the image's inversion for --prompt (SD, SDXL, SD3, Flux; steer.inversion) instead of "
                         "re-drawing it: scale 0 gives the image back, so the direction changes only what it edits; each "
                         "seed draws its own inversion noise")
 

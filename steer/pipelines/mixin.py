@@ -413,8 +413,8 @@ class SteeringMixin:
     def invert_image(self, image, prompt: str, **kwargs: Any):
         """Invert ``image`` for ``prompt`` so that `ImageInversion.edit` steers the picture itself (its unsteered rows
         give it back); see `steer.inversion.invert_image`. From a text-to-image pipeline of a DDIM-compatible family
-        (SD, SDXL) or stepping flow-matching Euler (SD3); an image-to-image or inpainting one inverts through its
-        model's text-to-image pipeline."""
+        (SD, SDXL) or stepping flow-matching Euler (SD3, Flux); an image-to-image or inpainting one inverts through
+        its model's text-to-image pipeline."""
         from steer.inversion import invert_image
         from steer.pipelines.factory import text_pipeline
 
