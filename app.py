@@ -254,7 +254,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
     )
     fit.click(
         guarded(4)(app.fit_take_away),
-        [direction, session, take_away, guidance, strict, sampler],
+        [direction, session, take_away, guidance, strict, sampler, negative],
         [strength, w_start, w_end, status],
         api_name="fit_take_away",
     )

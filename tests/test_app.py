@@ -483,7 +483,7 @@ def test_take_away_scales_and_checks(pipe):
         H.check_take_away(dog, SteeringVector(dict(dog.directions), dict(dog.metadata)))
 
 
-def test_api_take_away_matches_python_api(client, pipe, tmp_path):
+def test_api_take_away_matches_python_api(client, pipe, tmp_path, monkeypatch):
     """Add one direction and take away another: the Python API's [add, remove] recipe, recorded in the PNG."""
     from gradio_client import handle_file
 
@@ -517,6 +517,15 @@ def test_api_take_away_matches_python_api(client, pipe, tmp_path):
         fit = pipe.fit_take_away(cat, dog, guidance_scale=5.0)
     assert "Fitted: **cat**" in status and (start, end) == fit.window
     assert strength == pytest.approx(round(fit.strength / 0.05) * 0.05)
+    # with the Generate tab's negative prompt: fitted for generating with it (random weights fit alike either way: the
+    # call is checked)
+    from steer.pipelines.mixin import SteeringMixin
+
+    real, asked = SteeringMixin.fit_take_away, []
+    monkeypatch.setattr(SteeringMixin, "fit_take_away", lambda self, *a, **kw: asked.append(kw.get("negative_prompt")) or real(self, *a, **kw))
+    *_, status = client.predict(names["cat"], names["dog"], 5.0, True, "", "a coat", api_name="/fit_take_away")
+    assert "Fitted: **cat**" in status and asked == ["a coat"]
+    monkeypatch.undo()
     *_, status = client.predict(names["cat"], H.NONE_CHOICE, 5.0, True, api_name="/fit_take_away")
     assert "pick a take-away first" in status
     # mistakes are one-line messages

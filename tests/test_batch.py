@@ -526,3 +526,33 @@ def test_a_take_away_that_is_not_a_direction_file_fails_its_job_in_one_line(tiny
     assert all("direction file not found" in f["reason"] for f in plan.failures[4:])  # a name too long for the system
     for failure in plan.failures:
         assert "\n" not in failure["reason"] and "Traceback" not in failure["reason"] and len(failure["reason"]) <= 400, failure
+
+
+def test_a_take_away_fit_is_fitted_for_the_jobs_negative_prompt(tiny_pipe, tmp_path, monkeypatch):
+    """``take_away_fit`` fits for how the job generates: with its negative prompt (a fit per negative prompt, the
+    same fit for jobs sharing one), as `steer generate --fit --negative-prompt` and the app's fit button do."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        learned = {c: tiny_pipe.learn_direction([f"a {c} bag"], ["a bag"], num_inference_steps=2, calibration_samples=2, progress=False)
+                   for c in ("blue", "red")}
+    paths = {c: str(v.save(tmp_path / f"{c}.safetensors")) for c, v in learned.items()}
+    base = {"prompt": "a red bag", "num_inference_steps": STEPS, "directions": [paths["blue"]], "take_away": paths["red"], "take_away_fit": True}
+    jobs = [(1, {**base, "seed": 1}), (2, {**base, "seed": 2, "negative_prompt": "a coat"}), (3, {**base, "seed": 3, "negative_prompt": "a coat"})]
+    asked: list = []
+    real = tiny_pipe.fit_take_away
+
+    def recording(vector, away, **kw):
+        asked.append(kw.get("negative_prompt"))
+        return real(vector, away, **kw)
+
+    monkeypatch.setattr(tiny_pipe, "fit_take_away", recording, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = batch.plan_jobs(jobs, tiny_pipe, tmp_path / "out", model="tiny")
+        want = real(learned["blue"], learned["red"], guidance_scale=7.5, height=8 * tiny_pipe.vae_scale_factor,
+                    width=8 * tiny_pipe.vae_scale_factor, negative_prompt="a coat")
+    assert asked == [None, "a coat"] and not plan.failures
+    recipe = next(im.recipe for im in plan.images if im.line == 2)
+    assert recipe["window"] == list(want.window) and recipe["scale"] == round(want.strength, 3)

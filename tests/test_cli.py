@@ -103,7 +103,7 @@ def test_generate_weights_combine_directions_per_row_and_are_recorded(model_dir,
     assert_one_line_error(rc, capsys.readouterr().err, "--weights takes one number per --direction", prefix="steer generate: error:")
 
 
-def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, direction, tiny_pipe, tmp_path, capsys):
+def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, direction, tiny_pipe, tmp_path, capsys, monkeypatch):
     """`--take-away` removes what the prompt says along a second direction as --direction is added ([s, -min(s, 1)],
     steering_negative="remove"); `--fit` fits the strength and window first, as `pipe.fit_take_away` does."""
     red = tmp_path / "red.safetensors"
@@ -134,6 +134,14 @@ def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, directio
                      steering_window=fit.window, output_type="np").images[0]
     with Image.open(png) as im:
         assert np.abs(np.asarray(im.convert("RGB"), dtype=np.int16) - np.round(want * 255).astype(np.int16)).max() <= 1
+    # with --negative-prompt the fit is for generating with it (random weights fit alike either way: the call is checked)
+    from steer.pipelines.mixin import SteeringMixin
+
+    real, asked = SteeringMixin.fit_take_away, []
+    monkeypatch.setattr(SteeringMixin, "fit_take_away", lambda self, *a, **kw: asked.append(kw.get("negative_prompt")) or real(self, *a, **kw))
+    assert main([*base, "--fit", "--negative-prompt", "a coat", "--out", str(tmp_path / "fit_negative")]) == 0
+    assert asked == ["a coat"]
+    capsys.readouterr()
     rc = main([*base, "--direction", str(direction), str(direction), "--out", str(tmp_path / "x")])
     assert_one_line_error(rc, capsys.readouterr().err, "--take-away goes with one --direction", prefix="steer generate: error:")
     rc = main([*base[:7], *base[9:], "--fit", "--out", str(tmp_path / "y")])

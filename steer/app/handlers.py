@@ -225,13 +225,13 @@ class SteerApp:
 
     def fit_take_away(
         self, direction: str, session: dict | None, take_away: str, guidance: Any, strict: bool, sampler: str = "",
-        progress: gr.Progress = PROGRESS,
+        negative_prompt: str = "", progress: gr.Progress = PROGRESS,
     ):
         """Set the strength and window sliders to what `steer.take_away.fit_take_away` finds for this pair (with the
-        sampler picked for generation)."""
+        sampler and negative prompt picked for generation)."""
         vector, away = self.catalog.get(direction, session), self.catalog.get(take_away, session)
         pipe = H.sampling_pipe(self.pipe, H.check_sampler_choice(self.pipe, sampler))
-        fit = H.fit_take_away(pipe, vector, away, guidance, bool(strict), progress_fn(progress))
+        fit = H.fit_take_away(pipe, vector, away, guidance, bool(strict), progress_fn(progress), negative_prompt)
         strength = round(fit.strength / 0.05) * 0.05  # the slider's step
         note = (
             f"Fitted: **{H.md_text(vector.name)}** × {strength:g} taking away **{H.md_text(away.name)}**, window "

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from steer.app.base import LIMITS, ProgressFn, UserError, check_float
+from steer.app.base import LIMITS, ProgressFn, UserError, check_float, check_prompt
 from steer.app.files import check_fits
 from steer.take_away import pair_scales
 from steer.vectors import SteeringVector
@@ -41,9 +41,10 @@ def check_take_away(vector: SteeringVector | None, away: SteeringVector | None) 
         raise UserError("the take-away is the direction itself: pick the one the prompt names (for 'a red sneaker' -> blue, add to_blue and take away to_red)")
 
 
-def fit_take_away(pipe, vector: SteeringVector | None, away: SteeringVector | None, guidance: Any, strict: bool = True, progress: ProgressFn | None = None):
+def fit_take_away(pipe, vector: SteeringVector | None, away: SteeringVector | None, guidance: Any, strict: bool = True,
+                  progress: ProgressFn | None = None, negative_prompt: str | None = None):
     """`steer.take_away.fit_take_away` for the app: the strength and window at which ``vector`` replaces what a prompt
-    states along ``away``, at the Generate tab's guidance; raises `UserError` for what the user can fix."""
+    states along ``away``, at the Generate tab's guidance and negative prompt; raises `UserError` for what the user can fix."""
     if away is None:
         raise UserError("pick a take-away first: the fit is for adding one direction while taking another away")
     check_take_away(vector, away)
@@ -52,9 +53,10 @@ def fit_take_away(pipe, vector: SteeringVector | None, away: SteeringVector | No
     if progress is not None:
         progress(0.0, "fitting the take-away (a few small samplings)")
     guidance = check_float(guidance, "guidance", 0.0, LIMITS.max_guidance)
+    negative = check_prompt(negative_prompt, "negative prompt", required=False)
     with warnings.catch_warnings():  # the fit's advice goes into the page's note (fit.advice()), not the server log
         warnings.simplefilter("ignore", UserWarning)
-        return pipe.fit_take_away(vector, away, guidance_scale=guidance)
+        return pipe.fit_take_away(vector, away, guidance_scale=guidance, **({"negative_prompt": negative} if negative else {}))
 
 
 DARKENED = 0.3  # steered mean brightness below this share of the original's: the edit and the prompt cancel

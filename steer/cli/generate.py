@@ -196,13 +196,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         strength = edit.strength if edit.strength is not None else default_strength(pipe)
         check_edit_steps(strength, args.steps)  # the pipeline's default strength
     if args.fit:
+        negative = {"negative_prompt": args.negative_prompt} if args.negative_prompt else {}  # fitted for how this call generates
         with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)
             warnings.simplefilter("always")
             if away is not None:
-                fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance)
+                fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance, **negative)
             else:
                 edit_fit = text_pipe.fit_edit(vectors[0][0], strength=strength, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                              height=args.height, width=args.width, **config.to_settings())
+                                              height=args.height, width=args.width, **config.to_settings(), **negative)
         if away is not None:
             print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
         else:

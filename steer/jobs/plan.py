@@ -212,7 +212,8 @@ class _Validator:
         """Fit the take-away (once per pair and call setting) and fill in its window (unless the job sets one) and
         scale (unless its direction does, in ``loaded``)."""
         vector, path, _ = loaded[0]
-        fit = self._fits.get(vector, away.vector, base.guidance_scale, base.height, base.width, self.report, sampler=base.sampler)
+        fit = self._fits.get(vector, away.vector, base.guidance_scale, base.height, base.width, self.report, sampler=base.sampler,
+                             negative_prompt=job.get("negative_prompt"))
         if "steering_window" not in job:
             job = {**job, "steering_window": list(fit.window)}
         if not sets_scale(directions[0]):

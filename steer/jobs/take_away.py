@@ -72,23 +72,25 @@ class FitCache:
         self._reported: set[tuple] = set()
 
     @staticmethod
-    def key(vector: Any, away: Any, guidance: float, height: int, width: int, sampler: str | None = None) -> tuple:
-        return (vector.digest(), away.digest(), float(guidance), int(height), int(width), sampler)
+    def key(vector: Any, away: Any, guidance: float, height: int, width: int, sampler: str | None = None,
+            negative_prompt: str | None = None) -> tuple:
+        return (vector.digest(), away.digest(), float(guidance), int(height), int(width), sampler, negative_prompt or None)
 
     def _compute(self, vector: Any, away: Any, guidance: float, height: int, width: int,
-                 sampler: str | None = None) -> tuple[Any, list[str], str | None]:
+                 sampler: str | None = None, negative_prompt: str | None = None) -> tuple[Any, list[str], str | None]:
         from steer.samplers import with_sampler
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fit = with_sampler(self.pipe, sampler).fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width)
+            negative = {"negative_prompt": negative_prompt} if negative_prompt else {}  # fitted for how the job generates
+            fit = with_sampler(self.pipe, sampler).fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width, **negative)
         return fit, list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))), None
 
     def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None,
-            sampler: str | None = None) -> Any:
-        key = self.key(vector, away, guidance, height, width, sampler)
+            sampler: str | None = None, negative_prompt: str | None = None) -> Any:
+        key = self.key(vector, away, guidance, height, width, sampler, negative_prompt)
         if key not in self._fits:
-            self._fits[key] = self._compute(vector, away, guidance, height, width, sampler)
+            self._fits[key] = self._compute(vector, away, guidance, height, width, sampler, negative_prompt)
         fit, messages, error = self._fits[key]
         if error is not None:  # failed in another process: the same one-line reason here
             raise RuntimeError(error)
@@ -130,8 +132,9 @@ class _FitRequests(FitCache):
         self.requests: dict[tuple, tuple] = {}
 
     def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None,
-            sampler: str | None = None) -> Any:
-        self.requests.setdefault(self.key(vector, away, guidance, height, width, sampler), (vector, away, guidance, height, width, sampler))
+            sampler: str | None = None, negative_prompt: str | None = None) -> Any:
+        self.requests.setdefault(self.key(vector, away, guidance, height, width, sampler, negative_prompt),
+                                 (vector, away, guidance, height, width, sampler, negative_prompt))
         raise LookupError("take-away fit requested")
 
 
