@@ -32,6 +32,8 @@ GUIDANCES = (3.0, 7.5, 10.0)
 def main() -> None:
     t0 = time.time()
     args, pipe, classifier, seeds = setup(__doc__, "guidance_transfer")
+    if args.kind != "colour":
+        raise SystemExit("guidance_transfer.py measures the colour targets only")
 
     sample = sampler(pipe, seeds)
 
