@@ -106,7 +106,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             negative = gr.Textbox(
                 label="Negative prompt", value="", max_length=L.max_prompt_chars,
                 info="a direction's full edit is calibrated for the negative prompt it was learned with (none, for the bundled "
-                "ones); under another it edits less: learn it with yours in the Learn tab",
+                "ones); under another a colour edit does less: learn it with yours in the Learn tab",
             )
             with gr.Accordion("Edit an image (optional)", open=False):
                 gr.Markdown(
@@ -337,7 +337,7 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         image_prompt = gr.Textbox(label="Prompt for image sets (optional)", max_length=L.max_prompt_chars)
         calibrate_negative = gr.Textbox(
             label="Negative prompt to calibrate for (optional)", value="", max_length=L.max_prompt_chars, elem_id="learn-negative-prompt",
-            info="the one you generate with: a direction calibrated without it under-edits under it (docs/steering.md)",
+            info="the one you generate with: a colour direction calibrated without it under-edits under it (docs/steering.md)",
         )
     go = gr.Button("Learn direction", variant="primary", elem_id="learn")
     file = gr.File(label="Learned direction (.safetensors)", interactive=False, elem_id="learned-file")
