@@ -238,3 +238,32 @@ def test_invert_jobs_replay_each_pictures_inversion_in_one_call_and_reproduce(ti
                           ({"sampler": "euler"}, "it takes no sampler"), ({"invert": "yes"}, "invert must be true or false")):
         bad = batch.run(write_jobs(work, [{**jobs[0], **extra}]), tiny_pipe, tmp_path / "bad", model="tiny", progress=False)
         assert bad["failed"] == 1 and needle in bad["failures"][0]["reason"], bad["failures"]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_invert_jobs_on_the_flow_matching_families_equal_the_python_apis_replay(family, tmp_path):
+    """SD3 and Flux invert too (flow matching; Flux has no other image edit here): a batch ``invert`` job's rows equal
+    `invert_image` + `ImageInversion.edit` with the job's seed, and the scale-0 row is the picture's replay."""
+    from steer.inversion import invert_image
+    from steer.testing.flux import tiny_flux_pipeline
+    from steer.testing.sd3 import tiny_sd3_pipeline
+
+    pipe = (tiny_sd3_pipeline if family == "sd3" else tiny_flux_pipeline)(0)
+    pipe.set_progress_bar_config(disable=True)
+    side = 56 if family == "sd3" else 16  # SD3's tiny transformer is 16 patches wide at most
+    rng = np.random.default_rng(4)
+    Image.fromarray(rng.integers(0, 255, (side, side + 8, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    vector = random_vector(pipe, [CONTEXT_SITE], scale=4.0)
+    vector.save(tmp_path / "dir.safetensors")
+    jobs = [{"prompt": "a bag", "image": "photo.png", "invert": True, "seed": 2, "num_inference_steps": STEPS,
+             "directions": [{"path": "dir.safetensors", "sweep": [0, 1, 2]}], "name": "p"}]
+    out = tmp_path / "out"
+    summary = batch.run(write_jobs(tmp_path, jobs), pipe, out, batch_size=4, model=family, progress=False)
+    assert (summary["written"], summary["failed"]) == (2, 0), summary["failures"]
+    picture = EditInputs.read(tmp_path / "photo.png").prepared(side, side + 8)["image"]
+    inversion = invert_image(pipe, picture, "a bag", num_inference_steps=STEPS, guidance_scale=read_recipe(out / "p_seed2_s+1.png")["guidance_scale"],
+                             generator=torch.Generator().manual_seed(2))
+    want = inversion.edit(pipe, rows=2, steering=vector, steering_scale=[0.0, 1.0]).images
+    for scale, image in zip(("0", "1"), want, strict=True):
+        assert np.abs(pixels(out / f"p_seed2_s+{scale}.png") - np.asarray(image, dtype=np.int16)).max() <= 1, scale
+    assert np.abs(pixels(out / "p_seed2_s+1.png") - pixels(out / "p_seed2_s+0.png")).mean() > 0.5
