@@ -85,6 +85,7 @@ class Calibration:
     # choose_route: {"structure": the share of the layout the prompt edit keeps, "readers": the route or None}
     route: dict[str, Any] | None = None
     branched_at: int | None = None  # calibrate_windows: the step the candidate windows' runs were split at
+    open_prompts: list[str] | None = None  # the prompts it steered: the positives with the attribute left open
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: Any) -> Any:
@@ -92,7 +93,7 @@ class Calibration:
                 return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else [r(x) for x in v]
             return round(v, 4) if isinstance(v, float) else v
 
-        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at") and v is None)}
+        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at", "open_prompts") and v is None)}
 
 
 def cfg_rows_per_sample(**call_kwargs: Any) -> int:
@@ -281,11 +282,15 @@ def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_step
     return stop if 0 < stop < length else None
 
 
+def calibration_sets(positive: Sequence[str], negative: Sequence[str], num_samples: int) -> tuple[list[str], list[str]]:
+    """The positive and negative prompts of the calibration's ``num_samples`` seeds (each set cycled)."""
+    return [positive[i % len(positive)] for i in range(num_samples)], [negative[i % len(negative)] for i in range(num_samples)]
+
+
 def _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, guidance_scale, steering):
     """Seeds, the cycled prompt sets, the call options every sampling call takes and the steering options."""
     seeds = [seed + i for i in range(num_samples)]
-    pos = [positive[i % len(positive)] for i in range(num_samples)]
-    neg = [negative[i % len(negative)] for i in range(num_samples)]
+    pos, neg = calibration_sets(positive, negative, num_samples)
     # the pipeline's own call options (height, use_resolution_binning, ...) go to every call, steering_* to steered ones
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **{k: v for k, v in steering.items() if not k.startswith("steering")})
     steering = {k: v for k, v in steering.items() if k.startswith("steering")}
@@ -343,6 +348,7 @@ def _sweeps(
         # the positives' and the unsteered open samples count once (with the first window)
         sets = len(strengths) + (0 if results else 1 + (1 if choose_route else 0))
         results.append(_calibration(grid, z, z_pos, start, sets * rows_per_set, window, route))
+        results[-1].open_prompts = list(dict.fromkeys(opened))
     return results
 
 
@@ -378,6 +384,7 @@ def _branched_sweeps(
         rows = tail_rows + (2 * length * row_steps + head_rows if i == 0 else 0)
         results.append(_calibration(grid, tail[i], z_pos, start, rows, window, route))
         results[-1].branched_at = branch
+        results[-1].open_prompts = list(dict.fromkeys(opened))
     return results
 
 

@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 import torch
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, NEGATIVE_PROMPTS, calibrate_windows, check_grid, open_prompts
+from steer.calibrate import (
+    LAYOUT_EDIT_BELOW,
+    NEGATIVE_PROMPTS,
+    calibrate_windows,
+    calibration_sets,
+    check_grid,
+    open_prompts,
+)
 from steer.calibrate import calibrate as run_calibration
 from steer.config import PAPER_WINDOW, SteeringConfig, check_window
 from steer.denoisers import (
@@ -277,12 +284,13 @@ def learn_direction(
             text_readers(unet, readers)  # a one-line error before any sampling
     if calibrate and (image_input or not neg_items):
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
-    opened = open_prompts([str(p) for p in pos_items], [str(p) for p in neg_items]) if calibrate else []  # an error before any sampling
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
     for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096),
                                ("calibration_samples", calibration_samples, 4096), ("num_inference_steps", num_inference_steps, 10_000)):
         check_int(value, label, 1, high, optional=False)
+    if calibrate:  # the calibration's open prompts: a positive with nothing to leave open is an error before any sampling
+        open_prompts(*calibration_sets([str(p) for p in pos_items], [str(p) for p in neg_items], calibration_samples))
     for key in NEGATIVE_PROMPTS:
         if key in call_kwargs and not isinstance(call_kwargs[key], str | None):
             raise ValueError(f"{key} must be one string (used for every learning and calibration sample), got {type(call_kwargs[key]).__name__}")
@@ -400,8 +408,7 @@ def learn_direction(
         if result.route["readers"] is not None:
             settings["readers"] = list(result.route["readers"])
     calibrated = result.strength * unit
-    # the prompts the calibration steered: the positives with the attribute left open
-    calibrated.metadata = {**meta, "recommended": settings, "calibration": {**result.to_dict(), "open_prompts": list(dict.fromkeys(opened))}}
+    calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
     return calibrated
 
 
