@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import C, K, prompts_for  # noqa: E402
 
-from steer.calibrate import DEFAULT_GRID, open_prompts, sample_latents, structure_kept  # noqa: E402
+from steer.calibrate import DEFAULT_GRID, sample_latents, structure_kept  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.wording import open_prompts  # noqa: E402
 
 
 def main() -> None:

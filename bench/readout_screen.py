@@ -35,10 +35,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import TUNING, C, K, passes, prompts_for  # noqa: E402
 
-from steer.calibrate import open_prompts, sample_latents  # noqa: E402
+from steer.calibrate import sample_latents  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.denoisers import default_layers, denoiser_of  # noqa: E402
 from steer.extract import extract_from_latents  # noqa: E402
+from steer.wording import open_prompts  # noqa: E402
 
 SCALES = [0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
 MEASURED = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)

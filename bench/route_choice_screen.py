@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import TUNING, C, K, prompts_for  # noqa: E402
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, open_prompts, sample_latents, structure_kept  # noqa: E402
+from steer.calibrate import LAYOUT_EDIT_BELOW, sample_latents, structure_kept  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.wording import open_prompts  # noqa: E402
 
 SAMPLES = 6
 

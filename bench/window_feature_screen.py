@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from readout_screen import features  # noqa: E402
 from steering_matrix import C, K, prompts_for  # noqa: E402
 
-from steer.calibrate import open_prompts, sample_latents  # noqa: E402
+from steer.calibrate import sample_latents  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.denoisers import default_layers, denoiser_of  # noqa: E402
+from steer.wording import open_prompts  # noqa: E402
 
 WINDOWS = {"early": (0.0, 0.5), "whole": (0.0, 1.0)}
 SEEDS = list(range(6))  # the calibration's own seeds (learn_direction's seed=0, calibration_samples=6)

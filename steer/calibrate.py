@@ -5,7 +5,7 @@ After a direction is learned its strength is chosen so that ``steering_scale=1.0
 1. Sample the positive prompts unsteered: final latents ``z_pos``. ``z_pos[i]`` is what the model itself draws for
    the edited prompt from seed ``i``: the target of the edit.
 2. Sample *open* prompts (`open_prompts`: the positive prompts without the words that make the attribute, so the
-   model chooses it; pair by pair where each positive has its own negative, "an old man" / "a man" -> "man") from
+   model chooses it; `steer.wording`: "a blue sneaker" -> "a sneaker", "an old man" / "a man" -> "a man") from
    the same seeds, unsteered and with the direction at a grid of strengths (one batched call,
    a per-row strength sweep), and measure how far each set is from its same-seed targets, relative to the unsteered
    start: ``d(s) = mean |z(s) - z_pos| / mean |z(0) - z_pos|``.
@@ -37,13 +37,13 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from difflib import SequenceMatcher
 from typing import Any
 
 import torch
 
 from steer.engine.run import window_bounds
 from steer.partial_run import SolverCarry, partial_pipeline, resumable, run_length
+from steer.wording import open_prompts
 
 DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
 # `calibrate_windows` (``window="auto"``): the top four of the default grid for each candidate window. Chosen on the
@@ -480,74 +480,6 @@ def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:
         "it will not reliably make the edit. Contrast the positives with the same prompts with the attribute left open "
         "(\"a blue sneaker\" vs \"a sneaker\") rather than with other values of it"
     )
-
-
-def attribute_words(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
-    """The words that make the positives' attribute: every positive prompt has them and not every negative one
-    does ("a blue sneaker", "a blue bag" vs "a sneaker", "a bag" -> ["blue"]), in the first positive's order."""
-    shared = set.intersection(*(set(p.split()) for p in positive))
-    in_all_negatives = set.intersection(*(set(p.split()) for p in negative)) if negative else set()
-    attribute = shared - in_all_negatives
-    return [w for w in dict.fromkeys(positive[0].split()) if w in attribute]
-
-
-def open_prompts(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
-    """The positive prompts with the attribute left open, so the model chooses it.
-
-    Where the negatives pair up with the positives (as many, each positive's closest negative a different one: "a blue
-    sneaker" / "a sneaker", "an elderly man" / "a young man"), each positive drops the words where it differs from its
-    own negative ("a sneaker", "man"). Otherwise the `attribute_words` are dropped from every positive ("a blue
-    sneaker" among "a blue ..." vs "a red coat" -> "a sneaker"); where no word is shared by every positive and missing
-    from some negative, each positive drops its differences from its closest negative. A positive with nothing to
-    drop (it is one of the negatives) is a ValueError naming it."""
-    positive, negative = list(positive), list(negative)
-    unique_positive, unique_negative = list(dict.fromkeys(positive)), list(dict.fromkeys(negative))
-    closest = {p: negative[_closest(p, negative)] for p in unique_positive} if negative else {}
-    attribute = set(attribute_words(positive, negative))
-    paired = len(unique_positive) == len(unique_negative) and len(set(closest.values())) == len(unique_positive)
-    if negative and (paired or not attribute):
-        opened = [" ".join(_common_words(p, closest[p])) for p in positive]
-    else:
-        opened = [" ".join(w for w in p.split() if w not in attribute) for p in positive]
-    for p, o in zip(positive, opened, strict=True):
-        if o.split() == p.split():
-            raise ValueError(f"the positive prompt {p!r} has no words its negative prompts lack, so there is nothing to "
-                             "leave open for the calibration: contrast it with the same prompt without the attribute")
-    return opened
-
-
-def _closest(prompt: str, negative: Sequence[str]) -> int:
-    """The index of the negative prompt sharing the most words, in order, with ``prompt`` (the first on a tie)."""
-    words = prompt.split()
-    ratios = [SequenceMatcher(a=words, b=n.split(), autojunk=False).ratio() for n in negative]
-    return max(range(len(negative)), key=ratios.__getitem__)
-
-
-def _common_words(prompt: str, other: str) -> list[str]:
-    """The words of ``prompt`` that match ``other`` in order (`SequenceMatcher`'s equal blocks)."""
-    words = prompt.split()
-    blocks = SequenceMatcher(a=words, b=other.split(), autojunk=False).get_matching_blocks()
-    return [w for b in blocks for w in words[b.a : b.a + b.size]]
-
-
-def attribute_span(prompt: str, negative: Sequence[str]) -> tuple[int, int]:
-    """The words ``[start, end)`` of ``prompt`` that make its attribute: where it differs from the most similar of
-    the ``negative`` prompts ("a red dress" vs "a red item" -> (2, 3); "a photo of a dog" vs "a photo" -> (2, 5))."""
-    words = prompt.split()
-    closest = negative[_closest(prompt, negative)]
-    changed = [op for op in SequenceMatcher(a=words, b=closest.split(), autojunk=False).get_opcodes() if op[0] != "equal"]
-    if not changed or changed[0][1] == changed[-1][2]:
-        raise ValueError(f"{prompt!r} has no words its negative prompts lack")
-    return changed[0][1], changed[-1][2]
-
-
-def rewrite_attribute(prompt: str, negative: Sequence[str], like: str, like_negative: Sequence[str]) -> str:
-    """``prompt`` with its attribute words (`attribute_span` against ``negative``) replaced by those of ``like``
-    (against ``like_negative``): "a red dress" -> "a red ankle boot" for ``like`` = "a blue ankle boot"."""
-    start, end = attribute_span(prompt, negative)
-    other_start, other_end = attribute_span(like, like_negative)
-    words = prompt.split()
-    return " ".join([*words[:start], *like.split()[other_start:other_end], *words[end:]])
 
 
 def curve_minimum(xs: list[float], ys: list[float]) -> tuple[float, float]:

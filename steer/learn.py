@@ -25,7 +25,6 @@ from steer.calibrate import (
     calibrate_windows,
     calibration_sets,
     check_grid,
-    open_prompts,
 )
 from steer.calibrate import calibrate as run_calibration
 from steer.config import PAPER_WINDOW, SteeringConfig, check_window
@@ -52,6 +51,7 @@ from steer.samplers import sampler_name
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import check_int
 from steer.vectors import SteeringVector, unet_fingerprint
+from steer.wording import open_prompts
 
 Method = Literal["mean", "mean_diff", "pca"]
 METHODS = ("mean", "mean_diff", "pca")

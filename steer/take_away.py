@@ -26,13 +26,13 @@ from steer.calibrate import (
     POOR_DISTANCE,
     branch_step,
     curve_minimum,
-    rewrite_attribute,
     rows_per_sample,
     sample_branched,
     sample_latents,
 )
 from steer.config import recommended_settings
 from steer.partial_run import run_length
+from steer.wording import rewrite_attribute
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from steer.calibrate import POOR_DISTANCE, calibrated_for, open_prompts
+from steer.calibrate import POOR_DISTANCE, calibrated_for
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
 from steer.lab.classifier import load_classifier, predict
 from steer.vectors import SteeringVector
+from steer.wording import open_prompts
 
 C, K = D.COLOUR_NAMES, D.CLASS_NAMES
 
@@ -32,11 +33,25 @@ def test_the_benchmark_and_readme_prompt_sets_open_as_before():
 def test_an_attribute_worded_differently_in_each_positive_is_left_open_pair_by_pair():
     """No word is in every positive ("a" / "an"; "elderly" / "old"): each positive drops where it differs from its own
     negative. Before, nothing was dropped, so the calibration steered the positives toward themselves."""
-    assert open_prompts(["a red t-shirt", "an orange bag"], ["a t-shirt", "a bag"]) == ["a t-shirt", "bag"]
+    assert open_prompts(["a red t-shirt", "an orange bag"], ["a t-shirt", "a bag"]) == ["a t-shirt", "a bag"]
     assert open_prompts(["a photo of an elderly man", "a photo of an old woman"], ["a photo of a man", "a photo of a woman"]) == [
-        "a photo of man", "a photo of woman"]
-    assert open_prompts(["an old man", "an elderly woman"], ["a young man", "a young woman"]) == ["man", "woman"]
+        "a photo of a man", "a photo of a woman"]
+    assert open_prompts(["an old man", "an elderly woman"], ["a young man", "a young woman"]) == ["a man", "a woman"]
     assert open_prompts(["a photo of a dog"], ["a photo"]) == ["a photo"]
+
+
+def test_positives_that_add_words_to_their_negatives_are_opened_to_them_whatever_the_counts():
+    """Fewer negatives than positives, the attribute worded three ways ("an" shared by every positive and no negative):
+    before, only "an" was dropped and the calibration steered "elderly man" toward the elderly samples."""
+    assert open_prompts(["an elderly man", "an old woman", "an aged man"], ["a man", "a woman"]) == [
+        "a man", "a woman", "a man"]
+    assert open_prompts(["a portrait of an elderly man", "an old woman smiling", "an aged man"],
+                        ["a portrait of a man", "a woman smiling", "a man", "a dog"]) == [
+        "a portrait of a man", "a woman smiling", "a man"]
+    # one word shared by every positive and negatives that are not a part of them: the shared word is dropped (and
+    # "an" before what is left made "a")
+    assert open_prompts(["a blue t-shirt", "a blue bag", "a blue coat"], ["a coat"]) == ["a t-shirt", "a bag", "a coat"]
+    assert open_prompts(["an elderly man", "an elderly woman"], ["a child", "a dog", "a cat"]) == ["a man", "a woman"]
 
 
 def test_a_positive_with_nothing_to_leave_open_is_one_line_before_any_sampling(tiny_pipe):
@@ -67,12 +82,12 @@ def test_a_warm_direction_worded_two_ways_calibrates_and_edits_the_demo_model(tm
     assert main(args) == 0
     printed = capsys.readouterr()
     assert "warning" not in printed.err + printed.out  # no calibration advice
-    assert ("calibrated on: 'a t-shirt', 'bag', 'a sneaker', 'coat' (the positives with the attribute left open), for guidance 5, "
+    assert ("calibrated on: 'a t-shirt', 'a bag', 'a sneaker', 'a coat' (the positives with the attribute left open), for guidance 5, "
             "20 steps, sampler ddim, no negative prompt") in printed.out
     warm = SteeringVector.load(out)
     calibration = warm.metadata["calibration"]
-    assert calibration["open_prompts"] == ["a t-shirt", "bag", "a sneaker", "coat"]
-    assert calibration["converged"] and calibration["distance"] < POOR_DISTANCE  # measured 0.32
+    assert calibration["open_prompts"] == ["a t-shirt", "a bag", "a sneaker", "a coat"]
+    assert calibration["converged"] and calibration["distance"] < POOR_DISTANCE  # measured 0.22
 
     pipe, clf = load_pipeline(None, "cpu"), load_classifier()
     prompts = ["a t-shirt", "a sneaker", "a bag", "a coat", "a trouser", "a dress"]

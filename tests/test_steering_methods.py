@@ -9,10 +9,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from steer import SteeringVector
-from steer.calibrate import MARGIN, open_prompts
+from steer.calibrate import MARGIN
 from steer.config import SteeringConfig
 from steer.denoisers import CONTEXT_SITE, layer_channels, list_layers
 from steer.engine import LayerPlan, apply_delta, build_layer_plans
+from steer.wording import open_prompts
 
 STEPS = 6
 PROMPT = "a red sneaker"

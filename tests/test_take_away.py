@@ -8,9 +8,9 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 
 from steer import SteeringVector
-from steer.calibrate import attribute_span, attribute_words, open_prompts, rewrite_attribute
 from steer.denoisers import CONTEXT_SITE, layer_channels
 from steer.testing import tiny_pipeline
+from steer.wording import attribute_span, attribute_words, open_prompts, rewrite_attribute
 
 
 def test_attribute_words_and_their_replacement():
