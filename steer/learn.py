@@ -157,6 +157,7 @@ def learn_direction(
     seed: int = 0,
     name: str | None = None,
     progress: bool | Callable[[float, str], None] = True,
+    two_sided: bool = False,
     **call_kwargs: Any,
 ) -> SteeringVector:
     """Learn a `SteeringVector` from two prompt sets or two image sets, with forward passes only.
@@ -204,7 +205,16 @@ def learn_direction(
             names say; ``call_kwargs`` go to the sampling calls. ``negative_prompt="..."`` (one string) samples every
             learning and calibration image with it, so the strength is calibrated for generating with it (recorded in
             ``metadata["sampling"]``); docs/steering.md, "Calibrating for how the user generates", measures what that changes.
+        two_sided: learn a slider between two attributes, for prompt sets whose negatives state one of their own ("a
+            blue sneaker" vs "a red sneaker", "an old man" vs "a young man"): each side is learned and calibrated
+            against the prompts with the attribute left open ("a sneaker", "a man"), and the direction carries the
+            negatives' side as its `SteeringVector.opposite`, so +1 is the full edit toward the positives, -1 toward
+            the negatives, and 0 the open prompt's own image. Twice a one-sided direction's cost.
     """
+    if two_sided:
+        given = dict(locals())  # the keyword arguments, each side learned with them
+        options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "call_kwargs")}
+        return _learn_two_sided(pipe, positive, negative, options, call_kwargs)
     unet = denoiser_of(pipe)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items:
@@ -410,6 +420,35 @@ def learn_direction(
     calibrated = result.strength * unit
     calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
     return calibrated
+
+
+def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any], call_kwargs: dict[str, Any]) -> SteeringVector:
+    """`learn_direction(..., two_sided=True)`: each side learned against the prompts with the attribute left open."""
+    pos_items, neg_items = _as_items(positive), _as_items(negative)
+    if not pos_items or not neg_items or any(is_image_item(i) for i in [*pos_items, *neg_items]):
+        raise ValueError("two_sided=True learns a slider from a positive and a negative prompt set (each side is "
+                         "contrasted with the prompts with the attribute left open): images or a missing set cannot")
+    if options.get("calibrate") is False:
+        raise ValueError("two_sided=True calibrates each side so that +1 and -1 are full edits: it needs calibrate on")
+    pos, neg = [str(p) for p in pos_items], [str(n) for n in neg_items]
+    toward_pos = open_prompts(pos, neg)
+    try:
+        toward_neg = open_prompts(neg, pos)
+    except ValueError:
+        raise ValueError(f"two_sided=True needs negative prompts that state an attribute of their own (\"a blue sneaker\" "
+                         f"vs \"a red sneaker\"); {neg[0]!r} states nothing beyond what the positives leave open: learn "
+                         "it one-sided (a negative scale then subtracts the direction)") from None
+    progress = options.pop("progress")
+    name = options.pop("name") or f"{pos[0]} <-> {neg[0]}"
+    halves = []
+    for half, (items, opened) in enumerate(((pos, toward_pos), (neg, toward_neg))):
+        report = (lambda f, msg, h=half: progress(h / 2 + f / 2, msg)) if callable(progress) else progress
+        halves.append(learn_direction(pipe, items, opened, progress=report, **options, **call_kwargs))
+    side, opposite = halves
+    side.metadata = {**side.metadata, "name": name, "two_sided": {"positive": list(dict.fromkeys(pos)),
+                                                                  "negative": list(dict.fromkeys(neg))}}
+    opposite.metadata = {**opposite.metadata, "name": f"{name} (opposite)"}
+    return SteeringVector(side.directions, side.metadata, opposite)
 
 
 def _default_name(pos: list, neg: list, images: bool) -> str:

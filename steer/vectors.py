@@ -25,11 +25,12 @@ from steer.config import PAPER_WINDOW
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
-from steer.validation import SchemaError, check_depth, check_direction_metadata, check_direction_tensors
+from steer.validation import SchemaError, check_depth, check_dict, check_direction_metadata, check_direction_tensors
 
 FORMAT_NAME = "steer.SteeringVector"
 FORMAT_VERSION = 1
 _METADATA_KEY = "steer"
+OPPOSITE = "opposite:"  # prefix of a two-sided direction's opposite tensors in its file (not a module path)
 
 
 # Config keys that decide the architecture (and hence which module paths and channel counts exist).
@@ -138,10 +139,16 @@ class SteeringVector:
     Supports ``v1 + v2``, ``v1 - v2``, ``2.0 * v``, ``-v`` and ``v / x``; `normalized` rescales each layer to unit
     norm. ``metadata`` holds the base model fingerprint (``"model"``), ``"method"``, ``"pooling"``, ``"timestep"``,
     the source prompts or image counts, and ``"activation_norm"`` (layer -> typical per-position activation norm).
+
+    A *two-sided* direction (a slider: ``learn_direction(..., two_sided=True)``) also holds its ``opposite``: the
+    direction a negative ``steering_scale`` applies (at ``|scale|``), so -1 is the full edit toward the negative prompts'
+    attribute and +1 toward the positives' (a one-sided direction's -1 subtracts it: "anti-red", not "blue"). ``-v``
+    swaps the sides; ``+`` / ``-`` between directions take one-sided ones (`one_sided`).
     """
 
     directions: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
+    opposite: SteeringVector | None = None
 
     def __post_init__(self) -> None:
         if not self.directions:
@@ -152,6 +159,8 @@ class SteeringVector:
                 raise ValueError(
                     f"direction for layer {name!r} must be a (channels,) or (step buckets, channels) tensor, got {shape}"
                 )
+        if self.opposite is not None and self.opposite.opposite is not None:
+            raise ValueError("the opposite of a two-sided direction is one-sided (its own opposite is the direction)")
 
     # ----- views -------------------------------------------------------------------------------------------------
     @property
@@ -179,27 +188,44 @@ class SteeringVector:
 
     def digest(self) -> str:
         """Content hash of what steers, for provenance records: the tensors and, where recorded, the token positions
-        left alone (``fixed_tokens``: the same tensors without them steer differently); not the rest of the metadata.
-        Files without ``fixed_tokens`` keep the tensors-only hash they always had."""
+        left alone (``fixed_tokens``: the same tensors without them steer differently), and a two-sided direction's
+        opposite; not the rest of the metadata. Files without ``fixed_tokens`` keep the tensors-only hash they always
+        had."""
         tensors = tensor_digest(self.directions)
         fixed = self.metadata.get("fixed_tokens")
-        if not fixed:
-            return tensors[:16]
-        return hashlib.sha256(f"{tensors} fixed_tokens={json.dumps(fixed, sort_keys=True)}".encode()).hexdigest()[:16]
+        own = tensors[:16] if not fixed else hashlib.sha256(
+            f"{tensors} fixed_tokens={json.dumps(fixed, sort_keys=True)}".encode()).hexdigest()[:16]
+        if self.opposite is None:
+            return own
+        return hashlib.sha256(f"{own} opposite={self.opposite.digest()}".encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         norms = ", ".join(f"{k}: C={v.shape[-1]} |v|={float(v.float().norm()):.3g}" for k, v in self.directions.items())
-        return f"SteeringVector(name={self.name!r}, method={self.metadata.get('method')!r}, {{{norms}}})"
+        sides = f", opposite={self.opposite.name!r}" if self.opposite is not None else ""
+        return f"SteeringVector(name={self.name!r}, method={self.metadata.get('method')!r}, {{{norms}}}{sides})"
+
+    @property
+    def one_sided(self) -> SteeringVector:
+        """This direction without its opposite (a negative scale then subtracts it)."""
+        return SteeringVector(self.directions, dict(self.metadata)) if self.opposite is not None else self
 
     # ----- arithmetic --------------------------------------------------------------------------------------------
     def _map(self, fn, **meta_updates: Any) -> SteeringVector:
         meta = dict(self.metadata)
         meta.update(meta_updates)
-        return SteeringVector({k: fn(v) for k, v in self.directions.items()}, meta)
+        opposite = self.opposite._map(fn) if self.opposite is not None else None
+        return SteeringVector({k: fn(v) for k, v in self.directions.items()}, meta, opposite)
+
+    def _swapped(self) -> SteeringVector:
+        """A two-sided direction with its sides exchanged (what ``-v`` and a negative factor give)."""
+        assert self.opposite is not None
+        return SteeringVector(self.opposite.directions, dict(self.opposite.metadata), self.one_sided)
 
     def __mul__(self, other: float) -> SteeringVector:
         if not isinstance(other, int | float):
             return NotImplemented
+        if self.opposite is not None and other < 0:
+            return self._swapped() * -other
         return self._map(lambda v: v * other, name=f"{other:g}*{self.name}")
 
     __rmul__ = __mul__
@@ -209,14 +235,22 @@ class SteeringVector:
             return NotImplemented
         if other == 0:
             raise ZeroDivisionError("cannot divide a SteeringVector by zero")
+        if self.opposite is not None and other < 0:
+            return self._swapped() / -other
         return self._map(lambda v: v / other, name=f"{self.name}/{other:g}")
 
     def __neg__(self) -> SteeringVector:
+        if self.opposite is not None:
+            return self._swapped()
         return self._map(lambda v: -v, name=f"-{self.name}")
 
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
         if not isinstance(other, SteeringVector):
             return NotImplemented
+        if self.opposite is not None or other.opposite is not None:
+            two = self.name if self.opposite is not None else other.name
+            raise ValueError(f"{two!r} is two-sided (a slider): combine its sides one at a time (v.one_sided, "
+                             "v.opposite), or steer with both directions in one call")
         mine, theirs = self.metadata.get("model", {}), other.metadata.get("model", {})
         if mine and theirs and mine.get("config_hash") != theirs.get("config_hash"):
             raise ModelMismatchError(
@@ -259,19 +293,24 @@ class SteeringVector:
         return self._combine(other, -1.0)
 
     def normalized(self) -> SteeringVector:
-        """Each layer rescaled to unit L2 norm (zero layers stay zero)."""
+        """Each layer rescaled to unit L2 norm (zero layers stay zero); both sides of a two-sided direction."""
         return self._map(lambda v: v / v.norm().clamp_min(1e-12), name=f"normalized({self.name})")
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SteeringVector:
-        return SteeringVector({k: v.to(device=device, dtype=dtype) for k, v in self.directions.items()}, dict(self.metadata))
+        opposite = self.opposite.to(device, dtype) if self.opposite is not None else None
+        return SteeringVector({k: v.to(device=device, dtype=dtype) for k, v in self.directions.items()}, dict(self.metadata), opposite)
 
     def select(self, layers: Iterable[str]) -> SteeringVector:
-        """A copy restricted to ``layers`` (exact names)."""
+        """A copy restricted to ``layers`` (exact names; a two-sided direction's opposite keeps those it has)."""
         keep = list(layers)
         missing = [k for k in keep if k not in self.directions]
         if missing:
             raise KeyError(f"{self.name!r} has no layer(s) {missing}; it has {self.layers}")
-        return SteeringVector({k: self.directions[k] for k in keep}, dict(self.metadata))
+        opposite = self.opposite
+        if opposite is not None:
+            kept = [k for k in keep if k in opposite.directions]
+            opposite = opposite.select(kept) if kept else None
+        return SteeringVector({k: self.directions[k] for k in keep}, dict(self.metadata), opposite)
 
     # ----- compatibility -----------------------------------------------------------------------------------------
     def check_compatible(self, unet: torch.nn.Module, layers: Iterable[str] | None = None, strict: bool = True) -> None:
@@ -334,6 +373,13 @@ class SteeringVector:
             header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": _jsonable(self.metadata)}
             check_direction_tensors(tensors)
             check_direction_metadata(header["metadata"])
+            if self.opposite is not None:  # its tensors under OPPOSITE + layer, its metadata in the header's "opposite"
+                opposite = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.opposite.directions.items()}
+                check_depth(self.opposite.metadata, "opposite metadata")
+                header["opposite"] = _jsonable(self.opposite.metadata)
+                check_direction_tensors(opposite)
+                check_direction_metadata(header["opposite"])
+                tensors.update({OPPOSITE + k: v for k, v in opposite.items()})
         except SchemaError as err:
             raise ValueError(f"cannot save {self.name!r} to {path}: {err}") from None
         write_checked(path, tensors, _METADATA_KEY, header)
@@ -351,12 +397,18 @@ class SteeringVector:
         if not path.is_file():
             raise SteeringFileError(f"direction file not found: {path}")
         header, tensors = read_checked(path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, SteeringFileError, "steering vector")
+        opposite_tensors = {k[len(OPPOSITE):]: tensors.pop(k) for k in list(tensors) if k.startswith(OPPOSITE)}
+        opposite = None
         try:
             check_direction_tensors(tensors)
             meta = check_direction_metadata(header.get("metadata"))
+            if opposite_tensors or header.get("opposite") is not None:  # a two-sided direction: both parts or neither
+                check_direction_tensors(opposite_tensors)
+                opposite = cls({k: v.to(device) for k, v in opposite_tensors.items()},
+                               check_direction_metadata(check_dict(header.get("opposite"), "opposite", optional=False)))
         except SchemaError as err:
             raise SteeringFileError(f"{path}: {err}") from None
-        return cls({k: v.to(device) for k, v in tensors.items()}, meta)
+        return cls({k: v.to(device) for k, v in tensors.items()}, meta, opposite)
 
     # ----- the Hugging Face Hub (steer/hub.py) --------------------------------------------------------------------
     @classmethod

@@ -27,6 +27,7 @@ from steer.config import (
     parse_scales,
     recommended_settings,
     recorded_routes,
+    split_sides,
 )
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -57,7 +58,8 @@ STEERING_DOC = """
     Steering arguments (keyword-only), on top of the parent pipeline's:
 
     - ``steering``: a `SteeringVector`, a path to one, a list of them, or None.
-    - ``steering_scale``: float, one per vector, one per batch row, or (rows, vectors); negative subtracts.
+    - ``steering_scale``: float, one per vector, one per batch row, or (rows, vectors); negative subtracts (a
+      two-sided direction's negative scale applies its opposite at ``|scale|``: toward its negative prompts).
     - ``steering_layers``: None (the vectors' layers) or names / glob patterns restricting them.
     - ``steering_window``: ``(start, end)`` fractions of the denoising run (default the paper's (0.45, 0.95)), or
       one per vector. Unset, directions that record different windows each act in their own.
@@ -188,14 +190,21 @@ class SteeringMixin:
             clone.__dict__["_steering_key"] = self.steering_key()
         return clone
 
-    def _resolve_steering(self, explicit: dict[str, Any]) -> tuple[dict[str, Any], list[SteeringVector]]:
-        """Settings of this call: built-in defaults < the vectors' recommended ones < `steering(...)` < arguments."""
+    def _resolve_steering(self, explicit: dict[str, Any], num_images: int
+                          ) -> tuple[dict[str, Any], list[SteeringVector], torch.Tensor | None]:
+        """Settings, directions and (rows, directions) scales of this call: built-in defaults < the vectors'
+        recommended ones < `steering(...)` < arguments. Two-sided directions come back as their two sides
+        (`steer.config.split_sides`), each with its own recommended settings."""
         given = {**(_CONTEXT_DEFAULTS.get() or {}).get(self.steering_key(), {}), **explicit}
         vectors = as_vector_list(self._bundled_files(given.get("steering")))
-        settings = {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}
         if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
             warnings.warn(note, UserWarning, stacklevel=4)
-        return settings, vectors
+        scales = None
+        if vectors:
+            scale = given.get("steering_scale", STEERING_DEFAULTS["steering_scale"])
+            scales = parse_scales(scale, len(vectors), num_images)
+            vectors, scales, given = split_sides(vectors, scales, given)
+        return {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}, vectors, scales
 
     def _bundled_files(self, steering: Any) -> Any:
         """``steering`` with the names of bundled directions (``"to_blue"``, as the command line takes them) replaced
@@ -335,10 +344,9 @@ class SteeringMixin:
     def _steered_call(self, parent: type, *args: Any, **kwargs: Any):
         explicit = {k: kwargs.pop(k) for k in list(kwargs) if k in STEERING_DEFAULTS}
         extras = {k: kwargs.pop(k) for k in list(kwargs) if k in self._extra_call_params()}
-        settings, vectors = self._resolve_steering(explicit)
         bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
         num_images = self._num_images(bound)
-        scales = parse_scales(settings["steering_scale"], max(len(vectors), 1), num_images) if vectors else None
+        settings, vectors, scales = self._resolve_steering(explicit, num_images)
         check_steering_request(vectors, scales, settings, self.denoiser.dtype)  # ranges, empty layers
         active = bool(vectors) and bool(scales.abs().sum() > 0)
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from diffusers import StableDiffusion3Pipeline
 
-from steer.config import STEERING_DEFAULTS, parse_scales
+from steer.config import STEERING_DEFAULTS
 from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
@@ -62,8 +62,9 @@ class SteeringStableDiffusion3Pipeline(SD3TextMixin, SteeringMixin, AutoDtypeMix
         except TypeError:
             bound = None  # the parent call raises its own error
         if bound is not None and bound.arguments.get("skip_guidance_layers") is not None:
-            settings, vectors = self._resolve_steering({k: v for k, v in kwargs.items() if k in STEERING_DEFAULTS})
-            if vectors and bool(parse_scales(settings["steering_scale"], len(vectors), self._num_images(bound)).abs().sum() > 0):
+            _, vectors, scales = self._resolve_steering({k: v for k, v in kwargs.items() if k in STEERING_DEFAULTS},
+                                                        self._num_images(bound))
+            if vectors and bool(scales.abs().sum() > 0):
                 raise ValueError(
                     "steering with skip_guidance_layers is not supported (skip-layer guidance adds a conditional-only "
                     "transformer call per step); pass skip_guidance_layers=None or steering=None"

@@ -1,0 +1,140 @@
+"""Two-sided directions (sliders, `SteeringVector.opposite`): a negative scale applies the opposite at ``|scale|``
+(toward the negative prompts' attribute) instead of subtracting the direction ("anti-red" is cyan on the demo model,
+not blue); learning, files, arithmetic, and the slider on the demo model."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from steer import SteeringFileError, SteeringVector
+from steer.testing import random_vector
+
+STEPS = 6
+LAYER = "up_blocks.0.resnets.1"
+
+
+def call(pipe, gen, prompt="a red sneaker", **kw):
+    return pipe(prompt, num_inference_steps=STEPS, generator=gen(0), output_type="np", **kw).images
+
+
+def two_sided(pipe, window=None):
+    side = random_vector(pipe, [LAYER], seed=1, scale=2.0)
+    opposite = random_vector(pipe, [LAYER], seed=2, scale=2.0)
+    if window is not None:
+        opposite.metadata["recommended"] = {"window": list(window)}
+    return SteeringVector(side.directions, {**side.metadata, "name": "slider"}, opposite)
+
+
+def test_a_negative_scale_applies_the_opposite_and_a_positive_one_the_direction(tiny_pipe, gen, one_thread):
+    v = two_sided(tiny_pipe)
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=-0.8), call(tiny_pipe, gen, steering=v.opposite, steering_scale=0.8))
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=0.8), call(tiny_pipe, gen, steering=v.one_sided, steering_scale=0.8))
+    assert not np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=-0.8), call(tiny_pipe, gen, steering=v.one_sided, steering_scale=-0.8))
+    # scale 0 is the parent's image, bit for bit
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=0.0), call(tiny_pipe, gen))
+
+
+def test_a_strip_from_minus_one_to_one_is_the_sides_row_by_row(tiny_pipe, one_thread):
+    """One call with per-row scales [-1, 0, 1] (the app's strength strip): each row as its own call would draw it."""
+    v = two_sided(tiny_pipe)
+    prompts = ["a red sneaker"] * 3
+
+    def rows(**kw):
+        return tiny_pipe(prompts, num_inference_steps=STEPS, output_type="np",
+                         generator=[torch.Generator().manual_seed(i) for i in range(3)], **kw).images
+
+    strip = rows(steering=v, steering_scale=[-1.0, 0.0, 1.0])
+    assert np.allclose(strip[0], rows(steering=v.opposite, steering_scale=[1.0, 0.0, 0.0])[0], atol=1e-5)
+    assert np.allclose(strip[1], rows()[1], atol=1e-5)
+    assert np.allclose(strip[2], rows(steering=v.one_sided, steering_scale=[0.0, 0.0, 1.0])[2], atol=1e-5)
+
+
+def test_each_side_acts_in_its_own_recommended_window_and_given_windows_follow_their_direction(tiny_pipe, gen, one_thread):
+    v = two_sided(tiny_pipe, window=(0.5, 1.0))
+    v.metadata["recommended"] = {"window": [0.0, 0.5]}
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=-1.0),
+                          call(tiny_pipe, gen, steering=v.opposite, steering_scale=1.0, steering_window=(0.5, 1.0)))
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=1.0),
+                          call(tiny_pipe, gen, steering=v.one_sided, steering_scale=1.0, steering_window=(0.0, 0.5)))
+    # a window per direction given by the call: the slider's holds for both its sides
+    other = random_vector(tiny_pipe, [LAYER], seed=5)
+    both = call(tiny_pipe, gen, steering=[v, other], steering_scale=[-1.0, 0.5], steering_window=[(0.2, 0.6), (0.0, 1.0)])
+    alone = call(tiny_pipe, gen, steering=[v.opposite, other], steering_scale=[1.0, 0.5], steering_window=[(0.2, 0.6), (0.0, 1.0)])
+    assert np.array_equal(both, alone)
+    with pytest.raises(ValueError, match="^steering_window holds 3 window"):
+        call(tiny_pipe, gen, steering=[v, other], steering_scale=1.0, steering_window=[(0.2, 0.6), (0.0, 1.0), (0, 1)])
+
+
+def test_the_file_keeps_both_sides_and_old_files_load_one_sided(tiny_pipe, tmp_path):
+    v = two_sided(tiny_pipe)
+    path = v.save(tmp_path / "slider.safetensors")
+    back = SteeringVector.load(path)
+    assert back.opposite is not None and back.digest() == v.digest() and back.name == "slider"
+    assert torch.equal(back.opposite.directions[LAYER], v.opposite.directions[LAYER])
+    assert back.digest() != v.one_sided.digest()  # what steers differs: the recipe's hash says so
+    one = v.one_sided.save(tmp_path / "one.safetensors")
+    assert SteeringVector.load(one).opposite is None
+    # an opposite's tensors without its metadata (an edited file): one line naming the file
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    tensors = load_file(str(path))
+    save_file(tensors, str(tmp_path / "edited.safetensors"),
+              {k: val.replace('"opposite"', '"elsewhere"') for k, val in header.items()})
+    with pytest.raises(SteeringFileError, match="edited.safetensors: opposite must be an object"):
+        SteeringVector.load(tmp_path / "edited.safetensors")
+
+
+def test_arithmetic_on_a_slider(tiny_pipe):
+    v = two_sided(tiny_pipe)
+    flipped = -v
+    assert torch.equal(flipped.directions[LAYER], v.opposite.directions[LAYER])
+    assert torch.equal(flipped.opposite.directions[LAYER], v.directions[LAYER])
+    assert torch.equal((v * -2).directions[LAYER], 2 * v.opposite.directions[LAYER])
+    assert torch.equal((v * 0.5).opposite.directions[LAYER], 0.5 * v.opposite.directions[LAYER])
+    assert torch.equal((v / -4).opposite.directions[LAYER], v.directions[LAYER] / 4)
+    assert v.to(dtype=torch.float16).opposite.directions[LAYER].dtype == torch.float16
+    assert v.select([LAYER]).opposite is not None
+    with pytest.raises(ValueError, match="^'slider' is two-sided"):
+        v + random_vector(tiny_pipe, [LAYER])
+    with pytest.raises(ValueError, match="its own opposite"):
+        SteeringVector(v.directions, {}, v)
+
+
+RED, BLUE = ["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"]
+QUICK = dict(num_inference_steps=4, calibration_samples=2, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:calibration")  # random weights render no attribute
+def test_learning_a_slider_calibrates_each_side_against_the_prompts_left_open(tiny_pipe, gen, one_thread):
+    v = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, **QUICK)
+    assert v.opposite is not None and v.name == "a red sneaker <-> a blue sneaker"
+    for side, prompts in ((v, RED), (v.opposite, BLUE)):  # each side: its prompts against them left open
+        assert side.metadata["positive"]["prompts"] == prompts
+        assert side.metadata["negative"]["prompts"] == ["a sneaker", "a bag"]
+        assert side.metadata["calibration"]["open_prompts"] == ["a sneaker", "a bag"]
+    assert v.metadata["two_sided"] == {"positive": RED, "negative": BLUE}
+    # steering_negative="remove" takes away along the direction itself (the positives' attribute), as one-sided
+    removing = dict(steering_scale=-1.0, steering_negative="remove")
+    assert np.array_equal(call(tiny_pipe, gen, steering=v, **removing), call(tiny_pipe, gen, steering=v.one_sided, **removing))
+    # the same sets learned one-sided: the direction is pos - neg, not pos - open
+    one = tiny_pipe.learn_direction(RED, BLUE, **QUICK)
+    assert one.opposite is None and one.metadata["negative"]["prompts"] == BLUE
+
+
+@pytest.mark.parametrize(("positive", "negative", "message"), [
+    (["a blue sneaker"], ["a sneaker"], "^two_sided=True needs negative prompts that state an attribute of their own"),
+    (["a blue sneaker"], None, "^two_sided=True learns a slider from a positive and a negative prompt set"),
+])
+def test_a_slider_without_two_attributes_is_one_line_before_any_sampling(tiny_pipe, positive, negative, message):
+    calls = []
+    handle = tiny_pipe.unet.register_forward_pre_hook(lambda m, a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match=message):
+            tiny_pipe.learn_direction(positive, negative, two_sided=True, **QUICK)
+        with pytest.raises(ValueError, match="^two_sided=True calibrates each side"):
+            tiny_pipe.learn_direction(RED, BLUE, two_sided=True, calibrate=False, **QUICK)
+    finally:
+        handle.remove()
+    assert calls == []
