@@ -159,7 +159,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             fit = gr.Button("Fit strength and window to this take-away", size="sm", elem_id="fit-take-away")
             direction_info = gr.Markdown("", elem_id="direction-info")
             strength = gr.Slider(
-                -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts or removes)", elem_id="strength"
+                -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts or removes; a two-sided slider's: toward its negatives)", elem_id="strength"
             )
             layer = gr.Slider(
                 0,
@@ -339,6 +339,11 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
             label="Negative prompt to calibrate for (optional)", value="", max_length=L.max_prompt_chars, elem_id="learn-negative-prompt",
             info="the one you generate with: a colour direction calibrated without it under-edits under it (docs/steering.md)",
         )
+        two_sided = gr.Checkbox(
+            False, label="Two-sided slider", elem_id="learn-two-sided",
+            info="negatives that state their own attribute ('a red sneaker' vs 'a blue sneaker'): each side calibrated, "
+            "so strength 1 is the full edit toward the positives and -1 toward the negatives (twice the learning time)",
+        )
     go = gr.Button("Learn direction", variant="primary", elem_id="learn")
     file = gr.File(label="Learned direction (.safetensors)", interactive=False, elem_id="learned-file")
     status = gr.Markdown("", elem_id="learn-status")
@@ -362,6 +367,7 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
         readers,
         sampler,
         calibrate_negative,
+        two_sided,
     ]
     go.click(guarded(4)(app.learn), inputs, [session, direction, file, status], api_name="learn")
 

@@ -666,6 +666,22 @@ def test_api_learn_with_the_auto_window_says_which_window_it_chose(client):
     assert "the auto window is chosen by calibration" in status and "Traceback" not in status
 
 
+def test_api_learns_a_two_sided_slider_and_says_what_each_end_edits_toward(client):
+    args = ["a red sneaker\na red bag", "a blue sneaker\na blue bag", None, None, "mean_diff", "text", "all layers", [], 2, 2, 5.0,
+            0, "", "", "mode default", "auto", "", ""]
+    picked, file, status = client.predict(*args, True, api_name="/learn")
+    slider = SteeringVector.load(file)
+    assert slider.opposite is not None and slider.opposite.metadata["positive"]["prompts"] == ["a blue sneaker", "a blue bag"]
+    assert "a two-sided slider: +1 toward *a red sneaker*, -1 toward *a blue sneaker*" in status
+    assert picked["value"] == "a red sneaker <-> a blue sneaker (learned)"
+    *_, status = client.predict(**generate_args(picked["value"], scale=-1.0), api_name="/generate")
+    assert "Steered with **a red sneaker &lt;-&gt; a blue sneaker** × -1" in status
+    for wrong in (["a red sneaker", ""], ["a red sneaker", "a blue sneaker"]):  # no negatives; the fast mode (uncalibrated)
+        mode = "text" if not wrong[1] else "fast"
+        *_, status = client.predict(wrong[0], wrong[1], *args[2:5], mode, *args[6:], True, api_name="/learn")
+        assert "a two-sided slider is learned from prompts for both sets" in status and "Traceback" not in status
+
+
 def test_memorization_panel(client):
     plot, status = client.predict("steered", api_name="/memorization")
     assert "generate an image first" in status

@@ -227,9 +227,14 @@ def direction_summary(vector: SteeringVector) -> str:
     routed = f", read by {', '.join(md_code(str(r), 40) for r in readers[:4])} only" if isinstance(readers, list) and readers else ""
     sampling = calibrated_for(meta)
     calibrated = f"; strength 1 is the full edit calibrated for {md_text(sampling, 200)}" if sampling else ""
+    slider = ""
+    if vector.opposite is not None:  # what each end of a two-sided direction edits toward
+        two = meta.get("two_sided") if isinstance(meta.get("two_sided"), dict) else {}
+        ends = [(two.get(k) or ["?"])[0] for k in ("positive", "negative")]
+        slider = f"; a two-sided slider: +1 toward *{md_text(str(ends[0]), 80)}*, -1 toward *{md_text(str(ends[1]), 80)}*"
     return (
         f"**{md_text(vector.name)}** - method {md_code(meta.get('method', '?'), 40)}, "
-        f"source {md_code(meta.get('source', '?'), 40)}, {len(layers)} layer(s): {shown_layers}{routed}{calibrated}; "
+        f"source {md_code(meta.get('source', '?'), 40)}, {len(layers)} layer(s): {shown_layers}{routed}{calibrated}{slider}; "
         f"digest `{vector.digest()[:12]}`"
     )
 

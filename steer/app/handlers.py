@@ -266,6 +266,7 @@ class SteerApp:
         readers: str = "auto",
         sampler: str = "",
         negative_prompt: str = "",
+        two_sided: bool = False,
         progress: gr.Progress = PROGRESS,
     ):
         """Learn a direction and add it to this user's picker; offer it as a download."""
@@ -288,6 +289,7 @@ class SteerApp:
             readers=readers,
             sampler=sampler,
             negative_prompt=negative_prompt,
+            two_sided=bool(two_sided),
         )
         progress(0.0, desc="starting")
         vector = H.learn(self.pipe, settings, progress_fn(progress))

@@ -65,6 +65,7 @@ class LearnSettings:
     readers: str = "auto"
     sampler: str = ""  # a `steer.samplers` name the samples are drawn with; "": the model's own scheduler
     negative_prompt: str = ""  # every learning and calibration sample is drawn with it (prompt sets only)
+    two_sided: bool = False  # a slider: the negatives' attribute at negative strengths (learn_direction(two_sided=True))
 
     def sets(self) -> tuple[list, list]:
         """(positive, negative) items: images if any were uploaded for the positive set, else prompt lines."""
@@ -108,6 +109,9 @@ class LearnSettings:
         negative_prompt = check_prompt(self.negative_prompt, "negative prompt to calibrate for", required=False)
         if negative_prompt and self.positive_files:
             raise UserError("the negative prompt to calibrate for applies to prompt sets: image sets are not sampled")
+        if self.two_sided and (self.positive_files or not self.negative.strip() or mode not in ("text", "trajectory")):
+            raise UserError("a two-sided slider is learned from prompts for both sets, each side calibrated (the text or "
+                            "trajectory mode): write negative prompts that state the other attribute")
         if mode == "text":  # the text-token site, calibrated (learn_direction's default)
             layers: Any = None
         elif mode == "trajectory" and self.scope != "chosen layers":
@@ -126,6 +130,7 @@ class LearnSettings:
             "image_prompts": check_prompt(self.image_prompt, "image prompt", required=False),
             **({"window": "auto"} if auto_window else {}),
             **({"negative_prompt": negative_prompt} if negative_prompt else {}),
+            **({"two_sided": True} if self.two_sided else {}),
             **({"readers": readers} if readers != "auto" and mode == "text" and not self.positive_files else {}),
         }
 
@@ -149,7 +154,7 @@ def learn(pipe, settings: LearnSettings, progress: ProgressFn | None = None) -> 
     pipe = sampling_pipe(pipe, check_sampler_choice(pipe, settings.sampler))
     pos, neg = settings.sets()
     images = isinstance(pos[0], Image.Image)
-    stages = (1 if images or kwargs["mode"] == "fast" else 2) * (2 if neg else 1)
+    stages = (1 if images or kwargs["mode"] == "fast" else 2) * (2 if neg else 1) * (2 if kwargs.get("two_sided") else 1)
     report: Any = StagedProgress(progress, stages) if progress else False
     return pipe.learn_direction(pos, neg or None, progress=report, **kwargs)
 

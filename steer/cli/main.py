@@ -49,20 +49,33 @@ def cmd_learn(args: argparse.Namespace) -> int:
         vector = _learn(pipe, args, positive, negative)
     path = vector.save(args.out)
     print(f"wrote {path}: {vector}")
-    opened = (vector.metadata.get("calibration") or {}).get("open_prompts")
-    if opened:  # what the calibration steered toward the positives' own samples, and how it sampled them
-        print(f"calibrated on: {clip(', '.join(map(repr, opened)), 200)} (the positives with the attribute left open), "
-              f"for {calibrated_for(vector.metadata)}")
-    choice = vector.metadata.get("window_choice")
-    if choice:  # --window auto: what the calibration compared
-        tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
-        print(f"window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (relative distance to the positives' samples {tried})")
-    route = vector.metadata.get("route_choice")
-    if route:  # --readers auto: what the calibration decided on
-        read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
-        print(f"readers: {read_by}: the positives' samples keep {route['structure']:.2f} of the open samples' layout (a layout edit below {route['below']:g})")
+    sides = [("", vector)]
+    if vector.opposite is not None:  # a slider: what each end of it is, then each side's calibration
+        two = vector.metadata.get("two_sided") or {}
+        print(f"two-sided: +1 = the full edit toward {clip(repr((two.get('positive') or ['?'])[0]), 80)}, "
+              f"-1 toward {clip(repr((two.get('negative') or ['?'])[0]), 80)}, 0 the prompt's own image")
+        sides = [("+ side: ", vector), ("- side: ", vector.opposite)]
+    for label, side in sides:
+        _print_calibration(label, side.metadata, calibrated_for)
     print_warnings(caught)
     return 0
+
+
+def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
+    """What a learned direction's calibration steered, how it sampled, and the window and route it chose."""
+    opened = (meta.get("calibration") or {}).get("open_prompts")
+    if opened:  # what the calibration steered toward the positives' own samples, and how it sampled them
+        print(f"{label}calibrated on: {clip(', '.join(map(repr, opened)), 200)} (the positives with the attribute left open), "
+              f"for {calibrated_for(meta)}")
+    choice = meta.get("window_choice")
+    if choice:  # --window auto: what the calibration compared
+        tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
+        print(f"{label}window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (relative distance to the positives' samples {tried})")
+    route = meta.get("route_choice")
+    if route:  # --readers auto: what the calibration decided on
+        read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
+        print(f"{label}readers: {read_by}: the positives' samples keep {route['structure']:.2f} of the open samples' layout "
+              f"(a layout edit below {route['below']:g})")
 
 
 def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
@@ -83,6 +96,7 @@ def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[s
         name=args.name,
         window=args.window,
         readers=args.readers,
+        two_sided=args.two_sided,
         progress=True,
         **{k: v for k, v in (("height", args.height), ("width", args.width), ("negative_prompt", args.negative_prompt)) if v is not None},
     )
@@ -112,8 +126,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not Path(path).expanduser().exists() and bundled:  # neither a file nor a shipped name: say what the model ships
         raise unknown_direction(args.path, bundled, hub=False)
     v = SteeringVector.load(path)
-    summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(), "digest": v.digest(), **{k: v.metadata.get(k) for k in ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice", "route_choice", "fixed_tokens")}}
-    print(json.dumps(summary, indent=2, default=str))
+    keys = ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice",
+            "route_choice", "fixed_tokens")
+    summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(),
+               "digest": v.digest(), **{k: v.metadata.get(k) for k in ("two_sided", *keys)}}
+    if v.opposite is not None:  # a slider: what a negative strength applies
+        o = v.opposite
+        summary["opposite"] = {"name": o.name, "layers": o.channels(), "norms": o.norms(), **{k: o.metadata.get(k) for k in keys}}
+    print(json.dumps({k: val for k, val in summary.items() if k not in ("two_sided",) or val is not None}, indent=2, default=str))
     return 0
 
 
@@ -203,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=SIZE, default=None)
     p.add_argument("--seed", type=SEED, default=0)
     add_sampler_argument(p, "learn and calibrate")
+    p.add_argument("--two-sided", action="store_true",
+                   help="learn a slider between the positives' attribute and the negatives' own ('a red t-shirt' vs 'a blue "
+                        "t-shirt'): each side calibrated against the prompts with the attribute left open, so --scale 1 is the "
+                        "full edit toward the positives and -1 toward the negatives (one-sided, -1 subtracts the direction)")
     p.add_argument("--name", default=None)
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_learn)

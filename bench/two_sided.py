@@ -1,0 +1,159 @@
+"""A slider between two attributes: does -1 reach the negatives' attribute, +1 the positives', monotonically, keeping
+the rest?
+
+    python bench/two_sided.py [--out docs/steering/two_sided] [--seeds 2 --seed-base 1000]
+
+Protocol (fixed before the first run, 2026-12-02; the matrix's tuning / held-out split kept). Pairs (positive side,
+negative side), learned with the defaults (guidance 5, 20 steps) from the matrix's prompt forms ("a red t-shirt", ...
+vs "a blue t-shirt", ...; classes "a red dress", ... vs "a red sneaker", ...):
+- tuning: colours (red, blue), (green, red), (blue, green); classes (trouser, bag);
+- held-out: colours (orange, cyan), (yellow, purple), (white, orange); classes (dress, sneaker), (coat, sandal).
+Each pair's slider is measured on the matrix's 8 attribute-open prompts of its positive side ("a t-shirt", "a red
+item") x the seeds, at scales -1 ... 1 in steps of 0.25, for:
+- ``two-sided``: ``learn_direction(pos, neg, two_sided=True)`` (each side calibrated against the prompts left open);
+- ``one-sided``: ``learn_direction(pos, neg)`` (pos - neg, calibrated toward the positives; -1 subtracts it);
+- ``sega``: SEGA (diffusers' `SemanticStableDiffusionPipeline`) editing toward the side's word at 8 x |scale|, the
+  matrix's SEGA scale (its 1.0);
+- ``rewrite``: the model's own prompt edit toward each side ("a t-shirt" -> "a blue t-shirt"), the ceiling (at +-1).
+Judges and the pass rule are the matrix's (success >= 0.8 by the classifier and, colours, the pixel measure; the other
+attribute kept >= 0.8; break <= 5 %). A side passes where its end (+1 or -1) passes and its success never falls by more
+than one image from 0 toward that end (`non_decreasing`); a slider passes where both sides do. Reported per split, no
+decision attached (the two-sided learning composes the calibrated one-sided recipe; nothing in it was tuned here).
+~10 min on the demo model, 1 thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from negative_prompt import save  # noqa: E402
+from steering_matrix import C, K, Runner, cell_metrics, judge, non_decreasing, passes  # noqa: E402
+
+from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.lab.classifier import load_classifier  # noqa: E402
+
+PAIRS = {
+    "tuning": [("colour", "red", "blue"), ("colour", "green", "red"), ("colour", "blue", "green"), ("class", "trouser", "bag")],
+    "held-out": [("colour", "orange", "cyan"), ("colour", "yellow", "purple"), ("colour", "white", "orange"),
+                 ("class", "dress", "sneaker"), ("class", "coat", "sandal")],
+}
+SCALES = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
+GRID_SCALES = (-1.0, -0.5, 0.0, 0.5, 1.0)
+SEGA_SCALE = 8.0
+
+
+def pair_prompts(kind: str, pos: str, neg: str) -> dict[str, list[str]]:
+    """The learning sets and the open prompts of a pair, in the matrix's forms."""
+    if kind == "colour":
+        t = C.index(pos)
+        return {"positive": [f"a {pos} {k}" for k in K], "negative": [f"a {neg} {k}" for k in K],
+                "open": [f"a {K[(i + t) % 10]}" for i in range(8)]}
+    t = K.index(pos)
+    return {"positive": [f"a {c} {pos}" for c in C], "negative": [f"a {c} {neg}" for c in C],
+            "open": [f"a {C[(i + t) % 8]} item" for i in range(8)]}
+
+
+def rewritten(kind: str, side: str, prompts: list[str]) -> list[str]:
+    return [p.replace("a ", f"a {side} ", 1) if kind == "colour" else p.replace(" item", f" {side}") for p in prompts]
+
+
+def main() -> None:
+    import argparse
+
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--out", default=str(ROOT / "docs" / "steering" / "two_sided"))
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seed-base", type=int, default=1000)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    pipe, classifier = load_pipeline(args.model, "cpu", progress=False), load_classifier()
+    pipe.set_progress_bar_config(disable=True)
+    run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=args.seeds, seed_base=args.seed_base)
+    kw = dict(num_inference_steps=20, guidance_scale=5.0, progress=False)
+    n = len(SCALES)
+
+    sliders, grid_rows, learned = [], [], []
+    for split, pairs in PAIRS.items():
+        for kind, pos, neg in pairs:
+            P = pair_prompts(kind, pos, neg)
+            index = (C if kind == "colour" else K).index
+            rows_before = run.rows
+            two = pipe.learn_direction(P["positive"], P["negative"], two_sided=True, **kw)
+            learn_rows = run.rows - rows_before
+            one = pipe.learn_direction(P["positive"], P["negative"], **kw)
+            learned.append({"pair": [pos, neg], "unet_rows_two_sided": learn_rows,
+                            **{f"{name}_strength": round(v.metadata["calibration"]["strength"], 4)
+                               for name, v in (("positive_side", two), ("negative_side", two.opposite), ("one_sided", one))},
+                            **{f"{name}_window": v.metadata["recommended"]["window"] for name, v in (("positive_side", two), ("negative_side", two.opposite))}})
+            per = len(P["open"]) * args.seeds
+            images = {
+                "two-sided": run.sample(P["open"], list(SCALES), steering=two),
+                "one-sided": run.sample(P["open"], list(SCALES), steering=one),
+                "sega": np.concatenate([run.sample(P["open"]) if s == 0 else run.sega(P["open"], pos if s > 0 else neg, SEGA_SCALE * abs(s))
+                                        for s in SCALES]),
+            }
+            ref = judge(classifier, images["two-sided"][SCALES.index(0.0) * per:(SCALES.index(0.0) + 1) * per])
+            rewrite = {side: run.sample(rewritten(kind, side, P["open"])) for side in (pos, neg)}
+            for method, imgs in images.items():
+                judged = [judge(classifier, imgs[i * per:(i + 1) * per]) for i in range(n)]
+                sides = {}
+                for side, target, ends in (("positive", pos, SCALES[n // 2:]), ("negative", neg, SCALES[n // 2::-1])):
+                    curve = [cell_metrics(judged[SCALES.index(s)], ref, kind, index(target)) for s in ends]
+                    end = curve[-1]
+                    sides[side] = {"target": target, **end, "curve": [round(c["success"], 3) for c in curve],
+                                   "monotone": non_decreasing([c["success"] for c in curve], per),
+                                   "pass": passes(end, "open", kind) and non_decreasing([c["success"] for c in curve], per)}
+                sliders.append({"split": split, "kind": kind, "pair": [pos, neg], "method": method, **sides,
+                                "pass": sides["positive"]["pass"] and sides["negative"]["pass"]})
+            sides = {side: {"target": target, **cell_metrics(judge(classifier, rewrite[target]), ref, kind, index(target))}
+                     for side, target in (("positive", pos), ("negative", neg))}
+            for s in sides.values():
+                s["pass"] = passes(s, "open", kind)
+            sliders.append({"split": split, "kind": kind, "pair": [pos, neg], "method": "rewrite", **sides,
+                            "pass": sides["positive"]["pass"] and sides["negative"]["pass"]})
+            for method, scales in (("one-sided", (-1.0,)), ("sega", (-1.0,)), ("two-sided", GRID_SCALES), ("sega", (1.0,))):
+                for s in scales:
+                    i = SCALES.index(s)
+                    grid_rows.append(np.concatenate(list(images[method][i * per:i * per + 8]), axis=2))
+            print(f"{pos} <-> {neg}: {time.time() - t0:.0f} s", flush=True)
+
+    results = {"meta": {"seeds": [args.seed_base + s for s in range(args.seeds)], "scales": list(SCALES), "sega_scale": SEGA_SCALE,
+                        "pairs": {k: [list(p) for p in v] for k, v in PAIRS.items()}},
+               "summary": summarise(sliders), "learned": learned, "sliders": sliders}
+    save(args, Path(__file__).name, t0, results, grid_rows,
+         "per pair 8 rows (first seed, the pair's 8 open prompts): one-sided at -1, SEGA at -1, two-sided at -1, -0.5, 0, "
+         f"0.5, 1, SEGA at +1; pairs {', '.join(f'{p} <-> {q}' for v in PAIRS.values() for _, p, q in v)}")
+
+
+def summarise(sliders: list[dict]) -> dict:
+    """Per split and method: sliders passing (both sides), sides passing, mean success and kept at the ends."""
+    out = {}
+    for split in PAIRS:
+        for method in ("two-sided", "one-sided", "sega", "rewrite"):
+            rows = [r for r in sliders if r["split"] == split and r["method"] == method]
+            ends = [r[side] for r in rows for side in ("positive", "negative")]
+            out[f"{split}/{method}"] = {
+                "sliders": f"{sum(r['pass'] for r in rows)}/{len(rows)}",
+                "sides": f"{sum(e['pass'] for e in ends)}/{len(ends)}",
+                "negative side": f"{sum(r['negative']['pass'] for r in rows)}/{len(rows)}",
+                "success": round(float(np.mean([e["success"] for e in ends])), 3),
+                "kept": round(float(np.mean([e["kept"] for e in ends])), 3),
+                "break": round(float(np.mean([e["break"] for e in ends])), 3),
+            }
+    return out
+
+
+if __name__ == "__main__":
+    main()
