@@ -335,6 +335,8 @@ class SteeringVector:
                 )
         learned = self.metadata.get("model")
         if not learned:
+            if self.opposite is not None:
+                self.opposite.check_compatible(unet, [n for n in names if n in self.opposite.directions], strict)
             return
         current = unet_fingerprint(unet)
         if learned.get("unet_class") != current["unet_class"]:
@@ -360,6 +362,8 @@ class SteeringVector:
                 f"{learned.get('weights_hash')} vs {current['weights_hash']}, base model "
                 f"{learned.get('name_or_path', 'unknown')!r}){lora}; pass steering_strict=False to apply it to a fine-tune"
             )
+        if self.opposite is not None:  # a two-sided direction's opposite must fit as well (its own layers)
+            self.opposite.check_compatible(unet, [n for n in names if n in self.opposite.directions], strict)
 
     # ----- files -------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

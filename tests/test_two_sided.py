@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from steer import SteeringFileError, SteeringVector
+from steer import ModelMismatchError, SteeringFileError, SteeringVector
 from steer.testing import random_vector
 
 STEPS = 6
@@ -84,6 +84,18 @@ def test_the_file_keeps_both_sides_and_old_files_load_one_sided(tiny_pipe, tmp_p
               {k: val.replace('"opposite"', '"elsewhere"') for k, val in header.items()})
     with pytest.raises(SteeringFileError, match="edited.safetensors: opposite must be an object"):
         SteeringVector.load(tmp_path / "edited.safetensors")
+
+
+def test_an_opposite_from_another_model_is_refused_like_the_direction(tiny_pipe):
+    side = random_vector(tiny_pipe, [LAYER], seed=1, fingerprint=True)
+    opposite = random_vector(tiny_pipe, [LAYER], seed=2, fingerprint=True)
+    opposite.metadata["model"] = {**opposite.metadata["model"], "config_hash": "elsewhere"}
+    slider = SteeringVector(side.directions, side.metadata, opposite)
+    side.check_compatible(tiny_pipe.unet)
+    with pytest.raises(ModelMismatchError, match="^direction 'rand2' was learned on a different UNet"):
+        slider.check_compatible(tiny_pipe.unet)
+    with pytest.raises(ModelMismatchError, match="^direction 'rand2' was learned on a different UNet"):
+        tiny_pipe("a red sneaker", num_inference_steps=2, steering=slider, steering_scale=-1.0)
 
 
 def test_arithmetic_on_a_slider(tiny_pipe):

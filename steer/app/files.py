@@ -166,11 +166,13 @@ def read_direction(path: str | os.PathLike, label: str) -> SteeringVector:
         detail = _without_path(err, path)
         raise UserError(f"cannot use {label}: its header is malformed ({type(err).__name__}: {detail})") from None
     problem = metadata_problem(vector.metadata)
+    if not problem and vector.opposite is not None:  # a two-sided direction: its opposite's header too
+        problem = metadata_problem(vector.opposite.metadata)
     if problem:
         raise UserError(f"cannot use {label}: {problem}")
     name = clean_text(vector.metadata.get("name", "direction")) or "direction"
     if name != vector.metadata.get("name", "direction"):
-        vector = SteeringVector(vector.directions, {**vector.metadata, "name": name})
+        vector = SteeringVector(vector.directions, {**vector.metadata, "name": name}, vector.opposite)
     return vector
 
 
