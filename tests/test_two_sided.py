@@ -190,3 +190,26 @@ def test_a_red_blue_slider_learned_on_the_command_line_reaches_blue_at_minus_one
                                      guidance_scale=5.0, progress=False)
     _, col = judged(one_sided, -1.0)
     assert (col == C.index("blue")).mean() <= 0.25 and (col == C.index("cyan")).mean() >= 0.5
+
+
+@pytest.mark.filterwarnings("ignore:calibration")  # random weights render no attribute
+def test_the_command_line_sweeps_a_slider_from_minus_one_and_reproduces_it(model_dir, tmp_path, one_thread):
+    """``--sweep -1,1,3`` as typed (argparse alone reads "-1,1,3" as an option): the -1 image is the opposite's at +1,
+    and `steer reproduce` makes the strip again from the recipes (the recipe's digest covers both sides)."""
+    from PIL import Image
+
+    from steer.cli.main import main
+
+    learn = ["learn", "--model", model_dir, "--positive", *RED, "--negative", *BLUE, "--two-sided", "--steps", "3"]
+    assert main([*learn, "--out", str(tmp_path / "slider.safetensors")]) == 0
+    SteeringVector.load(tmp_path / "slider.safetensors").opposite.save(tmp_path / "opposite.safetensors")
+    common = ["generate", "--model", model_dir, "--prompt", "a sneaker", "--steps", "3", "--seed", "5"]
+    assert main([*common, "--direction", str(tmp_path / "slider.safetensors"), "--sweep", "-1,1,3", "--out", str(tmp_path / "s")]) == 0
+    assert main([*common, "--direction", str(tmp_path / "opposite.safetensors"), "--scale", "1", "--out", str(tmp_path / "o")]) == 0
+    with Image.open(tmp_path / "s" / "seed5_scale-1.png") as minus, Image.open(tmp_path / "o" / "seed5_scale+1.png") as other:
+        # one row of a batched strip against a call of its own: equal up to batching's rounding
+        assert np.abs(np.asarray(minus, dtype=int) - np.asarray(other, dtype=int)).max() <= 2
+    with Image.open(tmp_path / "s" / "seed5_scale+0.png") as zero, Image.open(tmp_path / "s" / "seed5_scale-1.png") as minus:
+        assert np.abs(np.asarray(zero, dtype=int) - np.asarray(minus, dtype=int)).mean() > 2  # and -1 moves
+    strip = sorted(str(f) for f in (tmp_path / "s").glob("seed5_scale*.png"))
+    assert len(strip) == 3 and main(["reproduce", *strip, "--model", model_dir]) == 0

@@ -261,10 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a comma-separated list of numbers that may start with a minus ("--sweep -1,1,5": a slider's
+# strip): argparse reads "-1,1,5" as an option unless it is attached ("--sweep=-1,1,5"), so `main` attaches it.
+_SIGNED_LIST_OPTIONS = ("--sweep",)
+
+
+def _attach_signed_values(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in _SIGNED_LIST_OPTIONS and token[:1] == "-" and (token[1:2].isdigit() or token[1:2] == "."):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_signed_values(list(sys.argv[1:] if argv is None else argv)))
     from steer.denoisers import LayerError
     from steer.vectors import ModelMismatchError, SteeringFileError
 
