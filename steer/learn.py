@@ -440,15 +440,40 @@ def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any]
                          "it one-sided (a negative scale then subtracts the direction)") from None
     progress = options.pop("progress")
     name = options.pop("name") or f"{pos[0]} <-> {neg[0]}"
+    sets = ((pos, toward_pos), (neg, toward_neg))
     halves = []
-    for half, (items, opened) in enumerate(((pos, toward_pos), (neg, toward_neg))):
+    for half, (items, opened) in enumerate(sets):
         report = (lambda f, msg, h=half: progress(h / 2 + f / 2, msg)) if callable(progress) else progress
         halves.append(learn_direction(pipe, items, opened, progress=report, **options, **call_kwargs))
+    # One window and one route for both sides, so that every surface that applies the direction's recommended window
+    # and route to a call (the command line, batch, the app's sliders) applies them to either side alike: where the
+    # sides chose differently, the window whose calibrations come closest over both (summed relative distances) and
+    # the positive side's route; a side that chose otherwise is calibrated again with them (one more calibration).
+    window, readers = _joint_settings(*halves)
+    relearned = []
+    for half, (items, opened) in enumerate(sets):
+        rec = halves[half].metadata.get("recommended") or {}
+        if rec.get("window") != window or rec.get("readers") != readers:
+            again = {**options, "window": tuple(window), "readers": readers if readers is not None else "all"}
+            halves[half] = learn_direction(pipe, items, opened, progress=progress if callable(progress) else False, **again, **call_kwargs)
+            relearned.append(("positive", "negative")[half])
     side, opposite = halves
-    side.metadata = {**side.metadata, "name": name, "two_sided": {"positive": list(dict.fromkeys(pos)),
-                                                                  "negative": list(dict.fromkeys(neg))}}
+    side.metadata = {**side.metadata, "name": name, "two_sided": {
+        "positive": list(dict.fromkeys(pos)), "negative": list(dict.fromkeys(neg)), **({"recalibrated": relearned} if relearned else {})}}
     opposite.metadata = {**opposite.metadata, "name": f"{name} (opposite)"}
     return SteeringVector(side.directions, side.metadata, opposite)
+
+
+def _joint_settings(side: SteeringVector, opposite: SteeringVector) -> tuple[list[float] | None, list[str] | None]:
+    """The window and route both sides of a slider use: the positive side's where the sides agree or the window was
+    not chosen by calibration; else the candidate window with the least summed relative distance."""
+    rec = [v.metadata.get("recommended") or {} for v in (side, opposite)]
+    window = rec[0].get("window")
+    choices = [v.metadata.get("window_choice") for v in (side, opposite)]
+    if rec[0].get("window") != rec[1].get("window") and all(choices) and choices[0]["windows"] == choices[1]["windows"]:
+        total = [a + b for a, b in zip(choices[0]["distances"], choices[1]["distances"], strict=True)]
+        window = choices[0]["windows"][min(range(len(total)), key=total.__getitem__)]
+    return window, rec[0].get("readers")
 
 
 def _default_name(pos: list, neg: list, images: bool) -> str:

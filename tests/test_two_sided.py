@@ -126,13 +126,42 @@ def test_learning_a_slider_calibrates_each_side_against_the_prompts_left_open(ti
         assert side.metadata["positive"]["prompts"] == prompts
         assert side.metadata["negative"]["prompts"] == ["a sneaker", "a bag"]
         assert side.metadata["calibration"]["open_prompts"] == ["a sneaker", "a bag"]
-    assert v.metadata["two_sided"] == {"positive": RED, "negative": BLUE}
+    assert v.metadata["two_sided"]["positive"] == RED and v.metadata["two_sided"]["negative"] == BLUE
+    for key in ("window", "readers"):  # one window and route for both sides
+        assert v.metadata["recommended"].get(key) == v.opposite.metadata["recommended"].get(key)
     # steering_negative="remove" takes away along the direction itself (the positives' attribute), as one-sided
     removing = dict(steering_scale=-1.0, steering_negative="remove")
     assert np.array_equal(call(tiny_pipe, gen, steering=v, **removing), call(tiny_pipe, gen, steering=v.one_sided, **removing))
     # the same sets learned one-sided: the direction is pos - neg, not pos - open
     one = tiny_pipe.learn_direction(RED, BLUE, **QUICK)
     assert one.opposite is None and one.metadata["negative"]["prompts"] == BLUE
+
+
+def test_both_sides_share_one_window_and_route_the_closest_over_both():
+    """So the command line, batch and the app, which pass the direction's recommended window and route to a call,
+    apply the same to either side as the Python API does."""
+    from steer.learn import _joint_settings
+
+    def side(window, distances, readers=None):
+        rec = {"window": window, **({"readers": readers} if readers else {})}
+        return SteeringVector({LAYER: torch.ones(4)}, {"recommended": rec, "window_choice": {
+            "windows": [[0.0, 0.5], [0.0, 1.0]], "distances": distances}})
+
+    assert _joint_settings(side([0.0, 0.5], [0.30, 0.40]), side([0.0, 1.0], [0.20, 0.15])) == ([0.0, 0.5], None)  # 0.50 < 0.55
+    assert _joint_settings(side([0.0, 0.5], [0.30, 0.31]), side([0.0, 1.0], [0.40, 0.20])) == ([0.0, 1.0], None)
+    assert _joint_settings(side([0.0, 1.0], [0.3, 0.2], ["down.attn2"]), side([0.0, 1.0], [0.3, 0.2])) == ([0.0, 1.0], ["down.attn2"])
+
+
+@pytest.mark.filterwarnings("ignore:calibration")  # random weights render no attribute
+def test_a_side_that_chose_another_window_is_calibrated_again_with_the_joint_one(tiny_pipe, monkeypatch, one_thread):
+    import steer.learn
+
+    monkeypatch.setattr(steer.learn, "_joint_settings", lambda a, b: ([0.0, 1.0], None))
+    v = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, **QUICK)
+    assert v.metadata["two_sided"]["recalibrated"] == ["positive", "negative"]
+    for side in (v, v.opposite):
+        assert side.metadata["recommended"]["window"] == [0.0, 1.0]
+        assert "readers" not in side.metadata["recommended"] and "window_choice" not in side.metadata
 
 
 @pytest.mark.parametrize(("positive", "negative", "message"), [
