@@ -287,6 +287,8 @@ def test_torch_compile_steers_without_recompiling(gen):
     w = random_vector(pipe, ["up_blocks.0.resnets.1"], seed=5, scale=2.0)
     per_vector = dict(steering=[v, w], steering_scale=[1.0, -1.0], steering_window=[(0.0, 0.5), (0.25, 1.0)], num_inference_steps=4)
     eager["windows"] = call(pipe, gen, **per_vector)  # one window per vector
+    slider = SteeringVector(v.directions, v.metadata, random_vector(pipe, v.layers, seed=7, scale=2.0))  # two-sided
+    eager["slider"] = {s: call(pipe, gen, steering=slider, steering_scale=s, num_inference_steps=4) for s in (-1.0, 1.0)}
     plain_compile = tiny_pipeline(seed=0)
     plain_compile.unet = torch.compile(plain_compile.unet, backend="eager")
     with pytest.raises(RuntimeError, match="compile_unet"):
@@ -301,6 +303,8 @@ def test_torch_compile_steers_without_recompiling(gen):
         graphs = graphs or counters["stats"]["unique_graphs"]  # the first call's (two with the text site: no graph break or recompile logged)
     call(pipe, gen, steering=v, steering_scale=0.5, steering_window=(0.0, 0.5), num_inference_steps=4)
     np.testing.assert_array_equal(call(pipe, gen, **per_vector), eager["windows"])
+    for s in (-1.0, 1.0, -1.0):  # a slider moved across 0: its sides swap in and out, nothing recompiles
+        np.testing.assert_array_equal(call(pipe, gen, steering=slider, steering_scale=s, num_inference_steps=4), eager["slider"][s])
     assert counters["stats"]["unique_graphs"] == graphs <= 2  # nothing recompiled
     torch._dynamo.reset()
 
