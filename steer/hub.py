@@ -439,6 +439,16 @@ def _recommended_scale(meta: dict[str, Any]) -> float | None:
     return float(scale) if isinstance(scale, int | float) and not isinstance(scale, bool) else None
 
 
+def _slider_lines(vector: _Vector, described) -> list[str]:
+    """A two-sided direction's line on the card: what a negative strength applies (its opposite)."""
+    opposite = getattr(vector, "opposite", None)
+    meta = getattr(opposite, "metadata", None)
+    if not isinstance(meta, dict):
+        return []
+    return [f"- **two-sided (a slider)**: a negative strength applies its opposite at `|scale|`, learned from "
+            f"{described(meta.get('positive'))} against {described(meta.get('negative'))}: -1 is the full edit toward those prompts"]
+
+
 def model_card(vector: _Vector, repo_id: str | None = None, filename: str = DEFAULT_FILENAME) -> str:
     """The README.md of a direction repo: Hub metadata (library ``steer``, tags, base model), the base model's
     fingerprint, how the direction was learned, its layers, window and recommended settings, and usage examples."""
@@ -517,6 +527,7 @@ def model_card(vector: _Vector, repo_id: str | None = None, filename: str = DEFA
         f"- **method**: {_code(method or '-')}, **preset**: {_code(preset or '-')}, **source**: {_code(meta.get('source') or '-')}",
         f"- **positive**: {described(positive)}",
         f"- **negative**: {described(negative)}",
+        *_slider_lines(vector, described),
         f"- **step buckets**: {buckets}",
         f"- **file**: `{filename}` (safetensors, metadata as JSON in the header; loading never unpickles)",
         "",

@@ -371,14 +371,15 @@ class SteeringVector:
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.directions.items()}
+        # copies: layers (or a slider's two sides) that share one tensor are written apart, which safetensors requires
+        tensors = {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in self.directions.items()}
         try:  # refuse to write a file that `load` would refuse
             check_depth(self.metadata, "metadata")
             header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "metadata": _jsonable(self.metadata)}
             check_direction_tensors(tensors)
             check_direction_metadata(header["metadata"])
             if self.opposite is not None:  # its tensors under OPPOSITE + layer, its metadata in the header's "opposite"
-                opposite = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.opposite.directions.items()}
+                opposite = {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in self.opposite.directions.items()}
                 check_depth(self.opposite.metadata, "opposite metadata")
                 header["opposite"] = _jsonable(self.opposite.metadata)
                 check_direction_tensors(opposite)

@@ -239,6 +239,13 @@ def test_save_pretrained_writes_the_card(tmp_path, fingerprint):
     assert "\n# injected" not in (tmp_path / "odd" / "README.md").read_text()
     with pytest.raises(ValueError, match="plain file name"):
         v.save_pretrained(tmp_path / "out", filename="../escape.safetensors")
+    # a two-sided direction (a slider): the card says what a negative strength applies; the file keeps both sides
+    opposite = SteeringVector(v.directions, {**v.metadata, "positive": {"prompts": ["a red sneaker"]}, "negative": {"prompts": ["a sneaker"]}})
+    SteeringVector(v.directions, v.metadata, opposite).save_pretrained(tmp_path / "slider")
+    assert ("two-sided (a slider)**: a negative strength applies its opposite at `|scale|`, learned from `a red sneaker` against "
+            "`a sneaker`") in (tmp_path / "slider" / "README.md").read_text()
+    assert SteeringVector.load(tmp_path / "slider" / DEFAULT_FILENAME).opposite is not None
+    assert "two-sided" not in text
 
 
 def test_save_pretrained_never_writes_through_a_symlink(tmp_path, fingerprint):

@@ -74,6 +74,9 @@ def test_the_file_keeps_both_sides_and_old_files_load_one_sided(tiny_pipe, tmp_p
     assert back.opposite is not None and back.digest() == v.digest() and back.name == "slider"
     assert torch.equal(back.opposite.directions[LAYER], v.opposite.directions[LAYER])
     assert back.digest() != v.one_sided.digest()  # what steers differs: the recipe's hash says so
+    # sides (or layers) that share one tensor: written apart (safetensors refuses shared memory)
+    shared = SteeringVector({LAYER: v.directions[LAYER], "up_blocks.1.resnets.0": v.directions[LAYER]}, {}, v.one_sided)
+    assert torch.equal(SteeringVector.load(shared.save(tmp_path / "shared.safetensors")).opposite.directions[LAYER], v.directions[LAYER])
     one = v.one_sided.save(tmp_path / "one.safetensors")
     assert SteeringVector.load(one).opposite is None
     # an opposite's tensors without its metadata (an edited file): one line naming the file
