@@ -98,15 +98,14 @@ def test_readme_command_lines_parse():
     option or a wrong --sweep would otherwise only show when a user pastes it."""
     import shlex
 
-    from steer.cli.main import build_parser
+    from steer.cli.main import parse_args
 
     bash = re.compile(r"^```bash[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
     lines = [line for block in bash.findall(README.read_text()) for line in block.replace("\\\n", " ").splitlines()]
     commands = [shlex.split(line, comments=True) for line in lines if line.startswith("steer ")]
     assert len(commands) >= 8, "README.md lost its command-line examples"
-    parser = build_parser()
     for argv in commands:
         try:
-            parser.parse_args(argv[1:])
+            parse_args(argv[1:])
         except SystemExit as exc:
             raise AssertionError(f"README command does not parse: {shlex.join(argv)}") from exc

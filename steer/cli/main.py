@@ -276,10 +276,14 @@ def _attach_signed_values(argv: list[str]) -> list[str]:
     return out
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed as `main` parses it (``sys.argv[1:]`` when None)."""
+    return build_parser().parse_args(_attach_signed_values(list(sys.argv[1:] if argv is None else argv)))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args = parser.parse_args(_attach_signed_values(list(sys.argv[1:] if argv is None else argv)))
+    args = parse_args(argv)
     from steer.denoisers import LayerError
     from steer.vectors import ModelMismatchError, SteeringFileError
 
