@@ -245,3 +245,36 @@ def test_the_command_line_sweeps_a_slider_from_minus_one_and_reproduces_it(model
         assert np.abs(np.asarray(zero, dtype=int) - np.asarray(minus, dtype=int)).mean() > 2  # and -1 moves
     strip = sorted(str(f) for f in (tmp_path / "s").glob("seed5_scale*.png"))
     assert len(strip) == 3 and main(["reproduce", *strip, "--model", model_dir]) == 0
+
+
+def test_a_batch_sweep_of_a_slider_draws_its_opposite_below_zero(model_dir, tmp_path, one_thread):
+    """A jobs file sweeping a slider from -1: the -1 image is what the slider draws at -1 from Python (the opposite),
+    and its recipe records the slider's digest (both sides)."""
+    import json
+
+    from PIL import Image
+
+    from steer.cli.main import main
+    from steer.recipe import read_recipe
+    from steer.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    slider = two_sided(pipe) * 20
+    path = slider.save(tmp_path / "slider.safetensors")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a sneaker", "seed": 5, "num_inference_steps": STEPS, "name": "slider",
+                                "directions": [{"path": str(path), "sweep": [-1, 1, 3]}]}) + "\n")
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--model", model_dir, "--device", "cpu", "--no-progress"]) == 0
+    written = sorted((tmp_path / "out").glob("slider*.png"))
+    assert len(written) == 3
+    minus = next(f for f in written if read_recipe(f)["scale"] == -1.0)
+    assert read_recipe(minus)["directions"][0]["hash"] == slider.digest()
+    def alone(vector, scale):
+        image = pipe("a sneaker", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(5), output_type="np",
+                     steering=vector, steering_scale=scale, steering_window=tuple(read_recipe(minus)["window"])).images[0]
+        return np.round(image * 255).astype(int)
+
+    with Image.open(minus) as image:
+        drawn = np.asarray(image, dtype=int)
+    assert np.abs(drawn - alone(slider.opposite, 1.0)).max() <= 2
+    assert np.abs(drawn - alone(slider.one_sided, -1.0)).max() > 10  # not the direction subtracted
