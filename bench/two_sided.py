@@ -20,6 +20,13 @@ attribute kept >= 0.8; break <= 5 %). A side passes where its end (+1 or -1) pas
 than one image from 0 toward that end (`non_decreasing`); a slider passes where both sides do. Reported per split, no
 decision attached (the two-sided learning composes the calibrated one-sided recipe; nothing in it was tuned here).
 ~10 min on the demo model, 1 thread.
+
+``--contra`` (added after the open-prompt runs, 2026-12-02; reported, no decision attached): the same pairs and
+sliders on prompts that state the other side ("a red t-shirt" slid to -1 toward blue: the pair's positive prompt forms
+for the negative side and the negatives' for the positive side, the first 8 of each), at +-1 as they are, and with
+the side slid toward added and the other side taken away at the strength and window `pipe.fit_take_away` fits from
+the model alone (guidance 5), against the prompt rewrite. The matrix's contradicting-prompt rule: success >= 0.5 (and
+the pixel measure for colours), the other attribute kept >= 0.8, break <= 5 %.
 """
 
 from __future__ import annotations
@@ -75,13 +82,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "steering" / "two_sided"))
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--seed-base", type=int, default=1000)
+    ap.add_argument("--contra", action="store_true", help="prompts that state the other side (see above)")
     args = ap.parse_args()
+    if args.contra and args.out == str(ROOT / "docs" / "steering" / "two_sided"):
+        args.out = str(ROOT / "docs" / "steering" / "two_sided" / "contra")
     torch.set_num_threads(1)
     t0 = time.time()
     pipe, classifier = load_pipeline(args.model, "cpu", progress=False), load_classifier()
     pipe.set_progress_bar_config(disable=True)
     run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=args.seeds, seed_base=args.seed_base)
     kw = dict(num_inference_steps=20, guidance_scale=5.0, progress=False)
+    if args.contra:
+        return contra(args, pipe, classifier, run, kw, t0)
     n = len(SCALES)
 
     sliders, grid_rows, learned = [], [], []
@@ -135,6 +147,50 @@ def main() -> None:
     save(args, Path(__file__).name, t0, results, grid_rows,
          "per pair 8 rows (first seed, the pair's 8 open prompts): one-sided at -1, SEGA at -1, two-sided at -1, -0.5, 0, "
          f"0.5, 1, SEGA at +1; pairs {', '.join(f'{p} <-> {q}' for v in PAIRS.values() for _, p, q in v)}")
+
+
+def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
+    """``--contra``: each side slid to on prompts that state the other one, as the slider is and with the other side
+    taken away at the fitted strength and window, against the prompt rewrite."""
+    cells, grid_rows, fits = [], [], []
+    for split, pairs in PAIRS.items():
+        for kind, pos, neg in pairs:
+            P = pair_prompts(kind, pos, neg)
+            index = (C if kind == "colour" else K).index
+            slider = pipe.learn_direction(P["positive"], P["negative"], two_sided=True, **kw)
+            for side, target, source, sign, prompts, toward, away in (
+                    ("negative", neg, pos, -1.0, P["positive"][:8], slider.opposite, slider.one_sided),
+                    ("positive", pos, neg, 1.0, P["negative"][:8], slider.one_sided, slider.opposite)):
+                per = len(prompts) * args.seeds
+                ref = judge(classifier, run.sample(prompts))
+                fit = pipe.fit_take_away(toward, away, guidance_scale=5.0)
+                fits.append({"pair": [pos, neg], "side": side, "strength": round(fit.strength, 4), "window": list(fit.window),
+                             "distance": round(fit.distance, 4)})
+                images = {
+                    "slider": run.sample(prompts, steering=slider, steering_scale=sign),
+                    "take-away": run.sample(prompts, steering=[toward, away], **fit.options()),
+                    "rewrite": run.sample([p.replace(f" {source}", f" {target}", 1) for p in prompts]),
+                }
+                for method, imgs in images.items():
+                    r = cell_metrics(judge(classifier, imgs), ref, kind, index(target))
+                    cells.append({"split": split, "kind": kind, "pair": [pos, neg], "side": side, "target": target, "method": method,
+                                  **r, "pass": passes(r, "contra", kind)})
+                grid_rows += [np.concatenate(list(x[:8]), axis=2) for x in images.values()]
+                assert per == len(images["slider"])
+            print(f"{pos} <-> {neg}: {time.time() - t0:.0f} s", flush=True)
+    summary = {}
+    for split in PAIRS:
+        for method in ("slider", "take-away", "rewrite"):
+            rows = [c for c in cells if c["split"] == split and c["method"] == method]
+            summary[f"{split}/{method}"] = {"sides": f"{sum(c['pass'] for c in rows)}/{len(rows)}",
+                                            "success": round(float(np.mean([c["success"] for c in rows])), 3),
+                                            "kept": round(float(np.mean([c["kept"] for c in rows])), 3)}
+    results = {"meta": {"seeds": [args.seed_base + s for s in range(args.seeds)], "contra": True,
+                        "pairs": {k: [list(p) for p in v] for k, v in PAIRS.items()}},
+               "summary": summary, "fits": fits, "cells": cells}
+    save(args, Path(__file__).name, t0, results, grid_rows,
+         "per pair and side (the negative side first) 3 rows (first seed, 8 prompts stating the other side): the slider at "
+         "+-1, the fitted take-away, the prompt rewrite")
 
 
 def summarise(sliders: list[dict]) -> dict:
