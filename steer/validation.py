@@ -231,6 +231,9 @@ def check_direction_metadata(value: Any) -> dict[str, Any]:
     components = meta.get("components")
     if components is not None and not isinstance(components, list):
         raise SchemaError(f"metadata.components must be a list, got {kind_of(components)}")
+    for side, prompts in check_dict(meta.get("two_sided"), "metadata.two_sided").items():  # a slider's two prompt sets
+        if side in ("positive", "negative") and (not isinstance(prompts, list) or not all(isinstance(x, str) for x in prompts)):
+            raise SchemaError(f"metadata.two_sided.{side} must be a list of prompts, got {kind_of(prompts)}")
     return meta
 
 

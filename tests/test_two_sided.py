@@ -87,6 +87,10 @@ def test_the_file_keeps_both_sides_and_old_files_load_one_sided(tiny_pipe, tmp_p
               {k: val.replace('"opposite"', '"elsewhere"') for k, val in header.items()})
     with pytest.raises(SteeringFileError, match="edited.safetensors: opposite must be an object"):
         SteeringVector.load(tmp_path / "edited.safetensors")
+    # a slider's recorded prompt sets of the wrong type: one line, before any caller reads them
+    odd = SteeringVector(v.directions, {**v.metadata, "two_sided": {"positive": 5, "negative": ["a sneaker"]}}, v.opposite)
+    with pytest.raises(ValueError, match="metadata.two_sided.positive must be a list of prompts"):
+        odd.save(tmp_path / "odd.safetensors")
 
 
 def test_an_opposite_from_another_model_is_refused_like_the_direction(tiny_pipe):
