@@ -34,6 +34,10 @@ def test_a_negative_scale_applies_the_opposite_and_a_positive_one_the_direction(
     assert not np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=-0.8), call(tiny_pipe, gen, steering=v.one_sided, steering_scale=-0.8))
     # scale 0 is the parent's image, bit for bit
     assert np.array_equal(call(tiny_pipe, gen, steering=v, steering_scale=0.0), call(tiny_pipe, gen))
+    # the same through a `steering` block, and `-v` is the slider the other way round
+    with tiny_pipe.steering(v, scale=-0.8):
+        assert np.array_equal(call(tiny_pipe, gen), call(tiny_pipe, gen, steering=v.opposite, steering_scale=0.8))
+    assert np.array_equal(call(tiny_pipe, gen, steering=-v, steering_scale=0.8), call(tiny_pipe, gen, steering=v, steering_scale=-0.8))
 
 
 def test_a_strip_from_minus_one_to_one_is_the_sides_row_by_row(tiny_pipe, one_thread):
