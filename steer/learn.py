@@ -209,7 +209,9 @@ def learn_direction(
             blue sneaker" vs "a red sneaker", "an old man" vs "a young man"): each side is learned and calibrated
             against the prompts with the attribute left open ("a sneaker", "a man"), and the direction carries the
             negatives' side as its `SteeringVector.opposite`, so +1 is the full edit toward the positives, -1 toward
-            the negatives, and 0 the open prompt's own image. Twice a one-sided direction's cost.
+            the negatives, and 0 the open prompt's own image. Both sides use one window and route (where they chose
+            differently, the window closest over both; a side is then calibrated again). Twice a one-sided
+            direction's cost (three times where a side is calibrated again).
     """
     if two_sided:
         given = dict(locals())  # the keyword arguments, each side learned with them
