@@ -317,9 +317,16 @@ class SteeringVector:
         """Raise `ModelMismatchError` if this vector was learned on another model than ``unet``.
 
         Architecture and channel counts must always match. With ``strict`` the weights must match too (the same
-        checkpoint); pass ``strict=False`` to use a direction on a fine-tune of its base model.
+        checkpoint); pass ``strict=False`` to use a direction on a fine-tune of its base model. A two-sided
+        direction's opposite must fit as well (on its own layers among ``layers``).
         """
         names = list(layers) if layers is not None else self.layers
+        self._check_fits(unet, names, strict)
+        if self.opposite is not None:
+            self.opposite._check_fits(unet, [n for n in names if n in self.opposite.directions], strict)
+
+    def _check_fits(self, unet: torch.nn.Module, names: list[str], strict: bool) -> None:
+        """`check_compatible` for this direction's own tensors at ``names``."""
         learned_class = (self.metadata.get("model") or {}).get("unet_class")
         if learned_class not in (None, type(unet).__name__):  # another family: say so before its layer names fail
             raise ModelMismatchError(
@@ -335,8 +342,6 @@ class SteeringVector:
                 )
         learned = self.metadata.get("model")
         if not learned:
-            if self.opposite is not None:
-                self.opposite.check_compatible(unet, [n for n in names if n in self.opposite.directions], strict)
             return
         current = unet_fingerprint(unet)
         if learned.get("unet_class") != current["unet_class"]:
@@ -362,8 +367,6 @@ class SteeringVector:
                 f"{learned.get('weights_hash')} vs {current['weights_hash']}, base model "
                 f"{learned.get('name_or_path', 'unknown')!r}){lora}; pass steering_strict=False to apply it to a fine-tune"
             )
-        if self.opposite is not None:  # a two-sided direction's opposite must fit as well (its own layers)
-            self.opposite.check_compatible(unet, [n for n in names if n in self.opposite.directions], strict)
 
     # ----- files -------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

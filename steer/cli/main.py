@@ -129,11 +129,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     keys = ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice",
             "route_choice", "fixed_tokens")
     summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(),
-               "digest": v.digest(), **{k: v.metadata.get(k) for k in ("two_sided", *keys)}}
-    if v.opposite is not None:  # a slider: what a negative strength applies
+               "digest": v.digest(), **{k: v.metadata.get(k) for k in keys}}
+    if v.opposite is not None:  # a slider: its two prompt sets, and what a negative strength applies
         o = v.opposite
+        summary["two_sided"] = v.metadata.get("two_sided")
         summary["opposite"] = {"name": o.name, "layers": o.channels(), "norms": o.norms(), **{k: o.metadata.get(k) for k in keys}}
-    print(json.dumps({k: val for k, val in summary.items() if k not in ("two_sided",) or val is not None}, indent=2, default=str))
+    print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
