@@ -23,9 +23,11 @@ decision attached (the two-sided learning composes the calibrated one-sided reci
 
 ``--contra`` (added after the open-prompt runs, 2026-12-02; reported, no decision attached): the same pairs and
 sliders on prompts that state the other side ("a red t-shirt" slid to -1 toward blue: the pair's positive prompt forms
-for the negative side and the negatives' for the positive side, the first 8 of each), at +-1 as they are, and with
-the side slid toward added and the other side taken away at the strength and window `pipe.fit_take_away` fits from
-the model alone (guidance 5), against the prompt rewrite. The matrix's contradicting-prompt rule: success >= 0.5 (and
+for the negative side and the negatives' for the positive side, the first 8 of each), at +-1 with the sides alone
+(``sides only``: no flip recorded, the slider before session 24) and as learned (``slider``: since session 24 a
+slider records per side the strength and window `pipe.fit_take_away` fits from the model alone, guidance 5, and
+flips rows whose prompt states the other side with it; the first run of this mode, session 23, called that fit
+explicitly as ``take-away``, with the same fits), against the prompt rewrite. The matrix's contradicting-prompt rule: success >= 0.5 (and
 the pixel measure for colours), the other attribute kept >= 0.8, break <= 5 %.
 """
 
@@ -46,6 +48,7 @@ from steering_matrix import C, K, Runner, cell_metrics, judge, non_decreasing, p
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
+from steer.vectors import SteeringVector  # noqa: E402
 
 PAIRS = {
     "tuning": [("colour", "red", "blue"), ("colour", "green", "red"), ("colour", "blue", "green"), ("class", "trouser", "bag")],
@@ -158,17 +161,19 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
             P = pair_prompts(kind, pos, neg)
             index = (C if kind == "colour" else K).index
             slider = pipe.learn_direction(P["positive"], P["negative"], two_sided=True, **kw)
-            for side, target, source, sign, prompts, toward, away in (
-                    ("negative", neg, pos, -1.0, P["positive"][:8], slider.opposite, slider.one_sided),
-                    ("positive", pos, neg, 1.0, P["negative"][:8], slider.one_sided, slider.opposite)):
+            plain = slider.one_sided  # the sides alone, without their recorded flips (a slider learned with flip_stated=False)
+            plain = SteeringVector(plain.directions, _without_flip(plain.metadata), SteeringVector(
+                slider.opposite.directions, _without_flip(slider.opposite.metadata)))
+            for side, target, source, sign, prompts, toward in (
+                    ("negative", neg, pos, -1.0, P["positive"][:8], slider.opposite),
+                    ("positive", pos, neg, 1.0, P["negative"][:8], slider.one_sided)):
                 per = len(prompts) * args.seeds
                 ref = judge(classifier, run.sample(prompts))
-                fit = pipe.fit_take_away(toward, away, guidance_scale=5.0)
-                fits.append({"pair": [pos, neg], "side": side, "strength": round(fit.strength, 4), "window": list(fit.window),
-                             "distance": round(fit.distance, 4)})
+                flip = toward.metadata["flip"]
+                fits.append({"pair": [pos, neg], "side": side, **{k: flip[k] for k in ("words", "strength", "window", "distance")}})
                 images = {
+                    "sides only": run.sample(prompts, steering=plain, steering_scale=sign),
                     "slider": run.sample(prompts, steering=slider, steering_scale=sign),
-                    "take-away": run.sample(prompts, steering=[toward, away], **fit.options()),
                     "rewrite": run.sample([p.replace(f" {source}", f" {target}", 1) for p in prompts]),
                 }
                 for method, imgs in images.items():
@@ -180,7 +185,7 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
             print(f"{pos} <-> {neg}: {time.time() - t0:.0f} s", flush=True)
     summary = {}
     for split in PAIRS:
-        for method in ("slider", "take-away", "rewrite"):
+        for method in ("sides only", "slider", "rewrite"):
             rows = [c for c in cells if c["split"] == split and c["method"] == method]
             summary[f"{split}/{method}"] = {"sides": f"{sum(c['pass'] for c in rows)}/{len(rows)}",
                                             "success": round(float(np.mean([c["success"] for c in rows])), 3),
@@ -189,8 +194,12 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
                         "pairs": {k: [list(p) for p in v] for k, v in PAIRS.items()}},
                "summary": summary, "fits": fits, "cells": cells}
     save(args, Path(__file__).name, t0, results, grid_rows,
-         "per pair and side (the negative side first) 3 rows (first seed, 8 prompts stating the other side): the slider at "
-         "+-1, the fitted take-away, the prompt rewrite")
+         "per pair and side (the negative side first) 3 rows (first seed, 8 prompts stating the other side): the sides alone "
+         "at +-1 (no flip), the slider at +-1 (flipping with its recorded fit), the prompt rewrite")
+
+
+def _without_flip(metadata: dict) -> dict:
+    return {k: v for k, v in metadata.items() if k != "flip"}
 
 
 def summarise(sliders: list[dict]) -> dict:

@@ -6,7 +6,7 @@ recommended settings), handed down to the hooks, written into the recipe of ever
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -249,34 +249,6 @@ def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
         elif key in WINDOW_KEYS and (per_vector := recorded_windows(vectors, key)) is not None:
             out[f"steering_{key}"] = per_vector
     return out
-
-
-def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: Mapping[str, Any]
-                ) -> tuple[list[SteeringVector], torch.Tensor, dict[str, Any]]:
-    """The call's vectors with each two-sided one (a slider, `SteeringVector.opposite`) as two: its own side at the
-    rows' positive scales and its opposite at ``|scale|`` where the scale is negative (0 elsewhere), so -1 is the full
-    edit toward the negatives' attribute. ``given``'s per-vector windows are repeated for the opposites. With
-    ``steering_negative="remove"`` a negative scale removes along the direction itself, as for a one-sided one."""
-    given = dict(given)
-    if given.get("steering_negative", STEERING_DEFAULTS["steering_negative"]) != "subtract" or all(
-            v.opposite is None for v in vectors):
-        return [v.one_sided for v in vectors], scales, given
-    out, columns, owner = [], [], []
-    for i, v in enumerate(vectors):
-        if v.opposite is None:
-            out.append(v)
-            columns.append(scales[:, i])
-            owner.append(i)
-        else:
-            out += [v.one_sided, v.opposite]
-            columns += [scales[:, i].clamp_min(0), (-scales[:, i]).clamp_min(0)]
-            owner += [i, i]
-    for key in ("steering_window", "steering_removal_window"):
-        window = given.get(key)
-        if window is not None and is_per_vector(window):
-            vector_windows(window, len(vectors), key)  # one line for a count that does not fit the call's directions
-            given[key] = tuple(window[i] for i in owner)
-    return out, torch.stack(columns, 1), given
 
 
 def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:

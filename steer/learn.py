@@ -48,10 +48,11 @@ from steer.extract import (
     is_image_item,
 )
 from steer.samplers import sampler_name
+from steer.take_away import fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import check_int
 from steer.vectors import SteeringVector, unet_fingerprint
-from steer.wording import open_prompts
+from steer.wording import attribute_span, open_prompts
 
 Method = Literal["mean", "mean_diff", "pca"]
 METHODS = ("mean", "mean_diff", "pca")
@@ -158,6 +159,7 @@ def learn_direction(
     name: str | None = None,
     progress: bool | Callable[[float, str], None] = True,
     two_sided: bool = False,
+    flip_stated: bool = True,
     **call_kwargs: Any,
 ) -> SteeringVector:
     """Learn a `SteeringVector` from two prompt sets or two image sets, with forward passes only.
@@ -212,11 +214,16 @@ def learn_direction(
             the negatives, and 0 the open prompt's own image. Both sides use one window and route (where they chose
             differently, the window closest over both; a side is then calibrated again). Twice a one-sided
             direction's cost (three times where a side is calibrated again).
+        flip_stated: with ``two_sided``, also fit per side the strength and window at which it replaces a prompt's
+            statement of the other side ("a red t-shirt" slid toward blue: the side added, the other taken away;
+            `steer.take_away.fit_take_away`, 1,584 UNet rows a side at its defaults), recorded with the words that
+            state each side in ``metadata["flip"]``: calls then flip rows whose prompt states the other side
+            (`steer.sliders`). False: the slider adds its sides only.
     """
     if two_sided:
         given = dict(locals())  # the keyword arguments, each side learned with them
-        options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "call_kwargs")}
-        return _learn_two_sided(pipe, positive, negative, options, call_kwargs)
+        options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "flip_stated", "call_kwargs")}
+        return _learn_two_sided(pipe, positive, negative, options, call_kwargs, flip_stated)
     unet = denoiser_of(pipe)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items:
@@ -424,8 +431,10 @@ def learn_direction(
     return calibrated
 
 
-def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any], call_kwargs: dict[str, Any]) -> SteeringVector:
-    """`learn_direction(..., two_sided=True)`: each side learned against the prompts with the attribute left open."""
+def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any], call_kwargs: dict[str, Any],
+                     flip_stated: bool = True) -> SteeringVector:
+    """`learn_direction(..., two_sided=True)`: each side learned against the prompts with the attribute left open,
+    and (``flip_stated``) its flip of prompts that state the other side fitted (`_fit_flips`)."""
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items or not neg_items or any(is_image_item(i) for i in [*pos_items, *neg_items]):
         raise ValueError("two_sided=True learns a slider from a positive and a negative prompt set (each side is "
@@ -460,10 +469,32 @@ def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any]
             halves[half] = learn_direction(pipe, items, opened, progress=progress if callable(progress) else False, **again, **call_kwargs)
             relearned.append(("positive", "negative")[half])
     side, opposite = halves
+    if flip_stated:
+        if callable(progress):
+            progress(0.99, "fitting each side's flip of prompts that state the other")
+        _fit_flips(pipe, side, opposite, options, call_kwargs)
     side.metadata = {**side.metadata, "name": name, "two_sided": {
         "positive": list(dict.fromkeys(pos)), "negative": list(dict.fromkeys(neg)), **({"recalibrated": relearned} if relearned else {})}}
     opposite.metadata = {**opposite.metadata, "name": f"{name} (opposite)"}
     return SteeringVector(side.directions, side.metadata, opposite)
+
+
+def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: dict[str, Any], call_kwargs: dict[str, Any]) -> None:
+    """Record in each side's ``metadata["flip"]`` the phrases that state it (each positive's attribute words against
+    its open prompt) and the strength and window at which it replaces the other side's statement in a prompt
+    (`steer.take_away.fit_take_away` at the learning's guidance, seed, batch size and call options)."""
+    fit_options = {"guidance_scale": options["guidance_scale"], "seed": options["seed"], "batch_size": options["batch_size"],
+                   **call_kwargs}
+    for toward, away in ((side, opposite), (opposite, side)):
+        prompts, opened = toward.metadata["positive"]["prompts"], toward.metadata["negative"]["prompts"]
+        phrases = list(dict.fromkeys(" ".join(p.split()[slice(*attribute_span(p, opened))]) for p in prompts))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its advice is recorded (distance) and said by `steer learn`
+            fit = fit_take_away(pipe, toward, away, **fit_options)
+        toward.metadata = {**toward.metadata, "flip": {
+            "words": phrases, "strength": round(fit.strength, 4), "window": list(fit.window),
+            "distance": round(fit.distance, 4), "converged": fit.converged, "unet_rows": fit.unet_rows,
+            **({"advice": advice} if (advice := fit.advice()) else {})}}
 
 
 def _joint_settings(side: SteeringVector, opposite: SteeringVector) -> tuple[list[float] | None, list[str] | None]:

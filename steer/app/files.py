@@ -234,6 +234,8 @@ def direction_summary(vector: SteeringVector) -> str:
         two = meta.get("two_sided") if isinstance(meta.get("two_sided"), dict) else {}
         ends = [(two.get(k) or ["?"])[0] for k in ("positive", "negative")]
         slider = f"; a two-sided slider: +1 toward *{md_text(str(ends[0]), 80)}*, -1 toward *{md_text(str(ends[1]), 80)}*"
+        if meta.get("flip") and vector.opposite.metadata.get("flip"):  # steer.sliders: fitted at learning
+            slider += " (a prompt that states one end is turned to the other: that end taken away)"
     return (
         f"**{md_text(vector.name)}** - method {md_code(meta.get('method', '?'), 40)}, "
         f"source {md_code(meta.get('source', '?'), 40)}, {len(layers)} layer(s): {shown_layers}{routed}{calibrated}{slider}; "

@@ -41,6 +41,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from steer.calibrate import calibrated_for
     from steer.cli.loading import load_pipeline
 
+    if args.no_flip and not args.two_sided:
+        raise CLIError("--no-flip goes with --two-sided (a one-sided direction fits no flip)")
     check_out_file(args.out)  # the inputs first: a bad one fails before the model loads
     positive, negative = expand_items(args.positive), expand_items(args.negative)
     pipe = load_pipeline(args.model, args.device, progress=False, loras=args.lora).with_sampler(args.sampler)
@@ -57,8 +59,22 @@ def cmd_learn(args: argparse.Namespace) -> int:
         sides = [("+ side: ", vector), ("- side: ", vector.opposite)]
     for label, side in sides:
         _print_calibration(label, side.metadata, calibrated_for)
+    if vector.opposite is not None:
+        for label, side, other in (("+ side: ", vector, vector.opposite), ("- side: ", vector.opposite, vector)):
+            _print_flip(label, side.metadata.get("flip"), other.metadata.get("flip"))
     print_warnings(caught)
     return 0
+
+
+def _print_flip(label: str, flip: dict | None, other: dict | None) -> None:
+    """How a slider's side turns a prompt that states the other side (`steer.sliders`), and the fit's advice."""
+    if not flip:
+        return
+    stated = " / ".join(map(repr, (other or {}).get("words") or ["the other side"]))
+    print(f"{label}flips prompts that state {clip(stated, 120)}: adds the side at {flip['strength']:.3g} x |scale| over "
+          f"{flip['window'][0]:g},{flip['window'][1]:g} and takes that away (relative distance {flip['distance']:.2f})")
+    if flip.get("advice"):
+        print(f"warning: {label}{flip['advice']}", file=sys.stderr)
 
 
 def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
@@ -97,6 +113,7 @@ def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[s
         window=args.window,
         readers=args.readers,
         two_sided=args.two_sided,
+        **({"flip_stated": False} if args.no_flip else {}),
         progress=True,
         **{k: v for k, v in (("height", args.height), ("width", args.width), ("negative_prompt", args.negative_prompt)) if v is not None},
     )
@@ -127,7 +144,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise unknown_direction(args.path, bundled, hub=False)
     v = SteeringVector.load(path)
     keys = ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice",
-            "route_choice", "fixed_tokens")
+            "route_choice", "fixed_tokens", "flip")
     summary = {"name": v.name, "path": str(path), "layers": v.channels(), "step_buckets": v.step_buckets, "norms": v.norms(),
                "digest": v.digest(), **{k: v.metadata.get(k) for k in keys}}
     if v.opposite is not None:  # a slider: its two prompt sets, and what a negative strength applies
@@ -228,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn a slider between the positives' attribute and the negatives' own ('a red t-shirt' vs 'a blue "
                         "t-shirt'): each side calibrated against the prompts with the attribute left open, so --scale 1 is the "
                         "full edit toward the positives and -1 toward the negatives (one-sided, -1 subtracts the direction)")
+    p.add_argument("--no-flip", action="store_true",
+                   help="with --two-sided: skip fitting how each side flips a prompt that states the other ('a red t-shirt' "
+                        "slid to -1 turns blue: the side added, the other taken away; a few seconds a side): the slider then "
+                        "only adds its sides")
     p.add_argument("--name", default=None)
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_learn)

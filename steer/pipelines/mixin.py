@@ -27,7 +27,6 @@ from steer.config import (
     parse_scales,
     recommended_settings,
     recorded_routes,
-    split_sides,
 )
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -45,6 +44,7 @@ from steer.detect.scores import INLINE_CALL_PARAMS
 from steer.engine import LayerPlan, StaticSteeringSites, SteeringSession, activated, build_layer_plans
 from steer.learn import learn_direction
 from steer.samplers import with_sampler
+from steer.sliders import split_sides
 from steer.validation import check_steering_request, did_you_mean
 from steer.vectors import SteeringVector, as_vector_list
 
@@ -190,11 +190,12 @@ class SteeringMixin:
             clone.__dict__["_steering_key"] = self.steering_key()
         return clone
 
-    def _resolve_steering(self, explicit: dict[str, Any], num_images: int
+    def _resolve_steering(self, explicit: dict[str, Any], num_images: int, prompts: Sequence[str] | None = None
                           ) -> tuple[dict[str, Any], list[SteeringVector], torch.Tensor | None]:
         """Settings, directions and (rows, directions) scales of this call: built-in defaults < the vectors'
         recommended ones < `steering(...)` < arguments. Two-sided directions come back as their two sides
-        (`steer.config.split_sides`), each with its own recommended settings."""
+        (`steer.sliders.split_sides`), each with its own recommended settings; rows whose prompt (``prompts``, one per
+        image) states a slider's other side are flipped."""
         given = {**(_CONTEXT_DEFAULTS.get() or {}).get(self.steering_key(), {}), **explicit}
         vectors = as_vector_list(self._bundled_files(given.get("steering")))
         if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
@@ -203,7 +204,7 @@ class SteeringMixin:
         if vectors:
             scale = given.get("steering_scale", STEERING_DEFAULTS["steering_scale"])
             scales = parse_scales(scale, len(vectors), num_images)
-            vectors, scales, given = split_sides(vectors, scales, given)
+            vectors, scales, given = split_sides(vectors, scales, given, prompts)
         return {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}, vectors, scales
 
     def _bundled_files(self, steering: Any) -> Any:
@@ -219,6 +220,16 @@ class SteeringMixin:
             return str(bundled[steering])
         raise ValueError(f"no direction file or bundled direction named {steering!r}{did_you_mean(steering, bundled)} "
                          f"(bundled: {', '.join(bundled) or 'none'})")
+
+    @staticmethod
+    def _row_prompts(bound: inspect.BoundArguments) -> list[str] | None:
+        """The prompt of each image row (diffusers repeats each prompt ``num_images_per_prompt`` times in a row); None
+        for a call from prompt embeddings."""
+        prompt = bound.arguments.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list | tuple) or not all(isinstance(p, str) for p in prompts):
+            return None
+        return [p for p in prompts for _ in range(bound.arguments.get("num_images_per_prompt") or 1)]
 
     @staticmethod
     def _num_images(bound: inspect.BoundArguments) -> int:
@@ -346,7 +357,7 @@ class SteeringMixin:
         extras = {k: kwargs.pop(k) for k in list(kwargs) if k in self._extra_call_params()}
         bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
         num_images = self._num_images(bound)
-        settings, vectors, scales = self._resolve_steering(explicit, num_images)
+        settings, vectors, scales = self._resolve_steering(explicit, num_images, self._row_prompts(bound))
         check_steering_request(vectors, scales, settings, self.denoiser.dtype)  # ranges, empty layers
         active = bool(vectors) and bool(scales.abs().sum() > 0)
 

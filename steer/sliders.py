@@ -1,0 +1,158 @@
+"""Sliders (two-sided directions) in a call: each side applied where the rows' scales point, and a prompt that states
+the other side flipped.
+
+A slider's -1 is its opposite side's full edit and +1 its own (`split_sides`). On a prompt that already states the
+other side ("a red t-shirt" slid toward blue) adding a side is not enough: the prompt's own words pull back (on the
+demo model the slider alone flips 1 of 8 such cases). `learn_direction(..., two_sided=True)` therefore also fits, per
+side, the strength and window at which it replaces the other side's attribute with that side taken away
+(`steer.take_away.fit_take_away`) and records it with the words that state each side (``metadata["flip"]``); a row
+whose prompt states the other side's words (and not the side's own) gets the side at ``|scale| * strength`` over the
+fitted window and the other side's excess removed at ``min(|scale| * strength, 1)`` (``steering_negative="remove"``),
+as `fit_take_away`'s recipe does at scale 1. Other rows, and sliders learned before the fit existed, are as before.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from steer.config import STEERING_DEFAULTS, check_window, is_per_vector, vector_windows
+from steer.vectors import SteeringVector
+
+FLIP_KEY = "flip"  # metadata: {"words": [phrases that state the side], "strength": k, "window": [start, end], ...}
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """A prompt's words as sliders compare them: lower case, punctuation dropped, "an" as "a"."""
+    return ["a" if w == "an" else w for w in re.findall(r"[\w'-]+", prompt.lower())]
+
+
+def states(prompt: str, phrases: Sequence[str]) -> bool:
+    """Whether ``prompt`` holds one of ``phrases``, its words one after another ("a red t-shirt, studio light" states
+    ["red"]; "an ankle boot" states ["ankle boot"]; "an old man" states ["elderly", "old"])."""
+    have = prompt_words(prompt)
+    for phrase in phrases:
+        want = prompt_words(phrase)
+        if want and any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1)):
+            return True
+    return False
+
+
+def flip_of(side: SteeringVector) -> dict[str, Any] | None:
+    """A slider side's recorded flip (``metadata["flip"]``) as ``{"words", "strength", "window"}`` (words: the
+    phrases that state the side), None where it records none; a one-line ValueError for an entry that is not one (an
+    edited file)."""
+    entry = side.metadata.get(FLIP_KEY)
+    if entry is None:
+        return None
+    try:
+        words = [str(w) for w in entry["words"]] if isinstance(entry["words"], list) else None
+        strength = float(entry["strength"])
+        window = check_window(entry["window"], "flip window")
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"direction {side.name!r}: its metadata 'flip' entry is not a flip record ({err})"[:300]) from None
+    if not words or not (0 < strength < float("inf")):
+        raise ValueError(f"direction {side.name!r}: its metadata 'flip' needs words and a positive finite strength")
+    return {"words": words, "strength": strength, "window": window}
+
+
+def _with_window(side: SteeringVector, window: tuple[float, float]) -> SteeringVector:
+    """``side`` (its tensors shared) recommending ``window``: the column that adds it over its fitted flip window."""
+    recommended = {**(side.metadata.get("recommended") or {}), "window": list(window)}
+    return SteeringVector(side.directions, {**side.metadata, "recommended": recommended})
+
+
+def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: Mapping[str, Any],
+                prompts: Sequence[str] | None = None) -> tuple[list[SteeringVector], torch.Tensor, dict[str, Any]]:
+    """The call's vectors with each two-sided one (a slider, `SteeringVector.opposite`) as two: its own side at the
+    rows' positive scales and its opposite at ``|scale|`` where the scale is negative (0 elsewhere), so -1 is the full
+    edit toward the negatives' attribute. ``given``'s per-vector windows are repeated for the opposites. With
+    ``steering_negative="remove"`` a negative scale removes along the direction itself, as for a one-sided one.
+
+    ``prompts`` (one per image row; None: prompt embeddings, nothing to read): rows whose prompt states the other side
+    of a slider that records flips are flipped (module docstring): the added side is one more column over its flip
+    window, the other side's column removes, and the call's ``steering_negative`` becomes ``"remove"``. A call that
+    also subtracts a one-sided direction keeps the plain sides (subtracting and removing cannot share a call), with a
+    warning."""
+    given = dict(given)
+    if given.get("steering_negative", STEERING_DEFAULTS["steering_negative"]) != "subtract" or all(
+            v.opposite is None for v in vectors):
+        return [v.one_sided for v in vectors], scales, given
+    flips = _flip_rows(vectors, scales, prompts)
+    if flips and any(v.opposite is None and bool((scales[:, i] < 0).any()) for i, v in enumerate(vectors)):
+        warnings.warn("a slider on a prompt that states its other side is flipped with that side taken away "
+                      "(steering_negative='remove'), which this call's negative scale on a one-sided direction would "
+                      "change: the sliders are applied without the flip", UserWarning, stacklevel=4)
+        flips = {}
+    if flips:
+        scales = scales.expand(len(prompts), -1) if scales.shape[0] == 1 else scales
+    out, columns, owner, fixed = [], [], [], []  # fixed: a flip column's own window (None: the call's)
+    for i, v in enumerate(vectors):
+        s = scales[:, i]
+        if v.opposite is None:
+            out.append(v)
+            columns.append(s)
+            owner.append(i)
+            fixed.append(None)
+            continue
+        toward, away = flips.get(i, (torch.zeros_like(s, dtype=torch.bool),) * 2)  # rows flipped to each side
+        side_flip, opposite_flip = flip_of(v), flip_of(v.opposite)
+        added = [torch.where(toward, s.clamp_min(0) * side_flip["strength"], 0.0) if side_flip else None,
+                 torch.where(away, (-s).clamp_min(0) * opposite_flip["strength"], 0.0) if opposite_flip else None]
+        own = torch.where(toward | away, 0.0, s.clamp_min(0))
+        other = torch.where(toward | away, 0.0, (-s).clamp_min(0))
+        if added[1] is not None:
+            own = own - torch.where(away, added[1].clamp_max(1.0), 0.0)  # the side the prompt states, taken away
+        if added[0] is not None:
+            other = other - torch.where(toward, added[0].clamp_max(1.0), 0.0)
+        out += [v.one_sided, v.opposite]
+        columns += [own, other]
+        owner += [i, i]
+        fixed += [None, None]
+        for side, flip, column in ((v.one_sided, side_flip, added[0]), (v.opposite, opposite_flip, added[1])):
+            if column is not None and bool(column.any()):
+                out.append(_with_window(side, flip["window"]))
+                columns.append(column)
+                owner.append(i)
+                fixed.append(flip["window"])
+    flipped = any(w is not None for w in fixed)
+    if flipped:
+        given["steering_negative"] = "remove"
+    for key in ("steering_window", "steering_removal_window"):
+        window = given.get(key)
+        if window is not None and is_per_vector(window):
+            vector_windows(window, len(vectors), key)  # one line for a count that does not fit the call's directions
+            given[key] = tuple(window[i] if key != "steering_window" or w is None else w for i, w in zip(owner, fixed, strict=True))
+        elif window is not None and flipped and key == "steering_window":  # one window for the call: not the flips'
+            given[key] = tuple(tuple(window) if w is None else w for w in fixed)
+    return out, torch.stack(columns, 1), given
+
+
+def _flip_rows(vectors: Sequence[SteeringVector], scales: torch.Tensor, prompts: Sequence[str] | None
+               ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per slider (its index in ``vectors``) that records flips and is flipped somewhere: the rows flipped toward its
+    own side (positive scale, the prompt states the opposite's words and not its own) and toward its opposite."""
+    if prompts is None:
+        return {}
+    rows = len(prompts)
+    if scales.shape[0] not in (1, rows):
+        return {}
+    found = {}
+    for i, v in enumerate(vectors):
+        if v.opposite is None:
+            continue
+        side, opposite = flip_of(v), flip_of(v.opposite)
+        if side is None and opposite is None:
+            continue
+        s = scales[:, i].expand(rows) if scales.shape[0] == 1 else scales[:, i]
+        own = torch.tensor([side is not None and states(p, side["words"]) for p in prompts])
+        other = torch.tensor([opposite is not None and states(p, opposite["words"]) for p in prompts])
+        toward = (s > 0) & other & ~own & (side is not None)
+        away = (s < 0) & own & ~other & (opposite is not None)
+        if bool(toward.any() or away.any()):
+            found[i] = (toward, away)
+    return found

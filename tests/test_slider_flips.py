@@ -1,0 +1,142 @@
+"""A slider on a prompt that states its other side ("a red t-shirt" slid toward blue) is flipped: the side added at its
+fitted strength and window, the other side taken away (`steer.sliders`); open prompts and rows that state the side
+itself are drawn as before, bit for bit."""
+
+import numpy as np
+import pytest
+import torch
+
+from steer import SteeringVector
+from steer.sliders import flip_of, split_sides, states
+
+STEPS = 6
+RED, BLUE = ["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"]
+QUICK = dict(num_inference_steps=4, calibration_samples=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def slider(tiny_pipe):
+    torch.set_num_threads(1)
+    with pytest.warns(UserWarning):  # random weights render no attribute: the calibration says so
+        return tiny_pipe.learn_direction(RED, BLUE, two_sided=True, **QUICK)
+
+
+def without_flips(v: SteeringVector) -> SteeringVector:
+    def strip(meta):
+        return {k: x for k, x in meta.items() if k != "flip"}
+
+    return SteeringVector(v.directions, strip(v.metadata), SteeringVector(v.opposite.directions, strip(v.opposite.metadata)))
+
+
+def draw(pipe, prompts, **kw):
+    prompts = [prompts] if isinstance(prompts, str) else prompts
+    return pipe(prompts, num_inference_steps=STEPS, output_type="np",
+                generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))], **kw).images
+
+
+def test_phrases_are_matched_as_words_in_order():
+    assert states("a Red t-shirt, studio light", ["red"])
+    assert not states("a reddish t-shirt", ["red"]) and not states("a t-shirt", ["red"])
+    assert states("an ankle boot", ["ankle boot"]) and not states("a boot by the ankle", ["ankle boot"])
+    assert states("an old man", ["elderly", "old"]) and not states("a man", ["elderly", "old"])
+
+
+def test_learning_a_slider_records_each_sides_phrases_and_fitted_flip(slider):
+    for side, phrase in ((slider, "red"), (slider.opposite, "blue")):
+        flip = side.metadata["flip"]
+        assert flip["words"] == [phrase]
+        assert flip["strength"] > 0 and 0 <= flip["window"][0] < flip["window"][1] <= 1
+        assert flip["unet_rows"] > 0 and flip_of(side)["window"] == tuple(flip["window"])
+
+
+def test_a_prompt_stating_the_other_side_is_flipped_as_the_take_away_recipe(tiny_pipe, slider, one_thread):
+    """-1 on "a red sneaker": the opposite (blue) added at its fitted strength over its fitted window and the red side's
+    excess removed at min(strength, 1): what `fit_take_away`'s recipe calls explicitly."""
+    blue = slider.opposite.metadata["flip"]
+    window = tuple(slider.metadata["recommended"]["window"])
+    explicit = draw(tiny_pipe, "a red sneaker", steering=[slider.one_sided, slider.opposite],
+                    steering_scale=[-min(blue["strength"], 1.0), blue["strength"]], steering_negative="remove",
+                    steering_window=[window, tuple(blue["window"])])
+    flipped = draw(tiny_pipe, "a red sneaker", steering=slider, steering_scale=-1.0)
+    assert np.array_equal(flipped, explicit)
+    assert not np.array_equal(flipped, draw(tiny_pipe, "a red sneaker", steering=without_flips(slider), steering_scale=-1.0))
+    # +1 on "a blue bag" flips toward red the same way round, at half strength half of it
+    red = slider.metadata["flip"]
+    half = draw(tiny_pipe, "a blue bag", steering=[slider.opposite, slider.one_sided],
+                steering_scale=[-min(0.5 * red["strength"], 1.0), 0.5 * red["strength"]], steering_negative="remove",
+                steering_window=[window, tuple(red["window"])])
+    assert np.array_equal(draw(tiny_pipe, "a blue bag", steering=slider, steering_scale=0.5), half)
+
+
+@pytest.mark.parametrize(("prompt", "scale"), [("a sneaker", -1.0), ("a sneaker", 1.0), ("a blue sneaker", -1.0),
+                                               ("a red sneaker", 1.0), ("a red and blue bag", -1.0)])
+def test_open_prompts_and_prompts_stating_the_side_itself_are_drawn_as_before(tiny_pipe, slider, prompt, scale, one_thread):
+    assert np.array_equal(draw(tiny_pipe, prompt, steering=slider, steering_scale=scale),
+                          draw(tiny_pipe, prompt, steering=without_flips(slider), steering_scale=scale))
+
+
+def test_one_batch_flips_only_the_rows_whose_prompt_states_the_other_side(tiny_pipe, slider, one_thread):
+    prompts = ["a red sneaker", "a sneaker", "a blue bag"]
+    batch = draw(tiny_pipe, prompts, steering=slider, steering_scale=[-1.0, -1.0, 1.0])
+    for i, (prompt, scale) in enumerate(zip(prompts, [-1.0, -1.0, 1.0], strict=True)):
+        alone = tiny_pipe(prompt, num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(i),
+                          steering=slider, steering_scale=scale).images[0]
+        assert np.allclose(batch[i], alone, atol=1e-5), prompt  # a batched row equals its own call up to rounding
+    # num_images_per_prompt repeats each prompt's rows: both rows of "a red sneaker" flip
+    two = tiny_pipe(["a red sneaker"], num_images_per_prompt=2, num_inference_steps=STEPS, output_type="np",
+                    generator=[torch.Generator().manual_seed(0) for _ in range(2)], steering=slider, steering_scale=-1.0).images
+    assert np.allclose(two[1], draw(tiny_pipe, "a red sneaker", steering=slider, steering_scale=-1.0)[0], atol=1e-5)
+
+
+def test_what_keeps_the_plain_sides(tiny_pipe, slider, one_thread):
+    plain = without_flips(slider)
+    # prompt embeddings: no words to read
+    embeds, _ = tiny_pipe.encode_prompt("a red sneaker", "cpu", 1, False)
+    negative = tiny_pipe.encode_prompt("", "cpu", 1, False)[0]
+    by_embeds = {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+    assert np.array_equal(tiny_pipe(num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0),
+                                    steering=slider, steering_scale=-1.0, **by_embeds).images,
+                          tiny_pipe(num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0),
+                                    steering=plain, steering_scale=-1.0, **by_embeds).images)
+    # steering_negative="remove" asked for: the slider removes along itself, as before
+    removing = dict(steering_scale=-1.0, steering_negative="remove")
+    assert np.array_equal(draw(tiny_pipe, "a red sneaker", steering=slider, **removing),
+                          draw(tiny_pipe, "a red sneaker", steering=plain, **removing))
+    # a one-sided direction subtracted in the same call: subtracting and removing cannot share it, so plain, said once
+    from steer.testing import random_vector
+
+    other = random_vector(tiny_pipe, ["encoder_hidden_states"], seed=3, scale=0.05,
+                          recommended=dict(slider.metadata["recommended"]))  # applied alike: no disagreement to warn about
+    with pytest.warns(UserWarning, match="applied without the flip"):
+        mixed = draw(tiny_pipe, "a red sneaker", steering=[slider, other], steering_scale=[-1.0, -0.5])
+    assert np.array_equal(mixed, draw(tiny_pipe, "a red sneaker", steering=[plain, other], steering_scale=[-1.0, -0.5]))
+
+
+def test_a_call_window_holds_for_the_sides_and_the_flip_keeps_its_own(slider):
+    scales = torch.tensor([[-1.0], [-1.0]])
+    vectors, columns, given = split_sides([slider], scales, {"steering_window": (0.1, 0.4)}, ["a red bag", "a bag"])
+    blue = slider.opposite.metadata["flip"]
+    assert given["steering_window"] == ((0.1, 0.4), (0.1, 0.4), tuple(blue["window"]))
+    assert given["steering_negative"] == "remove"
+    assert columns.tolist() == [[-min(blue["strength"], 1.0), 0.0, blue["strength"]], [0.0, 1.0, 0.0]]
+    assert [v.name for v in vectors][2] == slider.opposite.name
+    # per-vector windows given: the slider's for its sides, the flip's own for the flip column
+    _, _, given = split_sides([slider], scales, {"steering_window": [(0.2, 0.6)]}, ["a red bag", "a bag"])
+    assert given["steering_window"] == ((0.2, 0.6), (0.2, 0.6), tuple(blue["window"]))
+
+
+def test_an_edited_flip_record_is_one_line(tiny_pipe, slider):
+    odd = SteeringVector(slider.directions, {**slider.metadata, "flip": {"words": "red", "strength": 1.0, "window": [0, 1]}},
+                         slider.opposite)
+    with pytest.raises(ValueError, match="^direction .*: its metadata 'flip'"):
+        draw(tiny_pipe, "a blue bag", steering=odd, steering_scale=1.0)
+    bad = SteeringVector(slider.directions, {**slider.metadata, "flip": {"words": ["red"], "strength": -2, "window": [0, 1]}},
+                         slider.opposite)
+    with pytest.raises(ValueError, match="positive finite strength"):
+        draw(tiny_pipe, "a blue bag", steering=bad, steering_scale=1.0)
+
+
+@pytest.mark.filterwarnings("ignore:calibration")
+def test_flip_stated_false_records_no_flip(tiny_pipe, one_thread):
+    v = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, flip_stated=False, **QUICK)
+    assert "flip" not in v.metadata and "flip" not in v.opposite.metadata
