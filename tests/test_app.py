@@ -673,6 +673,8 @@ def test_api_learns_a_two_sided_slider_and_says_what_each_end_edits_toward(clien
     slider = SteeringVector.load(file)
     assert slider.opposite is not None and slider.opposite.metadata["positive"]["prompts"] == ["a blue sneaker", "a blue bag"]
     assert "a two-sided slider: +1 toward *a red sneaker*, -1 toward *a blue sneaker*" in status
+    assert "(a prompt that states one end is turned to the other: that end taken away)" in status  # steer.sliders
+    assert slider.metadata["flip"]["words"] == ["red"] and slider.opposite.metadata["flip"]["words"] == ["blue"]
     assert picked["value"] == "a red sneaker <-> a blue sneaker (learned)"
     *_, status = client.predict(**generate_args(picked["value"], scale=-1.0), api_name="/generate")
     assert "Steered with **a red sneaker &lt;-&gt; a blue sneaker** × -1" in status

@@ -48,6 +48,9 @@ def test_readme_python_blocks_run_as_written(tmp_path):
             "assert blue_end[..., 2].mean() > blue_end[..., 0].mean() + 20 and red_end[..., 0].mean() > red_end[..., 2].mean() + 20, "
             "'the slider: blue at -1, red at +1'",
             "assert slider.opposite is not None and slider.opposite.metadata['positive']['prompts'][0] == 'a blue t-shirt'",
+            "blue_shirt, red_bag = (np.asarray(e, dtype=float) for e in turned)",
+            "assert blue_shirt[..., 2].mean() > blue_shirt[..., 0].mean() + 20 and red_bag[..., 0].mean() > red_bag[..., 2].mean() + 20, "
+            "'the slider turns a prompt that states one end to the other'",
             "photo_px = np.asarray(photo, dtype=float)",
             "assert np.abs(np.asarray(strip[0], dtype=float) - photo_px).mean() < 8, 'the inversion gives the photo back (its VAE reconstruction)'",
             "assert np.abs(np.asarray(strip[2], dtype=float) - photo_px).mean() > 20, 'the inverted edit moves'",

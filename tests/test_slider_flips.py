@@ -140,3 +140,18 @@ def test_an_edited_flip_record_is_one_line(tiny_pipe, slider):
 def test_flip_stated_false_records_no_flip(tiny_pipe, one_thread):
     v = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, flip_stated=False, **QUICK)
     assert "flip" not in v.metadata and "flip" not in v.opposite.metadata
+
+
+def test_a_compiled_denoiser_flips_as_the_eager_one(slider, one_thread):
+    """The flip is a take-away (`steering_negative="remove"`) with one window per column: a compiled denoiser steers
+    its text tokens before the graph (the README's compiled take-away) and draws what the eager hooks draw."""
+    from steer.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(seed=0)
+    eager = {s: draw(pipe, ["a red sneaker", "a blue bag"], steering=slider, steering_scale=s) for s in (-1.0, 1.0)}
+    pipe.compile_unet(backend="eager")
+    try:
+        for s in (-1.0, 1.0, -1.0):
+            np.testing.assert_array_equal(draw(pipe, ["a red sneaker", "a blue bag"], steering=slider, steering_scale=s), eager[s])
+    finally:
+        torch._dynamo.reset()
