@@ -48,7 +48,7 @@ from steer.extract import (
     is_image_item,
 )
 from steer.samplers import sampler_name
-from steer.take_away import fit_take_away
+from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import check_int
 from steer.vectors import SteeringVector, unet_fingerprint
@@ -482,8 +482,10 @@ def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any]
 def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: dict[str, Any], call_kwargs: dict[str, Any]) -> None:
     """Record in each side's ``metadata["flip"]`` the phrases that state it (each positive's attribute words against
     its open prompt) and the strength and window at which it replaces the other side's statement in a prompt
-    (`steer.take_away.fit_take_away` at the learning's guidance, seed, batch size and call options)."""
+    (`steer.take_away.fit_take_away` at the learning's guidance, seed, batch size, calibration samples and call options,
+    and its default steps or the learning's, whichever are fewer)."""
     fit_options = {"guidance_scale": options["guidance_scale"], "seed": options["seed"], "batch_size": options["batch_size"],
+                   "num_samples": options["calibration_samples"], "num_inference_steps": min(FIT_STEPS, options["num_inference_steps"]),
                    **call_kwargs}
     for toward, away in ((side, opposite), (opposite, side)):
         prompts, opened = toward.metadata["positive"]["prompts"], toward.metadata["negative"]["prompts"]

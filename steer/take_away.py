@@ -36,6 +36,7 @@ from steer.wording import rewrite_attribute
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
+FIT_STEPS = 12  # sampling steps of a fit by default
 
 
 @dataclass
@@ -143,7 +144,7 @@ def fit_take_away(
     grid: Sequence[float] = GRID,
     windows: Sequence[tuple[float, float]] = WINDOWS,
     seed: int = 0,
-    num_inference_steps: int = 12,
+    num_inference_steps: int = FIT_STEPS,
     guidance_scale: float = 7.5,
     batch_size: int | None = 8,
     **call_kwargs: Any,

@@ -77,3 +77,25 @@ def test_the_auto_window_is_chosen_on_every_family(family):
     sets = 2 * 2 + grid * 1 + 2 * grid * 1
     assert v.metadata["calibration"].get("branched_at") == 1
     assert rows[0] == v.metadata["calibration"]["unet_rows"] == sets * 2 * branches
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_slider_flips_a_prompt_stating_its_other_side_on_every_family(family):
+    """`learn_direction(..., two_sided=True)` fits each side's flip on every family (`steer.sliders`); a row whose
+    prompt states the other side is flipped, an open row is the plain slider's, bit for bit."""
+    pipe, call = FAMILIES[family](seed=0), CALL.get(family, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration and the fit may not converge
+        slider = pipe.learn_direction(["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"], two_sided=True,
+                                      num_inference_steps=2, calibration_samples=2, progress=False, **call)
+    assert slider.metadata["flip"]["words"] == ["red"] and slider.opposite.metadata["flip"]["words"] == ["blue"]
+    plain = type(slider)(slider.directions, {k: v for k, v in slider.metadata.items() if k != "flip"}, type(slider)(
+        slider.opposite.directions, {k: v for k, v in slider.opposite.metadata.items() if k != "flip"}))
+
+    def generate(vector):
+        return pipe(["a red sneaker", "a sneaker"], generator=[torch.Generator().manual_seed(0) for _ in range(2)],
+                    num_inference_steps=2, output_type="np", steering=vector, steering_scale=-1.0, **call).images
+
+    flipped, sides = generate(slider), generate(plain)
+    assert np.isfinite(flipped).all() and not np.array_equal(flipped[0], sides[0]), "the stated row is flipped"
+    np.testing.assert_allclose(flipped[1], sides[1], rtol=0, atol=1e-6)  # the open row: the plain slider's
