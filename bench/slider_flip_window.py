@@ -2,7 +2,7 @@
 over the side's own window vs with the window chosen among (0, 0.5) and the whole run (`fit_take_away`'s default).
 Fitting over the side's window would let the flip share the call's window; it flips fewer, so the flip keeps its own.
 
-    python bench/slider_flip_window.py   # ~260 s, 1 thread; docs/steering/two_sided/flip_window.json
+    python bench/slider_flip_window.py   # 279 s, 1 thread; docs/steering/two_sided/flip_window.json
 
 The pairs, prompts, seeds, judges and contradicting rule are `bench/two_sided.py --contra`'s.
 """
