@@ -490,9 +490,14 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
     for toward, away in ((side, opposite), (opposite, side)):
         prompts, opened = toward.metadata["positive"]["prompts"], toward.metadata["negative"]["prompts"]
         phrases = list(dict.fromkeys(" ".join(p.split()[slice(*attribute_span(p, opened))]) for p in prompts))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its advice is recorded (distance) and said by `steer learn`
-            fit = fit_take_away(pipe, toward, away, **fit_options)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # its advice is recorded (distance) and said by `steer learn`
+                fit = fit_take_away(pipe, toward, away, **fit_options)
+        except ValueError as err:  # prompts whose attribute cannot be rewritten into the other's: the sides stay as learned
+            warnings.warn(f"learn: {toward.name!r} will not flip prompts that state the other side: its fit failed ({err})"[:400],
+                          UserWarning, stacklevel=4)
+            continue
         toward.metadata = {**toward.metadata, "flip": {
             "words": phrases, "strength": round(fit.strength, 4), "window": list(fit.window),
             "distance": round(fit.distance, 4), "converged": fit.converged, "unet_rows": fit.unet_rows,

@@ -155,3 +155,16 @@ def test_a_compiled_denoiser_flips_as_the_eager_one(slider, one_thread):
             np.testing.assert_array_equal(draw(pipe, ["a red sneaker", "a blue bag"], steering=slider, steering_scale=s), eager[s])
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore:calibration")
+def test_a_fit_that_fails_leaves_the_slider_learned_without_that_flip(tiny_pipe, monkeypatch, one_thread):
+    import steer.learn
+
+    def failing(pipe, toward, away, **kw):
+        raise ValueError("'a red sneaker' has no words its negative prompts lack")
+
+    monkeypatch.setattr(steer.learn, "fit_take_away", failing)
+    with pytest.warns(UserWarning, match="will not flip prompts that state the other side: its fit failed"):
+        v = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, **QUICK)
+    assert v.opposite is not None and "flip" not in v.metadata and "flip" not in v.opposite.metadata
