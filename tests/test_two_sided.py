@@ -239,6 +239,9 @@ def test_a_red_blue_slider_learned_on_the_command_line_reaches_blue_at_minus_one
         assert (col == C.index(colour)).mean() >= 0.75 and (cls == ref_cls).mean() >= 0.75, (scale, col, cls)
     _, col = judged(plain, -1.0, [f"a red {K[i]}" for i in range(8)])
     assert (col == C.index("blue")).mean() <= 0.25, col
+    # slid toward the end a prompt states, it is held: red stays red (the sides alone darken it to brown: 2 of 8 red)
+    _, col = judged(slider, 1.0, [f"a red {K[i]}" for i in range(8)])
+    assert (col == C.index("red")).mean() >= 0.75, col
     one_sided = pipe.learn_direction([f"a red {k}" for k in K], [f"a blue {k}" for k in K], num_inference_steps=20,
                                      guidance_scale=5.0, progress=False)
     _, col = judged(one_sided, -1.0)
