@@ -445,8 +445,11 @@ def _slider_lines(vector: _Vector, described) -> list[str]:
     meta = getattr(opposite, "metadata", None)
     if not isinstance(meta, dict):
         return []
+    flips = isinstance(meta.get("flip"), dict) and isinstance(getattr(vector, "metadata", {}).get("flip"), dict)
+    turned = "; a prompt that states one end is turned to the other (that end taken away, fitted while learning)" if flips else ""
     return [f"- **two-sided (a slider)**: a negative strength applies its opposite at `|scale|`, learned from "
-            f"{described(meta.get('positive'))} against {described(meta.get('negative'))}: -1 is the full edit toward those prompts"]
+            f"{described(meta.get('positive'))} against {described(meta.get('negative'))}: -1 is the full edit toward those "
+            f"prompts{turned}"]
 
 
 def model_card(vector: _Vector, repo_id: str | None = None, filename: str = DEFAULT_FILENAME) -> str:

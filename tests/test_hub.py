@@ -245,6 +245,11 @@ def test_save_pretrained_writes_the_card(tmp_path, fingerprint):
     assert ("two-sided (a slider)**: a negative strength applies its opposite at `|scale|`, learned from `a red sneaker` against "
             "`a sneaker`") in (tmp_path / "slider" / "README.md").read_text()
     assert SteeringVector.load(tmp_path / "slider" / DEFAULT_FILENAME).opposite is not None
+    assert "turned to the other" not in (tmp_path / "slider" / "README.md").read_text()  # no flips recorded
+    flip = {"words": ["red"], "strength": 1.2, "window": [0.0, 1.0]}
+    SteeringVector(v.directions, {**v.metadata, "flip": {**flip, "words": ["blue"]}},
+                   SteeringVector(opposite.directions, {**opposite.metadata, "flip": flip})).save_pretrained(tmp_path / "flips")
+    assert "a prompt that states one end is turned to the other" in (tmp_path / "flips" / "README.md").read_text()
     assert "two-sided" not in text
 
 
