@@ -42,6 +42,8 @@ from steer.cli.loading import load_pipeline  # noqa: E402
 LEGACY = """
 The four `*_to_blue` files are the earlier, paper-era directions (resnet/attention-block outputs, uncalibrated); they
 are kept because the memorization benchmark's steering claim (docs/detection.md) was measured with `red_to_blue`.
+The `*_slider` files are two-sided directions (sliders between two attributes): [sliders.md](sliders.md)
+(`python bench/ship_sliders.py`).
 """
 
 

@@ -175,3 +175,26 @@ def test_a_fit_that_fails_leaves_the_slider_learned_without_that_flip(tiny_pipe,
     with pytest.warns(UserWarning, match="will not flip prompts that state the other side: its fit failed"):
         v = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, **QUICK)
     assert v.opposite is not None and "flip" not in v.metadata and "flip" not in v.opposite.metadata
+
+
+def test_the_bundled_red_blue_slider_turns_open_and_stated_prompts_on_the_demo_model(one_thread):
+    """Shipped by `bench/ship_sliders.py` (assets/directions/sliders.md): -1 blue and +1 red on open prompts, and a
+    prompt that states the other end turned (measured there 1.00 / 1.00 and 0.88 / 1.00 success / kept)."""
+    from steer.cli.loading import load_pipeline
+    from steer.lab import data as D
+    from steer.lab.classifier import load_classifier, predict
+
+    C = D.COLOUR_NAMES
+    pipe, clf = load_pipeline(None, "cpu"), load_classifier()
+    pipe.set_progress_bar_config(disable=True)
+
+    def colours(prompts, scale):
+        images = pipe(prompts, generator=[torch.Generator().manual_seed(200 + i) for i in range(len(prompts))], num_inference_steps=20,
+                      guidance_scale=5.0, output_type="np", steering="red_blue_slider", steering_scale=scale).images
+        return predict(clf, images.transpose(0, 3, 1, 2))[1]
+
+    for prompts, scale, colour in ((["a t-shirt", "a sneaker", "a bag", "a dress"], -1.0, "blue"),
+                                   (["a red t-shirt", "a red sneaker", "a red bag", "a red dress"], -1.0, "blue"),
+                                   (["a blue t-shirt", "a blue sneaker", "a blue bag", "a blue dress"], 1.0, "red")):
+        col = colours(prompts, scale)
+        assert (col == C.index(colour)).mean() >= 0.75, (prompts[0], [C[c] for c in col])

@@ -170,7 +170,8 @@ def cmd_directions(args: argparse.Namespace) -> int:
             continue
         rec, cal, bench = meta.get("recommended") or {}, meta.get("calibration") or {}, meta.get("benchmark") or {}
         rows.append({"name": name, "learned": meta.get("name"), "window": rec.get("window"), "readers": rec.get("readers"), "strength": cal.get("strength"),
-                     "open_at_1": bench.get("open_at_1"), "passing_scales": bench.get("passing_scales"), "path": str(path)})
+                     "open_at_1": bench.get("open_at_1"), "passing_scales": bench.get("passing_scales"), "path": str(path),
+                     **({"open_ends": bench["open_ends"]} if isinstance(bench.get("open_ends"), dict) else {})})
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -180,14 +181,16 @@ def cmd_directions(args: argparse.Namespace) -> int:
     print(f"{len(rows)} direction(s) for {args.model} in {folder}{whose}")
     for r in rows:
         if "error" in r:
-            print(f"  {r['name']:<16} unreadable: {r['error']}")
+            print(f"  {r['name']:<20} unreadable: {r['error']}")
             continue
-        at1 = r["open_at_1"] or {}
+        at1, ends = r["open_at_1"] or {}, r.get("open_ends") or {}
         bench = f"open prompts at 1.0: success {at1['success_at_1']:.2f}, kept {at1['kept_at_1']:.2f}" if "success_at_1" in at1 else "no benchmark recorded"
+        if {"+1", "-1"} <= set(ends):  # a slider: both ends
+            bench = "a slider; open prompts " + ", ".join(f"at {e}: success {ends[e]['success']:.2f}, kept {ends[e]['kept']:.2f}" for e in ("+1", "-1"))
         window = ",".join(f"{w:g}" for w in r["window"]) if r["window"] else "-"
         strength = f"{r['strength']:.3f}" if isinstance(r["strength"], float) else "-"
         readers = f"; read by {clip(','.join(map(str, r['readers'])), 60)}" if isinstance(r["readers"], list) else ""
-        print(f"  {r['name']:<16} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}{readers}")
+        print(f"  {r['name']:<20} {clip(str(r['learned']), 40):<24} window {window:<7} strength {strength:<6} {bench}{readers}")
     print("strength: the calibrated full edit the file holds (in units of each text token's norm), what steering_scale=1.0 "
           "applies; window: the share of the run it acts over")
     return 0
