@@ -125,7 +125,7 @@ def test_a_call_window_holds_for_the_sides_and_the_flip_keeps_its_own(slider):
     blue = slider.opposite.metadata["flip"]
     assert given["steering_window"] == ((0.1, 0.4), (0.1, 0.4), tuple(blue["window"]))
     assert given["steering_negative"] == "remove"
-    assert columns.tolist() == [[-min(blue["strength"], 1.0), 0.0, blue["strength"]], [0.0, 1.0, 0.0]]
+    np.testing.assert_allclose(columns.numpy(), [[-min(blue["strength"], 1.0), 0.0, blue["strength"]], [0.0, 1.0, 0.0]], rtol=1e-6)
     assert [v.name for v in vectors][2] == slider.opposite.name
     # per-vector windows given: the slider's for its sides, the flip's own for the flip column
     _, _, given = split_sides([slider], scales, {"steering_window": [(0.2, 0.6)]}, ["a red bag", "a bag"])
