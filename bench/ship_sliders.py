@@ -28,6 +28,11 @@ from steer.assets import DIRECTIONS_DIR  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 
 KEYS = ("success", "kept", "break")
+GALLERY_NOTE = ("on the open prompts every slider runs from its - end through the prompt's own image to its + end (the class "
+                "sliders' open prompt is the calibration's \"a red\"); a stated end is held toward itself and turned at the other "
+                "end, passing through another hue or a dark garment at +-0.5 (\"a red t-shirt\" dark green at -0.5, blue at -1); "
+                "the failures the table lists show: green/red's \"a green t-shirt\" goes dark red-brown at -1, white/orange's "
+                "\"a white t-shirt\" dark olive at -1.")
 
 
 def slider_name(pos: str, neg: str) -> str:
@@ -92,6 +97,10 @@ def write_table(out: Path, rows: list, args: argparse.Namespace) -> None:
         "the end on prompts that state the other end (pass: success >= 0.5, kept >= 0.8, break <= 5 %). Regenerate: "
         f"`python bench/ship_sliders.py{'' if args.out == str(DIRECTIONS_DIR) else ' --out ' + args.out}`. Full results: "
         "docs/steering.md, \"Sliders between two attributes\".",
+        "",
+        "![every bundled slider from -1 to 1 on an open prompt and on prompts that state each end](sliders.png)",
+        "",
+        f"*`python scripts/slider_gallery.py`, seed 1000, DDIM 20, guidance 5; looked at: {GALLERY_NOTE}*",
         "",
         "| slider | kind | split | shipped | open +1 success / kept | open -1 success / kept | stated, slid to +1: success / kept | stated, slid to -1: success / kept |",
         "|---|---|---|---|---|---|---|---|",
