@@ -165,3 +165,29 @@ def _stated_rows(vectors: Sequence[SteeringVector], scales: torch.Tensor, prompt
         if bool(toward.any() or away.any() or held.any()):
             found[i] = (toward, away, held)
     return found
+
+
+def stated_note(vector: SteeringVector | None, prompt: str, scales: Sequence[float]) -> str | None:
+    """One line for the user on how a slider treats ``prompt`` at ``scales`` where it does more than add a side:
+    turned toward one end (the prompt states the other) or held (it states the end slid toward); None otherwise."""
+    if vector is None or vector.opposite is None or not scales:
+        return None
+    found = _stated_rows([vector], torch.tensor([[float(s)] for s in scales]), [prompt] * len(scales))
+    if not found:
+        return None
+    toward, away, held = found[0]
+    ends = vector.metadata.get("two_sided") if isinstance(vector.metadata.get("two_sided"), dict) else {}
+    end = {1: (ends.get("positive") or ["the + end"])[0], -1: (ends.get("negative") or ["the - end"])[0]}
+    words = {1: flip_of(vector), -1: flip_of(vector.opposite)}
+
+    def listed(rows: torch.Tensor) -> str:
+        return ", ".join(f"{s:+g}" for s, r in zip(scales, rows.tolist(), strict=True) if r)
+
+    parts = []
+    for rows, sign in ((toward, 1), (away, -1)):
+        if bool(rows.any()):
+            stated = " / ".join(map(repr, words[-sign]["words"]))
+            parts.append(f"at {listed(rows)} the slider turns it toward {end[sign]!r}, taking its {stated} away")
+    if bool(held.any()):
+        parts.append(f"at {listed(held)} it is slid toward the end it states already: left as the prompt draws it")
+    return f"{prompt!r}: " + "; ".join(parts)

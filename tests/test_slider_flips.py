@@ -198,3 +198,15 @@ def test_the_bundled_red_blue_slider_turns_open_and_stated_prompts_on_the_demo_m
                                    (["a blue t-shirt", "a blue sneaker", "a blue bag", "a blue dress"], 1.0, "red")):
         col = colours(prompts, scale)
         assert (col == C.index(colour)).mean() >= 0.75, (prompts[0], [C[c] for c in col])
+
+
+def test_the_command_line_says_when_a_slider_turns_or_holds_the_prompt(tmp_path, capsys, one_thread):
+    from steer.cli.main import main
+
+    common = ["generate", "--direction", "red_blue_slider", "--steps", "2", "--seed", "3"]
+    assert main([*common, "--prompt", "a red t-shirt", "--sweep", "-1,1,3", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert ("note: 'a red t-shirt': at -1 the slider turns it toward 'a blue t-shirt', taking its 'red' away; at +1 it is "
+            "slid toward the end it states already: left as the prompt draws it") in err
+    assert main([*common, "--prompt", "a t-shirt", "--scale", "-1", "--out", str(tmp_path / "b")]) == 0
+    assert "note:" not in capsys.readouterr().err  # an open prompt: the slider only adds a side

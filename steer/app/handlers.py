@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from steer.app import helpers as H
+from steer.sliders import stated_note
 
 log = logging.getLogger("steer.app")
 PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
@@ -193,8 +194,18 @@ class SteerApp:
             if vector is not None
             else "No direction picked: both images are the original."
         )
+        note += self._stated_note(vector, away, settings, [settings.strength])
         note += H.darkening_note(original, steered)
         return H.upscale_for_display(original), H.upscale_for_display(steered), str(png), last, ok_box(note)
+
+    @staticmethod
+    def _stated_note(vector, away, settings, scales: list[float]) -> str:
+        """How a slider treats a prompt that states one of its ends (`steer.sliders.stated_note`), as a sentence; ""
+        where it only adds a side (and with a take-away or removal, where the slider is not split)."""
+        if away is not None or settings.config.negative != "subtract":
+            return ""
+        said = stated_note(vector, settings.prompt, scales)
+        return f" {H.md_text(said, 400)}." if said else ""
 
     def strip(
         self,
@@ -221,7 +232,8 @@ class SteerApp:
         images = H.run_rows(self.pipe, vector, settings, scales, progress_fn(progress), away)
         gallery = [(H.upscale_for_display(im, 128), f"{s:+.3g}") for im, s in zip(images, scales, strict=True)]
         removed = f", taking away **{H.md_text(away.name)}**" if away is not None else ""
-        return gallery, ok_box(f"Strength strip of **{H.md_text(vector.name)}**{removed}: {', '.join(f'{s:+.3g}' for s in scales)}.")
+        said = self._stated_note(vector, away, settings, scales)
+        return gallery, ok_box(f"Strength strip of **{H.md_text(vector.name)}**{removed}: {', '.join(f'{s:+.3g}' for s in scales)}.{said}")
 
     def fit_take_away(
         self, direction: str, session: dict | None, take_away: str, guidance: Any, strict: bool, sampler: str = "",
