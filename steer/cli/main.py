@@ -72,7 +72,7 @@ def _print_flip(label: str, flip: dict | None, other: dict | None) -> None:
         return
     stated = " / ".join(map(repr, (other or {}).get("words") or ["the other side"]))
     print(f"{label}flips prompts that state {clip(stated, 120)}: adds the side at {flip['strength']:.3g} x |scale| over "
-          f"{flip['window'][0]:g},{flip['window'][1]:g} and takes that away (relative distance {flip['distance']:.2f})")
+          f"{flip['window'][0]:g},{flip['window'][1]:g} and takes {clip(stated, 120)} away (relative distance {flip['distance']:.2f})")
     if flip.get("advice"):
         print(f"warning: {label}{flip['advice']}", file=sys.stderr)
 
