@@ -100,7 +100,7 @@ def write_table(out: Path, rows: list, args: argparse.Namespace) -> None:
         "",
         "![every bundled slider from -1 to 1 on an open prompt and on prompts that state each end](sliders.png)",
         "",
-        f"*`python scripts/slider_gallery.py`, seed 1000, DDIM 20, guidance 5; looked at: {GALLERY_NOTE}*",
+        f"*`python scripts/bundled_gallery.py --sliders`, seed 1000, DDIM 20, guidance 5; looked at: {GALLERY_NOTE}*",
         "",
         "| slider | kind | split | shipped | open +1 success / kept | open -1 success / kept | stated, slid to +1: success / kept | stated, slid to -1: success / kept |",
         "|---|---|---|---|---|---|---|---|",
