@@ -48,7 +48,7 @@ from steering_matrix import C, K, Runner, cell_metrics, judge, non_decreasing, p
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
-from steer.vectors import SteeringVector  # noqa: E402
+from steer.sliders import without_flips  # noqa: E402
 
 PAIRS = {
     "tuning": [("colour", "red", "blue"), ("colour", "green", "red"), ("colour", "blue", "green"), ("class", "trouser", "bag")],
@@ -161,9 +161,7 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
             P = pair_prompts(kind, pos, neg)
             index = (C if kind == "colour" else K).index
             slider = pipe.learn_direction(P["positive"], P["negative"], two_sided=True, **kw)
-            plain = slider.one_sided  # the sides alone, without their recorded flips (a slider learned with flip_stated=False)
-            plain = SteeringVector(plain.directions, _without_flip(plain.metadata), SteeringVector(
-                slider.opposite.directions, _without_flip(slider.opposite.metadata)))
+            plain = without_flips(slider)  # the sides alone (a slider learned with flip_stated=False)
             for side, target, source, sign, prompts, toward in (
                     ("negative", neg, pos, -1.0, P["positive"][:8], slider.opposite),
                     ("positive", pos, neg, 1.0, P["negative"][:8], slider.one_sided)):
@@ -196,10 +194,6 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
     save(args, Path(__file__).name, t0, results, grid_rows,
          "per pair and side (the negative side first) 3 rows (first seed, 8 prompts stating the other side): the sides alone "
          "at +-1 (no flip), the slider at +-1 (flipping with its recorded fit), the prompt rewrite")
-
-
-def _without_flip(metadata: dict) -> dict:
-    return {k: v for k, v in metadata.items() if k != "flip"}
 
 
 def summarise(sliders: list[dict]) -> dict:

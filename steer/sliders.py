@@ -63,6 +63,16 @@ def flip_of(side: SteeringVector) -> dict[str, Any] | None:
     return {"words": words, "strength": strength, "window": window}
 
 
+def without_flips(vector: SteeringVector) -> SteeringVector:
+    """``vector`` (its tensors shared) with no flip records on either side: a slider that only adds its sides, as
+    those learned with ``flip_stated=False`` (or before flips existed) do."""
+    def strip(meta: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in meta.items() if k != FLIP_KEY}
+
+    opposite = SteeringVector(vector.opposite.directions, strip(vector.opposite.metadata)) if vector.opposite is not None else None
+    return SteeringVector(vector.directions, strip(vector.metadata), opposite)
+
+
 def _with_window(side: SteeringVector, window: tuple[float, float]) -> SteeringVector:
     """``side`` (its tensors shared) recommending ``window``: the column that adds it over its fitted flip window."""
     recommended = {**(side.metadata.get("recommended") or {}), "window": list(window)}
@@ -87,7 +97,7 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
         return [v.one_sided for v in vectors], scales, given
     rows = _stated_rows(vectors, scales, prompts)
     flips = any(bool(r[0].any() or r[1].any()) for r in rows.values())
-    if flips and any(v.opposite is None and bool((scales[:, i] < 0).any()) for i, v in enumerate(vectors)):
+    if flips and subtracts(vectors, scales):
         warnings.warn("a slider on a prompt that states its other side is flipped with that side taken away "
                       "(steering_negative='remove'), which this call's negative scale on a one-sided direction would "
                       "change: the sliders are applied without the flip", UserWarning, stacklevel=4)
@@ -136,6 +146,12 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
         elif window is not None and flipped and key == "steering_window":  # one window for the call: not the flips'
             given[key] = tuple(tuple(window) if w is None else w for w in fixed)
     return out, torch.stack(columns, 1), given
+
+
+def subtracts(vectors: Sequence[SteeringVector], scales: torch.Tensor) -> bool:
+    """Whether a call subtracts a one-sided direction somewhere (``scales``: rows x vectors): its sliders then add
+    their sides only, since a flip removes (`split_sides`)."""
+    return any(v.opposite is None and bool((scales[:, i] < 0).any()) for i, v in enumerate(vectors))
 
 
 def _stated_rows(vectors: Sequence[SteeringVector], scales: torch.Tensor, prompts: Sequence[str] | None

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from steer import SteeringVector
-from steer.sliders import flip_of, split_sides, states
+from steer.sliders import flip_of, split_sides, states, without_flips
 
 STEPS = 6
 RED, BLUE = ["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"]
@@ -19,13 +19,6 @@ def slider(tiny_pipe):
     torch.set_num_threads(1)
     with pytest.warns(UserWarning):  # random weights render no attribute: the calibration says so
         return tiny_pipe.learn_direction(RED, BLUE, two_sided=True, **QUICK)
-
-
-def without_flips(v: SteeringVector) -> SteeringVector:
-    def strip(meta):
-        return {k: x for k, x in meta.items() if k != "flip"}
-
-    return SteeringVector(v.directions, strip(v.metadata), SteeringVector(v.opposite.directions, strip(v.opposite.metadata)))
 
 
 def draw(pipe, prompts, **kw):

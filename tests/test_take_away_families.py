@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from steer.calibrate import WINDOW_CHOICE_GRID
+from steer.sliders import without_flips
 from steer.testing import tiny_pipeline
 from steer.testing.flux import tiny_flux_pipeline
 from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
@@ -89,8 +90,7 @@ def test_a_slider_flips_a_prompt_stating_its_other_side_on_every_family(family):
         slider = pipe.learn_direction(["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"], two_sided=True,
                                       num_inference_steps=2, calibration_samples=2, progress=False, **call)
     assert slider.metadata["flip"]["words"] == ["red"] and slider.opposite.metadata["flip"]["words"] == ["blue"]
-    plain = type(slider)(slider.directions, {k: v for k, v in slider.metadata.items() if k != "flip"}, type(slider)(
-        slider.opposite.directions, {k: v for k, v in slider.opposite.metadata.items() if k != "flip"}))
+    plain = without_flips(slider)
 
     def generate(vector):
         return pipe(["a red sneaker", "a sneaker"], generator=[torch.Generator().manual_seed(0) for _ in range(2)],

@@ -199,6 +199,7 @@ def test_a_red_blue_slider_learned_on_the_command_line_reaches_blue_at_minus_one
     from steer.cli.main import main
     from steer.lab import data as D
     from steer.lab.classifier import load_classifier, predict
+    from steer.sliders import without_flips
 
     C, K = D.COLOUR_NAMES, D.CLASS_NAMES
     out = tmp_path / "red_blue.safetensors"
@@ -230,8 +231,7 @@ def test_a_red_blue_slider_learned_on_the_command_line_reaches_blue_at_minus_one
         assert (col == C.index(colour)).mean() >= 0.75 and (cls == ref_cls).mean() >= 0.75, (scale, col, cls)
     # prompts that state the other end are flipped (measured 8/8 blue and 8/8 red, 7/8 kept); the sides alone barely
     # move them (the prompt's own colour pulls back)
-    plain = SteeringVector(slider.directions, {k: x for k, x in slider.metadata.items() if k != "flip"}, SteeringVector(
-        slider.opposite.directions, {k: x for k, x in slider.opposite.metadata.items() if k != "flip"}))
+    plain = without_flips(slider)
     for scale, stated, colour in ((-1.0, "red", "blue"), (1.0, "blue", "red")):
         prompts_stating = [f"a {stated} {K[i]}" for i in range(8)]
         ref_cls, _ = judged(None, 0.0, prompts_stating)

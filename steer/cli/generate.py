@@ -148,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.pipelines.factory import default_strength, editing_pipeline
     from steer.recipe import save_png
     from steer.replay import edit_call_inputs
-    from steer.sliders import stated_note
+    from steer.sliders import stated_note, subtracts
     from steer.take_away import pair_scales
     from steer.vectors import SteeringVector
 
@@ -225,12 +225,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
         edit_record = edit.record(strength)
     out = Path(args.out)  # created with the first images: a command that fails before them leaves no folder behind
     steering_kwargs: dict[str, Any] = {}
-    if vectors and away is None and config.negative == "subtract":  # a slider on a prompt that states an end: say so
-        subtracting = any(v.opposite is None and s * w < 0 for (v, _), w in zip(vectors, weights, strict=True) for s in scales)
-        for (v, _), w in zip(vectors, weights, strict=True):
-            said = None if subtracting else stated_note(v, args.prompt, [s * w for s in scales])
-            if said:
-                print(f"note: {said}", file=sys.stderr)
+    if vectors and config.negative == "subtract":  # a slider on a prompt that states an end: say so (a take-away removes)
+        call = torch.tensor([[s * w for w in weights] for s in scales])
+        if not subtracts([v for v, _ in vectors], call):
+            for i, (v, _) in enumerate(vectors):
+                if said := stated_note(v, args.prompt, call[:, i].tolist()):
+                    print(f"note: {said}", file=sys.stderr)
     if vectors:
         rows = [[s * w for w in weights] for s in scales]
         if away is not None:
