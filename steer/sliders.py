@@ -30,8 +30,25 @@ FLIP_KEY = "flip"  # metadata: {"words": [phrases that state the side], "strengt
 
 
 def prompt_words(prompt: str) -> list[str]:
-    """A prompt's words as sliders compare them: lower case, punctuation dropped, "an" as "a"."""
-    return ["a" if w == "an" else w for w in re.findall(r"[\w'-]+", prompt.lower())]
+    """A prompt's words as sliders compare them: lower case, punctuation dropped, "an" as "a", a plural as its
+    singular ("trousers" as "trouser", "dresses" as "dress"; `singular`)."""
+    return ["a" if w == "an" else singular(w) for w in re.findall(r"[\w'-]+", prompt.lower())]
+
+
+def singular(word: str) -> str:
+    """``word`` with an English plural ending dropped, the same way for a prompt and for a slider's phrase so that
+    "red trousers" states "trouser" and "blue sneakers" "sneaker": "-sses", "-shes", "-ches", "-xes" lose "es"
+    ("dresses", "glasses", "watches"), "-ies" becomes "-y", another final "s" goes unless after "s", "u" or "i"
+    ("dress", "bus", "iris" stay)."""
+    if len(word) <= 3:
+        return word
+    if word.endswith(("sses", "shes", "ches", "xes")):
+        return word[:-2]
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
 
 
 def states(prompt: str, phrases: Sequence[str]) -> bool:
@@ -121,10 +138,10 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
         plain = ~(toward | away | held)
         own = torch.where(plain, s.clamp_min(0), 0.0)
         other = torch.where(plain, (-s).clamp_min(0), 0.0)
-        if added[1] is not None:
-            own = own - torch.where(away, added[1].clamp_max(1.0), 0.0)  # the side the prompt states, taken away
+        if added[1] is not None:  # the side the prompt states, taken away
+            own = own - torch.where(away, _removal((-s).clamp_min(0), opposite_flip["strength"]), 0.0)
         if added[0] is not None:
-            other = other - torch.where(toward, added[0].clamp_max(1.0), 0.0)
+            other = other - torch.where(toward, _removal(s.clamp_min(0), side_flip["strength"]), 0.0)
         out += [v.one_sided, v.opposite]
         columns += [own, other]
         owner += [i, i]
@@ -146,6 +163,12 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
         elif window is not None and flipped and key == "steering_window":  # one window for the call: not the flips'
             given[key] = tuple(tuple(window) if w is None else w for w in fixed)
     return out, torch.stack(columns, 1), given
+
+
+def _removal(scale: torch.Tensor, strength: float) -> torch.Tensor:
+    """How much of the stated side a flipped row takes away at ``scale`` (its ``|scale|``) for a flip fitted at
+    ``strength``: ``min(scale * strength, 1)``, `fit_take_away`'s removal at scale 1."""
+    return (scale * strength).clamp_max(1.0)
 
 
 def subtracts(vectors: Sequence[SteeringVector], scales: torch.Tensor) -> bool:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from steer import SteeringVector
-from steer.sliders import flip_of, split_sides, states, without_flips
+from steer.sliders import flip_of, singular, split_sides, states, without_flips
 
 STEPS = 6
 RED, BLUE = ["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"]
@@ -32,6 +32,16 @@ def test_phrases_are_matched_as_words_in_order():
     assert not states("a reddish t-shirt", ["red"]) and not states("a t-shirt", ["red"])
     assert states("an ankle boot", ["ankle boot"]) and not states("a boot by the ankle", ["ankle boot"])
     assert states("an old man", ["elderly", "old"]) and not states("a man", ["elderly", "old"])
+
+
+def test_a_plural_states_its_singular_phrase_and_back():
+    """Users write plurals: "red trousers" states the phrase "trouser" learned from "a red trouser", and "dresses" the
+    phrase "dress" (whose own final "s" is no plural)."""
+    assert states("a pair of red trousers", ["trouser"]) and states("two blue sneakers", ["sneaker"])
+    assert states("three red dresses", ["dress"]) and states("a red dress", ["dresses"])
+    assert states("ankle boots in a row", ["ankle boot"]) and not states("a red dressing gown", ["dress"])
+    assert [singular(w) for w in ("glasses", "watches", "ponies", "boots", "bus", "iris", "kiss", "its")] == [
+        "glass", "watch", "pony", "boot", "bus", "iris", "kiss", "its"]
 
 
 def test_learning_a_slider_records_each_sides_phrases_and_fitted_flip(slider):
