@@ -215,9 +215,7 @@ def stated_note(vector: SteeringVector | None, prompt: str, scales: Sequence[flo
     if not found:
         return None
     toward, away, held = found[0]
-    ends = vector.metadata.get("two_sided") if isinstance(vector.metadata.get("two_sided"), dict) else {}
-    end = {1: (ends.get("positive") or ["the + end"])[0], -1: (ends.get("negative") or ["the - end"])[0]}
-    words = {1: flip_of(vector), -1: flip_of(vector.opposite)}
+    words = {1: flip_of(vector), -1: flip_of(vector.opposite)}  # a row is turned toward a side only if it records a flip
 
     def listed(rows: torch.Tensor) -> str:
         return ", ".join(f"{s:+g}" for s, r in zip(scales, rows.tolist(), strict=True) if r)
@@ -225,8 +223,8 @@ def stated_note(vector: SteeringVector | None, prompt: str, scales: Sequence[flo
     parts = []
     for rows, sign in ((toward, 1), (away, -1)):
         if bool(rows.any()):
-            stated = " / ".join(map(repr, words[-sign]["words"]))
-            parts.append(f"at {listed(rows)} the slider turns it toward {end[sign]!r}, taking its {stated} away")
+            end, stated = (" / ".join(map(repr, words[k]["words"])) for k in (sign, -sign))
+            parts.append(f"at {listed(rows)} the slider turns it toward {end}, taking its {stated} away")
     if bool(held.any()):
         parts.append(f"at {listed(held)} it is slid toward the end it states already: left as the prompt draws it")
     return f"{prompt!r}: " + "; ".join(parts)

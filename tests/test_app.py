@@ -680,7 +680,7 @@ def test_api_learns_a_two_sided_slider_and_says_what_each_end_edits_toward(clien
     assert "Steered with **a red sneaker &lt;-&gt; a blue sneaker** × -1" in status
     assert "turns it toward" not in status and "left as the prompt draws it" not in status  # the prompt states neither end
     *_, status = client.predict(**generate_args(picked["value"], scale=-1.0, prompt="a red sneaker"), api_name="/generate")
-    assert "at -1 the slider turns it toward 'a blue sneaker', taking its 'red' away" in status  # steer.sliders
+    assert "at -1 the slider turns it toward 'blue', taking its 'red' away" in status  # steer.sliders
     _, status = client.predict(**generate_args(picked["value"], scale=1.0, prompt="a red sneaker"), count=3, api_name="/strip")
     assert "at -1 the slider turns it toward" in status and "at +1 it is slid toward the end it states already" in status
     for wrong in (["a red sneaker", ""], ["a red sneaker", "a blue sneaker"]):  # no negatives; the fast mode (uncalibrated)

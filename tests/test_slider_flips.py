@@ -209,7 +209,7 @@ def test_the_command_line_says_when_a_slider_turns_or_holds_the_prompt(tmp_path,
     common = ["generate", "--direction", "red_blue_slider", "--steps", "2", "--seed", "3"]
     assert main([*common, "--prompt", "a red t-shirt", "--sweep", "-1,1,3", "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
-    assert ("note: 'a red t-shirt': at -1 the slider turns it toward 'a blue t-shirt', taking its 'red' away; at +1 it is "
+    assert ("note: 'a red t-shirt': at -1 the slider turns it toward 'blue', taking its 'red' away; at +1 it is "
             "slid toward the end it states already: left as the prompt draws it") in err
     assert main([*common, "--prompt", "a t-shirt", "--scale", "-1", "--out", str(tmp_path / "b")]) == 0
     assert "note:" not in capsys.readouterr().err  # an open prompt: the slider only adds a side
