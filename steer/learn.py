@@ -52,7 +52,7 @@ from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import check_int
 from steer.vectors import SteeringVector, unet_fingerprint
-from steer.wording import attribute_span, open_prompts
+from steer.wording import open_prompts, stated_phrases
 
 Method = Literal["mean", "mean_diff", "pca"]
 METHODS = ("mean", "mean_diff", "pca")
@@ -490,7 +490,7 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
                    **call_kwargs}
     for toward, away in ((side, opposite), (opposite, side)):
         prompts, opened = toward.metadata["positive"]["prompts"], toward.metadata["negative"]["prompts"]
-        phrases = list(dict.fromkeys(" ".join(p.split()[slice(*attribute_span(p, opened))]) for p in prompts))
+        phrases = stated_phrases(prompts, opened)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # its advice is recorded (distance) and said by `steer learn`

@@ -16,7 +16,6 @@ sides), and sliders learned before the fit existed, are as before.
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,41 +24,9 @@ import torch
 
 from steer.config import STEERING_DEFAULTS, check_window, is_per_vector, vector_windows
 from steer.vectors import SteeringVector
+from steer.wording import states
 
 FLIP_KEY = "flip"  # metadata: {"words": [phrases that state the side], "strength": k, "window": [start, end], ...}
-
-
-def prompt_words(prompt: str) -> list[str]:
-    """A prompt's words as sliders compare them: lower case, punctuation dropped, "an" as "a", a plural as its
-    singular ("trousers" as "trouser", "dresses" as "dress"; `singular`)."""
-    return ["a" if w == "an" else singular(w) for w in re.findall(r"[\w'-]+", prompt.lower())]
-
-
-def singular(word: str) -> str:
-    """``word`` with an English plural ending dropped, the same way for a prompt and for a slider's phrase so that
-    "red trousers" states "trouser" and "blue sneakers" "sneaker": "-sses", "-shes", "-ches", "-xes" lose "es"
-    ("dresses", "glasses", "watches"), "-ies" becomes "-y", another final "s" goes unless after "s", "u" or "i"
-    ("dress", "bus", "iris" stay)."""
-    if len(word) <= 3:
-        return word
-    if word.endswith(("sses", "shes", "ches", "xes")):
-        return word[:-2]
-    if word.endswith("ies"):
-        return word[:-3] + "y"
-    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
-
-
-def states(prompt: str, phrases: Sequence[str]) -> bool:
-    """Whether ``prompt`` holds one of ``phrases``, its words one after another ("a red t-shirt, studio light" states
-    ["red"]; "an ankle boot" states ["ankle boot"]; "an old man" states ["elderly", "old"])."""
-    have = prompt_words(prompt)
-    for phrase in phrases:
-        want = prompt_words(phrase)
-        if want and any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1)):
-            return True
-    return False
 
 
 def flip_of(side: SteeringVector) -> dict[str, Any] | None:

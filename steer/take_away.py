@@ -16,7 +16,7 @@ their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 * len(gr
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,7 @@ from steer.calibrate import (
 )
 from steer.config import recommended_settings
 from steer.partial_run import run_length
-from steer.wording import rewrite_attribute
+from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
@@ -119,6 +119,38 @@ def recorded_prompts(vector, which: str, fitting: str = "a take-away") -> list[s
             "prompts (pick the strength yourself)"
         )
     return list(prompts)
+
+
+def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """What to take away when ``vector`` is added to ``prompt``: the ``candidates`` (name -> one-sided direction) that
+    edit the same attribute as ``vector`` (learned from prompts whose open forms share one with ``vector``'s: "a
+    t-shirt" for to_red and to_blue; "a red item" for to_dress and to_bag) and whose phrase ``prompt`` states ("a red
+    sneaker" states to_red's "red"), as ``(name, the phrases stated)`` in ``candidates`` order; [] where the prompt
+    states ``vector``'s own phrase, where ``vector`` is a slider (it turns such prompts itself) or records no prompts.
+    Adding blue to "a red sneaker" alone mostly fights the prompt (docs/steering.md, "Contradicting prompts"); with
+    the suggestion taken away (and `fit_take_away`) it replaces it."""
+    own = _prompted(vector)
+    if own is None or vector.opposite is not None or states(prompt, own[0]):
+        return []
+    found = []
+    for name, candidate in candidates.items():
+        other = _prompted(candidate)
+        if (other is None or candidate.opposite is not None or candidate.digest() == vector.digest()
+                or not other[1] & own[1] or not states(prompt, other[0])):
+            continue
+        found.append((name, [p for p in other[0] if states(prompt, [p])]))
+    return found
+
+
+def _prompted(vector) -> tuple[list[str], set[tuple[str, ...]]] | None:
+    """A direction's stated phrases and its open prompts (as word tuples), from the prompts it records; None for one
+    learned otherwise, or whose prompts do not tell (no attribute words)."""
+    try:
+        positive, negative = recorded_prompts(vector, "positive"), recorded_prompts(vector, "negative")
+        opened = open_prompts(positive, negative)
+        return stated_phrases(positive, opened), {tuple(prompt_words(o)) for o in opened}
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 def removal_window_of(vector, away, call_kwargs: dict[str, Any]) -> tuple[float, float] | None:

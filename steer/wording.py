@@ -1,10 +1,12 @@
 """What the words of a direction's prompts say: which words make the attribute (`attribute_words`,
-`attribute_span`), the positives with the attribute left open for the calibration (`open_prompts`), and a prompt with
-its attribute swapped for another's (`rewrite_attribute`). Prompts are compared word by word, in order
+`attribute_span`, `stated_phrases`), the positives with the attribute left open for the calibration (`open_prompts`),
+a prompt with its attribute swapped for another's (`rewrite_attribute`), and whether a user's prompt states a phrase
+(`states`: lower case, plurals as singulars). Prompts are compared word by word, in order
 (`difflib.SequenceMatcher`), the articles "a" and "an" as one word."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
 
@@ -100,3 +102,43 @@ def rewrite_attribute(prompt: str, negative: Sequence[str], like: str, like_nega
     other_start, other_end = attribute_span(like, like_negative)
     words = prompt.split()
     return _an_before_vowels([*words[:start], *like.split()[other_start:other_end], *words[end:]])
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """A prompt's words as sliders compare them: lower case, punctuation dropped, "an" as "a", a plural as its
+    singular ("trousers" as "trouser", "dresses" as "dress"; `singular`)."""
+    return ["a" if w == "an" else singular(w) for w in re.findall(r"[\w'-]+", prompt.lower())]
+
+
+def singular(word: str) -> str:
+    """``word`` with an English plural ending dropped, the same way for a prompt and for a slider's phrase so that
+    "red trousers" states "trouser" and "blue sneakers" "sneaker": "-sses", "-shes", "-ches", "-xes" lose "es"
+    ("dresses", "glasses", "watches"), "-ies" becomes "-y", another final "s" goes unless after "s", "u" or "i"
+    ("dress", "bus", "iris" stay)."""
+    if len(word) <= 3:
+        return word
+    if word.endswith(("sses", "shes", "ches", "xes")):
+        return word[:-2]
+    if word.endswith("ies"):
+        return word[:-3] + "y"
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+def states(prompt: str, phrases: Sequence[str]) -> bool:
+    """Whether ``prompt`` holds one of ``phrases``, its words one after another ("a red t-shirt, studio light" states
+    ["red"]; "an ankle boot" states ["ankle boot"]; "an old man" states ["elderly", "old"])."""
+    have = prompt_words(prompt)
+    for phrase in phrases:
+        want = prompt_words(phrase)
+        if want and any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1)):
+            return True
+    return False
+
+
+def stated_phrases(positive: Sequence[str], opened: Sequence[str]) -> list[str]:
+    """The phrases that state the positives' attribute, each positive's `attribute_span` against the ``opened``
+    prompts (the positives with the attribute left open, `open_prompts`), once each in order: "red" for "a red
+    t-shirt" against "a t-shirt"; "ankle boot" for "a red ankle boot" against "a red item"."""
+    return list(dict.fromkeys(" ".join(p.split()[slice(*attribute_span(p, opened))]) for p in positive))

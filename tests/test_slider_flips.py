@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from steer import SteeringVector
-from steer.sliders import flip_of, singular, split_sides, states, without_flips
+from steer.sliders import flip_of, split_sides, without_flips
+from steer.wording import singular, states
 
 STEPS = 6
 RED, BLUE = ["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"]

@@ -18,6 +18,7 @@ import gradio as gr
 
 from steer.app import helpers as H
 from steer.sliders import stated_note
+from steer.take_away import suggested_take_aways
 
 log = logging.getLogger("steer.app")
 PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
@@ -194,18 +195,34 @@ class SteerApp:
             if vector is not None
             else "No direction picked: both images are the original."
         )
-        note += self._stated_note(vector, away, settings, [settings.strength])
+        note += self._stated_note(vector, away, settings, [settings.strength], session)
         note += H.darkening_note(original, steered)
         return H.upscale_for_display(original), H.upscale_for_display(steered), str(png), last, ok_box(note)
 
-    @staticmethod
-    def _stated_note(vector, away, settings, scales: list[float]) -> str:
-        """How a slider treats a prompt that states one of its ends (`steer.sliders.stated_note`), as a sentence; ""
-        where it only adds a side (and with a take-away or removal, where the slider is not split)."""
-        if away is not None or settings.config.negative != "subtract":
+    def _stated_note(self, vector, away, settings, scales: list[float], session: dict | None = None) -> str:
+        """What the prompt states against the edit, as a sentence: how a slider treats a prompt that states one of its
+        ends (`steer.sliders.stated_note`), or, for a one-sided direction added to a prompt that states what it
+        replaces, the direction to pick under Take away (`steer.take_away.suggested_take_aways`, among the picker's);
+        "" otherwise (and with a take-away or removal, where the slider is not split)."""
+        if away is not None or settings.config.negative != "subtract" or vector is None:
             return ""
         said = stated_note(vector, settings.prompt, scales)
-        return f" {H.md_text(said, 400)}." if said else ""
+        if said:
+            return f" {H.md_text(said, 400)}."
+        if settings.edit_image is not None or not any(s > 0 for s in scales):
+            return ""
+        candidates = {}
+        for name in self.catalog.choices(session):
+            try:
+                candidates[name] = self.catalog.get(name, session)
+            except H.UserError:  # a bundled file that cannot be read is simply no candidate
+                continue
+        found = suggested_take_aways(vector, settings.prompt, {k: v for k, v in candidates.items() if v is not None})
+        if not found:
+            return ""
+        stated = ", ".join(f"'{H.md_text(p, 60)}'" for p in dict.fromkeys(p for _, phrases in found for p in phrases))
+        return (f" The prompt states {stated}, which this edit replaces: alone it mostly fights the prompt. Pick "
+                f"**{H.md_text(found[0][0], 80)}** under *Take away* (and *Fit*) to take it away as the edit is added.")
 
     def strip(
         self,
@@ -232,7 +249,7 @@ class SteerApp:
         images = H.run_rows(self.pipe, vector, settings, scales, progress_fn(progress), away)
         gallery = [(H.upscale_for_display(im, 128), f"{s:+.3g}") for im, s in zip(images, scales, strict=True)]
         removed = f", taking away **{H.md_text(away.name)}**" if away is not None else ""
-        said = self._stated_note(vector, away, settings, scales)
+        said = self._stated_note(vector, away, settings, scales, session)
         return gallery, ok_box(f"Strength strip of **{H.md_text(vector.name)}**{removed}: {', '.join(f'{s:+.3g}' for s in scales)}.{said}")
 
     def fit_take_away(

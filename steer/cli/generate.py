@@ -231,6 +231,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             for i, (v, _) in enumerate(vectors):
                 if said := stated_note(v, args.prompt, call[:, i].tolist()):
                     print(f"note: {said}", file=sys.stderr)
+    if len(vectors) == 1 and away is None and edit is None and any(s > 0 for s in scales):
+        said = take_away_note(vectors[0][0], vectors[0][1], args.prompt, bundled_directions(args.model))
+        if said:
+            print(f"note: {said}", file=sys.stderr)
     if vectors:
         rows = [[s * w for w in weights] for s in scales]
         if away is not None:
@@ -273,3 +277,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for w in written:
         print(w)
     return 0
+
+
+FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read for a take-away to suggest
+
+
+def take_away_note(vector, path: Path, prompt: str, bundled: dict[str, Path]) -> str | None:
+    """A line suggesting ``--take-away`` when ``prompt`` states what ``vector`` replaces ("a red sneaker" with
+    to_blue: to_red), found among the other files of ``path``'s folder (first: learned alongside it) and the model's
+    bundled directions (`steer.take_away.suggested_take_aways`); None when nothing is stated against it."""
+    from steer.take_away import suggested_take_aways
+    from steer.vectors import SteeringVector
+
+    files: dict[str, Path] = {}
+    folder = Path(path).parent
+    if folder.is_dir() and folder.resolve() not in {Path(p).parent.resolve() for p in bundled.values()}:
+        files.update((str(other), other) for other in sorted(folder.glob("*.safetensors"))[:FOLDER_CANDIDATES])
+    files.update((name, Path(p)) for name, p in bundled.items())
+    candidates = {}
+    for name, file in files.items():
+        if file.resolve() == Path(path).resolve():
+            continue
+        try:
+            candidates[name] = SteeringVector.load(file)
+        except Exception:  # noqa: BLE001 - a file that is no direction is simply no candidate
+            continue
+    found = suggested_take_aways(vector, prompt, candidates)
+    if not found:
+        return None
+    stated = ", ".join(repr(p) for p in dict.fromkeys(p for _, phrases in found for p in phrases))
+    name = found[0][0]
+    return (f"{prompt!r} states {stated}, which {vector.name!r} replaces: alone the edit mostly fights the prompt; add "
+            f"--take-away {name} --fit to take it away as the edit is added")
