@@ -142,6 +142,13 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
     return found
 
 
+def take_away_hint(prompt: str, vector, found: Sequence[tuple[str, list[str]]]) -> str:
+    """The sentence every surface starts its suggestion with, for `suggested_take_aways`' non-empty ``found``: "'a red
+    sneaker' states 'red', which 'toward blue' replaces: alone the edit mostly fights the prompt"."""
+    stated = ", ".join(repr(p) for p in dict.fromkeys(p for _, phrases in found for p in phrases))
+    return f"{prompt!r} states {stated}, which {vector.name!r} replaces: alone the edit mostly fights the prompt"
+
+
 def _prompted(vector) -> tuple[list[str], set[tuple[str, ...]]] | None:
     """A direction's stated phrases and its open prompts (as word tuples), from the prompts it records; None for one
     learned otherwise, or whose prompts do not tell (no attribute words)."""

@@ -497,13 +497,13 @@ def test_api_take_away_matches_python_api(client, pipe, tmp_path, monkeypatch):
     values = generate_args(names["cat"], scale=2.0, window_end=1.0, take_away=names["dog"])
     original, steered, png, status = client.predict(**values, api_name="/generate")
     assert "Steered with **cat** × 2" in status and "taking away **dog** (amount 1)" in status
-    assert "which this edit replaces" not in status  # a take-away given: nothing to suggest
+    assert "replaces: alone" not in status  # a take-away given: nothing to suggest
     # without it, the note names the direction the prompt ("a photo of a dog") states against the edit (steer.take_away)
     *_, alone_status = client.predict(**{**values, "take_away": H.NONE_CHOICE}, api_name="/generate")
-    assert "The prompt states 'of a dog', which this edit replaces: alone it mostly fights the prompt." in alone_status
-    assert f"Pick **{H.md_text(names['dog'])}** under *Take away* (and *Fit*)" in alone_status
+    said = H.md_text("'a photo of a dog' states 'of a dog', which 'cat' replaces: alone the edit mostly fights the prompt", 400)
+    assert f"{said}. Pick **{H.md_text(names['dog'])}** under *Take away* (and *Fit*)" in alone_status
     *_, open_status = client.predict(**{**values, "take_away": H.NONE_CHOICE, "prompt": "a photo"}, api_name="/generate")
-    assert "which this edit replaces" not in open_status  # the prompt states neither
+    assert "replaces: alone" not in open_status  # the prompt states neither
     rec = cat.metadata["recommended"]
     steer = dict(steering_branch="cond", steering_mode="add", steering_normalize=False, steering_preserve_norm=rec["preserve_norm"],
                  steering_negative="remove")

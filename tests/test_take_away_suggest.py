@@ -135,3 +135,21 @@ def test_the_suggested_take_away_turns_what_the_edit_alone_cannot_on_the_demo_mo
         taken = predict(clf, sample(prompts, steering=[vector, bundled[source]], **fit.options()))
         assert (alone[edited] == want).mean() <= 0.67  # measured 0/6 (blue), 4/6 (bag)
         assert (taken[edited] == want).mean() >= 0.83 and (taken[1 - edited] == ref[1 - edited]).mean() >= 0.83  # measured 6/6, 6/6
+
+
+def test_steer_batch_notes_the_take_away_once_per_direction_and_prompt(tmp_path, one_thread):
+    """A batch job adding to_bag to "a red dress" gets a note naming the job fields that take to_dress away; a job that
+    already takes it away, or whose prompt states nothing against the edit, gets none."""
+    from steer.assets import DEFAULT_MODEL
+    from steer.cli.loading import load_pipeline
+    from steer.jobs import run as batch
+
+    pipe = load_pipeline(None, "cpu", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    job = {"prompt": "a red dress", "num_inference_steps": 2, "directions": [{"path": "to_bag"}]}
+    told: list[str] = []
+    batch.run([job, {**job, "seed": 1}, {**job, "take_away": "to_dress"}, {**job, "prompt": "a red item"}], pipe, tmp_path / "out",
+              batch_size=2, model=str(DEFAULT_MODEL), progress=False, report=told.append)
+    notes = [t for t in told if t.startswith("note:")]
+    assert notes == ["note: line 1: 'a red dress' states 'dress', which 'toward bag' replaces: alone the edit mostly fights the "
+                     'prompt; add "take_away": "to_dress", "take_away_fit": true to the job']  # once for lines 1 and 2

@@ -18,7 +18,7 @@ import gradio as gr
 
 from steer.app import helpers as H
 from steer.sliders import stated_note
-from steer.take_away import suggested_take_aways
+from steer.take_away import suggested_take_aways, take_away_hint
 
 log = logging.getLogger("steer.app")
 PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
@@ -220,9 +220,8 @@ class SteerApp:
         found = suggested_take_aways(vector, settings.prompt, {k: v for k, v in candidates.items() if v is not None})
         if not found:
             return ""
-        stated = ", ".join(f"'{H.md_text(p, 60)}'" for p in dict.fromkeys(p for _, phrases in found for p in phrases))
-        return (f" The prompt states {stated}, which this edit replaces: alone it mostly fights the prompt. Pick "
-                f"**{H.md_text(found[0][0], 80)}** under *Take away* (and *Fit*) to take it away as the edit is added.")
+        return (f" {H.md_text(take_away_hint(settings.prompt, vector, found), 400)}. Pick **{H.md_text(found[0][0], 80)}** "
+                "under *Take away* (and *Fit*) to take it away as the edit is added.")
 
     def strip(
         self,

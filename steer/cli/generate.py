@@ -286,7 +286,7 @@ def take_away_note(vector, path: Path, prompt: str, bundled: dict[str, Path]) ->
     """A line suggesting ``--take-away`` when ``prompt`` states what ``vector`` replaces ("a red sneaker" with
     to_blue: to_red), found among the other files of ``path``'s folder (first: learned alongside it) and the model's
     bundled directions (`steer.take_away.suggested_take_aways`); None when nothing is stated against it."""
-    from steer.take_away import suggested_take_aways
+    from steer.take_away import suggested_take_aways, take_away_hint
     from steer.vectors import SteeringVector
 
     files: dict[str, Path] = {}
@@ -305,7 +305,4 @@ def take_away_note(vector, path: Path, prompt: str, bundled: dict[str, Path]) ->
     found = suggested_take_aways(vector, prompt, candidates)
     if not found:
         return None
-    stated = ", ".join(repr(p) for p in dict.fromkeys(p for _, phrases in found for p in phrases))
-    name = found[0][0]
-    return (f"{prompt!r} states {stated}, which {vector.name!r} replaces: alone the edit mostly fights the prompt; add "
-            f"--take-away {name} --fit to take it away as the edit is added")
+    return f"{take_away_hint(prompt, vector, found)}; add --take-away {found[0][0]} --fit to take it away as the edit is added"

@@ -152,6 +152,8 @@ class _Validator:
             raise JobError(line, f"at most {MAX_DIRECTIONS} directions per job, got {len(directions)}")
         loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
         away, job = self._take_away(line, job, loaded)
+        if away is None and len(loaded) == 1 and edit is None:
+            self._suggest_take_away(line, prompt, loaded[0])
         sampler = self._sampler(line, job.get("sampler", self.default_sampler))
         base = CallSetup(self.model, steps, guidance, height, width, sampler=sampler,
                          task=edit.task if edit else None, strength=edit.strength if edit else None)
@@ -188,6 +190,31 @@ class _Validator:
         # each direction checked with the sign it is used with (a removed one needs its reference level)
         signs = tuple(-1.0 if any(x < 0 for x in scales) else 1.0 for _, _, scales in loaded) + ((-1.0,) if away else ())
         return setup, self._check_setup(line, setup, signs)
+
+    def _suggest_take_away(self, line: int, prompt: str, loaded: tuple) -> None:
+        """Report (once per direction and prompt) the bundled direction to take away where the prompt states what the
+        job's one direction replaces at a positive scale (`steer.take_away.suggested_take_aways`)."""
+        from steer.assets import bundled_directions
+        from steer.take_away import suggested_take_aways, take_away_hint
+        from steer.vectors import SteeringVector
+
+        vector, _, scales = loaded
+        if self.report is None or not any(s > 0 for s in scales):
+            return
+        candidates = {}
+        for name, file in bundled_directions(self.model).items():
+            path = Path(file).resolve()
+            if path not in self._vectors:
+                try:
+                    self._vectors[path] = SteeringVector.load(path)
+                except Exception:  # noqa: BLE001 - a bundled file that cannot be read is simply no candidate
+                    continue
+            candidates[name] = self._vectors[path]
+        found = suggested_take_aways(vector, prompt, candidates)
+        note = found and f'{take_away_hint(prompt, vector, found)}; add "take_away": "{found[0][0]}", "take_away_fit": true to the job'
+        if note and note not in self._noted:
+            self._noted.add(note)
+            self.report(f"note: line {line}: {note}")
 
     def _take_away(self, line: int, job: dict[str, Any], loaded: list) -> tuple[JobTakeAway | None, dict[str, Any]]:
         """The job's take-away (`steer.jobs.take_away`; not fitted yet), None without one, and the job with
