@@ -105,13 +105,13 @@ def rewrite_attribute(prompt: str, negative: Sequence[str], like: str, like_nega
 
 
 def prompt_words(prompt: str) -> list[str]:
-    """A prompt's words as sliders compare them: lower case, punctuation dropped, "an" as "a", a plural as its
+    """A prompt's words as `states` compares them: lower case, punctuation dropped, "an" as "a", a plural as its
     singular ("trousers" as "trouser", "dresses" as "dress"; `singular`)."""
     return ["a" if w == "an" else singular(w) for w in re.findall(r"[\w'-]+", prompt.lower())]
 
 
 def singular(word: str) -> str:
-    """``word`` with an English plural ending dropped, the same way for a prompt and for a slider's phrase so that
+    """``word`` with an English plural ending dropped, the same way for a prompt and for a direction's phrase so that
     "red trousers" states "trouser" and "blue sneakers" "sneaker": "-sses", "-shes", "-ches", "-xes" lose "es"
     ("dresses", "glasses", "watches"), "-ies" becomes "-y", another final "s" goes unless after "s", "u" or "i"
     ("dress", "bus", "iris" stay)."""
