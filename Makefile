@@ -34,7 +34,7 @@ test: setup system-deps
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check steer tests bench app.py
+	$(VENV)/bin/ruff check steer tests bench scripts app.py
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) bench/overhead.py

@@ -77,8 +77,9 @@ def main(out_json: str) -> None:
         from steer.app import helpers as H
         from steer.cli.loading import load_pipeline
     except ImportError:
-        from steer import app_helpers as H
         from steer.loading import load_pipeline
+
+        from steer import app_helpers as H
     pipe = load_pipeline(None, "cpu")
     from steer.vectors import SteeringVector
 
