@@ -20,24 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from steering_matrix import C, K, Runner, cell_metrics, judge, passes  # noqa: E402
-from two_sided import PAIRS, pair_prompts  # noqa: E402
-
-from steer.cli.loading import load_pipeline  # noqa: E402
-from steer.lab.classifier import load_classifier  # noqa: E402
+from steering_matrix import C, K, cell_metrics, judge, passes  # noqa: E402
+from two_sided import PAIRS, bench_setup, pair_prompts  # noqa: E402
 
 VARIANTS = ("chosen", "own")
 
 
 def main() -> None:
-    import torch
 
-    torch.set_num_threads(1)
     t0 = time.time()
-    pipe, classifier = load_pipeline(None, "cpu", progress=False), load_classifier()
-    pipe.set_progress_bar_config(disable=True)
-    run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=2, seed_base=1000)
-    kw = dict(num_inference_steps=20, guidance_scale=5.0, progress=False)
+    pipe, classifier, run, kw = bench_setup(None, 2, 1000)
     cells = []
     for split, pairs in PAIRS.items():
         for kind, pos, neg in pairs:

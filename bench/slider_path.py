@@ -47,12 +47,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from negative_prompt import save  # noqa: E402
-from steering_matrix import TINTS, C, K, Runner, cell_metrics, judge, non_decreasing, passes, spearman  # noqa: E402
-from two_sided import PAIRS, pair_prompts  # noqa: E402
+from steering_matrix import TINTS, C, K, cell_metrics, judge, non_decreasing, passes, spearman  # noqa: E402
+from two_sided import PAIRS, bench_setup, pair_prompts  # noqa: E402
 
 import steer.sliders  # noqa: E402
-from steer.cli.loading import load_pipeline  # noqa: E402
-from steer.lab.classifier import load_classifier  # noqa: E402
 
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
 RAMPS = {
@@ -82,7 +80,6 @@ def ink(images: np.ndarray) -> np.ndarray:
 def main() -> None:
     import argparse
 
-    import torch
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -92,12 +89,8 @@ def main() -> None:
     ap.add_argument("--ramps", default=",".join(RAMPS))
     args = ap.parse_args()
     ramps = args.ramps.split(",")
-    torch.set_num_threads(1)
     t0 = time.time()
-    pipe, classifier = load_pipeline(args.model, "cpu", progress=False), load_classifier()
-    pipe.set_progress_bar_config(disable=True)
-    run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=args.seeds, seed_base=args.seed_base)
-    kw = dict(num_inference_steps=20, guidance_scale=5.0, progress=False)
+    pipe, classifier, run, kw = bench_setup(args.model, args.seeds, args.seed_base)
     shipped = steer.sliders._removal
     cells, grid_rows = [], []
     for split, pairs in PAIRS.items():

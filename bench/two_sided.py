@@ -75,10 +75,20 @@ def rewritten(kind: str, side: str, prompts: list[str]) -> list[str]:
     return [p.replace("a ", f"a {side} ", 1) if kind == "colour" else p.replace(" item", f" {side}") for p in prompts]
 
 
+def bench_setup(model: str | None, seeds: int, seed_base: int):
+    """(pipe, classifier, runner, learning kwargs) as the slider benches use them: 1 torch thread, DDIM 20, guidance 5."""
+    import torch
+
+    torch.set_num_threads(1)
+    pipe, classifier = load_pipeline(model, "cpu", progress=False), load_classifier()
+    pipe.set_progress_bar_config(disable=True)
+    run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=seeds, seed_base=seed_base)
+    return pipe, classifier, run, dict(num_inference_steps=20, guidance_scale=5.0, progress=False)
+
+
 def main() -> None:
     import argparse
 
-    import torch
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
@@ -89,12 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.contra and args.out == str(ROOT / "docs" / "steering" / "two_sided"):
         args.out = str(ROOT / "docs" / "steering" / "two_sided" / "contra")
-    torch.set_num_threads(1)
     t0 = time.time()
-    pipe, classifier = load_pipeline(args.model, "cpu", progress=False), load_classifier()
-    pipe.set_progress_bar_config(disable=True)
-    run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=args.seeds, seed_base=args.seed_base)
-    kw = dict(num_inference_steps=20, guidance_scale=5.0, progress=False)
+    pipe, classifier, run, kw = bench_setup(args.model, args.seeds, args.seed_base)
     if args.contra:
         return contra(args, pipe, classifier, run, kw, t0)
     n = len(SCALES)
