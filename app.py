@@ -157,6 +157,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 elem_id="take-away",
             )
             fit = gr.Button("Fit strength and window to this take-away", size="sm", elem_id="fit-take-away")
+            hint = gr.Markdown("", elem_id="take-away-hint")  # what the prompt states against the edit, if anything
             direction_info = gr.Markdown("", elem_id="direction-info")
             strength = gr.Slider(
                 -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts or removes; a two-sided slider's: toward its negatives)", elem_id="strength"
@@ -270,6 +271,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
     # directions learned or uploaded join the picker: offer them as take-aways too
     direction.change(app.take_away_choices, [session, take_away], take_away, api_name=False, queue=False)
     layer.change(app.describe_layer, [direction, session, layer], layer_info, api_name=False, queue=False)
+    for changed in (prompt.change, direction.change, take_away.change):  # the take-away to pick, before generating
+        changed(app.take_away_hint, [direction, session, take_away, prompt], hint, api_name=False, queue=False)
     demo.load(guarded_describe, [direction, session, layer], described, api_name=False)
     return direction
 

@@ -470,6 +470,24 @@ def learned_text_direction(pipe, positive: str, negative: str, name: str) -> Ste
     return vector
 
 
+def test_the_take_away_hint_before_generating(pipe, tmp_path):
+    """Shown under the Take away picker as the prompt or the direction changes: the direction the prompt states
+    against the edit, once none is picked; a label, so anything odd is simply no hint."""
+    from steer.app.handlers import SteerApp
+
+    cat = learned_text_direction(pipe, "a photo of a cat", "a photo", "cat")
+    dog = learned_text_direction(pipe, "a photo of a dog", "a photo", "dog")
+    app = SteerApp(pipe, H.DirectionCatalog({"cat": cat.save(tmp_path / "cat.safetensors"), "dog": dog.save(tmp_path / "dog.safetensors")}))
+    hint = app.take_away_hint("cat", None, H.NONE_CHOICE, "a photo of a dog")
+    assert hint.startswith(H.md_text("'a photo of a dog' states 'of a dog', which 'cat' replaces", 400))
+    assert hint.endswith("Pick **dog** under *Take away* (and *Fit*) to take it away as the edit is added.")
+    assert app.take_away_hint("cat", None, "dog", "a photo of a dog") == ""  # picked already
+    assert app.take_away_hint("cat", None, H.NONE_CHOICE, "a photo") == ""  # states nothing against it
+    assert app.take_away_hint("dog", None, H.NONE_CHOICE, "a photo of a dog") == ""  # states the edit itself
+    for odd in (("nope", "a photo of a dog"), (H.NONE_CHOICE, "a photo of a dog"), ("cat", None), ("cat", "x" * 10_000)):
+        assert app.take_away_hint(odd[0], None, H.NONE_CHOICE, odd[1]) == ""
+
+
 def test_take_away_scales_and_checks(pipe):
     assert H.take_away_scales([0.0, 0.5, 2.0]) == [[0.0, -0.0], [0.5, -0.5], [2.0, -1.0]]
     with pytest.raises(H.UserError, match="positive strength"):

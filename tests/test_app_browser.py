@@ -261,3 +261,43 @@ def test_edit_an_uploaded_image_in_browser(served, browser, tmp_path: Path):
     assert moved[:third].mean() > 1.0 and ratio < 0.6 * unmasked_ratio, (ratio, unmasked_ratio)
     page.screenshot(path=str(tmp_path / "inpaint.png"), full_page=True)
     page.close()
+
+
+def test_the_take_away_to_pick_shows_as_the_prompt_is_typed(browser):
+    """With the bundled directions: to_blue picked and "a red sneaker" typed, the page names to_red under the Take
+    away picker before anything is generated; picking it (or an open prompt) clears the hint."""
+    import torch
+    from test_app import free_port
+
+    import app
+    from steer.assets import DEFAULT_MODEL
+    from steer.cli.loading import load_pipeline
+
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        pytest.fail("the embedded demo model is part of the repository: assets/models/demo is missing")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pipe = load_pipeline(DEFAULT_MODEL, device="cpu")
+    demo = app.build_app(pipe, catalog=H.DirectionCatalog.from_assets())
+    _, url, _ = app.launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        page.wait_for_selector("#generate", timeout=60_000)
+        page.wait_for_function("document.querySelector('#direction-info').innerText.length > 0", timeout=60_000)
+        assert page.locator("#direction input").first.input_value() == "to_blue"  # the first screen's direction
+        page.locator("#prompt textarea, #prompt input").first.fill("a red sneaker")
+        page.wait_for_function("document.querySelector('#take-away-hint').innerText.includes('Pick to_red')", timeout=30_000)
+        assert "'a red sneaker' states 'red', which 'toward blue' replaces" in page.inner_text("#take-away-hint")
+        page.locator("#take-away input").first.click()
+        page.get_by_role("option", name="to_red", exact=True).click()
+        page.wait_for_function("document.querySelector('#take-away-hint').innerText.trim() === ''", timeout=30_000)
+        page.locator("#take-away input").first.click()
+        page.get_by_role("option", name=H.NONE_CHOICE, exact=True).click()
+        page.locator("#prompt textarea, #prompt input").first.fill("a sneaker")
+        page.wait_for_timeout(1500)
+        assert page.inner_text("#take-away-hint").strip() == ""
+        page.close()
+    finally:
+        demo.close()
+        torch.set_num_threads(threads)

@@ -211,17 +211,34 @@ class SteerApp:
             return f" {H.md_text(said, 400)}."
         if settings.edit_image is not None or not any(s > 0 for s in scales):
             return ""
+        suggestion = self._suggestion(vector, settings.prompt, session)
+        return f" {suggestion}" if suggestion else ""
+
+    def _suggestion(self, vector, prompt: str, session: dict | None) -> str:
+        """The take-away to pick for ``vector`` on ``prompt`` among the picker's directions, as a Markdown sentence
+        (`steer.take_away.suggested_take_aways`); "" when the prompt states nothing against the edit."""
         candidates = {}
         for name in self.catalog.choices(session):
             try:
                 candidates[name] = self.catalog.get(name, session)
             except H.UserError:  # a bundled file that cannot be read is simply no candidate
                 continue
-        found = suggested_take_aways(vector, settings.prompt, {k: v for k, v in candidates.items() if v is not None})
+        found = suggested_take_aways(vector, prompt, {k: v for k, v in candidates.items() if v is not None})
         if not found:
             return ""
-        return (f" {H.md_text(take_away_hint(settings.prompt, vector, found), 400)}. Pick **{H.md_text(found[0][0], 80)}** "
+        return (f"{H.md_text(take_away_hint(prompt, vector, found), 400)}. Pick **{H.md_text(found[0][0], 80)}** "
                 "under *Take away* (and *Fit*) to take it away as the edit is added.")
+
+    def take_away_hint(self, name: str, session: dict | None, take_away: str | None, prompt: str) -> str:
+        """Shown under the Take away picker before generating: the direction to take away where the prompt states what
+        the picked one-sided direction replaces (none picked yet), else ""; never an error (a label)."""
+        if take_away not in (None, "", H.NONE_CHOICE) or not isinstance(prompt, str) or len(prompt) > H.LIMITS.max_prompt_chars:
+            return ""
+        try:
+            vector = self.catalog.get(name, session)
+            return self._suggestion(vector, prompt, session) if vector is not None else ""
+        except Exception:  # noqa: BLE001 - a hint, never an error
+            return ""
 
     def strip(
         self,
