@@ -15,9 +15,11 @@ their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 * len(gr
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,6 +141,34 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
                 or not other[1] & own[1] or not states(prompt, other[0])):
             continue
         found.append((name, [p for p in other[0] if states(prompt, [p])]))
+    return found
+
+
+FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read as take-away candidates
+
+
+def take_away_candidates(path: str | os.PathLike | None, bundled: Mapping[str, str | os.PathLike],
+                         load: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+    """The directions to look among for `suggested_take_aways` when the direction read from ``path`` is added: the
+    other ``.safetensors`` files of its folder first (learned alongside it; at most `FOLDER_CANDIDATES`, named by
+    their path), then the model's ``bundled`` ones (by name). ``load`` reads a file (default `SteeringVector.load`; a
+    cache in `steer batch`); a file that is no direction is simply left out."""
+    from steer.vectors import SteeringVector
+
+    load = load or SteeringVector.load
+    own = Path(path).resolve() if path is not None else None
+    files: dict[str, Path] = {}
+    if own is not None and own.parent.is_dir() and own.parent not in {Path(p).resolve().parent for p in bundled.values()}:
+        files.update((str(other), other) for other in sorted(own.parent.glob("*.safetensors"))[:FOLDER_CANDIDATES])
+    files.update((name, Path(p)) for name, p in bundled.items())
+    found = {}
+    for name, file in files.items():
+        if file.resolve() == own:
+            continue
+        try:
+            found[name] = load(file.resolve())
+        except Exception:  # noqa: BLE001 - a file that is no direction is simply no candidate
+            continue
     return found
 
 

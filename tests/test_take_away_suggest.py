@@ -4,6 +4,8 @@ and the app's Generate note."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -84,11 +86,9 @@ def test_steer_generate_suggests_the_take_away_on_the_demo_model(tmp_path, capsy
         assert "note:" not in capsys.readouterr().err
 
 
-def test_steer_generate_looks_in_the_directions_own_folder_too(tmp_path, capsys, one_thread):
-    """Directions learned by the user sit side by side: the take-away is suggested by its path (before the bundled
-    one of the same attribute)."""
+def mine(tmp_path) -> Path:
+    """A user's folder: to_blue and to_red as their own files (renamed), and a file that is no direction."""
     from steer.assets import bundled_directions
-    from steer.cli.main import main
 
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -97,6 +97,15 @@ def test_steer_generate_looks_in_the_directions_own_folder_too(tmp_path, capsys,
         vector.metadata["name"] = f"my {name}"
         vector.save(folder / f"mine_{name}.safetensors")
     (folder / "notes.safetensors").write_bytes(b"not a direction")  # no candidate, no error
+    return folder
+
+
+def test_steer_generate_looks_in_the_directions_own_folder_too(tmp_path, capsys, one_thread):
+    """Directions learned by the user sit side by side: the take-away is suggested by its path (before the bundled
+    one of the same attribute)."""
+    from steer.cli.main import main
+
+    folder = mine(tmp_path)
     assert main(["generate", "--steps", "2", "--direction", str(folder / "mine_to_blue.safetensors"), "--prompt", "a red bag",
                  "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
@@ -153,3 +162,10 @@ def test_steer_batch_notes_the_take_away_once_per_direction_and_prompt(tmp_path,
     notes = [t for t in told if t.startswith("note:")]
     assert notes == ["note: line 1: 'a red dress' states 'dress', which 'toward bag' replaces: alone the edit mostly fights the "
                      'prompt; add "take_away": "to_dress", "take_away_fit": true to the job']  # once for lines 1 and 2
+    folder = mine(tmp_path)  # a job's own direction file: the files beside it first
+    told.clear()
+    batch.run([{"prompt": "a red bag", "num_inference_steps": 2, "directions": [{"path": str(folder / "mine_to_blue.safetensors")}]}],
+              pipe, tmp_path / "out2", batch_size=2, model=str(DEFAULT_MODEL), progress=False, report=told.append)
+    assert [t for t in told if t.startswith("note:")] == [
+        f"note: line 1: 'a red bag' states 'red', which 'my to_blue' replaces: alone the edit mostly fights the prompt; add "
+        f'"take_away": "{folder.resolve() / "mine_to_red.safetensors"}", "take_away_fit": true to the job']

@@ -279,30 +279,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read for a take-away to suggest
-
-
 def take_away_note(vector, path: Path, prompt: str, bundled: dict[str, Path]) -> str | None:
     """A line suggesting ``--take-away`` when ``prompt`` states what ``vector`` replaces ("a red sneaker" with
-    to_blue: to_red), found among the other files of ``path``'s folder (first: learned alongside it) and the model's
-    bundled directions (`steer.take_away.suggested_take_aways`); None when nothing is stated against it."""
-    from steer.take_away import suggested_take_aways, take_away_hint
-    from steer.vectors import SteeringVector
+    to_blue: to_red), found among the other files of ``path``'s folder and the model's bundled directions
+    (`steer.take_away.take_away_candidates`, `suggested_take_aways`); None when nothing is stated against it."""
+    from steer.take_away import suggested_take_aways, take_away_candidates, take_away_hint
 
-    files: dict[str, Path] = {}
-    folder = Path(path).parent
-    if folder.is_dir() and folder.resolve() not in {Path(p).parent.resolve() for p in bundled.values()}:
-        files.update((str(other), other) for other in sorted(folder.glob("*.safetensors"))[:FOLDER_CANDIDATES])
-    files.update((name, Path(p)) for name, p in bundled.items())
-    candidates = {}
-    for name, file in files.items():
-        if file.resolve() == Path(path).resolve():
-            continue
-        try:
-            candidates[name] = SteeringVector.load(file)
-        except Exception:  # noqa: BLE001 - a file that is no direction is simply no candidate
-            continue
-    found = suggested_take_aways(vector, prompt, candidates)
+    found = suggested_take_aways(vector, prompt, take_away_candidates(path, bundled))
     if not found:
         return None
     return f"{take_away_hint(prompt, vector, found)}; add --take-away {found[0][0]} --fit to take it away as the edit is added"

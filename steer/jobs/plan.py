@@ -192,25 +192,23 @@ class _Validator:
         return setup, self._check_setup(line, setup, signs)
 
     def _suggest_take_away(self, line: int, prompt: str, loaded: tuple) -> None:
-        """Report (once per direction and prompt) the bundled direction to take away where the prompt states what the
-        job's one direction replaces at a positive scale (`steer.take_away.suggested_take_aways`)."""
+        """Report (once per direction and prompt) the direction to take away where the prompt states what the job's one
+        direction replaces at a positive scale, among the other files of its folder and the bundled ones
+        (`steer.take_away.take_away_candidates`, `suggested_take_aways`)."""
         from steer.assets import bundled_directions
-        from steer.take_away import suggested_take_aways, take_away_hint
+        from steer.take_away import suggested_take_aways, take_away_candidates, take_away_hint
         from steer.vectors import SteeringVector
 
-        vector, _, scales = loaded
+        vector, path, scales = loaded
         if self.report is None or not any(s > 0 for s in scales):
             return
-        candidates = {}
-        for name, file in bundled_directions(self.model).items():
-            path = Path(file).resolve()
-            if path not in self._vectors:
-                try:
-                    self._vectors[path] = SteeringVector.load(path)
-                except Exception:  # noqa: BLE001 - a bundled file that cannot be read is simply no candidate
-                    continue
-            candidates[name] = self._vectors[path]
-        found = suggested_take_aways(vector, prompt, candidates)
+
+        def load(file: Path):  # shared with the jobs' own directions
+            if file not in self._vectors:
+                self._vectors[file] = SteeringVector.load(file)
+            return self._vectors[file]
+
+        found = suggested_take_aways(vector, prompt, take_away_candidates(path, bundled_directions(self.model), load))
         note = found and f'{take_away_hint(prompt, vector, found)}; add "take_away": "{found[0][0]}", "take_away_fit": true to the job'
         if note and note not in self._noted:
             self._noted.add(note)
