@@ -145,6 +145,7 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
 
 
 FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read as take-away candidates
+AUTO = "auto"  # `steer generate --take-away auto`, a batch job's "take_away": "auto": the first suggested one
 
 
 def take_away_candidates(path: str | os.PathLike | None, bundled: Mapping[str, str | os.PathLike],

@@ -75,12 +75,12 @@ def test_steer_generate_suggests_the_take_away_on_the_demo_model(tmp_path, capsy
     assert main([*common, "--direction", "to_blue", "--prompt", "a red sneaker", "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
     assert ("note: 'a red sneaker' states 'red', which 'toward blue' replaces: alone the edit mostly fights the prompt; add "
-            "--take-away to_red --fit to take it away as the edit is added") in err
+            "--take-away to_red (or auto) --fit to take it away as the edit is added") in err
     assert main([*common, "--direction", "to_blue", "--take-away", "to_red", "--prompt", "a red sneaker", "--out", str(tmp_path / "b")]) == 0
     assert "states 'red'" not in capsys.readouterr().err
     assert main([*common, "--direction", "to_bag", "--prompt", "a pair of red dresses", "--out", str(tmp_path / "c")]) == 0
     err = capsys.readouterr().err
-    assert "states 'dress', which 'toward bag' replaces" in err and "--take-away to_dress --fit" in err
+    assert "states 'dress', which 'toward bag' replaces" in err and "--take-away to_dress (or auto) --fit" in err
     for args in (["--direction", "to_blue", "--prompt", "a sneaker"], ["--direction", "to_blue", "--prompt", "a red sneaker", "--scale", "-1"]):
         assert main([*common, *args, "--out", str(tmp_path / "d")]) == 0
         assert "note:" not in capsys.readouterr().err
@@ -109,7 +109,7 @@ def test_steer_generate_looks_in_the_directions_own_folder_too(tmp_path, capsys,
     assert main(["generate", "--steps", "2", "--direction", str(folder / "mine_to_blue.safetensors"), "--prompt", "a red bag",
                  "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
-    assert f"states 'red', which 'my to_blue' replaces: alone the edit mostly fights the prompt; add --take-away {folder / 'mine_to_red.safetensors'} --fit" in err
+    assert f"states 'red', which 'my to_blue' replaces: alone the edit mostly fights the prompt; add --take-away {folder / 'mine_to_red.safetensors'} (or auto) --fit" in err
 
 
 def test_the_suggested_take_away_turns_what_the_edit_alone_cannot_on_the_demo_model(one_thread):
@@ -161,11 +161,43 @@ def test_steer_batch_notes_the_take_away_once_per_direction_and_prompt(tmp_path,
               batch_size=2, model=str(DEFAULT_MODEL), progress=False, report=told.append)
     notes = [t for t in told if t.startswith("note:")]
     assert notes == ["note: line 1: 'a red dress' states 'dress', which 'toward bag' replaces: alone the edit mostly fights the "
-                     'prompt; add "take_away": "to_dress", "take_away_fit": true to the job']  # once for lines 1 and 2
+                     'prompt; add "take_away": "to_dress" (or "auto"), "take_away_fit": true to the job']  # once for lines 1 and 2
     folder = mine(tmp_path)  # a job's own direction file: the files beside it first
     told.clear()
     batch.run([{"prompt": "a red bag", "num_inference_steps": 2, "directions": [{"path": str(folder / "mine_to_blue.safetensors")}]}],
               pipe, tmp_path / "out2", batch_size=2, model=str(DEFAULT_MODEL), progress=False, report=told.append)
     assert [t for t in told if t.startswith("note:")] == [
         f"note: line 1: 'a red bag' states 'red', which 'my to_blue' replaces: alone the edit mostly fights the prompt; add "
-        f'"take_away": "{folder.resolve() / "mine_to_red.safetensors"}", "take_away_fit": true to the job']
+        f'"take_away": "{folder.resolve() / "mine_to_red.safetensors"}" (or "auto"), "take_away_fit": true to the job']
+
+
+def test_take_away_auto_takes_away_what_the_prompt_states_or_nothing(tmp_path, capsys, one_thread):
+    """``--take-away auto`` / a job's ``"take_away": "auto"``: the first suggested direction, recorded in the image's
+    recipe as if named; a prompt that states nothing against the edit runs without one (and says so)."""
+    from steer.assets import DEFAULT_MODEL, bundled_directions
+    from steer.cli.loading import load_pipeline
+    from steer.cli.main import main
+    from steer.jobs import run as batch
+    from steer.recipe import read_recipe
+
+    red = SteeringVector.load(bundled_directions()["to_red"])
+    common = ["generate", "--steps", "2", "--seed", "3", "--direction", "to_blue", "--take-away", "auto"]
+    assert main([*common, "--prompt", "a red sneaker", "--out", str(tmp_path / "a")]) == 0
+    assert "take-away: auto -> to_red" in capsys.readouterr().err
+    taken = read_recipe(next((tmp_path / "a").glob("*.png")))["take_away"]
+    assert taken["hash"] == red.digest() and taken["amount"] == 1.0
+    assert main([*common, "--fit", "--prompt", "a sneaker", "--out", str(tmp_path / "b")]) == 0  # nothing to take away or fit
+    err = capsys.readouterr().err
+    assert "take-away: auto -> none ('a sneaker' states nothing 'toward blue' replaces)" in err and "fit:" not in err
+    assert "take_away" not in read_recipe(next((tmp_path / "b").glob("*.png")))
+
+    pipe = load_pipeline(None, "cpu", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    told: list[str] = []
+    job = {"num_inference_steps": 2, "directions": [{"path": "to_bag"}], "take_away": "auto"}
+    batch.run([{**job, "prompt": "a red dress"}, {**job, "prompt": "a red item"}], pipe, tmp_path / "c", batch_size=2,
+              model=str(DEFAULT_MODEL), progress=False, report=told.append)
+    recipes = {read_recipe(p)["prompt"]: read_recipe(p) for p in (tmp_path / "c").rglob("*.png")}
+    assert recipes["a red dress"]["take_away"]["hash"] == SteeringVector.load(bundled_directions()["to_dress"]).digest()
+    assert "take_away" not in recipes["a red item"]
+    assert "note: line 2: take_away auto: 'a red item' states nothing 'toward bag' replaces: nothing taken away" in told

@@ -52,7 +52,8 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
                    help="one weight per --direction, multiplying the scale (default 1 each): --direction to_blue to_red --weights 1 -1 --negative remove")
     p.add_argument("--take-away", default=None, metavar="DIRECTION",
                    help="a direction whose excess in the prompt is removed as --direction is added (\"a red t-shirt\" -> blue: "
-                        "--direction to_blue --take-away to_red); amount min(scale, 1), --negative remove")
+                        "--direction to_blue --take-away to_red); amount min(scale, 1), --negative remove. 'auto': the "
+                        "one the prompt states, among the files beside --direction and the bundled ones (none: nothing taken away)")
     p.add_argument("--fit", action="store_true",
                    help="with --take-away: fit the strength and window from the model first (pipe.fit_take_away; a few "
                         "seconds), used unless --scale / --sweep / --window say otherwise; with --image: fit the scale at "
@@ -149,7 +150,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.recipe import save_png
     from steer.replay import edit_call_inputs
     from steer.sliders import stated_note, subtracts
-    from steer.take_away import pair_scales
+    from steer.take_away import AUTO, pair_scales, suggested_take_aways, take_away_candidates
     from steer.vectors import SteeringVector
 
     def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
@@ -173,9 +174,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.seed + args.num_images - 1 > MAX_SEED:
         raise CLIError(f"--seed {args.seed} + --num-images {args.num_images} runs past the largest seed {MAX_SEED}")
     away = None
+    if args.take_away is not None and len(vectors) != 1:
+        raise CLIError("--take-away goes with one --direction (the one that replaces it)")
+    if args.take_away == AUTO:
+        found = suggested_take_aways(vectors[0][0], args.prompt, take_away_candidates(vectors[0][1], bundled_directions(args.model)))
+        args.take_away = found[0][0] if found else None
+        print(f"take-away: auto -> {args.take_away}" if found else
+              f"take-away: auto -> none ({args.prompt!r} states nothing {vectors[0][0].name!r} replaces)", file=sys.stderr)
+        if not found and args.fit and edit is None:
+            args.fit = False  # nothing to fit: the direction alone, at its own settings
     if args.take_away is not None:
-        if len(vectors) != 1:
-            raise CLIError("--take-away goes with one --direction (the one that replaces it)")
         away_path = located(args.take_away)
         away = (SteeringVector.load(away_path), away_path)
         args.negative = "remove"
@@ -288,4 +296,4 @@ def take_away_note(vector, path: Path, prompt: str, bundled: dict[str, Path]) ->
     found = suggested_take_aways(vector, prompt, take_away_candidates(path, bundled))
     if not found:
         return None
-    return f"{take_away_hint(prompt, vector, found)}; add --take-away {found[0][0]} --fit to take it away as the edit is added"
+    return f"{take_away_hint(prompt, vector, found)}; add --take-away {found[0][0]} (or auto) --fit to take it away as the edit is added"

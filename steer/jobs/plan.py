@@ -151,8 +151,8 @@ class _Validator:
         if len(directions) > MAX_DIRECTIONS:
             raise JobError(line, f"at most {MAX_DIRECTIONS} directions per job, got {len(directions)}")
         loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
-        away, job = self._take_away(line, job, loaded)
-        if away is None and len(loaded) == 1 and edit is None:
+        away, job = self._take_away(line, job, loaded, prompt)
+        if away is None and len(loaded) == 1 and edit is None and job.get("take_away") is None:
             self._suggest_take_away(line, prompt, loaded[0])
         sampler = self._sampler(line, job.get("sampler", self.default_sampler))
         base = CallSetup(self.model, steps, guidance, height, width, sampler=sampler,
@@ -191,36 +191,53 @@ class _Validator:
         signs = tuple(-1.0 if any(x < 0 for x in scales) else 1.0 for _, _, scales in loaded) + ((-1.0,) if away else ())
         return setup, self._check_setup(line, setup, signs)
 
-    def _suggest_take_away(self, line: int, prompt: str, loaded: tuple) -> None:
-        """Report (once per direction and prompt) the direction to take away where the prompt states what the job's one
-        direction replaces at a positive scale, among the other files of its folder and the bundled ones
-        (`steer.take_away.take_away_candidates`, `suggested_take_aways`)."""
+    def _suggested(self, prompt: str, loaded: tuple) -> list[tuple[str, list[str]]]:
+        """The directions to take away where the prompt states what the job's one direction replaces, among the other
+        files of its folder and the bundled ones (`steer.take_away.take_away_candidates`, `suggested_take_aways`)."""
         from steer.assets import bundled_directions
-        from steer.take_away import suggested_take_aways, take_away_candidates, take_away_hint
+        from steer.take_away import suggested_take_aways, take_away_candidates
         from steer.vectors import SteeringVector
-
-        vector, path, scales = loaded
-        if self.report is None or not any(s > 0 for s in scales):
-            return
 
         def load(file: Path):  # shared with the jobs' own directions
             if file not in self._vectors:
                 self._vectors[file] = SteeringVector.load(file)
             return self._vectors[file]
 
-        found = suggested_take_aways(vector, prompt, take_away_candidates(path, bundled_directions(self.model), load))
-        note = found and f'{take_away_hint(prompt, vector, found)}; add "take_away": "{found[0][0]}", "take_away_fit": true to the job'
+        vector, path, _ = loaded
+        return suggested_take_aways(vector, prompt, take_away_candidates(path, bundled_directions(self.model), load))
+
+    def _suggest_take_away(self, line: int, prompt: str, loaded: tuple) -> None:
+        """Report (once per direction and prompt) the direction to take away where the prompt states what the job's one
+        direction replaces at a positive scale (`_suggested`)."""
+        from steer.take_away import take_away_hint
+
+        vector, _, scales = loaded
+        if self.report is None or not any(s > 0 for s in scales):
+            return
+        found = self._suggested(prompt, loaded)
+        note = found and (f'{take_away_hint(prompt, vector, found)}; add "take_away": "{found[0][0]}" (or "auto"), '
+                          '"take_away_fit": true to the job')
         if note and note not in self._noted:
             self._noted.add(note)
             self.report(f"note: line {line}: {note}")
 
-    def _take_away(self, line: int, job: dict[str, Any], loaded: list) -> tuple[JobTakeAway | None, dict[str, Any]]:
+    def _take_away(self, line: int, job: dict[str, Any], loaded: list, prompt: str) -> tuple[JobTakeAway | None, dict[str, Any]]:
         """The job's take-away (`steer.jobs.take_away`; not fitted yet), None without one, and the job with
-        ``steering_negative="remove"`` filled in."""
+        ``steering_negative="remove"`` filled in. ``"auto"``: the first direction `_suggested` for the prompt, or none
+        (the prompt states nothing against the edit: the job runs without, and says so)."""
+        from steer.take_away import AUTO
+
         spec, fit_it = check_fields(line, job)
         if spec is None:
             return None, job
         vector, _, scales = loaded[0]
+        if spec == AUTO:
+            found = self._suggested(prompt, loaded[0])
+            if not found:
+                if self.report is not None:
+                    self.report(f"note: line {line}: take_away auto: {prompt!r} states nothing {vector.name!r} replaces: nothing taken away")
+                return None, job
+            spec = found[0][0]
         away_path = self._find_direction(line, spec)
         if away_path not in self._vectors:
             from steer.vectors import SteeringVector
