@@ -145,6 +145,7 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
 
 
 FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read as take-away candidates
+CANDIDATE_BYTES = 64 * 2**20  # larger files beside a direction (a model checkpoint) are not read as candidates
 AUTO = "auto"  # `steer generate --take-away auto`, a batch job's "take_away": "auto": the first suggested one
 
 
@@ -153,7 +154,8 @@ def take_away_candidates(path: str | os.PathLike | None, bundled: Mapping[str, s
     """The directions to look among for `suggested_take_aways` when the direction read from ``path`` is added: the
     other ``.safetensors`` files of its folder first (learned alongside it; at most `FOLDER_CANDIDATES`, named by
     their path), then the model's ``bundled`` ones (by name). ``load`` reads a file (default `SteeringVector.load`; a
-    cache in `steer batch`); a file that is no direction is simply left out."""
+    cache in `steer batch`); a file that is no direction is simply left out, one over `CANDIDATE_BYTES` (a model
+    checkpoint kept beside the direction) is not read."""
     from steer.vectors import SteeringVector
 
     load = load or SteeringVector.load
@@ -164,9 +166,9 @@ def take_away_candidates(path: str | os.PathLike | None, bundled: Mapping[str, s
     files.update((name, Path(p)) for name, p in bundled.items())
     found = {}
     for name, file in files.items():
-        if file.resolve() == own:
-            continue
         try:
+            if file.resolve() == own or file.stat().st_size > CANDIDATE_BYTES:
+                continue
             found[name] = load(file.resolve())
         except Exception:  # noqa: BLE001 - a file that is no direction is simply no candidate
             continue

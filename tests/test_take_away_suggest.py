@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer.take_away import suggested_take_aways
+from steer.take_away import CANDIDATE_BYTES, suggested_take_aways
 from steer.vectors import SteeringVector
 from steer.wording import stated_phrases
 
@@ -97,7 +97,21 @@ def mine(tmp_path) -> Path:
         vector.metadata["name"] = f"my {name}"
         vector.save(folder / f"mine_{name}.safetensors")
     (folder / "notes.safetensors").write_bytes(b"not a direction")  # no candidate, no error
+    with open(folder / "checkpoint.safetensors", "wb") as big:  # a model kept beside it: not read (sparse, no disk)
+        big.truncate(CANDIDATE_BYTES + 1)
     return folder
+
+
+def test_candidates_are_the_files_beside_the_direction_first_and_no_large_file_is_read(tmp_path):
+    from steer.assets import bundled_directions
+    from steer.take_away import take_away_candidates
+
+    folder, read = mine(tmp_path), []
+    found = take_away_candidates(folder / "mine_to_blue.safetensors", {"to_red": bundled_directions()["to_red"]},
+                                 load=lambda f: read.append(f.name) or SteeringVector.load(f))
+    assert list(found) == [str(folder / "mine_to_red.safetensors"), "to_red"]  # the direction itself left out
+    assert sorted(read) == ["mine_to_red.safetensors", "notes.safetensors", "to_red.safetensors"]  # not the checkpoint
+    assert list(take_away_candidates(None, {"to_red": bundled_directions()["to_red"]})) == ["to_red"]
 
 
 def test_steer_generate_looks_in_the_directions_own_folder_too(tmp_path, capsys, one_thread):
