@@ -1,6 +1,7 @@
 """Which direction to take away when a prompt states what the edit replaces ("a red sneaker" + to_blue: to_red), from
-the prompts the directions record (`steer.take_away.suggested_take_aways`), and where users are told: `steer generate`
-and the app's Generate note."""
+the prompts the directions record (`steer.take_away.suggested_take_aways`), where it is looked for
+(`take_away_candidates`), and where users are told or it is used: `steer generate` (``--take-away auto``), `steer batch`
+and, in tests/test_app*.py, the app."""
 
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ def test_nothing_is_suggested_where_nothing_is_stated_against_the_edit(catalog):
     slider = SteeringVector(catalog["to_blue"].directions, catalog["to_blue"].metadata, catalog["to_red"])
     assert suggested_take_aways(slider, "a red sneaker", catalog) == []  # a slider turns such prompts itself
     assert suggested_take_aways(catalog["to_blue"], "a red sneaker", {"slider": slider}) == []
-    assert suggested_take_aways(catalog["to_red"], "a red sneaker", {"copy": catalog["to_red"]}) == []  # itself under another name
+    twin = SteeringVector(catalog["to_blue"].directions, catalog["to_red"].metadata)  # what steers is to_blue's own
+    assert suggested_take_aways(catalog["to_blue"], "a red sneaker", {"twin": twin}) == []  # itself, whatever it records
 
 
 def test_stated_phrases_are_each_positives_attribute_words_once():
