@@ -29,6 +29,7 @@ from steer.app.handlers import (  # noqa: F401 - re-exported for tests and noteb
     guarded,
     ok_box,
     progress_fn,
+    take_away_choices,
 )
 from steer.config import BRANCHES, MODES, NEGATIVES, PAPER_WINDOW
 
@@ -147,7 +148,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     "Upload a direction (.safetensors)", file_types=[".safetensors"], scale=2, elem_id="upload"
                 )
             take_away = gr.Dropdown(
-                choices,
+                take_away_choices(app.catalog, None),
                 value=H.NONE_CHOICE,
                 label="Take away (optional)",
                 info="the direction of what the prompt says against the edit, removed as the direction is added ('a "
@@ -255,7 +256,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
     )
     fit.click(
         guarded(4)(app.fit_take_away),
-        [direction, session, take_away, guidance, strict, sampler, negative],
+        [direction, session, take_away, guidance, strict, sampler, negative, prompt],
         [strength, w_start, w_end, status],
         api_name="fit_take_away",
     )

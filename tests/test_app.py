@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from steer.app import helpers as H
+from steer.app.handlers import AUTO_CHOICE, take_away_choices
 from steer.config import SteeringConfig
 from steer.denoisers import denoiser_of
 from steer.recipe import read_recipe
@@ -486,6 +487,10 @@ def test_the_take_away_hint_before_generating(pipe, tmp_path):
     assert app.take_away_hint("dog", None, H.NONE_CHOICE, "a photo of a dog") == ""  # states the edit itself
     for odd in (("nope", "a photo of a dog"), (H.NONE_CHOICE, "a photo of a dog"), ("cat", None), ("cat", "x" * 10_000)):
         assert app.take_away_hint(odd[0], None, H.NONE_CHOICE, odd[1]) == ""
+    # with auto picked: what it will take away, or that it takes nothing
+    assert app.take_away_hint("cat", None, AUTO_CHOICE, "a photo of a dog") == "Auto: taking away **dog** (the prompt states 'of a dog')."
+    assert app.take_away_hint("cat", None, AUTO_CHOICE, "a photo") == "Auto: the prompt states nothing against the edit; nothing is taken away."
+    assert take_away_choices(app.catalog, {"x": cat})[:2] == [H.NONE_CHOICE, AUTO_CHOICE] and take_away_choices(app.catalog, {"x": cat})[-1] == "x"
 
 
 def test_take_away_scales_and_checks(pipe):
@@ -522,6 +527,14 @@ def test_api_take_away_matches_python_api(client, pipe, tmp_path, monkeypatch):
     assert f"{said}. Pick **{H.md_text(names['dog'])}** under *Take away* (and *Fit*)" in alone_status
     *_, open_status = client.predict(**{**values, "take_away": H.NONE_CHOICE, "prompt": "a photo"}, api_name="/generate")
     assert "replaces: alone" not in open_status  # the prompt states neither
+    # auto: what the prompt states against the edit (the same images as picking it), or nothing
+    _, auto_steered, auto_png, auto_status = client.predict(**{**values, "take_away": AUTO_CHOICE}, api_name="/generate")
+    assert "taking away **dog** (auto) (amount 1)" in auto_status and np.abs(native(auto_steered) - native(steered)).max() == 0
+    assert read_recipe(auto_png)["steering"]["take_away"]["digest"] == dog.digest()
+    _, none_steered, _, none_status = client.predict(**{**values, "take_away": AUTO_CHOICE, "prompt": "a photo"}, api_name="/generate")
+    _, plain_steered, _, _ = client.predict(**{**values, "take_away": H.NONE_CHOICE, "prompt": "a photo"}, api_name="/generate")
+    assert "nothing taken away (auto: the prompt states nothing against the edit)" in none_status
+    assert np.abs(native(none_steered) - native(plain_steered)).max() == 0
     rec = cat.metadata["recommended"]
     steer = dict(steering_branch="cond", steering_mode="add", steering_normalize=False, steering_preserve_norm=rec["preserve_norm"],
                  steering_negative="remove")
@@ -542,6 +555,9 @@ def test_api_take_away_matches_python_api(client, pipe, tmp_path, monkeypatch):
         fit = pipe.fit_take_away(cat, dog, guidance_scale=5.0)
     assert "Fitted: **cat**" in status and (start, end) == fit.window
     assert strength == pytest.approx(round(fit.strength / 0.05) * 0.05)
+    assert client.predict(names["cat"], AUTO_CHOICE, 5.0, True, "", "", "a photo of a dog", api_name="/fit_take_away")[:3] == (strength, start, end)
+    *_, status = client.predict(names["cat"], AUTO_CHOICE, 5.0, True, "", "", "a photo", api_name="/fit_take_away")
+    assert "this prompt states nothing: nothing to fit" in status and "Traceback" not in status
     # with the Generate tab's negative prompt: fitted for generating with it (random weights fit alike either way: the
     # call is checked)
     from steer.pipelines.mixin import SteeringMixin

@@ -265,11 +265,13 @@ def test_edit_an_uploaded_image_in_browser(served, browser, tmp_path: Path):
 
 def test_the_take_away_to_pick_shows_as_the_prompt_is_typed(browser):
     """With the bundled directions: to_blue picked and "a red sneaker" typed, the page names to_red under the Take
-    away picker before anything is generated; picking it (or an open prompt) clears the hint."""
+    away picker before anything is generated; picking it (or an open prompt) clears the hint, picking auto says it
+    will take to_red away."""
     import torch
     from test_app import free_port
 
     import app
+    from steer.app.handlers import AUTO_CHOICE
     from steer.assets import DEFAULT_MODEL
     from steer.cli.loading import load_pipeline
 
@@ -292,6 +294,9 @@ def test_the_take_away_to_pick_shows_as_the_prompt_is_typed(browser):
         page.locator("#take-away input").first.click()
         page.get_by_role("option", name="to_red", exact=True).click()
         page.wait_for_function("document.querySelector('#take-away-hint').innerText.trim() === ''", timeout=30_000)
+        page.locator("#take-away input").first.click()
+        page.get_by_role("option", name=AUTO_CHOICE, exact=True).click()  # auto says what it will take away
+        page.wait_for_function("document.querySelector('#take-away-hint').innerText.includes('Auto: taking away to_red')", timeout=30_000)
         page.locator("#take-away input").first.click()
         page.get_by_role("option", name=H.NONE_CHOICE, exact=True).click()
         page.locator("#prompt textarea, #prompt input").first.fill("a sneaker")

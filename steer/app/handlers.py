@@ -21,6 +21,14 @@ from steer.sliders import stated_note
 from steer.take_away import suggested_take_aways, take_away_hint
 
 log = logging.getLogger("steer.app")
+AUTO_CHOICE = "(auto: what the prompt states)"  # the take-away picker's entry for steer.take_away.suggested_take_aways
+
+
+def take_away_choices(catalog, session: dict | None) -> list[str]:
+    """The take-away picker's entries: none, auto, then the direction picker's directions."""
+    none, *directions = catalog.choices(session)
+    return [none, AUTO_CHOICE, *directions]
+
 PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
 
 OK_STYLE = "border-left: 4px solid #2a2; padding-left: .6em"
@@ -139,9 +147,20 @@ class SteerApp:
         return (H.describe_layer(self.pipe, vector, index), *updates, summary)
 
     def take_away_choices(self, session: dict | None, current: str | None) -> dict:
-        """The take-away picker offers the same directions as the direction picker (kept as it is when still there)."""
-        choices = self.catalog.choices(session)
+        """The take-away picker offers auto and the same directions as the direction picker (kept as it is when still
+        there)."""
+        choices = take_away_choices(self.catalog, session)
         return gr.update(choices=choices, value=current if current in choices else H.NONE_CHOICE)
+
+    def _away(self, take_away: str | None, vector, prompt: str, session: dict | None):
+        """The direction to take away: the one picked, or with `AUTO_CHOICE` the first the prompt states against
+        ``vector`` among the picker's (`_found`; None where it states nothing)."""
+        if take_away != AUTO_CHOICE:
+            return self.catalog.get(take_away, session)
+        if vector is None:
+            raise H.UserError("pick a direction to add: the take-away removes what the prompt says against it")
+        found = self._found(vector, prompt, session)
+        return self.catalog.get(found[0][0], session) if found else None
 
     def describe_layer(self, name: str, session: dict | None, index: Any) -> str:
         try:
@@ -172,7 +191,7 @@ class SteerApp:
         settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, edit_mask=edit_mask,
                                                 edit_invert=bool(edit_invert), **inputs)
         vector = self.catalog.get(direction, session)
-        away = self.catalog.get(take_away, session)
+        away = self._away(take_away, vector, settings.prompt, session)
         detector, version = self._detector_or_none()
         original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector, away)
         recipe = settings.recipe(self.pipe, vector, settings.strength, away, folder=self.workdir)
@@ -186,9 +205,10 @@ class SteerApp:
             else ""
         )
         removed = (
-            f", taking away **{H.md_text(away.name)}** (amount {H.take_away_amount(settings.strength):g})"
+            f", taking away **{H.md_text(away.name)}**{' (auto)' if take_away == AUTO_CHOICE else ''} (amount "
+            f"{H.take_away_amount(settings.strength):g})"
             if away is not None
-            else ""
+            else ", nothing taken away (auto: the prompt states nothing against the edit)" if take_away == AUTO_CHOICE else ""
         )
         note = (
             f"Steered with **{H.md_text(vector.name)}** × {settings.strength:g}{where}{removed}."
@@ -214,16 +234,20 @@ class SteerApp:
         suggestion = self._suggestion(vector, settings.prompt, session)
         return f" {suggestion}" if suggestion else ""
 
-    def _suggestion(self, vector, prompt: str, session: dict | None) -> str:
-        """The take-away to pick for ``vector`` on ``prompt`` among the picker's directions, as a Markdown sentence
-        (`steer.take_away.suggested_take_aways`); "" when the prompt states nothing against the edit."""
+    def _found(self, vector, prompt: str, session: dict | None) -> list[tuple[str, list[str]]]:
+        """`steer.take_away.suggested_take_aways` among the picker's directions."""
         candidates = {}
         for name in self.catalog.choices(session):
             try:
                 candidates[name] = self.catalog.get(name, session)
             except H.UserError:  # a bundled file that cannot be read is simply no candidate
                 continue
-        found = suggested_take_aways(vector, prompt, {k: v for k, v in candidates.items() if v is not None})
+        return suggested_take_aways(vector, prompt, {k: v for k, v in candidates.items() if v is not None})
+
+    def _suggestion(self, vector, prompt: str, session: dict | None) -> str:
+        """The take-away to pick for ``vector`` on ``prompt`` among the picker's directions, as a Markdown sentence; ""
+        when the prompt states nothing against the edit."""
+        found = self._found(vector, prompt, session)
         if not found:
             return ""
         return (f"{H.md_text(take_away_hint(prompt, vector, found), 400)}. Pick **{H.md_text(found[0][0], 80)}** "
@@ -232,11 +256,19 @@ class SteerApp:
     def take_away_hint(self, name: str, session: dict | None, take_away: str | None, prompt: str) -> str:
         """Shown under the Take away picker before generating: the direction to take away where the prompt states what
         the picked one-sided direction replaces (none picked yet), else ""; never an error (a label)."""
-        if take_away not in (None, "", H.NONE_CHOICE) or not isinstance(prompt, str) or len(prompt) > H.LIMITS.max_prompt_chars:
+        if take_away not in (None, "", H.NONE_CHOICE, AUTO_CHOICE) or not isinstance(prompt, str) or len(prompt) > H.LIMITS.max_prompt_chars:
             return ""
         try:
             vector = self.catalog.get(name, session)
-            return self._suggestion(vector, prompt, session) if vector is not None else ""
+            if vector is None:
+                return ""
+            if take_away != AUTO_CHOICE:
+                return self._suggestion(vector, prompt, session)
+            found = self._found(vector, prompt, session)
+            if not found:
+                return "Auto: the prompt states nothing against the edit; nothing is taken away."
+            stated = ", ".join(f"'{H.md_text(p, 60)}'" for p in found[0][1])
+            return f"Auto: taking away **{H.md_text(found[0][0], 80)}** (the prompt states {stated})."
         except Exception:  # noqa: BLE001 - a hint, never an error
             return ""
 
@@ -258,9 +290,9 @@ class SteerApp:
         settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, edit_mask=edit_mask,
                                                 edit_invert=bool(edit_invert), **inputs)
         vector = self.catalog.get(direction, session)
-        away = self.catalog.get(take_away, session)
         if vector is None:
             raise H.UserError("pick a direction first: the strip sweeps its strength")
+        away = self._away(take_away, vector, settings.prompt, session)
         scales = H.strip_scales(settings.strength, count, signed=away is None)
         images = H.run_rows(self.pipe, vector, settings, scales, progress_fn(progress), away)
         gallery = [(H.upscale_for_display(im, 128), f"{s:+.3g}") for im, s in zip(images, scales, strict=True)]
@@ -270,11 +302,14 @@ class SteerApp:
 
     def fit_take_away(
         self, direction: str, session: dict | None, take_away: str, guidance: Any, strict: bool, sampler: str = "",
-        negative_prompt: str = "", progress: gr.Progress = PROGRESS,
+        negative_prompt: str = "", prompt: str = "", progress: gr.Progress = PROGRESS,
     ):
         """Set the strength and window sliders to what `steer.take_away.fit_take_away` finds for this pair (with the
-        sampler and negative prompt picked for generation)."""
-        vector, away = self.catalog.get(direction, session), self.catalog.get(take_away, session)
+        sampler and negative prompt picked for generation; with auto, the take-away ``prompt`` states)."""
+        vector = self.catalog.get(direction, session)
+        away = self._away(take_away, vector, prompt if isinstance(prompt, str) else "", session)
+        if away is None and take_away == AUTO_CHOICE:
+            raise H.UserError("auto takes away what the prompt states against the edit, and this prompt states nothing: nothing to fit")
         pipe = H.sampling_pipe(self.pipe, H.check_sampler_choice(self.pipe, sampler))
         fit = H.fit_take_away(pipe, vector, away, guidance, bool(strict), progress_fn(progress), negative_prompt)
         strength = round(fit.strength / 0.05) * 0.05  # the slider's step
