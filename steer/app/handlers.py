@@ -21,18 +21,17 @@ from steer.sliders import stated_note
 from steer.take_away import suggested_take_aways, take_away_hint
 
 log = logging.getLogger("steer.app")
+PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
 AUTO_CHOICE = "(auto: what the prompt states)"  # the take-away picker's entry for steer.take_away.suggested_take_aways
+
+OK_STYLE = "border-left: 4px solid #2a2; padding-left: .6em"
+ERROR_STYLE = "border-left: 4px solid #d33; padding-left: .6em; color: #a11"
 
 
 def take_away_choices(catalog, session: dict | None) -> list[str]:
     """The take-away picker's entries: none, auto, then the direction picker's directions."""
     none, *directions = catalog.choices(session)
     return [none, AUTO_CHOICE, *directions]
-
-PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
-
-OK_STYLE = "border-left: 4px solid #2a2; padding-left: .6em"
-ERROR_STYLE = "border-left: 4px solid #d33; padding-left: .6em; color: #a11"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
