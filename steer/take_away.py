@@ -11,6 +11,11 @@ Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference
 windows on a scheduler that resumes exactly (`steer.partial_run.resumable`) the two windows' runs share
 their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 * len(grid)) * num_samples`` images
 (1,584 UNet rows at the defaults, against 2,016 with each window sampled whole).
+
+Which direction to take away is read from the words the directions record (`suggested_take_aways`: "a red sneaker"
+with to_blue states to_red's "red"), among the files beside the direction and the model's bundled ones
+(`take_away_candidates`); `steer generate`, `steer batch` and the app say it (`take_away_hint`) and take it with
+``auto`` (`AUTO`).
 """
 
 from __future__ import annotations
