@@ -176,7 +176,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     away = None
     if args.take_away is not None and len(vectors) != 1:
         raise CLIError("--take-away goes with one --direction (the one that replaces it)")
-    if args.take_away == AUTO:
+    auto = args.take_away == AUTO  # looked for already: no note to repeat the search
+    if auto:
         found = suggested_take_aways(vectors[0][0], args.prompt, take_away_candidates(vectors[0][1], bundled_directions(args.model)))
         args.take_away = found[0][0] if found else None
         print(f"take-away: auto -> {args.take_away}" if found else
@@ -239,7 +240,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             for i, (v, _) in enumerate(vectors):
                 if said := stated_note(v, args.prompt, call[:, i].tolist()):
                     print(f"note: {said}", file=sys.stderr)
-    if len(vectors) == 1 and away is None and edit is None and any(s > 0 for s in scales):
+    if len(vectors) == 1 and away is None and not auto and edit is None and any(s > 0 for s in scales):
         said = take_away_note(vectors[0][0], vectors[0][1], args.prompt, bundled_directions(args.model))
         if said:
             print(f"note: {said}", file=sys.stderr)
