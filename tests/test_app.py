@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import warnings
 from pathlib import Path
@@ -10,135 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from app_server import (  # noqa: F401 (the *_fixture: pytest finds them here by their fixture names)
+    SCALE,
+    client_fixture,
+    constructed_direction,
+    direction_file_fixture,
+    expected_pair,
+    generate_args,
+    native,
+    pipe_fixture,
+    pixels,
+    server_fixture,
+)
 from PIL import Image
 
 from steer.app import helpers as H
-from steer.app.handlers import AUTO_CHOICE, take_away_choices
 from steer.config import SteeringConfig
-from steer.denoisers import denoiser_of
 from steer.recipe import read_recipe
 from steer.testing import tiny_pipeline
-from steer.vectors import SteeringVector, unet_fingerprint
-
-STEPS = 4
-SCALE = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def constructed_direction(pipe, seed: int = 0, name: str = "constructed") -> SteeringVector:
-    """A random direction on every hookable layer of ``pipe``, with ``pipe``'s fingerprint."""
-    unet = denoiser_of(pipe)
-    layers = H.layer_names(pipe)
-    from steer.denoisers import layer_channels
-
-    g = torch.Generator().manual_seed(seed)
-    dirs = {n: torch.randn(c, generator=g) for n, c in layer_channels(unet, layers).items()}
-    return SteeringVector(dirs, {"name": name, "method": "constructed", "model": unet_fingerprint(unet, layers)})
-
-
-def pixels(path_or_image) -> np.ndarray:
-    image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-def native(path) -> np.ndarray:
-    """Undo the app's integer nearest-neighbour display upscale (32 px images shown at 256 px)."""
-    big = pixels(path)
-    factor = big.shape[0] // 32
-    return big[::factor, ::factor]
-
-
-def generate_args(direction: str, scale: float = SCALE, **over) -> dict:
-    args = dict(
-        direction=direction,
-        prompt="a photo of a dog",
-        negative_prompt="",
-        seed=7,
-        steps=STEPS,
-        guidance=5.0,
-        size=32,
-        strength=scale,
-        layer=0,
-        layers=[],
-        window_start=0.0,
-        window_end=1.0,
-        branch="cond",
-        normalize=False,
-        mode="add",
-        strict=True,
-        negative="subtract",
-    )
-    args.update(over)
-    return args
-
-
-def expected_pair(
-    pipe,
-    vector,
-    scale: float,
-    seed: int = 7,
-    window=(0.0, 1.0),
-    prompt: str = "a photo of a dog",
-    steps: int = STEPS,
-    **steer,
-) -> list[np.ndarray]:
-    """What the Python API gives for the app's settings (one batched call, scales [0, s], the same seed per row)."""
-    gens = [torch.Generator().manual_seed(seed) for _ in range(2)]
-    out = pipe(
-        [prompt] * 2,
-        num_inference_steps=steps,
-        guidance_scale=5.0,
-        height=32,
-        width=32,
-        generator=gens,
-        steering=vector,
-        steering_scale=[0.0, scale],
-        steering_window=tuple(window),
-        **steer,
-    )
-    return [pixels(im) for im in out.images]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Fixtures: one in-process server for the module
-# ----------------------------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipe():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # several threads thrash on a busy 2-core machine; the server's workers share this
-    yield tiny_pipeline(seed=0)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def direction_file(pipe, tmp_path_factory) -> Path:
-    return constructed_direction(pipe).save(tmp_path_factory.mktemp("dirs") / "constructed.safetensors")
-
-
-@pytest.fixture(scope="module")
-def server(pipe, direction_file):
-    import app
-
-    catalog = H.DirectionCatalog({"constructed": direction_file})
-    demo = app.build_app(pipe, catalog=catalog)
-    port = free_port()
-    _, url, _ = app.launch(
-        demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, show_error=True
-    )
-    yield url
-    demo.close()
-
-
-@pytest.fixture()
-def client(server):
-    from gradio_client import Client
-
-    return Client(server, verbose=False)
+from steer.vectors import SteeringVector
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -321,125 +210,6 @@ def test_api_generate_with_a_picked_sampler_matches_python_api(client, pipe, dir
         client.predict(**generate_args("constructed", sampler="flow-euler"), api_name="/generate")
 
 
-def test_api_generate_edits_an_uploaded_image_as_the_python_api_and_its_recipe_replays(client, pipe, direction_file, tmp_path):
-    """The Generate tab's 'Edit an image': the pair is the image-to-image pipeline's [0, s] call on the uploaded image
-    (48 x 32: the edit keeps its aspect, its longer side the size picked); the recipe keeps the input and replays it."""
-    from gradio_client import handle_file
-
-    from steer.images import EditInputs
-    from steer.pipelines.factory import editing_pipeline
-    from steer.replay import find_edit_inputs, read_replay, replay_call
-
-    rng = np.random.default_rng(3)
-    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
-    original, steered, png, status = client.predict(
-        **generate_args("constructed", edit_image=handle_file(str(tmp_path / "photo.png")), edit_strength=0.5, size=48),
-        api_name="/generate")
-    assert "Steered with" in status
-    edit = editing_pipeline(pipe, "img2img")
-    inputs = EditInputs.read(tmp_path / "photo.png", strength=0.5).prepared(32, 48)
-    want = edit(["a photo of a dog"] * 2, image=[inputs["image"]] * 2, strength=0.5, num_inference_steps=STEPS, guidance_scale=5.0,
-                generator=[torch.Generator().manual_seed(7) for _ in range(2)], steering=SteeringVector.load(direction_file),
-                steering_scale=[0.0, SCALE], steering_window=(0.0, 1.0)).images
-    got = [pixels(Image.open(p).resize((48, 32), Image.NEAREST)) for p in (original, steered)]
-    assert all(np.abs(g - pixels(w)).max() <= 1 for g, w in zip(got, want, strict=True))
-    recipe = read_recipe(png)
-    assert (recipe["height"], recipe["width"], recipe["edit"]["strength"]) == (32, 48, 0.5)
-    replay = read_replay(recipe)
-    again = replay_call(edit, replay, [SteeringVector.load(direction_file)], find_edit_inputs(replay.edit))
-    assert np.array_equal(pixels(again), pixels(png))
-    from gradio_client.exceptions import AppError
-
-    with pytest.raises(AppError, match="cannot identify image file"):  # not a picture: gradio refuses it first
-        client.predict(**generate_args("constructed", edit_image=handle_file(str(direction_file)), edit_strength=0.5), api_name="/generate")
-    with pytest.raises(H.UserError, match="edit strength of 0.05 of 4 steps runs no step"):
-        H.GenerateSettings(prompt="a dog", steps=4, edit_image=str(tmp_path / "photo.png"), edit_strength=0.05).validated(pipe)
-    with pytest.raises(H.UserError, match=r"photo.txt'? \(the image to edit\) is not a readable image"):
-        (tmp_path / "photo.txt").write_text("words")
-        H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.txt")).validated(pipe)
-
-
-def test_api_generate_inpaints_inside_an_uploaded_mask_as_the_python_api_and_its_recipe_replays(client, pipe, direction_file, tmp_path):
-    """'Edit an image' with a mask: the pair is the inpainting pipeline's [0, s] call (white repainted); the recipe
-    keeps image and mask and replays; a mask without an image, or of another size, is one readable line."""
-    from gradio_client import handle_file
-
-    from steer.images import EditInputs
-    from steer.pipelines.factory import editing_pipeline
-    from steer.replay import find_edit_inputs, read_replay, replay_call
-
-    rng = np.random.default_rng(4)
-    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
-    mask = np.zeros((32, 48), dtype=np.uint8)
-    mask[:, :24] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    original, steered, png, status = client.predict(
-        **generate_args("constructed", edit_image=handle_file(str(tmp_path / "photo.png")),
-                        edit_mask=handle_file(str(tmp_path / "mask.png")), edit_strength=0.75, size=48),
-        api_name="/generate")
-    assert "Steered with" in status
-    inpaint = editing_pipeline(pipe, "inpaint")
-    inputs = EditInputs.read(tmp_path / "photo.png", tmp_path / "mask.png", 0.75).prepared(32, 48)
-    want = inpaint(["a photo of a dog"] * 2, image=[inputs["image"]] * 2, mask_image=[inputs["mask_image"]] * 2, strength=0.75,
-                   height=32, width=48, num_inference_steps=STEPS, guidance_scale=5.0,
-                   generator=[torch.Generator().manual_seed(7) for _ in range(2)], steering=SteeringVector.load(direction_file),
-                   steering_scale=[0.0, SCALE], steering_window=(0.0, 1.0)).images
-    got = [pixels(Image.open(p).resize((48, 32), Image.NEAREST)) for p in (original, steered)]
-    assert all(np.abs(g - pixels(w)).max() <= 1 for g, w in zip(got, want, strict=True))
-    plain = editing_pipeline(pipe, "img2img")(["a photo of a dog"], image=[inputs["image"]], strength=0.75, num_inference_steps=STEPS,
-                                             guidance_scale=5.0, generator=[torch.Generator().manual_seed(7)]).images[0]
-    assert np.abs(got[0] - pixels(plain)).mean() > 1.0  # the mask was used: not the image-to-image edit
-    recipe = read_recipe(png)
-    assert recipe["edit"]["strength"] == 0.75 and Path(recipe["edit"]["mask"]["path"]).name.startswith("edit-mask-")
-    replay = read_replay(recipe)
-    again = replay_call(inpaint, replay, [SteeringVector.load(direction_file)], find_edit_inputs(replay.edit))
-    assert np.array_equal(pixels(again), pixels(png))
-    with pytest.raises(H.UserError, match="the mask goes with an image to edit"):
-        H.GenerateSettings(prompt="a dog", edit_mask=str(tmp_path / "mask.png")).validated(pipe)
-    Image.new("L", (8, 8)).save(tmp_path / "small.png")
-    with pytest.raises(H.UserError, match="the mask is 8x8 and the image to edit 48x32"):
-        H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "small.png")).validated(pipe)
-
-
-def test_api_generate_edits_from_the_inversion_its_original_is_the_picture_and_its_recipe_replays(client, pipe, direction_file, tmp_path):
-    """'From its inversion': the pair replays the picture's inversion ([0, s]); the original is the picture (its VAE
-    reconstruction), the recipe says so and replays; the option without an image, or with a mask, is one line."""
-    from gradio_client import handle_file
-
-    from steer.images import EditInputs
-    from steer.inversion import invert_image, replay_inverted
-    from steer.replay import find_edit_inputs, read_replay
-
-    rng = np.random.default_rng(5)
-    Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
-    original, steered, png, status = client.predict(
-        **generate_args("constructed", edit_image=handle_file(str(tmp_path / "photo.png")), edit_invert=True, size=48),
-        api_name="/generate")
-    assert "Steered with" in status
-    photo = EditInputs.read(tmp_path / "photo.png").prepared(32, 48)["image"]
-    inversion = invert_image(pipe, photo, "a photo of a dog", num_inference_steps=STEPS, guidance_scale=5.0,
-                             generator=torch.Generator().manual_seed(7))
-    want = inversion.edit(pipe, rows=2, steering=SteeringVector.load(direction_file), steering_scale=[0.0, SCALE],
-                          steering_window=(0.0, 1.0)).images
-    got = [pixels(Image.open(p).resize((48, 32), Image.NEAREST)) for p in (original, steered)]
-    assert all(np.abs(g - pixels(w)).max() <= 1 for g, w in zip(got, want, strict=True))
-    with torch.no_grad():
-        latents = pipe.vae.encode(pipe.image_processor.preprocess(photo)).latent_dist.mode()
-        vae = pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")[0]
-    assert np.abs(got[0] - pixels(vae)).max() <= 2  # the original is the picture (as the VAE gives it back)
-    recipe = read_recipe(png)
-    assert recipe["edit"]["invert"] is True
-    replay = read_replay(recipe)
-    again = replay_inverted(pipe, replay, [SteeringVector.load(direction_file)], find_edit_inputs(replay.edit))
-    assert np.array_equal(pixels(again), pixels(png))
-    with pytest.raises(H.UserError, match="'from its inversion' edits the whole of an uploaded image"):
-        H.GenerateSettings(prompt="a dog", edit_invert=True).validated(pipe)
-    Image.new("L", (48, 32)).save(tmp_path / "mask.png")
-    with pytest.raises(H.UserError, match="without a mask"):
-        H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "mask.png"),
-                           edit_invert=True).validated(pipe)
-
-
 def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(client, pipe, direction_file, tmp_path):
     # a direction without a recorded reference level: a readable one-line status, no traceback
     *_, status = client.predict(**generate_args("constructed", scale=-SCALE, negative="remove"), api_name="/generate")
@@ -460,122 +230,6 @@ def test_api_negative_remove_matches_python_api_and_needs_a_reference_level(clie
     _, want = expected_pair(pipe, dog, -1.0, steering_negative="remove", steering_branch="cond", steering_mode="add",
                             steering_preserve_norm=rec["preserve_norm"], steering_normalize=False)
     assert np.abs(native(steered) - want).max() <= 1
-
-
-def learned_text_direction(pipe, positive: str, negative: str, name: str) -> SteeringVector:
-    """A text direction on the tiny pipeline: it records the reference level that removal needs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights: calibration may not converge
-        vector = pipe.learn_direction([positive], [negative], num_inference_steps=2, calibration_samples=2, progress=False)
-    vector.metadata["name"] = name
-    return vector
-
-
-def test_the_take_away_hint_before_generating(pipe, tmp_path):
-    """Shown under the Take away picker as the prompt or the direction changes: the direction the prompt states
-    against the edit, once none is picked; a label, so anything odd is simply no hint."""
-    from steer.app.handlers import SteerApp
-
-    cat = learned_text_direction(pipe, "a photo of a cat", "a photo", "cat")
-    dog = learned_text_direction(pipe, "a photo of a dog", "a photo", "dog")
-    app = SteerApp(pipe, H.DirectionCatalog({"cat": cat.save(tmp_path / "cat.safetensors"), "dog": dog.save(tmp_path / "dog.safetensors")}))
-    hint = app.take_away_hint("cat", None, H.NONE_CHOICE, "a photo of a dog")
-    assert hint.startswith(H.md_text("'a photo of a dog' states 'of a dog', which 'cat' replaces", 400))
-    assert hint.endswith("Pick **dog** under *Take away* (and *Fit*) to take it away as the edit is added.")
-    assert app.take_away_hint("cat", None, "dog", "a photo of a dog") == ""  # picked already
-    assert app.take_away_hint("cat", None, H.NONE_CHOICE, "a photo") == ""  # states nothing against it
-    assert app.take_away_hint("dog", None, H.NONE_CHOICE, "a photo of a dog") == ""  # states the edit itself
-    for odd in (("nope", "a photo of a dog"), (H.NONE_CHOICE, "a photo of a dog"), ("cat", None), ("cat", "x" * 10_000)):
-        assert app.take_away_hint(odd[0], None, H.NONE_CHOICE, odd[1]) == ""
-    # with auto picked: what it will take away, or that it takes nothing
-    assert app.take_away_hint("cat", None, AUTO_CHOICE, "a photo of a dog") == "Auto: taking away **dog** (the prompt states 'of a dog')."
-    assert app.take_away_hint("cat", None, AUTO_CHOICE, "a photo") == "Auto: the prompt states nothing against the edit; nothing is taken away."
-    assert take_away_choices(app.catalog, {"x": cat})[:2] == [H.NONE_CHOICE, AUTO_CHOICE] and take_away_choices(app.catalog, {"x": cat})[-1] == "x"
-
-
-def test_take_away_scales_and_checks(pipe):
-    assert H.take_away_scales([0.0, 0.5, 2.0]) == [[0.0, -0.0], [0.5, -0.5], [2.0, -1.0]]
-    with pytest.raises(H.UserError, match="positive strength"):
-        H.take_away_scales([0.0, -1.0])
-    assert H.strip_scales(2.0, 3, signed=False) == [0.0, 1.0, 2.0]
-    dog = learned_text_direction(pipe, "a photo of a dog", "a photo", "dog")
-    H.check_take_away(dog, None)
-    with pytest.raises(H.UserError, match="pick a direction to add"):
-        H.check_take_away(None, dog)
-    with pytest.raises(H.UserError, match="the take-away is the direction itself"):
-        H.check_take_away(dog, SteeringVector(dict(dog.directions), dict(dog.metadata)))
-
-
-def test_api_take_away_matches_python_api(client, pipe, tmp_path, monkeypatch):
-    """Add one direction and take away another: the Python API's [add, remove] recipe, recorded in the PNG."""
-    from gradio_client import handle_file
-
-    cat = learned_text_direction(pipe, "a photo of a cat", "a photo", "cat")
-    dog = learned_text_direction(pipe, "a photo of a dog", "a photo", "dog")
-    names = {}
-    for vector in (cat, dog):
-        picked, status = client.predict(handle_file(str(vector.save(tmp_path / f"{vector.name}.safetensors"))), True, api_name="/upload_direction")
-        assert "Loaded" in status
-        names[vector.name] = picked["value"]
-    values = generate_args(names["cat"], scale=2.0, window_end=1.0, take_away=names["dog"])
-    original, steered, png, status = client.predict(**values, api_name="/generate")
-    assert "Steered with **cat** × 2" in status and "taking away **dog** (amount 1)" in status
-    assert "replaces: alone" not in status  # a take-away given: nothing to suggest
-    # without it, the note names the direction the prompt ("a photo of a dog") states against the edit (steer.take_away)
-    *_, alone_status = client.predict(**{**values, "take_away": H.NONE_CHOICE}, api_name="/generate")
-    said = H.md_text("'a photo of a dog' states 'of a dog', which 'cat' replaces: alone the edit mostly fights the prompt", 400)
-    assert f"{said}. Pick **{H.md_text(names['dog'])}** under *Take away* (and *Fit*)" in alone_status
-    *_, open_status = client.predict(**{**values, "take_away": H.NONE_CHOICE, "prompt": "a photo"}, api_name="/generate")
-    assert "replaces: alone" not in open_status  # the prompt states neither
-    # auto: what the prompt states against the edit (the same images as picking it), or nothing
-    _, auto_steered, auto_png, auto_status = client.predict(**{**values, "take_away": AUTO_CHOICE}, api_name="/generate")
-    assert "taking away **dog** (auto) (amount 1)" in auto_status and np.abs(native(auto_steered) - native(steered)).max() == 0
-    assert read_recipe(auto_png)["steering"]["take_away"]["digest"] == dog.digest()
-    _, none_steered, _, none_status = client.predict(**{**values, "take_away": AUTO_CHOICE, "prompt": "a photo"}, api_name="/generate")
-    _, plain_steered, _, _ = client.predict(**{**values, "take_away": H.NONE_CHOICE, "prompt": "a photo"}, api_name="/generate")
-    assert "nothing taken away (auto: the prompt states nothing against the edit)" in none_status
-    assert np.abs(native(none_steered) - native(plain_steered)).max() == 0
-    rec = cat.metadata["recommended"]
-    steer = dict(steering_branch="cond", steering_mode="add", steering_normalize=False, steering_preserve_norm=rec["preserve_norm"],
-                 steering_negative="remove")
-    gens = [torch.Generator().manual_seed(7) for _ in range(2)]
-    want = pipe(["a photo of a dog"] * 2, num_inference_steps=STEPS, guidance_scale=5.0, height=32, width=32, generator=gens,
-                steering=[cat, dog], steering_scale=[[0.0, 0.0], [2.0, -1.0]], steering_window=(0.0, 1.0), **steer).images
-    assert np.abs(native(original) - pixels(want[0])).max() <= 1 and np.abs(native(steered) - pixels(want[1])).max() <= 1
-    _, alone = expected_pair(pipe, cat, 2.0, **steer)
-    assert np.abs(native(steered) - alone).mean() > 0.5, "the take-away changed nothing"
-    taken = read_recipe(png)["steering"]
-    assert taken["negative"] == "remove" and taken["take_away"] == {"name": "dog", "digest": dog.digest(), "amount": 1.0}
-    gallery, status = client.predict(**values, count=3, api_name="/strip")
-    assert [item["caption"] for item in gallery] == ["+0", "+1", "+2"] and "taking away **dog**" in status
-    # the fit sets the strength and window sliders to what the Python API's fit finds
-    strength, start, end, status = client.predict(names["cat"], names["dog"], 5.0, True, api_name="/fit_take_away")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights: the fit may not converge
-        fit = pipe.fit_take_away(cat, dog, guidance_scale=5.0)
-    assert "Fitted: **cat**" in status and (start, end) == fit.window
-    assert strength == pytest.approx(round(fit.strength / 0.05) * 0.05)
-    assert client.predict(names["cat"], AUTO_CHOICE, 5.0, True, "", "", "a photo of a dog", api_name="/fit_take_away")[:3] == (strength, start, end)
-    *_, status = client.predict(names["cat"], AUTO_CHOICE, 5.0, True, "", "", "a photo", api_name="/fit_take_away")
-    assert "this prompt states nothing: nothing to fit" in status and "Traceback" not in status
-    # with the Generate tab's negative prompt: fitted for generating with it (random weights fit alike either way: the
-    # call is checked)
-    from steer.pipelines.mixin import SteeringMixin
-
-    real, asked = SteeringMixin.fit_take_away, []
-    monkeypatch.setattr(SteeringMixin, "fit_take_away", lambda self, *a, **kw: asked.append(kw.get("negative_prompt")) or real(self, *a, **kw))
-    *_, status = client.predict(names["cat"], names["dog"], 5.0, True, "", "a coat", api_name="/fit_take_away")
-    assert "Fitted: **cat**" in status and asked == ["a coat"]
-    monkeypatch.undo()
-    *_, status = client.predict(names["cat"], H.NONE_CHOICE, 5.0, True, api_name="/fit_take_away")
-    assert "pick a take-away first" in status
-    # mistakes are one-line messages
-    *_, status = client.predict(**generate_args(names["dog"], take_away=names["dog"]), api_name="/generate")
-    assert "the take-away is the direction itself" in status
-    *_, status = client.predict(**generate_args(H.NONE_CHOICE, take_away=names["dog"]), api_name="/generate")
-    assert "pick a direction to add" in status
-    *_, status = client.predict(**generate_args(names["dog"], take_away="constructed"), api_name="/generate")
-    assert "reference level" in status and "Traceback" not in status
 
 
 def test_api_single_layer_and_missing_layer(client, pipe, direction_file):

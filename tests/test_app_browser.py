@@ -45,7 +45,7 @@ def served(tmp_path_factory):
     """(url, pipe, direction, kind) of an in-process app on a free port: the demo model with a learned
     "blue minus red" direction when the demo model exists, else a tiny random pipeline with a constructed one."""
     import torch
-    from test_app import constructed_direction, free_port
+    from app_server import constructed_direction, free_port
 
     import app
     from steer.assets import DEFAULT_MODEL
@@ -115,7 +115,7 @@ def blue_minus_red(pixels: np.ndarray) -> float:
 
 
 def test_generate_in_browser(served, browser, tmp_path: Path):
-    from test_app import expected_pair
+    from app_server import expected_pair
 
     url, pipe, vector, kind = served
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
@@ -268,7 +268,7 @@ def test_the_take_away_to_pick_shows_as_the_prompt_is_typed(browser):
     away picker before anything is generated; picking it (or an open prompt) clears the hint, picking auto says it
     will take to_red away."""
     import torch
-    from test_app import free_port
+    from app_server import free_port
 
     import app
     from steer.app.handlers import AUTO_CHOICE

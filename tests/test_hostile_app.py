@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_server import constructed_direction, free_port, generate_args
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_app import constructed_direction, free_port, generate_args
 
 from steer.app import helpers as H
 from steer.files import tensor_digest
