@@ -408,3 +408,24 @@ def test_a_generate_that_fails_before_its_first_image_leaves_no_out_folder(model
     errors = [line for line in err.splitlines() if "error:" in line]  # (stderr also carries the loading progress bars)
     assert rc == 2 and len(errors) == 1 and "up_blocks.9.nope" in errors[0]
     assert not (tmp_path / "deeper").exists()
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`steer <command> --help` explains each option: none is listed bare (a user should not have to read the source
+    to learn what --timestep or --mem-fraction does)."""
+    import argparse
+
+    from steer.cli.main import build_parser
+
+    bare = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+            elif not action.help and action.dest != "help":
+                bare.append(" ".join([*path, *(action.option_strings or [action.dest])]))
+
+    walk(build_parser(), ["steer"])
+    assert bare == []

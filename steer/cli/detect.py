@@ -35,7 +35,7 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
         "re-encoding; images are scored by re-encoding. With --calibrate, thresholds are set on ordinary prompts.",
     )
     p.add_argument("--model", default=default_model(), help="pipeline directory or hub id")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     add_lora_argument(p)  # a LoRA'd model: calibrate on it (a detector calibrated on the base weights is refused)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompts", default=None, help="text file, one prompt per line")
@@ -44,19 +44,20 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--calibrate", default=None, metavar="FILE", help="ordinary prompts (one per line): calibrate first")
     p.add_argument("--fpr", type=bounded_float(0.0, 0.999), default=0.01, help="false-positive rate of the calibrated threshold")
     p.add_argument("--save-detector", default=None, help="write the (calibrated) detector here")
-    p.add_argument("--statistic", choices=STATISTICS, default="std")
+    p.add_argument("--statistic", choices=STATISTICS, default="std", help="how spiky the pooled activations are (default std)")
     p.add_argument("--layers", nargs="+", default=None, help="re-encode (and, by default, inline) layers")
     p.add_argument("--inline-score", dest="inline_score", choices=INLINE_SCORES, default="spikiness",
                    help="inline/early score: the paper's spikiness of the conditional branch, or cfg_distance "
                         "(distance between the guidance branches' activations; docs/detection.md)")
-    p.add_argument("--inline-layers", dest="inline_layers", nargs="+", default=None)
+    p.add_argument("--inline-layers", dest="inline_layers", nargs="+", default=None, help="layers of the inline score (default: --layers)")
     p.add_argument("--inline-window", dest="inline_window", nargs="+", default=list(DEFAULT_INLINE_WINDOW), metavar="START,END",
                    help="fraction of the denoising steps the inline score averages (START,END as --window elsewhere, or START END)")
-    p.add_argument("--num-images-per-prompt", type=bounded_int(1, MAX_IMAGES), default=1)
-    p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=25)
-    p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=7.5)
-    p.add_argument("--seed", type=bounded_int(0, MAX_SEED - 10**7), default=0)  # calibration seeds start at seed + 1e6
-    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8)
+    p.add_argument("--num-images-per-prompt", type=bounded_int(1, MAX_IMAGES), default=1, help="images generated and scored per prompt (default 1)")
+    p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=25, help="denoising steps of the generated images (default 25)")
+    p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED - 10**7), default=0,  # calibration seeds start at seed + 1e6
+                   help="the first prompt's seed (default 0; --calibrate's prompts use seeds from seed + 1,000,000)")
+    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8, help="images per generation and scoring call (default 8)")
     p.add_argument("--verdict-from", choices=SCORE_KINDS, default=None,
                    help="score that decides (default: inline for a CFG-distance detector such as the bundled ones, "
                         "else re-encode)")

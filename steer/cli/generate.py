@@ -40,7 +40,7 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate images, optionally steered; PNGs carry their recipe")
     add_model_args(p)
     add_compile_argument(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="the prompt (with --image: what the edited picture shows, leaving open what the direction changes)")
     p.add_argument("--negative-prompt", default=None,
                    help="a direction's full edit (scale 1) is calibrated for the negative prompt it was learned with (none, for the "
                         "bundled ones): for another, learn it with steer learn --negative-prompt (docs/steering.md, 'Calibrating for how the user generates')")
@@ -60,13 +60,13 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
                         "which the direction edits images at --strength as far as its own prompts do (pipe.fit_edit; with --mask, "
                         "fitted on whole images)")
     add_steering_args(p)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="the first image's seed (default 0)")
     p.add_argument("--num-images", type=bounded_int(1, MAX_IMAGES), default=1, help="one per seed, starting at --seed")
-    p.add_argument("--steps", type=STEPS, default=30)
-    p.add_argument("--guidance", type=GUIDANCE, default=7.5)
+    p.add_argument("--steps", type=STEPS, default=30, help="denoising steps (default 30)")
+    p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="classifier-free guidance scale (default 7.5)")
     add_sampler_argument(p)
-    p.add_argument("--height", type=SIZE, default=None)
-    p.add_argument("--width", type=SIZE, default=None)
+    p.add_argument("--height", type=SIZE, default=None, help="image height (default: the model's)")
+    p.add_argument("--width", type=SIZE, default=None, help="image width (default: the model's)")
     add_edit_arguments(p)
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=cmd_generate)

@@ -223,15 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("mean", "mean_diff", "pca"), default=None, help="default: the preset's")
     p.add_argument("--source-mode", choices=("text", "trajectory", "fast", "reference"), default=None,
                    help="default: the preset's (text; trajectory for casteer; reference = generate + re-encode, the paper's)")
-    p.add_argument("--layers", nargs="+", default=None)
-    p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=16)
+    p.add_argument("--layers", nargs="+", default=None,
+                   help="sites to learn at: module paths or globs, 'attn2' for every cross-attention output, or "
+                        "'encoder_hidden_states' for the text tokens (default: the preset's; steer layers lists them)")
+    p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=16,
+                   help="samples per prompt set for the sampling source modes (default 16; the text preset reads the prompts themselves)")
     p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8,
                    help="images per sampling call, calibration included (lower it if the model runs out of memory)")
-    p.add_argument("--steps", type=STEPS, default=20)
+    p.add_argument("--steps", type=STEPS, default=20, help="denoising steps of every learning and calibration sample (default 20)")
     p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
     p.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="sample the calibration (and every learning sample) with this negative prompt: calibrate with the one you generate with")
-    p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10)
+    p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10,
+                   help="the timestep images and re-encoded samples are read at (reference and image sources; default 10, the paper's)")
     p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_learn_window, default=None,
                    help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; "
@@ -241,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks'), 'all', attn2 patterns, or "
                         "'auto' (the default for text directions: layout where the model's own prompt edit moves the layout, else all)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
-    p.add_argument("--width", type=SIZE, default=None)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--width", type=SIZE, default=None, help="sample width (default: the model's)")
+    p.add_argument("--seed", type=SEED, default=0, help="first seed of the learning and calibration samples (default 0)")
     add_sampler_argument(p, "learn and calibrate")
     p.add_argument("--two-sided", action="store_true",
                    help="learn a slider between the positives' attribute and the negatives' own ('a red t-shirt' vs 'a blue "
@@ -252,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --two-sided: skip fitting how each side flips a prompt that states the other ('a red t-shirt' "
                         "slid to -1 turns blue: the side added, the other taken away; a few seconds a side): the slider then "
                         "only adds its sides")
-    p.add_argument("--name", default=None)
+    p.add_argument("--name", default=None, help="the name recorded in the file, shown in notes and the app (default: from the prompts, 'a blue sneaker <- a sneaker')")
     p.add_argument("--out", required=True, help="output .safetensors path")
     p.set_defaults(func=cmd_learn)
 

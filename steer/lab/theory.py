@@ -316,7 +316,7 @@ ITERS = bounded_int(1, 10**9)  # a bad number is a one-line usage error, not a t
 def _common(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--quick", action="store_true", help="small, fast run (about a minute on 2 CPU cores)")
     p.add_argument("--out", default=default_out, help="output folder for figures and JSON")
-    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0)
+    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="seed of the data and the models (default 0)")
     p.add_argument("--iters", type=ITERS, default=None, help="override the iteration count of every model")
     p.add_argument("--threads", type=bounded_int(1, 1024), default=1, help="torch CPU threads")
 

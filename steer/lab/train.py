@@ -53,16 +53,17 @@ MINUTES = bounded_float(0.0, 10**6, low_open=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--variant", choices=sorted(VARIANT_DEFAULTS), default="demo")
+    p.add_argument("--variant", choices=sorted(VARIANT_DEFAULTS), default="demo",
+                   help="demo (the embedded demo model), hybrid (50 memorized items among ordinary data) or mem (32 items, memorized)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, logs, exported pipeline)")
-    p.add_argument("--steps", type=COUNT, default=None)
-    p.add_argument("--batch-size", dest="batch_size", type=bounded_int(1, 65536), default=None)
-    p.add_argument("--lr", type=RATE, default=None)
-    p.add_argument("--warmup", type=COUNT0, default=None)
-    p.add_argument("--ema", type=bounded_float(0.0, 1.0), default=None)
-    p.add_argument("--vae-steps", dest="vae_steps", type=COUNT0, default=600)
-    p.add_argument("--vae-lr", dest="vae_lr", type=RATE, default=2e-3)
-    p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=0)
+    p.add_argument("--steps", type=COUNT, default=None, help="UNet training steps (default: the variant's: demo 9000, hybrid 3000, mem 1500)")
+    p.add_argument("--batch-size", dest="batch_size", type=bounded_int(1, 65536), default=None, help="default: the variant's (64; mem 32)")
+    p.add_argument("--lr", type=RATE, default=None, help="peak learning rate (default: the variant's: demo 1e-3, else 4e-4)")
+    p.add_argument("--warmup", type=COUNT0, default=None, help="linear warm-up steps (default: the variant's)")
+    p.add_argument("--ema", type=bounded_float(0.0, 1.0), default=None, help="EMA decay of the exported weights (default: the variant's)")
+    p.add_argument("--vae-steps", dest="vae_steps", type=COUNT0, default=600, help="autoencoder training steps (default 600)")
+    p.add_argument("--vae-lr", dest="vae_lr", type=RATE, default=2e-3, help="autoencoder learning rate (default 2e-3)")
+    p.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=0, help="seed of the data order, noise and initial weights (default 0)")
     p.add_argument("--limit", type=COUNT, default=None, help="use only the first N training items (smoke tests)")
     p.add_argument("--threads", type=bounded_int(1, 1024), default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="auto", help="cuda, cpu, or auto (CUDA when available)")
@@ -74,19 +75,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=None, help="hybrid/mem: start from this run folder or pipeline folder")
     p.add_argument("--stage", choices=("train", "decoder", "export"), default="train",
                    help="decoder: fine-tune the VAE decoder of an existing run (see finetune_decoder); export: write the pipeline")
-    p.add_argument("--decoder-steps", dest="decoder_steps", type=COUNT, default=1000)
-    p.add_argument("--decoder-lr", dest="decoder_lr", type=RATE, default=5e-4)
+    p.add_argument("--decoder-steps", dest="decoder_steps", type=COUNT, default=1000, help="decoder stage: fine-tuning steps (default 1000)")
+    p.add_argument("--decoder-lr", dest="decoder_lr", type=RATE, default=5e-4, help="decoder stage: learning rate (default 5e-4)")
     p.add_argument("--decoder-latent-noise", dest="decoder_latent_noise", type=bounded_float(0.0, 1e3), default=0.0,
                    help="decoder: inflate the posterior std of each training latent by a factor from U[1, 1+K]")
     p.add_argument("--copies", type=COUNT, default=HYBRID_COPIES, help="hybrid: copies of each memorized item in the data")
-    p.add_argument("--mem-fraction", dest="mem_fraction", type=bounded_float(0.0, 1.0), default=0.5)
+    p.add_argument("--mem-fraction", dest="mem_fraction", type=bounded_float(0.0, 1.0), default=0.5,
+                   help="decoder stage: share of each batch drawn from the memorized items (default 0.5)")
     p.add_argument("--vae-from", dest="vae_from", default=None,
                    help="reuse the VAE and cached latents of this run folder (weights still start from scratch)")
     p.add_argument("--unet-channels", dest="unet_channels", type=M.parse_unet_channels, default=None,
                    help="the UNet's three block widths, multiples of 16 (default 32,64,64; 64,128,128 is ~4x the parameters)")
     p.add_argument("--export", default=None, help="pipeline folder to write (default OUT/pipeline)")
-    p.add_argument("--export-every-checkpoint", action="store_true")
-    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=bounded_float(0.0, 10**6), default=4.0)
+    p.add_argument("--export-every-checkpoint", action="store_true", help="write the pipeline folder at every checkpoint, not only at the end")
+    p.add_argument("--checkpoint-minutes", dest="checkpoint_minutes", type=bounded_float(0.0, 10**6), default=4.0,
+                   help="minutes between checkpoints (default 4; 0: every step)")
 
 
 def configure_parser(subparsers) -> argparse.ArgumentParser:
