@@ -39,3 +39,30 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"{path} carries no steer recipe")
     return json.loads(text)
+
+
+MAX_RUNS_PER_NAME = 10_000
+
+
+def made_by(path: Path, recipe: dict[str, Any]) -> bool:
+    """Whether ``path`` is a PNG written by `save_png` from ``recipe`` (the same call made again). A symlink, a folder
+    or an unreadable file holds none (it is never read through or replaced)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return read_recipe(path) == json.loads(json.dumps(recipe, sort_keys=True, default=str))
+    except Exception:  # noqa: BLE001 - not a PNG, no recipe, a broken or oversized file: someone else's, keep it
+        return False
+
+
+def unused_names(paths: list[Path], recipes: list[dict[str, Any]]) -> list[Path]:
+    """Where one run's files go without losing another run's: ``paths`` themselves where each is free or holds the
+    same recipe (a rerun overwrites its own images), else the same names with the first suffix ``-2``, ``-3``, ...
+    under which that holds for every file (a run's files keep one suffix: ``seed0_scale+1-2.png``,
+    ``seed0_sweep-2.png``)."""
+    for n in range(1, MAX_RUNS_PER_NAME + 1):
+        named = paths if n == 1 else [p.with_name(f"{p.stem}-{n}{p.suffix}") for p in paths]
+        if all(not os.path.lexists(p) or made_by(p, r) for p, r in zip(named, recipes, strict=True)):
+            return named
+    raise FileExistsError(f"{paths[0].parent} already holds {MAX_RUNS_PER_NAME} runs' files named like {paths[0].name}: "
+                          "write to another --out folder")

@@ -429,3 +429,40 @@ def test_every_option_of_every_command_says_what_it_does():
 
     walk(build_parser(), ["steer"])
     assert bare == []
+
+
+def test_generate_and_reproduce_never_overwrite_another_runs_images(model_dir, direction, tmp_path, capsys):
+    """One --out folder for several prompts: each run's files keep one suffix (-2, -3) where another run's images hold
+    the names; the same command again overwrites only its own images (no pile of copies); a foreign file or a symlink
+    at a name is left as it was."""
+    out = tmp_path / "out"
+    base = ["generate", "--model", model_dir, "--direction", str(direction), "--steps", "2", "--sweep", "0,1,2", "--out", str(out)]
+    names = ["seed0_scale+0.png", "seed0_scale+1.png", "seed0_sweep.png"]
+    assert main([*base, "--prompt", "a bag"]) == 0
+    first = {n: (out / n).read_bytes() for n in names}
+    assert main([*base, "--prompt", "a bag"]) == 0  # the same recipe again: its own files, rewritten in place
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    capsys.readouterr()
+    assert main([*base, "--prompt", "a coat"]) == 0
+    err = capsys.readouterr().err
+    assert "these are written as seed0_scale+0-2.png" in err and "nothing overwritten" in err
+    assert {n: (out / n).read_bytes() for n in names} == first  # the bag run's images are intact
+    assert [read_recipe(out / n.replace(".png", "-2.png"))["prompt"] for n in names] == ["a coat"] * 3
+    # a file that is not a steer PNG, and a symlink, take names of their own: both stay as they were
+    (out / "seed1_scale+0.png").write_text("my notes")
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(first["seed0_scale+1.png"])
+    (out / "seed1_scale+1.png").symlink_to(elsewhere)
+    assert main([*base, "--prompt", "a bag", "--seed", "1"]) == 0
+    assert (out / "seed1_scale+0.png").read_text() == "my notes" and (out / "seed1_scale+1.png").is_symlink()
+    assert elsewhere.read_bytes() == first["seed0_scale+1.png"]
+    assert read_recipe(out / "seed1_scale+1-2.png")["seed"] == 1
+    # steer reproduce --out: another original of the same name is kept, the same one rewritten
+    again = tmp_path / "again"
+    for png in (out / "seed0_scale+1.png", out / "seed0_scale+1.png", tmp_path / "other" / "seed0_scale+1.png"):
+        if not png.exists():
+            png.parent.mkdir()
+            png.write_bytes((out / "seed0_scale+1-2.png").read_bytes())
+        assert main(["reproduce", str(png), "--out", str(again)]) == 0
+    assert sorted(p.name for p in again.iterdir()) == ["seed0_scale+1.reproduced-2.png", "seed0_scale+1.reproduced.png"]
+    assert read_recipe(again / "seed0_scale+1.reproduced-2.png")["prompt"] == "a coat"

@@ -147,7 +147,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.images import edit_size
     from steer.inversion import invert_image
     from steer.pipelines.factory import default_strength, editing_pipeline
-    from steer.recipe import save_png
+    from steer.recipe import save_png, unused_names
     from steer.replay import edit_call_inputs
     from steer.sliders import stated_note, subtracts
     from steer.take_away import AUTO, pair_scales, suggested_take_aways, take_away_candidates
@@ -276,13 +276,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
             ).images
         out.mkdir(parents=True, exist_ok=True)
         shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
+        files = []  # (image, name, recipe)
         for row, (image, scale) in enumerate(zip(images, scales, strict=True)):
             tag = f"_scale{scale:+.3g}" if scale is not None else ""
             call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
-            written.append(save_png(image, out / f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record), **shape, **call}))
+            files.append((image, f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record), **shape, **call}))
         if args.sweep is not None:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
-            written.append(save_png(grid, out / f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
+            files.append((grid, f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
+        wanted = [out / name for _, name, _ in files]
+        paths = unused_names(wanted, [recipe for *_, recipe in files])
+        if paths != wanted:
+            print(f"note: {out} holds other images named {wanted[0].name} ...; these are written as {paths[0].name} ... "
+                  "(nothing overwritten)", file=sys.stderr)
+        written += [save_png(image, path, recipe) for (image, _, recipe), path in zip(files, paths, strict=True)]
     for w in written:
         print(w)
     return 0

@@ -38,7 +38,7 @@ def configure_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=bounded_int(0, 255), default=0, metavar="LEVELS",
                    help="largest pixel difference (of 255) still counted as reproduced (default 0: bit for bit; images "
                         "made in a batch of other rows can differ by a level where the arithmetic rounds otherwise)")
-    p.add_argument("--out", default=None, help="write each reproduction here as <name>.reproduced.png, with the recipe")
+    p.add_argument("--out", default=None, help="write each reproduction here as <name>.reproduced.png, with the recipe (<name>.reproduced-2.png where another image of that name is there)")
     p.set_defaults(func=cmd_reproduce)
     return p
 
@@ -61,7 +61,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from steer.inversion import replay_inverted
     from steer.lora import find_lora
     from steer.pipelines.factory import editing_pipeline
-    from steer.recipe import read_recipe, save_png
+    from steer.recipe import read_recipe, save_png, unused_names
     from steer.replay import find_direction, find_edit_inputs, read_replay, replay_call
     from steer.samplers import sampler_name
     from steer.vectors import weights_hash
@@ -116,7 +116,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         differ += not same
         note = f"{path}: {verdict} ({replay.writer} recipe, {sampler_name(pipe.scheduler)}, {len(vectors)} direction(s))"
         if args.out is not None:
-            written = save_png(image, Path(args.out) / f"{path.stem}.reproduced.png", recipe)
+            # another original of the same name already reproduced there is kept (steer.recipe.unused_names)
+            (target,) = unused_names([Path(args.out) / f"{path.stem}.reproduced.png"], [recipe])
+            written = save_png(image, target, recipe)
             note += f"; wrote {written}"
         print(note, flush=True)
     return 1 if differ else 0
