@@ -110,11 +110,24 @@ def prompt_words(prompt: str) -> list[str]:
     return ["a" if w == "an" else singular(w) for w in re.findall(r"[\w'-]+", prompt.lower())]
 
 
+# Plurals the endings rule gets wrong, as prompts use them ("two old men", "a group of children", "three wolves").
+IRREGULAR_PLURALS = {
+    "men": "man", "women": "woman", "children": "child", "people": "person", "feet": "foot", "teeth": "tooth",
+    "mice": "mouse", "geese": "goose", "oxen": "ox", "wolves": "wolf", "knives": "knife", "leaves": "leaf",
+    "shelves": "shelf", "halves": "half", "wives": "wife", "lives": "life", "loaves": "loaf", "calves": "calf",
+    "scarves": "scarf", "thieves": "thief", "elves": "elf", "dwarves": "dwarf", "potatoes": "potato",
+    "tomatoes": "tomato", "heroes": "hero", "cacti": "cactus", "fungi": "fungus",
+}
+
+
 def singular(word: str) -> str:
     """``word`` with an English plural ending dropped, the same way for a prompt and for a direction's phrase so that
     "red trousers" states "trouser" and "blue sneakers" "sneaker": "-sses", "-shes", "-ches", "-xes" lose "es"
     ("dresses", "glasses", "watches"), "-ies" becomes "-y", another final "s" goes unless after "s", "u" or "i"
-    ("dress", "bus", "iris" stay)."""
+    ("dress", "bus", "iris" stay); common irregular plurals by `IRREGULAR_PLURALS` ("men" -> "man", "people" ->
+    "person", "wolves" -> "wolf")."""
+    if word in IRREGULAR_PLURALS:
+        return IRREGULAR_PLURALS[word]
     if len(word) <= 3:
         return word
     if word.endswith(("sses", "shes", "ches", "xes")):

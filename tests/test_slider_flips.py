@@ -43,6 +43,10 @@ def test_a_plural_states_its_singular_phrase_and_back():
     assert states("ankle boots in a row", ["ankle boot"]) and not states("a red dressing gown", ["dress"])
     assert [singular(w) for w in ("glasses", "watches", "ponies", "boots", "bus", "iris", "kiss", "its")] == [
         "glass", "watch", "pony", "boot", "bus", "iris", "kiss", "its"]
+    # irregular plurals, as SD prompts use them: an age slider learned on "an old man" turns "two old men"
+    assert states("two old men on a bench", ["old man"]) and states("a group of young children", ["young child"])
+    assert states("three grey wolves", ["wolf"]) and states("a woman", ["women"]) and not states("a man", ["woman"])
+    assert [singular(w) for w in ("men", "people", "knives", "gloves", "shoes")] == ["man", "person", "knife", "glove", "shoe"]
 
 
 def test_learning_a_slider_records_each_sides_phrases_and_fitted_flip(slider):
