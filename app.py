@@ -168,10 +168,11 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 len(app.layers),
                 value=0,
                 step=1,
-                label="Layer (0 = all of the direction's layers; 1 → input side, max → output side)",
+                label="Layer (0 = all of the direction's layers, or its own route; 1 → input side, max → output side; "
+                      "a direction on the prompt's tokens: the one cross-attention that reads it)",
                 elem_id="layer",
             )
-            layer_info = gr.Markdown(H.describe_layer(app.pipe, None, 0))
+            layer_info = gr.Markdown(H.describe_layer(app.pipe, None, 0), elem_id="layer-info")
             with gr.Accordion("Advanced", open=False):
                 layers = gr.Dropdown(
                     app.layers, value=[], multiselect=True, label="Several layers (overrides the slider)"
@@ -266,8 +267,8 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         [session, direction, status],
         api_name="upload_direction",
     )
-    guarded_describe = guarded(8)(app.describe_direction)
-    described = [layer_info, strength, w_start, w_end, branch, mode, normalize, direction_info]
+    guarded_describe = guarded(9)(app.describe_direction)
+    described = [layer_info, layer, strength, w_start, w_end, branch, mode, normalize, direction_info]
     direction.change(guarded_describe, [direction, session, layer], described, api_name=False)
     # directions learned or uploaded join the picker: offer them as take-aways too
     direction.change(app.take_away_choices, [session, take_away], take_away, api_name=False, queue=False)

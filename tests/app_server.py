@@ -5,6 +5,7 @@ pipeline). A module imports the ``*_fixture`` functions it needs; pytest knows t
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,12 @@ def client_fixture(server):
     from gradio_client import Client
 
     return Client(server, verbose=False)
+
+
+def learned_text_direction(pipe, positive: str, negative: str, name: str) -> SteeringVector:
+    """A text direction on the tiny pipeline: it records the reference level that removal needs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        vector = pipe.learn_direction([positive], [negative], num_inference_steps=2, calibration_samples=2, progress=False)
+    vector.metadata["name"] = name
+    return vector

@@ -16,6 +16,7 @@ from app_server import (  # noqa: F401 (the *_fixture: pytest finds them here by
     direction_file_fixture,
     expected_pair,
     generate_args,
+    learned_text_direction,
     native,
     pipe_fixture,
     pixels,
@@ -250,6 +251,49 @@ def test_api_single_layer_and_missing_layer(client, pipe, direction_file):
     assert "Loaded" in status
     result = client.predict(**generate_args(picked["value"], layer=1), api_name="/generate")
     assert "has no vector for layer down_blocks.0.resnets.0" in result[-1] and "Traceback" not in result[-1]
+
+
+def test_the_layer_slider_picks_the_cross_attention_that_reads_a_direction_on_the_prompts_tokens(client, pipe, tmp_path):
+    """Every text-preset direction (all the bundled ones) acts on the prompt's tokens, on no UNet layer: the layer
+    slider then ranges over the cross-attentions that read them (input side first), and position k is the Python API's
+    ``steering_readers=[k-th]``, recorded in the PNG; 0 is the direction's own route. 'Several layers' is refused in one
+    line. Directions on layers keep the slider over the layers."""
+    from gradio_client import handle_file
+
+    from steer.app.handlers import SteerApp
+    from steer.denoisers import cross_attention_sites
+
+    text = learned_text_direction(pipe, "a photo of a cat", "a photo", "cat")
+    readers = cross_attention_sites(pipe.unet)
+    assert H.reads_text(text) and H.slider_sites(pipe, text) == readers and len(readers) < len(H.layer_names(pipe))
+    assert [r.split("_")[0] for r in readers] == sorted((r.split("_")[0] for r in readers), key=["down", "mid", "up"].index)
+    assert H.slider_sites(pipe, constructed_direction(pipe)) == H.layer_names(pipe)  # a layer direction: the layers
+    assert "its own route, every cross-attention" in H.describe_layer(pipe, text, 0)
+    assert H.describe_layer(pipe, text, 2).startswith(f"**Read by:** `{readers[1]}` only (2/{len(readers)}")
+    assert "must be" in H.describe_layer(pipe, text, len(readers) + 1)  # past the readers: a readable label
+    # picking the direction sets the slider's range to the readers (and back to the layers for a layer direction)
+    app = SteerApp(pipe, H.DirectionCatalog({"cat": text.save(tmp_path / "cat.safetensors")}))
+    _, slider, *_ = app.describe_direction("cat", None, 12)
+    assert slider["maximum"] == len(readers) and slider["value"] == len(readers)
+    with pytest.raises(H.UserError, match="acts on the prompt's tokens, not on a layer: clear 'Several layers'"):
+        H.selected_layers(pipe, text, 0, [H.layer_names(pipe)[0]])
+    # through the API: the same image as the Python API reading it at that cross-attention only
+    picked, status = client.predict(handle_file(str(text.save(tmp_path / "cat-up.safetensors"))), True, api_name="/upload_direction")
+    assert "Loaded" in status
+    values = generate_args(picked["value"], scale=2.0, layer=3, prompt="a photo of a dog")
+    _, steered, png, status = client.predict(**values, api_name="/generate")
+    assert f"read by `{readers[2]}` only" in status
+    rec = text.metadata["recommended"]
+    settings = dict(steering_branch="cond", steering_mode="add", steering_normalize=False, steering_preserve_norm=rec["preserve_norm"])
+    _, want = expected_pair(pipe, text, 2.0, prompt="a photo of a dog", steering_readers=[readers[2]], **settings)
+    assert np.abs(native(steered) - want).max() <= 1
+    assert read_recipe(png)["steering"]["readers"] == [readers[2]]
+    _, routed = expected_pair(pipe, text, 2.0, prompt="a photo of a dog", **settings)  # 0: its own route (every reader)
+    assert np.abs(routed - want).mean() > 0.5, "reading it at one cross-attention changed nothing"
+    _, own, _, _ = client.predict(**{**values, "layer": 0}, api_name="/generate")
+    assert np.abs(native(own) - routed).max() <= 1
+    *_, status = client.predict(**{**values, "layers": [H.layer_names(pipe)[0]]}, api_name="/generate")
+    assert "acts on the prompt's tokens" in status and "Traceback" not in status
 
 
 def test_api_invalid_and_foreign_uploads(client, tmp_path):

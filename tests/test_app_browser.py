@@ -264,7 +264,8 @@ def test_edit_an_uploaded_image_in_browser(served, browser, tmp_path: Path):
 
 
 def test_the_take_away_to_pick_shows_as_the_prompt_is_typed(browser):
-    """With the bundled directions: to_blue picked and "a red sneaker" typed, the page names to_red under the Take
+    """With the bundled directions: to_blue (a direction on the prompt's tokens) sets the layer slider over the
+    cross-attentions that read it; picked with "a red sneaker" typed, the page names to_red under the Take
     away picker before anything is generated; picking it (or an open prompt) clears the hint, picking auto says it
     will take to_red away."""
     import torch
@@ -288,6 +289,12 @@ def test_the_take_away_to_pick_shows_as_the_prompt_is_typed(browser):
         page.wait_for_selector("#generate", timeout=60_000)
         page.wait_for_function("document.querySelector('#direction-info').innerText.length > 0", timeout=60_000)
         assert page.locator("#direction input").first.input_value() == "to_blue"  # the first screen's direction
+        # to_blue acts on the prompt's tokens: the layer slider ranges over the 7 cross-attentions that read them
+        page.wait_for_function("document.querySelector('#layer input[type=range]').max === '7'", timeout=30_000)
+        assert "its own route, every cross-attention" in page.inner_text("#layer-info")
+        set_slider(page, "layer", 1)
+        page.wait_for_function("document.querySelector('#layer-info').innerText.includes('Read by: down_blocks.0')", timeout=30_000)
+        set_slider(page, "layer", 0)
         page.locator("#prompt textarea, #prompt input").first.fill("a red sneaker")
         page.wait_for_function("document.querySelector('#take-away-hint').innerText.includes('Pick to_red')", timeout=30_000)
         assert "'a red sneaker' states 'red', which 'toward blue' replaces" in page.inner_text("#take-away-hint")

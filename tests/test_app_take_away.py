@@ -14,6 +14,7 @@ from app_server import (  # noqa: F401 (the *_fixture: pytest finds them here by
     direction_file_fixture,
     expected_pair,
     generate_args,
+    learned_text_direction,
     native,
     pipe_fixture,
     pixels,
@@ -24,15 +25,6 @@ from steer.app import helpers as H
 from steer.app.handlers import AUTO_CHOICE, take_away_choices
 from steer.recipe import read_recipe
 from steer.vectors import SteeringVector
-
-
-def learned_text_direction(pipe, positive: str, negative: str, name: str) -> SteeringVector:
-    """A text direction on the tiny pipeline: it records the reference level that removal needs."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights: calibration may not converge
-        vector = pipe.learn_direction([positive], [negative], num_inference_steps=2, calibration_samples=2, progress=False)
-    vector.metadata["name"] = name
-    return vector
 
 
 def test_the_take_away_hint_before_generating(pipe, tmp_path):

@@ -135,15 +135,23 @@ class SteerApp:
         return session, self._dropdown(session, name), ok_box(f"Loaded {H.direction_summary(vector)}{H.direction_advice(vector)}")
 
     def describe_direction(self, name: str, session: dict | None, index: Any):
-        """Summary of the picked direction, the layer slider position, and the direction's recommended settings
-        (strength, window start, window end, CFG branch, mode, normalize; left as they are when it recommends none)."""
+        """Summary of the picked direction, the layer slider position and range (`H.slider_sites`), and the direction's
+        recommended settings (strength, window start, window end, CFG branch, mode, normalize; left as they are when it
+        recommends none)."""
         vector = self.catalog.get(name, session)
         summary = H.direction_summary(vector) if vector is not None else "No direction: both images are the original."
         values = H.recommended_settings(vector)
         updates = [gr.update(value=v) if v is not None else gr.skip() for v in values]
         if any(v is not None for v in values):
             summary += " · recommended settings applied"
-        return (H.describe_layer(self.pipe, vector, index), *updates, summary)
+        # the slider's range: the cross-attentions that read a direction on the prompt's tokens, else the layers
+        sites = len(H.slider_sites(self.pipe, vector))
+        try:
+            position = min(H.check_int(index, "the layer slider", 0, 10**6), sites)
+        except H.UserError:
+            position = 0
+        slider = gr.update(maximum=sites, value=position)
+        return (H.describe_layer(self.pipe, vector, position), slider, *updates, summary)
 
     def take_away_choices(self, session: dict | None, current: str | None) -> dict:
         """The take-away picker offers auto and the same directions as the direction picker (kept as it is when still
@@ -198,8 +206,10 @@ class SteerApp:
         last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
         if scores is not None:  # inline memorization scores, read during this very sampling
             last["inline"] = {"original": scores[0], "steered": scores[1], "detector": version}
+        readers = H.selected_readers(self.pipe, vector, settings.layer_index)
         where = (
-            f" at layer {H.md_code(recipe['steering']['layers'][0])}"
+            f" read by {H.md_code(readers[0])} only" if readers
+            else f" at layer {H.md_code(recipe['steering']['layers'][0])}"
             if vector is not None and len(recipe["steering"]["layers"]) == 1
             else ""
         )

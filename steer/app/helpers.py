@@ -95,7 +95,7 @@ from steer.app.take_away import (  # noqa: F401 - re-exported
 from steer.app.uploads import kept_edit_input, load_images, open_edit_image, open_edit_mask, open_upload  # noqa: F401 - re-exported
 from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record, window_record
 from steer.config import recommended_settings as recommended_by
-from steer.denoisers import native_size
+from steer.denoisers import CONTEXT_SITE, adapter_for, denoiser_of, native_size
 from steer.images import EditInputs, edit_size, edit_steps
 from steer.inversion import check_invertible, invert_image
 from steer.lora import loaded_loras
@@ -114,11 +114,45 @@ def make_generators(pipe, seed: int, count: int) -> list[torch.Generator]:
 # ----------------------------------------------------------------------------------------------------------------------
 # Layer selection
 # ----------------------------------------------------------------------------------------------------------------------
-def layer_at(pipe, index: Any) -> str | None:
-    """The slider's layer: 0 means all of the direction's layers (None); ``k`` is the k-th hookable layer."""
-    names = layer_names(pipe)
+# How the layer slider's note names a direction's recorded route (`SteeringConfig.readers` groups)
+ROUTE_WORDS = {"all": "every cross-attention", "layout": "the layout blocks' (down and mid)", "detail": "the up blocks'"}
+
+
+def reads_text(vector: SteeringVector | None) -> bool:
+    """Whether ``vector`` acts on the prompt's tokens only (the text preset's directions, every bundled one): the
+    layer slider then picks the cross-attention that reads it."""
+    return vector is not None and list(vector.layers) == [CONTEXT_SITE]
+
+
+def text_readers_of(pipe) -> list[str]:
+    """The cross-attentions that read the prompt, input side first; [] where the denoiser cannot route the text (a
+    transformer reads it in every block)."""
+    adapter = adapter_for(denoiser_of(pipe))
+    return adapter.cross_attention_sites() if adapter.reader_groups else []
+
+
+def slider_sites(pipe, vector: SteeringVector | None) -> list[str]:
+    """What the layer slider's positions 1, 2, ... pick: for a direction on the prompt's tokens, the cross-attention
+    that reads it (where the denoiser can route the text); else the hookable layer."""
+    readers = text_readers_of(pipe) if reads_text(vector) else []
+    return readers or layer_names(pipe)
+
+
+def layer_at(pipe, index: Any, vector: SteeringVector | None = None) -> str | None:
+    """The slider's site: 0 means all of the direction's layers, or its own route (None); ``k`` is the k-th of
+    `slider_sites`."""
+    names = slider_sites(pipe, vector)
     index = check_int(index, "the layer slider", 0, len(names))
     return None if index == 0 else names[index - 1]
+
+
+def selected_readers(pipe, vector: SteeringVector | None, index: Any) -> list[str] | None:
+    """The one cross-attention the slider picks to read a direction on the prompt's tokens; None: its own route (or
+    not such a direction)."""
+    if not reads_text(vector) or not text_readers_of(pipe):
+        return None
+    single = layer_at(pipe, index, vector)
+    return [single] if single else None
 
 
 def selected_layers(pipe, vector: SteeringVector | None, index: Any, chosen: Sequence[str] | None) -> list[str] | None:
@@ -128,6 +162,13 @@ def selected_layers(pipe, vector: SteeringVector | None, index: Any, chosen: Seq
     """
     names = layer_names(pipe)
     wanted = [n for n in (chosen or []) if n]
+    if reads_text(vector) and text_readers_of(pipe):
+        if wanted:
+            raise UserError(
+                f"direction {shown(vector.name)} acts on the prompt's tokens, not on a layer: clear 'Several layers' and "
+                "pick the cross-attention that reads it with the layer slider (0: its own route)"
+            )
+        return None
     if not wanted:
         single = layer_at(pipe, index)
         wanted = [single] if single else []
@@ -150,10 +191,19 @@ def selected_layers(pipe, vector: SteeringVector | None, index: Any, chosen: Seq
 def describe_layer(pipe, vector: SteeringVector | None, index: Any) -> str:
     """Markdown for the layer slider's current position."""
     try:
-        name = layer_at(pipe, index)
+        name = layer_at(pipe, index, vector)
     except UserError as err:
         return f"⚠ {err}"
-    total = len(layer_names(pipe))
+    total = len(slider_sites(pipe, vector))
+    if reads_text(vector) and text_readers_of(pipe):
+        if name is None:
+            readers = (vector.metadata.get("recommended") or {}).get("readers")
+            readers = readers if isinstance(readers, list) and readers else ["all"]
+            route = ", ".join(ROUTE_WORDS.get(str(r)) or md_code(str(r), 40) for r in readers[:4])
+            return (f"**Read by:** its own route, {route} (the prompt's tokens carry this direction; 1 → {total}: one "
+                    "cross-attention alone, input side → output side)")
+        return (f"**Read by:** {md_code(name, 80)} only ({int(index)}/{total}, input side → output side) - the full edit "
+                "was calibrated for its whole route: one reader alone edits less, raise the strength")
     if name is None:
         have = f" ({len(vector.layers)} layers)" if vector is not None else ""
         return f"**Layer:** all of the direction's layers{have}"
@@ -295,9 +345,10 @@ class GenerateSettings:
         }
 
     def steering_config(self, pipe, vector: SteeringVector | None, away: SteeringVector | None = None) -> SteeringConfig:
-        """``config`` on the layers the sliders pick for ``vector`` (None: all of its layers). No widget sets
-        preserve_norm, the removal window or the cross-attentions that read a text direction: the values the
-        directions recommend apply, as in a pipeline call that leaves them unset. With a take-away direction
+        """``config`` on the layers the sliders pick for ``vector`` (None: all of its layers); for a direction on the
+        prompt's tokens the layer slider picks the one cross-attention that reads it (0: its own route). No widget
+        sets preserve_norm or the removal window: the values the directions recommend apply, as in a pipeline call
+        that leaves them unset. With a take-away direction
         (``away``) negative scales remove (`take_away_scales`)."""
         vectors = [v for v in (vector, away) if v is not None]
         recommended = recommended_by(vectors) if vectors else {}
@@ -309,7 +360,7 @@ class GenerateSettings:
             layers=layers,
             preserve_norm=recommended.get("steering_preserve_norm", self.config.preserve_norm),
             removal_window=recommended.get("steering_removal_window", self.config.removal_window),
-            readers=recommended.get("steering_readers", self.config.readers),
+            readers=selected_readers(pipe, vector, self.layer_index) or recommended.get("steering_readers", self.config.readers),
             negative="remove" if away is not None else self.config.negative,
         )
 
