@@ -274,7 +274,8 @@ def test_the_layer_slider_picks_the_cross_attention_that_reads_a_direction_on_th
     # picking the direction sets the slider's range to the readers (and back to the layers for a layer direction)
     app = SteerApp(pipe, H.DirectionCatalog({"cat": text.save(tmp_path / "cat.safetensors")}))
     _, slider, *_ = app.describe_direction("cat", None, 12)
-    assert slider["maximum"] == len(readers) and slider["value"] == len(readers)
+    assert slider["maximum"] == len(readers) and slider["value"] == 0  # past the readers: back to its own route
+    assert app.describe_direction("cat", None, 2)[1]["value"] == 2
     with pytest.raises(H.UserError, match="acts on the prompt's tokens, not on a layer: clear 'Several layers'"):
         H.selected_layers(pipe, text, 0, [H.layer_names(pipe)[0]])
     # through the API: the same image as the Python API reading it at that cross-attention only

@@ -144,10 +144,11 @@ class SteerApp:
         updates = [gr.update(value=v) if v is not None else gr.skip() for v in values]
         if any(v is not None for v in values):
             summary += " · recommended settings applied"
-        # the slider's range: the cross-attentions that read a direction on the prompt's tokens, else the layers
+        # the slider's range: the cross-attentions that read a direction on the prompt's tokens, else the layers; a
+        # position past it goes back to 0 (the direction's own layers or route), not to the last reader
         sites = len(H.slider_sites(self.pipe, vector))
         try:
-            position = min(H.check_int(index, "the layer slider", 0, 10**6), sites)
+            position = H.check_int(index, "the layer slider", 0, sites)
         except H.UserError:
             position = 0
         slider = gr.update(maximum=sites, value=position)
