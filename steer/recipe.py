@@ -13,6 +13,7 @@ from PIL import Image, PngImagePlugin
 from steer.files import atomic_write
 
 RECIPE_KEY = "steer:recipe"
+MAX_RUNS_PER_NAME = 10_000  # `unused_names`: suffixes tried before giving up on an output folder
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:
@@ -39,9 +40,6 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     if text is None:
         raise ValueError(f"{path} carries no steer recipe")
     return json.loads(text)
-
-
-MAX_RUNS_PER_NAME = 10_000
 
 
 def made_by(path: Path, recipe: dict[str, Any]) -> bool:

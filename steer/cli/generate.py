@@ -257,7 +257,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         )
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
-    written = []
+    written, renamed = [], False
     for seed in range(args.seed, args.seed + args.num_images):
         generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
         if edit is not None and args.invert:  # the seed draws the inversion's noise; the replay draws none
@@ -286,7 +286,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             files.append((grid, f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
         wanted = [out / name for _, name, _ in files]
         paths = unused_names(wanted, [recipe for *_, recipe in files])
-        if paths != wanted:
+        if paths != wanted and not renamed:  # said once: later seeds' renamed files follow from it
+            renamed = True
             print(f"note: {out} holds other images named {wanted[0].name} ...; these are written as {paths[0].name} ... "
                   "(nothing overwritten)", file=sys.stderr)
         written += [save_png(image, path, recipe) for (image, _, recipe), path in zip(files, paths, strict=True)]
