@@ -17,7 +17,7 @@ seeds (0 .. n-1), unsteered, at 0.5, 0.75, 1.0, 1.25 of the calibrated strength,
 denoiser's kept (argmax and the mean probability of the own prompt under a softmax of the errors) beside the lab
 classifier's kept on the decoded images (the matrix's judge, for comparison only).
 
-Decided on the six tuning targets (blue, red, green, ankle boot, trouser, bag; `docs/steering/class_keep/tuning*.json`)
+Decided on the six tuning targets (blue, red, green, ankle boot, trouser, bag; `docs/steering/class_keep/tuning_colour.json`, `tuning_class.json`)
 before any held-out target was run: the denoiser keeps 6 of 6 at every fraction for all six (their full edits keep the
 object and the colour), so the rule screened on the held-out ones is "the full edit is the largest of 1.0, 0.75, 0.5
 of the calibrated strength whose steered samples' denoiser kept is at least the positives' own"; it would change no
