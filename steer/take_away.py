@@ -20,9 +20,12 @@ with to_blue states to_red's "red"), among the files beside the direction and th
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,11 +190,78 @@ def take_away_hint(prompt: str, vector, found: Sequence[tuple[str, list[str]]]) 
     return f"{prompt!r} states {stated}, which {vector.name!r} replaces: alone the edit mostly fights the prompt"
 
 
+_SAID_ELSEWHERE: contextvars.ContextVar[bool] = contextvars.ContextVar("steer_take_away_said_elsewhere", default=False)
+
+
+@contextlib.contextmanager
+def said_elsewhere() -> Iterator[None]:
+    """Inside the block (this thread or task only), `pipe(...)` gives no take-away hint: the surface calling it (`steer
+    generate`, `steer batch`, the app) says it in its own words."""
+    token = _SAID_ELSEWHERE.set(True)
+    try:
+        yield
+    finally:
+        _SAID_ELSEWHERE.reset(token)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_unchanged(path: str, mtime_ns: int, size: int):
+    from steer.vectors import SteeringVector
+
+    return SteeringVector.load(path)
+
+
+def load_candidate(path: Path):
+    """A take-away candidate read once while its file is unchanged (same modification time and size): `pipe(...)`
+    looks among the same files at every call."""
+    stat = path.stat()
+    return _load_unchanged(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def call_take_away_note(vector, path: str | os.PathLike | None, prompts: Sequence[str] | None, scales: torch.Tensor,
+                        bundled: Mapping[str, str | os.PathLike]) -> str | None:
+    """For a `pipe(...)` call adding one direction: the line `steer generate` prints when a row's prompt states what
+    ``vector`` replaces ("a red t-shirt" with to_blue), with the Python way to take it away; None otherwise.
+
+    Args:
+        vector: the call's one direction (read from ``path`` when it was given as a file or bundled name).
+        prompts: the prompt of each image row (None: a call from prompt embeddings); scales: (rows, 1) strengths,
+            only rows that add the direction (> 0) are looked at.
+        bundled: the model's bundled directions (name -> file), searched after the files beside ``path``.
+    """
+    if prompts is None or vector.opposite is not None or _SAID_ELSEWHERE.get():
+        return None
+    rows = scales[:, 0].expand(len(prompts)) if scales.shape[0] == 1 else scales[:, 0]
+    added = list(dict.fromkeys(p for p, s in zip(prompts, rows.tolist(), strict=True) if s > 0))
+    if not added or _prompted(vector) is None:
+        return None
+    candidates = None
+    for prompt in added:
+        if states(prompt, _prompted(vector)[0]):
+            continue
+        candidates = candidates if candidates is not None else take_away_candidates(path, bundled, load_candidate)
+        if found := suggested_take_aways(vector, prompt, candidates):
+            away = found[0][0]
+            return (f"{take_away_hint(prompt, vector, found)}; take it away as the edit is added: fit = "
+                    f"pipe.fit_take_away(direction, {away!r}), then pipe(..., steering=[direction, {away!r}], "
+                    "**fit.options())")
+    return None
+
+
 def _prompted(vector) -> tuple[list[str], set[tuple[str, ...]]] | None:
     """A direction's stated phrases and its open prompts (as word tuples), from the prompts it records; None for one
     learned otherwise, or whose prompts do not tell (no attribute words)."""
     try:
         positive, negative = recorded_prompts(vector, "positive"), recorded_prompts(vector, "negative")
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return _phrases_of(tuple(positive), tuple(negative))
+
+
+@functools.lru_cache(maxsize=256)
+def _phrases_of(positive: tuple[str, ...], negative: tuple[str, ...]) -> tuple[list[str], set[tuple[str, ...]]] | None:
+    """`_prompted` from the recorded prompts (word matching is the costly part: read once per prompt set)."""
+    try:
         opened = open_prompts(positive, negative)
         return stated_phrases(positive, opened), {tuple(prompt_words(o)) for o in opened}
     except (ValueError, AttributeError, TypeError):

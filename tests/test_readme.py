@@ -45,6 +45,7 @@ def test_readme_python_blocks_run_as_written(tmp_path):
             "assert all(math.isfinite(float(s)) for s in out.memorization_scores)",
             "assert fit.window == (0.0, 1.0) and 1.3 < fit.strength < 1.8, f'the README states the fit: {fit}'",
             "assert taken == [('red', ['red'])], f'the README states the suggestion: {taken}'",
+            "assert bundled_fit.converged and bundled_fit.prompts[0] == ('a red t-shirt', 'a blue t-shirt')",
             "blue_end, red_end = (np.asarray(e, dtype=float) for e in (ends[0], ends[2]))",
             "assert blue_end[..., 2].mean() > blue_end[..., 0].mean() + 20 and red_end[..., 0].mean() > red_end[..., 2].mean() + 20, "
             "'the slider: blue at -1, red at +1'",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer.take_away import CANDIDATE_BYTES, suggested_take_aways
+from steer.take_away import CANDIDATE_BYTES, said_elsewhere, suggested_take_aways
 from steer.vectors import SteeringVector
 from steer.wording import stated_phrases
 
@@ -71,10 +71,15 @@ def test_stated_phrases_are_each_positives_attribute_words_once():
 def test_steer_generate_suggests_the_take_away_on_the_demo_model(tmp_path, capsys, one_thread):
     """On the demo model's bundled directions: to_blue on "a red sneaker" names to_red, and the suggested command line
     runs; an open prompt, a take-away already given, or a slider get no such note."""
+    import warnings
+
     from steer.cli.main import main
 
     common = ["generate", "--steps", "2", "--seed", "3"]
-    assert main([*common, "--direction", "to_blue", "--prompt", "a red sneaker", "--out", str(tmp_path / "a")]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*common, "--direction", "to_blue", "--prompt", "a red sneaker", "--out", str(tmp_path / "a")]) == 0
+    assert not [w for w in caught if "fit_take_away" in str(w.message)]  # the note below, not the Python call's hint too
     err = capsys.readouterr().err
     assert ("note: 'a red sneaker' states 'red', which 'toward blue' replaces: alone the edit mostly fights the prompt; add "
             "--take-away to_red (or auto) --fit to take it away as the edit is added") in err
@@ -217,3 +222,58 @@ def test_take_away_auto_takes_away_what_the_prompt_states_or_nothing(tmp_path, c
     assert recipes["a red dress"]["take_away"]["hash"] == SteeringVector.load(bundled_directions()["to_dress"]).digest()
     assert "take_away" not in recipes["a red item"]
     assert "note: line 2: take_away auto: 'a red item' states nothing 'toward bag' replaces: nothing taken away" in told
+
+
+def test_a_python_call_says_what_to_take_away_as_the_command_line_does(tmp_path, one_thread):
+    """`pipe("a red t-shirt", steering="to_blue")` warns once, naming to_red and the Python way to take it away (the CLI,
+    batch and app say it too); rows that add nothing, prompts that state nothing against the edit or the edit itself,
+    and subtracting stay quiet. A direction given by path looks beside its file first, as `steer generate` does."""
+    import warnings
+
+    from steer.cli.loading import load_pipeline
+
+    pipe = load_pipeline(None, "cpu", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def told(prompt, steering="to_blue", scale=1.0) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe(prompt, steering=steering, steering_scale=scale, num_inference_steps=1, output_type="latent")
+        return [str(w.message) for w in caught if "take it away" in str(w.message)]
+
+    said = told("a red t-shirt")
+    assert said == ["'a red t-shirt' states 'red', which 'toward blue' replaces: alone the edit mostly fights the prompt; take "
+                    "it away as the edit is added: fit = pipe.fit_take_away(direction, 'to_red'), then pipe(..., steering="
+                    "[direction, 'to_red'], **fit.options())"]
+    assert told(["a sneaker", "a red dress"], "to_bag", [0.0, 1.0])[0].startswith("'a red dress' states 'dress', which 'toward bag'")
+    assert told(["a red dress", "a red item"], "to_bag", [0.0, 1.0]) == []  # the dress row is not steered
+    assert told("a t-shirt") == told("a blue t-shirt") == told("a red t-shirt", scale=-1.0) == []
+    with said_elsewhere():  # the CLI and the app say it in their own words
+        assert told("a red t-shirt") == []
+    folder = mine(tmp_path)
+    assert f"pipe.fit_take_away(direction, {str(folder / 'mine_to_red.safetensors')!r})" in told(
+        "a red bag", str(folder / "mine_to_blue.safetensors"))[0]
+
+
+def test_fits_take_directions_by_bundled_name_as_calls_do(one_thread):
+    """`pipe.fit_take_away("to_blue", "to_red")` and `pipe.fit_edit("to_blue")` read the bundled files as `steering=`
+    does (they raised AttributeError on the string); a name that is no direction is one line with a suggestion."""
+    from steer.cli.loading import load_pipeline
+
+    pipe = load_pipeline(None, "cpu", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    fit = pipe.fit_take_away("to_blue", "to_red", num_samples=1, num_inference_steps=2, grid=[1.0], windows=[(0, 1)])
+    assert fit.prompts == [("a red t-shirt", "a blue t-shirt")] and fit.window == (0.0, 1.0)
+    edit = pipe.fit_edit("to_blue", num_samples=1, num_inference_steps=2, grid=[1.0])
+    assert edit.prompts == [("a t-shirt", "a blue t-shirt")] and edit.scale == 1.0
+    assert pipe.load_direction("to_blue").digest() == SteeringVector.load(bundled_names()["to_blue"]).digest()
+    with pytest.raises(ValueError, match="did you mean 'to_blue'"):
+        pipe.fit_take_away("to_blu", "to_red")
+    with pytest.raises(TypeError, match="expected one direction"):
+        pipe.fit_edit(["to_blue"])
+
+
+def bundled_names():
+    from steer.assets import bundled_directions
+
+    return bundled_directions()

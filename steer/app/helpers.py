@@ -101,6 +101,7 @@ from steer.inversion import check_invertible, invert_image
 from steer.lora import loaded_loras
 from steer.pipelines.factory import editing_pipeline
 from steer.replay import edit_call_inputs
+from steer.take_away import said_elsewhere
 from steer.vectors import SteeringVector
 
 
@@ -491,14 +492,15 @@ def run_rows_scored(
     elif edit is not None:
         sampler = editing_pipeline(sampler, edit.task)
         extra = edit_call_inputs(sampler, edit, settings.height, settings.width, rows)
-    out = sampler(
-        **kwargs,
-        **steering,
-        **extra,
-        generator=make_generators(pipe, settings.seed, rows),
-        output_type="pil",
-        callback_on_step_end=step_callback(progress, edit_steps(settings.edit_strength, settings.steps) if edit is not None else settings.steps),
-    )
+    with said_elsewhere():  # the page names the direction to take away (its Take away picker)
+        out = sampler(
+            **kwargs,
+            **steering,
+            **extra,
+            generator=make_generators(pipe, settings.seed, rows),
+            output_type="pil",
+            callback_on_step_end=step_callback(progress, edit_steps(settings.edit_strength, settings.steps) if edit is not None else settings.steps),
+        )
     scores = [float(v) for v in out.memorization_scores] if detector is not None else None
     return list(out.images), scores
 

@@ -314,11 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
     from steer.denoisers import LayerError
+    from steer.take_away import said_elsewhere
     from steer.vectors import ModelMismatchError, SteeringFileError
 
     command = " ".join(filter(None, ["steer", args.command, getattr(args, "lab_command", None)]))
     try:
-        result = args.func(args)
+        with said_elsewhere():  # the commands say which direction to take away in their own words (`--take-away`)
+            result = args.func(args)
     except (CLIError, LayerError, ModelMismatchError, SteeringFileError, FileNotFoundError, ValueError, OSError) as err:
         text = str(err).replace("pass steering_strict=False", "pass --no-strict") if isinstance(err, ModelMismatchError) else str(err)
         print(f"{command}: error: {clip(text, 1000) or type(err).__name__}", file=sys.stderr)

@@ -207,6 +207,15 @@ class SteeringMixin:
             vectors, scales, given = split_sides(vectors, scales, given, prompts)
         return {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}, vectors, scales
 
+    def load_direction(self, vector: SteeringVector | str | os.PathLike) -> SteeringVector:
+        """One direction as every call takes it: a `SteeringVector`, a path to one, or the name of a bundled
+        direction of this model (``"to_blue"``). Anything else, or a list: one line naming what was given."""
+        if isinstance(vector, SteeringVector):
+            return vector
+        if not isinstance(vector, str | os.PathLike):
+            raise TypeError(f"expected one direction (a SteeringVector, a path or a bundled name), got {type(vector).__name__}")
+        return SteeringVector.load(self._bundled_files(vector))
+
     def _bundled_files(self, steering: Any) -> Any:
         """``steering`` with the names of bundled directions (``"to_blue"``, as the command line takes them) replaced
         by their files: the model folder's own ``directions/``, else the embedded demo model's
@@ -220,6 +229,17 @@ class SteeringMixin:
             return str(bundled[steering])
         raise ValueError(f"no direction file or bundled direction named {steering!r}{did_you_mean(steering, bundled)} "
                          f"(bundled: {', '.join(bundled) or 'none'})")
+
+    def _take_away_note(self, steering: Any, vector: SteeringVector, scales: torch.Tensor, bound) -> str | None:
+        """The hint `steer generate` gives when a prompt states what the call's one direction replaces ("a red
+        t-shirt" with to_blue: take to_red away), looked for beside its file and among the bundled directions
+        (`steer.take_away.call_take_away_note`)."""
+        from steer.take_away import call_take_away_note
+
+        spec = steering[0] if isinstance(steering, list | tuple) and len(steering) == 1 else steering
+        path = self._bundled_files(spec) if isinstance(spec, str | os.PathLike) else None
+        bundled = bundled_directions(getattr(self, "name_or_path", None) or None)
+        return call_take_away_note(vector, path, self._row_prompts(bound), scales, bundled)
 
     @staticmethod
     def _row_prompts(bound: inspect.BoundArguments) -> list[str] | None:
@@ -360,6 +380,8 @@ class SteeringMixin:
         settings, vectors, scales = self._resolve_steering(explicit, num_images, self._row_prompts(bound))
         check_steering_request(vectors, scales, settings, self.denoiser.dtype)  # ranges, empty layers
         active = bool(vectors) and bool(scales.abs().sum() > 0)
+        if active and len(vectors) == 1 and (note := self._take_away_note(settings["steering"], vectors[0], scales, bound)):
+            warnings.warn(note, UserWarning, stacklevel=3)
 
         compiled = hasattr(getattr(self, self.denoiser_name), "_orig_mod")
         sites = self.__dict__.get("_static_sites") if compiled else None
@@ -414,7 +436,7 @@ class SteeringMixin:
         `steer.take_away.fit_take_away`."""
         from steer.take_away import fit_take_away
 
-        return fit_take_away(self, vector, away, **kwargs)
+        return fit_take_away(self, self.load_direction(vector), self.load_direction(away), **kwargs)
 
     def fit_edit(self, vector, strength: float | None = None, **kwargs: Any):
         """Fit the scale at which ``vector`` edits a given image at ``strength`` as far as its own positive prompts do
@@ -427,7 +449,7 @@ class SteeringMixin:
         edit = editing_pipeline(self, "img2img")
         if strength is None:
             strength = default_strength(edit)
-        return fit_edit(text_pipeline(self), edit, vector, strength=strength, **kwargs)
+        return fit_edit(text_pipeline(self), edit, self.load_direction(vector), strength=strength, **kwargs)
 
     def invert_image(self, image, prompt: str, **kwargs: Any):
         """Invert ``image`` for ``prompt`` so that `ImageInversion.edit` steers the picture itself (its unsteered rows
