@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from PIL import Image, PngImagePlugin
 
@@ -33,7 +33,7 @@ def save_png(image: Image.Image, path: str | os.PathLike, recipe: dict[str, Any]
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
-def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
+def read_recipe(path: str | os.PathLike | IO[bytes]) -> dict[str, Any]:
     """The recipe stored in a PNG written by `save_png`."""
     with Image.open(path) as im:
         text = im.text.get(RECIPE_KEY) if hasattr(im, "text") else None
@@ -42,15 +42,22 @@ def read_recipe(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(text)
 
 
+def recipe_in(source: str | os.PathLike | IO[bytes]) -> dict[str, Any] | None:
+    """The recipe a PNG (a path or an open binary file) carries, or None: not a PNG, no recipe, a broken or oversized
+    file (someone else's: callers keep it rather than replace it)."""
+    try:
+        recipe = read_recipe(source)
+    except Exception:  # noqa: BLE001 - whatever the file is, it holds no recipe of ours
+        return None
+    return recipe if isinstance(recipe, dict) else None
+
+
 def made_by(path: Path, recipe: dict[str, Any]) -> bool:
     """Whether ``path`` is a PNG written by `save_png` from ``recipe`` (the same call made again). A symlink, a folder
     or an unreadable file holds none (it is never read through or replaced)."""
     if path.is_symlink() or not path.is_file():
         return False
-    try:
-        return read_recipe(path) == json.loads(json.dumps(recipe, sort_keys=True, default=str))
-    except Exception:  # noqa: BLE001 - not a PNG, no recipe, a broken or oversized file: someone else's, keep it
-        return False
+    return recipe_in(path) == json.loads(json.dumps(recipe, sort_keys=True, default=str))
 
 
 def unused_names(paths: list[Path], recipes: list[dict[str, Any]]) -> list[Path]:

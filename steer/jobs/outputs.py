@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from steer.jobs.files import manifest_lines, read_under, safe_parts
 from steer.jobs.read import JobError
-from steer.recipe import read_recipe, recipe_hash
+from steer.recipe import recipe_hash, recipe_in
 
 if TYPE_CHECKING:
     from steer.jobs.plan import ImageJob, Plan
@@ -129,11 +129,10 @@ def _free_path(out: Path, im: ImageJob, claimed: dict[str, str], by_path: dict[s
 
 def holds_recipe(data: bytes | None, key: str) -> bool:
     """Whether ``data`` is a PNG carrying a recipe with this resume key."""
-    if data is None:
-        return False
+    recipe = recipe_in(io.BytesIO(data)) if data is not None else None
     try:
-        return image_key(read_recipe(io.BytesIO(data))) == key
-    except Exception:  # noqa: BLE001 - not a PNG, no recipe, unreadable: not ours
+        return recipe is not None and image_key(recipe) == key
+    except (AttributeError, TypeError):  # a recipe of another shape (written by hand): not ours
         return False
 
 
