@@ -39,7 +39,9 @@ class AutoDtypeMixin:
         """diffusers' ``from_pipe``, except that with no ``dtype`` / ``torch_dtype`` every shared component keeps its
         dtype: diffusers casts them all to float32 in place, which also changes the source pipeline (a float16 UNet
         doubles in size; a float32 VAE under a float16 UNet is kept either way). The source's automatic dtype choice
-        carries over."""
+        carries over. A source whose modules mix half precision and float32 (a plain pipeline loaded without a dtype
+        from half weights: it cannot run) gets `from_pretrained`'s choice: float32 on the CPU, the half precision on an
+        accelerator, cast in place as diffusers' ``from_pipe`` would."""
         if any(kwargs.get(k) is not None for k in ("torch_dtype", "dtype")):
             return super().from_pipe(pipeline, **kwargs)  # type: ignore[misc]
         token = _KEEP_DTYPES.set(True)
@@ -48,6 +50,15 @@ class AutoDtypeMixin:
         finally:
             _KEEP_DTYPES.reset(token)
         stored = getattr(pipeline, "__dict__", {}).get("_steer_stored_dtype")
+        if stored is None and not any(getattr(m, "is_quantized", False) for m in _modules(pipe)):
+            # a plain diffusers pipeline loaded without a dtype from half weights: half text encoder, float32 UNet,
+            # which cannot run (diffusers' own from_pipe casts everything to float32): the same choice as from_pretrained
+            dtypes = {m.dtype for m in _modules(pipe)}
+            half = next((d for d in dtypes if d in (torch.float16, torch.bfloat16)), None)
+            if half is not None and torch.float32 in dtypes:
+                stored = half
+                device = next((m.device for m in _modules(pipe)), torch.device("cpu"))
+                _cast(pipe, torch.float32 if device.type == "cpu" else half)
         if stored is not None:
             pipe.__dict__["_steer_stored_dtype"] = stored
         return pipe

@@ -29,7 +29,8 @@ import torch
 
 from steer.calibrate import POOR_DISTANCE, curve_minimum, rows_per_sample, sample_latents
 from steer.images import edit_steps
-from steer.take_away import recorded_prompts
+from steer.take_away import MAX_SAMPLES, recorded_prompts
+from steer.validation import MAX_STEPS, check_int
 
 GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
@@ -109,6 +110,8 @@ def fit_edit(
     grid = sorted(float(g) for g in grid)
     if not grid or grid[0] <= 0:
         raise ValueError("the edit grid must hold positive scales")
+    check_int(num_samples, "num_samples", 1, MAX_SAMPLES, optional=False)
+    check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
     if not 0 < strength <= 1 or edit_steps(strength, num_inference_steps) < 1:
         raise ValueError(f"strength {strength:g} of {num_inference_steps} steps runs no step")
     fixed = sorted(k for k in ("steering", "steering_scale", "image", "strength") if k in call_kwargs)

@@ -29,11 +29,13 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+import PIL.Image
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from steer.samplers import with_scheduler
+from steer.validation import MAX_STEPS, check_int
 
 
 class _Shared:
@@ -180,6 +182,12 @@ class ImageInversion:
     def edit(self, pipe: Any, rows: int = 1, **kwargs: Any) -> Any:
         """``pipe``'s output for ``rows`` rows replayed from the inversion, with ``kwargs`` (``steering=``,
         ``steering_scale=``, ``output_type=``...): unsteered rows are the picture (its VAE reconstruction)."""
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be a positive integer, got {rows!r}")
+        fixed = sorted(set(kwargs) & set(self.call_kwargs(1)))
+        if fixed:
+            raise TypeError(f"the inversion fixes {', '.join(fixed)} (the edit replays the run it recorded): invert "
+                            "the picture again to change them")
         return self.pipeline(pipe)(**self.call_kwargs(rows), **kwargs)
 
 
@@ -258,11 +266,13 @@ def invert_image(
     from steer.images import edit_size
 
     check_invertible(pipe)
-    size = getattr(image, "size", None)
+    if not isinstance(prompt, str):
+        raise TypeError(f"invert_image takes one prompt (what the picture shows), got {type(prompt).__name__}")
+    check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
     if height is None or width is None:
-        if size is None:
-            raise ValueError("give height and width for an image that is not a PIL image")
-        height, width = edit_size(size, height, width)
+        if not isinstance(image, PIL.Image.Image):  # arrays and tensors have a .size too, but not (width, height)
+            raise ValueError(f"give height and width for an image that is not a PIL image (got {type(image).__name__})")
+        height, width = edit_size(image.size, height, width)
     device, vae = pipe._execution_device, pipe.vae
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16: encode
         vae = copy.deepcopy(vae).float()  # with a float32 copy (casting the shared one would race other calls)

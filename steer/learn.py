@@ -11,6 +11,7 @@ Aggregation: ``"mean"`` (the paper: mean of the positive set), ``"mean_diff"`` (
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ from steer.extract import (
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
-from steer.validation import check_int
+from steer.validation import check_int, did_you_mean, short
 from steer.vectors import SteeringVector, unet_fingerprint
 from steer.wording import open_prompts, stated_phrases
 
@@ -131,6 +132,16 @@ MODES = ("text", "trajectory", "reference", "fast")
 AUTO_WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 # How a calibrated direction is applied (recorded as its recommended settings).
 CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
+
+
+def _check_call_names(pipe, call_kwargs: dict[str, Any]) -> None:
+    """``call_kwargs`` go to the pipeline's calls: a name no call takes (``calibrat=False``) is one line with the
+    option meant, not a keyword the pipeline's ``**kwargs`` would swallow while the learning runs on as if unset."""
+    taken = inspect.signature(type(pipe).__call__).parameters
+    for name in call_kwargs:
+        if name not in taken:
+            raise TypeError(f"learn_direction() got an unknown argument {name!r}"
+                            f"{did_you_mean(name, [*inspect.signature(learn_direction).parameters, *taken])}")
 
 
 def learn_direction(
@@ -221,6 +232,7 @@ def learn_direction(
             state each side in ``metadata["flip"]``: calls then flip rows whose prompt states the other side
             (`steer.sliders`). False: the slider adds its sides only.
     """
+    _check_call_names(pipe, call_kwargs)
     if two_sided:
         given = dict(locals())  # the keyword arguments, each side learned with them
         options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "flip_stated", "call_kwargs")}
@@ -229,6 +241,10 @@ def learn_direction(
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items:
         raise ValueError("the positive set is empty")
+    for label, items in (("positive", pos_items), ("negative", neg_items)):
+        odd = next((i for i, x in enumerate(items) if not (isinstance(x, str) or is_image_item(x))), None)
+        if odd is not None:
+            raise ValueError(f"{label} item {odd} is neither a prompt nor an image (file): {short(items[odd])}")
     image_input = is_image_item(pos_items[0])
     explicit_preset = preset is not None
     if preset is None:  # follow an explicit mode, else the default for the input kind
@@ -306,7 +322,7 @@ def learn_direction(
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
-    for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096),
+    for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096), ("step_buckets", step_buckets, 10_000),
                                ("calibration_samples", calibration_samples, 4096), ("num_inference_steps", num_inference_steps, 10_000)):
         check_int(value, label, 1, high, optional=False)
     if calibrate:  # the calibration's open prompts: a positive with nothing to leave open is an error before any sampling

@@ -188,4 +188,6 @@ def with_scheduler(pipe: Any, scheduler: Any) -> Any:
     clone.__dict__["scheduler"] = scheduler
     library = pipe.config.get("scheduler", ("diffusers", None))[0] or "diffusers"
     clone.__dict__["_internal_dict"] = FrozenDict({**pipe.config, "scheduler": (library, type(scheduler).__name__)})
+    if callable(getattr(pipe, "steering_key", None)):  # `pipe.steering(...)` blocks in force apply to the copy too
+        clone.__dict__["_steering_key"] = pipe.steering_key()
     return clone

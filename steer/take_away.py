@@ -42,6 +42,7 @@ from steer.calibrate import (
 )
 from steer.config import recommended_settings
 from steer.partial_run import run_length
+from steer.validation import MAX_STEPS, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -139,6 +140,10 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
     states ``vector``'s own phrase, where ``vector`` is a slider (it turns such prompts itself) or records no prompts.
     Adding blue to "a red sneaker" alone mostly fights the prompt (docs/steering.md, "Contradicting prompts"); with
     the suggestion taken away (and `fit_take_away`) it replaces it."""
+    for name, item in (("the direction", vector), *((repr(k), v) for k, v in candidates.items())):
+        if not hasattr(item, "metadata") or not hasattr(item, "opposite"):
+            raise TypeError(f"suggested_take_aways reads directions (SteeringVector; pipe.load_direction(...) reads a file "
+                            f"or bundled name), got {type(item).__name__} for {name[:80]}")
     own = _prompted(vector)
     if own is None or vector.opposite is not None or states(prompt, own[0]):
         return []
@@ -152,6 +157,7 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
     return found
 
 
+MAX_SAMPLES = 4096  # num_samples of a fit (as `learn_direction`'s calibration_samples)
 FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read as take-away candidates
 CANDIDATE_BYTES = 64 * 2**20  # larger files beside a direction (a model checkpoint) are not read as candidates
 AUTO = "auto"  # `steer generate --take-away auto`, a batch job's "take_away": "auto": the first suggested one
@@ -311,8 +317,13 @@ def fit_take_away(
     grid = sorted(float(g) for g in grid)
     if not grid or grid[0] <= 0:
         raise ValueError("the take-away grid must hold positive strengths")
+    check_int(num_samples, "num_samples", 1, MAX_SAMPLES, optional=False)
+    check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
     if not windows:
         raise ValueError("give at least one candidate window")
+    if isinstance(windows[0], int | float):  # windows=(0, 1): one window, not a list of them
+        one = ", ".join(short(w) for w in list(windows)[:2])
+        raise ValueError(f"windows= is a list of candidate windows (windows=[({one})]), not one window")
     fixed = sorted(k for k in ("steering", "steering_scale", "steering_window", "steering_negative") if k in call_kwargs)
     if fixed:
         raise ValueError(f"fit_take_away sets {', '.join(fixed)} itself (the candidate windows are windows=)")

@@ -273,6 +273,12 @@ def check_direction_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
 
 
 def check_vector_values(t: torch.Tensor, where: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise SchemaError(f"{where} is not a tensor, got {kind_of(t)}")
+    if not t.is_floating_point():  # an integer cast truncates the direction (to 0 for unit-norm ones): nothing steers
+        raise SchemaError(f"{where} holds {str(t.dtype).replace('torch.', '')} values; directions are floating point")
+    if t.numel() == 0:
+        raise SchemaError(f"{where} is empty")
     values = t.detach().float()
     if not torch.isfinite(values).all():
         raise SchemaError(f"{where} contains NaN or infinite values")

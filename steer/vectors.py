@@ -371,9 +371,14 @@ class SteeringVector:
     # ----- files -------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` (.safetensors): tensors in fp32 and the metadata as JSON in the header. Atomic."""
+        given = os.fspath(path)
         path = Path(path)
+        if given.endswith(("/", os.sep)) or path.is_dir():
+            raise ValueError(f"cannot save {self.name!r} to {given}: it is a folder; give a file name ({path / 'direction.safetensors'})")
         if path.suffix != ".safetensors":
             path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        if path.is_dir():
+            raise ValueError(f"cannot save {self.name!r} to {path}: a folder has that name")
         # copies: layers (or a slider's two sides) that share one tensor are written apart, which safetensors requires
         tensors = {k: v.detach().to("cpu", torch.float32, copy=True).contiguous() for k, v in self.directions.items()}
         try:  # refuse to write a file that `load` would refuse
@@ -402,6 +407,9 @@ class SteeringVector:
         not a module path, or entries that are not finite or exceed `steer.validation.MAX_VECTOR_ENTRY`.
         """
         path = Path(path)
+        if not path.is_file() and path.suffix != ".safetensors":  # where `save` wrote it: "blue" -> blue.safetensors
+            saved = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+            path = saved if saved.is_file() else path
         if not path.is_file():
             raise SteeringFileError(f"direction file not found: {path}")
         header, tensors = read_checked(path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, SteeringFileError, "steering vector")
@@ -539,6 +547,9 @@ def as_vector_list(steering: SteeringVector | str | os.PathLike | Iterable | Non
         return [steering]
     if isinstance(steering, str | os.PathLike):
         return [SteeringVector.load(steering)]
+    if not isinstance(steering, list | tuple):  # a tensor, a number, a dict: not what a call can steer with
+        raise TypeError(f"steering takes a SteeringVector, a file path, a bundled direction's name or a list of them, "
+                        f"got {type(steering).__name__}")
     out = []
     for item in steering:
         out.extend(as_vector_list(item))

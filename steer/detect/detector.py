@@ -47,6 +47,8 @@ from steer.validation import (
     SchemaError,
     check_detector_header,
     check_detector_tensors,
+    check_int,
+    short,
 )
 from steer.vectors import ModelMismatchError, unet_fingerprint
 
@@ -446,8 +448,14 @@ def detect_memorization(
     """
     if "memorization_detector" not in getattr(pipe, "_extra_call_params", tuple)():
         raise TypeError("detect_memorization needs a steer.SteeringStableDiffusionPipeline (see steer.cli.loading.load_pipeline)")
-    det = as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("detect_memorization takes a prompt or a non-empty list of prompts")
+    check_int(num_images_per_prompt, "num_images_per_prompt", 1, 100_000, optional=False)
+    check_int(batch_size, "batch_size", 1, 4096, optional=False)
+    if verdict_from not in (None, "reencode", "inline", "early"):
+        raise ValueError(f"verdict_from must be 'reencode', 'inline', 'early' or None, got {short(verdict_from)}")
+    det = as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
     items = [p for p in prompts for _ in range(num_images_per_prompt)]
     seeds = [seed + i for i in range(len(items))]
     gen_device = "cpu" if pipe._execution_device.type == "mps" else pipe._execution_device

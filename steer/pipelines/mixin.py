@@ -10,6 +10,7 @@ import contextvars
 import copy
 import dataclasses
 import inspect
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -42,10 +43,11 @@ from steer.detect.detector import detect_memorization
 from steer.detect.inline import enter_inline_detection
 from steer.detect.scores import INLINE_CALL_PARAMS
 from steer.engine import LayerPlan, StaticSteeringSites, SteeringSession, activated, build_layer_plans
+from steer.images import edit_steps
 from steer.learn import learn_direction
 from steer.samplers import with_sampler
 from steer.sliders import split_sides
-from steer.validation import check_steering_request, did_you_mean
+from steer.validation import MAX_STEPS, check_steering_request, did_you_mean, short
 from steer.vectors import SteeringVector, as_vector_list
 
 # Per-pipeline defaults set by `pipe.steering(...)`, scoped to the current thread / task.
@@ -185,10 +187,7 @@ class SteeringMixin:
     def with_sampler(self, name: str | None):
         """This pipeline sampling with sampler ``name`` (``"dpm++2m-karras"``, ``"euler-a"``...): a shallow copy that
         shares the modules and the `steering` blocks in force; see `steer.samplers.with_sampler`."""
-        clone = with_sampler(self, name)
-        if clone is not self:
-            clone.__dict__["_steering_key"] = self.steering_key()
-        return clone
+        return with_sampler(self, name)
 
     def _resolve_steering(self, explicit: dict[str, Any], num_images: int, prompts: Sequence[str] | None = None
                           ) -> tuple[dict[str, Any], list[SteeringVector], torch.Tensor | None]:
@@ -229,6 +228,42 @@ class SteeringMixin:
             return str(bundled[steering])
         raise ValueError(f"no direction file or bundled direction named {steering!r}{did_you_mean(steering, bundled)} "
                          f"(bundled: {', '.join(bundled) or 'none'})")
+
+    def _check_unknown_names(self, bound: inspect.BoundArguments) -> None:
+        """A call argument the diffusers pipeline would swallow in its ``**kwargs`` (and ignore) that reads like a
+        steering option (``steering_sclae=``, ``stering=``, ``scale=``): one line with the option meant, never a
+        silently unsteered image. Other unknown names pass to the pipeline as they would without steer."""
+        ours = [*STEERING_DEFAULTS, *self._extra_call_params()]
+        swallowed = [p.name for p in bound.signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+        for name in bound.arguments.get(swallowed[0]) or {} if swallowed else {}:
+            meant = f"steering_{name}" if f"steering_{name}" in STEERING_DEFAULTS else None
+            hint = f"; did you mean {meant!r}?" if meant else did_you_mean(name, ours)
+            if hint or name.startswith("steer"):
+                raise TypeError(f"{type(self).__name__}() got an unknown argument {name!r}{hint or ''} "
+                                f"(steering options: {', '.join(STEERING_DEFAULTS)})")
+
+    @staticmethod
+    def _check_call_arguments(bound: inspect.BoundArguments) -> None:
+        """What diffusers would fail on deep inside (or, at ``num_inference_steps=-1``, return an image without a
+        single denoising step): an empty prompt list, ``num_images_per_prompt`` below 1, ``num_inference_steps`` not
+        an integer in [1, `MAX_STEPS`], an image-to-image ``strength`` that runs none of them. One line each."""
+        args, params = bound.arguments, bound.signature.parameters
+        if isinstance(args.get("prompt"), list | tuple) and not args["prompt"]:
+            raise ValueError("prompt is an empty list: give at least one prompt")
+        per_prompt = args.get("num_images_per_prompt")
+        if per_prompt is not None and (isinstance(per_prompt, bool) or not isinstance(per_prompt, numbers.Integral) or per_prompt < 1):
+            raise ValueError(f"num_images_per_prompt must be a positive integer, got {short(per_prompt)}")
+        if "num_inference_steps" not in params:
+            return
+        steps = args.get("num_inference_steps", params["num_inference_steps"].default)
+        if any(args.get(k) is not None for k in ("timesteps", "sigmas")) or steps is None:
+            return  # the schedule is given: diffusers counts the steps from it
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
+            raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {short(steps)}")
+        strength = args.get("strength", params["strength"].default) if "strength" in params else None
+        if isinstance(strength, numbers.Real) and args.get("denoising_start") is None and edit_steps(float(strength), int(steps)) < 1:
+            raise ValueError(f"strength {strength:g} of {steps} steps runs no denoising step: raise strength or "
+                             f"num_inference_steps (strength x steps >= 1)")
 
     def _take_away_note(self, steering: Any, vector: SteeringVector, scales: torch.Tensor, bound) -> str | None:
         """The hint `steer generate` gives when a prompt states what the call's one direction replaces ("a red
@@ -376,6 +411,8 @@ class SteeringMixin:
         explicit = {k: kwargs.pop(k) for k in list(kwargs) if k in STEERING_DEFAULTS}
         extras = {k: kwargs.pop(k) for k in list(kwargs) if k in self._extra_call_params()}
         bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
+        self._check_unknown_names(bound)
+        self._check_call_arguments(bound)
         num_images = self._num_images(bound)
         settings, vectors, scales = self._resolve_steering(explicit, num_images, self._row_prompts(bound))
         check_steering_request(vectors, scales, settings, self.denoiser.dtype)  # ranges, empty layers
