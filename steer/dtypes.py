@@ -53,9 +53,11 @@ class AutoDtypeMixin:
         if stored is None and not any(getattr(m, "is_quantized", False) for m in _modules(pipe)):
             # a plain diffusers pipeline loaded without a dtype from half weights: half text encoder, float32 UNet,
             # which cannot run (diffusers' own from_pipe casts everything to float32): the same choice as from_pretrained
-            dtypes = {m.dtype for m in _modules(pipe)}
-            half = next((d for d in dtypes if d in (torch.float16, torch.bfloat16)), None)
-            if half is not None and torch.float32 in dtypes:
+            parts = {k: m for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+            encoders = {m.dtype for k, m in parts.items() if k.startswith("text_encoder")}
+            denoisers = {m.dtype for k, m in parts.items() if k in ("unet", "transformer")}
+            half = next((d for d in encoders if d in (torch.float16, torch.bfloat16)), None)
+            if half is not None and denoisers == {torch.float32}:  # (a half UNet over a float32 VAE runs: kept)
                 stored = half
                 device = next((m.device for m in _modules(pipe)), torch.device("cpu"))
                 _cast(pipe, torch.float32 if device.type == "cpu" else half)
