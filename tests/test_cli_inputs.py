@@ -200,3 +200,27 @@ def test_detect_refuses_bad_inputs_before_loading(no_model, tmp_path, capsys):
     refusal([*run, "--detector", str(tmp_path / "not-a-detector.safetensors")], capsys, "not a readable safetensors file")
     refusal(["detect", "--images", str(tmp_path / "noimages"), "--out", str(tmp_path / "r.jsonl")], capsys, "holds no images")
     refusal([*run, "--save-images", str(prompts)], capsys, f"--save-images {prompts} is a file, not a folder")
+
+
+def test_sweep_rows_never_share_a_file_name():
+    """``--sweep=1,1.01,3`` runs 1, 1.005, 1.01: at 3 significant digits two rows were both ``seed0_scale+1.png`` (the
+    second overwrote the first); names now carry the digits that tell rows apart, or the row where scales are equal."""
+    from steer.cli.generate import scale_tags
+
+    assert scale_tags([0.0, 0.5, 1.0]) == ["_scale+0", "_scale+0.5", "_scale+1"]
+    assert scale_tags([1.0, 1.005, 1.01]) == ["_scale+1", "_scale+1.005", "_scale+1.01"]
+    assert len(set(scale_tags([1.0, 1.0000001]))) == 2
+    assert scale_tags([1.0, 1.0, 2.0]) == ["_scale+1_row0", "_scale+1_row1", "_scale+2"]
+    assert scale_tags([None]) == [""]
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line(capsys):
+    """Bytes the shell passes that are not UTF-8 reach Python as surrogates; the tokenizer raised a TypeError traceback."""
+    from steer.cli.main import main
+    from steer.testing import assert_one_line_error
+
+    bad = b"a \xff sneaker".decode("utf-8", "surrogateescape")
+    rc = main(["generate", "--prompt", bad, "--steps", "1", "--out", "unused"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--prompt is not UTF-8 text", prefix="steer generate: error:")
+    rc = main(["learn", "--positive", bad, "--negative", "a bag", "--out", "unused.safetensors"])
+    assert_one_line_error(rc, capsys.readouterr().err, "--positive is not UTF-8 text", prefix="steer learn: error:")

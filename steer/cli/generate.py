@@ -277,8 +277,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
         files = []  # (image, name, recipe)
-        for row, (image, scale) in enumerate(zip(images, scales, strict=True)):
-            tag = f"_scale{scale:+.3g}" if scale is not None else ""
+        for row, (image, scale, tag) in enumerate(zip(images, scales, scale_tags(scales), strict=True)):
             call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
             files.append((image, f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record), **shape, **call}))
         if args.sweep is not None:
@@ -294,6 +293,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for w in written:
         print(w)
     return 0
+
+
+def scale_tags(scales: list) -> list[str]:
+    """The ``_scale+1`` part of each row's file name: 3 significant digits, more where rows would share a name
+    (``--sweep=1,1.01``: ``+1``, ``+1.01``; ``1,1.0001``: ``+1``, ``+1.0001``), a row number where they are equal."""
+    if scales == [None]:
+        return [""]
+    for digits in (3, 6, 17):
+        tags = [f"_scale{s:+.{digits}g}" for s in scales]
+        if len(set(tags)) == len(tags):
+            return tags
+    return [f"{t}_row{i}" if tags.count(t) > 1 else t for i, t in enumerate(tags)]
 
 
 def take_away_note(vector, path: Path, prompt: str, bundled: dict[str, Path]) -> str | None:

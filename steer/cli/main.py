@@ -310,6 +310,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(_attach_signed_values(list(sys.argv[1:] if argv is None else argv)))
 
 
+def _undecodable_text(args: argparse.Namespace) -> str | None:
+    """The first prompt-like option (``prompt``, ``negative_prompt``, ``positive``, ``negative``) holding bytes the
+    shell passed that are not UTF-8; None when all are text."""
+    for name, value in vars(args).items():
+        if not any(word in name for word in ("prompt", "positive", "negative")):
+            continue
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
@@ -318,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     from steer.vectors import ModelMismatchError, SteeringFileError
 
     command = " ".join(filter(None, ["steer", args.command, getattr(args, "lab_command", None)]))
+    if (bad := _undecodable_text(args)) is not None:  # argv bytes that are not UTF-8 reach the tokenizer as surrogates
+        print(f"{command}: error: --{bad.replace('_', '-')} is not UTF-8 text", file=sys.stderr)
+        return 2
     try:
         with said_elsewhere():  # the commands say which direction to take away in their own words (`--take-away`)
             result = args.func(args)
