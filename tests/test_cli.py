@@ -281,6 +281,14 @@ def test_detect_and_batch_succeed_on_the_tiny_model(model_dir, tmp_path, capsys)
     rc, out, _ = run_main(["detect", "--model", model_dir, "--device", "cpu", "--images", str(images), "--out", str(tmp_path / "r.jsonl")], capsys)
     assert rc == 0 and "1 samples" in out
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+    # the report, its summary and histogram are never written through a link (a user's file was replaced by the plot)
+    (tmp_path / "precious").write_text("keep")
+    for linked in ("l.summary.json", "l.png", "l.jsonl"):
+        (tmp_path / linked).symlink_to(tmp_path / "precious")
+        rc, _, err = run_main(["detect", "--model", model_dir, "--device", "cpu", "--images", str(images), "--out", str(tmp_path / "l.jsonl")], capsys)
+        assert_one_line_error(rc, err, f"refusing to write {tmp_path / linked}: it is a symbolic link")
+        assert (tmp_path / "precious").read_text() == "keep" and not (tmp_path / "l.jsonl").is_file() or (tmp_path / "l.jsonl").is_symlink()
+        (tmp_path / linked).unlink()
     # calibrating on too few prompts for the rate is said in one line, and the detector is still written
     (tmp_path / "ordinary.txt").write_text("a bag\na shoe\n")
     rc, out, err = run_main(["detect", "--model", model_dir, "--device", "cpu", "--calibrate", str(tmp_path / "ordinary.txt"), "--steps", "2",

@@ -224,3 +224,16 @@ def test_a_prompt_that_is_not_utf8_is_one_line(capsys):
     assert_one_line_error(rc, capsys.readouterr().err, "--prompt is not UTF-8 text", prefix="steer generate: error:")
     rc = main(["learn", "--positive", bad, "--negative", "a bag", "--out", "unused.safetensors"])
     assert_one_line_error(rc, capsys.readouterr().err, "--positive is not UTF-8 text", prefix="steer learn: error:")
+
+
+@pytest.mark.parametrize("extra", [["--scale", "5"], ["--layers", "foo"], ["--window", "0,0.5"], ["--branch", "uncond"],
+                                   ["--readers", "layout"], ["--negative", "remove"], ["--take-away", "to_red"]])
+def test_steering_options_without_a_direction_are_one_line(extra, capsys, tmp_path):
+    """They changed nothing but went into the recipe, so every such run counted as "made otherwise" and piled up
+    identical copies (seed0-2.png ... seed0-8.png)."""
+    from steer.cli.main import main
+    from steer.testing import assert_one_line_error
+
+    rc = main(["generate", "--prompt", "a sneaker", "--steps", "1", "--out", str(tmp_path / "o"), *extra])
+    assert_one_line_error(rc, capsys.readouterr().err, f"{extra[0]} needs a --direction", prefix="steer generate: error:")
+    assert not (tmp_path / "o").exists()

@@ -14,9 +14,18 @@ from typing import Any
 import torch
 
 from steer.cli.arguments import add_lora_argument
-from steer.cli.inputs import check_out_dir, check_out_file, check_window, list_images, print_warnings, read_prompts
+from steer.cli.inputs import (
+    CLIError,
+    check_out_dir,
+    check_out_file,
+    check_window,
+    list_images,
+    print_warnings,
+    read_prompts,
+)
 from steer.detect.detector import MemorizationDetector, detect_memorization, read_detector_file
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
+from steer.files import atomic_write
 from steer.jobs.plan import MAX_GUIDANCE  # the command line's limits are steer batch's
 from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int
 
@@ -105,13 +114,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
         return 0
     rows, kind = _score_for_cli(det, pipe, args, call, prompts, images)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    summary = _summary(rows, det, kind)
     summary_path = out.with_suffix(".summary.json")
-    summary_path.write_text(json.dumps(summary, indent=2))
+    linked = [p for p in (out, summary_path, out.with_suffix(".png")) if p.is_symlink()]
+    if linked:  # checked before any is written: never through a link, never half a report
+        raise CLIError(f"refusing to write {linked[0]}: it is a symbolic link")
+    atomic_write(out, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in rows)))
+    summary = _summary(rows, det, kind)
+    atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     hist = _histogram(rows, det, kind, out.with_suffix(".png"))
     print(f"{summary['count']} samples, {summary['flagged']} flagged as memorized"
           + (f" (threshold {summary['threshold']:.4g}, from {kind} score)" if summary["threshold"] is not None else " (uncalibrated: no verdict; pass --detector or --calibrate)"))
@@ -188,6 +197,8 @@ def _histogram(rows: list[dict], det: MemorizationDetector, kind: str, path: Pat
     ax.set_xlabel(f"{kind} score ({det.statistic}; higher = more memorized)")
     ax.set_ylabel("samples")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path

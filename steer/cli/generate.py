@@ -168,6 +168,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
+    if not vectors and (unused := unused_steering_options(args)):  # they would be recorded, and change nothing
+        raise CLIError(f"{unused} needs a --direction (there is nothing to steer)")
     weights = args.weights if args.weights is not None else [1.0] * len(vectors)
     if len(weights) != len(vectors):
         raise CLIError(f"--weights takes one number per --direction: got {len(weights)} for {len(vectors)} direction(s)")
@@ -293,6 +295,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for w in written:
         print(w)
     return 0
+
+
+STEERING_FLAGS = {"scale": "--scale", "weights": "--weights", "layers": "--layers", "window": "--window", "branch": "--branch",
+                  "normalize": "--normalize", "mode": "--mode", "removal_window": "--removal-window", "readers": "--readers",
+                  "take_away": "--take-away"}
+
+
+def unused_steering_options(args: argparse.Namespace) -> str | None:
+    """The first steering option given on a command line without a direction (``--scale 5``, ``--layers foo``), or
+    None; ``--negative`` other than its default counts too."""
+    given = [flag for key, flag in STEERING_FLAGS.items() if getattr(args, key, None) not in (None, False, [])]
+    if getattr(args, "negative", "subtract") != "subtract":
+        given.append("--negative")
+    return given[0] if given else None
 
 
 def scale_tags(scales: list) -> list[str]:
