@@ -71,8 +71,11 @@ def test_a_sweeps_images_are_made_again_as_rows_of_the_whole_sweep(model_dir, di
     capsys.readouterr()
     rows = sorted(out.glob("seed2_scale*.png"))
     assert len(rows) == 4 and read_recipe(rows[0])["call"]["scales"] == [0.0, 0.5, 1.0, 1.5]
-    code, printed, _ = reproduce(capsys, *rows)
+    code, printed, err = reproduce(capsys, *sorted(out.glob("*.png")))  # `out/*.png`: the grid too, skipped
     assert code == 0 and printed.count("identical (generate recipe, ddim, 2 direction(s))") == 4
+    assert "note: skipped 1 sweep grid(s)" in err
+    code, _, err = reproduce(capsys, out / "seed2_sweep.png")  # the grid alone: what to give instead
+    assert code == 2 and "this is a sweep's grid; reproduce one of its images" in err
     replay = read_replay(read_recipe(out / "seed2_scale+1.5.png"))
     assert replay.call_scales == [[0.0, -0.0], [0.5, -0.5], [1.0, -1.0], [1.5, -1.0]] and replay.row == 3
 

@@ -67,16 +67,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from steer.vectors import weights_hash
 
     check_out_dir(args.out)
-    jobs = []
+    jobs, grids = [], []
     for image in args.images:  # every recipe read before any model loads: a bad one fails first
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"{image}: no such file")
-        recipe = read_recipe(path)
         try:
+            recipe = read_recipe(path)
+            if isinstance(recipe, dict) and "sweep" in recipe and len(args.images) > 1:
+                grids.append(path)  # `out/*.png` holds the grid `steer generate --sweep` writes beside its rows
+                continue
             jobs.append((path, recipe, read_replay(recipe)))
-        except ValueError as err:
+        except ValueError as err:  # a recipe that is no JSON, or that cannot be made again: the file named
             raise ValueError(f"{image}: {err}") from None
+    if grids:
+        print(f"note: skipped {len(grids)} sweep grid(s) ({grids[0]} ...): their rows are reproduced one by one", file=sys.stderr)
+    if not jobs:
+        raise ValueError(f"{grids[0]}: these are sweeps' grids; reproduce their images (seed<N>_scale<S>.png)")
     pipes: dict[tuple, Any] = {}
     differ = 0
     for path, recipe, replay in jobs:
