@@ -481,7 +481,7 @@ def test_learning_options_are_checked_before_any_sampling(tiny_pipe, option, mes
 
 
 @pytest.mark.parametrize("options", [{}, {"preset": "casteer", "num_samples": 2, "num_inference_steps": 4},
-                                     {"preset": "paper", "method": "mean_diff", "source_mode": "fast", "num_samples": 2}])
+                                     {"preset": "paper", "method": "mean_diff", "mode": "fast", "num_samples": 2}])
 def test_prompts_that_differ_only_past_what_the_text_encoder_reads_are_one_line_before_any_sampling(tiny_pipe, options):
     """CLIP reads 77 tokens: "<long prompt> blue" and "<long prompt>" are the same prompt to the model, so there is no
     direction (before: a zero vector with a calibration warning; with different seeds per set, pure sampling noise)."""
