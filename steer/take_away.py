@@ -239,11 +239,12 @@ def call_take_away_note(vector, path: str | os.PathLike | None, prompts: Sequenc
         return None
     rows = scales[:, 0].expand(len(prompts)) if scales.shape[0] == 1 else scales[:, 0]
     added = list(dict.fromkeys(p for p, s in zip(prompts, rows.tolist(), strict=True) if s > 0))
-    if not added or _prompted(vector) is None:
+    own = _prompted(vector)
+    if not added or own is None:
         return None
     candidates = None
     for prompt in added:
-        if states(prompt, _prompted(vector)[0]):
+        if states(prompt, own[0]):  # the prompt states the edit itself: nothing to take away
             continue
         candidates = candidates if candidates is not None else take_away_candidates(path, bundled, load_candidate)
         if found := suggested_take_aways(vector, prompt, candidates):
