@@ -289,6 +289,12 @@ class SteeringVector:
     def __add__(self, other: SteeringVector) -> SteeringVector:
         return self._combine(other, 1.0)
 
+    def __radd__(self, other: object) -> SteeringVector:
+        """``sum([v, w])`` starts from ``0``: zero plus a direction is the direction; anything else is refused."""
+        if isinstance(other, int | float) and other == 0:
+            return self
+        return NotImplemented
+
     def __sub__(self, other: SteeringVector) -> SteeringVector:
         return self._combine(other, -1.0)
 
@@ -301,8 +307,8 @@ class SteeringVector:
         return SteeringVector({k: v.to(device=device, dtype=dtype) for k, v in self.directions.items()}, dict(self.metadata), opposite)
 
     def select(self, layers: Iterable[str]) -> SteeringVector:
-        """A copy restricted to ``layers`` (exact names; a two-sided direction's opposite keeps those it has)."""
-        keep = list(layers)
+        """A copy restricted to ``layers`` (exact names, or one name; a two-sided direction's opposite keeps those it has)."""
+        keep = [layers] if isinstance(layers, str) else list(layers)
         missing = [k for k in keep if k not in self.directions]
         if missing:
             raise KeyError(f"{self.name!r} has no layer(s) {missing}; it has {self.layers}")

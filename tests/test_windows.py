@@ -219,3 +219,15 @@ def test_the_sum_of_directions_keeps_what_they_record(tiny_pipe, text_pair):
     assert mixed.metadata["recommended"] == {"window": [0.0, 0.5]}
     with pytest.raises(ValueError, match=r"cannot add .* into one vector: the windows do not divide the run into at most 1000 equal shares"):
         early + windowed(late, (0.0, 0.4567))
+
+
+def test_sum_of_a_list_and_select_of_one_name_do_what_they_say(tiny_pipe, text_pair):
+    """``sum([a, b])`` is ``a + b`` (it used to raise from ``0 + a``) and ``v.select("layer")`` keeps that layer (it used
+    to take the string as a list of one-letter layer names); ``1 + a`` stays refused."""
+    early, late = text_pair
+    total = sum([early, late])
+    assert torch.equal(total.directions[CONTEXT_SITE], (early + late).directions[CONTEXT_SITE])
+    assert sum([early]) is early
+    with pytest.raises(TypeError):
+        1 + early
+    assert early.select(CONTEXT_SITE).layers == [CONTEXT_SITE] == early.select([CONTEXT_SITE]).layers
