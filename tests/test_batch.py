@@ -556,3 +556,23 @@ def test_a_take_away_fit_is_fitted_for_the_jobs_negative_prompt(tiny_pipe, tmp_p
     assert asked == [None, "a coat"] and not plan.failures
     recipe = next(im.recipe for im in plan.images if im.line == 2)
     assert recipe["window"] == list(want.window) and recipe["scale"] == round(want.strength, 3)
+
+
+def test_a_second_name_for_the_same_image_is_reported_and_a_failed_first_name_drops_no_twin(tiny_pipe, tmp_path):
+    """Two jobs with one recipe make one image; the second job's name used to vanish without a word (no file, no
+    manifest line, counted "skipped"): it is now a note naming the file that holds it. And when the first job fails
+    for its name, its twin further down is still made under its own name."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(tmp_path)
+    told: list[str] = []
+    raw = [
+        (1, {"prompt": "fine", "num_inference_steps": STEPS, "name": "first"}),
+        (2, {"prompt": "fine", "num_inference_steps": STEPS, "name": "second"}),
+        (3, {"prompt": "other", "num_inference_steps": STEPS, "name": "link/bad"}),
+        (4, {"prompt": "other", "num_inference_steps": STEPS, "name": "kept"}),
+    ]
+    plan = batch.plan_jobs(raw, tiny_pipe, out, model="tiny", report=told.append)
+    assert told == ["note: line 2: the same image as line 1 (the same recipe): made once, as first.png"]
+    assert [(im.line, im.status, im.path) for im in plan.images] == [(1, "new", "first.png"), (2, "duplicate", None), (4, "new", "kept.png")]
+    assert [f["line"] for f in plan.failures] == [3]

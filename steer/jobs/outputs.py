@@ -56,13 +56,35 @@ def image_key(recipe: dict[str, Any]) -> str:
 
 
 def mark_duplicates(plan: Plan) -> None:
+    """Images whose recipe an earlier one has are made once: marked ``duplicate``, with ``same_as`` that image."""
     first: dict[str, ImageJob] = {}
     for im in plan.images:
         if im.key in first:
             im.status = "duplicate"
             im.path = None
+            im.same_as = (first[im.key].line, first[im.key].index)
         else:
             first[im.key] = im
+
+
+def duplicate_notes(plan: Plan) -> list[str]:
+    """One note per job line whose images repeat an earlier image's recipe (they are made once, under the earlier
+    image's name: a second ``name`` for the same image would otherwise vanish without a word)."""
+    path_of = {(im.line, im.index): im.path for im in plan.images if im.status != "duplicate"}
+    by_line: dict[int, list[ImageJob]] = {}
+    for im in plan.images:
+        if im.status == "duplicate" and im.same_as is not None:
+            by_line.setdefault(im.line, []).append(im)
+    notes = []
+    for line, images in by_line.items():
+        firsts = sorted({im.same_as[0] for im in images if im.same_as is not None})
+        where = [path_of.get(im.same_as) for im in images if im.same_as is not None]
+        shown = ", ".join(sorted({p for p in where if p})[:3])
+        more = " ..." if len({p for p in where if p}) > 3 else ""
+        what = "the same image as" if len(images) == 1 else f"{len(images)} images the same as those of"
+        notes.append(f"note: line {line}: {what} line {', '.join(map(str, firsts[:5]))} (the same recipe): made once, "
+                     f"as {shown}{more}")
+    return notes
 
 
 

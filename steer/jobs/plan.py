@@ -23,7 +23,7 @@ from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, local_kind, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
 from steer.jobs.edits import EditChecker, JobEdit
-from steer.jobs.outputs import assign_paths, image_key, mark_duplicates, sanitize_name
+from steer.jobs.outputs import assign_paths, duplicate_notes, image_key, mark_duplicates, sanitize_name
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.lora import loaded_loras
@@ -83,6 +83,7 @@ class ImageJob:
     path: str | None = None  # relative to the output directory, '/'-separated
     status: str = "new"  # new | done | adopt | duplicate
     sha256: str | None = None
+    same_as: tuple[int, int] | None = None  # a duplicate's (line, index) of the first image with its recipe
     edit: JobEdit | None = None  # the image (and mask) it edits
 
 
@@ -506,8 +507,11 @@ def plan_jobs(
             plan.images += images
         except JobError as err:
             plan.failures.append({"line": err.line, "reason": err.reason})
+    assign_paths(plan, out)  # first: a job whose name fails takes none of its images' twins with it
     mark_duplicates(plan)
-    assign_paths(plan, out)
+    if report is not None:
+        for text in duplicate_notes(plan):
+            report(text)
     live = [im for im in plan.images if im.status != "duplicate"]
     plan.batches = form_batches(live, batch_size)
     return plan
