@@ -296,3 +296,27 @@ def test_calibrating_on_too_few_samples_for_the_rate_says_so(tiny_pipe, images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         MemorizationDetector(tiny_pipe).calibrate(images, fpr=1.0 / n)
+
+
+def test_cli_saved_images_never_replace_another_runs_and_image_only_options_are_refused(tiny_pipe, tmp_path, capsys):
+    """``--save-images`` used to write 00000.png, ... over an earlier run's images in the same folder; a second run
+    with another seed now keeps them and names its own ``00000-2.png``, ... (the report points at those). Options that
+    only apply to generated images are refused with ``--images`` before the model loads (they were dropped silently)."""
+    from steer.cli.main import main
+
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red item\n")
+    imgs = tmp_path / "imgs"
+    run = ["detect", "--model", str(model), "--device", "cpu", "--prompts", str(prompts), "--steps", str(STEPS), "--save-images", str(imgs)]
+    assert main([*run, "--out", str(tmp_path / "a.jsonl")]) == 0
+    first = (imgs / "00000.png").read_bytes()
+    assert main([*run, "--seed", "7", "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert "holds another run's images: this run's are named like 00000-2.png" in capsys.readouterr().out
+    assert (imgs / "00000.png").read_bytes() == first and (imgs / "00000-2.png").read_bytes() != first
+    assert json.loads((tmp_path / "b.jsonl").read_text())["image"] == str(imgs / "00000-2.png")
+    for extra, message in [(["--verdict-from", "inline"], "--verdict-from inline scores images while they are generated"),
+                           (["--save-images", str(tmp_path / "x")], "--save-images writes the images --prompts generates")]:
+        rc = main(["detect", "--model", str(tmp_path / "absent"), "--images", str(imgs), "--out", str(tmp_path / "c.jsonl"), *extra])
+        assert rc == 2 and message in capsys.readouterr().err

@@ -83,6 +83,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise ValueError("give --prompts FILE or --images DIR (and/or --calibrate FILE)")
     if (args.prompts or args.images) and not args.out:
         raise ValueError("--out report.jsonl is required with --prompts / --images")
+    if args.images and args.verdict_from not in (None, "reencode"):
+        raise CLIError(f"--verdict-from {args.verdict_from} scores images while they are generated (--prompts): "
+                       "images from --images are scored by re-encoding only")
+    if args.images and args.save_images:
+        raise CLIError("--save-images writes the images --prompts generates: with --images nothing is generated")
     # the inputs first, each a few file-system calls: a bad one fails before the model loads
     inline_window = check_window(args.inline_window, "--inline-window")
     if args.detector:
@@ -144,15 +149,28 @@ def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, ca
     )
     rows = report.rows()
     if args.save_images:
-        from steer.recipe import save_png
-
-        folder = Path(args.save_images)
-        folder.mkdir(parents=True, exist_ok=True)
-        for row, image in zip(rows, report.images, strict=True):
-            path = folder / f"{row['index']:05d}.png"
-            save_png(_to_pil(image), path, {"prompt": row["prompt"], "seed": row["seed"], **call, "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}})
-            row["image"] = str(path)
+        _save_images(Path(args.save_images), rows, report.images, call)
     return rows, report.verdict_from
+
+
+def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], call: dict) -> None:
+    """The generated images as ``00000.png``, ... with their recipe; another run's files there are kept (this run's
+    names then take a ``-2``, ``-3``, ... suffix, said on stdout); a rerun of the same call replaces its own."""
+    from steer.recipe import save_png, unused_names
+
+    folder.mkdir(parents=True, exist_ok=True)
+    recipes = [{"prompt": row["prompt"], "seed": row["seed"], **call,
+                "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}} for row in rows]
+    wanted = [folder / f"{row['index']:05d}.png" for row in rows]
+    try:
+        paths = unused_names(wanted, recipes)
+    except FileExistsError as err:
+        raise CLIError(str(err).replace("--out", "--save-images")) from None
+    if paths != wanted:
+        print(f"note: {folder} holds another run's images: this run's are named like {paths[0].name}")
+    for row, image, path, recipe in zip(rows, images, paths, recipes, strict=True):
+        save_png(_to_pil(image), path, recipe)
+        row["image"] = str(path)
 
 
 def _to_pil(image: torch.Tensor):
