@@ -160,6 +160,8 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
 MAX_SAMPLES = 4096  # num_samples of a fit (as `learn_direction`'s calibration_samples)
 FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read as take-away candidates
 CANDIDATE_BYTES = 64 * 2**20  # larger files beside a direction (a model checkpoint) are not read as candidates
+ITSELF = ("the take-away is the direction itself: take away the one the prompt names (for 'a red sneaker' -> blue, add "
+          "to_blue and take away to_red)")
 AUTO = "auto"  # `steer generate --take-away auto`, a batch job's "take_away": "auto": the first suggested one
 
 
@@ -320,6 +322,8 @@ def fit_take_away(
         raise ValueError("the take-away grid must hold positive strengths")
     check_int(num_samples, "num_samples", 1, MAX_SAMPLES, optional=False)
     check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
+    if away is vector or away.digest() == vector.digest():
+        raise ValueError(ITSELF)
     if not windows:
         raise ValueError("give at least one candidate window")
     if isinstance(windows[0], int | float):  # windows=(0, 1): one window, not a list of them

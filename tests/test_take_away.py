@@ -74,7 +74,7 @@ def test_fit_needs_directions_learned_from_prompts(tiny_pipe):
 def prompt_vector(colour: str) -> SteeringVector:
     """A direction that records the prompts it was learned from (all `fit_take_away` reads of it)."""
     meta = {"name": f"to_{colour}", "positive": {"prompts": [f"a {colour} sneaker", f"a {colour} bag"]}, "negative": {"prompts": ["a sneaker", "a bag"]}}
-    return SteeringVector({CONTEXT_SITE: torch.ones(4)}, meta)
+    return SteeringVector({CONTEXT_SITE: torch.ones(4) * len(colour)}, meta)  # each colour its own tensor (and digest)
 
 
 @pytest.mark.parametrize(
@@ -161,3 +161,30 @@ def test_fit_refuses_the_options_it_sets_itself(tiny_pipe):
     blue, red = prompt_vector("blue"), prompt_vector("red")
     with pytest.raises(ValueError, match=r"^fit_take_away sets steering_window itself \(the candidate windows are windows=\)$"):
         tiny_pipe.fit_take_away(blue, red, steering_window=(0.0, 1.0))
+
+
+def test_a_take_away_that_is_the_direction_or_contradicts_the_negative_mode_is_one_line(tiny_pipe, tmp_path, capsys):
+    """Taking away the direction being added cancels the edit, and ``--negative subtract`` with ``--take-away`` used to
+    become ``remove`` silently: each is refused in one line, in Python, on the command line and (as it was) in a batch job."""
+    from steer.cli.main import main
+    from steer.jobs import run as batch
+    from steer.take_away import ITSELF
+
+    blue, red = prompt_vector("blue"), prompt_vector("red")
+    with pytest.raises(ValueError, match="^the take-away is the direction itself"):
+        tiny_pipe.fit_take_away(blue, blue)
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    capsys.readouterr()
+    b, r = str(blue.save(tmp_path / "blue.safetensors")), str(red.save(tmp_path / "red.safetensors"))
+    run = ["generate", "--model", str(model), "--prompt", "a red sneaker", "--steps", "2", "--out", str(tmp_path / "o")]
+    for extra, message in [(["--direction", b, "--take-away", b], "--take-away to_red)"),
+                           (["--direction", b, "--take-away", r, "--negative", "subtract"], "--negative subtract contradicts it")]:
+        assert main([*run, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "o").exists()
+    job = {"prompt": "a red sneaker", "num_inference_steps": 2, "directions": [{"path": b}]}
+    plan = batch.plan_jobs([(1, {**job, "take_away": b}), (2, {**job, "take_away": r, "steering_negative": "subtract"})],
+                           tiny_pipe, tmp_path / "batch", model="tiny")
+    assert [f["reason"] for f in plan.failures] == [ITSELF, "take_away removes what the prompt says (steering_negative 'remove'); leave steering_negative out"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from steer.app.base import LIMITS, ProgressFn, UserError, check_float, check_prompt
 from steer.app.files import check_fits
-from steer.take_away import pair_scales
+from steer.take_away import ITSELF, pair_scales
 from steer.vectors import SteeringVector
 
 
@@ -38,7 +38,7 @@ def check_take_away(vector: SteeringVector | None, away: SteeringVector | None) 
     if vector is None:
         raise UserError("pick a direction to add: the take-away removes what the prompt says against it")
     if away is vector or away.digest() == vector.digest():
-        raise UserError("the take-away is the direction itself: pick the one the prompt names (for 'a red sneaker' -> blue, add to_blue and take away to_red)")
+        raise UserError(ITSELF)
 
 
 def fit_take_away(pipe, vector: SteeringVector | None, away: SteeringVector | None, guidance: Any, strict: bool = True,

@@ -150,7 +150,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.recipe import save_png, unused_names
     from steer.replay import edit_call_inputs
     from steer.sliders import stated_note, subtracts
-    from steer.take_away import AUTO, pair_scales, suggested_take_aways, take_away_candidates
+    from steer.take_away import AUTO, ITSELF, pair_scales, suggested_take_aways, take_away_candidates
     from steer.vectors import SteeringVector
 
     def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
@@ -187,9 +187,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not found and args.fit and edit is None:
             args.fit = False  # nothing to fit: the direction alone, at its own settings
     if args.take_away is not None:
+        if args.negative not in (None, "remove"):
+            raise CLIError(f"--take-away removes what the prompt says (--negative remove): --negative {args.negative} contradicts it")
         away_path = located(args.take_away)
         away = (SteeringVector.load(away_path), away_path)
-        args.negative = "remove"
+        if away[0].digest() == vectors[0][0].digest():
+            raise CLIError(ITSELF.replace("blue, add to_blue and take away to_red", "blue: --direction to_blue --take-away to_red"))
+    args.negative = args.negative or ("remove" if away is not None else "subtract")
     if args.fit and (away is None) == (edit is None):
         raise CLIError("--fit fits a take-away (--take-away) or an image edit (--image): give one of them")
     if args.fit and edit is not None and len(vectors) != 1:
@@ -304,9 +308,9 @@ STEERING_FLAGS = {"scale": "--scale", "weights": "--weights", "layers": "--layer
 
 def unused_steering_options(args: argparse.Namespace) -> str | None:
     """The first steering option given on a command line without a direction (``--scale 5``, ``--layers foo``), or
-    None; ``--negative`` other than its default counts too."""
+    None; ``--negative`` given counts too."""
     given = [flag for key, flag in STEERING_FLAGS.items() if getattr(args, key, None) not in (None, False, [])]
-    if getattr(args, "negative", "subtract") != "subtract":
+    if getattr(args, "negative", None) is not None:
         given.append("--negative")
     return given[0] if given else None
 

@@ -246,7 +246,9 @@ class _Validator:
             self._vectors[away_path] = SteeringVector.load(away_path)
         away = self._vectors[away_path]
         if away.digest() == vector.digest():
-            raise JobError(line, "the take-away is the direction itself: take away the one the prompt names (for 'a red sneaker' -> blue, add to_blue and take away to_red)")
+            from steer.take_away import ITSELF
+
+            raise JobError(line, ITSELF)
         if any(s < 0 for s in scales):
             raise JobError(line, "a take-away goes with positive direction scales: it replaces what the prompt says")
         return JobTakeAway(away, str(away_path), fit_wanted=fit_it), {**job, "steering_negative": "remove"}
