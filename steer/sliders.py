@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from steer.config import STEERING_DEFAULTS, check_window, is_per_vector, vector_windows
+from steer.validation import short
 from steer.vectors import SteeringVector
 from steer.wording import states
 
@@ -194,4 +195,4 @@ def stated_note(vector: SteeringVector | None, prompt: str, scales: Sequence[flo
             parts.append(f"at {listed(rows)} the slider turns it toward {end}, taking its {stated} away")
     if bool(held.any()):
         parts.append(f"at {listed(held)} it is slid toward the end it states already: left as the prompt draws it")
-    return f"{prompt!r}: " + "; ".join(parts)
+    return f"{short(prompt, 80)}: " + "; ".join(parts)

@@ -193,9 +193,10 @@ def take_away_candidates(path: str | os.PathLike | None, bundled: Mapping[str, s
 
 def take_away_hint(prompt: str, vector, found: Sequence[tuple[str, list[str]]]) -> str:
     """The sentence every surface starts its suggestion with, for `suggested_take_aways`' non-empty ``found``: "'a red
-    sneaker' states 'red', which 'toward blue' replaces: alone the edit mostly fights the prompt"."""
-    stated = ", ".join(repr(p) for p in dict.fromkeys(p for _, phrases in found for p in phrases))
-    return f"{prompt!r} states {stated}, which {vector.name!r} replaces: alone the edit mostly fights the prompt"
+    sneaker' states 'red', which 'toward blue' replaces: alone the edit mostly fights the prompt" (a long prompt or name
+    is cut: the note stays one short line)."""
+    stated = ", ".join(short(p) for p in list(dict.fromkeys(p for _, phrases in found for p in phrases))[:4])
+    return f"{short(prompt, 80)} states {stated}, which {short(vector.name)} replaces: alone the edit mostly fights the prompt"
 
 
 _SAID_ELSEWHERE: contextvars.ContextVar[bool] = contextvars.ContextVar("steer_take_away_said_elsewhere", default=False)

@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Sequence
 from difflib import SequenceMatcher
 
+from steer.validation import short
+
 
 def attribute_words(positive: Sequence[str], negative: Sequence[str]) -> list[str]:
     """The words that make the positives' attribute: every positive prompt has them and not every negative one
@@ -91,7 +93,7 @@ def attribute_span(prompt: str, negative: Sequence[str]) -> tuple[int, int]:
     matcher = SequenceMatcher(a=_words(prompt), b=_words(closest), autojunk=False)
     changed = [op for op in matcher.get_opcodes() if op[0] != "equal"]
     if not changed or changed[0][1] == changed[-1][2]:
-        raise ValueError(f"{prompt!r} has no words its negative prompts lack")
+        raise ValueError(f"{short(prompt, 80)} has no words its negative prompts lack")
     return changed[0][1], changed[-1][2]
 
 

@@ -47,6 +47,18 @@ def test_a_prompt_stating_what_the_edit_replaces_gets_the_direction_of_that_attr
     assert suggested_take_aways(catalog["to_blue"], "a red and green bag", catalog) == [("to_red", ["red"]), ("to_green", ["green"])]
 
 
+def test_the_hint_stays_one_short_line_for_a_huge_prompt(catalog):
+    """The hint used to echo the whole prompt (16,000 characters on one line); it is cut as every message is."""
+    from steer.take_away import take_away_hint
+
+    prompt = "a red sneaker, " + "studio light, " * 1200
+    found = suggested_take_aways(catalog["to_blue"], prompt, catalog)
+    assert found == [("to_red", ["red"])]
+    hint = take_away_hint(prompt, catalog["to_blue"], found)
+    assert hint.startswith("'a red sneaker, studio light,") and len(hint) < 200 and "\n" not in hint
+    assert hint.endswith("states 'red', which 'to_blue' replaces: alone the edit mostly fights the prompt")
+
+
 def test_nothing_is_suggested_where_nothing_is_stated_against_the_edit(catalog):
     assert suggested_take_aways(catalog["to_blue"], "a sneaker", catalog) == []  # the attribute left open
     assert suggested_take_aways(catalog["to_blue"], "a blue sneaker", catalog) == []  # it states the edit itself

@@ -32,7 +32,7 @@ from steer.config import (
     routes_record,
     window_record,
 )
-from steer.validation import MAX_IMAGES, MAX_SEED, bounded_int
+from steer.validation import MAX_IMAGES, MAX_SEED, bounded_int, short
 
 
 def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
@@ -183,7 +183,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         found = suggested_take_aways(vectors[0][0], args.prompt, take_away_candidates(vectors[0][1], bundled_directions(args.model)))
         args.take_away = found[0][0] if found else None
         print(f"take-away: auto -> {args.take_away}" if found else
-              f"take-away: auto -> none ({args.prompt!r} states nothing {vectors[0][0].name!r} replaces)", file=sys.stderr)
+              f"take-away: auto -> none ({short(args.prompt, 80)} states nothing {short(vectors[0][0].name)} replaces)", file=sys.stderr)
         if not found and args.fit and edit is None:
             args.fit = False  # nothing to fit: the direction alone, at its own settings
     if args.take_away is not None:

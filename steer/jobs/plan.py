@@ -27,7 +27,7 @@ from steer.jobs.outputs import assign_paths, duplicate_notes, image_key, mark_du
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.lora import loaded_loras
-from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean
+from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean, short
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
 MAX_IMAGES_PER_JOB = 10_000
@@ -236,7 +236,7 @@ class _Validator:
             found = self._suggested(prompt, loaded[0])
             if not found:
                 if self.report is not None:
-                    self.report(f"note: line {line}: take_away auto: {prompt!r} states nothing {vector.name!r} replaces: nothing taken away")
+                    self.report(f"note: line {line}: take_away auto: {short(prompt, 80)} states nothing {short(vector.name)} replaces: nothing taken away")
                 return None, job
             spec = found[0][0]
         away_path = self._find_direction(line, spec)
