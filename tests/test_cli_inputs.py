@@ -66,6 +66,9 @@ def test_learn_refuses_a_missing_prompt_file_and_a_folder_as_out_before_loading(
     refusal(["learn", "--positive", "a blue bag", "--out", str(tmp_path)], capsys, f"--out {tmp_path} is a folder, not a file")
     (tmp_path / "empty").mkdir()
     refusal(["learn", "--positive", str(tmp_path / "empty"), "--out", str(tmp_path / "d.safetensors")], capsys, "holds no images")
+    for blank in ("", "  "):  # '' used to read as the current folder (its images, or "holds no images")
+        refusal(["learn", "--positive", "a blue bag", "--negative", blank, "--out", str(tmp_path / "d.safetensors")], capsys,
+                "--negative got a blank value")
 
 
 # ----- 2. a pickled direction file is named as such and never unpickled ---------------------------------------------

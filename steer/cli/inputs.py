@@ -58,11 +58,14 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     return files
 
 
-def expand_items(values: Sequence[str] | None) -> list[str]:
+def expand_items(values: Sequence[str] | None, flag: str = "--positive") -> list[str]:
     """``steer learn --positive / --negative``: a folder expands to the images inside it, a ``.txt`` file to its
-    prompts (one per non-blank line); image files and prompts stay as they are."""
+    prompts (one per non-blank line); image files and prompts stay as they are. A blank value is refused (``''``
+    used to read as the current folder)."""
     out: list[str] = []
     for v in values or []:
+        if not v.strip():
+            raise CLIError(f"{flag} got a blank value: give prompts, .txt files of prompts, image files or a folder of images")
         p = Path(v)
         if p.is_dir():
             out += [str(f) for f in list_images(v)]

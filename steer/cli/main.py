@@ -44,7 +44,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if args.no_flip and not args.two_sided:
         raise CLIError("--no-flip goes with --two-sided (a one-sided direction fits no flip)")
     check_out_file(args.out)  # the inputs first: a bad one fails before the model loads
-    positive, negative = expand_items(args.positive), expand_items(args.negative)
+    positive, negative = expand_items(args.positive, "--positive"), expand_items(args.negative, "--negative")
     pipe = load_pipeline(args.model, args.device, progress=False, loras=args.lora).with_sampler(args.sampler)
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
