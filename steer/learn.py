@@ -51,7 +51,7 @@ from steer.extract import (
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
-from steer.validation import check_int, did_you_mean, short
+from steer.validation import MAX_CALIBRATION_SAMPLES, check_int, did_you_mean, short
 from steer.vectors import SteeringVector, unet_fingerprint
 from steer.wording import open_prompts, stated_phrases
 
@@ -323,7 +323,7 @@ def learn_direction(
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
     for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096), ("step_buckets", step_buckets, 10_000),
-                               ("calibration_samples", calibration_samples, 4096), ("num_inference_steps", num_inference_steps, 10_000)):
+                               ("calibration_samples", calibration_samples, MAX_CALIBRATION_SAMPLES), ("num_inference_steps", num_inference_steps, 10_000)):
         check_int(value, label, 1, high, optional=False)
     if calibrate:  # the calibration's open prompts: a positive with nothing to leave open is an error before any sampling
         open_prompts(*calibration_sets([str(p) for p in pos_items], [str(p) for p in neg_items], calibration_samples))

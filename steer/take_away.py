@@ -42,7 +42,7 @@ from steer.calibrate import (
 )
 from steer.config import recommended_settings
 from steer.partial_run import run_length
-from steer.validation import MAX_STEPS, check_int, short
+from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -157,7 +157,7 @@ def suggested_take_aways(vector, prompt: str, candidates: Mapping[str, Any]) -> 
     return found
 
 
-MAX_SAMPLES = 4096  # num_samples of a fit (as `learn_direction`'s calibration_samples)
+MAX_SAMPLES = MAX_CALIBRATION_SAMPLES  # num_samples of a fit (as `learn_direction`'s calibration_samples)
 FOLDER_CANDIDATES = 64  # at most this many files of a direction's own folder are read as take-away candidates
 CANDIDATE_BYTES = 64 * 2**20  # larger files beside a direction (a model checkpoint) are not read as candidates
 ITSELF = ("the take-away is the direction itself: take away the one the prompt names (for 'a red sneaker' -> blue, add "
@@ -258,7 +258,7 @@ def call_take_away_note(vector, path: str | os.PathLike | None, prompts: Sequenc
     return None
 
 
-def _prompted(vector) -> tuple[list[str], set[tuple[str, ...]]] | None:
+def _prompted(vector) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]] | None:
     """A direction's stated phrases and its open prompts (as word tuples), from the prompts it records; None for one
     learned otherwise, or whose prompts do not tell (no attribute words)."""
     try:
@@ -269,11 +269,12 @@ def _prompted(vector) -> tuple[list[str], set[tuple[str, ...]]] | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _phrases_of(positive: tuple[str, ...], negative: tuple[str, ...]) -> tuple[list[str], set[tuple[str, ...]]] | None:
-    """`_prompted` from the recorded prompts (word matching is the costly part: read once per prompt set)."""
+def _phrases_of(positive: tuple[str, ...], negative: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]] | None:
+    """`_prompted` from the recorded prompts (word matching is the costly part: read once per prompt set; immutable,
+    as every caller shares the cached answer)."""
     try:
         opened = open_prompts(positive, negative)
-        return stated_phrases(positive, opened), {tuple(prompt_words(o)) for o in opened}
+        return tuple(stated_phrases(positive, opened)), frozenset(tuple(prompt_words(o)) for o in opened)
     except (ValueError, AttributeError, TypeError):
         return None
 

@@ -30,6 +30,7 @@ MAX_METADATA_DEPTH = 32  # nesting of the JSON header (combinations flatten thei
 MAX_HEADER_CHARS = 16 * 2**20  # JSON header of a direction or detector file
 MAX_LAYER_NAME = 256
 MAX_STEPS = 1000  # num_inference_steps (the schedulers' training steps)
+MAX_CALIBRATION_SAMPLES = 4096  # samples a calibration or fit draws (learn_direction's calibration_samples, fits' num_samples)
 MAX_TOKENS = 4096  # text tokens of a reference level (CLIP 77, T5 up to 512)
 MAX_SWEEP = 64  # scales of one --sweep (the app's strip is 9)
 MAX_IMAGES = 10_000  # --num-images of one command

@@ -75,6 +75,7 @@ def test_refusals_are_one_line(tiny_pipe, direction):
 
 def test_generate_fit_with_an_image_uses_the_fitted_scale_and_records_it(model_dir, direction, tmp_path, capsys):
     path = direction.save(tmp_path / "d.safetensors")
+    other = (2.0 * direction).save(tmp_path / "other.safetensors")
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "src.png")
     base = ["generate", "--model", model_dir, "--prompt", "a bag", "--image", str(tmp_path / "src.png"), "--steps", "4", "--strength", "0.5"]
     with warnings.catch_warnings():
@@ -88,7 +89,7 @@ def test_generate_fit_with_an_image_uses_the_fitted_scale_and_records_it(model_d
     assert read_recipe(png)["scale"] == pytest.approx(fitted, abs=1e-3) and "at strength 0.5" in line
     for extra, needle in (([], "--fit fits a take-away (--take-away) or an image edit (--image)"),
                           (["--direction", str(path), str(path)], "fits the scale of one --direction"),
-                          (["--direction", str(path), "--take-away", str(path)], "give one of them")):
+                          (["--direction", str(path), "--take-away", str(other)], "give one of them")):
         argv = [*base, *extra, "--fit", "--out", str(tmp_path / "bad")]
         if not extra:
             argv = [a for a in argv if a not in ("--image", str(tmp_path / "src.png"), "--strength", "0.5")]
