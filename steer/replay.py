@@ -142,14 +142,37 @@ def _edit(value: Any) -> RecordedEdit | None:
     return RecordedEdit(file("image"), mask, _number(value.get("strength"), "edit.strength", 1e-6, 1), invert)
 
 
+MAX_SCANNED_FILES = 512  # image files of a folder hashed in search of a renamed edit input
+MAX_SCANNED_BYTES = 64 * 2**20  # larger files are not hashed
+
+
+def _renamed_candidates(folders: Sequence[str | os.PathLike]):
+    """The image files (no symlinks, none over `MAX_SCANNED_BYTES`) of ``folders``, at most `MAX_SCANNED_FILES` of
+    each, by name: where a renamed edit input is looked for by its bytes (lazily, after the recorded names)."""
+    from steer.extract import IMAGE_SUFFIXES
+
+    for folder in folders:
+        try:
+            names = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_SCANNED_FILES]
+        except OSError:
+            continue
+        for p in names:
+            try:
+                if not p.is_symlink() and p.is_file() and p.stat().st_size <= MAX_SCANNED_BYTES:
+                    yield p
+            except OSError:
+                continue
+
+
 def find_edit_inputs(edit: RecordedEdit, folders: Sequence[str | os.PathLike] = ()):
     """The `steer.images.EditInputs` an edit started from: each recorded file when it still holds the recorded bytes,
-    else a file of the same name in ``folders`` that does. One-line `FileNotFoundError` naming the one not found."""
+    else a file of the same name in ``folders`` that does, else any image file in ``folders`` that does (renamed).
+    One-line `FileNotFoundError` naming the one not found."""
     from steer.images import EditInputs, file_sha256
 
     def locate(what: str, recorded: tuple[str, str]) -> Path:
         path, digest = Path(recorded[0]), recorded[1]
-        for candidate in [path, *(Path(f) / path.name for f in folders)]:
+        for candidate in [path, *(Path(f) / path.name for f in folders), *_renamed_candidates(folders)]:
             if candidate.is_file() and file_sha256(candidate) == digest:
                 return candidate
         raise FileNotFoundError(f"the {what} the edit started from ({path.name}, sha256 {digest[:12]}...) is gone or "

@@ -102,7 +102,7 @@ def test_strength_and_size_are_honoured(model_dir, files, tmp_path, capsys, monk
     assert not np.array_equal(low, high)
 
 
-def test_reproduce_finds_moved_inputs_by_their_sha256_and_refuses_changed_ones(model_dir, files, tmp_path, capsys):
+def test_reproduce_finds_moved_or_renamed_inputs_by_their_sha256_and_refuses_changed_ones(model_dir, files, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
     (work / "photo.png").write_bytes((files / "src.png").read_bytes())
@@ -115,6 +115,10 @@ def test_reproduce_finds_moved_inputs_by_their_sha256_and_refuses_changed_ones(m
     (work / "photo.png").unlink()  # moved: found next to the image
     assert main(["reproduce", str(png)]) == 0
     assert "identical" in capsys.readouterr().out
+    (out / "photo.png").rename(out / "holiday.png")  # renamed too: found by its bytes (it used to be by name only)
+    assert main(["reproduce", str(png)]) == 0
+    assert "identical" in capsys.readouterr().out
+    (out / "holiday.png").unlink()
     (out / "photo.png").write_bytes((files / "mask.png").read_bytes())  # another picture under the same name
     code = main(["reproduce", str(png)])
     assert_one_line_error(code, capsys.readouterr().err, "photo.png", "gone or changed")

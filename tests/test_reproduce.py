@@ -190,3 +190,8 @@ def test_a_missing_file_or_a_model_that_is_gone_is_one_line_naming_the_image(mod
     assert_one_line_error(code, err, f"{png}: model", "give another with --model", prefix="steer reproduce: error:")
     code, printed, _ = reproduce(capsys, png, "--model", model_dir)
     assert code == 0 and "identical" in printed
+    hand_edited = read_recipe(png)
+    hand_edited["height"] = 36  # read_replay takes it; the pipeline refuses it (not a multiple of 8)
+    edited = save_png(Image.open(png), tmp_path / "edited" / "seed0.png", hand_edited)
+    code, _, err = reproduce(capsys, edited, "--model", model_dir)
+    assert_one_line_error(code, err, f"{edited}: its recipe cannot be made again:", "divisible by 8", prefix="steer reproduce: error:")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.cli.inputs import check_out_dir
-from steer.validation import bounded_int
+from steer.validation import bounded_int, clip
 
 
 def configure_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -109,7 +109,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 pipe = editing_pipeline(pipe, edit.task)
         except (OSError, ValueError) as err:
             raise type(err)(f"{path}: {err}") from None
-        image = replay_inverted(pipe, replay, vectors, edit) if inverted else replay_call(pipe, replay, vectors, edit)
+        try:  # a hand-edited recipe diffusers refuses (a height not divisible by 8, ...): one line naming the image
+            image = replay_inverted(pipe, replay, vectors, edit) if inverted else replay_call(pipe, replay, vectors, edit)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{path}: its recipe cannot be made again: {clip(str(err))}") from None
         with Image.open(path) as im:
             before = np.asarray(im.convert("RGB"), dtype=np.int16)
         after = np.asarray(image.convert("RGB"), dtype=np.int16)
