@@ -127,6 +127,16 @@ def test_batch_names_a_missing_jobs_file_before_loading(no_model, tmp_path, caps
     refusal(["batch", str(tmp_path), "--out", str(tmp_path / "out")], capsys, "is a folder, not a jobs file")
 
 
+def test_a_single_file_checkpoint_as_model_says_how_to_convert_it(tmp_path, capsys):
+    """A ``.safetensors`` checkpoint (what model sites hand out) is named as such with the one-line conversion, not
+    "a path but not a diffusers pipeline directory"."""
+    checkpoint = tmp_path / "dreamy.safetensors"
+    checkpoint.write_bytes(b"not loaded")
+    refusal(["generate", "--model", str(checkpoint), "--prompt", "x", "--steps", "2", "--out", str(tmp_path / "o")], capsys,
+            f"{checkpoint} is a single-file checkpoint", "from_single_file(path).save_pretrained(folder)")
+    assert not (tmp_path / "o").exists()
+
+
 # ----- 4. --out naming a file --------------------------------------------------------------------------------------
 def test_out_that_is_a_file_is_refused_before_loading(no_model, tmp_path, capsys):
     taken = tmp_path / "one.txt"

@@ -86,6 +86,10 @@ def _checked_model(model: str | os.PathLike | None) -> str:
     """``model`` (default: `default_model`) when it can name a pipeline: a diffusers pipeline folder or a hub id."""
     model = str(model or default_model())
     local = Path(model)
+    if local.is_file() and local.suffix.lower() in (".safetensors", ".ckpt"):
+        raise FileNotFoundError(f"{model} is a single-file checkpoint: steer loads diffusers pipeline folders; convert it once "
+                                "with diffusers (StableDiffusionPipeline.from_single_file(path).save_pretrained(folder)) "
+                                "and pass the folder")
     if local.exists() and not (local / "model_index.json").is_file():
         raise FileNotFoundError(f"{model} is a path but not a diffusers pipeline directory (no model_index.json)")
     if not local.exists() and (model.startswith((".", "/", "~")) or model.count("/") != 1):
