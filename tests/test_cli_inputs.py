@@ -250,3 +250,16 @@ def test_steering_options_without_a_direction_are_one_line(extra, capsys, tmp_pa
     rc = main(["generate", "--prompt", "a sneaker", "--steps", "1", "--out", str(tmp_path / "o"), *extra])
     assert_one_line_error(rc, capsys.readouterr().err, f"{extra[0]} needs a --direction", prefix="steer generate: error:")
     assert not (tmp_path / "o").exists()
+
+
+def test_version_names_steer_and_the_libraries_results_depend_on(capsys):
+    import diffusers
+    import torch
+
+    import steer
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"steer {steer.__version__} (") and f"torch {torch.__version__}" in out and f"diffusers {diffusers.__version__}" in out

@@ -206,10 +206,27 @@ def _load_plugin(name: str):
         raise
 
 
+def _versions() -> str:
+    """``steer 0.1.0 (torch ..., diffusers ..., transformers ...)``: what a bug report needs, read without importing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from steer import __version__
+
+    found = []
+    for name in ("torch", "diffusers", "transformers"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} not installed")
+    return f"steer {__version__} ({', '.join(found)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from steer.assets import default_model
 
     parser = Parser(prog="steer", description="Training-free representation steering for Stable Diffusion.")
+    parser.add_argument("--version", action="version", version=_versions(), help="print steer's version and those of "
+                        "the libraries its results depend on (for bug reports), then exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("learn", help="learn a steering direction from prompts or images")
