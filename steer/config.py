@@ -6,9 +6,12 @@ recommended settings), handed down to the hooks, written into the recipe of ever
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
@@ -282,3 +285,41 @@ def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:
     if s.ndim == 2 and s.shape[1] == num_vectors and s.shape[0] in (1, num_images):
         return s
     raise ValueError(f"steering_scale of shape {tuple(s.shape)} does not fit {num_images} images x {num_vectors} vectors")
+
+
+# ----- `pipe.steering(...)` blocks ----------------------------------------------------------------------------------
+T = TypeVar("T")
+_BLOCKS: contextvars.ContextVar[dict[int, dict[str, Any]] | None] = contextvars.ContextVar("steer_blocks", default=None)
+
+
+def block_settings(key: int) -> dict[str, Any]:
+    """The ``steering_*`` settings the `steering` blocks in force (this thread or task) give pipeline ``key``."""
+    return dict((_BLOCKS.get() or {}).get(key, {}))
+
+
+@contextlib.contextmanager
+def steering_block(key: int, settings: dict[str, Any]) -> Iterator[None]:
+    """Inside: pipeline ``key``'s calls take ``settings`` (over those of an enclosing block) unless given."""
+    current = dict(_BLOCKS.get() or {})
+    current[key] = {**current.get(key, {}), **settings}
+    token = _BLOCKS.set(current)
+    try:
+        yield
+    finally:
+        _BLOCKS.reset(token)
+
+
+def outside_steering_blocks(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` run with no `steering` block in force. Learning and fitting sample "unsteered" references and record
+    activations: a block the caller opened (``with pipe.steering(...): pipe.learn_direction(...)``) must not steer
+    them (it used to, silently: another strength, warnings about other directions)."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        token = _BLOCKS.set(None)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _BLOCKS.reset(token)
+
+    return run

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from steer.calibrate import POOR_DISTANCE, curve_minimum, rows_per_sample, sample_latents
+from steer.config import outside_steering_blocks
 from steer.images import edit_steps
 from steer.take_away import MAX_SAMPLES, recorded_prompts
 from steer.validation import MAX_STEPS, check_int
@@ -79,6 +80,7 @@ def paired_prompts(vector, num_samples: int) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
+@outside_steering_blocks
 def fit_edit(
     text_pipe,
     edit_pipe,

@@ -28,7 +28,7 @@ from steer.calibrate import (
     check_grid,
 )
 from steer.calibrate import calibrate as run_calibration
-from steer.config import PAPER_WINDOW, SteeringConfig, check_window
+from steer.config import PAPER_WINDOW, SteeringConfig, check_window, outside_steering_blocks
 from steer.denoisers import (
     CONTEXT_SITE,
     adapter_for,
@@ -144,6 +144,7 @@ def _check_call_names(pipe, call_kwargs: dict[str, Any]) -> None:
                             f"{did_you_mean(name, [*inspect.signature(learn_direction).parameters, *taken])}")
 
 
+@outside_steering_blocks
 def learn_direction(
     pipe,
     positive: Any,

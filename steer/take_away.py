@@ -40,7 +40,7 @@ from steer.calibrate import (
     sample_branched,
     sample_latents,
 )
-from steer.config import recommended_settings
+from steer.config import outside_steering_blocks, recommended_settings
 from steer.partial_run import run_length
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
@@ -293,6 +293,7 @@ def removal_window_of(vector, away, call_kwargs: dict[str, Any]) -> tuple[float,
 
 
 @torch.no_grad()
+@outside_steering_blocks
 def fit_take_away(
     pipe,
     vector,

@@ -124,6 +124,33 @@ def test_context_manager_applies_to_calls_inside_only(tiny_pipe, gen):
     assert np.array_equal(after, plain)
 
 
+
+def test_learning_and_fits_inside_a_steering_block_are_not_steered_by_it(tiny_pipe):
+    """A block steers the calls a user makes inside it, not the sampling that learning and fitting do themselves:
+    `learn_direction`, `fit_take_away` and `fit_edit` inside ``with pipe.steering(other, 3)`` give what they give
+    outside (the block used to steer their "unsteered" references: another strength, found silently)."""
+    import warnings
+
+    other = random_vector(tiny_pipe, [CONTEXT_SITE], seed=5, scale=3.0)
+
+    def learn(colour):
+        return tiny_pipe.learn_direction([f"a {colour} sneaker", f"a {colour} bag"], ["a sneaker", "a bag"], num_inference_steps=2,
+                                         calibration_samples=2, progress=False)
+
+    def all_three():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: calibrations may not converge
+            blue, red = learn("blue"), learn("red")
+            away = tiny_pipe.fit_take_away(blue, red, num_samples=2, num_inference_steps=2)
+            edit = tiny_pipe.fit_edit(blue, strength=0.5, num_samples=2, num_inference_steps=2)
+        return blue.metadata["calibration"], (away.strength, away.window), edit.scale
+
+    outside = all_three()
+    with tiny_pipe.steering(other, scale=3.0, window=(0, 1)):
+        inside = all_three()
+    assert inside == outside
+
+
 # 4 ---------------------------------------------------------------------------------------------------------------
 def test_two_threads_at_once_get_their_own_results(tiny_pipe, gen):
     v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0", "up_blocks.0.resnets.1"], seed=2, scale=2.0)

@@ -6,7 +6,6 @@ attributes; `__init_subclass__` gives it a ``__call__`` whose signature is the p
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import copy
 import dataclasses
 import inspect
@@ -24,10 +23,12 @@ from steer.calibrate import cfg_rows_per_sample
 from steer.config import (
     STEERING_DEFAULTS,
     SteeringConfig,
+    block_settings,
     disagreement_note,
     parse_scales,
     recommended_settings,
     recorded_routes,
+    steering_block,
 )
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -49,9 +50,6 @@ from steer.samplers import with_sampler
 from steer.sliders import split_sides
 from steer.validation import MAX_STEPS, check_steering_request, did_you_mean, short
 from steer.vectors import SteeringVector, as_vector_list
-
-# Per-pipeline defaults set by `pipe.steering(...)`, scoped to the current thread / task.
-_CONTEXT_DEFAULTS: contextvars.ContextVar[dict[int, dict[str, Any]] | None] = contextvars.ContextVar("steer_defaults", default=None)
 
 # Pipeline attributes a call sets that are loop state of that call, not results (kept off the shared pipeline).
 _CALL_LOCAL = frozenset({"scheduler"})
@@ -157,7 +155,8 @@ class SteeringMixin:
 
     @contextlib.contextmanager
     def steering(self, vector: SteeringVector | Sequence[SteeringVector] | str, scale: Any = 1.0, **options: Any) -> Iterator[None]:
-        """Apply ``vector`` at ``scale`` to every call inside the block (this thread only).
+        """Apply ``vector`` at ``scale`` to every call inside the block (this thread only); `learn_direction`,
+        `fit_take_away` and `fit_edit` inside it sample and record unsteered, as outside.
 
         Args:
             vector: a `SteeringVector`, a path to one, or a list of them.
@@ -171,14 +170,8 @@ class SteeringMixin:
             if full not in STEERING_DEFAULTS:
                 raise TypeError(f"unknown steering option {key!r}; known: {[k[9:] for k in STEERING_DEFAULTS][1:]}")
             settings[full] = value
-        current = dict(_CONTEXT_DEFAULTS.get() or {})
-        key = self.steering_key()
-        current[key] = {**current.get(key, {}), **settings}
-        token = _CONTEXT_DEFAULTS.set(current)
-        try:
+        with steering_block(self.steering_key(), settings):
             yield
-        finally:
-            _CONTEXT_DEFAULTS.reset(token)
 
     def steering_key(self) -> int:
         """Which pipeline a `steering` block applies to: this one, or the one a `with_sampler` copy was made from."""
@@ -195,7 +188,7 @@ class SteeringMixin:
         recommended ones < `steering(...)` < arguments. Two-sided directions come back as their two sides
         (`steer.sliders.split_sides`), each with its own recommended settings; rows whose prompt (``prompts``, one per
         image) states a slider's other side are flipped."""
-        given = {**(_CONTEXT_DEFAULTS.get() or {}).get(self.steering_key(), {}), **explicit}
+        given = {**block_settings(self.steering_key()), **explicit}
         vectors = as_vector_list(self._bundled_files(given.get("steering")))
         if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
             warnings.warn(note, UserWarning, stacklevel=4)
