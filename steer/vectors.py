@@ -316,7 +316,12 @@ class SteeringVector:
         if opposite is not None:
             kept = [k for k in keep if k in opposite.directions]
             opposite = opposite.select(kept) if kept else None
-        return SteeringVector({k: self.directions[k] for k in keep}, dict(self.metadata), opposite)
+        meta = dict(self.metadata)
+        recommended = meta.get("recommended")
+        if isinstance(recommended, dict) and isinstance(recommended.get("layers"), list):  # the layers it still has
+            layers = [k for k in recommended["layers"] if k in keep]
+            meta["recommended"] = {**recommended, "layers": layers} if layers else {k: v for k, v in recommended.items() if k != "layers"}
+        return SteeringVector({k: self.directions[k] for k in keep}, meta, opposite)
 
     # ----- compatibility -----------------------------------------------------------------------------------------
     def check_compatible(self, unet: torch.nn.Module, layers: Iterable[str] | None = None, strict: bool = True) -> None:

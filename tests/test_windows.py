@@ -231,3 +231,16 @@ def test_sum_of_a_list_and_select_of_one_name_do_what_they_say(tiny_pipe, text_p
     with pytest.raises(TypeError):
         1 + early
     assert early.select(CONTEXT_SITE).layers == [CONTEXT_SITE] == early.select([CONTEXT_SITE]).layers
+
+
+def test_a_selection_recommends_only_the_layers_it_keeps(tiny_pipe):
+    """``v.select(some)`` of a direction that recommends layers used to keep recommending all of them, so steering
+    with it failed ("steering_layers ... is not in the direction(s)") though no layers were given."""
+    layers = ["up_blocks.0.resnets.0", "up_blocks.0.resnets.1"]
+    v = random_vector(tiny_pipe, layers, seed=3, recommended={"layers": layers, "window": [0.0, 1.0]})
+    one = v.select(layers[:1])
+    assert one.metadata["recommended"] == {"layers": layers[:1], "window": [0.0, 1.0]}
+    assert v.metadata["recommended"]["layers"] == layers  # the original untouched
+    call(tiny_pipe, steering=one)
+    other = random_vector(tiny_pipe, layers, seed=3, recommended={"layers": layers[1:]})
+    assert "layers" not in other.select(layers[:1]).metadata.get("recommended", {})
