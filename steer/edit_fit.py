@@ -31,7 +31,7 @@ from steer.calibrate import POOR_DISTANCE, curve_minimum, rows_per_sample, sampl
 from steer.config import outside_steering_blocks
 from steer.images import edit_steps
 from steer.take_away import MAX_SAMPLES, recorded_prompts
-from steer.validation import MAX_STEPS, check_int
+from steer.validation import MAX_STEPS, check_call_kwargs, check_int
 
 GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
@@ -119,6 +119,7 @@ def fit_edit(
     fixed = sorted(k for k in ("steering", "steering_scale", "image", "strength") if k in call_kwargs)
     if fixed:
         raise ValueError(f"fit_edit sets {', '.join(fixed)} itself")
+    check_call_kwargs(text_pipe, call_kwargs, fit_edit, sets=("mask_image",))  # both take every other name
     pairs = paired_prompts(vector, num_samples)
     seeds = [seed + i for i in range(num_samples)]
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, batch_size=batch_size)

@@ -11,7 +11,6 @@ Aggregation: ``"mean"`` (the paper: mean of the positive set), ``"mean_diff"`` (
 
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -51,7 +50,7 @@ from steer.extract import (
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
-from steer.validation import MAX_CALIBRATION_SAMPLES, check_int, did_you_mean, short
+from steer.validation import MAX_CALIBRATION_SAMPLES, check_call_kwargs, check_int, short
 from steer.vectors import SteeringVector, unet_fingerprint
 from steer.wording import open_prompts, stated_phrases
 
@@ -132,16 +131,6 @@ MODES = ("text", "trajectory", "reference", "fast")
 AUTO_WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 # How a calibrated direction is applied (recorded as its recommended settings).
 CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
-
-
-def _check_call_names(pipe, call_kwargs: dict[str, Any]) -> None:
-    """``call_kwargs`` go to the pipeline's calls: a name no call takes (``calibrat=False``) is one line with the
-    option meant, not a keyword the pipeline's ``**kwargs`` would swallow while the learning runs on as if unset."""
-    taken = inspect.signature(type(pipe).__call__).parameters
-    for name in call_kwargs:
-        if name not in taken:
-            raise TypeError(f"learn_direction() got an unknown argument {name!r}"
-                            f"{did_you_mean(name, [*inspect.signature(learn_direction).parameters, *taken])}")
 
 
 @outside_steering_blocks
@@ -233,7 +222,7 @@ def learn_direction(
             state each side in ``metadata["flip"]``: calls then flip rows whose prompt states the other side
             (`steer.sliders`). False: the slider adds its sides only.
     """
-    _check_call_names(pipe, call_kwargs)
+    check_call_kwargs(pipe, call_kwargs, learn_direction)
     if two_sided:
         given = dict(locals())  # the keyword arguments, each side learned with them
         options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "flip_stated", "call_kwargs")}

@@ -42,7 +42,7 @@ from steer.calibrate import (
 )
 from steer.config import outside_steering_blocks, recommended_settings
 from steer.partial_run import run_length
-from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_int, short
+from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -335,6 +335,7 @@ def fit_take_away(
     fixed = sorted(k for k in ("steering", "steering_scale", "steering_window", "steering_negative") if k in call_kwargs)
     if fixed:
         raise ValueError(f"fit_take_away sets {', '.join(fixed)} itself (the candidate windows are windows=)")
+    check_call_kwargs(pipe, call_kwargs, fit_take_away)
     windows = [(float(w[0]), float(w[1])) for w in windows]
     positives, negatives = recorded_prompts(away, "positive"), recorded_prompts(away, "negative")
     like, like_negatives = recorded_prompts(vector, "positive")[0], recorded_prompts(vector, "negative")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -424,3 +425,21 @@ class FiniteOutputMixin:
     def run_safety_checker(self, image, device, dtype):  # noqa: D401 - diffusers' hook between decode and postprocess
         refuse_non_finite(image)
         return super().run_safety_checker(image, device, dtype)
+
+
+HELPER_SET = ("prompt", "generator", "output_type", "latents", "num_images_per_prompt", "return_dict")  # per sample
+
+
+def check_call_kwargs(pipe: Any, call_kwargs: Mapping[str, Any], function: Callable[..., Any], sets: Iterable[str] = ()) -> None:
+    """The keyword arguments ``function`` (`learn_direction`, `fit_take_away`, ...) passes on to ``pipe``'s calls: one
+    it sets itself (`HELPER_SET` and ``sets``) or one no call takes (``num_sample=``: the pipeline's ``**kwargs``
+    would swallow it and the helper run with its default) is a one-line TypeError naming it and the name meant."""
+    name = getattr(function, "__name__", "the helper")
+    own = [*HELPER_SET, *sets]
+    taken = inspect.signature(type(pipe).__call__).parameters
+    for key in call_kwargs:
+        if key in own:
+            raise TypeError(f"{name}() sets {key} itself")
+        if key not in taken:
+            raise TypeError(f"{name}() got an unknown argument {short(key)}"
+                            f"{did_you_mean(key, [*inspect.signature(function).parameters, *taken])}")

@@ -53,6 +53,28 @@ def test_a_mistyped_steering_option_is_refused_not_swallowed(demo, kwargs, meant
         demo.learn_direction(["a blue bag"], ["a bag"], calibrat=False, progress=False)
 
 
+
+@pytest.mark.parametrize(("helper", "kwargs", "needle"), [
+    ("fit_take_away", {"num_sample": 1}, "fit_take_away() got an unknown argument 'num_sample'; did you mean 'num_samples'"),
+    ("fit_edit", {"num_sample": 1}, "fit_edit() got an unknown argument 'num_sample'; did you mean 'num_samples'"),
+    ("detect_memorization", {"num_inferance_steps": 2}, "got an unknown argument 'num_inferance_steps'; did you mean 'num_inference_steps'"),
+    ("learn_direction", {"generator": None}, "learn_direction() sets generator itself"),
+    ("fit_take_away", {"output_type": "pil"}, "fit_take_away() sets output_type itself"),
+    ("detect_memorization", {"generator": None}, "detect_memorization() sets generator itself"),
+])
+def test_helpers_refuse_mistyped_or_their_own_call_arguments_in_one_line(demo, helper, kwargs, needle):
+    """Each helper passes its extra keywords on to the pipeline's calls: a mistyped one was swallowed by diffusers'
+    ``**kwargs`` (the helper ran with its default: 50 steps instead of 2, a fit from the default samples) and one it
+    sets itself gave a 39-line "got multiple values" with the pipeline's whole config."""
+    call = {"fit_take_away": lambda **kw: demo.fit_take_away("to_blue", "to_red", **kw),
+            "fit_edit": lambda **kw: demo.fit_edit("to_blue", **kw),
+            "detect_memorization": lambda **kw: demo.detect_memorization("a bag", **kw),
+            "learn_direction": lambda **kw: demo.learn_direction(["a blue bag"], ["a bag"], progress=False, **kw)}[helper]
+    with pytest.raises(TypeError) as err:
+        call(**kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("steps", [-1, 0, 2.5, True, 1001])
 def test_num_inference_steps_out_of_range_is_one_line(demo, steps):
     with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1 to 1000"):

@@ -45,6 +45,7 @@ from steer.files import read_checked, write_checked
 from steer.text_tokens import encode_text
 from steer.validation import (
     SchemaError,
+    check_call_kwargs,
     check_detector_header,
     check_detector_tensors,
     check_int,
@@ -453,6 +454,7 @@ def detect_memorization(
         raise ValueError("detect_memorization takes a prompt or a non-empty list of prompts")
     check_int(num_images_per_prompt, "num_images_per_prompt", 1, 100_000, optional=False)
     check_int(batch_size, "batch_size", 1, 4096, optional=False)
+    check_call_kwargs(pipe, call_kwargs, detect_memorization, sets=("memorization_detector",))
     if verdict_from not in (None, "reencode", "inline", "early"):
         raise ValueError(f"verdict_from must be 'reencode', 'inline', 'early' or None, got {short(verdict_from)}")
     det = as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
