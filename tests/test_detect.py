@@ -132,6 +132,19 @@ def test_inline_adds_no_unet_evaluations_and_keeps_images(tiny_pipe):
     torch.testing.assert_close(tup[2], out.memorization_scores)
 
 
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"detect_memorization": True, "memorization_early_steps": -10}, "memorization_early_steps must be between 1 and 1000, got -10"),
+    ({"detect_memorization": True, "memorization_early_steps": 0}, "memorization_early_steps must be between 1 and 1000, got 0"),
+    ({"detect_memorization": True, "memorization_early_steps": 1.7}, "memorization_early_steps must be an integer"),
+    ({"memorization_early_steps": 2}, "pass detect_memorization=True too"),
+])
+def test_early_steps_out_of_range_or_without_detection_are_one_line(tiny_pipe, extra, needle):
+    """-10 gave a NaN early score (read as "not memorized"), 0 silently the default, 1.7 was taken; without
+    detection the option did nothing."""
+    with pytest.raises(ValueError, match=needle):
+        tiny_pipe("a shoe", num_inference_steps=2, output_type="pt", **extra)
+
+
 def test_cfg_distance_inline_score_is_free_and_matches_hand_computation(tiny_pipe, tmp_path):
     layer = "up_blocks.1.resnets.0"
     det = MemorizationDetector(tiny_pipe, inline_score="cfg_distance", inline_layers=layer, inline_window=(0.0, 1.0))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from steer.detect.detector import SteeringPipelineOutput, as_detector
+from steer.validation import MAX_STEPS, check_int
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -21,11 +22,13 @@ def enter_inline_detection(call_pipe, stack: contextlib.ExitStack, extras: dict[
     detector = as_detector(extras.get("memorization_detector"), call_pipe) or as_detector(
         extras.get("detect_memorization"), call_pipe
     )
+    early = check_int(extras.get("memorization_early_steps"), "memorization_early_steps", 1, MAX_STEPS)  # a NaN score else
     if detector is None:
+        if early is not None:
+            raise ValueError("memorization_early_steps scores memorization inline: pass detect_memorization=True too")
         return None
     if hasattr(call_pipe.unet, "_orig_mod"):
         raise ValueError("inline memorization detection needs hooks, which a torch.compile-d UNet ignores; use the uncompiled UNet")
-    early = extras.get("memorization_early_steps")
     recorder = stack.enter_context(detector.recorder(call_pipe))
 
     def finish(output: Any) -> Any:
