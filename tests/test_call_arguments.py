@@ -75,6 +75,18 @@ def test_helpers_refuse_mistyped_or_their_own_call_arguments_in_one_line(demo, h
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("guidance", [float("nan"), float("inf"), 1e9, "7.5"])
+def test_a_guidance_scale_that_is_no_finite_number_is_one_line_in_calls_learning_and_fits(demo, guidance):
+    """diffusers reads ``nan > 1`` as no guidance: a NaN guidance sampled without it, and learning recorded NaN in the
+    direction's metadata as "calibrated"."""
+    for run in (lambda: demo("a sneaker", num_inference_steps=1, guidance_scale=guidance),
+                lambda: demo.learn_direction(["a blue bag"], ["a bag"], guidance_scale=guidance, num_inference_steps=2,
+                                             calibration_samples=1, progress=False),
+                lambda: demo.fit_take_away("to_blue", "to_red", guidance_scale=guidance, num_samples=1, num_inference_steps=2)):
+        with pytest.raises(ValueError, match="guidance_scale must be a finite number within"):
+            run()
+
+
 @pytest.mark.parametrize("steps", [-1, 0, 2.5, True, 1001])
 def test_num_inference_steps_out_of_range_is_one_line(demo, steps):
     with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1 to 1000"):

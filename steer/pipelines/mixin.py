@@ -9,6 +9,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import math
 import numbers
 import os
 import warnings
@@ -48,7 +49,7 @@ from steer.images import edit_steps
 from steer.learn import learn_direction
 from steer.samplers import with_sampler
 from steer.sliders import split_sides
-from steer.validation import MAX_STEPS, check_steering_request, did_you_mean, short
+from steer.validation import MAX_GUIDANCE, MAX_STEPS, check_steering_request, did_you_mean, short
 from steer.vectors import SteeringVector, as_vector_list
 
 # Pipeline attributes a call sets that are loop state of that call, not results (kept off the shared pipeline).
@@ -238,11 +239,16 @@ class SteeringMixin:
     @staticmethod
     def _check_call_arguments(bound: inspect.BoundArguments) -> None:
         """What diffusers would fail on deep inside (or, at ``num_inference_steps=-1``, return an image without a
-        single denoising step): an empty prompt list, ``num_images_per_prompt`` below 1, ``num_inference_steps`` not
+        single denoising step; at ``guidance_scale=nan``, sample without guidance): a guidance scale that is no finite
+        number, an empty prompt list, ``num_images_per_prompt`` below 1, ``num_inference_steps`` not
         an integer in [1, `MAX_STEPS`], an image-to-image ``strength`` that runs none of them. One line each."""
         args, params = bound.arguments, bound.signature.parameters
         if isinstance(args.get("prompt"), list | tuple) and not args["prompt"]:
             raise ValueError("prompt is an empty list: give at least one prompt")
+        guidance = args.get("guidance_scale")
+        if guidance is not None and (isinstance(guidance, bool) or not isinstance(guidance, numbers.Real)
+                                     or not math.isfinite(guidance) or abs(guidance) > MAX_GUIDANCE):
+            raise ValueError(f"guidance_scale must be a finite number within +-{MAX_GUIDANCE:g}, got {short(guidance)}")
         per_prompt = args.get("num_images_per_prompt")
         if per_prompt is not None and (isinstance(per_prompt, bool) or not isinstance(per_prompt, numbers.Integral) or per_prompt < 1):
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {short(per_prompt)}")
