@@ -302,7 +302,12 @@ class SteeringVector:
         """Each layer rescaled to unit L2 norm (zero layers stay zero); both sides of a two-sided direction."""
         return self._map(lambda v: v / v.norm().clamp_min(1e-12), name=f"normalized({self.name})")
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SteeringVector:
+    def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None) -> SteeringVector:
+        """A copy on ``device`` and/or in ``dtype``; ``v.to(torch.float16)`` as ``Tensor.to`` takes it."""
+        if isinstance(device, torch.dtype):
+            if dtype is not None:
+                raise TypeError("to() got two dtypes: give the device first, or one dtype")
+            device, dtype = None, device
         opposite = self.opposite.to(device, dtype) if self.opposite is not None else None
         return SteeringVector({k: v.to(device=device, dtype=dtype) for k, v in self.directions.items()}, dict(self.metadata), opposite)
 

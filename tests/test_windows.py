@@ -221,9 +221,9 @@ def test_the_sum_of_directions_keeps_what_they_record(tiny_pipe, text_pair):
         early + windowed(late, (0.0, 0.4567))
 
 
-def test_sum_of_a_list_and_select_of_one_name_do_what_they_say(tiny_pipe, text_pair):
-    """``sum([a, b])`` is ``a + b`` (it used to raise from ``0 + a``) and ``v.select("layer")`` keeps that layer (it used
-    to take the string as a list of one-letter layer names); ``1 + a`` stays refused."""
+def test_sum_of_a_list_select_of_one_name_and_to_a_dtype_do_what_they_say(tiny_pipe, text_pair):
+    """``sum([a, b])`` is ``a + b`` (it used to raise from ``0 + a``), ``v.select("layer")`` keeps that layer (it used
+    to take the string as a list of one-letter layer names), ``v.to(torch.float16)`` converts; ``1 + a`` stays refused."""
     early, late = text_pair
     total = sum([early, late])
     assert torch.equal(total.directions[CONTEXT_SITE], (early + late).directions[CONTEXT_SITE])
@@ -231,6 +231,8 @@ def test_sum_of_a_list_and_select_of_one_name_do_what_they_say(tiny_pipe, text_p
     with pytest.raises(TypeError):
         1 + early
     assert early.select(CONTEXT_SITE).layers == [CONTEXT_SITE] == early.select([CONTEXT_SITE]).layers
+    half = early.to(torch.float16)  # positional, as Tensor.to takes it (it failed deep inside torch)
+    assert half.directions[CONTEXT_SITE].dtype == torch.float16 and early.to("cpu", torch.float16).directions[CONTEXT_SITE].dtype == torch.float16
 
 
 def test_a_selection_recommends_only_the_layers_it_keeps(tiny_pipe):
