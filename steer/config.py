@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import numbers
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -74,6 +75,20 @@ def window_record(window: Any) -> list[Any] | None:
     return [float(x) for x in window]
 
 
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no option: a bool (numpy's and 0-d tensors' too, and the integers 0 and 1), else one line. ``bool()``
+    of anything read ``steering_normalize="False"`` as on."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral) and value in (0, 1):
+        return bool(value)
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0 and isinstance(item(), bool):
+        return item()
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise ValueError(f"{name} must be True or False, got {shown}")
+
+
 @dataclass(frozen=True)
 class SteeringConfig:
     """How vectors are applied; the ``steering_*`` options of a steered call without the vectors and scales.
@@ -128,9 +143,8 @@ class SteeringConfig:
             raise ValueError(f"steering_mode must be one of {MODES}, got {self.mode!r}")
         if self.negative not in NEGATIVES:
             raise ValueError(f"steering_negative must be one of {NEGATIVES}, got {self.negative!r}")
-        object.__setattr__(self, "preserve_norm", bool(self.preserve_norm))
-        object.__setattr__(self, "normalize", bool(self.normalize))
-        object.__setattr__(self, "strict", bool(self.strict))
+        for name in ("preserve_norm", "normalize", "strict"):
+            object.__setattr__(self, name, _flag(getattr(self, name), f"steering_{name}"))
         if self.layers is not None:
             layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
             if not all(isinstance(n, str) for n in layers):

@@ -223,6 +223,9 @@ def learn_direction(
             (`steer.sliders`). False: the slider adds its sides only.
     """
     check_call_kwargs(pipe, call_kwargs, learn_direction)
+    for label, flag in (("calibrate", calibrate), ("two_sided", two_sided), ("flip_stated", flip_stated)):
+        if flag is not None and not isinstance(flag, bool):  # calibrate="no" calibrated
+            raise TypeError(f"{label} must be True or False, got {short(flag)}")
     if two_sided:
         given = dict(locals())  # the keyword arguments, each side learned with them
         options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "flip_stated", "call_kwargs")}

@@ -87,6 +87,21 @@ def test_a_guidance_scale_that_is_no_finite_number_is_one_line_in_calls_learning
             run()
 
 
+def test_yes_no_options_take_booleans_not_strings(demo):
+    """``bool("False")`` is True: ``steering_normalize="False"`` turned normalization on and ``calibrate="no"``
+    calibrated. Strings are one line; numpy booleans and 0/1 still read as they say."""
+    import numpy as np
+
+    for option in ("steering_normalize", "steering_strict", "steering_preserve_norm"):
+        with pytest.raises(ValueError, match=f"{option} must be True or False, got 'False'"):
+            demo("a sneaker", num_inference_steps=1, steering="to_blue", **{option: "False"})
+    with pytest.raises(TypeError, match="calibrate must be True or False, got 'no'"):
+        demo.learn_direction(["a blue bag"], ["a bag"], calibrate="no", progress=False)
+    plain = pixels(demo("a sneaker", num_inference_steps=2, generator=gen(), steering="to_blue", steering_normalize=False))
+    numpy_false = pixels(demo("a sneaker", num_inference_steps=2, generator=gen(), steering="to_blue", steering_normalize=np.bool_(False)))
+    assert np.array_equal(plain, numpy_false)
+
+
 @pytest.mark.parametrize("steps", [-1, 0, 2.5, True, 1001])
 def test_num_inference_steps_out_of_range_is_one_line(demo, steps):
     with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1 to 1000"):
