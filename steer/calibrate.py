@@ -410,14 +410,15 @@ def sample_branched(
     return tail.reshape(copies, len(prompts), -1)
 
 
-def check_grid(grid: Any) -> list[float]:
-    """The calibration grid as ascending floats, or a one-line ValueError: it must hold positive, finite strengths."""
+def check_grid(grid: Any, what: str = "the calibration grid") -> list[float]:
+    """The calibration grid (or ``what`` else: a fit's) as ascending floats, or a one-line ValueError: it must hold
+    positive, finite strengths."""
     try:
         values = sorted(float(g) for g in grid)
     except (TypeError, ValueError):
-        raise ValueError(f"the calibration grid must be a list of positive strengths, got {str(grid)[:80]}") from None
+        raise ValueError(f"{what} must be a list of positive strengths, got {str(grid)[:80]}") from None
     if not values or not all(0 < g < math.inf for g in values):
-        raise ValueError(f"the calibration grid must hold positive, finite strengths, got {values[:8]}")
+        raise ValueError(f"{what} must hold positive, finite strengths, got {values[:8]}")
     return values
 
 

@@ -20,6 +20,7 @@ Cost: ``num_samples`` images from noise plus ``(2 + len(grid)) * num_samples`` e
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 
-from steer.calibrate import POOR_DISTANCE, curve_minimum, rows_per_sample, sample_latents
+from steer.calibrate import POOR_DISTANCE, check_grid, curve_minimum, rows_per_sample, sample_latents
 from steer.config import outside_steering_blocks
 from steer.images import edit_steps
 from steer.take_away import MAX_SAMPLES, recorded_prompts
@@ -109,11 +110,11 @@ def fit_edit(
         batch_size: at most this many images per call (None: one call per set); the fit is the same.
         floor: the smallest scale the fit returns (the calibrated full edit, 1.0); None: the closest scale as it is.
     """
-    grid = sorted(float(g) for g in grid)
-    if not grid or grid[0] <= 0:
-        raise ValueError("the edit grid must hold positive scales")
+    grid = check_grid(grid, "the edit grid")
     check_int(num_samples, "num_samples", 1, MAX_SAMPLES, optional=False)
     check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(f"strength must be a number in (0, 1], got {type(strength).__name__}")
     if not 0 < strength <= 1 or edit_steps(strength, num_inference_steps) < 1:
         raise ValueError(f"strength {strength:g} of {num_inference_steps} steps runs no step")
     fixed = sorted(k for k in ("steering", "steering_scale", "image", "strength") if k in call_kwargs)

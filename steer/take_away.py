@@ -35,12 +35,13 @@ import torch
 from steer.calibrate import (
     POOR_DISTANCE,
     branch_step,
+    check_grid,
     curve_minimum,
     rows_per_sample,
     sample_branched,
     sample_latents,
 )
-from steer.config import outside_steering_blocks, recommended_settings
+from steer.config import check_window, outside_steering_blocks, recommended_settings
 from steer.partial_run import run_length
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
@@ -320,9 +321,7 @@ def fit_take_away(
             strength depends on it); ``call_kwargs`` go to every call (``height=``, ``steering_branch=``...).
         batch_size: at most this many images per sampling call (None: one call per sample set); the fit is the same.
     """
-    grid = sorted(float(g) for g in grid)
-    if not grid or grid[0] <= 0:
-        raise ValueError("the take-away grid must hold positive strengths")
+    grid = check_grid(grid, "the take-away grid")
     check_int(num_samples, "num_samples", 1, MAX_SAMPLES, optional=False)
     check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
     if away is vector or away.digest() == vector.digest():
@@ -336,7 +335,7 @@ def fit_take_away(
     if fixed:
         raise ValueError(f"fit_take_away sets {', '.join(fixed)} itself (the candidate windows are windows=)")
     check_call_kwargs(pipe, call_kwargs, fit_take_away)
-    windows = [(float(w[0]), float(w[1])) for w in windows]
+    windows = [check_window(w, "each of windows=") for w in windows]
     positives, negatives = recorded_prompts(away, "positive"), recorded_prompts(away, "negative")
     like, like_negatives = recorded_prompts(vector, "positive")[0], recorded_prompts(vector, "negative")
     sources = [positives[i % len(positives)] for i in range(num_samples)]

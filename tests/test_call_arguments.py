@@ -102,6 +102,21 @@ def test_yes_no_options_take_booleans_not_strings(demo):
     assert np.array_equal(plain, numpy_false)
 
 
+def test_fit_inputs_are_checked_and_named(demo):
+    """A NaN grid used to fail naming steering_scale, a three-number window was cut to two, and a string strength
+    failed comparing int with str."""
+    with pytest.raises(ValueError, match=r"the take-away grid must hold positive, finite strengths"):
+        demo.fit_take_away("to_blue", "to_red", grid=[float("nan")], num_samples=1, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"each of windows= must be a pair \(start, end\) of fractions"):
+        demo.fit_take_away("to_blue", "to_red", windows=[(0, 0.5, 0.9)], num_samples=1, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"each of windows= must satisfy 0 <= start < end <= 1"):
+        demo.fit_take_away("to_blue", "to_red", windows=[(0.5, 0.2)], num_samples=1, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"the edit grid must hold positive, finite strengths"):
+        demo.fit_edit("to_blue", grid=[0.5, float("inf")], num_samples=1, num_inference_steps=2)
+    with pytest.raises(TypeError, match=r"strength must be a number in \(0, 1\], got str"):
+        demo.fit_edit("to_blue", strength="0.5", num_samples=1, num_inference_steps=2)
+
+
 @pytest.mark.parametrize("steps", [-1, 0, 2.5, True, 1001])
 def test_num_inference_steps_out_of_range_is_one_line(demo, steps):
     with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1 to 1000"):

@@ -67,7 +67,7 @@ def test_fit_needs_directions_learned_from_prompts(tiny_pipe):
     bare = SteeringVector({n: torch.randn(c, generator=g) for n, c in layer_channels(tiny_pipe.unet, [CONTEXT_SITE]).items()}, {"name": "bare"})
     with pytest.raises(ValueError, match="direction 'bare' records no positive prompts"):
         tiny_pipe.fit_take_away(blue, bare)
-    with pytest.raises(ValueError, match="positive strengths"):
+    with pytest.raises(ValueError, match="positive, finite strengths"):
         tiny_pipe.fit_take_away(blue, learned(tiny_pipe, "red"), grid=(0.0, 1.0))
 
 
