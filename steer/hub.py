@@ -23,12 +23,14 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 from steer.errors import SteeringFileError, UnsafePathError
+from steer.validation import short
 
 DEFAULT_FILENAME = "steering_vector.safetensors"
 CARD_FILENAME = "README.md"
@@ -337,9 +339,17 @@ def _hub_error(spec: str, repo_id: str, revision: str, err: BaseException) -> St
 def _check_filename(filename: str) -> None:
     if (
         not isinstance(filename, str) or not filename.endswith(".safetensors") or filename.startswith(".")
-        or "/" in filename or "\\" in filename or len(filename) > 200
+        or "/" in filename or "\\" in filename or len(filename) > 200 or not filename.isprintable() or "`" in filename
     ):
-        raise ValueError(f"filename must be a plain file name ending in .safetensors (no folders), got {filename!r}")
+        raise ValueError(f"filename must be a plain file name ending in .safetensors (no folders), got {short(filename)}")
+
+
+def _check_repo_id(repo_id: Any, what: str) -> None:
+    """A Hub repo id is owner/name (letters, digits, - _ .): anything else is one line (it is also pasted into the
+    model card's examples)."""
+    parsed = parse_hub_spec(repo_id) if isinstance(repo_id, str) else None
+    if parsed is None or parsed[1] is not None or parsed[2] is not None:
+        raise SteeringFileError(f"{what} {short(repo_id)}: a Hub repo id is owner/name (letters, digits, - _ .)")
 
 
 def save_pretrained(vector: _Vector, save_directory: str | os.PathLike, filename: str = DEFAULT_FILENAME, repo_id: str | None = None) -> Path:
@@ -351,6 +361,8 @@ def save_pretrained(vector: _Vector, save_directory: str | os.PathLike, filename
     generate (it is not overwritten). Returns the direction file's path.
     """
     _check_filename(filename)
+    if repo_id is not None:
+        _check_repo_id(repo_id, "cannot name the card's repo")
     folder = Path(save_directory).expanduser()
     if folder.exists() and not folder.is_dir():
         raise UnsafePathError(f"{folder} is not a folder; save_pretrained writes a folder (direction file + README.md)")
@@ -359,6 +371,8 @@ def save_pretrained(vector: _Vector, save_directory: str | os.PathLike, filename
     for path in (target, card_path):
         if path.is_symlink():
             raise UnsafePathError(f"{path} is a symlink; save_pretrained does not write through it")
+    if target.exists() and not target.is_file():
+        raise UnsafePathError(f"{target} is a folder; save_pretrained does not write over it")
     if card_path.exists():
         if not card_path.is_file():
             raise UnsafePathError(f"{card_path} is not a file; save_pretrained does not write over it")
@@ -396,9 +410,7 @@ def push_to_hub(
 
     from steer import __version__
 
-    parsed = parse_hub_spec(repo_id) if isinstance(repo_id, str) else None
-    if parsed is None or parsed[1] is not None or parsed[2] is not None:
-        raise SteeringFileError(f"cannot push to {repo_id!r}: a Hub repo id is owner/name (letters, digits, - _ .)")
+    _check_repo_id(repo_id, "cannot push to")
     offline = _offline_reason(False)
     if offline is not None:
         raise SteeringFileError(f"cannot push direction {vector.name!r} to {repo_id!r}: {offline}")
@@ -557,7 +569,7 @@ def model_card(vector: _Vector, repo_id: str | None = None, filename: str = DEFA
         "```",
         "",
         "```bash",
-        f"steer generate --model {_py(model_arg)} --direction {spec} --prompt {_py(EXAMPLE_PROMPT)} --scale {scale_arg} --out out/",
+        f"steer generate --model {_py(model_arg)} --direction {shlex.quote(spec)} --prompt {_py(EXAMPLE_PROMPT)} --scale {scale_arg} --out out/",
         "```",
         "",
         CARD_MARKER,

@@ -275,6 +275,24 @@ def test_save_pretrained_never_writes_through_a_symlink(tmp_path, fingerprint):
     assert (mine / "README.md").read_text() == "my notes"
 
 
+def test_save_pretrained_refuses_a_folder_at_the_file_and_names_that_would_break_the_card(tmp_path, fingerprint):
+    """A folder where the direction file goes raised IsADirectoryError naming the hidden staging folder; a repo id
+    like ``x; rm -rf ~`` was pasted unquoted into the card's bash example; a filename with a backtick broke it."""
+    v = make_vector(fingerprint)
+    (tmp_path / "out" / DEFAULT_FILENAME).mkdir(parents=True)
+    with pytest.raises(UnsafePathError) as err:
+        v.save_pretrained(tmp_path / "out")
+    assert one_line(err).endswith(f"{DEFAULT_FILENAME} is a folder; save_pretrained does not write over it") and ".steer-save" not in one_line(err)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [DEFAULT_FILENAME]  # no staging left behind
+    with pytest.raises(SteeringFileError, match="a Hub repo id is owner/name"):
+        v.save_pretrained(tmp_path / "card", repo_id="x; rm -rf ~")
+    with pytest.raises(ValueError, match="filename must be a plain file name"):
+        v.save_pretrained(tmp_path / "card", filename="a`id`.safetensors")
+    assert not (tmp_path / "card").exists()
+    v.save_pretrained(tmp_path / "card", repo_id="me/blue", filename="my blue.safetensors")
+    assert "--direction 'me/blue:my blue.safetensors'" in (tmp_path / "card" / "README.md").read_text()  # quoted for bash
+
+
 def test_push_to_hub_uploads_the_save_pretrained_folder(tmp_path, cache, fingerprint, monkeypatch):
     v = make_vector(fingerprint)
     seen: dict = {}
