@@ -25,6 +25,13 @@ def png_bytes_hash(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def recorded_path(path: str | os.PathLike) -> str:
+    """A local file or folder as a recipe records it: absolute, so that `steer reproduce` finds it from any folder
+    (recipes recorded paths relative to where the command ran); a Hub id, or anything not on disk, as given."""
+    local = Path(path).expanduser()
+    return str(local.absolute()) if local.exists() else str(path)
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, recipe: dict[str, Any]) -> Path:
     """Write ``image`` to ``path`` with ``recipe`` as a PNG text chunk (`steer.files.atomic_write`: never half
     written, never through a symlink)."""

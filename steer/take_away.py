@@ -43,6 +43,7 @@ from steer.calibrate import (
 )
 from steer.config import check_window, outside_steering_blocks, recommended_settings
 from steer.partial_run import run_length
+from steer.recipe import recorded_path
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
@@ -117,7 +118,7 @@ def take_away_record(away, path: Any, scale: float | None) -> dict[str, Any]:
     """A take-away's entry in an image's recipe, as `steer generate` and `steer batch` write it: its name, hash and
     file, and the amount removed at the direction's ``scale`` (None without a scale)."""
     amount = -pair_scales(scale)[1] if scale is not None else None
-    return {"name": away.name, "hash": away.digest(), "path": str(path), "amount": amount}
+    return {"name": away.name, "hash": away.digest(), "path": recorded_path(path), "amount": amount}
 
 
 def recorded_prompts(vector, which: str, fitting: str = "a take-away") -> list[str]:

@@ -197,3 +197,24 @@ def test_a_missing_file_or_a_model_that_is_gone_is_one_line_naming_the_image(mod
     edited = save_png(Image.open(png), tmp_path / "edited" / "seed0.png", hand_edited)
     code, _, err = reproduce(capsys, edited, "--model", model_dir)
     assert_one_line_error(code, err, f"{edited}: its recipe cannot be made again:", "divisible by 8", prefix="steer reproduce: error:")
+
+
+def test_an_image_made_with_relative_paths_reproduces_from_another_folder(model_dir, directions, tmp_path, capsys, monkeypatch):
+    """``steer generate --model mdl --direction d.safetensors`` recorded the paths as typed, so `steer reproduce` run
+    from any other folder could find neither; they are recorded absolute (a batch's too)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(model_dir, work / "mdl")
+    shutil.copy(directions[0], work / "d.safetensors")
+    (work / "jobs.jsonl").write_text(json.dumps({"prompt": "a bag", "num_inference_steps": 3, "directions": ["d.safetensors"], "name": "b"}) + "\n")
+    monkeypatch.chdir(work)
+    assert main(["generate", "--model", "mdl", "--prompt", "a bag", "--direction", "d.safetensors", "--steps", STEPS, "--out", "out"]) == 0
+    assert main(["batch", "jobs.jsonl", "--model", "mdl", "--out", "bout"]) == 0
+    recipe = read_recipe(work / "out" / "seed0_scale+1.png")
+    assert recipe["model"] == str(work / "mdl") and recipe["directions"][0]["path"] == str(work / "d.safetensors")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    code, printed, err = reproduce(capsys, work / "out" / "seed0_scale+1.png", work / "bout" / "b.png")
+    assert code == 0 and printed.count("identical") == 2, err

@@ -17,6 +17,7 @@ from steer.cli.loading import load_pipeline
 from steer.jobs.files import OutDir, new_run_id
 from steer.jobs.formats import read_jobs
 from steer.jobs.run import check_manifests, failure_lines, process_state, run
+from steer.recipe import recorded_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +72,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             args.sampler = check_sampler(pipe.scheduler, args.sampler)
         if args.compile:
             pipe.compile_unet(backend=args.compile)
-        summary = run(raw, pipe, out if out is not None else args.out, args.batch_size, model=str(args.model),
+        summary = run(raw, pipe, out if out is not None else args.out, args.batch_size, model=recorded_path(args.model),
                       progress=args.progress, report=_stderr, state=state, base_dir=Path(args.jobs).resolve().parent,
                       sampler=args.sampler)
     finally:

@@ -32,6 +32,7 @@ from steer.config import (
     routes_record,
     window_record,
 )
+from steer.recipe import recorded_path
 from steer.validation import MAX_IMAGES, MAX_SEED, bounded_int, short
 
 
@@ -82,7 +83,7 @@ def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, sca
     taken = {"take_away": take_away_record(away[0], away[1], scale)} if away is not None else {}
     return {
         "steer_version": __version__,
-        "model": str(args.model),
+        "model": recorded_path(args.model),
         "prompt": args.prompt,
         "negative_prompt": args.negative_prompt,
         "seed": seed,
@@ -91,7 +92,7 @@ def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, sca
         "sampler": sampler_name(pipe.scheduler),
         "height": args.height,
         "width": args.width,
-        "directions": [{"name": v.name, "hash": v.digest(), "path": str(p), "weight": w} for (v, p), w in zip(vectors, weights, strict=True)],
+        "directions": [{"name": v.name, "hash": v.digest(), "path": recorded_path(p), "weight": w} for (v, p), w in zip(vectors, weights, strict=True)],
         "scale": scale,
         "layers": list(config.layers) if config.layers is not None else None,
         "window": window_record(config.window),

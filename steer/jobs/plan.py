@@ -27,6 +27,7 @@ from steer.jobs.outputs import assign_paths, duplicate_notes, image_key, mark_du
 from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.lora import loaded_loras
+from steer.recipe import recorded_path
 from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean, short
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
@@ -339,7 +340,7 @@ class _Validator:
         path = self._find_direction(line, spec["path"])
         if path not in self._vectors:
             self._vectors[path] = SteeringVector.load(path)
-        return self._vectors[path], str(path), scales
+        return self._vectors[path], recorded_path(path), scales
 
     def _find_direction(self, line: int, name: str) -> Path:
         from steer.assets import bundled_directions
