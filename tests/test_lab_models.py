@@ -180,6 +180,15 @@ def test_training_resumes_exactly(tmp_path):
         if k.startswith(("unet.", "ema.", "text_encoder.")):
             assert torch.equal(a[k], b[k]), k
     assert json.loads((tmp_path / "b" / "checkpoint.json").read_text())["step"] == 4
+    # a new run into a finished one's folder (without --resume) reused its VAE and latents and replaced its weights
+    before = (tmp_path / "a" / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(SystemExit, match=r"holds an earlier run \(checkpoint.safetensors, vae, latents.safetensors\): pass --resume"):
+        main(common + ["--out", str(tmp_path / "a"), "--steps", "2", "--seed", "5"])
+    assert (tmp_path / "a" / "checkpoint.safetensors").read_bytes() == before
+    for variant, least in (("hybrid", 600), ("mem", 32)):  # numpy's "larger sample than population" mid-run before
+        with pytest.raises(SystemExit, match=f"--variant {variant} needs --limit of at least {least} training items, got 10"):
+            main([*common[2:], "--variant", variant, "--limit", "10", "--out", str(tmp_path / variant)])
+        assert not (tmp_path / variant).exists()
     pipe = export(tmp_path / "b", tmp_path / "pipe")
     assert (tmp_path / "pipe" / "model_index.json").is_file() and pipe.name == "pipe"
     (pipe / "directions").mkdir()  # directions shipped for the model survive a re-export

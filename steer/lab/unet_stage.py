@@ -20,7 +20,7 @@ from .export import export
 from .models import resolve_device
 from .schedule import EMA, TimeBudget, lr_at
 from .vae_stage import adopt_vae, cache_latents, train_vae
-from .variants import VARIANT_DEFAULTS, variant_items
+from .variants import MIN_ITEMS, VARIANT_DEFAULTS, variant_items
 
 
 def _init_weights_from(init: Path, unet, te) -> str:
@@ -59,6 +59,13 @@ def _run_widths(args, out: Path):
 
 def train(args) -> Path:
     out = Path(args.out)
+    least = MIN_ITEMS[args.variant]
+    if args.limit is not None and args.limit < least:  # numpy's "larger sample than population" deep in the run else
+        raise SystemExit(f"--variant {args.variant} needs --limit of at least {least} training items, got {args.limit}")
+    earlier = [n for n in ("checkpoint.safetensors", "vae", "latents.safetensors") if (out / n).exists()]
+    if earlier and not getattr(args, "resume", False):  # it used to reuse that run's VAE and latents, then replace its weights
+        raise SystemExit(f"--out {out} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, or "
+                         "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     device = resolve_device(getattr(args, "device", None))

@@ -18,10 +18,12 @@ VARIANT_DEFAULTS = {
 
 HYBRID_NUM_MEMORIZED = 50
 HYBRID_COPIES = 200
+HYBRID_POOL = 600  # the items the hybrid's memorized ones are picked among
 MEM_NUM_IMAGES = 32
+MIN_ITEMS = {"demo": 1, "hybrid": HYBRID_POOL, "mem": MEM_NUM_IMAGES}  # the smallest --limit each variant can use
 
 
-def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int = 600, vae=None) -> np.ndarray:
+def memorized_selection(ds: D.ColouredFashionMNIST, k: int, seed: int, pool: int = HYBRID_POOL, vae=None) -> np.ndarray:
     """Pick ``k`` deduplicated training items (one per (colour, class) pair) to duplicate under unique captions.
 
     Candidates come from a seeded pool; exact/near duplicates are removed first (``memorization.deduplicate``).
