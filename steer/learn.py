@@ -133,6 +133,35 @@ AUTO_WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
 
 
+def _check_flags(**flags: Any) -> None:
+    """Yes/no options are booleans (or None): ``calibrate="no"`` calibrated."""
+    for name, flag in flags.items():
+        if flag is not None and not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {short(flag)}")
+
+
+_SAMPLING_USES = {  # what each option sets, and which learnings use it
+    "num_samples": "how many images the sampling modes (reference, fast, trajectory) draw per set",
+    "timestep": "the timestep the reference mode and image sets are read at",
+    "image_prompts": "the prompt image sets are read with",
+}
+
+
+def _sampling_options(mode: str, image_input: bool, num_samples: Any, timestep: Any, image_prompts: Any) -> tuple[Any, Any, Any]:
+    """``num_samples``, ``timestep`` and ``image_prompts`` with their defaults (16, 10, ""), or a one-line ValueError
+    for one given to a learning that does not use it (the text mode reads the prompts themselves: ``--num-samples 3``
+    learned the same file as without it)."""
+    used = {"num_samples": not image_input and mode in ("trajectory", "reference", "fast"),
+            "timestep": image_input or mode == "reference", "image_prompts": image_input}
+    given = {"num_samples": num_samples is not None, "timestep": timestep is not None, "image_prompts": bool(image_prompts)}
+    for name, is_given in given.items():
+        if is_given and not used[name]:
+            what = "image sets" if image_input else f"mode={mode!r}"
+            raise ValueError(f"{name} does nothing for {what}: it sets {_SAMPLING_USES[name]}")
+    return (16 if num_samples is None else num_samples, 10 if timestep is None else timestep,
+            "" if image_prompts is None else image_prompts)
+
+
 @outside_steering_blocks
 def learn_direction(
     pipe,
@@ -146,12 +175,12 @@ def learn_direction(
     calibrate: bool | None = None,
     window: tuple[float, float] | str | None = None,
     readers: str | Sequence[str] | None = None,
-    num_samples: int = 16,
+    num_samples: int | None = None,
     batch_size: int = 8,
     num_inference_steps: int = 20,
     guidance_scale: float = 7.5,
-    timestep: int = 10,
-    image_prompts: str | Sequence[str] | None = "",
+    timestep: int | None = None,
+    image_prompts: str | Sequence[str] | None = None,
     capture_window: tuple[float, float] = FAST_WINDOW,
     step_buckets: int = 4,
     calibration_samples: int = 6,
@@ -198,13 +227,17 @@ def learn_direction(
             it. ``"auto"`` (the text preset's default; UNet denoisers, else all): ``"layout"`` where the model's own
             prompt edit moves the layout, else all, at no extra cost (`steer.calibrate.structure_kept`, recorded in
             ``metadata["route_choice"]``). None: the preset's.
-        num_samples: samples per set for the sampling modes (paired seeds in trajectory mode).
+        num_samples: samples per set for the sampling modes (paired seeds in trajectory mode); default 16.
+        timestep: the timestep the reference mode and image sets are read at (default 10, the paper's).
+        image_prompts: the prompt(s) image sets are read with (default "": none). Each of these three given to a
+            learning that does not use it (``num_samples`` to the text mode, which reads the prompts themselves) is a
+            one-line ValueError: it would change nothing.
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
         calibration_samples: seeds per set used by the calibration.
         calibration_grid: the strengths the calibration tries, ascending (default `steer.calibrate.DEFAULT_GRID`).
         batch_size: at most this many images per sampling or encoding call, in learning and calibration alike (it
             bounds the memory: lower it when a large model runs out of it); every image has its own seed.
-        seed, name, progress, num_inference_steps, guidance_scale, timestep, image_prompts, capture_window: as their
+        seed, name, progress, num_inference_steps, guidance_scale, capture_window: as their
             names say; ``call_kwargs`` go to the sampling calls. ``negative_prompt="..."`` (one string) samples every
             learning and calibration image with it, so the strength is calibrated for generating with it (recorded in
             ``metadata["sampling"]``); docs/steering.md, "Calibrating for how the user generates", measures what that changes.
@@ -223,9 +256,7 @@ def learn_direction(
             (`steer.sliders`). False: the slider adds its sides only.
     """
     check_call_kwargs(pipe, call_kwargs, learn_direction)
-    for label, flag in (("calibrate", calibrate), ("two_sided", two_sided), ("flip_stated", flip_stated)):
-        if flag is not None and not isinstance(flag, bool):  # calibrate="no" calibrated
-            raise TypeError(f"{label} must be True or False, got {short(flag)}")
+    _check_flags(calibrate=calibrate, two_sided=two_sided, flip_stated=flip_stated)  # no new locals: sides take locals()
     if two_sided:
         given = dict(locals())  # the keyword arguments, each side learned with them
         options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "flip_stated", "call_kwargs")}
@@ -315,6 +346,7 @@ def learn_direction(
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
+    num_samples, timestep, image_prompts = _sampling_options(mode, image_input, num_samples, timestep, image_prompts)
     for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096), ("step_buckets", step_buckets, 10_000),
                                ("calibration_samples", calibration_samples, MAX_CALIBRATION_SAMPLES), ("num_inference_steps", num_inference_steps, 10_000)):
         check_int(value, label, 1, high, optional=False)

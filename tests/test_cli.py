@@ -26,7 +26,7 @@ from steer.vectors import SteeringVector
 @pytest.fixture(scope="module")
 def direction(model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("dir") / "red_blue.safetensors"
-    code = main(["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a red sneaker", "--num-samples", "2", "--steps", "3", "--out", str(out)])
+    code = main(["learn", "--model", model_dir, "--positive", "a blue sneaker", "--negative", "a red sneaker", "--steps", "3", "--out", str(out)])
     assert code == 0
     return out
 
@@ -108,7 +108,7 @@ def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, directio
     steering_negative="remove"); `--fit` fits the strength and window first, as `pipe.fit_take_away` does."""
     red = tmp_path / "red.safetensors"
     assert main(["learn", "--model", model_dir, "--positive", "a red sneaker", "--negative", "a sneaker", "--steps", "2",
-                 "--num-samples", "2", "--out", str(red)]) == 0
+                 "--out", str(red)]) == 0
     base = ["generate", "--model", model_dir, "--prompt", "a red sneaker", "--direction", str(direction), "--take-away", str(red),
             "--steps", "2", "--guidance", "5"]
     capsys.readouterr()

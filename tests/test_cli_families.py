@@ -36,7 +36,7 @@ def save(family: str, path) -> str:
 
 def learn(model: str, out, size: list[str] = ()) -> None:
     code = main(["learn", "--model", model, "--device", "cpu", "--positive", "a red bag", "--negative", "a blue bag",
-                 "--num-samples", "2", "--steps", "2", *size, "--out", str(out)])
+                 "--steps", "2", *size, "--out", str(out)])
     assert code == 0
 
 

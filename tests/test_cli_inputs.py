@@ -44,7 +44,7 @@ def test_learn_reads_the_prompts_of_a_txt_file(tiny_pipe, tmp_path, capsys):
     (tmp_path / "pos.txt").write_text("a blue sneaker\n\n  a blue bag  \n")
     out = tmp_path / "d.safetensors"
     argv = ["learn", "--model", str(model), "--positive", str(tmp_path / "pos.txt"), "--negative", "a red sneaker",
-            "--num-samples", "2", "--steps", "2", "--out", str(out)]
+            "--steps", "2", "--out", str(out)]
     assert main(argv) == 0, capsys.readouterr().err
     v = SteeringVector.load(out)
     assert v.metadata["positive"] == {"prompts": ["a blue sneaker", "a blue bag"]}  # not the path itself
@@ -263,3 +263,17 @@ def test_version_names_steer_and_the_libraries_results_depend_on(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith(f"steer {steer.__version__} (") and f"torch {torch.__version__}" in out and f"diffusers {diffusers.__version__}" in out
+
+
+def test_a_removal_window_without_a_removal_is_one_line(no_model, tiny_pipe, tmp_path, capsys):
+    """``--removal-window`` under the default ``--negative subtract`` changed no pixel but went into the recipe; a batch
+    job's ``steering_removal_window`` without ``steering_negative: remove`` likewise."""
+    from steer.jobs import run as batch
+    from steer.testing import random_vector
+
+    refusal(["generate", "--prompt", "a sneaker", "--direction", "to_blue", "--removal-window", "0,0.5", "--steps", "1",
+             "--out", str(tmp_path / "o")], capsys, "--removal-window sets where --negative remove acts")
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"], seed=1).save(tmp_path / "v.safetensors")
+    job = {"prompt": "a sneaker", "num_inference_steps": 1, "directions": [str(v)], "steering_removal_window": [0, 0.5]}
+    plan = batch.plan_jobs([(1, job), (2, {**job, "steering_negative": "remove"})], tiny_pipe, tmp_path / "b", model="tiny")
+    assert [f["line"] for f in plan.failures] == [1] and "nothing is removed" in plan.failures[0]["reason"]

@@ -141,7 +141,7 @@ def test_prompt_encoding_is_serialized_across_threads_and_pipelines_sharing_a_to
 
 # learning -----------------------------------------------------------------------------------------------------------
 def test_learn_then_steer_changes_the_output_with_the_default_text_preset(xl, gen):
-    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, calibrate=False, num_samples=2, num_inference_steps=2, progress=False)
+    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, calibrate=False, num_inference_steps=2, progress=False)
     assert v.layers == [CONTEXT_SITE] and v.metadata["preset"] == "text"
     assert v.directions[CONTEXT_SITE].shape == (64,)  # both text encoders' widths
     # the direction is the difference of the two prompt sets' SDXL text tokens (prompt_embeds, not the pooled ones)
@@ -155,7 +155,7 @@ def test_learn_then_steer_changes_the_output_with_the_default_text_preset(xl, ge
 
 
 def test_learn_with_calibration(xl, gen):
-    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, num_samples=2, num_inference_steps=2, calibration_samples=2, progress=False)
+    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, num_inference_steps=2, calibration_samples=2, progress=False)
     cal = v.metadata["calibration"]
     # the window choice (the default) on Euler discrete, which resumes mid-run: the windows share the first step
     assert v.metadata["window_choice"]["chosen"] == v.metadata["recommended"]["window"] and cal["branched_at"] == 1

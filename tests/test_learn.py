@@ -71,6 +71,30 @@ def test_learning_errors_are_readable(tiny_pipe, tmp_path):
         tiny_pipe.learn_direction(POS, NEG, method="median", **KW)
 
 
+def test_options_a_learning_does_not_use_are_one_line_not_ignored(tiny_pipe, tmp_path, capsys):
+    """``num_samples`` to the text mode (it reads the prompts themselves), ``timestep`` to a mode that reads no image,
+    ``image_prompts`` to prompt sets: each learned the same file as without it; now a one-line error before any
+    sampling, in Python and, named as its flag, on the command line."""
+    from steer.cli.main import main
+
+    for option, needle in ((dict(num_samples=3), "num_samples does nothing for mode='text': it sets how many images"),
+                           (dict(timestep=999), "timestep does nothing for mode='text'"),
+                           (dict(image_prompts="zzz"), "image_prompts does nothing for mode='text'"),
+                           (dict(mode="fast", timestep=5), "timestep does nothing for mode='fast'")):
+        with pytest.raises(ValueError, match=needle):
+            tiny_pipe.learn_direction(["a blue bag"], ["a bag"], progress=False, **option)
+    with pytest.raises(ValueError, match="num_samples does nothing for image sets"):
+        tiny_pipe.learn_direction([torch.rand(3, 32, 32)], [torch.rand(3, 32, 32)], num_samples=2, progress=False)
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    capsys.readouterr()
+    rc = main(["learn", "--model", str(model), "--positive", "a blue bag", "--negative", "a bag", "--num-samples", "3",
+               "--out", str(tmp_path / "d.safetensors")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("steer learn: error: --num-samples does nothing for mode='text'") and err.count("\n") == 1
+    assert not (tmp_path / "d.safetensors").exists()
+
+
 def test_prompts_without_negatives_learn_with_a_warning_that_says_why_and_what_to_pass(tiny_pipe):
     """No negative prompts: the text preset can only take the positives' mean and cannot calibrate it, so 1.0 is not a
     full edit; the user is told so and what to pass. With negatives no such warning."""

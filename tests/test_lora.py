@@ -196,7 +196,7 @@ def test_batch_and_learn_take_a_lora(model_dir, lora_dir, tmp_path, capsys):
     recipes = [read_recipe(tmp_path / "b" / name) for name in ("bag.png", "bag-1.png")]
     assert ["loras" in r for r in recipes] == [False, True] and recipes[0]["unet_weights"] != recipes[1]["unet_weights"]
     code, _, err = run_cli(capsys, "learn", "--model", model_dir, "--lora", lora, "--positive", "a red bag", "a red coat",
-                           "--negative", "a bag", "a coat", "--steps", 2, "--num-samples", 2, "--out", tmp_path / "red.safetensors")
+                           "--negative", "a bag", "a coat", "--steps", 2, "--out", tmp_path / "red.safetensors")
     assert code == 0, err
     learned = SteeringVector.load(tmp_path / "red.safetensors")
     with_lora = load_pipeline(model_dir, "cpu", loras=[LoraFile(lora)])

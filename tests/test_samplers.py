@@ -169,7 +169,7 @@ def test_two_calls_at_once_with_different_samplers_get_their_own_images(tiny_pip
 
 def test_learning_with_a_sampler_records_it(tiny_pipe):
     pipe = tiny_pipe.with_sampler("euler-a")
-    v = pipe.learn_direction(["a blue sneaker"], ["a red sneaker"], num_samples=2, num_inference_steps=3, window=(0, 1),
+    v = pipe.learn_direction(["a blue sneaker"], ["a red sneaker"], num_inference_steps=3, window=(0, 1),
                              readers="all")
     assert v.metadata["sampling"]["scheduler"] == "EulerAncestralDiscreteScheduler"
     assert v.metadata["sampling"]["sampler"] == "euler-a"

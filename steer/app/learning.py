@@ -122,12 +122,13 @@ class LearnSettings:
             "layers": layers,
             "method": check_choice(self.method, "the method", LEARN_METHODS),
             "mode": mode,
-            "num_samples": check_int(self.num_samples, "samples per set", 1, LIMITS.max_learn_samples),
+            **({"num_samples": check_int(self.num_samples, "samples per set", 1, LIMITS.max_learn_samples)}
+               if mode in ("trajectory", "reference", "fast") and not self.positive_files else {}),  # the sampling modes'
             "num_inference_steps": check_int(self.steps, "learning steps", 1, LIMITS.max_learn_steps),
             "guidance_scale": check_float(self.guidance, "learning guidance", 0.0, LIMITS.max_guidance),
             "seed": check_int(self.seed, "the learning seed", 0, LIMITS.max_seed),
             "name": check_prompt(self.name, "name", required=False) or None,
-            "image_prompts": check_prompt(self.image_prompt, "image prompt", required=False),
+            **({"image_prompts": check_prompt(self.image_prompt, "image prompt", required=False)} if self.positive_files else {}),
             **({"window": "auto"} if auto_window else {}),
             **({"negative_prompt": negative_prompt} if negative_prompt else {}),
             **({"two_sided": True} if self.two_sided else {}),

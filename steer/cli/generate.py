@@ -195,6 +195,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if away[0].digest() == vectors[0][0].digest():
             raise CLIError(ITSELF.replace("blue, add to_blue and take away to_red", "blue: --direction to_blue --take-away to_red"))
     args.negative = args.negative or ("remove" if away is not None else "subtract")
+    if args.removal_window is not None and args.negative != "remove":  # recorded, and changed nothing
+        raise CLIError("--removal-window sets where --negative remove acts: under --negative subtract nothing is removed "
+                       "(add --negative remove, or --take-away)")
     if args.fit and (away is None) == (edit is None):
         raise CLIError("--fit fits a take-away (--take-away) or an image edit (--image): give one of them")
     if args.fit and edit is not None and len(vectors) != 1:

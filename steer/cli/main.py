@@ -95,6 +95,17 @@ def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
 
 
 def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
+    try:
+        return _learn_call(pipe, args, positive, negative)
+    except ValueError as err:  # an option this learning does not use: named as the command line spells it
+        text = str(err)
+        for name, flag in (("num_samples", "--num-samples"), ("timestep", "--timestep"), ("image_prompts", "--image-prompt")):
+            if text.startswith(f"{name} does nothing"):
+                raise CLIError(flag + text[len(name):]) from None
+        raise
+
+
+def _learn_call(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
     return pipe.learn_direction(
         positive,
         negative or None,
@@ -243,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", default=None,
                    help="sites to learn at: module paths or globs, 'attn2' for every cross-attention output, or "
                         "'encoder_hidden_states' for the text tokens (default: the preset's; steer layers lists them)")
-    p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=16,
+    p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=None,
                    help="samples per prompt set for the sampling source modes (default 16; the text preset reads the prompts themselves)")
     p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8,
                    help="images per sampling call, calibration included (lower it if the model runs out of memory)")
@@ -251,9 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
     p.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="sample the calibration (and every learning sample) with this negative prompt: calibrate with the one you generate with")
-    p.add_argument("--timestep", type=bounded_int(0, 100_000), default=10,
+    p.add_argument("--timestep", type=bounded_int(0, 100_000), default=None,
                    help="the timestep images and re-encoded samples are read at (reference and image sources; default 10, the paper's)")
-    p.add_argument("--image-prompt", default="", help="prompt used with image sets (default: empty)")
+    p.add_argument("--image-prompt", default=None, help="prompt used with image sets (default: empty)")
     p.add_argument("--window", type=parse_learn_window, default=None,
                    help="learn and calibrate for this window, recorded as the direction's recommended one (default: the preset's; "
                         "for text with negatives 'auto': calibrate over 0,0.5 and 0,1 and keep the closer, at a plain calibration's cost)")

@@ -392,6 +392,9 @@ class _Validator:
         negative = job.get("steering_negative", recommended.negative)
         if negative not in NEGATIVES:
             raise JobError(line, f"steering_negative must be one of {list(NEGATIVES)}, got {show(negative)}")
+        if job.get("steering_removal_window") is not None and negative != "remove":  # recorded, and changed nothing
+            raise JobError(line, "steering_removal_window sets where steering_negative 'remove' acts: under "
+                                 f"{show(negative)} nothing is removed")
         normalize = check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))
         strict = check_bool(line, "steering_strict", job.get("steering_strict", recommended.strict))
         readers = check_name_list(line, job.get("steering_readers", recommended.readers), MAX_LAYER_PATTERNS,
