@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sites to learn at: module paths or globs, 'attn2' for every cross-attention output, or "
                         "'encoder_hidden_states' for the text tokens (default: the preset's; steer layers lists them)")
     p.add_argument("--num-samples", type=bounded_int(1, MAX_IMAGES), default=None,
-                   help="samples per prompt set for the sampling source modes (default 16; the text preset reads the prompts themselves)")
+                   help="samples per prompt set for the sampling source modes (default 16); refused for the text preset, which reads the prompts themselves")
     p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8,
                    help="images per sampling call, calibration included (lower it if the model runs out of memory)")
     p.add_argument("--steps", type=STEPS, default=20, help="denoising steps of every learning and calibration sample (default 20)")
