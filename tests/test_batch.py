@@ -576,3 +576,18 @@ def test_a_second_name_for_the_same_image_is_reported_and_a_failed_first_name_dr
     assert told == ["note: line 2: the same image as line 1 (the same recipe): made once, as first.png"]
     assert [(im.line, im.status, im.path) for im in plan.images] == [(1, "new", "first.png"), (2, "duplicate", None), (4, "new", "kept.png")]
     assert [f["line"] for f in plan.failures] == [3]
+
+
+def test_steering_fields_without_directions_fail_their_job(tiny_pipe, tmp_path):
+    """A job with steering_* or take_away fields and no directions was made as a plain image (an invalid layer name
+    passed unseen) and, equal to a plain job, merged into it; `steer generate` refuses the same."""
+    raw = [
+        (1, {"prompt": "a sneaker", "num_inference_steps": STEPS, "name": "w"}),
+        (2, {"prompt": "a sneaker", "num_inference_steps": STEPS, "steering_branch": "uncond", "steering_layers": ["nonexistent"], "name": "b"}),
+        (3, {"prompt": "a sneaker", "num_inference_steps": STEPS, "take_away": "to_red"}),
+        (4, {"prompt": "a sneaker", "num_inference_steps": STEPS, "steering_window": None}),  # null: as if absent
+    ]
+    plan = batch.plan_jobs(raw, tiny_pipe, tmp_path, model="tiny")
+    assert plan.failures == [{"line": 2, "reason": "steering_branch needs directions (there is nothing to steer)"},
+                             {"line": 3, "reason": "take_away needs directions (there is nothing to steer)"}]
+    assert [(im.line, im.status) for im in plan.images] == [(1, "new"), (4, "duplicate")]

@@ -153,6 +153,9 @@ class _Validator:
         if len(directions) > MAX_DIRECTIONS:
             raise JobError(line, f"at most {MAX_DIRECTIONS} directions per job, got {len(directions)}")
         loaded = [self._direction(line, i, d) for i, d in enumerate(directions)]
+        idle = sorted(str(k) for k, v in raw.items() if str(k).startswith(("steering_", "take_away")) and v not in (None, "", []))
+        if not loaded and idle:  # dropped silently, the job then made (and named) as a plain one
+            raise JobError(line, f"{idle[0]} needs directions (there is nothing to steer)")
         away, job = self._take_away(line, job, loaded, prompt)
         if away is None and len(loaded) == 1 and edit is None and job.get("take_away") is None:
             self._suggest_take_away(line, prompt, loaded[0])
