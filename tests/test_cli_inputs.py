@@ -277,3 +277,12 @@ def test_a_removal_window_without_a_removal_is_one_line(no_model, tiny_pipe, tmp
     job = {"prompt": "a sneaker", "num_inference_steps": 1, "directions": [str(v)], "steering_removal_window": [0, 0.5]}
     plan = batch.plan_jobs([(1, job), (2, {**job, "steering_negative": "remove"})], tiny_pipe, tmp_path / "b", model="tiny")
     assert [f["line"] for f in plan.failures] == [1] and "nothing is removed" in plan.failures[0]["reason"]
+
+
+def test_inspect_and_directions_name_a_model_folder_that_is_not_there(tmp_path, capsys, monkeypatch):
+    """``steer inspect to_cyan --model assets/models/demo-4x`` run outside the repository (and ``steer directions
+    --model /nonexistent``) showed the embedded demo model's directions as the model's."""
+    monkeypatch.chdir(tmp_path)
+    refusal(["inspect", "to_cyan", "--model", "assets/models/demo-4x"], capsys, "model 'assets/models/demo-4x' not found")
+    refusal(["directions", "--model", str(tmp_path / "nonexistent")], capsys, "not found: give a pipeline directory")
+    assert main(["directions"]) == 0 and "to_blue" in capsys.readouterr().out  # the default still lists the demo model's

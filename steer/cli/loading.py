@@ -82,7 +82,7 @@ def steering_class_for_model(model: str) -> type:
     return steering_class(name)
 
 
-def _checked_model(model: str | os.PathLike | None) -> str:
+def check_model(model: str | os.PathLike | None) -> str:
     """``model`` (default: `default_model`) when it can name a pipeline: a diffusers pipeline folder or a hub id."""
     model = str(model or default_model())
     local = Path(model)
@@ -108,7 +108,7 @@ def load_scheduler(model: str | os.PathLike | None = None):
     import diffusers
     from diffusers import DiffusionPipeline
 
-    model = _checked_model(model)
+    model = check_model(model)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # huggingface_hub's deprecation notes about arguments diffusers passes
@@ -129,7 +129,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     fp16 on CUDA, fp32 elsewhere unless ``dtype`` is given. Raises FileNotFoundError / OSError with a readable
     message when the model cannot be found (e.g. a hub id while offline).
     """
-    model = _checked_model(model)
+    model = check_model(model)
     device = parse_device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     try:

@@ -147,8 +147,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from steer.assets import bundled_directions
+    from steer.cli.loading import check_model
     from steer.vectors import SteeringVector
 
+    check_model(args.model)  # a folder that is not there: one line (the demo model's directions were used silently)
     bundled = bundled_directions(args.model)
     path = bundled[args.path] if args.path in bundled and not Path(args.path).exists() else args.path
     if not Path(path).expanduser().exists() and bundled:  # neither a file nor a shipped name: say what the model ships
@@ -170,8 +172,10 @@ def cmd_directions(args: argparse.Namespace) -> int:
     """The directions shipped for a model: name, what it learned, its recommended window and calibrated strength,
     the benchmark numbers it shipped with (open prompts at 1.0), and which cross-attentions read it when not all."""
     from steer.assets import DEFAULT_MODEL, DIRECTIONS_DIR, bundled_directions, directions_dir
+    from steer.cli.loading import check_model
     from steer.vectors import SteeringVector
 
+    check_model(args.model)  # as in cmd_inspect
     rows = []
     for name, path in bundled_directions(args.model).items():
         try:
