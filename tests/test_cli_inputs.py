@@ -286,3 +286,13 @@ def test_inspect_and_directions_name_a_model_folder_that_is_not_there(tmp_path, 
     refusal(["inspect", "to_cyan", "--model", "assets/models/demo-4x"], capsys, "model 'assets/models/demo-4x' not found")
     refusal(["directions", "--model", str(tmp_path / "nonexistent")], capsys, "not found: give a pipeline directory")
     assert main(["directions"]) == 0 and "to_blue" in capsys.readouterr().out  # the default still lists the demo model's
+
+
+def test_a_symlinked_out_file_and_a_folder_to_reproduce_are_one_line_before_any_work(no_model, tmp_path, capsys):
+    """``steer learn --out link`` was refused only after the whole learning run; ``steer reproduce out/`` said
+    "no such file"."""
+    (tmp_path / "target.safetensors").write_bytes(b"x")
+    (tmp_path / "link.safetensors").symlink_to(tmp_path / "target.safetensors")
+    refusal(["learn", "--positive", "a blue bag", "--negative", "a bag", "--out", str(tmp_path / "link.safetensors")], capsys,
+            "is a symbolic link: steer does not write through one")
+    refusal(["reproduce", str(tmp_path)], capsys, f"{tmp_path} is a folder: give its images (steer reproduce {tmp_path}/*.png)")

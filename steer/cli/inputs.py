@@ -104,6 +104,8 @@ def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
     p = Path(path).expanduser()
     if p.is_dir():
         raise CLIError(f"{flag} {path} is a folder, not a file")
+    if p.is_symlink():  # refused by the write anyway: say so before any work, not after it
+        raise CLIError(f"{flag} {path} is a symbolic link: steer does not write through one")
     if (found := _not_a_folder(list(p.parents))) is not None:
         raise CLIError(f"{flag} {path}: {found[0]} is {found[1]}, not a folder")
 

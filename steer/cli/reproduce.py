@@ -70,6 +70,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     jobs, grids = [], []
     for image in args.images:  # every recipe read before any model loads: a bad one fails first
         path = Path(image)
+        if path.is_dir():
+            raise FileNotFoundError(f"{image} is a folder: give its images (steer reproduce {image.rstrip('/')}/*.png)")
         if not path.is_file():
             raise FileNotFoundError(f"{image}: no such file")
         try:
