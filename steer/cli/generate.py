@@ -131,7 +131,8 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
         if windows is not None:
             if len(windows) not in (1, len(vectors)):
                 flag = "--" + key.replace("_", "-")
-                raise CLIError(f"{flag} takes one start,end for all directions or one per direction ({len(vectors)}), got {len(windows)}")
+                what = f"({len(vectors)}, the take-away included)" if getattr(args, "take_away", None) else f"({len(vectors)})"
+                raise CLIError(f"{flag} takes one start,end for all directions or one per direction {what}, got {len(windows)}")
             given[f"steering_{key}"] = windows[0] if len(windows) == 1 else tuple(windows)
     if args.readers is not None:
         given["steering_readers"] = args.readers
