@@ -294,5 +294,5 @@ def test_a_symlinked_out_file_and_a_folder_to_reproduce_are_one_line_before_any_
     (tmp_path / "target.safetensors").write_bytes(b"x")
     (tmp_path / "link.safetensors").symlink_to(tmp_path / "target.safetensors")
     refusal(["learn", "--positive", "a blue bag", "--negative", "a bag", "--out", str(tmp_path / "link.safetensors")], capsys,
-            "is a symbolic link: steer does not write through one")
+            f"refusing to write {tmp_path / 'link.safetensors'}: it is a symbolic link (--out)")
     refusal(["reproduce", str(tmp_path)], capsys, f"{tmp_path} is a folder: give its images (steer reproduce {tmp_path}/*.png)")

@@ -105,7 +105,7 @@ def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
     if p.is_dir():
         raise CLIError(f"{flag} {path} is a folder, not a file")
     if p.is_symlink():  # refused by the write anyway: say so before any work, not after it
-        raise CLIError(f"{flag} {path} is a symbolic link: steer does not write through one")
+        raise CLIError(f"refusing to write {path}: it is a symbolic link ({flag})")
     if (found := _not_a_folder(list(p.parents))) is not None:
         raise CLIError(f"{flag} {path}: {found[0]} is {found[1]}, not a folder")
 
