@@ -57,19 +57,41 @@ def open_image(
         with Image.open(path) as im:
             if im.width * im.height > max_pixels:
                 raise ValueError(f"{label} is {im.width}x{im.height} pixels; at most {max_pixels / 1e6:.0f} megapixels are allowed")
+            full = im.size if im.getexif().get(_ORIENTATION, 1) < 5 else im.size[::-1]  # as shown, before any draft
             if max_side is not None:
                 im.draft(mode, (max_side, max_side))
             im.load()
-            out = (ImageOps.exif_transpose(im) or im).convert(mode)  # a phone photo the way it is shown
+            out = _eight_bit(ImageOps.exif_transpose(im) or im).convert(mode)  # a phone photo the way it is shown
     except ValueError as err:
         if str(err).startswith(label):
             raise
         raise ValueError(f"{label} is not a readable image") from None
     except (OSError, Image.DecompressionBombError, SyntaxError):
         raise ValueError(f"{label} is not a readable image") from None
-    if max_side is not None:
-        out.thumbnail((max_side, max_side))
+    if max_side is not None and max(full) > max_side:  # the size from the full image's: a JPEG decoded at half
+        scale = max_side / max(full)                      # scale would round otherwise than its same-size PNG mask
+        target = (max(1, round(full[0] * scale)), max(1, round(full[1] * scale)))
+        if out.size != target:
+            out = out.resize(target, Image.Resampling.LANCZOS)
     return out
+
+
+_ORIENTATION = 0x0112  # the EXIF tag: 5-8 turn the picture a quarter
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit greyscale (and float) images scaled to 8 bits: Pillow's own conversion clips them, so a
+    mid-grey 16-bit PNG became pure white and a 0-1 float TIFF black."""
+    if im.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return im
+    import numpy as np
+
+    values = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        values = values * (255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0)
+    else:
+        values = values / 257.0  # 0-65535 onto 0-255
+    return Image.fromarray(np.nan_to_num(values).clip(0, 255).round().astype(np.uint8), "L")
 
 
 def edit_steps(strength: float, steps: int) -> int:

@@ -151,7 +151,7 @@ def test_bad_edit_inputs_are_one_line_before_any_image_is_written(extra, needles
     assert not out.exists()
 
 
-def test_open_image_bounds_what_a_file_costs(tmp_path):
+def test_open_image_bounds_what_a_file_costs_and_keeps_what_it_shows(tmp_path):
     Image.new("RGB", (4000, 3000)).save(tmp_path / "big.png")
     with pytest.raises(ValueError, match="at most 10 megapixels"):
         open_image(tmp_path / "big.png", max_pixels=10_000_000)
@@ -162,6 +162,18 @@ def test_open_image_bounds_what_a_file_costs(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to show
     Image.new("RGB", (40, 20), (255, 0, 0)).save(tmp_path / "phone.jpg", exif=exif)
     assert open_image(tmp_path / "phone.jpg").size == (20, 40)  # upright, as a viewer shows it
+    Image.new("RGB", (40, 20), (255, 0, 0)).resize((4000, 2000)).save(tmp_path / "phone-big.jpg", exif=exif)
+    assert open_image(tmp_path / "phone-big.jpg", max_side=400).size == (200, 400)  # upright, then shrunk
+    # a JPEG decoded at a reduced scale ends the size its same-size PNG mask does (they were 2046 against 2047 wide)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (4099, 4096, 3), dtype=np.uint8)).save(tmp_path / "big.jpg", quality=70)
+    Image.fromarray(rng.integers(0, 255, (4099, 4096), dtype=np.uint8)).save(tmp_path / "mask.png")
+    assert open_image(tmp_path / "big.jpg", max_side=2048).size == open_image(tmp_path / "mask.png", mode="L", max_side=2048).size == (2047, 2048)
+    # 16-bit greyscale and 0-1 float images keep their grey (Pillow's conversion made them white and black)
+    Image.fromarray(np.full((8, 8), 30000, np.uint16)).save(tmp_path / "grey16.png")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "grey.tiff")
+    assert open_image(tmp_path / "grey16.png").getpixel((0, 0)) == (117, 117, 117)
+    assert open_image(tmp_path / "grey.tiff", mode="L").getpixel((0, 0)) == 128
     assert edit_size((1000, 750), width=512) == (384, 512)
     assert edit_size((30, 30)) == (24, 24)  # its own size: rounded down, as diffusers does
     assert edit_size((48, 32), width=32) == (24, 32)  # 21.3 from the aspect: the nearest multiple of 8
