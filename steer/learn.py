@@ -280,6 +280,9 @@ def learn_direction(
     if method is None:  # the preset's method when asked for by name, else pos - neg whenever there is a negative set
         method = chosen["method"] if explicit_preset else ("mean_diff" if neg_items else "mean")
     mode = mode or chosen["mode"]
+    if image_input and (mode == "text" or chosen["layers"] == [CONTEXT_SITE] and layers is None):
+        raise ValueError("the text mode learns from prompts (their text tokens do not depend on images): learn image sets "
+                         "with preset='paper' or mode='reference'")
     if calibrate is None:  # the preset's choice, where it can apply (calibration compares two prompt sets)
         calibrate = chosen["calibrate"] and bool(neg_items) and not image_input
     calibrate = bool(calibrate)

@@ -134,6 +134,8 @@ def test_learn_settings_validation(pipe, tmp_path):
     with pytest.raises(H.UserError):
         H.LearnSettings(scope="chosen layers").layer_list(pipe)
     # the auto window is chosen by calibration: prompts for both sets and a calibrated mode, else one readable line
+    with pytest.raises(H.UserError, match="^the text mode learns from prompts: for image sets pick the fast or reference mode"):
+        H.LearnSettings(positive_files=(str(broken),), mode="text").kwargs(pipe)  # every image set read alike, at the tokens
     auto = H.LearnSettings(positive="a blue sneaker", negative="a sneaker", mode="text", window="auto")
     assert auto.kwargs(pipe)["window"] == "auto" and "window" not in H.LearnSettings(mode="text").kwargs(pipe)
     for bad in (dict(mode="fast"), dict(mode="reference"), dict(negative=""), dict(positive_files=(str(broken),))):

@@ -83,6 +83,8 @@ def test_options_a_learning_does_not_use_are_one_line_not_ignored(tiny_pipe, tmp
                            (dict(mode="fast", timestep=5), "timestep does nothing for mode='fast'")):
         with pytest.raises(ValueError, match=needle):
             tiny_pipe.learn_direction(["a blue bag"], ["a bag"], progress=False, **option)
+    with pytest.raises(ValueError, match="the text mode learns from prompts"):  # images read at the text tokens: all alike
+        tiny_pipe.learn_direction([torch.rand(3, 32, 32)], [torch.rand(3, 32, 32)], mode="text", progress=False)
     with pytest.raises(ValueError, match="num_samples does nothing for image sets"):
         tiny_pipe.learn_direction([torch.rand(3, 32, 32)], [torch.rand(3, 32, 32)], num_samples=2, progress=False)
     model = tmp_path / "model"

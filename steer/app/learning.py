@@ -112,6 +112,9 @@ class LearnSettings:
         if self.two_sided and (self.positive_files or not self.negative.strip() or mode not in ("text", "trajectory")):
             raise UserError("a two-sided slider is learned from prompts for both sets, each side calibrated (the text or "
                             "trajectory mode): write negative prompts that state the other attribute")
+        if mode == "text" and self.positive_files:  # the text tokens do not depend on the images: all sets read alike
+            raise UserError("the text mode learns from prompts: for image sets pick the fast or reference mode (the images "
+                            "are re-encoded at the chosen layers)")
         if mode == "text":  # the text-token site, calibrated (learn_direction's default)
             layers: Any = None
         elif mode == "trajectory" and self.scope != "chosen layers":
