@@ -107,6 +107,13 @@ def test_upload_checks(pipe, tmp_path):
     with pytest.raises(H.UserError, match="does not fit this model.*strict"):
         H.load_direction_file(foreign, pipe)
     assert H.load_direction_file(foreign, pipe, strict=False).layers  # same architecture: fine-tune use allowed
+    # a checkbox's value from an API client: "false" was bool("false"), True (an edit inverted, a file taken unstrict)
+    from steer.app.handlers import SteerApp
+
+    app = SteerApp(pipe, H.DirectionCatalog({}), workdir=tmp_path / "work", upload_root=tmp_path / "uploads")
+    with pytest.raises(H.UserError, match="^strict must be true or false, got 'false'"):
+        app.upload_direction(str(foreign), None, "false")
+    assert H.check_flag(None, "invert") is False and H.check_flag(True, "invert") is True
 
 
 def test_a_direction_whose_calibration_says_it_barely_edits_gets_a_note():

@@ -166,6 +166,15 @@ def check_float(value: Any, what: str, low: float, high: float) -> float:
     return number
 
 
+def check_flag(value: Any, what: str) -> bool:
+    """A checkbox's value: a bool (None: unticked). The API passes what a client sends: ``bool("false")`` was True."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise UserError(f"{what} must be true or false, got {shown(value)}")
+    return value
+
+
 def check_size(value: Any, what: str) -> int:
     """An image side: a multiple of 8 within the caps."""
     size = check_int(value, what, LIMITS.min_size, LIMITS.max_size)

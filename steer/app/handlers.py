@@ -126,7 +126,7 @@ class SteerApp:
             raise H.UserError("no file uploaded")
         path = getattr(file, "name", file)
         try:
-            vector = H.load_direction_file(path, self.pipe, strict=bool(strict))
+            vector = H.load_direction_file(path, self.pipe, strict=H.check_flag(strict, "strict"))
         finally:  # read into memory or refused: either way the uploaded copy is not kept (nor served back)
             H.discard_upload(path, self.upload_root)
         session = dict(session or {})
@@ -197,7 +197,7 @@ class SteerApp:
         inpainting pipeline repaints where the mask is white; with ``edit_invert``, replayed from its inversion, so the
         original is the picture itself)."""
         settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, edit_mask=edit_mask,
-                                                edit_invert=bool(edit_invert), **inputs)
+                                                edit_invert=H.check_flag(edit_invert, "invert"), **inputs)
         vector = self.catalog.get(direction, session)
         away = self._away(take_away, vector, settings.prompt, session)
         detector, version = self._detector_or_none()
@@ -298,7 +298,7 @@ class SteerApp:
         """A strength strip: ``count`` scales from -|s| to +|s| (from 0 with a take-away) in one batched call (editing
         ``edit_image``, inside ``edit_mask``, when given)."""
         settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, edit_mask=edit_mask,
-                                                edit_invert=bool(edit_invert), **inputs)
+                                                edit_invert=H.check_flag(edit_invert, "invert"), **inputs)
         vector = self.catalog.get(direction, session)
         if vector is None:
             raise H.UserError("pick a direction first: the strip sweeps its strength")
@@ -321,7 +321,7 @@ class SteerApp:
         if away is None and take_away == AUTO_CHOICE:
             raise H.UserError("auto takes away what the prompt states against the edit, and this prompt states nothing: nothing to fit")
         pipe = H.sampling_pipe(self.pipe, H.check_sampler_choice(self.pipe, sampler))
-        fit = H.fit_take_away(pipe, vector, away, guidance, bool(strict), progress_fn(progress), negative_prompt)
+        fit = H.fit_take_away(pipe, vector, away, guidance, H.check_flag(strict, "strict"), progress_fn(progress), negative_prompt)
         strength = round(fit.strength / 0.05) * 0.05  # the slider's step
         note = (
             f"Fitted: **{H.md_text(vector.name)}** × {strength:g} taking away **{H.md_text(away.name)}**, window "
@@ -379,7 +379,7 @@ class SteerApp:
             readers=readers,
             sampler=sampler,
             negative_prompt=negative_prompt,
-            two_sided=bool(two_sided),
+            two_sided=H.check_flag(two_sided, "two-sided"),
         )
         progress(0.0, desc="starting")
         vector = H.learn(self.pipe, settings, progress_fn(progress))

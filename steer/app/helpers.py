@@ -28,6 +28,7 @@ from steer.app.base import (  # noqa: F401 - re-exported: app.py and the tests u
     ProgressFn,
     UserError,
     check_choice,
+    check_flag,
     check_float,
     check_int,
     check_prompt,
