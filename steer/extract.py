@@ -258,7 +258,8 @@ def extract_trajectories(
             for k in sorted(steps[n]):  # the same step -> bucket mapping the steering hooks use
                 groups[step_bucket(k, buckets, total)].append(steps[n][k])
             if any(not g for g in groups):
-                raise ValueError(f"step_buckets={buckets} is more than the {total} sampling steps can fill")
+                raise ValueError(f"step_buckets={buckets} is more than the {total} sampling steps can fill: the trajectory mode needs "
+                                 f"num_inference_steps >= step_buckets ({buckets})")
             per_layer[n].append(torch.stack([torch.stack(g).mean(0) for g in groups]))
             norms[n].append(batch_norms[n])
     return {n: torch.cat(v, 1) for n, v in per_layer.items()}, {n: sum(v) / len(v) for n, v in norms.items()}

@@ -350,6 +350,10 @@ def learn_direction(
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
     num_samples, timestep, image_prompts = _sampling_options(mode, image_input, num_samples, timestep, image_prompts)
+    if mode == "trajectory" and not image_input and isinstance(step_buckets, int) and isinstance(num_inference_steps, int) \
+            and 0 < num_inference_steps < step_buckets:  # before any sampling (it failed after the sampling)
+        raise ValueError(f"the trajectory mode learns one direction per step bucket: {num_inference_steps} sampling steps cannot "
+                         f"fill step_buckets={step_buckets}; sample at least {step_buckets} steps or pass fewer step_buckets")
     for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096), ("step_buckets", step_buckets, 10_000),
                                ("calibration_samples", calibration_samples, MAX_CALIBRATION_SAMPLES), ("num_inference_steps", num_inference_steps, 10_000)):
         check_int(value, label, 1, high, optional=False)
