@@ -561,3 +561,25 @@ def test_browser_hostile_name_renders_as_text_and_big_upload_is_refused(served, 
     assert not dialogs
     assert not files_named(uploads, big.name)
     assert not files_named(uploads, hostile.name)
+
+
+def test_the_work_folder_is_swept_of_old_runs_only(tmp_path):
+    """Every Generate, Learn and Calibrate left a folder in the app's work folder for good (175 after one session): run
+    folders and kept edit inputs older than the age are removed; newer ones, other files and symlinks are left."""
+    import os
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    old, new = H.run_folder(work), H.run_folder(work)
+    (old / "steered.png").write_bytes(b"x")
+    kept = work / "edit-input-0123.png"
+    kept.write_bytes(b"x")
+    mine = work / "notes.txt"  # not the app's: never touched
+    mine.write_text("keep")
+    (work / "run-link").symlink_to(tmp_path)
+    now = time.time()
+    for path in (old, kept, mine):
+        os.utime(path, (now - 7 * 3600, now - 7 * 3600))
+    assert H.sweep_runs(work, 6 * 3600, now) == 2
+    assert sorted(p.name for p in work.iterdir()) == sorted([new.name, "notes.txt", "run-link"])

@@ -386,3 +386,38 @@ def load_detector(pipe, path: str | os.PathLike | None = None):
     if problem:
         raise UserError(f"cannot use the detector file {label}: {problem}")
     return detector
+
+
+RUN_PREFIX = "run-"  # the folder of one Generate, Learn or Calibrate in the app's work folder
+KEPT_INPUT = "edit-*.png"  # an edited picture kept for its recipe (`steer.app.uploads.kept_edit_input`)
+
+
+def run_folder(workdir: str | os.PathLike) -> Path:
+    """A fresh folder for one run's files in ``workdir`` (swept by `sweep_runs` once old)."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=RUN_PREFIX, dir=workdir))
+
+
+def sweep_runs(workdir: str | os.PathLike, max_age: float, now: float | None = None) -> int:
+    """Remove the run folders and kept edit inputs in ``workdir`` older than ``max_age`` seconds (what the app made
+    there, nothing else; symlinks are left alone): a long-running demo's work folder grew without bound. Returns how
+    many entries went."""
+    import shutil
+    import time
+
+    now = time.time() if now is None else now
+    folder, removed = Path(workdir), 0
+    entries = [*folder.glob(f"{RUN_PREFIX}*"), *folder.glob(KEPT_INPUT)]
+    for entry in entries:
+        try:
+            if entry.is_symlink() or now - entry.stat().st_mtime <= max_age:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError:  # in use, or gone already: the next sweep
+            continue
+    return removed

@@ -10,6 +10,7 @@ import functools
 import logging
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ AUTO_CHOICE = "(auto: what the prompt states)"  # the take-away picker's entry f
 
 OK_STYLE = "border-left: 4px solid #2a2; padding-left: .6em"
 ERROR_STYLE = "border-left: 4px solid #d33; padding-left: .6em; color: #a11"
+KEEP_RUNS = 6 * 3600  # a run's files in the work folder are kept this long (as gradio keeps its cache: app.py)
+SWEEP_EVERY = 30 * 60  # seconds between sweeps of the work folder
 
 
 def take_away_choices(catalog, session: dict | None) -> list[str]:
@@ -108,6 +111,18 @@ class SteerApp:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.layers = H.layer_names(pipe)
         self.size = H.native_size(pipe)
+        self._swept_at = 0.0
+
+    def _sweep(self) -> None:
+        """At most every `SWEEP_EVERY` seconds: remove this app's run folders older than `KEEP_RUNS` seconds."""
+        now = time.time()
+        if now - self._swept_at >= SWEEP_EVERY:
+            self._swept_at = now
+            H.sweep_runs(self.workdir, KEEP_RUNS, now)
+
+    def _run_folder(self) -> Path:
+        self._sweep()
+        return H.run_folder(self.workdir)
 
     # ----- directions ------------------------------------------------------------------------------------------
     @property
@@ -203,6 +218,7 @@ class SteerApp:
         detector, version = self._detector_or_none()
         original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector, away)
         recipe = settings.recipe(self.pipe, vector, settings.strength, away, folder=self.workdir)
+        self._sweep()
         png = H.save_with_recipe(steered, recipe, self.workdir, "steered")
         last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
         if scores is not None:  # inline memorization scores, read during this very sampling
@@ -386,7 +402,7 @@ class SteerApp:
         session = dict(session or {})
         label = H.unique_name(f"{H.clean_text(vector.name)} (learned)", set(self.catalog.choices(session)))
         session[label] = vector
-        path = H.save_direction(vector, tempfile.mkdtemp(dir=self.workdir))
+        path = H.save_direction(vector, self._run_folder())
         message = ok_box(f"Learned {H.direction_summary(vector)}. It is selected in the Generate tab.{H.window_choice_note(vector)}{H.route_choice_note(vector)}{H.direction_advice(vector)}")
         return session, self._dropdown(session, label), str(path), message
 
@@ -451,7 +467,7 @@ class SteerApp:
         """Calibrate a detector on ordinary prompts; it becomes the app's detector (for every user)."""
         lines = H.parse_prompt_lines(prompts, "calibration")
         detector = H.calibrate_detector(self.pipe, lines, samples, fpr, steps, guidance, progress_fn(progress))
-        path = detector.save(Path(tempfile.mkdtemp(dir=self.workdir)) / "detector.safetensors")
+        path = detector.save(self._run_folder() / "detector.safetensors")
         with self._detector_lock:
             self._detector, self._detector_loaded = detector, True
             self._detector_version += 1

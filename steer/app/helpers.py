@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -63,7 +62,9 @@ from steer.app.files import (  # noqa: F401 - re-exported
     recommended_problem,
     recommended_settings,
     route_choice_note,
+    run_folder,
     save_direction,
+    sweep_runs,
     unique_name,
     window_choice_note,
 )
@@ -540,5 +541,5 @@ def save_with_recipe(image: Image.Image, recipe: dict[str, Any], folder: str | o
     """A PNG carrying ``recipe`` (see `steer.recipe`), in a fresh sub-folder of ``folder``."""
     from steer.recipe import recipe_hash, save_png
 
-    target = Path(tempfile.mkdtemp(dir=folder)) / f"{slug(stem)}-{recipe_hash(recipe)[:8]}.png"
+    target = run_folder(folder) / f"{slug(stem)}-{recipe_hash(recipe)[:8]}.png"
     return save_png(image, target, recipe)

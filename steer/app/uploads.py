@@ -58,6 +58,8 @@ def kept_edit_input(picture: Image.Image, folder: str | os.PathLike, mask: Image
         kept = Path(folder) / f"edit-{kind}-{digest}.png"
         if not kept.exists():
             save_png(image, kept, {})
+        elif not kept.is_symlink():
+            os.utime(kept)  # used again: kept as long as a new run's (the work folder's sweep goes by age)
         return kept
 
     return EditInputs(picture, keep(picture, "input"), mask, keep(mask, "mask") if mask is not None else None)
