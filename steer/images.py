@@ -94,6 +94,14 @@ def _eight_bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.nan_to_num(values).clip(0, 255).round().astype(np.uint8), "L")
 
 
+def pixel_digest(image: Image.Image | None) -> str | None:
+    """sha256 of a decoded picture (mode, size and pixels): the same picture in another file (the app's PNG copy of a
+    JPEG upload, a renamed or re-saved input) has the same digest."""
+    if image is None:
+        return None
+    return hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()
+
+
 def edit_steps(strength: float, steps: int) -> int:
     """The denoising steps an edit at ``strength`` of ``steps`` runs, as diffusers counts them (``int(steps *
     strength)``); 0 means it runs none."""
@@ -175,9 +183,10 @@ class EditInputs:
         return kwargs
 
     def record(self, strength: float) -> dict[str, Any]:
-        """The recipe's ``edit`` block: each file's absolute path and sha256, and the strength the edit ran at."""
-        files = {"image": self.image_path, **({"mask": self.mask_path} if self.mask_path is not None else {})}
+        """The recipe's ``edit`` block: each file's absolute path, sha256 and `pixel_digest` (of the picture as the
+        edit used it: a re-encoded copy of the same picture is found by it), and the strength the edit ran at."""
+        files = {"image": (self.image_path, self.image), **({"mask": (self.mask_path, self.mask)} if self.mask_path is not None else {})}
         return {
-            **{k: {"path": str(p.resolve()), "sha256": file_sha256(p)} for k, p in files.items()},
+            **{k: {"path": str(p.resolve()), "sha256": file_sha256(p), "pixels": pixel_digest(im)} for k, (p, im) in files.items()},
             "strength": strength,
         }

@@ -66,6 +66,7 @@ class RecordedEdit:
     mask: tuple[str, str] | None
     strength: float
     invert: bool = False  # edited from the image's inversion (`steer.inversion`), not image-to-image
+    pixels: dict[str, str] = field(default_factory=dict)  # "image" / "mask": `steer.images.pixel_digest` (newer recipes)
 
 
 def _need(recipe: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str = "") -> Any:
@@ -139,7 +140,8 @@ def _edit(value: Any) -> RecordedEdit | None:
     invert = value.get("invert", False)
     if not isinstance(invert, bool) or (invert and mask is not None):
         raise ValueError(f"the recipe's 'edit.invert' is {short(invert)}, not what steer writes there")
-    return RecordedEdit(file("image"), mask, _number(value.get("strength"), "edit.strength", 1e-6, 1), invert)
+    pixels = {k: value[k]["pixels"] for k in ("image", "mask") if isinstance(value.get(k), dict) and isinstance(value[k].get("pixels"), str)}
+    return RecordedEdit(file("image"), mask, _number(value.get("strength"), "edit.strength", 1e-6, 1), invert, pixels)
 
 
 MAX_SCANNED_FILES = 512  # image files of a folder hashed in search of a renamed edit input
@@ -164,6 +166,16 @@ def _renamed_candidates(folders: Sequence[str | os.PathLike]):
                 continue
 
 
+def _pixels_of(path: Path, mode: str) -> str | None:
+    """`steer.images.pixel_digest` of the picture at ``path`` decoded as an edit reads it; None: not a readable image."""
+    from steer.images import open_image, pixel_digest
+
+    try:
+        return pixel_digest(open_image(path, mode=mode))
+    except ValueError:
+        return None
+
+
 def find_edit_inputs(edit: RecordedEdit, folders: Sequence[str | os.PathLike] = ()):
     """The `steer.images.EditInputs` an edit started from: each recorded file when it still holds the recorded bytes,
     else a file of the same name in ``folders`` that does, else any image file in ``folders`` that does (renamed).
@@ -175,6 +187,10 @@ def find_edit_inputs(edit: RecordedEdit, folders: Sequence[str | os.PathLike] = 
         for candidate in [path, *(Path(f) / path.name for f in folders), *_renamed_candidates(folders)]:
             if candidate.is_file() and file_sha256(candidate) == digest:
                 return candidate
+        pixels = edit.pixels.get(what)
+        for candidate in [path, *(Path(f) / path.name for f in folders), *_renamed_candidates(folders)] if pixels else []:
+            if candidate.is_file() and _pixels_of(candidate, "L" if what == "mask" else "RGB") == pixels:
+                return candidate  # the same picture in another file (the app's copy of an upload, a re-saved one)
         raise FileNotFoundError(f"the {what} the edit started from ({path.name}, sha256 {digest[:12]}...) is gone or "
                                 f"changed at {short(str(path), 120)}; put it next to the image")
 

@@ -3,6 +3,7 @@ replay. The server and helpers are `app_server`'s (a server of this module's own
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,17 @@ def test_api_generate_edits_an_uploaded_image_as_the_python_api_and_its_recipe_r
     assert (recipe["height"], recipe["width"], recipe["edit"]["strength"]) == (32, 48, 0.5)
     replay = read_replay(recipe)
     again = replay_call(edit, replay, [SteeringVector.load(direction_file)], find_edit_inputs(replay.edit))
+    assert np.array_equal(pixels(again), pixels(png))
+    # off the server: the recipe names the app's own copy of the upload; the user's file beside the PNG is found by its
+    # pixels (it was "gone or changed": the copy has other bytes and was never offered for download)
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    shutil.copy(png, away / "steered.png")
+    shutil.copy(tmp_path / "photo.png", away / "my-upload.png")
+    Path(recipe["edit"]["image"]["path"]).unlink()  # as on another machine
+    found = find_edit_inputs(read_replay(read_recipe(away / "steered.png")).edit, [away])
+    assert found.image_path == away / "my-upload.png"
+    again = replay_call(edit, replay, [SteeringVector.load(direction_file)], found)
     assert np.array_equal(pixels(again), pixels(png))
     from gradio_client.exceptions import AppError
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from steer.cli.main import main
 from steer.denoisers import CONTEXT_SITE
-from steer.images import EditInputs, edit_size, file_sha256, open_image
+from steer.images import EditInputs, edit_size, file_sha256, open_image, pixel_digest
 from steer.pipelines.factory import editing_pipeline
 from steer.recipe import read_recipe
 from steer.testing import assert_one_line_error, random_vector
@@ -76,7 +76,8 @@ def test_an_edit_is_the_api_call_records_its_inputs_and_reproduces(task, model_d
     assert not np.array_equal(np.asarray(Image.open(zero)), np.asarray(Image.open(one)))
     edit = read_recipe(one)["edit"]
     assert edit["strength"] == (1.0 if task == "inpaint" else 0.8)  # the pipeline's default, recorded
-    assert edit["image"] == {"path": str((files / "src.png").resolve()), "sha256": file_sha256(files / "src.png")}
+    assert edit["image"] == {"path": str((files / "src.png").resolve()), "sha256": file_sha256(files / "src.png"),
+                             "pixels": pixel_digest(open_image(files / "src.png"))}
     assert ("mask" in edit) == (task == "inpaint")
     code = main(["reproduce", str(zero), str(one)])
     printed = capsys.readouterr().out
@@ -102,7 +103,7 @@ def test_strength_and_size_are_honoured(model_dir, files, tmp_path, capsys, monk
     assert not np.array_equal(low, high)
 
 
-def test_reproduce_finds_moved_or_renamed_inputs_by_their_sha256_and_refuses_changed_ones(model_dir, files, tmp_path, capsys):
+def test_reproduce_finds_moved_renamed_or_resaved_inputs_and_refuses_changed_ones(model_dir, files, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
     (work / "photo.png").write_bytes((files / "src.png").read_bytes())
@@ -118,7 +119,13 @@ def test_reproduce_finds_moved_or_renamed_inputs_by_their_sha256_and_refuses_cha
     (out / "photo.png").rename(out / "holiday.png")  # renamed too: found by its bytes (it used to be by name only)
     assert main(["reproduce", str(png)]) == 0
     assert "identical" in capsys.readouterr().out
+    # the same picture in another file (re-saved, as the app keeps its PNG copy of an upload): found by its pixels
+    Image.open(out / "holiday.png").save(out / "resaved.png", compress_level=1)
     (out / "holiday.png").unlink()
+    assert file_sha256(out / "resaved.png") != read_recipe(png)["edit"]["image"]["sha256"]
+    assert main(["reproduce", str(png)]) == 0
+    assert "identical" in capsys.readouterr().out
+    (out / "resaved.png").unlink()
     (out / "photo.png").write_bytes((files / "mask.png").read_bytes())  # another picture under the same name
     code = main(["reproduce", str(png)])
     assert_one_line_error(code, capsys.readouterr().err, "photo.png", "gone or changed")
