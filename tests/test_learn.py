@@ -95,6 +95,9 @@ def test_options_a_learning_does_not_use_are_one_line_not_ignored(tiny_pipe, tmp
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("steer learn: error: --num-samples does nothing for mode='text'") and err.count("\n") == 1
     assert not (tmp_path / "d.safetensors").exists()
+    learn = ["learn", "--model", str(model), "--positive", "a blue bag", "--negative", "a bag", "--steps", "2", "--out", str(tmp_path / "d.safetensors")]
+    assert main(learn) == 0 and capsys.readouterr().out.startswith("wrote ")
+    assert main(learn) == 0 and capsys.readouterr().out.startswith("replaced ")  # an earlier file there: said
 
 
 def test_prompts_without_negatives_learn_with_a_warning_that_says_why_and_what_to_pass(tiny_pipe):

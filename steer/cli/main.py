@@ -49,8 +49,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
         vector = _learn(pipe, args, positive, negative)
+    replaced = Path(args.out).expanduser().exists()
     path = vector.save(args.out)
-    print(f"wrote {path}: {vector}")
+    print(f"{'replaced' if replaced else 'wrote'} {path}: {vector}")
     sides = [("", vector)]
     if vector.opposite is not None:  # a slider: what each end of it is, then each side's calibration
         two = vector.metadata.get("two_sided") or {}
