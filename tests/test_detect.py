@@ -329,6 +329,8 @@ def test_cli_saved_images_never_replace_another_runs_and_image_only_options_are_
     assert "holds another run's images: this run's are named like 00000-2.png" in capsys.readouterr().out
     assert (imgs / "00000.png").read_bytes() == first and (imgs / "00000-2.png").read_bytes() != first
     assert json.loads((tmp_path / "b.jsonl").read_text())["image"] == str(imgs / "00000-2.png")
+    # a saved image's recipe makes it again (it held prompt, seed, steps and scores only: reproduce exited 2)
+    assert main(["reproduce", str(imgs / "00000-2.png")]) == 0 and "identical" in capsys.readouterr().out
     for extra, message in [(["--verdict-from", "inline"], "--verdict-from inline scores images while they are generated"),
                            (["--save-images", str(tmp_path / "x")], "--save-images writes the images --prompts generates")]:
         rc = main(["detect", "--model", str(tmp_path / "absent"), "--images", str(imgs), "--out", str(tmp_path / "c.jsonl"), *extra])

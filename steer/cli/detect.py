@@ -149,17 +149,31 @@ def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, ca
     )
     rows = report.rows()
     if args.save_images:
-        _save_images(Path(args.save_images), rows, report.images, call)
+        _save_images(Path(args.save_images), rows, report.images, _image_recipe(pipe, args, call))
     return rows, report.verdict_from
 
 
-def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], call: dict) -> None:
-    """The generated images as ``00000.png``, ... with their recipe; another run's files there are kept (this run's
-    names then take a ``-2``, ``-3``, ... suffix, said on stdout); a rerun of the same call replaces its own."""
+def _image_recipe(pipe, args: argparse.Namespace, call: dict) -> dict[str, Any]:
+    """What every saved image's recipe holds besides its prompt, seed and scores: what `steer reproduce` needs to make
+    it again (model, sampler, no direction), as `steer generate` records an unsteered image."""
+    from steer import __version__
+    from steer.lora import loaded_loras
+    from steer.recipe import recorded_path
+    from steer.samplers import sampler_name
+
+    return {"steer_version": __version__, "model": recorded_path(args.model), "negative_prompt": None, **call,
+            "sampler": sampler_name(pipe.scheduler), "height": None, "width": None, "directions": [], "scale": None,
+            **({"loras": loaded_loras(pipe)} if loaded_loras(pipe) else {})}
+
+
+def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], base: dict) -> None:
+    """The generated images as ``00000.png``, ... with their recipe (``base`` and each row's own); another run's files
+    there are kept (this run's names then take a ``-2``, ``-3``, ... suffix, said on stdout); a rerun of the same call
+    replaces its own."""
     from steer.recipe import save_png, unused_names
 
     folder.mkdir(parents=True, exist_ok=True)
-    recipes = [{"prompt": row["prompt"], "seed": row["seed"], **call,
+    recipes = [{**base, "prompt": row["prompt"], "seed": row["seed"],
                 "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}} for row in rows]
     wanted = [folder / f"{row['index']:05d}.png" for row in rows]
     try:
