@@ -129,7 +129,7 @@ def known_sampler(name: Any) -> str:
     classes = {n.lower() for n in dir(diffusers) if n.endswith("Scheduler")}
     if key.lower() not in SAMPLERS and key.lower() not in classes:
         raise ValueError(f"unknown sampler {key!r}{did_you_mean(key.lower(), SAMPLERS)}; known: {', '.join(SAMPLERS)}, "
-                         "or a diffusers scheduler class name")
+                         "or a diffusers scheduler class name (not all fit every model: `steer samplers --model M` lists those that do)")
     return key
 
 
