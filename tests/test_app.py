@@ -350,10 +350,13 @@ def test_concurrent_clients_get_their_own_results(server, pipe, direction_file):
     scales = {"a": 4.0, "b": -4.0}
     results: dict[str, tuple] = {}
 
+    clients = {key: Client(server, verbose=False) for key in scales}  # connected one after the other: the requests race
+
     def run(key: str) -> None:
-        results[key] = Client(server, verbose=False).predict(
-            **generate_args("constructed", scale=scales[key]), api_name="/generate"
-        )
+        try:
+            results[key] = clients[key].predict(**generate_args("constructed", scale=scales[key]), api_name="/generate")
+        except Exception as err:  # noqa: BLE001 - said in the assertion below, not lost in the thread
+            results[key] = (err, err)
 
     threads = [threading.Thread(target=run, args=(k,)) for k in scales]
     for t in threads:
@@ -361,6 +364,7 @@ def test_concurrent_clients_get_their_own_results(server, pipe, direction_file):
     for t in threads:
         t.join(timeout=120)
     for key, scale in scales.items():
+        assert not isinstance(results.get(key, (None,))[0], Exception), f"client {key}: {results[key][0]!r}"
         _, want = expected_pair(pipe, vector, scale)
         assert np.abs(native(results[key][1]) - want).max() <= 1, key
         assert read_recipe(results[key][2])["steering"]["scale"] == scale
