@@ -115,11 +115,14 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     "repainted, black kept) the model's inpainting pipeline edits inside it only."
                 )
                 with gr.Row():
+                    # image_mode=None: the uploaded file as it is (steer.images.open_image decodes it: gradio's own
+                    # conversion made a 16-bit grey picture white and spent seconds on a large one before any check)
                     edit_image = gr.Image(
-                        label="Image to edit", type="filepath", sources=["upload", "clipboard"], height=160, elem_id="edit-image",
+                        label="Image to edit", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=160,
+                        elem_id="edit-image",
                     )
                     edit_mask = gr.Image(
-                        label="Mask (optional)", type="filepath", image_mode="L", sources=["upload", "clipboard"], height=160,
+                        label="Mask (optional)", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=160,
                         elem_id="edit-mask",
                     )
                 edit_strength = gr.Slider(

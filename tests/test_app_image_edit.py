@@ -155,3 +155,16 @@ def test_api_generate_edits_from_the_inversion_its_original_is_the_picture_and_i
         H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "mask.png"),
                            edit_invert=True).validated(pipe)
 
+
+
+def test_a_16_bit_grey_upload_is_edited_grey_not_white(client, tmp_path):
+    """gradio converted the upload itself before the handler saw it, and Pillow clips 16-bit greyscale: a mid-grey
+    picture was edited as pure white. The component passes the file as it is; steer decodes it."""
+    from gradio_client import handle_file
+
+    Image.fromarray(np.full((32, 48), 30000, np.uint16)).save(tmp_path / "grey16.png")
+    *_, png, status = client.predict(**generate_args("constructed", edit_image=handle_file(str(tmp_path / "grey16.png")),
+                                                       edit_strength=0.5, size=48), api_name="/generate")
+    assert "Steered with" in status
+    kept = Image.open(read_recipe(png)["edit"]["image"]["path"])
+    assert kept.mode == "RGB" and kept.getpixel((0, 0)) == (117, 117, 117)
