@@ -85,8 +85,8 @@ def _flag(value: Any, name: str) -> bool:
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", None) == 0 and isinstance(item(), bool):
         return item()
-    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    raise ValueError(f"{name} must be True or False, got {shown}")
+    shown = repr(value)  # steer.validation.short, which imports this module
+    raise ValueError(f"{name} must be True or False, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
 
 
 @dataclass(frozen=True)

@@ -184,11 +184,12 @@ def find_edit_inputs(edit: RecordedEdit, folders: Sequence[str | os.PathLike] = 
 
     def locate(what: str, recorded: tuple[str, str]) -> Path:
         path, digest = Path(recorded[0]), recorded[1]
-        for candidate in [path, *(Path(f) / path.name for f in folders), *_renamed_candidates(folders)]:
+        candidates = [path, *(Path(f) / path.name for f in folders), *_renamed_candidates(folders)]
+        for candidate in candidates:
             if candidate.is_file() and file_sha256(candidate) == digest:
                 return candidate
         pixels = edit.pixels.get(what)
-        for candidate in [path, *(Path(f) / path.name for f in folders), *_renamed_candidates(folders)] if pixels else []:
+        for candidate in candidates if pixels else []:
             if candidate.is_file() and _pixels_of(candidate, "L" if what == "mask" else "RGB") == pixels:
                 return candidate  # the same picture in another file (the app's copy of an upload, a re-saved one)
         raise FileNotFoundError(f"the {what} the edit started from ({path.name}, sha256 {digest[:12]}...) is gone or "

@@ -3,7 +3,6 @@ beside the outputs so a recipe can find them after the upload is gone."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from steer.app.base import LIMITS, UserError, shown
-from steer.images import EditInputs, open_image
+from steer.images import EditInputs, open_image, pixel_digest
 from steer.recipe import save_png
 
 
@@ -54,7 +53,7 @@ def kept_edit_input(picture: Image.Image, folder: str | os.PathLike, mask: Image
     ``folder`` as PNG under its content's name, so the PNG's recipe finds it when the upload is gone (`steer reproduce`)."""
 
     def keep(image: Image.Image, kind: str) -> Path:
-        digest = hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()[:16]
+        digest = pixel_digest(image)[:16]
         kept = Path(folder) / f"edit-{kind}-{digest}.png"
         if not kept.exists():
             save_png(image, kept, {})
