@@ -29,6 +29,14 @@ class SchemaError(ValueError):
     """A header field has the wrong type or value; callers prefix the file name and re-raise their own error."""
 
 
+class UnusedOptionError(ValueError):
+    """An option given to a call that ignores it; ``option`` names it (the CLI names its own flag from it)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(message)
+        self.option = option
+
+
 class NonFiniteOutputError(ValueError):
     """A generation produced NaN or infinite values; the image is refused rather than written black."""
 

@@ -37,6 +37,7 @@ from steer.denoisers import (
     resolve_layers,
     text_readers,
 )
+from steer.errors import UnusedOptionError
 from steer.extract import (
     FAST_WINDOW,
     IMAGE_SUFFIXES,
@@ -148,7 +149,7 @@ _SAMPLING_USES = {  # what each option sets, and which learnings use it
 
 
 def _sampling_options(mode: str, image_input: bool, num_samples: Any, timestep: Any, image_prompts: Any) -> tuple[Any, Any, Any]:
-    """``num_samples``, ``timestep`` and ``image_prompts`` with their defaults (16, 10, ""), or a one-line ValueError
+    """``num_samples``, ``timestep`` and ``image_prompts`` with their defaults (16, 10, ""), or a one-line UnusedOptionError
     for one given to a learning that does not use it (the text mode reads the prompts themselves: ``--num-samples 3``
     learned the same file as without it)."""
     used = {"num_samples": not image_input and mode in ("trajectory", "reference", "fast"),
@@ -157,7 +158,7 @@ def _sampling_options(mode: str, image_input: bool, num_samples: Any, timestep: 
     for name, is_given in given.items():
         if is_given and not used[name]:
             what = "image sets" if image_input else f"mode={mode!r}"
-            raise ValueError(f"{name} does nothing for {what}: it sets {_SAMPLING_USES[name]}")
+            raise UnusedOptionError(name, f"{name} does nothing for {what}: it sets {_SAMPLING_USES[name]}")
     return (16 if num_samples is None else num_samples, 10 if timestep is None else timestep,
             "" if image_prompts is None else image_prompts)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from steer.denoisers import default_layers
+from steer.errors import UnusedOptionError
 from steer.extract import extract_during_sampling, generate_samples
 from steer.learn import aggregate
 
@@ -81,8 +82,9 @@ def test_options_a_learning_does_not_use_are_one_line_not_ignored(tiny_pipe, tmp
                            (dict(timestep=999), "timestep does nothing for mode='text'"),
                            (dict(image_prompts="zzz"), "image_prompts does nothing for mode='text'"),
                            (dict(mode="fast", timestep=5), "timestep does nothing for mode='fast'")):
-        with pytest.raises(ValueError, match=needle):
+        with pytest.raises(UnusedOptionError, match=needle) as caught:
             tiny_pipe.learn_direction(["a blue bag"], ["a bag"], progress=False, **option)
+        assert caught.value.option == needle.split()[0]  # named for the CLI to spell as its flag
     with pytest.raises(ValueError, match="the text mode learns from prompts"):  # images read at the text tokens: all alike
         tiny_pipe.learn_direction([torch.rand(3, 32, 32)], [torch.rand(3, 32, 32)], mode="text", progress=False)
     with pytest.raises(ValueError, match="num_samples does nothing for image sets"):

@@ -96,14 +96,15 @@ def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
 
 
 def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
+    from steer.errors import UnusedOptionError
+
+    flags = {"num_samples": "--num-samples", "timestep": "--timestep", "image_prompts": "--image-prompt"}
     try:
         return _learn_call(pipe, args, positive, negative)
-    except ValueError as err:  # an option this learning does not use: named as the command line spells it
-        text = str(err)
-        for name, flag in (("num_samples", "--num-samples"), ("timestep", "--timestep"), ("image_prompts", "--image-prompt")):
-            if text.startswith(f"{name} does nothing"):
-                raise CLIError(flag + text[len(name):]) from None
-        raise
+    except UnusedOptionError as err:  # an option this learning does not use: named as the command line spells it
+        if err.option not in flags:
+            raise
+        raise CLIError(flags[err.option] + str(err)[len(err.option):]) from None
 
 
 def _learn_call(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
