@@ -51,7 +51,7 @@ from steer.extract import (
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
-from steer.validation import MAX_CALIBRATION_SAMPLES, check_call_kwargs, check_int, short
+from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.vectors import SteeringVector, unet_fingerprint
 from steer.wording import open_prompts, stated_phrases
 
@@ -355,7 +355,7 @@ def learn_direction(
             and 0 < num_inference_steps < step_buckets:  # before any sampling (it failed after the sampling)
         raise ValueError(f"the trajectory mode learns one direction per step bucket: {num_inference_steps} sampling steps cannot "
                          f"fill step_buckets={step_buckets}; sample at least {step_buckets} steps or pass fewer step_buckets")
-    for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096), ("step_buckets", step_buckets, 10_000),
+    for label, value, high in (("num_samples", num_samples, 100_000), ("batch_size", batch_size, 4096), ("step_buckets", step_buckets, MAX_STEPS),
                                ("calibration_samples", calibration_samples, MAX_CALIBRATION_SAMPLES), ("num_inference_steps", num_inference_steps, 10_000)):
         check_int(value, label, 1, high, optional=False)
     if calibrate:  # the calibration's open prompts: a positive with nothing to leave open is an error before any sampling

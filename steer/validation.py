@@ -30,7 +30,8 @@ MAX_VECTOR_ENTRY = 1e6  # |entry| of a direction; learned directions are differe
 MAX_METADATA_DEPTH = 32  # nesting of the JSON header (combinations flatten their components)
 MAX_HEADER_CHARS = 16 * 2**20  # JSON header of a direction or detector file
 MAX_LAYER_NAME = 256
-MAX_STEPS = 1000  # num_inference_steps (the schedulers' training steps)
+MAX_STEPS = 1000  # num_inference_steps (the schedulers' training steps); also a direction's step buckets
+MAX_CHANNELS = 65_536  # width of one direction's layer (SD3/Flux 4096 at the text tokens, SDXL 2048, SD1.5 1280)
 MAX_CALIBRATION_SAMPLES = 4096  # samples a calibration or fit draws (learn_direction's calibration_samples, fits' num_samples)
 MAX_TOKENS = 4096  # text tokens of a reference level (CLIP 77, T5 up to 512)
 MAX_SWEEP = 64  # scales of one --sweep (the app's strip is 9)
@@ -263,13 +264,15 @@ def check_recommended(value: Any, where: str) -> dict[str, Any]:
 
 
 def check_direction_tensors(tensors: Mapping[str, torch.Tensor]) -> None:
-    """Layer names are module paths; each tensor is (channels,) or (step buckets, channels), floating point, finite
-    and within `MAX_VECTOR_ENTRY`."""
+    """Layer names are module paths; each tensor is (channels,) or (step buckets, channels), at most `MAX_STEPS`
+    buckets of at most `MAX_CHANNELS`, floating point, finite and within `MAX_VECTOR_ENTRY`."""
     if not tensors:
         raise SchemaError("contains no layers")
     for name, t in tensors.items():
         check_layer_name(name, "tensor name")
-        if t.ndim not in (1, 2) or not t.is_floating_point() or t.numel() == 0 or t.shape[0] > MAX_STEPS:
+        # the step limit is on a (steps, channels) tensor's first axis only (it refused every (channels,) one over 1000)
+        too_big = t.ndim == 2 and t.shape[0] > MAX_STEPS or t.ndim in (1, 2) and t.shape[-1] > MAX_CHANNELS
+        if t.ndim not in (1, 2) or not t.is_floating_point() or t.numel() == 0 or too_big:
             raise SchemaError(f"layer {name!r} holds a {tuple(t.shape)} {t.dtype} tensor, expected (channels,) or (steps, channels) float")
         check_vector_values(t, f"layer {name!r}")
 

@@ -165,6 +165,8 @@ TENSOR_CASES: list[tuple[str, dict[str, torch.Tensor], str]] = [
     ("layer-name-spaces", {"up blocks": torch.ones(64)}, "not a module path"),
     ("three-d-tensor", {LAYERS[0]: torch.ones(2, 2, 64)}, "tensor, expected (channels,) or (steps, channels) float"),
     ("too-many-step-buckets", {LAYERS[0]: torch.ones(5000, 64)}, "tensor, expected (channels,) or (steps, channels) float"),
+    ("too-many-channels", {LAYERS[0]: torch.ones(70_000)}, "tensor, expected (channels,) or (steps, channels) float"),
+    ("too-many-channels-per-step", {LAYERS[0]: torch.ones(2, 70_000)}, "tensor, expected (channels,) or (steps, channels) float"),
     ("int-tensor", {LAYERS[0]: torch.ones(64, dtype=torch.int32)}, "tensor, expected (channels,) or (steps, channels) float"),
     ("empty-tensor", {LAYERS[0]: torch.ones(0)}, "tensor, expected (channels,) or (steps, channels) float"),
     ("3e38-entries", {LAYERS[0]: torch.full((64,), 3e38)}, "above the limit"),
@@ -230,6 +232,17 @@ def test_save_refuses_what_load_would_refuse_and_writes_nothing(good_direction, 
     with pytest.raises(ValueError, match="above the limit"):
         huge.save(tmp_path / "huge.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_real_model_widths_save_and_load(tmp_path):
+    """Every real model's sites are wider than 1,000 channels (SD1.5 1280, SDXL 2048, SD3/Flux 4096): the step-bucket
+    limit was applied to a (channels,) tensor's only axis, so any such direction failed to save after its learning."""
+    for shape in [(1280,), (2048,), (4096,), (4, 4096), (1000, 8)]:
+        v = SteeringVector({"encoder_hidden_states": torch.randn(shape)}, {"name": "wide"})
+        back = SteeringVector.load(v.save(tmp_path / f"wide_{len(shape)}_{shape[-1]}.safetensors"))
+        assert torch.equal(back.directions["encoder_hidden_states"], v.directions["encoder_hidden_states"])
+    with pytest.raises(ValueError, match=r"\(1001, 8\) torch.float32 tensor"):
+        SteeringVector({"encoder_hidden_states": torch.randn(1001, 8)}, {}).save(tmp_path / "steps.safetensors")
 
 
 def test_long_chains_of_combinations_stay_loadable(good_direction, tmp_path):
