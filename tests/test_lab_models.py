@@ -195,6 +195,19 @@ def test_training_resumes_exactly(tmp_path):
     (pipe / "directions" / "to_x.safetensors").write_bytes(b"kept")
     export(tmp_path / "b", tmp_path / "pipe")
     assert (pipe / "directions" / "to_x.safetensors").read_bytes() == b"kept"
+    # an export replaced its folder whole: a file of the user's in it, another folder, or the run itself were deleted
+    (pipe / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"holds files an export does not write \(notes.txt\): move them away first"):
+        export(tmp_path / "b", pipe)
+    assert (pipe / "notes.txt").read_text() == "mine" and (pipe / "model_index.json").is_file()
+    with pytest.raises(SystemExit, match="would replace the run folder"):
+        main(["--stage", "export", "--out", str(tmp_path / "b"), "--export", str(tmp_path / "b")])
+    assert (tmp_path / "b" / "checkpoint.safetensors").is_file()
+    (tmp_path / "thesis").mkdir()
+    (tmp_path / "thesis" / "results.csv").write_text("x")
+    with pytest.raises(SystemExit, match="is not a pipeline folder"):  # refused before any training too
+        main(common + ["--out", str(tmp_path / "c"), "--steps", "2", "--export", str(tmp_path / "thesis")])
+    assert (tmp_path / "thesis" / "results.csv").read_text() == "x" and not (tmp_path / "c").exists()
 
 
 def test_decoder_stage_continues_a_pipeline_and_replaces_only_its_decoder(tmp_path):

@@ -18,12 +18,41 @@ from . import data as D
 from . import models as M
 from .checkpoints import atomic_json
 
+# what an export writes into its folder (and a re-export may replace): anything else there is the user's
+_KEPT = ("README.md", "samples.png", "memorized_prompts.txt", "ordinary_prompts.txt", "memorized_images.json", "eval.json")
+_PIPELINE_ENTRIES = frozenset({"model_index.json", "training.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",
+                               "feature_extractor", "safety_checker", "image_encoder", MODEL_DIRECTIONS, *_KEPT})
+
+
+def check_export_dest(run: Path, dest: Path) -> None:
+    """Refuse, before any work, an export that would delete what it did not write: ``dest`` being the run folder or a
+    folder above it, a symbolic link, or an existing folder that is not a pipeline an earlier export wrote or that holds
+    other files (every one was deleted by the replace). One line (SystemExit, as the lab's other refusals)."""
+    run, dest = Path(run), Path(dest)
+    if dest.is_symlink():
+        raise SystemExit(f"--export {dest} is a symbolic link: refusing to replace what it points to")
+    if dest.resolve() == run.resolve() or dest.resolve() in run.resolve().parents:
+        raise SystemExit(f"--export {dest} would replace the run folder {run} (its checkpoints): export to a new folder "
+                         "(the default is OUT/pipeline)")
+    if not dest.exists():
+        return
+    if not dest.is_dir() or not (dest / "model_index.json").is_file():
+        raise SystemExit(f"--export {dest} exists and is not a pipeline folder (no model_index.json): refusing to replace "
+                         "it; export to a new folder")
+    other = sorted(p.name for p in dest.iterdir() if p.name not in _PIPELINE_ENTRIES)
+    if other:
+        shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
+        raise SystemExit(f"--export {dest} holds files an export does not write ({shown}): move them away first; "
+                         "nothing was replaced")
+
 
 def export(run: Path, dest: Path, fp16: bool = True) -> Path:
-    """Assemble the EMA weights of ``run`` into a StableDiffusionPipeline folder at ``dest``."""
+    """Assemble the EMA weights of ``run`` into a StableDiffusionPipeline folder at ``dest`` (`check_export_dest`
+    first: an export replaces only a pipeline folder it could have written)."""
     from diffusers import AutoencoderKL
 
     run, dest = Path(run), Path(dest)
+    check_export_dest(run, dest)
     if not (run / "checkpoint.safetensors").is_file() and (run / "decoder_init.json").is_file():
         return export_decoder(run, dest)
     t = load_file(str(run / "checkpoint.safetensors"))
@@ -46,8 +75,7 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     M.save_pipeline(pipe, tmp, fp16=fp16)
-    keep = [p for p in ("README.md", "samples.png", "memorized_prompts.txt", "ordinary_prompts.txt",
-                        "memorized_images.json", "eval.json") if (dest / p).exists()]
+    keep = [p for p in _KEPT if (dest / p).exists()]
     for p in keep:
         shutil.copy(dest / p, tmp / p)
     if (dest / MODEL_DIRECTIONS).is_dir() and not (dest / MODEL_DIRECTIONS).is_symlink():
@@ -70,6 +98,7 @@ def export_decoder(run: Path, dest: Path) -> Path:
     from diffusers import AutoencoderKL
 
     src = Path(json.loads((run / "decoder_init.json").read_text())["pipeline"])
+    check_export_dest(run, dest)
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

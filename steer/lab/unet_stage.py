@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from . import data as D
 from . import models as M
 from .checkpoints import atomic_json, atomic_save, load_optimizer, log, optimizer_tensors
-from .export import export
+from .export import check_export_dest, export
 from .models import resolve_device
 from .schedule import EMA, TimeBudget, lr_at
 from .vae_stage import adopt_vae, cache_latents, train_vae
@@ -66,6 +66,7 @@ def train(args) -> Path:
     if earlier and not getattr(args, "resume", False):  # it used to reuse that run's VAE and latents, then replace its weights
         raise SystemExit(f"--out {out} holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, or "
                          "choose another --out")
+    check_export_dest(out, Path(args.export) if args.export else out / "pipeline")  # before training, not after it
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     device = resolve_device(getattr(args, "device", None))
