@@ -6,6 +6,7 @@ problem (missing, truncated, foreign, newer format, edited contents).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -22,10 +23,12 @@ from steer.errors import UnsafePathError
 from steer.validation import MAX_HEADER_CHARS, MAX_METADATA_DEPTH, SchemaError, check_header_common, clip, short
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], replace: bool = True) -> Path:
     """Write ``path`` whole or not at all: ``write(tmp)`` fills a fresh temporary file next to it (created
-    exclusively under an unpredictable name, so nothing planted in the folder is followed), which then replaces
-    ``path``. A ``path`` that is a symlink is refused (`UnsafePathError`) rather than written through or replaced.
+    exclusively under an unpredictable name, so nothing planted in the folder is followed), which is flushed to disk
+    and then replaces ``path`` (``replace=False``: takes the name only while it is free, else `FileExistsError`, so a
+    file another process wrote since the caller looked is never replaced). A ``path`` that is a symlink is refused
+    (`UnsafePathError`) rather than written through or replaced.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,10 +42,41 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         if tmp.is_symlink():  # swapped under us: never replace the target with a link
             raise UnsafePathError(f"refusing to write {path}: its temporary file was replaced by a link")
         os.chmod(tmp, 0o644)  # what a plain open() gives under the usual umask (mkstemp makes 0600; writers recreate)
-        os.replace(tmp, path)
+        _fsync(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # the data on disk before the name points at it
+        if replace:
+            os.replace(tmp, path)
+        else:
+            link_no_clobber(tmp, path)
+        _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # and the rename itself
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: Path, flags: int) -> None:
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # a folder that cannot be opened for reading (some platforms): the rename stays unsynced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # a file system without fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def link_no_clobber(tmp: str | os.PathLike, name: str | os.PathLike, dir_fd: int | None = None) -> None:
+    """Give ``tmp`` the name ``name`` unless something is there already (a hard link, which never replaces:
+    `FileExistsError`). Where the file system has no hard links, a plain replace (the caller checked the name)."""
+    try:
+        os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV):
+            raise
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:

@@ -32,12 +32,12 @@ def recorded_path(path: str | os.PathLike) -> str:
     return str(local.absolute()) if local.exists() else str(path)
 
 
-def save_png(image: Image.Image, path: str | os.PathLike, recipe: dict[str, Any]) -> Path:
+def save_png(image: Image.Image, path: str | os.PathLike, recipe: dict[str, Any], replace: bool = True) -> Path:
     """Write ``image`` to ``path`` with ``recipe`` as a PNG text chunk (`steer.files.atomic_write`: never half
-    written, never through a symlink)."""
+    written, never through a symlink; ``replace=False``: `FileExistsError` where a file is there by then)."""
     info = PngImagePlugin.PngInfo()
     info.add_text(RECIPE_KEY, json.dumps(recipe, sort_keys=True, default=str))
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info), replace=replace)
 
 
 def read_recipe(path: str | os.PathLike | IO[bytes]) -> dict[str, Any]:
@@ -67,14 +67,49 @@ def made_by(path: Path, recipe: dict[str, Any]) -> bool:
     return recipe_in(path) == json.loads(json.dumps(recipe, sort_keys=True, default=str))
 
 
+def _suffixed(paths: list[Path], n: int) -> list[Path]:
+    return paths if n == 1 else [p.with_name(f"{p.stem}-{n}{p.suffix}") for p in paths]
+
+
+def _first_unused(paths: list[Path], recipes: list[dict[str, Any]], start: int = 1) -> int:
+    for n in range(start, MAX_RUNS_PER_NAME + 1):
+        if all(not os.path.lexists(p) or made_by(p, r) for p, r in zip(_suffixed(paths, n), recipes, strict=True)):
+            return n
+    raise FileExistsError(f"{paths[0].parent} already holds {MAX_RUNS_PER_NAME} runs' files named like {paths[0].name}: "
+                          "write to another --out folder")
+
+
 def unused_names(paths: list[Path], recipes: list[dict[str, Any]]) -> list[Path]:
     """Where one run's files go without losing another run's: ``paths`` themselves where each is free or holds the
     same recipe (a rerun overwrites its own images), else the same names with the first suffix ``-2``, ``-3``, ...
     under which that holds for every file (a run's files keep one suffix: ``seed0_scale+1-2.png``,
     ``seed0_sweep-2.png``)."""
-    for n in range(1, MAX_RUNS_PER_NAME + 1):
-        named = paths if n == 1 else [p.with_name(f"{p.stem}-{n}{p.suffix}") for p in paths]
-        if all(not os.path.lexists(p) or made_by(p, r) for p, r in zip(named, recipes, strict=True)):
-            return named
-    raise FileExistsError(f"{paths[0].parent} already holds {MAX_RUNS_PER_NAME} runs' files named like {paths[0].name}: "
-                          "write to another --out folder")
+    return _suffixed(paths, _first_unused(paths, recipes))
+
+
+def save_new_pngs(files: list[tuple[Image.Image, Path, dict[str, Any]]]) -> list[Path]:
+    """Write one run's images (image, wanted path, recipe) under `unused_names`, never replacing a file another
+    process wrote after the names were chosen (two ``steer generate`` runs into one ``--out`` lost images so): a free
+    name is taken only while still free; on a clash the run's files move on to the next suffix (those it wrote under
+    the clashing one removed again), except where the file there now holds the same recipe (the same call, made at
+    the same time). Returns the paths written."""
+    wanted = [path for _, path, _ in files]
+    recipes = [recipe for *_, recipe in files]
+    n = _first_unused(wanted, recipes)
+    while True:
+        paths, created = _suffixed(wanted, n), []
+        try:
+            for (image, _, recipe), path in zip(files, paths, strict=True):
+                if os.path.lexists(path):  # its own earlier image (made_by held): replaced
+                    save_png(image, path, recipe)
+                    continue
+                try:
+                    created.append(save_png(image, path, recipe, replace=False))
+                except FileExistsError:
+                    if not made_by(path, recipe):
+                        raise
+            return paths
+        except FileExistsError:
+            for path in created:
+                path.unlink(missing_ok=True)
+            n = _first_unused(wanted, recipes, n + 1)

@@ -51,3 +51,35 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         atomic_write(path, boom)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+def test_a_name_another_run_takes_meanwhile_is_never_replaced(tmp_path, monkeypatch):
+    """Two ``steer generate`` runs into one ``--out`` chose their names, then replaced whatever was there by the time
+    they wrote (14 of 300 images lost in a two-process race). Now a free name is taken only while still free: a clash
+    moves the run's files to the next suffix, and the ones it wrote under the clashing name are removed again."""
+    import steer.recipe as R
+
+    real = R.save_png
+    other = {"prompt": "someone else's"}
+
+    def racing(image, path, recipe, replace=True):  # another run writes the sweep's name after the names were chosen
+        if path.name == "seed0_sweep.png" and not path.exists():
+            real(image, path, other)
+        return real(image, path, recipe, replace=replace)
+
+    monkeypatch.setattr(R, "save_png", racing)
+    image = Image.new("RGB", (8, 8), "red")
+    files = [(image, tmp_path / "seed0.png", {"row": 0}), (image, tmp_path / "seed0_sweep.png", {"sweep": 1})]
+    paths = R.save_new_pngs(files)
+    assert [p.name for p in paths] == ["seed0-2.png", "seed0_sweep-2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed0-2.png", "seed0_sweep-2.png", "seed0_sweep.png"]
+    assert R.recipe_in(tmp_path / "seed0_sweep.png") == other and R.recipe_in(paths[1]) == {"sweep": 1}
+    # the same call made at the same time writes the same file: taken as written, no suffix
+    monkeypatch.setattr(R, "save_png", lambda image, path, recipe, replace=True: (
+        real(image, path, recipe) if not path.exists() else None, real(image, path, recipe, replace=replace))[1])
+    twin = [(image, tmp_path / "twin.png", {"row": 5})]
+    assert R.save_new_pngs(twin) == [tmp_path / "twin.png"]
+    # a rerun replaces its own images under their names
+    monkeypatch.setattr(R, "save_png", real)
+    for _ in range(2):
+        assert R.save_new_pngs(files[:1]) == [tmp_path / "seed0.png"]

@@ -170,20 +170,19 @@ def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], bas
     """The generated images as ``00000.png``, ... with their recipe (``base`` and each row's own); another run's files
     there are kept (this run's names then take a ``-2``, ``-3``, ... suffix, said on stdout); a rerun of the same call
     replaces its own."""
-    from steer.recipe import save_png, unused_names
+    from steer.recipe import save_new_pngs
 
     folder.mkdir(parents=True, exist_ok=True)
     recipes = [{**base, "prompt": row["prompt"], "seed": row["seed"],
                 "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}} for row in rows]
     wanted = [folder / f"{row['index']:05d}.png" for row in rows]
-    try:
-        paths = unused_names(wanted, recipes)
+    try:  # never replacing another run's images, also one writing there at the same time
+        paths = save_new_pngs([(_to_pil(image), path, recipe) for image, path, recipe in zip(images, wanted, recipes, strict=True)])
     except FileExistsError as err:
         raise CLIError(str(err).replace("--out", "--save-images")) from None
     if paths != wanted:
         print(f"note: {folder} holds another run's images: this run's are named like {paths[0].name}")
-    for row, image, path, recipe in zip(rows, images, paths, recipes, strict=True):
-        save_png(_to_pil(image), path, recipe)
+    for row, path in zip(rows, paths, strict=True):
         row["image"] = str(path)
 
 

@@ -149,7 +149,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.images import edit_size
     from steer.inversion import invert_image
     from steer.pipelines.factory import default_strength, editing_pipeline
-    from steer.recipe import save_png, unused_names
+    from steer.recipe import save_new_pngs
     from steer.replay import edit_call_inputs
     from steer.sliders import stated_note, subtracts
     from steer.take_away import AUTO, ITSELF, pair_scales, suggested_take_aways, take_away_candidates
@@ -295,12 +295,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
             grid = make_image_grid(list(images), rows=1, cols=len(images))
             files.append((grid, f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
         wanted = [out / name for _, name, _ in files]
-        paths = unused_names(wanted, [recipe for *_, recipe in files])
+        # free names (or this call's own earlier images), taken without replacing a file another run writes meanwhile
+        paths = save_new_pngs([(image, out / name, recipe) for image, name, recipe in files])
         if paths != wanted and not renamed:  # said once: later seeds' renamed files follow from it
             renamed = True
             print(f"note: {out} holds other images named {wanted[0].name} ...; these are written as {paths[0].name} ... "
                   "(nothing overwritten)", file=sys.stderr)
-        written += [save_png(image, path, recipe) for (image, _, recipe), path in zip(files, paths, strict=True)]
+        written += paths
     for w in written:
         print(w)
     return 0

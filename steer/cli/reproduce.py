@@ -61,7 +61,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from steer.inversion import replay_inverted
     from steer.lora import find_lora
     from steer.pipelines.factory import editing_pipeline
-    from steer.recipe import read_recipe, save_png, unused_names
+    from steer.recipe import read_recipe, save_new_pngs
     from steer.replay import find_direction, find_edit_inputs, read_replay, replay_call
     from steer.samplers import sampler_name
     from steer.vectors import weights_hash
@@ -128,9 +128,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         differ += not same
         note = f"{path}: {verdict} ({replay.writer} recipe, {sampler_name(pipe.scheduler)}, {len(vectors)} direction(s))"
         if args.out is not None:
-            # another original of the same name already reproduced there is kept (steer.recipe.unused_names)
-            (target,) = unused_names([Path(args.out) / f"{path.stem}.reproduced.png"], [recipe])
-            written = save_png(image, target, recipe)
+            # another original of the same name already reproduced there is kept (steer.recipe.save_new_pngs)
+            (written,) = save_new_pngs([(image, Path(args.out) / f"{path.stem}.reproduced.png", recipe)])
             note += f"; wrote {written}"
         print(note, flush=True)
     return 1 if differ else 0

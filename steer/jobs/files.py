@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from steer.errors import OutputBusyError, UnsafePathError  # noqa: F401  (re-exported)
+from steer.files import link_no_clobber
 
 try:
     import fcntl
@@ -176,7 +177,7 @@ class OutDir:
             if replace:
                 os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
             else:
-                _link_no_clobber(tmp, name, fd)
+                link_no_clobber(tmp, name, fd)
         finally:
             try:
                 os.unlink(tmp, dir_fd=fd)
@@ -281,18 +282,6 @@ def read_under(out: str | os.PathLike, rel: str, limit: int | None = None) -> by
         return None
     with folder:
         return folder.read_bytes(rel, limit)
-
-
-def _link_no_clobber(tmp: str, name: str, fd: int) -> None:
-    """Give ``tmp`` the name ``name`` unless something is there already (a hard link, which never replaces)."""
-    try:
-        os.link(tmp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as err:
-        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV):
-            raise
-        os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)  # no hard links here; the caller checked the name is free
 
 
 class AppendFile:
