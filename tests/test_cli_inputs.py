@@ -137,6 +137,26 @@ def test_a_single_file_checkpoint_as_model_says_how_to_convert_it(tmp_path, caps
     assert not (tmp_path / "o").exists()
 
 
+def test_a_model_folder_with_pickle_weights_is_refused_and_never_unpickled(model_dir, tmp_path, capsys, monkeypatch):
+    """A pipeline folder whose UNet weights are ``diffusion_pytorch_model.bin`` (torch.save) was loaded with
+    torch.load, unpickling a user file; now the loader asks diffusers for safetensors only and says what to do."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model = tmp_path / "pickled"
+    shutil.copytree(model_dir, model)
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(weights)), model / "unet" / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    unpickled = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: unpickled.append(a) or pytest.fail("torch.load was called"))
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: unpickled.append(a) or pytest.fail("pickle.load was called"))
+    refusal(["generate", "--model", str(model), "--prompt", "x", "--steps", "2", "--out", str(tmp_path / "o")], capsys,
+            "unet/diffusion_pytorch_model.bin is a PyTorch pickle, which steer never unpickles", "save_pretrained(new_folder)")
+    assert not unpickled and not (tmp_path / "o").exists()
+
+
 # ----- 4. --out naming a file --------------------------------------------------------------------------------------
 def test_out_that_is_a_file_is_refused_before_loading(no_model, tmp_path, capsys):
     taken = tmp_path / "one.txt"

@@ -97,6 +97,21 @@ def check_model(model: str | os.PathLike | None) -> str:
     return model
 
 
+def _check_no_pickles(model: str) -> None:
+    """A local pipeline folder with a component whose weights are only PyTorch pickles (``.bin``, ``.pt``...): one
+    line saying so, before diffusers is asked (it loads safetensors only here, `load_pipeline`)."""
+    local = Path(model).expanduser()
+    if not local.is_dir():
+        return
+    for part in sorted(p for p in local.iterdir() if p.is_dir()):
+        files = [f for f in part.iterdir() if f.is_file()]
+        pickled = [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        if pickled and not any(f.suffix == ".safetensors" for f in files):
+            raise OSError(f"cannot load model {model!r}: {part.name}/{pickled[0].name} is a PyTorch pickle, which steer "
+                          "never unpickles; convert the folder to .safetensors once, if you trust it "
+                          "(DiffusionPipeline.from_pretrained(...).save_pretrained(new_folder))")
+
+
 def _unloadable(model: str, err: OSError) -> OSError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = " (HF_HUB_OFFLINE=1 is set: only cached or local models load)" if offline else ""
@@ -132,13 +147,14 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     model = check_model(model)
     device = parse_device(device) if device is not None else default_device()
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    _check_no_pickles(model)
     try:
         cls = steering_class_for_model(model)
         extra = {}
         if "safety_checker" in inspect.signature(cls.__init__).parameters:  # SD 1.x/2.x: no safety checker
             extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
         with _loading_bars(progress):
-            pipe = cls.from_pretrained(model, dtype=dtype, **extra)
+            pipe = cls.from_pretrained(model, dtype=dtype, use_safetensors=True, **extra)  # never unpickles (.bin)
     except OSError as err:
         raise _unloadable(model, err) from None
     pipe = pipe.to(device)
