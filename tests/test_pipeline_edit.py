@@ -109,6 +109,27 @@ def test_an_edits_window_is_measured_over_the_steps_the_run_performs(kind, cls, 
     assert no_hooks_left(pipe.denoiser)
 
 
+def test_sdxl_controlnet_window_is_measured_over_the_steps_denoising_end_leaves(gen, monkeypatch):
+    """diffusers' SDXL ControlNet pipeline counts its steps before cutting them at ``denoising_end``: the window
+    (0.5, 1) of a 10-step run cut to 5 steered none of them (it does on the SDXL text-to-image pipeline)."""
+    import steer.engine.steering as steering_module
+
+    pipe = _pipe(SteeringStableDiffusionXLControlNetPipeline, "sdxl")
+    v = random_vector(pipe, ["up_blocks.1.resnets.0"])
+    calls, applied = [0], []
+    real = steering_module.apply_delta
+    monkeypatch.setattr(steering_module, "apply_delta", lambda h, *a, **k: applied.append(calls[0] - 1) or real(h, *a, **k))
+    counter = pipe.denoiser.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    kw = dict(image=_image(2), num_inference_steps=10, denoising_end=0.5, output_type="latent")
+    try:
+        steered = pipe(PROMPT, generator=gen(0), steering=v, steering_window=(0.5, 1.0), **kw).images
+    finally:
+        counter.remove()
+    assert calls[0] == 5 and applied == [3, 4]  # the last half of the 5 steps run
+    assert not torch.equal(steered, pipe(PROMPT, generator=gen(0), **kw).images)
+    assert no_hooks_left(pipe.denoiser)
+
+
 @pytest.mark.parametrize(("kind", "cls"), CONTROL, ids=[k for k, _ in CONTROL])
 def test_controlnet_is_the_parent_unsteered_and_only_the_unet_is_steered(kind, cls, gen):
     pipe = _pipe(cls, kind)

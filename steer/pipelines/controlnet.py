@@ -41,3 +41,15 @@ class SteeringStableDiffusionXLControlNetPipeline(
     """
 
     denoiser_name = "unet"
+
+    def steering_num_steps(self) -> int:
+        """The steps the run performs: diffusers' SDXL ControlNet pipeline records its step count before it cuts the
+        schedule at ``denoising_end`` (the other SDXL pipelines after), so the window was spread over steps that never
+        ran (at ``denoising_end`` <= 0.45 the default window steered none). The cut as diffusers makes it."""
+        total = super().steering_num_steps()
+        end = getattr(self, "_denoising_end", None)
+        if isinstance(end, float) and 0 < end < 1:
+            n_train = self.scheduler.config.num_train_timesteps
+            cutoff = int(round(n_train - end * n_train))
+            total = min(total, int((self.scheduler.timesteps >= cutoff).sum()))
+        return total
