@@ -31,7 +31,7 @@ from typing import Any
 
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from steer.samplers import with_scheduler
@@ -228,6 +228,9 @@ def check_invertible(pipe: Any) -> None:
     in for (SD, SDXL) or flow-matching Euler's, deterministic (SD3, Flux)."""
     if not hasattr(pipe, "vae") or not hasattr(pipe, "image_processor"):
         raise ValueError(f"a {type(pipe).__name__} has no VAE image processor to invert an image with")
+    if isinstance(pipe, PixArtAlphaPipeline | PixArtSigmaPipeline):  # its DPM-Solver lists DDIM, its prompt encoder takes no None
+        raise ValueError(f"inverting is not supported for {type(pipe).__name__} (SD, SDXL, SD3 and Flux invert); "
+                         "edit a PixArt image with a steered generation from its prompt instead")
     scheduler = pipe.scheduler
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         if getattr(scheduler.config, "stochastic_sampling", False):

@@ -104,6 +104,11 @@ def test_sdxl_sd3_and_flux_invert():
     flux.scheduler = type(flux.scheduler).from_config(flux.scheduler.config, stochastic_sampling=True)
     with pytest.raises(ValueError, match="^inverting needs the flow's deterministic Euler step"):
         invert_image(flux, picture(side=22), "a bag")
+    from steer.testing.pixart import tiny_pixart_pipeline
+
+    # PixArt's DPM-Solver lists DDIM as compatible: it passed the check and failed inside diffusers' prompt encoder
+    with pytest.raises(ValueError, match="^inverting is not supported for SteeringPixArtSigmaPipeline"):
+        invert_image(tiny_pixart_pipeline(0), picture(side=32), "a bag")
 
 
 def test_generate_invert_gives_the_image_back_at_zero_records_it_and_reproduces(model_dir, tmp_path, capsys):
