@@ -370,8 +370,9 @@ def learn_direction(
             "direction acts with window=, readers= and layers=)"
         )
 
+    text_length = call_kwargs.get("max_sequence_length")  # the T5 families' token count, as the calls use it
     if not image_input and neg_items and method != "mean" and mode != "text":  # before any sampling
-        tokens = [encode_text(pipe, items).float().cpu() for items in (pos_items, neg_items)]
+        tokens = [encode_text(pipe, items, text_length).float().cpu() for items in (pos_items, neg_items)]
         _check_sets_differ({CONTEXT_SITE: tokens[0].mean((0, 1)) - tokens[1].mean((0, 1))},
                            {CONTEXT_SITE: float(tokens[0].norm(dim=-1).mean())}, False)
     sample_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
@@ -390,7 +391,7 @@ def learn_direction(
                 prompts = prompts[: len(items)] if index == 0 else prompts[len(pos_items) :]
             pooled, act = extract_from_images(pipe, items, layer_names, prompts=prompts, timestep=timestep, seed=set_seed, batch_size=batch_size, progress=progress)
         elif mode == "text":
-            tokens = encode_text(pipe, items).float().cpu()
+            tokens = encode_text(pipe, items, text_length).float().cpu()
             pooled, act = {CONTEXT_SITE: tokens.mean(1)}, {CONTEXT_SITE: float(tokens.norm(dim=-1).mean())}
             text_tokens.append(tokens)
         elif mode == "trajectory":  # paired: sample i of both sets uses seed + i
@@ -449,7 +450,7 @@ def learn_direction(
     if readers is not None:
         settings["readers"] = list(readers)
     if mode == "text":  # the start token(s) every prompt shares are not steered
-        meta["fixed_tokens"] = {CONTEXT_SITE: shared_lead([*text_tokens, encode_text(pipe, [""]).float().cpu()])}
+        meta["fixed_tokens"] = {CONTEXT_SITE: shared_lead([*text_tokens, encode_text(pipe, [""], text_length).float().cpu()])}
     if mode == "text" and len(text_tokens) > 1:  # what steering_negative="remove" takes a prompt back to
         meta["reference_level"] = {CONTEXT_SITE: reference_level(text_tokens[1], directions[CONTEXT_SITE])}
         # removal goes on to the end of the run: after the window the prompt's own value would come back (measured:

@@ -10,10 +10,13 @@ import torch
 
 
 @torch.no_grad()
-def encode_text(pipe, prompts: Sequence[str]) -> torch.Tensor:
-    """Conditional text tokens as the denoiser reads them (its ``encoder_hidden_states``), one row per prompt."""
+def encode_text(pipe, prompts: Sequence[str], max_sequence_length: int | None = None) -> torch.Tensor:
+    """Conditional text tokens as the denoiser reads them (its ``encoder_hidden_states``), one row per prompt; at the
+    calls' ``max_sequence_length`` where the family's T5 takes one (Flux, SD3, PixArt; None: the call's default)."""
     family_encoder = getattr(pipe, "steering_text_embeddings", None)
     if family_encoder is not None:
+        if max_sequence_length is not None:
+            return family_encoder(list(prompts), max_sequence_length=max_sequence_length)
         return family_encoder(list(prompts))
     embeds, _ = pipe.encode_prompt(list(prompts), pipe._execution_device, 1, False)
     return embeds

@@ -225,6 +225,30 @@ def test_true_cfg_removal_acts_on_the_conditional_call_whatever_the_additive_bra
         assert moved == (i % 2 == 0), f"call {i}: the conditional calls (even) move, the unconditional ones do not"
 
 
+def test_text_directions_learn_and_remove_at_the_calls_max_sequence_length(pipe):
+    """FLUX.1-schnell runs at 256 T5 tokens: learn_direction read the text tokens at the default 512 whatever the
+    call's ``max_sequence_length``, and steering_negative="remove" failed ("expects (batch, 512 tokens...") at any
+    other length, even for a direction learned at that length."""
+    from steer.engine.steering import levels_for_length
+
+    kw = dict(calibrate=False, progress=False, **SIZE)
+    red = pipe.learn_direction(["a red bag", "a red hat"], ["a bag", "a hat"], max_sequence_length=16, **kw)
+    blue = pipe.learn_direction(["a blue bag", "a blue hat"], ["a bag", "a hat"], max_sequence_length=16, **kw)
+    assert len(red.metadata["reference_level"][CONTEXT_SITE]) == 16
+    at_default = pipe.learn_direction(["a red bag", "a red hat"], ["a bag", "a hat"], **kw)
+    assert len(at_default.metadata["reference_level"][CONTEXT_SITE]) == 512
+    assert not torch.allclose(red.directions[CONTEXT_SITE], at_default.directions[CONTEXT_SITE])  # padding counted
+    both = dict(steering=[blue, red], steering_scale=[1.0, -1.0], steering_window=(0, 1))
+    for length in (8, 16, 24):  # shorter, the same and longer than learned: the padding level is cut or repeated
+        added = call(pipe, max_sequence_length=length, **both)
+        removed = call(pipe, max_sequence_length=length, steering_negative="remove", **both)
+        assert np.isfinite(removed).all() and not np.array_equal(added, removed)
+    assert no_hooks_left(pipe.transformer)
+    levels = torch.tensor([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
+    assert torch.equal(levels_for_length(levels, 2), levels[:, :2])
+    assert torch.equal(levels_for_length(levels, 5), torch.tensor([[0.1, 0.2, 0.3, 0.3, 0.3], [1.0, 2.0, 3.0, 3.0, 3.0]]))
+
+
 def test_recording_keeps_only_the_conditional_calls_of_true_cfg(pipe):
     layer = "transformer_blocks.1"
     with CallObserver(pipe, layer, index=1) as obs:

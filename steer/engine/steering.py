@@ -107,6 +107,15 @@ def _levels(vectors: Sequence, name: str) -> torch.Tensor | None:
     return torch.stack([torch.tensor(f, dtype=torch.float32) if f is not None else torch.full((length,), float("nan")) for f in found])
 
 
+def levels_for_length(levels: torch.Tensor, length: int) -> torch.Tensor:
+    """(K, L) reference levels for a call whose text has ``length`` tokens: the T5 families' count follows the call's
+    ``max_sequence_length`` (Flux 512 by default, FLUX.1-schnell 256). The tail positions are padding, so a shorter
+    call takes the first ``length`` levels and a longer one repeats the last (padding) level."""
+    if levels.shape[1] >= length:
+        return levels[:, :length]
+    return torch.cat([levels, levels[:, -1:].expand(-1, length - levels.shape[1])], dim=1)
+
+
 def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
     """Take ``amounts`` (n, K) times each position's excess along each unit direction ``units`` (K, C) over its level
     ``levels`` (K, L) out of ``h`` (n, L, C). Measured on the unit-normalised position ``x/|x|``, whose projection
@@ -368,10 +377,10 @@ class SteeringSession(DenoiserRun):
         return out
 
     def _remove(self, plan: LayerPlan, h: torch.Tensor) -> torch.Tensor:
-        if h.ndim != 3 or h.shape[1] != plan.levels.shape[1]:
+        if h.ndim != 3:
             raise ValueError(
-                f"steering_negative='remove' at {plan.name!r} expects (batch, {plan.levels.shape[1]} tokens, channels) "
-                f"as its vectors were learned, got shape {tuple(h.shape)}"
+                f"steering_negative='remove' at {plan.name!r} expects (batch, tokens, channels) text tokens, got shape "
+                f"{tuple(h.shape)}"
             )
         d = plan.at(self.step, self.num_steps)
         units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -381,7 +390,7 @@ class SteeringSession(DenoiserRun):
         if (mask := self.window_mask(self.removal_windows)) is not None:
             amounts = amounts * mask
         amounts = amounts.to(h.device)
-        levels = torch.nan_to_num(plan.levels).to(device=h.device, dtype=torch.float32)
+        levels = torch.nan_to_num(levels_for_length(plan.levels, h.shape[1])).to(device=h.device, dtype=torch.float32)
         k = plan.fixed_tokens  # left alone here too (their projection equals the level up to its rounding)
         removed = remove_excess(h[:, k:].float(), units.to(h.device).float(), levels[:, k:], amounts).to(h.dtype)
         return torch.cat([h[:, :k], removed], dim=1) if k else removed

@@ -74,12 +74,12 @@ class SteeringFluxPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixin, Seri
         return 2 if runs_true_cfg(call_kwargs) else 1
 
     @torch.no_grad()
-    def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+    def steering_text_embeddings(self, prompts: list[str], max_sequence_length: int | None = None) -> torch.Tensor:
         """The T5 tokens of ``prompts`` as the transformer reads them (``encoder_hidden_states``, before its
-        ``context_embedder``), at the call's default ``max_sequence_length``."""
+        ``context_embedder``), at ``max_sequence_length`` (None: the call's default, 512)."""
         embeds, _pooled, _ids = self.encode_prompt(
             list(prompts), device=self._execution_device, num_images_per_prompt=1,
-            max_sequence_length=_CALL_PARAMS["max_sequence_length"].default,
+            max_sequence_length=max_sequence_length or _CALL_PARAMS["max_sequence_length"].default,
         )
         return embeds
 

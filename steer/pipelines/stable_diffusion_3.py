@@ -30,12 +30,13 @@ class SD3TextMixin:
             return super().encode_prompt(*args, **kwargs)  # type: ignore[misc]
 
     @torch.no_grad()
-    def steering_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+    def steering_text_embeddings(self, prompts: list[str], max_sequence_length: int | None = None) -> torch.Tensor:
         """The conditional ``prompt_embeds`` of ``prompts`` (CLIP-L/G tokens zero-padded to the T5 width, then the T5
-        tokens: ``(N, 77 + 256, joint_attention_dim)``), as the transformer's ``encoder_hidden_states`` reads them."""
+        tokens: ``(N, 77 + max_sequence_length, joint_attention_dim)``, 256 T5 tokens by default), as the
+        transformer's ``encoder_hidden_states`` reads them."""
         embeds, _, _, _ = self.encode_prompt(  # type: ignore[attr-defined]
             list(prompts), None, None, device=self._execution_device, num_images_per_prompt=1,  # type: ignore[attr-defined]
-            do_classifier_free_guidance=False,
+            do_classifier_free_guidance=False, **({"max_sequence_length": max_sequence_length} if max_sequence_length else {}),
         )
         return embeds
 
