@@ -24,7 +24,7 @@ import torch
 from steer.config import PAPER_WINDOW
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
-from steer.files import read_checked, tensor_digest, write_checked
+from steer.files import read_checked, safetensors_path, tensor_digest, write_checked
 from steer.validation import SchemaError, check_depth, check_dict, check_direction_metadata, check_direction_tensors
 
 FORMAT_NAME = "steer.SteeringVector"
@@ -391,8 +391,7 @@ class SteeringVector:
         path = Path(path)
         if given.endswith(("/", os.sep)) or path.is_dir():
             raise ValueError(f"cannot save {self.name!r} to {given}: it is a folder; give a file name ({path / 'direction.safetensors'})")
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+        path = safetensors_path(path)
         if path.is_dir():
             raise ValueError(f"cannot save {self.name!r} to {path}: a folder has that name")
         # copies: layers (or a slider's two sides) that share one tensor are written apart, which safetensors requires
@@ -424,7 +423,7 @@ class SteeringVector:
         """
         path = Path(path)
         if not path.is_file() and path.suffix != ".safetensors":  # where `save` wrote it: "blue" -> blue.safetensors
-            saved = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+            saved = safetensors_path(path)
             path = saved if saved.is_file() else path
         if not path.is_file():
             raise SteeringFileError(f"direction file not found: {path}")

@@ -69,6 +69,16 @@ def test_learn_refuses_a_missing_prompt_file_and_a_folder_as_out_before_loading(
     for blank in ("", "  "):  # '' used to read as the current folder (its images, or "holds no images")
         refusal(["learn", "--positive", "a blue bag", "--negative", blank, "--out", str(tmp_path / "d.safetensors")], capsys,
                 "--negative got a blank value")
+    # --out NAME lands at NAME.safetensors: a folder or a link there was found only after the learning (lost)
+    (tmp_path / "blue.safetensors").mkdir()
+    refusal(["learn", "--positive", "a blue bag", "--out", str(tmp_path / "blue")], capsys,
+            f"--out {tmp_path / 'blue.safetensors'} is a folder, not a file")
+    (tmp_path / "red.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    refusal(["learn", "--positive", "a red bag", "--out", str(tmp_path / "red")], capsys,
+            f"refusing to write {tmp_path / 'red.safetensors'}: it is a symbolic link (--out)")
+    (tmp_path / "cal.txt").write_text("a bag\n")
+    refusal(["detect", "--calibrate", str(tmp_path / "cal.txt"), "--save-detector", str(tmp_path / "blue")], capsys,
+            f"--save-detector {tmp_path / 'blue.safetensors'} is a folder, not a file")
 
 
 # ----- 2. a pickled direction file is named as such and never unpickled ---------------------------------------------

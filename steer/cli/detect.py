@@ -25,7 +25,7 @@ from steer.cli.inputs import (
 )
 from steer.detect.detector import MemorizationDetector, detect_memorization, read_detector_file
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
-from steer.files import atomic_write
+from steer.files import atomic_write, safetensors_path
 from steer.jobs.plan import MAX_GUIDANCE  # the command line's limits are steer batch's
 from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int
 
@@ -95,8 +95,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     calibration = read_prompts(args.calibrate) if args.calibrate else None
     prompts = read_prompts(args.prompts) if args.prompts else None
     images = list_images(args.images) if args.images else None
-    for flag in ("out", "save_detector"):
-        check_out_file(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_out_file(args.out, "--out")
+    check_out_file(args.save_detector, "--save-detector", safetensors=True)  # where it lands: NAME.safetensors
     check_out_dir(args.save_images, "--save-images")
     pipe = load_pipeline(args.model, device=args.device, loras=args.lora)
     call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
@@ -114,7 +114,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "
               f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
     if args.save_detector:
-        print(f"wrote {det.save(args.save_detector)}")
+        replaced = safetensors_path(Path(args.save_detector).expanduser()).exists()
+        print(f"{'replaced' if replaced else 'wrote'} {det.save(args.save_detector)}")
     if not (args.prompts or args.images):
         return 0
     rows, kind = _score_for_cli(det, pipe, args, call, prompts, images)

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from steer.files import safetensors_path
 from steer.validation import did_you_mean, short
 
 MAX_PROMPT_FILE_BYTES = 16 * 2**20  # a prompt file (one prompt a line), the size limit of a .jsonl jobs file
@@ -97,10 +98,14 @@ def check_out_dir(path: str | os.PathLike | None, flag: str = "--out") -> None:
         raise CLIError(f"{flag} {path} is {what}, not a folder" if part == p else f"{flag} {path}: {part} is {what}, not a folder")
 
 
-def check_out_file(path: str | os.PathLike | None, flag: str = "--out") -> None:
-    """An output file (its folder created later) must not be an existing folder, nor lie under an existing file."""
+def check_out_file(path: str | os.PathLike | None, flag: str = "--out", safetensors: bool = False) -> None:
+    """An output file (its folder created later) must not be an existing folder, nor lie under an existing file;
+    ``safetensors``: where the file lands, ``NAME.safetensors`` for a ``NAME`` (`steer.files.safetensors_path`), too."""
     if path is None:
         return
+    if safetensors and safetensors_path(Path(path).expanduser()) != Path(path).expanduser():
+        check_out_file(path, flag)
+        path = safetensors_path(Path(path).expanduser())
     p = Path(path).expanduser()
     if p.is_dir():
         raise CLIError(f"{flag} {path} is a folder, not a file")

@@ -22,6 +22,7 @@ from steer.cli.inputs import (  # noqa: E402
     print_warnings,
     unknown_direction,
 )
+from steer.files import safetensors_path  # noqa: E402
 from steer.validation import MAX_IMAGES, bounded_int, clip  # noqa: E402
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
@@ -43,13 +44,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     if args.no_flip and not args.two_sided:
         raise CLIError("--no-flip goes with --two-sided (a one-sided direction fits no flip)")
-    check_out_file(args.out)  # the inputs first: a bad one fails before the model loads
+    check_out_file(args.out, safetensors=True)  # the inputs first: a bad one fails before the model loads
     positive, negative = expand_items(args.positive, "--positive"), expand_items(args.negative, "--negative")
     pipe = load_pipeline(args.model, args.device, progress=False, loras=args.lora).with_sampler(args.sampler)
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
         vector = _learn(pipe, args, positive, negative)
-    replaced = Path(args.out).expanduser().exists()
+    replaced = safetensors_path(Path(args.out).expanduser()).exists()
     path = vector.save(args.out)
     print(f"{'replaced' if replaced else 'wrote'} {path}: {vector}")
     sides = [("", vector)]

@@ -41,7 +41,7 @@ from steer.detect.scores import (
 from steer.engine import ActivationRecorder, window_bounds
 from steer.errors import DetectorFileError
 from steer.extract import encode_images
-from steer.files import read_checked, write_checked
+from steer.files import read_checked, safetensors_path, write_checked
 from steer.text_tokens import encode_text
 from steer.validation import (
     SchemaError,
@@ -321,9 +321,7 @@ class MemorizationDetector:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a ``.safetensors`` file: calibration scores as tensors, settings/thresholds/model as JSON. Atomic."""
 
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_name(path.name + ".safetensors")
+        path = safetensors_path(path)
         tensors = {f"calibration.{k}": v.detach().to("cpu", torch.float32).contiguous() for k, v in self.calibration.items()}
         unet = denoiser_of(self.pipe)
         header = {
