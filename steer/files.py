@@ -79,13 +79,6 @@ def link_no_clobber(tmp: str | os.PathLike, name: str | os.PathLike, dir_fd: int
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
-def safetensors_path(path: str | os.PathLike) -> Path:
-    """Where a direction or detector saved as ``path`` lands: ``path`` itself when it ends in ``.safetensors``, else
-    with that suffix added (``blue`` -> ``blue.safetensors``, ``v1.2`` -> ``v1.2.safetensors``)."""
-    path = Path(path)
-    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")
-
-
 def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the names and fp32 bytes of ``tensors``, in name order."""
     h = hashlib.sha256()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from steer.errors import SteeringFileError, UnsafePathError
-from steer.validation import short
+from steer.validation import safetensors_path, short
 
 DEFAULT_FILENAME = "steering_vector.safetensors"
 CARD_FILENAME = "README.md"
@@ -91,9 +91,23 @@ def local_kind(path: str | os.PathLike) -> str | None:
         return None
 
 
+def local_direction(spec: str | os.PathLike) -> Path | None:
+    """The local path ``spec`` names: itself where something is there, else the file ``SteeringVector.save(spec)``
+    wrote (``dirs/blue`` -> ``dirs/blue.safetensors``, as ``load`` finds it); None where neither exists."""
+    try:
+        local = Path(spec).expanduser()
+    except (TypeError, ValueError):
+        return None
+    if local_kind(local) is not None:
+        return local
+    saved = safetensors_path(local) if local.name else local
+    return saved if local_kind(saved) == "file" else None
+
+
 def is_hub_spec(spec: str | os.PathLike) -> bool:
-    """Whether ``spec`` would be fetched from the Hub: not an existing local path, and shaped like a repo spec."""
-    return isinstance(spec, str) and local_kind(Path(spec).expanduser()) is None and parse_hub_spec(spec) is not None
+    """Whether ``spec`` would be fetched from the Hub: not an existing local path (nor one with ``.safetensors``
+    added), and shaped like a repo spec."""
+    return isinstance(spec, str) and local_direction(spec) is None and parse_hub_spec(spec) is not None
 
 
 def resolve_direction(
@@ -116,7 +130,7 @@ def resolve_direction(
     ``local_files_only=None`` follows ``HF_HUB_OFFLINE``. A ``Path`` object is always local. Raises
     `SteeringFileError` with one line naming the spec and the problem.
     """
-    local = Path(spec).expanduser()
+    local = local_direction(spec) or Path(spec).expanduser()  # a saved "dirs/blue" is dirs/blue.safetensors, not a repo
     kind = local_kind(local)
     if kind == "dir":
         return pick_direction_file(local, filename)

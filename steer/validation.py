@@ -13,8 +13,10 @@ import argparse
 import difflib
 import inspect
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -446,3 +448,10 @@ def check_call_kwargs(pipe: Any, call_kwargs: Mapping[str, Any], function: Calla
         if key not in taken:
             raise TypeError(f"{name}() got an unknown argument {short(key)}"
                             f"{did_you_mean(key, [*inspect.signature(function).parameters, *taken])}")
+
+
+def safetensors_path(path: str | os.PathLike) -> Path:
+    """Where a direction or detector saved as ``path`` lands: ``path`` itself when it ends in ``.safetensors``, else
+    with that suffix added (``blue`` -> ``blue.safetensors``, ``v1.2`` -> ``v1.2.safetensors``)."""
+    path = Path(path)
+    return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")

@@ -24,8 +24,15 @@ import torch
 from steer.config import PAPER_WINDOW
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
-from steer.files import read_checked, safetensors_path, tensor_digest, write_checked
-from steer.validation import SchemaError, check_depth, check_dict, check_direction_metadata, check_direction_tensors
+from steer.files import read_checked, tensor_digest, write_checked
+from steer.validation import (
+    SchemaError,
+    check_depth,
+    check_dict,
+    check_direction_metadata,
+    check_direction_tensors,
+    safetensors_path,
+)
 
 FORMAT_NAME = "steer.SteeringVector"
 FORMAT_VERSION = 1

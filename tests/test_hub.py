@@ -359,7 +359,7 @@ def hub_model_dir(tmp_path_factory, tiny_pipe):
     return path
 
 
-def test_generate_and_batch_take_a_hub_repo_id(cache, tmp_path, fingerprint, hub_model_dir, capsys):
+def test_generate_and_batch_take_a_hub_repo_id(cache, tmp_path, fingerprint, hub_model_dir, capsys, monkeypatch):
     from steer.cli.main import main
     from steer.recipe import read_recipe
 
@@ -390,3 +390,19 @@ def test_generate_and_batch_take_a_hub_repo_id(cache, tmp_path, fingerprint, hub
                  "--steps", "2", "--out", str(tmp_path / "gen2")])
     line = capsys.readouterr().err.strip()
     assert code == 2 and len(line.splitlines()) == 1 and "alice/not-cached" in line and "offline" in line.lower()
+    # a direction saved as "alice/to-blue" (written to alice/to-blue.safetensors, where `load` finds it) is that local
+    # file for every entry point, not the Hub repo of the same name (online it steered with someone else's)
+    monkeypatch.chdir(tmp_path)
+    local = make_vector(fingerprint, seed=4, name="local blue")
+    local.save("alice/to-blue")
+    assert SteeringVector.from_pretrained("alice/to-blue").digest() == local.digest() != vector.digest()
+    code = main(["generate", "--model", str(hub_model_dir), "--prompt", "a sneaker", "--direction", "alice/to-blue",
+                 "--scale", "2", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "gen3")])
+    assert code == 0, capsys.readouterr().err
+    assert read_recipe(tmp_path / "gen3" / "seed1_scale+2.png")["directions"][0]["hash"] == local.digest()
+    jobs.write_text(json.dumps({"prompt": "a bag", "seeds": [0], "num_inference_steps": 2,
+                                "directions": [{"path": "alice/to-blue", "scale": 1.5}]}) + "\n")
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "batch3"), "--model", str(hub_model_dir), "--device", "cpu",
+                 "--no-progress"]) == 0
+    manifest = [json.loads(line) for line in (tmp_path / "batch3" / "manifest.jsonl").read_text().splitlines()]
+    assert manifest[0]["recipe"]["directions"][0]["hash"] == local.digest()

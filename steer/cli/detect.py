@@ -25,9 +25,9 @@ from steer.cli.inputs import (
 )
 from steer.detect.detector import MemorizationDetector, detect_memorization, read_detector_file
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
-from steer.files import atomic_write, safetensors_path
+from steer.files import atomic_write
 from steer.jobs.plan import MAX_GUIDANCE  # the command line's limits are steer batch's
-from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int
+from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int, safetensors_path
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from steer.assets import bundled_directions
     from steer.cli.loading import load_pipeline
-    from steer.hub import is_hub_spec, resolve_direction
+    from steer.hub import is_hub_spec, local_direction, resolve_direction
     from steer.images import edit_size
     from steer.inversion import invert_image
     from steer.pipelines.factory import default_strength, editing_pipeline
@@ -159,7 +159,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bundled = bundled_directions(args.model)
         if d in bundled and not Path(d).exists():
             return bundled[d]
-        if not is_hub_spec(d) and not Path(d).expanduser().exists() and bundled:  # say what the model ships
+        if not is_hub_spec(d) and local_direction(d) is None and bundled:  # say what the model ships
             raise unknown_direction(d, bundled)
         return resolve_direction(d)
 

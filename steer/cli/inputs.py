@@ -13,8 +13,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from steer.files import safetensors_path
-from steer.validation import did_you_mean, short
+from steer.validation import did_you_mean, safetensors_path, short
 
 MAX_PROMPT_FILE_BYTES = 16 * 2**20  # a prompt file (one prompt a line), the size limit of a .jsonl jobs file
 HUB_SPEC = "owner/name[@revision][:file]"

@@ -22,8 +22,7 @@ from steer.cli.inputs import (  # noqa: E402
     print_warnings,
     unknown_direction,
 )
-from steer.files import safetensors_path  # noqa: E402
-from steer.validation import MAX_IMAGES, bounded_int, clip  # noqa: E402
+from steer.validation import MAX_IMAGES, bounded_int, clip, safetensors_path  # noqa: E402
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
 _TOP_LEVEL_PLUGINS = ("steer.cli.detect", "steer.cli.batch", "steer.cli.reproduce", "steer.cli.samplers")

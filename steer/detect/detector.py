@@ -41,7 +41,7 @@ from steer.detect.scores import (
 from steer.engine import ActivationRecorder, window_bounds
 from steer.errors import DetectorFileError
 from steer.extract import encode_images
-from steer.files import read_checked, safetensors_path, write_checked
+from steer.files import read_checked, write_checked
 from steer.text_tokens import encode_text
 from steer.validation import (
     SchemaError,
@@ -49,6 +49,7 @@ from steer.validation import (
     check_detector_header,
     check_detector_tensors,
     check_int,
+    safetensors_path,
     short,
 )
 from steer.vectors import ModelMismatchError, unet_fingerprint

@@ -28,7 +28,7 @@ from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.lora import loaded_loras
 from steer.recipe import recorded_path
-from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean, short
+from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean, safetensors_path, short
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
 MAX_IMAGES_PER_JOB = 10_000
@@ -354,9 +354,10 @@ class _Validator:
         candidates = [given]
         if not given.is_absolute() and self.base_dir is not None:
             candidates.insert(0, self.base_dir / given)
-        for c in candidates:
-            if local_kind(c) == "file":
-                return c.resolve()
+        for c in candidates:  # each as given, then as `SteeringVector.save` names it (dirs/blue -> dirs/blue.safetensors)
+            for f in (c, safetensors_path(c)) if c.name else (c,):
+                if local_kind(f) == "file":
+                    return f.resolve()
         bundled = bundled_directions(self.model)
         if name in bundled:
             return Path(bundled[name]).resolve()
