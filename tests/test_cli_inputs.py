@@ -269,6 +269,21 @@ def test_a_prompt_that_is_not_utf8_is_one_line(capsys):
     assert_one_line_error(rc, capsys.readouterr().err, "--positive is not UTF-8 text", prefix="steer learn: error:")
 
 
+def test_an_output_folder_that_is_not_utf8_is_printed_not_an_error(model_dir, tmp_path):
+    """A folder named in another encoding: the images were written, then printing their paths raised
+    UnicodeEncodeError on a UTF-8 terminal and the command exited 2 (scripts redid the run)."""
+    import os
+    import subprocess
+    import sys
+
+    out = os.fsencode(tmp_path) + b"/r\xe9sultats"
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "steer.cli", "generate", "--model", model_dir, "--prompt", "a bag",
+                           "--steps", "1", "--out", out], capture_output=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
+    assert out + b"/seed0.png" in done.stdout.splitlines() and os.path.isfile(out + b"/seed0.png")  # its own bytes
+
+
 @pytest.mark.parametrize("extra", [["--scale", "5"], ["--layers", "foo"], ["--window", "0,0.5"], ["--branch", "uncond"],
                                    ["--readers", "layout"], ["--negative", "remove"], ["--take-away", "to_red"]])
 def test_steering_options_without_a_direction_are_one_line(extra, capsys, tmp_path):

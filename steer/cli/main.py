@@ -359,8 +359,18 @@ def _undecodable_text(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _printable_paths() -> None:
+    """A path that is not UTF-8 (a folder named in another encoding) printed as its own bytes on stdout (what a script
+    reading the paths needs) and escaped on stderr, not a UnicodeEncodeError after the work is done (the files were
+    written and the command exited 2)."""
+    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", None) == "strict":
+            stream.reconfigure(errors=errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _printable_paths()
     args = parse_args(argv)
     from steer.denoisers import LayerError
     from steer.take_away import said_elsewhere
