@@ -251,6 +251,8 @@ def _download(
 ) -> Path:
     from huggingface_hub import HfApi
 
+    if filename is not None and not isinstance(filename, str):
+        raise SteeringFileError(f"direction {spec!r}: filename must be a string, got {type(filename).__name__}")
     if filename is not None and not filename.endswith(".safetensors"):
         raise SteeringFileError(f"direction {spec!r}: {filename!r} is not a .safetensors file")
     rev = revision or "main"

@@ -31,6 +31,7 @@ from steer.validation import (
     check_dict,
     check_direction_metadata,
     check_direction_tensors,
+    clip,
     safetensors_path,
 )
 
@@ -428,12 +429,12 @@ class SteeringVector:
         file, a header field of the wrong type (`steer.validation.check_direction_metadata`), a layer name that is
         not a module path, or entries that are not finite or exceed `steer.validation.MAX_VECTOR_ENTRY`.
         """
-        path = Path(path)
-        if not path.is_file() and path.suffix != ".safetensors":  # where `save` wrote it: "blue" -> blue.safetensors
-            saved = safetensors_path(path)
-            path = saved if saved.is_file() else path
-        if not path.is_file():
-            raise SteeringFileError(f"direction file not found: {path}")
+        from steer.hub import local_direction  # the path, or where `save` wrote it: "blue" -> blue.safetensors
+
+        found = local_direction(path)
+        if found is None or not found.is_file():  # (a name too long for the system is "not found", not an OSError)
+            raise SteeringFileError(f"direction file not found: {clip(str(path), 300)}")
+        path = found
         header, tensors = read_checked(path, _METADATA_KEY, FORMAT_NAME, FORMAT_VERSION, SteeringFileError, "steering vector")
         opposite_tensors = {k[len(OPPOSITE):]: tensors.pop(k) for k in list(tensors) if k.startswith(OPPOSITE)}
         opposite = None

@@ -245,6 +245,16 @@ def test_real_model_widths_save_and_load(tmp_path):
         SteeringVector({"encoder_hidden_states": torch.randn(1001, 8)}, {}).save(tmp_path / "steps.safetensors")
 
 
+def test_unloadable_names_are_one_line(tmp_path):
+    """A name too long for the system raised a raw OSError (Errno 36) echoing it; a filename that is no string raised
+    an AttributeError from inside the Hub lookup."""
+    for name in ("x" * 300, str(tmp_path / ("y" * 300)), str(tmp_path / "nul\0name")):
+        with pytest.raises(SteeringFileError, match="^direction file not found: "):
+            SteeringVector.load(name)
+    with pytest.raises(SteeringFileError, match="filename must be a string, got int"):
+        SteeringVector.from_pretrained("user/dir", filename=3)
+
+
 def test_long_chains_of_combinations_stay_loadable(good_direction, tmp_path):
     v = SteeringVector.load(good_direction)
     total = v
