@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from steer.calibrate import rows_of, seeded_generators
 from steer.denoisers import denoiser_of, native_size
 from steer.engine import ActivationRecorder, step_bucket
+from steer.images import open_image
 from steer.text_tokens import encode_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -54,13 +55,11 @@ def _as_items(x: Any) -> list:
 
 
 def _load_image(item: Any) -> Image.Image | torch.Tensor:
+    """An image set's item: PIL images and tensors as they are; a path decoded as `steer.images.open_image` does
+    (16-bit greyscale scaled, not saturated white; upright by EXIF; bounded in bytes and pixels; one-line ValueError)."""
     if isinstance(item, Image.Image | torch.Tensor):
         return item
-    try:
-        with Image.open(item) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read image {item}: {err}") from None
+    return open_image(item, "image")
 
 
 class _Progress:

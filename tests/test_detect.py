@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,3 +336,45 @@ def test_cli_saved_images_never_replace_another_runs_and_image_only_options_are_
                            (["--save-images", str(tmp_path / "x")], "--save-images writes the images --prompts generates")]:
         rc = main(["detect", "--model", str(tmp_path / "absent"), "--images", str(imgs), "--out", str(tmp_path / "c.jsonl"), *extra])
         assert rc == 2 and message in capsys.readouterr().err
+
+
+def test_cli_images_keep_every_score_read_16_bit_right_and_refuse_what_a_detector_file_sets(model_dir, tmp_path, capsys):
+    """``steer detect --images``: one unreadable file at the end of a folder lost every other score (exit 2, no
+    report); the loader read a mid-grey 16-bit PNG as white; ``--statistic`` and the other options that build a new
+    detector were ignored without a word next to ``--detector``; ``--out report.png`` was replaced by its histogram."""
+    import numpy as np
+    from PIL import Image
+
+    from steer.cli.main import main
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.new("L", (32, 32), 156).save(imgs / "a_grey8.png")
+    Image.fromarray(np.full((32, 32), 156 * 257, dtype=np.uint16)).save(imgs / "b_grey16.png")
+    (imgs / "zzz.png").write_bytes(b"not an image")
+    rc = main(["detect", "--model", model_dir, "--device", "cpu", "--images", str(imgs), "--batch-size", "2",
+               "--out", str(tmp_path / "r.jsonl")])
+    captured = capsys.readouterr()
+    assert rc == 1 and "1 image(s) could not be scored" in captured.err and "zzz.png' is not a readable image" in captured.err
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["a_grey8.png", "b_grey16.png", "zzz.png"]
+    assert rows[0]["score"] == rows[1]["score"] is not None and rows[2]["score"] is None and "error" in rows[2]
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
+    assert summary["count"] == 3 and summary["unreadable"] == 1
+    detector = tmp_path / "det.safetensors"
+    assert main(["detect", "--model", model_dir, "--device", "cpu", "--calibrate", str(_prompt_file(tmp_path)), "--steps", "2",
+                 "--save-detector", str(detector)]) == 0
+    capsys.readouterr()
+    for extra, flag in ((["--statistic", "l4_l2"], "--statistic"), (["--inline-window", "0,0.3"], "--inline-window"),
+                        (["--layers", "up_blocks.0"], "--layers")):
+        rc = main(["detect", "--model", str(tmp_path / "absent"), "--detector", str(detector), "--images", str(imgs),
+                   "--out", str(tmp_path / "c.jsonl"), *extra])
+        assert rc == 2 and f"{flag} sets up a new detector; --detector {detector} brings its own" in capsys.readouterr().err
+    rc = main(["detect", "--model", str(tmp_path / "absent"), "--images", str(imgs), "--out", str(tmp_path / "report.png")])
+    assert rc == 2 and "the report is JSON lines and its histogram is written as OUT.png" in capsys.readouterr().err
+
+
+def _prompt_file(tmp_path):
+    path = tmp_path / "ordinary.txt"
+    path.write_text("a bag\na shoe\na red item\n")
+    return path

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from steer.detect.detector import MemorizationDetector, detect_memorization, rea
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
 from steer.files import atomic_write
 from steer.jobs.plan import MAX_GUIDANCE  # the command line's limits are steer batch's
-from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int, safetensors_path
+from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int, clip, safetensors_path
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -53,13 +54,13 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--calibrate", default=None, metavar="FILE", help="ordinary prompts (one per line): calibrate first")
     p.add_argument("--fpr", type=bounded_float(0.0, 0.999), default=0.01, help="false-positive rate of the calibrated threshold")
     p.add_argument("--save-detector", default=None, help="write the (calibrated) detector here")
-    p.add_argument("--statistic", choices=STATISTICS, default="std", help="how spiky the pooled activations are (default std)")
+    p.add_argument("--statistic", choices=STATISTICS, default=None, help="how spiky the pooled activations are (default std)")
     p.add_argument("--layers", nargs="+", default=None, help="re-encode (and, by default, inline) layers")
-    p.add_argument("--inline-score", dest="inline_score", choices=INLINE_SCORES, default="spikiness",
+    p.add_argument("--inline-score", dest="inline_score", choices=INLINE_SCORES, default=None,
                    help="inline/early score: the paper's spikiness of the conditional branch, or cfg_distance "
                         "(distance between the guidance branches' activations; docs/detection.md)")
     p.add_argument("--inline-layers", dest="inline_layers", nargs="+", default=None, help="layers of the inline score (default: --layers)")
-    p.add_argument("--inline-window", dest="inline_window", nargs="+", default=list(DEFAULT_INLINE_WINDOW), metavar="START,END",
+    p.add_argument("--inline-window", dest="inline_window", nargs="+", default=None, metavar="START,END",
                    help="fraction of the denoising steps the inline score averages (START,END as --window elsewhere, or START END)")
     p.add_argument("--num-images-per-prompt", type=bounded_int(1, MAX_IMAGES), default=1, help="images generated and scored per prompt (default 1)")
     p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=25, help="denoising steps of the generated images (default 25)")
@@ -89,6 +90,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.images and args.save_images:
         raise CLIError("--save-images writes the images --prompts generates: with --images nothing is generated")
     # the inputs first, each a few file-system calls: a bad one fails before the model loads
+    _detector_options(args)
     inline_window = check_window(args.inline_window, "--inline-window")
     if args.detector:
         read_detector_file(Path(args.detector))  # missing, damaged or not a detector: one line now (loaded below)
@@ -131,19 +133,59 @@ def cmd_detect(args: argparse.Namespace) -> int:
     print(f"{summary['count']} samples, {summary['flagged']} flagged as memorized"
           + (f" (threshold {summary['threshold']:.4g}, from {kind} score)" if summary["threshold"] is not None else " (uncalibrated: no verdict; pass --detector or --calibrate)"))
     print(f"wrote {out}, {summary_path}, {hist}")
+    if summary["unreadable"]:  # the others' scores are in the report; the run is not a clean success
+        first = next(r for r in rows if r.get("error"))
+        print(f"{summary['unreadable']} image(s) could not be scored (their rows hold the error), e.g. {first['error']}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+_NEW_DETECTOR = {"statistic": "std", "layers": None, "inline_score": "spikiness", "inline_layers": None,
+                 "inline_window": list(DEFAULT_INLINE_WINDOW)}  # what a detector made here is built with, by default
+
+
+def _detector_options(args: argparse.Namespace) -> None:
+    """The options that build a new detector, refused with ``--detector`` (its file records its own: they were
+    ignored without a word), else filled with their defaults; an ``--out`` the histogram would overwrite."""
+    given = [key for key in _NEW_DETECTOR if getattr(args, key) is not None]
+    if args.detector and given:
+        flag = "--" + given[0].replace("_", "-")
+        raise CLIError(f"{flag} sets up a new detector; --detector {args.detector} brings its own (its file records it)")
+    for key, default in _NEW_DETECTOR.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    if args.out and Path(args.out).suffix.lower() == ".png":  # the histogram is OUT with .png: it replaced the report
+        raise CLIError(f"--out {args.out}: the report is JSON lines and its histogram is written as OUT.png; name the "
+                       "report .jsonl")
+
+
+def _score_files(det: MemorizationDetector, files: list[Path], batch_size: int) -> list[dict]:
+    """Re-encode scores of ``files``, a batch at a time; an unreadable file is a row with its ``error`` (the scores of
+    every other file are kept: one bad image at the end of a folder lost them all)."""
+    rows: list[dict] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        try:
+            results: list[tuple[float | None, str | None]] = [(float(s), None) for s in det.score(chunk)]
+        except ValueError:  # which file: each alone
+            results = []
+            for f in chunk:
+                try:
+                    results.append((float(det.score([f])[0]), None))
+                except ValueError as err:
+                    results.append((None, clip(str(err), 300)))
+        for f, (score, error) in zip(chunk, results, strict=True):
+            flagged = None if score is None or det.threshold is None else score > det.threshold
+            rows.append({"index": len(rows), "image": str(f), "score": score, "memorized": flagged,
+                         **({"error": error} if error else {})})
+    return rows
 
 
 def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, call: dict, prompts: list[str] | None,
                    files: list[Path] | None) -> tuple[list[dict], str]:
     if files is not None:
-        scores = det.score(files)
-        flagged = scores > det.threshold if det.threshold is not None else None
-        rows = [
-            {"index": i, "image": str(f), "score": float(scores[i]), "memorized": None if flagged is None else bool(flagged[i])}
-            for i, f in enumerate(files)
-        ]
-        return rows, "reencode"
+        return _score_files(det, files, args.batch_size), "reencode"
     report = detect_memorization(
         pipe, prompts, detector=det, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed,
         verdict_from=args.verdict_from, batch_size=args.batch_size, **call,
@@ -199,16 +241,17 @@ def _score_key(kind: str) -> str:
 
 def _summary(rows: list[dict], det: MemorizationDetector, kind: str) -> dict[str, Any]:
     key = _score_key(kind)
-    values = torch.tensor([r[key] for r in rows], dtype=torch.float64)
+    values = torch.tensor([r[key] for r in rows if r[key] is not None], dtype=torch.float64)
     threshold = {"reencode": det.threshold, "inline": det.inline_threshold, "early": det.early_threshold}[kind]
     return {
         "count": len(rows),
+        "unreadable": sum(1 for r in rows if r.get("error")),
         "flagged": sum(1 for r in rows if r.get("memorized")),
         "verdict_from": kind,
         "threshold": threshold,
         "fpr": det.fpr,
         "detector": det.config(),
-        "score": {"min": float(values.min()), "median": float(values.median()), "max": float(values.max())},
+        "score": {"min": float(values.min()), "median": float(values.median()), "max": float(values.max())} if len(values) else None,
     }
 
 
@@ -219,14 +262,15 @@ def _histogram(rows: list[dict], det: MemorizationDetector, kind: str, path: Pat
     import matplotlib.pyplot as plt
 
     key = _score_key(kind)
-    values = [r[key] for r in rows]
+    values = [r[key] for r in rows if r[key] is not None]
     threshold = {"reencode": det.threshold, "inline": det.inline_threshold, "early": det.early_threshold}[kind]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     ax.hist(values, bins=30, color="#4477aa")
     if threshold is not None:
         ax.axvline(threshold, color="#cc3311", linestyle="--", label=f"threshold {threshold:.3g}")
         ax.legend()
-    ax.set_xlabel(f"{kind} score ({det.statistic}; higher = more memorized)")
+    measure = "CFG distance" if kind != "reencode" and det.inline_score == "cfg_distance" else det.statistic
+    ax.set_xlabel(f"{kind} score ({measure}; higher = more memorized)")
     ax.set_ylabel("samples")
     fig.tight_layout()
     try:
