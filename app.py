@@ -386,8 +386,9 @@ def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
         "Scores the current image (last *Generate*) with the memorization detector calibrated on ordinary samples of "
         "this model, and shows where it falls on their histogram. Images generated while a calibrated detector was "
         "loaded get the inline score read during their own sampling (for the bundled detectors: the distance between "
-        "the guidance branches' activations, docs/detection.md); others get the paper's re-encode score (Zhang et al.: "
-        "spikiness of UNet activations)."
+        "the guidance branches' activations, docs/detection.md); others, and every steered image (steering moves the "
+        "inline score as memorization does), get the paper's re-encode score (Zhang et al.: spikiness of UNet "
+        "activations)."
     )
     detector_info = gr.Markdown("", elem_id="detector-info")
     which = gr.Radio(["steered", "original"], value="steered", label="Image")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,20 @@ def test_cfg_distance_inline_score_is_free_and_matches_hand_computation(tiny_pip
     torch.testing.assert_close(report.memorized, report.inline_scores > det.inline_threshold)
     with pytest.raises(ValueError, match="inline_score"):
         MemorizationDetector(tiny_pipe, inline_score="entropy")
+    # steering moves the inline score as memorization does (36 of 40 ordinary prompts flagged on demo-hybrid with
+    # to_bag at 1.0): a steered row's verdict comes with a warning naming it, an unsteered call's without
+    from steer.testing import random_vector
+
+    v = random_vector(tiny_pipe, ["up_blocks.1.resnets.0"], scale=2.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_pipe(prompts[:2], generator=_gens([0, 1]), memorization_detector=again, steering=v, steering_scale=[0.0, 1.0],
+                  **kwargs)
+        notes = [str(w.message) for w in caught if "not calibrated" in str(w.message)]
+        assert len(notes) == 1 and "steered rows (1)" in notes[0] and "re-encode score" in notes[0]
+        caught.clear()
+        tiny_pipe(prompts[:2], generator=_gens([0, 1]), memorization_detector=again, steering=v, steering_scale=0.0, **kwargs)
+        assert not [w for w in caught if "not calibrated" in str(w.message)]
 
 
 # --------------------------------------------------------------------------------------------- calibration and files

@@ -221,8 +221,10 @@ class SteerApp:
         self._sweep()
         png = H.save_with_recipe(steered, recipe, self.workdir, "steered")
         last = {"original": original, "steered": steered, "prompt": settings.prompt, "recipe": recipe}
-        if scores is not None:  # inline memorization scores, read during this very sampling
-            last["inline"] = {"original": scores[0], "steered": scores[1], "detector": version}
+        if scores is not None:  # inline memorization scores, read during this very sampling; a steered row's is not
+            # calibrated (the threshold was set on unsteered samples; steering moves it): that image is re-encoded
+            plain = vector is None or float(settings.strength) == 0.0
+            last["inline"] = {"original": scores[0], "steered": scores[1] if plain else None, "detector": version}
         readers = H.selected_readers(self.pipe, vector, settings.layer_index)
         where = (
             f" read by {H.md_code(readers[0])} only" if readers
@@ -455,7 +457,7 @@ class SteerApp:
             raise H.UserError("no calibrated detector for this model yet: calibrate one in the box below")
         key = "steered" if which == "steered" else "original"
         inline = last.get("inline") or {}
-        if inline.get("detector") == self._detector_version:  # scored during generation by the current detector
+        if inline.get("detector") == self._detector_version and inline.get(key) is not None:  # scored while generated
             view = H.inline_view(detector, inline[key])
         else:
             view = H.score_image(detector, last[key], last["prompt"])

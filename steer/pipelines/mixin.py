@@ -448,7 +448,8 @@ class SteeringMixin:
                     stack.enter_context(activated(session))
                 else:
                     stack.enter_context(session)
-            finish = self._enter_extras(call_pipe, stack, extras, num_images)
+            steered_rows = scales.abs().sum(dim=1) > 0 if active else None  # (images,) rows with a non-zero scale
+            finish = self._enter_extras(call_pipe, stack, extras, num_images, steered_rows)
             try:
                 output = parent.__call__(call_pipe, *args, **kwargs)
             finally:
@@ -459,8 +460,9 @@ class SteeringMixin:
     def _extra_call_params(self) -> tuple[str, ...]:
         return INLINE_CALL_PARAMS
 
-    def _enter_extras(self, call_pipe, stack: contextlib.ExitStack, extras: dict[str, Any], num_images: int):
-        return enter_inline_detection(call_pipe, stack, extras, num_images)
+    def _enter_extras(self, call_pipe, stack: contextlib.ExitStack, extras: dict[str, Any], num_images: int,
+                      steered_rows: torch.Tensor | None = None):
+        return enter_inline_detection(call_pipe, stack, extras, num_images, steered_rows)
 
     # ------------------------------------------------------------------------------------------------------------
     def learn_direction(self, positive, negative=None, **kwargs: Any) -> SteeringVector:
