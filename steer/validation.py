@@ -315,6 +315,10 @@ def check_detector_header(header: dict[str, Any], score_kinds: Iterable[str], ch
             raise SchemaError(f"thresholds has an unknown key {short(key)} (known: {list(kinds)})")
         check_number(value, f"thresholds.{key}")
     check_number(header.get("fpr"), "fpr", 0.0, 1.0)
+    sampling = check_dict(header.get("sampling"), "sampling")  # files before 2026-12-03 have none
+    check_int(sampling.get("num_inference_steps"), "sampling.num_inference_steps", 1, MAX_STEPS)
+    check_number(sampling.get("guidance_scale"), "sampling.guidance_scale", 0.0, MAX_GUIDANCE)
+    check_str(sampling.get("sampler"), "sampling.sampler")
     check_fingerprint(header.get("model"), "model")
 
 

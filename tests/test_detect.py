@@ -198,6 +198,18 @@ def test_cfg_distance_inline_score_is_free_and_matches_hand_computation(tiny_pip
         caught.clear()
         tiny_pipe(prompts[:2], generator=_gens([0, 1]), memorization_detector=again, steering=v, steering_scale=0.0, **kwargs)
         assert not [w for w in caught if "not calibrated" in str(w.message)]
+    # the calibration's steps, guidance and sampler are recorded: a verdict made otherwise says its rate does not hold
+    assert again.sampling == det.sampling == {"num_inference_steps": STEPS, "guidance_scale": 7.5, "sampler": "ddim"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_pipe(prompts[:1], generator=_gens([0]), memorization_detector=again, **kwargs)
+        assert not [w for w in caught if "was calibrated at" in str(w.message)]
+        tiny_pipe(prompts[:1], generator=_gens([0]), memorization_detector=again, guidance_scale=3.0,
+                  **{**kwargs, "num_inference_steps": STEPS + 1})
+        notes = [str(w.message) for w in caught if "was calibrated at" in str(w.message)]
+    assert notes == [f"the memorization detector was calibrated at {STEPS} steps, guidance 7.5; this call ran {STEPS + 1} "
+                     "steps, guidance 3: its false-positive rate is not the calibrated 0% (recalibrate at these settings, "
+                     "or sample at the calibrated ones)"]
 
 
 # --------------------------------------------------------------------------------------------- calibration and files
@@ -393,3 +405,21 @@ def _prompt_file(tmp_path):
     path = tmp_path / "ordinary.txt"
     path.write_text("a bag\na shoe\na red item\n")
     return path
+
+
+def test_cli_detects_at_the_settings_the_detector_was_calibrated_at(tmp_path, capsys):
+    """The bundled detectors were calibrated at DDIM 25, guidance 5, while ``steer detect`` generated at guidance 7.5
+    by default (off the calibration: the verdicts' false-positive rate did not hold). Now the detector's recorded
+    settings are the defaults, and a run told otherwise says so."""
+    from steer.cli.main import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red bag\n")
+    run = ["detect", "--model", "assets/models/demo-hybrid", "--device", "cpu", "--detector",
+           "assets/detectors/demo-hybrid.safetensors", "--prompts", str(prompts)]
+    assert main([*run, "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert "was calibrated at" not in capsys.readouterr().err
+    assert main([*run, "--steps", "3", "--out", str(tmp_path / "b.jsonl")]) == 0
+    err = capsys.readouterr().err
+    assert "the memorization detector was calibrated at 25 steps; this call ran 3 steps" in err and err.count("\n") == 1
+

@@ -17,6 +17,7 @@ import torch
 from steer.cli.arguments import add_lora_argument
 from steer.cli.inputs import (
     CLIError,
+    add_sampler_argument,
     check_out_dir,
     check_out_file,
     check_window,
@@ -63,8 +64,11 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--inline-window", dest="inline_window", nargs="+", default=None, metavar="START,END",
                    help="fraction of the denoising steps the inline score averages (START,END as --window elsewhere, or START END)")
     p.add_argument("--num-images-per-prompt", type=bounded_int(1, MAX_IMAGES), default=1, help="images generated and scored per prompt (default 1)")
-    p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=25, help="denoising steps of the generated images (default 25)")
-    p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=None,
+                   help="denoising steps of the generated images (default: those --detector was calibrated at, else 25)")
+    p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=None,
+                   help="classifier-free guidance scale (default: the one --detector was calibrated at, else 7.5)")
+    add_sampler_argument(p, "generate (and calibrate)")  # default: the one --detector was calibrated with, else the model's
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED - 10**7), default=0,  # calibration seeds start at seed + 1e6
                    help="the first prompt's seed (default 0; --calibrate's prompts use seeds from seed + 1,000,000)")
     p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8, help="images per generation and scoring call (default 8)")
@@ -79,6 +83,7 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from steer.cli.loading import load_pipeline
+    from steer.samplers import sampler_name
 
     if not (args.prompts or args.images or args.calibrate):
         raise ValueError("give --prompts FILE or --images DIR (and/or --calibrate FILE)")
@@ -101,12 +106,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     check_out_file(args.save_detector, "--save-detector", safetensors=True)  # where it lands: NAME.safetensors
     check_out_dir(args.save_images, "--save-images")
     pipe = load_pipeline(args.model, device=args.device, loras=args.lora)
-    call = {"num_inference_steps": args.steps, "guidance_scale": args.guidance}
     if args.detector:
         det = MemorizationDetector.load(args.detector, pipe)
     else:
         det = MemorizationDetector(pipe, layers=args.layers, statistic=args.statistic, inline_score=args.inline_score,
                                    inline_layers=args.inline_layers, inline_window=inline_window)
+    # generated as the detector's ordinary samples were (its false-positive rate holds there only), unless told
+    recorded = (det.sampling or {}) if args.detector and calibration is None else {}
+    sampler = args.sampler or recorded.get("sampler")
+    if sampler is not None and sampler != sampler_name(pipe.scheduler):
+        pipe = pipe.with_sampler(sampler)
+        det.pipe = pipe
+    call = {"num_inference_steps": args.steps or recorded.get("num_inference_steps", 25),
+            "guidance_scale": args.guidance if args.guidance is not None else recorded.get("guidance_scale", 7.5)}
     if calibration is not None:
         with warnings.catch_warnings(record=True) as caught:  # too few samples for the rate...: one line each
             warnings.simplefilter("always")
@@ -120,7 +132,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"{'replaced' if replaced else 'wrote'} {det.save(args.save_detector)}")
     if not (args.prompts or args.images):
         return 0
-    rows, kind = _score_for_cli(det, pipe, args, call, prompts, images)
+    with warnings.catch_warnings(record=True) as caught:  # sampled off the calibration...: one line each
+        warnings.simplefilter("always")
+        rows, kind = _score_for_cli(det, pipe, args, call, prompts, images)
+    print_warnings(caught)
     out = Path(args.out)
     summary_path = out.with_suffix(".summary.json")
     linked = [p for p in (out, summary_path, out.with_suffix(".png")) if p.is_symlink()]

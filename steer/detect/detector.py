@@ -171,6 +171,9 @@ class MemorizationDetector:
         self.early_threshold: float | None = None
         self.fpr: float | None = None
         self.calibration: dict[str, torch.Tensor] = {}
+        # how the calibration's ordinary samples were made (steps, guidance, sampler): the inline and early thresholds
+        # hold their false-positive rate there only (`sampling_note`)
+        self.sampling: dict[str, Any] | None = None
         noiser = DDPMScheduler.from_config(pipe.scheduler.config)
         if not 0 <= self.timestep < noiser.config.num_train_timesteps:
             raise ValueError(f"timestep must be in [0, {noiser.config.num_train_timesteps}), got {timestep}")
@@ -290,6 +293,7 @@ class MemorizationDetector:
                 self.pipe, prompts, detector=self, num_images_per_prompt=num_images_per_prompt, seed=seed, **call_kwargs
             )
             scores = {"reencode": report.scores, "inline": report.inline_scores, "early": report.early_scores}
+            self.sampling = sampling_of(self.pipe)
         else:
             scores = {"reencode": self.score(ordinary)}
         self.calibration = {k: v.detach().float().cpu() for k, v in scores.items()}
@@ -331,6 +335,7 @@ class MemorizationDetector:
             "config": self.config(),
             "thresholds": {"reencode": self.threshold, "inline": self.inline_threshold, "early": self.early_threshold},
             "fpr": self.fpr,
+            **({"sampling": self.sampling} if self.sampling is not None else {}),
             "model": {**unet_fingerprint(unet, sorted({*self.layers, *self.inline_layers})),
                       "name_or_path": str(getattr(self.pipe, "name_or_path", "") or "")},
         }
@@ -374,7 +379,35 @@ class MemorizationDetector:
         det.early_threshold = _opt_float(thresholds.get("early"))
         det.fpr = _opt_float(header.get("fpr"))
         det.calibration = {k.split(".", 1)[1]: v for k, v in tensors.items()}
+        det.sampling = header.get("sampling")
         return det
+
+    def sampling_note(self, call_pipe) -> str | None:
+        """One line when the call just run on ``call_pipe`` sampled otherwise than the calibration did (steps,
+        guidance, sampler), so the inline and early verdicts do not hold the calibrated false-positive rate (measured
+        on demo-hybrid, calibrated at DDIM 25, guidance 5: the early verdict flagged 16 % of ordinary images at 10
+        steps, the inline one 17.5 % at guidance 2); None where they match or the file does not record them."""
+        if not self.sampling:
+            return None
+        now = sampling_of(call_pipe)
+        differ = [k for k in ("num_inference_steps", "guidance_scale", "sampler") if k in self.sampling and now.get(k) != self.sampling[k]]
+        if not differ:
+            return None
+        show = {"num_inference_steps": "{} steps", "guidance_scale": "guidance {:g}", "sampler": "{:.40}"}
+        was = ", ".join(show[k].format(self.sampling[k]) for k in differ)
+        got = ", ".join(show[k].format(now[k]) for k in differ)
+        rate = f"the calibrated {self.fpr:.0%}" if self.fpr is not None else "the calibrated one"
+        return (f"the memorization detector was calibrated at {was}; this call ran {got}: its false-positive rate is "
+                f"not {rate} (recalibrate at these settings, or sample at the calibrated ones)")
+
+
+def sampling_of(pipe) -> dict[str, Any]:
+    """Steps, guidance and sampler of the call last run on ``pipe`` (diffusers' call state; the scheduler's name as
+    `steer.samplers.sampler_name` gives it)."""
+    from steer.samplers import sampler_name
+
+    return {"num_inference_steps": int(getattr(pipe, "_num_timesteps", 0) or len(pipe.scheduler.timesteps)),
+            "guidance_scale": float(getattr(pipe, "_guidance_scale", 0.0)), "sampler": sampler_name(pipe.scheduler)}
 
 
 def _opt_float(x: Any) -> float | None:

@@ -48,6 +48,8 @@ def enter_inline_detection(call_pipe, stack: contextlib.ExitStack, extras: dict[
             raise RuntimeError(f"recorded {steps.shape[1]} rows for {num_images} images")
         final, first = detector.inline_from_steps(steps, early)
         memorized = final > detector.inline_threshold if detector.inline_threshold is not None else None
+        if memorized is not None and (note := detector.sampling_note(call_pipe)) is not None:
+            warnings.warn(note, UserWarning, stacklevel=4)
         if memorized is not None and steered_rows is not None and bool(steered_rows.any()):
             rows = ", ".join(str(i) for i in steered_rows.nonzero().flatten().tolist()[:8])
             warnings.warn(STEERED_VERDICT_NOTE.format(rows=rows + (", ..." if int(steered_rows.sum()) > 8 else "")),
