@@ -203,6 +203,10 @@ def test_the_command_line_uses_the_batch_limits(no_model, tmp_path, capsys):
     refusal([*gen, "--direction", "to_blue", "--weights", f"{scale * 2:g}"], capsys, "--weights")
     refusal(["learn", "--positive", "a", "--guidance", f"{guidance + 1:g}", "--out", "d.safetensors"], capsys, "--guidance")
     refusal(["detect", "--prompts", "p.txt", "--guidance", f"{guidance + 1:g}", "--out", "r.jsonl"], capsys, "--guidance")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"prompt": "a bag"}\n')
+    for size in ("0", "100000"):  # a typo made one pipeline call of that many rows (out of memory on a real model)
+        refusal(["batch", str(jobs), "--out", str(tmp_path / "b"), "--batch-size", size], capsys, "--batch-size", "1024")
 
 
 # ----- 8. the help states the defaults the command applies ---------------------------------------------------------

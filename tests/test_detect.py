@@ -422,4 +422,6 @@ def test_cli_detects_at_the_settings_the_detector_was_calibrated_at(tmp_path, ca
     assert main([*run, "--steps", "3", "--out", str(tmp_path / "b.jsonl")]) == 0
     err = capsys.readouterr().err
     assert "the memorization detector was calibrated at 25 steps; this call ran 3 steps" in err and err.count("\n") == 1
+    rc = main([*run, "--guidance", "1", "--out", str(tmp_path / "c.jsonl")])  # failed after the first batch was sampled
+    assert rc == 2 and "--guidance 1 samples without guidance; use --guidance above 1" in capsys.readouterr().err
 

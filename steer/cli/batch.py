@@ -18,6 +18,7 @@ from steer.jobs.files import OutDir, new_run_id
 from steer.jobs.formats import read_jobs
 from steer.jobs.run import check_manifests, failure_lines, process_state, run
 from steer.recipe import recorded_path
+from steer.validation import bounded_int
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory (PNGs + manifest.jsonl); rerun to resume; one run at a time")
     p.add_argument("--model", default=default_model(), help="pipeline directory or hub id (default: the embedded demo model)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available; per process under accelerate)")
-    p.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
+    p.add_argument("--batch-size", type=bounded_int(1, 1024), default=4, help="images per pipeline call (default 4, at most 1024)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_lora_argument(p)
     add_compile_argument(p)
@@ -42,8 +43,6 @@ def configure_parser(subparsers: Any) -> None:
 
 def cmd_batch(args: argparse.Namespace) -> int:
     """``steer batch``: exit status 0 when every job ran, 1 when some failed, 2 for a bad file or a busy ``--out``."""
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_out_dir(args.out)
     check_compile_backend(args.compile)
     raw = read_jobs(args.jobs)  # fail fast on an unreadable file, before loading the model

@@ -119,6 +119,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         det.pipe = pipe
     call = {"num_inference_steps": args.steps or recorded.get("num_inference_steps", 25),
             "guidance_scale": args.guidance if args.guidance is not None else recorded.get("guidance_scale", 7.5)}
+    if det.inline_score == "cfg_distance" and call["guidance_scale"] <= 1 and (prompts or calibration):  # before sampling
+        raise CLIError(f"the detector's inline score is the CFG distance, which compares the two guidance branches: "
+                       f"--guidance {call['guidance_scale']:g} samples without guidance; use --guidance above 1")
     if calibration is not None:
         with warnings.catch_warnings(record=True) as caught:  # too few samples for the rate...: one line each
             warnings.simplefilter("always")
