@@ -311,6 +311,13 @@ def test_lab_relu_diffusion_returns_its_stats_and_exits_0(tmp_path, capsys):
     assert rc == 0, err
     stats = json.loads((tmp_path / "dif" / "diffusion_stats.json").read_text())
     assert stats["config"]["quick"] and stats["memorizing"]["n_train"] == 5
+    # --reuse of models trained with another seed scored them against that seed's data (0 % memorized, not 4.7 %)
+    before = (tmp_path / "dif" / "diffusion_stats.json").read_bytes()
+    rc, _, err = run_main(["lab", "relu-diffusion", "--quick", "--iters", "2", "--seed", "5", "--reuse", "--out", str(tmp_path / "dif")], capsys)
+    assert rc == 2 and "was trained with other settings (seed 0 there, 5 now)" in err and err.count("\n") == 1
+    assert (tmp_path / "dif" / "diffusion_stats.json").read_bytes() == before
+    rc, out, err = run_main(["lab", "relu-diffusion", "--quick", "--iters", "2", "--reuse", "--out", str(tmp_path / "dif")], capsys)
+    assert rc == 0 and "reusing" in out, err
 
 
 # ----------------------------------------------------------------------------------------------------------------------

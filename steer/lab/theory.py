@@ -62,12 +62,27 @@ def _prepare(args: argparse.Namespace) -> tuple[Path, Callable[[str], None]]:
     return out, log
 
 
-def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Callable, log) -> tuple:
-    """Train the memorizing and generalizing DAEs, or load them from ``out/dae_models.safetensors`` when reusing."""
+def _check_reused(ckpt: Path, meta: dict, settings: dict) -> None:
+    """``--reuse`` of a checkpoint trained with other settings (seed, data size, schedule): refused in one line (the
+    seed-0 models were scored against seed-5 data, and their statistics replaced the right ones). Checkpoints from
+    before the settings were recorded are reused as before."""
+    saved = meta.get("settings")
+    if saved is None or saved == settings:
+        return
+    differ = sorted(k for k in {*saved, *settings} if saved.get(k) != settings.get(k))
+    shown = ", ".join(f"{k} {saved.get(k)!r} there, {settings.get(k)!r} now" for k in differ[:3])
+    raise SystemExit(f"--reuse: {ckpt} was trained with other settings ({shown}); run without --reuse to train anew, "
+                     "or with its settings")
+
+
+def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Callable, log, settings: dict) -> tuple:
+    """Train the memorizing and generalizing DAEs, or load them from ``out/dae_models.safetensors`` when reusing
+    (trained with the same ``settings`` only)."""
     ckpt = out / "dae_models.safetensors"
     if reuse and ckpt.exists():
         log(f"reusing trained models from {ckpt}")
         state, meta = load_models(ckpt)
+        _check_reused(ckpt, meta, settings)
         models = []
         for name in ("memorizing", "generalizing"):
             model = ReLUDAE(*reversed(state[name]["weight"].shape))
@@ -82,7 +97,7 @@ def _train_or_load(out: Path, reuse: bool, train_mem: Callable, train_gen: Calla
     timings |= {"generalizing": round(time.time() - t, 1), "generalizing_cpu": round(time.process_time() - c, 1)}
     final = {"memorizing": mem_loss[-1], "generalizing": gen_loss[-1]}
     save_models(ckpt, {"memorizing": mem.state_dict(), "generalizing": gen.state_dict()},
-                {"timings": timings, "final_loss": final})
+                {"timings": timings, "final_loss": final, "settings": settings})
     return mem, gen, timings, final
 
 
@@ -119,7 +134,9 @@ def run_relu_dae(args: argparse.Namespace) -> dict:
         log(f"training generalizing model (N={n_gen})")
         return train_dae(gen_data, gen_cfg, width, noise, args.seed, log)
 
-    mem, gen, timings, final = _train_or_load(out, getattr(args, "reuse", None), train_mem, train_gen, log)
+    settings = {"seed": args.seed, "width": width, "noise": noise, "n_gen": n_gen, "memorizing": asdict(mem_cfg),
+                "generalizing": asdict(gen_cfg)}
+    mem, gen, timings, final = _train_or_load(out, getattr(args, "reuse", None), train_mem, train_gen, log, settings)
     stats = dae_statistics(mem, gen, mem_data, gen_data, noise, args.seed)
     stats["final_loss"] = final
     plot_weights(out / "dae_weights.png", mem_data, mem.weight, gen.weight)
@@ -254,9 +271,11 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
             continue
         t, c = time.time(), time.process_time()
         ckpt = out / f"diffusion_{name}.safetensors"
+        settings = {"seed": args.seed, "width": width, "n_train": len(data), "sigma_range": list(sigma_range), "train": asdict(cfg)}
         if getattr(args, "reuse", None) and ckpt.exists():
             log(f"reusing {ckpt}")
             state, meta = load_models(ckpt)
+            _check_reused(ckpt, meta, settings)
             model = ReLUDiffusion(len(data[0]), width)
             model.load_state_dict(state["model"])
             trace, timings[f"{name}_train"] = meta["trace"], meta["timings"]
@@ -264,7 +283,7 @@ def run_relu_diffusion(args: argparse.Namespace) -> dict:
             log(f"training {name} diffusion model (N={len(data)})")
             model, trace = train_diffusion(data, cfg, width, sigma_range, args.seed, log)
             timings[f"{name}_train"] = {"wall": round(time.time() - t, 1), "cpu": round(time.process_time() - c, 1)}
-            save_models(ckpt, {"model": model.state_dict()}, {"trace": trace, "timings": timings[f"{name}_train"]})
+            save_models(ckpt, {"model": model.state_dict()}, {"trace": trace, "timings": timings[f"{name}_train"], "settings": settings})
         samples = sample_euler(model, n_samples, gaussian_prior(data), sigma_range, steps, args.seed + 11)
         ratios, nn_idx = map(torch.from_numpy, nn_ratio(samples, data))
         with torch.no_grad():
