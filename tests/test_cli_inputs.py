@@ -207,6 +207,10 @@ def test_the_command_line_uses_the_batch_limits(no_model, tmp_path, capsys):
     jobs.write_text('{"prompt": "a bag"}\n')
     for size in ("0", "100000"):  # a typo made one pipeline call of that many rows (out of memory on a real model)
         refusal(["batch", str(jobs), "--out", str(tmp_path / "b"), "--batch-size", size], capsys, "--batch-size", "1024")
+    prompts = tmp_path / "many.txt"
+    prompts.write_text("a bag\n" * 200)
+    refusal(["detect", "--prompts", str(prompts), "--num-images-per-prompt", "100", "--out", str(tmp_path / "r.jsonl")], capsys,
+            "--prompts: 200 prompts x --num-images-per-prompt 100 is 20000 images, above the limit of 10000 per run")
 
 
 # ----- 8. the help states the defaults the command applies ---------------------------------------------------------

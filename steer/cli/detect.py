@@ -101,6 +101,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
         read_detector_file(Path(args.detector))  # missing, damaged or not a detector: one line now (loaded below)
     calibration = read_prompts(args.calibrate) if args.calibrate else None
     prompts = read_prompts(args.prompts) if args.prompts else None
+    for flag, items in (("--prompts", prompts), ("--calibrate", calibration)):  # each factor was bounded, not the run
+        if items is not None and len(items) * args.num_images_per_prompt > MAX_IMAGES:
+            raise CLIError(f"{flag}: {len(items)} prompts x --num-images-per-prompt {args.num_images_per_prompt} is "
+                           f"{len(items) * args.num_images_per_prompt} images, above the limit of {MAX_IMAGES} per run "
+                           "(the report is written at the end: split the prompt file)")
     images = list_images(args.images) if args.images else None
     check_out_file(args.out, "--out")
     check_out_file(args.save_detector, "--save-detector", safetensors=True)  # where it lands: NAME.safetensors
