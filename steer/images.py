@@ -116,6 +116,21 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+EDIT_SIDE_FACTOR = 2  # an edit sized from its image runs at most this many times the model's native side
+
+
+def capped_edit_size(image_size: tuple[int, int], native: int) -> tuple[int, int] | None:
+    """The size an edit of an image of ``image_size`` runs at when no size is given and the image is larger than
+    `EDIT_SIDE_FACTOR` times the model's ``native`` side: its aspect ratio, the longer side that many times native (a
+    phone photo edited at its own 2048 x 1536 on a 32-pixel model had not run one step in 5 minutes; the model draws no
+    detail beyond its own scale). None where the image's own size is within it."""
+    cap = EDIT_SIDE_FACTOR * native
+    w0, h0 = image_size
+    if max(w0, h0) <= cap:
+        return None
+    return edit_size(image_size, *((cap, None) if h0 >= w0 else (None, cap)))
+
+
 def edit_size(image_size: tuple[int, int], height: int | None = None, width: int | None = None) -> tuple[int, int]:
     """``(height, width)`` an edit of an image of ``image_size`` (width, height) runs at: both given, as given; one
     given, the other from the image's aspect ratio (to the nearest multiple of `SIZE_MULTIPLE`); none, the image's

@@ -101,6 +101,21 @@ def test_strength_and_size_are_honoured(model_dir, files, tmp_path, capsys, monk
     low, high = (np.asarray(Image.open(out / s / "seed3.png"), dtype=float) for s in ("0.25", "1.0"))
     assert low.shape == high.shape == (32, 24, 3)  # width 26.7 from the aspect, to the nearest multiple of 8
     assert not np.array_equal(low, high)
+    # an image far larger than the model's size (a phone photo on the 32-pixel model) is edited at twice that size,
+    # said in a note (at its own size it ran for minutes per step); a size given is kept
+    Image.new("RGB", (200, 120), (200, 40, 40)).save(tmp_path / "photo.png")
+    code, _, err = generate(capsys, "--model", model_dir, "--prompt", "a bag", "--image", tmp_path / "photo.png", "--steps", "2",
+                            "--out", out / "photo")
+    assert code == 0 and "note: the image is 200x120; editing at 64x40, 2x the model's 32 pixels" in err, err
+    assert Image.open(out / "photo" / "seed0.png").size == (64, 40)
+    assert generate(capsys, "--model", model_dir, "--prompt", "a bag", "--image", tmp_path / "photo.png", "--steps", "2",
+                    "--width", "96", "--out", out / "photo96")[0] == 0
+    assert Image.open(out / "photo96" / "seed0.png").size == (96, 56)
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"prompt": "a bag", "image": str(tmp_path / "photo.png"), "num_inference_steps": 2, "name": "p"}) + "\n")
+    assert main(["batch", str(jobs), "--out", str(out / "batch"), "--model", model_dir, "--device", "cpu", "--no-progress"]) == 0
+    assert "edited at 64x40, 2x the model's 32 pixels" in capsys.readouterr().err
+    assert Image.open(out / "batch" / "p.png").size == (64, 40)
 
 
 def test_reproduce_finds_moved_renamed_or_resaved_inputs_and_refuses_changed_ones(model_dir, files, tmp_path, capsys):

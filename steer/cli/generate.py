@@ -145,8 +145,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from steer.assets import bundled_directions
     from steer.cli.loading import load_pipeline
+    from steer.denoisers import native_size
     from steer.hub import is_hub_spec, local_direction, resolve_direction
-    from steer.images import edit_size
+    from steer.images import EDIT_SIDE_FACTOR, capped_edit_size, edit_size
     from steer.inversion import invert_image
     from steer.pipelines.factory import default_strength, editing_pipeline
     from steer.recipe import save_new_pngs
@@ -165,6 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     check_out_dir(args.out)
     edit = read_edit_arguments(args)  # the image to edit (and its mask), read before the model loads
+    sized = args.height is not None or args.width is not None
     if edit is not None:
         args.height, args.width = edit_size(edit.image.size, args.height, args.width)
     vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
@@ -207,6 +209,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     config = apply_recommended(args, [v for v, _ in vectors] + ([away[0]] if away else []))
     check_compile_backend(args.compile)
     pipe = load_pipeline(args.model, args.device, progress=True, loras=args.lora)
+    if edit is not None and not sized and (capped := capped_edit_size(edit.image.size, native_size(pipe))) is not None:
+        print(f"note: the image is {edit.image.width}x{edit.image.height}; editing at {capped[1]}x{capped[0]}, "
+              f"{EDIT_SIDE_FACTOR}x the model's {native_size(pipe)} pixels (give --height / --width for another size)",
+              file=sys.stderr)
+        args.height, args.width = capped
     if args.compile:
         pipe.compile_unet(backend=args.compile)
     pipe = pipe.with_sampler(args.sampler)

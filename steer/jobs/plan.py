@@ -302,9 +302,15 @@ class _Validator:
         sizes it (`steer.images.edit_size`: the image's own, or one side given and the other by its aspect ratio)."""
         if edit is None:
             return self._size(line, "height", job.get("height")), self._size(line, "width", job.get("width"))
-        from steer.images import edit_size
+        from steer.images import EDIT_SIDE_FACTOR, capped_edit_size, edit_size
 
         given = {k: self._size(line, k, job[k]) for k in ("height", "width") if job.get(k) is not None}
+        if not given and (capped := capped_edit_size(edit.size, self.default_size)) is not None:  # as steer generate
+            note = (f"note: line {line}: the image is {edit.size[0]}x{edit.size[1]}; edited at {capped[1]}x{capped[0]}, "
+                    f"{EDIT_SIDE_FACTOR}x the model's {self.default_size} pixels (give height / width for another size)")
+            if self.report is not None:
+                self.report(note)
+            return capped
         try:
             return edit_size(edit.size, **given)
         except ValueError as err:
