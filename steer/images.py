@@ -94,6 +94,20 @@ def _eight_bit(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.nan_to_num(values).clip(0, 255).round().astype(np.uint8), "L")
 
 
+def pipeline_picture(image: Any, mode: str, what: str) -> Any:
+    """A PIL picture given to a pipeline call (``image=``, ``mask_image=``) in ``mode`` ("RGB", masks "L") as
+    `open_image` decodes files: diffusers took a 4-channel RGBA or CMYK picture for ready-made latents (a 128 x 128 noise
+    texture from a 32 x 32 photo, no error) and failed 17 frames deep in torch on greyscale. Lists element-wise;
+    anything else (tensors, arrays, latents) as it is. One-line `ValueError` for a picture under 8 pixels a side."""
+    if isinstance(image, list | tuple):
+        return type(image)(pipeline_picture(i, mode, what) for i in image)
+    if not isinstance(image, Image.Image):
+        return image
+    if min(image.size) < SIZE_MULTIPLE:
+        raise ValueError(f"{what} is {image.width}x{image.height} pixels: at least {SIZE_MULTIPLE} a side")
+    return image if image.mode == mode else _eight_bit(image).convert(mode)
+
+
 def pixel_digest(image: Image.Image | None) -> str | None:
     """sha256 of a decoded picture (mode, size and pixels): the same picture in another file (the app's PNG copy of a
     JPEG upload, a renamed or re-saved input) has the same digest."""

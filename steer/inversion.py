@@ -34,8 +34,9 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
+from steer.config import outside_steering_blocks
 from steer.samplers import with_scheduler
-from steer.validation import MAX_STEPS, check_int
+from steer.validation import MAX_SIZE, MAX_STEPS, check_int
 
 
 class _Shared:
@@ -188,6 +189,11 @@ class ImageInversion:
         if fixed:
             raise TypeError(f"the inversion fixes {', '.join(fixed)} (the edit replays the run it recorded): invert "
                             "the picture again to change them")
+        if "num_images_per_prompt" in kwargs:  # failed 20 frames deep in attention: one start latent per row
+            raise TypeError("an inversion's edit makes one image per row: pass rows= instead of num_images_per_prompt")
+        if "image" in inspect.signature(type(pipe).__call__).parameters:  # diffusers: "Input is in incorrect format"
+            raise TypeError(f"an inversion replays on the text-to-image pipeline it was made with, not a "
+                            f"{type(pipe).__name__}: its recorded noise replaces the image input")
         return self.pipeline(pipe)(**self.call_kwargs(rows), **kwargs)
 
 
@@ -241,6 +247,7 @@ def check_invertible(pipe: Any) -> None:
                          f"a {type(pipe).__name__} samples with {type(scheduler).__name__}")
 
 
+@outside_steering_blocks  # a `pipe.steering(...)` block must not steer the inversion (its replay at 0 then missed the picture)
 @torch.no_grad()
 def invert_image(
     pipe: Any,
@@ -266,9 +273,12 @@ def invert_image(
         negative_prompt, num_inference_steps, guidance_scale: as in the pipeline call; the edits replay them.
         generator: draws the independent noise of each timestep (the inversion is deterministic given it).
     """
-    from steer.images import edit_size
+    from steer.images import edit_size, pipeline_picture
 
     check_invertible(pipe)
+    image = pipeline_picture(image, "RGB", "image")  # an RGBA or greyscale photo failed deep in the VAE
+    for name, side in (("height", height), ("width", width)):  # unchecked, 10**6 got the process killed for memory
+        check_int(side, name, 8, MAX_SIZE)
     if not isinstance(prompt, str):
         raise TypeError(f"invert_image takes one prompt (what the picture shows), got {type(prompt).__name__}")
     check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)

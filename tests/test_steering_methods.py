@@ -349,6 +349,11 @@ def test_remove_excess_takes_tokens_back_to_the_level_and_leaves_the_rest():
     half_level = (unit[2] @ u[0]) - 1.0  # row 2 entirely above this level: amount 0.5 removes half the excess
     out2 = remove_excess(h, u, half_level.expand(1, 4), torch.tensor([[0.0], [0.0], [0.5]]))
     torch.testing.assert_close((out2[2] / out2[2].norm(dim=-1, keepdim=True)) @ u[0], (unit[2] @ u[0]) - 0.5)
+    # amounts above 1 act as 1: never below the level, norms kept (amount 2 crossed it; 1e4 grew norms 6000x)
+    for big in (2.0, 10.0, 1e4):
+        over = remove_excess(h, u, level[None], torch.tensor([[big], [0.0], [0.0]]))
+        torch.testing.assert_close(over, remove_excess(h, u, level[None], torch.tensor([[1.0], [0.0], [0.0]])))
+        torch.testing.assert_close(over.norm(dim=-1), h.norm(dim=-1))
 
 
 def test_learned_text_directions_record_their_level_and_negative_remove_acts_only_on_what_the_prompt_carries(tiny_pipe, gen):

@@ -121,11 +121,13 @@ def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, am
     ``levels`` (K, L) out of ``h`` (n, L, C). Measured on the unit-normalised position ``x/|x|``, whose projection
     ``p`` onto the direction becomes ``p - a * max(0, p - level)`` by a rotation in the plane of the direction and the
     position (its norm and its part orthogonal to the plane are kept): at or below the level nothing changes, above it
-    amount 1 brings it back exactly to the level. Rows with zero amounts are returned unchanged (bit-identical)."""
+    amount 1 brings it back exactly to the level, and larger amounts act as 1 (the removal is full there: beyond it the
+    position went below the level, and from 10 on its norm grew 5-6000x and the image washed out). Rows with zero
+    amounts are returned unchanged (bit-identical)."""
     norm = h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     x = h / norm
     for k in range(units.shape[0]):
-        a = amounts[:, k]
+        a = amounts[:, k].clamp(max=1.0)
         if not bool((a > 0).any()):
             continue
         u = units[k]

@@ -45,7 +45,7 @@ from steer.detect.detector import detect_memorization
 from steer.detect.inline import enter_inline_detection
 from steer.detect.scores import INLINE_CALL_PARAMS
 from steer.engine import LayerPlan, StaticSteeringSites, SteeringSession, activated, build_layer_plans
-from steer.images import edit_steps
+from steer.images import edit_steps, pipeline_picture
 from steer.learn import learn_direction
 from steer.samplers import with_sampler
 from steer.sliders import split_sides
@@ -74,7 +74,8 @@ STEERING_DOC = """
     - ``steering_strict``: require the vector's base-model weights hash to match (False allows fine-tunes).
     - ``steering_negative``: ``"subtract"`` (a negative scale adds ``-s * v``) or ``"remove"`` (it takes away what
       the prompt carries along ``v`` beyond the vector's reference level, on the conditional half only: "a red
-      t-shirt" with ``[to_blue, to_red]`` at ``[1, -1]`` loses its red and gains blue).
+      t-shirt" with ``[to_blue, to_red]`` at ``[1, -1]`` loses its red and gains blue; -1 takes all of the excess
+      away, and larger amounts act as -1: never below the level).
     - ``steering_removal_window``: ``(start, end)`` in which ``"remove"`` acts, or one per vector (None:
       ``steering_window``; text directions recommend the window's start to the end of the run).
     - ``steering_readers``: which cross-attentions read a text-token direction: None (all), ``"layout"`` (the down
@@ -264,6 +265,24 @@ class SteeringMixin:
             raise ValueError(f"strength {strength:g} of {steps} steps runs no denoising step: raise strength or "
                              f"num_inference_steps (strength x steps >= 1)")
 
+    @staticmethod
+    def _pictures_as_decoded(bound: inspect.BoundArguments, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        """``args`` and ``kwargs`` with PIL pictures given as ``image`` (RGB) and ``mask_image`` (L) in the mode the
+        pipeline reads (`steer.images.pipeline_picture`: an RGBA photo was taken for latents), wherever they were
+        passed; everything else as given."""
+        names = [n for n in bound.signature.parameters][1:]  # after self
+        for name, mode in (("image", "RGB"), ("mask_image", "L")):
+            if name not in bound.arguments:
+                continue
+            value = pipeline_picture(bound.arguments[name], mode, name)
+            if value is bound.arguments[name]:
+                continue
+            if name in kwargs:
+                kwargs = {**kwargs, name: value}
+            elif names.index(name) < len(args):
+                args = (*args[: names.index(name)], value, *args[names.index(name) + 1 :])
+        return args, kwargs
+
     def _take_away_note(self, steering: Any, vector: SteeringVector, scales: torch.Tensor, bound) -> str | None:
         """The hint `steer generate` gives when a prompt states what the call's one direction replaces ("a red
         t-shirt" with to_blue: take to_red away), looked for beside its file and among the bundled directions
@@ -412,6 +431,7 @@ class SteeringMixin:
         bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
         self._check_unknown_names(bound)
         self._check_call_arguments(bound)
+        args, kwargs = self._pictures_as_decoded(bound, args, kwargs)
         num_images = self._num_images(bound)
         settings, vectors, scales = self._resolve_steering(explicit, num_images, self._row_prompts(bound))
         check_steering_request(vectors, scales, settings, self.denoiser.dtype)  # ranges, empty layers
