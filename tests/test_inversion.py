@@ -171,3 +171,28 @@ def test_flow_matching_generate_invert_gives_the_image_back_at_zero_and_reproduc
     capsys.readouterr()
     assert main(["reproduce", str(out / "seed0_scale+0.png"), str(out / "seed0_scale+1.png"), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.count("identical") == 2
+
+
+def test_inverting_inside_a_steering_block_and_other_pictures_and_sizes(tiny_pipe):
+    """A ``pipe.steering(...)`` block steered the inversion itself (its replay at 0 then missed the picture); an RGBA
+    or greyscale photo failed deep in the VAE; an explicit height of 10**6 got the process killed for memory; an
+    inversion's edit with num_images_per_prompt failed deep in attention."""
+    tiny_pipe.set_progress_bar_config(disable=True)
+    image = picture()
+    vector = random_vector(tiny_pipe, [CONTEXT_SITE], scale=4.0)
+    plain = invert_image(tiny_pipe, image, "a bag", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    with tiny_pipe.steering(vector, scale=1.0, window=(0, 1)):
+        inside = invert_image(tiny_pipe, image, "a bag", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    replays = [i.edit(tiny_pipe, steering=vector, steering_scale=0.0, output_type="latent").images for i in (plain, inside)]
+    torch.testing.assert_close(replays[1], replays[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(replays[0], latents_of(tiny_pipe, image), atol=1e-4, rtol=0)
+    for mode in ("RGBA", "L", "CMYK"):  # the picture as its RGB decoding inverts
+        other = invert_image(tiny_pipe, image.convert(mode), "a bag", num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+        expected = latents_of(tiny_pipe, image.convert(mode).convert("RGB"))
+        torch.testing.assert_close(other.edit(tiny_pipe, output_type="latent").images, expected, atol=1e-4, rtol=0)
+    for bad, needle in (({"height": 10**6, "width": 64}, "height must be"), ({"height": 4, "width": 64}, "height must be")):
+        with pytest.raises(ValueError, match=needle):
+            invert_image(tiny_pipe, image, "a bag", num_inference_steps=STEPS, **bad)
+    with pytest.raises(TypeError, match="pass rows= instead of num_images_per_prompt"):
+        plain.edit(tiny_pipe, num_images_per_prompt=2)
+    assert no_hooks_left(tiny_pipe.unet)

@@ -187,3 +187,27 @@ def test_an_editing_pipeline_of_a_compiled_pipeline_steers_through_its_compiled_
     rows = [e(PROMPT, generator=gen(0), **kw).images for e in edits]
     np.testing.assert_allclose(rows[1], rows[0], atol=1e-6)
     assert np.abs(rows[0] - edits[0](PROMPT, generator=gen(0), **{**kw, "steering_scale": 0.0}).images).mean() > 1e-3
+
+
+def test_pil_pictures_of_any_mode_edit_as_their_rgb_decoding(gen):
+    """diffusers takes a 4-channel picture for ready-made latents: an RGBA or CMYK photo gave a noise texture four
+    times its size, without an error; greyscale failed deep in torch. Now each edits as its RGB decoding (masks as
+    greyscale), and a picture under 8 pixels a side is one line."""
+    from PIL import Image
+
+    pipe = _pipe(SteeringStableDiffusionImg2ImgPipeline, "sd")
+    rgb = Image.fromarray((_image()[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    kw = dict(num_inference_steps=4, strength=0.5, output_type="np")
+    for mode in ("RGBA", "CMYK", "L"):
+        picture = rgb.convert(mode)
+        out = pipe(PROMPT, image=picture, generator=gen(0), **kw).images
+        expected = pipe(PROMPT, image=picture.convert("RGB"), generator=gen(0), **kw).images
+        assert out.shape == (1, SIDE, SIDE, 3) and np.array_equal(out, expected), mode
+    positional = SteeringStableDiffusionImg2ImgPipeline.__call__(pipe, PROMPT, rgb.convert("RGBA"), generator=gen(0), **kw).images
+    assert np.array_equal(positional, pipe(PROMPT, image=rgb, generator=gen(0), **kw).images)
+    with pytest.raises(ValueError, match="^image is 1x1 pixels: at least 8 a side$"):
+        pipe(PROMPT, image=Image.new("RGB", (1, 1)), **kw)
+    inpaint = _pipe(SteeringStableDiffusionInpaintPipeline, "sd")
+    mask = Image.fromarray((_left_half_mask()[0, 0].numpy() * 255).astype(np.uint8))
+    a = inpaint(PROMPT, image=rgb, mask_image=mask.convert("RGBA"), generator=gen(0), **kw).images
+    assert np.array_equal(a, inpaint(PROMPT, image=rgb, mask_image=mask, generator=gen(0), **kw).images)
