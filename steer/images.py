@@ -116,6 +116,22 @@ def pixel_digest(image: Image.Image | None) -> str | None:
     return hashlib.sha256(f"{image.mode} {image.size}".encode() + image.tobytes()).hexdigest()
 
 
+def open_mask(path: str | os.PathLike, label: str | None = None, **limits: Any) -> Image.Image:
+    """The mask at ``path`` as greyscale (white = repaint), read as `open_image` reads (``label``, ``limits``: its
+    ``max_bytes``, ``max_pixels``, ``max_side``); one-line `ValueError` for one that repaints nothing (no pixel at 128
+    or above: diffusers binarises there, so the steering changed nothing, silently) or marks its area with
+    transparency (its alpha was dropped, reading as all black)."""
+    drawn = open_image(path, "the mask", label=label, mode="LA", **limits)
+    label = label or f"the mask {short(str(Path(path).expanduser()), 120)}"
+    if drawn.getchannel("A").getextrema()[0] < 255:
+        raise ValueError(f"{label} has transparent pixels: masks are read as white = repaint, black = keep (no "
+                         "transparency); paint the area to repaint white")
+    grey = drawn.getchannel("L")
+    if grey.getextrema()[1] < 128:
+        raise ValueError(f"{label} repaints nothing: it has no white (>= 128) pixel, and white marks where to repaint")
+    return grey
+
+
 def edit_steps(strength: float, steps: int) -> int:
     """The denoising steps an edit at ``strength`` of ``steps`` runs, as diffusers counts them (``int(steps *
     strength)``); 0 means it runs none."""
@@ -187,7 +203,7 @@ class EditInputs:
         """Open ``image`` (RGB) and ``mask`` (greyscale); one-line `ValueError` for an unreadable one, or a mask whose
         size is not the image's."""
         picture = open_image(image, "the image")
-        drawn = open_image(mask, "the mask", mode="L") if mask is not None else None
+        drawn = open_mask(mask) if mask is not None else None
         if drawn is not None and drawn.size != picture.size:
             raise ValueError(f"the mask is {drawn.width}x{drawn.height} and the image {picture.width}x{picture.height}: "
                              "they must be the same size")

@@ -112,9 +112,12 @@ def test_api_generate_inpaints_inside_an_uploaded_mask_as_the_python_api_and_its
     assert np.array_equal(pixels(again), pixels(png))
     with pytest.raises(H.UserError, match="the mask goes with an image to edit"):
         H.GenerateSettings(prompt="a dog", edit_mask=str(tmp_path / "mask.png")).validated(pipe)
-    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "small.png")
     with pytest.raises(H.UserError, match="the mask is 8x8 and the image to edit 48x32"):
         H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "small.png")).validated(pipe)
+    Image.new("L", (48, 32), 0).save(tmp_path / "black.png")  # diffusers repaints nothing there: the steering did nothing
+    with pytest.raises(H.UserError, match=r"'black.png' \(the mask\) repaints nothing"):
+        H.GenerateSettings(prompt="a dog", edit_image=str(tmp_path / "photo.png"), edit_mask=str(tmp_path / "black.png")).validated(pipe)
 
 
 def test_api_generate_edits_from_the_inversion_its_original_is_the_picture_and_its_recipe_replays(client, pipe, direction_file, tmp_path):

@@ -141,7 +141,7 @@ def test_a_bad_edit_field_fails_its_job_in_one_line_and_the_others_run(job, need
     work = tmp_path / "work"
     shutil.copytree(files, work)
     (work / "notes.png").write_text("not a picture")
-    Image.new("L", (8, 8)).save(work / "small.png")
+    Image.new("L", (8, 8), 255).save(work / "small.png")
     good = {"prompt": "a bag", "image": "a.png", "num_inference_steps": STEPS, "name": "good"}
     bad = {"prompt": "a bag", "num_inference_steps": STEPS, "directions": ["dir.safetensors"], **job}
     reported: list[str] = []

@@ -157,15 +157,23 @@ def test_reproduce_finds_moved_renamed_or_resaved_inputs_and_refuses_changed_one
         (["--image", "{wide}"], ("over 8192 pixels a side", "--height / --width")),
         (["--image", "{src}", "--strength", "0"], ("--strength", "(0, 1]")),
         (["--image", "{src}", "--strength", "0.2", "--steps", "4"], ("runs no step",)),
+        # the steering changed nothing: diffusers repaints where the mask is >= 128 (an alpha mask read as all black)
+        (["--image", "{src}", "--mask", "{black}"], ("repaints nothing", "white marks where to repaint")),
+        (["--image", "{src}", "--mask", "{alpha}"], ("has transparent pixels", "white = repaint")),
     ],
-    ids=["mask-alone", "strength-alone", "missing", "not-an-image", "mask-size", "too-wide", "strength-0", "no-step"],
+    ids=["mask-alone", "strength-alone", "missing", "not-an-image", "mask-size", "too-wide", "strength-0", "no-step",
+         "mask-black", "mask-alpha"],
 )
 def test_bad_edit_inputs_are_one_line_before_any_image_is_written(extra, needles, model_dir, files, tmp_path, capsys):
     (tmp_path / "notes.png").write_text("not a picture")
-    Image.new("L", (8, 8)).save(tmp_path / "small.png")
+    Image.new("L", (8, 8), 255).save(tmp_path / "small.png")
     Image.new("RGB", (8200, 8)).save(tmp_path / "wide.png")
+    Image.new("L", (40, 48), 100).save(tmp_path / "black.png")
+    alpha = Image.new("RGBA", (40, 48), (0, 0, 0, 255))
+    alpha.paste((0, 0, 0, 0), (0, 0, 20, 48))  # the editors' convention: transparent = repaint
+    alpha.save(tmp_path / "alpha.png")
     paths = {"mask": files / "mask.png", "missing": tmp_path / "nope.png", "text": tmp_path / "notes.png", "src": files / "src.png",
-             "small": tmp_path / "small.png", "wide": tmp_path / "wide.png"}
+             "small": tmp_path / "small.png", "wide": tmp_path / "wide.png", "black": tmp_path / "black.png", "alpha": tmp_path / "alpha.png"}
     argv = [a.format(**paths) for a in extra]
     out = tmp_path / "out"
     code, _, err = generate(capsys, "--model", model_dir, "--prompt", "a bag", "--out", out, *(["--steps", STEPS] if "--steps" not in argv else []), *argv)

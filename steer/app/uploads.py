@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from steer.app.base import LIMITS, UserError, shown
-from steer.images import EditInputs, open_image, pixel_digest
+from steer.images import EditInputs, open_image, open_mask, pixel_digest
 from steer.recipe import save_png
 
 
@@ -41,7 +41,12 @@ def open_edit_image(path: str | os.PathLike) -> Image.Image:
 def open_edit_mask(path: str | os.PathLike, picture: Image.Image) -> Image.Image:
     """The Generate tab's inpainting mask (greyscale, white repainted) for ``picture`` (`open_edit_image`'s), or
     `UserError` when it is unreadable or of another size."""
-    mask = open_upload(Path(path), "(the mask)", mode="L")
+    path = Path(path)
+    try:  # refused: a mask that repaints nothing, or marks its area with transparency (`steer.images.open_mask`)
+        mask = open_mask(path, label=f"{shown(path.name)} (the mask)", max_bytes=LIMITS.max_upload_bytes,
+                         max_pixels=LIMITS.max_image_pixels, max_side=LIMITS.max_image_side)
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if mask.size != picture.size:
         raise UserError(f"the mask is {mask.width}x{mask.height} and the image to edit {picture.width}x{picture.height}: "
                         "they must be the same size")

@@ -152,13 +152,13 @@ class EditChecker:
 
     def _read(self, line: int, path: Path, mode: str) -> tuple[tuple[int, int], str]:
         """The upright size and sha256 of the image at ``path`` (read once per run and mode)."""
-        from steer.images import file_sha256, open_image
+        from steer.images import file_sha256, open_image, open_mask
 
         key = (path, mode)
         if key not in self._files:
             what = "the image" if mode == "RGB" else "the mask"
             try:
-                picture = open_image(path, what, mode=mode)
+                picture = open_image(path, what, mode=mode) if mode == "RGB" else open_mask(path)  # one that repaints nothing: refused
                 self._files[key] = (picture.size, file_sha256(path))
             except ValueError as err:
                 self._files[key] = err
