@@ -179,7 +179,9 @@ def test_a_take_away_that_is_the_direction_or_contradicts_the_negative_mode_is_o
     b, r = str(blue.save(tmp_path / "blue.safetensors")), str(red.save(tmp_path / "red.safetensors"))
     run = ["generate", "--model", str(model), "--prompt", "a red sneaker", "--steps", "2", "--out", str(tmp_path / "o")]
     for extra, message in [(["--direction", b, "--take-away", b], "--take-away to_red)"),
-                           (["--direction", b, "--take-away", r, "--negative", "subtract"], "--negative subtract contradicts it")]:
+                           (["--direction", b, "--take-away", r, "--negative", "subtract"], "--negative subtract contradicts it"),
+                           # a negative weight removed the edit direction instead of adding it (named scale+1)
+                           (["--direction", b, "--take-away", r, "--weights", "-1"], "--take-away goes with a positive --weights")]:
         assert main([*run, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err

@@ -175,6 +175,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not vectors and (unused := unused_steering_options(args)):  # they would be recorded, and change nothing
         raise CLIError(f"{unused} needs a --direction (there is nothing to steer)")
     weights = args.weights if args.weights is not None else [1.0] * len(vectors)
+    if getattr(args, "take_away", None) and any(w < 0 for w in weights):  # the edit was removed, not added (named scale+1)
+        raise CLIError("--take-away goes with a positive --weights: it replaces what the prompt says")
     if len(weights) != len(vectors):
         raise CLIError(f"--weights takes one number per --direction: got {len(weights)} for {len(vectors)} direction(s)")
     if args.seed + args.num_images - 1 > MAX_SEED:
