@@ -32,7 +32,7 @@ from steer.calibrate import POOR_DISTANCE, check_grid, curve_minimum, rows_per_s
 from steer.config import outside_steering_blocks
 from steer.images import edit_steps
 from steer.take_away import MAX_SAMPLES, recorded_prompts
-from steer.validation import MAX_STEPS, check_call_kwargs, check_int
+from steer.validation import MAX_SCALE, MAX_STEPS, check_call_kwargs, check_int, check_number
 
 GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
 
@@ -117,6 +117,7 @@ def fit_edit(
         raise TypeError(f"strength must be a number in (0, 1], got {type(strength).__name__}")
     if not 0 < strength <= 1 or edit_steps(strength, num_inference_steps) < 1:
         raise ValueError(f"strength {strength:g} of {num_inference_steps} steps runs no step")
+    check_number(floor, "floor", 0.0, MAX_SCALE)  # floor=inf came back as the fitted scale
     fixed = sorted(k for k in ("steering", "steering_scale", "image", "strength") if k in call_kwargs)
     if fixed:
         raise ValueError(f"fit_edit sets {', '.join(fixed)} itself")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ def open_image(
     if path.stat().st_size > max_bytes:
         raise ValueError(f"{label} is over {max_bytes // 2**20} MiB")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's own two-line DecompressionBombWarning: the pixel check below is ours
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             if im.width * im.height > max_pixels:
                 raise ValueError(f"{label} is {im.width}x{im.height} pixels; at most {max_pixels / 1e6:.0f} megapixels are allowed")
             full = im.size if im.getexif().get(_ORIENTATION, 1) < 5 else im.size[::-1]  # as shown, before any draft
@@ -66,7 +70,9 @@ def open_image(
         if str(err).startswith(label):
             raise
         raise ValueError(f"{label} is not a readable image") from None
-    except (OSError, Image.DecompressionBombError, SyntaxError):
+    except Image.DecompressionBombError:  # over twice PIL's own limit: refused at open, before our size check
+        raise ValueError(f"{label} has more pixels than PIL opens; at most {max_pixels / 1e6:.0f} megapixels are allowed") from None
+    except (OSError, SyntaxError):
         raise ValueError(f"{label} is not a readable image") from None
     if max_side is not None and max(full) > max_side:  # the size from the full image's: a JPEG decoded at half
         scale = max_side / max(full)                      # scale would round otherwise than its same-size PNG mask

@@ -115,6 +115,8 @@ def test_fit_inputs_are_checked_and_named(demo):
         demo.fit_edit("to_blue", grid=[0.5, float("inf")], num_samples=1, num_inference_steps=2)
     with pytest.raises(TypeError, match=r"strength must be a number in \(0, 1\], got str"):
         demo.fit_edit("to_blue", strength="0.5", num_samples=1, num_inference_steps=2)
+    with pytest.raises(ValueError, match=r"^floor must be a finite number, got inf$"):  # it came back as the scale
+        demo.fit_edit("to_blue", floor=float("inf"), num_samples=1, num_inference_steps=2)
 
 
 @pytest.mark.parametrize("steps", [-1, 0, 2.5, True, 1001])
@@ -142,6 +144,9 @@ def test_an_image_to_image_strength_that_runs_no_step_is_one_line(demo):
     for strength in (0.1, 0.0):
         with pytest.raises(ValueError, match=f"strength {strength:g} of 6 steps runs no denoising step"):
             edit("a t-shirt", image=photo, strength=strength, steering="to_blue", num_inference_steps=6)
+    for strength in (float("nan"), 1.5, -0.5):  # NaN failed inside int() ("cannot convert float NaN to integer")
+        with pytest.raises(ValueError, match=r"^strength must be a number in \(0, 1\], got"):
+            edit("a t-shirt", image=photo, strength=strength, num_inference_steps=6)
     assert edit("a t-shirt", image=photo, strength=0.2, num_inference_steps=6).images[0].size == photo.size  # 1 step runs
 
 

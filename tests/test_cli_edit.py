@@ -5,6 +5,7 @@ their sha256), one-line refusals before the model loads (tiny random SD pipeline
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -204,6 +205,13 @@ def test_open_image_bounds_what_a_file_costs_and_keeps_what_it_shows(tmp_path):
     Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "grey.tiff")
     assert open_image(tmp_path / "grey16.png").getpixel((0, 0)) == (117, 117, 117)
     assert open_image(tmp_path / "grey.tiff", mode="L").getpixel((0, 0)) == 128
+    # over PIL's own limit (89 MP): steer's one line only, without PIL's two-line warning before it
+    Image.new("L", (10_000, 9_000)).save(tmp_path / "bomb.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="is 10000x9000 pixels; at most 50 megapixels"):
+            open_image(tmp_path / "bomb.png")
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
     assert edit_size((1000, 750), width=512) == (384, 512)
     assert edit_size((30, 30)) == (24, 24)  # its own size: rounded down, as diffusers does
     assert edit_size((48, 32), width=32) == (24, 32)  # 21.3 from the aspect: the nearest multiple of 8

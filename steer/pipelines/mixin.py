@@ -261,6 +261,8 @@ class SteeringMixin:
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {short(steps)}")
         strength = args.get("strength", params["strength"].default) if "strength" in params else None
+        if isinstance(strength, numbers.Real) and not (isinstance(strength, bool) or 0 <= strength <= 1):  # NaN failed in int()
+            raise ValueError(f"strength must be a number in (0, 1], got {short(strength)}")
         if isinstance(strength, numbers.Real) and args.get("denoising_start") is None and edit_steps(float(strength), int(steps)) < 1:
             raise ValueError(f"strength {strength:g} of {steps} steps runs no denoising step: raise strength or "
                              f"num_inference_steps (strength x steps >= 1)")
