@@ -181,6 +181,9 @@ def test_cfg_distance_inline_score_is_free_and_matches_hand_computation(tiny_pip
     assert again.inline_threshold == pytest.approx(det.inline_threshold)
     report = tiny_pipe.detect_memorization(prompts[:2], detector=again, num_inference_steps=STEPS)
     assert report.verdict_from == "inline" and report.threshold == pytest.approx(det.inline_threshold)
+    with pytest.raises(ValueError, match=r"set over the first 1 step\(s\): memorization_early_steps=3 scores another span"):
+        tiny_pipe.detect_memorization(prompts[:1], detector=again, verdict_from="early", memorization_early_steps=3,
+                                      num_inference_steps=STEPS)
     torch.testing.assert_close(report.memorized, report.inline_scores > det.inline_threshold)
     with pytest.raises(ValueError, match="inline_score"):
         MemorizationDetector(tiny_pipe, inline_score="entropy")

@@ -490,6 +490,11 @@ def detect_memorization(
     if verdict_from not in (None, "reencode", "inline", "early"):
         raise ValueError(f"verdict_from must be 'reencode', 'inline', 'early' or None, got {short(verdict_from)}")
     det = as_detector(detector, pipe) if detector is not None else MemorizationDetector(pipe)
+    early_steps = call_kwargs.get("memorization_early_steps")
+    if verdict_from == "early" and early_steps is not None and early_steps != det.early_steps and det.early_threshold is not None:
+        raise ValueError(f"verdict_from='early' compares with the early threshold, set over the first {det.early_steps} "
+                         f"step(s): memorization_early_steps={short(early_steps)} scores another span (leave it out, or "
+                         f"calibrate a detector with early_steps={short(early_steps)})")
     items = [p for p in prompts for _ in range(num_images_per_prompt)]
     seeds = [seed + i for i in range(len(items))]
     gen_device = "cpu" if pipe._execution_device.type == "mps" else pipe._execution_device
