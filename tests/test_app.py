@@ -460,6 +460,8 @@ def test_memorization_panel(client):
     client.predict(**generate_args("constructed"), api_name="/generate")  # now read inline during sampling
     plot, status = client.predict("original", api_name="/memorization")
     assert "inline CFG distance" in status and "no extra UNet evaluation" in status, status
+    # calibrated at 3 steps, generated at 4: the verdict says its false-positive rate is not the calibrated one
+    assert "Note: The memorization detector was calibrated at 3 steps; this call ran 4 steps" in status, status
     assert ("ordinary" in status or "likely memorized" in status) and Image.open(plot).size[0] > 100
     # the steered image's inline score is not calibrated (steering moves it as memorization does): re-encoded
     plot, status = client.predict("steered", api_name="/memorization")

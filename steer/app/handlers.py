@@ -224,7 +224,8 @@ class SteerApp:
         if scores is not None:  # inline memorization scores, read during this very sampling; a steered row's is not
             # calibrated (the threshold was set on unsteered samples; steering moves it): that image is re-encoded
             plain = vector is None or float(settings.strength) == 0.0
-            last["inline"] = {"original": scores[0], "steered": scores[1] if plain else None, "detector": version}
+            last["inline"] = {"original": scores[0], "steered": scores[1] if plain else None, "detector": version,
+                              "note": H.sampling_note(detector, self.pipe, settings)}
         readers = H.selected_readers(self.pipe, vector, settings.layer_index)
         where = (
             f" read by {H.md_code(readers[0])} only" if readers
@@ -458,7 +459,7 @@ class SteerApp:
         key = "steered" if which == "steered" else "original"
         inline = last.get("inline") or {}
         if inline.get("detector") == self._detector_version and inline.get(key) is not None:  # scored while generated
-            view = H.inline_view(detector, inline[key])
+            view = H.inline_view(detector, inline[key], inline.get("note"))
         else:
             view = H.score_image(detector, last[key], last["prompt"])
         return view.plot, ok_box(view.markdown)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -450,6 +451,15 @@ def run_rows(
     return run_rows_scored(pipe, vector, settings, scales, progress, away=away)[0]
 
 
+def sampling_note(detector, pipe, settings: GenerateSettings) -> str | None:
+    """`MemorizationDetector.sampling_note` for a generation with ``settings`` (the page shows it with the verdict)."""
+    from steer.samplers import sampler_name
+
+    sampler = settings.sampler or sampler_name(pipe.scheduler)
+    return detector.sampling_note(now={"num_inference_steps": int(settings.steps), "guidance_scale": float(settings.guidance),
+                                       "sampler": sampler})
+
+
 def inline_detector_for(detector, settings: GenerateSettings):
     """``detector`` when its inline score can be read during this generation (calibrated inline threshold; CFG on
     for the CFG distance), else None."""
@@ -494,7 +504,8 @@ def run_rows_scored(
     elif edit is not None:
         sampler = editing_pipeline(sampler, edit.task)
         extra = edit_call_inputs(sampler, edit, settings.height, settings.width, rows)
-    with said_elsewhere():  # the page names the direction to take away (its Take away picker)
+    with said_elsewhere(), warnings.catch_warnings():  # the page names the direction to take away, and shows the
+        warnings.filterwarnings("ignore", message="the memorization detector was calibrated at")  # sampling note
         out = sampler(
             **kwargs,
             **steering,

@@ -72,12 +72,16 @@ def _verdict_view(score: float, ordinary, threshold: float, fpr: float | None, d
     return MemorizationView(text, histogram(ordinary.float().numpy(), score, threshold, xlabel))
 
 
-def inline_view(detector, score: float) -> MemorizationView:
-    """The verdict of an inline score read while the image was generated, on the ordinary-sample histogram."""
+def inline_view(detector, score: float, note: str | None = None) -> MemorizationView:
+    """The verdict of an inline score read while the image was generated, on the ordinary-sample histogram; ``note``
+    (`MemorizationDetector.sampling_note`: the image was sampled otherwise than the calibration) after it."""
     what = "CFG distance" if getattr(detector, "inline_score", "spikiness") == "cfg_distance" else "spikiness"
     described = f"inline {what} **{score:.4g}**, read while this image was generated (no extra UNet evaluation)"
-    return _verdict_view(score, detector.calibration["inline"], float(detector.inline_threshold), detector.fpr,
+    view = _verdict_view(score, detector.calibration["inline"], float(detector.inline_threshold), detector.fpr,
                          described, f"inline {what} (higher = more memorized)")
+    if note:
+        view.markdown += f"\n\nNote: {note[0].upper()}{note[1:]}."
+    return view
 
 
 def score_image(detector, image: Image.Image, prompt: str) -> MemorizationView:

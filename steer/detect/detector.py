@@ -382,14 +382,15 @@ class MemorizationDetector:
         det.sampling = header.get("sampling")
         return det
 
-    def sampling_note(self, call_pipe) -> str | None:
-        """One line when the call just run on ``call_pipe`` sampled otherwise than the calibration did (steps,
-        guidance, sampler), so the inline and early verdicts do not hold the calibrated false-positive rate (measured
-        on demo-hybrid, calibrated at DDIM 25, guidance 5: the early verdict flagged 16 % of ordinary images at 10
-        steps, the inline one 17.5 % at guidance 2); None where they match or the file does not record them."""
+    def sampling_note(self, call_pipe: Any = None, now: dict[str, Any] | None = None) -> str | None:
+        """One line when the call just run on ``call_pipe`` (or sampling ``now``: steps, guidance, sampler as
+        `sampling_of` gives them) sampled otherwise than the calibration did, so the inline and early verdicts do not
+        hold the calibrated false-positive rate (measured on demo-hybrid, calibrated at DDIM 25, guidance 5: the early
+        verdict flagged 16 % of ordinary images at 10 steps, the inline one 17.5 % at guidance 2); None where they
+        match or the file does not record them."""
         if not self.sampling:
             return None
-        now = sampling_of(call_pipe)
+        now = now if now is not None else sampling_of(call_pipe)
         differ = [k for k in ("num_inference_steps", "guidance_scale", "sampler") if k in self.sampling and now.get(k) != self.sampling[k]]
         if not differ:
             return None
