@@ -68,7 +68,7 @@ def _fsync(path: Path, flags: int) -> None:
 
 def link_no_clobber(tmp: str | os.PathLike, name: str | os.PathLike, dir_fd: int | None = None) -> None:
     """Give ``tmp`` the name ``name`` unless something is there already (a hard link, which never replaces:
-    `FileExistsError`). Where the file system has no hard links, a plain replace (the caller checked the name)."""
+    `FileExistsError`). Where the file system has no hard links, the name is claimed with an exclusive create first."""
     try:
         os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
     except FileExistsError:
@@ -76,6 +76,9 @@ def link_no_clobber(tmp: str | os.PathLike, name: str | os.PathLike, dir_fd: int
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV):
             raise
+        # no hard links here (vfat, exFAT, some network mounts): claim the name exclusively, then fill it
+        flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
+        os.close(os.open(name, flags, 0o644, dir_fd=dir_fd))  # FileExistsError when it is taken
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 

@@ -91,17 +91,22 @@ def local_kind(path: str | os.PathLike) -> str | None:
         return None
 
 
-def local_direction(spec: str | os.PathLike) -> Path | None:
+def local_direction(spec: str | os.PathLike, files_first: bool = False) -> Path | None:
     """The local path ``spec`` names: itself where something is there, else the file ``SteeringVector.save(spec)``
-    wrote (``dirs/blue`` -> ``dirs/blue.safetensors``, as ``load`` finds it); None where neither exists."""
+    wrote (``dirs/blue`` -> ``dirs/blue.safetensors``, as ``load`` finds it); None where neither exists.
+    ``files_first``: a file, itself or that one, before a folder of the name (``load``: ``blue.safetensors`` beside
+    the ``blue/`` folder ``steer generate --out blue`` made)."""
     try:
         local = Path(spec).expanduser()
     except (TypeError, ValueError):
         return None
-    if local_kind(local) is not None:
+    saved = safetensors_path(local)
+    kinds = (local_kind(local), local_kind(saved))
+    if files_first and kinds[0] != "file" and kinds[1] == "file":
+        return saved
+    if kinds[0] is not None:
         return local
-    saved = safetensors_path(local) if local.name else local
-    return saved if local_kind(saved) == "file" else None
+    return saved if kinds[1] == "file" else None
 
 
 def is_hub_spec(spec: str | os.PathLike) -> bool:

@@ -100,7 +100,9 @@ def save_new_pngs(files: list[tuple[Image.Image, Path, dict[str, Any]]]) -> list
         paths, created = _suffixed(wanted, n), []
         try:
             for (image, _, recipe), path in zip(files, paths, strict=True):
-                if os.path.lexists(path):  # its own earlier image (made_by held): replaced
+                if os.path.lexists(path):  # its own earlier image, when it still is (another run's may be there now)
+                    if not made_by(path, recipe):
+                        raise FileExistsError(path)
                     save_png(image, path, recipe)
                     continue
                 try:

@@ -458,4 +458,6 @@ def safetensors_path(path: str | os.PathLike) -> Path:
     """Where a direction or detector saved as ``path`` lands: ``path`` itself when it ends in ``.safetensors``, else
     with that suffix added (``blue`` -> ``blue.safetensors``, ``v1.2`` -> ``v1.2.safetensors``)."""
     path = Path(path)
+    if not path.name:  # "." or "/": a folder, refused by the callers as one
+        return path
     return path if path.suffix == ".safetensors" else path.with_name(path.name + ".safetensors")

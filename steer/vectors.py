@@ -431,7 +431,7 @@ class SteeringVector:
         """
         from steer.hub import local_direction  # the path, or where `save` wrote it: "blue" -> blue.safetensors
 
-        found = local_direction(path)
+        found = local_direction(path, files_first=True)
         if found is None or not found.is_file():  # (a name too long for the system is "not found", not an OSError)
             raise SteeringFileError(f"direction file not found: {clip(str(path), 300)}")
         path = found

@@ -112,6 +112,10 @@ def test_strength_and_size_are_honoured(model_dir, files, tmp_path, capsys, monk
     assert generate(capsys, "--model", model_dir, "--prompt", "a bag", "--image", tmp_path / "photo.png", "--steps", "2",
                     "--width", "96", "--out", out / "photo96")[0] == 0
     assert Image.open(out / "photo96" / "seed0.png").size == (96, 56)
+    Image.new("L", (9000, 1000), 90).save(tmp_path / "panorama.png")  # over 8192 at its own size: capped, not refused
+    code, _, err = generate(capsys, "--model", model_dir, "--prompt", "a bag", "--image", tmp_path / "panorama.png", "--steps", "2",
+                            "--out", out / "panorama")
+    assert code == 0 and "editing at 64x8" in err and Image.open(out / "panorama" / "seed0.png").size == (64, 8), err
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"prompt": "a bag", "image": str(tmp_path / "photo.png"), "num_inference_steps": 2, "name": "p"}) + "\n")
     assert main(["batch", str(jobs), "--out", str(out / "batch"), "--model", model_dir, "--device", "cpu", "--no-progress"]) == 0

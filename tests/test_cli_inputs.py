@@ -79,6 +79,8 @@ def test_learn_refuses_a_missing_prompt_file_and_a_folder_as_out_before_loading(
     (tmp_path / "cal.txt").write_text("a bag\n")
     refusal(["detect", "--calibrate", str(tmp_path / "cal.txt"), "--save-detector", str(tmp_path / "blue")], capsys,
             f"--save-detector {tmp_path / 'blue.safetensors'} is a folder, not a file")
+    for folder in (".", "/"):  # a raw "PosixPath('.') has an empty name" before
+        refusal(["learn", "--positive", "a blue bag", "--out", folder], capsys, f"--out {folder} is a folder, not a file")
 
 
 # ----- 2. a pickled direction file is named as such and never unpickled ---------------------------------------------
@@ -165,6 +167,14 @@ def test_a_model_folder_with_pickle_weights_is_refused_and_never_unpickled(model
     refusal(["generate", "--model", str(model), "--prompt", "x", "--steps", "2", "--out", str(tmp_path / "o")], capsys,
             "unet/diffusion_pytorch_model.bin is a PyTorch pickle, which steer never unpickles", "save_pretrained(new_folder)")
     assert not unpickled and not (tmp_path / "o").exists()
+    # a component steer never loads (the safety checker) may hold pickles: the folder loads, none is read
+    monkeypatch.undo()
+    weights_back = model / "unet" / "diffusion_pytorch_model.safetensors"
+    shutil.copy(Path(model_dir) / "unet" / "diffusion_pytorch_model.safetensors", weights_back)
+    (model / "unet" / "diffusion_pytorch_model.bin").unlink()
+    (model / "safety_checker").mkdir()
+    torch.save({}, model / "safety_checker" / "pytorch_model.bin")
+    steer.cli.loading._check_no_pickles(str(model))
 
 
 # ----- 4. --out naming a file --------------------------------------------------------------------------------------
@@ -349,3 +359,17 @@ def test_a_symlinked_out_file_and_a_folder_to_reproduce_are_one_line_before_any_
     refusal(["learn", "--positive", "a blue bag", "--negative", "a bag", "--out", str(tmp_path / "link.safetensors")], capsys,
             f"refusing to write {tmp_path / 'link.safetensors'}: it is a symbolic link (--out)")
     refusal(["reproduce", str(tmp_path)], capsys, f"{tmp_path} is a folder: give its images (steer reproduce {tmp_path}/*.png)")
+
+
+def test_an_unexpanded_home_in_out_is_written_where_it_was_checked(model_dir, tmp_path, capsys, monkeypatch):
+    """``--out=~/blue`` reaches steer unexpanded: the checks (and the "replaced" line) looked at $HOME/blue.safetensors,
+    the file was written to ./~/blue.safetensors."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "blue.safetensors").write_bytes(b"old")
+    rc = main(["learn", "--model", model_dir, "--positive", "a blue bag", "--negative", "a bag", "--steps", "2",
+               "--out=~/blue"])
+    out = capsys.readouterr().out
+    assert rc == 0 and f"replaced {tmp_path / 'home' / 'blue.safetensors'}" in out, out
+    assert (tmp_path / "home" / "blue.safetensors").read_bytes() != b"old" and not (tmp_path / "~").exists()

@@ -428,3 +428,16 @@ def test_cli_detects_at_the_settings_the_detector_was_calibrated_at(tmp_path, ca
     rc = main([*run, "--guidance", "1", "--out", str(tmp_path / "c.jsonl")])  # failed after the first batch was sampled
     assert rc == 2 and "--guidance 1 samples without guidance; use --guidance above 1" in capsys.readouterr().err
 
+
+
+def test_recorded_sampling_is_the_steps_asked_for_on_second_order_samplers(tiny_pipe):
+    """Heun calls the UNet 2N - 1 times for N steps: the detector recorded that count as its steps, so ``steer detect``
+    sampled at it and warned about its own default (and 501 steps recorded 1001, a file that did not load)."""
+    heun = tiny_pipe.with_sampler("heun")
+    det = MemorizationDetector(heun, inline_score="cfg_distance", inline_window=(0.0, 1.0))
+    det.calibrate(["a red item", "a shoe"], fpr=0.0, num_inference_steps=3, guidance_scale=5.0)
+    assert det.sampling == {"num_inference_steps": 3, "guidance_scale": 5.0, "sampler": "heun"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        heun(["a bag"], generator=_gens([0]), num_inference_steps=3, guidance_scale=5.0, memorization_detector=det, output_type="pt")
+    assert not [w for w in caught if "was calibrated at" in str(w.message)]

@@ -83,3 +83,37 @@ def test_a_name_another_run_takes_meanwhile_is_never_replaced(tmp_path, monkeypa
     monkeypatch.setattr(R, "save_png", real)
     for _ in range(2):
         assert R.save_new_pngs(files[:1]) == [tmp_path / "seed0.png"]
+
+
+def test_a_name_taken_between_choosing_and_writing_is_kept_and_links_are_not_needed(tmp_path, monkeypatch):
+    """Another run's image written under a name after it was chosen (the name looked free, or held this run's own
+    earlier image) was replaced; on a file system without hard links the no-clobber write fell back to a replace."""
+    import errno
+
+    import steer.files as F
+    import steer.recipe as R
+
+    image = Image.new("RGB", (8, 8), "blue")
+    real_first = R._first_unused
+
+    def then_another_run_writes(paths, recipes, start=1):
+        n = real_first(paths, recipes, start)
+        if n == 1:
+            R.save_png(image, paths[0], {"run": "other"})
+        return n
+
+    monkeypatch.setattr(R, "_first_unused", then_another_run_writes)
+    paths = R.save_new_pngs([(image, tmp_path / "seed0.png", {"run": "mine"})])
+    assert paths == [tmp_path / "seed0-2.png"] and R.recipe_in(tmp_path / "seed0.png") == {"run": "other"}
+    monkeypatch.undo()
+
+    def no_hard_links(*args, **kwargs):  # vfat, exFAT, some network mounts
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(F.os, "link", no_hard_links)
+    (tmp_path / "taken.txt").write_text("keep")
+    with pytest.raises(FileExistsError):
+        atomic_write(tmp_path / "taken.txt", lambda tmp: tmp.write_text("new"), replace=False)
+    assert (tmp_path / "taken.txt").read_text() == "keep"
+    atomic_write(tmp_path / "free.txt", lambda tmp: tmp.write_text("new"), replace=False)
+    assert (tmp_path / "free.txt").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

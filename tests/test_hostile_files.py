@@ -253,6 +253,11 @@ def test_unloadable_names_are_one_line(tmp_path):
             SteeringVector.load(name)
     with pytest.raises(SteeringFileError, match="filename must be a string, got int"):
         SteeringVector.from_pretrained("user/dir", filename=3)
+    # "blue" beside a folder blue/ (steer generate --out blue) is still blue.safetensors, as it always loaded
+    v = SteeringVector({"encoder_hidden_states": torch.ones(8)}, {"name": "blue"})
+    v.save(tmp_path / "blue")
+    (tmp_path / "blue").mkdir()
+    assert SteeringVector.load(tmp_path / "blue").name == "blue"
 
 
 def test_long_chains_of_combinations_stay_loadable(good_direction, tmp_path):

@@ -237,6 +237,11 @@ def test_decoder_stage_continues_a_pipeline_and_replaces_only_its_decoder(tmp_pa
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
     stage = json.loads((new / "training.json").read_text())["decoder_finetunes"][-1]
     assert stage["steps"] == 3 and stage["args"]["decoder_latent_noise"] == 2.0
+    # exported again into the same folder: what it copied from the starting pipeline is its own (it was refused)
+    (src / "memorized.png").write_bytes(b"a sample grid")
+    main(["--stage", "export", "--out", str(tmp_path / "dec"), "--export", str(tmp_path / "new2")])
+    main(["--stage", "export", "--out", str(tmp_path / "dec"), "--export", str(tmp_path / "new2")])
+    assert (tmp_path / "new2" / "memorized.png").read_bytes() == b"a sample grid"
     # memorized indices of another data seed would point at other images: refused, naming both seeds
     (src / "memorized_images.json").write_text(json.dumps({"data_seed": 1, "indices": [3], "captions": ["a"]}))
     with pytest.raises(SystemExit, match="data seed 1.*--seed 0"):

@@ -68,7 +68,7 @@ def configure_parser(subparsers) -> argparse.ArgumentParser:
                    help="denoising steps of the generated images (default: those --detector was calibrated at, else 25)")
     p.add_argument("--guidance", type=bounded_float(0.0, MAX_GUIDANCE), default=None,
                    help="classifier-free guidance scale (default: the one --detector was calibrated at, else 7.5)")
-    add_sampler_argument(p, "generate (and calibrate)")  # default: the one --detector was calibrated with, else the model's
+    add_sampler_argument(p, "generate (and calibrate)", "the one --detector was calibrated with (else the model's own scheduler)")
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED - 10**7), default=0,  # calibration seeds start at seed + 1e6
                    help="the first prompt's seed (default 0; --calibrate's prompts use seeds from seed + 1,000,000)")
     p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8, help="images per generation and scoring call (default 8)")
@@ -137,7 +137,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
               f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
     if args.save_detector:
         replaced = safetensors_path(Path(args.save_detector).expanduser()).exists()
-        print(f"{'replaced' if replaced else 'wrote'} {det.save(args.save_detector)}")
+        print(f"{'replaced' if replaced else 'wrote'} {det.save(Path(args.save_detector).expanduser())}")
     if not (args.prompts or args.images):
         return 0
     with warnings.catch_warnings(record=True) as caught:  # sampled off the calibration...: one line each

@@ -168,7 +168,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     edit = read_edit_arguments(args)  # the image to edit (and its mask), read before the model loads
     sized = args.height is not None or args.width is not None
     if edit is not None:
-        args.height, args.width = edit_size(edit.image.size, args.height, args.width)
+        try:
+            args.height, args.width = edit_size(edit.image.size, args.height, args.width)
+        except ValueError:  # over the size limit at its own size: sized from the model's once it loads (below)
+            if sized:
+                raise
+            args.height = args.width = None
     vectors = [(SteeringVector.load(p), p) for p in map(located, args.direction or [])]
     if args.sweep is not None and not vectors:
         raise CLIError("--sweep needs a --direction")
@@ -216,6 +221,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"{EDIT_SIDE_FACTOR}x the model's {native_size(pipe)} pixels (give --height / --width for another size)",
               file=sys.stderr)
         args.height, args.width = capped
+    elif edit is not None and args.height is None:  # over the limit and not capped (a model drawing 4096 pixels): one line
+        args.height, args.width = edit_size(edit.image.size)
     if args.compile:
         pipe.compile_unet(backend=args.compile)
     pipe = pipe.with_sampler(args.sampler)

@@ -172,12 +172,12 @@ def check_compile_backend(backend: str | None) -> None:
         raise CLIError(f"--compile: unknown torch.compile backend {short(backend)}{did_you_mean(backend, known)} (known: {', '.join(sorted(known))})")
 
 
-def add_sampler_argument(p, what: str = "sample") -> None:
-    """``--sampler NAME`` (learn, generate, batch): `steer.samplers.with_sampler` on the loaded pipeline."""
+def add_sampler_argument(p, what: str = "sample", instead_of: str = "the model's own scheduler") -> None:
+    """``--sampler NAME`` (learn, generate, batch, detect): `steer.samplers.with_sampler` on the loaded pipeline."""
     from steer.samplers import SAMPLERS
 
     p.add_argument("--sampler", type=sampler_name_arg, default=None, metavar="NAME",
-                   help=f"{what} with this sampler instead of the model's own scheduler: {', '.join(SAMPLERS)} (those "
+                   help=f"{what} with this sampler instead of {instead_of}: {', '.join(SAMPLERS)} (those "
                         "that fit the model's family: SD-family models all but flow-euler, flow-matching models "
                         "flow-euler), or a compatible diffusers scheduler class name")
 

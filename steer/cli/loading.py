@@ -103,7 +103,11 @@ def _check_no_pickles(model: str) -> None:
     local = Path(model).expanduser()
     if not local.is_dir():
         return
-    for part in sorted(p for p in local.iterdir() if p.is_dir()):
+    try:  # the components the pipeline loads; steer never loads the safety checker (nor its feature extractor)
+        loaded = set(json.loads((local / "model_index.json").read_text())) - {"safety_checker", "feature_extractor"}
+    except (OSError, ValueError):
+        return  # diffusers says what is wrong with the folder
+    for part in sorted(p for p in local.iterdir() if p.is_dir() and p.name in loaded):
         files = [f for f in part.iterdir() if f.is_file()]
         pickled = [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt")]
         if pickled and not any(f.suffix == ".safetensors" for f in files):

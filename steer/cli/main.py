@@ -50,7 +50,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         vector = _learn(pipe, args, positive, negative)
     replaced = safetensors_path(Path(args.out).expanduser()).exists()
-    path = vector.save(args.out)
+    path = vector.save(Path(args.out).expanduser())  # where the checks looked (an unexpanded ~ was written under ./~)
     print(f"{'replaced' if replaced else 'wrote'} {path}: {vector}")
     sides = [("", vector)]
     if vector.opposite is not None:  # a slider: what each end of it is, then each side's calibration

@@ -4,6 +4,7 @@ safetensors file format; `MemorizationReport`, the pipeline output that carries 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import time
@@ -293,7 +294,7 @@ class MemorizationDetector:
                 self.pipe, prompts, detector=self, num_images_per_prompt=num_images_per_prompt, seed=seed, **call_kwargs
             )
             scores = {"reencode": report.scores, "inline": report.inline_scores, "early": report.early_scores}
-            self.sampling = sampling_of(self.pipe)
+            self.sampling = sampling_of(self.pipe, call_kwargs)
         else:
             scores = {"reencode": self.score(ordinary)}
         self.calibration = {k: v.detach().float().cpu() for k, v in scores.items()}
@@ -402,13 +403,21 @@ class MemorizationDetector:
                 f"not {rate} (recalibrate at these settings, or sample at the calibrated ones)")
 
 
-def sampling_of(pipe) -> dict[str, Any]:
-    """Steps, guidance and sampler of the call last run on ``pipe`` (diffusers' call state; the scheduler's name as
-    `steer.samplers.sampler_name` gives it)."""
+def sampling_of(pipe, call_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Steps, guidance and sampler (its name as `steer.samplers.sampler_name` gives it) of a call of ``pipe`` with
+    ``call_kwargs`` (the call's defaults where they leave one out); without them, of the call just run on ``pipe`` (a
+    call's own copy: the steps its scheduler was set to, not diffusers' count of denoiser calls, which is 2N - 1 on
+    Heun and fewer in an image-to-image run)."""
     from steer.samplers import sampler_name
 
-    return {"num_inference_steps": int(getattr(pipe, "_num_timesteps", 0) or len(pipe.scheduler.timesteps)),
-            "guidance_scale": float(getattr(pipe, "_guidance_scale", 0.0)), "sampler": sampler_name(pipe.scheduler)}
+    if call_kwargs is not None:
+        defaults = inspect.signature(type(pipe).__call__).parameters
+        steps = call_kwargs.get("num_inference_steps", defaults["num_inference_steps"].default)
+        guidance = call_kwargs.get("guidance_scale", defaults["guidance_scale"].default)
+    else:
+        steps = getattr(pipe.scheduler, "num_inference_steps", None) or len(pipe.scheduler.timesteps)
+        guidance = getattr(pipe, "_guidance_scale", 0.0)
+    return {"num_inference_steps": int(steps), "guidance_scale": float(guidance), "sampler": sampler_name(pipe.scheduler)}
 
 
 def _opt_float(x: Any) -> float | None:

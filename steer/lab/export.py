@@ -19,12 +19,14 @@ from . import models as M
 from .checkpoints import atomic_json
 
 # what an export writes into its folder (and a re-export may replace): anything else there is the user's
-_KEPT = ("README.md", "samples.png", "memorized_prompts.txt", "ordinary_prompts.txt", "memorized_images.json", "eval.json")
+_KEPT = ("README.md", "samples.png", "memorized_prompts.txt", "ordinary_prompts.txt", "memorized_images.json", "eval.json",
+         "memorized.png")
+_RUN_RECORDS = ("train.log", "checkpoint.json", "variant.json", "latents.json", "decoder_ck.json")  # scripts/gpu_lab_models.sh copies them in
 _PIPELINE_ENTRIES = frozenset({"model_index.json", "training.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler",
-                               "feature_extractor", "safety_checker", "image_encoder", MODEL_DIRECTIONS, *_KEPT})
+                               "feature_extractor", "safety_checker", "image_encoder", MODEL_DIRECTIONS, *_KEPT, *_RUN_RECORDS})
 
 
-def check_export_dest(run: Path, dest: Path) -> None:
+def check_export_dest(run: Path, dest: Path, writes: frozenset[str] = _PIPELINE_ENTRIES) -> None:
     """Refuse, before any work, an export that would delete what it did not write: ``dest`` being the run folder or a
     folder above it, a symbolic link, or an existing folder that is not a pipeline an earlier export wrote or that holds
     other files (every one was deleted by the replace). One line (SystemExit, as the lab's other refusals)."""
@@ -39,7 +41,7 @@ def check_export_dest(run: Path, dest: Path) -> None:
     if not dest.is_dir() or not (dest / "model_index.json").is_file():
         raise SystemExit(f"--export {dest} exists and is not a pipeline folder (no model_index.json): refusing to replace "
                          "it; export to a new folder")
-    other = sorted(p.name for p in dest.iterdir() if p.name not in _PIPELINE_ENTRIES)
+    other = sorted(p.name for p in dest.iterdir() if p.name not in writes)
     if other:
         shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5 else "")
         raise SystemExit(f"--export {dest} holds files an export does not write ({shown}): move them away first; "
@@ -98,7 +100,8 @@ def export_decoder(run: Path, dest: Path) -> Path:
     from diffusers import AutoencoderKL
 
     src = Path(json.loads((run / "decoder_init.json").read_text())["pipeline"])
-    check_export_dest(run, dest)
+    # it writes the pipeline it started from whole: what that folder holds is its own (a re-export replaces it)
+    check_export_dest(run, dest, _PIPELINE_ENTRIES | {p.name for p in src.iterdir()} if src.is_dir() else _PIPELINE_ENTRIES)
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
