@@ -275,6 +275,19 @@ def test_sweep_rows_never_share_a_file_name():
     assert scale_tags([None]) == [""]
 
 
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["generate", "--prompt", "x", "--sweeep=0,1,3", "--out", "o"], "steer generate: error: unrecognized arguments: --sweeep=0,1,3; did you mean --sweep? (see steer generate --help)"),
+    (["batch", "j.jsonl", "--out", "o", "--batchsize", "2"], "steer batch: error: unrecognized arguments: --batchsize 2; did you mean --batch-size?"),
+    (["lab", "train", "--out", "o", "--stpes", "3"], "steer lab train: error: unrecognized arguments: --stpes 3; did you mean --steps?"),
+])
+def test_a_mistyped_option_is_its_commands_error_with_the_closest_option(no_model, argv, needle, capsys):
+    """It was ``steer: error: unrecognized arguments`` pointing at ``steer --help``, which lists no command's options."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and needle in err and err.count("\n") == 1, err
+
+
 def test_a_prompt_that_is_not_utf8_is_one_line(capsys):
     """Bytes the shell passes that are not UTF-8 reach Python as surrogates; the tokenizer raised a TypeError traceback."""
     from steer.cli.main import main

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import os
@@ -340,8 +341,28 @@ def _attach_signed_values(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line parsed as `main` parses it (``sys.argv[1:]`` when None)."""
-    return build_parser().parse_args(_attach_signed_values(list(sys.argv[1:] if argv is None else argv)))
+    """The command line parsed as `main` parses it (``sys.argv[1:]`` when None). An option the chosen (sub)command
+    does not know is that command's one-line error with the closest option it has (it was ``steer: error:``, pointing
+    at ``steer --help``, which lists no subcommand's options)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(_attach_signed_values(list(sys.argv[1:] if argv is None else argv)))
+    if extra:
+        chosen = _chosen_parser(parser, args)
+        options = [o for action in chosen._actions for o in action.option_strings]
+        first = next((e.split("=", 1)[0] for e in extra if e.startswith("-")), None)
+        close = difflib.get_close_matches(first, options, n=1) if first else []
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {close[0]}?" if close else ""))
+    return args
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The deepest subcommand parser the parsed ``args`` went through (``steer lab train``'s, ``steer generate``'s)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        value = getattr(args, subs[0].dest, None) if subs else None
+        if not subs or value not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[value]
 
 
 def _undecodable_text(args: argparse.Namespace) -> str | None:
