@@ -124,7 +124,7 @@ def test_edit_jobs_are_the_api_calls_batched_resumed_by_bytes_and_reproduced(tin
     [
         ({"mask": "mask.png"}, ("mask goes with an image to edit",)),
         ({"strength": 0.5}, ("strength goes with an image to edit",)),
-        ({"image": "nowhere.png"}, ("the image", "is not a file")),
+        ({"image": "nowhere.png"}, ("the image", "is not a file (looked for", "work/nowhere.png and nowhere.png)")),
         ({"image": "notes.png"}, ("the image", "not a readable image")),
         ({"image": "a.png", "mask": "small.png"}, ("the mask is 8x8 and the image 40x48",)),
         ({"image": "a.png", "strength": 0}, ("strength must be in (0, 1]",)),

@@ -462,6 +462,12 @@ def test_generate_and_reproduce_never_overwrite_another_runs_images(model_dir, d
     err = capsys.readouterr().err
     assert "these are written as seed0_scale+0-2.png" in err and "nothing overwritten" in err
     assert {n: (out / n).read_bytes() for n in names} == first  # the bag run's images are intact
+    # a sweep whose first name is free but whose others are taken: the note names one that is there
+    assert main([*base[:-4], "--sweep", "-1,1,3", "--out", str(out), "--prompt", "a shoe"]) == 0
+    assert "holds other images named seed0_scale+0.png" in capsys.readouterr().err
+    for png in out.glob("*.png"):  # the rest of the test counts the other runs' files
+        if read_recipe(png)["prompt"] == "a shoe":
+            png.unlink()
     assert [read_recipe(out / n.replace(".png", "-2.png"))["prompt"] for n in names] == ["a coat"] * 3
     # a file that is not a steer PNG, and a symlink, take names of their own: both stay as they were
     (out / "seed1_scale+0.png").write_text("my notes")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -315,7 +316,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         paths = save_new_pngs([(image, out / name, recipe) for image, name, recipe in files])
         if paths != wanted and not renamed:  # said once: later seeds' renamed files follow from it
             renamed = True
-            print(f"note: {out} holds other images named {wanted[0].name} ...; these are written as {paths[0].name} ... "
+            taken = next((w for w in wanted if os.path.lexists(w)), wanted[0])  # one that is there (not the run's first)
+            print(f"note: {out} holds other images named {taken.name} ...; these are written as {paths[0].name} ... "
                   "(nothing overwritten)", file=sys.stderr)
         written += paths
     for w in written:

@@ -21,6 +21,7 @@ from typing import Any
 
 from steer.jobs.checks import check_bool, check_float
 from steer.jobs.read import JobError, show
+from steer.validation import clip
 
 MAX_PATH_CHARS = 4096
 EDIT_FIELDS = ("image", "mask", "strength", "invert")
@@ -146,8 +147,11 @@ class EditChecker:
         if not isinstance(value, str) or not 0 < len(value) <= MAX_PATH_CHARS or "\0" in value:
             raise JobError(line, f"{what} must be a file path (a string of at most {MAX_PATH_CHARS} characters), got {show(value)}")
         given = Path(value).expanduser()
-        if not given.is_absolute() and self.base_dir is not None and (self.base_dir / given).is_file():
-            given = self.base_dir / given
+        beside = self.base_dir / given if not given.is_absolute() and self.base_dir is not None else None
+        if beside is not None and beside.is_file():
+            given = beside
+        elif beside is not None and not os.path.lexists(given):  # say both places looked (the jobs file's folder first)
+            raise JobError(line, f"the {what} {show(value)} is not a file (looked for {clip(str(beside))} and {clip(str(given))})")
         return given.resolve() if given.is_file() else given
 
     def _read(self, line: int, path: Path, mode: str) -> tuple[tuple[int, int], str]:
