@@ -501,7 +501,14 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     from steer.cli.loading import load_pipeline
+    from steer.detect.detector import read_detector_file
+    from steer.errors import DetectorFileError
 
+    if args.detector is not None:  # missing or damaged: one line now, not an error on the Memorization tab later
+        try:
+            read_detector_file(Path(args.detector).expanduser())
+        except DetectorFileError as err:
+            raise SystemExit(f"app.py: error: --detector: {err}") from None
     try:
         pipe = load_pipeline(args.model, device=args.device, loras=args.lora)  # a LoRA file: recorded in every recipe
     except (OSError, ValueError) as err:  # a model that cannot load, a LoRA of another model: one line, no traceback

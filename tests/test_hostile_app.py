@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from steer.app import files as app_files
 from steer.app import helpers as H
 from steer.files import tensor_digest
 from steer.testing import tiny_pipeline
@@ -583,3 +584,17 @@ def test_the_work_folder_is_swept_of_old_runs_only(tmp_path):
         os.utime(path, (now - 7 * 3600, now - 7 * 3600))
     assert H.sweep_runs(work, 6 * 3600, now) == 2
     assert sorted(p.name for p in work.iterdir()) == sorted([new.name, "notes.txt", "run-link"])
+
+
+def test_a_missing_or_damaged_detector_file_stops_the_app_in_one_line(tmp_path, monkeypatch):
+    """``python app.py --detector FILE`` with no such file started, and the Memorization tab said "... file not found:
+    the file" later; now the app stops before the model loads, naming it."""
+    import app
+
+    monkeypatch.setattr("steer.cli.loading.load_pipeline", lambda *a, **k: pytest.fail("the model was loaded first"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a detector")
+    for name, needle in (("absent.safetensors", "memorization detector file not found"), ("junk.safetensors", "not a readable safetensors file")):
+        with pytest.raises(SystemExit) as exc:
+            app.main(["--detector", str(tmp_path / name)])
+        assert str(exc.value).startswith("app.py: error: --detector: ") and needle in str(exc.value), exc.value
+    assert app_files._without_path(OSError(f"file not found: {tmp_path}"), tmp_path) == "file not found"  # no "...: the file"

@@ -151,7 +151,10 @@ def metadata_problem(meta: Any) -> str | None:
 
 def _without_path(err: BaseException, path: Path) -> str:
     """``err``'s message without the (temporary, server-side) path of the file: the caller names the file."""
-    return str(err).replace(f"{path}: ", "").replace(str(path), "the file")
+    text = str(err).replace(f"{path}: ", "")
+    if text.endswith(f": {path}"):  # "... file not found: PATH": the caller's label names it
+        return text[: -len(f": {path}")]
+    return text.replace(str(path), "the file")
 
 
 def read_direction(path: str | os.PathLike, label: str) -> SteeringVector:
