@@ -99,6 +99,15 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
     """The Generate tab; returns the direction picker (the Learn tab updates it)."""
     L = H.LIMITS
     choices = app.catalog.choices(None)
+    # the default direction's recommended settings as the controls' values: what the page fills in on load, and what an
+    # API client (gradio_client) that leaves them out gets (it got the paper's window, branch and mode: a weaker edit)
+    try:
+        rec = H.recommended_settings(app.catalog.get(_default_direction(choices), None)) if choices else (None,) * 6
+    except H.UserError:  # a damaged bundled file: the picker says so when it is picked
+        rec = (None,) * 6
+
+    def initial(index: int, default):
+        return rec[index] if rec[index] is not None else default
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(
@@ -164,7 +173,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             hint = gr.Markdown("", elem_id="take-away-hint")  # what the prompt states against the edit, if anything
             direction_info = gr.Markdown("", elem_id="direction-info")
             strength = gr.Slider(
-                -10, 10, value=1.0, step=0.05, label="Strength (negative subtracts or removes; a two-sided slider's: toward its negatives)", elem_id="strength"
+                -10, 10, value=initial(0, 1.0), step=0.05, label="Strength (negative subtracts or removes; a two-sided slider's: toward its negatives)", elem_id="strength"
             )
             layer = gr.Slider(
                 0,
@@ -182,14 +191,14 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                 )
                 with gr.Row():
                     w_start = gr.Slider(
-                        0, 1, value=PAPER_WINDOW[0], step=0.05, label="Window start (fraction of the run)"
+                        0, 1, value=initial(1, PAPER_WINDOW[0]), step=0.05, label="Window start (fraction of the run)"
                     )
-                    w_end = gr.Slider(0, 1, value=PAPER_WINDOW[1], step=0.05, label="Window end")
+                    w_end = gr.Slider(0, 1, value=initial(2, PAPER_WINDOW[1]), step=0.05, label="Window end")
                 with gr.Row():
-                    branch = gr.Radio(list(BRANCHES), value="cond", label="CFG branch")
-                    mode = gr.Radio(list(MODES), value="add", label="Mode")
+                    branch = gr.Radio(list(BRANCHES), value=initial(3, "cond"), label="CFG branch")
+                    mode = gr.Radio(list(MODES), value=initial(4, "add"), label="Mode")
                 with gr.Row():
-                    normalize = gr.Checkbox(False, label="Normalize (strength in units of typical activation norm)")
+                    normalize = gr.Checkbox(initial(5, False), label="Normalize (strength in units of typical activation norm)")
                     strict = gr.Checkbox(True, label="Strict model check")
                 negative_mode = gr.Radio(
                     list(NEGATIVES), value="subtract",

@@ -51,3 +51,16 @@ def test_batch_runs_jobs_on_another_family(tmp_path):
     assert summary["written"] == 2 and summary["failed"] == 0, summary
     pngs = sorted((tmp_path / "out").glob("*.png"))
     assert len(pngs) == 2 and pngs[0].read_bytes() != pngs[1].read_bytes()
+
+
+def test_api_defaults_are_the_default_directions_recommended_settings():
+    """A gradio_client call of /generate that leaves the advanced fields out got the paper's window, branch and mode
+    (the page fills in the direction's recommended ones on load): a weaker edit than the page shows."""
+    from steer.cli.loading import load_pipeline
+    from steer.vectors import SteeringVector
+
+    demo = app.build_app(load_pipeline("assets/models/demo", "cpu"))
+    values = {c["props"].get("label"): c["props"].get("value") for c in demo.config["components"] if "props" in c}
+    rec = SteeringVector.load("assets/directions/to_blue.safetensors").metadata["recommended"]
+    assert [values["Window start (fraction of the run)"], values["Window end"]] == list(rec["window"])
+    assert values["CFG branch"] == rec["branch"] and values["Mode"] == rec["mode"]
