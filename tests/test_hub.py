@@ -406,3 +406,28 @@ def test_generate_and_batch_take_a_hub_repo_id(cache, tmp_path, fingerprint, hub
                  "--no-progress"]) == 0
     manifest = [json.loads(line) for line in (tmp_path / "batch3" / "manifest.jsonl").read_text().splitlines()]
     assert manifest[0]["recipe"]["directions"][0]["hash"] == local.digest()
+
+
+def test_a_hub_model_when_the_hub_cannot_be_reached_says_so(monkeypatch):
+    """Network down (not offline mode): diffusers said the repo "does not appear to have a file named
+    model_index.json", blaming the repo; the chain holds huggingface_hub's LocalEntryNotFoundError and the reason."""
+    import socket
+
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from steer.cli.loading import _unloadable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        try:
+            try:
+                raise socket.gaierror(-2, "Name or service not known")
+            except OSError as dns:
+                raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from dns
+        except LocalEntryNotFoundError as missing:
+            raise OSError("org/model does not appear to have a file named model_index.json.") from missing
+    except OSError as err:
+        message = str(_unloadable("org/model", err))
+    assert message == ("cannot load model 'org/model': it is not in the Hugging Face cache and the Hub cannot be reached "
+                       "([Errno -2] Name or service not known)")
+    assert "does not appear to have" in str(_unloadable("org/model", OSError("org/model does not appear to have a file")))

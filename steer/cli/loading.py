@@ -14,6 +14,7 @@ import torch
 
 from steer.assets import default_model
 from steer.pipelines.factory import steering_class
+from steer.validation import clip
 
 MAX_INDEX_BYTES = 1 << 20  # a model_index.json is a few hundred bytes
 
@@ -119,7 +120,24 @@ def _check_no_pickles(model: str) -> None:
 def _unloadable(model: str, err: OSError) -> OSError:
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     hint = " (HF_HUB_OFFLINE=1 is set: only cached or local models load)" if offline else ""
+    if not offline and (unreachable := _connection_error(err)) is not None:  # not "does not appear to have a file"
+        return OSError(f"cannot load model {model!r}: it is not in the Hugging Face cache and the Hub cannot be reached "
+                       f"({clip(str(unreachable), 120)})")
     return OSError(f"cannot load model {model!r}{hint}: {err}")
+
+
+def _connection_error(err: BaseException) -> BaseException | None:
+    """The innermost error of ``err``'s chain when huggingface_hub could not reach the Hub (a file neither cached nor
+    downloadable: `LocalEntryNotFoundError`); diffusers reports it as the repo lacking ``model_index.json``."""
+    seen, found = set(), None
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err).__name__ == "LocalEntryNotFoundError":
+            found = err
+        elif found is not None:
+            found = err  # deeper: the network's own reason (a name that does not resolve, a refused connection)
+        err = err.__cause__ or err.__context__
+    return found
 
 
 def load_scheduler(model: str | os.PathLike | None = None):
