@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from steer.calibrate import rows_of, seeded_generators
 from steer.denoisers import denoiser_of, native_size
 from steer.engine import ActivationRecorder, step_bucket
-from steer.images import open_image
+from steer.images import open_image, pipeline_picture
 from steer.text_tokens import encode_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -52,6 +52,27 @@ def _as_items(x: Any) -> list:
     if isinstance(x, torch.Tensor) and x.ndim == 4:
         return list(x)
     return list(x)
+
+
+def _as_model_input(image: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+    """A PIL image in RGB as files are decoded (greyscale, RGBA, palette and 16-bit were refused as "1 channels");
+    a tensor as (3, H, W) in [-1, 1]: uint8 (what torchvision reads) scaled from 0-255 (it was clamped to white), a
+    float one within [0, 1] and finite, else one line."""
+    if isinstance(image, Image.Image):
+        return pipeline_picture(image, "RGB", "an image")
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image tensors are (3, height, width) (channels first), got shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        if image.dtype != torch.uint8:
+            raise ValueError(f"image tensors are floats in [0, 1] or uint8 in [0, 255], got {str(image.dtype).replace('torch.', '')}")
+        image = image.float() / 255.0
+    image = image.float()
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("an image tensor holds NaN or infinite values")
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-3 or high > 1 + 1e-3:  # 0-255 floats were clamped to white
+        raise ValueError(f"float image tensors are in [0, 1], got values from {low:g} to {high:g} (uint8 is read as 0-255)")
+    return image.clamp(0, 1).expand(3, *image.shape[1:]) * 2 - 1
 
 
 def _load_image(item: Any) -> Image.Image | torch.Tensor:
@@ -86,12 +107,11 @@ def encode_images(pipe, images: Sequence[Any], height: int | None = None, width:
     """VAE-encode images (PIL, paths, or tensors in [0, 1]) to scaled latents (posterior mean, deterministic)."""
     vae = pipe.vae
     size = native_size(pipe)
-    loaded = []
-    for item in images:
-        im = _load_image(item)
-        if isinstance(im, torch.Tensor):
-            im = im.float().clamp(0, 1) * 2 - 1
-        loaded.append(im)
+    loaded = [_as_model_input(_load_image(item)) for item in images]
+    if len({isinstance(im, torch.Tensor) for im in loaded}) > 1:
+        raise ValueError("an image set mixes tensors with PIL images or files: give one kind")
+    if isinstance(loaded[0], torch.Tensor) and len({tuple(im.shape) for im in loaded}) > 1:
+        raise ValueError(f"image tensors must share one size, got {sorted({tuple(im.shape) for im in loaded})[:3]}")
     x = pipe.image_processor.preprocess(loaded, height=height or size, width=width or size) if not isinstance(loaded[0], torch.Tensor) else torch.stack(loaded)
     x = x.to(device=vae.device, dtype=vae.dtype)
     if x.shape[1] != vae.config.in_channels:

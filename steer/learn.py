@@ -319,8 +319,8 @@ def learn_direction(
         for item in items:
             if isinstance(item, str | os.PathLike) and not is_image_item(item) and Path(item).suffix.lower() in IMAGE_SUFFIXES:
                 raise FileNotFoundError(f"image file not found: {item}")
-    if image_input and mode in ("text", "trajectory"):
-        mode = "reference"  # images carry no prompt trajectory: the paper's extraction
+    if image_input and mode in ("text", "trajectory", "fast"):
+        mode = "reference"  # images carry no prompt trajectory: the paper's extraction (fast reached pipe.unet on SD3)
     if mode == "reference" and getattr(pipe, "unet", None) is None:  # encode + one noised UNet pass: UNet pipelines only
         raise ValueError(
             f"learning from {'images' if image_input else 'reference samples'} (the paper's extraction) needs a UNet "
@@ -490,8 +490,14 @@ def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any]
     if not pos_items or not neg_items or any(is_image_item(i) for i in [*pos_items, *neg_items]):
         raise ValueError("two_sided=True learns a slider from a positive and a negative prompt set (each side is "
                          "contrasted with the prompts with the attribute left open): images or a missing set cannot")
-    if options.get("calibrate") is False:
-        raise ValueError("two_sided=True calibrates each side so that +1 and -1 are full edits: it needs calibrate on")
+    preset = options.get("preset") or {"trajectory": "casteer", "reference": "paper", "fast": "paper"}.get(options.get("mode") or "", "text")
+    chosen = PRESETS.get(preset, {})
+    calibrated = options.get("calibrate") if options.get("calibrate") is not None else chosen.get("calibrate", True)
+    method = options.get("method") or (chosen.get("method") if options.get("preset") else "mean_diff")
+    if not calibrated or method == "mean":  # each side its own prompts' mean, uncalibrated: the two sides nearly alike
+        raise ValueError("two_sided=True calibrates each side against the prompts with the attribute left open, so that "
+                         f"+1 and -1 are full edits: it needs calibrate on and a difference method (preset {preset!r}"
+                         f"{', method ' + repr(method) if method == 'mean' else ''} has neither)")
     pos, neg = [str(p) for p in pos_items], [str(n) for n in neg_items]
     toward_pos = open_prompts(pos, neg)
     try:

@@ -232,6 +232,8 @@ class SteeringVector:
     def __mul__(self, other: float) -> SteeringVector:
         if not isinstance(other, int | float):
             return NotImplemented
+        if not math.isfinite(other):  # a NaN direction failed only at save or steering
+            raise ValueError(f"a direction is scaled by a finite number, got {other!r}")
         if self.opposite is not None and other < 0:
             return self._swapped() * -other
         return self._map(lambda v: v * other, name=f"{other:g}*{self.name}")
@@ -239,6 +241,8 @@ class SteeringVector:
     __rmul__ = __mul__
 
     def __truediv__(self, other: float) -> SteeringVector:
+        if isinstance(other, int | float) and not math.isfinite(other):
+            raise ValueError(f"a direction is divided by a finite number, got {other!r}")
         if not isinstance(other, int | float):
             return NotImplemented
         if other == 0:

@@ -142,3 +142,36 @@ def test_a_negative_prompt_reaches_every_learning_and_calibration_sample_and_is_
     with pytest.raises(ValueError, match=r"^negative_prompt must be one string \(used for every learning and calibration sample\), got list$"):
         tiny_pipe.learn_direction(POS, NEG, negative_prompt=["a bag", "a coat"], progress=False)
 
+
+
+def test_image_tensors_pictures_and_sliders_that_could_not_work(tiny_pipe):
+    """uint8 tensors (torchvision's) were clamped to white; 0-255 floats and NaN images gave misleading errors or a
+    NaN direction; greyscale/RGBA PIL images were refused as "1 channels" (their files worked); mode='fast' with
+    images reached pipe.unet on the transformer families; a two-sided slider learned uncalibrated with the paper's
+    mean had two nearly equal sides; a direction times NaN failed only at save."""
+    import numpy as np
+    from PIL import Image
+
+    from steer.extract import encode_images
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(1, 255, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
+    as_uint8 = encode_images(tiny_pipe, list(pixels))
+    torch.testing.assert_close(as_uint8, encode_images(tiny_pipe, list(pixels.float() / 255)))
+    assert not torch.allclose(as_uint8, encode_images(tiny_pipe, [torch.ones(3, 32, 32)] * 2))
+    for bad, needle in ((pixels[0].float(), "float image tensors are in \\[0, 1\\], got values from"),
+                        (torch.full((3, 32, 32), float("nan")), "NaN or infinite"),
+                        (torch.rand(32, 32, 3), "channels first")):
+        with pytest.raises(ValueError, match=needle):
+            encode_images(tiny_pipe, [bad])
+    grey = Image.fromarray(np.asarray(pixels[0, 0]))
+    torch.testing.assert_close(encode_images(tiny_pipe, [grey]), encode_images(tiny_pipe, [grey.convert("RGB")]))
+    with pytest.raises(ValueError, match="mixes tensors with PIL images"):
+        encode_images(tiny_pipe, [grey, pixels[0]])
+    fast = tiny_pipe.learn_direction([torch.rand(3, 32, 32)] * 2, [torch.rand(3, 32, 32)] * 2, mode="fast", progress=False)
+    assert fast.metadata["source"] == "images"
+    for options in (dict(preset="paper"), dict(mode="fast"), dict(method="mean")):
+        with pytest.raises(ValueError, match="two_sided=True calibrates each side"):
+            tiny_pipe.learn_direction(["a blue bag"], ["a red bag"], two_sided=True, progress=False, **options)
+    with pytest.raises(ValueError, match="scaled by a finite number"):
+        fast * float("nan")
