@@ -462,6 +462,8 @@ def calibrated_for(metadata: Mapping[str, Any]) -> str | None:
         parts.append(f"{sampling['num_inference_steps']} steps")
     if isinstance(sampling.get("sampler"), str):
         parts.append(f"sampler {sampling['sampler']}")
+    if isinstance(sampling.get("height"), int) and isinstance(sampling.get("width"), int):
+        parts.append(f"{sampling['width']}x{sampling['height']} pixels")
     negative = sampling.get("negative_prompt")
     parts.append(f"negative prompt {negative[:80]!r}" if isinstance(negative, str) and negative else "no negative prompt")
     return ", ".join(parts)

@@ -310,6 +310,11 @@ def learn_direction(
         layer_names = resolve_layers(unet, layers)
     else:
         layer_names = default_layers(unet)
+    if not layer_names:  # failed in max() after all the sampling
+        raise ValueError(f"layers={layers!r} names no layer: give at least one (steer layers lists them)")
+    check_int(seed, "seed", 0, 2**63 - 1, optional=False)  # a string or a float failed deep in torch
+    if name is not None and not isinstance(name, str):  # failed only at save, after the learning
+        raise TypeError(f"name must be a string, got {type(name).__name__}")
     for label, items in (("positive", pos_items), ("negative", neg_items)):
         kinds = {is_image_item(i) for i in items}
         if len(kinds) > 1:
@@ -379,6 +384,10 @@ def learn_direction(
     sets: list[dict[str, torch.Tensor]] = []
     norms: list[dict[str, float]] = []
     text_tokens: list[torch.Tensor] = []  # text mode: (N, L, C) conditioning tokens of each set
+    most = max(len(pos_items), len(neg_items))
+    if not image_input and mode != "text" and most > num_samples:  # the samples cycle through the first num_samples
+        warnings.warn(f"learn: num_samples={num_samples} samples only the first {num_samples} of {most} prompts of a set "
+                      "(the rest are not used): raise num_samples to at least the number of prompts", UserWarning, stacklevel=3)
     for index, items in enumerate((pos_items, neg_items)):
         if not items:
             continue
@@ -431,7 +440,9 @@ def learn_direction(
         # the sampler the samples (and the calibration's strengths) came from: a strength is calibrated for it
         "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
                      "scheduler": type(pipe.scheduler).__name__, "sampler": sampler_name(pipe.scheduler),
-                     **{k: v for k, v in call_kwargs.items() if k in NEGATIVE_PROMPTS and v is not None}}
+                     **{k: v for k, v in call_kwargs.items() if k in NEGATIVE_PROMPTS and v is not None},
+                     # the size (and T5 length) a strength was calibrated at, where the call set one
+                     **{k: call_kwargs[k] for k in ("height", "width", "max_sequence_length") if call_kwargs.get(k) is not None}}
         if not image_input else None,
         "image_prompts": image_prompts if image_input and isinstance(image_prompts, str) else None,
         "seed": seed,

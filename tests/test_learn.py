@@ -175,3 +175,20 @@ def test_image_tensors_pictures_and_sliders_that_could_not_work(tiny_pipe):
             tiny_pipe.learn_direction(["a blue bag"], ["a red bag"], two_sided=True, progress=False, **options)
     with pytest.raises(ValueError, match="scaled by a finite number"):
         fast * float("nan")
+
+
+def test_unused_prompts_empty_layers_and_late_type_errors_are_said_up_front(tiny_pipe):
+    """Prompts past num_samples were never sampled, without a word; layers=[] failed in max() after all the sampling;
+    a string seed failed deep in torch; a numeric name only at save; the size a strength was calibrated at was not
+    recorded."""
+    with pytest.warns(UserWarning, match="num_samples=2 samples only the first 2 of 3 prompts of a set"):
+        tiny_pipe.learn_direction(["a red bag", "a red hat", "a red shoe"], ["a bag", "a hat", "a shoe"], mode="fast",
+                                  num_samples=2, num_inference_steps=2, progress=False)
+    for options, error, needle in ((dict(layers=[]), ValueError, "names no layer"), (dict(seed="1"), ValueError, "seed must be"),
+                                   (dict(name=123), TypeError, "name must be a string, got int")):
+        with pytest.raises(error, match=needle):
+            tiny_pipe.learn_direction(["a red bag"], ["a bag"], mode="fast", num_samples=1, num_inference_steps=2,
+                                      progress=False, **options)
+    v = tiny_pipe.learn_direction(["a red bag", "a red hat"], ["a bag", "a hat"], num_inference_steps=2, calibration_samples=2,
+                                  height=64, width=32, progress=False)
+    assert (v.metadata["sampling"]["height"], v.metadata["sampling"]["width"]) == (64, 32)
