@@ -9,7 +9,7 @@ from steer import ModelMismatchError, SteeringFileError, SteeringStableDiffusion
 from steer.config import SteeringConfig
 from steer.denoisers import CONTEXT_SITE, LayerError, layer_channels
 from steer.engine import SteeringSession, build_layer_plans, window_bounds
-from steer.testing import capture_site, no_hooks_left, random_vector, run_in_threads, step_barrier
+from steer.testing import capture_site, no_hooks_left, random_vector, run_in_threads, step_barrier, tiny_pipeline
 
 STEPS = 6
 PROMPT = "a red sneaker"
@@ -345,3 +345,26 @@ def test_from_pipe_shares_weights_and_steers(gen):
     pipe.set_progress_bar_config(disable=True)
     v = random_vector(pipe, ["up_blocks.0.resnets.0"], scale=3.0)
     assert not np.array_equal(call(pipe, gen, steering=v), call(pipe, gen))
+
+
+def test_compile_unet_leaves_the_pipelines_sharing_its_unet_unsteered(gen):
+    """compile_unet's site hooks sit on the uncompiled UNet, which the diffusers pipeline it came from (and copies made
+    before compiling) still call: the last steered call's deltas stayed in the buffers and steered them (0.42 of a
+    pixel), and a call of another batch size failed on the buffer's shape."""
+    from diffusers import StableDiffusionPipeline
+
+    base = tiny_pipeline(seed=0, cls=StableDiffusionPipeline)
+    base.set_progress_bar_config(disable=True)
+    pipe = SteeringStableDiffusionPipeline.from_pipe(base)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(p, **kw):
+        return p("a red sneaker", num_inference_steps=4, generator=gen(0), output_type="np", **kw).images
+
+    copy, before = pipe.with_sampler("ddim"), run(base)
+    before_copy = run(copy)
+    v = random_vector(pipe, ["up_blocks.0.resnets.1"], scale=3.0)
+    pipe.compile_unet(layers=["up_blocks.0.resnets.1"], backend="eager")
+    assert not np.array_equal(run(pipe, steering=v, steering_scale=2.0), before)
+    assert np.array_equal(run(base), before) and np.array_equal(run(copy), before_copy)
+    assert base(["a", "b"], num_inference_steps=2, output_type="np").images.shape[0] == 2

@@ -79,7 +79,7 @@ class StaticSteeringSites:
 
         def hook(h: torch.Tensor) -> torch.Tensor | None:
             delta = deltas.get(name)
-            if delta is None:
+            if delta is None or delta.shape[0] != h.shape[0]:  # a call not through the compiled wrapper (another batch)
                 return None
             return apply_delta(h, delta, self.mode, self.preserve_norm, self.fixed_tokens.get(site, 0))
 
@@ -138,6 +138,10 @@ class StaticSteeringSites:
         (rows, tokens, channels) tensor per cross-attention) are let go of."""
         self.session, self.text_groups, self.replacing = None, [], False
         self.reader_tokens.clear()
+        # the hooks sit on the uncompiled module the parent pipeline (and copies made before compiling) still call:
+        # the last call's deltas, left in the buffers, steered those unsteered calls
+        for buf in (*self.deltas.values(), *self.reader_deltas.values()):
+            buf.zero_()
 
     def attach(self, wrapper: nn.Module) -> None:
         """Fill the deltas before every call of ``wrapper`` (the compiled module)."""
