@@ -239,6 +239,7 @@ def test_decoder_stage_continues_a_pipeline_and_replaces_only_its_decoder(tmp_pa
     assert stage["steps"] == 3 and stage["args"]["decoder_latent_noise"] == 2.0
     # exported again into the same folder: what it copied from the starting pipeline is its own (it was refused)
     (src / "memorized.png").write_bytes(b"a sample grid")
+    (src / "notes.txt").write_text("the starting pipeline's own file")  # copied whole: the export's own on a rerun
     main(["--stage", "export", "--out", str(tmp_path / "dec"), "--export", str(tmp_path / "new2")])
     main(["--stage", "export", "--out", str(tmp_path / "dec"), "--export", str(tmp_path / "new2")])
     assert (tmp_path / "new2" / "memorized.png").read_bytes() == b"a sample grid"

@@ -54,9 +54,9 @@ def export(run: Path, dest: Path, fp16: bool = True) -> Path:
     from diffusers import AutoencoderKL
 
     run, dest = Path(run), Path(dest)
-    check_export_dest(run, dest)
     if not (run / "checkpoint.safetensors").is_file() and (run / "decoder_init.json").is_file():
-        return export_decoder(run, dest)
+        return export_decoder(run, dest)  # checks dest against what it writes: the pipeline it started from, whole
+    check_export_dest(run, dest)
     t = load_file(str(run / "checkpoint.safetensors"))
     info = json.loads((run / "checkpoint.json").read_text())
     scale = json.loads((run / "latents.json").read_text())["scaling_factor"]
