@@ -13,7 +13,7 @@ from PIL import Image, PngImagePlugin
 from steer.files import atomic_write
 
 RECIPE_KEY = "steer:recipe"
-MAX_RUNS_PER_NAME = 10_000  # `unused_names`: suffixes tried before giving up on an output folder
+MAX_RUNS_PER_NAME = 10_000  # `save_new_pngs`: suffixes tried before giving up on an output folder
 
 
 def recipe_hash(recipe: dict[str, Any]) -> str:
@@ -72,6 +72,9 @@ def _suffixed(paths: list[Path], n: int) -> list[Path]:
 
 
 def _first_unused(paths: list[Path], recipes: list[dict[str, Any]], start: int = 1) -> int:
+    """The first suffix from ``start`` under which each of a run's files is free or holds the same recipe (a rerun
+    overwrites its own images): 1 keeps the names, then ``-2``, ``-3``, ... (a run's files keep one suffix:
+    ``seed0_scale+1-2.png``, ``seed0_sweep-2.png``)."""
     for n in range(start, MAX_RUNS_PER_NAME + 1):
         if all(not os.path.lexists(p) or made_by(p, r) for p, r in zip(_suffixed(paths, n), recipes, strict=True)):
             return n
@@ -79,16 +82,8 @@ def _first_unused(paths: list[Path], recipes: list[dict[str, Any]], start: int =
                           "write to another --out folder")
 
 
-def unused_names(paths: list[Path], recipes: list[dict[str, Any]]) -> list[Path]:
-    """Where one run's files go without losing another run's: ``paths`` themselves where each is free or holds the
-    same recipe (a rerun overwrites its own images), else the same names with the first suffix ``-2``, ``-3``, ...
-    under which that holds for every file (a run's files keep one suffix: ``seed0_scale+1-2.png``,
-    ``seed0_sweep-2.png``)."""
-    return _suffixed(paths, _first_unused(paths, recipes))
-
-
 def save_new_pngs(files: list[tuple[Image.Image, Path, dict[str, Any]]]) -> list[Path]:
-    """Write one run's images (image, wanted path, recipe) under `unused_names`, never replacing a file another
+    """Write one run's images (image, wanted path, recipe) under the first free names (`_first_unused`), never replacing a file another
     process wrote after the names were chosen (two ``steer generate`` runs into one ``--out`` lost images so): a free
     name is taken only while still free; on a clash the run's files move on to the next suffix (those it wrote under
     the clashing one removed again), except where the file there now holds the same recipe (the same call, made at

@@ -136,8 +136,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"calibrated on {len(det.calibration['reencode'])} ordinary samples at FPR {args.fpr:g}: "
               f"thresholds re-encode {det.threshold:.4g}, inline {det.inline_threshold:.4g}, early {det.early_threshold:.4g}")
     if args.save_detector:
-        replaced = safetensors_path(Path(args.save_detector).expanduser()).exists()
-        print(f"{'replaced' if replaced else 'wrote'} {det.save(Path(args.save_detector).expanduser())}")
+        target = Path(args.save_detector).expanduser()
+        replaced = safetensors_path(target).exists()
+        print(f"{'replaced' if replaced else 'wrote'} {det.save(target)}")
     if not (args.prompts or args.images):
         return 0
     with warnings.catch_warnings(record=True) as caught:  # sampled off the calibration...: one line each

@@ -50,8 +50,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
         vector = _learn(pipe, args, positive, negative)
-    replaced = safetensors_path(Path(args.out).expanduser()).exists()
-    path = vector.save(Path(args.out).expanduser())  # where the checks looked (an unexpanded ~ was written under ./~)
+    out = Path(args.out).expanduser()  # where the checks looked (an unexpanded ~ was written under ./~)
+    replaced = safetensors_path(out).exists()
+    path = vector.save(out)
     print(f"{'replaced' if replaced else 'wrote'} {path}: {vector}")
     sides = [("", vector)]
     if vector.opposite is not None:  # a slider: what each end of it is, then each side's calibration

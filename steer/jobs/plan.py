@@ -361,7 +361,7 @@ class _Validator:
         if not given.is_absolute() and self.base_dir is not None:
             candidates.insert(0, self.base_dir / given)
         for c in candidates:  # each as given, then as `SteeringVector.save` names it (dirs/blue -> dirs/blue.safetensors)
-            for f in (c, safetensors_path(c)) if c.name else (c,):
+            for f in (c, safetensors_path(c)):
                 if local_kind(f) == "file":
                     return f.resolve()
         bundled = bundled_directions(self.model)
