@@ -63,7 +63,9 @@ from steer.vectors import ModelMismatchError, unet_fingerprint
 class SteeringPipelineOutput(StableDiffusionPipelineOutput):
     """`StableDiffusionPipelineOutput` plus inline memorization scores (one per image, higher = more memorized).
 
-    ``memorization_step_scores`` is (steps, images): the statistic at every denoising step. ``memorized`` is set
+    ``memorization_step_scores`` is (steps, images): the statistic at every denoiser call, one per denoising step
+    (second-order samplers such as ``"heun"`` and ``"dpm2"`` call the denoiser twice for all but the last step, so
+    their rows, the inline window and ``memorization_early_steps`` count calls). ``memorized`` is set
     when a calibrated detector was given. With ``return_dict=False`` the call returns the tuple
     ``(images, nsfw_content_detected, memorization_scores, memorization_early_scores, memorized)``.
     """
