@@ -53,6 +53,48 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], replace
     return path
 
 
+class GrowingFile:
+    """A text file written a part at a time that survives an interruption: the parts go to a partial file next to
+    ``path`` (created exclusively under its own name, ``path.name.partial-XXXX``, so nothing planted is followed and
+    two runs never share one), each flushed to disk as it is added; `finish` gives it the name ``path`` (a symlink
+    there is refused). A run that stops before `finish` leaves the partial file holding every part added, ``partial``
+    names it (it is removed when nothing was added).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{self.path.name[:64]}.partial-", dir=self.path.parent)
+        self.partial = Path(name)
+        self._file = os.fdopen(fd, "w", encoding="utf-8")
+        self.parts = 0
+
+    def add(self, text: str) -> None:
+        """Append ``text`` and flush it to disk."""
+        self._file.write(text)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.parts += 1
+
+    def finish(self) -> Path:
+        """The whole file under its name (replacing a file there, never a symlink)."""
+        self._file.close()
+        if self.path.is_symlink():
+            raise UnsafePathError(f"refusing to write {self.path}: it is a symbolic link (the report is in {self.partial})")
+        os.chmod(self.partial, 0o644)
+        os.replace(self.partial, self.path)
+        _fsync(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        return self.path
+
+    def abandon(self) -> Path | None:
+        """Stop here: the partial file when it holds something (kept for the user), else None (removed)."""
+        self._file.close()
+        if self.parts:
+            return self.partial
+        self.partial.unlink(missing_ok=True)
+        return None
+
+
 def _fsync(path: Path, flags: int) -> None:
     try:
         fd = os.open(path, flags)

@@ -441,3 +441,43 @@ def test_recorded_sampling_is_the_steps_asked_for_on_second_order_samplers(tiny_
         warnings.simplefilter("always")
         heun(["a bag"], generator=_gens([0]), num_inference_steps=3, guidance_scale=5.0, memorization_detector=det, output_type="pt")
     assert not [w for w in caught if "was calibrated at" in str(w.message)]
+
+
+def test_cli_report_grows_as_it_scores_and_an_interrupted_run_keeps_its_rows(model_dir, tmp_path, capsys, monkeypatch, one_thread):
+    """``steer detect --prompts`` held every image and row until the end: a run stopped after an hour lost all of it.
+    Rows now reach disk a part (whole generation and re-encode batches) at a time; an interrupted run leaves them in a
+    partial file it names and no report; every score is the one a single pass over all prompts gives."""
+    import steer.cli.detect as detect_cli
+    from steer.cli.loading import load_pipeline
+    from steer.cli.main import main
+    from steer.detect.detector import detect_memorization
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red item\n")
+    run = ["detect", "--model", model_dir, "--device", "cpu", "--prompts", str(prompts), "--steps", str(STEPS),
+           "--num-images-per-prompt", "33", "--batch-size", "32"]
+    calls = []
+
+    def stopped_on_the_second_part(*args, **kwargs):
+        calls.append(len(args[1]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return detect_memorization(*args, **kwargs)
+
+    monkeypatch.setattr(detect_cli, "detect_memorization", stopped_on_the_second_part)
+    out = tmp_path / "report.jsonl"
+    assert main([*run, "--out", str(out)]) == 130
+    (partial,) = tmp_path.glob("report.jsonl.partial-*")
+    assert f"the rows scored before it stopped are in {partial}" in capsys.readouterr().err
+    assert not out.exists() and calls == [32, 1]
+    kept = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert [r["index"] for r in kept] == list(range(32))
+    monkeypatch.setattr(detect_cli, "detect_memorization", detect_memorization)
+    assert main([*run, "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[:32] == kept and [r["seed"] for r in rows] == list(range(33))
+    assert list(tmp_path.glob("report.jsonl.partial-*")) == [partial]  # the finished run left none of its own
+    whole = detect_memorization(load_pipeline(model_dir, device="cpu"), "a red item", num_images_per_prompt=33,
+                                batch_size=32, num_inference_steps=STEPS, guidance_scale=7.5)
+    assert [r["score"] for r in rows] == [float(s) for s in whole.scores]
+    assert [r["inline_score"] for r in rows] == [float(s) for s in whole.inline_scores]

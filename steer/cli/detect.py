@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ from steer.cli.inputs import (
 )
 from steer.detect.detector import MemorizationDetector, detect_memorization, read_detector_file
 from steer.detect.scores import DEFAULT_INLINE_WINDOW, INLINE_SCORES, SCORE_KINDS, STATISTICS
-from steer.files import atomic_write
+from steer.files import GrowingFile, atomic_write
 from steer.jobs.plan import MAX_GUIDANCE  # the command line's limits are steer batch's
 from steer.validation import MAX_IMAGES, MAX_SEED, MAX_STEPS, bounded_float, bounded_int, clip, safetensors_path
 
@@ -105,7 +106,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         if items is not None and len(items) * args.num_images_per_prompt > MAX_IMAGES:
             raise CLIError(f"{flag}: {len(items)} prompts x --num-images-per-prompt {args.num_images_per_prompt} is "
                            f"{len(items) * args.num_images_per_prompt} images, above the limit of {MAX_IMAGES} per run "
-                           "(the report is written at the end: split the prompt file)")
+                           "(split the prompt file)")
     images = list_images(args.images) if args.images else None
     check_out_file(args.out, "--out")
     check_out_file(args.save_detector, "--save-detector", safetensors=True)  # where it lands: NAME.safetensors
@@ -141,16 +142,22 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"{'replaced' if replaced else 'wrote'} {det.save(target)}")
     if not (args.prompts or args.images):
         return 0
-    with warnings.catch_warnings(record=True) as caught:  # sampled off the calibration...: one line each
-        warnings.simplefilter("always")
-        rows, kind = _score_for_cli(det, pipe, args, call, prompts, images)
-    print_warnings(caught)
     out = Path(args.out)
     summary_path = out.with_suffix(".summary.json")
     linked = [p for p in (out, summary_path, out.with_suffix(".png")) if p.is_symlink()]
     if linked:  # checked before any is written: never through a link, never half a report
         raise CLIError(f"refusing to write {linked[0]}: it is a symbolic link")
-    atomic_write(out, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in rows)))
+    report = GrowingFile(out)
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # sampled off the calibration...: one line each
+            warnings.simplefilter("always")
+            rows, kind = _score_for_cli(det, pipe, args, call, prompts, images, report)
+    except BaseException:
+        if (kept := report.abandon()) is not None:  # what was scored is not lost
+            print(f"the rows scored before it stopped are in {kept}", file=sys.stderr)
+        raise
+    print_warnings(caught)
+    report.finish()
     summary = _summary(rows, det, kind)
     atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     hist = _histogram(rows, det, kind, out.with_suffix(".png"))
@@ -184,9 +191,10 @@ def _detector_options(args: argparse.Namespace) -> None:
                        "report .jsonl")
 
 
-def _score_files(det: MemorizationDetector, files: list[Path], batch_size: int) -> list[dict]:
-    """Re-encode scores of ``files``, a batch at a time; an unreadable file is a row with its ``error`` (the scores of
-    every other file are kept: one bad image at the end of a folder lost them all)."""
+def _score_files(det: MemorizationDetector, files: list[Path], batch_size: int, report: GrowingFile) -> list[dict]:
+    """Re-encode scores of ``files``, a batch at a time, each batch's rows added to ``report``; an unreadable file is
+    a row with its ``error`` (the scores of every other file are kept: one bad image at the end of a folder lost them
+    all)."""
     rows: list[dict] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -199,25 +207,44 @@ def _score_files(det: MemorizationDetector, files: list[Path], batch_size: int) 
                     results.append((float(det.score([f])[0]), None))
                 except ValueError as err:
                     results.append((None, clip(str(err), 300)))
+        new = []
         for f, (score, error) in zip(chunk, results, strict=True):
             flagged = None if score is None or det.threshold is None else score > det.threshold
-            rows.append({"index": len(rows), "image": str(f), "score": score, "memorized": flagged,
-                         **({"error": error} if error else {})})
+            new.append({"index": start + len(new), "image": str(f), "score": score, "memorized": flagged,
+                        **({"error": error} if error else {})})
+        report.add("".join(json.dumps(row) + "\n" for row in new))
+        rows += new
     return rows
 
 
 def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, call: dict, prompts: list[str] | None,
-                   files: list[Path] | None) -> tuple[list[dict], str]:
+                   files: list[Path] | None, report: GrowingFile) -> tuple[list[dict], str]:
+    """The report's rows and the score their verdicts come from. Generated images are sampled and scored a part at a
+    time, each part's rows added to ``report`` (on disk before the next part is sampled) and its images saved as they
+    come (``--save-images``), so an interrupted run keeps what it scored. A part is whole generation batches and whole
+    re-encode batches, so every score is the one a single pass gives."""
     if files is not None:
-        return _score_files(det, files, args.batch_size), "reencode"
-    report = detect_memorization(
-        pipe, prompts, detector=det, num_images_per_prompt=args.num_images_per_prompt, seed=args.seed,
-        verdict_from=args.verdict_from, batch_size=args.batch_size, **call,
-    )
-    rows = report.rows()
-    if args.save_images:
-        _save_images(Path(args.save_images), rows, report.images, _image_recipe(pipe, args, call))
-    return rows, report.verdict_from
+        return _score_files(det, files, args.batch_size, report), "reencode"
+    items = [p for p in prompts for _ in range(args.num_images_per_prompt)]
+    part = math.lcm(args.batch_size, det.batch_size)
+    base = _image_recipe(pipe, args, call) if args.save_images else None
+    rows: list[dict] = []
+    kind, noted = "reencode", False
+    for start in range(0, len(items), part):
+        found = detect_memorization(pipe, items[start : start + part], detector=det, seed=args.seed + start,
+                                    verdict_from=args.verdict_from, batch_size=args.batch_size, **call)
+        new = found.rows()
+        for row in new:
+            row["index"] += start
+        if base is not None:
+            renamed = _save_images(Path(args.save_images), new, found.images, base)
+            if renamed is not None and not noted:
+                print(f"note: {args.save_images} holds another run's images: this run's are named like {renamed.name}")
+                noted = True
+        report.add("".join(json.dumps(row) + "\n" for row in new))
+        rows += new
+        kind = found.verdict_from
+    return rows, kind
 
 
 def _image_recipe(pipe, args: argparse.Namespace, call: dict) -> dict[str, Any]:
@@ -233,10 +260,10 @@ def _image_recipe(pipe, args: argparse.Namespace, call: dict) -> dict[str, Any]:
             **({"loras": loaded_loras(pipe)} if loaded_loras(pipe) else {})}
 
 
-def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], base: dict) -> None:
+def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], base: dict) -> Path | None:
     """The generated images as ``00000.png``, ... with their recipe (``base`` and each row's own); another run's files
-    there are kept (this run's names then take a ``-2``, ``-3``, ... suffix, said on stdout); a rerun of the same call
-    replaces its own."""
+    there are kept (this run's names then take a ``-2``, ``-3``, ... suffix: the first such name is returned); a rerun
+    of the same call replaces its own."""
     from steer.recipe import save_new_pngs
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -247,10 +274,9 @@ def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], bas
         paths = save_new_pngs([(_to_pil(image), path, recipe) for image, path, recipe in zip(images, wanted, recipes, strict=True)])
     except FileExistsError as err:
         raise CLIError(str(err).replace("--out", "--save-images")) from None
-    if paths != wanted:
-        print(f"note: {folder} holds another run's images: this run's are named like {paths[0].name}")
     for row, path in zip(rows, paths, strict=True):
         row["image"] = str(path)
+    return next((p for p, w in zip(paths, wanted, strict=True) if p != w), None)
 
 
 def _to_pil(image: torch.Tensor):
