@@ -243,8 +243,14 @@ def _read_csv(data: bytes) -> list[RawJob]:
     return jobs
 
 
+_CSV_TEXT = {"prompt", "negative_prompt", "name", "image", "mask", "model", "sampler"}  # never JSON: "[masterpiece], a bag"
+
+
 def _csv_cell(line_no: int, column: str, text: str) -> Any:
-    """A CSV cell as a typed value: JSON if it starts with '[' or '{', else by the column's type."""
+    """A CSV cell as a typed value: text in the text columns (a prompt may start with '[' or '{'), else JSON if it
+    starts with '[' or '{', else by the column's type."""
+    if column in _CSV_TEXT:
+        return text
     if text[:1] in "[{":
         value = parse_json_value(line_no, text)
         if isinstance(value, JobError):
@@ -268,6 +274,14 @@ def _csv_cell(line_no: int, column: str, text: str) -> Any:
     return text
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _compact_direction(text: str) -> dict[str, Any]:
     """``path``, ``path@SCALE`` or ``path@LO:HI:N`` (a sweep)."""
     path, _, spec = text.rpartition("@") if "@" in text else (text, "", "")
@@ -276,6 +290,8 @@ def _compact_direction(text: str) -> dict[str, Any]:
     parts = spec.split(":")
     of = f" of direction {show(path)}"  # what a bad number is: "directions: the scale of direction 'to_red' must be ..."
     if len(parts) == 1:
+        if "/" in path and re.fullmatch(r"[A-Za-z][\w.-]*", spec) and not _is_number(spec):  # owner/name@main: a
+            return {"path": text}  # Hub direction at a revision, all of it the path
         return {"path": path, "scale": _float_text(f"directions: the scale{of}", parts[0])}
     if len(parts) == 3:
         lo, hi = (_float_text(f"directions: the sweep {end}{of}", t) for end, t in zip(("lo", "hi"), parts[:2], strict=True))
