@@ -43,8 +43,11 @@ def sanitize_name(name: str) -> str:
 def image_key(recipe: dict[str, Any]) -> str:
     """The resume key of an image: the recipe hash without provenance-only fields (version, direction paths, a
     take-away's path and the fit its scale and window came from: they are in the recipe themselves; an edit's file
-    paths: its files count by their sha256)."""
+    paths: its files count by their sha256). A local model folder counts by where it is, however the recipe names it
+    (recipes recorded it as given, relative to where the command ran, before they recorded it absolute)."""
     core = {k: v for k, v in recipe.items() if k != "steer_version"}
+    if isinstance(model := recipe.get("model"), str) and (local := Path(model).expanduser()).exists():
+        core["model"] = str(local.resolve())
     core["directions"] = [{k: v for k, v in d.items() if k != "path"} for d in recipe.get("directions") or []]
     if isinstance(recipe.get("take_away"), dict):
         core["take_away"] = {k: v for k, v in recipe["take_away"].items() if k not in ("path", "fit")}
@@ -90,14 +93,19 @@ def duplicate_notes(plan: Plan) -> list[str]:
 
 
 def read_manifest_entries(out: str | os.PathLike) -> list[dict[str, Any]]:
-    """Entries of ``manifest.jsonl`` and any ``manifest.rank*.jsonl`` shards with a safe relative path; unreadable
-    (torn) lines, symlinked manifests and paths leaving the folder are ignored."""
+    """Entries of ``manifest.jsonl`` and any ``manifest.rank*.jsonl`` shards with a safe relative path, each keyed by
+    its recipe (`image_key`); unreadable (torn) lines, symlinked manifests and paths leaving the folder are ignored."""
     entries = []
     for e in manifest_lines(out):
         try:
             safe_parts(e["path"])
         except ValueError:
             continue
+        if isinstance(e.get("recipe"), dict):  # the key as this version computes it (its rules may have changed)
+            try:
+                e["key"] = image_key(e["recipe"])
+            except (AttributeError, TypeError):  # a recipe of another shape: the key it was written with
+                pass
         entries.append(e)
     return entries
 

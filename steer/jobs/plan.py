@@ -123,6 +123,19 @@ class _Validator:
         self.edits = EditChecker(pipe, base_dir)
         self.loras = loaded_loras(pipe)
 
+    def _same_model(self, given: Any) -> bool:
+        """Whether a job's ``model`` names this run's: the same text, or the same folder (relative to the jobs file's
+        folder or to where the command runs, with or without a trailing slash)."""
+        if given == self.model:
+            return True
+        if not isinstance(given, str) or not given or not Path(self.model).exists():
+            return False
+        ours = Path(self.model).resolve()
+        places = [Path(given).expanduser()]
+        if not places[0].is_absolute() and self.base_dir is not None:
+            places.insert(0, self.base_dir / places[0])
+        return any(p.exists() and p.resolve() == ours for p in places)
+
     # ----- fields ---------------------------------------------------------------------------------------------------
     def images(self, line: int, raw: dict[str, Any]) -> list[ImageJob]:
         """Validate one job and expand it into its images; raises `JobError`."""
@@ -138,7 +151,7 @@ class _Validator:
         if unknown:
             raise JobError(line, f"unknown field(s) {_unknown_fields(unknown)}")
         job = {**DEFAULTS, **raw}
-        if job.get("model") not in (None, self.model):
+        if job.get("model") is not None and not self._same_model(job["model"]):
             raise JobError(line, f"model {show(job['model'])} differs from this run's model {show(self.model)}; run it as its own batch")
         prompt = check_text(line, "prompt", job.get("prompt"), required=True)
         negative = check_text(line, "negative_prompt", job.get("negative_prompt"))
@@ -159,7 +172,8 @@ class _Validator:
         away, job = self._take_away(line, job, loaded, prompt)
         if away is None and len(loaded) == 1 and edit is None and job.get("take_away") is None:
             self._suggest_take_away(line, prompt, loaded[0])
-        sampler = self._sampler(line, job.get("sampler", self.default_sampler))
+        inverted = edit is not None and edit.invert  # DDIM inversion and its replay: --sampler is not theirs to record
+        sampler = self._sampler(line, job.get("sampler", None if inverted else self.default_sampler))
         base = CallSetup(self.model, steps, guidance, height, width, sampler=sampler,
                          task=edit.task if edit else None, strength=edit.strength if edit else None)
         setup, resolved_layers = self._checked_setup(line, job, base, loaded, away)

@@ -36,7 +36,7 @@ from typing import Any
 
 from steer.jobs.checks import MAX_PROMPT_CHARS
 from steer.jobs.edits import editing_pipeline_of
-from steer.jobs.files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id
+from steer.jobs.files import LOCK_FILE, MANIFEST, OutDir, OutputBusyError, UnsafePathError, new_run_id, read_under
 from steer.jobs.formats import read_jobs
 from steer.jobs.outputs import holds_recipe, image_key, read_manifest_entries, sanitize_name, sha_of
 from steer.jobs.plan import (
@@ -474,8 +474,20 @@ def failure_lines(failures: list[dict[str, Any]], prefix: str) -> list[str]:
 
 
 def _summary(plan: Plan, tallies: list[dict[str, Any]], out: Path, seconds: float) -> dict[str, Any]:
-    failures = sorted(plan.failures + [f for t in tallies for f in t["failures"]], key=lambda f: f["line"])
-    duplicates = sum(1 for im in plan.images if im.status == "duplicate")
+    failures = plan.failures + [f for t in tallies for f in t["failures"]]
+    failed_lines = {f["line"] for f in failures}
+    first_of = {(im.line, im.index): im for im in plan.images if im.status != "duplicate"}
+    duplicates = 0
+    for im in plan.images:  # made once, as the first image with its recipe: done when that one is
+        first = first_of.get(im.same_as) if im.status == "duplicate" and im.same_as is not None else None
+        if first is not None and first.line in failed_lines and not (
+                first.path and holds_recipe(read_under(out, first.path), first.key)):
+            if im.line not in failed_lines:
+                failures.append({"line": im.line, "reason": f"the same image as line {first.line}'s, which failed"})
+                failed_lines.add(im.line)
+        elif im.status == "duplicate":
+            duplicates += 1
+    failures.sort(key=lambda f: f["line"])
     written = sum(t["written"] for t in tallies)
     gen_seconds = max((t["generate_seconds"] for t in tallies), default=0.0)
     return {
