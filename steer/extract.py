@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from steer.calibrate import rows_of, seeded_generators
-from steer.denoisers import denoiser_of, native_size
+from steer.denoisers import denoiser_of, denoiser_use, native_size
 from steer.engine import ActivationRecorder, step_bucket
 from steer.images import open_image, pipeline_picture
 from steer.text_tokens import encode_text
@@ -140,7 +140,7 @@ def extract_from_latents(
     recorder = ActivationRecorder(unet, layers, pooling, cfg=False, branch="both")
     bar = _Progress(progress, len(latents), "extract")
     try:
-        with recorder:
+        with denoiser_use(pipe), recorder:
             for i in range(0, len(latents), batch_size):
                 z0 = latents[i : i + batch_size]
                 noise = torch.randn(z0.shape, generator=generator, device=generator.device if generator else "cpu").to(z0)
@@ -248,7 +248,7 @@ def record_steps(
         num_steps=getattr(call_pipe, "steering_num_steps", lambda: len(call_pipe.scheduler.timesteps)),
         cfg=getattr(call_pipe, "steering_cfg", lambda: call_pipe.do_classifier_free_guidance), branch="cond",
     )
-    with recorder:
+    with denoiser_use(call_pipe), recorder:
         _plain_call(call_pipe, list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **rows_of(call_kwargs, len(prompts)))
     return {n: recorder.by_step(n) for n in layers}, recorder.activation_norms()
 

@@ -368,3 +368,44 @@ def test_compile_unet_leaves_the_pipelines_sharing_its_unet_unsteered(gen):
     assert not np.array_equal(run(pipe, steering=v, steering_scale=2.0), before)
     assert np.array_equal(run(base), before) and np.array_equal(run(copy), before_copy)
     assert base(["a", "b"], num_inference_steps=2, output_type="np").images.shape[0] == 2
+
+
+def _compiled_uses(pipe, gen):
+    """What the paths that use a pipeline's denoiser outside a steered call give: trajectory recording (learning,
+    fits), image extraction, the detector's re-encode and Wen et al.'s score."""
+    from steer.detect.baselines import wen_scores
+    from steer.detect.detector import MemorizationDetector
+    from steer.extract import extract_from_images, record_steps
+
+    steps, _ = record_steps(pipe, ["a blue bag"], [1], ["up_blocks.1.attentions.0"], num_inference_steps=3)
+    images = torch.rand(2, 3, 32, 32, generator=gen(3))
+    pooled, _ = extract_from_images(pipe, images, ["up_blocks.1.attentions.0"])
+    detector = MemorizationDetector(pipe, layers=["up_blocks.1.attentions.0"])
+    return steps["up_blocks.1.attentions.0"], pooled, detector.representations(images), wen_scores(pipe, PROMPT, k=2, num_inference_steps=3, generator=gen(0))
+
+
+def test_every_use_of_a_compiled_denoiser_holds_its_sites_lock(gen):
+    """compile_unet's site buffers are shared by every call of its UNet, but learning (`record_steps`), image
+    extraction, the detector's re-encode and Wen's score called it without the sites' lock, as did a steered call of a
+    copy made before compiling: a learn in one thread and a steered call in another changed each other's results
+    (20.5 on a recorded activation). Each now holds the lock while the denoiser runs."""
+    pipe = tiny_pipeline(seed=0)
+    copy = pipe.with_sampler("ddim")  # its UNet is the uncompiled one, sites and all
+    pipe.compile_unet(layers=["up_blocks.0.resnets.1"], backend="eager")
+    lock, held = pipe._static_sites.lock, []
+
+    @torch._dynamo.disable
+    def probe(*_):
+        held.append(lock._is_owned())
+
+    handles = [m.register_forward_pre_hook(probe) for m in (pipe.unet, pipe.denoiser)]  # compiled wrapper, eager UNet
+    try:
+        _compiled_uses(pipe, gen)
+        call(copy, gen, steering=random_vector(pipe, ["up_blocks.0.resnets.1"]), num_inference_steps=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert held and all(held), held
+    assert not lock._is_owned()
+    torch._dynamo.reset()
+

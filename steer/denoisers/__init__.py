@@ -6,7 +6,11 @@ the denoiser itself (a compiled wrapper is unwrapped), so callers never branch o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +42,7 @@ __all__ = [
     "cross_attention_sites",
     "default_layers",
     "denoiser_of",
+    "denoiser_use",
     "layer_channels",
     "list_layers",
     "main_tensor",
@@ -45,6 +50,7 @@ __all__ = [
     "register_site_hook",
     "replace_main_tensor",
     "resolve_layers",
+    "sites_lock",
     "text_readers",
     "unwrap",
 ]
@@ -57,10 +63,36 @@ def unwrap(model: nn.Module) -> nn.Module:
     return unwrap_module(model)
 
 
+def _denoiser_attribute(pipe: object) -> str:
+    return getattr(pipe, "denoiser_name", None) or ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
+
+
 def denoiser_of(pipe: object) -> nn.Module:
     """A pipeline's denoiser (its ``denoiser_name`` component, else ``unet`` / ``transformer``), uncompiled."""
-    name = getattr(pipe, "denoiser_name", None) or ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
-    return unwrap(getattr(pipe, name))
+    return unwrap(getattr(pipe, _denoiser_attribute(pipe)))
+
+
+# per uncompiled denoiser: the lock of the persistent steering sites `compile_unet` put on it (weak: a dropped model
+# takes its lock along; not in the module's ``__dict__``, which would stop it being deep-copied)
+_SITE_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_SITE_LOCKS_GUARD = threading.Lock()
+
+
+def sites_lock(model: nn.Module) -> threading.RLock:
+    """The lock serialising every use of ``model`` (uncompiled) once persistent steering sites are on it (made on
+    first asking, then kept: a recompile shares it)."""
+    with _SITE_LOCKS_GUARD:
+        return _SITE_LOCKS.setdefault(unwrap(model), threading.RLock())
+
+
+@contextlib.contextmanager
+def denoiser_use(pipe: Any) -> Iterator[Any]:
+    """Use ``pipe``'s denoiser: holding its sites' lock (`sites_lock`) while `compile_unet`'s persistent sites are on
+    it, whose buffers every call through it, compiled or not, shares. Yields ``pipe``."""
+    with _SITE_LOCKS_GUARD:
+        lock = _SITE_LOCKS.get(denoiser_of(pipe))
+    with lock if lock is not None else contextlib.nullcontext():
+        yield pipe
 
 
 def native_size(pipe: object) -> int:

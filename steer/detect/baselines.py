@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from steer.denoisers import main_tensor, unwrap
+from steer.denoisers import denoiser_use, main_tensor, unwrap
 from steer.engine import DenoiserRun
 
 
@@ -87,7 +87,7 @@ def wen_scores(
 
     call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe  # keeps loop state off a shared pipe
     recorder = NoiseDifferenceRecorder(pipe.unet, cfg=True)
-    with recorder:
+    with denoiser_use(call_pipe), recorder:
         StableDiffusionPipeline.__call__(
             call_pipe,
             [prompts] if isinstance(prompts, str) else list(prompts),

@@ -18,7 +18,7 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 
-from steer.denoisers import denoiser_of, resolve_layers
+from steer.denoisers import denoiser_of, denoiser_use, resolve_layers
 from steer.detect.scores import (
     _METADATA_KEY,
     DEFAULT_EARLY_STEPS,
@@ -207,7 +207,7 @@ class MemorizationDetector:
         texts = self._condition_prompts(len(items), prompts)
         unet = denoiser_of(self.pipe)
         recorder = ActivationRecorder(unet, self.layers, self.pooling, cfg=False, branch="both")
-        with recorder:
+        with denoiser_use(self.pipe), recorder:
             for i in range(0, len(items), self.batch_size):
                 z0 = encode_images(self.pipe, items[i : i + self.batch_size])
                 t = torch.full((len(z0),), self.timestep, device=z0.device, dtype=torch.long)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from steer.denoisers import (
     layer_channels,
     register_site_hook,
     resolve_layers,
+    sites_lock,
     text_readers,
 )
 from steer.engine.steering import LayerPlan, SteeringSession, apply_delta
@@ -30,7 +30,8 @@ class StaticSteeringSites:
     adds a (rows, C) delta tensor that lives outside the graph. A pre-forward hook on the compiled wrapper fills
     the deltas in place before every UNet call (zeros when nothing is steered, outside the window, or in the other
     CFG branch), so changing the vector, scale or window never recompiles. Only ``mode`` and ``preserve_norm`` are
-    Python constants (a change recompiles once). Calls through one compiled UNet are serialised by a lock.
+    Python constants (a change recompiles once). Every use of the UNet is serialised by its lock
+    (`steer.denoisers.sites_lock`, `steer.denoisers.denoiser_use`): the buffers are shared by all of them.
 
     With the text site on a UNet, every cross-attention also gets a site of its own on the tokens it reads (its
     *reader* delta), so directions read by some cross-attentions only (`steering_readers`, given or recorded) steer
@@ -59,7 +60,7 @@ class StaticSteeringSites:
         self.session: SteeringSession | None = None
         # the session's text groups with the cross-attentions each is read by, fixed for the session (`activate`)
         self.text_groups: list[tuple[list[str] | None, LayerPlan]] = []
-        self.lock = threading.RLock()
+        self.lock = sites_lock(unet)  # one per module: every pipeline calling it (compiled or not) takes it
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         for name in self.layers:
             self._handles.append(register_site_hook(unet, name, self._make_hook(name)))

@@ -36,6 +36,7 @@ from steer.denoisers import (
     GLOB_CHARS,
     adapter_for,
     cross_attention_sites,
+    denoiser_use,
     list_layers,
     resolve_layers,
     text_readers,
@@ -453,8 +454,8 @@ class SteeringMixin:
                     f"pipe.{self.denoiser_name} is torch.compile-d without steering sites: compiled graphs ignore hooks "
                     "added later. Use pipe.compile_unet(layers=...) instead of torch.compile."
                 )
-            if sites is not None:
-                stack.enter_context(sites.lock)
+            # the sites' buffers are shared by every pipeline calling this denoiser (a copy made before compiling too)
+            stack.enter_context(denoiser_use(self))
             if active:
                 device = self._execution_device
                 vectors = [v.to(device) for v in vectors]
