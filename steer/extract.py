@@ -140,7 +140,7 @@ def extract_from_latents(
     recorder = ActivationRecorder(unet, layers, pooling, cfg=False, branch="both")
     bar = _Progress(progress, len(latents), "extract")
     try:
-        with denoiser_use(pipe), recorder:
+        with denoiser_use(pipe), recorder:  # the uncompiled module, where the recorder's hooks fire
             for i in range(0, len(latents), batch_size):
                 z0 = latents[i : i + batch_size]
                 noise = torch.randn(z0.shape, generator=generator, device=generator.device if generator else "cpu").to(z0)
@@ -148,7 +148,7 @@ def extract_from_latents(
                 zt = noiser.add_noise(z0, noise, t)
                 cond = encode_text(pipe, prompts[i : i + batch_size]).to(zt.dtype)
                 extra = pipe.steering_denoiser_kwargs(prompts[i : i + batch_size], zt) if hasattr(pipe, "steering_denoiser_kwargs") else {}
-                pipe.unet(zt, t, encoder_hidden_states=cond, return_dict=False, **extra)  # extra: e.g. SDXL's added_cond_kwargs
+                unet(zt, t, encoder_hidden_states=cond, return_dict=False, **extra)  # extra: e.g. SDXL's added_cond_kwargs
                 bar.update(len(z0))
     finally:
         bar.close()
@@ -243,13 +243,14 @@ def record_steps(
     """Sample ``prompts`` (one seed each, unsteered) and record the pooled conditional-branch activations of ``layers``
     at every step in ``window``: per layer ``{step: (B, C)}``, and each layer's activation norm."""
     call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe
-    recorder = ActivationRecorder(
-        denoiser_of(pipe), layers, pooling, window=window,
-        num_steps=getattr(call_pipe, "steering_num_steps", lambda: len(call_pipe.scheduler.timesteps)),
-        cfg=getattr(call_pipe, "steering_cfg", lambda: call_pipe.do_classifier_free_guidance), branch="cond",
-    )
-    with denoiser_use(call_pipe), recorder:
-        _plain_call(call_pipe, list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **rows_of(call_kwargs, len(prompts)))
+    with denoiser_use(call_pipe, eager=True) as run:  # a compiled graph would not run the recorder's hooks
+        recorder = ActivationRecorder(
+            denoiser_of(pipe), layers, pooling, window=window,
+            num_steps=getattr(run, "steering_num_steps", lambda: len(run.scheduler.timesteps)),
+            cfg=getattr(run, "steering_cfg", lambda: run.do_classifier_free_guidance), branch="cond",
+        )
+        with recorder:
+            _plain_call(run, list(prompts), generator=seeded_generators(pipe, seeds), output_type="latent", **rows_of(call_kwargs, len(prompts)))
     return {n: recorder.by_step(n) for n in layers}, recorder.activation_norms()
 
 

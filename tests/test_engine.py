@@ -7,7 +7,7 @@ from diffusers import StableDiffusionPipeline
 
 from steer import ModelMismatchError, SteeringFileError, SteeringStableDiffusionPipeline, SteeringVector
 from steer.config import SteeringConfig
-from steer.denoisers import CONTEXT_SITE, LayerError, layer_channels
+from steer.denoisers import CONTEXT_SITE, LayerError, cross_attention_sites, layer_channels
 from steer.engine import SteeringSession, build_layer_plans, window_bounds
 from steer.testing import capture_site, no_hooks_left, random_vector, run_in_threads, step_barrier, tiny_pipeline
 
@@ -409,3 +409,38 @@ def test_every_use_of_a_compiled_denoiser_holds_its_sites_lock(gen):
     assert not lock._is_owned()
     torch._dynamo.reset()
 
+
+def test_recording_on_a_warm_compiled_pipeline_records_on_the_uncompiled_unet(gen):
+    """A warm compiled graph ignores hooks added later (off its own sites): recording through it gave no steps (CASteer
+    learning then failed with unrelated errors). Recording runs on the uncompiled UNet: every path gives what the
+    eager pipeline gives, and a CASteer direction learned on the compiled pipeline is the eager one."""
+    import warnings
+
+    def learn(pipe):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights: the calibration may not converge
+            return pipe.learn_direction(["a blue bag", "a blue sneaker"], ["a bag", "a sneaker"], preset="casteer",
+                                        step_buckets=1, num_samples=2, num_inference_steps=2, calibration_samples=2, progress=False)
+
+    eager = tiny_pipeline(seed=0)
+    want, learned = _compiled_uses(eager, gen), learn(eager)
+    pipe = tiny_pipeline(seed=0)
+    pipe.compile_unet(layers=cross_attention_sites(pipe.unet), backend="eager")  # CASteer's sites: its calibration steers
+
+    def hooks(p) -> int:
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in p.denoiser.modules())
+
+    sites = hooks(pipe)
+    call(pipe, gen, num_inference_steps=2)  # the graph is warm for a CFG batch of one image, as record_steps calls it
+    got = _compiled_uses(pipe, gen)
+    assert sorted(got[0]) == sorted(want[0]) == [0, 1, 2]
+    for step in want[0]:
+        torch.testing.assert_close(got[0][step], want[0][step])
+    for a, b in zip(got[1:], want[1:], strict=True):
+        torch.testing.assert_close(a, b)
+    direction = learn(pipe)
+    assert direction.layers == learned.layers
+    for layer in learned.layers:
+        torch.testing.assert_close(direction.directions[layer], learned.directions[layer])
+    assert hooks(pipe) == sites  # the recorders' hooks are gone, the persistent sites stay
+    torch._dynamo.reset()

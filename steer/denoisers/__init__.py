@@ -7,6 +7,7 @@ the denoiser itself (a compiled wrapper is unwrapped), so callers never branch o
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -86,12 +87,19 @@ def sites_lock(model: nn.Module) -> threading.RLock:
 
 
 @contextlib.contextmanager
-def denoiser_use(pipe: Any) -> Iterator[Any]:
+def denoiser_use(pipe: Any, eager: bool = False) -> Iterator[Any]:
     """Use ``pipe``'s denoiser: holding its sites' lock (`sites_lock`) while `compile_unet`'s persistent sites are on
-    it, whose buffers every call through it, compiled or not, shares. Yields ``pipe``."""
+    it, whose buffers every call through it, compiled or not, shares. Yields ``pipe``; with ``eager``, a shallow copy
+    whose denoiser is the uncompiled module where ``pipe``'s is compiled: hooks added now (recorders) fire there, a
+    warm compiled graph ignores them."""
+    name = _denoiser_attribute(pipe)
+    model = unwrap(getattr(pipe, name))
     with _SITE_LOCKS_GUARD:
-        lock = _SITE_LOCKS.get(denoiser_of(pipe))
+        lock = _SITE_LOCKS.get(model)
     with lock if lock is not None else contextlib.nullcontext():
+        if eager and getattr(pipe, name) is not model:
+            pipe = copy.copy(pipe)
+            pipe.__dict__[name] = model
         yield pipe
 
 

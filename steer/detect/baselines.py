@@ -87,9 +87,9 @@ def wen_scores(
 
     call_pipe = pipe._call_copy() if hasattr(pipe, "_call_copy") else pipe  # keeps loop state off a shared pipe
     recorder = NoiseDifferenceRecorder(pipe.unet, cfg=True)
-    with denoiser_use(call_pipe), recorder:
+    with denoiser_use(call_pipe, eager=True) as run, recorder:  # a compiled graph would not run the recorder's hook
         StableDiffusionPipeline.__call__(
-            call_pipe,
+            run,
             [prompts] if isinstance(prompts, str) else list(prompts),
             generator=generator,
             num_inference_steps=num_inference_steps,

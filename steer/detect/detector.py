@@ -207,13 +207,13 @@ class MemorizationDetector:
         texts = self._condition_prompts(len(items), prompts)
         unet = denoiser_of(self.pipe)
         recorder = ActivationRecorder(unet, self.layers, self.pooling, cfg=False, branch="both")
-        with denoiser_use(self.pipe), recorder:
+        with denoiser_use(self.pipe), recorder:  # the uncompiled module, where the recorder's hooks fire
             for i in range(0, len(items), self.batch_size):
                 z0 = encode_images(self.pipe, items[i : i + self.batch_size])
                 t = torch.full((len(z0),), self.timestep, device=z0.device, dtype=torch.long)
                 zt = self._noiser.add_noise(z0, self._noise(z0.shape[1:], z0).expand_as(z0), t)
                 cond = encode_text(self.pipe, texts[i : i + self.batch_size]).to(zt.dtype)
-                self.pipe.unet(zt, t, encoder_hidden_states=cond, return_dict=False)
+                unet(zt, t, encoder_hidden_states=cond, return_dict=False)
         return {n: recorder.stacked(n) for n in self.layers}
 
     def _condition_prompts(self, n: int, prompts: str | Sequence[str] | None) -> list[str]:
