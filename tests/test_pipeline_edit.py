@@ -211,3 +211,26 @@ def test_pil_pictures_of_any_mode_edit_as_their_rgb_decoding(gen):
     mask = Image.fromarray((_left_half_mask()[0, 0].numpy() * 255).astype(np.uint8))
     a = inpaint(PROMPT, image=rgb, mask_image=mask.convert("RGBA"), generator=gen(0), **kw).images
     assert np.array_equal(a, inpaint(PROMPT, image=rgb, mask_image=mask, generator=gen(0), **kw).images)
+
+
+def test_a_steering_block_reaches_the_editing_and_text_pipelines_made_from_its_pipeline(gen):
+    """``with pipe.steering(v, 2)`` steers calls on ``pipe``'s `with_sampler` copies, editing and text pipelines,
+    made before or inside the block (`editing_pipeline` copies ignored it: their calls were unsteered); a pipeline
+    made by ``from_pipe`` is one of its own, which the block leaves alone."""
+    from steer.pipelines.factory import editing_pipeline, text_pipeline
+
+    pipe = _pipe(steer.SteeringStableDiffusionPipeline, "sd")
+    v = random_vector(pipe, [CONTEXT_SITE], scale=4.0)
+    edit = editing_pipeline(pipe, "img2img")
+    kw = dict(image=_image(), num_inference_steps=4, strength=0.75, output_type="np")
+    plain = edit(PROMPT, generator=gen(0), **kw).images
+    steered = edit(PROMPT, generator=gen(0), steering=v, steering_scale=2.0, steering_window=(0, 1), **kw).images
+    text_kw = dict(num_inference_steps=4, output_type="np")
+    text_steered = pipe(PROMPT, generator=gen(0), steering=v, steering_scale=2.0, steering_window=(0, 1), **text_kw).images
+    with pipe.steering(v, 2.0, window=(0, 1)):
+        np.testing.assert_array_equal(edit(PROMPT, generator=gen(0), **kw).images, steered)
+        np.testing.assert_array_equal(editing_pipeline(pipe, "img2img")(PROMPT, generator=gen(0), **kw).images, steered)
+        np.testing.assert_array_equal(text_pipeline(edit)(PROMPT, generator=gen(0), **text_kw).images, text_steered)
+        own = SteeringStableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        np.testing.assert_array_equal(own(PROMPT, generator=gen(0), **kw).images, plain)
+    assert not np.array_equal(plain, steered)

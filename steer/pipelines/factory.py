@@ -128,4 +128,6 @@ def _task_pipeline(pipe: Any, task: str) -> Any:
     for carried in ("_static_sites", "_steer_loras"):  # a denoiser compiled with `compile_unet` keeps its steering
         if carried in pipe.__dict__:  # sites; the LoRA files loaded into the shared modules stay listed (steer.lora)
             made.__dict__[carried] = pipe.__dict__[carried]
+    if callable(getattr(pipe, "steering_key", None)):  # `pipe.steering(...)` blocks apply to it, as to `with_sampler`'s
+        made.__dict__["_steering_key"] = pipe.steering_key()
     return made

@@ -158,8 +158,11 @@ class SteeringMixin:
 
     @contextlib.contextmanager
     def steering(self, vector: SteeringVector | Sequence[SteeringVector] | str, scale: Any = 1.0, **options: Any) -> Iterator[None]:
-        """Apply ``vector`` at ``scale`` to every call inside the block (this thread only); `learn_direction`,
-        `fit_take_away` and `fit_edit` inside it sample and record unsteered, as outside.
+        """Apply ``vector`` at ``scale`` to every call inside the block (this thread only) of this pipeline and of
+        those made from it, before or inside the block, by `with_sampler` or `steer.pipelines.factory`'s
+        ``editing_pipeline`` and ``text_pipeline``; a pipeline made by ``from_pipe`` or `steer.steering_pipeline` is
+        one of its own, steered by its own blocks only. `learn_direction`, `fit_take_away` and `fit_edit` inside it
+        sample and record unsteered, as outside.
 
         Args:
             vector: a `SteeringVector`, a path to one, or a list of them.
@@ -177,7 +180,8 @@ class SteeringMixin:
             yield
 
     def steering_key(self) -> int:
-        """Which pipeline a `steering` block applies to: this one, or the one a `with_sampler` copy was made from."""
+        """Which pipeline a `steering` block applies to: this one, or the one a `with_sampler` copy, an editing or a
+        text pipeline (`steer.pipelines.factory`) was made from."""
         return self.__dict__.get("_steering_key", id(self))
 
     def with_sampler(self, name: str | None):
