@@ -37,7 +37,6 @@ from steer.denoisers import (
     resolve_layers,
     text_readers,
 )
-from steer.errors import UnusedOptionError
 from steer.extract import (
     FAST_WINDOW,
     IMAGE_SUFFIXES,
@@ -48,6 +47,7 @@ from steer.extract import (
     generate_samples,
     is_image_item,
 )
+from steer.learn_checks import check_sets_differ, sampling_options
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
@@ -92,22 +92,6 @@ def aggregate(positive: torch.Tensor, negative: torch.Tensor | None, method: Met
 # ----------------------------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------------------------
-# Below this share of a layer's typical norm the two sets' difference is the same representation (float noise).
-SAME_SETS = 1e-5
-
-
-def _check_sets_differ(directions: dict[str, torch.Tensor], act_norm: dict[str, float], image_input: bool) -> None:
-    """A one-line ValueError when the two sets gave the same representation at every layer: there is no direction
-    (prompts that differ only past what the text encoder reads)."""
-    relative = {n: float(d.norm()) / max(act_norm[n], 1e-12) for n, d in directions.items()}
-    if max(relative.values()) > SAME_SETS:
-        return
-    where = next(iter(relative)) if len(relative) == 1 else f"every one of the {len(relative)} layers"
-    check = "the images differ" if image_input else "the prompts differ within what the text encoder reads (77 tokens on CLIP)"
-    raise ValueError(f"the positive and negative sets give the same representation at {where} (difference "
-                     f"{max(relative.values()):.1e} of its typical norm): there is no direction to learn; check that {check}")
-
-
 def _describe(items: list) -> dict[str, Any]:
     if items and isinstance(items[0], str) and not is_image_item(items[0]):
         return {"prompts": list(dict.fromkeys(items))}
@@ -139,28 +123,6 @@ def _check_flags(**flags: Any) -> None:
     for name, flag in flags.items():
         if flag is not None and not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {short(flag)}")
-
-
-_SAMPLING_USES = {  # what each option sets, and which learnings use it
-    "num_samples": "how many images the sampling modes (reference, fast, trajectory) draw per set",
-    "timestep": "the timestep the reference mode and image sets are read at",
-    "image_prompts": "the prompt image sets are read with",
-}
-
-
-def _sampling_options(mode: str, image_input: bool, num_samples: Any, timestep: Any, image_prompts: Any) -> tuple[Any, Any, Any]:
-    """``num_samples``, ``timestep`` and ``image_prompts`` with their defaults (16, 10, ""), or a one-line UnusedOptionError
-    for one given to a learning that does not use it (the text mode reads the prompts themselves: ``--num-samples 3``
-    learned the same file as without it)."""
-    used = {"num_samples": not image_input and mode in ("trajectory", "reference", "fast"),
-            "timestep": image_input or mode == "reference", "image_prompts": image_input}
-    given = {"num_samples": num_samples is not None, "timestep": timestep is not None, "image_prompts": bool(image_prompts)}
-    for name, is_given in given.items():
-        if is_given and not used[name]:
-            what = "image sets" if image_input else f"mode={mode!r}"
-            raise UnusedOptionError(name, f"{name} does nothing for {what}: it sets {_SAMPLING_USES[name]}")
-    return (16 if num_samples is None else num_samples, 10 if timestep is None else timestep,
-            "" if image_prompts is None else image_prompts)
 
 
 @outside_steering_blocks
@@ -355,7 +317,7 @@ def learn_direction(
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
-    num_samples, timestep, image_prompts = _sampling_options(mode, image_input, num_samples, timestep, image_prompts)
+    num_samples, timestep, image_prompts = sampling_options(mode, image_input, num_samples, timestep, image_prompts)
     if mode == "trajectory" and not image_input and isinstance(step_buckets, int) and isinstance(num_inference_steps, int) \
             and 0 < num_inference_steps < step_buckets:  # before any sampling (it failed after the sampling)
         raise ValueError(f"the trajectory mode learns one direction per step bucket: {num_inference_steps} sampling steps cannot "
@@ -378,7 +340,7 @@ def learn_direction(
     text_length = call_kwargs.get("max_sequence_length")  # the T5 families' token count, as the calls use it
     if not image_input and neg_items and method != "mean" and mode != "text":  # before any sampling
         tokens = [encode_text(pipe, items, text_length).float().cpu() for items in (pos_items, neg_items)]
-        _check_sets_differ({CONTEXT_SITE: tokens[0].mean((0, 1)) - tokens[1].mean((0, 1))},
+        check_sets_differ({CONTEXT_SITE: tokens[0].mean((0, 1)) - tokens[1].mean((0, 1))},
                            {CONTEXT_SITE: float(tokens[0].norm(dim=-1).mean())}, False)
     sample_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
     sets: list[dict[str, torch.Tensor]] = []
@@ -423,7 +385,7 @@ def learn_direction(
         directions = {n: aggregate(sets[0][n], sets[1][n] if len(sets) > 1 else None, method) for n in layer_names}
     act_norm = {n: sum(a[n] for a in norms) / len(norms) for n in layer_names}
     if len(sets) > 1 and method != "mean":
-        _check_sets_differ(directions, act_norm, image_input)
+        check_sets_differ(directions, act_norm, image_input)
     source = "images" if image_input else f"prompts-{mode}"
     meta: dict[str, Any] = {
         "name": name or _default_name(pos_items, neg_items, image_input),
