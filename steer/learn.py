@@ -38,7 +38,6 @@ from steer.denoisers import (
     text_readers,
 )
 from steer.extract import (
-    FAST_WINDOW,
     IMAGE_SUFFIXES,
     _as_items,
     extract_during_sampling,
@@ -47,7 +46,7 @@ from steer.extract import (
     generate_samples,
     is_image_item,
 )
-from steer.learn_checks import check_sets_differ, sampling_options
+from steer.learn_checks import LEARN_GUIDANCE, LEARN_STEPS, check_sets_differ, learning_options
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
@@ -140,12 +139,12 @@ def learn_direction(
     readers: str | Sequence[str] | None = None,
     num_samples: int | None = None,
     batch_size: int = 8,
-    num_inference_steps: int = 20,
-    guidance_scale: float = 7.5,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
     timestep: int | None = None,
     image_prompts: str | Sequence[str] | None = None,
-    capture_window: tuple[float, float] = FAST_WINDOW,
-    step_buckets: int = 4,
+    capture_window: tuple[float, float] | None = None,
+    step_buckets: int | None = None,
     calibration_samples: int = 6,
     calibration_grid: Sequence[float] | None = None,
     seed: int = 0,
@@ -192,18 +191,23 @@ def learn_direction(
             ``metadata["route_choice"]``). None: the preset's.
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode); default 16.
         timestep: the timestep the reference mode and image sets are read at (default 10, the paper's).
-        image_prompts: the prompt(s) image sets are read with (default "": none). Each of these three given to a
-            learning that does not use it (``num_samples`` to the text mode, which reads the prompts themselves) is a
-            one-line ValueError: it would change nothing.
-        step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket).
+        image_prompts: the prompt image sets are read with: one string for every image (default "": none), or one
+            per image of both sets, the positives' first.
+        num_inference_steps: the denoising steps of every learning and calibration sample (default 20).
+        guidance_scale: the guidance of every learning and calibration sample (default 7.5).
+        capture_window: fast mode: the share of the run its samples are recorded over (default (0.8, 1.0)).
+        step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket; default 4).
+            Each option from ``num_samples`` to here, and each of ``call_kwargs`` with image sets (which are read, not
+            sampled), given to a learning that does not use it (``num_samples`` to the text mode, which reads the
+            prompts themselves) is a one-line `steer.errors.UnusedOptionError` (a ValueError): it would change nothing.
         calibration_samples: seeds per set used by the calibration.
         calibration_grid: the strengths the calibration tries, ascending (default `steer.calibrate.DEFAULT_GRID`).
         batch_size: at most this many images per sampling or encoding call, in learning and calibration alike (it
             bounds the memory: lower it when a large model runs out of it); every image has its own seed.
-        seed, name, progress, num_inference_steps, guidance_scale, capture_window: as their
-            names say; ``call_kwargs`` go to the sampling calls. ``negative_prompt="..."`` (one string) samples every
-            learning and calibration image with it, so the strength is calibrated for generating with it (recorded in
-            ``metadata["sampling"]``); docs/steering.md, "Calibrating for how the user generates", measures what that changes.
+        seed, name, progress: as their names say; ``call_kwargs`` go to the sampling calls. ``negative_prompt="..."``
+            (one string) samples every learning and calibration image with it, so the strength is calibrated for
+            generating with it (recorded in ``metadata["sampling"]``); docs/steering.md, "Calibrating for how the user
+            generates", measures what that changes.
         two_sided: learn a slider between two attributes, for prompt sets whose negatives state one of their own ("a
             blue sneaker" vs "a red sneaker", "an old man" vs "a young man"): each side is learned and calibrated
             against the prompts with the attribute left open ("a sneaker", "a man"), and the direction carries the
@@ -317,7 +321,12 @@ def learn_direction(
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
-    num_samples, timestep, image_prompts = sampling_options(mode, image_input, num_samples, timestep, image_prompts)
+    resolved = learning_options(mode, image_input, dict(num_samples=num_samples, timestep=timestep, image_prompts=image_prompts,
+                                                        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                                        capture_window=capture_window, step_buckets=step_buckets), call_kwargs)
+    num_samples, timestep, image_prompts = resolved["num_samples"], resolved["timestep"], resolved["image_prompts"]
+    num_inference_steps, guidance_scale = resolved["num_inference_steps"], resolved["guidance_scale"]
+    capture_window, step_buckets = resolved["capture_window"], resolved["step_buckets"]
     if mode == "trajectory" and not image_input and isinstance(step_buckets, int) and isinstance(num_inference_steps, int) \
             and 0 < num_inference_steps < step_buckets:  # before any sampling (it failed after the sampling)
         raise ValueError(f"the trajectory mode learns one direction per step bucket: {num_inference_steps} sampling steps cannot "
@@ -514,8 +523,10 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
     its open prompt) and the strength and window at which it replaces the other side's statement in a prompt
     (`steer.take_away.fit_take_away` at the learning's guidance, seed, batch size, calibration samples and call options,
     and its default steps or the learning's, whichever are fewer)."""
-    fit_options = {"guidance_scale": options["guidance_scale"], "seed": options["seed"], "batch_size": options["batch_size"],
-                   "num_samples": options["calibration_samples"], "num_inference_steps": min(FIT_STEPS, options["num_inference_steps"]),
+    steps, guidance = options["num_inference_steps"], options["guidance_scale"]  # None where not given: the learning's defaults
+    steps, guidance = LEARN_STEPS if steps is None else steps, LEARN_GUIDANCE if guidance is None else guidance
+    fit_options = {"guidance_scale": guidance, "seed": options["seed"], "batch_size": options["batch_size"],
+                   "num_samples": options["calibration_samples"], "num_inference_steps": min(FIT_STEPS, steps),
                    **call_kwargs}
     for toward, away in ((side, opposite), (opposite, side)):
         prompts, opened = toward.metadata["positive"]["prompts"], toward.metadata["negative"]["prompts"]

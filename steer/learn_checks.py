@@ -9,29 +9,57 @@ from typing import Any
 import torch
 
 from steer.errors import UnusedOptionError
+from steer.extract import FAST_WINDOW
 
 # Below this share of a layer's typical norm the two sets' difference is the same representation (float noise).
 SAME_SETS = 1e-5
+# The sampling options' values where a call gives none (None stands for "not given", so that one given to a learning
+# that does not use it can be refused): the learning and calibration samples' steps and guidance, the share of the run
+# the fast mode records, and the trajectory mode's step buckets.
+LEARN_STEPS = 20
+LEARN_GUIDANCE = 7.5
+STEP_BUCKETS = 4
+_DEFAULTS: dict[str, Any] = {"num_samples": 16, "timestep": 10, "image_prompts": "", "num_inference_steps": LEARN_STEPS,
+                             "guidance_scale": LEARN_GUIDANCE, "capture_window": FAST_WINDOW, "step_buckets": STEP_BUCKETS}
 _USES = {  # what each option sets, and which learnings use it
     "num_samples": "how many images the sampling modes (reference, fast, trajectory) draw per set",
     "timestep": "the timestep the reference mode and image sets are read at",
     "image_prompts": "the prompt image sets are read with",
+    "num_inference_steps": "the denoising steps of the learning and calibration samples, and image sets are not sampled",
+    "guidance_scale": "the guidance of the learning and calibration samples, and image sets are not sampled",
+    "capture_window": "the share of the run the fast mode records its samples over",
+    "step_buckets": "how many step buckets the trajectory mode splits the run into (one direction each)",
 }
 
 
-def sampling_options(mode: str, image_input: bool, num_samples: Any, timestep: Any, image_prompts: Any) -> tuple[Any, Any, Any]:
-    """``num_samples``, ``timestep`` and ``image_prompts`` with their defaults (16, 10, ""), or a one-line UnusedOptionError
-    for one given to a learning that does not use it (the text mode reads the prompts themselves: ``--num-samples 3``
-    learned the same file as without it)."""
-    used = {"num_samples": not image_input and mode in ("trajectory", "reference", "fast"),
-            "timestep": image_input or mode == "reference", "image_prompts": image_input}
-    given = {"num_samples": num_samples is not None, "timestep": timestep is not None, "image_prompts": bool(image_prompts)}
-    for name, is_given in given.items():
-        if is_given and not used[name]:
-            what = "image sets" if image_input else f"mode={mode!r}"
+def learning_options(mode: str, image_input: bool, options: dict[str, Any], call_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (`_DEFAULTS`' names, None where not given) with their defaults, or a one-line UnusedOptionError for
+    one given to a learning that does not use it, and for any of ``call_kwargs`` (``height``, ``negative_prompt``...)
+    given with image sets, which are read, not sampled (``--num-samples 3`` to the text mode, ``--steps`` or
+    ``--height`` with image sets learned the same file as without it).
+
+    Args:
+        mode: the learning's mode once resolved (image sets: ``"reference"``, the paper's extraction).
+        image_input: whether the sets are images.
+        options: ``num_samples``, ``timestep``, ``image_prompts``, ``num_inference_steps``, ``guidance_scale``,
+            ``capture_window`` and ``step_buckets`` as the call gave them.
+        call_kwargs: the keyword arguments the learning passes on to the pipeline's sampling calls.
+    """
+    sampled = not image_input
+    used = {"num_samples": sampled and mode in ("trajectory", "reference", "fast"), "timestep": image_input or mode == "reference",
+            "image_prompts": image_input, "num_inference_steps": sampled, "guidance_scale": sampled,
+            "capture_window": sampled and mode == "fast", "step_buckets": sampled and mode == "trajectory"}
+    what = "image sets" if image_input else f"mode={mode!r}"
+    for name, value in options.items():
+        given = bool(value) if name == "image_prompts" else value is not None
+        if given and not used[name]:
             raise UnusedOptionError(name, f"{name} does nothing for {what}: it sets {_USES[name]}")
-    return (16 if num_samples is None else num_samples, 10 if timestep is None else timestep,
-            "" if image_prompts is None else image_prompts)
+    if image_input:
+        for key, value in call_kwargs.items():
+            if value is not None:
+                raise UnusedOptionError(key, f"{key} does nothing for image sets: it goes to the sampling calls of the "
+                                             "learning and calibration, and image sets are read, not sampled")
+    return {name: _DEFAULTS[name] if value is None else value for name, value in options.items()}
 
 
 def check_sets_differ(directions: dict[str, torch.Tensor], act_norm: dict[str, float], image_input: bool) -> None:

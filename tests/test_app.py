@@ -167,6 +167,10 @@ def test_learn_settings_validation(pipe, tmp_path):
     assert "negative_prompt" not in H.LearnSettings(mode="text").kwargs(pipe)
     with pytest.raises(H.UserError, match="^the negative prompt to calibrate for applies to prompt sets"):
         H.LearnSettings(positive_files=(str(broken),), method="mean", negative_prompt="a bag").kwargs(pipe)
+    # image sets are read, not sampled: their steps and guidance are not passed (learn_direction refuses them), a sampler is one line
+    assert "num_inference_steps" not in H.LearnSettings(positive_files=(str(broken),), method="mean", mode="reference").kwargs(pipe)
+    with pytest.raises(H.UserError, match="^the sampler applies to prompt sets: image sets are not sampled"):
+        H.LearnSettings(positive_files=(str(broken),), method="mean", mode="reference", sampler="euler-a").kwargs(pipe)
 
 
 def test_route_choice_note_reads_the_recorded_choice_and_ignores_junk():

@@ -192,3 +192,40 @@ def test_unused_prompts_empty_layers_and_late_type_errors_are_said_up_front(tiny
     v = tiny_pipe.learn_direction(["a red bag", "a red hat"], ["a bag", "a hat"], num_inference_steps=2, calibration_samples=2,
                                   height=64, width=32, progress=False)
     assert (v.metadata["sampling"]["height"], v.metadata["sampling"]["width"]) == (64, 32)
+
+
+def test_sampling_options_given_to_image_sets_or_a_mode_that_does_not_use_them_are_one_line(tiny_pipe, tmp_path, capsys):
+    """Image sets are read, not sampled: their steps, guidance, size, negative prompt and sampler learned the same file
+    as without them; the text mode ignored capture_window and step_buckets. Each is now refused in one line before any
+    learning, named as its flag on the command line; calls that give none learn as before (defaults resolved inside)."""
+    import numpy as np
+    from PIL import Image
+
+    from steer.cli.main import main
+
+    images = [torch.rand(3, 32, 32) for _ in range(2)]
+    for option in (dict(num_inference_steps=3), dict(guidance_scale=2.0), dict(height=64), dict(width=64), dict(negative_prompt="blurry")):
+        name = next(iter(option))
+        with pytest.raises(UnusedOptionError, match=f"^{name} does nothing for image sets: it ") as caught:
+            tiny_pipe.learn_direction(images[:1], images[1:], progress=False, **option)
+        assert caught.value.option == name and "\n" not in str(caught.value)
+    for option, mode in ((dict(capture_window=(0.0, 0.1)), "text"), (dict(step_buckets=7), "text"), (dict(step_buckets=2), "fast"),
+                         (dict(capture_window=(0.5, 1.0)), "trajectory"), (dict(capture_window=(0.5, 1.0)), "reference")):
+        name = next(iter(option))
+        with pytest.raises(UnusedOptionError, match=f"^{name} does nothing for mode='{mode}'"):
+            tiny_pipe.learn_direction(["a blue bag"], ["a bag"], mode=mode, progress=False, **option)
+    with pytest.raises(UnusedOptionError, match="capture_window does nothing for image sets"):
+        tiny_pipe.learn_direction(images[:1], images[1:], mode="fast", capture_window=(0.5, 1.0), progress=False)
+    model = tmp_path / "model"
+    tiny_pipe.save_pretrained(model)
+    for label in ("pos", "neg"):
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.random.default_rng(len(label)).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / label / "0.png")
+    learn = ["learn", "--model", str(model), "--positive", str(tmp_path / "pos"), "--negative", str(tmp_path / "neg"), "--out", str(tmp_path / "d")]
+    capsys.readouterr()
+    for flags in (["--steps", "3"], ["--guidance", "2"], ["--height", "64"], ["--width", "64"], ["--negative-prompt", "blurry"], ["--sampler", "euler-a"]):
+        assert main([*learn, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"steer learn: error: {flags[0]} does nothing for image sets: it ") and err.count("\n") == 1, err
+    assert not (tmp_path / "d.safetensors").exists()
+    assert main(learn) == 0 and capsys.readouterr().out.startswith("wrote ")  # the defaults alone: learned as before

@@ -109,6 +109,8 @@ class LearnSettings:
         negative_prompt = check_prompt(self.negative_prompt, "negative prompt to calibrate for", required=False)
         if negative_prompt and self.positive_files:
             raise UserError("the negative prompt to calibrate for applies to prompt sets: image sets are not sampled")
+        if self.sampler and self.positive_files:  # learned the same direction under any sampler
+            raise UserError("the sampler applies to prompt sets: image sets are not sampled")
         if self.two_sided and (self.positive_files or not self.negative.strip() or mode not in ("text", "trajectory")):
             raise UserError("a two-sided slider is learned from prompts for both sets, each side calibrated (the text or "
                             "trajectory mode): write negative prompts that state the other attribute")
@@ -127,8 +129,9 @@ class LearnSettings:
             "mode": mode,
             **({"num_samples": check_int(self.num_samples, "samples per set", 1, LIMITS.max_learn_samples)}
                if mode in ("trajectory", "reference", "fast") and not self.positive_files else {}),  # the sampling modes'
-            "num_inference_steps": check_int(self.steps, "learning steps", 1, LIMITS.max_learn_steps),
-            "guidance_scale": check_float(self.guidance, "learning guidance", 0.0, LIMITS.max_guidance),
+            **({"num_inference_steps": check_int(self.steps, "learning steps", 1, LIMITS.max_learn_steps),
+                "guidance_scale": check_float(self.guidance, "learning guidance", 0.0, LIMITS.max_guidance)}
+               if not self.positive_files else {}),  # image sets are not sampled (learn_direction refuses them)
             "seed": check_int(self.seed, "the learning seed", 0, LIMITS.max_seed),
             "name": check_prompt(self.name, "name", required=False) or None,
             **({"image_prompts": check_prompt(self.image_prompt, "image prompt", required=False)} if self.positive_files else {}),

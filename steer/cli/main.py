@@ -41,11 +41,15 @@ class Parser(argparse.ArgumentParser):
 def cmd_learn(args: argparse.Namespace) -> int:
     from steer.calibrate import calibrated_for
     from steer.cli.loading import load_pipeline
+    from steer.extract import is_image_item
 
     if args.no_flip and not args.two_sided:
         raise CLIError("--no-flip goes with --two-sided (a one-sided direction fits no flip)")
     check_out_file(args.out, safetensors=True)  # the inputs first: a bad one fails before the model loads
     positive, negative = expand_items(args.positive, "--positive"), expand_items(args.negative, "--negative")
+    if args.sampler is not None and positive and is_image_item(positive[0]):  # learned the same file under any sampler
+        raise CLIError("--sampler does nothing for image sets: it sets the sampler of the learning and calibration samples, "
+                       "and image sets are read, not sampled")
     pipe = load_pipeline(args.model, args.device, progress=False, loras=args.lora).with_sampler(args.sampler)
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
@@ -100,7 +104,8 @@ def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
 def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
     from steer.errors import UnusedOptionError
 
-    flags = {"num_samples": "--num-samples", "timestep": "--timestep", "image_prompts": "--image-prompt"}
+    flags = {"num_samples": "--num-samples", "timestep": "--timestep", "image_prompts": "--image-prompt", "num_inference_steps": "--steps",
+             "guidance_scale": "--guidance", "height": "--height", "width": "--width", "negative_prompt": "--negative-prompt"}
     try:
         return _learn_call(pipe, args, positive, negative)
     except UnusedOptionError as err:  # an option this learning does not use: named as the command line spells it
@@ -110,6 +115,8 @@ def _learn(pipe, args: argparse.Namespace, positive: list[str], negative: list[s
 
 
 def _learn_call(pipe, args: argparse.Namespace, positive: list[str], negative: list[str]):
+    given = (("num_inference_steps", args.steps), ("guidance_scale", args.guidance), ("height", args.height), ("width", args.width),
+             ("negative_prompt", args.negative_prompt))  # only those the user gave: one a learning does not use is refused
     return pipe.learn_direction(
         positive,
         negative or None,
@@ -119,8 +126,6 @@ def _learn_call(pipe, args: argparse.Namespace, positive: list[str], negative: l
         mode=args.source_mode,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
         timestep=args.timestep,
         image_prompts=args.image_prompt,
         seed=args.seed,
@@ -130,7 +135,7 @@ def _learn_call(pipe, args: argparse.Namespace, positive: list[str], negative: l
         two_sided=args.two_sided,
         **({"flip_stated": False} if args.no_flip else {}),
         progress=True,
-        **{k: v for k, v in (("height", args.height), ("width", args.width), ("negative_prompt", args.negative_prompt)) if v is not None},
+        **{k: v for k, v in given if v is not None},
     )
 
 
@@ -266,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples per prompt set for the sampling source modes (default 16); refused for the text preset, which reads the prompts themselves")
     p.add_argument("--batch-size", type=bounded_int(1, 1024), default=8,
                    help="images per sampling call, calibration included (lower it if the model runs out of memory)")
-    p.add_argument("--steps", type=STEPS, default=20, help="denoising steps of every learning and calibration sample (default 20)")
-    p.add_argument("--guidance", type=GUIDANCE, default=7.5, help="sampling guidance (calibrate at the guidance you generate with)")
+    p.add_argument("--steps", type=STEPS, default=None,
+                   help="denoising steps of every learning and calibration sample (default 20; prompt sets only: image sets are not sampled)")
+    p.add_argument("--guidance", type=GUIDANCE, default=None,
+                   help="sampling guidance (default 7.5; calibrate at the guidance you generate with; prompt sets only)")
     p.add_argument("--negative-prompt", default=None, metavar="TEXT",
                    help="sample the calibration (and every learning sample) with this negative prompt: calibrate with the one you generate with")
     p.add_argument("--timestep", type=bounded_int(0, 100_000), default=None,
