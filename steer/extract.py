@@ -13,6 +13,7 @@ Every sampling or encoding call holds at most ``batch_size`` images; each sample
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -81,6 +82,17 @@ def _load_image(item: Any) -> Image.Image | torch.Tensor:
     if isinstance(item, Image.Image | torch.Tensor):
         return item
     return open_image(item, "image")
+
+
+def pixel_digest(item: Any) -> str:
+    """A digest of what an image set's item gives the VAE (its RGB pixels, or the tensor as read): items with the same
+    pixels have the same digest."""
+    image = _as_model_input(_load_image(item))
+    if isinstance(image, Image.Image):
+        shape, data = (image.mode, image.size), image.tobytes()
+    else:
+        shape, data = tuple(image.shape), image.detach().float().cpu().contiguous().numpy().tobytes()
+    return hashlib.sha256(repr(shape).encode() + data).hexdigest()
 
 
 class _Progress:

@@ -46,7 +46,7 @@ from steer.extract import (
     generate_samples,
     is_image_item,
 )
-from steer.learn_checks import LEARN_GUIDANCE, LEARN_STEPS, check_sets_differ, learning_options
+from steer.learn_checks import LEARN_GUIDANCE, LEARN_STEPS, check_images_differ, check_sets_differ, learning_options
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
@@ -346,6 +346,8 @@ def learn_direction(
             "direction acts with window=, readers= and layers=)"
         )
 
+    if image_input and neg_items and method != "mean":  # before any encoding
+        check_images_differ(pos_items, neg_items)
     text_length = call_kwargs.get("max_sequence_length")  # the T5 families' token count, as the calls use it
     if not image_input and neg_items and method != "mean" and mode != "text":  # before any sampling
         tokens = [encode_text(pipe, items, text_length).float().cpu() for items in (pos_items, neg_items)]

@@ -4,12 +4,14 @@ sets that give the same representation have no direction to learn."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from steer.errors import UnusedOptionError
-from steer.extract import FAST_WINDOW
+from steer.extract import FAST_WINDOW, pixel_digest
 
 # Below this share of a layer's typical norm the two sets' difference is the same representation (float noise).
 SAME_SETS = 1e-5
@@ -72,3 +74,13 @@ def check_sets_differ(directions: dict[str, torch.Tensor], act_norm: dict[str, f
     check = "the images differ" if image_input else "the prompts differ within what the text encoder reads (77 tokens on CLIP)"
     raise ValueError(f"the positive and negative sets give the same representation at {where} (difference "
                      f"{max(relative.values()):.1e} of its typical norm): there is no direction to learn; check that {check}")
+
+
+def check_images_differ(positive: Sequence[Any], negative: Sequence[Any]) -> None:
+    """A one-line ValueError, before any encoding, when the two image sets hold the same images in the same proportions
+    (in any order): their difference would come from the noise seeds alone (each set has its own), as large as that of
+    two different sets, so there is no direction to learn (the prompt sets' check, `check_sets_differ`, for images)."""
+    pos, neg = Counter(map(pixel_digest, positive)), Counter(map(pixel_digest, negative))
+    if pos.keys() == neg.keys() and all(pos[k] * len(negative) == neg[k] * len(positive) for k in pos):
+        raise ValueError("the positive and negative sets are the same images (the direction would come from their noise "
+                         "seeds alone): there is no direction to learn; check that the images differ")

@@ -229,3 +229,23 @@ def test_sampling_options_given_to_image_sets_or_a_mode_that_does_not_use_them_a
         assert err.startswith(f"steer learn: error: {flags[0]} does nothing for image sets: it ") and err.count("\n") == 1, err
     assert not (tmp_path / "d.safetensors").exists()
     assert main(learn) == 0 and capsys.readouterr().out.startswith("wrote ")  # the defaults alone: learned as before
+
+
+def test_the_same_images_as_both_sets_are_refused_in_one_line_as_the_same_prompts_are(tiny_pipe, tmp_path):
+    """The same images positive and negative learned a direction from the sets' noise seeds alone (as large as two
+    different sets'), where the same prompts are refused: now one line before any encoding, in any order or form."""
+    import numpy as np
+    from PIL import Image
+
+    images = [torch.rand(3, 32, 32) for _ in range(2)]
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(paths[-1])
+    same = "^the positive and negative sets are the same images .*: there is no direction to learn; check that the images differ$"
+    for pos, neg in ((images, images), (images, images[::-1]), (images, [im.clone() for im in images] * 2),
+                     ([str(p) for p in paths], [Image.open(p) for p in paths])):
+        with pytest.raises(ValueError, match=same):
+            tiny_pipe.learn_direction(pos, neg, progress=False)
+    tiny_pipe.learn_direction(images, images[:1], progress=False)  # overlapping sets differ
+    tiny_pipe.learn_direction(images, images, method="mean", progress=False)  # the positives' own mean: no negative read
