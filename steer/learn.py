@@ -46,7 +46,14 @@ from steer.extract import (
     generate_samples,
     is_image_item,
 )
-from steer.learn_checks import LEARN_GUIDANCE, LEARN_STEPS, check_images_differ, check_sets_differ, learning_options
+from steer.learn_checks import (
+    LEARN_GUIDANCE,
+    LEARN_STEPS,
+    check_images_differ,
+    check_sets_differ,
+    image_prompt_sets,
+    learning_options,
+)
 from steer.samplers import sampler_name
 from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
@@ -327,6 +334,7 @@ def learn_direction(
     num_samples, timestep, image_prompts = resolved["num_samples"], resolved["timestep"], resolved["image_prompts"]
     num_inference_steps, guidance_scale = resolved["num_inference_steps"], resolved["guidance_scale"]
     capture_window, step_buckets = resolved["capture_window"], resolved["step_buckets"]
+    set_prompts = image_prompt_sets(image_prompts, len(pos_items), len(neg_items)) if image_input else ("", "")
     if mode == "trajectory" and not image_input and isinstance(step_buckets, int) and isinstance(num_inference_steps, int) \
             and 0 < num_inference_steps < step_buckets:  # before any sampling (it failed after the sampling)
         raise ValueError(f"the trajectory mode learns one direction per step bucket: {num_inference_steps} sampling steps cannot "
@@ -366,12 +374,7 @@ def learn_direction(
             continue
         set_seed = seed + 1_000_003 * index
         if image_input:
-            if image_prompts is None or isinstance(image_prompts, str):
-                prompts = image_prompts or ""
-            else:
-                prompts = list(image_prompts)
-                prompts = prompts[: len(items)] if index == 0 else prompts[len(pos_items) :]
-            pooled, act = extract_from_images(pipe, items, layer_names, prompts=prompts, timestep=timestep, seed=set_seed, batch_size=batch_size, progress=progress)
+            pooled, act = extract_from_images(pipe, items, layer_names, prompts=set_prompts[index], timestep=timestep, seed=set_seed, batch_size=batch_size, progress=progress)
         elif mode == "text":
             tokens = encode_text(pipe, items, text_length).float().cpu()
             pooled, act = {CONTEXT_SITE: tokens.mean(1)}, {CONTEXT_SITE: float(tokens.norm(dim=-1).mean())}

@@ -64,6 +64,20 @@ def learning_options(mode: str, image_input: bool, options: dict[str, Any], call
     return {name: _DEFAULTS[name] if value is None else value for name, value in options.items()}
 
 
+def image_prompt_sets(image_prompts: str | Sequence[str], positives: int, negatives: int) -> tuple[str | list[str], str | list[str]]:
+    """The prompts each image set is read with: one string for every image, or a list of one per image of both sets,
+    the positives' first, split per set; a list of another length is a one-line ValueError that says how many (it
+    blamed the negative set: "got 1 prompts for 2 images")."""
+    if isinstance(image_prompts, str):
+        return image_prompts, image_prompts
+    prompts = list(image_prompts)
+    if len(prompts) != positives + negatives:
+        wanted = f"{positives + negatives} ({positives} positive, then {negatives} negative)" if negatives else f"{positives}"
+        raise ValueError(f"image_prompts has {len(prompts)} prompts: give one per image of both sets, {wanted}, or one "
+                         "string to read every image with")
+    return prompts[:positives], prompts[positives:]
+
+
 def check_sets_differ(directions: dict[str, torch.Tensor], act_norm: dict[str, float], image_input: bool) -> None:
     """A one-line ValueError when the two sets gave the same representation at every layer: there is no direction
     (prompts that differ only past what the text encoder reads)."""

@@ -249,3 +249,15 @@ def test_the_same_images_as_both_sets_are_refused_in_one_line_as_the_same_prompt
             tiny_pipe.learn_direction(pos, neg, progress=False)
     tiny_pipe.learn_direction(images, images[:1], progress=False)  # overlapping sets differ
     tiny_pipe.learn_direction(images, images, method="mean", progress=False)  # the positives' own mean: no negative read
+
+
+def test_a_list_of_image_prompts_of_the_wrong_length_says_how_many_and_what_for(tiny_pipe):
+    """3 image_prompts for 2 + 2 images blamed the negative set ("got 1 prompts for 2 images"); one too many with no
+    negative set was silently dropped. Now one line that says how many are wanted: one per image of both sets."""
+    pos, neg = [torch.rand(3, 32, 32) for _ in range(2)], [torch.rand(3, 32, 32) for _ in range(2)]
+    with pytest.raises(ValueError, match=r"^image_prompts has 3 prompts: give one per image of both sets, 4 \(2 positive, then 2 "
+                                         r"negative\), or one string to read every image with$"):
+        tiny_pipe.learn_direction(pos, neg, image_prompts=["a", "b", "c"], progress=False)
+    with pytest.raises(ValueError, match=r"^image_prompts has 3 prompts: give one per image of both sets, 2, or one string"):
+        tiny_pipe.learn_direction(pos, image_prompts=["a", "b", "c"], method="mean", progress=False)
+    assert tiny_pipe.learn_direction(pos, neg, image_prompts=["a", "b", "c", "d"], progress=False).metadata["source"] == "images"
