@@ -218,9 +218,9 @@ def test_sampling_options_given_to_image_sets_or_a_mode_that_does_not_use_them_a
         tiny_pipe.learn_direction(images[:1], images[1:], mode="fast", capture_window=(0.5, 1.0), progress=False)
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
-    for label in ("pos", "neg"):
+    for seed, label in enumerate(("pos", "neg")):
         (tmp_path / label).mkdir()
-        Image.fromarray(np.random.default_rng(len(label)).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / label / "0.png")
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / label / "0.png")
     learn = ["learn", "--model", str(model), "--positive", str(tmp_path / "pos"), "--negative", str(tmp_path / "neg"), "--out", str(tmp_path / "d")]
     capsys.readouterr()
     for flags in (["--steps", "3"], ["--guidance", "2"], ["--height", "64"], ["--width", "64"], ["--negative-prompt", "blurry"], ["--sampler", "euler-a"]):
