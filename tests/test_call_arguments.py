@@ -117,6 +117,11 @@ def test_fit_inputs_are_checked_and_named(demo):
         demo.fit_edit("to_blue", strength="0.5", num_samples=1, num_inference_steps=2)
     with pytest.raises(ValueError, match=r"^floor must be a finite number, got inf$"):  # it came back as the scale
         demo.fit_edit("to_blue", floor=float("inf"), num_samples=1, num_inference_steps=2)
+    # a repeated strength ended in a ZeroDivisionError after all the sampling (the curve's fit through it)
+    with pytest.raises(ValueError, match=r"^the calibration grid repeats the strength 0.3: give each once$"):
+        demo.learn_direction(["a blue bag"], ["a bag"], calibration_grid=[0.2, 0.3, 0.3], progress=False)
+    with pytest.raises(ValueError, match=r"^the take-away grid repeats the strength 1: give each once$"):
+        demo.fit_take_away("to_blue", "to_red", grid=[1, 0.5, 1.0], num_samples=1, num_inference_steps=2)
 
 
 @pytest.mark.parametrize("steps", [-1, 0, 2.5, True, 1001])
