@@ -464,7 +464,7 @@ def learn_direction(
         meta["route_choice"] = {"structure": round(result.route["structure"], 4), "below": LAYOUT_EDIT_BELOW, "readers": result.route["readers"]}
         if result.route["readers"] is not None:
             settings["readers"] = list(result.route["readers"])
-    calibrated = result.strength * unit
+    calibrated = round(result.strength, 4) * unit  # as recorded: the direction's bits then do not follow batch_size's float rounding
     calibrated.metadata = {**meta, "recommended": settings, "calibration": result.to_dict()}
     return calibrated
 

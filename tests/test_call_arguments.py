@@ -234,3 +234,16 @@ def test_from_pipe_of_a_plain_pipeline_loaded_without_a_dtype_runs(demo):
     assert {pipe.text_encoder.dtype, pipe.unet.dtype, pipe.vae.dtype} == {torch.float32}
     out = pixels(pipe("a sneaker", steering="to_blue", num_inference_steps=2, generator=gen()))
     assert np.array_equal(out, pixels(demo("a sneaker", steering="to_blue", num_inference_steps=2, generator=gen())))
+
+
+def test_a_calibrated_direction_is_its_recorded_strength_whatever_the_batch_size(demo):
+    """``batch_size`` changes memory and speed only, but the strength's last bits followed the batches' float rounding,
+    and with them the direction's digest, by which recipes find it (8, 3, 1 gave three digests)."""
+    from steer.denoisers import CONTEXT_SITE
+
+    learned = [demo.learn_direction(["a blue sneaker", "a blue bag"], ["a sneaker", "a bag"], num_inference_steps=6,
+                                    calibration_samples=4, batch_size=size, progress=False) for size in (8, 3)]
+    assert learned[0].metadata["calibration"]["converged"]
+    assert learned[0].digest() == learned[1].digest()
+    strength = learned[0].metadata["calibration"]["strength"]
+    assert learned[0].directions[CONTEXT_SITE].norm(dim=-1).max().item() == pytest.approx(strength, rel=1e-6)
