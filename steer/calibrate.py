@@ -419,7 +419,7 @@ def check_grid(grid: Any, what: str = "the calibration grid") -> list[float]:
         raise ValueError(f"{what} must be a list of positive strengths, got {str(grid)[:80]}") from None
     if not values or not all(0 < g < math.inf for g in values):
         raise ValueError(f"{what} must hold positive, finite strengths, got {values[:8]}")
-    if repeated := sorted({a for a, b in zip(values, values[1:]) if a == b}):  # the curve's fit divided by their gap
+    if repeated := sorted({a for a, b in zip(values, values[1:], strict=False) if a == b}):  # the curve's fit divided by their gap
         raise ValueError(f"{what} repeats the strength {repeated[0]:g}: give each once")
     return values
 
