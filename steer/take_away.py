@@ -114,11 +114,15 @@ def pair_scales(strength: float) -> list[float]:
     return [float(strength), -min(float(strength), 1.0)]
 
 
-def take_away_record(away, path: Any, scale: float | None) -> dict[str, Any]:
+def take_away_record(away, path: Any, scale: float | None, fit: TakeAwayFit | None = None) -> dict[str, Any]:
     """A take-away's entry in an image's recipe, as `steer generate` and `steer batch` write it: its name, hash and
-    file, and the amount removed at the direction's ``scale`` (None without a scale)."""
+    file, the amount removed at the direction's ``scale`` (None without a scale), and the ``fit`` its strength and
+    window came from, if any."""
     amount = -pair_scales(scale)[1] if scale is not None else None
-    return {"name": away.name, "hash": away.digest(), "path": recorded_path(path), "amount": amount}
+    entry = {"name": away.name, "hash": away.digest(), "path": recorded_path(path), "amount": amount}
+    if fit is not None:
+        entry["fit"] = {"strength": round(fit.strength, 4), "window": list(fit.window), "distance": round(fit.distance, 4)}
+    return entry
 
 
 def recorded_prompts(vector, which: str, fitting: str = "a take-away") -> list[str]:

@@ -128,6 +128,7 @@ def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, directio
     recipe = read_recipe(png)
     assert recipe["scale"] == round(fit.strength, 3) and recipe["window"] == list(fit.window) and recipe["negative"] == "remove"
     assert recipe["take_away"]["hash"] == SteeringVector.load(red).digest() and recipe["take_away"]["amount"] == min(recipe["scale"], 1.0)
+    assert recipe["take_away"]["fit"] == {"strength": round(fit.strength, 4), "window": list(fit.window), "distance": round(fit.distance, 4)}
     blue_v, red_v = SteeringVector.load(direction), SteeringVector.load(red)
     want = tiny_pipe("a red sneaker", generator=torch.Generator().manual_seed(0), num_inference_steps=2, guidance_scale=5.0,
                      steering=[blue_v, red_v], steering_scale=[[recipe["scale"], -min(recipe["scale"], 1.0)]], steering_negative="remove",
@@ -138,9 +139,11 @@ def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, directio
     from steer.pipelines.mixin import SteeringMixin
 
     real, asked = SteeringMixin.fit_take_away, []
-    monkeypatch.setattr(SteeringMixin, "fit_take_away", lambda self, *a, **kw: asked.append(kw.get("negative_prompt")) or real(self, *a, **kw))
+    monkeypatch.setattr(SteeringMixin, "fit_take_away", lambda self, *a, **kw: asked.append(
+        tuple(kw.get(k) for k in ("negative_prompt", "height", "width"))) or real(self, *a, **kw))
     assert main([*base, "--fit", "--negative-prompt", "a coat", "--out", str(tmp_path / "fit_negative")]) == 0
-    assert asked == ["a coat"]
+    assert main([*base, "--fit", "--height", "48", "--width", "64", "--out", str(tmp_path / "fit_size")]) == 0
+    assert asked == [("a coat", None, None), (None, 48, 64)]  # fitted at the size it generates, as steer batch fits a job
     capsys.readouterr()
     rc = main([*base, "--direction", str(direction), str(direction), "--out", str(tmp_path / "x")])
     assert_one_line_error(rc, capsys.readouterr().err, "--take-away goes with one --direction", prefix="steer generate: error:")

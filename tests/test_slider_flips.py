@@ -218,3 +218,8 @@ def test_the_command_line_says_when_a_slider_turns_or_holds_the_prompt(tmp_path,
             "slid toward the end it states already: left as the prompt draws it") in err
     assert main([*common, "--prompt", "a t-shirt", "--scale", "-1", "--out", str(tmp_path / "b")]) == 0
     assert "note:" not in capsys.readouterr().err  # an open prompt: the slider only adds a side
+    # with a one-sided direction subtracted too, the pipeline's own advice is the only word: a one-line warning (it was
+    # a two-line Python warning naming steer's source file)
+    assert main([*common[:3], "to_green", *common[3:], "--prompt", "a red t-shirt", "--scale", "-1", "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: a slider on a prompt that states its other side is flipped" in err and "UserWarning" not in err

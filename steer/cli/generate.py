@@ -75,13 +75,14 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None, edit=None) -> dict[str, Any]:
+def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, scale: float | None, seed: int, weights: list[float], away=None, edit=None,
+            fit=None) -> dict[str, Any]:
     from steer import __version__
     from steer.lora import loaded_loras
     from steer.samplers import sampler_name
     from steer.take_away import take_away_record
 
-    taken = {"take_away": take_away_record(away[0], away[1], scale)} if away is not None else {}
+    taken = {"take_away": take_away_record(away[0], away[1], scale, fit)} if away is not None else {}
     return {
         "steer_version": __version__,
         "model": recorded_path(args.model),
@@ -238,7 +239,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         with warnings.catch_warnings(record=True) as caught:  # the fit's advice (a pair that may not flip...)
             warnings.simplefilter("always")
             if away is not None:
-                fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance, **negative)
+                at_size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}  # as batch fits a job
+                fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance, **at_size, **negative)
             else:
                 edit_fit = text_pipe.fit_edit(vectors[0][0], strength=strength, num_inference_steps=args.steps, guidance_scale=args.guidance,
                                               height=args.height, width=args.width, **config.to_settings(), **negative)
@@ -252,6 +254,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             args.scale = round(fit.strength if away is not None else edit_fit.scale, 3)
         if away is not None and not user_set["window"]:
             config = dataclasses.replace(config, window=fit.window)
+    away_fit = fit if args.fit and away is not None else None  # recorded with the take-away, as batch records it
     scales = args.sweep if args.sweep is not None else [args.scale if vectors else None]
     size: dict[str, Any] = {"height": args.height, "width": args.width}
     edit_record = None
@@ -286,40 +289,45 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
     written, renamed = [], False
-    for seed in range(args.seed, args.seed + args.num_images):
-        generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
-        if edit is not None and args.invert:  # the seed draws the inversion's noise; the replay draws none
-            inversion = invert_image(pipe, edit.prepared(args.height, args.width)["image"], args.prompt, negative_prompt=args.negative_prompt,
-                                     num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generators[0])
-            images = inversion.edit(pipe, rows=len(scales), **steering_kwargs).images
-        else:
-            images = pipe(
-                [args.prompt] * len(scales),
-                negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance,
-                generator=generators,
-                **size,
-                **steering_kwargs,
-            ).images
-        out.mkdir(parents=True, exist_ok=True)
-        shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
-        files = []  # (image, name, recipe)
-        for row, (image, scale, tag) in enumerate(zip(images, scales, scale_tags(scales), strict=True)):
-            call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
-            files.append((image, f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record), **shape, **call}))
-        if args.sweep is not None:
-            grid = make_image_grid(list(images), rows=1, cols=len(images))
-            files.append((grid, f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record), **shape, "sweep": scales}))
-        wanted = [out / name for _, name, _ in files]
-        # free names (or this call's own earlier images), taken without replacing a file another run writes meanwhile
-        paths = save_new_pngs([(image, out / name, recipe) for image, name, recipe in files])
-        if paths != wanted and not renamed:  # said once: later seeds' renamed files follow from it
-            renamed = True
-            taken = next((w for w in wanted if os.path.lexists(w)), wanted[0])  # one that is there (not the run's first)
-            print(f"note: {out} holds other images named {taken.name} ...; these are written as {paths[0].name} ... "
-                  "(nothing overwritten)", file=sys.stderr)
-        written += paths
+    with warnings.catch_warnings(record=True) as caught:  # the library's advice (a slider flipped...): one line each
+        warnings.simplefilter("always")
+        try:
+            for seed in range(args.seed, args.seed + args.num_images):
+                generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
+                if edit is not None and args.invert:  # the seed draws the inversion's noise; the replay draws none
+                    inversion = invert_image(pipe, edit.prepared(args.height, args.width)["image"], args.prompt, negative_prompt=args.negative_prompt,
+                                             num_inference_steps=args.steps, guidance_scale=args.guidance, generator=generators[0])
+                    images = inversion.edit(pipe, rows=len(scales), **steering_kwargs).images
+                else:
+                    images = pipe(
+                        [args.prompt] * len(scales),
+                        negative_prompt=[args.negative_prompt] * len(scales) if args.negative_prompt else None,
+                        num_inference_steps=args.steps,
+                        guidance_scale=args.guidance,
+                        generator=generators,
+                        **size,
+                        **steering_kwargs,
+                    ).images
+                out.mkdir(parents=True, exist_ok=True)
+                shape = {"height": images[0].height, "width": images[0].width}  # what was generated, also when left to the model
+                files = []  # (image, name, recipe)
+                for row, (image, scale, tag) in enumerate(zip(images, scales, scale_tags(scales), strict=True)):
+                    call = {"call": {"scales": scales, "row": row}} if len(scales) > 1 else {}  # a sweep's row: how it was made
+                    files.append((image, f"seed{seed}{tag}.png", {**_recipe(args, pipe, vectors, config, scale, seed, weights, away, edit_record, away_fit), **shape, **call}))
+                if args.sweep is not None:
+                    grid = make_image_grid(list(images), rows=1, cols=len(images))
+                    files.append((grid, f"seed{seed}_sweep.png", {**_recipe(args, pipe, vectors, config, None, seed, weights, away, edit_record, away_fit), **shape, "sweep": scales}))
+                wanted = [out / name for _, name, _ in files]
+                # free names (or this call's own earlier images), taken without replacing a file another run writes meanwhile
+                paths = save_new_pngs([(image, out / name, recipe) for image, name, recipe in files])
+                if paths != wanted and not renamed:  # said once: later seeds' renamed files follow from it
+                    renamed = True
+                    taken = next((w for w in wanted if os.path.lexists(w)), wanted[0])  # one that is there (not the run's first)
+                    print(f"note: {out} holds other images named {taken.name} ...; these are written as {paths[0].name} ... "
+                          "(nothing overwritten)", file=sys.stderr)
+                written += paths
+        finally:
+            print_warnings(caught)
     for w in written:
         print(w)
     return 0

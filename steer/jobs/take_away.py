@@ -33,10 +33,7 @@ class JobTakeAway:
         """The recipe's ``take_away`` entry for the image at ``scale`` (as `steer generate` records it)."""
         from steer.take_away import take_away_record
 
-        entry = take_away_record(self.vector, self.path, scale)
-        if self.fit is not None:
-            entry["fit"] = {"strength": round(self.fit.strength, 4), "window": list(self.fit.window), "distance": round(self.fit.distance, 4)}
-        return entry
+        return take_away_record(self.vector, self.path, scale, self.fit)
 
 
 def check_fields(line: int, job: dict[str, Any]) -> tuple[Any, bool]:
