@@ -37,6 +37,7 @@ from steer.denoisers import (
     resolve_layers,
     text_readers,
 )
+from steer.errors import UnusedOptionError
 from steer.extract import (
     IMAGE_SUFFIXES,
     _as_items,
@@ -326,11 +327,13 @@ def learn_direction(
             text_readers(unet, readers)  # a one-line error before any sampling
     if calibrate and (image_input or not neg_items):
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
+    if calibration_grid is not None and not calibrate:  # the strengths of a calibration that does not run
+        raise UnusedOptionError("calibration_grid", "calibration_grid does nothing without calibration: it sets the strengths the calibration tries")
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
     resolved = learning_options(mode, image_input, dict(num_samples=num_samples, timestep=timestep, image_prompts=image_prompts,
                                                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                                        capture_window=capture_window, step_buckets=step_buckets), call_kwargs)
+                                                        capture_window=capture_window, step_buckets=step_buckets), call_kwargs, calibrate)
     num_samples, timestep, image_prompts = resolved["num_samples"], resolved["timestep"], resolved["image_prompts"]
     num_inference_steps, guidance_scale = resolved["num_inference_steps"], resolved["guidance_scale"]
     capture_window, step_buckets = resolved["capture_window"], resolved["step_buckets"]

@@ -27,14 +27,15 @@ _USES = {  # what each option sets, and which learnings use it
     "num_samples": "how many images the sampling modes (reference, fast, trajectory) draw per set",
     "timestep": "the timestep the reference mode and image sets are read at",
     "image_prompts": "the prompt image sets are read with",
-    "num_inference_steps": "the denoising steps of the learning and calibration samples, and image sets are not sampled",
-    "guidance_scale": "the guidance of the learning and calibration samples, and image sets are not sampled",
+    "num_inference_steps": "the denoising steps of the learning and calibration samples",
+    "guidance_scale": "the guidance of the learning and calibration samples",
     "capture_window": "the share of the run the fast mode records its samples over",
     "step_buckets": "how many step buckets the trajectory mode splits the run into (one direction each)",
 }
 
 
-def learning_options(mode: str, image_input: bool, options: dict[str, Any], call_kwargs: dict[str, Any]) -> dict[str, Any]:
+def learning_options(mode: str, image_input: bool, options: dict[str, Any], call_kwargs: dict[str, Any],
+                     calibrated: bool = True) -> dict[str, Any]:
     """``options`` (`_DEFAULTS`' names, None where not given) with their defaults, or a one-line UnusedOptionError for
     one given to a learning that does not use it, and for any of ``call_kwargs`` (``height``, ``negative_prompt``...)
     given with image sets, which are read, not sampled (``--num-samples 3`` to the text mode, ``--steps`` or
@@ -46,21 +47,24 @@ def learning_options(mode: str, image_input: bool, options: dict[str, Any], call
         options: ``num_samples``, ``timestep``, ``image_prompts``, ``num_inference_steps``, ``guidance_scale``,
             ``capture_window`` and ``step_buckets`` as the call gave them.
         call_kwargs: the keyword arguments the learning passes on to the pipeline's sampling calls.
+        calibrated: whether the learning calibrates (the text mode samples nothing without it: it reads the prompts).
     """
-    sampled = not image_input
+    sampled = not image_input and (calibrated or mode != "text")
     used = {"num_samples": sampled and mode in ("trajectory", "reference", "fast"), "timestep": image_input or mode == "reference",
             "image_prompts": image_input, "num_inference_steps": sampled, "guidance_scale": sampled,
             "capture_window": sampled and mode == "fast", "step_buckets": sampled and mode == "trajectory"}
-    what = "image sets" if image_input else f"mode={mode!r}"
+    what = "image sets" if image_input else f"mode={mode!r}" + ("" if sampled else " without calibration")
+    why = "image sets are read, not sampled" if image_input else "the text mode reads the prompts themselves and samples nothing uncalibrated"
     for name, value in options.items():
         given = bool(value) if name == "image_prompts" else value is not None
         if given and not used[name]:
-            raise UnusedOptionError(name, f"{name} does nothing for {what}: it sets {_USES[name]}")
-    if image_input:
+            unsampled = f", and {why}" if name in ("num_inference_steps", "guidance_scale") else ""
+            raise UnusedOptionError(name, f"{name} does nothing for {what}: it sets {_USES[name]}{unsampled}")
+    if not sampled:
         for key, value in call_kwargs.items():
             if value is not None:
-                raise UnusedOptionError(key, f"{key} does nothing for image sets: it goes to the sampling calls of the "
-                                             "learning and calibration, and image sets are read, not sampled")
+                raise UnusedOptionError(key, f"{key} does nothing for {what}: it goes to the sampling calls of the "
+                                             f"learning and calibration, and {why}")
     return {name: _DEFAULTS[name] if value is None else value for name, value in options.items()}
 
 

@@ -163,8 +163,12 @@ def test_learn_settings_validation(pipe, tmp_path):
     assert H.LearnSettings(mode="text", readers="all").kwargs(pipe)["readers"] == "all"
     assert "readers" not in H.LearnSettings(mode="fast", readers="all").kwargs(pipe)  # not a text direction: nothing to route
     # the negative prompt to calibrate for goes to learn_direction; with image sets it is one readable line
-    assert H.LearnSettings(mode="text", negative_prompt=" a bag ").kwargs(pipe)["negative_prompt"] == "a bag"
+    assert H.LearnSettings(mode="text", negative="a shoe", negative_prompt=" a bag ").kwargs(pipe)["negative_prompt"] == "a bag"
     assert "negative_prompt" not in H.LearnSettings(mode="text").kwargs(pipe)
+    # without negative prompts the text mode is not calibrated and samples nothing: no steps, guidance or negative prompt
+    assert "num_inference_steps" not in H.LearnSettings(mode="text", negative="").kwargs(pipe)
+    with pytest.raises(H.UserError, match="^the negative prompt to calibrate for needs negative prompts"):
+        H.LearnSettings(mode="text", negative="", negative_prompt="a bag").kwargs(pipe)
     with pytest.raises(H.UserError, match="^the negative prompt to calibrate for applies to prompt sets"):
         H.LearnSettings(positive_files=(str(broken),), method="mean", negative_prompt="a bag").kwargs(pipe)
     # image sets are read, not sampled: their steps and guidance are not passed (learn_direction refuses them), a sampler is one line

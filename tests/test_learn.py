@@ -89,6 +89,13 @@ def test_options_a_learning_does_not_use_are_one_line_not_ignored(tiny_pipe, tmp
         tiny_pipe.learn_direction([torch.rand(3, 32, 32)], [torch.rand(3, 32, 32)], mode="text", progress=False)
     with pytest.raises(ValueError, match="num_samples does nothing for image sets"):
         tiny_pipe.learn_direction([torch.rand(3, 32, 32)], [torch.rand(3, 32, 32)], num_samples=2, progress=False)
+    # uncalibrated, the text mode samples nothing: the sampling options and a calibration grid changed nothing
+    for option, needle in ((dict(num_inference_steps=3), "num_inference_steps does nothing for mode='text' without calibration: "
+                            "it sets the denoising steps of the learning and calibration samples, and the text mode reads"),
+                           (dict(negative_prompt="blurry"), "negative_prompt does nothing for mode='text' without calibration"),
+                           (dict(calibration_grid=[0.5, 1.0]), "calibration_grid does nothing without calibration")):
+        with pytest.raises(UnusedOptionError, match=needle):
+            tiny_pipe.learn_direction(["a blue bag"], ["a bag"], calibrate=False, progress=False, **option)
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
     capsys.readouterr()

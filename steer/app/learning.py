@@ -109,6 +109,9 @@ class LearnSettings:
         negative_prompt = check_prompt(self.negative_prompt, "negative prompt to calibrate for", required=False)
         if negative_prompt and self.positive_files:
             raise UserError("the negative prompt to calibrate for applies to prompt sets: image sets are not sampled")
+        if negative_prompt and mode == "text" and not self.negative.strip():  # nothing to calibrate, nothing sampled
+            raise UserError("the negative prompt to calibrate for needs negative prompts: without them the text mode is "
+                            "not calibrated")
         if self.sampler and self.positive_files:  # learned the same direction under any sampler
             raise UserError("the sampler applies to prompt sets: image sets are not sampled")
         if self.two_sided and (self.positive_files or not self.negative.strip() or mode not in ("text", "trajectory")):
@@ -131,7 +134,8 @@ class LearnSettings:
                if mode in ("trajectory", "reference", "fast") and not self.positive_files else {}),  # the sampling modes'
             **({"num_inference_steps": check_int(self.steps, "learning steps", 1, LIMITS.max_learn_steps),
                 "guidance_scale": check_float(self.guidance, "learning guidance", 0.0, LIMITS.max_guidance)}
-               if not self.positive_files else {}),  # image sets are not sampled (learn_direction refuses them)
+               if not self.positive_files and (mode != "text" or self.negative.strip()) else {}),  # image sets, and the
+            # text mode without negatives (uncalibrated), are not sampled: learn_direction refuses steps and guidance
             "seed": check_int(self.seed, "the learning seed", 0, LIMITS.max_seed),
             "name": check_prompt(self.name, "name", required=False) or None,
             **({"image_prompts": check_prompt(self.image_prompt, "image prompt", required=False)} if self.positive_files else {}),
