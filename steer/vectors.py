@@ -12,19 +12,17 @@ import hashlib
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from steer.config import PAPER_WINDOW
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
+from steer.step_rows import components_of, in_step_buckets, joint_recommendation, shared_fixed_tokens
 from steer.validation import (
     SchemaError,
     check_depth,
@@ -269,7 +267,7 @@ class SteeringVector:
                 f"cannot combine {self.name!r} and {other.name!r}: learned on different UNet architectures "
                 f"({mine.get('architecture')} vs {theirs.get('architecture')})"
             )
-        recommended, windows, buckets = _joint_recommendation(self, other)
+        recommended, windows, buckets = joint_recommendation(self, other)
         mine_dirs, theirs_dirs = self.directions, other.directions
         if buckets > 1:  # one row per 1/buckets of the run; with different windows each part is zero outside its own
             mine_dirs = {k: in_step_buckets(v, windows[0], buckets) for k, v in mine_dirs.items()}
@@ -289,7 +287,7 @@ class SteeringVector:
             "method": "combination",
             "model": mine or theirs,
             "activation_norm": act,
-            "components": [*_components(self.metadata), *_components(other.metadata)],
+            "components": [*components_of(self.metadata), *components_of(other.metadata)],
         }
         fixed = {k: shared_fixed_tokens((self, other), k) for k in out}  # positions both parts leave alone
         if any(fixed.values()):
@@ -497,73 +495,6 @@ class SteeringVector:
         from steer.hub import push_to_hub
 
         return push_to_hub(self, repo_id, filename=filename, private=private, token=token, commit_message=commit_message, create_pr=create_pr)
-
-
-def shared_fixed_tokens(vectors: Iterable[SteeringVector], site: str) -> int:
-    """Leading token positions at ``site`` that every vector acting there leaves alone (metadata ``fixed_tokens``; 0
-    for a vector without it, as files from before it steered every position)."""
-    return min(((v.metadata.get("fixed_tokens") or {}).get(site, 0) for v in vectors if site in v.directions), default=0)
-
-
-# How finely a sum of directions with different windows may divide the run (one direction row per share).
-MAX_COMBINED_BUCKETS = 1000
-
-
-def _joint_recommendation(a: SteeringVector, b: SteeringVector) -> tuple[dict[str, Any] | None, tuple[Any, Any], int]:
-    """What the sum of ``a`` and ``b`` recommends, and how its directions are laid out over the run.
-
-    Returns ``(recommended, (window_a, window_b), buckets)``: the settings both record alike (None when neither records
-    any), with the window their union's hull when theirs differ; then each part's window (None: the same for both)
-    and the number of equal step buckets (the least common multiple of the parts' own and, for different windows, of
-    the windows' fractions of the run, so each window is a whole number of buckets and the sum applies each part
-    exactly where it applied alone, wherever a window spans at least one step). Settings they record differently,
-    other than the window, are left to the built-in defaults, with a warning; the removal window and reference level
-    are not carried (a sum cannot be taken away)."""
-    ra, rb = a.metadata.get("recommended") or {}, b.metadata.get("recommended") or {}
-    steps = {as_step_rows(v).shape[0] for v in (*a.directions.values(), *b.directions.values())}
-    buckets = math.lcm(*steps)
-    if not ra and not rb:
-        return None, (None, None), buckets
-    agreed = {k: v for k, v in ra.items() if k not in ("window", "removal_window") and rb.get(k) == v}
-    differ = sorted(k for k in (set(ra) | set(rb)) - {"window", "removal_window", "layers"} if ra.get(k) != rb.get(k))
-    if differ:
-        warnings.warn(f"{a.name!r} and {b.name!r} recommend different {', '.join(differ)}: their sum records only what they "
-                      "share (the built-in defaults apply to the rest); passed to one call (steering=[a, b]) each keeps its own "
-                      "window and route", UserWarning, stacklevel=4)
-    wa, wb = (tuple(float(x) for x in (r.get("window") or PAPER_WINDOW)) for r in (ra, rb))
-    if wa == wb:
-        return {**agreed, "window": list(wa)}, (None, None), buckets
-    fractions = [Fraction(x).limit_denominator(MAX_COMBINED_BUCKETS) for x in (*wa, *wb)]
-    buckets = math.lcm(buckets, *(f.denominator for f in fractions))
-    if buckets > MAX_COMBINED_BUCKETS or any(abs(float(f) - x) > 1e-9 for f, x in zip(fractions, (*wa, *wb), strict=True)):
-        raise ValueError(f"cannot add {a.name!r} (window {wa}) and {b.name!r} (window {wb}) into one vector: the windows do not "
-                         f"divide the run into at most {MAX_COMBINED_BUCKETS} equal shares; pass both to one call instead (steering=[a, b])")
-    return {**agreed, "window": [min(wa[0], wb[0]), max(wa[1], wb[1])]}, (wa, wb), buckets
-
-
-def as_step_rows(direction: torch.Tensor) -> torch.Tensor:
-    """A stored direction as (S, C): a (C,) vector is one step bucket."""
-    return direction[None] if direction.ndim == 1 else direction
-
-
-def in_step_buckets(direction: torch.Tensor, window: tuple[float, float] | None, buckets: int) -> torch.Tensor:
-    """``direction`` as (buckets, C), each of its own buckets repeated (``buckets`` a multiple of its count); with
-    ``window``, zero in the buckets outside it (its ends are whole multiples of 1 / buckets)."""
-    d = as_step_rows(direction)
-    d = d.repeat_interleave(buckets // d.shape[0], dim=0)
-    if window is not None:
-        first, stop = (round(w * buckets) for w in window)
-        keep = torch.zeros(buckets, 1, dtype=d.dtype, device=d.device)
-        keep[first:stop] = 1
-        d = d * keep
-    return d
-
-
-def _components(meta: dict[str, Any]) -> list[Any]:
-    """A combination's parts, flattened so that chains of ``+`` / ``-`` do not nest metadata ever deeper."""
-    if meta.get("method") == "combination" and isinstance(meta.get("components"), list):
-        return list(meta["components"])
-    return [meta]
 
 
 def as_vector_list(steering: SteeringVector | str | os.PathLike | Iterable | None) -> list[SteeringVector]:

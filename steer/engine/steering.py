@@ -18,7 +18,7 @@ from steer.denoisers import (
 )
 from steer.engine.run import DenoiserRun
 from steer.errors import ModelMismatchError
-from steer.vectors import as_step_rows, in_step_buckets, shared_fixed_tokens
+from steer.step_rows import as_step_rows, in_step_buckets, shared_fixed_tokens
 
 
 def step_bucket(step: int, buckets: int, num_steps: int | None) -> int:
