@@ -8,6 +8,7 @@ header; loading never unpickles.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import torch
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
-from steer.step_rows import components_of, in_step_buckets, joint_recommendation, shared_fixed_tokens
+from steer.step_rows import as_step_rows, components_of, in_step_buckets, joint_recommendation, shared_fixed_tokens
 from steer.validation import (
     SchemaError,
     check_depth,
@@ -216,11 +217,27 @@ class SteeringVector:
         return SteeringVector(self.directions, dict(self.metadata)) if self.opposite is not None else self
 
     # ----- arithmetic --------------------------------------------------------------------------------------------
-    def _map(self, fn, **meta_updates: Any) -> SteeringVector:
-        meta = dict(self.metadata)
+    def _map(self, fn, drop: tuple[str, ...] = (), **meta_updates: Any) -> SteeringVector:
+        meta = {k: v for k, v in copy.deepcopy(self.metadata).items() if k not in drop}  # the copy's own: never the original's
         meta.update(meta_updates)
-        opposite = self.opposite._map(fn) if self.opposite is not None else None
+        opposite = self.opposite._map(fn, drop) if self.opposite is not None else None
         return SteeringVector({k: fn(v) for k, v in self.directions.items()}, meta, opposite)
+
+    def _as_applied(self) -> SteeringVector:
+        """This direction as the engine applies it under its recommended ``normalize=True`` (each layer's rows at unit
+        norm times its recorded activation norm), recorded ``normalize: False``, so that scaling or adding it scales or
+        adds what steers (the engine would normalize the result again: ``2 * v`` steered as ``v``, ``v + w`` not as
+        ``[v, w]``); any other direction as it is."""
+        act = self.activation_norm
+        if not (self.metadata.get("recommended") or {}).get("normalize") or any(k not in act for k in self.directions):
+            return self
+        meta = copy.deepcopy(self.metadata)
+        meta["recommended"]["normalize"] = False
+        applied = {}
+        for name, d in self.directions.items():
+            rows = as_step_rows(d.float())
+            applied[name] = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act[name]).reshape(d.shape).to(d.dtype)
+        return SteeringVector(applied, meta, self.opposite._as_applied() if self.opposite is not None else None)
 
     def _swapped(self) -> SteeringVector:
         """A two-sided direction with its sides exchanged (what ``-v`` and a negative factor give)."""
@@ -234,7 +251,9 @@ class SteeringVector:
             raise ValueError(f"a direction is scaled by a finite number, got {other!r}")
         if self.opposite is not None and other < 0:
             return self._swapped() * -other
-        return self._map(lambda v: v * other, name=f"{other:g}*{self.name}")
+        if other < 0:
+            return -(self * -other)
+        return self._as_applied()._map(lambda v: v * other, name=f"{other:g}*{self.name}")
 
     __rmul__ = __mul__
 
@@ -247,12 +266,15 @@ class SteeringVector:
             raise ZeroDivisionError("cannot divide a SteeringVector by zero")
         if self.opposite is not None and other < 0:
             return self._swapped() / -other
-        return self._map(lambda v: v / other, name=f"{self.name}/{other:g}")
+        if other < 0:
+            return -(self / -other)
+        return self._as_applied()._map(lambda v: v / other, name=f"{self.name}/{other:g}")
 
     def __neg__(self) -> SteeringVector:
         if self.opposite is not None:
             return self._swapped()
-        return self._map(lambda v: -v, name=f"-{self.name}")
+        # the reference level was measured along +v (what "remove" takes a prompt back to): not -v's
+        return self._as_applied()._map(lambda v: -v, drop=("reference_level",), name=f"-{self.name}")
 
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
         if not isinstance(other, SteeringVector):
@@ -267,6 +289,7 @@ class SteeringVector:
                 f"cannot combine {self.name!r} and {other.name!r}: learned on different UNet architectures "
                 f"({mine.get('architecture')} vs {theirs.get('architecture')})"
             )
+        self, other = self._as_applied(), other._as_applied()  # what each steers, as in one call (steering=[a, b])
         recommended, windows, buckets = joint_recommendation(self, other)
         mine_dirs, theirs_dirs = self.directions, other.directions
         if buckets > 1:  # one row per 1/buckets of the run; with different windows each part is zero outside its own
@@ -319,7 +342,7 @@ class SteeringVector:
                 raise TypeError("to() got two dtypes: give the device first, or one dtype")
             device, dtype = None, device
         opposite = self.opposite.to(device, dtype) if self.opposite is not None else None
-        return SteeringVector({k: v.to(device=device, dtype=dtype) for k, v in self.directions.items()}, dict(self.metadata), opposite)
+        return SteeringVector({k: v.to(device=device, dtype=dtype) for k, v in self.directions.items()}, copy.deepcopy(self.metadata), opposite)
 
     def select(self, layers: Iterable[str]) -> SteeringVector:
         """A copy restricted to ``layers`` (exact names, or one name; a two-sided direction's opposite keeps those it has)."""

@@ -262,6 +262,27 @@ def test_arithmetic_and_normalization(tiny_pipe):
     assert a.to(dtype=torch.float16).directions[layers[0]].dtype == torch.float16
 
 
+def test_arithmetic_on_directions_that_recommend_normalize_scales_and_adds_what_steers(tiny_pipe, gen):
+    """Under a recommended ``normalize=True`` the engine rescaled every layer to its activation norm, so ``2 * v``
+    steered exactly as ``v`` and ``v + w`` not as ``[v, w]`` (the bundled ``*_to_blue`` directions); the normalization
+    is now applied in the arithmetic. A copy's metadata is its own, and ``-v`` drops the level measured along ``+v``."""
+    layers = ["up_blocks.0.resnets.1", "up_blocks.1.attentions.0"]
+    v, w = (random_vector(tiny_pipe, layers, seed=s, scale=0.05, activation_norm={n: 3.0 for n in layers}) for s in (1, 2))
+    for d in (v, w):
+        d.metadata["recommended"] = {"normalize": True, "window": [0.0, 1.0]}
+    v.metadata["reference_level"] = {layers[0]: [0.5]}
+    one = call(tiny_pipe, gen, steering=v)
+    assert np.abs(call(tiny_pipe, gen, steering=2 * v) - call(tiny_pipe, gen, steering=v, steering_scale=2.0)).max() < 1e-5
+    assert np.abs(call(tiny_pipe, gen, steering=2 * v) - one).max() > 1e-3
+    assert np.abs(call(tiny_pipe, gen, steering=v / 4) - call(tiny_pipe, gen, steering=v, steering_scale=0.25)).max() < 1e-5
+    assert np.abs(call(tiny_pipe, gen, steering=v + w) - call(tiny_pipe, gen, steering=[v, w])).max() < 1e-5
+    assert (2 * v).metadata["recommended"]["normalize"] is False and v.metadata["recommended"]["normalize"] is True
+    copied = 2 * v
+    copied.metadata["recommended"]["window"][0] = 0.5
+    assert v.metadata["recommended"]["window"] == [0.0, 1.0]
+    assert "reference_level" not in (-v).metadata and "reference_level" in (2 * v).metadata
+
+
 def test_normalized_scale_is_in_units_of_activation_norm(tiny_pipe):
     layer = "up_blocks.0.resnets.0"
     v = random_vector(tiny_pipe, [layer], activation_norm={layer: 4.0})
