@@ -428,12 +428,12 @@ def learn_direction(
         "activation_norm": act_norm,
         "model": {**unet_fingerprint(unet, layer_names), "name_or_path": str(getattr(pipe, "name_or_path", "") or "")},
     }
-    if preset == "paper" or mode not in ("text", "trajectory"):
-        vector = SteeringVector(directions, meta)
-        if preset == "paper" and not calibrate:
-            vector.metadata["recommended"] = {"layers": layer_names, "window": list(window), "branch": "cond", "mode": "add", "normalize": False, "preserve_norm": False}
-        if not calibrate:
-            return vector
+    if (preset == "paper" or mode not in ("text", "trajectory")) and not calibrate:
+        # activations added as learned (the paper's way), over the window asked for or the preset's: recorded for every
+        # preset, so steering applies it (uncalibrated casteer / text fast and reference directions recorded none, and
+        # calls fell back to the built-in paper window whatever window= said)
+        return SteeringVector(directions, {**meta, "recommended": {"layers": layer_names, "window": list(window), "branch": "cond",
+                                                                   "mode": "add", "normalize": False, "preserve_norm": False}})
     # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
     # uncalibrated one's scale is a fraction of each token's norm
     settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}

@@ -268,3 +268,17 @@ def test_a_list_of_image_prompts_of_the_wrong_length_says_how_many_and_what_for(
     with pytest.raises(ValueError, match=r"^image_prompts has 3 prompts: give one per image of both sets, 2, or one string"):
         tiny_pipe.learn_direction(pos, image_prompts=["a", "b", "c"], method="mean", progress=False)
     assert tiny_pipe.learn_direction(pos, neg, image_prompts=["a", "b", "c", "d"], progress=False).metadata["source"] == "images"
+
+
+@pytest.mark.parametrize("options", [dict(preset="casteer", mode="fast", window=(0, 1)), dict(preset="casteer", mode="reference"),
+                                     dict(preset="text", mode="fast", layers="attn2", window=(0.2, 0.8))])
+def test_uncalibrated_activation_directions_record_their_window_under_every_preset(tiny_pipe, one_thread, options):
+    """Outside the paper preset an uncalibrated fast / reference direction recorded no ``recommended``: window= (and
+    the preset's window) was dropped and steering applied the built-in paper window (hunt32 finding 5)."""
+    from steer.config import recommended_settings
+
+    v = tiny_pipe.learn_direction(["a red bag"], ["a bag"], calibrate=False, num_samples=1, num_inference_steps=2, progress=False, **options)
+    window = list(options.get("window", (0.0, 1.0)))  # casteer's own window where none is given
+    assert v.metadata["recommended"] == {"layers": list(v.directions), "window": window, "branch": "cond", "mode": "add",
+                                         "normalize": False, "preserve_norm": False}
+    assert recommended_settings([v])["steering_window"] == tuple(window)
