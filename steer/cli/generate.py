@@ -46,7 +46,8 @@ def add_generate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default=None,
                    help="a direction's full edit (scale 1) is calibrated for the negative prompt it was learned with (none, for the "
                         "bundled ones): for another, learn it with steer learn --negative-prompt (docs/steering.md, 'Calibrating for how the user generates')")
-    p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) (those shipped for --model: its folder's directions/, else assets/directions) or Hub repo(s) owner/name[@revision][:file.safetensors]")
+    p.add_argument("--direction", nargs="+", default=None, help="direction file(s), bundled direction name(s) (those shipped for --model: its folder's directions/, else assets/directions; "
+                        "a file NAME or NAME.safetensors here comes first, with a note) or Hub repo(s) owner/name[@revision][:file.safetensors]")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--scale", type=SCALE, default=None, help="strength (default: the direction's recommended scale, else 1)")
     group.add_argument("--sweep", type=parse_sweep, default=None, metavar="LO,HI,N", help="N scales in one batched call, plus a grid")
@@ -145,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from diffusers.utils import make_image_grid
 
-    from steer.assets import bundled_directions
+    from steer.assets import bundled_directions, find_direction
     from steer.cli.loading import load_pipeline
     from steer.denoisers import native_size
     from steer.hub import is_hub_spec, local_direction, resolve_direction
@@ -158,10 +159,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from steer.take_away import AUTO, ITSELF, pair_scales, suggested_take_aways, take_away_candidates
     from steer.vectors import SteeringVector
 
-    def located(d: str) -> Path:  # a local file or folder, a bundled name, or a Hub repo owner/name[@rev][:file]
+    def located(d: str) -> Path:  # a local file, a bundled name, a local folder, or a Hub repo owner/name[@rev][:file]
+        found = find_direction(d, args.model)  # the user's file before a bundled name of the same name (said)
+        if found.note is not None:
+            print(f"note: {found.note}", file=sys.stderr)
+        if found.path is not None:
+            return found.path
         bundled = bundled_directions(args.model)
-        if d in bundled and not Path(d).exists():
-            return bundled[d]
         if not is_hub_spec(d) and local_direction(d) is None and bundled:  # say what the model ships
             raise unknown_direction(d, bundled)
         return resolve_direction(d)

@@ -155,15 +155,17 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from steer.assets import bundled_directions
+    from steer.assets import bundled_directions, find_direction
     from steer.cli.loading import check_model
     from steer.vectors import SteeringVector
 
     check_model(args.model)  # a folder that is not there: one line (the demo model's directions were used silently)
-    bundled = bundled_directions(args.model)
-    path = bundled[args.path] if args.path in bundled and not Path(args.path).exists() else args.path
-    if not Path(path).expanduser().exists() and bundled:  # neither a file nor a shipped name: say what the model ships
-        raise unknown_direction(args.path, bundled, hub=False)
+    found = find_direction(args.path, args.model)  # the user's file before a bundled name of the same name (said)
+    if found.note is not None:
+        print(f"note: {found.note}", file=sys.stderr)
+    path = found.path if found.path is not None else args.path
+    if found.path is None and not Path(path).expanduser().exists() and (bundled := bundled_directions(args.model)):
+        raise unknown_direction(args.path, bundled, hub=False)  # neither a file nor a shipped name: say what the model ships
     v = SteeringVector.load(path)
     keys = ("method", "preset", "source", "pooling", "timestep", "positive", "negative", "recommended", "calibration", "window_choice",
             "route_choice", "fixed_tokens", "flip")

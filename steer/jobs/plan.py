@@ -20,7 +20,7 @@ from typing import Any
 
 from steer.config import SteeringConfig, disagreement_note, recommended_settings, routes_record
 from steer.errors import SteeringFileError
-from steer.hub import is_hub_spec, local_kind, resolve_direction
+from steer.hub import is_hub_spec, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
 from steer.jobs.edits import EditChecker, JobEdit
 from steer.jobs.outputs import assign_paths, duplicate_notes, image_key, mark_duplicates, sanitize_name
@@ -28,7 +28,7 @@ from steer.jobs.read import JOB_FIELDS, JobError, RawJob, clip, show
 from steer.jobs.take_away import FitCache, JobTakeAway, check_fields, row_scales, sets_scale
 from steer.lora import loaded_loras
 from steer.recipe import recorded_path
-from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean, safetensors_path, short
+from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, did_you_mean, short
 
 DEFAULTS: dict[str, Any] = {"num_inference_steps": 30, "guidance_scale": 7.5}
 MAX_IMAGES_PER_JOB = 10_000
@@ -366,27 +366,25 @@ class _Validator:
         return self._vectors[path], recorded_path(path), scales
 
     def _find_direction(self, line: int, name: str) -> Path:
-        from steer.assets import bundled_directions
+        from steer.assets import bundled_directions, find_direction
 
         if "\0" in name:
             raise JobError(line, f"direction path {show(name)} holds a NUL character")
-        given = Path(name).expanduser()
-        candidates = [given]
-        if not given.is_absolute() and self.base_dir is not None:
-            candidates.insert(0, self.base_dir / given)
-        for c in candidates:  # each as given, then as `SteeringVector.save` names it (dirs/blue -> dirs/blue.safetensors)
-            for f in (c, safetensors_path(c)):
-                if local_kind(f) == "file":
-                    return f.resolve()
-        bundled = bundled_directions(self.model)
-        if name in bundled:
-            return Path(bundled[name]).resolve()
+        # a local file (beside the jobs file first, then as given; each as itself and as `SteeringVector.save` names
+        # it: dirs/blue -> dirs/blue.safetensors) before a bundled name, as steer generate and steering= take it
+        found = find_direction(name, self.model, under=self.base_dir)
+        if found.note is not None and self.report is not None and found.note not in self._noted:
+            self._noted.add(found.note)
+            self.report(f"note: line {line}: {found.note}")
+        if found.path is not None:
+            return found.path.resolve()
         if is_hub_spec(name):  # owner/name[@revision][:file]: through the Hugging Face cache (offline-aware)
             try:
                 return resolve_direction(name)
             except SteeringFileError as err:
                 raise JobError(line, str(err)) from None
-        where = " or ".join(clip(str(c)) for c in candidates)
+        bundled = bundled_directions(self.model)
+        where = " or ".join(clip(str(c)) for c in found.tried)
         known = f"; bundled directions: {sorted(bundled)}" if bundled else ""
         raise JobError(line, f"direction file not found: {show(name)}{did_you_mean(name, bundled)} (looked for {where}){known}")
 

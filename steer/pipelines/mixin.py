@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from diffusers import DiffusionPipeline
 
-from steer.assets import bundled_directions
+from steer.assets import bundled_directions, find_direction
 from steer.calibrate import cfg_rows_per_sample
 from steer.config import (
     STEERING_DEFAULTS,
@@ -215,17 +215,24 @@ class SteeringMixin:
             raise TypeError(f"expected one direction (a SteeringVector, a path or a bundled name), got {type(vector).__name__}")
         return SteeringVector.load(self._bundled_files(vector))
 
-    def _bundled_files(self, steering: Any) -> Any:
-        """``steering`` with the names of bundled directions (``"to_blue"``, as the command line takes them) replaced
-        by their files: the model folder's own ``directions/``, else the embedded demo model's
-        (`steer.assets.bundled_directions`). A name that is neither a file nor a bundled direction: one line."""
+    def _bundled_files(self, steering: Any, warn: bool = True) -> Any:
+        """``steering`` with direction names replaced by their files as every caller takes them
+        (`steer.assets.find_direction`): the user's file (``"to_blue"`` or ``"to_blue.safetensors"``) first, with a
+        UserWarning (``warn``) where it shadows a bundled direction of the name, then the bundled one (the model
+        folder's own ``directions/``, else the embedded demo model's). A bare name that is neither: one line."""
         if isinstance(steering, list | tuple):
-            return [self._bundled_files(s) for s in steering]
-        if not isinstance(steering, str) or os.path.exists(steering) or any(c in steering for c in "/\\") or "." in steering:
+            return [self._bundled_files(s, warn) for s in steering]
+        if not isinstance(steering, str):
             return steering
-        bundled = bundled_directions(getattr(self, "name_or_path", None) or None)
-        if steering in bundled:
-            return str(bundled[steering])
+        model = getattr(self, "name_or_path", None) or None
+        found = find_direction(steering, model)
+        if found.note is not None and warn:
+            warnings.warn(found.note, UserWarning, stacklevel=2)
+        if found.path is not None:
+            return str(found.path)
+        if os.path.exists(steering) or any(c in steering for c in "/\\") or "." in steering:
+            return steering  # a path: SteeringVector.load says what is wrong with it
+        bundled = bundled_directions(model)
         raise ValueError(f"no direction file or bundled direction named {steering!r}{did_you_mean(steering, bundled)} "
                          f"(bundled: {', '.join(bundled) or 'none'})")
 
@@ -297,7 +304,7 @@ class SteeringMixin:
         from steer.take_away import call_take_away_note
 
         spec = steering[0] if isinstance(steering, list | tuple) and len(steering) == 1 else steering
-        path = self._bundled_files(spec) if isinstance(spec, str | os.PathLike) else None
+        path = self._bundled_files(spec, warn=False) if isinstance(spec, str | os.PathLike) else None  # said in the call
         bundled = bundled_directions(getattr(self, "name_or_path", None) or None)
         return call_take_away_note(vector, path, self._row_prompts(bound), scales, bundled)
 
