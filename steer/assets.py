@@ -79,3 +79,14 @@ def find_direction(name: str | os.PathLike, model: str | os.PathLike | None = No
                 f"pass {bundled[key]} for the bundled one)")
     return FoundDirection(found, tried, note)
 
+
+def out_shadow_note(out: str | os.PathLike, model: str | os.PathLike | None = None) -> str | None:
+    """One line when a direction saved as ``out`` (``steer learn --out``) is named like a direction shipped for
+    ``model``: that bare name, given in the file's folder, then means the file (`find_direction`), not the bundled one."""
+    from steer.validation import safetensors_path
+
+    file = safetensors_path(Path(out).expanduser())
+    if file.stem not in bundled_directions(model):
+        return None
+    return (f"{file.name} is named like the bundled direction {file.stem}: --direction {file.stem} (steering={file.stem!r}) "
+            f"given in {'this folder' if file.parent == Path('.') else file.parent} will take this file, not the bundled one")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer.assets import bundled_directions, find_direction
+from steer.assets import bundled_directions, find_direction, out_shadow_note
 from steer.cli.main import main
 from steer.recipe import read_recipe
 from steer.vectors import SteeringVector
@@ -86,3 +86,13 @@ def test_generate_inspect_and_batch_take_the_local_file_with_a_note(model_dir, i
     assert len(noted) == 1 and noted[0].startswith(f"note: line 1: 'to_red' {SHADOW} {in_folder / 'to_red.safetensors'}")  # once a run
     assert {read_recipe(p)["directions"][0]["hash"] for p in (in_folder / "batch").rglob("*.png")} == {mine.digest()}
 
+
+def test_learn_out_a_bundled_name_notes_that_it_shadows_it(model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert out_shadow_note("mine") is None and "to_red" in out_shadow_note("dirs/to_red.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["learn", "--model", model_dir, "--positive", "a red bag", "--out", "to_red"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == ["note: to_red.safetensors is named like the bundled direction to_red: --direction to_red (steering='to_red') "
+                     "given in this folder will take this file, not the bundled one"]

@@ -39,6 +39,7 @@ class Parser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------------------------------------------------
 def cmd_learn(args: argparse.Namespace) -> int:
+    from steer.assets import out_shadow_note
     from steer.calibrate import calibrated_for
     from steer.cli.loading import load_pipeline
     from steer.extract import is_image_item
@@ -46,6 +47,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if args.no_flip and not args.two_sided:
         raise CLIError("--no-flip goes with --two-sided (a one-sided direction fits no flip)")
     check_out_file(args.out, safetensors=True)  # the inputs first: a bad one fails before the model loads
+    if (shadows := out_shadow_note(args.out, args.model)) is not None:  # ./to_red.safetensors: to_red then names it
+        print(f"note: {shadows}", file=sys.stderr)
     positive, negative = expand_items(args.positive, "--positive"), expand_items(args.negative, "--negative")
     if args.sampler is not None and positive and is_image_item(positive[0]):  # learned the same file under any sampler
         raise CLIError("--sampler does nothing for image sets: it sets the sampler of the learning and calibration samples, "
