@@ -15,7 +15,7 @@ from . import data as D
 from .checkpoints import atomic_json, atomic_save, load_optimizer, log, optimizer_tensors
 from .models import resolve_device
 from .schedule import TimeBudget, lr_at
-from .vae_stage import adopt_vae, cache_latents
+from .vae_stage import adopt_vae, cache_latents, check_latents
 
 
 def _decoder_run_from_pipeline(out: Path, pipeline: Path, seed: int, limit: int | None, device) -> None:
@@ -26,7 +26,7 @@ def _decoder_run_from_pipeline(out: Path, pipeline: Path, seed: int, limit: int 
     if not (pipeline / "model_index.json").is_file():
         raise SystemExit(f"--init {pipeline}: not a pipeline folder (no model_index.json) and {out} has no vae/")
     out.mkdir(parents=True, exist_ok=True)
-    scale = adopt_vae(out, pipeline)
+    scale = adopt_vae(out, pipeline, seed, limit)
     vae = AutoencoderKL.from_pretrained(out / "vae").float()
     cache_latents(out, vae, seed=seed, limit=limit, device=device, scaling_factor=scale)
     info = pipeline / "memorized_images.json"
@@ -64,6 +64,7 @@ def finetune_decoder(args) -> Path:
     vae = AutoencoderKL.from_pretrained(out / "vae").float()
     lat = {k: v.to(device) for k, v in load_file(str(out / "latents.safetensors")).items()}
     ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
+    check_latents(out, args.seed, args.limit, len(ds), n_latents=len(lat["mean"]))  # images and latents paired by index
     x_all = torch.from_numpy(ds.images).to(device) * 2 - 1
     mem = np.asarray(json.loads((out / "variant.json").read_text())["memorized_indices"]) if (out / "variant.json").is_file() else np.zeros(0, int)
     mem_t = torch.from_numpy(mem)

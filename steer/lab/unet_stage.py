@@ -19,7 +19,7 @@ from .checkpoints import atomic_json, atomic_save, load_optimizer, log, optimize
 from .export import check_export_dest, export
 from .models import resolve_device
 from .schedule import EMA, TimeBudget, lr_at
-from .vae_stage import adopt_vae, cache_latents, train_vae
+from .vae_stage import adopt_vae, cache_latents, check_latents, train_vae
 from .variants import MIN_ITEMS, VARIANT_DEFAULTS, variant_items
 
 
@@ -77,16 +77,18 @@ def train(args) -> Path:
     log(out, f"command: {' '.join(sys.argv)}  (threads={args.threads}, device={device})")
 
     # -- VAE + latents (the hybrid and mem variants reuse the VAE/latents of --init or --vae-from, which may be a
-    #    run folder or an exported pipeline; a pipeline's latents are re-encoded with the scale it was exported with)
+    #    run folder or an exported pipeline; a pipeline's latents, or a run's of other data (--seed, --limit), are
+    #    re-encoded with the scale it was exported or trained with)
     src = args.vae_from or (args.init if args.variant != "demo" else None)
-    fixed_scale = adopt_vae(out, Path(src)) if src else None
+    fixed_scale = adopt_vae(out, Path(src), args.seed, args.limit) if src else None
     vae = train_vae(out, steps=args.vae_steps, lr=args.vae_lr, seed=args.seed, limit=args.limit)
     vae = vae.float()
     lat = cache_latents(out, vae, seed=args.seed, limit=args.limit, device=device, scaling_factor=fixed_scale)
+    ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
+    check_latents(out, args.seed, args.limit, len(ds), n_latents=len(lat["mean"]))  # cached by an earlier start?
     scale = float(lat["scaling_factor"])
     lat_mean, lat_std = lat["mean"].to(device), lat["std"].to(device)
 
-    ds = D.make_coloured_fashion_mnist("train", seed=args.seed, limit=args.limit)
     item_idx, captions, meta = variant_items(args.variant, ds, args.seed, vae=vae, copies=args.copies)
     if meta:
         atomic_json(meta, out / "variant.json")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from . import data as D
@@ -74,9 +75,34 @@ def encode_dataset(vae, images: np.ndarray, batch_size: int = 500, device: str |
     return torch.cat(means), torch.cat(stds)
 
 
+def latents_record(folder: Path) -> dict:
+    """``folder/latents.json``: the scaling factor, and the data the latents encode (``data_seed``, ``limit``, ``n``;
+    the first two are missing from files written before they were recorded)."""
+    return json.loads((Path(folder) / "latents.json").read_text())
+
+
+def data_args(seed, limit) -> str:
+    """The data options that make a training set, as a command line shows them."""
+    return f"--seed {seed} " + (f"--limit {limit}" if limit is not None else "(no --limit)")
+
+
+def check_latents(out: Path, seed: int, limit: int | None, n: int, n_latents: int | None = None) -> None:
+    """Refuse, in one line, cached latents of other data than this run's ``--seed`` / ``--limit`` (the items'
+    colours are drawn from the seed: the captions would name other colours than the images show)."""
+    rec = latents_record(out) if (out / "latents.json").is_file() else {}
+    made = f"{out / 'latents.safetensors'} encode"
+    if "data_seed" in rec and (rec["data_seed"], rec.get("limit")) != (seed, limit):
+        raise SystemExit(f"{made} the data of {data_args(rec['data_seed'], rec.get('limit'))}; this run uses "
+                         f"{data_args(seed, limit)}")
+    for count in (rec.get("n"), n_latents):
+        if count is not None and count != n:
+            raise SystemExit(f"{made} {count} items; this run's data ({data_args(seed, limit)}) has {n}")
+
+
 def cache_latents(out: Path, vae, seed: int = 0, limit: int | None = None, device: str | torch.device = "cpu",
                   scaling_factor: float | None = None) -> dict:
-    """Stage 2: latents of the base training set + the scaling factor (``out/latents.safetensors``).
+    """Stage 2: latents of the base training set + the scaling factor (``out/latents.safetensors``), with the data
+    they encode (``data_seed``, ``limit``, ``n``) in ``out/latents.json``.
 
     The factor is measured (1 / std of posterior samples) unless ``scaling_factor`` is given, e.g. the one a
     pipeline's VAE was exported with, whose UNet was trained on latents scaled by it."""
@@ -93,21 +119,35 @@ def cache_latents(out: Path, vae, seed: int = 0, limit: int | None = None, devic
     t = {"mean": mean, "std": std, "scaling_factor": torch.tensor(scale)}
     atomic_save(t, path)
     atomic_json({"scaling_factor": scale, "latent_std_raw": float(sample.std()), "recon_mse_01": rec_mse,
-                  "n": len(ds)}, out / "latents.json")
+                  "n": len(ds), "data_seed": seed, "limit": limit}, out / "latents.json")
     log(out, f"cached {len(ds)} latents, scaling_factor {scale:.4f}, recon mse [0,1] {rec_mse:.5f}")
     return t
 
 
-def adopt_vae(out: Path, src: Path) -> float | None:
-    """Reuse the VAE of ``src`` (a run folder or an exported pipeline) in ``out``, with a run folder's cached
-    latents; returns the scaling factor a pipeline was exported with (its latents must be re-encoded with it), or
-    None for a run folder."""
+def adopt_vae(out: Path, src: Path, seed: int, limit: int | None) -> float | None:
+    """Reuse the VAE of ``src`` (a run folder or an exported pipeline) in ``out``; returns the scaling factor the
+    latents of ``out`` must be encoded with, or None when they are cached already (or are to be measured).
+
+    A pipeline's latents are re-encoded with the scale it was exported with. A run folder's cached latents are
+    copied only when its ``latents.json`` records the same data (``--seed``, ``--limit``) as this run; otherwise
+    (another seed colours the items differently, or a file too old to say) this run's data is re-encoded with that
+    run's VAE and scaling factor."""
     if not (out / "vae").exists():
         shutil.copytree(src / "vae", out / "vae")
-    if (src / "latents.safetensors").is_file() and not (out / "latents.safetensors").exists():
-        shutil.copy(src / "latents.safetensors", out / "latents.safetensors")
-        shutil.copy(src / "latents.json", out / "latents.json")
     if (src / "model_index.json").is_file():
         return json.loads((src / "vae" / "config.json").read_text())["scaling_factor"]
-    return None
-
+    if not (src / "latents.safetensors").is_file() or (out / "latents.safetensors").exists():
+        return None
+    rec = latents_record(src) if (src / "latents.json").is_file() else {}
+    if "data_seed" in rec and (rec["data_seed"], rec.get("limit")) == (seed, limit):
+        shutil.copy(src / "latents.safetensors", out / "latents.safetensors")
+        shutil.copy(src / "latents.json", out / "latents.json")
+        return None
+    if "scaling_factor" not in rec:
+        with safe_open(str(src / "latents.safetensors"), "pt") as f:
+            rec["scaling_factor"] = float(f.get_tensor("scaling_factor"))
+    was = (f"data of {data_args(rec['data_seed'], rec.get('limit'))}" if "data_seed" in rec
+           else "data it does not record (an older latents.json)")
+    log(out, f"{src}: its latents encode the {was}; encoding this run's ({data_args(seed, limit)}) with its VAE "
+             f"and scaling factor {float(rec['scaling_factor']):.4f}")
+    return float(rec["scaling_factor"])
