@@ -294,16 +294,16 @@ def test_unet_channels_train_and_export_a_wider_unet(tmp_path, capsys):
     from steer.lab.train import main
 
     main(["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
-          "--out", str(tmp_path / "run"), "--steps", "2", "--unet-channels", "48,96,96"])
-    unet = UNet2DConditionModel.from_pretrained(tmp_path / "run" / "pipeline" / "unet")
-    assert tuple(unet.config.block_out_channels) == (48, 96, 96)
+          "--out", str(tmp_path / "run"), "--steps", "3", "--until", "2", "--unet-channels", "48,96,96"])
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["args"]["unet_channels"] == [48, 96, 96]
     # a resumed run continues with the widths it was trained with; other widths are a one-line error
     resume = ["--variant", "demo", "--limit", "96", "--vae-steps", "2", "--batch-size", "4", "--threads", "1",
-              "--out", str(tmp_path / "run"), "--steps", "3", "--resume"]
+              "--out", str(tmp_path / "run"), "--resume"]
     main(resume)
     info = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     assert info["step"] == 3 and info["args"]["unet_channels"] == [48, 96, 96]
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "run" / "pipeline" / "unet")
+    assert tuple(unet.config.block_out_channels) == (48, 96, 96)
     with pytest.raises(SystemExit, match="does not match the run being resumed"):
         main(resume + ["--unet-channels", "64,128,128"])
     # a variant started from it (--init) builds the same widths

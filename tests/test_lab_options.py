@@ -1,5 +1,5 @@
-"""``steer lab train``'s options: adopted latents encode this run's data (tiny runs: 96 items, 2-step VAE, a few UNet
-steps)."""
+"""``steer lab train``'s options: a resumed run keeps its own, adopted latents encode this run's data (tiny runs: 96
+items, 2-step VAE, a few UNet steps)."""
 
 from __future__ import annotations
 
@@ -79,3 +79,33 @@ def test_init_run_of_another_seed_and_decoder_stage_check_the_data(run_a, tmp_pa
               "--threads", "1"], r"latents.safetensors encode the data of --seed 0 --limit 96; this run uses --seed 5 --limit 96")
     _refused(["--stage", "decoder", "--out", str(run_a), "--decoder-steps", "1", "--threads", "1"],
              r"--seed 0 --limit 96; this run uses --seed 0 \(no --limit\)")
+
+
+def test_resume_keeps_the_runs_own_options(run_a, tmp_path):
+    """``--resume`` took the options from the new command line: without --steps the schedule became the variant's
+    9000 steps; another --variant, --lr, --batch-size, --seed or --limit retrained the run silently (or ended in an
+    IndexError). Now the run's own are taken and a differing one is refused; operational ones may change."""
+    run = tmp_path / "a"
+    shutil.copytree(run_a, run)
+    _main(["--out", str(run), "--resume", "--until", "3", "--threads", "1", "--checkpoint-minutes", "0"])
+    info = json.loads((run / "checkpoint.json").read_text())
+    assert info["step"] == 3 and info["args"]["steps"] == 6 and info["args"]["limit"] == 96
+    assert info["args"]["batch_size"] == 4 and info["args"]["vae_steps"] == 2
+    before = (run / "checkpoint.safetensors").read_bytes()
+    for given, was in ((["--variant", "mem"], "--variant demo"), (["--lr", "0.01"], "--lr 0.001"),
+                       (["--batch-size", "8"], "--batch-size 4"), (["--seed", "5"], "--seed 0"),
+                       (["--limit", "500"], "--limit 96"), (["--steps", "20"], "--steps 6"), (["--ema", "0.5"], "--ema 0.999"),
+                       (["--vae-from", str(tmp_path)], "no --vae-from")):
+        _refused(["--out", str(run), "--resume", *given],
+                 rf"^{re.escape(' '.join(given))} does not match the run being resumed \({was} in .*leave it out")
+    assert (run / "checkpoint.safetensors").read_bytes() == before
+    # the values it was trained with may be repeated; operational options may change
+    _main([*TINY, "--steps", "6", "--vae-steps", "2", "--out", str(run), "--resume", "--until", "4"])
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 4
+    # latents of other data than the run's own (a hand-edited or older run folder): one line, not an IndexError
+    ckj = json.loads((run / "checkpoint.json").read_text())
+    ckj["args"]["limit"] = 120
+    (run / "checkpoint.json").write_text(json.dumps(ckj))
+    rec = json.loads((run / "latents.json").read_text())
+    (run / "latents.json").write_text(json.dumps({k: v for k, v in rec.items() if k not in ("data_seed", "limit")}))
+    _refused(["--out", str(run), "--resume"], r"latents.safetensors encode 96 items; this run's data \(--seed 0 --limit 120\) has 120")
