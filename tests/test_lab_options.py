@@ -1,5 +1,5 @@
-"""``steer lab train``'s options: a resumed run keeps its own, adopted latents encode this run's data (tiny runs: 96
-items, 2-step VAE, a few UNet steps)."""
+"""``steer lab train``'s options: a resumed run keeps its own, adopted latents encode this run's data, and an option
+given where it does nothing is a one-line error (tiny runs: 96 items, 2-step VAE, a few UNet steps)."""
 
 from __future__ import annotations
 
@@ -109,3 +109,32 @@ def test_resume_keeps_the_runs_own_options(run_a, tmp_path):
     rec = json.loads((run / "latents.json").read_text())
     (run / "latents.json").write_text(json.dumps({k: v for k, v in rec.items() if k not in ("data_seed", "limit")}))
     _refused(["--out", str(run), "--resume"], r"latents.safetensors encode 96 items; this run's data \(--seed 0 --limit 120\) has 120")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--init", "RUN"], r"^--init continues a hybrid or mem run .*use --vae-from"),
+    (["--variant", "mem", "--copies", "3"], r"^--copies sets .*--variant mem does not use it"),
+    (["--copies", "3"], r"--variant demo does not use it"),
+    (["--decoder-steps", "5"], r"^--decoder-steps is an option of --stage decoder"),
+    (["--decoder-lr", "0.1"], r"^--decoder-lr is an option of --stage decoder"),
+    (["--decoder-latent-noise", "1"], r"^--decoder-latent-noise is an option"),
+    (["--variant", "hybrid", "--mem-fraction", "0.3"], r"^--mem-fraction is an option of --stage decoder .*; --stage train does not"),
+    (["--vae-from", "RUN", "--vae-steps", "5"], r"^--vae-steps trains a VAE from scratch; this run adopts the VAE of RUN"),
+    (["--variant", "mem", "--init", "RUN", "--vae-lr", "0.1"], r"^--vae-lr trains .* of RUN \(--init\)"),
+    (["--stage", "export", "--seed", "3"], r"^--seed is not used by --stage export"),
+    (["--stage", "export", "--mem-fraction", "0.3"], r"^--mem-fraction is an option of --stage decoder .*; --stage export does not"),
+    (["--stage", "decoder", "--steps", "3"], r"^--steps is not used by --stage decoder"),
+    (["--stage", "decoder", "--copies", "3"], r"^--copies is not used by --stage decoder"),
+])
+def test_an_option_that_does_nothing_is_refused(tmp_path, monkeypatch, argv, match):
+    """``--variant demo --init X`` trained from scratch without a word; --copies outside hybrid and the decoder
+    stage's options outside it were accepted and unused. Each is refused in one line before any work."""
+    import steer.lab.train as T
+
+    def stage(*a, **k):
+        raise AssertionError("the stage ran")
+
+    for name in ("train", "finetune_decoder", "export"):
+        monkeypatch.setattr(T, name, stage)
+    _refused(["--out", str(tmp_path / "run"), *argv], match)
+    assert not (tmp_path / "run").exists()

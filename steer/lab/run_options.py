@@ -20,6 +20,13 @@ DEFAULTS = {"variant": "demo", "vae_steps": 600, "vae_lr": 2e-3, "seed": 0, "cop
 RUN_DEFINING = ("variant", "steps", "batch_size", "lr", "warmup", "ema", "vae_steps", "vae_lr", "seed", "limit", "copies",
                 "init", "vae_from")
 OPERATIONAL = ("until", "max_minutes", "threads", "device", "checkpoint_minutes", "export", "export_every_checkpoint")
+DECODER_ONLY = ("decoder_steps", "decoder_lr", "decoder_latent_noise", "mem_fraction")
+TRAIN_ONLY = ("steps", "lr", "warmup", "ema", "vae_steps", "vae_lr", "copies", "vae_from", "unet_channels", "until",
+              "export_every_checkpoint", "resume")
+# what the decoder and export stages read besides --out (--variant is accepted there as the run's label: the GPU
+# scripts name it on every stage)
+STAGE_READS = {"decoder": {"seed", "limit", "init", "batch_size", "max_minutes", *DECODER_ONLY},
+               "export": {"export"}}
 
 
 def flag(name: str) -> str:
@@ -59,11 +66,35 @@ def _resume_from_checkpoint(args, out: Path) -> None:
 
 
 def resolve(args) -> None:
-    """Take a resumed run's own options, fill in the defaults."""
+    """Check the options given against the stage (and variant), take a resumed run's own, fill in the defaults."""
     stage = getattr(args, "stage", None) or "train"
+    if stage != "decoder":
+        extra = [n for n in DECODER_ONLY if _given(args, n)]
+        if extra:
+            raise SystemExit(f"{flag(extra[0])} is an option of --stage decoder (fine-tuning a run's decoder); "
+                             f"--stage {stage} does not use it")
+    if stage in STAGE_READS:
+        extra = [n for n in (*TRAIN_ONLY, *RUN_DEFINING, "batch_size", "max_minutes", "unet_channels")
+                 if n not in STAGE_READS[stage] and n != "variant" and _given(args, n)]
+        if extra:
+            raise SystemExit(f"{flag(extra[0])} is not used by --stage {stage}; leave it out")
+    user = {n for n in (*RUN_DEFINING, *DECODER_ONLY) if _given(args, n)}  # before a resumed run's own fill in
     out = Path(args.out)
     if stage == "train" and getattr(args, "resume", False) and (out / "checkpoint.json").is_file():
         _resume_from_checkpoint(args, out)
+    variant = getattr(args, "variant", None) or DEFAULTS["variant"]
+    if stage == "train":
+        if variant != "hybrid" and "copies" in user:
+            raise SystemExit(f"--copies sets the copies of each memorized item of --variant hybrid; --variant {variant} "
+                             "does not use it")
+        if variant == "demo" and "init" in user:
+            raise SystemExit("--init continues a hybrid or mem run (or pipeline); the demo variant starts from scratch: "
+                             "use --vae-from RUN to reuse a VAE")
+        source = getattr(args, "vae_from", None) or (getattr(args, "init", None) if variant != "demo" else None)
+        for name in ("vae_steps", "vae_lr"):
+            if source and name in user and not getattr(args, "resume", False):
+                raise SystemExit(f"{flag(name)} trains a VAE from scratch; this run adopts the VAE of {source} "
+                                 f"({'--vae-from' if getattr(args, 'vae_from', None) else '--init'}): leave it out")
     for name, value in DEFAULTS.items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)

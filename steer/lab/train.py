@@ -39,7 +39,7 @@ from .variants import HYBRID_COPIES, VARIANT_DEFAULTS
 
 def run(args) -> Path:
     """Entry point of the CLI: a training stage of a run folder."""
-    resolve(args)  # a resumed run's own options taken, defaults filled in
+    resolve(args)  # options given where they do nothing refused, a resumed run's own taken, defaults filled in
     if args.stage == "decoder":
         if args.batch_size is None:
             args.batch_size = 32
