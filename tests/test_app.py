@@ -474,3 +474,20 @@ def test_memorization_panel(client):
     # the steered image's inline score is not calibrated (steering moves it as memorization does): re-encoded
     plot, status = client.predict("steered", api_name="/memorization")
     assert "inline" not in status and "threshold" in status, status
+
+
+def test_picking_a_direction_sets_what_it_does_not_record_to_the_built_in_settings(pipe, tmp_path):
+    """A setting the picked direction does not record kept the previous direction's value (green_to_blue, which records
+    no branch, ran with to_blue's split branch on the page and cond on the command line); it now goes back to the
+    built-in value a pipeline call takes. The strength stays the user's; with no direction nothing changes."""
+    from steer.app.handlers import SteerApp
+
+    recorded = constructed_direction(pipe, name="recorded")
+    recorded.metadata["recommended"] = {"window": [0.0, 0.5], "branch": "split", "mode": "token", "normalize": True, "scale": 0.7}
+    bare = constructed_direction(pipe, seed=1, name="bare")
+    app = SteerApp(pipe, H.DirectionCatalog({n: v.save(tmp_path / f"{n}.safetensors") for n, v in (("recorded", recorded), ("bare", bare))}))
+    values = lambda out: [u.get("value") if isinstance(u, dict) else None for u in out[2:8]]  # noqa: E731 - skip: None
+    assert values(app.describe_direction("recorded", None, 0)) == [0.7, 0.0, 0.5, "split", "token", True]
+    built_in = SteeringConfig()
+    assert values(app.describe_direction("bare", None, 0)) == [None, *built_in.window, built_in.branch, built_in.mode, False]
+    assert values(app.describe_direction(H.NONE_CHOICE, None, 0)) == [None] * 6

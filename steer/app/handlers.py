@@ -151,13 +151,19 @@ class SteerApp:
 
     def describe_direction(self, name: str, session: dict | None, index: Any):
         """Summary of the picked direction, the layer slider position and range (`H.slider_sites`), and the direction's
-        recommended settings (strength, window start, window end, CFG branch, mode, normalize; left as they are when it
-        recommends none)."""
+        recommended settings (strength, window start, window end, CFG branch, mode, normalize): a setting it does not
+        record goes back to the built-in one, as a pipeline call that leaves it unset takes it (the previous
+        direction's stayed: green_to_blue ran with to_blue's split branch); the strength, and every control when no
+        direction is picked, stay as they are."""
         vector = self.catalog.get(name, session)
         summary = H.direction_summary(vector) if vector is not None else "No direction: both images are the original."
         values = H.recommended_settings(vector)
+        if vector is not None:
+            built_in = H.SteeringConfig()
+            fallback = (None, *built_in.window, built_in.branch, built_in.mode, built_in.normalize)
+            values = tuple(fallback[i] if v is None else v for i, v in enumerate(values))
         updates = [gr.update(value=v) if v is not None else gr.skip() for v in values]
-        if any(v is not None for v in values):
+        if any(v is not None for v in H.recommended_settings(vector)):
             summary += " · recommended settings applied"
         # the slider's range: the cross-attentions that read a direction on the prompt's tokens, else the layers; a
         # position past it goes back to 0 (the direction's own layers or route), not to the last reader
