@@ -297,7 +297,9 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
     gr.Markdown(
         "Write one prompt per line for each set, or upload images instead (then both sets are images). "
         "`mean_diff` = positive − negative, `pca` = first principal direction of paired differences, "
-        "`mean` = the paper's mean of the positive set. Learning on **all layers** lets the layer slider pick any layer."
+        "`mean` = the paper's mean of the positive set. The fast and reference modes learn at the layers picked below (**all "
+        "layers** lets the layer slider pick any); the text mode learns at the prompt's tokens, the trajectory mode at "
+        "every cross-attention (or the chosen layers)."
     )
     with gr.Row():
         with gr.Column():

@@ -169,6 +169,13 @@ def test_learn_settings_validation(pipe, tmp_path):
     assert "num_inference_steps" not in H.LearnSettings(mode="text", negative="").kwargs(pipe)
     with pytest.raises(H.UserError, match="^the negative prompt to calibrate for needs negative prompts"):
         H.LearnSettings(mode="text", negative="", negative_prompt="a bag").kwargs(pipe)
+    # chosen layers in the text mode were ignored without a word (it learns at the prompt's tokens)
+    with pytest.raises(H.UserError, match="^the text mode learns at the prompt's tokens, not at chosen layers"):
+        H.LearnSettings(mode="text", scope="chosen layers", layers=(H.layer_names(pipe)[0],)).kwargs(pipe)
+    # positive images with the (pre-filled) negative prompts: the refusal said to add a negative set that was there
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "blue.png")
+    with pytest.raises(H.UserError, match="^upload negative images too: with positive images both sets are images"):
+        H.LearnSettings(positive_files=(str(tmp_path / "blue.png"),), negative="a shoe", mode="fast").sets()
     with pytest.raises(H.UserError, match="^the negative prompt to calibrate for applies to prompt sets"):
         H.LearnSettings(positive_files=(str(broken),), method="mean", negative_prompt="a bag").kwargs(pipe)
     # image sets are read, not sampled: their steps and guidance are not passed (learn_direction refuses them), a sampler is one line

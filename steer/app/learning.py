@@ -80,6 +80,9 @@ class LearnSettings:
         if not pos:
             raise UserError("the positive set is empty: write at least one prompt (or upload images)")
         if self.method != "mean" and not neg:
+            if self.positive_files and self.negative.strip():  # the prompts box is filled, yet not read: say why
+                raise UserError("upload negative images too: with positive images both sets are images (the negative "
+                                "prompts are not read), or use 'mean'")
             raise UserError(f"method {shown(self.method)} needs a negative set; add negative prompts/images or use 'mean'")
         return pos, neg
 
@@ -120,6 +123,9 @@ class LearnSettings:
         if mode == "text" and self.positive_files:  # the text tokens do not depend on the images: all sets read alike
             raise UserError("the text mode learns from prompts: for image sets pick the fast or reference mode (the images "
                             "are re-encoded at the chosen layers)")
+        if mode == "text" and self.scope == "chosen layers":  # learned at the prompt's tokens whatever was chosen
+            raise UserError("the text mode learns at the prompt's tokens, not at chosen layers: pick the fast, reference "
+                            "or trajectory mode to learn at chosen layers")
         if mode == "text":  # the text-token site, calibrated (learn_direction's default)
             layers: Any = None
         elif mode == "trajectory" and self.scope != "chosen layers":
