@@ -430,6 +430,8 @@ def test_api_learn_with_the_auto_window_says_which_window_it_chose(client):
     assert "Learned **auto-blue**" in status and f"Window chosen by calibration: **{chosen}**" in status
     route = SteeringVector.load(file).metadata["route_choice"]  # the route too, by default (the Read by radio's "auto")
     assert ("Read by the layout blocks only" if route["readers"] else "Read by every cross-attention") in status
+    *_, status = client.predict(**generate_args(picked["value"]), api_name="/generate")  # the status names that route
+    assert ("on the prompt's tokens, read by the layout blocks." if route["readers"] else "on the prompt's tokens.") in status
     *_, status = client.predict("a blue sneaker", "", None, None, "mean_diff", "fast", "all layers", [], 2, 2, 5.0, 0, "", "", "auto", api_name="/learn")
     assert "the auto window is chosen by calibration" in status and "Traceback" not in status
 
@@ -445,7 +447,8 @@ def test_api_learns_a_two_sided_slider_and_says_what_each_end_edits_toward(clien
     assert slider.metadata["flip"]["words"] == ["red"] and slider.opposite.metadata["flip"]["words"] == ["blue"]
     assert picked["value"] == "a red sneaker <-> a blue sneaker (learned)"
     *_, status = client.predict(**generate_args(picked["value"], scale=-1.0), api_name="/generate")
-    assert "Steered with **a red sneaker &lt;-&gt; a blue sneaker** × -1" in status
+    assert "Steered with **a red sneaker &lt;-&gt; a blue sneaker** × -1 on the prompt's tokens" in status
+    assert "encoder_hidden_states" not in status  # the site's code name, not where the edit acts
     assert "turns it toward" not in status and "left as the prompt draws it" not in status  # the prompt states neither end
     *_, status = client.predict(**generate_args(picked["value"], scale=-1.0, prompt="a red sneaker"), api_name="/generate")
     assert "at -1 the slider turns it toward 'blue', taking its 'red' away" in status  # steer.sliders

@@ -233,8 +233,13 @@ class SteerApp:
             last["inline"] = {"original": scores[0], "steered": scores[1] if plain else None, "detector": version,
                               "note": H.sampling_note(detector, self.pipe, settings)}
         readers = H.selected_readers(self.pipe, vector, settings.layer_index)
+        route = recipe["steering"].get("readers") if vector is not None else None  # a text direction's own route
+        route_words = ", ".join(H.ROUTE_WORDS.get(str(r), str(r)).split(" (")[0].rstrip("'") for r in route[:4]) if isinstance(route, list) else ""
         where = (
             f" read by {H.md_code(readers[0])} only" if readers
+            else f" on the prompt's tokens, read by {H.md_text(route_words)}"
+            if route_words and H.reads_text(vector)
+            else " on the prompt's tokens" if vector is not None and H.reads_text(vector)
             else f" at layer {H.md_code(recipe['steering']['layers'][0])}"
             if vector is not None and len(recipe["steering"]["layers"]) == 1
             else ""
