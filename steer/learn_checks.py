@@ -60,9 +60,9 @@ def learning_options(mode: str, image_input: bool, options: dict[str, Any], call
         if given and not used[name]:
             unsampled = f", and {why}" if name in ("num_inference_steps", "guidance_scale") else ""
             raise UnusedOptionError(name, f"{name} does nothing for {what}: it sets {_USES[name]}{unsampled}")
-    if not sampled:
+    if not sampled:  # (the T5 families' max_sequence_length sets how prompts are encoded: used either way)
         for key, value in call_kwargs.items():
-            if value is not None:
+            if value is not None and not (key == "max_sequence_length" and not image_input):
                 raise UnusedOptionError(key, f"{key} does nothing for {what}: it goes to the sampling calls of the "
                                              f"learning and calibration, and {why}")
     return {name: _DEFAULTS[name] if value is None else value for name, value in options.items()}

@@ -42,7 +42,7 @@ def test_batch_runs_jobs_on_another_family(tmp_path):
     from steer.testing.sdxl import tiny_sdxl_pipeline
 
     pipe = tiny_sdxl_pipeline(seed=0)
-    direction = pipe.learn_direction(["a red bag"] * 2, ["a blue bag"] * 2, calibrate=False, num_inference_steps=2)
+    direction = pipe.learn_direction(["a red bag"] * 2, ["a blue bag"] * 2, calibrate=False)
     direction.save(tmp_path / "red.safetensors")
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"prompt": "a bag", "seeds": [0], "num_inference_steps": 2, "height": 32, "width": 32,

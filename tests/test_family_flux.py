@@ -231,7 +231,7 @@ def test_text_directions_learn_and_remove_at_the_calls_max_sequence_length(pipe)
     other length, even for a direction learned at that length."""
     from steer.engine.steering import levels_for_length
 
-    kw = dict(calibrate=False, progress=False, **SIZE)
+    kw = dict(calibrate=False, progress=False)  # uncalibrated: nothing sampled, so no size
     red = pipe.learn_direction(["a red bag", "a red hat"], ["a bag", "a hat"], max_sequence_length=16, **kw)
     blue = pipe.learn_direction(["a blue bag", "a blue hat"], ["a bag", "a hat"], max_sequence_length=16, **kw)
     assert len(red.metadata["reference_level"][CONTEXT_SITE]) == 16

@@ -141,7 +141,7 @@ def test_prompt_encoding_is_serialized_across_threads_and_pipelines_sharing_a_to
 
 # learning -----------------------------------------------------------------------------------------------------------
 def test_learn_then_steer_changes_the_output_with_the_default_text_preset(xl, gen):
-    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, calibrate=False, num_inference_steps=2, progress=False)
+    v = xl.learn_direction([PROMPT] * 2, ["a blue bag"] * 2, calibrate=False, progress=False)
     assert v.layers == [CONTEXT_SITE] and v.metadata["preset"] == "text"
     assert v.directions[CONTEXT_SITE].shape == (64,)  # both text encoders' widths
     # the direction is the difference of the two prompt sets' SDXL text tokens (prompt_embeds, not the pooled ones)
