@@ -39,6 +39,8 @@ def joint_recommendation(a: SteeringVector, b: SteeringVector) -> tuple[dict[str
     other than the window, are left to the built-in defaults, with a warning; the removal window and reference level
     are not carried (a sum cannot be taken away)."""
     ra, rb = a.metadata.get("recommended") or {}, b.metadata.get("recommended") or {}
+    # normalize False is the built-in: recorded (a direction with its normalization applied) or not, the same
+    ra, rb = ({k: v for k, v in r.items() if not (k == "normalize" and v is False)} for r in (ra, rb))
     steps = {as_step_rows(v).shape[0] for v in (*a.directions.values(), *b.directions.values())}
     buckets = math.lcm(*steps)
     if not ra and not rb:

@@ -214,7 +214,7 @@ class SteeringVector:
     @property
     def one_sided(self) -> SteeringVector:
         """This direction without its opposite (a negative scale then subtracts it)."""
-        return SteeringVector(self.directions, dict(self.metadata)) if self.opposite is not None else self
+        return SteeringVector(self.directions, copy.deepcopy(self.metadata)) if self.opposite is not None else self
 
     # ----- arithmetic --------------------------------------------------------------------------------------------
     def _map(self, fn, drop: tuple[str, ...] = (), **meta_updates: Any) -> SteeringVector:
@@ -242,7 +242,7 @@ class SteeringVector:
     def _swapped(self) -> SteeringVector:
         """A two-sided direction with its sides exchanged (what ``-v`` and a negative factor give)."""
         assert self.opposite is not None
-        return SteeringVector(self.opposite.directions, dict(self.opposite.metadata), self.one_sided)
+        return SteeringVector(self.opposite.directions, copy.deepcopy(self.opposite.metadata), self.one_sided)
 
     def __mul__(self, other: float) -> SteeringVector:
         if not isinstance(other, int | float):
@@ -354,7 +354,7 @@ class SteeringVector:
         if opposite is not None:
             kept = [k for k in keep if k in opposite.directions]
             opposite = opposite.select(kept) if kept else None
-        meta = dict(self.metadata)
+        meta = copy.deepcopy(self.metadata)
         recommended = meta.get("recommended")
         if isinstance(recommended, dict) and isinstance(recommended.get("layers"), list):  # the layers it still has
             layers = [k for k in recommended["layers"] if k in keep]

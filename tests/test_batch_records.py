@@ -88,3 +88,16 @@ def test_csv_prompts_starting_like_json_are_text_and_hub_directions_keep_their_r
     assert first == {"prompt": "[masterpiece], a red bag", "negative_prompt": "{blurry}", "seeds": [1, 2],
                      "directions": [{"path": "owner/name@main", "scale": 1.5}]}
     assert second_line == 3 and second.reason == "directions: the scale of direction 'to_red' must be a number, got 'abc'"
+
+
+def test_resume_keys_read_any_recorded_model_and_inversions_without_the_runs_sampler():
+    """A foreign recipe naming the model ``~nosuchuser/...`` made planning traceback (RuntimeError from the home folder
+    look-up); an inversion's recipe from before invert jobs stopped recording ``--sampler`` keys as the same image."""
+    from steer.jobs.outputs import image_key
+
+    assert image_key({"model": "~nosuchuser-steer/model", "prompt": "a bag"}) != image_key({"model": "other", "prompt": "a bag"})
+    inverted = {"model": "m", "prompt": "a bag", "scheduler": "DDIMScheduler", "edit": {"invert": True, "image": {"sha256": "ab"}}}
+    before = {**inverted, "sampler": "euler-a", "scheduler": "EulerAncestralDiscreteScheduler"}
+    assert image_key(before) == image_key(inverted)
+    plain = {k: v for k, v in inverted.items() if k != "edit"}
+    assert image_key({**plain, "sampler": "euler-a"}) != image_key(plain)  # other images: the sampler is the image

@@ -1,5 +1,7 @@
 """Behaviour of the steering engine on a tiny random-weight pipeline (CPU, fp32)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -281,6 +283,15 @@ def test_arithmetic_on_directions_that_recommend_normalize_scales_and_adds_what_
     copied.metadata["recommended"]["window"][0] = 0.5
     assert v.metadata["recommended"]["window"] == [0.0, 1.0]
     assert "reference_level" not in (-v).metadata and "reference_level" in (2 * v).metadata
+    slider = SteeringVector(v.directions, v.metadata, w)  # -slider, one_sided and select are copies of their own too
+    for copied in ((-slider).opposite, slider.one_sided, slider.select(layers[:1])):
+        copied.metadata["recommended"]["window"][0] = 0.25
+    assert v.metadata["recommended"]["window"] == [0.0, 1.0]
+    with warnings.catch_warnings():  # an applied direction (normalize False) and one recording none: nothing to warn
+        warnings.simplefilter("error")
+        plain = random_vector(tiny_pipe, layers, seed=3, scale=0.05)
+        plain.metadata["recommended"] = {"window": [0.0, 1.0]}
+        (2 * v) + plain
 
 
 def test_normalized_scale_is_in_units_of_activation_norm(tiny_pipe):

@@ -44,10 +44,18 @@ def image_key(recipe: dict[str, Any]) -> str:
     """The resume key of an image: the recipe hash without provenance-only fields (version, direction paths, a
     take-away's path and the fit its scale and window came from: they are in the recipe themselves; an edit's file
     paths: its files count by their sha256). A local model folder counts by where it is, however the recipe names it
-    (recipes recorded it as given, relative to where the command ran, before they recorded it absolute)."""
+    (recipes recorded it as given, relative to where the command ran, before they recorded it absolute); an inversion
+    counts without a sampler (recipes recorded steer batch's --sampler there, which inversions do not use)."""
     core = {k: v for k, v in recipe.items() if k != "steer_version"}
-    if isinstance(model := recipe.get("model"), str) and (local := Path(model).expanduser()).exists():
-        core["model"] = str(local.resolve())
+    if isinstance(model := recipe.get("model"), str):
+        try:
+            if (local := Path(model).expanduser()).exists():
+                core["model"] = str(local.resolve())
+        except (RuntimeError, OSError, ValueError):  # ~nosuchuser/..., a NUL: the text as recorded
+            pass
+    if isinstance(recipe.get("edit"), dict) and recipe["edit"].get("invert"):  # inversions sample with DDIM whatever
+        core.pop("sampler", None)  # --sampler said (recipes before recorded it and its scheduler): the same image
+        core.pop("scheduler", None)
     core["directions"] = [{k: v for k, v in d.items() if k != "path"} for d in recipe.get("directions") or []]
     if isinstance(recipe.get("take_away"), dict):
         core["take_away"] = {k: v for k, v in recipe["take_away"].items() if k not in ("path", "fit")}
