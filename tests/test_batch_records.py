@@ -88,6 +88,11 @@ def test_csv_prompts_starting_like_json_are_text_and_hub_directions_keep_their_r
     assert first == {"prompt": "[masterpiece], a red bag", "negative_prompt": "{blurry}", "seeds": [1, 2],
                      "directions": [{"path": "owner/name@main", "scale": 1.5}]}
     assert second_line == 3 and second.reason == "directions: the scale of direction 'to_red' must be a number, got 'abc'"
+    from steer.jobs.read import _compact_direction
+
+    for spec in ("owner/name@0a1b2c3", "owner/name@main:to_blue.safetensors"):  # a commit, the documented :file form
+        assert _compact_direction(spec) == {"path": spec}
+    assert _compact_direction("owner/name@0:1:3") == {"path": "owner/name", "sweep": [0.0, 1.0, 3]}
 
 
 def test_resume_keys_read_any_recorded_model_and_inversions_without_the_runs_sampler():

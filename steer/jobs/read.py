@@ -274,6 +274,14 @@ def _csv_cell(line_no: int, column: str, text: str) -> Any:
     return text
 
 
+def _is_revision(parts: list[str]) -> bool:
+    """Whether ``REVISION`` or ``REVISION:file.safetensors`` (split on ``:``) reads as a Hub revision: a branch, tag or
+    commit name that is not a number (``main``, ``v1.0``, ``0a1b2c3``), not a scale or a sweep."""
+    if len(parts) == 2 and not parts[1].endswith(".safetensors"):
+        return False
+    return len(parts) <= 2 and bool(re.fullmatch(r"[\w.-]+", parts[0])) and not _is_number(parts[0])
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -283,15 +291,16 @@ def _is_number(text: str) -> bool:
 
 
 def _compact_direction(text: str) -> dict[str, Any]:
-    """``path``, ``path@SCALE`` or ``path@LO:HI:N`` (a sweep)."""
+    """``path``, ``path@SCALE`` or ``path@LO:HI:N`` (a sweep); a Hub direction ``owner/name@REVISION[:file.safetensors]``
+    (a revision is no number and no sweep) is all path."""
     path, _, spec = text.rpartition("@") if "@" in text else (text, "", "")
     if not spec:
         return {"path": path}
     parts = spec.split(":")
     of = f" of direction {show(path)}"  # what a bad number is: "directions: the scale of direction 'to_red' must be ..."
+    if "/" in path and "@" not in path and _is_revision(parts):
+        return {"path": text}
     if len(parts) == 1:
-        if "/" in path and re.fullmatch(r"[A-Za-z][\w.-]*", spec) and not _is_number(spec):  # owner/name@main: a
-            return {"path": text}  # Hub direction at a revision, all of it the path
         return {"path": path, "scale": _float_text(f"directions: the scale{of}", parts[0])}
     if len(parts) == 3:
         lo, hi = (_float_text(f"directions: the sweep {end}{of}", t) for end, t in zip(("lo", "hi"), parts[:2], strict=True))
