@@ -68,6 +68,11 @@ METHODS = ("mean", "mean_diff", "pca")
 UNCALIBRATED_ADVICE = ("no negative prompts, so the direction is the positives' own mean, not a difference, and is not "
                        "calibrated: steering_scale=1.0 adds a whole token norm and can wash the image out; pass the same "
                        "prompts without the attribute as negative (\"a bag\" for \"a blue bag\") for a calibrated edit")
+# said when a direction is learned from image sets (bench/image_sets.py; docs/steering.md, "Learning from images")
+IMAGE_SET_ADVICE = ("learned from images, so uncalibrated, and not known to move generations toward the positive images: "
+                    "on the demo model it pushes colour the other way at the default resnet sites and the block outputs, "
+                    "and at the cross-attention outputs every colour pair gives one direction; learn from prompts that "
+                    "describe the two sets (the default), or try this one at both signs before using it")
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Aggregation
@@ -359,6 +364,8 @@ def learn_direction(
 
     if image_input and neg_items and method != "mean":  # before any encoding
         check_images_differ(pos_items, neg_items)
+    if image_input:
+        warnings.warn(f"learn: {IMAGE_SET_ADVICE}", UserWarning, stacklevel=3)
     text_length = call_kwargs.get("max_sequence_length")  # the T5 families' token count, as the calls use it
     if not image_input and neg_items and method != "mean" and mode != "text":  # before any sampling
         tokens = [encode_text(pipe, items, text_length).float().cpu() for items in (pos_items, neg_items)]

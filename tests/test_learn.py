@@ -282,3 +282,20 @@ def test_uncalibrated_activation_directions_record_their_window_under_every_pres
     assert v.metadata["recommended"] == {"layers": list(v.directions), "window": window, "branch": "cond", "mode": "add",
                                          "normalize": False, "preserve_norm": False}
     assert recommended_settings([v])["steering_window"] == tuple(window)
+
+
+def test_image_sets_say_they_are_uncalibrated_and_unproven(tiny_pipe):
+    """A direction learned from images pushed the demo model's colour away from the positive images at its default
+    sites (bench/image_sets.py): learning from images now says so, and the app's note on the direction repeats it."""
+    from steer.app.files import direction_advice
+    from steer.learn import IMAGE_SET_ADVICE
+
+    pos_imgs, _ = generate_samples(tiny_pipe, POS, 2, seed=77, batch_size=2, num_inference_steps=2)
+    neg_imgs, _ = generate_samples(tiny_pipe, NEG, 2, seed=99, batch_size=2, num_inference_steps=2)
+    with pytest.warns(UserWarning, match="learned from images, so uncalibrated"):
+        imgs = tiny_pipe.learn_direction(list(pos_imgs), list(neg_imgs), progress=False, batch_size=2)
+    assert "both signs" in direction_advice(imgs) and IMAGE_SET_ADVICE.split(",")[0] in direction_advice(imgs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # prompt sets learn as before, without the image note
+        prompts = tiny_pipe.learn_direction(POS, NEG, **KW)
+    assert "images" not in direction_advice(prompts)

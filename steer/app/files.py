@@ -29,7 +29,7 @@ from steer.app.base import (
 from steer.calibrate import calibrated_for, fit_advice
 from steer.config import BRANCHES, MODES
 from steer.denoisers import LayerError, denoiser_of
-from steer.learn import UNCALIBRATED_ADVICE
+from steer.learn import IMAGE_SET_ADVICE, UNCALIBRATED_ADVICE
 from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
 
 NONE_CHOICE = "(none)"
@@ -248,11 +248,13 @@ def direction_summary(vector: SteeringVector) -> str:
 
 def direction_advice(vector: SteeringVector) -> str:
     """A Markdown note when the direction's own calibration says it will barely edit (a weak recipe), or when a
-    text / trajectory direction had no negative prompts to calibrate against, else ""."""
+    text / trajectory direction had no negative prompts to calibrate against, or when it was learned from images, else ""."""
     meta = vector.metadata
     advice = fit_advice(meta.get("calibration"))
     if not advice and meta.get("source") in ("prompts-text", "prompts-trajectory") and not meta.get("negative"):
         advice = UNCALIBRATED_ADVICE
+    if not advice and meta.get("source") == "images":
+        advice = IMAGE_SET_ADVICE
     return f"\n\n**Note:** {md_text(advice, LIMITS.max_message_chars)}" if advice else ""
 
 
