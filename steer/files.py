@@ -90,6 +90,7 @@ class GrowingFile:
         """Stop here: the partial file when it holds something (kept for the user), else None (removed)."""
         self._file.close()
         if self.parts:
+            os.chmod(self.partial, 0o644)  # as the finished file would be (mkstemp makes 0600)
             return self.partial
         self.partial.unlink(missing_ok=True)
         return None

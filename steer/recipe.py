@@ -59,38 +59,44 @@ def recipe_in(source: str | os.PathLike | IO[bytes]) -> dict[str, Any] | None:
     return recipe if isinstance(recipe, dict) else None
 
 
-def made_by(path: Path, recipe: dict[str, Any]) -> bool:
-    """Whether ``path`` is a PNG written by `save_png` from ``recipe`` (the same call made again). A symlink, a folder
-    or an unreadable file holds none (it is never read through or replaced)."""
+def made_by(path: Path, recipe: dict[str, Any], ignore: tuple[str, ...] = ()) -> bool:
+    """Whether ``path`` is a PNG written by `save_png` from ``recipe`` (the same call made again; ``ignore``: recipe
+    fields not known yet, left out of the comparison). A symlink, a folder or an unreadable file holds none (it is
+    never read through or replaced)."""
     if path.is_symlink() or not path.is_file():
         return False
-    return recipe_in(path) == json.loads(json.dumps(recipe, sort_keys=True, default=str))
+    found = recipe_in(path)
+    if ignore and isinstance(found, dict):
+        found = {k: v for k, v in found.items() if k not in ignore}
+        recipe = {k: v for k, v in recipe.items() if k not in ignore}
+    return found == json.loads(json.dumps(recipe, sort_keys=True, default=str))
 
 
 def _suffixed(paths: list[Path], n: int) -> list[Path]:
     return paths if n == 1 else [p.with_name(f"{p.stem}-{n}{p.suffix}") for p in paths]
 
 
-def _first_unused(paths: list[Path], recipes: list[dict[str, Any]], start: int = 1) -> int:
+def first_unused(paths: list[Path], recipes: list[dict[str, Any]], start: int = 1, ignore: tuple[str, ...] = ()) -> int:
     """The first suffix from ``start`` under which each of a run's files is free or holds the same recipe (a rerun
-    overwrites its own images): 1 keeps the names, then ``-2``, ``-3``, ... (a run's files keep one suffix:
-    ``seed0_scale+1-2.png``, ``seed0_sweep-2.png``)."""
+    overwrites its own images; ``ignore`` as `made_by` takes it): 1 keeps the names, then ``-2``, ``-3``, ... (a run's
+    files keep one suffix: ``seed0_scale+1-2.png``, ``seed0_sweep-2.png``)."""
     for n in range(start, MAX_RUNS_PER_NAME + 1):
-        if all(not os.path.lexists(p) or made_by(p, r) for p, r in zip(_suffixed(paths, n), recipes, strict=True)):
+        if all(not os.path.lexists(p) or made_by(p, r, ignore) for p, r in zip(_suffixed(paths, n), recipes, strict=True)):
             return n
     raise FileExistsError(f"{paths[0].parent} already holds {MAX_RUNS_PER_NAME} runs' files named like {paths[0].name}: "
                           "write to another --out folder")
 
 
-def save_new_pngs(files: list[tuple[Image.Image, Path, dict[str, Any]]]) -> list[Path]:
-    """Write one run's images (image, wanted path, recipe) under the first free names (`_first_unused`), never replacing a file another
+def save_new_pngs(files: list[tuple[Image.Image, Path, dict[str, Any]]], start: int = 1) -> list[Path]:
+    """Write one run's images (image, wanted path, recipe) under the first free names (`first_unused`), never replacing a file another
     process wrote after the names were chosen (two ``steer generate`` runs into one ``--out`` lost images so): a free
     name is taken only while still free; on a clash the run's files move on to the next suffix (those it wrote under
     the clashing one removed again), except where the file there now holds the same recipe (the same call, made at
-    the same time). Returns the paths written."""
+    the same time). ``start``: the first suffix to try (a run saved in parts keeps the one chosen for all of it, see
+    `first_unused`). Returns the paths written."""
     wanted = [path for _, path, _ in files]
     recipes = [recipe for *_, recipe in files]
-    n = _first_unused(wanted, recipes)
+    n = first_unused(wanted, recipes, start)
     while True:
         paths, created = _suffixed(wanted, n), []
         try:
@@ -109,4 +115,4 @@ def save_new_pngs(files: list[tuple[Image.Image, Path, dict[str, Any]]]) -> list
         except FileExistsError:
             for path in created:
                 path.unlink(missing_ok=True)
-            n = _first_unused(wanted, recipes, n + 1)
+            n = first_unused(wanted, recipes, n + 1)

@@ -386,3 +386,24 @@ def test_an_unexpanded_home_in_out_is_written_where_it_was_checked(model_dir, tm
     out = capsys.readouterr().out
     assert rc == 0 and f"replaced {tmp_path / 'home' / 'blue.safetensors'}" in out, out
     assert (tmp_path / "home" / "blue.safetensors").read_bytes() != b"old" and not (tmp_path / "~").exists()
+
+
+def test_captured_advice_prints_one_line_each_and_other_notices_are_raised_again(capsys):
+    """The commands capture the library's warnings to print its advice as ``warning:`` lines; ``steer generate``'s
+    capture around its pipeline calls also swallowed diffusers' and torch's own notices (a FutureWarning), which are
+    raised again after it (``others=True``)."""
+    import warnings
+
+    from steer.cli.inputs import print_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            warnings.warn("a slider is flipped", UserWarning, stacklevel=1)
+        warnings.warn("this argument is deprecated", FutureWarning, stacklevel=1)
+    with pytest.warns(FutureWarning, match="this argument is deprecated"):
+        print_warnings(caught, others=True)
+    assert capsys.readouterr().err == "warning: a slider is flipped\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        print_warnings(caught)  # the default: the advice only

@@ -481,3 +481,21 @@ def test_cli_report_grows_as_it_scores_and_an_interrupted_run_keeps_its_rows(mod
                                 batch_size=32, num_inference_steps=STEPS, guidance_scale=7.5)
     assert [r["score"] for r in rows] == [float(s) for s in whole.scores]
     assert [r["inline_score"] for r in rows] == [float(s) for s in whole.inline_scores]
+
+
+def test_cli_saved_images_keep_one_suffix_for_the_whole_run(model_dir, tmp_path, capsys, one_thread):
+    """Saved a part at a time, a run's images took the plain names in the parts where they were free and ``-2`` where
+    another run's file held one (00000.png ... 00031.png, then 00032-2.png): the suffix is chosen for the whole run."""
+    from steer.cli.main import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red item\n")
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "00032.png").write_bytes(b"another run's image")
+    assert main(["detect", "--model", model_dir, "--device", "cpu", "--prompts", str(prompts), "--steps", str(STEPS),
+                 "--num-images-per-prompt", "33", "--batch-size", "32", "--save-images", str(imgs),
+                 "--out", str(tmp_path / "r.jsonl")]) == 0
+    assert "this run's are named like 00000-2.png" in capsys.readouterr().out
+    assert {p.name for p in imgs.glob("*.png")} == {"00032.png", *(f"{i:05d}-2.png" for i in range(33))}
+    assert (imgs / "00032.png").read_bytes() == b"another run's image"

@@ -94,7 +94,7 @@ def test_a_name_taken_between_choosing_and_writing_is_kept_and_links_are_not_nee
     import steer.recipe as R
 
     image = Image.new("RGB", (8, 8), "blue")
-    real_first = R._first_unused
+    real_first = R.first_unused
 
     def then_another_run_writes(paths, recipes, start=1):
         n = real_first(paths, recipes, start)
@@ -102,7 +102,7 @@ def test_a_name_taken_between_choosing_and_writing_is_kept_and_links_are_not_nee
             R.save_png(image, paths[0], {"run": "other"})
         return n
 
-    monkeypatch.setattr(R, "_first_unused", then_another_run_writes)
+    monkeypatch.setattr(R, "first_unused", then_another_run_writes)
     paths = R.save_new_pngs([(image, tmp_path / "seed0.png", {"run": "mine"})])
     assert paths == [tmp_path / "seed0-2.png"] and R.recipe_in(tmp_path / "seed0.png") == {"run": "other"}
     monkeypatch.undo()

@@ -148,14 +148,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if linked:  # checked before any is written: never through a link, never half a report
         raise CLIError(f"refusing to write {linked[0]}: it is a symbolic link")
     report = GrowingFile(out)
-    try:
-        with warnings.catch_warnings(record=True) as caught:  # sampled off the calibration...: one line each
-            warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:  # sampled off the calibration...: one line each
+        warnings.simplefilter("always")
+        try:
             rows, kind = _score_for_cli(det, pipe, args, call, prompts, images, report)
-    except BaseException:
-        if (kept := report.abandon()) is not None:  # what was scored is not lost
-            print(f"the rows scored before it stopped are in {kept}", file=sys.stderr)
-        raise
+        except BaseException:
+            print_warnings(caught)  # said also when the run stops
+            if (kept := report.abandon()) is not None:  # what was scored is not lost
+                print(f"the rows scored before it stopped are in {kept}", file=sys.stderr)
+            raise
     print_warnings(caught)
     report.finish()
     summary = _summary(rows, det, kind)
@@ -228,6 +229,7 @@ def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, ca
     items = [p for p in prompts for _ in range(args.num_images_per_prompt)]
     part = math.lcm(args.batch_size, det.batch_size)
     base = _image_recipe(pipe, args, call) if args.save_images else None
+    suffix = _run_suffix(Path(args.save_images), items, args.seed, base) if base is not None else 1
     rows: list[dict] = []
     kind, noted = "reencode", False
     for start in range(0, len(items), part):
@@ -237,7 +239,7 @@ def _score_for_cli(det: MemorizationDetector, pipe, args: argparse.Namespace, ca
         for row in new:
             row["index"] += start
         if base is not None:
-            renamed = _save_images(Path(args.save_images), new, found.images, base)
+            renamed = _save_images(Path(args.save_images), new, found.images, base, suffix)
             if renamed is not None and not noted:
                 print(f"note: {args.save_images} holds another run's images: this run's are named like {renamed.name}")
                 noted = True
@@ -260,10 +262,24 @@ def _image_recipe(pipe, args: argparse.Namespace, call: dict) -> dict[str, Any]:
             **({"loras": loaded_loras(pipe)} if loaded_loras(pipe) else {})}
 
 
-def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], base: dict) -> Path | None:
+def _run_suffix(folder: Path, items: list[str], seed: int, base: dict) -> int:
+    """The name suffix of the whole run's images, chosen before its first part is saved (`steer.recipe.first_unused`,
+    the scores not known yet): a run's files keep one suffix (parts saved one by one came out half plain, half ``-2``
+    where another run's files held some of the names)."""
+    from steer.recipe import first_unused
+
+    wanted = [folder / f"{i:05d}.png" for i in range(len(items))]
+    known = [{**base, "prompt": prompt, "seed": seed + i} for i, prompt in enumerate(items)]
+    try:
+        return first_unused(wanted, known, ignore=("memorization",))
+    except FileExistsError as err:
+        raise CLIError(str(err).replace("--out", "--save-images")) from None
+
+
+def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], base: dict, suffix: int = 1) -> Path | None:
     """The generated images as ``00000.png``, ... with their recipe (``base`` and each row's own); another run's files
-    there are kept (this run's names then take a ``-2``, ``-3``, ... suffix: the first such name is returned); a rerun
-    of the same call replaces its own."""
+    there are kept (this run's names then take a ``-2``, ``-3``, ... suffix, from ``suffix`` on: the first such name is
+    returned); a rerun of the same call replaces its own."""
     from steer.recipe import save_new_pngs
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +287,7 @@ def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], bas
                 "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}} for row in rows]
     wanted = [folder / f"{row['index']:05d}.png" for row in rows]
     try:  # never replacing another run's images, also one writing there at the same time
-        paths = save_new_pngs([(_to_pil(image), path, recipe) for image, path, recipe in zip(images, wanted, recipes, strict=True)])
+        paths = save_new_pngs([(_to_pil(image), path, recipe) for image, path, recipe in zip(images, wanted, recipes, strict=True)], suffix)
     except FileExistsError as err:
         raise CLIError(str(err).replace("--out", "--save-images")) from None
     for row, path in zip(rows, paths, strict=True):

@@ -293,9 +293,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device
     written, renamed = [], False
-    with warnings.catch_warnings(record=True) as caught:  # the library's advice (a slider flipped...): one line each
-        warnings.simplefilter("always")
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # the library's advice (a slider flipped...): one line each
+            warnings.simplefilter("always")
             for seed in range(args.seed, args.seed + args.num_images):
                 generators = [torch.Generator(gen_device).manual_seed(seed) for _ in scales]
                 if edit is not None and args.invert:  # the seed draws the inversion's noise; the replay draws none
@@ -330,8 +331,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     print(f"note: {out} holds other images named {taken.name} ...; these are written as {paths[0].name} ... "
                           "(nothing overwritten)", file=sys.stderr)
                 written += paths
-        finally:
-            print_warnings(caught)
+    finally:  # after the capture: diffusers' and torch's own notices shown as they were without it
+        print_warnings(caught, others=True)
     for w in written:
         print(w)
     return 0

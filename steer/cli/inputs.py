@@ -146,10 +146,14 @@ def unknown_direction(name: str, bundled: Mapping[str, object], hub: bool = True
                     f"shipped for this model: {shipped})")
 
 
-def print_warnings(caught: list[warnings.WarningMessage]) -> None:
-    """The advice the library gave (`UserWarning`s) as one ``warning:`` line each on stderr, duplicates dropped."""
+def print_warnings(caught: list[warnings.WarningMessage], others: bool = False) -> None:
+    """The advice the library gave (`UserWarning`s) as one ``warning:`` line each on stderr, duplicates dropped;
+    ``others``: the rest (a library's deprecation notices) raised again as they would have been without the capture."""
     for w in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
         print(f"warning: {w}", file=sys.stderr)
+    for w in caught if others else ():
+        if not issubclass(w.category, UserWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 def add_compile_argument(p) -> None:
