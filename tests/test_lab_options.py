@@ -73,8 +73,13 @@ def test_vae_from_a_run_of_another_seed_encodes_this_runs_data(run_a, tmp_path):
 def test_init_run_of_another_seed_and_decoder_stage_check_the_data(run_a, tmp_path):
     """The mem/hybrid variants adopt ``--init RUN``'s latents the same way; the decoder stage, which pairs a run's
     latents with the images of its own --seed, refuses other data in one line."""
-    _main([*TINY, "--variant", "mem", "--steps", "1", "--seed", "3", "--init", str(run_a), "--out", str(tmp_path / "m")])
+    init = tmp_path / "init"
+    shutil.copytree(run_a, init)
+    _main([*TINY, "--variant", "mem", "--steps", "2", "--until", "1", "--seed", "3", "--init", str(init), "--out", str(tmp_path / "m")])
     assert json.loads((tmp_path / "m" / "latents.json").read_text())["data_seed"] == 3
+    shutil.rmtree(init)  # resumed from its checkpoint, the run needs its --init no more (it reloaded it: an OSError)
+    _main([*TINY, "--resume", "--out", str(tmp_path / "m")])
+    assert json.loads((tmp_path / "m" / "checkpoint.json").read_text())["step"] == 2
     _refused(["--stage", "decoder", "--out", str(run_a), "--seed", "5", "--limit", "96", "--decoder-steps", "1",
               "--threads", "1"], r"latents.safetensors encode the data of --seed 0 --limit 96; this run uses --seed 5 --limit 96")
     _refused(["--stage", "decoder", "--out", str(run_a), "--decoder-steps", "1", "--threads", "1"],

@@ -105,7 +105,8 @@ def train(args) -> Path:
     torch.manual_seed(args.seed)
     unet = M.build_unet(**M.unet_overrides(_run_widths(args, out)))
     te = M.build_text_encoder()
-    if args.init and args.variant != "demo":
+    resuming = args.resume and (out / "checkpoint.safetensors").is_file()  # the checkpoint's weights replace any init
+    if args.init and args.variant != "demo" and not resuming:  # (and the init run may have moved since)
         log(out, f"initialized from {_init_weights_from(Path(args.init), unet, te)}")
     unet.to(device)
     te.to(device)
