@@ -186,8 +186,10 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
             )
             layer_info = gr.Markdown(H.describe_layer(app.pipe, None, 0), elem_id="layer-info")
             with gr.Accordion("Advanced", open=False):
-                layers = gr.Dropdown(
-                    app.layers, value=[], multiselect=True, label="Several layers (overrides the slider)"
+                layers = gr.Dropdown(  # the picked direction's layers where they are not hookable (app.layer_choices);
+                    # an API client's are checked by the handler (H.selected_layers)
+                    app.layers, value=[], multiselect=True, label="Several layers (overrides the slider)",
+                    allow_custom_value=True, elem_id="several-layers",
                 )
                 with gr.Row():
                     w_start = gr.Slider(
@@ -284,6 +286,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
     direction.change(guarded_describe, [direction, session, layer], described, api_name=False)
     # directions learned or uploaded join the picker: offer them as take-aways too
     direction.change(app.take_away_choices, [session, take_away], take_away, api_name=False, queue=False)
+    direction.change(app.layer_choices, [direction, session, layers], layers, api_name=False, queue=False)
     layer.change(app.describe_layer, [direction, session, layer], layer_info, api_name=False, queue=False)
     for changed in (prompt.change, direction.change, take_away.change):  # the take-away to pick, before generating
         changed(app.take_away_hint, [direction, session, take_away, prompt], hint, api_name=False, queue=False)

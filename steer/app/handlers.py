@@ -191,6 +191,17 @@ class SteerApp:
         found = self._found(vector, prompt, session)
         return self.catalog.get(found[0][0], session) if found else None
 
+    def layer_choices(self, name: str, session: dict | None, current: Any):
+        """'Several layers' offers the layers the picked direction can be steered at (`H.layer_choices`: a trajectory
+        direction's own cross-attention outputs); those picked that are still offered stay picked."""
+        try:
+            vector = self.catalog.get(name, session)
+        except Exception:  # noqa: BLE001 - the direction's summary says why; the entries stay as they are
+            return gr.skip()
+        choices = H.layer_choices(self.pipe, vector)
+        kept = [n for n in current if n in choices] if isinstance(current, list) else []
+        return gr.update(choices=choices, value=kept)
+
     def describe_layer(self, name: str, session: dict | None, index: Any) -> str:
         try:
             vector = self.catalog.get(name, session)

@@ -135,11 +135,20 @@ def text_readers_of(pipe) -> list[str]:
     return adapter.cross_attention_sites() if adapter.reader_groups else []
 
 
+def layer_choices(pipe, vector: SteeringVector | None) -> list[str]:
+    """The layers ``vector`` can be steered at one by one ('Several layers' offers these): the hookable layers, or the
+    direction's own layers where some of them are not hookable (a trajectory direction's cross-attention outputs,
+    ``...attn2``: it has no vector at any hookable layer)."""
+    names = layer_names(pipe)
+    own = list(vector.layers) if vector is not None else []
+    return own if own and not set(own) <= set(names) else names
+
+
 def slider_sites(pipe, vector: SteeringVector | None) -> list[str]:
     """What the layer slider's positions 1, 2, ... pick: for a direction on the prompt's tokens, the cross-attention
-    that reads it (where the denoiser can route the text); else the hookable layer."""
+    that reads it (where the denoiser can route the text); else a layer of `layer_choices`."""
     readers = text_readers_of(pipe) if reads_text(vector) else []
-    return readers or layer_names(pipe)
+    return readers or layer_choices(pipe, vector)
 
 
 def layer_at(pipe, index: Any, vector: SteeringVector | None = None) -> str | None:
@@ -159,12 +168,20 @@ def selected_readers(pipe, vector: SteeringVector | None, index: Any) -> list[st
     return [single] if single else None
 
 
-def selected_layers(pipe, vector: SteeringVector | None, index: Any, chosen: Sequence[str] | None) -> list[str] | None:
+_ITSELF: Any = object()  # `selected_layers`' default ``slider``: the direction itself
+
+
+def selected_layers(
+    pipe, vector: SteeringVector | None, index: Any, chosen: Sequence[str] | None, slider: Any = _ITSELF
+) -> list[str] | None:
     """The layers to steer: the multi-select if non-empty, else the slider's layer, else the direction's layers.
+    ``slider``: the direction whose `slider_sites` the slider walks (default ``vector``; a take-away is checked
+    against the added direction's slider).
 
     Raises `UserError` naming the direction's layers when a chosen layer is not one of them.
     """
-    names = layer_names(pipe)
+    slider = vector if slider is _ITSELF else slider
+    known = {*layer_names(pipe), *layer_choices(pipe, vector), *layer_choices(pipe, slider)}
     wanted = [n for n in (chosen or []) if n]
     if reads_text(vector) and text_readers_of(pipe):
         if wanted:
@@ -174,20 +191,22 @@ def selected_layers(pipe, vector: SteeringVector | None, index: Any, chosen: Seq
             )
         return None
     if not wanted:
-        single = layer_at(pipe, index)
+        single = layer_at(pipe, index, slider)
         wanted = [single] if single else []
-    unknown = [n for n in wanted if n not in names]
+    unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise UserError(f"unknown layer(s) {unknown}; this UNet's hookable layers are listed in the layer picker")
+        raise UserError(f"unknown layer(s) {unknown}; the layers a direction can be steered at are listed under 'Several layers'")
     if not wanted:
         return None
     if vector is not None:
         missing = [n for n in wanted if n not in vector.layers]
-        if missing:
+        if missing:  # 'all layers' learns every hookable layer in the fast and reference modes only
+            relearn = (", or learn a direction with 'all layers' in the Learn tab's fast or reference mode"
+                       if all(n in layer_names(pipe) for n in missing) else "")
             raise UserError(
                 f"direction {shown(vector.name)} has no vector for layer {', '.join(missing)} - it was learned on "
                 f"{len(vector.layers)} layer(s): {', '.join(vector.layers)}. Move the layer slider to 0 (all of its "
-                "layers) or to one of those, or learn a direction with 'all layers' in the Learn tab."
+                f"layers) or to one of those{relearn}."
             )
     return wanted
 
@@ -358,7 +377,7 @@ class GenerateSettings:
         recommended = recommended_by(vectors) if vectors else {}
         layers = selected_layers(pipe, vector, self.layer_index, self.layers)
         if away is not None:
-            selected_layers(pipe, away, self.layer_index, self.layers)  # the take-away must have the chosen layers too
+            selected_layers(pipe, away, self.layer_index, self.layers, vector)  # the take-away must have them too
         return replace(
             self.config,
             layers=layers,
