@@ -83,19 +83,20 @@ def build_app(
         demo.steer_app = app  # for tests and notebooks
         session = gr.State({})
         last = gr.State(None)
+        own_detector = gr.State(None)  # the detector this page calibrated (SteerApp.calibrate), else the app's is used
         gr.Markdown(INTRO)
         gr.Markdown(f"Model: {H.md_code(H.model_name(pipe), 200)} · {len(app.layers)} hookable layers · native size {app.size}px")
         with gr.Tab("Generate"):
-            direction = _generate_panel(app, demo, session, last)
+            direction = _generate_panel(app, demo, session, last, own_detector)
         with gr.Tab("Learn"):
             _learn_panel(app, session, direction)
         with gr.Tab("Memorization"):
-            _memorization_panel(app, demo, last)
+            _memorization_panel(app, demo, last, own_detector)
     demo.queue(default_concurrency_limit=2, max_size=32)
     return demo
 
 
-def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.State):
+def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.State, own_detector: gr.State):
     """The Generate tab; returns the direction picker (the Learn tab updates it)."""
     L = H.LIMITS
     choices = app.catalog.choices(None)
@@ -259,7 +260,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
         guarded(5)(app.generate),
         [direction, session],
         [original, steered, png, last, status],
-        inputs_kwargs=with_take_away,
+        inputs_kwargs={**with_take_away, "own_detector": own_detector},  # inline scores: the page's detector
         api_name="generate",
     )
     go_strip.click(
@@ -394,8 +395,9 @@ def _learn_panel(app: SteerApp, session: gr.State, direction: gr.Dropdown) -> No
     go.click(guarded(4)(app.learn), inputs, [session, direction, file, status], api_name="learn")
 
 
-def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
-    """The Memorization tab: the calibrated detector's verdict on the current image, and in-app calibration."""
+def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State, own_detector: gr.State) -> None:
+    """The Memorization tab: the calibrated detector's verdict on the current image, and in-app calibration (the
+    page's own detector: other visitors keep the app's)."""
     gr.Markdown(
         "Scores the current image (last *Generate*) with the memorization detector calibrated on ordinary samples of "
         "this model, and shows where it falls on their histogram. Images generated while a calibrated detector was "
@@ -409,7 +411,11 @@ def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
     go = gr.Button("Score the current image", variant="primary", elem_id="score")
     status = gr.Markdown("", elem_id="mem-status")
     plot = gr.Image(label="Score vs ordinary samples", type="pil", format="png", interactive=False, elem_id="mem-plot")
-    with gr.Accordion("Calibrate a detector on ordinary prompts", open=False):
+    with gr.Accordion("Calibrate a detector on ordinary prompts (for this page only)", open=False):
+        gr.Markdown(
+            "The detector calibrated here scores this page's images (verdicts and inline scores); other visitors keep "
+            "the app's. Download it to keep it: `python app.py --detector FILE` serves it to everyone."
+        )
         prompts = gr.Textbox(label="Ordinary prompts (one per line)", lines=3, value=_default_prompt(app))
         with gr.Row():
             samples = gr.Slider(4, 256, value=32, step=1, label="Samples")
@@ -417,15 +423,15 @@ def _memorization_panel(app: SteerApp, demo: gr.Blocks, last: gr.State) -> None:
             steps = gr.Slider(1, H.LIMITS.max_steps, value=20, step=1, label="Steps")
             guidance = gr.Slider(0, H.LIMITS.max_guidance, value=5.0, step=0.5, label="Guidance")
         calibrate = gr.Button("Calibrate", elem_id="calibrate")
-        detector_file = gr.File(label="Calibrated detector (.safetensors)", interactive=False)
-    go.click(guarded(2)(app.memorization), [last, which], [plot, status], api_name="memorization")
+        detector_file = gr.File(label="Calibrated detector (.safetensors)", interactive=False, elem_id="detector-file")
+    go.click(guarded(2)(app.memorization), [last, which, own_detector], [plot, status], api_name="memorization")
     calibrate.click(
-        guarded(2)(app.calibrate),
+        guarded(3)(app.calibrate),
         [prompts, samples, fpr, steps, guidance],
-        [detector_file, detector_info],
+        [own_detector, detector_file, detector_info],
         api_name="calibrate",
     )
-    demo.load(guarded(1)(app.detector_status), None, detector_info, api_name=False)
+    demo.load(guarded(1)(app.detector_status), own_detector, detector_info, api_name=False)
 
 
 def _default_prompt(app: SteerApp) -> str:

@@ -7,6 +7,7 @@ error box), never a traceback or gradio's bare "Error". The logic without gradio
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import tempfile
 import threading
@@ -24,6 +25,7 @@ from steer.take_away import suggested_take_aways, take_away_hint
 log = logging.getLogger("steer.app")
 PROGRESS = gr.Progress()  # default of handler arguments: gradio injects a per-request tracker
 AUTO_CHOICE = "(auto: what the prompt states)"  # the take-away picker's entry for steer.take_away.suggested_take_aways
+APP_DETECTOR = 0  # the tag of inline scores read with the app's own detector (a page's calibration: `SteerApp.calibrate`)
 
 OK_STYLE = "border-left: 4px solid #2a2; padding-left: .6em"
 ERROR_STYLE = "border-left: 4px solid #d33; padding-left: .6em; color: #a11"
@@ -89,7 +91,8 @@ def progress_fn(progress: gr.Progress | None) -> H.ProgressFn | None:
 # The app
 # ----------------------------------------------------------------------------------------------------------------------
 class SteerApp:
-    """Handlers bound to one pipeline; per-user data (uploads, learned directions, last result) lives in gr.State."""
+    """Handlers bound to one pipeline; per-user data (uploads, learned directions, last result, a calibrated detector)
+    lives in gr.State."""
 
     def __init__(
         self,
@@ -105,7 +108,7 @@ class SteerApp:
         self._detector: Any = None
         self._detector_loaded = False
         self._detector_lock = threading.Lock()
-        self._detector_version = 0  # bumped when the detector is replaced: inline scores name the one that made them
+        self._calibrations = itertools.count(1)  # tags of the pages' own detectors: inline scores name the one that made them
         self.catalog = catalog if catalog is not None else H.DirectionCatalog.from_assets(H.model_name(pipe), pipe)
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="steer-app-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -222,17 +225,19 @@ class SteerApp:
         edit_strength: float = 0.8,
         edit_mask: str | None = None,
         edit_invert: bool = False,
+        own_detector: dict | None = None,
         **inputs: Any,
     ):
         """Original and steered image from the same seed (one batched call, per-row scales [0, s]); with
         ``edit_image``, both edit it (the model's image-to-image pipeline at ``edit_strength``; with ``edit_mask``, its
         inpainting pipeline repaints where the mask is white; with ``edit_invert``, replayed from its inversion, so the
-        original is the picture itself)."""
+        original is the picture itself). Inline memorization scores are read with the page's own detector
+        (``own_detector``: `calibrate`'s) if it has one, else with the app's."""
         settings = H.GenerateSettings.from_inputs(self.pipe, edit_image=edit_image, edit_strength=edit_strength, edit_mask=edit_mask,
                                                 edit_invert=H.check_flag(edit_invert, "invert"), **inputs)
         vector = self.catalog.get(direction, session)
         away = self._away(take_away, vector, settings.prompt, session)
-        detector, version = self._detector_or_none()
+        detector, version = self._detector_or_none(own_detector)
         original, steered, scores = H.run_pair(self.pipe, vector, settings, progress_fn(progress), detector, away)
         recipe = settings.recipe(self.pipe, vector, settings.strength, away, folder=self.workdir)
         self._sweep()
@@ -440,19 +445,22 @@ class SteerApp:
                 self._detector_loaded = True
             return self._detector
 
-    def _detector_or_none(self) -> tuple[Any, int]:
-        """(detector or None, its version) for inline scores during generation; a missing or unusable file never
-        blocks generating."""
+    def _detector_or_none(self, own: dict | None = None) -> tuple[Any, Any]:
+        """(detector or None, its tag) for inline scores during generation: the page's own (``own``: `calibrate`'s),
+        else the app's; a missing or unusable file never blocks generating."""
+        if own:
+            return own["detector"], own["tag"]
         try:
-            self.detector()  # loads the file once
+            return self.detector(), APP_DETECTOR  # loads the file once
         except Exception as err:  # noqa: BLE001 - the Memorization tab shows why; generating goes on without it
             log.warning("no inline memorization scores: %s", H.readable(err))
             return None, -1
-        with self._detector_lock:  # both read together: a calibration in between cannot mislabel the scores
-            return self._detector, self._detector_version
 
-    def detector_status(self) -> str:
-        """Markdown: which detector the panel uses, or how to get one."""
+    def detector_status(self, own: dict | None = None) -> str:
+        """Markdown: which detector the panel uses (the page's own calibration, else the app's), or how to get one."""
+        if own:
+            return ok_box(f"{detector_summary(own['detector'])} Calibrated on this page: only this page's scores use it "
+                          "(other visitors keep the app's detector); download it below to keep it.")
         try:
             detector = self.detector()
         except H.UserError as err:
@@ -463,24 +471,18 @@ class SteerApp:
                 "No calibrated detector found for this model (looked for "
                 f"{where}). Calibrate one below on ordinary prompts, or start the app with `--detector FILE`."
             )
-        source = "reencode" if detector.threshold is not None else "inline"
-        threshold = detector.threshold if detector.threshold is not None else detector.inline_threshold
-        n = len(detector.calibration.get(source, []))
-        if threshold is None:
-            return ok_box("Detector loaded but not calibrated: scores are shown without a verdict.")
-        kind = "" if source == "reencode" else " (inline score)"
-        return ok_box(f"Detector calibrated on {n} ordinary samples; threshold {threshold:.4g}{kind}.")
+        return ok_box(detector_summary(detector))
 
-    def memorization(self, last: dict | None, which: str):
-        """Score the last generated image with the calibrated detector."""
+    def memorization(self, last: dict | None, which: str, own: dict | None = None):
+        """Score the last generated image with the page's own calibrated detector (``own``), else the app's."""
         if not last:
             raise H.UserError("generate an image first (Generate tab); the score is for the current image")
-        detector = self.detector()
+        detector, tag = (own["detector"], own["tag"]) if own else (self.detector(), APP_DETECTOR)
         if detector is None:
             raise H.UserError("no calibrated detector for this model yet: calibrate one in the box below")
         key = "steered" if which == "steered" else "original"
         inline = last.get("inline") or {}
-        if inline.get("detector") == self._detector_version and inline.get(key) is not None:  # scored while generated
+        if inline.get("detector") == tag and inline.get(key) is not None:  # scored while generated, by this detector
             view = H.inline_view(detector, inline[key], inline.get("note"))
         else:
             view = H.score_image(detector, last[key], last["prompt"])
@@ -489,12 +491,20 @@ class SteerApp:
     def calibrate(
         self, prompts: str, samples: Any, fpr: Any, steps: Any, guidance: Any, progress: gr.Progress = PROGRESS
     ):
-        """Calibrate a detector on ordinary prompts; it becomes the app's detector (for every user)."""
+        """Calibrate a detector on ordinary prompts: it becomes this page's own (a gr.State: its memorization verdicts
+        and inline scores use it; other visitors keep the app's detector), offered as a download."""
         lines = H.parse_prompt_lines(prompts, "calibration")
         detector = H.calibrate_detector(self.pipe, lines, samples, fpr, steps, guidance, progress_fn(progress))
         path = detector.save(self._run_folder() / "detector.safetensors")
-        with self._detector_lock:
-            self._detector, self._detector_loaded = detector, True
-            self._detector_version += 1
-        return str(path), self.detector_status()
+        own = {"detector": detector, "tag": f"calibration {next(self._calibrations)}"}
+        return own, str(path), self.detector_status(own)
 
+
+def detector_summary(detector) -> str:
+    """Markdown: what ``detector`` was calibrated on, and its threshold."""
+    source = "reencode" if detector.threshold is not None else "inline"
+    threshold = detector.threshold if detector.threshold is not None else detector.inline_threshold
+    if threshold is None:
+        return "Detector loaded but not calibrated: scores are shown without a verdict."
+    kind = "" if source == "reencode" else " (inline score)"
+    return f"Detector calibrated on {len(detector.calibration.get(source, []))} ordinary samples; threshold {threshold:.4g}{kind}."
