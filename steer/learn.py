@@ -211,10 +211,13 @@ def learn_direction(
         capture_window: fast mode: the share of the run its samples are recorded over (default (0.8, 1.0)).
         step_buckets: trajectory mode: how many step buckets the run is split into (one direction per bucket; default 4).
             Each option from ``num_samples`` to here, and each of ``call_kwargs`` with image sets (which are read, not
-            sampled), given to a learning that does not use it (``num_samples`` to the text mode, which reads the
-            prompts themselves) is a one-line `steer.errors.UnusedOptionError` (a ValueError): it would change nothing.
+            sampled) or with the text mode uncalibrated (which samples nothing; ``max_sequence_length`` excepted, it
+            sets how the prompts are encoded), given to a learning that does not use it (``num_samples`` to the text
+            mode, which reads the prompts themselves) is a one-line `steer.errors.UnusedOptionError` (a ValueError):
+            it would change nothing.
         calibration_samples: seeds per set used by the calibration.
-        calibration_grid: the strengths the calibration tries, ascending (default `steer.calibrate.DEFAULT_GRID`).
+        calibration_grid: the strengths the calibration tries, ascending (default `steer.calibrate.DEFAULT_GRID`;
+            refused without calibration).
         batch_size: at most this many images per sampling or encoding call, in learning and calibration alike (it
             bounds the memory: lower it when a large model runs out of it); every image has its own seed.
         seed, name, progress: as their names say; ``call_kwargs`` go to the sampling calls. ``negative_prompt="..."``
