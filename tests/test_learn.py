@@ -236,6 +236,10 @@ def test_sampling_options_given_to_image_sets_or_a_mode_that_does_not_use_them_a
         assert err.startswith(f"steer learn: error: {flags[0]} does nothing for image sets: it ") and err.count("\n") == 1, err
     assert not (tmp_path / "d.safetensors").exists()
     assert main(learn) == 0 and capsys.readouterr().out.startswith("wrote ")  # the defaults alone: learned as before
+    # the text mode without negatives samples nothing either: the same file under any sampler
+    text = ["learn", "--model", str(model), "--positive", "a blue bag", "--sampler", "euler-a", "--out", str(tmp_path / "t")]
+    assert main(text) == 2 and "--sampler does nothing for the text mode without calibration" in capsys.readouterr().err
+    assert not (tmp_path / "t.safetensors").exists()
 
 
 def test_the_same_images_as_both_sets_are_refused_in_one_line_as_the_same_prompts_are(tiny_pipe, tmp_path):

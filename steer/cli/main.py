@@ -57,6 +57,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:  # learning's advice (a weak recipe...) as one line each
         warnings.simplefilter("always")
         vector = _learn(pipe, args, positive, negative)
+    if args.sampler is not None and vector.metadata.get("source") == "prompts-text" and not vector.metadata.get("calibration"):
+        raise CLIError("--sampler does nothing for the text mode without calibration: it reads the prompts and samples "
+                       "nothing (give negative prompts to calibrate)")  # learned in no time: refused before writing
     out = Path(args.out).expanduser()  # where the checks looked (an unexpanded ~ was written under ./~)
     replaced = safetensors_path(out).exists()
     path = vector.save(out)
