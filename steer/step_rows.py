@@ -67,6 +67,12 @@ def as_step_rows(direction: torch.Tensor) -> torch.Tensor:
     return direction[None] if direction.ndim == 1 else direction
 
 
+def at_norm(rows: torch.Tensor, norm: float) -> torch.Tensor:
+    """Each row of ``rows`` rescaled to length ``norm`` (zero rows stay zero): how a direction is applied under
+    ``normalize`` (`steer.engine.build_layer_plans`) and how arithmetic bakes that in (`SteeringVector`)."""
+    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm
+
+
 def in_step_buckets(direction: torch.Tensor, window: tuple[float, float] | None, buckets: int) -> torch.Tensor:
     """``direction`` as (buckets, C), each of its own buckets repeated (``buckets`` a multiple of its count); with
     ``window``, zero in the buckets outside it (its ends are whole multiples of 1 / buckets)."""

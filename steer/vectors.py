@@ -23,7 +23,14 @@ import torch
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
-from steer.step_rows import as_step_rows, components_of, in_step_buckets, joint_recommendation, shared_fixed_tokens
+from steer.step_rows import (
+    as_step_rows,
+    at_norm,
+    components_of,
+    in_step_buckets,
+    joint_recommendation,
+    shared_fixed_tokens,
+)
 from steer.validation import (
     SchemaError,
     check_depth,
@@ -235,8 +242,7 @@ class SteeringVector:
         meta["recommended"]["normalize"] = False
         applied = {}
         for name, d in self.directions.items():
-            rows = as_step_rows(d.float())
-            applied[name] = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act[name]).reshape(d.shape).to(d.dtype)
+            applied[name] = at_norm(as_step_rows(d.float()), act[name]).reshape(d.shape).to(d.dtype)
         return SteeringVector(applied, meta, self.opposite._as_applied() if self.opposite is not None else None)
 
     def _swapped(self) -> SteeringVector:

@@ -18,7 +18,7 @@ from steer.denoisers import (
 )
 from steer.engine.run import DenoiserRun
 from steer.errors import ModelMismatchError
-from steer.step_rows import as_step_rows, in_step_buckets, shared_fixed_tokens
+from steer.step_rows import as_step_rows, at_norm, in_step_buckets, shared_fixed_tokens
 
 
 def step_bucket(step: int, buckets: int, num_steps: int | None) -> int:
@@ -88,7 +88,7 @@ def build_layer_plans(
                         f"steering_normalize needs each layer's activation norm, but {v.name!r} has none recorded for "
                         f"{name!r}; learn the vector with steer, or pass steering_normalize=False"
                     )
-                d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12) * act
+                d = at_norm(d, act)
             rows.append(in_step_buckets(d, None, buckets))
         plans[name] = LayerPlan(name, torch.stack(rows), _levels(vectors, name), fixed_tokens=shared_fixed_tokens(vectors, name))
     return plans
