@@ -262,14 +262,23 @@ def _image_recipe(pipe, args: argparse.Namespace, call: dict) -> dict[str, Any]:
             **({"loras": loaded_loras(pipe)} if loaded_loras(pipe) else {})}
 
 
+def _png_path(folder: Path, index: int) -> Path:
+    return folder / f"{index:05d}.png"
+
+
+def _row_recipe(base: dict, prompt: str, seed: int, scores: dict | None = None) -> dict[str, Any]:
+    """A saved image's recipe: ``base``, its prompt and seed, and its scores (``memorization``) once they are known."""
+    return {**base, "prompt": prompt, "seed": seed, **({"memorization": scores} if scores is not None else {})}
+
+
 def _run_suffix(folder: Path, items: list[str], seed: int, base: dict) -> int:
     """The name suffix of the whole run's images, chosen before its first part is saved (`steer.recipe.first_unused`,
     the scores not known yet): a run's files keep one suffix (parts saved one by one came out half plain, half ``-2``
     where another run's files held some of the names)."""
     from steer.recipe import first_unused
 
-    wanted = [folder / f"{i:05d}.png" for i in range(len(items))]
-    known = [{**base, "prompt": prompt, "seed": seed + i} for i, prompt in enumerate(items)]
+    wanted = [_png_path(folder, i) for i in range(len(items))]
+    known = [_row_recipe(base, prompt, seed + i) for i, prompt in enumerate(items)]
     try:
         return first_unused(wanted, known, ignore=("memorization",))
     except FileExistsError as err:
@@ -283,9 +292,9 @@ def _save_images(folder: Path, rows: list[dict], images: list[torch.Tensor], bas
     from steer.recipe import save_new_pngs
 
     folder.mkdir(parents=True, exist_ok=True)
-    recipes = [{**base, "prompt": row["prompt"], "seed": row["seed"],
-                "memorization": {k: row[k] for k in ("score", "inline_score", "early_score")}} for row in rows]
-    wanted = [folder / f"{row['index']:05d}.png" for row in rows]
+    recipes = [_row_recipe(base, row["prompt"], row["seed"], {k: row[k] for k in ("score", "inline_score", "early_score")})
+               for row in rows]
+    wanted = [_png_path(folder, row["index"]) for row in rows]
     try:  # never replacing another run's images, also one writing there at the same time
         paths = save_new_pngs([(_to_pil(image), path, recipe) for image, path, recipe in zip(images, wanted, recipes, strict=True)], suffix)
     except FileExistsError as err:
