@@ -48,6 +48,7 @@ from steer.extract import (
     is_image_item,
 )
 from steer.learn_checks import (
+    CALIBRATION_SAMPLES,
     LEARN_GUIDANCE,
     LEARN_STEPS,
     check_images_differ,
@@ -158,7 +159,7 @@ def learn_direction(
     image_prompts: str | Sequence[str] | None = None,
     capture_window: tuple[float, float] | None = None,
     step_buckets: int | None = None,
-    calibration_samples: int = 6,
+    calibration_samples: int | None = None,
     calibration_grid: Sequence[float] | None = None,
     seed: int = 0,
     name: str | None = None,
@@ -215,7 +216,7 @@ def learn_direction(
             sets how the prompts are encoded), given to a learning that does not use it (``num_samples`` to the text
             mode, which reads the prompts themselves) is a one-line `steer.errors.UnusedOptionError` (a ValueError):
             it would change nothing.
-        calibration_samples: seeds per set used by the calibration.
+        calibration_samples: seeds per set used by the calibration (default 6; refused without calibration).
         calibration_grid: the strengths the calibration tries, ascending (default `steer.calibrate.DEFAULT_GRID`;
             refused without calibration).
         batch_size: at most this many images per sampling or encoding call, in learning and calibration alike (it
@@ -337,6 +338,10 @@ def learn_direction(
         raise ValueError("calibration needs positive and negative prompts; pass calibrate=False")
     if calibration_grid is not None and not calibrate:  # the strengths of a calibration that does not run
         raise UnusedOptionError("calibration_grid", "calibration_grid does nothing without calibration: it sets the strengths the calibration tries")
+    if calibration_samples is not None and not calibrate:  # (it learned the same file as without it)
+        raise UnusedOptionError("calibration_samples", "calibration_samples does nothing without calibration: it sets how many "
+                                                       "seeds per set the calibration draws")
+    calibration_samples = CALIBRATION_SAMPLES if calibration_samples is None else calibration_samples
     if calibrate and calibration_grid is not None:
         calibration_grid = check_grid(calibration_grid)  # before any sampling
     resolved = learning_options(mode, image_input, dict(num_samples=num_samples, timestep=timestep, image_prompts=image_prompts,
@@ -426,12 +431,9 @@ def learn_direction(
         "positive": _describe(pos_items),
         "negative": _describe(neg_items) if neg_items else None,
         "num_samples": num_samples if source in ("prompts-reference", "prompts-fast", "prompts-trajectory") else None,
-        # the sampler the samples (and the calibration's strengths) came from: a strength is calibrated for it
-        "sampling": {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
-                     "scheduler": type(pipe.scheduler).__name__, "sampler": sampler_name(pipe.scheduler),
-                     **{k: v for k, v in call_kwargs.items() if k in NEGATIVE_PROMPTS and v is not None},
-                     # the size (and T5 length) a strength was calibrated at, where the call set one
-                     **{k: call_kwargs[k] for k in ("height", "width", "max_sequence_length") if call_kwargs.get(k) is not None}}
+        # the sampler the samples (and the calibration's strengths) came from: a strength is calibrated for it; the
+        # text mode uncalibrated samples nothing (it recorded steps 20, guidance 7.5 it never ran): the T5 length alone
+        "sampling": _sampling_record(pipe, num_inference_steps, guidance_scale, call_kwargs, sampled=calibrate or mode != "text")
         if not image_input else None,
         "image_prompts": image_prompts if image_input and isinstance(image_prompts, str) else None,
         "seed": seed,
@@ -544,7 +546,8 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
     steps, guidance = options["num_inference_steps"], options["guidance_scale"]  # None where not given: the learning's defaults
     steps, guidance = LEARN_STEPS if steps is None else steps, LEARN_GUIDANCE if guidance is None else guidance
     fit_options = {"guidance_scale": guidance, "seed": options["seed"], "batch_size": options["batch_size"],
-                   "num_samples": options["calibration_samples"], "num_inference_steps": min(FIT_STEPS, steps),
+                   "num_samples": CALIBRATION_SAMPLES if options["calibration_samples"] is None else options["calibration_samples"],
+                   "num_inference_steps": min(FIT_STEPS, steps),
                    **call_kwargs}
     for toward, away in ((side, opposite), (opposite, side)):
         prompts, opened = toward.metadata["positive"]["prompts"], toward.metadata["negative"]["prompts"]
@@ -573,6 +576,21 @@ def _joint_settings(side: SteeringVector, opposite: SteeringVector) -> tuple[lis
         total = [a + b for a, b in zip(choices[0]["distances"], choices[1]["distances"], strict=True)]
         window = choices[0]["windows"][min(range(len(total)), key=total.__getitem__)]
     return window, rec[0].get("readers")
+
+
+def _sampling_record(pipe, num_inference_steps: int, guidance_scale: float, call_kwargs: dict[str, Any],
+                     sampled: bool) -> dict[str, Any] | None:
+    """``metadata["sampling"]`` of a direction learned from prompts: the sampler, steps, guidance, negative prompt and
+    size its samples (and calibrated strength) came from; for a learning that sampled nothing, only the T5 token count
+    its prompts were encoded at, where the call set one (None without)."""
+    length = {"max_sequence_length": call_kwargs["max_sequence_length"]} if call_kwargs.get("max_sequence_length") is not None else {}
+    if not sampled:
+        return length or None
+    return {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale,
+            "scheduler": type(pipe.scheduler).__name__, "sampler": sampler_name(pipe.scheduler),
+            **{k: v for k, v in call_kwargs.items() if k in NEGATIVE_PROMPTS and v is not None},
+            # the size a strength was calibrated at, where the call set one
+            **{k: call_kwargs[k] for k in ("height", "width") if call_kwargs.get(k) is not None}, **length}
 
 
 def _default_name(pos: list, neg: list, images: bool) -> str:

@@ -21,6 +21,7 @@ SAME_SETS = 1e-5
 LEARN_STEPS = 20
 LEARN_GUIDANCE = 7.5
 STEP_BUCKETS = 4
+CALIBRATION_SAMPLES = 6  # seeds per set a calibration draws where the call gives none
 _DEFAULTS: dict[str, Any] = {"num_samples": 16, "timestep": 10, "image_prompts": "", "num_inference_steps": LEARN_STEPS,
                              "guidance_scale": LEARN_GUIDANCE, "capture_window": FAST_WINDOW, "step_buckets": STEP_BUCKETS}
 _USES = {  # what each option sets, and which learnings use it

@@ -93,9 +93,12 @@ def test_options_a_learning_does_not_use_are_one_line_not_ignored(tiny_pipe, tmp
     for option, needle in ((dict(num_inference_steps=3), "num_inference_steps does nothing for mode='text' without calibration: "
                             "it sets the denoising steps of the learning and calibration samples, and the text mode reads"),
                            (dict(negative_prompt="blurry"), "negative_prompt does nothing for mode='text' without calibration"),
-                           (dict(calibration_grid=[0.5, 1.0]), "calibration_grid does nothing without calibration")):
+                           (dict(calibration_grid=[0.5, 1.0]), "calibration_grid does nothing without calibration"),
+                           (dict(calibration_samples=12), "calibration_samples does nothing without calibration")):
         with pytest.raises(UnusedOptionError, match=needle):
             tiny_pipe.learn_direction(["a blue bag"], ["a bag"], calibrate=False, progress=False, **option)
+    # nor does it record a sampling it never ran (it recorded steps 20, guidance 7.5 and the pipe's sampler)
+    assert tiny_pipe.learn_direction(["a blue bag"], ["a bag"], calibrate=False, progress=False).metadata["sampling"] is None
     model = tmp_path / "model"
     tiny_pipe.save_pretrained(model)
     capsys.readouterr()
