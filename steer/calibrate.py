@@ -471,6 +471,19 @@ def calibrated_for(metadata: Mapping[str, Any]) -> str | None:
     return ", ".join(parts)
 
 
+def full_edit_scale(metadata: Mapping[str, Any]) -> float | None:
+    """The ``steering_scale`` of a calibrated direction's full edit: 1.0, or ``1 / scaled`` for one scaled since its
+    calibration (``2 * v`` records ``calibration.scaled = 2``: its full edit is at 0.5); None without a calibration
+    or for a direction scaled by 0."""
+    calibration = metadata.get("calibration")
+    if not isinstance(calibration, Mapping) or not isinstance(calibration.get("strength"), int | float):
+        return None
+    scaled = calibration.get("scaled", 1.0)
+    if not isinstance(scaled, int | float) or not math.isfinite(scaled) or scaled == 0:
+        return None
+    return 1.0 / scaled
+
+
 def fit_advice(calibration: Mapping[str, Any] | None) -> str | None:
     """One line for the user when a calibration (`Calibration.to_dict`, as recorded in a vector's metadata) says the
     direction does not reproduce the prompt edit it was learned from; None when it does (or there is none)."""

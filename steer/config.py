@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import functools
 import numbers
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -266,6 +266,20 @@ def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
         elif key in WINDOW_KEYS and (per_vector := recorded_windows(vectors, key)) is not None:
             out[f"steering_{key}"] = per_vector
     return out
+
+
+def check_removal_window(settings: Mapping[str, Any], recommended: Mapping[str, Any]) -> None:
+    """A one-line ValueError for a ``steering_removal_window`` a call gives under ``steering_negative="subtract"``: it
+    sets where ``"remove"`` acts, so it changed nothing. The directions' own recommended one is let through (callers
+    that pass a direction's recorded settings whole, the app, batch and replay, carry it under either)."""
+    given = settings.get("steering_removal_window")
+    if given is None or settings.get("steering_negative", STEERING_DEFAULTS["steering_negative"]) == "remove":
+        return
+    own = recommended.get("steering_removal_window")
+    if own is not None and window_record(check_windows(given, "steering_removal_window", allow_none=True)) == window_record(own):
+        return
+    raise ValueError("steering_removal_window sets where steering_negative='remove' acts: under 'subtract' nothing is "
+                     "removed; pass steering_negative='remove' or leave the window out")
 
 
 def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:

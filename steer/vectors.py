@@ -146,6 +146,18 @@ def adapter_state(unet: torch.nn.Module) -> dict[str, Any]:
     return {"adapters": out, "merged": sorted(merged), "disabled": disabled}
 
 
+def scaled_calibration(calibration: Any, factor: float) -> dict[str, Any]:
+    """``{"calibration": ...}`` for a calibrated direction scaled by ``factor`` (``2 * v``, ``v / 4``, ``-v``): the
+    strength it holds scaled, and ``scaled`` the product of the factors since the calibration (its full edit is then
+    at ``steering_scale = 1 / scaled``); ``{}`` for a direction without a calibrated strength."""
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("strength"), int | float):
+        return {}
+    before = calibration.get("scaled")
+    before = before if isinstance(before, int | float) and math.isfinite(before) else 1.0
+    return {"calibration": {**calibration, "strength": round(calibration["strength"] * factor, 6),
+                            "scaled": round(before * factor, 6)}}
+
+
 @dataclass
 class SteeringVector:
     """A steering direction: UNet module path -> per-channel vector, plus metadata.
@@ -224,10 +236,16 @@ class SteeringVector:
         return SteeringVector(self.directions, copy.deepcopy(self.metadata)) if self.opposite is not None else self
 
     # ----- arithmetic --------------------------------------------------------------------------------------------
-    def _map(self, fn, drop: tuple[str, ...] = (), **meta_updates: Any) -> SteeringVector:
+    def _map(self, fn, drop: tuple[str, ...] = (), factor: float | None = None, **meta_updates: Any) -> SteeringVector:
+        """``fn`` of every layer (both sides), without the metadata keys ``drop``; ``factor``: ``fn`` scales the
+        direction by it, so the calibrated strength recorded is scaled too and marked so (scale 1.0 is no longer the
+        calibrated full edit) and the benchmark measured at the file's own scale is dropped."""
         meta = {k: v for k, v in copy.deepcopy(self.metadata).items() if k not in drop}  # the copy's own: never the original's
+        if factor is not None and factor != 1:
+            meta.pop("benchmark", None)
+            meta.update(scaled_calibration(meta.get("calibration"), factor))
         meta.update(meta_updates)
-        opposite = self.opposite._map(fn, drop) if self.opposite is not None else None
+        opposite = self.opposite._map(fn, drop, factor) if self.opposite is not None else None
         return SteeringVector({k: fn(v) for k, v in self.directions.items()}, meta, opposite)
 
     def _as_applied(self) -> SteeringVector:
@@ -259,7 +277,7 @@ class SteeringVector:
             return self._swapped() * -other
         if other < 0:
             return -(self * -other)
-        return self._as_applied()._map(lambda v: v * other, name=f"{other:g}*{self.name}")
+        return self._as_applied()._map(lambda v: v * other, factor=other, name=f"{other:g}*{self.name}")
 
     __rmul__ = __mul__
 
@@ -274,13 +292,13 @@ class SteeringVector:
             return self._swapped() / -other
         if other < 0:
             return -(self / -other)
-        return self._as_applied()._map(lambda v: v / other, name=f"{self.name}/{other:g}")
+        return self._as_applied()._map(lambda v: v / other, factor=1 / other, name=f"{self.name}/{other:g}")
 
     def __neg__(self) -> SteeringVector:
         if self.opposite is not None:
             return self._swapped()
         # the reference level was measured along +v (what "remove" takes a prompt back to): not -v's
-        return self._as_applied()._map(lambda v: -v, drop=("reference_level",), name=f"-{self.name}")
+        return self._as_applied()._map(lambda v: -v, drop=("reference_level",), factor=-1.0, name=f"-{self.name}")
 
     def _combine(self, other: SteeringVector, sign: float) -> SteeringVector:
         if not isinstance(other, SteeringVector):
@@ -339,7 +357,8 @@ class SteeringVector:
 
     def normalized(self) -> SteeringVector:
         """Each layer rescaled to unit L2 norm (zero layers stay zero); both sides of a two-sided direction."""
-        return self._map(lambda v: v / v.norm().clamp_min(1e-12), name=f"normalized({self.name})")
+        # unit layers: no longer the calibrated strength, nor the benchmarked one
+        return self._map(lambda v: v / v.norm().clamp_min(1e-12), drop=("calibration", "benchmark"), name=f"normalized({self.name})")
 
     def to(self, device: torch.device | str | torch.dtype | None = None, dtype: torch.dtype | None = None) -> SteeringVector:
         """A copy on ``device`` and/or in ``dtype``; ``v.to(torch.float16)`` as ``Tensor.to`` takes it."""

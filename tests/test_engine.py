@@ -264,6 +264,27 @@ def test_arithmetic_and_normalization(tiny_pipe):
     assert a.to(dtype=torch.float16).directions[layers[0]].dtype == torch.float16
 
 
+def test_a_scaled_calibrated_direction_records_where_its_full_edit_now_is():
+    """``2 * v`` kept the strength ``v`` was calibrated at and the benchmark measured at ``v``'s own scale, and the app
+    said "strength 1 is the full edit" of it; the strength held is scaled now and the factor recorded, so the full edit
+    is named where it is (0.5), and the benchmark of another scale is dropped."""
+    from steer.app.files import direction_summary
+    from steer.calibrate import full_edit_scale
+
+    meta = {"calibration": {"strength": 0.8, "open_prompts": ["a bag"]}, "benchmark": {"open_at_1": {"success_at_1": 0.9}},
+            "sampling": {"guidance_scale": 5.0, "num_inference_steps": 20}}
+    v = SteeringVector({"x": torch.ones(4)}, meta)
+    two, half, minus = 2 * v, v / 4, -v
+    assert two.metadata["calibration"]["strength"] == 1.6 and two.metadata["calibration"]["scaled"] == 2.0
+    assert (half * 2).metadata["calibration"]["scaled"] == 0.5 and full_edit_scale(half.metadata) == 4.0
+    assert minus.metadata["calibration"]["strength"] == -0.8 and full_edit_scale(minus.metadata) == -1.0
+    assert "benchmark" not in two.metadata and "benchmark" in v.metadata and v.metadata["calibration"]["strength"] == 0.8
+    assert "benchmark" in (1 * v).metadata and "scaled" not in (1 * v).metadata["calibration"]
+    assert full_edit_scale(v.metadata) == 1.0 and full_edit_scale((0 * v).metadata) is None
+    assert "strength 1 is the full edit" in direction_summary(v) and "strength 0.5 is the full edit" in direction_summary(two)
+    assert "calibration" not in v.normalized().metadata and "full edit" not in direction_summary(0 * v)
+
+
 def test_arithmetic_on_directions_that_recommend_normalize_scales_and_adds_what_steers(tiny_pipe, gen):
     """Under a recommended ``normalize=True`` the engine rescaled every layer to its activation norm, so ``2 * v``
     steered exactly as ``v`` and ``v + w`` not as ``[v, w]`` (the bundled ``*_to_blue`` directions); the normalization

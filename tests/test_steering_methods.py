@@ -407,6 +407,14 @@ def test_removal_goes_on_to_the_end_of_the_run_while_the_addition_keeps_its_wind
         assert torch.equal(added[i], base[i]) and torch.equal(stopped[i], base[i])
     with pytest.raises(ValueError, match="steering_removal_window must satisfy"):
         call(tiny_pipe, gen, steering=red, steering_scale=-1.0, steering_removal_window=(0.8, 0.2), **remove)
+    # under 'subtract' a removal window removes nothing (it ran as without it): one line, except the direction's own
+    # one, which callers passing a direction's recorded settings whole (app, batch, replay) carry either way
+    with pytest.raises(ValueError, match="steering_removal_window sets where steering_negative='remove' acts: under 'subtract'"):
+        call(tiny_pipe, gen, steering=red, steering_scale=-1.0, steering_removal_window=(0, 0.5))
+    with pytest.raises(ValueError, match="under 'subtract' nothing is removed"):
+        call(tiny_pipe, gen, steering=older, steering_scale=-1.0, steering_removal_window=(0, 1))
+    own = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, steering_removal_window=[0, 1])
+    assert all(torch.equal(a, b) for a, b in zip(own, capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0), strict=True))
 
 
 def test_shared_lead_counts_the_leading_positions_every_prompt_shares():

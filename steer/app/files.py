@@ -26,7 +26,7 @@ from steer.app.base import (
     shown,
     slug,
 )
-from steer.calibrate import calibrated_for, fit_advice
+from steer.calibrate import calibrated_for, fit_advice, full_edit_scale
 from steer.config import BRANCHES, MODES
 from steer.denoisers import LayerError, denoiser_of
 from steer.learn import IMAGE_SET_ADVICE, UNCALIBRATED_ADVICE
@@ -230,8 +230,8 @@ def direction_summary(vector: SteeringVector) -> str:
     recommended = meta.get("recommended")
     readers = recommended.get("readers") if isinstance(recommended, dict) else None
     routed = f", read by {', '.join(md_code(str(r), 40) for r in readers[:4])} only" if isinstance(readers, list) and readers else ""
-    sampling = calibrated_for(meta)
-    calibrated = f"; strength 1 is the full edit calibrated for {md_text(sampling, 200)}" if sampling else ""
+    sampling, full = calibrated_for(meta), full_edit_scale(meta)
+    calibrated = f"; strength {full:.3g} is the full edit calibrated for {md_text(sampling, 200)}" if sampling and full else ""
     slider = ""
     if vector.opposite is not None:  # what each end of a two-sided direction edits toward
         two = meta.get("two_sided") if isinstance(meta.get("two_sided"), dict) else {}

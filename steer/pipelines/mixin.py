@@ -25,6 +25,7 @@ from steer.config import (
     STEERING_DEFAULTS,
     SteeringConfig,
     block_settings,
+    check_removal_window,
     disagreement_note,
     parse_scales,
     recommended_settings,
@@ -203,7 +204,9 @@ class SteeringMixin:
         if vectors:
             scale = given.get("steering_scale", STEERING_DEFAULTS["steering_scale"])
             scales = parse_scales(scale, len(vectors), num_images)
+            recommended = recommended_settings(vectors)
             vectors, scales, given = split_sides(vectors, scales, given, prompts)
+            check_removal_window(given, recommended)
         return {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}, vectors, scales
 
     def load_direction(self, vector: SteeringVector | str | os.PathLike) -> SteeringVector:
