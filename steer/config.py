@@ -289,11 +289,13 @@ def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:
     is one per batch row (a sweep); a nested list / 2-D tensor is (rows, vectors). When both lengths are equal the
     per-vector reading wins: pass a 2-D value to be explicit.
     """
-    if isinstance(scale, (str, bytes)) or isinstance(scale, torch.Tensor) and scale.is_complex():
+    if isinstance(scale, (str, bytes)) or isinstance(scale, torch.Tensor) and (scale.is_complex() or scale.dtype == torch.bool):
         raise ValueError(f"steering_scale must be a number, a list of numbers or a tensor, got {scale!r}")
     try:
         s = torch.as_tensor(scale, dtype=torch.float32) if not isinstance(scale, torch.Tensor) else scale.float().cpu()
-    except (TypeError, ValueError, RuntimeError):  # strings in a list, ragged nesting, None ...
+        if not isinstance(scale, torch.Tensor) and torch.as_tensor(scale).dtype == torch.bool:  # True ran as 1.0
+            raise TypeError
+    except (TypeError, ValueError, RuntimeError):  # strings in a list, ragged nesting, None, booleans ...
         raise ValueError(f"steering_scale must be a number, a list of numbers (nested: one row per image) or a tensor, got {scale!r}"[:300]) from None
     if not torch.isfinite(s).all():
         raise ValueError(f"steering_scale must be finite, got {scale!r}")

@@ -191,3 +191,29 @@ def with_scheduler(pipe: Any, scheduler: Any) -> Any:
     if callable(getattr(pipe, "steering_key", None)):  # `pipe.steering(...)` blocks in force apply to the copy too
         clone.__dict__["_steering_key"] = pipe.steering_key()
     return clone
+
+
+def check_step_count(scheduler: Any, steps: int) -> None:
+    """A one-line ValueError for a step count ``scheduler`` cannot place within its training timesteps (DDIM's
+    "leading" spacing with ``steps_offset=1`` puts the last of 1000 steps at timestep 1000 of 0-999, and diffusers
+    failed with an IndexError in the first step); nothing for any count it can, or a scheduler it cannot try here."""
+    train = getattr(scheduler.config, "num_train_timesteps", None)
+    if not isinstance(train, int) or steps < train // 2:  # only counts near the training length can overflow
+        return
+
+    def overflows(count: int) -> bool:
+        probe = copy.deepcopy(scheduler)
+        try:
+            probe.set_timesteps(count)
+        except Exception:  # noqa: BLE001 - a scheduler needing more to set its steps (Flux's mu): not this check's
+            return False
+        timesteps = getattr(probe, "timesteps", None)
+        return timesteps is not None and len(timesteps) > 0 and float(max(timesteps)) >= train
+
+    if not overflows(steps):
+        return
+    fits = next((n for n in range(steps - 1, max(steps - 64, 0), -1) if not overflows(n)), None)
+    spacing, offset = scheduler.config.get("timestep_spacing"), scheduler.config.get("steps_offset")
+    raise ValueError(f"num_inference_steps={steps} does not fit this sampler ({type(scheduler).__name__}, {spacing} "
+                     f"spacing, steps_offset {offset}): its last step falls past its {train} training timesteps; "
+                     + (f"use at most {fits}" if fits else "use fewer steps"))

@@ -44,6 +44,9 @@ API_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("scale-list-with-a-word", {"steering": [_vector(), _vector(0.5)], "steering_scale": [1.0, "x"]}, "steering_scale must be a number"),
     ("scale-ragged-rows", {"steering": [_vector(), _vector(0.5)], "steering_scale": [[1.0, 2.0], [3.0]]}, "steering_scale must be a number"),
     ("scale-inf", {"steering": _vector(), "steering_scale": float("inf")}, "finite"),
+    ("scale-true", {"steering": _vector(), "steering_scale": True}, "steering_scale must be a number"),  # ran as 1.0
+    ("scale-list-of-bools", {"steering": [_vector(), _vector(0.5)], "steering_scale": [True, False]}, "steering_scale must be a number"),
+    ("scale-bool-tensor", {"steering": _vector(), "steering_scale": torch.tensor(True)}, "steering_scale must be a number"),
     ("per-vector-scale-1e30", {"steering": [_vector(), _vector(0.5)], "steering_scale": [1.0, 1e30]}, "out of range"),
     ("vector-3e38-entries", {"steering": _vector(3e38)}, "above the limit"),
     ("vector-infinite-entry", {"steering": _vector(float("inf"))}, "NaN or infinite"),
@@ -105,7 +108,7 @@ def _nan_unet(pipe):
     return pipe.unet.register_forward_hook(hook)
 
 
-@pytest.mark.parametrize("output_type", ["pil", "np", "pt"])
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt", "latent"])  # latents came back NaN silently
 @pytest.mark.parametrize("steered", [False, True], ids=["plain", "steered"])
 def test_a_nan_image_is_refused_not_returned_black(tiny_pipe, output_type, steered):
     kwargs: dict[str, Any] = {"output_type": output_type}
@@ -262,3 +265,17 @@ def test_generate_still_works_at_ordinary_values(tiny_pipe, tmp_path, capsys, mo
 
     with Image.open(out / "seed3.png") as image:
         assert np.asarray(image).max() > 0, "not a black image"
+
+
+def test_a_step_count_past_the_samplers_training_timesteps_is_one_line(tiny_pipe):
+    """DDIM with "leading" spacing and ``steps_offset=1`` (SD's own config) places step 1000 of 1000 at timestep
+    1000 of 0-999: diffusers failed with an IndexError inside the first step, steered or not."""
+    from steer.samplers import check_step_count
+
+    for kwargs in ({}, {"steering": _vector(), "steering_scale": 1.0}):
+        with pytest.raises(ValueError, match=r"num_inference_steps=1000 does not fit this sampler \(DDIMScheduler, leading "
+                                             r"spacing, steps_offset 1\).*use at most 999") as info:
+            tiny_pipe("a sneaker", num_inference_steps=1000, **kwargs)
+        assert "\n" not in str(info.value)
+    check_step_count(tiny_pipe.scheduler, 999)  # the most it can place: no error
+    check_step_count(tiny_pipe.with_sampler("euler").scheduler, 1000)  # another spacing places all 1000

@@ -49,9 +49,9 @@ from steer.detect.scores import INLINE_CALL_PARAMS
 from steer.engine import LayerPlan, StaticSteeringSites, SteeringSession, activated, build_layer_plans
 from steer.images import edit_steps, pipeline_picture
 from steer.learn import learn_direction
-from steer.samplers import with_sampler
+from steer.samplers import check_step_count, with_sampler
 from steer.sliders import split_sides
-from steer.validation import MAX_GUIDANCE, MAX_STEPS, check_steering_request, did_you_mean, short
+from steer.validation import MAX_GUIDANCE, MAX_STEPS, check_steering_request, did_you_mean, refuse_non_finite, short
 from steer.vectors import SteeringVector, as_vector_list
 
 # Pipeline attributes a call sets that are loop state of that call, not results (kept off the shared pipeline).
@@ -448,6 +448,9 @@ class SteeringMixin:
         bound = inspect.signature(parent.__call__).bind(self, *args, **kwargs)
         self._check_unknown_names(bound)
         self._check_call_arguments(bound)
+        if isinstance(steps := bound.arguments.get("num_inference_steps"), int) and not any(
+                bound.arguments.get(k) is not None for k in ("timesteps", "sigmas")):
+            check_step_count(self.scheduler, steps)  # one line where diffusers failed in the first step
         args, kwargs = self._pictures_as_decoded(bound, args, kwargs)
         num_images = self._num_images(bound)
         settings, vectors, scales = self._resolve_steering(explicit, num_images, self._row_prompts(bound))
@@ -491,6 +494,8 @@ class SteeringMixin:
                 output = parent.__call__(call_pipe, *args, **kwargs)
             finally:
                 self._adopt_call_state(call_pipe)
+            if bound.arguments.get("output_type") == "latent":  # decoded images are checked before postprocessing
+                refuse_non_finite(output[0] if isinstance(output, tuple) else output.images, "the generated latent")
             return finish(output) if finish is not None else output
 
     # Extension points for inline measurements (memorization detection) ------------------------------------------
