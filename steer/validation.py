@@ -374,11 +374,19 @@ def bounded_float(low: float, high: float, low_open: bool = False) -> Callable[[
 # ----------------------------------------------------------------------------------------------------------------------
 # Steering calls
 # ----------------------------------------------------------------------------------------------------------------------
+def check_scale_range(scales: torch.Tensor) -> None:
+    """A one-line ValueError for a ``steering_scale`` (the call's, as parsed) beyond ``MAX_SCALE``."""
+    peak_scale = float(scales.abs().max())
+    if peak_scale > MAX_SCALE:
+        raise ValueError(f"steering_scale {peak_scale:g} is out of range: |scale| must be at most {MAX_SCALE:g}")
+
+
 def check_steering_request(vectors: Sequence[Any], scales: torch.Tensor | None, settings: Mapping[str, Any], dtype: torch.dtype) -> None:
     """Refuse a steering call whose inputs are out of range, before any compute.
 
-    ``steering_layers`` must not be empty; ``|scale| <= MAX_SCALE``; every direction entry finite and within
-    `MAX_VECTOR_ENTRY`; and the largest delta the call can add to one activation must be finite in ``dtype``.
+    ``steering_layers`` must not be empty; every direction entry finite and within `MAX_VECTOR_ENTRY`; and the
+    largest delta the call can add to one activation must be finite in ``dtype``. (The call's own scales are held to
+    ``|scale| <= MAX_SCALE`` by `check_scale_range` before a slider's flip multiplies them by its fitted strength.)
     """
     layers = settings.get("steering_layers")
     if layers is not None:
@@ -389,9 +397,6 @@ def check_steering_request(vectors: Sequence[Any], scales: torch.Tensor | None, 
             raise ValueError("steering_layers is empty: pass None to steer every layer of the direction(s), or name at least one layer")
     if not vectors or scales is None:
         return
-    peak_scale = float(scales.abs().max())
-    if peak_scale > MAX_SCALE:
-        raise ValueError(f"steering_scale {peak_scale:g} is out of range: |scale| must be at most {MAX_SCALE:g}")
     per_vector = scales.abs().amax(0).tolist()
     limit = torch.finfo(dtype).max / 2 if dtype.is_floating_point else math.inf
     deltas: dict[str, float] = {}

@@ -223,3 +223,16 @@ def test_the_command_line_says_when_a_slider_turns_or_holds_the_prompt(tmp_path,
     assert main([*common[:3], "to_green", *common[3:], "--prompt", "a red t-shirt", "--scale", "-1", "--out", str(tmp_path / "c")]) == 0
     err = capsys.readouterr().err
     assert "warning: a slider on a prompt that states its other side is flipped" in err and "UserWarning" not in err
+
+
+def test_the_scale_limit_holds_the_calls_own_scale_not_the_flips_product(tiny_pipe, slider):
+    """A flip multiplies ``|scale|`` by its fitted strength: -9,000 on "a red sneaker" was refused as "steering_scale
+    10062 is out of range", a number the user never gave, while "a sneaker" at -10,000 ran."""
+    from steer.validation import MAX_SCALE
+
+    strong = slider.opposite.metadata["flip"]
+    opposite = SteeringVector(slider.opposite.directions, {**slider.opposite.metadata, "flip": {**strong, "strength": 1.5}})
+    boosted = SteeringVector(slider.directions, slider.metadata, opposite)
+    assert draw(tiny_pipe, "a red sneaker", steering=boosted, steering_scale=-MAX_SCALE).shape[0] == 1
+    with pytest.raises(ValueError, match=f"steering_scale {MAX_SCALE * 1.01:g} is out of range"):
+        draw(tiny_pipe, "a red sneaker", steering=boosted, steering_scale=-MAX_SCALE * 1.01)

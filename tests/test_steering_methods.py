@@ -354,6 +354,11 @@ def test_remove_excess_takes_tokens_back_to_the_level_and_leaves_the_rest():
         over = remove_excess(h, u, level[None], torch.tensor([[big], [0.0], [0.0]]))
         torch.testing.assert_close(over, remove_excess(h, u, level[None], torch.tensor([[1.0], [0.0], [0.0]])))
         torch.testing.assert_close(over.norm(dim=-1), h.norm(dim=-1))
+    # a zero direction removes nothing, whatever level it records (a negative one shrank tokens by up to 21 %)
+    zero = torch.zeros(1, 8)
+    assert torch.equal(remove_excess(h, zero, torch.full((1, 4), -0.5), torch.ones(3, 1)), h)
+    both = remove_excess(h, torch.cat([u, zero]), torch.cat([level[None], torch.full((1, 4), -0.5)]), torch.ones(3, 2))
+    assert torch.equal(both, remove_excess(h, u, level[None], torch.ones(3, 1)))
 
 
 def test_learned_text_directions_record_their_level_and_negative_remove_acts_only_on_what_the_prompt_carries(tiny_pipe, gen):

@@ -124,6 +124,7 @@ def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, am
     amount 1 brings it back exactly to the level, and larger amounts act as 1 (the removal is full there: beyond it the
     position went below the level, and from 10 on its norm grew 5-6000x and the image washed out). Rows with zero
     amounts are returned unchanged (bit-identical)."""
+    amounts = amounts * (units.abs().amax(-1) > 0)  # a zero direction has nothing to remove (a negative level shrank tokens)
     norm = h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     x = h / norm
     for k in range(units.shape[0]):

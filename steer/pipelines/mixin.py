@@ -51,7 +51,15 @@ from steer.images import edit_steps, pipeline_picture
 from steer.learn import learn_direction
 from steer.samplers import check_step_count, with_sampler
 from steer.sliders import split_sides
-from steer.validation import MAX_GUIDANCE, MAX_STEPS, check_steering_request, did_you_mean, refuse_non_finite, short
+from steer.validation import (
+    MAX_GUIDANCE,
+    MAX_STEPS,
+    check_scale_range,
+    check_steering_request,
+    did_you_mean,
+    refuse_non_finite,
+    short,
+)
 from steer.vectors import SteeringVector, as_vector_list
 
 # Pipeline attributes a call sets that are loop state of that call, not results (kept off the shared pipeline).
@@ -204,6 +212,7 @@ class SteeringMixin:
         if vectors:
             scale = given.get("steering_scale", STEERING_DEFAULTS["steering_scale"])
             scales = parse_scales(scale, len(vectors), num_images)
+            check_scale_range(scales)  # the call's own: a slider's flip below multiplies them by its fitted strength
             recommended = recommended_settings(vectors)
             vectors, scales, given = split_sides(vectors, scales, given, prompts)
             check_removal_window(given, recommended)
