@@ -109,8 +109,8 @@ class SteeringConfig:
         strict: require each vector's base-model weights hash to match the denoiser (False allows fine-tunes).
         negative: what a negative scale does: ``"subtract"`` (``-s * v``, pushing past the vector's absence) or
             ``"remove"`` (on the conditional half only, take away ``s`` times each position's excess along the vector
-            over the level the vector's negative prompts had, never pushing below it: "a red t-shirt" loses its red,
-            "a t-shirt" is left alone). ``"remove"`` needs vectors that record their reference level (text preset).
+            over the level the vector's negative prompts had on average, never pushing below it: "a red t-shirt"
+            loses its red, "a t-shirt", around that mean, changes little). ``"remove"`` needs vectors that record their reference level (text preset).
         removal_window: ``(start, end)`` fractions of the run in which ``"remove"`` acts, or one per vector (None
             entries: that vector's window); None: ``window``. Text directions recommend removing until the end of
             the run: the prompt's own "red" or "coat" would otherwise come back in the unsteered steps after the
