@@ -30,7 +30,10 @@ Judges: the lab classifier (class and colour heads; success = the target is seen
 the unsteered image's), a pixel-level colour measure (the mean colour of the lit pixels, nearest of the 8 tints) and a
 break measure (the lit share of the frame outside [0.02, 0.85]: nothing left, or a full-frame wash). A target passes at
 scale 1.0 when success >= 0.8 (classifier; for colour also the pixel measure), kept >= 0.8 and break <= 5 %.
-Monotonicity: Spearman's rho of the success rate and of the mean target probability over scales 0 -> 1.
+Monotonicity: Spearman's rho of the success rate and of the mean target probability over scales 0 -> 1; the issue's
+full rule (the pass at 1.0 and rho of the target probability >= 0.9) is counted apart. Every image has its own noise
+seed (``--noise per-image``, since 2026-12-03; before, the 8 prompts of a seed shared it, so a cell was ``seeds``
+draws, not ``8 x seeds`` images), shared by the reference, every scale and every method, SEGA included.
 
 The tuning set (used while developing the method) and the held-out set were fixed before the matrix was run;
 results are reported apart.
@@ -125,17 +128,27 @@ def spearman(xs, ys) -> float:
 
 
 class Runner:
-    def __init__(self, pipe, classifier, steps: int, guidance: float, seeds: int, seed_base: int = 1000):
+    def __init__(self, pipe, classifier, steps: int, guidance: float, seeds: int, seed_base: int = 1000, noise: str = "per-image"):
         self.pipe, self.classifier, self.steps, self.guidance, self.seeds = pipe, classifier, steps, guidance, seeds
-        self.seed_base = seed_base  # sample seeds are seed_base, seed_base + 1, ...
+        self.seed_base = seed_base
+        # "per-image": prompt i of draw s starts from seed seed_base + s * len(prompts) + i, so a cell's images are
+        # independent draws; "per-seed" (every run before 2026-12-03): every prompt of draw s from seed_base + s, so the
+        # 8 prompts of a draw share their noise and a cell of 2 seeds x 8 prompts was 2 draws (class-open prompts
+        # differ by a colour word only: one layout per draw; /work/notes/hunt35.md)
+        self.noise = noise
         self.rows = 0
         pipe.unet.register_forward_pre_hook(lambda _m, a: setattr(self, "rows", self.rows + a[0].shape[0]))
         self._sega = None
 
+    def seed(self, draw: int, index: int, count: int) -> int:
+        """The noise seed of prompt ``index`` (of ``count``) in ``draw``: the same for the reference, every scale and
+        every method, so that a steered image is judged against the unsteered one from its own noise."""
+        return self.seed_base + (draw * count + index if self.noise == "per-image" else draw)
+
     def sample(self, prompts: list[str], scales: list[float] | None = None, **kw) -> np.ndarray:
         """Every prompt x seed, once per scale (one batched call per scale chunk)."""
         scales = scales if scales is not None else [None]
-        items = [(p, s, sc) for sc in scales for s in range(self.seeds) for p in prompts]
+        items = [(i, s, sc) for sc in scales for s in range(self.seeds) for i in range(len(prompts))]
         out = []
         for i in range(0, len(items), 48):
             chunk = items[i : i + 48]
@@ -143,7 +156,7 @@ class Runner:
             if chunk[0][2] is not None:
                 extra["steering_scale"] = [sc for _, _, sc in chunk]
             images = self.pipe(
-                [p for p, _, _ in chunk], generator=[torch.Generator().manual_seed(self.seed_base + s) for _, s, _ in chunk],
+                [prompts[i] for i, _, _ in chunk], generator=[torch.Generator().manual_seed(self.seed(s, i, len(prompts))) for i, s, _ in chunk],
                 num_inference_steps=self.steps, guidance_scale=self.guidance, output_type="np", **extra,
             ).images
             out.append(images.transpose(0, 3, 1, 2))
@@ -160,9 +173,10 @@ class Runner:
             )
             self._sega.set_progress_bar_config(disable=True)
         out = []
-        for s in range(self.seeds):  # SEGA takes one generator per call
+        for s in range(self.seeds):  # one generator per image, the reference's (one per call drew 7 of 8 from other noise)
             images = self._sega(
-                prompts, generator=torch.Generator().manual_seed(self.seed_base + s), num_inference_steps=self.steps,
+                prompts, generator=[torch.Generator().manual_seed(self.seed(s, i, len(prompts))) for i in range(len(prompts))],
+                num_inference_steps=self.steps,
                 guidance_scale=self.guidance, editing_prompt=[edit], edit_guidance_scale=[scale],
                 edit_warmup_steps=[max(1, self.steps // 10)], edit_threshold=[0.9], output_type="np",
             ).images
@@ -197,6 +211,9 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--seed-base", type=int, default=1000, help="first sample seed (a replication on fresh seeds: e.g. 2000)")
+    ap.add_argument("--noise", choices=("per-image", "per-seed"), default="per-image",
+                    help="per-image: every image its own noise seed (default since 2026-12-03); per-seed: the 8 prompts of a "
+                         "seed share their noise, as every run before (to reproduce them)")
     ap.add_argument("--methods", default="ours,paper,sega")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--threads", type=int, default=1)
@@ -219,7 +236,7 @@ def main() -> None:
         pipe.scheduler = getattr(diffusers, args.scheduler).from_config(pipe.scheduler.config)
     classifier = load_classifier()
     seeds = 1 if args.quick else args.seeds
-    run = Runner(pipe, classifier, args.steps, args.guidance, seeds, args.seed_base)
+    run = Runner(pipe, classifier, args.steps, args.guidance, seeds, args.seed_base, args.noise)
     methods = args.methods.split(",")
     kinds = args.kinds.split(",")
     window = {} if args.window is None else {"window": "auto" if args.window == "auto" else tuple(float(x) for x in args.window.split(","))}
@@ -267,7 +284,7 @@ def main() -> None:
             shown = [r for r in results if r["target"] == name and r["method"] == method]
             print(f"{kind} {name} {method}", [(r["condition"], r["scale"], round(r["success"], 2), round(r["kept"], 2), round(r["break"], 2)) for r in shown], f"{time.time() - t0:.0f}s", flush=True)
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "machine": f"{platform.machine()} CPU, {args.threads} thread(s)", "steps": args.steps,
-            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "window": args.window, "readers": args.readers, "scheduler": type(pipe.scheduler).__name__, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
+            "guidance": args.guidance, "seeds": seeds, "seed_base": args.seed_base, "noise": args.noise, "window": args.window, "readers": args.readers, "scheduler": type(pipe.scheduler).__name__, "prompts_per_cell": 8, "wall_seconds": round(time.time() - t0, 1)}
     summary = summarise(results, methods, images=8 * seeds)
     (out / "results.json").write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn_log, "cells": results}, indent=1))
     (out / "summary.md").write_text(render(summary, meta, learn_log))
@@ -281,6 +298,14 @@ def passes(r: dict, cond: str, kind: str, kept: str = "kept") -> bool:
     need = 0.8 if cond == "open" else 0.5
     ok = r["success"] >= need and r[kept] >= 0.8 and r["break"] <= 0.05
     return ok and (kind != "colour" or r["pixel_success"] >= need)
+
+
+def wilson(rate: float, n: int, z: float = 1.96) -> list[float]:
+    """The 95 % Wilson interval of a rate measured on ``n`` independent images (a cell's images are independent only
+    with ``--noise per-image``; with per-seed noise they are ``seeds`` clusters and this understates the width)."""
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(centre - half), 3), round(float(centre + half), 3)]
 
 
 def non_decreasing(values: list[float], images: int) -> bool:
@@ -304,14 +329,20 @@ def summarise(results: list[dict], methods: list[str], images: int = 16) -> dict
                     for n in names:
                         rs = {r["scale"]: r for r in rows if r["target"] == n}
                         passing = [s for s in SCALES if s > 0 and s in rs and passes(rs[s], cond, kind)]
+                        rho_p = spearman(MONO, [rs[s]["p_target"] for s in MONO])
                         per[n] = {
                             "pass_at_1": passes(rs[1.0], cond, kind),
+                            # the issue's full rule: the pass at 1.0 and Spearman >= 0.9 of the target probability over
+                            # 0 -> 1 (continuous: the success rate's saturated ties read [0, .5, 1, 1, 1] as 0.89)
+                            "pass_at_1_monotone": passes(rs[1.0], cond, kind) and round(rho_p, 6) >= 0.9,
+                            "success_at_0": rs[0.0]["success"] if 0.0 in rs else None,
+                            "success_at_1_interval": wilson(rs[1.0]["success"], images),
                             "pass_at_1_pixel_kept": passes(rs[1.0], cond, kind, kept="pixel_kept"),
                             "passing_scales": passing,
                             "success_at_1": rs[1.0]["success"], "kept_at_1": rs[1.0]["kept"], "pixel_kept_at_1": rs[1.0]["pixel_kept"], "break_at_1": rs[1.0]["break"],
                             "pixel_at_1": rs[1.0]["pixel_success"],
                             "rho_success": spearman(MONO, [rs[s]["success"] for s in MONO]),
-                            "rho_p": spearman(MONO, [rs[s]["p_target"] for s in MONO]),
+                            "rho_p": rho_p,
                             "non_decreasing": non_decreasing([rs[s]["success"] for s in MONO], images),
                         }
                     if per:
@@ -323,17 +354,18 @@ def render(summary: dict, meta: dict, learn_log: list[dict]) -> str:
     sampler = meta.get("scheduler", "DDIMScheduler").removesuffix("Scheduler")  # runs before --scheduler: the model's DDIM
     lines = [f"Command: `{meta['command']}` ({meta['machine']}, {sampler} {meta['steps']}, guidance {meta['guidance']}, "
              f"{meta['seeds']} seeds x {meta['prompts_per_cell']} prompts per cell, {meta['wall_seconds']} s)", "",
-             "| method | prompts | kind | split | pass at 1.0 | pass at 1.0, kept by pixel colour | pass at any scale | mean success / kept / break at 1.0 | median rho (success, p) | success non-decreasing 0 -> 1 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | prompts | kind | split | pass at 1.0 | pass at 1.0 and rho(p) >= 0.9 | pass at 1.0, kept by pixel colour | pass at any scale | mean success / kept / break at 1.0 | median rho (success, p) | success non-decreasing 0 -> 1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, per in summary.items():
         method, cond, kind, split = key.split("|")
         vals = list(per.values())
         at1 = sum(v["pass_at_1"] for v in vals)
         at1_pixel = sum(v["pass_at_1_pixel_kept"] for v in vals)
+        at1_mono = sum(v.get("pass_at_1_monotone", False) for v in vals)
         anyp = sum(bool(v["passing_scales"]) for v in vals)
         mean = {k: np.mean([v[k] for v in vals]) for k in ("success_at_1", "kept_at_1", "break_at_1")}
         med = {k: np.median([v[k] for v in vals]) for k in ("rho_success", "rho_p")}
-        lines.append(f"| {method} | {cond} | {kind} | {split} | {at1}/{len(vals)} | {at1_pixel}/{len(vals)} | {anyp}/{len(vals)} | "
+        lines.append(f"| {method} | {cond} | {kind} | {split} | {at1}/{len(vals)} | {at1_mono}/{len(vals)} | {at1_pixel}/{len(vals)} | {anyp}/{len(vals)} | "
                      f"{mean['success_at_1']:.2f} / {mean['kept_at_1']:.2f} / {mean['break_at_1']:.2f} | {med['rho_success']:.2f}, {med['rho_p']:.2f} | "
                      f"{sum(v.get('non_decreasing', False) for v in vals)}/{len(vals)} |")
     for method in CALIBRATED:
