@@ -25,6 +25,7 @@ Negative = Literal["subtract", "remove"]
 BRANCHES = ("cond", "uncond", "both", "split")
 MODES = ("add", "weighted", "token")
 NEGATIVES = ("subtract", "remove")
+ROUTE_NAMES = ("all", "layout", "detail")  # the named routes of `steering_readers` (UNet reader groups)
 PAPER_WINDOW = (0.45, 0.95)
 Window = tuple[float, float]
 
@@ -154,6 +155,11 @@ class SteeringConfig:
             readers = (self.readers,) if isinstance(self.readers, str) else tuple(self.readers)
             if not readers or not all(isinstance(n, str) and n for n in readers):
                 raise ValueError(f"steering_readers must be 'layout', 'detail' or cross-attention names / glob patterns, got {self.readers!r}")
+            routes = sorted({n for n in readers if n in ROUTE_NAMES})
+            if len(routes) > 1:  # read as one route per direction, it was their union: every cross-attention, silently
+                raise ValueError(f"steering_readers {list(readers)!r} would read through every one of those routes at once, not one "
+                                 "route per direction: give one route for the call, or leave it unset and each direction is "
+                                 "read where it was calibrated")
             object.__setattr__(self, "readers", readers)
 
     @classmethod
@@ -282,12 +288,31 @@ def check_removal_window(settings: Mapping[str, Any], recommended: Mapping[str, 
                      "removed; pass steering_negative='remove' or leave the window out")
 
 
+def without_zero_columns(vectors: Sequence[Any], scales: torch.Tensor, given: Mapping[str, Any]
+                         ) -> tuple[list[Any], torch.Tensor, dict[str, Any]]:
+    """The call's directions, (rows, directions) scales and settings without the directions whose scale is 0 in
+    every row, so that one is as if absent: its recorded settings no longer take part in the ones the call agrees
+    on (``[to_blue, red_to_blue]`` at ``[1, 0]`` ran ``to_blue`` under the built-in branch and mode). Per-direction
+    windows lose its entry; all zero (nothing steered) or none zero: returned as they are."""
+    live = scales.abs().amax(0) > 0
+    if bool(live.all()) or not bool(live.any()):
+        return list(vectors), scales, dict(given)
+    keep = live.nonzero().flatten().tolist()
+    given = dict(given)
+    for key in WINDOW_KEYS:
+        window = given.get(f"steering_{key}")
+        if window is not None and is_per_vector(window):
+            vector_windows(window, len(vectors), f"steering_{key}")  # a count that does not fit: one line, as before
+            given[f"steering_{key}"] = tuple(window[i] for i in keep)
+    return [vectors[i] for i in keep], scales[:, keep], given
+
+
 def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:
     """Turn ``steering_scale`` into a (rows, vectors) tensor; rows is 1 or ``num_images``.
 
-    A float applies everywhere; a list of ``num_vectors`` floats is one per vector; a list of ``num_images`` floats
-    is one per batch row (a sweep); a nested list / 2-D tensor is (rows, vectors). When both lengths are equal the
-    per-vector reading wins: pass a 2-D value to be explicit.
+    A float applies everywhere; a list of ``num_vectors`` floats is one per vector; with one vector, a list of
+    ``num_images`` floats is one per batch row (a sweep); a nested list / 2-D tensor is (rows, vectors), the only
+    per-row form with several vectors (a flat list whose length matched the batch by chance was read per row).
     """
     if isinstance(scale, (str, bytes)) or isinstance(scale, torch.Tensor) and (scale.is_complex() or scale.dtype == torch.bool):
         raise ValueError(f"steering_scale must be a number, a list of numbers or a tensor, got {scale!r}")
@@ -307,8 +332,11 @@ def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:
             return s.reshape(1, 1).expand(1, num_vectors).clone()
         if n == num_vectors:
             return s.reshape(1, n)
-        if n == num_images:
+        if n == num_images and num_vectors == 1:
             return s.reshape(n, 1).expand(n, num_vectors).clone()
+        if n == num_images:  # read per image only when the batch size happened to match: fit.options() + a third direction
+            raise ValueError(f"steering_scale has {n} values for {num_vectors} directions and {num_images} images: give one "
+                             f"per direction ({num_vectors}), or one row per image as a nested list ([[...] x {num_vectors}] x {n})")
         raise ValueError(
             f"steering_scale has {n} values: expected 1, one per vector ({num_vectors}) or one per image ({num_images})"
         )
@@ -329,9 +357,11 @@ def block_settings(key: int) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def steering_block(key: int, settings: dict[str, Any]) -> Iterator[None]:
-    """Inside: pipeline ``key``'s calls take ``settings`` (over those of an enclosing block) unless given."""
+    """Inside: pipeline ``key``'s calls take ``settings`` unless given. A block replaces an enclosing one whole (its
+    direction came with options of its own: merged, an inner ``to_bag`` ran under the outer direction's normalize,
+    branch and per-direction scale list)."""
     current = dict(_BLOCKS.get() or {})
-    current[key] = {**current.get(key, {}), **settings}
+    current[key] = dict(settings)
     token = _BLOCKS.set(current)
     try:
         yield

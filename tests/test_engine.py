@@ -95,6 +95,18 @@ def test_session_on_bare_unet_without_cfg_steers_every_row():
     assert no_hooks_left(unet)
 
 
+def test_the_uncond_branch_without_guidance_steers_the_one_prediction_and_says_so(tiny_pipe, gen):
+    """At guidance 1 there is no unconditional half: 'uncond' steers the one prediction, where +s pushes toward the
+    direction (under guidance 'uncond' pushes away): the same image as 'cond', with one warning a call (it was silent)."""
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.2"], scale=3.0)
+    with pytest.warns(UserWarning, match="steering_branch='uncond' steers the unconditional half") as caught:
+        uncond = call(tiny_pipe, gen, steering=v, steering_branch="uncond", steering_window=(0, 1), guidance_scale=1.0)
+    assert sum("steering_branch='uncond'" in str(w.message) for w in caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(uncond, call(tiny_pipe, gen, steering=v, steering_branch="cond", steering_window=(0, 1), guidance_scale=1.0))
+
+
 # 3 ---------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
 def test_hooks_removed_on_every_exit_path(tiny_pipe, gen, exc):
@@ -125,6 +137,34 @@ def test_context_manager_applies_to_calls_inside_only(tiny_pipe, gen):
     assert np.array_equal(overridden, plain)
     assert np.array_equal(after, plain)
 
+
+def test_a_block_or_call_naming_its_own_direction_takes_none_of_the_enclosing_blocks_options(tiny_pipe, gen):
+    """Blocks and calls with ``steering=`` replace an enclosing block's direction; they inherited its options (an inner
+    ``to_bag`` ran under the outer direction's branch and window, and the outer per-direction scale list was read as
+    one scale per image for the inner one)."""
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.2"], scale=3.0, seed=1)
+    w = random_vector(tiny_pipe, ["up_blocks.0.resnets.2"], scale=3.0, seed=2)
+    alone = call(tiny_pipe, gen, steering=w)
+    with tiny_pipe.steering([v, w], scale=[1.0, 0.5], window=(0, 1), branch="both"):
+        assert np.array_equal(call(tiny_pipe, gen, steering=w), alone)
+        with tiny_pipe.steering(w):
+            assert np.array_equal(call(tiny_pipe, gen), alone)
+        assert np.array_equal(call(tiny_pipe, gen, steering_scale=[0.0, 0.5]), call(tiny_pipe, gen, steering=w, steering_scale=0.5,
+                                                                                   steering_window=(0, 1), steering_branch="both"))
+
+
+def test_a_direction_at_scale_0_in_a_list_is_as_if_absent(tiny_pipe, gen):
+    """Its recorded settings took part in those the call agrees on: ``[to_blue, red_to_blue]`` at ``[1, 0]`` ran
+    ``to_blue`` under the built-in branch and mode (0.41 of a pixel off ``to_blue`` alone), with a warning about it."""
+    v = random_vector(tiny_pipe, ["up_blocks.0.resnets.2"], scale=3.0, seed=1)
+    w = random_vector(tiny_pipe, ["up_blocks.0.resnets.2"], scale=3.0, seed=2)
+    v.metadata["recommended"] = {"window": [0.0, 1.0], "branch": "split"}
+    w.metadata["recommended"] = {"window": [0.0, 0.5], "branch": "cond", "mode": "token"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a note about settings the idle direction records
+        together = call(tiny_pipe, gen, steering=[v, w], steering_scale=[1.0, 0.0])
+        windows = call(tiny_pipe, gen, steering=[w, v], steering_scale=[0.0, 1.0], steering_window=[(0, 0.5), (0, 1)])
+    assert np.array_equal(together, call(tiny_pipe, gen, steering=v)) and np.array_equal(windows, together)
 
 
 def test_learning_and_fits_inside_a_steering_block_are_not_steered_by_it(tiny_pipe):
@@ -329,6 +369,11 @@ def test_bad_scale_and_window_arguments(tiny_pipe, gen):
     v = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"])
     with pytest.raises(ValueError, match="one per image"):
         call(tiny_pipe, gen, steering=v, steering_scale=[1.0, 2.0, 3.0])
+    # several directions: a flat list as long as the batch was read per image, only when the lengths matched by chance
+    w, x = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"], seed=2), random_vector(tiny_pipe, ["up_blocks.0.resnets.0"], seed=3)
+    with pytest.raises(ValueError, match=r"steering_scale has 2 values for 3 directions and 2 images: give one per direction \(3\), "
+                                         r"or one row per image as a nested list"):
+        tiny_pipe([PROMPT] * 2, num_inference_steps=1, steering=[v, w, x], steering_scale=[2.0, -1.0])
     with pytest.raises(ValueError, match="start < end"):
         call(tiny_pipe, gen, steering=v, steering_window=(0.9, 0.1))
     with pytest.raises(ValueError, match=r"^steering_window must satisfy 0 <= start < end <= 1, got \(0.5, 0.5\)$"):

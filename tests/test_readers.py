@@ -111,7 +111,9 @@ def test_learn_direction_records_the_route_and_calibrates_through_it(tiny_pipe):
 
 @pytest.mark.parametrize(
     ("readers", "needle"),
-    [("nowhere", "steering_readers 'nowhere' names no cross-attention"), (["up_blocks.7.*"], "'up_blocks.7.*'"), ([], "steering_readers must be"), ([3], "steering_readers must be")],
+    [("nowhere", "steering_readers 'nowhere' names no cross-attention"), (["up_blocks.7.*"], "'up_blocks.7.*'"), ([], "steering_readers must be"), ([3], "steering_readers must be"),
+     # written as one route per direction (as windows are), it was their union: every reader, silently
+     (["layout", "detail"], "would read through every one of those routes at once, not one route per direction")],
 )
 def test_bad_readers_are_one_line_errors_before_sampling(tiny_pipe, text_vector, readers, needle):
     with pytest.raises((ValueError, LayerError)) as err:

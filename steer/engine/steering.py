@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -200,6 +201,7 @@ class SteeringSession(DenoiserRun):
             raise ValueError(f"scales must be (rows, {next(iter(plans.values())).directions.shape[0]}), got {tuple(scales.shape)}")
         self.plans = plans
         self.config = config if config is not None else SteeringConfig()
+        self._said_no_cfg = False  # steering_branch='uncond' without CFG: said once
         scales = scales.detach().float().cpu()
         self.removing = self.config.negative == "remove" and bool((scales < 0).any())
         # with steering_negative="remove", negative scales are removal amounts, applied apart from the additive part
@@ -321,6 +323,11 @@ class SteeringSession(DenoiserRun):
         elif s.shape[0] != images:
             raise ValueError(f"steering_scale has {s.shape[0]} rows but the batch has {images} images")
         if not cfg:
+            if branch == "uncond" and not self._said_no_cfg:  # once a call
+                self._said_no_cfg = True
+                warnings.warn("steering_branch='uncond' steers the unconditional half of classifier-free guidance, and this "
+                              "call has none (guidance_scale <= 1): its one prediction is steered, where +scale pushes toward "
+                              "the direction (under guidance 'uncond' pushes away from it)", UserWarning, stacklevel=2)
             return s
         zero = torch.zeros_like(s)
         return {

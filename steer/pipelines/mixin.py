@@ -31,6 +31,7 @@ from steer.config import (
     recommended_settings,
     recorded_routes,
     steering_block,
+    without_zero_columns,
 )
 from steer.denoisers import (
     CONTEXT_SITE,
@@ -204,15 +205,18 @@ class SteeringMixin:
         recommended ones < `steering(...)` < arguments. Two-sided directions come back as their two sides
         (`steer.sliders.split_sides`), each with its own recommended settings; rows whose prompt (``prompts``, one per
         image) states a slider's other side are flipped."""
-        given = {**block_settings(self.steering_key()), **explicit}
+        # a call naming its own direction takes none of a block's options (they came with the block's direction)
+        given = dict(explicit) if "steering" in explicit else {**block_settings(self.steering_key()), **explicit}
         vectors = as_vector_list(self._bundled_files(given.get("steering")))
-        if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
-            warnings.warn(note, UserWarning, stacklevel=4)
         scales = None
         if vectors:
             scale = given.get("steering_scale", STEERING_DEFAULTS["steering_scale"])
             scales = parse_scales(scale, len(vectors), num_images)
             check_scale_range(scales)  # the call's own: a slider's flip below multiplies them by its fitted strength
+            vectors, scales, given = without_zero_columns(vectors, scales, given)
+        if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
+            warnings.warn(note, UserWarning, stacklevel=4)
+        if vectors:
             recommended = recommended_settings(vectors)
             vectors, scales, given = split_sides(vectors, scales, given, prompts)
             check_removal_window(given, recommended)
