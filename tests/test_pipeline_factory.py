@@ -93,3 +93,22 @@ def test_from_pipe_without_a_dtype_keeps_every_components_dtype_and_leaves_the_s
     assert {k: m.dtype for k, m in modules(source).items()} == before  # diffusers would have cast both to float32
     explicit = steer.SteeringStableDiffusionXLPipeline.from_pipe(source, dtype=torch.float32)
     assert {m.dtype for m in modules(explicit).values()} == {torch.float32}
+
+
+def test_a_saved_steering_pipeline_loads_with_diffusers_generic_loaders_and_steers_again(tmp_path):
+    """``save_pretrained`` wrote ``_class_name: SteeringStableDiffusionPipeline``: ``DiffusionPipeline`` and
+    ``AutoPipelineForText2Image.from_pretrained`` failed on the folder; it names the diffusers class now, and steer's
+    own loaders still give the steered class."""
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline, StableDiffusionPipeline
+
+    from steer import SteeringStableDiffusionPipeline
+
+    pipe = SteeringStableDiffusionPipeline(**tiny_components())
+    pipe.save_pretrained(tmp_path / "saved")
+    plain = DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    assert type(plain) is StableDiffusionPipeline and type(AutoPipelineForText2Image.from_pretrained(tmp_path / "saved")) is StableDiffusionPipeline
+    again = steering_class(plain).from_pretrained(tmp_path / "saved")
+    assert type(again) is SteeringStableDiffusionPipeline and type(SteeringStableDiffusionPipeline.from_pretrained(tmp_path / "saved")) is SteeringStableDiffusionPipeline
+    kw = dict(num_inference_steps=2, output_type="np")
+    assert np.array_equal(plain("a bag", generator=torch.Generator().manual_seed(0), **kw).images,
+                          again("a bag", generator=torch.Generator().manual_seed(0), **kw).images)

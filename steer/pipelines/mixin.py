@@ -9,6 +9,7 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import json
 import math
 import numbers
 import os
@@ -143,6 +144,14 @@ class SteeringMixin:
         __call__.__doc__ = (parent.__call__.__doc__ or "") + STEERING_DOC
         __call__.__qualname__ = f"{cls.__name__}.__call__"
         cls.__call__ = __call__  # type: ignore[method-assign]
+
+    def to_json_string(self) -> str:
+        """The config as diffusers writes it, naming the diffusers class (``StableDiffusionPipeline``) in a saved
+        folder's ``model_index.json``: it named the steered class, which ``DiffusionPipeline`` and ``AutoPipeline*``
+        cannot load; steer's loaders map the diffusers name back to the steered class."""
+        config = json.loads(super().to_json_string())
+        config["_class_name"] = self._steering_parent.__name__
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     # ------------------------------------------------------------------------------------------------------------
     @property
