@@ -32,6 +32,7 @@ MAX_VECTOR_ENTRY = 1e6  # |entry| of a direction; learned directions are differe
 MAX_METADATA_DEPTH = 32  # nesting of the JSON header (combinations flatten their components)
 MAX_HEADER_CHARS = 16 * 2**20  # JSON header of a direction or detector file
 MAX_LAYER_NAME = 256
+MAX_WEIGHTS_SAMPLE = 4096  # values of a fingerprint's weights sample (steer writes 64, and 16 per LoRA adapter)
 MAX_STEPS = 1000  # num_inference_steps (the schedulers' training steps); also a direction's step buckets
 MAX_CHANNELS = 65_536  # width of one direction's layer (SD3/Flux 4096 at the text tokens, SDXL 2048, SD1.5 1280)
 MAX_CALIBRATION_SAMPLES = 4096  # samples a calibration or fit draws (learn_direction's calibration_samples, fits' num_samples)
@@ -191,6 +192,14 @@ def check_fingerprint(value: Any, where: str) -> dict[str, Any]:
     for key in ("unet_class", "config_hash", "weights_hash", "name_or_path"):
         check_str(fp.get(key), f"{where}.{key}")
     check_dict(fp.get("architecture"), f"{where}.architecture")
+    sample = check_dict(fp.get("weights_sample"), f"{where}.weights_sample")
+    check_str(sample.get("dtype"), f"{where}.weights_sample.dtype")
+    check_str(sample.get("adapters"), f"{where}.weights_sample.adapters")
+    values = sample.get("values", [])
+    if not isinstance(values, list) or len(values) > MAX_WEIGHTS_SAMPLE:
+        raise SchemaError(f"{where}.weights_sample.values must be a list of at most {MAX_WEIGHTS_SAMPLE} numbers, got {kind_of(values)}")
+    for i, v in enumerate(values):
+        check_number(v, f"{where}.weights_sample.values[{i}]", optional=False)
     for name, channels in check_dict(fp.get("channels"), f"{where}.channels").items():
         check_layer_name(name, f"{where}.channels key")
         check_int(channels, f"{where}.channels[{name!r}]", 1, 2**31, optional=False)

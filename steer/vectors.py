@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
-from steer.fingerprint import _jsonable, adapter_state, unet_fingerprint, weights_hash  # noqa: F401  (re-exported)
+from steer.fingerprint import _jsonable, adapter_state, unet_fingerprint, weights_hash, weights_verdict  # noqa: F401  (re-exported)
 from steer.step_rows import (
     as_step_rows,
     at_norm,
@@ -319,7 +320,7 @@ class SteeringVector:
         learned = self.metadata.get("model")
         if not learned:
             return
-        current = unet_fingerprint(unet)
+        current = unet_fingerprint(unet, weights=False)  # the weights only when strict (under offload: read apart)
         if learned.get("unet_class") != current["unet_class"]:
             raise ModelMismatchError(
                 f"direction {self.name!r} was learned on a {learned.get('unet_class')}, this UNet is a {current['unet_class']}"
@@ -335,12 +336,17 @@ class SteeringVector:
                 f"direction {self.name!r} was learned on a different UNet (config hash {learned.get('config_hash')} "
                 f"vs {current['config_hash']}): {detail}"
             )
-        if strict and learned.get("weights_hash") not in (None, current["weights_hash"]):
+        if not strict:
+            return
+        verdict = weights_verdict(learned, unet)
+        if verdict.same is None:
+            warnings.warn(f"direction {self.name!r}: its weights are not checked: {verdict.why}", UserWarning, stacklevel=3)
+        elif not verdict.same:
             adapters = adapter_state(unet).get("adapters")
             lora = f"; this denoiser carries LoRA adapters {sorted(adapters)}" if adapters else ""
             raise ModelMismatchError(
                 f"direction {self.name!r} was learned on other weights of this architecture (weights hash "
-                f"{learned.get('weights_hash')} vs {current['weights_hash']}, base model "
+                f"{learned.get('weights_hash')} vs {verdict.current}, base model "
                 f"{learned.get('name_or_path', 'unknown')!r}){lora}; pass steering_strict=False to apply it to a fine-tune"
             )
 

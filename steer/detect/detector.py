@@ -53,7 +53,7 @@ from steer.validation import (
     safetensors_path,
     short,
 )
-from steer.vectors import ModelMismatchError, unet_fingerprint
+from steer.vectors import ModelMismatchError, unet_fingerprint, weights_verdict
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -443,15 +443,20 @@ def read_detector_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tens
 def _check_model(saved: dict[str, Any], unet: torch.nn.Module, layers: list[str], strict: bool, path: Path) -> None:
     if not saved:
         return
-    current = unet_fingerprint(unet, layers)
+    current = unet_fingerprint(unet, layers, weights=False)  # the weights only when strict (under offload: read apart)
     if saved.get("config_hash") != current["config_hash"] or saved.get("channels", current["channels"]) != current["channels"]:
         raise ModelMismatchError(
             f"{path} was calibrated on a different UNet architecture (config hash {saved.get('config_hash')} vs "
             f"{current['config_hash']}, model {saved.get('name_or_path') or 'unknown'!r})"
         )
-    if strict and saved.get("weights_hash") != current["weights_hash"]:
+    if not strict:
+        return
+    verdict = weights_verdict(saved, unet)
+    if verdict.same is None:
+        warnings.warn(f"{path}: the weights it was calibrated on are not checked: {verdict.why}", UserWarning, stacklevel=3)
+    elif not verdict.same:
         raise ModelMismatchError(
-            f"{path} was calibrated on other weights (weights hash {saved.get('weights_hash')} vs {current['weights_hash']}, "
+            f"{path} was calibrated on other weights (weights hash {saved.get('weights_hash')} vs {verdict.current}, "
             f"model {saved.get('name_or_path') or 'unknown'!r}); thresholds do not transfer between checkpoints — "
             "recalibrate, or load with strict=False"
         )
