@@ -208,3 +208,20 @@ def test_a_malformed_weights_sample_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"metadata\.model\.weights_sample\.values\[3\] must be a number") as err:
         vector.save(tmp_path / "bad.safetensors")
     assert "\n" not in str(err.value)
+
+
+def test_the_bundled_directions_and_detectors_check_on_a_bf16_demo_model():
+    """They record the weights sample (added to the files shipped before it, their tensors unchanged)."""
+    from diffusers import UNet2DConditionModel
+
+    from steer.assets import DEFAULT_MODEL, DIRECTIONS_DIR
+    from steer.detect.detector import _check_model, read_detector_file
+
+    unet = UNet2DConditionModel.from_pretrained(f"{DEFAULT_MODEL}/unet").to(torch.bfloat16)
+    for path in sorted(DIRECTIONS_DIR.glob("*.safetensors")):
+        checks(SteeringVector.load(path), unet)
+    path = DIRECTIONS_DIR.parent / "detectors" / "demo.safetensors"
+    header, _ = read_detector_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _check_model(header["model"], unet, list(header["model"]["channels"]), True, path)
