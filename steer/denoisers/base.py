@@ -230,17 +230,21 @@ class DenoiserAdapter:
 
     def register_reader_hook(self, reader: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
         """``fn(h) -> new h | None`` on the text tokens one cross-attention module (a `text_readers` name) receives,
-        every time it runs; returns the removable handle."""
+        every time it runs; returns the removable handle. With an IP-Adapter loaded the module receives
+        ``(text tokens, image tokens)``: ``fn`` gets the text tokens and the pair is rebuilt around its answer."""
 
         def pre(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
-            h = kwargs.get("encoder_hidden_states")
-            if isinstance(h, torch.Tensor):
-                new = fn(h)
-                return None if new is None else (args, {**kwargs, "encoder_hidden_states": new})
-            if len(args) > 1 and isinstance(args[1], torch.Tensor):  # Attention.forward(hidden_states, encoder_hidden_states)
-                new = fn(args[1])
-                return None if new is None else ((args[0], new, *args[2:]), kwargs)
-            return None
+            if "encoder_hidden_states" in kwargs:
+                found = _text_part(kwargs["encoder_hidden_states"])
+                if found is None:
+                    return None
+                new = fn(found[0])
+                return None if new is None else (args, {**kwargs, "encoder_hidden_states": found[1](new)})
+            found = _text_part(args[1]) if len(args) > 1 else None  # Attention.forward(hidden_states, encoder_hidden_states)
+            if found is None:
+                return None
+            new = fn(found[0])
+            return None if new is None else ((args[0], found[1](new), *args[2:]), kwargs)
 
         return self.model.get_submodule(reader).register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -282,3 +286,13 @@ class DenoiserAdapter:
             for h in handles:
                 h.remove()
         return seen
+
+
+def _text_part(h: Any) -> tuple[torch.Tensor, Callable[[torch.Tensor], Any]] | None:
+    """The text tokens in what a cross-attention receives as ``encoder_hidden_states`` and how to put new ones
+    back: a tensor, or with an IP-Adapter loaded ``(text tokens, image tokens...)``; None for anything else."""
+    if isinstance(h, torch.Tensor):
+        return h, lambda new: new
+    if isinstance(h, tuple | list) and h and isinstance(h[0], torch.Tensor):
+        return h[0], lambda new: type(h)([new, *h[1:]])
+    return None
