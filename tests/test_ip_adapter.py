@@ -1,14 +1,22 @@
 """Steering with an IP-Adapter loaded (random weights in diffusers' own format, loaded by diffusers' loader).
 
 With an adapter, the UNet hands every cross-attention ``(text tokens, image tokens)``: a routed text direction
-(`steering_readers`, or a recorded route such as the bundled class edits') steers the text part there (it did nothing).
+(`steering_readers`, or a recorded route such as the bundled class edits') steers the text part there (it did nothing),
+and the channel probe of a cross-attention site runs with the adapter's image inputs (it failed inside diffusers).
 """
 
 import numpy as np
 import pytest
 import torch
 
-from steer.denoisers import CONTEXT_SITE, cross_attention_sites, register_site_hook
+from steer.denoisers import (
+    CONTEXT_SITE,
+    LayerError,
+    adapter_for,
+    cross_attention_sites,
+    layer_channels,
+    register_site_hook,
+)
 from steer.testing import no_hooks_left, random_vector, tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -86,3 +94,31 @@ def test_the_reader_hook_rebuilds_the_pair_given_by_keyword_or_position(pipes):
             handle.remove()
     torch.testing.assert_close(by_keyword, want, rtol=0, atol=0)
     torch.testing.assert_close(by_position, want, rtol=0, atol=0)
+
+
+def test_a_cross_attention_direction_probes_its_channels_with_the_adapter_loaded(pipes):
+    plain, ip = pipes
+    site = cross_attention_sites(plain.unet)[0]
+    v = random_vector(plain, [site], seed=3, scale=4.0)  # the plain pipeline's cache: the adapter's is cold
+    assert site not in ip.unet.__dict__.get("_steer_channels", {})
+    steered = call(ip, steering=v)  # a TypeError deep in diffusers: the probe gave the UNet no image embeddings
+    assert not np.array_equal(steered, call(ip))
+    assert layer_channels(ip.unet, ["down_blocks.0", site]) == layer_channels(plain.unet, ["down_blocks.0", site])
+    args, kwargs = adapter_for(ip.unet).probe_inputs()
+    assert [tuple(e.shape) for e in kwargs["added_cond_kwargs"]["image_embeds"]] == [(1, 1, EMBED)]
+
+
+def test_a_probe_whose_trial_forward_fails_is_one_line(pipes, monkeypatch):
+    import steer.denoisers.unet
+
+    _, ip = pipes
+    cache = ip.unet.__dict__.pop("_steer_channels", None)
+    monkeypatch.setattr(steer.denoisers.unet, "_image_embeds", lambda *_: None)  # a projection taking no probe shape
+    try:
+        with pytest.raises(LayerError, match=r"cannot read the channel count of \['down_blocks.0'\]: a trial forward of this unet failed \(") as err:
+            layer_channels(ip.unet, ["down_blocks.0"])
+        assert len(str(err.value).splitlines()) == 1
+    finally:
+        ip.unet.__dict__.pop("_steer_channels", None)
+        if cache is not None:
+            ip.unet.__dict__["_steer_channels"] = cache

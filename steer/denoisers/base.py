@@ -282,6 +282,11 @@ class DenoiserAdapter:
         try:
             with torch.no_grad():
                 self.model(*args, **kwargs)
+        except Exception as err:
+            raise LayerError(
+                f"cannot read the channel count of {list(names)}: a trial forward of this {self.family} failed "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            ) from None
         finally:
             for h in handles:
                 h.remove()

@@ -100,9 +100,40 @@ class UNetAdapter(DenoiserAdapter):
         sample = torch.zeros(1, cfg.in_channels, size, size, device=param.device, dtype=param.dtype)
         context = torch.zeros(1, 1, cfg.cross_attention_dim, device=param.device, dtype=param.dtype)
         kwargs: dict[str, Any] = {"encoder_hidden_states": context}
-        if getattr(cfg, "addition_embed_type", None) == "text_time":  # SDXL: pooled text + size/crop ids
-            kwargs["added_cond_kwargs"] = _text_time_inputs(cfg, param)
+        added = _text_time_inputs(cfg, param) if getattr(cfg, "addition_embed_type", None) == "text_time" else {}  # SDXL
+        if getattr(cfg, "encoder_hid_dim_type", None) == "ip_image_proj":  # an IP-Adapter is loaded: it needs its images
+            embeds = _image_embeds(self.model, param)
+            if embeds is not None:
+                added["image_embeds"] = embeds
+        if added:
+            kwargs["added_cond_kwargs"] = added
         return (sample, torch.tensor([10], device=param.device)), kwargs
+
+
+def _image_embeds(unet: nn.Module, param: torch.Tensor) -> list[torch.Tensor] | None:
+    """Zero ``image_embeds`` for the IP-Adapters loaded on ``unet`` (one (1, 1, [tokens,] width) tensor each, the
+    width its projection's first linear layer reads, with tokens where the projection wants them), or None when a
+    projection takes neither shape (the trial forward then fails, in one line)."""
+    layers = getattr(getattr(unet, "encoder_hid_proj", None), "image_projection_layers", None)
+    if layers is None:
+        return None
+    embeds = []
+    for layer in layers:
+        width = next((m.in_features for m in layer.modules() if isinstance(m, nn.Linear)), None)
+        if width is None:
+            return None
+        for shape in ((1, 1, width), (1, 1, 1, width)):  # (batch, images, [tokens,] width)
+            embed = torch.zeros(shape, device=param.device, dtype=param.dtype)
+            try:
+                with torch.no_grad():
+                    layer(embed.flatten(0, 1))
+            except Exception:  # noqa: BLE001  (a shape this projection does not take: try the next)
+                continue
+            embeds.append(embed)
+            break
+        else:
+            return None
+    return embeds
 
 
 def _text_time_inputs(cfg: Any, param: torch.Tensor) -> dict[str, torch.Tensor]:
