@@ -169,9 +169,17 @@ class DenoiserAdapter:
     def register_site_hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None], readers: Sequence[str] | None = None):
         """Hook ``fn(h) -> new h | None`` on site ``name``: a module's output, or (`CONTEXT_SITE`) the denoiser's
         text input, or with ``readers`` (see `text_readers`) the text input of those cross-attentions only. Returns
-        the removable handle."""
+        the removable handle. Raises `LayerError` (one line) where ``torch.compile`` would ignore the hook
+        (`check_hookable`)."""
         if name == CONTEXT_SITE and readers is not None:
-            return self._register_reader_hooks(self.text_readers(readers), fn)
+            names = self.text_readers(readers)
+            self.check_hookable(names, site=name)
+            return self._register_reader_hooks(names, fn)
+        self.check_hookable([name])
+        return self._hook_site(name, fn)
+
+    def _hook_site(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+        """`register_site_hook` for a module site or the denoiser's text input (checked hookable)."""
         if name == CONTEXT_SITE:
 
             def pre(_module: nn.Module, args: tuple, kwargs: dict) -> Any:
@@ -248,6 +256,31 @@ class DenoiserAdapter:
 
         return self.model.get_submodule(reader).register_forward_pre_hook(pre, with_kwargs=True)
 
+    def check_hookable(self, names: Sequence[str], site: str | None = None) -> None:
+        """Raise `LayerError` (one line) when a hook on module ``names`` (paths; `CONTEXT_SITE` is the denoiser's
+        input) would never run: a module above it is compiled in place (``module.compile()``, diffusers'
+        ``compile_repeated_blocks()``), and a compiled graph ignores hooks added inside it. A hook on a compiled
+        module itself still runs. ``site``: the steering site named in the message (default: the module)."""
+        for name in names:
+            if name == CONTEXT_SITE:
+                continue
+            parts = name.split(".")
+            for depth in range(len(parts)):  # the denoiser itself, then each module strictly above ``name``
+                above = ".".join(parts[:depth])
+                try:
+                    module = self.model.get_submodule(above)
+                except AttributeError:  # not a module path: the caller's own lookup names it
+                    break
+                if getattr(module, "_compiled_call_impl", None) is None:
+                    continue
+                what = "the denoiser is" if not above else f"its module {above!r} is"
+                where = repr(site or name) + (f" (read at {name!r})" if site else "")
+                raise LayerError(
+                    f"steering site {where} cannot be steered or recorded: {what} compiled in place (.compile() or "
+                    "compile_repeated_blocks()), and a compiled graph ignores hooks inside it; load the pipeline "
+                    "uncompiled and use pipe.compile_unet(layers=...) instead"
+                )
+
     def layer_channels(self, names: Sequence[str]) -> dict[str, int]:
         """Output channel count of each named site (cached on the model)."""
         cache: dict[str, int] = self.model.__dict__.setdefault("_steer_channels", {})
@@ -270,6 +303,7 @@ class DenoiserAdapter:
         return {n: cache[n] for n in names}
 
     def _probe_channels(self, names: Sequence[str]) -> dict[str, int]:
+        self.check_hookable(names)
         modules = dict(self.model.named_modules())
         seen: dict[str, int] = {}
         handles = []
@@ -290,6 +324,12 @@ class DenoiserAdapter:
         finally:
             for h in handles:
                 h.remove()
+        missing = [n for n in names if n not in seen]
+        if missing:
+            raise LayerError(
+                f"cannot read the channel count of {missing}: the module never ran in a trial forward of this "
+                f"{self.family} (a hook there would never fire either)"
+            )
         return seen
 
 

@@ -18,7 +18,7 @@ Sites:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -81,10 +81,10 @@ class FluxAdapter(TransformerAdapter):
         parts = name.split(".")
         return len(parts) == 3 and parts[0] == SINGLE_BLOCKS and parts[2] == "attn"
 
-    def register_site_hook(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None], readers: Sequence[str] | None = None):
-        """As `DenoiserAdapter.register_site_hook`; a single-stream attention's hook gets its image tokens only."""
+    def _hook_site(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+        """As `DenoiserAdapter._hook_site`; a single-stream attention's hook gets its image tokens only."""
         if not self._is_single_attention(name):
-            return super().register_site_hook(name, fn, readers)
+            return super()._hook_site(name, fn)
         modules = dict(self.model.named_modules())
         block, attn = modules[name.rsplit(".", 1)[0]], modules[name]
         text_len: list[int] = []

@@ -38,7 +38,7 @@ def enter_inline_detection(call_pipe, stack: contextlib.ExitStack, extras: dict[
         if early is not None:
             raise ValueError("memorization_early_steps scores memorization inline: pass detect_memorization=True too")
         return None
-    if hasattr(call_pipe.unet, "_orig_mod"):
+    if hasattr(call_pipe.unet, "_orig_mod"):  # compiled in place: the recorder's hooks are refused (check_hookable)
         raise ValueError("inline memorization detection needs hooks, which a torch.compile-d UNet ignores; use the uncompiled UNet")
     recorder = stack.enter_context(detector.recorder(call_pipe))
 

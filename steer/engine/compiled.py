@@ -48,6 +48,10 @@ class StaticSteeringSites:
     def __init__(self, unet: nn.Module, layers: Sequence[str]):
         self.unet = unet
         self.layers = resolve_layers(unet, layers)
+        # one line, before any hook is put on: sites (or reader sites) inside a module compiled in place
+        readers = cross_attention_sites(unet) if CONTEXT_SITE in self.layers and adapter_for(unet).reader_groups else []
+        adapter_for(unet).check_hookable(self.layers)
+        adapter_for(unet).check_hookable(readers, site=CONTEXT_SITE)
         self.channels = layer_channels(unet, self.layers)
         self.deltas: dict[str, torch.Tensor] = {}
         self.reader_deltas: dict[str, torch.Tensor] = {}  # per cross-attention: routed text directions it reads
@@ -65,11 +69,9 @@ class StaticSteeringSites:
         for name in self.layers:
             self._handles.append(register_site_hook(unet, name, self._make_hook(name)))
         # one site per cross-attention for routed text directions (UNets: the families whose readers can be chosen)
-        self.readers: list[str] = []
-        if CONTEXT_SITE in self.layers and adapter_for(unet).reader_groups:
-            self.readers = cross_attention_sites(unet)
-            for reader in self.readers:
-                self._handles.append(adapter_for(unet).register_reader_hook(reader, self._make_reader_hook(reader)))
+        self.readers: list[str] = readers
+        for reader in self.readers:
+            self._handles.append(adapter_for(unet).register_reader_hook(reader, self._make_reader_hook(reader)))
         self._named: dict[tuple[str, ...], list[str]] = {}  # readers as named by a call -> cross-attention modules
 
     def _make_hook(self, name: str, deltas: dict[str, torch.Tensor] | None = None, site: str | None = None) -> Callable[[torch.Tensor], torch.Tensor | None]:

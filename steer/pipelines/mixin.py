@@ -494,6 +494,8 @@ class SteeringMixin:
         if active and len(vectors) == 1 and (note := self._take_away_note(settings["steering"], vectors[0], scales, bound)):
             warnings.warn(note, UserWarning, stacklevel=3)
 
+        # a torch.compile wrapper; compiled in place (.compile(), compile_repeated_blocks()) is refused per site, in one
+        # line, where a hook inside a compiled module is put on (`DenoiserAdapter.check_hookable`)
         compiled = hasattr(getattr(self, self.denoiser_name), "_orig_mod")
         sites = self.__dict__.get("_static_sites") if compiled else None
         # Every call, steered or not, runs on a per-call copy with its own scheduler: two calls at once on one
