@@ -332,8 +332,9 @@ class SteeringVector:
                 if learned.get("architecture", {}).get(k) != current["architecture"].get(k)
             ]
             detail = "; ".join(diffs) if diffs else "the UNet configs differ outside the architecture keys"
-            raise ModelMismatchError(
-                f"direction {self.name!r} was learned on a different UNet (config hash {learned.get('config_hash')} "
+            where = f" ({learned['name_or_path']!r})" if isinstance(learned.get("name_or_path"), str) and learned["name_or_path"] else ""
+            raise ModelMismatchError(  # where it was learned: two directions of one name from two models told apart
+                f"direction {self.name!r} was learned on a different UNet{where} (config hash {learned.get('config_hash')} "
                 f"vs {current['config_hash']}): {detail}"
             )
         if not strict:

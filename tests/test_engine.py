@@ -280,6 +280,10 @@ def test_vector_from_another_model_names_the_difference(tiny_pipe, gen):
     w = random_vector(other_arch, layers, model=unet_fingerprint(other_arch.unet, layers))
     with pytest.raises(ModelMismatchError, match="cross_attention_dim: 48 -> 32"):
         call(tiny_pipe, gen, steering=w, steering_strict=False)
+    # two directions of one name from two models ([to_blue, demo-4x/to_blue]): the error says which model
+    w.metadata["model"]["name_or_path"] = "models/demo-4x"
+    with pytest.raises(ModelMismatchError, match=r"was learned on a different UNet \('models/demo-4x'\)"):
+        call(tiny_pipe, gen, steering=[v, w], steering_strict=False)
 
 
 def test_save_load_roundtrip_and_damaged_files(tiny_pipe, tmp_path):
