@@ -215,6 +215,8 @@ def main() -> None:
                     help="per-image: every image its own noise seed (default since 2026-12-03); per-seed: the 8 prompts of a "
                          "seed share their noise, as every run before (to reproduce them)")
     ap.add_argument("--methods", default="ours,paper,sega")
+    ap.add_argument("--sega-wide", action="store_true", help="sweep SEGA's edit guidance to 12 and 16 too (scales 1.5, 2.0), as "
+                    "far past its default range as ours goes past its full edit")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
@@ -267,7 +269,7 @@ def main() -> None:
                 learn_log.append({"target": name, "method": "paper", "unet_rows": run.rows - rows0, "seconds": round(time.time() - t_learn, 1)})
                 steer_kw = {"steering": 0.5 * v}
             for cond in ("open", "contra"):
-                for sc in (SCALES if method in CALIBRATED else MONO):
+                for sc in (SCALES if method in CALIBRATED or (method == "sega" and args.sega_wide) else MONO):
                     rows_before = run.rows
                     if sc == 0.0:
                         imgs = refs[cond]
