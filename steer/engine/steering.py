@@ -117,33 +117,19 @@ def levels_for_length(levels: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([levels, levels[:, -1:].expand(-1, length - levels.shape[1])], dim=1)
 
 
-def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, amounts: torch.Tensor,
-                  removed: torch.Tensor | None = None) -> torch.Tensor:
+def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
     """Take ``amounts`` (n, K) times each position's excess along each unit direction ``units`` (K, C) over its level
     ``levels`` (K, L) out of ``h`` (n, L, C). Measured on the unit-normalised position ``x/|x|``, whose projection
     ``p`` onto the direction becomes ``p - a * max(0, p - level)`` by a rotation in the plane of the direction and the
     position (its norm and its part orthogonal to the plane are kept): at or below the level nothing changes, above it
     amount 1 brings it back exactly to the level, and larger amounts act as 1 (the removal is full there: beyond it the
     position went below the level, and from 10 on its norm grew 5-6000x and the image washed out). Rows with zero
-    amounts are returned unchanged (bit-identical).
-
-    ``removed`` (K,) marks the directions the call removes anywhere (default: those with an amount here). With two or
-    more, they are removed jointly: every marked projection goes to its target at once (one with no amount here keeps
-    its own), the rest of the position keeping its direction and the norm kept. One after the other, each rotation
-    moved the projections already taken down (the order of the list changed the image, and a routed removal read by
-    the layout blocks gave back about 60 % of an unrouted one taken at the denoiser's input)."""
-    live = units.abs().amax(-1) > 0  # a zero direction has nothing to remove (a negative level shrank tokens)
-    amounts = (amounts * live).clamp(max=1.0)
-    removed = ((amounts > 0).any(0) if removed is None else removed.to(amounts.device).bool()) & live.to(amounts.device)
-    touched = (amounts > 0).any(dim=-1).reshape(-1, 1, 1)
-    if not bool(touched.any()):
-        return h
+    amounts are returned unchanged (bit-identical)."""
+    amounts = amounts * (units.abs().amax(-1) > 0)  # a zero direction has nothing to remove (a negative level shrank tokens)
     norm = h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     x = h / norm
-    if int(removed.sum()) >= 2:
-        return torch.where(touched, _joint_removal(x, units[removed], levels[removed], amounts[:, removed]) * norm, h)
     for k in range(units.shape[0]):
-        a = amounts[:, k]
+        a = amounts[:, k].clamp(max=1.0)
         if not bool((a > 0).any()):
             continue
         u = units[k]
@@ -152,21 +138,8 @@ def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, am
         rest = x - p[..., None] * u  # the part orthogonal to u
         rest_norm = rest.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         x = target[..., None] * u + rest / rest_norm * (1 - target.clamp(-1, 1) ** 2).clamp_min(0).sqrt()[..., None]
+    touched = (amounts > 0).any(dim=-1).reshape(-1, 1, 1)
     return torch.where(touched, x * norm, h)
-
-
-def _joint_removal(x: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
-    """`remove_excess` of unit positions ``x`` (n, L, C) along several ``units`` (K, C) at once: the part of ``x`` in
-    their span is replaced by the one whose projections are the targets ``p - a * max(0, p - level)``, and the part
-    orthogonal to the span is rescaled so the position stays a unit vector (one direction: `remove_excess`'s
-    rotation)."""
-    gram_inv = torch.linalg.pinv(units @ units.T)  # (K, K); near-parallel directions share the constraint
-    p = x @ units.T  # (n, L, K)
-    target = p - amounts[:, None, :] * (p - levels.T[None]).clamp_min(0)
-    inside, wanted = (p @ gram_inv) @ units, (target @ gram_inv) @ units  # (n, L, C) in the span
-    rest = x - inside
-    room = (1 - (wanted * wanted).sum(-1, keepdim=True)).clamp_min(0).sqrt()
-    return wanted + rest / rest.norm(dim=-1, keepdim=True).clamp_min(1e-12) * room
 
 
 def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: bool, fixed_tokens: int = 0) -> torch.Tensor:
@@ -429,6 +402,5 @@ class SteeringSession(DenoiserRun):
         amounts = amounts.to(h.device)
         levels = torch.nan_to_num(levels_for_length(plan.levels, h.shape[1])).to(device=h.device, dtype=torch.float32)
         k = plan.fixed_tokens  # left alone here too (their projection equals the level up to its rounding)
-        called = (self.removal > 0).any(dim=0)  # every direction this call removes, on any route: removed jointly
-        removed = remove_excess(h[:, k:].float(), units.to(h.device).float(), levels[:, k:], amounts, called).to(h.dtype)
+        removed = remove_excess(h[:, k:].float(), units.to(h.device).float(), levels[:, k:], amounts).to(h.dtype)
         return torch.cat([h[:, :k], removed], dim=1) if k else removed
