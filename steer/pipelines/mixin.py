@@ -65,7 +65,7 @@ from steer.validation import (
 from steer.vectors import SteeringVector, as_vector_list
 
 # Pipeline attributes a call sets that are loop state of that call, not results (kept off the shared pipeline).
-_CALL_LOCAL = frozenset({"scheduler", "_call_origin"})
+_CALL_LOCAL = frozenset({"scheduler"})
 
 STEERING_DOC = """
     Steering arguments (keyword-only), on top of the parent pipeline's:
@@ -449,17 +449,7 @@ class SteeringMixin:
         clone = copy.copy(self)
         clone.__dict__["scheduler"] = copy.deepcopy(self.scheduler)
         clone.__dict__.pop("_num_timesteps", None)  # set afresh by the call (stale values would shift the window)
-        clone.__dict__["_call_origin"] = self  # whose stop flag the copy also obeys (`interrupt`)
-        self.__dict__["_interrupt"] = False  # diffusers' calls clear it at their start, on the pipeline they run on
         return clone
-
-    @property
-    def interrupt(self) -> bool:
-        """diffusers' stop flag: the running call's own (a callback's ``pipe._interrupt = True`` on the pipeline it is
-        given), or one set during the call on the pipeline the user holds, which the per-call copy the call runs on
-        did not see (a Stop button on another thread ran the call to its end)."""
-        origin = self.__dict__.get("_call_origin")
-        return bool(self.__dict__.get("_interrupt")) or (origin is not None and bool(origin.__dict__.get("_interrupt")))
 
     def steering_num_steps(self) -> int:
         """Denoiser steps of the run in progress: what the call set (image-to-image runs fewer than the scheduler's
@@ -469,12 +459,9 @@ class SteeringMixin:
     def _adopt_call_state(self, call_pipe: Any) -> None:
         """After a call on a per-call copy: the attributes it set (``_guidance_scale``, ``_num_timesteps``,
         ``_interrupt``...) as the parent pipeline would have left them on ``self``."""
-        stopped = bool(self.__dict__.get("_interrupt"))  # set on this pipeline during the call: it stopped the copy
         for key, value in call_pipe.__dict__.items():
             if key not in _CALL_LOCAL and self.__dict__.get(key, _CALL_LOCAL) is not value:
                 self.__dict__[key] = value
-        if stopped:
-            self.__dict__["_interrupt"] = True
 
     # ------------------------------------------------------------------------------------------------------------
     def _steered_call(self, parent: type, *args: Any, **kwargs: Any):
