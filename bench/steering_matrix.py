@@ -128,13 +128,14 @@ def spearman(xs, ys) -> float:
 
 
 class Runner:
-    def __init__(self, pipe, classifier, steps: int, guidance: float, seeds: int, seed_base: int = 1000, noise: str = "per-image"):
+    def __init__(self, pipe, classifier, steps: int, guidance: float, seeds: int, seed_base: int = 1000, noise: str = "per-seed"):
         self.pipe, self.classifier, self.steps, self.guidance, self.seeds = pipe, classifier, steps, guidance, seeds
         self.seed_base = seed_base
-        # "per-image": prompt i of draw s starts from seed seed_base + s * len(prompts) + i, so a cell's images are
-        # independent draws; "per-seed" (every run before 2026-12-03): every prompt of draw s from seed_base + s, so the
-        # 8 prompts of a draw share their noise and a cell of 2 seeds x 8 prompts was 2 draws (class-open prompts
-        # differ by a colour word only: one layout per draw; /work/notes/hunt35.md)
+        # "per-image" (this script's default since 2026-12-03, `--noise`): prompt i of draw s starts from seed
+        # seed_base + s * len(prompts) + i, so a cell's images are independent draws; "per-seed" (every run before,
+        # and the default for the other benches that import this class, so that their documented runs reproduce):
+        # every prompt of draw s from seed_base + s, so the 8 prompts of a draw share their noise and a cell of
+        # 2 seeds x 8 prompts was 2 draws (class-open prompts differ by a colour word only: one layout per draw)
         self.noise = noise
         self.rows = 0
         pipe.unet.register_forward_pre_hook(lambda _m, a: setattr(self, "rows", self.rows + a[0].shape[0]))

@@ -222,7 +222,11 @@ def samples_agree(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> bo
     a, b = _rounding(recorded.get("dtype")), _rounding(current.get("dtype"))
     if a is None or b is None:
         return None
-    rel, tiny = (a[0] + b[0]) * 1.01, a[1] + b[1]
+    # plus an fp16 rounding between: a bf16 copy is often cast from a checkpoint's fp16 files (bf16(fp16(x)): 1 in 5
+    # such copies of the learned-on weights fell outside the two dtypes' own rounding and was refused as other weights)
+    half = _rounding("float16")
+    assert half is not None
+    rel, tiny = (a[0] + b[0] + half[0]) * 1.01, a[1] + b[1] + half[1]
     old, new = recorded.get("values") or [], current.get("values") or []
     if recorded.get("adapters") != current.get("adapters") or len(old) != len(new):
         return False

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import diffusers
+import torch
 from diffusers.configuration_utils import FrozenDict
 
 from steer.validation import did_you_mean
@@ -198,7 +199,11 @@ def check_step_count(scheduler: Any, steps: int) -> None:
     "leading" spacing with ``steps_offset=1`` puts the last of 1000 steps at timestep 1000 of 0-999, and diffusers
     failed with an IndexError in the first step); nothing for any count it can, or a scheduler it cannot try here."""
     train = getattr(scheduler.config, "num_train_timesteps", None)
-    if not isinstance(train, int) or steps < train // 2:  # only counts near the training length can overflow
+    # only a scheduler that looks its integer timesteps up in a table can overflow it (DDIM, DDPM, PNDM, LCM); sigma
+    # and flow-matching schedulers interpolate (a flow-matching run starts at exactly 1000.0), and only counts near
+    # the training length can
+    if not isinstance(train, int) or steps < train // 2 or getattr(scheduler, "alphas_cumprod", None) is None \
+            or getattr(scheduler, "sigmas", None) is not None:
         return
 
     def overflows(count: int) -> bool:
@@ -208,12 +213,14 @@ def check_step_count(scheduler: Any, steps: int) -> None:
         except Exception:  # noqa: BLE001 - a scheduler needing more to set its steps (Flux's mu): not this check's
             return False
         timesteps = getattr(probe, "timesteps", None)
-        return timesteps is not None and len(timesteps) > 0 and float(max(timesteps)) >= train
+        if timesteps is None or len(timesteps) == 0 or (isinstance(timesteps, torch.Tensor) and timesteps.is_floating_point()):
+            return False
+        return int(max(timesteps)) >= len(probe.alphas_cumprod)
 
     if not overflows(steps):
         return
     fits = next((n for n in range(steps - 1, max(steps - 64, 0), -1) if not overflows(n)), None)
     spacing, offset = scheduler.config.get("timestep_spacing"), scheduler.config.get("steps_offset")
     raise ValueError(f"num_inference_steps={steps} does not fit this sampler ({type(scheduler).__name__}, {spacing} "
-                     f"spacing, steps_offset {offset}): its last step falls past its {train} training timesteps; "
+                     f"spacing, steps_offset {offset}): its first (noisiest) step falls past its {train} training timesteps; "
                      + (f"use at most {fits}" if fits else "use fewer steps"))

@@ -278,4 +278,11 @@ def test_a_step_count_past_the_samplers_training_timesteps_is_one_line(tiny_pipe
             tiny_pipe("a sneaker", num_inference_steps=1000, **kwargs)
         assert "\n" not in str(info.value)
     check_step_count(tiny_pipe.scheduler, 999)  # the most it can place: no error
-    check_step_count(tiny_pipe.with_sampler("euler").scheduler, 1000)  # another spacing places all 1000
+    # schedulers that interpolate sigmas run every count (Euler with leading spacing at 1000; flow matching, whose
+    # run starts at exactly 1000.0, was refused from 500 steps on)
+    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    check_step_count(tiny_pipe.with_sampler("euler").scheduler, 1000)
+    check_step_count(EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1), 1000)
+    for steps in (500, 1000):
+        check_step_count(FlowMatchEulerDiscreteScheduler(), steps)

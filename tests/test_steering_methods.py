@@ -420,6 +420,18 @@ def test_removal_goes_on_to_the_end_of_the_run_while_the_addition_keeps_its_wind
         call(tiny_pipe, gen, steering=older, steering_scale=-1.0, steering_removal_window=(0, 1))
     own = capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0, steering_removal_window=[0, 1])
     assert all(torch.equal(a, b) for a, b in zip(own, capture(tiny_pipe, gen, CONTEXT_SITE, steering=red, steering_scale=-1.0), strict=True))
+    # the CLI, batch and replay pass what every listed direction recommends, whole: a list with a direction recording
+    # no removal window, one at 0 in every row (dropped before the call is built) and a slider's sides all pass
+    from steer.config import STEERING_DEFAULTS, SteeringConfig, recommended_settings
+    from steer.testing import random_vector
+
+    plain = random_vector(tiny_pipe, ["up_blocks.0.resnets.0"], seed=4)
+    whole = SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings([blue, plain])}).to_settings()
+    assert whole["steering_removal_window"] == ((0.0, 1.0), None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor a hint to take away a direction the call lists
+        for scales in ([1.0, 1.0], [1.0, 0.0], [0.0, 1.0]):
+            call(tiny_pipe, gen, steering=[blue, plain], **{**whole, "steering_scale": scales})
 
 
 def test_shared_lead_counts_the_leading_positions_every_prompt_shares():

@@ -222,13 +222,15 @@ class SteeringMixin:
             scale = given.get("steering_scale", STEERING_DEFAULTS["steering_scale"])
             scales = parse_scales(scale, len(vectors), num_images)
             check_scale_range(scales)  # the call's own: a slider's flip below multiplies them by its fitted strength
+            # the removal window as given, against what the directions listed recommend (callers passing those whole,
+            # CLI, batch, replay, app, give that one), before zero columns are dropped and sliders split
+            removal, listed = given.get("steering_removal_window"), recommended_settings(vectors)
             vectors, scales, given = without_zero_columns(vectors, scales, given)
         if len(vectors) > 1 and (note := disagreement_note(vectors, given)) is not None:
             warnings.warn(note, UserWarning, stacklevel=4)
         if vectors:
-            recommended = recommended_settings(vectors)
             vectors, scales, given = split_sides(vectors, scales, given, prompts)
-            check_removal_window(given, recommended)
+            check_removal_window({**given, "steering_removal_window": removal}, listed)  # under the call's final negative
         return {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}, vectors, scales
 
     def load_direction(self, vector: SteeringVector | str | os.PathLike) -> SteeringVector:
@@ -478,7 +480,9 @@ class SteeringMixin:
         settings, vectors, scales = self._resolve_steering(explicit, num_images, self._row_prompts(bound))
         check_steering_request(vectors, scales, settings, self.denoiser.dtype)  # ranges, empty layers
         active = bool(vectors) and bool(scales.abs().sum() > 0)
-        if active and len(vectors) == 1 and (note := self._take_away_note(settings["steering"], vectors[0], scales, bound)):
+        listed = settings["steering"]  # one direction left of a list (the others at 0): the call lists its take-away already
+        single = not isinstance(listed, list | tuple) or len(listed) == 1
+        if active and single and len(vectors) == 1 and (note := self._take_away_note(listed, vectors[0], scales, bound)):
             warnings.warn(note, UserWarning, stacklevel=3)
 
         # a torch.compile wrapper; compiled in place (.compile(), compile_repeated_blocks()) is refused per site, in one
