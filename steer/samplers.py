@@ -196,7 +196,7 @@ def with_scheduler(pipe: Any, scheduler: Any) -> Any:
 
 def check_step_count(scheduler: Any, steps: int) -> None:
     """A one-line ValueError for a step count ``scheduler`` cannot place within its training timesteps (DDIM's
-    "leading" spacing with ``steps_offset=1`` puts the last of 1000 steps at timestep 1000 of 0-999, and diffusers
+    "leading" spacing with ``steps_offset=1`` puts the first (noisiest) of 1000 steps at timestep 1000 of 0-999, and diffusers
     failed with an IndexError in the first step); nothing for any count it can, or a scheduler it cannot try here."""
     train = getattr(scheduler.config, "num_train_timesteps", None)
     # only a scheduler that looks its integer timesteps up in a table can overflow it (DDIM, DDPM, PNDM, LCM); sigma
