@@ -314,12 +314,13 @@ def parse_scales(scale: Any, num_vectors: int, num_images: int) -> torch.Tensor:
     ``num_images`` floats is one per batch row (a sweep); a nested list / 2-D tensor is (rows, vectors), the only
     per-row form with several vectors (a flat list whose length matched the batch by chance was read per row).
     """
-    if isinstance(scale, (str, bytes)) or isinstance(scale, torch.Tensor) and (scale.is_complex() or scale.dtype == torch.bool):
+    if isinstance(scale, (str, bytes)) or isinstance(scale, torch.Tensor) and scale.is_complex():
         raise ValueError(f"steering_scale must be a number, a list of numbers or a tensor, got {scale!r}")
     try:
-        s = torch.as_tensor(scale, dtype=torch.float32) if not isinstance(scale, torch.Tensor) else scale.float().cpu()
-        if not isinstance(scale, torch.Tensor) and torch.as_tensor(scale).dtype == torch.bool:  # True ran as 1.0
+        raw = scale if isinstance(scale, torch.Tensor) else torch.as_tensor(scale)
+        if raw.dtype == torch.bool:  # True ran as 1.0
             raise TypeError
+        s = raw.float().cpu()
     except (TypeError, ValueError, RuntimeError):  # strings in a list, ragged nesting, None, booleans ...
         raise ValueError(f"steering_scale must be a number, a list of numbers (nested: one row per image) or a tensor, got {scale!r}"[:300]) from None
     if not torch.isfinite(s).all():
