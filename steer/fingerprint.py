@@ -1,4 +1,5 @@
-"""Which denoiser a direction or detector was made on: `unet_fingerprint` writes it, `weights_verdict` checks the weights.
+"""Which denoiser a direction or detector was made on: `unet_fingerprint` writes it, `weights_verdict` checks the weights
+and `check_weights` acts on its answer.
 
 The weights are read at the denoiser's first and last *base* parameters: by name, those an IP-Adapter (its image
 projection and attention processors) or a PEFT LoRA layer (``lora_A``/``lora_B``; a wrapped layer's ``base_layer`` is
@@ -19,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 
 from steer.denoisers import layer_channels
+from steer.errors import ModelMismatchError
 
 # Config keys that decide the architecture (and hence which module paths and channel counts exist).
 _ARCH_KEYS = (
@@ -268,6 +270,19 @@ def weights_verdict(recorded: Mapping[str, Any], unet: torch.nn.Module) -> Verdi
         return Verdict(None, current, f"its weights were recorded in a dtype steer does not know ({learned_dtype!r})")
     return Verdict(None, current, f"it records its weights only as the fp16-rounded hash steer wrote before, which a "
                                   f"{'/'.join(sorted(dtypes))} copy cannot reproduce (check it on a float32 or float16 copy)")
+
+
+def check_weights(
+    recorded: Mapping[str, Any], unet: torch.nn.Module, unchecked: str, other: Callable[[str], str], stacklevel: int = 2
+) -> None:
+    """Act on `weights_verdict`: warn ``"{unchecked}: {why}"`` when the weights cannot be checked, raise
+    `ModelMismatchError` with ``other(current weights hash)`` when they are other weights; the same ones pass.
+    ``stacklevel`` is the warning's as seen from the caller (as if it warned itself)."""
+    verdict = weights_verdict(recorded, unet)
+    if verdict.same is None:
+        warnings.warn(f"{unchecked}: {verdict.why}", UserWarning, stacklevel=stacklevel + 1)
+    elif not verdict.same:
+        raise ModelMismatchError(other(verdict.current))
 
 
 def _tuner_layers(unet: torch.nn.Module) -> list[torch.nn.Module]:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from steer.denoisers import layer_channels
 from steer.errors import ModelMismatchError, SteeringFileError  # noqa: F401  (re-exported)
 from steer.files import read_checked, tensor_digest, write_checked
-from steer.fingerprint import _jsonable, adapter_state, unet_fingerprint, weights_hash, weights_verdict  # noqa: F401  (re-exported)
+from steer.fingerprint import _jsonable, adapter_state, check_weights, unet_fingerprint, weights_hash, weights_verdict  # noqa: F401  (re-exported)
 from steer.step_rows import (
     as_step_rows,
     at_norm,
@@ -339,17 +338,17 @@ class SteeringVector:
             )
         if not strict:
             return
-        verdict = weights_verdict(learned, unet)
-        if verdict.same is None:
-            warnings.warn(f"direction {self.name!r}: its weights are not checked: {verdict.why}", UserWarning, stacklevel=3)
-        elif not verdict.same:
+
+        def other(current: str) -> str:  # the message for other weights (the adapters read only then)
             adapters = adapter_state(unet).get("adapters")
             lora = f"; this denoiser carries LoRA adapters {sorted(adapters)}" if adapters else ""
-            raise ModelMismatchError(
+            return (
                 f"direction {self.name!r} was learned on other weights of this architecture (weights hash "
-                f"{learned.get('weights_hash')} vs {verdict.current}, base model "
+                f"{learned.get('weights_hash')} vs {current}, base model "
                 f"{learned.get('name_or_path', 'unknown')!r}){lora}; pass steering_strict=False to apply it to a fine-tune"
             )
+
+        check_weights(learned, unet, f"direction {self.name!r}: its weights are not checked", other, stacklevel=3)
 
     # ----- files -------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -43,6 +43,7 @@ from steer.engine import ActivationRecorder, window_bounds
 from steer.errors import DetectorFileError
 from steer.extract import encode_images
 from steer.files import read_checked, write_checked
+from steer.fingerprint import check_weights
 from steer.text_tokens import encode_text
 from steer.validation import (
     SchemaError,
@@ -53,7 +54,7 @@ from steer.validation import (
     safetensors_path,
     short,
 )
-from steer.vectors import ModelMismatchError, unet_fingerprint, weights_verdict
+from steer.vectors import ModelMismatchError, unet_fingerprint
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -451,15 +452,17 @@ def _check_model(saved: dict[str, Any], unet: torch.nn.Module, layers: list[str]
         )
     if not strict:
         return
-    verdict = weights_verdict(saved, unet)
-    if verdict.same is None:
-        warnings.warn(f"{path}: the weights it was calibrated on are not checked: {verdict.why}", UserWarning, stacklevel=3)
-    elif not verdict.same:
-        raise ModelMismatchError(
-            f"{path} was calibrated on other weights (weights hash {saved.get('weights_hash')} vs {verdict.current}, "
+    check_weights(
+        saved,
+        unet,
+        f"{path}: the weights it was calibrated on are not checked",
+        lambda current: (
+            f"{path} was calibrated on other weights (weights hash {saved.get('weights_hash')} vs {current}, "
             f"model {saved.get('name_or_path') or 'unknown'!r}); thresholds do not transfer between checkpoints — "
             "recalibrate, or load with strict=False"
-        )
+        ),
+        stacklevel=3,
+    )
 
 
 def as_detector(value: Any, pipe) -> MemorizationDetector | None:
