@@ -198,9 +198,6 @@ def test_window_choice_note_reads_the_recorded_choice_and_ignores_junk():
     choice = {"windows": [[0.0, 0.5], [0.0, 1.0]], "distances": [0.378, 0.353], "chosen": [0.0, 1.0]}
     note = H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": choice}))
     assert note == " Window chosen by calibration: **0-1** (relative distance to the positives' own samples 0-0.5: 0.38, 0-1: 0.35)."
-    by_rule = H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": {**choice, "by": "appearance"}}))
-    assert by_rule == (" Window chosen by calibration: **0-1** (an appearance edit, steered to the end of the run; relative "
-                       "distance to the positives' own samples 0-0.5: 0.38, 0-1: 0.35).")
     for junk in (None, "auto", {"windows": [[0, 1]]}, {**choice, "distances": ["x", 1]}, {**choice, "chosen": 3}):
         assert H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": junk})) == ""
 

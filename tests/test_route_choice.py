@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, route_advice, structure_kept
+from steer.calibrate import LAYOUT_EDIT_BELOW, route_advice, structure_kept
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
@@ -47,15 +47,10 @@ def test_a_class_edit_is_read_by_the_layout_blocks_and_a_colour_edit_by_every_cr
     routed = demo.learn_direction(*bag, readers="layout", **QUICK)
     assert to_bag.metadata["calibration"]["strength"] == pytest.approx(routed.metadata["calibration"]["strength"], rel=1e-3)
 
-    assert to_bag.metadata["window_choice"]["by"] == "distance"  # a layout edit: the window closest to the prompt edit
-
     to_blue = demo.learn_direction(*blue, readers="auto", **QUICK)
     assert to_blue.metadata["route_choice"]["readers"] is None and to_blue.metadata["route_choice"]["structure"] > LAYOUT_EDIT_BELOW
     assert "readers" not in to_blue.metadata["recommended"]
-    # an appearance edit is steered to the end of the run, whichever window came closer
-    assert to_blue.metadata["window_choice"]["by"] == "appearance" and to_blue.metadata["recommended"]["window"] == [0.0, 1.0]
-    # every reader's direction and strength: as learned for every reader over the whole run on the choice's grid
-    plain = demo.learn_direction(*blue, readers="all", window=(0.0, 1.0), calibration_grid=WINDOW_CHOICE_GRID, **QUICK)
+    plain = demo.learn_direction(*blue, readers="all", **QUICK)  # an appearance edit: every reader's direction and strength
     assert "route_choice" not in plain.metadata and "readers" not in plain.metadata["recommended"]
     assert to_blue.metadata["calibration"]["strength"] == pytest.approx(plain.metadata["calibration"]["strength"], rel=1e-3)
     assert torch.allclose(to_blue.directions["encoder_hidden_states"], plain.directions["encoder_hidden_states"], rtol=1e-3)
@@ -119,26 +114,3 @@ def test_a_close_route_call_is_said_in_one_line():
     assert "every cross-attention" in route_advice({"structure": LAYOUT_EDIT_BELOW + 0.03, "readers": None})
     for clear in ({"structure": 0.5, "readers": ["layout"]}, {"structure": 0.97, "readers": None}, None, {"structure": "x"}):
         assert route_advice(clear) is None
-
-
-@pytest.mark.parametrize("route, converged, chosen, by", [
-    ({"structure": 0.95, "readers": None}, (True, True), 1, "appearance"),  # the first half came closer: the whole run all the same
-    ({"structure": 0.95, "readers": None}, (True, False), 0, "distance"),  # unless the whole run found no strength
-    ({"structure": 0.45, "readers": ["layout"]}, (True, True), 0, "distance"),  # a layout edit: the closer window
-    (None, (True, True), 0, "distance"),  # readers given: no route was chosen, the closer window
-])
-def test_the_window_choice_steers_an_appearance_edit_to_the_end_of_the_run(monkeypatch, route, converged, chosen, by):
-    import steer.calibrate as calibrate_module
-    from steer.calibrate import Calibration, calibrate_windows
-    from steer.learn import AUTO_WINDOWS
-
-    def sweeps(*args, **kwargs):  # the first half closer to the positives' samples than the whole run
-        return [Calibration(0.3, 0.2, d, ok, [0.2], [d], 10, list(w), route) for w, d, ok in zip(AUTO_WINDOWS, (0.11, 0.14), converged, strict=True)]
-
-    monkeypatch.setattr(calibrate_module, "branch_step", lambda *a: None)
-    monkeypatch.setattr(calibrate_module, "_sweeps", sweeps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a not-converged candidate is no concern here
-        index, tried = calibrate_windows(None, None, ["a red bag"], ["a bag"], AUTO_WINDOWS)
-    assert index == chosen and tried[index].chosen_by == by and tried[index].to_dict()["chosen_by"] == by
-    assert tried[index].unet_rows == 20  # the choice counts both candidates' rows

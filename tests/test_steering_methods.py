@@ -221,7 +221,7 @@ def test_learning_window_is_recorded_and_used_by_the_calibration(tiny_pipe, gen)
             tiny_pipe.learn_direction("a blue sneaker", "a red sneaker", window=bad, calibrate=False)
 
 
-def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_closest_or_an_appearance_edits_whole_run(tiny_pipe, gen):
+def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_closest(tiny_pipe, gen):
     """``window="auto"``: one calibration per candidate window, the positives' and unsteered samples drawn once, the
     window whose samples come closest to the positives' recorded and recommended (removal still to the run's end)."""
     from steer.calibrate import DEFAULT_GRID, WINDOW_CHOICE_GRID
@@ -263,11 +263,6 @@ def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_c
     assert choice["strengths"][0] == pytest.approx(fixed.metadata["calibration"]["strength"], abs=1e-4)
     candidates = [i for i, ok in enumerate(choice["converged"]) if ok] or [0]
     best = min(candidates, key=lambda i: choice["distances"][i])
-    if choice["by"] == "appearance":  # the route chose every reader: the whole run, where it converged
-        assert auto.metadata["route_choice"]["readers"] is None and choice["converged"][1]
-        best = 1
-    else:
-        assert choice["by"] == "distance"
     assert choice["chosen"] == rec["window"] == cal["window"] == list(AUTO_WINDOWS[best])
     assert rec["removal_window"] == [rec["window"][0], 1.0]
     assert abs(float(auto.directions[CONTEXT_SITE].norm()) - choice["strengths"][best]) < 1e-3
