@@ -86,8 +86,6 @@ class Calibration:
     route: dict[str, Any] | None = None
     branched_at: int | None = None  # calibrate_windows: the step the candidate windows' runs were split at
     open_prompts: list[str] | None = None  # the prompts it steered: the positives with the attribute left open
-    # calibrate_windows, the chosen window's: "appearance" (an appearance edit steers to the end of the run) or "distance"
-    chosen_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: Any) -> Any:
@@ -95,7 +93,7 @@ class Calibration:
                 return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else [r(x) for x in v]
             return round(v, 4) if isinstance(v, float) else v
 
-        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at", "open_prompts", "chosen_by") and v is None)}
+        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at", "open_prompts") and v is None)}
 
 
 def cfg_rows_per_sample(**call_kwargs: Any) -> int:
@@ -247,8 +245,7 @@ def calibrate_windows(
     ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact on
     the schedulers `steer.partial_run.resumable` names; others sample each window whole). The chosen window is the one whose
     best relative distance is smallest among those that converged (the first window when none did): where the
-    direction best reproduces the model's own prompt edit; except that an appearance edit (`appearance_edit`: the
-    route chose every reader) takes the first candidate running to the end of the run, where it converged.
+    direction best reproduces the model's own prompt edit.
 
     Args:
         windows: the candidate ``(start, end)`` shares of the run, in order of preference on a tie.
@@ -266,24 +263,10 @@ def calibrate_windows(
     branch = branch_step(pipe, windows, num_inference_steps)
     results = _branched_sweeps(*args, branch, batch_size=batch_size) if branch is not None else _sweeps(*args, batch_size=batch_size)
     converged = [i for i, r in enumerate(results) if r.converged] or [0]
-    chosen, by = min(converged, key=lambda i: results[i].distance), "distance"
-    to_end = [i for i in converged if windows[i][1] == 1.0 and results[i].converged]
-    if appearance_edit(results[0].route) and to_end:
-        chosen, by = to_end[0], "appearance"
+    chosen = min(converged, key=lambda i: results[i].distance)
     results[chosen].unet_rows = sum(r.unet_rows for r in results)
-    results[chosen].chosen_by = by
     _warn(results[chosen])
     return chosen, results
-
-
-def appearance_edit(route: Mapping[str, Any] | None) -> bool:
-    """Whether the route the calibration chose (``choose_route``) makes the direction an appearance edit: the model's
-    own prompt edit keeps the layout (a colour, a texture), so every cross-attention reads it. Such an attribute is
-    settled late in the run (the brightness and saturation of a colour in its last steps), so `calibrate_windows`
-    steers it to the end of the run rather than choosing by distance: on the benchmark's tuning colours the first
-    half left red dark (0.69-0.75 read red at 1.0, against 0.94-0.97 over the whole run; blue 0.94-0.97 against 1.00;
-    docs/steering.md, "Appearance edits to the end of the run"), while the latent distance preferred it by 0.02."""
-    return route is not None and route.get("readers") is None
 
 
 def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_steps: int) -> int | None:

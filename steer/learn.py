@@ -472,7 +472,7 @@ def learn_direction(
         if "removal_window" in settings:
             settings["removal_window"] = [window[0], 1.0]
         meta["window_choice"] = {"windows": [list(w) for w in AUTO_WINDOWS], "distances": [round(r.distance, 4) for r in tried],
-                                 "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(window), "by": result.chosen_by}
+                                 "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(window)}
     else:
         result = run_calibration(*calibration_args, **calibration_kwargs)
     if result.route is not None:  # readers="auto": the route the calibration chose and ran through

@@ -267,8 +267,7 @@ def window_choice_note(vector: SteeringVector) -> str:
     except (TypeError, KeyError, ValueError, IndexError):
         return ""
     compared = ", ".join(f"{a:g}-{b:g}: {d:.2f}" for a, b, d in tried[:4])
-    why = "an appearance edit, steered to the end of the run; " if choice.get("by") == "appearance" else ""
-    return f" Window chosen by calibration: **{start:g}-{end:g}** ({why}relative distance to the positives' own samples {compared})."
+    return f" Window chosen by calibration: **{start:g}-{end:g}** (relative distance to the positives' own samples {compared})."
 
 
 def route_choice_note(vector: SteeringVector) -> str:

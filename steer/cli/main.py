@@ -99,8 +99,7 @@ def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
     choice = meta.get("window_choice")
     if choice:  # --window auto: what the calibration compared
         tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
-        why = "an appearance edit, steered to the end of the run; " if choice.get("by") == "appearance" else ""
-        print(f"{label}window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} ({why}relative distance to the positives' samples {tried})")
+        print(f"{label}window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (relative distance to the positives' samples {tried})")
     route = meta.get("route_choice")
     if route:  # --readers auto: what the calibration decided on
         read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
