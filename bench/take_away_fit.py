@@ -11,6 +11,12 @@ its contradicting prompts ("a red sneaker" -> blue) is steered with ``[toward ta
 ``fit.scales`` = ``[s, -min(s, 1)]`` under ``steering_negative="remove"``, where ``s`` and the window are what `fit_take_away` found for that
 (target, source) pair from the model alone (the source's own prompts rewritten with the target's words; no
 classifier). Pass: success >= 0.5, kept >= 0.8, break <= 5 % (colour: the pixel measure too), as in the matrix.
+
+Noise: as in the matrix since 2026-12-03 (``--noise per-image``), prompt i of draw s starts from seed
+``seed_base + s * 8 + i``, so a cell is ``--seeds`` x 8 independent images; each ``--seed-base`` is judged in turn
+with the same fits (they come from the model alone) and the rows are pooled (every set the same size: the mean).
+``--noise per-seed --seed-base 1000 --seeds 2`` reproduces the earlier runs, whose 8 prompts of a seed shared
+their noise.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from steer.lab.classifier import load_classifier  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kind", choices=("colour", "class"), default="colour")
-    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=4, help="draws per prompt (a cell is seeds x 8 images per seed base)")
+    ap.add_argument("--seed-base", type=int, nargs="+", default=[3000, 5000, 7000], help="one judged set per value, pooled")
+    ap.add_argument("--noise", choices=("per-image", "per-seed"), default="per-image")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--out", default=None)
@@ -60,33 +68,24 @@ def main() -> None:
             P = prompts_for(args.kind, v)
             targets[v] = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=args.steps, guidance_scale=args.guidance,
                                               readers=args.readers, progress=False)
-    fits, rows = {}, []
+    fits, rows, by_base = {}, [], {}
     for target in values:
         P = prompts_for(args.kind, target)
         prompts = [p for _ in range(args.seeds) for p in P["contra"]]
-        seeds = [1000 + s for s in range(args.seeds) for _ in P["contra"]]
         sources = [source_of(args.kind, p) for p in prompts]
         for src in sorted(set(sources)):
             if (target, src) not in fits:
                 fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], guidance_scale=args.guidance)
-        ref_j = judge(classifier, pipe(prompts, generator=generators(seeds), num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np").images.transpose(0, 3, 1, 2))
-        images = np.zeros((len(prompts), 3, 32, 32), dtype=np.float32)
-        for window in sorted({fits[(target, s)].window for s in sources}):
-            idx = [i for i, s in enumerate(sources) if fits[(target, s)].window == window]
-            names = sorted({sources[i] for i in idx})
-            scale = torch.zeros(len(idx), 1 + len(names))
-            for r, i in enumerate(idx):
-                add, remove = fits[(target, sources[i])].scales
-                scale[r, 0] = add
-                scale[r, 1 + names.index(sources[i])] = remove
-            out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[targets[target]] + [vectors[n] for n in names],
-                              steering_scale=scale, steering_negative="remove", steering_window=window, num_inference_steps=args.steps,
-                              guidance_scale=args.guidance, output_type="np").images
-            images[idx] = out_images.transpose(0, 3, 1, 2)
-        m = cell_metrics(judge(classifier, images), ref_j, args.kind, values.index(target))
-        m["passes"] = passes(m, "contra", args.kind)
+        for base in args.seed_base:
+            count = len(P["contra"])
+            seeds = [base + (s * count + i if args.noise == "per-image" else s) for s in range(args.seeds) for i in range(count)]
+            by_base.setdefault(base, []).append({"target": target, **judged(pipe, classifier, args, target, targets, vectors, fits, prompts, sources, seeds)})
+            print(base, target, {k: round(v, 2) for k, v in by_base[base][-1].items() if isinstance(v, float)}, f"{time.time() - t0:.0f}s", flush=True)
+        pooled = {k: float(np.mean([by_base[b][-1][k] for b in args.seed_base])) for k, v in by_base[args.seed_base[0]][-1].items() if isinstance(v, float)}
+        m = {**pooled, "passes": passes(pooled, "contra", args.kind)}
         used = [fits[(target, s)] for s in sorted(set(sources))]
         rows.append({"target": target, "split": "tuning" if target in TUNING[args.kind] else "held-out", **m,
+                     "passes_per_set": [bool(by_base[b][-1]["passes"]) for b in args.seed_base],
                      "fits": {s: fits[(target, s)].to_dict() for s in sorted(set(sources))},
                      "strengths": [round(f.strength, 3) for f in used], "windows": [list(f.window) for f in used]})
         print(target, {k: round(v, 2) for k, v in m.items() if isinstance(v, float)}, m["passes"], rows[-1]["strengths"], rows[-1]["windows"], f"{time.time() - t0:.0f}s", flush=True)
@@ -94,15 +93,39 @@ def main() -> None:
     for split in ("tuning", "held-out"):
         sel = [r for r in rows if r["split"] == split]
         summary[split] = {"targets": len(sel), "pass": sum(r["passes"] for r in sel), "mean_success": float(np.mean([r["success"] for r in sel])),
-                          "mean_kept": float(np.mean([r["kept"] for r in sel]))}
+                          "mean_kept": float(np.mean([r["kept"] for r in sel])),
+                          "pass_per_set": [sum(r["passes_per_set"][i] for r in sel) for i in range(len(args.seed_base))]}
     every = list(fits.values())
-    meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds, "steps": args.steps, "guidance": args.guidance,
+    meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds,
+            "seed_bases": args.seed_base, "noise": args.noise, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
             "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window == (0.0, 1.0) for f in every])) if every else 0.0,
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,
             "wall_seconds": round(time.time() - t0, 1)}
-    out.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows, "per_set": {str(b): r for b, r in by_base.items()}}, indent=1))
     print(json.dumps({"meta": meta, "summary": summary}, indent=1))
+
+
+def judged(pipe, classifier, args, target, targets, vectors, fits, prompts, sources, seeds) -> dict:
+    """The contradicting prompts of ``target`` from ``seeds``, steered at their pairs' fitted settings, judged against
+    the unsteered prompts from the same seeds (`cell_metrics` and the pass)."""
+    ref_j = judge(classifier, pipe(prompts, generator=generators(seeds), num_inference_steps=args.steps, guidance_scale=args.guidance, output_type="np").images.transpose(0, 3, 1, 2))
+    images = np.zeros((len(prompts), 3, 32, 32), dtype=np.float32)
+    for window in sorted({fits[(target, s)].window for s in sources}):
+        idx = [i for i, s in enumerate(sources) if fits[(target, s)].window == window]
+        names = sorted({sources[i] for i in idx})
+        scale = torch.zeros(len(idx), 1 + len(names))
+        for r, i in enumerate(idx):
+            add, remove = fits[(target, sources[i])].scales
+            scale[r, 0] = add
+            scale[r, 1 + names.index(sources[i])] = remove
+        out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[targets[target]] + [vectors[n] for n in names],
+                          steering_scale=scale, steering_negative="remove", steering_window=window, num_inference_steps=args.steps,
+                          guidance_scale=args.guidance, output_type="np").images
+        images[idx] = out_images.transpose(0, 3, 1, 2)
+    m = cell_metrics(judge(classifier, images), ref_j, args.kind, (C if args.kind == "colour" else K).index(target))
+    m["passes"] = passes(m, "contra", args.kind)
+    return m
 
 
 if __name__ == "__main__":
