@@ -86,6 +86,10 @@ class Calibration:
     route: dict[str, Any] | None = None
     branched_at: int | None = None  # calibrate_windows: the step the candidate windows' runs were split at
     open_prompts: list[str] | None = None  # the prompts it steered: the positives with the attribute left open
+    chosen_by: str | None = None  # calibrate_windows, the chosen window's: "colour" (an appearance edit's) or "distance"
+    # an appearance edit's window choice: the decoded samples' mean colour distance to the positives' own per grid
+    # strength, relative to the unsteered samples' (`mean_colours`)
+    colour_distances: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: Any) -> Any:
@@ -93,7 +97,7 @@ class Calibration:
                 return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else [r(x) for x in v]
             return round(v, 4) if isinstance(v, float) else v
 
-        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at", "open_prompts") and v is None)}
+        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at", "open_prompts", "colour_distances", "chosen_by") and v is None)}
 
 
 def cfg_rows_per_sample(**call_kwargs: Any) -> int:
@@ -245,7 +249,12 @@ def calibrate_windows(
     ends, so that part is sampled once and both continue from its latents (`steer.partial_run`; exact on
     the schedulers `steer.partial_run.resumable` names; others sample each window whole). The chosen window is the one whose
     best relative distance is smallest among those that converged (the first window when none did): where the
-    direction best reproduces the model's own prompt edit.
+    direction best reproduces the model's own prompt edit. For an appearance edit (the route chose every reader:
+    the model's own prompt edit keeps the layout) the window is chosen by colour instead: the one whose samples' mean
+    colour (`mean_colours`) comes closest to the positives' own at some grid strength. The latent distance weighs
+    shape and colour alike and preferred the first half for red by 0.02, whose samples are darker than the model's
+    own red (read red 0.69-0.75 at 1.0 against 0.94-0.97 over the whole run, which the colour picks; docs/steering.md,
+    "The window of an appearance edit by colour").
 
     Args:
         windows: the candidate ``(start, end)`` shares of the run, in order of preference on a tie.
@@ -263,10 +272,49 @@ def calibrate_windows(
     branch = branch_step(pipe, windows, num_inference_steps)
     results = _branched_sweeps(*args, branch, batch_size=batch_size) if branch is not None else _sweeps(*args, batch_size=batch_size)
     converged = [i for i, r in enumerate(results) if r.converged] or [0]
-    chosen = min(converged, key=lambda i: results[i].distance)
+    chosen, by = min(converged, key=lambda i: results[i].distance), "distance"
+    by_colour = [min(results[i].colour_distances) for i in converged if results[i].colour_distances]
+    if len(by_colour) == len(converged) > 1 and all(math.isfinite(d) for d in by_colour):  # an appearance edit
+        chosen, by = converged[by_colour.index(min(by_colour))], "colour"
     results[chosen].unet_rows = sum(r.unet_rows for r in results)
+    results[chosen].chosen_by = by
     _warn(results[chosen])
     return chosen, results
+
+
+def mean_colours(pipe, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """The mean RGB ([n, 3], in [0, 1]) of the images decoded from unflattened final latents of SD-family UNet
+    pipelines: the hue and brightness an appearance edit sets, without where things lie. A non-finite decode (an fp16
+    VAE overflowing) gives a NaN row."""
+    vae = pipe.vae
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    param = next(vae.parameters())
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(latents), batch_size):
+            z = latents[i : i + batch_size].to(param.device, param.dtype) / vae.config.scaling_factor + shift
+            image = (vae.decode(z).sample.float().clamp(-1, 1) + 1) / 2
+            out.append(image.mean((2, 3)).cpu())
+    return torch.cat(out)
+
+
+def _appearance_colours(pipe, route: dict[str, Any] | None, z_pos: torch.Tensor, z_open: torch.Tensor, windows: int):
+    """What `_calibration` compares colours with where several windows are chosen between for an appearance edit
+    (the route chose every reader), else None."""
+    if windows < 2 or route is None or route.get("readers") is not None:
+        return None
+    return pipe, mean_colours(pipe, z_pos), mean_colours(pipe, z_open), tuple(z_pos.shape[1:])
+
+
+def window_choice_record(windows: Sequence[Sequence[float]], tried: Sequence[Calibration], chosen: Sequence[float]) -> dict[str, Any]:
+    """``metadata["window_choice"]`` of ``learn_direction(window="auto")``: what each candidate window came to and
+    which was kept, and by what ("colour": an appearance edit's; "distance")."""
+    record = {"windows": [list(w) for w in windows], "distances": [round(r.distance, 4) for r in tried],
+              "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(chosen),
+              "by": next((r.chosen_by for r in tried if r.chosen_by), "distance")}
+    if all(r.colour_distances for r in tried):
+        record["colour_distances"] = [round(min(r.colour_distances), 4) for r in tried]
+    return record
 
 
 def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_steps: int) -> int | None:
@@ -304,16 +352,24 @@ def _choose_route(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dic
     return {"structure": structure, "readers": readers}, {**steering, "steering_readers": readers}
 
 
-def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start: float, rows: int, window, route) -> Calibration:
+def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start: float, rows: int, window, route,
+                 colours: tuple[Any, torch.Tensor, torch.Tensor, tuple[int, ...]] | None = None) -> Calibration:
     """A window's result from its steered samples ``z`` (grid, samples, features) against the positives' own ``z_pos``,
-    relative to the unsteered distance ``start``."""
+    relative to the unsteered distance ``start``; with ``colours`` (pipe, the positives' and the unsteered samples'
+    `mean_colours`, the latent shape: an appearance edit's), the colour distance curve too."""
     distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in z)]
     best, distance = curve_minimum([0.0, *grid], distances)
     converged = best > 0
     if not converged:  # no strength brings the open samples closer to the positives' own samples
         best = grid[len(grid) // 2]
-    return Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], rows,
-                       None if window is None else [float(w) for w in window], route)
+    result = Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], rows,
+                         None if window is None else [float(w) for w in window], route)
+    if colours is not None:
+        pipe, pos_colours, open_colours, shape = colours
+        unsteered = float((open_colours - pos_colours).norm(dim=1).mean().clamp_min(1e-6))
+        steered = mean_colours(pipe, z.reshape(-1, *shape)).reshape(len(z), -1, 3)
+        result.colour_distances = [float((c - pos_colours).norm(dim=1).mean()) / unsteered for c in steered]
+    return result
 
 
 def _sweeps(
@@ -330,10 +386,12 @@ def _sweeps(
     # open samples (the attribute left to the model), steered at 0 (first window only) and along the grid in one
     # batched call per window
     start, results, route = None, [], None
+    colours = None
     if choose_route:  # the unsteered open samples first: the route is chosen from the model's own prompt edit
         z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
         route, steering = _choose_route(pipe, z_pos, z_open, steering)
         start = float((z_open.flatten(1) - z_pos.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
+        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows))
     z_pos = z_pos.flatten(1)
     for window in windows:
         strengths = [*([0.0] if start is None else []), *grid]
@@ -347,7 +405,7 @@ def _sweeps(
             z = z[1:]
         # the positives' and the unsteered open samples count once (with the first window)
         sets = len(strengths) + (0 if results else 1 + (1 if choose_route else 0))
-        results.append(_calibration(grid, z, z_pos, start, sets * rows_per_set, window, route))
+        results.append(_calibration(grid, z, z_pos, start, sets * rows_per_set, window, route, colours))
         results[-1].open_prompts = list(dict.fromkeys(opened))
     return results
 
@@ -366,9 +424,10 @@ def _branched_sweeps(
     opened = open_prompts(pos, neg)
     z_pos = sample_latents(pipe, pos, seeds, flat=False, batch_size=batch_size, **kw)
     z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
-    route = None
+    route, colours = None, None
     if choose_route:
         route, steering = _choose_route(pipe, z_pos, z_open, steering)
+        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows))
     z_pos, z_open = z_pos.flatten(1), z_open.flatten(1)
     start = float((z_open - z_pos).norm(dim=1).mean().clamp_min(1e-6))
     prompts = [p for _ in grid for p in opened]
@@ -382,7 +441,7 @@ def _branched_sweeps(
     for i, window in enumerate(windows):
         # the positives', the unsteered open and the shared first-part samples count with the first window
         rows = tail_rows + (2 * length * row_steps + head_rows if i == 0 else 0)
-        results.append(_calibration(grid, tail[i], z_pos, start, rows, window, route))
+        results.append(_calibration(grid, tail[i], z_pos, start, rows, window, route, colours))
         results[-1].branched_at = branch
         results[-1].open_prompts = list(dict.fromkeys(opened))
     return results

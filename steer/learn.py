@@ -25,6 +25,7 @@ from steer.calibrate import (
     calibrate_windows,
     calibration_sets,
     check_grid,
+    window_choice_record,
 )
 from steer.calibrate import calibrate as run_calibration
 from steer.config import PAPER_WINDOW, SteeringConfig, check_window, outside_steering_blocks
@@ -471,8 +472,7 @@ def learn_direction(
         settings["window"] = list(window)
         if "removal_window" in settings:
             settings["removal_window"] = [window[0], 1.0]
-        meta["window_choice"] = {"windows": [list(w) for w in AUTO_WINDOWS], "distances": [round(r.distance, 4) for r in tried],
-                                 "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(window)}
+        meta["window_choice"] = window_choice_record(AUTO_WINDOWS, tried, window)
     else:
         result = run_calibration(*calibration_args, **calibration_kwargs)
     if result.route is not None:  # readers="auto": the route the calibration chose and ran through

@@ -267,7 +267,13 @@ def window_choice_note(vector: SteeringVector) -> str:
     except (TypeError, KeyError, ValueError, IndexError):
         return ""
     compared = ", ".join(f"{a:g}-{b:g}: {d:.2f}" for a, b, d in tried[:4])
-    return f" Window chosen by calibration: **{start:g}-{end:g}** (relative distance to the positives' own samples {compared})."
+    colours = choice.get("colour_distances") if choice.get("by") == "colour" else None
+    try:
+        by_colour = ("an appearance edit, chosen by the samples' colour: "
+                     + ", ".join(f"{a:g}-{b:g}: {float(d):.2f}" for (a, b, _), d in zip(tried[:4], colours, strict=True)) + "; ") if colours else ""
+    except (TypeError, ValueError):
+        by_colour = ""
+    return f" Window chosen by calibration: **{start:g}-{end:g}** ({by_colour}relative distance to the positives' own samples {compared})."
 
 
 def route_choice_note(vector: SteeringVector) -> str:

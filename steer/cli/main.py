@@ -99,7 +99,10 @@ def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
     choice = meta.get("window_choice")
     if choice:  # --window auto: what the calibration compared
         tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
-        print(f"{label}window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (relative distance to the positives' samples {tried})")
+        colours = choice.get("colour_distances") if choice.get("by") == "colour" else None
+        by_colour = ("an appearance edit, chosen by the samples' colour: " + ", ".join(
+            f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], colours, strict=True)) + "; ") if colours else ""
+        print(f"{label}window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} ({by_colour}relative distance to the positives' samples {tried})")
     route = meta.get("route_choice")
     if route:  # --readers auto: what the calibration decided on
         read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
