@@ -273,8 +273,9 @@ def calibrate_windows(
     results = _branched_sweeps(*args, branch, batch_size=batch_size) if branch is not None else _sweeps(*args, batch_size=batch_size)
     converged = [i for i, r in enumerate(results) if r.converged] or [0]
     chosen, by = min(converged, key=lambda i: results[i].distance), "distance"
-    by_colour = [min(results[i].colour_distances) for i in converged if results[i].colour_distances]
-    if len(by_colour) == len(converged) > 1 and all(math.isfinite(d) for d in by_colour):  # an appearance edit
+    curves = [results[i].colour_distances for i in converged if results[i].colour_distances]
+    by_colour = [min(c) for c in curves if all(map(math.isfinite, c))]  # a NaN: a decode overflowed, no verdict
+    if len(by_colour) == len(converged) > 1:  # an appearance edit
         chosen, by = converged[by_colour.index(min(by_colour))], "colour"
     results[chosen].unet_rows = sum(r.unet_rows for r in results)
     results[chosen].chosen_by = by
@@ -312,7 +313,7 @@ def window_choice_record(windows: Sequence[Sequence[float]], tried: Sequence[Cal
     record = {"windows": [list(w) for w in windows], "distances": [round(r.distance, 4) for r in tried],
               "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(chosen),
               "by": next((r.chosen_by for r in tried if r.chosen_by), "distance")}
-    if all(r.colour_distances for r in tried):
+    if all(r.colour_distances and all(map(math.isfinite, r.colour_distances)) for r in tried):
         record["colour_distances"] = [round(min(r.colour_distances), 4) for r in tried]
     return record
 

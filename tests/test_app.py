@@ -198,6 +198,11 @@ def test_window_choice_note_reads_the_recorded_choice_and_ignores_junk():
     choice = {"windows": [[0.0, 0.5], [0.0, 1.0]], "distances": [0.378, 0.353], "chosen": [0.0, 1.0]}
     note = H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": choice}))
     assert note == " Window chosen by calibration: **0-1** (relative distance to the positives' own samples 0-0.5: 0.38, 0-1: 0.35)."
+    by_colour = H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": {**choice, "by": "colour", "colour_distances": [0.13, 0.11]}}))
+    assert by_colour == (" Window chosen by calibration: **0-1** (an appearance edit, chosen by the samples' colour: 0-0.5: 0.13, 0-1: "
+                         "0.11; relative distance to the positives' own samples 0-0.5: 0.38, 0-1: 0.35).")
+    junk_colours = {**choice, "by": "colour", "colour_distances": ["x", 1]}
+    assert H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": junk_colours})).startswith(" Window chosen by calibration: **0-1** (relative")
     for junk in (None, "auto", {"windows": [[0, 1]]}, {**choice, "distances": ["x", 1]}, {**choice, "chosen": 3}):
         assert H.window_choice_note(SteeringVector({"x": torch.ones(4)}, {"window_choice": junk})) == ""
 

@@ -2,12 +2,13 @@
 prompt edit (a layout edit -> the down and mid blocks' cross-attentions; an appearance edit -> every one), at no
 extra cost, and records it. Real decisions on the embedded demo model; the family fallback on a tiny PixArt."""
 
+import math
 import warnings
 
 import pytest
 import torch
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, route_advice, structure_kept
+from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, mean_colours, route_advice, structure_kept
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
@@ -47,10 +48,16 @@ def test_a_class_edit_is_read_by_the_layout_blocks_and_a_colour_edit_by_every_cr
     routed = demo.learn_direction(*bag, readers="layout", **QUICK)
     assert to_bag.metadata["calibration"]["strength"] == pytest.approx(routed.metadata["calibration"]["strength"], rel=1e-3)
 
+    assert to_bag.metadata["window_choice"]["by"] == "distance" and "colour_distances" not in to_bag.metadata["window_choice"]
+
     to_blue = demo.learn_direction(*blue, readers="auto", **QUICK)
     assert to_blue.metadata["route_choice"]["readers"] is None and to_blue.metadata["route_choice"]["structure"] > LAYOUT_EDIT_BELOW
     assert "readers" not in to_blue.metadata["recommended"]
-    plain = demo.learn_direction(*blue, readers="all", **QUICK)  # an appearance edit: every reader's direction and strength
+    # an appearance edit: the window whose samples' colour came closest to the positives' own
+    choice = to_blue.metadata["window_choice"]
+    assert choice["by"] == "colour" and choice["chosen"] == choice["windows"][choice["colour_distances"].index(min(choice["colour_distances"]))]
+    # every reader's direction and strength: as learned for every reader over the chosen window on the choice's grid
+    plain = demo.learn_direction(*blue, readers="all", window=tuple(choice["chosen"]), calibration_grid=WINDOW_CHOICE_GRID, **QUICK)
     assert "route_choice" not in plain.metadata and "readers" not in plain.metadata["recommended"]
     assert to_blue.metadata["calibration"]["strength"] == pytest.approx(plain.metadata["calibration"]["strength"], rel=1e-3)
     assert torch.allclose(to_blue.directions["encoder_hidden_states"], plain.directions["encoder_hidden_states"], rtol=1e-3)
@@ -114,3 +121,43 @@ def test_a_close_route_call_is_said_in_one_line():
     assert "every cross-attention" in route_advice({"structure": LAYOUT_EDIT_BELOW + 0.03, "readers": None})
     for clear in ({"structure": 0.5, "readers": ["layout"]}, {"structure": 0.97, "readers": None}, None, {"structure": "x"}):
         assert route_advice(clear) is None
+
+
+@pytest.mark.parametrize("route, converged, colours, chosen, by", [
+    ({"structure": 0.95, "readers": None}, (True, True), ([0.4, 0.3], [0.5, 0.2]), 1, "colour"),  # closer by colour, farther by distance
+    ({"structure": 0.95, "readers": None}, (True, False), ([0.4, 0.3], [0.5, 0.2]), 0, "distance"),  # one candidate left
+    ({"structure": 0.95, "readers": None}, (True, True), ([0.4, float("nan")], [0.5, 0.2]), 0, "distance"),  # a decode overflowed
+    ({"structure": 0.45, "readers": ["layout"]}, (True, True), (None, None), 0, "distance"),  # a layout edit: no colours
+])
+def test_an_appearance_edit_takes_the_window_closest_by_colour(monkeypatch, route, converged, colours, chosen, by):
+    import steer.calibrate as calibrate_module
+    from steer.calibrate import Calibration, calibrate_windows, window_choice_record
+    from steer.learn import AUTO_WINDOWS
+
+    def sweeps(*args, **kwargs):  # the first half closer to the positives' samples in latent distance
+        return [Calibration(0.3, 0.2, d, ok, [0.2, 0.3], [d, d], 10, list(w), route, colour_distances=c)
+                for w, d, ok, c in zip(AUTO_WINDOWS, (0.11, 0.14), converged, colours, strict=True)]
+
+    monkeypatch.setattr(calibrate_module, "branch_step", lambda *a: None)
+    monkeypatch.setattr(calibrate_module, "_sweeps", sweeps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a candidate that did not converge is no concern here
+        index, tried = calibrate_windows(None, None, ["a red bag"], ["a bag"], AUTO_WINDOWS)
+    assert index == chosen and tried[index].chosen_by == by and tried[index].unet_rows == 20
+    record = window_choice_record(AUTO_WINDOWS, tried, AUTO_WINDOWS[index])
+    assert record["by"] == by and record["chosen"] == list(AUTO_WINDOWS[chosen])
+    assert ("colour_distances" in record) == (colours[0] is not None and all(map(math.isfinite, colours[0])))  # no NaN in a file
+
+
+def test_mean_colours_reads_the_colour_the_vae_decodes(demo):
+    """Coloured squares on black (the demo data's look), encoded by the model's VAE: their decoded mean colour comes
+    back near the images' own, in the same hue; batches split alike."""
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.2, 0.9], [0.9, 0.9, 0.9]])
+    images = torch.zeros(3, 3, 32, 32)
+    images[:, :, 8:24, 8:24] = colours[:, :, None, None]
+    with torch.no_grad():
+        latents = demo.vae.encode(images * 2 - 1).latent_dist.mean * demo.vae.config.scaling_factor
+    read = mean_colours(demo, latents, batch_size=2)
+    assert read.shape == (3, 3) and (read - images.mean((2, 3))).abs().max() < 0.06
+    assert read[0].argmax() == 0 and read[1].argmax() == 2 and read[2].min() > 0.15
+    assert torch.allclose(read, mean_colours(demo, latents, batch_size=8), atol=1e-5)

@@ -263,6 +263,9 @@ def test_auto_window_calibrates_each_candidate_on_shared_samples_and_keeps_the_c
     assert choice["strengths"][0] == pytest.approx(fixed.metadata["calibration"]["strength"], abs=1e-4)
     candidates = [i for i, ok in enumerate(choice["converged"]) if ok] or [0]
     best = min(candidates, key=lambda i: choice["distances"][i])
+    if choice["by"] == "colour":  # an appearance edit (the route chose every reader): the closest by colour
+        assert auto.metadata["route_choice"]["readers"] is None
+        best = min(candidates, key=lambda i: choice["colour_distances"][i])
     assert choice["chosen"] == rec["window"] == cal["window"] == list(AUTO_WINDOWS[best])
     assert rec["removal_window"] == [rec["window"][0], 1.0]
     assert abs(float(auto.directions[CONTEXT_SITE].norm()) - choice["strengths"][best]) < 1e-3
