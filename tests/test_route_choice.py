@@ -161,3 +161,14 @@ def test_mean_colours_reads_the_colour_the_vae_decodes(demo):
     assert read.shape == (3, 3) and (read - images.mean((2, 3))).abs().max() < 0.06
     assert read[0].argmax() == 0 and read[1].argmax() == 2 and read[2].min() > 0.15
     assert torch.allclose(read, mean_colours(demo, latents, batch_size=8), atol=1e-5)
+
+
+def test_the_command_line_says_when_the_window_was_chosen_by_colour(capsys):
+    from steer.cli.main import _print_calibration
+
+    choice = {"windows": [[0.0, 0.5], [0.0, 1.0]], "distances": [0.116, 0.138], "chosen": [0.0, 1.0]}
+    _print_calibration("", {"window_choice": {**choice, "by": "colour", "colour_distances": [0.135, 0.114]}}, str)
+    assert capsys.readouterr().out == ("window: 0,1 (an appearance edit, chosen by the samples' colour: 0,0.5: 0.135, 0,1: 0.114; "
+                                       "relative distance to the positives' samples 0,0.5: 0.116, 0,1: 0.138)\n")
+    _print_calibration("", {"window_choice": {**choice, "chosen": [0.0, 0.5], "by": "distance"}}, str)
+    assert capsys.readouterr().out == "window: 0,0.5 (relative distance to the positives' samples 0,0.5: 0.116, 0,1: 0.138)\n"
