@@ -515,10 +515,9 @@ def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any]
     for half, (items, opened) in enumerate(sets):
         report = (lambda f, msg, h=half: progress(h / 2 + f / 2, msg)) if callable(progress) else progress
         halves.append(learn_direction(pipe, items, opened, progress=report, **options, **call_kwargs))
-    # One window and one route for both sides, so that every surface that applies the direction's recommended window
-    # and route to a call (the command line, batch, the app's sliders) applies them to either side alike: where the
-    # sides chose differently, the window whose calibrations come closest over both (summed relative distances) and
-    # the positive side's route; a side that chose otherwise is calibrated again with them (one more calibration).
+    # One window and route for both sides, so every surface applying the recommended ones (CLI, batch, the app's sliders)
+    # applies them to either side alike: where the sides chose differently, the window closest over both (`_joint_settings`)
+    # and the positive side's route; a side that chose otherwise is calibrated again with them (one more calibration).
     window, readers = _joint_settings(*halves)
     relearned = []
     for half, (items, opened) in enumerate(sets):
@@ -568,12 +567,13 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
 
 def _joint_settings(side: SteeringVector, opposite: SteeringVector) -> tuple[list[float] | None, list[str] | None]:
     """The window and route both sides of a slider use: the positive side's where the sides agree or the window was
-    not chosen by calibration; else the candidate window with the least summed relative distance."""
+    not chosen by calibration; else the candidate with the least summed relative (colour, where both have it) distance."""
     rec = [v.metadata.get("recommended") or {} for v in (side, opposite)]
     window = rec[0].get("window")
     choices = [v.metadata.get("window_choice") for v in (side, opposite)]
     if rec[0].get("window") != rec[1].get("window") and all(choices) and choices[0]["windows"] == choices[1]["windows"]:
-        total = [a + b for a, b in zip(choices[0]["distances"], choices[1]["distances"], strict=True)]
+        key = "colour_distances" if all("colour_distances" in c for c in choices) else "distances"
+        total = [a + b for a, b in zip(choices[0][key], choices[1][key], strict=True)]
         window = choices[0]["windows"][min(range(len(total)), key=total.__getitem__)]
     return window, rec[0].get("readers")
 

@@ -153,14 +153,18 @@ def test_both_sides_share_one_window_and_route_the_closest_over_both():
     apply the same to either side as the Python API does."""
     from steer.learn import _joint_settings
 
-    def side(window, distances, readers=None):
+    def side(window, distances, readers=None, colours=None):
         rec = {"window": window, **({"readers": readers} if readers else {})}
         return SteeringVector({LAYER: torch.ones(4)}, {"recommended": rec, "window_choice": {
-            "windows": [[0.0, 0.5], [0.0, 1.0]], "distances": distances}})
+            "windows": [[0.0, 0.5], [0.0, 1.0]], "distances": distances, **({"colour_distances": colours} if colours else {})}})
 
     assert _joint_settings(side([0.0, 0.5], [0.30, 0.40]), side([0.0, 1.0], [0.20, 0.15])) == ([0.0, 0.5], None)  # 0.50 < 0.55
     assert _joint_settings(side([0.0, 0.5], [0.30, 0.31]), side([0.0, 1.0], [0.40, 0.20])) == ([0.0, 1.0], None)
     assert _joint_settings(side([0.0, 1.0], [0.3, 0.2], ["down.attn2"]), side([0.0, 1.0], [0.3, 0.2])) == ([0.0, 1.0], ["down.attn2"])
+    # two appearance edits (each chose its window by colour): the closest by colour over both, not by latent distance
+    red, blue = side([0.0, 1.0], [0.30, 0.40], colours=[0.20, 0.10]), side([0.0, 0.5], [0.20, 0.15], colours=[0.10, 0.15])
+    assert _joint_settings(red, blue) == ([0.0, 1.0], None)  # colour 0.30 > 0.25; latent 0.50 < 0.55 would take 0-0.5
+    assert _joint_settings(red, side([0.0, 0.5], [0.20, 0.15])) == ([0.0, 0.5], None)  # one side without colours: latent
 
 
 @pytest.mark.filterwarnings("ignore:calibration")  # random weights render no attribute
