@@ -5,7 +5,8 @@
 
 Each run must use ``--noise per-image`` (every image its own noise seed) and distinct seed bases, so that the pooled
 cell holds ``runs x seeds x 8`` independent images; the rates are averaged (each run has the same number of images per
-cell) and judged with the matrix's own pass rule. Prints each run's counts and the pooled per-target table.
+cell) and judged with the matrix's own pass rule. Prints each run's counts and the pooled per-target table; the file
+also holds the contradicting prompts' pooled cells (``contra``), and `bench/ship_calibrated.py` reads it as a run.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def run_counts(data: dict) -> dict[tuple[str, str, str], tuple[int, int, int, in
     return out
 
 
-def pooled(runs: list[dict], method: str) -> dict[str, dict]:
-    """Per target: the open-prompt rates averaged over the runs at every scale, judged as the matrix judges a cell."""
+def pooled(runs: list[dict], method: str, condition: str = "open") -> dict[str, dict]:
+    """Per target: the rates of ``condition``'s prompts ("open" or "contra") averaged over the runs at every scale,
+    judged as the matrix judges a cell."""
     if any(r["meta"].get("noise") != "per-image" for r in runs):
         raise SystemExit("every run must be --noise per-image: per-seed cells are not independent images")
     if len({r["meta"]["seed_base"] for r in runs}) != len(runs) or len({r["meta"]["seeds"] for r in runs}) != 1:
@@ -42,7 +44,7 @@ def pooled(runs: list[dict], method: str) -> dict[str, dict]:
     cells: dict[tuple, list[dict]] = {}
     for r in runs:
         for c in r["cells"]:
-            if c["condition"] == "open" and c["method"] == method:
+            if c["condition"] == condition and c["method"] == method:
                 cells.setdefault((c["kind"], c["split"], c["target"], c["scale"]), []).append(c)
     by_target: dict[tuple, dict[float, dict]] = {}
     for (kind, split, target, scale), cs in cells.items():
@@ -51,13 +53,14 @@ def pooled(runs: list[dict], method: str) -> dict[str, dict]:
     images = 8 * runs[0]["meta"]["seeds"] * len(runs)
     out = {}
     for (kind, split, target), by in sorted(by_target.items()):
-        at1 = passes(by[1.0], "open", kind)
+        at1 = passes(by[1.0], condition, kind)
         rho = spearman(MONO, [by[s]["p_target"] for s in MONO])
         out[target] = {"kind": kind, "split": split, "pass_at_1": at1, "pass_at_1_monotone": at1 and round(rho, 6) >= 0.9,
-                       "passing_scales": [s for s in sorted(by) if s > 0 and passes(by[s], "open", kind)],
+                       "passing_scales": [s for s in sorted(by) if s > 0 and passes(by[s], condition, kind)],
                        "success_at_0": round(by[0.0]["success"], 3), "success_at_1": round(by[1.0]["success"], 3),
                        "success_at_1_interval": wilson(by[1.0]["success"], images), "pixel_at_1": round(by[1.0]["pixel_success"], 3),
-                       "kept_at_1": round(by[1.0]["kept"], 3), "break_at_1": round(by[1.0]["break"], 3), "rho_p": round(rho, 3)}
+                       "kept_at_1": round(by[1.0]["kept"], 3), "break_at_1": round(by[1.0]["break"], 3), "rho_p": round(rho, 3),
+                       "rho_success": round(spearman(MONO, [by[s]["success"] for s in MONO]), 3)}
     return out
 
 
@@ -86,7 +89,8 @@ def main() -> None:
     print(f"pooled ({8 * runs[0]['meta']['seeds'] * len(runs)} images per cell): at 1.0 {sum(v['pass_at_1'] for v in table.values())}, "
           f"with rho {sum(v['pass_at_1_monotone'] for v in table.values())}, at some scale {sum(bool(v['passing_scales']) for v in table.values())} of {len(table)}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"runs": args.results, "method": args.method, "targets": table}, indent=1) + "\n")
+        contra = pooled(runs, args.method, "contra")  # prompts stating another value: the take-away's case
+        Path(args.out).write_text(json.dumps({"runs": args.results, "method": args.method, "targets": table, "contra": contra}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

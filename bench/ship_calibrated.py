@@ -65,16 +65,19 @@ def main() -> None:
     ap.add_argument("--readers-results", nargs="+", action="append", default=None, metavar="READERS_OR_FILE",
                     help="a steering_readers value then the results.json of the matrix runs with --readers it (one per seed set): "
                          "ship a target that passes only there, in every one of them (repeatable)")
+    ap.add_argument("--keep", nargs="+", default=[], metavar="TARGET",
+                    help="targets that do not pass here but stay shipped as an earlier ship wrote them (their files are left "
+                         "untouched and the table says they fall short)")
     ap.add_argument("--gallery-note", default=GALLERY_NOTE, help="what the gallery shows (written after looking at it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    results = merged([json.loads(Path(p).read_text()) for p in args.results])
+    results = merged([load_results(p) for p in args.results])
     meta, summary = results["meta"], results["summary"]
     steps, guidance = meta["steps"], meta["guidance"]
-    replication = merged([json.loads(Path(p).read_text()) for p in args.replication_results])["summary"] if args.replication_results else None
-    autos = [json.loads(Path(p).read_text()) for p in args.auto_results or ()]
+    replication = merged([load_results(p) for p in args.replication_results])["summary"] if args.replication_results else None
+    autos = [load_results(p) for p in args.auto_results or ()]
     auto = autos[0] if autos else None
-    routed = [(group[0], [json.loads(Path(f).read_text()) for f in group[1:]]) for group in args.readers_results or ()]
+    routed = [(group[0], [load_results(f) for f in group[1:]]) for group in args.readers_results or ()]
     if any(not runs for _, runs in routed):
         raise SystemExit("--readers-results needs a readers value and at least one results.json")
     by_how: dict[str, dict] = {}
@@ -97,8 +100,13 @@ def main() -> None:
                     how, m, on_contra = f"{readers} readers", runs[0]["summary"][key][target], runs[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
                     by_how[how] = runs[0]
             unreplicated = how is None and ships(m) and not replicated  # the row says so; nothing is shipped
+            if how is None and target in args.keep:
+                file = out / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors"
+                if not file.is_file():
+                    raise SystemExit(f"--keep {target}: {file} is not there to keep")
+                how = "kept"
             rows.append((kind, target, split, m, on_contra, how, unreplicated))
-            if how is None:
+            if how in (None, "kept"):
                 continue
             source = {"default": results, "auto window": auto}.get(how) or by_how[how]
             P = prompts_for(kind, target)
@@ -115,6 +123,23 @@ def main() -> None:
             path = v.save(out / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
             print("wrote", path, flush=True)
     write_readme(out, rows, meta, args)
+
+
+def load_results(path: str) -> dict:
+    """A matrix run's results.json, or a pooled table of independent runs (`bench/pool_matrix_runs.py --out`) read as
+    one run: its per-target cells as the summary (the pass on 96 pooled images), the first run's learning log (learning
+    does not depend on the evaluation seeds) and settings, ``seeds`` the draws of all runs together."""
+    data = json.loads(Path(path).read_text())
+    if "targets" not in data:
+        return data
+    runs = [json.loads(Path(p).read_text()) for p in data["runs"]]
+    summary: dict = {}
+    for cond, table in (("open", data["targets"]), ("contra", data.get("contra") or {})):
+        for target, m in table.items():
+            summary.setdefault(f"{data['method']}|{cond}|{m['kind']}|{m['split']}", {})[target] = m
+    meta = {**runs[0]["meta"], "seeds": sum(r["meta"]["seeds"] for r in runs), "pooled": path,
+            "seed_bases": [r["meta"]["seed_base"] for r in runs]}
+    return {"meta": meta, "summary": summary, "learn": runs[0]["learn"]}
 
 
 def merged(runs: list[dict]) -> dict:
@@ -152,18 +177,20 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
                         *(["--replication-results", *args.replication_results] if args.replication_results else []),
                         *(["--auto-results", *args.auto_results] if args.auto_results else []),
                         *[x for group in args.readers_results or () for x in ("--readers-results", *group)],
+                        *(["--keep", *args.keep] if args.keep else []),
                         *(["--gallery-note", repr(args.gallery_note)] if args.gallery_note != GALLERY_NOTE else [])])
     gallery = "python scripts/bundled_gallery.py" + (f" --model {args.model}" if args.model else "")
     lines = [
         f"# Bundled directions ({'demo model' if args.model is None else model})",
         "",
-        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run or the whole run, whichever the calibration finds closer to the positive prompts' own samples, split CFG branch, token-norm units "
+        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run or the whole run, whichever the calibration finds closer to the positive prompts' own samples (an appearance edit: by the samples' mean colour), split CFG branch, token-norm units "
         "with norm preservation, read by the layout blocks where the model's own prompt edit moves the layout, classifier-free calibration; "
         "`steering_scale=1.0` is the full edit) from the prompts of "
         "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "
         "(on both seed sets where a replication run is given) "
         f"(success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success rising with the scale: Spearman >= 0.5; DDIM {meta['steps']}, guidance {meta['guidance']}, "
-        f"{meta['seeds']} seeds x 8 prompts). Each records its reference level, so `steering_negative=\"remove\"` with a "
+        + (f"{8 * meta['seeds']} independent images per cell, seed sets {', '.join(map(str, meta['seed_bases']))} pooled: `{meta['pooled']}`"
+           if meta.get("pooled") else f"{meta['seeds']} seeds x 8 prompts") + "). Each records its reference level, so `steering_negative=\"remove\"` with a "
         "negative scale takes its attribute out of a prompt that states it (\"a red bag\" with `[to_blue, to_red]` at "
         "`[1, -1]`, whole-run window for colours; the app's take-away), from the window's start to the end of the run "
         "(its recommended removal window). A target marked *auto window* does not pass with the defaults and passes, "
@@ -172,7 +199,8 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         "A target marked *layout readers* (*detail readers*) does not pass with the defaults and passes, on every seed "
         "set run, learned with `readers=\"layout\"` (only the down and mid blocks read it, so the item keeps the prompt's "
         "colour) (`readers=\"detail\"`: only the up blocks read it, so the garment keeps its class); the row shows the "
-        "first of those runs. "
+        "first of those runs. A target *kept from an earlier ship* does not pass here and ships as an earlier, "
+        "shared-noise measurement passed it (its file untouched: `--keep`). "
         f"Regenerate: `{command}`. "
         "Full results: docs/steering.md.",
         "",
@@ -186,7 +214,8 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     ]
     for kind, target, split, m, contra, how, unreplicated in rows:
         c = f"{contra['success_at_1']:.2f} / {contra['kept_at_1']:.2f}" if contra else "-"
-        shipped = ("no (not on the replication's seeds)" if unreplicated else "no") if how is None else "yes" if how == "default" else f"yes ({how})"
+        shipped = (("no (not on the replication's seeds)" if unreplicated else "no") if how is None else "yes" if how == "default"
+                   else "kept from an earlier ship (falls short here)" if how == "kept" else f"yes ({how})")
         lines.append(f"| {target} | {kind} | {split} | {shipped} | {m['success_at_1']:.2f} / {m['kept_at_1']:.2f} / "
                      f"{m['break_at_1']:.2f} | {', '.join(map(str, m['passing_scales'])) or '-'} | {m['rho_success']:.2f} | {c} |")
     (out / "README.md").write_text("\n".join(lines) + "\n" + (LEGACY if args.model is None else ""))
