@@ -283,28 +283,30 @@ def calibrate_windows(
     return chosen, results
 
 
-def mean_colours(pipe, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8) -> torch.Tensor:
     """The mean RGB ([n, 3], in [0, 1]) of the images decoded from unflattened final latents of SD-family UNet
     pipelines: the hue and brightness an appearance edit sets, without where things lie. A non-finite decode (an fp16
-    VAE overflowing) gives a NaN row."""
+    VAE overflowing) gives a NaN row. At most ``batch_size`` images per decode (None: all at once)."""
     vae = pipe.vae
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     param = next(vae.parameters())
+    size = max(1, int(batch_size)) if batch_size else max(1, len(latents))
     out = []
     with torch.no_grad():
-        for i in range(0, len(latents), batch_size):
-            z = latents[i : i + batch_size].to(param.device, param.dtype) / vae.config.scaling_factor + shift
+        for i in range(0, len(latents), size):
+            z = latents[i : i + size].to(param.device, param.dtype) / vae.config.scaling_factor + shift
             image = (vae.decode(z).sample.float().clamp(-1, 1) + 1) / 2
             out.append(image.mean((2, 3)).cpu())
     return torch.cat(out)
 
 
-def _appearance_colours(pipe, route: dict[str, Any] | None, z_pos: torch.Tensor, z_open: torch.Tensor, windows: int):
+def _appearance_colours(pipe, route: dict[str, Any] | None, z_pos: torch.Tensor, z_open: torch.Tensor, windows: int,
+                        batch_size: int | None):
     """What `_calibration` compares colours with where several windows are chosen between for an appearance edit
     (the route chose every reader), else None."""
     if windows < 2 or route is None or route.get("readers") is not None:
         return None
-    return pipe, mean_colours(pipe, z_pos), mean_colours(pipe, z_open), tuple(z_pos.shape[1:])
+    return pipe, mean_colours(pipe, z_pos, batch_size), mean_colours(pipe, z_open, batch_size), tuple(z_pos.shape[1:]), batch_size
 
 
 def window_choice_record(windows: Sequence[Sequence[float]], tried: Sequence[Calibration], chosen: Sequence[float]) -> dict[str, Any]:
@@ -354,10 +356,10 @@ def _choose_route(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dic
 
 
 def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start: float, rows: int, window, route,
-                 colours: tuple[Any, torch.Tensor, torch.Tensor, tuple[int, ...]] | None = None) -> Calibration:
+                 colours: tuple[Any, torch.Tensor, torch.Tensor, tuple[int, ...], int | None] | None = None) -> Calibration:
     """A window's result from its steered samples ``z`` (grid, samples, features) against the positives' own ``z_pos``,
     relative to the unsteered distance ``start``; with ``colours`` (pipe, the positives' and the unsteered samples'
-    `mean_colours`, the latent shape: an appearance edit's), the colour distance curve too."""
+    `mean_colours`, the latent shape and the decode batch size: an appearance edit's), the colour distance curve too."""
     distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in z)]
     best, distance = curve_minimum([0.0, *grid], distances)
     converged = best > 0
@@ -366,9 +368,9 @@ def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start:
     result = Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], rows,
                          None if window is None else [float(w) for w in window], route)
     if colours is not None:
-        pipe, pos_colours, open_colours, shape = colours
+        pipe, pos_colours, open_colours, shape, batch_size = colours
         unsteered = float((open_colours - pos_colours).norm(dim=1).mean().clamp_min(1e-6))
-        steered = mean_colours(pipe, z.reshape(-1, *shape)).reshape(len(z), -1, 3)
+        steered = mean_colours(pipe, z.reshape(-1, *shape), batch_size).reshape(len(z), -1, 3)
         result.colour_distances = [float((c - pos_colours).norm(dim=1).mean()) / unsteered for c in steered]
     return result
 
@@ -392,7 +394,7 @@ def _sweeps(
         z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
         route, steering = _choose_route(pipe, z_pos, z_open, steering)
         start = float((z_open.flatten(1) - z_pos.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
-        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows))
+        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size)
     z_pos = z_pos.flatten(1)
     for window in windows:
         strengths = [*([0.0] if start is None else []), *grid]
@@ -428,7 +430,7 @@ def _branched_sweeps(
     route, colours = None, None
     if choose_route:
         route, steering = _choose_route(pipe, z_pos, z_open, steering)
-        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows))
+        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size)
     z_pos, z_open = z_pos.flatten(1), z_open.flatten(1)
     start = float((z_open - z_pos).norm(dim=1).mean().clamp_min(1e-6))
     prompts = [p for _ in grid for p in opened]
