@@ -25,6 +25,7 @@ from steer.calibrate import (
     calibrate_windows,
     calibration_sets,
     check_grid,
+    joint_window,
     window_choice_record,
 )
 from steer.calibrate import calibrate as run_calibration
@@ -195,7 +196,8 @@ def learn_direction(
         window: the share of the denoising run the direction acts over, recorded as its recommended window and used
             by the calibration (default: the preset's). ``"auto"`` (the text preset's default when it calibrates;
             ``(0, 0.5)`` when it does not) calibrates over each of `AUTO_WINDOWS` and keeps the one whose samples
-            come closest to the positives' own (recorded in ``metadata["window_choice"]``). The two runs share their
+            come closest to the positives' own (by mean colour for an appearance edit that ``readers="auto"`` sends to
+            every reader; recorded in ``metadata["window_choice"]``). The two runs share their
             first half on DDIM, Euler discrete and ancestral, flow-matching Euler, DPM-Solver, UniPC, DEIS and PNDM, so
             the choice costs a plain calibration's 8 sample sets (10 on other schedulers; `steer.calibrate.calibrate_windows`).
         readers: text directions: which cross-attentions read the steered tokens (`SteeringConfig.readers`:
@@ -567,14 +569,12 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
 
 def _joint_settings(side: SteeringVector, opposite: SteeringVector) -> tuple[list[float] | None, list[str] | None]:
     """The window and route both sides of a slider use: the positive side's where the sides agree or the window was
-    not chosen by calibration; else the candidate with the least summed relative (colour, where both have it) distance."""
+    not chosen by calibration; else the candidate both come closest at (`steer.calibrate.joint_window`)."""
     rec = [v.metadata.get("recommended") or {} for v in (side, opposite)]
     window = rec[0].get("window")
     choices = [v.metadata.get("window_choice") for v in (side, opposite)]
     if rec[0].get("window") != rec[1].get("window") and all(choices) and choices[0]["windows"] == choices[1]["windows"]:
-        key = "colour_distances" if all("colour_distances" in c for c in choices) else "distances"
-        total = [a + b for a, b in zip(choices[0][key], choices[1][key], strict=True)]
-        window = choices[0]["windows"][min(range(len(total)), key=total.__getitem__)]
+        window = joint_window(*choices) or window
     return window, rec[0].get("readers")
 
 

@@ -146,7 +146,9 @@ def test_an_appearance_edit_takes_the_window_closest_by_colour(monkeypatch, rout
     assert index == chosen and tried[index].chosen_by == by and tried[index].unet_rows == 20
     record = window_choice_record(AUTO_WINDOWS, tried, AUTO_WINDOWS[index])
     assert record["by"] == by and record["chosen"] == list(AUTO_WINDOWS[chosen])
-    assert ("colour_distances" in record) == (colours[0] is not None and all(map(math.isfinite, colours[0])))  # no NaN in a file
+    assert ("colour_distances" in record) == (by == "colour")  # what decided, only
+    nan_free = colours[0] is not None and all(map(math.isfinite, colours[0]))
+    assert ("colour_distances" in tried[index].to_dict()) == nan_free  # the calibration record: never a NaN in a file
 
 
 def test_mean_colours_reads_the_colour_the_vae_decodes(demo):
@@ -172,3 +174,52 @@ def test_the_command_line_says_when_the_window_was_chosen_by_colour(capsys):
                                        "relative distance to the positives' samples 0,0.5: 0.116, 0,1: 0.138)\n")
     _print_calibration("", {"window_choice": {**choice, "chosen": [0.0, 0.5], "by": "distance"}}, str)
     assert capsys.readouterr().out == "window: 0,0.5 (relative distance to the positives' samples 0,0.5: 0.116, 0,1: 0.138)\n"
+
+
+def test_the_colour_distance_is_to_the_positives_own_colour_relative_to_the_unsteered_one():
+    """`_calibration`'s colour curve with a VAE whose decode paints each image the colour its latent holds: the
+    distance is measured to the positives' colours and in units of the unsteered samples' distance."""
+    from types import SimpleNamespace
+
+    from steer.calibrate import _calibration
+
+    class Paint(torch.nn.Module):
+        config = SimpleNamespace(scaling_factor=1.0, shift_factor=None)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def decode(self, z):  # channel c of the latent's mean -> colour c, in [-1, 1]
+            return SimpleNamespace(sample=z[:, :3].mean((2, 3), keepdim=True).expand(-1, -1, 4, 4) * 2 - 1)
+
+    pipe = SimpleNamespace(vae=Paint())
+    shape = (4, 2, 2)
+    paint = lambda *rgb: torch.tensor([*rgb, 0.0])[:, None, None].expand(shape).clone()  # noqa: E731
+    z_pos = torch.stack([paint(0.9, 0.1, 0.1)] * 2)  # red positives
+    z_open = torch.stack([paint(0.1, 0.1, 0.9)] * 2)  # blue open samples: 1.131 away
+    steered = torch.stack([torch.stack([paint(0.5, 0.1, 0.5)] * 2), torch.stack([paint(0.9, 0.1, 0.1)] * 2)])  # halfway; there
+    colours = (pipe, mean_colours(pipe, z_pos), mean_colours(pipe, z_open), shape, 8)
+    result = _calibration([0.2, 0.3], steered.flatten(2), z_pos.flatten(1), 1.0, 1, (0.0, 1.0), None, colours)
+    assert result.colour_distances == pytest.approx([0.5, 0.0], abs=1e-5)
+
+
+def test_mean_colours_reads_an_overflowing_decode_as_no_colour():
+    from types import SimpleNamespace
+
+    class Overflow(torch.nn.Module):
+        config = SimpleNamespace(scaling_factor=1.0)
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def decode(self, z):
+            image = torch.zeros(len(z), 3, 4, 4)
+            image[0, 0, 0, 0] = float("inf")  # the clamp would read it as a white pixel
+            image[1, 1, 0, 0] = float("nan")
+            return SimpleNamespace(sample=image)
+
+    read = mean_colours(SimpleNamespace(vae=Overflow()), torch.zeros(3, 4, 2, 2))
+    assert read[:2].isnan().all() and torch.equal(read[2], torch.full((3,), 0.5))
+    assert mean_colours(SimpleNamespace(vae=Overflow()), torch.zeros(0, 4, 2, 2)).shape == (0, 3)

@@ -153,10 +153,11 @@ def test_both_sides_share_one_window_and_route_the_closest_over_both():
     apply the same to either side as the Python API does."""
     from steer.learn import _joint_settings
 
-    def side(window, distances, readers=None, colours=None):
+    def side(window, distances, readers=None, colours=None, converged=(True, True)):
         rec = {"window": window, **({"readers": readers} if readers else {})}
         return SteeringVector({LAYER: torch.ones(4)}, {"recommended": rec, "window_choice": {
-            "windows": [[0.0, 0.5], [0.0, 1.0]], "distances": distances, **({"colour_distances": colours} if colours else {})}})
+            "windows": [[0.0, 0.5], [0.0, 1.0]], "distances": distances, "converged": converged,
+            **({"colour_distances": colours, "by": "colour"} if colours else {"by": "distance"})}})
 
     assert _joint_settings(side([0.0, 0.5], [0.30, 0.40]), side([0.0, 1.0], [0.20, 0.15])) == ([0.0, 0.5], None)  # 0.50 < 0.55
     assert _joint_settings(side([0.0, 0.5], [0.30, 0.31]), side([0.0, 1.0], [0.40, 0.20])) == ([0.0, 1.0], None)
@@ -165,6 +166,11 @@ def test_both_sides_share_one_window_and_route_the_closest_over_both():
     red, blue = side([0.0, 1.0], [0.30, 0.40], colours=[0.20, 0.10]), side([0.0, 0.5], [0.20, 0.15], colours=[0.10, 0.15])
     assert _joint_settings(red, blue) == ([0.0, 1.0], None)  # colour 0.30 > 0.25; latent 0.50 < 0.55 would take 0-0.5
     assert _joint_settings(red, side([0.0, 0.5], [0.20, 0.15])) == ([0.0, 0.5], None)  # one side without colours: latent
+    # a candidate one side's calibration did not converge on is not taken, whatever its colour
+    assert _joint_settings(side([0.0, 0.5], [0.30, 0.40], colours=[0.30, 0.20]),
+                           side([0.0, 1.0], [0.20, 1.00], colours=[0.60, 0.10], converged=(True, False))) == ([0.0, 0.5], None)
+    # none converged on both: the positive side's own
+    assert _joint_settings(side([0.0, 1.0], [1.0, 0.4], converged=(False, True)), side([0.0, 0.5], [0.3, 1.0], converged=(True, False))) == ([0.0, 1.0], None)
 
 
 @pytest.mark.filterwarnings("ignore:calibration")  # random weights render no attribute

@@ -270,7 +270,7 @@ def window_choice_note(vector: SteeringVector) -> str:
     colours = choice.get("colour_distances") if choice.get("by") == "colour" else None
     try:
         by_colour = ("an appearance edit, chosen by the samples' colour: "
-                     + ", ".join(f"{a:g}-{b:g}: {float(d):.2f}" for (a, b, _), d in zip(tried[:4], colours, strict=True)) + "; ") if colours else ""
+                     + ", ".join(f"{a:g}-{b:g}: {float(d):.2f}" for (a, b, _), d in list(zip(tried, colours, strict=True))[:4]) + "; ") if colours else ""
     except (TypeError, ValueError):
         by_colour = ""
     return f" Window chosen by calibration: **{start:g}-{end:g}** ({by_colour}relative distance to the positives' own samples {compared})."
