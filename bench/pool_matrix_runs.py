@@ -41,15 +41,26 @@ def pooled(runs: list[dict], method: str, condition: str = "open") -> dict[str, 
         raise SystemExit("every run must be --noise per-image: per-seed cells are not independent images")
     if len({r["meta"]["seed_base"] for r in runs}) != len(runs) or len({r["meta"]["seeds"] for r in runs}) != 1:
         raise SystemExit("the runs need distinct seed bases and the same number of seeds")
+    ranges = sorted((r["meta"]["seed_base"], r["meta"]["seed_base"] + 8 * r["meta"]["seeds"]) for r in runs)
+    if any(a[1] > b[0] for a, b in zip(ranges, ranges[1:], strict=False)):
+        raise SystemExit(f"the runs' noise seeds overlap ({ranges}: each run uses seed_base .. seed_base + 8 x seeds): not independent images")
+    for key in ("steps", "guidance", "model", "window", "readers", "scheduler", "kinds"):
+        if len({json.dumps(r["meta"].get(key)) for r in runs}) != 1:
+            raise SystemExit(f"the runs differ in {key} ({[r['meta'].get(key) for r in runs]}): they measure different things")
+    learned = [{(x["target"], x.get("method")): (x.get("calibration") or {}).get("strength") for x in r.get("learn", [])} for r in runs]
+    if any(other != learned[0] for other in learned[1:]):
+        raise SystemExit("the runs learned different directions (their learning logs' strengths differ): not one method to pool")
     cells: dict[tuple, list[dict]] = {}
     for r in runs:
         for c in r["cells"]:
             if c["condition"] == condition and c["method"] == method:
                 cells.setdefault((c["kind"], c["split"], c["target"], c["scale"]), []).append(c)
     by_target: dict[tuple, dict[float, dict]] = {}
+    partial = sorted({f"{target} at {scale}" for (_, _, target, scale), cs in cells.items() if len(cs) != len(runs)})
+    if partial:
+        raise SystemExit(f"cells missing from some runs: {', '.join(partial[:6])}{' ...' if len(partial) > 6 else ''}")
     for (kind, split, target, scale), cs in cells.items():
-        if len(cs) == len(runs):
-            by_target.setdefault((kind, split, target), {})[scale] = {k: sum(c[k] for c in cs) / len(cs) for k in RATES}
+        by_target.setdefault((kind, split, target), {})[scale] = {k: sum(c[k] for c in cs) / len(cs) for k in RATES}
     images = 8 * runs[0]["meta"]["seeds"] * len(runs)
     out = {}
     for (kind, split, target), by in sorted(by_target.items()):

@@ -11,8 +11,8 @@ The noise seeds are the steering matrix's (`steering_matrix.Runner.seed`): with 
 since 2026-12-03) every image starts from its own seed, so a cell of ``--seeds`` x 8 prompts is that many independent
 images and the rewrite is judged against the matrix's reference of the same seed base. Several ``--seed-base`` values
 are run one after the other and pooled (every set the same size, so the pooled rate is their mean). ``--noise
-per-seed --seed-base 1000 --seeds 2`` reproduces the first run (docs/steering/prompt_ceiling.json), whose 8 prompts of
-a seed shared their noise.
+per-seed --seed-base 1000 --seeds 2 --out docs/steering/prompt_ceiling.json`` reproduces the first run, whose 8 prompts
+of a seed shared their noise.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from steering_matrix import C, K, Runner, cell_metrics, judge, prompts_for  # noqa: E402
+from steering_matrix import C, K, Runner, cell_metrics, check_seed_bases, judge, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "steering" / "prompt_ceiling_independent.json"))
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     args = ap.parse_args()
+    check_seed_bases(args.seed_base, args.noise, args.seeds)
     torch.set_num_threads(1)
     t0 = time.time()
     pipe, classifier = load_pipeline(args.model, "cpu"), load_classifier()

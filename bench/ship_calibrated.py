@@ -80,6 +80,9 @@ def main() -> None:
     routed = [(group[0], [load_results(f) for f in group[1:]]) for group in args.readers_results or ()]
     if any(not runs for _, runs in routed):
         raise SystemExit("--readers-results needs a readers value and at least one results.json")
+    named = {t for per in summary.values() for t in per}
+    if unknown := sorted(set(args.keep) - named):
+        raise SystemExit(f"--keep {' '.join(unknown)}: no such target in the results (targets: {', '.join(sorted(named))})")
     by_how: dict[str, dict] = {}
     out = Path(args.out) if args.out else DIRECTIONS_DIR if args.model is None else Path(args.model) / MODEL_DIRECTIONS
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,8 @@ def load_results(path: str) -> dict:
     data = json.loads(Path(path).read_text())
     if "targets" not in data:
         return data
+    if any("rho_success" not in m for m in data["targets"].values()):
+        raise SystemExit(f"{path}: a pooled table without rho of success (written before 2026-12-03): pool it again with bench/pool_matrix_runs.py")
     runs = [json.loads(Path(p).read_text()) for p in data["runs"]]
     summary: dict = {}
     for cond, table in (("open", data["targets"]), ("contra", data.get("contra") or {})):
@@ -199,8 +204,8 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         "A target marked *layout readers* (*detail readers*) does not pass with the defaults and passes, on every seed "
         "set run, learned with `readers=\"layout\"` (only the down and mid blocks read it, so the item keeps the prompt's "
         "colour) (`readers=\"detail\"`: only the up blocks read it, so the garment keeps its class); the row shows the "
-        "first of those runs. A target *kept from an earlier ship* does not pass here and ships as an earlier, "
-        "shared-noise measurement passed it (its file untouched: `--keep`). "
+        "first of those runs. A target *kept from an earlier ship* does not pass here and ships as an earlier "
+        "measurement passed it (its file untouched: `--keep`). "
         f"Regenerate: `{command}`. "
         "Full results: docs/steering.md.",
         "",

@@ -186,6 +186,18 @@ class Runner:
         return np.concatenate(out).astype(np.float32)
 
 
+def check_seed_bases(bases: list[int], noise: str, seeds: int, prompts: int = 8) -> None:
+    """Refuse seed bases whose images would not be independent when pooled: a base twice, several bases with per-seed
+    noise (every prompt of a draw shares it), or per-image ranges (``base .. base + seeds x prompts``) that overlap."""
+    if len(set(bases)) != len(bases):
+        raise SystemExit(f"--seed-base {' '.join(map(str, bases))}: a base given twice would count its images twice")
+    if noise == "per-seed" and len(bases) > 1:
+        raise SystemExit("--noise per-seed with several seed bases: per-seed cells are not independent images to pool")
+    ranges = sorted((b, b + seeds * prompts) for b in bases)
+    if any(a[1] > b[0] for a, b in zip(ranges, ranges[1:], strict=False)):
+        raise SystemExit(f"--seed-base {' '.join(map(str, bases))}: their noise seeds overlap ({ranges}) at {seeds} seeds")
+
+
 def cell_metrics(j: dict, ref: dict, kind: str, target: int) -> dict[str, float]:
     edited, other = ("colour", "class") if kind == "colour" else ("class", "colour")
     success = j[edited] == target

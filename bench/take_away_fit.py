@@ -1,7 +1,8 @@
 """Contradicting prompts at the fitted take-away settings (`steer.take_away.fit_take_away`), judged like the matrix.
 
-    python bench/take_away_fit.py [--kind colour|class] [--out docs/steering/take_away_fit_colour.json]
-    python bench/take_away_fit.py --kind class --readers layout --out docs/steering/take_away_fit_class_layout.json
+    python bench/take_away_fit.py [--kind colour|class] [--out docs/steering/independent/take_away/take_away_fit_colour.json]
+    python bench/take_away_fit.py --kind class --readers layout --noise per-seed --seed-base 1000 --seeds 2 \
+        --out docs/steering/take_away_fit_class_layout.json   # an earlier, shared-noise run
 
 ``--readers R``: the targets are learned read by R only (`learn_direction(readers=R)`), the sources (take-aways)
 as before, so each call reads the target on its route and removes the source for every reader.
@@ -15,8 +16,9 @@ classifier). Pass: success >= 0.5, kept >= 0.8, break <= 5 % (colour: the pixel 
 Noise: as in the matrix since 2026-12-03 (``--noise per-image``), prompt i of draw s starts from seed
 ``seed_base + s * 8 + i``, so a cell is ``--seeds`` x 8 independent images; each ``--seed-base`` is judged in turn
 with the same fits (they come from the model alone) and the rows are pooled (every set the same size: the mean).
-``--noise per-seed --seed-base 1000 --seeds 2`` reproduces the earlier runs, whose 8 prompts of a seed shared
-their noise.
+``--noise per-seed --seed-base 1000 --seeds 2`` draws the earlier runs' noise (the 8 prompts of a seed shared it;
+docs/steering/take_away_fit_*.json); their numbers come back only for directions learned as they were then (the
+colour window of 2026-12-03 moved red and green to the whole run).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from contra_removal import generators, source_of  # noqa: E402
-from steering_matrix import TUNING, C, K, cell_metrics, judge, passes, prompts_for  # noqa: E402
+from steering_matrix import TUNING, C, K, cell_metrics, check_seed_bases, judge, passes, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
@@ -53,7 +55,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--readers", default=None, help="learn the targets read only by these cross-attentions (layout, detail)")
     args = ap.parse_args()
-    out = Path(args.out or ROOT / "docs" / "steering" / f"take_away_fit_{args.kind}.json")
+    check_seed_bases(args.seed_base, args.noise, args.seeds)
+    out = Path(args.out or ROOT / "docs" / "steering" / "independent" / "take_away" / f"take_away_fit_{args.kind}.json")
     torch.set_num_threads(1)
     t0 = time.time()
     pipe, classifier = load_pipeline(args.model, "cpu"), load_classifier()
