@@ -166,10 +166,11 @@ def test_the_apps_take_away_turns_a_stated_class_into_another_and_keeps_the_colo
     assert (col[1, :, 1] == col[1, :, 0]).mean() >= 0.66  # the colour stays (measured 6/6 by pixel colour)
 
 
-def test_a_fitted_take_away_turns_a_stated_colour_where_the_open_prompts_full_edit_goes_dark(demo):
-    """The README's recipe: "toward blue" and "toward red" learned from four prompts each (guidance 7.5). Against
-    "a red X", blue at its open-prompt full edit with red taken away cancels to a near-black garment; the fit (from
-    the model alone) asks for more over the whole run, and the garments turn blue."""
+def test_a_fitted_take_away_turns_a_stated_colour_where_the_open_prompts_full_edit_does_not(demo):
+    """The README's recipe: "toward blue" and "toward red" learned from four prompts each (guidance 7.5; both choose
+    the whole run by colour). Against "a red X", blue at its open-prompt full edit with red taken away leaves the
+    stated red (it went dark while blue acted over the first half); the fit (from the model alone) asks for more
+    over the whole run, and the garments turn blue."""
     pipe, clf = demo
     things = ["t-shirt", "sneaker", "bag", "coat"]
     blue, red = (pipe.learn_direction([f"a {c} {t}" for t in things], [f"a {t}" for t in things], progress=False) for c in ("blue", "red"))
@@ -179,9 +180,10 @@ def test_a_fitted_take_away_turns_a_stated_colour_where_the_open_prompts_full_ed
     at_one = sample(pipe, prompts, steering=[blue, red], steering_scale=[1.0, -1.0], steering_negative="remove", steering_window=fit.window)
     fitted = sample(pipe, prompts, steering=[blue, red], **fit.options())
     lit = lambda images: (images.max(1) > 0.25).mean((1, 2))  # noqa: E731 - the matrix's lit share of the frame
-    assert (lit(at_one) < 0.1).mean() >= 0.75  # dark (measured lit share 0.01-0.07)
+    _, before = predict(clf, at_one)
+    assert (before == C.index("blue")).mean() <= 0.25  # measured: 3 of 4 red, one dark
     _, col = predict(clf, fitted)
-    assert (lit(fitted) > 0.1).all() and (col == C.index("blue")).mean() >= 0.75
+    assert (lit(fitted) > 0.1).all() and (col == C.index("blue")).mean() >= 0.75  # measured: 4 of 4 blue
 
 
 def test_the_readmes_batch_jobs_run_and_the_fitted_take_away_turns_red_dresses_into_red_bags(demo, tmp_path):

@@ -128,8 +128,12 @@ def test_steer_directions_lists_what_ships_for_a_model_and_inspect_takes_a_name(
     assert listed[-1].startswith("strength: the calibrated full edit") and "steering_scale=1.0" in listed[-1]  # the columns said
     by_name = {line.split()[0]: line for line in listed[1:]}
     # classes were learned with the layout route chosen by the calibration, cyan read by the up blocks, the rest everywhere
-    assert all(by_name[n].endswith("kept 0.88; read by layout") for n in ("to_bag", "to_dress"))
+    for n in ("to_bag", "to_dress"):  # each file's recorded benchmark, then its route
+        kept = SteeringVector.load(bundled_directions()[n]).metadata["benchmark"]["open_at_1"]["kept_at_1"]
+        assert by_name[n].endswith(f"kept {kept:.2f}; read by layout")
     assert by_name["to_cyan"].endswith("; read by detail") and "read by" not in by_name["to_blue"]
+    # a direction kept shipped though it falls short on the current measurement says so
+    assert by_name["to_orange"].endswith(" (short of the pass)") and "short of" not in by_name["to_red"]
     assert main(["inspect", "to_cyan", "--model", str(DEMO_4X)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["name"] == "toward cyan" and Path(shown["path"]) == DEMO_4X / "directions" / "to_cyan.safetensors"

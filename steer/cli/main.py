@@ -206,7 +206,8 @@ def cmd_directions(args: argparse.Namespace) -> int:
         rec, cal, bench = meta.get("recommended") or {}, meta.get("calibration") or {}, meta.get("benchmark") or {}
         rows.append({"name": name, "learned": meta.get("name"), "window": rec.get("window"), "readers": rec.get("readers"), "strength": cal.get("strength"),
                      "open_at_1": bench.get("open_at_1"), "passing_scales": bench.get("passing_scales"), "path": str(path),
-                     **({"open_ends": bench["open_ends"]} if isinstance(bench.get("open_ends"), dict) else {})})
+                     **({"open_ends": bench["open_ends"]} if isinstance(bench.get("open_ends"), dict) else {}),
+                     **({"falls_short": True} if bench.get("falls_short") is True else {})})
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
@@ -220,6 +221,7 @@ def cmd_directions(args: argparse.Namespace) -> int:
             continue
         at1, ends = r["open_at_1"] or {}, r.get("open_ends") or {}
         bench = f"open prompts at 1.0: success {at1['success_at_1']:.2f}, kept {at1['kept_at_1']:.2f}" if "success_at_1" in at1 else "no benchmark recorded"
+        bench += " (short of the pass)" if r.get("falls_short") else ""
         if {"+1", "-1"} <= set(ends):  # a slider: both ends
             bench = "a slider; open prompts " + ", ".join(f"at {e}: success {ends[e]['success']:.2f}, kept {ends[e]['kept']:.2f}" for e in ("+1", "-1"))
         window = ",".join(f"{w:g}" for w in r["window"]) if r["window"] else "-"
