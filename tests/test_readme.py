@@ -43,7 +43,7 @@ def test_readme_python_blocks_run_as_written(tmp_path):
             "assert blue.metadata['calibration']['strength'] > 0 and paper.metadata['preset'] == 'paper'",
             "assert Path('blue.safetensors').is_file() and Path('detector.safetensors').is_file()",
             "assert all(math.isfinite(float(s)) for s in out.memorization_scores)",
-            "assert fit.window == (0.0, 1.0) and 1.3 < fit.strength < 1.8, f'the README states the fit: {fit}'",
+            "assert fit.window == (0.0, 1.0) and fit.strength >= 1.9, f'the README states the fit (the grid top, 2): {fit}'",
             "assert taken == [('red', ['red'])], f'the README states the suggestion: {taken}'",
             "assert bundled_fit.converged and bundled_fit.prompts[0] == ('a red t-shirt', 'a blue t-shirt')",
             "blue_end, red_end = (np.asarray(e, dtype=float) for e in (ends[0], ends[2]))",
