@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from steering_matrix import MONO, passes, spearman, wilson  # noqa: E402
+from steering_matrix import MONO, check_seed_bases, passes, spearman, wilson  # noqa: E402
 
 RATES = ("success", "pixel_success", "kept", "pixel_kept", "break", "p_target")
 
@@ -39,11 +39,9 @@ def pooled(runs: list[dict], method: str, condition: str = "open") -> dict[str, 
     judged as the matrix judges a cell."""
     if any(r["meta"].get("noise") != "per-image" for r in runs):
         raise SystemExit("every run must be --noise per-image: per-seed cells are not independent images")
-    if len({r["meta"]["seed_base"] for r in runs}) != len(runs) or len({r["meta"]["seeds"] for r in runs}) != 1:
-        raise SystemExit("the runs need distinct seed bases and the same number of seeds")
-    ranges = sorted((r["meta"]["seed_base"], r["meta"]["seed_base"] + 8 * r["meta"]["seeds"]) for r in runs)
-    if any(a[1] > b[0] for a, b in zip(ranges, ranges[1:], strict=False)):
-        raise SystemExit(f"the runs' noise seeds overlap ({ranges}: each run uses seed_base .. seed_base + 8 x seeds): not independent images")
+    if len({r["meta"]["seeds"] for r in runs}) != 1:
+        raise SystemExit("the runs need the same number of seeds")
+    check_seed_bases([r["meta"]["seed_base"] for r in runs], "per-image", runs[0]["meta"]["seeds"])  # distinct, not overlapping
     for key in ("steps", "guidance", "model", "window", "readers", "scheduler", "kinds"):
         if len({json.dumps(r["meta"].get(key)) for r in runs}) != 1:
             raise SystemExit(f"the runs differ in {key} ({[r['meta'].get(key) for r in runs]}): they measure different things")
