@@ -45,6 +45,7 @@ import torch
 
 from steer.engine.run import window_bounds
 from steer.partial_run import SolverCarry, partial_pipeline, resumable, run_length
+from steer.vae_codec import codec_vae, decode_latents
 from steer.wording import open_prompts
 
 DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
@@ -172,19 +173,22 @@ def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor, grid:
     the decoded images' grayscale, averaged over a ``grid`` x ``grid`` grid of the frame (where light and dark lie,
     not the detail; None: every pixel; ``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of SD-family
     UNet pipelines, same seed). 1: the same layout, only the appearance changed; near 0: a new layout."""
-    vae = pipe.vae
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    param = next(vae.parameters())
-    correlations = []
+    vae = codec_vae(pipe)
+    correlations, finite = [], 0
     for a, b in zip(latents_a, latents_b, strict=True):
-        z = torch.stack([a, b]).to(param.device, param.dtype) / vae.config.scaling_factor + shift
-        gray = vae.decode(z).sample.float().clamp(-1, 1).mean(1, keepdim=True)  # (2, 1, H, W)
+        decoded = decode_latents(pipe, torch.stack([a, b]), vae)
+        if not bool(torch.isfinite(decoded).all()):
+            continue  # a non-finite decode (an fp16 VAE overflowing; the clamp would read inf as white) says nothing
+        finite += 1
+        gray = decoded.clamp(-1, 1).mean(1, keepdim=True)  # (2, 1, H, W)
         gray = (gray if grid is None else torch.nn.functional.adaptive_avg_pool2d(gray, grid)).flatten(1)
         gray = gray - gray.mean(1, keepdim=True)
         norms = gray.norm(dim=1)
-        if not bool(torch.isfinite(gray).all()) or float(norms.min()) == 0.0:
-            continue  # a non-finite decode (an fp16 VAE overflowing) or a flat image says nothing about structure
-        correlations.append(float((gray[0] * gray[1]).sum() / (norms[0] * norms[1])))
+        if float(norms.min()) > 0.0:  # a flat image says nothing about structure
+            correlations.append(float((gray[0] * gray[1]).sum() / (norms[0] * norms[1])))
+    if len(latents_a) and not finite:
+        warnings.warn(f"every decode of the {len(latents_a)} sample pairs overflowed (an fp16 VAE whose config does not "
+                      "set force_upcast?): their layout reads as kept", stacklevel=2)
     return sum(correlations) / len(correlations) if correlations else 1.0
 
 
@@ -292,15 +296,12 @@ def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8) -> tor
     """The mean RGB ([n, 3], in [0, 1]) of the images decoded from unflattened final latents of SD-family UNet
     pipelines: the hue and brightness an appearance edit sets, without where things lie. A non-finite decode (an fp16
     VAE overflowing) gives a NaN row. At most ``batch_size`` images per decode (None: all at once)."""
-    vae = pipe.vae
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    param = next(vae.parameters())
+    vae = codec_vae(pipe)
     size = max(1, int(batch_size)) if batch_size else max(1, len(latents))
     out = [torch.empty(0, 3)]
     with torch.no_grad():
         for i in range(0, len(latents), size):
-            z = latents[i : i + size].to(param.device, param.dtype) / vae.config.scaling_factor + shift
-            decoded = vae.decode(z).sample.float()
+            decoded = decode_latents(pipe, latents[i : i + size], vae)
             colours = ((decoded.clamp(-1, 1) + 1) / 2).mean((2, 3))
             # an overflowing decode (inf as well as NaN) reads as no colour, not as the clamp's white or black
             colours[~torch.isfinite(decoded).flatten(1).all(1)] = float("nan")

@@ -29,6 +29,7 @@ from steer.denoisers import denoiser_of, denoiser_use, native_size
 from steer.engine import ActivationRecorder, step_bucket
 from steer.images import open_image, pipeline_picture
 from steer.text_tokens import encode_text
+from steer.vae_codec import codec_vae, encode_pixels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 FAST_WINDOW = (0.8, 1.0)
@@ -115,9 +116,10 @@ class _Progress:
 # Extraction
 # ----------------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def encode_images(pipe, images: Sequence[Any], height: int | None = None, width: int | None = None) -> torch.Tensor:
-    """VAE-encode images (PIL, paths, or tensors in [0, 1]) to scaled latents (posterior mean, deterministic)."""
-    vae = pipe.vae
+def encode_images(pipe, images: Sequence[Any], height: int | None = None, width: int | None = None,
+                  vae: torch.nn.Module | None = None) -> torch.Tensor:
+    """VAE-encode images (PIL, paths, or tensors in [0, 1]) to the pipeline's latents (posterior mean, deterministic;
+    `steer.vae_codec.encode_pixels`; ``vae``: its `codec_vae`, made once for many calls)."""
     size = native_size(pipe)
     loaded = [_as_model_input(_load_image(item)) for item in images]
     if len({isinstance(im, torch.Tensor) for im in loaded}) > 1:
@@ -125,10 +127,9 @@ def encode_images(pipe, images: Sequence[Any], height: int | None = None, width:
     if isinstance(loaded[0], torch.Tensor) and len({tuple(im.shape) for im in loaded}) > 1:
         raise ValueError(f"image tensors must share one size, got {sorted({tuple(im.shape) for im in loaded})[:3]}")
     x = pipe.image_processor.preprocess(loaded, height=height or size, width=width or size) if not isinstance(loaded[0], torch.Tensor) else torch.stack(loaded)
-    x = x.to(device=vae.device, dtype=vae.dtype)
-    if x.shape[1] != vae.config.in_channels:
-        raise ValueError(f"images have {x.shape[1]} channels; the VAE expects {vae.config.in_channels}")
-    return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+    if x.shape[1] != pipe.vae.config.in_channels:
+        raise ValueError(f"images have {x.shape[1]} channels; the VAE expects {pipe.vae.config.in_channels}")
+    return encode_pixels(pipe, x, vae)
 
 
 @torch.no_grad()
@@ -184,7 +185,8 @@ def extract_from_images(
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
     if len(prompts) != len(images):
         raise ValueError(f"got {len(prompts)} prompts for {len(images)} images")
-    latents = torch.cat([encode_images(pipe, images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    vae = codec_vae(pipe)
+    latents = torch.cat([encode_images(pipe, images[i : i + batch_size], vae=vae) for i in range(0, len(images), batch_size)])
     gen = torch.Generator(device=latents.device).manual_seed(seed)
     return extract_from_latents(pipe, latents, prompts, layers, timestep=timestep, pooling=pooling, generator=gen, batch_size=batch_size, progress=progress)
 

@@ -24,7 +24,6 @@ itself), so two calls at once replay the same inversion; each copy keeps its own
 
 from __future__ import annotations
 
-import copy
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +35,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from steer.config import outside_steering_blocks
 from steer.samplers import with_scheduler
+from steer.vae_codec import encode_pixels
 from steer.validation import MAX_SIZE, MAX_STEPS, check_int
 
 
@@ -286,18 +286,15 @@ def invert_image(
         if not isinstance(image, PIL.Image.Image):  # arrays and tensors have a .size too, but not (width, height)
             raise ValueError(f"give height and width for an image that is not a PIL image (got {type(image).__name__})")
         height, width = edit_size(image.size, height, width)
-    device, vae = pipe._execution_device, pipe.vae
-    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):  # SDXL's VAE overflows in fp16: encode
-        vae = copy.deepcopy(vae).float()  # with a float32 copy (casting the shared one would race other calls)
+    device = pipe._execution_device
     packed = hasattr(pipe, "_pack_latents")  # Flux: 2 x 2 latent patches as tokens, so a multiple of 16 pixels
     if packed:
         multiple = 2 * getattr(pipe, "vae_scale_factor", 8)
         height, width = height - height % multiple, width - width % multiple
         if not height or not width:
             raise ValueError(f"{type(pipe).__name__} edits images of at least {multiple} x {multiple} pixels")
-    pixels = pipe.image_processor.preprocess(image, height=height, width=width).to(device, vae.dtype)
-    shift = getattr(pipe.vae.config, "shift_factor", None) or 0.0  # SD3's and Flux's latents are shifted, then scaled
-    latents = ((vae.encode(pixels).latent_dist.mode() - shift) * pipe.vae.config.scaling_factor).to(pipe.vae.dtype)
+    # SD3's and Flux's latents are shifted, then scaled; SDXL's fp16 VAE encodes with a float32 copy (steer.vae_codec)
+    latents = encode_pixels(pipe, pipe.image_processor.preprocess(image, height=height, width=width)).to(device)
     noise = [torch.randn(latents.shape, generator=generator, device=generator.device if generator else "cpu").to(device, latents.dtype)
              for _ in range(num_inference_steps)]
     if packed:  # the pipeline's own latent layout

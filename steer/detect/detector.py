@@ -45,6 +45,7 @@ from steer.extract import encode_images
 from steer.files import read_checked, write_checked
 from steer.fingerprint import check_weights
 from steer.text_tokens import encode_text
+from steer.vae_codec import codec_vae
 from steer.validation import (
     SchemaError,
     check_call_kwargs,
@@ -208,9 +209,10 @@ class MemorizationDetector:
         texts = self._condition_prompts(len(items), prompts)
         unet = denoiser_of(self.pipe)
         recorder = ActivationRecorder(unet, self.layers, self.pooling, cfg=False, branch="both")
+        vae = codec_vae(self.pipe)  # one float32 copy for every batch where the VAE is upcast
         with denoiser_use(self.pipe), recorder:  # the uncompiled module, where the recorder's hooks fire
             for i in range(0, len(items), self.batch_size):
-                z0 = encode_images(self.pipe, items[i : i + self.batch_size])
+                z0 = encode_images(self.pipe, items[i : i + self.batch_size], vae=vae)
                 t = torch.full((len(z0),), self.timestep, device=z0.device, dtype=torch.long)
                 zt = self._noiser.add_noise(z0, self._noise(z0.shape[1:], z0).expand_as(z0), t)
                 cond = encode_text(self.pipe, texts[i : i + self.batch_size]).to(zt.dtype)
