@@ -7,11 +7,22 @@ decodes in float32; decoding it in fp16 gives NaN or inf, which read as no colou
 `encode_pixels` follow the pipelines' rules (diffusers' `StableDiffusionXLPipeline` decode and img2img encode), and
 `codec_vae` gives the VAE to run: the pipeline's own, or a float32 copy where it would be upcast (the shared one is
 never cast in place: another call may be decoding with it).
+
+The SDXL pipelines themselves do cast the shared VAE in place (``self.vae.to(torch.float32)``, decode,
+``self.vae.to(torch.float16)``; their img2img and inpainting siblings when encoding too), so a second call on the same
+VAE meanwhile (threads on one pipeline, or pipelines sharing it through ``from_pipe``) decodes fp16 latents with the
+float32 weights ("Input type (c10::Half) and bias type (float) should be the same") or under the other call's cast
+back. `while_upcast` holds one lock per VAE for such a call, and `codec_vae` takes it to read the VAE's dtype and copy
+it: calls on a VAE that is not upcast never wait for each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -23,10 +34,41 @@ def needs_upcast(vae: Any) -> bool:
     return getattr(vae, "dtype", None) == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
 
 
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_REGISTRY = threading.Lock()
+
+
+def vae_lock(vae: Any) -> threading.RLock:
+    """The lock of calls that cast ``vae`` in place (one per VAE module, re-entrant)."""
+    with _REGISTRY:
+        lock = _LOCKS.get(vae)
+        if lock is None:
+            lock = _LOCKS[vae] = threading.RLock()
+        return lock
+
+
+@contextlib.contextmanager
+def while_upcast(vae: Any) -> Iterator[None]:
+    """Hold ``vae``'s lock for the block if it `needs_upcast` (read under the lock, so never mid-cast by another
+    call): wrap a diffusers call that casts it in place (the SDXL pipelines'); else let go at once."""
+    lock = vae_lock(vae)
+    lock.acquire()
+    held = True
+    try:
+        if not needs_upcast(vae):
+            lock.release()
+            held = False
+        yield
+    finally:
+        if held:
+            lock.release()
+
+
 def codec_vae(pipe) -> torch.nn.Module:
     """The VAE to decode and encode with: the pipeline's own, or a float32 copy of it where `needs_upcast` (make it
     once per batch of calls: the copy holds the VAE's weights again)."""
-    return copy.deepcopy(pipe.vae).float() if needs_upcast(pipe.vae) else pipe.vae
+    with vae_lock(pipe.vae):  # not while an SDXL call has it cast to float32 and back
+        return copy.deepcopy(pipe.vae).float() if needs_upcast(pipe.vae) else pipe.vae
 
 
 def _per_channel(config: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -3,6 +3,8 @@ detection and image inversion decode and encode like the pipeline itself, and an
 (SDXL's) is upcast here too, without casting the shared one."""
 
 import copy
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,10 +14,20 @@ from diffusers import AutoencoderKL
 
 from steer.calibrate import mean_colours, structure_kept
 from steer.extract import encode_images
+from steer.testing import run_in_threads
 from steer.testing.parts import tiny_vae
 from steer.testing.sd3 import tiny_sd3_pipeline
 from steer.testing.sdxl import tiny_sdxl_pipeline
-from steer.vae_codec import codec_vae, decode_latents, encode_pixels, from_vae_space, needs_upcast, to_vae_space
+from steer.vae_codec import (
+    codec_vae,
+    decode_latents,
+    encode_pixels,
+    from_vae_space,
+    needs_upcast,
+    to_vae_space,
+    vae_lock,
+    while_upcast,
+)
 
 STATS = {"latents_mean": [0.1, -0.2, 0.3, -0.4], "latents_std": [0.5, 2.0, 1.5, 0.8]}  # Playground v2.5-style
 
@@ -111,3 +123,50 @@ def test_image_sets_encode_with_the_pipelines_latent_statistics(gen, one_thread)
     std = torch.tensor(STATS["latents_std"]).view(1, 4, 1, 1)
     # the same encoder moments, then the per-channel normalisation the SDXL img2img pipeline applies
     torch.testing.assert_close(normalised, (plain / base.vae.config.scaling_factor - mean) * base.vae.config.scaling_factor / std)
+
+
+def test_two_fp16_sdxl_calls_at_once_do_not_decode_under_each_others_upcast(gen, monkeypatch, one_thread):
+    # diffusers' SDXL pipeline casts an fp16 VAE with force_upcast to float32 and back in place around its decode; a
+    # second call meanwhile decoded fp16 latents with float32 weights (RuntimeError: Input type (c10::Half) and bias
+    # type (float)) before the calls on such a VAE held its lock
+    pipe = tiny_sdxl_pipeline(seed=0).to(torch.float16)
+    assert needs_upcast(pipe.vae)
+    decode = pipe.vae.decode
+
+    def slow_decode(*args, **kwargs):  # the other call finishes its two steps while this one decodes
+        time.sleep(0.2)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(pipe.vae, "decode", slow_decode)
+    call = dict(num_inference_steps=2, output_type="np")
+    alone = pipe("a red bag", generator=gen(0), **call).images
+    results = run_in_threads(lambda _: pipe("a red bag", generator=gen(0), **call).images, range(2))
+    for images in results.values():
+        np.testing.assert_array_equal(images, alone)
+    assert pipe.vae.dtype == torch.float16  # cast back as the user loaded it
+
+
+def _free_elsewhere(vae, timeout: float) -> bool:
+    """Whether another thread can take ``vae``'s lock within ``timeout`` seconds (it lets go at once)."""
+    taken = []
+
+    def take():
+        lock = vae_lock(vae)
+        taken.append(lock.acquire(timeout=timeout))
+        if taken[0]:
+            lock.release()
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    thread.join()
+    return taken[0]
+
+
+def test_calls_on_a_vae_that_is_not_upcast_do_not_wait_for_each_other():
+    vae = tiny_vae((8, 16), 16)  # float32: force_upcast changes nothing
+    with while_upcast(vae):
+        assert _free_elsewhere(vae, timeout=5)
+    half = tiny_vae((8, 16), 16).half()
+    with while_upcast(half):
+        assert not _free_elsewhere(half, timeout=0.2)  # an upcast VAE's call holds it
+    assert _free_elsewhere(half, timeout=5)

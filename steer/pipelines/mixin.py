@@ -53,6 +53,7 @@ from steer.images import edit_steps, pipeline_picture
 from steer.learn import learn_direction
 from steer.samplers import check_step_count, with_sampler
 from steer.sliders import split_sides
+from steer.vae_codec import while_upcast
 from steer.validation import (
     MAX_GUIDANCE,
     MAX_STEPS,
@@ -518,6 +519,8 @@ class SteeringMixin:
                     stack.enter_context(session)
             steered_rows = scales.abs().sum(dim=1) > 0 if active else None  # (images,) rows with a non-zero scale
             finish = self._enter_extras(call_pipe, stack, extras, num_images, steered_rows)
+            if hasattr(parent, "upcast_vae"):  # SDXL's: casts an fp16 VAE to float32 and back in place (steer.vae_codec)
+                stack.enter_context(while_upcast(self.vae))
             try:
                 output = parent.__call__(call_pipe, *args, **kwargs)
             finally:
