@@ -41,6 +41,7 @@ from steering_matrix import TUNING, C, K, cell_metrics, check_seed_bases, judge,
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
+from steer.take_away import GRID  # noqa: E402
 
 
 def main() -> None:
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--readers", default=None, help="learn the targets read only by these cross-attentions (layout, detail)")
+    ap.add_argument("--grid", type=float, nargs="+", default=list(GRID), help="the fits' strengths (default: steer.take_away.GRID)")
     args = ap.parse_args()
     check_seed_bases(args.seed_base, args.noise, args.seeds)
     out = Path(args.out or ROOT / "docs" / "steering" / "independent" / "take_away" / f"take_away_fit_{args.kind}.json")
@@ -78,7 +80,7 @@ def main() -> None:
         sources = [source_of(args.kind, p) for p in prompts]
         for src in sorted(set(sources)):
             if (target, src) not in fits:
-                fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], guidance_scale=args.guidance)
+                fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], grid=args.grid, guidance_scale=args.guidance)
         for base in args.seed_base:
             count = len(P["contra"])
             seeds = [base + (s * count + i if args.noise == "per-image" else s) for s in range(args.seeds) for i in range(count)]
@@ -101,7 +103,7 @@ def main() -> None:
     every = list(fits.values())
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds,
             "seed_bases": args.seed_base, "noise": args.noise, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
-            "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
+            "grid": args.grid, "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window == (0.0, 1.0) for f in every])) if every else 0.0,
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,
             "wall_seconds": round(time.time() - t0, 1)}
