@@ -318,27 +318,6 @@ def _appearance_colours(pipe, route: dict[str, Any] | None, z_pos: torch.Tensor,
     return pipe, mean_colours(pipe, z_pos, batch_size), mean_colours(pipe, z_open, batch_size), tuple(z_pos.shape[1:]), batch_size
 
 
-def window_choice_record(windows: Sequence[Sequence[float]], tried: Sequence[Calibration], chosen: Sequence[float]) -> dict[str, Any]:
-    """``metadata["window_choice"]`` of ``learn_direction(window="auto")``: what each candidate window came to and
-    which was kept, and by what ("colour": an appearance edit's; "distance")."""
-    record = {"windows": [list(w) for w in windows], "distances": [round(r.distance, 4) for r in tried],
-              "strengths": [round(r.strength, 4) for r in tried], "converged": [r.converged for r in tried], "chosen": list(chosen),
-              "by": next((r.chosen_by for r in tried if r.chosen_by), "distance")}
-    if record["by"] == "colour":  # what the choice compared (none where the colours decided nothing)
-        record["colour_distances"] = [round(min(r.colour_distances), 4) for r in tried]
-    return record
-
-
-def joint_window(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[float] | None:
-    """The candidate window two window choices (`window_choice_record`, a slider's two sides, the same candidates)
-    come closest at together: by summed colour distances where both chose by colour (appearance edits), else by
-    summed relative distances; only among candidates that converged on both sides (None where none did)."""
-    key = "colour_distances" if a.get("by") == b.get("by") == "colour" else "distances"
-    count = len(a["windows"])
-    both = [i for i in range(count) if (a.get("converged") or [True] * count)[i] and (b.get("converged") or [True] * count)[i]]
-    return list(a["windows"][min(both, key=lambda i: a[key][i] + b[key][i])]) if both else None
-
-
 def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_steps: int) -> int | None:
     """The step where the runs of two candidate windows can be split (`calibrate_windows`), or None: two windows
     from the start of the run, the second to its end, the first ending inside it, on a resumable scheduler."""

@@ -25,8 +25,6 @@ from steer.calibrate import (
     calibrate_windows,
     calibration_sets,
     check_grid,
-    joint_window,
-    window_choice_record,
 )
 from steer.calibrate import calibrate as run_calibration
 from steer.config import PAPER_WINDOW, SteeringConfig, check_window, outside_steering_blocks
@@ -63,6 +61,7 @@ from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.vectors import SteeringVector, unet_fingerprint
+from steer.window_choice import joint_window, window_choice_record
 from steer.wording import open_prompts, stated_phrases
 
 Method = Literal["mean", "mean_diff", "pca"]

@@ -131,8 +131,9 @@ def test_a_close_route_call_is_said_in_one_line():
 ])
 def test_an_appearance_edit_takes_the_window_closest_by_colour(monkeypatch, route, converged, colours, chosen, by):
     import steer.calibrate as calibrate_module
-    from steer.calibrate import Calibration, calibrate_windows, window_choice_record
+    from steer.calibrate import Calibration, calibrate_windows
     from steer.learn import AUTO_WINDOWS
+    from steer.window_choice import window_choice_record
 
     def sweeps(*args, **kwargs):  # the first half closer to the positives' samples in latent distance
         return [Calibration(0.3, 0.2, d, ok, [0.2, 0.3], [d, d], 10, list(w), route, colour_distances=c)
@@ -171,9 +172,9 @@ def test_the_command_line_says_when_the_window_was_chosen_by_colour(capsys):
     choice = {"windows": [[0.0, 0.5], [0.0, 1.0]], "distances": [0.116, 0.138], "chosen": [0.0, 1.0]}
     _print_calibration("", {"window_choice": {**choice, "by": "colour", "colour_distances": [0.135, 0.114]}}, str)
     assert capsys.readouterr().out == ("window: 0,1 (an appearance edit, chosen by the samples' colour: 0,0.5: 0.135, 0,1: 0.114; "
-                                       "relative distance to the positives' samples 0,0.5: 0.116, 0,1: 0.138)\n")
+                                       "relative distance to the positives' own samples 0,0.5: 0.116, 0,1: 0.138)\n")
     _print_calibration("", {"window_choice": {**choice, "chosen": [0.0, 0.5], "by": "distance"}}, str)
-    assert capsys.readouterr().out == "window: 0,0.5 (relative distance to the positives' samples 0,0.5: 0.116, 0,1: 0.138)\n"
+    assert capsys.readouterr().out == "window: 0,0.5 (relative distance to the positives' own samples 0,0.5: 0.116, 0,1: 0.138)\n"
 
 
 def test_the_colour_distance_is_to_the_positives_own_colour_relative_to_the_unsteered_one():
@@ -223,3 +224,19 @@ def test_mean_colours_reads_an_overflowing_decode_as_no_colour():
     read = mean_colours(SimpleNamespace(vae=Overflow()), torch.zeros(3, 4, 2, 2))
     assert read[:2].isnan().all() and torch.equal(read[2], torch.full((3,), 0.5))
     assert mean_colours(SimpleNamespace(vae=Overflow()), torch.zeros(0, 4, 2, 2)).shape == (0, 3)
+
+
+def test_a_recorded_window_choice_reads_back_whole_or_not_at_all():
+    from steer.window_choice import read_window_choice
+
+    record = {"windows": [[0.0, 0.5], [0.0, 1.0]], "distances": [0.378, 0.353], "chosen": [0.0, 1.0], "by": "colour",
+              "colour_distances": [0.13, 0.11]}
+    choice = read_window_choice({"window_choice": record})
+    assert choice.chosen == (0.0, 1.0) and choice.distances == [(0.0, 0.5, 0.378), (0.0, 1.0, 0.353)] and choice.colours == [0.13, 0.11]
+    assert choice.sentence() == ("(an appearance edit, chosen by the samples' colour: 0,0.5: 0.130, 0,1: 0.110; relative "
+                                 "distance to the positives' own samples 0,0.5: 0.378, 0,1: 0.353)")
+    # colours that do not match the candidates are left out, the rest is told
+    assert read_window_choice({"window_choice": {**record, "colour_distances": [0.13]}}).colours is None
+    assert read_window_choice({"window_choice": {**record, "colour_distances": [float("nan"), 0.1]}}).colours is None
+    for junk in ({**record, "distances": [float("nan"), 0.3]}, {**record, "chosen": [0.0]}, {**record, "windows": []}, "auto", None):
+        assert read_window_choice({"window_choice": junk}) is None

@@ -31,6 +31,7 @@ from steer.config import BRANCHES, MODES
 from steer.denoisers import LayerError, denoiser_of
 from steer.learn import IMAGE_SET_ADVICE, UNCALIBRATED_ADVICE
 from steer.vectors import ModelMismatchError, SteeringFileError, SteeringVector
+from steer.window_choice import read_window_choice
 
 NONE_CHOICE = "(none)"
 
@@ -260,20 +261,11 @@ def direction_advice(vector: SteeringVector) -> str:
 
 def window_choice_note(vector: SteeringVector) -> str:
     """A Markdown sentence on the window ``window="auto"`` chose (and the distances it compared), else ""."""
-    choice = vector.metadata.get("window_choice")
-    try:
-        tried = [(float(w[0]), float(w[1]), float(d)) for w, d in zip(choice["windows"], choice["distances"], strict=True)]
-        start, end = (float(x) for x in choice["chosen"])
-    except (TypeError, KeyError, ValueError, IndexError):
+    choice = read_window_choice(vector.metadata)
+    if choice is None:
         return ""
-    compared = ", ".join(f"{a:g}-{b:g}: {d:.2f}" for a, b, d in tried[:4])
-    colours = choice.get("colour_distances") if choice.get("by") == "colour" else None
-    try:
-        by_colour = ("an appearance edit, chosen by the samples' colour: "
-                     + ", ".join(f"{a:g}-{b:g}: {float(d):.2f}" for (a, b, _), d in list(zip(tried, colours, strict=True))[:4]) + "; ") if colours else ""
-    except (TypeError, ValueError):
-        by_colour = ""
-    return f" Window chosen by calibration: **{start:g}-{end:g}** ({by_colour}relative distance to the positives' own samples {compared})."
+    start, end = choice.chosen
+    return f" Window chosen by calibration: **{start:g}-{end:g}** {choice.sentence(separator='-', digits=2)}."
 
 
 def route_choice_note(vector: SteeringVector) -> str:

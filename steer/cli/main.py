@@ -24,6 +24,7 @@ from steer.cli.inputs import (  # noqa: E402
     unknown_direction,
 )
 from steer.validation import MAX_IMAGES, bounded_int, clip, safetensors_path  # noqa: E402
+from steer.window_choice import read_window_choice  # noqa: E402
 
 # Modules that add their own subcommands through ``configure_parser(subparsers)``.
 _TOP_LEVEL_PLUGINS = ("steer.cli.detect", "steer.cli.batch", "steer.cli.reproduce", "steer.cli.samplers")
@@ -96,13 +97,9 @@ def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
     if opened:  # what the calibration steered toward the positives' own samples, and how it sampled them
         print(f"{label}calibrated on: {clip(', '.join(map(repr, opened)), 200)} (the positives with the attribute left open), "
               f"for {calibrated_for(meta)}")
-    choice = meta.get("window_choice")
+    choice = read_window_choice(meta)
     if choice:  # --window auto: what the calibration compared
-        tried = ", ".join(f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], choice["distances"], strict=True))
-        colours = choice.get("colour_distances") if choice.get("by") == "colour" else None
-        by_colour = ("an appearance edit, chosen by the samples' colour: " + ", ".join(
-            f"{w[0]:g},{w[1]:g}: {d:.3f}" for w, d in zip(choice["windows"], colours, strict=True)) + "; ") if colours else ""
-        print(f"{label}window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} ({by_colour}relative distance to the positives' samples {tried})")
+        print(f"{label}window: {choice.chosen[0]:g},{choice.chosen[1]:g} {choice.sentence()}")
     route = meta.get("route_choice")
     if route:  # --readers auto: what the calibration decided on
         read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
