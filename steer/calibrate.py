@@ -168,12 +168,14 @@ def sample_latents(
 
 
 @torch.no_grad()
-def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor, grid: int | None = LAYOUT_GRID) -> float:
+def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor, grid: int | None = LAYOUT_GRID,
+                   vae: torch.nn.Module | None = None) -> float:
     """How much of its layout an image keeps across a prompt edit: the mean over pairs of the Pearson correlation of
     the decoded images' grayscale, averaged over a ``grid`` x ``grid`` grid of the frame (where light and dark lie,
     not the detail; None: every pixel; ``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of SD-family
-    UNet pipelines, same seed). 1: the same layout, only the appearance changed; near 0: a new layout."""
-    vae = codec_vae(pipe)
+    UNet pipelines, same seed; ``vae``: `steer.vae_codec.codec_vae`, made once for many calls). 1: the same layout,
+    only the appearance changed; near 0: a new layout."""
+    vae = codec_vae(pipe) if vae is None else vae
     correlations, finite = [], 0
     for a, b in zip(latents_a, latents_b, strict=True):
         decoded = decode_latents(pipe, torch.stack([a, b]), vae)
@@ -292,11 +294,12 @@ def calibrate_windows(
     return chosen, results
 
 
-def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8) -> torch.Tensor:
+def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8, vae: torch.nn.Module | None = None) -> torch.Tensor:
     """The mean RGB ([n, 3], in [0, 1]) of the images decoded from unflattened final latents of SD-family UNet
     pipelines: the hue and brightness an appearance edit sets, without where things lie. A non-finite decode (an fp16
-    VAE overflowing) gives a NaN row. At most ``batch_size`` images per decode (None: all at once)."""
-    vae = codec_vae(pipe)
+    VAE overflowing) gives a NaN row. At most ``batch_size`` images per decode (None: all at once); ``vae``: as in
+    `structure_kept`."""
+    vae = codec_vae(pipe) if vae is None else vae
     size = max(1, int(batch_size)) if batch_size else max(1, len(latents))
     out = [torch.empty(0, 3)]
     with torch.no_grad():
@@ -310,12 +313,13 @@ def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8) -> tor
 
 
 def _appearance_colours(pipe, route: dict[str, Any] | None, z_pos: torch.Tensor, z_open: torch.Tensor, windows: int,
-                        batch_size: int | None):
+                        batch_size: int | None, vae: torch.nn.Module):
     """What `_calibration` compares colours with where several windows are chosen between for an appearance edit
     (the route chose every reader), else None."""
     if windows < 2 or route is None or route.get("readers") is not None:
         return None
-    return pipe, mean_colours(pipe, z_pos, batch_size), mean_colours(pipe, z_open, batch_size), tuple(z_pos.shape[1:]), batch_size
+    return (pipe, mean_colours(pipe, z_pos, batch_size, vae), mean_colours(pipe, z_open, batch_size, vae), tuple(z_pos.shape[1:]),
+            batch_size, vae)
 
 
 def branch_step(pipe, windows: Sequence[tuple[float, float]], num_inference_steps: int) -> int | None:
@@ -346,18 +350,20 @@ def _prepare(pipe, positive, negative, num_samples, seed, num_inference_steps, g
     return seeds, pos, neg, kw, steering
 
 
-def _choose_route(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _choose_route(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dict[str, Any],
+                  vae: torch.nn.Module | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """``readers="auto"``: the route from the model's own prompt edit, and the steering options with it."""
-    structure = structure_kept(pipe, z_pos, z_open)
+    structure = structure_kept(pipe, z_pos, z_open, vae=vae)
     readers = list(LAYOUT_READERS) if structure < LAYOUT_EDIT_BELOW else None
     return {"structure": structure, "readers": readers}, {**steering, "steering_readers": readers}
 
 
 def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start: float, rows: int, window, route,
-                 colours: tuple[Any, torch.Tensor, torch.Tensor, tuple[int, ...], int | None] | None = None) -> Calibration:
+                 colours: tuple[Any, torch.Tensor, torch.Tensor, tuple[int, ...], int | None, Any] | None = None) -> Calibration:
     """A window's result from its steered samples ``z`` (grid, samples, features) against the positives' own ``z_pos``,
     relative to the unsteered distance ``start``; with ``colours`` (pipe, the positives' and the unsteered samples'
-    `mean_colours`, the latent shape and the decode batch size: an appearance edit's), the colour distance curve too."""
+    `mean_colours`, the latent shape, the decode batch size and the `codec_vae`: an appearance edit's), the colour
+    distance curve too."""
     distances = [1.0, *(float((zg - z_pos).norm(dim=1).mean()) / start for zg in z)]
     best, distance = curve_minimum([0.0, *grid], distances)
     converged = best > 0
@@ -366,9 +372,9 @@ def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start:
     result = Calibration(MARGIN * best, best, distance, converged, grid, distances[1:], rows,
                          None if window is None else [float(w) for w in window], route)
     if colours is not None:
-        pipe, pos_colours, open_colours, shape, batch_size = colours
+        pipe, pos_colours, open_colours, shape, batch_size, vae = colours
         unsteered = float((open_colours - pos_colours).norm(dim=1).mean().clamp_min(1e-6))
-        steered = mean_colours(pipe, z.reshape(-1, *shape), batch_size).reshape(len(z), -1, 3)
+        steered = mean_colours(pipe, z.reshape(-1, *shape), batch_size, vae).reshape(len(z), -1, 3)
         result.colour_distances = [float((c - pos_colours).norm(dim=1).mean()) / unsteered for c in steered]
     return result
 
@@ -390,9 +396,10 @@ def _sweeps(
     colours = None
     if choose_route:  # the unsteered open samples first: the route is chosen from the model's own prompt edit
         z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
-        route, steering = _choose_route(pipe, z_pos, z_open, steering)
+        vae = codec_vae(pipe)  # one float32 copy for every decode where the pipeline upcasts its VAE (steer.vae_codec)
+        route, steering = _choose_route(pipe, z_pos, z_open, steering, vae)
         start = float((z_open.flatten(1) - z_pos.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
-        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size)
+        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size, vae)
     z_pos = z_pos.flatten(1)
     for window in windows:
         strengths = [*([0.0] if start is None else []), *grid]
@@ -427,8 +434,9 @@ def _branched_sweeps(
     z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
     route, colours = None, None
     if choose_route:
-        route, steering = _choose_route(pipe, z_pos, z_open, steering)
-        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size)
+        vae = codec_vae(pipe)  # one float32 copy for every decode where the pipeline upcasts its VAE (steer.vae_codec)
+        route, steering = _choose_route(pipe, z_pos, z_open, steering, vae)
+        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size, vae)
     z_pos, z_open = z_pos.flatten(1), z_open.flatten(1)
     start = float((z_open - z_pos).norm(dim=1).mean().clamp_min(1e-6))
     prompts = [p for _ in grid for p in opened]

@@ -568,7 +568,7 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
 
 def _joint_settings(side: SteeringVector, opposite: SteeringVector) -> tuple[list[float] | None, list[str] | None]:
     """The window and route both sides of a slider use: the positive side's where the sides agree or the window was
-    not chosen by calibration; else the candidate both come closest at (`steer.calibrate.joint_window`)."""
+    not chosen by calibration; else the candidate both come closest at (`steer.window_choice.joint_window`)."""
     rec = [v.metadata.get("recommended") or {} for v in (side, opposite)]
     window = rec[0].get("window")
     choices = [v.metadata.get("window_choice") for v in (side, opposite)]

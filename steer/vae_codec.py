@@ -1,19 +1,19 @@
-"""The VAE in both directions the way the pipelines themselves use it, for the signals and encodings steer computes.
+"""The VAE in both directions as the pipelines use it, for the signals and encodings steer computes.
 
 A pipeline's latents are not the VAE's: SD and SDXL scale them (``scaling_factor``), SD3 and Flux shift and scale them
 (``shift_factor``), and some SDXL checkpoints (Playground v2.5) normalise them per channel (``latents_mean`` /
-``latents_std``). An fp16 VAE whose config sets ``force_upcast`` (SDXL's) overflows in fp16, so the SDXL pipeline
-decodes in float32; decoding it in fp16 gives NaN or inf, which read as no colour and no layout. `decode_latents` and
-`encode_pixels` follow the pipelines' rules (diffusers' `StableDiffusionXLPipeline` decode and img2img encode), and
-`codec_vae` gives the VAE to run: the pipeline's own, or a float32 copy where it would be upcast (the shared one is
-never cast in place: another call may be decoding with it).
+``latents_std``). `decode_latents` and `encode_pixels` follow the pipelines' rules (diffusers'
+`StableDiffusionXLPipeline` decode and img2img encode).
 
-The SDXL pipelines themselves do cast the shared VAE in place (``self.vae.to(torch.float32)``, decode,
-``self.vae.to(torch.float16)``; their img2img and inpainting siblings when encoding too), so a second call on the same
-VAE meanwhile (threads on one pipeline, or pipelines sharing it through ``from_pipe``) decodes fp16 latents with the
-float32 weights ("Input type (c10::Half) and bias type (float) should be the same") or under the other call's cast
-back. `while_upcast` holds one lock per VAE for such a call, and `codec_vae` takes it to read the VAE's dtype and copy
-it: calls on a VAE that is not upcast never wait for each other.
+The SDXL pipelines (`casts_vae_in_place` on the steered class) run a VAE whose config sets ``force_upcast`` in float32
+by casting the shared VAE in place: the text-to-image decode an fp16 one (``self.vae.to(torch.float32)``, decode,
+``self.vae.to(torch.float16)``: SDXL's VAE overflows in fp16, to NaN or inf, which would read as no colour and no
+layout), the img2img and inpainting encodes any that is not float32. So `codec_vae` gives such a VAE as a float32 copy
+(the shared one is never cast here), and a second call on the same VAE while one casts it (threads on one pipeline, or
+pipelines sharing it through ``from_pipe``) decoded fp16 latents with the float32 weights ("Input type (c10::Half) and
+bias type (float) should be the same") or under the other call's cast back: `while_upcast` holds one lock per VAE for
+such a call, and `codec_vae` takes it to read the VAE's dtype and copy it. Calls on other VAEs never wait; every other
+family (SD 1.x/2.x, SD3, Flux, PixArt) decodes and encodes in the VAE's own dtype, as its pipelines do.
 """
 
 from __future__ import annotations
@@ -26,12 +26,25 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from diffusers.utils.torch_utils import get_module_execution_device
+
+try:
+    from diffusers.utils.torch_utils import get_module_execution_device
+except ImportError:  # diffusers before 0.41: the offload hook's device, else the weights'
+    def get_module_execution_device(module: torch.nn.Module) -> torch.device:
+        for submodule in module.modules():
+            device = getattr(getattr(submodule, "_hf_hook", None), "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+        return next(module.parameters()).device
 
 
-def needs_upcast(vae: Any) -> bool:
-    """Whether the pipelines decode with this VAE in float32: an fp16 VAE whose config sets ``force_upcast``."""
-    return getattr(vae, "dtype", None) == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+def upcast_in_place(pipe) -> bool:
+    """Whether ``pipe``'s calls run its VAE in float32 by casting it in place (the SDXL pipelines', where the VAE's
+    config sets ``force_upcast`` and it is not float32): steer then decodes and encodes with a float32 copy."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not getattr(pipe, "casts_vae_in_place", False):
+        return False
+    return getattr(vae, "dtype", torch.float32) != torch.float32 and bool(getattr(vae.config, "force_upcast", False))
 
 
 _LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
@@ -48,14 +61,17 @@ def vae_lock(vae: Any) -> threading.RLock:
 
 
 @contextlib.contextmanager
-def while_upcast(vae: Any) -> Iterator[None]:
-    """Hold ``vae``'s lock for the block if it `needs_upcast` (read under the lock, so never mid-cast by another
-    call): wrap a diffusers call that casts it in place (the SDXL pipelines'); else let go at once."""
-    lock = vae_lock(vae)
+def while_upcast(pipe) -> Iterator[None]:
+    """Hold the lock of ``pipe``'s VAE for the block where the call may cast it in place (`upcast_in_place`, read
+    under the lock, so never mid-cast by another call); else let go at once."""
+    if getattr(pipe, "vae", None) is None:  # a pipeline without a VAE (latents out): nothing is cast
+        yield
+        return
+    lock = vae_lock(pipe.vae)
     lock.acquire()
     held = True
     try:
-        if not needs_upcast(vae):
+        if not upcast_in_place(pipe):
             lock.release()
             held = False
         yield
@@ -65,10 +81,25 @@ def while_upcast(vae: Any) -> Iterator[None]:
 
 
 def codec_vae(pipe) -> torch.nn.Module:
-    """The VAE to decode and encode with: the pipeline's own, or a float32 copy of it where `needs_upcast` (make it
-    once per batch of calls: the copy holds the VAE's weights again)."""
+    """The VAE to decode and encode with: the pipeline's own, or a float32 copy of it where `upcast_in_place` (make it
+    once for many calls: the copy holds the VAE's weights again). The copy shares nothing with the other components:
+    under ``enable_model_cpu_offload`` the VAE's offload hook links to the previous model's (the UNet's), which a
+    plain deep copy would copy too."""
     with vae_lock(pipe.vae):  # not while an SDXL call has it cast to float32 and back
-        return copy.deepcopy(pipe.vae).float() if needs_upcast(pipe.vae) else pipe.vae
+        if not upcast_in_place(pipe):
+            return pipe.vae
+        memo: dict[int, Any] = {}
+        for module in (getattr(pipe, "components", None) or {}).values():
+            if isinstance(module, torch.nn.Module) and module is not pipe.vae:
+                memo[id(module)] = module  # never copied (shared, as they are)
+        for module in pipe.vae.modules():
+            previous = getattr(getattr(module, "_hf_hook", None), "prev_module_hook", None)
+            if previous is not None:
+                memo[id(previous)] = None  # the copy offloads no other model before it runs
+        dtype = pipe.vae.dtype
+        vae = copy.deepcopy(pipe.vae, memo).float()
+    vae.steer_latents_dtype = dtype  # what the pipeline's latents are in (encode_pixels gives them back so)
+    return vae
 
 
 def _per_channel(config: Any, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -112,4 +143,5 @@ def encode_pixels(pipe, pixels: torch.Tensor, vae: torch.nn.Module | None = None
     vae = codec_vae(pipe) if vae is None else vae
     param = next(vae.parameters())
     moments = vae.encode(pixels.to(get_module_execution_device(vae), param.dtype)).latent_dist.mean
-    return from_vae_space(pipe.vae.config, moments.float()).to(pipe.vae.dtype)
+    # a float32 copy's latents in the dtype the VAE had when copied (the shared one may be cast by another call now)
+    return from_vae_space(pipe.vae.config, moments.float()).to(getattr(vae, "steer_latents_dtype", param.dtype))

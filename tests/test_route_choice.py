@@ -200,7 +200,7 @@ def test_the_colour_distance_is_to_the_positives_own_colour_relative_to_the_unst
     z_pos = torch.stack([paint(0.9, 0.1, 0.1)] * 2)  # red positives
     z_open = torch.stack([paint(0.1, 0.1, 0.9)] * 2)  # blue open samples: 1.131 away
     steered = torch.stack([torch.stack([paint(0.5, 0.1, 0.5)] * 2), torch.stack([paint(0.9, 0.1, 0.1)] * 2)])  # halfway; there
-    colours = (pipe, mean_colours(pipe, z_pos), mean_colours(pipe, z_open), shape, 8)
+    colours = (pipe, mean_colours(pipe, z_pos), mean_colours(pipe, z_open), shape, 8, pipe.vae)
     result = _calibration([0.2, 0.3], steered.flatten(2), z_pos.flatten(1), 1.0, 1, (0.0, 1.0), None, colours)
     assert result.colour_distances == pytest.approx([0.5, 0.0], abs=1e-5)
 

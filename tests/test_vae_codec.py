@@ -23,8 +23,8 @@ from steer.vae_codec import (
     decode_latents,
     encode_pixels,
     from_vae_space,
-    needs_upcast,
     to_vae_space,
+    upcast_in_place,
     vae_lock,
     while_upcast,
 )
@@ -78,8 +78,8 @@ def test_encoding_is_the_inverse_of_decoding_in_latent_space(config):
 
 def test_an_upcast_fp16_vae_decodes_in_float32_without_casting_the_shared_one():
     vae = _overflowing_fp16_vae(force_upcast=True)
-    pipe = SimpleNamespace(vae=vae)
-    assert needs_upcast(vae) and codec_vae(pipe) is not vae and vae.dtype == torch.float16
+    pipe = SimpleNamespace(vae=vae, casts_vae_in_place=True)  # an SDXL pipeline's
+    assert upcast_in_place(pipe) and codec_vae(pipe) is not vae and vae.dtype == torch.float16
     z = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     decoded = decode_latents(pipe, z)
     assert torch.isfinite(decoded).all()
@@ -92,8 +92,8 @@ def test_an_upcast_fp16_vae_decodes_in_float32_without_casting_the_shared_one():
 
 def test_an_fp16_vae_that_overflows_without_upcast_warns_instead_of_reading_as_kept():
     vae = _overflowing_fp16_vae(force_upcast=False)
-    pipe = SimpleNamespace(vae=vae)
-    assert not needs_upcast(vae) and codec_vae(pipe) is vae
+    pipe = SimpleNamespace(vae=vae, casts_vae_in_place=True)
+    assert not upcast_in_place(pipe) and codec_vae(pipe) is vae
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     assert not torch.isfinite(decode_latents(pipe, z)).all()  # what the calibration would have read as a layout
     with pytest.warns(UserWarning, match="overflowed"):
@@ -101,17 +101,72 @@ def test_an_fp16_vae_that_overflows_without_upcast_warns_instead_of_reading_as_k
     assert mean_colours(pipe, z).isnan().all()  # no colour: the window choice falls back to the latent distance
 
 
-def test_an_upcast_fp16_vae_encodes_in_float32(gen):
+def test_an_upcast_fp16_vae_encodes_in_float32_and_other_families_keep_their_own_dtype(gen):
     torch.manual_seed(0)
     vae = tiny_vae((8, 16), 16).half()  # force_upcast: AutoencoderKL's default (SD's and SDXL's configs)
     pixels = torch.rand(2, 3, 16, 16, generator=gen(0)) * 2 - 1
     expected = (copy.deepcopy(vae).float().encode(pixels).latent_dist.mean * vae.config.scaling_factor).half()
-    latents = encode_pixels(SimpleNamespace(vae=vae), pixels)
+    latents = encode_pixels(SimpleNamespace(vae=vae, casts_vae_in_place=True), pixels)
     assert latents.dtype == torch.float16 and vae.dtype == torch.float16
     torch.testing.assert_close(latents, expected, rtol=0, atol=0)
-    plain = AutoencoderKL.from_config(vae.config, force_upcast=False).half()
-    plain.load_state_dict(vae.state_dict())
-    assert not torch.equal(encode_pixels(SimpleNamespace(vae=plain), pixels), expected)  # fp16 arithmetic differs
+    # SD 1.x/2.x, SD3, Flux and PixArt pipelines encode and decode in the VAE's own dtype whatever force_upcast says
+    sd = SimpleNamespace(vae=vae)
+    assert codec_vae(sd) is vae and not torch.equal(encode_pixels(sd, pixels), expected)  # fp16 arithmetic differs
+
+
+def test_an_upcast_copys_latents_keep_the_dtype_the_vae_had_while_another_call_casts_it(gen):
+    pipe = tiny_sdxl_pipeline(seed=0)
+    pipe.vae.half()
+    images = [torch.rand(3, 32, 32, generator=gen(i)) for i in range(2)]
+    vae = codec_vae(pipe)
+    pipe.vae.float()  # another call's in-place upcast, between the copy and the encode
+    try:
+        assert encode_images(pipe, images, vae=vae).dtype == torch.float16  # what the fp16 UNet takes
+    finally:
+        pipe.vae.half()
+
+
+def test_the_float32_copy_of_an_offloaded_vae_copies_no_other_model():
+    from accelerate import cpu_offload_with_hook
+
+    torch.manual_seed(0)
+    unet = torch.nn.Linear(64, 64)
+    _, unet_hook = cpu_offload_with_hook(unet, "cpu")
+    vae = tiny_vae((8, 16), 16).half()
+    cpu_offload_with_hook(vae, "cpu", prev_module_hook=unet_hook)  # enable_model_cpu_offload's chain: text, UNet, VAE
+    pipe = SimpleNamespace(vae=vae, casts_vae_in_place=True, components={"unet": unet, "vae": vae})
+    copied = codec_vae(pipe)
+    assert copied is not vae and vae._hf_hook.prev_module_hook is unet_hook  # the pipeline's chain untouched
+    assert copied._hf_hook.prev_module_hook is None  # a plain deep copy held a copy of the UNet here
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(decode_latents(pipe, z, copied), copy.deepcopy(tiny_vae_like(vae)).decode(z / vae.config.scaling_factor).sample)
+
+
+def tiny_vae_like(vae: AutoencoderKL) -> AutoencoderKL:
+    """A float32 VAE with ``vae``'s config and weights, without its hooks."""
+    plain = AutoencoderKL.from_config(vae.config)
+    plain.load_state_dict({k: v.float() for k, v in vae.state_dict().items()})
+    return plain.eval()
+
+
+def test_a_pipeline_without_a_vae_steers_to_latents(gen, one_thread):
+    base = tiny_sdxl_pipeline(seed=0)
+    bare = type(base)(**{**base.components, "vae": None})
+    latents = bare("a red bag", num_inference_steps=2, generator=gen(0), output_type="latent").images  # failed: no VAE to lock
+    assert latents.shape == (1, 4, 8, 8) and torch.isfinite(latents).all()
+
+
+def test_an_fp16_sdxl_call_holds_its_vaes_lock_only_where_it_decodes(gen, one_thread):
+    pipe = tiny_sdxl_pipeline(seed=0).to(torch.float16)
+    free = []
+
+    def probe(p, step, timestep, kwargs):
+        free.append(_free_elsewhere(pipe.vae, timeout=0.2))
+        return kwargs
+
+    pipe("a red bag", num_inference_steps=2, generator=gen(0), output_type="latent", callback_on_step_end=probe)
+    pipe("a red bag", num_inference_steps=2, generator=gen(0), output_type="np", callback_on_step_end=probe)
+    assert free == [True, True, False, False]  # latents out: no decode, no wait for other calls on the VAE
 
 
 def test_image_sets_encode_with_the_pipelines_latent_statistics(gen, one_thread):
@@ -130,7 +185,7 @@ def test_two_fp16_sdxl_calls_at_once_do_not_decode_under_each_others_upcast(gen,
     # second call meanwhile decoded fp16 latents with float32 weights (RuntimeError: Input type (c10::Half) and bias
     # type (float)) before the calls on such a VAE held its lock
     pipe = tiny_sdxl_pipeline(seed=0).to(torch.float16)
-    assert needs_upcast(pipe.vae)
+    assert upcast_in_place(pipe)
     decode = pipe.vae.decode
 
     def slow_decode(*args, **kwargs):  # the other call finishes its two steps while this one decodes
@@ -164,9 +219,9 @@ def _free_elsewhere(vae, timeout: float) -> bool:
 
 def test_calls_on_a_vae_that_is_not_upcast_do_not_wait_for_each_other():
     vae = tiny_vae((8, 16), 16)  # float32: force_upcast changes nothing
-    with while_upcast(vae):
+    with while_upcast(SimpleNamespace(vae=vae, casts_vae_in_place=True)):
         assert _free_elsewhere(vae, timeout=5)
     half = tiny_vae((8, 16), 16).half()
-    with while_upcast(half):
+    with while_upcast(SimpleNamespace(vae=half, casts_vae_in_place=True)):
         assert not _free_elsewhere(half, timeout=0.2)  # an upcast VAE's call holds it
     assert _free_elsewhere(half, timeout=5)

@@ -41,6 +41,7 @@ class SteeringStableDiffusionXLControlNetPipeline(
     """
 
     denoiser_name = "unet"
+    casts_vae_in_place = True  # force_upcast VAEs: float32 and back, in place
 
     def steering_num_steps(self) -> int:
         """The steps the run performs: diffusers' SDXL ControlNet pipeline records its step count before it cuts the

@@ -44,6 +44,7 @@ class SteeringStableDiffusionXLImg2ImgPipeline(
     """
 
     denoiser_name = "unet"
+    casts_vae_in_place = True  # force_upcast VAEs: float32 and back, in place
 
 
 class SteeringStableDiffusion3Img2ImgPipeline(

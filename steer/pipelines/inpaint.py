@@ -45,6 +45,7 @@ class SteeringStableDiffusionXLInpaintPipeline(
     """
 
     denoiser_name = "unet"
+    casts_vae_in_place = True  # force_upcast VAEs: float32 and back, in place
 
 
 class SteeringStableDiffusion3InpaintPipeline(

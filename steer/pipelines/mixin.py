@@ -130,6 +130,9 @@ class SteeringMixin:
     denoiser_name: ClassVar[str] = "unet"
     _steering_parent: ClassVar[type]  # the diffusers pipeline class whose ``__call__`` runs (set per subclass)
     _steering_params: ClassVar[tuple[str, ...]] = tuple(STEERING_DEFAULTS)
+    # the diffusers parent casts a force_upcast VAE to float32 and back in place (the SDXL pipelines): calls that may
+    # do so hold the VAE's lock (`steer.vae_codec.while_upcast`), and steer's own decodes use a float32 copy
+    casts_vae_in_place: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -519,8 +522,10 @@ class SteeringMixin:
                     stack.enter_context(session)
             steered_rows = scales.abs().sum(dim=1) > 0 if active else None  # (images,) rows with a non-zero scale
             finish = self._enter_extras(call_pipe, stack, extras, num_images, steered_rows)
-            if hasattr(parent, "upcast_vae"):  # SDXL's: casts an fp16 VAE to float32 and back in place (steer.vae_codec)
-                stack.enter_context(while_upcast(self.vae))
+            # SDXL's cast a force_upcast VAE to float32 and back in place to decode or encode (steer.vae_codec); a
+            # text-to-image call that returns latents touches no VAE
+            if self.casts_vae_in_place and not (bound.arguments.get("output_type") == "latent" and bound.arguments.get("image") is None):
+                stack.enter_context(while_upcast(self))
             try:
                 output = parent.__call__(call_pipe, *args, **kwargs)
             finally:

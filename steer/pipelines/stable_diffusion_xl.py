@@ -68,3 +68,4 @@ class SteeringStableDiffusionXLPipeline(
     """
 
     denoiser_name = "unet"
+    casts_vae_in_place = True  # force_upcast VAEs: float32 and back, in place
