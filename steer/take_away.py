@@ -47,10 +47,7 @@ from steer.recipe import recorded_path
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
-# The strengths a fit tries. To 3 since 2026-12-03 (was 0.5 ... 2.0 with 1.25): a fifth of the benchmark's colour fits
-# ended at 2.0, the top; decided on the tuning targets' contradicting prompts (unchanged: 3 of 3 colours, 2 of 3 classes),
-# same cost (docs/steering.md, "The take-away grid to 3").
-GRID = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 FIT_STEPS = 12  # sampling steps of a fit by default
 

@@ -80,10 +80,10 @@ def prompt_vector(colour: str) -> SteeringVector:
 @pytest.mark.parametrize(
     ("reach", "strength", "window", "advice"),
     [
-        ({"0,0.5": 0.3, "0,1": 2 / 3}, 1.5, (0.0, 1.0), None),  # the whole run reaches the rewritten prompts at 1.5
-        ({"0,0.5": 2 / 3, "0,1": 0.25}, 1.5, (0.0, 0.5), None),
-        ({"0,0.5": 0.2, "0,1": 0.3}, 3.0, (0.0, 1.0), "the closest strength is the largest tried (3)"),
-        ({"0,0.5": 0.05, "0,1": 0.1}, 3.0, (0.0, 1.0), "come only to 0.70 of their unsteered distance"),
+        ({"0,0.5": 0.3, "0,1": 1.0}, 1.0, (0.0, 1.0), None),  # the whole run reaches the rewritten prompts at 1
+        ({"0,0.5": 1.0, "0,1": 0.25}, 1.0, (0.0, 0.5), None),
+        ({"0,0.5": 0.2, "0,1": 0.4}, 2.0, (0.0, 1.0), "the closest strength is the largest tried (2)"),
+        ({"0,0.5": 0.05, "0,1": 0.1}, 2.0, (0.0, 1.0), "come only to 0.80 of their unsteered distance"),
     ],
 )
 def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_not_flip(monkeypatch, reach, strength, window, advice):
