@@ -189,8 +189,8 @@ def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor, grid:
         if float(norms.min()) > 0.0:  # a flat image says nothing about structure
             correlations.append(float((gray[0] * gray[1]).sum() / (norms[0] * norms[1])))
     if len(latents_a) and not finite:
-        warnings.warn(f"every decode of the {len(latents_a)} sample pairs overflowed (an fp16 VAE whose config does not "
-                      "set force_upcast?): their layout reads as kept", stacklevel=2)
+        warnings.warn(f"every decode of the {len(latents_a)} sample pairs overflowed (an fp16 VAE the pipeline does not "
+                      "run in float32 gives NaN or inf images; load it in float32): their layout reads as kept", stacklevel=2)
     return sum(correlations) / len(correlations) if correlations else 1.0
 
 
