@@ -358,6 +358,15 @@ def _choose_route(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dic
     return {"structure": structure, "readers": readers}, {**steering, "steering_readers": readers}
 
 
+def _route_and_colours(pipe, z_pos: torch.Tensor, z_open: torch.Tensor, steering: dict[str, Any], windows: int,
+                       batch_size: int | None) -> tuple[dict[str, Any], dict[str, Any], tuple | None]:
+    """``readers="auto"``: the route, the steering options with it, and an appearance edit's colours
+    (`_appearance_colours`), decoded with one `codec_vae` (a float32 copy where the pipeline upcasts its VAE)."""
+    vae = codec_vae(pipe)
+    route, steering = _choose_route(pipe, z_pos, z_open, steering, vae)
+    return route, steering, _appearance_colours(pipe, route, z_pos, z_open, windows, batch_size, vae)
+
+
 def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start: float, rows: int, window, route,
                  colours: tuple[Any, torch.Tensor, torch.Tensor, tuple[int, ...], int | None, Any] | None = None) -> Calibration:
     """A window's result from its steered samples ``z`` (grid, samples, features) against the positives' own ``z_pos``,
@@ -396,10 +405,8 @@ def _sweeps(
     colours = None
     if choose_route:  # the unsteered open samples first: the route is chosen from the model's own prompt edit
         z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
-        vae = codec_vae(pipe)  # one float32 copy for every decode where the pipeline upcasts its VAE (steer.vae_codec)
-        route, steering = _choose_route(pipe, z_pos, z_open, steering, vae)
+        route, steering, colours = _route_and_colours(pipe, z_pos, z_open, steering, len(windows), batch_size)
         start = float((z_open.flatten(1) - z_pos.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
-        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size, vae)
     z_pos = z_pos.flatten(1)
     for window in windows:
         strengths = [*([0.0] if start is None else []), *grid]
@@ -434,9 +441,7 @@ def _branched_sweeps(
     z_open = sample_latents(pipe, opened, seeds, flat=False, batch_size=batch_size, **kw)
     route, colours = None, None
     if choose_route:
-        vae = codec_vae(pipe)  # one float32 copy for every decode where the pipeline upcasts its VAE (steer.vae_codec)
-        route, steering = _choose_route(pipe, z_pos, z_open, steering, vae)
-        colours = _appearance_colours(pipe, route, z_pos, z_open, len(windows), batch_size, vae)
+        route, steering, colours = _route_and_colours(pipe, z_pos, z_open, steering, len(windows), batch_size)
     z_pos, z_open = z_pos.flatten(1), z_open.flatten(1)
     start = float((z_open - z_pos).norm(dim=1).mean().clamp_min(1e-6))
     prompts = [p for _ in grid for p in opened]
