@@ -5,7 +5,7 @@
 
 Each matrix target learned with the defaults (guidance 5, 20 steps, as the matrix); the calibration's open prompts
 and seeds 0-5 steered at the calibration grid (in units of the calibrated strength) and at 1.0 and 1.5; for each,
-`steer.calibrate.structure_kept` against the unsteered open samples, beside the positives' own (``s_pos``) and the
+`steer.appearance.structure_kept` against the unsteered open samples, beside the positives' own (``s_pos``) and the
 matrix's passing scales. The idea: a colour edit whose steered samples keep less layout than the model's own prompt
 edit is changing the object (cyan's bags at 1.0). ~3.5 min on the demo model, 1 thread.
 """
@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import C, K, prompts_for  # noqa: E402
 
-from steer.calibrate import DEFAULT_GRID, sample_latents, structure_kept  # noqa: E402
+from steer.appearance import structure_kept  # noqa: E402
+from steer.calibrate import DEFAULT_GRID, sample_latents  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.wording import open_prompts  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 For each of the matrix's 18 targets (`steering_matrix.prompts_for`), the calibration's own samples are drawn: the
 positive prompts and the open prompts (the attribute left to the model) from the same seeds 0-5, unsteered, 20 DDIM
-steps, at each guidance scale. `steer.calibrate.structure_kept` (the decoded grayscale over an 8 x 8 grid of the
+steps, at each guidance scale. `steer.appearance.structure_kept` (the decoded grayscale over an 8 x 8 grid of the
 frame, same-seed Pearson correlation) is what the route is chosen by; the same at every pixel (``grid=None``) is
 printed beside it. A target below `steer.calibrate.LAYOUT_EDIT_BELOW` is read by the layout blocks. 480 UNet rows per target
 and guidance, no images judged.
@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from steering_matrix import TUNING, C, K, prompts_for  # noqa: E402
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, sample_latents, structure_kept  # noqa: E402
+from steer.appearance import structure_kept  # noqa: E402
+from steer.calibrate import LAYOUT_EDIT_BELOW, sample_latents  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.wording import open_prompts  # noqa: E402
 

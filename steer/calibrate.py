@@ -43,9 +43,10 @@ from typing import Any
 
 import torch
 
+from steer.appearance import mean_colours, structure_kept
 from steer.engine.run import window_bounds
 from steer.partial_run import SolverCarry, partial_pipeline, resumable, run_length
-from steer.vae_codec import codec_vae, decode_latents
+from steer.vae_codec import codec_vae
 from steer.wording import open_prompts
 
 DEFAULT_GRID = (0.08, 0.13, 0.2, 0.3, 0.45, 0.7)
@@ -69,7 +70,6 @@ POOR_DISTANCE = 0.6
 # (bench/route_choice_screen.py, docs/steering.md "The route per direction").
 LAYOUT_EDIT_BELOW = 0.8
 LAYOUT_CLOSE = 0.05  # a structure share this near the threshold is a close call: the user is told which way it went
-LAYOUT_GRID = 8
 LAYOUT_READERS = ("layout",)
 
 
@@ -168,32 +168,6 @@ def sample_latents(
 
 
 @torch.no_grad()
-def structure_kept(pipe, latents_a: torch.Tensor, latents_b: torch.Tensor, grid: int | None = LAYOUT_GRID,
-                   vae: torch.nn.Module | None = None) -> float:
-    """How much of its layout an image keeps across a prompt edit: the mean over pairs of the Pearson correlation of
-    the decoded images' grayscale, averaged over a ``grid`` x ``grid`` grid of the frame (where light and dark lie,
-    not the detail; None: every pixel; ``latents_a[i]`` and ``latents_b[i]``: unflattened final latents of SD-family
-    UNet pipelines, same seed; ``vae``: `steer.vae_codec.codec_vae`, made once for many calls). 1: the same layout,
-    only the appearance changed; near 0: a new layout."""
-    vae = codec_vae(pipe) if vae is None else vae
-    correlations, finite = [], 0
-    for a, b in zip(latents_a, latents_b, strict=True):
-        decoded = decode_latents(pipe, torch.stack([a, b]), vae)
-        if not bool(torch.isfinite(decoded).all()):
-            continue  # a non-finite decode (an fp16 VAE overflowing; the clamp would read inf as white) says nothing
-        finite += 1
-        gray = decoded.clamp(-1, 1).mean(1, keepdim=True)  # (2, 1, H, W)
-        gray = (gray if grid is None else torch.nn.functional.adaptive_avg_pool2d(gray, grid)).flatten(1)
-        gray = gray - gray.mean(1, keepdim=True)
-        norms = gray.norm(dim=1)
-        if float(norms.min()) > 0.0:  # a flat image says nothing about structure
-            correlations.append(float((gray[0] * gray[1]).sum() / (norms[0] * norms[1])))
-    if len(latents_a) and not finite:
-        warnings.warn(f"every decode of the {len(latents_a)} sample pairs overflowed (an fp16 VAE the pipeline does not "
-                      "run in float32 gives NaN or inf images; load it in float32): their layout reads as kept", stacklevel=2)
-    return sum(correlations) / len(correlations) if correlations else 1.0
-
-
 @torch.no_grad()
 def calibrate(
     pipe,
@@ -292,24 +266,6 @@ def calibrate_windows(
     results[chosen].chosen_by = by
     _warn(results[chosen])
     return chosen, results
-
-
-def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8, vae: torch.nn.Module | None = None) -> torch.Tensor:
-    """The mean RGB ([n, 3], in [0, 1]) of the images decoded from unflattened final latents of SD-family UNet
-    pipelines: the hue and brightness an appearance edit sets, without where things lie. A non-finite decode (an fp16
-    VAE overflowing) gives a NaN row. At most ``batch_size`` images per decode (None: all at once); ``vae``: as in
-    `structure_kept`."""
-    vae = codec_vae(pipe) if vae is None else vae
-    size = max(1, int(batch_size)) if batch_size else max(1, len(latents))
-    out = [torch.empty(0, 3)]
-    with torch.no_grad():
-        for i in range(0, len(latents), size):
-            decoded = decode_latents(pipe, latents[i : i + size], vae)
-            colours = ((decoded.clamp(-1, 1) + 1) / 2).mean((2, 3))
-            # an overflowing decode (inf as well as NaN) reads as no colour, not as the clamp's white or black
-            colours[~torch.isfinite(decoded).flatten(1).all(1)] = float("nan")
-            out.append(colours.cpu())
-    return torch.cat(out)
 
 
 def _appearance_colours(pipe, route: dict[str, Any] | None, z_pos: torch.Tensor, z_open: torch.Tensor, windows: int,

@@ -203,7 +203,7 @@ def learn_direction(
             ``"all"``, ``"layout"`` for the down and mid blocks', which keeps the prompt's colour under object/class
             edits, ``"detail"``, or attn2 paths / globs); recorded as recommended, and the calibration runs through
             it. ``"auto"`` (the text preset's default; UNet denoisers, else all): ``"layout"`` where the model's own
-            prompt edit moves the layout, else all, at no extra cost (`steer.calibrate.structure_kept`, recorded in
+            prompt edit moves the layout, else all, at no extra cost (`steer.appearance.structure_kept`, recorded in
             ``metadata["route_choice"]``). None: the preset's.
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode); default 16.
         timestep: the timestep the reference mode and image sets are read at (default 10, the paper's).

@@ -8,7 +8,8 @@ import warnings
 import pytest
 import torch
 
-from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, mean_colours, route_advice, structure_kept
+from steer.appearance import layout_agreement, layout_signatures, mean_colours, structure_kept
+from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, route_advice
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
@@ -67,6 +68,26 @@ def test_structure_kept_is_one_for_the_same_image_and_low_for_a_new_layout(demo)
     z = torch.randn(2, demo.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     assert structure_kept(demo, z, z.clone()) == pytest.approx(1.0, abs=1e-5)
     assert structure_kept(demo, z, z.flip(-1).flip(-2)) < 0.5
+
+
+def test_layout_signatures_are_unit_rows_and_agreement_leaves_out_what_cannot_be_read(demo):
+    z = torch.randn(3, demo.unet.config.in_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    sig = layout_signatures(demo, z, batch_size=2)  # split decodes: the same rows
+    assert sig.shape == (3, 64) and torch.allclose(sig.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(sig, layout_signatures(demo, z, batch_size=None), atol=1e-5)
+    assert torch.allclose(sig.sum(1), torch.zeros(3), atol=1e-4)  # centred: where light and dark lie, not how bright
+    other = layout_signatures(demo, z.flip(-1).flip(-2))
+    both = layout_agreement(sig, other)
+    assert both == pytest.approx(float((sig * other).sum(1).mean()), abs=1e-6)
+    unread = other.clone()
+    unread[0] = float("nan")  # a flat or overflowing decode: that pair says nothing
+    assert layout_agreement(sig, unread) == pytest.approx(float((sig[1:] * other[1:]).sum(1).mean()), abs=1e-6)
+    unread[:] = float("nan")
+    assert layout_agreement(sig, unread) is None
+    with pytest.raises(ValueError, match="do not pair up"):
+        layout_agreement(sig, other[:2])
+    with pytest.raises(ValueError, match="do not pair up"):
+        structure_kept(demo, z, z[:2])
 
 
 def test_auto_route_needs_a_calibrated_text_direction_and_stands_alone(demo):

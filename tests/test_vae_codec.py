@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from steer.calibrate import mean_colours, structure_kept
+from steer.appearance import mean_colours, structure_kept
 from steer.extract import encode_images
 from steer.testing import run_in_threads
 from steer.testing.parts import tiny_vae
