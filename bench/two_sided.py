@@ -75,14 +75,15 @@ def rewritten(kind: str, side: str, prompts: list[str]) -> list[str]:
     return [p.replace("a ", f"a {side} ", 1) if kind == "colour" else p.replace(" item", f" {side}") for p in prompts]
 
 
-def bench_setup(model: str | None, seeds: int, seed_base: int):
-    """(pipe, classifier, runner, learning kwargs) as the slider benches use them: 1 torch thread, DDIM 20, guidance 5."""
+def bench_setup(model: str | None, seeds: int, seed_base: int, noise: str = "per-seed"):
+    """(pipe, classifier, runner, learning kwargs) as the slider benches use them: 1 torch thread, DDIM 20, guidance 5
+    (``noise``: `steering_matrix.Runner`'s; per-seed, every slider run before 2026-12-04, so they reproduce)."""
     import torch
 
     torch.set_num_threads(1)
     pipe, classifier = load_pipeline(model, "cpu", progress=False), load_classifier()
     pipe.set_progress_bar_config(disable=True)
-    run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=seeds, seed_base=seed_base)
+    run = Runner(pipe, classifier, steps=20, guidance=5.0, seeds=seeds, seed_base=seed_base, noise=noise)
     return pipe, classifier, run, dict(num_inference_steps=20, guidance_scale=5.0, progress=False)
 
 
@@ -96,11 +97,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--seed-base", type=int, default=1000)
     ap.add_argument("--contra", action="store_true", help="prompts that state the other side (see above)")
+    ap.add_argument("--noise", choices=("per-seed", "per-image"), default="per-seed",
+                    help="per-seed (every run before 2026-12-04): the 8 prompts of a seed share its noise; per-image: every "
+                         "image its own, as the matrix since 2026-12-03 (a side is seeds x 8 independent images)")
     args = ap.parse_args()
     if args.contra and args.out == str(ROOT / "docs" / "steering" / "two_sided"):
         args.out = str(ROOT / "docs" / "steering" / "two_sided" / "contra")
     t0 = time.time()
-    pipe, classifier, run, kw = bench_setup(args.model, args.seeds, args.seed_base)
+    pipe, classifier, run, kw = bench_setup(args.model, args.seeds, args.seed_base, args.noise)
     if args.contra:
         return contra(args, pipe, classifier, run, kw, t0)
     n = len(SCALES)
@@ -150,7 +154,7 @@ def main() -> None:
                     grid_rows.append(np.concatenate(list(images[method][i * per:i * per + 8]), axis=2))
             print(f"{pos} <-> {neg}: {time.time() - t0:.0f} s", flush=True)
 
-    results = {"meta": {"seeds": [args.seed_base + s for s in range(args.seeds)], "scales": list(SCALES), "sega_scale": SEGA_SCALE,
+    results = {"meta": {"seeds": [args.seed_base + s for s in range(args.seeds)], "noise": args.noise, "scales": list(SCALES), "sega_scale": SEGA_SCALE,
                         "pairs": {k: [list(p) for p in v] for k, v in PAIRS.items()}},
                "summary": summarise(sliders), "learned": learned, "sliders": sliders}
     save(args, Path(__file__).name, t0, results, grid_rows,
@@ -194,7 +198,7 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
             summary[f"{split}/{method}"] = {"sides": f"{sum(c['pass'] for c in rows)}/{len(rows)}",
                                             "success": round(float(np.mean([c["success"] for c in rows])), 3),
                                             "kept": round(float(np.mean([c["kept"] for c in rows])), 3)}
-    results = {"meta": {"seeds": [args.seed_base + s for s in range(args.seeds)], "contra": True,
+    results = {"meta": {"seeds": [args.seed_base + s for s in range(args.seeds)], "noise": args.noise, "contra": True,
                         "pairs": {k: [list(p) for p in v] for k, v in PAIRS.items()}},
                "summary": summary, "fits": fits, "cells": cells}
     save(args, Path(__file__).name, t0, results, grid_rows,
