@@ -2,13 +2,18 @@
 
     python bench/ship_sliders.py [--results docs/steering/two_sided/results.json]
         [--contra docs/steering/two_sided/contra/results.json] [--out assets/directions]
+        [--replication OPEN.json CONTRA.json]
 
 Each pair whose two-sided slider passed at +1 and -1 on the attribute-open prompts (the bench's rule) is learned again
 with exactly the bench's prompts and settings (`learn_direction(..., two_sided=True)`, DDIM 20, guidance 5; learning
 is deterministic: each side's calibrated strength and each flip's fitted strength and window are checked against what
 the two runs recorded) and saved as ``<positive>_<negative>_slider.safetensors`` (+1 toward the positive attribute,
--1 toward the negative one) with both runs' numbers in ``metadata["benchmark"]``. ``sliders.md`` next to them is
-regenerated with the table of every pair, shipped or not.
+-1 toward the negative one) with both runs' numbers in ``metadata["benchmark"]``. ``--replication``: the open and
+contradicting runs of the same bench on other images (``--noise per-image --seeds 4 --seed-base 3000``: 32 independent
+images a side); a pair then ships only where its slider passes on the open prompts in both runs, and the replication's
+ends are recorded and tabled beside the first run's; ``--keep red_blue`` leaves an earlier ship's file of a pair that
+falls short in place (marked so in the table). ``sliders.md`` next to them is regenerated with the table of every pair,
+shipped or not.
 """
 
 from __future__ import annotations
@@ -28,11 +33,15 @@ from steer.assets import DIRECTIONS_DIR  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
 
 KEYS = ("success", "kept", "break")
+KEPT_NOTE = ("; a slider *kept from an earlier ship* does not pass every run listed and ships as an earlier "
+             "measurement passed it (its file untouched, its row these runs' numbers)")
+RESULTS, CONTRA = "docs/steering/two_sided/results.json", "docs/steering/two_sided/contra/results.json"
 GALLERY_NOTE = ("on the open prompts every slider runs from its - end through the prompt's own image to its + end (the class "
                 "sliders' open prompt is the calibration's \"a red\"); a stated end is held toward itself and turned at the other "
                 "end, passing through another hue or a dark garment at +-0.5 (\"a red t-shirt\" dark green at -0.5, blue at -1); "
                 "the failures the table lists show: green/red's \"a green t-shirt\" goes dark red-brown at -1, white/orange's "
-                "\"a white t-shirt\" dark olive at -1.")
+                "\"a white t-shirt\" dark olive-ochre at -1, and red/blue's open +1 is a dark red (the replication's 0.69: "
+                "dark red to brown, some orange).")
 
 
 def slider_name(pos: str, neg: str) -> str:
@@ -43,43 +52,104 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", default="docs/steering/two_sided/results.json")
-    ap.add_argument("--contra", default="docs/steering/two_sided/contra/results.json")
+    ap.add_argument("--results", default=RESULTS)
+    ap.add_argument("--contra", default=CONTRA)
     ap.add_argument("--out", default=str(DIRECTIONS_DIR))
+    ap.add_argument("--replication", nargs=2, metavar=("OPEN", "CONTRA"), default=None,
+                    help="the open and contradicting results of a replication run (ships only what passes both)")
+    ap.add_argument("--keep", nargs="+", default=[], metavar="POS_NEG",
+                    help="sliders (positive_negative, e.g. red_blue) that do not pass every run but stay shipped as an "
+                         "earlier ship wrote them (their files untouched; the table says they fall short)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     results, contra = json.loads(Path(args.results).read_text()), json.loads(Path(args.contra).read_text())
+    runs = [(results, contra)]
+    if args.replication:
+        runs.append(tuple(json.loads(Path(f).read_text()) for f in args.replication))
     pipe = load_pipeline(None, "cpu", progress=False)
     pipe.set_progress_bar_config(disable=True)
     out, rows = Path(args.out), []
     for slider in (s for s in results["sliders"] if s["method"] == "two-sided"):
         pos, neg = slider["pair"]
-        stated = {c["side"]: c for c in contra["cells"] if c["pair"] == [pos, neg] and c["method"] == "slider"}
-        rows.append((slider, stated))
-        if not slider["pass"]:
+        per_run = [(_slider(r, pos, neg), _stated(c, pos, neg)) for r, c in runs]
+        shipped = all(s["pass"] for s, _ in per_run)
+        rows.append((per_run, shipped))
+        kept = not shipped and f"{pos}_{neg}".replace(" ", "_").replace("-", "") in args.keep
+        if kept and not (out / f"{slider_name(pos, neg)}.safetensors").is_file():
+            raise SystemExit(f"--keep {pos}_{neg}: no earlier {slider_name(pos, neg)}.safetensors in {out} to keep")
+        rows[-1] = (per_run, "kept" if kept else shipped)
+        if kept:
+            print("kept", slider_name(pos, neg), "(falls short here)", flush=True)
+            continue
+        if not shipped:
+            stale = out / f"{slider_name(pos, neg)}.safetensors"
+            if stale.is_file() and not stale.is_symlink():  # shipped by an earlier run that this one does not repeat
+                stale.unlink()
+                print("removed", stale, flush=True)
             continue
         kind = slider["kind"]
         P = pair_prompts(kind, pos, neg)
         v = pipe.learn_direction(P["positive"], P["negative"], two_sided=True, num_inference_steps=20, guidance_scale=5.0,
                                  progress=False, name=f"{pos} <-> {neg}")
-        logged = next(x for x in results["learned"] if x["pair"] == [pos, neg])
-        for side, key in ((v, "positive_side_strength"), (v.opposite, "negative_side_strength")):
-            got, want = side.metadata["calibration"]["strength"], logged[key]
-            if abs(got - want) > 1e-3 * max(1.0, abs(want)):
-                raise SystemExit(f"{pos} <-> {neg}: re-learned {key} {got} differs from the bench's {want}; rerun it")
-        for side, which in ((v, "positive"), (v.opposite, "negative")):
-            fit = next(f for f in contra["fits"] if f["pair"] == [pos, neg] and f["side"] == which)
-            flip = side.metadata["flip"]
-            if abs(flip["strength"] - fit["strength"]) > 1e-3 or flip["window"] != fit["window"]:
-                raise SystemExit(f"{pos} <-> {neg}: re-learned {which} flip {flip} differs from the bench's {fit}; rerun it")
+        for r, c in runs:
+            check_learned(v, r, c, pos, neg)
         v.metadata["benchmark"] = {
             "bench": "bench/two_sided.py (docs/steering.md, 'Sliders between two attributes')", "split": slider["split"],
-            "open_ends": {end: {k: slider[side][k] for k in KEYS} for end, side in (("+1", "positive"), ("-1", "negative"))},
-            "stated_ends": {end: {k: stated[side][k] for k in (*KEYS, "pass")} for end, side in (("+1", "positive"), ("-1", "negative"))},
+            **ends(*per_run[0]),
+            **({"replication": {"images_per_side": _images(runs[1][0]), **ends(*per_run[1])}} if len(per_run) > 1 else {}),
         }
         path = v.save(out / f"{slider_name(pos, neg)}.safetensors")
         print("wrote", path, flush=True)
+    args.runs = runs
     write_table(out, rows, args)
+
+
+def _slider(results: dict, pos: str, neg: str) -> dict:
+    return next(s for s in results["sliders"] if s["method"] == "two-sided" and s["pair"] == [pos, neg])
+
+
+def _stated(contra: dict, pos: str, neg: str) -> dict:
+    return {c["side"]: c for c in contra["cells"] if c["pair"] == [pos, neg] and c["method"] == "slider"}
+
+
+def _images(results: dict) -> int:
+    return len(results["meta"]["seeds"]) * 8
+
+
+def ends(slider: dict, stated: dict) -> dict:
+    """A run's numbers at both ends: the open prompts' and the stated prompts' (the slider's flips)."""
+    return {"open_ends": {end: {k: slider[side][k] for k in KEYS} for end, side in (("+1", "positive"), ("-1", "negative"))},
+            "stated_ends": {end: {k: stated[side][k] for k in (*KEYS, "pass")} for end, side in (("+1", "positive"), ("-1", "negative"))}}
+
+
+def check_learned(v, results: dict, contra: dict, pos: str, neg: str) -> None:
+    """Stop unless the re-learned slider has the strengths and flips the run recorded (the same learning)."""
+    logged = next(x for x in results["learned"] if x["pair"] == [pos, neg])
+    for side, key in ((v, "positive_side_strength"), (v.opposite, "negative_side_strength")):
+        got, want = side.metadata["calibration"]["strength"], logged[key]
+        if abs(got - want) > 1e-3 * max(1.0, abs(want)):
+            raise SystemExit(f"{pos} <-> {neg}: re-learned {key} {got} differs from the bench's {want}; rerun it")
+    for side, which in ((v, "positive"), (v.opposite, "negative")):
+        fit = next(f for f in contra["fits"] if f["pair"] == [pos, neg] and f["side"] == which)
+        flip = side.metadata["flip"]
+        if abs(flip["strength"] - fit["strength"]) > 1e-3 or flip["window"] != fit["window"]:
+            raise SystemExit(f"{pos} <-> {neg}: re-learned {which} flip {flip} differs from the bench's {fit}; rerun it")
+
+
+def command_args(args: argparse.Namespace) -> str:
+    parts = [] if args.results == RESULTS else [f"--results {args.results}"]
+    parts += [] if args.contra == CONTRA else [f"--contra {args.contra}"]
+    parts += [f"--replication {' '.join(args.replication)}"] if args.replication else []
+    parts += [f"--keep {' '.join(args.keep)}"] if args.keep else []
+    parts += [] if args.out == str(DIRECTIONS_DIR) else [f"--out {args.out}"]
+    return "".join(f" {p}" for p in parts)
+
+
+def run_label(results: dict) -> str:
+    seeds, noise = results["meta"]["seeds"], results["meta"].get("noise", "per-seed")
+    if noise == "per-image":
+        return f"{len(seeds) * 8} images (seeds {seeds[0]}-{seeds[0] + len(seeds) * 8 - 1})"
+    return f"{len(seeds)} seeds x 8 prompts ({seeds[0]}-{seeds[-1]})"
 
 
 def write_table(out: Path, rows: list, args: argparse.Namespace) -> None:
@@ -93,27 +163,32 @@ def write_table(out: Path, rows: list, args: argparse.Namespace) -> None:
         "turned to the other (that end taken away at the strength and window fitted while learning), and a prompt slid "
         "toward the end it states is left as it is. Shipped when the bench measured a pass at both ends on attribute-open "
         "prompts (success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success never falling by more than an image "
-        "from 0 toward the end; 2 seeds x 8 prompts). Contradicting columns: `bench/two_sided.py --contra`, the slider at "
+        f"from 0 toward the end) in {'every run listed' if len(args.runs) > 1 else 'the run listed'}"
+        f"{KEPT_NOTE if args.keep else ''}. Contradicting columns: `bench/two_sided.py --contra`, the slider at "
         "the end on prompts that state the other end (pass: success >= 0.5, kept >= 0.8, break <= 5 %). Regenerate: "
-        f"`python bench/ship_sliders.py{'' if args.out == str(DIRECTIONS_DIR) else ' --out ' + args.out}`. Full results: "
+        f"`python bench/ship_sliders.py{command_args(args)}`. Full results: "
         "docs/steering.md, \"Sliders between two attributes\".",
         "",
         "![every bundled slider from -1 to 1 on an open prompt and on prompts that state each end](sliders.png)",
         "",
         f"*`python scripts/bundled_gallery.py --sliders`, seed 1000, DDIM 20, guidance 5; looked at: {GALLERY_NOTE}*",
         "",
-        "| slider | kind | split | shipped | open +1 success / kept | open -1 success / kept | stated, slid to +1: success / kept | stated, slid to -1: success / kept |",
-        "|---|---|---|---|---|---|---|---|",
+        "| slider | kind | split | shipped | run | open +1 success / kept | open -1 success / kept | stated, slid to +1: success / kept | stated, slid to -1: success / kept |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for slider, stated in rows:
-        pos, neg = slider["pair"]
 
-        def cell(m: dict) -> str:
-            return f"{m['success']:.2f} / {m['kept']:.2f}" + (" (pass)" if m.get("pass") else "")
+    def cell(m: dict) -> str:
+        return f"{m['success']:.2f} / {m['kept']:.2f}" + (" (pass)" if m.get("pass") else "")
 
-        lines.append(f"| {slider_name(pos, neg) if slider['pass'] else f'{pos} / {neg}'} | {slider['kind']} | {slider['split']} | "
-                     f"{'yes' if slider['pass'] else 'no'} | {cell(slider['positive'])} | {cell(slider['negative'])} | "
-                     f"{cell(stated['positive'])} | {cell(stated['negative'])} |")
+    for per_run, shipped in rows:
+        first = per_run[0][0]
+        pos, neg = first["pair"]
+        for i, ((slider, stated), (results, _)) in enumerate(zip(per_run, args.runs, strict=True)):
+            status = "kept from an earlier ship (falls short here)" if shipped == "kept" else "yes" if shipped else "no"
+            head = (f"| {slider_name(pos, neg) if shipped else f'{pos} / {neg}'} | {first['kind']} | {first['split']} | "
+                    f"{status}" if i == 0 else "| | | |")
+            lines.append(f"{head} | {run_label(results)} | {cell(slider['positive'])} | {cell(slider['negative'])} | "
+                         f"{cell(stated['positive'])} | {cell(stated['negative'])} |")
     (out / "sliders.md").write_text("\n".join(lines) + "\n")
 
 
