@@ -2,7 +2,7 @@
 
     python bench/ship_sliders.py [--results docs/steering/two_sided/results.json]
         [--contra docs/steering/two_sided/contra/results.json] [--out assets/directions]
-        [--replication OPEN.json CONTRA.json]
+        [--replication OPEN.json CONTRA.json] [--keep red_blue ...]
 
 Each pair whose two-sided slider passed at +1 and -1 on the attribute-open prompts (the bench's rule) is learned again
 with exactly the bench's prompts and settings (`learn_direction(..., two_sided=True)`, DDIM 20, guidance 5; learning
@@ -66,29 +66,22 @@ def main() -> None:
     runs = [(results, contra)]
     if args.replication:
         runs.append(tuple(json.loads(Path(f).read_text()) for f in args.replication))
-    pipe = load_pipeline(None, "cpu", progress=False)
-    pipe.set_progress_bar_config(disable=True)
     out, rows = Path(args.out), []
     for slider in (s for s in results["sliders"] if s["method"] == "two-sided"):
         pos, neg = slider["pair"]
         per_run = [(_slider(r, pos, neg), _stated(c, pos, neg)) for r, c in runs]
-        shipped = all(s["pass"] for s, _ in per_run)
-        rows.append((per_run, shipped))
-        kept = not shipped and f"{pos}_{neg}".replace(" ", "_").replace("-", "") in args.keep
-        if kept and not (out / f"{slider_name(pos, neg)}.safetensors").is_file():
-            raise SystemExit(f"--keep {pos}_{neg}: no earlier {slider_name(pos, neg)}.safetensors in {out} to keep")
-        rows[-1] = (per_run, "kept" if kept else shipped)
-        if kept:
-            print("kept", slider_name(pos, neg), "(falls short here)", flush=True)
+        passed = all(s["pass"] for s, _ in per_run)
+        rows.append((per_run, "kept" if not passed and pair_key(pos, neg) in args.keep else passed))
+    check_keep(args.keep, rows, out)
+    pipe = load_pipeline(None, "cpu", progress=False)
+    pipe.set_progress_bar_config(disable=True)
+    learned = []  # every slider learned and checked before any file is written or removed
+    for per_run, shipped in rows:
+        slider = per_run[0][0]
+        pos, neg = slider["pair"]
+        if shipped is not True:
             continue
-        if not shipped:
-            stale = out / f"{slider_name(pos, neg)}.safetensors"
-            if stale.is_file() and not stale.is_symlink():  # shipped by an earlier run that this one does not repeat
-                stale.unlink()
-                print("removed", stale, flush=True)
-            continue
-        kind = slider["kind"]
-        P = pair_prompts(kind, pos, neg)
+        P = pair_prompts(slider["kind"], pos, neg)
         v = pipe.learn_direction(P["positive"], P["negative"], two_sided=True, num_inference_steps=20, guidance_scale=5.0,
                                  progress=False, name=f"{pos} <-> {neg}")
         for r, c in runs:
@@ -98,10 +91,39 @@ def main() -> None:
             **ends(*per_run[0]),
             **({"replication": {"images_per_side": _images(runs[1][0]), **ends(*per_run[1])}} if len(per_run) > 1 else {}),
         }
-        path = v.save(out / f"{slider_name(pos, neg)}.safetensors")
-        print("wrote", path, flush=True)
+        learned.append(v)
+    for (per_run, _), v in zip([r for r in rows if r[1] is True], learned, strict=True):
+        pos, neg = per_run[0][0]["pair"]
+        print("wrote", v.save(out / f"{slider_name(pos, neg)}.safetensors"), flush=True)
+    for per_run, shipped in rows:
+        pos, neg = per_run[0][0]["pair"]
+        stale = out / f"{slider_name(pos, neg)}.safetensors"
+        if shipped == "kept":
+            print("kept", stale.name, "(falls short here)", flush=True)
+        elif not shipped and stale.is_file() and not stale.is_symlink():  # shipped by an earlier run this one does not repeat
+            stale.unlink()
+            print("removed", stale, flush=True)
     args.runs = runs
     write_table(out, rows, args)
+
+
+def pair_key(pos: str, neg: str) -> str:
+    """A pair's name for ``--keep``: ``red_blue``."""
+    return f"{pos}_{neg}".replace(" ", "_").replace("-", "")
+
+
+def check_keep(keep: list[str], rows: list, out: Path) -> None:
+    """Stop, before anything is learned or written, on a ``--keep`` name that is no pair of the run, one that passes
+    (it would be re-learned, not kept) or one with no earlier file to keep."""
+    pairs = {pair_key(*per_run[0][0]["pair"]): (per_run[0][0]["pair"], shipped) for per_run, shipped in rows}
+    for name in keep:
+        if name not in pairs:
+            raise SystemExit(f"--keep {name}: not a pair of this run (pairs: {', '.join(pairs)})")
+        (pos, neg), shipped = pairs[name]
+        if shipped is True:
+            raise SystemExit(f"--keep {name}: it passes every run and is shipped as learned; leave it out of --keep")
+        if not (out / f"{slider_name(pos, neg)}.safetensors").is_file():
+            raise SystemExit(f"--keep {name}: no earlier {slider_name(pos, neg)}.safetensors in {out} to keep")
 
 
 def _slider(results: dict, pos: str, neg: str) -> dict:
@@ -164,7 +186,7 @@ def write_table(out: Path, rows: list, args: argparse.Namespace) -> None:
         "toward the end it states is left as it is. Shipped when the bench measured a pass at both ends on attribute-open "
         "prompts (success >= 0.8, other attribute kept >= 0.8, break <= 5 %, success never falling by more than an image "
         f"from 0 toward the end) in {'every run listed' if len(args.runs) > 1 else 'the run listed'}"
-        f"{KEPT_NOTE if args.keep else ''}. Contradicting columns: `bench/two_sided.py --contra`, the slider at "
+        f"{KEPT_NOTE if any(shipped == 'kept' for _, shipped in rows) else ''}. Contradicting columns: `bench/two_sided.py --contra`, the slider at "
         "the end on prompts that state the other end (pass: success >= 0.5, kept >= 0.8, break <= 5 %). Regenerate: "
         f"`python bench/ship_sliders.py{command_args(args)}`. Full results: "
         "docs/steering.md, \"Sliders between two attributes\".",

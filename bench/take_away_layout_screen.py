@@ -11,7 +11,7 @@ prompts, seeds 0-5, 12 steps), drawn again for the layout. The question, asked b
 does a strength past the one the bench can afford show in the layout, so that a bound could stop the fit there? Pairs: the matrix's tuning targets (colours red, blue, green; classes
 ankle boot, bag, trouser) against every source their contradicting prompts state (``one-sided``), and the tuning
 sliders' eight sides (``sliders``: red/blue, green/red, blue/green, trouser/bag, learned as `bench/two_sided.py` does).
-Learning and fits at DDIM 20, guidance 5, 1 thread.
+Learning at DDIM 20, the fits at their own 12 steps, guidance 5, 1 thread.
 """
 
 from __future__ import annotations
@@ -49,17 +49,21 @@ def record(pipe, fit, toward, away, **what) -> dict:
     layouts = {}
     for key in fit.distances:
         window = tuple(float(x) for x in key.split(","))
-        layouts[key] = [round(layout_agreement(layout_signatures(pipe, sample_latents(
+        layouts[key] = [rounded(layout_agreement(layout_signatures(pipe, sample_latents(
             pipe, sources, seeds, flat=False, steering=[toward, away], steering_scale=pair_scales(g), steering_negative="remove",
-            steering_window=window, **kw)), target), 4) for g in fit.grid]
+            steering_window=window, **kw)), target)) for g in fit.grid]
     source = layout_agreement(layout_signatures(pipe, sample_latents(pipe, sources, seeds, flat=False, **kw)), target)
     d = fit.to_dict()
-    return {**what, **{k: d[k] for k in ("strength", "window", "distance", "distances")}, "layouts": layouts, "source_layout": round(source, 4)}
+    return {**what, **{k: d[k] for k in ("strength", "window", "distance", "distances")}, "layouts": layouts, "source_layout": rounded(source)}
+
+
+def rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
 def show(row: dict, t0: float) -> None:
     print(row.get("target", row.get("side")), row.get("source", row.get("pair")), round(row["strength"], 3), row["window"],
-          f"src {row['source_layout']:.3f}", {k: [round(x, 2) for x in v] for k, v in row["layouts"].items()}, f"{time.time() - t0:.0f}s", flush=True)
+          f"src {row['source_layout']}", {k: [None if x is None else round(x, 2) for x in v] for k, v in row["layouts"].items()}, f"{time.time() - t0:.0f}s", flush=True)
 
 
 def main() -> None:

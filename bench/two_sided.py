@@ -101,8 +101,9 @@ def main() -> None:
                     help="per-seed (every run before 2026-12-04): the 8 prompts of a seed share its noise; per-image: every "
                          "image its own, as the matrix since 2026-12-03 (a side is seeds x 8 independent images)")
     args = ap.parse_args()
-    if args.contra and args.out == str(ROOT / "docs" / "steering" / "two_sided"):
-        args.out = str(ROOT / "docs" / "steering" / "two_sided" / "contra")
+    if args.out == str(ROOT / "docs" / "steering" / "two_sided"):  # the default: per-image runs beside, not over, the per-seed ones
+        base = Path(args.out) / "independent" / f"seeds{args.seed_base}" if args.noise == "per-image" else Path(args.out)
+        args.out = str(base / "contra" if args.contra else base)
     t0 = time.time()
     pipe, classifier, run, kw = bench_setup(args.model, args.seeds, args.seed_base, args.noise)
     if args.contra:

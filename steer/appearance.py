@@ -1,6 +1,5 @@
 """What decoded samples look like, read without a classifier: where light and dark lie (their layout) and their mean
-colour. The calibration (`steer.calibrate`) reads a prompt edit's kind and an appearance edit's window from them; the
-take-away fit (`steer.take_away`) bounds its strength by the layout."""
+colour. The calibration (`steer.calibrate`) reads a prompt edit's kind and an appearance edit's window from them."""
 
 from __future__ import annotations
 

@@ -168,7 +168,6 @@ def sample_latents(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def calibrate(
     pipe,
     vector,
