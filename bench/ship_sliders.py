@@ -90,10 +90,9 @@ def main() -> None:
             **({"replications": [{"images_per_side": _images(r), "seeds": r["meta"]["seeds"], **ends(*run)}
                                  for (r, _), run in zip(runs[1:], per_run[1:], strict=True)]} if len(per_run) > 1 else {}),
         }
-        learned.append(v)
-    for (per_run, _), v in zip([r for r in rows if r[1] is True], learned, strict=True):
-        pos, neg = per_run[0][0]["pair"]
-        print("wrote", v.save(out / f"{slider_name(pos, neg)}.safetensors"), flush=True)
+        learned.append((slider_name(pos, neg), v))
+    for name, v in learned:
+        print("wrote", v.save(out / f"{name}.safetensors"), flush=True)
     for per_run, shipped in rows:
         pos, neg = per_run[0][0]["pair"]
         stale = out / f"{slider_name(pos, neg)}.safetensors"
@@ -107,8 +106,8 @@ def main() -> None:
 
 
 def pair_key(pos: str, neg: str) -> str:
-    """A pair's name for ``--keep``: ``red_blue``."""
-    return f"{pos}_{neg}".replace(" ", "_").replace("-", "")
+    """A pair's name for ``--keep``: ``red_blue`` (its file's name without ``_slider``)."""
+    return slider_name(pos, neg).removesuffix("_slider")
 
 
 def check_keep(keep: list[str], rows: list, out: Path) -> None:
@@ -169,7 +168,7 @@ def command_args(args: argparse.Namespace) -> str:
 def run_label(results: dict) -> str:
     seeds, noise = results["meta"]["seeds"], results["meta"].get("noise", "per-seed")
     if noise == "per-image":
-        return f"{len(seeds) * 8} images (seeds {seeds[0]}-{seeds[0] + len(seeds) * 8 - 1})"
+        return f"{_images(results)} images (seeds {seeds[0]}-{seeds[0] + _images(results) - 1})"
     return f"{len(seeds)} seeds x 8 prompts ({seeds[0]}-{seeds[-1]})"
 
 

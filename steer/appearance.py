@@ -83,11 +83,10 @@ def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8, vae: t
     vae = codec_vae(pipe) if vae is None else vae
     size = max(1, int(batch_size)) if batch_size else max(1, len(latents))
     out = [torch.empty(0, 3)]
-    with torch.no_grad():
-        for i in range(0, len(latents), size):
-            decoded = decode_latents(pipe, latents[i : i + size], vae)
-            colours = ((decoded.clamp(-1, 1) + 1) / 2).mean((2, 3))
-            # an overflowing decode (inf as well as NaN) reads as no colour, not as the clamp's white or black
-            colours[~torch.isfinite(decoded).flatten(1).all(1)] = float("nan")
-            out.append(colours.cpu())
+    for i in range(0, len(latents), size):
+        decoded = decode_latents(pipe, latents[i : i + size], vae)
+        colours = ((decoded.clamp(-1, 1) + 1) / 2).mean((2, 3))
+        # an overflowing decode (inf as well as NaN) reads as no colour, not as the clamp's white or black
+        colours[~torch.isfinite(decoded).flatten(1).all(1)] = float("nan")
+        out.append(colours.cpu())
     return torch.cat(out)
