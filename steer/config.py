@@ -96,7 +96,9 @@ class SteeringConfig:
 
     Args:
         window: ``(start, end)`` fractions of the denoising run in which the hooks act, or one such window per
-            vector (a call that sets none, whose vectors record different windows, applies each in its own).
+            vector (a call that sets none, whose vectors record different windows, applies each in its own). A
+            vector's entry may be None: the window(s) it records (`recorded_window`); a slider's two sides then act
+            each in its own (what `recommended_settings` gives for a slider whose sides record different ones).
         branch: which half of the CFG batch is steered: ``"cond"`` (paper), ``"uncond"``, ``"both"``, or ``"split"``
             (``+scale`` on the conditional half and ``-scale`` on the unconditional one, so classifier-free
             guidance amplifies the push instead of cancelling it).
@@ -135,7 +137,7 @@ class SteeringConfig:
     readers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "window", check_windows(self.window))
+        object.__setattr__(self, "window", check_windows(self.window, allow_none=True))
         if self.removal_window is not None:
             object.__setattr__(self, "removal_window", check_windows(self.removal_window, "steering_removal_window", allow_none=True))
         if self.branch not in BRANCHES:
@@ -261,11 +263,36 @@ def disagreement_note(vectors: Sequence[SteeringVector], given: Collection[str] 
             + ": the built-in value applies to all of them, so some are not applied as they were learned; set it in the call to choose")
 
 
+def recorded_window(vector: SteeringVector) -> Window:
+    """The window ``vector`` records in ``metadata["recommended"]``, else the built-in `PAPER_WINDOW`."""
+    window = (vector.metadata.get("recommended") or {}).get("window")
+    return tuple(float(x) for x in window) if window is not None else PAPER_WINDOW
+
+
+def sides_differ(vector: SteeringVector) -> bool:
+    """Whether ``vector`` is a slider whose two sides record different windows (each calibrated in its own)."""
+    return vector.opposite is not None and recorded_window(vector) != recorded_window(vector.opposite)
+
+
+def resolve_recorded_windows(window: Any, vectors: Sequence[SteeringVector]) -> Any:
+    """``window`` with each None entry of a per-vector one replaced by that vector's `recorded_window` (``vectors``:
+    one-sided, a slider split into its sides), collapsed to one window where every entry is the same; else as given."""
+    if not is_per_vector(window) or all(w is not None for w in window):
+        return window
+    resolved = tuple(recorded_window(v) if w is None else tuple(w) for w, v in zip(vector_windows(window, len(vectors)), vectors, strict=True))
+    return resolved[0] if len(set(resolved)) == 1 else resolved
+
+
 def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
     """The ``steering_*`` settings the vectors recommend: those all of them record with one value; and the windows
-    when they record different ones (one per vector: each applied where it was calibrated)."""
+    when they record different ones (one per vector: each applied where it was calibrated), a slider whose sides
+    record different windows as None (each side in its own: `resolve_recorded_windows`, where the call splits it)."""
     out: dict[str, Any] = {}
+    if any(map(sides_differ, vectors)):
+        out["steering_window"] = tuple(None if sides_differ(v) else recorded_window(v) for v in vectors)
     for key in RECOMMENDABLE:
+        if key == "window" and "steering_window" in out:
+            continue
         value = agreed_recommendation(vectors, key)
         if value is not None:
             out[f"steering_{key}"] = tuple(value) if key in WINDOW_KEYS or key == "readers" else value

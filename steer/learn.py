@@ -61,7 +61,7 @@ from steer.take_away import FIT_STEPS, fit_take_away
 from steer.text_tokens import encode_text, reference_level, shared_lead
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.vectors import SteeringVector, unet_fingerprint
-from steer.window_choice import joint_window, window_choice_record
+from steer.window_choice import window_choice_record
 from steer.wording import open_prompts, stated_phrases
 
 Method = Literal["mean", "mean_diff", "pca"]
@@ -516,15 +516,15 @@ def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any]
     for half, (items, opened) in enumerate(sets):
         report = (lambda f, msg, h=half: progress(h / 2 + f / 2, msg)) if callable(progress) else progress
         halves.append(learn_direction(pipe, items, opened, progress=report, **options, **call_kwargs))
-    # One window and route for both sides, so every surface applying the recommended ones (CLI, batch, the app's sliders)
-    # applies them to either side alike: where the sides chose differently, the window closest over both (`_joint_settings`)
-    # and the positive side's route; a side that chose otherwise is calibrated again with them (one more calibration).
-    window, readers = _joint_settings(*halves)
+    # Each side keeps the window its own calibration chose: a call applies each side in its own (the command line,
+    # batch and the app pass a slider's window as None where its sides differ: `steer.config.recommended_settings`).
+    # One route for both, the positive side's (a call reads every direction by one `steering_readers`): a side that
+    # chose another is calibrated again on it (one more calibration; its window chosen again on that route).
+    readers = (halves[0].metadata.get("recommended") or {}).get("readers")
     relearned = []
     for half, (items, opened) in enumerate(sets):
-        rec = halves[half].metadata.get("recommended") or {}
-        if rec.get("window") != window or rec.get("readers") != readers:
-            again = {**options, "window": tuple(window), "readers": readers if readers is not None else "all"}
+        if (halves[half].metadata.get("recommended") or {}).get("readers") != readers:
+            again = {**options, "readers": readers if readers is not None else "all"}
             halves[half] = learn_direction(pipe, items, opened, progress=progress if callable(progress) else False, **again, **call_kwargs)
             relearned.append(("positive", "negative")[half])
     side, opposite = halves
@@ -564,17 +564,6 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
             "words": phrases, "strength": round(fit.strength, 4), "window": list(fit.window),
             "distance": round(fit.distance, 4), "converged": fit.converged, "unet_rows": fit.unet_rows,
             **({"advice": advice} if (advice := fit.advice()) else {})}}
-
-
-def _joint_settings(side: SteeringVector, opposite: SteeringVector) -> tuple[list[float] | None, list[str] | None]:
-    """The window and route both sides of a slider use: the positive side's where the sides agree or the window was
-    not chosen by calibration; else the candidate both come closest at (`steer.window_choice.joint_window`)."""
-    rec = [v.metadata.get("recommended") or {} for v in (side, opposite)]
-    window = rec[0].get("window")
-    choices = [v.metadata.get("window_choice") for v in (side, opposite)]
-    if rec[0].get("window") != rec[1].get("window") and all(choices) and choices[0]["windows"] == choices[1]["windows"]:
-        window = joint_window(*choices) or window
-    return window, rec[0].get("readers")
 
 
 def _sampling_record(pipe, num_inference_steps: int, guidance_scale: float, call_kwargs: dict[str, Any],

@@ -1,5 +1,5 @@
 """The record of a window choice (``metadata["window_choice"]`` of ``learn_direction(window="auto")``): made from the
-candidates' calibrations, joined for a slider's two sides, and read back for the command line and the app."""
+candidates' calibrations, and read back for the command line and the app."""
 
 from __future__ import annotations
 
@@ -66,15 +66,3 @@ def read_window_choice(metadata: Mapping[str, Any]) -> WindowChoice | None:
     if colours is not None and (len(colours) != len(distances) or not all(map(math.isfinite, colours))):
         colours = None
     return WindowChoice((start, end), distances, colours)
-
-
-def joint_window(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[float] | None:
-    """The candidate window two window choices (`window_choice_record`, a slider's two sides, the same candidates)
-    come closest at together: by summed relative (latent) distances, even where both sides chose theirs by colour;
-    only among candidates that converged on both sides (None where none did). Joined by colour (session 32), white /
-    orange's sides went to the whole run, where orange's side fails (1.00 -> 0.50); by distance the tuning sliders
-    measure at least as well (`bench/two_sided.py`, docs/steering.md "Two-sided sliders: the joint window")."""
-    key = "distances"
-    count = len(a["windows"])
-    both = [i for i in range(count) if (a.get("converged") or [True] * count)[i] and (b.get("converged") or [True] * count)[i]]
-    return list(a["windows"][min(both, key=lambda i: a[key][i] + b[key][i])]) if both else None

@@ -138,52 +138,14 @@ def test_learning_a_slider_calibrates_each_side_against_the_prompts_left_open(ti
         assert side.metadata["negative"]["prompts"] == ["a sneaker", "a bag"]
         assert side.metadata["calibration"]["open_prompts"] == ["a sneaker", "a bag"]
     assert v.metadata["two_sided"]["positive"] == RED and v.metadata["two_sided"]["negative"] == BLUE
-    for key in ("window", "readers"):  # one window and route for both sides
-        assert v.metadata["recommended"].get(key) == v.opposite.metadata["recommended"].get(key)
+    # one route for both sides (each keeps its own window: tests/test_slider_windows.py)
+    assert v.metadata["recommended"].get("readers") == v.opposite.metadata["recommended"].get("readers")
     # steering_negative="remove" takes away along the direction itself (the positives' attribute), as one-sided
     removing = dict(steering_scale=-1.0, steering_negative="remove")
     assert np.array_equal(call(tiny_pipe, gen, steering=v, **removing), call(tiny_pipe, gen, steering=v.one_sided, **removing))
     # the same sets learned one-sided: the direction is pos - neg, not pos - open
     one = tiny_pipe.learn_direction(RED, BLUE, **QUICK)
     assert one.opposite is None and one.metadata["negative"]["prompts"] == BLUE
-
-
-def test_both_sides_share_one_window_and_route_the_closest_over_both():
-    """So the command line, batch and the app, which pass the direction's recommended window and route to a call,
-    apply the same to either side as the Python API does."""
-    from steer.learn import _joint_settings
-
-    def side(window, distances, readers=None, colours=None, converged=(True, True)):
-        rec = {"window": window, **({"readers": readers} if readers else {})}
-        return SteeringVector({LAYER: torch.ones(4)}, {"recommended": rec, "window_choice": {
-            "windows": [[0.0, 0.5], [0.0, 1.0]], "distances": distances, "converged": converged,
-            **({"colour_distances": colours, "by": "colour"} if colours else {"by": "distance"})}})
-
-    assert _joint_settings(side([0.0, 0.5], [0.30, 0.40]), side([0.0, 1.0], [0.20, 0.15])) == ([0.0, 0.5], None)  # 0.50 < 0.55
-    assert _joint_settings(side([0.0, 0.5], [0.30, 0.31]), side([0.0, 1.0], [0.40, 0.20])) == ([0.0, 1.0], None)
-    assert _joint_settings(side([0.0, 1.0], [0.3, 0.2], ["down.attn2"]), side([0.0, 1.0], [0.3, 0.2])) == ([0.0, 1.0], ["down.attn2"])
-    # two appearance edits (each chose its window by colour): still the closest by latent distance over both (joined by
-    # colour, white / orange's orange side went to the whole run and failed: bench/two_sided.py)
-    red, blue = side([0.0, 1.0], [0.30, 0.40], colours=[0.20, 0.10]), side([0.0, 0.5], [0.20, 0.15], colours=[0.10, 0.15])
-    assert _joint_settings(red, blue) == ([0.0, 0.5], None)  # latent 0.50 < 0.55; colour (0.30 > 0.25) would take 0-1
-    assert _joint_settings(red, side([0.0, 0.5], [0.20, 0.15])) == ([0.0, 0.5], None)
-    # a candidate one side's calibration did not converge on is not taken, whatever its colour
-    assert _joint_settings(side([0.0, 0.5], [0.30, 0.40], colours=[0.30, 0.20]),
-                           side([0.0, 1.0], [0.20, 1.00], colours=[0.60, 0.10], converged=(True, False))) == ([0.0, 0.5], None)
-    # none converged on both: the positive side's own
-    assert _joint_settings(side([0.0, 1.0], [1.0, 0.4], converged=(False, True)), side([0.0, 0.5], [0.3, 1.0], converged=(True, False))) == ([0.0, 1.0], None)
-
-
-@pytest.mark.filterwarnings("ignore:calibration")  # random weights render no attribute
-def test_a_side_that_chose_another_window_is_calibrated_again_with_the_joint_one(tiny_pipe, monkeypatch, one_thread):
-    import steer.learn
-
-    monkeypatch.setattr(steer.learn, "_joint_settings", lambda a, b: ([0.0, 1.0], None))
-    v = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, **QUICK)
-    assert v.metadata["two_sided"]["recalibrated"] == ["positive", "negative"]
-    for side in (v, v.opposite):
-        assert side.metadata["recommended"]["window"] == [0.0, 1.0]
-        assert "readers" not in side.metadata["recommended"] and "window_choice" not in side.metadata
 
 
 @pytest.mark.parametrize(("positive", "negative", "message"), [

@@ -93,8 +93,18 @@ def test_per_direction_windows_refuse_a_wrong_count_in_one_line(tiny_pipe, text_
     with pytest.raises(ValueError, match="steering_window must satisfy 0 <= start < end <= 1"):
         call(tiny_pipe, steering=list(text_pair), steering_window=[EARLY, (0.7, 0.2)])
     with pytest.raises(ValueError, match="steering_window must be a pair"):
-        SteeringConfig(window=[EARLY, None])
+        SteeringConfig(window=[EARLY, "late"])
     assert no_hooks_left(tiny_pipe.unet)
+
+
+def test_a_none_window_is_the_one_its_direction_records(tiny_pipe, text_pair):
+    """What the command line, batch and the app pass for a slider whose sides record different windows (each side
+    in its own: tests/test_slider_windows.py); for a one-sided direction, the window it records."""
+    given = call(tiny_pipe, steering=list(text_pair), steering_scale=[3.0, 3.0], steering_window=[(0.0, 1.0), None])
+    assert np.array_equal(given, call(tiny_pipe, steering=list(text_pair), steering_scale=[3.0, 3.0], steering_window=[(0.0, 1.0), LATE]))
+    bare = random_vector(tiny_pipe, [CONTEXT_SITE], seed=3, fingerprint=True)  # records none: the built-in window
+    assert np.array_equal(call(tiny_pipe, steering=[bare], steering_scale=3.0, steering_window=[None]),
+                          call(tiny_pipe, steering=bare, steering_scale=3.0, steering_window=PAPER_WINDOW))
 
 
 def test_removal_windows_per_direction(tiny_pipe):

@@ -168,6 +168,9 @@ class SteerApp:
         updates = [gr.update(value=v) if v is not None else gr.skip() for v in values]
         if any(v is not None for v in H.recommended_settings(vector)):
             summary += " · recommended settings applied"
+        if vector is not None and H.sides_differ(vector):  # the window sliders show the + side's
+            start, end = H.recorded_window(vector.opposite)
+            summary += f" · its − side runs in its own window {start:g}–{end:g} while the window is left at the + side's"
         # the slider's range: the cross-attentions that read a direction on the prompt's tokens, else the layers; a
         # position past it goes back to 0 (the direction's own layers or route), not to the last reader
         sites = len(H.slider_sites(self.pipe, vector))

@@ -96,7 +96,16 @@ from steer.app.take_away import (  # noqa: F401 - re-exported
     take_away_scales,
 )
 from steer.app.uploads import kept_edit_input, load_images, open_edit_image, open_edit_mask, open_upload  # noqa: F401 - re-exported
-from steer.config import BRANCHES, MODES, NEGATIVES, SteeringConfig, routes_record, window_record
+from steer.config import (
+    BRANCHES,
+    MODES,
+    NEGATIVES,
+    SteeringConfig,
+    recorded_window,
+    routes_record,
+    sides_differ,
+    window_record,
+)
 from steer.config import recommended_settings as recommended_by
 from steer.denoisers import CONTEXT_SITE, adapter_for, denoiser_of, native_size
 from steer.images import EditInputs, edit_size, edit_steps
@@ -372,14 +381,18 @@ class GenerateSettings:
         prompt's tokens the layer slider picks the one cross-attention that reads it (0: its own route). No widget
         sets preserve_norm or the removal window: the values the directions recommend apply, as in a pipeline call
         that leaves them unset. With a take-away direction
-        (``away``) negative scales remove (`take_away_scales`)."""
+        (``away``) negative scales remove (`take_away_scales`). A slider whose sides record different windows, with
+        the window sliders where the direction puts them (its + side's window), applies each side in its own (window
+        None: `steer.config.recommended_settings`); moved, the window holds for both sides, as a call's own."""
         vectors = [v for v in (vector, away) if v is not None]
         recommended = recommended_by(vectors) if vectors else {}
         layers = selected_layers(pipe, vector, self.layer_index, self.layers)
         if away is not None:
             selected_layers(pipe, away, self.layer_index, self.layers, vector)  # the take-away must have them too
+        own_sides = away is None and vector is not None and sides_differ(vector) and self.config.window == recorded_window(vector)
         return replace(
             self.config,
+            window=(None,) if own_sides else self.config.window,
             layers=layers,
             preserve_norm=recommended.get("steering_preserve_norm", self.config.preserve_norm),
             removal_window=recommended.get("steering_removal_window", self.config.removal_window),

@@ -400,8 +400,9 @@ class _Validator:
         if note is not None and self.report is not None and note not in self._noted:
             self._noted.add(note)
             self.report(f"warning: line {line}: {note}")
-        # windows: one for all directions, or one per direction (those they record, when they differ)
-        window = check_window_field(line, "steering_window", job.get("steering_window", recommended.window), len(vectors))
+        # windows: one for all directions, or one per direction (those they record, when they differ; null: the one
+        # it records, a slider whose sides record different ones each side in its own)
+        window = check_window_field(line, "steering_window", job.get("steering_window", recommended.window), len(vectors), allow_none=True)
         removal_window = job.get("steering_removal_window", recommended.removal_window)
         if removal_window is not None:
             removal_window = check_window_field(line, "steering_removal_window", removal_window, len(vectors), allow_none=True)

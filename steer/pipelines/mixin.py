@@ -31,6 +31,7 @@ from steer.config import (
     parse_scales,
     recommended_settings,
     recorded_routes,
+    resolve_recorded_windows,
     steering_block,
     without_zero_columns,
 )
@@ -76,7 +77,8 @@ STEERING_DOC = """
       two-sided direction's negative scale applies its opposite at ``|scale|``: toward its negative prompts).
     - ``steering_layers``: None (the vectors' layers) or names / glob patterns restricting them.
     - ``steering_window``: ``(start, end)`` fractions of the denoising run (default the paper's (0.45, 0.95)), or
-      one per vector. Unset, directions that record different windows each act in their own.
+      one per vector (None for a vector: the window it records). Unset, directions that record different windows
+      each act in their own, and so do a slider's two sides.
     - ``steering_branch``: ``"cond"`` (paper), ``"uncond"``, ``"both"`` or ``"split"`` (+scale on the conditional
       half, -scale on the unconditional one: guidance amplifies the push); irrelevant without CFG.
     - ``steering_normalize``: unit-norm each layer's vector and measure the scale in units of that layer's typical
@@ -235,7 +237,10 @@ class SteeringMixin:
         if vectors:
             vectors, scales, given = split_sides(vectors, scales, given, prompts)
             check_removal_window({**given, "steering_removal_window": removal}, listed)  # under the call's final negative
-        return {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}, vectors, scales
+        settings = {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}
+        if vectors:  # a direction's None window: the one it records (a slider's sides, split above, each their own)
+            settings["steering_window"] = resolve_recorded_windows(settings["steering_window"], vectors)
+        return settings, vectors, scales
 
     def load_direction(self, vector: SteeringVector | str | os.PathLike) -> SteeringVector:
         """One direction as every call takes it: a `SteeringVector`, a path to one, or the name of a bundled
@@ -383,6 +388,8 @@ class SteeringMixin:
             cfg: a bool or callable telling whether the batch holds ``[uncond, cond]`` (default `steering_cfg`).
         """
         config = config if config is not None else SteeringConfig(**options)
+        # a None window: the one its vector records (a call resolves them earlier, against a slider's split sides)
+        config = dataclasses.replace(config, window=resolve_recorded_windows(config.window, vectors))
         denoiser = self.denoiser
         selected = None
         if config.layers is not None:
