@@ -236,8 +236,10 @@ def routes_record(vectors: Sequence[SteeringVector], readers: Sequence[str] | No
 def recorded_windows(vectors: Sequence[SteeringVector], key: str = "window") -> tuple[Window | None, ...] | None:
     """Each vector's recorded ``key`` window (``"window"``: the built-in `PAPER_WINDOW` for a vector recording none;
     ``"removal_window"``: None, i.e. that vector's window) when they differ, else None (one window for the call)."""
-    values = [(v.metadata.get("recommended") or {}).get(key) for v in vectors]
-    values = [tuple(float(x) for x in w) if w is not None else (PAPER_WINDOW if key == "window" else None) for w in values]
+    if key == "window":
+        values = [recorded_window(v) for v in vectors]
+    else:
+        values = [tuple(float(x) for x in w) if (w := (v.metadata.get("recommended") or {}).get(key)) is not None else None for v in vectors]
     return tuple(values) if len(set(values)) > 1 else None
 
 

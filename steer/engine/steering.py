@@ -213,7 +213,7 @@ class SteeringSession(DenoiserRun):
         # each vector acts only inside its own; None: the call's one window
         count = scales.shape[1]
         self.windows = vector_windows(self.config.window, count)
-        if self.windows is not None and None in self.windows:  # a pipeline call resolves them from its directions
+        if self.windows is not None and None in self.windows:  # `build_steering_session` resolves them from its directions
             raise ValueError("steering_window has a None entry (the direction's recorded window): resolve it against the "
                              "call's directions first (steer.config.resolve_recorded_windows)")
         removal = vector_windows(self.config.removal_window, count, "steering_removal_window")

@@ -237,10 +237,8 @@ class SteeringMixin:
         if vectors:
             vectors, scales, given = split_sides(vectors, scales, given, prompts)
             check_removal_window({**given, "steering_removal_window": removal}, listed)  # under the call's final negative
-        settings = {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}
-        if vectors:  # a direction's None window: the one it records (a slider's sides, split above, each their own)
-            settings["steering_window"] = resolve_recorded_windows(settings["steering_window"], vectors)
-        return settings, vectors, scales
+        # a None window (a direction's own) stays: `build_steering_session` resolves it against these split sides
+        return {**STEERING_DEFAULTS, **recommended_settings(vectors), **given}, vectors, scales
 
     def load_direction(self, vector: SteeringVector | str | os.PathLike) -> SteeringVector:
         """One direction as every call takes it: a `SteeringVector`, a path to one, or the name of a bundled
@@ -388,7 +386,7 @@ class SteeringMixin:
             cfg: a bool or callable telling whether the batch holds ``[uncond, cond]`` (default `steering_cfg`).
         """
         config = config if config is not None else SteeringConfig(**options)
-        # a None window: the one its vector records (a call resolves them earlier, against a slider's split sides)
+        # a None window: the one its vector records (in a pipeline call, each side of a split slider its own)
         config = dataclasses.replace(config, window=resolve_recorded_windows(config.window, vectors))
         denoiser = self.denoiser
         selected = None
