@@ -234,6 +234,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--kinds", default="colour,class", help="target kinds to run (colour, class or both)")
+    ap.add_argument("--targets", default=None, help="comma-separated targets to run, of the kinds run (default: every one)")
     ap.add_argument("--learn-steps", type=int, default=None, help="sampling steps of the calibrated methods' learning (default: --steps)")
     ap.add_argument("--window", default=None, help="learn the calibrated methods with this window: 'auto' or start,end (default: the preset's)")
     ap.add_argument("--scheduler", default=None, help="a diffusers scheduler class to learn and sample with, from the model's own config "
@@ -258,6 +259,12 @@ def main() -> None:
     if args.readers is not None:
         window["readers"] = args.readers.split(",") if "," in args.readers else args.readers
     targets = [("colour", c) for c in C if "colour" in kinds] + [("class", k) for k in K if "class" in kinds]
+    if args.targets is not None:
+        wanted = args.targets.split(",")
+        unknown = [t for t in wanted if t not in C and t not in K]
+        if unknown:
+            raise SystemExit(f"--targets: {', '.join(unknown)} is no colour or class of the demo data")
+        targets = [(kind, name) for kind, name in targets if name in wanted]
     if args.quick:
         targets = [("colour", "blue"), ("colour", "orange"), ("class", "ankle boot"), ("class", "sneaker")]
         methods = ["ours"]
