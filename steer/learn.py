@@ -118,7 +118,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"method": "mean", "mode": "reference", "layers": None, "calibrate": False, "window": PAPER_WINDOW},
     # CASteer's recipe: per-step pos - neg differences of the cross-attention outputs along paired trajectories.
     "casteer": {"method": "mean_diff", "mode": "trajectory", "layers": "attn2", "calibrate": True, "window": (0.0, 1.0)},
-    # The default: the text tokens the cross-attentions read, steered per CFG half, calibrated, over the window the
+    # The default: the text tokens the cross-attentions read, steered on the conditional CFG half, calibrated, over the window the
     # calibration chooses ("choose_window": the first half or the whole run; (0, 0.5) uncalibrated), read by the
     # layout blocks only where the model's own prompt edit moves the layout (readers="auto").
     "text": {"method": "mean_diff", "mode": "text", "layers": [CONTEXT_SITE], "calibrate": True, "window": (0.0, 0.5), "readers": "auto",
@@ -128,8 +128,13 @@ MODES = ("text", "trajectory", "reference", "fast")
 # window="auto": the calibration tries each and keeps the one where the direction best reproduces the prompt edit
 # (early for most edits; the whole run where the late steps carry the attribute too: bench/window_choice_screen.py)
 AUTO_WINDOWS = ((0.0, 0.5), (0.0, 1.0))
-# How a calibrated direction is applied (recorded as its recommended settings).
-CALIBRATED_SETTINGS = {"branch": "split", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
+# How a calibrated direction is applied (recorded as its recommended settings). The conditional CFG half only: steering
+# the unconditional half against it too ("split", the default until 2026-12-04) let guidance push away from the
+# direction's opposite as well, which darkened colours and drew neighbouring classes (docs/steering.md, "The
+# conditional branch only").
+CALIBRATED_SETTINGS = {"branch": "cond", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
+# CASteer's recipe (``mode="trajectory"``) keeps the split branch its matrix rows were measured with.
+TRAJECTORY_BRANCH = "split"
 
 
 def _check_flags(**flags: Any) -> None:
@@ -172,8 +177,8 @@ def learn_direction(
     """Learn a `SteeringVector` from two prompt sets or two image sets, with forward passes only.
 
     The default (``preset="text"`` for prompts) learns where the text enters the denoiser: the difference of the
-    positive and negative prompts' conditioning tokens, applied per CFG half (``+`` on the conditional branch, ``-``
-    on the unconditional one) in units of each token's norm with norms preserved, and *calibrates* its strength and window
+    positive and negative prompts' conditioning tokens, added on the conditional CFG half in units of each token's
+    norm with norms preserved, and *calibrates* its strength and window
     from the model's own samples (`steer.calibrate`), so ``steering_scale=1.0`` is the full edit and 0 -> 1 is monotone.
     The chosen settings are recorded in ``metadata["recommended"]`` and every call uses them unless told otherwise.
 
@@ -451,6 +456,8 @@ def learn_direction(
     # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
     # uncalibrated one's scale is a fraction of each token's norm
     settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}
+    if mode == "trajectory":
+        settings["branch"] = TRAJECTORY_BRANCH
     if readers is not None:
         settings["readers"] = list(readers)
     if mode == "text":  # the start token(s) every prompt shares are not steered

@@ -97,7 +97,7 @@ def test_generate_weights_combine_directions_per_row_and_are_recorded(model_dir,
     recipe = read_recipe(tmp_path / "w" / "seed2_scale+0.7.png")
     assert [d["weight"] for d in recipe["directions"]] == [1.0, -1.0]
     rec = SteeringVector.load(direction).metadata["recommended"]  # several directions that agree: their settings apply
-    assert (recipe["branch"], recipe["mode"]) == (rec["branch"], rec["mode"]) == ("split", "token")
+    assert (recipe["branch"], recipe["mode"]) == (rec["branch"], rec["mode"]) == ("cond", "token")
     capsys.readouterr()
     rc = main([*args, "--direction", str(direction), str(direction), "--weights", "1", "--out", str(tmp_path / "bad")])
     assert_one_line_error(rc, capsys.readouterr().err, "--weights takes one number per --direction", prefix="steer generate: error:")

@@ -316,7 +316,7 @@ def test_learn_then_steer_and_refuse_other_families(pipe, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: the calibration may not find a minimum
         v = pipe.learn_direction(positive, negative, num_inference_steps=3, calibration_samples=2, seed=0, progress=False, **SIZE)
-    assert v.layers == [CONTEXT_SITE] and v.metadata["recommended"]["branch"] == "split"
+    assert v.layers == [CONTEXT_SITE] and v.metadata["recommended"]["branch"] == "cond"
     assert v.metadata["model"]["unet_class"] == "FluxTransformer2DModel"
     plain = call(pipe, seed=1)
     steered = call(pipe, seed=1, steering=v)

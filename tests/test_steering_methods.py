@@ -190,7 +190,7 @@ def test_default_learning_is_the_calibrated_text_direction_and_scale_one_is_its_
     assert cal["strength"] == pytest.approx(MARGIN * cal["closest"], rel=1e-3)
     assert cal["converged"] or any("calibration" in str(w.message) for w in caught)
     rec = v.metadata["recommended"]
-    assert (rec["branch"], rec["mode"], rec["preserve_norm"], rec["window"]) == ("split", "token", True, [0.0, 0.5])
+    assert (rec["branch"], rec["mode"], rec["preserve_norm"], rec["window"]) == ("cond", "token", True, [0.0, 0.5])
     sweep = tiny_pipe(["a sneaker"] * 3, generator=[gen(0) for _ in range(3)], steering=v, steering_scale=[0.0, 0.5, 1.0], num_inference_steps=STEPS, output_type="np").images
     parent = StableDiffusionPipeline.__call__(tiny_pipe, ["a sneaker"] * 3, num_inference_steps=STEPS, generator=[gen(0) for _ in range(3)], output_type="np").images[0]
     np.testing.assert_array_equal(sweep[0], parent)
