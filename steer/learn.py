@@ -27,7 +27,7 @@ from steer.calibrate import (
     check_grid,
 )
 from steer.calibrate import calibrate as run_calibration
-from steer.config import PAPER_WINDOW, SteeringConfig, check_window, outside_steering_blocks
+from steer.config import BRANCHES, PAPER_WINDOW, SteeringConfig, check_window, outside_steering_blocks
 from steer.denoisers import (
     CONTEXT_SITE,
     adapter_for,
@@ -128,13 +128,11 @@ MODES = ("text", "trajectory", "reference", "fast")
 # window="auto": the calibration tries each and keeps the one where the direction best reproduces the prompt edit
 # (early for most edits; the whole run where the late steps carry the attribute too: bench/window_choice_screen.py)
 AUTO_WINDOWS = ((0.0, 0.5), (0.0, 1.0))
-# How a calibrated direction is applied (recorded as its recommended settings). The conditional CFG half only: steering
-# the unconditional half against it too ("split", the default until 2026-12-04) let guidance push away from the
-# direction's opposite as well, which darkened colours and drew neighbouring classes (docs/steering.md, "The
-# conditional branch only").
+# How a calibrated direction is applied (recorded as its recommended settings): on the conditional CFG half only (the
+# "split" push, the default until 2026-12-04, darkened colours and drew neighbouring classes; docs/steering.md, "The
+# conditional branch only"). CASteer's recipe and two-sided sliders keep the split their benchmarks were measured with.
 CALIBRATED_SETTINGS = {"branch": "cond", "mode": "token", "preserve_norm": True, "normalize": False, "scale": 1.0}
-# CASteer's recipe (``mode="trajectory"``) keeps the split branch its matrix rows were measured with.
-TRAJECTORY_BRANCH = "split"
+TRAJECTORY_BRANCH = SLIDER_BRANCH = "split"
 
 
 def _check_flags(**flags: Any) -> None:
@@ -157,6 +155,7 @@ def learn_direction(
     calibrate: bool | None = None,
     window: tuple[float, float] | str | None = None,
     readers: str | Sequence[str] | None = None,
+    branch: str | None = None,
     num_samples: int | None = None,
     batch_size: int = 8,
     num_inference_steps: int | None = None,
@@ -210,6 +209,10 @@ def learn_direction(
             it. ``"auto"`` (the text preset's default; UNet denoisers, else all): ``"layout"`` where the model's own
             prompt edit moves the layout, else all, at no extra cost (`steer.appearance.structure_kept`, recorded in
             ``metadata["route_choice"]``). None: the preset's.
+        branch: the half of the CFG batch the direction steers (`SteeringConfig.branch`), recorded as recommended; the
+            calibration runs with it. Default: ``"cond"`` (the conditional half), ``"split"`` for two-sided sliders
+            and ``preset="casteer"``, whose benchmarks were measured that way (docs/steering.md, "The conditional
+            branch only").
         num_samples: samples per set for the sampling modes (paired seeds in trajectory mode); default 16.
         timestep: the timestep the reference mode and image sets are read at (default 10, the paper's).
         image_prompts: the prompt image sets are read with: one string for every image (default "": none), or one
@@ -236,8 +239,8 @@ def learn_direction(
             blue sneaker" vs "a red sneaker", "an old man" vs "a young man"): each side is learned and calibrated
             against the prompts with the attribute left open ("a sneaker", "a man"), and the direction carries the
             negatives' side as its `SteeringVector.opposite`, so +1 is the full edit toward the positives, -1 toward
-            the negatives, and 0 the open prompt's own image. Both sides use one window and route (where they chose
-            differently, the window closest over both; a side is then calibrated again). Twice a one-sided
+            the negatives, and 0 the open prompt's own image. Each side keeps the window its calibration chose; both use
+            one route (the positive side's: a side that chose another is calibrated again on it). Twice a one-sided
             direction's cost (three times where a side is calibrated again), and the flips' fits (``flip_stated``):
             18 s against 4.4 s one-sided for a colour pair on the demo model and a 2-core CPU.
         flip_stated: with ``two_sided``, also fit per side the strength and window at which it replaces a prompt's
@@ -323,6 +326,8 @@ def learn_direction(
         )
     if mode == "text" and layer_names != [CONTEXT_SITE]:
         raise ValueError(f"mode='text' learns at {CONTEXT_SITE!r} only; got layers {layer_names}")
+    if branch is not None and branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {', '.join(BRANCHES)}, got {short(branch)}")
     if readers is not None and not isinstance(readers, str) and "auto" in list(readers):
         if len(list(readers)) > 1:
             raise ValueError(f"readers='auto' chooses the route itself: pass it alone, got {list(readers)}")
@@ -451,13 +456,12 @@ def learn_direction(
         # activations added as learned (the paper's way), over the window asked for or the preset's: recorded for every
         # preset, so steering applies it (uncalibrated casteer / text fast and reference directions recorded none, and
         # calls fell back to the built-in paper window whatever window= said)
-        return SteeringVector(directions, {**meta, "recommended": {"layers": layer_names, "window": list(window), "branch": "cond",
+        return SteeringVector(directions, {**meta, "recommended": {"layers": layer_names, "window": list(window), "branch": branch or "cond",
                                                                    "mode": "add", "normalize": False, "preserve_norm": False}})
     # text / trajectory directions: unit norm per step bucket, applied as the calibrated default applies them, so an
     # uncalibrated one's scale is a fraction of each token's norm
     settings = {**CALIBRATED_SETTINGS, "window": list(window), "layers": list(layer_names)}
-    if mode == "trajectory":
-        settings["branch"] = TRAJECTORY_BRANCH
+    settings["branch"] = branch or (TRAJECTORY_BRANCH if mode == "trajectory" else CALIBRATED_SETTINGS["branch"])
     if readers is not None:
         settings["readers"] = list(readers)
     if mode == "text":  # the start token(s) every prompt shares are not steered
@@ -496,6 +500,7 @@ def _learn_two_sided(pipe, positive: Any, negative: Any, options: dict[str, Any]
                      flip_stated: bool = True) -> SteeringVector:
     """`learn_direction(..., two_sided=True)`: each side learned against the prompts with the attribute left open,
     and (``flip_stated``) its flip of prompts that state the other side fitted (`_fit_flips`)."""
+    options = {**options, "branch": options.get("branch") or SLIDER_BRANCH}
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items or not neg_items or any(is_image_item(i) for i in [*pos_items, *neg_items]):
         raise ValueError("two_sided=True learns a slider from a positive and a negative prompt set (each side is "

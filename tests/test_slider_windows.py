@@ -5,6 +5,7 @@ in the pair's joint one (docs/steering/two_sided/independent/own_windows/; docs/
 window")."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -151,3 +152,26 @@ def test_learning_keeps_each_sides_window_and_calibrates_a_side_on_another_route
     layout = v.metadata["recommended"]["readers"]
     assert layout and v.opposite.metadata["recommended"].get("readers") == layout
     assert v.metadata["two_sided"]["recalibrated"] == ["negative"] and calls[2] == layout
+
+
+def test_one_sided_directions_record_the_conditional_branch_and_sliders_the_split_one(tiny_pipe, gen, one_thread):
+    """The calibrated default steers the conditional CFG half (docs/steering.md, "The conditional branch only"); a
+    slider's sides keep the split branch their benchmark was measured with; ``branch=`` chooses, and the calibration
+    runs with it (the same learning on another branch calibrates another strength)."""
+    RED, BLUE = ["a red sneaker", "a red bag"], ["a blue sneaker", "a blue bag"]
+    quick = dict(num_inference_steps=4, calibration_samples=2, progress=False, window=(0.0, 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: the calibration may not find a minimum
+        cond = tiny_pipe.learn_direction(RED, ["a sneaker", "a bag"], **quick)
+        split = tiny_pipe.learn_direction(RED, ["a sneaker", "a bag"], branch="split", **quick)
+        slider = tiny_pipe.learn_direction(RED, BLUE, two_sided=True, flip_stated=False, **quick)
+    assert cond.metadata["recommended"]["branch"] == "cond" and split.metadata["recommended"]["branch"] == "split"
+    assert cond.metadata["calibration"]["distances"] != split.metadata["calibration"]["distances"]
+    assert slider.metadata["recommended"]["branch"] == slider.opposite.metadata["recommended"]["branch"] == "split"
+    def draw(**kw):
+        return tiny_pipe("a sneaker", num_inference_steps=4, generator=gen(0), output_type="np", steering=cond, **kw).images
+
+    recorded = draw()  # a call applies the recorded branch
+    assert np.array_equal(recorded, draw(steering_branch="cond")) and not np.array_equal(recorded, draw(steering_branch="split"))
+    with pytest.raises(ValueError, match="branch must be one of cond, uncond, both, split, got 'sideways'"):
+        tiny_pipe.learn_direction(RED, ["a sneaker", "a bag"], branch="sideways", **quick)
