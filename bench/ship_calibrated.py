@@ -100,7 +100,7 @@ def main() -> None:
             if how is None and autos and all(ships(run["summary"][key][target]) for run in autos):
                 how, m, on_contra = "auto window", auto["summary"][key][target], auto["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
             for readers, runs in routed:
-                if how is None and all(key in run["summary"] and ships(run["summary"][key][target]) for run in runs):
+                if how is None and all(target in run["summary"].get(key, {}) and ships(run["summary"][key][target]) for run in runs):
                     how, m, on_contra = f"{readers} readers", runs[0]["summary"][key][target], runs[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
                     by_how[how] = runs[0]
             unreplicated = how is None and ships(m) and not replicated  # the row says so; nothing is shipped
@@ -197,7 +197,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
     lines = [
         f"# Bundled directions ({'demo model' if args.model is None else model})",
         "",
-        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run or the whole run, whichever the calibration finds closer to the positive prompts' own samples (an appearance edit: by the samples' mean colour), split CFG branch, token-norm units "
+        "`to_<target>`: learned with `learn_direction`'s defaults (the text-token site over the first half of the run or the whole run, whichever the calibration finds closer to the positive prompts' own samples (an appearance edit: by the samples' mean colour), the conditional CFG branch only, token-norm units "
         "with norm preservation, read by the layout blocks where the model's own prompt edit moves the layout, classifier-free calibration; "
         "`steering_scale=1.0` is the full edit) from the prompts of "
         "`bench/steering_matrix.py`, and shipped when the matrix measured a pass on attribute-open prompts at scale 1.0 "
