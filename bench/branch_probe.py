@@ -4,11 +4,12 @@
     python bench/branch_probe.py --branch cond bench/take_away_fit.py --kind colour
     python bench/branch_probe.py --branch cond bench/two_sided.py --noise per-image --seeds 4 --seed-base 3000
 
-Runs a bench script unchanged, except that ``learn_direction`` calibrates and records its directions with
-``steering_branch`` set to ``--branch`` instead of the default ``"split"`` (``+v`` on the conditional half, ``-v`` on
-the unconditional one): ``"cond"`` steers the conditional half only, so classifier-free guidance does not also push
-away from the direction's opposite. A bench-only patch of the recorded settings (`steer.learn.CALIBRATED_SETTINGS`),
-not a library option.
+Runs a bench script unchanged, except that ``learn_direction`` calibrates and records every calibrated text
+direction, two-sided sliders' sides included, with ``steering_branch`` set to ``--branch``: ``"cond"`` steers the
+conditional half only (the one-sided default since 2026-12-04), ``"split"`` adds ``+v`` on it and ``-v`` on the
+unconditional half (the default before, and the sliders' still). Session 36 screened ``--branch cond`` with it
+(docs/steering.md, "The conditional branch only"). A bench-only patch of `steer.learn.CALIBRATED_SETTINGS` and
+`steer.learn.SLIDER_BRANCH`; ``learn_direction(branch=...)`` is the library's option.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     if branch not in BRANCHES:
         raise SystemExit(f"--branch must be one of {', '.join(BRANCHES)}, got {branch!r}")
     steer.learn.CALIBRATED_SETTINGS["branch"] = branch
+    steer.learn.SLIDER_BRANCH = branch  # read when a two-sided learning starts
     print(f"branch_probe: calibrated directions learned and applied with steering_branch={branch!r}", flush=True)
     sys.argv = [script, *rest]
     runpy.run_path(script, run_name="__main__")
