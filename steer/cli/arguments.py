@@ -106,7 +106,10 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
                         "what the directions record, each its own when they differ; else 0.45,0.95)")
     p.add_argument("--branch", choices=BRANCHES, default=None,
                    help="CFG half to steer: cond (the paper's), uncond, both, or split (+scale on cond, -scale on uncond) "
-                        f"(default: {_RECORDED.format('split', 'cond', 'cond')})")
+                        "(default: the value all the --direction(s) record as recommended: cond for the shipped ones and those "
+                        "steer learn makes with its text (default) or paper preset, split for the shipped sliders and those "
+                        "steer learn --two-sided or its casteer preset makes; when they record none, or differ (with a "
+                        "warning), cond)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="scale in units of each layer's typical activation norm (default: what all the --direction(s) record as "
                         "recommended, off for the shipped and learned ones; else off)")
