@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from steering_matrix import MONO, TUNING, C, K, cell_metrics, judge, prompts_for, spearman  # noqa: E402
+from steering_matrix import MONO, TUNING, C, K, cell_metrics, direction_name, judge, prompts_for, spearman  # noqa: E402
 
 from steer.assets import bundled_directions, default_model  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> None:
         for target in values:
             if args.targets and target not in args.targets:
                 continue
-            name = "to_" + target.replace(" ", "_").replace("-", "")
+            name = direction_name(target)
             if name not in bundled:  # not shipped (it did not pass the matrix): nothing a user would edit with
                 print(f"{kind:6} {target:11} no bundled direction", flush=True)
                 continue

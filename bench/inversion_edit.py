@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from image_edit import open_prompt, rewrite, to_np  # noqa: E402
-from steering_matrix import MONO, TUNING, C, K, cell_metrics, judge, prompts_for  # noqa: E402
+from steering_matrix import MONO, TUNING, C, K, cell_metrics, direction_name, judge, prompts_for  # noqa: E402
 
 from steer.assets import bundled_directions, default_model  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
     rows, grid, recon = [], [], []
     for kind, values in (("colour", C), ("class", K)):
         for target in values:
-            name = "to_" + target.replace(" ", "_").replace("-", "")
+            name = direction_name(target)
             if (args.targets and target not in args.targets) or name not in bundled:
                 continue
             vector = SteeringVector.load(bundled[name])

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from steering_matrix import C, K, prompts_for  # noqa: E402
+from steering_matrix import C, K, direction_name, prompts_for  # noqa: E402
 
 from steer.assets import DIRECTIONS_DIR  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
     t0 = time.time()
     pipe = load_pipeline(args.model, "cpu", progress=False)
     pipe.set_progress_bar_config(disable=True)
-    names = {f"to_{n.replace(' ', '_').replace('-', '')}": (kind, n) for kind, group in (("colour", C), ("class", K)) for n in group}
+    names = {direction_name(n): (kind, n) for kind, group in (("colour", C), ("class", K)) for n in group}
     found = sorted(p.stem for p in DIRECTIONS_DIR.glob("to_*.safetensors") if p.stem in names)
     rows = []
 

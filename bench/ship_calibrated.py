@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from steering_matrix import prompts_for  # noqa: E402
+from steering_matrix import direction_name, prompts_for  # noqa: E402
 
 from steer.assets import DIRECTIONS_DIR, MODEL_DIRECTIONS  # noqa: E402
 from steer.cli.loading import load_pipeline  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> None:
                     by_how[how] = runs[0]
             unreplicated = how is None and ships(m) and not replicated  # the row says so; nothing is shipped
             if how is None and target in args.keep:
-                file = out / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors"
+                file = out / f"{direction_name(target)}.safetensors"
                 if not file.is_file():
                     raise SystemExit(f"--keep {target}: {file} is not there to keep")
                 how = "kept"  # the direction as it was; its recorded benchmark the current one, marked short of the pass
@@ -126,7 +126,7 @@ def main() -> None:
                 raise SystemExit(f"{target}: re-learned strength {got} differs from the matrix's {want}; rerun the matrix")
             flag = " (--window auto)" if how == "auto window" else f" (--readers {how.removesuffix(' readers')})" if how.endswith(" readers") else ""
             v.metadata["benchmark"] = benchmark_record(m, split, flag)
-            path = v.save(out / f"to_{target.replace(' ', '_').replace('-', '')}.safetensors")
+            path = v.save(out / f"{direction_name(target)}.safetensors")
             print("wrote", path, flush=True)
     write_readme(out, rows, meta, args)
 

@@ -81,6 +81,11 @@ CALIBRATED: dict[str, dict] = {
 TINTS = np.asarray([D.COLOURS[c] for c in C], dtype=np.float32)
 
 
+def direction_name(target: str) -> str:
+    """The bundled direction a target ships as: ``to_<target>``, spaces as ``_`` and hyphens dropped (``to_tshirt``)."""
+    return "to_" + target.replace(" ", "_").replace("-", "")
+
+
 def prompts_for(kind: str, target: str) -> dict[str, list[str]]:
     """Learning and evaluation prompts of one target."""
     if kind == "colour":
