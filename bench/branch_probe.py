@@ -23,8 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import steer.learn  # noqa: E402
-
-BRANCHES = ("split", "cond", "uncond", "both")
+from steer.config import BRANCHES  # noqa: E402
 
 
 def main() -> None:
