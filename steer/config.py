@@ -67,6 +67,32 @@ def vector_windows(window: Any, count: int, name: str = "steering_window") -> li
     return list(window)
 
 
+def check_branches(branch: Any, name: str = "steering_branch") -> Branch | tuple[Branch, ...]:
+    """One CFG branch (`BRANCHES`), or one per vector (a list of them), or a one-line ValueError naming ``name``."""
+    if isinstance(branch, str) and branch in BRANCHES:
+        return branch
+    if (not isinstance(branch, Sequence) or isinstance(branch, str) or not branch
+            or not all(isinstance(b, str) and b in BRANCHES for b in branch)):
+        raise ValueError(f"{name} must be one of {BRANCHES}, or one of them per direction, got {shown_value(branch)}")
+    return tuple(branch)
+
+
+def vector_branches(branch: Any, count: int, name: str = "steering_branch") -> list[str] | None:
+    """A per-vector ``branch`` as a list of ``count`` entries (None for one branch shared by every vector), or a
+    one-line ValueError when it holds another number of branches."""
+    if not isinstance(branch, Sequence) or isinstance(branch, str):
+        return None
+    if len(branch) != count:
+        raise ValueError(f"{name} holds {len(branch)} branch(es) for {count} direction(s): give one for all, or one per direction")
+    return list(branch)
+
+
+def shown_value(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line errors."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 def window_record(window: Any) -> list[Any] | None:
     """A window as a recipe records it: ``[start, end]``, or one such list (or None) per vector."""
     if window is None:
@@ -86,8 +112,7 @@ def _flag(value: Any, name: str) -> bool:
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", None) == 0 and isinstance(item(), bool):
         return item()
-    shown = repr(value)  # steer.validation.short, which imports this module
-    raise ValueError(f"{name} must be True or False, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
+    raise ValueError(f"{name} must be True or False, got {shown_value(value)}")
 
 
 @dataclass(frozen=True)
@@ -101,7 +126,9 @@ class SteeringConfig:
             each in its own (what `recommended_settings` gives for a slider whose sides record different ones).
         branch: which half of the CFG batch is steered: ``"cond"`` (paper), ``"uncond"``, ``"both"``, or ``"split"``
             (``+scale`` on the conditional half and ``-scale`` on the unconditional one, so classifier-free
-            guidance amplifies the push instead of cancelling it).
+            guidance amplifies the push instead of cancelling it); or one per vector (a call that sets none, whose
+            vectors record different ones, applies each on its own: a slider on split beside a one-sided direction on
+            cond).
         normalize: unit-norm each layer's vector and measure the scale in units of its recorded activation norm.
         mode: ``"add"`` (the same delta at every position, paper), ``"weighted"`` (each position weighted by its
             norm relative to the mean) or ``"token"`` (each position moves by ``scale * v * |x_p|``: the vector is
@@ -126,7 +153,7 @@ class SteeringConfig:
     """
 
     window: Window | tuple[Window, ...] = PAPER_WINDOW
-    branch: Branch = "cond"
+    branch: Branch | tuple[Branch, ...] = "cond"
     normalize: bool = False
     mode: Mode = "add"
     preserve_norm: bool = False
@@ -140,8 +167,7 @@ class SteeringConfig:
         object.__setattr__(self, "window", check_windows(self.window, allow_none=True))
         if self.removal_window is not None:
             object.__setattr__(self, "removal_window", check_windows(self.removal_window, "steering_removal_window", allow_none=True))
-        if self.branch not in BRANCHES:
-            raise ValueError(f"steering_branch must be one of {BRANCHES}, got {self.branch!r}")
+        object.__setattr__(self, "branch", check_branches(self.branch))
         if self.mode not in MODES:
             raise ValueError(f"steering_mode must be one of {MODES}, got {self.mode!r}")
         if self.negative not in NEGATIVES:
@@ -176,6 +202,8 @@ class SteeringConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["window"] = window_record(self.window)
+        if not isinstance(self.branch, str):
+            d["branch"] = list(self.branch)
         if self.removal_window is None:  # recipes of calls without one read as before it existed
             del d["removal_window"]
         else:
@@ -243,8 +271,18 @@ def recorded_windows(vectors: Sequence[SteeringVector], key: str = "window") -> 
     return tuple(values) if len(set(values)) > 1 else None
 
 
-# How a vector is applied; one value for every vector of a call (unlike the windows and routes, which may differ).
-APPLICATION_KEYS = ("branch", "normalize", "mode", "preserve_norm")
+# How a vector is applied; one value for every vector of a call (unlike the windows, routes and branches, which may
+# differ).
+APPLICATION_KEYS = ("normalize", "mode", "preserve_norm")
+
+
+def recorded_branches(vectors: Sequence[SteeringVector]) -> tuple[str, ...] | None:
+    """Each vector's recorded ``branch`` (the built-in one for a vector recording none) when they differ (a call that
+    sets no ``steering_branch`` then steers each on the branch it was calibrated on: a slider on split, a one-sided
+    direction on cond), else None (one branch for the call)."""
+    values = [(v.metadata.get("recommended") or {}).get("branch") for v in vectors]
+    branches = tuple(x if isinstance(x, str) and x in BRANCHES else STEERING_DEFAULTS["steering_branch"] for x in values)
+    return branches if len(set(branches)) > 1 else None
 
 
 def disagreement_note(vectors: Sequence[SteeringVector], given: Collection[str] = ()) -> str | None:
@@ -286,12 +324,14 @@ def resolve_recorded_windows(window: Any, vectors: Sequence[SteeringVector]) -> 
 
 
 def recommended_settings(vectors: Sequence[SteeringVector]) -> dict[str, Any]:
-    """The ``steering_*`` settings the vectors recommend: those all of them record with one value; and the windows
-    when they record different ones (one per vector: each applied where it was calibrated), a slider whose sides
+    """The ``steering_*`` settings the vectors recommend: those all of them record with one value; the branches and
+    the windows when they record different ones (one per vector: each applied as it was calibrated), a slider whose sides
     record different windows as None (each side in its own: `resolve_recorded_windows`, where the call splits it)."""
     out: dict[str, Any] = {}
     if any(map(sides_differ, vectors)):
         out["steering_window"] = tuple(None if sides_differ(v) else recorded_window(v) for v in vectors)
+    if (branches := recorded_branches(vectors)) is not None:
+        out["steering_branch"] = branches
     for key in RECOMMENDABLE:
         if key == "window" and "steering_window" in out:
             continue
@@ -322,12 +362,15 @@ def without_zero_columns(vectors: Sequence[Any], scales: torch.Tensor, given: Ma
     """The call's directions, (rows, directions) scales and settings without the directions whose scale is 0 in
     every row, so that one is as if absent: its recorded settings no longer take part in the ones the call agrees
     on (``[to_blue, red_to_blue]`` at ``[1, 0]`` ran ``to_blue`` under the built-in branch and mode). Per-direction
-    windows lose its entry; all zero (nothing steered) or none zero: returned as they are."""
+    windows and branches lose its entry; all zero (nothing steered) or none zero: returned as they are."""
     live = scales.abs().amax(0) > 0
     if bool(live.all()) or not bool(live.any()):
         return list(vectors), scales, dict(given)
     keep = live.nonzero().flatten().tolist()
     given = dict(given)
+    branch = given.get("steering_branch")
+    if vector_branches(branch, len(vectors)) is not None:  # a count that does not fit: one line, as for the windows
+        given["steering_branch"] = tuple(branch[i] for i in keep)
     for key in WINDOW_KEYS:
         window = given.get(f"steering_{key}")
         if window is not None and is_per_vector(window):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.config import STEERING_DEFAULTS, SteeringConfig, recommended_settings
+from steer.config import STEERING_DEFAULTS, SteeringConfig, check_branches, recommended_settings
 from steer.validation import MAX_SEED, MAX_SIZE, MAX_STEPS, short
 
 MAX_SEARCHED_FILES = 2000  # direction files read while looking for a digest
@@ -106,7 +106,13 @@ def _settings(block: dict[str, Any]) -> dict[str, Any]:
     for key in ("window", "removal_window"):
         if block.get(key) is not None:
             out[f"steering_{key}"] = _window(block[key], key)
-    for key, kind in (("branch", str), ("normalize", bool), ("mode", str), ("negative", str), ("strict", bool)):
+    if block.get("branch") is not None:  # one for every direction, or a list of one per direction
+        try:
+            branch = check_branches(block["branch"])
+        except ValueError:
+            raise ValueError(f"the recipe's 'branch' is {short(block['branch'])}, not what steer writes there") from None
+        out["steering_branch"] = branch
+    for key, kind in (("normalize", bool), ("mode", str), ("negative", str), ("strict", bool)):
         if block.get(key) is not None:
             out[f"steering_{key}"] = _need(block, key, kind)
     if block.get("readers") is not None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from steer.config import STEERING_DEFAULTS, check_window, is_per_vector, vector_windows
+from steer.config import STEERING_DEFAULTS, check_window, is_per_vector, vector_branches, vector_windows
 from steer.validation import short
 from steer.vectors import SteeringVector
 from steer.wording import states
@@ -68,7 +68,7 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
                 prompts: Sequence[str] | None = None) -> tuple[list[SteeringVector], torch.Tensor, dict[str, Any]]:
     """The call's vectors with each two-sided one (a slider, `SteeringVector.opposite`) as two: its own side at the
     rows' positive scales and its opposite at ``|scale|`` where the scale is negative (0 elsewhere), so -1 is the full
-    edit toward the negatives' attribute. ``given``'s per-vector windows are repeated for the opposites. With
+    edit toward the negatives' attribute. ``given``'s per-vector windows and branches are repeated for the opposites. With
     ``steering_negative="remove"`` a negative scale removes along the direction itself, as for a one-sided one.
 
     ``prompts`` (one per image row; None: prompt embeddings, nothing to read): rows whose prompt states the other side
@@ -123,6 +123,9 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
     flipped = any(w is not None for w in fixed)
     if flipped:
         given["steering_negative"] = "remove"
+    branch = given.get("steering_branch")
+    if vector_branches(branch, len(vectors)) is not None:  # one per direction: each side (and flip) on its slider's
+        given["steering_branch"] = tuple(branch[i] for i in owner)
     for key in ("steering_window", "steering_removal_window"):
         window = given.get(key)
         if window is not None and is_per_vector(window):

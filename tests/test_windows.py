@@ -175,15 +175,17 @@ def test_recipes_record_each_directions_window(tiny_pipe, text_pair, tmp_path, c
 
 
 def test_directions_recording_different_application_settings_are_told(tiny_pipe, text_pair, tmp_path, capsys):
-    """Branch, mode, normalization and norm preservation apply to every direction of a call alike: when the
-    directions record different ones and the call leaves them unset, the built-in value applies to all, and the call
-    (and `steer generate`) says so in one line naming the settings and the directions; set in the call, no word."""
+    """Mode, normalization and norm preservation apply to every direction of a call alike: when the directions record
+    different ones and the call leaves them unset, the built-in value applies to all, and the call (and `steer
+    generate`, and batch) says so in one line naming the settings and the directions; set in the call, no word. The
+    branch is not among them: each direction runs on its own (tests/test_branch_per_direction.py)."""
     from steer.cli.main import main
 
     early, _ = text_pair
     paper = random_vector(tiny_pipe, ["up_blocks.0.resnets.1"], seed=6, fingerprint=True, name="paper-like", recommended={"mode": "add", "window": [0.0, 1.0]})
-    with pytest.warns(UserWarning, match=r"recommend different steering_branch \(rand1-.*: split, paper-like: none\) -> cond; steering_mode"):
+    with pytest.warns(UserWarning, match=r"recommend different steering_mode \(rand1-.*: token, paper-like: add\) -> add; steering_preserve_norm") as told:
         call(tiny_pipe, steering=[early, paper], steering_scale=[0.5, 0.5])
+    assert not any("steering_branch" in str(w.message) for w in told)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every one set: nothing to say
         call(tiny_pipe, steering=[early, paper], steering_scale=[0.5, 0.5], steering_branch="split", steering_mode="token", steering_preserve_norm=True)
@@ -193,13 +195,15 @@ def test_directions_recording_different_application_settings_are_told(tiny_pipe,
     paths = [str(early.save(tmp_path / "early.safetensors")), str(paper.save(tmp_path / "paper.safetensors"))]
     assert main(["generate", "--model", str(model), "--prompt", "a bag", "--steps", str(STEPS), "--direction", *paths, "--out", str(tmp_path / "cli")]) == 0
     err = capsys.readouterr().err
-    assert err.count("warning: these directions recommend different steering_branch") == 1 and "steering_preserve_norm" in err
+    assert err.count("warning: these directions recommend different steering_mode") == 1 and "steering_preserve_norm" in err
+    assert "steering_branch" not in err
     told: list[str] = []
     job = {"prompt": "a bag", "num_inference_steps": STEPS, "directions": paths}
     batch.run([job, {**job, "seed": 1}, {**job, "steering_branch": "split", "steering_mode": "token"}], tiny_pipe, tmp_path / "batch",
               batch_size=1, model="tiny", progress=False, report=told.append)
     notes = [t for t in told if "recommend different" in t]
-    assert len(notes) == 2 and notes[0].startswith("warning: line 1: these directions recommend different steering_branch")
+    assert len(notes) == 2 and notes[0].startswith("warning: line 1: these directions recommend different steering_mode")
+    assert "steering_branch" not in notes[0]
     assert notes[1].startswith("warning: line 3: these directions recommend different steering_preserve_norm")  # the rest set
 
 

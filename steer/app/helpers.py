@@ -420,7 +420,7 @@ class GenerateSettings:
                 "scale": scale,
                 "layers": list(config.layers) if config.layers is not None else vector.layers,
                 "window": window_record(config.window),
-                "branch": config.branch,
+                "branch": config.branch if isinstance(config.branch, str) else list(config.branch),
                 "normalize": config.normalize,
                 "mode": config.mode,
                 "negative": config.negative,

@@ -104,12 +104,12 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=parse_window, nargs="+", default=None,
                    help="start,end fractions of the run, one for all directions or one per --direction in order (default: "
                         "what the directions record, each its own when they differ; else 0.45,0.95)")
-    p.add_argument("--branch", choices=BRANCHES, default=None,
-                   help="CFG half to steer: cond (the paper's), uncond, both, or split (+scale on cond, -scale on uncond) "
-                        "(default: the value all the --direction(s) record as recommended: cond for the shipped ones and those "
-                        "steer learn makes with its text (default) or paper preset, split for the shipped sliders and those "
-                        "steer learn --two-sided or its casteer preset makes; when they record none, or differ (with a "
-                        "warning), cond)")
+    p.add_argument("--branch", choices=BRANCHES, nargs="+", default=None,
+                   help="CFG half to steer, one for all directions or one per --direction in order: cond (the paper's), "
+                        "uncond, both, or split (+scale on cond, -scale on uncond) (default: what the --direction(s) record "
+                        "as recommended, each its own when they differ: cond for the shipped ones and those steer learn "
+                        "makes with its text (default) or paper preset, split for the shipped sliders and those steer "
+                        "learn --two-sided or its casteer preset makes; cond for one recording none)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="scale in units of each layer's typical activation norm (default: what all the --direction(s) record as "
                         "recommended, off for the shipped and learned ones; else off)")

@@ -30,6 +30,7 @@ from steer.config import (
     agreed_recommendation,
     disagreement_note,
     recommended_settings,
+    recorded_branches,
     routes_record,
     window_record,
 )
@@ -99,7 +100,7 @@ def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, sca
         "scale": scale,
         "layers": list(config.layers) if config.layers is not None else None,
         "window": window_record(config.window),
-        "branch": config.branch,
+        "branch": config.branch if isinstance(config.branch, str) else list(config.branch),
         "normalize": config.normalize,
         "mode": config.mode,
         "negative": config.negative,
@@ -124,6 +125,14 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
     user_set = {f"steering_{key}" for key in ("branch", "normalize", "mode") if getattr(args, key, None) is not None}
     if len(vectors) > 1 and (note := disagreement_note(vectors, user_set)) is not None:
         print(f"warning: {note}", file=sys.stderr)
+    branches = getattr(args, "branch", None)
+    if branches is not None:  # one for all directions, or one per direction
+        if len(branches) not in (1, len(vectors)):
+            what = f"({len(vectors)}, the take-away included)" if getattr(args, "take_away", None) else f"({len(vectors)})"
+            raise CLIError(f"--branch takes one branch for all directions or one per direction {what}, got {len(branches)}")
+        args.branch = branches[0] if len(branches) == 1 else tuple(branches)
+    elif (recorded := recorded_branches(vectors)) is not None:  # each direction on the branch it was calibrated on
+        args.branch = recorded
     for key, builtin in _BUILTIN.items():
         if getattr(args, key, None) is None:
             agreed = agreed_recommendation(vectors, key)

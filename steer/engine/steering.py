@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from steer.config import SteeringConfig, vector_windows
+from steer.config import SteeringConfig, vector_branches, vector_windows
 from steer.denoisers import (
     CONTEXT_SITE,
     channel_dim,
@@ -178,8 +179,8 @@ class SteeringSession(DenoiserRun):
     """Adds ``scale · v`` to chosen UNet module outputs for the calls made inside this context.
 
     ``scales`` is a (R, K) tensor: R = 1 (all rows) or one row per image of the batch, K = number of vectors.
-    With ``cfg`` the UNet batch is ``[uncond, cond]`` and ``config.branch`` picks the half that is steered; with a
-    `SequentialCFG` layout it picks the calls (see `branch_sign`).
+    With ``cfg`` the UNet batch is ``[uncond, cond]`` and ``config.branch`` picks the half that is steered (one
+    branch for every vector, or one per vector); with a `SequentialCFG` layout it picks the calls (see `branch_sign`).
     """
 
     def __init__(
@@ -212,6 +213,13 @@ class SteeringSession(DenoiserRun):
         # one window per vector (the call set none and its vectors record different ones, or it gave one per vector):
         # each vector acts only inside its own; None: the call's one window
         count = scales.shape[1]
+        # one branch per vector (a slider on split beside a one-sided direction on cond): each column of the scales
+        # is laid out for its own; None: the call's one branch
+        self.branches = vector_branches(self.config.branch, count)
+        if self.branches is not None and len(set(self.branches)) == 1:
+            self.branches = None
+            self.config = dataclasses.replace(self.config, branch=self.config.branch[0])
+        self._branch_masks = {b: torch.tensor([float(x == b) for x in self.branches]) for b in dict.fromkeys(self.branches)} if self.branches else {}
         self.windows = vector_windows(self.config.window, count)
         if self.windows is not None and None in self.windows:  # `build_steering_session` resolves them from its directions
             raise ValueError("steering_window has a None entry (the direction's recorded window): resolve it against the "
@@ -267,8 +275,11 @@ class SteeringSession(DenoiserRun):
         return groups
 
     def branch_sign(self, branch: str | None = None) -> int:
-        """With sequential CFG: +1, -1 or 0, how ``branch`` (default ``config.branch``) treats the branch of the call
-        in progress (``"split"``: + on the conditional call, - on the unconditional one). 1 otherwise."""
+        """With sequential CFG: +1, -1 or 0, how ``branch`` treats the branch of the call in progress (``"split"``: + on
+        the conditional call, - on the unconditional one; default ``config.branch``, with one per vector: nonzero when
+        any of them steers the call). 1 otherwise."""
+        if branch is None and self.branches is not None:
+            return int(any(self.branch_sign(b) for b in self._branch_masks))
         branch, call = branch or self.config.branch, self.call_branch
         if call is None or branch == "both":
             return 1
@@ -308,8 +319,13 @@ class SteeringSession(DenoiserRun):
 
     def row_scales(self, n: int, scales: torch.Tensor | None = None, branch: str | None = None) -> torch.Tensor:
         """(n, K) ``scales`` (default the additive ones) for a UNet batch of n rows, laid out for ``branch`` (default
-        ``config.branch``): the unsteered CFG half zeroed, ``"split"`` negated on the unconditional half."""
+        ``config.branch``; with one per vector, each column for its own): the unsteered CFG half zeroed, ``"split"``
+        negated on the unconditional half."""
         scales = self.scales if scales is None else scales
+        if branch is None and self.branches is not None:
+            # each branch's columns laid out for it, the others' zero: a sum of one value and exact zeros per entry
+            parts = [self.row_scales(n, scales * mask, b) for b, mask in self._branch_masks.items()]
+            return torch.stack(parts).sum(0)
         branch = branch or self.config.branch
         if self.call_branch is not None:  # sequential CFG: the whole call is one branch
             s = scales.expand(n, -1) if scales.shape[0] == 1 else scales

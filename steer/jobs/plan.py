@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steer.config import SteeringConfig, disagreement_note, recommended_settings, routes_record
+from steer.config import (
+    SteeringConfig,
+    check_branches,
+    disagreement_note,
+    recommended_settings,
+    routes_record,
+    vector_branches,
+)
 from steer.errors import SteeringFileError
 from steer.hub import is_hub_spec, resolve_direction
 from steer.jobs.checks import check_bool, check_float, check_int, check_name_list, check_text, check_window_field
@@ -406,9 +413,13 @@ class _Validator:
         removal_window = job.get("steering_removal_window", recommended.removal_window)
         if removal_window is not None:
             removal_window = check_window_field(line, "steering_removal_window", removal_window, len(vectors), allow_none=True)
-        branch = job.get("steering_branch", recommended.branch)
-        if branch not in BRANCHES:
-            raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, got {show(branch)}")
+        branch = job.get("steering_branch", recommended.branch)  # one for all directions, or one per direction
+        try:
+            branch = check_branches(branch)
+            vector_branches(branch, len(vectors))
+        except ValueError:
+            raise JobError(line, f"steering_branch must be one of {list(BRANCHES)}, or a list of one per direction "
+                                 f"({len(vectors)}), got {show(branch)}") from None
         mode = job.get("steering_mode", recommended.mode)
         if mode not in MODES:
             raise JobError(line, f"steering_mode must be one of {list(MODES)}, got {show(mode)}")
@@ -473,7 +484,7 @@ class _Validator:
             "layers": layers,
             "layer_patterns": config["layers"],
             "window": config["window"],
-            "branch": config["branch"],
+            "branch": config["branch"],  # a list: one per direction
             "normalize": config["normalize"],
             "mode": config["mode"],
             "strict": config["strict"],

@@ -80,7 +80,8 @@ STEERING_DOC = """
       one per vector (None for a vector: the window it records). Unset, directions that record different windows
       each act in their own, and so do a slider's two sides.
     - ``steering_branch``: ``"cond"`` (paper), ``"uncond"``, ``"both"`` or ``"split"`` (+scale on the conditional
-      half, -scale on the unconditional one: guidance amplifies the push); irrelevant without CFG.
+      half, -scale on the unconditional one: guidance amplifies the push), or one per vector; irrelevant without
+      CFG. Unset, directions that record different branches each run on their own (a slider's sides on its).
     - ``steering_normalize``: unit-norm each layer's vector and measure the scale in units of that layer's typical
       activation norm, so equal scales mean comparable strength across directions and layers.
     - ``steering_mode``: ``"add"`` (uniform over space, paper), ``"weighted"`` (each position weighted by its
