@@ -55,6 +55,9 @@ def test_learn_window_is_calibrated_for_and_recorded_or_chosen_by_the_calibratio
     assert line.startswith(f"window: {choice['chosen'][0]:g},{choice['chosen'][1]:g} (") and "0,0.5: " in line and "0,1: " in line
     assert main(["inspect", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["window_choice"] == choice
+    assert main([*args, "--window", "0,1", "--branch", "split"]) == 0  # calibrated and recorded on the branch asked for
+    assert SteeringVector.load(out).metadata["recommended"]["branch"] == "split"
+    capsys.readouterr()  # its calibration's advice on these random weights
     rc, _, err = run_main([*args, "--window", "late"], capsys)
     assert_one_line_error(rc, err, "--window needs start,end (0 <= start < end <= 1) or auto, got 'late'")
 

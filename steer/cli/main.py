@@ -23,6 +23,7 @@ from steer.cli.inputs import (  # noqa: E402
     print_warnings,
     unknown_direction,
 )
+from steer.config import BRANCHES  # noqa: E402
 from steer.validation import MAX_IMAGES, bounded_int, clip, safetensors_path  # noqa: E402
 from steer.window_choice import read_window_choice  # noqa: E402
 
@@ -138,6 +139,7 @@ def _learn_call(pipe, args: argparse.Namespace, positive: list[str], negative: l
         name=args.name,
         window=args.window,
         readers=args.readers,
+        branch=args.branch,
         two_sided=args.two_sided,
         **({"flip_stated": False} if args.no_flip else {}),
         progress=True,
@@ -297,6 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which cross-attentions read a text direction, recorded as recommended: 'layout' (the down and mid "
                         "blocks': object/class edits keep the prompt's colour), 'detail' (the up blocks'), 'all', attn2 patterns, or "
                         "'auto' (the default for text directions: layout where the model's own prompt edit moves the layout, else all)")
+    p.add_argument("--branch", choices=BRANCHES, default=None,
+                   help="the CFG half the direction is calibrated on and recorded to steer: cond (+scale on the conditional "
+                        "half), split (+ on it, - on the unconditional one), uncond or both (default: cond, split for "
+                        "--two-sided and the casteer preset)")
     p.add_argument("--height", type=SIZE, default=None, help="sample size for learning and calibration (default: the model's)")
     p.add_argument("--width", type=SIZE, default=None, help="sample width (default: the model's)")
     p.add_argument("--seed", type=SEED, default=0, help="first seed of the learning and calibration samples (default 0)")
