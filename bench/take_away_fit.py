@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--readers", default=None, help="learn the targets read only by these cross-attentions (layout, detail)")
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID), help="the fits' strengths (default: steer.take_away.GRID)")
+    ap.add_argument("--targets", nargs="+", default=None, help="only these targets (default: every colour or class); every source is still learned")
     args = ap.parse_args()
     check_seed_bases(args.seed_base, args.noise, args.seeds)
     out = Path(args.out or ROOT / "docs" / "steering" / "independent" / "take_away" / f"take_away_fit_{args.kind}.json")
@@ -67,14 +68,18 @@ def main() -> None:
     for v in values:
         P = prompts_for(args.kind, v)
         vectors[v] = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=args.steps, guidance_scale=args.guidance, progress=False)
+    chosen = args.targets or list(values)
+    unknown = sorted(set(chosen) - set(values))
+    if unknown:
+        raise SystemExit(f"--targets: {unknown} are not {args.kind} targets ({', '.join(values)})")
     targets = dict(vectors)
     if args.readers:
-        for v in values:
+        for v in chosen:
             P = prompts_for(args.kind, v)
             targets[v] = pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=args.steps, guidance_scale=args.guidance,
                                               readers=args.readers, progress=False)
     fits, rows, by_base = {}, [], {}
-    for target in values:
+    for target in chosen:
         P = prompts_for(args.kind, target)
         prompts = [p for _ in range(args.seeds) for p in P["contra"]]
         sources = [source_of(args.kind, p) for p in prompts]
