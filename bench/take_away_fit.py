@@ -41,7 +41,7 @@ from steering_matrix import TUNING, C, K, cell_metrics, check_seed_bases, judge,
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
-from steer.take_away import GRID  # noqa: E402
+from steer.take_away import GRID, pair_scales  # noqa: E402
 
 
 def main() -> None:
@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--readers", default=None, help="learn the targets read only by these cross-attentions (layout, detail)")
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID), help="the fits' strengths (default: steer.take_away.GRID)")
+    ap.add_argument("--fit-margin", type=float, default=1.0,
+                    help="a screen: apply each fit at this multiple of its strength (removal min(m*s, 1); default 1, as fitted)")
     ap.add_argument("--targets", nargs="+", default=None, help="only these targets (default: every colour or class); every source is still learned")
     args = ap.parse_args()
     check_seed_bases(args.seed_base, args.noise, args.seeds)
@@ -107,7 +109,7 @@ def main() -> None:
                           "pass_per_set": [sum(r["passes_per_set"][i] for r in sel) for i in range(len(args.seed_base))]}
     every = list(fits.values())
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds,
-            "seed_bases": args.seed_base, "noise": args.noise, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
+            "seed_bases": args.seed_base, "noise": args.noise, "fit_margin": args.fit_margin, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
             "grid": args.grid, "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window == (0.0, 1.0) for f in every])) if every else 0.0,
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,
@@ -126,7 +128,7 @@ def judged(pipe, classifier, args, target, targets, vectors, fits, prompts, sour
         names = sorted({sources[i] for i in idx})
         scale = torch.zeros(len(idx), 1 + len(names))
         for r, i in enumerate(idx):
-            add, remove = fits[(target, sources[i])].scales
+            add, remove = pair_scales(fits[(target, sources[i])].strength * args.fit_margin)
             scale[r, 0] = add
             scale[r, 1 + names.index(sources[i])] = remove
         out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[targets[target]] + [vectors[n] for n in names],
