@@ -117,6 +117,15 @@ def _recipe(args: argparse.Namespace, pipe, vectors, config: SteeringConfig, sca
 _BUILTIN = {"branch": "cond", "normalize": False, "mode": "add", "layers": None, "scale": 1.0}
 
 
+def _one_or_per_direction(args: argparse.Namespace, vectors: list, values: list, flag: str, what: str) -> Any:
+    """A per-direction option's values as the call takes them: the one value for all directions, or a tuple of one per
+    direction (the take-away included); a `CLIError` for another count."""
+    if len(values) not in (1, len(vectors)):
+        count = f"({len(vectors)}, the take-away included)" if getattr(args, "take_away", None) else f"({len(vectors)})"
+        raise CLIError(f"{flag} takes one {what} for all directions or one per direction {count}, got {len(values)}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
 def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig:
     """Fill unset steering options from what the directions' ``metadata["recommended"]`` agree on (all of them record
     one value), else the built-in defaults, and return the call's `SteeringConfig`: these options over what a pipeline
@@ -127,10 +136,7 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
         print(f"warning: {note}", file=sys.stderr)
     branches = getattr(args, "branch", None)
     if branches is not None:  # one for all directions, or one per direction
-        if len(branches) not in (1, len(vectors)):
-            what = f"({len(vectors)}, the take-away included)" if getattr(args, "take_away", None) else f"({len(vectors)})"
-            raise CLIError(f"--branch takes one branch for all directions or one per direction {what}, got {len(branches)}")
-        args.branch = branches[0] if len(branches) == 1 else tuple(branches)
+        args.branch = _one_or_per_direction(args, vectors, branches, "--branch", "branch")
     elif (recorded := recorded_branches(vectors)) is not None:  # each direction on the branch it was calibrated on
         args.branch = recorded
     for key, builtin in _BUILTIN.items():
@@ -141,11 +147,7 @@ def apply_recommended(args: argparse.Namespace, vectors: list) -> SteeringConfig
     for key in ("window", "removal_window"):  # one for all directions, or one per direction (and take-away)
         windows = getattr(args, key, None)
         if windows is not None:
-            if len(windows) not in (1, len(vectors)):
-                flag = "--" + key.replace("_", "-")
-                what = f"({len(vectors)}, the take-away included)" if getattr(args, "take_away", None) else f"({len(vectors)})"
-                raise CLIError(f"{flag} takes one start,end for all directions or one per direction {what}, got {len(windows)}")
-            given[f"steering_{key}"] = windows[0] if len(windows) == 1 else tuple(windows)
+            given[f"steering_{key}"] = _one_or_per_direction(args, vectors, windows, "--" + key.replace("_", "-"), "start,end")
     if args.readers is not None:
         given["steering_readers"] = args.readers
     return SteeringConfig.from_settings({**STEERING_DEFAULTS, **recommended_settings(vectors), **given})
