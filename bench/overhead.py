@@ -8,6 +8,7 @@ median ratio.
     python bench/overhead.py --sd15-random --device cuda --dtype fp16 --batch 8   # = --family sd --random-weights
     python bench/overhead.py --sd15-random --site text --readers layout ...       # text read by the layout blocks only
     python bench/overhead.py --sd15-random --site text --take-away [--compile] ...  # add one direction, remove another
+    python bench/overhead.py --sd15-random --site text --mixed-branches ...  # two directions, each on its own CFG branch
 
 Writes one markdown row per run to stdout (and appends it to ``--append`` if given).
 """
@@ -52,11 +53,15 @@ def main() -> None:
                     "(layout, detail, all; UNet families)")
     ap.add_argument("--take-away", action="store_true", help="with --site text: steer [v, w] at [0.5, -1] with "
                     "steering_negative='remove' (the contradicting-prompt recipe: add one direction, remove another)")
+    ap.add_argument("--mixed-branches", action="store_true", help="with --site text: steer [v, w] at [0.5, 0.5], v "
+                    "recording the split branch and w the conditional one (a slider beside a one-sided direction)")
     ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                     help="pipe.compile_unet(backend=...) first (plain and steered runs both compiled)")
     args = ap.parse_args()
-    if (args.readers or args.take_away) and args.site != "text":
-        ap.error("--readers and --take-away need --site text")
+    if (args.readers or args.take_away or args.mixed_branches) and args.site != "text":
+        ap.error("--readers, --take-away and --mixed-branches need --site text")
+    if args.take_away and args.mixed_branches:
+        ap.error("choose one of --take-away and --mixed-branches")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -87,9 +92,16 @@ def main() -> None:
     vec = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, meta)
     steering: dict = dict(steering=vec, steering_scale=0.5, steering_window=(0.0, 1.0))
     if args.take_away:  # removal measured against a level per text position (every position above 0 is taken back)
-        tokens = pipe.steering_text_embeddings(["a red sneaker"]).shape[1]
+        if "prompt_embeds" in call:  # real size: no tokenizer, the text positions are the random embeddings'
+            tokens = call["prompt_embeds"].shape[1]
+        else:
+            tokens = pipe.steering_text_embeddings(["a red sneaker"]).shape[1]
         away = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, {**meta, "reference_level": {CONTEXT_SITE: [0.0] * tokens}})
         steering = dict(steering=[vec, away], steering_scale=[0.5, -1.0], steering_window=(0.0, 1.0), steering_negative="remove")
+    if args.mixed_branches:  # each column of the scales laid out for its own branch (steer.config.recorded_branches)
+        one_sided = {**meta, "recommended": {**meta["recommended"], "branch": "cond"}}
+        other = SteeringVector({n: torch.randn(c) / c**0.5 for n, c in channels.items()}, one_sided)
+        steering = dict(steering=[vec, other], steering_scale=[0.5, 0.5], steering_window=(0.0, 1.0))
     if args.compile:
         pipe.compile_unet(backend=args.compile)
 
@@ -122,6 +134,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     site = f"{args.site} (read by {args.readers})" if args.readers else f"{args.site}: {len(layers)}"
     site += " + take-away" if args.take_away else ""
+    site += " + a second direction on the other branch" if args.mixed_branches else ""
     site += f", compiled ({args.compile})" if args.compile else ""
     row = (
         f"| {label} | {device_name} | {args.dtype} | {args.batch} | {args.steps} | {site} | "

@@ -364,6 +364,33 @@ def test_remove_excess_takes_tokens_back_to_the_level_and_leaves_the_rest():
     assert torch.equal(both, remove_excess(h, u, level[None], torch.ones(3, 1)))
 
 
+def test_the_removal_is_set_up_once_per_step_bucket_and_steers_as_if_set_up_at_every_call(tiny_pipe, gen, monkeypatch):
+    """Its device tensors are made once per step bucket (a copy to the device, or a read back from it, at every UNet
+    call waits for the device's queued work: the take-away cost 2.5 % at SD1.5 size on a GPU, docs/benchmarks.md)."""
+    from steer.engine import steering
+
+    tokens = tiny_pipe.tokenizer.model_max_length
+    add = vec(tiny_pipe, [CONTEXT_SITE], seed=3)
+    away = vec(tiny_pipe, [CONTEXT_SITE], seed=4, buckets=2, reference_level={CONTEXT_SITE: [0.0] * tokens})
+    take_away = dict(steering=[add, away], steering_scale=[0.5, -1.0], steering_negative="remove", steering_window=(0, 1))
+    made = []
+    real_active = steering.removal_active
+    monkeypatch.setattr(steering, "removal_active", lambda *a: made.append(1) or real_active(*a))
+    cached = call(tiny_pipe, gen, **take_away)
+    assert len(made) == 2  # 6 steps with CFG in one batch: 6 UNet calls, 2 step buckets
+    real_inputs = steering.SteeringSession._removal_inputs
+
+    def every_call(self, plan, h):
+        plan.cache.clear()
+        return real_inputs(self, plan, h)
+
+    monkeypatch.setattr(steering.SteeringSession, "_removal_inputs", every_call)
+    made.clear()
+    np.testing.assert_array_equal(call(tiny_pipe, gen, **take_away), cached)
+    assert len(made) == STEPS
+    assert not np.array_equal(cached, call(tiny_pipe, gen, steering=add, steering_scale=0.5, steering_window=(0, 1)))
+
+
 def test_learned_text_directions_record_their_level_and_negative_remove_acts_only_on_what_the_prompt_carries(tiny_pipe, gen):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: calibration may not converge

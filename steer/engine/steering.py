@@ -118,21 +118,25 @@ def levels_for_length(levels: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([levels, levels[:, -1:].expand(-1, length - levels.shape[1])], dim=1)
 
 
-def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, amounts: torch.Tensor) -> torch.Tensor:
+def remove_excess(
+    h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, amounts: torch.Tensor, active: Sequence[int] | None = None
+) -> torch.Tensor:
     """Take ``amounts`` (n, K) times each position's excess along each unit direction ``units`` (K, C) over its level
     ``levels`` (K, L) out of ``h`` (n, L, C). Measured on the unit-normalised position ``x/|x|``, whose projection
     ``p`` onto the direction becomes ``p - a * max(0, p - level)`` by a rotation in the plane of the direction and the
     position (its norm and its part orthogonal to the plane are kept): at or below the level nothing changes, above it
     amount 1 brings it back exactly to the level, and larger amounts act as 1 (the removal is full there: beyond it the
     position went below the level, and from 10 on its norm grew 5-6000x and the image washed out). Rows with zero
-    amounts are returned unchanged (bit-identical)."""
+    amounts are returned unchanged (bit-identical). ``active``: the directions with a positive amount in some row and
+    a nonzero unit (`removal_active`), given by a caller that knows them so that nothing is read back from the device;
+    None: found here."""
     amounts = amounts * (units.abs().amax(-1) > 0)  # a zero direction has nothing to remove (a negative level shrank tokens)
+    if active is None:
+        active = removal_active(units, amounts)
     norm = h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     x = h / norm
-    for k in range(units.shape[0]):
+    for k in active:
         a = amounts[:, k].clamp(max=1.0)
-        if not bool((a > 0).any()):
-            continue
         u = units[k]
         p = x @ u  # (n, L)
         target = p - a[:, None] * (p - levels[k]).clamp_min(0)
@@ -141,6 +145,12 @@ def remove_excess(h: torch.Tensor, units: torch.Tensor, levels: torch.Tensor, am
         x = target[..., None] * u + rest / rest_norm * (1 - target.clamp(-1, 1) ** 2).clamp_min(0).sqrt()[..., None]
     touched = (amounts > 0).any(dim=-1).reshape(-1, 1, 1)
     return torch.where(touched, x * norm, h)
+
+
+def removal_active(units: torch.Tensor, amounts: torch.Tensor) -> list[int]:
+    """The directions `remove_excess` takes away: a nonzero unit (K, C) and a positive amount (n, K) in some row."""
+    used = (amounts > 0).any(dim=0) & (units.abs().amax(-1) > 0)
+    return [k for k, u in enumerate(used.tolist()) if u]
 
 
 def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: bool, fixed_tokens: int = 0) -> torch.Tensor:
@@ -398,7 +408,8 @@ class SteeringSession(DenoiserRun):
                    None if mask is None else mask.numpy().tobytes())
             delta = plan.cache.get(key)
             if delta is None:  # (n, C): each row's weighted sum of directions
-                delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype)
+                # not waiting for the device's queued work: a copy from the CPU is staged before it returns
+                delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype, non_blocking=True)
                 plan.cache[key] = delta
             out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
         if removing:
@@ -411,15 +422,29 @@ class SteeringSession(DenoiserRun):
                 f"steering_negative='remove' at {plan.name!r} expects (batch, tokens, channels) text tokens, got shape "
                 f"{tuple(h.shape)}"
             )
-        d = plan.at(self.step, self.num_steps)
-        units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        amounts = self.row_scales(h.shape[0], self.removal, "cond")  # the conditional half only
-        if plan.members is not None:
-            amounts = amounts * plan.members
-        if (mask := self.window_mask(self.removal_windows)) is not None:
-            amounts = amounts * mask
-        amounts = amounts.to(h.device)
-        levels = torch.nan_to_num(levels_for_length(plan.levels, h.shape[1])).to(device=h.device, dtype=torch.float32)
+        units, levels, amounts, active = self._removal_inputs(plan, h)
         k = plan.fixed_tokens  # left alone here too (their projection equals the level up to its rounding)
-        removed = remove_excess(h[:, k:].float(), units.to(h.device).float(), levels[:, k:], amounts).to(h.dtype)
+        removed = remove_excess(h[:, k:].float(), units, levels[:, k:], amounts, active).to(h.dtype)
         return torch.cat([h[:, :k], removed], dim=1) if k else removed
+
+    def _removal_inputs(self, plan: LayerPlan, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """The removal's unit directions (K, C), levels (K, L) and amounts (n, K) on ``h``'s device, and the
+        directions it takes away; computed on the CPU once per step bucket, layout and window mask, like the additive
+        delta, so that a steered call copies nothing to the device and reads nothing back at most of its steps (each
+        would wait for the device to finish its queued work)."""
+        mask = self.window_mask(self.removal_windows)
+        key = ("remove", plan.bucket(self.step, self.num_steps), h.shape[0], h.shape[1], h.device, self.call_branch,
+               None if mask is None else mask.numpy().tobytes())
+        found = plan.cache.get(key)
+        if found is None:
+            d = plan.at(self.step, self.num_steps)
+            units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            amounts = self.row_scales(h.shape[0], self.removal, "cond")  # the conditional half only
+            if plan.members is not None:
+                amounts = amounts * plan.members
+            if mask is not None:
+                amounts = amounts * mask
+            levels = torch.nan_to_num(levels_for_length(plan.levels, h.shape[1]))
+            device = dict(device=h.device, dtype=torch.float32, non_blocking=True)
+            found = plan.cache[key] = (units.to(**device), levels.to(**device), amounts.to(**device), removal_active(units, amounts))
+        return found
