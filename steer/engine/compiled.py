@@ -182,10 +182,10 @@ class StaticSteeringSites:
                 for modules, routed in self.text_groups:
                     delta = session.step_delta(routed, n)
                     for buf in [self.reader_deltas[m] for m in modules] if modules is not None else [self.deltas[name]]:
-                        buf.copy_(delta, non_blocking=True)
+                        buf.copy_(delta, non_blocking=buf.is_cuda)  # as `to_device`
             else:
-                # not waiting for the device's queued work: a copy from the CPU is staged before it returns
-                self.deltas[name].copy_(session.step_delta(plan, n), non_blocking=True)
+                # on CUDA not waiting for the device's queued work (see `steer.engine.steering.to_device`)
+                self.deltas[name].copy_(session.step_delta(plan, n), non_blocking=self.deltas[name].is_cuda)
         if session.step not in session.applied_steps:
             session.applied_steps.append(session.step)
         return replaced

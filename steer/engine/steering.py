@@ -147,6 +147,13 @@ def remove_excess(
     return torch.where(touched, x * norm, h)
 
 
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` (a small CPU tensor made for one step) on ``device``. On CUDA without waiting for the device's queued
+    work (a copy from pageable CPU memory is staged before it returns, so ``t`` may go); elsewhere a plain copy: on MPS
+    a non-blocking copy can read the CPU tensor after it was freed (pytorch/pytorch#189690)."""
+    return t.to(device=device, dtype=dtype, non_blocking=device.type == "cuda")
+
+
 def removal_active(units: torch.Tensor, amounts: torch.Tensor) -> list[int]:
     """The directions `remove_excess` takes away: a nonzero unit (K, C) and a positive amount (n, K) in some row."""
     used = (amounts > 0).any(dim=0) & (units.abs().amax(-1) > 0)
@@ -408,8 +415,7 @@ class SteeringSession(DenoiserRun):
                    None if mask is None else mask.numpy().tobytes())
             delta = plan.cache.get(key)
             if delta is None:  # (n, C): each row's weighted sum of directions
-                # not waiting for the device's queued work: a copy from the CPU is staged before it returns
-                delta = self.step_delta(plan, h.shape[0]).to(device=h.device, dtype=h.dtype, non_blocking=True)
+                delta = to_device(self.step_delta(plan, h.shape[0]), h.device, h.dtype)
                 plan.cache[key] = delta
             out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
         if removing:
@@ -445,6 +451,6 @@ class SteeringSession(DenoiserRun):
             if mask is not None:
                 amounts = amounts * mask
             levels = torch.nan_to_num(levels_for_length(plan.levels, h.shape[1]))
-            device = dict(device=h.device, dtype=torch.float32, non_blocking=True)
-            found = plan.cache[key] = (units.to(**device), levels.to(**device), amounts.to(**device), removal_active(units, amounts))
+            found = plan.cache[key] = (to_device(units, h.device, torch.float32), to_device(levels, h.device, torch.float32),
+                                       to_device(amounts, h.device, torch.float32), removal_active(units, amounts))
         return found
