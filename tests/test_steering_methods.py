@@ -364,20 +364,36 @@ def test_remove_excess_takes_tokens_back_to_the_level_and_leaves_the_rest():
     assert torch.equal(both, remove_excess(h, u, level[None], torch.ones(3, 1)))
 
 
-def test_the_removal_is_set_up_once_per_step_bucket_and_steers_as_if_set_up_at_every_call(tiny_pipe, gen, monkeypatch):
-    """Its device tensors are made once per step bucket (a copy to the device, or a read back from it, at every UNet
-    call waits for the device's queued work: the take-away cost 2.5 % at SD1.5 size on a GPU, docs/benchmarks.md)."""
+def test_the_text_tokens_are_steered_once_per_step_bucket_and_as_if_steered_at_every_call(tiny_pipe, gen, monkeypatch):
+    """A pipeline gives the denoiser the same text tensor at every step, so the text site steers it once per step
+    bucket (and window mask, CFG branch), and the removal's device tensors are made once per bucket: on a GPU a
+    step's end waits for the device, so work at the start of each denoiser call is not hidden (the take-away cost
+    2.5 % at SD1.5 size before, docs/benchmarks.md). The images are those of steering at every call, and a step
+    callback that changes the text tokens in place is seen."""
     from steer.engine import steering
 
     tokens = tiny_pipe.tokenizer.model_max_length
-    add = vec(tiny_pipe, [CONTEXT_SITE], seed=3)
+    add = vec(tiny_pipe, [CONTEXT_SITE], seed=3, buckets=2)
     away = vec(tiny_pipe, [CONTEXT_SITE], seed=4, buckets=2, reference_level={CONTEXT_SITE: [0.0] * tokens})
     take_away = dict(steering=[add, away], steering_scale=[0.5, -1.0], steering_negative="remove", steering_window=(0, 1))
-    made = []
-    real_active = steering.removal_active
+    removed, made = [], []
+    real_remove, real_active = steering.remove_excess, steering.removal_active
+    monkeypatch.setattr(steering, "remove_excess", lambda *a: removed.append(1) or real_remove(*a))
     monkeypatch.setattr(steering, "removal_active", lambda *a: made.append(1) or real_active(*a))
-    cached = call(tiny_pipe, gen, **take_away)
-    assert len(made) == 2  # 6 steps with CFG in one batch: 6 UNet calls, 2 step buckets
+
+    def halve(_pipe, _i, _t, kwargs):  # changes the tokens the denoiser is given, in place
+        kwargs["prompt_embeds"].mul_(0.5)
+        return {}
+
+    changed = dict(callback_on_step_end=halve, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    reused = call(tiny_pipe, gen, **take_away)
+    assert len(removed) == 2 and len(made) == 2  # 6 steps with CFG in one batch: 6 denoiser calls, 2 step buckets
+    reused_changed = call(tiny_pipe, gen, **take_away, **changed)
+    with torch.inference_mode():  # inference tensors keep no version counter: steered at every call
+        in_inference_mode = call(tiny_pipe, gen, **take_away)
+    routed = call(tiny_pipe, gen, **take_away, steering_readers="detail")
+
+    monkeypatch.setattr(steering.SteeringSession, "_text_reuse_key", lambda *a: None)  # steered at every call
     real_inputs = steering.SteeringSession._removal_inputs
 
     def every_call(self, plan, h):
@@ -385,10 +401,14 @@ def test_the_removal_is_set_up_once_per_step_bucket_and_steers_as_if_set_up_at_e
         return real_inputs(self, plan, h)
 
     monkeypatch.setattr(steering.SteeringSession, "_removal_inputs", every_call)
-    made.clear()
-    np.testing.assert_array_equal(call(tiny_pipe, gen, **take_away), cached)
-    assert len(made) == STEPS
-    assert not np.array_equal(cached, call(tiny_pipe, gen, steering=add, steering_scale=0.5, steering_window=(0, 1)))
+    removed.clear(), made.clear()
+    np.testing.assert_array_equal(call(tiny_pipe, gen, **take_away), reused)
+    assert len(removed) == STEPS and len(made) == STEPS
+    np.testing.assert_array_equal(call(tiny_pipe, gen, **take_away, **changed), reused_changed)
+    np.testing.assert_array_equal(in_inference_mode, reused)
+    np.testing.assert_array_equal(call(tiny_pipe, gen, **take_away, steering_readers="detail"), routed)
+    assert not np.array_equal(reused_changed, reused) and not np.array_equal(routed, reused)
+    assert not np.array_equal(reused, call(tiny_pipe, gen, steering=add, steering_scale=0.5, steering_window=(0, 1)))
 
 
 def test_learned_text_directions_record_their_level_and_negative_remove_acts_only_on_what_the_prompt_carries(tiny_pipe, gen):

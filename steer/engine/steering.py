@@ -192,6 +192,22 @@ def apply_delta(h: torch.Tensor, delta: torch.Tensor, mode: str, preserve_norm: 
     return new
 
 
+@dataclass(frozen=True)
+class SteeredText:
+    """The text tokens a text site steered at one call, kept for the next calls of the run (`SteeringSession.steered`)."""
+
+    key: tuple
+    source: torch.Tensor
+    source_version: int
+    out: torch.Tensor
+    out_version: int
+
+    def holds(self, key: tuple, h: torch.Tensor) -> bool:
+        """Whether this is ``h`` steered with ``key``: the same tensor, changed in place by nothing since (its
+        version counter) and an answer nobody changed in place either."""
+        return key == self.key and h is self.source and h._version == self.source_version and self.out._version == self.out_version
+
+
 class SteeringSession(DenoiserRun):
     """Adds ``scale · v`` to chosen UNet module outputs for the calls made inside this context.
 
@@ -402,12 +418,34 @@ class SteeringSession(DenoiserRun):
                 f"channel mismatch at layer {plan.name!r}: the direction has {plan.directions.shape[-1]} channels, "
                 f"this call's output has {h.shape[dim]} (shape {tuple(h.shape)})"
             )
+        if self.step not in self.applied_steps:
+            self.applied_steps.append(self.step)
+        reuse = self._text_reuse_key(plan, h, adding, removing)
+        if reuse is not None and (hit := plan.cache.get(("text", self.call_branch))) is not None and hit.holds(reuse, h):
+            return hit.out
+        source = h
         if self.call_branch is not None and h.shape[0] == 1 < self.scales.shape[0]:
             # a one-row input the denoiser broadcasts over the images (Flux's negative prompt given as one
             # string for several prompts): one row per image, so each row gets its own scale
             h = h.expand(self.scales.shape[0], *h.shape[1:])
-        if self.step not in self.applied_steps:
-            self.applied_steps.append(self.step)
+        out = self._steer(plan, h, adding, removing)
+        if reuse is not None:
+            plan.cache[("text", self.call_branch)] = SteeredText(reuse, source, source._version, out, out._version)
+        return out
+
+    def _text_reuse_key(self, plan: LayerPlan, h: torch.Tensor, adding: bool, removing: bool) -> tuple | None:
+        """What the steered text tokens depend on besides the tokens themselves, when they may be reused: a pipeline
+        gives the denoiser the same text tensor at every step, so the text site is steered once per step bucket,
+        window mask and CFG branch instead of at every call (on a GPU the step's end waits for the device, so a
+        hook's work at the call's start is not hidden). None (steer at every call) for other sites, with autograd
+        on, and for inference tensors, whose in-place changes (a step callback's) could not be seen."""
+        if plan.name != CONTEXT_SITE or torch.is_grad_enabled() or h.is_inference():
+            return None
+        masks = [self.window_mask(self.windows) if adding else None, self.window_mask(self.removal_windows) if removing else None]
+        return (plan.bucket(self.step, self.num_steps), self.call_branch, adding, removing,
+                *(None if m is None else m.numpy().tobytes() for m in masks))
+
+    def _steer(self, plan: LayerPlan, h: torch.Tensor, adding: bool, removing: bool) -> torch.Tensor:
         out = h
         if adding:
             mask = self.window_mask(self.windows)
