@@ -55,6 +55,9 @@ def main() -> None:
                     "steering_negative='remove' (the contradicting-prompt recipe: add one direction, remove another)")
     ap.add_argument("--mixed-branches", action="store_true", help="with --site text: steer [v, w] at [0.5, 0.5], v "
                     "recording the split branch and w the conditional one (a slider beside a one-sided direction)")
+    ap.add_argument("--inference-mode", action="store_true", help="call the pipeline under torch.inference_mode() (the runs "
+                    "before 2026-12-04 did); default torch.no_grad(), as the pipeline itself runs: inference tensors keep no "
+                    "version counter, so the steered text tokens are not reused across the run's denoiser calls under it")
     ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                     help="pipe.compile_unet(backend=...) first (plain and steered runs both compiled)")
     args = ap.parse_args()
@@ -116,7 +119,7 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode() if args.inference_mode else torch.no_grad():
             pipe(prompts, generator=gen, **kwargs, **extra)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
@@ -136,6 +139,7 @@ def main() -> None:
     site += " + take-away" if args.take_away else ""
     site += " + a second direction on the other branch" if args.mixed_branches else ""
     site += f", compiled ({args.compile})" if args.compile else ""
+    site += ", inference mode" if args.inference_mode else ""
     row = (
         f"| {label} | {device_name} | {args.dtype} | {args.batch} | {args.steps} | {site} | "
         f"{statistics.median(plain_times):.3f} s | {statistics.median(steer_times):.3f} s | {100 * (med - 1):+.2f} % |"

@@ -6,6 +6,8 @@
 #   carry: wheels/  (diffusers + importlib_metadata + zipp wheels)
 #   run:   bash scripts/gpu_overhead_take_away.sh   (rows appended to $OUT/overhead.md, log in $OUT/main.log)
 #
+# The calls run under torch.no_grad() (bench/overhead.py's default since 2026-12-04, as the pipeline itself runs), where
+# the steered text tokens are reused across a run's denoiser calls; --inference-mode measures them steered at every call.
 # Each run has its own time limit, most important first; the compiled run is last: on 2026-12-04 inductor's compile of
 # the SD1.5-sized UNet (plain and steered) did not finish within its 220 s (results: docs/benchmarks.md).
 WORK=${WORK:-/tmp/steer-gpu}
