@@ -15,6 +15,7 @@ source "$(dirname "$0")/gpu_env.sh"
 source "$(dirname "$0")/gpu_bench.sh"
 stamp "ready"
 bench 90 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 7 --site text --take-away
+bench 90 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 7 --site text --take-away --inference-mode  # steered at every call
 bench 90 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 7 --site text --mixed-branches
 bench 90 --family sd --dtype fp16 --batch 8 --steps 50 --pairs 7 --site text --take-away --readers layout
 bench 90 --family sdxl --dtype fp16 --batch 4 --steps 20 --pairs 6 --site text --take-away
