@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--readers", default=None, help="learn the targets read only by these cross-attentions (layout, detail)")
     ap.add_argument("--grid", type=float, nargs="+", default=list(GRID), help="the fits' strengths (default: steer.take_away.GRID)")
+    ap.add_argument("--fit-by", choices=("auto", "distance"), default="auto",
+                    help="fit_take_away(fit_by=...): auto fits an appearance edit by colour; distance: as before session 39")
     ap.add_argument("--fit-margin", type=float, default=1.0,
                     help="a screen: apply each fit at this multiple of its strength (removal min(m*s, 1); default 1, as fitted)")
     ap.add_argument("--targets", nargs="+", default=None, help="only these targets (default: every colour or class); every source is still learned")
@@ -87,7 +89,8 @@ def main() -> None:
         sources = [source_of(args.kind, p) for p in prompts]
         for src in sorted(set(sources)):
             if (target, src) not in fits:
-                fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], grid=args.grid, guidance_scale=args.guidance)
+                fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], grid=args.grid, guidance_scale=args.guidance,
+                                                        fit_by=args.fit_by)
         for base in args.seed_base:
             count = len(P["contra"])
             seeds = [base + (s * count + i if args.noise == "per-image" else s) for s in range(args.seeds) for i in range(count)]
@@ -109,7 +112,7 @@ def main() -> None:
                           "pass_per_set": [sum(r["passes_per_set"][i] for r in sel) for i in range(len(args.seed_base))]}
     every = list(fits.values())
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds,
-            "seed_bases": args.seed_base, "noise": args.noise, "fit_margin": args.fit_margin, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
+            "seed_bases": args.seed_base, "noise": args.noise, "fit_margin": args.fit_margin, "fit_by": args.fit_by, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
             "grid": args.grid, "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window == (0.0, 1.0) for f in every])) if every else 0.0,
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,

@@ -90,3 +90,15 @@ def mean_colours(pipe, latents: torch.Tensor, batch_size: int | None = 8, vae: t
         colours[~torch.isfinite(decoded).flatten(1).all(1)] = float("nan")
         out.append(colours.cpu())
     return torch.cat(out)
+
+
+def relative_colour_distances(pipe, steered: torch.Tensor, reference: torch.Tensor, start: torch.Tensor,
+                              batch_size: int | None = 8, vae: torch.nn.Module | None = None) -> list[float]:
+    """How close in colour each set of steered samples comes to the samples it should look like: for ``steered``
+    (sets, images, *latent shape: unflattened final latents, image ``i`` of each set from the seed of ``reference[i]``),
+    the mean over images of the distance of each image's `mean_colours` to ``reference`` ([images, 3], the target
+    samples' own), relative to the unsteered images' (``start`` [images, 3]: 1 = no closer than not steering). A
+    non-finite decode gives a NaN entry: the caller then has no verdict."""
+    unsteered = float((start - reference).norm(dim=1).mean().clamp_min(1e-6))
+    colours = mean_colours(pipe, steered.flatten(0, 1), batch_size, vae).reshape(len(steered), -1, 3)
+    return [float((c - reference).norm(dim=1).mean()) / unsteered for c in colours]

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from steer.appearance import mean_colours, structure_kept
+from steer.appearance import mean_colours, relative_colour_distances, structure_kept
 from steer.engine.run import window_bounds
 from steer.partial_run import SolverCarry, partial_pipeline, resumable, run_length
 from steer.vae_codec import codec_vae
@@ -337,9 +337,7 @@ def _calibration(grid: list[float], z: torch.Tensor, z_pos: torch.Tensor, start:
                          None if window is None else [float(w) for w in window], route)
     if colours is not None:
         pipe, pos_colours, open_colours, shape, batch_size, vae = colours
-        unsteered = float((open_colours - pos_colours).norm(dim=1).mean().clamp_min(1e-6))
-        steered = mean_colours(pipe, z.reshape(-1, *shape), batch_size, vae).reshape(len(z), -1, 3)
-        result.colour_distances = [float((c - pos_colours).norm(dim=1).mean()) / unsteered for c in steered]
+        result.colour_distances = relative_colour_distances(pipe, z.reshape(len(z), -1, *shape), pos_colours, open_colours, batch_size, vae)
     return result
 
 

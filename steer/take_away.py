@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,9 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from steer.appearance import mean_colours, relative_colour_distances, structure_kept
 from steer.calibrate import (
+    LAYOUT_EDIT_BELOW,
     POOR_DISTANCE,
     branch_step,
     check_grid,
@@ -44,12 +48,14 @@ from steer.calibrate import (
 from steer.config import check_window, outside_steering_blocks, recommended_settings
 from steer.partial_run import run_length
 from steer.recipe import recorded_path
+from steer.vae_codec import codec_vae
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))
 FIT_STEPS = 12  # sampling steps of a fit by default
+FIT_BY = ("auto", "distance")  # fit_take_away(fit_by=...): by colour for an appearance edit, else distance; distance alone
 
 
 @dataclass
@@ -65,6 +71,11 @@ class TakeAwayFit:
     distances: dict[str, list[float]]  # per window ("start,end"), along the grid
     prompts: list[tuple[str, str]]  # (source, rewritten target) pairs that were sampled
     unet_rows: int
+    chosen_by: str = "distance"  # what chose the window and strength: "colour" (an appearance edit's) or "distance"
+    # the share of the layout the edit keeps (`_edit_structure`; None where it was not read), and, where the fit was
+    # by colour, each window's relative colour distance along the grid ("start,end" -> curve)
+    structure: float | None = None
+    colour_distances: dict[str, list[float]] | None = None
 
     @property
     def scales(self) -> list[float]:
@@ -99,12 +110,18 @@ class TakeAwayFit:
             )
         return None
 
+    def window_note(self) -> str:
+        """What the reports add after the fit's distance: how an appearance edit's fit was chosen ("" by distance)."""
+        return "; an appearance edit, fitted by the samples' colour" if self.chosen_by == "colour" else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "strength": round(self.strength, 4), "window": list(self.window), "distance": round(self.distance, 4),
             "converged": self.converged, "grid": self.grid,
             "distances": {k: [round(x, 4) for x in v] for k, v in self.distances.items()},
-            "prompts": [list(p) for p in self.prompts], "unet_rows": self.unet_rows,
+            "prompts": [list(p) for p in self.prompts], "unet_rows": self.unet_rows, "chosen_by": self.chosen_by,
+            **({} if self.structure is None else {"structure": round(self.structure, 4)}),
+            **({} if self.colour_distances is None else {"colour_distances": {k: [round(x, 4) for x in v] for k, v in self.colour_distances.items()}}),
         }
 
 
@@ -312,6 +329,7 @@ def fit_take_away(
     num_inference_steps: int = FIT_STEPS,
     guidance_scale: float = 7.5,
     batch_size: int | None = 8,
+    fit_by: str = "auto",
     **call_kwargs: Any,
 ) -> TakeAwayFit:
     """Fit the strength and window at which ``vector`` replaces what prompts state along ``away``.
@@ -325,10 +343,18 @@ def fit_take_away(
         seed, num_inference_steps, guidance_scale: sampling settings (use the guidance you generate with: the
             strength depends on it); ``call_kwargs`` go to every call (``height=``, ``steering_branch=``...).
         batch_size: at most this many images per sampling call (None: one call per sample set); the fit is the same.
+        fit_by: ``"auto"`` (default): for an appearance edit (the edit keeps the layout: `_edit_structure` at least
+            `steer.calibrate.LAYOUT_EDIT_BELOW`; a colour, not an object, is replaced), the window and strength whose
+            samples' mean colour comes closest to the rewritten prompts' own; else, and with ``"distance"``, those of
+            the smallest latent distance. The latent distance weighs shape and colour alike and its minimum hedges: on
+            the demo model its fits left contradicting colours between the source's hue and the target's (blue ->
+            orange came out green), where the colour's are further along (docs/steering.md, "Session 39").
     """
     grid = check_grid(grid, "the take-away grid")
     check_int(num_samples, "num_samples", 1, MAX_SAMPLES, optional=False)
     check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
+    if fit_by not in FIT_BY:
+        raise ValueError(f"fit_by= is one of {', '.join(map(repr, FIT_BY))}, got {short(fit_by)}")
     if away is vector or away.digest() == vector.digest():
         raise ValueError(ITSELF)
     if not windows:
@@ -347,19 +373,22 @@ def fit_take_away(
     pairs = [(p, rewrite_attribute(p, negatives, like, like_negatives)) for p in sources]
     seeds = [seed + i for i in range(num_samples)]
     kw = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, **call_kwargs)
-    z_target = sample_latents(pipe, [t for _, t in pairs], seeds, batch_size=batch_size, **kw)
-    start = float((sample_latents(pipe, sources, seeds, batch_size=batch_size, **kw) - z_target).norm(dim=1).mean().clamp_min(1e-6))
+    z_target = sample_latents(pipe, [t for _, t in pairs], seeds, flat=False, batch_size=batch_size, **kw)
+    z_source = sample_latents(pipe, sources, seeds, flat=False, batch_size=batch_size, **kw)
+    start = float((z_source.flatten(1) - z_target.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
+    structure, colours = _appearance(pipe, vector, z_target, z_source, batch_size) if fit_by == "auto" else (None, None)
     samples, set_steps = _steered_samples(pipe, vector, away, sources, seeds, grid, windows, batch_size, kw)
     distances: dict[str, list[float]] = {}
-    best = (float("inf"), 0.0, windows[0])
+    colour_distances: dict[str, list[float]] = {}
     for window, z in zip(windows, samples, strict=True):
+        key = f"{window[0]:g},{window[1]:g}"
+        if colours is not None:
+            colour_distances[key] = relative_colour_distances(pipe, z.reshape(len(grid), num_samples, *z_target.shape[1:]), *colours)
         z = z.reshape(len(grid), num_samples, -1)
-        curve = [float((zg - z_target).norm(dim=1).mean()) / start for zg in z]
-        distances[f"{window[0]:g},{window[1]:g}"] = curve
-        strength, distance = curve_minimum([0.0, *grid], [1.0, *curve])
-        if distance < best[0]:
-            best = (distance, strength, window)
-    distance, strength, window = best
+        distances[key] = [float((zg - z_target.flatten(1)).norm(dim=1).mean()) / start for zg in z]
+    chosen, strength, by = _chosen_fit(grid, list(distances.values()), list(colour_distances.values()))
+    window = windows[chosen]
+    distance = float(np.interp(strength, [0.0, *grid], [1.0, *distances[f"{window[0]:g},{window[1]:g}"]]))
     converged = strength > 0
     if not converged:
         strength = grid[len(grid) // 2]
@@ -368,11 +397,63 @@ def fit_take_away(
             f"rewritten prompts' samples; using {strength}", stacklevel=2,
         )
     unet_rows = (2 * run_length(pipe, num_inference_steps) + set_steps) * num_samples * rows_per_sample(pipe, **kw)
-    fit = TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows)
+    fit = TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows, by, structure,
+                      colour_distances if by == "colour" else None)
     advice = fit.advice()
     if advice:
         warnings.warn(advice, stacklevel=2)
     return fit
+
+
+def _edit_structure(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, vae: Any) -> float | None:
+    """The share of the layout the edit keeps: what ``vector``'s calibration measured of its own prompt edit where it
+    chose a route (``metadata["route_choice"]``: "a blue t-shirt" vs "a t-shirt"), else `structure_kept` between the
+    rewritten prompts' samples and the sources' (same seeds); None for latents that are no image grid (Flux packs its
+    latents). The recorded one comes first: two classes of one silhouette (a pullover and a coat) keep the layout
+    between themselves, yet their colours say nothing of the edit."""
+    recorded = vector.metadata.get("route_choice") if isinstance(getattr(vector, "metadata", None), Mapping) else None
+    value = recorded.get("structure") if isinstance(recorded, Mapping) else None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return structure_kept(pipe, z_target, z_source, vae=vae) if z_target.dim() == 4 else None
+
+
+def _appearance(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, batch_size: int | None
+                ) -> tuple[float | None, tuple[torch.Tensor, torch.Tensor, int | None, Any] | None]:
+    """``fit_by="auto"``: the share of the layout the edit keeps (`_edit_structure`) and, for an appearance edit whose
+    samples decode to finite values, what `relative_colour_distances` compares with (the rewritten prompts' and the
+    sources' `mean_colours`) and decodes by (None for a layout edit: the latent distance fits it)."""
+    if z_target.dim() != 4:
+        return None, None
+    vae = codec_vae(pipe)
+    structure = _edit_structure(pipe, vector, z_target, z_source, vae)
+    if structure is None or structure < LAYOUT_EDIT_BELOW:
+        return structure, None
+    target, source = mean_colours(pipe, z_target, batch_size, vae), mean_colours(pipe, z_source, batch_size, vae)
+    finite = bool(torch.isfinite(target).all()) and bool(torch.isfinite(source).all())
+    return structure, ((target, source, batch_size, vae) if finite else None)
+
+
+def _chosen_fit(grid: Sequence[float], distances: Sequence[Sequence[float]],
+                colour_distances: Sequence[Sequence[float]]) -> tuple[int, float, str]:
+    """The chosen window's index, the strength and what chose them, from each window's relative distance curve along
+    the grid (`curve_minimum`, unsteered = 1 at 0). By colour where every window has a finite colour curve and one
+    comes closer than unsteered (an appearance edit): the window and strength of the smallest colour distance; else by
+    the latent distance, among the windows with a minimum inside the grid (all where none has; strength 0 then: not
+    converged). The first window on a tie."""
+    def minima(curves: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+        return [curve_minimum([0.0, *grid], [1.0, *curve]) for curve in curves]
+
+    if len(colour_distances) == len(distances) and all(math.isfinite(x) for curve in colour_distances for x in curve):
+        by_colour = minima(colour_distances)
+        closer = [i for i, (strength, _) in enumerate(by_colour) if strength > 0]
+        if closer:
+            i = min(closer, key=lambda i: by_colour[i][1])
+            return i, by_colour[i][0], "colour"
+    by_distance = minima(distances)
+    converged = [i for i, (strength, _) in enumerate(by_distance) if strength > 0] or list(range(len(by_distance)))
+    i = min(converged, key=lambda i: by_distance[i][1])
+    return i, by_distance[i][0], "distance"
 
 
 def _steered_samples(pipe, vector, away, sources: list[str], seeds: list[int], grid: list[float], windows: list[tuple[float, float]],

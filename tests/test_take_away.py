@@ -114,6 +114,75 @@ def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_no
         assert advice in fit.advice() and said == [fit.advice()]
 
 
+def fake_image_latents(pipe, prompts, seeds, **kw):
+    """Latents (images, 2, 1, 1) standing in for the model: channel 0 is the layout, channel 1 the colour. The rewritten
+    prompts ("blue") sample at (1, 1), the sources at (0, 0); steered over the first half a source reaches the colour
+    alone, (0, s), over the whole run (0.9 s, 0.4 s): closer in latent distance (0.36 at s = 1.34 against 0.71 at 1),
+    further in colour (0.2 at 2, the grid's top, against 0 at 1)."""
+    if "steering_scale" not in kw:
+        return torch.tensor([[[[1.0]], [[1.0]]] if "blue" in p else [[[0.0]], [[0.0]]] for p in prompts])
+    early = tuple(kw["steering_window"]) == (0.0, 0.5)
+    return torch.tensor([[[[0.0]], [[row[0]]]] if early else [[[0.9 * row[0]]], [[0.4 * row[0]]]] for row in kw["steering_scale"]])
+
+
+@pytest.mark.parametrize(
+    ("recorded", "measured", "fit_by", "colour", "window", "strength", "by"),
+    [
+        (None, 0.95, "auto", 1.0, (0.0, 0.5), 1.0, "colour"),  # a colour replaced: where the samples reach its colour
+        (0.95, 0.3, "auto", 1.0, (0.0, 0.5), 1.0, "colour"),  # the direction's own record of its edit comes first
+        (0.5, 0.95, "auto", 1.0, (0.0, 1.0), 1.34, "distance"),  # a layout edit by its record (a coat for a pullover)
+        (None, 0.5, "auto", 1.0, (0.0, 1.0), 1.34, "distance"),  # an object replaced (the layout moves)
+        (None, 0.95, "distance", 1.0, (0.0, 1.0), 1.34, "distance"),
+        (None, 0.95, "auto", float("nan"), (0.0, 1.0), 1.34, "distance"),  # a decode overflowed: no colour verdict
+    ],
+)
+def test_an_appearance_take_away_is_fitted_by_the_colour_its_samples_reach(monkeypatch, recorded, measured, fit_by, colour, window,
+                                                                          strength, by):
+    monkeypatch.setattr("steer.take_away.sample_latents", fake_image_latents)
+    monkeypatch.setattr("steer.take_away.branch_step", lambda *a, **k: None)
+    monkeypatch.setattr("steer.take_away.run_length", lambda _pipe, steps: steps)
+    monkeypatch.setattr("steer.take_away.codec_vae", lambda _pipe: None)
+    read = []
+    monkeypatch.setattr("steer.take_away.structure_kept", lambda _p, a, b, vae=None: read.append(len(a)) or measured)
+
+    def fake_colours(_pipe, latents, batch_size=8, vae=None):
+        red = latents[:, 1, 0, 0] * colour
+        return torch.stack([red, torch.zeros_like(red), torch.zeros_like(red)], 1)
+
+    monkeypatch.setattr("steer.take_away.mean_colours", fake_colours)
+    monkeypatch.setattr("steer.appearance.mean_colours", fake_colours)
+    from steer.take_away import fit_take_away
+
+    vector = prompt_vector("blue")
+    if recorded is not None:
+        vector.metadata["route_choice"] = {"structure": recorded, "below": 0.8, "readers": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_take_away(None, vector, prompt_vector("red"), num_samples=2, fit_by=fit_by)
+    assert fit.window == window and fit.chosen_by == by and fit.to_dict()["chosen_by"] == by
+    assert min(fit.distances["0,1"]) < min(fit.distances["0,0.5"]), "the latent distance prefers the whole run: the colour overrules it"
+    assert fit.strength == pytest.approx(strength, abs=0.02)
+    # the distance is the latent one where the fit is (at s = 1 over the first half: |(1, 1) - (0, 1)| / |(1, 1)|)
+    assert fit.distance == pytest.approx(2**-0.5 if window == (0.0, 0.5) else 0.36, abs=0.01)
+    assert read == ([] if fit_by == "distance" or recorded is not None else [2])
+    assert fit.structure == (None if fit_by == "distance" else recorded if recorded is not None else measured)
+    if by == "colour":
+        assert fit.colour_distances["0,0.5"][2] == pytest.approx(0.0) and min(fit.colour_distances["0,1"]) == pytest.approx(0.2)
+        assert fit.to_dict()["colour_distances"]["0,1"][-1] == 0.2 and "fitted by the samples' colour" in fit.window_note()
+    else:
+        assert fit.colour_distances is None and "colour_distances" not in fit.to_dict() and fit.window_note() == ""
+
+
+def test_the_fit_by_colour_samples_nothing_more(tiny_pipe):
+    blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+    auto, rows = fit_counting_rows(tiny_pipe, blue, red)
+    plain, rows_plain = fit_counting_rows(tiny_pipe, blue, red, fit_by="distance")
+    assert rows == rows_plain == auto.unet_rows and auto.distances == plain.distances
+    assert isinstance(auto.structure, float) and auto.chosen_by in ("colour", "distance") and plain.structure is None
+    with pytest.raises(ValueError, match=r"^fit_by= is one of 'auto', 'distance', got 'colour'$"):
+        tiny_pipe.fit_take_away(blue, red, fit_by="colour")
+
+
 # the learned directions' removal window (to the end) and the call's window; on DDIM, DPM-Solver (its history handed
 # from the first half's calls to the continuing ones) and Euler ancestral (each image's generator state handed on), 3
 # images per call: uneven splits

@@ -375,7 +375,7 @@ class SteerApp:
         note = (
             f"Fitted: **{H.md_text(vector.name)}** × {strength:g} taking away **{H.md_text(away.name)}**, window "
             f"{fit.window[0]:g}-{fit.window[1]:g} (from the model alone: {H.md_text(fit.prompts[0][0])} -> "
-            f"{H.md_text(fit.prompts[0][1])}, relative distance {fit.distance:.2f}). Strength and window are set."
+            f"{H.md_text(fit.prompts[0][1])}, relative distance {fit.distance:.2f}{fit.window_note()}). Strength and window are set."
         )
         if not fit.converged:
             note += " **Note:** no strength brought the samples closer; this is a guess."

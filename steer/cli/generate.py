@@ -260,7 +260,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 edit_fit = text_pipe.fit_edit(vectors[0][0], strength=strength, num_inference_steps=args.steps, guidance_scale=args.guidance,
                                               height=args.height, width=args.width, **config.to_settings(), **negative)
         if away is not None:
-            print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f})", file=sys.stderr)
+            print(f"fit: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g} (relative distance {fit.distance:.2f}"
+                  f"{fit.window_note()})", file=sys.stderr)
         else:
             print(f"fit: scale {edit_fit.scale:.3g} at strength {strength:g} (closest {edit_fit.closest:.3g}, relative distance "
                   f"{edit_fit.distance:.2f}; at least the calibrated full edit, 1)", file=sys.stderr)

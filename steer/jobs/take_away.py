@@ -93,7 +93,8 @@ class FitCache:
             raise RuntimeError(error)
         if report is not None and key not in self._reported:
             self._reported.add(key)
-            report(f"take-away fit {vector.name!r} replacing {away.name!r}: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g}")
+            report(f"take-away fit {vector.name!r} replacing {away.name!r}: strength {fit.strength:.3g}, window {fit.window[0]:g},{fit.window[1]:g}"
+                   f"{fit.window_note()}")
             for message in messages:
                 report(f"warning: {message}")
         return fit
