@@ -27,7 +27,9 @@ and the direction is read by the cross-attentions of the down and mid blocks onl
 where the layout is decided; the up blocks keep drawing the prompt's colour); else by every cross-attention. The sweep
 then runs through the chosen route. Same cost. An appearance edit's window (every reader) is then chosen by colour:
 the candidate whose decoded samples' mean colour (`mean_colours`) comes closest to the positives' own at some grid
-strength; that decodes the positives', the unsteered and every window's steered samples (no denoiser rows).
+strength, and its full edit is where that colour comes closest (`_strength_by_colour`: the margin overshot every
+colour but blue on the demo model); that decodes the positives', the unsteered and every window's steered samples
+(no denoiser rows).
 
 Cost: ``(2 + len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2 UNet batch rows per step each);
 the shared window choice ``(2 + 3 * len(grid) / 2) * num_samples``.
@@ -77,7 +79,7 @@ LAYOUT_READERS = ("layout",)
 class Calibration:
     """The outcome of `calibrate`: the chosen strength and the read-out curve it was chosen from."""
 
-    strength: float  # the full edit: MARGIN x the distance minimum
+    strength: float  # the full edit: MARGIN x the distance minimum (an appearance edit's: its colour minimum, strength_by)
     closest: float  # the strength of the distance minimum
     distance: float  # the relative distance to the target there (1 = no closer than unsteered)
     converged: bool  # False: no strength moved samples closer; a middle grid strength was used (with a warning)
@@ -93,6 +95,7 @@ class Calibration:
     # an appearance edit's window choice: the decoded samples' mean colour distance to the positives' own per grid
     # strength, relative to the unsteered samples' (`mean_colours`)
     colour_distances: list[float] | None = None
+    strength_by: str | None = None  # "colour": an appearance edit's strength is its colour minimum (None: MARGIN x closest)
 
     def to_dict(self) -> dict[str, Any]:
         def r(v: Any) -> Any:
@@ -100,7 +103,7 @@ class Calibration:
                 return {k: r(x) for k, x in v.items()} if isinstance(v, dict) else [r(x) for x in v]
             return round(v, 4) if isinstance(v, float) else v
 
-        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at", "open_prompts", "colour_distances", "chosen_by") and v is None)}
+        return {k: r(v) for k, v in asdict(self).items() if not (k in ("window", "route", "branched_at", "open_prompts", "colour_distances", "chosen_by", "strength_by") and v is None)}
 
 
 def cfg_rows_per_sample(**call_kwargs: Any) -> int:
@@ -261,10 +264,25 @@ def calibrate_windows(
     by_colour = [min(results[i].colour_distances) for i in converged if results[i].colour_distances]
     if len(by_colour) == len(converged) > 1:  # an appearance edit
         chosen, by = converged[by_colour.index(min(by_colour))], "colour"
+        for r in results:
+            _strength_by_colour(r)
     results[chosen].unet_rows = sum(r.unet_rows for r in results)
     results[chosen].chosen_by = by
     _warn(results[chosen])
     return chosen, results
+
+
+def _strength_by_colour(result: Calibration) -> None:
+    """An appearance edit's full edit: the strength where its samples' mean colour comes closest to the positives' own
+    (the colour curve's minimum, refined as the latent one is), where that lies inside the grid's reach; else it
+    stays `MARGIN` x the latent minimum. The latent distance weighs layout and colour alike and its minimum hedges, so
+    the margin was fitted; the colour's does not hedge: on the demo model the margin overshot every colour but blue by
+    13-28 % (red peaked at 0.75 and darkened by 1.0; cyan changed garments' class; docs/steering.md "Session 39")."""
+    if not result.colour_distances:
+        return
+    strength, _ = curve_minimum([0.0, *result.grid], [1.0, *result.colour_distances])
+    if strength > 0:
+        result.strength, result.strength_by = strength, "colour"
 
 
 def _appearance_colours(pipe, route: dict[str, Any] | None, z_pos: torch.Tensor, z_open: torch.Tensor, windows: int,

@@ -6,7 +6,9 @@ between the two values cancel (a colour goes dark before it turns). `fit_take_aw
 calibration does: the take-away's own positive prompts ("a red dress", ...) are rewritten with the direction's
 attribute ("a red bag", ...) and sampled, unsteered, as the target; the originals are sampled from the same seeds
 with the replacement at a grid of strengths, over each candidate window, in one batched call per window. The
-strength and window whose samples come closest (latent L2, relative to the unsteered ones) are the fit.
+strength and window whose samples come closest (latent L2, relative to the unsteered ones) are the fit; for an
+appearance edit (one that keeps the layout: a colour replaced), those whose decoded samples' mean colour comes closest,
+where the latent minimum left the garments between the two hues (``fit_by``, docs/steering.md "Session 39").
 Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG; with the default
 windows on a scheduler that resumes exactly (`steer.partial_run.resumable`) the two windows' runs share
 their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 * len(grid)) * num_samples`` images

@@ -173,6 +173,34 @@ def test_an_appearance_edit_takes_the_window_closest_by_colour(monkeypatch, rout
     assert ("colour_distances" in tried[index].to_dict()) == nan_free  # the calibration record: never a NaN in a file
 
 
+@pytest.mark.parametrize("route, colours, strengths, by", [
+    # an appearance edit: each window's full edit is where its colour comes closest (the vertex of the parabola through
+    # the best grid point and its neighbours: 0.34375 and 0.5), not 1.4 x the latent minimum
+    ({"structure": 0.95, "readers": None}, ([0.3, 0.1, 0.2, 0.5], [0.5, 0.3, 0.2, 0.3]), [0.34375, 0.5], "colour"),
+    # a colour curve that never comes closer than unsteered keeps that window's margin strength
+    ({"structure": 0.95, "readers": None}, ([0.3, 0.1, 0.2, 0.5], [1.2, 1.3, 1.4, 1.5]), [0.34375, 0.63], "colour"),
+    ({"structure": 0.45, "readers": ["layout"]}, (None, None), [0.63, 0.63], None),  # a layout edit: the margin
+])
+def test_an_appearance_edits_full_edit_is_where_its_colour_comes_closest(monkeypatch, route, colours, strengths, by):
+    import steer.calibrate as calibrate_module
+    from steer.calibrate import MARGIN, Calibration, calibrate_windows
+    from steer.learn import AUTO_WINDOWS
+
+    grid = [0.2, 0.3, 0.45, 0.7]
+
+    def sweeps(*args, **kwargs):  # latent minimum at 0.45 in both windows: the margin's full edit 0.63
+        return [Calibration(MARGIN * 0.45, 0.45, d, True, grid, [0.5, 0.3, d, 0.4], 10, list(w), route, colour_distances=c)
+                for w, d, c in zip(AUTO_WINDOWS, (0.11, 0.14), colours, strict=True)]
+
+    monkeypatch.setattr(calibrate_module, "branch_step", lambda *a: None)
+    monkeypatch.setattr(calibrate_module, "_sweeps", sweeps)
+    index, tried = calibrate_windows(None, None, ["a red bag"], ["a bag"], AUTO_WINDOWS)
+    assert [r.strength for r in tried] == pytest.approx(strengths, abs=1e-4)
+    assert [r.strength_by for r in tried] == [by if s != pytest.approx(0.63) else None for s in strengths]
+    assert [r.closest for r in tried] == [0.45, 0.45]  # the latent minimum stays recorded
+    assert tried[index].to_dict().get("strength_by") == tried[index].strength_by
+
+
 def test_mean_colours_reads_the_colour_the_vae_decodes(demo):
     """Coloured squares on black (the demo data's look), encoded by the model's VAE: their decoded mean colour comes
     back near the images' own, in the same hue; batches split alike."""
