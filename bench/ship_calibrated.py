@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--keep", nargs="+", default=[], metavar="TARGET",
                     help="targets that do not pass here but stay shipped as an earlier ship wrote them (their files are left "
                          "untouched and the table says they fall short)")
+    ap.add_argument("--as-shipped", nargs="+", default=[], metavar="TARGET",
+                    help="targets whose shipped file stays as it is where it passes read as a --readers-results run measured "
+                         "it, even if the defaults pass too (the file is left untouched; its row shows that run)")
     ap.add_argument("--gallery-note", default=GALLERY_NOTE, help="what the gallery shows (written after looking at it)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -82,7 +85,7 @@ def main() -> None:
     if any(not runs for _, runs in routed):
         raise SystemExit("--readers-results needs a readers value and at least one results.json")
     named = {t for per in summary.values() for t in per}
-    if unknown := sorted(set(args.keep) - named):
+    if unknown := sorted((set(args.keep) | set(args.as_shipped)) - named):
         raise SystemExit(f"--keep {' '.join(unknown)}: no such target in the results (targets: {', '.join(sorted(named))})")
     by_how: dict[str, dict] = {}
     out = Path(args.out) if args.out else DIRECTIONS_DIR if args.model is None else Path(args.model) / MODEL_DIRECTIONS
@@ -97,6 +100,8 @@ def main() -> None:
         for target, m in per.items():
             replicated = replication is None or ships(replication.get(key, {}).get(target, {"pass_at_1": False, "rho_success": 0}))
             how, on_contra = ("default" if ships(m) and replicated else None), contra.get(target)
+            if target in args.as_shipped:  # the file as shipped, measured through its own route, before the defaults
+                how = None
             if how is None and autos and all(ships(run["summary"][key][target]) for run in autos):
                 how, m, on_contra = "auto window", auto["summary"][key][target], auto["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
             for readers, runs in routed:
@@ -104,6 +109,8 @@ def main() -> None:
                     how, m, on_contra = f"{readers} readers", runs[0]["summary"][key][target], runs[0]["summary"].get(f"ours|contra|{kind}|{split}", {}).get(target)
                     by_how[how] = runs[0]
             unreplicated = how is None and ships(m) and not replicated  # the row says so; nothing is shipped
+            if how is None and target in args.as_shipped:
+                raise SystemExit(f"--as-shipped {target}: it passes in none of the --readers-results runs")
             if how is None and target in args.keep:
                 file = out / f"{direction_name(target)}.safetensors"
                 if not file.is_file():
@@ -112,8 +119,10 @@ def main() -> None:
                 kept = SteeringVector.load(file)
                 kept.metadata["benchmark"] = {**benchmark_record(m, split, ""), "falls_short": True}
                 kept.save(file)
-            rows.append((kind, target, split, m, on_contra, how, unreplicated))
-            if how in (None, "kept"):
+            rows.append((kind, target, split, m, on_contra, f"{how}, as shipped" if target in args.as_shipped else how, unreplicated))
+            if how in (None, "kept") or target in args.as_shipped:
+                if target in args.as_shipped and not (out / f"{direction_name(target)}.safetensors").is_file():
+                    raise SystemExit(f"--as-shipped {target}: there is no shipped file to keep")
                 continue
             source = {"default": results, "auto window": auto}.get(how) or by_how[how]
             P = prompts_for(kind, target)
@@ -192,6 +201,7 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
                         *(["--auto-results", *args.auto_results] if args.auto_results else []),
                         *[x for group in args.readers_results or () for x in ("--readers-results", *group)],
                         *(["--keep", *args.keep] if args.keep else []),
+                        *(["--as-shipped", *args.as_shipped] if args.as_shipped else []),
                         *(["--gallery-note", repr(args.gallery_note)] if args.gallery_note != GALLERY_NOTE else [])])
     gallery = "python scripts/bundled_gallery.py" + (f" --model {args.model}" if args.model else "")
     lines = [
@@ -215,6 +225,8 @@ def write_readme(out: Path, rows: list, meta: dict, args: argparse.Namespace) ->
         "colour) (`readers=\"detail\"`: only the up blocks read it, so the garment keeps its class); the row shows the "
         "first of those runs. A target *kept from an earlier ship* does not pass here and ships as an earlier "
         "measurement passed it (its direction untouched, its recorded benchmark these numbers, marked short of the pass: `--keep`). "
+        "A target marked *as shipped* passes with the defaults too, and keeps the file an earlier ship wrote through the "
+        "route the row names, which that route's runs measured (`--as-shipped`: better on another measure, said in docs/steering.md). "
         f"Regenerate: `{command}`. "
         "Full results: docs/steering.md.",
         "",
