@@ -224,6 +224,13 @@ def test_the_command_line_says_when_the_window_was_chosen_by_colour(capsys):
                                        "relative distance to the positives' own samples 0,0.5: 0.116, 0,1: 0.138)\n")
     _print_calibration("", {"window_choice": {**choice, "chosen": [0.0, 0.5], "by": "distance"}}, str)
     assert capsys.readouterr().out == "window: 0,0.5 (relative distance to the positives' own samples 0,0.5: 0.116, 0,1: 0.138)\n"
+    # the full edit where the colour came closest: said with what the margin would have given
+    _print_calibration("", {"calibration": {"strength": 0.3185, "closest": 0.3144, "strength_by": "colour"}}, str)
+    assert capsys.readouterr().out == ("full edit: strength 0.319, where the samples' colour comes closest to the positives' own "
+                                       "(1.4 x the latent distance's minimum would be 0.44)\n")
+    for junk in ({"strength": "x", "closest": 1, "strength_by": "colour"}, {"strength": 0.3, "strength_by": "colour"}, {"strength": 0.3}):
+        _print_calibration("", {"calibration": junk}, str)
+        assert capsys.readouterr().out == ""
 
 
 def test_the_colour_distance_is_to_the_positives_own_colour_relative_to_the_unsteered_one():

@@ -101,6 +101,17 @@ def _print_calibration(label: str, meta: dict, calibrated_for) -> None:
     choice = read_window_choice(meta)
     if choice:  # --window auto: what the calibration compared
         print(f"{label}window: {choice.chosen[0]:g},{choice.chosen[1]:g} {choice.sentence()}")
+    calibration = meta.get("calibration")
+    if isinstance(calibration, dict) and calibration.get("strength_by") == "colour":  # an appearance edit's full edit
+        from steer.calibrate import MARGIN
+
+        try:
+            strength, margin = float(calibration["strength"]), MARGIN * float(calibration["closest"])
+        except (KeyError, TypeError, ValueError):  # a hand-edited record: nothing said of it
+            strength = margin = None
+        if strength is not None:
+            print(f"{label}full edit: strength {strength:.3g}, where the samples' colour comes closest to the positives' own "
+                  f"({MARGIN:g} x the latent distance's minimum would be {margin:.3g})")
     route = meta.get("route_choice")
     if route:  # --readers auto: what the calibration decided on
         read_by = "layout (a layout edit)" if route["readers"] else "all (an appearance edit)"
