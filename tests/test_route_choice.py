@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from steer.appearance import layout_agreement, layout_signatures, mean_colours, structure_kept
-from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, route_advice
+from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, curve_minimum, route_advice
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
@@ -60,8 +60,13 @@ def test_a_class_edit_is_read_by_the_layout_blocks_and_a_colour_edit_by_every_cr
     # every reader's direction and strength: as learned for every reader over the chosen window on the choice's grid
     plain = demo.learn_direction(*blue, readers="all", window=tuple(choice["chosen"]), calibration_grid=WINDOW_CHOICE_GRID, **QUICK)
     assert "route_choice" not in plain.metadata and "readers" not in plain.metadata["recommended"]
-    assert to_blue.metadata["calibration"]["strength"] == pytest.approx(plain.metadata["calibration"]["strength"], rel=1e-3)
-    assert torch.allclose(to_blue.directions["encoder_hidden_states"], plain.directions["encoder_hidden_states"], rtol=1e-3)
+    # the same sweep; its full edit where the samples' colour came closest (session 39), the named route's the margin's
+    auto, named = to_blue.metadata["calibration"], plain.metadata["calibration"]
+    assert auto["closest"] == pytest.approx(named["closest"], rel=1e-3) and named["strength"] == pytest.approx(1.4 * named["closest"], rel=1e-3)
+    assert auto["strength_by"] == "colour" and "strength_by" not in named
+    assert auto["strength"] == pytest.approx(curve_minimum([0.0, *auto["grid"]], [1.0, *auto["colour_distances"]])[0], abs=1e-3)
+    unit = lambda v: v.directions["encoder_hidden_states"] / v.metadata["calibration"]["strength"]  # noqa: E731
+    assert torch.allclose(unit(to_blue), unit(plain), rtol=1e-3, atol=1e-6)
 
 
 def test_structure_kept_is_one_for_the_same_image_and_low_for_a_new_layout(demo):
