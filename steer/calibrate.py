@@ -37,9 +37,11 @@ the shared window choice ``(2 + 3 * len(grid) / 2) * num_samples``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -272,13 +274,29 @@ def calibrate_windows(
     return chosen, results
 
 
+_MARGIN_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("steer_margin_full_edit", default=False)
+
+
+@contextlib.contextmanager
+def margin_full_edit() -> Iterator[None]:
+    """Inside the block (this thread or task only) every calibration's full edit is `MARGIN` x the latent minimum, an
+    appearance edit's too: a two-sided slider's sides, whose flips of stated prompts were fitted and measured at those
+    strengths (with the colour minimum as their full edit the tuning flips fell from 6 to 5 of 8; docs/steering.md
+    "Session 39")."""
+    token = _MARGIN_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _MARGIN_ONLY.reset(token)
+
+
 def _strength_by_colour(result: Calibration) -> None:
     """An appearance edit's full edit: the strength where its samples' mean colour comes closest to the positives' own
     (the colour curve's minimum, refined as the latent one is), where that lies inside the grid's reach; else it
     stays `MARGIN` x the latent minimum. The latent distance weighs layout and colour alike and its minimum hedges, so
     the margin was fitted; the colour's does not hedge: on the demo model the margin overshot every colour but blue by
     13-28 % (red peaked at 0.75 and darkened by 1.0; cyan changed garments' class; docs/steering.md "Session 39")."""
-    if not result.colour_distances:
+    if not result.colour_distances or _MARGIN_ONLY.get():
         return
     strength, _ = curve_minimum([0.0, *result.grid], [1.0, *result.colour_distances])
     if strength > 0:

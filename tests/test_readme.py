@@ -52,6 +52,8 @@ def test_readme_python_blocks_run_as_written(tmp_path):
             "assert blue_end[..., 2].mean() > blue_end[..., 0].mean() + 20 and red_end[..., 0].mean() > red_end[..., 2].mean() + 20, "
             "'the slider: blue at -1, red at +1'",
             "assert slider.opposite is not None and slider.opposite.metadata['positive']['prompts'][0] == 'a blue t-shirt'",
+            "assert blue.metadata['calibration']['strength_by'] == 'colour', 'a one-sided colour edit: its full edit where its colour comes closest'",
+            "assert all('strength_by' not in v.metadata['calibration'] for v in (slider, slider.opposite)), 'a slider side: the margin, as its flips were measured'",
             "blue_shirt, red_bag = (np.asarray(e, dtype=float) for e in turned)",
             "assert blue_shirt[..., 2].mean() > blue_shirt[..., 0].mean() + 20 and red_bag[..., 0].mean() > red_bag[..., 2].mean() + 20, "
             "'the slider turns a prompt that states one end to the other'",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from steer.appearance import layout_agreement, layout_signatures, mean_colours, structure_kept
-from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, curve_minimum, route_advice
+from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID, curve_minimum, margin_full_edit, route_advice
 from steer.cli.loading import load_pipeline
 from steer.cli.main import main
 from steer.lab import data as D
@@ -202,6 +202,9 @@ def test_an_appearance_edits_full_edit_is_where_its_colour_comes_closest(monkeyp
     index, tried = calibrate_windows(None, None, ["a red bag"], ["a bag"], AUTO_WINDOWS)
     assert [r.strength for r in tried] == pytest.approx(strengths, abs=1e-4)
     assert [r.strength_by for r in tried] == [by if s != pytest.approx(0.63) else None for s in strengths]
+    with margin_full_edit():  # a slider's sides: the margin's full edit, as their flips were measured with
+        _, margins = calibrate_windows(None, None, ["a red bag"], ["a bag"], AUTO_WINDOWS)
+    assert [r.strength for r in margins] == pytest.approx([0.63, 0.63]) and [r.strength_by for r in margins] == [None, None]
     assert [r.closest for r in tried] == [0.45, 0.45]  # the latent minimum stays recorded
     assert tried[index].to_dict().get("strength_by") == tried[index].strength_by
 
