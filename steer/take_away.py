@@ -39,6 +39,7 @@ import torch
 from steer.appearance import mean_colours, relative_colour_distances, structure_kept
 from steer.calibrate import (
     LAYOUT_EDIT_BELOW,
+    MARGIN,
     POOR_DISTANCE,
     branch_step,
     check_grid,
@@ -369,6 +370,7 @@ def fit_take_away(
         raise ValueError(f"fit_take_away sets {', '.join(fixed)} itself (the candidate windows are windows=)")
     check_call_kwargs(pipe, call_kwargs, fit_take_away)
     windows = [check_window(w, "each of windows=") for w in windows]
+    grid = [g * margin_units(vector) for g in grid]
     positives, negatives = recorded_prompts(away, "positive"), recorded_prompts(away, "negative")
     like, like_negatives = recorded_prompts(vector, "positive")[0], recorded_prompts(vector, "negative")
     sources = [positives[i % len(positives)] for i in range(num_samples)]
@@ -405,6 +407,20 @@ def fit_take_away(
     if advice:
         warnings.warn(advice, stacklevel=2)
     return fit
+
+
+def margin_units(vector) -> float:
+    """What the take-away grid is multiplied by for ``vector``: where its full edit is its colour minimum
+    (``metadata["calibration"]["strength_by"] == "colour"``), the margin's full edit over it (`MARGIN` x the latent
+    minimum / the strength: 1.1-1.4 on the demo model's colours), so a fit samples the same added strengths as for the
+    margin's full edit that the grid was set on; else 1. A direction only its take-away fit reaches further with
+    (contradicting cyan fell 0.90 -> 0.68 at the grid's top; docs/steering.md "Session 39")."""
+    calibration = vector.metadata.get("calibration") if isinstance(getattr(vector, "metadata", None), Mapping) else None
+    if not isinstance(calibration, Mapping) or calibration.get("strength_by") != "colour":
+        return 1.0
+    closest, strength = calibration.get("closest"), calibration.get("strength")
+    ok = all(isinstance(x, int | float) and math.isfinite(x) and x > 0 for x in (closest, strength))
+    return MARGIN * float(closest) / float(strength) if ok else 1.0
 
 
 def _edit_structure(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, vae: Any) -> float | None:

@@ -259,3 +259,31 @@ def test_a_take_away_that_is_the_direction_or_contradicts_the_negative_mode_is_o
     plan = batch.plan_jobs([(1, {**job, "take_away": b}), (2, {**job, "take_away": r, "steering_negative": "subtract"})],
                            tiny_pipe, tmp_path / "batch", model="tiny")
     assert [f["reason"] for f in plan.failures] == [ITSELF, "take_away removes what the prompt says (steering_negative 'remove'); leave steering_negative out"]
+
+
+def test_a_direction_whose_full_edit_is_its_colour_is_fitted_on_the_margins_strengths(monkeypatch):
+    """A colour direction's full edit is its colour minimum (`steer.calibrate`, session 39), smaller than the margin's
+    that the take-away grid was set on: the fit samples the grid in the margin's units, so the same added strengths."""
+    from steer.calibrate import MARGIN
+    from steer.take_away import GRID, fit_take_away, margin_units
+
+    blue, red = prompt_vector("blue"), prompt_vector("red")
+    assert margin_units(blue) == 1.0  # no calibration record: the grid as given
+    blue.metadata["calibration"] = {"strength": 0.35, "closest": 0.3, "strength_by": "colour"}
+    assert margin_units(blue) == pytest.approx(MARGIN * 0.3 / 0.35)
+    for junk in ({"strength": 0.35, "closest": "x", "strength_by": "colour"}, {"strength": 0.0, "closest": 0.3, "strength_by": "colour"},
+                 {"strength": 0.42, "closest": 0.3}):
+        assert margin_units(SteeringVector({"x": torch.ones(2)}, {"calibration": junk})) == 1.0
+    sampled = []
+
+    def fake_latents(pipe, prompts, seeds, **kw):
+        if "steering_scale" in kw:
+            sampled.append([row[0] for row in kw["steering_scale"]])
+            return torch.tensor([[min(row[0], 1.0)] for row in kw["steering_scale"]])
+        return torch.tensor([[1.0 if "blue" in p else 0.0] for p in prompts])
+
+    monkeypatch.setattr("steer.take_away.sample_latents", fake_latents)
+    monkeypatch.setattr("steer.take_away.branch_step", lambda *a, **k: None)
+    monkeypatch.setattr("steer.take_away.run_length", lambda _pipe, steps: steps)
+    fit = fit_take_away(None, blue, red, num_samples=1, windows=[(0.0, 1.0)])
+    assert sampled[0] == pytest.approx([g * MARGIN * 0.3 / 0.35 for g in GRID]) and fit.grid == pytest.approx(sampled[0])
