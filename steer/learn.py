@@ -571,17 +571,15 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
                 warnings.simplefilter("ignore")  # its advice is recorded (distance) and said by `steer learn`
                 fit = fit_take_away(pipe, toward, away, **fit_options)
         except ValueError as err:  # prompts whose attribute cannot be rewritten into the other's: the sides stay as learned
-            warnings.warn(f"learn: {toward.name!r} will not flip prompts that state the other side: its fit failed ({err})"[:400],
-                          UserWarning, stacklevel=4)
+            warnings.warn(f"learn: {toward.name!r} will not flip prompts that state the other side: its fit failed ({err})"[:400], UserWarning, stacklevel=4)
             continue
         toward.metadata = {**toward.metadata, "flip": {
-            "words": phrases, "strength": round(fit.strength, 4), "window": list(fit.window),
-            "distance": round(fit.distance, 4), "converged": fit.converged, "unet_rows": fit.unet_rows, "chosen_by": fit.chosen_by,
+            "words": phrases, "strength": round(fit.strength, 4), "window": list(fit.window), "distance": round(fit.distance, 4),
+            "converged": fit.converged, "unet_rows": fit.unet_rows, "chosen_by": fit.chosen_by,
             **({"advice": advice} if (advice := fit.advice()) else {})}}
 
 
-def _sampling_record(pipe, num_inference_steps: int, guidance_scale: float, call_kwargs: dict[str, Any],
-                     sampled: bool) -> dict[str, Any] | None:
+def _sampling_record(pipe, num_inference_steps: int, guidance_scale: float, call_kwargs: dict[str, Any], sampled: bool) -> dict[str, Any] | None:
     """``metadata["sampling"]`` of a direction learned from prompts: the sampler, steps, guidance, negative prompt and
     size its samples (and calibrated strength) came from; for a learning that sampled nothing, only the T5 token count
     its prompts were encoded at, where the call set one (None without)."""
