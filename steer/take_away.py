@@ -75,7 +75,7 @@ class TakeAwayFit:
     prompts: list[tuple[str, str]]  # (source, rewritten target) pairs that were sampled
     unet_rows: int
     chosen_by: str = "distance"  # what chose the window and strength: "colour" (an appearance edit's) or "distance"
-    # the share of the layout the edit keeps (`_edit_structure`; None where it was not read), and, where the fit was
+    # the share of the layout the edit keeps (`_appearance`; None where it was not read), and, where the fit was
     # by colour, each window's relative colour distance along the grid ("start,end" -> curve)
     structure: float | None = None
     colour_distances: dict[str, list[float]] | None = None
@@ -346,8 +346,8 @@ def fit_take_away(
         seed, num_inference_steps, guidance_scale: sampling settings (use the guidance you generate with: the
             strength depends on it); ``call_kwargs`` go to every call (``height=``, ``steering_branch=``...).
         batch_size: at most this many images per sampling call (None: one call per sample set); the fit is the same.
-        fit_by: ``"auto"`` (default): for an appearance edit (the edit keeps the layout: `_edit_structure` at least
-            `steer.calibrate.LAYOUT_EDIT_BELOW`; a colour, not an object, is replaced), the window and strength whose
+        fit_by: ``"auto"`` (default): for an appearance edit (the edit keeps the layout: the direction's recorded layout share, else the fit's own
+            `structure_kept`, at least `steer.calibrate.LAYOUT_EDIT_BELOW`; a colour, not an object, is replaced), the window and strength whose
             samples' mean colour comes closest to the rewritten prompts' own; else, and with ``"distance"``, those of
             the smallest latent distance. The latent distance weighs shape and colour alike and its minimum hedges: on
             the demo model its fits left contradicting colours between the source's hue and the target's (blue ->
@@ -415,7 +415,7 @@ def margin_units(vector) -> float:
     minimum / the strength: 1.1-1.4 on the demo model's colours), so a fit samples the same added strengths as for the
     margin's full edit that the grid was set on; else 1. A direction only its take-away fit reaches further with
     (contradicting cyan fell 0.90 -> 0.68 at the grid's top; docs/steering.md "Session 39")."""
-    calibration = vector.metadata.get("calibration") if isinstance(getattr(vector, "metadata", None), Mapping) else None
+    calibration = vector.metadata.get("calibration")
     if not isinstance(calibration, Mapping) or calibration.get("strength_by") != "colour":
         return 1.0
     closest, strength = calibration.get("closest"), calibration.get("strength")
@@ -423,30 +423,32 @@ def margin_units(vector) -> float:
     return MARGIN * float(closest) / float(strength) if ok else 1.0
 
 
-def _edit_structure(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, vae: Any) -> float | None:
-    """The share of the layout the edit keeps: what ``vector``'s calibration measured of its own prompt edit where it
-    chose a route (``metadata["route_choice"]``: "a blue t-shirt" vs "a t-shirt"), else `structure_kept` between the
-    rewritten prompts' samples and the sources' (same seeds); None for latents that are no image grid (Flux packs its
-    latents). The recorded one comes first: two classes of one silhouette (a pullover and a coat) keep the layout
-    between themselves, yet their colours say nothing of the edit."""
-    recorded = vector.metadata.get("route_choice") if isinstance(getattr(vector, "metadata", None), Mapping) else None
+def _recorded_structure(vector) -> float | None:
+    """The share of the layout ``vector``'s own prompt edit keeps, where its calibration chose a route and measured it
+    (``metadata["route_choice"]``: "a blue t-shirt" vs "a t-shirt"); None where it records none."""
+    recorded = vector.metadata.get("route_choice")
     value = recorded.get("structure") if isinstance(recorded, Mapping) else None
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return structure_kept(pipe, z_target, z_source, vae=vae) if z_target.dim() == 4 else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _appearance(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, batch_size: int | None
                 ) -> tuple[float | None, tuple[torch.Tensor, torch.Tensor, int | None, Any] | None]:
-    """``fit_by="auto"``: the share of the layout the edit keeps (`_edit_structure`) and, for an appearance edit whose
-    samples decode to finite values, what `relative_colour_distances` compares with (the rewritten prompts' and the
-    sources' `mean_colours`) and decodes by (None for a layout edit: the latent distance fits it)."""
+    """``fit_by="auto"``: the share of the layout the edit keeps and, for an appearance edit whose samples decode to
+    finite values, what `relative_colour_distances` compares with (the rewritten prompts' and the sources'
+    `mean_colours`) and decodes by (None for a layout edit: the latent distance fits it); (None, None) for latents that
+    are no image grid (Flux packs its latents). The share is the direction's own record (`_recorded_structure`) first,
+    else `structure_kept` between the rewritten prompts' samples and the sources' (same seeds): two classes of one
+    silhouette (a pullover and a coat) keep the layout between themselves, yet their colours say nothing of the edit.
+    The VAE copy (`codec_vae`) is made only where something is decoded."""
     if z_target.dim() != 4:
         return None, None
-    vae = codec_vae(pipe)
-    structure = _edit_structure(pipe, vector, z_target, z_source, vae)
-    if structure is None or structure < LAYOUT_EDIT_BELOW:
+    structure, vae = _recorded_structure(vector), None
+    if structure is None:
+        vae = codec_vae(pipe)
+        structure = structure_kept(pipe, z_target, z_source, vae=vae)
+    if structure < LAYOUT_EDIT_BELOW:
         return structure, None
+    vae = vae if vae is not None else codec_vae(pipe)
     target, source = mean_colours(pipe, z_target, batch_size, vae), mean_colours(pipe, z_source, batch_size, vae)
     finite = bool(torch.isfinite(target).all()) and bool(torch.isfinite(source).all())
     return structure, ((target, source, batch_size, vae) if finite else None)

@@ -141,7 +141,8 @@ def test_an_appearance_take_away_is_fitted_by_the_colour_its_samples_reach(monke
     monkeypatch.setattr("steer.take_away.sample_latents", fake_image_latents)
     monkeypatch.setattr("steer.take_away.branch_step", lambda *a, **k: None)
     monkeypatch.setattr("steer.take_away.run_length", lambda _pipe, steps: steps)
-    monkeypatch.setattr("steer.take_away.codec_vae", lambda _pipe: None)
+    copies = []
+    monkeypatch.setattr("steer.take_away.codec_vae", lambda _pipe: copies.append(1) or object())
     read = []
     monkeypatch.setattr("steer.take_away.structure_kept", lambda _p, a, b, vae=None: read.append(len(a)) or measured)
 
@@ -165,6 +166,8 @@ def test_an_appearance_take_away_is_fitted_by_the_colour_its_samples_reach(monke
     # the distance is the latent one where the fit is (at s = 1 over the first half: |(1, 1) - (0, 1)| / |(1, 1)|)
     assert fit.distance == pytest.approx(2**-0.5 if window == (0.0, 0.5) else 0.36, abs=0.01)
     assert read == ([] if fit_by == "distance" or recorded is not None else [2])
+    # the VAE is copied once where something is decoded, never for a layout edit the direction records as one
+    assert len(copies) == (0 if fit_by == "distance" or recorded == 0.5 else 1)
     assert fit.structure == (None if fit_by == "distance" else recorded if recorded is not None else measured)
     if by == "colour":
         assert fit.colour_distances["0,0.5"][2] == pytest.approx(0.0) and min(fit.colour_distances["0,1"]) == pytest.approx(0.2)
