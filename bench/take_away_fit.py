@@ -60,9 +60,12 @@ def main() -> None:
                     help="fit_take_away(fit_by=...): auto fits an appearance edit by colour; distance: as before session 39")
     ap.add_argument("--fit-margin", type=float, default=1.0,
                     help="a screen: apply each fit at this multiple of its strength (removal min(m*s, 1); default 1, as fitted)")
+    ap.add_argument("--windows", nargs="+", default=None,
+                    help="the fits' candidate windows as start,end (default: fit_take_away's own, by the kind of edit), e.g. 0,0.5 0.2,1")
     ap.add_argument("--targets", nargs="+", default=None, help="only these targets (default: every colour or class); every source is still learned")
     args = ap.parse_args()
     check_seed_bases(args.seed_base, args.noise, args.seeds)
+    windows = [tuple(float(x) for x in w.split(",")) for w in args.windows] if args.windows else None
     out = Path(args.out or ROOT / "docs" / "steering" / "independent" / "take_away" / f"take_away_fit_{args.kind}.json")
     torch.set_num_threads(1)
     t0 = time.time()
@@ -90,7 +93,7 @@ def main() -> None:
         for src in sorted(set(sources)):
             if (target, src) not in fits:
                 fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], grid=args.grid, guidance_scale=args.guidance,
-                                                        fit_by=args.fit_by)
+                                                        fit_by=args.fit_by, windows=windows)
         for base in args.seed_base:
             count = len(P["contra"])
             seeds = [base + (s * count + i if args.noise == "per-image" else s) for s in range(args.seeds) for i in range(count)]
@@ -98,10 +101,13 @@ def main() -> None:
             print(base, target, {k: round(v, 2) for k, v in by_base[base][-1].items() if isinstance(v, float)}, f"{time.time() - t0:.0f}s", flush=True)
         pooled = {k: float(np.mean([by_base[b][-1][k] for b in args.seed_base])) for k, v in by_base[args.seed_base[0]][-1].items() if isinstance(v, float)}
         m = {**pooled, "passes": passes(pooled, "contra", args.kind)}
+        per_source = {src: {k: round(float(np.mean([by_base[b][-1]["per_source"][src][k] for b in args.seed_base])), 3) for k in cells if k != "images"}
+                      | {"images": sum(by_base[b][-1]["per_source"][src]["images"] for b in args.seed_base)}
+                      for src, cells in by_base[args.seed_base[0]][-1]["per_source"].items()}
         used = [fits[(target, s)] for s in sorted(set(sources))]
         rows.append({"target": target, "split": "tuning" if target in TUNING[args.kind] else "held-out", **m,
                      "passes_per_set": [bool(by_base[b][-1]["passes"]) for b in args.seed_base],
-                     "fits": {s: fits[(target, s)].to_dict() for s in sorted(set(sources))},
+                     "fits": {s: fits[(target, s)].to_dict() for s in sorted(set(sources))}, "per_source": per_source,
                      "strengths": [round(f.strength, 3) for f in used], "windows": [list(f.window) for f in used]})
         print(target, {k: round(v, 2) for k, v in m.items() if isinstance(v, float)}, m["passes"], rows[-1]["strengths"], rows[-1]["windows"], f"{time.time() - t0:.0f}s", flush=True)
     summary = {}
@@ -113,8 +119,8 @@ def main() -> None:
     every = list(fits.values())
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds,
             "seed_bases": args.seed_base, "noise": args.noise, "fit_margin": args.fit_margin, "fit_by": args.fit_by, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
-            "grid": args.grid, "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
-            "whole_run_share": float(np.mean([f.window == (0.0, 1.0) for f in every])) if every else 0.0,
+            "grid": args.grid, "windows": [list(w) for w in windows] if windows else "fit_take_away's own", "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
+            "whole_run_share": float(np.mean([f.window[1] == 1.0 for f in every])) if every else 0.0,  # windows to the run's end
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,
             "wall_seconds": round(time.time() - t0, 1)}
     out.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows, "per_set": {str(b): r for b, r in by_base.items()}}, indent=1))
@@ -138,8 +144,15 @@ def judged(pipe, classifier, args, target, targets, vectors, fits, prompts, sour
                           steering_scale=scale, steering_negative="remove", steering_window=window, num_inference_steps=args.steps,
                           guidance_scale=args.guidance, output_type="np").images
         images[idx] = out_images.transpose(0, 3, 1, 2)
-    m = cell_metrics(judge(classifier, images), ref_j, args.kind, (C if args.kind == "colour" else K).index(target))
+    j, index = judge(classifier, images), (C if args.kind == "colour" else K).index(target)
+    m = cell_metrics(j, ref_j, args.kind, index)
     m["passes"] = passes(m, "contra", args.kind)
+    # each source's prompts alone (a few images each: for reading where a cell fails, not for a verdict)
+    m["per_source"] = {}
+    for src in sorted(set(sources)):
+        rows = np.array([s == src for s in sources])
+        m["per_source"][src] = {k: round(v, 3) for k, v in cell_metrics({k: v[rows] for k, v in j.items()}, {k: v[rows] for k, v in ref_j.items()},
+                                                                            args.kind, index).items()} | {"images": int(rows.sum())}
     return m
 
 

@@ -246,7 +246,7 @@ def learn_direction(
             18 s against 4.4 s one-sided for a colour pair on the demo model and a 2-core CPU.
         flip_stated: with ``two_sided``, also fit per side the strength and window at which it replaces a prompt's
             statement of the other side ("a red t-shirt" slid toward blue: the side added, the other taken away;
-            `steer.take_away.fit_take_away`, 1,584 UNet rows a side at its defaults), recorded with the words that
+            `steer.take_away.fit_take_away`, 2,016 UNet rows a colour side, 1,584 a class one), recorded with the words that
             state each side in ``metadata["flip"]``: calls then flip rows whose prompt states the other side
             (`steer.sliders`). False: the slider adds its sides only.
     """

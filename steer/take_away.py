@@ -8,11 +8,12 @@ attribute ("a red bag", ...) and sampled, unsteered, as the target; the original
 with the replacement at a grid of strengths, over each candidate window, in one batched call per window. The
 strength and window whose samples come closest (latent L2, relative to the unsteered ones) are the fit; for an
 appearance edit (one that keeps the layout: a colour replaced), those whose decoded samples' mean colour comes closest,
-where the latent minimum left the garments between the two hues (``fit_by``, docs/steering.md "Session 39").
-Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG; with the default
-windows on a scheduler that resumes exactly (`steer.partial_run.resumable`) the two windows' runs share
-their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 * len(grid)) * num_samples`` images
-(1,584 UNet rows at the defaults, against 2,016 with each window sampled whole).
+where the latent minimum left the garments between the two hues (``fit_by``, docs/steering.md "Session 39"), over
+its own candidate windows (`APPEARANCE_WINDOWS`: the first half, or from a quarter of the run to its end).
+Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2,016 UNet rows at
+the defaults); a layout edit's default windows (`WINDOWS`) on a scheduler that resumes exactly
+(`steer.partial_run.resumable`) share their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 *
+len(grid)) * num_samples`` images (1,584 rows).
 
 Which direction to take away is read from the words the directions record (`suggested_take_aways`: "a red sneaker"
 with to_blue states to_red's "red"), among the files beside the direction and the model's bundled ones
@@ -56,7 +57,10 @@ from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwar
 from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-WINDOWS = ((0.0, 0.5), (0.0, 1.0))
+WINDOWS = ((0.0, 0.5), (0.0, 1.0))  # the candidate windows of a layout edit's fit (an object replaced)
+# an appearance edit's (a colour replaced): the second starts once the prompt's own object is laid out, so the
+# replacement can be pushed further without redrawing it (contradicting red 0.71 -> 0.99, docs/steering.md "Session 40")
+APPEARANCE_WINDOWS = ((0.0, 0.5), (0.25, 1.0))
 FIT_STEPS = 12  # sampling steps of a fit by default
 FIT_BY = ("auto", "distance")  # fit_take_away(fit_by=...): by colour for an appearance edit, else distance; distance alone
 
@@ -327,7 +331,7 @@ def fit_take_away(
     *,
     num_samples: int = 6,
     grid: Sequence[float] = GRID,
-    windows: Sequence[tuple[float, float]] = WINDOWS,
+    windows: Sequence[tuple[float, float]] | None = None,
     seed: int = 0,
     num_inference_steps: int = FIT_STEPS,
     guidance_scale: float = 7.5,
@@ -342,7 +346,8 @@ def fit_take_away(
         vector: the direction to add ("toward bag"); away: the direction to take away ("toward dress"). Both learned
             from prompts that differ in the attribute's words ("a red bag" vs "a red item").
         num_samples: source prompts (``away``'s positives, cycled) and seeds; grid: the strengths tried, ascending;
-            windows: the candidate steering windows.
+            windows: the candidate steering windows (None: `APPEARANCE_WINDOWS` for an edit fitted by colour, else
+            `WINDOWS`).
         seed, num_inference_steps, guidance_scale: sampling settings (use the guidance you generate with: the
             strength depends on it); ``call_kwargs`` go to every call (``height=``, ``steering_branch=``...).
         batch_size: at most this many images per sampling call (None: one call per sample set); the fit is the same.
@@ -360,16 +365,16 @@ def fit_take_away(
         raise ValueError(f"fit_by= is one of {', '.join(map(repr, FIT_BY))}, got {short(fit_by)}")
     if away is vector or away.digest() == vector.digest():
         raise ValueError(ITSELF)
-    if not windows:
+    if windows is not None and not windows:
         raise ValueError("give at least one candidate window")
-    if isinstance(windows[0], int | float):  # windows=(0, 1): one window, not a list of them
+    if windows is not None and isinstance(windows[0], int | float):  # windows=(0, 1): one window, not a list of them
         one = ", ".join(short(w) for w in list(windows)[:2])
         raise ValueError(f"windows= is a list of candidate windows (windows=[({one})]), not one window")
     fixed = sorted(k for k in ("steering", "steering_scale", "steering_window", "steering_negative") if k in call_kwargs)
     if fixed:
         raise ValueError(f"fit_take_away sets {', '.join(fixed)} itself (the candidate windows are windows=)")
     check_call_kwargs(pipe, call_kwargs, fit_take_away)
-    windows = [check_window(w, "each of windows=") for w in windows]
+    given = None if windows is None else [check_window(w, "each of windows=") for w in windows]
     grid = [g * margin_units(vector) for g in grid]
     positives, negatives = recorded_prompts(away, "positive"), recorded_prompts(away, "negative")
     like, like_negatives = recorded_prompts(vector, "positive")[0], recorded_prompts(vector, "negative")
@@ -381,6 +386,7 @@ def fit_take_away(
     z_source = sample_latents(pipe, sources, seeds, flat=False, batch_size=batch_size, **kw)
     start = float((z_source.flatten(1) - z_target.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
     structure, colours = _appearance(pipe, vector, z_target, z_source, batch_size) if fit_by == "auto" else (None, None)
+    windows = given if given is not None else list(APPEARANCE_WINDOWS if colours is not None else WINDOWS)
     samples, set_steps = _steered_samples(pipe, vector, away, sources, seeds, grid, windows, batch_size, kw)
     distances: dict[str, list[float]] = {}
     colour_distances: dict[str, list[float]] = {}

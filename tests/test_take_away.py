@@ -1,6 +1,7 @@
 """Fitting a take-away (`steer.take_away`): the prompt rewriting, the fit's bookkeeping on a tiny pipeline, and its
 errors."""
 
+import math
 import warnings
 
 import pytest
@@ -9,6 +10,7 @@ from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteSchedul
 
 from steer import SteeringVector
 from steer.denoisers import CONTEXT_SITE, layer_channels
+from steer.take_away import APPEARANCE_WINDOWS, WINDOWS
 from steer.testing import tiny_pipeline
 from steer.wording import attribute_span, attribute_words, open_prompts, rewrite_attribute
 
@@ -51,7 +53,7 @@ def fit_counting_rows(pipe, blue, red, shared: bool = True, steps: int = 2, **kw
 
 def test_fit_samples_the_rewritten_prompts_and_counts_its_cost(tiny_pipe):
     blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
-    fit, rows = fit_counting_rows(tiny_pipe, blue, red)
+    fit, rows = fit_counting_rows(tiny_pipe, blue, red, fit_by="distance")
     assert fit.prompts == [("a red sneaker", "a blue sneaker"), ("a red bag", "a blue bag")]
     assert fit.window in {(0.0, 0.5), (0.0, 1.0)} and set(fit.distances) == {"0,0.5", "0,1"}
     assert all(len(curve) == 2 for curve in fit.distances.values()) and 0.5 <= fit.strength <= 1.0
@@ -125,6 +127,13 @@ def fake_image_latents(pipe, prompts, seeds, **kw):
     return torch.tensor([[[[0.0]], [[row[0]]]] if early else [[[0.9 * row[0]]], [[0.4 * row[0]]]] for row in kw["steering_scale"]])
 
 
+def colours_read(fit_by, recorded, measured, colour) -> bool:
+    """Whether a fit's samples were read by colour: an appearance edit (recorded, else measured, layout share at
+    least 0.8) whose decodes are finite, fitted with ``fit_by="auto"``."""
+    share = recorded if recorded is not None else measured
+    return fit_by == "auto" and share >= 0.8 and math.isfinite(colour)
+
+
 @pytest.mark.parametrize(
     ("recorded", "measured", "fit_by", "colour", "window", "strength", "by"),
     [
@@ -161,7 +170,10 @@ def test_an_appearance_take_away_is_fitted_by_the_colour_its_samples_reach(monke
         warnings.simplefilter("ignore")
         fit = fit_take_away(None, vector, prompt_vector("red"), num_samples=2, fit_by=fit_by)
     assert fit.window == window and fit.chosen_by == by and fit.to_dict()["chosen_by"] == by
-    assert min(fit.distances["0,1"]) < min(fit.distances["0,0.5"]), "the latent distance prefers the whole run: the colour overrules it"
+    # an edit fitted by colour tries its own windows: the second starts a quarter into the run (the fake samples the same)
+    late = "0.25,1" if colours_read(fit_by, recorded, measured, colour) else "0,1"
+    assert set(fit.distances) == {"0,0.5", late}
+    assert min(fit.distances[late]) < min(fit.distances["0,0.5"]), "the latent distance prefers the later window: the colour overrules it"
     assert fit.strength == pytest.approx(strength, abs=0.02)
     # the distance is the latent one where the fit is (at s = 1 over the first half: |(1, 1) - (0, 1)| / |(1, 1)|)
     assert fit.distance == pytest.approx(2**-0.5 if window == (0.0, 0.5) else 0.36, abs=0.01)
@@ -170,18 +182,25 @@ def test_an_appearance_take_away_is_fitted_by_the_colour_its_samples_reach(monke
     assert len(copies) == (0 if fit_by == "distance" or recorded == 0.5 else 1)
     assert fit.structure == (None if fit_by == "distance" else recorded if recorded is not None else measured)
     if by == "colour":
-        assert fit.colour_distances["0,0.5"][2] == pytest.approx(0.0) and min(fit.colour_distances["0,1"]) == pytest.approx(0.2)
-        assert fit.to_dict()["colour_distances"]["0,1"][-1] == 0.2 and "fitted by the samples' colour" in fit.window_note()
+        assert fit.colour_distances["0,0.5"][2] == pytest.approx(0.0) and min(fit.colour_distances[late]) == pytest.approx(0.2)
+        assert fit.to_dict()["colour_distances"][late][-1] == 0.2 and "fitted by the samples' colour" in fit.window_note()
     else:
         assert fit.colour_distances is None and "colour_distances" not in fit.to_dict() and fit.window_note() == ""
 
 
-def test_the_fit_by_colour_samples_nothing_more(tiny_pipe):
+def test_the_fit_by_colour_samples_its_own_windows_whole(tiny_pipe):
+    """An appearance edit's candidate windows (the first half; from a quarter of the run to its end) share no first
+    part, so each is sampled whole; the first half's samples are the same as a distance fit's."""
     blue, red = learned(tiny_pipe, "blue"), learned(tiny_pipe, "red")
+    blue.metadata["route_choice"] = {"structure": 0.95, "below": 0.8, "readers": None}  # a colour edit, as learned ones record
     auto, rows = fit_counting_rows(tiny_pipe, blue, red)
     plain, rows_plain = fit_counting_rows(tiny_pipe, blue, red, fit_by="distance")
-    assert rows == rows_plain == auto.unet_rows and auto.distances == plain.distances
-    assert isinstance(auto.structure, float) and auto.chosen_by in ("colour", "distance") and plain.structure is None
+    assert set(auto.distances) == {"0,0.5", "0.25,1"} and set(plain.distances) == {"0,0.5", "0,1"}
+    assert auto.distances["0,0.5"] == pytest.approx(plain.distances["0,0.5"], abs=1e-5)
+    assert auto.window in APPEARANCE_WINDOWS and set(auto.colour_distances or {"0,0.5": 0, "0.25,1": 0}) == {"0,0.5", "0.25,1"}
+    # 2 steps, 2 samples, CFG: sources and targets whole, then each window's 2 strengths whole (a distance fit: 24 rows less)
+    assert rows == auto.unet_rows == (2 * 2 + 2 * 2 * 2) * 2 * 2 and rows_plain == plain.unet_rows == rows - 8
+    assert auto.structure == 0.95 and plain.structure is None
     with pytest.raises(ValueError, match=r"^fit_by= is one of 'auto', 'distance', got 'colour'$"):
         tiny_pipe.fit_take_away(blue, red, fit_by="colour")
 
@@ -202,8 +221,8 @@ def test_the_windows_share_their_first_half_and_fit_as_when_sampled_whole(tiny_p
         for v in (blue, red):
             v.metadata["recommended"].pop("removal_window")
     split = {"batch_size": 3} if scheduler != "ddim" else {}
-    shared, rows = fit_counting_rows(pipe, blue, red, steps=4, **split)
-    whole, rows_whole = fit_counting_rows(pipe, blue, red, shared=False, steps=4, **split)
+    shared, rows = fit_counting_rows(pipe, blue, red, steps=4, windows=WINDOWS, **split)
+    whole, rows_whole = fit_counting_rows(pipe, blue, red, shared=False, steps=4, windows=WINDOWS, **split)
     for key in ("0,0.5", "0,1"):
         assert shared.distances[key] == pytest.approx(whole.distances[key], abs=1e-5)
     assert shared.strength == pytest.approx(whole.strength, abs=1e-5) and shared.window == whole.window
@@ -218,10 +237,10 @@ def test_fit_splits_its_calls_by_batch_size_with_the_same_result(tiny_pipe):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            one = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, batch_size=None)
+            one = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, batch_size=None, windows=WINDOWS)
             widest = max(calls)
             calls.clear()
-            split = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, batch_size=1)
+            split = tiny_pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, batch_size=1, windows=WINDOWS)
     finally:
         handle.remove()
     assert widest == 2 * 2 * 2 * 2 and max(calls) == 2, "one image (2 CFG rows) per call"  # the tail: 2 x grid x samples

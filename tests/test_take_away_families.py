@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from steer.calibrate import WINDOW_CHOICE_GRID
+from steer.calibrate import LAYOUT_EDIT_BELOW, WINDOW_CHOICE_GRID
 from steer.sliders import without_flips
+from steer.take_away import APPEARANCE_WINDOWS, WINDOWS
 from steer.testing import tiny_pipeline
 from steer.testing.flux import tiny_flux_pipeline
 from steer.testing.pixart import TINY_CALL, tiny_pixart_pipeline
@@ -35,7 +36,10 @@ def test_a_fitted_take_away_runs_and_steers_on_every_family(family):
         fit = pipe.fit_take_away(blue, red, num_samples=2, grid=(0.5, 1.0), num_inference_steps=2, **call)
     assert red.metadata["reference_level"], "text directions record the level a removal needs"
     assert fit.prompts == [("a red sneaker", "a blue sneaker"), ("a red bag", "a blue bag")]
-    assert fit.window in {(0.0, 0.5), (0.0, 1.0)} and 0.0 < fit.strength <= 1.0 and np.isfinite(fit.distance)
+    # an edit that keeps the layout (a colour replaced) is fitted over its own windows, Flux's packed latents as before
+    windows = APPEARANCE_WINDOWS if fit.structure is not None and fit.structure >= LAYOUT_EDIT_BELOW else WINDOWS
+    assert fit.window in windows and set(fit.distances) == {f"{a:g},{b:g}" for a, b in windows}
+    assert 0.0 < fit.strength <= 1.0 and np.isfinite(fit.distance)
 
     def generate(on=pipe, **steer):
         return on(["a red sneaker", "a red sneaker"], generator=[torch.Generator().manual_seed(0) for _ in range(2)],
