@@ -40,7 +40,8 @@ RESULTS, CONTRA = "docs/steering/two_sided/results.json", "docs/steering/two_sid
 GALLERY_NOTE = ("on the open prompts every slider runs from its - end through the prompt's own image to its + end (the class "
                 "sliders' open prompt is the calibration's \"a red\"); a stated end is held toward itself and turned at the other "
                 "end, passing through another hue or a dark garment at +-0.5 (\"a red t-shirt\" dark green at -0.5, blue at -1); "
-                "the failures the table lists show: green/red's \"a green t-shirt\" goes dark red-brown at -1; red/blue's "
+                "\"a green t-shirt\" slid to red is a bright red at -0.5 and -1 since the flips start a quarter into the run "
+                "(session 40; a dark red-brown before); red/blue's "
                 "open +1, a dark red while its sides shared one window, is now as bright a red as +0.5 (each side in its own "
                 "window: the red side the whole run), though on the independent sets it still reads red only 0.81 and 0.84, "
                 "past its peak at +0.75.")

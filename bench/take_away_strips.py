@@ -8,6 +8,7 @@ and writes one PNG: prompts left to right, rows top to bottom.
 
     python bench/take_away_strips.py --target orange --out docs/steering/take_away_colour/orange_by_colour.png
     python bench/take_away_strips.py --target orange --fit-by distance --mults 0 0.75 1 1.5 2 --out strip.png
+    python bench/take_away_strips.py --target red --windows 0,0.5 0,1 --out red_before.png   # session 39's windows
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ def main() -> None:
     ap.add_argument("--target", choices=C, default="orange")
     ap.add_argument("--mults", type=float, nargs="+", default=[0.0, 1.0], help="multiples of the fitted strength, one row each")
     ap.add_argument("--fit-by", choices=("auto", "distance"), default="auto")
+    ap.add_argument("--windows", nargs="+", default=None,
+                    help="the fits' candidate windows as start,end (default: fit_take_away's own), e.g. 0,0.5 0,1 (before session 40)")
     ap.add_argument("--seed-base", type=int, default=3000, help="seeds seed_base .. seed_base + 3")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--model", default=None, help="pipeline folder (default: the embedded demo model)")
     ap.add_argument("--out", required=True, help="the PNG to write")
     args = ap.parse_args()
+    windows = [tuple(float(x) for x in w.split(",")) for w in args.windows] if args.windows else None
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the fits' advice is printed with each row instead
     pipe, classifier = load_pipeline(args.model, "cpu"), load_classifier()
@@ -57,7 +61,7 @@ def main() -> None:
     columns = []
     for prompt in contra:
         source = source_of("colour", prompt)
-        fit = pipe.fit_take_away(vectors[args.target], vectors[source], guidance_scale=args.guidance, fit_by=args.fit_by)
+        fit = pipe.fit_take_away(vectors[args.target], vectors[source], guidance_scale=args.guidance, fit_by=args.fit_by, windows=windows)
         own = pipe([prompt.replace(source, args.target, 1)] * 4, generator=generators(seeds), **sampling).images
         rows = [own]
         for mult in args.mults:
