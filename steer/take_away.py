@@ -10,7 +10,7 @@ strength and window whose samples come closest (latent L2, relative to the unste
 appearance edit (one that keeps the layout: a colour replaced), those whose decoded samples' mean colour comes closest,
 where the latent minimum left the garments between the two hues (``fit_by``, docs/steering.md "Session 39"), over
 its own candidate windows (`APPEARANCE_WINDOWS`: the first half, or from a quarter of the run to its end).
-Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (2,016 UNet rows at
+Cost: ``(2 + len(windows) * len(grid)) * num_samples`` images at ``num_inference_steps`` with CFG (an appearance edit: 2,016 UNet rows at
 the defaults); a layout edit's default windows (`WINDOWS`) on a scheduler that resumes exactly
 (`steer.partial_run.resumable`) share their first half, as in `steer.calibrate.calibrate_windows`: ``(2 + 1.5 *
 len(grid)) * num_samples`` images (1,584 rows).
