@@ -62,6 +62,9 @@ def main() -> None:
                     help="a screen: apply each fit at this multiple of its strength (removal min(m*s, 1); default 1, as fitted)")
     ap.add_argument("--windows", nargs="+", default=None,
                     help="the fits' candidate windows as start,end (default: fit_take_away's own, by the kind of edit), e.g. 0,0.5 0.2,1")
+    ap.add_argument("--remove-others", action="store_true",
+                    help="a probe: take away every other value of the attribute as well as the source, at the fit's strength "
+                         "(the fits themselves sample the source alone)")
     ap.add_argument("--targets", nargs="+", default=None, help="only these targets (default: every colour or class); every source is still learned")
     args = ap.parse_args()
     check_seed_bases(args.seed_base, args.noise, args.seeds)
@@ -118,7 +121,7 @@ def main() -> None:
                           "pass_per_set": [sum(r["passes_per_set"][i] for r in sel) for i in range(len(args.seed_base))]}
     every = list(fits.values())
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds,
-            "seed_bases": args.seed_base, "noise": args.noise, "fit_margin": args.fit_margin, "fit_by": args.fit_by, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
+            "seed_bases": args.seed_base, "noise": args.noise, "fit_margin": args.fit_margin, "remove_others": args.remove_others, "fit_by": args.fit_by, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
             "grid": args.grid, "windows": [list(w) for w in windows] if windows else "fit_take_away's own", "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window[1] == 1.0 for f in every])) if every else 0.0,  # windows to the run's end
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,
@@ -134,12 +137,15 @@ def judged(pipe, classifier, args, target, targets, vectors, fits, prompts, sour
     images = np.zeros((len(prompts), 3, 32, 32), dtype=np.float32)
     for window in sorted({fits[(target, s)].window for s in sources}):
         idx = [i for i, s in enumerate(sources) if fits[(target, s)].window == window]
-        names = sorted({sources[i] for i in idx})
+        names = sorted({sources[i] for i in idx} if not args.remove_others else set(vectors) - {target})
         scale = torch.zeros(len(idx), 1 + len(names))
         for r, i in enumerate(idx):
             add, remove = pair_scales(fits[(target, sources[i])].strength * args.fit_margin)
             scale[r, 0] = add
-            scale[r, 1 + names.index(sources[i])] = remove
+            # the row's own source; with --remove-others every other value of the attribute too (each only where the
+            # prompt carries more of it than the open prompts: `steering_negative="remove"`)
+            for n in names if args.remove_others else [sources[i]]:
+                scale[r, 1 + names.index(n)] = remove
         out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[targets[target]] + [vectors[n] for n in names],
                           steering_scale=scale, steering_negative="remove", steering_window=window, num_inference_steps=args.steps,
                           guidance_scale=args.guidance, output_type="np").images
