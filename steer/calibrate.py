@@ -280,9 +280,9 @@ _MARGIN_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("steer_margi
 @contextlib.contextmanager
 def margin_full_edit() -> Iterator[None]:
     """Inside the block (this thread or task only) every calibration's full edit is `MARGIN` x the latent minimum, an
-    appearance edit's too: a two-sided slider's sides, whose flips of stated prompts were fitted and measured at those
-    strengths (with the colour minimum as their full edit the tuning flips fell from 6 to 5 of 8; docs/steering.md
-    "Session 39")."""
+    appearance edit's too (as before session 39). Two-sided sliders learned inside it until session 40, when their
+    flips, fitted over an appearance edit's own windows, held with the colour's full edit (docs/steering.md "Session
+    40"); it stays for learning directions comparable with files from before."""
     token = _MARGIN_ONLY.set(True)
     try:
         yield

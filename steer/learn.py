@@ -25,7 +25,6 @@ from steer.calibrate import (
     calibrate_windows,
     calibration_sets,
     check_grid,
-    margin_full_edit,
 )
 from steer.calibrate import calibrate as run_calibration
 from steer.config import BRANCHES, PAPER_WINDOW, SteeringConfig, check_window, outside_steering_blocks
@@ -255,8 +254,7 @@ def learn_direction(
     if two_sided:
         given = dict(locals())  # the keyword arguments, each side learned with them
         options = {k: v for k, v in given.items() if k not in ("pipe", "positive", "negative", "two_sided", "flip_stated", "call_kwargs")}
-        with margin_full_edit():  # the sides' full edits as their flips were measured with (`steer.calibrate`)
-            return _learn_two_sided(pipe, positive, negative, options, call_kwargs, flip_stated)
+        return _learn_two_sided(pipe, positive, negative, options, call_kwargs, flip_stated)
     unet = denoiser_of(pipe)
     pos_items, neg_items = _as_items(positive), _as_items(negative)
     if not pos_items:

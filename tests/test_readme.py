@@ -53,7 +53,8 @@ def test_readme_python_blocks_run_as_written(tmp_path):
             "'the slider: blue at -1, red at +1'",
             "assert slider.opposite is not None and slider.opposite.metadata['positive']['prompts'][0] == 'a blue t-shirt'",
             "assert blue.metadata['calibration']['strength_by'] == 'colour', 'a one-sided colour edit: its full edit where its colour comes closest'",
-            "assert all('strength_by' not in v.metadata['calibration'] for v in (slider, slider.opposite)), 'a slider side: the margin, as its flips were measured'",
+            "assert all(v.metadata['calibration'].get('strength_by') == 'colour' for v in (slider, slider.opposite)), "
+            "'a colour slider side: its full edit where its colour comes closest too (session 40)'",
             "blue_shirt, red_bag = (np.asarray(e, dtype=float) for e in turned)",
             "assert blue_shirt[..., 2].mean() > blue_shirt[..., 0].mean() + 20 and red_bag[..., 0].mean() > red_bag[..., 2].mean() + 20, "
             "'the slider turns a prompt that states one end to the other'",
