@@ -43,8 +43,8 @@ GALLERY_NOTE = ("on the open prompts every slider runs from its - end through th
                 "\"a green t-shirt\" slid to red is a bright red at -0.5 and -1 since the flips start a quarter into the run "
                 "(session 40; a dark red-brown before); red/blue's "
                 "open +1, a dark red while its sides shared one window, is now as bright a red as +0.5 (each side in its own "
-                "window: the red side the whole run), though on the independent sets it still reads red only 0.81 and 0.84, "
-                "past its peak at +0.75.")
+                "window: the red side the whole run), and since each colour side's full edit is where its colour comes closest "
+                "(session 40) it reads red 0.97 on both independent sets, where it had peaked at +0.75 and read 0.81 and 0.84.")
 
 
 def slider_name(pos: str, neg: str) -> str:
