@@ -7,9 +7,11 @@
    ``batch_size=64`` (each of the calibration's sample sets in one call, up to 48 images, as before): seconds, the
    widest UNet batch seen, and the calibrated strengths (each image has its own seed, so they should agree to float
    noise).
-2. ``fit_take_away`` (bundled directions, guidance 5, the fit's defaults) with the two candidate windows sharing their
-   first half (the default on DDIM) against each window sampled whole: seconds, UNet rows, and the fitted strength and
-   window (the same run cut and resumed, so they should agree to float noise).
+2. ``fit_take_away`` (bundled directions, guidance 5, the fit's defaults) with the two candidate windows of a layout
+   edit (`steer.take_away.WINDOWS`) sharing their first half (the default on DDIM) against each window sampled whole:
+   seconds, UNet rows, and the fitted strength and window (the same run cut and resumed, so they should agree to float
+   noise). Since session 40 an appearance edit (the colour pairs) is fitted over its own windows by default
+   (`APPEARANCE_WINDOWS`, which share no first part): timed too, as ``fit_default``.
 
 The variants alternate within each round so a loaded machine slows both alike. 1 torch thread.
 """
@@ -63,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(1)
     pipe = load_pipeline(None, "cpu", progress=False)
     pipe.set_progress_bar_config(disable=True)
-    learn, fit = [], []
+    learn, fit, fit_default = [], [], []
     for round_ in range(args.rounds):
         for kind, target in TARGETS:
             P = prompts_for(kind, target)
@@ -81,12 +83,17 @@ def main() -> None:
             for shared in (True, False):
                 take_away_module.branch_step = branch if shared else (lambda *a, **k: None)
                 try:
-                    result, widest, seconds = widest_batch(pipe, lambda v=vector, a=away: pipe.fit_take_away(v, a, guidance_scale=5.0))
+                    result, widest, seconds = widest_batch(pipe, lambda v=vector, a=away: pipe.fit_take_away(v, a, guidance_scale=5.0,
+                                                                                                 windows=take_away_module.WINDOWS))
                 finally:
                     take_away_module.branch_step = branch
                 fit.append({"round": round_, "pair": [target, source], "shared": shared, "seconds": round(seconds, 2), "unet_rows": result.unet_rows,
                             "strength": round(result.strength, 5), "window": list(result.window)})
                 print(json.dumps(fit[-1]), flush=True)
+            result, widest, seconds = widest_batch(pipe, lambda v=vector, a=away: pipe.fit_take_away(v, a, guidance_scale=5.0))
+            fit_default.append({"round": round_, "pair": [target, source], "seconds": round(seconds, 2), "unet_rows": result.unet_rows,
+                                "strength": round(result.strength, 5), "window": list(result.window), "chosen_by": result.chosen_by})
+            print(json.dumps(fit_default[-1]), flush=True)
 
     def mean(rows, **match):
         picked = [r["seconds"] for r in rows if all(r[k] == v for k, v in match.items())]
@@ -107,13 +114,15 @@ def main() -> None:
         "fit_unet_rows": {"shared": fit[0]["unet_rows"], "whole": fit[1]["unet_rows"]},
         "fit_strength_max_relative_difference": agree(fit, "shared", True, False, "strength"),
         "fit_same_windows": all(a["window"] == b["window"] for a, b in zip(fit[::2], fit[1::2], strict=True)),
+        "fit_default": {"/".join(pair): {"seconds": mean(fit_default, pair=list(pair)), "unet_rows": next(r["unet_rows"] for r in fit_default if r["pair"] == list(pair))}
+                        for pair in PAIRS},
     }
     print(json.dumps(summary))
     meta = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "machine": f"{platform.machine()} CPU, 1 thread",
             "model": "assets/models/demo"}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn, "fit": fit}, indent=1))
+    out.write_text(json.dumps({"meta": meta, "summary": summary, "learn": learn, "fit": fit, "fit_default": fit_default}, indent=1))
 
 
 if __name__ == "__main__":
