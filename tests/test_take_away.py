@@ -191,7 +191,7 @@ def test_the_fit_by_colour_samples_its_own_windows_whole(tiny_pipe):
     assert set(auto.distances) == {"0,0.5", "0.25,1"} and set(plain.distances) == {"0,0.5", "0,1"}
     assert auto.distances["0,0.5"] == pytest.approx(plain.distances["0,0.5"], abs=1e-5)
     assert auto.window in APPEARANCE_WINDOWS and set(auto.colour_distances or {"0,0.5": 0, "0.25,1": 0}) == {"0,0.5", "0.25,1"}
-    # 2 steps, 2 samples, CFG: sources and targets whole, then each window's 2 strengths whole (a distance fit: 24 rows less)
+    # 2 steps, 2 samples, CFG: sources and targets whole, then each window's 2 strengths whole (a distance fit, sharing its first step: 8 rows less)
     assert rows == auto.unet_rows == (2 * 2 + 2 * 2 * 2) * 2 * 2 and rows_plain == plain.unet_rows == rows - 8
     assert auto.structure == 0.95 and plain.structure is None
     with pytest.raises(ValueError, match=r"^fit_by= is one of 'auto', 'distance', got 'colour'$"):
