@@ -205,7 +205,7 @@ def _generate_panel(app: SteerApp, demo: gr.Blocks, session: gr.State, last: gr.
                     strict = gr.Checkbox(True, label="Strict model check")
                 negative_mode = gr.Radio(
                     list(NEGATIVES), value="subtract",
-                    label="Negative strength: subtract the direction, or remove what the prompt carries along it",
+                    label="Negative strength: subtract the direction, remove what the prompt carries along it, or replace (remove, and turn the prompt's word for it into the added direction's)",
                 )
                 size = gr.Slider(
                     L.min_size, min(L.max_size, max(app.size * 2, 512)), value=app.size, step=8, label="Image size"

@@ -21,10 +21,15 @@ if TYPE_CHECKING:
 
 Branch = Literal["cond", "uncond", "both", "split"]
 Mode = Literal["add", "weighted", "token"]
-Negative = Literal["subtract", "remove"]
+Negative = Literal["subtract", "remove", "replace"]
 BRANCHES = ("cond", "uncond", "both", "split")
 MODES = ("add", "weighted", "token")
-NEGATIVES = ("subtract", "remove")
+NEGATIVES = ("subtract", "remove", "replace")
+REMOVING = ("remove", "replace")  # the negatives under which a negative scale removes (a take-away)
+# how a take-away acts: "replace" also turns the word the prompt states for what is taken away into the added
+# direction's (`steer.word_swap`; docs/steering.md "Session 41"); "remove" as before it
+TAKE_AWAY_NEGATIVE = "replace"
+TAKE_AWAY_NEGATIVES = ("replace", "remove")
 ROUTE_NAMES = ("all", "layout", "detail")  # the named routes of `steering_readers` (UNet reader groups)
 PAPER_WINDOW = (0.45, 0.95)
 Window = tuple[float, float]
@@ -141,6 +146,9 @@ class SteeringConfig:
             ``"remove"`` (on the conditional half only, take away ``s`` times each position's excess along the vector
             over the level the vector's negative prompts had on average, never pushing below it: "a red t-shirt"
             loses its red, "a t-shirt", around that mean, changes little). ``"remove"`` needs vectors that record their reference level (text preset).
+            ``"replace"``: ``"remove"``, and the phrase a row's prompt states for a removed vector ("red") turned into
+            the phrase of the vector the row adds ("blue") at its own token positions while that one acts
+            (`steer.word_swap`; the take-away's default since 2026-12-05).
         removal_window: ``(start, end)`` fractions of the run in which ``"remove"`` acts, or one per vector (None
             entries: that vector's window); None: ``window``. Text directions recommend removing until the end of
             the run: the prompt's own "red" or "coat" would otherwise come back in the unsteered steps after the
@@ -348,7 +356,7 @@ def check_removal_window(settings: Mapping[str, Any], recommended: Mapping[str, 
     sets where ``"remove"`` acts, so it changed nothing. The directions' own recommended one is let through (callers
     that pass a direction's recorded settings whole, the app, batch and replay, carry it under either)."""
     given = settings.get("steering_removal_window")
-    if given is None or settings.get("steering_negative", STEERING_DEFAULTS["steering_negative"]) == "remove":
+    if given is None or settings.get("steering_negative", STEERING_DEFAULTS["steering_negative"]) in REMOVING:
         return
     own = recommended.get("steering_removal_window")
     if own is not None and window_record(check_windows(given, "steering_removal_window", allow_none=True)) == window_record(own):

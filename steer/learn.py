@@ -573,7 +573,7 @@ def _fit_flips(pipe, side: SteeringVector, opposite: SteeringVector, options: di
             continue
         toward.metadata = {**toward.metadata, "flip": {
             "words": phrases, "strength": round(fit.strength, 4), "window": list(fit.window), "distance": round(fit.distance, 4),
-            "converged": fit.converged, "unet_rows": fit.unet_rows, "chosen_by": fit.chosen_by,
+            "converged": fit.converged, "unet_rows": fit.unet_rows, "chosen_by": fit.chosen_by, "negative": fit.negative,
             **({"advice": advice} if (advice := fit.advice()) else {})}}
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from steer.config import STEERING_DEFAULTS, check_window, is_per_vector, vector_branches, vector_windows
+from steer.config import REMOVING, STEERING_DEFAULTS, check_window, is_per_vector, vector_branches, vector_windows
 from steer.validation import short
 from steer.vectors import SteeringVector
 from steer.wording import states
@@ -31,9 +31,10 @@ FLIP_KEY = "flip"  # metadata: {"words": [phrases that state the side], "strengt
 
 
 def flip_of(side: SteeringVector) -> dict[str, Any] | None:
-    """A slider side's recorded flip (``metadata["flip"]``) as ``{"words", "strength", "window"}`` (words: the
-    phrases that state the side), None where it records none; a one-line ValueError for an entry that is not one (an
-    edited file)."""
+    """A slider side's recorded flip (``metadata["flip"]``) as ``{"words", "strength", "window", "negative"}`` (words:
+    the phrases that state the side; negative: the ``steering_negative`` it was fitted under, "remove" for files from
+    before the word swap), None where it records none; a one-line ValueError for an entry that is not one (an edited
+    file)."""
     entry = side.metadata.get(FLIP_KEY)
     if entry is None:
         return None
@@ -45,7 +46,10 @@ def flip_of(side: SteeringVector) -> dict[str, Any] | None:
         raise ValueError(f"direction {side.name!r}: its metadata 'flip' entry is not a flip record ({err})"[:300]) from None
     if not words or not (0 < strength < float("inf")):
         raise ValueError(f"direction {side.name!r}: its metadata 'flip' needs words and a positive finite strength")
-    return {"words": words, "strength": strength, "window": window}
+    negative = entry.get("negative", "remove")
+    if negative not in REMOVING:
+        raise ValueError(f"direction {side.name!r}: its metadata 'flip' negative must be one of {REMOVING}, got {short(negative)}")
+    return {"words": words, "strength": strength, "window": window, "negative": negative}
 
 
 def without_flips(vector: SteeringVector) -> SteeringVector:
@@ -73,7 +77,8 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
 
     ``prompts`` (one per image row; None: prompt embeddings, nothing to read): rows whose prompt states the other side
     of a slider that records flips are flipped (module docstring): the added side is one more column over its flip
-    window, the other side's column removes, and the call's ``steering_negative`` becomes ``"remove"``. A call that
+    window, the other side's column removes, and the call's ``steering_negative`` becomes the one the flips were fitted
+    under (``"replace"``: the word the prompt states turned too, `steer.word_swap`; ``"remove"`` for files from before). A call that
     also subtracts a one-sided direction keeps the plain sides (subtracting and removing cannot share a call), with a
     warning. Rows slid toward the side their prompt already states (alone) are held: that side is not added again."""
     given = dict(given)
@@ -90,6 +95,7 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
     if rows:
         scales = scales.expand(len(prompts), -1) if scales.shape[0] == 1 else scales
     out, columns, owner, fixed = [], [], [], []  # fixed: a flip column's own window (None: the call's)
+    negatives = set()  # the steering_negative each flip used was fitted under
     for i, v in enumerate(vectors):
         s = scales[:, i]
         if v.opposite is None:
@@ -117,12 +123,13 @@ def split_sides(vectors: Sequence[SteeringVector], scales: torch.Tensor, given: 
         for side, flip, column in ((v.one_sided, side_flip, added[0]), (v.opposite, opposite_flip, added[1])):
             if column is not None and bool(column.any()):
                 out.append(_with_window(side, flip["window"]))
+                negatives.add(flip["negative"])
                 columns.append(column)
                 owner.append(i)
                 fixed.append(flip["window"])
     flipped = any(w is not None for w in fixed)
-    if flipped:
-        given["steering_negative"] = "remove"
+    if flipped:  # with the word swap where every flip was fitted with it (one negative per call)
+        given["steering_negative"] = "replace" if negatives == {"replace"} else "remove"
     branch = given.get("steering_branch")
     if vector_branches(branch, len(vectors)) is not None:  # one per direction: each side (and flip) on its slider's
         given["steering_branch"] = tuple(branch[i] for i in owner)

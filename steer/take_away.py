@@ -49,12 +49,19 @@ from steer.calibrate import (
     sample_branched,
     sample_latents,
 )
-from steer.config import check_window, outside_steering_blocks, recommended_settings
+from steer.config import (
+    TAKE_AWAY_NEGATIVE,
+    TAKE_AWAY_NEGATIVES,
+    check_window,
+    outside_steering_blocks,
+    recommended_settings,
+)
 from steer.partial_run import run_length
 from steer.recipe import recorded_path
 from steer.vae_codec import codec_vae
 from steer.validation import MAX_CALIBRATION_SAMPLES, MAX_STEPS, check_call_kwargs, check_int, short
-from steer.wording import open_prompts, prompt_words, rewrite_attribute, stated_phrases, states
+from steer.word_swap import phrases_of_prompts
+from steer.wording import rewrite_attribute, states
 
 GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 WINDOWS = ((0.0, 0.5), (0.0, 1.0))  # the candidate windows of a layout edit's fit (an object replaced)
@@ -68,7 +75,7 @@ FIT_BY = ("auto", "distance")  # fit_take_away(fit_by=...): by colour for an app
 @dataclass
 class TakeAwayFit:
     """The outcome of `fit_take_away`: call with ``steering=[vector, away], **fit.options()`` (``steering_scale=
-    fit.scales``, ``steering_negative="remove"``, ``steering_window=fit.window``)."""
+    fit.scales``, ``steering_negative=fit.negative``, ``steering_window=fit.window``)."""
 
     strength: float
     window: tuple[float, float]
@@ -83,6 +90,7 @@ class TakeAwayFit:
     # by colour, each window's relative colour distance along the grid ("start,end" -> curve)
     structure: float | None = None
     colour_distances: dict[str, list[float]] | None = None
+    negative: str = "remove"  # the steering_negative the fit sampled under ("replace": with the word swap)
 
     @property
     def scales(self) -> list[float]:
@@ -92,7 +100,7 @@ class TakeAwayFit:
 
     def options(self) -> dict[str, Any]:
         """The ``steering_*`` options of a call with ``steering=[vector, away]`` at this fit."""
-        return {"steering_scale": self.scales, "steering_negative": "remove", "steering_window": self.window}
+        return {"steering_scale": self.scales, "steering_negative": self.negative, "steering_window": self.window}
 
     def advice(self) -> str | None:
         """One line for the user when the fit itself says the pair may not flip at it; None when it does not.
@@ -126,7 +134,7 @@ class TakeAwayFit:
             "strength": round(self.strength, 4), "window": list(self.window), "distance": round(self.distance, 4),
             "converged": self.converged, "grid": self.grid,
             "distances": {k: [round(x, 4) for x in v] for k, v in self.distances.items()},
-            "prompts": [list(p) for p in self.prompts], "unet_rows": self.unet_rows, "chosen_by": self.chosen_by,
+            "prompts": [list(p) for p in self.prompts], "unet_rows": self.unet_rows, "chosen_by": self.chosen_by, "negative": self.negative,
             **({} if self.structure is None else {"structure": round(self.structure, 4)}),
             **({} if self.colour_distances is None else {"colour_distances": {k: [round(x, 4) for x in v] for k, v in self.colour_distances.items()}}),
         }
@@ -295,18 +303,7 @@ def _prompted(vector) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]] | No
         positive, negative = recorded_prompts(vector, "positive"), recorded_prompts(vector, "negative")
     except (ValueError, AttributeError, TypeError):
         return None
-    return _phrases_of(tuple(positive), tuple(negative))
-
-
-@functools.lru_cache(maxsize=256)
-def _phrases_of(positive: tuple[str, ...], negative: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]] | None:
-    """`_prompted` from the recorded prompts (word matching is the costly part: read once per prompt set; immutable,
-    as every caller shares the cached answer)."""
-    try:
-        opened = open_prompts(positive, negative)
-        return tuple(stated_phrases(positive, opened)), frozenset(tuple(prompt_words(o)) for o in opened)
-    except (ValueError, AttributeError, TypeError):
-        return None
+    return phrases_of_prompts(tuple(positive), tuple(negative))
 
 
 def removal_window_of(vector, away, call_kwargs: dict[str, Any]) -> tuple[float, float] | None:
@@ -337,6 +334,7 @@ def fit_take_away(
     guidance_scale: float = 7.5,
     batch_size: int | None = 8,
     fit_by: str = "auto",
+    negative: str = TAKE_AWAY_NEGATIVE,
     **call_kwargs: Any,
 ) -> TakeAwayFit:
     """Fit the strength and window at which ``vector`` replaces what prompts state along ``away``.
@@ -356,13 +354,22 @@ def fit_take_away(
             samples' mean colour comes closest to the rewritten prompts' own; else, and with ``"distance"``, those of
             the smallest latent distance. The latent distance weighs shape and colour alike and its minimum hedges: on
             the demo model its fits left contradicting colours between the source's hue and the target's (blue ->
-            orange came out green), where the colour's are further along (docs/steering.md, "Session 39").
+            orange came out green), where the colour's are further along (docs/steering.md, "Session 39"). Under
+            ``negative="replace"`` an appearance edit is fitted by the latent distance over its own windows: with the
+            word swapped the latent minimum no longer stops between the hues, and it keeps the shapes the colour's
+            fits lost at the grid's top (contradicting colours held-out 3 -> 5 of 5; docs/steering.md "Session 41").
+        negative: how the take-away acts, as the calls will (`steering_negative`): ``"replace"`` (default) removes
+            ``away``'s excess and turns the word the prompt states for it into ``vector``'s (`steer.word_swap`);
+            ``"remove"`` only removes, as before 2026-12-05 (the strength it needs is higher: docs/steering.md
+            "Session 41").
     """
     grid = check_grid(grid, "the take-away grid")
     check_int(num_samples, "num_samples", 1, MAX_SAMPLES, optional=False)
     check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
     if fit_by not in FIT_BY:
         raise ValueError(f"fit_by= is one of {', '.join(map(repr, FIT_BY))}, got {short(fit_by)}")
+    if negative not in TAKE_AWAY_NEGATIVES:
+        raise ValueError(f"negative= is one of {', '.join(map(repr, TAKE_AWAY_NEGATIVES))}, got {short(negative)}")
     if away is vector or away.digest() == vector.digest():
         raise ValueError(ITSELF)
     if windows is not None and not windows:
@@ -385,9 +392,11 @@ def fit_take_away(
     z_target = sample_latents(pipe, [t for _, t in pairs], seeds, flat=False, batch_size=batch_size, **kw)
     z_source = sample_latents(pipe, sources, seeds, flat=False, batch_size=batch_size, **kw)
     start = float((z_source.flatten(1) - z_target.flatten(1)).norm(dim=1).mean().clamp_min(1e-6))
-    structure, colours = _appearance(pipe, vector, z_target, z_source, batch_size) if fit_by == "auto" else (None, None)
-    windows = given if given is not None else list(APPEARANCE_WINDOWS if colours is not None else WINDOWS)
-    samples, set_steps = _steered_samples(pipe, vector, away, sources, seeds, grid, windows, batch_size, kw)
+    swap = negative == "replace"  # the word swapped: an appearance edit is fitted by the latent distance (docstring)
+    structure, colours = _appearance(pipe, vector, z_target, z_source, batch_size, not swap) if fit_by == "auto" else (None, None)
+    appearance = colours is not None or (swap and structure is not None and structure >= LAYOUT_EDIT_BELOW)
+    windows = given if given is not None else list(APPEARANCE_WINDOWS if appearance else WINDOWS)
+    samples, set_steps = _steered_samples(pipe, vector, away, sources, seeds, grid, windows, batch_size, kw, negative)
     distances: dict[str, list[float]] = {}
     colour_distances: dict[str, list[float]] = {}
     for window, z in zip(windows, samples, strict=True):
@@ -408,7 +417,7 @@ def fit_take_away(
         )
     unet_rows = (2 * run_length(pipe, num_inference_steps) + set_steps) * num_samples * rows_per_sample(pipe, **kw)
     fit = TakeAwayFit(strength, window, distance, converged, grid, distances, pairs, unet_rows, by, structure,
-                      colour_distances if by == "colour" else None)
+                      colour_distances if by == "colour" else None, negative)
     advice = fit.advice()
     if advice:
         warnings.warn(advice, stacklevel=2)
@@ -437,7 +446,7 @@ def _recorded_structure(vector) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def _appearance(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, batch_size: int | None
+def _appearance(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, batch_size: int | None, colours: bool = True
                 ) -> tuple[float | None, tuple[torch.Tensor, torch.Tensor, int | None, Any] | None]:
     """``fit_by="auto"``: the share of the layout the edit keeps and, for an appearance edit whose samples decode to
     finite values, what `relative_colour_distances` compares with (the rewritten prompts' and the sources'
@@ -445,14 +454,14 @@ def _appearance(pipe, vector, z_target: torch.Tensor, z_source: torch.Tensor, ba
     are no image grid (Flux packs its latents). The share is the direction's own record (`_recorded_structure`) first,
     else `structure_kept` between the rewritten prompts' samples and the sources' (same seeds): two classes of one
     silhouette (a pullover and a coat) keep the layout between themselves, yet their colours say nothing of the edit.
-    The VAE copy (`codec_vae`) is made only where something is decoded."""
+    The VAE copy (`codec_vae`) is made only where something is decoded; ``colours=False``: the share alone."""
     if z_target.dim() != 4:
         return None, None
     structure, vae = _recorded_structure(vector), None
     if structure is None:
         vae = codec_vae(pipe)
         structure = structure_kept(pipe, z_target, z_source, vae=vae)
-    if structure < LAYOUT_EDIT_BELOW:
+    if structure < LAYOUT_EDIT_BELOW or not colours:
         return structure, None
     vae = vae if vae is not None else codec_vae(pipe)
     target, source = mean_colours(pipe, z_target, batch_size, vae), mean_colours(pipe, z_source, batch_size, vae)
@@ -483,7 +492,7 @@ def _chosen_fit(grid: Sequence[float], distances: Sequence[Sequence[float]],
 
 
 def _steered_samples(pipe, vector, away, sources: list[str], seeds: list[int], grid: list[float], windows: list[tuple[float, float]],
-                     batch_size: int | None, kw: dict[str, Any]) -> tuple[list[torch.Tensor], int]:
+                     batch_size: int | None, kw: dict[str, Any], negative: str = TAKE_AWAY_NEGATIVE) -> tuple[list[torch.Tensor], int]:
     """Each window's sources steered along the grid (rows: grid-major), and the steps sampled per source (for the
     cost). An early window ``(0, e)`` and the whole run, with the removal over the call's window or the whole run,
     share the first part of their runs where the scheduler resumes exactly (`steer.partial_run`): it is sampled once
@@ -493,7 +502,7 @@ def _steered_samples(pipe, vector, away, sources: list[str], seeds: list[int], g
     prompts = [p for _ in grid for p in sources]
     row_seeds = [s for _ in grid for s in seeds]
     scales = [pair_scales(g) for g in grid for _ in seeds]
-    steer = dict(steering=[vector, away], steering_negative="remove")
+    steer = dict(steering=[vector, away], steering_negative=negative)
     removal = removal_window_of(vector, away, kw)
     branch = branch_step(pipe, windows, num_inference_steps) if removal in (None, (0.0, 1.0)) else None
     if branch is None:

@@ -93,7 +93,7 @@ def test_api_take_away_matches_python_api(client, pipe, tmp_path, monkeypatch):
     assert np.abs(native(none_steered) - native(plain_steered)).max() == 0
     rec = cat.metadata["recommended"]
     steer = dict(steering_branch="cond", steering_mode="add", steering_normalize=False, steering_preserve_norm=rec["preserve_norm"],
-                 steering_negative="remove")
+                 steering_negative="replace")  # a take-away turns the prompt's word too (steer.word_swap)
     gens = [torch.Generator().manual_seed(7) for _ in range(2)]
     want = pipe(["a photo of a dog"] * 2, num_inference_steps=STEPS, guidance_scale=5.0, height=32, width=32, generator=gens,
                 steering=[cat, dog], steering_scale=[[0.0, 0.0], [2.0, -1.0]], steering_window=(0.0, 1.0), **steer).images
@@ -101,7 +101,7 @@ def test_api_take_away_matches_python_api(client, pipe, tmp_path, monkeypatch):
     _, alone = expected_pair(pipe, cat, 2.0, **steer)
     assert np.abs(native(steered) - alone).mean() > 0.5, "the take-away changed nothing"
     taken = read_recipe(png)["steering"]
-    assert taken["negative"] == "remove" and taken["take_away"] == {"name": "dog", "digest": dog.digest(), "amount": 1.0}
+    assert taken["negative"] == "replace" and taken["take_away"] == {"name": "dog", "digest": dog.digest(), "amount": 1.0}
     gallery, status = client.predict(**values, count=3, api_name="/strip")
     assert [item["caption"] for item in gallery] == ["+0", "+1", "+2"] and "taking away **dog**" in status
     # the fit sets the strength and window sliders to what the Python API's fit finds

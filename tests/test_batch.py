@@ -358,7 +358,7 @@ def test_a_job_adds_one_direction_and_removes_another_like_the_python_call(tiny_
 
 
 def test_a_job_takes_away_at_a_fitted_strength_and_window_and_resumes_without_rerendering(tiny_pipe, tmp_path):
-    """``take_away`` as `steer generate --take-away`: each scale s steers [s, -min(s, 1)] under "remove";
+    """``take_away`` as `steer generate --take-away`: each scale s steers [s, -min(s, 1)] under "replace";
     ``take_away_fit`` fits the scale and window first (`pipe.fit_take_away`), once per pair, unless the job sets them."""
     import warnings
 
@@ -384,7 +384,7 @@ def test_a_job_takes_away_at_a_fitted_strength_and_window_and_resumes_without_re
 
     def want(scale: float, window) -> np.ndarray:
         image = tiny_pipe("a red bag", generator=torch.Generator().manual_seed(5), num_inference_steps=STEPS, steering=[blue, red],
-                          steering_scale=[scale, -min(scale, 1.0)], steering_negative="remove", steering_window=window,
+                          steering_scale=[scale, -min(scale, 1.0)], steering_negative="replace", steering_window=window,
                           output_type="np").images[0]
         return np.round(image * 255).astype(np.uint8)
 
@@ -393,7 +393,7 @@ def test_a_job_takes_away_at_a_fitted_strength_and_window_and_resumes_without_re
         return np.asarray(Image.open(path).convert("RGB")), read_recipe(path)
 
     image, recipe = got("sweep_seed5_s+1.5")
-    assert recipe["negative"] == "remove" and recipe["scale"] == 1.5 and recipe["window"] == blue.metadata["recommended"]["window"]
+    assert recipe["negative"] == "replace" and recipe["scale"] == 1.5 and recipe["window"] == blue.metadata["recommended"]["window"]
     assert recipe["take_away"] == {"name": red.name, "hash": red.digest(), "path": paths[1], "amount": 1.0}
     assert np.abs(image.astype(int) - want(1.5, tuple(recipe["window"]))).max() <= 1  # batched rows: float rounding only
     assert got("sweep_seed5_s+0.5")[1]["take_away"]["amount"] == 0.5

@@ -108,7 +108,8 @@ def test_generate_weights_combine_directions_per_row_and_are_recorded(model_dir,
 
 def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, direction, tiny_pipe, tmp_path, capsys, monkeypatch):
     """`--take-away` removes what the prompt says along a second direction as --direction is added ([s, -min(s, 1)],
-    steering_negative="remove"); `--fit` fits the strength and window first, as `pipe.fit_take_away` does."""
+    steering_negative="replace": the prompt's word for it turned too); `--fit` fits the strength and window first, as
+    `pipe.fit_take_away` does."""
     red = tmp_path / "red.safetensors"
     assert main(["learn", "--model", model_dir, "--positive", "a red sneaker", "--negative", "a sneaker", "--steps", "2",
                  "--out", str(red)]) == 0
@@ -129,12 +130,12 @@ def test_generate_takes_away_at_a_fitted_strength_and_window(model_dir, directio
         assert len(said) == (0 if fit.converged else 1) and all("no strength in" in line for line in said)
     (png,) = (tmp_path / "fit").glob("seed0_scale*.png")
     recipe = read_recipe(png)
-    assert recipe["scale"] == round(fit.strength, 3) and recipe["window"] == list(fit.window) and recipe["negative"] == "remove"
+    assert recipe["scale"] == round(fit.strength, 3) and recipe["window"] == list(fit.window) and recipe["negative"] == "replace"
     assert recipe["take_away"]["hash"] == SteeringVector.load(red).digest() and recipe["take_away"]["amount"] == min(recipe["scale"], 1.0)
     assert recipe["take_away"]["fit"] == {"strength": round(fit.strength, 4), "window": list(fit.window), "distance": round(fit.distance, 4)}
     blue_v, red_v = SteeringVector.load(direction), SteeringVector.load(red)
     want = tiny_pipe("a red sneaker", generator=torch.Generator().manual_seed(0), num_inference_steps=2, guidance_scale=5.0,
-                     steering=[blue_v, red_v], steering_scale=[[recipe["scale"], -min(recipe["scale"], 1.0)]], steering_negative="remove",
+                     steering=[blue_v, red_v], steering_scale=[[recipe["scale"], -min(recipe["scale"], 1.0)]], steering_negative="replace",
                      steering_window=fit.window, output_type="np").images[0]
     with Image.open(png) as im:
         assert np.abs(np.asarray(im.convert("RGB"), dtype=np.int16) - np.round(want * 255).astype(np.int16)).max() <= 1
@@ -199,6 +200,12 @@ def test_generate_negative_remove_is_recorded_and_differs_from_subtract(model_di
     assert (read_recipe(sub)["negative"], read_recipe(rem)["negative"]) == ("subtract", "remove")
     with Image.open(sub) as a, Image.open(rem) as b:
         assert a.tobytes() != b.tobytes()
+    # "replace" with nothing added has no word to turn the prompt's into: recorded as asked, drawn as "remove"
+    assert main([*base, "--negative", "replace", "--out", str(tmp_path / "rep")]) == 0
+    rep = tmp_path / "rep" / "seed0_scale-1.png"
+    assert read_recipe(rep)["negative"] == "replace"
+    with Image.open(rep) as a, Image.open(rem) as b:
+        assert a.tobytes() == b.tobytes()
     # the removal window: the direction's recommended one (its window's start to the end of the run) unless given;
     # removing over the first of the two steps only differs from removing over both
     assert main([*base, "--negative", "remove", "--removal-window", "0,0.5", "--out", str(tmp_path / "half")]) == 0

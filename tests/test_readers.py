@@ -373,8 +373,11 @@ def test_a_compiled_denoiser_takes_away_as_the_eager_one(tiny_pipe):
         "routed removal": dict(steering=[blue, routed(red, "layout")], steering_scale=[0.5, -1.0], **whole),
         "per image": dict(prompt=["a red sneaker", "a red bag"], steering=[blue, red], steering_scale=[[1.0, -1.0], [0.5, 0.0]], **whole),
         "add": dict(steering=[blue, red], steering_scale=[1.0, 0.5]),
+        # the word swap too ("red" turned into "blue" for the readers that read blue), steered before the graph
+        "replace": dict(steering=[blue, red], steering_scale=[1.0, -0.5], **{**whole, "steering_negative": "replace"}),
     }
     eager = {k: call(tiny_pipe, **kw) for k, kw in cases.items()}
+    assert not np.array_equal(eager["replace"], eager["add and remove"])  # the swap changes the image
     assert not np.array_equal(eager["remove only"], call(tiny_pipe))  # the removal changes the image
     torch._dynamo.reset()
     pipe = tiny_pipeline(seed=0)

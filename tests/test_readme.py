@@ -43,7 +43,7 @@ def test_readme_python_blocks_run_as_written(tmp_path):
             "assert blue.metadata['calibration']['strength'] > 0 and paper.metadata['preset'] == 'paper'",
             "assert Path('blue.safetensors').is_file() and Path('detector.safetensors').is_file()",
             "assert all(math.isfinite(float(s)) for s in out.memorization_scores)",
-            "assert fit.window == (0.0, 0.5) and 2.1 <= fit.strength <= 2.5 and fit.chosen_by == 'colour', f'the README states the fit (2.3 over (0, 0.5), by colour): {fit}'",
+            "assert fit.window == (0.25, 1.0) and 1.1 <= fit.strength <= 1.5 and fit.negative == 'replace', f'the README states the fit (1.3 over (0.25, 1), replace): {fit}'",
             "turned_blue = np.asarray(pipe('a red t-shirt', steering=[blue, red], generator=torch.Generator().manual_seed(0), **fit.options()).images[0], dtype=float)",
             "assert turned_blue[..., 2].mean() > turned_blue[..., 0].mean() + 20, 'the take-away turns the red t-shirt blue'",
             "assert taken == [('red', ['red'])], f'the README states the suggestion: {taken}'",

@@ -55,23 +55,35 @@ def test_learning_a_slider_records_each_sides_phrases_and_fitted_flip(slider):
         assert flip["words"] == [phrase]
         assert flip["strength"] > 0 and 0 <= flip["window"][0] < flip["window"][1] <= 1
         assert flip["unet_rows"] > 0 and flip_of(side)["window"] == tuple(flip["window"])
+        assert flip["negative"] == flip_of(side)["negative"] == "replace"
+    edited = SteeringVector(slider.directions, {**slider.metadata, "flip": {**slider.metadata["flip"], "negative": "subtract"}})
+    with pytest.raises(ValueError, match="its metadata 'flip' negative must be one of"):
+        flip_of(edited)
 
 
 def test_a_prompt_stating_the_other_side_is_flipped_as_the_take_away_recipe(tiny_pipe, slider, one_thread):
     """-1 on "a red sneaker": the opposite (blue) added at its fitted strength over its fitted window and the red side's
     excess removed at min(strength, 1): what `fit_take_away`'s recipe calls explicitly."""
     blue = slider.opposite.metadata["flip"]
+    assert blue["negative"] == "replace"  # fitted, and flipped, with the word swap (`steer.word_swap`)
     window = tuple(slider.metadata["recommended"]["window"])
-    explicit = draw(tiny_pipe, "a red sneaker", steering=[slider.one_sided, slider.opposite],
-                    steering_scale=[-min(blue["strength"], 1.0), blue["strength"]], steering_negative="remove",
-                    steering_window=[window, tuple(blue["window"])])
+    recipe = dict(steering=[slider.one_sided, slider.opposite], steering_scale=[-min(blue["strength"], 1.0), blue["strength"]],
+                  steering_window=[window, tuple(blue["window"])])
+    explicit = draw(tiny_pipe, "a red sneaker", steering_negative="replace", **recipe)
     flipped = draw(tiny_pipe, "a red sneaker", steering=slider, steering_scale=-1.0)
     assert np.array_equal(flipped, explicit)
+    # a file from before the word swap records no negative: its flips remove only, as they did
+    def before(side):
+        return SteeringVector(side.directions, {**side.metadata, "flip": {k: v for k, v in side.metadata["flip"].items() if k != "negative"}})
+    old = SteeringVector(slider.directions, before(slider).metadata, before(slider.opposite))
+    removed = draw(tiny_pipe, "a red sneaker", steering_negative="remove", **recipe)
+    assert np.array_equal(draw(tiny_pipe, "a red sneaker", steering=old, steering_scale=-1.0), removed)
+    assert not np.array_equal(removed, explicit)
     assert not np.array_equal(flipped, draw(tiny_pipe, "a red sneaker", steering=without_flips(slider), steering_scale=-1.0))
     # +1 on "a blue bag" flips toward red the same way round, at half strength half of it
     red = slider.metadata["flip"]
     half = draw(tiny_pipe, "a blue bag", steering=[slider.opposite, slider.one_sided],
-                steering_scale=[-min(0.5 * red["strength"], 1.0), 0.5 * red["strength"]], steering_negative="remove",
+                steering_scale=[-min(0.5 * red["strength"], 1.0), 0.5 * red["strength"]], steering_negative="replace",
                 steering_window=[window, tuple(red["window"])])
     assert np.array_equal(draw(tiny_pipe, "a blue bag", steering=slider, steering_scale=0.5), half)
 
@@ -132,7 +144,7 @@ def test_a_call_window_holds_for_the_sides_and_the_flip_keeps_its_own(slider):
     vectors, columns, given = split_sides([slider], scales, {"steering_window": (0.1, 0.4)}, ["a red bag", "a bag"])
     blue = slider.opposite.metadata["flip"]
     assert given["steering_window"] == ((0.1, 0.4), (0.1, 0.4), tuple(blue["window"]))
-    assert given["steering_negative"] == "remove"
+    assert given["steering_negative"] == "replace"
     np.testing.assert_allclose(columns.numpy(), [[-min(blue["strength"], 1.0), 0.0, blue["strength"]], [0.0, 1.0, 0.0]], rtol=1e-6)
     assert [v.name for v in vectors][2] == slider.opposite.name
     # per-vector windows given: the slider's for its sides, the flip's own for the flip column

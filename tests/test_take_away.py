@@ -59,7 +59,9 @@ def test_fit_samples_the_rewritten_prompts_and_counts_its_cost(tiny_pipe):
     # DDIM: the sources and targets whole; the grid's first step once, continued twice (each window whole: 2 x 2 sets)
     assert rows == fit.unet_rows == (2 * 2 + 2 * 1 + 2 * 2 * 1) * 2 * 2
     assert fit.to_dict()["window"] == list(fit.window)
-    assert fit.options() == {"steering_scale": [fit.strength, -min(fit.strength, 1.0)], "steering_negative": "remove", "steering_window": fit.window}
+    # the fit samples, and its calls run, with the word swap (`steer.word_swap`); negative="remove" without it
+    assert fit.options() == {"steering_scale": [fit.strength, -min(fit.strength, 1.0)], "steering_negative": "replace", "steering_window": fit.window}
+    assert fit.negative == fit.to_dict()["negative"] == "replace"
 
 
 def test_fit_needs_directions_learned_from_prompts(tiny_pipe):
@@ -95,7 +97,7 @@ def test_fit_picks_the_closest_strength_and_window_and_says_when_the_pair_may_no
         if "steering_scale" not in kw:
             return torch.tensor([[1.0 if "blue" in p else 0.0] for p in prompts])
         w = kw["steering_window"]
-        assert kw["steering_negative"] == "remove" and all(row[1] == -min(row[0], 1.0) for row in kw["steering_scale"])
+        assert kw["steering_negative"] == "replace" and all(row[1] == -min(row[0], 1.0) for row in kw["steering_scale"])
         return torch.tensor([[reach[f"{w[0]:g},{w[1]:g}"] * row[0]] for row in kw["steering_scale"]])
 
     monkeypatch.setattr("steer.take_away.sample_latents", fake_latents)
@@ -160,7 +162,7 @@ def test_an_appearance_take_away_is_fitted_by_the_colour_its_samples_reach(monke
         vector.metadata["route_choice"] = {"structure": recorded, "below": 0.8, "readers": None}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = fit_take_away(None, vector, prompt_vector("red"), num_samples=2, fit_by=fit_by)
+        fit = fit_take_away(None, vector, prompt_vector("red"), num_samples=2, fit_by=fit_by, negative="remove")
     assert fit.window == window and fit.chosen_by == by and fit.to_dict()["chosen_by"] == by
     # an edit fitted by colour tries its own windows: the second starts a quarter into the run (the fake samples the same)
     # (in this table the fits whose samples are read by colour are the ones chosen by it; a NaN decode reads none)
@@ -179,6 +181,31 @@ def test_an_appearance_take_away_is_fitted_by_the_colour_its_samples_reach(monke
         assert fit.to_dict()["colour_distances"][late][-1] == 0.2 and "fitted by the samples' colour" in fit.window_note()
     else:
         assert fit.colour_distances is None and "colour_distances" not in fit.to_dict() and fit.window_note() == ""
+
+
+@pytest.mark.parametrize(("recorded", "measured", "windows"), [(0.95, 0.3, ("0,0.5", "0.25,1")), (None, 0.95, ("0,0.5", "0.25,1")),
+                                                              (0.5, 0.95, ("0,0.5", "0,1"))])
+def test_with_the_word_swap_an_appearance_take_away_is_fitted_by_distance_over_its_own_windows(monkeypatch, recorded, measured, windows):
+    """Under ``negative="replace"`` (the default) the word is swapped, so an appearance edit takes the latent minimum
+    over its own candidate windows (docs/steering.md "Session 41"): nothing is decoded for colour, a layout edit is
+    fitted as before."""
+    monkeypatch.setattr("steer.take_away.sample_latents", fake_image_latents)
+    monkeypatch.setattr("steer.take_away.branch_step", lambda *a, **k: None)
+    monkeypatch.setattr("steer.take_away.run_length", lambda _pipe, steps: steps)
+    monkeypatch.setattr("steer.take_away.codec_vae", lambda _pipe: object())
+    monkeypatch.setattr("steer.take_away.structure_kept", lambda _p, a, b, vae=None: measured)
+    monkeypatch.setattr("steer.take_away.mean_colours", lambda *a, **k: pytest.fail("a swap's fit decodes no colours"))
+    from steer.take_away import fit_take_away
+
+    vector = prompt_vector("blue")
+    if recorded is not None:
+        vector.metadata["route_choice"] = {"structure": recorded, "below": 0.8, "readers": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = fit_take_away(None, vector, prompt_vector("red"), num_samples=2)
+    assert tuple(fit.distances) == windows and fit.chosen_by == "distance" and fit.negative == "replace"
+    assert fit.window == (float(windows[1].split(",")[0]), 1.0) and fit.strength == pytest.approx(1.34, abs=0.02)
+    assert fit.structure == (recorded if recorded is not None else measured)
 
 
 def test_the_fit_by_colour_samples_its_own_windows_whole(tiny_pipe):
@@ -273,7 +300,7 @@ def test_a_take_away_that_is_the_direction_or_contradicts_the_negative_mode_is_o
     job = {"prompt": "a red sneaker", "num_inference_steps": 2, "directions": [{"path": b}]}
     plan = batch.plan_jobs([(1, {**job, "take_away": b}), (2, {**job, "take_away": r, "steering_negative": "subtract"})],
                            tiny_pipe, tmp_path / "batch", model="tiny")
-    assert [f["reason"] for f in plan.failures] == [ITSELF, "take_away removes what the prompt says (steering_negative 'remove'); leave steering_negative out"]
+    assert [f["reason"] for f in plan.failures] == [ITSELF, "take_away removes what the prompt says (steering_negative 'replace', or 'remove' without turning its word); leave steering_negative out"]
 
 
 def test_a_direction_whose_full_edit_is_its_colour_is_fitted_on_the_margins_strengths(monkeypatch):

@@ -148,7 +148,10 @@ def test_steer_generate_looks_in_the_directions_own_folder_too(tmp_path, capsys,
 def test_the_suggested_take_away_turns_what_the_edit_alone_cannot_on_the_demo_model(one_thread):
     """The suggestion is worth taking: on the demo model, to_blue added to six "a red X" prompts leaves them red
     (measured 0 of 6 blue); with the suggested to_red taken away at the fitted strength and window, 6 of 6 are blue
-    with the garment kept. to_bag on six dresses: 4 of 6 bags alone, 6 of 6 with to_dress taken away."""
+    with the garment kept. to_bag on six dresses: 4 of 6 bags alone, 6 of 6 with to_dress taken away. Measured with
+    the take-away removing only (``negative="remove"``, as before the word swap); with the swap (the default) the
+    bags are the same and the blues paler: 3 of 6 read blue by the classifier (the others light blue, read white and
+    cyan), every garment blue-dominant by its pixels (docs/steering.md "Session 41")."""
     import warnings
 
     from steer.assets import bundled_directions
@@ -171,12 +174,20 @@ def test_the_suggested_take_away_turns_what_the_edit_alone_cannot_on_the_demo_mo
         assert [name for name, _ in suggested_take_aways(vector, prompts[0], bundled)] == [source]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fit = pipe.fit_take_away(vector, bundled[source], guidance_scale=5.0)
+            fit, swapped = (pipe.fit_take_away(vector, bundled[source], guidance_scale=5.0, negative=n) for n in ("remove", "replace"))
         ref = predict(clf, sample(prompts))
         alone = predict(clf, sample(prompts, steering=vector, steering_scale=1.0))
         taken = predict(clf, sample(prompts, steering=[vector, bundled[source]], **fit.options()))
         assert (alone[edited] == want).mean() <= 0.67  # measured 0/6 (blue), 4/6 (bag)
         assert (taken[edited] == want).mean() >= 0.83 and (taken[1 - edited] == ref[1 - edited]).mean() >= 0.83  # measured 6/6, 6/6
+        images = sample(prompts, steering=[vector, bundled[source]], **swapped.options())
+        replaced = predict(clf, images)
+        assert (replaced[edited] == want).mean() >= (0.5 if edited else 0.83)  # measured 3/6 (pale blues), 6/6 (bag)
+        assert (replaced[1 - edited] == ref[1 - edited]).mean() >= 0.83  # measured 6/6, 6/6
+        if edited:  # the colour: every garment's lit pixels blue-dominant
+            lit = images.max(1, keepdims=True) > 0.25
+            mean = (images * lit).sum((2, 3)) / lit.sum((2, 3)).clip(1)
+            assert (mean[:, 2] > mean[:, :2].max(1)).all(), mean
 
 
 def test_steer_batch_notes_the_take_away_once_per_direction_and_prompt(tmp_path, one_thread):

@@ -100,6 +100,7 @@ from steer.config import (
     BRANCHES,
     MODES,
     NEGATIVES,
+    TAKE_AWAY_NEGATIVE,
     SteeringConfig,
     recorded_window,
     routes_record,
@@ -397,7 +398,7 @@ class GenerateSettings:
             preserve_norm=recommended.get("steering_preserve_norm", self.config.preserve_norm),
             removal_window=recommended.get("steering_removal_window", self.config.removal_window),
             readers=selected_readers(pipe, vector, self.layer_index) or recommended.get("steering_readers", self.config.readers),
-            negative="remove" if away is not None else self.config.negative,
+            negative=TAKE_AWAY_NEGATIVE if away is not None else self.config.negative,
         )
 
     def steering_kwargs(self, pipe, vector: SteeringVector | None, away: SteeringVector | None = None) -> dict[str, Any]:

@@ -117,8 +117,9 @@ def add_steering_args(p: argparse.ArgumentParser) -> None:
                    help="add (uniform, the paper's), weighted (by activation norm) or token (in units of each position's norm) "
                         f"(default: {_RECORDED.format('token', 'add', 'add')})")
     p.add_argument("--negative", choices=NEGATIVES, default=None,
-                   help="what a negative scale does: subtract the direction (default) or remove what the prompt carries along it "
-                        "(--take-away: remove)")
+                   help="what a negative scale does: subtract the direction (default), remove what the prompt carries along it, "
+                        "or replace: remove it and turn the word the prompt states for it into the added direction's "
+                        "(--take-away: replace)")
     p.add_argument("--removal-window", type=parse_window, nargs="+", default=None,
                    help="start,end fractions of the run in which --negative remove acts, one for all or one per direction "
                         "(default: what the directions recommend, from the window's start to the end of the run for "

@@ -25,7 +25,10 @@ from steer.cli.inputs import (
     unknown_direction,
 )
 from steer.config import (
+    REMOVING,
     STEERING_DEFAULTS,
+    TAKE_AWAY_NEGATIVE,
+    TAKE_AWAY_NEGATIVES,
     SteeringConfig,
     agreed_recommendation,
     disagreement_note,
@@ -215,14 +218,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not found and args.fit and edit is None:
             args.fit = False  # nothing to fit: the direction alone, at its own settings
     if args.take_away is not None:
-        if args.negative not in (None, "remove"):
-            raise CLIError(f"--take-away removes what the prompt says (--negative remove): --negative {args.negative} contradicts it")
+        if args.negative not in (None, *TAKE_AWAY_NEGATIVES):
+            raise CLIError(f"--take-away removes what the prompt says (--negative {TAKE_AWAY_NEGATIVE}, or remove without turning its "
+                           f"word): --negative {args.negative} contradicts it")
         away_path = located(args.take_away)
         away = (SteeringVector.load(away_path), away_path)
         if away[0].digest() == vectors[0][0].digest():
             raise CLIError(ITSELF.replace("blue, add to_blue and take away to_red", "blue: --direction to_blue --take-away to_red"))
-    args.negative = args.negative or ("remove" if away is not None else "subtract")
-    if args.removal_window is not None and args.negative != "remove":  # recorded, and changed nothing
+    args.negative = args.negative or (TAKE_AWAY_NEGATIVE if away is not None else "subtract")
+    if args.removal_window is not None and args.negative not in REMOVING:  # recorded, and changed nothing
         raise CLIError("--removal-window sets where --negative remove acts: under --negative subtract nothing is removed "
                        "(add --negative remove, or --take-away)")
     if args.fit and (away is None) == (edit is None):
@@ -255,7 +259,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             warnings.simplefilter("always")
             if away is not None:
                 at_size = {k: v for k, v in (("height", args.height), ("width", args.width)) if v is not None}  # as batch fits a job
-                fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance, **at_size, **negative)
+                fit = pipe.fit_take_away(vectors[0][0], away[0], guidance_scale=args.guidance, negative=args.negative, **at_size, **negative)
             else:
                 edit_fit = text_pipe.fit_edit(vectors[0][0], strength=strength, num_inference_steps=args.steps, guidance_scale=args.guidance,
                                               height=args.height, width=args.width, **config.to_settings(), **negative)

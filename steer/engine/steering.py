@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from steer.config import SteeringConfig, vector_branches, vector_windows
+from steer.config import REMOVING, SteeringConfig, vector_branches, vector_windows
 from steer.denoisers import (
     CONTEXT_SITE,
     channel_dim,
@@ -19,6 +19,7 @@ from steer.denoisers import (
     register_site_hook,
 )
 from steer.engine.run import DenoiserRun
+from steer.engine.word_swap import WordSwap, swap_words
 from steer.errors import ModelMismatchError
 from steer.step_rows import as_step_rows, at_norm, in_step_buckets, shared_fixed_tokens
 
@@ -237,7 +238,7 @@ class SteeringSession(DenoiserRun):
         self.config = config if config is not None else SteeringConfig()
         self._said_no_cfg = False  # steering_branch='uncond' without CFG: said once
         scales = scales.detach().float().cpu()
-        self.removing = self.config.negative == "remove" and bool((scales < 0).any())
+        self.removing = self.config.negative in REMOVING and bool((scales < 0).any())
         # with steering_negative="remove", negative scales are removal amounts, applied apart from the additive part
         self.scales = scales.clamp_min(0) if self.removing else scales
         self.removal = (-scales).clamp_min(0) if self.removing else None
@@ -266,6 +267,8 @@ class SteeringSession(DenoiserRun):
         self.removal_windows = removal
         self._masks: dict[tuple, torch.Tensor] = {}
         self.applied_steps: list[int] = []
+        # the take-away's word swap of this call's rows (`steer.word_swap.plan_word_swap`), set by the pipeline
+        self.word_swap: WordSwap | None = None
 
     def _check_levels(self) -> None:
         used = (self.removal > 0).any(dim=0)
@@ -447,6 +450,8 @@ class SteeringSession(DenoiserRun):
 
     def _steer(self, plan: LayerPlan, h: torch.Tensor, adding: bool, removing: bool) -> torch.Tensor:
         out = h
+        if removing and self.word_swap is not None and plan.name == CONTEXT_SITE:
+            out = self._swap_words(plan, out, adding)
         if adding:
             mask = self.window_mask(self.windows)
             key = (plan.bucket(self.step, self.num_steps), h.shape[0], h.device, h.dtype, self.call_branch,
@@ -455,10 +460,23 @@ class SteeringSession(DenoiserRun):
             if delta is None:  # (n, C): each row's weighted sum of directions
                 delta = to_device(self.step_delta(plan, h.shape[0]), h.device, h.dtype)
                 plan.cache[key] = delta
-            out = apply_delta(h, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
+            out = apply_delta(out, delta, self.config.mode, self.config.preserve_norm, plan.fixed_tokens)
         if removing:
             out = self._remove(plan, out)
         return out
+
+    def _swap_words(self, plan: LayerPlan, h: torch.Tensor, adding: bool) -> torch.Tensor:
+        """``h`` with each row's stated phrase turned into its target's (`steer.engine.word_swap`) by the take-away's
+        removal amount, at the steps where the target is added (its window; docs/steering.md "Session 41": following
+        the removal past it was measured too and not adopted), for the readers that read the target (its route:
+        ``plan``'s members; the source may be removed for every reader)."""
+        added = self.row_scales(h.shape[0]) * (adding if (mask := self.window_mask(self.windows)) is None else mask)
+        if plan.members is not None:
+            added = added * plan.members
+        removal = self.row_scales(h.shape[0], self.removal, "cond")  # the conditional half only, as the removal
+        if (mask := self.window_mask(self.removal_windows)) is not None:
+            removal = removal * mask
+        return swap_words(h, self.word_swap, self.word_swap.row_amounts(removal, added))
 
     def _remove(self, plan: LayerPlan, h: torch.Tensor) -> torch.Tensor:
         if h.ndim != 3:

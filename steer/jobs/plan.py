@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from steer.config import (
+    REMOVING,
+    TAKE_AWAY_NEGATIVE,
     SteeringConfig,
     check_branches,
     disagreement_note,
@@ -276,14 +278,14 @@ class _Validator:
             raise JobError(line, ITSELF)
         if any(s < 0 for s in scales):
             raise JobError(line, "a take-away goes with positive direction scales: it replaces what the prompt says")
-        return JobTakeAway(away, str(away_path), fit_wanted=fit_it), {**job, "steering_negative": "remove"}
+        return JobTakeAway(away, str(away_path), fit_wanted=fit_it), {**job, "steering_negative": job.get("steering_negative", TAKE_AWAY_NEGATIVE)}
 
     def _fit_take_away(self, job: dict[str, Any], directions: list[Any], loaded: list, away: JobTakeAway, base: CallSetup):
         """Fit the take-away (once per pair and call setting) and fill in its window (unless the job sets one) and
         scale (unless its direction does, in ``loaded``)."""
         vector, path, _ = loaded[0]
         fit = self._fits.get(vector, away.vector, base.guidance_scale, base.height, base.width, self.report, sampler=base.sampler,
-                             negative_prompt=job.get("negative_prompt"))
+                             negative_prompt=job.get("negative_prompt"), negative=job.get("steering_negative", TAKE_AWAY_NEGATIVE))
         if "steering_window" not in job:
             job = {**job, "steering_window": list(fit.window)}
         if not sets_scale(directions[0]):
@@ -426,7 +428,7 @@ class _Validator:
         negative = job.get("steering_negative", recommended.negative)
         if negative not in NEGATIVES:
             raise JobError(line, f"steering_negative must be one of {list(NEGATIVES)}, got {show(negative)}")
-        if job.get("steering_removal_window") is not None and negative != "remove":  # recorded, and changed nothing
+        if job.get("steering_removal_window") is not None and negative not in REMOVING:  # recorded, and changed nothing
             raise JobError(line, "steering_removal_window sets where steering_negative 'remove' acts: under "
                                  f"{show(negative)} nothing is removed")
         normalize = check_bool(line, "steering_normalize", job.get("steering_normalize", recommended.normalize))

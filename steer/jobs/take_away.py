@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from steer.config import TAKE_AWAY_NEGATIVE, TAKE_AWAY_NEGATIVES
 from steer.jobs.checks import check_bool
 from steer.jobs.read import JobError
 
@@ -49,8 +50,9 @@ def check_fields(line: int, job: dict[str, Any]) -> tuple[Any, bool]:
     directions = job.get("directions") or []
     if not isinstance(directions, list) or len(directions) != 1:
         raise JobError(line, "take_away goes with exactly one direction in directions (the one that replaces it)")
-    if job.get("steering_negative", "remove") != "remove":
-        raise JobError(line, "take_away removes what the prompt says (steering_negative 'remove'); leave steering_negative out")
+    if job.get("steering_negative", TAKE_AWAY_NEGATIVE) not in TAKE_AWAY_NEGATIVES:
+        raise JobError(line, f"take_away removes what the prompt says (steering_negative {TAKE_AWAY_NEGATIVE!r}, or 'remove' without "
+                             "turning its word); leave steering_negative out")
     return spec, fit
 
 
@@ -70,24 +72,26 @@ class FitCache:
 
     @staticmethod
     def key(vector: Any, away: Any, guidance: float, height: int, width: int, sampler: str | None = None,
-            negative_prompt: str | None = None) -> tuple:
-        return (vector.digest(), away.digest(), float(guidance), int(height), int(width), sampler, negative_prompt or None)
+            negative_prompt: str | None = None, negative: str = TAKE_AWAY_NEGATIVE) -> tuple:
+        return (vector.digest(), away.digest(), float(guidance), int(height), int(width), sampler, negative_prompt or None, negative)
 
-    def _compute(self, vector: Any, away: Any, guidance: float, height: int, width: int,
-                 sampler: str | None = None, negative_prompt: str | None = None) -> tuple[Any, list[str], str | None]:
+    def _compute(self, vector: Any, away: Any, guidance: float, height: int, width: int, sampler: str | None = None,
+                 negative_prompt: str | None = None, negative: str = TAKE_AWAY_NEGATIVE) -> tuple[Any, list[str], str | None]:
         from steer.samplers import with_sampler
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            negative = {"negative_prompt": negative_prompt} if negative_prompt else {}  # fitted for how the job generates
-            fit = with_sampler(self.pipe, sampler).fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width, **negative)
+            negative_prompt_arg = {"negative_prompt": negative_prompt} if negative_prompt else {}  # fitted for how the job generates
+            take_away = negative
+            fit = with_sampler(self.pipe, sampler).fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width,
+                                                                 negative=take_away, **negative_prompt_arg)
         return fit, list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))), None
 
     def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None,
-            sampler: str | None = None, negative_prompt: str | None = None) -> Any:
-        key = self.key(vector, away, guidance, height, width, sampler, negative_prompt)
+            sampler: str | None = None, negative_prompt: str | None = None, negative: str = TAKE_AWAY_NEGATIVE) -> Any:
+        key = self.key(vector, away, guidance, height, width, sampler, negative_prompt, negative)
         if key not in self._fits:
-            self._fits[key] = self._compute(vector, away, guidance, height, width, sampler, negative_prompt)
+            self._fits[key] = self._compute(vector, away, guidance, height, width, sampler, negative_prompt, negative)
         fit, messages, error = self._fits[key]
         if error is not None:  # failed in another process: the same one-line reason here
             raise RuntimeError(error)
@@ -130,9 +134,9 @@ class _FitRequests(FitCache):
         self.requests: dict[tuple, tuple] = {}
 
     def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None,
-            sampler: str | None = None, negative_prompt: str | None = None) -> Any:
-        self.requests.setdefault(self.key(vector, away, guidance, height, width, sampler, negative_prompt),
-                                 (vector, away, guidance, height, width, sampler, negative_prompt))
+            sampler: str | None = None, negative_prompt: str | None = None, negative: str = TAKE_AWAY_NEGATIVE) -> Any:
+        self.requests.setdefault(self.key(vector, away, guidance, height, width, sampler, negative_prompt, negative),
+                                 (vector, away, guidance, height, width, sampler, negative_prompt, negative))
         raise LookupError("take-away fit requested")
 
 

@@ -83,6 +83,11 @@ class SteeringFluxPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixin, Seri
         )
         return embeds
 
+    def steering_word_tokenizer(self) -> Any:
+        """The T5 tokenizer: its ids line up with the text tokens the transformer reads (the CLIP one gives the pooled
+        embedding only)."""
+        return getattr(self, "tokenizer_2", None)
+
     def _steered_call(self, parent: type, *args: Any, **kwargs: Any):
         plain = {k: v for k, v in kwargs.items() if k in _CALL_PARAMS}
         try:

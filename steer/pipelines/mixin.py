@@ -65,6 +65,7 @@ from steer.validation import (
     short,
 )
 from steer.vectors import SteeringVector, as_vector_list
+from steer.word_swap import plan_word_swap
 
 # Pipeline attributes a call sets that are loop state of that call, not results (kept off the shared pipeline).
 _CALL_LOCAL = frozenset({"scheduler"})
@@ -181,6 +182,11 @@ class SteeringMixin:
         one row per prompt. Families whose ``encode_prompt`` differs override this."""
         embeds, _ = self.encode_prompt(list(prompts), self._execution_device, 1, False)
         return embeds
+
+    def steering_word_tokenizer(self) -> Any:
+        """The tokenizer whose ids line up with `steering_text_embeddings`' positions (the take-away's word swap,
+        `steer.word_swap`): the pipeline's ``tokenizer`` (SD3: its CLIP positions, first); None swaps nothing."""
+        return getattr(self, "tokenizer", None)
 
     @contextlib.contextmanager
     def steering(self, vector: SteeringVector | Sequence[SteeringVector] | str, scale: Any = 1.0, **options: Any) -> Iterator[None]:
@@ -517,6 +523,8 @@ class SteeringMixin:
                 session = call_pipe.build_steering_session(
                     vectors, scales, SteeringConfig.from_settings(settings), cfg=call_pipe.steering_cfg,
                 )
+                session.word_swap = plan_word_swap(call_pipe, self._row_prompts(bound), vectors, scales, settings["steering_negative"],
+                                                   bound.arguments.get("max_sequence_length"))
                 if sites is not None:
                     outside = [n for n in session.plans if n not in sites.channels]
                     if outside:

@@ -1,0 +1,130 @@
+"""Planning the take-away's word swap from a call's prompts (`steer.engine.word_swap` applies it).
+
+A call that adds one direction and takes away another (``steering_negative="remove"``) whose phrase a row's prompt
+states ("a blue sandal" with ``[to_orange, to_blue]``) also turns that phrase's own token states into the ones the
+text encoder gives the prompt with the added direction's phrase in its place ("a orange sandal"), by the row's
+removal amount; every other token position is the prompt's own, steered as before. The take-away's directions are
+means over every token, most of them padding, and cannot turn the word itself: on the demo model "blue" and "orange"
+are at cosine -0.24, and at the fitted strength the word reached only 0.66 while the padding overshot
+(docs/steering.md "Session 41").
+
+Which phrases: those a direction's recorded prompts state (`phrases_of`: a slider side's flip words, else the
+positives' attribute words against their open forms, as the take-away's suggestion reads them). Which positions: the
+tokens where the prompt and its rewrite differ, read with the pipeline's `steering_word_tokenizer` (the tokenizer whose
+ids line up with the text tokens the denoiser reads; None: the family swaps nothing). A row swaps only where its prompt
+holds the phrase word for word (case aside; "blue sneakers" states "blue", "dresses" does not state "dress" here) and
+the phrase fits in the encoder's length.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from steer.engine.word_swap import WordSwap
+from steer.text_tokens import encode_text
+from steer.wording import open_prompts, prompt_words, stated_phrases
+
+FLIP_KEY = "flip"  # a slider side's metadata entry whose "words" state it (`steer.sliders.FLIP_KEY`)
+
+
+def phrases_of(vector: Any) -> tuple[str, ...]:
+    """The phrases that state ``vector``'s attribute: a slider side's recorded flip words, else those of the prompts it
+    was learned from (`phrases_of_prompts`); () when it records neither."""
+    meta = getattr(vector, "metadata", None) or {}
+    flip = meta.get(FLIP_KEY)
+    if isinstance(flip, dict) and isinstance(flip.get("words"), list):
+        return tuple(str(w) for w in flip["words"] if isinstance(w, str))
+    prompts = [(meta.get(k) or {}).get("prompts") if isinstance(meta.get(k), dict) else None for k in ("positive", "negative")]
+    if not all(isinstance(p, list) and p and all(isinstance(x, str) for x in p) for p in prompts):
+        return ()
+    found = phrases_of_prompts(tuple(prompts[0]), tuple(prompts[1]))
+    return found[0] if found is not None else ()
+
+
+@functools.lru_cache(maxsize=256)
+def phrases_of_prompts(positive: tuple[str, ...], negative: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]] | None:
+    """A direction's stated phrases and its open prompts (as word tuples) from the prompts it records; None where they
+    do not tell (no attribute words). Word matching is the costly part: read once per prompt set; immutable, as every
+    caller shares the cached answer."""
+    try:
+        opened = open_prompts(positive, negative)
+        return tuple(stated_phrases(positive, opened)), frozenset(tuple(prompt_words(o)) for o in opened)
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+def rewritten(prompt: str, phrases: Sequence[str], replacement: str) -> str | None:
+    """``prompt`` with the first of ``phrases`` it holds word for word (case aside) replaced by ``replacement``;
+    None where it holds none."""
+    for phrase in phrases:
+        words = phrase.split()
+        if not words:
+            continue
+        pattern = r"(?<![\w'-])" + r"\s+".join(map(re.escape, words)) + r"(?![\w'-])"
+        if re.search(pattern, prompt, flags=re.IGNORECASE):
+            return re.sub(pattern, lambda _: replacement, prompt, count=1, flags=re.IGNORECASE)
+    return None
+
+
+def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[Any], scales: torch.Tensor,
+                   negative: str, max_sequence_length: int | None = None) -> WordSwap | None:
+    """The word swap of a call: for each image row (``prompts``, one per image), the take-away (a negative column of
+    ``scales`` under ``negative="remove"``) whose phrase its prompt states, turned into the phrase of the direction the
+    row adds most, at the steps where that one is added (its window) and the take-away removes; None where no row swaps, the call gives no prompts (embeddings) or the family has no
+    `steering_word_tokenizer`. One text-encoder pass over the rewritten prompts."""
+    tokenizer = getattr(pipe, "steering_word_tokenizer", lambda: None)()
+    if negative != "replace" or prompts is None or tokenizer is None or not bool((scales < 0).any()):
+        return None
+    phrases = [phrases_of(v) for v in vectors]
+    plans: list[tuple[int, int, int, str, str]] = []  # (row, column taken away, column added, prompt, rewrite)
+    for row, prompt in enumerate(prompts):
+        s = scales[row if scales.shape[0] > 1 else 0]
+        added = [k for k in sorted(range(len(vectors)), key=lambda k: -float(s[k])) if s[k] > 0 and phrases[k]]
+        if not added:
+            continue
+        for k in range(len(vectors)):
+            new = rewritten(prompt, phrases[k], phrases[added[0]][0]) if s[k] < 0 and phrases[k] else None
+            if new is not None and new != prompt:
+                plans.append((row, k, added[0], prompt, new))
+                break
+    if not plans:
+        return None
+    encoded = encode_text(pipe, [new for *_, new in plans], max_sequence_length).detach().float().cpu()
+    n, (length, channels) = len(prompts), encoded.shape[1:]
+    columns, targets = torch.full((n,), -1), torch.full((n,), -1)
+    mask, states = torch.zeros(n, length, dtype=torch.bool), torch.zeros(n, length, channels)
+    for (row, k, t, prompt, new), target in zip(plans, encoded, strict=True):
+        span = _changed_span(tokenizer, prompt, new)
+        if span is None:
+            continue
+        (start, end), last = span
+        if end > length or last > length:
+            continue  # the phrase lies past what the encoder reads
+        same = end - start == last - start
+        for pos in range(start, end):
+            states[row, pos] = target[pos if same else last - 1]
+        mask[row, start:end] = True
+        columns[row], targets[row] = k, t
+    return WordSwap(columns, targets, mask, states) if bool((columns >= 0).any()) else None
+
+
+def _changed_span(tokenizer: Any, prompt: str, new: str) -> tuple[tuple[int, int], int] | None:
+    """Where ``prompt``'s token ids differ from ``new``'s: ``((start, end), new_end)``, the changed tokens
+    ``[start, end)`` of the prompt and ``[start, new_end)`` of the rewrite (their common start and end left out);
+    None where they do not differ."""
+    a, b = tokenizer(prompt).input_ids, tokenizer(new).input_ids
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    tail = 0
+    while tail < min(len(a), len(b)) - start and a[-1 - tail] == b[-1 - tail]:
+        tail += 1
+    end, new_end = len(a) - tail, len(b) - tail
+    if end <= start or new_end <= start:
+        return None
+    return (start, end), new_end
