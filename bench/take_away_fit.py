@@ -9,7 +9,8 @@ as before, so each call reads the target on its route and removes the source for
 
 Every direction of the matrix is learned (`bench/steering_matrix.py`'s prompts, defaults). For each target, each of
 its contradicting prompts ("a red sneaker" -> blue) is steered with ``[toward target, toward source]`` at
-``fit.scales`` = ``[s, -min(s, 1)]`` under ``steering_negative="remove"``, where ``s`` and the window are what `fit_take_away` found for that
+``fit.scales`` = ``[s, -min(s, 1)]`` under ``steering_negative=fit.negative`` (``--negative``: "replace", the default since
+session 41, also turns the prompt's word for the source into the target's; "remove" as before), where ``s`` and the window are what `fit_take_away` found for that
 (target, source) pair from the model alone (the source's own prompts rewritten with the target's words; no
 classifier). Pass: success >= 0.5, kept >= 0.8, break <= 5 % (colour: the pixel measure too), as in the matrix.
 
@@ -40,6 +41,7 @@ from contra_removal import generators, source_of  # noqa: E402
 from steering_matrix import TUNING, C, K, cell_metrics, check_seed_bases, judge, passes, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.config import TAKE_AWAY_NEGATIVE, TAKE_AWAY_NEGATIVES  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
 from steer.take_away import GRID, pair_scales  # noqa: E402
 
@@ -65,6 +67,8 @@ def main() -> None:
     ap.add_argument("--remove-others", action="store_true",
                     help="a probe: take away every other value of the attribute as well as the source, at the fit's strength "
                          "(the fits themselves sample the source alone)")
+    ap.add_argument("--negative", choices=TAKE_AWAY_NEGATIVES, default=TAKE_AWAY_NEGATIVE,
+                    help="how the take-away acts, in the fits and the judged calls (default: the library's)")
     ap.add_argument("--targets", nargs="+", default=None, help="only these targets (default: every colour or class); every source is still learned")
     args = ap.parse_args()
     check_seed_bases(args.seed_base, args.noise, args.seeds)
@@ -96,7 +100,7 @@ def main() -> None:
         for src in sorted(set(sources)):
             if (target, src) not in fits:
                 fits[(target, src)] = pipe.fit_take_away(targets[target], vectors[src], grid=args.grid, guidance_scale=args.guidance,
-                                                        fit_by=args.fit_by, windows=windows)
+                                                        fit_by=args.fit_by, windows=windows, negative=args.negative)
         for base in args.seed_base:
             count = len(P["contra"])
             seeds = [base + (s * count + i if args.noise == "per-image" else s) for s in range(args.seeds) for i in range(count)]
@@ -121,7 +125,7 @@ def main() -> None:
                           "pass_per_set": [sum(r["passes_per_set"][i] for r in sel) for i in range(len(args.seed_base))]}
     every = list(fits.values())
     meta = {"command": " ".join(["python", *sys.argv]), "model": args.model or "assets/models/demo", "readers": args.readers, "seeds": args.seeds,
-            "seed_bases": args.seed_base, "noise": args.noise, "fit_margin": args.fit_margin, "remove_others": args.remove_others, "fit_by": args.fit_by, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
+            "seed_bases": args.seed_base, "noise": args.noise, "negative": args.negative, "fit_margin": args.fit_margin, "remove_others": args.remove_others, "fit_by": args.fit_by, "images_per_cell": args.seeds * 8 * len(args.seed_base), "steps": args.steps, "guidance": args.guidance,
             "grid": args.grid, "windows": [list(w) for w in windows] if windows else "fit_take_away's own", "fits": len(every), "fit_unet_rows": every[0].unet_rows if every else 0,
             "whole_run_share": float(np.mean([f.window[1] == 1.0 for f in every])) if every else 0.0,  # windows to the run's end
             "strength_range": [min(f.strength for f in every), max(f.strength for f in every)] if every else None,
@@ -147,7 +151,7 @@ def judged(pipe, classifier, args, target, targets, vectors, fits, prompts, sour
             for n in names if args.remove_others else [sources[i]]:
                 scale[r, 1 + names.index(n)] = remove
         out_images = pipe([prompts[i] for i in idx], generator=generators([seeds[i] for i in idx]), steering=[targets[target]] + [vectors[n] for n in names],
-                          steering_scale=scale, steering_negative="remove", steering_window=window, num_inference_steps=args.steps,
+                          steering_scale=scale, steering_negative=args.negative, steering_window=window, num_inference_steps=args.steps,
                           guidance_scale=args.guidance, output_type="np").images
         images[idx] = out_images.transpose(0, 3, 1, 2)
     j, index = judge(classifier, images), (C if args.kind == "colour" else K).index(target)

@@ -45,7 +45,7 @@ def captured_fit(pipe, target, away):
 
     ta.sample_latents, ta._steered_samples = sample, steer
     try:
-        fit = pipe.fit_take_away(target, away, guidance_scale=5.0, windows=ta.WINDOWS)
+        fit = pipe.fit_take_away(target, away, guidance_scale=5.0, windows=ta.WINDOWS, negative="remove")  # as session 40 ran it
     finally:
         ta.sample_latents, ta._steered_samples = plain_sample, plain_steered
     return fit, sampled[0], sampled[1], steered[0][0]

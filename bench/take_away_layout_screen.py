@@ -83,7 +83,7 @@ def main() -> None:
             vectors = {v: pipe.learn_direction(prompts_for(kind, v)["positive"], prompts_for(kind, v)["negative"], **kw) for v in values}
             for target in TUNING[kind]:
                 for src in sorted({source_of(kind, p) for p in prompts_for(kind, target)["contra"]}):
-                    fit = pipe.fit_take_away(vectors[target], vectors[src], grid=GRID, guidance_scale=5.0)
+                    fit = pipe.fit_take_away(vectors[target], vectors[src], grid=GRID, guidance_scale=5.0, negative="remove")  # sampled so, below
                     rows.append(record(pipe, fit, vectors[target], vectors[src], kind=kind, target=target, source=src))
                     show(rows[-1], t0)
     else:
@@ -91,7 +91,7 @@ def main() -> None:
             P = pair_prompts(kind, pos, neg)
             slider = pipe.learn_direction(P["positive"], P["negative"], two_sided=True, flip_stated=False, **kw)
             for side, toward, away in ((pos, slider.one_sided, slider.opposite), (neg, slider.opposite, slider.one_sided)):
-                fit = pipe.fit_take_away(toward, away, grid=GRID, guidance_scale=5.0)
+                fit = pipe.fit_take_away(toward, away, grid=GRID, guidance_scale=5.0, negative="remove")
                 rows.append(record(pipe, fit, toward, away, kind=kind, pair=[pos, neg], side=side))
                 show(rows[-1], t0)
     meta = {"command": " ".join(["python", *sys.argv]), "grid": list(GRID), "wall_seconds": round(time.time() - t0, 1)}

@@ -30,12 +30,15 @@ from contra_removal import generators, source_of  # noqa: E402
 from steering_matrix import C, K, judge, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
+from steer.config import TAKE_AWAY_NEGATIVE, TAKE_AWAY_NEGATIVES  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
 from steer.take_away import pair_scales  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--negative", choices=TAKE_AWAY_NEGATIVES, default=TAKE_AWAY_NEGATIVE,
+                    help="how the take-away acts (default: the library's; remove: without the word swap, as before session 41)")
     ap.add_argument("--target", choices=C, default="orange")
     ap.add_argument("--mults", type=float, nargs="+", default=[0.0, 1.0], help="multiples of the fitted strength, one row each")
     ap.add_argument("--fit-by", choices=("auto", "distance"), default="auto")
@@ -61,12 +64,13 @@ def main() -> None:
     columns = []
     for prompt in contra:
         source = source_of("colour", prompt)
-        fit = pipe.fit_take_away(vectors[args.target], vectors[source], guidance_scale=args.guidance, fit_by=args.fit_by, windows=windows)
+        fit = pipe.fit_take_away(vectors[args.target], vectors[source], guidance_scale=args.guidance, fit_by=args.fit_by, windows=windows,
+                                 negative=args.negative)
         own = pipe([prompt.replace(source, args.target, 1)] * 4, generator=generators(seeds), **sampling).images
         rows = [own]
         for mult in args.mults:
             images = pipe([prompt] * 4, generator=generators(seeds), steering=[vectors[args.target], vectors[source]],
-                          steering_scale=pair_scales(fit.strength * mult), steering_negative="remove", steering_window=fit.window,
+                          steering_scale=pair_scales(fit.strength * mult), steering_negative=fit.negative, steering_window=fit.window,
                           **sampling).images
             rows.append(images)
             j = judge(classifier, images.transpose(0, 3, 1, 2))
