@@ -52,7 +52,7 @@ def main() -> None:
     vectors = []
     for colour in ("blue", "red", "green", "white", "purple", "yellow", "cyan", "orange"):
         P = prompts_for("colour", colour)
-        vectors.append(pipe.learn_direction(P["positive"], P["negative"], num_inference_steps=2, calibrate=False, progress=False))
+        vectors.append(pipe.learn_direction(P["positive"], P["negative"], calibrate=False, progress=False))
     # every row adds blue and takes away the colour its prompt states
     scales = torch.zeros(len(PROMPTS), len(vectors))
     scales[:, 0] = 1.0
