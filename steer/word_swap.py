@@ -1,9 +1,10 @@
 """Planning the take-away's word swap from a call's prompts (`steer.engine.word_swap` applies it).
 
-A call that adds one direction and takes away another (``steering_negative="remove"``) whose phrase a row's prompt
-states ("a blue sandal" with ``[to_orange, to_blue]``) also turns that phrase's own token states into the ones the
-text encoder gives the prompt with the added direction's phrase in its place ("a orange sandal"), by the row's
-removal amount; every other token position is the prompt's own, steered as before. The take-away's directions are
+A call that adds one direction and takes away another under ``steering_negative="replace"`` (the take-away's default)
+whose phrase a row's prompt states ("a blue sandal" with ``[to_orange, to_blue]``) also turns that phrase's own token
+states into the ones the text encoder gives the prompt with the added direction's phrase in its place ("a orange
+sandal"), by the row's removal amount, while the added direction acts; every other token position is the prompt's
+own, steered as before. The take-away's directions are
 means over every token, most of them padding, and cannot turn the word itself: on the demo model "blue" and "orange"
 are at cosine -0.24, and at the fitted strength the word reached only 0.66 while the padding overshot
 (docs/steering.md "Session 41").

@@ -223,6 +223,8 @@ def test_the_fit_by_colour_samples_its_own_windows_whole(tiny_pipe):
     assert auto.structure == 0.95 and plain.structure is None
     with pytest.raises(ValueError, match=r"^fit_by= is one of 'auto', 'distance', got 'colour'$"):
         tiny_pipe.fit_take_away(blue, red, fit_by="colour")
+    with pytest.raises(ValueError, match=r"^negative= is one of 'replace', 'remove', got 'subtract'$"):
+        tiny_pipe.fit_take_away(blue, red, negative="subtract")
 
 
 # the learned directions' removal window (to the end) and the call's window; on DDIM, DPM-Solver (its history handed
