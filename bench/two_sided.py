@@ -28,7 +28,10 @@ for the negative side and the negatives' for the positive side, the first 8 of e
 slider records per side the strength and window `pipe.fit_take_away` fits from the model alone, guidance 5, and
 flips rows whose prompt states the other side with it; the first run of this mode, session 23, called that fit
 explicitly as ``take-away``, with the same fits), against the prompt rewrite. The matrix's contradicting-prompt rule: success >= 0.5 (and
-the pixel measure for colours), the other attribute kept >= 0.8, break <= 5 %.
+the pixel measure for colours), the other attribute kept >= 0.8, break <= 5 %. ``--sweep`` (session 41) also slides
+toward each end in quarters (0, 0.25, 0.5, 0.75, 1) on those prompts: the success and target probability per scale,
+their Spearman and `non_decreasing`, as the open runs report them. ``--flip-negative remove`` learns the flips
+without the word swap (session 40's), for comparison.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from negative_prompt import save  # noqa: E402
-from steering_matrix import C, K, Runner, cell_metrics, judge, non_decreasing, passes  # noqa: E402
+from steering_matrix import C, K, Runner, cell_metrics, judge, non_decreasing, passes, spearman  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
@@ -58,6 +61,9 @@ PAIRS = {
 SCALES = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 GRID_SCALES = (-1.0, -0.5, 0.0, 0.5, 1.0)
 SEGA_SCALE = 8.0
+
+
+SWEEP = [0.0, 0.25, 0.5, 0.75]  # --contra --sweep: the slider toward the end below 1, the prompt as written at 0
 
 
 def pair_prompts(kind: str, pos: str, neg: str) -> dict[str, list[str]]:
@@ -97,6 +103,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--seed-base", type=int, default=1000)
     ap.add_argument("--contra", action="store_true", help="prompts that state the other side (see above)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="with --contra: the slider also at +-0.25, 0.5, 0.75 on the stated prompts (success and target "
+                         "probability per scale from 0 to the end, their Spearman and `non_decreasing`)")
+    ap.add_argument("--flip-negative", choices=("replace", "remove"), default=None,
+                    help="with --contra: learn the sliders' flips under this steering_negative (default: the library's; "
+                         "remove: as before session 41, without the word swap)")
     ap.add_argument("--noise", choices=("per-seed", "per-image"), default="per-seed",
                     help="per-seed (every run before 2026-12-04): the 8 prompts of a seed share its noise; per-image: every "
                          "image its own, as the matrix since 2026-12-03 (a side is seeds x 8 independent images)")
@@ -107,6 +119,12 @@ def main() -> None:
     t0 = time.time()
     pipe, classifier, run, kw = bench_setup(args.model, args.seeds, args.seed_base, args.noise)
     if args.contra:
+        if args.flip_negative is not None:  # the flips fitted while learning, under the negative asked for
+            import functools
+
+            import steer.learn
+
+            steer.learn.fit_take_away = functools.partial(steer.learn.fit_take_away, negative=args.flip_negative)
         return contra(args, pipe, classifier, run, kw, t0)
     n = len(SCALES)
 
@@ -189,6 +207,16 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
                     r = cell_metrics(judge(classifier, imgs), ref, kind, index(target))
                     cells.append({"split": split, "kind": kind, "pair": [pos, neg], "side": side, "target": target, "method": method,
                                   **r, "pass": passes(r, "contra", kind)})
+                if args.sweep:  # 0 (the prompt as written) -> the end, in quarters: does the flip move monotonically?
+                    curve = [cell_metrics(ref, ref, kind, index(target))]
+                    curve += [cell_metrics(judge(classifier, run.sample(prompts, steering=slider, steering_scale=sign * s)), ref, kind, index(target))
+                              for s in SWEEP[1:]]
+                    curve.append(cells[-2])  # the slider at the end, judged above
+                    cells[-2]["sweep"] = {"scales": [*SWEEP, 1.0], "success": [round(c["success"], 3) for c in curve],
+                                          "p_target": [round(c["p_target"], 3) for c in curve],
+                                          "rho_success": spearman([*SWEEP, 1.0], [c["success"] for c in curve]),
+                                          "rho_p": spearman([*SWEEP, 1.0], [c["p_target"] for c in curve]),
+                                          "non_decreasing": non_decreasing([c["success"] for c in curve], per)}
                 grid_rows += [np.concatenate(list(x[:8]), axis=2) for x in images.values()]
                 assert per == len(images["slider"])
             print(f"{pos} <-> {neg}: {time.time() - t0:.0f} s", flush=True)
@@ -199,7 +227,14 @@ def contra(args, pipe, classifier, run, kw: dict, t0: float) -> None:
             summary[f"{split}/{method}"] = {"sides": f"{sum(c['pass'] for c in rows)}/{len(rows)}",
                                             "success": round(float(np.mean([c["success"] for c in rows])), 3),
                                             "kept": round(float(np.mean([c["kept"] for c in rows])), 3)}
+        swept = [c["sweep"] for c in cells if c["split"] == split and "sweep" in c]
+        if swept:
+            summary[f"{split}/slider sweep"] = {"non_decreasing": f"{sum(w['non_decreasing'] for w in swept)}/{len(swept)}",
+                                                "median_rho_success": round(float(np.median([w["rho_success"] for w in swept])), 3),
+                                                "median_rho_p": round(float(np.median([w["rho_p"] for w in swept])), 3),
+                                                "success_at": [round(float(np.mean([w["success"][i] for w in swept])), 3) for i in range(5)]}
     results = {"meta": {"seeds": [args.seed_base + s for s in range(args.seeds)], "noise": args.noise, "contra": True,
+                        "sweep": args.sweep, "flip_negative": args.flip_negative or "the library's",
                         "pairs": {k: [list(p) for p in v] for k, v in PAIRS.items()}},
                "summary": summary, "fits": fits, "cells": cells}
     save(args, Path(__file__).name, t0, results, grid_rows,
