@@ -41,7 +41,7 @@ from contra_removal import generators, source_of  # noqa: E402
 from steering_matrix import TUNING, C, K, cell_metrics, check_seed_bases, judge, passes, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
-from steer.config import TAKE_AWAY_NEGATIVE, TAKE_AWAY_NEGATIVES  # noqa: E402
+from steer.config import REMOVING, TAKE_AWAY_NEGATIVE  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
 from steer.take_away import GRID, pair_scales  # noqa: E402
 
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--remove-others", action="store_true",
                     help="a probe: take away every other value of the attribute as well as the source, at the fit's strength "
                          "(the fits themselves sample the source alone)")
-    ap.add_argument("--negative", choices=TAKE_AWAY_NEGATIVES, default=TAKE_AWAY_NEGATIVE,
+    ap.add_argument("--negative", choices=REMOVING, default=TAKE_AWAY_NEGATIVE,
                     help="how the take-away acts, in the fits and the judged calls (default: the library's)")
     ap.add_argument("--targets", nargs="+", default=None, help="only these targets (default: every colour or class); every source is still learned")
     args = ap.parse_args()

@@ -30,14 +30,14 @@ from contra_removal import generators, source_of  # noqa: E402
 from steering_matrix import C, K, judge, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
-from steer.config import TAKE_AWAY_NEGATIVE, TAKE_AWAY_NEGATIVES  # noqa: E402
+from steer.config import REMOVING, TAKE_AWAY_NEGATIVE  # noqa: E402
 from steer.lab.classifier import load_classifier  # noqa: E402
 from steer.take_away import pair_scales  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--negative", choices=TAKE_AWAY_NEGATIVES, default=TAKE_AWAY_NEGATIVE,
+    ap.add_argument("--negative", choices=REMOVING, default=TAKE_AWAY_NEGATIVE,
                     help="how the take-away acts (default: the library's; remove: without the word swap, as before session 41)")
     ap.add_argument("--target", choices=C, default="orange")
     ap.add_argument("--mults", type=float, nargs="+", default=[0.0, 1.0], help="multiples of the fitted strength, one row each")

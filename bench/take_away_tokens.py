@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from steering_matrix import C, prompts_for  # noqa: E402
 
 from steer.cli.loading import load_pipeline  # noqa: E402
-from steer.config import NEGATIVES  # noqa: E402
+from steer.config import REMOVING  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--source", choices=C, default="blue")
     ap.add_argument("--classes", nargs="+", default=["sandal", "t-shirt", "ankle boot"])
     ap.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 2.64])
-    ap.add_argument("--negative", choices=NEGATIVES[1:], default="remove")
+    ap.add_argument("--negative", choices=REMOVING, default="remove")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -25,11 +25,11 @@ Negative = Literal["subtract", "remove", "replace"]
 BRANCHES = ("cond", "uncond", "both", "split")
 MODES = ("add", "weighted", "token")
 NEGATIVES = ("subtract", "remove", "replace")
-REMOVING = ("remove", "replace")  # the negatives under which a negative scale removes (a take-away)
-# how a take-away acts: "replace" also turns the word the prompt states for what is taken away into the added
-# direction's (`steer.word_swap`; docs/steering.md "Session 41"); "remove" as before it
-TAKE_AWAY_NEGATIVE = "replace"
-TAKE_AWAY_NEGATIVES = ("replace", "remove")
+# the negatives under which a negative scale removes (a take-away's), its default first: "replace" also turns the word
+# the prompt states for what is taken away into the added direction's (`steer.word_swap`; docs/steering.md "Session
+# 41"); "remove" as before it
+REMOVING = ("replace", "remove")
+TAKE_AWAY_NEGATIVE = REMOVING[0]
 ROUTE_NAMES = ("all", "layout", "detail")  # the named routes of `steering_readers` (UNet reader groups)
 PAPER_WINDOW = (0.45, 0.95)
 Window = tuple[float, float]

@@ -50,8 +50,8 @@ from steer.calibrate import (
     sample_latents,
 )
 from steer.config import (
+    REMOVING,
     TAKE_AWAY_NEGATIVE,
-    TAKE_AWAY_NEGATIVES,
     check_window,
     outside_steering_blocks,
     recommended_settings,
@@ -368,8 +368,8 @@ def fit_take_away(
     check_int(num_inference_steps, "num_inference_steps", 1, MAX_STEPS, optional=False)
     if fit_by not in FIT_BY:
         raise ValueError(f"fit_by= is one of {', '.join(map(repr, FIT_BY))}, got {short(fit_by)}")
-    if negative not in TAKE_AWAY_NEGATIVES:
-        raise ValueError(f"negative= is one of {', '.join(map(repr, TAKE_AWAY_NEGATIVES))}, got {short(negative)}")
+    if negative not in REMOVING:
+        raise ValueError(f"negative= is one of {', '.join(map(repr, REMOVING))}, got {short(negative)}")
     if away is vector or away.digest() == vector.digest():
         raise ValueError(ITSELF)
     if windows is not None and not windows:

@@ -27,10 +27,9 @@ from typing import Any
 import torch
 
 from steer.engine.word_swap import WordSwap
+from steer.sliders import FLIP_KEY
 from steer.text_tokens import encode_text
 from steer.wording import open_prompts, prompt_words, stated_phrases
-
-FLIP_KEY = "flip"  # a slider side's metadata entry whose "words" state it (`steer.sliders.FLIP_KEY`)
 
 
 def phrases_of(vector: Any) -> tuple[str, ...]:
@@ -75,11 +74,14 @@ def rewritten(prompt: str, phrases: Sequence[str], replacement: str) -> str | No
 def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[Any], scales: torch.Tensor,
                    negative: str, max_sequence_length: int | None = None) -> WordSwap | None:
     """The word swap of a call: for each image row (``prompts``, one per image), the take-away (a negative column of
-    ``scales`` under ``negative="remove"``) whose phrase its prompt states, turned into the phrase of the direction the
-    row adds most, at the steps where that one is added (its window) and the take-away removes; None where no row swaps, the call gives no prompts (embeddings) or the family has no
-    `steering_word_tokenizer`. One text-encoder pass over the rewritten prompts."""
+    ``scales`` under ``negative="replace"``) whose phrase its prompt states, turned into the phrase of the direction the
+    row adds most, at the steps where that one is added (its window) and the take-away removes; None where no row
+    swaps, the call gives no prompts (embeddings) or the family has no `steering_word_tokenizer`. One text-encoder pass
+    over the rewritten prompts."""
+    if negative != "replace" or prompts is None or not bool((scales < 0).any()):
+        return None
     tokenizer = getattr(pipe, "steering_word_tokenizer", lambda: None)()
-    if negative != "replace" or prompts is None or tokenizer is None or not bool((scales < 0).any()):
+    if tokenizer is None:
         return None
     phrases = [phrases_of(v) for v in vectors]
     plans: list[tuple[int, int, int, str, str]] = []  # (row, column taken away, column added, prompt, rewrite)
@@ -106,9 +108,8 @@ def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[A
         (start, end), last = span
         if end > length or last > length:
             continue  # the phrase lies past what the encoder reads
-        same = end - start == last - start
-        for pos in range(start, end):
-            states[row, pos] = target[pos if same else last - 1]
+        for pos in range(start, end):  # aligned where the two phrases have as many tokens, else the target's last
+            states[row, pos] = target[pos if end == last else last - 1]
         mask[row, start:end] = True
         columns[row], targets[row] = k, t
     return WordSwap(columns, targets, mask, states) if bool((columns >= 0).any()) else None

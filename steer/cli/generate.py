@@ -28,7 +28,6 @@ from steer.config import (
     REMOVING,
     STEERING_DEFAULTS,
     TAKE_AWAY_NEGATIVE,
-    TAKE_AWAY_NEGATIVES,
     SteeringConfig,
     agreed_recommendation,
     disagreement_note,
@@ -218,7 +217,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not found and args.fit and edit is None:
             args.fit = False  # nothing to fit: the direction alone, at its own settings
     if args.take_away is not None:
-        if args.negative not in (None, *TAKE_AWAY_NEGATIVES):
+        if args.negative not in (None, *REMOVING):
             raise CLIError(f"--take-away removes what the prompt says (--negative {TAKE_AWAY_NEGATIVE}, or remove without turning its "
                            f"word): --negative {args.negative} contradicts it")
         away_path = located(args.take_away)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from steer.config import TAKE_AWAY_NEGATIVE, TAKE_AWAY_NEGATIVES
+from steer.config import REMOVING, TAKE_AWAY_NEGATIVE
 from steer.jobs.checks import check_bool
 from steer.jobs.read import JobError
 
@@ -50,7 +50,7 @@ def check_fields(line: int, job: dict[str, Any]) -> tuple[Any, bool]:
     directions = job.get("directions") or []
     if not isinstance(directions, list) or len(directions) != 1:
         raise JobError(line, "take_away goes with exactly one direction in directions (the one that replaces it)")
-    if job.get("steering_negative", TAKE_AWAY_NEGATIVE) not in TAKE_AWAY_NEGATIVES:
+    if job.get("steering_negative", TAKE_AWAY_NEGATIVE) not in REMOVING:
         raise JobError(line, f"take_away removes what the prompt says (steering_negative {TAKE_AWAY_NEGATIVE!r}, or 'remove' without "
                              "turning its word); leave steering_negative out")
     return spec, fit
@@ -82,9 +82,8 @@ class FitCache:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             negative_prompt_arg = {"negative_prompt": negative_prompt} if negative_prompt else {}  # fitted for how the job generates
-            take_away = negative
             fit = with_sampler(self.pipe, sampler).fit_take_away(vector, away, guidance_scale=guidance, height=height, width=width,
-                                                                 negative=take_away, **negative_prompt_arg)
+                                                                 negative=negative, **negative_prompt_arg)
         return fit, list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning))), None
 
     def get(self, vector: Any, away: Any, guidance: float, height: int, width: int, report: Callable[[str], None] | None = None,
