@@ -13,8 +13,9 @@ Which phrases: those a direction's recorded prompts state (`phrases_of`: a slide
 positives' attribute words against their open forms, as the take-away's suggestion reads them). Which positions: the
 tokens where the prompt and its rewrite differ, read with the pipeline's `steering_word_tokenizer` (the tokenizer whose
 ids line up with the text tokens the denoiser reads; None: the family swaps nothing). A row swaps only where its prompt
-holds the phrase word for word (case aside; "blue sneakers" states "blue", "dresses" does not state "dress" here) and
-the phrase fits in the encoder's length.
+states the phrase word for word as `steer.wording.states` reads it (case aside, a plural as its singular: "two red
+dresses" states "dress" and is rewritten "two red bags"; "blueish" does not state "blue") and the phrase fits in the
+encoder's length.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from steer.engine.word_swap import WordSwap
 from steer.sliders import FLIP_KEY
 from steer.text_tokens import encode_text
-from steer.wording import open_prompts, prompt_words, stated_phrases
+from steer.wording import WORD_PATTERN, is_plural, open_prompts, plural, prompt_words, stated_phrases
 
 
 def phrases_of(vector: Any) -> tuple[str, ...]:
@@ -59,15 +60,24 @@ def phrases_of_prompts(positive: tuple[str, ...], negative: tuple[str, ...]) -> 
 
 
 def rewritten(prompt: str, phrases: Sequence[str], replacement: str) -> str | None:
-    """``prompt`` with the first of ``phrases`` it holds word for word (case aside) replaced by ``replacement``;
-    None where it holds none."""
+    """``prompt`` with the first of ``phrases`` it states replaced by ``replacement``; None where it states none.
+    Words are read as `steer.wording.states` reads them (case aside, "an" as "a", a plural as its singular), so "two
+    red dresses" states "dress" and becomes "two red bags": where the prompt's last matched word is a plural and the
+    replacement's last word is not, the replacement's is made plural (`steer.wording.plural`)."""
+    spans = [(m.start(), m.end()) for m in re.finditer(WORD_PATTERN, prompt)]
+    have = prompt_words(prompt)
     for phrase in phrases:
-        words = phrase.split()
-        if not words:
+        want = prompt_words(phrase)
+        if not want:
             continue
-        pattern = r"(?<![\w'-])" + r"\s+".join(map(re.escape, words)) + r"(?![\w'-])"
-        if re.search(pattern, prompt, flags=re.IGNORECASE):
-            return re.sub(pattern, lambda _: replacement, prompt, count=1, flags=re.IGNORECASE)
+        at = next((i for i in range(len(have) - len(want) + 1) if have[i:i + len(want)] == want), None)
+        if at is None:
+            continue
+        last = at + len(want) - 1
+        words = replacement.split()
+        if words and is_plural(prompt[slice(*spans[last])]) and not is_plural(words[-1]):
+            words[-1] = plural(words[-1])
+        return prompt[:spans[at][0]] + " ".join(words) + prompt[spans[last][1]:]
     return None
 
 

@@ -106,10 +106,13 @@ def rewrite_attribute(prompt: str, negative: Sequence[str], like: str, like_nega
     return _an_before_vowels([*words[:start], *like.split()[other_start:other_end], *words[end:]])
 
 
+WORD_PATTERN = r"[\w'-]+"  # a prompt's words: letters, digits, "_", "'" and "-" ("t-shirt", "men's")
+
+
 def prompt_words(prompt: str) -> list[str]:
     """A prompt's words as `states` compares them: lower case, punctuation dropped, "an" as "a", a plural as its
     singular ("trousers" as "trouser", "dresses" as "dress"; `singular`)."""
-    return ["a" if w == "an" else singular(w) for w in re.findall(r"[\w'-]+", prompt.lower())]
+    return ["a" if w == "an" else singular(w) for w in (m.lower() for m in re.findall(WORD_PATTERN, prompt))]
 
 
 # Plurals the endings rule gets wrong, as prompts use them ("two old men", "a group of children", "three wolves").
@@ -139,6 +142,33 @@ def singular(word: str) -> str:
     if word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
+
+
+_SINGULAR_TO_IRREGULAR = {v: k for k, v in IRREGULAR_PLURALS.items()}
+
+
+def plural(word: str) -> str:
+    """``word``'s English plural, the inverse of `singular` on the forms it reads: irregular ones by
+    `IRREGULAR_PLURALS` ("man" -> "men"), "-s", "-sh", "-ch", "-x", "-z" take "es" ("dress" -> "dresses"), a
+    consonant's "-y" becomes "-ies" ("party" -> "parties"), every other word takes "s" ("bag" -> "bags"); an
+    upper-case word stays upper case, a capitalised one capitalised."""
+    lower = word.lower()
+    if lower in _SINGULAR_TO_IRREGULAR:
+        out = _SINGULAR_TO_IRREGULAR[lower]
+    elif lower.endswith(("s", "sh", "ch", "x", "z")):
+        out = lower + "es"
+    elif lower.endswith("y") and len(lower) > 1 and lower[-2] not in "aeiou":
+        out = lower[:-1] + "ies"
+    else:
+        out = lower + "s"
+    if word.isupper() and len(word) > 1:
+        return out.upper()
+    return word[:1] + out[1:] if word[:1].isupper() else out
+
+
+def is_plural(word: str) -> bool:
+    """Whether `singular` reads ``word`` as a plural ("dresses", "men"; not "dress", "bus")."""
+    return singular(word.lower()) != word.lower()
 
 
 def states(prompt: str, phrases: Sequence[str]) -> bool:

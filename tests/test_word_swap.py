@@ -11,6 +11,7 @@ from steer.denoisers import CONTEXT_SITE
 from steer.engine.word_swap import WordSwap, swap_words
 from steer.text_tokens import encode_text
 from steer.word_swap import phrases_of, plan_word_swap, rewritten
+from steer.wording import is_plural, plural, singular
 
 
 def learned(pipe, colour: str) -> SteeringVector:
@@ -32,6 +33,24 @@ def test_rewritten_replaces_whole_words_only():
     assert rewritten("a blue-green bag", ["blue"], "red") is None
     assert rewritten("a bag", ["blue", "navy"], "red") is None
     assert rewritten("a navy bag", ["blue", "navy"], "red") == "a red bag"
+
+
+def test_rewritten_reads_plurals_as_the_take_away_states_them():
+    # a plural states its singular (as `steer.wording.states` reads it) and gets the replacement in plural
+    assert rewritten("two red dresses, studio light", ["dress"], "bag") == "two red bags, studio light"
+    assert rewritten("Three Sneakers", ["sneaker"], "ankle boot") == "Three ankle boots"
+    assert rewritten("two old men", ["man"], "woman") == "two old women"  # irregular both ways
+    assert rewritten("two red boxes", ["box"], "party") == "two red parties"
+    # a singular stays singular; a replacement already plural is not pluralised again
+    assert rewritten("a red dress", ["dress"], "bag") == "a red bag"
+    assert rewritten("two red bags", ["bag"], "trousers") == "two red trousers"
+    assert rewritten("a dressmaker", ["dress"], "bag") is None
+    assert rewritten("two old men on a bench", ["old man"], "young woman") == "two young women on a bench"
+    words = ["bag", "dress", "watch", "box", "pony", "day", "man", "wolf", "child", "t-shirt", "sneaker"]
+    assert [plural(w) for w in words] == ["bags", "dresses", "watches", "boxes", "ponies", "days", "men", "wolves",
+                                          "children", "t-shirts", "sneakers"]
+    assert [singular(plural(w)) for w in words] == words and not any(is_plural(w) for w in words)
+    assert (plural("Bag"), plural("BAG")) == ("Bags", "BAGS")
 
 
 def test_phrases_come_from_the_recorded_prompts_or_a_sides_flip(colours):
@@ -86,6 +105,24 @@ def test_plan_finds_the_stated_phrase_and_its_rewrite(tiny_pipe, colours):
     assert plan_word_swap(tiny_pipe, None, [blue, red], torch.tensor([[1.5, -1.0]]), "replace") is None
     assert plan_word_swap(tiny_pipe, prompts, [blue, red], torch.tensor([[1.5, 0.0]]), "replace") is None
     assert plan_word_swap(tiny_pipe, prompts, [blue, red], torch.tensor([[0.0, -1.0]]), "replace") is None  # nothing added
+
+
+def test_a_plural_prompt_swaps_its_word_into_the_targets_plural(tiny_pipe):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        to_bag = tiny_pipe.learn_direction(["a red bag", "a blue bag"], ["a red item", "a blue item"], num_inference_steps=2,
+                                           calibration_samples=2, progress=False)
+        to_sneaker = tiny_pipe.learn_direction(["a red sneaker", "a blue sneaker"], ["a red item", "a blue item"],
+                                               num_inference_steps=2, calibration_samples=2, progress=False)
+    assert phrases_of(to_bag) == ("bag",) and phrases_of(to_sneaker) == ("sneaker",)
+    swap = plan_word_swap(tiny_pipe, ["two red sneakers", "a red sneaker"], [to_bag, to_sneaker], torch.tensor([[1.0, -1.0]]), "replace")
+    assert swap.columns.tolist() == [1, 1]
+    plural_tokens, singular_tokens = (tiny_pipe.tokenizer(p).input_ids for p in ("two red bags", "a red bag"))
+    assert plural_tokens[-2] != singular_tokens[-2]  # "bags" is its own token: the plural's state, not the singular's
+    target = encode_text(tiny_pipe, ["two red bags", "a red bag"]).float()
+    for row in (0, 1):
+        (pos,) = swap.mask[row].nonzero().flatten().tolist()
+        assert torch.equal(swap.states[row, pos], target[row, pos])
 
 
 def _text_seen(pipe, step: int = -1, **call) -> torch.Tensor:
