@@ -4,9 +4,23 @@ direction)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+# Transformers 5's CLIP and T5 tokenizers are backed by one Rust tokenizer object whose padding and truncation are set
+# on the object at every call: two threads tokenizing at once on one tokenizer (one pipeline, or pipelines sharing it
+# through ``from_pipe``) get each other's padding. Every tokenization of a steered pipeline (its ``encode_prompt``,
+# `steer.pipelines.text`; the take-away's word swap, `token_ids`) holds this one process-wide lock.
+TEXT_LOCK = threading.RLock()
+
+
+def token_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """``prompt``'s token ids by ``tokenizer`` (no padding, no truncation), under `TEXT_LOCK`."""
+    with TEXT_LOCK:
+        return list(tokenizer(prompt).input_ids)
 
 
 @torch.no_grad()

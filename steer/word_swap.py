@@ -11,11 +11,12 @@ are at cosine -0.24, and at the fitted strength the word reached only 0.66 while
 
 Which phrases: those a direction's recorded prompts state (`phrases_of`: a slider side's flip words, else the
 positives' attribute words against their open forms, as the take-away's suggestion reads them). Which positions: the
-tokens where the prompt and its rewrite differ, read with the pipeline's `steering_word_tokenizer` (the tokenizer whose
-ids line up with the text tokens the denoiser reads; None: the family swaps nothing). A row swaps only where its prompt
-states the phrase word for word as `steer.wording.states` reads it (case aside, a plural as its singular: "two red
-dresses" states "dress" and is rewritten "two red bags"; "blueish" does not state "blue") and the phrase fits in the
-encoder's length.
+tokens where the prompt and its rewrite differ, read with the pipeline's `steering_word_tokenizers` (the tokenizers
+whose ids line up with the text tokens the denoiser reads, each from its first position: CLIP on SD and SDXL, CLIP and
+then T5 on SD3, T5 on PixArt and Flux; none: the family swaps nothing), under `steer.text_tokens.TEXT_LOCK`. A row
+swaps only where its prompt states the phrase word for word as `steer.wording.states` reads it (case aside, a plural
+as its singular: "two red dresses" states "dress" and is rewritten "two red bags"; "blueish" does not state "blue")
+and the phrase fits in the encoder's length.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 from steer.engine.word_swap import WordSwap
 from steer.sliders import FLIP_KEY
-from steer.text_tokens import encode_text
+from steer.text_tokens import encode_text, token_ids
 from steer.wording import WORD_PATTERN, is_plural, open_prompts, plural, prompt_words, stated_phrases
 
 
@@ -86,12 +87,12 @@ def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[A
     """The word swap of a call: for each image row (``prompts``, one per image), the take-away (a negative column of
     ``scales`` under ``negative="replace"``) whose phrase its prompt states, turned into the phrase of the direction the
     row adds most, at the steps where that one is added (its window) and the take-away removes; None where no row
-    swaps, the call gives no prompts (embeddings) or the family has no `steering_word_tokenizer`. One text-encoder pass
+    swaps, the call gives no prompts (embeddings) or the family has no `steering_word_tokenizers`. One text-encoder pass
     over the rewritten prompts."""
     if negative != "replace" or prompts is None or not bool((scales < 0).any()):
         return None
-    tokenizer = getattr(pipe, "steering_word_tokenizer", lambda: None)()
-    if tokenizer is None:
+    tokenizers = getattr(pipe, "steering_word_tokenizers", lambda: [])()
+    if not tokenizers:
         return None
     phrases = [phrases_of(v) for v in vectors]
     plans: list[tuple[int, int, int, str, str]] = []  # (row, column taken away, column added, prompt, rewrite)
@@ -112,16 +113,18 @@ def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[A
     columns, targets = torch.full((n,), -1), torch.full((n,), -1)
     mask, states = torch.zeros(n, length, dtype=torch.bool), torch.zeros(n, length, channels)
     for (row, k, t, prompt, new), target in zip(plans, encoded, strict=True):
-        span = _changed_span(tokenizer, prompt, new)
-        if span is None:
-            continue
-        (start, end), last = span
-        if end > length or last > length:
-            continue  # the phrase lies past what the encoder reads
-        for pos in range(start, end):  # aligned where the two phrases have as many tokens, else the target's last
-            states[row, pos] = target[pos if end == last else last - 1]
-        mask[row, start:end] = True
-        columns[row], targets[row] = k, t
+        for tokenizer, offset in tokenizers:  # each text stream the denoiser reads, from its own first position
+            span = _changed_span(tokenizer, prompt, new)
+            if span is None:
+                continue
+            (start, end), last = span
+            start, end, last = start + offset, end + offset, last + offset
+            if end > length or last > length:
+                continue  # the phrase lies past what the encoder reads
+            for pos in range(start, end):  # aligned where the two phrases have as many tokens, else the target's last
+                states[row, pos] = target[pos if end == last else last - 1]
+            mask[row, start:end] = True
+            columns[row], targets[row] = k, t
     return WordSwap(columns, targets, mask, states) if bool((columns >= 0).any()) else None
 
 
@@ -129,7 +132,7 @@ def _changed_span(tokenizer: Any, prompt: str, new: str) -> tuple[tuple[int, int
     """Where ``prompt``'s token ids differ from ``new``'s: ``((start, end), new_end)``, the changed tokens
     ``[start, end)`` of the prompt and ``[start, new_end)`` of the rewrite (their common start and end left out);
     None where they do not differ."""
-    a, b = tokenizer(prompt).input_ids, tokenizer(new).input_ids
+    a, b = token_ids(tokenizer, prompt), token_ids(tokenizer, new)
     start = 0
     while start < min(len(a), len(b)) and a[start] == b[start]:
         start += 1

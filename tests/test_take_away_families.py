@@ -103,3 +103,43 @@ def test_a_slider_flips_a_prompt_stating_its_other_side_on_every_family(family):
     flipped, sides = generate(slider), generate(plain)
     assert np.isfinite(flipped).all() and not np.array_equal(flipped[0], sides[0]), "the stated row is flipped"
     np.testing.assert_allclose(flipped[1], sides[1], rtol=0, atol=1e-6)  # the open row: the plain slider's
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_word_swap_finds_the_stated_word_in_every_text_stream_the_denoiser_reads(family, monkeypatch):
+    """`steer.word_swap.plan_word_swap` on every family: the positions where the prompt's and its rewrite's token ids
+    differ, in each stream of the family's text tokens (CLIP on SD / SDXL, CLIP then T5 from position 77 on SD3, T5 on
+    PixArt and Flux), take the rewritten prompt's states there; every tokenization holds the text lock."""
+    from steer.text_tokens import TEXT_LOCK, encode_text
+    from steer.word_swap import plan_word_swap
+
+    pipe, call = FAMILIES[family](seed=0), CALL.get(family, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        blue, red = (pipe.learn_direction([f"a {c} sneaker", f"a {c} bag"], ["a sneaker", "a bag"], num_inference_steps=2,
+                                          calibration_samples=2, progress=False, **call) for c in ("blue", "red"))
+    streams = pipe.steering_word_tokenizers()
+    assert [offset for _, offset in streams] == ([0, 77] if family == "sd3" else [0])
+    locked = []
+    for cls in {type(tokenizer) for tokenizer, _ in streams}:
+        def watched(self, *args, _call=cls.__call__, **kwargs):
+            locked.append(TEXT_LOCK._is_owned())
+            return _call(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__call__", watched)
+    swap = plan_word_swap(pipe, ["a red sneaker", "a sneaker"], [blue, red], torch.tensor([[1.0, -1.0]]), "replace")
+    monkeypatch.undo()
+    assert locked and all(locked), "the swap tokenizes under the text lock"
+    assert swap.columns.tolist() == [1, -1] and not swap.mask[1].any()
+    rewrite = encode_text(pipe, ["a blue sneaker"]).float()[0]
+    expected = []
+    for tokenizer, offset in streams:
+        a, b = tokenizer("a red sneaker").input_ids, tokenizer("a blue sneaker").input_ids
+        start = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+        tail = next(i for i, (x, y) in enumerate(zip(a[::-1], b[::-1], strict=False)) if x != y)
+        positions = range(offset + start, offset + len(a) - tail)
+        expected += positions
+        for pos in positions:  # "red" and "blue" may tokenize to different lengths: then the target's last token
+            source = pos if len(a) == len(b) else offset + len(b) - tail - 1
+            assert torch.equal(swap.states[0, pos], rewrite[source]), (family, pos)
+    assert swap.mask[0].nonzero().flatten().tolist() == expected

@@ -83,10 +83,10 @@ class SteeringFluxPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixin, Seri
         )
         return embeds
 
-    def steering_word_tokenizer(self) -> Any:
-        """The T5 tokenizer: its ids line up with the text tokens the transformer reads (the CLIP one gives the pooled
-        embedding only)."""
-        return getattr(self, "tokenizer_2", None)
+    def steering_word_tokenizers(self) -> list[tuple[Any, int]]:
+        """The T5 tokenizer from position 0: its ids line up with the text tokens the transformer reads (the CLIP one
+        gives the pooled embedding only)."""
+        return [(self.tokenizer_2, 0)] if getattr(self, "tokenizer_2", None) is not None else []
 
     def _steered_call(self, parent: type, *args: Any, **kwargs: Any):
         plain = {k: v for k, v in kwargs.items() if k in _CALL_PARAMS}

@@ -183,10 +183,11 @@ class SteeringMixin:
         embeds, _ = self.encode_prompt(list(prompts), self._execution_device, 1, False)
         return embeds
 
-    def steering_word_tokenizer(self) -> Any:
-        """The tokenizer whose ids line up with `steering_text_embeddings`' positions (the take-away's word swap,
-        `steer.word_swap`): the pipeline's ``tokenizer`` (SD3: its CLIP positions, first); None swaps nothing."""
-        return getattr(self, "tokenizer", None)
+    def steering_word_tokenizers(self) -> list[tuple[Any, int]]:
+        """The tokenizers whose ids line up with `steering_text_embeddings`' positions, each with the position its
+        ids start at (the take-away's word swap, `steer.word_swap`): the pipeline's ``tokenizer`` from 0; families
+        that read other or more streams override it (SD3, Flux); none swaps nothing."""
+        return [(self.tokenizer, 0)] if getattr(self, "tokenizer", None) is not None else []
 
     @contextlib.contextmanager
     def steering(self, vector: SteeringVector | Sequence[SteeringVector] | str, scale: Any = 1.0, **options: Any) -> Iterator[None]:

@@ -9,6 +9,8 @@ What differs from Stable Diffusion:
 - Text tokens: T5 tokens padded to ``max_sequence_length`` (300) and masked in the transformer's cross-attentions.
   `steering_text_embeddings` returns them with the masked (padding) positions filled by the mean of the prompt's real
   tokens, so a mean over positions (learn's ``text`` preset) is the mean over the tokens the transformer reads.
+- Prompt encoding holds `steer.text_tokens.TEXT_LOCK`, as every steered pipeline's does: its T5 tokenizer keeps
+  padding settings on one shared backend.
 - No safety checker: `steer.pipelines.finite.FiniteImageMixin` gives the pipeline an image processor whose
   ``postprocess`` (between VAE decode and pixels) refuses NaN / infinite images, as SDXL, SD3 and Flux do.
 """
@@ -25,6 +27,7 @@ from diffusers.utils import is_bs4_available, is_ftfy_available
 from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
+from steer.text_tokens import TEXT_LOCK
 
 # (id of the pipeline object whose encode_prompt ran last in this context, its do_classifier_free_guidance)
 _LAST_CFG: contextvars.ContextVar[tuple[int, bool] | None] = contextvars.ContextVar("steer_pixart_cfg", default=None)
@@ -45,10 +48,12 @@ class SteeringPixArtSigmaPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixi
     denoiser_name = "transformer"
 
     def encode_prompt(self, prompt: Any, do_classifier_free_guidance: bool = True, *args: Any, **kwargs: Any):
-        """The parent's ``encode_prompt``; also notes ``do_classifier_free_guidance`` for `steering_cfg` (the parent's
+        """The parent's ``encode_prompt``, one thread at a time (its T5 tokenizer is not thread-safe:
+        `steer.text_tokens.TEXT_LOCK`); also notes ``do_classifier_free_guidance`` for `steering_cfg` (the parent's
         ``__call__`` decides it, ``guidance_scale > 1``, and keeps it in a local variable)."""
         _LAST_CFG.set((id(self), bool(do_classifier_free_guidance)))
-        return super().encode_prompt(prompt, do_classifier_free_guidance, *args, **kwargs)
+        with TEXT_LOCK:
+            return super().encode_prompt(prompt, do_classifier_free_guidance, *args, **kwargs)
 
     def steering_cfg(self) -> bool:
         """Whether the transformer's batch is ``[uncond, cond]`` in this pipeline's call in progress."""
@@ -64,11 +69,12 @@ class SteeringPixArtSigmaPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixi
             prompts: the prompts, one row each.
             max_sequence_length: as the call's (PixArt-Sigma's default 300).
         """
-        embeds, mask, _, _ = PixArtSigmaPipeline.encode_prompt(
-            self, list(prompts), do_classifier_free_guidance=False, device=self._execution_device,
-            clean_caption=is_bs4_available() and is_ftfy_available(),  # the call's default (True) where it can apply
-            max_sequence_length=max_sequence_length,
-        )
+        with TEXT_LOCK:  # the parent's, not this class's: the call's CFG note is left as the call set it
+            embeds, mask, _, _ = PixArtSigmaPipeline.encode_prompt(
+                self, list(prompts), do_classifier_free_guidance=False, device=self._execution_device,
+                clean_caption=is_bs4_available() and is_ftfy_available(),  # the call's default (True) where it can apply
+                max_sequence_length=max_sequence_length,
+            )
         keep = mask.to(embeds.dtype).unsqueeze(-1)
         mean = (embeds * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1)
         return torch.where(keep.bool(), embeds, mean)

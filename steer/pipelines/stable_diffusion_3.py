@@ -4,7 +4,6 @@ forward hooks on its `SD3Transformer2DModel` (sites: `steer.denoisers.sd3`)."""
 from __future__ import annotations
 
 import inspect
-import threading
 from typing import Any
 
 import torch
@@ -14,19 +13,16 @@ from steer.config import STEERING_DEFAULTS
 from steer.dtypes import AutoDtypeMixin
 from steer.pipelines.finite import FiniteImageMixin
 from steer.pipelines.mixin import SteeringMixin
-
-# Transformers' fast tokenizers set padding / truncation on their shared Rust backend at every call, so two threads
-# encoding prompts at once on one tokenizer get each other's padding (77 tokens where 5 were asked, and shape errors).
-# Text encoding of SD3 pipelines is serialized; it is a small part of a call.
-_TEXT_LOCK = threading.RLock()
+from steer.text_tokens import TEXT_LOCK
 
 
 class SD3TextMixin:
     """SD3's prompt encoding, one thread at a time, and its text tokens for learning (every SD3 pipeline task)."""
 
     def encode_prompt(self, *args: Any, **kwargs: Any):
-        """`StableDiffusion3Pipeline.encode_prompt`, one thread at a time (the tokenizers are not thread-safe)."""
-        with _TEXT_LOCK:
+        """`StableDiffusion3Pipeline.encode_prompt`, one thread at a time (the tokenizers are not thread-safe:
+        `steer.text_tokens.TEXT_LOCK`, the lock every steered pipeline encodes under)."""
+        with TEXT_LOCK:
             return super().encode_prompt(*args, **kwargs)  # type: ignore[misc]
 
     @torch.no_grad()
@@ -39,6 +35,15 @@ class SD3TextMixin:
             do_classifier_free_guidance=False, **({"max_sequence_length": max_sequence_length} if max_sequence_length else {}),
         )
         return embeds
+
+    def steering_word_tokenizers(self) -> list[tuple[Any, int]]:
+        """The take-away's word swap reads both of SD3's text streams: CLIP's ids at the first positions (CLIP-L and
+        -G tokenize alike), T5's from position ``tokenizer_max_length`` (77) on, when the pipeline has its T5 encoder
+        (without it those positions are zeros for every prompt)."""
+        found = [(self.tokenizer, 0)] if getattr(self, "tokenizer", None) is not None else []
+        if getattr(self, "text_encoder_3", None) is not None and getattr(self, "tokenizer_3", None) is not None:
+            found.append((self.tokenizer_3, int(self.tokenizer_max_length)))  # type: ignore[attr-defined]
+        return found
 
 
 class SteeringStableDiffusion3Pipeline(SD3TextMixin, SteeringMixin, AutoDtypeMixin, FiniteImageMixin, StableDiffusion3Pipeline):
