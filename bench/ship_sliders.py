@@ -37,14 +37,16 @@ KEYS = ("success", "kept", "break")
 KEPT_NOTE = ("; a slider *kept though it falls short* does not pass every run listed (an earlier measurement passed it) "
              "and ships as these runs learned it, its row their numbers")
 RESULTS, CONTRA = "docs/steering/two_sided/results.json", "docs/steering/two_sided/contra/results.json"
-GALLERY_NOTE = ("on the open prompts every slider runs from its - end through the prompt's own image to its + end (the class "
-                "sliders' open prompt is the calibration's \"a red\"); a stated end is held toward itself and turned at the other "
-                "end, passing through another hue or a dark garment at +-0.5, where the flip's word swap (session 41) is half "
-                "done (\"a red t-shirt\" olive at -0.5, blue at -1; \"a blue t-shirt\" dark green at +0.5, red at +1; \"a green "
-                "t-shirt\" olive-brown at -0.5, red at -1, where it had been a bright red at -0.5 with session 40's flips); red/blue's "
-                "open +1, a dark red while its sides shared one window, is now as bright a red as +0.5 (each side in its own "
-                "window: the red side the whole run), and since each colour side's full edit is where its colour comes closest "
-                "(session 40) it reads red 0.97 on both independent sets, where it had peaked at +0.75 and read 0.81 and 0.84.")
+GALLERY_NOTE = ("on the open prompts every slider runs from its - end through the prompt's own image to its + end (the "
+                "class sliders' open prompt is the calibration's \"a red\"); a stated end is held toward itself and turned "
+                "at the other end, passing through another hue or a dark garment at +-0.5, where the flip's word swap "
+                "(session 41) is half done (\"a red t-shirt\" olive at -0.5, blue at -1; \"a blue t-shirt\" dark green at "
+                "+0.5, red at +1; \"a green t-shirt\" olive-brown at -0.5, red at -1, where it had been a bright red at -0.5"
+                " with session 40's flips); the removal and addition alone pass through third hues too, and no schedule of"
+                " the swap tried gives a straight path (docs/steering.md \"Session 42\"); red/blue's open +1, a dark red "
+                "while its sides shared one window, is now as bright a red as +0.5 (each side in its own window: the red "
+                "side the whole run), and since each colour side's full edit is where its colour comes closest (session "
+                "40) it reads red 0.97 on both independent sets, where it had peaked at +0.75 and read 0.81 and 0.84.")
 
 
 def slider_name(pos: str, neg: str) -> str:
