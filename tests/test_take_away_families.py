@@ -1,6 +1,7 @@
 """Fitting and applying a take-away (`pipe.fit_take_away`, ``steering_negative="remove"``) on every denoiser family,
 on tiny random-weight components (CPU, fp32): the fit runs, counts its cost, and its settings steer a prompt that
-states the taken-away value; unsteered rows stay bit-identical."""
+states the taken-away value; unsteered rows stay bit-identical. The word swap of ``"replace"`` finds the stated word
+in every text stream the family's denoiser reads."""
 
 from __future__ import annotations
 
