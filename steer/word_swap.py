@@ -112,15 +112,18 @@ def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[A
     n, (length, channels) = len(prompts), encoded.shape[1:]
     columns, targets = torch.full((n,), -1), torch.full((n,), -1)
     mask, states = torch.zeros(n, length, dtype=torch.bool), torch.zeros(n, length, channels)
+    # each text stream the denoiser reads, from its own first position up to the next stream's (SD3: CLIP's 77, then T5's)
+    offsets = sorted(offset for _, offset in tokenizers)
+    streams = [(tokenizer, offset, min([o for o in offsets if o > offset], default=length)) for tokenizer, offset in tokenizers]
     for (row, k, t, prompt, new), target in zip(plans, encoded, strict=True):
-        for tokenizer, offset in tokenizers:  # each text stream the denoiser reads, from its own first position
+        for tokenizer, offset, stream_end in streams:
             span = _changed_span(tokenizer, prompt, new)
             if span is None:
                 continue
             (start, end), last = span
             start, end, last = start + offset, end + offset, last + offset
-            if end > length or last > length:
-                continue  # the phrase lies past what the encoder reads
+            if end > stream_end or last > stream_end:
+                continue  # the phrase lies past what this stream's encoder reads (truncated)
             for pos in range(start, end):  # aligned where the two phrases have as many tokens, else the target's last
                 states[row, pos] = target[pos if end == last else last - 1]
             mask[row, start:end] = True

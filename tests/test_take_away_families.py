@@ -144,3 +144,29 @@ def test_the_word_swap_finds_the_stated_word_in_every_text_stream_the_denoiser_r
             source = pos if len(a) == len(b) else offset + len(b) - tail - 1
             assert torch.equal(swap.states[0, pos], rewrite[source]), (family, pos)
     assert swap.mask[0].nonzero().flatten().tolist() == expected
+
+
+def test_a_word_past_clips_77_tokens_is_swapped_in_sd3s_t5_stream_only():
+    """SD3 truncates CLIP at 77 tokens while T5 reads on: a stated word past CLIP's end is turned in T5's positions,
+    and nothing is written over T5's first positions in CLIP's name."""
+    from steer.text_tokens import encode_text
+    from steer.word_swap import plan_word_swap
+
+    pipe = tiny_sd3_pipeline(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        blue, red = (pipe.learn_direction([f"a {c} sneaker", f"a {c} bag"], ["a sneaker", "a bag"], num_inference_steps=2,
+                                          calibration_samples=2, progress=False) for c in ("blue", "red"))
+    prompt = "and " * 90 + "a red sneaker"
+    (clip, _), (t5, t5_offset) = pipe.steering_word_tokenizers()
+    assert len(clip(prompt).input_ids) > 77 + 5 and t5_offset == 77
+    swap = plan_word_swap(pipe, [prompt], [blue, red], torch.tensor([[1.0, -1.0]]), "replace")
+    a, b = t5(prompt).input_ids, t5(prompt.replace("red", "blue")).input_ids
+    start = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    tail = next(i for i, (x, y) in enumerate(zip(a[::-1], b[::-1], strict=False)) if x != y)
+    assert len(a) - tail <= 256, "the word lies within T5's 256 tokens"
+    assert swap.mask[0].nonzero().flatten().tolist() == list(range(77 + start, 77 + len(a) - tail))
+    rewrite = encode_text(pipe, [prompt.replace("red", "blue")]).float()[0]
+    last = 77 + len(b) - tail - 1
+    for pos in range(77 + start, 77 + len(a) - tail):
+        assert torch.equal(swap.states[0, pos], rewrite[pos if len(a) == len(b) else last])
