@@ -115,9 +115,10 @@ def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[A
     # each text stream the denoiser reads, from its own first position up to the next stream's (SD3: CLIP's 77, then T5's)
     offsets = sorted(offset for _, offset in tokenizers)
     streams = [(tokenizer, offset, min([o for o in offsets if o > offset], default=length)) for tokenizer, offset in tokenizers]
+    as_tokenized = getattr(pipe, "steering_word_text", lambda text: text)
     for (row, k, t, prompt, new), target in zip(plans, encoded, strict=True):
         for tokenizer, offset, stream_end in streams:
-            span = _changed_span(tokenizer, prompt, new)
+            span = _changed_span(tokenizer, as_tokenized(prompt), as_tokenized(new))
             if span is None:
                 continue
             (start, end), last = span

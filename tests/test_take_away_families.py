@@ -128,14 +128,18 @@ def test_the_word_swap_finds_the_stated_word_in_every_text_stream_the_denoiser_r
             return _call(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, "__call__", watched)
-    swap = plan_word_swap(pipe, ["a red sneaker", "a sneaker"], [blue, red], torch.tensor([[1.0, -1.0]]), "replace")
+    prompt = "  A Red sneaker"  # PixArt lower-cases and strips a prompt before its T5 reads it: so do its positions
+    swap = plan_word_swap(pipe, [prompt, "a sneaker"], [blue, red], torch.tensor([[1.0, -1.0]]), "replace")
     monkeypatch.undo()
     assert locked and all(locked), "the swap tokenizes under the text lock"
     assert swap.columns.tolist() == [1, -1] and not swap.mask[1].any()
-    rewrite = encode_text(pipe, ["a blue sneaker"]).float()[0]
+    rewrite = encode_text(pipe, ["  A blue sneaker"]).float()[0]
+    torch.testing.assert_close(encode_text(pipe, [prompt]), encode_text(pipe, [pipe.steering_word_text(prompt)]))
+    if family == "pixart":
+        assert pipe.steering_word_text(prompt) == "a red sneaker"
     expected = []
     for tokenizer, offset in streams:
-        a, b = tokenizer("a red sneaker").input_ids, tokenizer("a blue sneaker").input_ids
+        a, b = (tokenizer(pipe.steering_word_text(p)).input_ids for p in (prompt, "  A blue sneaker"))
         start = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
         tail = next(i for i, (x, y) in enumerate(zip(a[::-1], b[::-1], strict=False)) if x != y)
         positions = range(offset + start, offset + len(a) - tail)

@@ -189,6 +189,11 @@ class SteeringMixin:
         that read other or more streams override it (SD3, Flux); none swaps nothing."""
         return [(self.tokenizer, 0)] if getattr(self, "tokenizer", None) is not None else []
 
+    def steering_word_text(self, prompt: str) -> str:
+        """``prompt`` as the pipeline hands it to its tokenizers (the take-away's word swap reads token positions from
+        it): as given; families that rewrite a prompt before tokenizing it override this (PixArt)."""
+        return prompt
+
     @contextlib.contextmanager
     def steering(self, vector: SteeringVector | Sequence[SteeringVector] | str, scale: Any = 1.0, **options: Any) -> Iterator[None]:
         """Apply ``vector`` at ``scale`` to every call inside the block (this thread only) of this pipeline and of

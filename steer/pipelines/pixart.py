@@ -60,6 +60,12 @@ class SteeringPixArtSigmaPipeline(SteeringMixin, AutoDtypeMixin, FiniteImageMixi
         last = _LAST_CFG.get()
         return last is not None and last[0] == id(self) and last[1]
 
+    def steering_word_text(self, prompt: str) -> str:
+        """``prompt`` as PixArt tokenizes it: lower-cased and stripped, or cleaned where ``clean_caption`` can apply (as
+        `steering_text_embeddings` encodes; a call that passes ``clean_caption=False`` where it could apply tokenizes
+        the lower-cased prompt instead)."""
+        return self._text_preprocessing(prompt, clean_caption=is_bs4_available() and is_ftfy_available())[0]
+
     @torch.no_grad()
     def steering_text_embeddings(self, prompts: list[str], max_sequence_length: int = 300) -> torch.Tensor:
         """The conditional T5 tokens of ``prompts`` as the transformer receives them (``encoder_hidden_states``,
