@@ -184,14 +184,12 @@ class SteeringMixin:
         return embeds
 
     def steering_word_tokenizers(self) -> list[tuple[Any, int]]:
-        """The tokenizers whose ids line up with `steering_text_embeddings`' positions, each with the position its
-        ids start at (the take-away's word swap, `steer.word_swap`): the pipeline's ``tokenizer`` from 0; families
-        that read other or more streams override it (SD3, Flux); none swaps nothing."""
+        """For the take-away's word swap (`steer.word_swap`): the tokenizers whose ids line up with
+        `steering_text_embeddings`' positions, each with its first position (SD3 and Flux override it)."""
         return [(self.tokenizer, 0)] if getattr(self, "tokenizer", None) is not None else []
 
     def steering_word_text(self, prompt: str) -> str:
-        """``prompt`` as the pipeline hands it to its tokenizers (the take-away's word swap reads token positions from
-        it): as given; families that rewrite a prompt before tokenizing it override this (PixArt)."""
+        """``prompt`` as the tokenizers get it (PixArt, which rewrites it first, overrides this)."""
         return prompt
 
     @contextlib.contextmanager
