@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -82,13 +83,19 @@ def rewritten(prompt: str, phrases: Sequence[str], replacement: str) -> str | No
     return None
 
 
+ENCODER_PROMPTS = ("prompt_2", "prompt_3")  # the prompts SDXL, SD3 and Flux can give their other text encoders
+
+
 def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[Any], scales: torch.Tensor,
-                   negative: str, max_sequence_length: int | None = None) -> WordSwap | None:
+                   negative: str, max_sequence_length: int | None = None,
+                   call_arguments: Mapping[str, Any] | None = None) -> WordSwap | None:
     """The word swap of a call: for each image row (``prompts``, one per image), the take-away (a negative column of
     ``scales`` under ``negative="replace"``) whose phrase its prompt states, turned into the phrase of the direction the
     row adds most, at the steps where that one is added (its window) and the take-away removes; None where no row
     swaps, the call gives no prompts (embeddings) or the family has no `steering_word_tokenizers`. One text-encoder pass
-    over the rewritten prompts."""
+    over the rewritten prompts. ``call_arguments``: the call's own; where they give another text encoder a prompt
+    of its own (`ENCODER_PROMPTS` unlike ``prompt``), whose positions the swap does not read, nothing is swapped (a
+    warning says so: the stated word is taken away, not turned)."""
     if negative != "replace" or prompts is None or not bool((scales < 0).any()):
         return None
     tokenizers = getattr(pipe, "steering_word_tokenizers", lambda: [])()
@@ -107,6 +114,13 @@ def plan_word_swap(pipe: Any, prompts: Sequence[str] | None, vectors: Sequence[A
                 plans.append((row, k, added[0], prompt, new))
                 break
     if not plans:
+        return None
+    arguments = call_arguments or {}
+    own = [k for k in ENCODER_PROMPTS if arguments.get(k) is not None and arguments.get(k) != arguments.get("prompt")]
+    if own:
+        warnings.warn(f"steering_negative='replace': this call gives {' and '.join(own)} a prompt of its own, whose tokens the "
+                      "word swap does not read; the stated word is taken away but not turned (as under 'remove')",
+                      UserWarning, stacklevel=3)
         return None
     encoded = encode_text(pipe, [new for *_, new in plans], max_sequence_length).detach().float().cpu()
     n, (length, channels) = len(prompts), encoded.shape[1:]

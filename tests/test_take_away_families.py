@@ -174,3 +174,26 @@ def test_a_word_past_clips_77_tokens_is_swapped_in_sd3s_t5_stream_only():
     last = 77 + len(b) - tail - 1
     for pos in range(77 + start, 77 + len(a) - tail):
         assert torch.equal(swap.states[0, pos], rewrite[pos if len(a) == len(b) else last])
+
+
+def test_a_call_giving_another_encoder_its_own_prompt_takes_the_word_away_without_turning_it():
+    """SDXL's ``prompt_2`` goes to its second CLIP: the swap reads ``prompt``'s positions only, so where ``prompt_2``
+    differs it swaps nothing (the call is the "remove" one, bit for bit) and says so; the same prompt twice swaps."""
+    pipe = tiny_sdxl_pipeline(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights: calibration may not converge
+        blue, red = (pipe.learn_direction([f"a {c} sneaker", f"a {c} bag"], ["a sneaker", "a bag"], num_inference_steps=2,
+                                          calibration_samples=2, progress=False) for c in ("blue", "red"))
+
+    def generate(negative, **call):
+        return pipe("a red sneaker", generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np",
+                    steering=[blue, red], steering_scale=[1.0, -1.0], steering_window=(0.0, 1.0), steering_negative=negative,
+                    **call).images
+
+    with pytest.warns(UserWarning, match="gives prompt_2 a prompt of its own"):
+        own = generate("replace", prompt_2="a red sneaker on a table")
+    np.testing.assert_array_equal(own, generate("remove", prompt_2="a red sneaker on a table"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the same prompt for both encoders: no warning, the word turned
+        same = generate("replace", prompt_2="a red sneaker")
+    assert not np.array_equal(same, generate("remove", prompt_2="a red sneaker"))

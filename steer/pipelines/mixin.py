@@ -528,7 +528,7 @@ class SteeringMixin:
                     vectors, scales, SteeringConfig.from_settings(settings), cfg=call_pipe.steering_cfg,
                 )
                 session.word_swap = plan_word_swap(call_pipe, self._row_prompts(bound), vectors, scales, settings["steering_negative"],
-                                                   bound.arguments.get("max_sequence_length"))
+                                                   bound.arguments.get("max_sequence_length"), bound.arguments)
                 if sites is not None:
                     outside = [n for n in session.plans if n not in sites.channels]
                     if outside:
