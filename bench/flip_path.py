@@ -49,24 +49,13 @@ MIDDLE = slice(2, 7)  # 0.25 ... 0.75
 SCHEDULES = ("library", "plain", "late", "early", "upper", "none")
 
 
-def _amounts(session, plan, h: torch.Tensor, adding: bool) -> torch.Tensor:
-    """Each row's swap amount as the library computes it (`SteeringSession._swap_words`)."""
-    added = session.row_scales(h.shape[0]) * (adding if (mask := session.window_mask(session.windows)) is None else mask)
-    if plan.members is not None:
-        added = added * plan.members
-    removal = session.row_scales(h.shape[0], session.removal, "cond")
-    if (mask := session.window_mask(session.removal_windows)) is not None:
-        removal = removal * mask
-    return session.word_swap.row_amounts(removal, added)
-
-
 def patch(schedule: str) -> None:
     """Install ``schedule`` in place of the library's swap (the text then steered at every call: some probes depend
     on the step, not only on its bucket)."""
     if schedule == "library":
         return
     def swapped(self, plan, h, adding):
-        a = _amounts(self, plan, h, adding)
+        a = self.swap_amounts(plan, h.shape[0], adding)
         swap = self.word_swap
         if schedule in ("late", "early"):
             targets = swap.targets.repeat(a.shape[0] // swap.targets.shape[0])

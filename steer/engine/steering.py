@@ -466,17 +466,26 @@ class SteeringSession(DenoiserRun):
         return out
 
     def _swap_words(self, plan: LayerPlan, h: torch.Tensor, adding: bool) -> torch.Tensor:
-        """``h`` with each row's stated phrase turned into its target's (`steer.engine.word_swap`) by the take-away's
-        removal amount, at the steps where the target is added (its window; docs/steering.md "Session 41": following
-        the removal past it was measured too and not adopted), for the readers that read the target (its route:
-        ``plan``'s members; the source may be removed for every reader)."""
-        added = self.row_scales(h.shape[0]) * (adding if (mask := self.window_mask(self.windows)) is None else mask)
+        """``h`` with each row's stated phrase turned into its target's (`steer.engine.word_swap`) by `swap_amounts`."""
+        return swap_words(h, self.word_swap, self.swap_amounts(plan, h.shape[0], adding))
+
+    def swap_amounts(self, plan: LayerPlan, rows: int, adding: bool) -> torch.Tensor:
+        """(rows,) each batch row's word-swap amount at this step: the take-away's removal amount, at the steps where
+        the target is added (its window; docs/steering.md "Session 41": following the removal past it was measured
+        too and not adopted), for the readers that read the target (its route: ``plan``'s members; the source may be
+        removed for every reader)."""
+        added = self.row_scales(rows) * (adding if (mask := self.window_mask(self.windows)) is None else mask)
         if plan.members is not None:
             added = added * plan.members
-        removal = self.row_scales(h.shape[0], self.removal, "cond")  # the conditional half only, as the removal
+        return self.word_swap.row_amounts(self._removal_amounts(rows), added)
+
+    def _removal_amounts(self, rows: int) -> torch.Tensor:
+        """(rows, K) the removal amounts at this step: the conditional half only, each vector's removal window
+        applied."""
+        amounts = self.row_scales(rows, self.removal, "cond")
         if (mask := self.window_mask(self.removal_windows)) is not None:
-            removal = removal * mask
-        return swap_words(h, self.word_swap, self.word_swap.row_amounts(removal, added))
+            amounts = amounts * mask
+        return amounts
 
     def _remove(self, plan: LayerPlan, h: torch.Tensor) -> torch.Tensor:
         if h.ndim != 3:
@@ -501,11 +510,9 @@ class SteeringSession(DenoiserRun):
         if found is None:
             d = plan.at(self.step, self.num_steps)
             units = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            amounts = self.row_scales(h.shape[0], self.removal, "cond")  # the conditional half only
+            amounts = self._removal_amounts(h.shape[0])
             if plan.members is not None:
                 amounts = amounts * plan.members
-            if mask is not None:
-                amounts = amounts * mask
             levels = torch.nan_to_num(levels_for_length(plan.levels, h.shape[1]))
             found = plan.cache[key] = (to_device(units, h.device, torch.float32), to_device(levels, h.device, torch.float32),
                                        to_device(amounts, h.device, torch.float32), removal_active(units, amounts))
